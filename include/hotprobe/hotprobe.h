@@ -1,0 +1,5 @@
+// hotprobe: user-space uprobes for x86-64 Linux. The public API.
+#pragma once
+
+#include "hotprobe/result.h"
+#include "hotprobe/version.h"

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The README's test command: installs what is missing, then builds and runs every test:
+# the style check, the normal build, an AddressSanitizer+UndefinedBehaviorSanitizer build
+# and a ThreadSanitizer build. Each stage prints its time; the whole run stays well under
+# 30 minutes on 2 cores. HOTPROBE_TEST_STAGES="format release asan tsan" picks stages.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+"$root/scripts/install-deps.sh"
+
+stages=${HOTPROBE_TEST_STAGES:-"format release asan tsan"}
+export HOTPROBE_STRESS_SECONDS=${HOTPROBE_STRESS_SECONDS:-3}
+jobs=$(nproc)
+failed=()
+
+stage() {
+  local name=$1; shift
+  local t0=$SECONDS
+  echo "=== $name"
+  if "$@"; then
+    echo "=== $name: ok ($((SECONDS - t0)) s)"
+  else
+    echo "=== $name: FAILED ($((SECONDS - t0)) s)"
+    failed+=("$name")
+  fi
+}
+
+format_check() {
+  local files
+  files=$(git ls-files 'src/*.h' 'src/*.cc' 'include/*.h' 2>/dev/null || find src include -name '*.h' -o -name '*.cc')
+  # shellcheck disable=SC2086
+  clang-format --dry-run --Werror $files
+}
+
+build_and_test() {
+  local dir=$1; shift
+  "$root/scripts/build.sh" "$dir" "$@" &&
+    ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 600
+}
+
+for s in $stages; do
+  case $s in
+    format) stage format format_check ;;
+    release) stage release build_and_test build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHOTPROBE_WERROR=ON ;;
+    asan) stage asan+ubsan build_and_test build/asan -DCMAKE_BUILD_TYPE=Debug -DHOTPROBE_SANITIZE=address,undefined \
+            -DHOTPROBE_BUILD_BENCH=OFF -DHOTPROBE_BUILD_EXAMPLES=OFF ;;
+    tsan) stage tsan build_and_test build/tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHOTPROBE_SANITIZE=thread \
+            -DHOTPROBE_BUILD_BENCH=OFF -DHOTPROBE_BUILD_EXAMPLES=OFF ;;
+    *) echo "unknown stage '$s' (stages: format release asan tsan)" >&2; exit 2 ;;
+  esac
+done
+
+if [ ${#failed[@]} -ne 0 ]; then
+  echo "FAILED stages: ${failed[*]}"
+  exit 1
+fi
+echo "all stages passed: $stages"
