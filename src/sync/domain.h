@@ -16,6 +16,7 @@
 
 #include <concepts>
 #include <cstdint>
+#include <memory>
 
 namespace hp::sync {
 
@@ -66,5 +67,29 @@ class [[nodiscard]] ReadGuard {
   D& d_;
   ReadToken t_;
 };
+
+}  // namespace hp::sync
+
+namespace hp::sync {
+
+// retire(domain, p [, deleter]): free p after a grace period of domain. Allocates a small
+// node; objects that embed a Callback (rcu_obj_base) retire without allocating.
+template <class D, class T, class Deleter = std::default_delete<T>>
+  requires ReclaimingDomain<D>
+void retire(D& d, T* p, Deleter del = Deleter{}) {
+  struct Node : Callback {
+    T* p;
+    Deleter del;
+  };
+  auto* n = new Node;
+  n->p = p;
+  n->del = std::move(del);
+  n->fn = [](Callback* cb) {
+    auto* self = static_cast<Node*>(cb);
+    self->del(self->p);
+    delete self;
+  };
+  d.call(n);
+}
 
 }  // namespace hp::sync
