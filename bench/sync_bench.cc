@@ -1,0 +1,817 @@
+// sync_bench: every read-side protection scheme of src/sync side by side in one run, against
+// liburcu (memb, mb, qsbr, bp in the same process) and the std baselines. It measures
+//  - ns per read-side lock+unlock pair around a pointer load, with 1 and 2 reader threads,
+//    and the reader throughput scaling from 1 to 2 threads;
+//  - synchronize() latency, alone and with 2 busy readers;
+//  - the percpu-rwsem write lock+unlock, alone and with 2 busy readers;
+// and checks the acceptance ratios of the issue. docs/benchmarks.md explains every row.
+//
+// A hand-written harness rather than Google Benchmark, because we need (a) one repetition of
+// every flavour after another, round-robin, so that the noise of this shared VM hits every
+// flavour alike, (b) writers timed while reader threads of the same domain keep running, (c)
+// ratios between rows computed and checked in the same run, and (d) one JSON file with the
+// machine description. Every read-side flavour runs the same templated loop (below,
+// read_block), so the domains are inlined and the loop overhead is identical for all rows;
+// the "none" row measures that overhead alone.
+
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/compiler.h"
+#include "sync/domain.h"
+
+// The domains land one by one; each row appears once its header exists (define
+// HP_BENCH_NO_TASKS_TRACE etc. to leave one out while its implementation is incomplete).
+#if __has_include("sync/tasks_trace.h") && !defined(HP_BENCH_NO_TASKS_TRACE)
+#include "sync/tasks_trace.h"
+#define HP_BENCH_TASKS_TRACE 1
+#endif
+#if __has_include("sync/srcu.h") && !defined(HP_BENCH_NO_SRCU)
+#include "sync/srcu.h"
+#define HP_BENCH_SRCU 1
+#endif
+#if __has_include("sync/percpu_rwsem.h") && !defined(HP_BENCH_NO_PERCPU_RWSEM)
+#include "sync/percpu_rwsem.h"
+#define HP_BENCH_PERCPU_RWSEM 1
+#endif
+#if __has_include("sync/baselines.h") && !defined(HP_BENCH_NO_BASELINES)
+#include "sync/baselines.h"
+#define HP_BENCH_BASELINES 1
+#endif
+
+#include "urcu_flavors.h"  // last: liburcu defines a few generic macros
+
+namespace hp::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;  // clock_gettime(CLOCK_MONOTONIC)
+
+// Reads per block: the stop flag is checked, and qsbr announces a quiescent state, once per
+// block, for every flavour alike.
+constexpr int kBlock = 1024;
+
+std::uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u + ts.tv_nsec;
+}
+
+// Keeps v live (Google Benchmark's DoNotOptimize for a register value), without a memory
+// clobber, so it adds no reloads of its own.
+template <class T>
+HP_ALWAYS_INLINE void keep(const T& v) {
+  asm volatile("" : : "r"(v));
+}
+
+// ---------------------------------------------------------------------------------------
+// The object readers look at: a published pointer and a field behind it.
+
+struct alignas(kCacheLine) Node {
+  std::uint64_t value = 42;
+};
+alignas(kCacheLine) std::atomic<Node*> g_published{nullptr};
+
+// ---------------------------------------------------------------------------------------
+// Adapters: every flavour has lock() -> Token, unlock(Token), quiescent(), thread_online(),
+// thread_offline(), synchronize().
+
+// Any hp::sync::ReadDomain, used inline through its own type.
+template <hp::sync::ReadDomain D>
+struct HpFlavor {
+  using Token = hp::sync::ReadToken;
+  D* d;
+  HP_ALWAYS_INLINE Token lock() noexcept { return d->read_lock(); }
+  HP_ALWAYS_INLINE void unlock(Token t) noexcept { d->read_unlock(t); }
+  void quiescent() noexcept {}
+  void thread_online() {}
+  void thread_offline() {}
+  void synchronize() { d->synchronize(); }
+};
+
+// No protection: the loop overhead (pointer load, field load, loop control) alone.
+struct NoneFlavor {
+  struct Token {};
+  HP_ALWAYS_INLINE Token lock() noexcept {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return {};
+  }
+  HP_ALWAYS_INLINE void unlock(Token) noexcept {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  void quiescent() noexcept {}
+  void thread_online() {}
+  void thread_offline() {}
+};
+
+// std::shared_mutex read side: the tree lock the uprobes work replaced.
+struct StdSharedMutexFlavor {
+  struct Token {};
+  std::shared_mutex* m;
+  HP_ALWAYS_INLINE Token lock() noexcept {
+    m->lock_shared();
+    return {};
+  }
+  HP_ALWAYS_INLINE void unlock(Token) noexcept { m->unlock_shared(); }
+  void quiescent() noexcept {}
+  void thread_online() {}
+  void thread_offline() {}
+  void synchronize() {
+    m->lock();
+    m->unlock();
+  }
+};
+
+// One shared atomic count, as a refcount on the probe would be.
+struct AtomicRefFlavor {
+  struct Token {};
+  std::atomic<long>* count;
+  HP_ALWAYS_INLINE Token lock() noexcept {
+    count->fetch_add(1, std::memory_order_acquire);
+    return {};
+  }
+  HP_ALWAYS_INLINE void unlock(Token) noexcept { count->fetch_sub(1, std::memory_order_release); }
+  void quiescent() noexcept {}
+  void thread_online() {}
+  void thread_offline() {}
+};
+
+// The bench's own trivial ReadDomain, a minimal tasks-trace: a per-thread sequence that is
+// odd inside a section (only the outermost level touches it), compiler barriers only on the
+// read side; the writer runs membarrier(PRIVATE_EXPEDITED), which makes every running thread
+// execute a full barrier (the reader's missing smp_mb; pairs with the reader's
+// store-then-load), then waits until each thread's sequence is even or has moved on. It
+// tests the harness before the real domains land and stays as a lower-bound reference.
+// Slots are never freed (a bench-sized pool), and a thread exiting leaves its slot even.
+class TrivialDomain {
+ public:
+  TrivialDomain() {
+    membarrier_ok_ = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  }
+  hp::sync::ReadToken read_lock() noexcept {
+    if (t_nest_++ == 0) {
+      Slot* s = HP_LIKELY(t_slot_ != nullptr) ? t_slot_ : claim();
+      s->seq.store(s->seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return {};
+  }
+  void read_unlock(hp::sync::ReadToken) noexcept {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (--t_nest_ == 0) {
+      t_slot_->seq.store(t_slot_->seq.load(std::memory_order_relaxed) + 1,
+                         std::memory_order_relaxed);
+    }
+  }
+  bool in_reader() noexcept { return t_nest_ != 0; }
+  void synchronize() {
+    full_barrier_everywhere();
+    std::uint64_t snap[kSlots];
+    int n = used_.load(std::memory_order_acquire);
+    for (int i = 0; i < n; ++i)
+      snap[i] = slots_[i].seq.load(std::memory_order_relaxed);
+    for (int i = 0; i < n; ++i) {
+      if ((snap[i] & 1) == 0) continue;
+      // Spin briefly, then sleep: on an oversubscribed CPU the reader we wait for may be the
+      // one this writer preempted, and sched_yield() does not reliably hand it the CPU.
+      for (int spins = 0; slots_[i].seq.load(std::memory_order_relaxed) == snap[i]; ++spins) {
+        if (spins > 100) {
+          timespec ts{0, 1000};
+          nanosleep(&ts, nullptr);
+        }
+      }
+    }
+    full_barrier_everywhere();  // readers' critical sections end before we return
+  }
+
+ private:
+  static constexpr int kSlots = 1024;
+  struct alignas(kCacheLine) Slot {
+    std::atomic<std::uint64_t> seq{0};
+  };
+  void full_barrier_everywhere() {
+    if (!membarrier_ok_ || syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+      std::atomic_thread_fence(std::memory_order_seq_cst);  // then this is not a domain
+      std::fprintf(stderr, "sync_bench: membarrier unavailable\n");
+      std::abort();
+    }
+  }
+  HP_COLD Slot* claim() {
+    int i = used_.fetch_add(1, std::memory_order_acq_rel);
+    if (i >= kSlots) {
+      std::fprintf(stderr, "sync_bench: TrivialDomain out of thread slots\n");
+      std::abort();
+    }
+    t_slot_ = &slots_[i];
+    return t_slot_;
+  }
+  static inline thread_local Slot* t_slot_ = nullptr;
+  static inline thread_local unsigned t_nest_ = 0;
+  bool membarrier_ok_ = false;
+  std::atomic<int> used_{0};
+  Slot slots_[kSlots];
+};
+static_assert(hp::sync::ReadDomain<TrivialDomain>);
+
+// ---------------------------------------------------------------------------------------
+// The read-side loop, identical for every flavour.
+
+template <class F>
+HP_NOINLINE void read_block(F& f) {
+  for (int i = 0; i < kBlock; ++i) {
+    auto t = f.lock();
+    Node* p = g_published.load(std::memory_order_acquire);
+    std::uint64_t v = p->value;
+    keep(v);
+    f.unlock(t);
+  }
+  f.quiescent();
+}
+
+std::vector<int> allowed_cpus() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+    }
+  }
+  return cpus;
+}
+
+// Pins the calling thread to one CPU; silently does nothing where that is not allowed.
+void pin_to(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+struct Options {
+  int reps = 7;
+  bool quick = false;
+  int read_ms = 100;       // duration of one repetition of one read-side row
+  int sync_samples = 40;   // synchronize() calls per repetition
+  int sync_cap_ms = 1500;  // but at most this long per repetition
+  std::string json;
+  std::string filter;
+  bool pin = true;
+};
+
+// Reader threads that run read_block() until told to stop, each pinned to its own CPU.
+template <class F>
+class Readers {
+ public:
+  Readers(F f, int n, bool pin) : f_(f) {
+    res_.resize(n);
+    std::vector<int> cpus = allowed_cpus();
+    for (int i = 0; i < n; ++i) {
+      int cpu = pin && !cpus.empty() ? cpus[i % cpus.size()] : -1;
+      threads_.emplace_back([this, i, cpu] { run(i, cpu); });
+    }
+    while (ready_.load(std::memory_order_acquire) != n)
+      std::this_thread::yield();
+  }
+  void go() { go_.store(true, std::memory_order_release); }
+  // Stops and joins the readers; returns {reads, elapsed ns} per reader.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> stop() {
+    stop_.store(true, std::memory_order_release);
+    for (auto& t : threads_)
+      t.join();
+    threads_.clear();
+    return res_;
+  }
+  ~Readers() {
+    if (!threads_.empty()) stop();
+  }
+
+ private:
+  void run(int i, int cpu) {
+    pin_to(cpu);
+    F f = f_;
+    f.thread_online();
+    for (int w = 0; w < 64; ++w)
+      read_block(f);  // warm up: TLS, caches, registration
+    ready_.fetch_add(1, std::memory_order_acq_rel);
+    while (!go_.load(std::memory_order_acquire)) {
+      // Spinning keeps the CPU busy, as in the measurement; yield if oversubscribed.
+      std::this_thread::yield();
+    }
+    std::uint64_t n = 0;
+    std::uint64_t t0 = now_ns();
+    while (!stop_.load(std::memory_order_relaxed)) {
+      read_block(f);
+      n += kBlock;
+    }
+    std::uint64_t t1 = now_ns();
+    f.thread_offline();
+    res_[i] = {n, t1 - t0};
+  }
+
+  F f_;
+  std::vector<std::thread> threads_;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> res_;
+  alignas(kCacheLine) std::atomic<int> ready_{0};
+  alignas(kCacheLine) std::atomic<bool> go_{false};
+  alignas(kCacheLine) std::atomic<bool> stop_{false};
+};
+
+struct ReadRep {
+  double ns_per_pair;  // mean over the reader threads of elapsed / reads
+  double mops;         // total throughput, million pairs per second
+};
+
+template <class F>
+ReadRep run_read_rep(F f, int nthreads, const Options& o) {
+  Readers<F> r(f, nthreads, o.pin);
+  r.go();
+  std::this_thread::sleep_for(std::chrono::milliseconds(o.read_ms));
+  auto res = r.stop();
+  ReadRep out{0, 0};
+  for (auto [n, ns] : res) {
+    out.ns_per_pair += static_cast<double>(ns) / static_cast<double>(n) / nthreads;
+    out.mops += static_cast<double>(n) * 1e3 / static_cast<double>(ns);
+  }
+  return out;
+}
+
+// Times op() (a grace period or a write lock+unlock) while `readers` threads of flavour f
+// stay in a tight read-side loop; appends one sample in microseconds per call.
+template <class F, class Op>
+void run_write_rep(F f, int readers, const Options& o, Op op, std::vector<double>& us) {
+  std::unique_ptr<Readers<F>> r;
+  if (readers > 0) {
+    r = std::make_unique<Readers<F>>(f, readers, o.pin);
+    r->go();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // readers in steady state
+  }
+  op();  // warm up: first-use registration, worker threads
+  std::uint64_t deadline = now_ns() + static_cast<std::uint64_t>(o.sync_cap_ms) * 1000000u;
+  for (int i = 0; i < o.sync_samples; ++i) {
+    std::uint64_t t0 = now_ns();
+    op();
+    std::uint64_t t1 = now_ns();
+    us.push_back(static_cast<double>(t1 - t0) / 1e3);
+    if (t1 > deadline) break;
+  }
+  if (r) r->stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows and results.
+
+struct Stats {
+  double min = NAN, median = NAN, max = NAN;
+  int n = 0;
+};
+Stats stats_of(std::vector<double> v) {
+  Stats s;
+  s.n = static_cast<int>(v.size());
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.min = v.front();
+  s.max = v.back();
+  s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  return s;
+}
+
+struct ReadRow {
+  std::string name, group;
+  std::function<ReadRep(int nthreads)> run;
+  std::vector<double> ns[2], mops[2];  // index: threads - 1
+};
+
+struct WriteRow {
+  std::string name, group, what;
+  std::function<void(int readers, std::vector<double>& us)> run;
+  std::vector<double> us[2];  // index 0: no readers, 1: with 2 busy readers
+};
+
+struct Bench {
+  Options o;
+  std::vector<ReadRow> reads;
+  std::vector<WriteRow> writes;
+
+  bool selected(const std::string& name) const {
+    return o.filter.empty() || name.find(o.filter) != std::string::npos || name == "none" ||
+           name == "urcu-memb";
+  }
+
+  template <class F>
+  void add_read(std::string name, std::string group, F f) {
+    if (!selected(name)) return;
+    reads.push_back({name, group, [f, this](int n) { return run_read_rep(f, n, o); }, {}, {}});
+  }
+  template <class F>
+  void add_sync(std::string name, std::string group, F f) {
+    if (!selected(name)) return;
+    writes.push_back({name,
+                      group,
+                      "synchronize()",
+                      [f, this](int readers, std::vector<double>& us) {
+                        F w = f;
+                        run_write_rep(
+                            f, readers, o, [&w] { w.synchronize(); }, us);
+                      },
+                      {}});
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Machine description.
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto p = line.find(':');
+      if (p != std::string::npos) return line.substr(line.find_first_not_of(" \t", p + 1));
+    }
+  }
+  return "unknown";
+}
+
+struct Machine {
+  std::string cpu, kernel, date, compiler;
+  int nproc = 0, online = 0;
+};
+
+Machine machine() {
+  Machine m;
+  m.cpu = cpu_model();
+  utsname u;
+  if (uname(&u) == 0) m.kernel = std::string(u.sysname) + " " + u.release + " " + u.machine;
+  m.nproc = static_cast<int>(allowed_cpus().size());
+  m.online = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  char buf[64];
+  std::time_t t = std::time(nullptr);
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  m.date = buf;
+  m.compiler = "g++ " __VERSION__;
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------
+// Acceptance ratios (the issue's).
+
+struct Check {
+  std::string what;
+  double ratio = NAN;
+  std::string op;  // "<=" or ">="
+  double bound = NAN;
+  bool met = false;
+  bool known = false;
+};
+
+Check check(std::string what, double ratio, const char* op, double bound) {
+  Check c{std::move(what), ratio, op, bound, false, !std::isnan(ratio)};
+  if (c.known) c.met = std::string(op) == "<=" ? ratio <= bound : ratio >= bound;
+  return c;
+}
+
+void usage() {
+  std::printf(
+      "usage: sync_bench [--quick] [--reps N] [--json FILE] [--filter SUBSTR] [--no-pin]\n"
+      "\n"
+      "Every read-side protection scheme of src/sync side by side with liburcu (memb, mb,\n"
+      "qsbr, bp) and std baselines, in one run. Prints a table; see docs/benchmarks.md.\n"
+      "\n"
+      "  --quick          short run (3 repetitions, short durations; well under a minute)\n"
+      "  --reps N         repetitions of every row, round-robin (default 7; quick: 3)\n"
+      "  --read-ms MS     duration of one read-side repetition (default 100; quick: 25)\n"
+      "  --sync-samples N synchronize() calls per repetition (default 40; quick: 15)\n"
+      "  --json FILE      also write the results, ratios and machine as JSON\n"
+      "  --filter SUBSTR  only rows whose name contains SUBSTR (plus none and urcu-memb)\n"
+      "  --no-pin         do not pin reader threads to CPUs\n"
+      "  --help           this text\n");
+}
+
+bool parse(int argc, char** argv, Options& o) {
+  int reps = -1, read_ms = -1, samples = -1;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](const char* what) -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "sync_bench: %s needs a value\n", what);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      usage();
+      std::exit(0);
+    } else if (a == "--quick") {
+      o.quick = true;
+    } else if (a == "--reps") {
+      reps = std::atoi(value("--reps"));
+    } else if (a == "--read-ms") {
+      read_ms = std::atoi(value("--read-ms"));
+    } else if (a == "--sync-samples") {
+      samples = std::atoi(value("--sync-samples"));
+    } else if (a == "--json") {
+      o.json = value("--json");
+    } else if (a == "--filter") {
+      o.filter = value("--filter");
+    } else if (a == "--no-pin") {
+      o.pin = false;
+    } else {
+      std::fprintf(stderr, "sync_bench: unknown argument '%s' (try --help)\n", a.c_str());
+      return false;
+    }
+  }
+  if (o.quick) {
+    o.reps = 3;
+    o.read_ms = 25;
+    o.sync_samples = 15;
+    o.sync_cap_ms = 400;
+  }
+  if (reps != -1) o.reps = reps;
+  if (read_ms != -1) o.read_ms = read_ms;
+  if (samples != -1) o.sync_samples = samples;
+  if (o.reps < 1 || o.read_ms < 1 || o.sync_samples < 1) {
+    std::fprintf(stderr, "sync_bench: --reps, --read-ms and --sync-samples must be >= 1\n");
+    return false;
+  }
+  return true;
+}
+
+std::string fmt(double v, const char* f = "%.2f") {
+  if (std::isnan(v)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+// JSON numbers: NaN becomes null.
+std::string jnum(double v) {
+  if (std::isnan(v)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+std::string jstr(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) continue;
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string jstats(const Stats& s) {
+  return "{\"min\": " + jnum(s.min) + ", \"median\": " + jnum(s.median) +
+         ", \"max\": " + jnum(s.max) + ", \"n\": " + std::to_string(s.n) + "}";
+}
+
+}  // namespace
+}  // namespace hp::bench
+
+int main(int argc, char** argv) {
+  using namespace hp::bench;
+  Bench b;
+  if (!parse(argc, argv, b.o)) return 2;
+  const Options& o = b.o;
+
+  static Node node;
+  g_published.store(&node, std::memory_order_release);
+
+  // The domains under test live for the whole run.
+  static TrivialDomain trivial;
+  static std::shared_mutex smutex;
+  static std::atomic<long> refcount{0};
+
+  b.add_read("none", "reference", NoneFlavor{});
+  b.add_read("bench-trivial", "reference", HpFlavor<TrivialDomain>{&trivial});
+#ifdef HP_BENCH_TASKS_TRACE
+  b.add_read("tasks-trace", "hotprobe", HpFlavor<hp::sync::TasksTrace>{&hp::sync::tasks_trace()});
+#endif
+#ifdef HP_BENCH_SRCU
+  static hp::sync::Srcu srcu;
+  static hp::sync::SrcuFast srcu_fast;
+  b.add_read("srcu", "hotprobe", HpFlavor<hp::sync::Srcu>{&srcu});
+  b.add_read("srcu-fast", "hotprobe", HpFlavor<hp::sync::SrcuFast>{&srcu_fast});
+#endif
+#ifdef HP_BENCH_PERCPU_RWSEM
+  static hp::sync::PercpuRwsem rwsem;
+  b.add_read("percpu-rwsem", "hotprobe", HpFlavor<hp::sync::PercpuRwsem>{&rwsem});
+#endif
+#ifdef HP_BENCH_BASELINES
+  static hp::sync::RefcountDomain refdom;
+  static hp::sync::RwlockDomain rwldom;
+  b.add_read("refcount", "hotprobe", HpFlavor<hp::sync::RefcountDomain>{&refdom});
+  b.add_read("rwlock", "hotprobe", HpFlavor<hp::sync::RwlockDomain>{&rwldom});
+#endif
+  b.add_read("urcu-memb", "liburcu", UrcuMemb{});
+  b.add_read("urcu-mb", "liburcu", UrcuMb{});
+  b.add_read("urcu-qsbr", "liburcu", UrcuQsbr{});
+  b.add_read("urcu-bp", "liburcu", UrcuBp{});
+  b.add_read("std::shared_mutex", "std", StdSharedMutexFlavor{&smutex});
+  b.add_read("std::atomic refcount", "std", AtomicRefFlavor{&refcount});
+
+  b.add_sync("bench-trivial", "reference", HpFlavor<TrivialDomain>{&trivial});
+#ifdef HP_BENCH_TASKS_TRACE
+  b.add_sync("tasks-trace", "hotprobe", HpFlavor<hp::sync::TasksTrace>{&hp::sync::tasks_trace()});
+#endif
+#ifdef HP_BENCH_SRCU
+  b.add_sync("srcu", "hotprobe", HpFlavor<hp::sync::Srcu>{&srcu});
+  b.add_sync("srcu-fast", "hotprobe", HpFlavor<hp::sync::SrcuFast>{&srcu_fast});
+#endif
+#ifdef HP_BENCH_PERCPU_RWSEM
+  if (b.selected("percpu-rwsem")) {
+    b.writes.push_back({"percpu-rwsem",
+                        "hotprobe",
+                        "write lock()+unlock()",
+                        [&o](int readers, std::vector<double>& us) {
+                          HpFlavor<hp::sync::PercpuRwsem> f{&rwsem};
+                          run_write_rep(
+                              f, readers, o,
+                              [] {
+                                rwsem.lock();
+                                rwsem.unlock();
+                              },
+                              us);
+                        },
+                        {}});
+  }
+#endif
+  b.add_sync("urcu-memb", "liburcu", UrcuMemb{});
+  b.add_sync("urcu-mb", "liburcu", UrcuMb{});
+  b.add_sync("urcu-bp", "liburcu", UrcuBp{});
+
+  Machine m = machine();
+  std::printf("sync_bench: %s, %d CPUs usable (%d online), %s\n", m.cpu.c_str(), m.nproc, m.online,
+              m.kernel.c_str());
+  std::printf("  %s, %s; reps %d, read %d ms/rep, %d synchronize() calls/rep, pinning %s\n",
+              m.date.c_str(), m.compiler.c_str(), o.reps, o.read_ms, o.sync_samples,
+              o.pin ? "on" : "off");
+  std::fflush(stdout);
+
+  // Round-robin: repetition r of every row, then repetition r + 1, so that a noisy moment
+  // of the machine hits every row alike.
+  std::uint64_t t_start = now_ns();
+  for (int r = 0; r < o.reps; ++r) {
+    for (auto& row : b.reads) {
+      for (int t = 1; t <= 2; ++t) {
+        ReadRep rep = row.run(t);
+        row.ns[t - 1].push_back(rep.ns_per_pair);
+        row.mops[t - 1].push_back(rep.mops);
+      }
+    }
+    for (auto& row : b.writes) {
+      row.run(0, row.us[0]);
+      row.run(2, row.us[1]);
+    }
+    std::fprintf(stderr, "  repetition %d/%d done (%.1f s)\n", r + 1, o.reps,
+                 static_cast<double>(now_ns() - t_start) / 1e9);
+  }
+
+  // ---- Read side.
+  std::map<std::string, const ReadRow*> by_name;
+  for (auto& row : b.reads)
+    by_name[row.name] = &row;
+  auto med = [&](const std::string& name, int t) -> double {
+    auto it = by_name.find(name);
+    return it == by_name.end() ? NAN : stats_of(it->second->ns[t - 1]).median;
+  };
+  auto min_of = [&](const std::string& name, int t) -> double {
+    auto it = by_name.find(name);
+    return it == by_name.end() ? NAN : stats_of(it->second->ns[t - 1]).min;
+  };
+  auto scale = [&](const std::string& name) -> double {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) return NAN;
+    return stats_of(it->second->mops[1]).median / stats_of(it->second->mops[0]).median;
+  };
+  const double memb1 = med("urcu-memb", 1);
+
+  std::printf("\nRead side: ns per lock+unlock pair around a pointer load (min / median of %d)\n",
+              o.reps);
+  std::printf("%-22s %-10s %8s %8s %8s %8s %9s %9s %7s\n", "flavour", "group", "1T min", "1T med",
+              "2T min", "2T med", "2T Mops/s", "scale2/1", "/memb");
+  for (auto& row : b.reads) {
+    Stats s1 = stats_of(row.ns[0]), s2 = stats_of(row.ns[1]);
+    Stats m2 = stats_of(row.mops[1]);
+    std::printf("%-22s %-10s %8s %8s %8s %8s %9s %9s %7s\n", row.name.c_str(), row.group.c_str(),
+                fmt(s1.min).c_str(), fmt(s1.median).c_str(), fmt(s2.min).c_str(),
+                fmt(s2.median).c_str(), fmt(m2.median, "%.0f").c_str(),
+                fmt(scale(row.name)).c_str(), fmt(s1.median / memb1).c_str());
+  }
+
+  // ---- Write side.
+  std::map<std::string, const WriteRow*> w_by_name;
+  for (auto& row : b.writes)
+    w_by_name[row.name] = &row;
+  std::printf(
+      "\nWrite side: us per call (min / median), alone and with 2 busy readers of the same "
+      "domain\n");
+  std::printf("%-22s %-22s %9s %9s %10s %10s %7s\n", "flavour", "operation", "0R min", "0R med",
+              "2R min", "2R med", "samples");
+  for (auto& row : b.writes) {
+    Stats s0 = stats_of(row.us[0]), s2 = stats_of(row.us[1]);
+    std::printf("%-22s %-22s %9s %9s %10s %10s %7d\n", row.name.c_str(), row.what.c_str(),
+                fmt(s0.min, "%.1f").c_str(), fmt(s0.median, "%.1f").c_str(),
+                fmt(s2.min, "%.1f").c_str(), fmt(s2.median, "%.1f").c_str(), s2.n);
+  }
+  auto wmed = [&](const std::string& name, int idx) -> double {
+    auto it = w_by_name.find(name);
+    return it == w_by_name.end() ? NAN : stats_of(it->second->us[idx]).median;
+  };
+
+  // ---- Acceptance.
+  std::vector<Check> checks;
+  checks.push_back(check("tasks-trace read pair / urcu-memb (1T median)",
+                         med("tasks-trace", 1) / memb1, "<=", 1.2));
+  checks.push_back(check("srcu-fast read pair / tasks-trace (1T median)",
+                         med("srcu-fast", 1) / med("tasks-trace", 1), "<=", 1.5));
+  checks.push_back(check("srcu (classic) read pair / tasks-trace (1T median)",
+                         med("srcu", 1) / med("tasks-trace", 1), ">=", 1.5));
+  checks.push_back(check("refcount read pair / tasks-trace (1T median)",
+                         med("refcount", 1) / med("tasks-trace", 1), ">=", 1.5));
+  checks.push_back(check("refcount read pair / tasks-trace (2T median)",
+                         med("refcount", 2) / med("tasks-trace", 2), ">=", 1.5));
+  checks.push_back(
+      check("tasks-trace throughput 2T / 1T (medians)", scale("tasks-trace"), ">=", 1.9));
+  checks.push_back(check("tasks-trace synchronize() / urcu-memb's, 2 busy readers (median)",
+                         wmed("tasks-trace", 1) / wmed("urcu-memb", 1), "<=", 2.0));
+  std::printf("\nAcceptance (ratios of this run)\n");
+  for (auto& c : checks) {
+    std::printf("  %-66s %7s %s %-4s %s\n", c.what.c_str(), fmt(c.ratio).c_str(), c.op.c_str(),
+                fmt(c.bound, "%.1f").c_str(),
+                !c.known ? "n/a (row missing)"
+                : c.met  ? "met"
+                         : "NOT MET");
+  }
+  (void)min_of;
+  std::printf("\n(total %.1f s)\n", static_cast<double>(now_ns() - t_start) / 1e9);
+
+  // ---- JSON.
+  if (!o.json.empty()) {
+    std::ofstream out(o.json);
+    if (!out) {
+      std::fprintf(stderr, "sync_bench: cannot write %s\n", o.json.c_str());
+      return 1;
+    }
+    out << "{\n  \"machine\": {\"cpu\": " << jstr(m.cpu) << ", \"nproc\": " << m.nproc
+        << ", \"online\": " << m.online << ", \"kernel\": " << jstr(m.kernel)
+        << ", \"date\": " << jstr(m.date) << ", \"compiler\": " << jstr(m.compiler) << "},\n";
+    out << "  \"options\": {\"reps\": " << o.reps << ", \"quick\": " << (o.quick ? "true" : "false")
+        << ", \"read_ms\": " << o.read_ms << ", \"sync_samples\": " << o.sync_samples
+        << ", \"pin\": " << (o.pin ? "true" : "false") << "},\n";
+    out << "  \"read\": [\n";
+    for (size_t i = 0; i < b.reads.size(); ++i) {
+      auto& row = b.reads[i];
+      out << "    {\"name\": " << jstr(row.name) << ", \"group\": " << jstr(row.group)
+          << ", \"ns_per_pair_1t\": " << jstats(stats_of(row.ns[0]))
+          << ", \"ns_per_pair_2t\": " << jstats(stats_of(row.ns[1]))
+          << ", \"mops_1t\": " << jstats(stats_of(row.mops[0]))
+          << ", \"mops_2t\": " << jstats(stats_of(row.mops[1]))
+          << ", \"scaling_2t_over_1t\": " << jnum(scale(row.name)) << "}"
+          << (i + 1 < b.reads.size() ? ",\n" : "\n");
+    }
+    out << "  ],\n  \"write\": [\n";
+    for (size_t i = 0; i < b.writes.size(); ++i) {
+      auto& row = b.writes[i];
+      out << "    {\"name\": " << jstr(row.name) << ", \"group\": " << jstr(row.group)
+          << ", \"operation\": " << jstr(row.what)
+          << ", \"us_0_readers\": " << jstats(stats_of(row.us[0]))
+          << ", \"us_2_busy_readers\": " << jstats(stats_of(row.us[1])) << "}"
+          << (i + 1 < b.writes.size() ? ",\n" : "\n");
+    }
+    out << "  ],\n  \"acceptance\": [\n";
+    for (size_t i = 0; i < checks.size(); ++i) {
+      auto& c = checks[i];
+      out << "    {\"check\": " << jstr(c.what) << ", \"ratio\": " << jnum(c.ratio)
+          << ", \"op\": " << jstr(c.op) << ", \"bound\": " << jnum(c.bound)
+          << ", \"met\": " << (c.known ? (c.met ? "true" : "false") : "null") << "}"
+          << (i + 1 < checks.size() ? ",\n" : "\n");
+    }
+    out << "  ]\n}\n";
+  }
+  return 0;
+}
