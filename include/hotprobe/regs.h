@@ -21,13 +21,20 @@ struct Regs {
   // System V integer arguments 0..5 (valid at a function's entry).
   std::uint64_t arg(unsigned i) const noexcept {
     switch (i) {
-      case 0: return rdi;
-      case 1: return rsi;
-      case 2: return rdx;
-      case 3: return rcx;
-      case 4: return r8;
-      case 5: return r9;
-      default: return 0;
+      case 0:
+        return rdi;
+      case 1:
+        return rsi;
+      case 2:
+        return rdx;
+      case 3:
+        return rcx;
+      case 4:
+        return r8;
+      case 5:
+        return r9;
+      default:
+        return 0;
     }
   }
   // The integer return value (valid in a return handler).

@@ -15,18 +15,18 @@ namespace hotprobe {
 
 enum class Errc : std::uint16_t {
   ok = 0,
-  invalid_argument,      // a malformed spec, option or script
-  not_found,             // no such module, symbol, process
-  permission_denied,     // ptrace, mprotect, membarrier refused
-  unsupported,           // the kernel or the instruction stream does not allow it
-  not_on_boundary,       // offset is not on an instruction boundary
-  not_relocatable,       // displaced bytes cannot be moved (and int3 mode is off)
-  no_memory_in_reach,    // no trampoline memory within +-2 GiB
-  already_attached,      // incompatible option on an attached site
-  busy,                  // resource is in use
-  timed_out,             // waited past a bound
-  io_error,              // a system call failed
-  internal,              // hotprobe's own fault: report it
+  invalid_argument,    // a malformed spec, option or script
+  not_found,           // no such module, symbol, process
+  permission_denied,   // ptrace, mprotect, membarrier refused
+  unsupported,         // the kernel or the instruction stream does not allow it
+  not_on_boundary,     // offset is not on an instruction boundary
+  not_relocatable,     // displaced bytes cannot be moved (and int3 mode is off)
+  no_memory_in_reach,  // no trampoline memory within +-2 GiB
+  already_attached,    // incompatible option on an attached site
+  busy,                // resource is in use
+  timed_out,           // waited past a bound
+  io_error,            // a system call failed
+  internal,            // hotprobe's own fault: report it
 };
 
 HOTPROBE_API std::string_view to_string(Errc code) noexcept;
@@ -48,7 +48,8 @@ class Error {
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value)
+      : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT(google-explicit-constructor)
   Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
   bool ok() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return ok(); }

@@ -14,7 +14,8 @@ void die(const char* file, int line, const char* what, const char* msg) noexcept
   int n = std::snprintf(buf, sizeof buf, "hotprobe: %s:%d: %s%s%s\n", file, line, what,
                         msg ? ": " : "", msg ? msg : "");
   if (n > 0) {
-    ssize_t ignored = ::write(STDERR_FILENO, buf, static_cast<size_t>(n) < sizeof buf ? n : sizeof buf - 1);
+    ssize_t ignored =
+        ::write(STDERR_FILENO, buf, static_cast<size_t>(n) < sizeof buf ? n : sizeof buf - 1);
     (void)ignored;
   }
   std::abort();

@@ -5,17 +5,18 @@
 #include "base/compiler.h"
 
 namespace hp::detail {
-[[noreturn]] HP_COLD void die(const char* file, int line, const char* what, const char* msg) noexcept;
+[[noreturn]] HP_COLD void die(const char* file, int line, const char* what,
+                              const char* msg) noexcept;
 }  // namespace hp::detail
 
 // Always checked.
 #define HP_DIE(msg) ::hp::detail::die(__FILE__, __LINE__, "fatal", (msg))
-#define HP_CHECK(cond)                                                        \
-  do {                                                                        \
+#define HP_CHECK(cond)                                                               \
+  do {                                                                               \
     if (HP_UNLIKELY(!(cond))) ::hp::detail::die(__FILE__, __LINE__, #cond, nullptr); \
   } while (0)
-#define HP_CHECK_MSG(cond, msg)                                                 \
-  do {                                                                          \
+#define HP_CHECK_MSG(cond, msg)                                                    \
+  do {                                                                             \
     if (HP_UNLIKELY(!(cond))) ::hp::detail::die(__FILE__, __LINE__, #cond, (msg)); \
   } while (0)
 

@@ -16,9 +16,9 @@ using hotprobe::Result;
 Error sys_error(std::string what, int err = errno);
 
 // Propagate an error from a Result-returning expression (ZYAN_CHECK's role).
-#define HP_TRY(expr)                                 \
-  do {                                               \
-    auto hp_try_result_ = (expr);                    \
+#define HP_TRY(expr)                                         \
+  do {                                                       \
+    auto hp_try_result_ = (expr);                            \
     if (!hp_try_result_.ok()) return hp_try_result_.error(); \
   } while (0)
 
