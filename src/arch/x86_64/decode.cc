@@ -1,0 +1,234 @@
+#include "arch/x86_64/decode.h"
+
+#include <Zydis/Zydis.h>
+
+#include <cinttypes>
+#include <cstdio>
+
+namespace hp::arch {
+namespace {
+
+struct Decoder {
+  ZydisDecoder decoder;
+  ZydisFormatter formatter;
+  Decoder() {
+    ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    ZydisFormatterInit(&formatter, ZYDIS_FORMATTER_STYLE_INTEL);
+    ZydisFormatterSetProperty(&formatter, ZYDIS_FORMATTER_PROP_FORCE_SIZE, ZYAN_FALSE);
+  }
+};
+
+const Decoder& decoder() {
+  static const Decoder d;
+  return d;
+}
+
+std::string hex_bytes(std::span<const std::uint8_t> bytes) {
+  std::string out;
+  char buf[4];
+  for (std::size_t i = 0; i < bytes.size() && i < kMaxInsnLength; ++i) {
+    std::snprintf(buf, sizeof buf, i ? " %02x" : "%02x", bytes[i]);
+    out += buf;
+  }
+  return out;
+}
+
+int gpr_index(ZydisRegister reg) {
+  if (reg == ZYDIS_REGISTER_NONE) return -1;
+  ZydisRegister full = ZydisRegisterGetLargestEnclosing(ZYDIS_MACHINE_MODE_LONG_64, reg);
+  if (full >= ZYDIS_REGISTER_RAX && full <= ZYDIS_REGISTER_R15) return full - ZYDIS_REGISTER_RAX;
+  return -1;
+}
+
+std::uint16_t gpr_mask_of(unsigned count, const ZydisDecodedOperand* ops) {
+  std::uint16_t mask = 0;
+  auto add = [&](ZydisRegister r) {
+    int i = gpr_index(r);
+    if (i >= 0) mask |= static_cast<std::uint16_t>(1u << i);
+  };
+  for (unsigned i = 0; i < count; ++i) {
+    const ZydisDecodedOperand& op = ops[i];
+    if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) add(op.reg.value);
+    if (op.type == ZYDIS_OPERAND_TYPE_MEMORY) {
+      add(op.mem.base);
+      add(op.mem.index);
+    }
+  }
+  return mask;
+}
+
+InsnKind classify(const ZydisDecodedInstruction& in) {
+  const bool relative = (in.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0;
+  switch (in.mnemonic) {
+    case ZYDIS_MNEMONIC_ENDBR64:
+      return InsnKind::endbr64;
+    case ZYDIS_MNEMONIC_INT3:
+      return InsnKind::int3;
+    case ZYDIS_MNEMONIC_SYSCALL:
+      return InsnKind::syscall;
+    case ZYDIS_MNEMONIC_UD0:
+    case ZYDIS_MNEMONIC_UD1:
+    case ZYDIS_MNEMONIC_UD2:
+    case ZYDIS_MNEMONIC_HLT:
+    case ZYDIS_MNEMONIC_INT:
+    case ZYDIS_MNEMONIC_INT1:
+    case ZYDIS_MNEMONIC_INTO:
+      return InsnKind::trap;
+    case ZYDIS_MNEMONIC_IRET:
+    case ZYDIS_MNEMONIC_IRETD:
+    case ZYDIS_MNEMONIC_IRETQ:
+    case ZYDIS_MNEMONIC_SYSRET:
+    case ZYDIS_MNEMONIC_SYSEXIT:
+    case ZYDIS_MNEMONIC_SYSENTER:
+      return InsnKind::far_transfer;
+    case ZYDIS_MNEMONIC_RET:
+      return in.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR ? InsnKind::far_transfer : InsnKind::ret;
+    case ZYDIS_MNEMONIC_JMP:
+      if (in.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnKind::far_transfer;
+      return relative ? InsnKind::jmp_rel : InsnKind::jmp_indirect;
+    case ZYDIS_MNEMONIC_CALL:
+      if (in.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) return InsnKind::far_transfer;
+      return relative ? InsnKind::call_rel : InsnKind::call_indirect;
+    case ZYDIS_MNEMONIC_LOOP:
+    case ZYDIS_MNEMONIC_LOOPE:
+    case ZYDIS_MNEMONIC_LOOPNE:
+    case ZYDIS_MNEMONIC_JRCXZ:
+    case ZYDIS_MNEMONIC_JECXZ:
+    case ZYDIS_MNEMONIC_JCXZ:
+      return InsnKind::loop_rel;
+    case ZYDIS_MNEMONIC_XBEGIN:
+      return InsnKind::xbegin;
+    default:
+      break;
+  }
+  if (in.meta.category == ZYDIS_CATEGORY_COND_BR && relative) return InsnKind::jcc_rel;
+  if (relative) return InsnKind::xbegin;  // any other relative form: treat as unrelocatable
+  return InsnKind::other;
+}
+
+}  // namespace
+
+std::string_view to_string(InsnKind kind) noexcept {
+  switch (kind) {
+    case InsnKind::other:
+      return "other";
+    case InsnKind::jmp_rel:
+      return "jmp_rel";
+    case InsnKind::jcc_rel:
+      return "jcc_rel";
+    case InsnKind::loop_rel:
+      return "loop_rel";
+    case InsnKind::call_rel:
+      return "call_rel";
+    case InsnKind::xbegin:
+      return "xbegin";
+    case InsnKind::ret:
+      return "ret";
+    case InsnKind::jmp_indirect:
+      return "jmp_indirect";
+    case InsnKind::call_indirect:
+      return "call_indirect";
+    case InsnKind::int3:
+      return "int3";
+    case InsnKind::syscall:
+      return "syscall";
+    case InsnKind::endbr64:
+      return "endbr64";
+    case InsnKind::trap:
+      return "trap";
+    case InsnKind::far_transfer:
+      return "far_transfer";
+  }
+  return "?";
+}
+
+Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address) {
+  const Decoder& d = decoder();
+  ZydisDecodedInstruction in;
+  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+  if (bytes.empty() ||
+      ZYAN_FAILED(ZydisDecoderDecodeFull(&d.decoder, bytes.data(), bytes.size(), &in, ops))) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "cannot decode the bytes at 0x%" PRIx64 " (", address);
+    return Error(Errc::not_relocatable, buf + hex_bytes(bytes) + ")");
+  }
+  Insn insn;
+  insn.address = address;
+  insn.length = in.length;
+  insn.kind = classify(in);
+  insn.gpr_mask = gpr_mask_of(in.operand_count, ops);
+  insn.explicit_gpr_mask = gpr_mask_of(in.operand_count_visible, ops);
+  if (in.attributes & ZYDIS_ATTRIB_HAS_MODRM) insn.modrm_offset = in.raw.modrm.offset;
+
+  if (insn.is_relative_branch()) {
+    for (unsigned i = 0; i < 2; ++i) {
+      if (in.raw.imm[i].is_relative) {
+        insn.rel_offset = in.raw.imm[i].offset;
+        insn.rel_size = in.raw.imm[i].size / 8;
+        insn.target = address + in.length + static_cast<std::uint64_t>(in.raw.imm[i].value.s);
+        break;
+      }
+    }
+    if (insn.rel_size == 0) insn.kind = InsnKind::xbegin;  // defensive: no immediate found
+  }
+  for (unsigned i = 0; i < in.operand_count; ++i) {
+    const ZydisDecodedOperand& op = ops[i];
+    if (op.type == ZYDIS_OPERAND_TYPE_MEMORY && op.mem.base == ZYDIS_REGISTER_RIP) {
+      insn.rip_relative = true;
+      insn.disp_offset = in.raw.disp.offset;
+      insn.target = address + in.length + static_cast<std::uint64_t>(op.mem.disp.value);
+      break;
+    }
+  }
+  if (insn.rip_relative && in.raw.disp.size != 32) {
+    insn.rip_relative = false;  // impossible in 64-bit mode; keep the invariant simple
+    insn.kind = InsnKind::xbegin;
+  }
+
+  char text[96];
+  if (ZYAN_SUCCESS(ZydisFormatterFormatInstruction(&d.formatter, &in, ops, in.operand_count_visible,
+                                                   text, sizeof text, address, ZYAN_NULL))) {
+    insn.text = text;
+  } else {
+    insn.text = hex_bytes(bytes.first(in.length));
+  }
+  return insn;
+}
+
+namespace detail {
+
+Result<std::vector<std::uint8_t>> rebase_rip_operand(std::span<const std::uint8_t> insn_bytes,
+                                                     std::uint64_t address, Gpr base) {
+  const Decoder& d = decoder();
+  ZydisDecodedInstruction in;
+  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+  if (ZYAN_FAILED(
+          ZydisDecoderDecodeFull(&d.decoder, insn_bytes.data(), insn_bytes.size(), &in, ops))) {
+    return Error(Errc::internal, "rebase_rip_operand: cannot decode");
+  }
+  ZydisEncoderRequest req;
+  if (ZYAN_FAILED(ZydisEncoderDecodedInstructionToEncoderRequest(&in, ops, in.operand_count_visible,
+                                                                 &req))) {
+    return Error(Errc::not_relocatable, "the encoder cannot represent it");
+  }
+  bool found = false;
+  for (unsigned i = 0; i < req.operand_count; ++i) {
+    ZydisEncoderOperand& op = req.operands[i];
+    if (op.type == ZYDIS_OPERAND_TYPE_MEMORY && op.mem.base == ZYDIS_REGISTER_RIP) {
+      op.mem.base = static_cast<ZydisRegister>(static_cast<int>(ZYDIS_REGISTER_RAX) + static_cast<int>(base));
+      op.mem.displacement = 0;
+      found = true;
+    }
+  }
+  if (!found) return Error(Errc::internal, "rebase_rip_operand: no RIP-relative operand");
+  std::uint8_t out[ZYDIS_MAX_INSTRUCTION_LENGTH];
+  ZyanUSize len = sizeof out;
+  if (ZYAN_FAILED(ZydisEncoderEncodeInstruction(&req, out, &len))) {
+    return Error(Errc::not_relocatable, "the encoder cannot re-encode it with a base register");
+  }
+  (void)address;
+  return std::vector<std::uint8_t>(out, out + len);
+}
+
+}  // namespace detail
+}  // namespace hp::arch

@@ -1,0 +1,112 @@
+// Code generation for the engine (src/core): entry trampolines, return trampolines, the
+// int3-mode copy, and patch plans. Everything here is a pure function of its inputs and
+// returns bytes for a given address; nothing writes live code.
+//
+// Entry trampoline (site rsp = S; every offset below is from S):
+//
+//     lea   rsp, [rsp-128]           skip the red zone; lea leaves flags alone
+//     push  rax                      [S-136] rax
+//     pushfq | push 0                [S-144] flags (push 0 when flags are not live)
+//     [cld]                          only when flags are live (DF=0 for the dispatcher)
+//     mov   rax, rsp                 rax = M = S-144, the way back
+//     and   rsp, -16                 align (flags already saved)
+//     push  rax; push rax            the way back, twice to keep 16-byte alignment
+//     [lea rsp,[rsp-256]; movups [rsp+16*i], xmm_i  for i in 0..15]   save_vector only
+//     lea   rsp, [rsp-144]           the hotprobe::Regs frame, 16-byte aligned
+//     mov   [rsp+off(reg)], reg      rcx, rdx, ..., r15
+//     rax, rflags from [M+8], [M]; rsp = M+144 = S; rip = probe address
+//     movabs rdi, context; mov rsi, rsp
+//     call  dispatcher               call rel32 when in reach, else movabs rax; call rax
+//     restore xmm (if saved); rcx..r15, rax from the frame (handlers may change them)
+//     mov   rsp, [rsp+144+vec]       rsp = M
+//     popfq | lea rsp,[rsp+8]
+//     lea   rsp, [rsp+136]           rsp = S
+//     <relocated displaced instructions>
+//     jmp   patch_address + length   (rel32, or jmp [rip+0]; .quad)
+//
+// The dispatcher is `void (*)(void* context, hotprobe::Regs*)` for now. Room for "skip to
+// a different ip": the dispatcher may later return a value in rax that the trampoline
+// tests after the call; today rax is ignored and restored from the frame.
+//
+// Vector registers: with save_vector (the default) xmm0-15 are saved and restored; the
+// upper halves of ymm/zmm are not (the dispatcher must not use AVX; see docs/design/arch.md).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "arch/x86_64/plan.h"
+#include "arch/x86_64/relocate.h"
+#include "base/error.h"
+
+namespace hp::arch {
+
+struct EntryTrampolineSpec {
+  std::uint64_t address = 0;     // where the trampoline will live
+  std::uint64_t context = 0;     // first argument to the dispatcher
+  std::uint64_t dispatcher = 0;  // void dispatcher(void* context, hotprobe::Regs*)
+  bool save_vector = true;       // xmm0-15
+};
+
+struct Trampoline {
+  std::vector<std::uint8_t> code;
+  std::uint32_t relocated_offset = 0;  // start of the relocated displaced instructions
+  // original offset (from plan.patch_address) -> offset in `code`, see Relocation::map.
+  std::vector<OffsetPair> map;
+};
+
+Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
+                                         const DisplacementPlan& plan);
+
+// The return trampoline: the probed function's return address is replaced by its address.
+// It saves every general register and xmm0-15 (rax/rdx/xmm0/xmm1 carry return values;
+// the others are saved so that nothing depends on which registers the dispatcher uses),
+// builds a Regs frame (rsp = the stack pointer after the ret, rip = the trampoline's own
+// address), calls `uint64_t dispatcher(void* context, hotprobe::Regs*)`, which returns the
+// original return address, restores every register and jumps there through the red zone
+// slot [rsp-8] (a signal cannot clobber it; the kernel skips the red zone).
+struct ReturnTrampolineSpec {
+  std::uint64_t address = 0;
+  std::uint64_t context = 0;
+  std::uint64_t dispatcher = 0;
+  bool save_vector = true;
+};
+Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineSpec& spec);
+
+// The int3-mode copy: the relocated single instruction followed by a jmp back.
+Result<Relocation> make_int3_copy(const Int3Plan& plan, std::uint64_t address);
+
+// A patch plan: steps the core applies in order, serializing every core between steps
+// (membarrier SYNC_CORE), as text_poke_bp does. A batch merges step i of every site.
+struct PatchWrite {
+  std::uint64_t address = 0;
+  std::vector<std::uint8_t> bytes;
+  bool operator==(const PatchWrite&) const = default;
+};
+struct PatchStep {
+  std::vector<PatchWrite> writes;  // sorted by address
+};
+struct PatchPlan {
+  std::vector<PatchStep> steps;
+};
+
+// The bytes that replace the displaced ones: jmp rel32 to the trampoline, then int3 for
+// the rest (a stray jump into them traps instead of running half an instruction).
+Result<std::vector<std::uint8_t>> make_jmp_patch_bytes(std::uint64_t patch_address,
+                                                       std::uint32_t length,
+                                                       std::uint64_t trampoline);
+
+// Attach: int3 on the first byte; the tail bytes (when length > 1); the first byte (0xe9).
+Result<PatchPlan> make_jmp_patch_plan(const DisplacementPlan& plan, std::uint64_t trampoline);
+// Detach: int3 on the first byte; the original tail; the original first byte.
+PatchPlan make_jmp_unpatch_plan(const DisplacementPlan& plan);
+// int3 mode: one step each way.
+PatchPlan make_int3_patch_plan(const Int3Plan& plan);
+PatchPlan make_int3_unpatch_plan(const Int3Plan& plan);
+
+// Step-wise merge of several plans (a batch): step i of the result holds step i of every
+// plan, writes sorted by address. Plans with fewer steps contribute nothing later.
+PatchPlan merge_patch_plans(std::span<const PatchPlan> plans);
+
+}  // namespace hp::arch
