@@ -2,10 +2,14 @@
 
 #include <pthread.h>
 
-#include <atomic>
-#include <vector>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <new>
+#include <thread>
 
 #include "base/assert.h"
+#include "base/thread_annotations.h"
 
 namespace hp::sync {
 
@@ -23,87 +27,170 @@ void run_fn_callback(Callback* cb) {
 
 }  // namespace
 
-// Queue and worker. `queued` counts callbacks ever queued, `done` those that ran, so a
-// barrier waits for done >= queued-at-entry. `gp_wanted` asks the worker for a grace
-// period without callbacks (start_poll). The worker is created on first use; in a fork
-// child (where it does not exist) `pid` differs from getpid() and it is created again.
+// Queue and worker. `queued` counts callbacks ever queued, `done` those whose batch has
+// finished, so a barrier waits for done >= queued-at-entry (batches run in queue order on
+// one worker). `poll_wanted` asks the worker for a grace period without callbacks.
+// `inflight_end` is the `queued` value of the batch the worker is running (valid while
+// `inflight`), so a fork child can count that batch as done.
+//
+// Lock order: fork_list_mu() before State::mu; State::mu is never held while running a
+// grace period or a callback.
 struct Deferred::State {
-  std::mutex mu;
-  std::condition_variable work_cv;  // worker waits for work
-  std::condition_variable done_cv;  // barrier() waits for progress
-  Callback* head = nullptr;         // pending, newest first
-  std::uint64_t queued = 0;
-  std::uint64_t done = 0;
-  bool gp_wanted = false;
-  bool stop = false;
-  pid_t worker_pid = 0;  // process that owns the worker thread
+  Mutex mu;
+  std::condition_variable work_cv;             // worker waits for work
+  std::condition_variable done_cv;             // barrier() waits for progress
+  Callback* head HP_GUARDED_BY(mu) = nullptr;  // pending, newest first
+  std::uint64_t queued HP_GUARDED_BY(mu) = 0;
+  std::uint64_t done HP_GUARDED_BY(mu) = 0;
+  std::uint64_t inflight_end HP_GUARDED_BY(mu) = 0;
+  bool inflight HP_GUARDED_BY(mu) = false;
+  bool poll_wanted HP_GUARDED_BY(mu) = false;
+  bool stop HP_GUARDED_BY(mu) = false;
+  bool worker_started HP_GUARDED_BY(mu) = false;
   std::thread worker;
   std::atomic<std::uint64_t> invoked{0};
+  // Every live State, for the fork handler (guarded by fork_list_mu()).
+  State* fork_prev = nullptr;
+  State* fork_next = nullptr;
 };
 
+namespace {
+
+thread_local const Deferred::State* tls_worker_of = nullptr;
+
+Mutex& fork_list_mu() {
+  static Mutex* m = new Mutex;  // immortal: fork handlers may run during exit
+  return *m;
+}
+Deferred::State* g_fork_list = nullptr;  // guarded by fork_list_mu()
+
+// pthread_atfork: hold every State's lock across fork() so the child's copy is consistent.
+void fork_prepare() HP_NO_THREAD_SAFETY_ANALYSIS {
+  fork_list_mu().lock();
+  for (Deferred::State* s = g_fork_list; s; s = s->fork_next)
+    s->mu.lock();
+}
+
+void fork_parent() HP_NO_THREAD_SAFETY_ANALYSIS {
+  for (Deferred::State* s = g_fork_list; s; s = s->fork_next)
+    s->mu.unlock();
+  fork_list_mu().unlock();
+}
+
+void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
+  for (Deferred::State* s = g_fork_list; s; s = s->fork_next) {
+    // The parent's waiters on the condition variables do not exist here; glibc condition
+    // variables keep waiter counts that a signal could wait on, so make fresh ones.
+    new (&s->work_cv) std::condition_variable();
+    new (&s->done_cv) std::condition_variable();
+    // The worker thread does not exist here. Forget its handle without joining or
+    // detaching it (both would act on a thread of another process).
+    new (&s->worker) std::thread();
+    s->worker_started = false;
+    s->stop = false;
+    if (s->inflight) {
+      s->done = s->inflight_end;  // see the header: never run a batch twice
+      s->inflight = false;
+    }
+    s->mu.unlock();
+  }
+  fork_list_mu().unlock();
+}
+
+void register_fork_handlers_once() {
+  static const int rc = pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
+  HP_CHECK_MSG(rc == 0, "pthread_atfork failed");
+}
+
+}  // namespace
+
 Deferred::Deferred(void* ctx, SyncFn synchronize, GpSequence& seq, const char* name)
-    : ctx_(ctx), sync_(synchronize), seq_(seq), name_(name), st_(std::make_unique<State>()) {}
+    : ctx_(ctx), sync_(synchronize), seq_(seq), name_(name), st_(std::make_unique<State>()) {
+  register_fork_handlers_once();
+  MutexLock l(fork_list_mu());
+  st_->fork_next = g_fork_list;
+  if (g_fork_list) g_fork_list->fork_prev = st_.get();
+  g_fork_list = st_.get();
+}
 
 Deferred::~Deferred() {
   barrier();
-  std::unique_lock lk(st_->mu);
-  if (st_->worker_pid == ::getpid() && st_->worker.joinable()) {
-    st_->stop = true;
-    st_->work_cv.notify_all();
-    lk.unlock();
-    st_->worker.join();
-  } else if (st_->worker.joinable()) {
-    // A fork child inherited the handle of a thread that does not exist here.
-    st_->worker.detach();
+  {
+    MutexLock l(fork_list_mu());
+    State* s = st_.get();
+    if (s->fork_prev)
+      s->fork_prev->fork_next = s->fork_next;
+    else
+      g_fork_list = s->fork_next;
+    if (s->fork_next) s->fork_next->fork_prev = s->fork_prev;
   }
+  bool join = false;
+  {
+    MutexLock l(st_->mu);
+    st_->stop = true;
+    join = st_->worker_started;
+    st_->work_cv.notify_all();
+  }
+  if (join) st_->worker.join();
+}
+
+// The worker: one grace period per batch, then the batch's callbacks, oldest first.
+static void worker_main(Deferred::State& st, void* ctx, Deferred::SyncFn sync,
+                        const char* name) HP_NO_THREAD_SAFETY_ANALYSIS {
+  tls_worker_of = &st;
+  // Name the worker so stall reports and debuggers show whose it is.
+  char tname[16];
+  std::snprintf(tname, sizeof tname, "hp-gp-%.9s", name);
+  pthread_setname_np(pthread_self(), tname);
+  std::unique_lock wl(st.mu.native());
+  for (;;) {
+    st.work_cv.wait(wl, [&] { return st.stop || st.head != nullptr || st.poll_wanted; });
+    if (st.head == nullptr && !st.poll_wanted) return;  // stop requested, nothing left
+    Callback* batch = st.head;
+    st.head = nullptr;
+    st.poll_wanted = false;  // the grace period below starts after every start_poll() so far
+    std::uint64_t batch_end = st.queued;
+    st.inflight = true;
+    st.inflight_end = batch_end;
+    wl.unlock();
+    sync(ctx);  // one grace period for the whole batch
+    Callback* rev = nullptr;
+    while (batch) {
+      Callback* n = batch->next;
+      batch->next = rev;
+      rev = batch;
+      batch = n;
+    }
+    std::uint64_t ran = 0;
+    while (rev) {
+      Callback* n = rev->next;
+      rev->fn(rev);
+      rev = n;
+      ran++;
+    }
+    st.invoked.fetch_add(ran, std::memory_order_relaxed);
+    wl.lock();
+    st.inflight = false;
+    st.done = batch_end;
+    st.done_cv.notify_all();
+  }
+}
+
+// Starts the worker if this process has none (first use, or a fork child).
+static void ensure_worker(Deferred::State& st, void* ctx, Deferred::SyncFn sync, const char* name)
+    HP_REQUIRES(st.mu) {
+  if (st.worker_started) return;
+  st.worker_started = true;
+  st.worker = std::thread(&worker_main, std::ref(st), ctx, sync, name);
 }
 
 void Deferred::call(Callback* cb) {
   HP_ASSERT(cb != nullptr && cb->fn != nullptr);
-  std::unique_lock lk(st_->mu);
+  MutexLock l(st_->mu);
   cb->next = st_->head;
   st_->head = cb;
   st_->queued++;
-  if (st_->worker_pid != ::getpid()) {
-    if (st_->worker.joinable()) st_->worker.detach();  // parent's thread, gone in a child
-    st_->worker_pid = ::getpid();
-    st_->worker = std::thread([this] {
-      // Name the worker so stall reports and debuggers show whose it is.
-      char name[16];
-      std::snprintf(name, sizeof name, "hp-gp-%.9s", name_);
-      pthread_setname_np(pthread_self(), name);
-      std::unique_lock wl(st_->mu);
-      for (;;) {
-        st_->work_cv.wait(wl, [&] { return st_->stop || st_->head || st_->gp_wanted; });
-        if (!st_->head && !st_->gp_wanted && st_->stop) return;
-        Callback* batch = st_->head;
-        st_->head = nullptr;
-        st_->gp_wanted = false;
-        std::uint64_t batch_end = st_->queued;
-        wl.unlock();
-        sync_(ctx_);  // one grace period for the whole batch
-        // Run oldest first.
-        Callback* rev = nullptr;
-        while (batch) {
-          Callback* n = batch->next;
-          batch->next = rev;
-          rev = batch;
-          batch = n;
-        }
-        std::uint64_t ran = 0;
-        while (rev) {
-          Callback* n = rev->next;
-          rev->fn(rev);
-          rev = n;
-          ran++;
-        }
-        st_->invoked.fetch_add(ran, std::memory_order_relaxed);
-        wl.lock();
-        st_->done = batch_end;
-        st_->done_cv.notify_all();
-      }
-    });
-  }
+  ensure_worker(*st_, ctx_, sync_, name_);
   st_->work_cv.notify_one();
 }
 
@@ -114,27 +201,34 @@ void Deferred::call(std::function<void()> fn) {
   call(static_cast<Callback*>(cb));
 }
 
-void Deferred::barrier() {
-  std::unique_lock lk(st_->mu);
-  std::uint64_t target = st_->queued;
+void Deferred::barrier() HP_NO_THREAD_SAFETY_ANALYSIS {
+  HP_CHECK_MSG(!on_worker(),
+               "Deferred::barrier() called from a callback: it would wait for itself");
+  std::unique_lock lk(st_->mu.native());
+  const std::uint64_t target = st_->queued;
   if (st_->done >= target) return;
-  st_->done_cv.wait(lk, [&] { return st_->done >= target || st_->worker_pid != ::getpid(); });
+  // In a fork child the worker starts here if callbacks were pending at fork().
+  ensure_worker(*st_, ctx_, sync_, name_);
+  st_->work_cv.notify_one();
+  st_->done_cv.wait(lk, [&] { return st_->done >= target; });
 }
 
 GpCookie Deferred::start_poll() {
   GpCookie c = seq_.snap();
   if (seq_.done(c)) return c;
-  {
-    std::unique_lock lk(st_->mu);
-    st_->gp_wanted = true;
-  }
-  // Reuse call()'s lazy worker start with an empty callback.
-  call([] {});
+  MutexLock l(st_->mu);
+  st_->poll_wanted = true;
+  ensure_worker(*st_, ctx_, sync_, name_);
+  st_->work_cv.notify_one();
   return c;
 }
 
 std::uint64_t Deferred::invoked() const noexcept {
   return st_->invoked.load(std::memory_order_relaxed);
+}
+
+bool Deferred::on_worker() const noexcept {
+  return tls_worker_of == st_.get();
 }
 
 }  // namespace hp::sync

@@ -1,0 +1,379 @@
+// Tasks-trace RCU: registry, grace periods, stall warnings, fork handling.
+// Memory-ordering pairs (R1, R2, W1, W2) are explained in docs/design/sync-tasks-trace.md.
+#include "sync/tasks_trace.h"
+
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <ctime>
+#include <vector>
+
+#include "base/thread_annotations.h"
+
+namespace hp::sync {
+
+namespace tt_detail {
+constinit thread_local std::atomic<std::uint64_t> tls_word
+    __attribute__((tls_model("initial-exec"))){0};
+}  // namespace tt_detail
+
+using tt_detail::kNestMask;
+using tt_detail::tls_word;
+
+namespace {
+
+// One registered thread. Allocated on the heap by the thread itself at its first read_lock()
+// and freed by its exit hook; `word` points into the thread's static TLS, which stays valid
+// until after the exit hook has unlinked the record.
+struct ThreadRecord {
+  std::atomic<std::uint64_t>* word = nullptr;
+  pid_t tid = 0;
+  ThreadRecord* prev = nullptr;
+  ThreadRecord* next = nullptr;
+  // Holdout state: written by the writer holding gp_mu, read by the exit hook; both under
+  // registry_mu.
+  bool holdout = false;
+  bool stall_reported = false;
+  std::uint64_t snap = 0;  // the word when the grace period found it inside a section
+};
+
+int membarrier(int cmd) {
+  return static_cast<int>(::syscall(__NR_membarrier, cmd, 0U, 0));
+}
+
+std::string thread_name(pid_t tid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/task/%d/comm", static_cast<int>(tid));
+  std::FILE* f = std::fopen(path, "re");
+  if (!f) return {};
+  char buf[64] = {};
+  std::string name;
+  if (std::fgets(buf, sizeof buf, f)) {
+    name = buf;
+    if (!name.empty() && name.back() == '\n') name.pop_back();
+  }
+  std::fclose(f);
+  return name;
+}
+
+void default_stall_report(const StallReport& r) {
+  std::fprintf(stderr,
+               "hotprobe: tasks-trace stall: thread %d (%s) has been inside one read section for "
+               "%lld ms, blocking grace period %llu\n",
+               static_cast<int>(r.tid), r.name.empty() ? "?" : r.name.c_str(),
+               static_cast<long long>(r.held.count()),
+               static_cast<unsigned long long>(r.grace_period));
+}
+
+// Spin briefly, then yield, then sleep with exponential backoff up to 10 ms.
+void wait_step(unsigned iter) {
+  if (iter < 32) {
+    for (int i = 0; i < 64; i++)
+      __builtin_ia32_pause();
+  } else if (iter < 48) {
+    sched_yield();
+  } else {
+    unsigned shift = iter - 48 < 9 ? iter - 48 : 9;
+    long us = 20L << shift;  // 20 us .. 10.24 ms
+    timespec ts{0, us * 1000};
+    nanosleep(&ts, nullptr);
+  }
+}
+
+}  // namespace
+
+// Lock order (liburcu style, declared where the locks are): gp_mu, then registry_mu. cfg_mu
+// is a leaf and never held together with registry_mu. The fork handler takes registry_mu and
+// cfg_mu (each is only held briefly, never across a wait), never gp_mu, which a writer holds
+// while waiting for readers (one of them may be the forking thread).
+struct TasksTraceAccess;
+
+struct TasksTrace::Impl {
+  Mutex gp_mu;  // one grace period at a time
+  Mutex registry_mu HP_ACQUIRED_AFTER(gp_mu);
+  ThreadRecord* threads HP_GUARDED_BY(registry_mu) = nullptr;
+  std::size_t nthreads HP_GUARDED_BY(registry_mu) = 0;
+  // Records the current grace period waits for; an exiting thread removes itself.
+  std::vector<ThreadRecord*> holdouts HP_GUARDED_BY(registry_mu);
+  pthread_key_t exit_key{};
+  std::atomic<std::int64_t> stall_timeout_ms{10'000};
+  Mutex cfg_mu;
+  std::function<void(const StallReport&)> stall_cb HP_GUARDED_BY(cfg_mu);
+
+  void link(ThreadRecord* r) HP_REQUIRES(registry_mu) {
+    r->prev = nullptr;
+    r->next = threads;
+    if (threads) threads->prev = r;
+    threads = r;
+    nthreads++;
+  }
+  void unlink(ThreadRecord* r) HP_REQUIRES(registry_mu) {
+    if (r->prev)
+      r->prev->next = r->next;
+    else
+      threads = r->next;
+    if (r->next) r->next->prev = r->prev;
+    nthreads--;
+    if (r->holdout) {
+      for (auto& h : holdouts) {
+        if (h == r) {
+          h = holdouts.back();
+          holdouts.pop_back();
+          break;
+        }
+      }
+      r->holdout = false;
+    }
+  }
+};
+
+namespace {
+
+TasksTrace* g_instance = nullptr;  // set once, before any fork handler can run
+
+// The thread-exit hook (a pthread key destructor): runs after the thread's C++ thread_local
+// destructors (which may still use read sections) and before its TLS is freed. After it, the
+// writer can no longer reach this thread's word.
+void on_thread_exit(void* p);
+
+}  // namespace
+
+struct TasksTraceAccess {
+  static TasksTrace::Impl& impl(TasksTrace& t) { return *t.impl_; }
+};
+
+namespace {
+
+void on_thread_exit(void* p) {
+  auto* rec = static_cast<ThreadRecord*>(p);
+  auto& im = TasksTraceAccess::impl(*g_instance);
+  {
+    MutexLock l(im.registry_mu);
+    im.unlink(rec);
+  }
+  // A read_lock() in a later destructor registers the thread again (glibc then runs this
+  // hook again).
+  tls_word.store(0, std::memory_order_relaxed);
+  delete rec;
+}
+
+void fork_prepare() HP_NO_THREAD_SAFETY_ANALYSIS {
+  auto& im = TasksTraceAccess::impl(*g_instance);
+  im.registry_mu.lock();
+  im.cfg_mu.lock();
+}
+
+void fork_parent() HP_NO_THREAD_SAFETY_ANALYSIS {
+  auto& im = TasksTraceAccess::impl(*g_instance);
+  im.cfg_mu.unlock();
+  im.registry_mu.unlock();
+}
+
+}  // namespace
+
+namespace {
+
+// In the child only the forking thread exists: drop every other record (their threads, and
+// the TLS their words live in, are the parent's), forget the parent's grace period, make the
+// grace-period mutex usable again (a parent thread may have held it), and register for
+// membarrier again (the child is a new mm).
+void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
+  TasksTrace& tt = *g_instance;
+  auto& im = TasksTraceAccess::impl(tt);
+  std::atomic<std::uint64_t>* mine = &tls_word;
+  ThreadRecord* r = im.threads;
+  while (r) {
+    ThreadRecord* n = r->next;
+    r->holdout = false;
+    if (r->word == mine) {
+      r->tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    } else {
+      im.unlink(r);
+      delete r;
+    }
+    r = n;
+  }
+  im.holdouts.clear();
+  im.gp_mu.reinit_after_fork();
+  if (tt.barrier_kind() == TasksTrace::BarrierKind::kPrivateExpedited) {
+    (void)membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED);
+  }
+  im.cfg_mu.unlock();
+  im.registry_mu.unlock();
+}
+
+}  // namespace
+
+TasksTrace::TasksTrace() : impl_(new Impl), deferred_(this, &TasksTrace::sync_thunk, seq_, "tt") {
+  // W1's mechanism, chosen once: expedited membarrier if the kernel lets us register for it.
+  int mask = membarrier(MEMBARRIER_CMD_QUERY);
+  BarrierKind k = BarrierKind::kNone;
+  if (mask > 0 && (mask & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+      membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0) {
+    k = BarrierKind::kPrivateExpedited;
+  } else if (mask > 0 && (mask & MEMBARRIER_CMD_GLOBAL)) {
+    k = BarrierKind::kGlobal;
+  }
+  barrier_kind_.store(k, std::memory_order_relaxed);
+  HP_CHECK(pthread_key_create(&impl_->exit_key, &on_thread_exit) == 0);
+  g_instance = this;
+  HP_CHECK(pthread_atfork(&fork_prepare, &fork_parent, &fork_child) == 0);
+}
+
+TasksTrace& tasks_trace() noexcept {
+  static TasksTrace* const instance = new TasksTrace;
+  return *instance;
+}
+
+std::uint64_t TasksTrace::register_thread() noexcept {
+  TasksTrace& tt = tasks_trace();
+  auto* rec = new ThreadRecord;
+  rec->word = &tls_word;
+  rec->tid = static_cast<pid_t>(::syscall(SYS_gettid));
+  tls_word.store(tt_detail::kRegistered, std::memory_order_relaxed);
+  {
+    // The writer scans under this lock, so a grace period either sees this record or
+    // started its scan before the registration; in the latter case this thread's coming
+    // section starts after that scan (the lock orders them) and sees the writer's updates.
+    MutexLock l(tt.impl_->registry_mu);
+    tt.impl_->link(rec);
+  }
+  HP_CHECK(pthread_setspecific(tt.impl_->exit_key, rec) == 0);
+  return tt_detail::kRegistered;
+}
+
+void TasksTrace::sync_thunk(void* self) {
+  static_cast<TasksTrace*>(self)->synchronize();
+}
+
+void TasksTrace::synchronize() {
+  HP_CHECK_MSG(!in_reader(),
+               "TasksTrace::synchronize() inside a read section would wait for itself");
+  GpCookie c = seq_.snap();
+  MutexLock l(impl_->gp_mu);
+  if (seq_.done(c)) return;  // another caller's grace period covered ours
+  // Odd here only in a fork child whose parent was in the middle of a grace period: finish
+  // that one (it waits for every section the child has, so it is a full grace period).
+  if (!seq_.in_progress()) seq_.start();
+  run_grace_period();
+  seq_.end();
+}
+
+void TasksTrace::barrier() {
+  HP_CHECK_MSG(!in_reader(), "TasksTrace::barrier() inside a read section would wait for itself");
+  deferred_.barrier();
+}
+
+void TasksTrace::run_grace_period() {
+  Impl& im = *impl_;
+  // W1: matches R1 in read_lock() (and orders the caller's unpublishing stores before the
+  // scan). Every thread of the process that is running executes a full barrier; the others
+  // are between context switches, which imply one. After it, a reader either has its entry
+  // visible to the scan below, or its section's loads see everything stored before this call.
+  switch (barrier_kind()) {
+    case BarrierKind::kPrivateExpedited:
+      HP_CHECK_MSG(membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0,
+                   "membarrier(PRIVATE_EXPEDITED) failed after registration");
+      break;
+    case BarrierKind::kGlobal:
+      HP_CHECK_MSG(membarrier(MEMBARRIER_CMD_GLOBAL) == 0, "membarrier(GLOBAL) failed");
+      break;
+    case BarrierKind::kNone:
+      HP_DIE(
+          "tasks-trace RCU needs membarrier(2) (Linux >= 4.3), and this process may not use it "
+          "(a seccomp filter?); allow membarrier or use another hotprobe sync domain");
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::uint64_t gp_number = seq_.completed() + 1;
+  {
+    MutexLock l(im.registry_mu);
+    im.holdouts.clear();
+    for (ThreadRecord* r = im.threads; r; r = r->next) {
+      // W2: matches R2 in read_unlock() (and read_lock()'s release store).
+      std::uint64_t v = r->word->load(std::memory_order_acquire);
+      if (v & kNestMask) {
+        r->holdout = true;
+        r->stall_reported = false;
+        r->snap = v;
+        im.holdouts.push_back(r);
+      }
+    }
+  }
+  for (unsigned iter = 0;; iter++) {
+    std::vector<StallReport> stalls;
+    {
+      MutexLock l(im.registry_mu);
+      for (std::size_t i = 0; i < im.holdouts.size();) {
+        ThreadRecord* r = im.holdouts[i];
+        // W2 again: depth 0 or a new outermost entry means the section we saw has ended.
+        std::uint64_t v = r->word->load(std::memory_order_acquire);
+        if ((v & kNestMask) == 0 || (v >> 32) != (r->snap >> 32)) {
+          r->holdout = false;
+          im.holdouts[i] = im.holdouts.back();
+          im.holdouts.pop_back();
+        } else {
+          i++;
+        }
+      }
+      if (im.holdouts.empty()) break;
+      const auto held = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - t0);
+      if (held.count() >= im.stall_timeout_ms.load(std::memory_order_relaxed)) {
+        for (ThreadRecord* r : im.holdouts) {
+          if (r->stall_reported) continue;
+          r->stall_reported = true;
+          stalls.push_back(StallReport{r->tid, {}, held, gp_number});
+        }
+      }
+    }
+    if (!stalls.empty()) {
+      std::function<void(const StallReport&)> cb;
+      {
+        MutexLock l(im.cfg_mu);
+        cb = im.stall_cb;
+      }
+      for (StallReport& s : stalls) {
+        s.name = thread_name(s.tid);
+        if (cb)
+          cb(s);
+        else
+          default_stall_report(s);
+      }
+    }
+    wait_step(iter);
+  }
+}
+
+std::size_t TasksTrace::registered_threads() const {
+  MutexLock l(impl_->registry_mu);
+  return impl_->nthreads;
+}
+
+void TasksTrace::set_stall_timeout(std::chrono::milliseconds t) noexcept {
+  impl_->stall_timeout_ms.store(t.count(), std::memory_order_relaxed);
+}
+
+std::chrono::milliseconds TasksTrace::stall_timeout() const noexcept {
+  return std::chrono::milliseconds(impl_->stall_timeout_ms.load(std::memory_order_relaxed));
+}
+
+void TasksTrace::set_stall_callback(std::function<void(const StallReport&)> cb) {
+  MutexLock l(impl_->cfg_mu);
+  impl_->stall_cb = std::move(cb);
+}
+
+void TasksTrace::force_barrier_kind_for_testing(BarrierKind k) {
+  HP_CHECK_MSG(k != BarrierKind::kNone, "force_barrier_kind_for_testing(kNone)");
+  if (k == BarrierKind::kPrivateExpedited) {
+    HP_CHECK(membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0);
+  }
+  MutexLock l(impl_->gp_mu);
+  barrier_kind_.store(k, std::memory_order_relaxed);
+}
+
+}  // namespace hp::sync
