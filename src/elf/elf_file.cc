@@ -1,0 +1,658 @@
+#include "elf/elf_file.h"
+
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <unordered_map>
+
+#include "base/assert.h"
+#include "base/thread_annotations.h"
+
+namespace hp::elf {
+
+namespace {
+
+std::string hex(std::uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+// "123" or "0x7b" in full; false for anything else (including overflow).
+bool parse_number(std::string_view s, std::uint64_t& out) {
+  int base = 10;
+  if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+    s.remove_prefix(2);
+    base = 16;
+  }
+  if (s.empty()) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out, base);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+bool is_glob(std::string_view s) {
+  return s.find_first_of("*?[") != std::string_view::npos;
+}
+
+// Among aliases (one address, several names) the one to show: a global, exported,
+// unversioned name, then the shortest, then the first alphabetically.
+bool better_name(const Symbol& a, const Symbol& b) {
+  auto rank = [](const Symbol& s) {
+    return std::make_tuple(!s.global, !s.dynamic, s.name.find('@') != std::string_view::npos,
+                           s.name.size(), s.name);
+  };
+  return rank(a) < rank(b);
+}
+
+std::string elf_error(const std::string& path, const char* what) {
+  return path + ": " + what + ": " + elf_errmsg(-1);
+}
+
+void init_libelf() {
+  static std::once_flag once;
+  std::call_once(once, [] { (void)elf_version(EV_CURRENT); });
+}
+
+// A symbol as read, before merging; `name` views libelf's mapped string table or a
+// string in `versioned`.
+struct RawSymbol {
+  std::string_view name;
+  std::uint64_t value;
+  std::uint64_t size;
+  std::uint64_t file_offset;
+  SymbolKind kind;
+  bool global;
+  bool dynamic;
+};
+
+std::atomic<std::uint64_t> g_parsed{0};
+
+}  // namespace
+
+ElfFile::~ElfFile() = default;
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  // One row of the classic dynamic program.
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diag = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t up = row[j];
+      std::size_t sub = diag + (a[i - 1] == b[j - 1] ? 0 : 1);
+      row[j] = std::min({up + 1, row[j - 1] + 1, sub});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string path) {
+  init_libelf();
+  struct Closer {
+    int fd;
+    Elf* elf = nullptr;
+    ~Closer() {
+      if (elf) elf_end(elf);
+      ::close(fd);
+    }
+  } closer{fd};
+
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return sys_error("cannot stat " + path);
+  if (!S_ISREG(st.st_mode)) {
+    return Error(Errc::invalid_argument, path + " is not a regular file, so not an ELF module");
+  }
+  Elf* e = elf_begin(fd, ELF_C_READ_MMAP, nullptr);
+  if (!e) return Error(Errc::io_error, elf_error(path, "cannot read ELF"));
+  closer.elf = e;
+  if (elf_kind(e) != ELF_K_ELF) {
+    return Error(Errc::invalid_argument, path + " is not an ELF file");
+  }
+  GElf_Ehdr eh;
+  if (!gelf_getehdr(e, &eh))
+    return Error(Errc::invalid_argument, elf_error(path, "bad ELF header"));
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_machine != EM_X86_64) {
+    return Error(Errc::unsupported, path + " is not an x86-64 ELF64 file (machine " +
+                                        std::to_string(eh.e_machine) + ")");
+  }
+  if (eh.e_type != ET_EXEC && eh.e_type != ET_DYN) {
+    return Error(Errc::unsupported,
+                 path + " is neither an executable nor a shared object (ELF type " +
+                     std::to_string(eh.e_type) + "): only loadable files can be probed");
+  }
+
+  std::shared_ptr<ElfFile> f(new ElfFile());
+  f->path_ = std::move(path);
+  f->key_ = ModuleKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+  f->file_size_ = static_cast<std::uint64_t>(st.st_size);
+  f->pic_ = eh.e_type == ET_DYN;
+
+  std::size_t phnum = 0;
+  if (elf_getphdrnum(e, &phnum) != 0) {
+    return Error(Errc::invalid_argument, elf_error(f->path_, "bad program headers"));
+  }
+  for (std::size_t i = 0; i < phnum; ++i) {
+    GElf_Phdr ph;
+    if (!gelf_getphdr(e, static_cast<int>(i), &ph)) continue;
+    if (ph.p_type != PT_LOAD) continue;
+    f->segments_.push_back(
+        Segment{ph.p_vaddr, ph.p_memsz, ph.p_offset, ph.p_filesz, (ph.p_flags & PF_X) != 0});
+  }
+  if (f->segments_.empty()) {
+    return Error(Errc::invalid_argument, f->path_ + " has no PT_LOAD segment");
+  }
+
+  std::size_t shstrndx = 0;
+  if (elf_getshdrstrndx(e, &shstrndx) != 0) shstrndx = 0;
+
+  Elf_Scn* symtab = nullptr;
+  Elf_Scn* dynsym = nullptr;
+  Elf_Scn* versym = nullptr;
+  Elf_Scn* verdef = nullptr;
+  for (Elf_Scn* scn = elf_nextscn(e, nullptr); scn; scn = elf_nextscn(e, scn)) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh)) continue;
+    switch (sh.sh_type) {
+      case SHT_SYMTAB:
+        symtab = scn;
+        break;
+      case SHT_DYNSYM:
+        dynsym = scn;
+        break;
+      case SHT_GNU_versym:
+        versym = scn;
+        break;
+      case SHT_GNU_verdef:
+        verdef = scn;
+        break;
+      case SHT_DYNAMIC: {
+        Elf_Data* d = elf_getdata(scn, nullptr);
+        if (!d || sh.sh_entsize == 0) break;
+        for (std::size_t i = 0; i < sh.sh_size / sh.sh_entsize; ++i) {
+          GElf_Dyn dyn;
+          if (!gelf_getdyn(d, static_cast<int>(i), &dyn)) break;
+          if (dyn.d_tag == DT_NULL) break;
+          if (dyn.d_tag == DT_SONAME) {
+            const char* s = elf_strptr(e, sh.sh_link, dyn.d_un.d_val);
+            if (s) f->soname_ = s;
+          }
+        }
+        break;
+      }
+      case SHT_PROGBITS: {
+        const char* name = shstrndx ? elf_strptr(e, shstrndx, sh.sh_name) : nullptr;
+        if (name && std::string_view(name) == ".gnu_debuglink") {
+          Elf_Data* d = elf_getdata(scn, nullptr);
+          if (d && d->d_buf && d->d_size > 0) {
+            const char* s = static_cast<const char*>(d->d_buf);
+            f->debuglink_.assign(s, ::strnlen(s, d->d_size));
+          }
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  f->has_symtab_ = symtab != nullptr;
+
+  // Version definitions: index -> name, to name non-default versions "name@VERSION".
+  std::vector<std::string_view> version_names;
+  if (verdef) {
+    GElf_Shdr sh;
+    Elf_Data* d = elf_getdata(verdef, nullptr);
+    if (d && gelf_getshdr(verdef, &sh)) {
+      std::size_t off = 0;
+      for (std::size_t n = 0; n < sh.sh_info && off < d->d_size; ++n) {
+        GElf_Verdef vd;
+        GElf_Verdaux vda;
+        if (!gelf_getverdef(d, static_cast<int>(off), &vd)) break;
+        if (vd.vd_cnt > 0 && gelf_getverdaux(d, static_cast<int>(off + vd.vd_aux), &vda)) {
+          const char* s = elf_strptr(e, sh.sh_link, vda.vda_name);
+          if (s) {
+            if (version_names.size() <= vd.vd_ndx) version_names.resize(vd.vd_ndx + 1u);
+            version_names[vd.vd_ndx] = s;
+          }
+        }
+        if (vd.vd_next == 0) break;
+        off += vd.vd_next;
+      }
+    }
+  }
+
+  std::vector<RawSymbol> raw;
+  std::deque<std::string> versioned;  // storage for "name@VERSION"
+  auto read_table = [&](Elf_Scn* scn, bool dynamic) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh) || sh.sh_entsize == 0) return;
+    Elf_Data* d = elf_getdata(scn, nullptr);
+    if (!d) return;
+    Elf_Data* vs = nullptr;
+    if (dynamic && versym) vs = elf_getdata(versym, nullptr);
+    const std::size_t count = sh.sh_size / sh.sh_entsize;
+    raw.reserve(raw.size() + count);
+    for (std::size_t i = 1; i < count; ++i) {
+      GElf_Sym sym;
+      if (!gelf_getsym(d, static_cast<int>(i), &sym)) break;
+      const int type = GELF_ST_TYPE(sym.st_info);
+      if (type != STT_FUNC && type != STT_GNU_IFUNC) continue;
+      if (sym.st_shndx == SHN_UNDEF || sym.st_name == 0) continue;
+      const char* cname = elf_strptr(e, sh.sh_link, sym.st_name);
+      if (!cname || !*cname) continue;
+      auto off = f->vaddr_to_offset(sym.st_value);
+      if (!off.ok()) continue;  // not in the file (should not happen for code)
+      std::string_view name = cname;
+      if (vs) {
+        GElf_Versym ver;
+        if (gelf_getversym(vs, static_cast<int>(i), &ver)) {
+          const unsigned idx = ver & 0x7fff;
+          if ((ver & 0x8000) && idx >= 2 && idx < version_names.size() &&
+              !version_names[idx].empty()) {
+            versioned.push_back(std::string(name) + "@" + std::string(version_names[idx]));
+            name = versioned.back();
+          }
+        }
+      }
+      const int bind = GELF_ST_BIND(sym.st_info);
+      raw.push_back(RawSymbol{name, sym.st_value, sym.st_size, *off,
+                              type == STT_GNU_IFUNC ? SymbolKind::ifunc : SymbolKind::function,
+                              bind != STB_LOCAL, dynamic});
+    }
+  };
+  if (symtab) read_table(symtab, false);
+  if (dynsym) read_table(dynsym, true);
+
+  // Merge the two tables: one entry per (name, value).
+  std::sort(raw.begin(), raw.end(), [](const RawSymbol& a, const RawSymbol& b) {
+    if (a.file_offset != b.file_offset) return a.file_offset < b.file_offset;
+    return a.name < b.name;
+  });
+  std::vector<RawSymbol> merged;
+  merged.reserve(raw.size());
+  std::size_t name_bytes = 0;
+  for (const RawSymbol& r : raw) {
+    if (!merged.empty() && merged.back().file_offset == r.file_offset &&
+        merged.back().name == r.name) {
+      RawSymbol& m = merged.back();
+      m.size = std::max(m.size, r.size);
+      m.global = m.global || r.global;
+      m.dynamic = m.dynamic || r.dynamic;
+      if (r.kind == SymbolKind::ifunc) m.kind = SymbolKind::ifunc;
+      continue;
+    }
+    merged.push_back(r);
+    name_bytes += r.name.size() + 1;
+  }
+
+  // Copy names into one block owned by the ElfFile; libelf's mapping goes away below.
+  f->names_.reserve(name_bytes);
+  std::vector<std::size_t> name_at;
+  name_at.reserve(merged.size());
+  for (const RawSymbol& r : merged) {
+    name_at.push_back(f->names_.size());
+    f->names_.append(r.name);
+    f->names_.push_back('\0');
+  }
+  f->symbols_.reserve(merged.size());
+  for (std::size_t i = 0; i < merged.size(); ++i) {
+    const RawSymbol& r = merged[i];
+    f->symbols_.push_back(Symbol{std::string_view(f->names_.data() + name_at[i], r.name.size()),
+                                 r.value, r.size, r.file_offset, r.kind, r.global, r.dynamic});
+  }
+  f->by_name_.resize(f->symbols_.size());
+  for (std::uint32_t i = 0; i < f->by_name_.size(); ++i)
+    f->by_name_[i] = i;
+  std::sort(f->by_name_.begin(), f->by_name_.end(), [&](std::uint32_t a, std::uint32_t b) {
+    const Symbol& x = f->symbols_[a];
+    const Symbol& y = f->symbols_[b];
+    if (x.name != y.name) return x.name < y.name;
+    return a < b;
+  });
+  return std::shared_ptr<const ElfFile>(std::move(f));
+}
+
+Result<std::uint64_t> ElfFile::vaddr_to_offset(std::uint64_t vaddr) const {
+  for (const Segment& s : segments_) {
+    if (vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz) return s.offset + (vaddr - s.vaddr);
+  }
+  return Error(Errc::not_found, "virtual address " + hex(vaddr) + " is not backed by " + path_ +
+                                    " (outside the file part of every PT_LOAD segment)");
+}
+
+Result<std::uint64_t> ElfFile::offset_to_vaddr(std::uint64_t offset) const {
+  for (const Segment& s : segments_) {
+    if (offset >= s.offset && offset - s.offset < s.filesz) return s.vaddr + (offset - s.offset);
+  }
+  return Error(Errc::not_found, "file offset " + hex(offset) + " of " + path_ +
+                                    " is not loaded (outside every PT_LOAD segment)");
+}
+
+bool ElfFile::offset_is_code(std::uint64_t offset) const {
+  for (const Segment& s : segments_) {
+    if (s.executable && offset >= s.offset && offset - s.offset < s.filesz) return true;
+  }
+  return false;
+}
+
+std::vector<const Symbol*> ElfFile::find(std::string_view name) const {
+  auto lo =
+      std::lower_bound(by_name_.begin(), by_name_.end(), name,
+                       [&](std::uint32_t i, std::string_view n) { return symbols_[i].name < n; });
+  std::vector<const Symbol*> out;
+  for (auto it = lo; it != by_name_.end() && symbols_[*it].name == name; ++it) {
+    out.push_back(&symbols_[*it]);
+  }
+  return out;
+}
+
+const Symbol* ElfFile::containing_offset(std::uint64_t offset) const {
+  auto it =
+      std::upper_bound(symbols_.begin(), symbols_.end(), offset,
+                       [](std::uint64_t off, const Symbol& s) { return off < s.file_offset; });
+  const Symbol* best = nullptr;
+  // Look back a little: aliases share a start, and rarely a symbol nests in another.
+  for (int budget = 64; it != symbols_.begin() && budget > 0; --budget) {
+    --it;
+    if (it->contains_offset(offset) &&
+        (!best || (best->file_offset == it->file_offset ? better_name(*it, *best)
+                                                        : it->file_offset > best->file_offset))) {
+      best = &*it;
+    }
+  }
+  return best;
+}
+
+std::vector<std::string_view> ElfFile::suggestions(std::string_view name, std::size_t max) const {
+  // Close enough to be a typo: a third of the name, at least 2, at most 4 edits.
+  const std::size_t limit = std::clamp<std::size_t>(name.size() / 3, 2, 4);
+  std::vector<std::pair<std::size_t, std::string_view>> close;
+  std::string_view prev;
+  for (std::uint32_t i : by_name_) {
+    std::string_view n = symbols_[i].name;
+    if (n == prev) continue;
+    prev = n;
+    const std::size_t diff =
+        n.size() > name.size() ? n.size() - name.size() : name.size() - n.size();
+    if (diff > limit) continue;
+    const std::size_t d = edit_distance(name, n);
+    if (d <= limit && d > 0) close.emplace_back(d, n);
+  }
+  std::sort(close.begin(), close.end());
+  std::vector<std::string_view> out;
+  for (std::size_t i = 0; i < close.size() && out.size() < max; ++i)
+    out.push_back(close[i].second);
+  return out;
+}
+
+Error ElfFile::no_such_function(std::string_view name) const {
+  std::string msg = "no function '" + std::string(name) + "' in " + path_;
+  auto near = suggestions(name);
+  if (!near.empty()) {
+    msg += "; did you mean ";
+    for (std::size_t i = 0; i < near.size(); ++i) {
+      if (i) msg += i + 1 == near.size() ? " or " : ", ";
+      msg += "'" + std::string(near[i]) + "'";
+    }
+    msg += "?";
+  }
+  if (!has_symtab_) {
+    msg += " (the file is stripped: only its " + std::to_string(symbols_.size()) +
+           " exported functions are known";
+    if (!debuglink_.empty())
+      msg += "; separate debug files such as " + debuglink_ + " are not read";
+    msg += ")";
+  }
+  return Error(Errc::not_found, std::move(msg));
+}
+
+Result<std::vector<Target>> ElfFile::lookup(std::string_view spec) const {
+  if (spec.empty()) {
+    return Error(Errc::invalid_argument,
+                 "empty function spec: give a function name, a glob such as 'handle_*', "
+                 "NAME+OFFSET, or a file offset such as 0x1140");
+  }
+
+  if (spec.size() > 1 && spec[0] == '0' && (spec[1] == 'x' || spec[1] == 'X')) {
+    std::uint64_t off;
+    if (!parse_number(spec, off)) {
+      return Error(Errc::invalid_argument,
+                   "'" + std::string(spec) + "' is not a hexadecimal file offset (write 0x1140)");
+    }
+    if (!offset_is_code(off)) {
+      std::string ranges;
+      for (const Segment& s : segments_) {
+        if (!s.executable) continue;
+        if (!ranges.empty()) ranges += ", ";
+        ranges += hex(s.offset) + "-" + hex(s.offset + s.filesz);
+      }
+      return Error(Errc::invalid_argument, "file offset " + hex(off) + " is not code in " + path_ +
+                                               ": its executable segments span file offsets " +
+                                               ranges);
+    }
+    Target t;
+    t.file_offset = off;
+    t.vaddr = offset_to_vaddr(off).value();
+    t.symbol = containing_offset(off);
+    if (t.symbol) t.offset_in_symbol = off - t.symbol->file_offset;
+    return std::vector<Target>{t};
+  }
+
+  // NAME+OFFSET: the '+' splits only when a number follows it.
+  std::string_view name = spec;
+  std::uint64_t add = 0;
+  bool has_add = false;
+  if (std::size_t plus = spec.rfind('+'); plus != std::string_view::npos) {
+    std::string_view num = spec.substr(plus + 1);
+    if (!parse_number(num, add)) {
+      return Error(Errc::invalid_argument, "bad offset '" + std::string(num) + "' in '" +
+                                               std::string(spec) + "': write NAME+16 or NAME+0x10");
+    }
+    name = spec.substr(0, plus);
+    has_add = true;
+    if (name.empty()) {
+      return Error(Errc::invalid_argument, "'" + std::string(spec) +
+                                               "' has an offset but no function name; for a "
+                                               "file offset write " +
+                                               hex(add));
+    }
+  }
+
+  if (is_glob(name)) {
+    if (has_add) {
+      return Error(Errc::invalid_argument, "'" + std::string(spec) +
+                                               "': a glob cannot take +OFFSET (each function "
+                                               "has its own size)");
+    }
+    const std::string pattern(name);
+    std::vector<const Symbol*> hits;
+    std::string_view current;
+    bool have = false;
+    bool match = false;
+    for (std::uint32_t i : by_name_) {
+      const Symbol& s = symbols_[i];
+      if (!have || s.name != current) {
+        have = true;
+        current = s.name;
+        // names_ holds a NUL after every name, so data() is a C string.
+        match = ::fnmatch(pattern.c_str(), s.name.data(), 0) == 0;
+      }
+      if (match) hits.push_back(&s);
+    }
+    if (hits.empty()) {
+      std::string msg = "no function in " + path_ + " matches '" + pattern + "'";
+      if (!has_symtab_) msg += " (the file is stripped: only exported functions are known)";
+      return Error(Errc::not_found, std::move(msg));
+    }
+    // One target per address: aliases would otherwise put two probes on one site.
+    std::sort(hits.begin(), hits.end(), [](const Symbol* a, const Symbol* b) {
+      if (a->file_offset != b->file_offset) return a->file_offset < b->file_offset;
+      return better_name(*a, *b);
+    });
+    std::vector<Target> out;
+    for (const Symbol* s : hits) {
+      if (!out.empty() && out.back().file_offset == s->file_offset) continue;
+      out.push_back(Target{s, 0, s->file_offset, s->value});
+    }
+    return out;
+  }
+
+  std::vector<const Symbol*> found = find(name);
+  if (found.empty()) return no_such_function(name);
+  std::sort(found.begin(), found.end(), [](const Symbol* a, const Symbol* b) {
+    if (a->file_offset != b->file_offset) return a->file_offset < b->file_offset;
+    return better_name(*a, *b);
+  });
+  if (found.front()->file_offset != found.back()->file_offset) {
+    std::string msg = "'" + std::string(name) + "' names " + std::to_string(found.size()) +
+                      " functions in " + path_ + ":";
+    for (const Symbol* s : found) {
+      msg += " " + hex(s->file_offset) + " (" + (s->global ? "global" : "local") + ", " +
+             std::to_string(s->size) + " bytes)";
+    }
+    msg += "; choose one by its file offset, e.g. " + hex(found.front()->file_offset);
+    return Error(Errc::invalid_argument, std::move(msg));
+  }
+  const Symbol* s = found.front();
+  if (has_add) {
+    if (s->is_ifunc() && add != 0) {
+      return Error(Errc::invalid_argument,
+                   "'" + std::string(name) +
+                       "' is an IFUNC: its code is the resolver that picks an implementation, "
+                       "so +OFFSET would land in the resolver; probe the implementation instead");
+    }
+    if (s->size > 0 && add >= s->size) {
+      return Error(Errc::invalid_argument, "offset " + hex(add) + " is beyond the end of '" +
+                                               std::string(name) + "' (" + std::to_string(s->size) +
+                                               " bytes, so at most " + hex(s->size - 1) + ")");
+    }
+    if (s->size == 0 && !offset_is_code(s->file_offset + add)) {
+      return Error(Errc::invalid_argument, "offset " + hex(add) + " from '" + std::string(name) +
+                                               "' (whose size is not recorded) leaves the code");
+    }
+  }
+  return std::vector<Target>{Target{s, add, s->file_offset + add, s->value + add}};
+}
+
+Result<Target> ElfFile::lookup_one(std::string_view spec) const {
+  if (is_glob(spec) && !(spec.size() > 1 && spec[0] == '0' && (spec[1] == 'x' || spec[1] == 'X'))) {
+    return Error(Errc::invalid_argument,
+                 "'" + std::string(spec) + "' is a glob, but one function is needed here");
+  }
+  auto r = lookup(spec);
+  if (!r.ok()) return r.error();
+  HP_CHECK(r->size() == 1);
+  return r->front();
+}
+
+Result<std::vector<std::uint8_t>> ElfFile::read_bytes(std::uint64_t offset, std::size_t len) const {
+  if (offset > file_size_ || len > file_size_ - offset) {
+    return Error(Errc::invalid_argument, "cannot read " + std::to_string(len) + " bytes at " +
+                                             hex(offset) + " of " + path_ + ": the file has " +
+                                             std::to_string(file_size_) + " bytes");
+  }
+  int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return sys_error("cannot open " + path_);
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || ModuleKey{static_cast<std::uint64_t>(st.st_dev),
+                                         static_cast<std::uint64_t>(st.st_ino)} != key_) {
+    ::close(fd);
+    return Error(Errc::not_found,
+                 path_ + " no longer names the file " + key_.to_string() + " (replaced on disk?)");
+  }
+  std::vector<std::uint8_t> out(len);
+  std::size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pread(fd, out.data() + done, len - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = n < 0 ? errno : EIO;
+      ::close(fd);
+      return sys_error("cannot read " + path_, err);
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  return out;
+}
+
+// The cache: one slot per file; the slot's own lock serializes its first load, so a
+// file is parsed once however many threads ask for it at the same time.
+namespace {
+
+struct Slot {
+  Mutex mu;  // taken after Cache::mu is released; never both at once
+  std::shared_ptr<const ElfFile> file HP_GUARDED_BY(mu);
+};
+
+struct Cache {
+  Mutex mu;
+  std::unordered_map<ModuleKey, std::shared_ptr<Slot>, ModuleKeyHash> slots HP_GUARDED_BY(mu);
+};
+
+Cache& cache() {
+  static Cache* c = new Cache();  // never destroyed: used until the process exits
+  return *c;
+}
+
+}  // namespace
+
+std::uint64_t elf_files_parsed() {
+  return g_parsed.load(std::memory_order_relaxed);
+}
+
+Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path) {
+  std::shared_ptr<Slot> slot;
+  {
+    Cache& c = cache();
+    MutexLock l(c.mu);
+    auto& s = c.slots[key];
+    if (!s) s = std::make_shared<Slot>();
+    slot = s;
+  }
+  MutexLock l(slot->mu);
+  if (slot->file) return slot->file;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return sys_error("cannot open " + path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return sys_error("cannot stat " + path, err);
+  }
+  ModuleKey got{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+  if (got != key) {
+    ::close(fd);
+    return Error(Errc::not_found, path + " is now the file " + got.to_string() +
+                                      ", not the mapped file " + key.to_string() +
+                                      ": it was replaced on disk after it was loaded");
+  }
+  auto r = load_elf_uncached(fd, path);
+  if (!r.ok()) return r.error();
+  g_parsed.fetch_add(1, std::memory_order_relaxed);
+  slot->file = *r;
+  return slot->file;
+}
+
+Result<std::shared_ptr<const ElfFile>> load_elf(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return sys_error("cannot open " + path);
+  return load_elf(
+      ModuleKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)},
+      path);
+}
+
+}  // namespace hp::elf

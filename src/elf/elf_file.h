@@ -1,0 +1,155 @@
+// One ELF file as hotprobe needs it: its loadable segments (to turn a symbol's virtual
+// address into a file offset, the unit probes are keyed by), its SONAME, and its
+// functions from .symtab and .dynsym, merged.
+//
+// Files are read through libelf, whose types stay inside elf_file.cc (STYLE.md item 8).
+// An ElfFile is immutable once loaded and shared: load_elf() caches one per (device,
+// inode), so every module spec and every process that maps the same file share one
+// table, and a file is parsed once.
+//
+//   auto libc = hp::elf::load_elf("/lib/x86_64-linux-gnu/libc.so.6");
+//   auto hits = (*libc)->lookup("str*cmp");          // glob
+//   auto one = (*libc)->lookup_one("malloc+0x10");  // symbol+offset
+//   auto raw = (*libc)->lookup_one("0x28a40");      // a file offset
+//
+// Limits: x86-64 ELF64 only. Separate debug files (.gnu_debuglink, build-id under
+// /usr/lib/debug) are not followed: a stripped file offers its .dynsym only, and
+// debuglink() names the debug file so a message can say what to install.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/error.h"
+#include "elf/maps.h"
+
+namespace hp::elf {
+
+enum class SymbolKind : std::uint8_t {
+  function,  // STT_FUNC
+  ifunc,     // STT_GNU_IFUNC: the symbol's code is a resolver that picks the implementation
+};
+
+struct Symbol {
+  // Views into the owning ElfFile. Non-default versions of a .dynsym symbol are named
+  // "name@VERSION" (as `nm -D` writes them); the default version keeps the plain name.
+  std::string_view name;
+  std::uint64_t value = 0;        // st_value: link-time virtual address
+  std::uint64_t size = 0;         // st_size; 0 when the assembler was not told
+  std::uint64_t file_offset = 0;  // where the first byte lies in the file
+  SymbolKind kind = SymbolKind::function;
+  bool global = false;   // STB_GLOBAL, STB_WEAK or STB_GNU_UNIQUE (not STB_LOCAL)
+  bool dynamic = false;  // listed in .dynsym, so the dynamic linker (dlsym) knows it
+
+  bool is_ifunc() const { return kind == SymbolKind::ifunc; }
+  bool contains_offset(std::uint64_t off) const {
+    return off >= file_offset && (off - file_offset < size || (size == 0 && off == file_offset));
+  }
+};
+
+// A PT_LOAD program header.
+struct Segment {
+  std::uint64_t vaddr = 0;
+  std::uint64_t memsz = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t filesz = 0;
+  bool executable = false;
+};
+
+// A place to probe, in file terms. `symbol` points into the ElfFile that produced it, so
+// keep the ElfFile (shared_ptr) while using it.
+struct Target {
+  const Symbol* symbol = nullptr;  // null for a raw file offset outside every function
+  std::uint64_t offset_in_symbol = 0;
+  std::uint64_t file_offset = 0;
+  std::uint64_t vaddr = 0;  // link-time virtual address
+};
+
+class ElfFile {
+ public:
+  ElfFile(const ElfFile&) = delete;
+  ElfFile& operator=(const ElfFile&) = delete;
+  ~ElfFile();
+
+  const std::string& path() const { return path_; }
+  ModuleKey key() const { return key_; }
+  std::uint64_t file_size() const { return file_size_; }
+  bool position_independent() const { return pic_; }  // ET_DYN (PIE or shared library)
+  const std::string& soname() const { return soname_; }
+  const std::string& debuglink() const { return debuglink_; }  // empty if none
+  bool has_symtab() const { return has_symtab_; }              // false once stripped
+  std::span<const Segment> segments() const { return segments_; }
+
+  // Functions sorted by file offset (then name). Symbols that both tables list with the
+  // same name and value appear once.
+  std::span<const Symbol> symbols() const { return symbols_; }
+
+  Result<std::uint64_t> vaddr_to_offset(std::uint64_t vaddr) const;
+  Result<std::uint64_t> offset_to_vaddr(std::uint64_t offset) const;
+  // Whether `offset` lies in the file part of an executable PT_LOAD segment.
+  bool offset_is_code(std::uint64_t offset) const;
+
+  // Every function with exactly this name (several for local functions of different
+  // translation units that share a name).
+  std::vector<const Symbol*> find(std::string_view name) const;
+  // The function whose [file_offset, file_offset + size) holds `offset`, preferring a
+  // global name among aliases; null if none.
+  const Symbol* containing_offset(std::uint64_t offset) const;
+  // Up to `max` distinct names closest to `name` by edit distance, nearest first; empty
+  // if nothing is close.
+  std::vector<std::string_view> suggestions(std::string_view name, std::size_t max = 3) const;
+
+  // Resolves what a user writes after the module in a probe spec:
+  //   NAME           exactly one function (or one address shared by aliases)
+  //   GLOB           fnmatch(3) pattern with * ? [..]: every matching function, one target per
+  //                  distinct file offset, sorted by offset; no match is not_found
+  //   NAME+OFF       OFF bytes into NAME (decimal or 0x hex), must be inside its size
+  //   0xOFF          a file offset inside an executable segment
+  Result<std::vector<Target>> lookup(std::string_view spec) const;
+  // lookup() for specs that must name one place (not a glob).
+  Result<Target> lookup_one(std::string_view spec) const;
+
+  // Reads `len` bytes at file offset `offset` from the file on disk, after checking that
+  // the path still names this (device, inode).
+  Result<std::vector<std::uint8_t>> read_bytes(std::uint64_t offset, std::size_t len) const;
+
+ private:
+  friend Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string path);
+  ElfFile() = default;
+
+  Error no_such_function(std::string_view name) const;
+
+  std::string path_;
+  ModuleKey key_;
+  std::uint64_t file_size_ = 0;
+  bool pic_ = false;
+  bool has_symtab_ = false;
+  std::string soname_;
+  std::string debuglink_;
+  std::vector<Segment> segments_;
+  std::string names_;                   // every symbol name, NUL-separated
+  std::vector<Symbol> symbols_;         // by file offset
+  std::vector<std::uint32_t> by_name_;  // indices into symbols_, by name
+};
+
+// The ElfFile for (device, inode) `key`, parsed from `path` the first time and cached for
+// the life of the process. The file opened must still be `key` (a library replaced on
+// disk after it was mapped is refused with not_found, naming both).
+Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path);
+// The same for a path a user gave: the key comes from stat(2).
+Result<std::shared_ptr<const ElfFile>> load_elf(const std::string& path);
+// Parses the open file `fd` (taken over) without consulting the cache: for tests and
+// for files without a stable identity.
+Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string path);
+
+// Number of files parsed so far by load_elf (to test that the cache loads each once).
+std::uint64_t elf_files_parsed();
+
+// Levenshtein distance, exposed for tests.
+std::size_t edit_distance(std::string_view a, std::string_view b);
+
+}  // namespace hp::elf
