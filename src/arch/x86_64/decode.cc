@@ -58,7 +58,8 @@ std::uint16_t gpr_mask_of(unsigned count, const ZydisDecodedOperand* ops) {
 }
 
 InsnKind classify(const ZydisDecodedInstruction& in) {
-  const bool relative = (in.attributes & ZYDIS_ATTRIB_IS_RELATIVE) != 0;
+  // ZYDIS_ATTRIB_IS_RELATIVE also covers [rip+X]; a relative branch has a relative immediate.
+  const bool relative = in.raw.imm[0].is_relative || in.raw.imm[1].is_relative;
   switch (in.mnemonic) {
     case ZYDIS_MNEMONIC_ENDBR64:
       return InsnKind::endbr64;
@@ -215,7 +216,8 @@ Result<std::vector<std::uint8_t>> rebase_rip_operand(std::span<const std::uint8_
   for (unsigned i = 0; i < req.operand_count; ++i) {
     ZydisEncoderOperand& op = req.operands[i];
     if (op.type == ZYDIS_OPERAND_TYPE_MEMORY && op.mem.base == ZYDIS_REGISTER_RIP) {
-      op.mem.base = static_cast<ZydisRegister>(static_cast<int>(ZYDIS_REGISTER_RAX) + static_cast<int>(base));
+      op.mem.base =
+          static_cast<ZydisRegister>(static_cast<int>(ZYDIS_REGISTER_RAX) + static_cast<int>(base));
       op.mem.displacement = 0;
       found = true;
     }
