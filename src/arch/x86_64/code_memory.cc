@@ -245,6 +245,18 @@ Result<void> CodeMemory::write(const CodeSlot& slot, std::span<const std::uint8_
   return {};
 }
 
+Result<void> CodeMemory::write_at(const CodeSlot& slot, std::uint32_t offset,
+                                  std::span<const std::uint8_t> bytes) {
+  if (offset > slot.size || bytes.size() > slot.size - offset) {
+    return Error(Errc::invalid_argument, "write past the end of a trampoline slot");
+  }
+  MutexLock lock(mu_);
+  HP_CHECK(slot.chunk < chunks_.size() && chunks_[slot.chunk].used[slot.index]);
+  std::uint8_t* dst = chunks_[slot.chunk].write + std::uint64_t{slot.index} * slot_size_ + offset;
+  std::memcpy(dst, bytes.data(), bytes.size());
+  return {};
+}
+
 void CodeMemory::free(const CodeSlot& slot) {
   MutexLock lock(mu_);
   HP_CHECK(slot.chunk < chunks_.size());

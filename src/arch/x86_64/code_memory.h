@@ -53,6 +53,10 @@ class CodeMemory {
   Result<CodeSlot> allocate(std::uint64_t near) HP_EXCLUDES(mu_);
   // Copies `code` into the slot through the writable alias.
   Result<void> write(const CodeSlot& slot, std::span<const std::uint8_t> code) HP_EXCLUDES(mu_);
+  // Copies `bytes` to slot + offset, leaving the rest alone (for patching code that lives
+  // in a slot, as tests and generated stubs do).
+  Result<void> write_at(const CodeSlot& slot, std::uint32_t offset,
+                        std::span<const std::uint8_t> bytes) HP_EXCLUDES(mu_);
   void free(const CodeSlot& slot) HP_EXCLUDES(mu_);
 
   // Counts, for tests and statistics.
