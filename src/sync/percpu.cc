@@ -1,0 +1,327 @@
+#include "sync/percpu.h"
+
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <vector>
+
+#include "base/assert.h"
+#include "base/thread_annotations.h"
+
+namespace hp::sync {
+
+// ---------------------------------------------------------------------------------------
+// membarrier
+
+namespace {
+
+long sys_membarrier(int cmd) {
+  return ::syscall(__NR_membarrier, cmd, 0u, 0);
+}
+
+std::atomic<bool> g_membarrier_registered{false};
+
+}  // namespace
+
+void membarrier_all() {
+  if (!g_membarrier_registered.load(std::memory_order_acquire)) {
+    // Registering twice is harmless (the tasks-trace domain registers too).
+    HP_CHECK_MSG(sys_membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0,
+                 "membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) failed: the fast "
+                 "read sides need Linux >= 4.14 with membarrier allowed (seccomp)");
+    g_membarrier_registered.store(true, std::memory_order_release);
+  }
+  HP_CHECK_MSG(sys_membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0,
+               "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed");
+}
+
+// ---------------------------------------------------------------------------------------
+// CPUs
+
+namespace {
+
+unsigned read_possible_cpus() noexcept {
+  // Format: "0-3,5,8-11". The highest id + 1 is what per-CPU arrays need.
+  if (std::FILE* f = std::fopen("/sys/devices/system/cpu/possible", "re")) {
+    char buf[256];
+    size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = 0;
+    long highest = -1;
+    // Every number is a CPU id or a range bound; '-' and ',' are separators.
+    for (char* p = buf; *p;) {
+      if (*p < '0' || *p > '9') {
+        ++p;
+        continue;
+      }
+      char* end;
+      long v = std::strtol(p, &end, 10);
+      if (v > highest) highest = v;
+      p = end;
+    }
+    if (highest >= 0) return static_cast<unsigned>(highest + 1);
+  }
+  int n = get_nprocs_conf();
+  return n > 0 ? static_cast<unsigned>(n) : 1;
+}
+
+}  // namespace
+
+unsigned possible_cpus() noexcept {
+  static const unsigned n = read_possible_cpus();
+  return n;
+}
+
+bool rseq_available() noexcept {
+  return __rseq_size != 0 && static_cast<std::int32_t>(detail::rseq_area()->cpu_id) >= 0;
+}
+
+namespace detail {
+
+unsigned current_cpu_slow() noexcept {
+  int cpu = sched_getcpu();
+  if (cpu < 0) return 0;
+  return static_cast<unsigned>(cpu) % possible_cpus();
+}
+
+void percpu_add_slow(PerCpuCounter& counters, std::int64_t delta) noexcept {
+  // Release: a reader's decrement must not pass its section (the sum is acquire).
+  counters[current_cpu()].fetch_add(delta, std::memory_order_acq_rel);
+}
+
+}  // namespace detail
+
+std::int64_t percpu_sum(const PerCpuCounter& counters) noexcept {
+  std::int64_t s = 0;
+  for (unsigned c = 0; c < counters.size(); ++c)
+    s += counters[c].load(std::memory_order_acquire);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-thread slot tables
+
+namespace detail {
+
+__thread SlotTable tls_slot_table __attribute__((tls_model("initial-exec"))) = {0, nullptr};
+
+namespace {
+
+// One per thread that has used a slot; owned by the registry list.
+struct ThreadRecord {
+  ThreadRecord* next = nullptr;
+  ThreadRecord* prev = nullptr;
+  std::uint32_t cap = 0;  // ids below cap have a slot
+  ThreadSlot* slots = nullptr;
+
+  ThreadSlot* at(std::uint32_t id) const { return id < cap ? &slots[id] : nullptr; }
+};
+
+ThreadSlot* alloc_slots(std::uint32_t n) {
+  void* p = ::operator new (sizeof(ThreadSlot) * n, std::align_val_t{kCacheLine});
+  auto* s = static_cast<ThreadSlot*>(p);
+  for (std::uint32_t i = 0; i < n; ++i)
+    new (&s[i]) ThreadSlot{};
+  return s;
+}
+
+void free_slots(ThreadSlot* s) {
+  if (s) ::operator delete (s, std::align_val_t{kCacheLine});
+}
+
+void zero_slot(ThreadSlot& s) {
+  for (int i = 0; i < 2; ++i) {
+    s.lock[i].store(0, std::memory_order_relaxed);
+    s.unlock[i].store(0, std::memory_order_relaxed);
+  }
+}
+
+void on_thread_exit(void* rec);
+
+// Lock order: the registry mutex is a leaf (nothing is acquired while holding it).
+struct Registry {
+  hp::Mutex mu;
+  ThreadRecord* threads HP_GUARDED_BY(mu) = nullptr;
+  std::vector<RetiredCounts*> owners HP_GUARDED_BY(mu);  // by id; nullptr: free
+  std::vector<std::uint32_t> free_ids HP_GUARDED_BY(mu);
+  pthread_key_t key{};
+
+  void link(ThreadRecord* r) HP_REQUIRES(mu) {
+    r->next = threads;
+    if (threads) threads->prev = r;
+    threads = r;
+  }
+  void unlink(ThreadRecord* r) HP_REQUIRES(mu) {
+    if (r->prev) r->prev->next = r->next;
+    if (r->next) r->next->prev = r->prev;
+    if (threads == r) threads = r->next;
+    r->next = r->prev = nullptr;
+  }
+};
+
+Registry& registry();
+
+void atfork_prepare() HP_NO_THREAD_SAFETY_ANALYSIS {
+  registry().mu.lock();
+}
+void atfork_parent() HP_NO_THREAD_SAFETY_ANALYSIS {
+  registry().mu.unlock();
+}
+void atfork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
+  Registry& r = registry();
+  // Only the forking thread exists here: drop the other threads' tables. A balanced
+  // table contributes as much to lock sums as to unlock sums, so dropping it changes
+  // nothing; an unbalanced one was a section that can never end in this process.
+  auto* self = static_cast<ThreadRecord*>(pthread_getspecific(r.key));
+  for (ThreadRecord* t = r.threads; t;) {
+    ThreadRecord* next = t->next;
+    if (t != self) {
+      r.unlink(t);
+      free_slots(t->slots);
+      delete t;
+    }
+    t = next;
+  }
+  r.mu.unlock();
+}
+
+Registry& registry() {
+  // Leaked on purpose: threads may exit after static destructors have run.
+  static Registry* r = [] {
+    auto* reg = new Registry;
+    HP_CHECK(pthread_key_create(&reg->key, &on_thread_exit) == 0);
+    HP_CHECK(pthread_atfork(&atfork_prepare, &atfork_parent, &atfork_child) == 0);
+    return reg;
+  }();
+  return *r;
+}
+
+void on_thread_exit(void* p) {
+  auto* rec = static_cast<ThreadRecord*>(p);
+  Registry& r = registry();
+  {
+    MutexLock l(r.mu);
+    // Fold this thread's counts into each live domain so that sums stay exact.
+    std::uint32_t n =
+        std::min<std::uint32_t>(rec->cap, static_cast<std::uint32_t>(r.owners.size()));
+    for (std::uint32_t id = 0; id < n; ++id) {
+      RetiredCounts* o = r.owners[id];
+      if (!o) continue;
+      ThreadSlot* s = rec->at(id);
+      for (int i = 0; i < 2; ++i) {
+        o->lock[i] += s->lock[i].load(std::memory_order_relaxed);
+        o->unlock[i] += s->unlock[i].load(std::memory_order_relaxed);
+      }
+    }
+    r.unlink(rec);
+    free_slots(rec->slots);
+  }
+  delete rec;
+  // A later destructor that reads again registers anew (glibc repeats key destructors).
+  tls_slot_table = SlotTable{0, nullptr};
+}
+
+}  // namespace
+
+ThreadSlot* thread_slot_slow(std::uint32_t id) noexcept {
+  Registry& r = registry();
+  MutexLock l(r.mu);
+  HP_CHECK_MSG(id < r.owners.size() && r.owners[id] != nullptr,
+               "read side of a domain that does not exist (destroyed?)");
+  auto* rec = static_cast<ThreadRecord*>(pthread_getspecific(r.key));
+  if (!rec) {
+    rec = new ThreadRecord;
+    r.link(rec);
+    HP_CHECK(pthread_setspecific(r.key, rec) == 0);
+  }
+  if (id >= rec->cap) {
+    // Room for every id that exists now, so growth is rare.
+    std::uint32_t cap = std::max<std::uint32_t>(
+        {id + 1, rec->cap * 2, 8u, static_cast<std::uint32_t>(r.owners.size())});
+    ThreadSlot* s = alloc_slots(cap);
+    for (std::uint32_t i = 0; i < rec->cap; ++i) {
+      for (int k = 0; k < 2; ++k) {
+        s[i].lock[k].store(rec->slots[i].lock[k].load(std::memory_order_relaxed),
+                           std::memory_order_relaxed);
+        s[i].unlock[k].store(rec->slots[i].unlock[k].load(std::memory_order_relaxed),
+                             std::memory_order_relaxed);
+      }
+    }
+    // Writers read slots only under the mutex, so the old array can go now.
+    free_slots(rec->slots);
+    rec->slots = s;
+    rec->cap = cap;
+  }
+  tls_slot_table = SlotTable{rec->cap, rec->slots};
+  return rec->at(id);
+}
+
+SlotId::SlotId() {
+  Registry& r = registry();
+  MutexLock l(r.mu);
+  if (!r.free_ids.empty()) {
+    id_ = r.free_ids.back();
+    r.free_ids.pop_back();
+    r.owners[id_] = &retired_;
+  } else {
+    id_ = static_cast<std::uint32_t>(r.owners.size());
+    r.owners.push_back(&retired_);
+  }
+}
+
+SlotId::~SlotId() {
+  Registry& r = registry();
+  MutexLock l(r.mu);
+  // The next domain with this id must not see our counts: zero every live thread's slot.
+  for (ThreadRecord* t = r.threads; t; t = t->next) {
+    if (ThreadSlot* s = t->at(id_)) zero_slot(*s);
+  }
+  r.owners[id_] = nullptr;
+  r.free_ids.push_back(id_);
+}
+
+std::uint64_t SlotId::sum_unlocks(unsigned idx) const noexcept {
+  Registry& r = registry();
+  MutexLock l(r.mu);
+  std::uint64_t s = retired_.unlock[idx];
+  for (ThreadRecord* t = r.threads; t; t = t->next) {
+    if (const ThreadSlot* ts = t->at(id_)) s += ts->unlock[idx].load(std::memory_order_acquire);
+  }
+  return s;
+}
+
+std::uint64_t SlotId::sum_locks(unsigned idx) const noexcept {
+  Registry& r = registry();
+  MutexLock l(r.mu);
+  std::uint64_t s = retired_.lock[idx];
+  for (ThreadRecord* t = r.threads; t; t = t->next) {
+    if (const ThreadSlot* ts = t->at(id_)) s += ts->lock[idx].load(std::memory_order_acquire);
+  }
+  return s;
+}
+
+void Backoff::wait() noexcept {
+  // Spin a little (a reader is usually about to leave), then yield, then sleep with
+  // exponential growth up to 1 ms, as srcu_retry_check_delay does.
+  ++round_;
+  if (round_ <= 4) return;
+  if (round_ <= 8) {
+    sched_yield();
+    return;
+  }
+  unsigned shift = std::min(round_ - 8, 7u);
+  long ns = std::min(8000L << shift, 1000000L);
+  timespec ts{0, ns};
+  nanosleep(&ts, nullptr);
+}
+
+}  // namespace detail
+}  // namespace hp::sync

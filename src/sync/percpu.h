@@ -1,0 +1,255 @@
+// CPU-level building blocks of the sync layer: fences, the process-wide membarrier, CPU
+// ids, per-CPU arrays, and the per-thread counter slots the SRCU domains and the percpu
+// rw-semaphore count their readers in.
+//
+// Overview
+//  - full_fence(): smp_mb(). A `lock addl $0` on the stack (2 ns here) rather than
+//    `mfence` (16 ns here, REFERENCES.md), as the kernel does on x86-64. Every caller
+//    labels the fence it pairs with (STYLE.md item 1; docs/design/sync-srcu-rwsem.md).
+//  - membarrier_all(): membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), registered once per
+//    process. On return, every thread of the process that was running has executed a full
+//    barrier, and every thread that was not running has passed a context switch (also a
+//    full barrier). Writers use it to pair with readers that have only a compiler barrier
+//    (the "fast" read sides). Costs 0.35 us alone, 7-9 us with other threads running.
+//  - current_cpu(): the CPU this thread runs on (a hint: it may change right after),
+//    from glibc's registered rseq area (`__rseq_offset`), falling back to sched_getcpu()
+//    when rseq is not registered (GLIBC_TUNABLES=glibc.pthread.rseq=0).
+//  - PerCpu<T>: one cache line (or more) per possible CPU, so CPUs never share lines.
+//  - percpu_add(): adds to the current CPU's counter with a restartable sequence (no
+//    `lock` prefix; the kernel restarts the sequence if the thread is preempted, migrated
+//    or signalled before the single committing `add`), with an atomic fallback.
+//  - detail::thread_slot(id): this thread's counter slot for domain `id` (see below).
+//
+// Per-thread slots (what Srcu/SrcuFast/PercpuRwsem count readers in)
+//  Every domain gets a small id (SlotId; freed ids are reused first). Every thread has a
+//  lazily grown table of ThreadSlot indexed by id, reached through one initial-exec TLS
+//  variable, so a reader finds its slot with two %fs-relative loads and a compare. (The
+//  first ids in static TLS instead were tried: no measurable gain in a shared library,
+//  where the TLS block's address must be computed anyway.) Only the owning thread writes
+//  its slots (plain load + store, no atomic read-modify-write); writers sum one id's slots
+//  over all live threads, under the registry mutex. When a thread exits (pthread key
+//  destructor, after the C++ thread_local destructors) its counts are folded into each
+//  domain's `retired` counts, under the same mutex, so sums stay exact. When a domain is
+//  destroyed its id is freed and every live thread's slot of that id is zeroed, so the
+//  next domain that gets the id starts from zero. In a fork child the other threads'
+//  tables are dropped (those threads do not exist there).
+//
+// Limits
+//  - The TLS is initial-exec (no __tls_get_addr on the read path). A library loaded with
+//    dlopen (the injected agent) takes it from glibc's static TLS surplus: 16 bytes.
+//  - The first read-side use of a domain in a thread (or of a domain with a larger id
+//    than any before) allocates, under the registry mutex: not async-signal-safe. Touch
+//    the domain once per thread (e.g. read_lock/read_unlock) before using it in a signal
+//    handler.
+#pragma once
+
+#include <sched.h>
+#include <sys/rseq.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <new>
+
+#include "base/compiler.h"
+
+namespace hp::sync {
+
+// smp_mb(): orders every earlier load and store before every later one.
+HP_ALWAYS_INLINE void full_fence() noexcept {
+#if defined(HOTPROBE_TSAN)
+  // ThreadSanitizer does not see inline assembly; give it the C++ fence.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#else
+  // A locked add of zero to our own stack: a full barrier on x86-64, cheaper than mfence.
+  // The word is below %rsp (the red zone), and adding zero leaves it unchanged.
+  asm volatile("lock addl $0, -4(%%rsp)" ::: "memory", "cc");
+#endif
+}
+
+// barrier(): stops the compiler, not the CPU. Used where a membarrier_all() on the writer
+// side stands in for the CPU fence.
+HP_ALWAYS_INLINE void compiler_barrier() noexcept {
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+}
+
+// membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): a full barrier on every running thread of
+// this process (see the overview). Dies with a message if the kernel refuses it.
+HP_COLD void membarrier_all();
+
+// Number of possible CPUs (highest possible CPU id + 1), from
+// /sys/devices/system/cpu/possible, or get_nprocs_conf().
+unsigned possible_cpus() noexcept;
+
+// True if glibc registered rseq for this thread (the cpu_id field is valid).
+bool rseq_available() noexcept;
+
+namespace detail {
+HP_COLD unsigned current_cpu_slow() noexcept;
+
+// glibc's rseq area of this thread: thread pointer + __rseq_offset.
+HP_ALWAYS_INLINE const volatile struct rseq* rseq_area() noexcept {
+  return reinterpret_cast<const volatile struct rseq*>(
+      static_cast<char*>(__builtin_thread_pointer()) + __rseq_offset);
+}
+}  // namespace detail
+
+// The CPU this thread is running on (may change immediately after). Always < possible_cpus().
+HP_ALWAYS_INLINE unsigned current_cpu() noexcept {
+  if (HP_LIKELY(__rseq_size != 0)) {
+    std::int32_t cpu = static_cast<std::int32_t>(detail::rseq_area()->cpu_id);
+    if (HP_LIKELY(cpu >= 0)) return static_cast<unsigned>(cpu);
+  }
+  return detail::current_cpu_slow();
+}
+
+// One T per possible CPU, each on its own cache line(s).
+template <class T>
+class PerCpu {
+ public:
+  PerCpu() : n_(possible_cpus()), v_(new Padded[n_]) {}
+  ~PerCpu() { delete[] v_; }
+  PerCpu(const PerCpu&) = delete;
+  PerCpu& operator=(const PerCpu&) = delete;
+
+  unsigned size() const noexcept { return n_; }
+  T& operator[](unsigned cpu) noexcept { return v_[cpu].v; }
+  const T& operator[](unsigned cpu) const noexcept { return v_[cpu].v; }
+  T& local() noexcept { return v_[current_cpu()].v; }
+  // For rseq adds: address of CPU 0's element and the distance between CPUs.
+  T* base() noexcept { return &v_[0].v; }
+  static constexpr std::size_t stride() noexcept { return sizeof(Padded); }
+
+ private:
+  struct alignas(kCacheLine) Padded {
+    T v{};
+  };
+  unsigned n_;
+  Padded* v_;
+};
+
+using PerCpuCounter = PerCpu<std::atomic<std::int64_t>>;
+
+namespace detail {
+HP_COLD void percpu_add_slow(PerCpuCounter& counters, std::int64_t delta) noexcept;
+}  // namespace detail
+
+// Adds `delta` to the current CPU's element of `counters`, never losing an update: with
+// rseq, a restartable sequence whose commit is one non-locked `add`; otherwise (and under
+// ThreadSanitizer, which cannot see the assembly) an atomic fetch_add on the CPU's element.
+//
+// The sequence: store the address of its descriptor in rseq->rseq_cs (offset 8), read
+// rseq->cpu_id (offset 4), compute the element's address, `add` (the commit). If the
+// kernel preempts, migrates or signals the thread between the descriptor store and the
+// commit, it jumps to the abort label (preceded by glibc's signature 0x53053053, which
+// the kernel checks), which starts over. The kernel clears rseq_cs on abort, hence the
+// restart at the descriptor store.
+HP_ALWAYS_INLINE void percpu_add(PerCpuCounter& counters, std::int64_t delta) noexcept {
+#if defined(HOTPROBE_TSAN)
+  detail::percpu_add_slow(counters, delta);
+#else
+  if (HP_UNLIKELY(__rseq_size == 0)) return detail::percpu_add_slow(counters, delta);
+  char* base = reinterpret_cast<char*>(counters.base());
+  asm volatile(
+      ".pushsection __rseq_cs, \"aw\"\n\t"
+      ".balign 32\n\t"
+      "3:\n\t"
+      ".long 0, 0\n\t"               // version, flags
+      ".quad 1f, (2f - 1f), 4f\n\t"  // start_ip, post_commit_offset, abort_ip
+      ".popsection\n\t"
+      "5:\n\t"
+      "leaq 3b(%%rip), %%rax\n\t"
+      "movq %%rax, %%fs:8(%[off])\n\t"  // rseq->rseq_cs = &descriptor
+      "1:\n\t"
+      "movl %%fs:4(%[off]), %%eax\n\t"  // rseq->cpu_id
+      "imulq %[stride], %%rax\n\t"
+      "addq %[delta], (%[base], %%rax)\n\t"  // commit
+      "2:\n\t"
+      ".pushsection __rseq_failure, \"ax\"\n\t"
+      ".byte 0x0f, 0xb9, 0x3d\n\t"  // ud1 <sig>(%rip), %edi: never executed
+      ".long 0x53053053\n\t"        // RSEQ_SIG, checked by the kernel before abort_ip
+      "4:\n\t"
+      "jmp 5b\n\t"
+      ".popsection\n\t"
+      :
+      : [off] "r"(__rseq_offset), [stride] "r"(PerCpuCounter::stride()), [delta] "r"(delta),
+        [base] "r"(base)
+      : "rax", "memory", "cc");
+#endif
+}
+
+// Sum over all CPUs (relaxed loads).
+std::int64_t percpu_sum(const PerCpu<std::atomic<std::int64_t>>& counters) noexcept;
+
+namespace detail {
+
+// One thread's counters for one domain. Written only by the owning thread (load + store),
+// read by writers. lock[i]/unlock[i]: read sections begun/ended on counter index i.
+struct alignas(32) ThreadSlot {
+  std::atomic<std::uint64_t> lock[2];
+  std::atomic<std::uint64_t> unlock[2];
+};
+
+// This thread's table. Zero-initialized: cap == 0 sends the first use to the slow path,
+// which registers the thread with the registry (so writers see its slots).
+struct SlotTable {
+  std::uint32_t cap;  // ids below cap have a slot
+  ThreadSlot* slots;
+};
+extern __thread SlotTable tls_slot_table __attribute__((tls_model("initial-exec")));
+
+// Counts of exited threads, folded into the domain (guarded by the registry mutex).
+struct RetiredCounts {
+  std::uint64_t lock[2] = {0, 0};
+  std::uint64_t unlock[2] = {0, 0};
+};
+
+HP_COLD ThreadSlot* thread_slot_slow(std::uint32_t id) noexcept;
+
+HP_ALWAYS_INLINE ThreadSlot* thread_slot(std::uint32_t id) noexcept {
+  if (HP_LIKELY(id < tls_slot_table.cap)) return &tls_slot_table.slots[id];
+  return thread_slot_slow(id);
+}
+// This thread's slot if it has one (no allocation), else nullptr.
+HP_ALWAYS_INLINE const ThreadSlot* thread_slot_if_present(std::uint32_t id) noexcept {
+  if (id < tls_slot_table.cap) return &tls_slot_table.slots[id];
+  return nullptr;
+}
+
+// Owner-only increment: no other thread writes this word, so no locked RMW is needed.
+HP_ALWAYS_INLINE void slot_inc(std::atomic<std::uint64_t>& c, std::memory_order mo) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + 1, mo);
+}
+
+// A domain's id in the slot tables, allocated on construction and freed (slots zeroed)
+// on destruction.
+class SlotId {
+ public:
+  SlotId();
+  ~SlotId();
+  SlotId(const SlotId&) = delete;
+  SlotId& operator=(const SlotId&) = delete;
+  std::uint32_t get() const noexcept { return id_; }
+
+  // Sum of unlock[idx] (or lock[idx]) over every live thread and the retired counts,
+  // taken under the registry mutex. Loads are acquire: a counted unlock makes its
+  // thread's read section happen-before the caller's next steps.
+  std::uint64_t sum_unlocks(unsigned idx) const noexcept;
+  std::uint64_t sum_locks(unsigned idx) const noexcept;
+
+ private:
+  std::uint32_t id_;
+  RetiredCounts retired_;  // guarded by the registry mutex
+};
+
+// Waiting with backoff: spin briefly, then yield, then sleep up to 1 ms per round.
+class Backoff {
+ public:
+  void wait() noexcept;
+
+ private:
+  unsigned round_ = 0;
+};
+
+}  // namespace detail
+}  // namespace hp::sync
