@@ -1,0 +1,540 @@
+// Unit tests of the tasks-trace domain: every operation, sleepable readers, thread churn.
+#include "sync/tasks_trace.h"
+
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using hp::sync::ReadGuard;
+using hp::sync::tasks_trace;
+using hp::sync::TasksTrace;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+constexpr std::uint64_t kLive = 0x11223344'55667788ULL;
+constexpr std::uint64_t kPoison = 0xdeaddeaddeaddeadULL;
+
+// An object that is poisoned, not freed, by its deleter: a reader that still sees it after
+// the deleter ran reads kPoison (well-defined memory), which the test checks.
+struct Obj {
+  std::atomic<std::uint64_t> v{kLive};
+};
+struct PoisonDeleter {
+  void operator()(Obj* o) const { o->v.store(kPoison, std::memory_order_relaxed); }
+};
+
+// A one-shot event.
+class Event {
+ public:
+  void set() {
+    std::lock_guard l(m_);
+    set_ = true;
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock l(m_);
+    cv_.wait(l, [&] { return set_; });
+  }
+  bool wait_for(std::chrono::milliseconds d) {
+    std::unique_lock l(m_);
+    return cv_.wait_for(l, d, [&] { return set_; });
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
+class TasksTraceTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    tasks_trace().set_stall_timeout(10s);
+    tasks_trace().set_stall_callback({});
+  }
+};
+
+TEST_F(TasksTraceTest, NestingAndInReader) {
+  TasksTrace& tt = tasks_trace();
+  EXPECT_FALSE(tt.in_reader());
+  auto t1 = tt.read_lock();
+  EXPECT_TRUE(tt.in_reader());
+  auto t2 = tt.read_lock();
+  auto t3 = tt.read_lock();
+  EXPECT_TRUE(tt.in_reader());
+  tt.read_unlock(t3);
+  tt.read_unlock(t2);
+  EXPECT_TRUE(tt.in_reader());
+  tt.read_unlock(t1);
+  EXPECT_FALSE(tt.in_reader());
+  {
+    ReadGuard g(tt);
+    EXPECT_TRUE(tt.in_reader());
+  }
+  EXPECT_FALSE(tt.in_reader());
+}
+
+TEST_F(TasksTraceTest, InReaderIsPerThread) {
+  TasksTrace& tt = tasks_trace();
+  ReadGuard g(tt);
+  bool other = true;
+  std::thread([&] { other = tt.in_reader(); }).join();
+  EXPECT_FALSE(other);
+}
+
+TEST_F(TasksTraceTest, LazyRegistrationAndUnregistrationAtExit) {
+  TasksTrace& tt = tasks_trace();
+  { ReadGuard g(tt); }  // this thread is registered from here on
+  const std::size_t base = tt.registered_threads();
+  Event entered, release;
+  std::thread t([&] {
+    ReadGuard g(tt);
+    entered.set();
+    release.wait();
+  });
+  entered.wait();
+  EXPECT_EQ(tt.registered_threads(), base + 1);
+  release.set();
+  t.join();
+  EXPECT_EQ(tt.registered_threads(), base);
+}
+
+TEST_F(TasksTraceTest, SynchronizeWithNoReaders) {
+  TasksTrace& tt = tasks_trace();
+  const auto gp0 = tt.grace_periods();
+  tt.synchronize();
+  tt.synchronize();
+  EXPECT_GE(tt.grace_periods(), gp0 + 2);
+}
+
+// A reader that entered before synchronize() delays it until the reader leaves.
+TEST_F(TasksTraceTest, SynchronizeWaitsForEarlierReader) {
+  TasksTrace& tt = tasks_trace();
+  Event entered;
+  std::atomic<bool> left{false};
+  std::thread r([&] {
+    ReadGuard g(tt);
+    entered.set();
+    std::this_thread::sleep_for(200ms);
+    left.store(true);
+  });
+  entered.wait();
+  tt.synchronize();
+  EXPECT_TRUE(left.load());
+  r.join();
+}
+
+// Nested sections: only leaving the outermost one ends the reader's section.
+TEST_F(TasksTraceTest, SynchronizeWaitsForOutermostSection) {
+  TasksTrace& tt = tasks_trace();
+  Event entered;
+  std::atomic<bool> left{false};
+  std::thread r([&] {
+    auto a = tt.read_lock();
+    {
+      ReadGuard inner(tt);
+      entered.set();
+    }
+    std::this_thread::sleep_for(150ms);  // inner ended, outer still held
+    left.store(true);
+    tt.read_unlock(a);
+  });
+  entered.wait();
+  tt.synchronize();
+  EXPECT_TRUE(left.load());
+  r.join();
+}
+
+// A reader that enters after synchronize() has scanned the threads does not delay it, even if
+// it never leaves while synchronize() runs. The first stall report (timeout 1 ms) proves that
+// the scan happened: it names a reader found inside a section.
+TEST_F(TasksTraceTest, SynchronizeDoesNotWaitForLaterReader) {
+  TasksTrace& tt = tasks_trace();
+  Event a_entered, scanned, b_entered, release_a, release_b;
+  std::atomic<bool> b_inside{false};
+  tt.set_stall_timeout(1ms);
+  tt.set_stall_callback([&](const hp::sync::StallReport&) { scanned.set(); });
+  std::thread a([&] {
+    ReadGuard g(tt);
+    a_entered.set();
+    release_a.wait();
+  });
+  a_entered.wait();
+  std::thread w([&] { tt.synchronize(); });
+  ASSERT_TRUE(scanned.wait_for(30s));
+  std::thread b([&] {
+    ReadGuard g(tt);
+    b_inside.store(true);
+    b_entered.set();
+    release_b.wait();
+  });
+  b_entered.wait();
+  release_a.set();
+  w.join();  // returns although b is still inside its section
+  EXPECT_TRUE(b_inside.load());
+  release_b.set();
+  a.join();
+  b.join();
+}
+
+// A reader that keeps starting new sections (never at depth 0 when looked at, perhaps) does
+// not starve the writer: a changed entry count ends the wait.
+TEST_F(TasksTraceTest, BusyReaderDoesNotStarveWriter) {
+  TasksTrace& tt = tasks_trace();
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> sections{0};
+  std::thread r([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      ReadGuard g(tt);
+      for (int i = 0; i < 100; i++)
+        asm volatile("" ::: "memory");
+      sections.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  while (sections.load() == 0)
+    std::this_thread::yield();
+  const auto t0 = Clock::now();
+  for (int i = 0; i < 50; i++)
+    tt.synchronize();
+  EXPECT_LT(Clock::now() - t0, 20s);  // generous: in practice milliseconds
+  stop.store(true);
+  r.join();
+  EXPECT_GT(sections.load(), 0u);
+}
+
+// Sleepable readers: a reader sleeping 300 ms inside its section delays synchronize() until
+// it leaves, and the object it points to is not reclaimed before.
+TEST_F(TasksTraceTest, SleepingReaderDelaysReclaim) {
+  TasksTrace& tt = tasks_trace();
+  auto* obj = new Obj;
+  std::atomic<Obj*> ptr{obj};
+  Event entered;
+  std::atomic<std::uint64_t> seen_after_sleep{0};
+  std::atomic<bool> woke{false};
+  std::thread r([&] {
+    ReadGuard g(tt);
+    Obj* p = ptr.load(std::memory_order_acquire);
+    entered.set();
+    std::this_thread::sleep_for(300ms);
+    seen_after_sleep.store(p->v.load(std::memory_order_relaxed));
+    woke.store(true);
+  });
+  entered.wait();
+  Obj* old = ptr.exchange(nullptr, std::memory_order_acq_rel);
+  tt.synchronize();
+  EXPECT_TRUE(woke.load());  // it waited for the sleeper to leave
+  PoisonDeleter{}(old);
+  r.join();
+  EXPECT_EQ(seen_after_sleep.load(), kLive);
+  delete obj;
+}
+
+// The same through call()/retire(): the deleter runs after the grace period, on the worker,
+// never inside the retiring thread's read section.
+TEST_F(TasksTraceTest, RetireRunsAfterGracePeriodNotInsideSection) {
+  TasksTrace& tt = tasks_trace();
+  auto* obj = new Obj;
+  std::atomic<Obj*> ptr{obj};
+  std::atomic<bool> reader_left{false};
+  std::atomic<bool> deleter_saw_left{false};
+  std::atomic<bool> deleter_in_reader{true};
+  std::atomic<int> ran{0};
+  std::thread::id retiring_thread = std::this_thread::get_id();
+  std::atomic<bool> ran_on_retiring_thread{false};
+  {
+    ReadGuard g(tt);
+    Obj* p = ptr.load(std::memory_order_acquire);
+    ptr.store(nullptr, std::memory_order_release);
+    tt.call([&, p] {
+      deleter_saw_left.store(reader_left.load());
+      deleter_in_reader.store(tt.in_reader());
+      ran_on_retiring_thread.store(std::this_thread::get_id() == retiring_thread);
+      PoisonDeleter{}(p);
+      ran.fetch_add(1);
+    });
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(p->v.load(), kLive);
+    EXPECT_EQ(ran.load(), 0);
+    reader_left.store(true);
+  }
+  tt.barrier();
+  EXPECT_EQ(ran.load(), 1);
+  EXPECT_TRUE(deleter_saw_left.load());
+  EXPECT_FALSE(deleter_in_reader.load());
+  EXPECT_FALSE(ran_on_retiring_thread.load());
+  EXPECT_EQ(obj->v.load(), kPoison);
+  delete obj;
+}
+
+TEST_F(TasksTraceTest, RetireHelperWithDeleter) {
+  TasksTrace& tt = tasks_trace();
+  auto* obj = new Obj;
+  hp::sync::retire(tt, obj, PoisonDeleter{});
+  tt.barrier();
+  EXPECT_EQ(obj->v.load(), kPoison);
+  delete obj;
+}
+
+// barrier() waits for every callback queued before it, from every thread.
+TEST_F(TasksTraceTest, BarrierWaitsForAllQueuedCallbacks) {
+  TasksTrace& tt = tasks_trace();
+  constexpr int kThreads = 4, kPerThread = 200;
+  std::atomic<int> ran{0};
+  const auto inv0 = tt.callbacks_invoked();
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; t++) {
+    ts.emplace_back([&] {
+      for (int i = 0; i < kPerThread; i++)
+        tt.call([&] { ran.fetch_add(1); });
+    });
+  }
+  for (auto& t : ts)
+    t.join();
+  tt.barrier();
+  EXPECT_EQ(ran.load(), kThreads * kPerThread);
+  EXPECT_EQ(tt.callbacks_invoked() - inv0, static_cast<std::uint64_t>(kThreads * kPerThread));
+}
+
+// Callbacks are batched: far fewer grace periods than callbacks.
+TEST_F(TasksTraceTest, CallbacksAreBatched) {
+  TasksTrace& tt = tasks_trace();
+  tt.barrier();
+  const auto gp0 = tt.grace_periods();
+  std::atomic<int> ran{0};
+  for (int i = 0; i < 1000; i++)
+    tt.call([&] { ran.fetch_add(1); });
+  tt.barrier();
+  EXPECT_EQ(ran.load(), 1000);
+  EXPECT_LT(tt.grace_periods() - gp0, 500u);
+}
+
+// start_poll()/poll(): not done while a reader that entered before is inside, done soon after
+// it leaves, without anyone calling synchronize().
+TEST_F(TasksTraceTest, PollingGracePeriods) {
+  TasksTrace& tt = tasks_trace();
+  Event entered, release;
+  std::thread r([&] {
+    ReadGuard g(tt);
+    entered.set();
+    release.wait();
+  });
+  entered.wait();
+  const auto inv0 = tt.callbacks_invoked();
+  hp::sync::GpCookie c = tt.start_poll();
+  std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(tt.poll(c));
+  release.set();
+  r.join();
+  const auto t0 = Clock::now();
+  while (!tt.poll(c) && Clock::now() - t0 < 10s)
+    std::this_thread::sleep_for(1ms);
+  EXPECT_TRUE(tt.poll(c));
+  EXPECT_EQ(tt.callbacks_invoked(), inv0);  // start_poll queued no callback
+  // A cookie is also satisfied by an explicit synchronize().
+  hp::sync::GpCookie c2 = tt.start_poll();
+  tt.synchronize();
+  EXPECT_TRUE(tt.poll(c2));
+}
+
+// Concurrent synchronize() callers share grace periods and all return.
+TEST_F(TasksTraceTest, ConcurrentSynchronizeShareGracePeriods) {
+  TasksTrace& tt = tasks_trace();
+  const auto gp0 = tt.grace_periods();
+  Event entered, release;
+  std::thread r([&] {
+    ReadGuard g(tt);
+    entered.set();
+    release.wait();
+  });
+  entered.wait();
+  std::vector<std::thread> ws;
+  std::atomic<int> done{0};
+  for (int i = 0; i < 6; i++) {
+    ws.emplace_back([&] {
+      tt.synchronize();
+      done.fetch_add(1);
+    });
+  }
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(done.load(), 0);
+  release.set();
+  for (auto& w : ws)
+    w.join();
+  r.join();
+  EXPECT_EQ(done.load(), 6);
+  // At most: the one in progress, plus one more shared by every waiter (the deferred worker
+  // may add its own).
+  EXPECT_LE(tt.grace_periods() - gp0, 4u);
+}
+
+// Threads that start, read and exit while synchronize() loops: their records come and go
+// mid-scan and the writer must neither wait for them forever nor touch freed TLS.
+TEST_F(TasksTraceTest, ThreadChurnDuringSynchronize) {
+  TasksTrace& tt = tasks_trace();
+  { ReadGuard g(tt); }
+  const std::size_t base = tt.registered_threads();
+  std::atomic<bool> stop{false};
+  std::thread spawner([&] {
+    unsigned n = 0;
+    while (!stop.load()) {
+      std::vector<std::thread> batch;
+      for (int i = 0; i < 4; i++) {
+        batch.emplace_back([&tt, i, n] {
+          for (unsigned k = 0; k < 20; k++) {
+            ReadGuard g(tt);
+            if ((k + i + n) % 7 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+          }
+          // Exit right after a section, sometimes from inside a nested one's end.
+        });
+      }
+      for (auto& t : batch)
+        t.join();
+      n++;
+    }
+  });
+  const auto t0 = Clock::now();
+  int syncs = 0;
+  while (Clock::now() - t0 < 700ms) {
+    tt.synchronize();
+    syncs++;
+  }
+  stop.store(true);
+  spawner.join();
+  EXPECT_GT(syncs, 0);
+  EXPECT_EQ(tt.registered_threads(), base);
+}
+
+// A read section inside a thread_local destructor is still protected: the thread
+// unregisters after the C++ thread_local destructors.
+struct TlsUser {
+  std::atomic<Obj*>* ptr = nullptr;
+  std::atomic<std::uint64_t>* seen = nullptr;
+  Event* entered = nullptr;
+  ~TlsUser() {
+    if (!ptr) return;
+    ReadGuard g(tasks_trace());
+    Obj* p = ptr->load(std::memory_order_acquire);
+    entered->set();
+    std::this_thread::sleep_for(150ms);
+    seen->store(p->v.load(std::memory_order_relaxed));
+  }
+};
+
+TEST_F(TasksTraceTest, ReaderInThreadLocalDestructor) {
+  TasksTrace& tt = tasks_trace();
+  auto* obj = new Obj;
+  std::atomic<Obj*> ptr{obj};
+  std::atomic<std::uint64_t> seen{0};
+  Event entered;
+  std::thread t([&] {
+    static thread_local TlsUser u;
+    u.ptr = &ptr;
+    u.seen = &seen;
+    u.entered = &entered;
+  });
+  entered.wait();
+  Obj* old = ptr.exchange(nullptr);
+  tt.synchronize();
+  PoisonDeleter{}(old);
+  t.join();
+  EXPECT_EQ(seen.load(), kLive);
+  delete obj;
+}
+
+// Miniature torture: readers check that what they see is never poisoned while a writer
+// replaces and retires objects as fast as it can.
+TEST_F(TasksTraceTest, ReadersNeverSeePoisonedObjects) {
+  TasksTrace& tt = tasks_trace();
+  std::atomic<Obj*> ptr{new Obj};
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> bad{0}, reads{0};
+  std::vector<std::thread> readers;
+  for (int i = 0; i < 2; i++) {
+    readers.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        ReadGuard g(tt);
+        Obj* p = ptr.load(std::memory_order_acquire);
+        for (int k = 0; k < 8; k++) {
+          if (p->v.load(std::memory_order_relaxed) != kLive) bad.fetch_add(1);
+        }
+        reads.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  }
+  std::vector<Obj*> graveyard;  // poisoned but never freed during the run
+  std::mutex gy_mu;
+  const auto t0 = Clock::now();
+  for (int i = 0; Clock::now() - t0 < 500ms; i++) {
+    Obj* old = ptr.exchange(new Obj, std::memory_order_acq_rel);
+    tt.call([old, &graveyard, &gy_mu] {
+      PoisonDeleter{}(old);
+      std::lock_guard l(gy_mu);
+      graveyard.push_back(old);
+    });
+    if (i % 16 == 0) tt.synchronize();
+  }
+  stop.store(true);
+  for (auto& r : readers)
+    r.join();
+  tt.barrier();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_GT(reads.load(), 0u);
+  for (Obj* o : graveyard)
+    delete o;
+  delete ptr.load();
+}
+
+// The fallback barrier (membarrier GLOBAL) gives the same guarantees, more slowly.
+TEST_F(TasksTraceTest, GlobalMembarrierFallback) {
+  TasksTrace& tt = tasks_trace();
+  const TasksTrace::BarrierKind saved = tt.barrier_kind();
+  if (saved == TasksTrace::BarrierKind::kNone) GTEST_SKIP() << "membarrier unavailable here";
+  tt.force_barrier_kind_for_testing(TasksTrace::BarrierKind::kGlobal);
+  Event entered;
+  std::atomic<bool> left{false};
+  std::thread r([&] {
+    ReadGuard g(tt);
+    entered.set();
+    std::this_thread::sleep_for(100ms);
+    left.store(true);
+  });
+  entered.wait();
+  tt.synchronize();
+  EXPECT_TRUE(left.load());
+  r.join();
+  tt.force_barrier_kind_for_testing(saved);
+}
+
+using TasksTraceDeathTest = TasksTraceTest;
+
+TEST_F(TasksTraceDeathTest, SynchronizeInsideReadSectionDies) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        ReadGuard g(tasks_trace());
+        tasks_trace().synchronize();
+      },
+      "inside a read section");
+}
+
+TEST_F(TasksTraceDeathTest, BarrierInsideReadSectionDies) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        ReadGuard g(tasks_trace());
+        tasks_trace().barrier();
+      },
+      "inside a read section");
+}
+
+}  // namespace
