@@ -30,6 +30,10 @@ extern long hp_value;
 extern std::uint64_t hp_in[16], hp_in_flags, hp_in_xmm[32];
 extern std::uint64_t hp_out[16], hp_out_flags, hp_out_xmm[32];
 extern std::uint64_t hp_adjust, hp_saved_rsp;
+// The 128-byte red zone below the target's rsp: hp_run_* fill the red zone a called
+// target will see with 0x5a5a0000 + 15 - j (qword j, from the bottom); hp_landing copies
+// the red zone below its rsp into hp_out_redzone before touching the stack.
+extern std::uint64_t hp_out_redzone[16];
 void hp_run_call(std::uint64_t target);
 void hp_run_jmp(std::uint64_t target);
 extern const std::uint8_t hp_landing[];
@@ -42,6 +46,8 @@ asm(R"(
 .intel_syntax noprefix
 .data
 .balign 16
+.globl hp_out_redzone
+.hidden hp_out_redzone
 .globl hp_value, hp_in, hp_in_flags, hp_in_xmm, hp_out, hp_out_flags, hp_out_xmm, hp_adjust, hp_saved_rsp
 .hidden hp_value, hp_in, hp_in_flags, hp_in_xmm, hp_out, hp_out_flags, hp_out_xmm, hp_adjust, hp_saved_rsp
 hp_value: .quad 1000
@@ -54,6 +60,7 @@ hp_out: .zero 128
 hp_out_flags: .quad 0
 .balign 16
 hp_out_xmm: .zero 256
+hp_out_redzone: .zero 128
 hp_adjust: .quad 0
 hp_saved_rsp: .quad 0
 hp_target: .quad 0
@@ -118,6 +125,22 @@ hp_double:
   push r15
   mov [rip + hp_saved_rsp], rsp
   sub rsp, [rip + hp_adjust]
+  mov qword ptr [rsp - 16], 1515847680
+  mov qword ptr [rsp - 24], 1515847681
+  mov qword ptr [rsp - 32], 1515847682
+  mov qword ptr [rsp - 40], 1515847683
+  mov qword ptr [rsp - 48], 1515847684
+  mov qword ptr [rsp - 56], 1515847685
+  mov qword ptr [rsp - 64], 1515847686
+  mov qword ptr [rsp - 72], 1515847687
+  mov qword ptr [rsp - 80], 1515847688
+  mov qword ptr [rsp - 88], 1515847689
+  mov qword ptr [rsp - 96], 1515847690
+  mov qword ptr [rsp - 104], 1515847691
+  mov qword ptr [rsp - 112], 1515847692
+  mov qword ptr [rsp - 120], 1515847693
+  mov qword ptr [rsp - 128], 1515847694
+  mov qword ptr [rsp - 136], 1515847695
   movups xmm0, [rip + hp_in_xmm + 0]
   movups xmm1, [rip + hp_in_xmm + 16]
   movups xmm2, [rip + hp_in_xmm + 32]
@@ -161,9 +184,6 @@ hp_run_jmp:
   jmp qword ptr [rip + hp_target]
 hp_landing:
   mov [rip + hp_out + 32], rsp
-  pushfq
-  pop qword ptr [rip + hp_out_flags]
-  cld
   mov [rip + hp_out + 0], rax
   mov [rip + hp_out + 8], rcx
   mov [rip + hp_out + 16], rdx
@@ -195,6 +215,25 @@ hp_landing:
   movups [rip + hp_out_xmm + 208], xmm13
   movups [rip + hp_out_xmm + 224], xmm14
   movups [rip + hp_out_xmm + 240], xmm15
+  movups xmm0, [rsp - 128]
+  movups [rip + hp_out_redzone + 0], xmm0
+  movups xmm0, [rsp - 112]
+  movups [rip + hp_out_redzone + 16], xmm0
+  movups xmm0, [rsp - 96]
+  movups [rip + hp_out_redzone + 32], xmm0
+  movups xmm0, [rsp - 80]
+  movups [rip + hp_out_redzone + 48], xmm0
+  movups xmm0, [rsp - 64]
+  movups [rip + hp_out_redzone + 64], xmm0
+  movups xmm0, [rsp - 48]
+  movups [rip + hp_out_redzone + 80], xmm0
+  movups xmm0, [rsp - 32]
+  movups [rip + hp_out_redzone + 96], xmm0
+  movups xmm0, [rsp - 16]
+  movups [rip + hp_out_redzone + 112], xmm0
+  pushfq
+  pop qword ptr [rip + hp_out_flags]
+  cld
   mov rsp, [rip + hp_saved_rsp]
   pop r15
   pop r14
