@@ -285,10 +285,10 @@ void pin_to(int cpu) {
 struct Options {
   int reps = 7;
   bool quick = false;
-  int read_ms = 100;       // duration of one repetition of one read-side row
-  int sync_samples = 40;   // synchronize() calls per repetition
-  int gap_us = 200;        // the writer sleeps this long between two timed calls
-  int sync_cap_ms = 1000;  // but at most this long per repetition
+  int read_ms = 100;      // duration of one repetition of one read-side row
+  int sync_samples = 40;  // synchronize() calls per repetition
+  int gap_us = 200;       // the writer sleeps this long between two timed calls
+  int sync_cap_ms = 500;  // but at most this long per repetition
   std::string json;
   std::string filter;
   bool pin = true;
