@@ -1,0 +1,159 @@
+// Golden bytes for the patch plans and the fixed parts of the generated trampolines,
+// annotated with assembly (STYLE.md item 9).
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "arch/x86_64/fuzz.h"
+#include "arch/x86_64/trampoline.h"
+#include "hotprobe/regs.h"
+
+namespace hp::arch {
+namespace {
+
+using Bytes = std::vector<std::uint8_t>;
+constexpr std::uint64_t kFn = 0x1000'0000;
+
+// +0 55 push rbp; +1 48 89 e5 mov rbp, rsp; +4 48 83 ec 10 sub rsp, 16; +8 c9 leave; +9 c3 ret
+const Bytes kFnBytes{0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10, 0xc9, 0xc3};
+
+DisplacementPlan plan_at(std::uint64_t offset) {
+  auto p = plan_displacement(kFnBytes, kFn, offset);
+  EXPECT_TRUE(p.ok());
+  return p.value();
+}
+
+TEST(RegsLayout, MatchesWhatTheTrampolinesWrite) {
+  using hotprobe::Regs;
+  EXPECT_EQ(offsetof(Regs, rax), 0u);
+  EXPECT_EQ(offsetof(Regs, rcx), 8u);
+  EXPECT_EQ(offsetof(Regs, r11), 64u);
+  EXPECT_EQ(offsetof(Regs, rbx), 72u);
+  EXPECT_EQ(offsetof(Regs, r15), 112u);
+  EXPECT_EQ(offsetof(Regs, rflags), 120u);
+  EXPECT_EQ(offsetof(Regs, rsp), 128u);
+  EXPECT_EQ(offsetof(Regs, rip), 136u);
+  EXPECT_EQ(sizeof(Regs) % 16, 0u);  // the frame keeps the call 16-byte aligned
+}
+
+TEST(PatchGolden, JmpPatchBytesAndSteps) {
+  DisplacementPlan p = plan_at(0);  // 8 bytes: push, mov, sub
+  // kFn: e9 fb 0f 00 00       jmp kFn+0x1000
+  //      cc cc cc             int3 padding
+  auto bytes = make_jmp_patch_bytes(p.patch_address, p.length, kFn + 0x1000);
+  ASSERT_TRUE(bytes.ok());
+  EXPECT_EQ(bytes.value(), (Bytes{0xe9, 0xfb, 0x0f, 0x00, 0x00, 0xcc, 0xcc, 0xcc}));
+
+  auto plan = make_jmp_patch_plan(p, kFn + 0x1000);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_EQ(plan->steps.size(), 3u);
+  // 1: int3 on the first byte
+  EXPECT_EQ(plan->steps[0].writes, (std::vector<PatchWrite>{{kFn, {0xcc}}}));
+  // 2: the tail: rel32 and padding
+  EXPECT_EQ(plan->steps[1].writes,
+            (std::vector<PatchWrite>{{kFn + 1, {0xfb, 0x0f, 0x00, 0x00, 0xcc, 0xcc, 0xcc}}}));
+  // 3: the opcode
+  EXPECT_EQ(plan->steps[2].writes, (std::vector<PatchWrite>{{kFn, {0xe9}}}));
+
+  PatchPlan undo = make_jmp_unpatch_plan(p);
+  ASSERT_EQ(undo.steps.size(), 3u);
+  EXPECT_EQ(undo.steps[0].writes, (std::vector<PatchWrite>{{kFn, {0xcc}}}));
+  EXPECT_EQ(undo.steps[1].writes,
+            (std::vector<PatchWrite>{{kFn + 1, {0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10}}}));
+  EXPECT_EQ(undo.steps[2].writes, (std::vector<PatchWrite>{{kFn, {0x55}}}));
+}
+
+TEST(PatchGolden, OutOfReachTrampolineIsRefused) {
+  auto r = make_jmp_patch_plan(plan_at(0), kFn + 0x1'0000'0000ULL);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), Errc::no_memory_in_reach);
+}
+
+TEST(PatchGolden, Int3Plans) {
+  auto p = plan_int3(kFnBytes, kFn, 8);  // c9 leave
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(make_int3_patch_plan(p.value()).steps[0].writes,
+            (std::vector<PatchWrite>{{kFn + 8, {0xcc}}}));
+  EXPECT_EQ(make_int3_unpatch_plan(p.value()).steps[0].writes,
+            (std::vector<PatchWrite>{{kFn + 8, {0xc9}}}));
+  // The copy at kFn+0x1000: c9 leave; e9 03 f0 ff ff jmp kFn+9
+  auto copy = make_int3_copy(p.value(), kFn + 0x1000);
+  ASSERT_TRUE(copy.ok());
+  EXPECT_EQ(copy->code, (Bytes{0xc9, 0xe9, 0x03, 0xf0, 0xff, 0xff}));
+}
+
+TEST(PatchGolden, MergeIsStepwiseAndSortedByAddress) {
+  PatchPlan a{{{{{0x2000, {0xcc}}}}, {{{0x2001, {1, 2, 3, 4}}}}, {{{0x2000, {0xe9}}}}}};
+  PatchPlan b{{{{{0x1000, {0xcc}}}}}};
+  const PatchPlan plans[] = {a, b};
+  PatchPlan m = merge_patch_plans(plans);
+  ASSERT_EQ(m.steps.size(), 3u);
+  EXPECT_EQ(m.steps[0].writes, (std::vector<PatchWrite>{{0x1000, {0xcc}}, {0x2000, {0xcc}}}));
+  EXPECT_EQ(m.steps[1].writes, (std::vector<PatchWrite>{{0x2001, {1, 2, 3, 4}}}));
+}
+
+TEST(EntryTrampolineGolden, AtEntryHeadAndTail) {
+  DisplacementPlan p = plan_at(0);
+  const std::uint64_t at = kFn + 0x10000;
+  auto t = make_entry_trampoline({at, 0x1122334455667788, kFn + 0x20000, false}, p);
+  ASSERT_TRUE(t.ok());
+  const Bytes head(t->code.begin(), t->code.begin() + 18);
+  // 48 8d 64 24 80     lea rsp, [rsp-128]      the red zone
+  // 50                 push rax
+  // 6a 00              push 0                  flags are not live at an entry
+  // 48 89 e0           mov rax, rsp            the way back
+  // 48 83 e4 f0        and rsp, -16
+  // 50 50              push rax; push rax
+  EXPECT_EQ(head, (Bytes{0x48, 0x8d, 0x64, 0x24, 0x80, 0x50, 0x6a, 0x00, 0x48, 0x89, 0xe0, 0x48,
+                         0x83, 0xe4, 0xf0, 0x50, 0x50, 0x48}));
+  // Tail: the displaced instructions, copied, then jmp kFn+8.
+  const Bytes tail(t->code.begin() + t->relocated_offset, t->code.end());
+  const auto back = static_cast<std::uint32_t>(kFn + 8 - (at + t->code.size()));
+  EXPECT_EQ(tail, (Bytes{0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10, 0xe9,
+                         static_cast<std::uint8_t>(back), static_cast<std::uint8_t>(back >> 8),
+                         static_cast<std::uint8_t>(back >> 16),
+                         static_cast<std::uint8_t>(back >> 24)}));
+  // Right before the tail: popfq-free exit, lea rsp, [rsp+144] (48 8d a4 24 90 00 00 00).
+  const Bytes exit(t->code.begin() + t->relocated_offset - 8, t->code.begin() + t->relocated_offset);
+  EXPECT_EQ(exit, (Bytes{0x48, 0x8d, 0xa4, 0x24, 0x90, 0x00, 0x00, 0x00}));
+  check_decodes(t->code, at);
+}
+
+TEST(EntryTrampolineGolden, FlagsLiveSavesFlagsAndClearsDF) {
+  DisplacementPlan p = plan_at(4);
+  auto t = make_entry_trampoline({kFn + 0x10000, 0, kFn + 0x20000, true}, p);
+  ASSERT_TRUE(t.ok());
+  // 48 8d 64 24 80  lea rsp, [rsp-128]; 50 push rax; 9c pushfq; fc cld
+  EXPECT_EQ(Bytes(t->code.begin(), t->code.begin() + 8),
+            (Bytes{0x48, 0x8d, 0x64, 0x24, 0x80, 0x50, 0x9c, 0xfc}));
+  // ...; 9d popfq; 48 8d a4 24 88 00 00 00  lea rsp, [rsp+136]
+  EXPECT_EQ(Bytes(t->code.begin() + t->relocated_offset - 9, t->code.begin() + t->relocated_offset),
+            (Bytes{0x9d, 0x48, 0x8d, 0xa4, 0x24, 0x88, 0x00, 0x00, 0x00}));
+}
+
+TEST(EntryTrampolineGolden, DispatcherCallNearAndFar) {
+  DisplacementPlan p = plan_at(0);
+  auto find = [](const Bytes& code, const Bytes& needle) {
+    return std::search(code.begin(), code.end(), needle.begin(), needle.end()) != code.end();
+  };
+  // In reach: movabs rdi, ctx; mov rsi, rsp (48 89 e6); call rel32 (e8)
+  auto near = make_entry_trampoline({kFn + 0x10000, 0x42, kFn + 0x20000, false}, p);
+  ASSERT_TRUE(near.ok());
+  EXPECT_TRUE(find(near->code, {0x48, 0xbf, 0x42, 0, 0, 0, 0, 0, 0, 0, 0x48, 0x89, 0xe6, 0xe8}));
+  // Out of reach: movabs rax, dispatcher (48 b8 ...); call rax (ff d0)
+  auto far = make_entry_trampoline({kFn + 0x10000, 0x42, 0x7f00'0000'0000, false}, p);
+  ASSERT_TRUE(far.ok());
+  EXPECT_TRUE(find(far->code, {0x48, 0xb8, 0, 0, 0, 0, 0, 0x7f, 0, 0, 0xff, 0xd0}));
+}
+
+TEST(ReturnTrampolineGolden, EndsWithAJumpThroughTheRedZoneSlot) {
+  auto code = make_return_trampoline({0x2000'0000, 1, 0x2000'1000, true});
+  ASSERT_TRUE(code.ok());
+  // ...; 48 8d a4 24 90 00 00 00  lea rsp, [rsp+144]; ff 64 24 f8  jmp [rsp-8]
+  const Bytes tail(code->end() - 12, code->end());
+  EXPECT_EQ(tail, (Bytes{0x48, 0x8d, 0xa4, 0x24, 0x90, 0x00, 0x00, 0x00, 0xff, 0x64, 0x24, 0xf8}));
+  check_decodes(code.value(), 0x2000'0000);
+}
+
+}  // namespace
+}  // namespace hp::arch
