@@ -414,6 +414,38 @@ void run_write_rep(F f, int readers, const Options& o, Op op, std::vector<double
   if (r) r->stop();
 }
 
+// A row that makes no progress for a long time (a domain that deadlocks, a writer starved
+// for good) must not hang the README's first command: say which row, and exit.
+class Watchdog {
+ public:
+  static constexpr int kLimitS = 60;
+  Watchdog() {
+    std::thread([this] {
+      for (;;) {
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        std::uint64_t since = now_ns() - last_.load(std::memory_order_acquire);
+        if (since > kLimitS * 1000000000ull) {
+          std::fprintf(stderr, "sync_bench: no progress for %d s in row %s\n", kLimitS,
+                       what_.load(std::memory_order_acquire));
+          std::_Exit(3);
+        }
+      }
+    }).detach();
+  }
+  void enter(const std::string& row, const char* op, int threads) {
+    std::snprintf(buf_[flip_], sizeof buf_[flip_], "%s, %s, %d threads", row.c_str(), op, threads);
+    what_.store(buf_[flip_], std::memory_order_release);
+    flip_ ^= 1;
+    last_.store(now_ns(), std::memory_order_release);
+  }
+
+ private:
+  char buf_[2][160] = {"(start)", "(start)"};
+  int flip_ = 0;
+  std::atomic<const char*> what_{buf_[0]};
+  std::atomic<std::uint64_t> last_{now_ns()};
+};
+
 // ---------------------------------------------------------------------------------------
 // Rows and results.
 
@@ -720,9 +752,11 @@ int main(int argc, char** argv) {
   // Round-robin: repetition r of every row, then repetition r + 1, so that a noisy moment
   // of the machine hits every row alike.
   std::uint64_t t_start = now_ns();
+  Watchdog& dog = *new Watchdog;  // immortal: its thread runs until the process exits
   for (int r = 0; r < o.reps; ++r) {
     for (auto& row : b.reads) {
       for (int t = 1; t <= 2; ++t) {
+        dog.enter(row.name, "read side", t);
         ReadRep rep = row.run(t);
         row.ns[t - 1].push_back(rep.ns_per_pair);
         row.mops[t - 1].push_back(rep.mops);
@@ -731,8 +765,10 @@ int main(int argc, char** argv) {
       }
     }
     for (auto& row : b.writes) {
-      for (int readers = 0; readers <= 2; ++readers)
+      for (int readers = 0; readers <= 2; ++readers) {
+        dog.enter(row.name, row.what.c_str(), readers);
         row.run(readers, row.us[readers]);
+      }
     }
     std::fprintf(stderr, "  repetition %d/%d done (%.1f s)\n", r + 1, o.reps,
                  static_cast<double>(now_ns() - t_start) / 1e9);
