@@ -19,12 +19,17 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -81,7 +86,7 @@ struct Options {
   // poison is the detection, a real use-after-free would be a crash).
   bool free_during_run = true;
   std::size_t quarantine = 4096;
-  // Stop early once this many errors were seen (for flavours expected to fail).
+  // Stop early once this many bad reads were seen (for flavours expected to fail).
   std::uint64_t stop_after_errors = 0;
   // Abort with a report if the writer (or the final drain) makes no progress this long.
   double stall_seconds = 60.0;
@@ -146,6 +151,8 @@ struct Report {
   std::uint64_t polls = 0;            // start_poll() cookies that were seen done
   std::uint64_t barriers = 0;         // barrier() calls returned
   std::uint64_t poisoned_objects = 0; // objects that reached the end of the pipe
+  std::uint64_t shuffles = 0;         // reader CPU affinity changes
+  double max_gp_ms = 0;               // longest synchronize() seen
 
   // Errors: any nonzero count fails a flavour expected to pass.
   std::uint64_t err_poisoned = 0;      // a reader saw a poisoned (reclaimed) object
@@ -158,10 +165,17 @@ struct Report {
   std::uint64_t err_poll_stall = 0;    // poll(c) never became true
   std::uint64_t err_barrier = 0;       // barrier() returned before earlier callbacks ran
   std::uint64_t err_drain = 0;         // callbacks/polls still pending at the end
+  std::uint64_t err_cb_in_reader = 0;  // a callback ran inside a read section
+  std::string first_error;             // the first writer-side error, for the log
+
+  // Not an error (the domain is still correct), but worth a look: rcutorture's "???".
+  static constexpr double kWriterStallMs = 1000;
+  bool writer_stalled() const { return max_gp_ms > kWriterStallMs; }
 
   std::uint64_t errors() const {
     return err_poisoned + err_stale + err_bad_magic + err_torn + err_gen_backwards +
-           err_in_reader + err_poll_after_sync + err_poll_stall + err_barrier + err_drain;
+           err_in_reader + err_poll_after_sync + err_poll_stall + err_barrier + err_drain +
+           err_cb_in_reader;
   }
   // Reads that the domain let go wrong (what a broken synchronize()/call() produces).
   std::uint64_t bad_reads() const { return err_poisoned + err_stale + err_bad_magic + err_torn; }
@@ -180,9 +194,13 @@ struct Report {
         flavour.c_str(), (ull)reads, (ull)nested, (ull)lingers, (ull)churn_threads,
         (ull)churn_reads);
     add("[torture %s] updates=%llu gps=%llu calls=%llu retires=%llu callbacks=%llu polls=%llu "
-        "barriers=%llu poisoned_objects=%llu\n",
+        "barriers=%llu poisoned_objects=%llu shuffles=%llu max_gp_ms=%.1f\n",
         flavour.c_str(), (ull)updates, (ull)syncs, (ull)calls, (ull)retires, (ull)callbacks,
-        (ull)polls, (ull)barriers, (ull)poisoned_objects);
+        (ull)polls, (ull)barriers, (ull)poisoned_objects, (ull)shuffles, max_gp_ms);
+    if (writer_stalled())
+      add("[torture %s] ??? Writer stall: one synchronize() took %.0f ms (updates=%llu in "
+          "%.1f s)\n",
+          flavour.c_str(), max_gp_ms, (ull)updates, seconds);
     add("[torture %s] Reader Pipe: ", flavour.c_str());
     for (unsigned i = 0; i <= kPipeLen; i++) add(" %llu", (ull)pipe[i]);
     add("  (last bucket = poisoned)%s\n", (pipe[2] + pipe[3] + pipe[4]) ? " !!!" : "");
@@ -191,11 +209,13 @@ struct Report {
     add("\n");
     add("[torture %s] errors=%llu (poisoned=%llu stale=%llu bad_magic=%llu torn=%llu "
         "gen_backwards=%llu in_reader=%llu poll_after_sync=%llu poll_stall=%llu barrier=%llu "
-        "drain=%llu) %s\n",
+        "drain=%llu cb_in_reader=%llu) %s\n",
         flavour.c_str(), (ull)errors(), (ull)err_poisoned, (ull)err_stale, (ull)err_bad_magic,
         (ull)err_torn, (ull)err_gen_backwards, (ull)err_in_reader, (ull)err_poll_after_sync,
-        (ull)err_poll_stall, (ull)err_barrier, (ull)err_drain,
+        (ull)err_poll_stall, (ull)err_barrier, (ull)err_drain, (ull)err_cb_in_reader,
         errors() ? "FAILURE" : "SUCCESS");
+    if (!first_error.empty())
+      add("[torture %s] first writer-side error: %s\n", flavour.c_str(), first_error.c_str());
     return s;
   }
 };
@@ -226,14 +246,19 @@ class Torture {
     std::thread churner([this] { churn_thread(o_.seed + 0x200); });
     std::thread fake([this] { fake_writer_thread(o_.seed + 0x300); });
     std::thread writer([this] { writer_thread(o_.seed + 0x400); });
+    std::vector<pthread_t> handles;
+    for (auto& t : readers) handles.push_back(t.native_handle());
+    std::thread shuffler([this, handles] { shuffler_thread(o_.seed + 0x500, handles); });
 
     const auto deadline = Clock::now() + std::chrono::duration<double>(o_.seconds);
     while (Clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      if (o_.stop_after_errors && live_errors_.load(std::memory_order_relaxed) >= o_.stop_after_errors)
+      if (o_.stop_after_errors &&
+          live_bad_reads_.load(std::memory_order_relaxed) >= o_.stop_after_errors)
         break;
     }
     stop_.store(true, std::memory_order_relaxed);
+    shuffler.join();  // before the readers: it names their threads
     for (auto& t : readers) t.join();
     churner.join();
     fake.join();
@@ -305,43 +330,48 @@ class Torture {
     }
     if (poisoned) {
       s.poisoned++;
-      note_error();
+      note_bad_read();
       return kPipeLen;
     }
     if (m != kLiveMagic) {
       s.bad_magic++;
-      note_error();
+      note_bad_read();
       return kPipeLen;
     }
     if (!consistent) {
       s.torn++;
-      note_error();
+      note_bad_read();
     }
     if (age >= 2) {
       s.stale++;
-      note_error();
+      note_bad_read();
     }
     return static_cast<unsigned>(std::min<std::uint64_t>(age, kPipeLen - 1));
   }
 
-  void note_error() { live_errors_.fetch_add(1, std::memory_order_relaxed); }
+  // A read the domain let go wrong: what stop_after_errors counts.
+  void note_bad_read() {
+    live_bad_reads_.fetch_add(1, std::memory_order_relaxed);
+  }
 
   // One top-level read section, maybe with nested ones, lingering and yielding inside.
   void read_section(Rng& rng, ReaderStats& s) {
     sync::ReadToken outer = d_.read_lock();
-    if (!d_.in_reader()) s.in_reader++, note_error();
+    if (!d_.in_reader()) s.in_reader++;
     std::uint64_t gp0 = gp_count_.load(std::memory_order_relaxed);
     Obj* p = cur_.load(std::memory_order_acquire);
     std::uint64_t g = p->gen.load(std::memory_order_relaxed);
-    if (g < s.last_gen) s.gen_backwards++, note_error();
+    if (g < s.last_gen) s.gen_backwards++;
     s.last_gen = g;
     unsigned age = observe(p, s);
 
     std::uint64_t r = rng.below(256);
     if (r < 2) {
-      // Linger: a broken writer gets many updates done while we sleep holding p.
+      // Linger: a broken writer gets many updates done while we sleep holding p. Now and
+      // then linger long (readers of every flavour may block).
       s.lingers++;
-      std::this_thread::sleep_for(std::chrono::microseconds(5 + rng.below(100)));
+      std::this_thread::sleep_for(std::chrono::microseconds(
+          rng.one_in(32) ? 1000 + rng.below(2000) : 5 + rng.below(100)));
     } else if (r < 24) {
       std::this_thread::yield();
     } else if (r < 40) {
@@ -359,13 +389,13 @@ class Torture {
       }
       for (unsigned i = depth; i-- > 0;) {
         d_.read_unlock(toks[i]);
-        if (!d_.in_reader()) s.in_reader++, note_error();  // still inside `outer`
+        if (!d_.in_reader()) s.in_reader++;  // still inside `outer`
       }
     }
     age = std::max(age, observe(p, s));  // p must still be intact after all that
     std::uint64_t gp1 = gp_count_.load(std::memory_order_relaxed);
     d_.read_unlock(outer);
-    if (d_.in_reader()) s.in_reader++, note_error();
+    if (d_.in_reader()) s.in_reader++;
     s.reads++;
     s.pipe[age]++;
     s.batch[std::min<std::uint64_t>(gp1 - gp0, kBatchLen - 1)]++;
@@ -455,6 +485,7 @@ class Torture {
   static void on_callback(sync::Callback* cb) {
     Obj* o = static_cast<Obj*>(cb);
     Torture* t = o->owner;
+    t->check_not_in_reader();
     std::uint64_t prev = o->pipe.fetch_add(1, std::memory_order_relaxed);
     t->callbacks_.fetch_add(1, std::memory_order_relaxed);
     if (prev == 0) t->first_stage_runs_.fetch_add(1, std::memory_order_release);
@@ -471,6 +502,7 @@ class Torture {
   struct Reclaimer {
     void operator()(Obj* o) const {
       Torture* t = o->owner;
+      t->check_not_in_reader();
       t->callbacks_.fetch_add(1, std::memory_order_relaxed);
       if (o->pipe.fetch_add(1, std::memory_order_relaxed) == 0)
         t->first_stage_runs_.fetch_add(1, std::memory_order_release);
@@ -479,11 +511,28 @@ class Torture {
     }
   };
 
-  void writer_synchronize() {
+  // domain.h: callbacks never run inside the caller's read section. The writer queues
+  // some of them from inside one, so a call() that runs callbacks in place is caught here.
+  void check_not_in_reader() {
+    if (d_.in_reader()) {
+      cb_in_reader_.fetch_add(1, std::memory_order_relaxed);
+      report_error("a callback ran inside a read section");
+    }
+  }
+
+  void timed_synchronize() {
+    auto t0 = Clock::now();
     d_.synchronize();
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+    std::uint64_t prev = max_gp_us_.load(std::memory_order_relaxed);
+    while (static_cast<std::uint64_t>(us) > prev &&
+           !max_gp_us_.compare_exchange_weak(prev, static_cast<std::uint64_t>(us))) {
+    }
     gp_count_.fetch_add(1, std::memory_order_relaxed);
     syncs_.fetch_add(1, std::memory_order_relaxed);
   }
+
+  void writer_synchronize() { timed_synchronize(); }
 
   // Objects retired in kSync mode age by one per writer synchronize(); poll-mode objects
   // taken before it must poll done after it.
@@ -523,7 +572,10 @@ class Torture {
     }
   }
 
-  void retire_old(Obj* old, Mode m) {
+  void retire_old(Obj* old, Mode m, bool in_section) {
+    // call() and retire() are legal inside a read section; synchronize() is not.
+    std::optional<sync::ReadGuard<D>> guard;
+    if (in_section && (m == Mode::kCall || m == Mode::kRetire)) guard.emplace(d_);
     switch (m) {
       case Mode::kSync:
         sync_pipe_.push_back(old);
@@ -555,7 +607,7 @@ class Torture {
       Obj* old = cur_.load(std::memory_order_relaxed);
       cur_.store(n, std::memory_order_release);
       updates_.fetch_add(1, std::memory_order_relaxed);
-      retire_old(old, static_cast<Mode>(rng.below(4)));
+      retire_old(old, static_cast<Mode>(rng.below(4)), rng.one_in(4));
       advance_polls();
       // Bound what is in flight: deferred callbacks and unfinished polls.
       if (in_flight_.load(std::memory_order_relaxed) > 1024 || rng.one_in(64)) barrier_check();
@@ -573,9 +625,7 @@ class Torture {
     while (!stop_.load(std::memory_order_relaxed)) {
       switch (rng.below(8)) {
         case 0: case 1: case 2: case 3:
-          d_.synchronize();
-          gp_count_.fetch_add(1, std::memory_order_relaxed);
-          syncs_.fetch_add(1, std::memory_order_relaxed);
+          timed_synchronize();
           break;
         case 4: case 5: {
           sync::GpCookie c = d_.start_poll();
@@ -602,6 +652,35 @@ class Torture {
       }
       std::this_thread::sleep_for(std::chrono::microseconds(rng.below(200)));
     }
+  }
+
+  // rcutorture's shuffler: move readers between CPUs, so that sections begin on one CPU
+  // and end on another (per-CPU counters must still balance).
+  void shuffler_thread(std::uint64_t seed, std::vector<pthread_t> readers) {
+    Rng rng(seed);
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
+    std::vector<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+      if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+    std::uint64_t n = 0;
+    while (!stop_.load(std::memory_order_relaxed)) {
+      std::this_thread::sleep_for(std::chrono::microseconds(500 + rng.below(2000)));
+      if (readers.empty() || cpus.size() < 2) continue;
+      pthread_t t = readers[rng.below(readers.size())];
+      cpu_set_t set;
+      if (rng.one_in(3)) {
+        set = allowed;  // free again
+      } else {
+        CPU_ZERO(&set);
+        CPU_SET(cpus[rng.below(cpus.size())], &set);
+      }
+      if (pthread_setaffinity_np(t, sizeof set, &set) == 0) n++;
+    }
+    for (pthread_t t : readers) pthread_setaffinity_np(t, sizeof allowed, &allowed);
+    std::lock_guard g(stats_mu_);
+    rep_.shuffles += n;
   }
 
   bool wait_poll(sync::GpCookie c) {
@@ -660,7 +739,6 @@ class Torture {
   }
 
   void report_error(const char* what) {
-    note_error();
     std::lock_guard g(stats_mu_);
     if (first_error_.empty()) first_error_ = what;
   }
@@ -704,9 +782,9 @@ class Torture {
     rep_.err_poll_stall = fake_poll_stall_.load();
     rep_.err_barrier = err_barrier_;
     rep_.err_drain = err_drain_;
-    if (!first_error_.empty() && o_.verbose)
-      std::printf("[torture %s] first writer-side error: %s\n", rep_.flavour.c_str(),
-                  first_error_.c_str());
+    rep_.err_cb_in_reader = cb_in_reader_.load();
+    rep_.max_gp_ms = static_cast<double>(max_gp_us_.load()) / 1000.0;
+    rep_.first_error = first_error_;
   }
 
   D& d_;
@@ -717,7 +795,7 @@ class Torture {
   alignas(64) std::atomic<bool> stop_{false};
   std::atomic<bool> finished_{false};
   alignas(64) std::atomic<std::uint64_t> gp_count_{0};
-  alignas(64) std::atomic<std::uint64_t> live_errors_{0};
+  alignas(64) std::atomic<std::uint64_t> live_bad_reads_{0};
 
   // Writer-thread state (and drain(), which runs after the writer has exited).
   std::uint64_t next_gen_ = 1;
@@ -730,6 +808,7 @@ class Torture {
       retires_{0}, callbacks_{0}, polls_{0}, barriers_{0};
   std::atomic<std::uint64_t> in_flight_{0}, first_stage_runs_{0};
   std::atomic<std::uint64_t> fake_poll_after_sync_{0}, fake_poll_stall_{0};
+  std::atomic<std::uint64_t> cb_in_reader_{0}, max_gp_us_{0};
 
   std::mutex q_mu_;  // quarantine; leaf lock
   std::deque<Obj*> quarantine_;
