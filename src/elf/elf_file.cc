@@ -558,35 +558,40 @@ Result<Target> ElfFile::lookup_one(std::string_view spec) const {
   return r->front();
 }
 
-Result<std::vector<std::uint8_t>> ElfFile::read_bytes(std::uint64_t offset, std::size_t len) const {
-  if (offset > file_size_ || len > file_size_ - offset) {
-    return Error(Errc::invalid_argument, "cannot read " + std::to_string(len) + " bytes at " +
-                                             hex(offset) + " of " + path_ + ": the file has " +
-                                             std::to_string(file_size_) + " bytes");
-  }
-  int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return sys_error("cannot open " + path_);
+Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path, ModuleKey key,
+                                                  std::uint64_t offset, std::size_t len) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return sys_error("cannot open " + path);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
   struct stat st;
-  if (::fstat(fd, &st) != 0 || ModuleKey{static_cast<std::uint64_t>(st.st_dev),
-                                         static_cast<std::uint64_t>(st.st_ino)} != key_) {
-    ::close(fd);
-    return Error(Errc::not_found,
-                 path_ + " no longer names the file " + key_.to_string() + " (replaced on disk?)");
+  if (::fstat(fd, &st) != 0) return sys_error("cannot stat " + path);
+  const ModuleKey got{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+  if (got != key) {
+    return Error(Errc::not_found, path + " is now the file " + got.to_string() + ", not " +
+                                      key.to_string() + ": it was replaced on disk");
+  }
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (offset > size || len > size - offset) {
+    return Error(Errc::invalid_argument, "cannot read " + std::to_string(len) + " bytes at " +
+                                             hex(offset) + " of " + path + ": the file has " +
+                                             std::to_string(size) + " bytes");
   }
   std::vector<std::uint8_t> out(len);
   std::size_t done = 0;
   while (done < len) {
     ssize_t n = ::pread(fd, out.data() + done, len - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = n < 0 ? errno : EIO;
-      ::close(fd);
-      return sys_error("cannot read " + path_, err);
-    }
+    if (n <= 0) return sys_error("cannot read " + path, n < 0 ? errno : EIO);
     done += static_cast<std::size_t>(n);
   }
-  ::close(fd);
   return out;
+}
+
+Result<std::vector<std::uint8_t>> ElfFile::read_bytes(std::uint64_t offset, std::size_t len) const {
+  return read_file_bytes(path_, key_, offset, len);
 }
 
 // The cache: one slot per file; the slot's own lock serializes its first load, so a

@@ -146,6 +146,11 @@ Result<std::shared_ptr<const ElfFile>> load_elf(const std::string& path);
 // for files without a stable identity.
 Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string path);
 
+// `len` bytes at file offset `offset` of the file at `path`, which must be (device, inode)
+// `key`: not_found if the path now names another file, invalid_argument past its end.
+Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path, ModuleKey key,
+                                                  std::uint64_t offset, std::size_t len);
+
 // Number of files parsed so far by load_elf (to test that the cache loads each once).
 std::uint64_t elf_files_parsed();
 

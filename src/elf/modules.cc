@@ -331,6 +331,14 @@ Result<const Module*> ModuleList::resolve(std::string_view spec) const {
                                     "; loaded modules: " + names());
 }
 
+std::string ModuleList::map_files_path(const Module& m) const {
+  const Mapping& first = m.mappings.front();
+  char range[64];
+  std::snprintf(range, sizeof range, "%lx-%lx", static_cast<unsigned long>(first.start),
+                static_cast<unsigned long>(first.end));
+  return proc_path(self_ ? 0 : pid_, "map_files/") + range;
+}
+
 Result<std::shared_ptr<const ElfFile>> ModuleList::elf(const Module& m) const {
   if (!m.path.ends_with(kDeleted)) {
     auto r = load_elf(m.key, m.path);
@@ -338,11 +346,7 @@ Result<std::shared_ptr<const ElfFile>> ModuleList::elf(const Module& m) const {
   }
   // The path was deleted or replaced: the kernel still gives the mapped file through
   // map_files (root, or CAP_CHECKPOINT_RESTORE for another process).
-  const Mapping& first = m.mappings.front();
-  char range[64];
-  std::snprintf(range, sizeof range, "%lx-%lx", static_cast<unsigned long>(first.start),
-                static_cast<unsigned long>(first.end));
-  auto r = load_elf(m.key, proc_path(self_ ? 0 : pid_, "map_files/") + range);
+  auto r = load_elf(m.key, map_files_path(m));
   if (!r.ok()) {
     return Error(r.error().code(),
                  "cannot read the mapped file of " + m.path + ": " + r.error().message());
@@ -395,9 +399,11 @@ std::string ModuleList::describe(std::uintptr_t addr) const {
 
 Result<std::vector<std::uint8_t>> ModuleList::read_file_bytes(const Module& m, std::uint64_t offset,
                                                               std::size_t len) const {
-  auto e = elf(m);
-  if (!e.ok()) return e.error();
-  return (*e)->read_bytes(offset, len);
+  if (!m.path.ends_with(kDeleted)) {
+    auto r = elf::read_file_bytes(m.path, m.key, offset, len);
+    if (r.ok() || r.error().code() != Errc::not_found) return r;
+  }
+  return elf::read_file_bytes(map_files_path(m), m.key, offset, len);
 }
 
 Result<IfuncTarget> ModuleList::resolve_ifunc(const Module& m, const Symbol& sym) const {

@@ -115,7 +115,7 @@ class ModuleList {
   std::string describe(std::uintptr_t addr) const;
 
   // `len` bytes at file offset `offset` of the module's file, read from disk (to compare
-  // with memory after a patch was undone).
+  // with memory after a patch was undone); through map_files when the path was replaced.
   Result<std::vector<std::uint8_t>> read_file_bytes(const Module& m, std::uint64_t offset,
                                                     std::size_t len) const;
 
@@ -130,6 +130,9 @@ class ModuleList {
 
  private:
   static ModuleList group(pid_t pid, bool self, std::vector<Mapping> maps);
+  // /proc/PID/map_files/START-END of the module's first mapping: the mapped file itself,
+  // even when its path was deleted or replaced.
+  std::string map_files_path(const Module& m) const;
 
   pid_t pid_ = 0;
   bool self_ = false;

@@ -2,11 +2,13 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <set>
 #include <thread>
 
@@ -447,6 +449,40 @@ TEST(Symbols, BadFilesAreClearErrors) {
 }
 
 // Loaded once however many threads ask at once (run under TSan too).
+// A library deleted after it was loaded (an upgrade replaced it): the kernel still has the
+// mapped file, and the symbols and bytes come from /proc/self/map_files.
+TEST(Symbols, DeletedLibraryIsReadThroughMapFiles) {
+  char tmpl[] = "/tmp/hp_elf_deleted_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string copy = std::string(tmpl) + "/libhp_elf_gone.so";
+  {
+    std::ifstream in(fixture_lib(), std::ios::binary);
+    std::ofstream out(copy, std::ios::binary);
+    out << in.rdbuf();
+    ASSERT_TRUE(out.good());
+  }
+  void* h = ::dlopen(copy.c_str(), RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(h, nullptr) << ::dlerror();
+  ASSERT_EQ(::unlink(copy.c_str()), 0);
+  ASSERT_EQ(::rmdir(tmpl), 0);
+  auto mods = ModuleList::of_self();
+  ASSERT_TRUE(mods.ok()) << mods.error().message();
+  auto m = mods->resolve("libhp_elf_gone.so");
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_TRUE((*m)->path.ends_with(" (deleted)")) << (*m)->path;
+  auto elf = mods->elf(**m);
+  ASSERT_TRUE(elf.ok()) << elf.error().message();
+  EXPECT_EQ((*elf)->key(), (*m)->key);
+  auto t = (*elf)->lookup_one("handle_gamma");
+  ASSERT_TRUE(t.ok()) << t.error().message();
+  void* fn = ::dlsym(h, "handle_gamma");
+  EXPECT_EQ((*m)->offset_to_address(t->file_offset).value(), reinterpret_cast<std::uintptr_t>(fn));
+  auto bytes = mods->read_file_bytes(**m, t->file_offset, t->symbol->size);
+  ASSERT_TRUE(bytes.ok()) << bytes.error().message();
+  EXPECT_EQ(std::memcmp(bytes->data(), fn, bytes->size()), 0);
+  ::dlclose(h);
+}
+
 // The first test in this program to load libhp_elf_bulk.so through the cache.
 TEST(Symbols, CacheLoadsEachFileOnce) {
   const std::uint64_t before = elf_files_parsed();
