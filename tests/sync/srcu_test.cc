@@ -136,12 +136,31 @@ TYPED_TEST(SrcuTest, SynchronizeDoesNotWaitForLaterReader) {
 }
 
 TYPED_TEST(SrcuTest, UnlockOnAnotherThread) {
+  // srcu_down_read/srcu_up_read style: the section is locked on one thread and unlocked
+  // on another; separate lock and unlock counts make the sums still balance.
   TypeParam d;
-  ReadToken t = d.read_lock();
-  std::thread([&] { d.read_unlock(t); }).join();
-  d.synchronize();  // would hang if the cross-thread unlock were not counted
-  // This thread's in_reader() counts its own slot only (documented limit).
-  SUCCEED();
+  ReadToken t{};
+  std::promise<void> locked, may_exit;
+  std::thread owner([&] {
+    t = d.read_lock();
+    locked.set_value();
+    may_exit.get_future().wait();
+  });
+  locked.get_future().wait();
+  std::atomic<bool> done{false};
+  std::thread w([&] {
+    d.synchronize();
+    done = true;
+  });
+  std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(done.load()) << "synchronize() did not wait for the section";
+  d.read_unlock(t);  // on this thread
+  EXPECT_FALSE(d.in_reader());
+  w.join();
+  d.synchronize();
+  may_exit.set_value();
+  owner.join();  // its lock count is folded into the domain; still balanced
+  d.synchronize();
 }
 
 struct Flag : Callback {
