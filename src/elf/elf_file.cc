@@ -313,15 +313,16 @@ Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string pat
     f->symbols_.push_back(Symbol{std::string_view(f->names_.data() + name_at[i], r.name.size()),
                                  r.value, r.size, r.file_offset, r.kind, r.global, r.dynamic});
   }
-  f->by_name_.resize(f->symbols_.size());
-  for (std::uint32_t i = 0; i < f->by_name_.size(); ++i)
-    f->by_name_[i] = i;
-  std::sort(f->by_name_.begin(), f->by_name_.end(), [&](std::uint32_t a, std::uint32_t b) {
-    const Symbol& x = f->symbols_[a];
-    const Symbol& y = f->symbols_[b];
-    if (x.name != y.name) return x.name < y.name;
-    return a < b;
-  });
+  // Sort (name, index) pairs side by side rather than indices through symbols_: the
+  // comparisons stay in one array.
+  std::vector<std::pair<std::string_view, std::uint32_t>> order;
+  order.reserve(f->symbols_.size());
+  for (std::uint32_t i = 0; i < f->symbols_.size(); ++i)
+    order.emplace_back(f->symbols_[i].name, i);
+  std::sort(order.begin(), order.end());
+  f->by_name_.reserve(order.size());
+  for (const auto& [name, i] : order)
+    f->by_name_.push_back(i);
   return std::shared_ptr<const ElfFile>(std::move(f));
 }
 

@@ -270,7 +270,9 @@ Result<const Module*> ModuleList::resolve(std::string_view spec) const {
     }
     struct stat st;
     if (::stat(abs.c_str(), &st) != 0) {
-      return Error(Errc::not_found, "no such file: '" + std::string(spec) + "' (" + abs + ")");
+      std::string msg = "no such file: '" + std::string(spec) + "'";
+      if (abs != spec) msg += " (" + abs + ")";
+      return Error(Errc::not_found, std::move(msg));
     }
     const ModuleKey key{static_cast<std::uint64_t>(st.st_dev),
                         static_cast<std::uint64_t>(st.st_ino)};
