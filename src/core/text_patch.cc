@@ -105,9 +105,13 @@ struct Range {
   const PatchSite* site;
 };
 struct MoveTable {
-  const Range* ranges;
+  const Range* ranges;  // sites being patched: move threads inside them
   std::size_t n;
+  // Or, when sampling (ranges == nullptr): count threads whose ip is in [start, end).
+  const std::pair<std::uintptr_t, std::uintptr_t>* sample;
+  std::size_t n_sample;
 };
+std::atomic<unsigned> g_sample_inside{0};
 std::atomic<const MoveTable*> g_moves{nullptr};
 std::atomic<int> g_move_handlers_active{0};
 std::atomic<unsigned> g_move_acks{0};
@@ -132,6 +136,12 @@ void move_handler(int, siginfo_t*, void* uc) {
   g_move_handlers_active.fetch_add(1, std::memory_order_acq_rel);  // M1: matches M2
   if (const MoveTable* mt = g_moves.load(std::memory_order_acquire)) {
     CtxRip rip = ctx_rip(uc);
+    for (std::size_t i = 0; i < mt->n_sample; i++) {
+      if (rip >= mt->sample[i].first && rip < mt->sample[i].second) {
+        g_sample_inside.fetch_add(1, std::memory_order_relaxed);
+        break;
+      }
+    }
     for (std::size_t i = 0; i < mt->n; i++) {
       const Range& r = mt->ranges[i];
       if (rip > r.start && rip < r.end) {
@@ -281,9 +291,11 @@ bool inside_any(const std::vector<Range>& ranges, std::uintptr_t pc) {
   return pc > it->start && pc < it->end;
 }
 
+unsigned signal_and_wait(const MoveTable& mt, const std::vector<pid_t>& tids, PatchStats* stats);
+
 // Step 2: no thread may stay strictly inside a site whose tail bytes are about to change.
 Result<void> move_threads_out(const std::vector<Range>& ranges, PatchStats& stats) {
-  MoveTable mt{ranges.data(), ranges.size()};
+  MoveTable mt{ranges.data(), ranges.size(), nullptr, 0};
   std::vector<pid_t> to_signal;
   for (pid_t tid : list_threads()) {
     ThreadState ts{};
@@ -294,51 +306,22 @@ Result<void> move_threads_out(const std::vector<Range>& ranges, PatchStats& stat
     }
   }
   if (to_signal.empty()) return {};
-  g_move_acks.store(0, std::memory_order_relaxed);
-  g_moves.store(&mt, std::memory_order_release);
-  unsigned sent = 0;
-  pid_t pid = getpid();
+  if (signal_and_wait(mt, to_signal, &stats) == 0) return {};
+  // A thread that blocks the signal is checked again through /proc and accepted if it
+  // is now provably outside every site.
   for (pid_t tid : to_signal) {
-    if (syscall(SYS_tgkill, pid, tid, g_move_signal) == 0) sent++;
-  }
-  stats.threads_signalled += sent;
-  // Wait for the acknowledgements (bounded); a thread that blocks the signal is checked
-  // again through /proc and accepted if it is now provably outside every site.
-  timespec start{};
-  clock_gettime(CLOCK_MONOTONIC, &start);
-  Result<void> result;
-  while (g_move_acks.load(std::memory_order_acquire) < sent) {
-    timespec now{};
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double waited = double(now.tv_sec - start.tv_sec) + double(now.tv_nsec - start.tv_nsec) * 1e-9;
-    if (waited > 1.0) {
-      bool all_safe = true;
-      for (pid_t tid : to_signal) {
-        ThreadState ts{};
-        read_thread(tid, ts);
-        if (ts.state == ThreadState::kRunning ||
-            (ts.state == ThreadState::kPreempted && inside_any(ranges, ts.pc))) {
-          all_safe = false;
-        }
-      }
-      if (!all_safe) {
-        result = Error(Errc::busy,
-                       "a thread of this process did not answer hotprobe's signal " +
-                           std::to_string(g_move_signal) +
-                           " within 1 s (is it blocked with sigprocmask?); set HOTPROBE_SIGNAL "
-                           "to a signal the program leaves unblocked");
-      }
-      break;
+    ThreadState ts{};
+    read_thread(tid, ts);
+    if (ts.state == ThreadState::kRunning ||
+        (ts.state == ThreadState::kPreempted && inside_any(ranges, ts.pc))) {
+      return Error(Errc::busy, "thread " + std::to_string(tid) +
+                                   " of this process did not answer hotprobe's signal " +
+                                   std::to_string(g_move_signal) +
+                                   " within 1 s (is it blocked with sigprocmask?); set "
+                                   "HOTPROBE_SIGNAL to a signal the program leaves unblocked");
     }
-    timespec ts{0, 20000};
-    nanosleep(&ts, nullptr);
   }
-  g_moves.store(nullptr, std::memory_order_release);
-  // M2: matches M1. A handler that loaded the table before it was cleared is finished
-  // before `mt` (on this stack) goes away.
-  while (g_move_handlers_active.load(std::memory_order_acquire) != 0)
-    sched_yield();
-  return result;
+  return {};
 }
 
 // The protections of the pages the sites touch, as runs of adjacent pages.
@@ -402,7 +385,63 @@ void write_byte(std::uintptr_t addr, std::uint8_t b) {
   reinterpret_cast<std::atomic<std::uint8_t>*>(addr)->store(b, std::memory_order_relaxed);
 }
 
+// Sends the move signal to `tids` with `mt` published and waits (bounded) for the
+// answers. Returns the number of threads that did not answer.
+unsigned signal_and_wait(const MoveTable& mt, const std::vector<pid_t>& tids, PatchStats* stats) {
+  g_move_acks.store(0, std::memory_order_relaxed);
+  g_moves.store(&mt, std::memory_order_release);
+  unsigned sent = 0;
+  pid_t pid = getpid();
+  for (pid_t tid : tids) {
+    if (syscall(SYS_tgkill, pid, tid, g_move_signal) == 0) sent++;
+  }
+  if (stats) stats->threads_signalled += sent;
+  timespec start{};
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  while (g_move_acks.load(std::memory_order_acquire) < sent) {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double waited = double(now.tv_sec - start.tv_sec) + double(now.tv_nsec - start.tv_nsec) * 1e-9;
+    if (waited > 1.0) break;
+    timespec ts{0, 20000};
+    nanosleep(&ts, nullptr);
+  }
+  unsigned missing = sent - std::min(sent, g_move_acks.load(std::memory_order_acquire));
+  g_moves.store(nullptr, std::memory_order_release);
+  // M2: matches M1. A handler that loaded the table before it was cleared is finished
+  // before `mt` goes away.
+  while (g_move_handlers_active.load(std::memory_order_acquire) != 0)
+    sched_yield();
+  return missing;
+}
+
 }  // namespace
+
+Result<bool> threads_outside(std::span<const std::pair<std::uintptr_t, std::uintptr_t>> ranges) {
+  MutexLock lock(g_patch_mutex);
+  HP_TRY(init_once());
+  auto inside = [&](std::uintptr_t pc) {
+    for (const auto& [lo, hi] : ranges) {
+      if (pc >= lo && pc < hi) return true;
+    }
+    return false;
+  };
+  std::vector<pid_t> running;
+  for (pid_t tid : list_threads()) {
+    ThreadState ts{};
+    read_thread(tid, ts);
+    if (ts.state == ThreadState::kRunning) {
+      running.push_back(tid);
+    } else if (ts.state != ThreadState::kGone && inside(ts.pc)) {
+      return false;
+    }
+  }
+  if (running.empty()) return true;
+  MoveTable mt{nullptr, 0, ranges.data(), ranges.size()};
+  g_sample_inside.store(0, std::memory_order_relaxed);
+  unsigned missing = signal_and_wait(mt, running, nullptr);
+  return missing == 0 && g_sample_inside.load(std::memory_order_relaxed) == 0;
+}
 
 Result<void> sync_core() {
   int mode = g_sync_mode.load(std::memory_order_acquire);

@@ -60,6 +60,12 @@ struct PatchTotals {
 };
 PatchTotals patch_totals() noexcept;
 
+// Whether every other thread of the process is provably outside all of `ranges`
+// ([start, end) pairs): threads blocked in a system call or preempted are judged by the
+// pc /proc shows; threads shown running are asked with the move signal. false when a
+// thread is inside or did not answer. Used before trampoline memory is reused.
+Result<bool> threads_outside(std::span<const std::pair<std::uintptr_t, std::uintptr_t>> ranges);
+
 // One core-serializing round over every thread of the process (membarrier SYNC_CORE).
 Result<void> sync_core();
 

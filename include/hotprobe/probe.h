@@ -1,0 +1,133 @@
+// hotprobe's probe engine: entry and return probes on the running code of this process.
+//
+//   #include <hotprobe/probe.h>
+//
+//   std::atomic<long> calls;   // or, better, a per-thread counter
+//   auto engine = hotprobe::Engine::create().value();
+//   hotprobe::ProbeSpec spec;
+//   spec.target = "libc:malloc";                       // module:symbol[+off] | module:0xOFF
+//   spec.on_entry = [](hotprobe::Hit& h) { ++*static_cast<std::atomic<long>*>(h.cookie); };
+//   spec.cookie = &calls;
+//   auto handles = engine->attach(spec);                // Result<std::vector<Handle>>
+//   ...
+//   engine->detach(*handles);                           // waits for running handlers
+//
+// Handlers run on the probed thread, inside the engine's read-side section: they may
+// block (take a lock, sleep, fault a page in); detaching waits for handlers that are
+// running and frees nothing they use before they return. A probe hit inside a handler
+// (a handler that calls a probed malloc) skips the handlers and counts a miss.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "hotprobe/api.h"
+#include "hotprobe/regs.h"
+#include "hotprobe/result.h"
+
+namespace hotprobe {
+
+// The hot-path protection scheme (the debate of the uprobes scalability work).
+enum class Scheme : std::uint8_t {
+  tasks_trace,   // default: per-thread nesting counter, compiler barrier only
+  srcu,          // SRCU with a full fence on the read side
+  srcu_fast,     // SRCU without reader fences; grace periods pay membarrier
+  percpu_rwsem,  // per-CPU reader counts gated by an rcu_sync-like state
+  refcount,      // one atomic count written by every reader (the baseline)
+  rwlock,        // std::shared_mutex (the original tree lock)
+};
+HOTPROBE_API std::string_view to_string(Scheme s) noexcept;
+HOTPROBE_API Result<Scheme> parse_scheme(std::string_view name);
+
+// What a handler sees.
+struct Hit {
+  Regs* regs = nullptr;             // the probed thread's registers; arg(i), ret(), ip, sp
+  void* cookie = nullptr;           // the consumer's cookie (ProbeSpec::cookie)
+  std::uint64_t* data = nullptr;    // entry: store for the return handler; return: read it
+  std::uint64_t probe_address = 0;  // the probed instruction's address
+};
+using Handler = void (*)(Hit& hit);
+using Filter = bool (*)(const Hit& hit);
+
+struct ProbeSpec {
+  // "module:symbol", "module:symbol+OFFSET", "module:0xFILEOFFSET"; globs in the symbol
+  // ("libfoo:handle_*") attach one probe per match. module: a path, a soname
+  // ("libc.so.6"), a short name ("libc"), or empty / the program's name for the
+  // executable.
+  std::string target;
+  Handler on_entry = nullptr;
+  Handler on_return = nullptr;  // a return probe (only at a function's entry)
+  Filter filter = nullptr;      // false: neither handler runs for this call
+  void* cookie = nullptr;
+  bool allow_int3 = true;        // where a 5-byte jump cannot be placed, trap instead
+  bool force_int3 = false;       // always use int3 mode (tests, comparisons)
+  bool vector_registers = true;  // handlers may clobber xmm0-15: save them
+};
+
+// One attached consumer on one site.
+struct Handle {
+  std::uint64_t id = 0;
+  explicit operator bool() const noexcept { return id != 0; }
+  bool operator==(const Handle&) const = default;
+};
+
+enum class BatchMode : std::uint8_t {
+  best_effort,     // a bad spec fails alone; the others attach
+  all_or_nothing,  // any failure attaches nothing
+};
+
+struct Stats {
+  std::uint64_t hits = 0;                 // handler invocations, entry and return
+  std::uint64_t misses_recursion = 0;     // hits inside a handler, skipped
+  std::uint64_t misses_return_stack = 0;  // return probes skipped: per-thread stack full
+  std::uint64_t sites_jmp = 0;            // sites patched with a 5-byte jump
+  std::uint64_t sites_int3 = 0;           // sites in int3 mode
+  std::uint64_t consumers = 0;            // attached consumers
+  std::uint64_t sync_core_rounds = 0;     // cross-modifying-code serializations
+  std::uint64_t grace_periods = 0;        // grace periods waited for by attach/detach
+  std::uint64_t zombie_sites = 0;         // detached sites kept for late returns
+};
+
+struct EngineOptions {
+  Scheme scheme = Scheme::tasks_trace;
+  unsigned return_stack_depth = 64;  // return instances per thread; deeper calls miss
+};
+
+class HOTPROBE_API Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> create(EngineOptions options = {});
+  ~Engine();  // detaches every probe it attached
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  Scheme scheme() const noexcept;
+
+  // One spec: the handles of every site it matched.
+  Result<std::vector<Handle>> attach(const ProbeSpec& spec);
+  // A batch: one patch transaction (three core serializations in all) and no grace
+  // period on the caller's path. Results are per spec, in order.
+  std::vector<Result<std::vector<Handle>>> attach(std::span<const ProbeSpec> specs,
+                                                  BatchMode mode = BatchMode::best_effort);
+
+  // Detach and wait: when this returns no handler of these consumers runs or will run.
+  Result<void> detach(std::span<const Handle> handles);
+  Result<void> detach(Handle handle) { return detach(std::span<const Handle>(&handle, 1)); }
+  // Detach without waiting; sync() then waits once for every earlier detach_nosync.
+  Result<void> detach_nosync(std::span<const Handle> handles);
+  void sync();
+
+  Stats stats() const;
+
+  struct Impl;
+
+ private:
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hotprobe

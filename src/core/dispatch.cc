@@ -1,0 +1,285 @@
+#include "core/dispatch.h"
+
+#include <atomic>
+#include <functional>
+
+#include "base/assert.h"
+#include "core/thread_state.h"
+#include "sync/baselines.h"
+#include "sync/percpu_rwsem.h"
+#include "sync/srcu.h"
+#include "sync/tasks_trace.h"
+
+namespace hp::core {
+
+using hotprobe::Hit;
+using hotprobe::Regs;
+using hotprobe::Scheme;
+
+namespace {
+
+// One domain per scheme for the whole process: a site belongs to one scheme, and every
+// engine of that scheme shares its domain.
+sync::Srcu& srcu_domain() {
+  static sync::Srcu* d = new sync::Srcu;  // never destroyed: trampolines outlive statics
+  return *d;
+}
+sync::SrcuFast& srcu_fast_domain() {
+  static sync::SrcuFast* d = new sync::SrcuFast;
+  return *d;
+}
+sync::PercpuRwsem& rwsem_domain() {
+  static sync::PercpuRwsem* d = new sync::PercpuRwsem;
+  return *d;
+}
+sync::RefcountDomain& refcount_domain() {
+  static sync::RefcountDomain* d = new sync::RefcountDomain;
+  return *d;
+}
+sync::RwlockDomain& rwlock_domain() {
+  static sync::RwlockDomain* d = new sync::RwlockDomain;
+  return *d;
+}
+
+template <Scheme S>
+HP_ALWAYS_INLINE auto& domain() {
+  if constexpr (S == Scheme::tasks_trace) return sync::tasks_trace();
+  if constexpr (S == Scheme::srcu) return srcu_domain();
+  if constexpr (S == Scheme::srcu_fast) return srcu_fast_domain();
+  if constexpr (S == Scheme::percpu_rwsem) return rwsem_domain();
+  if constexpr (S == Scheme::refcount) return refcount_domain();
+  if constexpr (S == Scheme::rwlock) return rwlock_domain();
+}
+
+std::atomic<std::uintptr_t> g_ret_tramp[6];
+std::atomic<std::uint64_t> g_gps{0};
+
+// Drops instances whose frames are gone: before a push at slot S, every instance with a
+// slot below S belongs to a frame that a longjmp unwound, and one at S itself too unless
+// S still holds the return trampoline (a tail call from a probed function into another:
+// the two instances then share the slot and return together, as the kernel's chained
+// return instances do).
+HP_ALWAYS_INLINE std::uint32_t drop_dead(ThreadRecord& r, std::uint32_t d, std::uint64_t slot,
+                                         bool slot_hijacked) {
+  while (d > 0 && (r.stack[d - 1].slot < slot || (r.stack[d - 1].slot == slot && !slot_hijacked))) {
+    r.stack[d - 1].site.store(nullptr, std::memory_order_relaxed);
+    d--;
+  }
+  return d;
+}
+
+template <Scheme S>
+void entry_dispatch(void* ctx, Regs* regs) {
+  auto* site = static_cast<Site*>(ctx);
+  ThreadRecord& rec = thread_record();
+  ThreadState& ts = tls_state;
+  if (HP_UNLIKELY(ts.in_handler)) {
+    rec.misses_recursion.store(rec.misses_recursion.load(std::memory_order_relaxed) + 1,
+                               std::memory_order_relaxed);
+    return;
+  }
+  ts.in_handler = true;
+  auto& d = domain<S>();
+  sync::ReadToken tok = d.read_lock();
+  ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
+  if (arr) {
+    Hit hit{regs, nullptr, nullptr, site->probe_address};
+    ReturnInstance* ri = nullptr;
+    std::uint32_t depth = 0;
+    const std::uintptr_t tramp = g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed);
+    auto* ret_slot = reinterpret_cast<std::uint64_t*>(regs->rsp);
+    const bool use_stack = arr->any_return && site->at_entry;
+    if (use_stack) {
+      depth =
+          drop_dead(rec, rec.depth.load(std::memory_order_relaxed), regs->rsp, *ret_slot == tramp);
+      if (depth < g_return_depth_limit.load(std::memory_order_relaxed)) {
+        ri = &rec.stack[depth];
+        ri->n = 0;
+      } else {
+        rec.misses_return_stack.store(rec.misses_return_stack.load(std::memory_order_relaxed) + 1,
+                                      std::memory_order_relaxed);
+      }
+    }
+    std::uint64_t hits = 0;
+    for (std::uint32_t i = 0; i < arr->n; i++) {
+      Consumer* c = arr->c[i];
+      hit.cookie = c->cookie;
+      hit.data = nullptr;
+      if (c->filter && !c->filter(hit)) continue;
+      if (c->on_return && ri && ri->n < kMaxReturnConsumers) {
+        ri->cd[ri->n] = {c->id, 0};
+        hit.data = &ri->cd[ri->n].data;
+        ri->n++;
+      }
+      if (c->on_entry) {
+        c->on_entry(hit);
+        hits++;
+      }
+    }
+    if (ri && ri->n) {
+      // A tail call keeps the real return address in the instance below (same slot).
+      ri->orig_ret = *ret_slot == tramp && depth > 0 ? rec.stack[depth - 1].orig_ret : *ret_slot;
+      ri->slot = regs->rsp;
+      ri->site.store(site, std::memory_order_relaxed);
+      rec.depth.store(depth + 1, std::memory_order_release);  // R1: matches R2 (zombie scan)
+      *ret_slot = tramp;
+    } else if (use_stack) {
+      rec.depth.store(depth, std::memory_order_release);
+    }
+    rec.hits.store(rec.hits.load(std::memory_order_relaxed) + hits, std::memory_order_relaxed);
+  }
+  d.read_unlock(tok);
+  ts.in_handler = false;
+}
+
+template <Scheme S>
+HP_ALWAYS_INLINE void run_return_handlers(ThreadRecord& rec, ReturnInstance& ri, Regs* regs) {
+  Site* site = ri.site.load(std::memory_order_relaxed);
+  ThreadState& ts = tls_state;
+  if (!site) return;
+  if (ts.in_handler) {
+    rec.misses_recursion.store(rec.misses_recursion.load(std::memory_order_relaxed) + 1,
+                               std::memory_order_relaxed);
+    return;
+  }
+  ts.in_handler = true;
+  auto& d = domain<S>();
+  sync::ReadToken tok = d.read_lock();
+  ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
+  std::uint64_t hits = 0;
+  if (arr) {
+    Hit hit{regs, nullptr, nullptr, site->probe_address};
+    for (std::uint32_t i = 0; i < arr->n; i++) {
+      Consumer* c = arr->c[i];
+      if (!c->on_return) continue;
+      for (std::uint32_t k = 0; k < ri.n; k++) {
+        if (ri.cd[k].consumer_id == c->id) {
+          hit.cookie = c->cookie;
+          hit.data = &ri.cd[k].data;
+          c->on_return(hit);
+          hits++;
+          break;
+        }
+      }
+    }
+  }
+  d.read_unlock(tok);
+  ts.in_handler = false;
+  rec.hits.store(rec.hits.load(std::memory_order_relaxed) + hits, std::memory_order_relaxed);
+}
+
+template <Scheme S>
+std::uint64_t return_dispatch(void*, Regs* regs) {
+  ThreadRecord& rec = thread_record();
+  const std::uint64_t slot = regs->rsp - 8;  // the ret popped the hijacked address from here
+  std::uint32_t depth = rec.depth.load(std::memory_order_relaxed);
+  // Instances above ours were skipped by a longjmp (their slots are below ours).
+  while (depth > 0 && rec.stack[depth - 1].slot < slot) {
+    rec.stack[depth - 1].site.store(nullptr, std::memory_order_relaxed);
+    depth--;
+  }
+  HP_CHECK_MSG(depth > 0 && rec.stack[depth - 1].slot == slot,
+               "a hijacked return has no return instance: the return stack is corrupt");
+  std::uint64_t orig = rec.stack[depth - 1].orig_ret;
+  // This instance and the ones a tail call chained to it (same slot) return now.
+  while (depth > 0 && rec.stack[depth - 1].slot == slot) {
+    ReturnInstance& ri = rec.stack[depth - 1];
+    run_return_handlers<S>(rec, ri, regs);
+    // Only now may the zombie scan stop seeing the site.
+    ri.site.store(nullptr, std::memory_order_release);
+    depth--;
+  }
+  rec.depth.store(depth, std::memory_order_release);
+  return orig;
+}
+
+template <class F>
+decltype(auto) with_domain(Scheme s, F&& f) {
+  switch (s) {
+    case Scheme::tasks_trace:
+      return f(domain<Scheme::tasks_trace>());
+    case Scheme::srcu:
+      return f(domain<Scheme::srcu>());
+    case Scheme::srcu_fast:
+      return f(domain<Scheme::srcu_fast>());
+    case Scheme::percpu_rwsem:
+      return f(domain<Scheme::percpu_rwsem>());
+    case Scheme::refcount:
+      return f(domain<Scheme::refcount>());
+    case Scheme::rwlock:
+      return f(domain<Scheme::rwlock>());
+  }
+  HP_DIE("unknown scheme");
+}
+
+}  // namespace
+
+EntryDispatcher entry_dispatcher(Scheme s) noexcept {
+  switch (s) {
+    case Scheme::tasks_trace:
+      return &entry_dispatch<Scheme::tasks_trace>;
+    case Scheme::srcu:
+      return &entry_dispatch<Scheme::srcu>;
+    case Scheme::srcu_fast:
+      return &entry_dispatch<Scheme::srcu_fast>;
+    case Scheme::percpu_rwsem:
+      return &entry_dispatch<Scheme::percpu_rwsem>;
+    case Scheme::refcount:
+      return &entry_dispatch<Scheme::refcount>;
+    case Scheme::rwlock:
+      return &entry_dispatch<Scheme::rwlock>;
+  }
+  return nullptr;
+}
+
+ReturnDispatcher return_dispatcher(Scheme s) noexcept {
+  switch (s) {
+    case Scheme::tasks_trace:
+      return &return_dispatch<Scheme::tasks_trace>;
+    case Scheme::srcu:
+      return &return_dispatch<Scheme::srcu>;
+    case Scheme::srcu_fast:
+      return &return_dispatch<Scheme::srcu_fast>;
+    case Scheme::percpu_rwsem:
+      return &return_dispatch<Scheme::percpu_rwsem>;
+    case Scheme::refcount:
+      return &return_dispatch<Scheme::refcount>;
+    case Scheme::rwlock:
+      return &return_dispatch<Scheme::rwlock>;
+  }
+  return nullptr;
+}
+
+void set_return_trampoline(Scheme s, std::uintptr_t address) noexcept {
+  g_ret_tramp[static_cast<int>(s)].store(address, std::memory_order_release);
+}
+std::uintptr_t return_trampoline(Scheme s) noexcept {
+  return g_ret_tramp[static_cast<int>(s)].load(std::memory_order_acquire);
+}
+
+void synchronize(Scheme s) {
+  with_domain(s, [](auto& d) { d.synchronize(); });
+  g_gps.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::uint64_t grace_periods_waited() noexcept {
+  return g_gps.load(std::memory_order_relaxed);
+}
+
+void call_after_grace_period(Scheme s, void (*fn)(void*), void* arg) {
+  struct Node : sync::Callback {
+    void (*f)(void*);
+    void* a;
+  };
+  auto* n = new Node;
+  n->f = fn;
+  n->a = arg;
+  n->fn = [](sync::Callback* cb) {
+    auto* self = static_cast<Node*>(cb);
+    self->f(self->a);
+    delete self;
+  };
+  with_domain(s, [n](auto& d) { d.call(static_cast<sync::Callback*>(n)); });
+}
+
+}  // namespace hp::core

@@ -1,0 +1,42 @@
+// The dispatcher: what a trampoline calls on every hit. Instantiated once per protection
+// scheme, so the schemes are compared in the real hot path.
+//
+// Entry (jmp mode: called by the site's trampoline; int3 mode: by the SIGTRAP hook):
+//   recursion guard -> read_lock(scheme) -> load the site's consumer array (P2) ->
+//   for each consumer whose filter passes: its entry handler, and a return instance when
+//   it has a return handler -> read_unlock.
+// No atomic read-modify-write, no fence (for tasks-trace), and the only writes are to
+// the thread's own record.
+//
+// Return (the return trampoline, when a probed function returns): pop the thread's
+// return instance whose slot matches the stack pointer (dropping instances that a
+// longjmp skipped), run the return handlers of the consumers recorded at entry that are
+// still attached, and hand the original return address back to the trampoline.
+#pragma once
+
+#include <cstdint>
+
+#include "core/site.h"
+#include "hotprobe/probe.h"
+#include "hotprobe/regs.h"
+
+namespace hp::core {
+
+using EntryDispatcher = void (*)(void* site, hotprobe::Regs* regs);
+using ReturnDispatcher = std::uint64_t (*)(void* unused, hotprobe::Regs* regs);
+
+EntryDispatcher entry_dispatcher(hotprobe::Scheme s) noexcept;
+ReturnDispatcher return_dispatcher(hotprobe::Scheme s) noexcept;
+
+// Where hijacked return addresses point, per scheme (set by the engine once the return
+// trampolines exist).
+void set_return_trampoline(hotprobe::Scheme s, std::uintptr_t address) noexcept;
+std::uintptr_t return_trampoline(hotprobe::Scheme s) noexcept;
+
+// Grace periods of a scheme's domain.
+void synchronize(hotprobe::Scheme s);
+std::uint64_t grace_periods_waited() noexcept;  // by synchronize() above
+// Runs fn after a grace period of the scheme (never inside a read section).
+void call_after_grace_period(hotprobe::Scheme s, void (*fn)(void*), void* arg);
+
+}  // namespace hp::core

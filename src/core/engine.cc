@@ -1,0 +1,789 @@
+// The probe engine: resolves specs, plans and builds sites, publishes consumers, and
+// patches and unpatches in batches. See include/hotprobe/probe.h for the contract and
+// docs/design/core.md for the mechanisms.
+//
+// Lock order: Registry::mu_ is taken first; under it, text_patch's transaction mutex and
+// CodeMemory's mutex (both leaves). No lock is held while waiting for a grace period.
+#include <pthread.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "arch/x86_64/code_memory.h"
+#include "arch/x86_64/plan.h"
+#include "arch/x86_64/trampoline.h"
+#include "base/assert.h"
+#include "base/thread_annotations.h"
+#include "core/dispatch.h"
+#include "core/site.h"
+#include "core/text_patch.h"
+#include "core/thread_state.h"
+#include "elf/modules.h"
+#include "hotprobe/probe.h"
+#include "sync/tasks_trace.h"
+
+namespace hp::core {
+
+using hotprobe::BatchMode;
+using hotprobe::Handle;
+using hotprobe::ProbeSpec;
+using hotprobe::Regs;
+using hotprobe::Scheme;
+
+ConsumerArray* ConsumerArray::make(const std::vector<Consumer*>& cs) {
+  if (cs.empty()) return nullptr;
+  std::size_t bytes = sizeof(ConsumerArray) + sizeof(Consumer*) * (cs.size() - 1);
+  auto* a = static_cast<ConsumerArray*>(::operator new(bytes));
+  new (a) ConsumerArray;
+  a->n = static_cast<std::uint32_t>(cs.size());
+  for (std::size_t i = 0; i < cs.size(); i++) {
+    a->c[i] = cs[i];
+    a->any_return |= cs[i]->on_return != nullptr;
+  }
+  return a;
+}
+
+void ConsumerArray::destroy(ConsumerArray* a) {
+  if (!a) return;
+  a->~ConsumerArray();
+  ::operator delete(a);
+}
+
+namespace {
+
+struct SiteKey {
+  std::uint64_t dev, ino, off;
+  bool operator==(const SiteKey&) const = default;
+};
+struct SiteKeyHash {
+  std::size_t operator()(const SiteKey& k) const noexcept {
+    return std::hash<std::uint64_t>()(k.dev * 0x9E3779B97F4A7C15ull ^
+                                      k.ino * 0xC2B2AE3D27D4EB4Full ^ k.off);
+  }
+};
+
+// int3-mode sites by address, for the SIGTRAP hook: an immutable sorted array replaced
+// whole under Registry::mu_ and read inside a tasks-trace read section (the old array is
+// freed after a tasks-trace grace period: I1 matches I2).
+struct Int3Table {
+  std::vector<std::pair<std::uintptr_t, Site*>> entries;
+};
+std::atomic<Int3Table*> g_int3_table{nullptr};
+
+std::uintptr_t int3_hook(std::uintptr_t trap, void* ucv) {
+  sync::ReadGuard guard(sync::tasks_trace());
+  Int3Table* t = g_int3_table.load(std::memory_order_acquire);  // I2: matches I1
+  if (!t) return 0;
+  auto it = std::lower_bound(t->entries.begin(), t->entries.end(), trap,
+                             [](const auto& e, std::uintptr_t a) { return e.first < a; });
+  if (it == t->entries.end() || it->first != trap) return 0;
+  Site* site = it->second;
+  auto* uc = static_cast<ucontext_t*>(ucv);
+  greg_t* g = uc->uc_mcontext.gregs;
+  Regs r{};
+  r.rax = g[REG_RAX], r.rcx = g[REG_RCX], r.rdx = g[REG_RDX], r.rsi = g[REG_RSI],
+  r.rdi = g[REG_RDI];
+  r.r8 = g[REG_R8], r.r9 = g[REG_R9], r.r10 = g[REG_R10], r.r11 = g[REG_R11];
+  r.rbx = g[REG_RBX], r.rbp = g[REG_RBP], r.r12 = g[REG_R12], r.r13 = g[REG_R13],
+  r.r14 = g[REG_R14];
+  r.r15 = g[REG_R15], r.rflags = g[REG_EFL], r.rsp = g[REG_RSP];
+  r.rip = site->probe_address;
+  entry_dispatcher(site->scheme)(site, &r);
+  g[REG_RAX] = r.rax, g[REG_RCX] = r.rcx, g[REG_RDX] = r.rdx, g[REG_RSI] = r.rsi,
+  g[REG_RDI] = r.rdi;
+  g[REG_R8] = r.r8, g[REG_R9] = r.r9, g[REG_R10] = r.r10, g[REG_R11] = r.r11;
+  g[REG_RBX] = r.rbx, g[REG_RBP] = r.rbp, g[REG_R12] = r.r12, g[REG_R13] = r.r13,
+  g[REG_R14] = r.r14;
+  g[REG_R15] = r.r15;
+  return site->resume;
+}
+
+// A site that was unpatched and waits until nothing can use it any more.
+struct Retired {
+  Site* site;
+  std::uint64_t epoch;  // Registry::retire_epoch_ when it was retired
+};
+
+class Registry {
+ public:
+  static Registry& get() {
+    static Registry* r = new Registry;  // never destroyed: trampolines outlive statics
+    return *r;
+  }
+
+  Mutex mu_;
+  std::unordered_map<SiteKey, Site*, SiteKeyHash> sites_ HP_GUARDED_BY(mu_);
+  std::vector<Retired> retired_ HP_GUARDED_BY(mu_);
+  std::uint64_t retire_epoch_ HP_GUARDED_BY(mu_) = 0;
+  arch::CodeMemory code_{1024, 64 * 1024};      // entry trampolines and int3 copies
+  arch::CodeMemory ret_code_{1024, 64 * 1024};  // return trampolines (one per scheme)
+  std::atomic<std::uint64_t> next_id_{1};
+  std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};
+
+  Result<void> ensure_return_trampoline(Scheme s) HP_REQUIRES(mu_) {
+    if (return_trampoline(s)) return {};
+    // Anywhere will do: the trampoline is reached through an absolute return address.
+    auto slot = ret_code_.allocate(reinterpret_cast<std::uint64_t>(&int3_hook));
+    if (!slot.ok()) return slot.error();
+    arch::ReturnTrampolineSpec spec;
+    spec.address = slot->address;
+    spec.dispatcher = reinterpret_cast<std::uint64_t>(return_dispatcher(s));
+    spec.save_vector = true;
+    auto code = arch::make_return_trampoline(spec);
+    if (!code.ok()) return code.error();
+    HP_TRY(ret_code_.write(*slot, *code));
+    set_return_trampoline(s, slot->address);
+    return {};
+  }
+
+  void publish_int3_table() HP_REQUIRES(mu_) {
+    auto* t = new Int3Table;
+    for (auto& [k, s] : sites_) {
+      if (s->mode == SiteMode::int3) t->entries.push_back({s->patch_address, s});
+    }
+    std::sort(t->entries.begin(), t->entries.end());
+    Int3Table* old = g_int3_table.exchange(t, std::memory_order_acq_rel);  // I1: matches I2
+    if (old) sync::tasks_trace().call([old] { delete old; });
+  }
+
+ private:
+  Registry() {
+    set_int3_hook(&int3_hook);
+    pthread_atfork([] { Registry::get().mu_.lock(); }, [] { Registry::get().mu_.unlock(); },
+                   [] { Registry::get().mu_.unlock(); });
+  }
+};
+
+std::string hex(std::uint64_t v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "0x%lx", static_cast<unsigned long>(v));
+  return b;
+}
+
+// A resolved place to probe.
+struct Target {
+  SiteKey key;
+  std::uintptr_t function = 0;  // the containing function's address (0: unknown)
+  std::uint64_t function_size = 0;
+  std::uint64_t offset = 0;  // probe address - function
+  std::string describe;
+};
+
+Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec& spec) {
+  auto colon = spec.target.find(':');
+  if (colon == std::string::npos) {
+    return Error(Errc::invalid_argument,
+                 "probe target '" + spec.target +
+                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET "
+                     "or MODULE:0xFILEOFFSET (MODULE may be empty for the program)");
+  }
+  std::string_view module_spec(spec.target.data(), colon);
+  std::string_view rest(spec.target.data() + colon + 1, spec.target.size() - colon - 1);
+  if (rest.empty()) {
+    return Error(Errc::invalid_argument,
+                 "probe target '" + spec.target + "' names no symbol after ':'");
+  }
+  auto mod = mods.resolve(module_spec);
+  if (!mod.ok()) return mod.error();
+  auto elf = mods.elf(**mod);
+  if (!elf.ok()) return elf.error();
+  auto found = (*elf)->lookup(rest);
+  if (!found.ok()) return found.error();
+  std::vector<Target> out;
+  for (const elf::Target& t : *found) {
+    const elf::Module* m = *mod;
+    std::uint64_t file_offset = t.file_offset;
+    const elf::Symbol* sym = t.symbol;
+    std::uint64_t in_sym = t.offset_in_symbol;
+    std::shared_ptr<const elf::ElfFile> holder = *elf;
+    if (sym && sym->is_ifunc()) {
+      // Probe the implementation the loader selected, like the kernel does for IFUNCs.
+      auto impl = mods.resolve_ifunc(*m, *sym);
+      if (!impl.ok()) return impl.error();
+      auto loc = mods.locate(impl->address);
+      if (!loc.ok()) return loc.error();
+      m = loc->module;
+      file_offset = loc->file_offset + in_sym;
+      sym = loc->symbol;
+      holder = loc->elf;
+      in_sym = sym ? file_offset - sym->file_offset : 0;
+    }
+    auto addr = m->offset_to_address(file_offset);
+    if (!addr.ok()) return addr.error();
+    Target tg;
+    tg.key = {m->key.dev, m->key.ino, file_offset};
+    tg.offset = in_sym;
+    if (sym) {
+      tg.function = *addr - in_sym;
+      tg.function_size = sym->size;
+      tg.describe = std::string(m->name()) + ":" + std::string(sym->name);
+      if (in_sym) tg.describe += "+" + hex(in_sym);
+    } else {
+      tg.function = *addr;
+      tg.function_size = 0;
+      tg.describe = std::string(m->name()) + ":" + hex(file_offset);
+    }
+    if (spec.on_return && (tg.offset != 0 || !sym)) {
+      return Error(Errc::invalid_argument,
+                   "a return probe goes on a function's entry, and '" + tg.describe +
+                       "' is not one: drop the offset, or use an entry probe there");
+    }
+    out.push_back(std::move(tg));
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+
+struct EngineImpl {
+  hotprobe::EngineOptions options;
+  std::unordered_map<std::uint64_t, Consumer*> consumers HP_GUARDED_BY(Registry::get().mu_);
+  std::atomic<std::uint64_t> grace_periods{0};
+
+  // Builds a new site for `t` (not yet patched, not yet in the registry).
+  Result<Site*> build_site(const Target& t, const ProbeSpec& spec, Registry& reg)
+      HP_REQUIRES(reg.mu_) {
+    auto site = std::make_unique<Site>();
+    site->dev = t.key.dev;
+    site->ino = t.key.ino;
+    site->file_offset = t.key.off;
+    site->scheme = options.scheme;
+    site->describe = t.describe;
+    site->vector_registers = spec.vector_registers;
+    const std::uintptr_t probe = t.function + t.offset;
+    site->probe_address = probe;
+    std::span<const std::uint8_t> fn(reinterpret_cast<const std::uint8_t*>(t.function),
+                                     t.function_size ? t.function_size : t.offset + 16);
+
+    Error jmp_error;
+    if (!spec.force_int3 && t.function_size) {
+      auto plan = arch::plan_displacement(fn, t.function, t.offset);
+      if (plan.ok()) {
+        auto slot = reg.code_.allocate(plan->patch_address);
+        if (slot.ok()) {
+          arch::EntryTrampolineSpec ts;
+          ts.address = slot->address;
+          ts.context = reinterpret_cast<std::uint64_t>(site.get());
+          ts.dispatcher = reinterpret_cast<std::uint64_t>(entry_dispatcher(options.scheme));
+          ts.save_vector = spec.vector_registers;
+          auto tramp = arch::make_entry_trampoline(ts, *plan);
+          auto bytes = arch::make_jmp_patch_bytes(plan->patch_address, plan->length, slot->address);
+          if (tramp.ok() && bytes.ok() && tramp->code.size() <= slot->size) {
+            if (auto w = reg.code_.write(*slot, tramp->code); !w.ok()) {
+              reg.code_.free(*slot);
+              return w.error();
+            }
+            site->mode = SiteMode::jmp;
+            site->patch_address = plan->patch_address;
+            site->at_entry = plan->at_entry;
+            site->original = plan->original;
+            site->patched = *bytes;
+            site->trampoline = slot->address;
+            site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
+            site->slot_chunk = slot->chunk;
+            site->slot_index = slot->index;
+            for (const arch::OffsetPair& p : tramp->map) {
+              if (p.original > 0 && p.original < plan->length) {
+                site->ip_map.push_back({p.original, slot->address + p.relocated});
+              }
+            }
+            return site.release();
+          }
+          reg.code_.free(*slot);
+          jmp_error = !tramp.ok()   ? tramp.error()
+                      : !bytes.ok() ? bytes.error()
+                                    : Error(Errc::internal, "trampoline of " +
+                                                                std::to_string(tramp->code.size()) +
+                                                                " bytes larger than its slot");
+        } else {
+          jmp_error = slot.error();
+        }
+      } else {
+        jmp_error = plan.error();
+      }
+      if (!spec.allow_int3) {
+        return Error(jmp_error.code(), t.describe + ": " + jmp_error.message() +
+                                           " (and int3 mode is disabled for this probe)");
+      }
+    }
+    if (!spec.allow_int3 && !spec.force_int3) {
+      return Error(Errc::not_relocatable, t.describe +
+                                              ": the function size is unknown, so a jump "
+                                              "cannot be placed safely, and int3 mode is disabled");
+    }
+    // int3 mode.
+    auto iplan = arch::plan_int3(fn, t.function, t.offset);
+    if (!iplan.ok())
+      return Error(iplan.error().code(), t.describe + ": " + iplan.error().message());
+    auto slot = reg.code_.allocate(probe);
+    if (!slot.ok()) return Error(slot.error().code(), t.describe + ": " + slot.error().message());
+    auto copy = arch::make_int3_copy(*iplan, slot->address);
+    if (!copy.ok()) {
+      reg.code_.free(*slot);
+      return Error(copy.error().code(), t.describe + ": " + copy.error().message());
+    }
+    if (auto w = reg.code_.write(*slot, copy->code); !w.ok()) {
+      reg.code_.free(*slot);
+      return w.error();
+    }
+    site->mode = SiteMode::int3;
+    site->patch_address = probe;
+    site->at_entry = t.offset == 0 && t.function_size;
+    site->original = {iplan->original[0]};
+    site->patched = {0xCC};
+    site->resume = slot->address;
+    site->copy_chunk = slot->chunk;
+    site->copy_index = slot->index;
+    site->trampoline = slot->address;
+    site->trampoline_size = static_cast<std::uint32_t>(copy->code.size());
+    site->slot_chunk = slot->chunk;
+    site->slot_index = slot->index;
+    return site.release();
+  }
+
+  static void free_site_memory(Site* s, Registry& reg) {
+    arch::CodeSlot slot;
+    slot.address = s->trampoline;
+    slot.chunk = s->slot_chunk;
+    slot.index = s->slot_index;
+    slot.size = reg.code_.slot_size();
+    if (s->trampoline) reg.code_.free(slot);
+    ConsumerArray::destroy(s->consumers.load(std::memory_order_relaxed));
+    delete s;
+  }
+
+  static PatchSite patch_for(const Site* s, bool attach) {
+    PatchSite p;
+    p.addr = s->patch_address;
+    p.old_bytes = attach ? s->original : s->patched;
+    p.new_bytes = attach ? s->patched : s->original;
+    if (s->mode == SiteMode::jmp) {
+      // A thread trapped during the window goes through the trampoline: the probe (with
+      // whatever consumers are published) and then the displaced instructions.
+      p.trap_target = s->trampoline;
+      if (attach) p.ip_map = s->ip_map;
+    } else {
+      p.trap_target = s->resume;  // the int3 hook runs first while the site is listed
+    }
+    return p;
+  }
+
+  // Replaces the site's consumer array; the old array and `freed` consumers are deleted
+  // after a grace period of the site's scheme (never on this path).
+  static void publish(Site* s, std::vector<Consumer*> freed) {
+    ConsumerArray* fresh = ConsumerArray::make(s->members);
+    ConsumerArray* old = s->consumers.exchange(fresh, std::memory_order_acq_rel);  // P1: matches P2
+    if (!old && freed.empty()) return;
+    struct Garbage {
+      ConsumerArray* a;
+      std::vector<Consumer*> c;
+    };
+    auto* g = new Garbage{old, std::move(freed)};
+    call_after_grace_period(
+        s->scheme,
+        [](void* p) {
+          auto* g = static_cast<Garbage*>(p);
+          ConsumerArray::destroy(g->a);
+          for (Consumer* c : g->c)
+            delete c;
+          delete g;
+        },
+        g);
+  }
+
+  std::vector<Result<std::vector<Handle>>> attach(std::span<const ProbeSpec> specs,
+                                                  BatchMode mode) {
+    std::vector<Result<std::vector<Handle>>> results;
+    results.reserve(specs.size());
+    Registry& reg = Registry::get();
+    auto mods = elf::ModuleList::of_self();
+    std::vector<std::vector<Target>> targets(specs.size());
+    bool any_error = false;
+    for (std::size_t i = 0; i < specs.size(); i++) {
+      const ProbeSpec& spec = specs[i];
+      if (!spec.on_entry && !spec.on_return) {
+        results.push_back(
+            Error(Errc::invalid_argument,
+                  "probe '" + spec.target + "' has neither an entry nor a return handler"));
+      } else if (!mods.ok()) {
+        results.push_back(mods.error());
+      } else if (auto t = resolve(*mods, spec); !t.ok()) {
+        results.push_back(t.error());
+      } else {
+        targets[i] = std::move(*t);
+        results.push_back(std::vector<Handle>{});
+        continue;
+      }
+      any_error = true;
+    }
+    if (any_error && mode == BatchMode::all_or_nothing) return fail_all(results, specs);
+
+    MutexLock lock(reg.mu_);
+    std::vector<Site*> fresh;  // new sites, patched together
+    std::unordered_map<SiteKey, Site*, SiteKeyHash> fresh_by_key;
+    std::vector<std::pair<std::size_t, Consumer*>> made;  // (spec index, consumer)
+    std::unordered_set<Site*> touched;
+    for (std::size_t i = 0; i < specs.size(); i++) {
+      if (!results[i].ok()) continue;
+      const ProbeSpec& spec = specs[i];
+      bool failed = false;
+      std::vector<std::pair<Site*, Consumer*>> mine;
+      for (const Target& t : targets[i]) {
+        Site* site = nullptr;
+        if (auto it = reg.sites_.find(t.key); it != reg.sites_.end()) {
+          site = it->second;
+        } else if (auto f = fresh_by_key.find(t.key); f != fresh_by_key.end()) {
+          site = f->second;
+        }
+        if (site && site->scheme != options.scheme) {
+          results[i] =
+              Error(Errc::already_attached, t.describe + " is already probed under the " +
+                                                std::string(hotprobe::to_string(site->scheme)) +
+                                                " scheme, this engine uses " +
+                                                std::string(hotprobe::to_string(options.scheme)) +
+                                                ": use one scheme per function");
+          failed = true;
+          break;
+        }
+        if (site && spec.vector_registers && !site->vector_registers) {
+          results[i] = Error(Errc::already_attached,
+                             t.describe +
+                                 " is already probed by handlers that declared "
+                                 "vector_registers = false; attach this one with the same setting");
+          failed = true;
+          break;
+        }
+        if (!site) {
+          auto built = build_site(t, spec, reg);
+          if (!built.ok()) {
+            results[i] = built.error();
+            failed = true;
+            break;
+          }
+          site = *built;
+          fresh.push_back(site);
+          fresh_by_key[t.key] = site;
+        }
+        if (spec.on_return) {
+          if (auto r = reg.ensure_return_trampoline(options.scheme); !r.ok()) {
+            results[i] = r.error();
+            failed = true;
+            break;
+          }
+        }
+        auto* c = new Consumer;
+        c->id = reg.next_id_.fetch_add(1, std::memory_order_relaxed);
+        c->on_entry = spec.on_entry;
+        c->on_return = spec.on_return;
+        c->filter = spec.filter;
+        c->cookie = spec.cookie;
+        c->engine = this;
+        c->site = site;
+        c->vector_registers = spec.vector_registers;
+        mine.push_back({site, c});
+      }
+      if (failed) {
+        for (auto& [s, c] : mine)
+          delete c;
+        any_error = true;
+        continue;
+      }
+      for (auto& [s, c] : mine) {
+        s->members.push_back(c);
+        touched.insert(s);
+        made.push_back({i, c});
+      }
+    }
+    auto undo_fresh = [&] {
+      for (Site* s : fresh)
+        free_site_memory(s, reg);
+    };
+    if (any_error && mode == BatchMode::all_or_nothing) {
+      for (auto& [i, c] : made) {
+        auto& mem = c->site->members;
+        mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
+        delete c;
+      }
+      undo_fresh();
+      return fail_all(results, specs);
+    }
+    // Publish consumers first, so a thread that reaches a new site already finds them.
+    for (Site* s : touched)
+      publish(s, {});
+    if (!fresh.empty()) {
+      std::vector<PatchSite> patches;
+      patches.reserve(fresh.size());
+      bool any_int3 = false;
+      for (Site* s : fresh) {
+        patches.push_back(patch_for(s, true));
+        any_int3 |= s->mode == SiteMode::int3;
+      }
+      if (any_int3) {
+        for (Site* s : fresh)
+          reg.sites_[{s->dev, s->ino, s->file_offset}] = s;
+        reg.publish_int3_table();
+      }
+      auto applied = apply_patches(patches);
+      if (!applied.ok()) {
+        for (Site* s : fresh)
+          reg.sites_.erase({s->dev, s->ino, s->file_offset});
+        if (any_int3) reg.publish_int3_table();
+        // Nothing was patched: the fresh sites were reachable by no thread (only through
+        // the int3 table, which tasks-trace protects); free them after a grace period.
+        for (auto& [i, c] : made) {
+          if (std::find(fresh.begin(), fresh.end(), c->site) != fresh.end()) {
+            results[i] =
+                Error(applied.error().code(), "could not patch: " + applied.error().message());
+          }
+        }
+        std::vector<Site*> dead = fresh;
+        sync::tasks_trace().call([dead] {
+          for (Site* s : dead)
+            free_site_memory(s, Registry::get());
+        });
+        for (auto& [i, c] : made) {
+          if (!results[i].ok()) continue;
+          consumers[c->id] = c;
+          results[i]->push_back(Handle{c->id});
+        }
+        return results;
+      }
+      for (Site* s : fresh) {
+        reg.sites_[{s->dev, s->ino, s->file_offset}] = s;
+        (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
+            .fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    for (auto& [i, c] : made) {
+      if (!results[i].ok()) continue;
+      consumers[c->id] = c;
+      results[i]->push_back(Handle{c->id});
+    }
+    return results;
+  }
+
+  static std::vector<Result<std::vector<Handle>>> fail_all(
+      std::vector<Result<std::vector<Handle>>>& results, std::span<const ProbeSpec> specs) {
+    std::vector<Result<std::vector<Handle>>> out;
+    std::string first;
+    for (std::size_t i = 0; i < results.size(); i++) {
+      if (!results[i].ok() && first.empty())
+        first = specs[i].target + ": " + results[i].error().message();
+    }
+    for (std::size_t i = 0; i < results.size(); i++) {
+      if (!results[i].ok()) {
+        out.push_back(results[i].error());
+      } else {
+        out.push_back(Error(
+            Errc::invalid_argument,
+            "not attached: the batch is all-or-nothing and another probe failed (" + first + ")"));
+      }
+    }
+    return out;
+  }
+
+  Result<void> detach(std::span<const Handle> handles, bool wait) {
+    Registry& reg = Registry::get();
+    std::vector<Scheme> schemes_to_sync;
+    {
+      MutexLock lock(reg.mu_);
+      std::unordered_map<Site*, std::vector<Consumer*>> by_site;
+      for (Handle h : handles) {
+        auto it = consumers.find(h.id);
+        if (it == consumers.end()) {
+          return Error(Errc::invalid_argument,
+                       "handle " + std::to_string(h.id) +
+                           " is not attached by this engine (detached twice?)");
+        }
+      }
+      for (Handle h : handles) {
+        auto it = consumers.find(h.id);
+        if (it == consumers.end()) continue;  // a duplicate in the span
+        Consumer* c = it->second;
+        consumers.erase(it);
+        auto& mem = c->site->members;
+        mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
+        by_site[c->site].push_back(c);
+      }
+      std::vector<Site*> gone;
+      for (auto& [s, freed] : by_site) {
+        publish(s, std::move(freed));
+        if (s->members.empty()) gone.push_back(s);
+      }
+      if (!gone.empty()) {
+        std::vector<PatchSite> patches;
+        bool any_int3 = false;
+        for (Site* s : gone) {
+          patches.push_back(patch_for(s, false));
+          any_int3 |= s->mode == SiteMode::int3;
+        }
+        auto applied = apply_patches(patches);
+        if (!applied.ok()) {
+          // The consumers are gone (their handlers will not run after the grace period),
+          // but the code stays patched: report it, keep the sites.
+          return Error(applied.error().code(),
+                       "consumers detached, but the code could not be restored: " +
+                           applied.error().message());
+        }
+        for (Site* s : gone) {
+          reg.sites_.erase({s->dev, s->ino, s->file_offset});
+          (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
+              .fetch_sub(1, std::memory_order_relaxed);
+          reg.retired_.push_back({s, ++reg.retire_epoch_});
+        }
+        if (any_int3) reg.publish_int3_table();
+      }
+      for (auto& [s, freed] : by_site) {
+        if (std::find(schemes_to_sync.begin(), schemes_to_sync.end(), s->scheme) ==
+            schemes_to_sync.end()) {
+          schemes_to_sync.push_back(s->scheme);
+        }
+      }
+    }
+    if (wait) {
+      std::uint64_t epoch = current_epoch();
+      for (Scheme s : schemes_to_sync) {
+        synchronize(s);
+        grace_periods.fetch_add(1, std::memory_order_relaxed);
+      }
+      reclaim(schemes_to_sync, epoch);
+    }
+    return {};
+  }
+
+  static std::uint64_t current_epoch() {
+    MutexLock lock(Registry::get().mu_);
+    return Registry::get().retire_epoch_;
+  }
+
+  void sync() {
+    std::uint64_t epoch = current_epoch();
+    synchronize(options.scheme);
+    grace_periods.fetch_add(1, std::memory_order_relaxed);
+    reclaim({options.scheme}, epoch);
+  }
+
+  // Frees retired sites whose every rule passed: unpatched (they are retired), a grace
+  // period of their scheme since, no return instance referencing them, and no thread's
+  // ip inside their trampoline or copy. The caller has just waited for a grace period of
+  // each of `schemes` that started after retire epoch `epoch`: sites of those schemes
+  // retired at or before it have had theirs.
+  static void reclaim(const std::vector<Scheme>& schemes, std::uint64_t epoch) {
+    Registry& reg = Registry::get();
+    MutexLock lock(reg.mu_);
+    if (reg.retired_.empty()) return;
+    std::vector<Retired> keep, ready;
+    for (Retired& r : reg.retired_) {
+      bool gp_ok = r.epoch <= epoch &&
+                   std::find(schemes.begin(), schemes.end(), r.site->scheme) != schemes.end();
+      if (!gp_ok)
+        keep.push_back(r);
+      else if (site_referenced_by_return_stacks(r.site))
+        keep.push_back(r);
+      else
+        ready.push_back(r);
+    }
+    if (!ready.empty()) {
+      std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+      for (Retired& r : ready) {
+        ranges.push_back({r.site->trampoline, r.site->trampoline + r.site->trampoline_size});
+      }
+      auto outside = threads_outside(ranges);
+      if (outside.ok() && *outside) {
+        // The int3 table (tasks-trace) may still be read by a late SIGTRAP: free after a
+        // tasks-trace grace period too.
+        std::vector<Site*> dead;
+        for (Retired& r : ready)
+          dead.push_back(r.site);
+        sync::tasks_trace().call([dead] {
+          for (Site* s : dead)
+            free_site_memory(s, Registry::get());
+        });
+      } else {
+        keep.insert(keep.end(), ready.begin(), ready.end());
+      }
+    }
+    reg.retired_ = std::move(keep);
+  }
+};
+
+}  // namespace hp::core
+
+// ---------------------------------------------------------------------------------------
+namespace hotprobe {
+
+struct Engine::Impl : hp::core::EngineImpl {};
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Engine::~Engine() {
+  std::vector<Handle> all;
+  {
+    hp::MutexLock lock(hp::core::Registry::get().mu_);
+    for (auto& [id, c] : impl_->consumers)
+      all.push_back(Handle{id});
+  }
+  if (!all.empty()) (void)impl_->detach(all, true);
+}
+
+Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
+  if (options.return_stack_depth == 0 || options.return_stack_depth > hp::core::kMaxReturnDepth) {
+    return Error(Errc::invalid_argument, "return_stack_depth must be between 1 and " +
+                                             std::to_string(hp::core::kMaxReturnDepth));
+  }
+  hp::core::g_return_depth_limit.store(options.return_stack_depth, std::memory_order_relaxed);
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  (void)hp::core::Registry::get();
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Scheme Engine::scheme() const noexcept {
+  return impl_->options.scheme;
+}
+
+Result<std::vector<Handle>> Engine::attach(const ProbeSpec& spec) {
+  auto r = impl_->attach(std::span<const ProbeSpec>(&spec, 1), BatchMode::best_effort);
+  return std::move(r[0]);
+}
+
+std::vector<Result<std::vector<Handle>>> Engine::attach(std::span<const ProbeSpec> specs,
+                                                        BatchMode mode) {
+  return impl_->attach(specs, mode);
+}
+
+Result<void> Engine::detach(std::span<const Handle> handles) {
+  return impl_->detach(handles, true);
+}
+Result<void> Engine::detach_nosync(std::span<const Handle> handles) {
+  return impl_->detach(handles, false);
+}
+void Engine::sync() {
+  impl_->sync();
+}
+
+Stats Engine::stats() const {
+  Stats s;
+  auto t = hp::core::hit_totals();
+  s.hits = t.hits;
+  s.misses_recursion = t.misses_recursion;
+  s.misses_return_stack = t.misses_return_stack;
+  auto& reg = hp::core::Registry::get();
+  s.sites_jmp = reg.sites_jmp_.load(std::memory_order_relaxed);
+  s.sites_int3 = reg.sites_int3_.load(std::memory_order_relaxed);
+  s.sync_core_rounds = hp::core::patch_totals().sync_core_rounds;
+  s.grace_periods = impl_->grace_periods.load(std::memory_order_relaxed);
+  hp::MutexLock lock(reg.mu_);
+  s.consumers = impl_->consumers.size();
+  s.zombie_sites = reg.retired_.size();
+  return s;
+}
+
+}  // namespace hotprobe

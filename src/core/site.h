@@ -1,0 +1,76 @@
+// Sites, consumers and consumer arrays: what the dispatcher reads on every hit.
+//
+// Lifetime rules ("one of" lists, HP_ASSERTed where it is cheap):
+//  - A ConsumerArray may be read while inside a read-side section of the site's scheme
+//    (it is replaced whole and the old one retired after a grace period of that scheme).
+//  - A Consumer may be used while: reachable from a ConsumerArray read under the scheme,
+//    or holding Registry::mu_. It is freed with the array that last held it.
+//  - A Site may be used while: holding Registry::mu_; or inside a read-side section of
+//    the site's scheme after reaching it from a patched jump or the int3 table; or from a
+//    return instance on the thread's own return stack (the site is kept as a zombie
+//    until no return stack references it).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "hotprobe/probe.h"
+
+namespace hp::core {
+
+struct Site;
+
+struct Consumer {
+  std::uint64_t id = 0;
+  hotprobe::Handler on_entry = nullptr;
+  hotprobe::Handler on_return = nullptr;
+  hotprobe::Filter filter = nullptr;
+  void* cookie = nullptr;
+  const void* engine = nullptr;  // the Engine::Impl that attached it
+  Site* site = nullptr;
+  bool vector_registers = true;
+};
+
+// Immutable once published.
+struct ConsumerArray {
+  std::uint32_t n = 0;
+  bool any_return = false;
+  Consumer* c[1];  // n entries (allocated with the array)
+
+  static ConsumerArray* make(const std::vector<Consumer*>& cs);
+  static void destroy(ConsumerArray* a);
+};
+
+enum class SiteMode : std::uint8_t { jmp, int3 };
+
+// One patched place. Keyed like a kernel uprobe by (device, inode, file offset).
+struct Site {
+  // Immutable after creation.
+  std::uint64_t dev = 0, ino = 0, file_offset = 0;
+  std::uintptr_t probe_address = 0;  // what Regs.rip and Hit.probe_address say
+  std::uintptr_t patch_address = 0;  // first patched byte (after endbr64 at entry)
+  SiteMode mode = SiteMode::jmp;
+  hotprobe::Scheme scheme = hotprobe::Scheme::tasks_trace;
+  bool at_entry = false;
+  bool vector_registers = true;        // the trampoline saves xmm0-15
+  std::vector<std::uint8_t> original;  // the patched bytes as they were
+  std::vector<std::uint8_t> patched;   // what was written
+  std::uintptr_t trampoline = 0;       // entry trampoline (jmp mode)
+  std::uint32_t trampoline_size = 0;
+  std::uintptr_t resume = 0;  // int3 mode: the relocated instruction + jmp back
+  std::vector<std::pair<std::uint32_t, std::uintptr_t>> ip_map;  // inside the site -> trampoline
+  std::string describe;                                          // "libc.so.6:malloc" for messages
+  std::uint32_t slot_chunk = 0, slot_index = 0;                  // CodeMemory slot (jmp mode)
+  std::uint32_t copy_chunk = 0, copy_index = 0;                  // CodeMemory slot (int3 mode)
+
+  // Read by the dispatcher (acquire) under the scheme's read lock: P1 matches P2.
+  std::atomic<ConsumerArray*> consumers{nullptr};
+  // Registry bookkeeping, under Registry::mu_.
+  std::vector<Consumer*> members;
+};
+
+}  // namespace hp::core

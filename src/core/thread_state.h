@@ -1,0 +1,77 @@
+// Per-thread state of the engine: the recursion guard, the return stack and the hit
+// counters. Everything a hit writes lives here, in memory no other thread writes, so a
+// hit writes no shared cache line (DESIGN.md hot-path budget).
+//
+// Records are registered on a thread's first hit (cold path) in a global list that is
+// never freed: a record whose thread exited is folded into the totals and reused, so the
+// zombie scan and the statistics may read any record at any time.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "base/compiler.h"
+
+namespace hp::core {
+
+struct Site;
+
+inline constexpr unsigned kMaxReturnConsumers = 4;
+inline constexpr unsigned kMaxReturnDepth = 256;
+
+struct ReturnConsumerData {
+  std::uint64_t consumer_id;
+  std::uint64_t data;
+};
+
+struct ReturnInstance {
+  std::uint64_t orig_ret;   // the original return address
+  std::uint64_t slot;       // where it was on the stack
+  std::atomic<Site*> site;  // read by the zombie scan
+  std::uint32_t n;          // consumers that asked for the return
+  ReturnConsumerData cd[kMaxReturnConsumers];
+};
+
+struct ThreadRecord {
+  // Written by the owner only; read by statistics (relaxed).
+  std::atomic<std::uint64_t> hits{0};
+  std::atomic<std::uint64_t> misses_recursion{0};
+  std::atomic<std::uint64_t> misses_return_stack{0};
+  // Return stack: entries [0, depth) are pushed by the owner (stores to an entry, then
+  // depth with release: R1 matches R2 in the zombie scan).
+  std::atomic<std::uint32_t> depth{0};
+  ReturnInstance stack[kMaxReturnDepth];
+
+  ThreadRecord* next = nullptr;  // global list, never unlinked
+  std::atomic<bool> in_use{false};
+};
+
+struct ThreadState {
+  ThreadRecord* rec;
+  bool in_handler;
+};
+extern constinit thread_local ThreadState tls_state;
+
+// The calling thread's record, registering it on first use.
+HP_ALWAYS_INLINE ThreadRecord& thread_record() {
+  extern HP_COLD ThreadRecord& register_thread_record();
+  ThreadRecord* r = tls_state.rec;
+  if (HP_UNLIKELY(r == nullptr)) return register_thread_record();
+  return *r;
+}
+
+// Every record ever registered (for scans); iterate with ->next.
+ThreadRecord* thread_records_head() noexcept;
+
+struct HitTotals {
+  std::uint64_t hits = 0, misses_recursion = 0, misses_return_stack = 0;
+};
+HitTotals hit_totals() noexcept;
+
+// Whether any live return instance of any thread references `site`.
+bool site_referenced_by_return_stacks(const Site* site) noexcept;
+
+// The per-thread return stack depth limit (EngineOptions::return_stack_depth).
+extern std::atomic<unsigned> g_return_depth_limit;
+
+}  // namespace hp::core
