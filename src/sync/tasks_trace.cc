@@ -5,6 +5,7 @@
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -27,9 +28,9 @@ using tt_detail::tls_word;
 
 namespace {
 
-// One registered thread. Allocated on the heap by the thread itself at its first read_lock()
-// and freed by its exit hook; `word` points into the thread's static TLS, which stays valid
-// until after the exit hook has unlinked the record.
+// One registered thread. It lives in the thread's own static TLS (no allocation, so a thread
+// may register from a signal handler); it and `word` stay valid until after the exit hook has
+// unlinked the record under registry_mu.
 struct ThreadRecord {
   std::atomic<std::uint64_t>* word = nullptr;
   pid_t tid = 0;
@@ -41,6 +42,30 @@ struct ThreadRecord {
   bool stall_reported = false;
   std::uint64_t snap = 0;  // the word when the grace period found it inside a section
 };
+
+constinit thread_local ThreadRecord tls_record __attribute__((tls_model("initial-exec")));
+
+// Blocks every signal on this thread while it holds registry_mu outside a grace period (in
+// registration, the exit hook, statistics): a signal handler on this thread whose read_lock()
+// registers the thread would otherwise wait for the lock its own thread holds. Writers need
+// no mask: synchronize() registers its thread first, so its handlers never take the lock.
+class SignalsBlocked {
+ public:
+  SignalsBlocked() noexcept {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old_);
+  }
+  ~SignalsBlocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  SignalsBlocked(const SignalsBlocked&) = delete;
+  SignalsBlocked& operator=(const SignalsBlocked&) = delete;
+
+ private:
+  sigset_t old_;
+};
+
+// The forking thread's signal mask, blocked from fork_prepare() to the parent/child handler.
+thread_local sigset_t tls_fork_saved_mask;
 
 int membarrier(int cmd) {
   return static_cast<int>(::syscall(__NR_membarrier, cmd, 0U, 0));
@@ -152,6 +177,7 @@ namespace {
 void on_thread_exit(void* p) {
   auto* rec = static_cast<ThreadRecord*>(p);
   auto& im = TasksTraceAccess::impl(*g_instance);
+  SignalsBlocked sb;
   {
     MutexLock l(im.registry_mu);
     im.unlink(rec);
@@ -159,11 +185,13 @@ void on_thread_exit(void* p) {
   // A read_lock() in a later destructor registers the thread again (glibc then runs this
   // hook again).
   tls_word.store(0, std::memory_order_relaxed);
-  delete rec;
 }
 
 void fork_prepare() HP_NO_THREAD_SAFETY_ANALYSIS {
   auto& im = TasksTraceAccess::impl(*g_instance);
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &tls_fork_saved_mask);
   im.registry_mu.lock();
   im.cfg_mu.lock();
 }
@@ -172,6 +200,7 @@ void fork_parent() HP_NO_THREAD_SAFETY_ANALYSIS {
   auto& im = TasksTraceAccess::impl(*g_instance);
   im.cfg_mu.unlock();
   im.registry_mu.unlock();
+  pthread_sigmask(SIG_SETMASK, &tls_fork_saved_mask, nullptr);
 }
 
 }  // namespace
@@ -193,8 +222,7 @@ void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
     if (r->word == mine) {
       r->tid = static_cast<pid_t>(::syscall(SYS_gettid));
     } else {
-      im.unlink(r);
-      delete r;
+      im.unlink(r);  // it lives in a parent thread's TLS: nothing to free here
     }
     r = n;
   }
@@ -205,6 +233,7 @@ void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
   }
   im.cfg_mu.unlock();
   im.registry_mu.unlock();
+  pthread_sigmask(SIG_SETMASK, &tls_fork_saved_mask, nullptr);
 }
 
 }  // namespace
@@ -232,7 +261,11 @@ TasksTrace& tasks_trace() noexcept {
 
 std::uint64_t TasksTrace::register_thread() noexcept {
   TasksTrace& tt = tasks_trace();
-  auto* rec = new ThreadRecord;
+  SignalsBlocked sb;
+  // A signal handler may have registered this thread between read_lock()'s load and here.
+  if (std::uint64_t v = tls_word.load(std::memory_order_relaxed); v != 0) return v;
+  ThreadRecord* rec = &tls_record;
+  *rec = ThreadRecord{};
   rec->word = &tls_word;
   rec->tid = static_cast<pid_t>(::syscall(SYS_gettid));
   tls_word.store(tt_detail::kRegistered, std::memory_order_relaxed);
@@ -254,6 +287,9 @@ void TasksTrace::sync_thunk(void* self) {
 void TasksTrace::synchronize() {
   HP_CHECK_MSG(!in_reader(),
                "TasksTrace::synchronize() inside a read section would wait for itself");
+  // Register the writer's own thread first, so a signal handler interrupting it while it
+  // holds registry_mu never needs that lock to register.
+  if (HP_UNLIKELY(tls_word.load(std::memory_order_relaxed) == 0)) (void)register_thread();
   GpCookie c = seq_.snap();
   MutexLock l(impl_->gp_mu);
   if (seq_.done(c)) return;  // another caller's grace period covered ours
@@ -350,6 +386,7 @@ void TasksTrace::run_grace_period() {
 }
 
 std::size_t TasksTrace::registered_threads() const {
+  SignalsBlocked sb;
   MutexLock l(impl_->registry_mu);
   return impl_->nthreads;
 }

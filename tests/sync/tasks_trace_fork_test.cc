@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -15,10 +16,34 @@
 #include "sync/tasks_trace.h"
 
 #if defined(HOTPROBE_TSAN)
-// The children below call synchronize() and, for the deferred worker, start a thread; TSan's
-// default die_after_fork=1 would kill a multithreaded process's child that starts one.
-extern "C" const char* __tsan_default_options() {
-  return "die_after_fork=0";
+// The children here start threads (the deferred worker); TSan's default die_after_fork=1
+// kills a multithreaded process's child that does. __tsan_default_options() is not seen by a
+// dynamically linked libtsan unless the executable exports it (it does not, without
+// -rdynamic), so the program re-executes itself once with die_after_fork=0 in TSAN_OPTIONS.
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+__attribute__((constructor)) static void reexec_with_die_after_fork_off() {
+  const char* cur = ::getenv("TSAN_OPTIONS");
+  std::string opts = cur ? cur : "";
+  if (opts.find("die_after_fork=0") != std::string::npos) return;
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::vector<std::string> args;
+  for (std::size_t i = 0; i < all.size();) {
+    std::size_t e = all.find('\0', i);
+    if (e == std::string::npos) e = all.size();
+    args.push_back(all.substr(i, e - i));
+    i = e + 1;
+  }
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  opts += opts.empty() ? "die_after_fork=0" : ":die_after_fork=0";
+  ::setenv("TSAN_OPTIONS", opts.c_str(), 1);
+  ::execv("/proc/self/exe", argv.data());
 }
 #endif
 

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -513,6 +514,56 @@ TEST_F(TasksTraceTest, GlobalMembarrierFallback) {
   EXPECT_TRUE(left.load());
   r.join();
   tt.force_barrier_kind_for_testing(saved);
+}
+
+// Read sections in signal handlers (hotprobe's int3 mode runs handlers from SIGTRAP): a
+// thread may register from a handler, and a writer interrupted by handlers that read does not
+// deadlock on its own registry lock.
+std::atomic<int> g_handler_sections{0};
+void reading_handler(int) {
+  ReadGuard g(tasks_trace());
+  g_handler_sections.fetch_add(1, std::memory_order_relaxed);
+}
+
+TEST_F(TasksTraceTest, ReadSectionsInSignalHandlers) {
+  TasksTrace& tt = tasks_trace();
+  struct sigaction sa = {}, old = {};
+  sa.sa_handler = &reading_handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  ASSERT_EQ(sigaction(SIGUSR1, &sa, &old), 0);
+  { ReadGuard g(tt); }
+  const std::size_t base = tt.registered_threads();
+  // A fresh thread whose first read section is in the handler.
+  std::atomic<bool> stop{false};
+  std::atomic<int> registered_seen{-1};
+  std::thread fresh([&] {
+    while (!stop.load())
+      std::this_thread::sleep_for(1ms);
+  });
+  const int h0 = g_handler_sections.load();
+  pthread_kill(fresh.native_handle(), SIGUSR1);
+  while (g_handler_sections.load() == h0)
+    std::this_thread::sleep_for(1ms);
+  registered_seen.store(static_cast<int>(tt.registered_threads()));
+  EXPECT_EQ(registered_seen.load(), static_cast<int>(base + 1));
+  // A writer thread hammered with signals whose handlers read.
+  std::atomic<bool> writer_done{false};
+  std::thread writer([&] {
+    for (int i = 0; i < 200; i++)
+      tt.synchronize();
+    writer_done.store(true);
+  });
+  while (!writer_done.load()) {
+    pthread_kill(writer.native_handle(), SIGUSR1);
+    pthread_kill(fresh.native_handle(), SIGUSR1);
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  writer.join();
+  stop.store(true);
+  fresh.join();
+  EXPECT_EQ(tt.registered_threads(), base);
+  ASSERT_EQ(sigaction(SIGUSR1, &old, nullptr), 0);
 }
 
 using TasksTraceDeathTest = TasksTraceTest;
