@@ -4,6 +4,7 @@
 // See docs/design/torture.md.
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <string>
 
 #include "torture.h"
@@ -36,6 +37,9 @@ struct Flavour {
   Expect expect;
   Report (*run)(const Options&);
 };
+
+// So that gtest (and ctest's test names) show the flavour, not its bytes.
+void PrintTo(const Flavour& f, std::ostream* os) { *os << f.name; }
 
 template <class D>
 Report run_owned(const char* name, const Options& o) {
