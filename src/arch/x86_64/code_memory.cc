@@ -207,26 +207,27 @@ Result<std::uint32_t> CodeMemory::map_chunk_near(std::uint64_t near) {
   return Error(Errc::no_memory_in_reach, buf);
 }
 
+std::optional<CodeSlot> CodeMemory::take_slot(std::uint32_t ci, std::uint64_t near) {
+  Chunk& c = chunks_[ci];
+  if (c.used_count == c.used.size()) return std::nullopt;
+  for (std::uint32_t i = 0; i < c.used.size(); ++i) {
+    if (!c.used[i] && slot_in_reach(c, i, near)) {
+      c.used[i] = true;
+      ++c.used_count;
+      return CodeSlot{c.exec + std::uint64_t{i} * slot_size_, slot_size_, ci, i};
+    }
+  }
+  return std::nullopt;
+}
+
 Result<CodeSlot> CodeMemory::allocate(std::uint64_t near) {
   MutexLock lock(mu_);
-  auto take = [&](std::uint32_t ci) -> std::optional<CodeSlot> {
-    Chunk& c = chunks_[ci];
-    if (c.used_count == c.used.size()) return std::nullopt;
-    for (std::uint32_t i = 0; i < c.used.size(); ++i) {
-      if (!c.used[i] && slot_in_reach(c, i, near)) {
-        c.used[i] = true;
-        ++c.used_count;
-        return CodeSlot{c.exec + std::uint64_t{i} * slot_size_, slot_size_, ci, i};
-      }
-    }
-    return std::nullopt;
-  };
   for (std::uint32_t ci = 0; ci < chunks_.size(); ++ci) {
-    if (auto s = take(ci)) return *s;
+    if (auto s = take_slot(ci, near)) return *s;
   }
   auto ci = map_chunk_near(near);
   if (!ci.ok()) return ci.error();
-  if (auto s = take(ci.value())) return *s;
+  if (auto s = take_slot(ci.value(), near)) return *s;
   return Error(Errc::internal, "a fresh trampoline chunk had no slot in reach");
 }
 

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -76,6 +77,7 @@ class CodeMemory {
     int fork_fd = -1;  // the child's snapshot, between fork's prepare and child handlers
   };
   Result<std::uint32_t> map_chunk_near(std::uint64_t near) HP_REQUIRES(mu_);
+  std::optional<CodeSlot> take_slot(std::uint32_t chunk, std::uint64_t near) HP_REQUIRES(mu_);
   bool slot_in_reach(const Chunk& c, std::uint32_t index, std::uint64_t near) const;
   void remap_private_copy() HP_REQUIRES(mu_);
 
