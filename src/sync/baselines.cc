@@ -51,10 +51,19 @@ void RwlockDomain::synchronize() {
   MutexLock l(gp_mu_);
   if (seq_.done(cookie)) return;
   seq_.start();
+  writers_pending_.fetch_add(1, std::memory_order_relaxed);
   // Every reader that held the lock before has released it once we get it exclusively.
   mu_.lock();
   mu_.unlock();
+  writers_pending_.fetch_sub(1, std::memory_order_release);
+  writers_pending_.notify_all();
   seq_.end();
+}
+
+void RwlockDomain::wait_for_writers() noexcept {
+  for (std::uint32_t v; (v = writers_pending_.load(std::memory_order_acquire)) != 0;) {
+    writers_pending_.wait(v, std::memory_order_acquire);
+  }
 }
 
 }  // namespace hp::sync

@@ -219,6 +219,41 @@ TEST(RefcountDomain, CountsReaders) {
   EXPECT_EQ(d.readers(), 0);
 }
 
+template <class D>
+void overlapping_readers_do_not_starve(D& d) {
+  std::atomic<bool> stop{false};
+  std::atomic<int> inside{0};
+  auto reader = [&] {
+    while (!stop.load()) {
+      ReadGuard g(d);
+      inside++;
+      std::this_thread::sleep_for(2ms);
+      inside--;
+    }
+  };
+  std::thread r1(reader);
+  std::this_thread::sleep_for(1ms);
+  std::thread r2(reader);
+  ASSERT_TRUE(eventually([&] { return inside.load() > 0; }));
+  std::atomic<bool> done{false};
+  std::thread w([&] {
+    for (int i = 0; i < 10; ++i)
+      d.synchronize();
+    done = true;
+  });
+  bool finished = eventually([&] { return done.load(); });
+  stop = true;
+  w.join();
+  r1.join();
+  r2.join();
+  EXPECT_TRUE(finished) << "synchronize() starved by overlapping readers";
+}
+
+TEST(RwlockDomain, SynchronizeIsNotStarvedByOverlappingReaders) {
+  hp::sync::RwlockDomain d;
+  overlapping_readers_do_not_starve(d);
+}
+
 TEST(RefcountDomain, SynchronizeIsNotStarvedByOverlappingReaders) {
   // Two readers overlap so that some reader is always inside: a single counter would
   // never reach zero. With the index flip, synchronize() waits only for the readers that
