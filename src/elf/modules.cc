@@ -431,7 +431,7 @@ Result<IfuncTarget> ModuleList::resolve_ifunc(const Module& m, const Symbol& sym
   void* handle = m.is_main ? ::dlopen(nullptr, RTLD_LAZY)
                            : ::dlopen(m.loader_name.c_str(), RTLD_LAZY | RTLD_NOLOAD);
   if (!handle) {
-    const char* err = ::dlerror();
+    const char* err = ::dlerror();  // NOLINT(concurrency-mt-unsafe): per thread in glibc
     return Error(Errc::not_found, "cannot resolve " + what + ": dlopen(RTLD_NOLOAD) failed: " +
                                       (err ? err : "unknown error"));
   }
@@ -444,7 +444,7 @@ Result<IfuncTarget> ModuleList::resolve_ifunc(const Module& m, const Symbol& sym
   } else {
     addr = ::dlsym(handle, name.c_str());
   }
-  const char* err = addr ? nullptr : ::dlerror();
+  const char* err = addr ? nullptr : ::dlerror();  // NOLINT(concurrency-mt-unsafe): per thread
   ::dlclose(handle);
   if (!addr) {
     return Error(Errc::not_found,
@@ -459,6 +459,21 @@ Result<IfuncTarget> ModuleList::resolve_ifunc(const Module& m, const Symbol& sym
   }
   t.file_offset = t.module->address_to_offset(t.address).value();
   return t;
+}
+
+ModuleChanges diff_modules(const ModuleList& before, const ModuleList& after) {
+  ModuleChanges c;
+  for (const Module& m : after.modules()) {
+    const Module* old = before.find(m.key);
+    // Same file at another place (unloaded and loaded again between the snapshots) is a
+    // removal and an addition: its addresses changed.
+    if (!old || old->start() != m.start()) c.added.push_back(&m);
+  }
+  for (const Module& m : before.modules()) {
+    const Module* now = after.find(m.key);
+    if (!now || now->start() != m.start()) c.removed.push_back(&m);
+  }
+  return c;
 }
 
 }  // namespace hp::elf

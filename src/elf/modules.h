@@ -140,4 +140,12 @@ class ModuleList {
   std::vector<Module> modules_;  // by start address
 };
 
+// What changed between two snapshots of one process (dlopen, dlclose): core applies
+// pending probes to `added` modules and returns probes of `removed` ones to pending.
+struct ModuleChanges {
+  std::vector<const Module*> added;    // points into `after`
+  std::vector<const Module*> removed;  // points into `before`
+};
+ModuleChanges diff_modules(const ModuleList& before, const ModuleList& after);
+
 }  // namespace hp::elf

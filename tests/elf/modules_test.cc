@@ -243,9 +243,21 @@ TEST(Modules, DlopenAppearsAndDlcloseDisappears) {
     ASSERT_TRUE(r.ok()) << r.error().message();
     EXPECT_EQ(*r, m);
   }
+  auto loaded = ModuleList::of_self();
+  ASSERT_TRUE(loaded.ok());
   ASSERT_EQ(::dlclose(h), 0);
   {
     auto after = ModuleList::of_self();
+    ASSERT_TRUE(after.ok());
+    ModuleChanges gone = diff_modules(*loaded, *after);
+    EXPECT_TRUE(gone.added.empty());
+    ASSERT_EQ(gone.removed.size(), 1u);
+    EXPECT_EQ(gone.removed[0]->key, key);
+    ModuleChanges back = diff_modules(*after, *loaded);
+    ASSERT_EQ(back.added.size(), 1u);
+    EXPECT_EQ(back.added[0]->key, key);
+    EXPECT_TRUE(back.removed.empty());
+    EXPECT_TRUE(diff_modules(*after, *after).added.empty());
     ASSERT_TRUE(after.ok()) << after.error().message();
     EXPECT_EQ(after->find(key), nullptr);
     auto r = after->resolve(path);
