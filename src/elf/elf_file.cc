@@ -116,7 +116,7 @@ Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string pat
   if (!S_ISREG(st.st_mode)) {
     return Error(Errc::invalid_argument, path + " is not a regular file, so not an ELF module");
   }
-  Elf* e = elf_begin(fd, ELF_C_READ_MMAP, nullptr);
+  Elf* e = elf_begin(fd, ELF_C_READ, nullptr);
   if (!e) return Error(Errc::io_error, elf_error(path, "cannot read ELF"));
   closer.elf = e;
   if (elf_kind(e) != ELF_K_ELF) {
