@@ -317,11 +317,12 @@ struct CallRow {
 
 struct SchemeRow {
   std::string scheme;
-  Summary ns1;    // ns per call, 1 thread
-  Summary ns2;    // ns per call per thread, 2 threads
-  Summary thr1;   // M calls/s, 1 thread, wall clock
-  Summary thr2;   // M calls/s total, 2 threads, wall clock
-  Summary cthr1;  // the same by CPU time
+  bool tasks_trace = false;  // the default scheme, which the acceptance ratio is about
+  Summary ns1;               // ns per call, 1 thread
+  Summary ns2;               // ns per call per thread, 2 threads
+  Summary thr1;              // M calls/s, 1 thread, wall clock
+  Summary thr2;              // M calls/s total, 2 threads, wall clock
+  Summary cthr1;             // the same by CPU time
   Summary cthr2;
   double ratio = NAN;       // median cthr2 / median cthr1
   double wall_ratio = NAN;  // median thr2 / median thr1
@@ -336,7 +337,8 @@ struct AttachRow {
   std::uint64_t sites_jmp = 0, sites_int3 = 0;
   long failed = 0;
   std::string first_error;
-  long one_sample = 0;                              // how many were attached one at a time
+  long maps_lines = 0;  // lines of /proc/self/maps after the batched detach
+  long one_sample = 0;  // how many were attached one at a time
   double one_attach_ms = NAN, one_detach_ms = NAN;  // for all n (extrapolated if sample < n)
   double one_gp_per_detach = NAN, one_sc_per_attach = NAN;
   std::string skipped;
@@ -673,6 +675,7 @@ void section_schemes(Report& report, const Options& o) {
                    Scheme::refcount, Scheme::rwlock}) {
     SchemeRow row;
     row.scheme = std::string(hotprobe::to_string(s));
+    row.tasks_trace = s == Scheme::tasks_trace;
     hotprobe::EngineOptions eo;
     eo.scheme = s;
     auto engine = hotprobe::Engine::create(eo);
@@ -762,6 +765,17 @@ GenLib open_gen_lib(const Options& o) {
 }
 
 const long kAttachSizes[] = {100, 1000, 10000, 50000};
+const long kQuickAttachMax = 10000;  // --quick leaves 50,000 out: it takes 5-30 s here
+
+// Mappings of this process: the engine reads /proc/self/maps, and its cost grows with them.
+long count_maps_lines() {
+  std::ifstream in("/proc/self/maps");
+  std::string line;
+  long n = 0;
+  while (std::getline(in, line))
+    ++n;
+  return n;
+}
 
 #if HP_PROBE_BENCH_HAVE_ENGINE
 void section_attach(Report& report, const Options& o, const GenLib& lib) {
@@ -783,6 +797,11 @@ void section_attach(Report& report, const Options& o, const GenLib& lib) {
     row.n = n;
     if (n > lib.count) {
       row.skipped = "the generated library has only " + std::to_string(lib.count) + " functions";
+      report.attach.push_back(row);
+      continue;
+    }
+    if (o.quick && n > kQuickAttachMax) {
+      row.skipped = "left out by --quick (run without it)";
       report.attach.push_back(row);
       continue;
     }
@@ -822,6 +841,7 @@ void section_attach(Report& report, const Options& o, const GenLib& lib) {
     }
     row.attach_ms = summarize(attach_ms);
     row.detach_ms = summarize(detach_ms);
+    row.maps_lines = count_maps_lines();
 
     // One at a time: attach(spec) in a loop, then detach(handle) in a loop.
     long sample = std::min<long>(n, o.one_cap);
@@ -918,7 +938,7 @@ void compute_acceptance(Report& r) {
   }
   const SchemeRow* tt = nullptr;
   for (const auto& s : r.schemes)
-    if (s.scheme == "tasks_trace" && s.skipped.empty()) tt = &s;
+    if (s.tasks_trace && s.skipped.empty()) tt = &s;
   add_acceptance(r, "tasks_trace 2-thread / 1-thread throughput (CPU)", ">= 1.9x",
                  tt ? fmt(tt->ratio, 2) + "x (wall " + fmt(tt->wall_ratio, 2) + "x)" : "-",
                  tt ? tt->ratio >= 1.9 : -1);
@@ -1045,8 +1065,8 @@ void print_report(const Report& r, FILE* out) {
       std::string star = a.one_sample < a.n ? "*" : "";
       std::string gp = std::to_string(a.gp_attach) + "/" + std::to_string(a.gp_detach);
       std::string sc = std::to_string(a.sc_attach) + "/" + std::to_string(a.sc_detach);
-      std::string sites =
-          std::to_string(a.sites_jmp) + " jmp " + std::to_string(a.sites_int3) + " int3";
+      std::string sites = std::to_string(a.sites_jmp) + " jmp " + std::to_string(a.sites_int3) +
+                          " int3, " + std::to_string(a.maps_lines) + " maps";
       if (a.failed)
         sites += ", " + std::to_string(a.failed) + " failed: " + a.first_error;
       else if (!a.first_error.empty())
@@ -1177,6 +1197,7 @@ bool write_json(const Report& r, const std::string& path) {
          ",\"sites_jmp\":" + std::to_string(a.sites_jmp) +
          ",\"sites_int3\":" + std::to_string(a.sites_int3) +
          ",\"failed\":" + std::to_string(a.failed) + ",\"first_error\":" + jstr(a.first_error) +
+         ",\"maps_lines_after\":" + std::to_string(a.maps_lines) +
          ",\"one_at_a_time_sample\":" + std::to_string(a.one_sample) +
          ",\"one_at_a_time_extrapolated\":" + (a.one_sample < a.n ? "true" : "false") +
          ",\"one_at_a_time_attach_ms\":" + jnum(a.one_attach_ms) +
