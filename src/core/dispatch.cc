@@ -68,6 +68,36 @@ HP_ALWAYS_INLINE std::uint32_t drop_dead(ThreadRecord& r, std::uint32_t d, std::
   return d;
 }
 
+void unhijack(ThreadRecord& rec) noexcept {
+  std::uint32_t d = rec.depth.load(std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < d; i++) {
+    ReturnInstance& ri = rec.stack[i];
+    auto* slot = reinterpret_cast<std::uint64_t*>(ri.slot);
+    if (ri.hijacked && *slot == ri.tramp) *slot = ri.orig_ret;
+    ri.hijacked = false;
+  }
+  rec.rehijack_pending = d != 0;
+}
+
+HP_COLD void rehijack(ThreadRecord& rec, std::uint64_t rsp) noexcept {
+  std::uint32_t d = rec.depth.load(std::memory_order_relaxed);
+  // The deepest instances whose slots are at or below rsp belong to unwound frames.
+  while (d > 0 && !rec.stack[d - 1].hijacked && rec.stack[d - 1].slot <= rsp) {
+    rec.stack[d - 1].site.store(nullptr, std::memory_order_relaxed);
+    d--;
+  }
+  for (std::uint32_t i = 0; i < d; i++) {
+    ReturnInstance& ri = rec.stack[i];
+    auto* slot = reinterpret_cast<std::uint64_t*>(ri.slot);
+    if (!ri.hijacked && *slot == ri.orig_ret) {
+      *slot = ri.tramp;
+      ri.hijacked = true;
+    }
+  }
+  rec.depth.store(d, std::memory_order_release);
+  rec.rehijack_pending = false;
+}
+
 template <Scheme S>
 void entry_dispatch(void* ctx, Regs* regs) {
   auto* site = static_cast<Site*>(ctx);
@@ -79,6 +109,7 @@ void entry_dispatch(void* ctx, Regs* regs) {
     return;
   }
   ts.in_handler = true;
+  if (HP_UNLIKELY(rec.rehijack_pending)) rehijack(rec, regs->rsp);
   auto& d = domain<S>();
   sync::ReadToken tok = d.read_lock();
   ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
@@ -120,6 +151,8 @@ void entry_dispatch(void* ctx, Regs* regs) {
       // A tail call keeps the real return address in the instance below (same slot).
       ri->orig_ret = *ret_slot == tramp && depth > 0 ? rec.stack[depth - 1].orig_ret : *ret_slot;
       ri->slot = regs->rsp;
+      ri->tramp = tramp;
+      ri->hijacked = true;
       ri->site.store(site, std::memory_order_relaxed);
       rec.depth.store(depth + 1, std::memory_order_release);  // R1: matches R2 (zombie scan)
       *ret_slot = tramp;
@@ -190,6 +223,7 @@ std::uint64_t return_dispatch(void*, Regs* regs) {
     depth--;
   }
   rec.depth.store(depth, std::memory_order_release);
+  if (HP_UNLIKELY(rec.rehijack_pending)) rehijack(rec, regs->rsp);
   return orig;
 }
 
@@ -213,6 +247,13 @@ decltype(auto) with_domain(Scheme s, F&& f) {
 }
 
 }  // namespace
+
+void unhijack_all() noexcept {
+  unhijack(thread_record());
+}
+void rehijack_live(std::uint64_t rsp) noexcept {
+  rehijack(thread_record(), rsp);
+}
 
 EntryDispatcher entry_dispatcher(Scheme s) noexcept {
   switch (s) {

@@ -33,6 +33,15 @@ ReturnDispatcher return_dispatcher(hotprobe::Scheme s) noexcept;
 void set_return_trampoline(hotprobe::Scheme s, std::uintptr_t address) noexcept;
 std::uintptr_t return_trampoline(hotprobe::Scheme s) noexcept;
 
+// Unwinders (C++ exceptions, backtrace(), thread cancellation) walk the stack through
+// return addresses, and a hijacked one points at a trampoline without unwind tables.
+// Internal probes on the unwinder's entry points call unhijack_all(): every return
+// address goes back to the original (the instances stay). rehijack_live() (at
+// __cxa_begin_catch, and lazily at the thread's next hit) drops the instances whose
+// frames the unwinder removed (slot at or below rsp) and hijacks the live ones again.
+void unhijack_all() noexcept;
+void rehijack_live(std::uint64_t rsp) noexcept;
+
 // Grace periods of a scheme's domain.
 void synchronize(hotprobe::Scheme s);
 std::uint64_t grace_periods_waited() noexcept;  // by synchronize() above

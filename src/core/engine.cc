@@ -403,6 +403,10 @@ struct EngineImpl {
     std::vector<Result<std::vector<Handle>>> results;
     results.reserve(specs.size());
     Registry& reg = Registry::get();
+    if (std::any_of(specs.begin(), specs.end(),
+                    [](const ProbeSpec& s) { return s.on_return != nullptr; })) {
+      ensure_unwinder_probes();
+    }
     auto mods = elf::ModuleList::of_self();
     std::vector<std::vector<Target>> targets(specs.size());
     bool any_error = false;
@@ -567,6 +571,45 @@ struct EngineImpl {
       results[i]->push_back(Handle{c->id});
     }
     return results;
+  }
+
+  // Internal probes that keep unwinders working through hijacked return addresses (see
+  // dispatch.h): installed once, before the first return probe, in every loaded module
+  // that defines the unwinder's entry points (libgcc_s, or a static copy in the program).
+  static void ensure_unwinder_probes() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+      static EngineImpl* internal = new EngineImpl;  // lives as long as the process
+      internal->options.scheme = Scheme::tasks_trace;
+      auto mods = elf::ModuleList::of_self();
+      if (!mods.ok()) return;
+      static const char* const kUnhijack[] = {"_Unwind_RaiseException", "_Unwind_Resume",
+                                              "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind",
+                                              "_Unwind_Backtrace"};
+      std::vector<ProbeSpec> specs;
+      for (const elf::Module& m : mods->modules()) {
+        auto elf = mods->elf(m);
+        if (!elf.ok()) continue;
+        auto add = [&](const char* name, hotprobe::Handler h) {
+          if ((*elf)->find(name).empty()) return;
+          ProbeSpec ps;
+          ps.target = m.path + ":" + name;
+          ps.on_entry = h;
+          ps.vector_registers = true;
+          specs.push_back(std::move(ps));
+        };
+        for (const char* n : kUnhijack)
+          add(n, [](hotprobe::Hit&) { unhijack_all(); });
+        add("__cxa_begin_catch", [](hotprobe::Hit& h) { rehijack_live(h.regs->rsp); });
+      }
+      auto results = internal->attach(specs, BatchMode::best_effort);
+      if (std::getenv("HOTPROBE_DEBUG")) {
+        for (std::size_t i = 0; i < specs.size(); i++) {
+          std::fprintf(stderr, "hotprobe: internal probe %s: %s\n", specs[i].target.c_str(),
+                       results[i].ok() ? "attached" : results[i].error().message().c_str());
+        }
+      }
+    });
   }
 
   static std::vector<Result<std::vector<Handle>>> fail_all(

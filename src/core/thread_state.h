@@ -27,6 +27,8 @@ struct ReturnConsumerData {
 struct ReturnInstance {
   std::uint64_t orig_ret;   // the original return address
   std::uint64_t slot;       // where it was on the stack
+  std::uint64_t tramp;      // what was written there (the scheme's return trampoline)
+  bool hijacked;            // *slot == tramp (false while an unwinder walks the stack)
   std::atomic<Site*> site;  // read by the zombie scan
   std::uint32_t n;          // consumers that asked for the return
   ReturnConsumerData cd[kMaxReturnConsumers];
@@ -40,6 +42,9 @@ struct ThreadRecord {
   // Return stack: entries [0, depth) are pushed by the owner (stores to an entry, then
   // depth with release: R1 matches R2 in the zombie scan).
   std::atomic<std::uint32_t> depth{0};
+  // Set when an unwinder put the original return addresses back; the next hit on this
+  // thread hijacks the live ones again (dispatch.cc, unhijack_all / rehijack_live).
+  bool rehijack_pending = false;
   ReturnInstance stack[kMaxReturnDepth];
 
   ThreadRecord* next = nullptr;  // global list, never unlinked
