@@ -369,6 +369,10 @@ TEST(Symbols, LibcIfuncsResolveInsideLibc) {
     // Not the resolver itself, and in libc's code.
     EXPECT_NE(impl->address, (*libc)->offset_to_address(t->file_offset).value()) << name;
     EXPECT_TRUE((*elf)->offset_is_code(impl->file_offset)) << name;
+    // Unpatched code in memory is the file's bytes.
+    auto bytes = mods->read_file_bytes(**libc, impl->file_offset, 16);
+    ASSERT_TRUE(bytes.ok()) << bytes.error().message();
+    EXPECT_EQ(std::memcmp(bytes->data(), reinterpret_cast<const void*>(impl->address), 16), 0);
     std::printf("%s -> %s (file offset %s)\n", name, mods->describe(impl->address).c_str(),
                 hex(impl->file_offset).c_str());
   }
