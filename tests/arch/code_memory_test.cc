@@ -35,7 +35,7 @@ bool in_reach(std::uint64_t a, std::uint64_t near) {
   return d <= static_cast<std::uint64_t>(kCodeReach);
 }
 
-TEST(CodeMemory, SlotsAreInReachAndRun) {
+TEST(ArchCodeMemory, SlotsAreInReachAndRun) {
   CodeMemory mem(256, 64 * 1024);
   const std::uint64_t near = addr(reinterpret_cast<void*>(some_function));
   auto a = mem.allocate(near);
@@ -52,7 +52,7 @@ TEST(CodeMemory, SlotsAreInReachAndRun) {
   EXPECT_EQ(mem.chunk_count(), 1u);
 }
 
-TEST(CodeMemory, FreedSlotsAreReused) {
+TEST(ArchCodeMemory, FreedSlotsAreReused) {
   CodeMemory mem(256, 4096);
   const std::uint64_t near = addr(reinterpret_cast<void*>(some_function));
   std::vector<CodeSlot> slots;
@@ -68,7 +68,7 @@ TEST(CodeMemory, FreedSlotsAreReused) {
   EXPECT_EQ(mem.chunk_count(), 2u);
 }
 
-TEST(CodeMemory, FarApartAddressesGetTheirOwnChunks) {
+TEST(ArchCodeMemory, FarApartAddressesGetTheirOwnChunks) {
   CodeMemory mem(256, 4096);
   const std::uint64_t exe = addr(reinterpret_cast<void*>(some_function));
   const std::uint64_t lib = addr(reinterpret_cast<void*>(&::write));
@@ -81,7 +81,7 @@ TEST(CodeMemory, FarApartAddressesGetTheirOwnChunks) {
   EXPECT_EQ(mem.chunk_count(), 2u);
 }
 
-TEST(CodeMemory, NothingInReachIsAnError) {
+TEST(ArchCodeMemory, NothingInReachIsAnError) {
   CodeMemory mem(256, 4096);
   // The top of the address space and the zero page have no room within 2 GiB that a user
   // mapping may use.
@@ -91,7 +91,7 @@ TEST(CodeMemory, NothingInReachIsAnError) {
   EXPECT_NE(r.error().message().find("0xffffffff00000000"), std::string::npos);
 }
 
-TEST(CodeMemory, NoMappingIsWritableAndExecutable) {
+TEST(ArchCodeMemory, NoMappingIsWritableAndExecutable) {
   CodeMemory mem;
   auto s = mem.allocate(addr(reinterpret_cast<void*>(some_function)));
   ASSERT_TRUE(s.ok());
@@ -112,7 +112,7 @@ TEST(CodeMemory, NoMappingIsWritableAndExecutable) {
   EXPECT_TRUE(found_exec);
 }
 
-TEST(CodeMemory, WritesCheckTheSlotSize) {
+TEST(ArchCodeMemory, WritesCheckTheSlotSize) {
   CodeMemory mem(64, 4096);
   auto s = mem.allocate(addr(reinterpret_cast<void*>(some_function)));
   ASSERT_TRUE(s.ok());
@@ -123,7 +123,7 @@ TEST(CodeMemory, WritesCheckTheSlotSize) {
 }
 
 // A fork child keeps the code it inherited even when the parent reuses the slot.
-TEST(CodeMemory, ForkChildHasItsOwnCopy) {
+TEST(ArchCodeMemory, ForkChildHasItsOwnCopy) {
   CodeMemory mem;
   auto s = mem.allocate(addr(reinterpret_cast<void*>(some_function)));
   ASSERT_TRUE(s.ok());
@@ -154,7 +154,7 @@ TEST(CodeMemory, ForkChildHasItsOwnCopy) {
   for (int fd : {to_child[0], to_child[1], to_parent[0], to_parent[1]}) close(fd);
 }
 
-TEST(CodeMemory, ConcurrentAllocateWriteRunFree) {
+TEST(ArchCodeMemory, ConcurrentAllocateWriteRunFree) {
   CodeMemory mem(64, 16 * 1024);
   const std::uint64_t near = addr(reinterpret_cast<void*>(some_function));
   std::vector<std::thread> threads;

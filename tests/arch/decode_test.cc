@@ -16,7 +16,7 @@ Insn must_decode(std::vector<std::uint8_t> bytes, std::uint64_t at = kAt) {
   return r.ok() ? r.value() : Insn{};
 }
 
-TEST(Decode, LengthTextAndKind) {
+TEST(ArchDecode, LengthTextAndKind) {
   struct Case {
     std::vector<std::uint8_t> bytes;
     std::uint8_t length;
@@ -56,7 +56,7 @@ TEST(Decode, LengthTextAndKind) {
   }
 }
 
-TEST(Decode, RelativeBranchTargetAndImmediatePosition) {
+TEST(ArchDecode, RelativeBranchTargetAndImmediatePosition) {
   // 0f 85 10 00 00 00    jnz +0x10: rel32 at byte 2
   Insn jnz = must_decode({0x0f, 0x85, 0x10, 0x00, 0x00, 0x00});
   EXPECT_EQ(jnz.target, kAt + 6 + 0x10);
@@ -68,7 +68,7 @@ TEST(Decode, RelativeBranchTargetAndImmediatePosition) {
   EXPECT_EQ(jz.rel_size, 1);
 }
 
-TEST(Decode, RipRelativeOperand) {
+TEST(ArchDecode, RipRelativeOperand) {
   // 48 8b 05 00 01 00 00          mov rax, [rip+0x100]
   Insn mov = must_decode({0x48, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00});
   EXPECT_TRUE(mov.rip_relative);
@@ -84,7 +84,7 @@ TEST(Decode, RipRelativeOperand) {
   EXPECT_FALSE(must_decode({0x48, 0x8b, 0x04, 0x24}).rip_relative);
 }
 
-TEST(Decode, ImplicitRegistersAreInTheMask) {
+TEST(ArchDecode, ImplicitRegistersAreInTheMask) {
   // 50  push rax: rsp implicitly
   EXPECT_TRUE(must_decode({0x50}).uses(rsp));
   EXPECT_FALSE((must_decode({0x50}).explicit_gpr_mask >> rsp) & 1u);
@@ -94,7 +94,7 @@ TEST(Decode, ImplicitRegistersAreInTheMask) {
   EXPECT_FALSE(c.uses(rsi));
 }
 
-TEST(Decode, InvalidAndTruncatedBytesAreErrors) {
+TEST(ArchDecode, InvalidAndTruncatedBytesAreErrors) {
   const std::vector<std::vector<std::uint8_t>> bad = {
       {},
       {0x0f},              // truncated two-byte opcode

@@ -34,14 +34,14 @@ const std::vector<Bytes>& corpus() {
   return c;
 }
 
-TEST(FuzzReplay, Corpus) {
+TEST(ArchFuzzReplay, Corpus) {
   FuzzStats stats;
   for (const Bytes& b : corpus()) fuzz_one(b, &stats);
   EXPECT_GT(stats.planned, 5u);
   EXPECT_GT(stats.relocated, 10u);
 }
 
-TEST(FuzzReplay, RandomBuffers) {
+TEST(ArchFuzzReplay, RandomBuffers) {
   std::mt19937_64 rng(20261125);
   FuzzStats stats;
   for (int i = 0; i < 20000; ++i) {
@@ -54,7 +54,7 @@ TEST(FuzzReplay, RandomBuffers) {
   EXPECT_GT(stats.planned, 100u);
 }
 
-TEST(FuzzReplay, MutatedCorpus) {
+TEST(ArchFuzzReplay, MutatedCorpus) {
   std::mt19937_64 rng(7);
   FuzzStats stats;
   for (int i = 0; i < 20000; ++i) {

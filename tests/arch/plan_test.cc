@@ -35,7 +35,7 @@ Error must_refuse(const Bytes& fn, std::uint64_t offset, Errc code) {
 //   +c  c3                 ret
 const Bytes kPrologue{0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10, 0x89, 0x7d, 0xfc, 0xc9, 0xc3};
 
-TEST(Plan, WholeInstructionsUntilFiveBytes) {
+TEST(ArchPlan, WholeInstructionsUntilFiveBytes) {
   DisplacementPlan p = must_plan(kPrologue, 0);
   EXPECT_EQ(p.patch_address, kFn);
   EXPECT_EQ(p.probe_address, kFn);
@@ -47,7 +47,7 @@ TEST(Plan, WholeInstructionsUntilFiveBytes) {
   EXPECT_FALSE(p.flags_live);
 }
 
-TEST(Plan, MidFunctionFlagsAreLive) {
+TEST(ArchPlan, MidFunctionFlagsAreLive) {
   DisplacementPlan p = must_plan(kPrologue, 4);
   EXPECT_EQ(p.patch_offset, 4u);
   EXPECT_EQ(p.length, 7u);  // sub + mov
@@ -55,7 +55,7 @@ TEST(Plan, MidFunctionFlagsAreLive) {
   EXPECT_TRUE(p.flags_live);
 }
 
-TEST(Plan, NotOnBoundaryNamesTheInstruction) {
+TEST(ArchPlan, NotOnBoundaryNamesTheInstruction) {
   Error e = must_refuse(kPrologue, 2, Errc::not_on_boundary);
   EXPECT_NE(e.message().find("inside `mov rbp, rsp` at +0x1"), std::string::npos) << e.message();
   EXPECT_TRUE(check_boundary(kPrologue, kFn, 4).ok());
@@ -63,7 +63,7 @@ TEST(Plan, NotOnBoundaryNamesTheInstruction) {
   EXPECT_EQ(check_boundary(kPrologue, kFn, 99).error().code(), Errc::invalid_argument);
 }
 
-TEST(Plan, TooShort) {
+TEST(ArchPlan, TooShort) {
   // +0 31 c0  xor eax, eax; +2 c3 ret: 3 bytes
   Error e = must_refuse({0x31, 0xc0, 0xc3}, 0, Errc::not_relocatable);
   EXPECT_NE(e.message().find("too short"), std::string::npos) << e.message();
@@ -74,13 +74,13 @@ TEST(Plan, TooShort) {
   EXPECT_NE(e.message().find("`ret`"), std::string::npos) << e.message();
 }
 
-TEST(Plan, RetBeforeFiveBytesIsRefused) {
+TEST(ArchPlan, RetBeforeFiveBytesIsRefused) {
   // +0 31 c0 xor eax, eax; +2 c3 ret; +3 90 x5 (padding that belongs to the symbol)
   Error e = must_refuse({0x31, 0xc0, 0xc3, 0x90, 0x90, 0x90, 0x90, 0x90}, 0, Errc::not_relocatable);
   EXPECT_NE(e.message().find("`ret` at +0x2 ends the flow"), std::string::npos) << e.message();
 }
 
-TEST(Plan, IndirectJmpAndInt3BeforeFiveBytesAreRefused) {
+TEST(ArchPlan, IndirectJmpAndInt3BeforeFiveBytesAreRefused) {
   // +0 ff e0 jmp rax; +2 90 x4
   Error e = must_refuse({0xff, 0xe0, 0x90, 0x90, 0x90, 0x90}, 0, Errc::not_relocatable);
   EXPECT_NE(e.message().find("`jmp rax`"), std::string::npos) << e.message();
@@ -89,7 +89,7 @@ TEST(Plan, IndirectJmpAndInt3BeforeFiveBytesAreRefused) {
   EXPECT_NE(e.message().find("`int3` at +0x1"), std::string::npos) << e.message();
 }
 
-TEST(Plan, CallInTheMiddleIsRefused) {
+TEST(ArchPlan, CallInTheMiddleIsRefused) {
   // +0 e8 00 00 00 00 call; +5 c3 ret: call ends at exactly 5 bytes: allowed, it is last
   EXPECT_EQ(must_plan({0xe8, 0x00, 0x00, 0x00, 0x00, 0xc3}, 0).length, 5u);
   // +0 90 nop; +1 ff d0 call rax; +3 90 x4: the range would run past the call
@@ -98,7 +98,7 @@ TEST(Plan, CallInTheMiddleIsRefused) {
   EXPECT_NE(e.message().find("return address"), std::string::npos);
 }
 
-TEST(Plan, BackJumpIntoTheDisplacedBytesIsFound) {
+TEST(ArchPlan, BackJumpIntoTheDisplacedBytesIsFound) {
   // +0 31 c0       xor eax, eax
   // +2 ff c0       inc eax            <- target, inside [+0, +6)
   // +4 ff c8       dec eax
@@ -118,7 +118,7 @@ TEST(Plan, BackJumpIntoTheDisplacedBytesIsFound) {
   EXPECT_TRUE(plan_displacement(to_start, kFn, 0).ok());
 }
 
-TEST(Plan, ForwardJumpFromInsideTheRangeIntoItIsFound) {
+TEST(ArchPlan, ForwardJumpFromInsideTheRangeIntoItIsFound) {
   // +0 74 01   je +3      (into the displaced range, from inside it)
   // +2 90      nop
   // +3 90      nop
@@ -128,7 +128,7 @@ TEST(Plan, ForwardJumpFromInsideTheRangeIntoItIsFound) {
   EXPECT_NE(e.message().find("branches to +0x3"), std::string::npos) << e.message();
 }
 
-TEST(Plan, UndecodableBytesInTheFunction) {
+TEST(ArchPlan, UndecodableBytesInTheFunction) {
   // +0..+7 prologue; +8 06 (invalid): the scan cannot finish
   Bytes fn(kPrologue.begin(), kPrologue.begin() + 8);
   fn.push_back(0x06);
@@ -139,7 +139,7 @@ TEST(Plan, UndecodableBytesInTheFunction) {
   e = must_refuse(fn, 9, Errc::not_on_boundary);
 }
 
-TEST(Plan, Endbr64AtEntryIsKept) {
+TEST(ArchPlan, Endbr64AtEntryIsKept) {
   // +0 f3 0f 1e fa endbr64; then the prologue
   Bytes fn{0xf3, 0x0f, 0x1e, 0xfa};
   fn.insert(fn.end(), kPrologue.begin(), kPrologue.end());
@@ -157,7 +157,7 @@ TEST(Plan, Endbr64AtEntryIsKept) {
             Errc::not_relocatable);
 }
 
-TEST(Plan, Int3ModeTakesAnyBoundary) {
+TEST(ArchPlan, Int3ModeTakesAnyBoundary) {
   // +b c9 leave: too short for jmp mode, fine for int3 mode
   auto p = plan_int3(kPrologue, kFn, 0xb);
   ASSERT_TRUE(p.ok());

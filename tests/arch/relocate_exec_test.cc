@@ -70,7 +70,7 @@ void expect_same(const Case& c, Fn copy) {
   for (long x : c.inputs) EXPECT_EQ(copy(x), c.fn(x)) << c.name << "(" << x << ")";
 }
 
-TEST(RelocateExec, ProloguesNearRunLikeTheOriginal) {
+TEST(ArchRelocateExec, ProloguesNearRunLikeTheOriginal) {
   CodeMemory mem;
   for (const Case& c : cases()) {
     auto plan = plan_displacement(bytes_of(c.fn, c.end), addr(reinterpret_cast<void*>(c.fn)), 0);
@@ -85,7 +85,7 @@ TEST(RelocateExec, ProloguesNearRunLikeTheOriginal) {
   }
 }
 
-TEST(RelocateExec, ProloguesFarRunLikeTheOriginal) {
+TEST(ArchRelocateExec, ProloguesFarRunLikeTheOriginal) {
   for (const Case& c : cases()) {
     FarPage page;
     if (!page.far_from(reinterpret_cast<void*>(c.fn))) GTEST_SKIP() << "no far address here";
@@ -99,7 +99,7 @@ TEST(RelocateExec, ProloguesFarRunLikeTheOriginal) {
 
 // Whole functions (all but the one with a call in the middle), so that every instruction,
 // the loop and jrcxz rewrites included, runs from the copy.
-TEST(RelocateExec, WholeFunctionsNearAndFar) {
+TEST(ArchRelocateExec, WholeFunctionsNearAndFar) {
   CodeMemory mem;
   for (const Case& c : cases()) {
     if (std::string_view(c.name) == "call") continue;
@@ -122,7 +122,7 @@ TEST(RelocateExec, WholeFunctionsNearAndFar) {
   }
 }
 
-TEST(RelocateExec, WholeFunctionWithACallInTheMiddleIsRefused) {
+TEST(ArchRelocateExec, WholeFunctionWithACallInTheMiddleIsRefused) {
   auto r = relocate(bytes_of(hp_fn_call, hp_fn_call_end), addr(reinterpret_cast<void*>(hp_fn_call)),
                     0x1000);
   ASSERT_FALSE(r.ok());

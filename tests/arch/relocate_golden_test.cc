@@ -31,39 +31,39 @@ std::string refusal(const Bytes& in, std::uint64_t from, std::uint64_t to) {
   return r.error().message();
 }
 
-TEST(RelocateGolden, JmpRel8BecomesRel32) {
+TEST(ArchRelocateGolden, JmpRel8BecomesRel32) {
   // O: eb 10                 jmp O+0x12
   // N: e9 0d 00 00 f0        jmp O+0x12
   EXPECT_EQ(reloc({0xeb, 0x10}, O, N), (Bytes{0xe9, 0x0d, 0x00, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, JmpRel32) {
+TEST(ArchRelocateGolden, JmpRel32) {
   // O: e9 00 01 00 00        jmp O+0x105
   // N: e9 00 01 00 f0        jmp O+0x105
   EXPECT_EQ(reloc({0xe9, 0x00, 0x01, 0x00, 0x00}, O, N), (Bytes{0xe9, 0x00, 0x01, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, JmpFar) {
+TEST(ArchRelocateGolden, JmpFar) {
   // F: ff 25 00 00 00 00     jmp [rip+0]
   //    12 00 00 10 00 00 00 00  .quad O+0x12
   EXPECT_EQ(reloc({0xeb, 0x10}, O, F),
             (Bytes{0xff, 0x25, 0, 0, 0, 0, 0x12, 0x00, 0x00, 0x10, 0, 0, 0, 0}));
 }
 
-TEST(RelocateGolden, JccRel8BecomesRel32) {
+TEST(ArchRelocateGolden, JccRel8BecomesRel32) {
   // O: 74 10                 je O+0x12
   // N: 0f 84 0c 00 00 f0     je O+0x12
   EXPECT_EQ(reloc({0x74, 0x10}, O, N), (Bytes{0x0f, 0x84, 0x0c, 0x00, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, JccRel32) {
+TEST(ArchRelocateGolden, JccRel32) {
   // O: 0f 85 00 01 00 00     jne O+0x106
   // N: 0f 85 00 01 00 f0     jne O+0x106
   EXPECT_EQ(reloc({0x0f, 0x85, 0x00, 0x01, 0x00, 0x00}, O, N),
             (Bytes{0x0f, 0x85, 0x00, 0x01, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, JccFarInvertsTheCondition) {
+TEST(ArchRelocateGolden, JccFarInvertsTheCondition) {
   // O: 74 10                 je O+0x12
   // F: 75 0e                 jne +14 (over the far jump)
   //    ff 25 00 00 00 00     jmp [rip+0]
@@ -72,7 +72,7 @@ TEST(RelocateGolden, JccFarInvertsTheCondition) {
             (Bytes{0x75, 0x0e, 0xff, 0x25, 0, 0, 0, 0, 0x12, 0x00, 0x00, 0x10, 0, 0, 0, 0}));
 }
 
-TEST(RelocateGolden, Loop) {
+TEST(ArchRelocateGolden, Loop) {
   // O: e2 10                 loop O+0x12
   // N: e2 02                 loop N+4 (taken: to the jump below)
   //    eb 05                 jmp N+9  (not taken: past it)
@@ -80,13 +80,13 @@ TEST(RelocateGolden, Loop) {
   EXPECT_EQ(reloc({0xe2, 0x10}, O, N), (Bytes{0xe2, 0x02, 0xeb, 0x05, 0xe9, 0x09, 0x00, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, LoopneAndLoope) {
+TEST(ArchRelocateGolden, LoopneAndLoope) {
   // O: e0 10 / e1 10         loopne / loope O+0x12, same shape as loop
   EXPECT_EQ(reloc({0xe0, 0x10}, O, N), (Bytes{0xe0, 0x02, 0xeb, 0x05, 0xe9, 0x09, 0x00, 0x00, 0xf0}));
   EXPECT_EQ(reloc({0xe1, 0x10}, O, N), (Bytes{0xe1, 0x02, 0xeb, 0x05, 0xe9, 0x09, 0x00, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, Jrcxz) {
+TEST(ArchRelocateGolden, Jrcxz) {
   // O: e3 10                 jrcxz O+0x12
   // N: e3 02                 jrcxz N+4
   //    eb 05                 jmp N+9
@@ -94,7 +94,7 @@ TEST(RelocateGolden, Jrcxz) {
   EXPECT_EQ(reloc({0xe3, 0x10}, O, N), (Bytes{0xe3, 0x02, 0xeb, 0x05, 0xe9, 0x09, 0x00, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, JecxzKeepsTheAddressSizePrefix) {
+TEST(ArchRelocateGolden, JecxzKeepsTheAddressSizePrefix) {
   // O: 67 e3 10              jecxz O+0x13
   // N: 67 e3 02              jecxz N+5
   //    eb 05                 jmp N+10
@@ -103,7 +103,7 @@ TEST(RelocateGolden, JecxzKeepsTheAddressSizePrefix) {
             (Bytes{0x67, 0xe3, 0x02, 0xeb, 0x05, 0xe9, 0x09, 0x00, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, LoopFar) {
+TEST(ArchRelocateGolden, LoopFar) {
   // F: e2 02                 loop F+4
   //    eb 0e                 jmp F+0x12
   //    ff 25 00 00 00 00     jmp [rip+0]
@@ -112,7 +112,7 @@ TEST(RelocateGolden, LoopFar) {
                                                0x00, 0x00, 0x10, 0, 0, 0, 0}));
 }
 
-TEST(RelocateGolden, CallLowReturnAddress) {
+TEST(ArchRelocateGolden, CallLowReturnAddress) {
   // O: e8 00 01 00 00        call O+0x105
   // N: 68 05 00 00 10        push O+5 (the original return address: fits imm32)
   //    e9 fb 00 00 f0        jmp O+0x105
@@ -120,7 +120,7 @@ TEST(RelocateGolden, CallLowReturnAddress) {
             (Bytes{0x68, 0x05, 0x00, 0x00, 0x10, 0xe9, 0xfb, 0x00, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, CallHighReturnAddress) {
+TEST(ArchRelocateGolden, CallHighReturnAddress) {
   // OH: e8 00 01 00 00       call OH+0x105
   // NH: 48 8d 64 24 f8       lea rsp, [rsp-8]        (flags untouched)
   //     c7 04 24 05 00 00 10 mov dword [rsp], 0x10000005
@@ -131,7 +131,7 @@ TEST(RelocateGolden, CallHighReturnAddress) {
                    0x24, 0x04, 0x00, 0x7f, 0x00, 0x00, 0xe9, 0xec, 0x00, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, CallIndirectBecomesPushAndJmp) {
+TEST(ArchRelocateGolden, CallIndirectBecomesPushAndJmp) {
   // O: ff 10                 call [rax]
   // N: 68 02 00 00 10        push O+2
   //    ff 20                 jmp [rax]
@@ -143,7 +143,7 @@ TEST(RelocateGolden, CallIndirectBecomesPushAndJmp) {
             (Bytes{0x68, 0x06, 0x00, 0x00, 0x10, 0xff, 0x25, 0xfb, 0x00, 0x00, 0xf0}));
 }
 
-TEST(RelocateGolden, RipRelativeNear) {
+TEST(ArchRelocateGolden, RipRelativeNear) {
   // O: 48 8b 05 00 01 00 00  mov rax, [rip+0x100]     (O+0x107)
   // N: 48 8b 05 00 01 00 f0  mov rax, [rip-0xfffff00] (O+0x107)
   EXPECT_EQ(reloc({0x48, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00}, O, N),
@@ -154,7 +154,7 @@ TEST(RelocateGolden, RipRelativeNear) {
             (Bytes{0xc7, 0x05, 0x00, 0x01, 0x00, 0xf0, 0x2a, 0x00, 0x00, 0x00}));
 }
 
-TEST(RelocateGolden, RipRelativeFarUsesAScratchRegisterBelowTheRedZone) {
+TEST(ArchRelocateGolden, RipRelativeFarUsesAScratchRegisterBelowTheRedZone) {
   // O: 48 8b 05 00 01 00 00  mov rax, [rip+0x100]
   // F: 48 8d 64 24 80        lea rsp, [rsp-128]     skip the red zone, flags untouched
   //    51                    push rcx               rax is the operand: rcx is free
@@ -168,7 +168,7 @@ TEST(RelocateGolden, RipRelativeFarUsesAScratchRegisterBelowTheRedZone) {
                    0x00, 0x00}));
 }
 
-TEST(RelocateGolden, RipRelativeFarAvoidsEveryRegisterTheInstructionUses) {
+TEST(ArchRelocateGolden, RipRelativeFarAvoidsEveryRegisterTheInstructionUses) {
   // O: 48 0f c7 0d 00 01 00 00  cmpxchg16b [rip+0x100]: uses rax, rcx, rdx, rbx
   // F: 48 8d 64 24 80        lea rsp, [rsp-128]
   //    56                    push rsi
@@ -182,7 +182,7 @@ TEST(RelocateGolden, RipRelativeFarAvoidsEveryRegisterTheInstructionUses) {
                    0x00, 0x00, 0x00}));
 }
 
-TEST(RelocateGolden, LeaFarBecomesMovabs) {
+TEST(ArchRelocateGolden, LeaFarBecomesMovabs) {
   // O: 48 8d 05 00 01 00 00  lea rax, [rip+0x100]
   // F: 48 b8 07 01 00 10 00 00 00 00  movabs rax, O+0x107
   EXPECT_EQ(reloc({0x48, 0x8d, 0x05, 0x00, 0x01, 0x00, 0x00}, O, F),
@@ -193,14 +193,14 @@ TEST(RelocateGolden, LeaFarBecomesMovabs) {
             (Bytes{0x49, 0xb9, 0x07, 0x01, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00}));
 }
 
-TEST(RelocateGolden, OtherInstructionsAreCopied) {
+TEST(ArchRelocateGolden, OtherInstructionsAreCopied) {
   // 55 push rbp; 48 89 e5 mov rbp, rsp; 0f 05 syscall; f3 0f 1e fa endbr64; c3 ret
   const Bytes b{0x55, 0x48, 0x89, 0xe5, 0x0f, 0x05, 0xf3, 0x0f, 0x1e, 0xfa, 0xc3};
   EXPECT_EQ(reloc(b, O, N), b);
   EXPECT_EQ(reloc(b, O, F), b);
 }
 
-TEST(RelocateGolden, OffsetMapFollowsEachInstruction) {
+TEST(ArchRelocateGolden, OffsetMapFollowsEachInstruction) {
   // O: 55                    push rbp            -> N+0
   //    48 89 e5              mov rbp, rsp        -> N+1
   //    74 10                 je O+0x16           -> N+4: 0f 84 rel32
@@ -217,7 +217,7 @@ TEST(RelocateGolden, OffsetMapFollowsEachInstruction) {
                             0xf7, 0xff, 0xff, 0xef}));
 }
 
-TEST(RelocateGolden, Refusals) {
+TEST(ArchRelocateGolden, Refusals) {
   // e8 00 00 00 00 / 90: call in the middle
   EXPECT_NE(refusal({0xe8, 0x00, 0x00, 0x00, 0x00, 0x90}, O, N).find("call"), std::string::npos);
   // cc: int3

@@ -123,9 +123,9 @@ struct EntryVariant {
   bool far;  // trampoline far from the site and the dispatcher: absolute call and jmp back
 };
 
-class EntryTrampolineExec : public ::testing::TestWithParam<EntryVariant> {};
+class ArchEntryTrampolineExec : public ::testing::TestWithParam<EntryVariant> {};
 
-TEST_P(EntryTrampolineExec, EveryRegisterSeenAndSurvives) {
+TEST_P(ArchEntryTrampolineExec, EveryRegisterSeenAndSurvives) {
   const EntryVariant v = GetParam();
   DisplacementPlan plan = site_plan();
   plan.flags_live = v.flags_live;
@@ -192,7 +192,7 @@ TEST_P(EntryTrampolineExec, EveryRegisterSeenAndSurvives) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Variants, EntryTrampolineExec,
+    Arch, ArchEntryTrampolineExec,
     ::testing::Values(EntryVariant{"entry", false, 0, false},
                       EntryVariant{"entry_misaligned", false, 8, false},
                       EntryVariant{"flags_live", true, 0, false},
@@ -200,7 +200,7 @@ INSTANTIATE_TEST_SUITE_P(
                       EntryVariant{"far", true, 8, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
-TEST(EntryTrampolineExecWriteBack, HandlerChangesReachTheProgram) {
+TEST(ArchEntryTrampolineExecWriteBack, HandlerChangesReachTheProgram) {
   DisplacementPlan plan = site_plan();
   CodeMemory mem;
   auto slot = mem.allocate(plan.patch_address);
@@ -215,7 +215,7 @@ TEST(EntryTrampolineExecWriteBack, HandlerChangesReachTheProgram) {
   EXPECT_EQ(hp_out[r12], 0x1234'5678u);
 }
 
-TEST(ReturnTrampolineExec, SavesEverythingAndJumpsToTheOriginalReturnAddress) {
+TEST(ArchReturnTrampolineExec, SavesEverythingAndJumpsToTheOriginalReturnAddress) {
   for (std::uint64_t adjust : {0, 8}) {
     CodeMemory mem;
     auto slot = mem.allocate(addr(hp_landing));
@@ -243,7 +243,7 @@ TEST(ReturnTrampolineExec, SavesEverythingAndJumpsToTheOriginalReturnAddress) {
   }
 }
 
-TEST(Int3CopyExec, RelocatedInstructionThenJumpBack) {
+TEST(ArchInt3CopyExec, RelocatedInstructionThenJumpBack) {
   auto p = plan_int3(site_bytes(), addr(hp_fake_site), 0);
   ASSERT_TRUE(p.ok());
   CodeMemory mem;
@@ -276,7 +276,7 @@ void apply(CodeMemory& mem, const CodeSlot& site, const PatchPlan& plan) {
   }
 }
 
-TEST(PatchFlowExec, AttachHitDetach) {
+TEST(ArchPatchFlowExec, AttachHitDetach) {
   CodeMemory mem;
   auto site = mem.allocate(addr(reinterpret_cast<void*>(hp_fn_riprel)));
   ASSERT_TRUE(site.ok());

@@ -23,7 +23,7 @@ DisplacementPlan plan_at(std::uint64_t offset) {
   return p.value();
 }
 
-TEST(RegsLayout, MatchesWhatTheTrampolinesWrite) {
+TEST(ArchRegsLayout, MatchesWhatTheTrampolinesWrite) {
   using hotprobe::Regs;
   EXPECT_EQ(offsetof(Regs, rax), 0u);
   EXPECT_EQ(offsetof(Regs, rcx), 8u);
@@ -36,7 +36,7 @@ TEST(RegsLayout, MatchesWhatTheTrampolinesWrite) {
   EXPECT_EQ(sizeof(Regs) % 16, 0u);  // the frame keeps the call 16-byte aligned
 }
 
-TEST(PatchGolden, JmpPatchBytesAndSteps) {
+TEST(ArchPatchGolden, JmpPatchBytesAndSteps) {
   DisplacementPlan p = plan_at(0);  // 8 bytes: push, mov, sub
   // kFn: e9 fb 0f 00 00       jmp kFn+0x1000
   //      cc cc cc             int3 padding
@@ -63,13 +63,13 @@ TEST(PatchGolden, JmpPatchBytesAndSteps) {
   EXPECT_EQ(undo.steps[2].writes, (std::vector<PatchWrite>{{kFn, {0x55}}}));
 }
 
-TEST(PatchGolden, OutOfReachTrampolineIsRefused) {
+TEST(ArchPatchGolden, OutOfReachTrampolineIsRefused) {
   auto r = make_jmp_patch_plan(plan_at(0), kFn + 0x1'0000'0000ULL);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code(), Errc::no_memory_in_reach);
 }
 
-TEST(PatchGolden, Int3Plans) {
+TEST(ArchPatchGolden, Int3Plans) {
   auto p = plan_int3(kFnBytes, kFn, 8);  // c9 leave
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(make_int3_patch_plan(p.value()).steps[0].writes,
@@ -82,7 +82,7 @@ TEST(PatchGolden, Int3Plans) {
   EXPECT_EQ(copy->code, (Bytes{0xc9, 0xe9, 0x03, 0xf0, 0xff, 0xff}));
 }
 
-TEST(PatchGolden, MergeIsStepwiseAndSortedByAddress) {
+TEST(ArchPatchGolden, MergeIsStepwiseAndSortedByAddress) {
   PatchPlan a{{{{{0x2000, {0xcc}}}}, {{{0x2001, {1, 2, 3, 4}}}}, {{{0x2000, {0xe9}}}}}};
   PatchPlan b{{{{{0x1000, {0xcc}}}}}};
   const PatchPlan plans[] = {a, b};
@@ -92,7 +92,7 @@ TEST(PatchGolden, MergeIsStepwiseAndSortedByAddress) {
   EXPECT_EQ(m.steps[1].writes, (std::vector<PatchWrite>{{0x2001, {1, 2, 3, 4}}}));
 }
 
-TEST(EntryTrampolineGolden, AtEntryHeadAndTail) {
+TEST(ArchEntryTrampolineGolden, AtEntryHeadAndTail) {
   DisplacementPlan p = plan_at(0);
   const std::uint64_t at = kFn + 0x10000;
   auto t = make_entry_trampoline({at, 0x1122334455667788, kFn + 0x20000, false}, p);
@@ -119,7 +119,7 @@ TEST(EntryTrampolineGolden, AtEntryHeadAndTail) {
   check_decodes(t->code, at);
 }
 
-TEST(EntryTrampolineGolden, FlagsLiveSavesFlagsAndClearsDF) {
+TEST(ArchEntryTrampolineGolden, FlagsLiveSavesFlagsAndClearsDF) {
   DisplacementPlan p = plan_at(4);
   auto t = make_entry_trampoline({kFn + 0x10000, 0, kFn + 0x20000, true}, p);
   ASSERT_TRUE(t.ok());
@@ -131,7 +131,7 @@ TEST(EntryTrampolineGolden, FlagsLiveSavesFlagsAndClearsDF) {
             (Bytes{0x9d, 0x48, 0x8d, 0xa4, 0x24, 0x88, 0x00, 0x00, 0x00}));
 }
 
-TEST(EntryTrampolineGolden, DispatcherCallNearAndFar) {
+TEST(ArchEntryTrampolineGolden, DispatcherCallNearAndFar) {
   DisplacementPlan p = plan_at(0);
   auto find = [](const Bytes& code, const Bytes& needle) {
     return std::search(code.begin(), code.end(), needle.begin(), needle.end()) != code.end();
@@ -146,7 +146,7 @@ TEST(EntryTrampolineGolden, DispatcherCallNearAndFar) {
   EXPECT_TRUE(find(far->code, {0x48, 0xb8, 0, 0, 0, 0, 0, 0x7f, 0, 0, 0xff, 0xd0}));
 }
 
-TEST(ReturnTrampolineGolden, EndsWithAJumpThroughTheRedZoneSlot) {
+TEST(ArchReturnTrampolineGolden, EndsWithAJumpThroughTheRedZoneSlot) {
   auto code = make_return_trampoline({0x2000'0000, 1, 0x2000'1000, true});
   ASSERT_TRUE(code.ok());
   // ...; 48 8d a4 24 90 00 00 00  lea rsp, [rsp+144]; ff 64 24 f8  jmp [rsp-8]
