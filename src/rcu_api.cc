@@ -31,11 +31,11 @@ rcu_domain& rcu_default_domain() noexcept {
 }
 
 void rcu_domain::lock() noexcept {
-  (void)hp::sync::tasks_trace().read_lock();
+  (void)hp::sync::TasksTrace::read_lock();
 }
 
 void rcu_domain::unlock() noexcept {
-  hp::sync::tasks_trace().read_unlock(hp::sync::ReadToken{});
+  hp::sync::TasksTrace::read_unlock(hp::sync::ReadToken{});
 }
 
 void rcu_synchronize(rcu_domain&) noexcept {

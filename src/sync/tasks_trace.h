@@ -43,6 +43,10 @@
 //   - One process-wide domain: the per-thread words are shared by everything that uses
 //     tasks_trace(). Use SRCU for a domain whose writers must wait only for their own readers.
 //   - A thread leaving by a raw SYS_exit (not pthread_exit or returning) is not supported.
+//   - Signal handlers may read (a thread may even register from one: no allocation, signals
+//     blocked while the registry lock is held), provided tasks_trace() was called once before
+//     (creating the domain allocates). synchronize(), barrier(), call(), start_poll() are not
+//     async-signal-safe.
 //   - Needs membarrier(2): PRIVATE_EXPEDITED (Linux 4.14), else GLOBAL (4.3, a scheduler-based
 //     barrier costing milliseconds); if neither is allowed (seccomp), synchronize() dies with
 //     a message saying so.
@@ -92,10 +96,10 @@ extern constinit thread_local std::atomic<std::uint64_t> tls_word
 
 // What the writer tells the stall callback: a reader held a section too long.
 struct StallReport {
-  pid_t tid = 0;                   // kernel thread id of the reader
-  std::string name;                // its /proc/self/task/TID/comm, "" if it has exited
-  std::chrono::milliseconds held;  // at least this long (measured from the grace period start)
-  std::uint64_t grace_period = 0;  // number of the grace period it blocks
+  pid_t tid = 0;                     // kernel thread id of the reader
+  std::string name;                  // its /proc/self/task/TID/comm, "" if it has exited
+  std::chrono::milliseconds held{};  // at least this long (measured from the grace period start)
+  std::uint64_t grace_period = 0;    // number of the grace period it blocks
 };
 
 class TasksTrace {
@@ -112,7 +116,8 @@ class TasksTrace {
 
   // ---- read side: inline, any thread, nesting allowed ----
 
-  HP_ALWAYS_INLINE ReadToken read_lock() noexcept {
+  // Static: they touch only the calling thread's word, never the domain object.
+  HP_ALWAYS_INLINE static ReadToken read_lock() noexcept {
     std::atomic<std::uint64_t>& w = tt_detail::tls_word;
     std::uint64_t v = w.load(std::memory_order_relaxed);
     if ((v & tt_detail::kNestMask) == 0) {
@@ -129,7 +134,7 @@ class TasksTrace {
     return ReadToken{};
   }
 
-  HP_ALWAYS_INLINE void read_unlock(ReadToken) noexcept {
+  HP_ALWAYS_INLINE static void read_unlock(ReadToken) noexcept {
     std::atomic<std::uint64_t>& w = tt_detail::tls_word;
     // R2: matches W2 (acquire loads of the word) in TasksTrace::scan_holdouts(): the release
     // store below orders every access of the section before the depth decrement, so the
@@ -140,7 +145,7 @@ class TasksTrace {
     w.store(v - 1, std::memory_order_release);
   }
 
-  bool in_reader() const noexcept {
+  static bool in_reader() noexcept {
     return (tt_detail::tls_word.load(std::memory_order_relaxed) & tt_detail::kNestMask) != 0;
   }
 
