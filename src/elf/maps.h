@@ -37,6 +37,13 @@ struct ModuleKeyHash {
   }
 };
 
+}  // namespace hp::elf
+
+template <>
+struct std::hash<hp::elf::ModuleKey> : hp::elf::ModuleKeyHash {};
+
+namespace hp::elf {
+
 // Access bits of a mapping, from the "rwxp" column.
 enum Perm : std::uint8_t {
   kPermRead = 1,

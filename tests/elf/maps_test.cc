@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <unordered_set>
 
 extern "C" __attribute__((noinline, used)) int hp_maps_test_function(int x) { return x * 3 + 1; }
 
@@ -117,6 +118,8 @@ TEST(Maps, KeyIsHashable) {
   ModuleKeyHash h;
   EXPECT_EQ(h(ModuleKey{1, 2}), h(ModuleKey{1, 2}));
   EXPECT_NE(h(ModuleKey{1, 2}), h(ModuleKey{2, 1}));
+  std::unordered_set<ModuleKey> keys{{1, 2}, {2, 1}, {1, 2}};
+  EXPECT_EQ(keys.size(), 2u);
 }
 
 }  // namespace

@@ -125,6 +125,15 @@ TEST(Symbols, GlobReturnsExactlyTheMatches) {
   EXPECT_EQ(names_of("handle_[ag]*"), (std::set<std::string>{"handle_alpha", "handle_gamma"}));
   EXPECT_EQ(names_of("hp_fx_pick*"),
             (std::set<std::string>{"hp_fx_pick", "hp_fx_pick_impl_a", "hp_fx_pick_impl_b"}));
+  // Aliases are one site: one target, under the preferred (shorter) name.
+  auto add = f->lookup("hp_fx_add*");
+  ASSERT_TRUE(add.ok());
+  ASSERT_EQ(add->size(), 1u);
+  EXPECT_EQ(add->front().symbol->name, "hp_fx_add");
+  auto alias = f->lookup_one("hp_fx_add_alias");
+  ASSERT_TRUE(alias.ok()) << alias.error().message();
+  EXPECT_EQ(alias->file_offset, add->front().file_offset);
+  EXPECT_EQ(f->containing_offset(alias->file_offset + 3)->name, "hp_fx_add");
   // Both local hp_fx_local functions: two targets at two offsets.
   auto locals = f->lookup("hp_fx_loc*");
   ASSERT_TRUE(locals.ok());
