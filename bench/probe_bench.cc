@@ -374,7 +374,6 @@ struct Report {
   std::string engine_note;
   std::vector<CallRow> calls;
   std::vector<SchemeRow> schemes;
-  Summary unprobed_thr1, unprobed_thr2;
   std::vector<AttachRow> attach;
   std::vector<KernelAttachRow> kattach;
   std::vector<Acceptance> acceptance;
@@ -584,8 +583,9 @@ void section_calls(Report& report, const Options& o, const hpbench::UprobePmu& p
 // Section 2: protection schemes, 1 and 2 threads
 
 struct ThreadRun {
-  Summary ns_per_call;       // per thread, CPU time
-  Summary mcalls_per_s;      // total, by the wall clock
+  std::vector<double> raw_per_call, raw_thr, raw_cthr;  // every repetition
+  Summary ns_per_call;                                  // per thread, CPU time
+  Summary mcalls_per_s;                                 // total, by the wall clock
   Summary cpu_mcalls_per_s;  // total, sum over threads of calls / own CPU time
   bool counts_ok = true;
   std::string check;
@@ -643,6 +643,9 @@ ThreadRun run_threads(Fn fn, int threads, long calls, int reps, int counted_per_
     cthr.push_back(cpu_rate);
   }
   ThreadRun run;
+  run.raw_per_call = per_call;
+  run.raw_thr = thr;
+  run.raw_cthr = cthr;
   run.ns_per_call = summarize(per_call);
   run.mcalls_per_s = summarize(thr);
   run.cpu_mcalls_per_s = summarize(cthr);
@@ -661,21 +664,42 @@ ThreadRun run_threads(Fn fn, int threads, long calls, int reps, int counted_per_
   return run;
 }
 
+// 1 thread and 2 threads, alternately, one repetition each at a time, so that both see
+// the same machine; fills the figures of `row`.
+void measure_scaling(SchemeRow* row, long calls, int reps, int counted_per_call) {
+  ThreadRun one, two;
+  bool ok = true;
+  std::string check;
+  for (int r = 0; r < reps; ++r) {
+    for (int threads : {1, 2}) {
+      ThreadRun run = run_threads(&hp_probe_target, threads, calls, 1, counted_per_call);
+      ThreadRun& into = threads == 1 ? one : two;
+      into.raw_per_call.insert(into.raw_per_call.end(), run.raw_per_call.begin(),
+                               run.raw_per_call.end());
+      into.raw_thr.insert(into.raw_thr.end(), run.raw_thr.begin(), run.raw_thr.end());
+      into.raw_cthr.insert(into.raw_cthr.end(), run.raw_cthr.begin(), run.raw_cthr.end());
+      if (!run.counts_ok && ok) {
+        ok = false;
+        check = run.check;
+      }
+    }
+  }
+  row->ns1 = summarize(one.raw_per_call);
+  row->ns2 = summarize(two.raw_per_call);
+  row->thr1 = summarize(one.raw_thr);
+  row->thr2 = summarize(two.raw_thr);
+  row->cthr1 = summarize(one.raw_cthr);
+  row->cthr2 = summarize(two.raw_cthr);
+  row->ratio = row->cthr2.median / row->cthr1.median;
+  row->wall_ratio = row->thr2.median / row->thr1.median;
+  row->check = counted_per_call == 0 ? "-" : ok ? "ok" : check;
+}
+
 void section_schemes(Report& report, const Options& o) {
   int reps = o.quick ? 5 : 11;
-  ThreadRun u1 = run_threads(&hp_probe_target, 1, o.calls, reps, 0);
-  ThreadRun u2 = run_threads(&hp_probe_target, 2, o.calls, reps, 0);
   SchemeRow base;
   base.scheme = "unprobed";
-  base.ns1 = u1.ns_per_call;
-  base.ns2 = u2.ns_per_call;
-  base.thr1 = u1.mcalls_per_s;
-  base.thr2 = u2.mcalls_per_s;
-  base.cthr1 = u1.cpu_mcalls_per_s;
-  base.cthr2 = u2.cpu_mcalls_per_s;
-  base.ratio = u2.cpu_mcalls_per_s.median / u1.cpu_mcalls_per_s.median;
-  base.wall_ratio = u2.mcalls_per_s.median / u1.mcalls_per_s.median;
-  base.check = "-";
+  measure_scaling(&base, o.calls, reps, 0);
   report.schemes.push_back(base);
 #if HP_PROBE_BENCH_HAVE_ENGINE
   using hotprobe::Scheme;
@@ -707,17 +731,7 @@ void section_schemes(Report& report, const Options& o) {
       report.schemes.push_back(row);
       continue;
     }
-    ThreadRun r1 = run_threads(&hp_probe_target, 1, o.calls, reps, 1);
-    ThreadRun r2 = run_threads(&hp_probe_target, 2, o.calls, reps, 1);
-    row.ns1 = r1.ns_per_call;
-    row.ns2 = r2.ns_per_call;
-    row.thr1 = r1.mcalls_per_s;
-    row.thr2 = r2.mcalls_per_s;
-    row.cthr1 = r1.cpu_mcalls_per_s;
-    row.cthr2 = r2.cpu_mcalls_per_s;
-    row.ratio = r2.cpu_mcalls_per_s.median / r1.cpu_mcalls_per_s.median;
-    row.wall_ratio = r2.mcalls_per_s.median / r1.mcalls_per_s.median;
-    row.check = (r1.counts_ok && r2.counts_ok) ? "ok" : (r1.counts_ok ? r2.check : r1.check);
+    measure_scaling(&row, o.calls, reps, 1);
     auto detached = (*engine)->detach(*handles);
     if (!detached) row.check += ", detach failed: " + detached.error().message();
     report.schemes.push_back(row);
@@ -729,8 +743,6 @@ void section_schemes(Report& report, const Options& o) {
   row.skipped = report.engine_note;
   report.schemes.push_back(row);
 #endif
-  report.unprobed_thr1 = u1.mcalls_per_s;
-  report.unprobed_thr2 = u2.mcalls_per_s;
 }
 
 // ---------------------------------------------------------------------------------------
