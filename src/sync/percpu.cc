@@ -2,6 +2,7 @@
 
 #include <linux/membarrier.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
@@ -115,15 +116,20 @@ __thread SlotTable tls_slot_table __attribute__((tls_model("initial-exec"))) = {
 
 namespace {
 
-// One per thread that has used a slot; owned by the registry list.
+// One per thread that has used a slot, in the thread's static TLS (registration needs no
+// allocation, so a signal handler can register a thread for the first kInlineSlots ids).
+inline constexpr std::uint32_t kInlineSlots = 4;
 struct ThreadRecord {
   ThreadRecord* next = nullptr;
   ThreadRecord* prev = nullptr;
-  std::uint32_t cap = 0;  // ids below cap have a slot
-  ThreadSlot* slots = nullptr;
+  std::uint32_t cap = 0;        // ids below cap have a slot
+  ThreadSlot* slots = nullptr;  // `inl` until an id >= kInlineSlots is used, then heap
+  ThreadSlot inl[kInlineSlots] = {};
 
   ThreadSlot* at(std::uint32_t id) const { return id < cap ? &slots[id] : nullptr; }
+  bool on_heap() const { return slots != nullptr && slots != inl; }
 };
+__thread ThreadRecord tls_record __attribute__((tls_model("initial-exec")));
 
 ThreadSlot* alloc_slots(std::uint32_t n) {
   void* p = ::operator new (sizeof(ThreadSlot) * n, std::align_val_t{kCacheLine});
@@ -169,6 +175,28 @@ struct Registry {
 
 Registry& registry();
 
+// Holds the registry mutex with every signal blocked, so that a signal handler that reads
+// (and so may register or sum) never interrupts this thread while it holds the mutex.
+class HP_SCOPED_CAPABILITY RegistryLock {
+ public:
+  explicit RegistryLock(Registry& r) HP_ACQUIRE(r.mu) : r_(r) {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old_);
+    r_.mu.lock();
+  }
+  ~RegistryLock() HP_RELEASE() {
+    r_.mu.unlock();
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  RegistryLock(const RegistryLock&) = delete;
+  RegistryLock& operator=(const RegistryLock&) = delete;
+
+ private:
+  Registry& r_;
+  sigset_t old_;
+};
+
 void atfork_prepare() HP_NO_THREAD_SAFETY_ANALYSIS {
   registry().mu.lock();
 }
@@ -185,8 +213,7 @@ void atfork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
     ThreadRecord* next = t->next;
     if (t != self) {
       r.unlink(t);
-      free_slots(t->slots);
-      delete t;
+      if (t->on_heap()) free_slots(t->slots);
     }
     t = next;
   }
@@ -208,7 +235,7 @@ void on_thread_exit(void* p) {
   auto* rec = static_cast<ThreadRecord*>(p);
   Registry& r = registry();
   {
-    MutexLock l(r.mu);
+    RegistryLock l(r);
     // Fold this thread's counts into each live domain so that sums stay exact.
     std::uint32_t n =
         std::min<std::uint32_t>(rec->cap, static_cast<std::uint32_t>(r.owners.size()));
@@ -222,28 +249,33 @@ void on_thread_exit(void* p) {
       }
     }
     r.unlink(rec);
-    free_slots(rec->slots);
+    if (rec->on_heap()) free_slots(rec->slots);
+    // Folded: a later destructor that reads again registers anew, from zero.
+    for (ThreadSlot& s : rec->inl)
+      zero_slot(s);
+    rec->slots = nullptr;
+    rec->cap = 0;
+    tls_slot_table = SlotTable{0, nullptr};
   }
-  delete rec;
-  // A later destructor that reads again registers anew (glibc repeats key destructors).
-  tls_slot_table = SlotTable{0, nullptr};
 }
 
 }  // namespace
 
 ThreadSlot* thread_slot_slow(std::uint32_t id) noexcept {
   Registry& r = registry();
-  MutexLock l(r.mu);
+  RegistryLock l(r);
   HP_CHECK_MSG(id < r.owners.size() && r.owners[id] != nullptr,
                "read side of a domain that does not exist (destroyed?)");
-  auto* rec = static_cast<ThreadRecord*>(pthread_getspecific(r.key));
-  if (!rec) {
-    rec = new ThreadRecord;
+  ThreadRecord* rec = &tls_record;
+  if (rec->slots == nullptr) {
+    rec->slots = rec->inl;
+    rec->cap = kInlineSlots;
     r.link(rec);
     HP_CHECK(pthread_setspecific(r.key, rec) == 0);
   }
   if (id >= rec->cap) {
-    // Room for every id that exists now, so growth is rare.
+    // Room for every id that exists now, so growth is rare. (Allocates: not from a
+    // signal handler, see percpu.h Limits.)
     std::uint32_t cap = std::max<std::uint32_t>(
         {id + 1, rec->cap * 2, 8u, static_cast<std::uint32_t>(r.owners.size())});
     ThreadSlot* s = alloc_slots(cap);
@@ -256,7 +288,7 @@ ThreadSlot* thread_slot_slow(std::uint32_t id) noexcept {
       }
     }
     // Writers read slots only under the mutex, so the old array can go now.
-    free_slots(rec->slots);
+    if (rec->on_heap()) free_slots(rec->slots);
     rec->slots = s;
     rec->cap = cap;
   }
@@ -266,7 +298,7 @@ ThreadSlot* thread_slot_slow(std::uint32_t id) noexcept {
 
 SlotId::SlotId() {
   Registry& r = registry();
-  MutexLock l(r.mu);
+  RegistryLock l(r);
   if (!r.free_ids.empty()) {
     id_ = r.free_ids.back();
     r.free_ids.pop_back();
@@ -279,7 +311,7 @@ SlotId::SlotId() {
 
 SlotId::~SlotId() {
   Registry& r = registry();
-  MutexLock l(r.mu);
+  RegistryLock l(r);
   // The next domain with this id must not see our counts: zero every live thread's slot.
   for (ThreadRecord* t = r.threads; t; t = t->next) {
     if (ThreadSlot* s = t->at(id_)) zero_slot(*s);
@@ -290,7 +322,7 @@ SlotId::~SlotId() {
 
 std::uint64_t SlotId::sum_unlocks(unsigned idx) const noexcept {
   Registry& r = registry();
-  MutexLock l(r.mu);
+  RegistryLock l(r);
   std::uint64_t s = retired_.unlock[idx];
   for (ThreadRecord* t = r.threads; t; t = t->next) {
     if (const ThreadSlot* ts = t->at(id_)) s += ts->unlock[idx].load(std::memory_order_acquire);
@@ -300,7 +332,7 @@ std::uint64_t SlotId::sum_unlocks(unsigned idx) const noexcept {
 
 std::uint64_t SlotId::sum_locks(unsigned idx) const noexcept {
   Registry& r = registry();
-  MutexLock l(r.mu);
+  RegistryLock l(r);
   std::uint64_t s = retired_.lock[idx];
   for (ThreadRecord* t = r.threads; t; t = t->next) {
     if (const ThreadSlot* ts = t->at(id_)) s += ts->lock[idx].load(std::memory_order_acquire);

@@ -36,11 +36,13 @@
 //
 // Limits
 //  - The TLS is initial-exec (no __tls_get_addr on the read path). A library loaded with
-//    dlopen (the injected agent) takes it from glibc's static TLS surplus: 16 bytes.
-//  - The first read-side use of a domain in a thread (or of a domain with a larger id
-//    than any before) allocates, under the registry mutex: not async-signal-safe. Touch
-//    the domain once per thread (e.g. read_lock/read_unlock) before using it in a signal
-//    handler.
+//    dlopen (the injected agent) takes it from glibc's static TLS surplus: 184 bytes.
+//  - Async-signal-safety (read sections in a signal handler, as int3 mode runs them):
+//    counts are single-instruction adds, and registry work runs with signals blocked. A
+//    thread's first use registers it without allocating (its record and the slots of
+//    ids 0-3 are in static TLS: 168 bytes). A domain with id >= 4 used for the first
+//    time in a thread allocates (malloc is not async-signal-safe): touch such a domain
+//    once per thread before using it from a signal handler.
 #pragma once
 
 #include <sched.h>
@@ -214,9 +216,38 @@ HP_ALWAYS_INLINE const ThreadSlot* thread_slot_if_present(std::uint32_t id) noex
   return nullptr;
 }
 
-// Owner-only increment: no other thread writes this word, so no locked RMW is needed.
+// Owner-only increment: no other thread writes this word, so no locked RMW is needed. One
+// non-locked `addq` instruction, so that a signal handler that runs read sections on
+// this thread (int3 mode) cannot interleave with it and lose a count; a load + store
+// pair could. Under ThreadSanitizer (which cannot see assembly) an atomic fetch_add.
+// `mo` is release for unlock counts: the asm's "memory" clobber keeps the compiler from
+// sinking earlier accesses below it, and x86 stores are releases.
 HP_ALWAYS_INLINE void slot_inc(std::atomic<std::uint64_t>& c, std::memory_order mo) noexcept {
-  c.store(c.load(std::memory_order_relaxed) + 1, mo);
+#if defined(HOTPROBE_TSAN)
+  c.fetch_add(1, mo);
+#else
+  (void)mo;
+  static_assert(sizeof(std::atomic<std::uint64_t>) == sizeof(std::uint64_t));
+  asm volatile("addq $1, %0" : "+m"(*reinterpret_cast<std::uint64_t*>(&c)) : : "memory", "cc");
+#endif
+}
+
+// Sections this thread opened and has not closed, on indexes 0..n_idx-1 of its own slot
+// (locks - unlocks). Re-reads until the lock counts are stable, so that a signal handler
+// that runs a (balanced) read section between the loads cannot skew the difference.
+HP_ALWAYS_INLINE std::int64_t slot_open_sections(const ThreadSlot* s, unsigned n_idx) noexcept {
+  for (;;) {
+    std::uint64_t l1 = 0, u = 0, l2 = 0;
+    for (unsigned i = 0; i < n_idx; ++i)
+      l1 += s->lock[i].load(std::memory_order_relaxed);
+    compiler_barrier();
+    for (unsigned i = 0; i < n_idx; ++i)
+      u += s->unlock[i].load(std::memory_order_relaxed);
+    compiler_barrier();
+    for (unsigned i = 0; i < n_idx; ++i)
+      l2 += s->lock[i].load(std::memory_order_relaxed);
+    if (l1 == l2) return static_cast<std::int64_t>(l1 - u);
+  }
 }
 
 // A domain's id in the slot tables, allocated on construction and freed (slots zeroed)

@@ -15,10 +15,7 @@ bool PercpuRwsem::lock_shared_slow(detail::ThreadSlot* s, bool wait) noexcept {
     if (block_.load(std::memory_order_acquire) == 0) return true;
     // Nested: this thread already holds this read side, so the writer is waiting for us
     // (it cannot hold the lock). Backing off would deadlock; our count keeps it waiting.
-    if (s->lock[0].load(std::memory_order_relaxed) - s->unlock[0].load(std::memory_order_relaxed) >
-        1) {
-      return true;
-    }
+    if (detail::slot_open_sections(s, 1) > 1) return true;
     // Back off: undo the increment so the writer can drain, wait for it, retry.
     detail::slot_inc(s->unlock[0], std::memory_order_release);
     if (!wait) return false;

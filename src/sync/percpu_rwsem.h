@@ -29,8 +29,8 @@
 //   its grace period again. The kernel delays this to batch writers; we do not).
 //
 // Why per-thread counts and not per-CPU
-//   Per-CPU counts need a restartable sequence or a locked add (percpu_add measured 4.6 ns
-//   per pair against 1.5 ns here), and nesting needs per-thread state anyway: a nested
+//   Per-CPU counts need a restartable sequence (percpu_add) or a locked add, and
+//   correctness of nesting needs per-thread state anyway: a nested
 //   read_lock while a writer waits must not back off (the writer waits for the outer
 //   section: deadlock). The kernel forbids nesting; the domain concept allows it, so the
 //   slow path lets a thread that already holds this semaphore's read side through. The
@@ -40,6 +40,8 @@
 // try_lock_shared and lock/unlock (SharedLockable, for std::shared_lock/std::unique_lock),
 // synchronize() (a grace period of the read side: waits for earlier readers by taking and
 // releasing the write side), call/barrier/start_poll/poll.
+//
+// Measured read pair: 1.20 ns (TasksTrace 0.81 ns, SrcuFast 1.20 ns; see srcu.h).
 //
 // Limits: writers are slow (a membarrier plus a wait for readers); a writer blocks new
 // readers until it unlocks; lock() and synchronize() inside this thread's read section
@@ -100,8 +102,7 @@ class PercpuRwsem {
   // Exact for this thread and this semaphore.
   bool in_reader() const noexcept {
     const detail::ThreadSlot* s = detail::thread_slot_if_present(id_.get());
-    return s && s->lock[0].load(std::memory_order_relaxed) !=
-                    s->unlock[0].load(std::memory_order_relaxed);
+    return s && detail::slot_open_sections(s, 1) > 0;
   }
 
   // percpu_down_write() / percpu_up_write().

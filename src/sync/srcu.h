@@ -120,12 +120,7 @@ class BasicSrcu {
   // unlocked; an unlock done for another thread's section counts for neither).
   bool in_reader() const noexcept {
     const detail::ThreadSlot* s = detail::thread_slot_if_present(id_.get());
-    if (!s) return false;
-    std::uint64_t locks =
-        s->lock[0].load(std::memory_order_relaxed) + s->lock[1].load(std::memory_order_relaxed);
-    std::uint64_t unlocks =
-        s->unlock[0].load(std::memory_order_relaxed) + s->unlock[1].load(std::memory_order_relaxed);
-    return static_cast<std::int64_t>(locks - unlocks) > 0;
+    return s && detail::slot_open_sections(s, 2) > 0;
   }
 
   // Waits for every read section that began before the call. Concurrent callers share
