@@ -163,6 +163,7 @@ TEST_F(TasksTraceTest, SynchronizeDoesNotWaitForLaterReader) {
   TasksTrace& tt = tasks_trace();
   Event a_entered, scanned, b_entered, release_a, release_b;
   std::atomic<bool> b_inside{false};
+  tt.barrier();  // no deferred grace period around: the only stall reports are w's
   tt.set_stall_timeout(1ms);
   tt.set_stall_callback([&](const hp::sync::StallReport&) { scanned.set(); });
   std::thread a([&] {
@@ -412,6 +413,42 @@ TEST_F(TasksTraceTest, ThreadChurnDuringSynchronize) {
   stop.store(true);
   spawner.join();
   EXPECT_GT(syncs, 0);
+  EXPECT_EQ(tt.registered_threads(), base);
+}
+
+// A thread that exits while the writer waits for it (here: inside a section it never left,
+// through pthread_exit, which no ReadGuard would allow) is dropped from the holdouts by its
+// exit hook; the writer finishes and never touches the gone thread's TLS.
+TEST_F(TasksTraceTest, HoldoutThreadExitingMidGracePeriod) {
+  TasksTrace& tt = tasks_trace();
+  tt.barrier();
+  Event entered, scanned, go;
+  tt.set_stall_timeout(1ms);
+  tt.set_stall_callback([&](const hp::sync::StallReport&) { scanned.set(); });
+  { ReadGuard g(tt); }
+  const std::size_t base = tt.registered_threads();
+  pthread_t th;
+  struct Ctx {
+    Event* entered;
+    Event* go;
+  } ctx{&entered, &go};
+  ASSERT_EQ(pthread_create(
+                &th, nullptr,
+                [](void* p) -> void* {
+                  auto* c = static_cast<Ctx*>(p);
+                  (void)TasksTrace::read_lock();  // never unlocked
+                  c->entered->set();
+                  c->go->wait();
+                  pthread_exit(nullptr);
+                },
+                &ctx),
+            0);
+  entered.wait();
+  std::thread w([&] { tt.synchronize(); });
+  scanned.wait();  // the writer found the thread inside its section
+  go.set();        // now it exits without leaving the section
+  w.join();
+  pthread_join(th, nullptr);
   EXPECT_EQ(tt.registered_threads(), base);
 }
 
