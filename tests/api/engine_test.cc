@@ -370,3 +370,66 @@ TEST(Engine, BacktraceShowsRealCallers) {
 }
 
 }  // namespace
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+TEST(Engine, ForkChildKeepsWorkingProbes) {
+  auto e = make_engine();
+  Counter c;
+  auto h = e->attach(spec(":hp_t_mul", &c, true, true));
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  std::thread busy([] {
+    for (int i = 0; i < 20000; i++)
+      hp_t_mul(i, 2);
+  });
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // The child: probes still fire, return probes still return, and it can detach.
+    long before = c.entries.load();
+    for (int i = 0; i < 100; i++) {
+      if (hp_t_mul(i, 3) != i * 3) _exit(10);
+    }
+    if (c.entries.load() - before != 100) _exit(11);
+    if (!e->detach(*h).ok()) _exit(12);
+    if (hp_t_mul(2, 2) != 4 || c.entries.load() - before != 100) _exit(13);
+    _exit(0);
+  }
+  busy.join();
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // The parent's probes are untouched by the child's detach.
+  long before = c.entries.load();
+  EXPECT_EQ(hp_t_mul(5, 5), 25);
+  EXPECT_EQ(c.entries.load() - before, 1);
+  ASSERT_TRUE(e->detach(*h).ok());
+}
+
+TEST(Engine, ExitingThreadsLeaveNothingBehind) {
+  auto e = make_engine();
+  Counter c;
+  auto h = e->attach(spec(":hp_t_mul", &c, true, true));
+  ASSERT_TRUE(h.ok());
+  for (int round = 0; round < 20; round++) {
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; t++) {
+      ts.emplace_back([] {
+        for (int i = 0; i < 100; i++)
+          hp_t_mul(i, 1);
+      });
+    }
+    for (auto& t : ts)
+      t.join();
+  }
+  EXPECT_EQ(c.entries, 20 * 4 * 100);
+  EXPECT_EQ(c.returns, 20 * 4 * 100);
+  ASSERT_TRUE(e->detach(*h).ok());
+  EXPECT_EQ(e->stats().zombie_sites, 0u);
+}
+
+}  // namespace
