@@ -83,15 +83,19 @@ void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
     // variables keep waiter counts that a signal could wait on, so make fresh ones.
     new (&s->work_cv) std::condition_variable();
     new (&s->done_cv) std::condition_variable();
-    // The worker thread does not exist here. Forget its handle without joining or
-    // detaching it (both would act on a thread of another process).
-    new (&s->worker) std::thread();
-    s->worker_started = false;
-    s->stop = false;
-    if (s->inflight) {
-      s->done = s->inflight_end;  // see the header: never run a batch twice
-      s->inflight = false;
+    if (tls_worker_of != s) {
+      // The worker thread does not exist here. Forget its handle without joining or
+      // detaching it (both would act on a thread of another process).
+      new (&s->worker) std::thread();
+      s->worker_started = false;
+      s->stop = false;
+      if (s->inflight) {
+        s->done = s->inflight_end;  // see the header: never run a batch twice
+        s->inflight = false;
+      }
     }
+    // else a callback forked: the forking thread is this child's worker, in the middle of
+    // its batch, and carries on with it.
     s->mu.unlock();
   }
   fork_list_mu().unlock();

@@ -170,6 +170,9 @@ void on_thread_exit(void* p);
 
 struct TasksTraceAccess {
   static TasksTrace::Impl& impl(TasksTrace& t) { return *t.impl_; }
+  static void set_barrier_kind(TasksTrace& t, TasksTrace::BarrierKind k) {
+    t.barrier_kind_.store(k, std::memory_order_relaxed);
+  }
 };
 
 namespace {
@@ -228,8 +231,9 @@ void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
   }
   im.holdouts.clear();
   im.gp_mu.reinit_after_fork();
-  if (tt.barrier_kind() == TasksTrace::BarrierKind::kPrivateExpedited) {
-    (void)membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED);
+  if (tt.barrier_kind() == TasksTrace::BarrierKind::kPrivateExpedited &&
+      membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0) {
+    TasksTraceAccess::set_barrier_kind(tt, TasksTrace::BarrierKind::kGlobal);
   }
   im.cfg_mu.unlock();
   im.registry_mu.unlock();
