@@ -128,6 +128,19 @@ TEST(ArchPlan, ForwardJumpFromInsideTheRangeIntoItIsFound) {
   EXPECT_NE(e.message().find("branches to +0x3"), std::string::npos) << e.message();
 }
 
+TEST(ArchPlan, AddressTakenInsideTheRangeIsFound) {
+  // +0 48 8d 05 f9 ff ff ff   lea rax, [rip-7]  -> +0: the start, fine
+  // +7 ff e0                  jmp rax
+  EXPECT_TRUE(plan_displacement(Bytes{0x48, 0x8d, 0x05, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xe0}, kFn, 0).ok());
+  // +0 90 x6                  nop (the displaced range is +0..+5)
+  // +6 48 8d 05 f6 ff ff ff   lea rax, [rip-10] -> +3
+  // +d ff e0                  jmp rax
+  Error e = must_refuse({0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x48, 0x8d, 0x05, 0xf6, 0xff, 0xff,
+                         0xff, 0xff, 0xe0},
+                        0, Errc::not_relocatable);
+  EXPECT_NE(e.message().find("takes the address +0x3"), std::string::npos) << e.message();
+}
+
 TEST(ArchPlan, UndecodableBytesInTheFunction) {
   // +0..+7 prologue; +8 06 (invalid): the scan cannot finish
   Bytes fn(kPrologue.begin(), kPrologue.begin() + 8);

@@ -150,6 +150,15 @@ Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> functio
   }
   const std::uint64_t lo = plan.patch_address, hi = plan.patch_address + plan.length;
   for (const Insn& insn : s.insns) {
+    if (insn.rip_relative && insn.target > lo && insn.target < hi) {
+      // `lea rax, [rip+X]; jmp rax` style computed jumps: an address of a byte inside the
+      // displaced range is as bad as a branch to it.
+      return Error(Errc::not_relocatable,
+                   quoted(insn) + " at +" + hex(insn.address - function_address) +
+                       " takes the address +" + hex(insn.target - function_address) +
+                       ", inside the displaced bytes [+" + hex(plan.patch_offset) + ", +" +
+                       hex(plan.patch_offset + plan.length) + ")");
+    }
     if (!insn.is_relative_branch()) continue;
     if (insn.target > lo && insn.target < hi) {
       return Error(Errc::not_relocatable,

@@ -7,7 +7,9 @@
 //                     indirect jmp / jmp / trap before the 5th byte (we would displace bytes
 //                     that are not reached by falling through), a branch anywhere in the
 //                     function into the displaced bytes other than their first byte
-//                     (funchook's FOUND_BACK_JUMP), or bytes the sweep cannot decode.
+//                     (funchook's FOUND_BACK_JUMP), a RIP-relative operand that takes the
+//                     address of such a byte (a computed jump could land there), or bytes
+//                     the sweep cannot decode.
 //
 // endbr64 at function entry: a probe at offset 0 of a function that starts with endbr64
 // is placed after it (patch_offset 4). The landing pad stays where indirect calls expect
