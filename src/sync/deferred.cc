@@ -67,13 +67,15 @@ Deferred::State* g_fork_list = nullptr;  // guarded by fork_list_mu()
 // pthread_atfork: hold every State's lock across fork() so the child's copy is consistent.
 void fork_prepare() HP_NO_THREAD_SAFETY_ANALYSIS {
   fork_list_mu().lock();
-  for (Deferred::State* s = g_fork_list; s; s = s->fork_next)
+  for (Deferred::State* s = g_fork_list; s; s = s->fork_next) {
     s->mu.lock();
+  }
 }
 
 void fork_parent() HP_NO_THREAD_SAFETY_ANALYSIS {
-  for (Deferred::State* s = g_fork_list; s; s = s->fork_next)
+  for (Deferred::State* s = g_fork_list; s; s = s->fork_next) {
     s->mu.unlock();
+  }
   fork_list_mu().unlock();
 }
 
@@ -113,7 +115,9 @@ Deferred::Deferred(void* ctx, SyncFn synchronize, GpSequence& seq, const char* n
   register_fork_handlers_once();
   MutexLock l(fork_list_mu());
   st_->fork_next = g_fork_list;
-  if (g_fork_list) g_fork_list->fork_prev = st_.get();
+  if (g_fork_list) {
+    g_fork_list->fork_prev = st_.get();
+  }
   g_fork_list = st_.get();
 }
 
@@ -122,11 +126,14 @@ Deferred::~Deferred() {
   {
     MutexLock l(fork_list_mu());
     State* s = st_.get();
-    if (s->fork_prev)
+    if (s->fork_prev) {
       s->fork_prev->fork_next = s->fork_next;
-    else
+    } else {
       g_fork_list = s->fork_next;
-    if (s->fork_next) s->fork_next->fork_prev = s->fork_prev;
+    }
+    if (s->fork_next) {
+      s->fork_next->fork_prev = s->fork_prev;
+    }
   }
   bool join = false;
   {
@@ -135,7 +142,9 @@ Deferred::~Deferred() {
     join = st_->worker_started;
     st_->work_cv.notify_all();
   }
-  if (join) st_->worker.join();
+  if (join) {
+    st_->worker.join();
+  }
 }
 
 // The worker: one grace period per batch, then the batch's callbacks, oldest first.
@@ -148,8 +157,12 @@ static void worker_main(Deferred::State& st, void* ctx, Deferred::SyncFn sync,
   pthread_setname_np(pthread_self(), tname);
   std::unique_lock wl(st.mu.native());
   for (;;) {
-    st.work_cv.wait(wl, [&] { return st.stop || st.head != nullptr || st.poll_wanted; });
-    if (st.head == nullptr && !st.poll_wanted) return;  // stop requested, nothing left
+    st.work_cv.wait(wl, [&]() HP_NO_THREAD_SAFETY_ANALYSIS {
+      return st.stop || st.head != nullptr || st.poll_wanted;
+    });
+    if (st.head == nullptr && !st.poll_wanted) {
+      return;  // stop requested, nothing left
+    }
     Callback* batch = st.head;
     st.head = nullptr;
     st.poll_wanted = false;  // the grace period below starts after every start_poll() so far
@@ -183,7 +196,9 @@ static void worker_main(Deferred::State& st, void* ctx, Deferred::SyncFn sync,
 // Starts the worker if this process has none (first use, or a fork child).
 static void ensure_worker(Deferred::State& st, void* ctx, Deferred::SyncFn sync, const char* name)
     HP_REQUIRES(st.mu) {
-  if (st.worker_started) return;
+  if (st.worker_started) {
+    return;
+  }
   st.worker_started = true;
   st.worker = std::thread(&worker_main, std::ref(st), ctx, sync, name);
 }
@@ -210,16 +225,20 @@ void Deferred::barrier() HP_NO_THREAD_SAFETY_ANALYSIS {
                "Deferred::barrier() called from a callback: it would wait for itself");
   std::unique_lock lk(st_->mu.native());
   const std::uint64_t target = st_->queued;
-  if (st_->done >= target) return;
+  if (st_->done >= target) {
+    return;
+  }
   // In a fork child the worker starts here if callbacks were pending at fork().
   ensure_worker(*st_, ctx_, sync_, name_);
   st_->work_cv.notify_one();
-  st_->done_cv.wait(lk, [&] { return st_->done >= target; });
+  st_->done_cv.wait(lk, [&]() HP_NO_THREAD_SAFETY_ANALYSIS { return st_->done >= target; });
 }
 
 GpCookie Deferred::start_poll() {
   GpCookie c = seq_.snap();
-  if (seq_.done(c)) return c;
+  if (seq_.done(c)) {
+    return c;
+  }
   MutexLock l(st_->mu);
   st_->poll_wanted = true;
   ensure_worker(*st_, ctx_, sync_, name_);

@@ -75,12 +75,16 @@ std::string thread_name(pid_t tid) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/self/task/%d/comm", static_cast<int>(tid));
   std::FILE* f = std::fopen(path, "re");
-  if (!f) return {};
+  if (!f) {
+    return {};
+  }
   char buf[64] = {};
   std::string name;
   if (std::fgets(buf, sizeof buf, f)) {
     name = buf;
-    if (!name.empty() && name.back() == '\n') name.pop_back();
+    if (!name.empty() && name.back() == '\n') {
+      name.pop_back();
+    }
   }
   std::fclose(f);
   return name;
@@ -98,8 +102,9 @@ void default_stall_report(const StallReport& r) {
 // Spin briefly, then yield, then sleep with exponential backoff up to 10 ms.
 void wait_step(unsigned iter) {
   if (iter < 32) {
-    for (int i = 0; i < 64; i++)
+    for (int i = 0; i < 64; i++) {
       __builtin_ia32_pause();
+    }
   } else if (iter < 48) {
     sched_yield();
   } else {
@@ -133,16 +138,21 @@ struct TasksTrace::Impl {
   void link(ThreadRecord* r) HP_REQUIRES(registry_mu) {
     r->prev = nullptr;
     r->next = threads;
-    if (threads) threads->prev = r;
+    if (threads) {
+      threads->prev = r;
+    }
     threads = r;
     nthreads++;
   }
   void unlink(ThreadRecord* r) HP_REQUIRES(registry_mu) {
-    if (r->prev)
+    if (r->prev) {
       r->prev->next = r->next;
-    else
+    } else {
       threads = r->next;
-    if (r->next) r->next->prev = r->prev;
+    }
+    if (r->next) {
+      r->next->prev = r->prev;
+    }
     nthreads--;
     if (r->holdout) {
       for (auto& h : holdouts) {
@@ -259,7 +269,9 @@ TasksTrace::TasksTrace() : impl_(new Impl), deferred_(this, &TasksTrace::sync_th
 }
 
 TasksTrace& tasks_trace() noexcept {
-  static TasksTrace* const instance = new TasksTrace;
+  // Immortal; running out of memory here, at first use, is fatal (noexcept).
+  static TasksTrace* const instance =
+      new TasksTrace;  // NOLINT(bugprone-unhandled-exception-at-new)
   return *instance;
 }
 
@@ -267,7 +279,9 @@ std::uint64_t TasksTrace::register_thread() noexcept {
   TasksTrace& tt = tasks_trace();
   SignalsBlocked sb;
   // A signal handler may have registered this thread between read_lock()'s load and here.
-  if (std::uint64_t v = tls_word.load(std::memory_order_relaxed); v != 0) return v;
+  if (std::uint64_t v = tls_word.load(std::memory_order_relaxed); v != 0) {
+    return v;
+  }
   ThreadRecord* rec = &tls_record;
   *rec = ThreadRecord{};
   rec->word = &tls_word;
@@ -293,13 +307,19 @@ void TasksTrace::synchronize() {
                "TasksTrace::synchronize() inside a read section would wait for itself");
   // Register the writer's own thread first, so a signal handler interrupting it while it
   // holds registry_mu never needs that lock to register.
-  if (HP_UNLIKELY(tls_word.load(std::memory_order_relaxed) == 0)) (void)register_thread();
+  if (HP_UNLIKELY(tls_word.load(std::memory_order_relaxed) == 0)) {
+    (void)register_thread();
+  }
   GpCookie c = seq_.snap();
   MutexLock l(impl_->gp_mu);
-  if (seq_.done(c)) return;  // another caller's grace period covered ours
+  if (seq_.done(c)) {
+    return;  // another caller's grace period covered ours
+  }
   // Odd here only in a fork child whose parent was in the middle of a grace period: finish
   // that one (it waits for every section the child has, so it is a full grace period).
-  if (!seq_.in_progress()) seq_.start();
+  if (!seq_.in_progress()) {
+    seq_.start();
+  }
   run_grace_period();
   seq_.end();
 }
@@ -360,12 +380,16 @@ void TasksTrace::run_grace_period() {
           i++;
         }
       }
-      if (im.holdouts.empty()) break;
+      if (im.holdouts.empty()) {
+        break;
+      }
       const auto held = std::chrono::duration_cast<std::chrono::milliseconds>(
           std::chrono::steady_clock::now() - t0);
       if (held.count() >= im.stall_timeout_ms.load(std::memory_order_relaxed)) {
         for (ThreadRecord* r : im.holdouts) {
-          if (r->stall_reported) continue;
+          if (r->stall_reported) {
+            continue;
+          }
           r->stall_reported = true;
           stalls.push_back(StallReport{r->tid, {}, held, gp_number});
         }
@@ -379,10 +403,11 @@ void TasksTrace::run_grace_period() {
       }
       for (StallReport& s : stalls) {
         s.name = thread_name(s.tid);
-        if (cb)
+        if (cb) {
           cb(s);
-        else
+        } else {
           default_stall_report(s);
+        }
       }
     }
     wait_step(iter);

@@ -121,7 +121,9 @@ class TasksTrace {
     std::atomic<std::uint64_t>& w = tt_detail::tls_word;
     std::uint64_t v = w.load(std::memory_order_relaxed);
     if ((v & tt_detail::kNestMask) == 0) {
-      if (HP_UNLIKELY(v == 0)) v = register_thread();
+      if (HP_UNLIKELY(v == 0)) {
+        v = register_thread();
+      }
       v += tt_detail::kEntryInc;
     }
     HP_ASSERT_MSG((v & tt_detail::kNestMask) != tt_detail::kNestMask, "read_lock nesting overflow");
