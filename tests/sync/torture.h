@@ -21,7 +21,10 @@
 #include <chrono>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <condition_variable>
 #include <cstdint>
@@ -88,8 +91,14 @@ struct Options {
   std::size_t quarantine = 4096;
   // Stop early once this many bad reads were seen (for flavours expected to fail).
   std::uint64_t stop_after_errors = 0;
-  // Abort with a report if the writer (or the final drain) makes no progress this long.
-  double stall_seconds = 60.0;
+  // Also run read sections from a signal handler that interrupts the long-lived readers
+  // anywhere, inside or outside their own sections, even halfway through read_lock() (the
+  // int3 mode runs probe handlers from SIGTRAP). Only for domains whose read side claims
+  // to be async-signal-safe.
+  bool signal_readers = false;
+  // Abort with a report if the writer (or the final drain) makes no progress this long
+  // (grace periods take milliseconds, even under TSan: 10 s is a hang, not slowness).
+  double stall_seconds = 10.0;
   bool verbose = true;
 };
 
@@ -152,6 +161,8 @@ struct Report {
   std::uint64_t barriers = 0;         // barrier() calls returned
   std::uint64_t poisoned_objects = 0; // objects that reached the end of the pipe
   std::uint64_t shuffles = 0;         // reader CPU affinity changes
+  std::uint64_t signals = 0;          // signals sent to readers (signal_readers)
+  std::uint64_t signal_reads = 0;     // read sections run in the handler (included in reads)
   double max_gp_ms = 0;               // longest synchronize() seen
 
   // Errors: any nonzero count fails a flavour expected to pass.
@@ -190,9 +201,10 @@ struct Report {
     using ull = unsigned long long;
     add("[torture %s] seed=0x%llx seconds=%.2f readers=%u\n", flavour.c_str(), (ull)seed,
         seconds, readers);
-    add("[torture %s] reads=%llu nested=%llu lingers=%llu churn_threads=%llu churn_reads=%llu\n",
+    add("[torture %s] reads=%llu nested=%llu lingers=%llu churn_threads=%llu churn_reads=%llu "
+        "signals=%llu signal_reads=%llu\n",
         flavour.c_str(), (ull)reads, (ull)nested, (ull)lingers, (ull)churn_threads,
-        (ull)churn_reads);
+        (ull)churn_reads, (ull)signals, (ull)signal_reads);
     add("[torture %s] updates=%llu gps=%llu calls=%llu retires=%llu callbacks=%llu polls=%llu "
         "barriers=%llu poisoned_objects=%llu shuffles=%llu max_gp_ms=%.1f\n",
         flavour.c_str(), (ull)updates, (ull)syncs, (ull)calls, (ull)retires, (ull)callbacks,
@@ -240,15 +252,21 @@ class Torture {
     cur_.store(first, std::memory_order_release);
     std::thread watchdog([this] { watchdog_loop(); });
 
+    struct sigaction old_action {};
+    if (o_.signal_readers) install_signal_handler(&old_action);
+    ready_ = std::vector<std::atomic<bool>>(o_.readers);
     std::vector<std::thread> readers;
     for (unsigned i = 0; i < o_.readers; i++)
-      readers.emplace_back([this, i] { reader_thread(o_.seed + 0x100 + i); });
+      readers.emplace_back([this, i] { reader_thread(o_.seed + 0x100 + i, i); });
     std::thread churner([this] { churn_thread(o_.seed + 0x200); });
     std::thread fake([this] { fake_writer_thread(o_.seed + 0x300); });
     std::thread writer([this] { writer_thread(o_.seed + 0x400); });
     std::vector<pthread_t> handles;
     for (auto& t : readers) handles.push_back(t.native_handle());
     std::thread shuffler([this, handles] { shuffler_thread(o_.seed + 0x500, handles); });
+    std::thread signaller;
+    if (o_.signal_readers)
+      signaller = std::thread([this, handles] { signaller_thread(o_.seed + 0x600, handles); });
 
     const auto deadline = Clock::now() + std::chrono::duration<double>(o_.seconds);
     while (Clock::now() < deadline) {
@@ -259,10 +277,15 @@ class Torture {
     }
     stop_.store(true, std::memory_order_relaxed);
     shuffler.join();  // before the readers: it names their threads
+    if (signaller.joinable()) signaller.join();
     for (auto& t : readers) t.join();
     churner.join();
     fake.join();
     writer.join();
+    if (o_.signal_readers) {
+      sigaction(signal_number(), &old_action, nullptr);
+      sig_target_.store(nullptr, std::memory_order_release);
+    }
 
     // No reader is left: drain everything still in the pipe, and check it drains.
     drain();
@@ -417,11 +440,80 @@ class Torture {
     rep_.err_in_reader += s.in_reader;
   }
 
-  void reader_thread(std::uint64_t seed) {
+  void reader_thread(std::uint64_t seed, unsigned idx) {
     Rng rng(seed);
     ReaderStats s;
+    ReaderStats sig;  // written only by the signal handler on this thread
+    read_section(rng, s);  // the first use of a domain in a thread may allocate
+    if (o_.signal_readers) {
+      tls_sig_stats_ = &sig;
+      ready_[idx].store(true, std::memory_order_release);
+    }
     while (!stop_.load(std::memory_order_relaxed)) read_section(rng, s);
+    if (o_.signal_readers) {
+      sigset_t set;
+      sigemptyset(&set);
+      sigaddset(&set, signal_number());
+      pthread_sigmask(SIG_BLOCK, &set, nullptr);  // a pending one stays pending: harmless
+      tls_sig_stats_ = nullptr;
+      merge(sig, false);
+      std::lock_guard g(stats_mu_);
+      rep_.signal_reads += sig.reads;
+    }
     merge(s, false);
+  }
+
+  // --- Signal readers -------------------------------------------------------------------
+
+  static int signal_number() { return SIGRTMIN + 5; }
+
+  void install_signal_handler(struct sigaction* old) {
+    sig_target_.store(this, std::memory_order_release);
+    struct sigaction sa {};
+    sa.sa_handler = &on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(signal_number(), &sa, old);
+  }
+
+  static void on_signal(int) {
+    int saved_errno = errno;
+    Torture* t = sig_target_.load(std::memory_order_acquire);
+    if (ReaderStats* s = tls_sig_stats_; t && s) t->signal_section(*s);
+    errno = saved_errno;
+  }
+
+  // A read section in a signal handler: no allocation, no lock, no sleep. It may interrupt
+  // this thread's own section (nesting) or its read_lock()/read_unlock() halfway.
+  void signal_section(ReaderStats& s) {
+    sync::ReadToken outer = d_.read_lock();
+    if (!d_.in_reader()) s.in_reader++;
+    Obj* p = cur_.load(std::memory_order_acquire);
+    unsigned age = p ? observe(p, s) : 0;
+    sync::ReadToken inner = d_.read_lock();
+    s.nested++;
+    if (Obj* q = cur_.load(std::memory_order_acquire)) age = std::max(age, observe(q, s));
+    d_.read_unlock(inner);
+    if (p) age = std::max(age, observe(p, s));
+    d_.read_unlock(outer);
+    s.reads++;
+    s.pipe[age]++;
+  }
+
+  void signaller_thread(std::uint64_t seed, std::vector<pthread_t> readers) {
+    Rng rng(seed);
+    std::uint64_t n = 0;
+    while (!stop_.load(std::memory_order_relaxed) && !readers.empty()) {
+      // A sleep lasts at least ~60 us (timer slack), so send a burst per wake-up.
+      std::this_thread::sleep_for(std::chrono::microseconds(1 + rng.below(20)));
+      for (unsigned k = 0; k < 4; k++) {
+        unsigned i = static_cast<unsigned>(rng.below(readers.size()));
+        if (!ready_[i].load(std::memory_order_acquire)) continue;
+        if (pthread_kill(readers[i], signal_number()) == 0) n++;
+      }
+    }
+    std::lock_guard g(stats_mu_);
+    rep_.signals += n;
   }
 
   // Threads that do a few sections and exit, over and over: registration and exit paths.
@@ -532,7 +624,12 @@ class Torture {
     syncs_.fetch_add(1, std::memory_order_relaxed);
   }
 
-  void writer_synchronize() { timed_synchronize(); }
+  void writer_synchronize() {
+    writer_state("synchronize");
+    timed_synchronize();
+  }
+  // What the writer is doing, for the stall report (rcutorture's writer state).
+  void writer_state(const char* what) { writer_state_.store(what, std::memory_order_relaxed); }
 
   // Objects retired in kSync mode age by one per writer synchronize(); poll-mode objects
   // taken before it must poll done after it.
@@ -564,6 +661,7 @@ class Torture {
 
   void barrier_check() {
     std::uint64_t queued = first_stage_queued_;  // only the writer queues first stages
+    writer_state("barrier");
     d_.barrier();
     barriers_.fetch_add(1, std::memory_order_relaxed);
     if (first_stage_runs_.load(std::memory_order_acquire) < queued) {
@@ -582,6 +680,7 @@ class Torture {
         sync_and_age();
         break;
       case Mode::kCall:
+        writer_state("call");
         old->fn = &on_callback;
         in_flight_.fetch_add(1, std::memory_order_relaxed);
         first_stage_queued_++;
@@ -589,12 +688,14 @@ class Torture {
         d_.call(old);
         break;
       case Mode::kRetire:
+        writer_state("retire");
         in_flight_.fetch_add(1, std::memory_order_relaxed);
         first_stage_queued_++;
         retires_.fetch_add(1, std::memory_order_relaxed);
         sync::retire(d_, old, Reclaimer{});
         break;
       case Mode::kPoll:
+        writer_state("start_poll");
         polled_.push_back({old, d_.start_poll()});
         break;
     }
@@ -698,6 +799,7 @@ class Torture {
   // After every reader has exited: the current object and everything in the pipe must be
   // reclaimed, polls must complete and callbacks must drain.
   void drain() {
+    writer_state("drain: synchronize");
     Obj* last = cur_.exchange(nullptr, std::memory_order_acq_rel);
     sync_pipe_.push_back(last);
     while (!sync_pipe_.empty()) {
@@ -719,6 +821,7 @@ class Torture {
       }
     }
     polled_.clear();
+    writer_state("drain: barrier");
     // Callbacks re-queue themselves, so one barrier is not enough; each barrier must at
     // least finish one stage of each, so kPipeLen + 1 barriers drain them all.
     for (unsigned i = 0; i < kPipeLen + 1 && in_flight_.load(std::memory_order_acquire) > 0; i++) {
@@ -756,12 +859,16 @@ class Torture {
       } else if (!finished_.load() &&
                  Clock::now() - last_change > std::chrono::duration<double>(o_.stall_seconds)) {
         std::fprintf(stderr,
-                     "[torture %s] STALL: no writer progress for %.0f s (seed=0x%llx, "
-                     "updates=%llu syncs=%llu stop=%d); aborting\n",
-                     rep_.flavour.c_str(), o_.stall_seconds,
+                     "[torture %s] STALL: no writer progress for %.0f s, writer in %s "
+                     "(seed=0x%llx, updates=%llu syncs=%llu callbacks=%llu in_flight=%llu "
+                     "signals=%s, stopping=%d); aborting\n",
+                     rep_.flavour.c_str(), o_.stall_seconds, writer_state_.load(),
                      static_cast<unsigned long long>(o_.seed),
                      static_cast<unsigned long long>(updates_.load()),
-                     static_cast<unsigned long long>(syncs_.load()), stop_.load() ? 1 : 0);
+                     static_cast<unsigned long long>(syncs_.load()),
+                     static_cast<unsigned long long>(callbacks_.load()),
+                     static_cast<unsigned long long>(in_flight_.load()),
+                     o_.signal_readers ? "on" : "off", stop_.load() ? 1 : 0);
         std::fflush(stderr);
         std::abort();
       }
@@ -809,6 +916,7 @@ class Torture {
   std::atomic<std::uint64_t> in_flight_{0}, first_stage_runs_{0};
   std::atomic<std::uint64_t> fake_poll_after_sync_{0}, fake_poll_stall_{0};
   std::atomic<std::uint64_t> cb_in_reader_{0}, max_gp_us_{0};
+  std::atomic<const char*> writer_state_{"start"};
 
   std::mutex q_mu_;  // quarantine; leaf lock
   std::deque<Obj*> quarantine_;
@@ -819,6 +927,10 @@ class Torture {
 
   std::mutex wd_mu_;
   std::condition_variable wd_cv_;
+
+  std::vector<std::atomic<bool>> ready_;  // reader i may be signalled
+  static inline std::atomic<Torture*> sig_target_{nullptr};
+  static inline thread_local ReaderStats* tls_sig_stats_ = nullptr;
 };
 
 template <sync::ReclaimingDomain D>
