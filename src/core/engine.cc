@@ -4,8 +4,10 @@
 //
 // Lock order: Registry::mu_ is taken first; under it, text_patch's transaction mutex and
 // CodeMemory's mutex (both leaves). No lock is held while waiting for a grace period.
+#include <link.h>
 #include <pthread.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -119,6 +121,7 @@ class Registry {
   Mutex mu_;
   std::unordered_map<SiteKey, Site*, SiteKeyHash> sites_ HP_GUARDED_BY(mu_);
   std::vector<Retired> retired_ HP_GUARDED_BY(mu_);
+  std::vector<Consumer*> pending_ HP_GUARDED_BY(mu_);  // consumers whose module is not loaded
   std::uint64_t retire_epoch_ HP_GUARDED_BY(mu_) = 0;
   arch::CodeMemory code_{1024, 64 * 1024};      // entry trampolines and int3 copies
   arch::CodeMemory ret_code_{1024, 64 * 1024};  // return trampolines (one per scheme)
@@ -168,11 +171,47 @@ std::string hex(std::uint64_t v) {
 // A resolved place to probe.
 struct Target {
   SiteKey key;
-  std::uintptr_t function = 0;  // the containing function's address (0: unknown)
+  std::uintptr_t function = 0;  // the containing function's address (0: pending)
+  std::uint64_t function_file_offset = 0;
   std::uint64_t function_size = 0;
   std::uint64_t offset = 0;  // probe address - function
+  bool has_symbol = false;
+  bool pending = false;  // the module is not loaded yet: applied when it is
   std::string describe;
 };
+
+// A target in a file that is not loaded: applied when a dlopen maps it.
+Result<std::vector<Target>> resolve_pending(std::string_view path, std::string_view rest,
+                                            const ProbeSpec& spec) {
+  auto elf = elf::load_elf(std::string(path));
+  if (!elf.ok()) return elf.error();
+  auto found = (*elf)->lookup(rest);
+  if (!found.ok()) return found.error();
+  std::vector<Target> out;
+  std::string base(path.substr(path.rfind('/') + 1));
+  for (const elf::Target& t : *found) {
+    if (t.symbol && t.symbol->is_ifunc()) {
+      return Error(Errc::unsupported, std::string(t.symbol->name) +
+                                          " is an IFUNC, whose implementation is known only once " +
+                                          base + " is loaded: attach after it is loaded");
+    }
+    Target tg;
+    tg.key = {(*elf)->key().dev, (*elf)->key().ino, t.file_offset};
+    tg.pending = true;
+    tg.offset = t.offset_in_symbol;
+    tg.has_symbol = t.symbol != nullptr;
+    tg.function_file_offset = t.file_offset - t.offset_in_symbol;
+    tg.function_size = t.symbol ? t.symbol->size : 0;
+    tg.describe = base + ":" + (t.symbol ? std::string(t.symbol->name) : std::string());
+    if (!t.symbol) tg.describe += "0x" + std::to_string(t.file_offset);
+    if (spec.on_return && (tg.offset != 0 || !t.symbol)) {
+      return Error(Errc::invalid_argument, "a return probe goes on a function's entry, and '" +
+                                               tg.describe + "' is not one");
+    }
+    out.push_back(std::move(tg));
+  }
+  return out;
+}
 
 Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec& spec) {
   auto colon = spec.target.find(':');
@@ -189,7 +228,19 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
                  "probe target '" + spec.target + "' names no symbol after ':'");
   }
   auto mod = mods.resolve(module_spec);
-  if (!mod.ok()) return mod.error();
+  if (!mod.ok()) {
+    // A path to a library that is not loaded yet: the probe waits for its dlopen.
+    if (mod.error().code() == Errc::not_found && module_spec.find('/') != std::string_view::npos &&
+        ::access(std::string(module_spec).c_str(), R_OK) == 0) {
+      return resolve_pending(module_spec, rest, spec);
+    }
+    if (mod.error().code() == Errc::not_found && module_spec.find('/') == std::string_view::npos) {
+      return Error(
+          Errc::not_found,
+          mod.error().message() + "; to probe a library before it is loaded, name it by its path");
+    }
+    return mod.error();
+  }
   auto elf = mods.elf(**mod);
   if (!elf.ok()) return elf.error();
   auto found = (*elf)->lookup(rest);
@@ -218,6 +269,8 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
     Target tg;
     tg.key = {m->key.dev, m->key.ino, file_offset};
     tg.offset = in_sym;
+    tg.function_file_offset = file_offset - in_sym;
+    tg.has_symbol = sym != nullptr;
     if (sym) {
       tg.function = *addr - in_sym;
       tg.function_size = sym->size;
@@ -348,6 +401,29 @@ struct EngineImpl {
     return site.release();
   }
 
+  Consumer* make_consumer(const ProbeSpec& spec, const Target& t, Site* site, Registry& reg) {
+    auto* c = new Consumer;
+    c->id = reg.next_id_.fetch_add(1, std::memory_order_relaxed);
+    c->on_entry = spec.on_entry;
+    c->on_return = spec.on_return;
+    c->filter = spec.filter;
+    c->cookie = spec.cookie;
+    c->engine = this;
+    c->site = site;
+    c->vector_registers = spec.vector_registers;
+    c->allow_int3 = spec.allow_int3;
+    c->force_int3 = spec.force_int3;
+    c->dev = t.key.dev;
+    c->ino = t.key.ino;
+    c->file_offset = t.key.off;
+    c->function_file_offset = t.function_file_offset;
+    c->function_size = t.function_size;
+    c->offset = t.offset;
+    c->has_symbol = t.has_symbol;
+    c->describe = t.describe;
+    return c;
+  }
+
   static void free_site_memory(Site* s, Registry& reg) {
     arch::CodeSlot slot;
     slot.address = s->trampoline;
@@ -403,6 +479,7 @@ struct EngineImpl {
     std::vector<Result<std::vector<Handle>>> results;
     results.reserve(specs.size());
     Registry& reg = Registry::get();
+    ensure_module_watcher();
     if (std::any_of(specs.begin(), specs.end(),
                     [](const ProbeSpec& s) { return s.on_return != nullptr; })) {
       ensure_unwinder_probes();
@@ -440,6 +517,10 @@ struct EngineImpl {
       bool failed = false;
       std::vector<std::pair<Site*, Consumer*>> mine;
       for (const Target& t : targets[i]) {
+        if (t.pending) {
+          mine.push_back({nullptr, make_consumer(spec, t, nullptr, reg)});
+          continue;
+        }
         Site* site = nullptr;
         if (auto it = reg.sites_.find(t.key); it != reg.sites_.end()) {
           site = it->second;
@@ -482,16 +563,7 @@ struct EngineImpl {
             break;
           }
         }
-        auto* c = new Consumer;
-        c->id = reg.next_id_.fetch_add(1, std::memory_order_relaxed);
-        c->on_entry = spec.on_entry;
-        c->on_return = spec.on_return;
-        c->filter = spec.filter;
-        c->cookie = spec.cookie;
-        c->engine = this;
-        c->site = site;
-        c->vector_registers = spec.vector_registers;
-        mine.push_back({site, c});
+        mine.push_back({site, make_consumer(spec, t, site, reg)});
       }
       if (failed) {
         for (auto& [s, c] : mine)
@@ -500,8 +572,12 @@ struct EngineImpl {
         continue;
       }
       for (auto& [s, c] : mine) {
-        s->members.push_back(c);
-        touched.insert(s);
+        if (s) {
+          s->members.push_back(c);
+          touched.insert(s);
+        } else {
+          reg.pending_.push_back(c);
+        }
         made.push_back({i, c});
       }
     }
@@ -511,7 +587,7 @@ struct EngineImpl {
     };
     if (any_error && mode == BatchMode::all_or_nothing) {
       for (auto& [i, c] : made) {
-        auto& mem = c->site->members;
+        auto& mem = c->site ? c->site->members : reg.pending_;
         mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
         delete c;
       }
@@ -571,6 +647,157 @@ struct EngineImpl {
       results[i]->push_back(Handle{c->id});
     }
     return results;
+  }
+
+  // The module watcher: an internal probe on the dynamic linker's _dl_debug_state, which
+  // it calls around every dlopen and dlclose (the hook debuggers use). At each consistent
+  // state, probes whose file was mapped are applied and probes whose file was unmapped
+  // go back to pending. It runs in the thread that called dlopen, before dlopen returns,
+  // so the library's functions are probed before the caller can reach them.
+  static void ensure_module_watcher() {
+    static std::atomic<bool> started{false};
+    if (started.exchange(true)) return;
+    static EngineImpl* internal = new EngineImpl;  // lives as long as the process
+    internal->options.scheme = Scheme::tasks_trace;
+    auto mods = elf::ModuleList::of_self();
+    if (!mods.ok()) return;
+    std::vector<ProbeSpec> specs;
+    for (const elf::Module& m : mods->modules()) {
+      auto elf = mods->elf(m);
+      if (!elf.ok() || (*elf)->find("_dl_debug_state").empty()) continue;
+      ProbeSpec ps;
+      ps.target = m.path + ":_dl_debug_state";
+      ps.on_entry = [](hotprobe::Hit&) { module_event(); };
+      specs.push_back(std::move(ps));
+    }
+    auto results = internal->attach(specs, BatchMode::best_effort);
+    if (std::getenv("HOTPROBE_DEBUG")) {
+      for (std::size_t i = 0; i < specs.size(); i++) {
+        std::fprintf(stderr, "hotprobe: module watcher %s: %s\n", specs[i].target.c_str(),
+                     results[i].ok() ? "attached" : results[i].error().message().c_str());
+      }
+    }
+  }
+
+  static void module_event() {
+    if (_r_debug.r_state != r_debug::RT_CONSISTENT) return;
+    auto mods = elf::ModuleList::of_self();
+    if (!mods.ok()) return;
+    Registry& reg = Registry::get();
+    MutexLock lock(reg.mu_);
+    auto loaded = [&](std::uint64_t dev, std::uint64_t ino) {
+      return mods->find(elf::ModuleKey{static_cast<dev_t>(dev), static_cast<ino_t>(ino)});
+    };
+    bool int3_changed = false;
+    // Unmapped: the code is gone, so nothing is restored; the site retires as usual and
+    // its consumers wait for the file to be mapped again.
+    std::vector<Site*> gone;
+    for (auto& [k, site] : reg.sites_) {
+      if (!loaded(site->dev, site->ino)) gone.push_back(site);
+    }
+    for (Site* site : gone) {
+      reg.sites_.erase({site->dev, site->ino, site->file_offset});
+      for (Consumer* c : site->members) {
+        c->site = nullptr;
+        reg.pending_.push_back(c);
+      }
+      site->members.clear();
+      publish(site, {});
+      (site->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
+          .fetch_sub(1, std::memory_order_relaxed);
+      int3_changed |= site->mode == SiteMode::int3;
+      reg.retired_.push_back({site, ++reg.retire_epoch_});
+    }
+    // Mapped: pending consumers get their sites.
+    std::vector<Consumer*> still;
+    std::vector<Site*> fresh;
+    std::unordered_map<SiteKey, Site*, SiteKeyHash> fresh_by_key;
+    std::unordered_set<Site*> touched;
+    std::vector<Consumer*> placed;
+    for (Consumer* c : reg.pending_) {
+      const elf::Module* m = loaded(c->dev, c->ino);
+      if (!m) {
+        still.push_back(c);
+        continue;
+      }
+      SiteKey key{c->dev, c->ino, c->file_offset};
+      Site* site = nullptr;
+      if (auto it = reg.sites_.find(key); it != reg.sites_.end()) site = it->second;
+      if (auto f = fresh_by_key.find(key); !site && f != fresh_by_key.end()) site = f->second;
+      auto* owner = static_cast<EngineImpl*>(const_cast<void*>(c->engine));
+      if (!site) {
+        auto fa = m->offset_to_address(c->function_file_offset);
+        Target t;
+        t.key = key;
+        t.function = fa.ok() ? *fa : 0;
+        t.function_file_offset = c->function_file_offset;
+        t.function_size = c->function_size;
+        t.offset = c->offset;
+        t.has_symbol = c->has_symbol;
+        t.describe = c->describe;
+        ProbeSpec ps;
+        ps.vector_registers = c->vector_registers;
+        ps.allow_int3 = c->allow_int3;
+        ps.force_int3 = c->force_int3;
+        auto built = fa.ok() ? owner->build_site(t, ps, reg) : Result<Site*>(fa.error());
+        if (!built.ok()) {
+          std::fprintf(stderr, "hotprobe: %s stays pending: %s\n", c->describe.c_str(),
+                       built.error().message().c_str());
+          still.push_back(c);
+          continue;
+        }
+        site = *built;
+        fresh.push_back(site);
+        fresh_by_key[key] = site;
+      }
+      if (c->on_return && !reg.ensure_return_trampoline(site->scheme).ok()) {
+        still.push_back(c);
+        continue;
+      }
+      c->site = site;
+      site->members.push_back(c);
+      touched.insert(site);
+      placed.push_back(c);
+    }
+    reg.pending_ = std::move(still);
+    for (Site* s : touched)
+      publish(s, {});
+    if (!fresh.empty()) {
+      std::vector<PatchSite> patches;
+      for (Site* s : fresh) {
+        patches.push_back(patch_for(s, true));
+        reg.sites_[{s->dev, s->ino, s->file_offset}] = s;
+        int3_changed |= s->mode == SiteMode::int3;
+      }
+      if (int3_changed) reg.publish_int3_table();
+      int3_changed = false;
+      auto applied = apply_patches(patches);
+      if (!applied.ok()) {
+        std::fprintf(stderr, "hotprobe: probes on a loaded library stay pending: %s\n",
+                     applied.error().message().c_str());
+        for (Site* s : fresh) {
+          reg.sites_.erase({s->dev, s->ino, s->file_offset});
+          for (Consumer* c : s->members) {
+            c->site = nullptr;
+            reg.pending_.push_back(c);
+          }
+          s->members.clear();
+          publish(s, {});
+        }
+        reg.publish_int3_table();
+        std::vector<Site*> dead = fresh;
+        sync::tasks_trace().call([dead] {
+          for (Site* s : dead)
+            free_site_memory(s, Registry::get());
+        });
+        return;
+      }
+      for (Site* s : fresh) {
+        (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
+            .fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    if (int3_changed) reg.publish_int3_table();
   }
 
   // Internal probes that keep unwinders working through hijacked return addresses (see
@@ -651,6 +878,12 @@ struct EngineImpl {
         if (it == consumers.end()) continue;  // a duplicate in the span
         Consumer* c = it->second;
         consumers.erase(it);
+        if (!c->site) {  // pending: no reader can reach it
+          reg.pending_.erase(std::remove(reg.pending_.begin(), reg.pending_.end(), c),
+                             reg.pending_.end());
+          delete c;
+          continue;
+        }
         auto& mem = c->site->members;
         mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
         by_site[c->site].push_back(c);

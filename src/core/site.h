@@ -31,8 +31,16 @@ struct Consumer {
   hotprobe::Filter filter = nullptr;
   void* cookie = nullptr;
   const void* engine = nullptr;  // the Engine::Impl that attached it
-  Site* site = nullptr;
+  Site* site = nullptr;          // null while pending (its module is not loaded)
   bool vector_registers = true;
+  bool allow_int3 = true;
+  bool force_int3 = false;
+  // Where it goes, in file terms, so it can be applied again when its module is loaded
+  // (dlopen) after being pending or unloaded (dlclose).
+  std::uint64_t dev = 0, ino = 0, file_offset = 0;
+  std::uint64_t function_file_offset = 0, function_size = 0, offset = 0;
+  bool has_symbol = false;
+  std::string describe;
 };
 
 // Immutable once published.

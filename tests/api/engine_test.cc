@@ -433,3 +433,43 @@ TEST(Engine, ExitingThreadsLeaveNothingBehind) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Engine, ProbesWaitForDlopenAndReturnToPendingAtDlclose) {
+  auto e = make_engine();
+  Counter c;
+  ProbeSpec s = spec(HP_API_DL_PATH ":hp_dl_work", &c, true, true);
+  auto h = e->attach(s);  // the library is not loaded: the probe is pending
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  for (int cycle = 0; cycle < 5; cycle++) {
+    void* lib = dlopen(HP_API_DL_PATH, RTLD_NOW | RTLD_LOCAL);
+    ASSERT_NE(lib, nullptr) << dlerror();
+    auto fn = reinterpret_cast<long (*)(long)>(dlsym(lib, "hp_dl_work"));
+    ASSERT_NE(fn, nullptr);
+    for (long i = 0; i < 10; i++)
+      EXPECT_EQ(fn(i), 2 * i);
+    EXPECT_EQ(c.entries, (cycle + 1) * 10) << "cycle " << cycle;
+    EXPECT_EQ(c.returns, (cycle + 1) * 10);
+    ASSERT_EQ(dlclose(lib), 0);
+  }
+  ASSERT_TRUE(e->detach(*h).ok());
+  // Detached while pending-or-loaded: loading it again fires nothing.
+  void* lib = dlopen(HP_API_DL_PATH, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(lib, nullptr);
+  auto fn = reinterpret_cast<long (*)(long)>(dlsym(lib, "hp_dl_work"));
+  EXPECT_EQ(fn(4), 8);
+  EXPECT_EQ(c.entries, 50);
+  dlclose(lib);
+}
+
+TEST(Engine, NotLoadedShortNameSaysHowToWait) {
+  auto e = make_engine();
+  Counter c;
+  auto r = e->attach(spec("libhp_api_dl:hp_dl_work", &c));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), hotprobe::Errc::not_found);
+  EXPECT_NE(r.error().message().find("by its path"), std::string::npos) << r.error().message();
+}
+
+}  // namespace
