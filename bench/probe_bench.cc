@@ -488,8 +488,13 @@ CallRow measure_hotprobe_case(hotprobe::Engine& engine, const HotprobeCase& c, c
     std::snprintf(buf, sizeof buf, "Stats::hits not kept");
   }
   row.check = buf;
-  if (after.sites_int3 > before.sites_int3 || (c.force_int3 && after.sites_int3 > 0))
-    row.check += ", int3 site";
+  // The engine's only probe is this one: its site's mode shows in the site counts.
+  if (c.force_int3 && before.sites_int3 == 0)
+    row.check += ", NOT an int3 site (force_int3 ignored)";
+  else if (!c.force_int3 && before.sites_int3 != 0)
+    row.check += ", int3 site (no jump)";
+  else
+    row.check += c.force_int3 ? ", int3 site" : ", jmp site";
   auto detached = engine.detach(*handles);
   if (!detached) row.check += ", detach failed: " + detached.error().message();
   return row;
