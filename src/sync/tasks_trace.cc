@@ -1,5 +1,5 @@
 // Tasks-trace RCU: registry, grace periods, stall warnings, fork handling.
-// Memory-ordering pairs (R1, R2, W1, W2) are explained in docs/design/sync-tasks-trace.md.
+// Memory-ordering pairs (R0, R1, R2, W1, W2) are explained in docs/design/sync-tasks-trace.md.
 #include "sync/tasks_trace.h"
 
 #include <linux/membarrier.h>
@@ -354,7 +354,7 @@ void TasksTrace::run_grace_period() {
     MutexLock l(im.registry_mu);
     im.holdouts.clear();
     for (ThreadRecord* r = im.threads; r; r = r->next) {
-      // W2: matches R2 in read_unlock() (and read_lock()'s release store).
+      // W2: matches R2 in read_unlock() and R0 in read_lock().
       std::uint64_t v = r->word->load(std::memory_order_acquire);
       if (v & kNestMask) {
         r->holdout = true;
@@ -370,7 +370,8 @@ void TasksTrace::run_grace_period() {
       MutexLock l(im.registry_mu);
       for (std::size_t i = 0; i < im.holdouts.size();) {
         ThreadRecord* r = im.holdouts[i];
-        // W2 again: depth 0 or a new outermost entry means the section we saw has ended.
+        // W2 (matches R2 and R0): depth 0 or a new outermost entry means the section we saw
+        // has ended.
         std::uint64_t v = r->word->load(std::memory_order_acquire);
         if ((v & kNestMask) == 0 || (v >> 32) != (r->snap >> 32)) {
           r->holdout = false;

@@ -21,7 +21,7 @@
 //   unregisters in a pthread-key destructor, which runs after the C++ thread_local
 //   destructors and before the thread's TLS is freed; the writer only reads a thread's word
 //   under the registry lock, which the exiting thread takes to unregister, so it never reads
-//   freed memory. Memory ordering is in docs/design/sync-tasks-trace.md (pairs R1/R2/W1/W2).
+//   freed memory. Memory ordering is in docs/design/sync-tasks-trace.md (pairs R0/R1/R2/W1/W2).
 //
 // EXAMPLE
 //   hp::sync::TasksTrace& tt = hp::sync::tasks_trace();
@@ -127,8 +127,9 @@ class TasksTrace {
       v += tt_detail::kEntryInc;
     }
     HP_ASSERT_MSG((v & tt_detail::kNestMask) != tt_detail::kNestMask, "read_lock nesting overflow");
-    // Release: a plain mov on x86. It orders the previous section before this new entry
-    // count, so a writer that sees the entry count change also sees the old section's end.
+    // R0: matches W2 (acquire loads of the word) in TasksTrace::run_grace_period(). Release,
+    // a plain mov on x86: it orders the previous section before this new entry count, so a
+    // writer that sees the entry count change also sees the old section's end.
     w.store(v + 1, std::memory_order_release);
     // R1: matches W1 (membarrier) in TasksTrace::run_grace_period(): the section's loads
     // cannot be hoisted by the compiler above the store that announces the section.
@@ -138,7 +139,7 @@ class TasksTrace {
 
   HP_ALWAYS_INLINE static void read_unlock(ReadToken) noexcept {
     std::atomic<std::uint64_t>& w = tt_detail::tls_word;
-    // R2: matches W2 (acquire loads of the word) in TasksTrace::scan_holdouts(): the release
+    // R2: matches W2 (acquire loads of the word) in TasksTrace::run_grace_period(): the release
     // store below orders every access of the section before the depth decrement, so the
     // writer that sees depth 0 (or a new entry count) may free what the section used.
     std::atomic_signal_fence(std::memory_order_seq_cst);
