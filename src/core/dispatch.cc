@@ -68,6 +68,15 @@ HP_ALWAYS_INLINE std::uint32_t drop_dead(ThreadRecord& r, std::uint32_t d, std::
   return d;
 }
 
+HP_COLD void count_recursion_miss(ThreadRecord* rec) noexcept {
+  if (rec) {
+    rec->misses_recursion.store(rec->misses_recursion.load(std::memory_order_relaxed) + 1,
+                                std::memory_order_relaxed);
+  } else {
+    g_unregistered_misses.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
 void unhijack(ThreadRecord& rec) noexcept {
   std::uint32_t d = rec.depth.load(std::memory_order_relaxed);
   for (std::uint32_t i = 0; i < d; i++) {
@@ -101,14 +110,15 @@ HP_COLD void rehijack(ThreadRecord& rec, std::uint64_t rsp) noexcept {
 template <Scheme S>
 void entry_dispatch(void* ctx, Regs* regs) {
   auto* site = static_cast<Site*>(ctx);
-  ThreadRecord& rec = thread_record();
   ThreadState& ts = tls_state;
+  // The guard comes first: registering the thread's record allocates, and malloc may be
+  // probed (a hit during the registration is a miss, like any hit inside a handler).
   if (HP_UNLIKELY(ts.in_handler)) {
-    rec.misses_recursion.store(rec.misses_recursion.load(std::memory_order_relaxed) + 1,
-                               std::memory_order_relaxed);
+    count_recursion_miss(ts.rec);
     return;
   }
   ts.in_handler = true;
+  ThreadRecord& rec = thread_record();
   if (HP_UNLIKELY(rec.rehijack_pending)) rehijack(rec, regs->rsp);
   auto& d = domain<S>();
   sync::ReadToken tok = d.read_lock();

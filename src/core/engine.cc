@@ -78,6 +78,7 @@ struct Int3Table {
 std::atomic<Int3Table*> g_int3_table{nullptr};
 
 std::uintptr_t int3_hook(std::uintptr_t trap, void* ucv) {
+  if (!g_int3_table.load(std::memory_order_relaxed)) return 0;  // no int3 site yet
   sync::ReadGuard guard(sync::tasks_trace());
   Int3Table* t = g_int3_table.load(std::memory_order_acquire);  // I2: matches I1
   if (!t) return 0;
@@ -156,6 +157,14 @@ class Registry {
 
  private:
   Registry() {
+    // Everything a trap or a dispatch may need is created now, before anything is
+    // patched: creating it later could allocate inside a probed malloc.
+    (void)sync::tasks_trace();
+    for (Scheme s : {Scheme::tasks_trace, Scheme::srcu, Scheme::srcu_fast, Scheme::percpu_rwsem,
+                     Scheme::refcount, Scheme::rwlock}) {
+      (void)entry_dispatcher(s);
+      synchronize(s);  // constructs the scheme's domain
+    }
     set_int3_hook(&int3_hook);
     pthread_atfork([] { Registry::get().mu_.lock(); }, [] { Registry::get().mu_.unlock(); },
                    [] { Registry::get().mu_.unlock(); });

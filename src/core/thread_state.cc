@@ -8,6 +8,7 @@ namespace hp::core {
 
 constinit thread_local ThreadState tls_state{nullptr, false};
 std::atomic<unsigned> g_return_depth_limit{64};
+std::atomic<std::uint64_t> g_unregistered_misses{0};
 
 namespace {
 
@@ -65,7 +66,8 @@ ThreadRecord* thread_records_head() noexcept {
 
 HitTotals hit_totals() noexcept {
   HitTotals t{g_exited_hits.load(std::memory_order_relaxed),
-              g_exited_rec.load(std::memory_order_relaxed),
+              g_exited_rec.load(std::memory_order_relaxed) +
+                  g_unregistered_misses.load(std::memory_order_relaxed),
               g_exited_ret.load(std::memory_order_relaxed)};
   for (ThreadRecord* p = thread_records_head(); p; p = p->next) {
     t.hits += p->hits.load(std::memory_order_relaxed);

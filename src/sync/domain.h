@@ -40,9 +40,12 @@ struct Callback {
 
 template <class D>
 concept ReadDomain = requires(D& d, ReadToken t) {
-  { d.read_lock() } noexcept -> std::same_as<ReadToken>;
-  { d.read_unlock(t) } noexcept;
-  { d.in_reader() } noexcept -> std::same_as<bool>;
+  { d.read_lock() }
+  noexcept->std::same_as<ReadToken>;
+  { d.read_unlock(t) }
+  noexcept;
+  { d.in_reader() }
+  noexcept->std::same_as<bool>;
   d.synchronize();
 };
 
@@ -75,7 +78,7 @@ namespace hp::sync {
 // retire(domain, p [, deleter]): free p after a grace period of domain. Allocates a small
 // node; objects that embed a Callback (rcu_obj_base) retire without allocating.
 template <class D, class T, class Deleter = std::default_delete<T>>
-  requires ReclaimingDomain<D>
+requires ReclaimingDomain<D>
 void retire(D& d, T* p, Deleter del = Deleter{}) {
   struct Node : Callback {
     T* p;
