@@ -21,7 +21,7 @@
 // lingering detach, double counting) that must each produce their violation.
 //
 // Duration: HOTPROBE_STRESS_SECONDS (default 3) is the budget for the whole engine matrix
-// (each case gets 1/16 of it, at least 60 ms); sanitizer builds halve it.
+// (each case gets 1/20 of it, at least 60 ms); sanitizer builds halve it.
 #include <pthread.h>
 #include <sched.h>
 
@@ -129,6 +129,7 @@ struct alignas(64) Slot {
 struct Cookie {
   long fn = 0;  // the function it is attached to
   Slot slots[kWorkers];
+  Slot returns[kWorkers];  // return handler runs (return-probe kinds)
 };
 
 void rs_handler(Hit& h) {
@@ -150,6 +151,30 @@ std::uint64_t counted(const Cookie& c, int t, std::uint64_t seq) {
   return c.slots[t].seq == seq ? c.slots[t].count : 0;
 }
 
+// Entry + return consumers: the entry passes (seq, thread) to the return through
+// Hit::data; the return checks the value (t + seq + fn). A wrong value counts as a wrong
+// function.
+void rs_entry_for_return(Hit& h) {
+  rs_handler(h);
+  if (h.data) *h.data = h.regs->arg(1) << 2 | h.regs->arg(0);
+}
+void rs_return(Hit& h) {
+  auto* c = static_cast<Cookie*>(h.cookie);
+  const std::uint64_t t = *h.data & 3, seq = *h.data >> 2;
+  if (t >= kWorkers) return;
+  Slot& s = c->returns[t];
+  if (h.regs->ret() != t + seq + static_cast<std::uint64_t>(c->fn)) s.wrong_fn++;
+  if (s.seq == seq) {
+    s.count++;
+  } else {
+    s.seq = seq;
+    s.count = 1;
+  }
+}
+std::uint64_t returned(const Cookie& c, int t, std::uint64_t seq) {
+  return c.returns[t].seq == seq ? c.returns[t].count : 0;
+}
+
 // What attaches and detaches: the engine, or a fake for the harness's self-tests.
 class Driver {
  public:
@@ -162,6 +187,7 @@ struct Totals {
   std::uint64_t calls = 0, must = 0, idle = 0, boundary = 0, boundary_counted = 0;
   std::uint64_t missed = 0, outside = 0, doubled = 0, wrong_fn = 0, bad_result = 0;
   std::uint64_t permanent_bad = 0;
+  std::uint64_t return_bad = 0;  // a return handler run that does not match the entry's
   std::uint64_t cycles = 0;
   double attach_ms = 0, detach_ms = 0;  // time spent in attach() and detach()
   std::string driver_error;
@@ -171,7 +197,7 @@ struct Totals {
     calls += o.calls, must += o.must, idle += o.idle, boundary += o.boundary;
     boundary_counted += o.boundary_counted, missed += o.missed, outside += o.outside;
     doubled += o.doubled, wrong_fn += o.wrong_fn, bad_result += o.bad_result;
-    permanent_bad += o.permanent_bad;
+    permanent_bad += o.permanent_bad, return_bad += o.return_bad;
     if (first_violation.empty()) first_violation = o.first_violation;
   }
   std::string summary() const {
@@ -186,7 +212,8 @@ struct Totals {
            ", outside " + std::to_string(outside) + ", doubled " + std::to_string(doubled) +
            ", wrong function " + std::to_string(wrong_fn) + ", bad result " +
            std::to_string(bad_result) + ", permanent consumer not exactly once " +
-           std::to_string(permanent_bad) +
+           std::to_string(permanent_bad) + ", returns not matching entries " +
+           std::to_string(return_bad) +
            (first_violation.empty() ? "" : "; first violation: " + first_violation) +
            (driver_error.empty() ? "" : "; driver error: " + driver_error);
   }
@@ -196,6 +223,7 @@ struct RunSetup {
   std::vector<Fn> fns;                   // called round-robin by seq
   std::vector<Cookie*> watched[kFns];    // transient consumers of each function
   Cookie* permanent = nullptr;           // counts every call of fns[0] (hot-site kinds)
+  bool returns = false;                  // the watched consumers have return handlers
   std::chrono::milliseconds duration{200};
   unsigned min_cycles = 5;
 };
@@ -249,6 +277,15 @@ Totals run(Driver& d, const RunSetup& s) {
         } else if (!attached_window && !idle_window) {
           v.boundary_counted += n;
         }
+        if (s.returns) {
+          // The return runs iff the entry ran, except that a consumer detached while the
+          // call was in flight may lose its return (never gain one).
+          const std::uint64_t r = returned(*c, t, seq);
+          if (r > n || (attached_window && r != 1) || (idle_window && r != 0)) {
+            v.return_bad++;
+            violation("return", r);
+          }
+        }
       }
       if (s.permanent && fn == 0 && counted(*s.permanent, t, seq) != 1) {
         v.permanent_bad++;
@@ -257,7 +294,7 @@ Totals run(Driver& d, const RunSetup& s) {
     }
     for (int f = 0; f < kFns; f++)
       for (Cookie* c : s.watched[f])
-        v.wrong_fn += c->slots[t].wrong_fn;
+        v.wrong_fn += c->slots[t].wrong_fn + c->returns[t].wrong_fn;
     if (s.permanent) v.wrong_fn += s.permanent->slots[t].wrong_fn;
   };
 
@@ -456,6 +493,7 @@ enum class Kind {
   batch,            // four functions in one attach(span) / detach(span)
   consumer,         // one consumer on a site kept patched by a permanent consumer
   consumers_batch,  // two consumers on that site, attached and detached as one batch
+  returns,          // one function, entry + return probe, attach(spec) / detach(handle)
 };
 const char* kind_name(Kind k) {
   switch (k) {
@@ -467,6 +505,8 @@ const char* kind_name(Kind k) {
       return "consumer";
     case Kind::consumers_batch:
       return "consumers_batch";
+    case Kind::returns:
+      return "returns";
   }
   return "?";
 }
@@ -484,7 +524,8 @@ std::string param_name(const ::testing::TestParamInfo<Param>& i) {
 }
 std::vector<Param> params() {
   std::vector<Param> v;
-  for (Kind k : {Kind::single, Kind::batch, Kind::consumer, Kind::consumers_batch})
+  for (Kind k :
+       {Kind::single, Kind::batch, Kind::consumer, Kind::consumers_batch, Kind::returns})
     for (Scheme s : {Scheme::tasks_trace, Scheme::srcu, Scheme::srcu_fast, Scheme::percpu_rwsem,
                      Scheme::refcount, Scheme::rwlock})
       for (bool int3 : {false, true})
@@ -512,7 +553,7 @@ TEST_P(ExactCounting, UnderAttachDetachRaces) {
   // bytes from a signal handler; TSan runs asynchronous handlers late, on a copy of the
   // context, so the move cannot work there. The hot-site kinds patch before the threads
   // start, and int3 mode patches one byte (no move): those run.
-  if (!p.int3 && (p.kind == Kind::single || p.kind == Kind::batch)) {
+  if (!p.int3 && (p.kind == Kind::single || p.kind == Kind::batch || p.kind == Kind::returns)) {
     GTEST_SKIP() << "jmp-mode patching under running threads needs thread moves, which "
                     "ThreadSanitizer's deferred signal delivery defeats";
   }
@@ -529,7 +570,7 @@ TEST_P(ExactCounting, UnderAttachDetachRaces) {
     cookies[f].fn = f;
   RunSetup s;
   s.duration = std::chrono::milliseconds(
-      std::max<long>(60, static_cast<long>(stress_seconds() * 1000 / 16)));
+      std::max<long>(60, static_cast<long>(stress_seconds() * 1000 / 20)));
   std::vector<ProbeSpec> specs;
   std::vector<Handle> permanent_handles;
   bool batch = false;
@@ -538,6 +579,14 @@ TEST_P(ExactCounting, UnderAttachDetachRaces) {
       s.fns = {&hp_rs_f0};
       s.watched[0] = {&cookies[0]};
       specs = {rs_spec(0, &cookies[0], p.int3)};
+      break;
+    case Kind::returns:
+      s.fns = {&hp_rs_f0};
+      s.watched[0] = {&cookies[0]};
+      s.returns = true;
+      specs = {rs_spec(0, &cookies[0], p.int3)};
+      specs[0].on_entry = &rs_entry_for_return;
+      specs[0].on_return = &rs_return;
       break;
     case Kind::batch:
       s.fns = {&hp_rs_f0, &hp_rs_f1, &hp_rs_f2, &hp_rs_f3};
@@ -582,6 +631,7 @@ TEST_P(ExactCounting, UnderAttachDetachRaces) {
   EXPECT_EQ(t.wrong_fn, 0u) << t.summary();
   EXPECT_EQ(t.bad_result, 0u) << t.summary();
   EXPECT_EQ(t.permanent_bad, 0u) << t.summary();
+  EXPECT_EQ(t.return_bad, 0u) << t.summary();
   // The run must have exercised both sides, or it proves nothing.
   EXPECT_GE(t.cycles, 5u) << t.summary();
   EXPECT_GT(t.must, 0u) << "no call ran wholly inside an attached window: " << t.summary();
