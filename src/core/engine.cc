@@ -488,7 +488,6 @@ struct EngineImpl {
     std::vector<Result<std::vector<Handle>>> results;
     results.reserve(specs.size());
     Registry& reg = Registry::get();
-    ensure_module_watcher();
     if (std::any_of(specs.begin(), specs.end(),
                     [](const ProbeSpec& s) { return s.on_return != nullptr; })) {
       ensure_unwinder_probes();
@@ -1027,6 +1026,7 @@ Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   (void)hp::core::Registry::get();
+  hp::core::EngineImpl::ensure_module_watcher();
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
