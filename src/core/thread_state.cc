@@ -1,5 +1,7 @@
 #include "core/thread_state.h"
 
+#include <pthread.h>
+
 #include <mutex>
 
 #include "base/thread_annotations.h"
@@ -39,6 +41,25 @@ struct RecordReleaser {
 thread_local RecordReleaser tls_releaser;
 
 }  // namespace
+
+// In a fork child only the forking thread exists: the other records are released, so
+// their return stacks no longer keep sites as zombies.
+void release_records_in_child() HP_NO_THREAD_SAFETY_ANALYSIS {
+  g_records_mu.reinit_after_fork();
+  for (ThreadRecord* p = g_head.load(std::memory_order_acquire); p; p = p->next) {
+    if (p == tls_state.rec) continue;
+    for (std::uint32_t i = 0; i < kMaxReturnDepth; i++) {
+      p->stack[i].site.store(nullptr, std::memory_order_relaxed);
+    }
+    p->depth.store(0, std::memory_order_relaxed);
+    p->in_use.store(false, std::memory_order_release);
+  }
+}
+
+[[maybe_unused]] const int g_atfork = [] {
+  pthread_atfork(nullptr, nullptr, &release_records_in_child);
+  return 0;
+}();
 
 ThreadRecord& register_thread_record() {
   MutexLock l(g_records_mu);
