@@ -300,7 +300,11 @@ SlotId::SlotId() {
   Registry& r = registry();
   RegistryLock l(r);
   if (!r.free_ids.empty()) {
-    id_ = r.free_ids.back();
+    // The smallest free id: long-lived domains keep small ids, which have inline slots
+    // (allocation-free registration, see percpu.h).
+    auto it = std::min_element(r.free_ids.begin(), r.free_ids.end());
+    id_ = *it;
+    *it = r.free_ids.back();
     r.free_ids.pop_back();
     r.owners[id_] = &retired_;
   } else {

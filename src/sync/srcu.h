@@ -52,8 +52,8 @@
 // minimum of 30 interleaved rounds of 2M pairs; quick side-by-side run, not bench/):
 //   plain TLS counter ++/-- ........ 0.54 ns
 //   TasksTrace (tasks_trace.h) ...... 0.81 ns
-//   SrcuFast ........................ 1.20 ns   (1.48x TasksTrace)
-//   PercpuRwsem (percpu_rwsem.h) ... 1.20 ns
+//   SrcuFast ........................ 1.12 ns   (1.38x TasksTrace)
+//   PercpuRwsem (percpu_rwsem.h) ... 1.15 ns
 //   rseq percpu_add +1/-1 ........... 1.10 ns
 //   Srcu (classic, two lock-add fences)  6.3 ns
 //   RefcountDomain ................. 5.8 ns;  RwlockDomain 10.2 ns

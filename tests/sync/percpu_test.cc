@@ -151,7 +151,7 @@ TEST(ThreadSlots, IdsAreReusedAndStartClean) {
     EXPECT_EQ(a.sum_unlocks(0), 0u);
   }
   SlotId b;
-  EXPECT_EQ(b.get(), first);  // the freed id comes back first
+  EXPECT_EQ(b.get(), first);  // the smallest free id comes back first
   EXPECT_EQ(b.sum_locks(0), 0u);
   EXPECT_EQ(b.sum_locks(1), 0u);
   const auto* s = thread_slot_if_present(b.get());
