@@ -15,14 +15,14 @@
 // poisoned reads rather than data-race reports, and correct domains stay race-free.
 #pragma once
 
-#include <algorithm>
-#include <array>
-#include <atomic>
-#include <chrono>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <unistd.h>
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
 
 #include <cerrno>
 
@@ -143,50 +143,49 @@ struct Report {
   unsigned readers = 0;
 
   // Readers.
-  std::uint64_t reads = 0;          // top-level read sections
-  std::uint64_t nested = 0;         // nested sections inside them
-  std::uint64_t lingers = 0;        // sections that slept inside
-  std::uint64_t churn_threads = 0;  // short-lived reader threads started and exited
-  std::uint64_t churn_reads = 0;    // sections run by them (included in reads)
+  std::uint64_t reads = 0;                         // top-level read sections
+  std::uint64_t nested = 0;                        // nested sections inside them
+  std::uint64_t lingers = 0;                       // sections that slept inside
+  std::uint64_t churn_threads = 0;                 // short-lived reader threads started and exited
+  std::uint64_t churn_reads = 0;                   // sections run by them (included in reads)
   std::array<std::uint64_t, kPipeLen + 1> pipe{};  // max age seen per section
   std::array<std::uint64_t, kBatchLen> batch{};    // writer GPs ended during a section
 
   // Writer side.
-  std::uint64_t updates = 0;          // pointer replacements
-  std::uint64_t syncs = 0;            // synchronize() calls returned (writer + fake writer)
-  std::uint64_t calls = 0;            // call() issued (including re-queues)
-  std::uint64_t retires = 0;          // retire() issued
-  std::uint64_t callbacks = 0;        // callbacks run (call stages + retire deleters)
-  std::uint64_t polls = 0;            // start_poll() cookies that were seen done
-  std::uint64_t barriers = 0;         // barrier() calls returned
-  std::uint64_t poisoned_objects = 0; // objects that reached the end of the pipe
-  std::uint64_t shuffles = 0;         // reader CPU affinity changes
-  std::uint64_t signals = 0;          // signals sent to readers (signal_readers)
-  std::uint64_t signal_reads = 0;     // read sections run in the handler (included in reads)
-  double max_gp_ms = 0;               // longest synchronize() seen
+  std::uint64_t updates = 0;           // pointer replacements
+  std::uint64_t syncs = 0;             // synchronize() calls returned (writer + fake writer)
+  std::uint64_t calls = 0;             // call() issued (including re-queues)
+  std::uint64_t retires = 0;           // retire() issued
+  std::uint64_t callbacks = 0;         // callbacks run (call stages + retire deleters)
+  std::uint64_t polls = 0;             // start_poll() cookies that were seen done
+  std::uint64_t barriers = 0;          // barrier() calls returned
+  std::uint64_t poisoned_objects = 0;  // objects that reached the end of the pipe
+  std::uint64_t shuffles = 0;          // reader CPU affinity changes
+  std::uint64_t signals = 0;           // signals sent to readers (signal_readers)
+  std::uint64_t signal_reads = 0;      // read sections run in the handler (included in reads)
+  double max_gp_ms = 0;                // longest synchronize() seen
 
   // Errors: any nonzero count fails a flavour expected to pass.
-  std::uint64_t err_poisoned = 0;      // a reader saw a poisoned (reclaimed) object
-  std::uint64_t err_stale = 0;         // a reader saw an object >= 2 grace periods old
-  std::uint64_t err_bad_magic = 0;     // neither live nor poisoned: garbage / freed memory
-  std::uint64_t err_torn = 0;          // live object with inconsistent contents
-  std::uint64_t err_gen_backwards = 0; // a later section saw an older generation
-  std::uint64_t err_in_reader = 0;     // in_reader() wrong inside or outside a section
+  std::uint64_t err_poisoned = 0;         // a reader saw a poisoned (reclaimed) object
+  std::uint64_t err_stale = 0;            // a reader saw an object >= 2 grace periods old
+  std::uint64_t err_bad_magic = 0;        // neither live nor poisoned: garbage / freed memory
+  std::uint64_t err_torn = 0;             // live object with inconsistent contents
+  std::uint64_t err_gen_backwards = 0;    // a later section saw an older generation
+  std::uint64_t err_in_reader = 0;        // in_reader() wrong inside or outside a section
   std::uint64_t err_poll_after_sync = 0;  // poll(c) false after a later synchronize()
-  std::uint64_t err_poll_stall = 0;    // poll(c) never became true
-  std::uint64_t err_barrier = 0;       // barrier() returned before earlier callbacks ran
-  std::uint64_t err_drain = 0;         // callbacks/polls still pending at the end
-  std::uint64_t err_cb_in_reader = 0;  // a callback ran inside a read section
-  std::string first_error;             // the first writer-side error, for the log
+  std::uint64_t err_poll_stall = 0;       // poll(c) never became true
+  std::uint64_t err_barrier = 0;          // barrier() returned before earlier callbacks ran
+  std::uint64_t err_drain = 0;            // callbacks/polls still pending at the end
+  std::uint64_t err_cb_in_reader = 0;     // a callback ran inside a read section
+  std::string first_error;                // the first writer-side error, for the log
 
   // Not an error (the domain is still correct), but worth a look: rcutorture's "???".
   static constexpr double kWriterStallMs = 1000;
   bool writer_stalled() const { return max_gp_ms > kWriterStallMs; }
 
   std::uint64_t errors() const {
-    return err_poisoned + err_stale + err_bad_magic + err_torn + err_gen_backwards +
-           err_in_reader + err_poll_after_sync + err_poll_stall + err_barrier + err_drain +
-           err_cb_in_reader;
+    return err_poisoned + err_stale + err_bad_magic + err_torn + err_gen_backwards + err_in_reader +
+           err_poll_after_sync + err_poll_stall + err_barrier + err_drain + err_cb_in_reader;
   }
   // Reads that the domain let go wrong (what a broken synchronize()/call() produces).
   std::uint64_t bad_reads() const { return err_poisoned + err_stale + err_bad_magic + err_torn; }
@@ -199,8 +198,8 @@ struct Report {
       s += line;
     };
     using ull = unsigned long long;
-    add("[torture %s] seed=0x%llx seconds=%.2f readers=%u\n", flavour.c_str(), (ull)seed,
-        seconds, readers);
+    add("[torture %s] seed=0x%llx seconds=%.2f readers=%u\n", flavour.c_str(), (ull)seed, seconds,
+        readers);
     add("[torture %s] reads=%llu nested=%llu lingers=%llu churn_threads=%llu churn_reads=%llu "
         "signals=%llu signal_reads=%llu\n",
         flavour.c_str(), (ull)reads, (ull)nested, (ull)lingers, (ull)churn_threads,
@@ -214,10 +213,12 @@ struct Report {
           "%.1f s)\n",
           flavour.c_str(), max_gp_ms, (ull)updates, seconds);
     add("[torture %s] Reader Pipe: ", flavour.c_str());
-    for (unsigned i = 0; i <= kPipeLen; i++) add(" %llu", (ull)pipe[i]);
+    for (unsigned i = 0; i <= kPipeLen; i++)
+      add(" %llu", (ull)pipe[i]);
     add("  (last bucket = poisoned)%s\n", (pipe[2] + pipe[3] + pipe[4]) ? " !!!" : "");
     add("[torture %s] Reader Batch:", flavour.c_str());
-    for (unsigned i = 0; i < kBatchLen; i++) add(" %llu", (ull)batch[i]);
+    for (unsigned i = 0; i < kBatchLen; i++)
+      add(" %llu", (ull)batch[i]);
     add("\n");
     add("[torture %s] errors=%llu (poisoned=%llu stale=%llu bad_magic=%llu torn=%llu "
         "gen_backwards=%llu in_reader=%llu poll_after_sync=%llu poll_stall=%llu barrier=%llu "
@@ -262,7 +263,8 @@ class Torture {
     std::thread fake([this] { fake_writer_thread(o_.seed + 0x300); });
     std::thread writer([this] { writer_thread(o_.seed + 0x400); });
     std::vector<pthread_t> handles;
-    for (auto& t : readers) handles.push_back(t.native_handle());
+    for (auto& t : readers)
+      handles.push_back(t.native_handle());
     std::thread shuffler([this, handles] { shuffler_thread(o_.seed + 0x500, handles); });
     std::thread signaller;
     if (o_.signal_readers)
@@ -278,7 +280,8 @@ class Torture {
     stop_.store(true, std::memory_order_relaxed);
     shuffler.join();  // before the readers: it names their threads
     if (signaller.joinable()) signaller.join();
-    for (auto& t : readers) t.join();
+    for (auto& t : readers)
+      t.join();
     churner.join();
     fake.join();
     writer.join();
@@ -297,7 +300,8 @@ class Torture {
     watchdog.join();
     {
       std::lock_guard g(q_mu_);
-      for (Obj* o : quarantine_) delete o;
+      for (Obj* o : quarantine_)
+        delete o;
       quarantine_.clear();
     }
     fold_counters();
@@ -310,7 +314,7 @@ class Torture {
   struct Obj : sync::Callback {
     std::atomic<std::uint64_t> magic{kLiveMagic};
     std::atomic<std::uint64_t> gen{0};
-    std::atomic<std::uint64_t> pipe{0};  // grace periods ended since removal
+    std::atomic<std::uint64_t> pipe{0};                 // grace periods ended since removal
     std::array<std::atomic<std::uint64_t>, 3> check{};  // functions of gen
     Torture* owner = nullptr;
   };
@@ -348,8 +352,10 @@ class Torture {
     bool consistent = true;
     for (unsigned i = 0; i < p->check.size(); i++) {
       std::uint64_t c = p->check[i].load(std::memory_order_relaxed);
-      if (c == kPoisonWord) poisoned = true;
-      else if (c != check_word(g, i)) consistent = false;
+      if (c == kPoisonWord)
+        poisoned = true;
+      else if (c != check_word(g, i))
+        consistent = false;
     }
     if (poisoned) {
       s.poisoned++;
@@ -373,9 +379,7 @@ class Torture {
   }
 
   // A read the domain let go wrong: what stop_after_errors counts.
-  void note_bad_read() {
-    live_bad_reads_.fetch_add(1, std::memory_order_relaxed);
-  }
+  void note_bad_read() { live_bad_reads_.fetch_add(1, std::memory_order_relaxed); }
 
   // One top-level read section, maybe with nested ones, lingering and yielding inside.
   void read_section(Rng& rng, ReaderStats& s) {
@@ -393,12 +397,13 @@ class Torture {
       // Linger: a broken writer gets many updates done while we sleep holding p. Now and
       // then linger long (readers of every flavour may block).
       s.lingers++;
-      std::this_thread::sleep_for(std::chrono::microseconds(
-          rng.one_in(32) ? 1000 + rng.below(2000) : 5 + rng.below(100)));
+      std::this_thread::sleep_for(
+          std::chrono::microseconds(rng.one_in(32) ? 1000 + rng.below(2000) : 5 + rng.below(100)));
     } else if (r < 24) {
       std::this_thread::yield();
     } else if (r < 40) {
-      for (std::uint64_t i = rng.below(500); i > 0; i--) (void)cur_.load(std::memory_order_relaxed);
+      for (std::uint64_t i = rng.below(500); i > 0; i--)
+        (void)cur_.load(std::memory_order_relaxed);
     }
     if (rng.one_in(8)) {
       unsigned depth = 1 + static_cast<unsigned>(rng.below(3));
@@ -430,8 +435,10 @@ class Torture {
     rep_.nested += s.nested;
     rep_.lingers += s.lingers;
     if (churn) rep_.churn_reads += s.reads;
-    for (unsigned i = 0; i <= kPipeLen; i++) rep_.pipe[i] += s.pipe[i];
-    for (unsigned i = 0; i < kBatchLen; i++) rep_.batch[i] += s.batch[i];
+    for (unsigned i = 0; i <= kPipeLen; i++)
+      rep_.pipe[i] += s.pipe[i];
+    for (unsigned i = 0; i < kBatchLen; i++)
+      rep_.batch[i] += s.batch[i];
     rep_.err_poisoned += s.poisoned;
     rep_.err_stale += s.stale;
     rep_.err_bad_magic += s.bad_magic;
@@ -443,13 +450,14 @@ class Torture {
   void reader_thread(std::uint64_t seed, unsigned idx) {
     Rng rng(seed);
     ReaderStats s;
-    ReaderStats sig;  // written only by the signal handler on this thread
+    ReaderStats sig;       // written only by the signal handler on this thread
     read_section(rng, s);  // the first use of a domain in a thread may allocate
     if (o_.signal_readers) {
       tls_sig_stats_ = &sig;
       ready_[idx].store(true, std::memory_order_release);
     }
-    while (!stop_.load(std::memory_order_relaxed)) read_section(rng, s);
+    while (!stop_.load(std::memory_order_relaxed))
+      read_section(rng, s);
     if (o_.signal_readers) {
       sigset_t set;
       sigemptyset(&set);
@@ -534,7 +542,8 @@ class Torture {
           merge(s, true);
         });
       }
-      for (auto& t : ts) t.join();
+      for (auto& t : ts)
+        t.join();
       n += k;
       std::this_thread::sleep_for(std::chrono::microseconds(rng.below(500)));
     }
@@ -554,7 +563,8 @@ class Torture {
   // object sees poison, not reused memory.
   void poison(Obj* o) {
     o->magic.store(kPoisonMagic, std::memory_order_relaxed);
-    for (auto& c : o->check) c.store(kPoisonWord, std::memory_order_relaxed);
+    for (auto& c : o->check)
+      c.store(kPoisonWord, std::memory_order_relaxed);
     Obj* victim = nullptr;
     {
       std::lock_guard g(q_mu_);
@@ -642,8 +652,10 @@ class Torture {
         err_poll_after_sync_++;
       }
     }
-    for (Obj* o : sync_pipe_) age(o);
-    std::erase_if(sync_pipe_, [](Obj* o) { return o->pipe.load(std::memory_order_relaxed) >= kPipeLen; });
+    for (Obj* o : sync_pipe_)
+      age(o);
+    std::erase_if(sync_pipe_,
+                  [](Obj* o) { return o->pipe.load(std::memory_order_relaxed) >= kPipeLen; });
   }
 
   void advance_polls() {
@@ -652,8 +664,10 @@ class Torture {
         polls_.fetch_add(1, std::memory_order_relaxed);
         std::uint64_t p = e.obj->pipe.load(std::memory_order_relaxed);
         age(e.obj);
-        if (p + 1 >= kPipeLen) e.obj = nullptr;
-        else e.cookie = d_.start_poll();
+        if (p + 1 >= kPipeLen)
+          e.obj = nullptr;
+        else
+          e.cookie = d_.start_poll();
       }
     }
     std::erase_if(polled_, [](const Polled& e) { return e.obj == nullptr; });
@@ -714,8 +728,10 @@ class Torture {
       if (in_flight_.load(std::memory_order_relaxed) > 1024 || rng.one_in(64)) barrier_check();
       if (polled_.size() > 64) sync_and_age();
       std::uint64_t r = rng.below(16);
-      if (r == 0) std::this_thread::sleep_for(std::chrono::microseconds(1 + rng.below(50)));
-      else if (r < 5) std::this_thread::yield();
+      if (r == 0)
+        std::this_thread::sleep_for(std::chrono::microseconds(1 + rng.below(50)));
+      else if (r < 5)
+        std::this_thread::yield();
     }
   }
 
@@ -725,10 +741,14 @@ class Torture {
     Rng rng(seed);
     while (!stop_.load(std::memory_order_relaxed)) {
       switch (rng.below(8)) {
-        case 0: case 1: case 2: case 3:
+        case 0:
+        case 1:
+        case 2:
+        case 3:
           timed_synchronize();
           break;
-        case 4: case 5: {
+        case 4:
+        case 5: {
           sync::GpCookie c = d_.start_poll();
           if (!wait_poll(c)) {
             report_error("poll(start_poll()) never became true");
@@ -779,7 +799,8 @@ class Torture {
       }
       if (pthread_setaffinity_np(t, sizeof set, &set) == 0) n++;
     }
-    for (pthread_t t : readers) pthread_setaffinity_np(t, sizeof allowed, &allowed);
+    for (pthread_t t : readers)
+      pthread_setaffinity_np(t, sizeof allowed, &allowed);
     std::lock_guard g(stats_mu_);
     rep_.shuffles += n;
   }
@@ -789,8 +810,10 @@ class Torture {
     unsigned spins = 0;
     while (!d_.poll(c)) {
       if (Clock::now() > limit) return false;
-      if (++spins < 64) std::this_thread::yield();
-      else std::this_thread::sleep_for(std::chrono::microseconds(100));
+      if (++spins < 64)
+        std::this_thread::yield();
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
     polls_.fetch_add(1, std::memory_order_relaxed);
     return true;
@@ -815,8 +838,10 @@ class Torture {
         }
         std::uint64_t p = e.obj->pipe.load(std::memory_order_relaxed);
         age(e.obj);
-        if (p + 1 >= kPipeLen) e.obj = nullptr;
-        else e.cookie = d_.start_poll();
+        if (p + 1 >= kPipeLen)
+          e.obj = nullptr;
+        else
+          e.cookie = d_.start_poll();
         progress_.fetch_add(1, std::memory_order_relaxed);
       }
     }
@@ -852,7 +877,8 @@ class Torture {
     std::unique_lock lk(wd_mu_);
     while (!finished_.load()) {
       wd_cv_.wait_for(lk, std::chrono::milliseconds(100));
-      std::uint64_t p = updates_.load(std::memory_order_relaxed) + progress_.load(std::memory_order_relaxed);
+      std::uint64_t p =
+          updates_.load(std::memory_order_relaxed) + progress_.load(std::memory_order_relaxed);
       if (p != last) {
         last = p;
         last_change = Clock::now();
@@ -992,8 +1018,10 @@ class ReferenceDomain {
     }
   }
   void call(sync::Callback* cb) {
-    if constexpr ((Breaks & kBreakCall) != 0) cb->fn(cb);
-    else deferred_.call(cb);
+    if constexpr ((Breaks & kBreakCall) != 0)
+      cb->fn(cb);
+    else
+      deferred_.call(cb);
   }
   void barrier() {
     if constexpr ((Breaks & kBreakBarrier) == 0) deferred_.barrier();
@@ -1002,7 +1030,8 @@ class ReferenceDomain {
     if constexpr ((Breaks & kBreakPoll) != 0) {
       sync::GpCookie c = seq_.snap();
       std::lock_guard g(gp_mu_);
-      while (!seq_.done(c)) seq_.start(), seq_.end();
+      while (!seq_.done(c))
+        seq_.start(), seq_.end();
       return c;
     } else {
       return deferred_.start_poll();
@@ -1024,7 +1053,7 @@ class ReferenceDomain {
   static void real_gp_thunk(void* self) { static_cast<ReferenceDomain*>(self)->real_gp(); }
 
   static inline thread_local int depth_ = 0;
-  std::mutex gp_mu_;      // lock order: gp_mu_ -> turnstile_ -> rw_
+  std::mutex gp_mu_;  // lock order: gp_mu_ -> turnstile_ -> rw_
   std::mutex turnstile_;
   std::shared_mutex rw_;
   sync::GpSequence seq_;

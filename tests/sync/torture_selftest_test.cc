@@ -46,7 +46,8 @@ TEST(TortureSelftest, ReferenceDomainPasses) {
   // Everything retired was reclaimed by the end.
   EXPECT_EQ(r.poisoned_objects, r.updates + 1) << r.format();
   // A correct domain never lets a reader see a retired object age.
-  for (unsigned i = 1; i <= kPipeLen; i++) EXPECT_EQ(r.pipe[i], 0u) << "bucket " << i;
+  for (unsigned i = 1; i <= kPipeLen; i++)
+    EXPECT_EQ(r.pipe[i], 0u) << "bucket " << i;
 }
 
 TEST(TortureSelftest, BrokenDomainIsCaught) {

@@ -50,7 +50,9 @@ struct Flavour {
 };
 
 // So that gtest (and ctest's test names) show the flavour, not its bytes.
-void PrintTo(const Flavour& f, std::ostream* os) { *os << f.name; }
+void PrintTo(const Flavour& f, std::ostream* os) {
+  *os << f.name;
+}
 
 template <class D>
 Report run_owned(const char* name, const Options& o) {
@@ -129,8 +131,10 @@ Outcome run_in_child(const Flavour& f, const Options& o) {
   std::size_t got = 0;
   while (got < sizeof in) {
     ssize_t n = read(fds[0], reinterpret_cast<char*>(in) + got, sizeof in - got);
-    if (n > 0) got += static_cast<std::size_t>(n);
-    else if (n == 0 || errno != EINTR) break;
+    if (n > 0)
+      got += static_cast<std::size_t>(n);
+    else if (n == 0 || errno != EINTR)
+      break;
   }
   close(fds[0]);
   int status = 0;
@@ -178,8 +182,8 @@ TEST_P(TortureTest, Run) {
     // The proof that the test can fail: a domain whose synchronize() does not wait and
     // whose call() runs at once must produce poisoned or too-stale reads (and must not
     // crash the run: the child completed).
-    EXPECT_GT(r.bad_reads, 0u) << "the torture test did not catch flavour " << f.name
-                               << " (seed 0x" << std::hex << r.seed << ", report above)";
+    EXPECT_GT(r.bad_reads, 0u) << "the torture test did not catch flavour " << f.name << " (seed 0x"
+                               << std::hex << r.seed << ", report above)";
   }
 }
 
