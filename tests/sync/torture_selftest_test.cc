@@ -4,6 +4,10 @@
 // torture_stress_test.cc.
 #include <gtest/gtest.h>
 
+#include <memory>
+#include <utility>
+#include <vector>
+
 #include "torture.h"
 
 namespace hp::torture {
@@ -21,6 +25,91 @@ Options expect_failure_options(double seconds = 1.0) {
   o.stop_after_errors = 200;
   return o;
 }
+
+// A domain whose read side is correct between threads but not against a signal handler
+// on the same thread, the way the first slot counters (b500e3b) were: the outermost
+// read_lock() counts itself with a load and a store, and a handler's whole section can
+// run in between, so its lock count is lost while its unlock count is kept. From then on
+// the writer's "unlocks reached the lock count" test passes while that thread is still
+// inside a section: grace periods end early. (The unlock side is a single atomic add, so
+// the failure is early reclamation, which the torture catches, not a hang.) A pause
+// between the load and the store widens the window so a 1 s run hits it.
+//
+// Grace period: snapshot every thread's lock count, then wait until its unlock count
+// reaches it. Only outermost sections count, so a nested section cannot make the
+// counts meet early.
+struct UnsafeSlot {
+  std::atomic<std::uint64_t> lock{0}, unlock{0};
+};
+struct UnsafeTls {
+  const void* owner = nullptr;
+  UnsafeSlot* slot = nullptr;
+  int depth = 0;
+};
+thread_local UnsafeTls tls_unsafe;
+
+class SignalUnsafeDomain {
+ public:
+  SignalUnsafeDomain() : deferred_(this, &sync_thunk, seq_, "torture-unsafe") {}
+  SignalUnsafeDomain(const SignalUnsafeDomain&) = delete;
+  SignalUnsafeDomain& operator=(const SignalUnsafeDomain&) = delete;
+
+  sync::ReadToken read_lock() noexcept {
+    if (tls_unsafe.depth == 0) {
+      Slot* s = slot();
+      std::uint64_t v = s->lock.load(std::memory_order_relaxed);
+      for (int i = 0; i < 20; i++)
+        asm volatile("pause" ::: "memory");  // the window
+      s->lock.store(v + 1, std::memory_order_relaxed);
+      asm volatile("mfence" ::: "memory");  // pairs with the writer's mfence
+    }
+    tls_unsafe.depth++;
+    return {};
+  }
+  void read_unlock(sync::ReadToken) noexcept {
+    if (--tls_unsafe.depth == 0) tls_unsafe.slot->unlock.fetch_add(1, std::memory_order_release);
+  }
+  bool in_reader() const noexcept { return tls_unsafe.depth > 0; }
+
+  void synchronize() {
+    std::lock_guard g(mu_);
+    seq_.start();
+    asm volatile("mfence" ::: "memory");
+    std::vector<std::pair<Slot*, std::uint64_t>> snap;
+    for (auto& s : slots_)
+      snap.emplace_back(s.get(), s->lock.load(std::memory_order_relaxed));
+    for (auto& [s, l] : snap) {
+      while (s->unlock.load(std::memory_order_acquire) < l)
+        std::this_thread::yield();
+    }
+    seq_.end();
+  }
+  void call(sync::Callback* cb) { deferred_.call(cb); }
+  void barrier() { deferred_.barrier(); }
+  sync::GpCookie start_poll() { return deferred_.start_poll(); }
+  bool poll(sync::GpCookie c) const noexcept { return seq_.done(c); }
+
+ private:
+  using Slot = UnsafeSlot;
+  // A thread's first section registers it (under the mutex: not from a signal handler;
+  // the torture lets a reader be signalled only after its first section).
+  Slot* slot() {
+    if (tls_unsafe.owner != this) {
+      std::lock_guard g(mu_);
+      slots_.push_back(std::make_unique<Slot>());
+      tls_unsafe.slot = slots_.back().get();
+      tls_unsafe.owner = this;
+    }
+    return tls_unsafe.slot;
+  }
+  static void sync_thunk(void* self) { static_cast<SignalUnsafeDomain*>(self)->synchronize(); }
+
+  std::mutex mu_;  // slots_ and grace periods
+  std::vector<std::unique_ptr<Slot>> slots_;
+  sync::GpSequence seq_;
+  sync::Deferred deferred_;  // last: destroyed first
+};
+static_assert(sync::ReclaimingDomain<SignalUnsafeDomain>);
 
 std::string rerun_hint(const Report& r) {
   char buf[64];
@@ -81,6 +170,28 @@ TEST(TortureSelftest, BarrierThatDoesNotWaitIsCaught) {
   ReferenceDomain<kBreakBarrier> d;
   Report r = run_torture(d, "selftest_break_barrier", expect_failure_options());
   EXPECT_GT(r.err_barrier, 0u) << rerun_hint(r);
+}
+
+// Correct between threads: passes without signal readers...
+TEST(TortureSelftest, SignalUnsafeDomainPassesWithoutSignals) {
+  SignalUnsafeDomain d;
+  Report r = run_torture(d, "selftest_signal_unsafe_nosig", short_options());
+  EXPECT_EQ(r.errors(), 0u) << rerun_hint(r);
+  EXPECT_EQ(r.signals, 0u);
+}
+
+// ...and the signal readers catch it: the proof that the signal rows can fail.
+TEST(TortureSelftest, SignalUnsafeDomainIsCaughtWithSignals) {
+#if defined(HOTPROBE_TSAN)
+  GTEST_SKIP() << "TSan delivers asynchronous signals only at its own safe points, never "
+                  "halfway through read_lock()";
+#endif
+  SignalUnsafeDomain d;
+  Options o = expect_failure_options(2.0);
+  o.signal_readers = true;
+  Report r = run_torture(d, "selftest_signal_unsafe", o);
+  EXPECT_GT(r.signal_reads, 0u) << r.format();
+  EXPECT_GT(r.bad_reads(), 0u) << rerun_hint(r);
 }
 
 TEST(TortureSelftest, ReportPrintsThePipeHistogram) {
