@@ -459,6 +459,9 @@ CallRow measure_hotprobe_case(hotprobe::Engine& engine, const HotprobeCase& c, c
   spec.on_return = c.on_return;
   spec.vector_registers = c.vector_registers;
   spec.force_int3 = c.force_int3;
+  // Site counts are the process's, and the engine may keep sites of its own (a module
+  // watcher): compare with the counts before this attach.
+  hotprobe::Stats base = engine.stats();
   auto handles = engine.attach(spec);
   if (!handles) return skipped_row(c.name, c.what, "attach failed: " + handles.error().message());
   if (handles->size() != 1) {
@@ -488,10 +491,14 @@ CallRow measure_hotprobe_case(hotprobe::Engine& engine, const HotprobeCase& c, c
     std::snprintf(buf, sizeof buf, "Stats::hits not kept");
   }
   row.check = buf;
-  // The engine's only probe is this one: its site's mode shows in the site counts.
-  if (c.force_int3 && before.sites_int3 == 0)
+  std::uint64_t new_jmp = before.sites_jmp - base.sites_jmp;
+  std::uint64_t new_int3 = before.sites_int3 - base.sites_int3;
+  if (new_jmp + new_int3 != 1)
+    row.check += ", sites +" + std::to_string(new_jmp) + " jmp +" + std::to_string(new_int3) +
+                 " int3 (the engine's own sites too)";
+  else if (c.force_int3 && new_int3 == 0)
     row.check += ", NOT an int3 site (force_int3 ignored)";
-  else if (!c.force_int3 && before.sites_int3 != 0)
+  else if (!c.force_int3 && new_int3 != 0)
     row.check += ", int3 site (no jump)";
   else
     row.check += c.force_int3 ? ", int3 site" : ", jmp site";
