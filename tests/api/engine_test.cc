@@ -250,6 +250,9 @@ TEST(Engine, ErrorsNameTheProblem) {
 }
 
 TEST(Engine, ProbesOnLibcMallocWithAllocatingHandler) {
+#if defined(HOTPROBE_ASAN)
+  GTEST_SKIP() << "AddressSanitizer replaces malloc: libc's is never called";
+#endif
   auto e = make_engine();
   static std::atomic<long> n{0};
   ProbeSpec s;
@@ -353,12 +356,13 @@ TEST(Engine, BacktraceShowsRealCallers) {
   ASSERT_EQ(n_probed, n_plain);
   // Every frame must be the real caller (hp_t_bt_inner tail-calls backtrace, so frame 0
   // is in hp_t_bt_outer), never a trampoline.
-  // Frame 2 is the call site in this test body, which differs between the two calls.
-  for (int i = 0; i < n_plain; i++) {
-    if (i != 2) {
-      EXPECT_EQ(probed[i], plain[i]) << "frame " << i;
-    }
-  }
+  // Exactly one frame may differ: the call site of collect_backtrace in this test body
+  // (which frame that is depends on inlining). A trampoline would cut the trace short
+  // or change every frame above it.
+  int differing = 0;
+  for (int i = 0; i < n_plain; i++)
+    differing += probed[i] != plain[i];
+  EXPECT_LE(differing, 1);
   EXPECT_EQ(a.entries, 1);
   EXPECT_EQ(b.entries, 1);
   // The return addresses go back to hijacked at this thread's next hit; these two
