@@ -211,7 +211,8 @@ void hp_cl_caller_avx();
 
 __attribute__((noinline, used)) long hp_cl_six(long a, long b, long c, long d, long e, long f) {
   asm volatile("" ::: "memory");
-  return a * 3 + b * 5 - c * 7 + (d ^ e) - f;
+  using U = unsigned long;  // wraps: the extremes below must not be undefined behaviour
+  return static_cast<long>(U(a) * 3 + U(b) * 5 - U(c) * 7 + U(d ^ e) - U(f));
 }
 }
 
