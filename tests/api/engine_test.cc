@@ -477,3 +477,63 @@ TEST(Engine, NotLoadedShortNameSaysHowToWait) {
 }
 
 }  // namespace
+
+namespace {
+
+// A handler that blocks: detach() waits for it, for every scheme.
+struct Blocker {
+  std::atomic<bool> entered{false};
+  std::atomic<bool> release{false};
+  std::atomic<bool> finished{false};
+};
+
+class EngineSchemes : public ::testing::TestWithParam<hotprobe::Scheme> {};
+
+TEST_P(EngineSchemes, DetachWaitsForARunningHandler) {
+  auto e = make_engine(GetParam());
+  static Blocker* blk;
+  Blocker b;
+  blk = &b;
+  ProbeSpec s;
+  s.target = ":hp_t_add";
+  s.on_entry = [](Hit&) {
+    blk->entered = true;
+    while (!blk->release)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    blk->finished = true;
+  };
+  auto h = e->attach(s);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  std::thread caller([] { EXPECT_EQ(hp_t_add(1, 2), 3); });
+  while (!b.entered)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::atomic<bool> detached{false};
+  std::thread detacher([&] {
+    EXPECT_TRUE(e->detach(*h).ok());
+    detached = true;
+    EXPECT_TRUE(b.finished.load()) << "detach returned while the handler was still running";
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(detached.load());
+  b.release = true;
+  detacher.join();
+  caller.join();
+  EXPECT_TRUE(detached.load());
+  EXPECT_EQ(hp_t_add(2, 2), 4);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllSchemes, EngineSchemes,
+                         ::testing::Values(hotprobe::Scheme::tasks_trace, hotprobe::Scheme::srcu,
+                                           hotprobe::Scheme::srcu_fast,
+                                           hotprobe::Scheme::percpu_rwsem,
+                                           hotprobe::Scheme::refcount, hotprobe::Scheme::rwlock),
+                         [](const auto& info) {
+                           std::string n(hotprobe::to_string(info.param));
+                           for (char& ch : n) {
+                             if (ch == '-') ch = '_';
+                           }
+                           return n;
+                         });
+
+}  // namespace
