@@ -450,7 +450,7 @@ class Watchdog {
 // Rows and results.
 
 struct Stats {
-  double min = NAN, median = NAN, max = NAN;
+  double min = NAN, median = NAN, p90 = NAN, max = NAN;
   int n = 0;
 };
 Stats stats_of(std::vector<double> v) {
@@ -461,6 +461,7 @@ Stats stats_of(std::vector<double> v) {
   s.min = v.front();
   s.max = v.back();
   s.median = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  s.p90 = v[std::min(v.size() - 1, static_cast<size_t>(std::ceil(0.9 * v.size())) - 1)];
   return s;
 }
 
@@ -657,7 +658,8 @@ std::string jstr(const std::string& s) {
 
 std::string jstats(const Stats& s) {
   return "{\"min\": " + jnum(s.min) + ", \"median\": " + jnum(s.median) +
-         ", \"max\": " + jnum(s.max) + ", \"n\": " + std::to_string(s.n) + "}";
+         ", \"p90\": " + jnum(s.p90) + ", \"max\": " + jnum(s.max) +
+         ", \"n\": " + std::to_string(s.n) + "}";
 }
 
 }  // namespace
@@ -717,7 +719,7 @@ int main(int argc, char** argv) {
   if (b.selected("percpu-rwsem")) {
     b.writes.push_back({"percpu-rwsem",
                         "hotprobe",
-                        "write lock()+unlock()",
+                        "lock()+unlock()",
                         [&o](int readers, std::vector<double>& us) {
                           HpFlavor<hp::sync::PercpuRwsem> f{&rwsem};
                           run_write_rep(
@@ -825,18 +827,20 @@ int main(int argc, char** argv) {
   for (auto& row : b.writes)
     w_by_name[row.name] = &row;
   std::printf(
-      "\nWrite side: us per call (min / median), alone (0R) and with 1 or 2 busy readers of the"
-      " same domain\n");
-  std::printf("%-14s %-22s %8s %8s %8s %8s %8s %8s %7s\n", "flavour", "operation", "0R min",
-              "0R med", "1R min", "1R med", "2R min", "2R med", "n(2R)");
+      "\nWrite side: us per call (min / median / 90th percentile), alone (0R) and with 1 or 2 "
+      "busy readers\n  of the same domain; the writer sleeps %d us between calls\n",
+      o.gap_us);
+  std::printf("%-13s %-16s %7s %7s %7s %7s %8s %7s %8s %8s %6s\n", "flavour", "operation", "0R min",
+              "0R med", "1R min", "1R med", "1R p90", "2R min", "2R med", "2R p90", "n(2R)");
   for (auto& row : b.writes) {
     Stats s[3];
     for (int k = 0; k < 3; ++k)
       s[k] = stats_of(row.us[k]);
-    std::printf("%-14s %-22s %8s %8s %8s %8s %8s %8s %7d\n", row.name.c_str(), row.what.c_str(),
-                fmt(s[0].min, "%.1f").c_str(), fmt(s[0].median, "%.1f").c_str(),
+    std::printf("%-13s %-16s %7s %7s %7s %7s %8s %7s %8s %8s %6d\n", row.name.c_str(),
+                row.what.c_str(), fmt(s[0].min, "%.1f").c_str(), fmt(s[0].median, "%.1f").c_str(),
                 fmt(s[1].min, "%.1f").c_str(), fmt(s[1].median, "%.1f").c_str(),
-                fmt(s[2].min, "%.1f").c_str(), fmt(s[2].median, "%.1f").c_str(), s[2].n);
+                fmt(s[1].p90, "%.0f").c_str(), fmt(s[2].min, "%.1f").c_str(),
+                fmt(s[2].median, "%.1f").c_str(), fmt(s[2].p90, "%.0f").c_str(), s[2].n);
   }
   auto wstat = [&](const std::string& name, int readers) -> Stats {
     auto it = w_by_name.find(name);
