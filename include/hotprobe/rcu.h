@@ -88,7 +88,9 @@ class rcu_obj_base : private rcu_detail::retire_node {
   void retire(D d = D(), rcu_domain& dom = rcu_default_domain()) noexcept {
     static_assert(std::is_base_of_v<rcu_obj_base, T>, "T must derive from rcu_obj_base<T, D>");
     static_assert(std::is_nothrow_move_constructible_v<D>, "D must be nothrow move constructible");
-    deleter_ = std::move(d);
+    // Re-constructed, not assigned: deleters such as lambdas are not assignable.
+    std::destroy_at(&deleter_);
+    std::construct_at(&deleter_, std::move(d));
     this->invoke = [](rcu_detail::retire_node* n) noexcept {
       auto* self = static_cast<rcu_obj_base*>(n);
       D del = std::move(self->deleter_);

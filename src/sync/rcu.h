@@ -56,7 +56,9 @@ class RcuObjBase : private Callback {
   template <ReclaimingDomain D = TasksTrace>
   void retire(Deleter d = Deleter(), D& dom = tasks_trace()) noexcept {
     static_assert(std::is_base_of_v<RcuObjBase, T>, "T must derive from RcuObjBase<T, Deleter>");
-    deleter_ = std::move(d);
+    // Re-constructed, not assigned: deleters such as lambdas are not assignable.
+    std::destroy_at(&deleter_);
+    std::construct_at(&deleter_, std::move(d));
     Callback::fn = [](Callback* cb) {
       auto* self = static_cast<RcuObjBase*>(cb);
       Deleter del = std::move(self->deleter_);

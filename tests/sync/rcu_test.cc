@@ -165,6 +165,19 @@ TEST(RcuApi, CopiedObjectsRetireIndependently) {
   EXPECT_EQ(destroyed.load(), 2);
 }
 
+// A lambda deleter type (not assignable) works with rcu_obj_base too.
+TEST(RcuApi, ObjBaseWithLambdaDeleterType) {
+  static std::atomic<int> calls{0};
+  auto del = [](auto* p) {
+    calls.fetch_add(1);
+    delete p;
+  };
+  struct L : hotprobe::rcu_obj_base<L, decltype(del)> {};
+  (new L)->retire(del);
+  hotprobe::rcu_barrier();
+  EXPECT_EQ(calls.load(), 1);
+}
+
 // ---- internal inline equivalent ----
 
 struct IntObj : hp::sync::RcuObjBase<IntObj> {
