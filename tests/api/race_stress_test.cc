@@ -123,13 +123,30 @@ struct alignas(64) Slot {
   std::uint64_t seq = 0;
   std::uint64_t count = 0;
   std::uint64_t wrong_fn = 0;
+  std::uint64_t late = 0;  // handler runs that ended after detach() returned
 };
+
+// The epoch of the run in progress (set before the workers start).
+const std::atomic<std::uint64_t>* g_epoch = nullptr;
+
+// A transient consumer's handler stays a while in one call of 32 (so detach() finds
+// handlers running) and checks, as it leaves, that detach() has not returned: detach
+// must wait for running handlers (the grace period of the scheme).
+void slow_down_and_check_late(std::uint64_t seq, Slot& s) {
+  if ((seq & 31) == 0) {
+    const auto until = Clock::now() + std::chrono::microseconds(5);
+    while (Clock::now() < until) {
+    }
+  }
+  if (g_epoch && g_epoch->load(std::memory_order_seq_cst) % 4 == 0) s.late++;
+}
 
 // One consumer's record.
 struct Cookie {
   long fn = 0;  // the function it is attached to
   Slot slots[kWorkers];
   Slot returns[kWorkers];  // return handler runs (return-probe kinds)
+  bool transient = true;   // attached and detached by the driver
 };
 
 void rs_handler(Hit& h) {
@@ -145,6 +162,7 @@ void rs_handler(Hit& h) {
     s.seq = seq;
     s.count = 1;
   }
+  if (c->transient) slow_down_and_check_late(seq, s);
 }
 
 std::uint64_t counted(const Cookie& c, int t, std::uint64_t seq) {
@@ -170,6 +188,7 @@ void rs_return(Hit& h) {
     s.seq = seq;
     s.count = 1;
   }
+  if (c->transient) slow_down_and_check_late(seq, s);
 }
 std::uint64_t returned(const Cookie& c, int t, std::uint64_t seq) {
   return c.returns[t].seq == seq ? c.returns[t].count : 0;
@@ -188,6 +207,7 @@ struct Totals {
   std::uint64_t missed = 0, outside = 0, doubled = 0, wrong_fn = 0, bad_result = 0;
   std::uint64_t permanent_bad = 0;
   std::uint64_t return_bad = 0;  // a return handler run that does not match the entry's
+  std::uint64_t late = 0;        // handlers still running after detach() returned
   std::uint64_t cycles = 0;
   double attach_ms = 0, detach_ms = 0;  // time spent in attach() and detach()
   std::string driver_error;
@@ -197,7 +217,7 @@ struct Totals {
     calls += o.calls, must += o.must, idle += o.idle, boundary += o.boundary;
     boundary_counted += o.boundary_counted, missed += o.missed, outside += o.outside;
     doubled += o.doubled, wrong_fn += o.wrong_fn, bad_result += o.bad_result;
-    permanent_bad += o.permanent_bad, return_bad += o.return_bad;
+    permanent_bad += o.permanent_bad, return_bad += o.return_bad, late += o.late;
     if (first_violation.empty()) first_violation = o.first_violation;
   }
   std::string summary() const {
@@ -213,7 +233,8 @@ struct Totals {
            ", wrong function " + std::to_string(wrong_fn) + ", bad result " +
            std::to_string(bad_result) + ", permanent consumer not exactly once " +
            std::to_string(permanent_bad) + ", returns not matching entries " +
-           std::to_string(return_bad) +
+           std::to_string(return_bad) + ", handlers running after detach returned " +
+           std::to_string(late) +
            (first_violation.empty() ? "" : "; first violation: " + first_violation) +
            (driver_error.empty() ? "" : "; driver error: " + driver_error);
   }
@@ -230,6 +251,7 @@ struct RunSetup {
 
 Totals run(Driver& d, const RunSetup& s) {
   std::atomic<std::uint64_t> epoch{0};
+  g_epoch = &epoch;
   std::atomic<bool> stop{false};
   std::atomic<int> ready{0};
   Totals per[kWorkers];
@@ -294,7 +316,8 @@ Totals run(Driver& d, const RunSetup& s) {
     }
     for (int f = 0; f < kFns; f++)
       for (Cookie* c : s.watched[f])
-        v.wrong_fn += c->slots[t].wrong_fn + c->returns[t].wrong_fn;
+        v.wrong_fn += c->slots[t].wrong_fn + c->returns[t].wrong_fn,
+            v.late += c->slots[t].late + c->returns[t].late;
     if (s.permanent) v.wrong_fn += s.permanent->slots[t].wrong_fn;
   };
 
@@ -345,6 +368,7 @@ Totals run(Driver& d, const RunSetup& s) {
   stop.store(true);
   for (auto& x : th)
     x.join();
+  g_epoch = nullptr;
   for (const Totals& v : per)
     out.add(v);
   return out;
@@ -354,10 +378,12 @@ Totals run(Driver& d, const RunSetup& s) {
 // The harness's self-tests: fake probes that can be broken on purpose.
 
 std::atomic<int> g_fake_times{0};  // how many times the fake "probe" runs the handler
+std::atomic<bool> g_fake_inside[kWorkers];  // a fake read-side section per worker
 Cookie* g_fake_cookie = nullptr;
 
 extern "C" __attribute__((noinline, used)) long hp_rs_fake(long t, long seq, long fn) {
-  const int n = g_fake_times.load(std::memory_order_acquire);
+  g_fake_inside[t].store(true, std::memory_order_seq_cst);
+  const int n = g_fake_times.load(std::memory_order_seq_cst);
   for (int i = 0; i < n; i++) {
     Regs r{};
     r.rdi = static_cast<std::uint64_t>(t);
@@ -366,10 +392,18 @@ extern "C" __attribute__((noinline, used)) long hp_rs_fake(long t, long seq, lon
     Hit h{&r, g_fake_cookie, nullptr, 0};
     rs_handler(h);
   }
+  g_fake_inside[t].store(false, std::memory_order_release);
   return t + seq + fn;
 }
 
-enum class Fake { correct, late_attach, lingering_detach, double_count };
+enum class Fake { correct, late_attach, lingering_detach, double_count, no_grace_period };
+
+// Waits until every worker has been seen outside hp_rs_fake once.
+void fake_grace_period() {
+  for (auto& in : g_fake_inside)
+    while (in.load(std::memory_order_seq_cst))
+      std::this_thread::yield();
+}
 
 class FakeDriver : public Driver {
  public:
@@ -380,7 +414,8 @@ class FakeDriver : public Driver {
   }
   std::string attach() override {
     if (th_.joinable()) th_.join();
-    if (f_ == Fake::correct || f_ == Fake::lingering_detach) g_fake_times.store(1);
+    if (f_ == Fake::correct || f_ == Fake::lingering_detach || f_ == Fake::no_grace_period)
+      g_fake_times.store(1);
     if (f_ == Fake::double_count) g_fake_times.store(2);
     return {};  // late_attach: "attached" without doing anything
   }
@@ -389,6 +424,10 @@ class FakeDriver : public Driver {
       case Fake::late_attach:  // counts only while detach() runs
         g_fake_times.store(1);
         std::this_thread::sleep_for(std::chrono::microseconds(100));
+        g_fake_times.store(0);
+        fake_grace_period();
+        break;
+      case Fake::no_grace_period:  // returns while handlers may still run
         g_fake_times.store(0);
         break;
       case Fake::lingering_detach:  // stops counting 1 ms after detach() returned
@@ -399,6 +438,7 @@ class FakeDriver : public Driver {
         break;
       default:
         g_fake_times.store(0);
+        fake_grace_period();
     }
     return {};
   }
@@ -422,7 +462,8 @@ Totals run_fake(Fake f) {
 
 TEST(RaceHarness, CorrectFakeProbePasses) {
   Totals t = run_fake(Fake::correct);
-  EXPECT_EQ(t.missed + t.outside + t.doubled + t.wrong_fn + t.bad_result, 0u) << t.summary();
+  EXPECT_EQ(t.missed + t.outside + t.doubled + t.wrong_fn + t.bad_result + t.late, 0u)
+      << t.summary();
   EXPECT_GT(t.must, 0u) << t.summary();
   EXPECT_GT(t.idle, 0u) << t.summary();
 }
@@ -433,6 +474,10 @@ TEST(RaceHarness, LateAttachIsCaught) {
 TEST(RaceHarness, LingeringDetachIsCaught) {
   Totals t = run_fake(Fake::lingering_detach);
   EXPECT_GT(t.outside, 0u) << t.summary();
+}
+TEST(RaceHarness, DetachWithoutGracePeriodIsCaught) {
+  Totals t = run_fake(Fake::no_grace_period);
+  EXPECT_GT(t.late, 0u) << t.summary();
 }
 TEST(RaceHarness, DoubleCountIsCaught) {
   Totals t = run_fake(Fake::double_count);
@@ -566,6 +611,7 @@ TEST_P(ExactCounting, UnderAttachDetachRaces) {
 
   Cookie cookies[kFns];
   Cookie extra, permanent;
+  permanent.transient = false;
   for (int f = 0; f < kFns; f++)
     cookies[f].fn = f;
   RunSetup s;
@@ -632,6 +678,7 @@ TEST_P(ExactCounting, UnderAttachDetachRaces) {
   EXPECT_EQ(t.bad_result, 0u) << t.summary();
   EXPECT_EQ(t.permanent_bad, 0u) << t.summary();
   EXPECT_EQ(t.return_bad, 0u) << t.summary();
+  EXPECT_EQ(t.late, 0u) << "detach() returned while handlers still ran: " << t.summary();
   // The run must have exercised both sides, or it proves nothing.
   EXPECT_GE(t.cycles, 5u) << t.summary();
   EXPECT_GT(t.must, 0u) << "no call ran wholly inside an attached window: " << t.summary();
