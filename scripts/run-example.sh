@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The README's first command: installs what is missing, builds, and runs the main job on
-# the bundled example. Until the probe engine lands, the main job is the synchronization
-# benchmark (bench/sync_bench) printing its side-by-side table (--quick: about a minute).
+# the bundled example: examples/count_calls, a multi-threaded program that attaches an
+# entry and a return probe to its own hottest function while its workers run, prints
+# calls by argument and a latency histogram in bpftrace's format, and what the probes
+# cost. Then the synchronization benchmark's side-by-side table (--quick).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh" "$root/build/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo
-exec "$root/build/release/bench/sync_bench" --quick "$@"
+echo "=== examples/count_calls: probing a running hot path"
+"$root/build/release/examples/count_calls" "$@"
+echo
+echo "=== bench/sync_bench --quick: the read-side schemes side by side with liburcu"
+"$root/build/release/bench/sync_bench" --quick
