@@ -3,15 +3,16 @@
 //
 //  - RefcountDomain: every reader does an atomic increment and decrement of one shared
 //    counter, the scheme whose cache-line bouncing made bpftime's 8 threads cost 1.3-2 us
-//    per call (REFERENCES.md). Measured here: 4 ns per pair alone, 15-20 ns with two
-//    threads. synchronize() is starvation-free: two counters and an index, as SRCU, so
-//    readers arriving during a grace period count on the other counter and the writer
-//    only waits for the readers that were there.
+//    per call (REFERENCES.md). Measured here: 5.3 ns per pair alone, 16.8 ns with two
+//    threads (median). synchronize() is starvation-free: two counters and an index, as
+//    SRCU, so readers arriving during a grace period count on the other counter and the
+//    writer only waits for the readers that were there.
 //  - RwlockDomain: std::shared_mutex read lock (the original tree lock); synchronize()
-//    takes and releases the exclusive lock. Measured here: 6 ns per pair alone, 37-58 ns
-//    with two readers. Nested read locks work because glibc's rwlock prefers readers by
-//    default; so that a steady stream of overlapping readers cannot starve synchronize(),
-//    outermost readers (per-thread, per-type depth 0) wait while a writer is pending.
+//    takes and releases the exclusive lock. Measured here: 9.8 ns per pair alone, 28 ns
+//    with two readers (median). Nested read locks work because glibc's rwlock prefers
+//    readers by default; so that a steady stream of overlapping readers cannot starve
+//    synchronize(), outermost readers (per-thread, per-type depth 0) wait while a writer
+//    is pending.
 //
 // Example
 //   hp::sync::RefcountDomain d;

@@ -48,15 +48,15 @@
 //   nor anything ThreadSanitizer cannot see. The writer's scan is O(threads that used the
 //   domain) instead of O(CPUs); it already pays membarrier, itself O(running threads).
 //
-// Measured read pairs (2-core AMD EPYC VM, Linux 6.18, g++ 12 -O2, load average ~10, so
-// minimum of 30 interleaved rounds of 2M pairs; quick side-by-side run, not bench/):
+// Measured read pairs (2-core AMD EPYC VM, Linux 6.18, g++ 12 -O2, loaded machine:
+// minimum of 20-40 interleaved rounds of 2M pairs; details in the design doc):
 //   plain TLS counter ++/-- ........ 0.54 ns
 //   TasksTrace (tasks_trace.h) ...... 0.81 ns
-//   SrcuFast ........................ 1.12 ns   (1.38x TasksTrace)
+//   SrcuFast ........................ 1.12 ns   (1.38x TasksTrace; 1.29 ns with 2 threads)
 //   PercpuRwsem (percpu_rwsem.h) ... 1.15 ns
 //   rseq percpu_add +1/-1 ........... 1.10 ns
-//   Srcu (classic, two lock-add fences)  6.3 ns
-//   RefcountDomain ................. 5.8 ns;  RwlockDomain 10.2 ns
+//   Srcu (classic, two lock-add fences)  5.6 ns
+//   RefcountDomain 5.3 ns (16.8 ns with 2 threads); RwlockDomain 9.8 ns (28 ns)
 //
 // Limits
 //   - synchronize() inside a read section of the same domain deadlocks (HP_ASSERTed).
