@@ -29,6 +29,31 @@ namespace {
 constexpr std::uint8_t kInt3 = 0xCC;
 constexpr std::uintptr_t kPage = 4096;
 
+// Code bytes are written and read with plain instructions in asm: sanitizers have no
+// shadow for another module's text (ThreadSanitizer faults on it), and no thread of
+// this process reads code as data, so there is nothing for them to check.
+void write_byte(std::uintptr_t addr, std::uint8_t b) {
+  // A single byte store is atomic: a thread fetching the instruction sees the old or the
+  // new byte.
+  __asm__ volatile("movb %1, %0"
+                   : "=m"(*reinterpret_cast<std::uint8_t*>(addr))
+                   : "q"(b)
+                   : "memory");
+}
+
+std::uint8_t read_code_byte(std::uintptr_t addr) {
+  std::uint8_t b;
+  __asm__ volatile("movb %1, %0" : "=q"(b) : "m"(*reinterpret_cast<const std::uint8_t*>(addr)));
+  return b;
+}
+
+bool code_equals(std::uintptr_t addr, const std::vector<std::uint8_t>& bytes) {
+  for (std::size_t i = 0; i < bytes.size(); i++) {
+    if (read_code_byte(addr + i) != bytes[i]) return false;
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------
 // Totals (relaxed: statistics only).
 std::atomic<std::uint64_t> g_sync_core_rounds{0};
@@ -180,7 +205,7 @@ void trap_handler(int sig, siginfo_t* info, void* uc) {
       return;
     }
     // The int3 was ours but the transaction has finished: run what is there now.
-    if (*reinterpret_cast<volatile const std::uint8_t*>(trap) != kInt3) {
+    if (read_code_byte(trap) != kInt3) {
       rip = trap;
       return;
     }
@@ -379,12 +404,6 @@ Result<std::vector<PageRun>> page_runs(std::span<const PatchSite> sites) {
   return runs;
 }
 
-void write_byte(std::uintptr_t addr, std::uint8_t b) {
-  // A single aligned-or-not byte store is atomic: a thread fetching the instruction sees
-  // the old or the new byte.
-  reinterpret_cast<std::atomic<std::uint8_t>*>(addr)->store(b, std::memory_order_relaxed);
-}
-
 // Sends the move signal to `tids` with `mt` published and waits (bounded) for the
 // answers. Returns the number of threads that did not answer.
 unsigned signal_and_wait(const MoveTable& mt, const std::vector<pid_t>& tids, PatchStats* stats) {
@@ -481,8 +500,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
         s.new_bytes.size() > 15) {
       return Error(Errc::invalid_argument, "patch site with inconsistent byte counts");
     }
-    if (std::memcmp(reinterpret_cast<const void*>(s.addr), s.old_bytes.data(),
-                    s.old_bytes.size()) != 0) {
+    if (!code_equals(s.addr, s.old_bytes)) {
       char msg[160];
       std::snprintf(msg, sizeof msg,
                     "the code at 0x%lx is not what hotprobe expected (patched by someone else, "
@@ -555,8 +573,8 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     }
     // Step 3: the tails.
     for (const PatchSite& s : sites) {
-      std::memcpy(reinterpret_cast<void*>(s.addr + 1), s.new_bytes.data() + 1,
-                  s.new_bytes.size() - 1);
+      for (std::size_t i = 1; i < s.new_bytes.size(); i++)
+        write_byte(s.addr + i, s.new_bytes[i]);
     }
     if (auto r = sync_core(); !r.ok()) return fail(r.error());
     stats.sync_core_rounds++;
