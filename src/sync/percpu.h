@@ -21,28 +21,32 @@
 //  - detail::thread_slot(id): this thread's counter slot for domain `id` (see below).
 //
 // Per-thread slots (what Srcu/SrcuFast/PercpuRwsem count readers in)
-//  Every domain gets a small id (SlotId; freed ids are reused first). Every thread has a
-//  lazily grown table of ThreadSlot indexed by id, reached through one initial-exec TLS
-//  variable, so a reader finds its slot with two %fs-relative loads and a compare. (The
-//  first ids in static TLS instead were tried: no measurable gain in a shared library,
-//  where the TLS block's address must be computed anyway.) Only the owning thread writes
-//  its slots (plain load + store, no atomic read-modify-write); writers sum one id's slots
-//  over all live threads, under the registry mutex. When a thread exits (pthread key
-//  destructor, after the C++ thread_local destructors) its counts are folded into each
-//  domain's `retired` counts, under the same mutex, so sums stay exact. When a domain is
-//  destroyed its id is freed and every live thread's slot of that id is zeroed, so the
-//  next domain that gets the id starts from zero. In a fork child the other threads'
-//  tables are dropped (those threads do not exist there).
+//  Every domain gets a small id (SlotId; freed ids are reused, smallest first). Every
+//  thread has a table of ThreadSlot indexed by id, reached through one initial-exec TLS
+//  variable {cap, slots}, so a reader finds its slot with two %fs-relative loads and a
+//  compare. The table starts as 4 slots inside the thread's record in static TLS
+//  (registration allocates nothing) and moves to a heap array when a larger id is used.
+//  (Reaching ids 0-3 directly in TLS instead of through the pointer was tried: no
+//  measurable gain in position-independent code.) Only the owning thread writes its
+//  slots (one non-locked `addq`, no atomic read-modify-write); writers sum one id's
+//  slots over all live threads, under the registry mutex. When a thread exits (pthread
+//  key destructor, after the C++ thread_local destructors) its counts are folded into
+//  each domain's `retired` counts, under the same mutex, so sums stay exact. When a
+//  domain is destroyed its id is freed and every live thread's slot of that id is
+//  zeroed, so the next domain that gets the id starts from zero. In a fork child the
+//  other threads' tables are dropped (those threads do not exist there).
 //
 // Limits
 //  - The TLS is initial-exec (no __tls_get_addr on the read path). A library loaded with
-//    dlopen (the injected agent) takes it from glibc's static TLS surplus: 184 bytes.
+//    dlopen (the injected agent) takes it from glibc's static TLS surplus: about 200
+//    bytes (the table pointer, and the thread record with the slots of ids 0-3).
+//  - A thread that exits inside a read section leaves its domain with a reader forever
+//    (its counts are folded as they are): writers of that domain then wait forever.
 //  - Async-signal-safety (read sections in a signal handler, as int3 mode runs them):
 //    counts are single-instruction adds, and registry work runs with signals blocked. A
-//    thread's first use registers it without allocating (its record and the slots of
-//    ids 0-3 are in static TLS: 168 bytes). A domain with id >= 4 used for the first
-//    time in a thread allocates (malloc is not async-signal-safe): touch such a domain
-//    once per thread before using it from a signal handler.
+//    thread's first use registers it without allocating. A domain with id >= 4 used for
+//    the first time in a thread allocates (malloc is not async-signal-safe): touch such
+//    a domain once per thread before using it from a signal handler.
 #pragma once
 
 #include <sched.h>

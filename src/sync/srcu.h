@@ -63,7 +63,8 @@
 //   - A domain must outlive its readers; destroying it with readers inside is a bug.
 //   - Read sections may block and nest; a read section held forever stalls writers (the
 //     return-probe lease timeout of DESIGN.md bounds that one level up).
-//   - The first read in a thread allocates (percpu.h, Limits).
+//   - Read sections may run in signal handlers (int3 mode); see percpu.h, Limits, for the
+//     one case that allocates (first use in a thread of a domain with id >= 4).
 //   - in_reader() is exact for the current thread unless its sections are unlocked on
 //     other threads (then it stays true in the locking thread until that thread exits).
 #pragma once
