@@ -51,7 +51,7 @@ HP_ALWAYS_INLINE auto& domain() {
   if constexpr (S == Scheme::rwlock) return rwlock_domain();
 }
 
-std::atomic<std::uintptr_t> g_ret_tramp[6];
+std::atomic<std::uintptr_t> g_ret_tramp[6][2];  // [scheme][vector_registers]
 std::atomic<std::uint64_t> g_gps{0};
 
 // Drops instances whose frames are gone: before a push at slot S, every instance with a
@@ -127,12 +127,16 @@ void entry_dispatch(void* ctx, Regs* regs) {
     Hit hit{regs, nullptr, nullptr, site->probe_address};
     ReturnInstance* ri = nullptr;
     std::uint32_t depth = 0;
-    const std::uintptr_t tramp = g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed);
+    const std::uintptr_t tramp =
+        g_ret_tramp[static_cast<int>(S)][site->vector_registers].load(std::memory_order_relaxed);
     auto* ret_slot = reinterpret_cast<std::uint64_t*>(regs->rsp);
     const bool use_stack = arr->any_return && site->at_entry;
+    bool tail_call = false;  // the slot already returns through the instance below
     if (use_stack) {
-      depth =
-          drop_dead(rec, rec.depth.load(std::memory_order_relaxed), regs->rsp, *ret_slot == tramp);
+      std::uint32_t d0 = rec.depth.load(std::memory_order_relaxed);
+      tail_call = d0 > 0 && rec.stack[d0 - 1].slot == regs->rsp && rec.stack[d0 - 1].hijacked &&
+                  *ret_slot == rec.stack[d0 - 1].tramp;
+      depth = drop_dead(rec, d0, regs->rsp, tail_call);
       if (depth < g_return_depth_limit.load(std::memory_order_relaxed)) {
         ri = &rec.stack[depth];
         ri->n = 0;
@@ -159,7 +163,7 @@ void entry_dispatch(void* ctx, Regs* regs) {
     }
     if (ri && ri->n) {
       // A tail call keeps the real return address in the instance below (same slot).
-      ri->orig_ret = *ret_slot == tramp && depth > 0 ? rec.stack[depth - 1].orig_ret : *ret_slot;
+      ri->orig_ret = tail_call ? rec.stack[depth - 1].orig_ret : *ret_slot;
       ri->slot = regs->rsp;
       ri->tramp = tramp;
       ri->hijacked = true;
@@ -301,11 +305,11 @@ ReturnDispatcher return_dispatcher(Scheme s) noexcept {
   return nullptr;
 }
 
-void set_return_trampoline(Scheme s, std::uintptr_t address) noexcept {
-  g_ret_tramp[static_cast<int>(s)].store(address, std::memory_order_release);
+void set_return_trampoline(Scheme s, bool vec, std::uintptr_t address) noexcept {
+  g_ret_tramp[static_cast<int>(s)][vec].store(address, std::memory_order_release);
 }
-std::uintptr_t return_trampoline(Scheme s) noexcept {
-  return g_ret_tramp[static_cast<int>(s)].load(std::memory_order_acquire);
+std::uintptr_t return_trampoline(Scheme s, bool vec) noexcept {
+  return g_ret_tramp[static_cast<int>(s)][vec].load(std::memory_order_acquire);
 }
 
 void synchronize(Scheme s) {

@@ -30,8 +30,9 @@ ReturnDispatcher return_dispatcher(hotprobe::Scheme s) noexcept;
 
 // Where hijacked return addresses point, per scheme (set by the engine once the return
 // trampolines exist).
-void set_return_trampoline(hotprobe::Scheme s, std::uintptr_t address) noexcept;
-std::uintptr_t return_trampoline(hotprobe::Scheme s) noexcept;
+void set_return_trampoline(hotprobe::Scheme s, bool vector_registers,
+                           std::uintptr_t address) noexcept;
+std::uintptr_t return_trampoline(hotprobe::Scheme s, bool vector_registers) noexcept;
 
 // Unwinders (C++ exceptions, backtrace(), thread cancellation) walk the stack through
 // return addresses, and a hijacked one points at a trampoline without unwind tables.

@@ -129,19 +129,23 @@ class Registry {
   std::atomic<std::uint64_t> next_id_{1};
   std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};
 
+  // Two per scheme: one saving xmm0-15 around the return handlers, one (for sites whose
+  // handlers all declared vector_registers = false) that does not.
   Result<void> ensure_return_trampoline(Scheme s) HP_REQUIRES(mu_) {
-    if (return_trampoline(s)) return {};
-    // Anywhere will do: the trampoline is reached through an absolute return address.
-    auto slot = ret_code_.allocate(reinterpret_cast<std::uint64_t>(&int3_hook));
-    if (!slot.ok()) return slot.error();
-    arch::ReturnTrampolineSpec spec;
-    spec.address = slot->address;
-    spec.dispatcher = reinterpret_cast<std::uint64_t>(return_dispatcher(s));
-    spec.save_vector = true;
-    auto code = arch::make_return_trampoline(spec);
-    if (!code.ok()) return code.error();
-    HP_TRY(ret_code_.write(*slot, *code));
-    set_return_trampoline(s, slot->address);
+    for (bool vec : {true, false}) {
+      if (return_trampoline(s, vec)) continue;
+      // Anywhere will do: the trampoline is reached through an absolute return address.
+      auto slot = ret_code_.allocate(reinterpret_cast<std::uint64_t>(&int3_hook));
+      if (!slot.ok()) return slot.error();
+      arch::ReturnTrampolineSpec spec;
+      spec.address = slot->address;
+      spec.dispatcher = reinterpret_cast<std::uint64_t>(return_dispatcher(s));
+      spec.save_vector = vec;
+      auto code = arch::make_return_trampoline(spec);
+      if (!code.ok()) return code.error();
+      HP_TRY(ret_code_.write(*slot, *code));
+      set_return_trampoline(s, vec, slot->address);
+    }
     return {};
   }
 

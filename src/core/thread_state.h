@@ -55,7 +55,9 @@ struct ThreadState {
   ThreadRecord* rec;
   bool in_handler;
 };
-extern constinit thread_local ThreadState tls_state;
+// initial-exec: a plain %fs access even inside libhotprobe.so (no __tls_get_addr call on
+// the hot path); the library is loaded at start-up or by dlopen with static TLS to spare.
+extern constinit thread_local ThreadState tls_state __attribute__((tls_model("initial-exec")));
 
 // The calling thread's record, registering it on first use.
 HP_ALWAYS_INLINE ThreadRecord& thread_record() {
