@@ -14,32 +14,37 @@
 #include "hotprobe/probe.h"
 
 extern "C" {
-volatile int hp_sink;
+int hp_sink;
+}
+// The probed functions store to a global so the compiler keeps them; relaxed atomic
+// stores, because several threads call them at once.
+#define SINK(v) __atomic_store_n(&hp_sink, static_cast<int>(v), __ATOMIC_RELAXED)
+extern "C" {
 // Long enough for a 5-byte jump (jmp mode).
 __attribute__((noinline, used)) long hp_t_add(long a, long b) {
-  hp_sink = static_cast<int>(a);
-  hp_sink = static_cast<int>(b);
+  SINK(static_cast<int>(a));
+  SINK(static_cast<int>(b));
   return a + b;
 }
 __attribute__((noinline, used)) long hp_t_mul(long a, long b) {
-  hp_sink = static_cast<int>(a);
-  hp_sink = static_cast<int>(b);
+  SINK(static_cast<int>(a));
+  SINK(static_cast<int>(b));
   return a * b;
 }
 // Recursion: a return probe on every level.
 long hp_t_fact(long n);
 long (*volatile hp_t_fact_ptr)(long) = hp_t_fact;  // defeats tail-recursion elimination
 __attribute__((noinline, used)) long hp_t_fact(long n) {
-  hp_sink = static_cast<int>(n);
+  SINK(static_cast<int>(n));
   return n <= 1 ? 1 : n * hp_t_fact_ptr(n - 1);
 }
 jmp_buf hp_t_jb;
 __attribute__((noinline, used)) void hp_t_jumper(int v) {
-  hp_sink = v;
+  SINK(v);
   if (v) longjmp(hp_t_jb, v);
 }
 __attribute__((noinline, used)) long hp_t_thrower(long v) {
-  hp_sink = static_cast<int>(v);
+  SINK(static_cast<int>(v));
   if (v > 0) throw std::runtime_error("thrown through a return probe");
   return v;
 }
@@ -294,17 +299,17 @@ TEST(Engine, JmpModeWhenPossible) {
 
 extern "C" {
 __attribute__((noinline, used)) int hp_t_bt_inner(void** frames, int n) {
-  hp_sink = n;
+  SINK(n);
   return backtrace(frames, n);
 }
 __attribute__((noinline, used)) int hp_t_bt_outer(void** frames, int n) {
-  hp_sink = n;
+  SINK(n);
   int r = hp_t_bt_inner(frames, n);
-  hp_sink = r;
+  SINK(r);
   return r;
 }
 __attribute__((noinline, used)) long hp_t_catcher(long v) {
-  hp_sink = static_cast<int>(v);
+  SINK(static_cast<int>(v));
   try {
     return hp_t_thrower(v);
   } catch (const std::runtime_error&) {
@@ -339,7 +344,7 @@ TEST(Engine, ExceptionsPassThroughReturnProbes) {
 // One call site for both runs, so the return addresses must be identical.
 __attribute__((noinline)) int collect_backtrace(void** frames) {
   int n = hp_t_bt_outer(frames, 32);
-  hp_sink = n;
+  SINK(n);
   return n;
 }
 
