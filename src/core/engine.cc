@@ -226,7 +226,12 @@ Result<std::vector<Target>> resolve_pending(std::string_view path, std::string_v
   return out;
 }
 
-Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec& spec) {
+// Module specs already resolved in this batch (a batch of 10,000 probes on one library
+// resolves its module once, not 10,000 times).
+using ModuleCache = std::unordered_map<std::string, const elf::Module*>;
+
+Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec& spec,
+                                    ModuleCache& cache) {
   auto colon = spec.target.find(':');
   if (colon == std::string::npos) {
     return Error(Errc::invalid_argument,
@@ -240,7 +245,10 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
     return Error(Errc::invalid_argument,
                  "probe target '" + spec.target + "' names no symbol after ':'");
   }
-  auto mod = mods.resolve(module_spec);
+  auto cached = cache.find(std::string(module_spec));
+  auto mod = cached != cache.end() ? Result<const elf::Module*>(cached->second)
+                                   : mods.resolve(module_spec);
+  if (mod.ok()) cache.emplace(std::string(module_spec), *mod);
   if (!mod.ok()) {
     // A path to a library that is not loaded yet: the probe waits for its dlopen.
     if (mod.error().code() == Errc::not_found && module_spec.find('/') != std::string_view::npos &&
@@ -497,6 +505,7 @@ struct EngineImpl {
       ensure_unwinder_probes();
     }
     auto mods = elf::ModuleList::of_self();
+    ModuleCache module_cache;
     std::vector<std::vector<Target>> targets(specs.size());
     bool any_error = false;
     for (std::size_t i = 0; i < specs.size(); i++) {
@@ -507,7 +516,7 @@ struct EngineImpl {
                   "probe '" + spec.target + "' has neither an entry nor a return handler"));
       } else if (!mods.ok()) {
         results.push_back(mods.error());
-      } else if (auto t = resolve(*mods, spec); !t.ok()) {
+      } else if (auto t = resolve(*mods, spec, module_cache); !t.ok()) {
         results.push_back(t.error());
       } else {
         targets[i] = std::move(*t);

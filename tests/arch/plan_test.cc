@@ -41,7 +41,7 @@ TEST(ArchPlan, WholeInstructionsUntilFiveBytes) {
   EXPECT_EQ(p.probe_address, kFn);
   EXPECT_EQ(p.length, 8u);  // push + mov + sub: 1 + 3 + 4
   ASSERT_EQ(p.insns.size(), 3u);
-  EXPECT_EQ(p.insns[2].text, "sub rsp, 0x10");
+  EXPECT_EQ(hp::arch::text_of(p.insns[2]), "sub rsp, 0x10");
   EXPECT_EQ(p.original, Bytes(kPrologue.begin(), kPrologue.begin() + 8));
   EXPECT_TRUE(p.at_entry);
   EXPECT_FALSE(p.flags_live);
@@ -131,13 +131,14 @@ TEST(ArchPlan, ForwardJumpFromInsideTheRangeIntoItIsFound) {
 TEST(ArchPlan, AddressTakenInsideTheRangeIsFound) {
   // +0 48 8d 05 f9 ff ff ff   lea rax, [rip-7]  -> +0: the start, fine
   // +7 ff e0                  jmp rax
-  EXPECT_TRUE(plan_displacement(Bytes{0x48, 0x8d, 0x05, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xe0}, kFn, 0).ok());
+  EXPECT_TRUE(
+      plan_displacement(Bytes{0x48, 0x8d, 0x05, 0xf9, 0xff, 0xff, 0xff, 0xff, 0xe0}, kFn, 0).ok());
   // +0 90 x6                  nop (the displaced range is +0..+5)
   // +6 48 8d 05 f6 ff ff ff   lea rax, [rip-10] -> +3
   // +d ff e0                  jmp rax
-  Error e = must_refuse({0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x48, 0x8d, 0x05, 0xf6, 0xff, 0xff,
-                         0xff, 0xff, 0xe0},
-                        0, Errc::not_relocatable);
+  Error e = must_refuse(
+      {0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x48, 0x8d, 0x05, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xe0}, 0,
+      Errc::not_relocatable);
   EXPECT_NE(e.message().find("takes the address +0x3"), std::string::npos) << e.message();
 }
 

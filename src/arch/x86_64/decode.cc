@@ -1,5 +1,7 @@
 #include "arch/x86_64/decode.h"
 
+#include <algorithm>
+
 #include <Zydis/Zydis.h>
 
 #include <cinttypes>
@@ -143,7 +145,7 @@ std::string_view to_string(InsnKind kind) noexcept {
   return "?";
 }
 
-Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address) {
+Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address, bool with_text) {
   const Decoder& d = decoder();
   ZydisDecodedInstruction in;
   ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
@@ -186,6 +188,8 @@ Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address) 
     insn.kind = InsnKind::xbegin;
   }
 
+  std::copy_n(bytes.begin(), in.length, insn.raw.begin());
+  if (!with_text) return insn;
   char text[96];
   if (ZYAN_SUCCESS(ZydisFormatterFormatInstruction(&d.formatter, &in, ops, in.operand_count_visible,
                                                    text, sizeof text, address, ZYAN_NULL))) {
@@ -194,6 +198,13 @@ Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address) 
     insn.text = hex_bytes(bytes.first(in.length));
   }
   return insn;
+}
+
+std::string text_of(const Insn& insn) {
+  if (!insn.text.empty() || insn.length == 0) return insn.text;
+  auto again =
+      decode(std::span<const std::uint8_t>(insn.raw.data(), insn.length), insn.address, true);
+  return again.ok() ? again->text : std::string("(undecodable)");
 }
 
 namespace detail {

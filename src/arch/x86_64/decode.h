@@ -6,6 +6,7 @@
 // it touches (so the relocator can pick a scratch register the instruction does not use).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -71,8 +72,10 @@ struct Insn {
   std::uint16_t explicit_gpr_mask = 0;
   // Offset of the ModRM byte, 0 when there is none.
   std::uint8_t modrm_offset = 0;
-  // Intel syntax, e.g. "jne 0x401020", for messages and golden tests.
+  // Intel syntax, e.g. "jne 0x401020", for messages and golden tests. Empty when decoded
+  // without text (the whole-function sweep): text_of() formats it on demand.
   std::string text;
+  std::array<std::uint8_t, 15> raw{};  // the instruction's bytes
 
   std::uint64_t end() const noexcept { return address + length; }
   bool is_relative_branch() const noexcept {
@@ -89,7 +92,13 @@ struct Insn {
 
 // Decodes the instruction at the start of `bytes`, which sit at runtime address `address`.
 // Fails with Errc::not_relocatable ("cannot decode ...") on invalid or truncated bytes.
-Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address);
+// Formatting the text costs more than decoding; the sweep over a whole function decodes
+// without it (with_text = false).
+Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address,
+                    bool with_text = true);
+
+// The instruction's text, formatted now if it was decoded without.
+std::string text_of(const Insn& insn);
 
 // Maximum x86 instruction length.
 inline constexpr unsigned kMaxInsnLength = 15;

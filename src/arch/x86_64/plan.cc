@@ -14,7 +14,7 @@ std::string hex(std::uint64_t v) {
 }
 
 std::string quoted(const Insn& insn) {
-  return "`" + insn.text + "`";
+  return "`" + text_of(insn) + "`";
 }
 
 struct Sweep {
@@ -28,7 +28,7 @@ Sweep sweep(std::span<const std::uint8_t> fn, std::uint64_t base) {
   Sweep s;
   std::uint64_t off = 0;
   while (off < fn.size()) {
-    auto r = decode(fn.subspan(off), base + off);
+    auto r = decode(fn.subspan(off), base + off, /*with_text=*/false);
     if (!r.ok()) {
       s.error = r.error();
       break;

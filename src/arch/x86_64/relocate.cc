@@ -12,7 +12,7 @@ namespace {
 Error refuse(const Insn& insn, std::uint32_t offset, const char* reason) {
   char where[48];
   std::snprintf(where, sizeof where, " at +0x%" PRIx32 ": ", offset);
-  return Error(Errc::not_relocatable, "`" + insn.text + "`" + where + reason);
+  return Error(Errc::not_relocatable, "`" + text_of(insn) + "`" + where + reason);
 }
 
 std::uint32_t lo32(std::uint64_t v) {
