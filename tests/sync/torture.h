@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <algorithm>
 #include <array>
@@ -96,6 +97,11 @@ struct Options {
   // int3 mode runs probe handlers from SIGTRAP). Only for domains whose read side claims
   // to be async-signal-safe.
   bool signal_readers = false;
+  // Fork the process now and then while everything runs (from the churner, while its
+  // short-lived readers start and exit). The child, the only thread left, must find a
+  // working domain: sections, synchronize(), call()+barrier(), polling. Only for domains
+  // that document fork support.
+  bool fork_children = false;
   // Abort with a report if the writer (or the final drain) makes no progress this long
   // (grace periods take milliseconds, even under TSan: 10 s is a hang, not slowness).
   double stall_seconds = 10.0;
@@ -163,6 +169,7 @@ struct Report {
   std::uint64_t shuffles = 0;          // reader CPU affinity changes
   std::uint64_t signals = 0;           // signals sent to readers (signal_readers)
   std::uint64_t signal_reads = 0;      // read sections run in the handler (included in reads)
+  std::uint64_t forks = 0;             // fork children checked (fork_children)
   double max_gp_ms = 0;                // longest synchronize() seen
 
   // Errors: any nonzero count fails a flavour expected to pass.
@@ -177,6 +184,7 @@ struct Report {
   std::uint64_t err_barrier = 0;          // barrier() returned before earlier callbacks ran
   std::uint64_t err_drain = 0;            // callbacks/polls still pending at the end
   std::uint64_t err_cb_in_reader = 0;     // a callback ran inside a read section
+  std::uint64_t err_fork = 0;             // a fork child found a broken or hanging domain
   std::string first_error;                // the first writer-side error, for the log
 
   // Not an error (the domain is still correct), but worth a look: rcutorture's "???".
@@ -185,7 +193,8 @@ struct Report {
 
   std::uint64_t errors() const {
     return err_poisoned + err_stale + err_bad_magic + err_torn + err_gen_backwards + err_in_reader +
-           err_poll_after_sync + err_poll_stall + err_barrier + err_drain + err_cb_in_reader;
+           err_poll_after_sync + err_poll_stall + err_barrier + err_drain + err_cb_in_reader +
+           err_fork;
   }
   // Reads that the domain let go wrong (what a broken synchronize()/call() produces).
   std::uint64_t bad_reads() const { return err_poisoned + err_stale + err_bad_magic + err_torn; }
@@ -201,9 +210,9 @@ struct Report {
     add("[torture %s] seed=0x%llx seconds=%.2f readers=%u\n", flavour.c_str(), (ull)seed, seconds,
         readers);
     add("[torture %s] reads=%llu nested=%llu lingers=%llu churn_threads=%llu churn_reads=%llu "
-        "signals=%llu signal_reads=%llu\n",
+        "signals=%llu signal_reads=%llu forks=%llu\n",
         flavour.c_str(), (ull)reads, (ull)nested, (ull)lingers, (ull)churn_threads,
-        (ull)churn_reads, (ull)signals, (ull)signal_reads);
+        (ull)churn_reads, (ull)signals, (ull)signal_reads, (ull)forks);
     add("[torture %s] updates=%llu gps=%llu calls=%llu retires=%llu callbacks=%llu polls=%llu "
         "barriers=%llu poisoned_objects=%llu shuffles=%llu max_gp_ms=%.1f\n",
         flavour.c_str(), (ull)updates, (ull)syncs, (ull)calls, (ull)retires, (ull)callbacks,
@@ -222,10 +231,10 @@ struct Report {
     add("\n");
     add("[torture %s] errors=%llu (poisoned=%llu stale=%llu bad_magic=%llu torn=%llu "
         "gen_backwards=%llu in_reader=%llu poll_after_sync=%llu poll_stall=%llu barrier=%llu "
-        "drain=%llu cb_in_reader=%llu) %s\n",
+        "drain=%llu cb_in_reader=%llu fork=%llu) %s\n",
         flavour.c_str(), (ull)errors(), (ull)err_poisoned, (ull)err_stale, (ull)err_bad_magic,
         (ull)err_torn, (ull)err_gen_backwards, (ull)err_in_reader, (ull)err_poll_after_sync,
-        (ull)err_poll_stall, (ull)err_barrier, (ull)err_drain, (ull)err_cb_in_reader,
+        (ull)err_poll_stall, (ull)err_barrier, (ull)err_drain, (ull)err_cb_in_reader, (ull)err_fork,
         errors() ? "FAILURE" : "SUCCESS");
     if (!first_error.empty())
       add("[torture %s] first writer-side error: %s\n", flavour.c_str(), first_error.c_str());
@@ -542,6 +551,8 @@ class Torture {
           merge(s, true);
         });
       }
+      // One failed child says it all; more would only cost their 5 s timeouts.
+      if (o_.fork_children && rng.one_in(4) && fork_errors_.load() == 0) fork_and_check();
       for (auto& t : ts)
         t.join();
       n += k;
@@ -549,6 +560,74 @@ class Torture {
     }
     std::lock_guard g(stats_mu_);
     rep_.churn_threads += n;
+  }
+
+  // --- Fork children --------------------------------------------------------------------
+
+  void fork_and_check() {
+    pid_t pid = fork();
+    if (pid < 0) return;
+    if (pid == 0) _exit(fork_child());
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    forks_.fetch_add(1, std::memory_order_relaxed);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
+    fork_errors_.fetch_add(1, std::memory_order_relaxed);
+    static const char* const kWhat[] = {
+        "ok",
+        "in_reader() wrong in a fork child",
+        "a fork child saw a bad object",
+        "barrier() in a fork child returned before its callback ran",
+        "a fork child hung for 5 s in read_lock()/read_unlock()",
+        "a fork child hung for 5 s in synchronize()",
+        "a fork child hung for 5 s in call()",
+        "a fork child hung for 5 s in barrier()",
+        "a fork child hung for 5 s in start_poll()/poll()",
+    };
+    if (WIFEXITED(status) && static_cast<std::size_t>(WEXITSTATUS(status)) < std::size(kWhat))
+      report_error(kWhat[WEXITSTATUS(status)]);
+    else
+      report_error("a fork child died");
+  }
+
+  // The step a fork child is in, so that its alarm says where it hung.
+  static inline volatile sig_atomic_t fork_child_step_ = 0;
+  static void on_fork_child_alarm(int) { _exit(4 + fork_child_step_); }
+
+  // In the child: one thread, a copy of everything, other threads' locks possibly held.
+  // Touches only the domain and atomics (the callbacks inherited from the parent take no
+  // lock here: forked_child_). Exits with a kWhat index.
+  int fork_child() {
+    forked_child_ = true;
+    signal(SIGALRM, &on_fork_child_alarm);
+    alarm(5);  // a hang exits with 4 + the step it hung in
+    fork_child_step_ = 0;
+    ReaderStats s;
+    for (int i = 0; i < 64; i++) {
+      sync::ReadToken t = d_.read_lock();
+      if (!d_.in_reader()) return 1;
+      if (Obj* p = cur_.load(std::memory_order_acquire)) observe(p, s);
+      d_.read_unlock(t);
+      if (d_.in_reader()) return 1;
+    }
+    if (s.poisoned + s.stale + s.bad_magic + s.torn) return 2;
+    fork_child_step_ = 1;
+    d_.synchronize();
+    struct Flag : sync::Callback {
+      std::atomic<bool> ran{false};
+    } cb;
+    cb.fn = [](sync::Callback* c) { static_cast<Flag*>(c)->ran.store(true); };
+    fork_child_step_ = 2;
+    d_.call(&cb);
+    fork_child_step_ = 3;
+    d_.barrier();
+    if (!cb.ran.load()) return 3;
+    fork_child_step_ = 4;
+    sync::GpCookie c = d_.start_poll();
+    while (!d_.poll(c))
+      std::this_thread::yield();  // bounded by the alarm
+    return 0;
   }
 
   // --- Writer ---------------------------------------------------------------------------
@@ -565,6 +644,7 @@ class Torture {
     o->magic.store(kPoisonMagic, std::memory_order_relaxed);
     for (auto& c : o->check)
       c.store(kPoisonWord, std::memory_order_relaxed);
+    if (forked_child_) return;  // q_mu_ may be held by a thread that is gone: leak
     Obj* victim = nullptr;
     {
       std::lock_guard g(q_mu_);
@@ -867,6 +947,7 @@ class Torture {
   }
 
   void report_error(const char* what) {
+    if (forked_child_) return;  // stats_mu_ may be held by a thread that is gone
     std::lock_guard g(stats_mu_);
     if (first_error_.empty()) first_error_ = what;
   }
@@ -916,6 +997,8 @@ class Torture {
     rep_.err_barrier = err_barrier_;
     rep_.err_drain = err_drain_;
     rep_.err_cb_in_reader = cb_in_reader_.load();
+    rep_.forks = forks_.load();
+    rep_.err_fork = fork_errors_.load();
     rep_.max_gp_ms = static_cast<double>(max_gp_us_.load()) / 1000.0;
     rep_.first_error = first_error_;
   }
@@ -943,6 +1026,8 @@ class Torture {
   std::atomic<std::uint64_t> fake_poll_after_sync_{0}, fake_poll_stall_{0};
   std::atomic<std::uint64_t> cb_in_reader_{0}, max_gp_us_{0};
   std::atomic<const char*> writer_state_{"start"};
+  std::atomic<std::uint64_t> forks_{0}, fork_errors_{0};
+  bool forked_child_ = false;  // set only in a fork child, before it starts any thread
 
   std::mutex q_mu_;  // quarantine; leaf lock
   std::deque<Obj*> quarantine_;

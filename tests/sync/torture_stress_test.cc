@@ -39,7 +39,7 @@ enum class Expect { kPass, kCaught };
 // `signals`: also run read sections from a signal handler that interrupts the readers
 // (torture.h, Options::signal_readers). Only for domains that document their read side
 // as async-signal-safe; such a domain gets two rows that split its time budget.
-enum class Signals { kNo, kYes };
+enum class Signals { kNo, kYes, kFork };
 
 struct Flavour {
   const char* name;
@@ -71,17 +71,22 @@ const Flavour kFlavours[] = {
     {"broken", Expect::kCaught, Signals::kNo, 1.0, HP_OWNED(BrokenDomain, "broken")},
 #ifdef HP_TORTURE_HAVE_TASKS_TRACE
     // Process-wide and immortal: tortured in place.
-    {"tasks_trace", Expect::kPass, Signals::kNo, 2.0 / 3,
+    {"tasks_trace", Expect::kPass, Signals::kNo, 0.5,
      [](const Options& o) { return run_torture(sync::tasks_trace(), "tasks_trace", o); }},
-    {"tasks_trace_signals", Expect::kPass, Signals::kYes, 1.0 / 3,
+    {"tasks_trace_signals", Expect::kPass, Signals::kYes, 0.25,
      [](const Options& o) { return run_torture(sync::tasks_trace(), "tasks_trace_signals", o); }},
+    {"tasks_trace_fork", Expect::kPass, Signals::kFork, 0.25,
+     [](const Options& o) { return run_torture(sync::tasks_trace(), "tasks_trace_fork", o); }},
 #endif
 #ifdef HP_TORTURE_HAVE_SRCU
-    {"srcu", Expect::kPass, Signals::kNo, 2.0 / 3, HP_OWNED(sync::Srcu, "srcu")},
-    {"srcu_signals", Expect::kPass, Signals::kYes, 1.0 / 3, HP_OWNED(sync::Srcu, "srcu_signals")},
-    {"srcu_fast", Expect::kPass, Signals::kNo, 2.0 / 3, HP_OWNED(sync::SrcuFast, "srcu_fast")},
-    {"srcu_fast_signals", Expect::kPass, Signals::kYes, 1.0 / 3,
+    {"srcu", Expect::kPass, Signals::kNo, 0.5, HP_OWNED(sync::Srcu, "srcu")},
+    {"srcu_signals", Expect::kPass, Signals::kYes, 0.25, HP_OWNED(sync::Srcu, "srcu_signals")},
+    {"srcu_fork", Expect::kPass, Signals::kFork, 0.25, HP_OWNED(sync::Srcu, "srcu_fork")},
+    {"srcu_fast", Expect::kPass, Signals::kNo, 0.5, HP_OWNED(sync::SrcuFast, "srcu_fast")},
+    {"srcu_fast_signals", Expect::kPass, Signals::kYes, 0.25,
      HP_OWNED(sync::SrcuFast, "srcu_fast_signals")},
+    {"srcu_fast_fork", Expect::kPass, Signals::kFork, 0.25,
+     HP_OWNED(sync::SrcuFast, "srcu_fast_fork")},
 #endif
 #ifdef HP_TORTURE_HAVE_PERCPU_RWSEM
     {"percpu_rwsem", Expect::kPass, Signals::kNo, 2.0 / 3,
@@ -163,6 +168,12 @@ TEST_P(TortureTest, Run) {
   const Flavour& f = GetParam();
   Options o = default_options();
   o.signal_readers = f.signals == Signals::kYes;
+  o.fork_children = f.signals == Signals::kFork;
+#if defined(HOTPROBE_TSAN)
+  if (o.fork_children)
+    GTEST_SKIP() << "TSan kills a child of a multithreaded process that starts a thread "
+                    "(die_after_fork), and the child's Deferred worker is one";
+#endif
   o.seconds *= f.share;
   if (f.expect == Expect::kCaught) {
     // Expected to fail: keep every poisoned object alive until the readers are gone (a
