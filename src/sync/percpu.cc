@@ -217,6 +217,10 @@ void atfork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
     }
     t = next;
   }
+  // Then the domains: their grace-period locks may be held by threads that are gone.
+  for (RetiredCounts* o : r.owners) {
+    if (o && o->fork_child) o->fork_child(o->fork_ctx);
+  }
   r.mu.unlock();
 }
 
@@ -311,6 +315,13 @@ SlotId::SlotId() {
     id_ = static_cast<std::uint32_t>(r.owners.size());
     r.owners.push_back(&retired_);
   }
+}
+
+void SlotId::set_fork_child_hook(void (*fn)(void* ctx), void* ctx) {
+  Registry& r = registry();
+  RegistryLock l(r);
+  retired_.fork_child = fn;
+  retired_.fork_ctx = ctx;
 }
 
 SlotId::~SlotId() {

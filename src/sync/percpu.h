@@ -203,9 +203,13 @@ struct SlotTable {
 extern __thread SlotTable tls_slot_table __attribute__((tls_model("initial-exec")));
 
 // Counts of exited threads, folded into the domain (guarded by the registry mutex).
+// Also the domain's fork hook: run in a fork child (one thread, other threads' locks
+// possibly held), under the registry mutex, so it must not touch the registry.
 struct RetiredCounts {
   std::uint64_t lock[2] = {0, 0};
   std::uint64_t unlock[2] = {0, 0};
+  void (*fork_child)(void* ctx) = nullptr;
+  void* fork_ctx = nullptr;
 };
 
 HP_COLD ThreadSlot* thread_slot_slow(std::uint32_t id) noexcept;
@@ -263,6 +267,10 @@ class SlotId {
   SlotId(const SlotId&) = delete;
   SlotId& operator=(const SlotId&) = delete;
   std::uint32_t get() const noexcept { return id_; }
+
+  // fn(ctx) runs in every fork child after the other threads' slot tables were dropped:
+  // the domain reinitializes the locks that a thread that does not exist there may hold.
+  void set_fork_child_hook(void (*fn)(void* ctx), void* ctx);
 
   // Sum of unlock[idx] (or lock[idx]) over every live thread and the retired counts,
   // taken under the registry mutex. Loads are acquire: a counted unlock makes its

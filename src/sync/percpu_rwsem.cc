@@ -2,7 +2,24 @@
 
 namespace hp::sync {
 
-PercpuRwsem::PercpuRwsem() : deferred_(this, &PercpuRwsem::sync_thunk, seq_, "rwsem") {}
+PercpuRwsem::PercpuRwsem() : deferred_(this, &PercpuRwsem::sync_thunk, seq_, "rwsem") {
+  id_.set_fork_child_hook(&PercpuRwsem::fork_child, this);
+}
+
+void PercpuRwsem::fork_child(void* self) HP_NO_THREAD_SAFETY_ANALYSIS {
+  auto* s = static_cast<PercpuRwsem*>(self);
+  if (s->seq_.in_progress()) s->seq_.end();
+  // The forking thread holds the write side: it will unlock it here as in the parent.
+  if (pthread_equal(s->writer_owner_.load(std::memory_order_relaxed), pthread_self())) return;
+  // Otherwise every writer (holding, waiting, or mid grace period) is gone.
+  s->sync_mu_.reinit_after_fork();
+  s->gate_mu_.reinit_after_fork();
+  s->writer_mu_.reinit_after_fork();
+  s->writers_ = 0;
+  s->writer_owner_.store(pthread_t{}, std::memory_order_relaxed);
+  s->block_.store(0, std::memory_order_relaxed);
+  s->gate_.store(0, std::memory_order_relaxed);
+}
 PercpuRwsem::~PercpuRwsem() = default;
 
 bool PercpuRwsem::lock_shared_slow(detail::ThreadSlot* s, bool wait) noexcept {
@@ -62,6 +79,7 @@ void PercpuRwsem::lock() {
   HP_ASSERT_MSG(!in_reader(), "PercpuRwsem::lock() inside this thread's read section");
   gate_enter();  // readers now take the slow path
   writer_mu_.lock();
+  writer_owner_.store(pthread_self(), std::memory_order_relaxed);
   block_.store(1, std::memory_order_relaxed);
   full_fence();  // W: pairs with F (see lock_shared_slow).
   detail::Backoff backoff;
@@ -70,6 +88,7 @@ void PercpuRwsem::lock() {
 }
 
 void PercpuRwsem::unlock() {
+  writer_owner_.store(pthread_t{}, std::memory_order_relaxed);
   // Release: pairs with the acquire load of block_ in lock_shared_slow().
   block_.store(0, std::memory_order_release);
   block_.notify_all();

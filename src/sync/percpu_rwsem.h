@@ -46,7 +46,12 @@
 // Limits: writers are slow (a membarrier plus a wait for readers); a writer blocks new
 // readers until it unlocks; lock() and synchronize() inside this thread's read section
 // deadlock (HP_ASSERTed). in_reader() is exact per semaphore for the current thread.
+// fork(): in the child, readers of threads that are not there are dropped, and if the
+// forking thread does not hold the write side, all writer state (gone writers, their
+// locks, the gate) is reset; if it does, it still holds it in the child.
 #pragma once
+
+#include <pthread.h>
 
 #include <atomic>
 #include <cstdint>
@@ -128,6 +133,7 @@ class PercpuRwsem {
   void gate_exit();
   bool readers_gone();
   static void sync_thunk(void* self) { static_cast<PercpuRwsem*>(self)->synchronize(); }
+  static void fork_child(void* self);
 
   detail::SlotId id_;                                       // first: destroyed last
   alignas(kCacheLine) std::atomic<std::uint32_t> gate_{0};  // read-mostly by readers
@@ -138,6 +144,7 @@ class PercpuRwsem {
   hp::Mutex gate_mu_ HP_ACQUIRED_AFTER(sync_mu_);
   hp::Mutex writer_mu_ HP_ACQUIRED_AFTER(gate_mu_);
   std::uint32_t writers_ HP_GUARDED_BY(gate_mu_) = 0;  // writers inside or waiting
+  std::atomic<pthread_t> writer_owner_{};              // holder of the write side, or 0
   GpSequence seq_;
   Deferred deferred_;  // last: its worker calls synchronize() until destroyed
 };

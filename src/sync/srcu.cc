@@ -4,7 +4,19 @@ namespace hp::sync {
 
 template <bool kFast>
 BasicSrcu<kFast>::BasicSrcu()
-    : deferred_(this, &BasicSrcu::sync_thunk, seq_, kFast ? "srcu-fast" : "srcu") {}
+    : deferred_(this, &BasicSrcu::sync_thunk, seq_, kFast ? "srcu-fast" : "srcu") {
+  id_.set_fork_child_hook(&BasicSrcu::fork_child, this);
+}
+
+// In a fork child (one thread): a thread that held gp_mu_ in the parent, in the middle of
+// a grace period, does not exist here. The forking thread itself cannot hold it
+// (synchronize() runs no user code under it).
+template <bool kFast>
+void BasicSrcu<kFast>::fork_child(void* self) {
+  auto* d = static_cast<BasicSrcu*>(self);
+  d->gp_mu_.reinit_after_fork();
+  if (d->seq_.in_progress()) d->seq_.end();  // abandoned: the next one starts afresh
+}
 
 template <bool kFast>
 BasicSrcu<kFast>::~BasicSrcu() = default;

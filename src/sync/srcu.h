@@ -61,6 +61,9 @@
 // Limits
 //   - synchronize() inside a read section of the same domain deadlocks (HP_ASSERTed).
 //   - A domain must outlive its readers; destroying it with readers inside is a bug.
+//   - fork(): in the child, the sections of threads that are not there are dropped, a
+//     grace period the parent had in progress is abandoned and the grace-period lock is
+//     reinitialized, so synchronize()/call()/barrier() work in the child.
 //   - Read sections may block and nest; a read section held forever stalls writers (the
 //     return-probe lease timeout of DESIGN.md bounds that one level up).
 //   - Read sections may run in signal handlers (int3 mode); see percpu.h, Limits, for the
@@ -145,6 +148,7 @@ class BasicSrcu {
   bool readers_gone(unsigned idx);
   void wait_readers_gone(unsigned idx);
   static void sync_thunk(void* self) { static_cast<BasicSrcu*>(self)->synchronize(); }
+  static void fork_child(void* self);
 
   detail::SlotId id_;  // first: destroyed after the Deferred worker has stopped
   alignas(kCacheLine) std::atomic<std::uint32_t> idx_{0};  // read-mostly by readers

@@ -4,6 +4,8 @@
 #include "sync/percpu_rwsem.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -290,6 +292,66 @@ TEST(PercpuRwsem, CallBarrierPoll) {
   hp::sync::retire(s, new Obj);
   s.barrier();
   EXPECT_EQ(freed.load(), 1);
+}
+
+// fork() while another thread holds the write side and a reader waits for it: in the
+// child neither exists, so reading, writing and synchronize() must all work.
+TEST(PercpuRwsem, ForkChildResetsGoneWriter) {
+  PercpuRwsem s;
+  std::promise<void> locked, release;
+  std::thread w([&] {
+    s.lock();
+    locked.set_value();
+    release.get_future().wait();
+    s.unlock();
+  });
+  locked.get_future().wait();
+  std::thread r([&] { ReadGuard g(s); });  // blocks until the writer unlocks
+  std::this_thread::sleep_for(50ms);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10);
+    if (s.writer_active()) _exit(1);
+    {
+      ReadGuard g(s);
+      if (!s.in_reader()) _exit(2);
+    }
+    if (!s.try_lock_shared()) _exit(3);
+    s.unlock_shared();
+    s.lock();
+    s.unlock();
+    s.synchronize();
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "fork child failed or hung (status " << status << ")";
+  release.set_value();
+  w.join();
+  r.join();
+}
+
+// The forking thread holds the write side: the child still holds it and can release it.
+TEST(PercpuRwsem, ForkChildKeepsOwnWriteLock) {
+  PercpuRwsem s;
+  s.lock();
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10);
+    if (!s.writer_active()) _exit(1);
+    if (s.try_lock_shared()) _exit(2);
+    s.unlock();
+    if (!s.try_lock_shared()) _exit(3);
+    s.unlock_shared();
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  s.unlock();
 }
 
 TEST(PercpuRwsem, ReaderThreadsExitWhileWriterWaits) {

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -350,6 +352,42 @@ TYPED_TEST(SrcuTest, ReadSectionsInSignalHandlers) {
   EXPECT_GT(S::handler_sections.load(), 0u);
   EXPECT_EQ(S::handler_in_reader_wrong.load(), 0u);
   EXPECT_EQ(in_reader_wrong.load(), 0u);
+}
+
+// fork() while another thread is inside a section and a third waits for it in
+// synchronize() (holding the grace-period lock): neither exists in the child, whose
+// synchronize() must not wait for them. (No call()/barrier() here: the child would start
+// a worker thread, which ThreadSanitizer does not support after a multithreaded fork.)
+TYPED_TEST(SrcuTest, ForkChildDoesNotWaitForGoneThreads) {
+  TypeParam d;
+  HeldReader<TypeParam> r(d);
+  std::atomic<bool> done{false};
+  std::thread w([&] {
+    d.synchronize();
+    done = true;
+  });
+  std::this_thread::sleep_for(50ms);  // w now very likely waits inside synchronize()
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10);  // a hang kills the child with SIGALRM
+    if (d.in_reader()) _exit(1);
+    d.synchronize();
+    d.synchronize();
+    ReadToken t = d.read_lock();
+    if (!d.in_reader()) _exit(2);
+    d.read_unlock(t);
+    d.synchronize();
+    _exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "fork child failed or hung (status " << status << ")";
+  EXPECT_FALSE(done.load());
+  r.release();
+  w.join();
+  EXPECT_TRUE(done.load());
 }
 
 TYPED_TEST(SrcuTest, DomainIdReuseStartsClean) {
