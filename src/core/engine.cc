@@ -124,7 +124,10 @@ class Registry {
   std::vector<Retired> retired_ HP_GUARDED_BY(mu_);
   std::vector<Consumer*> pending_ HP_GUARDED_BY(mu_);  // consumers whose module is not loaded
   std::uint64_t retire_epoch_ HP_GUARDED_BY(mu_) = 0;
-  arch::CodeMemory code_{1024, 64 * 1024};      // entry trampolines and int3 copies
+  // Entry trampolines (520 bytes with the vector save, plus the relocated instructions)
+  // and int3 copies. Chunks of about 2 MiB (a multiple of the page and the slot): 10,000
+  // trampolines take 4 chunks (8 mappings), not 160.
+  arch::CodeMemory code_{768, 12288 * 170};
   arch::CodeMemory ret_code_{1024, 64 * 1024};  // return trampolines (one per scheme)
   std::atomic<std::uint64_t> next_id_{1};
   std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};

@@ -384,8 +384,13 @@ Result<std::vector<PageRun>> page_runs(std::span<const PatchSite> sites) {
   }
   std::fclose(f);
 
+  // One run per mapping, from its first to its last patched page: mprotect splits a
+  // mapping at every boundary it is given (and a write permission leaves VM_ACCOUNT
+  // behind, so the pieces never merge again), so a batch over a whole library must not
+  // leave one piece per patched page in /proc/self/maps.
   std::vector<PageRun> runs;
   std::size_t m = 0;
+  std::size_t run_map = SIZE_MAX;
   for (std::uintptr_t p : pages) {
     while (m < maps.size() && maps[m].hi <= p)
       m++;
@@ -395,11 +400,13 @@ Result<std::vector<PageRun>> page_runs(std::span<const PatchSite> sites) {
                     (unsigned long)p);
       return Error(Errc::invalid_argument, msg);
     }
-    if (!runs.empty() && runs.back().end == p && runs.back().prot == maps[m].prot) {
+    if (!runs.empty() && (runs.back().end == p || run_map == m) &&
+        runs.back().prot == maps[m].prot) {
       runs.back().end = p + kPage;
     } else {
       runs.push_back({p, p + kPage, maps[m].prot});
     }
+    run_map = m;
   }
   return runs;
 }
