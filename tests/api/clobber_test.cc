@@ -12,6 +12,7 @@
 // so they survive; a handler that runs a VEX instruction that zeroes them (vzeroupper,
 // or any 128-bit VEX op) loses them in jmp mode, while in int3 mode the kernel's
 // xsave/xrstor around the signal keeps them. HandlerThatZeroesUpperHalves records which.
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -555,6 +556,77 @@ TEST_P(SixArguments, HandlersSeeExactArgumentsAndReturnValue) {
 }
 
 INSTANTIATE_TEST_SUITE_P(JmpAndInt3, SixArguments, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "int3" : "jmp"; });
+
+// vector_registers = false: the handlers promise not to touch the vector registers, so
+// the trampolines (entry and return) skip saving them. The engine's own code between the
+// trampoline and the handler (dispatcher, read-side sections) must then not touch them
+// either: with a handler built for general registers only, every xmm byte survives.
+int g_gpr_only_hits = 0;  // handlers run on the test thread
+__attribute__((target("general-regs-only"), noinline)) void gpr_only_handler(Hit&) {
+  g_gpr_only_hits = g_gpr_only_hits + 1;
+  asm volatile(
+      "movq $-1, %%rax\n\tmovq $-1, %%rcx\n\tmovq $-1, %%rdx\n\tmovq $-1, %%rsi\n\t"
+      "movq $-1, %%rdi\n\tmovq $-1, %%r8\n\tmovq $-1, %%r9\n\tmovq $-1, %%r10\n\t"
+      "movq $-1, %%r11\n\txorl %%eax, %%eax"
+      :
+      :
+      : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "cc", "memory");
+}
+
+class NoVectorSaves : public ::testing::TestWithParam<bool> {};
+
+TEST_P(NoVectorSaves, GeneralRegistersOnlyHandlerKeepsEverything) {
+  const bool int3 = GetParam();
+  auto e = Engine::create().value();
+  g_gpr_only_hits = 0;
+  // Mid-function.
+  ProbeSpec s;
+  s.target = ":hp_cl_mid+" + std::to_string(addr(hp_cl_mid_probe) - addr(hp_cl_mid));
+  s.on_entry = &gpr_only_handler;
+  s.force_int3 = int3;
+  s.allow_int3 = int3;
+  s.vector_registers = false;
+  auto h = e->attach(s);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  fill_patterns(5);
+  hp_cl_flags_in = 0x2 | 0x1 | 0x80 | 0x800;
+  hp_cl_mid();
+  ASSERT_EQ(g_gpr_only_hits, 1);
+  for (int i = 0; i < 15; i++)
+    EXPECT_EQ(hp_cl_gpr_out[i], hp_cl_gpr_in[i]) << kGprName[i] << " changed across the probe";
+  EXPECT_EQ(hp_cl_flags_out & kFlagMask, hp_cl_flags_in & kFlagMask);
+  for (int r = 0; r < 16; r++)
+    expect_vec(hp_cl_vec_out, r, 0, 16, "mid-function, no vector saves");
+  ASSERT_TRUE(e->detach(*h).ok());
+
+  // Entry and return.
+  ProbeSpec t;
+  t.target = ":hp_cl_target";
+  t.on_entry = &gpr_only_handler;
+  t.on_return = &gpr_only_handler;
+  t.force_int3 = int3;
+  t.allow_int3 = int3;
+  t.vector_registers = false;
+  auto ht = e->attach(t);
+  ASSERT_TRUE(ht.ok()) << ht.error().message();
+  fill_patterns(6);
+  hp_cl_caller();
+  ASSERT_EQ(g_gpr_only_hits, 3);
+  for (int r = 0; r < 8; r++)
+    expect_vec(hp_cl_vec_out, r, 0, 16, "entry, no vector saves: vector argument");
+  EXPECT_EQ(std::memcmp(hp_cl_vec_post[0], hp_cl_ret_vec_in[0], 16), 0)
+      << "xmm0 after the return: " << vec_hex(hp_cl_vec_post[0], 16);
+  EXPECT_EQ(std::memcmp(hp_cl_vec_post[1], hp_cl_ret_vec_in[1], 16), 0)
+      << "xmm1 after the return: " << vec_hex(hp_cl_vec_post[1], 16);
+  EXPECT_EQ(hp_cl_gpr_post[RAX], hp_cl_ret_in[0]);
+  EXPECT_EQ(hp_cl_gpr_post[RDX], hp_cl_ret_in[1]);
+  for (int i : {RBX, RBP, R12, R13, R14, R15})
+    EXPECT_EQ(hp_cl_gpr_post[i], hp_cl_gpr_in[i]) << kGprName[i] << " after the return";
+  ASSERT_TRUE(e->detach(*ht).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(JmpAndInt3, NoVectorSaves, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "int3" : "jmp"; });
 
 // Documents what happens to ymm upper halves when a handler zeroes them (vzeroupper):
