@@ -74,6 +74,7 @@ class CodeMemory {
     std::uint8_t* write = nullptr;  // PROT_READ|PROT_WRITE view
     std::vector<bool> used;
     std::uint32_t used_count = 0;
+    std::uint32_t first_free = 0;  // no free slot below this index
     int fork_fd = -1;  // the child's snapshot, between fork's prepare and child handlers
   };
   Result<std::uint32_t> map_chunk_near(std::uint64_t near) HP_REQUIRES(mu_);
