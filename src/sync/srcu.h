@@ -18,7 +18,8 @@
 //   A domain has an index `idx_` (0 or 1, the kernel's srcu_idx) and, in every thread that
 //   used it, a ThreadSlot (percpu.h) with lock[2] and unlock[2] counts. A reader reads
 //   idx_, increments lock[idx] in its own slot and later unlock[idx] (the same idx, from
-//   the token), with plain loads and stores: no atomic read-modify-write, no shared write.
+//   the token), each with one non-locked `addq`: no atomic read-modify-write, no shared
+//   write, and safe against a signal handler that reads on the same thread.
 //   The writer:
 //     1. waits until index !idx_ has no readers (stragglers of an earlier flip),
 //     2. flips idx_, so new readers use the other index,
