@@ -2,6 +2,7 @@
 // Memory-ordering pairs (R0, R1, R2, W1, W2) are explained in docs/design/sync-tasks-trace.md.
 #include "sync/tasks_trace.h"
 
+#include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
@@ -25,6 +26,18 @@ constinit thread_local std::atomic<std::uint64_t> tls_word
 
 using tt_detail::kNestMask;
 using tt_detail::tls_word;
+
+namespace tt_detail {
+// -1 while a writer sleeps waiting for readers (liburcu memb's gp futex); alone on its
+// cache line, which readers only read.
+alignas(64) std::atomic<std::int32_t> gp_futex{0};
+
+void wake_writer() noexcept {
+  if (gp_futex.exchange(0, std::memory_order_relaxed) == -1) {
+    ::syscall(SYS_futex, &gp_futex, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  }
+}
+}  // namespace tt_detail
 
 namespace {
 
@@ -331,6 +344,18 @@ void TasksTrace::barrier() {
 
 void TasksTrace::run_grace_period() {
   Impl& im = *impl_;
+  const auto barrier_all = [this] {
+    switch (barrier_kind()) {
+      case BarrierKind::kPrivateExpedited:
+        HP_CHECK(membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0);
+        break;
+      case BarrierKind::kGlobal:
+        HP_CHECK(membarrier(MEMBARRIER_CMD_GLOBAL) == 0);
+        break;
+      case BarrierKind::kNone:
+        break;
+    }
+  };
   // W1: matches R1 in read_lock() (and orders the caller's unpublishing stores before the
   // scan). Every thread of the process that is running executes a full barrier; the others
   // are between context switches, which imply one. After it, a reader either has its entry
@@ -411,8 +436,25 @@ void TasksTrace::run_grace_period() {
         }
       }
     }
-    wait_step(iter);
+    if (iter < 32) {
+      wait_step(iter);  // spin: short sections end within microseconds
+      continue;
+    }
+    // Then sleep until a reader leaves its outermost section and wakes us (liburcu memb's
+    // scheme), with a timeout for readers that stay (stall reports, sleeping readers).
+    // F1: matches F2 in read_unlock(). The barrier between announcing -1 and the re-check
+    // makes every reader either visible as out of its section to the re-check, or see -1
+    // at its next outermost unlock and wake us.
+    if (tt_detail::gp_futex.load(std::memory_order_relaxed) != -1) {
+      tt_detail::gp_futex.store(-1, std::memory_order_relaxed);
+      barrier_all();
+      continue;
+    }
+    const unsigned shift = iter - 32 < 9 ? iter - 32 : 9;
+    timespec ts{0, (20L << shift) * 1000};  // 20 us .. 10.24 ms
+    ::syscall(SYS_futex, &tt_detail::gp_futex, FUTEX_WAIT_PRIVATE, -1, &ts, nullptr, 0);
   }
+  tt_detail::gp_futex.store(0, std::memory_order_relaxed);
 }
 
 std::size_t TasksTrace::registered_threads() const {

@@ -92,6 +92,10 @@ inline constexpr std::uint64_t kRegistered = 1ULL << 32;
 extern constinit thread_local std::atomic<std::uint64_t> tls_word
     __attribute__((tls_model("initial-exec")));
 
+// -1 while a writer sleeps waiting for readers; see run_grace_period() (F1/F2).
+extern std::atomic<std::int32_t> gp_futex;
+HP_COLD void wake_writer() noexcept;
+
 }  // namespace tt_detail
 
 // What the writer tells the stall callback: a reader held a section too long.
@@ -146,6 +150,12 @@ class TasksTrace {
     std::uint64_t v = w.load(std::memory_order_relaxed);
     HP_ASSERT_MSG((v & tt_detail::kNestMask) != 0, "read_unlock without read_lock");
     w.store(v - 1, std::memory_order_release);
+    // F2: matches F1 in run_grace_period(): leaving the outermost section while a writer
+    // sleeps wakes it (one load of a line only writers write, like liburcu memb's unlock).
+    if (HP_UNLIKELY((v & tt_detail::kNestMask) == 1 &&
+                    tt_detail::gp_futex.load(std::memory_order_relaxed) == -1)) {
+      tt_detail::wake_writer();
+    }
   }
 
   static bool in_reader() noexcept {
