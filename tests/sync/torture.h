@@ -505,6 +505,7 @@ class Torture {
   void signal_section(ReaderStats& s) {
     sync::ReadToken outer = d_.read_lock();
     if (!d_.in_reader()) s.in_reader++;
+    std::uint64_t gp0 = gp_count_.load(std::memory_order_relaxed);
     Obj* p = cur_.load(std::memory_order_acquire);
     unsigned age = p ? observe(p, s) : 0;
     sync::ReadToken inner = d_.read_lock();
@@ -512,9 +513,11 @@ class Torture {
     if (Obj* q = cur_.load(std::memory_order_acquire)) age = std::max(age, observe(q, s));
     d_.read_unlock(inner);
     if (p) age = std::max(age, observe(p, s));
+    std::uint64_t gp1 = gp_count_.load(std::memory_order_relaxed);
     d_.read_unlock(outer);
     s.reads++;
     s.pipe[age]++;
+    s.batch[std::min<std::uint64_t>(gp1 - gp0, kBatchLen - 1)]++;
   }
 
   void signaller_thread(std::uint64_t seed, std::vector<pthread_t> readers) {
