@@ -24,6 +24,9 @@ namespace hp::sync {
 // domains, unused by the others.
 struct ReadToken {
   std::uint32_t idx = 0;
+  // SRCU-style domains: the locking thread's counter slot, so read_unlock() need not look
+  // it up again. A token is unlocked on the thread that locked it (ReadGuard does).
+  void* slot = nullptr;
 };
 
 // A grace-period cookie from start_poll(); poll(cookie) is true once a full grace period

@@ -105,7 +105,7 @@ class BasicSrcu {
     } else {
       full_fence();  // B: pairs with A (srcu_check_zero) and E (flip).
     }
-    return ReadToken{idx};
+    return ReadToken{idx, s};
   }
 
   // srcu_read_unlock(): `t` from the matching read_lock().
@@ -115,7 +115,9 @@ class BasicSrcu {
     } else {
       full_fence();  // C: pairs with A and D: the section happens before a counted unlock.
     }
-    detail::ThreadSlot* s = detail::thread_slot(id_.get());
+    // The slot read_lock() found: the token is unlocked on the thread that locked it.
+    auto* s = static_cast<detail::ThreadSlot*>(t.slot);
+    HP_ASSERT_MSG(s == detail::thread_slot(id_.get()), "SRCU token unlocked on another thread");
     // Release: on its own enough for the C++ model (and ThreadSanitizer); C/membarrier
     // is what the kernel's argument (and weaker CPUs) rely on.
     detail::slot_inc(s->unlock[t.idx & 1], std::memory_order_release);
