@@ -24,6 +24,9 @@
 // (each case gets 1/20 of it, at least 60 ms); sanitizer builds halve it.
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <ucontext.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -76,9 +79,46 @@ namespace {
 // The engine installs internal probes (the module watcher on _dl_debug_state, the
 // unwinder hooks) on its first attach and first return probe; they count in
 // Stats::sites_jmp / sites_int3. Install them before any test compares those counts.
+// A trap the engine does not recognise as its own would kill the process with a bare
+// "Trace/breakpoint trap". The engine passes such traps to the handler that was installed
+// before it: this one says where the trap was and what the bytes there are (0xcc
+// everywhere around it: trampoline or int3-copy memory that was freed while a thread was
+// still headed for it), then aborts.
+void put_hex(char*& p, std::uint64_t v) {
+  for (int i = 60; i >= 0; i -= 4)
+    *p++ = "0123456789abcdef"[(v >> i) & 15];
+}
+void unexpected_trap(int, siginfo_t*, void* ucv) {
+  auto* uc = static_cast<ucontext_t*>(ucv);
+  const std::uint64_t rip = static_cast<std::uint64_t>(uc->uc_mcontext.gregs[REG_RIP]);
+  char buf[256];
+  char* p = buf;
+  const char head[] = "\nrace_stress_test: SIGTRAP the engine did not recognise, rip 0x";
+  for (const char* h = head; *h; h++)
+    *p++ = *h;
+  put_hex(p, rip);
+  const char mid[] = ", bytes at rip-9..rip+6:";
+  for (const char* h = mid; *h; h++)
+    *p++ = *h;
+  const auto* b = reinterpret_cast<const unsigned char*>(rip - 9);
+  for (int i = 0; i < 16; i++) {
+    *p++ = ' ';
+    *p++ = "0123456789abcdef"[b[i] >> 4];
+    *p++ = "0123456789abcdef"[b[i] & 15];
+  }
+  *p++ = '\n';
+  (void)!write(2, buf, static_cast<std::size_t>(p - buf));
+  std::abort();
+}
+
 class InstallInternalProbes : public ::testing::Environment {
  public:
   void SetUp() override {
+    struct sigaction sa {};
+    sa.sa_sigaction = unexpected_trap;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTRAP, &sa, nullptr);  // before the engine installs its own
     auto e = hotprobe::Engine::create();
     if (!e.ok()) return;
     hotprobe::ProbeSpec s;
