@@ -24,8 +24,10 @@ namespace hp::sync {
 // domains, unused by the others.
 struct ReadToken {
   std::uint32_t idx = 0;
-  // SRCU-style domains: the locking thread's counter slot, so read_unlock() need not look
-  // it up again. A token is unlocked on the thread that locked it (ReadGuard does).
+  // SRCU-style domains: the locking thread's counter slot and its slot table's generation,
+  // so read_unlock() need not look the slot up again unless the table moved meanwhile. A
+  // token is unlocked on the thread that locked it (ReadGuard does).
+  std::uint32_t gen = 0;
   void* slot = nullptr;
 };
 

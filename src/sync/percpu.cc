@@ -112,7 +112,7 @@ std::int64_t percpu_sum(const PerCpuCounter& counters) noexcept {
 
 namespace detail {
 
-__thread SlotTable tls_slot_table __attribute__((tls_model("initial-exec"))) = {0, nullptr};
+__thread SlotTable tls_slot_table __attribute__((tls_model("initial-exec"))) = {0, 0, nullptr};
 
 namespace {
 
@@ -259,7 +259,7 @@ void on_thread_exit(void* p) {
       zero_slot(s);
     rec->slots = nullptr;
     rec->cap = 0;
-    tls_slot_table = SlotTable{0, nullptr};
+    tls_slot_table = SlotTable{0, tls_slot_table.gen + 1, nullptr};
   }
 }
 
@@ -296,7 +296,7 @@ ThreadSlot* thread_slot_slow(std::uint32_t id) noexcept {
     rec->slots = s;
     rec->cap = cap;
   }
-  tls_slot_table = SlotTable{rec->cap, rec->slots};
+  tls_slot_table = SlotTable{rec->cap, tls_slot_table.gen + 1, rec->slots};
   return rec->at(id);
 }
 

@@ -198,6 +198,7 @@ struct alignas(32) ThreadSlot {
 // which registers the thread with the registry (so writers see its slots).
 struct SlotTable {
   std::uint32_t cap;  // ids below cap have a slot
+  std::uint32_t gen;  // changes whenever `slots` moves (growth, thread exit)
   ThreadSlot* slots;
 };
 extern __thread SlotTable tls_slot_table __attribute__((tls_model("initial-exec")));
