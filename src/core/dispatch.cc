@@ -107,6 +107,21 @@ HP_COLD void rehijack(ThreadRecord& rec, std::uint64_t rsp) noexcept {
   rec.rehijack_pending = false;
 }
 
+// A thread's first hit under a scheme allocates and registers (its record, the domain's
+// per-thread state), and malloc, memset and friends use vector registers, which a
+// trampoline without vector saves did not save: do it once with the whole FPU/SSE state
+// saved by hand.
+template <Scheme S>
+HP_COLD void first_hit() noexcept {
+  alignas(64) std::uint8_t fx[512];
+  __asm__ volatile("fxsave64 %0" : "=m"(fx));
+  (void)thread_record();
+  auto& d = domain<S>();
+  d.read_unlock(d.read_lock());
+  tls_state.schemes_ready |= std::uint8_t(1u << static_cast<int>(S));
+  __asm__ volatile("fxrstor64 %0" : : "m"(fx));
+}
+
 template <Scheme S>
 void entry_dispatch(void* ctx, Regs* regs) {
   auto* site = static_cast<Site*>(ctx);
@@ -118,6 +133,7 @@ void entry_dispatch(void* ctx, Regs* regs) {
     return;
   }
   ts.in_handler = true;
+  if (HP_UNLIKELY(!(ts.schemes_ready & (1u << static_cast<int>(S))))) first_hit<S>();
   ThreadRecord& rec = thread_record();
   if (HP_UNLIKELY(rec.rehijack_pending)) rehijack(rec, regs->rsp);
   auto& d = domain<S>();

@@ -9,7 +9,7 @@
 namespace hp::core {
 
 constinit thread_local ThreadState tls_state
-    __attribute__((tls_model("initial-exec"))){nullptr, false};
+    __attribute__((tls_model("initial-exec"))){nullptr, false, 0};
 std::atomic<unsigned> g_return_depth_limit{64};
 std::atomic<std::uint64_t> g_unregistered_misses{0};
 
@@ -36,6 +36,7 @@ struct RecordReleaser {
       r->stack[i].site.store(nullptr, std::memory_order_relaxed);
     r->depth.store(0, std::memory_order_release);
     tls_state.rec = nullptr;
+    tls_state.schemes_ready = 0;
     r->in_use.store(false, std::memory_order_release);
   }
 };

@@ -54,6 +54,7 @@ struct ThreadRecord {
 struct ThreadState {
   ThreadRecord* rec;
   bool in_handler;
+  std::uint8_t schemes_ready;  // bit per scheme: this thread has used its domain once
 };
 // initial-exec: a plain %fs access even inside libhotprobe.so (no __tls_get_addr call on
 // the hot path); the library is loaded at start-up or by dlopen with static TLS to spare.
