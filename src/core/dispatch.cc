@@ -153,24 +153,25 @@ void entry_dispatch(void* ctx, Regs* regs) {
       tail_call = d0 > 0 && rec.stack[d0 - 1].slot == regs->rsp && rec.stack[d0 - 1].hijacked &&
                   *ret_slot == rec.stack[d0 - 1].tramp;
       depth = drop_dead(rec, d0, regs->rsp, tail_call);
-      if (depth < g_return_depth_limit.load(std::memory_order_relaxed)) {
+      if (depth < site->return_depth) {
         ri = &rec.stack[depth];
         ri->n = 0;
-      } else {
-        rec.misses_return_stack.store(rec.misses_return_stack.load(std::memory_order_relaxed) + 1,
-                                      std::memory_order_relaxed);
       }
     }
-    std::uint64_t hits = 0;
+    std::uint64_t hits = 0, return_misses = 0;
     for (std::uint32_t i = 0; i < arr->n; i++) {
       Consumer* c = arr->c[i];
       hit.cookie = c->cookie;
       hit.data = nullptr;
       if (c->filter && !c->filter(hit)) continue;
-      if (c->on_return && ri && ri->n < kMaxReturnConsumers) {
-        ri->cd[ri->n] = {c->id, 0};
-        hit.data = &ri->cd[ri->n].data;
-        ri->n++;
+      if (c->on_return) {
+        if (ri && ri->n < kMaxReturnConsumers) {
+          ri->cd[ri->n] = {c->id, 0};
+          hit.data = &ri->cd[ri->n].data;
+          ri->n++;
+        } else if (use_stack) {
+          return_misses++;  // no room on the stack, or too many return consumers
+        }
       }
       if (c->on_entry) {
         c->on_entry(hit);
@@ -190,6 +191,11 @@ void entry_dispatch(void* ctx, Regs* regs) {
       rec.depth.store(depth, std::memory_order_release);
     }
     rec.hits.store(rec.hits.load(std::memory_order_relaxed) + hits, std::memory_order_relaxed);
+    if (HP_UNLIKELY(return_misses)) {
+      rec.misses_return_stack.store(
+          rec.misses_return_stack.load(std::memory_order_relaxed) + return_misses,
+          std::memory_order_relaxed);
+    }
   }
   d.read_unlock(tok);
   ts.in_handler = false;

@@ -332,6 +332,7 @@ struct EngineImpl {
     site->ino = t.key.ino;
     site->file_offset = t.key.off;
     site->scheme = options.scheme;
+    site->return_depth = options.return_stack_depth;
     site->describe = t.describe;
     site->vector_registers = spec.vector_registers;
     const std::uintptr_t probe = t.function + t.offset;
@@ -1038,7 +1039,6 @@ Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
     return Error(Errc::invalid_argument, "return_stack_depth must be between 1 and " +
                                              std::to_string(hp::core::kMaxReturnDepth));
   }
-  hp::core::g_return_depth_limit.store(options.return_stack_depth, std::memory_order_relaxed);
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   (void)hp::core::Registry::get();

@@ -64,6 +64,7 @@ struct Site {
   SiteMode mode = SiteMode::jmp;
   hotprobe::Scheme scheme = hotprobe::Scheme::tasks_trace;
   bool at_entry = false;
+  std::uint32_t return_depth = 64;     // the creating engine's EngineOptions::return_stack_depth
   bool vector_registers = true;        // the trampoline saves xmm0-15
   std::vector<std::uint8_t> original;  // the patched bytes as they were
   std::vector<std::uint8_t> patched;   // what was written

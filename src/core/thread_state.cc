@@ -10,7 +10,6 @@ namespace hp::core {
 
 constinit thread_local ThreadState tls_state
     __attribute__((tls_model("initial-exec"))){nullptr, false, 0};
-std::atomic<unsigned> g_return_depth_limit{64};
 std::atomic<std::uint64_t> g_unregistered_misses{0};
 
 namespace {

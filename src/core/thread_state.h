@@ -82,7 +82,5 @@ bool site_referenced_by_return_stacks(const Site* site) noexcept;
 // Recursion misses of threads whose record was being registered.
 extern std::atomic<std::uint64_t> g_unregistered_misses;
 
-// The per-thread return stack depth limit (EngineOptions::return_stack_depth).
-extern std::atomic<unsigned> g_return_depth_limit;
 
 }  // namespace hp::core
