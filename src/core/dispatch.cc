@@ -68,7 +68,7 @@ HP_ALWAYS_INLINE std::uint32_t drop_dead(ThreadRecord& r, std::uint32_t d, std::
   return d;
 }
 
-HP_COLD void count_recursion_miss(ThreadRecord* rec) noexcept {
+HP_COLD HP_DISPATCH_SECTION void count_recursion_miss(ThreadRecord* rec) noexcept {
   if (rec) {
     rec->misses_recursion.store(rec->misses_recursion.load(std::memory_order_relaxed) + 1,
                                 std::memory_order_relaxed);
@@ -77,7 +77,7 @@ HP_COLD void count_recursion_miss(ThreadRecord* rec) noexcept {
   }
 }
 
-void unhijack(ThreadRecord& rec) noexcept {
+HP_DISPATCH_SECTION void unhijack(ThreadRecord& rec) noexcept {
   std::uint32_t d = rec.depth.load(std::memory_order_relaxed);
   for (std::uint32_t i = 0; i < d; i++) {
     ReturnInstance& ri = rec.stack[i];
@@ -88,7 +88,7 @@ void unhijack(ThreadRecord& rec) noexcept {
   rec.rehijack_pending = d != 0;
 }
 
-HP_COLD void rehijack(ThreadRecord& rec, std::uint64_t rsp) noexcept {
+HP_COLD HP_DISPATCH_SECTION void rehijack(ThreadRecord& rec, std::uint64_t rsp) noexcept {
   std::uint32_t d = rec.depth.load(std::memory_order_relaxed);
   // The deepest instances whose slots are at or below rsp belong to unwound frames.
   while (d > 0 && !rec.stack[d - 1].hijacked && rec.stack[d - 1].slot <= rsp) {
@@ -112,7 +112,7 @@ HP_COLD void rehijack(ThreadRecord& rec, std::uint64_t rsp) noexcept {
 // trampoline without vector saves did not save: do it once with the whole FPU/SSE state
 // saved by hand.
 template <Scheme S>
-HP_COLD void first_hit() noexcept {
+HP_COLD HP_DISPATCH_SECTION void first_hit() noexcept {
   alignas(64) std::uint8_t fx[512];
   __asm__ volatile("fxsave64 %0" : "=m"(fx));
   (void)thread_record();
@@ -123,7 +123,7 @@ HP_COLD void first_hit() noexcept {
 }
 
 template <Scheme S>
-void entry_dispatch(void* ctx, Regs* regs) {
+HP_DISPATCH_SECTION void entry_dispatch(void* ctx, Regs* regs) {
   auto* site = static_cast<Site*>(ctx);
   ThreadState& ts = tls_state;
   // The guard comes first: registering the thread's record allocates, and malloc may be
@@ -238,7 +238,7 @@ HP_ALWAYS_INLINE void run_return_handlers(ThreadRecord& rec, ReturnInstance& ri,
 }
 
 template <Scheme S>
-std::uint64_t return_dispatch(void*, Regs* regs) {
+HP_DISPATCH_SECTION std::uint64_t return_dispatch(void*, Regs* regs) {
   ThreadRecord& rec = thread_record();
   const std::uint64_t slot = regs->rsp - 8;  // the ret popped the hijacked address from here
   std::uint32_t depth = rec.depth.load(std::memory_order_relaxed);

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
@@ -28,6 +29,8 @@
 #include "elf/modules.h"
 #include "hotprobe/probe.h"
 #include "sync/tasks_trace.h"
+
+extern "C" char __start_hp_dispatch[], __stop_hp_dispatch[];  // linker-made bounds
 
 namespace hp::core {
 
@@ -77,7 +80,7 @@ struct Int3Table {
 };
 std::atomic<Int3Table*> g_int3_table{nullptr};
 
-std::uintptr_t int3_hook(std::uintptr_t trap, void* ucv) {
+HP_DISPATCH_SECTION std::uintptr_t int3_hook(std::uintptr_t trap, void* ucv) {
   if (!g_int3_table.load(std::memory_order_relaxed)) return 0;  // no int3 site yet
   sync::ReadGuard guard(sync::tasks_trace());
   Int3Table* t = g_int3_table.load(std::memory_order_acquire);  // I2: matches I1
@@ -992,7 +995,11 @@ struct EngineImpl {
         ready.push_back(r);
     }
     if (!ready.empty()) {
-      std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges;
+      // A thread whose pc is in the dispatcher's section may be about to return into any
+      // trampoline (it left the read section but not yet the call): not outside.
+      std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges{
+          {reinterpret_cast<std::uintptr_t>(__start_hp_dispatch),
+           reinterpret_cast<std::uintptr_t>(__stop_hp_dispatch)}};
       for (Retired& r : ready) {
         ranges.push_back({r.site->trampoline, r.site->trampoline + r.site->trampoline_size});
       }

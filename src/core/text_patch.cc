@@ -189,7 +189,7 @@ void move_handler(int, siginfo_t*, void* uc) {
 
 struct sigaction g_prev_trap_action;
 
-void trap_handler(int sig, siginfo_t* info, void* uc) {
+HP_DISPATCH_SECTION void trap_handler(int sig, siginfo_t* info, void* uc) {
   if (info->si_code == SI_KERNEL) {  // an int3 (not kill(2), not a debugger's step)
     CtxRip rip = ctx_rip(uc);
     std::uintptr_t trap = rip - 1;

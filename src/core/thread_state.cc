@@ -62,7 +62,7 @@ void release_records_in_child() HP_NO_THREAD_SAFETY_ANALYSIS {
   return 0;
 }();
 
-ThreadRecord& register_thread_record() {
+HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
   MutexLock l(g_records_mu);
   ThreadRecord* r = nullptr;
   for (ThreadRecord* p = g_head.load(std::memory_order_acquire); p; p = p->next) {
