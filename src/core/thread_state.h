@@ -82,5 +82,4 @@ bool site_referenced_by_return_stacks(const Site* site) noexcept;
 // Recursion misses of threads whose record was being registered.
 extern std::atomic<std::uint64_t> g_unregistered_misses;
 
-
 }  // namespace hp::core

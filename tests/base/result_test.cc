@@ -39,7 +39,8 @@ TEST(Result, SysErrorNamesErrno) {
 }
 
 TEST(Assert, DiesWithFileAndLine) {
-  EXPECT_DEATH(HP_CHECK_MSG(1 + 1 == 3, "arithmetic"), "result_test.cc:[0-9]+: 1 \\+ 1 == 3: arithmetic");
+  EXPECT_DEATH(HP_CHECK_MSG(1 + 1 == 3, "arithmetic"),
+               "result_test.cc:[0-9]+: 1 \\+ 1 == 3: arithmetic");
 }
 
 }  // namespace
