@@ -30,6 +30,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>  // rcu_domain is BasicLockable: std::scoped_lock
 #include <type_traits>
 #include <utility>
 
