@@ -6,6 +6,8 @@
 // CodeMemory's mutex (both leaves). No lock is held while waiting for a grace period.
 #include <link.h>
 #include <pthread.h>
+#include <signal.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -1000,10 +1002,25 @@ struct EngineImpl {
       std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges{
           {reinterpret_cast<std::uintptr_t>(__start_hp_dispatch),
            reinterpret_cast<std::uintptr_t>(__stop_hp_dispatch)}};
+      // A thread returning from the SIGTRAP handler to an int3 copy passes through the
+      // signal restorer (libc's __restore_rt and the rt_sigreturn system call) after the
+      // hook has left the section: not outside either.
+      struct sigaction cur {};
+      if (sigaction(SIGTRAP, nullptr, &cur) == 0 && cur.sa_restorer) {
+        auto at = reinterpret_cast<std::uintptr_t>(cur.sa_restorer);
+        ranges.push_back({at, at + 16});
+      }
       for (Retired& r : ready) {
         ranges.push_back({r.site->trampoline, r.site->trampoline + r.site->trampoline_size});
       }
+      // Two samples a little apart: a thread caught in a window no range covers (its first
+      // hit's registration inside libc) has moved on, into a sampled range, by the second.
       auto outside = threads_outside(ranges);
+      if (outside.ok() && *outside) {
+        timespec pause{0, 2'000'000};
+        nanosleep(&pause, nullptr);
+        outside = threads_outside(ranges);
+      }
       if (outside.ok() && *outside) {
         // The int3 table (tasks-trace) may still be read by a late SIGTRAP: free after a
         // tasks-trace grace period too.
