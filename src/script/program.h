@@ -1,0 +1,91 @@
+// The script layer's face to the agent and the CLI: a bpftrace-style script, compiled.
+//
+//   script::CompileOptions opts;  opts.filename = "trace.bt";
+//   auto prog = script::Program::compile(source, opts);   // errors: rendered, with caret
+//   prog->bind(&sink);                                     // where printf/print output goes
+//   for (i : uprobe/uretprobe probes) specs.push_back(prog->spec(i));
+//   engine->attach(specs, BatchMode::all_or_nothing);
+//   prog->run_begin();  ... timers: prog->run_interval(i) ...  prog->run_end();
+//   sink.write(prog->print_maps());                        // the end-of-run map dump
+//
+// Threads: actions run on the probed threads concurrently; aggregation maps are
+// per-thread and merged when printed, so a hit writes no cache line another thread
+// writes. run_begin/run_end/run_interval/print_maps run on the caller's thread.
+//
+// Ownership: contract between src/script (implements) and src/agent, src/cli (use).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "hotprobe/probe.h"
+#include "hotprobe/result.h"
+
+namespace hotprobe::script {
+
+enum class OutputFormat : std::uint8_t { text, json };
+
+// Where a program's output goes; the agent implements it.
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  // Output produced by an action (printf, print, time, map printing), already formatted
+  // in the program's OutputFormat (one JSON object per line in json). Called on the
+  // probed thread: must not block and should not allocate; what cannot be delivered is
+  // counted as lost by the sink.
+  virtual void write(std::string_view text) = 0;
+  // exit() ran in an action (any thread, possibly several times).
+  virtual void request_exit() = 0;
+};
+
+struct CompileOptions {
+  std::string filename = "-e";  // for messages: "FILE:LINE:COL: error: ..."
+  OutputFormat format = OutputFormat::text;
+};
+
+struct Probe {
+  enum class Kind : std::uint8_t { begin, end, uprobe, uretprobe, interval };
+  Kind kind = Kind::begin;
+  std::string text;    // as written, expanded: "uprobe:/usr/lib/libc.so.6:malloc"
+  std::string target;  // ProbeSpec::target form: "libc:malloc", "/p/a.out:f+4", "m:0x10"
+  std::uint64_t interval_ns = 0;  // interval probes
+  int line = 0, column = 0;       // where the probe is written
+};
+
+class Program {
+ public:
+  virtual ~Program() = default;
+
+  // Parses and checks `source`. The error message is the rendered diagnostic(s):
+  //   FILE:LINE:COL: error: MESSAGE
+  //   <the source line>
+  //         ^~~~
+  //   (did you mean 'count'?)
+  static Result<std::unique_ptr<Program>> compile(std::string_view source,
+                                                  const CompileOptions& options = {});
+
+  // Every probe of the script, in source order; several probes sharing one action block
+  // are listed one by one.
+  virtual std::span<const Probe> probes() const = 0;
+  // The engine spec for uprobe/uretprobe probe `index`: target, handlers and cookie. The
+  // Program outlives every attachment made with it.
+  virtual ProbeSpec spec(std::size_t index) = 0;
+
+  virtual void bind(Sink* sink) = 0;
+
+  virtual void run_begin() = 0;
+  virtual void run_end() = 0;
+  virtual void run_interval(std::size_t index) = 0;  // index into probes()
+
+  // Every non-empty map, as bpftrace prints them when it exits (text: the 0.17 layout,
+  // with the trailing blank line; json: one object per map).
+  virtual std::string print_maps() = 0;
+
+  // exit() has run in an action.
+  virtual bool exited() const = 0;
+};
+
+}  // namespace hotprobe::script
