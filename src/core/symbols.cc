@@ -43,14 +43,14 @@ Result<std::vector<FunctionInfo>> resolve_functions(std::string_view target) {
   std::vector<FunctionInfo> out;
   if (!mod.ok()) {
     // A library named by its path that is not loaded yet: read it from disk.
-    if (mod.error().code() == Errc::not_found &&
-        module_spec.find('/') != std::string_view::npos &&
+    if (mod.error().code() == Errc::not_found && module_spec.find('/') != std::string_view::npos &&
         ::access(std::string(module_spec).c_str(), R_OK) == 0) {
       auto elf = hp::elf::load_elf(std::string(module_spec));
       if (!elf.ok()) return elf.error();
       auto found = (*elf)->lookup(rest);
       if (!found.ok()) return found.error();
-      for (const auto& t : *found) out.push_back(info_of(std::string(module_spec), t));
+      for (const auto& t : *found)
+        out.push_back(info_of(std::string(module_spec), t));
       return out;
     }
     return mod.error();

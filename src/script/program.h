@@ -49,8 +49,8 @@ struct CompileOptions {
 struct Probe {
   enum class Kind : std::uint8_t { begin, end, uprobe, uretprobe, interval };
   Kind kind = Kind::begin;
-  std::string text;    // as written, expanded: "uprobe:/usr/lib/libc.so.6:malloc"
-  std::string target;  // ProbeSpec::target form: "libc:malloc", "/p/a.out:f+4", "m:0x10"
+  std::string text;               // as written, expanded: "uprobe:/usr/lib/libc.so.6:malloc"
+  std::string target;             // ProbeSpec::target form: "libc:malloc", "/p/a.out:f+4", "m:0x10"
   std::uint64_t interval_ns = 0;  // interval probes
   int line = 0, column = 0;       // where the probe is written
 };
