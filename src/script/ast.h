@@ -1,0 +1,321 @@
+// The typed AST of hotprobe's script language (a subset of bpftrace 0.17).
+//
+// THIS HEADER IS THE CONTRACT BETWEEN THE FRONT END (lexer, parser, checker: src/script/
+// lexer, parser, check, diag) AND THE BACK END (evaluator, maps, printers). Additions are
+// fine; changing or removing a field needs both sides to agree.
+//
+//   auto prog = script::parse(source, "trace.bt");     // Result<ast::Program>
+//   if (prog) { auto ok = script::check(*prog); }        // annotates types, maps, slots
+//
+// Shape: plain structs; children are std::unique_ptr<Expr> and std::vector<Stmt>; kinds are
+// enums, so the back end lowers with a switch. parse() fills the syntax; check() fills
+// everything marked "[check]" below. After a successful check():
+//   - every Expr has `type` (integer, string, or none for calls with no value; a map read
+//     has the map's value type, see MapKind) and, for strings, `str_size`;
+//   - every map access (Expr::Kind::map) has `map_id`, an index into Program::maps;
+//   - every $variable (Expr::Kind::variable) has `slot`, an index into its Action's
+//     scratch slots [0, Action::num_slots);
+//   - every printf call has its parsed `format`; every call has its `func` enum;
+//   - every builtin is a Builtin enum.
+// Locations are 1-based line and column, and a length in bytes (on that line).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "script/program.h"
+
+namespace hotprobe::script::ast {
+
+struct Loc {
+  int line = 0;    // 1-based
+  int column = 0;  // 1-based, in bytes
+  int length = 1;  // bytes covered on `line` (at least 1)
+};
+
+// The value types of the language. bpftrace's integers are 64-bit; the language
+// (like bpftrace's int64 arithmetic) computes in two's complement 64-bit.
+enum class Type : std::uint8_t {
+  none,     // no value: printf(), delete(), clear(), exit(), ...; or not yet checked
+  integer,  // int64
+  string,   // a NUL-terminated string of at most str_size bytes (including the NUL)
+};
+
+// Default maximum string size (bpftrace's BPFTRACE_STRLEN default), including the NUL.
+inline constexpr std::uint32_t kDefaultStrSize = 64;
+// comm's size (TASK_COMM_LEN).
+inline constexpr std::uint32_t kCommSize = 16;
+
+enum class Builtin : std::uint8_t {
+  arg0,
+  arg1,
+  arg2,
+  arg3,
+  arg4,
+  arg5,
+  retval,   // uretprobe only
+  tid,      // gettid()
+  pid,      // getpid()
+  comm,     // string: the thread's name (/proc/self/task/TID/comm)
+  nsecs,    // CLOCK_MONOTONIC ns (bpftrace: ktime_get_ns)
+  elapsed,  // ns since the program started (run_begin)
+  func,     // string: the probed function's name (uprobe/uretprobe only)
+  probe,    // string: the probe's full text, e.g. "uprobe:/usr/lib/libc.so.6:malloc"
+  cpu,      // sched_getcpu()
+  uid,
+  gid,
+};
+
+// Calls. Aggregations (count..lhist) are only valid as the whole right-hand side of a map
+// assignment (`@m[k] = count()`); the checker enforces it.
+enum class Func : std::uint8_t {
+  count,   // count()
+  sum,     // sum(int)
+  avg,     // avg(int)
+  min,     // min(int)
+  max,     // max(int)
+  stats,   // stats(int)
+  hist,    // hist(int)
+  lhist,   // lhist(int, min, max, step): min/max/step are integer literals (MapInfo::lhist)
+  del,     // delete(@m[k...]): args[0] is a map access with all its keys
+  clear,   // clear(@m): args[0] is a map Expr with no keys (the whole map)
+  zero,    // zero(@m): likewise
+  print,   // print(@m [, top [, div]]) for a whole map (args[0] map Expr with no keys and
+           // MapInfo of it), or print(expr) for a value (args[0] any int/string Expr)
+  printf,  // printf("fmt", args...): args[0] is the format string literal; Expr::format
+  time,    // time() or time("strftime fmt"): args[0], if any, is a string literal
+  exit,    // exit()
+  str,     // str(ptr [, len]): string, read from user memory; never faults
+};
+
+inline constexpr bool is_aggregation(Func f) {
+  return f == Func::count || f == Func::sum || f == Func::avg || f == Func::min || f == Func::max ||
+         f == Func::stats || f == Func::hist || f == Func::lhist;
+}
+
+// A map's value kind, fixed by its first assignment.
+enum class MapKind : std::uint8_t {
+  none,  // never assigned (only read, deleted, printed...): the checker reports it
+  count,
+  sum,
+  avg,
+  min,
+  max,
+  stats,
+  hist,
+  lhist,
+  integer,  // @m = expr (int); also @m++, @m += expr
+  string,   // @m = expr (string)
+};
+
+enum class UnaryOp : std::uint8_t { neg, lnot, bnot };  // - ! ~
+
+enum class BinaryOp : std::uint8_t {
+  mul,
+  div,
+  mod,
+  add,
+  sub,
+  shl,
+  shr,
+  lt,
+  le,
+  gt,
+  ge,
+  eq,
+  ne,
+  band,  // &
+  bxor,  // ^
+  bor,   // |
+  land,  // && (short-circuit)
+  lor,   // || (short-circuit)
+};
+
+// One piece of a parsed printf format: literal text, then (unless conversion == 0)
+// one conversion. "%%" is folded into `text` as a single '%'.
+struct FormatPiece {
+  enum class Length : std::uint8_t { none, hh, h, l, ll, j, z, t };
+  std::string text;     // literal text before the conversion (escapes already decoded)
+  char conversion = 0;  // 'd' 'i' 'u' 'x' 'X' 'o' 'p' 's' 'c', or 0 for trailing text only
+  bool left = false;    // '-'
+  bool plus = false;    // '+'
+  bool space = false;   // ' '
+  bool alt = false;     // '#'
+  bool zero = false;    // '0'
+  int width = -1;       // -1: none
+  int precision = -1;   // -1: none
+  Length length = Length::none;
+  int arg = -1;  // index of the argument in the call's args (1-based: args[0] is the format)
+};
+
+struct Expr;
+using ExprPtr = std::unique_ptr<Expr>;
+
+struct Expr {
+  enum class Kind : std::uint8_t {
+    integer,   // literal: `value`
+    string,    // literal: `text` (escapes decoded)
+    builtin,   // `builtin`
+    variable,  // $name: `name` ("$x"), `slot` [check]
+    map,       // @name[args...]: `name` ("@x", "@" for the anonymous map), `args` are the
+               // keys (empty: no key, or the whole map inside print/clear/zero), `map_id`
+    unary,     // `unary` args[0]
+    binary,    // `binary` args[0] args[1]
+    ternary,   // args[0] ? args[1] : args[2]
+    call,      // `func` (`name` as written) with `args`
+    incdec,    // ++/-- on args[0] (a variable or map access): `increment`, `prefix`
+  };
+  Kind kind = Kind::integer;
+  Loc loc;
+
+  std::int64_t value = 0;  // integer literal (0xffffffffffffffff is stored as -1)
+  std::string text;        // string literal
+  std::string name;        // variable "$x", map "@x", call "count" (as written)
+  Builtin builtin = Builtin::arg0;
+  UnaryOp unary = UnaryOp::neg;
+  BinaryOp binary = BinaryOp::add;
+  Func func = Func::count;
+  bool increment = true;  // incdec: ++ (true) or -- (false)
+  bool prefix = false;    // incdec: ++x (true; value after) or x++ (false; value before)
+  std::vector<ExprPtr> args;
+  std::vector<FormatPiece> format;  // printf: the parsed format [parse]
+
+  // [check]
+  Type type = Type::none;
+  std::uint32_t str_size = 0;  // strings: maximum size including the NUL
+  int map_id = -1;             // Kind::map
+  int slot = -1;               // Kind::variable
+};
+
+// Assignment operators: `=` or a compound form `op=` (applied as target = target op value).
+struct AssignOp {
+  bool compound = false;
+  BinaryOp op = BinaryOp::add;  // meaningful when compound: add sub mul div mod band bor
+                                // bxor shl shr
+};
+
+struct Stmt {
+  enum class Kind : std::uint8_t {
+    expr,     // `expr` evaluated for its effect (calls, ++/--)
+    assign,   // `target` (Kind::variable or Kind::map) `assign` `value`; for a map whose
+              // MapInfo::kind is an aggregation, `value` is the aggregation call
+    if_,      // if (`cond`) { `body` } else { `else_body` }; `else if` is an else_body of one if_
+    unroll,   // unroll (`count`) { `body` }
+    return_,  // return; (ends the action)
+  };
+  Kind kind = Kind::expr;
+  Loc loc;
+  ExprPtr expr;    // expr
+  ExprPtr target;  // assign
+  AssignOp assign;
+  ExprPtr value;  // assign
+  ExprPtr cond;   // if_
+  std::vector<Stmt> body;
+  std::vector<Stmt> else_body;
+  std::int64_t count = 0;  // unroll
+};
+
+// One probe as written, e.g. `uprobe:libc:malloc` or `interval:s:1`.
+struct AttachPoint {
+  Probe probe;  // kind, text (expanded: "u:" -> "uprobe:"), target, interval_ns, line, column
+  Loc loc;
+  std::string module;        // uprobe/uretprobe: as written ("libc", "/usr/lib/x.so", "./a.out")
+  std::string function;      // uprobe/uretprobe: symbol or glob; empty for an address
+  std::uint64_t offset = 0;  // +OFFSET (function != empty) or the 0xADDR (address)
+  bool has_offset = false;   // "+OFFSET" was written
+  bool is_address = false;   // "MOD:0xADDR"
+  bool is_glob = false;      // function contains * ? or [
+};
+
+// A scratch variable of one action.
+struct VarInfo {
+  std::string name;  // "$x"
+  int slot = 0;
+  Type type = Type::none;
+  std::uint32_t str_size = 0;
+  Loc first;  // first assignment
+};
+
+// PROBE[, PROBE...] [/PREDICATE/] { STATEMENTS }
+struct Action {
+  Loc loc;  // of the first probe
+  std::vector<AttachPoint> probes;
+  ExprPtr predicate;  // null when absent
+  std::vector<Stmt> body;
+  // [check]
+  std::vector<VarInfo> vars;  // index == slot
+  int num_slots = 0;
+};
+
+struct MapInfo {
+  std::string name;  // "@x"
+  int id = 0;        // index in Program::maps
+  MapKind kind = MapKind::none;
+  std::vector<Type> key_types;           // arity = key_types.size(); 0: a scalar map
+  std::vector<std::uint32_t> key_sizes;  // string keys: max size; 0 for integers
+  std::uint32_t str_size = 0;            // MapKind::string values: max size
+  std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // MapKind::lhist
+  Loc first;                                                  // first use
+};
+
+struct Program {
+  std::string filename;  // for messages
+  std::string source;    // the whole text (diagnostics quote its lines)
+  std::vector<Action> actions;
+  std::vector<MapInfo> maps;  // [check]; id == index, in order of first appearance
+};
+
+// Every probe of `program`, in source order (the shape of Program::probes()).
+inline std::vector<Probe> flatten_probes(const Program& program) {
+  std::vector<Probe> out;
+  for (const Action& a : program.actions) {
+    for (const AttachPoint& p : a.probes)
+      out.push_back(p.probe);
+  }
+  return out;
+}
+
+// Names for messages and printing.
+inline std::string_view to_string(Builtin b) {
+  static constexpr std::string_view kNames[] = {
+      "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
+      "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
+  return kNames[static_cast<int>(b)];
+}
+inline std::string_view to_string(Func f) {
+  static constexpr std::string_view kNames[] = {
+      "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
+      "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};
+  return kNames[static_cast<int>(f)];
+}
+inline std::string_view to_string(MapKind k) {
+  static constexpr std::string_view kNames[] = {"none",  "count", "sum",   "avg",   "min",   "max",
+                                                "stats", "hist",  "lhist", "int64", "string"};
+  return kNames[static_cast<int>(k)];
+}
+inline std::string_view to_string(BinaryOp op) {
+  static constexpr std::string_view kNames[] = {"*", "/",  "%",  "+",  "-", "<<", ">>", "<",  "<=",
+                                                ">", ">=", "==", "!=", "&", "^",  "|",  "&&", "||"};
+  return kNames[static_cast<int>(op)];
+}
+inline std::string_view to_string(UnaryOp op) {
+  static constexpr std::string_view kNames[] = {"-", "!", "~"};
+  return kNames[static_cast<int>(op)];
+}
+
+}  // namespace hotprobe::script::ast
+
+namespace hotprobe::script {
+
+// Parses `src` into an AST (syntax only). Errors: Errc::invalid_argument whose message is
+// every diagnostic rendered (FILE:LINE:COL-END: ERROR: MESSAGE, the line, the ~~~ marks).
+Result<ast::Program> parse(std::string_view src, std::string_view filename = "-e");
+
+// Semantic analysis: types, maps, slots, probe rules. Errors as parse().
+Result<void> check(ast::Program& program);
+
+}  // namespace hotprobe::script
