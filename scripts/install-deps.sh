@@ -11,6 +11,7 @@ packages=(
   libzydis-dev libzycore-dev           # x86-64 decoding and encoding (src/arch/x86_64)
   libelf-dev                           # ELF symbols (src/elf)
   libcli11-dev libfmt-dev              # the hotprobe command
+  bpftrace                             # conformance tests and the run benchmark (the reference)
 )
 
 missing=()
