@@ -159,14 +159,14 @@ struct Expr {
   enum class Kind : std::uint8_t {
     integer,   // literal: `value`
     string,    // literal: `text` (escapes decoded)
-    builtin,   // `builtin`
+    builtin,   // `name` as written; `builtin` [check]
     variable,  // $name: `name` ("$x"), `slot` [check]
     map,       // @name[args...]: `name` ("@x", "@" for the anonymous map), `args` are the
                // keys (empty: no key, or the whole map inside print/clear/zero), `map_id`
     unary,     // `unary` args[0]
     binary,    // `binary` args[0] args[1]
     ternary,   // args[0] ? args[1] : args[2]
-    call,      // `func` (`name` as written) with `args`
+    call,      // `name` as written, `func` [check], with `args`
     incdec,    // ++/-- on args[0] (a variable or map access): `increment`, `prefix`
   };
   Kind kind = Kind::integer;
@@ -182,7 +182,7 @@ struct Expr {
   bool increment = true;  // incdec: ++ (true) or -- (false)
   bool prefix = false;    // incdec: ++x (true; value after) or x++ (false; value before)
   std::vector<ExprPtr> args;
-  std::vector<FormatPiece> format;  // printf: the parsed format [parse]
+  std::vector<FormatPiece> format;  // printf: the parsed format [check]
 
   // [check]
   Type type = Type::none;
@@ -256,6 +256,7 @@ struct MapInfo {
   int id = 0;        // index in Program::maps
   MapKind kind = MapKind::none;
   std::vector<Type> key_types;           // arity = key_types.size(); 0: a scalar map
+  bool keyed = false;                    // key_types are known (the map was accessed)
   std::vector<std::uint32_t> key_sizes;  // string keys: max size; 0 for integers
   std::uint32_t str_size = 0;            // MapKind::string values: max size
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // MapKind::lhist

@@ -1,0 +1,995 @@
+#include "script/check.h"
+
+#include <algorithm>
+#include <array>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "script/parser.h"
+
+namespace hotprobe::script {
+
+namespace {
+
+using ast::Builtin;
+using ast::Expr;
+using ast::Func;
+using ast::Loc;
+using ast::MapKind;
+using ast::Stmt;
+using ast::Type;
+
+constexpr std::array<std::string_view, 17> kBuiltinNames = {
+    "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
+    "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
+constexpr std::array<std::string_view, 16> kFuncNames = {
+    "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
+    "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};
+
+// What an expression yields, as the checker sees it: a value type, or a read of an
+// aggregation map (usable only as print/clear/zero/delete's argument), or an error
+// already reported (no more messages about it).
+struct Value {
+  Type type = Type::none;
+  MapKind agg = MapKind::none;  // an aggregation map read
+  std::uint32_t size = 0;       // strings
+  bool error = false;
+
+  static Value integer() { return Value{Type::integer, MapKind::none, 0, false}; }
+  static Value string(std::uint32_t n) { return Value{Type::string, MapKind::none, n, false}; }
+  static Value bad() { return Value{Type::none, MapKind::none, 0, true}; }
+  bool is_int() const { return type == Type::integer && agg == MapKind::none; }
+  bool is_str() const { return type == Type::string && agg == MapKind::none; }
+};
+
+bool is_agg_kind(MapKind k) {
+  return k != MapKind::none && k != MapKind::integer && k != MapKind::string;
+}
+
+MapKind agg_kind_of(Func f) {
+  switch (f) {
+    case Func::count:
+      return MapKind::count;
+    case Func::sum:
+      return MapKind::sum;
+    case Func::avg:
+      return MapKind::avg;
+    case Func::min:
+      return MapKind::min;
+    case Func::max:
+      return MapKind::max;
+    case Func::stats:
+      return MapKind::stats;
+    case Func::hist:
+      return MapKind::hist;
+    case Func::lhist:
+      return MapKind::lhist;
+    default:
+      return MapKind::none;
+  }
+}
+
+// The type as bpftrace names it in "Type mismatch" messages.
+std::string type_name(const Value& v) {
+  if (v.agg != MapKind::none) return std::string(ast::to_string(v.agg));
+  if (v.type == Type::integer) return "int64";
+  if (v.type == Type::string) return "string";
+  return "none";
+}
+// As printf's messages name it.
+std::string printf_type_name(const Value& v) {
+  if (v.agg != MapKind::none) return std::string(ast::to_string(v.agg));
+  if (v.type == Type::integer) return "integer";
+  if (v.type == Type::string) return "string";
+  return "none";
+}
+std::string map_type_name(const ast::MapInfo& m) {
+  if (m.kind == MapKind::integer) return "int64";
+  return std::string(ast::to_string(m.kind));
+}
+std::string key_list(const std::vector<Type>& keys) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (i) s += ", ";
+    s += keys[i] == Type::integer ? "int64" : keys[i] == Type::string ? "string" : "none";
+  }
+  return s + "]";
+}
+
+std::string_view probe_kind_name(Probe::Kind k) {
+  switch (k) {
+    case Probe::Kind::begin:
+      return "BEGIN";
+    case Probe::Kind::end:
+      return "END";
+    case Probe::Kind::uprobe:
+      return "uprobe";
+    case Probe::Kind::uretprobe:
+      return "uretprobe";
+    case Probe::Kind::interval:
+      return "interval";
+  }
+  return "?";
+}
+
+// An integer literal, possibly negated: lhist's bounds.
+bool constant(const Expr& e, std::int64_t& out) {
+  if (e.kind == Expr::Kind::integer) {
+    out = e.value;
+    return true;
+  }
+  if (e.kind == Expr::Kind::unary && e.unary == ast::UnaryOp::neg &&
+      e.args[0]->kind == Expr::Kind::integer) {
+    out = -e.args[0]->value;
+    return true;
+  }
+  return false;
+}
+
+class Checker {
+ public:
+  Checker(ast::Program& program, Diagnostics& diags) : program_(program), diags_(diags) {
+    for (const ast::MapInfo& m : program_.maps)
+      map_ids_.emplace(m.name, m.id);
+  }
+
+  void run() {
+    for (ast::Action& a : program_.actions)
+      action(a);
+  }
+
+ private:
+  void error(Loc loc, std::string message) { diags_.error(loc, std::move(message)); }
+
+  void action(ast::Action& a) {
+    action_ = &a;
+    a.vars.clear();
+    a.num_slots = 0;
+    if (a.predicate) {
+      Value v = value(*a.predicate);
+      if (!v.error && !v.is_int()) {
+        error(a.predicate->loc, "Invalid type for predicate: " + type_name(v) +
+                                    " (a predicate is an integer: 0 is false)");
+      }
+    }
+    statements(a.body);
+  }
+
+  void statements(std::vector<Stmt>& body) {
+    for (Stmt& s : body)
+      statement(s);
+  }
+
+  void statement(Stmt& s) {
+    switch (s.kind) {
+      case Stmt::Kind::expr: {
+        Value v = expr(*s.expr, Context::statement);
+        (void)v;
+        break;
+      }
+      case Stmt::Kind::assign:
+        if (s.target->kind == Expr::Kind::variable) {
+          assign_variable(s);
+        } else {
+          assign_map(s);
+        }
+        break;
+      case Stmt::Kind::if_: {
+        Value c = value(*s.cond);
+        if (!c.error && !c.is_int()) {
+          error(s.cond->loc, "Invalid condition in if(): " + type_name(c) +
+                                 " (a condition is an integer: 0 is false)");
+        }
+        statements(s.body);
+        statements(s.else_body);
+        break;
+      }
+      case Stmt::Kind::unroll:
+        if (s.count < 1) error(s.cond->loc, "unroll minimum value is 1");
+        if (s.count > 100) error(s.cond->loc, "unroll maximum value is 100");
+        statements(s.body);
+        break;
+      case Stmt::Kind::return_:
+        break;
+    }
+  }
+
+  ast::VarInfo* find_var(const std::string& name) {
+    for (ast::VarInfo& v : action_->vars) {
+      if (v.name == name) return &v;
+    }
+    return nullptr;
+  }
+
+  void undefined_variable(Expr& e) {
+    std::vector<std::string_view> names;
+    for (const ast::VarInfo& v : action_->vars)
+      names.push_back(v.name);
+    error(e.loc, "Undefined or undeclared variable: " + e.name + did_you_mean(e.name, names));
+  }
+
+  void annotate(Expr& e, const Value& v) {
+    e.type = v.agg != MapKind::none ? Type::none : v.type;
+    e.str_size = v.type == Type::string ? v.size : 0;
+  }
+
+  void assign_variable(Stmt& s) {
+    Expr& target = *s.target;
+    Value v = value(*s.value);
+    ast::VarInfo* var = find_var(target.name);
+    if (s.assign.compound) {
+      if (!var) {
+        undefined_variable(target);
+        return;
+      }
+      target.slot = var->slot;
+      target.type = var->type;
+      target.str_size = var->str_size;
+      if (var->type != Type::integer) {
+        error(target.loc, "Type mismatch for " + target.name + ": the " +
+                              std::string(ast::to_string(s.assign.op)) +
+                              "= operator needs an integer variable (it holds a string)");
+      } else if (!v.error && !v.is_int()) {
+        error(s.value->loc, "Type mismatch for " + target.name + ": trying to " +
+                                std::string(ast::to_string(s.assign.op)) + "= a value of type '" +
+                                type_name(v) + "' to an int64 variable");
+      }
+      return;
+    }
+    if (v.error) {
+      if (var) target.slot = var->slot;
+      return;
+    }
+    if (v.agg != MapKind::none) {
+      error(s.value->loc, "Type mismatch for " + target.name +
+                              ": trying to assign value of type '" + type_name(v) +
+                              "' (an aggregation map is only printed, cleared or deleted from)");
+      return;
+    }
+    if (!var) {
+      ast::VarInfo info;
+      info.name = target.name;
+      info.slot = action_->num_slots++;
+      info.type = v.type;
+      info.str_size = v.size;
+      info.first = target.loc;
+      action_->vars.push_back(std::move(info));
+      var = &action_->vars.back();
+    } else if (var->type != v.type) {
+      error(s.value->loc, "Type mismatch for " + target.name +
+                              ": trying to assign value of type '" + type_name(v) +
+                              "' when variable already contains a value of type '" +
+                              type_name(Value{var->type, MapKind::none, 0, false}) + "'");
+    } else {
+      var->str_size = std::max(var->str_size, v.size);
+    }
+    target.slot = var->slot;
+    target.type = var->type;
+    target.str_size = var->str_size;
+  }
+
+  // The map of `e` (Kind::map), created on first sight; its keys checked against earlier
+  // accesses (`whole`: print(@m), clear(@m): no keys to check).
+  ast::MapInfo& map_of(Expr& e, bool whole) {
+    auto [it, inserted] = map_ids_.try_emplace(e.name, static_cast<int>(program_.maps.size()));
+    if (inserted) {
+      ast::MapInfo info;
+      info.name = e.name;
+      info.id = it->second;
+      info.first = e.loc;
+      program_.maps.push_back(std::move(info));
+    }
+    e.map_id = it->second;
+    ast::MapInfo& m = program_.maps[static_cast<std::size_t>(e.map_id)];
+    std::vector<Type> keys;
+    std::vector<std::uint32_t> sizes;
+    bool key_error = false;
+    for (auto& k : e.args) {
+      Value v = value(*k);
+      if (v.error) {
+        key_error = true;
+      } else if (v.agg != MapKind::none) {
+        error(k->loc, "Type mismatch for " + e.name + " key: an aggregation map ('" + type_name(v) +
+                          "') cannot be used as a key");
+        key_error = true;
+      }
+      keys.push_back(v.type);
+      sizes.push_back(v.size);
+    }
+    if (whole || key_error) return m;
+    if (!m.keyed) {
+      m.keyed = true;
+      m.key_types = keys;
+      m.key_sizes = sizes;
+    } else if (keys.size() != m.key_types.size()) {
+      error(e.loc, "Argument mismatch for " + e.name + ": trying to access with " +
+                       std::to_string(keys.size()) +
+                       " arguments when it was previously accessed with " +
+                       std::to_string(m.key_types.size()));
+    } else if (keys != m.key_types) {
+      error(e.loc, "Argument mismatch for " + e.name + ": trying to access with arguments: " +
+                       key_list(keys) + " when map expects arguments: " + key_list(m.key_types));
+    } else {
+      for (std::size_t i = 0; i < sizes.size(); ++i) {
+        m.key_sizes[i] = std::max(m.key_sizes[i], sizes[i]);
+      }
+    }
+    return m;
+  }
+
+  void map_kind_mismatch(const Expr& target, const ast::MapInfo& m, const std::string& what) {
+    error(target.loc, "Type mismatch for " + m.name + ": trying to assign value of type '" + what +
+                          "' when map already contains a value of type '" + map_type_name(m) + "'");
+  }
+
+  void assign_map(Stmt& s) {
+    Expr& target = *s.target;
+    ast::MapInfo& m0 = map_of(target, false);
+    int id = target.map_id;
+    auto map = [&]() -> ast::MapInfo& { return program_.maps[static_cast<std::size_t>(id)]; };
+    Expr& rhs = *s.value;
+    if (!s.assign.compound && rhs.kind == Expr::Kind::call && resolve_func(rhs) &&
+        ast::is_aggregation(rhs.func)) {
+      (void)m0;
+      if (!aggregation(rhs)) return;
+      MapKind k = agg_kind_of(rhs.func);
+      if (map().kind == MapKind::none) {
+        map().kind = k;
+        if (k == MapKind::lhist) set_lhist(map(), rhs);
+      } else if (map().kind != k) {
+        map_kind_mismatch(target, map(), std::string(ast::to_string(k)));
+      } else if (k == MapKind::lhist) {
+        std::int64_t lo = 0, hi = 0, step = 0;
+        constant(*rhs.args[1], lo);
+        constant(*rhs.args[2], hi);
+        constant(*rhs.args[3], step);
+        if (lo != map().lhist_min || hi != map().lhist_max || step != map().lhist_step) {
+          error(rhs.loc, "lhist() arguments for " + map().name +
+                             " differ from its first use (min, max and step are fixed per map)");
+        }
+      }
+      annotate_map(target);
+      return;
+    }
+    Value v = value(rhs);
+    if (v.error) {
+      annotate_map(target);
+      return;
+    }
+    if (v.agg != MapKind::none) {
+      map_kind_mismatch(target, map(), type_name(v));
+      return;
+    }
+    if (s.assign.compound) {
+      if (map().kind == MapKind::none) map().kind = MapKind::integer;
+      if (map().kind != MapKind::integer) {
+        error(target.loc, "Type mismatch for " + map().name + ": the " +
+                              std::string(ast::to_string(s.assign.op)) +
+                              "= operator needs an int64 map (it holds '" + map_type_name(map()) +
+                              "')");
+      } else if (!v.is_int()) {
+        map_kind_mismatch(target, map(), type_name(v));
+      }
+      annotate_map(target);
+      return;
+    }
+    MapKind k = v.type == Type::string ? MapKind::string : MapKind::integer;
+    if (map().kind == MapKind::none) map().kind = k;
+    if (map().kind != k) {
+      map_kind_mismatch(target, map(), type_name(v));
+    } else if (k == MapKind::string) {
+      map().str_size = std::max(map().str_size, v.size);
+    }
+    annotate_map(target);
+  }
+
+  void annotate_map(Expr& e) {
+    const ast::MapInfo& m = program_.maps[static_cast<std::size_t>(e.map_id)];
+    e.type = m.kind == MapKind::integer  ? Type::integer
+             : m.kind == MapKind::string ? Type::string
+                                         : Type::none;
+    e.str_size = m.kind == MapKind::string ? m.str_size : 0;
+  }
+
+  void set_lhist(ast::MapInfo& m, const Expr& call) {
+    constant(*call.args[1], m.lhist_min);
+    constant(*call.args[2], m.lhist_max);
+    constant(*call.args[3], m.lhist_step);
+  }
+
+  // Checks an aggregation call's arguments; false if they are wrong.
+  bool aggregation(Expr& call) {
+    call.type = Type::none;
+    std::string name(ast::to_string(call.func));
+    std::size_t n = call.args.size();
+    std::vector<Value> args;
+    for (auto& a : call.args)
+      args.push_back(value(*a));
+    if (call.func == Func::count) {
+      if (n != 0) {
+        error(call.loc, "count() requires no arguments (" + std::to_string(n) + " provided)");
+        return false;
+      }
+      return true;
+    }
+    if (call.func == Func::lhist) {
+      if (n != 4) {
+        error(call.loc, "lhist() requires 4 arguments (" + std::to_string(n) + " provided)");
+        return false;
+      }
+    } else if (n != 1) {
+      error(call.loc, name + "() requires one argument (" + std::to_string(n) + " provided)");
+      return false;
+    }
+    bool ok = true;
+    if (!args[0].error && !args[0].is_int()) {
+      error(call.args[0]->loc,
+            name + "() expects an integer argument (" + printf_type_name(args[0]) + " provided)");
+      ok = false;
+    }
+    if (call.func == Func::lhist) {
+      std::int64_t c[3] = {};
+      for (int i = 1; i < 4; ++i) {
+        if (!constant(*call.args[static_cast<std::size_t>(i)], c[i - 1])) {
+          error(call.args[static_cast<std::size_t>(i)]->loc,
+                "lhist() expects an integer literal for its min, max and step (arguments 2 to 4)");
+          ok = false;
+        }
+      }
+      if (ok && c[2] < 1) {
+        error(call.args[3]->loc,
+              "lhist() step must be >= 1 (" + std::to_string(c[2]) + " provided)");
+        ok = false;
+      }
+      if (ok && c[1] <= c[0]) {
+        error(call.loc, "lhist() max must be greater than min (min " + std::to_string(c[0]) +
+                            ", max " + std::to_string(c[1]) + ")");
+        ok = false;
+      }
+      if (ok && c[0] < 0) {
+        error(call.args[1]->loc,
+              "lhist() min must be non-negative (" + std::to_string(c[0]) + " provided)");
+        ok = false;
+      }
+      if (ok && (c[1] - c[0]) / c[2] > 1000) {
+        error(call.loc, "lhist() has too many buckets: (max - min) / step is at most 1000");
+        ok = false;
+      }
+    }
+    return ok;
+  }
+
+  // A value in an expression (operand, argument, assigned value, condition).
+  Value value(Expr& e) {
+    Value v = expr(e, Context::value);
+    if (!v.error && v.type == Type::none && v.agg == MapKind::none) {
+      error(e.loc, std::string(ast::to_string(e.func)) +
+                       "() returns no value: it cannot be used in an expression");
+      return Value::bad();
+    }
+    return v;
+  }
+
+  enum class Context { statement, value };
+
+  Value expr(Expr& e, Context ctx) {
+    Value v = expr_inner(e, ctx);
+    annotate(e, v);
+    return v;
+  }
+
+  bool resolve_func(Expr& call) {
+    for (std::size_t i = 0; i < kFuncNames.size(); ++i) {
+      if (call.name == kFuncNames[i]) {
+        call.func = static_cast<Func>(i);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  Value builtin(Expr& e) {
+    std::size_t i = 0;
+    while (i < kBuiltinNames.size() && e.name != kBuiltinNames[i])
+      ++i;
+    if (i == kBuiltinNames.size()) {
+      // A function name written without its parentheses.
+      for (std::string_view f : kFuncNames) {
+        if (e.name == f) {
+          error(e.loc, "unknown identifier '" + e.name + "' (did you mean '" + e.name + "()'?)");
+          return Value::bad();
+        }
+      }
+      error(e.loc, "unknown identifier '" + e.name + "'" + did_you_mean(e.name, kBuiltinNames));
+      return Value::bad();
+    }
+    e.builtin = static_cast<Builtin>(i);
+    auto bad_probe = [&](auto allowed) -> const ast::AttachPoint* {
+      for (const ast::AttachPoint& p : action_->probes) {
+        if (!allowed(p.probe.kind)) return &p;
+      }
+      return nullptr;
+    };
+    const ast::AttachPoint* bad = nullptr;
+    switch (e.builtin) {
+      case Builtin::arg0:
+      case Builtin::arg1:
+      case Builtin::arg2:
+      case Builtin::arg3:
+      case Builtin::arg4:
+      case Builtin::arg5:
+        bad = bad_probe([](Probe::Kind k) { return k == Probe::Kind::uprobe; });
+        if (bad) {
+          error(e.loc, "The " + e.name + " builtin can only be used with 'uprobes' probes (not '" +
+                           std::string(probe_kind_name(bad->probe.kind)) + "')");
+          return Value::bad();
+        }
+        return Value::integer();
+      case Builtin::retval:
+        bad = bad_probe([](Probe::Kind k) { return k == Probe::Kind::uretprobe; });
+        if (bad) {
+          error(e.loc, "The retval builtin can only be used with 'uretprobe' probes (not '" +
+                           std::string(probe_kind_name(bad->probe.kind)) + "')");
+          return Value::bad();
+        }
+        return Value::integer();
+      case Builtin::func:
+        bad = bad_probe(
+            [](Probe::Kind k) { return k == Probe::Kind::uprobe || k == Probe::Kind::uretprobe; });
+        if (bad) {
+          error(e.loc,
+                "The func builtin can only be used with 'uprobe' and 'uretprobe' probes "
+                "(not '" +
+                    std::string(probe_kind_name(bad->probe.kind)) + "')");
+          return Value::bad();
+        }
+        return Value::string(ast::kDefaultStrSize);
+      case Builtin::comm:
+        return Value::string(ast::kCommSize);
+      case Builtin::probe:
+        return Value::string(ast::kDefaultStrSize);
+      default:
+        return Value::integer();
+    }
+  }
+
+  Value expr_inner(Expr& e, Context ctx) {
+    switch (e.kind) {
+      case Expr::Kind::integer:
+        return Value::integer();
+      case Expr::Kind::string:
+        return Value::string(static_cast<std::uint32_t>(e.text.size() + 1));
+      case Expr::Kind::builtin:
+        return builtin(e);
+      case Expr::Kind::variable: {
+        ast::VarInfo* var = find_var(e.name);
+        if (!var) {
+          undefined_variable(e);
+          return Value::bad();
+        }
+        e.slot = var->slot;
+        return Value{var->type, MapKind::none, var->str_size, false};
+      }
+      case Expr::Kind::map:
+        return map_read(e, false);
+      case Expr::Kind::unary: {
+        Value v = value(*e.args[0]);
+        if (v.error) return v;
+        if (!v.is_int()) {
+          error(e.loc, "The " + std::string(ast::to_string(e.unary)) +
+                           " operator can not be used on expressions of type " + type_name(v));
+          return Value::bad();
+        }
+        return Value::integer();
+      }
+      case Expr::Kind::binary:
+        return binary(e);
+      case Expr::Kind::ternary: {
+        Value c = value(*e.args[0]);
+        Value a = value(*e.args[1]);
+        Value b = value(*e.args[2]);
+        if (!c.error && !c.is_int()) {
+          error(e.args[0]->loc, "Invalid condition in ternary: " + type_name(c));
+        }
+        if (a.error || b.error) return Value::bad();
+        if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
+          error(e.loc, "Ternary operator branches must have the same type: '" + type_name(a) +
+                           "' and '" + type_name(b) + "'");
+          return Value::bad();
+        }
+        if (c.error) return Value::bad();
+        return Value{a.type, MapKind::none, std::max(a.size, b.size), false};
+      }
+      case Expr::Kind::call:
+        return call(e, ctx);
+      case Expr::Kind::incdec: {
+        Expr& t = *e.args[0];
+        std::string op = e.increment ? "++" : "--";
+        if (t.kind == Expr::Kind::variable) {
+          ast::VarInfo* var = find_var(t.name);
+          if (!var) {
+            undefined_variable(t);
+            return Value::bad();
+          }
+          t.slot = var->slot;
+          t.type = var->type;
+          if (var->type != Type::integer) {
+            error(e.loc,
+                  "The " + op + " operator can not be used on " + t.name + " (it holds a string)");
+            return Value::bad();
+          }
+          return Value::integer();
+        }
+        ast::MapInfo& m = map_of(t, false);
+        if (m.kind == MapKind::none) m.kind = MapKind::integer;
+        annotate_map(t);
+        if (m.kind != MapKind::integer) {
+          error(e.loc, "The " + op + " operator can not be used on " + m.name + " (it holds '" +
+                           map_type_name(m) + "', not int64)");
+          return Value::bad();
+        }
+        return Value::integer();
+      }
+    }
+    return Value::bad();
+  }
+
+  Value map_read(Expr& e, bool whole) {
+    ast::MapInfo& m = map_of(e, whole);
+    if (m.kind == MapKind::none) {
+      if (!silent_undefined_) {
+        std::vector<std::string_view> names;
+        for (const ast::MapInfo& other : program_.maps) {
+          if (other.kind != MapKind::none) names.push_back(other.name);
+        }
+        error(e.loc,
+              "Undefined map: " + e.name + " (it is never assigned)" + did_you_mean(e.name, names));
+      }
+      return Value::bad();
+    }
+    if (!whole && m.keyed && !m.key_types.empty() && e.args.empty()) {
+      error(e.loc, "Argument mismatch for " + m.name +
+                       ": trying to access with 0 arguments when it was previously accessed "
+                       "with " +
+                       std::to_string(m.key_types.size()));
+      return Value::bad();
+    }
+    if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
+    if (m.kind == MapKind::string) return Value::string(std::max(m.str_size, 1u));
+    return Value::integer();
+  }
+
+  Value binary(Expr& e) {
+    Value a = value(*e.args[0]);
+    Value b = value(*e.args[1]);
+    if (a.error || b.error) return Value::bad();
+    std::string op(ast::to_string(e.binary));
+    if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
+      error(e.loc, "Type mismatch for '" + op + "': comparing '" + type_name(a) + "' with '" +
+                       type_name(b) + "'");
+      return Value::bad();
+    }
+    if (a.type == Type::string && e.binary != ast::BinaryOp::eq && e.binary != ast::BinaryOp::ne) {
+      error(e.loc, "The " + op +
+                       " operator can not be used on expressions of types string, string (only "
+                       "== and != compare strings)");
+      return Value::bad();
+    }
+    return Value::integer();
+  }
+
+  // The argument of print/clear/zero/delete: a map (whole, or one element for delete).
+  bool map_argument(Expr& call, bool with_keys) {
+    std::string name(ast::to_string(call.func));
+    if (call.args.size() != 1 && !(call.func == Func::print && call.args.size() <= 3)) {
+      error(call.loc,
+            name + "() requires one argument (" + std::to_string(call.args.size()) + " provided)");
+      return false;
+    }
+    Expr& m = *call.args[0];
+    if (m.kind != Expr::Kind::map) {
+      error(call.loc, name + "() expects a map to be provided");
+      return false;
+    }
+    if (!with_keys && !m.args.empty()) {
+      error(m.loc, name + "() expects a whole map: write " + name + "(" + m.name + ")");
+      return false;
+    }
+    Value v = map_read(m, !with_keys);
+    annotate(m, v);
+    if (with_keys && !v.error) {
+      const ast::MapInfo& info = program_.maps[static_cast<std::size_t>(m.map_id)];
+      if (info.key_types.size() != m.args.size()) {
+        // map_read already reported an arity mismatch when keys were given.
+        if (m.args.empty()) {
+          error(m.loc, "delete() of " + m.name + " needs its keys: delete(" + m.name + "[...])");
+        }
+        return false;
+      }
+    }
+    return !v.error;
+  }
+
+  Value call(Expr& e, Context ctx) {
+    if (!resolve_func(e)) {
+      for (std::string_view b : kBuiltinNames) {
+        if (e.name == b) {
+          error(e.loc, "'" + e.name + "' is a builtin, not a function: write " + e.name);
+          return Value::bad();
+        }
+      }
+      error(e.loc, "unknown function '" + e.name + "'" + did_you_mean(e.name, kFuncNames));
+      for (auto& a : e.args)
+        expr(*a, Context::value);
+      return Value::bad();
+    }
+    std::string name(ast::to_string(e.func));
+    std::size_t n = e.args.size();
+    if (ast::is_aggregation(e.func)) {
+      error(e.loc, name + "() should be directly assigned to a map");
+      return Value::bad();
+    }
+    auto no_value = [&]() {
+      if (ctx == Context::value) return Value{Type::none, MapKind::none, 0, false};
+      return Value{};
+    };
+    switch (e.func) {
+      case Func::del:
+        map_argument(e, true);
+        return no_value();
+      case Func::clear:
+      case Func::zero:
+        map_argument(e, false);
+        return no_value();
+      case Func::print: {
+        if (n == 0) {
+          error(e.loc, "print() requires at least one argument (0 provided)");
+          return Value::bad();
+        }
+        if (e.args[0]->kind == Expr::Kind::map && e.args[0]->args.empty()) {
+          if (map_argument(e, false)) {
+            for (std::size_t i = 1; i < n; ++i) {
+              std::int64_t c = 0;
+              if (!constant(*e.args[i], c) || c < 0) {
+                error(e.args[i]->loc,
+                      "print(): the top and div arguments are non-negative "
+                      "integer literals");
+              }
+              annotate(*e.args[i], Value::integer());
+            }
+          }
+          return no_value();
+        }
+        if (n != 1) {
+          error(e.loc, "print() of a value takes one argument (" + std::to_string(n) +
+                           " provided); top and div are for maps");
+          return Value::bad();
+        }
+        Value v = value(*e.args[0]);
+        if (!v.error && v.agg != MapKind::none) {
+          error(e.args[0]->loc,
+                "print() of one element of an aggregation map is not "
+                "supported: print the whole map, print(" +
+                    e.args[0]->name + ")");
+        }
+        return no_value();
+      }
+      case Func::printf:
+        return printf_call(e, ctx);
+      case Func::time:
+        if (n > 1 || (n == 1 && e.args[0]->kind != Expr::Kind::string)) {
+          error(e.loc, "time() takes no argument or one string literal (a strftime format)");
+          return Value::bad();
+        }
+        if (n == 1)
+          annotate(*e.args[0],
+                   Value::string(static_cast<std::uint32_t>(e.args[0]->text.size() + 1)));
+        return no_value();
+      case Func::exit:
+        if (n != 0) {
+          error(e.loc, "exit() requires no arguments (" + std::to_string(n) + " provided)");
+          return Value::bad();
+        }
+        return no_value();
+      case Func::str: {
+        if (n < 1 || n > 2) {
+          error(e.loc, "str() requires one or two arguments (" + std::to_string(n) + " provided)");
+          return Value::bad();
+        }
+        Value p = value(*e.args[0]);
+        bool ok = !p.error;
+        if (ok && !p.is_int() && !p.is_str()) {
+          error(e.args[0]->loc,
+                "str() expects an integer pointer or a string as its first "
+                "argument (" +
+                    printf_type_name(p) + " provided)");
+          ok = false;
+        }
+        std::uint32_t size = p.is_str() ? p.size : ast::kDefaultStrSize;
+        if (n == 2) {
+          Value len = value(*e.args[1]);
+          if (!len.error && !len.is_int()) {
+            error(e.args[1]->loc,
+                  "str() expects an integer length (" + printf_type_name(len) + " provided)");
+            ok = false;
+          }
+          std::int64_t c = 0;
+          if (constant(*e.args[1], c) && c >= 0 && c < ast::kDefaultStrSize) {
+            size = static_cast<std::uint32_t>(c) + 1;
+          }
+        }
+        if (!ok) return Value::bad();
+        return Value::string(size);
+      }
+      default:
+        break;
+    }
+    return Value::bad();
+  }
+
+  Value printf_call(Expr& e, Context ctx) {
+    std::size_t n = e.args.size();
+    if (n == 0) {
+      error(e.loc, "printf() requires at least one argument (0 provided)");
+      return Value::bad();
+    }
+    std::vector<Value> args;
+    for (auto& a : e.args)
+      args.push_back(value(*a));
+    if (e.args[0]->kind != Expr::Kind::string) {
+      if (!args[0].error) {
+        error(e.loc,
+              "printf() expects a string literal (" + printf_type_name(args[0]) + " provided)");
+      }
+      return Value::bad();
+    }
+    std::size_t before = diags_.size();
+    e.format = parse_format(e.args[0]->text, e.args[0]->loc, diags_);
+    if (diags_.size() != before) return Value::bad();
+    std::size_t conversions = 0;
+    for (const ast::FormatPiece& p : e.format) {
+      if (p.conversion != 0) ++conversions;
+    }
+    if (n - 1 < conversions) {
+      error(e.loc, "printf: Not enough arguments for format string (" + std::to_string(n - 1) +
+                       " supplied, " + std::to_string(conversions) + " expected)");
+      return Value::bad();
+    }
+    if (n - 1 > conversions) {
+      error(e.loc, "printf: Too many arguments for format string (" + std::to_string(n - 1) +
+                       " supplied, " + std::to_string(conversions) + " expected)");
+      return Value::bad();
+    }
+    for (ast::FormatPiece& p : e.format) {
+      if (p.conversion == 0) continue;
+      const Value& v = args[static_cast<std::size_t>(p.arg)];
+      if (v.error) continue;
+      bool want_string = p.conversion == 's';
+      if (want_string ? !v.is_str() : !v.is_int()) {
+        error(e.loc,
+              std::string("printf: %") + p.conversion + " specifier expects a value of type " +
+                  (want_string ? "string" : "integer") + " (" + printf_type_name(v) + " supplied)");
+      }
+    }
+    if (ctx == Context::value) return Value{Type::none, MapKind::none, 0, false};
+    return Value{};
+  }
+
+ public:
+  bool silent_undefined_ = false;
+
+ private:
+  ast::Program& program_;
+  Diagnostics& diags_;
+  ast::Action* action_ = nullptr;
+  std::unordered_map<std::string, int> map_ids_;
+};
+
+}  // namespace
+
+std::vector<ast::FormatPiece> parse_format(std::string_view f, Loc loc, Diagnostics& diags) {
+  std::vector<ast::FormatPiece> out;
+  ast::FormatPiece cur;
+  int arg = 1;
+  for (std::size_t i = 0; i < f.size();) {
+    if (f[i] != '%') {
+      cur.text += f[i++];
+      continue;
+    }
+    std::size_t start = i++;
+    if (i < f.size() && f[i] == '%') {
+      cur.text += '%';
+      ++i;
+      continue;
+    }
+    for (; i < f.size(); ++i) {
+      char c = f[i];
+      if (c == '-') {
+        cur.left = true;
+      } else if (c == '+') {
+        cur.plus = true;
+      } else if (c == ' ') {
+        cur.space = true;
+      } else if (c == '#') {
+        cur.alt = true;
+      } else if (c == '0') {
+        cur.zero = true;
+      } else {
+        break;
+      }
+    }
+    auto number = [&]() {
+      int v = -1;
+      while (i < f.size() && f[i] >= '0' && f[i] <= '9') {
+        v = (v < 0 ? 0 : v) * 10 + (f[i] - '0');
+        if (v > 1000) v = 1000;
+        ++i;
+      }
+      return v;
+    };
+    cur.width = number();
+    if (i < f.size() && f[i] == '.') {
+      ++i;
+      cur.precision = std::max(number(), 0);
+    }
+    using L = ast::FormatPiece::Length;
+    if (f.substr(i).starts_with("hh")) {
+      cur.length = L::hh, i += 2;
+    } else if (f.substr(i).starts_with("ll")) {
+      cur.length = L::ll, i += 2;
+    } else if (i < f.size() && std::string_view("hljzt").find(f[i]) != std::string_view::npos) {
+      static constexpr L kL[] = {L::h, L::l, L::j, L::z, L::t};
+      cur.length = kL[std::string_view("hljzt").find(f[i])];
+      ++i;
+    }
+    char conv = i < f.size() ? f[i] : '\0';
+    if (conv == '\0' || std::string_view("diuxXops c").find(conv) == std::string_view::npos ||
+        conv == ' ') {
+      std::string token(f.substr(start, std::min(i + 1, f.size()) - start));
+      diags.error(loc, "printf: Unknown format string token: " + token +
+                           " (use %d %u %x %X %o %p %s %c %%, with flags - + 0 # space, a "
+                           "width and a length l ll h hh)");
+      return out;
+    }
+    ++i;
+    cur.conversion = conv;
+    cur.arg = arg++;
+    out.push_back(std::move(cur));
+    cur = ast::FormatPiece{};
+  }
+  if (!cur.text.empty() || out.empty()) out.push_back(std::move(cur));
+  return out;
+}
+
+void check(ast::Program& program, Diagnostics& diags) {
+  program.maps.clear();
+  // Pass 1, silent: every map's kind and keys from its first assignment, wherever it is.
+  {
+    Diagnostics discard;
+    Checker learn(program, discard);
+    learn.silent_undefined_ = true;
+    learn.run();
+  }
+  // Pass 2: the same walk, reporting, with every map's kind and keys known (the walk is
+  // the same, so ids stay in order of first appearance).
+  Checker checker(program, diags);
+  checker.run();
+}
+
+Result<void> check(ast::Program& program) {
+  Diagnostics diags;
+  check(program, diags);
+  if (!diags.empty()) return diags.to_error(program.source, program.filename);
+  return {};
+}
+
+Result<ast::Program> parse_and_check(std::string_view src, std::string_view filename) {
+  Diagnostics diags;
+  ast::Program program = parse(src, filename, diags);
+  if (diags.empty()) check(program, diags);
+  if (!diags.empty()) return diags.to_error(program.source, program.filename);
+  return program;
+}
+
+}  // namespace hotprobe::script

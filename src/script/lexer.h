@@ -1,0 +1,113 @@
+// The lexer of the script language: tokens on demand, with lookahead, and a raw mode for
+// probe texts ("uprobe:/usr/lib/libc.so.6:malloc" is one token: paths hold '/', '.', '-').
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+
+#include "script/ast.h"
+#include "script/diag.h"
+
+namespace hotprobe::script {
+
+enum class Tok : std::uint8_t {
+  eof,
+  error,    // the lexer already reported it
+  integer,  // value
+  string,   // text: escapes decoded
+  ident,    // text
+  var,      // text: "$x"
+  map,      // text: "@x" or "@"
+  probe,    // raw probe text (Lexer::probe_text only)
+  kw_if,
+  kw_else,
+  kw_unroll,
+  kw_return,
+  lparen,
+  rparen,
+  lbrace,
+  rbrace,
+  lbracket,
+  rbracket,
+  comma,
+  semicolon,
+  question,
+  colon,
+  assign,  // =
+  plus_assign,
+  minus_assign,
+  star_assign,
+  slash_assign,
+  percent_assign,
+  amp_assign,
+  pipe_assign,
+  caret_assign,
+  shl_assign,
+  shr_assign,
+  plus,
+  minus,
+  star,
+  slash,
+  percent,
+  shl,
+  shr,
+  lt,
+  le,
+  gt,
+  ge,
+  eq,
+  ne,
+  amp,
+  caret,
+  pipe,
+  land,
+  lor,
+  bang,
+  tilde,
+  inc,  // ++
+  dec,  // --
+};
+
+// How a token kind is named in "syntax error, unexpected X, expecting Y" (bpftrace's names).
+std::string_view describe(Tok t);
+
+struct Token {
+  Tok kind = Tok::eof;
+  ast::Loc loc;
+  std::string text;
+  std::int64_t value = 0;
+};
+
+class Lexer {
+ public:
+  Lexer(std::string_view src, Diagnostics& diags) : src_(src), diags_(diags) {}
+
+  const Token& peek(std::size_t k = 0);
+  Token next();
+  // Skips blanks and comments; true when only they remain. Only with no token buffered.
+  bool at_end();
+  // The raw text of one probe, up to a blank, ',', '{', or a '/' outside the module part.
+  // Only with no token buffered (the parser calls it where a probe must start).
+  Token probe_text();
+
+ private:
+  Token lex();
+  void skip_blanks();
+  char at(std::size_t k = 0) const { return pos_ + k < src_.size() ? src_[pos_ + k] : '\0'; }
+  void advance(std::size_t n = 1);
+  ast::Loc loc_from(std::size_t start, int line, int column) const;
+  Token lex_number(std::size_t start, int line, int column);
+  Token lex_string(std::size_t start, int line, int column);
+
+  std::string_view src_;
+  Diagnostics& diags_;
+  std::size_t pos_ = 0;
+  int line_ = 1;
+  int column_ = 1;
+  std::deque<Token> buffer_;
+};
+
+}  // namespace hotprobe::script
