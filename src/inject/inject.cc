@@ -1,0 +1,519 @@
+#include "inject/inject.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <cstring>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "elf/maps.h"
+#include "elf/modules.h"
+#include "inject/tracee.h"
+
+#ifndef PTRACE_GET_RSEQ_CONFIGURATION
+#define PTRACE_GET_RSEQ_CONFIGURATION 0x420f
+#endif
+
+namespace hp::inject {
+
+namespace {
+
+constexpr int kCapSysPtrace = 19;
+constexpr std::uint64_t kGlibcRtldDlopen = 0x80000000;  // __RTLD_DLOPEN, for __libc_dlopen_mode
+
+std::string proc(pid_t pid, const char* what) {
+  return "/proc/" + std::to_string(pid) + "/" + what;
+}
+
+// The fields of /proc/PID/status the checks need.
+struct Status {
+  std::string name;
+  char state = '?';
+  pid_t tgid = 0;
+  pid_t ppid = 0;
+  pid_t tracer = 0;
+  std::array<long, 4> uid{-1, -1, -1, -1};  // real, effective, saved, fs
+  std::array<long, 4> gid{-1, -1, -1, -1};
+  int threads = 0;
+  std::uint64_t cap_eff = 0;
+  std::uint64_t sig_ign = 0;
+};
+
+Result<Status> read_status(const std::string& path) {
+  auto text = elf::read_proc_file(path);
+  if (!text.ok()) return text.error();
+  Status st;
+  std::string_view rest = *text;
+  while (!rest.empty()) {
+    const std::size_t nl = rest.find('\n');
+    std::string_view line = rest.substr(0, nl);
+    rest = nl == std::string_view::npos ? std::string_view() : rest.substr(nl + 1);
+    const std::size_t colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    const std::string_view key = line.substr(0, colon);
+    std::string_view value = line.substr(colon + 1);
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
+      value.remove_prefix(1);
+    }
+    auto number = [&](auto& out, int base = 10) {
+      std::from_chars(value.data(), value.data() + value.size(), out, base);
+    };
+    auto four = [&](std::array<long, 4>& out) {
+      std::string_view v = value;
+      for (long& x : out) {
+        while (!v.empty() && (v.front() == ' ' || v.front() == '\t'))
+          v.remove_prefix(1);
+        auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+        if (ec != std::errc()) break;
+        v.remove_prefix(static_cast<std::size_t>(p - v.data()));
+      }
+    };
+    if (key == "Name") st.name = std::string(value);
+    if (key == "State" && !value.empty()) st.state = value.front();
+    if (key == "Tgid") number(st.tgid);
+    if (key == "PPid") number(st.ppid);
+    if (key == "TracerPid") number(st.tracer);
+    if (key == "Uid") four(st.uid);
+    if (key == "Gid") four(st.gid);
+    if (key == "Threads") number(st.threads);
+    if (key == "CapEff") number(st.cap_eff, 16);
+    if (key == "SigIgn") number(st.sig_ign, 16);
+  }
+  return st;
+}
+
+std::string process_name(pid_t pid) {
+  auto st = read_status(proc(pid, "status"));
+  return st.ok() ? st->name : std::string("?");
+}
+
+std::optional<int> yama_scope() {
+  auto text = elf::read_proc_file("/proc/sys/kernel/yama/ptrace_scope");
+  if (!text.ok() || text->empty()) return std::nullopt;
+  return (*text)[0] - '0';
+}
+
+bool is_descendant(pid_t pid, pid_t ancestor) {
+  for (int depth = 0; pid > 1 && depth < 4096; ++depth) {
+    if (pid == ancestor) return true;
+    auto st = read_status(proc(pid, "status"));
+    if (!st.ok()) return false;
+    pid = st->ppid;
+  }
+  return false;
+}
+
+std::uint64_t inode_of(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+// The path `library` as process `pid` sees it, checked to exist there.
+struct TargetPath {
+  std::string through_root;  // /proc/PID/root/...: the same file, from here
+  bool other_mount_ns = false;
+};
+
+Result<TargetPath> check_library_path(pid_t pid, const std::string& library) {
+  if (library.empty() || library.front() != '/') {
+    return Error(Errc::invalid_argument,
+                 "library path '" + library +
+                     "' is not absolute: give the full path as the target process sees it");
+  }
+  TargetPath tp;
+  const std::uint64_t self_ns = inode_of("/proc/self/ns/mnt");
+  const std::uint64_t target_ns = inode_of(proc(pid, "ns/mnt"));
+  tp.other_mount_ns = self_ns != 0 && target_ns != 0 && self_ns != target_ns;
+  tp.through_root = proc(pid, "root") + library;
+  struct stat st;
+  if (::stat(tp.through_root.c_str(), &st) != 0) {
+    const int err = errno;
+    const std::string id = std::to_string(pid);
+    if (tp.other_mount_ns || inode_of("/proc/self/root") != inode_of(proc(pid, "root"))) {
+      return Error(Errc::not_found,
+                   "process " + id + " runs in another mount namespace (or root), where " +
+                       library + " does not exist (" + std::strerror(err) +
+                       "): copy the library into its file system, for example to /proc/" + id +
+                       "/root/tmp/, and pass the path as the process sees it (/tmp/...)");
+    }
+    return sys_error(library + " (as process " + id + " sees it)", err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Error(Errc::invalid_argument, library + " is not a regular file");
+  }
+  return tp;
+}
+
+// The loader entry points in the target.
+struct LoaderFunctions {
+  std::uintptr_t dlopen = 0;
+  std::uintptr_t dlclose = 0;
+  std::uintptr_t dlerror = 0;  // 0: not available (__libc_dlopen_mode)
+  std::uint64_t extra_mode = 0;
+};
+
+Result<std::uintptr_t> address_of(const elf::ModuleList& mods, const elf::Module& m,
+                                  std::string_view name) {
+  auto file = mods.elf(m);
+  if (!file.ok()) return file.error();
+  auto target = (*file)->lookup_one(name);
+  if (!target.ok()) return target.error();
+  return m.offset_to_address(target->file_offset);
+}
+
+Result<LoaderFunctions> find_loader_functions(const elf::ModuleList& mods) {
+  auto libc = mods.resolve("libc");
+  if (!libc.ok()) {
+    return Error(Errc::unsupported, "process " + std::to_string(mods.pid()) +
+                                        " has no libc loaded (static or non-glibc program): "
+                                        "injection needs glibc's dlopen. " +
+                                        libc.error().message());
+  }
+  LoaderFunctions f;
+  // glibc 2.34 and later: dlopen lives in libc.so.6.
+  auto open = address_of(mods, **libc, "dlopen");
+  if (open.ok()) {
+    auto close = address_of(mods, **libc, "dlclose");
+    auto error = address_of(mods, **libc, "dlerror");
+    if (close.ok() && error.ok()) return LoaderFunctions{*open, *close, *error, 0};
+  }
+  // Older glibc: libdl.so.2 when the program links it, else libc's private entry points.
+  if (auto libdl = mods.resolve("libdl"); libdl.ok()) {
+    auto o = address_of(mods, **libdl, "dlopen");
+    auto c = address_of(mods, **libdl, "dlclose");
+    auto e = address_of(mods, **libdl, "dlerror");
+    if (o.ok() && c.ok() && e.ok()) return LoaderFunctions{*o, *c, *e, 0};
+  }
+  auto o = address_of(mods, **libc, "__libc_dlopen_mode");
+  auto c = address_of(mods, **libc, "__libc_dlclose");
+  if (o.ok() && c.ok()) return LoaderFunctions{*o, *c, 0, kGlibcRtldDlopen};
+  return Error(Errc::unsupported, "found no dlopen in " + std::string((*libc)->path) +
+                                      " of process " + std::to_string(mods.pid()) + ": " +
+                                      open.error().message());
+}
+
+// Why calling into the loader from this stop could deadlock or corrupt state, or "" when
+// it is safe (the argument is in docs/design/inject.md).
+std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods) {
+  const user_regs_struct& r = t.saved();
+  const std::uintptr_t rip = r.rip;
+  // Inside an rseq critical section the kernel would abort it on the next return to
+  // user mode; after our call it would not any more (the call clears rseq_cs).
+  struct {
+    std::uint64_t abi_pointer;
+    std::uint32_t abi_size, signature, flags, pad;
+  } rseq_conf{};
+  if (::ptrace(static_cast<__ptrace_request>(PTRACE_GET_RSEQ_CONFIGURATION), t.tid(),
+               sizeof rseq_conf, &rseq_conf) > 0 &&
+      rseq_conf.abi_pointer != 0) {
+    std::uint64_t cs = 0;
+    if (t.read_memory(rseq_conf.abi_pointer + 8, &cs, sizeof cs).ok() && cs != 0) {
+      std::uint64_t desc[3] = {};  // start_ip, post_commit_offset, abort_ip
+      if (t.read_memory(cs + 8, desc, sizeof desc).ok() && rip - desc[0] < desc[1]) {
+        return "inside an rseq critical section";
+      }
+    }
+  }
+  const elf::Module* m = mods.containing(rip);
+  if (!m) return "";
+  const std::string_view name = m->name();
+  if (name.starts_with("ld-linux") || name.starts_with("ld-2.") || name == "ld.so") {
+    return "in the dynamic loader (it may hold the loader's lock)";
+  }
+  if (name.starts_with("libgcc_s")) return "in the unwinder (it may hold the loader's lock)";
+  if (!(name.starts_with("libc.so") || name.starts_with("libc-"))) return "";
+  const long nr = static_cast<long>(r.orig_rax);
+  if (nr >= 0) {
+    // Blocked in (or just back from) a system call. The memory calls are the ones malloc
+    // makes with an arena lock held.
+    switch (nr) {
+      case SYS_mmap:
+      case SYS_munmap:
+      case SYS_mprotect:
+      case SYS_brk:
+      case SYS_mremap:
+      case SYS_madvise:
+        return "in a memory system call that malloc may make with its lock held";
+      default:
+        return "";
+    }
+  }
+  auto file = mods.elf(*m);
+  auto off = m->address_to_offset(rip);
+  const elf::Symbol* sym =
+      file.ok() && off.ok() ? (*file)->containing_offset(*off) : static_cast<elf::Symbol*>(nullptr);
+  if (!sym) return "in libc code without a public symbol (possibly the allocator)";
+  static constexpr std::string_view kRisky[] = {"alloc", "free", "memalign", "dl",     "fork",
+                                                "clone", "exit", "_IO_",     "printf", "atfork"};
+  for (std::string_view risky : kRisky) {
+    if (sym->name.find(risky) != std::string_view::npos) {
+      return "in libc's " + std::string(sym->name);
+    }
+  }
+  return "";
+}
+
+std::vector<pid_t> list_threads(pid_t pid) {
+  std::vector<pid_t> tids;
+  DIR* dir = ::opendir(proc(pid, "task").c_str());
+  if (!dir) return tids;
+  while (const dirent* e = ::readdir(dir)) {
+    pid_t tid = 0;
+    const std::string_view n = e->d_name;
+    auto [p, ec] = std::from_chars(n.data(), n.data() + n.size(), tid);
+    if (ec == std::errc() && p == n.data() + n.size() && tid > 0) tids.push_back(tid);
+  }
+  ::closedir(dir);
+  std::sort(tids.begin(), tids.end());
+  // The leader first (unless it has exited and only its zombie entry remains).
+  auto leader = std::find(tids.begin(), tids.end(), pid);
+  if (leader != tids.end()) {
+    auto st =
+        read_status("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/status");
+    tids.erase(leader);
+    if (!st.ok() || st->state != 'Z') tids.insert(tids.begin(), pid);
+  }
+  return tids;
+}
+
+// Stops one thread of `pid` at a safe point, runs `body` on it, restores and detaches.
+template <class Body>
+Result<Report> with_stopped_thread(pid_t pid, const Options& opts, const elf::ModuleList& mods,
+                                   Body&& body) {
+  const Clock::time_point deadline = Clock::now() + opts.timeout;
+  Report report;
+  std::string last_reason;
+  std::size_t next = 0;
+  for (;;) {
+    std::vector<pid_t> tids = opts.tid ? std::vector<pid_t>{opts.tid} : list_threads(pid);
+    if (tids.empty()) return Error(Errc::not_found, "no process with PID " + std::to_string(pid));
+    const pid_t tid = tids[next++ % tids.size()];
+    ++report.attempts;
+    Tracee t(pid, tid, deadline);
+    if (auto s = t.seize(); !s.ok()) {
+      // A thread that exited between the listing and the seize: take another.
+      if (s.error().code() == Errc::not_found && tid != pid && !opts.tid) continue;
+      return s.error();
+    }
+    HP_TRY(t.interrupt());
+    std::string reason = unsafe_reason(t, mods);
+    if (reason.empty()) {
+      report.tid = tid;
+      report.in_syscall = t.in_restartable_syscall();
+      auto r = body(t, report);
+      if (!r.ok()) {
+        (void)t.restore_and_detach();
+        return r.error();
+      }
+      HP_TRY(t.restore_and_detach());
+      report.pause_ms = t.stopped_ms();
+      report.stop_latency_ms = t.stop_latency_ms();
+      return report;
+    }
+    HP_TRY(t.detach());
+    last_reason = "thread " + std::to_string(tid) + " was " + reason;
+    if (Clock::now() + std::chrono::milliseconds(1) >= deadline) {
+      return Error(Errc::timed_out,
+                   "no thread of process " + std::to_string(pid) + " reached a safe point in " +
+                       std::to_string(opts.timeout.count()) + " ms (" +
+                       std::to_string(report.attempts) + " tries; last: " + last_reason +
+                       "); try again, or raise the timeout");
+    }
+    // Let it run on out of there.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+// The target's dlerror() text after a failed dlopen/dlclose.
+std::string remote_dlerror(Tracee& t, const LoaderFunctions& f) {
+  if (!f.dlerror) return "no dlerror() in this glibc";
+  auto msg = t.call(f.dlerror, {});
+  if (!msg.ok()) return "dlerror() failed: " + msg.error().message();
+  if (*msg == 0) return "dlerror() gave no message";
+  auto text = t.read_string(*msg);
+  return text.ok() ? *text : "dlerror()'s message is unreadable: " + text.error().message();
+}
+
+struct Prepared {
+  elf::ModuleList mods;
+  LoaderFunctions loader;
+};
+
+Result<Prepared> prepare(pid_t pid) {
+  HP_TRY(check_can_trace(pid));
+  auto mods = elf::ModuleList::of_process(pid);
+  if (!mods.ok()) return mods.error();
+  auto loader = find_loader_functions(*mods);
+  if (!loader.ok()) return loader.error();
+  return Prepared{std::move(*mods), *loader};
+}
+
+}  // namespace
+
+Result<void> check_can_trace(pid_t pid) {
+  const std::string id = std::to_string(pid);
+  if (pid <= 0) return Error(Errc::invalid_argument, "invalid PID " + id);
+  if (pid == ::getpid()) {
+    return Error(Errc::invalid_argument,
+                 "process " + id +
+                     " is this process: a process cannot ptrace itself; use the "
+                     "library API in-process instead");
+  }
+  auto st = read_status(proc(pid, "status"));
+  if (!st.ok()) {
+    if (st.error().code() == Errc::not_found) {
+      return Error(Errc::not_found, "no process with PID " + id);
+    }
+    return st.error();
+  }
+  if (st->tgid != pid) {
+    return Error(Errc::invalid_argument,
+                 id + " is a thread of process " + std::to_string(st->tgid) +
+                     ": pass the process ID (and Options::tid to choose this thread)");
+  }
+  const std::string who = "process " + id + " (" + st->name + ")";
+  if (st->state == 'Z' && st->threads <= 1) {
+    return Error(Errc::not_found, who +
+                                      " is a zombie: it has exited and waits for its parent "
+                                      "(PID " +
+                                      std::to_string(st->ppid) +
+                                      ") to reap it; there is nothing to inject into");
+  }
+  if (st->state == 'X') return Error(Errc::not_found, who + " is exiting");
+  if (st->tracer != 0 && st->tracer != ::getpid()) {
+    return Error(Errc::busy, who + " is being traced by PID " + std::to_string(st->tracer) + " (" +
+                                 process_name(st->tracer) +
+                                 "); detach that tracer (debugger, strace) first");
+  }
+  if (st->tracer == ::getpid()) {
+    return Error(Errc::busy, who + " is being traced by PID " + std::to_string(st->tracer) +
+                                 " (this process): detach it first");
+  }
+  if (st->state == 'T' || st->state == 't') {
+    return Error(Errc::busy,
+                 who + " is stopped (job control): resume it with `kill -CONT " + id + "` first");
+  }
+  if (st->sig_ign & (1ull << (SIGSEGV - 1))) {
+    return Error(Errc::unsupported,
+                 who + " ignores SIGSEGV, which the injector's return trap relies on");
+  }
+  auto self = read_status("/proc/self/status");
+  if (!self.ok()) return self.error();
+  const bool cap_ptrace = (self->cap_eff >> kCapSysPtrace) & 1;
+  const auto scope = yama_scope();
+  if (scope && *scope >= 3) {
+    return Error(Errc::permission_denied,
+                 "ptrace is disabled on this system (kernel.yama.ptrace_scope=3, which only a "
+                 "reboot resets): injection into running processes is impossible; start the "
+                 "program under `hotprobe run` instead");
+  }
+  if (!cap_ptrace) {
+    if (scope && *scope == 2) {
+      return Error(Errc::permission_denied,
+                   "kernel.yama.ptrace_scope=2 allows only root (CAP_SYS_PTRACE) to trace: run "
+                   "as root, or `sysctl kernel.yama.ptrace_scope=1` (or 0)");
+    }
+    const long uid = self->uid[0];
+    const long gid = self->gid[0];
+    const bool same_uid =
+        std::all_of(st->uid.begin(), st->uid.begin() + 3, [&](long u) { return u == uid; });
+    const bool same_gid =
+        std::all_of(st->gid.begin(), st->gid.begin() + 3, [&](long g) { return g == gid; });
+    if (!same_uid || !same_gid) {
+      return Error(Errc::permission_denied,
+                   who + " runs as uid " + std::to_string(st->uid[1]) + " (gid " +
+                       std::to_string(st->gid[1]) + ") and this process as uid " +
+                       std::to_string(uid) + " (gid " + std::to_string(gid) +
+                       ") without CAP_SYS_PTRACE: run as that user, or as root");
+    }
+    if (scope && *scope == 1 && !is_descendant(pid, ::getpid())) {
+      return Error(Errc::permission_denied,
+                   "kernel.yama.ptrace_scope=1 lets a process trace only its descendants, and " +
+                       who +
+                       " is not one: run as root (CAP_SYS_PTRACE), or `sysctl "
+                       "kernel.yama.ptrace_scope=0`, or have the program call "
+                       "prctl(PR_SET_PTRACER, ...)");
+    }
+  }
+  return {};
+}
+
+Result<Report> load_library(pid_t pid, const std::string& library, const Options& opts) {
+  auto prep = prepare(pid);
+  if (!prep.ok()) return prep.error();
+  auto path = check_library_path(pid, library);
+  if (!path.ok()) return path.error();
+  const LoaderFunctions& f = prep->loader;
+  auto report =
+      with_stopped_thread(pid, opts, prep->mods, [&](Tracee& t, Report& rep) -> Result<void> {
+        const std::uint64_t args[] = {Tracee::kDataArg, RTLD_NOW | f.extra_mode};
+        auto handle = t.call(f.dlopen, args, {library.c_str(), library.size() + 1});
+        if (!handle.ok()) return handle.error();
+        if (*handle == 0) {
+          return Error(Errc::io_error, "dlopen(\"" + library + "\") failed in process " +
+                                           std::to_string(pid) + ": " + remote_dlerror(t, f));
+        }
+        rep.handle = *handle;
+        return {};
+      });
+  if (report.ok()) report->other_mount_ns = path->other_mount_ns;
+  return report;
+}
+
+Result<Report> unload_library(pid_t pid, std::uintptr_t handle, const Options& opts) {
+  if (handle == 0) return Error(Errc::invalid_argument, "unload_library: null handle");
+  auto prep = prepare(pid);
+  if (!prep.ok()) return prep.error();
+  const LoaderFunctions& f = prep->loader;
+  return with_stopped_thread(pid, opts, prep->mods, [&](Tracee& t, Report& rep) -> Result<void> {
+    const std::uint64_t args[] = {handle};
+    auto rc = t.call(f.dlclose, args);
+    if (!rc.ok()) return rc.error();
+    if (static_cast<int>(*rc) != 0) {
+      return Error(Errc::io_error, "dlclose failed in process " + std::to_string(pid) + ": " +
+                                       remote_dlerror(t, f));
+    }
+    rep.handle = handle;
+    return {};
+  });
+}
+
+Result<long> call_function(pid_t pid, const std::string& library_path, std::string_view symbol,
+                           long arg, const Options& opts) {
+  HP_TRY(check_can_trace(pid));
+  auto path = check_library_path(pid, library_path);
+  if (!path.ok()) return path.error();
+  struct stat st;
+  if (::stat(path->through_root.c_str(), &st) != 0) return sys_error(library_path);
+  auto mods = elf::ModuleList::of_process(pid);
+  if (!mods.ok()) return mods.error();
+  const elf::Module* m = mods->find(elf::ModuleKey{st.st_dev, st.st_ino});
+  if (!m) {
+    return Error(Errc::not_found, library_path + " is not loaded in process " +
+                                      std::to_string(pid) + ": load it with load_library first");
+  }
+  auto fn = address_of(*mods, *m, symbol);
+  if (!fn.ok()) return fn.error();
+  long result = 0;
+  auto report = with_stopped_thread(pid, opts, *mods, [&](Tracee& t, Report&) -> Result<void> {
+    const std::uint64_t args[] = {static_cast<std::uint64_t>(arg)};
+    auto r = t.call(*fn, args);
+    if (!r.ok()) return r.error();
+    result = static_cast<long>(*r);
+    return {};
+  });
+  if (!report.ok()) return report.error();
+  return result;
+}
+
+}  // namespace hp::inject

@@ -1,0 +1,91 @@
+// Loading a shared library into a running process, and calling functions in it, with
+// ptrace: the injector behind `hotprobe attach -p PID`.
+//
+// One thread of the target is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT);
+// every other thread keeps running. The stopped thread's registers, vector state and
+// signal mask are saved; it is made to call the loader's dlopen(path, RTLD_NOW) on its
+// own stack (below the red zone) with a return address that faults at a known unmapped
+// address; the fault is caught as a signal-delivery-stop and discarded; everything is
+// restored and the thread is detached. A thread stopped inside a blocking system call
+// (read on a pipe, nanosleep) resumes that call as if nothing happened: no EINTR.
+//
+//   if (auto ok = hp::inject::check_can_trace(pid); !ok) { print(ok.error()); ... }
+//   auto r = hp::inject::load_library(pid, "/usr/lib/hotprobe/libhotprobe_agent.so");
+//   // r->handle is dlopen's return, r->pause_ms how long the thread was stopped.
+//   auto v = hp::inject::call_function(pid, "/usr/lib/hotprobe/libhotprobe_agent.so",
+//                                      "hp_agent_start", cookie);
+//
+// The thread is stopped only at a point where calling into the loader is safe: not in
+// the dynamic loader, not in libc's allocator or loader entry points, not in a memory
+// system call malloc makes with its lock held, not in libgcc's unwinder, not inside an
+// rseq critical section. At another point it is let go, and the injector tries again
+// (another thread, or the same one a millisecond later) until the timeout.
+// docs/design/inject.md has the protocol, the syscall-restart rules and the safety
+// argument with its residual risks.
+//
+// Limits: x86-64, glibc (dlopen in libc.so.6, or libdl.so.2 / __libc_dlopen_mode for
+// glibc before 2.34); not for threads with a CET shadow stack. Library paths are as the
+// target sees them (its mount namespace and root): they are checked through
+// /proc/PID/root before anything is stopped. Not thread-safe against itself for one
+// target: one injection at a time per process (a second tracer is refused by the kernel).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "base/error.h"
+
+namespace hp::inject {
+
+struct Options {
+  // Bounds the whole operation: finding a safe point, the call and the restore. A call
+  // that has not returned by then is abandoned (see docs/design/inject.md).
+  std::chrono::milliseconds timeout{5000};
+  // The thread to use; 0 lets the injector choose (the thread group leader first, then
+  // the others in turn when the leader is at an unsafe point).
+  pid_t tid = 0;
+};
+
+struct Report {
+  // Interrupt to detach of the stop that made the call (what the issue asks to bound).
+  double pause_ms = 0;
+  // Of that, the time from PTRACE_INTERRUPT until the thread stopped: a thread that was
+  // runnable but not on a CPU stops only once scheduled (ms on a loaded machine); it is
+  // not held by us during that time.
+  double stop_latency_ms = 0;
+  std::uintptr_t handle = 0;    // dlopen's return (for unload_library)
+  pid_t tid = 0;                // the thread that made the call
+  int attempts = 0;             // stops taken (stops at an unsafe point are let go)
+  bool in_syscall = false;      // the thread was stopped in a system call, restarted after
+  bool other_mount_ns = false;  // the target runs in another mount namespace
+};
+
+// Loads `library` (an absolute path as the target sees it) into process `pid` with
+// dlopen(library, RTLD_NOW). Loading a library that is already loaded only raises its
+// reference count (the loader's rule); each load is balanced by one unload_library.
+// A dlopen failure is reported with the target's dlerror() text.
+Result<Report> load_library(pid_t pid, const std::string& library, const Options& = {});
+
+// dlclose(handle) in `pid` (a handle from load_library). Unloading runs the library's
+// destructors; the caller must know that none of its code is running or referenced
+// (threads it started, handlers it installed), exactly as for a dlclose in-process.
+Result<Report> unload_library(pid_t pid, std::uintptr_t handle, const Options& = {});
+
+// Calls `symbol`, a function `long f(long)` of `library_path` (already loaded in `pid`,
+// path as the target sees it), with `arg`, and returns its result. The address comes
+// from the library's ELF symbols (.dynsym or .symtab), so the function need not be
+// exported; the process's thread is stopped only for the call.
+Result<long> call_function(pid_t pid, const std::string& library_path, std::string_view symbol,
+                           long arg, const Options& = {});
+
+// Preflight, without stopping anything: the process exists and is not a zombie, is not
+// stopped, is not traced by someone else, and this process may trace it (same uid or
+// CAP_SYS_PTRACE, Yama's kernel.yama.ptrace_scope). Each refusal names the cause and the
+// way out.
+Result<void> check_can_trace(pid_t pid);
+
+}  // namespace hp::inject

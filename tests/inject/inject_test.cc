@@ -1,0 +1,495 @@
+// The injector against real processes: tests/inject/fixture/target.c in its modes, and
+// the library fixture/testlib.c whose constructor writes a marker file.
+#include "inject/inject.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace hp::inject {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A target process (our child) with its stdin and stdout on pipes.
+class Target {
+ public:
+  explicit Target(std::vector<std::string> args, std::string marker = "") {
+    int in[2], out[2];
+    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) std::abort();
+    args.insert(args.begin(), HP_INJECT_TARGET);
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::string env_marker = "HP_INJECT_MARKER=" + marker;
+    char* envp[] = {env_marker.data(), nullptr};
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      ::execve(argv[0], argv.data(), envp);
+      ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    stdin_ = in[1];
+    stdout_ = out[0];
+  }
+  ~Target() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    ::close(stdin_);
+    ::close(stdout_);
+  }
+  pid_t pid() const { return pid_; }
+
+  // Waits for the "ready" line.
+  bool ready() {
+    std::string line;
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (line.find('\n') == std::string::npos) {
+      pollfd p{stdout_, POLLIN, 0};
+      if (std::chrono::steady_clock::now() > deadline || ::poll(&p, 1, 100) < 0) return false;
+      char c;
+      if (p.revents && ::read(stdout_, &c, 1) == 1) line += c;
+      if (p.revents & POLLHUP) return false;
+    }
+    return line.starts_with("ready");
+  }
+
+  // Waits until the main thread is blocked in system call `nr` (/proc/PID/syscall).
+  bool blocked_in(long nr) {
+    const std::string want = std::to_string(nr) + " ";
+    for (int i = 0; i < 2000; ++i) {
+      if (read_file("/proc/" + std::to_string(pid_) + "/syscall").starts_with(want)) {
+        // And asleep, not on its way in.
+        const std::string stat = read_file("/proc/" + std::to_string(pid_) + "/stat");
+        const auto paren = stat.rfind(')');
+        if (paren != std::string::npos && stat.substr(paren + 2, 1) == "S") return true;
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+    return false;
+  }
+
+  void send(std::string_view s) {
+    ASSERT_EQ(::write(stdin_, s.data(), s.size()), (ssize_t)s.size());
+  }
+
+  // The exit status (as waitpid gives it), or -1 after `timeout` (then it is killed).
+  int wait_exit(std::chrono::milliseconds timeout = 10s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    for (;;) {
+      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        reaped_ = true;
+        return status;
+      }
+      if (r < 0) {
+        reaped_ = true;  // reaped by the injector's own wait (it traced our child)
+        return -2;
+      }
+      if (std::chrono::steady_clock::now() > deadline) return -1;
+      std::this_thread::sleep_for(1ms);
+    }
+  }
+
+  std::size_t mapping_count() const {
+    const std::string maps = read_file("/proc/" + std::to_string(pid_) + "/maps");
+    return static_cast<std::size_t>(std::count(maps.begin(), maps.end(), '\n'));
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int stdin_ = -1;
+  int stdout_ = -1;
+  bool reaped_ = false;
+};
+
+std::string temp_path(const std::string& stem) {
+  return (fs::temp_directory_path() /
+          (stem + "." + std::to_string(::getpid()) + "." +
+           std::to_string(std::chrono::steady_clock::now().time_since_epoch().count())))
+      .string();
+}
+
+void report_pause(const Report& r, const char* what) {
+  std::cout << "[ pause    ] " << what << ": " << r.pause_ms << " ms (" << r.stop_latency_ms
+            << " ms until it stopped), thread " << r.tid << ", " << r.attempts << " stop(s)"
+            << (r.in_syscall ? ", in a syscall" : "") << "\n";
+}
+
+TEST(Inject, MultiThreadedTargetRunsConstructorAndContinues) {
+  const std::string marker = temp_path("hp_inject_marker");
+  Target t({"threads", "3"}, marker);
+  ASSERT_TRUE(t.ready());
+  auto r = load_library(t.pid(), HP_INJECT_LIB);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  report_pause(*r, "threads");
+  EXPECT_NE(r->handle, 0u);
+  EXPECT_LT(r->pause_ms, 1000.0);
+  EXPECT_EQ(read_file(marker), "ctor " + std::to_string(t.pid()) + "\n");
+  // The program goes on and ends normally: every counter moved.
+  t.send("q\n");
+  const int status = t.wait_exit();
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  std::remove(marker.c_str());
+}
+
+TEST(Inject, BlockedReadResumesWithoutEintr) {
+  Target t({"read"});
+  ASSERT_TRUE(t.ready());
+  ASSERT_TRUE(t.blocked_in(SYS_read));
+  auto r = load_library(t.pid(), HP_INJECT_LIB);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  report_pause(*r, "read");
+  EXPECT_EQ(r->tid, t.pid());
+  EXPECT_TRUE(r->in_syscall);
+  // Still blocked in read, then the data arrives.
+  EXPECT_TRUE(t.blocked_in(SYS_read));
+  t.send("hello\n");
+  const int status = t.wait_exit();
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: read failed with EINTR, 3: wrong data";
+}
+
+void sleep_test(const char* mode, long nr) {
+  Target t({mode, "700"});
+  ASSERT_TRUE(t.ready());
+  ASSERT_TRUE(t.blocked_in(nr));
+  auto r = load_library(t.pid(), HP_INJECT_LIB);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  report_pause(*r, mode);
+  EXPECT_TRUE(r->in_syscall);
+  const int status = t.wait_exit();
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "4: the sleep failed (EINTR), 5: it was cut short";
+}
+
+TEST(Inject, NanosleepCompletesItsFullDuration) {
+  sleep_test("sleep", SYS_clock_nanosleep);
+}
+TEST(Inject, RawNanosleepCompletesItsFullDuration) {
+  sleep_test("rawsleep", SYS_nanosleep);
+}
+
+TEST(Inject, CallFunctionReturnsTheResult) {
+  Target t({"idle"});
+  ASSERT_TRUE(t.ready());
+  auto missing = call_function(t.pid(), HP_INJECT_LIB, "hp_test_entry", 5);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().message().find("is not loaded in process"), std::string::npos)
+      << missing.error().message();
+  auto r = load_library(t.pid(), HP_INJECT_LIB);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  auto v = call_function(t.pid(), HP_INJECT_LIB, "hp_test_entry", 5);
+  ASSERT_TRUE(v.ok()) << v.error().message();
+  EXPECT_EQ(*v, 16);
+  auto neg = call_function(t.pid(), HP_INJECT_LIB, "hp_test_entry", -100);
+  ASSERT_TRUE(neg.ok()) << neg.error().message();
+  EXPECT_EQ(*neg, -299);
+  auto hidden = call_function(t.pid(), HP_INJECT_LIB, "hp_test_hidden", 9);
+  ASSERT_TRUE(hidden.ok()) << hidden.error().message();
+  EXPECT_EQ(*hidden, -9);
+  auto unknown = call_function(t.pid(), HP_INJECT_LIB, "hp_no_such_function", 1);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code(), Errc::not_found);
+  // The process is unharmed.
+  EXPECT_EQ(::kill(t.pid(), 0), 0);
+  EXPECT_EQ(t.wait_exit(50ms), -1);
+}
+
+TEST(Inject, DlopenFailureReportsDlerror) {
+  Target t({"idle"});
+  ASSERT_TRUE(t.ready());
+  const std::string bogus = temp_path("hp_inject_not_elf") + ".so";
+  std::ofstream(bogus) << std::string(4096, 'x');  // long enough for an ELF header, not one
+  auto r = load_library(t.pid(), bogus);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message().find("dlopen(\"" + bogus + "\") failed in process"),
+            std::string::npos)
+      << r.error().message();
+  EXPECT_NE(r.error().message().find("invalid ELF header"), std::string::npos)
+      << r.error().message();
+  std::remove(bogus.c_str());
+  auto rel = load_library(t.pid(), "libfoo.so");
+  ASSERT_FALSE(rel.ok());
+  EXPECT_EQ(rel.error().code(), Errc::invalid_argument);
+  auto absent = load_library(t.pid(), "/nonexistent/libhp.so");
+  ASSERT_FALSE(absent.ok());
+  EXPECT_EQ(absent.error().code(), Errc::not_found) << absent.error().message();
+  EXPECT_EQ(t.wait_exit(50ms), -1);  // still running
+}
+
+TEST(Inject, NoSuchProcess) {
+  const std::string pid_max = read_file("/proc/sys/kernel/pid_max");
+  const pid_t pid = static_cast<pid_t>(std::stol(pid_max));  // pids are below pid_max
+  auto c = check_can_trace(pid);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.error().code(), Errc::not_found);
+  EXPECT_EQ(c.error().message(), "no process with PID " + std::to_string(pid));
+  auto r = load_library(pid, HP_INJECT_LIB);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message(), "no process with PID " + std::to_string(pid));
+}
+
+TEST(Inject, ProcessTracedByAnotherTracer) {
+  Target t({"idle"});
+  ASSERT_TRUE(t.ready());
+  int sync[2];
+  ASSERT_EQ(::pipe(sync), 0);
+  const pid_t tracer = ::fork();
+  if (tracer == 0) {
+    char ok = ::ptrace(PTRACE_SEIZE, t.pid(), 0, 0) == 0 ? 'y' : 'n';
+    if (::write(sync[1], &ok, 1) != 1) ::_exit(1);
+    for (;;)
+      ::pause();
+  }
+  char ok = 0;
+  ASSERT_EQ(::read(sync[0], &ok, 1), 1);
+  ::close(sync[0]);
+  ::close(sync[1]);
+  ASSERT_EQ(ok, 'y');
+  auto r = load_library(t.pid(), HP_INJECT_LIB);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), Errc::busy);
+  EXPECT_NE(r.error().message().find("process " + std::to_string(t.pid()) +
+                                     " (hp_inject_targe) is being traced by PID " +
+                                     std::to_string(tracer)),
+            std::string::npos)
+      << r.error().message();
+  ::kill(tracer, SIGKILL);
+  ::waitpid(tracer, nullptr, 0);
+}
+
+TEST(Inject, StoppedAndZombieProcessesAreRefused) {
+  Target t({"idle"});
+  ASSERT_TRUE(t.ready());
+  ASSERT_EQ(::kill(t.pid(), SIGSTOP), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(t.pid(), &status, WUNTRACED), t.pid());
+  auto stopped = load_library(t.pid(), HP_INJECT_LIB);
+  ASSERT_FALSE(stopped.ok());
+  EXPECT_NE(stopped.error().message().find("is stopped"), std::string::npos);
+  EXPECT_NE(stopped.error().message().find("kill -CONT " + std::to_string(t.pid())),
+            std::string::npos)
+      << stopped.error().message();
+  ::kill(t.pid(), SIGCONT);
+
+  const pid_t zombie = ::fork();
+  if (zombie == 0) ::_exit(0);
+  for (int i = 0; i < 1000; ++i) {  // until it is a zombie
+    const std::string stat = read_file("/proc/" + std::to_string(zombie) + "/stat");
+    if (stat.find(") Z") != std::string::npos) break;
+    std::this_thread::sleep_for(1ms);
+  }
+  auto z = check_can_trace(zombie);
+  ASSERT_FALSE(z.ok());
+  EXPECT_NE(z.error().message().find("is a zombie"), std::string::npos) << z.error().message();
+  ::waitpid(zombie, nullptr, 0);
+}
+
+TEST(Inject, TargetExitingDuringInjectionGivesAnErrorNotAHang) {
+  {
+    Target t({"idle"});
+    ASSERT_TRUE(t.ready());
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = load_library(t.pid(), HP_INJECT_EXIT_LIB, Options{.timeout = 3000ms});
+    ASSERT_FALSE(r.ok());
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 3500ms);
+    EXPECT_EQ(r.error().code(), Errc::not_found);
+    EXPECT_NE(r.error().message().find("exited during the injection (exit status 7)"),
+              std::string::npos)
+        << r.error().message();
+    t.wait_exit();
+  }
+  // Targets that exit on their own at some moment around the injection.
+  for (int i = 0; i < 8; ++i) {
+    Target t({"sleep", std::to_string(i)});
+    ASSERT_TRUE(t.ready());
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = load_library(t.pid(), HP_INJECT_LIB, Options{.timeout = 2000ms});
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 2500ms);
+    if (!r.ok()) {
+      EXPECT_TRUE(r.error().code() == Errc::not_found) << r.error().message();
+    }
+    const int status = t.wait_exit();
+    EXPECT_TRUE(status == -2 || (WIFEXITED(status) && WEXITSTATUS(status) == 0)) << status;
+  }
+}
+
+TEST(Inject, UnprivilegedUserIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to drop to uid 65534";
+  Target t({"idle"});
+  ASSERT_TRUE(t.ready());
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(pipefd[0]);
+    if (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0) {
+      ::_exit(99);
+    }
+    auto c = check_can_trace(t.pid());
+    auto r = load_library(t.pid(), HP_INJECT_LIB);
+    std::string out = std::to_string(static_cast<int>(c.ok() ? Errc::ok : c.error().code())) +
+                      "\n" + (c.ok() ? "" : c.error().message()) + "\n" +
+                      std::to_string(static_cast<int>(r.ok() ? Errc::ok : r.error().code())) + "\n";
+    if (::write(pipefd[1], out.data(), out.size()) < 0) ::_exit(98);
+    ::_exit(0);
+  }
+  ::close(pipefd[1]);
+  std::string out;
+  char buf[512];
+  ssize_t n;
+  while ((n = ::read(pipefd[0], buf, sizeof buf)) > 0)
+    out.append(buf, static_cast<size_t>(n));
+  ::close(pipefd[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 99) GTEST_SKIP() << "setuid(65534) failed";
+  std::istringstream in(out);
+  std::string check_code, check_msg, load_code;
+  std::getline(in, check_code);
+  std::getline(in, check_msg);
+  std::getline(in, load_code);
+  const std::string denied = std::to_string(static_cast<int>(Errc::permission_denied));
+  EXPECT_EQ(check_code, denied) << check_msg;
+  EXPECT_NE(check_msg.find("runs as uid 0"), std::string::npos) << check_msg;
+  EXPECT_NE(check_msg.find("run as that user, or as root"), std::string::npos) << check_msg;
+  EXPECT_EQ(load_code, denied);
+  EXPECT_EQ(t.wait_exit(10ms), -1);  // untouched
+}
+
+TEST(Inject, RepeatedLoadCallUnloadDoesNotGrowTheMappings) {
+  const std::string marker = temp_path("hp_inject_marker");
+  Target t({"threads", "2"}, marker);
+  ASSERT_TRUE(t.ready());
+  auto cycle = [&](std::size_t* loaded) {
+    auto r = load_library(t.pid(), HP_INJECT_LIB);
+    if (!r.ok()) return r.error().message();
+    if (loaded) *loaded = t.mapping_count();
+    auto v = call_function(t.pid(), HP_INJECT_LIB, "hp_test_entry", 2);
+    if (!v.ok()) return v.error().message();
+    if (*v != 7) return std::string("hp_test_entry(2) != 7");
+    auto u = unload_library(t.pid(), r->handle);
+    if (!u.ok()) return u.error().message();
+    return std::string();
+  };
+  std::size_t loaded = 0;
+  ASSERT_EQ(cycle(&loaded), "");  // warm-up: the loader's first allocations
+  const std::size_t baseline = t.mapping_count();
+  EXPECT_GT(loaded, baseline);
+  double worst = 0;
+  for (int i = 0; i < 20; ++i) {
+    std::size_t now = 0;
+    ASSERT_EQ(cycle(&now), "") << "cycle " << i;
+    EXPECT_EQ(now, loaded) << "cycle " << i;
+    EXPECT_EQ(t.mapping_count(), baseline) << "cycle " << i;
+  }
+  (void)worst;
+  // 21 constructors ran: each load really loaded the library again.
+  const std::string text = read_file(marker);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 21);
+  t.send("q\n");
+  const int status = t.wait_exit();
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  std::remove(marker.c_str());
+}
+
+TEST(Inject, OtherMountNamespaceNeedsThePathTheTargetSees) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root for a mount namespace";
+  const std::string dir = temp_path("hp_inject_ns");
+  fs::create_directories(dir);
+  fs::copy_file(HP_INJECT_LIB, dir + "/lib.so");
+  int sync[2];
+  ASSERT_EQ(::pipe(sync), 0);
+  // The child makes a mount namespace where `dir` is an empty tmpfs, then becomes an
+  // idle target there.
+  const pid_t child = ::fork();
+  if (child == 0) {
+    char ok = 'y';
+    if (::unshare(CLONE_NEWNS) != 0 ||
+        ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::mount("tmpfs", dir.c_str(), "tmpfs", 0, nullptr) != 0) {
+      ok = 'n';
+    }
+    if (::write(sync[1], &ok, 1) != 1 || ok != 'y') ::_exit(99);
+    char* argv[] = {const_cast<char*>(HP_INJECT_TARGET), const_cast<char*>("idle"), nullptr};
+    char* envp[] = {nullptr};
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::execve(argv[0], argv, envp);
+    ::_exit(127);
+  }
+  ::close(sync[1]);
+  char ok = 0;
+  ASSERT_EQ(::read(sync[0], &ok, 1), 1);
+  ::close(sync[0]);
+  if (ok != 'y') {
+    ::waitpid(child, nullptr, 0);
+    fs::remove_all(dir);
+    GTEST_SKIP() << "cannot make a mount namespace here";
+  }
+  // Until the exec is done (the executable is the target's, not ours).
+  for (int i = 0; i < 2000; ++i) {
+    if (fs::read_symlink("/proc/" + std::to_string(child) + "/exe") == HP_INJECT_TARGET) break;
+    std::this_thread::sleep_for(1ms);
+  }
+  std::this_thread::sleep_for(20ms);
+  auto r = load_library(child, dir + "/lib.so");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), Errc::not_found);
+  EXPECT_NE(r.error().message().find("runs in another mount namespace"), std::string::npos)
+      << r.error().message();
+  // Copied where the target sees it, it loads.
+  const std::string inside = "/proc/" + std::to_string(child) + "/root" + dir + "/lib2.so";
+  fs::copy_file(HP_INJECT_LIB, inside);
+  auto r2 = load_library(child, dir + "/lib2.so");
+  ASSERT_TRUE(r2.ok()) << r2.error().message();
+  EXPECT_TRUE(r2->other_mount_ns);
+  auto v = call_function(child, dir + "/lib2.so", "hp_test_entry", 1);
+  ASSERT_TRUE(v.ok()) << v.error().message();
+  EXPECT_EQ(*v, 4);
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace hp::inject
