@@ -244,6 +244,7 @@ class Parser {
     for (;;) {
       if (accept(Tok::rbrace)) return body;
       if (accept(Tok::semicolon)) continue;  // empty statements
+      if (lex_.peek().kind == Tok::eof) fail(lex_.peek(), "}");
       body.push_back(statement());
       Stmt::Kind k = body.back().kind;
       if (k == Stmt::Kind::if_ || k == Stmt::Kind::unroll) continue;
