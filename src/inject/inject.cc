@@ -291,6 +291,15 @@ template <class Body>
 Result<Report> with_stopped_thread(pid_t pid, const Options& opts, const elf::ModuleList& mods,
                                    Body&& body) {
   const Clock::time_point deadline = Clock::now() + opts.timeout;
+  if (opts.tid != 0) {
+    struct stat st;
+    const std::string task = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(opts.tid);
+    if (::stat(task.c_str(), &st) != 0) {
+      return Error(Errc::not_found, "process " + std::to_string(pid) + " has no thread " +
+                                        std::to_string(opts.tid) + " (see " + proc(pid, "task") +
+                                        ")");
+    }
+  }
   Report report;
   std::string last_reason;
   std::size_t next = 0;

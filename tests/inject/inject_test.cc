@@ -44,6 +44,7 @@ std::string read_file(const std::string& path) {
 class Target {
  public:
   explicit Target(std::vector<std::string> args, std::string marker = "") {
+    ::signal(SIGPIPE, SIG_IGN);  // a target that died must fail the test, not kill it
     int in[2], out[2];
     if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) std::abort();
     args.insert(args.begin(), HP_INJECT_TARGET);
@@ -168,6 +169,30 @@ TEST(Inject, MultiThreadedTargetRunsConstructorAndContinues) {
   ASSERT_TRUE(WIFEXITED(status)) << status;
   EXPECT_EQ(WEXITSTATUS(status), 0);
   std::remove(marker.c_str());
+}
+
+TEST(Inject, ChosenThreadMakesTheCall) {
+  Target t({"threads", "2"});
+  ASSERT_TRUE(t.ready());
+  pid_t other = 0;
+  for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(t.pid()) + "/task")) {
+    const pid_t tid = std::stoi(e.path().filename().string());
+    if (tid != t.pid()) other = tid;
+  }
+  ASSERT_NE(other, 0);
+  auto r = load_library(t.pid(), HP_INJECT_LIB, Options{.tid = other});
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  report_pause(*r, "chosen thread");
+  EXPECT_EQ(r->tid, other);
+  auto bad = load_library(t.pid(), HP_INJECT_LIB, Options{.tid = 1});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().message(), "process " + std::to_string(t.pid()) +
+                                       " has no thread 1 (see /proc/" + std::to_string(t.pid()) +
+                                       "/task)");
+  t.send("q\n");
+  const int status = t.wait_exit();
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 TEST(Inject, BlockedReadResumesWithoutEintr) {
