@@ -1,0 +1,1266 @@
+#include "script/eval.h"
+
+#include <cpuid.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <x86intrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <mutex>
+
+#include "hotprobe/symbols.h"
+
+namespace hotprobe::script {
+
+using ast::BinaryOp;
+using ast::Builtin;
+using ast::Expr;
+using ast::Func;
+using ast::Type;
+
+// ---------------------------------------------------------------------------------------
+// The clock
+
+namespace {
+
+struct TscClock {
+  bool use_tsc = false;
+  std::uint64_t tsc0 = 0;
+  std::int64_t ns0 = 0;
+  std::uint64_t mult = 0;  // ns per tick, fixed point 32.32
+};
+TscClock g_clock;
+std::once_flag g_clock_once;
+
+std::int64_t clock_gettime_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+bool tsc_invariant() {
+  unsigned a, b, c, d;
+  if (__get_cpuid(0x80000007, &a, &b, &c, &d) && (d & (1u << 8))) return true;
+  // Hypervisors often hide the CPUID bit; the kernel's flags say what it found.
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("flags", 0) == 0)
+      return line.find(" constant_tsc") != std::string::npos &&
+             line.find(" nonstop_tsc") != std::string::npos;
+  return false;
+}
+
+// A (tsc, ns) pair taken as close together as possible: the ns read bracketed by two TSC
+// reads, the tightest of a few tries.
+void sample(std::uint64_t& tsc, std::int64_t& ns) {
+  std::uint64_t best = ~0ull;
+  for (int i = 0; i < 5; ++i) {
+    const std::uint64_t t0 = __rdtsc();
+    const std::int64_t n = clock_gettime_ns();
+    const std::uint64_t t1 = __rdtsc();
+    if (t1 - t0 < best) {
+      best = t1 - t0;
+      tsc = t0 + (t1 - t0) / 2;
+      ns = n;
+    }
+  }
+}
+
+void calibrate() {
+  const char* env = std::getenv("HOTPROBE_SCRIPT_CLOCK");
+  if ((env && std::strcmp(env, "vdso") == 0) || !tsc_invariant()) return;
+  std::uint64_t t0, t1;
+  std::int64_t n0, n1;
+  sample(t0, n0);
+  // 5 ms of calibration once per process: a ratio error near 1e-5.
+  do
+    sample(t1, n1);
+  while (n1 - n0 < 5'000'000);
+  if (t1 <= t0) return;
+  g_clock.mult =
+      static_cast<std::uint64_t>((static_cast<unsigned __int128>(n1 - n0) << 32) / (t1 - t0));
+  g_clock.tsc0 = t1;
+  g_clock.ns0 = n1;
+  g_clock.use_tsc = true;
+}
+
+}  // namespace
+
+std::int64_t monotonic_ns() {
+  if (g_clock.use_tsc) [[likely]] {
+    const std::uint64_t d = __rdtsc() - g_clock.tsc0;
+    return g_clock.ns0 +
+           static_cast<std::int64_t>((static_cast<unsigned __int128>(d) * g_clock.mult) >> 32);
+  }
+  return clock_gettime_ns();
+}
+
+bool clock_uses_tsc() {
+  return g_clock.use_tsc;
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-thread identity, cached
+
+namespace {
+
+struct ThreadIds {
+  int tid = 0;
+  int pid = 0;
+  bool comm_set = false;
+  char comm[16] = {};
+};
+thread_local ThreadIds t_ids;
+std::once_flag g_atfork_once;
+int g_uid = 0, g_gid = 0;
+
+void after_fork_child() {
+  t_ids = ThreadIds{};
+}
+
+ThreadIds& ids() {
+  if (t_ids.tid == 0) [[unlikely]] {
+    t_ids.tid = static_cast<int>(syscall(SYS_gettid));
+    t_ids.pid = getpid();
+  }
+  return t_ids;
+}
+
+}  // namespace
+
+std::uint32_t read_user_string(std::uint64_t addr, std::uint32_t max, char* out) {
+  out[0] = 0;
+  if (max == 0 || addr == 0) return 0;
+  if (max > kStrBytes) max = kStrBytes;
+  // process_vm_readv on our own pid reads through the page tables without faulting: a bad
+  // address is EFAULT, and a read that crosses into an unmapped page stops there.
+  char buf[kStrBytes];
+  iovec local{buf, max};
+  iovec remote{reinterpret_cast<void*>(addr), max};
+  ssize_t n = process_vm_readv(ids().pid, &local, 1, &remote, 1, 0);
+  if (n <= 0) {
+    // The string may end just before a page boundary: read up to it.
+    const std::uint64_t to_page = 4096 - (addr & 4095);
+    if (to_page >= max) return 0;
+    local.iov_len = remote.iov_len = to_page;
+    n = process_vm_readv(ids().pid, &local, 1, &remote, 1, 0);
+    if (n <= 0) return 0;
+  }
+  const std::size_t limit = std::min<std::size_t>(static_cast<std::size_t>(n), max - 1);
+  const std::size_t len = strnlen(buf, limit);
+  std::memcpy(out, buf, len);
+  out[len] = 0;
+  return static_cast<std::uint32_t>(len);
+}
+
+// ---------------------------------------------------------------------------------------
+// Node functions
+
+namespace {
+
+std::uint32_t copy_str(char* out, std::string_view s) {
+  const std::size_t n = std::min<std::size_t>(s.size(), kStrBytes - 1);
+  std::memcpy(out, s.data(), n);
+  out[n] = 0;
+  return static_cast<std::uint32_t>(n);
+}
+
+// Literals and variables.
+std::int64_t i_const(const Node* n, Frame&) {
+  return n->imm;
+}
+std::uint32_t s_const(const Node* n, Frame&, char* out) {
+  return copy_str(out, n->text);
+}
+std::int64_t i_var(const Node* n, Frame& f) {
+  return f.islots[n->imm];
+}
+std::uint32_t s_var(const Node* n, Frame& f, char* out) {
+  return copy_str(out,
+                  std::string_view(f.sslots[n->imm], strnlen(f.sslots[n->imm], kStrBytes - 1)));
+}
+
+// Builtins.
+template <int I>
+std::int64_t i_arg(const Node*, Frame& f) {
+  return f.hit ? static_cast<std::int64_t>(f.hit->regs->arg(I)) : 0;
+}
+std::int64_t i_retval(const Node*, Frame& f) {
+  return f.hit ? static_cast<std::int64_t>(f.hit->regs->ret()) : 0;
+}
+std::int64_t i_tid(const Node*, Frame&) {
+  return ids().tid;
+}
+std::int64_t i_pid(const Node*, Frame&) {
+  return ids().pid;
+}
+std::int64_t i_nsecs(const Node*, Frame&) {
+  return monotonic_ns();
+}
+std::int64_t i_elapsed(const Node*, Frame& f) {
+  return monotonic_ns() - f.rt->start_ns;
+}
+std::int64_t i_cpu(const Node*, Frame&) {
+  return sched_getcpu();
+}
+std::int64_t i_uid(const Node*, Frame&) {
+  return g_uid;
+}
+std::int64_t i_gid(const Node*, Frame&) {
+  return g_gid;
+}
+std::uint32_t s_comm(const Node*, Frame&, char* out) {
+  ThreadIds& t = ids();
+  if (!t.comm_set) [[unlikely]] {
+    // The thread's name, read once per thread (a later rename is not seen).
+    prctl(PR_GET_NAME, t.comm, 0, 0, 0);
+    t.comm[15] = 0;
+    t.comm_set = true;
+  }
+  return copy_str(out, t.comm);
+}
+std::uint32_t s_probe(const Node*, Frame& f, char* out) {
+  return f.probe ? copy_str(out, f.probe->probe.text) : copy_str(out, "");
+}
+std::uint32_t s_func(const Node*, Frame& f, char* out) {
+  const ProbeCtx* p = f.probe;
+  if (!p) return copy_str(out, "");
+  if (!p->glob || !f.hit) return copy_str(out, p->func);
+  std::lock_guard lock(p->func_mu);
+  auto it = p->funcs.find(f.hit->probe_address);
+  if (it == p->funcs.end()) {
+    auto fi = function_at(f.hit->probe_address);
+    it = p->funcs.emplace(f.hit->probe_address, fi ? fi->name : std::string()).first;
+  }
+  return copy_str(out, it->second);
+}
+
+// Arithmetic: 64-bit two's complement; / and % unsigned (BPF's), 0 when dividing by zero;
+// >> logical; comparisons signed (bpftrace 0.17).
+std::uint64_t u(std::int64_t v) {
+  return static_cast<std::uint64_t>(v);
+}
+std::int64_t s64(std::uint64_t v) {
+  return static_cast<std::int64_t>(v);
+}
+#define HP_BIN(name, expr)                     \
+  std::int64_t name(const Node* n, Frame& f) { \
+    const std::int64_t x = n->a->i(n->a, f);   \
+    const std::int64_t y = n->b->i(n->b, f);   \
+    return (expr);                             \
+  }
+HP_BIN(i_add, s64(u(x) + u(y)))
+HP_BIN(i_sub, s64(u(x) - u(y)))
+HP_BIN(i_mul, s64(u(x) * u(y)))
+HP_BIN(i_div, y == 0 ? 0 : s64(u(x) / u(y)))
+HP_BIN(i_mod, y == 0 ? 0 : s64(u(x) % u(y)))
+HP_BIN(i_shl, s64(u(x) << (u(y) & 63)))
+HP_BIN(i_shr, s64(u(x) >> (u(y) & 63)))
+HP_BIN(i_lt, x < y)
+HP_BIN(i_le, x <= y)
+HP_BIN(i_gt, x > y)
+HP_BIN(i_ge, x >= y)
+HP_BIN(i_eq, x == y)
+HP_BIN(i_ne, x != y)
+HP_BIN(i_band, x& y)
+HP_BIN(i_bxor, x ^ y)
+HP_BIN(i_bor, x | y)
+#undef HP_BIN
+std::int64_t i_land(const Node* n, Frame& f) {
+  return n->a->i(n->a, f) && n->b->i(n->b, f);
+}
+std::int64_t i_lor(const Node* n, Frame& f) {
+  return n->a->i(n->a, f) || n->b->i(n->b, f);
+}
+std::int64_t i_seq(const Node* n, Frame& f) {
+  char x[kStrBytes], y[kStrBytes];
+  n->a->s(n->a, f, x);
+  n->b->s(n->b, f, y);
+  return std::strcmp(x, y) == 0;
+}
+std::int64_t i_sne(const Node* n, Frame& f) {
+  return !i_seq(n, f);
+}
+std::int64_t i_neg(const Node* n, Frame& f) {
+  return s64(0 - u(n->a->i(n->a, f)));
+}
+std::int64_t i_lnot(const Node* n, Frame& f) {
+  return !n->a->i(n->a, f);
+}
+std::int64_t i_bnot(const Node* n, Frame& f) {
+  return ~n->a->i(n->a, f);
+}
+std::int64_t i_ternary(const Node* n, Frame& f) {
+  return n->a->i(n->a, f) ? n->b->i(n->b, f) : n->c->i(n->c, f);
+}
+std::uint32_t s_ternary(const Node* n, Frame& f, char* out) {
+  return n->a->i(n->a, f) ? n->b->s(n->b, f, out) : n->c->s(n->c, f, out);
+}
+std::uint32_t s_str(const Node* n, Frame& f, char* out) {
+  const std::uint64_t addr = u(n->a->i(n->a, f));
+  std::uint32_t max = kStrBytes;
+  if (n->b) {
+    const std::int64_t len = n->b->i(n->b, f);
+    max = len <= 0 ? 0 : static_cast<std::uint32_t>(std::min<std::int64_t>(len, kStrBytes));
+  }
+  return read_user_string(addr, max, out);
+}
+
+// Map keys.
+inline void build_key(const Node* m, Frame& f, std::uint64_t* key) {
+  std::uint32_t w = 0;
+  const std::size_t n = m->keys.size();
+  for (std::size_t k = 0; k < n; ++k) {
+    const Node* e = m->keys[k];
+    if (m->key_is_string[k]) {
+      std::memset(&key[w], 0, kStrBytes);
+      e->s(e, f, reinterpret_cast<char*>(&key[w]));
+      w += kStrWords;
+    } else {
+      key[w++] = u(e->i(e, f));
+    }
+  }
+}
+// The common case, one integer key (or none): no loop.
+inline void build_key_fast(const Node* m, Frame& f, std::uint64_t* key) {
+  if (m->imm == 1) {
+    const Node* e = m->keys[0];
+    key[0] = u(e->i(e, f));
+  } else if (m->imm == 2) {
+    build_key(m, f, key);
+  }
+}
+
+// Plain map reads.
+std::int64_t i_map_read(const Node* n, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  build_key_fast(n, f, key);
+  std::uint64_t v[kStrWords];
+  f.rt->maps->plain(n->map).get(key, v);
+  return s64(v[0]);
+}
+std::uint32_t s_map_read(const Node* n, Frame& f, char* out) {
+  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  build_key_fast(n, f, key);
+  std::uint64_t v[kStrWords];
+  f.rt->maps->plain(n->map).get(key, v);
+  return copy_str(out, get_string(v));
+}
+// An aggregation read in an expression: merged over every shard (slow, rare).
+std::int64_t i_agg_read(const Node* n, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  build_key_fast(n, f, key);
+  AggMap& m = f.rt->maps->agg(n->map);
+  const std::vector<std::uint64_t> v = m.lookup(key);
+  switch (m.desc().kind) {
+    case ValueKind::count:
+    case ValueKind::sum:
+    case ValueKind::min:
+    case ValueKind::max:
+      return s64(v[0]);
+    case ValueKind::avg:
+      return v[0] ? s64(v[1]) / s64(v[0]) : 0;
+    default:
+      return 0;
+  }
+}
+
+// Aggregations. Every one: key, this thread's shard, pending-op check, find, relaxed add.
+inline std::atomic<std::uint64_t>* agg_slot(const Node* n, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
+  build_key_fast(n, f, key);
+  Shard& s = f.rt->maps->local()->shard(n->map);
+  s.sync_if_stale();
+  return s.find_or_insert(key);
+}
+bool st_count(const SNode* s, Frame& f) {
+  add_relaxed(*agg_slot(s->target, f), 1);
+  return true;
+}
+bool st_sum(const SNode* s, Frame& f) {
+  const std::int64_t v = s->value->i(s->value, f);
+  add_relaxed(*agg_slot(s->target, f), u(v));
+  return true;
+}
+bool st_avg(const SNode* s, Frame& f) {
+  const std::int64_t v = s->value->i(s->value, f);
+  std::atomic<std::uint64_t>* w = agg_slot(s->target, f);
+  add_relaxed(w[0], 1);
+  add_relaxed(w[1], u(v));
+  return true;
+}
+template <bool kMin>
+bool st_minmax(const SNode* s, Frame& f) {
+  const std::int64_t v = s->value->i(s->value, f);
+  std::atomic<std::uint64_t>* w = agg_slot(s->target, f);
+  const std::int64_t cur = s64(w[0].load(std::memory_order_relaxed));
+  const bool set = w[1].load(std::memory_order_relaxed) != 0;
+  if (!set || (kMin ? v < cur : v > cur)) {
+    w[0].store(u(v), std::memory_order_relaxed);
+    if (!set) w[1].store(1, std::memory_order_relaxed);
+  }
+  return true;
+}
+bool st_hist(const SNode* s, Frame& f) {
+  const std::int64_t v = s->value->i(s->value, f);
+  std::atomic<std::uint64_t>* w = agg_slot(s->target, f);
+  add_relaxed(w[hist_bucket(v)], 1);
+  return true;
+}
+bool st_lhist(const SNode* s, Frame& f) {
+  const std::int64_t v = s->value->i(s->value, f);
+  const Node* n = s->value;  // the lhist call: min, max, step, buckets in keys' slots
+  std::atomic<std::uint64_t>* w = agg_slot(s->target, f);
+  add_relaxed(w[lhist_bucket(v, n->imm, s->count, s->op, n->map)], 1);
+  return true;
+}
+std::int64_t i_value_of_call(const Node* n, Frame& f) {
+  return n->a->i(n->a, f);
+}
+
+// Plain assignments.
+bool st_var_int(const SNode* s, Frame& f) {
+  f.islots[s->target->imm] = s->value->i(s->value, f);
+  return true;
+}
+bool st_var_str(const SNode* s, Frame& f) {
+  s->value->s(s->value, f, f.sslots[s->target->imm]);
+  return true;
+}
+bool st_map_int(const SNode* s, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  const std::int64_t v = s->value->i(s->value, f);
+  build_key_fast(s->target, f, key);
+  const std::uint64_t w = u(v);
+  f.rt->maps->plain(s->target->map).set(key, &w);
+  return true;
+}
+bool st_map_str(const SNode* s, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  std::uint64_t v[kStrWords] = {0};
+  s->value->s(s->value, f, reinterpret_cast<char*>(v));
+  build_key_fast(s->target, f, key);
+  f.rt->maps->plain(s->target->map).set(key, v);
+  return true;
+}
+bool st_expr(const SNode* s, Frame& f) {
+  if (s->target->i)
+    s->target->i(s->target, f);
+  else if (s->target->s) {
+    char tmp[kStrBytes];
+    s->target->s(s->target, f, tmp);
+  }
+  return true;
+}
+
+std::int64_t apply_binop(std::int64_t op, std::int64_t x, std::int64_t y) {
+  switch (static_cast<BinaryOp>(op)) {
+    case BinaryOp::add:
+      return s64(u(x) + u(y));
+    case BinaryOp::sub:
+      return s64(u(x) - u(y));
+    case BinaryOp::mul:
+      return s64(u(x) * u(y));
+    case BinaryOp::div:
+      return y == 0 ? 0 : s64(u(x) / u(y));
+    case BinaryOp::mod:
+      return y == 0 ? 0 : s64(u(x) % u(y));
+    case BinaryOp::band:
+      return x & y;
+    case BinaryOp::bor:
+      return x | y;
+    case BinaryOp::bxor:
+      return x ^ y;
+    case BinaryOp::shl:
+      return s64(u(x) << (u(y) & 63));
+    case BinaryOp::shr:
+      return s64(u(x) >> (u(y) & 63));
+    default:
+      return y;
+  }
+}
+bool st_var_compound(const SNode* s, Frame& f) {
+  std::int64_t& slot = f.islots[s->target->imm];
+  slot = apply_binop(s->op, slot, s->value->i(s->value, f));
+  return true;
+}
+bool st_map_compound(const SNode* s, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  const std::int64_t v = s->value->i(s->value, f);
+  build_key_fast(s->target, f, key);
+  PlainMap& m = f.rt->maps->plain(s->target->map);
+  if (s->op == static_cast<std::int64_t>(BinaryOp::add)) {
+    m.add(key, v);
+  } else if (s->op == static_cast<std::int64_t>(BinaryOp::sub)) {
+    m.add(key, s64(0 - u(v)));
+  } else {
+    std::uint64_t cur;
+    m.get(key, &cur);
+    const std::uint64_t n = u(apply_binop(s->op, s64(cur), v));
+    m.set(key, &n);
+  }
+  return true;
+}
+
+// ++/-- (imm: +1 or -1; b non-null: prefix).
+std::int64_t i_incdec_var(const Node* n, Frame& f) {
+  std::int64_t& slot = f.islots[n->a->imm];
+  const std::int64_t old = slot;
+  slot = s64(u(old) + u(n->imm));
+  return n->b ? slot : old;
+}
+std::int64_t i_incdec_map(const Node* n, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  build_key_fast(n->a, f, key);
+  const std::int64_t now = f.rt->maps->plain(n->a->map).add(key, n->imm);
+  return n->b ? now : s64(u(now) - u(n->imm));
+}
+
+// Calls.
+std::int64_t i_delete(const Node* n, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  build_key_fast(n->a, f, key);
+  if (f.rt->maps->is_agg(n->a->map)) {
+    f.rt->maps->agg(n->a->map).erase(key);
+    // Apply it to this thread's shard now, so a read-back in this action sees it.
+    f.rt->maps->local()->shard(n->a->map).sync_if_stale();
+  } else {
+    f.rt->maps->plain(n->a->map).erase(key);
+  }
+  return 0;
+}
+std::int64_t i_clear(const Node* n, Frame& f) {
+  f.rt->maps->clear(n->a->map);
+  return 0;
+}
+std::int64_t i_zero(const Node* n, Frame& f) {
+  f.rt->maps->zero(n->a->map);
+  return 0;
+}
+
+std::string& out_buffer() {
+  thread_local std::string buf;
+  if (buf.capacity() < 4096) buf.reserve(4096);
+  buf.clear();
+  return buf;
+}
+std::string& text_buffer() {
+  thread_local std::string buf;
+  if (buf.capacity() < 4096) buf.reserve(4096);
+  buf.clear();
+  return buf;
+}
+
+std::int64_t i_print_map(const Node* n, Frame& f) {
+  Runtime* rt = f.rt;
+  std::string s;
+  const std::uint32_t map = n->a->map;
+  append_map(s, rt->maps->desc(map), rt->maps->snapshot(map), rt->format,
+             n->b ? static_cast<std::uint32_t>(n->b->i(n->b, f)) : 0,
+             n->c ? static_cast<std::uint32_t>(n->c->i(n->c, f)) : 0);
+  rt->write(s);
+  return 0;
+}
+std::int64_t i_print_value(const Node* n, Frame& f) {
+  FmtArg v;
+  char buf[kStrBytes];
+  if (n->a->s) {
+    const std::uint32_t len = n->a->s(n->a, f, buf);
+    v.s = std::string_view(buf, len);
+    v.is_string = true;
+  } else {
+    v.i = n->a->i(n->a, f);
+  }
+  std::string& out = out_buffer();
+  append_value(out, v, f.rt->format);
+  f.rt->write(out);
+  return 0;
+}
+std::int64_t i_printf(const Node* n, Frame& f) {
+  constexpr std::size_t kMaxArgs = 16;
+  FmtArg args[kMaxArgs];
+  char bufs[kMaxArgs][kStrBytes];
+  const std::size_t nargs = std::min(n->keys.size(), kMaxArgs);
+  for (std::size_t k = 0; k < nargs; ++k) {
+    const Node* e = n->keys[k];
+    if (e->s) {
+      const std::uint32_t len = e->s(e, f, bufs[k]);
+      args[k].s = std::string_view(bufs[k], len);
+      args[k].is_string = true;
+    } else {
+      args[k].i = e->i(e, f);
+    }
+  }
+  std::string& text = text_buffer();
+  format_printf(text, n->format, std::span<const FmtArg>(args, nargs));
+  if (f.rt->format == OutputFormat::text) {
+    f.rt->write(text);
+  } else {
+    std::string& out = out_buffer();
+    append_message(out, "printf", text, OutputFormat::json);
+    f.rt->write(out);
+  }
+  return 0;
+}
+std::int64_t i_time(const Node* n, Frame& f) {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  tm t;
+  localtime_r(&ts.tv_sec, &t);
+  char buf[256];
+  const std::size_t len = strftime(buf, sizeof buf, n->text.c_str(), &t);
+  std::string& out = out_buffer();
+  append_message(out, "time", std::string_view(buf, len), f.rt->format);
+  f.rt->write(out);
+  return 0;
+}
+std::int64_t i_exit(const Node*, Frame& f) {
+  f.rt->exited.store(true, std::memory_order_relaxed);
+  if (f.rt->sink) f.rt->sink->request_exit();
+  return 0;
+}
+bool st_exit(const SNode* s, Frame& f) {
+  i_exit(s->target, f);
+  return false;
+}
+
+// Control flow.
+bool run_block(const std::vector<SNode>& body, Frame& f) {
+  for (const SNode& s : body)
+    if (!s.fn(&s, f)) return false;
+  return true;
+}
+bool st_if(const SNode* s, Frame& f) {
+  return s->cond->i(s->cond, f) ? run_block(s->body, f) : run_block(s->else_body, f);
+}
+bool st_unroll(const SNode* s, Frame& f) {
+  for (std::int64_t k = 0; k < s->count; ++k)
+    if (!run_block(s->body, f)) return false;
+  return true;
+}
+bool st_return(const SNode*, Frame&) {
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------
+// Lowering
+
+class Lowerer {
+ public:
+  Lowerer(Runtime& rt, const ast::Program& prog) : rt_(rt), prog_(prog) {}
+
+  Result<const Node*> expr(const Expr& e);
+  Result<void> stmts(const std::vector<ast::Stmt>& in, std::vector<SNode>& out);
+
+ private:
+  Node* make() {
+    rt_.nodes.push_back(std::make_unique<Node>());
+    return rt_.nodes.back().get();
+  }
+  Result<Node*> map_access(const Expr& e);
+  Result<const Node*> call(const Expr& e);
+  Result<void> assign(const ast::Stmt& s, SNode& out);
+  static Error unsupported(const Expr& e, std::string_view what) {
+    return Error(Errc::invalid_argument,
+                 "line " + std::to_string(e.loc.line) + ": " + std::string(what) +
+                     " is not supported by the evaluator; rewrite the script without it");
+  }
+
+  Runtime& rt_;
+  const ast::Program& prog_;
+};
+
+Result<Node*> Lowerer::map_access(const Expr& e) {
+  if (e.map_id < 0 || static_cast<std::size_t>(e.map_id) >= rt_.maps->size())
+    return unsupported(e, "a map the checker did not resolve");
+  Node* n = make();
+  n->map = static_cast<std::uint32_t>(e.map_id);
+  const MapDesc& d = rt_.maps->desc(n->map);
+  if (!e.args.empty() && e.args.size() != d.key_is_string.size())
+    return unsupported(e, "a map used with a different number of keys");
+  for (std::size_t k = 0; k < e.args.size(); ++k) {
+    auto key = expr(*e.args[k]);
+    if (!key) return key.error();
+    n->keys.push_back(*key);
+    n->key_is_string.push_back(d.key_is_string[k]);
+  }
+  n->key_words = d.key_words();
+  // imm: 0 no key, 1 one integer key, 2 anything else (the general loop).
+  n->imm = n->keys.empty() ? 0 : (n->keys.size() == 1 && !n->key_is_string[0]) ? 1 : 2;
+  return n;
+}
+
+Result<const Node*> Lowerer::expr(const Expr& e) {
+  using K = Expr::Kind;
+  switch (e.kind) {
+    case K::integer: {
+      Node* n = make();
+      n->i = i_const;
+      n->imm = e.value;
+      return n;
+    }
+    case K::string: {
+      Node* n = make();
+      n->s = s_const;
+      n->text = e.text;
+      return n;
+    }
+    case K::variable: {
+      if (e.slot < 0 || e.slot >= kMaxSlots)
+        return unsupported(e, "more than 32 $variables in one action");
+      Node* n = make();
+      n->imm = e.slot;
+      if (e.type == Type::string)
+        n->s = s_var;
+      else
+        n->i = i_var;
+      return n;
+    }
+    case K::builtin: {
+      Node* n = make();
+      switch (e.builtin) {
+        case Builtin::arg0:
+          n->i = i_arg<0>;
+          break;
+        case Builtin::arg1:
+          n->i = i_arg<1>;
+          break;
+        case Builtin::arg2:
+          n->i = i_arg<2>;
+          break;
+        case Builtin::arg3:
+          n->i = i_arg<3>;
+          break;
+        case Builtin::arg4:
+          n->i = i_arg<4>;
+          break;
+        case Builtin::arg5:
+          n->i = i_arg<5>;
+          break;
+        case Builtin::retval:
+          n->i = i_retval;
+          break;
+        case Builtin::tid:
+          n->i = i_tid;
+          break;
+        case Builtin::pid:
+          n->i = i_pid;
+          break;
+        case Builtin::comm:
+          n->s = s_comm;
+          break;
+        case Builtin::nsecs:
+          n->i = i_nsecs;
+          break;
+        case Builtin::elapsed:
+          n->i = i_elapsed;
+          break;
+        case Builtin::func:
+          n->s = s_func;
+          break;
+        case Builtin::probe:
+          n->s = s_probe;
+          break;
+        case Builtin::cpu:
+          n->i = i_cpu;
+          break;
+        case Builtin::uid:
+          n->i = i_uid;
+          break;
+        case Builtin::gid:
+          n->i = i_gid;
+          break;
+      }
+      return n;
+    }
+    case K::map: {
+      auto m = map_access(e);
+      if (!m) return m.error();
+      Node* n = *m;
+      const MapDesc& d = rt_.maps->desc(n->map);
+      if (d.kind == ValueKind::string)
+        n->s = s_map_read;
+      else if (d.kind == ValueKind::integer)
+        n->i = i_map_read;
+      else
+        n->i = i_agg_read;
+      return n;
+    }
+    case K::unary: {
+      auto a = expr(*e.args[0]);
+      if (!a) return a.error();
+      Node* n = make();
+      n->a = *a;
+      n->i = e.unary == ast::UnaryOp::neg ? i_neg : e.unary == ast::UnaryOp::lnot ? i_lnot : i_bnot;
+      return n;
+    }
+    case K::binary: {
+      auto a = expr(*e.args[0]);
+      if (!a) return a.error();
+      auto b = expr(*e.args[1]);
+      if (!b) return b.error();
+      Node* n = make();
+      n->a = *a;
+      n->b = *b;
+      const bool strings = e.args[0]->type == Type::string;
+      switch (e.binary) {
+        case BinaryOp::mul:
+          n->i = i_mul;
+          break;
+        case BinaryOp::div:
+          n->i = i_div;
+          break;
+        case BinaryOp::mod:
+          n->i = i_mod;
+          break;
+        case BinaryOp::add:
+          n->i = i_add;
+          break;
+        case BinaryOp::sub:
+          n->i = i_sub;
+          break;
+        case BinaryOp::shl:
+          n->i = i_shl;
+          break;
+        case BinaryOp::shr:
+          n->i = i_shr;
+          break;
+        case BinaryOp::lt:
+          n->i = i_lt;
+          break;
+        case BinaryOp::le:
+          n->i = i_le;
+          break;
+        case BinaryOp::gt:
+          n->i = i_gt;
+          break;
+        case BinaryOp::ge:
+          n->i = i_ge;
+          break;
+        case BinaryOp::eq:
+          n->i = strings ? i_seq : i_eq;
+          break;
+        case BinaryOp::ne:
+          n->i = strings ? i_sne : i_ne;
+          break;
+        case BinaryOp::band:
+          n->i = i_band;
+          break;
+        case BinaryOp::bxor:
+          n->i = i_bxor;
+          break;
+        case BinaryOp::bor:
+          n->i = i_bor;
+          break;
+        case BinaryOp::land:
+          n->i = i_land;
+          break;
+        case BinaryOp::lor:
+          n->i = i_lor;
+          break;
+      }
+      if (strings && e.binary != BinaryOp::eq && e.binary != BinaryOp::ne)
+        return unsupported(e, "this operator on strings");
+      return n;
+    }
+    case K::ternary: {
+      auto a = expr(*e.args[0]);
+      if (!a) return a.error();
+      auto b = expr(*e.args[1]);
+      if (!b) return b.error();
+      auto c = expr(*e.args[2]);
+      if (!c) return c.error();
+      Node* n = make();
+      n->a = *a;
+      n->b = *b;
+      n->c = *c;
+      if (e.type == Type::string)
+        n->s = s_ternary;
+      else
+        n->i = i_ternary;
+      return n;
+    }
+    case K::incdec: {
+      const Expr& t = *e.args[0];
+      Node* n = make();
+      n->imm = e.increment ? 1 : -1;
+      n->b = e.prefix ? n : nullptr;  // non-null marks prefix
+      if (t.kind == K::variable) {
+        auto v = expr(t);
+        if (!v) return v.error();
+        n->a = *v;
+        n->i = i_incdec_var;
+      } else {
+        auto m = map_access(t);
+        if (!m) return m.error();
+        if (rt_.maps->desc((*m)->map).kind != ValueKind::integer)
+          return unsupported(e, "++/-- on a map that does not hold an integer");
+        n->a = *m;
+        n->i = i_incdec_map;
+      }
+      return n;
+    }
+    case K::call:
+      return call(e);
+  }
+  return unsupported(e, "this expression");
+}
+
+Result<const Node*> Lowerer::call(const Expr& e) {
+  Node* n = make();
+  switch (e.func) {
+    case Func::del: {
+      auto m = map_access(*e.args[0]);
+      if (!m) return m.error();
+      n->a = *m;
+      n->i = i_delete;
+      return n;
+    }
+    case Func::clear:
+    case Func::zero: {
+      auto m = map_access(*e.args[0]);
+      if (!m) return m.error();
+      n->a = *m;
+      n->i = e.func == Func::clear ? i_clear : i_zero;
+      return n;
+    }
+    case Func::print: {
+      const Expr& a0 = *e.args[0];
+      if (a0.kind == Expr::Kind::map && a0.args.empty()) {
+        auto m = map_access(a0);
+        if (!m) return m.error();
+        n->a = *m;
+        if (e.args.size() > 1) {
+          auto t = expr(*e.args[1]);
+          if (!t) return t.error();
+          n->b = *t;
+        }
+        if (e.args.size() > 2) {
+          auto d = expr(*e.args[2]);
+          if (!d) return d.error();
+          n->c = *d;
+        }
+        n->i = i_print_map;
+        return n;
+      }
+      auto v = expr(a0);
+      if (!v) return v.error();
+      n->a = *v;
+      n->i = i_print_value;
+      return n;
+    }
+    case Func::printf: {
+      for (std::size_t k = 1; k < e.args.size(); ++k) {
+        auto a = expr(*e.args[k]);
+        if (!a) return a.error();
+        n->keys.push_back(*a);
+      }
+      for (const ast::FormatPiece& p : e.format) {
+        FormatSpec f;
+        f.text = p.text;
+        f.conversion = p.conversion;
+        f.left = p.left;
+        f.plus = p.plus;
+        f.space = p.space;
+        f.alt = p.alt;
+        f.zero = p.zero;
+        f.width = p.width;
+        f.precision = p.precision;
+        using L = ast::FormatPiece::Length;
+        f.length = p.length == L::none ? 0 : p.length == L::hh ? 1 : p.length == L::h ? 2 : 3;
+        n->format.push_back(std::move(f));  // arguments are taken in order
+      }
+      n->i = i_printf;
+      return n;
+    }
+    case Func::time:
+      n->text = e.args.empty() ? "%H:%M:%S\n" : e.args[0]->text;
+      n->i = i_time;
+      return n;
+    case Func::exit:
+      n->i = i_exit;
+      return n;
+    case Func::str: {
+      auto a = expr(*e.args[0]);
+      if (!a) return a.error();
+      n->a = *a;
+      if (e.args.size() > 1) {
+        auto l = expr(*e.args[1]);
+        if (!l) return l.error();
+        n->b = *l;
+      }
+      n->s = s_str;
+      return n;
+    }
+    default:
+      return unsupported(e, "an aggregation outside a map assignment");
+  }
+}
+
+Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
+  const Expr& t = *st.target;
+  const Expr& v = *st.value;
+  if (t.kind == Expr::Kind::variable) {
+    auto tn = expr(t);
+    if (!tn) return tn.error();
+    auto vn = expr(v);
+    if (!vn) return vn.error();
+    out.target = *tn;
+    out.value = *vn;
+    if (st.assign.compound) {
+      out.op = static_cast<std::int64_t>(st.assign.op);
+      out.fn = st_var_compound;
+    } else {
+      out.fn = (*tn)->s ? st_var_str : st_var_int;
+    }
+    return {};
+  }
+  auto m = map_access(t);
+  if (!m) return m.error();
+  out.target = *m;
+  const MapDesc& d = rt_.maps->desc((*m)->map);
+  if (is_aggregation(d.kind)) {
+    if (v.kind != Expr::Kind::call || !ast::is_aggregation(v.func))
+      return unsupported(v, "assigning a non-aggregation to an aggregation map");
+    if (v.func != Func::count) {
+      auto a = expr(*v.args[0]);
+      if (!a) return a.error();
+      out.value = *a;
+    }
+    switch (v.func) {
+      case Func::count:
+        out.fn = st_count;
+        break;
+      case Func::sum:
+        out.fn = st_sum;
+        break;
+      case Func::avg:
+      case Func::stats:
+        out.fn = st_avg;
+        break;
+      case Func::min:
+        out.fn = st_minmax<true>;
+        break;
+      case Func::max:
+        out.fn = st_minmax<false>;
+        break;
+      case Func::hist:
+        out.fn = st_hist;
+        break;
+      case Func::lhist: {
+        // The bucket parameters live in the statement: imm (min) on a wrapper node,
+        // count (max), op (step), map (bucket count).
+        Node* w = make();
+        w->a = out.value;
+        w->i = i_value_of_call;
+        w->imm = d.lhist_min;
+        w->key_words = 1;
+        w->map = d.lhist_buckets();
+        out.value = w;
+        out.count = d.lhist_max;
+        out.op = d.lhist_step;
+        out.fn = st_lhist;
+        break;
+      }
+      default:
+        return unsupported(v, "this aggregation");
+    }
+    return {};
+  }
+  auto vn = expr(v);
+  if (!vn) return vn.error();
+  out.value = *vn;
+  if (st.assign.compound) {
+    if (d.kind != ValueKind::integer) return unsupported(v, "a compound assignment to a string");
+    out.op = static_cast<std::int64_t>(st.assign.op);
+    out.fn = st_map_compound;
+  } else {
+    out.fn = d.kind == ValueKind::string ? st_map_str : st_map_int;
+  }
+  return {};
+}
+
+Result<void> Lowerer::stmts(const std::vector<ast::Stmt>& in, std::vector<SNode>& out) {
+  for (const ast::Stmt& st : in) {
+    SNode s;
+    switch (st.kind) {
+      case ast::Stmt::Kind::expr: {
+        auto e = expr(*st.expr);
+        if (!e) return e.error();
+        s.target = *e;
+        s.fn =
+            (st.expr->kind == Expr::Kind::call && st.expr->func == Func::exit) ? st_exit : st_expr;
+        break;
+      }
+      case ast::Stmt::Kind::assign: {
+        auto r = assign(st, s);
+        if (!r) return r.error();
+        break;
+      }
+      case ast::Stmt::Kind::if_: {
+        auto c = expr(*st.cond);
+        if (!c) return c.error();
+        s.cond = *c;
+        if (auto r = stmts(st.body, s.body); !r) return r.error();
+        if (auto r = stmts(st.else_body, s.else_body); !r) return r.error();
+        s.fn = st_if;
+        break;
+      }
+      case ast::Stmt::Kind::unroll:
+        if (auto r = stmts(st.body, s.body); !r) return r.error();
+        s.count = st.count;
+        s.fn = st_unroll;
+        break;
+      case ast::Stmt::Kind::return_:
+        s.fn = st_return;
+        break;
+    }
+    out.push_back(std::move(s));
+  }
+  return {};
+}
+
+ValueKind value_kind(ast::MapKind k) {
+  switch (k) {
+    case ast::MapKind::count:
+      return ValueKind::count;
+    case ast::MapKind::sum:
+      return ValueKind::sum;
+    case ast::MapKind::avg:
+      return ValueKind::avg;
+    case ast::MapKind::min:
+      return ValueKind::min;
+    case ast::MapKind::max:
+      return ValueKind::max;
+    case ast::MapKind::stats:
+      return ValueKind::stats;
+    case ast::MapKind::hist:
+      return ValueKind::hist;
+    case ast::MapKind::lhist:
+      return ValueKind::lhist;
+    case ast::MapKind::string:
+      return ValueKind::string;
+    default:
+      return ValueKind::integer;
+  }
+}
+
+void on_hit(Hit& hit) {
+  auto* p = static_cast<const ProbeCtx*>(hit.cookie);
+  Runtime* rt = p->rt;
+  if (rt->exited.load(std::memory_order_relaxed)) return;
+  rt->run_probe(p->index, &hit);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format) {
+  std::call_once(g_clock_once, calibrate);
+  std::call_once(g_atfork_once, [] {
+    pthread_atfork(nullptr, nullptr, after_fork_child);
+    g_uid = static_cast<int>(getuid());
+    g_gid = static_cast<int>(getgid());
+  });
+  auto rt = std::make_unique<Runtime>();
+  rt->format = format;
+  rt->start_ns = monotonic_ns();
+  std::vector<MapDesc> descs;
+  for (const ast::MapInfo& m : program.maps) {
+    MapDesc d;
+    d.name = m.name;
+    d.kind = value_kind(m.kind);
+    for (ast::Type t : m.key_types)
+      d.key_is_string.push_back(t == Type::string);
+    if (d.key_is_string.size() > kMaxKeyParts)
+      return Error(Errc::invalid_argument,
+                   "map " + m.name + " has more than 8 keys; use fewer key parts");
+    d.lhist_min = m.lhist_min;
+    d.lhist_max = m.lhist_max;
+    d.lhist_step = m.lhist_step > 0 ? m.lhist_step : 1;
+    descs.push_back(std::move(d));
+  }
+  rt->maps = std::make_unique<MapSet>(std::move(descs));
+  Lowerer low(*rt, program);
+  for (const ast::Action& a : program.actions) {
+    auto code = std::make_unique<ActionCode>();
+    if (a.num_slots > kMaxSlots)
+      return Error(Errc::invalid_argument, "an action uses more than 32 $variables; use fewer");
+    code->num_slots = a.num_slots;
+    if (a.predicate) {
+      auto p = low.expr(*a.predicate);
+      if (!p) return p.error();
+      code->predicate = *p;
+    }
+    if (auto r = low.stmts(a.body, code->body); !r) return r.error();
+    for (const ast::AttachPoint& ap : a.probes) {
+      auto ctx = std::make_unique<ProbeCtx>();
+      ctx->rt = rt.get();
+      ctx->index = rt->probes.size();
+      ctx->probe = ap.probe;
+      ctx->action = code.get();
+      ctx->func = ap.function;
+      ctx->glob = ap.is_glob;
+      rt->probe_list.push_back(ap.probe);
+      rt->probes.push_back(std::move(ctx));
+    }
+    rt->actions.push_back(std::move(code));
+  }
+  return rt;
+}
+
+ProbeSpec Runtime::spec(std::size_t index) {
+  ProbeCtx& p = *probes.at(index);
+  ProbeSpec s;
+  s.target = p.probe.target;
+  s.cookie = &p;
+  if (p.probe.kind == Probe::Kind::uretprobe)
+    s.on_return = on_hit;
+  else
+    s.on_entry = on_hit;
+  if (p.glob) {
+    // Name every site the glob matches now, so func costs a lookup, not a symbolization.
+    if (auto fns = resolve_functions(p.probe.target)) {
+      std::lock_guard lock(p.func_mu);
+      for (const FunctionInfo& fi : *fns)
+        if (fi.address) p.funcs.emplace(fi.address + fi.offset, fi.name);
+    }
+  }
+  return s;
+}
+
+void Runtime::run_probe(std::size_t index, Hit* hit) {
+  const ProbeCtx& p = *probes[index];
+  const ActionCode& a = *p.action;
+  Frame f;
+  f.hit = hit;
+  f.rt = this;
+  f.probe = &p;
+  if (a.predicate && !a.predicate->i(a.predicate, f)) return;
+  run_block(a.body, f);
+}
+
+std::string Runtime::print_maps() {
+  std::string out;
+  if (format == OutputFormat::text) out += "\n\n";  // bpftrace's main() prints these first
+  // bpftrace 0.17 prints its maps in name order.
+  std::vector<std::size_t> order(maps->size());
+  for (std::size_t i = 0; i < order.size(); ++i)
+    order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t x, std::size_t y) { return maps->desc(x).name < maps->desc(y).name; });
+  for (std::size_t i : order)
+    append_map(out, maps->desc(i), maps->snapshot(i), format);
+  return out;
+}
+
+}  // namespace hotprobe::script

@@ -1,0 +1,123 @@
+// The evaluator: a checked AST lowered into trees of nodes that each carry a plain function
+// pointer specialized for their kind (no std::function, no virtual call, no allocation on a
+// hit). docs/design/script-runtime.md explains the lowering, the maps and the clock.
+//
+//   auto rt = lower(std::move(checked_ast), OutputFormat::text);   // Result<unique_ptr<Runtime>>
+//   rt->sink = &sink;
+//   ProbeSpec spec = rt->spec(i);      // handlers call run_hit() with the probe's context
+//   rt->run_probe(i, nullptr);         // BEGIN/END/interval: no registers
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "hotprobe/probe.h"
+#include "hotprobe/result.h"
+#include "script/ast.h"
+#include "script/maps.h"
+#include "script/output.h"
+#include "script/program.h"
+
+namespace hotprobe::script {
+
+inline constexpr int kMaxSlots = 32;  // $variables per action
+
+struct Runtime;
+struct ProbeCtx;
+
+struct Frame {
+  Hit* hit;  // null for BEGIN, END and interval probes
+  Runtime* rt;
+  const ProbeCtx* probe;
+  std::int64_t islots[kMaxSlots];
+  char sslots[kMaxSlots][kStrBytes];
+};
+
+struct Node;
+using IntFn = std::int64_t (*)(const Node*, Frame&);
+// Writes a NUL-terminated string of at most kStrBytes bytes to `out`; returns its length.
+using StrFn = std::uint32_t (*)(const Node*, Frame&, char* out);
+
+struct Node {
+  IntFn i = nullptr;
+  StrFn s = nullptr;
+  const Node* a = nullptr;
+  const Node* b = nullptr;
+  const Node* c = nullptr;
+  std::int64_t imm = 0;
+  std::uint32_t map = 0;  // map id
+  std::uint32_t key_words = 0;
+  std::vector<const Node*> keys;  // map keys, or call arguments
+  std::vector<bool> key_is_string;
+  std::string text;  // string literal; time() format
+  std::vector<FormatSpec> format;
+};
+
+struct SNode;
+using StmtFn = bool (*)(const SNode*, Frame&);  // false: the action stops
+
+struct SNode {
+  StmtFn fn = nullptr;
+  const Node* target = nullptr;  // assignment target, or the expression
+  const Node* value = nullptr;
+  const Node* cond = nullptr;
+  std::vector<SNode> body;
+  std::vector<SNode> else_body;
+  std::int64_t count = 0;
+  std::int64_t op = 0;  // compound assignment: ast::BinaryOp
+};
+
+struct ActionCode {
+  const Node* predicate = nullptr;
+  std::vector<SNode> body;
+  int num_slots = 0;
+};
+
+struct ProbeCtx {
+  Runtime* rt = nullptr;
+  std::size_t index = 0;
+  Probe probe;
+  const ActionCode* action = nullptr;
+  std::string func;  // the function as written (not a glob)
+  bool glob = false;
+  // Globs: probed address -> function name, resolved at spec() time and on a miss.
+  mutable std::mutex func_mu;
+  mutable std::unordered_map<std::uint64_t, std::string> funcs;
+};
+
+struct Runtime {
+  OutputFormat format = OutputFormat::text;
+  Sink* sink = nullptr;
+  std::atomic<bool> exited{false};
+  std::int64_t start_ns = 0;
+  std::unique_ptr<MapSet> maps;
+  std::vector<std::unique_ptr<Node>> nodes;  // owns every Node
+  std::vector<std::unique_ptr<ActionCode>> actions;
+  std::vector<std::unique_ptr<ProbeCtx>> probes;
+  std::vector<Probe> probe_list;
+
+  ProbeSpec spec(std::size_t index);
+  void run_probe(std::size_t index, Hit* hit);
+  std::string print_maps();
+  void write(std::string_view text) {
+    if (sink) sink->write(text);
+  }
+};
+
+Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format);
+
+// The clock behind nsecs: CLOCK_MONOTONIC, read through a calibrated TSC when the TSC is
+// invariant (HOTPROBE_SCRIPT_CLOCK=vdso forces clock_gettime).
+std::int64_t monotonic_ns();
+bool clock_uses_tsc();
+
+// str(): reads a C string of at most `max` bytes (including the NUL) at `addr` in this
+// process without faulting; "" when it cannot be read.
+std::uint32_t read_user_string(std::uint64_t addr, std::uint32_t max, char* out);
+
+}  // namespace hotprobe::script

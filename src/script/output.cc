@@ -1,0 +1,463 @@
+#include "script/output.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+namespace hotprobe::script {
+
+namespace {
+
+std::int64_t as_signed(std::uint64_t v) {
+  return static_cast<std::int64_t>(v);
+}
+
+// The value bpftrace sorts a row by.
+std::int64_t sort_value(const MapDesc& d, const Row& r) {
+  switch (d.kind) {
+    case ValueKind::avg:
+    case ValueKind::stats:
+      return r.value[0] ? as_signed(r.value[1]) / as_signed(r.value[0]) : 0;
+    case ValueKind::hist:
+    case ValueKind::lhist: {
+      std::int64_t sum = 0;
+      for (std::uint64_t b : r.value)
+        sum += as_signed(b);
+      return sum;
+    }
+    default:
+      return as_signed(r.value[0]);
+  }
+}
+
+bool key_less(const MapDesc& d, const Row& a, const Row& b) {
+  std::size_t w = 0;
+  for (bool is_str : d.key_is_string) {
+    if (is_str) {
+      const int c = get_string(&a.key[w]).compare(get_string(&b.key[w]));
+      if (c != 0) return c < 0;
+      w += kStrWords;
+    } else {
+      if (a.key[w] != b.key[w]) return a.key[w] < b.key[w];  // bpftrace: as uint64
+      ++w;
+    }
+  }
+  return false;
+}
+
+std::string key_text(const MapDesc& d, const Row& r, const char* sep) {
+  std::string s;
+  std::size_t w = 0;
+  bool first = true;
+  for (bool is_str : d.key_is_string) {
+    if (!first) s += sep;
+    first = false;
+    if (is_str) {
+      s += get_string(&r.key[w]);
+      w += kStrWords;
+    } else {
+      s += std::to_string(as_signed(r.key[w]));
+      ++w;
+    }
+  }
+  return s;
+}
+
+std::string hist_json(std::span<const std::uint64_t> v) {
+  int lo = -1, hi = -1;
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (v[i] > 0) {
+      if (lo < 0) lo = static_cast<int>(i);
+      hi = static_cast<int>(i);
+    }
+  if (hi < 0) return "";
+  std::string s = "[";
+  for (int i = lo; i <= hi; ++i) {
+    if (i > lo) s += ", ";
+    s += "{";
+    if (i == 0) {
+      s += "\"max\": -1, ";
+    } else if (i == 1) {
+      s += "\"min\": 0, \"max\": 0, ";
+    } else if (i == 2) {
+      s += "\"min\": 1, \"max\": 1, ";
+    } else {
+      const std::uint64_t low = 1ull << (i - 2);
+      const std::uint64_t high = (low << 1) - 1;
+      s += "\"min\": " + std::to_string(low) + ", \"max\": " + std::to_string(high) + ", ";
+    }
+    s += "\"count\": " + std::to_string(v[i]) + "}";
+  }
+  return s + "]";
+}
+
+std::string lhist_json(std::span<const std::uint64_t> v, std::int64_t min, std::int64_t max,
+                       std::int64_t step) {
+  int lo = -1, hi = -1;
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (v[i] > 0) {
+      if (lo < 0) lo = static_cast<int>(i);
+      hi = static_cast<int>(i);
+    }
+  if (hi < 0) return "";
+  const int buckets = static_cast<int>(v.size()) - 2;
+  std::string s = "[";
+  for (int i = lo; i <= hi; ++i) {
+    if (i > lo) s += ", ";
+    s += "{";
+    if (i == 0) {
+      s += "\"max\": " + std::to_string(min - 1) + ", ";
+    } else if (i == buckets + 1) {
+      s += "\"min\": " + std::to_string(max) + ", ";
+    } else {
+      s += "\"min\": " + std::to_string((i - 1) * step + min) +
+           ", \"max\": " + std::to_string(i * step + min - 1) + ", ";
+    }
+    s += "\"count\": " + std::to_string(v[i]) + "}";
+  }
+  return s + "]";
+}
+
+void append_bar_line(std::string& s, const std::string& header, std::uint64_t value,
+                     std::uint64_t max_value) {
+  constexpr int kWidth = 52;
+  const int bar = static_cast<int>(static_cast<float>(value) / static_cast<float>(max_value) *
+                                   static_cast<float>(kWidth));
+  char line[160];
+  std::snprintf(line, sizeof line, "%-16s%8" PRIu64 " |%s%*s|\n", header.c_str(), value,
+                std::string(static_cast<std::size_t>(bar), '@').c_str(), kWidth - bar, "");
+  s += line;
+}
+
+}  // namespace
+
+void sort_rows(const MapDesc& d, std::vector<Row>& rows) {
+  if (d.kind == ValueKind::string) {
+    std::sort(rows.begin(), rows.end(),
+              [&](const Row& a, const Row& b) { return key_less(d, a, b); });
+    return;
+  }
+  std::sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) {
+    const std::int64_t va = sort_value(d, a), vb = sort_value(d, b);
+    if (va != vb) return va < vb;
+    return key_less(d, a, b);
+  });
+}
+
+std::string hist_label(int power) {
+  char suffix = 0;
+  if (power >= 40) {
+    suffix = 'T';
+    power -= 40;
+  } else if (power >= 30) {
+    suffix = 'G';
+    power -= 30;
+  } else if (power >= 20) {
+    suffix = 'M';
+    power -= 20;
+  } else if (power >= 10) {
+    suffix = 'K';
+    power -= 10;
+  }
+  std::string s = std::to_string(1ull << power);
+  if (suffix) s += suffix;
+  return s;
+}
+
+std::string lhist_label(std::int64_t n) {
+  constexpr std::int64_t kilo = 1024, mega = 1048576;
+  if (n == 0) return "0";
+  if (n % mega == 0) return std::to_string(n / mega) + "M";
+  if (n % kilo == 0) return std::to_string(n / kilo) + "K";
+  return std::to_string(n);
+}
+
+std::string hist_text(std::span<const std::uint64_t> v) {
+  int lo = -1, hi = -1;
+  std::uint64_t max_value = 0;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (v[i] > 0) {
+      if (lo < 0) lo = static_cast<int>(i);
+      hi = static_cast<int>(i);
+    }
+    max_value = std::max(max_value, v[i]);
+  }
+  if (hi < 0) return "";
+  std::string s;
+  for (int i = lo; i <= hi; ++i) {
+    std::string header;
+    if (i == 0)
+      header = "(..., 0)";
+    else if (i == 1)
+      header = "[0]";
+    else if (i == 2)
+      header = "[1]";
+    else
+      header = "[" + hist_label(i - 2) + ", " + hist_label(i - 1) + ")";
+    append_bar_line(s, header, v[i], max_value);
+  }
+  return s;
+}
+
+std::string lhist_text(std::span<const std::uint64_t> v, std::int64_t min, std::int64_t max,
+                       std::int64_t step) {
+  int lo = -1, hi = -1;
+  std::uint64_t max_value = 0;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (v[i] > 0) {
+      if (lo < 0) lo = static_cast<int>(i);
+      hi = static_cast<int>(i);
+    }
+    max_value = std::max(max_value, v[i]);
+  }
+  if (hi < 0) return "";
+  const int buckets = static_cast<int>(v.size()) - 2;
+  std::string s;
+  for (int i = lo; i <= hi; ++i) {
+    std::string header;
+    if (i == 0)
+      header = "(..., " + lhist_label(min) + ")";
+    else if (i == buckets + 1)
+      header = "[" + lhist_label(max) + ", ...)";
+    else
+      header = "[" + lhist_label((i - 1) * step + min) + ", " + lhist_label(i * step + min) + ")";
+    append_bar_line(s, header, v[i], max_value);
+  }
+  return s;
+}
+
+void json_escape(std::string& out, std::string_view str) {
+  for (char c : str) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+}
+
+void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, OutputFormat fmt,
+                std::uint32_t top, std::uint32_t div) {
+  const bool json = fmt == OutputFormat::json;
+  if (json && rows.empty()) return;
+  if (div == 0) div = 1;
+  sort_rows(d, rows);
+  if (top && rows.size() > top) rows.erase(rows.begin(), rows.end() - top);
+  const bool keyed = !d.key_is_string.empty();
+  const bool is_hist = d.kind == ValueKind::hist || d.kind == ValueKind::lhist;
+  const bool is_stats = d.kind == ValueKind::avg || d.kind == ValueKind::stats;
+
+  auto value_str = [&](const Row& r) -> std::string {
+    const std::int64_t sdiv = static_cast<std::int64_t>(div);
+    switch (d.kind) {
+      case ValueKind::count:
+        return std::to_string(r.value[0] / div);
+      case ValueKind::sum:
+      case ValueKind::integer:
+      case ValueKind::min:
+      case ValueKind::max:
+        return std::to_string(as_signed(r.value[0]) / sdiv);
+      case ValueKind::avg:
+      case ValueKind::stats: {
+        const std::int64_t count = as_signed(r.value[0]), total = as_signed(r.value[1]);
+        const std::int64_t avg = count ? total / count : 0;
+        if (d.kind == ValueKind::avg) return std::to_string(avg / sdiv);
+        if (json)
+          return "{\"count\": " + std::to_string(count) + ", \"average\": " + std::to_string(avg) +
+                 ", \"total\": " + std::to_string(total) + "}";
+        return "count " + std::to_string(count) + ", average " + std::to_string(avg) + ", total " +
+               std::to_string(total);
+      }
+      case ValueKind::hist:
+        return json ? hist_json(r.value) : hist_text(r.value);
+      case ValueKind::lhist:
+        return json ? lhist_json(r.value, d.lhist_min, d.lhist_max, d.lhist_step)
+                    : lhist_text(r.value, d.lhist_min, d.lhist_max, d.lhist_step);
+      case ValueKind::string: {
+        std::string_view sv = get_string(r.value.data());
+        if (!json) return std::string(sv);
+        std::string q = "\"";
+        json_escape(q, sv);
+        return q + "\"";
+      }
+    }
+    return {};
+  };
+
+  if (json) {
+    const char* type = is_hist ? "hist" : is_stats ? "stats" : "map";
+    out += "{\"type\": \"";
+    out += type;
+    out += "\", \"data\": {\"";
+    json_escape(out, d.name);
+    out += "\": ";
+    if (keyed) out += "{";
+    bool first = true;
+    for (const Row& r : rows) {
+      if (!first) out += ", ";
+      first = false;
+      if (keyed) {
+        out += "\"";
+        json_escape(out, key_text(d, r, ","));
+        out += "\": ";
+      }
+      out += value_str(r);
+    }
+    if (keyed) out += "}";
+    out += "}}\n";
+    return;
+  }
+
+  bool first = true;
+  for (const Row& r : rows) {
+    if (!first) out += "\n";  // bpftrace joins the elements with "\n"
+    first = false;
+    out += d.name;
+    if (keyed) out += "[" + key_text(d, r, ", ") + "]";
+    out += ": ";
+    if (is_hist) out += "\n";
+    out += value_str(r);  // hist bodies end with a newline, other values do not
+  }
+  out += "\n";
+  if (is_stats) out += "\n";
+}
+
+namespace {
+
+void format_one(std::string& out, const FormatSpec& f, const FmtArg& a) {
+  char spec[32];
+  std::size_t n = 0;
+  spec[n++] = '%';
+  if (f.left) spec[n++] = '-';
+  if (f.plus) spec[n++] = '+';
+  if (f.space) spec[n++] = ' ';
+  if (f.alt) spec[n++] = '#';
+  if (f.zero) spec[n++] = '0';
+  spec[n] = 0;
+  char wp[24] = "";
+  if (f.width >= 0 && f.precision >= 0)
+    std::snprintf(wp, sizeof wp, "%d.%d", f.width, f.precision);
+  else if (f.width >= 0)
+    std::snprintf(wp, sizeof wp, "%d", f.width);
+  else if (f.precision >= 0)
+    std::snprintf(wp, sizeof wp, ".%d", f.precision);
+  std::strcat(spec, wp);
+  n = std::strlen(spec);
+  char buf[512];
+  int len = 0;
+  const char c = f.conversion;
+  if (c == 's') {
+    // A string argument is not NUL-terminated: bound it by its length and the precision.
+    int prec = static_cast<int>(a.s.size());
+    if (f.precision >= 0 && f.precision < prec) prec = f.precision;
+    len = std::snprintf(buf, sizeof buf, f.left ? "%-*.*s" : "%*.*s", f.width < 0 ? 0 : f.width,
+                        prec, a.s.data());
+  } else if (c == 'c') {
+    spec[n++] = 'c';
+    spec[n] = 0;
+    len = std::snprintf(buf, sizeof buf, spec, static_cast<int>(static_cast<char>(a.i)));
+  } else if (c == 'p') {
+    spec[n++] = 'p';
+    spec[n] = 0;
+    len = std::snprintf(buf, sizeof buf, spec,
+                        reinterpret_cast<void*>(static_cast<std::uintptr_t>(a.i)));
+  } else {
+    const bool is_signed = c == 'd' || c == 'i';
+    if (f.length >= 3) {
+      spec[n++] = 'l';
+      spec[n++] = 'l';
+      spec[n++] = c;
+      spec[n] = 0;
+      if (is_signed)
+        len = std::snprintf(buf, sizeof buf, spec, static_cast<long long>(a.i));
+      else
+        len = std::snprintf(buf, sizeof buf, spec, static_cast<unsigned long long>(a.i));
+    } else {
+      spec[n++] = c;
+      spec[n] = 0;
+      // bpftrace passes the argument as an int of the modifier's width.
+      std::int64_t v = a.i;
+      if (f.length == 2) {
+        v = is_signed ? static_cast<std::int16_t>(v) : static_cast<std::uint16_t>(v);
+      } else if (f.length == 1) {
+        v = is_signed ? static_cast<std::int8_t>(v) : static_cast<std::uint8_t>(v);
+      }
+      if (is_signed)
+        len = std::snprintf(buf, sizeof buf, spec, static_cast<int>(v));
+      else
+        len = std::snprintf(buf, sizeof buf, spec, static_cast<unsigned>(v));
+    }
+  }
+  if (len < 0) return;
+  out.append(buf, std::min<std::size_t>(static_cast<std::size_t>(len), sizeof buf - 1));
+}
+
+}  // namespace
+
+void format_printf(std::string& out, std::span<const FormatSpec> spec,
+                   std::span<const FmtArg> args) {
+  std::size_t next = 0;
+  for (const FormatSpec& f : spec) {
+    out += f.text;
+    if (!f.conversion) continue;
+    static const FmtArg kNone{};
+    format_one(out, f, next < args.size() ? args[next] : kNone);
+    ++next;
+  }
+}
+
+void append_message(std::string& out, std::string_view type, std::string_view text,
+                    OutputFormat fmt) {
+  if (fmt == OutputFormat::text) {
+    out += text;
+    return;
+  }
+  out += "{\"type\": \"";
+  out += type;
+  out += "\", \"data\": \"";
+  json_escape(out, text);
+  out += "\"}\n";
+}
+
+void append_value(std::string& out, const FmtArg& v, OutputFormat fmt) {
+  if (fmt == OutputFormat::text) {
+    if (v.is_string)
+      out += v.s;
+    else
+      out += std::to_string(v.i);
+    out += "\n";
+    return;
+  }
+  out += "{\"type\": \"value\", \"data\": ";
+  if (v.is_string) {
+    out += "\"";
+    json_escape(out, v.s);
+    out += "\"";
+  } else {
+    out += std::to_string(v.i);
+  }
+  out += "}\n";
+}
+
+}  // namespace hotprobe::script

@@ -1,0 +1,67 @@
+// The printers: bpftrace 0.17's text layout and its `-f json` objects, byte for byte.
+//
+//   std::string s;
+//   append_map(s, desc, rows, OutputFormat::text);   // "@x[1]: 5\n" ...
+//   append_printf(s, pieces, args, OutputFormat::json);  // {"type": "printf", ...}
+//
+// Formats checked against bpftrace v0.17.0 on this machine (tests/script/output_test.cc
+// holds the goldens). Sorting follows bpftrace: count/sum/integer/min/max maps by value
+// ascending, avg/stats by average, hist/lhist by total count, string maps by key; ties
+// (bpftrace leaves them in its hash order) by key ascending.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "script/maps.h"
+#include "script/program.h"
+
+namespace hotprobe::script {
+
+// Sorts `rows` as bpftrace prints them.
+void sort_rows(const MapDesc& desc, std::vector<Row>& rows);
+
+// A whole map (print(@m) and the end-of-run dump). `top`: only the last `top` rows (0: all);
+// `div`: values divided by it (count/sum/integer/min/max/avg; 0 or 1: none).
+void append_map(std::string& out, const MapDesc& desc, std::vector<Row> rows, OutputFormat fmt,
+                std::uint32_t top = 0, std::uint32_t div = 0);
+
+// hist()/lhist() bodies (the bar lines), exposed for tests.
+std::string hist_text(std::span<const std::uint64_t> buckets);
+std::string lhist_text(std::span<const std::uint64_t> buckets, std::int64_t min, std::int64_t max,
+                       std::int64_t step);
+std::string hist_label(int power);      // 1, 2, ... 512, 1K ... 1M ... 1G ... 1T
+std::string lhist_label(std::int64_t);  // 0, 1K, 3M, 17
+
+void json_escape(std::string& out, std::string_view s);
+
+// One argument of printf: an integer or a string.
+struct FmtArg {
+  std::int64_t i = 0;
+  std::string_view s;
+  bool is_string = false;
+};
+
+// printf's conversions, as bpftrace 0.17 passes them to the C library: no length modifier
+// is a 32-bit int, h 16-bit, hh 8-bit, l/ll/j/z/t 64-bit; %p is a pointer ("(nil)" for 0).
+struct FormatSpec {
+  std::string text;  // literal text before the conversion
+  char conversion = 0;
+  bool left = false, plus = false, space = false, alt = false, zero = false;
+  int width = -1, precision = -1;
+  std::uint8_t length = 0;  // 0 none, 1 hh, 2 h, 3 l (and ll j z t)
+};
+// Appends the formatted text (no JSON wrapping). Never allocates when `out` has capacity.
+void format_printf(std::string& out, std::span<const FormatSpec> spec,
+                   std::span<const FmtArg> args);
+// Wraps text as bpftrace does for an event of `type` ("printf", "time"): text unchanged,
+// json {"type": "TYPE", "data": "ESCAPED"}\n.
+void append_message(std::string& out, std::string_view type, std::string_view text,
+                    OutputFormat fmt);
+// print(value): text "VALUE\n"; json {"type": "value", "data": VALUE}\n.
+void append_value(std::string& out, const FmtArg& v, OutputFormat fmt);
+
+}  // namespace hotprobe::script

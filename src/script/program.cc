@@ -1,0 +1,60 @@
+// Program: the front end's parse() and check(), then the evaluator's lowering (eval.h).
+#include "script/program.h"
+
+#include "script/ast.h"
+#include "script/eval.h"
+
+namespace hotprobe::script {
+
+namespace {
+
+class ProgramImpl final : public Program {
+ public:
+  explicit ProgramImpl(std::unique_ptr<Runtime> rt) : rt_(std::move(rt)) {}
+
+  std::span<const Probe> probes() const override { return rt_->probe_list; }
+  ProbeSpec spec(std::size_t index) override { return rt_->spec(index); }
+  void bind(Sink* sink) override { rt_->sink = sink; }
+
+  void run_begin() override {
+    rt_->start_ns = monotonic_ns();
+    run_kind(Probe::Kind::begin);
+  }
+  void run_end() override {
+    // END runs even after exit() (bpftrace runs it on exit too).
+    const bool was = rt_->exited.exchange(false, std::memory_order_relaxed);
+    run_kind(Probe::Kind::end);
+    if (was) rt_->exited.store(true, std::memory_order_relaxed);
+  }
+  void run_interval(std::size_t index) override {
+    if (rt_->exited.load(std::memory_order_relaxed)) return;
+    rt_->run_probe(index, nullptr);
+  }
+  std::string print_maps() override { return rt_->print_maps(); }
+  bool exited() const override { return rt_->exited.load(std::memory_order_relaxed); }
+
+ private:
+  void run_kind(Probe::Kind kind) {
+    for (std::size_t i = 0; i < rt_->probe_list.size(); ++i) {
+      if (rt_->probe_list[i].kind != kind) continue;
+      if (kind == Probe::Kind::begin && rt_->exited.load(std::memory_order_relaxed)) return;
+      rt_->run_probe(i, nullptr);
+    }
+  }
+
+  std::unique_ptr<Runtime> rt_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Program>> Program::compile(std::string_view source,
+                                                  const CompileOptions& options) {
+  auto ast = parse(source, options.filename);
+  if (!ast) return ast.error();
+  if (auto ok = check(*ast); !ok) return ok.error();
+  auto rt = lower(std::move(*ast), options.format);
+  if (!rt) return rt.error();
+  return std::unique_ptr<Program>(std::make_unique<ProgramImpl>(std::move(*rt)));
+}
+
+}  // namespace hotprobe::script
