@@ -49,7 +49,7 @@ def main():
     a = ap.parse_args()
 
     demo = os.path.join(a.build, "examples", "demo_service")
-    hotprobe = os.path.join(a.build, "src", "cli", "hotprobe")
+    hotprobe = os.path.join(a.build, "bin", "hotprobe")
     for f in (demo, hotprobe):
         if not os.access(f, os.X_OK):
             sys.exit(f"run_bench: {f} is missing: build first (scripts/build.sh {a.build})")

@@ -1,0 +1,173 @@
+// Conformance against bpftrace itself: each script runs under `bpftrace -c` (kernel
+// uprobes) and under `hotprobe run` on the same deterministic program
+// (examples/demo_service: its calls per route do not depend on scheduling), and the map
+// output of both must be identical, byte for byte, in text and in JSON. Skipped, with
+// the reason, where bpftrace cannot run (not installed, not root, no uprobe support).
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace {
+
+struct Output {
+  int status = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs argv with stdout and stderr captured (stdin: /dev/null).
+Output run(const std::vector<std::string>& argv) {
+  char out_path[] = "/tmp/hp_conf_outXXXXXX";
+  char err_path[] = "/tmp/hp_conf_errXXXXXX";
+  int out_fd = ::mkstemp(out_path);
+  int err_fd = ::mkstemp(err_path);
+  Output r;
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int null_fd = ::open("/dev/null", O_RDONLY);
+    ::dup2(null_fd, 0);
+    ::dup2(out_fd, 1);
+    ::dup2(err_fd, 2);
+    std::vector<char*> args;
+    for (const auto& a : argv)
+      args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execvp(args[0], args.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  auto slurp = [](int fd) {
+    std::string s;
+    char buf[65536];
+    ::lseek(fd, 0, SEEK_SET);
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+      s.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
+    return s;
+  };
+  r.out = slurp(out_fd);
+  r.err = slurp(err_fd);
+  ::unlink(out_path);
+  ::unlink(err_path);
+  return r;
+}
+
+// The map output: every line but bpftrace's "Attaching N probes..." banner.
+std::string maps_of(const std::string& out) {
+  std::istringstream in(out);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    if (line.rfind("Attaching ", 0) == 0 && line.find(" probe") != std::string::npos) continue;
+    if (line.find("\"type\": \"attached_probes\"") != std::string::npos) continue;
+    kept += line + "\n";
+  }
+  return kept;
+}
+
+std::string why_bpftrace_cannot_run() {
+  static const std::string reason = [] {
+#if defined(HOTPROBE_ASAN) || defined(HOTPROBE_TSAN)
+    // The outputs are compared in the release tree; a sanitizer runtime in the traced
+    // program changes its timing, not what the two tracers print.
+    return std::string("sanitizer build (conformance runs in the release build)");
+#endif
+    if (::geteuid() != 0) return std::string("not root");
+    Output v = run({"bpftrace", "--version"});
+    if (v.status != 0) return std::string("bpftrace is not installed (apt-get install bpftrace)");
+    Output t = run({"bpftrace", "-e", "BEGIN { exit(); }"});
+    if (t.status != 0) return "bpftrace cannot run here: " + t.err.substr(0, 200);
+    return std::string();
+  }();
+  return reason;
+}
+
+constexpr const char* kDemo = HP_DEMO_BIN;
+constexpr const char* kHotprobe = HP_HOTPROBE_BIN;
+const std::vector<std::string> kDemoArgs = {"--threads", "2", "--requests", "3000", "--quiet"};
+
+std::string substitute(std::string script) {
+  for (std::size_t p; (p = script.find("BIN")) != std::string::npos;)
+    script.replace(p, 3, kDemo);
+  return script;
+}
+
+struct Case {
+  const char* name;
+  const char* script;
+};
+
+// Scripts whose output is deterministic on demo_service.
+const Case kCases[] = {
+    {"count_by_arg", "uprobe:BIN:handle_request { @[arg0] = count(); }"},
+    {"predicate_and_named_map",
+     "uprobe:BIN:handle_request /arg0 >= 3/ { @calls[arg0] = count(); }"},
+    {"sum_and_hist",
+     "uprobe:BIN:handle_request { @bytes[arg0 % 4] = sum(arg1); @size = hist(arg1); }"},
+    {"lhist_stats_avg_min_max",
+     "uprobe:BIN:handle_request /arg0 < 6/ { @l = lhist(arg1, 0, 100, 10); @s = stats(arg1); "
+     "@a = avg(arg1); @mn = min(arg1); @mx = max(arg1); }"},
+    {"func_of_shared_block", "uprobe:BIN:compute, uprobe:BIN:lookup_cache { @[func] = count(); }"},
+    {"probe_builtin", "uprobe:BIN:send_response { @[probe] = count(); }"},
+    {"retval", "uretprobe:BIN:parse_request { @route[retval] = count(); }"},
+    {"str_of_argument", "uprobe:BIN:parse_request { @line[str(arg0)] = count(); }"},
+    {"comm", "uprobe:BIN:handle_request { @[comm] = count(); }"},
+    {"two_keys", "uprobe:BIN:handle_request /arg0 < 4/ { @x[arg0, arg1] = count(); }"},
+    {"entry_return_pair",
+     "uprobe:BIN:handle_request { @start[tid] = arg0; } "
+     "uretprobe:BIN:handle_request { @ret[@start[tid]] = count(); delete(@start[tid]); }"},
+    {"if_else_ternary",
+     "uprobe:BIN:handle_request { if (arg0 > 2) { @big = count(); } else { @small = count(); } "
+     "@odd[arg0 % 2 == 1 ? 1 : 0] = count(); $x = arg0 * 2 + 1; @v = sum($x); }"},
+    {"begin_end_printf",
+     "BEGIN { printf(\"start %d %s\\n\", 42, \"x\"); } "
+     "uprobe:BIN:handle_request { @n = count(); } END { printf(\"end\\n\"); }"},
+    {"print_and_clear_in_end",
+     "uprobe:BIN:handle_request { @a[arg0 % 3] = count(); @b = count(); } "
+     "END { print(@a); clear(@a); }"},
+};
+
+class Conformance : public ::testing::TestWithParam<Case> {};
+
+void compare(const Case& c, bool json) {
+  std::string why = why_bpftrace_cannot_run();
+  if (!why.empty()) GTEST_SKIP() << "bpftrace conformance skipped: " << why;
+  std::string script = substitute(c.script);
+  std::string cmd = kDemo;
+  for (const auto& a : kDemoArgs)
+    cmd += " " + a;
+  std::vector<std::string> bt = {"bpftrace"};
+  if (json) bt.insert(bt.end(), {"-f", "json"});
+  bt.insert(bt.end(), {"-e", script, "-c", cmd});
+  Output b = run(bt);
+  ASSERT_EQ(b.status, 0) << "bpftrace failed: " << b.err;
+  std::vector<std::string> hp = {kHotprobe, "run"};
+  if (json) hp.insert(hp.end(), {"-o", "json"});
+  hp.insert(hp.end(), {"-e", script, "--", kDemo});
+  hp.insert(hp.end(), kDemoArgs.begin(), kDemoArgs.end());
+  Output h = run(hp);
+  ASSERT_EQ(h.status, 0) << "hotprobe run failed: " << h.err;
+  EXPECT_EQ(maps_of(h.out), maps_of(b.out))
+      << "script: " << script << "\nhotprobe stderr: " << h.err;
+}
+
+TEST_P(Conformance, TextOutputMatchesBpftrace) {
+  compare(GetParam(), false);
+}
+TEST_P(Conformance, JsonOutputMatchesBpftrace) {
+  compare(GetParam(), true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Scripts, Conformance, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
