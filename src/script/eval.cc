@@ -587,7 +587,7 @@ std::int64_t i_print_value(const Node* n, Frame& f) {
   return 0;
 }
 std::int64_t i_printf(const Node* n, Frame& f) {
-  constexpr std::size_t kMaxArgs = 16;
+  constexpr std::size_t kMaxArgs = 32;  // more are dropped (printed as 0)
   FmtArg args[kMaxArgs];
   char bufs[kMaxArgs][kStrBytes];
   const std::size_t nargs = std::min(n->keys.size(), kMaxArgs);
