@@ -1,0 +1,210 @@
+// Aggregation shards: merged totals over threads, exited threads kept, clear/zero/delete
+// from another thread, a printer walking while owners write (run under TSan too).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "script/maps.h"
+
+namespace hotprobe::script {
+namespace {
+
+MapDesc count_by_int(const char* name = "@c") {
+  MapDesc d;
+  d.name = name;
+  d.kind = ValueKind::count;
+  d.key_is_string = {false};
+  return d;
+}
+
+void count(MapSet& set, std::size_t map, std::uint64_t k, std::uint64_t n = 1) {
+  Shard& s = set.local()->shard(map);
+  s.sync_if_stale();
+  add_relaxed(*s.find_or_insert(&k), n);
+}
+
+std::uint64_t total_of(const std::vector<Row>& rows, std::uint64_t key) {
+  for (const Row& r : rows)
+    if (r.key[0] == key) return r.value[0];
+  return ~0ull;
+}
+
+TEST(Maps, ShardsOfSeveralThreadsMergeExactly) {
+  MapSet set({count_by_int()});
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      for (std::uint64_t i = 0; i < 10000; ++i)
+        count(set, 0, i % 100, t + 1);
+    });
+  for (auto& t : ts)
+    t.join();  // shards outlive their threads
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 100u);
+  for (std::uint64_t k = 0; k < 100; ++k)
+    EXPECT_EQ(total_of(rows, k), 100u * (1 + 2 + 3 + 4));
+}
+
+TEST(Maps, GrowKeepsValues) {
+  MapSet set({count_by_int()});
+  for (std::uint64_t i = 0; i < 5000; ++i)
+    count(set, 0, i * 7919, i);
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 5000u);
+  for (std::uint64_t i = 0; i < 5000; i += 97)
+    EXPECT_EQ(total_of(rows, i * 7919), i);
+}
+
+TEST(Maps, ClearZeroDeleteFromAnotherThread) {
+  MapSet set({count_by_int()});
+  std::thread([&] {
+    count(set, 0, 1, 5);
+    count(set, 0, 2, 7);
+  }).join();
+  count(set, 0, 1, 1);
+  // delete from a third thread: the dead thread's shard is filtered by the printer.
+  std::thread([&] {
+    std::uint64_t k = 1;
+    set.agg(0).erase(&k);
+  }).join();
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(total_of(rows, 2), 7u);
+  // New counts after a delete start from zero.
+  count(set, 0, 1, 3);
+  EXPECT_EQ(total_of(set.snapshot(0), 1), 3u);
+
+  std::thread([&] { set.zero(0); }).join();
+  rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 2u);  // zero keeps the keys
+  EXPECT_EQ(total_of(rows, 1), 0u);
+  EXPECT_EQ(total_of(rows, 2), 0u);
+  count(set, 0, 2, 4);
+  EXPECT_EQ(total_of(set.snapshot(0), 2), 4u);
+
+  std::thread([&] { set.clear(0); }).join();
+  EXPECT_TRUE(set.snapshot(0).empty());
+  count(set, 0, 9, 1);
+  rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(total_of(rows, 9), 1u);
+}
+
+TEST(Maps, MinMaxAvgHistMerge) {
+  MapDesc mn{"@mn", ValueKind::min, {}}, mx{"@mx", ValueKind::max, {}},
+      av{"@av", ValueKind::avg, {}}, h{"@h", ValueKind::hist, {}};
+  MapSet set({mn, mx, av, h});
+  auto body = [&](std::int64_t v) {
+    std::uint64_t none = 0;
+    auto* w = set.local()->shard(0).find_or_insert(&none);
+    if (!w[1].load() || static_cast<std::int64_t>(w[0].load()) > v) w[0] = v, w[1] = 1;
+    w = set.local()->shard(1).find_or_insert(&none);
+    if (!w[1].load() || static_cast<std::int64_t>(w[0].load()) < v) w[0] = v, w[1] = 1;
+    w = set.local()->shard(2).find_or_insert(&none);
+    add_relaxed(w[0], 1);
+    add_relaxed(w[1], static_cast<std::uint64_t>(v));
+    w = set.local()->shard(3).find_or_insert(&none);
+    add_relaxed(w[hist_bucket(v)], 1);
+  };
+  std::thread([&] { body(-5); }).join();
+  std::thread([&] { body(10); }).join();
+  body(4);
+  EXPECT_EQ(static_cast<std::int64_t>(set.snapshot(0)[0].value[0]), -5);
+  EXPECT_EQ(static_cast<std::int64_t>(set.snapshot(1)[0].value[0]), 10);
+  EXPECT_EQ(set.snapshot(2)[0].value[0], 3u);
+  EXPECT_EQ(set.snapshot(2)[0].value[1], 9u);
+  auto hb = set.snapshot(3)[0].value;
+  EXPECT_EQ(hb[0], 1u);                // < 0
+  EXPECT_EQ(hb[hist_bucket(4)], 1u);   // [4, 8)
+  EXPECT_EQ(hb[hist_bucket(10)], 1u);  // [8, 16)
+}
+
+TEST(Maps, HistBuckets) {
+  EXPECT_EQ(hist_bucket(-1), 0u);
+  EXPECT_EQ(hist_bucket(0), 1u);
+  EXPECT_EQ(hist_bucket(1), 2u);
+  EXPECT_EQ(hist_bucket(2), 3u);
+  EXPECT_EQ(hist_bucket(3), 3u);
+  EXPECT_EQ(hist_bucket(4), 4u);
+  EXPECT_EQ(hist_bucket(INT64_MAX), 64u);
+  EXPECT_EQ(lhist_bucket(-1, 0, 100, 10, 12), 0u);
+  EXPECT_EQ(lhist_bucket(0, 0, 100, 10, 12), 1u);
+  EXPECT_EQ(lhist_bucket(99, 0, 100, 10, 12), 10u);
+  EXPECT_EQ(lhist_bucket(100, 0, 100, 10, 12), 11u);
+}
+
+TEST(Maps, PlainMapsAreGlobal) {
+  MapDesc d{"@start", ValueKind::integer, {false}};
+  MapDesc s{"@s", ValueKind::string, {true}};
+  MapSet set({d, s});
+  std::thread([&] {
+    std::uint64_t k = 42, v = 1000;
+    set.plain(0).set(&k, &v);
+  }).join();
+  std::uint64_t k = 42, v = 0;
+  EXPECT_TRUE(set.plain(0).get(&k, &v));
+  EXPECT_EQ(v, 1000u);
+  EXPECT_EQ(set.plain(0).add(&k, 5), 1005);
+  EXPECT_TRUE(set.plain(0).erase(&k));
+  EXPECT_FALSE(set.plain(0).get(&k, &v));
+  EXPECT_EQ(v, 0u);  // a missing key reads 0
+  std::uint64_t key[kStrWords], val[kStrWords];
+  put_string(key, "k");
+  put_string(val, "value");
+  set.plain(1).set(key, val);
+  std::uint64_t out[kStrWords];
+  ASSERT_TRUE(set.plain(1).get(key, out));
+  EXPECT_EQ(get_string(out), "value");
+}
+
+// The printer walks while owners insert, grow and add; clear() runs in between. TSan
+// checks the protocol; the final totals check that no add was lost after the last clear.
+TEST(Maps, ConcurrentPrintingWhileWriting) {
+  MapSet set({count_by_int()});
+  std::atomic<bool> stop{false};
+  std::atomic<int> phase{0};
+  std::vector<std::thread> writers;
+  constexpr int kThreads = 3;
+  constexpr std::uint64_t kIters = 200000;
+  for (int t = 0; t < kThreads; ++t)
+    writers.emplace_back([&] {
+      for (std::uint64_t i = 0; i < kIters; ++i)
+        count(set, 0, i % 1000);
+      phase.fetch_add(1);
+    });
+  std::thread printer([&] {
+    int clears = 0;
+    while (!stop.load()) {
+      auto rows = set.snapshot(0);
+      for (const Row& r : rows)
+        ASSERT_LT(r.key[0], 1000u);
+      if (clears < 3) {
+        set.clear(0);
+        ++clears;
+      }
+    }
+  });
+  for (auto& w : writers)
+    w.join();
+  stop = true;
+  printer.join();
+  // After the writers are done and one more op settles them, counts are stable.
+  set.clear(0);
+  std::vector<std::thread> again;
+  for (int t = 0; t < kThreads; ++t)
+    again.emplace_back([&] {
+      for (std::uint64_t i = 0; i < 1000; ++i)
+        count(set, 0, i % 10);
+    });
+  for (auto& t : again)
+    t.join();
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 10u);
+  for (const Row& r : rows)
+    EXPECT_EQ(r.value[0], 100u * kThreads);
+}
+
+}  // namespace
+}  // namespace hotprobe::script
