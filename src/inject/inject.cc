@@ -363,7 +363,15 @@ Result<Prepared> prepare(pid_t pid) {
   auto mods = elf::ModuleList::of_process(pid);
   if (!mods.ok()) return mods.error();
   auto loader = find_loader_functions(*mods);
-  if (!loader.ok()) return loader.error();
+  if (!loader.ok()) {
+    // An exiting process has empty maps: say that rather than "no libc".
+    HP_TRY(check_can_trace(pid));
+    if (mods->mappings().empty()) {
+      return Error(Errc::not_found, "process " + std::to_string(pid) +
+                                        " is exiting (it has no memory mappings left)");
+    }
+    return loader.error();
+  }
   return Prepared{std::move(*mods), *loader};
 }
 
@@ -508,6 +516,7 @@ Result<long> call_function(pid_t pid, const std::string& library_path, std::stri
   if (!mods.ok()) return mods.error();
   const elf::Module* m = mods->find(elf::ModuleKey{st.st_dev, st.st_ino});
   if (!m) {
+    HP_TRY(check_can_trace(pid));
     return Error(Errc::not_found, library_path + " is not loaded in process " +
                                       std::to_string(pid) + ": load it with load_library first");
   }
