@@ -342,14 +342,16 @@ inline void build_key_fast(const Node* m, Frame& f, std::uint64_t* key) {
 
 // Plain map reads.
 std::int64_t i_map_read(const Node* n, Frame& f) {
-  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
   build_key_fast(n, f, key);
   std::uint64_t v[kStrWords];
   f.rt->maps->plain(n->map).get(key, v);
   return s64(v[0]);
 }
 std::uint32_t s_map_read(const Node* n, Frame& f, char* out) {
-  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
   build_key_fast(n, f, key);
   std::uint64_t v[kStrWords];
   f.rt->maps->plain(n->map).get(key, v);
@@ -357,7 +359,8 @@ std::uint32_t s_map_read(const Node* n, Frame& f, char* out) {
 }
 // An aggregation read in an expression: merged over every shard (slow, rare).
 std::int64_t i_agg_read(const Node* n, Frame& f) {
-  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
   build_key_fast(n, f, key);
   AggMap& m = f.rt->maps->agg(n->map);
   const std::vector<std::uint64_t> v = m.lookup(key);
@@ -438,7 +441,8 @@ bool st_var_str(const SNode* s, Frame& f) {
   return true;
 }
 bool st_map_int(const SNode* s, Frame& f) {
-  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
   const std::int64_t v = s->value->i(s->value, f);
   build_key_fast(s->target, f, key);
   const std::uint64_t w = u(v);
@@ -446,7 +450,8 @@ bool st_map_int(const SNode* s, Frame& f) {
   return true;
 }
 bool st_map_str(const SNode* s, Frame& f) {
-  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
   std::uint64_t v[kStrWords] = {0};
   s->value->s(s->value, f, reinterpret_cast<char*>(v));
   build_key_fast(s->target, f, key);
@@ -495,7 +500,8 @@ bool st_var_compound(const SNode* s, Frame& f) {
   return true;
 }
 bool st_map_compound(const SNode* s, Frame& f) {
-  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
   const std::int64_t v = s->value->i(s->value, f);
   build_key_fast(s->target, f, key);
   PlainMap& m = f.rt->maps->plain(s->target->map);
@@ -520,7 +526,8 @@ std::int64_t i_incdec_var(const Node* n, Frame& f) {
   return n->b ? slot : old;
 }
 std::int64_t i_incdec_map(const Node* n, Frame& f) {
-  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
   build_key_fast(n->a, f, key);
   const std::int64_t now = f.rt->maps->plain(n->a->map).add(key, n->imm);
   return n->b ? now : s64(u(now) - u(n->imm));
@@ -528,7 +535,8 @@ std::int64_t i_incdec_map(const Node* n, Frame& f) {
 
 // Calls.
 std::int64_t i_delete(const Node* n, Frame& f) {
-  std::uint64_t key[kMaxKeyWords + 1] = {0};
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
   build_key_fast(n->a, f, key);
   if (f.rt->maps->is_agg(n->a->map)) {
     f.rt->maps->agg(n->a->map).erase(key);
