@@ -1,0 +1,141 @@
+// The agent's entry points: the preload constructor (hotprobe run) and
+// hotprobe_agent_start (hotprobe attach, called by the injector). This file is linked
+// after the script library (src/agent/CMakeLists.txt) so that its constructor runs after
+// every static initializer of the libraries linked into the agent.
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "agent/protocol.h"
+#include "agent/session.h"
+
+namespace hp::agent {
+namespace {
+
+std::atomic<Session*> g_preload{nullptr};
+
+void die(const char* what) {
+  ::write(2, "hotprobe agent: ", 16);
+  ::write(2, what, std::strlen(what));
+  ::write(2, "\n", 1);
+  ::_exit(1);
+}
+
+// Ctrl-C where the program kept SIGINT's default action: the final report first (bounded
+// wait), then SIGINT's default action, so the program dies of it as it would have.
+void on_sigint(int sig) {
+  int saved = errno;
+  if (Session* s = g_preload.load(std::memory_order_acquire))
+    s->finish(Session::Reason::signal, std::chrono::seconds(2));
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, nullptr);
+  ::raise(sig);  // blocked while this handler runs: delivered when it returns
+  errno = saved;
+}
+
+void install_sigint() {
+  struct sigaction old {};
+  if (sigaction(SIGINT, nullptr, &old) != 0) return;
+  if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL) return;  // the program's own
+  struct sigaction sa {};
+  sa.sa_handler = &on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+// Children start clean: our variables out of the environment, the user's LD_PRELOAD back.
+void restore_environment() {
+  ::unsetenv(kEnvFd);
+  if (const char* saved = std::getenv(kEnvSavedPreload)) {
+    std::string v = saved;
+    ::unsetenv(kEnvSavedPreload);
+    ::setenv("LD_PRELOAD", v.c_str(), 1);
+  } else {
+    ::unsetenv("LD_PRELOAD");
+  }
+}
+
+__attribute__((constructor)) void agent_preload_init() {
+  const char* fd_text = std::getenv(kEnvFd);
+  if (!fd_text) return;  // loaded without hotprobe run: nothing to do
+  char* end = nullptr;
+  long fd = std::strtol(fd_text, &end, 10);
+  restore_environment();
+  if (!end || *end != '\0' || fd < 3 || fd > 1 << 20) die("HOTPROBE_AGENT_FD is not a descriptor");
+  int ifd = static_cast<int>(fd);
+  ::fcntl(ifd, F_SETFD, FD_CLOEXEC);  // programs this one execs do not inherit the channel
+  pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
+  auto s = Session::start(ifd);
+  if (!s) {
+    // The error went to hotprobe ('E') when the channel works; stderr otherwise.
+    if (s.error().code() == hotprobe::Errc::timed_out ||
+        s.error().code() == hotprobe::Errc::io_error)
+      die(s.error().message().c_str());
+    ::_exit(1);
+  }
+  g_preload.store(*s, std::memory_order_release);
+  install_sigint();
+}
+
+// The fallback for an end that the exit/_exit probes did not see.
+__attribute__((destructor)) void agent_preload_fini() {
+  if (Session* s = g_preload.load(std::memory_order_acquire))
+    s->finish(Session::Reason::exiting, std::chrono::seconds(10));
+}
+
+}  // namespace
+}  // namespace hp::agent
+
+// For `hotprobe attach` (the injector calls it in the target): connects to hotprobe's
+// unix socket and runs a session on its own thread. 0, or a negative errno.
+extern "C" __attribute__((visibility("default"))) long hotprobe_agent_start(
+    const char* socket_path) {
+  int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (std::strlen(socket_path) >= sizeof addr.sun_path) {
+    ::close(fd);
+    return -ENAMETOOLONG;
+  }
+  std::strcpy(addr.sun_path, socket_path);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int e = errno;
+    ::close(fd);
+    return -e;
+  }
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, [] {
+    pthread_atfork(&hp::agent::fork_prepare, &hp::agent::fork_parent, &hp::agent::fork_child);
+  });
+  pthread_t t;
+  auto* arg = new int(fd);
+  int rc = pthread_create(
+      &t, nullptr,
+      [](void* p) -> void* {
+        int cfd = *static_cast<int*>(p);
+        delete static_cast<int*>(p);
+        auto s = hp::agent::Session::start(cfd);
+        (void)s;  // an error was reported to hotprobe; the process goes on untraced
+        return nullptr;
+      },
+      arg);
+  if (rc != 0) {
+    delete arg;
+    ::close(fd);
+    return -rc;
+  }
+  pthread_detach(t);
+  return 0;
+}

@@ -1,0 +1,145 @@
+// The channel between `hotprobe` and its agent: one SOCK_SEQPACKET connection (a
+// socketpair inherited at exec, or a unix socket for `attach`), so every send is one
+// message whose boundary the reader keeps. A message is one type byte and a payload;
+// integers are little-endian (both ends are the same machine). docs/design/agent.md has
+// the whole conversation.
+//
+//   hotprobe -> agent: 'S' start (options, filename, script), 'G' go, 'X' stop
+//   agent -> hotprobe: 'A' attached, 'E' error, 'O' output, 'L' lost, 'R' ready, 'D' done
+//
+// Header-only: the CLI includes it without linking the agent.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace hp::agent {
+
+enum class Msg : char {
+  start = 'S',     // -> agent: StartOptions + filename + script source
+  go = 'G',        // -> agent: hotprobe printed everything before 'R'; main may run
+  stop = 'X',      // -> agent: stop tracing now (Ctrl-C), END, print maps, done
+  attached = 'A',  // <- agent: u32 number of uprobe/uretprobe probes attached, u32 pid
+  error = 'E',     // <- agent: a rendered error; the agent then _exit()s
+  output = 'O',    // <- agent: text for hotprobe's output, as the script formatted it
+  lost = 'L',      // <- agent: u64 events that could not be delivered since the last 'L'
+  ready = 'R',     // <- agent: BEGIN ran and its output was sent; waits for 'G'
+  done = 'D',      // <- agent: u32 pid; that process's tracing is over (END and maps sent)
+};
+
+// The largest message either side sends (SOCK_SEQPACKET messages must fit the socket
+// buffer whole); output is cut into messages of at most this size.
+inline constexpr std::size_t kMaxMessage = 64 * 1024;
+// The environment variables hotprobe sets for the preloaded agent (which removes them).
+inline constexpr const char* kEnvFd = "HOTPROBE_AGENT_FD";
+// The user's own LD_PRELOAD, to put back (absent: LD_PRELOAD was not set).
+inline constexpr const char* kEnvSavedPreload = "HOTPROBE_SAVED_LD_PRELOAD";
+
+struct StartOptions {
+  std::uint8_t format = 0;        // script::OutputFormat
+  std::uint8_t follow_forks = 0;  // trace forked children too
+};
+
+inline std::string encode(Msg type, std::string_view payload = {}) {
+  std::string m;
+  m.reserve(1 + payload.size());
+  m.push_back(static_cast<char>(type));
+  m.append(payload);
+  return m;
+}
+
+template <class T>
+inline void put(std::string& out, T v) {
+  char b[sizeof(T)];
+  std::memcpy(b, &v, sizeof(T));
+  out.append(b, sizeof(T));
+}
+
+// Reads a T at `pos` of `in`, advancing; nullopt past the end.
+template <class T>
+inline std::optional<T> get(std::string_view in, std::size_t& pos) {
+  if (in.size() < pos + sizeof(T)) return std::nullopt;
+  T v;
+  std::memcpy(&v, in.data() + pos, sizeof(T));
+  pos += sizeof(T);
+  return v;
+}
+
+inline std::string encode_start(const StartOptions& o, std::string_view filename,
+                                std::string_view source) {
+  std::string p;
+  put<std::uint8_t>(p, o.format);
+  put<std::uint8_t>(p, o.follow_forks);
+  put<std::uint32_t>(p, static_cast<std::uint32_t>(filename.size()));
+  p.append(filename);
+  p.append(source);
+  return encode(Msg::start, p);
+}
+
+struct Start {
+  StartOptions options;
+  std::string filename;
+  std::string source;
+};
+
+inline std::optional<Start> decode_start(std::string_view payload) {
+  std::size_t pos = 0;
+  Start s;
+  auto f = get<std::uint8_t>(payload, pos);
+  auto ff = get<std::uint8_t>(payload, pos);
+  auto n = get<std::uint32_t>(payload, pos);
+  if (!f || !ff || !n || payload.size() < pos + *n) return std::nullopt;
+  s.options.format = *f;
+  s.options.follow_forks = *ff;
+  s.filename.assign(payload.substr(pos, *n));
+  s.source.assign(payload.substr(pos + *n));
+  return s;
+}
+
+// One whole message; false when the peer is gone. Retries EINTR; never raises SIGPIPE.
+inline bool send_message(int fd, std::string_view m) {
+  for (;;) {
+    ssize_t n = ::send(fd, m.data(), m.size(), MSG_NOSIGNAL);
+    if (n >= 0) return static_cast<std::size_t>(n) == m.size();
+    if (errno != EINTR) return false;
+  }
+}
+
+// Output text, cut into messages of at most kMaxMessage.
+inline bool send_text(int fd, Msg type, std::string_view text) {
+  while (!text.empty()) {
+    std::size_t n = std::min(text.size(), kMaxMessage - 1);
+    if (!send_message(fd, encode(type, text.substr(0, n)))) return false;
+    text.remove_prefix(n);
+  }
+  return true;
+}
+
+// Receives one message into `out` (resized to it). 0: peer closed; -1: error (errno);
+// 1: a message. `flags` as recv(2) (MSG_DONTWAIT).
+inline int recv_message(int fd, std::string& out, int flags = 0) {
+  out.resize(kMaxMessage * 4);
+  for (;;) {
+    ssize_t n = ::recv(fd, out.data(), out.size(), flags);
+    if (n > 0) {
+      out.resize(static_cast<std::size_t>(n));
+      return 1;
+    }
+    if (n == 0) {
+      out.clear();
+      return 0;
+    }
+    if (errno != EINTR) {
+      out.clear();
+      return -1;
+    }
+  }
+}
+
+}  // namespace hp::agent

@@ -1,0 +1,516 @@
+#include "agent/session.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "agent/protocol.h"
+#include "hotprobe/symbols.h"
+#include "script/diag.h"
+
+namespace hp::agent {
+
+using hotprobe::Errc;
+using hotprobe::Error;
+using hotprobe::Hit;
+using hotprobe::Result;
+namespace script = hotprobe::script;
+
+namespace {
+
+constexpr std::size_t kRingBytes = 128 * 1024;
+constexpr int kDrainMs = 5;
+constexpr auto kGoWait = std::chrono::seconds(10);
+
+// A thread's rings, one per session it wrote to. The destructor (thread exit) hands them
+// to the reporters, which free them once drained.
+struct TlsRings {
+  static constexpr std::size_t kSlots = 4;
+  std::array<Session*, kSlots> session{};
+  std::array<Session::ThreadRing*, kSlots> ring{};
+  ~TlsRings() {
+    for (auto* r : ring) {
+      if (!r) continue;
+      r->producer_gone.store(true, std::memory_order_release);
+      Session::ThreadRing::release(r);
+    }
+  }
+};
+thread_local TlsRings t_rings;
+// Set on the reporter thread and during BEGIN: output is appended here directly (those
+// threads are the consumer, and END may print more than a ring holds).
+thread_local std::string* t_direct = nullptr;
+
+std::mutex g_sessions_mu;
+std::vector<Session*> g_sessions;
+
+std::uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u +
+         static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+void signal_eventfd(int fd) {
+  std::uint64_t one = 1;
+  ssize_t r = ::write(fd, &one, sizeof one);
+  (void)r;
+}
+
+// "module:symbol" with no glob: the closest symbol of that module, or empty.
+std::string suggest(std::string_view target) {
+  auto colon = target.rfind(':');
+  if (colon == std::string_view::npos) return {};
+  std::string_view sym = target.substr(colon + 1);
+  if (sym.empty() || sym.find_first_of("*?[+") != std::string_view::npos) return {};
+  auto all = hotprobe::resolve_functions(fmt::format("{}:*", target.substr(0, colon)));
+  if (!all) return {};
+  std::vector<std::string_view> names;
+  for (const auto& f : *all)
+    names.push_back(f.name);
+  return std::string(script::closest(sym, names));
+}
+
+}  // namespace
+
+// The script's spec, with the session's check in front: a filter that lets no action run
+// once the session stopped tracing (fork child not followed, final report under way),
+// and the script's own cookie handed back to its filter and handlers.
+struct Session::Wrapper {
+  Session* session;
+  hotprobe::ProbeSpec spec;  // the script's
+
+  static bool filter(const Hit& h) {
+    auto* w = static_cast<const Wrapper*>(h.cookie);
+    if (!w->session->tracing()) return false;
+    if (!w->spec.filter) return true;
+    Hit copy = h;
+    copy.cookie = w->spec.cookie;
+    return w->spec.filter(copy);
+  }
+  static void on_entry(Hit& h) {
+    auto* w = static_cast<Wrapper*>(h.cookie);
+    h.cookie = w->spec.cookie;
+    w->spec.on_entry(h);
+    h.cookie = w;
+  }
+  static void on_return(Hit& h) {
+    auto* w = static_cast<Wrapper*>(h.cookie);
+    h.cookie = w->spec.cookie;
+    w->spec.on_return(h);
+    h.cookie = w;
+  }
+  hotprobe::ProbeSpec wrapped() {
+    hotprobe::ProbeSpec s = spec;
+    s.filter = &Wrapper::filter;
+    s.on_entry = spec.on_entry ? &Wrapper::on_entry : nullptr;
+    s.on_return = spec.on_return ? &Wrapper::on_return : nullptr;
+    s.cookie = this;
+    return s;
+  }
+};
+
+void register_session(Session* s) {
+  std::scoped_lock lock(g_sessions_mu);
+  g_sessions.push_back(s);
+}
+
+// g_sessions_mu, then each session's rings_mu_, are held across fork() so that the child
+// finds them consistent.
+void fork_prepare() {
+  g_sessions_mu.lock();
+  for (auto* s : g_sessions)
+    s->before_fork();
+}
+void fork_parent() {
+  for (auto* s : g_sessions)
+    s->after_fork_parent();
+  g_sessions_mu.unlock();
+}
+void fork_child() {
+  for (auto* s : g_sessions)
+    s->after_fork_child();
+  g_sessions_mu.unlock();
+}
+
+namespace {
+// The process is ending: every session's final report, before atexit handlers run.
+void exit_hook(Hit& h) {
+  auto* s = static_cast<Session*>(h.cookie);
+  s->finish(Session::Reason::exiting, std::chrono::seconds(10));
+}
+}  // namespace
+
+Result<Session*> Session::start(int fd) {
+  std::unique_ptr<Session> s(new Session());
+  s->fd_ = fd;
+  // Wait for the start message (hotprobe sends it right after fork).
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, 30000) != 1)
+    return Error(Errc::timed_out, "hotprobe agent: no start message from hotprobe within 30 s");
+  std::string msg;
+  if (recv_message(fd, msg) != 1 || msg.empty() || msg[0] != static_cast<char>(Msg::start))
+    return Error(Errc::io_error, "hotprobe agent: the channel to hotprobe is broken");
+  auto st = decode_start(std::string_view(msg).substr(1));
+  if (!st) return Error(Errc::invalid_argument, "hotprobe agent: malformed start message");
+  s->follow_forks_ = st->options.follow_forks != 0;
+  s->wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  s->done_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s->wake_fd_ < 0 || s->done_fd_ < 0)
+    return Error(Errc::io_error, fmt::format("hotprobe agent: eventfd: {}", std::strerror(errno)));
+
+  script::CompileOptions copts;
+  copts.filename = st->filename;
+  copts.format = static_cast<script::OutputFormat>(st->options.format);
+  s->source_ = st->source;
+  s->filename_ = st->filename;
+  auto prog = script::Program::compile(st->source, copts);
+  if (!prog) {
+    send_text(fd, Msg::error, prog.error().message());
+    return prog.error();
+  }
+  s->program_ = std::move(*prog);
+  s->program_->bind(s.get());
+  if (auto r = s->attach(); !r) {
+    send_text(fd, Msg::error, r.error().message());
+    return r.error();
+  }
+  Session* self = s.release();
+  register_session(self);
+
+  // Probes as bpftrace counts them: every matched site, and BEGIN, END, intervals.
+  std::size_t count = self->handles_.size();
+  for (const auto& p : self->program_->probes())
+    if (p.kind != script::Probe::Kind::uprobe && p.kind != script::Probe::Kind::uretprobe) ++count;
+  std::string attached;
+  put<std::uint32_t>(attached, static_cast<std::uint32_t>(count));
+  put<std::uint32_t>(attached, static_cast<std::uint32_t>(::getpid()));
+  send_message(fd, encode(Msg::attached, attached));
+
+  // BEGIN, its output, then wait until hotprobe has printed it: the program's own output
+  // comes after.
+  std::string begin_out;
+  t_direct = &begin_out;
+  self->program_->run_begin();
+  t_direct = nullptr;
+  send_text(fd, Msg::output, begin_out);
+  send_message(fd, encode(Msg::ready));
+  if (::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kGoWait).count())) == 1) {
+    if (recv_message(fd, msg) == 1 && !msg.empty() && msg[0] == static_cast<char>(Msg::stop))
+      self->requested_.store(1 + static_cast<int>(Reason::stop));
+  }
+  if (!self->start_reporter())
+    return Error(Errc::io_error, "hotprobe agent: cannot start the reporter thread");
+  return self;
+}
+
+Result<void> Session::attach() {
+  auto probes = program_->probes();
+  std::vector<std::size_t> index;
+  for (std::size_t i = 0; i < probes.size(); ++i) {
+    switch (probes[i].kind) {
+      case script::Probe::Kind::uprobe:
+      case script::Probe::Kind::uretprobe: {
+        auto w = std::make_unique<Wrapper>(Wrapper{this, program_->spec(i)});
+        wrappers_.push_back(std::move(w));
+        index.push_back(i);
+        break;
+      }
+      case script::Probe::Kind::interval:
+        intervals_.push_back(i);
+        break;
+      default:
+        break;
+    }
+  }
+  auto engine = hotprobe::Engine::create();
+  if (!engine) return engine.error();
+  engine_ = std::move(*engine);
+  std::vector<hotprobe::ProbeSpec> specs;
+  for (auto& w : wrappers_)
+    specs.push_back(w->wrapped());
+  tracing_.store(true, std::memory_order_relaxed);
+  auto results = engine_->attach(specs, hotprobe::BatchMode::all_or_nothing);
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (!results[i]) {
+      // all_or_nothing: the first spec that failed for its own reason names the problem.
+      auto& e = results[i].error();
+      if (e.code() == Errc::busy && i + 1 < results.size()) continue;
+      return Error(e.code(), render_attach_error(index[i], e));
+    }
+  }
+  for (auto& r : results)
+    for (auto h : *r)
+      handles_.push_back(h);
+
+  // The process's end: exit() and _exit() of libc (the main thread returning from main
+  // calls exit), and exec. A probe the engine cannot place leaves the destructor as the
+  // fallback (exit only).
+  // execve replaces the image, and the agent with it: the same final report first.
+  for (const char* target : {"libc:exit", "libc:_exit", "libc:execve", "libc:execveat"}) {
+    hotprobe::ProbeSpec spec;
+    spec.target = target;
+    spec.on_entry = &exit_hook;
+    spec.cookie = this;
+    if (auto h = engine_->attach(spec))
+      exit_handles_.insert(exit_handles_.end(), h->begin(), h->end());
+  }
+  return {};
+}
+
+std::string Session::render_attach_error(std::size_t probe, const Error& e) const {
+  const auto& p = program_->probes()[probe];
+  std::string message = e.message();
+  if (e.code() == Errc::not_found) {
+    std::string target = p.target;
+    if (auto best = suggest(target); !best.empty())
+      message += fmt::format(" (did you mean '{}'?)", best);
+  }
+  script::Diagnostic d;
+  d.loc.line = p.line;
+  d.loc.column = p.column;
+  d.loc.length = static_cast<int>(std::max<std::size_t>(1, p.text.size()));
+  d.message = std::move(message);
+  return script::render(d, source_, filename_);
+}
+
+bool Session::start_reporter() {
+  reporter_running_.store(true);
+  if (pthread_create(&reporter_, nullptr, &Session::reporter_entry, this) != 0) {
+    reporter_running_.store(false);
+    return false;
+  }
+  return true;
+}
+
+void* Session::reporter_entry(void* self) {
+  pthread_setname_np(pthread_self(), "hotprobe-agent");
+  static_cast<Session*>(self)->reporter_main();
+  return nullptr;
+}
+
+void Session::reporter_main() {
+  t_direct = &out_;
+  const auto probes = program_->probes();
+  std::vector<std::uint64_t> next(intervals_.size());
+  std::uint64_t t0 = now_ns();
+  for (std::size_t k = 0; k < intervals_.size(); ++k)
+    next[k] = t0 + std::max<std::uint64_t>(probes[intervals_[k]].interval_ns, 1000000);
+  std::string msg;
+  for (;;) {
+    int timeout = kDrainMs;
+    std::uint64_t now = now_ns();
+    for (auto t : next)
+      timeout = std::min<int>(timeout, t <= now ? 0 : static_cast<int>((t - now) / 1000000) + 1);
+    pollfd p[2] = {{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    int n = ::poll(p, 2, timeout);
+    if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+      int r = recv_message(fd_, msg, MSG_DONTWAIT);
+      if (r == 0 || (r < 0 && errno != EAGAIN)) {
+        requested_.store(1 + static_cast<int>(Reason::stop));  // hotprobe is gone
+      } else if (r == 1 && !msg.empty() && msg[0] == static_cast<char>(Msg::stop)) {
+        int none = 0;
+        requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::stop));
+      }
+    }
+    if (n > 0 && (p[1].revents & POLLIN)) {
+      std::uint64_t v;
+      ssize_t r = ::read(wake_fd_, &v, sizeof v);
+      (void)r;
+    }
+    if (int req = requested_.load(); req != 0) {
+      do_finish(static_cast<Reason>(req - 1));
+      break;
+    }
+    now = now_ns();
+    for (std::size_t k = 0; k < intervals_.size(); ++k) {
+      if (next[k] > now) continue;
+      program_->run_interval(intervals_[k]);
+      next[k] += std::max<std::uint64_t>(probes[intervals_[k]].interval_ns, 1000000);
+      if (next[k] <= now) next[k] = now + probes[intervals_[k]].interval_ns;
+    }
+    drain_and_send();
+  }
+  t_direct = nullptr;
+}
+
+void Session::do_finish(Reason reason) {
+  // No action runs from here on; then END and the maps, with everything still buffered.
+  tracing_.store(false, std::memory_order_relaxed);
+  drain_and_send();
+  program_->run_end();
+  out_ += program_->print_maps();
+  drain_and_send();
+  std::string pid;
+  put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
+  send_message(fd_, encode(Msg::done, pid));
+  finished_.store(true, std::memory_order_release);
+  signal_eventfd(done_fd_);
+  // exit() and Ctrl-C: the program runs on, untraced. Remove the probes (one batch) now
+  // that the report is out; at the process's end there is no point.
+  if (reason == Reason::exited || reason == Reason::stop) {
+    if (!handles_.empty()) {
+      auto r = engine_->detach(handles_);
+      (void)r;
+      handles_.clear();
+    }
+  }
+}
+
+void Session::drain_and_send() {
+  {
+    std::scoped_lock lock(rings_mu_);
+    std::uint64_t lost = lost_retired_;
+    for (auto it = rings_.begin(); it != rings_.end();) {
+      ThreadRing* tr = *it;
+      bool gone = tr->producer_gone.load(std::memory_order_acquire);
+      tr->ring.drain(out_);
+      lost += tr->ring.lost();
+      if (gone) {
+        lost_retired_ += tr->ring.lost();
+        ThreadRing::release(tr);
+        it = rings_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (lost > lost_sent_) {
+      std::string p;
+      put<std::uint64_t>(p, lost - lost_sent_);
+      lost_sent_ = lost;
+      send_message(fd_, encode(Msg::lost, p));
+    }
+  }
+  if (!out_.empty()) {
+    send_text(fd_, Msg::output, out_);
+    out_.clear();
+  }
+}
+
+// The calling thread's ring for this session; made (and registered) at its first write.
+// A slot whose session ended is reused.
+Session::ThreadRing* Session::ring_for_this_thread() {
+  auto& t = t_rings;
+  for (std::size_t i = 0; i < TlsRings::kSlots; ++i)
+    if (t.session[i] == this && t.ring[i] &&
+        !t.ring[i]->session_gone.load(std::memory_order_acquire))
+      return t.ring[i];
+  for (std::size_t i = 0; i < TlsRings::kSlots; ++i) {
+    if (t.ring[i] && !t.ring[i]->session_gone.load(std::memory_order_acquire)) continue;
+    if (t.ring[i]) ThreadRing::release(t.ring[i]);
+    auto* r = new ThreadRing(kRingBytes);
+    {
+      std::scoped_lock lock(rings_mu_);
+      rings_.push_back(r);
+    }
+    t.session[i] = this;
+    t.ring[i] = r;
+    return r;
+  }
+  return nullptr;
+}
+
+void Session::write(std::string_view text) {
+  if (t_direct) {
+    t_direct->append(text);
+    return;
+  }
+  if (ThreadRing* r = ring_for_this_thread()) {
+    r->ring.write(text);
+  } else {
+    std::scoped_lock lock(rings_mu_);
+    ++lost_retired_;  // more sessions than a thread has slots: counted, not dropped silently
+  }
+}
+
+void Session::request_exit() {
+  int none = 0;
+  if (requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::exited)))
+    signal_eventfd(wake_fd_);
+}
+
+void Session::finish(Reason reason, std::chrono::milliseconds wait) noexcept {
+  if (finished_.load(std::memory_order_acquire)) return;
+  if (!reporter_running_.load(std::memory_order_acquire)) return;
+  int none = 0;
+  requested_.compare_exchange_strong(none, 1 + static_cast<int>(reason));
+  signal_eventfd(wake_fd_);
+  pollfd p{done_fd_, POLLIN, 0};
+  auto deadline = now_ns() + static_cast<std::uint64_t>(wait.count()) * 1000000u;
+  while (!finished_.load(std::memory_order_acquire)) {
+    std::uint64_t now = now_ns();
+    if (now >= deadline) break;
+    int r = ::poll(&p, 1, static_cast<int>((deadline - now) / 1000000) + 1);
+    if (r < 0 && errno != EINTR) break;
+  }
+}
+
+void Session::before_fork() {
+  rings_mu_.lock();
+}
+
+void Session::after_fork_parent() {
+  rings_mu_.unlock();
+}
+
+void Session::after_fork_child() {
+  // The child has one thread: this one. Rings of the other threads are theirs no more.
+  for (ThreadRing* r : rings_) {
+    r->ring.reset_after_fork();
+    bool mine = false;
+    for (auto* t : t_rings.ring)
+      mine = mine || t == r;
+    if (!mine) {  // that thread does not exist here: its exit will never let go
+      r->refs.store(1, std::memory_order_relaxed);
+      r->producer_gone.store(true, std::memory_order_relaxed);
+    }
+  }
+  rings_mu_.unlock();
+  reporter_running_.store(false);
+  if (!follow_forks_ || finished()) {
+    // Children start clean: no action runs, nothing reaches hotprobe, the channel closes.
+    tracing_.store(false, std::memory_order_relaxed);
+    finished_.store(true, std::memory_order_relaxed);
+    ::close(fd_);
+    fd_ = -1;
+    return;
+  }
+  // --follow-forks: this child reports its own output over the inherited connection,
+  // with its own reporter and wake-up descriptors (the parent's eventfds are shared).
+  ::close(wake_fd_);
+  ::close(done_fd_);
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  done_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  requested_.store(0);
+  lost_sent_ = lost_retired_ = 0;
+  out_.clear();
+  intervals_.clear();  // intervals run in the traced parent only
+  start_reporter();
+}
+
+Session::~Session() {
+  if (reporter_running_.load()) {
+    finish(Reason::stop, std::chrono::seconds(5));
+    pthread_join(reporter_, nullptr);
+  }
+  if (engine_ && !handles_.empty()) (void)engine_->detach(handles_);
+  if (engine_ && !exit_handles_.empty()) (void)engine_->detach(exit_handles_);
+  for (auto* r : rings_) {
+    r->session_gone.store(true, std::memory_order_release);
+    ThreadRing::release(r);
+  }
+  for (int fd : {fd_, wake_fd_, done_fd_})
+    if (fd >= 0) ::close(fd);
+  std::scoped_lock lock(g_sessions_mu);
+  std::erase(g_sessions, this);
+}
+
+}  // namespace hp::agent

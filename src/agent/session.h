@@ -1,0 +1,127 @@
+// One tracing session inside the traced process: an Engine, a compiled script Program,
+// the channel to `hotprobe`, per-thread output rings and the reporter thread.
+//
+//   int fd = ...;                                   // connected SOCK_SEQPACKET socket
+//   auto s = Session::start(fd, /*preload=*/true);  // reads 'S', compiles, attaches, BEGIN
+//   ...                                             // the program runs
+//   s.value()->finish(Session::Reason::exiting, 5s);  // END, maps, 'D'
+//
+// The preload path (preload.cc) makes one Session from the environment before main; the
+// attach path (hotprobe_agent_start) makes one per connection, so several may live in
+// one process, each with its own probes, rings and thread.
+//
+// Threads: Sink::write runs on probed threads (lock-free, per-thread ring); everything
+// else that touches the Program (intervals, END, print_maps) runs on the reporter thread;
+// BEGIN runs on the thread that calls start(), before the reporter exists.
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "agent/ring.h"
+#include "hotprobe/probe.h"
+#include "hotprobe/result.h"
+#include "script/program.h"
+
+namespace hp::agent {
+
+class Session final : public hotprobe::script::Sink {
+ public:
+  enum class Reason : std::uint8_t {
+    stop,     // hotprobe asked (Ctrl-C) or went away
+    exited,   // exit() ran in an action: the program runs on untraced
+    exiting,  // the process is ending (exit, _exit, destructor)
+    signal,   // SIGINT that the program left to its default action
+  };
+
+  // Reads the start message from `fd`, compiles, attaches every probe (one batch, all or
+  // nothing), runs BEGIN and starts the reporter. An error has been sent to hotprobe
+  // ('E') when this returns one. `fd` belongs to the session from here on.
+  static hotprobe::Result<Session*> start(int fd);
+
+  ~Session() override;
+
+  void write(std::string_view text) override;
+  void request_exit() override;
+
+  // The final report (END, maps, lost counts, 'D'), made once by the reporter thread;
+  // waits at most `wait` for it. Async-signal-safe when called from a signal handler:
+  // it only stores a flag, writes an eventfd and polls another.
+  void finish(Reason reason, std::chrono::milliseconds wait) noexcept;
+  bool finished() const noexcept { return finished_.load(std::memory_order_acquire); }
+  // Actions of this session run (false: fork child not followed, or after finish).
+  bool tracing() const noexcept { return tracing_.load(std::memory_order_relaxed); }
+
+  // pthread_atfork, for every live session.
+  void before_fork();
+  void after_fork_parent();
+  void after_fork_child();
+
+  // A thread's ring for this session, owned by both (freed by whichever lets go last):
+  // the thread lets go when it exits, the session when it has drained the ring of a
+  // thread that is gone, or when it ends.
+  struct ThreadRing {
+    Ring ring;
+    std::atomic<int> refs{2};
+    std::atomic<bool> producer_gone{false};  // release by the thread, acquire by the reporter
+    std::atomic<bool> session_gone{false};   // the thread must not write here any more
+    explicit ThreadRing(std::size_t cap) : ring(cap) {}
+    static void release(ThreadRing* r) {
+      if (r->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete r;
+    }
+  };
+  struct Wrapper;  // a script probe's spec, wrapped with this session's checks
+
+ private:
+  Session() = default;
+  hotprobe::Result<void> attach();
+  bool start_reporter();
+  static void* reporter_entry(void* self);
+  void reporter_main();
+  void do_finish(Reason reason);
+  void drain_and_send();
+  ThreadRing* ring_for_this_thread();
+  std::string render_attach_error(std::size_t probe, const hotprobe::Error& e) const;
+
+  int fd_ = -1;
+  int wake_fd_ = -1;  // eventfd: a request for the reporter
+  int done_fd_ = -1;  // eventfd, made readable once the final report is out
+  bool follow_forks_ = false;
+  std::string source_, filename_;
+  std::unique_ptr<hotprobe::Engine> engine_;
+  std::unique_ptr<hotprobe::script::Program> program_;
+  std::vector<std::unique_ptr<Wrapper>> wrappers_;
+  std::vector<hotprobe::Handle> handles_;       // the script's probes
+  std::vector<hotprobe::Handle> exit_handles_;  // exit/_exit hooks
+  std::vector<std::size_t> intervals_;          // indexes into probes()
+
+  std::atomic<bool> tracing_{false};
+  std::atomic<bool> finished_{false};
+  std::atomic<int> requested_{0};  // 1 + Reason of the first finish request; 0: none
+  std::atomic<bool> reporter_running_{false};
+  pthread_t reporter_{};
+
+  // Rings of the threads that wrote. Lock order: rings_mu_ is a leaf (the producer takes
+  // it once per thread to register; the reporter to walk; fork prepare to freeze).
+  std::mutex rings_mu_;
+  std::vector<ThreadRing*> rings_;
+  std::uint64_t lost_retired_ = 0;  // reporter: losses of freed rings
+  std::uint64_t lost_sent_ = 0;     // reporter: total already reported
+  std::string out_;                 // reporter: output waiting to be sent
+};
+
+// Sessions alive in this process (the fork handlers walk them).
+void register_session(Session* s);
+// pthread_atfork handlers for every registered session (installed once by the agent).
+void fork_prepare();
+void fork_parent();
+void fork_child();
+
+}  // namespace hp::agent

@@ -1,0 +1,32 @@
+// The `hotprobe` command's subcommands. Exit codes (kExit*) are part of the interface:
+// scripts may rely on them (docs/design/agent.md, `hotprobe --help`).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace hp::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitError = 1;  // a script, probe, file or system error
+inline constexpr int kExitUsage = 2;  // bad command line
+
+struct RunOptions {
+  std::string script_text;  // -e
+  std::string script_file;  // or a file
+  std::string format = "text";
+  std::string output;  // --output FILE; empty: stdout
+  bool follow_forks = false;
+  std::vector<std::string> command;  // PROGRAM ARGS...
+};
+
+// `hotprobe run`: the program's exit status (128+N when killed by signal N), or kExitError.
+int run(const RunOptions& options);
+
+// `hotprobe list [MODULE_OR_PROGRAM] [GLOB]`.
+int list(const std::string& module, const std::string& glob);
+
+// An executable named `name` in $PATH (a name with a '/' is returned as is); empty if none.
+std::string find_in_path(const std::string& name);
+
+}  // namespace hp::cli

@@ -1,0 +1,120 @@
+// hotprobe: run bpftrace-style scripts on user-space probes of an unmodified program.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "cli/cli.h"
+#include "hotprobe/version.h"
+
+namespace {
+
+constexpr const char* kFooter = R"(Exit status:
+  0    success
+  1    error: the script does not compile, a probe does not resolve, a file cannot be read
+  2    usage: the command line is wrong
+  run: the program's own exit status, or 128+N when a signal N killed it (as a shell
+       reports it); 1 when the script or a probe failed before the program's main ran.
+
+Examples:
+  hotprobe run -e 'uprobe:libc:malloc { @[arg0] = count(); }' -- ls -l
+  hotprobe run trace.bt -o json --output out.json -- ./server --port 80
+  hotprobe list libc 'str*'
+  hotprobe list /usr/bin/ls)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Everything after the first "--" is the traced program's command line, untouched.
+  std::vector<std::string> command;
+  int own = argc;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--") == 0) {
+      own = i;
+      for (int j = i + 1; j < argc; ++j)
+        command.emplace_back(argv[j]);
+      break;
+    }
+  }
+
+  CLI::App app{
+      "hotprobe: bpftrace-style scripts on user-space probes, without the kernel's traps."};
+  app.name("hotprobe");
+  app.footer(kFooter);
+  app.set_version_flag("-V,--version", fmt::format("hotprobe v{}", hotprobe::version()));
+  app.require_subcommand(1);
+
+  hp::cli::RunOptions run;
+  auto* run_cmd =
+      app.add_subcommand("run", "Run PROGRAM with the script's probes attached before its main.");
+  run_cmd->footer(
+      "Usage: hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [-o text|json] [--output FILE] "
+      "[--follow-forks] -- PROGRAM [ARGS...]\n\n"
+      "Output: printf/print output and the maps (on interval probes, exit(), the program's "
+      "end and Ctrl-C) go to hotprobe's stdout or FILE; PROGRAM's stdin, stdout and stderr "
+      "are its own.\n"
+      "Exit status: PROGRAM's (128+N if signal N killed it); 1 if the script or a probe "
+      "failed (the program is then not run past its start); 2 for a bad command line.");
+  run_cmd->add_option("-e", run.script_text, "The script text");
+  run_cmd->add_option("script_file", run.script_file, "A script file (instead of -e)");
+  run_cmd->add_option("-o,--format", run.format, "Output format")
+      ->check(CLI::IsMember({"text", "json"}));
+  run_cmd->add_option("--output", run.output, "Write the tracing output to FILE");
+  run_cmd->add_flag("--follow-forks", run.follow_forks,
+                    "Trace forked children too (pid tells them apart)");
+
+  std::string module, glob;
+  auto* list_cmd = app.add_subcommand(
+      "list", "List the functions that can be probed, as bpftrace -l does (uprobe:PATH:FUNC).");
+  list_cmd->footer(
+      "Usage: hotprobe list MODULE_OR_PROGRAM [GLOB]\n\n"
+      "MODULE_OR_PROGRAM: a path, a program found in PATH, or a library's short name "
+      "(libc, libssl.so.3) found as the dynamic loader would.\nGLOB: fnmatch(3) pattern on "
+      "the function names (default: every function).");
+  list_cmd->add_option("module", module, "A module path, program or library name");
+  list_cmd->add_option("glob", glob, "Function name pattern");
+
+  try {
+    app.parse(own, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : hp::cli::kExitUsage;
+  }
+
+  if (*run_cmd) {
+    if (run.script_text.empty() == run.script_file.empty()) {
+      std::fprintf(stderr,
+                   "hotprobe run: give the script either with -e 'SCRIPT' or as a file\n"
+                   "Run with --help for more information.\n");
+      return hp::cli::kExitUsage;
+    }
+    if (command.empty()) {
+      std::fprintf(stderr,
+                   "hotprobe run: name the program after '--': hotprobe run -e "
+                   "'SCRIPT' -- PROGRAM [ARGS...]\n");
+      return hp::cli::kExitUsage;
+    }
+    run.command = std::move(command);
+    return hp::cli::run(run);
+  }
+  if (!command.empty()) {
+    std::fprintf(stderr, "hotprobe: '--' and a program are for 'hotprobe run'\n");
+    return hp::cli::kExitUsage;
+  }
+  if (*list_cmd) {
+    if (module.empty()) {
+      std::fprintf(stderr,
+                   "hotprobe list: name a module or program: listing every module of the "
+                   "system would be long and slow.\n"
+                   "  hotprobe list libc 'mall*'      a library by its short name\n"
+                   "  hotprobe list /usr/bin/ls       a file\n"
+                   "  hotprobe list ls                a program in PATH\n");
+      return hp::cli::kExitUsage;
+    }
+    return hp::cli::list(module, glob);
+  }
+  return hp::cli::kExitUsage;
+}

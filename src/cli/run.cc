@@ -1,0 +1,313 @@
+// `hotprobe run`: compile the script, start the program with the agent preloaded, print
+// what the agent reports, exit with the program's status. docs/design/agent.md.
+#include <fcntl.h>
+#include <link.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "agent/protocol.h"
+#include "cli/cli.h"
+#include "script/program.h"
+
+namespace hp::cli {
+namespace {
+
+namespace agent = hp::agent;
+namespace script = hotprobe::script;
+
+int g_signal_pipe[2] = {-1, -1};
+
+void on_signal(int sig) {
+  int saved = errno;
+  char c = static_cast<char>(sig);
+  ssize_t r = ::write(g_signal_pipe[1], &c, 1);
+  (void)r;
+  errno = saved;
+}
+
+std::string self_dir() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return ".";
+  std::string p(buf, static_cast<std::size_t>(n));
+  return p.substr(0, p.rfind('/'));
+}
+
+// $HOTPROBE_AGENT, then next to hotprobe (the build tree), then the install layout.
+std::string find_agent() {
+  if (const char* env = std::getenv("HOTPROBE_AGENT"); env && *env) return env;
+  std::string dir = self_dir();
+  for (const std::string& c :
+       {dir + "/libhotprobe_agent.so", dir + "/" + HOTPROBE_AGENT_FROM_BIN}) {
+    if (::access(c.c_str(), R_OK) == 0) return c;
+  }
+  return {};
+}
+
+// A sanitizer-built agent needs the sanitizer's runtime first in the program's library list.
+std::string sanitizer_runtime() {
+#if defined(HOTPROBE_ASAN) || defined(HOTPROBE_TSAN)
+#if defined(HOTPROBE_ASAN)
+  const char* want = "libasan.so";
+#else
+  const char* want = "libtsan.so";
+#endif
+  struct Ctx {
+    const char* want;
+    std::string found;
+  } ctx{want, {}};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* p) {
+        auto* c = static_cast<Ctx*>(p);
+        if (info->dlpi_name && std::strstr(info->dlpi_name, c->want) && c->found.empty())
+          c->found = info->dlpi_name;
+        return 0;
+      },
+      &ctx);
+  return ctx.found;
+#else
+  return {};
+#endif
+}
+
+struct Output {
+  FILE* f = stdout;
+  script::OutputFormat format = script::OutputFormat::text;
+  void text(std::string_view s) { std::fwrite(s.data(), 1, s.size(), f); }
+  void flush() { std::fflush(f); }
+};
+
+int exit_code(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return kExitError;
+}
+
+}  // namespace
+
+int run(const RunOptions& o) {
+  std::string source = o.script_text, filename = "-e";
+  if (!o.script_file.empty()) {
+    std::ifstream in(o.script_file);
+    if (!in) {
+      std::fprintf(stderr, "hotprobe run: cannot read the script file '%s': %s\n",
+                   o.script_file.c_str(), std::strerror(errno));
+      return kExitError;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    source = ss.str();
+    filename = o.script_file;
+  }
+  if (source.size() > agent::kMaxMessage * 3) {
+    std::fprintf(stderr, "hotprobe run: the script is larger than %zu bytes\n",
+                 agent::kMaxMessage * 3);
+    return kExitError;
+  }
+  script::CompileOptions copts;
+  copts.filename = filename;
+  copts.format = o.format == "json" ? script::OutputFormat::json : script::OutputFormat::text;
+  // Errors before the program starts: the script is compiled here first.
+  if (auto prog = script::Program::compile(source, copts); !prog) {
+    std::string m = prog.error().message();
+    if (!m.empty() && m.back() != '\n') m += '\n';
+    std::fputs(m.c_str(), stderr);
+    return kExitError;
+  }
+
+  std::string program = find_in_path(o.command[0]);
+  if (program.empty()) {
+    std::fprintf(stderr, "hotprobe run: '%s': command not found in PATH\n", o.command[0].c_str());
+    return kExitError;
+  }
+  std::string agent_path = find_agent();
+  if (agent_path.empty()) {
+    std::fprintf(stderr,
+                 "hotprobe run: cannot find libhotprobe_agent.so next to hotprobe or in "
+                 "../%s; set HOTPROBE_AGENT to its path\n",
+                 HOTPROBE_AGENT_FROM_BIN);
+    return kExitError;
+  }
+
+  Output out;
+  out.format = copts.format;
+  if (!o.output.empty()) {
+    out.f = std::fopen(o.output.c_str(), "w");
+    if (!out.f) {
+      std::fprintf(stderr, "hotprobe run: cannot write '%s': %s\n", o.output.c_str(),
+                   std::strerror(errno));
+      return kExitError;
+    }
+  }
+
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0 ||
+      ::pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+    std::fprintf(stderr, "hotprobe run: socketpair: %s\n", std::strerror(errno));
+    return kExitError;
+  }
+  int bufsize = 1 << 20;
+  ::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
+  ::setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
+
+  struct sigaction sa {};
+  sa.sa_handler = &on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD})
+    sigaction(sig, &sa, nullptr);
+
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    std::fprintf(stderr, "hotprobe run: fork: %s\n", std::strerror(errno));
+    return kExitError;
+  }
+  if (pid == 0) {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD})
+      sigaction(sig, &dfl, nullptr);
+    int fd = ::fcntl(sv[1], F_DUPFD, 3);  // without O_CLOEXEC: the program inherits it
+    const char* user = std::getenv("LD_PRELOAD");
+    std::string preload = agent_path;
+    if (auto rt = sanitizer_runtime(); !rt.empty()) preload = rt + ":" + preload;
+    if (user && *user) {
+      ::setenv(agent::kEnvSavedPreload, user, 1);
+      preload += ":";
+      preload += user;
+    } else {
+      ::unsetenv(agent::kEnvSavedPreload);
+    }
+    ::setenv("LD_PRELOAD", preload.c_str(), 1);
+    ::setenv(agent::kEnvFd, std::to_string(fd).c_str(), 1);
+    std::vector<char*> argv;
+    for (const auto& a : o.command)
+      argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(program.c_str(), argv.data());
+    int e = errno;
+    std::fprintf(stderr, "hotprobe run: cannot run '%s': %s\n", program.c_str(), std::strerror(e));
+    ::_exit(e == ENOENT ? 127 : 126);
+  }
+  ::close(sv[1]);
+  int sock = sv[0];
+  agent::StartOptions so;
+  so.format = static_cast<std::uint8_t>(copts.format);
+  so.follow_forks = o.follow_forks ? 1 : 0;
+  agent::send_message(sock, agent::encode_start(so, filename, source));
+
+  bool attached = false, agent_error = false, stop_sent = false, child_done = false;
+  std::uint64_t lost = 0;
+  int status = 0;
+  std::string msg;
+  auto handle = [&](const std::string& m) {
+    if (m.empty()) return;
+    std::string_view payload = std::string_view(m).substr(1);
+    std::size_t pos = 0;
+    switch (static_cast<agent::Msg>(m[0])) {
+      case agent::Msg::attached: {
+        attached = true;
+        auto n = agent::get<std::uint32_t>(payload, pos).value_or(0);
+        if (out.format == script::OutputFormat::json)
+          out.text(
+              fmt::format("{{\"type\": \"attached_probes\", \"data\": {{\"probes\": {}}}}}\n", n));
+        else
+          out.text(fmt::format("Attaching {} probe{}...\n", n, n == 1 ? "" : "s"));
+        break;
+      }
+      case agent::Msg::error: {
+        agent_error = true;
+        std::string e(payload);
+        if (!e.empty() && e.back() != '\n') e += '\n';
+        std::fputs(e.c_str(), stderr);
+        break;
+      }
+      case agent::Msg::output:
+        out.text(payload);
+        break;
+      case agent::Msg::lost:
+        lost += agent::get<std::uint64_t>(payload, pos).value_or(0);
+        break;
+      case agent::Msg::ready:
+        out.flush();
+        agent::send_message(sock, agent::encode(stop_sent ? agent::Msg::stop : agent::Msg::go));
+        break;
+      case agent::Msg::done:
+        break;
+      default:
+        break;
+    }
+  };
+
+  while (!child_done) {
+    pollfd p[2] = {{sock, POLLIN, 0}, {g_signal_pipe[0], POLLIN, 0}};
+    int n = ::poll(p, 2, -1);
+    if (n < 0 && errno != EINTR) break;
+    if (p[1].revents & POLLIN) {
+      char sigs[64];
+      ssize_t k = ::read(g_signal_pipe[0], sigs, sizeof sigs);
+      for (ssize_t i = 0; i < k; ++i) {
+        int sig = sigs[i];
+        if (sig == SIGCHLD) {
+          if (::waitpid(pid, &status, WNOHANG) == pid) child_done = true;
+        } else {
+          // Ctrl-C: the program got it from the terminal too; tracing stops, maps print.
+          // Other ends: passed on to the program, which decides.
+          if (sig != SIGINT) ::kill(pid, sig);
+          if (!stop_sent && sock >= 0) agent::send_message(sock, agent::encode(agent::Msg::stop));
+          stop_sent = true;
+        }
+      }
+    }
+    if (sock >= 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+      int r = agent::recv_message(sock, msg, MSG_DONTWAIT);
+      if (r == 1) {
+        handle(msg);
+        out.flush();
+      } else if (r == 0 || (r < 0 && errno != EAGAIN)) {
+        ::close(sock);  // every process that held the channel is gone or closed it
+        sock = -1;
+      }
+    }
+  }
+  // What the program's agent sent before it ended is in the socket: print it all.
+  while (sock >= 0 && agent::recv_message(sock, msg, MSG_DONTWAIT) == 1)
+    handle(msg);
+  if (lost > 0) {
+    if (out.format == script::OutputFormat::json)
+      out.text(fmt::format("{{\"type\": \"lost_events\", \"data\": {{\"events\": {}}}}}\n", lost));
+    else
+      out.text(fmt::format("Lost {} events\n", lost));
+  }
+  out.flush();
+  if (out.f != stdout) std::fclose(out.f);
+  if (sock >= 0) ::close(sock);
+  int code = exit_code(status);
+  if (agent_error) return kExitError;
+  if (!attached && code != 126 && code != 127) {
+    std::fprintf(stderr,
+                 "hotprobe run: the agent did not start in '%s' (a static or setuid program "
+                 "ignores LD_PRELOAD); nothing was traced\n",
+                 program.c_str());
+    return kExitError;
+  }
+  return code;
+}
+
+}  // namespace hp::cli
