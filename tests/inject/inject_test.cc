@@ -84,8 +84,10 @@ class Target {
       pollfd p{stdout_, POLLIN, 0};
       if (std::chrono::steady_clock::now() > deadline || ::poll(&p, 1, 100) < 0) return false;
       char c;
-      if (p.revents && ::read(stdout_, &c, 1) == 1) line += c;
-      if (p.revents & POLLHUP) return false;
+      if (p.revents) {
+        if (::read(stdout_, &c, 1) != 1) return false;  // closed before the line was whole
+        line += c;
+      }
     }
     return line.starts_with("ready");
   }
