@@ -81,7 +81,9 @@ class Program {
   virtual void run_interval(std::size_t index) = 0;  // index into probes()
 
   // Every non-empty map, as bpftrace prints them when it exits (text: the 0.17 layout,
-  // with the trailing blank line; json: one object per map).
+  // with the trailing blank line; json: one object per map). Text starts with the "\n\n"
+  // bpftrace's main() prints before its maps, maps come in name order, and a map left empty
+  // by clear()/delete() is a blank line as in bpftrace; json omits empty maps.
   virtual std::string print_maps() = 0;
 
   // exit() has run in an action.
