@@ -346,7 +346,8 @@ void Session::do_finish(Reason reason) {
   // No action runs from here on; then END and the maps, with everything still buffered.
   tracing_.store(false, std::memory_order_relaxed);
   drain_and_send();
-  program_->run_end();
+  // END runs once, in the traced program; a followed child prints its own maps only.
+  if (!forked_child_) program_->run_end();
   out_ += program_->print_maps();
   drain_and_send();
   std::string pid;
@@ -490,6 +491,7 @@ void Session::after_fork_child() {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   done_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   requested_.store(0);
+  forked_child_ = true;
   lost_sent_ = lost_retired_ = 0;
   out_.clear();
   intervals_.clear();  // intervals run in the traced parent only

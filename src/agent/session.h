@@ -94,6 +94,7 @@ class Session final : public hotprobe::script::Sink {
   int wake_fd_ = -1;  // eventfd: a request for the reporter
   int done_fd_ = -1;  // eventfd, made readable once the final report is out
   bool follow_forks_ = false;
+  bool forked_child_ = false;  // a --follow-forks child's copy of the session
   std::string source_, filename_;
   std::unique_ptr<hotprobe::Engine> engine_;
   std::unique_ptr<hotprobe::script::Program> program_;

@@ -1,0 +1,308 @@
+// End-to-end tests of `hotprobe run` and `hotprobe list`: the built command and agent on a
+// small target program (fixture/target.c) whose calls of `work` are known exactly.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Result {
+  int code = -1;  // exit status, 128+N for signal N, -1 on timeout
+  std::string out, err;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string temp_path(const char* what) {
+  std::string dir = ::testing::TempDir();
+  return dir + "hp_cli_" + std::to_string(::getpid()) + "_" + what;
+}
+
+// Runs hotprobe with `args` in its own process group, `input` on its stdin. `during` runs
+// while it is running (with its pid and the path of its stdout file).
+Result hotprobe(const std::vector<std::string>& args, const std::string& input = {},
+                const std::function<void(pid_t, const std::string&)>& during = {},
+                std::chrono::seconds timeout = 30s) {
+  std::string out_path = temp_path("out"), err_path = temp_path("err");
+  int in_pipe[2];
+  if (::pipe(in_pipe) != 0) return {};
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    ::dup2(in_pipe[0], 0);
+    ::close(in_pipe[0]);
+    ::close(in_pipe[1]);
+    int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(o, 1);
+    ::dup2(e, 2);
+    ::setenv("HOTPROBE_AGENT", HP_AGENT, 1);
+    std::vector<char*> argv{const_cast<char*>(HP_HOTPROBE)};
+    for (const auto& a : args)
+      argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(HP_HOTPROBE, argv.data());
+    ::_exit(99);
+  }
+  ::setpgid(pid, pid);
+  ::close(in_pipe[0]);
+  if (!input.empty()) {
+    ssize_t n = ::write(in_pipe[1], input.data(), input.size());
+    (void)n;
+  }
+  ::close(in_pipe[1]);
+  if (during) during(pid, out_path);
+  Result r;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(-pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      ADD_FAILURE() << "hotprobe did not end within " << timeout.count() << " s";
+      status = -1;
+      break;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  if (status != -1) r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_file(out_path);
+  r.err = read_file(err_path);
+  ::unlink(out_path.c_str());
+  ::unlink(err_path.c_str());
+  return r;
+}
+
+// Waits until the file at `path` contains `text` (at most `timeout`).
+bool wait_for(const std::string& path, const std::string& text,
+              std::chrono::seconds timeout = 20s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (read_file(path).find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+std::string probe(const std::string& body) {
+  return std::string("uprobe:") + HP_TARGET + ":work { " + body + " }";
+}
+
+bool contains(const std::string& s, const std::string& what) {
+  return s.find(what) != std::string::npos;
+}
+
+int count_of(const std::string& s, const std::string& what) {
+  int n = 0;
+  for (auto pos = s.find(what); pos != std::string::npos; pos = s.find(what, pos + 1))
+    ++n;
+  return n;
+}
+
+TEST(HotprobeRun, CountsCallsByArgument) {
+  auto r = hotprobe({"run", "-e", probe("@[arg0] = count();"), "--", HP_TARGET, "count", "10"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out.starts_with("Attaching 1 probe...\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@[0]: 4\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@[1]: 3\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@[2]: 3\n")) << r.out;
+}
+
+TEST(HotprobeRun, PrintfOutputInOrder) {
+  auto r =
+      hotprobe({"run", "-e", probe("printf(\"w %d\\n\", arg0);"), "--", HP_TARGET, "count", "4"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "w 0\nw 1\nw 2\nw 0\n")) << r.out;
+}
+
+TEST(HotprobeRun, JsonOutput) {
+  auto r = hotprobe({"run", "-o", "json", "-e", probe("@[arg0] = count(); printf(\"x\\n\");"), "--",
+                     HP_TARGET, "count", "2"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out.starts_with("{\"type\": \"attached_probes\", \"data\": {\"probes\": 1}}\n"))
+      << r.out;
+  EXPECT_EQ(count_of(r.out, "{\"type\": \"printf\", \"data\": \"x\\n\"}\n"), 2) << r.out;
+  EXPECT_TRUE(contains(r.out, "{\"type\": \"map\", \"data\": {\"@\": {\"0\": 1, \"1\": 1}}}"))
+      << r.out;
+}
+
+TEST(HotprobeRun, OutputFileTakesTheTraceTheProgramKeepsStdout) {
+  std::string file = temp_path("trace");
+  auto r = hotprobe(
+      {"run", "--output", file, "-e", probe("@[arg0] = count();"), "--", HP_TARGET, "echo"}, "abc");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "abc");  // the program's own output only
+  std::string trace = read_file(file);
+  ::unlink(file.c_str());
+  EXPECT_TRUE(contains(trace, "Attaching 1 probe...")) << trace;
+  EXPECT_TRUE(contains(trace, "@[3]: 1\n")) << trace;
+}
+
+TEST(HotprobeRun, EndRunsAndPrintsBeforeTheMaps) {
+  auto r = hotprobe({"run", "-e", probe("@n = count();") + " END { printf(\"end %d\\n\", 42); }",
+                     "--", HP_TARGET, "count", "5"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  auto end = r.out.find("end 42\n"), map = r.out.find("@n: 5\n");
+  ASSERT_NE(end, std::string::npos) << r.out;
+  ASSERT_NE(map, std::string::npos) << r.out;
+  EXPECT_LT(end, map);
+}
+
+TEST(HotprobeRun, ExitInAProbeStopsTracingTheProgramRunsOn) {
+  auto r =
+      hotprobe({"run", "-e", probe("@[arg0] = count(); exit();") + " END { printf(\"end\\n\"); }",
+                "--", HP_TARGET, "echo"},
+               "still running\n");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "still running\n")) << r.out;  // the program went on
+  EXPECT_TRUE(contains(r.out, "@[14]: 1\n")) << r.out;
+  EXPECT_EQ(count_of(r.out, "end\n"), 1) << r.out;
+}
+
+TEST(HotprobeRun, IntervalProbesPrintWhileTheProgramRuns) {
+  auto r =
+      hotprobe({"run", "-e", probe("@ = count();") + " interval:ms:50 { printf(\"tick\\n\"); }",
+                "--", HP_TARGET, "spin"},
+               {}, [](pid_t pid, const std::string& out) {
+                 EXPECT_TRUE(wait_for(out, "tick\ntick\ntick\n"));
+                 ::kill(-pid, SIGINT);
+               });
+  EXPECT_EQ(r.code, 128 + SIGINT) << r.err;
+  EXPECT_GE(count_of(r.out, "tick\n"), 3) << r.out;
+}
+
+// Ctrl-C reaches the whole process group: hotprobe and the program. The maps and END
+// still print, and the program dies of SIGINT as it would have.
+TEST(HotprobeRun, CtrlCPrintsTheMaps) {
+  auto r = hotprobe({"run", "-e", probe("@calls = count();") + " END { printf(\"end\\n\"); }", "--",
+                     HP_TARGET, "spin"},
+                    {}, [](pid_t pid, const std::string& out) {
+                      EXPECT_TRUE(wait_for(out, "ready\n"));
+                      std::this_thread::sleep_for(50ms);
+                      ::kill(-pid, SIGINT);
+                    });
+  EXPECT_EQ(r.code, 128 + SIGINT) << r.err;
+  EXPECT_TRUE(contains(r.out, "end\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@calls: ")) << r.out;
+}
+
+TEST(HotprobeRun, ExitStatusPassesThrough) {
+  auto r = hotprobe({"run", "-e", probe("@[arg0] = count();"), "--", HP_TARGET, "exit", "7"});
+  EXPECT_EQ(r.code, 7) << r.err;
+  EXPECT_TRUE(contains(r.out, "@[7]: 1\n")) << r.out;
+
+  r = hotprobe({"run", "-e", probe("@[arg0] = count();"), "--", HP_TARGET, "_exit", "3"});
+  EXPECT_EQ(r.code, 3) << r.err;
+  EXPECT_TRUE(contains(r.out, "@[3]: 1\n")) << r.out;  // the _exit probe made the report
+
+  r = hotprobe({"run", "-e", probe("@[arg0] = count();"), "--", HP_TARGET, "kill", "15"});
+  EXPECT_EQ(r.code, 128 + SIGTERM) << r.err;
+}
+
+TEST(HotprobeRun, StdinPassesThrough) {
+  auto r = hotprobe({"run", "-e", probe("@[arg0] = count();"), "--", HP_TARGET, "echo"},
+                    "hello world\n");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "hello world\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@[12]: 1\n")) << r.out;
+}
+
+// The target forks; the child calls work(7), then execs "target count 2" (work(0),
+// work(1)); the parent calls work(5) after the child ended.
+TEST(HotprobeRun, ForkedChildrenAreUntracedByDefault) {
+  auto r = hotprobe(
+      {"run", "-e", probe("printf(\"pid %d arg %d\\n\", pid, arg0);"), "--", HP_TARGET, "fork"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, " arg 5\n")) << r.out;
+  EXPECT_FALSE(contains(r.out, " arg 7\n")) << r.out;
+  EXPECT_FALSE(contains(r.out, " arg 0\n")) << r.out;  // the exec'd program starts clean
+}
+
+TEST(HotprobeRun, FollowForksTracesTheChildWithItsPid) {
+  auto r = hotprobe({"run", "--follow-forks", "-e",
+                     probe("printf(\"pid %d arg %d\\n\", pid, arg0);"), "--", HP_TARGET, "fork"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  auto at = r.out.find("child ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  int child = std::atoi(r.out.c_str() + at + 6);
+  EXPECT_TRUE(contains(r.out, "pid " + std::to_string(child) + " arg 7\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, " arg 5\n")) << r.out;
+  EXPECT_FALSE(contains(r.out, " arg 0\n")) << r.out;  // exec ends tracing in that child
+}
+
+TEST(HotprobeRun, ScriptErrorIsReportedBeforeTheProgramRuns) {
+  std::string file = temp_path("touched");
+  ::unlink(file.c_str());
+  auto r = hotprobe({"run", "-e", probe("@[arg0] = cont();"), "--", HP_TARGET, "touch", file});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.err, "ERROR: unknown function 'cont'")) << r.err;
+  EXPECT_NE(::access(file.c_str(), F_OK), 0) << "the program ran";
+  ::unlink(file.c_str());
+}
+
+TEST(HotprobeRun, UnknownFunctionIsReportedWithASuggestion) {
+  std::string file = temp_path("touched2");
+  ::unlink(file.c_str());
+  auto r = hotprobe({"run", "-e", std::string("uprobe:") + HP_TARGET + ":wrok { @ = count(); }",
+                     "--", HP_TARGET, "touch", file});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.err, "wrok")) << r.err;
+  EXPECT_TRUE(contains(r.err, "did you mean 'work'")) << r.err;
+  EXPECT_NE(::access(file.c_str(), F_OK), 0) << "the program ran";
+  ::unlink(file.c_str());
+}
+
+TEST(HotprobeRun, UsageErrorsExit2) {
+  EXPECT_EQ(hotprobe({"run", "-e", probe("@ = count();")}).code, 2);    // no program
+  EXPECT_EQ(hotprobe({"run", "--", HP_TARGET, "count", "1"}).code, 2);  // no script
+  EXPECT_EQ(hotprobe({"run", "--bogus"}).code, 2);
+  EXPECT_EQ(hotprobe({}).code, 2);
+  auto v = hotprobe({"--version"});
+  EXPECT_EQ(v.code, 0);
+  EXPECT_TRUE(v.out.starts_with("hotprobe v")) << v.out;
+  auto h = hotprobe({"--help"});
+  EXPECT_EQ(h.code, 0);
+  EXPECT_TRUE(contains(h.out, "Exit status")) << h.out;
+}
+
+TEST(HotprobeList, ListsFunctionsInBpftraceForm) {
+  auto r = hotprobe({"list", HP_TARGET, "wor*"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, std::string("uprobe:") + HP_TARGET + ":work\n");
+
+  r = hotprobe({"list", HP_TARGET});
+  EXPECT_EQ(r.code, 0) << r.err;
+  auto main_at = r.out.find(":main\n"), work_at = r.out.find(":work\n");
+  ASSERT_NE(main_at, std::string::npos) << r.out;
+  ASSERT_NE(work_at, std::string::npos) << r.out;
+  EXPECT_LT(main_at, work_at);  // sorted
+
+  r = hotprobe({"list", "libc", "malloc"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(r.out.starts_with("uprobe:/") && r.out.ends_with("libc.so.6:malloc\n")) << r.out;
+
+  EXPECT_EQ(hotprobe({"list"}).code, 2);
+  EXPECT_EQ(hotprobe({"list", "no_such_library_xyz"}).code, 1);
+}
+
+}  // namespace
