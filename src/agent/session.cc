@@ -1,6 +1,7 @@
 #include "agent/session.h"
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -284,7 +285,14 @@ std::string Session::render_attach_error(std::size_t probe, const Error& e) cons
 
 bool Session::start_reporter() {
   reporter_running_.store(true);
-  if (pthread_create(&reporter_, nullptr, &Session::reporter_entry, this) != 0) {
+  // The reporter takes no asynchronous signal: they stay the program's (and a SIGINT
+  // handler waiting for the reporter must not run on it).
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&reporter_, nullptr, &Session::reporter_entry, this);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (rc != 0) {
     reporter_running_.store(false);
     return false;
   }
@@ -367,6 +375,7 @@ void Session::do_finish(Reason reason) {
 }
 
 void Session::drain_and_send() {
+  std::string lost_msg;
   {
     std::scoped_lock lock(rings_mu_);
     std::uint64_t lost = lost_retired_;
@@ -384,12 +393,12 @@ void Session::drain_and_send() {
       }
     }
     if (lost > lost_sent_) {
-      std::string p;
-      put<std::uint64_t>(p, lost - lost_sent_);
+      put<std::uint64_t>(lost_msg, lost - lost_sent_);
       lost_sent_ = lost;
-      send_message(fd_, encode(Msg::lost, p));
     }
   }
+  // Sent outside rings_mu_: a full socket must not hold up a thread's first write.
+  if (!lost_msg.empty()) send_message(fd_, encode(Msg::lost, lost_msg));
   if (!out_.empty()) {
     send_text(fd_, Msg::output, out_);
     out_.clear();
