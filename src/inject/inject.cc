@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
+#include <link.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
@@ -202,11 +203,106 @@ Result<LoaderFunctions> find_loader_functions(const elf::ModuleList& mods) {
                                       open.error().message());
 }
 
+// Where the dynamic loader's two recursive locks (_dl_load_lock, _dl_load_write_lock,
+// adjacent in _rtld_global) lie, found in this process: dl_iterate_phdr holds the write
+// lock while it runs its callback, so the callback finds it as the recursive mutex in
+// _rtld_global owned by this thread. A target that maps the same ld.so file has them at
+// the same link-time address.
+struct LoaderLockLayout {
+  bool valid = false;
+  elf::ModuleKey ldso;
+  std::uintptr_t load_lock_vaddr = 0;  // link-time address in ld.so
+};
+
+struct PthreadMutexWords {  // the start of glibc's x86-64 pthread_mutex_t
+  int lock;
+  unsigned count;
+  int owner;
+  unsigned nusers;
+  int kind;
+};
+constexpr std::size_t kMutexSize = 40;  // sizeof(pthread_mutex_t) on x86-64
+constexpr int kMutexRecursive = 1;      // PTHREAD_MUTEX_RECURSIVE_NP
+
+struct LockScan {
+  const std::uint8_t* base;
+  std::size_t size;
+  long found = -1;
+};
+
+int find_owned_lock(dl_phdr_info*, std::size_t, void* arg) {
+  auto* scan = static_cast<LockScan*>(arg);
+  const int self = static_cast<int>(::syscall(SYS_gettid));
+  for (std::size_t off = 0; off + kMutexSize <= scan->size; off += 8) {
+    PthreadMutexWords m;
+    std::memcpy(&m, scan->base + off, sizeof m);
+    if (m.owner == self && (m.kind & 0x7f) == kMutexRecursive && m.count > 0) {
+      scan->found = static_cast<long>(off);
+      break;
+    }
+  }
+  return 1;  // one call is enough
+}
+
+const LoaderLockLayout& loader_lock_layout() {
+  static const LoaderLockLayout layout = [] {
+    LoaderLockLayout l;
+    void* rg = ::dlsym(RTLD_DEFAULT, "_rtld_global");
+    Dl_info info{};
+    ElfW(Sym)* sym = nullptr;
+    if (!rg || ::dladdr1(rg, &info, reinterpret_cast<void**>(&sym), RTLD_DL_SYMENT) == 0 || !sym ||
+        !info.dli_fname) {
+      return l;
+    }
+    LockScan scan{static_cast<const std::uint8_t*>(rg), sym->st_size};
+    ::dl_iterate_phdr(find_owned_lock, &scan);
+    if (scan.found < static_cast<long>(kMutexSize)) return l;
+    PthreadMutexWords load;
+    std::memcpy(&load, scan.base + scan.found - kMutexSize, sizeof load);
+    if ((load.kind & 0x7f) != kMutexRecursive) return l;
+    struct stat st;
+    if (::stat(info.dli_fname, &st) != 0) return l;
+    l.ldso = elf::ModuleKey{st.st_dev, st.st_ino};
+    // ld.so is linked at 0: its load bias is its base.
+    l.load_lock_vaddr = reinterpret_cast<std::uintptr_t>(rg) + scan.found - kMutexSize -
+                        reinterpret_cast<std::uintptr_t>(info.dli_fbase);
+    l.valid = true;
+    return l;
+  }();
+  return layout;
+}
+
+// The address of _dl_load_lock in the target, 0 when unknown (another ld.so build).
+std::uintptr_t target_load_lock(const elf::ModuleList& mods) {
+  const LoaderLockLayout& l = loader_lock_layout();
+  if (!l.valid) return 0;
+  const elf::Module* m = mods.find(l.ldso);
+  if (!m) return 0;
+  auto bias = mods.compute_load_bias(*m);
+  return bias.ok() ? *bias + l.load_lock_vaddr : 0;
+}
+
 // Why calling into the loader from this stop could deadlock or corrupt state, or "" when
 // it is safe (the argument is in docs/design/inject.md).
-std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods) {
+std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t load_lock) {
   const user_regs_struct& r = t.saved();
   const std::uintptr_t rip = r.rip;
+  // Anywhere below a loader entry point (dlopen, dlclose, dl_iterate_phdr callbacks,
+  // lazy binding): the thread owns one of the loader's locks.
+  if (load_lock != 0) {
+    PthreadMutexWords locks[2];  // _dl_load_lock, _dl_load_write_lock
+    std::uint8_t raw[2 * kMutexSize];
+    if (t.read_memory(load_lock, raw, sizeof raw).ok()) {
+      std::memcpy(&locks[0], raw, sizeof locks[0]);
+      std::memcpy(&locks[1], raw + kMutexSize, sizeof locks[1]);
+      for (const PthreadMutexWords& m : locks) {
+        if ((m.kind & 0x7f) == kMutexRecursive && m.owner == t.tid()) {
+          return "holding the dynamic loader's lock (inside dlopen, dlclose or "
+                 "dl_iterate_phdr)";
+        }
+      }
+    }
+  }
   // Inside an rseq critical section the kernel would abort it on the next return to
   // user mode; after our call it would not any more (the call clears rseq_cs).
   struct {
@@ -253,8 +349,11 @@ std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods) {
   const elf::Symbol* sym =
       file.ok() && off.ok() ? (*file)->containing_offset(*off) : static_cast<elf::Symbol*>(nullptr);
   if (!sym) return "in libc code without a public symbol (possibly the allocator)";
-  static constexpr std::string_view kRisky[] = {"alloc", "free", "memalign", "dl",     "fork",
-                                                "clone", "exit", "_IO_",     "printf", "atfork"};
+  // The allocator and loader and their wrappers (the memory calls' wrappers too: a thread
+  // just back from madvise in free() still holds the arena lock), fork, exit, stdio.
+  static constexpr std::string_view kRisky[] = {
+      "alloc",  "free", "memalign", "dl",       "fork", "clone",  "exit",   "_IO_",
+      "printf", "mmap", "munmap",   "mprotect", "brk",  "mremap", "madvise"};
   for (std::string_view risky : kRisky) {
     if (sym->name.find(risky) != std::string_view::npos) {
       return "in libc's " + std::string(sym->name);
@@ -291,6 +390,7 @@ template <class Body>
 Result<Report> with_stopped_thread(pid_t pid, const Options& opts, const elf::ModuleList& mods,
                                    Body&& body) {
   const Clock::time_point deadline = Clock::now() + opts.timeout;
+  const std::uintptr_t load_lock = target_load_lock(mods);
   if (opts.tid != 0) {
     struct stat st;
     const std::string task = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(opts.tid);
@@ -315,7 +415,7 @@ Result<Report> with_stopped_thread(pid_t pid, const Options& opts, const elf::Mo
       return s.error();
     }
     HP_TRY(t.interrupt());
-    std::string reason = unsafe_reason(t, mods);
+    std::string reason = unsafe_reason(t, mods, load_lock);
     if (reason.empty()) {
       report.tid = tid;
       report.in_syscall = t.in_restartable_syscall();

@@ -459,6 +459,35 @@ TEST(Inject, RepeatedLoadCallUnloadDoesNotGrowTheMappings) {
   std::remove(marker.c_str());
 }
 
+// The stopped thread may be anywhere in malloc or in the loader (the program's own
+// threads, the leader among them, allocate and dlopen/dlclose in loops): the injector
+// must find a safe point each time, and the program must come out intact.
+TEST(Inject, BusyAllocatorAndLoaderThreadsSurviveRepeatedInjection) {
+  const std::string churn_copy = temp_path("hp_inject_churn") + ".so";
+  fs::copy_file(HP_INJECT_LIB, churn_copy);  // another inode: loaded on its own
+  Target t({"churn", churn_copy});
+  ASSERT_TRUE(t.ready());
+  int stops = 0;
+  double worst = 0;
+  for (int i = 0; i < 10; ++i) {
+    auto r = load_library(t.pid(), HP_INJECT_LIB);
+    ASSERT_TRUE(r.ok()) << "round " << i << ": " << r.error().message();
+    stops += r->attempts;
+    worst = std::max(worst, r->pause_ms);
+    auto v = call_function(t.pid(), HP_INJECT_LIB, "hp_test_entry", i);
+    ASSERT_TRUE(v.ok()) << "round " << i << ": " << v.error().message();
+    EXPECT_EQ(*v, 3 * i + 1);
+    auto u = unload_library(t.pid(), r->handle);
+    ASSERT_TRUE(u.ok()) << "round " << i << ": " << u.error().message();
+  }
+  std::cout << "[ churn    ] 10 loads took " << stops << " stops; worst pause " << worst << " ms\n";
+  t.send("q\n");
+  const int status = t.wait_exit();
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "8: the program's own dlopen failed";
+  std::remove(churn_copy.c_str());
+}
+
 TEST(Inject, OtherMountNamespaceNeedsThePathTheTargetSees) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root for a mount namespace";
   const std::string dir = temp_path("hp_inject_ns");
