@@ -98,6 +98,21 @@ std::string process_name(pid_t pid) {
   return st.ok() ? st->name : std::string("?");
 }
 
+// Whether a thread of `pid` other than an exited leader still runs (the leader of a
+// process whose threads go on shows as a zombie; so does a process in exit_group).
+bool has_live_thread(pid_t pid) {
+  DIR* dir = ::opendir(proc(pid, "task").c_str());
+  if (!dir) return false;
+  bool live = false;
+  while (const dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    auto st = read_status(proc(pid, "task/") + e->d_name + "/status");
+    if (st.ok() && st->state != 'Z' && st->state != 'X') live = true;
+  }
+  ::closedir(dir);
+  return live;
+}
+
 std::optional<int> yama_scope() {
   auto text = elf::read_proc_file("/proc/sys/kernel/yama/ptrace_scope");
   if (!text.ok() || text->empty()) return std::nullopt;
@@ -499,7 +514,7 @@ Result<void> check_can_trace(pid_t pid) {
                      ": pass the process ID (and Options::tid to choose this thread)");
   }
   const std::string who = "process " + id + " (" + st->name + ")";
-  if (st->state == 'Z' && st->threads <= 1) {
+  if (st->state == 'Z' && !has_live_thread(pid)) {
     return Error(Errc::not_found, who +
                                       " is a zombie: it has exited and waits for its parent "
                                       "(PID " +
