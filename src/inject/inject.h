@@ -15,8 +15,9 @@
 //   auto v = hp::inject::call_function(pid, "/usr/lib/hotprobe/libhotprobe_agent.so",
 //                                      "hp_agent_start", cookie);
 //
-// The thread is stopped only at a point where calling into the loader is safe: not in
-// the dynamic loader, not in libc's allocator or loader entry points, not in a memory
+// The thread is stopped only at a point where calling into the loader is safe: not
+// owning the loader's locks, not in the dynamic loader, not in libc's allocator or loader
+// entry points, not in a memory
 // system call malloc makes with its lock held, not in libgcc's unwinder, not inside an
 // rseq critical section. At another point it is let go, and the injector tries again
 // (another thread, or the same one a millisecond later) until the timeout.
