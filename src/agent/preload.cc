@@ -139,3 +139,10 @@ extern "C" __attribute__((visibility("default"))) long hotprobe_agent_start(
   pthread_detach(t);
   return 0;
 }
+
+// The form the injector can call (hp::inject::call_function passes one long): `id` names
+// the socket hotprobe listens on, /tmp/hotprobe-UID/attach-ID.sock.
+extern "C" __attribute__((visibility("default"))) long hotprobe_agent_attach(long id) {
+  std::string path = hp::agent::attach_socket_path(static_cast<unsigned>(::getuid()), id);
+  return hotprobe_agent_start(path.c_str());
+}

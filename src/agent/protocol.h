@@ -41,6 +41,15 @@ inline constexpr const char* kEnvFd = "HOTPROBE_AGENT_FD";
 // The user's own LD_PRELOAD, to put back (absent: LD_PRELOAD was not set).
 inline constexpr const char* kEnvSavedPreload = "HOTPROBE_SAVED_LD_PRELOAD";
 
+// `hotprobe attach`: the directory of user `uid`'s attach sockets (hotprobe makes it 0700
+// and checks its owner and mode) and the socket for attach `id` (hotprobe's pid).
+inline std::string attach_socket_dir(unsigned uid) {
+  return "/tmp/hotprobe-" + std::to_string(uid);
+}
+inline std::string attach_socket_path(unsigned uid, long id) {
+  return attach_socket_dir(uid) + "/attach-" + std::to_string(id) + ".sock";
+}
+
 struct StartOptions {
   std::uint8_t format = 0;        // script::OutputFormat
   std::uint8_t follow_forks = 0;  // trace forked children too

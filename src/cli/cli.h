@@ -20,6 +20,20 @@ struct RunOptions {
   std::vector<std::string> command;  // PROGRAM ARGS...
 };
 
+struct AttachOptions {
+  int pid = 0;
+  std::string script_text, script_file;
+  std::string format = "text";
+  std::string output;
+};
+
+// `hotprobe attach -p PID`: kExitOk when tracing ended (Ctrl-C, exit(), the process
+// ended), kExitError when the script, the injection or a probe failed.
+int attach_command(const AttachOptions& options);
+// The attach itself, once the script compiled (attach.cc).
+int attach(const AttachOptions& options, const std::string& source, const std::string& filename,
+           const std::string& agent_path, int format);
+
 // `hotprobe run`: the program's exit status (128+N when killed by signal N), or kExitError.
 int run(const RunOptions& options);
 

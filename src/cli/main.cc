@@ -66,6 +66,20 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--follow-forks", run.follow_forks,
                     "Trace forked children too (pid tells them apart)");
 
+  hp::cli::AttachOptions att;
+  auto* attach_cmd = app.add_subcommand(
+      "attach", "Run the script in a running process (the agent is injected with ptrace).");
+  attach_cmd->footer(
+      "Usage: hotprobe attach -p PID [-e 'SCRIPT' | SCRIPT_FILE] [-o text|json] [--output "
+      "FILE]\nCtrl-C stops: END runs, the maps print, every probe is removed and the process "
+      "runs on.");
+  attach_cmd->add_option("-p,--pid", att.pid, "The process")->required();
+  attach_cmd->add_option("-e", att.script_text, "The script text");
+  attach_cmd->add_option("script_file", att.script_file, "A script file (instead of -e)");
+  attach_cmd->add_option("-o,--format", att.format, "Output format")
+      ->check(CLI::IsMember({"text", "json"}));
+  attach_cmd->add_option("--output", att.output, "Write the tracing output to FILE");
+
   std::string module, glob;
   auto* list_cmd = app.add_subcommand(
       "list", "List the functions that can be probed, as bpftrace -l does (uprobe:PATH:FUNC).");
@@ -99,6 +113,14 @@ int main(int argc, char** argv) {
     }
     run.command = std::move(command);
     return hp::cli::run(run);
+  }
+  if (*attach_cmd && command.empty()) {
+    if (att.script_text.empty() == att.script_file.empty()) {
+      std::fprintf(stderr,
+                   "hotprobe attach: give the script either with -e 'SCRIPT' or as a file\n");
+      return hp::cli::kExitUsage;
+    }
+    return hp::cli::attach_command(att);
   }
   if (!command.empty()) {
     std::fprintf(stderr, "hotprobe: '--' and a program are for 'hotprobe run'\n");

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -97,37 +98,62 @@ int exit_code(int status) {
   return kExitError;
 }
 
-}  // namespace
-
-int run(const RunOptions& o) {
-  std::string source = o.script_text, filename = "-e";
-  if (!o.script_file.empty()) {
-    std::ifstream in(o.script_file);
+// Reads and compiles the script (errors are printed); false on error.
+bool load_script(const char* cmd, const std::string& text, const std::string& file,
+                 const std::string& format, std::string& source, std::string& filename,
+                 script::CompileOptions& copts) {
+  source = text;
+  filename = "-e";
+  if (!file.empty()) {
+    std::ifstream in(file);
     if (!in) {
-      std::fprintf(stderr, "hotprobe run: cannot read the script file '%s': %s\n",
-                   o.script_file.c_str(), std::strerror(errno));
-      return kExitError;
+      std::fprintf(stderr, "hotprobe %s: cannot read the script file '%s': %s\n", cmd, file.c_str(),
+                   std::strerror(errno));
+      return false;
     }
     std::stringstream ss;
     ss << in.rdbuf();
     source = ss.str();
-    filename = o.script_file;
+    filename = file;
   }
   if (source.size() > agent::kMaxMessage * 3) {
-    std::fprintf(stderr, "hotprobe run: the script is larger than %zu bytes\n",
+    std::fprintf(stderr, "hotprobe %s: the script is larger than %zu bytes\n", cmd,
                  agent::kMaxMessage * 3);
-    return kExitError;
+    return false;
   }
-  script::CompileOptions copts;
   copts.filename = filename;
-  copts.format = o.format == "json" ? script::OutputFormat::json : script::OutputFormat::text;
-  // Errors before the program starts: the script is compiled here first.
+  copts.format = format == "json" ? script::OutputFormat::json : script::OutputFormat::text;
   if (auto prog = script::Program::compile(source, copts); !prog) {
     std::string m = prog.error().message();
     if (!m.empty() && m.back() != '\n') m += '\n';
     std::fputs(m.c_str(), stderr);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int attach_command(const AttachOptions& o) {
+  std::string source, filename;
+  script::CompileOptions copts;
+  if (!load_script("attach", o.script_text, o.script_file, o.format, source, filename, copts))
+    return kExitError;
+  std::string agent_path = find_agent();
+  char real[PATH_MAX];
+  if (agent_path.empty() || !::realpath(agent_path.c_str(), real)) {
+    std::fprintf(stderr, "hotprobe attach: cannot find libhotprobe_agent.so; set HOTPROBE_AGENT\n");
     return kExitError;
   }
+  return attach(o, source, filename, real, static_cast<int>(copts.format));
+}
+
+int run(const RunOptions& o) {
+  std::string source, filename;
+  script::CompileOptions copts;
+  // Errors before the program starts: the script is compiled here first.
+  if (!load_script("run", o.script_text, o.script_file, o.format, source, filename, copts))
+    return kExitError;
 
   std::string program = find_in_path(o.command[0]);
   if (program.empty()) {

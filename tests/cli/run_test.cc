@@ -306,3 +306,37 @@ TEST(HotprobeList, ListsFunctionsInBpftraceForm) {
 }
 
 }  // namespace
+
+namespace {
+
+// `hotprobe attach -p PID` on a running target: the probes count, Ctrl-C (to hotprobe
+// only) prints END and the maps, and the target runs on with the probes removed.
+TEST(HotprobeAttach, TracesARunningProcessAndLeavesItRunning) {
+  std::string target_out = temp_path("spin");
+  pid_t target = ::fork();
+  if (target == 0) {
+    int o = ::open(target_out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(o, 1);
+    ::execl(HP_TARGET, HP_TARGET, "spin", static_cast<char*>(nullptr));
+    ::_exit(99);
+  }
+  ASSERT_TRUE(wait_for(target_out, "ready\n"));
+  auto r = hotprobe({"attach", "-p", std::to_string(target), "-e",
+                     probe("@[arg0] = count();") + " END { printf(\"end\\n\"); }"},
+                    {}, [](pid_t pid, const std::string& out) {
+                      EXPECT_TRUE(wait_for(out, "Attaching 2 probes...\n"));
+                      std::this_thread::sleep_for(100ms);
+                      ::kill(pid, SIGINT);
+                    });
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "end\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@[1]: ")) << r.out;
+  std::this_thread::sleep_for(50ms);
+  int status = 0;
+  EXPECT_EQ(::waitpid(target, &status, WNOHANG), 0) << "the target did not survive";
+  ::kill(target, SIGKILL);
+  ::waitpid(target, &status, 0);
+  ::unlink(target_out.c_str());
+}
+
+}  // namespace
