@@ -356,13 +356,23 @@ std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t
       case SYS_madvise:
         return "in a memory system call that malloc may make with its lock held";
       default:
-        return "";
+        break;
     }
   }
   auto file = mods.elf(*m);
   auto off = m->address_to_offset(rip);
   const elf::Symbol* sym =
       file.ok() && off.ok() ? (*file)->containing_offset(*off) : static_cast<elf::Symbol*>(nullptr);
+  if (nr >= 0) {
+    // Waiting for one of libc's own locks (malloc's arenas, the loader's helpers): the
+    // allocator can hold an arena lock while it waits for another, and a thread that owns
+    // the loader's lock may be waiting for that arena.
+    if (nr == SYS_futex && sym &&
+        sym->name.find("lll_lock_wait_private") != std::string_view::npos) {
+      return "waiting for a libc-internal lock (it may hold another)";
+    }
+    return "";
+  }
   if (!sym) return "in libc code without a public symbol (possibly the allocator)";
   // The allocator and loader and their wrappers (the memory calls' wrappers too: a thread
   // just back from madvise in free() still holds the arena lock), fork, exit, stdio.
