@@ -137,10 +137,14 @@ ThreadIds& ids() {
 
 }  // namespace
 
+// str()'s default and largest length, bpftrace's BPFTRACE_STRLEN default (string values
+// themselves hold up to kStrBytes, for `probe` and `func`).
+constexpr std::uint32_t kStrReadBytes = 64;
+
 std::uint32_t read_user_string(std::uint64_t addr, std::uint32_t max, char* out) {
   out[0] = 0;
   if (max == 0 || addr == 0) return 0;
-  if (max > kStrBytes) max = kStrBytes;
+  if (max > kStrReadBytes) max = kStrReadBytes;
   // process_vm_readv on our own pid reads through the page tables without faulting: a bad
   // address is EFAULT, and a read that crosses into an unmapped page stops there.
   char buf[kStrBytes];
@@ -307,10 +311,10 @@ std::uint32_t s_ternary(const Node* n, Frame& f, char* out) {
 }
 std::uint32_t s_str(const Node* n, Frame& f, char* out) {
   const std::uint64_t addr = u(n->a->i(n->a, f));
-  std::uint32_t max = kStrBytes;
+  std::uint32_t max = kStrReadBytes;
   if (n->b) {
     const std::int64_t len = n->b->i(n->b, f);
-    max = len <= 0 ? 0 : static_cast<std::uint32_t>(std::min<std::int64_t>(len, kStrBytes));
+    max = len <= 0 ? 0 : static_cast<std::uint32_t>(std::min<std::int64_t>(len, kStrReadBytes));
   }
   return read_user_string(addr, max, out);
 }
