@@ -119,7 +119,8 @@ struct ThreadIds {
   bool comm_set = false;
   char comm[16] = {};
 };
-thread_local ThreadIds t_ids;
+// constinit + initial-exec: an %fs-relative load, even in the agent's shared object.
+constinit thread_local ThreadIds t_ids __attribute__((tls_model("initial-exec")));
 std::once_flag g_atfork_once;
 int g_uid = 0, g_gid = 0;
 
@@ -256,11 +257,18 @@ std::uint64_t u(std::int64_t v) {
 std::int64_t s64(std::uint64_t v) {
   return static_cast<std::int64_t>(v);
 }
-#define HP_BIN(name, expr)                     \
-  std::int64_t name(const Node* n, Frame& f) { \
-    const std::int64_t x = n->a->i(n->a, f);   \
-    const std::int64_t y = n->b->i(n->b, f);   \
-    return (expr);                             \
+// name: both operands evaluated; name##_k: the right operand is a literal, in imm (one
+// indirect call less: `arg0 > 10`).
+#define HP_BIN(name, expr)                         \
+  std::int64_t name(const Node* n, Frame& f) {     \
+    const std::int64_t x = n->a->i(n->a, f);       \
+    const std::int64_t y = n->b->i(n->b, f);       \
+    return (expr);                                 \
+  }                                                \
+  std::int64_t name##_k(const Node* n, Frame& f) { \
+    const std::int64_t x = n->a->i(n->a, f);       \
+    const std::int64_t y = n->imm;                 \
+    return (expr);                                 \
   }
 HP_BIN(i_add, s64(u(x) + u(y)))
 HP_BIN(i_sub, s64(u(x) - u(y)))
@@ -381,6 +389,25 @@ std::int64_t i_agg_read(const Node* n, Frame& f) {
   }
 }
 
+// Per-thread plain maps (MapDesc::per_thread): the key is the caller's tid by construction,
+// so the value lives in the caller's own shard. No lock, no lock prefix, no fence.
+inline Shard& own_shard(const Node* map, Frame& f) {
+  Shard& s = f.rt->maps->local()->shard(map->map);
+  s.sync_if_stale();
+  return s;
+}
+inline std::uint64_t own_tid() {
+  return u(ids().tid);
+}
+std::int64_t i_tid_read(const Node* n, Frame& f) {
+  return s64(own_shard(n, f).plain_get_int(own_tid()));
+}
+std::uint32_t s_tid_read(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kStrWords];
+  own_shard(n, f).plain_get(own_tid(), v);
+  return copy_str(out, get_string(v));
+}
+
 // Aggregations. Every one: key, this thread's shard, pending-op check, find, relaxed add.
 inline std::atomic<std::uint64_t>* agg_slot(const Node* n, Frame& f) {
   std::uint64_t key[kMaxKeyWords + 1];
@@ -392,6 +419,15 @@ inline std::atomic<std::uint64_t>* agg_slot(const Node* n, Frame& f) {
 }
 bool st_count(const SNode* s, Frame& f) {
   add_relaxed(*agg_slot(s->target, f), 1);
+  return true;
+}
+// count() with one integer key (map_access puts the key expression in `a`): no key loop.
+bool st_count1(const SNode* s, Frame& f) {
+  const Node* n = s->target;
+  const std::uint64_t key = u(n->a->i(n->a, f));
+  Shard& sh = f.rt->maps->local()->shard(n->map);
+  sh.sync_if_stale();
+  add_relaxed(*sh.find_or_insert1(key), 1);
   return true;
 }
 bool st_sum(const SNode* s, Frame& f) {
@@ -462,6 +498,17 @@ bool st_map_str(const SNode* s, Frame& f) {
   f.rt->maps->plain(s->target->map).set(key, v);
   return true;
 }
+bool st_tid_int(const SNode* s, Frame& f) {
+  const std::int64_t v = s->value->i(s->value, f);
+  own_shard(s->target, f).plain_set_int(own_tid(), u(v));
+  return true;
+}
+bool st_tid_str(const SNode* s, Frame& f) {
+  std::uint64_t v[kStrWords] = {0};
+  s->value->s(s->value, f, reinterpret_cast<char*>(v));
+  own_shard(s->target, f).plain_set(own_tid(), v);
+  return true;
+}
 bool st_expr(const SNode* s, Frame& f) {
   if (s->target->i)
     s->target->i(s->target, f);
@@ -529,6 +576,23 @@ std::int64_t i_incdec_var(const Node* n, Frame& f) {
   slot = s64(u(old) + u(n->imm));
   return n->b ? slot : old;
 }
+bool st_tid_compound(const SNode* s, Frame& f) {
+  const std::int64_t v = s->value->i(s->value, f);
+  Shard& sh = own_shard(s->target, f);
+  if (s->op == static_cast<std::int64_t>(BinaryOp::add)) {
+    sh.plain_add(own_tid(), u(v));
+  } else if (s->op == static_cast<std::int64_t>(BinaryOp::sub)) {
+    sh.plain_add(own_tid(), 0 - u(v));
+  } else {
+    const std::int64_t cur = s64(sh.plain_get_int(own_tid()));
+    sh.plain_set_int(own_tid(), u(apply_binop(s->op, cur, v)));
+  }
+  return true;
+}
+std::int64_t i_incdec_tid(const Node* n, Frame& f) {
+  const std::int64_t now = s64(own_shard(n->a, f).plain_add(own_tid(), u(n->imm)));
+  return n->b ? now : s64(u(now) - u(n->imm));
+}
 std::int64_t i_incdec_map(const Node* n, Frame& f) {
   std::uint64_t key[kMaxKeyWords + 1];
   key[0] = 0;
@@ -549,6 +613,10 @@ std::int64_t i_delete(const Node* n, Frame& f) {
   } else {
     f.rt->maps->plain(n->a->map).erase(key);
   }
+  return 0;
+}
+std::int64_t i_delete_tid(const Node* n, Frame& f) {
+  own_shard(n->a, f).plain_erase(own_tid());
   return 0;
 }
 std::int64_t i_clear(const Node* n, Frame& f) {
@@ -667,6 +735,57 @@ bool st_return(const SNode*, Frame&) {
 // ---------------------------------------------------------------------------------------
 // Lowering
 
+// A binary node whose right operand is a literal: its `_k` form, the literal in imm.
+void use_literal_operand(Node* n) {
+  static constexpr std::pair<IntFn, IntFn> kForms[] = {
+      {i_add, i_add_k}, {i_sub, i_sub_k},   {i_mul, i_mul_k},   {i_div, i_div_k},
+      {i_mod, i_mod_k}, {i_shl, i_shl_k},   {i_shr, i_shr_k},   {i_lt, i_lt_k},
+      {i_le, i_le_k},   {i_gt, i_gt_k},     {i_ge, i_ge_k},     {i_eq, i_eq_k},
+      {i_ne, i_ne_k},   {i_band, i_band_k}, {i_bxor, i_bxor_k}, {i_bor, i_bor_k}};
+  for (const auto& [both, literal] : kForms) {
+    if (n->i == both) {
+      n->i = literal;
+      n->imm = n->b->imm;
+      return;
+    }
+  }
+}
+
+// Which plain maps are keyed by `tid` alone in every access of the program (MapDesc::
+// per_thread): such a map is partitioned by thread by construction. An access without keys
+// (print/clear/zero of the whole map) does not count against it.
+class TidKeyScan {
+ public:
+  explicit TidKeyScan(const ast::Program& p) : only_tid_(p.maps.size(), true) {
+    for (const ast::Action& a : p.actions) {
+      if (a.predicate) expr(*a.predicate);
+      stmts(a.body);
+    }
+  }
+  bool only_tid(std::size_t map) const { return only_tid_[map]; }
+
+ private:
+  void expr(const Expr& e) {
+    if (e.kind == Expr::Kind::map && e.map_id >= 0 &&
+        static_cast<std::size_t>(e.map_id) < only_tid_.size() && !e.args.empty()) {
+      const Expr& k = *e.args[0];
+      if (e.args.size() != 1 || k.kind != Expr::Kind::builtin || k.builtin != Builtin::tid)
+        only_tid_[e.map_id] = false;
+    }
+    for (const ast::ExprPtr& a : e.args)
+      if (a) expr(*a);
+  }
+  void stmts(const std::vector<ast::Stmt>& body) {
+    for (const ast::Stmt& st : body) {
+      for (const ast::ExprPtr* e : {&st.expr, &st.target, &st.value, &st.cond})
+        if (*e) expr(**e);
+      stmts(st.body);
+      stmts(st.else_body);
+    }
+  }
+  std::vector<bool> only_tid_;
+};
+
 class Lowerer {
  public:
   Lowerer(Runtime& rt, const ast::Program& prog) : rt_(rt), prog_(prog) {}
@@ -707,8 +826,9 @@ Result<Node*> Lowerer::map_access(const Expr& e) {
     n->key_is_string.push_back(d.key_is_string[k]);
   }
   n->key_words = d.key_words();
-  // imm: 0 no key, 1 one integer key, 2 anything else (the general loop).
+  // imm: 0 no key, 1 one integer key (also in `a`), 2 anything else (the general loop).
   n->imm = n->keys.empty() ? 0 : (n->keys.size() == 1 && !n->key_is_string[0]) ? 1 : 2;
+  if (n->imm == 1) n->a = n->keys[0];
   return n;
 }
 
@@ -801,9 +921,9 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       Node* n = *m;
       const MapDesc& d = rt_.maps->desc(n->map);
       if (d.kind == ValueKind::string)
-        n->s = s_map_read;
+        n->s = d.per_thread ? s_tid_read : s_map_read;
       else if (d.kind == ValueKind::integer)
-        n->i = i_map_read;
+        n->i = d.per_thread ? i_tid_read : i_map_read;
       else
         n->i = i_agg_read;
       return n;
@@ -883,6 +1003,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       }
       if (strings && e.binary != BinaryOp::eq && e.binary != BinaryOp::ne)
         return unsupported(e, "this operator on strings");
+      if (!strings && n->b->i == i_const) use_literal_operand(n);
       return n;
     }
     case K::ternary: {
@@ -918,7 +1039,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
         if (rt_.maps->desc((*m)->map).kind != ValueKind::integer)
           return unsupported(e, "++/-- on a map that does not hold an integer");
         n->a = *m;
-        n->i = i_incdec_map;
+        n->i = rt_.maps->desc((*m)->map).per_thread ? i_incdec_tid : i_incdec_map;
       }
       return n;
     }
@@ -935,7 +1056,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       auto m = map_access(*e.args[0]);
       if (!m) return m.error();
       n->a = *m;
-      n->i = i_delete;
+      n->i = rt_.maps->desc((*m)->map).per_thread ? i_delete_tid : i_delete;
       return n;
     }
     case Func::clear:
@@ -1051,7 +1172,7 @@ Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
     }
     switch (v.func) {
       case Func::count:
-        out.fn = st_count;
+        out.fn = (*m)->imm == 1 ? st_count1 : st_count;
         break;
       case Func::sum:
         out.fn = st_sum;
@@ -1095,7 +1216,9 @@ Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
   if (st.assign.compound) {
     if (d.kind != ValueKind::integer) return unsupported(v, "a compound assignment to a string");
     out.op = static_cast<std::int64_t>(st.assign.op);
-    out.fn = st_map_compound;
+    out.fn = d.per_thread ? st_tid_compound : st_map_compound;
+  } else if (d.per_thread) {
+    out.fn = d.kind == ValueKind::string ? st_tid_str : st_tid_int;
   } else {
     out.fn = d.kind == ValueKind::string ? st_map_str : st_map_int;
   }
@@ -1187,12 +1310,15 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
   rt->format = format;
   rt->start_ns = monotonic_ns();
   std::vector<MapDesc> descs;
+  const TidKeyScan tid_keys(program);
   for (const ast::MapInfo& m : program.maps) {
     MapDesc d;
     d.name = m.name;
     d.kind = value_kind(m.kind);
     for (ast::Type t : m.key_types)
       d.key_is_string.push_back(t == Type::string);
+    d.per_thread = !is_aggregation(d.kind) && d.key_is_string.size() == 1 && !d.key_is_string[0] &&
+                   tid_keys.only_tid(static_cast<std::size_t>(m.id));
     if (d.key_is_string.size() > kMaxKeyParts)
       return Error(Errc::invalid_argument,
                    "map " + m.name + " has more than 8 keys; use fewer key parts");

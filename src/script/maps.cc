@@ -99,9 +99,10 @@ void Table::clear() {
   used_ = filled_ = 0;
 }
 
-void Table::zero_values() {
+void Table::zero_values(std::uint32_t words) {
+  words = std::min(words, value_words_);
   for_each([&](const std::atomic<std::uint64_t>*, std::atomic<std::uint64_t>* v) {
-    for (std::uint32_t w = 0; w < value_words_; ++w)
+    for (std::uint32_t w = 0; w < words; ++w)
       v[w].store(0, std::memory_order_relaxed);
   });
 }
@@ -130,13 +131,11 @@ void Table::grow() {
 // ---------------------------------------------------------------------------------------
 // Shard and AggMap
 
-Shard::Shard(AggMap* map) : map_(map), table_(map->desc().key_words(), map->desc().value_words()) {}
-
-void Shard::sync_if_stale() {
-  const std::uint64_t e = map_->epoch();
-  if (e != seen_epoch_) [[unlikely]]
-    sync_slow(e);
-}
+Shard::Shard(AggMap* map)
+    : map_(map),
+      epoch_(map->epoch_word()),
+      plain_words_(map->desc().value_words()),
+      table_(map->desc().key_words(), map->slot_value_words()) {}
 
 void Shard::sync_slow(std::uint64_t) {
   std::scoped_lock lock(map_->ops_mu_, mu_);  // ops_mu_ first: the lock order
@@ -191,7 +190,7 @@ void AggMap::apply_ops(std::uint64_t seen, Table& table) const {
         table.clear();
         break;
       case OpKind::zero:
-        table.zero_values();
+        table.zero_values(desc_.value_words());  // plain mode: "present" stays
         break;
       case OpKind::erase:
         table.erase(op.key.data(), hash_key(op.key.data(), table.key_words()));
@@ -239,6 +238,7 @@ void AggMap::merge(std::uint64_t* dst, const std::atomic<std::uint64_t>* src) co
 
 std::vector<Row> AggMap::snapshot() {
   const std::uint32_t kw = desc_.key_words(), vw = desc_.value_words();
+  const std::uint32_t sw = slot_value_words();
   std::map<std::vector<std::uint64_t>, std::vector<std::uint64_t>> merged;
   std::lock_guard ops_lock(ops_mu_);
   std::vector<Row> rows;
@@ -252,6 +252,8 @@ std::vector<Row> AggMap::snapshot() {
       seen = shard->seen_epoch_;
       shard->table_.for_each(
           [&](const std::atomic<std::uint64_t>* k, const std::atomic<std::uint64_t>* v) {
+            // Plain mode: a deleted key (present == 0) is not in the map.
+            if (sw > vw && v[vw].load(std::memory_order_relaxed) == 0) return;
             Row r;
             r.key.resize(kw);
             r.value.resize(vw);
@@ -269,6 +271,12 @@ std::vector<Row> AggMap::snapshot() {
     }
     for (Row& r : rows) {
       auto [it, fresh] = merged.try_emplace(std::move(r.key), vw, 0);
+      if (plain()) {
+        // A key in two shards: a tid reused by a newer thread; shards are in creation
+        // order, so the newer thread's value wins.
+        it->second = std::move(r.value);
+        continue;
+      }
       (void)fresh;
       for (std::uint32_t w = 0; w < vw; ++w)
         tmpa[w].store(r.value[w], std::memory_order_relaxed);
@@ -377,7 +385,8 @@ std::vector<Row> PlainMap::snapshot() {
 // ---------------------------------------------------------------------------------------
 // MapSet
 
-thread_local MapSet::TlsCache MapSet::tls_cache_;
+constinit thread_local MapSet::TlsCache MapSet::tls_cache_
+    __attribute__((tls_model("initial-exec")));
 
 namespace {
 std::atomic<std::uint64_t> g_next_set_id{1};
@@ -390,7 +399,7 @@ MapSet::MapSet(std::vector<MapDesc> descs)
   agg_.resize(descs_.size());
   plain_.resize(descs_.size());
   for (std::size_t i = 0; i < descs_.size(); ++i) {
-    if (is_aggregation(descs_[i].kind))
+    if (is_aggregation(descs_[i].kind) || descs_[i].per_thread)
       agg_[i] = std::make_unique<AggMap>(descs_[i]);
     else
       plain_[i] = std::make_unique<PlainMap>(descs_[i]);

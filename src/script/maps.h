@@ -20,7 +20,13 @@
 // prints as cleared).
 //
 // Plain-value maps (`@m[k] = expr`, read back anywhere) have global semantics: a shared
-// table split in stripes, each behind a small spin lock.
+// table split in stripes, each behind a small spin lock. Except a plain map whose every
+// access in the program has the single key `tid` (MapDesc::per_thread, decided by the
+// lowering): its entries are partitioned by thread by construction, so it is sharded like
+// an aggregation (AggMap in plain mode): set/read/delete touch only the calling thread's
+// shard (one extra "present" word per slot; delete clears it, so after the first set of a
+// key the structure never changes on the hot path), and printing takes each key from the
+// newest shard that holds it.
 #pragma once
 
 #include <atomic>
@@ -34,8 +40,10 @@
 
 namespace hotprobe::script {
 
-// Bytes of a string value or string key part, including the NUL (bpftrace's default).
-inline constexpr std::uint32_t kStrBytes = 64;
+// Bytes of a string value or string key part, including the NUL. Room for the `probe`
+// and `func` builtins with long paths (bpftrace keeps them whole); str() reads at most
+// 64 bytes (eval.cc kStrReadBytes), bpftrace's default string length.
+inline constexpr std::uint32_t kStrBytes = 128;
 inline constexpr std::uint32_t kStrWords = kStrBytes / 8;
 inline constexpr std::uint32_t kMaxKeyParts = 8;
 inline constexpr std::uint32_t kMaxKeyWords = kMaxKeyParts * kStrWords;
@@ -63,6 +71,8 @@ struct MapDesc {
   ValueKind kind = ValueKind::count;
   std::vector<bool> key_is_string;  // one per key part; empty: a map without keys
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 1;
+  // A plain map keyed by `tid` alone everywhere: per-thread shards instead of stripes.
+  bool per_thread = false;
 
   std::uint32_t key_words() const;      // an integer part is 1 word, a string part kStrWords
   std::uint32_t value_words() const;    // per kind (see value layout below)
@@ -113,6 +123,17 @@ class Table {
  public:
   Table(std::uint32_t key_words, std::uint32_t value_words);
 
+  // Value words of a one-word key, or null (the common case, unrolled).
+  std::atomic<std::uint64_t>* find1(std::uint64_t key, std::uint64_t hash) const {
+    const std::size_t mask = capacity_ - 1;
+    for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+      std::atomic<std::uint64_t>* s = slot(i);
+      const std::uint64_t state = s[0].load(std::memory_order_relaxed);
+      if (state == 1 && s[1].load(std::memory_order_relaxed) == key) [[likely]]
+        return s + 2;
+      if (state == 0) return nullptr;
+    }
+  }
   // Value words of `key`, or null.
   std::atomic<std::uint64_t>* find(const std::uint64_t* key, std::uint64_t hash) const {
     const std::size_t mask = capacity_ - 1;
@@ -127,7 +148,7 @@ class Table {
   std::atomic<std::uint64_t>* insert(const std::uint64_t* key, std::uint64_t hash);
   bool erase(const std::uint64_t* key, std::uint64_t hash);
   void clear();
-  void zero_values();
+  void zero_values(std::uint32_t words = ~0u);  // the first `words` value words of each slot
   std::size_t size() const { return used_; }
 
   template <typename F>  // f(const atomic* key, atomic* value)
@@ -156,20 +177,74 @@ class Table {
 
 class AggMap;
 
-// One thread's part of one aggregation map.
+// One thread's part of one aggregation map (or of a per-thread plain map).
 class Shard {
  public:
   explicit Shard(AggMap* map);
 
   // Applies the map's pending clear/zero/delete ops when the epoch moved (one relaxed
-  // load when it did not).
-  void sync_if_stale();
+  // load when it did not). Inline: it is on every hit.
+  inline void sync_if_stale();
   // The value words of `key` in this shard, inserted zeroed if absent. Owner only.
   std::atomic<std::uint64_t>* find_or_insert(const std::uint64_t* key) {
     const std::uint64_t h = hash_key(key, table_.key_words());
     if (std::atomic<std::uint64_t>* v = table_.find(key, h)) [[likely]]
       return v;
     return insert_slow(key, h);
+  }
+  // The same for a map with one integer key (key_words() == 1).
+  std::atomic<std::uint64_t>* find_or_insert1(std::uint64_t key) {
+    const std::uint64_t h = hash_key(&key, 1);
+    if (std::atomic<std::uint64_t>* v = table_.find1(key, h)) [[likely]]
+      return v;
+    return insert_slow(&key, h);
+  }
+
+  // Per-thread plain maps (one integer key, the caller's tid; value words then a "present"
+  // word). Owner only, after sync_if_stale(); no lock once the key has been inserted.
+  // Copies the value into `out` (zeros when absent); false when absent.
+  bool plain_get(std::uint64_t key, std::uint64_t* out) const {
+    const std::uint32_t vw = plain_words_;
+    const std::atomic<std::uint64_t>* v = table_.find1(key, hash_key(&key, 1));
+    if (v && v[vw].load(std::memory_order_relaxed)) [[likely]] {
+      for (std::uint32_t w = 0; w < vw; ++w)
+        out[w] = v[w].load(std::memory_order_relaxed);
+      return true;
+    }
+    for (std::uint32_t w = 0; w < vw; ++w)
+      out[w] = 0;
+    return false;
+  }
+  // An integer value, 0 when absent.
+  std::uint64_t plain_get_int(std::uint64_t key) const {
+    const std::atomic<std::uint64_t>* v = table_.find1(key, hash_key(&key, 1));
+    return v && v[1].load(std::memory_order_relaxed) ? v[0].load(std::memory_order_relaxed) : 0;
+  }
+  void plain_set(std::uint64_t key, const std::uint64_t* value) {
+    const std::uint32_t vw = plain_words_;
+    std::atomic<std::uint64_t>* v = find_or_insert1(key);
+    for (std::uint32_t w = 0; w < vw; ++w)
+      v[w].store(value[w], std::memory_order_relaxed);
+    v[vw].store(1, std::memory_order_relaxed);
+  }
+  void plain_set_int(std::uint64_t key, std::uint64_t value) {
+    std::atomic<std::uint64_t>* v = find_or_insert1(key);
+    v[0].store(value, std::memory_order_relaxed);
+    v[1].store(1, std::memory_order_relaxed);
+  }
+  // Adds `d` to an integer value (absent: 0); returns the new value.
+  std::uint64_t plain_add(std::uint64_t key, std::uint64_t d) {
+    std::atomic<std::uint64_t>* v = find_or_insert1(key);
+    const std::uint64_t old =
+        v[1].load(std::memory_order_relaxed) ? v[0].load(std::memory_order_relaxed) : 0;
+    v[0].store(old + d, std::memory_order_relaxed);
+    v[1].store(1, std::memory_order_relaxed);
+    return old + d;
+  }
+  // Marks the key absent (the slot stays, so a later set needs no insert).
+  void plain_erase(std::uint64_t key) {
+    if (std::atomic<std::uint64_t>* v = table_.find1(key, hash_key(&key, 1)))
+      v[plain_words_].store(0, std::memory_order_relaxed);
   }
 
  private:
@@ -178,15 +253,23 @@ class Shard {
   void sync_slow(std::uint64_t epoch);
 
   AggMap* map_;
-  std::uint64_t seen_epoch_ = 0;  // written by the owner under mu_; read by the printer under mu_
-  std::mutex mu_;                 // structure changes (owner) and walks (printer)
+  const std::atomic<std::uint64_t>* epoch_;  // &map_->epoch_: one load less on a hit
+  std::uint32_t plain_words_ = 0;  // per-thread plain maps: the value words before "present"
+  std::uint64_t seen_epoch_ = 0;   // written by the owner under mu_; read by the printer under mu_
+  std::mutex mu_;                  // structure changes (owner) and walks (printer)
   Table table_;
 };
 
+// An aggregation map, or (desc().per_thread) a plain map partitioned by thread: its slots
+// carry one more value word, "present" (1 set, 0 deleted), and merging takes the value of
+// the newest shard holding the key instead of adding.
 class AggMap {
  public:
   explicit AggMap(MapDesc desc);
   const MapDesc& desc() const { return desc_; }
+  bool plain() const { return desc_.per_thread; }
+  // Value words of a shard's slot (value_words(), plus "present" in plain mode).
+  std::uint32_t slot_value_words() const { return desc_.value_words() + (plain() ? 1 : 0); }
 
   // From any thread.
   void clear();
@@ -194,11 +277,12 @@ class AggMap {
   void erase(const std::uint64_t* key);
   // Merged over every shard, in no particular order.
   std::vector<Row> snapshot();
-  // The merged value of one key (a read of an aggregation in an expression): slow.
+  // Aggregations only: the merged value of one key (a read in an expression): slow.
   std::vector<std::uint64_t> lookup(const std::uint64_t* key);
 
   Shard* new_shard();
   std::uint64_t epoch() const { return epoch_.load(std::memory_order_relaxed); }
+  const std::atomic<std::uint64_t>* epoch_word() const { return &epoch_; }
 
   // Merges `src` into `dst` (value words of this map's kind).
   void merge(std::uint64_t* dst, const std::atomic<std::uint64_t>* src) const;
@@ -265,6 +349,12 @@ class PlainMap {
   Stripe stripes_[kStripes];
 };
 
+inline void Shard::sync_if_stale() {
+  const std::uint64_t e = epoch_->load(std::memory_order_relaxed);  // the map's epoch_
+  if (e != seen_epoch_) [[unlikely]]
+    sync_slow(e);
+}
+
 // Every map of one program, and each thread's shards of its aggregation maps.
 class MapSet {
  public:
@@ -275,7 +365,7 @@ class MapSet {
 
   struct ThreadShards {
     std::uint64_t set_id;
-    std::vector<Shard*> shards;  // index: map id; null for plain maps
+    std::vector<Shard*> shards;  // index: map id; null for striped plain maps
     Shard& shard(std::size_t map) const { return *shards[map]; }
   };
   // The calling thread's shards: one thread_local pointer compared with this set's id.
@@ -288,8 +378,10 @@ class MapSet {
   std::size_t size() const { return descs_.size(); }
   const MapDesc& desc(std::size_t i) const { return descs_[i]; }
   bool is_agg(std::size_t i) const { return is_aggregation(descs_[i].kind); }
-  AggMap& agg(std::size_t i) { return *agg_[i]; }
-  PlainMap& plain(std::size_t i) { return *plain_[i]; }
+  // Sharded per thread: an aggregation, or a plain map with desc().per_thread.
+  bool is_sharded(std::size_t i) const { return agg_[i] != nullptr; }
+  AggMap& agg(std::size_t i) { return *agg_[i]; }        // is_sharded(i)
+  PlainMap& plain(std::size_t i) { return *plain_[i]; }  // !is_sharded(i)
 
   // clear/zero/print of any map kind.
   void clear(std::size_t i);
@@ -301,7 +393,8 @@ class MapSet {
     std::uint64_t set_id = 0;
     ThreadShards* shards = nullptr;
   };
-  static thread_local TlsCache tls_cache_;
+  // constinit: no TLS wrapper call; initial-exec: no __tls_get_addr in the agent's .so.
+  static constinit thread_local TlsCache tls_cache_ __attribute__((tls_model("initial-exec")));
   ThreadShards* local_slow();
 
   std::uint64_t id_;  // unique in the process, never reused
