@@ -410,6 +410,17 @@ std::uint32_t s_tid_read(const Node* n, Frame& f, char* out) {
 
 // Aggregations. Every one: key, this thread's shard, pending-op check, find, relaxed add.
 inline std::atomic<std::uint64_t>* agg_slot(const Node* n, Frame& f) {
+  if (n->imm == 0) {  // no key: one slot at a fixed place
+    Shard& s = f.rt->maps->local()->shard(n->map);
+    s.sync_if_stale();
+    return s.find_or_insert0();
+  }
+  if (n->imm == 1) {  // one integer key: no key loop
+    const std::uint64_t k = u(n->a->i(n->a, f));
+    Shard& s = f.rt->maps->local()->shard(n->map);
+    s.sync_if_stale();
+    return s.find_or_insert1(k);
+  }
   std::uint64_t key[kMaxKeyWords + 1];
   key[0] = 0;
   build_key_fast(n, f, key);
@@ -421,15 +432,7 @@ bool st_count(const SNode* s, Frame& f) {
   add_relaxed(*agg_slot(s->target, f), 1);
   return true;
 }
-// count() with one integer key (map_access puts the key expression in `a`): no key loop.
-bool st_count1(const SNode* s, Frame& f) {
-  const Node* n = s->target;
-  const std::uint64_t key = u(n->a->i(n->a, f));
-  Shard& sh = f.rt->maps->local()->shard(n->map);
-  sh.sync_if_stale();
-  add_relaxed(*sh.find_or_insert1(key), 1);
-  return true;
-}
+
 bool st_sum(const SNode* s, Frame& f) {
   const std::int64_t v = s->value->i(s->value, f);
   add_relaxed(*agg_slot(s->target, f), u(v));
@@ -1172,7 +1175,7 @@ Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
     }
     switch (v.func) {
       case Func::count:
-        out.fn = (*m)->imm == 1 ? st_count1 : st_count;
+        out.fn = st_count;
         break;
       case Func::sum:
         out.fn = st_sum;

@@ -123,6 +123,17 @@ class Table {
  public:
   Table(std::uint32_t key_words, std::uint32_t value_words);
 
+  // Value words of the one key of a table without key words, or null.
+  std::atomic<std::uint64_t>* find0(std::uint64_t hash) const {
+    const std::size_t mask = capacity_ - 1;
+    for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+      std::atomic<std::uint64_t>* s = slot(i);
+      const std::uint64_t state = s[0].load(std::memory_order_relaxed);
+      if (state == 1) [[likely]]
+        return s + 1;
+      if (state == 0) return nullptr;
+    }
+  }
   // Value words of a one-word key, or null (the common case, unrolled).
   std::atomic<std::uint64_t>* find1(std::uint64_t key, std::uint64_t hash) const {
     const std::size_t mask = capacity_ - 1;
@@ -191,6 +202,13 @@ class Shard {
     if (std::atomic<std::uint64_t>* v = table_.find(key, h)) [[likely]]
       return v;
     return insert_slow(key, h);
+  }
+  // The same for a map without keys (key_words() == 0): at most one slot, at a fixed hash.
+  std::atomic<std::uint64_t>* find_or_insert0() {
+    const std::uint64_t h = hash_key(nullptr, 0);
+    if (std::atomic<std::uint64_t>* v = table_.find0(h)) [[likely]]
+      return v;
+    return insert_slow(nullptr, h);
   }
   // The same for a map with one integer key (key_words() == 1).
   std::atomic<std::uint64_t>* find_or_insert1(std::uint64_t key) {
