@@ -159,6 +159,174 @@ TEST(Maps, PlainMapsAreGlobal) {
   EXPECT_EQ(get_string(out), "value");
 }
 
+MapDesc per_thread_int(const char* name = "@start") {
+  MapDesc d{name, ValueKind::integer, {false}};
+  d.per_thread = true;
+  return d;
+}
+
+std::uint64_t get_own(MapSet& set, std::size_t map, std::uint64_t key) {
+  Shard& s = set.local()->shard(map);
+  s.sync_if_stale();
+  return s.plain_get_int(key);
+}
+void set_own(MapSet& set, std::size_t map, std::uint64_t key, std::uint64_t v) {
+  Shard& s = set.local()->shard(map);
+  s.sync_if_stale();
+  s.plain_set_int(key, v);
+}
+void erase_own(MapSet& set, std::size_t map, std::uint64_t key) {
+  Shard& s = set.local()->shard(map);
+  s.sync_if_stale();
+  s.plain_erase(key);
+}
+
+TEST(Maps, PerThreadPlainMapMergesEveryThreadsKey) {
+  MapSet set({per_thread_int()});
+  ASSERT_TRUE(set.is_sharded(0));
+  std::vector<std::thread> ts;
+  for (std::uint64_t t = 1; t <= 4; ++t)
+    ts.emplace_back([&, t] {
+      EXPECT_EQ(get_own(set, 0, t), 0u);  // a missing key reads 0
+      for (std::uint64_t i = 0; i < 1000; ++i) {
+        set_own(set, 0, t, i);
+        EXPECT_EQ(get_own(set, 0, t), i);
+        erase_own(set, 0, t);
+        EXPECT_EQ(get_own(set, 0, t), 0u);
+      }
+      set_own(set, 0, t, 100 * t);
+      Shard& s = set.local()->shard(0);
+      EXPECT_EQ(s.plain_add(t, 5), 100 * t + 5);
+      if (t == 4) erase_own(set, 0, t);  // deleted: not printed
+    });
+  for (auto& t : ts)
+    t.join();  // the entries outlive their threads
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 3u);
+  for (std::uint64_t t = 1; t <= 3; ++t)
+    EXPECT_EQ(total_of(rows, t), 100 * t + 5);
+}
+
+TEST(Maps, PerThreadPlainMapClearZeroDeleteFromAnotherThread) {
+  MapSet set({per_thread_int()});
+  // A live owner that sets its key and then waits while other threads act on the map.
+  std::atomic<int> step{0};
+  std::uint64_t seen_after_delete = 1, seen_after_zero = 1, seen_after_clear = 1;
+  std::thread owner([&] {
+    set_own(set, 0, 7, 70);
+    step = 1;
+    while (step.load() != 2)
+      std::this_thread::yield();
+    seen_after_delete = get_own(set, 0, 7);
+    set_own(set, 0, 7, 71);
+    step = 3;
+    while (step.load() != 4)
+      std::this_thread::yield();
+    seen_after_zero = get_own(set, 0, 7);
+    set_own(set, 0, 7, 72);
+    step = 5;
+    while (step.load() != 6)
+      std::this_thread::yield();
+    seen_after_clear = get_own(set, 0, 7);
+  });
+  set_own(set, 0, 8, 80);
+  while (step.load() != 1)
+    std::this_thread::yield();
+  std::thread([&] {
+    std::uint64_t k = 7;
+    set.agg(0).erase(&k);
+  }).join();
+  // The owner has not synced yet: the printer applies the pending delete itself.
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(total_of(rows, 8), 80u);
+  step = 2;
+  while (step.load() != 3)
+    std::this_thread::yield();
+  EXPECT_EQ(seen_after_delete, 0u);
+  EXPECT_EQ(total_of(set.snapshot(0), 7), 71u);
+
+  std::thread([&] { set.zero(0); }).join();
+  rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 2u);  // zero keeps the keys
+  EXPECT_EQ(total_of(rows, 7), 0u);
+  EXPECT_EQ(total_of(rows, 8), 0u);
+  step = 4;
+  while (step.load() != 5)
+    std::this_thread::yield();
+  EXPECT_EQ(seen_after_zero, 0u);
+
+  std::thread([&] { set.clear(0); }).join();
+  EXPECT_TRUE(set.snapshot(0).empty());
+  EXPECT_EQ(get_own(set, 0, 8), 0u);
+  step = 6;
+  owner.join();
+  EXPECT_EQ(seen_after_clear, 0u);
+  EXPECT_TRUE(set.snapshot(0).empty());
+}
+
+TEST(Maps, PerThreadPlainMapNewestShardWinsAReusedKey) {
+  // A tid reused by a newer thread: both shards hold the key; the newer value prints.
+  MapSet set({per_thread_int()});
+  std::thread([&] { set_own(set, 0, 5, 1); }).join();
+  std::thread([&] { set_own(set, 0, 5, 2); }).join();
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(total_of(rows, 5), 2u);
+}
+
+TEST(Maps, PerThreadStringMap) {
+  MapDesc d{"@name", ValueKind::string, {false}};
+  d.per_thread = true;
+  MapSet set({d});
+  std::uint64_t val[kStrWords], out[kStrWords];
+  put_string(val, "hello");
+  Shard& s = set.local()->shard(0);
+  EXPECT_FALSE(s.plain_get(3, out));
+  EXPECT_EQ(get_string(out), "");
+  s.plain_set(3, val);
+  ASSERT_TRUE(s.plain_get(3, out));
+  EXPECT_EQ(get_string(out), "hello");
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 1u);
+  ASSERT_EQ(rows[0].value.size(), kStrWords);  // "present" is not part of the value
+  EXPECT_EQ(get_string(rows[0].value.data()), "hello");
+}
+
+// Owners set/delete their keys while a printer walks and clears (TSan checks the protocol).
+TEST(Maps, PerThreadPlainConcurrentPrinting) {
+  MapSet set({per_thread_int()});
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> writers;
+  for (std::uint64_t t = 1; t <= 3; ++t)
+    writers.emplace_back([&, t] {
+      for (std::uint64_t i = 0; i < 100000; ++i) {
+        set_own(set, 0, t, i + 1);
+        if (get_own(set, 0, t) == 0) set_own(set, 0, t, i + 1);  // a clear came in between
+        erase_own(set, 0, t);
+      }
+    });
+  std::thread printer([&] {
+    int clears = 0;
+    while (!stop.load()) {
+      for (const Row& r : set.snapshot(0))
+        ASSERT_TRUE(r.key[0] >= 1 && r.key[0] <= 3);
+      if (clears++ < 5) set.clear(0);
+    }
+  });
+  for (auto& w : writers)
+    w.join();
+  stop = true;
+  printer.join();
+  EXPECT_TRUE(set.snapshot(0).empty());  // every key was deleted last
+  for (std::uint64_t t = 1; t <= 3; ++t)
+    std::thread([&, t] { set_own(set, 0, t, t); }).join();
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 3u);
+  for (std::uint64_t t = 1; t <= 3; ++t)
+    EXPECT_EQ(total_of(rows, t), t);
+}
+
 // The printer walks while owners insert, grow and add; clear() runs in between. TSan
 // checks the protocol; the final totals check that no add was lost after the last clear.
 TEST(Maps, ConcurrentPrintingWhileWriting) {
