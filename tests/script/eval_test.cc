@@ -4,9 +4,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <ctime>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "script/eval.h"
 #include "script/program.h"
@@ -250,6 +252,110 @@ TEST(Eval, PerThreadAggregationMerged) {
   for (auto& t : ts)
     t.join();
   EXPECT_EQ(s.maps(), "\n\n@c[0]: 2000\n@c[1]: 2000\n@s: 12000\n");
+}
+
+// Which plain maps the lowering partitions by thread (every access keyed by tid alone).
+std::vector<bool> per_thread_maps(std::string_view src) {
+  auto ast = parse(src);
+  EXPECT_TRUE(ast.ok());
+  EXPECT_TRUE(check(*ast).ok());
+  auto rt = lower(std::move(*ast), OutputFormat::text);
+  EXPECT_TRUE(rt.ok());
+  std::vector<bool> out;
+  for (std::size_t i = 0; i < (*rt)->maps->size(); ++i)
+    out.push_back((*rt)->maps->desc(i).per_thread);
+  return out;
+}
+
+TEST(Eval, TidKeyedMapsArePerThreadOnlyWhenEveryAccessUsesTid) {
+  using V = std::vector<bool>;
+  EXPECT_EQ(per_thread_maps("uprobe:libc:getpid { @s[tid] = nsecs; }"
+                            "uretprobe:libc:getpid /@s[tid]/ { delete(@s[tid]); }"
+                            "interval:s:1 { print(@s); clear(@s); }"),
+            V{true});
+  EXPECT_EQ(per_thread_maps("uprobe:libc:getpid { @m[tid] = 1; @m[arg0] = 2; }"), V{false});
+  EXPECT_EQ(per_thread_maps("uprobe:libc:getpid { @m[tid, 1] = 1; }"), V{false});
+  EXPECT_EQ(per_thread_maps("uprobe:libc:getpid { @c[tid] = count(); }"), V{false});
+  EXPECT_EQ(per_thread_maps("uprobe:libc:getpid { @n[tid] = \"x\"; @i[tid]++; }"), (V{true, true}));
+  EXPECT_EQ(per_thread_maps("uprobe:libc:getpid { @s[tid] = 1; @a[@s[tid]] = 2; }"),
+            (V{true, false}));
+}
+
+int gettid_now() {
+  return static_cast<int>(syscall(SYS_gettid));
+}
+
+TEST(Eval, TidMapExactAcrossThreadsAndPrintedMerged) {
+  Script s(
+      "uprobe:libc:getpid { @start[tid] = arg0; @n[tid]++; }"
+      "uretprobe:libc:getpid /@start[tid]/ { @lat = count(); delete(@start[tid]); }");
+  ASSERT_TRUE(s.prog);
+  constexpr int kThreads = 4;
+  std::vector<int> tids(kThreads);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < kThreads; ++t)
+    ts.emplace_back([&, t] {
+      tids[t] = gettid_now();
+      for (int i = 0; i < 1000; ++i) {
+        s.hit(0, 1 + i);
+        s.hit(1);
+      }
+      s.hit(0, 1000000 + t);  // left set: printed
+    });
+  for (auto& t : ts)
+    t.join();
+  const std::string m = s.maps();
+  EXPECT_NE(m.find("@lat: 4000\n"), std::string::npos) << m;
+  for (int t = 0; t < kThreads; ++t) {
+    const std::string tid = std::to_string(tids[t]);
+    EXPECT_NE(m.find("@start[" + tid + "]: " + std::to_string(1000000 + t) + "\n"),
+              std::string::npos)
+        << m;
+    EXPECT_NE(m.find("@n[" + tid + "]: 1001\n"), std::string::npos) << m;
+  }
+}
+
+TEST(Eval, TidMapClearedFromAnIntervalOnAnotherThread) {
+  Script s(
+      "uprobe:libc:getpid { @start[tid] = 5; }"
+      "interval:s:1 { clear(@start); }"
+      "uretprobe:libc:getpid /@start[tid]/ { @hits = count(); }");
+  ASSERT_TRUE(s.prog);
+  std::atomic<int> step{0};
+  std::thread worker([&] {
+    s.hit(0);
+    step = 1;
+    while (step.load() != 2)
+      std::this_thread::yield();
+    s.hit(2);  // cleared meanwhile: the predicate reads 0
+    s.hit(0);
+    s.hit(2);  // set again: counted
+  });
+  while (step.load() != 1)
+    std::this_thread::yield();
+  EXPECT_NE(s.maps().find("@start["), std::string::npos);
+  s.prog->run_interval(1);
+  EXPECT_EQ(s.maps().find("@start["), std::string::npos) << s.maps();  // printer applies it
+  step = 2;
+  worker.join();
+  const std::string m = s.maps();
+  EXPECT_NE(m.find("@hits: 1\n"), std::string::npos) << m;
+}
+
+TEST(Eval, MixedKeyMapStaysGlobal) {
+  // @m is keyed by tid in one place and by arg0 in another: one global map, so a value set
+  // by one thread under its tid is read by another through arg0.
+  Script s(
+      "uprobe:libc:getpid { @m[tid] = 42; }"
+      "uprobe:libc:getppid { @seen = @m[arg0]; }");
+  ASSERT_TRUE(s.prog);
+  int tid = 0;
+  std::thread([&] {
+    tid = gettid_now();
+    s.hit(0);
+  }).join();
+  s.hit(1, static_cast<std::uint64_t>(tid));
+  EXPECT_NE(s.maps().find("@seen: 42\n"), std::string::npos) << s.maps();
 }
 
 TEST(Eval, CompileErrorIsRendered) {
