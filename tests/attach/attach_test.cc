@@ -1,0 +1,591 @@
+// End-to-end tests of `hotprobe attach -p PID` (issue 5): the built hotprobe and agent on a
+// running fixture program (fixture/attach_target.c) that counts its own calls of the
+// probed functions, so what hotprobe counted can be compared with what happened.
+// docs/design/attach.md has what each test proves and the window-boundary argument.
+#include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "elf/modules.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+bool sanitized() {
+  return std::strlen(HP_SANITIZE) != 0;
+}
+#define HP_SKIP_IF_SANITIZED()                                                                \
+  if (sanitized())                                                                            \
+  GTEST_SKIP() << "built with -fsanitize=" HP_SANITIZE                                        \
+                  ": the sanitized agent would be injected into a target whose sanitizer "    \
+                  "runtime did not start first (and whose allocator it cannot replace); the " \
+                  "release build runs these tests"
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string temp_path(const std::string& what) {
+  static int serial = 0;
+  return ::testing::TempDir() + "hp_attach_" + std::to_string(::getpid()) + "_" + what + "_" +
+         std::to_string(++serial);
+}
+
+std::vector<long> numbers_after(const std::string& line, const std::string& word) {
+  std::vector<long> v;
+  if (line.rfind(word, 0) != 0) return v;
+  std::istringstream in(line.substr(word.size()));
+  long x;
+  while (in >> x)
+    v.push_back(x);
+  return v;
+}
+
+// The fixture program, with its stdin and stdout on pipes: one command line in, one
+// answer line out.
+class Target {
+ public:
+  explicit Target(const std::vector<std::string>& args) {
+    int in[2], out[2];
+    if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      std::vector<char*> argv{const_cast<char*>(HP_TARGET)};
+      for (const auto& a : args)
+        argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(HP_TARGET, argv.data());
+      ::_exit(99);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    to_ = in[1];
+    from_ = out[0];
+    std::string ready = line();
+    auto ids = numbers_after(ready, "ready");
+    if (!ids.empty() && ids[0] == pid_) tids_.assign(ids.begin() + 1, ids.end());
+    ready_ = !ids.empty() && ids[0] == pid_;
+  }
+  ~Target() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (to_ >= 0) ::close(to_);
+    if (from_ >= 0) ::close(from_);
+  }
+  pid_t pid() const { return pid_; }
+  bool ready() const { return ready_; }
+  const std::vector<long>& tids() const { return tids_; }
+
+  // The next line of its stdout ("" after `timeout` or at its end).
+  std::string line(std::chrono::milliseconds timeout = 20s) {
+    auto deadline = Clock::now() + timeout;
+    for (;;) {
+      if (auto nl = buf_.find('\n'); nl != std::string::npos) {
+        std::string l = buf_.substr(0, nl);
+        buf_.erase(0, nl + 1);
+        return l;
+      }
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return {};
+      pollfd p{from_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char chunk[4096];
+      ssize_t n = ::read(from_, chunk, sizeof chunk);
+      if (n <= 0) return {};
+      buf_.append(chunk, static_cast<std::size_t>(n));
+    }
+  }
+  void send(const std::string& text) {
+    ssize_t n = ::write(to_, text.data(), text.size());
+    (void)n;
+  }
+  std::string command(const std::string& text) {
+    send(text + "\n");
+    return line();
+  }
+  // The numbers of the answer to `what` (its first word repeated, then the numbers).
+  std::vector<long> counts(const std::string& what) {
+    return numbers_after(command(what), what.substr(0, what.find(' ')));
+  }
+
+  // Exit status (128+N for signal N), -1 if it has not ended within `timeout`.
+  int wait_exit(std::chrono::milliseconds timeout = 20s) {
+    auto deadline = Clock::now() + timeout;
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (Clock::now() > deadline) return -1;
+      std::this_thread::sleep_for(2ms);
+    }
+    reaped_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+  bool ready_ = false, reaped_ = false;
+  std::vector<long> tids_;
+  std::string buf_;
+};
+
+struct Outcome {
+  int code = -1;  // exit status, 128+N for signal N, -1 on timeout
+  std::string out, err;
+  double seconds = 0;
+};
+
+// `hotprobe ARGS...` running in the background, its stdout and stderr in files.
+class Hotprobe {
+ public:
+  explicit Hotprobe(const std::vector<std::string>& args, const char* agent = HP_AGENT,
+                    uid_t run_as = 0)
+      : out_path_(temp_path("out")), err_path_(temp_path("err")), start_(Clock::now()) {
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      int o = ::open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      int e = ::open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(o, 1);
+      ::dup2(e, 2);
+      int null = ::open("/dev/null", O_RDONLY);
+      ::dup2(null, 0);
+      ::setenv("HOTPROBE_AGENT", agent, 1);
+      if (run_as != 0) {
+        gid_t gid = run_as;
+        if (::setgroups(1, &gid) != 0 || ::setgid(gid) != 0 || ::setuid(run_as) != 0) ::_exit(98);
+      }
+      std::vector<char*> argv{const_cast<char*>(HP_HOTPROBE)};
+      for (const auto& a : args)
+        argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(HP_HOTPROBE, argv.data());
+      ::_exit(99);
+    }
+  }
+  ~Hotprobe() {
+    if (pid_ > 0 && !reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    ::unlink(out_path_.c_str());
+    ::unlink(err_path_.c_str());
+  }
+  pid_t pid() const { return pid_; }
+  std::string out() const { return read_file(out_path_); }
+
+  bool wait_for_output(const std::string& text, std::chrono::milliseconds timeout = 20s) {
+    auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      if (out().find(text) != std::string::npos) return true;
+      int status;
+      if (!reaped_ && ::waitpid(pid_, &status, WNOHANG) == pid_) {
+        reaped_ = true;
+        status_ = status;
+      }
+      if (reaped_) return out().find(text) != std::string::npos;
+      std::this_thread::sleep_for(2ms);
+    }
+    return false;
+  }
+  void interrupt() { ::kill(pid_, SIGINT); }
+  Outcome wait(std::chrono::milliseconds timeout = 20s) {
+    Outcome r;
+    auto deadline = Clock::now() + timeout;
+    while (!reaped_) {
+      int status;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        reaped_ = true;
+        status_ = status;
+        break;
+      }
+      if (Clock::now() > deadline) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, nullptr, 0);
+        reaped_ = true;
+        status_ = -1;
+        ADD_FAILURE() << "hotprobe did not end within " << timeout.count() << " ms";
+        break;
+      }
+      std::this_thread::sleep_for(2ms);
+    }
+    if (status_ != -1) r.code = WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
+    r.out = out();
+    r.err = read_file(err_path_);
+    r.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
+    return r;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  std::string out_path_, err_path_;
+  Clock::time_point start_;
+  bool reaped_ = false;
+  int status_ = -1;
+};
+
+std::vector<std::string> attach_args(pid_t pid, const std::string& script) {
+  return {"attach", "-p", std::to_string(pid), "-e", script};
+}
+
+std::string probe(const char* function, const std::string& body) {
+  return std::string("uprobe:") + HP_TARGET + ":" + function + " { " + body + " }";
+}
+
+// "@name[KEY]: VALUE" lines of a printed map (text format), by key.
+std::map<long, long> keyed_map(const std::string& out, const std::string& name) {
+  std::map<long, long> m;
+  std::istringstream in(out);
+  std::string l, prefix = "@" + name + "[";
+  while (std::getline(in, l)) {
+    if (l.rfind(prefix, 0) != 0) continue;
+    auto close = l.find("]: ");
+    if (close == std::string::npos) continue;
+    m[std::stol(l.substr(prefix.size(), close - prefix.size()))] = std::stol(l.substr(close + 3));
+  }
+  return m;
+}
+
+// The functions whose first bytes differ, in `pid`'s memory, from their file's bytes:
+// "module:function" entries; "" when all match. Reads /proc/PID/mem.
+std::string code_differs_from_file(pid_t pid, const std::vector<std::string>& specs) {
+  auto modules = hp::elf::ModuleList::of_process(pid);
+  if (!modules) return "cannot read the modules: " + modules.error().message();
+  std::string differs;
+  int mem = ::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+  if (mem < 0) return "cannot open /proc/PID/mem";
+  for (const auto& spec : specs) {
+    auto colon = spec.rfind(':');
+    auto m = modules->resolve(spec.substr(0, colon));
+    if (!m) {
+      differs += spec + " (module not found) ";
+      continue;
+    }
+    auto elf = modules->elf(**m);
+    if (!elf) {
+      differs += spec + " (no ELF) ";
+      continue;
+    }
+    auto syms = (*elf)->find(spec.substr(colon + 1));
+    if (syms.empty()) {
+      differs += spec + " (no symbol) ";
+      continue;
+    }
+    const auto* sym = syms.front();
+    std::size_t len = std::min<std::uint64_t>(std::max<std::uint64_t>(sym->size, 16), 256);
+    auto file = (*elf)->read_bytes(sym->file_offset, len);
+    auto addr = (*m)->offset_to_address(sym->file_offset);
+    if (!file || !addr) {
+      differs += spec + " (cannot locate) ";
+      continue;
+    }
+    std::vector<std::uint8_t> memory(len);
+    if (::pread(mem, memory.data(), len, static_cast<off_t>(*addr)) != static_cast<ssize_t>(len) ||
+        memory != *file)
+      differs += spec + " ";
+  }
+  ::close(mem);
+  return differs;
+}
+
+// The functions the tests' scripts probe.
+std::vector<std::string> script_functions() {
+  return {std::string(HP_TARGET) + ":hp_work", std::string(HP_TARGET) + ":hp_window"};
+}
+// The agent's own hooks on the process's end (src/agent/session.cc, Session::attach).
+std::vector<std::string> agent_hook_functions() {
+  return {"libc:exit", "libc:_exit", "libc:execve", "libc:execveat"};
+}
+
+// Waits (bounded) until the agent's per-session threads ("hotprobe-agent", the reporter)
+// have ended: they detach the probes after hotprobe has printed the final report.
+void wait_agent_threads_gone(pid_t pid) {
+  auto deadline = Clock::now() + 5s;
+  for (;;) {
+    bool any = false;
+    std::string task = "/proc/" + std::to_string(pid) + "/task/";
+    if (DIR* d = ::opendir(task.c_str())) {
+      while (const dirent* e = ::readdir(d))
+        if (e->d_name[0] != '.' && read_file(task + e->d_name + "/comm") == "hotprobe-agent\n")
+          any = true;
+      ::closedir(d);
+    }
+    if (!any || Clock::now() > deadline) return;
+    std::this_thread::sleep_for(2ms);
+  }
+}
+
+// Attach to three threads calling hp_work in a loop: hotprobe's per-thread counts of a
+// gated window are exact, those of the free-running function lie within the program's
+// own counts around the attached time; detach restores every probed byte and the program
+// runs on and exits normally.
+TEST(HotprobeAttach, CountsMatchTheProgramsOwnAndDetachRestoresTheCode) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "3"});
+  ASSERT_TRUE(t.ready());
+  ASSERT_EQ(t.tids().size(), 3u);
+  auto s0 = t.counts("snap");
+  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@c[tid] = count();") + " " +
+                                       probe("hp_window", "@w[tid] = count();")));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
+  auto s1 = t.counts("snap");
+  auto w1 = t.counts("window 1000");
+  std::this_thread::sleep_for(100ms);
+  auto s2 = t.counts("snap");
+  hp.interrupt();
+  Outcome r = hp.wait();
+  auto s3 = t.counts("snap");
+  ASSERT_EQ(r.code, 0) << r.err;
+  ASSERT_EQ(s0.size(), 3u);
+  ASSERT_EQ(s3.size(), 3u);
+  ASSERT_EQ(w1.size(), 3u);
+  auto c = keyed_map(r.out, "c"), w = keyed_map(r.out, "w");
+  for (std::size_t k = 0; k < 3; ++k) {
+    long tid = t.tids()[k];
+    // Exact: every hp_window call of the window happened between two answers of the
+    // program, both inside the attached time.
+    EXPECT_EQ(w[tid], w1[k]) << "thread " << tid << "\n" << r.out;
+    // Bounded: calls counted after attach completed (s1) and before Ctrl-C (s2) were all
+    // seen; nothing before the command started (s0) or after it ended (s3) was, but one
+    // call incremented before s0 may enter the function after it.
+    EXPECT_GE(c[tid], s2[k] - s1[k]) << "thread " << tid << "\n" << r.out;
+    EXPECT_LE(c[tid], s3[k] - s0[k] + 1) << "thread " << tid << "\n" << r.out;
+    EXPECT_GT(s2[k] - s1[k], 0) << "thread " << tid << " did not run during the window";
+  }
+  wait_agent_threads_gone(t.pid());
+  EXPECT_EQ(code_differs_from_file(t.pid(), script_functions()), "");
+  // The program runs on: its own checks of every result pass, windows still complete.
+  EXPECT_EQ(t.counts("window 10"), (std::vector<long>{w1[0] + 10, w1[1] + 10, w1[2] + 10}));
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// The injected thread (the leader) is blocked in a system call: it must complete as the
+// program expects after detach (the program checks the result and errno itself).
+TEST(HotprobeAttach, BlockedReadCompletesAfterDetach) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"read"});
+  ASSERT_TRUE(t.ready());
+  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 1 probe...\n")) << hp.wait().err;
+  hp.interrupt();
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(t.wait_exit(50ms), -1) << "the read() returned early";
+  wait_agent_threads_gone(t.pid());
+  EXPECT_EQ(code_differs_from_file(t.pid(), script_functions()), "");
+  t.send("hello\n");
+  EXPECT_EQ(t.line(), "got hello");
+  EXPECT_EQ(t.wait_exit(), 0) << "2: read() failed with EINTR, 3: wrong data";
+}
+
+TEST(HotprobeAttach, BlockedNanosleepCompletesAfterDetach) {
+  HP_SKIP_IF_SANITIZED();
+  constexpr int kSleepMs = 4000;
+  auto start = Clock::now();
+  Target t({"sleep", std::to_string(kSleepMs)});
+  ASSERT_TRUE(t.ready());
+  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 1 probe...\n")) << hp.wait().err;
+  hp.interrupt();
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 0) << r.err;
+  ASSERT_LT(Clock::now() - start, std::chrono::milliseconds(kSleepMs))
+      << "attach and detach took longer than the sleep: the test proves nothing";
+  EXPECT_EQ(t.line(), "slept");
+  EXPECT_EQ(t.wait_exit(), 0) << "4: nanosleep() failed (EINTR), 5: it returned early";
+}
+
+// Two sessions at once: each sees its own probes and prints its own maps; ending one
+// leaves the other counting exactly.
+TEST(HotprobeAttach, TwoSessionsKeepTheirOwnProbes) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  Hotprobe a(attach_args(
+      t.pid(), probe("hp_window", "@a = count();") + " " + probe("hp_work", "@awork = count();")));
+  ASSERT_TRUE(a.wait_for_output("Attaching 2 probes...\n")) << a.wait().err;
+  Hotprobe b(attach_args(t.pid(), probe("hp_window", "@b = count();")));
+  ASSERT_TRUE(b.wait_for_output("Attaching 1 probe...\n")) << b.wait().err;
+  t.counts("window 100");  // 200 calls, both sessions
+  a.interrupt();
+  Outcome ra = a.wait();
+  EXPECT_EQ(ra.code, 0) << ra.err;
+  EXPECT_NE(ra.out.find("@a: 200\n"), std::string::npos) << ra.out;
+  EXPECT_EQ(ra.out.find("@b"), std::string::npos) << ra.out;
+  t.counts("window 50");  // 100 more, session b only
+  b.interrupt();
+  Outcome rb = b.wait();
+  EXPECT_EQ(rb.code, 0) << rb.err;
+  EXPECT_NE(rb.out.find("@b: 300\n"), std::string::npos) << rb.out;
+  EXPECT_EQ(rb.out.find("@a"), std::string::npos) << rb.out;
+  wait_agent_threads_gone(t.pid());
+  EXPECT_EQ(code_differs_from_file(t.pid(), script_functions()), "");
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// Attach, detach, attach again, 20 times: every cycle counts its own window exactly.
+// Returns the target's "maps" answers (maps lines, threads, descriptors) before the
+// first cycle, after it, and after the last. `settle`: wait for the agent's threads of
+// one cycle to end before the next (see DISABLED_BackToBackAttachSucceeds).
+struct CycleCounts {
+  std::vector<long> before, after_first, after;
+};
+void attach_cycles(Target& t, int cycles, bool settle, CycleCounts& c) {
+  c.before = t.counts("maps");
+  for (int i = 0; i < cycles; ++i) {
+    Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")));
+    ASSERT_TRUE(hp.wait_for_output("Attaching 1 probe...\n")) << "cycle " << i << hp.wait().err;
+    t.counts("window 5");
+    hp.interrupt();
+    Outcome r = hp.wait();
+    ASSERT_EQ(r.code, 0) << "cycle " << i << ": " << r.err;
+    ASSERT_NE(r.out.find("@w: 10\n"), std::string::npos) << "cycle " << i << ": " << r.out;
+    if (settle) wait_agent_threads_gone(t.pid());
+    if (i == 0) c.after_first = t.counts("maps");
+  }
+  wait_agent_threads_gone(t.pid());
+  c.after = t.counts("maps");
+  ASSERT_EQ(c.before.size(), 3u);
+  ASSERT_EQ(c.after_first.size(), 3u);
+  ASSERT_EQ(c.after.size(), 3u);
+  std::printf(
+      "[ cycles ] maps lines %ld -> %ld (first) -> %ld (last); threads %ld -> %ld -> %ld; "
+      "fds %ld -> %ld -> %ld\n",
+      c.before[0], c.after_first[0], c.after[0], c.before[1], c.after_first[1], c.after[1],
+      c.before[2], c.after_first[2], c.after[2]);
+}
+
+// The first cycle may add the agent's one-time mappings and threads (the library, its
+// TLS, the allocator arena of its threads, the hot-path domain's grace-period thread
+// hp-gp-tt); cycles 2..20 add no thread, and the probes come off every time.
+TEST(HotprobeAttach, TwentyCyclesEachCountTheirOwnWindowNoThreadLeft) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  CycleCounts c;
+  attach_cycles(t, 20, /*settle=*/true, c);
+  if (HasFatalFailure()) return;
+  EXPECT_LE(c.after_first[1] - c.before[1], 1) << "more than one lasting agent thread";
+  EXPECT_EQ(c.after[1], c.after_first[1]) << "threads left behind per attach";
+  EXPECT_EQ(code_differs_from_file(t.pid(), script_functions()), "");
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// KNOWN FAILING (agent, src/agent/preload.cc + session.cc): an attach session's Session
+// is never destroyed (hotprobe_agent_start's thread drops the pointer), so each attach
+// keeps its Engine (2 maps lines: trampoline/code memory) and its three descriptors
+// (socket, two eventfds). Enable when the agent frees a finished attach session.
+TEST(HotprobeAttach, DISABLED_TwentyCyclesLeakNoMappingsOrDescriptors) {
+  HP_SKIP_IF_SANITIZED();
+  constexpr long kSlack = 0;  // beyond the first cycle's one-time mappings
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  CycleCounts c;
+  attach_cycles(t, 20, /*settle=*/true, c);
+  if (HasFatalFailure()) return;
+  EXPECT_LE(c.after[0] - c.after_first[0], kSlack) << "mappings leak per attach";
+  EXPECT_EQ(c.after[2], c.after_first[2]) << "descriptors leak per attach";
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// KNOWN FAILING (agent/engine): a new attach right after the previous hotprobe returned
+// can fail with "could not patch: thread T of this process did not answer hotprobe's
+// signal 61 within 1 s": T is the previous session's reporter ("hotprobe-agent"), which
+// blocks every signal (Session::start_reporter) and is still detaching its probes.
+TEST(HotprobeAttach, DISABLED_BackToBackAttachSucceeds) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  CycleCounts c;
+  attach_cycles(t, 20, /*settle=*/false, c);
+}
+
+// KNOWN FAILING (agent): the agent's own hooks on libc's exit, _exit, execve and execveat
+// (Session::exit_handles_) are removed only in ~Session, which never runs for an attach
+// session, so those four functions stay patched after detach.
+TEST(HotprobeAttach, DISABLED_DetachRestoresTheAgentsExitHooks) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 1 probe...\n")) << hp.wait().err;
+  hp.interrupt();
+  EXPECT_EQ(hp.wait().code, 0);
+  wait_agent_threads_gone(t.pid());
+  EXPECT_EQ(code_differs_from_file(t.pid(), agent_hook_functions()), "");
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+TEST(HotprobeAttachErrors, NoSuchProcess) {
+  pid_t gone = ::fork();
+  if (gone == 0) ::_exit(0);
+  ::waitpid(gone, nullptr, 0);  // a PID that existed and is free now
+  Hotprobe hp(attach_args(gone, "BEGIN { exit(); }"));
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("no process with PID " + std::to_string(gone)), std::string::npos) << r.err;
+}
+
+TEST(HotprobeAttachErrors, PermissionDeniedNamesTheWayOut) {
+  HP_SKIP_IF_SANITIZED();
+  if (::getuid() != 0) GTEST_SKIP() << "needs root, to run hotprobe as user 65534";
+  if (::access(HP_HOTPROBE, X_OK) != 0) GTEST_SKIP() << "hotprobe is not executable";
+  Target t({"read"});
+  ASSERT_TRUE(t.ready());
+  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), HP_AGENT, 65534);
+  Outcome r = hp.wait();
+  if (r.code == 126 || r.code == 99)
+    GTEST_SKIP() << "user 65534 cannot execute " << HP_HOTPROBE << " (directory modes)";
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("uid 0"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("CAP_SYS_PTRACE"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("run as that user, or as root"), std::string::npos) << r.err;
+  t.send("hello\n");
+  EXPECT_EQ(t.line(), "got hello");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// The "agent" ends the process in its constructor: the target exits in the middle of
+// the injection, and hotprobe says so with the exit status.
+TEST(HotprobeAttachErrors, TargetExitsDuringInjection) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"read"});
+  ASSERT_TRUE(t.ready());
+  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), HP_EXIT_LIB);
+  Outcome r = hp.wait();
+  EXPECT_EQ(t.wait_exit(), 7);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("exited during the injection"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("exit status 7"), std::string::npos) << r.err;
+}
+
+}  // namespace
