@@ -297,6 +297,85 @@ std::uintptr_t target_load_lock(const elf::ModuleList& mods) {
   return bias.ok() ? *bias + l.load_lock_vaddr : 0;
 }
 
+bool is_loader(std::string_view module_name) {
+  return module_name.starts_with("ld-linux") || module_name.starts_with("ld-2.") ||
+         module_name == "ld.so";
+}
+bool is_libc(std::string_view module_name) {
+  return module_name.starts_with("libc.so") || module_name.starts_with("libc-");
+}
+
+// Whether the bytes just before `ret` (read from the target) end with a call instruction:
+// `call rel32` (e8), or `call r/m64` (ff /2) in any of its lengths. A word on the stack
+// that passes is taken for a return address.
+bool follows_call(Tracee& t, std::uintptr_t ret) {
+  std::uint8_t b[7];
+  if (ret < sizeof b || !t.read_memory(ret - sizeof b, b, sizeof b).ok()) return false;
+  if (b[2] == 0xe8) return true;
+  for (std::size_t k = 2; k <= 7; ++k) {
+    const std::uint8_t op = b[7 - k], modrm = k >= 2 && 7 - k + 1 < 7 ? b[7 - k + 1] : 0;
+    if (op != 0xff || ((modrm >> 3) & 7) != 2) continue;
+    const int mod = modrm >> 6, rm = modrm & 7;
+    std::size_t len = 2;
+    if (mod == 0 && rm == 5)
+      len = 6;
+    else if (mod == 0 && rm == 4)
+      len = 3;  // SIB (base 5 with disp32 would be 7)
+    else if (mod == 1)
+      len = rm == 4 ? 4 : 3;
+    else if (mod == 2)
+      len = rm == 4 ? 7 : 6;
+    if (mod == 0 && rm == 4 && k == 7 && (b[2] & 7) == 5) len = 7;
+    if (len == k) return true;
+  }
+  return false;
+}
+
+// The stopped thread's callers, from the return addresses on its stack (libc is built
+// without frame pointers, so every word of the top kStackScanBytes is a candidate; one
+// that points into ld.so or libc just after a call instruction is taken for a frame).
+// A frame in the loader, or in a libc function that holds the loader's or the
+// allocator's or a stream's lock while it calls out (malloc hooks, dl_iterate_phdr
+// callbacks, fopencookie functions, atfork handlers), makes the stop unsafe even though
+// the thread itself is elsewhere: the 1-in-40 churn deadlock was a thread stopped in
+// pthread_mutex_lock/unlock called from the loader, where the lock word and its owner
+// field disagree for a few instructions. A stale word that passes makes us refuse a safe
+// stop (we retry); it cannot make us accept an unsafe one.
+constexpr std::size_t kStackScanBytes = 16 * 1024;
+
+std::string unsafe_caller(Tracee& t, const elf::ModuleList& mods, std::uintptr_t rsp) {
+  static constexpr std::string_view kHolders[] = {"alloc", "free", "memalign", "dl",
+                                                  "fork",  "_IO_", "printf"};
+  std::vector<std::uintptr_t> words(512 / sizeof(std::uintptr_t));
+  for (std::size_t done = 0; done < kStackScanBytes; done += 512) {
+    if (!t.read_memory(rsp + done, words.data(), 512).ok()) break;  // the stack's end
+    for (std::size_t i = 0; i < words.size(); ++i) {
+      const std::uintptr_t w = words[i];
+      const elf::Module* m = mods.containing(w);
+      if (!m) continue;
+      const std::string_view name = m->name();
+      const bool loader = is_loader(name);
+      if (!loader && !is_libc(name)) continue;
+      if (!follows_call(t, w)) continue;
+      const std::size_t at = done + i * sizeof w;
+      if (loader)
+        return "called from the dynamic loader (return address at rsp+" + std::to_string(at) + ")";
+      auto file = mods.elf(*m);
+      auto off = m->address_to_offset(w - 1);
+      const elf::Symbol* sym = file.ok() && off.ok() ? (*file)->containing_offset(*off)
+                                                     : static_cast<elf::Symbol*>(nullptr);
+      if (!sym) continue;  // start_thread, __libc_start_call_main: every stack has them
+      for (std::string_view holder : kHolders) {
+        if (sym->name.find(holder) != std::string_view::npos) {
+          return "called from libc's " + std::string(sym->name) + " (return address at rsp+" +
+                 std::to_string(at) + ")";
+        }
+      }
+    }
+  }
+  return "";
+}
+
 // Why calling into the loader from this stop could deadlock or corrupt state, or "" when
 // it is safe (the argument is in docs/design/inject.md).
 std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t load_lock) {
@@ -336,13 +415,11 @@ std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t
     }
   }
   const elf::Module* m = mods.containing(rip);
-  if (!m) return "";
-  const std::string_view name = m->name();
-  if (name.starts_with("ld-linux") || name.starts_with("ld-2.") || name == "ld.so") {
-    return "in the dynamic loader (it may hold the loader's lock)";
-  }
-  if (name.starts_with("libgcc_s")) return "in the unwinder (it may hold the loader's lock)";
-  if (!(name.starts_with("libc.so") || name.starts_with("libc-"))) return "";
+  if (m && is_loader(m->name())) return "in the dynamic loader (it may hold the loader's lock)";
+  if (m && m->name().starts_with("libgcc_s"))
+    return "in the unwinder (it may hold the loader's lock)";
+  if (std::string caller = unsafe_caller(t, mods, r.rsp); !caller.empty()) return caller;
+  if (!m || !is_libc(m->name())) return "";
   const long nr = static_cast<long>(r.orig_rax);
   if (nr >= 0) {
     // Blocked in (or just back from) a system call. The memory calls are the ones malloc
@@ -376,9 +453,12 @@ std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t
   if (!sym) return "in libc code without a public symbol (possibly the allocator)";
   // The allocator and loader and their wrappers (the memory calls' wrappers too: a thread
   // just back from madvise in free() still holds the arena lock), fork, exit, stdio.
+  // pthread_mutex_*: between taking the lock word and recording the owner (and between
+  // clearing the owner and releasing the word) the loader-lock check above cannot see
+  // that the thread holds the loader's lock.
   static constexpr std::string_view kRisky[] = {
-      "alloc",  "free", "memalign", "dl",       "fork", "clone",  "exit",   "_IO_",
-      "printf", "mmap", "munmap",   "mprotect", "brk",  "mremap", "madvise"};
+      "alloc",  "free", "memalign", "dl",       "fork", "clone",  "exit",    "_IO_",
+      "printf", "mmap", "munmap",   "mprotect", "brk",  "mremap", "madvise", "pthread_mutex"};
   for (std::string_view risky : kRisky) {
     if (sym->name.find(risky) != std::string_view::npos) {
       return "in libc's " + std::string(sym->name);
