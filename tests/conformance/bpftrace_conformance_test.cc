@@ -165,10 +165,29 @@ constexpr const char* kDemo = HP_DEMO_BIN;
 constexpr const char* kHotprobe = HP_HOTPROBE_BIN;
 const std::vector<std::string> kDemoArgs = {"--threads", "2", "--requests", "3000", "--quiet"};
 
-std::string substitute(std::string script) {
+std::string substitute(std::string script, const std::string& bin) {
   for (std::size_t p; (p = script.find("BIN")) != std::string::npos;)
-    script.replace(p, 3, kDemo);
+    script.replace(p, 3, bin);
   return script;
+}
+
+// A fresh copy of the demo (a new inode) at `path`. Kernel uprobes are keyed by inode and
+// bpftrace -c attaches them system-wide: tests running in parallel must not trace each
+// other's processes, and hotprobe must not find a kernel uprobe's int3 in the code it
+// patches. So each run gets its own file, and bpftrace's copy is replaced by a new one at
+// the same path (the `probe` builtin prints it) before hotprobe runs.
+void fresh_copy(const std::string& path) {
+  ::unlink(path.c_str());
+  int in = ::open(kDemo, O_RDONLY | O_CLOEXEC);
+  int out = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
+  ASSERT_GE(in, 0);
+  ASSERT_GE(out, 0);
+  char buf[65536];
+  for (ssize_t n; (n = ::read(in, buf, sizeof buf)) > 0;) {
+    ASSERT_EQ(::write(out, buf, static_cast<std::size_t>(n)), n);
+  }
+  ::close(in);
+  ASSERT_EQ(::close(out), 0);
 }
 
 struct Case {
@@ -213,8 +232,12 @@ class Conformance : public ::testing::TestWithParam<Case> {};
 void compare(const Case& c, bool json) {
   std::string why = why_bpftrace_cannot_run();
   if (!why.empty()) GTEST_SKIP() << "bpftrace conformance skipped: " << why;
-  std::string script = substitute(c.script);
-  std::string cmd = kDemo;
+  char dir[] = "/tmp/hp_confXXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string bin = std::string(dir) + "/hp_conf_demo";
+  fresh_copy(bin);
+  std::string script = substitute(c.script, bin);
+  std::string cmd = bin;
   for (const auto& a : kDemoArgs)
     cmd += " " + a;
   std::vector<std::string> bt = {"bpftrace"};
@@ -222,11 +245,14 @@ void compare(const Case& c, bool json) {
   bt.insert(bt.end(), {"-e", script, "-c", cmd});
   Output b = run(bt);
   ASSERT_EQ(b.status, 0) << "bpftrace failed: " << b.err;
+  fresh_copy(bin);
   std::vector<std::string> hp = {kHotprobe, "run"};
   if (json) hp.insert(hp.end(), {"-o", "json"});
-  hp.insert(hp.end(), {"-e", script, "--", kDemo});
+  hp.insert(hp.end(), {"-e", script, "--", bin});
   hp.insert(hp.end(), kDemoArgs.begin(), kDemoArgs.end());
   Output h = run(hp);
+  ::unlink(bin.c_str());
+  ::rmdir(dir);
   ASSERT_EQ(h.status, 0) << "hotprobe run failed: " << h.err;
   auto canonical = json ? canonical_json : canonical_text;
   EXPECT_EQ(canonical(h.out), canonical(b.out))
