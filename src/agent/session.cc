@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "agent/protocol.h"
+#include "base/assert.h"
 #include "hotprobe/symbols.h"
 #include "script/diag.h"
 
@@ -290,7 +291,13 @@ bool Session::start_reporter() {
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  int rc = pthread_create(&reporter_, nullptr, &Session::reporter_entry, this);
+  // Detached: it ends after the final report, and a session that has started is never
+  // destroyed (the process ends, or the session stays behind finished), so nobody joins.
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  int rc = pthread_create(&reporter_, &attr, &Session::reporter_entry, this);
+  pthread_attr_destroy(&attr);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (rc != 0) {
     reporter_running_.store(false);
@@ -508,10 +515,8 @@ void Session::after_fork_child() {
 }
 
 Session::~Session() {
-  if (reporter_running_.load()) {
-    finish(Reason::stop, std::chrono::seconds(5));
-    pthread_join(reporter_, nullptr);
-  }
+  // Only a session whose start() failed is destroyed: its reporter never ran.
+  HP_ASSERT(!reporter_running_.load());
   if (engine_ && !handles_.empty()) (void)engine_->detach(handles_);
   if (engine_ && !exit_handles_.empty()) (void)engine_->detach(exit_handles_);
   for (auto* r : rings_) {
