@@ -83,43 +83,6 @@ std::string suggest(std::string_view target) {
 
 }  // namespace
 
-// The script's spec, with the session's check in front: a filter that lets no action run
-// once the session stopped tracing (fork child not followed, final report under way),
-// and the script's own cookie handed back to its filter and handlers.
-struct Session::Wrapper {
-  Session* session;
-  hotprobe::ProbeSpec spec;  // the script's
-
-  static bool filter(const Hit& h) {
-    auto* w = static_cast<const Wrapper*>(h.cookie);
-    if (!w->session->tracing()) return false;
-    if (!w->spec.filter) return true;
-    Hit copy = h;
-    copy.cookie = w->spec.cookie;
-    return w->spec.filter(copy);
-  }
-  static void on_entry(Hit& h) {
-    auto* w = static_cast<Wrapper*>(h.cookie);
-    h.cookie = w->spec.cookie;
-    w->spec.on_entry(h);
-    h.cookie = w;
-  }
-  static void on_return(Hit& h) {
-    auto* w = static_cast<Wrapper*>(h.cookie);
-    h.cookie = w->spec.cookie;
-    w->spec.on_return(h);
-    h.cookie = w;
-  }
-  hotprobe::ProbeSpec wrapped() {
-    hotprobe::ProbeSpec s = spec;
-    s.filter = &Wrapper::filter;
-    s.on_entry = spec.on_entry ? &Wrapper::on_entry : nullptr;
-    s.on_return = spec.on_return ? &Wrapper::on_return : nullptr;
-    s.cookie = this;
-    return s;
-  }
-};
-
 void register_session(Session* s) {
   std::scoped_lock lock(g_sessions_mu);
   g_sessions.push_back(s);
@@ -221,8 +184,6 @@ Result<void> Session::attach() {
     switch (probes[i].kind) {
       case script::Probe::Kind::uprobe:
       case script::Probe::Kind::uretprobe: {
-        auto w = std::make_unique<Wrapper>(Wrapper{this, program_->spec(i)});
-        wrappers_.push_back(std::move(w));
         index.push_back(i);
         break;
       }
@@ -236,10 +197,13 @@ Result<void> Session::attach() {
   auto engine = hotprobe::Engine::create();
   if (!engine) return engine.error();
   engine_ = std::move(*engine);
+  // The program's own specs, with no wrapper: the session gates its actions with
+  // Program::set_active (one relaxed load per hit).
   std::vector<hotprobe::ProbeSpec> specs;
-  for (auto& w : wrappers_)
-    specs.push_back(w->wrapped());
+  for (std::size_t i : index)
+    specs.push_back(program_->spec(i));
   tracing_.store(true, std::memory_order_relaxed);
+  program_->set_active(true);
   auto results = engine_->attach(specs, hotprobe::BatchMode::all_or_nothing);
   for (std::size_t i = 0; i < results.size(); ++i) {
     if (!results[i]) {
@@ -360,6 +324,7 @@ void Session::reporter_main() {
 void Session::do_finish(Reason reason) {
   // No action runs from here on; then END and the maps, with everything still buffered.
   tracing_.store(false, std::memory_order_relaxed);
+  program_->set_active(false);
   drain_and_send();
   // END runs once, in the traced program; a followed child prints its own maps only.
   if (!forked_child_) program_->run_end();
@@ -495,6 +460,7 @@ void Session::after_fork_child() {
   if (!follow_forks_ || finished()) {
     // Children start clean: no action runs, nothing reaches hotprobe, the channel closes.
     tracing_.store(false, std::memory_order_relaxed);
+    program_->set_active(false);
     finished_.store(true, std::memory_order_relaxed);
     ::close(fd_);
     fd_ = -1;
@@ -510,7 +476,8 @@ void Session::after_fork_child() {
   forked_child_ = true;
   lost_sent_ = lost_retired_ = 0;
   out_.clear();
-  intervals_.clear();  // intervals run in the traced parent only
+  intervals_.clear();      // intervals run in the traced parent only
+  program_->reset_maps();  // the child counts from zero, its maps are its own
   start_reporter();
 }
 

@@ -77,7 +77,6 @@ class Session final : public hotprobe::script::Sink {
       if (r->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete r;
     }
   };
-  struct Wrapper;  // a script probe's spec, wrapped with this session's checks
 
  private:
   Session() = default;
@@ -98,7 +97,6 @@ class Session final : public hotprobe::script::Sink {
   std::string source_, filename_;
   std::unique_ptr<hotprobe::Engine> engine_;
   std::unique_ptr<hotprobe::script::Program> program_;
-  std::vector<std::unique_ptr<Wrapper>> wrappers_;
   std::vector<hotprobe::Handle> handles_;       // the script's probes
   std::vector<hotprobe::Handle> exit_handles_;  // exit/_exit hooks
   std::vector<std::size_t> intervals_;          // indexes into probes()

@@ -1296,7 +1296,8 @@ ValueKind value_kind(ast::MapKind k) {
 void on_hit(Hit& hit) {
   auto* p = static_cast<const ProbeCtx*>(hit.cookie);
   Runtime* rt = p->rt;
-  if (rt->exited.load(std::memory_order_relaxed)) return;
+  if (rt->exited.load(std::memory_order_relaxed) | !rt->active.load(std::memory_order_relaxed))
+    return;
   rt->run_probe(p->index, &hit);
 }
 

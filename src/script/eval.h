@@ -94,6 +94,7 @@ struct Runtime {
   OutputFormat format = OutputFormat::text;
   Sink* sink = nullptr;
   std::atomic<bool> exited{false};
+  std::atomic<bool> active{true};  // Program::set_active
   std::int64_t start_ns = 0;
   std::unique_ptr<MapSet> maps;
   std::vector<std::unique_ptr<Node>> nodes;  // owns every Node

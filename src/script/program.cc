@@ -32,6 +32,11 @@ class ProgramImpl final : public Program {
   }
   std::string print_maps() override { return rt_->print_maps(); }
   bool exited() const override { return rt_->exited.load(std::memory_order_relaxed); }
+  void set_active(bool active) override { rt_->active.store(active, std::memory_order_relaxed); }
+  void reset_maps() override {
+    for (std::size_t i = 0; i < rt_->maps->size(); ++i)
+      rt_->maps->clear(i);
+  }
 
  private:
   void run_kind(Probe::Kind kind) {

@@ -88,6 +88,14 @@ class Program {
 
   // exit() has run in an action.
   virtual bool exited() const = 0;
+
+  // Actions of uprobe/uretprobe probes run only while the program is active (the
+  // default). The agent turns it off when its session stops tracing, and in a fork child
+  // it does not follow: a hit then costs one relaxed load and returns, with no wrapper
+  // around the program's handlers.
+  virtual void set_active(bool active) = 0;
+  // Empties every map (a followed fork child starts from zero, as a new process would).
+  virtual void reset_maps() = 0;
 };
 
 }  // namespace hotprobe::script
