@@ -1,5 +1,6 @@
 #include "agent/session.h"
 
+#include <link.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -65,6 +66,23 @@ void signal_eventfd(int fd) {
   std::uint64_t one = 1;
   ssize_t r = ::write(fd, &one, sizeof one);
   (void)r;
+}
+
+// A loaded module's short name close to `name` ("libcc" -> "libc"), or empty.
+std::string suggest_module(std::string_view name) {
+  std::vector<std::string> shorts;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        std::string_view path = info->dlpi_name ? info->dlpi_name : "";
+        auto base = path.substr(path.rfind('/') + 1);
+        if (!base.empty())
+          static_cast<std::vector<std::string>*>(out)->emplace_back(
+              base.substr(0, base.find_first_of(".-")));
+        return 0;
+      },
+      &shorts);
+  std::vector<std::string_view> names(shorts.begin(), shorts.end());
+  return std::string(script::closest(name, names));
 }
 
 // "module:symbol" with no glob: the closest symbol of that module, or empty.
@@ -235,10 +253,15 @@ Result<void> Session::attach() {
 std::string Session::render_attach_error(std::size_t probe, const Error& e) const {
   const auto& p = program_->probes()[probe];
   std::string message = e.message();
-  if (e.code() == Errc::not_found) {
-    std::string target = p.target;
-    if (auto best = suggest(target); !best.empty())
+  if (e.code() == Errc::not_found && message.find("did you mean") == std::string::npos) {
+    const std::string& target = p.target;
+    std::string_view module = std::string_view(target).substr(0, target.find(':'));
+    if (auto best = suggest(target); !best.empty()) {
       message += fmt::format(" (did you mean '{}'?)", best);
+    } else if (module.find('/') == std::string_view::npos && !module.empty()) {
+      if (auto m = suggest_module(module); !m.empty() && m != module)
+        message += fmt::format(" (did you mean '{}'?)", m);
+    }
   }
   script::Diagnostic d;
   d.loc.line = p.line;

@@ -295,8 +295,17 @@ TEST(HotprobeRun, UnknownFunctionIsReportedWithASuggestion) {
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.err, "wrok")) << r.err;
   EXPECT_TRUE(contains(r.err, "did you mean 'work'")) << r.err;
+  EXPECT_EQ(r.err.find("did you mean"), r.err.rfind("did you mean")) << "said twice: " << r.err;
   EXPECT_NE(::access(file.c_str(), F_OK), 0) << "the program ran";
   ::unlink(file.c_str());
+}
+
+TEST(HotprobeRun, UnknownLibraryIsReportedWithASuggestion) {
+  auto r = hotprobe(
+      {"run", "-e", "uprobe:libcc:malloc { @ = count(); }", "--", HP_TARGET, "count", "1"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.err, "no module 'libcc'")) << r.err;
+  EXPECT_TRUE(contains(r.err, "did you mean 'libc'")) << r.err;
 }
 
 TEST(HotprobeRun, UsageErrorsExit2) {
