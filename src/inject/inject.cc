@@ -333,8 +333,8 @@ bool follows_call(Tracee& t, std::uintptr_t ret) {
 
 // The stopped thread's callers, from the return addresses on its stack (libc is built
 // without frame pointers, so every word of the top kStackScanBytes is a candidate; one
-// that points into ld.so or libc just after a call instruction is taken for a frame).
-// A frame in the loader, or in a libc function that holds the loader's or the
+// that points into libc just after a call instruction is taken for a frame).
+// A frame in a libc function that holds the loader's or the
 // allocator's or a stream's lock while it calls out (malloc hooks, dl_iterate_phdr
 // callbacks, fopencookie functions, atfork handlers), makes the stop unsafe even though
 // the thread itself is elsewhere: the 1-in-40 churn deadlock was a thread stopped in
@@ -358,8 +358,12 @@ std::string unsafe_caller(Tracee& t, const elf::ModuleList& mods, std::uintptr_t
       if (!loader && !is_libc(name)) continue;
       if (!follows_call(t, w)) continue;
       const std::size_t at = done + i * sizeof w;
-      if (loader)
-        return "called from the dynamic loader (return address at rsp+" + std::to_string(at) + ")";
+      // Not the loader's own return addresses: the main thread's live frames keep stale
+      // ones in slots not yet written (ld.so ran the constructors on that stack before
+      // main), which made single-threaded programs unattachable. A thread really inside
+      // the loader owns its lock (checked exactly, with the pthread_mutex_* window in
+      // between refused by rip), or is in lazy binding, which takes no lock.
+      if (loader) continue;
       auto file = mods.elf(*m);
       auto off = m->address_to_offset(w - 1);
       const elf::Symbol* sym = file.ok() && off.ok() ? (*file)->containing_offset(*off)
