@@ -98,6 +98,12 @@ struct EngineOptions {
   unsigned return_stack_depth = 64;  // return instances per thread; deeper calls miss
 };
 
+// The real-time signal the engine sends a running thread to move it out of bytes being
+// patched (SIGRTMAX-3, or $HOTPROBE_SIGNAL). A thread that blocks it while it runs keeps
+// attach/detach from completing (the batch fails after 1 s): threads that block every
+// signal (reporters, workers) should leave this one open.
+HOTPROBE_API int reserved_signal() noexcept;
+
 class HOTPROBE_API Engine {
  public:
   static Result<std::unique_ptr<Engine>> create(EngineOptions options = {});

@@ -126,7 +126,7 @@ extern "C" __attribute__((visibility("default"))) long hotprobe_agent_start(
       [](void* p) -> void* {
         int cfd = *static_cast<int*>(p);
         delete static_cast<int*>(p);
-        auto s = hp::agent::Session::start(cfd);
+        auto s = hp::agent::Session::start(cfd, /*attached=*/true);
         (void)s;  // an error was reported to hotprobe; the process goes on untraced
         return nullptr;
       },

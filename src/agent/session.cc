@@ -132,9 +132,10 @@ void exit_hook(Hit& h) {
 }
 }  // namespace
 
-Result<Session*> Session::start(int fd) {
+Result<Session*> Session::start(int fd, bool attached_session) {
   std::unique_ptr<Session> s(new Session());
   s->fd_ = fd;
+  s->attached_ = attached_session;
   // Wait for the start message (hotprobe sends it right after fork).
   pollfd p{fd, POLLIN, 0};
   if (::poll(&p, 1, 30000) != 1)
@@ -274,9 +275,11 @@ std::string Session::render_attach_error(std::size_t probe, const Error& e) cons
 bool Session::start_reporter() {
   reporter_running_.store(true);
   // The reporter takes no asynchronous signal: they stay the program's (and a SIGINT
-  // handler waiting for the reporter must not run on it).
+  // handler waiting for the reporter must not run on it). Except the engine's own: a
+  // reporter still removing its probes must not hold up another session's patching.
   sigset_t all, old;
   sigfillset(&all);
+  sigdelset(&all, hotprobe::reserved_signal());
   pthread_sigmask(SIG_SETMASK, &all, &old);
   // Detached: it ends after the final report, and a session that has started is never
   // destroyed (the process ends, or the session stays behind finished), so nobody joins.
@@ -330,6 +333,18 @@ void Session::reporter_main() {
     }
     if (int req = requested_.load(); req != 0) {
       do_finish(static_cast<Reason>(req - 1));
+      if (attached_) {
+        // Nothing refers to this session any more: its probes are gone (and no handler
+        // runs), and it leaves the fork handlers' list before it is freed.
+        t_direct = nullptr;
+        {
+          std::scoped_lock lock(g_sessions_mu);
+          std::erase(g_sessions, this);
+        }
+        reporter_running_.store(false);
+        delete this;
+        return;
+      }
       break;
     }
     now = now_ns();
@@ -344,6 +359,16 @@ void Session::reporter_main() {
   t_direct = nullptr;
 }
 
+// One batch: the script's probes and the exit/exec hooks; the engine then holds nothing
+// of this session (Engine::detach waits for running handlers).
+void Session::detach_everything() {
+  std::vector<hotprobe::Handle> all = handles_;
+  all.insert(all.end(), exit_handles_.begin(), exit_handles_.end());
+  if (!all.empty()) (void)engine_->detach(all);
+  handles_.clear();
+  exit_handles_.clear();
+}
+
 void Session::do_finish(Reason reason) {
   // No action runs from here on; then END and the maps, with everything still buffered.
   tracing_.store(false, std::memory_order_relaxed);
@@ -355,6 +380,16 @@ void Session::do_finish(Reason reason) {
   drain_and_send();
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
+  if (attached_) {
+    // hotprobe attach: the report is out (an exit hook waiting for it inside its handler
+    // may go on, so that the detach below does not wait for it), then every probe is
+    // removed, then the prompt comes back.
+    finished_.store(true, std::memory_order_release);
+    signal_eventfd(done_fd_);
+    detach_everything();
+    send_message(fd_, encode(Msg::done, pid));
+    return;
+  }
   send_message(fd_, encode(Msg::done, pid));
   finished_.store(true, std::memory_order_release);
   signal_eventfd(done_fd_);

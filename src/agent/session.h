@@ -44,7 +44,11 @@ class Session final : public hotprobe::script::Sink {
   // Reads the start message from `fd`, compiles, attaches every probe (one batch, all or
   // nothing), runs BEGIN and starts the reporter. An error has been sent to hotprobe
   // ('E') when this returns one. `fd` belongs to the session from here on.
-  static hotprobe::Result<Session*> start(int fd);
+  // `attached`: a `hotprobe attach` session (the agent was injected). At its end it
+  // removes every probe it placed, its exit hooks included, in one batch before it tells
+  // hotprobe it is done, then frees itself: the process is left as it was, with the
+  // agent loaded and dormant, and another session may follow.
+  static hotprobe::Result<Session*> start(int fd, bool attached = false);
 
   ~Session() override;
 
@@ -85,6 +89,7 @@ class Session final : public hotprobe::script::Sink {
   static void* reporter_entry(void* self);
   void reporter_main();
   void do_finish(Reason reason);
+  void detach_everything();
   void drain_and_send();
   ThreadRing* ring_for_this_thread();
   std::string render_attach_error(std::size_t probe, const hotprobe::Error& e) const;
@@ -93,6 +98,7 @@ class Session final : public hotprobe::script::Sink {
   int wake_fd_ = -1;  // eventfd: a request for the reporter
   int done_fd_ = -1;  // eventfd, made readable once the final report is out
   bool follow_forks_ = false;
+  bool attached_ = false;      // hotprobe attach: detach everything and free at the end
   bool forked_child_ = false;  // a --follow-forks child's copy of the session
   std::string source_, filename_;
   std::unique_ptr<hotprobe::Engine> engine_;

@@ -1094,6 +1094,10 @@ void Engine::sync() {
   impl_->sync();
 }
 
+int reserved_signal() noexcept {
+  return hp::core::move_signal_number();
+}
+
 Stats Engine::stats() const {
   Stats s;
   auto t = hp::core::hit_totals();

@@ -142,6 +142,18 @@ std::atomic<int> g_move_handlers_active{0};
 std::atomic<unsigned> g_move_acks{0};
 int g_move_signal = 0;
 
+}  // namespace
+
+int move_signal_number() noexcept {
+  static const int sig = [] {
+    const char* s = std::getenv("HOTPROBE_SIGNAL");
+    return s ? std::atoi(s) : SIGRTMAX - 3;
+  }();
+  return sig;
+}
+
+namespace {
+
 // The interrupted thread's rip in a signal context (greg_t is a signed 64-bit integer).
 struct CtxRip {
   greg_t& g;
@@ -239,8 +251,7 @@ Result<void> init_once() HP_REQUIRES(g_patch_mutex) {
   sigemptyset(&sa.sa_mask);
   if (sigaction(SIGTRAP, &sa, &g_prev_trap_action) != 0) return sys_error("sigaction(SIGTRAP)");
 
-  g_move_signal = SIGRTMAX - 3;
-  if (const char* s = std::getenv("HOTPROBE_SIGNAL")) g_move_signal = std::atoi(s);
+  g_move_signal = move_signal_number();
   struct sigaction ma {};
   ma.sa_sigaction = move_handler;
   ma.sa_flags = SA_SIGINFO | SA_RESTART;

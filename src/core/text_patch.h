@@ -41,6 +41,9 @@ struct PatchSite {
   std::vector<std::pair<std::uint32_t, std::uintptr_t>> ip_map;
 };
 
+// The signal that moves running threads out of patched bytes (hotprobe::reserved_signal).
+int move_signal_number() noexcept;
+
 struct PatchStats {
   unsigned sync_core_rounds = 0;
   unsigned protect_calls = 0;  // mprotect calls (two per run of adjacent pages)
