@@ -8,7 +8,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -83,6 +85,8 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
     std::fprintf(stderr, "hotprobe attach: %s\n", loaded.error().message().c_str());
     return kExitError;
   }
+  std::fprintf(stderr, "hotprobe attach: process %d was stopped %.2f ms to load the agent\n", o.pid,
+               loaded->pause_ms);
   auto started = hp::inject::call_function(o.pid, agent_path, "hotprobe_agent_attach",
                                            static_cast<long>(::getpid()));
   if (!started || *started != 0) {
@@ -127,22 +131,40 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
   bool error = false, done = false, stop_sent = false;
   std::uint64_t lost = 0;
   std::string msg;
+  using Clock = std::chrono::steady_clock;
+  // --duration counts from the moment the probes are attached.
+  auto deadline = Clock::time_point::max();
   while (!done) {
     pollfd p[2] = {{sock, POLLIN, 0}, {g_attach_pipe[0], POLLIN, 0}};
-    if (::poll(p, 2, -1) < 0 && errno != EINTR) break;
-    if (p[1].revents & POLLIN) {
+    int timeout = -1;
+    if (!stop_sent && deadline != Clock::time_point::max()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      timeout = static_cast<int>(std::max<long long>(0, left.count()));
+    }
+    int n = ::poll(p, 2, timeout);
+    if (n < 0 && errno != EINTR) break;
+    bool stop = !stop_sent && Clock::now() >= deadline;  // --duration is over
+    if (n > 0 && (p[1].revents & POLLIN)) {
       char sigs[16];
       while (::read(g_attach_pipe[0], sigs, sizeof sigs) > 0) {
       }
-      if (!stop_sent) agent::send_message(sock, agent::encode(agent::Msg::stop));
+      stop = !stop_sent;
+    }
+    if (stop) {
+      agent::send_message(sock, agent::encode(agent::Msg::stop));
       stop_sent = true;
     }
+    if (n <= 0) continue;
     if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
     if (agent::recv_message(sock, msg, MSG_DONTWAIT) != 1) break;  // the process is gone
     std::string_view payload = std::string_view(msg).substr(1);
     std::size_t pos = 0;
     switch (static_cast<agent::Msg>(msg[0])) {
       case agent::Msg::attached: {
+        if (o.duration > 0) {
+          deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(o.duration));
+        }
         auto n = agent::get<std::uint32_t>(payload, pos).value_or(0);
         std::string line =
             format == 1

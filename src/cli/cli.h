@@ -25,6 +25,7 @@ struct AttachOptions {
   std::string script_text, script_file;
   std::string format = "text";
   std::string output;
+  double duration = 0;  // seconds; 0: until Ctrl-C, exit() or the process's end
 };
 
 // `hotprobe attach -p PID`: kExitOk when tracing ended (Ctrl-C, exit(), the process

@@ -71,14 +71,17 @@ int main(int argc, char** argv) {
       "attach", "Run the script in a running process (the agent is injected with ptrace).");
   attach_cmd->footer(
       "Usage: hotprobe attach -p PID [-e 'SCRIPT' | SCRIPT_FILE] [-o text|json] [--output "
-      "FILE]\nCtrl-C stops: END runs, the maps print, every probe is removed and the process "
-      "runs on.");
+      "FILE] [--duration SECONDS]\nCtrl-C (or --duration, or exit() in the script) stops: END "
+      "runs, the maps print, every probe is removed and the process runs on. How long the "
+      "process was stopped to load the agent is reported on stderr.");
   attach_cmd->add_option("-p,--pid", att.pid, "The process")->required();
   attach_cmd->add_option("-e", att.script_text, "The script text");
   attach_cmd->add_option("script_file", att.script_file, "A script file (instead of -e)");
   attach_cmd->add_option("-o,--format", att.format, "Output format")
       ->check(CLI::IsMember({"text", "json"}));
   attach_cmd->add_option("--output", att.output, "Write the tracing output to FILE");
+  attach_cmd->add_option("--duration", att.duration, "Stop tracing after SECONDS")
+      ->check(CLI::PositiveNumber);
 
   std::string module, glob;
   auto* list_cmd = app.add_subcommand(

@@ -551,6 +551,27 @@ TEST(HotprobeAttach, DetachRestoresTheAgentsExitHooks) {
   EXPECT_EQ(t.wait_exit(), 0);
 }
 
+// --duration ends the session by itself (no signal): the maps print, every probe comes
+// off, and the pause the injection cost is reported on stderr.
+TEST(HotprobeAttach, DurationEndsTheSessionAndThePauseIsReported) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  auto args = attach_args(t.pid(), probe("hp_work", "@ = count();"));
+  args.insert(args.end(), {"--duration", "0.3"});
+  Hotprobe hp(args);
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("Attaching 1 probe...\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\n@: "), std::string::npos) << r.out;
+  EXPECT_NE(r.err.find(" was stopped "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(" ms to load the agent"), std::string::npos) << r.err;
+  wait_agent_threads_gone(t.pid());
+  EXPECT_EQ(code_differs_from_file(t.pid(), script_functions()), "");
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
 TEST(HotprobeAttachErrors, NoSuchProcess) {
   pid_t gone = ::fork();
   if (gone == 0) ::_exit(0);
