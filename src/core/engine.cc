@@ -684,11 +684,85 @@ struct EngineImpl {
   // state, probes whose file was mapped are applied and probes whose file was unmapped
   // go back to pending. It runs in the thread that called dlopen, before dlopen returns,
   // so the library's functions are probed before the caller can reach them.
-  static void ensure_module_watcher() {
-    static std::atomic<bool> started{false};
-    if (started.exchange(true)) return;
-    static EngineImpl* internal = new EngineImpl;  // lives as long as the process
-    internal->options.scheme = Scheme::tasks_trace;
+  // Internal probes (the module watcher, the unwinder hooks) live while some Engine
+  // does: the last Engine's destructor removes them, so a process whose last session
+  // ended (hotprobe attach) has the file's bytes everywhere again. Lock order: internal
+  // mutex, then the registry's.
+  struct Internal {
+    hp::Mutex mu;
+    int engines HP_GUARDED_BY(mu) = 0;
+    EngineImpl* impl HP_GUARDED_BY(mu) = nullptr;  // never freed: trampolines outlive it
+    std::vector<Handle> watcher HP_GUARDED_BY(mu);
+    std::vector<Handle> unwinder HP_GUARDED_BY(mu);
+    bool watcher_on HP_GUARDED_BY(mu) = false;
+    bool unwinder_on HP_GUARDED_BY(mu) = false;
+  };
+  static Internal& internal() {
+    static Internal* in = new Internal;  // leaked: threads may use it after static dtors
+    return *in;
+  }
+  static EngineImpl* internal_impl(Internal& in) HP_REQUIRES(in.mu) {
+    if (!in.impl) {
+      in.impl = new EngineImpl;
+      in.impl->options.scheme = Scheme::tasks_trace;
+    }
+    return in.impl;
+  }
+  static std::vector<Handle> attach_internal(Internal& in, std::vector<ProbeSpec>& specs,
+                                             const char* what) HP_REQUIRES(in.mu) {
+    auto results = internal_impl(in)->attach(specs, BatchMode::best_effort);
+    std::vector<Handle> handles;
+    for (std::size_t i = 0; i < specs.size(); i++) {
+      if (results[i].ok()) handles.insert(handles.end(), results[i]->begin(), results[i]->end());
+      if (std::getenv("HOTPROBE_DEBUG")) {
+        std::fprintf(stderr, "hotprobe: %s %s: %s\n", what, specs[i].target.c_str(),
+                     results[i].ok() ? "attached" : results[i].error().message().c_str());
+      }
+    }
+    return handles;
+  }
+
+  // An Engine was created: counted, and the module watcher is in place.
+  static void engine_created() {
+    Internal& in = internal();
+    MutexLock lock(in.mu);
+    in.engines++;
+    if (!in.watcher_on) install_module_watcher(in);
+  }
+
+  // An Engine was destroyed (its consumers detached): the last one takes the internal
+  // probes off, in one batch. The unwinder hooks stay while a return instance of a
+  // detached site is still live on some thread's stack (a thread blocked inside a probed
+  // function): an exception thrown through that frame needs them.
+  static void engine_destroyed() {
+    Internal& in = internal();
+    MutexLock lock(in.mu);
+    if (--in.engines > 0) return;
+    std::vector<Handle> off = in.watcher;
+    bool returns_live = false;
+    {
+      Registry& reg = Registry::get();
+      MutexLock rl(reg.mu_);
+      for (const Retired& r : reg.retired_)
+        returns_live |= site_referenced_by_return_stacks(r.site);
+    }
+    if (!returns_live) off.insert(off.end(), in.unwinder.begin(), in.unwinder.end());
+    if (!off.empty()) (void)internal_impl(in)->detach(off, true);
+    in.watcher.clear();
+    in.watcher_on = false;
+    if (!returns_live) {
+      in.unwinder.clear();
+      in.unwinder_on = false;
+    }
+  }
+
+  // The module watcher: an internal probe on the dynamic linker's _dl_debug_state, which
+  // it calls around every dlopen and dlclose (the hook debuggers use). At each consistent
+  // state, probes whose file was mapped are applied and probes whose file was unmapped
+  // go back to pending. It runs in the thread that called dlopen, before dlopen returns,
+  // so the library's functions are probed before the caller can reach them.
+  static void install_module_watcher(Internal& in) HP_REQUIRES(in.mu) {
+    in.watcher_on = true;
     auto mods = elf::ModuleList::of_self();
     if (!mods.ok()) return;
     std::vector<ProbeSpec> specs;
@@ -700,13 +774,7 @@ struct EngineImpl {
       ps.on_entry = [](hotprobe::Hit&) { module_event(); };
       specs.push_back(std::move(ps));
     }
-    auto results = internal->attach(specs, BatchMode::best_effort);
-    if (std::getenv("HOTPROBE_DEBUG")) {
-      for (std::size_t i = 0; i < specs.size(); i++) {
-        std::fprintf(stderr, "hotprobe: module watcher %s: %s\n", specs[i].target.c_str(),
-                     results[i].ok() ? "attached" : results[i].error().message().c_str());
-      }
-    }
+    in.watcher = attach_internal(in, specs, "module watcher");
   }
 
   static void module_event() {
@@ -834,39 +902,32 @@ struct EngineImpl {
   // dispatch.h): installed once, before the first return probe, in every loaded module
   // that defines the unwinder's entry points (libgcc_s, or a static copy in the program).
   static void ensure_unwinder_probes() {
-    static std::once_flag once;
-    std::call_once(once, [] {
-      static EngineImpl* internal = new EngineImpl;  // lives as long as the process
-      internal->options.scheme = Scheme::tasks_trace;
-      auto mods = elf::ModuleList::of_self();
-      if (!mods.ok()) return;
-      static const char* const kUnhijack[] = {"_Unwind_RaiseException", "_Unwind_Resume",
-                                              "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind",
-                                              "_Unwind_Backtrace"};
-      std::vector<ProbeSpec> specs;
-      for (const elf::Module& m : mods->modules()) {
-        auto elf = mods->elf(m);
-        if (!elf.ok()) continue;
-        auto add = [&](const char* name, hotprobe::Handler h) {
-          if ((*elf)->find(name).empty()) return;
-          ProbeSpec ps;
-          ps.target = m.path + ":" + name;
-          ps.on_entry = h;
-          ps.vector_registers = true;
-          specs.push_back(std::move(ps));
-        };
-        for (const char* n : kUnhijack)
-          add(n, [](hotprobe::Hit&) { unhijack_all(); });
-        add("__cxa_begin_catch", [](hotprobe::Hit& h) { rehijack_live(h.regs->rsp); });
-      }
-      auto results = internal->attach(specs, BatchMode::best_effort);
-      if (std::getenv("HOTPROBE_DEBUG")) {
-        for (std::size_t i = 0; i < specs.size(); i++) {
-          std::fprintf(stderr, "hotprobe: internal probe %s: %s\n", specs[i].target.c_str(),
-                       results[i].ok() ? "attached" : results[i].error().message().c_str());
-        }
-      }
-    });
+    Internal& in = internal();
+    MutexLock lock(in.mu);
+    if (in.unwinder_on) return;
+    in.unwinder_on = true;
+    auto mods = elf::ModuleList::of_self();
+    if (!mods.ok()) return;
+    static const char* const kUnhijack[] = {"_Unwind_RaiseException", "_Unwind_Resume",
+                                            "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind",
+                                            "_Unwind_Backtrace"};
+    std::vector<ProbeSpec> specs;
+    for (const elf::Module& m : mods->modules()) {
+      auto elf = mods->elf(m);
+      if (!elf.ok()) continue;
+      auto add = [&](const char* name, hotprobe::Handler h) {
+        if ((*elf)->find(name).empty()) return;
+        ProbeSpec ps;
+        ps.target = m.path + ":" + name;
+        ps.on_entry = h;
+        ps.vector_registers = true;
+        specs.push_back(std::move(ps));
+      };
+      for (const char* n : kUnhijack)
+        add(n, [](hotprobe::Hit&) { unhijack_all(); });
+      add("__cxa_begin_catch", [](hotprobe::Hit& h) { rehijack_live(h.regs->rsp); });
+    }
+    in.unwinder = attach_internal(in, specs, "internal probe");
   }
 
   static std::vector<Result<std::vector<Handle>>> fail_all(
@@ -1056,6 +1117,7 @@ Engine::~Engine() {
       all.push_back(Handle{id});
   }
   if (!all.empty()) (void)impl_->detach(all, true);
+  hp::core::EngineImpl::engine_destroyed();
 }
 
 Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
@@ -1066,7 +1128,7 @@ Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   (void)hp::core::Registry::get();
-  hp::core::EngineImpl::ensure_module_watcher();
+  hp::core::EngineImpl::engine_created();
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 

@@ -19,6 +19,8 @@
 
 #include <gtest/gtest.h>
 
+#include "internal_probes.h"
+
 #include "hotprobe/probe.h"
 
 extern "C" {
@@ -219,24 +221,8 @@ __attribute__((noinline, used)) long hp_cl_six(long a, long b, long c, long d, l
 
 namespace {
 
-// The engine installs internal probes (the module watcher on _dl_debug_state, the
-// unwinder hooks) on its first attach and first return probe; they count in
-// Stats::sites_jmp / sites_int3. Install them before any test compares those counts.
-class InstallInternalProbes : public ::testing::Environment {
- public:
-  void SetUp() override {
-    auto e = hotprobe::Engine::create();
-    if (!e.ok()) return;
-    hotprobe::ProbeSpec s;
-    s.target = ":hp_cl_six";
-    s.on_entry = [](hotprobe::Hit&) {};
-    s.on_return = [](hotprobe::Hit&) {};
-    auto h = (*e)->attach(s);
-    if (h.ok()) (void)(*e)->detach(*h);
-  }
-};
 [[maybe_unused]] ::testing::Environment* const g_install_internal_probes =
-    ::testing::AddGlobalTestEnvironment(new InstallInternalProbes);
+    ::testing::AddGlobalTestEnvironment(new hp_test::InternalProbesEnvironment(":hp_cl_six"));
 
 using hotprobe::Engine;
 using hotprobe::Hit;

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include "internal_probes.h"
+
 #include "hotprobe/probe.h"
 
 // Byte layouts (checked by InstructionLayoutIsWhatTheTestsAssume below):
@@ -61,24 +63,8 @@ long hp_i3_long(long x);
 
 namespace {
 
-// The engine installs internal probes (the module watcher on _dl_debug_state, the
-// unwinder hooks) on its first attach and first return probe; they count in
-// Stats::sites_jmp / sites_int3. Install them before any test compares those counts.
-class InstallInternalProbes : public ::testing::Environment {
- public:
-  void SetUp() override {
-    auto e = hotprobe::Engine::create();
-    if (!e.ok()) return;
-    hotprobe::ProbeSpec s;
-    s.target = ":hp_i3_long";
-    s.on_entry = [](hotprobe::Hit&) {};
-    s.on_return = [](hotprobe::Hit&) {};
-    auto h = (*e)->attach(s);
-    if (h.ok()) (void)(*e)->detach(*h);
-  }
-};
 [[maybe_unused]] ::testing::Environment* const g_install_internal_probes =
-    ::testing::AddGlobalTestEnvironment(new InstallInternalProbes);
+    ::testing::AddGlobalTestEnvironment(new hp_test::InternalProbesEnvironment(":hp_i3_long"));
 
 using hotprobe::Engine;
 using hotprobe::Errc;

@@ -40,6 +40,8 @@
 
 #include <gtest/gtest.h>
 
+#include "internal_probes.h"
+
 #include "hotprobe/probe.h"
 
 // Four targets with instruction boundaries inside the bytes a jump displaces
@@ -111,26 +113,17 @@ void unexpected_trap(int, siginfo_t*, void* ucv) {
   std::abort();
 }
 
-class InstallInternalProbes : public ::testing::Environment {
- public:
-  void SetUp() override {
-    struct sigaction sa {};
-    sa.sa_sigaction = unexpected_trap;
-    sa.sa_flags = SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTRAP, &sa, nullptr);  // before the engine installs its own
-    auto e = hotprobe::Engine::create();
-    if (!e.ok()) return;
-    hotprobe::ProbeSpec s;
-    s.target = ":hp_rs_f3";
-    s.on_entry = [](hotprobe::Hit&) {};
-    s.on_return = [](hotprobe::Hit&) {};
-    auto h = (*e)->attach(s);
-    if (h.ok()) (void)(*e)->detach(*h);
-  }
-};
+// The SIGTRAP handler above goes in before the engine installs its own.
+void install_unexpected_trap() {
+  struct sigaction sa {};
+  sa.sa_sigaction = unexpected_trap;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTRAP, &sa, nullptr);
+}
 [[maybe_unused]] ::testing::Environment* const g_install_internal_probes =
-    ::testing::AddGlobalTestEnvironment(new InstallInternalProbes);
+    ::testing::AddGlobalTestEnvironment(
+        new hp_test::InternalProbesEnvironment(":hp_rs_f3", &install_unexpected_trap));
 
 using hotprobe::Engine;
 using hotprobe::EngineOptions;
@@ -265,13 +258,12 @@ struct Totals {
       return std::to_string(cycles ? total / static_cast<double>(cycles) : 0.0);
     };
     return "cycles " + std::to_string(cycles) + " (attach " + ms(attach_ms) + " ms, detach " +
-           ms(detach_ms) + " ms each), calls " + std::to_string(calls) +
-           " (attached window " + std::to_string(must) + ", idle " + std::to_string(idle) +
-           ", across an attach/detach " + std::to_string(boundary) + " of which counted " +
-           std::to_string(boundary_counted) + "); missed " + std::to_string(missed) +
-           ", outside " + std::to_string(outside) + ", doubled " + std::to_string(doubled) +
-           ", wrong function " + std::to_string(wrong_fn) + ", bad result " +
-           std::to_string(bad_result) + ", permanent consumer not exactly once " +
+           ms(detach_ms) + " ms each), calls " + std::to_string(calls) + " (attached window " +
+           std::to_string(must) + ", idle " + std::to_string(idle) + ", across an attach/detach " +
+           std::to_string(boundary) + " of which counted " + std::to_string(boundary_counted) +
+           "); missed " + std::to_string(missed) + ", outside " + std::to_string(outside) +
+           ", doubled " + std::to_string(doubled) + ", wrong function " + std::to_string(wrong_fn) +
+           ", bad result " + std::to_string(bad_result) + ", permanent consumer not exactly once " +
            std::to_string(permanent_bad) + ", returns not matching entries " +
            std::to_string(return_bad) + ", handlers running after detach returned " +
            std::to_string(late) +
@@ -281,10 +273,10 @@ struct Totals {
 };
 
 struct RunSetup {
-  std::vector<Fn> fns;                   // called round-robin by seq
-  std::vector<Cookie*> watched[kFns];    // transient consumers of each function
-  Cookie* permanent = nullptr;           // counts every call of fns[0] (hot-site kinds)
-  bool returns = false;                  // the watched consumers have return handlers
+  std::vector<Fn> fns;                 // called round-robin by seq
+  std::vector<Cookie*> watched[kFns];  // transient consumers of each function
+  Cookie* permanent = nullptr;         // counts every call of fns[0] (hot-site kinds)
+  bool returns = false;                // the watched consumers have return handlers
   std::chrono::milliseconds duration{200};
   unsigned min_cycles = 5;
 };
@@ -311,9 +303,9 @@ Totals run(Driver& d, const RunSetup& s) {
       auto violation = [&](const char* what, std::uint64_t n) {
         if (v.first_violation.empty()) {
           v.first_violation = std::string(what) + ": thread " + std::to_string(t) + " call " +
-                              std::to_string(seq) + " of f" + std::to_string(fn) +
-                              " counted " + std::to_string(n) + " times, epochs " +
-                              std::to_string(e0) + ".." + std::to_string(e1);
+                              std::to_string(seq) + " of f" + std::to_string(fn) + " counted " +
+                              std::to_string(n) + " times, epochs " + std::to_string(e0) + ".." +
+                              std::to_string(e1);
         }
       };
       if (r != t + static_cast<long>(seq) + fn) {
@@ -417,7 +409,7 @@ Totals run(Driver& d, const RunSetup& s) {
 // ---------------------------------------------------------------------------------------
 // The harness's self-tests: fake probes that can be broken on purpose.
 
-std::atomic<int> g_fake_times{0};  // how many times the fake "probe" runs the handler
+std::atomic<int> g_fake_times{0};           // how many times the fake "probe" runs the handler
 std::atomic<bool> g_fake_inside[kWorkers];  // a fake read-side section per worker
 Cookie* g_fake_cookie = nullptr;
 
@@ -609,8 +601,7 @@ std::string param_name(const ::testing::TestParamInfo<Param>& i) {
 }
 std::vector<Param> params() {
   std::vector<Param> v;
-  for (Kind k :
-       {Kind::single, Kind::batch, Kind::consumer, Kind::consumers_batch, Kind::returns})
+  for (Kind k : {Kind::single, Kind::batch, Kind::consumer, Kind::consumers_batch, Kind::returns})
     for (Scheme s : {Scheme::tasks_trace, Scheme::srcu, Scheme::srcu_fast, Scheme::percpu_rwsem,
                      Scheme::refcount, Scheme::rwlock})
       for (bool int3 : {false, true})

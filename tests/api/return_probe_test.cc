@@ -369,8 +369,8 @@ INSTANTIATE_TEST_SUITE_P(Schemes, ParkedThread, ::testing::ValuesIn(all_modes())
 struct TailLog {
   int n = 0;
   struct Ev {
-    char kind;  // 'e' entry, 'r' return
-    int fn;     // 0 f, 1 g
+    char kind;   // 'e' entry, 'r' return
+    int fn;      // 0 f, 1 g
     long value;  // entry: arg0; return: ret
     long data;   // return: what the entry stored
   } ev[8];
@@ -384,8 +384,7 @@ void tail_entry(Hit& h) {
 void tail_return(Hit& h) {
   const int fn = static_cast<int>(reinterpret_cast<std::uintptr_t>(h.cookie));
   if (g_tail.n < 8)
-    g_tail.ev[g_tail.n++] = {'r', fn, static_cast<long>(h.regs->ret()),
-                             static_cast<long>(*h.data)};
+    g_tail.ev[g_tail.n++] = {'r', fn, static_cast<long>(h.regs->ret()), static_cast<long>(*h.data)};
 }
 
 class TailCall : public ::testing::TestWithParam<std::pair<bool, bool>> {};
@@ -475,8 +474,8 @@ void depth_return(Hit& h) {
 class DeepRecursion : public ::testing::TestWithParam<bool> {};
 
 TEST_P(DeepRecursion, ReturnsCorrectlyWithMissesCounted) {
-  for (const auto& [depth, levels] : {std::pair{16u, 100L}, std::pair{64u, 200L},
-                                      std::pair{256u, 300L}, std::pair{1u, 5L}}) {
+  for (const auto& [depth, levels] :
+       {std::pair{16u, 100L}, std::pair{64u, 200L}, std::pair{256u, 300L}, std::pair{1u, 5L}}) {
     SCOPED_TRACE("depth " + std::to_string(depth) + ", " + std::to_string(levels) + " levels");
     auto e = make_engine(Scheme::tasks_trace, depth);
     DepthTally t;

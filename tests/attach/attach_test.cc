@@ -317,8 +317,11 @@ std::vector<std::string> script_functions() {
   return {std::string(HP_TARGET) + ":hp_work", std::string(HP_TARGET) + ":hp_window"};
 }
 // The agent's own hooks on the process's end (src/agent/session.cc, Session::attach).
+// The agent's exit/exec hooks, and the engine's internal module watcher (the last
+// engine of the process takes it off).
 std::vector<std::string> agent_hook_functions() {
-  return {"libc:exit", "libc:_exit", "libc:execve", "libc:execveat"};
+  return {"libc:exit", "libc:_exit", "libc:execve", "libc:execveat",
+          "ld-linux-x86-64.so.2:_dl_debug_state"};
 }
 
 // Waits (bounded) until the agent's per-session threads ("hotprobe-agent", the reporter)
@@ -536,7 +539,8 @@ TEST(HotprobeAttach, BackToBackAttachSucceeds) {
 }
 
 // The agent's own hooks on libc's exit, _exit, execve and execveat come off with the
-// script's probes, in the same batch: after detach those functions are the file's bytes.
+// script's probes, in the same batch, and the engine's module watcher on ld.so's
+// _dl_debug_state with the session's engine: after detach they are the file's bytes.
 TEST(HotprobeAttach, DetachRestoresTheAgentsExitHooks) {
   HP_SKIP_IF_SANITIZED();
   Target t({"work", "2"});
