@@ -24,10 +24,9 @@ namespace hp::sync {
 // domains, unused by the others.
 struct ReadToken {
   std::uint32_t idx = 0;
-  // SRCU-style domains: the locking thread's counter slot and its slot table's generation,
-  // so read_unlock() need not look the slot up again unless the table moved meanwhile. A
-  // token is unlocked on the thread that locked it (ReadGuard does).
-  std::uint32_t gen = 0;
+  // SRCU-style domains: the locking thread's counter slot, so read_unlock() needs no
+  // lookup (a thread's slots never move while it lives). A token is unlocked on the
+  // thread that locked it (ReadGuard does).
   void* slot = nullptr;
 };
 

@@ -3,6 +3,7 @@
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
@@ -116,31 +117,34 @@ __thread SlotTable tls_slot_table __attribute__((tls_model("initial-exec"))) = {
 
 namespace {
 
-// One per thread that has used a slot, in the thread's static TLS (registration needs no
-// allocation, so a signal handler can register a thread for the first kInlineSlots ids).
-inline constexpr std::uint32_t kInlineSlots = 4;
+// One per thread that has used a slot, in the thread's static TLS. Its slots live in a
+// region reserved once (address space for kMaxSlotIds slots; the kernel provides zeroed
+// pages as ids are used), so they never move while the thread lives: a read section's
+// token keeps its slot's address, and read_unlock() needs no lookup and no check.
+// Registration is an mmap, a system call, so a signal handler can register a thread.
+inline constexpr std::uint32_t kMaxSlotIds = 16384;
 struct ThreadRecord {
   ThreadRecord* next = nullptr;
   ThreadRecord* prev = nullptr;
   std::uint32_t cap = 0;        // ids below cap have a slot
-  ThreadSlot* slots = nullptr;  // `inl` until an id >= kInlineSlots is used, then heap
-  ThreadSlot inl[kInlineSlots] = {};
+  ThreadSlot* slots = nullptr;  // the reserved region, or null
 
   ThreadSlot* at(std::uint32_t id) const { return id < cap ? &slots[id] : nullptr; }
-  bool on_heap() const { return slots != nullptr && slots != inl; }
+  bool on_heap() const { return slots != nullptr; }
 };
 __thread ThreadRecord tls_record __attribute__((tls_model("initial-exec")));
 
-ThreadSlot* alloc_slots(std::uint32_t n) {
-  void* p = ::operator new (sizeof(ThreadSlot) * n, std::align_val_t{kCacheLine});
-  auto* s = static_cast<ThreadSlot*>(p);
-  for (std::uint32_t i = 0; i < n; ++i)
-    new (&s[i]) ThreadSlot{};
-  return s;
+constexpr std::size_t kRegionBytes = sizeof(ThreadSlot) * kMaxSlotIds;
+
+ThreadSlot* alloc_slots() {
+  void* p = ::mmap(nullptr, kRegionBytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  HP_CHECK_MSG(p != MAP_FAILED, "cannot reserve a thread's read-side slots (mmap failed)");
+  return static_cast<ThreadSlot*>(p);
 }
 
 void free_slots(ThreadSlot* s) {
-  if (s) ::operator delete (s, std::align_val_t{kCacheLine});
+  if (s) ::munmap(s, kRegionBytes);
 }
 
 void zero_slot(ThreadSlot& s) {
@@ -255,8 +259,6 @@ void on_thread_exit(void* p) {
     r.unlink(rec);
     if (rec->on_heap()) free_slots(rec->slots);
     // Folded: a later destructor that reads again registers anew, from zero.
-    for (ThreadSlot& s : rec->inl)
-      zero_slot(s);
     rec->slots = nullptr;
     rec->cap = 0;
     tls_slot_table = SlotTable{0, tls_slot_table.gen + 1, nullptr};
@@ -272,30 +274,12 @@ ThreadSlot* thread_slot_slow(std::uint32_t id) noexcept {
                "read side of a domain that does not exist (destroyed?)");
   ThreadRecord* rec = &tls_record;
   if (rec->slots == nullptr) {
-    rec->slots = rec->inl;
-    rec->cap = kInlineSlots;
+    rec->slots = alloc_slots();
+    rec->cap = kMaxSlotIds;
     r.link(rec);
     HP_CHECK(pthread_setspecific(r.key, rec) == 0);
   }
-  if (id >= rec->cap) {
-    // Room for every id that exists now, so growth is rare. (Allocates: not from a
-    // signal handler, see percpu.h Limits.)
-    std::uint32_t cap = std::max<std::uint32_t>(
-        {id + 1, rec->cap * 2, 8u, static_cast<std::uint32_t>(r.owners.size())});
-    ThreadSlot* s = alloc_slots(cap);
-    for (std::uint32_t i = 0; i < rec->cap; ++i) {
-      for (int k = 0; k < 2; ++k) {
-        s[i].lock[k].store(rec->slots[i].lock[k].load(std::memory_order_relaxed),
-                           std::memory_order_relaxed);
-        s[i].unlock[k].store(rec->slots[i].unlock[k].load(std::memory_order_relaxed),
-                             std::memory_order_relaxed);
-      }
-    }
-    // Writers read slots only under the mutex, so the old array can go now.
-    if (rec->on_heap()) free_slots(rec->slots);
-    rec->slots = s;
-    rec->cap = cap;
-  }
+  HP_CHECK_MSG(id < rec->cap, "more than 16384 read-side domains exist at once");
   tls_slot_table = SlotTable{rec->cap, tls_slot_table.gen + 1, rec->slots};
   return rec->at(id);
 }

@@ -105,7 +105,7 @@ class BasicSrcu {
     } else {
       full_fence();  // B: pairs with A (srcu_check_zero) and E (flip).
     }
-    return ReadToken{idx, detail::tls_slot_table.gen, s};
+    return ReadToken{idx, s};
   }
 
   // srcu_read_unlock(): `t` from the matching read_lock().
@@ -115,12 +115,9 @@ class BasicSrcu {
     } else {
       full_fence();  // C: pairs with A and D: the section happens before a counted unlock.
     }
-    // The slot read_lock() found, unless this thread's table moved since (a domain with a
-    // new id was first used inside the section): the token is unlocked on the thread
-    // that locked it.
-    auto* s = HP_LIKELY(t.gen == detail::tls_slot_table.gen)
-                  ? static_cast<detail::ThreadSlot*>(t.slot)
-                  : detail::thread_slot(id_.get());
+    // The slot read_lock() found: a thread's slots never move while it lives (percpu.cc),
+    // and the token is unlocked on the thread that locked it.
+    auto* s = static_cast<detail::ThreadSlot*>(t.slot);
     HP_ASSERT_MSG(s == detail::thread_slot(id_.get()), "SRCU token unlocked on another thread");
     // Release: on its own enough for the C++ model (and ThreadSanitizer); C/membarrier
     // is what the kernel's argument (and weaker CPUs) rely on.

@@ -429,17 +429,17 @@ TYPED_TEST(SrcuTest, DomainIdReuseStartsClean) {
     t.join();
 }
 
-TYPED_TEST(SrcuTest, ManyDomainsGrowTheTable) {
+TYPED_TEST(SrcuTest, ManyDomainsEachKeepTheirSlot) {
   std::vector<std::unique_ptr<TypeParam>> ds;
   for (int i = 0; i < 70; ++i)
     ds.push_back(std::make_unique<TypeParam>());
+  std::vector<ReadToken> tokens;
   for (auto& d : ds)
-    d->read_lock();
+    tokens.push_back(d->read_lock());
   for (auto& d : ds)
     EXPECT_TRUE(d->in_reader());
-  for (auto& d : ds)
-    d->read_unlock(ReadToken{d->current_index()});
-  // (All tokens were taken before any flip, so current_index() is each one's index.)
+  for (std::size_t i = 0; i < ds.size(); ++i)
+    ds[i]->read_unlock(tokens[i]);
   for (auto& d : ds) {
     EXPECT_FALSE(d->in_reader());
     d->synchronize();
