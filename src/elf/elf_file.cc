@@ -82,24 +82,6 @@ std::atomic<std::uint64_t> g_parsed{0};
 
 ElfFile::~ElfFile() = default;
 
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-  // One row of the classic dynamic program.
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j)
-    row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diag = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      std::size_t up = row[j];
-      std::size_t sub = diag + (a[i - 1] == b[j - 1] ? 0 : 1);
-      row[j] = std::min({up + 1, row[j - 1] + 1, sub});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
 Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string path) {
   init_libelf();
   struct Closer {

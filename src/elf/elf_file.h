@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/strings.h"
 #include "elf/maps.h"
 
 namespace hp::elf {
@@ -154,7 +155,7 @@ Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path, Modul
 // Number of files parsed so far by load_elf (to test that the cache loads each once).
 std::uint64_t elf_files_parsed();
 
-// Levenshtein distance, exposed for tests.
-std::size_t edit_distance(std::string_view a, std::string_view b);
+// Levenshtein distance (base/strings.h), here for the symbol tests.
+using hp::edit_distance;
 
 }  // namespace hp::elf

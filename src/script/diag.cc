@@ -69,23 +69,6 @@ std::string render(const Diagnostic& d, std::string_view source, std::string_vie
   return out;
 }
 
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j)
-    row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diag = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      std::size_t up = row[j];
-      std::size_t subst = diag + (a[i - 1] == b[j - 1] ? 0 : 1);
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, subst});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
 std::string_view closest(std::string_view name, std::span<const std::string_view> candidates) {
   std::string_view best;
   std::size_t best_distance = 3;  // at most 2 edits

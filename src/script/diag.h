@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/strings.h"
 #include "hotprobe/result.h"
 #include "script/ast.h"
 
@@ -49,8 +50,8 @@ class Diagnostics {
 
 std::string render(const Diagnostic& d, std::string_view source, std::string_view filename);
 
-// Levenshtein distance.
-std::size_t edit_distance(std::string_view a, std::string_view b);
+// Levenshtein distance (base/strings.h).
+using hp::edit_distance;
 // The candidate closest to `name` if it is close enough to be a likely typo (distance at
 // most 2, and less than half of the name); empty otherwise.
 std::string_view closest(std::string_view name, std::span<const std::string_view> candidates);
