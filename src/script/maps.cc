@@ -6,6 +6,21 @@
 
 namespace hotprobe::script {
 
+namespace {
+// A printable copy of one entry (relaxed loads: owners may be writing).
+Row row_of(const std::atomic<std::uint64_t>* k, std::uint32_t kw,
+           const std::atomic<std::uint64_t>* v, std::uint32_t vw) {
+  Row r;
+  r.key.resize(kw);
+  r.value.resize(vw);
+  for (std::uint32_t w = 0; w < kw; ++w)
+    r.key[w] = k[w].load(std::memory_order_relaxed);
+  for (std::uint32_t w = 0; w < vw; ++w)
+    r.value[w] = v[w].load(std::memory_order_relaxed);
+  return r;
+}
+}  // namespace
+
 std::uint32_t MapDesc::key_words() const {
   std::uint32_t n = 0;
   for (bool s : key_is_string)
@@ -254,14 +269,7 @@ std::vector<Row> AggMap::snapshot() {
           [&](const std::atomic<std::uint64_t>* k, const std::atomic<std::uint64_t>* v) {
             // Plain mode: a deleted key (present == 0) is not in the map.
             if (sw > vw && v[vw].load(std::memory_order_relaxed) == 0) return;
-            Row r;
-            r.key.resize(kw);
-            r.value.resize(vw);
-            for (std::uint32_t w = 0; w < kw; ++w)
-              r.key[w] = k[w].load(std::memory_order_relaxed);
-            for (std::uint32_t w = 0; w < vw; ++w)
-              r.value[w] = v[w].load(std::memory_order_relaxed);
-            rows.push_back(std::move(r));
+            rows.push_back(row_of(k, kw, v, vw));
           });
     }
     if (seen != epoch_.load(std::memory_order_relaxed)) {
@@ -369,14 +377,7 @@ std::vector<Row> PlainMap::snapshot() {
     std::lock_guard lock(s.lock);
     s.table->for_each(
         [&](const std::atomic<std::uint64_t>* k, const std::atomic<std::uint64_t>* v) {
-          Row r;
-          r.key.resize(kw);
-          r.value.resize(vw);
-          for (std::uint32_t w = 0; w < kw; ++w)
-            r.key[w] = k[w].load(std::memory_order_relaxed);
-          for (std::uint32_t w = 0; w < vw; ++w)
-            r.value[w] = v[w].load(std::memory_order_relaxed);
-          out.push_back(std::move(r));
+          out.push_back(row_of(k, kw, v, vw));
         });
   }
   return out;
