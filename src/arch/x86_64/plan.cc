@@ -188,6 +188,15 @@ Result<Int3Plan> plan_int3(std::span<const std::uint8_t> function, std::uint64_t
   const std::string where = quoted(plan.insn) + " at +" + hex(offset);
   switch (plan.insn.kind) {
     case InsnKind::int3:
+      if (offset == 0) {
+        // A function does not start with int3 in its file: someone else's breakpoint.
+        return Error(Errc::not_relocatable,
+                     where +
+                         " cannot be copied out of line: the function already holds a "
+                         "breakpoint (a kernel uprobe, e.g. bpftrace or perf, or a "
+                         "debugger); detach that tracer first");
+      }
+      return Error(Errc::not_relocatable, where + " cannot be copied out of line");
     case InsnKind::xbegin:
     case InsnKind::far_transfer:
       return Error(Errc::not_relocatable, where + " cannot be copied out of line");
