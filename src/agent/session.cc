@@ -281,8 +281,8 @@ bool Session::start_reporter() {
   sigfillset(&all);
   sigdelset(&all, hotprobe::reserved_signal());
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  // Detached: it ends after the final report, and a session that has started is never
-  // destroyed (the process ends, or the session stays behind finished), so nobody joins.
+  // Detached: it ends after the final report; a preload session stays behind finished
+  // (the process is ending), an attach session frees itself on it. Nobody joins.
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
