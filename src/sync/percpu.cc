@@ -122,7 +122,6 @@ namespace {
 // pages as ids are used), so they never move while the thread lives: a read section's
 // token keeps its slot's address, and read_unlock() needs no lookup and no check.
 // Registration is an mmap, a system call, so a signal handler can register a thread.
-inline constexpr std::uint32_t kMaxSlotIds = 16384;
 struct ThreadRecord {
   ThreadRecord* next = nullptr;
   ThreadRecord* prev = nullptr;
@@ -134,13 +133,19 @@ struct ThreadRecord {
 };
 __thread ThreadRecord tls_record __attribute__((tls_model("initial-exec")));
 
-constexpr std::size_t kRegionBytes = sizeof(ThreadSlot) * kMaxSlotIds;
-
+// Aligned to its own size, so that a slot's address tells its region (and its id): see
+// slot_is_mine() and slot_id() in percpu.h.
 ThreadSlot* alloc_slots() {
-  void* p = ::mmap(nullptr, kRegionBytes, PROT_READ | PROT_WRITE,
+  void* p = ::mmap(nullptr, 2 * kRegionBytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   HP_CHECK_MSG(p != MAP_FAILED, "cannot reserve a thread's read-side slots (mmap failed)");
-  return static_cast<ThreadSlot*>(p);
+  const auto start = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t aligned = (start + kRegionBytes - 1) & ~(kRegionBytes - 1);
+  if (aligned > start) ::munmap(p, aligned - start);
+  const std::uintptr_t end = aligned + kRegionBytes;
+  if (start + 2 * kRegionBytes > end)
+    ::munmap(reinterpret_cast<void*>(end), start + 2 * kRegionBytes - end);
+  return reinterpret_cast<ThreadSlot*>(aligned);
 }
 
 void free_slots(ThreadSlot* s) {

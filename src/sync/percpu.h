@@ -222,6 +222,22 @@ HP_ALWAYS_INLINE ThreadSlot* thread_slot(std::uint32_t id) noexcept {
   if (HP_LIKELY(id < tls_slot_table.cap)) return &tls_slot_table.slots[id];
   return thread_slot_slow(id);
 }
+// A thread's slots: one region reserved at registration, aligned to its size, so a
+// slot's address tells both whose region it is in and its domain id.
+inline constexpr std::uint32_t kMaxSlotIds = 16384;
+inline constexpr std::uintptr_t kRegionBytes = sizeof(ThreadSlot) * kMaxSlotIds;
+static_assert((kRegionBytes & (kRegionBytes - 1)) == 0, "regions are aligned to their size");
+// Whether `s` is one of this thread's slots (an SRCU token unlocked on its own thread):
+// one %fs-relative load and a compare, no domain access.
+HP_ALWAYS_INLINE bool slot_is_mine(const ThreadSlot* s) noexcept {
+  return (reinterpret_cast<std::uintptr_t>(s) & ~(kRegionBytes - 1)) ==
+         reinterpret_cast<std::uintptr_t>(tls_slot_table.slots);
+}
+HP_ALWAYS_INLINE std::uint32_t slot_id(const ThreadSlot* s) noexcept {
+  return static_cast<std::uint32_t>((reinterpret_cast<std::uintptr_t>(s) & (kRegionBytes - 1)) /
+                                    sizeof(ThreadSlot));
+}
+
 // This thread's slot if it has one (no allocation), else nullptr.
 HP_ALWAYS_INLINE const ThreadSlot* thread_slot_if_present(std::uint32_t id) noexcept {
   if (id < tls_slot_table.cap) return &tls_slot_table.slots[id];

@@ -30,7 +30,9 @@
 //   when the unlocks were summed. Readers arriving later use the new index, so the writer
 //   waits for a bounded set of readers and cannot be starved by new ones.
 //   Separate lock and unlock counts (rather than one nesting count) also make an unlock on
-//   another thread correct, as srcu_down_read/srcu_up_read allow.
+//   another thread correct, as srcu_down_read/srcu_up_read allow: up_read() counts it in
+//   the calling thread's own slot. read_unlock(), like the kernel's srcu_read_unlock, is
+//   for the locking thread only, so it needs no check (one `addq` through the token).
 //
 // Flavours
 //   Srcu (classic): a full fence after the lock increment (B) and before the unlock
@@ -108,19 +110,37 @@ class BasicSrcu {
     return ReadToken{idx, s};
   }
 
-  // srcu_read_unlock(): `t` from the matching read_lock().
+  // srcu_read_unlock(): `t` from the matching read_lock(), on the same thread (as the
+  // kernel's srcu_read_unlock; checked in debug builds). A section that ends on another
+  // thread uses up_read().
   HP_ALWAYS_INLINE void read_unlock(ReadToken t) noexcept {
     if constexpr (kFast) {
       compiler_barrier();  // C(fast): the writer's membarrier at A/D stands in for C.
     } else {
       full_fence();  // C: pairs with A and D: the section happens before a counted unlock.
     }
-    // The slot read_lock() found: a thread's slots never move while it lives (percpu.cc),
-    // and the token is unlocked on the thread that locked it.
+    // The slot read_lock() found: a thread's slots never move while it lives (percpu.cc).
     auto* s = static_cast<detail::ThreadSlot*>(t.slot);
-    HP_ASSERT_MSG(s == detail::thread_slot(id_.get()), "SRCU token unlocked on another thread");
+    HP_ASSERT_MSG(detail::slot_is_mine(s),
+                  "SRCU read_unlock() on another thread than read_lock(): use up_read()");
     // Release: on its own enough for the C++ model (and ThreadSanitizer); C/membarrier
     // is what the kernel's argument (and weaker CPUs) rely on.
+    detail::slot_inc(s->unlock[t.idx & 1], std::memory_order_release);
+  }
+
+  // srcu_down_read()/srcu_up_read(): a section that may end on another thread (a
+  // semaphore-like hand-off). up_read() counts the unlock in the calling thread's own
+  // slot (only a slot's owner writes it; separate lock and unlock counts keep the sums
+  // balanced), found from the token's slot address without touching the domain.
+  HP_ALWAYS_INLINE ReadToken down_read() noexcept { return read_lock(); }
+  void up_read(ReadToken t) noexcept {
+    if constexpr (kFast) {
+      compiler_barrier();
+    } else {
+      full_fence();  // C, as in read_unlock()
+    }
+    auto* s = static_cast<detail::ThreadSlot*>(t.slot);
+    if (!detail::slot_is_mine(s)) s = detail::thread_slot(detail::slot_id(s));
     detail::slot_inc(s->unlock[t.idx & 1], std::memory_order_release);
   }
 

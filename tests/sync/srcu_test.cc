@@ -141,14 +141,14 @@ TYPED_TEST(SrcuTest, SynchronizeDoesNotWaitForLaterReader) {
   late.release();
 }
 
-TYPED_TEST(SrcuTest, UnlockOnAnotherThread) {
-  // srcu_down_read/srcu_up_read style: the section is locked on one thread and unlocked
-  // on another; separate lock and unlock counts make the sums still balance.
+TYPED_TEST(SrcuTest, UpReadOnAnotherThread) {
+  // srcu_down_read/srcu_up_read: the section is begun on one thread and ended on
+  // another; separate lock and unlock counts make the sums still balance.
   TypeParam d;
   ReadToken t{};
   std::promise<void> locked, may_exit;
   std::thread owner([&] {
-    t = d.read_lock();
+    t = d.down_read();
     locked.set_value();
     may_exit.get_future().wait();
   });
@@ -160,7 +160,7 @@ TYPED_TEST(SrcuTest, UnlockOnAnotherThread) {
   });
   std::this_thread::sleep_for(100ms);
   EXPECT_FALSE(done.load()) << "synchronize() did not wait for the section";
-  d.read_unlock(t);  // on this thread
+  d.up_read(t);  // on this thread
   EXPECT_FALSE(d.in_reader());
   w.join();
   d.synchronize();
