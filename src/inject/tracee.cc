@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 
 namespace hp::inject {
 
@@ -78,9 +79,43 @@ Error Tracee::ptrace_error(const char* what, int err) const {
                    err);
 }
 
+namespace {
+
+// Whether thread `tid` is exiting or gone within a few milliseconds: the kernel also
+// answers PTRACE_SEIZE with EPERM for a task that is exiting.
+bool exiting_soon(pid_t tid) {
+  const std::string path = "/proc/" + std::to_string(tid) + "/status";
+  for (int i = 0; i < 20; ++i) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return true;
+    char buf[512];
+    const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+    ::close(fd);
+    if (n <= 0) return true;
+    buf[n] = 0;
+    const char* st = std::strstr(buf, "State:");
+    if (st) {
+      st += 6;
+      while (*st == ' ' || *st == '\t')
+        ++st;
+      if (*st == 'Z' || *st == 'X') return true;
+    }
+    timespec ms{0, 1'000'000};
+    ::nanosleep(&ms, nullptr);
+  }
+  return false;
+}
+
+}  // namespace
+
 Result<void> Tracee::seize() {
   if (::ptrace(PTRACE_SEIZE, tid_, 0, 0) != 0) {
     const int err = errno;
+    if (err == EPERM && exiting_soon(tid_)) {
+      return Error(Errc::not_found, "process " + std::to_string(pid_) +
+                                        " exited during the injection (it was exiting when "
+                                        "hotprobe tried to stop it)");
+    }
     if (err == EPERM) {
       return Error(Errc::permission_denied,
                    "the kernel refused to trace process " + std::to_string(pid_) +
