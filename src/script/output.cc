@@ -173,16 +173,26 @@ std::string lhist_label(std::int64_t n) {
   return std::to_string(n);
 }
 
-std::string hist_text(std::span<const std::uint64_t> v) {
+// The buckets bpftrace prints: from the first non-empty one to the last, and the largest
+// count (the bars' scale). hi < 0: all empty.
+struct BucketRange {
   int lo = -1, hi = -1;
   std::uint64_t max_value = 0;
+};
+BucketRange non_empty_range(std::span<const std::uint64_t> v) {
+  BucketRange r;
   for (std::size_t i = 0; i < v.size(); ++i) {
     if (v[i] > 0) {
-      if (lo < 0) lo = static_cast<int>(i);
-      hi = static_cast<int>(i);
+      if (r.lo < 0) r.lo = static_cast<int>(i);
+      r.hi = static_cast<int>(i);
     }
-    max_value = std::max(max_value, v[i]);
+    r.max_value = std::max(r.max_value, v[i]);
   }
+  return r;
+}
+
+std::string hist_text(std::span<const std::uint64_t> v) {
+  const auto [lo, hi, max_value] = non_empty_range(v);
   if (hi < 0) return "";
   std::string s;
   for (int i = lo; i <= hi; ++i) {
@@ -202,15 +212,7 @@ std::string hist_text(std::span<const std::uint64_t> v) {
 
 std::string lhist_text(std::span<const std::uint64_t> v, std::int64_t min, std::int64_t max,
                        std::int64_t step) {
-  int lo = -1, hi = -1;
-  std::uint64_t max_value = 0;
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    if (v[i] > 0) {
-      if (lo < 0) lo = static_cast<int>(i);
-      hi = static_cast<int>(i);
-    }
-    max_value = std::max(max_value, v[i]);
-  }
+  const auto [lo, hi, max_value] = non_empty_range(v);
   if (hi < 0) return "";
   const int buckets = static_cast<int>(v.size()) - 2;
   std::string s;
