@@ -114,25 +114,26 @@ Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> functio
     const Insn& insn = s.insns[last];
     const std::uint64_t len = insn.end() - plan.patch_address;
     const bool completes = len >= kJmpRel32Length;
-    const std::string where = quoted(insn) + " at +" + hex(insn.address - function_address);
+    // Formatted only for a refusal: formatting costs more than decoding.
+    auto where = [&] { return quoted(insn) + " at +" + hex(insn.address - function_address); };
     switch (insn.kind) {
       case InsnKind::int3:
         return Error(Errc::not_relocatable,
-                     where + " lies in the displaced bytes (a breakpoint someone else placed?)");
+                     where() + " lies in the displaced bytes (a breakpoint someone else placed?)");
       case InsnKind::xbegin:
       case InsnKind::far_transfer:
-        return Error(Errc::not_relocatable, where + " cannot be relocated");
+        return Error(Errc::not_relocatable, where() + " cannot be relocated");
       case InsnKind::call_rel:
       case InsnKind::call_indirect:
         if (!completes) {
           return Error(Errc::not_relocatable,
-                       "the displaced bytes would run past " + where +
+                       "the displaced bytes would run past " + where() +
                            ": its return address would land inside the patched jump");
         }
         break;
       default:
         if (insn.ends_flow() && !completes) {
-          return Error(Errc::not_relocatable, "too short: " + where + " ends the flow after " +
+          return Error(Errc::not_relocatable, "too short: " + where() + " ends the flow after " +
                                                   std::to_string(len) +
                                                   " bytes, a jmp rel32 needs 5");
         }
@@ -185,21 +186,21 @@ Result<Int3Plan> plan_int3(std::span<const std::uint8_t> function, std::uint64_t
   plan.probe_address = function_address + offset;
   const bool starts_with_endbr = !s.insns.empty() && s.insns[0].kind == InsnKind::endbr64;
   plan.flags_live = !(offset == 0 || (offset == 4 && starts_with_endbr));
-  const std::string where = quoted(plan.insn) + " at +" + hex(offset);
+  auto where = [&] { return quoted(plan.insn) + " at +" + hex(offset); };
   switch (plan.insn.kind) {
     case InsnKind::int3:
       if (offset == 0) {
         // A function does not start with int3 in its file: someone else's breakpoint.
         return Error(Errc::not_relocatable,
-                     where +
+                     where() +
                          " cannot be copied out of line: the function already holds a "
                          "breakpoint (a kernel uprobe, e.g. bpftrace or perf, or a "
                          "debugger); detach that tracer first");
       }
-      return Error(Errc::not_relocatable, where + " cannot be copied out of line");
+      return Error(Errc::not_relocatable, where() + " cannot be copied out of line");
     case InsnKind::xbegin:
     case InsnKind::far_transfer:
-      return Error(Errc::not_relocatable, where + " cannot be copied out of line");
+      return Error(Errc::not_relocatable, where() + " cannot be copied out of line");
     default:
       break;
   }

@@ -111,7 +111,8 @@ Result<void> relocate_into(Emitter& e, std::span<const std::uint8_t> original,
   std::uint32_t off = 0;
   const auto total = static_cast<std::uint32_t>(original.size());
   while (off < total) {
-    auto decoded = decode(original.subspan(off), original_address + off);
+    // Without text: refuse() formats it only when it is needed.
+    auto decoded = decode(original.subspan(off), original_address + off, /*with_text=*/false);
     if (!decoded.ok()) return decoded.error();
     const Insn& insn = decoded.value();
     const auto b = original.subspan(off, insn.length);
