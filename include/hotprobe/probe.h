@@ -64,9 +64,13 @@ struct ProbeSpec {
   Handler on_return = nullptr;  // a return probe (only at a function's entry)
   Filter filter = nullptr;      // false: neither handler runs for this call
   void* cookie = nullptr;
-  bool allow_int3 = true;        // where a 5-byte jump cannot be placed, trap instead
-  bool force_int3 = false;       // always use int3 mode (tests, comparisons)
-  bool vector_registers = true;  // handlers may clobber xmm0-15: save them
+  bool allow_int3 = true;   // where a 5-byte jump cannot be placed, trap instead
+  bool force_int3 = false;  // always use int3 mode (tests, comparisons)
+  // true: xmm0-15 are saved around the handlers unless the engine proves, by decoding
+  // them (and what they call directly), that none writes a vector register; a handler
+  // that calls through a pointer or into another library gets them saved. false: the
+  // caller promises the handlers write none (nothing is saved, nothing is checked).
+  bool vector_registers = true;
 };
 
 // One attached consumer on one site.

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <functional>
 
+#include "arch/x86_64/clobber.h"
 #include "base/assert.h"
 #include "core/thread_state.h"
 #include "sync/baselines.h"
@@ -51,7 +52,61 @@ HP_ALWAYS_INLINE auto& domain() {
   if constexpr (S == Scheme::rwlock) return rwlock_domain();
 }
 
-std::atomic<std::uintptr_t> g_ret_tramp[6][2];  // [scheme][vector_registers]
+// The read side of a scheme. tasks-trace's is static (a thread-local word): calling it
+// directly spares the call to tasks_trace() that domain<>() makes.
+template <Scheme S>
+HP_ALWAYS_INLINE sync::ReadToken read_lock() {
+  if constexpr (S == Scheme::tasks_trace) {
+    return sync::TasksTrace::read_lock();
+  } else {
+    return domain<S>().read_lock();
+  }
+}
+template <Scheme S>
+HP_ALWAYS_INLINE void read_unlock(sync::ReadToken tok) {
+  if constexpr (S == Scheme::tasks_trace) {
+    sync::TasksTrace::read_unlock(tok);
+  } else {
+    domain<S>().read_unlock(tok);
+  }
+}
+
+// xmm0-15, saved around handlers that may write them (dispatch.h). This file is built
+// without vector registers, so nothing between the save and the restore but the handlers
+// can change them.
+struct alignas(16) VectorSave {
+  std::uint8_t bytes[256];
+};
+#define HP_XMM_OP(op, i) op " %%xmm" #i ", " #i "*16(%0)\n\t"
+#define HP_XMM_LD(i) "movaps " #i "*16(%0), %%xmm" #i "\n\t"
+HP_ALWAYS_INLINE void save_vectors(VectorSave& v) {
+  __asm__ volatile(
+      HP_XMM_OP("movaps", 0) HP_XMM_OP("movaps", 1) HP_XMM_OP("movaps", 2) HP_XMM_OP("movaps", 3)
+          HP_XMM_OP("movaps", 4) HP_XMM_OP("movaps", 5) HP_XMM_OP("movaps", 6)
+              HP_XMM_OP("movaps", 7) HP_XMM_OP("movaps", 8) HP_XMM_OP("movaps", 9)
+                  HP_XMM_OP("movaps", 10) HP_XMM_OP("movaps", 11) HP_XMM_OP("movaps", 12)
+                      HP_XMM_OP("movaps", 13) HP_XMM_OP("movaps", 14) HP_XMM_OP("movaps", 15)
+      :
+      : "r"(v.bytes)
+      : "memory");
+}
+HP_ALWAYS_INLINE void restore_vectors(const VectorSave& v) {
+  __asm__ volatile(HP_XMM_LD(0) HP_XMM_LD(1) HP_XMM_LD(2) HP_XMM_LD(3) HP_XMM_LD(4) HP_XMM_LD(5)
+                       HP_XMM_LD(6) HP_XMM_LD(7) HP_XMM_LD(8) HP_XMM_LD(9) HP_XMM_LD(10)
+                           HP_XMM_LD(11) HP_XMM_LD(12) HP_XMM_LD(13) HP_XMM_LD(14) HP_XMM_LD(15)
+                   :
+                   : "r"(v.bytes)
+                   : "memory");
+}
+#undef HP_XMM_OP
+#undef HP_XMM_LD
+
+// Whether this array's handlers run between save_vectors() and restore_vectors().
+HP_ALWAYS_INLINE bool dispatcher_saves_vectors(const ConsumerArray* arr) {
+  return !kTrampolinesSaveVectors && arr->saves_vectors;
+}
+
+std::atomic<std::uintptr_t> g_ret_tramp[6];  // [scheme]
 std::atomic<std::uint64_t> g_gps{0};
 
 // Drops instances whose frames are gone: before a push at slot S, every instance with a
@@ -122,6 +177,73 @@ HP_COLD HP_DISPATCH_SECTION void first_hit() noexcept {
   __asm__ volatile("fxrstor64 %0" : : "m"(fx));
 }
 
+// Everything but the fast loop: filters, return instances, vector saves. Out of line,
+// so the common case (entry handlers only) stays a short straight path.
+template <Scheme S>
+HP_DISPATCH_SECTION __attribute__((noinline)) void entry_general(Site* site, Regs* regs,
+                                                                 const ConsumerArray* arr,
+                                                                 ThreadRecord& rec) {
+  VectorSave vs;
+  const bool save = dispatcher_saves_vectors(arr);
+  if (save) save_vectors(vs);
+  Hit hit{regs, nullptr, nullptr, site->probe_address};
+  ReturnInstance* ri = nullptr;
+  std::uint32_t depth = 0;
+  const std::uintptr_t tramp = g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed);
+  auto* ret_slot = reinterpret_cast<std::uint64_t*>(regs->rsp);
+  const bool use_stack = arr->any_return && site->at_entry;
+  bool tail_call = false;  // the slot already returns through the instance below
+  if (use_stack) {
+    std::uint32_t d0 = rec.depth.load(std::memory_order_relaxed);
+    tail_call = d0 > 0 && rec.stack[d0 - 1].slot == regs->rsp && rec.stack[d0 - 1].hijacked &&
+                *ret_slot == rec.stack[d0 - 1].tramp;
+    depth = drop_dead(rec, d0, regs->rsp, tail_call);
+    if (depth < site->return_depth) {
+      ri = &rec.stack[depth];
+      ri->n = 0;
+    }
+  }
+  std::uint64_t hits = 0, return_misses = 0;
+  for (std::uint32_t i = 0; i < arr->n; i++) {
+    const ConsumerEntry& c = arr->e[i];
+    hit.cookie = c.cookie;
+    hit.data = nullptr;
+    if (c.filter && !c.filter(hit)) continue;
+    if (c.on_return) {
+      if (ri && ri->n < kMaxReturnConsumers) {
+        ri->cd[ri->n] = {c.id, 0};
+        hit.data = &ri->cd[ri->n].data;
+        ri->n++;
+      } else if (use_stack) {
+        return_misses++;  // no room on the stack, or too many return consumers
+      }
+    }
+    if (c.on_entry) {
+      c.on_entry(hit);
+      hits++;
+    }
+  }
+  if (ri && ri->n) {
+    // A tail call keeps the real return address in the instance below (same slot).
+    ri->orig_ret = tail_call ? rec.stack[depth - 1].orig_ret : *ret_slot;
+    ri->slot = regs->rsp;
+    ri->tramp = tramp;
+    ri->hijacked = true;
+    ri->site.store(site, std::memory_order_relaxed);
+    rec.depth.store(depth + 1, std::memory_order_release);  // R1: matches R2 (zombie scan)
+    *ret_slot = tramp;
+  } else if (use_stack) {
+    rec.depth.store(depth, std::memory_order_release);
+  }
+  rec.hits.store(rec.hits.load(std::memory_order_relaxed) + hits, std::memory_order_relaxed);
+  if (HP_UNLIKELY(return_misses)) {
+    rec.misses_return_stack.store(
+        rec.misses_return_stack.load(std::memory_order_relaxed) + return_misses,
+        std::memory_order_relaxed);
+  }
+  if (save) restore_vectors(vs);
+}
+
 template <Scheme S>
 HP_DISPATCH_SECTION void entry_dispatch(void* ctx, Regs* regs) {
   auto* site = static_cast<Site*>(ctx);
@@ -136,68 +258,23 @@ HP_DISPATCH_SECTION void entry_dispatch(void* ctx, Regs* regs) {
   if (HP_UNLIKELY(!(ts.schemes_ready & (1u << static_cast<int>(S))))) first_hit<S>();
   ThreadRecord& rec = thread_record();
   if (HP_UNLIKELY(rec.rehijack_pending)) rehijack(rec, regs->rsp);
-  auto& d = domain<S>();
-  sync::ReadToken tok = d.read_lock();
-  ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
+  sync::ReadToken tok = read_lock<S>();
+  const ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
   if (arr) {
-    Hit hit{regs, nullptr, nullptr, site->probe_address};
-    ReturnInstance* ri = nullptr;
-    std::uint32_t depth = 0;
-    const std::uintptr_t tramp =
-        g_ret_tramp[static_cast<int>(S)][site->vector_registers].load(std::memory_order_relaxed);
-    auto* ret_slot = reinterpret_cast<std::uint64_t*>(regs->rsp);
-    const bool use_stack = arr->any_return && site->at_entry;
-    bool tail_call = false;  // the slot already returns through the instance below
-    if (use_stack) {
-      std::uint32_t d0 = rec.depth.load(std::memory_order_relaxed);
-      tail_call = d0 > 0 && rec.stack[d0 - 1].slot == regs->rsp && rec.stack[d0 - 1].hijacked &&
-                  *ret_slot == rec.stack[d0 - 1].tramp;
-      depth = drop_dead(rec, d0, regs->rsp, tail_call);
-      if (depth < site->return_depth) {
-        ri = &rec.stack[depth];
-        ri->n = 0;
+    if (HP_LIKELY(arr->simple)) {
+      const std::uint32_t n = arr->n;
+      Hit hit{regs, nullptr, nullptr, site->probe_address};
+      for (std::uint32_t i = 0; i < n; i++) {
+        hit.cookie = arr->e[i].cookie;
+        hit.data = nullptr;
+        arr->e[i].on_entry(hit);
       }
-    }
-    std::uint64_t hits = 0, return_misses = 0;
-    for (std::uint32_t i = 0; i < arr->n; i++) {
-      Consumer* c = arr->c[i];
-      hit.cookie = c->cookie;
-      hit.data = nullptr;
-      if (c->filter && !c->filter(hit)) continue;
-      if (c->on_return) {
-        if (ri && ri->n < kMaxReturnConsumers) {
-          ri->cd[ri->n] = {c->id, 0};
-          hit.data = &ri->cd[ri->n].data;
-          ri->n++;
-        } else if (use_stack) {
-          return_misses++;  // no room on the stack, or too many return consumers
-        }
-      }
-      if (c->on_entry) {
-        c->on_entry(hit);
-        hits++;
-      }
-    }
-    if (ri && ri->n) {
-      // A tail call keeps the real return address in the instance below (same slot).
-      ri->orig_ret = tail_call ? rec.stack[depth - 1].orig_ret : *ret_slot;
-      ri->slot = regs->rsp;
-      ri->tramp = tramp;
-      ri->hijacked = true;
-      ri->site.store(site, std::memory_order_relaxed);
-      rec.depth.store(depth + 1, std::memory_order_release);  // R1: matches R2 (zombie scan)
-      *ret_slot = tramp;
-    } else if (use_stack) {
-      rec.depth.store(depth, std::memory_order_release);
-    }
-    rec.hits.store(rec.hits.load(std::memory_order_relaxed) + hits, std::memory_order_relaxed);
-    if (HP_UNLIKELY(return_misses)) {
-      rec.misses_return_stack.store(
-          rec.misses_return_stack.load(std::memory_order_relaxed) + return_misses,
-          std::memory_order_relaxed);
+      rec.hits.store(rec.hits.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    } else {
+      entry_general<S>(site, regs, arr, rec);
     }
   }
-  d.read_unlock(tok);
+  read_unlock<S>(tok);
   ts.in_handler = false;
 }
 
@@ -212,27 +289,30 @@ HP_ALWAYS_INLINE void run_return_handlers(ThreadRecord& rec, ReturnInstance& ri,
     return;
   }
   ts.in_handler = true;
-  auto& d = domain<S>();
-  sync::ReadToken tok = d.read_lock();
-  ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
+  sync::ReadToken tok = read_lock<S>();
+  const ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
   std::uint64_t hits = 0;
   if (arr) {
+    VectorSave vs;
+    const bool save = dispatcher_saves_vectors(arr);
+    if (save) save_vectors(vs);
     Hit hit{regs, nullptr, nullptr, site->probe_address};
     for (std::uint32_t i = 0; i < arr->n; i++) {
-      Consumer* c = arr->c[i];
-      if (!c->on_return) continue;
+      const ConsumerEntry& c = arr->e[i];
+      if (!c.on_return) continue;
       for (std::uint32_t k = 0; k < ri.n; k++) {
-        if (ri.cd[k].consumer_id == c->id) {
-          hit.cookie = c->cookie;
+        if (ri.cd[k].consumer_id == c.id) {
+          hit.cookie = c.cookie;
           hit.data = &ri.cd[k].data;
-          c->on_return(hit);
+          c.on_return(hit);
           hits++;
           break;
         }
       }
     }
+    if (save) restore_vectors(vs);
   }
-  d.read_unlock(tok);
+  read_unlock<S>(tok);
   ts.in_handler = false;
   rec.hits.store(rec.hits.load(std::memory_order_relaxed) + hits, std::memory_order_relaxed);
 }
@@ -327,11 +407,45 @@ ReturnDispatcher return_dispatcher(Scheme s) noexcept {
   return nullptr;
 }
 
-void set_return_trampoline(Scheme s, bool vec, std::uintptr_t address) noexcept {
-  g_ret_tramp[static_cast<int>(s)][vec].store(address, std::memory_order_release);
+void set_return_trampoline(Scheme s, std::uintptr_t address) noexcept {
+  g_ret_tramp[static_cast<int>(s)].store(address, std::memory_order_release);
 }
-std::uintptr_t return_trampoline(Scheme s, bool vec) noexcept {
-  return g_ret_tramp[static_cast<int>(s)][vec].load(std::memory_order_acquire);
+std::uintptr_t return_trampoline(Scheme s) noexcept {
+  return g_ret_tramp[static_cast<int>(s)].load(std::memory_order_acquire);
+}
+
+bool handlers_need_vector_saves(const hotprobe::ProbeSpec& spec) {
+  if (!spec.vector_registers) return false;
+  for (std::uint64_t f : {reinterpret_cast<std::uint64_t>(spec.on_entry),
+                          reinterpret_cast<std::uint64_t>(spec.on_return),
+                          reinterpret_cast<std::uint64_t>(spec.filter)}) {
+    if (arch::may_write_vector_registers(f)) return true;
+  }
+  return false;
+}
+
+ConsumerArray* ConsumerArray::make(const std::vector<Consumer*>& cs) {
+  if (cs.empty()) return nullptr;
+  std::size_t bytes = sizeof(ConsumerArray) + sizeof(ConsumerEntry) * (cs.size() - 1);
+  auto* a = static_cast<ConsumerArray*>(::operator new(bytes));
+  new (a) ConsumerArray;
+  a->n = static_cast<std::uint32_t>(cs.size());
+  bool simple = true;
+  for (std::size_t i = 0; i < cs.size(); i++) {
+    const Consumer& c = *cs[i];
+    a->e[i] = {c.on_entry, c.cookie, c.filter, c.on_return, c.id};
+    a->any_return |= c.on_return != nullptr;
+    a->saves_vectors |= c.saves_vectors;
+    simple &= c.on_entry && !c.filter && !c.on_return && !c.saves_vectors;
+  }
+  a->simple = simple;
+  return a;
+}
+
+void ConsumerArray::destroy(ConsumerArray* a) {
+  if (!a) return;
+  a->~ConsumerArray();
+  ::operator delete(a);
 }
 
 void synchronize(Scheme s) {

@@ -30,9 +30,24 @@ ReturnDispatcher return_dispatcher(hotprobe::Scheme s) noexcept;
 
 // Where hijacked return addresses point, per scheme (set by the engine once the return
 // trampolines exist).
-void set_return_trampoline(hotprobe::Scheme s, bool vector_registers,
-                           std::uintptr_t address) noexcept;
-std::uintptr_t return_trampoline(hotprobe::Scheme s, bool vector_registers) noexcept;
+void set_return_trampoline(hotprobe::Scheme s, std::uintptr_t address) noexcept;
+std::uintptr_t return_trampoline(hotprobe::Scheme s) noexcept;
+
+// Vector registers. The dispatcher is built for general registers only (CMakeLists.txt),
+// so only handlers can write a vector register: the dispatcher saves xmm0-15 around the
+// handlers of a consumer array with saves_vectors, and trampolines save none. Except under
+// ThreadSanitizer, whose runtime (called from the instrumented dispatcher) uses them: there
+// every trampoline saves them, and the dispatcher does not.
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool kTrampolinesSaveVectors = true;
+#else
+inline constexpr bool kTrampolinesSaveVectors = false;
+#endif
+
+// Whether the dispatcher must save the vector registers around this spec's handlers:
+// spec.vector_registers, unless arch::may_write_vector_registers() shows that none of its
+// handlers (entry, return, filter) can write one. Cached per function address.
+bool handlers_need_vector_saves(const hotprobe::ProbeSpec& spec);
 
 // Unwinders (C++ exceptions, backtrace(), thread cancellation) walk the stack through
 // return addresses, and a hijacked one points at a trampoline without unwind tables.

@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "arch/x86_64/clobber.h"
 #include "arch/x86_64/code_memory.h"
 #include "arch/x86_64/plan.h"
 #include "arch/x86_64/trampoline.h"
@@ -41,25 +42,6 @@ using hotprobe::Handle;
 using hotprobe::ProbeSpec;
 using hotprobe::Regs;
 using hotprobe::Scheme;
-
-ConsumerArray* ConsumerArray::make(const std::vector<Consumer*>& cs) {
-  if (cs.empty()) return nullptr;
-  std::size_t bytes = sizeof(ConsumerArray) + sizeof(Consumer*) * (cs.size() - 1);
-  auto* a = static_cast<ConsumerArray*>(::operator new(bytes));
-  new (a) ConsumerArray;
-  a->n = static_cast<std::uint32_t>(cs.size());
-  for (std::size_t i = 0; i < cs.size(); i++) {
-    a->c[i] = cs[i];
-    a->any_return |= cs[i]->on_return != nullptr;
-  }
-  return a;
-}
-
-void ConsumerArray::destroy(ConsumerArray* a) {
-  if (!a) return;
-  a->~ConsumerArray();
-  ::operator delete(a);
-}
 
 namespace {
 
@@ -137,23 +119,20 @@ class Registry {
   std::atomic<std::uint64_t> next_id_{1};
   std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};
 
-  // Two per scheme: one saving xmm0-15 around the return handlers, one (for sites whose
-  // handlers all declared vector_registers = false) that does not.
+  // One per scheme (the dispatcher saves the vector registers where handlers need it).
   Result<void> ensure_return_trampoline(Scheme s) HP_REQUIRES(mu_) {
-    for (bool vec : {true, false}) {
-      if (return_trampoline(s, vec)) continue;
-      // Anywhere will do: the trampoline is reached through an absolute return address.
-      auto slot = ret_code_.allocate(reinterpret_cast<std::uint64_t>(&int3_hook));
-      if (!slot.ok()) return slot.error();
-      arch::ReturnTrampolineSpec spec;
-      spec.address = slot->address;
-      spec.dispatcher = reinterpret_cast<std::uint64_t>(return_dispatcher(s));
-      spec.save_vector = vec;
-      auto code = arch::make_return_trampoline(spec);
-      if (!code.ok()) return code.error();
-      HP_TRY(ret_code_.write(*slot, *code));
-      set_return_trampoline(s, vec, slot->address);
-    }
+    if (return_trampoline(s)) return {};
+    // Anywhere will do: the trampoline is reached through an absolute return address.
+    auto slot = ret_code_.allocate(reinterpret_cast<std::uint64_t>(&int3_hook));
+    if (!slot.ok()) return slot.error();
+    arch::ReturnTrampolineSpec spec;
+    spec.address = slot->address;
+    spec.dispatcher = reinterpret_cast<std::uint64_t>(return_dispatcher(s));
+    spec.save_vector = kTrampolinesSaveVectors;
+    auto code = arch::make_return_trampoline(spec);
+    if (!code.ok()) return code.error();
+    HP_TRY(ret_code_.write(*slot, *code));
+    set_return_trampoline(s, slot->address);
     return {};
   }
 
@@ -339,7 +318,6 @@ struct EngineImpl {
     site->scheme = options.scheme;
     site->return_depth = options.return_stack_depth;
     site->describe = t.describe;
-    site->vector_registers = spec.vector_registers;
     const std::uintptr_t probe = t.function + t.offset;
     site->probe_address = probe;
     std::span<const std::uint8_t> fn(reinterpret_cast<const std::uint8_t*>(t.function),
@@ -355,7 +333,7 @@ struct EngineImpl {
           ts.address = slot->address;
           ts.context = reinterpret_cast<std::uint64_t>(site.get());
           ts.dispatcher = reinterpret_cast<std::uint64_t>(entry_dispatcher(options.scheme));
-          ts.save_vector = spec.vector_registers;
+          ts.save_vector = kTrampolinesSaveVectors;
           auto tramp = arch::make_entry_trampoline(ts, *plan);
           auto bytes = arch::make_jmp_patch_bytes(plan->patch_address, plan->length, slot->address);
           if (tramp.ok() && bytes.ok() && tramp->code.size() <= slot->size) {
@@ -441,6 +419,7 @@ struct EngineImpl {
     c->engine = this;
     c->site = site;
     c->vector_registers = spec.vector_registers;
+    c->saves_vectors = handlers_need_vector_saves(spec);
     c->allow_int3 = spec.allow_int3;
     c->force_int3 = spec.force_int3;
     c->dev = t.key.dev;
@@ -564,14 +543,6 @@ struct EngineImpl {
                                                 " scheme, this engine uses " +
                                                 std::string(hotprobe::to_string(options.scheme)) +
                                                 ": use one scheme per function");
-          failed = true;
-          break;
-        }
-        if (site && spec.vector_registers && !site->vector_registers) {
-          results[i] = Error(Errc::already_attached,
-                             t.describe +
-                                 " is already probed by handlers that declared "
-                                 "vector_registers = false; attach this one with the same setting");
           failed = true;
           break;
         }
@@ -779,6 +750,7 @@ struct EngineImpl {
 
   static void module_event() {
     if (_r_debug.r_state != r_debug::RT_CONSISTENT) return;
+    arch::forget_vector_register_walks();  // an unloaded handler's address may hold new code
     auto mods = elf::ModuleList::of_self();
     if (!mods.ok()) return;
     Registry& reg = Registry::get();

@@ -32,7 +32,8 @@ struct Consumer {
   void* cookie = nullptr;
   const void* engine = nullptr;  // the Engine::Impl that attached it
   Site* site = nullptr;          // null while pending (its module is not loaded)
-  bool vector_registers = true;
+  bool vector_registers = true;  // ProbeSpec::vector_registers: the user allows the saves
+  bool saves_vectors = true;     // and the handlers may write one (arch/x86_64/clobber.h)
   bool allow_int3 = true;
   bool force_int3 = false;
   // Where it goes, in file terms, so it can be applied again when its module is loaded
@@ -43,11 +44,25 @@ struct Consumer {
   std::string describe;
 };
 
+// What the dispatcher needs of a consumer, copied into the array so a hit reads the
+// handler one load away from the array (not through the Consumer).
+struct ConsumerEntry {
+  hotprobe::Handler on_entry;
+  void* cookie;
+  hotprobe::Filter filter;
+  hotprobe::Handler on_return;
+  std::uint64_t id;
+};
+
 // Immutable once published.
 struct ConsumerArray {
   std::uint32_t n = 0;
   bool any_return = false;
-  Consumer* c[1];  // n entries (allocated with the array)
+  // Some handler may write a vector register: the dispatcher saves xmm0-15 around them.
+  bool saves_vectors = false;
+  // Entry handlers only: no filter, no return handler, no vector saves (the fast loop).
+  bool simple = false;
+  ConsumerEntry e[1];  // n entries (allocated with the array)
 
   static ConsumerArray* make(const std::vector<Consumer*>& cs);
   static void destroy(ConsumerArray* a);
@@ -65,7 +80,6 @@ struct Site {
   hotprobe::Scheme scheme = hotprobe::Scheme::tasks_trace;
   bool at_entry = false;
   std::uint32_t return_depth = 64;     // the creating engine's EngineOptions::return_stack_depth
-  bool vector_registers = true;        // the trampoline saves xmm0-15
   std::vector<std::uint8_t> original;  // the patched bytes as they were
   std::vector<std::uint8_t> patched;   // what was written
   std::uintptr_t trampoline = 0;       // entry trampoline (jmp mode)

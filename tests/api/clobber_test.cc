@@ -616,6 +616,54 @@ TEST_P(NoVectorSaves, GeneralRegistersOnlyHandlerKeepsEverything) {
   ASSERT_TRUE(e->detach(*ht).ok());
 }
 
+// vector_registers = true (the default) with a handler that writes no vector register:
+// the engine's walk of the handler (arch/x86_64/clobber.h) finds that, and the dispatcher
+// skips the saves. A second consumer on the same hot site whose handler does write them
+// turns the saves on for the site, and off again when it leaves. Every xmm byte of the
+// program survives throughout, and both handlers run.
+TEST_P(NoVectorSaves, DefaultSettingFollowsTheHandlersOfAHotSite) {
+#if defined(HOTPROBE_TSAN)
+  GTEST_SKIP() << "the TSan runtime called from the instrumented dispatcher uses xmm registers";
+#endif
+  const bool int3 = GetParam();
+  auto e = Engine::create().value();
+  g_gpr_only_hits = 0;
+  g_seen = Seen{};
+  ProbeSpec quiet;
+  quiet.target = ":hp_cl_mid+" + std::to_string(addr(hp_cl_mid_probe) - addr(hp_cl_mid));
+  quiet.on_entry = &gpr_only_handler;
+  quiet.force_int3 = int3;
+  quiet.allow_int3 = int3;
+  ASSERT_TRUE(quiet.vector_registers) << "this test is about the default";
+  auto hq = e->attach(quiet);
+  ASSERT_TRUE(hq.ok()) << hq.error().message();
+  auto check = [&](int salt, const char* what) {
+    fill_patterns(salt);
+    hp_cl_flags_in = 0x2 | 0x1 | 0x80 | 0x800;
+    hp_cl_mid();
+    for (int i = 0; i < 15; i++)
+      EXPECT_EQ(hp_cl_gpr_out[i], hp_cl_gpr_in[i]) << what << ": " << kGprName[i] << " changed";
+    for (int r = 0; r < 16; r++)
+      expect_vec(hp_cl_vec_out, r, 0, 16, what);
+  };
+  check(7, "one general-register handler");
+  EXPECT_EQ(g_gpr_only_hits, 1);
+
+  ProbeSpec loud = quiet;
+  loud.on_entry = &on_entry;  // clobber_everything(): writes every xmm register
+  auto hl = e->attach(loud);
+  ASSERT_TRUE(hl.ok()) << hl.error().message();
+  check(8, "with a vector-writing handler on the same site");
+  EXPECT_EQ(g_gpr_only_hits, 2);
+  EXPECT_EQ(g_seen.entries, 1);
+
+  ASSERT_TRUE(e->detach(*hl).ok());
+  check(9, "after the vector-writing handler left");
+  EXPECT_EQ(g_gpr_only_hits, 3);
+  EXPECT_EQ(g_seen.entries, 1);
+  ASSERT_TRUE(e->detach(*hq).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(JmpAndInt3, NoVectorSaves, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "int3" : "jmp"; });
 

@@ -28,8 +28,10 @@
 // a different ip": the dispatcher may later return a value in rax that the trampoline
 // tests after the call; today rax is ignored and restored from the frame.
 //
-// Vector registers: with save_vector (the default) xmm0-15 are saved and restored; the
-// upper halves of ymm/zmm are not (the dispatcher must not use AVX; see docs/design/arch.md).
+// Vector registers: with save_vector xmm0-15 are saved and restored; the upper halves of
+// ymm/zmm are not (the dispatcher must not use AVX; see docs/design/arch.md). The engine
+// asks for it only in ThreadSanitizer builds: elsewhere its dispatcher saves them itself,
+// around the handlers that may write one (core/dispatch.h).
 #pragma once
 
 #include <cstdint>
