@@ -213,9 +213,33 @@ Result<std::vector<Target>> resolve_pending(std::string_view path, std::string_v
   return out;
 }
 
-// Module specs already resolved in this batch (a batch of 10,000 probes on one library
-// resolves its module once, not 10,000 times).
-using ModuleCache = std::unordered_map<std::string, const elf::Module*>;
+// Module specs already resolved in this batch, with their symbol tables (a batch of
+// 10,000 probes on one library resolves its module and finds its table once, not 10,000
+// times). Batches name few modules, mostly one after the other: a short list, last first.
+class ModuleCache {
+ public:
+  struct Entry {
+    std::string spec;
+    const elf::Module* module;
+    std::shared_ptr<const elf::ElfFile> elf;  // null until first asked for
+  };
+  Entry* find(std::string_view spec) {
+    if (last_ < entries_.size() && entries_[last_].spec == spec) return &entries_[last_];
+    for (std::size_t i = 0; i < entries_.size(); i++) {
+      if (entries_[i].spec == spec) return &entries_[(last_ = i)];
+    }
+    return nullptr;
+  }
+  Entry* add(std::string_view spec, const elf::Module* m) {
+    entries_.push_back({std::string(spec), m, nullptr});
+    last_ = entries_.size() - 1;
+    return &entries_.back();
+  }
+
+ private:
+  std::vector<Entry> entries_;
+  std::size_t last_ = 0;
+};
 
 Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec& spec,
                                     ModuleCache& cache) {
@@ -232,10 +256,9 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
     return Error(Errc::invalid_argument,
                  "probe target '" + spec.target + "' names no symbol after ':'");
   }
-  auto cached = cache.find(std::string(module_spec));
-  auto mod = cached != cache.end() ? Result<const elf::Module*>(cached->second)
-                                   : mods.resolve(module_spec);
-  if (mod.ok()) cache.emplace(std::string(module_spec), *mod);
+  ModuleCache::Entry* cached = cache.find(module_spec);
+  auto mod = cached ? Result<const elf::Module*>(cached->module) : mods.resolve(module_spec);
+  if (mod.ok() && !cached) cached = cache.add(module_spec, *mod);
   if (!mod.ok()) {
     // A path to a library that is not loaded yet: the probe waits for its dlopen.
     if (mod.error().code() == Errc::not_found && module_spec.find('/') != std::string_view::npos &&
@@ -249,11 +272,16 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
     }
     return mod.error();
   }
-  auto elf = mods.elf(**mod);
-  if (!elf.ok()) return elf.error();
+  if (!cached->elf) {
+    auto loaded = mods.elf(**mod);
+    if (!loaded.ok()) return loaded.error();
+    cached->elf = std::move(*loaded);
+  }
+  const std::shared_ptr<const elf::ElfFile>* elf = &cached->elf;
   auto found = (*elf)->lookup(rest);
   if (!found.ok()) return found.error();
   std::vector<Target> out;
+  out.reserve(found->size());
   for (const elf::Target& t : *found) {
     const elf::Module* m = *mod;
     std::uint64_t file_offset = t.file_offset;
@@ -282,7 +310,8 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
     if (sym) {
       tg.function = *addr - in_sym;
       tg.function_size = sym->size;
-      tg.describe = std::string(m->name()) + ":" + std::string(sym->name);
+      tg.describe.reserve(m->name().size() + 1 + sym->name.size());
+      tg.describe.append(m->name()).append(":").append(sym->name);
       if (in_sym) tg.describe += "+" + hex(in_sym);
     } else {
       tg.function = *addr;
@@ -409,7 +438,8 @@ struct EngineImpl {
     return site.release();
   }
 
-  Consumer* make_consumer(const ProbeSpec& spec, const Target& t, Site* site, Registry& reg) {
+  // Takes t.describe: the target is not used after its consumer is made.
+  Consumer* make_consumer(const ProbeSpec& spec, Target& t, Site* site, Registry& reg) {
     auto* c = new Consumer;
     c->id = reg.next_id_.fetch_add(1, std::memory_order_relaxed);
     c->on_entry = spec.on_entry;
@@ -429,7 +459,7 @@ struct EngineImpl {
     c->function_size = t.function_size;
     c->offset = t.offset;
     c->has_symbol = t.has_symbol;
-    c->describe = t.describe;
+    c->describe = std::move(t.describe);
     return c;
   }
 
@@ -460,27 +490,45 @@ struct EngineImpl {
     return p;
   }
 
-  // Replaces the site's consumer array; the old array and `freed` consumers are deleted
-  // after a grace period of the site's scheme (never on this path).
-  static void publish(Site* s, std::vector<Consumer*> freed) {
-    ConsumerArray* fresh = ConsumerArray::make(s->members);
-    ConsumerArray* old = s->consumers.exchange(fresh, std::memory_order_acq_rel);  // P1: matches P2
-    if (!old && freed.empty()) return;
-    struct Garbage {
-      ConsumerArray* a;
-      std::vector<Consumer*> c;
-    };
-    auto* g = new Garbage{old, std::move(freed)};
+  // Consumer arrays and consumers that readers of one scheme may still hold: deleted
+  // together after one grace period of that scheme (a batch queues one callback per
+  // scheme, not one per site).
+  struct Garbage {
+    std::vector<ConsumerArray*> arrays;
+    std::vector<Consumer*> consumers;
+    bool empty() const { return arrays.empty() && consumers.empty(); }
+  };
+  static void retire(Scheme scheme, Garbage&& garbage) {
+    if (garbage.empty()) return;
+    auto* g = new Garbage(std::move(garbage));
     call_after_grace_period(
-        s->scheme,
+        scheme,
         [](void* p) {
           auto* g = static_cast<Garbage*>(p);
-          ConsumerArray::destroy(g->a);
-          for (Consumer* c : g->c)
+          for (ConsumerArray* a : g->arrays)
+            ConsumerArray::destroy(a);
+          for (Consumer* c : g->consumers)
             delete c;
           delete g;
         },
         g);
+  }
+
+  // Replaces the site's consumer array; the old one goes to `garbage`, which the caller
+  // retires under the site's scheme.
+  static void publish_into(Site* s, Garbage& garbage) {
+    ConsumerArray* fresh = ConsumerArray::make(s->members);
+    ConsumerArray* old = s->consumers.exchange(fresh, std::memory_order_acq_rel);  // P1: matches P2
+    if (old) garbage.arrays.push_back(old);
+  }
+
+  // Replaces the site's consumer array; the old array and `freed` consumers are deleted
+  // after a grace period of the site's scheme (never on this path).
+  static void publish(Site* s, std::vector<Consumer*> freed) {
+    Garbage g;
+    g.consumers = std::move(freed);
+    publish_into(s, g);
+    retire(s->scheme, std::move(g));
   }
 
   std::vector<Result<std::vector<Handle>>> attach(std::span<const ProbeSpec> specs,
@@ -516,25 +564,36 @@ struct EngineImpl {
     if (any_error && mode == BatchMode::all_or_nothing) return fail_all(results, specs);
 
     MutexLock lock(reg.mu_);
-    std::vector<Site*> fresh;  // new sites, patched together
-    std::unordered_map<SiteKey, Site*, SiteKeyHash> fresh_by_key;
+    // Sized for the batch up front: a batch of 10,000 probes rehashes nothing.
+    std::vector<Site*> fresh;  // new sites, patched together (and published once each)
+    fresh.reserve(specs.size());
+    std::unordered_map<SiteKey, Site*, SiteKeyHash> fresh_by_key(specs.size());
     std::vector<std::pair<std::size_t, Consumer*>> made;  // (spec index, consumer)
-    std::unordered_set<Site*> touched;
+    made.reserve(specs.size());
+    std::unordered_set<Site*> touched_old;  // sites that were there before the batch
+    struct Mine {
+      Site* site;
+      Consumer* consumer;
+      bool fresh;
+    };
+    std::vector<Mine> mine;
     for (std::size_t i = 0; i < specs.size(); i++) {
       if (!results[i].ok()) continue;
       const ProbeSpec& spec = specs[i];
       bool failed = false;
-      std::vector<std::pair<Site*, Consumer*>> mine;
-      for (const Target& t : targets[i]) {
+      mine.clear();
+      for (Target& t : targets[i]) {
         if (t.pending) {
-          mine.push_back({nullptr, make_consumer(spec, t, nullptr, reg)});
+          mine.push_back({nullptr, make_consumer(spec, t, nullptr, reg), false});
           continue;
         }
         Site* site = nullptr;
+        bool is_fresh = false;
         if (auto it = reg.sites_.find(t.key); it != reg.sites_.end()) {
           site = it->second;
         } else if (auto f = fresh_by_key.find(t.key); f != fresh_by_key.end()) {
           site = f->second;
+          is_fresh = true;
         }
         if (site && site->scheme != options.scheme) {
           results[i] =
@@ -554,8 +613,9 @@ struct EngineImpl {
             break;
           }
           site = *built;
+          is_fresh = true;
           fresh.push_back(site);
-          fresh_by_key[t.key] = site;
+          fresh_by_key.emplace(t.key, site);
         }
         if (spec.on_return) {
           if (auto r = reg.ensure_return_trampoline(options.scheme); !r.ok()) {
@@ -564,18 +624,18 @@ struct EngineImpl {
             break;
           }
         }
-        mine.push_back({site, make_consumer(spec, t, site, reg)});
+        mine.push_back({site, make_consumer(spec, t, site, reg), is_fresh});
       }
       if (failed) {
-        for (auto& [s, c] : mine)
-          delete c;
+        for (Mine& m : mine)
+          delete m.consumer;
         any_error = true;
         continue;
       }
-      for (auto& [s, c] : mine) {
+      for (auto& [s, c, is_fresh] : mine) {
         if (s) {
           s->members.push_back(c);
-          touched.insert(s);
+          if (!is_fresh) touched_old.insert(s);
         } else {
           reg.pending_.push_back(c);
         }
@@ -596,7 +656,9 @@ struct EngineImpl {
       return fail_all(results, specs);
     }
     // Publish consumers first, so a thread that reaches a new site already finds them.
-    for (Site* s : touched)
+    for (Site* s : fresh)
+      publish(s, {});
+    for (Site* s : touched_old)
       publish(s, {});
     if (!fresh.empty()) {
       std::vector<PatchSite> patches;
@@ -636,12 +698,14 @@ struct EngineImpl {
         }
         return results;
       }
+      reg.sites_.reserve(reg.sites_.size() + fresh.size());
       for (Site* s : fresh) {
         reg.sites_[{s->dev, s->ino, s->file_offset}] = s;
         (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
             .fetch_add(1, std::memory_order_relaxed);
       }
     }
+    consumers.reserve(consumers.size() + made.size());
     for (auto& [i, c] : made) {
       if (!results[i].ok()) continue;
       consumers[c->id] = c;
@@ -927,7 +991,19 @@ struct EngineImpl {
     std::vector<Scheme> schemes_to_sync;
     {
       MutexLock lock(reg.mu_);
-      std::unordered_map<Site*, std::vector<Consumer*>> by_site;
+      // The consumers to free, by scheme (one garbage batch and one grace period each),
+      // and the sites that lose them (a site once, though it may lose several).
+      std::vector<std::pair<Scheme, Garbage>> garbage;
+      auto garbage_of = [&](Scheme s) -> Garbage& {
+        for (auto& [scheme, g] : garbage) {
+          if (scheme == s) return g;
+        }
+        garbage.push_back({s, Garbage{}});
+        schemes_to_sync.push_back(s);
+        return garbage.back().second;
+      };
+      std::vector<Site*> changed;
+      changed.reserve(handles.size());
       for (Handle h : handles) {
         auto it = consumers.find(h.id);
         if (it == consumers.end()) {
@@ -949,15 +1025,21 @@ struct EngineImpl {
         }
         auto& mem = c->site->members;
         mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
-        by_site[c->site].push_back(c);
+        garbage_of(c->site->scheme).consumers.push_back(c);
+        changed.push_back(c->site);
       }
+      std::sort(changed.begin(), changed.end());
+      changed.erase(std::unique(changed.begin(), changed.end()), changed.end());
       std::vector<Site*> gone;
-      for (auto& [s, freed] : by_site) {
-        publish(s, std::move(freed));
+      for (Site* s : changed) {
+        publish_into(s, garbage_of(s->scheme));
         if (s->members.empty()) gone.push_back(s);
       }
+      for (auto& [scheme, g] : garbage)
+        retire(scheme, std::move(g));
       if (!gone.empty()) {
         std::vector<PatchSite> patches;
+        patches.reserve(gone.size());
         bool any_int3 = false;
         for (Site* s : gone) {
           patches.push_back(patch_for(s, false));
@@ -978,12 +1060,6 @@ struct EngineImpl {
           reg.retired_.push_back({s, ++reg.retire_epoch_});
         }
         if (any_int3) reg.publish_int3_table();
-      }
-      for (auto& [s, freed] : by_site) {
-        if (std::find(schemes_to_sync.begin(), schemes_to_sync.end(), s->scheme) ==
-            schemes_to_sync.end()) {
-          schemes_to_sync.push_back(s->scheme);
-        }
       }
     }
     if (wait) {

@@ -47,7 +47,7 @@ std::uint8_t read_code_byte(std::uintptr_t addr) {
   return b;
 }
 
-bool code_equals(std::uintptr_t addr, const std::vector<std::uint8_t>& bytes) {
+bool code_equals(std::uintptr_t addr, const PatchBytes& bytes) {
   for (std::size_t i = 0; i < bytes.size(); i++) {
     if (read_code_byte(addr + i) != bytes[i]) return false;
   }
@@ -515,7 +515,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   ranges.reserve(sites.size());
   for (const PatchSite& s : sites) {
     if (s.new_bytes.empty() || s.new_bytes.size() != s.old_bytes.size() ||
-        s.new_bytes.size() > 15) {
+        s.new_bytes.size() > PatchBytes::kCapacity) {
       return Error(Errc::invalid_argument, "patch site with inconsistent byte counts");
     }
     if (!code_equals(s.addr, s.old_bytes)) {

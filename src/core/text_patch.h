@@ -22,7 +22,9 @@
 // in the microseconds before the signal arrives sees EINTR; see docs/design/core.md.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 #include <utility>
 #include <vector>
@@ -31,14 +33,40 @@
 
 namespace hp::core {
 
+// The bytes of one patch, held inline (at most one instruction's 15): a batch of 10,000
+// sites allocates nothing per site for them.
+class PatchBytes {
+ public:
+  static constexpr std::size_t kCapacity = 15;
+  PatchBytes() = default;
+  PatchBytes(std::initializer_list<std::uint8_t> b) { assign(b); }
+  PatchBytes(std::span<const std::uint8_t> b) { assign(b); }  // NOLINT: from a site's bytes
+  PatchBytes(const std::vector<std::uint8_t>& b) : PatchBytes(std::span(b)) {}  // NOLINT
+
+  const std::uint8_t* data() const noexcept { return bytes_; }
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+  std::uint8_t operator[](std::size_t i) const noexcept { return bytes_[i]; }
+
+ private:
+  void assign(std::span<const std::uint8_t> b) noexcept {
+    // A longer patch is refused by apply_patches (size kCapacity + 1 is kept as a marker).
+    size_ = static_cast<std::uint8_t>(b.size() > kCapacity ? kCapacity + 1 : b.size());
+    std::copy_n(b.begin(), std::min(b.size(), kCapacity), bytes_);
+  }
+  std::uint8_t bytes_[kCapacity] = {};
+  std::uint8_t size_ = 0;
+};
+
 struct PatchSite {
   std::uintptr_t addr = 0;
-  std::vector<std::uint8_t> old_bytes;  // what must be there now (checked first)
-  std::vector<std::uint8_t> new_bytes;  // same length as old_bytes
-  std::uintptr_t trap_target = 0;       // where a thread trapped at addr continues
+  PatchBytes old_bytes;            // what must be there now (checked first)
+  PatchBytes new_bytes;            // same length as old_bytes
+  std::uintptr_t trap_target = 0;  // where a thread trapped at addr continues
   // For a thread whose ip is addr+off (0 < off < size): continue at the address given.
   // An offset not listed means no instruction starts there (no thread can be there).
-  std::vector<std::pair<std::uint32_t, std::uintptr_t>> ip_map;
+  // Not owned: it must outlive the apply_patches() call (the engine points at its site's).
+  std::span<const std::pair<std::uint32_t, std::uintptr_t>> ip_map;
 };
 
 // The signal that moves running threads out of patched bytes (hotprobe::reserved_signal).

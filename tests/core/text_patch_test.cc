@@ -29,6 +29,7 @@ using hp::core::PatchSite;
 struct CodePage {
   std::uint8_t* base = nullptr;
   std::uintptr_t f, copy, g;
+  std::vector<std::pair<std::uint32_t, std::uintptr_t>> ip_map;  // f+k -> copy+k
 
   CodePage() {
     base = static_cast<std::uint8_t*>(
@@ -49,6 +50,8 @@ struct CodePage {
     const std::uint8_t gb[] = {0xb8, 2, 0, 0, 0, 0xc3};
     std::memcpy(p, gb, sizeof gb);
     mprotect(base, 4096, PROT_READ | PROT_EXEC);
+    for (std::uint32_t off = 1; off < 5; off++)
+      ip_map.push_back({off, copy + off});
   }
   ~CodePage() { munmap(base, 4096); }
 
@@ -68,8 +71,7 @@ PatchSite to_jump(const CodePage& cp) {
   s.old_bytes = {0x90, 0x90, 0x90, 0x90, 0x90};
   s.new_bytes = cp.jmp_to_g();
   s.trap_target = cp.copy;  // old behaviour during the window
-  for (std::uint32_t off = 1; off < 5; off++)
-    s.ip_map.push_back({off, cp.copy + off});
+  s.ip_map = cp.ip_map;
   return s;
 }
 
