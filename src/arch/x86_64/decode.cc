@@ -200,6 +200,25 @@ Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address, 
   return insn;
 }
 
+Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t address) {
+  const Decoder& d = decoder();
+  ZydisDecodedInstruction in;
+  if (bytes.empty() || ZYAN_FAILED(ZydisDecoderDecodeInstruction(&d.decoder, nullptr, bytes.data(),
+                                                                 bytes.size(), &in))) {
+    return decode(bytes, address, /*with_text=*/false);  // the same refusal, with its message
+  }
+  // Zydis sets IS_RELATIVE for relative immediates and for [rip+X] operands alike: those
+  // need the operands (target, displacement), so they take the full path.
+  if (in.attributes & ZYDIS_ATTRIB_IS_RELATIVE) return decode(bytes, address, /*with_text=*/false);
+  Insn insn;
+  insn.address = address;
+  insn.length = in.length;
+  insn.kind = classify(in);
+  if (in.attributes & ZYDIS_ATTRIB_HAS_MODRM) insn.modrm_offset = in.raw.modrm.offset;
+  std::copy_n(bytes.begin(), in.length, insn.raw.begin());
+  return insn;
+}
+
 std::string text_of(const Insn& insn) {
   if (!insn.text.empty() || insn.length == 0) return insn.text;
   auto again =

@@ -97,6 +97,14 @@ struct Insn {
 Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address,
                     bool with_text = true);
 
+// The instruction's shape only: length, kind, raw bytes, ModRM offset and, for relative
+// branches and RIP-relative operands, their offsets and target. The register masks are
+// left 0 for every other instruction. About half the cost of decode(): operands are
+// decoded only for an instruction with a relative operand (which gets decode()'s full
+// answer). For sweeps over whole functions; the relocator asks decode() where it needs
+// registers.
+Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t address);
+
 // The instruction's text, formatted now if it was decoded without.
 std::string text_of(const Insn& insn);
 

@@ -28,7 +28,7 @@ Sweep sweep(std::span<const std::uint8_t> fn, std::uint64_t base) {
   Sweep s;
   std::uint64_t off = 0;
   while (off < fn.size()) {
-    auto r = decode(fn.subspan(off), base + off, /*with_text=*/false);
+    auto r = decode_shape(fn.subspan(off), base + off);
     if (!r.ok()) {
       s.error = r.error();
       break;

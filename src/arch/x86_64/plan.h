@@ -40,7 +40,7 @@ struct DisplacementPlan {
   bool at_entry = false;               // the function's entry (possibly after endbr64)
   bool flags_live = true;              // false at entry: no pushfq/popfq needed
   std::vector<std::uint8_t> original;  // the displaced bytes, for the trampoline and unpatching
-  std::vector<Insn> insns;             // the displaced instructions
+  std::vector<Insn> insns;             // the displaced instructions (decode_shape)
 };
 
 // Succeeds when `offset` is an instruction start found by a linear sweep of `function`

@@ -111,8 +111,13 @@ Result<void> relocate_into(Emitter& e, std::span<const std::uint8_t> original,
   std::uint32_t off = 0;
   const auto total = static_cast<std::uint32_t>(original.size());
   while (off < total) {
-    // Without text: refuse() formats it only when it is needed.
-    auto decoded = decode(original.subspan(off), original_address + off, /*with_text=*/false);
+    // The shape first; the registers only where they are used (an indirect call, a far
+    // RIP-relative operand, which decode_shape fully decodes anyway). No text: refuse()
+    // formats it only when it is needed.
+    auto decoded = decode_shape(original.subspan(off), original_address + off);
+    if (decoded.ok() && decoded->kind == InsnKind::call_indirect && !decoded->rip_relative) {
+      decoded = decode(original.subspan(off), original_address + off, /*with_text=*/false);
+    }
     if (!decoded.ok()) return decoded.error();
     const Insn& insn = decoded.value();
     const auto b = original.subspan(off, insn.length);

@@ -1,0 +1,103 @@
+// decode_shape() against decode(): the planner's sweep uses the cheaper one, so on real
+// code every field the sweep and the relocator read must agree, instruction by
+// instruction. The input is libc's executable segment, swept linearly (a byte that does
+// not decode is stepped over, so the sweep also lands inside data and padding).
+#include <link.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <span>
+
+#include "arch/x86_64/decode.h"
+
+namespace hp::arch {
+namespace {
+
+struct Text {
+  const std::uint8_t* start = nullptr;
+  std::size_t size = 0;
+};
+
+// The executable PT_LOAD segment of the object that holds `getpid` (libc).
+Text libc_text() {
+  struct Ctx {
+    std::uintptr_t probe;
+    Text out;
+  } ctx{reinterpret_cast<std::uintptr_t>(&::getpid), {}};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* p) {
+        auto* c = static_cast<Ctx*>(p);
+        for (int i = 0; i < info->dlpi_phnum; i++) {
+          const auto& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_X)) continue;
+          std::uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+          if (c->probe >= lo && c->probe < lo + ph.p_filesz) {
+            c->out = {reinterpret_cast<const std::uint8_t*>(lo), ph.p_filesz};
+            return 1;
+          }
+        }
+        return 0;
+      },
+      &ctx);
+  return ctx.out;
+}
+
+TEST(DecodeShape, AgreesWithDecodeOnLibc) {
+  Text text = libc_text();
+  ASSERT_NE(text.start, nullptr) << "libc's executable segment not found";
+  std::span<const std::uint8_t> all(text.start, text.size);
+  std::size_t compared = 0, relative = 0, undecodable = 0;
+  for (std::size_t off = 0; off < all.size();) {
+    auto bytes = all.subspan(off, std::min<std::size_t>(kMaxInsnLength, all.size() - off));
+    const auto at = reinterpret_cast<std::uint64_t>(bytes.data());
+    auto full = decode(bytes, at, /*with_text=*/false);
+    auto shape = decode_shape(bytes, at);
+    ASSERT_EQ(full.ok(), shape.ok()) << "at +" << off;
+    if (!full.ok()) {
+      EXPECT_EQ(full.error().message(), shape.error().message());
+      undecodable++;
+      off++;
+      continue;
+    }
+    const Insn& f = *full;
+    const Insn& s = *shape;
+    ASSERT_EQ(f.length, s.length) << "at +" << off;
+    ASSERT_EQ(f.kind, s.kind) << "at +" << off << ": " << text_of(f);
+    ASSERT_EQ(f.rip_relative, s.rip_relative) << "at +" << off << ": " << text_of(f);
+    ASSERT_EQ(f.target, s.target) << "at +" << off << ": " << text_of(f);
+    ASSERT_EQ(f.rel_offset, s.rel_offset) << "at +" << off << ": " << text_of(f);
+    ASSERT_EQ(f.rel_size, s.rel_size) << "at +" << off << ": " << text_of(f);
+    ASSERT_EQ(f.disp_offset, s.disp_offset) << "at +" << off << ": " << text_of(f);
+    ASSERT_EQ(f.modrm_offset, s.modrm_offset) << "at +" << off << ": " << text_of(f);
+    ASSERT_EQ(f.raw, s.raw) << "at +" << off;
+    ASSERT_EQ(text_of(f), text_of(s)) << "at +" << off;
+    // Instructions with a relative operand get decode()'s whole answer, registers too.
+    if (f.rip_relative || f.is_relative_branch()) {
+      EXPECT_EQ(f.gpr_mask, s.gpr_mask) << text_of(f);
+      EXPECT_EQ(f.explicit_gpr_mask, s.explicit_gpr_mask) << text_of(f);
+      relative++;
+    }
+    compared++;
+    off += f.length;
+  }
+  std::printf("compared %zu instructions (%zu relative), %zu undecodable bytes\n", compared,
+              relative, undecodable);
+  EXPECT_GT(compared, 10000u);
+  EXPECT_GT(relative, 1000u);
+}
+
+TEST(DecodeShape, RefusesLikeDecode) {
+  const std::uint8_t truncated[] = {0x48, 0x8b};  // mov r64, r/m64 without its ModRM
+  auto full = decode(truncated, 0x1000);
+  auto shape = decode_shape(truncated, 0x1000);
+  ASSERT_FALSE(full.ok());
+  ASSERT_FALSE(shape.ok());
+  EXPECT_EQ(full.error().code(), shape.error().code());
+  EXPECT_EQ(full.error().message(), shape.error().message());
+  EXPECT_FALSE(decode_shape({}, 0x1000).ok());
+}
+
+}  // namespace
+}  // namespace hp::arch
