@@ -75,11 +75,13 @@ class CodeMemory {
     std::vector<bool> used;
     std::uint32_t used_count = 0;
     std::uint32_t first_free = 0;  // no free slot below this index
+    std::uint32_t populated = 0;   // bytes of the writable view populated, from its start
     int fork_fd = -1;  // the child's snapshot, between fork's prepare and child handlers
   };
   Result<std::uint32_t> map_chunk_near(std::uint64_t near) HP_REQUIRES(mu_);
   std::optional<CodeSlot> take_slot(std::uint32_t chunk, std::uint64_t near) HP_REQUIRES(mu_);
   bool slot_in_reach(const Chunk& c, std::uint32_t index, std::uint64_t near) const;
+  void populate_through(Chunk& c, std::uint32_t end) const;
   void remap_private_copy() HP_REQUIRES(mu_);
 
   const std::uint32_t slot_size_;
