@@ -305,6 +305,7 @@ Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string pat
   f->by_name_.reserve(order.size());
   for (const auto& [name, i] : order)
     f->by_name_.push_back(i);
+  f->index_names();
   return std::shared_ptr<const ElfFile>(std::move(f));
 }
 
@@ -331,13 +332,38 @@ bool ElfFile::offset_is_code(std::uint64_t offset) const {
   return false;
 }
 
+// Open addressing over the distinct names, at most half full: a batch of 10,000 probes
+// finds each name with one hash and about one comparison, where a binary search over
+// 50,000 names compares 16 strings that share their first bytes.
+void ElfFile::index_names() {
+  std::size_t slots = 16;
+  while (slots < 2 * by_name_.size())
+    slots *= 2;
+  name_index_.assign(slots, 0);
+  const std::size_t mask = slots - 1;
+  for (std::size_t pos = 0; pos < by_name_.size(); ++pos) {
+    const std::string_view name = symbols_[by_name_[pos]].name;
+    if (pos > 0 && symbols_[by_name_[pos - 1]].name == name) continue;  // not the first
+    std::size_t i = std::hash<std::string_view>()(name) & mask;
+    while (name_index_[i] != 0)
+      i = (i + 1) & mask;
+    name_index_[i] = static_cast<std::uint32_t>(pos + 1);
+  }
+}
+
 std::vector<const Symbol*> ElfFile::find(std::string_view name) const {
-  auto lo =
-      std::lower_bound(by_name_.begin(), by_name_.end(), name,
-                       [&](std::uint32_t i, std::string_view n) { return symbols_[i].name < n; });
   std::vector<const Symbol*> out;
-  for (auto it = lo; it != by_name_.end() && symbols_[*it].name == name; ++it) {
-    out.push_back(&symbols_[*it]);
+  if (name_index_.empty()) return out;
+  const std::size_t mask = name_index_.size() - 1;
+  for (std::size_t i = std::hash<std::string_view>()(name) & mask; name_index_[i] != 0;
+       i = (i + 1) & mask) {
+    const std::size_t first = name_index_[i] - 1;
+    if (symbols_[by_name_[first]].name != name) continue;
+    for (std::size_t pos = first; pos < by_name_.size() && symbols_[by_name_[pos]].name == name;
+         ++pos) {
+      out.push_back(&symbols_[by_name_[pos]]);
+    }
+    break;
   }
   return out;
 }

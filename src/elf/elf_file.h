@@ -135,6 +135,10 @@ class ElfFile {
   std::string names_;                   // every symbol name, NUL-separated
   std::vector<Symbol> symbols_;         // by file offset
   std::vector<std::uint32_t> by_name_;  // indices into symbols_, by name
+  // Hash index of the names: 1 + the position in by_name_ of a name's first entry, 0 for an
+  // empty slot (index_names()).
+  std::vector<std::uint32_t> name_index_;
+  void index_names();
 };
 
 // The ElfFile for (device, inode) `key`, parsed from `path` the first time and cached for
