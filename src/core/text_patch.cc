@@ -76,8 +76,13 @@ constexpr std::uintptr_t kTomb = 1;
 TrapEntry* g_traps = nullptr;
 std::size_t g_trap_used = 0;  // live + tombstones, writer only
 
+// Linear within each 1 MiB of address space (a slot per 4 bytes), at a place picked by a
+// hash of the MiB: a batch of sites in one library touches a few pages of the table, not
+// all 1,024 of them (first touches cost a page fault each), and sites closer than 4 bytes
+// (int3 sites only) share a slot and probe the next.
 std::size_t trap_hash(std::uintptr_t a) {
-  return (a * 0x9E3779B97F4A7C15ull) >> (64 - 18);
+  const std::uint64_t region = ((a >> 20) * 0x9E3779B97F4A7C15ull) >> (64 - 18);
+  return ((a >> 2) + region) & (kTrapSlots - 1);
 }
 
 std::uintptr_t trap_lookup(std::uintptr_t addr) {
