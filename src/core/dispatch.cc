@@ -1,6 +1,9 @@
 #include "core/dispatch.h"
 
+#include <sys/syscall.h>
+
 #include <atomic>
+#include <cstddef>
 #include <functional>
 
 #include "arch/x86_64/clobber.h"
@@ -140,7 +143,7 @@ HP_DISPATCH_SECTION void unhijack(ThreadRecord& rec) noexcept {
     if (ri.hijacked && *slot == ri.tramp) *slot = ri.orig_ret;
     ri.hijacked = false;
   }
-  rec.rehijack_pending = d != 0;
+  tls_state.rehijack_pending = d != 0;
 }
 
 HP_COLD HP_DISPATCH_SECTION void rehijack(ThreadRecord& rec, std::uint64_t rsp) noexcept {
@@ -159,7 +162,7 @@ HP_COLD HP_DISPATCH_SECTION void rehijack(ThreadRecord& rec, std::uint64_t rsp) 
     }
   }
   rec.depth.store(d, std::memory_order_release);
-  rec.rehijack_pending = false;
+  tls_state.rehijack_pending = false;
 }
 
 // A thread's first hit under a scheme allocates and registers (its record, the domain's
@@ -244,6 +247,24 @@ HP_DISPATCH_SECTION __attribute__((noinline)) void entry_general(Site* site, Reg
   if (save) restore_vectors(vs);
 }
 
+// With the section held and the guard set.
+template <Scheme S>
+HP_ALWAYS_INLINE void run_entry_consumers(Site* site, Regs* regs, const ConsumerArray* arr,
+                                          ThreadRecord& rec) {
+  if (HP_LIKELY(arr->simple)) {
+    const std::uint32_t n = arr->n;
+    Hit hit{regs, nullptr, nullptr, site->probe_address};
+    for (std::uint32_t i = 0; i < n; i++) {
+      hit.cookie = arr->e[i].cookie;
+      hit.data = nullptr;
+      arr->e[i].on_entry(hit);
+    }
+    rec.hits.store(rec.hits.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  } else {
+    entry_general<S>(site, regs, arr, rec);
+  }
+}
+
 template <Scheme S>
 HP_DISPATCH_SECTION void entry_dispatch(void* ctx, Regs* regs) {
   auto* site = static_cast<Site*>(ctx);
@@ -257,25 +278,21 @@ HP_DISPATCH_SECTION void entry_dispatch(void* ctx, Regs* regs) {
   ts.in_handler = true;
   if (HP_UNLIKELY(!(ts.schemes_ready & (1u << static_cast<int>(S))))) first_hit<S>();
   ThreadRecord& rec = thread_record();
-  if (HP_UNLIKELY(rec.rehijack_pending)) rehijack(rec, regs->rsp);
+  if (HP_UNLIKELY(ts.rehijack_pending)) rehijack(rec, regs->rsp);
   sync::ReadToken tok = read_lock<S>();
   const ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
-  if (arr) {
-    if (HP_LIKELY(arr->simple)) {
-      const std::uint32_t n = arr->n;
-      Hit hit{regs, nullptr, nullptr, site->probe_address};
-      for (std::uint32_t i = 0; i < n; i++) {
-        hit.cookie = arr->e[i].cookie;
-        hit.data = nullptr;
-        arr->e[i].on_entry(hit);
-      }
-      rec.hits.store(rec.hits.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-    } else {
-      entry_general<S>(site, regs, arr, rec);
-    }
-  }
+  if (arr) run_entry_consumers<S>(site, regs, arr, rec);
   read_unlock<S>(tok);
   ts.in_handler = false;
+}
+
+// The trampoline's fast path (arch::FastEntry) calls this with the section held and the
+// recursion guard set, for an array that is not its one-handler case.
+HP_DISPATCH_SECTION void entry_locked_tasks_trace(void* ctx, Regs* regs, const void* arr,
+                                                  void* rec) {
+  run_entry_consumers<Scheme::tasks_trace>(static_cast<Site*>(ctx), regs,
+                                           static_cast<const ConsumerArray*>(arr),
+                                           *static_cast<ThreadRecord*>(rec));
 }
 
 template <Scheme S>
@@ -339,7 +356,7 @@ HP_DISPATCH_SECTION std::uint64_t return_dispatch(void*, Regs* regs) {
     depth--;
   }
   rec.depth.store(depth, std::memory_order_release);
-  if (HP_UNLIKELY(rec.rehijack_pending)) rehijack(rec, regs->rsp);
+  if (HP_UNLIKELY(tls_state.rehijack_pending)) rehijack(rec, regs->rsp);
   return orig;
 }
 
@@ -412,6 +429,48 @@ void set_return_trampoline(Scheme s, std::uintptr_t address) noexcept {
 }
 std::uintptr_t return_trampoline(Scheme s) noexcept {
   return g_ret_tramp[static_cast<int>(s)].load(std::memory_order_acquire);
+}
+
+namespace {
+// %fs-relative offset of a thread-local of this thread (initial-exec TLS: the same offset
+// in every thread; %fs:0 holds the thread pointer itself on x86-64).
+std::int32_t fs_offset(const void* p) noexcept {
+  std::uintptr_t tp;
+  __asm__("mov %%fs:0, %0" : "=r"(tp));
+  return static_cast<std::int32_t>(reinterpret_cast<std::intptr_t>(p) -
+                                   static_cast<std::intptr_t>(tp));
+}
+}  // namespace
+
+bool fast_entry_for(const Site& site, arch::FastEntry& f) noexcept {
+  // The template builds a hotprobe::Hit by hand.
+  static_assert(offsetof(Hit, regs) == 0 && offsetof(Hit, cookie) == 8 &&
+                offsetof(Hit, data) == 16 && offsetof(Hit, probe_address) == 24 &&
+                sizeof(Hit) == 32);
+  static_assert(sizeof(ThreadState::in_handler) == 1 && sizeof(ThreadState::schemes_ready) == 1);
+  static_assert(offsetof(ThreadState, rehijack_pending) == offsetof(ThreadState, in_handler) + 1 &&
+                sizeof(ThreadState::rehijack_pending) == 1 && sizeof(ConsumerArray::simple) == 1);
+  static_assert(sync::tt_detail::kNestMask == 0xffff'ffffULL, "the template tests %eax");
+  // Under TSan every trampoline saves the vector registers, and the trampoline would not
+  // fit its slot with both; the instrumented C++ dispatcher is the better check there.
+  if (site.scheme != Scheme::tasks_trace || kTrampolinesSaveVectors) return false;
+  f.ts_rec = fs_offset(&tls_state.rec);
+  f.ts_in_handler = fs_offset(&tls_state.in_handler);
+  f.ts_ready = fs_offset(&tls_state.schemes_ready);
+  f.ready_bit = static_cast<std::uint8_t>(1u << static_cast<int>(Scheme::tasks_trace));
+  f.rec_hits = offsetof(ThreadRecord, hits);
+  f.tt_word = fs_offset(&sync::tt_detail::tls_word);
+  f.tt_enter = sync::tt_detail::kEntryInc;
+  f.consumers = reinterpret_cast<std::uint64_t>(&site.consumers);
+  f.arr_simple = offsetof(ConsumerArray, simple);
+  f.arr_n = offsetof(ConsumerArray, n);
+  f.arr_cookie = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, cookie);
+  f.arr_handler = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, on_entry);
+  f.probe_address = site.probe_address;
+  f.gp_futex = reinterpret_cast<std::uint64_t>(&sync::tt_detail::gp_futex);
+  f.sys_futex = SYS_futex;
+  f.locked_dispatcher = reinterpret_cast<std::uint64_t>(&entry_locked_tasks_trace);
+  return true;
 }
 
 bool handlers_need_vector_saves(const hotprobe::ProbeSpec& spec) {

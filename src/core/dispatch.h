@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "arch/x86_64/trampoline.h"
 #include "core/site.h"
 #include "hotprobe/probe.h"
 #include "hotprobe/regs.h"
@@ -26,6 +27,11 @@ using EntryDispatcher = void (*)(void* site, hotprobe::Regs* regs);
 using ReturnDispatcher = std::uint64_t (*)(void* unused, hotprobe::Regs* regs);
 
 EntryDispatcher entry_dispatcher(hotprobe::Scheme s) noexcept;
+
+// The entry trampoline's inline fast path for a tasks-trace site (the other schemes have
+// none; int3 mode has no trampoline): false when the site gets none. site.probe_address
+// and site.scheme must be set.
+bool fast_entry_for(const Site& site, arch::FastEntry& out) noexcept;
 ReturnDispatcher return_dispatcher(hotprobe::Scheme s) noexcept;
 
 // Where hijacked return addresses point, per scheme (set by the engine once the return

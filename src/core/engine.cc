@@ -363,6 +363,8 @@ struct EngineImpl {
           ts.context = reinterpret_cast<std::uint64_t>(site.get());
           ts.dispatcher = reinterpret_cast<std::uint64_t>(entry_dispatcher(options.scheme));
           ts.save_vector = kTrampolinesSaveVectors;
+          arch::FastEntry fast;
+          if (fast_entry_for(*site, fast)) ts.fast = &fast;
           auto tramp = arch::make_entry_trampoline(ts, *plan);
           auto bytes = arch::make_jmp_patch_bytes(plan->patch_address, plan->length, slot->address);
           if (tramp.ok() && bytes.ok() && tramp->code.size() <= slot->size) {

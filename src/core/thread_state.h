@@ -42,9 +42,6 @@ struct ThreadRecord {
   // Return stack: entries [0, depth) are pushed by the owner (stores to an entry, then
   // depth with release: R1 matches R2 in the zombie scan).
   std::atomic<std::uint32_t> depth{0};
-  // Set when an unwinder put the original return addresses back; the next hit on this
-  // thread hijacks the live ones again (dispatch.cc, unhijack_all / rehijack_live).
-  bool rehijack_pending = false;
   ReturnInstance stack[kMaxReturnDepth];
 
   ThreadRecord* next = nullptr;  // global list, never unlinked
@@ -54,6 +51,10 @@ struct ThreadRecord {
 struct ThreadState {
   ThreadRecord* rec;
   bool in_handler;
+  // Set when an unwinder put the original return addresses back; the next hit on this
+  // thread hijacks the live ones again (dispatch.cc, unhijack_all / rehijack_live). Next
+  // to in_handler: the trampoline's fast path tests both with one compare.
+  bool rehijack_pending;
   std::uint8_t schemes_ready;  // bit per scheme: this thread has used its domain once
 };
 // initial-exec: a plain %fs access even inside libhotprobe.so (no __tls_get_addr call on

@@ -4,14 +4,200 @@
 #include <cinttypes>
 #include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
 #include "hotprobe/regs.h"
+
+// The fast path of FastEntry (trampoline.h), assembled once by the build and copied into
+// each trampoline, where the placeholders (0x7fff_ffXX, patch points at the hp_fe_pN
+// labels) get the engine's addresses and offsets. On entry rsp = the Regs frame (16-byte
+// aligned) and every register is saved in it, so any register may be used.
+// The hit seen by the handler is a hotprobe::Hit {regs, cookie, data, probe_address}
+// built below the frame (core/dispatch.cc checks that layout).
+// clang-format off
+asm(R"(
+  .pushsection .rodata.hp_fast_entry, "a"
+  .globl hp_fe_begin, hp_fe_end, hp_fe_offsets
+  .hidden hp_fe_begin, hp_fe_end, hp_fe_offsets
+hp_fe_begin:
+  cmpw    $0, %fs:0x7fffff01          # in a handler (the dispatcher counts a miss), or a
+hp_fe_p1:                             # rehijack pending: the dispatcher
+  jne     hp_fe_slow
+  testb   $0x7f, %fs:0x7fffff02       # this scheme not ready on this thread yet
+hp_fe_p2:
+  je      hp_fe_slow
+  movq    %fs:0x7fffff03, %rax        # the reader word (registered: the scheme is ready)
+hp_fe_p3:
+  testl   %eax, %eax                  # nested in a section: the dispatcher
+  jne     hp_fe_slow
+  movabsq $0x7fffffff7fffff04, %rdx   # read_lock(): word += entry increment + 1 (R0)
+hp_fe_p4:
+  addq    %rdx, %rax
+  movq    %rax, %fs:0x7fffff05
+hp_fe_p5:
+  movb    $1, %fs:0x7fffff06          # in_handler = 1
+hp_fe_p6:
+  movabsq $0x7fffffff7fffff07, %rdx   # &site->consumers
+hp_fe_p7:
+  movq    (%rdx), %rdx                # the array (P2: a plain load is acquire on x86)
+  testq   %rdx, %rdx
+  je      hp_fe_unlock
+  cmpb    $0, 0x7fffff08(%rdx)        # not simple: the dispatcher's loop, section held
+hp_fe_p8:
+  je      hp_fe_locked
+  cmpl    $1, 0x7fffff09(%rdx)        # not exactly one consumer: likewise
+hp_fe_p9:
+  jne     hp_fe_locked
+  movq    %rsp, %rcx                  # Hit on the stack, 16-byte aligned
+  subq    $32, %rsp
+  movq    %rcx, (%rsp)                # regs
+  movq    0x7fffff0a(%rdx), %rax      # cookie
+hp_fe_p10:
+  movq    %rax, 8(%rsp)
+  movq    $0, 16(%rsp)                # data
+  movabsq $0x7fffffff7fffff0b, %rax   # probe_address
+hp_fe_p11:
+  movq    %rax, 24(%rsp)
+  movq    %rsp, %rdi
+  call    *0x7fffff0c(%rdx)           # the handler
+hp_fe_p12:
+  addq    $32, %rsp
+  movq    %fs:0x7fffff0d, %rax        # the thread's record
+hp_fe_p13:
+  addq    $1, 0x7fffff0e(%rax)        # one hit, on the thread's own counter
+hp_fe_p14:
+hp_fe_unlock:
+  decq    %fs:0x7fffff0f              # read_unlock(): depth - 1 (R2)
+hp_fe_p15:
+  movabsq $0x7fffffff7fffff10, %rax   # F2: wake a writer sleeping on the readers
+hp_fe_p16:
+  cmpl    $-1, (%rax)
+  je      hp_fe_wake
+hp_fe_unlocked:
+  movb    $0, %fs:0x7fffff11          # in_handler = 0
+hp_fe_p17:
+  jmp     hp_fe_end
+hp_fe_wake:                           # wake_writer(), inline: a thread preempted in the
+  movq    %rax, %rdi                  # futex call has its pc here, where the reclaimer
+  xorl    %eax, %eax                  # looks (it does not look inside libc)
+  xchgl   %eax, (%rdi)                # gp_futex = 0; was it still -1?
+  cmpl    $-1, %eax
+  jne     hp_fe_unlocked
+  movl    $0x7fffff12, %eax           # SYS_futex
+hp_fe_p18:
+  movl    $129, %esi                  # FUTEX_WAKE_PRIVATE
+  movl    $1, %edx                    # one waiter
+  syscall
+  jmp     hp_fe_unlocked
+hp_fe_locked:
+  movq    %rsp, %rsi                  # locked_dispatcher(context, regs, array, record)
+  movq    %fs:0x7fffff13, %rcx
+hp_fe_p19:
+  movabsq $0x7fffffff7fffff14, %rdi   # context
+hp_fe_p20:
+  movabsq $0x7fffffff7fffff15, %rax   # locked_dispatcher
+hp_fe_p21:
+  call    *%rax
+  jmp     hp_fe_unlock
+hp_fe_slow:
+  movq    %rsp, %rsi                  # dispatcher(context, regs)
+  movabsq $0x7fffffff7fffff16, %rdi   # context
+hp_fe_p22:
+  movabsq $0x7fffffff7fffff17, %rax   # dispatcher
+hp_fe_p23:
+  call    *%rax
+hp_fe_end:
+  .p2align 2
+hp_fe_offsets:                        # where each label hp_fe_pN is
+  .long   hp_fe_p1 - hp_fe_begin
+  .long   hp_fe_p2 - hp_fe_begin
+  .long   hp_fe_p3 - hp_fe_begin
+  .long   hp_fe_p4 - hp_fe_begin
+  .long   hp_fe_p5 - hp_fe_begin
+  .long   hp_fe_p6 - hp_fe_begin
+  .long   hp_fe_p7 - hp_fe_begin
+  .long   hp_fe_p8 - hp_fe_begin
+  .long   hp_fe_p9 - hp_fe_begin
+  .long   hp_fe_p10 - hp_fe_begin
+  .long   hp_fe_p11 - hp_fe_begin
+  .long   hp_fe_p12 - hp_fe_begin
+  .long   hp_fe_p13 - hp_fe_begin
+  .long   hp_fe_p14 - hp_fe_begin
+  .long   hp_fe_p15 - hp_fe_begin
+  .long   hp_fe_p16 - hp_fe_begin
+  .long   hp_fe_p17 - hp_fe_begin
+  .long   hp_fe_p18 - hp_fe_begin
+  .long   hp_fe_p19 - hp_fe_begin
+  .long   hp_fe_p20 - hp_fe_begin
+  .long   hp_fe_p21 - hp_fe_begin
+  .long   hp_fe_p22 - hp_fe_begin
+  .long   hp_fe_p23 - hp_fe_begin
+  .popsection
+)");
+// clang-format on
+
+extern "C" {
+__attribute__((visibility("hidden"))) extern const std::uint8_t hp_fe_begin[], hp_fe_end[];
+__attribute__((visibility("hidden"))) extern const std::uint32_t hp_fe_offsets[23];
+}
 
 namespace hp::arch {
 namespace {
 
 using hotprobe::Regs;
+
+// Copies the template and writes the spec's values over its placeholders. A placeholder
+// that is not where the table says (the assembler encoded something differently) is an
+// error, never a silent miscompile.
+Result<void> emit_fast_entry(Emitter& e, const FastEntry& f, std::uint64_t context,
+                             std::uint64_t dispatcher) {
+  const std::uint32_t base = e.size();
+  e.raw({hp_fe_begin, static_cast<std::size_t>(hp_fe_end - hp_fe_begin)});
+  std::vector<std::uint8_t>& b = e.bytes();
+  Result<void> status;
+  // Field of label pN: `size` bytes ending `tail` bytes before the label.
+  auto put = [&](unsigned n, unsigned size, unsigned tail, std::uint64_t value) {
+    const std::uint32_t at = base + hp_fe_offsets[n - 1] - tail - size;
+    std::uint64_t want = size == 1 ? 0x7f : size == 4 ? 0x7fffff00u + n : 0x7fffffff7fffff00u + n;
+    std::uint64_t have = 0;
+    std::memcpy(&have, &b[at], size);
+    if (have != want) {
+      status = Error(Errc::internal, "the fast-entry template's field " + std::to_string(n) +
+                                         " is not where expected: rebuild hotprobe");
+      return;
+    }
+    std::memcpy(&b[at], &value, size);
+  };
+  auto i32 = [](std::int32_t v) {
+    return static_cast<std::uint64_t>(static_cast<std::uint32_t>(v));
+  };
+  put(1, 4, 1, i32(f.ts_in_handler));  // cmpw: in_handler and rehijack_pending
+  put(2, 4, 1, i32(f.ts_ready));
+  put(2, 1, 0, f.ready_bit);
+  put(3, 4, 0, i32(f.tt_word));
+  put(4, 8, 0, f.tt_enter + 1);
+  put(5, 4, 0, i32(f.tt_word));
+  put(6, 4, 1, i32(f.ts_in_handler));
+  put(7, 8, 0, f.consumers);
+  put(8, 4, 1, i32(f.arr_simple));
+  put(9, 4, 1, i32(f.arr_n));
+  put(10, 4, 0, i32(f.arr_cookie));
+  put(11, 8, 0, f.probe_address);
+  put(12, 4, 0, i32(f.arr_handler));
+  put(13, 4, 0, i32(f.ts_rec));
+  put(14, 4, 1, i32(f.rec_hits));
+  put(15, 4, 0, i32(f.tt_word));
+  put(16, 8, 0, f.gp_futex);
+  put(17, 4, 1, i32(f.ts_in_handler));
+  put(18, 4, 0, f.sys_futex);
+  put(19, 4, 0, i32(f.ts_rec));
+  put(20, 8, 0, context);
+  put(21, 8, 0, f.locked_dispatcher);
+  put(22, 8, 0, context);
+  put(23, 8, 0, dispatcher);
+  return status;
+}
 
 constexpr std::int32_t kRedZone = 128;
 constexpr std::int32_t kFrame = static_cast<std::int32_t>(sizeof(Regs));
@@ -41,9 +227,8 @@ std::int32_t way_back_offset(bool save_vector) {
   return kFrame + vector_area(save_vector);
 }
 
-// Saves everything into a Regs frame at rsp and calls dispatcher(context, frame).
-void emit_save_and_call(Emitter& e, bool flags_live, bool save_vector, std::uint64_t rip_value,
-                        std::uint64_t context, std::uint64_t dispatcher) {
+// Saves everything into a Regs frame at rsp (then emit_call() or emit_fast_entry()).
+void emit_save(Emitter& e, bool flags_live, bool save_vector, std::uint64_t rip_value) {
   e.lea_rsp(-kRedZone);
   e.push(rax);
   if (flags_live) {
@@ -72,6 +257,9 @@ void emit_save_and_call(Emitter& e, bool flags_live, bool save_vector, std::uint
   e.mov_to_rsp_mem(offsetof(Regs, rsp), rcx);
   e.movabs(rcx, rip_value);
   e.mov_to_rsp_mem(offsetof(Regs, rip), rcx);
+}
+
+void emit_call(Emitter& e, std::uint64_t context, std::uint64_t dispatcher) {
   e.movabs(rdi, context);
   e.mov_rr(rsi, rsp);
   if (in_rel32_reach(e.here() + 5, dispatcher)) {
@@ -105,8 +293,12 @@ std::string hex(std::uint64_t v) {
 Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
                                          const DisplacementPlan& plan) {
   Emitter e(spec.address);
-  emit_save_and_call(e, plan.flags_live, spec.save_vector, plan.probe_address, spec.context,
-                     spec.dispatcher);
+  emit_save(e, plan.flags_live, spec.save_vector, plan.probe_address);
+  if (spec.fast) {
+    HP_TRY(emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher));
+  } else {
+    emit_call(e, spec.context, spec.dispatcher);
+  }
   emit_restore(e, spec.save_vector);
   if (plan.flags_live) {
     e.popfq();
@@ -124,8 +316,8 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
 
 Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineSpec& spec) {
   Emitter e(spec.address);
-  emit_save_and_call(e, /*flags_live=*/false, spec.save_vector, spec.address, spec.context,
-                     spec.dispatcher);
+  emit_save(e, /*flags_live=*/false, spec.save_vector, spec.address);
+  emit_call(e, spec.context, spec.dispatcher);
   // rax = the original return address: park it at [S-8], below the caller's rsp but in the
   // red zone, so the final jmp needs no register.
   e.mov_from_rsp_mem(rcx, way_back_offset(spec.save_vector));

@@ -44,11 +44,52 @@
 
 namespace hp::arch {
 
+// The inline fast path (optional): the common hit of a tasks-trace site, compiled into
+// the trampoline itself in place of the call to the dispatcher, as kprobes' optprobes
+// splice values into a pre-assembled template. When the thread is not inside a handler,
+// its reader word is at depth 0 and registered, and the site's consumer array holds one
+// entry handler with no filter, no return handler and no vector saves, the trampoline:
+//   - enters the read-side section (word += enter; in_handler = 1),
+//   - calls that handler with a hotprobe::Hit built on its stack, counts the hit,
+//   - leaves the section (word -= 1; wakes a waiting writer, like read_unlock(), with the
+//     futex system call made from the trampoline, where the reclaimer samples pcs).
+// Anything else calls the dispatcher, which decides again from scratch; an array that
+// is not the one-handler case calls locked_dispatcher with the section held. Every
+// address and offset comes from the engine (core/dispatch.cc fills this), so this layer
+// knows no engine type.
+struct FastEntry {
+  // The thread's ThreadState, %fs-relative (initial-exec TLS: the same for every thread).
+  std::int32_t ts_rec = 0;  // ThreadRecord* (set once the thread is ready)
+  // Byte, the recursion guard, followed by a byte that is nonzero while a rehijack of the
+  // return stack is pending (one 16-bit compare tests both).
+  std::int32_t ts_in_handler = 0;
+  std::int32_t ts_ready = 0;  // byte of per-scheme ready bits
+  std::uint8_t ready_bit = 0;
+  std::int32_t rec_hits = 0;  // in the ThreadRecord: u64 hits, written by its thread only
+  // The tasks-trace reader word, %fs-relative, and what an outermost entry adds to it.
+  std::int32_t tt_word = 0;
+  std::uint64_t tt_enter = 0;
+  // The site's consumer-array pointer, and offsets in an array.
+  std::uint64_t consumers = 0;
+  std::int32_t arr_simple = 0;      // byte
+  std::int32_t arr_n = 0;           // u32
+  std::int32_t arr_cookie = 0;      // entry 0's cookie
+  std::int32_t arr_handler = 0;     // entry 0's entry handler
+  std::uint64_t probe_address = 0;  // Hit::probe_address
+  // i32, -1 while a writer sleeps: leaving the section then swaps it to 0 and wakes one
+  // waiter (FUTEX_WAKE_PRIVATE), as tasks-trace's wake_writer() does, but inline.
+  std::uint64_t gp_futex = 0;
+  std::uint32_t sys_futex = 202;
+  // void locked_dispatcher(void* context, hotprobe::Regs*, const void* array, void* record)
+  std::uint64_t locked_dispatcher = 0;
+};
+
 struct EntryTrampolineSpec {
-  std::uint64_t address = 0;     // where the trampoline will live
-  std::uint64_t context = 0;     // first argument to the dispatcher
-  std::uint64_t dispatcher = 0;  // void dispatcher(void* context, hotprobe::Regs*)
-  bool save_vector = true;       // xmm0-15
+  std::uint64_t address = 0;        // where the trampoline will live
+  std::uint64_t context = 0;        // first argument to the dispatcher
+  std::uint64_t dispatcher = 0;     // void dispatcher(void* context, hotprobe::Regs*)
+  bool save_vector = true;          // xmm0-15
+  const FastEntry* fast = nullptr;  // the inline fast path, or none
 };
 
 struct Trampoline {

@@ -1,0 +1,181 @@
+// The entry trampoline's inline fast path (arch/x86_64/trampoline.h, FastEntry): a
+// tasks-trace site whose array holds one plain entry handler runs it from the trampoline
+// without calling the dispatcher. Each test puts a hit in one of the states the template
+// must hand to the dispatcher (or handle itself) and checks what only a correct hand-off
+// gives: the reader word untouched by a nested hit, a recursion miss, a pending rehijack
+// done, a sleeping writer woken from the trampoline.
+#include <execinfo.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "hotprobe/probe.h"
+#include "sync/tasks_trace.h"
+
+extern "C" {
+std::atomic<long> hp_fe_sink;
+
+__attribute__((noinline, used)) long hp_fe_leaf(long x) {
+  hp_fe_sink.store(x, std::memory_order_relaxed);
+  return x + 1;
+}
+
+__attribute__((noinline, used)) long hp_fe_with_backtrace(long x) {
+  void* frames[16];
+  hp_fe_sink.store(backtrace(frames, 16), std::memory_order_relaxed);  // unhijacks
+  long r = hp_fe_leaf(x);  // a fast-path hit while a rehijack is pending
+  hp_fe_sink.store(r, std::memory_order_relaxed);
+  return r + 1;
+}
+}
+
+namespace {
+
+using hotprobe::Engine;
+using hotprobe::Hit;
+using hotprobe::ProbeSpec;
+
+std::atomic<long> g_entries{0};
+std::atomic<long> g_returns{0};
+void count_entry(Hit&) {
+  g_entries.fetch_add(1, std::memory_order_relaxed);
+}
+void count_return(Hit&) {
+  g_returns.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::uint64_t reader_word() {
+  return hp::sync::tt_detail::tls_word.load(std::memory_order_relaxed);
+}
+
+TEST(FastEntry, AHitNestedInAReadSectionLeavesTheReaderWordAsItWas) {
+  auto e = Engine::create().value();
+  ProbeSpec s;
+  s.target = ":hp_fe_leaf";
+  s.on_entry = &count_entry;
+  auto h = e->attach(s);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  g_entries = 0;
+  hp_fe_leaf(1);  // the thread's first hit registers it
+  ASSERT_EQ(g_entries.load(), 1);
+  {
+    hp::sync::ReadGuard g(hp::sync::tasks_trace());
+    const std::uint64_t inside = reader_word();
+    for (int i = 0; i < 100; i++)
+      hp_fe_leaf(i);
+    // A nested section only moves the depth and back; an outermost entry would also have
+    // bumped the entry count (the high half), which the writer reads as "left and came
+    // back", so this is what tells the nested case was handed to the dispatcher.
+    EXPECT_EQ(reader_word(), inside);
+  }
+  EXPECT_EQ(g_entries.load(), 101);
+  const std::uint64_t outside = reader_word();
+  hp_fe_leaf(2);
+  EXPECT_EQ(reader_word(), outside + hp::sync::tt_detail::kEntryInc)
+      << "an outermost hit enters and leaves one section";
+  EXPECT_EQ(g_entries.load(), 102);
+  ASSERT_TRUE(e->detach(*h).ok());
+}
+
+std::atomic<int> g_recursing{0};
+void recurse(Hit&) {
+  g_entries.fetch_add(1, std::memory_order_relaxed);
+  hp_fe_leaf(99);  // probed: inside a handler, a miss
+}
+
+TEST(FastEntry, AHitInsideAHandlerIsARecursionMiss) {
+  auto e = Engine::create().value();
+  ProbeSpec s;
+  s.target = ":hp_fe_leaf";
+  s.on_entry = &recurse;
+  auto h = e->attach(s);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  g_entries = 0;
+  hp_fe_leaf(1);
+  const auto before = e->stats();
+  for (int i = 0; i < 10; i++)
+    hp_fe_leaf(i);
+  const auto after = e->stats();
+  EXPECT_EQ(g_entries.load(), 11);
+  EXPECT_EQ(after.misses_recursion - before.misses_recursion, 10u);
+  EXPECT_EQ(after.hits - before.hits, 10u);
+  ASSERT_TRUE(e->detach(*h).ok());
+}
+
+// backtrace() puts the original return addresses back (the unwinder hooks) and leaves a
+// rehijack pending for the thread's next hit. That next hit is a fast-path site: it must
+// go to the dispatcher, which hijacks the live return again, or the return probe of the
+// function still running would never fire.
+TEST(FastEntry, APendingRehijackIsDoneByTheNextHit) {
+  auto e = Engine::create().value();
+  ProbeSpec outer;
+  outer.target = ":hp_fe_with_backtrace";
+  outer.on_return = &count_return;
+  ProbeSpec leaf;
+  leaf.target = ":hp_fe_leaf";
+  leaf.on_entry = &count_entry;
+  auto ho = e->attach(outer);
+  ASSERT_TRUE(ho.ok()) << ho.error().message();
+  auto hl = e->attach(leaf);
+  ASSERT_TRUE(hl.ok()) << hl.error().message();
+  g_entries = 0;
+  g_returns = 0;
+  for (int i = 0; i < 5; i++)
+    EXPECT_EQ(hp_fe_with_backtrace(i), i + 2);
+  EXPECT_EQ(g_entries.load(), 5);
+  EXPECT_EQ(g_returns.load(), 5) << "a return probe was lost after backtrace()";
+  ASSERT_TRUE(e->detach(*hl).ok());
+  ASSERT_TRUE(e->detach(*ho).ok());
+}
+
+// A writer that waited long enough sleeps on the readers' futex (gp_futex = -1) and
+// counts on the last reader to leave to wake it. The fast path leaves the section in the
+// trampoline and makes the wake-up call there: right after the hit, the futex word must
+// have been taken back to 0 by the reader (a writer that had to time out would still
+// show -1 for up to 10 ms).
+std::atomic<int> g_phase{0};
+void park(Hit& h) {
+  if (static_cast<long>(h.regs->arg(0)) <= 0) return;  // warming up a thread
+  g_phase.store(2);
+  while (g_phase.load() != 3)
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+}
+
+TEST(FastEntry, LeavingTheSectionWakesASleepingWriter) {
+  auto e = Engine::create().value();
+  ProbeSpec s;
+  s.target = ":hp_fe_leaf";
+  s.on_entry = &park;
+  auto h = e->attach(s);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  for (int attempt = 0; attempt < 3; attempt++) {
+    g_phase = 1;
+    std::thread reader([] {
+      hp_fe_leaf(0);  // the thread's first hit registers it (the dispatcher's slow path)
+      hp_fe_leaf(1);  // this one is the trampoline's
+    });
+    while (g_phase.load() != 2)
+      std::this_thread::yield();
+    std::thread writer([] { hp::sync::tasks_trace().synchronize(); });
+    // Let the writer spin out and go to sleep on the futex.
+    auto& futex = hp::sync::tt_detail::gp_futex;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (futex.load() != -1 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ASSERT_EQ(futex.load(), -1) << "the writer never slept on the readers";
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // into the long sleeps
+    g_phase = 3;
+    reader.join();  // returned from hp_fe_leaf: its trampoline has left the section
+    const int seen = futex.load();
+    writer.join();
+    EXPECT_EQ(seen, 0) << "attempt " << attempt << ": no wake from the trampoline";
+  }
+  g_phase = 0;
+  ASSERT_TRUE(e->detach(*h).ok());
+}
+
+}  // namespace
