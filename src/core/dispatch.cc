@@ -247,6 +247,39 @@ HP_DISPATCH_SECTION __attribute__((noinline)) void entry_general(Site* site, Reg
   if (save) restore_vectors(vs);
 }
 
+// The common return probe: one consumer, no filter, no vector saves, a call nested in
+// the frames already on the return stack (no longjmp leftovers to drop, no tail call,
+// room left). Anything else returns false for entry_general().
+template <Scheme S>
+HP_ALWAYS_INLINE bool entry_one_return(Site* site, Regs* regs, const ConsumerEntry& c,
+                                       ThreadRecord& rec) {
+  const std::uint64_t rsp = regs->rsp;
+  const std::uint32_t d = rec.depth.load(std::memory_order_relaxed);
+  if (HP_UNLIKELY(d >= site->return_depth || (d > 0 && rec.stack[d - 1].slot <= rsp))) {
+    return false;
+  }
+  auto* ret_slot = reinterpret_cast<std::uint64_t*>(rsp);
+  ReturnInstance& ri = rec.stack[d];
+  ri.n = 1;
+  ri.cd[0] = {c.id, 0};
+  std::uint64_t hits = 0;
+  if (c.on_entry) {
+    Hit hit{regs, c.cookie, &ri.cd[0].data, site->probe_address};
+    c.on_entry(hit);
+    hits = 1;
+  }
+  const std::uintptr_t tramp = g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed);
+  ri.orig_ret = *ret_slot;
+  ri.slot = rsp;
+  ri.tramp = tramp;
+  ri.hijacked = true;
+  ri.site.store(site, std::memory_order_relaxed);
+  rec.depth.store(d + 1, std::memory_order_release);  // R1: matches R2 (zombie scan)
+  *ret_slot = tramp;
+  rec.hits.store(rec.hits.load(std::memory_order_relaxed) + hits, std::memory_order_relaxed);
+  return true;
+}
+
 // With the section held and the guard set.
 template <Scheme S>
 HP_ALWAYS_INLINE void run_entry_consumers(Site* site, Regs* regs, const ConsumerArray* arr,
@@ -260,6 +293,7 @@ HP_ALWAYS_INLINE void run_entry_consumers(Site* site, Regs* regs, const Consumer
       arr->e[i].on_entry(hit);
     }
     rec.hits.store(rec.hits.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  } else if (arr->one_return && site->at_entry && entry_one_return<S>(site, regs, arr->e[0], rec)) {
   } else {
     entry_general<S>(site, regs, arr, rec);
   }
@@ -295,6 +329,32 @@ HP_DISPATCH_SECTION void entry_locked_tasks_trace(void* ctx, Regs* regs, const v
                                            *static_cast<ThreadRecord*>(rec));
 }
 
+// Every return handler of `arr` that `ri` recorded at entry, with the vector registers
+// saved where needed. Returns the number run.
+HP_DISPATCH_SECTION __attribute__((noinline)) std::uint64_t return_handlers_general(
+    const ConsumerArray* arr, ReturnInstance& ri, Regs* regs, std::uint64_t probe_address) {
+  VectorSave vs;
+  const bool save = dispatcher_saves_vectors(arr);
+  if (save) save_vectors(vs);
+  std::uint64_t hits = 0;
+  Hit hit{regs, nullptr, nullptr, probe_address};
+  for (std::uint32_t i = 0; i < arr->n; i++) {
+    const ConsumerEntry& c = arr->e[i];
+    if (!c.on_return) continue;
+    for (std::uint32_t k = 0; k < ri.n; k++) {
+      if (ri.cd[k].consumer_id == c.id) {
+        hit.cookie = c.cookie;
+        hit.data = &ri.cd[k].data;
+        c.on_return(hit);
+        hits++;
+        break;
+      }
+    }
+  }
+  if (save) restore_vectors(vs);
+  return hits;
+}
+
 template <Scheme S>
 HP_ALWAYS_INLINE void run_return_handlers(ThreadRecord& rec, ReturnInstance& ri, Regs* regs) {
   Site* site = ri.site.load(std::memory_order_relaxed);
@@ -310,24 +370,14 @@ HP_ALWAYS_INLINE void run_return_handlers(ThreadRecord& rec, ReturnInstance& ri,
   const ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
   std::uint64_t hits = 0;
   if (arr) {
-    VectorSave vs;
-    const bool save = dispatcher_saves_vectors(arr);
-    if (save) save_vectors(vs);
-    Hit hit{regs, nullptr, nullptr, site->probe_address};
-    for (std::uint32_t i = 0; i < arr->n; i++) {
-      const ConsumerEntry& c = arr->e[i];
-      if (!c.on_return) continue;
-      for (std::uint32_t k = 0; k < ri.n; k++) {
-        if (ri.cd[k].consumer_id == c.id) {
-          hit.cookie = c.cookie;
-          hit.data = &ri.cd[k].data;
-          c.on_return(hit);
-          hits++;
-          break;
-        }
-      }
+    const ConsumerEntry& c0 = arr->e[0];
+    if (HP_LIKELY(arr->one_return && ri.n == 1 && ri.cd[0].consumer_id == c0.id)) {
+      Hit hit{regs, c0.cookie, &ri.cd[0].data, site->probe_address};
+      c0.on_return(hit);
+      hits = 1;
+    } else {
+      hits = return_handlers_general(arr, ri, regs, site->probe_address);
     }
-    if (save) restore_vectors(vs);
   }
   read_unlock<S>(tok);
   ts.in_handler = false;
@@ -498,6 +548,7 @@ ConsumerArray* ConsumerArray::make(const std::vector<Consumer*>& cs) {
     simple &= c.on_entry && !c.filter && !c.on_return && !c.saves_vectors;
   }
   a->simple = simple;
+  a->one_return = cs.size() == 1 && cs[0]->on_return && !cs[0]->filter && !cs[0]->saves_vectors;
   return a;
 }
 

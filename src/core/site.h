@@ -62,6 +62,9 @@ struct ConsumerArray {
   bool saves_vectors = false;
   // Entry handlers only: no filter, no return handler, no vector saves (the fast loop).
   bool simple = false;
+  // One consumer with a return handler (and maybe an entry handler), no filter, no
+  // vector saves: the dispatcher's short path for a return probe.
+  bool one_return = false;
   ConsumerEntry e[1];  // n entries (allocated with the array)
 
   static ConsumerArray* make(const std::vector<Consumer*>& cs);
