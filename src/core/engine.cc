@@ -381,6 +381,7 @@ struct EngineImpl {
             site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
             site->slot_chunk = slot->chunk;
             site->slot_index = slot->index;
+            site->ip_map.reserve(tramp->map.size());
             for (const arch::OffsetPair& p : tramp->map) {
               if (p.original > 0 && p.original < plan->length) {
                 site->ip_map.push_back({p.original, slot->address + p.relocated});

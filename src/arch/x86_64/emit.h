@@ -16,7 +16,8 @@ bool in_rel32_reach(std::uint64_t from_end, std::uint64_t to) noexcept;
 class Emitter {
  public:
   // `address` is where the first emitted byte will live at run time.
-  explicit Emitter(std::uint64_t address) : address_(address) {}
+  // One allocation for a whole trampoline (they stay under 768 bytes), not one per doubling.
+  explicit Emitter(std::uint64_t address) : address_(address) { bytes_.reserve(768); }
 
   std::uint64_t here() const noexcept { return address_ + bytes_.size(); }
   std::uint32_t size() const noexcept { return static_cast<std::uint32_t>(bytes_.size()); }

@@ -110,6 +110,7 @@ Result<void> relocate_into(Emitter& e, std::span<const std::uint8_t> original,
                            std::uint64_t original_address, std::vector<OffsetPair>& map) {
   std::uint32_t off = 0;
   const auto total = static_cast<std::uint32_t>(original.size());
+  map.reserve(map.size() + total + 1);  // at most one pair per byte, plus the end
   while (off < total) {
     // The shape first; the registers only where they are used (an indirect call, a far
     // RIP-relative operand, which decode_shape fully decodes anyway). No text: refuse()
