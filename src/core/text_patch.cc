@@ -109,14 +109,25 @@ void trap_insert(std::uintptr_t addr, std::uintptr_t target) {
   }
 }
 
+// A removed entry at the end of its chain (the next slot empty) becomes empty, and so do
+// the tombstones before it: no entry lies behind an empty slot that its own chain needs
+// (its chain runs from its hash slot to it without a gap), so readers stay correct, and a
+// batch removed last-in first-out (apply_patches) leaves no run of tombstones for later
+// lookups to walk through.
 void trap_remove(std::uintptr_t addr) {
-  for (std::size_t i = trap_hash(addr), n = 0; n < kTrapSlots;
-       i = (i + 1) & (kTrapSlots - 1), n++) {
+  constexpr std::size_t kMask = kTrapSlots - 1;
+  for (std::size_t i = trap_hash(addr), n = 0; n < kTrapSlots; i = (i + 1) & kMask, n++) {
     std::uintptr_t a = g_traps[i].addr.load(std::memory_order_relaxed);
     if (a == 0) return;
-    if (a == addr) {
+    if (a != addr) continue;
+    if (g_traps[(i + 1) & kMask].addr.load(std::memory_order_relaxed) != 0) {
       g_traps[i].addr.store(kTomb, std::memory_order_release);
       return;
+    }
+    for (std::size_t j = i;; j = (j - 1) & kMask) {
+      g_traps[j].addr.store(0, std::memory_order_release);
+      g_trap_used--;
+      if (g_traps[(j - 1) & kMask].addr.load(std::memory_order_relaxed) != kTomb) return;
     }
   }
 }
@@ -614,8 +625,8 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     if (auto r = sync_core(); !r.ok()) HP_DIE("membarrier failed after it had worked");
     stats.sync_core_rounds++;
   }
-  for (const PatchSite& s : sites)
-    trap_remove(s.addr);
+  for (auto s = sites.rbegin(); s != sites.rend(); ++s)  // last in, first out: see trap_remove
+    trap_remove(s->addr);
   restore_protection();
   return stats;
 }
