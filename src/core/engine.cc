@@ -375,8 +375,8 @@ struct EngineImpl {
             site->mode = SiteMode::jmp;
             site->patch_address = plan->patch_address;
             site->at_entry = plan->at_entry;
-            site->original = plan->original;
-            site->patched = *bytes;
+            site->original = std::move(plan->original);  // the trampoline has its copy
+            site->patched = std::move(*bytes);
             site->trampoline = slot->address;
             site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
             site->slot_chunk = slot->chunk;
