@@ -375,8 +375,8 @@ struct EngineImpl {
             site->mode = SiteMode::jmp;
             site->patch_address = plan->patch_address;
             site->at_entry = plan->at_entry;
-            site->original = std::move(plan->original);  // the trampoline has its copy
-            site->patched = std::move(*bytes);
+            site->original = std::move(plan->original);          // the trampoline has its copy
+            site->patched.assign(bytes->begin(), bytes->end());  // not the emitter's 768
             site->trampoline = slot->address;
             site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
             site->slot_chunk = slot->chunk;
