@@ -559,14 +559,18 @@ __attribute__((target("general-regs-only"), noinline)) void gpr_only_handler(Hit
       : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "cc", "memory");
 }
 
-class NoVectorSaves : public ::testing::TestWithParam<bool> {};
+class NoVectorSaves : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+#if defined(HOTPROBE_TSAN)
+    // ThreadSanitizer instruments the dispatcher with calls into its runtime, which uses
+    // vector registers: the no-vector-save contract cannot hold in that build.
+    GTEST_SKIP() << "the TSan runtime called from the instrumented dispatcher uses xmm registers";
+#endif
+  }
+};
 
 TEST_P(NoVectorSaves, GeneralRegistersOnlyHandlerKeepsEverything) {
-#if defined(HOTPROBE_TSAN)
-  // ThreadSanitizer instruments the dispatcher with calls into its runtime, which uses
-  // vector registers: the no-vector-save contract cannot hold in that build.
-  GTEST_SKIP() << "the TSan runtime called from the instrumented dispatcher uses xmm registers";
-#endif
   const bool int3 = GetParam();
   auto e = Engine::create().value();
   g_gpr_only_hits = 0;
@@ -622,9 +626,6 @@ TEST_P(NoVectorSaves, GeneralRegistersOnlyHandlerKeepsEverything) {
 // turns the saves on for the site, and off again when it leaves. Every xmm byte of the
 // program survives throughout, and both handlers run.
 TEST_P(NoVectorSaves, DefaultSettingFollowsTheHandlersOfAHotSite) {
-#if defined(HOTPROBE_TSAN)
-  GTEST_SKIP() << "the TSan runtime called from the instrumented dispatcher uses xmm registers";
-#endif
   const bool int3 = GetParam();
   auto e = Engine::create().value();
   g_gpr_only_hits = 0;
