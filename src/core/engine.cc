@@ -366,6 +366,10 @@ struct EngineImpl {
           arch::FastEntry fast;
           if (fast_entry_for(*site, fast)) ts.fast = &fast;
           auto tramp = arch::make_entry_trampoline(ts, *plan);
+          if (tramp.ok() && ts.fast && tramp->code.size() > slot->size) {
+            ts.fast = nullptr;  // long relocated code: the plain call to the dispatcher fits
+            tramp = arch::make_entry_trampoline(ts, *plan);
+          }
           auto bytes = arch::make_jmp_patch_bytes(plan->patch_address, plan->length, slot->address);
           if (tramp.ok() && bytes.ok() && tramp->code.size() <= slot->size) {
             if (auto w = reg.code_.write(*slot, tramp->code); !w.ok()) {

@@ -24,7 +24,8 @@
 // runtime through the PLT), gets the vector registers saved.
 //
 // Reads code through process_vm_readv on the process itself, so an address that is not
-// mapped gives "may write", never a fault.
+// mapped gives "may write", never a fault (and so does every handler in a process whose
+// seccomp filter refuses that system call: the saves are then always made).
 #pragma once
 
 #include <cstdint>
