@@ -523,6 +523,41 @@ bool fast_entry_for(const Site& site, arch::FastEntry& f) noexcept {
   return true;
 }
 
+bool fast_return_for(Scheme s, arch::FastReturn& f) noexcept {
+  if (s != Scheme::tasks_trace || kTrampolinesSaveVectors) return false;
+  static_assert(sizeof(ReturnInstance::n) == 4 && sizeof(ThreadRecord::depth) == 4);
+  static_assert(sizeof(ConsumerArray::one_return) == 1);
+  f.ts_in_handler = fs_offset(&tls_state.in_handler);
+  f.ts_rec = fs_offset(&tls_state.rec);
+  f.rec_depth = offsetof(ThreadRecord, depth);
+  f.rec_stack = offsetof(ThreadRecord, stack);
+  f.rec_hits = offsetof(ThreadRecord, hits);
+  f.ri_size = sizeof(ReturnInstance);
+  f.ri_slot = offsetof(ReturnInstance, slot);
+  f.ri_site = offsetof(ReturnInstance, site);
+  f.ri_n = offsetof(ReturnInstance, n);
+  f.ri_orig = offsetof(ReturnInstance, orig_ret);
+  f.ri_consumer_id = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, consumer_id);
+  f.ri_data = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, data);
+  f.tt_word = fs_offset(&sync::tt_detail::tls_word);
+  f.tt_enter = sync::tt_detail::kEntryInc;
+  // Site is not standard-layout (strings, vectors): offsets from an object.
+  const Site probe_layout;
+  auto site_offset = [&probe_layout](const void* member) {
+    return static_cast<std::int32_t>(static_cast<const char*>(member) -
+                                     reinterpret_cast<const char*>(&probe_layout));
+  };
+  f.site_consumers = site_offset(&probe_layout.consumers);
+  f.site_probe_address = site_offset(&probe_layout.probe_address);
+  f.arr_one_return = offsetof(ConsumerArray, one_return);
+  f.arr_id = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, id);
+  f.arr_cookie = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, cookie);
+  f.arr_handler = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, on_return);
+  f.gp_futex = reinterpret_cast<std::uint64_t>(&sync::tt_detail::gp_futex);
+  f.sys_futex = SYS_futex;
+  return true;
+}
+
 bool handlers_need_vector_saves(const hotprobe::ProbeSpec& spec) {
   if (!spec.vector_registers) return false;
   for (std::uint64_t f : {reinterpret_cast<std::uint64_t>(spec.on_entry),

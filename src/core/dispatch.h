@@ -32,6 +32,8 @@ EntryDispatcher entry_dispatcher(hotprobe::Scheme s) noexcept;
 // none; int3 mode has no trampoline): false when the site gets none. site.probe_address
 // and site.scheme must be set.
 bool fast_entry_for(const Site& site, arch::FastEntry& out) noexcept;
+// The return trampoline's inline fast path for a scheme (tasks-trace only).
+bool fast_return_for(hotprobe::Scheme s, arch::FastReturn& out) noexcept;
 ReturnDispatcher return_dispatcher(hotprobe::Scheme s) noexcept;
 
 // Where hijacked return addresses point, per scheme (set by the engine once the return

@@ -129,6 +129,8 @@ class Registry {
     spec.address = slot->address;
     spec.dispatcher = reinterpret_cast<std::uint64_t>(return_dispatcher(s));
     spec.save_vector = kTrampolinesSaveVectors;
+    arch::FastReturn fast;
+    if (fast_return_for(s, fast)) spec.fast = &fast;
     auto code = arch::make_return_trampoline(spec);
     if (!code.ok()) return code.error();
     HP_TRY(ret_code_.write(*slot, *code));

@@ -18,8 +18,8 @@
 // clang-format off
 asm(R"(
   .pushsection .rodata.hp_fast_entry, "a"
-  .globl hp_fe_begin, hp_fe_end, hp_fe_offsets
-  .hidden hp_fe_begin, hp_fe_end, hp_fe_offsets
+  .globl hp_fe_begin, hp_fe_end, hp_fe_offsets, hp_fr_begin, hp_fr_end, hp_fr_offsets
+  .hidden hp_fe_begin, hp_fe_end, hp_fe_offsets, hp_fr_begin, hp_fr_end, hp_fr_offsets
 hp_fe_begin:
   cmpw    $0, %fs:0x7fffff01          # in a handler (the dispatcher counts a miss), or a
 hp_fe_p1:                             # rehijack pending: the dispatcher
@@ -133,6 +133,168 @@ hp_fe_offsets:                        # where each label hp_fe_pN is
   .long   hp_fe_p21 - hp_fe_begin
   .long   hp_fe_p22 - hp_fe_begin
   .long   hp_fe_p23 - hp_fe_begin
+
+# The fast path of FastReturn (trampoline.h): the return trampoline's common case, the
+# same way. On entry rsp = the Regs frame; rbx, r12, r13, r14 carry the record, the
+# depth below ours, our instance and its site across the handler call (all restored from
+# the frame afterwards). It leaves the original return address in rax, as the
+# dispatcher does.
+  .p2align 4
+hp_fr_begin:
+  cmpw    $0, %fs:0x7fffff01          # in a handler, or a rehijack pending
+hp_fr_p1:
+  jne     hp_fr_slow
+  movq    %fs:0x7fffff02, %rbx        # the thread's record
+hp_fr_p2:
+  testq   %rbx, %rbx
+  je      hp_fr_slow
+  movl    0x7fffff03(%rbx), %eax      # depth
+hp_fr_p3:
+  testl   %eax, %eax
+  je      hp_fr_slow
+  leal    -1(%rax), %r12d
+  imulq   $0x7fffff04, %r12, %r13     # the top instance: stack[depth - 1]
+hp_fr_p4:
+  leaq    0x7fffff05(%rbx,%r13), %r13
+hp_fr_p5:
+  movq    128(%rsp), %rdi             # Regs.rsp - 8: the slot the ret popped
+  subq    $8, %rdi
+  cmpq    %rdi, 0x7fffff06(%r13)      # not ours (a longjmp left instances above)
+hp_fr_p6:
+  jne     hp_fr_slow
+  cmpl    $1, %eax
+  je      1f
+  cmpq    %rdi, 0x7fffff07(%r13)      # the one below shares the slot (a tail call)
+hp_fr_p7:
+  je      hp_fr_slow
+1:
+  movq    0x7fffff08(%r13), %r14      # its site (detached and gone: the dispatcher)
+hp_fr_p8:
+  testq   %r14, %r14
+  je      hp_fr_slow
+  cmpl    $1, 0x7fffff09(%r13)        # one consumer recorded
+hp_fr_p9:
+  jne     hp_fr_slow
+  movq    %fs:0x7fffff0a, %rax        # the reader word: outermost and registered
+hp_fr_p10:
+  testl   %eax, %eax
+  jne     hp_fr_slow
+  testq   %rax, %rax
+  je      hp_fr_slow
+  movabsq $0x7fffffff7fffff0b, %rdx   # read_lock() (R0)
+hp_fr_p11:
+  addq    %rdx, %rax
+  movq    %rax, %fs:0x7fffff0c
+hp_fr_p12:
+  movb    $1, %fs:0x7fffff0d          # in_handler = 1
+hp_fr_p13:
+  movq    0x7fffff0e(%r14), %rdx      # the site's array (P2)
+hp_fr_p14:
+  testq   %rdx, %rdx
+  je      hp_fr_unlock                # no consumer left: nothing to run
+  cmpb    $0, 0x7fffff0f(%rdx)        # not the one-return-consumer case
+hp_fr_p15:
+  je      hp_fr_bail
+  movq    0x7fffff10(%rdx), %rax      # the same consumer as at entry
+hp_fr_p16:
+  cmpq    %rax, 0x7fffff11(%r13)
+hp_fr_p17:
+  jne     hp_fr_bail
+  movq    %rsp, %rcx                  # Hit {regs, cookie, &data, probe_address}
+  subq    $32, %rsp
+  movq    %rcx, (%rsp)
+  movq    0x7fffff12(%rdx), %rax
+hp_fr_p18:
+  movq    %rax, 8(%rsp)
+  leaq    0x7fffff13(%r13), %rax
+hp_fr_p19:
+  movq    %rax, 16(%rsp)
+  movq    0x7fffff14(%r14), %rax
+hp_fr_p20:
+  movq    %rax, 24(%rsp)
+  movq    %rsp, %rdi
+  call    *0x7fffff15(%rdx)           # the return handler
+hp_fr_p21:
+  addq    $32, %rsp
+  addq    $1, 0x7fffff16(%rbx)        # one hit
+hp_fr_p22:
+hp_fr_unlock:
+  decq    %fs:0x7fffff17              # read_unlock() (R2)
+hp_fr_p23:
+  movabsq $0x7fffffff7fffff18, %rax   # F2
+hp_fr_p24:
+  cmpl    $-1, (%rax)
+  je      hp_fr_wake
+hp_fr_unlocked:
+  movb    $0, %fs:0x7fffff19          # in_handler = 0
+hp_fr_p25:
+  movq    0x7fffff1a(%r13), %rax      # the original return address
+hp_fr_p26:
+  movq    $0, 0x7fffff1b(%r13)        # site = null (release): the zombie scan may let go
+hp_fr_p27:
+  movl    %r12d, 0x7fffff1c(%rbx)     # depth - 1 (release)
+hp_fr_p28:
+  jmp     hp_fr_end
+hp_fr_wake:
+  movq    %rax, %rdi
+  xorl    %eax, %eax
+  xchgl   %eax, (%rdi)
+  cmpl    $-1, %eax
+  jne     hp_fr_unlocked
+  movl    $0x7fffff1d, %eax           # SYS_futex
+hp_fr_p29:
+  movl    $129, %esi
+  movl    $1, %edx
+  syscall
+  jmp     hp_fr_unlocked
+hp_fr_bail:                           # leave the section; the dispatcher enters its own
+  decq    %fs:0x7fffff1e              # (and wakes a sleeping writer when it leaves)
+hp_fr_p30:
+  movb    $0, %fs:0x7fffff1f
+hp_fr_p31:
+hp_fr_slow:
+  movq    %rsp, %rsi                  # dispatcher(context, regs)
+  movabsq $0x7fffffff7fffff20, %rdi
+hp_fr_p32:
+  movabsq $0x7fffffff7fffff21, %rax
+hp_fr_p33:
+  call    *%rax
+hp_fr_end:
+  .p2align 2
+hp_fr_offsets:
+  .long   hp_fr_p1 - hp_fr_begin
+  .long   hp_fr_p2 - hp_fr_begin
+  .long   hp_fr_p3 - hp_fr_begin
+  .long   hp_fr_p4 - hp_fr_begin
+  .long   hp_fr_p5 - hp_fr_begin
+  .long   hp_fr_p6 - hp_fr_begin
+  .long   hp_fr_p7 - hp_fr_begin
+  .long   hp_fr_p8 - hp_fr_begin
+  .long   hp_fr_p9 - hp_fr_begin
+  .long   hp_fr_p10 - hp_fr_begin
+  .long   hp_fr_p11 - hp_fr_begin
+  .long   hp_fr_p12 - hp_fr_begin
+  .long   hp_fr_p13 - hp_fr_begin
+  .long   hp_fr_p14 - hp_fr_begin
+  .long   hp_fr_p15 - hp_fr_begin
+  .long   hp_fr_p16 - hp_fr_begin
+  .long   hp_fr_p17 - hp_fr_begin
+  .long   hp_fr_p18 - hp_fr_begin
+  .long   hp_fr_p19 - hp_fr_begin
+  .long   hp_fr_p20 - hp_fr_begin
+  .long   hp_fr_p21 - hp_fr_begin
+  .long   hp_fr_p22 - hp_fr_begin
+  .long   hp_fr_p23 - hp_fr_begin
+  .long   hp_fr_p24 - hp_fr_begin
+  .long   hp_fr_p25 - hp_fr_begin
+  .long   hp_fr_p26 - hp_fr_begin
+  .long   hp_fr_p27 - hp_fr_begin
+  .long   hp_fr_p28 - hp_fr_begin
+  .long   hp_fr_p29 - hp_fr_begin
+  .long   hp_fr_p30 - hp_fr_begin
+  .long   hp_fr_p31 - hp_fr_begin
+  .long   hp_fr_p32 - hp_fr_begin
+  .long   hp_fr_p33 - hp_fr_begin
   .popsection
 )");
 // clang-format on
@@ -140,6 +302,8 @@ hp_fe_offsets:                        # where each label hp_fe_pN is
 extern "C" {
 __attribute__((visibility("hidden"))) extern const std::uint8_t hp_fe_begin[], hp_fe_end[];
 __attribute__((visibility("hidden"))) extern const std::uint32_t hp_fe_offsets[23];
+__attribute__((visibility("hidden"))) extern const std::uint8_t hp_fr_begin[], hp_fr_end[];
+__attribute__((visibility("hidden"))) extern const std::uint32_t hp_fr_offsets[33];
 }
 
 namespace hp::arch {
@@ -147,27 +311,49 @@ namespace {
 
 using hotprobe::Regs;
 
-// Copies the template and writes the spec's values over its placeholders. A placeholder
-// that is not where the table says (the assembler encoded something differently) is an
-// error, never a silent miscompile.
-Result<void> emit_fast_entry(Emitter& e, const FastEntry& f, std::uint64_t context,
-                             std::uint64_t dispatcher) {
-  const std::uint32_t base = e.size();
-  e.raw({hp_fe_begin, static_cast<std::size_t>(hp_fe_end - hp_fe_begin)});
-  std::vector<std::uint8_t>& b = e.bytes();
-  Result<void> status;
-  // Field of label pN: `size` bytes ending `tail` bytes before the label.
-  auto put = [&](unsigned n, unsigned size, unsigned tail, std::uint64_t value) {
-    const std::uint32_t at = base + hp_fe_offsets[n - 1] - tail - size;
+// A copy of an assembled template in the emitter, whose placeholders get their values: the
+// field of label pN is `size` bytes ending `tail` bytes before the label and holds
+// 0x7fffffNN (0x7fffffff7fffffNN for 8 bytes, 0x7f for 1), N = n. A placeholder that is
+// not where the table says (the assembler encoded something differently) is an error,
+// never a silent miscompile.
+class TemplateCopy {
+ public:
+  TemplateCopy(Emitter& e, const std::uint8_t* begin, const std::uint8_t* end,
+               const std::uint32_t* offsets, const char* name)
+      : b_(e.bytes()), base_(e.size()), offsets_(offsets), name_(name) {
+    e.raw({begin, static_cast<std::size_t>(end - begin)});
+  }
+  void put(unsigned n, unsigned size, unsigned tail, std::uint64_t value) {
+    const std::uint32_t at = base_ + offsets_[n - 1] - tail - size;
     std::uint64_t want = size == 1 ? 0x7f : size == 4 ? 0x7fffff00u + n : 0x7fffffff7fffff00u + n;
     std::uint64_t have = 0;
-    std::memcpy(&have, &b[at], size);
+    std::memcpy(&have, &b_[at], size);
     if (have != want) {
-      status = Error(Errc::internal, "the fast-entry template's field " + std::to_string(n) +
-                                         " is not where expected: rebuild hotprobe");
+      status_ =
+          Error(Errc::internal, std::string("the ") + name_ + " template's field " +
+                                    std::to_string(n) + " is not where expected: rebuild hotprobe");
       return;
     }
-    std::memcpy(&b[at], &value, size);
+    std::memcpy(&b_[at], &value, size);
+  }
+  void put32(unsigned n, unsigned tail, std::int32_t v) {
+    put(n, 4, tail, static_cast<std::uint32_t>(v));
+  }
+  Result<void> status() const { return status_; }
+
+ private:
+  std::vector<std::uint8_t>& b_;
+  std::uint32_t base_;
+  const std::uint32_t* offsets_;
+  const char* name_;
+  Result<void> status_;
+};
+
+Result<void> emit_fast_entry(Emitter& e, const FastEntry& f, std::uint64_t context,
+                             std::uint64_t dispatcher) {
+  TemplateCopy t(e, hp_fe_begin, hp_fe_end, hp_fe_offsets, "fast-entry");
+  auto put = [&t](unsigned n, unsigned size, unsigned tail, std::uint64_t v) {
+    t.put(n, size, tail, v);
   };
   auto i32 = [](std::int32_t v) {
     return static_cast<std::uint64_t>(static_cast<std::uint32_t>(v));
@@ -196,7 +382,48 @@ Result<void> emit_fast_entry(Emitter& e, const FastEntry& f, std::uint64_t conte
   put(21, 8, 0, f.locked_dispatcher);
   put(22, 8, 0, context);
   put(23, 8, 0, dispatcher);
-  return status;
+  return t.status();
+}
+
+static_assert(offsetof(Regs, rsp) == 128, "the fast-return template reads Regs.rsp at 128");
+
+Result<void> emit_fast_return(Emitter& e, const FastReturn& f, std::uint64_t context,
+                              std::uint64_t dispatcher) {
+  TemplateCopy t(e, hp_fr_begin, hp_fr_end, hp_fr_offsets, "fast-return");
+  t.put32(1, 1, f.ts_in_handler);
+  t.put32(2, 0, f.ts_rec);
+  t.put32(3, 0, f.rec_depth);
+  t.put32(4, 0, f.ri_size);
+  t.put32(5, 0, f.rec_stack);
+  t.put32(6, 0, f.ri_slot);
+  t.put32(7, 0, f.ri_slot - f.ri_size);
+  t.put32(8, 0, f.ri_site);
+  t.put32(9, 1, f.ri_n);
+  t.put32(10, 0, f.tt_word);
+  t.put(11, 8, 0, f.tt_enter + 1);
+  t.put32(12, 0, f.tt_word);
+  t.put32(13, 1, f.ts_in_handler);
+  t.put32(14, 0, f.site_consumers);
+  t.put32(15, 1, f.arr_one_return);
+  t.put32(16, 0, f.arr_id);
+  t.put32(17, 0, f.ri_consumer_id);
+  t.put32(18, 0, f.arr_cookie);
+  t.put32(19, 0, f.ri_data);
+  t.put32(20, 0, f.site_probe_address);
+  t.put32(21, 0, f.arr_handler);
+  t.put32(22, 1, f.rec_hits);
+  t.put32(23, 0, f.tt_word);
+  t.put(24, 8, 0, f.gp_futex);
+  t.put32(25, 1, f.ts_in_handler);
+  t.put32(26, 0, f.ri_orig);
+  t.put32(27, 4, f.ri_site);
+  t.put32(28, 0, f.rec_depth);
+  t.put(29, 4, 0, f.sys_futex);
+  t.put32(30, 0, f.tt_word);
+  t.put32(31, 1, f.ts_in_handler);
+  t.put(32, 8, 0, context);
+  t.put(33, 8, 0, dispatcher);
+  return t.status();
 }
 
 constexpr std::int32_t kRedZone = 128;
@@ -317,7 +544,11 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
 Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineSpec& spec) {
   Emitter e(spec.address);
   emit_save(e, /*flags_live=*/false, spec.save_vector, spec.address);
-  emit_call(e, spec.context, spec.dispatcher);
+  if (spec.fast) {
+    HP_TRY(emit_fast_return(e, *spec.fast, spec.context, spec.dispatcher));
+  } else {
+    emit_call(e, spec.context, spec.dispatcher);
+  }
   // rax = the original return address: park it at [S-8], below the caller's rsp but in the
   // red zone, so the final jmp needs no register.
   e.mov_from_rsp_mem(rcx, way_back_offset(spec.save_vector));

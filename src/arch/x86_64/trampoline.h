@@ -109,11 +109,37 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
 // address), calls `uint64_t dispatcher(void* context, hotprobe::Regs*)`, which returns the
 // original return address, restores every register and jumps there through the red zone
 // slot [rsp-8] (a signal cannot clobber it; the kernel skips the red zone).
+// The return trampoline's inline fast path (optional), built like FastEntry: when the
+// thread is not in a handler and has no rehijack pending, the top instance of its return
+// stack is the one this ret popped (no longjmp leftovers, no tail-call chain), its site
+// is alive with a consumer array of one return consumer, the same consumer the instance
+// recorded, and the reader word is outermost: the trampoline enters the section, calls
+// the return handler, leaves (waking a sleeping writer), pops the instance (site = null,
+// then depth - 1, as the dispatcher does) and continues with the original return
+// address. Anything else calls the dispatcher. Offsets are from the engine.
+struct FastReturn {
+  std::int32_t ts_in_handler = 0;  // %fs-relative; the byte after it: rehijack pending
+  std::int32_t ts_rec = 0;         // %fs-relative ThreadRecord*
+  std::int32_t rec_depth = 0;      // u32
+  std::int32_t rec_stack = 0;      // the ReturnInstance array
+  std::int32_t rec_hits = 0;       // u64
+  std::int32_t ri_size = 0;        // sizeof(ReturnInstance)
+  std::int32_t ri_slot = 0, ri_site = 0, ri_n = 0, ri_orig = 0;
+  std::int32_t ri_consumer_id = 0, ri_data = 0;  // its first consumer's id and data
+  std::int32_t tt_word = 0;                      // %fs-relative
+  std::uint64_t tt_enter = 0;
+  std::int32_t site_consumers = 0, site_probe_address = 0;
+  std::int32_t arr_one_return = 0, arr_id = 0, arr_cookie = 0, arr_handler = 0;
+  std::uint64_t gp_futex = 0;
+  std::uint32_t sys_futex = 202;
+};
+
 struct ReturnTrampolineSpec {
   std::uint64_t address = 0;
   std::uint64_t context = 0;
   std::uint64_t dispatcher = 0;
   bool save_vector = true;
+  const FastReturn* fast = nullptr;
 };
 Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineSpec& spec);
 
