@@ -180,6 +180,20 @@ HP_COLD HP_DISPATCH_SECTION void first_hit() noexcept {
   __asm__ volatile("fxrstor64 %0" : : "m"(fx));
 }
 
+// Completes instance `ri` (= rec.stack[depth], its consumers recorded), publishes it and
+// points the return address at `ret_slot` to the return trampoline.
+HP_ALWAYS_INLINE void hijack_return(ThreadRecord& rec, ReturnInstance& ri, std::uint32_t depth,
+                                    Site* site, std::uint64_t* ret_slot, std::uint64_t orig_ret,
+                                    std::uintptr_t tramp) {
+  ri.orig_ret = orig_ret;
+  ri.slot = reinterpret_cast<std::uint64_t>(ret_slot);
+  ri.tramp = tramp;
+  ri.hijacked = true;
+  ri.site.store(site, std::memory_order_relaxed);
+  rec.depth.store(depth + 1, std::memory_order_release);  // R1: matches R2 (zombie scan)
+  *ret_slot = tramp;
+}
+
 // Everything but the fast loop: filters, return instances, vector saves. Out of line,
 // so the common case (entry handlers only) stays a short straight path.
 template <Scheme S>
@@ -228,13 +242,8 @@ HP_DISPATCH_SECTION __attribute__((noinline)) void entry_general(Site* site, Reg
   }
   if (ri && ri->n) {
     // A tail call keeps the real return address in the instance below (same slot).
-    ri->orig_ret = tail_call ? rec.stack[depth - 1].orig_ret : *ret_slot;
-    ri->slot = regs->rsp;
-    ri->tramp = tramp;
-    ri->hijacked = true;
-    ri->site.store(site, std::memory_order_relaxed);
-    rec.depth.store(depth + 1, std::memory_order_release);  // R1: matches R2 (zombie scan)
-    *ret_slot = tramp;
+    hijack_return(rec, *ri, depth, site, ret_slot,
+                  tail_call ? rec.stack[depth - 1].orig_ret : *ret_slot, tramp);
   } else if (use_stack) {
     rec.depth.store(depth, std::memory_order_release);
   }
@@ -268,14 +277,8 @@ HP_ALWAYS_INLINE bool entry_one_return(Site* site, Regs* regs, const ConsumerEnt
     c.on_entry(hit);
     hits = 1;
   }
-  const std::uintptr_t tramp = g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed);
-  ri.orig_ret = *ret_slot;
-  ri.slot = rsp;
-  ri.tramp = tramp;
-  ri.hijacked = true;
-  ri.site.store(site, std::memory_order_relaxed);
-  rec.depth.store(d + 1, std::memory_order_release);  // R1: matches R2 (zombie scan)
-  *ret_slot = tramp;
+  hijack_return(rec, ri, d, site, ret_slot, *ret_slot,
+                g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed));
   rec.hits.store(rec.hits.load(std::memory_order_relaxed) + hits, std::memory_order_relaxed);
   return true;
 }

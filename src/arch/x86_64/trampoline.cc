@@ -20,6 +20,24 @@ asm(R"(
   .pushsection .rodata.hp_fast_entry, "a"
   .globl hp_fe_begin, hp_fe_end, hp_fe_offsets, hp_fr_begin, hp_fr_end, hp_fr_offsets
   .hidden hp_fe_begin, hp_fe_end, hp_fe_offsets, hp_fr_begin, hp_fr_end, hp_fr_offsets
+
+# wake_writer(), inline, for both templates (rax = &gp_futex): a thread preempted in the
+# futex call has its pc in the trampoline, where the reclaimer looks (not inside libc).
+# `field` is the SYS_futex placeholder, `label` its patch label, `back` where to go on.
+.macro HP_WAKE_WRITER back, field, label
+  movq    %rax, %rdi
+  xorl    %eax, %eax
+  xchgl   %eax, (%rdi)                # gp_futex = 0; was it still -1?
+  cmpl    $-1, %eax
+  jne     \back
+  movl    $\field, %eax              # SYS_futex
+\label:
+  movl    $129, %esi                  # FUTEX_WAKE_PRIVATE
+  movl    $1, %edx                    # one waiter
+  syscall
+  jmp     \back
+.endm
+
 hp_fe_begin:
   cmpw    $0, %fs:0x7fffff01          # in a handler (the dispatcher counts a miss), or a
 hp_fe_p1:                             # rehijack pending: the dispatcher
@@ -78,18 +96,8 @@ hp_fe_unlocked:
   movb    $0, %fs:0x7fffff11          # in_handler = 0
 hp_fe_p17:
   jmp     hp_fe_end
-hp_fe_wake:                           # wake_writer(), inline: a thread preempted in the
-  movq    %rax, %rdi                  # futex call has its pc here, where the reclaimer
-  xorl    %eax, %eax                  # looks (it does not look inside libc)
-  xchgl   %eax, (%rdi)                # gp_futex = 0; was it still -1?
-  cmpl    $-1, %eax
-  jne     hp_fe_unlocked
-  movl    $0x7fffff12, %eax           # SYS_futex
-hp_fe_p18:
-  movl    $129, %esi                  # FUTEX_WAKE_PRIVATE
-  movl    $1, %edx                    # one waiter
-  syscall
-  jmp     hp_fe_unlocked
+hp_fe_wake:
+  HP_WAKE_WRITER hp_fe_unlocked, 0x7fffff12, hp_fe_p18
 hp_fe_locked:
   movq    %rsp, %rsi                  # locked_dispatcher(context, regs, array, record)
   movq    %fs:0x7fffff13, %rcx
@@ -236,17 +244,7 @@ hp_fr_p27:
 hp_fr_p28:
   jmp     hp_fr_end
 hp_fr_wake:
-  movq    %rax, %rdi
-  xorl    %eax, %eax
-  xchgl   %eax, (%rdi)
-  cmpl    $-1, %eax
-  jne     hp_fr_unlocked
-  movl    $0x7fffff1d, %eax           # SYS_futex
-hp_fr_p29:
-  movl    $129, %esi
-  movl    $1, %edx
-  syscall
-  jmp     hp_fr_unlocked
+  HP_WAKE_WRITER hp_fr_unlocked, 0x7fffff1d, hp_fr_p29
 hp_fr_bail:                           # leave the section; the dispatcher enters its own
   decq    %fs:0x7fffff1e              # (and wakes a sleeping writer when it leaves)
 hp_fr_p30:
