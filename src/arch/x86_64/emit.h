@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <vector>
 
@@ -16,18 +17,27 @@ bool in_rel32_reach(std::uint64_t from_end, std::uint64_t to) noexcept;
 class Emitter {
  public:
   // `address` is where the first emitted byte will live at run time.
-  // One allocation for a whole trampoline (they stay under 768 bytes), not one per doubling.
-  explicit Emitter(std::uint64_t address) : address_(address) { bytes_.reserve(768); }
+  // One allocation for a whole trampoline (they stay under 768 bytes), not one per doubling;
+  // bytes are stored through a pointer with one capacity check per instruction, not a
+  // push_back per byte (a trampoline is about 600 bytes, emitted for every site of a batch).
+  explicit Emitter(std::uint64_t address) : address_(address) { grow(kInitialCapacity); }
 
-  std::uint64_t here() const noexcept { return address_ + bytes_.size(); }
-  std::uint32_t size() const noexcept { return static_cast<std::uint32_t>(bytes_.size()); }
+  std::uint64_t here() const noexcept { return address_ + size_; }
+  std::uint32_t size() const noexcept { return size_; }
+  // The buffer: [0, size()) is the code so far; it may be longer (spare capacity), so
+  // index it, do not ask its size.
   std::vector<std::uint8_t>& bytes() noexcept { return bytes_; }
-  std::vector<std::uint8_t> take() && { return std::move(bytes_); }
+  std::vector<std::uint8_t> take() && {
+    bytes_.resize(size_);
+    return std::move(bytes_);
+  }
 
-  void raw(std::span<const std::uint8_t> b) { bytes_.insert(bytes_.end(), b.begin(), b.end()); }
-  void u8(std::uint8_t b) { bytes_.push_back(b); }
-  void u32(std::uint32_t v);
-  void u64(std::uint64_t v);
+  void raw(std::span<const std::uint8_t> b) {
+    if (!b.empty()) std::memcpy(room(b.size()), b.data(), b.size());
+  }
+  void u8(std::uint8_t b) { *room(1) = b; }
+  void u32(std::uint32_t v) { std::memcpy(room(4), &v, 4); }  // little-endian (x86-64)
+  void u64(std::uint64_t v) { std::memcpy(room(8), &v, 8); }
   void patch_u32(std::uint32_t at, std::uint32_t v);
   void patch_u8(std::uint32_t at, std::uint8_t v) { bytes_[at] = v; }
 
@@ -37,9 +47,12 @@ class Emitter {
   void pushfq() { u8(0x9c); }
   void popfq() { u8(0x9d); }
   void cld() { u8(0xfc); }
-  void lea_rsp(std::int32_t disp);  // lea rsp, [rsp+disp]: moves rsp, leaves flags alone
-  void mov_to_rsp_mem(std::int32_t disp, Gpr r);          // mov [rsp+disp], r
-  void mov_from_rsp_mem(Gpr r, std::int32_t disp);        // mov r, [rsp+disp]
+  // lea rsp, [rsp+disp]: moves rsp, leaves flags alone
+  void lea_rsp(std::int32_t disp) { op_rsp(0x48, 0x8d, 4, disp); }
+  // mov [rsp+disp], r
+  void mov_to_rsp_mem(std::int32_t disp, Gpr r) { op_rsp(rex_w(r, rsp), 0x89, r, disp); }
+  // mov r, [rsp+disp]
+  void mov_from_rsp_mem(Gpr r, std::int32_t disp) { op_rsp(rex_w(r, rsp), 0x8b, r, disp); }
   void mov_to_mem(Gpr base, std::int32_t disp, Gpr r);    // mov [base+disp], r (base != rsp/r12)
   void mov_from_mem(Gpr r, Gpr base, std::int32_t disp);  // mov r, [base+disp] (base != rsp/r12)
   void lea(Gpr r, Gpr base, std::int32_t disp);           // base != rsp/r12
@@ -61,11 +74,63 @@ class Emitter {
   void int3() { u8(0xcc); }
 
  private:
-  void rex_w(Gpr reg, Gpr rm);
-  void modrm_rsp(std::uint8_t reg, std::int32_t disp);
-  void modrm_base(std::uint8_t reg, Gpr base, std::int32_t disp);
+  static constexpr std::uint32_t kInitialCapacity = 768;
+  static constexpr std::uint32_t kMaxInsn = 15;
+  // Where the next `n` bytes go (they count as emitted once this returns).
+  std::uint8_t* room(std::size_t n) {
+    if (bytes_.size() - size_ < n) grow(n);
+    std::uint8_t* p = bytes_.data() + size_;
+    size_ += static_cast<std::uint32_t>(n);
+    return p;
+  }
+  // Room for one instruction of up to kMaxInsn bytes, which counts once commit()ted.
+  std::uint8_t* open() {
+    if (bytes_.size() - size_ < kMaxInsn) grow(kMaxInsn);
+    return bytes_.data() + size_;
+  }
+  void commit(unsigned n) { size_ += n; }
+  void grow(std::size_t n);
+
+  static std::uint8_t rex_w(Gpr reg, Gpr rm) {
+    return static_cast<std::uint8_t>(0x48 | ((reg >= r8) << 2) | (rm >= r8));
+  }
+  static std::uint8_t modrm(unsigned mod, unsigned reg, unsigned rm) {
+    return static_cast<std::uint8_t>((mod << 6) | ((reg & 7) << 3) | (rm & 7));
+  }
+  // ModRM, SIB 0x24 (no index, base rsp) and the displacement of [rsp+disp], at `p`;
+  // returns their length.
+  static unsigned rsp_operand(std::uint8_t* p, unsigned reg, std::int32_t disp) {
+    p[1] = 0x24;
+    if (disp == 0) {
+      p[0] = modrm(0, reg, 4);
+      return 2;
+    }
+    if (disp >= -128 && disp <= 127) {
+      p[0] = modrm(1, reg, 4);
+      p[2] = static_cast<std::uint8_t>(disp);
+      return 3;
+    }
+    p[0] = modrm(2, reg, 4);
+    std::memcpy(p + 2, &disp, 4);
+    return 6;
+  }
+  // [prefix] opcode, then a [rsp+disp] operand.
+  void op_rsp(std::uint8_t prefix, std::uint8_t opcode, unsigned reg, std::int32_t disp) {
+    std::uint8_t* p = open();
+    p[0] = prefix;
+    p[1] = opcode;
+    commit(2 + rsp_operand(p + 2, reg, disp));
+  }
+  void op_rsp(std::uint8_t opcode, unsigned reg, std::int32_t disp) {
+    std::uint8_t* p = open();
+    p[0] = opcode;
+    commit(1 + rsp_operand(p + 1, reg, disp));
+  }
+  // REX.W opcode, then a [base+disp] operand (base not rsp/r12).
+  void op_base(std::uint8_t rex, std::uint8_t opcode, unsigned reg, Gpr base, std::int32_t disp);
 
   std::uint64_t address_;
+  std::uint32_t size_ = 0;
   std::vector<std::uint8_t> bytes_;
 };
 
