@@ -17,6 +17,7 @@
 
 extern "C" void hp_floor_plain();
 extern "C" void hp_floor_hijacked();
+extern "C" void hp_floor_balanced();
 
 // clang-format off
 asm(R"(
@@ -33,6 +34,19 @@ hp_floor_hijacked:              # keep the return address, return to the pad ins
   ret                           # the return stack buffer says: the caller
 hp_floor_pad:
   jmp     *hp_floor_saved(%rip)
+  .p2align 4
+hp_floor_balanced:              # the same, but a call pushes the pad on the return stack
+  movq    (%rsp), %rax          # buffer too (what hotprobe's entry trampolines do), and
+  movq    %rax, hp_floor_saved(%rip)  # the pad leaves by ret, popping the caller's entry
+  leaq    hp_floor_bpad(%rip), %rax
+  movq    %rax, (%rsp)
+  call    1f
+hp_floor_bpad:
+  pushq   hp_floor_saved(%rip)
+  ret
+1:
+  leaq    8(%rsp), %rsp
+  ret                           # predicted: the pad
   .data
   .p2align 3
 hp_floor_saved:
@@ -69,6 +83,7 @@ int main() {
   const bool pinned = sched_setaffinity(0, sizeof one, &one) == 0;
   const double plain = min_ns([] { hp_floor_plain(); });
   const double hijacked = min_ns([] { hp_floor_hijacked(); });
+  const double balanced = min_ns([] { hp_floor_balanced(); });
   const double tsc = min_ns([] { g_sink = g_sink + __rdtsc(); });
   const double tscp = min_ns([] {
     unsigned aux;
@@ -84,6 +99,9 @@ int main() {
   std::printf("  call + ret                 %6.2f ns\n", plain);
   std::printf("  call + hijacked ret        %6.2f ns  (+%.2f ns: the return-probe floor)\n",
               hijacked, hijacked - plain);
+  std::printf("  ... with the pad pushed    %6.2f ns  (+%.2f ns: a call puts the pad on the return\n"
+              "                                        stack buffer, the pad leaves by ret)\n",
+              balanced, balanced - plain);
   std::printf("  rdtsc                      %6.2f ns\n", tsc);
   std::printf("  rdtscp                     %6.2f ns\n", tscp);
   std::printf("  clock_gettime(MONOTONIC)   %6.2f ns\n", cgt);

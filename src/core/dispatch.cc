@@ -194,10 +194,19 @@ HP_ALWAYS_INLINE void hijack_return(ThreadRecord& rec, ReturnInstance& ri, std::
   *ret_slot = tramp;
 }
 
+// What a return probe of `site` writes over the return address: the landing in the site's
+// entry trampoline (whose exit pushes it on the return stack buffer, so the function's
+// ret is predicted), else the scheme's return trampoline.
+template <Scheme S>
+HP_ALWAYS_INLINE std::uintptr_t return_target(const Site* site) {
+  return site->landing ? site->landing
+                       : g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed);
+}
+
 // Everything but the fast loop: filters, return instances, vector saves. Out of line,
 // so the common case (entry handlers only) stays a short straight path.
 template <Scheme S>
-HP_DISPATCH_SECTION __attribute__((noinline)) void entry_general(Site* site, Regs* regs,
+HP_DISPATCH_SECTION __attribute__((noinline)) bool entry_general(Site* site, Regs* regs,
                                                                  const ConsumerArray* arr,
                                                                  ThreadRecord& rec) {
   VectorSave vs;
@@ -206,7 +215,7 @@ HP_DISPATCH_SECTION __attribute__((noinline)) void entry_general(Site* site, Reg
   Hit hit{regs, nullptr, nullptr, site->probe_address};
   ReturnInstance* ri = nullptr;
   std::uint32_t depth = 0;
-  const std::uintptr_t tramp = g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed);
+  const std::uintptr_t tramp = return_target<S>(site);
   auto* ret_slot = reinterpret_cast<std::uint64_t*>(regs->rsp);
   const bool use_stack = arr->any_return && site->at_entry;
   bool tail_call = false;  // the slot already returns through the instance below
@@ -240,7 +249,8 @@ HP_DISPATCH_SECTION __attribute__((noinline)) void entry_general(Site* site, Reg
       hits++;
     }
   }
-  if (ri && ri->n) {
+  const bool hijacked = ri && ri->n;
+  if (hijacked) {
     // A tail call keeps the real return address in the instance below (same slot).
     hijack_return(rec, *ri, depth, site, ret_slot,
                   tail_call ? rec.stack[depth - 1].orig_ret : *ret_slot, tramp);
@@ -254,6 +264,7 @@ HP_DISPATCH_SECTION __attribute__((noinline)) void entry_general(Site* site, Reg
         std::memory_order_relaxed);
   }
   if (save) restore_vectors(vs);
+  return hijacked && site->landing;
 }
 
 // The common return probe: one consumer, no filter, no vector saves, a call nested in
@@ -277,15 +288,15 @@ HP_ALWAYS_INLINE bool entry_one_return(Site* site, Regs* regs, const ConsumerEnt
     c.on_entry(hit);
     hits = 1;
   }
-  hijack_return(rec, ri, d, site, ret_slot, *ret_slot,
-                g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed));
+  hijack_return(rec, ri, d, site, ret_slot, *ret_slot, return_target<S>(site));
   rec.hits.store(rec.hits.load(std::memory_order_relaxed) + hits, std::memory_order_relaxed);
   return true;
 }
 
-// With the section held and the guard set.
+// With the section held and the guard set. True when the return address now points at the
+// site's landing (the trampoline then leaves through its landing exit).
 template <Scheme S>
-HP_ALWAYS_INLINE void run_entry_consumers(Site* site, Regs* regs, const ConsumerArray* arr,
+HP_ALWAYS_INLINE bool run_entry_consumers(Site* site, Regs* regs, const ConsumerArray* arr,
                                           ThreadRecord& rec) {
   if (HP_LIKELY(arr->simple)) {
     const std::uint32_t n = arr->n;
@@ -296,21 +307,23 @@ HP_ALWAYS_INLINE void run_entry_consumers(Site* site, Regs* regs, const Consumer
       arr->e[i].on_entry(hit);
     }
     rec.hits.store(rec.hits.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-  } else if (arr->one_return && site->at_entry && entry_one_return<S>(site, regs, arr->e[0], rec)) {
-  } else {
-    entry_general<S>(site, regs, arr, rec);
+    return false;
   }
+  if (arr->one_return && site->at_entry && entry_one_return<S>(site, regs, arr->e[0], rec)) {
+    return site->landing != 0;
+  }
+  return entry_general<S>(site, regs, arr, rec);
 }
 
 template <Scheme S>
-HP_DISPATCH_SECTION void entry_dispatch(void* ctx, Regs* regs) {
+HP_DISPATCH_SECTION bool entry_dispatch(void* ctx, Regs* regs) {
   auto* site = static_cast<Site*>(ctx);
   ThreadState& ts = tls_state;
   // The guard comes first: registering the thread's record allocates, and malloc may be
   // probed (a hit during the registration is a miss, like any hit inside a handler).
   if (HP_UNLIKELY(ts.in_handler)) {
     count_recursion_miss(ts.rec);
-    return;
+    return false;
   }
   ts.in_handler = true;
   if (HP_UNLIKELY(!(ts.schemes_ready & (1u << static_cast<int>(S))))) first_hit<S>();
@@ -318,18 +331,19 @@ HP_DISPATCH_SECTION void entry_dispatch(void* ctx, Regs* regs) {
   if (HP_UNLIKELY(ts.rehijack_pending)) rehijack(rec, regs->rsp);
   sync::ReadToken tok = read_lock<S>();
   const ConsumerArray* arr = site->consumers.load(std::memory_order_acquire);  // P2: matches P1
-  if (arr) run_entry_consumers<S>(site, regs, arr, rec);
+  const bool landed = arr && run_entry_consumers<S>(site, regs, arr, rec);
   read_unlock<S>(tok);
   ts.in_handler = false;
+  return landed;
 }
 
 // The trampoline's fast path (arch::FastEntry) calls this with the section held and the
 // recursion guard set, for an array that is not its one-handler case.
-HP_DISPATCH_SECTION void entry_locked_tasks_trace(void* ctx, Regs* regs, const void* arr,
+HP_DISPATCH_SECTION bool entry_locked_tasks_trace(void* ctx, Regs* regs, const void* arr,
                                                   void* rec) {
-  run_entry_consumers<Scheme::tasks_trace>(static_cast<Site*>(ctx), regs,
-                                           static_cast<const ConsumerArray*>(arr),
-                                           *static_cast<ThreadRecord*>(rec));
+  return run_entry_consumers<Scheme::tasks_trace>(static_cast<Site*>(ctx), regs,
+                                                  static_cast<const ConsumerArray*>(arr),
+                                                  *static_cast<ThreadRecord*>(rec));
 }
 
 // Every return handler of `arr` that `ri` recorded at entry, with the vector registers

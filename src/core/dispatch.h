@@ -23,7 +23,8 @@
 
 namespace hp::core {
 
-using EntryDispatcher = void (*)(void* site, hotprobe::Regs* regs);
+// True when it pointed the return address at the site's landing (arch/x86_64/trampoline.h).
+using EntryDispatcher = bool (*)(void* site, hotprobe::Regs* regs);
 using ReturnDispatcher = std::uint64_t (*)(void* unused, hotprobe::Regs* regs);
 
 EntryDispatcher entry_dispatcher(hotprobe::Scheme s) noexcept;

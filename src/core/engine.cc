@@ -119,24 +119,34 @@ class Registry {
   std::atomic<std::uint64_t> next_id_{1};
   std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};
 
-  // One per scheme (the dispatcher saves the vector registers where handlers need it).
+  // Two per scheme (the dispatcher saves the vector registers where handlers need it): the
+  // one hijacked return addresses point at, and the one entry trampolines' landings jump
+  // to, which leaves by ret (the landing's call pushed one return-stack-buffer entry more).
   Result<void> ensure_return_trampoline(Scheme s) HP_REQUIRES(mu_) {
     if (return_trampoline(s)) return {};
-    // Anywhere will do: the trampoline is reached through an absolute return address.
-    auto slot = ret_code_.allocate(reinterpret_cast<std::uint64_t>(&int3_hook));
-    if (!slot.ok()) return slot.error();
-    arch::ReturnTrampolineSpec spec;
-    spec.address = slot->address;
-    spec.dispatcher = reinterpret_cast<std::uint64_t>(return_dispatcher(s));
-    spec.save_vector = kTrampolinesSaveVectors;
-    arch::FastReturn fast;
-    if (fast_return_for(s, fast)) spec.fast = &fast;
-    auto code = arch::make_return_trampoline(spec);
-    if (!code.ok()) return code.error();
-    HP_TRY(ret_code_.write(*slot, *code));
-    set_return_trampoline(s, slot->address);
+    std::uintptr_t at[2] = {0, 0};
+    for (int by_ret = 0; by_ret < 2; by_ret++) {
+      // Anywhere will do: the trampoline is reached through an absolute address.
+      auto slot = ret_code_.allocate(reinterpret_cast<std::uint64_t>(&int3_hook));
+      if (!slot.ok()) return slot.error();
+      arch::ReturnTrampolineSpec spec;
+      spec.address = slot->address;
+      spec.dispatcher = reinterpret_cast<std::uint64_t>(return_dispatcher(s));
+      spec.save_vector = kTrampolinesSaveVectors;
+      spec.exit_by_ret = by_ret != 0;
+      arch::FastReturn fast;
+      if (fast_return_for(s, fast)) spec.fast = &fast;
+      auto code = arch::make_return_trampoline(spec);
+      if (!code.ok()) return code.error();
+      HP_TRY(ret_code_.write(*slot, *code));
+      at[by_ret] = slot->address;
+    }
+    landing_return_[static_cast<int>(s)] = at[1];
+    set_return_trampoline(s, at[0]);
     return {};
   }
+  // Where the landings of the scheme's entry trampolines jump (0 until the above).
+  std::uintptr_t landing_return_[6] HP_GUARDED_BY(mu_) = {};
 
   void publish_int3_table() HP_REQUIRES(mu_) {
     auto* t = new Int3Table;
@@ -367,6 +377,11 @@ struct EngineImpl {
           ts.save_vector = kTrampolinesSaveVectors;
           arch::FastEntry fast;
           if (fast_entry_for(*site, fast)) ts.fast = &fast;
+          // At a function's entry, a landing for return probes (any consumer may add one).
+          if (plan->at_entry && !plan->flags_live &&
+              reg.ensure_return_trampoline(options.scheme).ok()) {
+            ts.landing_target = reg.landing_return_[static_cast<int>(options.scheme)];
+          }
           auto tramp = arch::make_entry_trampoline(ts, *plan);
           if (tramp.ok() && ts.fast && tramp->code.size() > slot->size) {
             ts.fast = nullptr;  // long relocated code: the plain call to the dispatcher fits
@@ -385,6 +400,7 @@ struct EngineImpl {
             site->patched.assign(bytes->begin(), bytes->end());  // not the emitter's 768
             site->trampoline = slot->address;
             site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
+            site->landing = tramp->landing_offset ? slot->address + tramp->landing_offset : 0;
             site->slot_chunk = slot->chunk;
             site->slot_index = slot->index;
             site->ip_map.reserve(tramp->map.size());

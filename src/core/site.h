@@ -87,6 +87,10 @@ struct Site {
   std::vector<std::uint8_t> patched;   // what was written
   std::uintptr_t trampoline = 0;       // entry trampoline (jmp mode)
   std::uint32_t trampoline_size = 0;
+  // In the entry trampoline: what a return probe writes over the return address (0: the
+  // scheme's shared return trampoline). Freed with the site, which a return instance
+  // keeps alive (the zombie scan), so a late return still finds it.
+  std::uintptr_t landing = 0;
   std::uintptr_t resume = 0;  // int3 mode: the relocated instruction + jmp back
   std::vector<std::pair<std::uint32_t, std::uintptr_t>> ip_map;  // inside the site -> trampoline
   std::string describe;                                          // "libc.so.6:malloc" for messages

@@ -2,6 +2,7 @@
 // annotated with assembly (STYLE.md item 9).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "arch/x86_64/fuzz.h"
@@ -109,14 +110,78 @@ TEST(ArchEntryTrampolineGolden, AtEntryHeadAndTail) {
   // Tail: the displaced instructions, copied, then jmp kFn+8.
   const Bytes tail(t->code.begin() + t->relocated_offset, t->code.end());
   const auto back = static_cast<std::uint32_t>(kFn + 8 - (at + t->code.size()));
-  EXPECT_EQ(tail, (Bytes{0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10, 0xe9,
-                         static_cast<std::uint8_t>(back), static_cast<std::uint8_t>(back >> 8),
-                         static_cast<std::uint8_t>(back >> 16),
-                         static_cast<std::uint8_t>(back >> 24)}));
+  EXPECT_EQ(tail,
+            (Bytes{0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10, 0xe9,
+                   static_cast<std::uint8_t>(back), static_cast<std::uint8_t>(back >> 8),
+                   static_cast<std::uint8_t>(back >> 16), static_cast<std::uint8_t>(back >> 24)}));
   // Right before the tail: popfq-free exit, lea rsp, [rsp+144] (48 8d a4 24 90 00 00 00).
-  const Bytes exit(t->code.begin() + t->relocated_offset - 8, t->code.begin() + t->relocated_offset);
+  const Bytes exit(t->code.begin() + t->relocated_offset - 8,
+                   t->code.begin() + t->relocated_offset);
   EXPECT_EQ(exit, (Bytes{0x48, 0x8d, 0xa4, 0x24, 0x90, 0x00, 0x00, 0x00}));
   check_decodes(t->code, at);
+}
+
+// 58 59 5a 5e 5f 41 58 41 59 41 5a 41 5b 5b 5d 41 5c 41 5d 41 5e 41 5f
+// pop rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11, rbx, rbp, r12, r13, r14, r15 (Regs order),
+// then 48 8b 64 24 18  mov rsp, [rsp+24] (the way back, 144 - 120 above).
+const Bytes kRestore{0x58, 0x59, 0x5a, 0x5e, 0x5f, 0x41, 0x58, 0x41, 0x59, 0x41,
+                     0x5a, 0x41, 0x5b, 0x5b, 0x5d, 0x41, 0x5c, 0x41, 0x5d, 0x41,
+                     0x5e, 0x41, 0x5f, 0x48, 0x8b, 0x64, 0x24, 0x18};
+
+TEST(ArchEntryTrampolineGolden, RestoresByPoppingTheFrame) {
+  const std::uint64_t at = kFn + 0x10000;
+  auto t = make_entry_trampoline({at, 0x11, kFn + 0x20000, false}, plan_at(0));
+  ASSERT_TRUE(t.ok());
+  const auto end = t->code.begin() + t->relocated_offset - 8;  // before lea rsp, [rsp+144]
+  EXPECT_EQ(Bytes(end - static_cast<std::ptrdiff_t>(kRestore.size()), end), kRestore);
+}
+
+// With a landing: the dispatcher's bool picks the landing exit, which restores the same
+// way and calls over the landing, so the landing is on the return stack buffer.
+TEST(ArchEntryTrampolineGolden, LandingExitCallsOverTheLanding) {
+  const std::uint64_t at = kFn + 0x10000, target = kFn + 0x30000;
+  EntryTrampolineSpec spec{at, 0x11, kFn + 0x20000, false};
+  spec.landing_target = target;
+  auto t = make_entry_trampoline(spec, plan_at(0));
+  ASSERT_TRUE(t.ok());
+  ASSERT_GT(t->landing_offset, t->relocated_offset);
+  const Bytes& c = t->code;
+  auto rel32_at = [&c](std::size_t i) {
+    return static_cast<std::int32_t>(c[i] | c[i + 1] << 8 | c[i + 2] << 16 |
+                                     static_cast<std::uint32_t>(c[i + 3]) << 24);
+  };
+  // After the call rel32: 84 c0 test al, al; 0f 85 jnz rel32 -> the exit.
+  const Bytes call_seq{0x48, 0x89, 0xe6, 0xe8};  // mov rsi, rsp; call rel32
+  auto call = std::search(c.begin(), c.end(), call_seq.begin(), call_seq.end());
+  ASSERT_NE(call, c.end());
+  const std::size_t test = static_cast<std::size_t>(call - c.begin()) + 8;
+  EXPECT_EQ(Bytes(c.begin() + test, c.begin() + test + 4), (Bytes{0x84, 0xc0, 0x0f, 0x85}));
+  const std::size_t exit = test + 8 + rel32_at(test + 4);
+  // The exit: kRestore; lea rsp, [rsp+144]; e8 call rel32 (over the landing).
+  const std::size_t call_at = exit + kRestore.size() + 8;
+  EXPECT_EQ(Bytes(c.begin() + exit, c.begin() + exit + kRestore.size()), kRestore);
+  EXPECT_EQ(Bytes(c.begin() + call_at - 8, c.begin() + call_at + 1),
+            (Bytes{0x48, 0x8d, 0xa4, 0x24, 0x90, 0x00, 0x00, 0x00, 0xe8}));
+  EXPECT_EQ(call_at + 5, t->landing_offset);  // the call's return address is the landing
+  // The landing: e9 jmp rel32 -> target.
+  EXPECT_EQ(c[t->landing_offset], 0xe9);
+  EXPECT_EQ(at + t->landing_offset + 5 + rel32_at(t->landing_offset + 1), target);
+  // The call's target: 48 8d 64 24 08  lea rsp, [rsp+8]; e9 jmp rel32 -> the relocated copy.
+  const std::size_t callee = call_at + 5 + rel32_at(call_at + 1);
+  EXPECT_EQ(callee, t->landing_offset + 5);
+  EXPECT_EQ(Bytes(c.begin() + callee, c.begin() + callee + 6),
+            (Bytes{0x48, 0x8d, 0x64, 0x24, 0x08, 0xe9}));
+  EXPECT_EQ(callee + 10 + rel32_at(callee + 6), t->relocated_offset);
+  EXPECT_EQ(callee + 10, c.size());
+  check_decodes(t->code, at);
+}
+
+TEST(ArchEntryTrampolineGolden, LandingOnlyAtAnEntry) {
+  EntryTrampolineSpec spec{kFn + 0x10000, 0x11, kFn + 0x20000, false};
+  spec.landing_target = kFn + 0x30000;
+  auto t = make_entry_trampoline(spec, plan_at(4));
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.error().code(), Errc::invalid_argument);
 }
 
 TEST(ArchEntryTrampolineGolden, FlagsLiveSavesFlagsAndClearsDF) {
@@ -152,6 +217,17 @@ TEST(ArchReturnTrampolineGolden, EndsWithAJumpThroughTheRedZoneSlot) {
   // ...; 48 8d a4 24 90 00 00 00  lea rsp, [rsp+144]; ff 64 24 f8  jmp [rsp-8]
   const Bytes tail(code->end() - 12, code->end());
   EXPECT_EQ(tail, (Bytes{0x48, 0x8d, 0xa4, 0x24, 0x90, 0x00, 0x00, 0x00, 0xff, 0x64, 0x24, 0xf8}));
+  check_decodes(code.value(), 0x2000'0000);
+}
+
+TEST(ArchReturnTrampolineGolden, ExitByRetPopsTheParkedAddress) {
+  ReturnTrampolineSpec spec{0x2000'0000, 1, 0x2000'1000, true};
+  spec.exit_by_ret = true;
+  auto code = make_return_trampoline(spec);
+  ASSERT_TRUE(code.ok());
+  // ...; 48 8d a4 24 88 00 00 00  lea rsp, [rsp+136] (= the slot holding it); c3 ret
+  const Bytes tail(code->end() - 9, code->end());
+  EXPECT_EQ(tail, (Bytes{0x48, 0x8d, 0xa4, 0x24, 0x88, 0x00, 0x00, 0x00, 0xc3}));
   check_decodes(code.value(), 0x2000'0000);
 }
 

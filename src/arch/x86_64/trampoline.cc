@@ -107,7 +107,23 @@ hp_fe_p20:
   movabsq $0x7fffffff7fffff15, %rax   # locked_dispatcher
 hp_fe_p21:
   call    *%rax
-  jmp     hp_fe_unlock
+  movl    %eax, %ebx                  # it hijacked the return through the landing (rbx is
+  decq    %fs:0x7fffff18              # restored from the frame); read_unlock() (R2)
+hp_fe_p24:
+  movabsq $0x7fffffff7fffff19, %rax   # F2
+hp_fe_p25:
+  cmpl    $-1, (%rax)
+  je      hp_fe_lwake
+hp_fe_lunlocked:
+  movb    $0, %fs:0x7fffff1a          # in_handler = 0
+hp_fe_p26:
+  testb   %bl, %bl
+  .byte   0x0f, 0x85                  # jnz rel32: the landing exit (the emitter's fixup)
+  .long   0x7fffff1b
+hp_fe_p27:
+  jmp     hp_fe_end
+hp_fe_lwake:
+  HP_WAKE_WRITER hp_fe_lunlocked, 0x7fffff1c, hp_fe_p28
 hp_fe_slow:
   movq    %rsp, %rsi                  # dispatcher(context, regs)
   movabsq $0x7fffffff7fffff16, %rdi   # context
@@ -115,6 +131,10 @@ hp_fe_p22:
   movabsq $0x7fffffff7fffff17, %rax   # dispatcher
 hp_fe_p23:
   call    *%rax
+  testb   %al, %al                    # it hijacked the return through the landing
+  .byte   0x0f, 0x85                  # jnz rel32: the landing exit (the emitter's fixup)
+  .long   0x7fffff1d
+hp_fe_p29:
 hp_fe_end:
   .p2align 2
 hp_fe_offsets:                        # where each label hp_fe_pN is
@@ -141,6 +161,12 @@ hp_fe_offsets:                        # where each label hp_fe_pN is
   .long   hp_fe_p21 - hp_fe_begin
   .long   hp_fe_p22 - hp_fe_begin
   .long   hp_fe_p23 - hp_fe_begin
+  .long   hp_fe_p24 - hp_fe_begin
+  .long   hp_fe_p25 - hp_fe_begin
+  .long   hp_fe_p26 - hp_fe_begin
+  .long   hp_fe_p27 - hp_fe_begin
+  .long   hp_fe_p28 - hp_fe_begin
+  .long   hp_fe_p29 - hp_fe_begin
 
 # The fast path of FastReturn (trampoline.h): the return trampoline's common case, the
 # same way. On entry rsp = the Regs frame; rbx, r12, r13, r14 carry the record, the
@@ -299,7 +325,7 @@ hp_fr_offsets:
 
 extern "C" {
 __attribute__((visibility("hidden"))) extern const std::uint8_t hp_fe_begin[], hp_fe_end[];
-__attribute__((visibility("hidden"))) extern const std::uint32_t hp_fe_offsets[23];
+__attribute__((visibility("hidden"))) extern const std::uint32_t hp_fe_offsets[29];
 __attribute__((visibility("hidden"))) extern const std::uint8_t hp_fr_begin[], hp_fr_end[];
 __attribute__((visibility("hidden"))) extern const std::uint32_t hp_fr_offsets[33];
 }
@@ -322,6 +348,11 @@ class TemplateCopy {
     e.raw({begin, static_cast<std::size_t>(end - begin)});
   }
   void put(unsigned n, unsigned size, unsigned tail, std::uint64_t value) {
+    const std::uint32_t at = field(n, size, tail);
+    if (status_.ok()) std::memcpy(&b_[at], &value, size);
+  }
+  // Where field n is in the emitter's bytes (checked like put(): for a later fixup).
+  std::uint32_t field(unsigned n, unsigned size, unsigned tail) {
     const std::uint32_t at = base_ + offsets_[n - 1] - tail - size;
     std::uint64_t want = size == 1 ? 0x7f : size == 4 ? 0x7fffff00u + n : 0x7fffffff7fffff00u + n;
     std::uint64_t have = 0;
@@ -330,9 +361,8 @@ class TemplateCopy {
       status_ =
           Error(Errc::internal, std::string("the ") + name_ + " template's field " +
                                     std::to_string(n) + " is not where expected: rebuild hotprobe");
-      return;
     }
-    std::memcpy(&b_[at], &value, size);
+    return at;
   }
   void put32(unsigned n, unsigned tail, std::int32_t v) {
     put(n, 4, tail, static_cast<std::uint32_t>(v));
@@ -347,8 +377,14 @@ class TemplateCopy {
   Result<void> status_;
 };
 
+// The rel32 fields of jumps to the landing exit (make_entry_trampoline() fixes them up).
+struct LandingJumps {
+  std::uint32_t at[2] = {0, 0};
+  unsigned n = 0;
+};
+
 Result<void> emit_fast_entry(Emitter& e, const FastEntry& f, std::uint64_t context,
-                             std::uint64_t dispatcher) {
+                             std::uint64_t dispatcher, LandingJumps& jumps) {
   TemplateCopy t(e, hp_fe_begin, hp_fe_end, hp_fe_offsets, "fast-entry");
   auto put = [&t](unsigned n, unsigned size, unsigned tail, std::uint64_t v) {
     t.put(n, size, tail, v);
@@ -380,6 +416,14 @@ Result<void> emit_fast_entry(Emitter& e, const FastEntry& f, std::uint64_t conte
   put(21, 8, 0, f.locked_dispatcher);
   put(22, 8, 0, context);
   put(23, 8, 0, dispatcher);
+  put(24, 4, 0, i32(f.tt_word));
+  put(25, 8, 0, f.gp_futex);
+  put(26, 4, 1, i32(f.ts_in_handler));
+  put(28, 4, 0, f.sys_futex);
+  jumps.at[jumps.n++] = t.field(27, 4, 0);
+  jumps.at[jumps.n++] = t.field(29, 4, 0);
+  for (unsigned i = 0; i < jumps.n; i++)
+    e.patch_u32(jumps.at[i], 0);  // to the next instruction until fixed up
   return t.status();
 }
 
@@ -495,16 +539,21 @@ void emit_call(Emitter& e, std::uint64_t context, std::uint64_t dispatcher) {
   }
 }
 
-// Restores every general register (from the frame) and xmm0-15; leaves rsp = M.
+// Regs from rax to r15, in memory order: what emit_restore() pops.
+constexpr Gpr kPopped[] = {rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11, rbx, rbp, r12, r13, r14, r15};
+static_assert(offsetof(Regs, rax) == 0 && offsetof(Regs, r15) == 14 * 8 &&
+              offsetof(Regs, rbx) == 9 * 8 && offsetof(Regs, r11) == 8 * 8);
+
+// Restores every general register (from the frame) and xmm0-15; leaves rsp = M. Pops, 23
+// bytes where movs take 75: a trampoline with a landing exit restores twice in its slot.
 void emit_restore(Emitter& e, bool save_vector) {
   if (save_vector) {
     for (unsigned i = 0; i < 16; ++i)
       e.movups_load(i, kFrame + static_cast<std::int32_t>(16 * i));
   }
-  for (const SavedGpr& s : kSaved)
-    e.mov_from_rsp_mem(s.reg, s.offset);
-  e.mov_from_rsp_mem(rax, offsetof(Regs, rax));
-  e.mov_from_rsp_mem(rsp, way_back_offset(save_vector));
+  for (Gpr r : kPopped)
+    e.pop(r);
+  e.mov_from_rsp_mem(rsp, way_back_offset(save_vector) - 15 * 8);
 }
 
 std::string hex(std::uint64_t v) {
@@ -517,12 +566,26 @@ std::string hex(std::uint64_t v) {
 
 Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
                                          const DisplacementPlan& plan) {
+  const bool landing = spec.landing_target != 0;
+  if (landing && (plan.flags_live || !plan.at_entry)) {
+    return Error(Errc::invalid_argument,
+                 "a return landing needs a site at a function's entry with dead flags");
+  }
   Emitter e(spec.address);
   emit_save(e, plan.flags_live, spec.save_vector, plan.probe_address);
+  LandingJumps jumps;
   if (spec.fast) {
-    HP_TRY(emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher));
+    HP_TRY(emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher, jumps));
   } else {
     emit_call(e, spec.context, spec.dispatcher);
+    if (landing) {
+      e.u8(0x84);  // test al, al: the dispatcher hijacked the return through the landing
+      e.u8(0xc0);
+      e.u8(0x0f);  // jnz rel32
+      e.u8(0x85);
+      jumps.at[jumps.n++] = e.size();
+      e.u32(0);
+    }
   }
   emit_restore(e, spec.save_vector);
   if (plan.flags_live) {
@@ -535,6 +598,25 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
   t.relocated_offset = e.size();
   HP_TRY(relocate_into(e, plan.original, plan.patch_address, t.map));
   e.jmp_to(plan.patch_address + plan.length);
+  if (landing) {
+    // The landing exit: the same restore, then a call whose return address is the landing,
+    // so the return stack buffer predicts the function's ret into it; the callee drops
+    // the pushed copy (written below the function's return slot, which holds the landing
+    // already) and runs the displaced instructions.
+    const std::uint32_t exit = e.size();
+    for (unsigned i = 0; i < jumps.n; i++)
+      e.patch_u32(jumps.at[i], exit - (jumps.at[i] + 4));
+    emit_restore(e, spec.save_vector);
+    e.lea_rsp(kHead);
+    e.u8(0xe8);  // call rel32 (fixed up below)
+    const std::uint32_t call_field = e.size();
+    e.u32(0);
+    t.landing_offset = e.size();
+    e.jmp_to(spec.landing_target);
+    e.patch_u32(call_field, e.size() - (call_field + 4));
+    e.lea_rsp(8);
+    e.jmp_rel32(spec.address + t.relocated_offset);
+  }
   t.code = std::move(e).take();
   return t;
 }
@@ -547,13 +629,18 @@ Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineS
   } else {
     emit_call(e, spec.context, spec.dispatcher);
   }
-  // rax = the original return address: park it at [S-8], below the caller's rsp but in the
-  // red zone, so the final jmp needs no register.
+  // rax = the original return address: park it at [S-8] (the slot the ret popped), below
+  // the caller's rsp but in the red zone, so the way there needs no register.
   e.mov_from_rsp_mem(rcx, way_back_offset(spec.save_vector));
   e.mov_to_mem(rcx, kHead - 8, rax);
   emit_restore(e, spec.save_vector);
-  e.lea_rsp(kHead);
-  e.jmp_rsp_mem(-8);
+  if (spec.exit_by_ret) {
+    e.lea_rsp(kHead - 8);
+    e.u8(0xc3);  // ret: pops the caller's entry of the return stack buffer
+  } else {
+    e.lea_rsp(kHead);
+    e.jmp_rsp_mem(-8);
+  }
   return std::move(e).take();
 }
 

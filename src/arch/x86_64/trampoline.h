@@ -23,10 +23,17 @@
 //     lea   rsp, [rsp+136]           rsp = S
 //     <relocated displaced instructions>
 //     jmp   patch_address + length   (rel32, or jmp [rip+0]; .quad)
+//   and, with a return landing (spec.landing_target, sites at a function's entry):
+//     exit: the same restore; lea rsp, [rsp+144]     reached when the dispatcher returns
+//     call  1f                                        true: it hijacked the return address
+//   landing:                                          with `landing`, so the function's ret
+//     jmp   landing_target                            comes here, as the return stack
+//   1:  lea rsp, [rsp+8]                              buffer predicts (the call pushed it)
+//     jmp   <relocated displaced instructions>
 //
-// The dispatcher is `void (*)(void* context, hotprobe::Regs*)` for now. Room for "skip to
-// a different ip": the dispatcher may later return a value in rax that the trampoline
-// tests after the call; today rax is ignored and restored from the frame.
+// The dispatcher is `bool (*)(void* context, hotprobe::Regs*)`: true when it replaced the
+// function's return address with the landing (the trampoline then leaves by the exit
+// above); every register is restored from the frame either way.
 //
 // Vector registers: with save_vector xmm0-15 are saved and restored; the upper halves of
 // ymm/zmm are not (the dispatcher must not use AVX; see docs/design/arch.md). The engine
@@ -80,21 +87,26 @@ struct FastEntry {
   // waiter (FUTEX_WAKE_PRIVATE), as tasks-trace's wake_writer() does, but inline.
   std::uint64_t gp_futex = 0;
   std::uint32_t sys_futex = 202;
-  // void locked_dispatcher(void* context, hotprobe::Regs*, const void* array, void* record)
+  // bool locked_dispatcher(void* context, hotprobe::Regs*, const void* array, void* record),
+  // true like the dispatcher's.
   std::uint64_t locked_dispatcher = 0;
 };
 
 struct EntryTrampolineSpec {
   std::uint64_t address = 0;        // where the trampoline will live
   std::uint64_t context = 0;        // first argument to the dispatcher
-  std::uint64_t dispatcher = 0;     // void dispatcher(void* context, hotprobe::Regs*)
+  std::uint64_t dispatcher = 0;     // bool dispatcher(void* context, hotprobe::Regs*)
   bool save_vector = true;          // xmm0-15
   const FastEntry* fast = nullptr;  // the inline fast path, or none
+  // Where the landing jumps (a return trampoline with exit_by_ret), or 0 for no landing.
+  // Only for a plan at a function's entry.
+  std::uint64_t landing_target = 0;
 };
 
 struct Trampoline {
   std::vector<std::uint8_t> code;
   std::uint32_t relocated_offset = 0;  // start of the relocated displaced instructions
+  std::uint32_t landing_offset = 0;    // the landing (0: none)
   // original offset (from plan.patch_address) -> offset in `code`, see Relocation::map.
   std::vector<OffsetPair> map;
 };
@@ -140,6 +152,9 @@ struct ReturnTrampolineSpec {
   std::uint64_t dispatcher = 0;
   bool save_vector = true;
   const FastReturn* fast = nullptr;
+  // Leave by `ret` (the return stack buffer's top is the caller's entry: the function was
+  // entered through a landing, which pushed one entry more) instead of `jmp [rsp-8]`.
+  bool exit_by_ret = false;
 };
 Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineSpec& spec);
 
