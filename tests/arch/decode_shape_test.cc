@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "arch/x86_64/decode.h"
 
@@ -97,6 +98,54 @@ TEST(DecodeShape, RefusesLikeDecode) {
   EXPECT_EQ(full.error().code(), shape.error().code());
   EXPECT_EQ(full.error().message(), shape.error().message());
   EXPECT_FALSE(decode_shape({}, 0x1000).ok());
+}
+
+// remember_shapes(): decode_shape() answers from what was remembered only for the same
+// bytes at the same address; other bytes there (code rewritten), or the same bytes
+// elsewhere (a different rip-relative target), are decoded afresh.
+TEST(DecodeShape, RememberedShapesAnswerOnlyForTheSameBytesAndAddress) {
+  // lea rax, [rip+0x10]; jne +0x20 (rel8); push rbp
+  const std::uint8_t code[] = {0x48, 0x8d, 0x05, 0x10, 0x00, 0x00, 0x00, 0x75, 0x20, 0x55};
+  const std::uint64_t at = 0x7000'0000'1000;
+  std::vector<Insn> insns;
+  for (std::size_t off = 0; off < sizeof code;) {
+    auto r = decode_shape(std::span<const std::uint8_t>(code + off, sizeof code - off), at + off);
+    ASSERT_TRUE(r.ok());
+    off += r->length;
+    insns.push_back(*r);
+  }
+  ASSERT_EQ(insns.size(), 3u);
+  remember_shapes(insns);
+  for (const Insn& want : insns) {
+    const std::size_t off = want.address - at;
+    auto again =
+        decode_shape(std::span<const std::uint8_t>(code + off, sizeof code - off), at + off);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(again->length, want.length);
+    EXPECT_EQ(again->kind, want.kind);
+    EXPECT_EQ(again->target, want.target);
+    EXPECT_EQ(again->rip_relative, want.rip_relative);
+    EXPECT_EQ(again->disp_offset, want.disp_offset);
+    EXPECT_EQ(again->rel_offset, want.rel_offset);
+    EXPECT_EQ(again->raw, want.raw);
+  }
+  // Other bytes at a remembered address: je instead of jne, ret instead of lea.
+  const std::uint8_t je[] = {0x74, 0x20};
+  auto other = decode_shape(je, at + 7);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(other->raw[0], 0x74);
+  EXPECT_EQ(other->target, at + 7 + 2 + 0x20);
+  const std::uint8_t ret[] = {0xc3};
+  auto r = decode_shape(ret, at);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->kind, InsnKind::ret);
+  EXPECT_EQ(r->length, 1);
+  // The same lea elsewhere: its target moves with it.
+  auto moved = decode_shape(std::span<const std::uint8_t>(code, 7), at + 0x100);
+  ASSERT_TRUE(moved.ok());
+  EXPECT_EQ(moved->target, at + 0x100 + 7 + 0x10);
+  // Truncated bytes are still an error, even at a remembered address.
+  EXPECT_FALSE(decode_shape(std::span<const std::uint8_t>(code + 7, 1), at + 7).ok());
 }
 
 }  // namespace

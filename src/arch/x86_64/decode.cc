@@ -6,6 +6,7 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 
 namespace hp::arch {
 namespace {
@@ -200,7 +201,41 @@ Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address, 
   return insn;
 }
 
-Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t address) {
+namespace {
+
+// Shapes remembered by remember_shapes(), per thread, one slot per address modulo kSize:
+// the planner's displaced instructions, which the relocator decodes again a moment
+// later. An instruction's decode depends only on its own bytes and its address, so a hit
+// compares both. Kept without the text (which shapes do not have).
+struct ShapeMemo {
+  static constexpr unsigned kSize = 8;
+  struct Entry {
+    std::uint64_t address = 0;
+    std::uint64_t target = 0;
+    std::uint8_t length = 0;  // 0: empty
+    InsnKind kind = InsnKind::other;
+    std::uint8_t rel_offset = 0, rel_size = 0;
+    bool rip_relative = false;
+    std::uint8_t disp_offset = 0;
+    std::uint16_t gpr_mask = 0, explicit_gpr_mask = 0;
+    std::uint8_t modrm_offset = 0;
+    std::array<std::uint8_t, 15> raw{};
+  };
+  Entry slots[kSize];
+
+  const Entry* find(std::span<const std::uint8_t> bytes, std::uint64_t address) const {
+    const Entry& e = slots[address % kSize];
+    if (e.length != 0 && e.address == address && bytes.size() >= e.length &&
+        std::memcmp(e.raw.data(), bytes.data(), e.length) == 0) {
+      return &e;
+    }
+    return nullptr;
+  }
+};
+
+thread_local ShapeMemo t_shapes;
+
+Result<Insn> decode_shape_uncached(std::span<const std::uint8_t> bytes, std::uint64_t address) {
   const Decoder& d = decoder();
   ZydisDecodedInstruction in;
   if (bytes.empty() || ZYAN_FAILED(ZydisDecoderDecodeInstruction(&d.decoder, nullptr, bytes.data(),
@@ -217,6 +252,47 @@ Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t add
   if (in.attributes & ZYDIS_ATTRIB_HAS_MODRM) insn.modrm_offset = in.raw.modrm.offset;
   std::copy_n(bytes.begin(), in.length, insn.raw.begin());
   return insn;
+}
+
+}  // namespace
+
+Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t address) {
+  if (const ShapeMemo::Entry* e = t_shapes.find(bytes, address)) {
+    Insn insn;
+    insn.address = e->address;
+    insn.length = e->length;
+    insn.kind = e->kind;
+    insn.rel_offset = e->rel_offset;
+    insn.rel_size = e->rel_size;
+    insn.rip_relative = e->rip_relative;
+    insn.disp_offset = e->disp_offset;
+    insn.target = e->target;
+    insn.gpr_mask = e->gpr_mask;
+    insn.explicit_gpr_mask = e->explicit_gpr_mask;
+    insn.modrm_offset = e->modrm_offset;
+    insn.raw = e->raw;
+    return insn;
+  }
+  return decode_shape_uncached(bytes, address);
+}
+
+void remember_shapes(std::span<const Insn> insns) {
+  for (const Insn& insn : insns) {
+    if (insn.length == 0) continue;
+    ShapeMemo::Entry& e = t_shapes.slots[insn.address % ShapeMemo::kSize];
+    e.address = insn.address;
+    e.length = insn.length;
+    e.kind = insn.kind;
+    e.rel_offset = insn.rel_offset;
+    e.rel_size = insn.rel_size;
+    e.rip_relative = insn.rip_relative;
+    e.disp_offset = insn.disp_offset;
+    e.target = insn.target;
+    e.gpr_mask = insn.gpr_mask;
+    e.explicit_gpr_mask = insn.explicit_gpr_mask;
+    e.modrm_offset = insn.modrm_offset;
+    e.raw = insn.raw;
+  }
 }
 
 std::string text_of(const Insn& insn) {

@@ -105,6 +105,12 @@ Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address,
 // registers.
 Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t address);
 
+// Remembers `insns` (from decode_shape() or decode()) on this thread: decode_shape() of
+// the same bytes at the same address answers from them, without decoding, until another
+// instruction takes their slot (a few slots, by address). The planner remembers the
+// displaced instructions, which the relocator decodes again right after.
+void remember_shapes(std::span<const Insn> insns);
+
 // The instruction's text, formatted now if it was decoded without.
 std::string text_of(const Insn& insn);
 

@@ -175,6 +175,7 @@ Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> functio
   }
   plan.insns.assign(s.insns.begin() + static_cast<std::ptrdiff_t>(first),
                     s.insns.begin() + static_cast<std::ptrdiff_t>(last) + 1);
+  remember_shapes(plan.insns);  // the relocator decodes them next
   const auto from = function.begin() + plan.patch_offset;
   plan.original.assign(from, from + plan.length);
   return plan;
