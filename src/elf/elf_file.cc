@@ -351,20 +351,27 @@ void ElfFile::index_names() {
   }
 }
 
-std::vector<const Symbol*> ElfFile::find(std::string_view name) const {
-  std::vector<const Symbol*> out;
-  if (name_index_.empty()) return out;
+std::pair<std::size_t, std::size_t> ElfFile::name_run(std::string_view name) const {
+  if (name_index_.empty()) return {0, 0};
   const std::size_t mask = name_index_.size() - 1;
   for (std::size_t i = std::hash<std::string_view>()(name) & mask; name_index_[i] != 0;
        i = (i + 1) & mask) {
     const std::size_t first = name_index_[i] - 1;
     if (symbols_[by_name_[first]].name != name) continue;
-    for (std::size_t pos = first; pos < by_name_.size() && symbols_[by_name_[pos]].name == name;
-         ++pos) {
-      out.push_back(&symbols_[by_name_[pos]]);
-    }
-    break;
+    std::size_t last = first + 1;
+    while (last < by_name_.size() && symbols_[by_name_[last]].name == name)
+      ++last;
+    return {first, last};
   }
+  return {0, 0};
+}
+
+std::vector<const Symbol*> ElfFile::find(std::string_view name) const {
+  const auto [first, last] = name_run(name);
+  std::vector<const Symbol*> out;
+  out.reserve(last - first);
+  for (std::size_t pos = first; pos < last; ++pos)
+    out.push_back(&symbols_[by_name_[pos]]);
   return out;
 }
 
@@ -519,23 +526,28 @@ Result<std::vector<Target>> ElfFile::lookup(std::string_view spec) const {
     return out;
   }
 
-  std::vector<const Symbol*> found = find(name);
-  if (found.empty()) return no_such_function(name);
-  std::sort(found.begin(), found.end(), [](const Symbol* a, const Symbol* b) {
-    if (a->file_offset != b->file_offset) return a->file_offset < b->file_offset;
-    return better_name(*a, *b);
-  });
-  if (found.front()->file_offset != found.back()->file_offset) {
-    std::string msg = "'" + std::string(name) + "' names " + std::to_string(found.size()) +
-                      " functions in " + path_ + ":";
-    for (const Symbol* s : found) {
-      msg += " " + hex(s->file_offset) + " (" + (s->global ? "global" : "local") + ", " +
-             std::to_string(s->size) + " bytes)";
+  // Most names are one function: found without building a list (a batch of 10,000).
+  const auto [first, last] = name_run(name);
+  if (first == last) return no_such_function(name);
+  const Symbol* s = &symbols_[by_name_[first]];
+  if (last - first > 1) {
+    std::vector<const Symbol*> found = find(name);
+    std::sort(found.begin(), found.end(), [](const Symbol* a, const Symbol* b) {
+      if (a->file_offset != b->file_offset) return a->file_offset < b->file_offset;
+      return better_name(*a, *b);
+    });
+    if (found.front()->file_offset != found.back()->file_offset) {
+      std::string msg = "'" + std::string(name) + "' names " + std::to_string(found.size()) +
+                        " functions in " + path_ + ":";
+      for (const Symbol* f : found) {
+        msg += " " + hex(f->file_offset) + " (" + (f->global ? "global" : "local") + ", " +
+               std::to_string(f->size) + " bytes)";
+      }
+      msg += "; choose one by its file offset, e.g. " + hex(found.front()->file_offset);
+      return Error(Errc::invalid_argument, std::move(msg));
     }
-    msg += "; choose one by its file offset, e.g. " + hex(found.front()->file_offset);
-    return Error(Errc::invalid_argument, std::move(msg));
+    s = found.front();
   }
-  const Symbol* s = found.front();
   if (has_add) {
     if (s->is_ifunc() && add != 0) {
       return Error(Errc::invalid_argument,

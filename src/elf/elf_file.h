@@ -22,6 +22,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "base/error.h"
@@ -123,6 +124,8 @@ class ElfFile {
   ElfFile() = default;
 
   Error no_such_function(std::string_view name) const;
+  // The positions [first, last) in by_name_ of the functions named `name` (empty if none).
+  std::pair<std::size_t, std::size_t> name_run(std::string_view name) const;
 
   std::string path_;
   ModuleKey key_;
