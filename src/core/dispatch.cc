@@ -110,6 +110,7 @@ HP_ALWAYS_INLINE bool dispatcher_saves_vectors(const ConsumerArray* arr) {
 }
 
 std::atomic<std::uintptr_t> g_ret_tramp[6];  // [scheme]
+std::atomic<std::uintptr_t> g_one_return_entry{0};
 std::atomic<std::uint64_t> g_gps{0};
 
 // Drops instances whose frames are gone: before a push at slot S, every instance with a
@@ -536,8 +537,48 @@ bool fast_entry_for(const Site& site, arch::FastEntry& f) noexcept {
   f.probe_address = site.probe_address;
   f.gp_futex = reinterpret_cast<std::uint64_t>(&sync::tt_detail::gp_futex);
   f.sys_futex = SYS_futex;
-  f.locked_dispatcher = reinterpret_cast<std::uint64_t>(&entry_locked_tasks_trace);
+  const std::uintptr_t one_return = g_one_return_entry.load(std::memory_order_acquire);
+  f.locked_dispatcher =
+      one_return ? one_return : reinterpret_cast<std::uint64_t>(&entry_locked_tasks_trace);
   return true;
+}
+
+bool one_return_entry_for(arch::OneReturnEntry& f) noexcept {
+  if (kTrampolinesSaveVectors) return false;  // no fast entry paths to call it
+  static_assert(sizeof(ConsumerArray::one_return) == 1 && sizeof(ReturnInstance::hijacked) == 1 &&
+                sizeof(ReturnInstance::n) == 4 && sizeof(ThreadRecord::depth) == 4 &&
+                sizeof(Site::return_depth) == 4);
+  f.arr_one_return = offsetof(ConsumerArray, one_return);
+  f.arr_id = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, id);
+  f.arr_handler = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, on_entry);
+  f.arr_cookie = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, cookie);
+  // Site is not standard-layout (strings, vectors): offsets from an object.
+  const Site probe_layout;
+  auto site_offset = [&probe_layout](const void* member) {
+    return static_cast<std::int32_t>(static_cast<const char*>(member) -
+                                     reinterpret_cast<const char*>(&probe_layout));
+  };
+  f.site_landing = site_offset(&probe_layout.landing);
+  f.site_return_depth = site_offset(&probe_layout.return_depth);
+  f.site_probe_address = site_offset(&probe_layout.probe_address);
+  f.rec_depth = offsetof(ThreadRecord, depth);
+  f.rec_stack = offsetof(ThreadRecord, stack);
+  f.rec_hits = offsetof(ThreadRecord, hits);
+  f.ri_size = sizeof(ReturnInstance);
+  f.ri_orig = offsetof(ReturnInstance, orig_ret);
+  f.ri_slot = offsetof(ReturnInstance, slot);
+  f.ri_tramp = offsetof(ReturnInstance, tramp);
+  f.ri_hijacked = offsetof(ReturnInstance, hijacked);
+  f.ri_site = offsetof(ReturnInstance, site);
+  f.ri_n = offsetof(ReturnInstance, n);
+  f.ri_consumer_id = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, consumer_id);
+  f.ri_data = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, data);
+  f.fallback = reinterpret_cast<std::uint64_t>(&entry_locked_tasks_trace);
+  return true;
+}
+
+void set_one_return_entry(std::uintptr_t address) noexcept {
+  g_one_return_entry.store(address, std::memory_order_release);
 }
 
 bool fast_return_for(Scheme s, arch::FastReturn& f) noexcept {

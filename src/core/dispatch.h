@@ -33,6 +33,11 @@ EntryDispatcher entry_dispatcher(hotprobe::Scheme s) noexcept;
 // none; int3 mode has no trampoline): false when the site gets none. site.probe_address
 // and site.scheme must be set.
 bool fast_entry_for(const Site& site, arch::FastEntry& out) noexcept;
+// The routine that fast entry paths call for the entry side of the common return probe
+// (arch::OneReturnEntry); false where there is none (ThreadSanitizer builds). Once the
+// engine has written it, set_one_return_entry() makes fast_entry_for() use it.
+bool one_return_entry_for(arch::OneReturnEntry& out) noexcept;
+void set_one_return_entry(std::uintptr_t address) noexcept;
 // The return trampoline's inline fast path for a scheme (tasks-trace only).
 bool fast_return_for(hotprobe::Scheme s, arch::FastReturn& out) noexcept;
 ReturnDispatcher return_dispatcher(hotprobe::Scheme s) noexcept;

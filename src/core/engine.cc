@@ -173,6 +173,16 @@ class Registry {
       at[by_ret] = slot->address;
     }
     landing_return_[static_cast<int>(s)] = at[1];
+    // The entry side of the common return probe, for the fast entry paths (tasks-trace).
+    arch::OneReturnEntry one;
+    if (s == Scheme::tasks_trace && one_return_entry_for(one)) {
+      auto slot = ret_code_.allocate(reinterpret_cast<std::uint64_t>(&int3_hook));
+      if (!slot.ok()) return slot.error();
+      auto code = arch::make_one_return_entry(one, slot->address);
+      if (!code.ok()) return code.error();
+      HP_TRY(ret_code_.write(*slot, *code));
+      set_one_return_entry(slot->address);
+    }
     set_return_trampoline(s, at[0]);
     return {};
   }
@@ -406,13 +416,13 @@ struct EngineImpl {
           ts.context = reinterpret_cast<std::uint64_t>(site.get());
           ts.dispatcher = reinterpret_cast<std::uint64_t>(entry_dispatcher(options.scheme));
           ts.save_vector = kTrampolinesSaveVectors;
-          arch::FastEntry fast;
-          if (fast_entry_for(*site, fast)) ts.fast = &fast;
           // At a function's entry, a landing for return probes (any consumer may add one).
           if (plan->at_entry && !plan->flags_live &&
               reg.ensure_return_trampoline(options.scheme).ok()) {
             ts.landing_target = reg.landing_return_[static_cast<int>(options.scheme)];
           }
+          arch::FastEntry fast;
+          if (fast_entry_for(*site, fast)) ts.fast = &fast;
           auto tramp = arch::make_entry_trampoline(ts, *plan);
           if (tramp.ok() && ts.fast && tramp->code.size() > slot->size) {
             ts.fast = nullptr;  // long relocated code: the plain call to the dispatcher fits

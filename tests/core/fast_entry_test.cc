@@ -5,6 +5,7 @@
 // template must hand to the dispatcher (or handle itself) and checks what only a correct hand-off
 // gives: the reader word untouched by a nested hit, a recursion miss, a pending rehijack
 // done, a sleeping writer woken from the trampoline.
+#include <dlfcn.h>
 #include <execinfo.h>
 
 #include <atomic>
@@ -30,6 +31,19 @@ __attribute__((noinline, used)) long hp_fe_park(long x, void (*wait)()) {
   if (wait) wait();
   hp_fe_sink.store(x + 1, std::memory_order_relaxed);
   return x + 1;
+}
+
+// Each records the return address it will go back to: the site's landing when probed.
+std::uintptr_t hp_fe_ret_seen[2];
+__attribute__((noinline, used)) long hp_fe_first(long x) {
+  hp_fe_ret_seen[0] = reinterpret_cast<std::uintptr_t>(__builtin_return_address(0));
+  hp_fe_sink.store(x, std::memory_order_relaxed);
+  return x + 1;
+}
+__attribute__((noinline, used)) long hp_fe_second(long x) {
+  hp_fe_ret_seen[1] = reinterpret_cast<std::uintptr_t>(__builtin_return_address(0));
+  hp_fe_sink.store(x, std::memory_order_relaxed);
+  return x + 2;
 }
 
 __attribute__((noinline, used)) long hp_fe_with_backtrace(long x) {
@@ -241,6 +255,72 @@ TEST(FastReturn, AReturnRecordedForAConsumerThatLeftRunsNoHandler) {
   hp_fe_park(3, nullptr);
   EXPECT_EQ(g_b_returns.load(), 1);
   ASSERT_TRUE(e->detach(*hb).ok());
+}
+
+// The entry side of the common return probe runs in the shared routine the fast entry
+// path calls (arch::OneReturnEntry): its entry handler gets the cookie, the probe address
+// and the data slot the return handler reads back; both hits are counted.
+int g_cookie;
+std::atomic<long> g_data_mismatches{0};
+void store_arg(Hit& h) {
+  if (h.cookie != &g_cookie || h.probe_address != reinterpret_cast<std::uintptr_t>(&hp_fe_leaf))
+    g_data_mismatches.fetch_add(1);
+  *h.data = h.regs->arg(0) * 3;
+  g_entries.fetch_add(1, std::memory_order_relaxed);
+}
+void check_data(Hit& h) {
+  if (*h.data != (h.regs->ret() - 1) * 3) g_data_mismatches.fetch_add(1);
+  g_returns.fetch_add(1, std::memory_order_relaxed);
+}
+
+TEST(OneReturnEntry, RunsTheEntryHandlerWithItsDataAndCountsBothHits) {
+  auto e = Engine::create().value();
+  ProbeSpec s;
+  s.target = ":hp_fe_leaf";
+  s.on_entry = &store_arg;
+  s.on_return = &check_data;
+  s.cookie = &g_cookie;
+  auto h = e->attach(s);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  g_entries = 0;
+  g_returns = 0;
+  g_data_mismatches = 0;
+  const std::uint64_t hits0 = e->stats().hits;
+  constexpr long kCalls = 1000;
+  for (long i = 0; i < kCalls; i++)
+    ASSERT_EQ(hp_fe_leaf(i), i + 1);
+  EXPECT_EQ(g_entries.load(), kCalls);
+  EXPECT_EQ(g_returns.load(), kCalls);
+  EXPECT_EQ(g_data_mismatches.load(), 0) << "cookie, probe address or data slot wrong";
+  EXPECT_EQ(e->stats().hits - hits0, 2u * kCalls);
+  ASSERT_TRUE(e->detach(*h).ok());
+}
+
+// A return probe at a function's entry points the return address at its own site's
+// landing (so the return stack buffer, which the landing exit primed, predicts the ret):
+// two probed functions see two different return addresses, where a shared return
+// trampoline would show one.
+TEST(ReturnLanding, EachSiteReturnsThroughItsOwnLanding) {
+  auto e = Engine::create().value();
+  ProbeSpec a, b;
+  a.target = ":hp_fe_first";
+  a.on_return = &count_return;
+  b.target = ":hp_fe_second";
+  b.on_return = &count_return;
+  auto ha = e->attach(a);
+  auto hb = e->attach(b);
+  ASSERT_TRUE(ha.ok() && hb.ok());
+  g_returns = 0;
+  EXPECT_EQ(hp_fe_first(1), 2);
+  EXPECT_EQ(hp_fe_second(1), 3);
+  EXPECT_EQ(g_returns.load(), 2);
+  EXPECT_NE(hp_fe_ret_seen[0], hp_fe_ret_seen[1]);
+  Dl_info info;
+  EXPECT_EQ(dladdr(reinterpret_cast<void*>(hp_fe_ret_seen[0]), &info), 0) << "not hijacked";
+  ASSERT_TRUE(e->detach(*ha).ok());
+  ASSERT_TRUE(e->detach(*hb).ok());
+  hp_fe_first(1);  // unprobed: back into this test's code
+  EXPECT_NE(dladdr(reinterpret_cast<void*>(hp_fe_ret_seen[0]), &info), 0);
 }
 
 }  // namespace

@@ -20,6 +20,8 @@ asm(R"(
   .pushsection .rodata.hp_fast_entry, "a"
   .globl hp_fe_begin, hp_fe_end, hp_fe_offsets, hp_fr_begin, hp_fr_end, hp_fr_offsets
   .hidden hp_fe_begin, hp_fe_end, hp_fe_offsets, hp_fr_begin, hp_fr_end, hp_fr_offsets
+  .globl hp_or_begin, hp_or_end, hp_or_offsets
+  .hidden hp_or_begin, hp_or_end, hp_or_offsets
 
 # wake_writer(), inline, for both templates (rax = &gp_futex): a thread preempted in the
 # futex call has its pc in the trampoline, where the reclaimer looks (not inside libc).
@@ -319,6 +321,131 @@ hp_fr_offsets:
   .long   hp_fr_p31 - hp_fr_begin
   .long   hp_fr_p32 - hp_fr_begin
   .long   hp_fr_p33 - hp_fr_begin
+
+# OneReturnEntry (trampoline.h): the entry side of the common return probe, a routine
+# shared by every site, which a fast entry path calls as its locked_dispatcher (rdi = site,
+# rsi = the Regs frame, rdx = the array, rcx = the record; the section held, the guard
+# set). The dispatcher's entry_one_return(): one return consumer at an entry with a
+# landing, room on the stack, the call nested in the frames there (no longjmp leftovers,
+# no tail call): it pushes the instance and points the return address at the landing,
+# returning true. Anything else jumps to the dispatcher's entry_locked_tasks_trace().
+  .p2align 4
+hp_or_begin:
+  cmpb    $0, 0x7fffff01(%rdx)        # not one return consumer
+hp_or_p1:
+  je      hp_or_fallback
+  movq    0x7fffff02(%rdi), %r8       # the site's landing (0: none)
+hp_or_p2:
+  testq   %r8, %r8
+  je      hp_or_fallback
+  movl    0x7fffff03(%rcx), %r9d      # depth
+hp_or_p3:
+  cmpl    0x7fffff04(%rdi), %r9d      # the site's cap: the dispatcher counts the miss
+hp_or_p4:
+  jae     hp_or_fallback
+  movq    128(%rsi), %r10             # Regs.rsp: the return slot
+  imulq   $0x7fffff05, %r9, %r11      # r11 = &stack[depth]
+hp_or_p5:
+  leaq    0x7fffff06(%rcx,%r11), %r11
+hp_or_p6:
+  testl   %r9d, %r9d
+  je      1f
+  cmpq    %r10, 0x7fffff07(%r11)      # stack[depth - 1].slot at or below ours
+hp_or_p7:
+  jbe     hp_or_fallback
+1:
+  movl    $1, 0x7fffff08(%r11)        # n = 1, cd[0] = {the consumer's id, 0}
+hp_or_p8:
+  movq    0x7fffff09(%rdx), %rax
+hp_or_p9:
+  movq    %rax, 0x7fffff0a(%r11)
+hp_or_p10:
+  movq    $0, 0x7fffff0b(%r11)
+hp_or_p11:
+  movq    0x7fffff0c(%rdx), %rax      # its entry handler, if any
+hp_or_p12:
+  testq   %rax, %rax
+  jne     hp_or_handler
+hp_or_hijack:                         # hijack_return(): the instance, then depth (R1:
+  movq    (%r10), %rax                # release, a plain store), then the return address
+  movq    %rax, 0x7fffff0d(%r11)      # orig_ret
+hp_or_p13:
+  movq    %r10, 0x7fffff0e(%r11)      # slot
+hp_or_p14:
+  movq    %r8, 0x7fffff0f(%r11)       # tramp
+hp_or_p15:
+  movb    $1, 0x7fffff10(%r11)        # hijacked
+hp_or_p16:
+  movq    %rdi, 0x7fffff11(%r11)      # site
+hp_or_p17:
+  leal    1(%r9), %eax
+  movl    %eax, 0x7fffff12(%rcx)      # depth + 1
+hp_or_p18:
+  movq    %r8, (%r10)
+  movl    $1, %eax                    # through the landing
+  ret
+hp_or_handler:                        # rsp = 8 mod 16 here
+  pushq   %rdi                        # site, record, depth, instance across the call
+  pushq   %rcx
+  pushq   %r9
+  pushq   %r11
+  subq    $40, %rsp                   # Hit {regs, cookie, &cd[0].data, probe_address}, regs
+  movq    %rsi, (%rsp)
+  movq    %rsi, 32(%rsp)
+  movq    0x7fffff13(%rdx), %r8
+hp_or_p19:
+  movq    %r8, 8(%rsp)
+  leaq    0x7fffff14(%r11), %r8
+hp_or_p20:
+  movq    %r8, 16(%rsp)
+  movq    0x7fffff15(%rdi), %r8       # the site's probe address
+hp_or_p21:
+  movq    %r8, 24(%rsp)
+  movq    %rsp, %rdi
+  call    *%rax
+  movq    32(%rsp), %rsi
+  addq    $40, %rsp
+  popq    %r11
+  popq    %r9
+  popq    %rcx
+  popq    %rdi
+  addq    $1, 0x7fffff16(%rcx)        # one hit
+hp_or_p22:
+  movq    0x7fffff17(%rdi), %r8       # the landing
+hp_or_p23:
+  movq    128(%rsi), %r10
+  jmp     hp_or_hijack
+hp_or_fallback:
+  movabsq $0x7fffffff7fffff18, %rax   # entry_locked_tasks_trace(), same arguments
+hp_or_p24:
+  jmp     *%rax
+hp_or_end:
+  .p2align 2
+hp_or_offsets:
+  .long   hp_or_p1 - hp_or_begin
+  .long   hp_or_p2 - hp_or_begin
+  .long   hp_or_p3 - hp_or_begin
+  .long   hp_or_p4 - hp_or_begin
+  .long   hp_or_p5 - hp_or_begin
+  .long   hp_or_p6 - hp_or_begin
+  .long   hp_or_p7 - hp_or_begin
+  .long   hp_or_p8 - hp_or_begin
+  .long   hp_or_p9 - hp_or_begin
+  .long   hp_or_p10 - hp_or_begin
+  .long   hp_or_p11 - hp_or_begin
+  .long   hp_or_p12 - hp_or_begin
+  .long   hp_or_p13 - hp_or_begin
+  .long   hp_or_p14 - hp_or_begin
+  .long   hp_or_p15 - hp_or_begin
+  .long   hp_or_p16 - hp_or_begin
+  .long   hp_or_p17 - hp_or_begin
+  .long   hp_or_p18 - hp_or_begin
+  .long   hp_or_p19 - hp_or_begin
+  .long   hp_or_p20 - hp_or_begin
+  .long   hp_or_p21 - hp_or_begin
+  .long   hp_or_p22 - hp_or_begin
+  .long   hp_or_p23 - hp_or_begin
+  .long   hp_or_p24 - hp_or_begin
   .popsection
 )");
 // clang-format on
@@ -328,6 +455,8 @@ __attribute__((visibility("hidden"))) extern const std::uint8_t hp_fe_begin[], h
 __attribute__((visibility("hidden"))) extern const std::uint32_t hp_fe_offsets[29];
 __attribute__((visibility("hidden"))) extern const std::uint8_t hp_fr_begin[], hp_fr_end[];
 __attribute__((visibility("hidden"))) extern const std::uint32_t hp_fr_offsets[33];
+__attribute__((visibility("hidden"))) extern const std::uint8_t hp_or_begin[], hp_or_end[];
+__attribute__((visibility("hidden"))) extern const std::uint32_t hp_or_offsets[24];
 }
 
 namespace hp::arch {
@@ -467,6 +596,42 @@ Result<void> emit_fast_return(Emitter& e, const FastReturn& f, std::uint64_t con
   t.put(33, 8, 0, dispatcher);
   return t.status();
 }
+
+}  // namespace
+
+Result<std::vector<std::uint8_t>> make_one_return_entry(const OneReturnEntry& f,
+                                                        std::uint64_t address) {
+  Emitter e(address);
+  TemplateCopy t(e, hp_or_begin, hp_or_end, hp_or_offsets, "one-return-entry");
+  t.put32(1, 1, f.arr_one_return);
+  t.put32(2, 0, f.site_landing);
+  t.put32(3, 0, f.rec_depth);
+  t.put32(4, 0, f.site_return_depth);
+  t.put32(5, 0, f.ri_size);
+  t.put32(6, 0, f.rec_stack);
+  t.put32(7, 0, f.ri_slot - f.ri_size);
+  t.put32(8, 4, f.ri_n);
+  t.put32(9, 0, f.arr_id);
+  t.put32(10, 0, f.ri_consumer_id);
+  t.put32(11, 4, f.ri_data);
+  t.put32(12, 0, f.arr_handler);
+  t.put32(13, 0, f.ri_orig);
+  t.put32(14, 0, f.ri_slot);
+  t.put32(15, 0, f.ri_tramp);
+  t.put32(16, 1, f.ri_hijacked);
+  t.put32(17, 0, f.ri_site);
+  t.put32(18, 0, f.rec_depth);
+  t.put32(19, 0, f.arr_cookie);
+  t.put32(20, 0, f.ri_data);
+  t.put32(21, 0, f.site_probe_address);
+  t.put32(22, 1, f.rec_hits);
+  t.put32(23, 0, f.site_landing);
+  t.put(24, 8, 0, f.fallback);
+  HP_TRY(t.status());
+  return std::move(e).take();
+}
+
+namespace {
 
 constexpr std::int32_t kRedZone = 128;
 constexpr std::int32_t kFrame = static_cast<std::int32_t>(sizeof(Regs));

@@ -146,6 +146,23 @@ struct FastReturn {
   std::uint32_t sys_futex = 202;
 };
 
+// The entry side of the common return probe, shared by the fast entry paths of every
+// tasks-trace site: FastEntry::locked_dispatcher may be this routine (see the template in
+// trampoline.cc), which does what the dispatcher's entry_one_return() does for one return
+// consumer at a site with a landing, and jumps to `fallback` (the dispatcher's locked
+// entry, same arguments) for anything else. Offsets are from the engine.
+struct OneReturnEntry {
+  std::int32_t arr_one_return = 0, arr_id = 0, arr_handler = 0, arr_cookie = 0;
+  std::int32_t site_landing = 0, site_return_depth = 0, site_probe_address = 0;
+  std::int32_t rec_depth = 0, rec_stack = 0, rec_hits = 0;
+  std::int32_t ri_size = 0, ri_orig = 0, ri_slot = 0, ri_tramp = 0, ri_hijacked = 0, ri_site = 0,
+               ri_n = 0;
+  std::int32_t ri_consumer_id = 0, ri_data = 0;  // cd[0]
+  std::uint64_t fallback = 0;
+};
+Result<std::vector<std::uint8_t>> make_one_return_entry(const OneReturnEntry& spec,
+                                                        std::uint64_t address);
+
 struct ReturnTrampolineSpec {
   std::uint64_t address = 0;
   std::uint64_t context = 0;
