@@ -517,7 +517,8 @@ bool fast_entry_for(const Site& site, arch::FastEntry& f) noexcept {
                 sizeof(Hit) == 32);
   static_assert(sizeof(ThreadState::in_handler) == 1 && sizeof(ThreadState::schemes_ready) == 1);
   static_assert(offsetof(ThreadState, rehijack_pending) == offsetof(ThreadState, in_handler) + 1 &&
-                sizeof(ThreadState::rehijack_pending) == 1 && sizeof(ConsumerArray::simple) == 1);
+                sizeof(ThreadState::rehijack_pending) == 1 &&
+                sizeof(ConsumerArray::one_entry) == 1);
   static_assert(sync::tt_detail::kNestMask == 0xffff'ffffULL, "the template tests %eax");
   // Under TSan every trampoline saves the vector registers, and the trampoline would not
   // fit its slot with both; the instrumented C++ dispatcher is the better check there.
@@ -530,11 +531,9 @@ bool fast_entry_for(const Site& site, arch::FastEntry& f) noexcept {
   f.tt_word = fs_offset(&sync::tt_detail::tls_word);
   f.tt_enter = sync::tt_detail::kEntryInc;
   f.consumers = reinterpret_cast<std::uint64_t>(&site.consumers);
-  f.arr_simple = offsetof(ConsumerArray, simple);
-  f.arr_n = offsetof(ConsumerArray, n);
+  f.arr_one_entry = offsetof(ConsumerArray, one_entry);
   f.arr_cookie = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, cookie);
   f.arr_handler = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, on_entry);
-  f.probe_address = site.probe_address;
   f.gp_futex = reinterpret_cast<std::uint64_t>(&sync::tt_detail::gp_futex);
   f.sys_futex = SYS_futex;
   const std::uintptr_t one_return = g_one_return_entry.load(std::memory_order_acquire);
@@ -641,6 +640,7 @@ ConsumerArray* ConsumerArray::make(const std::vector<Consumer*>& cs) {
     simple &= c.on_entry && !c.filter && !c.on_return && !c.saves_vectors;
   }
   a->simple = simple;
+  a->one_entry = simple && cs.size() == 1;
   a->one_return = cs.size() == 1 && cs[0]->on_return && !cs[0]->filter && !cs[0]->saves_vectors;
   return a;
 }

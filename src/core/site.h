@@ -65,6 +65,8 @@ struct ConsumerArray {
   // One consumer with a return handler (and maybe an entry handler), no filter, no
   // vector saves: the dispatcher's short path for a return probe.
   bool one_return = false;
+  // simple with n == 1: what the trampoline's fast entry path runs itself.
+  bool one_entry = false;
   ConsumerEntry e[1];  // n entries (allocated with the array)
 
   static ConsumerArray* make(const std::vector<Consumer*>& cs);

@@ -99,14 +99,17 @@ TEST(ArchEntryTrampolineGolden, AtEntryHeadAndTail) {
   auto t = make_entry_trampoline({at, 0x1122334455667788, kFn + 0x20000, false}, p);
   ASSERT_TRUE(t.ok());
   const Bytes head(t->code.begin(), t->code.begin() + 18);
-  // 48 8d 64 24 80     lea rsp, [rsp-128]      the red zone
-  // 50                 push rax
-  // 6a 00              push 0                  flags are not live at an entry
-  // 48 89 e0           mov rax, rsp            the way back
-  // 48 83 e4 f0        and rsp, -16
-  // 50 50              push rax; push rax
-  EXPECT_EQ(head, (Bytes{0x48, 0x8d, 0x64, 0x24, 0x80, 0x50, 0x6a, 0x00, 0x48, 0x89, 0xe0, 0x48,
-                         0x83, 0xe4, 0xf0, 0x50, 0x50, 0x48}));
+  // 48 8d a4 24 78 ff ff ff  lea rsp, [rsp-136]   the red zone, and no flags slot: they are
+  // 50                       push rax              dead at an entry (Regs.rflags = 0)
+  // 48 89 e0                 mov rax, rsp          the way back
+  // 48 83 e4 f0              and rsp, -16
+  // 50 50                    push rax; push rax
+  EXPECT_EQ(head, (Bytes{0x48, 0x8d, 0xa4, 0x24, 0x78, 0xff, 0xff, 0xff, 0x50, 0x48, 0x89, 0xe0,
+                         0x48, 0x83, 0xe4, 0xf0, 0x50, 0x50}));
+  // ...; 48 c7 44 24 78 00 00 00 00  mov qword [rsp+120], 0 (Regs.rflags)
+  const Bytes zero_flags{0x48, 0xc7, 0x44, 0x24, 0x78, 0x00, 0x00, 0x00, 0x00};
+  EXPECT_NE(std::search(t->code.begin(), t->code.end(), zero_flags.begin(), zero_flags.end()),
+            t->code.end());
   // Tail: the displaced instructions, copied, then jmp kFn+8.
   const Bytes tail(t->code.begin() + t->relocated_offset, t->code.end());
   const auto back = static_cast<std::uint32_t>(kFn + 8 - (at + t->code.size()));

@@ -53,6 +53,11 @@ class Emitter {
   void mov_to_rsp_mem(std::int32_t disp, Gpr r) { op_rsp(rex_w(r, rsp), 0x89, r, disp); }
   // mov r, [rsp+disp]
   void mov_from_rsp_mem(Gpr r, std::int32_t disp) { op_rsp(rex_w(r, rsp), 0x8b, r, disp); }
+  // mov qword [rsp+disp], imm32 (sign-extended)
+  void mov_rsp_mem_imm32(std::int32_t disp, std::int32_t imm) {
+    op_rsp(0x48, 0xc7, 0, disp);
+    u32(static_cast<std::uint32_t>(imm));
+  }
   void mov_to_mem(Gpr base, std::int32_t disp, Gpr r);    // mov [base+disp], r (base != rsp/r12)
   void mov_from_mem(Gpr r, Gpr base, std::int32_t disp);  // mov r, [base+disp] (base != rsp/r12)
   void lea(Gpr r, Gpr base, std::int32_t disp);           // base != rsp/r12

@@ -78,11 +78,10 @@ struct FastEntry {
   std::uint64_t tt_enter = 0;
   // The site's consumer-array pointer, and offsets in an array.
   std::uint64_t consumers = 0;
-  std::int32_t arr_simple = 0;      // byte
-  std::int32_t arr_n = 0;           // u32
-  std::int32_t arr_cookie = 0;      // entry 0's cookie
-  std::int32_t arr_handler = 0;     // entry 0's entry handler
-  std::uint64_t probe_address = 0;  // Hit::probe_address
+  std::int32_t arr_one_entry = 0;  // byte: one entry handler, nothing else (the case here)
+  std::int32_t arr_cookie = 0;     // entry 0's cookie
+  std::int32_t arr_handler = 0;    // entry 0's entry handler
+  // Hit::probe_address is Regs.rip, the plan's probe address.
   // i32, -1 while a writer sleeps: leaving the section then swaps it to 0 and wakes one
   // waiter (FUTEX_WAKE_PRIVATE), as tasks-trace's wake_writer() does, but inline.
   std::uint64_t gp_futex = 0;
