@@ -147,6 +147,8 @@ class Registry {
   // trampolines take 4 chunks (8 mappings), not 160.
   arch::CodeMemory code_{768, 12288 * 170};
   arch::CodeMemory ret_code_{1024, 64 * 1024};  // return trampolines (one per scheme)
+  // Builds entry trampolines from a prototype per kind of site (a copy and a few fields).
+  arch::EntryTrampolineBuilder entry_builder_ HP_GUARDED_BY(mu_);
   std::atomic<std::uint64_t> next_id_{1};
   std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};
 
@@ -423,10 +425,10 @@ struct EngineImpl {
           }
           arch::FastEntry fast;
           if (fast_entry_for(*site, fast)) ts.fast = &fast;
-          auto tramp = arch::make_entry_trampoline(ts, *plan);
+          auto tramp = reg.entry_builder_.build(ts, *plan);
           if (tramp.ok() && ts.fast && tramp->code.size() > slot->size) {
             ts.fast = nullptr;  // long relocated code: the plain call to the dispatcher fits
-            tramp = arch::make_entry_trampoline(ts, *plan);
+            tramp = reg.entry_builder_.build(ts, *plan);
           }
           auto bytes = arch::make_jmp_patch_bytes(plan->patch_address, plan->length, slot->address);
           if (tramp.ok() && bytes.ok() && tramp->code.size() <= slot->size) {

@@ -89,6 +89,8 @@ struct FastEntry {
   // bool locked_dispatcher(void* context, hotprobe::Regs*, const void* array, void* record),
   // true like the dispatcher's.
   std::uint64_t locked_dispatcher = 0;
+
+  bool operator==(const FastEntry&) const = default;  // EntryTrampolineBuilder's key
 };
 
 struct EntryTrampolineSpec {
@@ -112,6 +114,38 @@ struct Trampoline {
 
 Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
                                          const DisplacementPlan& plan);
+
+// Entry trampolines for many sites (a batch): the same bytes as make_entry_trampoline(),
+// built from a prototype instead of instruction by instruction. Sites that share
+// everything but their addresses (the trampoline's, the probe's, the jump back's, the
+// landing's), their context, their consumer array and their displaced instructions have
+// the same trampoline but for a few fields. The first site of such a kind builds its
+// prototype: make_entry_trampoline() of that site with dummy displaced instructions, and
+// again with each of those values moved in turn, which shows every byte that depends on
+// each value (an absolute 8-byte field, or a rel32 whose value moves with it); then two
+// builds that move all of them at once must come out the same both ways, or the kind
+// keeps the instruction-by-instruction path. A site then costs a copy, its relocated
+// instructions and a few fixed-up fields. A rel32 that would not reach (where
+// make_entry_trampoline() picks a longer form) takes the full path too.
+// Not thread-safe: one builder per thread (the engine's is under its registry lock).
+class EntryTrampolineBuilder {
+ public:
+  EntryTrampolineBuilder();
+  ~EntryTrampolineBuilder();
+  EntryTrampolineBuilder(const EntryTrampolineBuilder&) = delete;
+  EntryTrampolineBuilder& operator=(const EntryTrampolineBuilder&) = delete;
+
+  Result<Trampoline> build(const EntryTrampolineSpec& spec, const DisplacementPlan& plan);
+
+  // Trampolines built from a prototype so far (tests, statistics).
+  std::uint64_t from_prototype() const noexcept { return from_prototype_; }
+
+ private:
+  struct Prototype;
+  Prototype* prototype_for(const EntryTrampolineSpec& spec, const DisplacementPlan& plan);
+  std::vector<Prototype*> prototypes_;  // owned
+  std::uint64_t from_prototype_ = 0;
+};
 
 // The return trampoline: the probed function's return address is replaced by its address.
 // It saves every general register and xmm0-15 (rax/rdx/xmm0/xmm1 carry return values;
