@@ -150,3 +150,65 @@ TEST(DecodeShape, RememberedShapesAnswerOnlyForTheSameBytesAndAddress) {
 
 }  // namespace
 }  // namespace hp::arch
+
+namespace hp::arch {
+namespace {
+
+// quick_shape() against decode() for every opcode of its list (and every other one, which
+// it must leave to Zydis or get right), with no REX and several, every ModRM byte, SIB
+// bytes with and without a base, and every truncation of what it accepts.
+TEST(DecodeShape, QuickShapeAgreesWithDecodeOnEveryModRM) {
+  const std::uint8_t rexes[] = {0x00, 0x40, 0x41, 0x44, 0x48, 0x49, 0x4c, 0x4f};
+  const std::uint8_t sibs[] = {0x24, 0x25, 0x65, 0xe5, 0x00, 0xff};
+  std::size_t quick = 0;
+  for (std::uint8_t rex : rexes) {
+    for (unsigned op = 0; op < 256; op++) {
+      for (unsigned op2 = 0; op2 < (op == 0x0f ? 256u : 1u); op2++) {
+        for (unsigned m = 0; m < 256; m++) {
+          const bool has_sib = (m >> 6) != 3 && (m & 7) == 4;
+          for (std::uint8_t sib : sibs) {
+            if (!has_sib && sib != sibs[0]) continue;
+            std::uint8_t b[15];
+            std::size_t k = 0;
+            if (rex) b[k++] = rex;
+            b[k++] = static_cast<std::uint8_t>(op);
+            if (op == 0x0f) b[k++] = static_cast<std::uint8_t>(op2);
+            b[k++] = static_cast<std::uint8_t>(m);
+            b[k++] = sib;
+            for (; k < sizeof b; k++)
+              b[k] = static_cast<std::uint8_t>(0x11 * k);
+            Insn q;
+            if (!detail::quick_shape(b, 0x5000, q)) continue;
+            quick++;
+            auto full = decode(b, 0x5000, /*with_text=*/false);
+            ASSERT_TRUE(full.ok())
+                << std::hex << "rex " << +rex << " op " << op << " " << op2 << " modrm " << m;
+            ASSERT_EQ(q.length, full->length) << text_of(*full);
+            ASSERT_EQ(q.kind, full->kind) << text_of(*full);
+            ASSERT_EQ(q.modrm_offset, full->modrm_offset) << text_of(*full);
+            ASSERT_FALSE(full->rip_relative) << text_of(*full);
+            ASSERT_FALSE(full->is_relative_branch()) << text_of(*full);
+            ASSERT_EQ(q.raw, full->raw) << text_of(*full);
+            for (std::size_t cut = 0; cut < q.length; cut++) {
+              Insn t;
+              ASSERT_FALSE(detail::quick_shape(std::span<const std::uint8_t>(b, cut), 0x5000, t))
+                  << text_of(*full) << " cut to " << cut;
+            }
+          }
+        }
+      }
+    }
+  }
+  const std::uint8_t endbr64[] = {0xf3, 0x0f, 0x1e, 0xfa, 0x55};
+  Insn q;
+  ASSERT_TRUE(detail::quick_shape(endbr64, 0x5000, q));
+  auto full = decode(endbr64, 0x5000, false);
+  ASSERT_TRUE(full.ok());
+  EXPECT_EQ(q.length, full->length);
+  EXPECT_EQ(q.kind, full->kind);
+  EXPECT_EQ(q.modrm_offset, full->modrm_offset);
+  EXPECT_GT(quick, 100000u);
+}
+
+}  // namespace
+}  // namespace hp::arch

@@ -201,6 +201,111 @@ Result<Insn> decode(std::span<const std::uint8_t> bytes, std::uint64_t address, 
   return insn;
 }
 
+namespace detail {
+
+// The common instructions of compiled code, by hand: one optional REX prefix, then a one-
+// or two-byte opcode from a short list, its ModRM/SIB/displacement and immediate. What
+// Zydis would say about them is fixed by the encoding; tests/arch/decode_shape_test.cc
+// checks every opcode, ModRM and REX combination of this list against decode(). Anything
+// else (other prefixes, relative operands, [rip+X], truncated bytes) goes to Zydis.
+bool quick_shape(std::span<const std::uint8_t> b, std::uint64_t address, Insn& insn) {
+  const std::size_t n = b.size();
+  std::size_t i = 0;
+  InsnKind kind = InsnKind::other;
+  if (n >= 4 && b[0] == 0xf3 && b[1] == 0x0f && b[2] == 0x1e && b[3] == 0xfa) {
+    insn.address = address;
+    insn.length = 4;
+    insn.kind = InsnKind::endbr64;
+    insn.modrm_offset = 3;
+    std::copy_n(b.begin(), 4, insn.raw.begin());
+    return true;
+  }
+  std::uint8_t rex = 0;
+  if (n > 0 && (b[0] & 0xf0) == 0x40) rex = b[i++];
+  if (i >= n) return false;
+  const std::uint8_t op = b[i++];
+  // The operands' shape: a ModRM (with SIB and displacement), then `imm` bytes.
+  bool modrm = false;
+  unsigned imm = 0;
+  int reg_only = -1;               // the ModRM reg field this opcode requires (-1: any)
+  std::uint8_t reg_forbidden = 0;  // bit r: reg field r refused (aliases Zydis may treat apart)
+  bool memory_only = false;
+  if (op == 0x0f) {
+    if (i >= n) return false;
+    const std::uint8_t op2 = b[i++];
+    if (op2 == 0x1f) {
+      modrm = true, reg_only = 0;  // nop r/m
+    } else if ((op2 & 0xf0) == 0x40 || op2 == 0xaf || op2 == 0xb6 || op2 == 0xb7 || op2 == 0xbe ||
+               op2 == 0xbf) {
+      modrm = true;  // cmovcc, imul, movzx, movsx
+    } else {
+      return false;
+    }
+  } else if (op >= 0x50 && op <= 0x5f) {
+    // push/pop r64
+  } else if (op >= 0xb8 && op <= 0xbf) {
+    imm = (rex & 8) ? 8 : 4;  // mov r, imm32 / imm64
+  } else if (op >= 0xb0 && op <= 0xb7) {
+    imm = 1;
+  } else if (rex == 0 && (op == 0xc3 || op == 0xc9 || op == 0x90)) {
+    kind = op == 0xc3 ? InsnKind::ret : InsnKind::other;  // ret, leave, nop
+  } else if ((op < 0x40 && (op & 7) < 4) || (op >= 0x84 && op <= 0x8b) || op == 0x63) {
+    modrm = true;  // add/or/adc/sbb/and/sub/xor/cmp r/m forms, test, xchg, mov, movsxd
+  } else if (op == 0x8d) {
+    modrm = true, memory_only = true;  // lea
+  } else if (op == 0x80 || op == 0x83 || op == 0x6b) {
+    modrm = true, imm = 1;
+  } else if (op == 0x81 || op == 0x69) {
+    modrm = true, imm = 4;
+  } else if (op == 0xc0 || op == 0xc1) {
+    modrm = true, imm = 1, reg_forbidden = 1u << 6;
+  } else if (op >= 0xd0 && op <= 0xd3) {
+    modrm = true, reg_forbidden = 1u << 6;
+  } else if (op == 0xc6) {
+    modrm = true, imm = 1, reg_only = 0;
+  } else if (op == 0xc7) {
+    modrm = true, imm = 4, reg_only = 0;
+  } else if (op == 0xf6 || op == 0xf7) {
+    modrm = true, reg_forbidden = 1u << 1;  // test imm (/0) or not/neg/mul/imul/div/idiv
+  } else if (op == 0xff) {
+    modrm = true, reg_forbidden = (1u << 2) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 7);
+  } else {
+    return false;
+  }
+  std::uint8_t modrm_offset = 0;
+  if (modrm) {
+    if (i >= n) return false;
+    const std::uint8_t m = b[i];
+    modrm_offset = static_cast<std::uint8_t>(i++);
+    const unsigned mod = m >> 6, reg = (m >> 3) & 7, rm = m & 7;
+    if (reg_only >= 0 && reg != static_cast<unsigned>(reg_only)) return false;
+    if ((reg_forbidden >> reg) & 1u) return false;
+    if (memory_only && mod == 3) return false;
+    if ((op == 0xf6 || op == 0xf7) && reg == 0) imm = op == 0xf6 ? 1 : 4;
+    if (mod != 3) {
+      if (rm == 4) {
+        if (i >= n) return false;
+        const std::uint8_t sib = b[i++];
+        if (mod == 0 && (sib & 7) == 5) i += 4;
+      } else if (mod == 0 && rm == 5) {
+        return false;  // [rip+X]: Zydis, for the target
+      }
+      if (mod == 1) i += 1;
+      if (mod == 2) i += 4;
+    }
+  }
+  i += imm;
+  if (i > n) return false;  // truncated: Zydis's refusal and message
+  insn.address = address;
+  insn.length = static_cast<std::uint8_t>(i);
+  insn.kind = kind;
+  insn.modrm_offset = modrm_offset;
+  std::copy_n(b.begin(), i, insn.raw.begin());
+  return true;
+}
+
+}  // namespace detail
+
 namespace {
 
 // Shapes remembered by remember_shapes(), per thread, one slot per address modulo kSize:
@@ -236,6 +341,8 @@ struct ShapeMemo {
 thread_local ShapeMemo t_shapes;
 
 Result<Insn> decode_shape_uncached(std::span<const std::uint8_t> bytes, std::uint64_t address) {
+  Insn quick;
+  if (detail::quick_shape(bytes, address, quick)) return quick;
   const Decoder& d = decoder();
   ZydisDecodedInstruction in;
   if (bytes.empty() || ZYAN_FAILED(ZydisDecoderDecodeInstruction(&d.decoder, nullptr, bytes.data(),

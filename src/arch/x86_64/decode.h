@@ -120,6 +120,10 @@ inline constexpr unsigned kMaxInsnLength = 15;
 }  // namespace hp::arch
 
 namespace hp::arch::detail {
+// decode_shape()'s own decoder for the most common instructions (no Zydis): true with
+// `insn` filled as decode_shape() would, or false (not one of them; Zydis decides).
+bool quick_shape(std::span<const std::uint8_t> bytes, std::uint64_t address, Insn& insn);
+
 // Re-encodes `insn_bytes` (one instruction with a RIP-relative memory operand) with that
 // operand's base replaced by `base` and its displacement by 0: [rip+X] -> [base]. Used by
 // the relocator's far case; lives here so Zydis stays in one file.
