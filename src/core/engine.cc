@@ -401,7 +401,6 @@ struct EngineImpl {
     site->file_offset = t.key.off;
     site->scheme = options.scheme;
     site->return_depth = options.return_stack_depth;
-    site->describe = t.describe;
     const std::uintptr_t probe = t.function + t.offset;
     site->probe_address = probe;
     std::span<const std::uint8_t> fn(reinterpret_cast<const std::uint8_t*>(t.function),
@@ -439,8 +438,8 @@ struct EngineImpl {
             site->mode = SiteMode::jmp;
             site->patch_address = plan->patch_address;
             site->at_entry = plan->at_entry;
-            site->original = std::move(plan->original);          // the trampoline has its copy
-            site->patched.assign(bytes->begin(), bytes->end());  // not the emitter's 768
+            site->original = plan->original;
+            site->patched = *bytes;
             site->trampoline = slot->address;
             site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
             site->landing = tramp->landing_offset ? slot->address + tramp->landing_offset : 0;
@@ -452,6 +451,7 @@ struct EngineImpl {
                 site->ip_map.push_back({p.original, slot->address + p.relocated});
               }
             }
+            reg.entry_builder_.recycle(std::move(*tramp));
             return site.release();
           }
           reg.code_.free(*slot);

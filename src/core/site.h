@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/text_patch.h"
 #include "hotprobe/probe.h"
 
 namespace hp::core {
@@ -84,10 +85,10 @@ struct Site {
   SiteMode mode = SiteMode::jmp;
   hotprobe::Scheme scheme = hotprobe::Scheme::tasks_trace;
   bool at_entry = false;
-  std::uint32_t return_depth = 64;     // the creating engine's EngineOptions::return_stack_depth
-  std::vector<std::uint8_t> original;  // the patched bytes as they were
-  std::vector<std::uint8_t> patched;   // what was written
-  std::uintptr_t trampoline = 0;       // entry trampoline (jmp mode)
+  std::uint32_t return_depth = 64;  // the creating engine's EngineOptions::return_stack_depth
+  PatchBytes original;              // the patched bytes as they were (inline: at most 15)
+  PatchBytes patched;               // what was written
+  std::uintptr_t trampoline = 0;    // entry trampoline (jmp mode)
   std::uint32_t trampoline_size = 0;
   // In the entry trampoline: what a return probe writes over the return address (0: the
   // scheme's shared return trampoline). Freed with the site, which a return instance
@@ -95,7 +96,6 @@ struct Site {
   std::uintptr_t landing = 0;
   std::uintptr_t resume = 0;  // int3 mode: the relocated instruction + jmp back
   std::vector<std::pair<std::uint32_t, std::uintptr_t>> ip_map;  // inside the site -> trampoline
-  std::string describe;                                          // "libc.so.6:malloc" for messages
   std::uint32_t slot_chunk = 0, slot_index = 0;                  // CodeMemory slot (jmp mode)
   std::uint32_t copy_chunk = 0, copy_index = 0;                  // CodeMemory slot (int3 mode)
 

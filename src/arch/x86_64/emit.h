@@ -21,6 +21,12 @@ class Emitter {
   // bytes are stored through a pointer with one capacity check per instruction, not a
   // push_back per byte (a trampoline is about 600 bytes, emitted for every site of a batch).
   explicit Emitter(std::uint64_t address) : address_(address) { grow(kInitialCapacity); }
+  // The same, in the allocation of `buffer` (what an earlier take() returned).
+  Emitter(std::uint64_t address, std::vector<std::uint8_t>&& buffer)
+      : address_(address), bytes_(std::move(buffer)) {
+    bytes_.clear();
+    grow(kInitialCapacity);
+  }
 
   std::uint64_t here() const noexcept { return address_ + size_; }
   std::uint32_t size() const noexcept { return size_; }

@@ -875,11 +875,12 @@ Result<std::vector<std::uint8_t>> make_jmp_patch_bytes(std::uint64_t patch_addre
                                                " is out of rel32 reach of the site " +
                                                hex(patch_address));
   }
-  Emitter e(patch_address);
-  e.jmp_rel32(trampoline);
-  while (e.size() < length)
-    e.int3();
-  return std::move(e).take();
+  // By hand, not through an Emitter (which reserves a trampoline's 768 bytes): one per site.
+  std::vector<std::uint8_t> b(length, 0xcc);
+  b[0] = 0xe9;
+  const auto rel = static_cast<std::uint32_t>(trampoline - (patch_address + kJmpRel32Length));
+  std::memcpy(&b[1], &rel, 4);
+  return b;
 }
 
 Result<PatchPlan> make_jmp_patch_plan(const DisplacementPlan& plan, std::uint64_t trampoline) {
@@ -1055,9 +1056,9 @@ struct EntryTrampolineBuilder::Prototype {
 
   // The trampoline for `spec` and `plan` from this prototype; false where a rel32 would not
   // reach (make_entry_trampoline() picks another form there).
-  Result<bool> build(const EntryTrampolineSpec& spec, const DisplacementPlan& plan,
-                     Trampoline& t) const {
-    Emitter e(spec.address);
+  Result<bool> build(const EntryTrampolineSpec& spec, const DisplacementPlan& plan, Trampoline& t,
+                     std::vector<std::uint8_t>&& buffer) const {
+    Emitter e(spec.address, std::move(buffer));
     e.raw(head);
     t.relocated_offset = e.size();
     t.map.clear();
@@ -1234,7 +1235,7 @@ EntryTrampolineBuilder::Prototype* EntryTrampolineBuilder::prototype_for(
     ProtoBuild cb = dummy_build(spec, plan, check);
     auto want = make_entry_trampoline(cb.spec, cb.plan);
     Trampoline got;
-    auto built = p->build(cb.spec, cb.plan, got);
+    auto built = p->build(cb.spec, cb.plan, got, {});
     if (!want.ok() || !built.ok() || !*built || got.code != want->code ||
         got.relocated_offset != want->relocated_offset ||
         got.landing_offset != want->landing_offset || got.map != want->map) {
@@ -1252,11 +1253,17 @@ Result<Trampoline> EntryTrampolineBuilder::build(const EntryTrampolineSpec& spec
   Prototype* p = prototype_for(spec, plan);
   if (!p || !p->usable) return make_entry_trampoline(spec, plan);
   Trampoline t;
-  auto built = p->build(spec, plan, t);
+  t.map = std::move(spare_map_);
+  auto built = p->build(spec, plan, t, std::move(spare_code_));
   if (!built.ok()) return built.error();
   if (!*built) return make_entry_trampoline(spec, plan);
   from_prototype_++;
   return t;
+}
+
+void EntryTrampolineBuilder::recycle(Trampoline&& t) {
+  spare_code_ = std::move(t.code);
+  spare_map_ = std::move(t.map);
 }
 
 }  // namespace hp::arch

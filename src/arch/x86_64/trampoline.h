@@ -136,6 +136,9 @@ class EntryTrampolineBuilder {
   EntryTrampolineBuilder& operator=(const EntryTrampolineBuilder&) = delete;
 
   Result<Trampoline> build(const EntryTrampolineSpec& spec, const DisplacementPlan& plan);
+  // Takes back a trampoline's buffers (once its code is written), for the next build():
+  // a batch then allocates none per site.
+  void recycle(Trampoline&& t);
 
   // Trampolines built from a prototype so far (tests, statistics).
   std::uint64_t from_prototype() const noexcept { return from_prototype_; }
@@ -144,6 +147,8 @@ class EntryTrampolineBuilder {
   struct Prototype;
   Prototype* prototype_for(const EntryTrampolineSpec& spec, const DisplacementPlan& plan);
   std::vector<Prototype*> prototypes_;  // owned
+  std::vector<std::uint8_t> spare_code_;
+  std::vector<OffsetPair> spare_map_;
   std::uint64_t from_prototype_ = 0;
 };
 
