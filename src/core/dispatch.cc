@@ -502,6 +502,31 @@ std::uintptr_t return_trampoline(Scheme s) noexcept {
 namespace {
 // %fs-relative offset of a thread-local of this thread (initial-exec TLS: the same offset
 // in every thread; %fs:0 holds the thread pointer itself on x86-64).
+// Site is not standard-layout (strings, vectors): offsets from an object.
+std::int32_t site_offset(const Site& site, const void* member) noexcept {
+  return static_cast<std::int32_t>(static_cast<const char*>(member) -
+                                   reinterpret_cast<const char*>(&site));
+}
+
+arch::ReturnStackLayout return_stack_layout() noexcept {
+  static_assert(sizeof(ReturnInstance::hijacked) == 1 && sizeof(ReturnInstance::n) == 4 &&
+                sizeof(ThreadRecord::depth) == 4);
+  arch::ReturnStackLayout l;
+  l.rec_depth = offsetof(ThreadRecord, depth);
+  l.rec_stack = offsetof(ThreadRecord, stack);
+  l.rec_hits = offsetof(ThreadRecord, hits);
+  l.ri_size = sizeof(ReturnInstance);
+  l.ri_orig = offsetof(ReturnInstance, orig_ret);
+  l.ri_slot = offsetof(ReturnInstance, slot);
+  l.ri_tramp = offsetof(ReturnInstance, tramp);
+  l.ri_site = offsetof(ReturnInstance, site);
+  l.ri_hijacked = offsetof(ReturnInstance, hijacked);
+  l.ri_n = offsetof(ReturnInstance, n);
+  l.ri_consumer_id = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, consumer_id);
+  l.ri_data = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, data);
+  return l;
+}
+
 std::int32_t fs_offset(const void* p) noexcept {
   std::uintptr_t tp;
   __asm__("mov %%fs:0, %0" : "=r"(tp));
@@ -544,34 +569,16 @@ bool fast_entry_for(const Site& site, arch::FastEntry& f) noexcept {
 
 bool one_return_entry_for(arch::OneReturnEntry& f) noexcept {
   if (kTrampolinesSaveVectors) return false;  // no fast entry paths to call it
-  static_assert(sizeof(ConsumerArray::one_return) == 1 && sizeof(ReturnInstance::hijacked) == 1 &&
-                sizeof(ReturnInstance::n) == 4 && sizeof(ThreadRecord::depth) == 4 &&
-                sizeof(Site::return_depth) == 4);
+  static_assert(sizeof(ConsumerArray::one_return) == 1 && sizeof(Site::return_depth) == 4);
   f.arr_one_return = offsetof(ConsumerArray, one_return);
   f.arr_id = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, id);
   f.arr_handler = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, on_entry);
   f.arr_cookie = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, cookie);
-  // Site is not standard-layout (strings, vectors): offsets from an object.
-  const Site probe_layout;
-  auto site_offset = [&probe_layout](const void* member) {
-    return static_cast<std::int32_t>(static_cast<const char*>(member) -
-                                     reinterpret_cast<const char*>(&probe_layout));
-  };
-  f.site_landing = site_offset(&probe_layout.landing);
-  f.site_return_depth = site_offset(&probe_layout.return_depth);
-  f.site_probe_address = site_offset(&probe_layout.probe_address);
-  f.rec_depth = offsetof(ThreadRecord, depth);
-  f.rec_stack = offsetof(ThreadRecord, stack);
-  f.rec_hits = offsetof(ThreadRecord, hits);
-  f.ri_size = sizeof(ReturnInstance);
-  f.ri_orig = offsetof(ReturnInstance, orig_ret);
-  f.ri_slot = offsetof(ReturnInstance, slot);
-  f.ri_tramp = offsetof(ReturnInstance, tramp);
-  f.ri_hijacked = offsetof(ReturnInstance, hijacked);
-  f.ri_site = offsetof(ReturnInstance, site);
-  f.ri_n = offsetof(ReturnInstance, n);
-  f.ri_consumer_id = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, consumer_id);
-  f.ri_data = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, data);
+  const Site layout;
+  f.site_landing = site_offset(layout, &layout.landing);
+  f.site_return_depth = site_offset(layout, &layout.return_depth);
+  f.site_probe_address = site_offset(layout, &layout.probe_address);
+  f.rs = return_stack_layout();
   f.fallback = reinterpret_cast<std::uint64_t>(&entry_locked_tasks_trace);
   return true;
 }
@@ -586,26 +593,12 @@ bool fast_return_for(Scheme s, arch::FastReturn& f) noexcept {
   static_assert(sizeof(ConsumerArray::one_return) == 1);
   f.ts_in_handler = fs_offset(&tls_state.in_handler);
   f.ts_rec = fs_offset(&tls_state.rec);
-  f.rec_depth = offsetof(ThreadRecord, depth);
-  f.rec_stack = offsetof(ThreadRecord, stack);
-  f.rec_hits = offsetof(ThreadRecord, hits);
-  f.ri_size = sizeof(ReturnInstance);
-  f.ri_slot = offsetof(ReturnInstance, slot);
-  f.ri_site = offsetof(ReturnInstance, site);
-  f.ri_n = offsetof(ReturnInstance, n);
-  f.ri_orig = offsetof(ReturnInstance, orig_ret);
-  f.ri_consumer_id = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, consumer_id);
-  f.ri_data = offsetof(ReturnInstance, cd) + offsetof(ReturnConsumerData, data);
+  f.rs = return_stack_layout();
   f.tt_word = fs_offset(&sync::tt_detail::tls_word);
   f.tt_enter = sync::tt_detail::kEntryInc;
-  // Site is not standard-layout (strings, vectors): offsets from an object.
-  const Site probe_layout;
-  auto site_offset = [&probe_layout](const void* member) {
-    return static_cast<std::int32_t>(static_cast<const char*>(member) -
-                                     reinterpret_cast<const char*>(&probe_layout));
-  };
-  f.site_consumers = site_offset(&probe_layout.consumers);
-  f.site_probe_address = site_offset(&probe_layout.probe_address);
+  const Site layout;
+  f.site_consumers = site_offset(layout, &layout.consumers);
+  f.site_probe_address = site_offset(layout, &layout.probe_address);
   f.arr_one_return = offsetof(ConsumerArray, one_return);
   f.arr_id = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, id);
   f.arr_cookie = offsetof(ConsumerArray, e) + offsetof(ConsumerEntry, cookie);

@@ -167,16 +167,24 @@ class EntryTrampolineBuilder {
 // the return handler, leaves (waking a sleeping writer), pops the instance (site = null,
 // then depth - 1, as the dispatcher does) and continues with the original return
 // address. Anything else calls the dispatcher. Offsets are from the engine.
+// A thread's record and return stack (the engine's ThreadRecord and ReturnInstance), for
+// the templates that push and pop return instances.
+struct ReturnStackLayout {
+  std::int32_t rec_depth = 0;                                        // u32
+  std::int32_t rec_stack = 0;                                        // the ReturnInstance array
+  std::int32_t rec_hits = 0;                                         // u64
+  std::int32_t ri_size = 0;                                          // sizeof(ReturnInstance)
+  std::int32_t ri_orig = 0, ri_slot = 0, ri_tramp = 0, ri_site = 0;  // u64
+  std::int32_t ri_hijacked = 0;                                      // byte
+  std::int32_t ri_n = 0;                                             // u32
+  std::int32_t ri_consumer_id = 0, ri_data = 0;  // its first consumer's id and data
+};
+
 struct FastReturn {
   std::int32_t ts_in_handler = 0;  // %fs-relative; the byte after it: rehijack pending
   std::int32_t ts_rec = 0;         // %fs-relative ThreadRecord*
-  std::int32_t rec_depth = 0;      // u32
-  std::int32_t rec_stack = 0;      // the ReturnInstance array
-  std::int32_t rec_hits = 0;       // u64
-  std::int32_t ri_size = 0;        // sizeof(ReturnInstance)
-  std::int32_t ri_slot = 0, ri_site = 0, ri_n = 0, ri_orig = 0;
-  std::int32_t ri_consumer_id = 0, ri_data = 0;  // its first consumer's id and data
-  std::int32_t tt_word = 0;                      // %fs-relative
+  ReturnStackLayout rs;
+  std::int32_t tt_word = 0;  // %fs-relative
   std::uint64_t tt_enter = 0;
   std::int32_t site_consumers = 0, site_probe_address = 0;
   std::int32_t arr_one_return = 0, arr_id = 0, arr_cookie = 0, arr_handler = 0;
@@ -192,10 +200,7 @@ struct FastReturn {
 struct OneReturnEntry {
   std::int32_t arr_one_return = 0, arr_id = 0, arr_handler = 0, arr_cookie = 0;
   std::int32_t site_landing = 0, site_return_depth = 0, site_probe_address = 0;
-  std::int32_t rec_depth = 0, rec_stack = 0, rec_hits = 0;
-  std::int32_t ri_size = 0, ri_orig = 0, ri_slot = 0, ri_tramp = 0, ri_hijacked = 0, ri_site = 0,
-               ri_n = 0;
-  std::int32_t ri_consumer_id = 0, ri_data = 0;  // cd[0]
+  ReturnStackLayout rs;
   std::uint64_t fallback = 0;
 };
 Result<std::vector<std::uint8_t>> make_one_return_entry(const OneReturnEntry& spec,
