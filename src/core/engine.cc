@@ -236,13 +236,12 @@ struct Target {
 };
 
 // A target in a file that is not loaded: applied when a dlopen maps it.
-Result<std::vector<Target>> resolve_pending(std::string_view path, std::string_view rest,
-                                            const ProbeSpec& spec) {
+Result<void> resolve_pending(std::string_view path, std::string_view rest, const ProbeSpec& spec,
+                             std::vector<Target>& out) {
   auto elf = elf::load_elf(std::string(path));
   if (!elf.ok()) return elf.error();
   auto found = (*elf)->lookup(rest);
   if (!found.ok()) return found.error();
-  std::vector<Target> out;
   std::string base(path.substr(path.rfind('/') + 1));
   for (const elf::Target& t : *found) {
     if (t.symbol && t.symbol->is_ifunc()) {
@@ -265,7 +264,7 @@ Result<std::vector<Target>> resolve_pending(std::string_view path, std::string_v
     }
     out.push_back(std::move(tg));
   }
-  return out;
+  return {};
 }
 
 // Module specs already resolved in this batch, with their symbol tables (a batch of
@@ -277,6 +276,7 @@ class ModuleCache {
     std::string spec;
     const elf::Module* module;
     std::shared_ptr<const elf::ElfFile> elf;  // null until first asked for
+    std::string_view name;                    // module->name()
   };
   Entry* find(std::string_view spec) {
     if (last_ < entries_.size() && entries_[last_].spec == spec) return &entries_[last_];
@@ -286,7 +286,7 @@ class ModuleCache {
     return nullptr;
   }
   Entry* add(std::string_view spec, const elf::Module* m) {
-    entries_.push_back({std::string(spec), m, nullptr});
+    entries_.push_back({std::string(spec), m, nullptr, m->name()});
     last_ = entries_.size() - 1;
     return &entries_.back();
   }
@@ -296,8 +296,10 @@ class ModuleCache {
   std::size_t last_ = 0;
 };
 
-Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec& spec,
-                                    ModuleCache& cache) {
+// Appends the targets of `spec` to `out` (one list for the whole batch, not one per spec);
+// on failure, `out` may hold some of them (the caller drops them).
+Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleCache& cache,
+                     std::vector<Target>& out) {
   auto colon = spec.target.find(':');
   if (colon == std::string::npos) {
     return Error(Errc::invalid_argument,
@@ -318,7 +320,7 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
     // A path to a library that is not loaded yet: the probe waits for its dlopen.
     if (mod.error().code() == Errc::not_found && module_spec.find('/') != std::string_view::npos &&
         ::access(std::string(module_spec).c_str(), R_OK) == 0) {
-      return resolve_pending(module_spec, rest, spec);
+      return resolve_pending(module_spec, rest, spec, out);
     }
     if (mod.error().code() == Errc::not_found && module_spec.find('/') == std::string_view::npos) {
       return Error(
@@ -335,8 +337,6 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
   const std::shared_ptr<const elf::ElfFile>* elf = &cached->elf;
   auto found = (*elf)->lookup(rest);
   if (!found.ok()) return found.error();
-  std::vector<Target> out;
-  out.reserve(found->size());
   for (const elf::Target& t : *found) {
     const elf::Module* m = *mod;
     std::uint64_t file_offset = t.file_offset;
@@ -365,8 +365,10 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
     if (sym) {
       tg.function = *addr - in_sym;
       tg.function_size = sym->size;
-      tg.describe.reserve(m->name().size() + 1 + sym->name.size());
-      tg.describe.append(m->name()).append(":").append(sym->name);
+      // The module's name, found once per batch (a search for the path's last '/').
+      const std::string_view name = m == cached->module ? cached->name : m->name();
+      tg.describe.reserve(name.size() + 1 + sym->name.size());
+      tg.describe.append(name).append(":").append(sym->name);
       if (in_sym) tg.describe += "+" + hex(in_sym);
     } else {
       tg.function = *addr;
@@ -380,7 +382,7 @@ Result<std::vector<Target>> resolve(const elf::ModuleList& mods, const ProbeSpec
     }
     out.push_back(std::move(tg));
   }
-  return out;
+  return {};
 }
 
 }  // namespace
@@ -445,7 +447,10 @@ struct EngineImpl {
             site->landing = tramp->landing_offset ? slot->address + tramp->landing_offset : 0;
             site->slot_chunk = slot->chunk;
             site->slot_index = slot->index;
-            site->ip_map.reserve(tramp->map.size());
+            site->ip_map.reserve(static_cast<std::size_t>(
+                std::count_if(tramp->map.begin(), tramp->map.end(), [&](const arch::OffsetPair& p) {
+                  return p.original > 0 && p.original < plan->length;
+                })));
             for (const arch::OffsetPair& p : tramp->map) {
               if (p.original > 0 && p.original < plan->length) {
                 site->ip_map.push_back({p.original, slot->address + p.relocated});
@@ -610,7 +615,10 @@ struct EngineImpl {
     }
     auto mods = elf::ModuleList::of_self();
     ModuleCache module_cache;
-    std::vector<std::vector<Target>> targets(specs.size());
+    // Every spec's targets in one list: spec i's are [first[i], first[i + 1]).
+    std::vector<Target> targets;
+    targets.reserve(specs.size());
+    std::vector<std::size_t> first(specs.size() + 1, 0);
     bool any_error = false;
     for (std::size_t i = 0; i < specs.size(); i++) {
       const ProbeSpec& spec = specs[i];
@@ -620,13 +628,15 @@ struct EngineImpl {
                   "probe '" + spec.target + "' has neither an entry nor a return handler"));
       } else if (!mods.ok()) {
         results.push_back(mods.error());
-      } else if (auto t = resolve(*mods, spec, module_cache); !t.ok()) {
+      } else if (auto t = resolve(*mods, spec, module_cache, targets); !t.ok()) {
         results.push_back(t.error());
       } else {
-        targets[i] = std::move(*t);
         results.push_back(std::vector<Handle>{});
+        first[i + 1] = targets.size();
         continue;
       }
+      targets.resize(first[i]);  // what a failed spec appended
+      first[i + 1] = targets.size();
       any_error = true;
     }
     if (any_error && mode == BatchMode::all_or_nothing) return fail_all(results, specs);
@@ -650,7 +660,8 @@ struct EngineImpl {
       const ProbeSpec& spec = specs[i];
       bool failed = false;
       mine.clear();
-      for (Target& t : targets[i]) {
+      for (std::size_t k = first[i]; k < first[i + 1]; k++) {
+        Target& t = targets[k];
         if (t.pending) {
           mine.push_back({nullptr, make_consumer(spec, t, nullptr, reg), false});
           continue;

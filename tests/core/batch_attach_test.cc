@@ -1,0 +1,73 @@
+// A batch keeps every spec's targets apart (one list for the whole batch): a spec that fails
+// in the middle of a best-effort batch takes none of its neighbours' targets with it, and
+// every other spec gets its own probe, at its own function.
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "hotprobe/probe.h"
+
+extern "C" {
+std::atomic<long> hp_ba_sink;
+__attribute__((noinline, used)) long hp_ba_f0(long x) {
+  hp_ba_sink.store(x, std::memory_order_relaxed);
+  return x + 10;
+}
+__attribute__((noinline, used)) long hp_ba_f1(long x) {
+  hp_ba_sink.store(x, std::memory_order_relaxed);
+  return x + 11;
+}
+__attribute__((noinline, used)) long hp_ba_f2(long x) {
+  hp_ba_sink.store(x, std::memory_order_relaxed);
+  return x + 12;
+}
+}
+
+namespace {
+
+std::atomic<int> g_hits[3];
+
+template <int N>
+void count(hotprobe::Hit&) {
+  g_hits[N].fetch_add(1, std::memory_order_relaxed);
+}
+
+TEST(CoreBatchAttach, AFailedSpecInTheMiddleLeavesTheOthersTheirTargets) {
+  auto engine = hotprobe::Engine::create();
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  std::vector<hotprobe::ProbeSpec> specs(5);
+  specs[0].target = ":hp_ba_f0";
+  specs[0].on_entry = &count<0>;
+  specs[1].target = ":hp_ba_no_such_function";
+  specs[1].on_entry = &count<0>;
+  specs[2].target = ":hp_ba_f1";
+  specs[2].on_entry = &count<1>;
+  specs[3].target = "no-colon";
+  specs[3].on_entry = &count<0>;
+  specs[4].target = ":hp_ba_f2";
+  specs[4].on_entry = &count<2>;
+  auto results = (*engine)->attach(specs, hotprobe::BatchMode::best_effort);
+  ASSERT_EQ(results.size(), 5u);
+  EXPECT_FALSE(results[1].ok());
+  EXPECT_FALSE(results[3].ok());
+  std::vector<hotprobe::Handle> all;
+  for (int i : {0, 2, 4}) {
+    ASSERT_TRUE(results[i].ok()) << results[i].error().message();
+    ASSERT_EQ(results[i]->size(), 1u) << "spec " << i;
+    all.push_back((*results[i])[0]);
+  }
+  EXPECT_EQ(hp_ba_f0(1), 11);
+  EXPECT_EQ(hp_ba_f1(1), 12);
+  EXPECT_EQ(hp_ba_f1(1), 12);
+  EXPECT_EQ(hp_ba_f2(1), 13);
+  EXPECT_EQ(hp_ba_f2(1), 13);
+  EXPECT_EQ(hp_ba_f2(1), 13);
+  EXPECT_EQ(g_hits[0].load(), 1);
+  EXPECT_EQ(g_hits[1].load(), 2);
+  EXPECT_EQ(g_hits[2].load(), 3);
+  ASSERT_TRUE((*engine)->detach(all).ok());
+}
+
+}  // namespace
