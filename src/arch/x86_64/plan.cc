@@ -32,13 +32,18 @@ Sweep sweep(std::span<const std::uint8_t> fn, std::uint64_t base) {
   s.insns.reserve(std::min<std::size_t>(fn.size() / 4 + 1, 256));
   std::uint64_t off = 0;
   while (off < fn.size()) {
-    auto r = decode_shape(fn.subspan(off), base + off);
-    if (!r.ok()) {
-      s.error = r.error();
-      break;
+    // The common instructions are decoded in place; decode_shape() for the others.
+    Insn& insn = s.insns.emplace_back();
+    if (!detail::quick_shape(fn.subspan(off), base + off, insn)) {
+      auto r = decode_shape(fn.subspan(off), base + off);
+      if (!r.ok()) {
+        s.insns.pop_back();
+        s.error = r.error();
+        break;
+      }
+      insn = std::move(r.value());
     }
-    off += r->length;
-    s.insns.push_back(std::move(r.value()));
+    off += insn.length;
   }
   s.stop = off;
   return s;

@@ -931,7 +931,6 @@ PatchPlan merge_patch_plans(std::span<const PatchPlan> plans) {
   return out;
 }
 
-
 // ---------------------------------------------------------------------------------------
 // EntryTrampolineBuilder: the prototype (see trampoline.h).
 
@@ -1034,6 +1033,9 @@ struct EntryTrampolineBuilder::Prototype {
     bool in_tail = false;
     std::uint8_t width = 0;
     std::int8_t coeff[kParamCount] = {};
+    // The nonzero coefficients, listed (most fields move with one or two values).
+    std::uint8_t terms = 0;
+    std::uint8_t term_param[kParamCount] = {};
   };
   ProtoValues base;
   std::vector<std::uint8_t> head;  // [0, relocated_offset)
@@ -1075,15 +1077,15 @@ struct EntryTrampolineBuilder::Prototype {
       if (f.width == 8) {
         std::uint64_t v;
         std::memcpy(&v, at, 8);
-        for (unsigned i = 0; i < kParamCount; i++)
-          v += static_cast<std::uint64_t>(f.coeff[i] * delta[i]);
+        for (unsigned k = 0; k < f.terms; k++)
+          v += static_cast<std::uint64_t>(f.coeff[f.term_param[k]] * delta[f.term_param[k]]);
         std::memcpy(at, &v, 8);
       } else {
         std::int32_t v32;
         std::memcpy(&v32, at, 4);
         std::int64_t v = v32;
-        for (unsigned i = 0; i < kParamCount; i++)
-          v += f.coeff[i] * delta[i];
+        for (unsigned k = 0; k < f.terms; k++)
+          v += f.coeff[f.term_param[k]] * delta[f.term_param[k]];
         if (v < INT32_MIN || v > INT32_MAX) return false;
         v32 = static_cast<std::int32_t>(v);
         std::memcpy(at, &v32, 4);
@@ -1210,8 +1212,7 @@ EntryTrampolineBuilder::Prototype* EntryTrampolineBuilder::prototype_for(
     ProtoValues moved = base;
     moved.v[i] += kParamDelta[i];
     auto b = build_with(moved);
-    if (!b.ok() || b->relocated_offset != head ||
-        relocated_end(*b) != head + moved.v[kRelocated] ||
+    if (!b.ok() || b->relocated_offset != head || relocated_end(*b) != head + moved.v[kRelocated] ||
         b->code.size() - relocated_end(*b) != p->tail.size() ||
         (b->landing_offset != 0) != p->has_landing_offset ||
         (p->has_landing_offset && b->landing_offset - relocated_end(*b) != p->landing_in_tail)) {
@@ -1224,6 +1225,11 @@ EntryTrampolineBuilder::Prototype* EntryTrampolineBuilder::prototype_for(
     }
   }
   if (!p->fields_make_sense()) return p;
+  for (Prototype::Field& f : p->fields) {
+    for (unsigned i = 0; i < kParamCount; i++) {
+      if (f.coeff[i] != 0) f.term_param[f.terms++] = static_cast<std::uint8_t>(i);
+    }
+  }
   // The proof: every value moved at once, two ways, with other displaced lengths.
   for (std::uint64_t k : {2u, 3u}) {
     ProtoValues check = base;
