@@ -389,7 +389,7 @@ Result<std::vector<PageRun>> page_runs(std::span<const PatchSite> sites) {
       pages.push_back(p);
     }
   }
-  std::sort(pages.begin(), pages.end());
+  if (!std::is_sorted(pages.begin(), pages.end())) std::sort(pages.begin(), pages.end());
   pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
 
   // Protections from /proc/self/maps.
@@ -544,8 +544,10 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     }
     ranges.push_back({s.addr, s.addr + s.new_bytes.size(), &s});
   }
-  std::sort(ranges.begin(), ranges.end(),
-            [](const Range& a, const Range& b) { return a.start < b.start; });
+  // A batch's sites mostly come in address order already (a library's functions, in turn).
+  auto by_start = [](const Range& a, const Range& b) { return a.start < b.start; };
+  if (!std::is_sorted(ranges.begin(), ranges.end(), by_start))
+    std::sort(ranges.begin(), ranges.end(), by_start);
   for (std::size_t i = 1; i < ranges.size(); i++) {
     if (ranges[i].start < ranges[i - 1].end) {
       return Error(Errc::invalid_argument, "two patch sites of one batch overlap");
