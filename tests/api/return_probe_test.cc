@@ -332,6 +332,27 @@ void run_parked(const Mode m, bool destroy) {
   if (!destroy) {
     EXPECT_GE(e->stats().zombie_sites, zombies_before + 1)
         << "the site must be kept while a return instance points at it";
+    // Churn the trampoline memory: a site freed too early (its slot holds the landing the
+    // late return goes through, at a function's entry in jmp mode) would be written over
+    // by these sites' trampolines.
+    for (int round = 0; round < 3; round++) {
+      std::vector<ProbeSpec> others(3);
+      others[0].target = ":hp_rp_outer";
+      others[1].target = ":hp_rp_tail_f";
+      others[2].target = ":hp_rp_tail_g";
+      for (ProbeSpec& o : others) {
+        o.on_return = [](Hit&) {};
+        o.force_int3 = m.int3;
+      }
+      std::vector<hotprobe::Handle> hs;
+      for (auto& r : e->attach(others)) {
+        ASSERT_TRUE(r.ok()) << r.error().message();
+        hs.insert(hs.end(), r->begin(), r->end());
+      }
+      ASSERT_TRUE(e->detach(hs).ok());
+      e->sync();
+    }
+    EXPECT_GE(e->stats().zombie_sites, zombies_before + 1) << "reclaimed while referenced";
   }
   {
     std::lock_guard<std::mutex> l(park.mu);
