@@ -26,6 +26,7 @@
 #include "base/assert.h"
 #include "base/thread_annotations.h"
 #include "core/dispatch.h"
+#include "core/flat_map.h"
 #include "core/site.h"
 #include "core/text_patch.h"
 #include "core/thread_state.h"
@@ -138,7 +139,7 @@ class Registry {
   }
 
   Mutex mu_;
-  std::unordered_map<SiteKey, Site*, SiteKeyHash> sites_ HP_GUARDED_BY(mu_);
+  FlatMap<SiteKey, Site*, SiteKeyHash> sites_ HP_GUARDED_BY(mu_);
   std::vector<Retired> retired_ HP_GUARDED_BY(mu_);
   std::vector<Consumer*> pending_ HP_GUARDED_BY(mu_);  // consumers whose module is not loaded
   std::uint64_t retire_epoch_ HP_GUARDED_BY(mu_) = 0;
@@ -193,9 +194,9 @@ class Registry {
 
   void publish_int3_table() HP_REQUIRES(mu_) {
     auto* t = new Int3Table;
-    for (auto& [k, s] : sites_) {
+    sites_.for_each([&](const SiteKey&, Site* s) {
       if (s->mode == SiteMode::int3) t->entries.push_back({s->patch_address, s});
-    }
+    });
     std::sort(t->entries.begin(), t->entries.end());
     Int3Table* old = g_int3_table.exchange(t, std::memory_order_acq_rel);  // I1: matches I2
     if (old) sync::tasks_trace().call([old] { delete old; });
@@ -391,7 +392,8 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
 
 struct EngineImpl {
   hotprobe::EngineOptions options;
-  std::unordered_map<std::uint64_t, Consumer*> consumers HP_GUARDED_BY(Registry::get().mu_);
+  FlatMap<std::uint64_t, Consumer*, std::hash<std::uint64_t>> consumers
+      HP_GUARDED_BY(Registry::get().mu_);
   std::atomic<std::uint64_t> grace_periods{0};
 
   // Builds a new site for `t` (not yet patched, not yet in the registry).
@@ -668,8 +670,8 @@ struct EngineImpl {
         }
         Site* site = nullptr;
         bool is_fresh = false;
-        if (auto it = reg.sites_.find(t.key); it != reg.sites_.end()) {
-          site = it->second;
+        if (Site* known = reg.sites_.get(t.key)) {
+          site = known;
         } else if (Site* f = fresh_by_key.find(t.key)) {
           site = f;
           is_fresh = true;
@@ -749,7 +751,7 @@ struct EngineImpl {
       }
       if (any_int3) {
         for (Site* s : fresh)
-          reg.sites_[{s->dev, s->ino, s->file_offset}] = s;
+          reg.sites_.set({s->dev, s->ino, s->file_offset}, s);
         reg.publish_int3_table();
       }
       auto applied = apply_patches(patches);
@@ -772,14 +774,14 @@ struct EngineImpl {
         });
         for (auto& [i, c] : made) {
           if (!results[i].ok()) continue;
-          consumers[c->id] = c;
+          consumers.set(c->id, c);
           results[i]->push_back(Handle{c->id});
         }
         return results;
       }
       reg.sites_.reserve(reg.sites_.size() + fresh.size());
       for (Site* s : fresh) {
-        reg.sites_[{s->dev, s->ino, s->file_offset}] = s;
+        reg.sites_.set({s->dev, s->ino, s->file_offset}, s);
         (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
             .fetch_add(1, std::memory_order_relaxed);
       }
@@ -787,7 +789,7 @@ struct EngineImpl {
     consumers.reserve(consumers.size() + made.size());
     for (auto& [i, c] : made) {
       if (!results[i].ok()) continue;
-      consumers[c->id] = c;
+      consumers.set(c->id, c);
       results[i]->push_back(Handle{c->id});
     }
     return results;
@@ -905,9 +907,9 @@ struct EngineImpl {
     // Unmapped: the code is gone, so nothing is restored; the site retires as usual and
     // its consumers wait for the file to be mapped again.
     std::vector<Site*> gone;
-    for (auto& [k, site] : reg.sites_) {
+    reg.sites_.for_each([&](const SiteKey&, Site* site) {
       if (!loaded(site->dev, site->ino)) gone.push_back(site);
-    }
+    });
     for (Site* site : gone) {
       reg.sites_.erase({site->dev, site->ino, site->file_offset});
       for (Consumer* c : site->members) {
@@ -935,7 +937,7 @@ struct EngineImpl {
       }
       SiteKey key{c->dev, c->ino, c->file_offset};
       Site* site = nullptr;
-      if (auto it = reg.sites_.find(key); it != reg.sites_.end()) site = it->second;
+      site = reg.sites_.get(key);
       if (auto f = fresh_by_key.find(key); !site && f != fresh_by_key.end()) site = f->second;
       auto* owner = static_cast<EngineImpl*>(const_cast<void*>(c->engine));
       if (!site) {
@@ -979,7 +981,7 @@ struct EngineImpl {
       std::vector<PatchSite> patches;
       for (Site* s : fresh) {
         patches.push_back(patch_for(s, true));
-        reg.sites_[{s->dev, s->ino, s->file_offset}] = s;
+        reg.sites_.set({s->dev, s->ino, s->file_offset}, s);
         int3_changed |= s->mode == SiteMode::int3;
       }
       if (int3_changed) reg.publish_int3_table();
@@ -1084,18 +1086,16 @@ struct EngineImpl {
       std::vector<Site*> changed;
       changed.reserve(handles.size());
       for (Handle h : handles) {
-        auto it = consumers.find(h.id);
-        if (it == consumers.end()) {
+        if (!consumers.get(h.id)) {
           return Error(Errc::invalid_argument,
                        "handle " + std::to_string(h.id) +
                            " is not attached by this engine (detached twice?)");
         }
       }
       for (Handle h : handles) {
-        auto it = consumers.find(h.id);
-        if (it == consumers.end()) continue;  // a duplicate in the span
-        Consumer* c = it->second;
-        consumers.erase(it);
+        Consumer* c = consumers.get(h.id);
+        if (!c) continue;  // a duplicate in the span
+        consumers.erase(h.id);
         if (!c->site) {  // pending: no reader can reach it
           reg.pending_.erase(std::remove(reg.pending_.begin(), reg.pending_.end(), c),
                              reg.pending_.end());
@@ -1240,8 +1240,8 @@ Engine::~Engine() {
   std::vector<Handle> all;
   {
     hp::MutexLock lock(hp::core::Registry::get().mu_);
-    for (auto& [id, c] : impl_->consumers)
-      all.push_back(Handle{id});
+    impl_->consumers.for_each(
+        [&](std::uint64_t id, hp::core::Consumer*) { all.push_back(Handle{id}); });
   }
   if (!all.empty()) (void)impl_->detach(all, true);
   hp::core::EngineImpl::engine_destroyed();

@@ -1,0 +1,81 @@
+// FlatMap (core/flat_map.h) against std::unordered_map: random inserts, overwrites and
+// erases, with a hash that puts every key in a few home slots so runs are long and
+// deletion has to shift entries back across them (and around the array's end).
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "core/flat_map.h"
+
+namespace hp::core {
+namespace {
+
+struct Crowded {  // eight home slots for every key (the map multiplies and shifts)
+  std::size_t operator()(std::uint64_t k) const noexcept { return k % 8; }
+};
+
+template <class Hash>
+void agrees_with_unordered_map(unsigned seed, std::uint64_t key_range) {
+  FlatMap<std::uint64_t, int*, Hash> map;
+  std::unordered_map<std::uint64_t, int*> want;
+  std::vector<int> values(64);
+  std::mt19937_64 rng(seed);
+  for (int step = 0; step < 20000; step++) {
+    const std::uint64_t k = rng() % key_range;
+    switch (rng() % 3) {
+      case 0:
+      case 1: {
+        int* v = &values[rng() % values.size()];
+        map.set(k, v);
+        want[k] = v;
+        break;
+      }
+      case 2:
+        ASSERT_EQ(map.erase(k), want.erase(k) == 1) << "step " << step;
+        break;
+    }
+    ASSERT_EQ(map.size(), want.size());
+    if (step % 64 == 0) {
+      for (std::uint64_t q = 0; q < key_range; q++) {
+        auto it = want.find(q);
+        ASSERT_EQ(map.get(q), it == want.end() ? nullptr : it->second) << "key " << q;
+      }
+      std::size_t seen = 0;
+      map.for_each([&](std::uint64_t key, int* v) {
+        seen++;
+        EXPECT_EQ(want.at(key), v);
+      });
+      ASSERT_EQ(seen, want.size());
+    }
+  }
+}
+
+TEST(CoreFlatMap, AgreesWithUnorderedMap) {
+  for (unsigned seed = 1; seed <= 3; seed++) {
+    agrees_with_unordered_map<std::hash<std::uint64_t>>(seed, 300);
+    agrees_with_unordered_map<Crowded>(seed, 100);
+  }
+}
+
+TEST(CoreFlatMap, ReserveThenFillWithoutGrowing) {
+  FlatMap<std::uint64_t, int*, std::hash<std::uint64_t>> map;
+  int v = 0;
+  map.reserve(1000);
+  for (std::uint64_t k = 1; k <= 1000; k++)
+    map.set(k, &v);
+  EXPECT_EQ(map.size(), 1000u);
+  EXPECT_EQ(map.get(1000), &v);
+  EXPECT_EQ(map.get(1001), nullptr);
+  for (std::uint64_t k = 1; k <= 1000; k += 2)
+    EXPECT_TRUE(map.erase(k));
+  EXPECT_FALSE(map.erase(1));
+  EXPECT_EQ(map.size(), 500u);
+  for (std::uint64_t k = 2; k <= 1000; k += 2)
+    EXPECT_EQ(map.get(k), &v);
+}
+
+}  // namespace
+}  // namespace hp::core
