@@ -433,7 +433,10 @@ struct EngineImpl {
             ts.fast = nullptr;  // long relocated code: the plain call to the dispatcher fits
             tramp = reg.entry_builder_.build(ts, *plan);
           }
-          auto bytes = arch::make_jmp_patch_bytes(plan->patch_address, plan->length, slot->address);
+          std::uint8_t patch[32];
+          HP_CHECK(plan->length <= sizeof patch);  // whole instructions from below the 5th byte
+          auto bytes =
+              arch::write_jmp_patch_bytes(plan->patch_address, plan->length, slot->address, patch);
           if (tramp.ok() && bytes.ok() && tramp->code.size() <= slot->size) {
             if (auto w = reg.code_.write(*slot, tramp->code); !w.ok()) {
               reg.code_.free(*slot);
@@ -443,7 +446,7 @@ struct EngineImpl {
             site->patch_address = plan->patch_address;
             site->at_entry = plan->at_entry;
             site->original = plan->original;
-            site->patched = *bytes;
+            site->patched = std::span<const std::uint8_t>(patch, plan->length);
             site->trampoline = slot->address;
             site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
             site->landing = tramp->landing_offset ? slot->address + tramp->landing_offset : 0;

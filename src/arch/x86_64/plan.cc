@@ -90,7 +90,7 @@ Result<void> check_boundary(std::span<const std::uint8_t> function, std::uint64_
 
 Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> function,
                                            std::uint64_t function_address, std::uint64_t offset) {
-  const Sweep s = sweep(function, function_address);
+  Sweep s = sweep(function, function_address);
   auto found = find_boundary(s, function, function_address, offset);
   if (!found.ok()) return found.error();
   std::size_t first = found.value();
@@ -178,8 +178,10 @@ Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> functio
                        hex(plan.patch_offset + plan.length) + ")");
     }
   }
-  plan.insns.assign(s.insns.begin() + static_cast<std::ptrdiff_t>(first),
-                    s.insns.begin() + static_cast<std::ptrdiff_t>(last) + 1);
+  // The sweep's own vector, cut down to the displaced instructions (no second allocation).
+  s.insns.erase(s.insns.begin() + static_cast<std::ptrdiff_t>(last) + 1, s.insns.end());
+  s.insns.erase(s.insns.begin(), s.insns.begin() + static_cast<std::ptrdiff_t>(first));
+  plan.insns = std::move(s.insns);
   remember_shapes(plan.insns);  // the relocator decodes them next
   const auto from = function.begin() + plan.patch_offset;
   plan.original.assign(from, from + plan.length);

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 
+#include "base/assert.h"
 #include "hotprobe/regs.h"
 
 // The fast path of FastEntry (trampoline.h), assembled once by the build and copied into
@@ -863,9 +864,8 @@ Result<Relocation> make_int3_copy(const Int3Plan& plan, std::uint64_t address) {
   return relocate_with_jmp_back(plan.original, plan.probe_address, address);
 }
 
-Result<std::vector<std::uint8_t>> make_jmp_patch_bytes(std::uint64_t patch_address,
-                                                       std::uint32_t length,
-                                                       std::uint64_t trampoline) {
+Result<void> write_jmp_patch_bytes(std::uint64_t patch_address, std::uint32_t length,
+                                   std::uint64_t trampoline, std::span<std::uint8_t> out) {
   if (length < kJmpRel32Length) {
     return Error(Errc::invalid_argument,
                  "a jmp rel32 needs 5 bytes, the plan has " + std::to_string(length));
@@ -875,11 +875,20 @@ Result<std::vector<std::uint8_t>> make_jmp_patch_bytes(std::uint64_t patch_addre
                                                " is out of rel32 reach of the site " +
                                                hex(patch_address));
   }
+  HP_CHECK(out.size() >= length);
   // By hand, not through an Emitter (which reserves a trampoline's 768 bytes): one per site.
-  std::vector<std::uint8_t> b(length, 0xcc);
-  b[0] = 0xe9;
+  std::memset(out.data(), 0xcc, length);
+  out[0] = 0xe9;
   const auto rel = static_cast<std::uint32_t>(trampoline - (patch_address + kJmpRel32Length));
-  std::memcpy(&b[1], &rel, 4);
+  std::memcpy(&out[1], &rel, 4);
+  return {};
+}
+
+Result<std::vector<std::uint8_t>> make_jmp_patch_bytes(std::uint64_t patch_address,
+                                                       std::uint32_t length,
+                                                       std::uint64_t trampoline) {
+  std::vector<std::uint8_t> b(length);
+  HP_TRY(write_jmp_patch_bytes(patch_address, length, trampoline, b));
   return b;
 }
 

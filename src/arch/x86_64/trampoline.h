@@ -240,6 +240,9 @@ struct PatchPlan {
 Result<std::vector<std::uint8_t>> make_jmp_patch_bytes(std::uint64_t patch_address,
                                                        std::uint32_t length,
                                                        std::uint64_t trampoline);
+// The same bytes into `out` (at least `length` bytes): no allocation, for a batch's sites.
+Result<void> write_jmp_patch_bytes(std::uint64_t patch_address, std::uint32_t length,
+                                   std::uint64_t trampoline, std::span<std::uint8_t> out);
 
 // Attach: int3 on the first byte; the tail bytes (when length > 1); the first byte (0xe9).
 Result<PatchPlan> make_jmp_patch_plan(const DisplacementPlan& plan, std::uint64_t trampoline);
