@@ -445,7 +445,7 @@ struct EngineImpl {
             site->mode = SiteMode::jmp;
             site->patch_address = plan->patch_address;
             site->at_entry = plan->at_entry;
-            site->original = plan->original;
+            site->original = std::span<const std::uint8_t>(plan->original);
             site->patched = std::span<const std::uint8_t>(patch, plan->length);
             site->trampoline = slot->address;
             site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());

@@ -51,7 +51,8 @@ std::vector<Function> libc_functions() {
     std::map<std::uint64_t, bool> seen;  // aliases share an address
     for (std::size_t k = 0; k < sh[i].sh_size / sizeof(Elf64_Sym); ++k) {
       const Elf64_Sym& s = syms[k];
-      if (ELF64_ST_TYPE(s.st_info) != STT_FUNC || s.st_shndx == SHN_UNDEF || s.st_size == 0) continue;
+      if (ELF64_ST_TYPE(s.st_info) != STT_FUNC || s.st_shndx == SHN_UNDEF || s.st_size == 0)
+        continue;
       if (seen[s.st_value]) continue;
       seen[s.st_value] = true;
       out.push_back({strtab + s.st_name, base + s.st_value, s.st_size});
@@ -75,7 +76,8 @@ TEST(ArchLibc, EveryFunctionPlansOrRefusesWithAReason) {
   for (const Function& fn : fns) {
     auto plan = plan_displacement(bytes(fn), fn.address, 0);
     if (!plan.ok()) {
-      ASSERT_TRUE(plan.error().code() == Errc::not_relocatable) << fn.name << ": " << plan.error().message();
+      ASSERT_TRUE(plan.error().code() == Errc::not_relocatable)
+          << fn.name << ": " << plan.error().message();
       const std::string& m = plan.error().message();
       reasons[m.substr(0, m.find(':'))]++;
       continue;
@@ -101,12 +103,14 @@ TEST(ArchLibc, EveryFunctionPlansOrRefusesWithAReason) {
     }
   }
   std::string summary;
-  for (const auto& [reason, n] : reasons) summary += "  " + std::to_string(n) + " x " + reason + "\n";
+  for (const auto& [reason, n] : reasons)
+    summary += "  " + std::to_string(n) + " x " + reason + "\n";
   RecordProperty("functions", static_cast<int>(fns.size()));
   RecordProperty("planned_at_entry", static_cast<int>(planned));
-  std::printf("libc: %zu functions, %zu plannable at entry (jmp mode); %zu of %zu early "
-              "boundaries plannable\nrefusals at entry:\n%s",
-              fns.size(), planned, boundary_plans, boundaries, summary.c_str());
+  std::printf(
+      "libc: %zu functions, %zu plannable at entry (jmp mode); %zu of %zu early "
+      "boundaries plannable\nrefusals at entry:\n%s",
+      fns.size(), planned, boundary_plans, boundaries, summary.c_str());
   EXPECT_GT(planned * 100, fns.size() * 80) << "most libc functions take a 5-byte jump at entry";
 }
 
@@ -128,7 +132,7 @@ std::vector<std::uint8_t> displaced(void* fn_ptr, const char* name) {
       ADD_FAILURE() << name << ": " << plan.error().message();
       return {};
     }
-    return plan->original;
+    return std::vector<std::uint8_t>(plan->original.begin(), plan->original.end());
   }
   const std::span<const std::uint8_t> window(static_cast<const std::uint8_t*>(fn_ptr), 64);
   std::size_t len = 0;
@@ -166,8 +170,10 @@ void* libc_symbol(const char* name) {
 
 TEST(ArchLibc, RelocatedProloguesOfLibcFunctionsRun) {
   CodeMemory mem;
-  if (auto f = relocated_prologue<std::size_t (*)(const char*)>(mem, libc_symbol("strlen"), "strlen")) {
-    for (const char* s : {"", "a", "hello, world", "0123456789abcdefghijklmnopqrstuvwxyz0123456789"}) {
+  if (auto f =
+          relocated_prologue<std::size_t (*)(const char*)>(mem, libc_symbol("strlen"), "strlen")) {
+    for (const char* s :
+         {"", "a", "hello, world", "0123456789abcdefghijklmnopqrstuvwxyz0123456789"}) {
       EXPECT_EQ(f(s), std::strlen(s)) << s;
     }
   }
@@ -177,13 +183,15 @@ TEST(ArchLibc, RelocatedProloguesOfLibcFunctionsRun) {
     EXPECT_EQ(f(buf, 'q', sizeof buf), buf + 16);
     EXPECT_EQ(f(buf, '!', sizeof buf), nullptr);
   }
-  if (auto f = relocated_prologue<int (*)(const char*, const char*)>(mem, libc_symbol("strcmp"), "strcmp")) {
+  if (auto f = relocated_prologue<int (*)(const char*, const char*)>(mem, libc_symbol("strcmp"),
+                                                                     "strcmp")) {
     EXPECT_EQ(f("abc", "abc"), 0);
     EXPECT_LT(f("abc", "abd"), 0);
     EXPECT_GT(f("b", "abc"), 0);
   }
   if (auto f = relocated_prologue<int (*)(int)>(mem, libc_symbol("toupper"), "toupper")) {
-    for (int c : {97, 122, 65, 48, 32, 200}) EXPECT_EQ(f(c), std::toupper(c)) << c;
+    for (int c : {97, 122, 65, 48, 32, 200})
+      EXPECT_EQ(f(c), std::toupper(c)) << c;
   }
   if (auto f = relocated_prologue<pid_t (*)()>(mem, libc_symbol("getpid"), "getpid")) {
     EXPECT_EQ(f(), getpid());

@@ -22,10 +22,10 @@ class Emitter {
   // push_back per byte (a trampoline is about 600 bytes, emitted for every site of a batch).
   explicit Emitter(std::uint64_t address) : address_(address) { grow(kInitialCapacity); }
   // The same, in the allocation of `buffer` (what an earlier take() returned).
+  // Its old bytes are left as they are (overwritten as code is emitted, never read).
   Emitter(std::uint64_t address, std::vector<std::uint8_t>&& buffer)
       : address_(address), bytes_(std::move(buffer)) {
-    bytes_.clear();
-    grow(kInitialCapacity);
+    if (bytes_.size() < kInitialCapacity) bytes_.resize(kInitialCapacity);
   }
 
   std::uint64_t here() const noexcept { return address_ + size_; }

@@ -904,7 +904,7 @@ Result<PatchPlan> make_jmp_patch_plan(const DisplacementPlan& plan, std::uint64_
 }
 
 PatchPlan make_jmp_unpatch_plan(const DisplacementPlan& plan) {
-  const std::vector<std::uint8_t>& o = plan.original;
+  const DisplacedBytes& o = plan.original;
   PatchPlan p;
   p.steps.push_back({{{plan.patch_address, {0xcc}}}});
   p.steps.push_back({{{plan.patch_address + 1, {o.begin() + 1, o.end()}}}});
