@@ -862,8 +862,9 @@ struct EngineImpl {
     {
       Registry& reg = Registry::get();
       MutexLock rl(reg.mu_);
+      const std::vector<const Site*> referenced = sites_referenced_by_return_stacks();
       for (const Retired& r : reg.retired_)
-        returns_live |= site_referenced_by_return_stacks(r.site);
+        returns_live |= std::binary_search(referenced.begin(), referenced.end(), r.site);
     }
     if (!returns_live) off.insert(off.end(), in.unwinder.begin(), in.unwinder.end());
     if (!off.empty()) (void)internal_impl(in)->detach(off, true);
@@ -1177,12 +1178,15 @@ struct EngineImpl {
     MutexLock lock(reg.mu_);
     if (reg.retired_.empty()) return;
     std::vector<Retired> keep, ready;
+    // Sites are retired unpatched and a grace period has passed for the ones checked
+    // here, so none of them gains a return instance after this scan.
+    const std::vector<const Site*> referenced = sites_referenced_by_return_stacks();
     for (Retired& r : reg.retired_) {
       bool gp_ok = r.epoch <= epoch &&
                    std::find(schemes.begin(), schemes.end(), r.site->scheme) != schemes.end();
       if (!gp_ok)
         keep.push_back(r);
-      else if (site_referenced_by_return_stacks(r.site))
+      else if (std::binary_search(referenced.begin(), referenced.end(), r.site))
         keep.push_back(r);
       else
         ready.push_back(r);

@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <mutex>
 
 #include "base/thread_annotations.h"
@@ -99,19 +100,20 @@ HitTotals hit_totals() noexcept {
   return t;
 }
 
-bool site_referenced_by_return_stacks(const Site* site) noexcept {
+std::vector<const Site*> sites_referenced_by_return_stacks() {
+  std::vector<const Site*> out;
   for (ThreadRecord* p = thread_records_head(); p; p = p->next) {
-    std::uint32_t d = p->depth.load(std::memory_order_acquire);  // R2: matches R1
-    if (d > kMaxReturnDepth) d = kMaxReturnDepth;
+    (void)p->depth.load(std::memory_order_acquire);  // R2: matches R1
     // Entries at or above depth may be written concurrently, but a push stores the site
     // before publishing depth, so a pending instance is always visible below depth. Look
     // at all entries anyway: a stale pointer only delays reclamation.
     for (std::uint32_t i = 0; i < kMaxReturnDepth; i++) {
-      if (p->stack[i].site.load(std::memory_order_acquire) == site) return true;
+      if (const Site* s = p->stack[i].site.load(std::memory_order_acquire)) out.push_back(s);
     }
-    (void)d;
   }
-  return false;
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
 }
 
 }  // namespace hp::core

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "base/compiler.h"
 
@@ -77,8 +78,10 @@ struct HitTotals {
 };
 HitTotals hit_totals() noexcept;
 
-// Whether any live return instance of any thread references `site`.
-bool site_referenced_by_return_stacks(const Site* site) noexcept;
+// Every site that some return instance of some thread references, sorted (look one up with
+// std::binary_search): one scan of every record's stack for a whole reclaim pass, where a
+// scan per retired site cost 10,000 x records x 256 loads for a batch of 10,000.
+std::vector<const Site*> sites_referenced_by_return_stacks();
 
 // Recursion misses of threads whose record was being registered.
 extern std::atomic<std::uint64_t> g_unregistered_misses;
