@@ -291,9 +291,12 @@ class ModuleCache {
     last_ = entries_.size() - 1;
     return &entries_.back();
   }
+  // Scratch list for ElfFile::lookup, reused by every spec of the batch.
+  std::vector<elf::Target>& found() { return found_; }
 
  private:
   std::vector<Entry> entries_;
+  std::vector<elf::Target> found_;
   std::size_t last_ = 0;
 };
 
@@ -335,15 +338,18 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
     if (!loaded.ok()) return loaded.error();
     cached->elf = std::move(*loaded);
   }
-  const std::shared_ptr<const elf::ElfFile>* elf = &cached->elf;
-  auto found = (*elf)->lookup(rest);
-  if (!found.ok()) return found.error();
-  for (const elf::Target& t : *found) {
+  // Found into the batch's list, reused from spec to spec (not a vector per spec).
+  std::vector<elf::Target>& found = cache.found();
+  found.clear();
+  HP_TRY(cached->elf->lookup(rest, found));
+  for (const elf::Target& t : found) {
     const elf::Module* m = *mod;
     std::uint64_t file_offset = t.file_offset;
     const elf::Symbol* sym = t.symbol;
     std::uint64_t in_sym = t.offset_in_symbol;
-    std::shared_ptr<const elf::ElfFile> holder = *elf;
+    // An IFUNC's implementation may be in another file: hold it while `sym` is used (the
+    // module's own file is held by the cache).
+    std::shared_ptr<const elf::ElfFile> holder;
     if (sym && sym->is_ifunc()) {
       // Probe the implementation the loader selected, like the kernel does for IFUNCs.
       auto impl = mods.resolve_ifunc(*m, *sym);

@@ -42,7 +42,11 @@ bool parse_number(std::string_view s, std::uint64_t& out) {
 }
 
 bool is_glob(std::string_view s) {
-  return s.find_first_of("*?[") != std::string_view::npos;
+  // One pass over the name (find_first_of searches the name once per character of it).
+  for (char c : s) {
+    if (c == '*' || c == '?' || c == '[') return true;
+  }
+  return false;
 }
 
 // Among aliases (one address, several names) the one to show: a global, exported,
@@ -436,6 +440,12 @@ Error ElfFile::no_such_function(std::string_view name) const {
 }
 
 Result<std::vector<Target>> ElfFile::lookup(std::string_view spec) const {
+  std::vector<Target> out;
+  HP_TRY(lookup(spec, out));
+  return out;
+}
+
+Result<void> ElfFile::lookup(std::string_view spec, std::vector<Target>& out) const {
   if (spec.empty()) {
     return Error(Errc::invalid_argument,
                  "empty function spec: give a function name, a glob such as 'handle_*', "
@@ -464,7 +474,8 @@ Result<std::vector<Target>> ElfFile::lookup(std::string_view spec) const {
     t.vaddr = offset_to_vaddr(off).value();
     t.symbol = containing_offset(off);
     if (t.symbol) t.offset_in_symbol = off - t.symbol->file_offset;
-    return std::vector<Target>{t};
+    out.push_back(t);
+    return {};
   }
 
   // NAME+OFFSET: the '+' splits only when a number follows it.
@@ -518,12 +529,12 @@ Result<std::vector<Target>> ElfFile::lookup(std::string_view spec) const {
       if (a->file_offset != b->file_offset) return a->file_offset < b->file_offset;
       return better_name(*a, *b);
     });
-    std::vector<Target> out;
+    const std::size_t start = out.size();
     for (const Symbol* s : hits) {
-      if (!out.empty() && out.back().file_offset == s->file_offset) continue;
+      if (out.size() > start && out.back().file_offset == s->file_offset) continue;
       out.push_back(Target{s, 0, s->file_offset, s->value});
     }
-    return out;
+    return {};
   }
 
   // Most names are one function: found without building a list (a batch of 10,000).
@@ -565,7 +576,8 @@ Result<std::vector<Target>> ElfFile::lookup(std::string_view spec) const {
                                                "' (whose size is not recorded) leaves the code");
     }
   }
-  return std::vector<Target>{Target{s, add, s->file_offset + add, s->value + add}};
+  out.push_back(Target{s, add, s->file_offset + add, s->value + add});
+  return {};
 }
 
 Result<Target> ElfFile::lookup_one(std::string_view spec) const {

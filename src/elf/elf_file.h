@@ -112,6 +112,8 @@ class ElfFile {
   //   NAME+OFF       OFF bytes into NAME (decimal or 0x hex), must be inside its size
   //   0xOFF          a file offset inside an executable segment
   Result<std::vector<Target>> lookup(std::string_view spec) const;
+  // The same, appending to `out` (a batch reuses one list; on failure `out` is unchanged).
+  Result<void> lookup(std::string_view spec, std::vector<Target>& out) const;
   // lookup() for specs that must name one place (not a glob).
   Result<Target> lookup_one(std::string_view spec) const;
 
