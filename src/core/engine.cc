@@ -443,7 +443,13 @@ struct EngineImpl {
           HP_CHECK(plan->length <= sizeof patch);  // whole instructions from below the 5th byte
           auto bytes =
               arch::write_jmp_patch_bytes(plan->patch_address, plan->length, slot->address, patch);
-          if (tramp.ok() && bytes.ok() && tramp->code.size() <= slot->size) {
+          const auto inside = [&](const arch::OffsetPair& p) {
+            return p.original > 0 && p.original < plan->length;
+          };
+          const bool map_fits =
+              !tramp.ok() || static_cast<std::size_t>(std::count_if(
+                                 tramp->map.begin(), tramp->map.end(), inside)) <= IpMap::kCapacity;
+          if (tramp.ok() && bytes.ok() && map_fits && tramp->code.size() <= slot->size) {
             if (auto w = reg.code_.write(*slot, tramp->code); !w.ok()) {
               reg.code_.free(*slot);
               return w.error();
@@ -458,14 +464,8 @@ struct EngineImpl {
             site->landing = tramp->landing_offset ? slot->address + tramp->landing_offset : 0;
             site->slot_chunk = slot->chunk;
             site->slot_index = slot->index;
-            site->ip_map.reserve(static_cast<std::size_t>(
-                std::count_if(tramp->map.begin(), tramp->map.end(), [&](const arch::OffsetPair& p) {
-                  return p.original > 0 && p.original < plan->length;
-                })));
             for (const arch::OffsetPair& p : tramp->map) {
-              if (p.original > 0 && p.original < plan->length) {
-                site->ip_map.push_back({p.original, slot->address + p.relocated});
-              }
+              if (inside(p)) site->ip_map.push_back({p.original, slot->address + p.relocated});
             }
             reg.entry_builder_.recycle(std::move(*tramp));
             return site.release();
@@ -473,6 +473,10 @@ struct EngineImpl {
           reg.code_.free(*slot);
           jmp_error = !tramp.ok()   ? tramp.error()
                       : !bytes.ok() ? bytes.error()
+                      : !map_fits   ? Error(Errc::internal,
+                                            "more than 4 instructions start inside the displaced "
+                                              "bytes (a decoder bug): report it with the function's "
+                                              "bytes")
                                     : Error(Errc::internal, "trampoline of " +
                                                                 std::to_string(tramp->code.size()) +
                                                                 " bytes larger than its slot");

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -76,6 +77,30 @@ struct ConsumerArray {
 
 enum class SiteMode : std::uint8_t { jmp, int3 };
 
+// Where each instruction that starts inside a jmp site's displaced bytes (not the first)
+// went in its trampoline, for moving threads out. Held inline (not a vector per site): the
+// displaced instructions all start below the jump's 5th byte, so there are at most 4.
+class IpMap {
+ public:
+  using Entry = std::pair<std::uint32_t, std::uintptr_t>;
+  static constexpr std::size_t kCapacity = 4;
+  // False (and nothing added) when full.
+  bool push_back(const Entry& e) noexcept {
+    if (n_ == kCapacity) return false;
+    e_[n_++] = e;
+    return true;
+  }
+  const Entry* begin() const noexcept { return e_; }
+  const Entry* end() const noexcept { return e_ + n_; }
+  std::size_t size() const noexcept { return n_; }
+  bool empty() const noexcept { return n_ == 0; }
+  operator std::span<const Entry>() const noexcept { return {e_, n_}; }  // NOLINT: a view
+
+ private:
+  Entry e_[kCapacity] = {};
+  std::uint8_t n_ = 0;
+};
+
 // One patched place. Keyed like a kernel uprobe by (device, inode, file offset).
 struct Site {
   // Immutable after creation.
@@ -94,10 +119,10 @@ struct Site {
   // scheme's shared return trampoline). Freed with the site, which a return instance
   // keeps alive (the zombie scan), so a late return still finds it.
   std::uintptr_t landing = 0;
-  std::uintptr_t resume = 0;  // int3 mode: the relocated instruction + jmp back
-  std::vector<std::pair<std::uint32_t, std::uintptr_t>> ip_map;  // inside the site -> trampoline
-  std::uint32_t slot_chunk = 0, slot_index = 0;                  // CodeMemory slot (jmp mode)
-  std::uint32_t copy_chunk = 0, copy_index = 0;                  // CodeMemory slot (int3 mode)
+  std::uintptr_t resume = 0;                     // int3 mode: the relocated instruction + jmp back
+  IpMap ip_map;                                  // inside the site -> trampoline
+  std::uint32_t slot_chunk = 0, slot_index = 0;  // CodeMemory slot (jmp mode)
+  std::uint32_t copy_chunk = 0, copy_index = 0;  // CodeMemory slot (int3 mode)
 
   // Read by the dispatcher (acquire) under the scheme's read lock: P1 matches P2.
   std::atomic<ConsumerArray*> consumers{nullptr};
