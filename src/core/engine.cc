@@ -300,6 +300,32 @@ class ModuleCache {
   std::size_t last_ = 0;
 };
 
+// handlers_need_vector_saves() for the last set of handlers asked about: the specs of a
+// batch mostly share their handlers, and the answer depends on nothing else.
+class VectorSavesMemo {
+ public:
+  bool operator()(const ProbeSpec& spec) {
+    if (!valid_ || spec.on_entry != on_entry_ || spec.on_return != on_return_ ||
+        spec.filter != filter_ || spec.vector_registers != vector_registers_) {
+      on_entry_ = spec.on_entry;
+      on_return_ = spec.on_return;
+      filter_ = spec.filter;
+      vector_registers_ = spec.vector_registers;
+      saves_ = handlers_need_vector_saves(spec);
+      valid_ = true;
+    }
+    return saves_;
+  }
+
+ private:
+  hotprobe::Handler on_entry_ = nullptr;
+  hotprobe::Handler on_return_ = nullptr;
+  hotprobe::Filter filter_ = nullptr;
+  bool vector_registers_ = false;
+  bool saves_ = false;
+  bool valid_ = false;
+};
+
 // Appends the targets of `spec` to `out` (one list for the whole batch, not one per spec);
 // on failure, `out` may hold some of them (the caller drops them).
 Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleCache& cache,
@@ -527,7 +553,10 @@ struct EngineImpl {
   }
 
   // Takes t.describe: the target is not used after its consumer is made.
-  Consumer* make_consumer(const ProbeSpec& spec, Target& t, Site* site, Registry& reg) {
+  // `saves_vectors`: handlers_need_vector_saves(spec), which a batch works out once per set
+  // of handlers (VectorSavesMemo).
+  Consumer* make_consumer(const ProbeSpec& spec, Target& t, Site* site, Registry& reg,
+                          bool saves_vectors) {
     auto* c = new Consumer;
     c->id = reg.next_id_.fetch_add(1, std::memory_order_relaxed);
     c->on_entry = spec.on_entry;
@@ -537,7 +566,7 @@ struct EngineImpl {
     c->engine = this;
     c->site = site;
     c->vector_registers = spec.vector_registers;
-    c->saves_vectors = handlers_need_vector_saves(spec);
+    c->saves_vectors = saves_vectors;
     c->allow_int3 = spec.allow_int3;
     c->force_int3 = spec.force_int3;
     c->dev = t.key.dev;
@@ -670,6 +699,7 @@ struct EngineImpl {
       bool fresh;
     };
     std::vector<Mine> mine;
+    VectorSavesMemo vector_saves;
     for (std::size_t i = 0; i < specs.size(); i++) {
       if (!results[i].ok()) continue;
       const ProbeSpec& spec = specs[i];
@@ -678,7 +708,8 @@ struct EngineImpl {
       for (std::size_t k = first[i]; k < first[i + 1]; k++) {
         Target& t = targets[k];
         if (t.pending) {
-          mine.push_back({nullptr, make_consumer(spec, t, nullptr, reg), false});
+          mine.push_back(
+              {nullptr, make_consumer(spec, t, nullptr, reg, vector_saves(spec)), false});
           continue;
         }
         Site* site = nullptr;
@@ -718,7 +749,7 @@ struct EngineImpl {
             break;
           }
         }
-        mine.push_back({site, make_consumer(spec, t, site, reg), is_fresh});
+        mine.push_back({site, make_consumer(spec, t, site, reg, vector_saves(spec)), is_fresh});
       }
       if (failed) {
         for (Mine& m : mine)
