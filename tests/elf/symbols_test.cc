@@ -95,7 +95,8 @@ TEST(Symbols, FixtureNamesAndSizes) {
   auto syms = f->symbols();
   for (size_t i = 1; i < syms.size(); ++i) {
     EXPECT_LE(syms[i - 1].file_offset, syms[i].file_offset);
-    EXPECT_FALSE(syms[i - 1].file_offset == syms[i].file_offset && syms[i - 1].name == syms[i].name);
+    EXPECT_FALSE(syms[i - 1].file_offset == syms[i].file_offset &&
+                 syms[i - 1].name == syms[i].name);
   }
 }
 
@@ -152,6 +153,35 @@ TEST(Symbols, GlobReturnsExactlyTheMatches) {
   EXPECT_NE(one.error().message().find("one function is needed"), std::string::npos);
 }
 
+// The appending lookup (a batch's one list): what the list held stays, a glob's aliases
+// are merged only among its own targets, and a failure adds nothing.
+TEST(Symbols, AppendingLookupKeepsTheListAndAddsNothingOnFailure) {
+  auto f = fixture_elf();
+  ASSERT_TRUE(f);
+  std::vector<Target> out;
+  ASSERT_TRUE(f->lookup("hp_fx_add", out).ok());
+  ASSERT_EQ(out.size(), 1u);
+  // The glob's one target is at the offset the list ends with: still appended.
+  ASSERT_TRUE(f->lookup("hp_fx_add*", out).ok());
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[1].file_offset, out[0].file_offset);
+  EXPECT_EQ(out[1].symbol->name, "hp_fx_add");
+  ASSERT_TRUE(f->lookup("hp_fx_loc*", out).ok());
+  ASSERT_EQ(out.size(), 4u);
+  EXPECT_EQ(out[0].symbol->name, "hp_fx_add");
+  for (std::string_view bad :
+       {"nothing_*", "no_such_function_here", "handle_*+4", "handle_alpha+x", "0xzz", ""}) {
+    EXPECT_FALSE(f->lookup(bad, out).ok()) << bad;
+    EXPECT_EQ(out.size(), 4u) << bad;
+  }
+  auto whole = f->lookup("handle_alpha+1");
+  ASSERT_TRUE(whole.ok()) << whole.error().message();
+  ASSERT_TRUE(f->lookup("handle_alpha+1", out).ok());
+  ASSERT_EQ(out.size(), 5u);
+  EXPECT_EQ(out[4].file_offset, whole->front().file_offset);
+  EXPECT_EQ(out[4].offset_in_symbol, 1u);
+}
+
 TEST(Symbols, UnknownNameSuggestsCloseMatches) {
   auto f = fixture_elf();
   ASSERT_TRUE(f);
@@ -174,8 +204,7 @@ TEST(Symbols, UnknownNameSuggestsCloseMatches) {
   EXPECT_EQ(many.front(), "hp_bulk_1000");
   auto far = f->lookup("completely_unrelated_function_name");
   ASSERT_FALSE(far.ok());
-  EXPECT_EQ(far.error().message().find("did you mean"), std::string::npos)
-      << far.error().message();
+  EXPECT_EQ(far.error().message().find("did you mean"), std::string::npos) << far.error().message();
 }
 
 TEST(Symbols, EditDistance) {
@@ -192,10 +221,10 @@ TEST(Symbols, SymbolPlusOffset) {
   const Symbol* add = only(*f, "hp_fx_add");
   ASSERT_NE(add, nullptr);
   for (auto [spec, off] : {std::pair<const char*, std::uint64_t>{"hp_fx_add+4", 4},
-                          {"hp_fx_add+0x4", 4},
-                          {"hp_fx_add+15", 15},
-                          {"hp_fx_add+0", 0},
-                          {"hp_fx_add", 0}}) {
+                           {"hp_fx_add+0x4", 4},
+                           {"hp_fx_add+15", 15},
+                           {"hp_fx_add+0", 0},
+                           {"hp_fx_add", 0}}) {
     auto t = f->lookup_one(spec);
     ASSERT_TRUE(t.ok()) << spec << ": " << t.error().message();
     EXPECT_EQ(t->symbol, add);
@@ -280,8 +309,7 @@ TEST(Symbols, TestExecutableFunctionAtItsAddress) {
   const auto fn = reinterpret_cast<std::uintptr_t>(&hp_symbols_test_target);
   EXPECT_EQ(main->offset_to_address(t->file_offset).value(), fn);
   EXPECT_EQ(t->vaddr + main->load_bias, fn);
-  EXPECT_EQ(mods->describe(fn + 1),
-            std::string(main->name()) + "!hp_symbols_test_target+0x1");
+  EXPECT_EQ(mods->describe(fn + 1), std::string(main->name()) + "!hp_symbols_test_target+0x1");
   auto loc = mods->locate(fn);
   ASSERT_TRUE(loc.ok()) << loc.error().message();
   EXPECT_EQ(loc->module, main);
@@ -337,7 +365,8 @@ TEST(Symbols, FixtureIfuncResolvesToTheSelectedImplementation) {
   auto impl = mods->resolve_ifunc(**m, *pick->symbol);
   ASSERT_TRUE(impl.ok()) << impl.error().message();
   EXPECT_EQ(impl->module, *m);
-  EXPECT_EQ(impl->address, reinterpret_cast<std::uintptr_t>(::dlsym(lib.handle, "hp_fx_pick_impl_b")));
+  EXPECT_EQ(impl->address,
+            reinterpret_cast<std::uintptr_t>(::dlsym(lib.handle, "hp_fx_pick_impl_b")));
   EXPECT_EQ(impl->file_offset, (*elf)->lookup_one("hp_fx_pick_impl_b")->file_offset);
   auto fn = reinterpret_cast<int (*)()>(::dlsym(lib.handle, "hp_fx_pick"));
   ASSERT_NE(fn, nullptr);
@@ -424,7 +453,8 @@ TEST(Symbols, ReadBytesMatchesMemory) {
   ASSERT_TRUE(t.ok());
   auto bytes = mods->read_file_bytes(**m, t->file_offset, 6);
   ASSERT_TRUE(bytes.ok()) << bytes.error().message();
-  const std::vector<std::uint8_t> expected = {0xb8, 0x01, 0x00, 0x00, 0x00, 0xc3};  // mov eax,1; ret
+  const std::vector<std::uint8_t> expected = {0xb8, 0x01, 0x00,
+                                              0x00, 0x00, 0xc3};  // mov eax,1; ret
   EXPECT_EQ(*bytes, expected);
   EXPECT_EQ(std::memcmp(bytes->data(), ::dlsym(lib.handle, "handle_alpha"), 6), 0);
   auto past = mods->read_file_bytes(**m, (*elf)->file_size() - 2, 4);
@@ -509,7 +539,8 @@ TEST(Symbols, CacheLoadsEachFileOnce) {
       (void)t;
     });
   }
-  for (auto& t : threads) t.join();
+  for (auto& t : threads)
+    t.join();
   for (const auto& g : got) {
     ASSERT_TRUE(g);
     EXPECT_EQ(g.get(), got[0].get());
@@ -542,7 +573,8 @@ TEST(Symbols, ConcurrentSnapshotsAndLookups) {
       }
     });
   }
-  for (auto& t : threads) t.join();
+  for (auto& t : threads)
+    t.join();
   EXPECT_EQ(failures.load(), 0);
 }
 
