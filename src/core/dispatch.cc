@@ -500,8 +500,6 @@ std::uintptr_t return_trampoline(Scheme s) noexcept {
 }
 
 namespace {
-// %fs-relative offset of a thread-local of this thread (initial-exec TLS: the same offset
-// in every thread; %fs:0 holds the thread pointer itself on x86-64).
 // Site is not standard-layout (strings, vectors): offsets from an object.
 std::int32_t site_offset(const Site& site, const void* member) noexcept {
   return static_cast<std::int32_t>(static_cast<const char*>(member) -
@@ -527,6 +525,8 @@ arch::ReturnStackLayout return_stack_layout() noexcept {
   return l;
 }
 
+// %fs-relative offset of a thread-local of this thread (initial-exec TLS: the same offset
+// in every thread; %fs:0 holds the thread pointer itself on x86-64).
 std::int32_t fs_offset(const void* p) noexcept {
   std::uintptr_t tp;
   __asm__("mov %%fs:0, %0" : "=r"(tp));
