@@ -24,6 +24,21 @@ asm(R"(
   .globl hp_or_begin, hp_or_end, hp_or_offsets
   .hidden hp_or_begin, hp_or_end, hp_or_offsets
 
+# read_unlock() and the guard's release, for the three places the templates leave a
+# section: word -= 1 (R2), then F2's gp_futex load (to `wake` while a writer sleeps), then
+# in_handler = 0 at `unlocked`. The placeholders and their patch labels are arguments.
+.macro HP_LEAVE_SECTION word, word_label, futex, futex_label, wake, unlocked, guard, guard_label
+  decq    %fs:\word
+\word_label:
+  movabsq $\futex, %rax
+\futex_label:
+  cmpl    $-1, (%rax)
+  je      \wake
+\unlocked:
+  movb    $0, %fs:\guard
+\guard_label:
+.endm
+
 # wake_writer(), inline, for both templates (rax = &gp_futex): a thread preempted in the
 # futex call has its pc in the trampoline, where the reclaimer looks (not inside libc).
 # `field` is the SYS_futex placeholder, `label` its patch label, `back` where to go on.
@@ -82,15 +97,7 @@ hp_fe_p11:
   addq    $1, 0x7fffff0c(%rax)        # one hit, on the thread's own counter
 hp_fe_p12:
 hp_fe_unlock:
-  decq    %fs:0x7fffff0d              # read_unlock(): depth - 1 (R2)
-hp_fe_p13:
-  movabsq $0x7fffffff7fffff0e, %rax   # F2: wake a writer sleeping on the readers
-hp_fe_p14:
-  cmpl    $-1, (%rax)
-  je      hp_fe_wake
-hp_fe_unlocked:
-  movb    $0, %fs:0x7fffff0f          # in_handler = 0
-hp_fe_p15:
+  HP_LEAVE_SECTION 0x7fffff0d, hp_fe_p13, 0x7fffffff7fffff0e, hp_fe_p14, hp_fe_wake, hp_fe_unlocked, 0x7fffff0f, hp_fe_p15
   jmp     hp_fe_end
 hp_fe_wake:
   HP_WAKE_WRITER hp_fe_unlocked, 0x7fffff10, hp_fe_p16
@@ -104,15 +111,8 @@ hp_fe_p18:
 hp_fe_p19:
   call    *%rax
   movl    %eax, %ebx                  # it hijacked the return through the landing (rbx is
-  decq    %fs:0x7fffff16              # restored from the frame); read_unlock() (R2)
-hp_fe_p22:
-  movabsq $0x7fffffff7fffff17, %rax   # F2
-hp_fe_p23:
-  cmpl    $-1, (%rax)
-  je      hp_fe_lwake
-hp_fe_lunlocked:
-  movb    $0, %fs:0x7fffff18          # in_handler = 0
-hp_fe_p24:
+                                      # restored from the frame)
+  HP_LEAVE_SECTION 0x7fffff16, hp_fe_p22, 0x7fffffff7fffff17, hp_fe_p23, hp_fe_lwake, hp_fe_lunlocked, 0x7fffff18, hp_fe_p24
   testb   %bl, %bl
   .byte   0x0f, 0x85                  # jnz rel32: the landing exit (the emitter's fixup)
   .long   0x7fffff19
@@ -247,15 +247,7 @@ hp_fr_p21:
   addq    $1, 0x7fffff16(%rbx)        # one hit
 hp_fr_p22:
 hp_fr_unlock:
-  decq    %fs:0x7fffff17              # read_unlock() (R2)
-hp_fr_p23:
-  movabsq $0x7fffffff7fffff18, %rax   # F2
-hp_fr_p24:
-  cmpl    $-1, (%rax)
-  je      hp_fr_wake
-hp_fr_unlocked:
-  movb    $0, %fs:0x7fffff19          # in_handler = 0
-hp_fr_p25:
+  HP_LEAVE_SECTION 0x7fffff17, hp_fr_p23, 0x7fffffff7fffff18, hp_fr_p24, hp_fr_wake, hp_fr_unlocked, 0x7fffff19, hp_fr_p25
   movq    0x7fffff1a(%r13), %rax      # the original return address
 hp_fr_p26:
   movq    $0, 0x7fffff1b(%r13)        # site = null (release): the zombie scan may let go
