@@ -126,8 +126,14 @@ class ElfFile {
   ElfFile() = default;
 
   Error no_such_function(std::string_view name) const;
-  // The positions [first, last) in by_name_ of the functions named `name` (empty if none).
-  std::pair<std::size_t, std::size_t> name_run(std::string_view name) const;
+  // The functions named `name`: `one` when it names one function, else the positions
+  // [first, last) in by_name_ (empty if none).
+  struct NameHit {
+    const Symbol* one = nullptr;
+    std::size_t first = 0;
+    std::size_t last = 0;
+  };
+  NameHit name_hit(std::string_view name) const;
 
   std::string path_;
   ModuleKey key_;
@@ -140,9 +146,15 @@ class ElfFile {
   std::string names_;                   // every symbol name, NUL-separated
   std::vector<Symbol> symbols_;         // by file offset
   std::vector<std::uint32_t> by_name_;  // indices into symbols_, by name
-  // Hash index of the names: 1 + the position in by_name_ of a name's first entry, 0 for an
-  // empty slot (index_names()).
-  std::vector<std::uint32_t> name_index_;
+  // Hash index of the names (index_names()): `ref` is 0 for an empty slot, kOne | the
+  // index in symbols_ for a name of one function, else 1 + the position in by_name_ of the
+  // name's first entry; `tag` is the upper half of the name's hash.
+  struct NameSlot {
+    static constexpr std::uint32_t kOne = 0x80000000u;
+    std::uint32_t ref = 0;
+    std::uint32_t tag = 0;
+  };
+  std::vector<NameSlot> name_index_;
   void index_names();
 };
 
