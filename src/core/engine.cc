@@ -580,15 +580,26 @@ struct EngineImpl {
     return c;
   }
 
-  static void free_site_memory(Site* s, Registry& reg) {
-    arch::CodeSlot slot;
-    slot.address = s->trampoline;
-    slot.chunk = s->slot_chunk;
-    slot.index = s->slot_index;
-    slot.size = reg.code_.slot_size();
-    if (s->trampoline) reg.code_.free(slot);
-    ConsumerArray::destroy(s->consumers.load(std::memory_order_relaxed));
-    delete s;
+  // Frees sites no thread can reach any more: their trampoline slots under one lock
+  // (this runs on the grace-period worker while the next batch may be allocating slots),
+  // their last consumer arrays, and the sites.
+  static void free_sites(std::span<Site* const> sites, Registry& reg) {
+    std::vector<arch::CodeSlot> slots;
+    slots.reserve(sites.size());
+    for (Site* s : sites) {
+      if (!s->trampoline) continue;
+      arch::CodeSlot slot;
+      slot.address = s->trampoline;
+      slot.chunk = s->slot_chunk;
+      slot.index = s->slot_index;
+      slot.size = reg.code_.slot_size();
+      slots.push_back(slot);
+    }
+    reg.code_.free_many(slots);
+    for (Site* s : sites) {
+      ConsumerArray::destroy(s->consumers.load(std::memory_order_relaxed));
+      delete s;
+    }
   }
 
   static PatchSite patch_for(const Site* s, bool attach) {
@@ -700,6 +711,7 @@ struct EngineImpl {
     };
     std::vector<Mine> mine;
     VectorSavesMemo vector_saves;
+    consumers.reserve(consumers.size() + targets.size());
     for (std::size_t i = 0; i < specs.size(); i++) {
       if (!results[i].ok()) continue;
       const ProbeSpec& spec = specs[i];
@@ -765,16 +777,18 @@ struct EngineImpl {
           reg.pending_.push_back(c);
         }
         made.push_back({i, c});
+        // Handed out here, while the consumer and the result are in cache (a later pass
+        // over 10,000 of them missed it twice per probe); taken back if the batch fails.
+        consumers.set(c->id, c);
+        results[i]->push_back(Handle{c->id});
       }
     }
-    auto undo_fresh = [&] {
-      for (Site* s : fresh)
-        free_site_memory(s, reg);
-    };
+    auto undo_fresh = [&] { free_sites(fresh, reg); };
     if (any_error && mode == BatchMode::all_or_nothing) {
       for (auto& [i, c] : made) {
         auto& mem = c->site ? c->site->members : reg.pending_;
         mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
+        consumers.erase(c->id);
         delete c;
       }
       undo_fresh();
@@ -805,22 +819,37 @@ struct EngineImpl {
         if (any_int3) reg.publish_int3_table();
         // Nothing was patched: the fresh sites were reachable by no thread (only through
         // the int3 table, which tasks-trace protects); free them after a grace period.
+        // A spec with a target among them fails whole: its consumers on sites that were
+        // there before are taken off again, and none of its handles is handed out.
+        const std::unordered_set<Site*> unpatched(fresh.begin(), fresh.end());
         for (auto& [i, c] : made) {
-          if (std::find(fresh.begin(), fresh.end(), c->site) != fresh.end()) {
+          if (c->site && unpatched.count(c->site)) {
             results[i] =
                 Error(applied.error().code(), "could not patch: " + applied.error().message());
           }
         }
-        std::vector<Site*> dead = fresh;
-        sync::tasks_trace().call([dead] {
-          for (Site* s : dead)
-            free_site_memory(s, Registry::get());
-        });
+        std::vector<Consumer*> dead_consumers;
         for (auto& [i, c] : made) {
-          if (!results[i].ok()) continue;
-          consumers.set(c->id, c);
-          results[i]->push_back(Handle{c->id});
+          if (results[i].ok()) continue;
+          consumers.erase(c->id);
+          if (!c->site) {
+            reg.pending_.erase(std::remove(reg.pending_.begin(), reg.pending_.end(), c),
+                               reg.pending_.end());
+            delete c;
+          } else if (unpatched.count(c->site)) {
+            dead_consumers.push_back(c);
+          } else {
+            auto& mem = c->site->members;
+            mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
+            publish(c->site, {c});
+          }
         }
+        std::vector<Site*> dead = fresh;
+        sync::tasks_trace().call([dead, dead_consumers] {
+          free_sites(dead, Registry::get());
+          for (Consumer* c : dead_consumers)
+            delete c;
+        });
         return results;
       }
       reg.sites_.reserve(reg.sites_.size() + fresh.size());
@@ -829,12 +858,6 @@ struct EngineImpl {
         (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
             .fetch_add(1, std::memory_order_relaxed);
       }
-    }
-    consumers.reserve(consumers.size() + made.size());
-    for (auto& [i, c] : made) {
-      if (!results[i].ok()) continue;
-      consumers.set(c->id, c);
-      results[i]->push_back(Handle{c->id});
     }
     return results;
   }
@@ -1046,10 +1069,7 @@ struct EngineImpl {
         }
         reg.publish_int3_table();
         std::vector<Site*> dead = fresh;
-        sync::tasks_trace().call([dead] {
-          for (Site* s : dead)
-            free_site_memory(s, Registry::get());
-        });
+        sync::tasks_trace().call([dead] { free_sites(dead, Registry::get()); });
         return;
       }
       for (Site* s : fresh) {
@@ -1263,10 +1283,7 @@ struct EngineImpl {
         std::vector<Site*> dead;
         for (Retired& r : ready)
           dead.push_back(r.site);
-        sync::tasks_trace().call([dead] {
-          for (Site* s : dead)
-            free_site_memory(s, Registry::get());
-        });
+        sync::tasks_trace().call([dead] { free_sites(dead, Registry::get()); });
       } else {
         keep.insert(keep.end(), ready.begin(), ready.end());
       }

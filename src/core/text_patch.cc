@@ -521,9 +521,20 @@ Result<void> sync_core() {
   return {};
 }
 
+namespace {
+std::atomic<bool> g_fail_next_apply{false};
+}  // namespace
+
+void fail_next_apply_for_testing() noexcept {
+  g_fail_next_apply.store(true, std::memory_order_relaxed);
+}
+
 Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   MutexLock lock(g_patch_mutex);
   HP_TRY(init_once());
+  if (g_fail_next_apply.exchange(false, std::memory_order_relaxed)) {
+    return Error(Errc::busy, "failed on purpose (fail_next_apply_for_testing)");
+  }
   PatchStats stats;
   if (sites.empty()) return stats;
 

@@ -83,6 +83,10 @@ struct PatchStats {
 // Serialized internally: one transaction at a time per process.
 Result<PatchStats> apply_patches(std::span<const PatchSite> sites);
 
+// Tests: the next apply_patches() fails with Errc::busy before it changes anything (the
+// way a batch fails when someone else patched one of its functions meanwhile).
+void fail_next_apply_for_testing() noexcept;
+
 // Totals since start (statistics and tests).
 struct PatchTotals {
   std::uint64_t sync_core_rounds = 0;

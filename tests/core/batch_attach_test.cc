@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/text_patch.h"
 #include "hotprobe/probe.h"
 
 extern "C" {
@@ -68,6 +69,59 @@ TEST(CoreBatchAttach, AFailedSpecInTheMiddleLeavesTheOthersTheirTargets) {
   EXPECT_EQ(g_hits[1].load(), 2);
   EXPECT_EQ(g_hits[2].load(), 3);
   ASSERT_TRUE((*engine)->detach(all).ok());
+}
+
+// A batch whose patching fails fails every spec with a target on one of its new sites,
+// whole: the consumer such a spec added to a function probed before the batch is taken
+// off again (that function keeps counting for its own probe only), no handle is handed
+// out, and the functions are left as they were, so the same batch attaches afterwards.
+TEST(CoreBatchAttach, AFailedPatchTakesBackEverySpecOnANewSite) {
+  for (auto& h : g_hits)
+    h.store(0);
+  auto engine = hotprobe::Engine::create();
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  hotprobe::ProbeSpec before;
+  before.target = ":hp_ba_f0";
+  before.on_entry = &count<0>;
+  auto kept = (*engine)->attach(before);
+  ASSERT_TRUE(kept.ok()) << kept.error().message();
+
+  std::vector<hotprobe::ProbeSpec> specs(2);
+  specs[0].target = ":hp_ba_f[01]";  // f0: probed before the batch; f1: a new site
+  specs[0].on_entry = &count<1>;
+  specs[1].target = ":hp_ba_f2";
+  specs[1].on_entry = &count<2>;
+  hp::core::fail_next_apply_for_testing();
+  auto results = (*engine)->attach(specs, hotprobe::BatchMode::best_effort);
+  ASSERT_EQ(results.size(), 2u);
+  for (const auto& r : results) {
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message().find("could not patch"), std::string::npos)
+        << r.error().message();
+  }
+  EXPECT_EQ((*engine)->stats().consumers, 1u);
+  EXPECT_EQ(hp_ba_f0(1), 11);
+  EXPECT_EQ(hp_ba_f1(1), 12);
+  EXPECT_EQ(hp_ba_f2(1), 13);
+  EXPECT_EQ(g_hits[0].load(), 1);
+  EXPECT_EQ(g_hits[1].load(), 0);
+  EXPECT_EQ(g_hits[2].load(), 0);
+
+  results = (*engine)->attach(specs, hotprobe::BatchMode::best_effort);
+  std::vector<hotprobe::Handle> all(kept->begin(), kept->end());
+  for (const auto& r : results) {
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    all.insert(all.end(), r->begin(), r->end());
+  }
+  EXPECT_EQ(all.size(), 4u);
+  EXPECT_EQ(hp_ba_f0(1), 11);
+  EXPECT_EQ(hp_ba_f1(1), 12);
+  EXPECT_EQ(hp_ba_f2(1), 13);
+  EXPECT_EQ(g_hits[0].load(), 2);
+  EXPECT_EQ(g_hits[1].load(), 2);
+  EXPECT_EQ(g_hits[2].load(), 1);
+  ASSERT_TRUE((*engine)->detach(all).ok());
+  EXPECT_EQ((*engine)->stats().consumers, 0u);
 }
 
 }  // namespace

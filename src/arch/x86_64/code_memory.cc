@@ -276,15 +276,26 @@ Result<void> CodeMemory::write_at(const CodeSlot& slot, std::uint32_t offset,
   return {};
 }
 
-void CodeMemory::free(const CodeSlot& slot) {
-  MutexLock lock(mu_);
+void CodeMemory::free_locked(const CodeSlot& slot) {
   HP_CHECK(slot.chunk < chunks_.size());
   Chunk& c = chunks_[slot.chunk];
   HP_CHECK_MSG(c.used[slot.index], "double free of a trampoline slot");
   c.used[slot.index] = false;
   --c.used_count;
   c.first_free = std::min(c.first_free, slot.index);
-  std::memset(c.write + std::uint64_t{slot.index} * slot_size_, 0xcc, slot_size_);
+  std::memset(c.write + std::uint64_t{slot.index} * slot_size_, 0xcc,
+              std::min(slot_size_, kPoisonBytes));
+}
+
+void CodeMemory::free(const CodeSlot& slot) {
+  MutexLock lock(mu_);
+  free_locked(slot);
+}
+
+void CodeMemory::free_many(std::span<const CodeSlot> slots) {
+  MutexLock lock(mu_);
+  for (const CodeSlot& slot : slots)
+    free_locked(slot);
 }
 
 std::size_t CodeMemory::chunk_count() const {

@@ -58,7 +58,14 @@ class CodeMemory {
   // in a slot, as tests and generated stubs do).
   Result<void> write_at(const CodeSlot& slot, std::uint32_t offset,
                         std::span<const std::uint8_t> bytes) HP_EXCLUDES(mu_);
+  // Frees the slot and writes int3 over its first kPoisonBytes (where a jump to it lands):
+  // write() fills a slot's unused tail with int3, so a stray jump into a freed slot
+  // traps. The rest is left as it was: a batch of 10,000 frees would otherwise write
+  // 7.5 MiB while the next batch builds its trampolines on the other CPU.
   void free(const CodeSlot& slot) HP_EXCLUDES(mu_);
+  // Frees every slot of `slots` under one lock (a detached batch's trampolines).
+  void free_many(std::span<const CodeSlot> slots) HP_EXCLUDES(mu_);
+  static constexpr std::uint32_t kPoisonBytes = 64;
 
   // Counts, for tests and statistics.
   std::size_t chunk_count() const HP_EXCLUDES(mu_);
@@ -82,6 +89,7 @@ class CodeMemory {
   std::optional<CodeSlot> take_slot(std::uint32_t chunk, std::uint64_t near) HP_REQUIRES(mu_);
   bool slot_in_reach(const Chunk& c, std::uint32_t index, std::uint64_t near) const;
   void populate_through(Chunk& c, std::uint32_t end) const;
+  void free_locked(const CodeSlot& slot) HP_REQUIRES(mu_);
   void remap_private_copy() HP_REQUIRES(mu_);
 
   const std::uint32_t slot_size_;
