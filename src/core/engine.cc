@@ -15,7 +15,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <iterator>
 #include <mutex>
+#include <system_error>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -25,6 +28,7 @@
 #include "arch/x86_64/trampoline.h"
 #include "base/assert.h"
 #include "base/thread_annotations.h"
+#include "core/batch_helper.h"
 #include "core/dispatch.h"
 #include "core/flat_map.h"
 #include "core/site.h"
@@ -58,8 +62,9 @@ struct SiteKeyHash {
 };
 
 // The sites a batch creates, by key, so two specs of one batch that name one place share
-// a site: open addressing in one array sized for the batch (a node per site, and freeing
-// 10,000 nodes, cost more than the rest of the lookup).
+// a site: open addressing in one array sized for the batch's targets (a node per site,
+// and freeing 10,000 nodes, cost more than the rest of the lookup). Holds the index of
+// the site's build job.
 class FreshSites {
  public:
   explicit FreshSites(std::size_t n) {
@@ -68,24 +73,29 @@ class FreshSites {
       slots *= 2;
     slots_.resize(slots);
   }
-  Site* find(const SiteKey& k) const {
+  // The job's index, or -1.
+  std::ptrdiff_t find(const SiteKey& k) const {
     for (std::size_t i = start(k);; i = (i + 1) & (slots_.size() - 1)) {
-      if (!slots_[i].second) return nullptr;
-      if (slots_[i].first == k) return slots_[i].second;
+      if (!slots_[i].second) return -1;
+      if (slots_[i].first == k) return static_cast<std::ptrdiff_t>(slots_[i].second - 1);
     }
   }
-  void insert(const SiteKey& k, Site* s) {
+  void prefetch(const SiteKey& k) const { __builtin_prefetch(&slots_[start(k)]); }
+  // At most n keys (the constructor's): the table stays at most half full.
+  void insert(const SiteKey& k, std::size_t job) {
+    HP_CHECK(2 * ++size_ <= slots_.size());
     std::size_t i = start(k);
     while (slots_[i].second)
       i = (i + 1) & (slots_.size() - 1);
-    slots_[i] = {k, s};
+    slots_[i] = {k, job + 1};
   }
 
  private:
   std::size_t start(const SiteKey& k) const {
     return (SiteKeyHash()(k) * 0x9E3779B97F4A7C15ull >> 20) & (slots_.size() - 1);
   }
-  std::vector<std::pair<SiteKey, Site*>> slots_;  // second == nullptr: empty
+  std::vector<std::pair<SiteKey, std::size_t>> slots_;  // second == 0: empty
+  std::size_t size_ = 0;
 };
 
 // int3-mode sites by address, for the SIGTRAP hook: an immutable sorted array replaced
@@ -150,6 +160,9 @@ class Registry {
   arch::CodeMemory ret_code_{1024, 64 * 1024};  // return trampolines (one per scheme)
   // Builds entry trampolines from a prototype per kind of site (a copy and a few fields).
   arch::EntryTrampolineBuilder entry_builder_ HP_GUARDED_BY(mu_);
+  // The second thread's, while a large batch builds its sites on two (EngineImpl::
+  // build_all(), which holds mu_ until that thread is joined).
+  arch::EntryTrampolineBuilder helper_builder_ HP_GUARDED_BY(mu_);
   std::atomic<std::uint64_t> next_id_{1};
   std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};
 
@@ -234,6 +247,10 @@ struct Target {
   bool has_symbol = false;
   bool pending = false;  // the module is not loaded yet: applied when it is
   std::string describe;
+  // Filled in by attach() under the registry lock: the site already there, or the index
+  // of the batch's job that builds one.
+  Site* known = nullptr;
+  std::size_t job = 0;
 };
 
 // A target in a file that is not loaded: applied when a dlopen maps it.
@@ -428,15 +445,67 @@ struct EngineImpl {
       HP_GUARDED_BY(Registry::get().mu_);
   std::atomic<std::uint64_t> grace_periods{0};
 
+  // What building a site takes besides its target and spec, the same for every site of a
+  // batch: worked out once under the registry lock, so that the sites of a large batch
+  // can be built on two threads (each with its own trampoline builder; CodeMemory locks
+  // itself).
+  struct BuildEnv {
+    Scheme scheme = Scheme::tasks_trace;
+    std::uint32_t return_depth = 0;
+    std::uint64_t dispatcher = 0;
+    std::uintptr_t landing_target = 0;  // where landings jump; 0: no landings
+    bool fast_ok = false;               // `fast` applies (but for .consumers, each site's)
+    arch::FastEntry fast;
+  };
+  BuildEnv build_env(Registry& reg) HP_REQUIRES(reg.mu_) {
+    BuildEnv env;
+    env.scheme = options.scheme;
+    env.return_depth = options.return_stack_depth;
+    env.dispatcher = reinterpret_cast<std::uint64_t>(entry_dispatcher(options.scheme));
+    // At a function's entry, a landing for return probes (any consumer may add one).
+    if (reg.ensure_return_trampoline(options.scheme).ok())
+      env.landing_target = reg.landing_return_[static_cast<int>(options.scheme)];
+    Site layout;  // fast_entry_for() reads the scheme and the consumers' address
+    layout.scheme = options.scheme;
+    env.fast_ok = fast_entry_for(layout, env.fast);
+    return env;
+  }
+
   // Builds a new site for `t` (not yet patched, not yet in the registry).
   Result<Site*> build_site(const Target& t, const ProbeSpec& spec, Registry& reg)
       HP_REQUIRES(reg.mu_) {
+    return build_site(t, spec, build_env(reg), reg.entry_builder_, reg.code_, std::nullopt);
+  }
+  // A slot allocated ahead for a site (near its probe address), freed unless taken.
+  class ReservedSlot {
+   public:
+    ReservedSlot(arch::CodeMemory& code, std::optional<arch::CodeSlot> slot)
+        : code_(code), slot_(slot) {}
+    ~ReservedSlot() {
+      if (slot_) code_.free(*slot_);
+    }
+    ReservedSlot(const ReservedSlot&) = delete;
+    ReservedSlot& operator=(const ReservedSlot&) = delete;
+    // The reserved slot if it reaches `near`, else a new one.
+    Result<arch::CodeSlot> take(std::uint64_t near) {
+      if (slot_ && arch::slot_reaches(*slot_, near)) return *std::exchange(slot_, std::nullopt);
+      return code_.allocate(near);
+    }
+
+   private:
+    arch::CodeMemory& code_;
+    std::optional<arch::CodeSlot> slot_;
+  };
+  static Result<Site*> build_site(const Target& t, const ProbeSpec& spec, const BuildEnv& env,
+                                  arch::EntryTrampolineBuilder& builder, arch::CodeMemory& code,
+                                  std::optional<arch::CodeSlot> reserved) {
+    ReservedSlot slots(code, reserved);
     auto site = std::make_unique<Site>();
     site->dev = t.key.dev;
     site->ino = t.key.ino;
     site->file_offset = t.key.off;
-    site->scheme = options.scheme;
-    site->return_depth = options.return_stack_depth;
+    site->scheme = env.scheme;
+    site->return_depth = env.return_depth;
     const std::uintptr_t probe = t.function + t.offset;
     site->probe_address = probe;
     std::span<const std::uint8_t> fn(reinterpret_cast<const std::uint8_t*>(t.function),
@@ -446,24 +515,21 @@ struct EngineImpl {
     if (!spec.force_int3 && t.function_size) {
       auto plan = arch::plan_displacement(fn, t.function, t.offset);
       if (plan.ok()) {
-        auto slot = reg.code_.allocate(plan->patch_address);
+        auto slot = slots.take(plan->patch_address);
         if (slot.ok()) {
           arch::EntryTrampolineSpec ts;
           ts.address = slot->address;
           ts.context = reinterpret_cast<std::uint64_t>(site.get());
-          ts.dispatcher = reinterpret_cast<std::uint64_t>(entry_dispatcher(options.scheme));
+          ts.dispatcher = env.dispatcher;
           ts.save_vector = kTrampolinesSaveVectors;
-          // At a function's entry, a landing for return probes (any consumer may add one).
-          if (plan->at_entry && !plan->flags_live &&
-              reg.ensure_return_trampoline(options.scheme).ok()) {
-            ts.landing_target = reg.landing_return_[static_cast<int>(options.scheme)];
-          }
-          arch::FastEntry fast;
-          if (fast_entry_for(*site, fast)) ts.fast = &fast;
-          auto tramp = reg.entry_builder_.build(ts, *plan);
+          if (plan->at_entry && !plan->flags_live) ts.landing_target = env.landing_target;
+          arch::FastEntry fast = env.fast;
+          fast.consumers = reinterpret_cast<std::uint64_t>(&site->consumers);
+          if (env.fast_ok) ts.fast = &fast;
+          auto tramp = builder.build(ts, *plan);
           if (tramp.ok() && ts.fast && tramp->code.size() > slot->size) {
             ts.fast = nullptr;  // long relocated code: the plain call to the dispatcher fits
-            tramp = reg.entry_builder_.build(ts, *plan);
+            tramp = builder.build(ts, *plan);
           }
           std::uint8_t patch[32];
           HP_CHECK(plan->length <= sizeof patch);  // whole instructions from below the 5th byte
@@ -476,8 +542,8 @@ struct EngineImpl {
               !tramp.ok() || static_cast<std::size_t>(std::count_if(
                                  tramp->map.begin(), tramp->map.end(), inside)) <= IpMap::kCapacity;
           if (tramp.ok() && bytes.ok() && map_fits && tramp->code.size() <= slot->size) {
-            if (auto w = reg.code_.write(*slot, tramp->code); !w.ok()) {
-              reg.code_.free(*slot);
+            if (auto w = code.write(*slot, tramp->code); !w.ok()) {
+              code.free(*slot);
               return w.error();
             }
             site->mode = SiteMode::jmp;
@@ -493,10 +559,10 @@ struct EngineImpl {
             for (const arch::OffsetPair& p : tramp->map) {
               if (inside(p)) site->ip_map.push_back({p.original, slot->address + p.relocated});
             }
-            reg.entry_builder_.recycle(std::move(*tramp));
+            builder.recycle(std::move(*tramp));
             return site.release();
           }
-          reg.code_.free(*slot);
+          code.free(*slot);
           jmp_error = !tramp.ok()   ? tramp.error()
                       : !bytes.ok() ? bytes.error()
                       : !map_fits   ? Error(Errc::internal,
@@ -526,15 +592,15 @@ struct EngineImpl {
     auto iplan = arch::plan_int3(fn, t.function, t.offset);
     if (!iplan.ok())
       return Error(iplan.error().code(), t.describe + ": " + iplan.error().message());
-    auto slot = reg.code_.allocate(probe);
+    auto slot = slots.take(probe);
     if (!slot.ok()) return Error(slot.error().code(), t.describe + ": " + slot.error().message());
     auto copy = arch::make_int3_copy(*iplan, slot->address);
     if (!copy.ok()) {
-      reg.code_.free(*slot);
+      code.free(*slot);
       return Error(copy.error().code(), t.describe + ": " + copy.error().message());
     }
-    if (auto w = reg.code_.write(*slot, copy->code); !w.ok()) {
-      reg.code_.free(*slot);
+    if (auto w = code.write(*slot, copy->code); !w.ok()) {
+      code.free(*slot);
       return w.error();
     }
     site->mode = SiteMode::int3;
@@ -550,6 +616,55 @@ struct EngineImpl {
     site->slot_chunk = slot->chunk;
     site->slot_index = slot->index;
     return site.release();
+  }
+
+  // A site a batch builds: for the first target that names its place.
+  struct BuildJob {
+    std::size_t target = 0;
+    std::size_t spec = 0;
+    Site* site = nullptr;  // null: the build failed with `error`
+    Error error;
+    bool listed = false;  // in the batch's list of fresh sites
+  };
+  // How far ahead a pass over a batch's targets prefetches what a later one will look up
+  // (each lookup in a table of 10,000 sites is a cache miss of about 100 ns here).
+  static constexpr std::size_t kLookAhead = 8;
+  // From this many specs a batch takes a second thread (BatchHelper) for resolving and
+  // building; below, starting one costs more than it could take (30-60 us, about the
+  // time of 50 probes).
+  static constexpr std::size_t kTwoThreads = 1024;
+  // Chunks of a parallel pass: small enough that the thread that comes late finds some
+  // left, large enough that taking one (an atomic add, one CodeMemory lock) is noise.
+  static constexpr std::size_t kResolveChunk = 256;
+  static constexpr std::size_t kBuildChunk = 128;
+
+  // Builds every job's site, in chunks on this thread and the batch's helper. A chunk
+  // touches only its jobs, its thread's trampoline builder, CodeMemory (which locks
+  // itself; a chunk's slots under one lock), the heap and the functions' bytes.
+  void build_all(std::span<BuildJob> jobs, std::span<const Target> targets,
+                 std::span<const ProbeSpec> specs, Registry& reg, BatchHelper& helper)
+      HP_REQUIRES(reg.mu_) {
+    if (jobs.empty()) return;
+    const BuildEnv env = build_env(reg);
+    arch::CodeMemory& code = reg.code_;
+    arch::EntryTrampolineBuilder* builders[2] = {&reg.entry_builder_, &reg.helper_builder_};
+    helper.run(jobs.size(), kBuildChunk, [&](int worker, std::size_t begin, std::size_t end) {
+      std::vector<std::uint64_t> near;
+      near.reserve(end - begin);
+      for (std::size_t n = begin; n < end; n++)
+        near.push_back(targets[jobs[n].target].function + targets[jobs[n].target].offset);
+      std::vector<Result<arch::CodeSlot>> slots = code.allocate_many(near);
+      for (std::size_t n = begin; n < end; n++) {
+        BuildJob& j = jobs[n];
+        Result<arch::CodeSlot>& slot = slots[n - begin];
+        auto built = build_site(targets[j.target], specs[j.spec], env, *builders[worker], code,
+                                slot.ok() ? std::optional(*slot) : std::nullopt);
+        if (built.ok())
+          j.site = *built;
+        else
+          j.error = built.error();
+      }
+    });
   }
 
   // Takes t.describe: the target is not used after its consumer is made.
@@ -659,6 +774,41 @@ struct EngineImpl {
     retire(s->scheme, std::move(g));
   }
 
+  // A stretch of a batch's specs, resolved: results[i] for spec i (an empty list of
+  // handles when it resolved), its targets, and ends[i] = targets.size() after spec i.
+  struct ResolvedPart {
+    std::vector<Result<std::vector<Handle>>> results;
+    std::vector<Target> targets;
+    std::vector<std::size_t> ends;
+    bool any_error = false;
+  };
+  static void resolve_part(const Result<elf::ModuleList>& mods, std::span<const ProbeSpec> specs,
+                           ResolvedPart& out) {
+    ModuleCache module_cache;
+    out.results.reserve(specs.size());
+    out.targets.reserve(specs.size());
+    out.ends.reserve(specs.size());
+    for (const ProbeSpec& spec : specs) {
+      const std::size_t start = out.targets.size();
+      if (!spec.on_entry && !spec.on_return) {
+        out.results.push_back(
+            Error(Errc::invalid_argument,
+                  "probe '" + spec.target + "' has neither an entry nor a return handler"));
+      } else if (!mods.ok()) {
+        out.results.push_back(mods.error());
+      } else if (auto t = resolve(mods.value(), spec, module_cache, out.targets); !t.ok()) {
+        out.results.push_back(t.error());
+      } else {
+        out.results.push_back(std::vector<Handle>{});
+        out.ends.push_back(out.targets.size());
+        continue;
+      }
+      out.targets.resize(start);  // what a failed spec appended
+      out.ends.push_back(start);
+      out.any_error = true;
+    }
+  }
+
   std::vector<Result<std::vector<Handle>>> attach(std::span<const ProbeSpec> specs,
                                                   BatchMode mode) {
     std::vector<Result<std::vector<Handle>>> results;
@@ -668,39 +818,66 @@ struct EngineImpl {
                     [](const ProbeSpec& s) { return s.on_return != nullptr; })) {
       ensure_unwinder_probes();
     }
+    // Started first: it takes a millisecond to get the other CPU.
+    std::optional<BatchHelper> helper(std::in_place, specs.size() >= kTwoThreads);
     auto mods = elf::ModuleList::of_self();
-    ModuleCache module_cache;
-    // Every spec's targets in one list: spec i's are [first[i], first[i + 1]).
+    // Every spec's targets in one list: spec i's are [first[i], first[i + 1]). Resolved in
+    // chunks (on two threads in a large batch: the module list and the symbol tables are
+    // only read), put together in order.
+    std::vector<ResolvedPart> parts((specs.size() + kResolveChunk - 1) / kResolveChunk);
+    helper->run(specs.size(), kResolveChunk, [&](int, std::size_t begin, std::size_t end) {
+      resolve_part(mods, specs.subspan(begin, end - begin), parts[begin / kResolveChunk]);
+    });
     std::vector<Target> targets;
-    targets.reserve(specs.size());
     std::vector<std::size_t> first(specs.size() + 1, 0);
     bool any_error = false;
-    for (std::size_t i = 0; i < specs.size(); i++) {
-      const ProbeSpec& spec = specs[i];
-      if (!spec.on_entry && !spec.on_return) {
-        results.push_back(
-            Error(Errc::invalid_argument,
-                  "probe '" + spec.target + "' has neither an entry nor a return handler"));
-      } else if (!mods.ok()) {
-        results.push_back(mods.error());
-      } else if (auto t = resolve(*mods, spec, module_cache, targets); !t.ok()) {
-        results.push_back(t.error());
-      } else {
-        results.push_back(std::vector<Handle>{});
-        first[i + 1] = targets.size();
-        continue;
+    {
+      std::size_t total = 0;
+      for (const ResolvedPart& p : parts)
+        total += p.targets.size();
+      targets.reserve(total);
+      std::size_t i = 0;
+      for (ResolvedPart& p : parts) {
+        const std::size_t base = targets.size();
+        for (std::size_t end : p.ends)
+          first[++i] = base + end;
+        std::move(p.results.begin(), p.results.end(), std::back_inserter(results));
+        std::move(p.targets.begin(), p.targets.end(), std::back_inserter(targets));
+        any_error |= p.any_error;
       }
-      targets.resize(first[i]);  // what a failed spec appended
-      first[i + 1] = targets.size();
-      any_error = true;
     }
     if (any_error && mode == BatchMode::all_or_nothing) return fail_all(results, specs);
 
     MutexLock lock(reg.mu_);
     // Sized for the batch up front: a batch of 10,000 probes rehashes nothing.
     std::vector<Site*> fresh;  // new sites, patched together (and published once each)
-    fresh.reserve(specs.size());
-    FreshSites fresh_by_key(specs.size());
+    fresh.reserve(targets.size());
+    // The new sites first, all together (on two threads in a large batch): one for each
+    // place no site probes yet, built for the first spec that names it.
+    FreshSites fresh_by_key(targets.size());
+    std::vector<BuildJob> jobs;
+    jobs.reserve(targets.size());
+    for (std::size_t i = 0; i < specs.size(); i++) {
+      if (!results[i].ok()) continue;
+      for (std::size_t k = first[i]; k < first[i + 1]; k++) {
+        Target& t = targets[k];
+        if (t.pending) continue;
+        if (k + kLookAhead < targets.size()) {
+          reg.sites_.prefetch(targets[k + kLookAhead].key);
+          fresh_by_key.prefetch(targets[k + kLookAhead].key);
+        }
+        if ((t.known = reg.sites_.get(t.key))) continue;
+        if (const std::ptrdiff_t j = fresh_by_key.find(t.key); j >= 0) {
+          t.job = static_cast<std::size_t>(j);
+          continue;
+        }
+        t.job = jobs.size();
+        fresh_by_key.insert(t.key, jobs.size());
+        jobs.push_back({k, i});
+      }
+    }
+    build_all(jobs, targets, specs, reg, *helper);
+    helper.reset();  // no second CPU spinning through the patching
     std::vector<std::pair<std::size_t, Consumer*>> made;  // (spec index, consumer)
     made.reserve(specs.size());
     std::unordered_set<Site*> touched_old;  // sites that were there before the batch
@@ -724,15 +901,21 @@ struct EngineImpl {
               {nullptr, make_consumer(spec, t, nullptr, reg, vector_saves(spec)), false});
           continue;
         }
-        Site* site = nullptr;
+        Site* site = t.known;
         bool is_fresh = false;
-        if (Site* known = reg.sites_.get(t.key)) {
-          site = known;
-        } else if (Site* f = fresh_by_key.find(t.key)) {
-          site = f;
+        if (!site) {
+          BuildJob& job = jobs[t.job];
+          if (!job.site) {
+            results[i] = job.error;
+            failed = true;
+            break;
+          }
+          site = job.site;
           is_fresh = true;
+          if (!job.listed) fresh.push_back(site);
+          job.listed = true;
         }
-        if (site && site->scheme != options.scheme) {
+        if (site->scheme != options.scheme) {
           results[i] =
               Error(Errc::already_attached, t.describe + " is already probed under the " +
                                                 std::string(hotprobe::to_string(site->scheme)) +
@@ -741,18 +924,6 @@ struct EngineImpl {
                                                 ": use one scheme per function");
           failed = true;
           break;
-        }
-        if (!site) {
-          auto built = build_site(t, spec, reg);
-          if (!built.ok()) {
-            results[i] = built.error();
-            failed = true;
-            break;
-          }
-          site = *built;
-          is_fresh = true;
-          fresh.push_back(site);
-          fresh_by_key.insert(t.key, site);
         }
         if (spec.on_return) {
           if (auto r = reg.ensure_return_trampoline(options.scheme); !r.ok()) {
@@ -782,6 +953,18 @@ struct EngineImpl {
         consumers.set(c->id, c);
         results[i]->push_back(Handle{c->id});
       }
+    }
+    // Sites built for specs that failed on a later target: never published, never
+    // patched, so no thread can reach them.
+    std::vector<Site*> unused;
+    for (BuildJob& j : jobs) {
+      if (j.site && (!j.listed || j.site->members.empty())) unused.push_back(j.site);
+    }
+    if (!unused.empty()) {
+      fresh.erase(std::remove_if(fresh.begin(), fresh.end(),
+                                 [](const Site* s) { return s->members.empty(); }),
+                  fresh.end());
+      free_sites(unused, reg);
     }
     auto undo_fresh = [&] { free_sites(fresh, reg); };
     if (any_error && mode == BatchMode::all_or_nothing) {

@@ -27,6 +27,10 @@ class FlatMap {
       if (slots_[i].first == k) return slots_[i].second;
     }
   }
+  // A hint that get(k), set(k) or erase(k) comes soon (a batch looks ahead).
+  void prefetch(const K& k) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[start(k)]);
+  }
   void set(const K& k, V v) {
     HP_CHECK(v != nullptr);
     if (2 * (size_ + 1) > slots_.size()) grow(size_ + 1);

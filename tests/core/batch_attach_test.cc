@@ -24,6 +24,21 @@ __attribute__((noinline, used)) long hp_ba_f2(long x) {
   hp_ba_sink.store(x, std::memory_order_relaxed);
   return x + 12;
 }
+
+// Forty functions that one glob names (a batch of one spec with forty targets).
+#define HP_BA_G(n)                                          \
+  __attribute__((noinline, used)) long hp_ba_g##n(long x) { \
+    hp_ba_sink.store(x + n, std::memory_order_relaxed);     \
+    return x + n;                                           \
+  }
+#define HP_BA_G10(d)                                                                  \
+  HP_BA_G(d##0)                                                                       \
+  HP_BA_G(d##1) HP_BA_G(d##2) HP_BA_G(d##3) HP_BA_G(d##4) HP_BA_G(d##5) HP_BA_G(d##6) \
+      HP_BA_G(d##7) HP_BA_G(d##8) HP_BA_G(d##9)
+HP_BA_G10(1)
+HP_BA_G10(2)
+HP_BA_G10(3)
+HP_BA_G10(4)
 }
 
 namespace {
@@ -122,6 +137,30 @@ TEST(CoreBatchAttach, AFailedPatchTakesBackEverySpecOnANewSite) {
   EXPECT_EQ(g_hits[2].load(), 1);
   ASSERT_TRUE((*engine)->detach(all).ok());
   EXPECT_EQ((*engine)->stats().consumers, 0u);
+}
+
+// One spec whose glob names more functions than a batch has specs: every one is probed
+// (the batch's table of new sites is sized by targets, not by specs; sized by specs, this
+// attach never returned).
+TEST(CoreBatchAttach, OneGlobSpecProbesEveryFunctionItNames) {
+  std::atomic<long> hits{0};
+  auto engine = hotprobe::Engine::create();
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  hotprobe::ProbeSpec spec;
+  spec.target = ":hp_ba_g[1-4][0-9]";
+  spec.cookie = &hits;
+  spec.on_entry = [](hotprobe::Hit& h) {
+    static_cast<std::atomic<long>*>(h.cookie)->fetch_add(1, std::memory_order_relaxed);
+  };
+  auto handles = (*engine)->attach(spec);
+  ASSERT_TRUE(handles.ok()) << handles.error().message();
+  EXPECT_EQ(handles->size(), 40u);
+  long sum = 0;
+  for (long (*f)(long) : {hp_ba_g10, hp_ba_g19, hp_ba_g20, hp_ba_g33, hp_ba_g49})
+    sum += f(0);
+  EXPECT_EQ(sum, 10 + 19 + 20 + 33 + 49);
+  EXPECT_EQ(hits.load(), 5);
+  ASSERT_TRUE((*engine)->detach(*handles).ok());
 }
 
 }  // namespace

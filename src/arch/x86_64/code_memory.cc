@@ -221,6 +221,12 @@ void CodeMemory::populate_through(Chunk& c, std::uint32_t end) const {
   c.populated = to;
 }
 
+bool slot_reaches(const CodeSlot& slot, std::uint64_t address) {
+  const auto reach = static_cast<std::uint64_t>(kCodeReach);
+  return distance(slot.address, address) <= reach &&
+         distance(slot.address + slot.size, address) <= reach;
+}
+
 std::optional<CodeSlot> CodeMemory::take_slot(std::uint32_t ci, std::uint64_t near) {
   Chunk& c = chunks_[ci];
   if (c.used_count == c.used.size()) return std::nullopt;
@@ -232,7 +238,12 @@ std::optional<CodeSlot> CodeMemory::take_slot(std::uint32_t ci, std::uint64_t ne
       populate_through(c, (i + 1) * slot_size_);
       while (c.first_free < c.used.size() && c.used[c.first_free])
         ++c.first_free;
-      return CodeSlot{c.exec + std::uint64_t{i} * slot_size_, slot_size_, ci, i};
+      return CodeSlot{c.exec + std::uint64_t{i} * slot_size_,
+                      slot_size_,
+                      ci,
+                      i,
+                      c.write + std::uint64_t{i} * slot_size_,
+                      fork_generation_.load(std::memory_order_relaxed)};
     }
   }
   return std::nullopt;
@@ -240,6 +251,19 @@ std::optional<CodeSlot> CodeMemory::take_slot(std::uint32_t ci, std::uint64_t ne
 
 Result<CodeSlot> CodeMemory::allocate(std::uint64_t near) {
   MutexLock lock(mu_);
+  return allocate_locked(near);
+}
+
+std::vector<Result<CodeSlot>> CodeMemory::allocate_many(std::span<const std::uint64_t> near) {
+  std::vector<Result<CodeSlot>> out;
+  out.reserve(near.size());
+  MutexLock lock(mu_);
+  for (std::uint64_t n : near)
+    out.push_back(allocate_locked(n));
+  return out;
+}
+
+Result<CodeSlot> CodeMemory::allocate_locked(std::uint64_t near) {
   for (std::uint32_t ci = 0; ci < chunks_.size(); ++ci) {
     if (auto s = take_slot(ci, near)) return *s;
   }
@@ -255,12 +279,19 @@ Result<void> CodeMemory::write(const CodeSlot& slot, std::span<const std::uint8_
                                              " bytes does not fit a " + std::to_string(slot.size) +
                                              "-byte slot");
   }
+  const auto copy = [&](std::uint8_t* dst) {
+    std::memcpy(dst, code.data(), code.size());
+    // Fill the rest with int3 so a stray jump traps.
+    std::memset(dst + code.size(), 0xcc, slot.size - code.size());
+  };
+  if (slot.writable && slot.fork_generation == fork_generation_.load(std::memory_order_relaxed)) {
+    copy(slot.writable);
+    return {};
+  }
+  // A slot from before a fork, in the child (whose writable views were remapped).
   MutexLock lock(mu_);
   HP_CHECK(slot.chunk < chunks_.size() && chunks_[slot.chunk].used[slot.index]);
-  std::uint8_t* dst = chunks_[slot.chunk].write + std::uint64_t{slot.index} * slot_size_;
-  std::memcpy(dst, code.data(), code.size());
-  // Fill the rest with int3 so a stray jump traps.
-  std::memset(dst + code.size(), 0xcc, slot.size - code.size());
+  copy(chunks_[slot.chunk].write + std::uint64_t{slot.index} * slot_size_);
   return {};
 }
 
@@ -321,7 +352,10 @@ void CodeMemory::lock_for_fork() {
 }
 
 void CodeMemory::unlock_after_fork(bool in_child) {
-  if (in_child) remap_private_copy();
+  if (in_child) {
+    remap_private_copy();
+    fork_generation_.fetch_add(1, std::memory_order_relaxed);  // the child is one thread now
+  }
   for (Chunk& c : chunks_) {
     if (c.fork_fd >= 0) close(c.fork_fd);
     c.fork_fd = -1;

@@ -20,6 +20,7 @@
 // or syscall(SYS_fork) bypass the handler; vfork/posix_spawn children share memory anyway.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -33,11 +34,17 @@ namespace hp::arch {
 // Every byte of a slot is within this distance of the `near` it was allocated for.
 inline constexpr std::int64_t kCodeReach = (std::int64_t{1} << 31) - (std::int64_t{1} << 20);
 
+struct CodeSlot;
+// Whether every byte of `slot` is within kCodeReach of `address`.
+bool slot_reaches(const CodeSlot& slot, std::uint64_t address);
+
 struct CodeSlot {
   std::uint64_t address = 0;  // executable address
   std::uint32_t size = 0;
-  std::uint32_t chunk = 0;  // internal
-  std::uint32_t index = 0;  // internal
+  std::uint32_t chunk = 0;            // internal
+  std::uint32_t index = 0;            // internal
+  std::uint8_t* writable = nullptr;   // internal: the slot's writable alias
+  std::uint32_t fork_generation = 0;  // internal: CodeMemory's, when allocated
 };
 
 class CodeMemory {
@@ -52,8 +59,14 @@ class CodeMemory {
   // A free slot within kCodeReach of `near` (Errc::no_memory_in_reach when none can be
   // mapped there).
   Result<CodeSlot> allocate(std::uint64_t near) HP_EXCLUDES(mu_);
-  // Copies `code` into the slot through the writable alias.
-  Result<void> write(const CodeSlot& slot, std::span<const std::uint8_t> code) HP_EXCLUDES(mu_);
+  // As many slots, each within kCodeReach of its `near`, under one lock (for a batch that
+  // builds its trampolines on two threads, which would otherwise take turns at the lock).
+  std::vector<Result<CodeSlot>> allocate_many(std::span<const std::uint64_t> near) HP_EXCLUDES(mu_);
+  // Copies `code` into the slot through the writable alias, and int3 over the rest. The
+  // owner of a slot (from allocate() until free()) writes it without the lock: the alias
+  // of an allocated slot does not move, except in a fork child, which remaps every chunk
+  // (so a slot from before the fork is written through the chunk's new view, locked).
+  Result<void> write(const CodeSlot& slot, std::span<const std::uint8_t> code);
   // Copies `bytes` to slot + offset, leaving the rest alone (for patching code that lives
   // in a slot, as tests and generated stubs do).
   Result<void> write_at(const CodeSlot& slot, std::uint32_t offset,
@@ -87,11 +100,13 @@ class CodeMemory {
   };
   Result<std::uint32_t> map_chunk_near(std::uint64_t near) HP_REQUIRES(mu_);
   std::optional<CodeSlot> take_slot(std::uint32_t chunk, std::uint64_t near) HP_REQUIRES(mu_);
+  Result<CodeSlot> allocate_locked(std::uint64_t near) HP_REQUIRES(mu_);
   bool slot_in_reach(const Chunk& c, std::uint32_t index, std::uint64_t near) const;
   void populate_through(Chunk& c, std::uint32_t end) const;
   void free_locked(const CodeSlot& slot) HP_REQUIRES(mu_);
   void remap_private_copy() HP_REQUIRES(mu_);
 
+  std::atomic<std::uint32_t> fork_generation_{0};  // fork children remapped so far
   const std::uint32_t slot_size_;
   const std::uint32_t chunk_size_;
   mutable Mutex mu_;
