@@ -31,10 +31,11 @@ __attribute__((noinline, used)) long hp_ba_f2(long x) {
     hp_ba_sink.store(x + n, std::memory_order_relaxed);     \
     return x + n;                                           \
   }
-#define HP_BA_G10(d)                                                                  \
-  HP_BA_G(d##0)                                                                       \
-  HP_BA_G(d##1) HP_BA_G(d##2) HP_BA_G(d##3) HP_BA_G(d##4) HP_BA_G(d##5) HP_BA_G(d##6) \
-      HP_BA_G(d##7) HP_BA_G(d##8) HP_BA_G(d##9)
+// clang-format off
+#define HP_BA_G10(d) \
+  HP_BA_G(d##0) HP_BA_G(d##1) HP_BA_G(d##2) HP_BA_G(d##3) HP_BA_G(d##4) \
+  HP_BA_G(d##5) HP_BA_G(d##6) HP_BA_G(d##7) HP_BA_G(d##8) HP_BA_G(d##9)
+// clang-format on
 HP_BA_G10(1)
 HP_BA_G10(2)
 HP_BA_G10(3)
