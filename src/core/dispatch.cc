@@ -621,7 +621,7 @@ bool handlers_need_vector_saves(const hotprobe::ProbeSpec& spec) {
 ConsumerArray* ConsumerArray::make(const std::vector<Consumer*>& cs) {
   if (cs.empty()) return nullptr;
   std::size_t bytes = sizeof(ConsumerArray) + sizeof(ConsumerEntry) * (cs.size() - 1);
-  auto* a = static_cast<ConsumerArray*>(::operator new(bytes));
+  auto* a = static_cast<ConsumerArray*>(BatchArena::allocate(bytes));
   new (a) ConsumerArray;
   a->n = static_cast<std::uint32_t>(cs.size());
   bool simple = true;
@@ -641,7 +641,7 @@ ConsumerArray* ConsumerArray::make(const std::vector<Consumer*>& cs) {
 void ConsumerArray::destroy(ConsumerArray* a) {
   if (!a) return;
   a->~ConsumerArray();
-  ::operator delete(a);
+  BatchArena::deallocate(a);
 }
 
 void synchronize(Scheme s) {

@@ -649,6 +649,10 @@ struct EngineImpl {
     arch::CodeMemory& code = reg.code_;
     arch::EntryTrampolineBuilder* builders[2] = {&reg.entry_builder_, &reg.helper_builder_};
     helper.run(jobs.size(), kBuildChunk, [&](int worker, std::size_t begin, std::size_t end) {
+      // The caller's thread carves from the batch's scope (attach()), the helper from one
+      // of its own per chunk.
+      std::optional<BatchArena::Scope> scope;
+      if (worker != 0) scope.emplace();
       std::vector<std::uint64_t> near;
       near.reserve(end - begin);
       for (std::size_t n = begin; n < end; n++)
@@ -849,6 +853,8 @@ struct EngineImpl {
     if (any_error && mode == BatchMode::all_or_nothing) return fail_all(results, specs);
 
     MutexLock lock(reg.mu_);
+    // The batch's sites, consumers and consumer arrays, one after the other in memory.
+    BatchArena::Scope arena;
     // Sized for the batch up front: a batch of 10,000 probes rehashes nothing.
     std::vector<Site*> fresh;  // new sites, patched together (and published once each)
     fresh.reserve(targets.size());
@@ -901,6 +907,9 @@ struct EngineImpl {
               {nullptr, make_consumer(spec, t, nullptr, reg, vector_saves(spec)), false});
           continue;
         }
+        // The id this consumer's successor a few targets on will get (ids are handed out
+        // in turn): its slot in the consumers map, fetched ahead.
+        consumers.prefetch(reg.next_id_.load(std::memory_order_relaxed) + kLookAhead);
         Site* site = t.known;
         bool is_fresh = false;
         if (!site) {

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/batch_arena.h"
 #include "core/text_patch.h"
 #include "hotprobe/probe.h"
 
@@ -27,6 +28,7 @@ namespace hp::core {
 struct Site;
 
 struct Consumer {
+  HP_BATCH_ARENA_OBJECT
   std::uint64_t id = 0;
   hotprobe::Handler on_entry = nullptr;
   hotprobe::Handler on_return = nullptr;
@@ -103,6 +105,7 @@ class IpMap {
 
 // One patched place. Keyed like a kernel uprobe by (device, inode, file offset).
 struct Site {
+  HP_BATCH_ARENA_OBJECT
   // Immutable after creation.
   std::uint64_t dev = 0, ino = 0, file_offset = 0;
   std::uintptr_t probe_address = 0;  // what Regs.rip and Hit.probe_address say

@@ -78,4 +78,25 @@ TEST(CoreFlatMap, ReserveThenFillWithoutGrowing) {
 }
 
 }  // namespace
+// A table that held many entries shrinks as they go, and stays right through it.
+TEST(CoreFlatMap, ShrinksWhenMostEntriesAreErased) {
+  FlatMap<std::uint64_t, int*, std::hash<std::uint64_t>> map;
+  int v = 0;
+  for (std::uint64_t k = 1; k <= 10000; k++)
+    map.set(k, &v);
+  for (std::uint64_t k = 1; k <= 10000; k++) {
+    if (k % 2000 != 0) {
+      ASSERT_TRUE(map.erase(k)) << k;
+    }
+  }
+  EXPECT_EQ(map.size(), 5u);
+  for (std::uint64_t k = 1; k <= 10000; k++)
+    ASSERT_EQ(map.get(k), k % 2000 == 0 ? &v : nullptr) << k;
+  for (std::uint64_t k = 20001; k <= 20100; k++)
+    map.set(k, &v);
+  EXPECT_EQ(map.size(), 105u);
+  EXPECT_EQ(map.get(20100), &v);
+  EXPECT_EQ(map.get(8000), &v);
+}
+
 }  // namespace hp::core
