@@ -894,7 +894,6 @@ struct EngineImpl {
     };
     std::vector<Mine> mine;
     VectorSavesMemo vector_saves;
-    consumers.reserve(consumers.size() + targets.size());
     for (std::size_t i = 0; i < specs.size(); i++) {
       if (!results[i].ok()) continue;
       const ProbeSpec& spec = specs[i];
@@ -907,9 +906,6 @@ struct EngineImpl {
               {nullptr, make_consumer(spec, t, nullptr, reg, vector_saves(spec)), false});
           continue;
         }
-        // The id this consumer's successor a few targets on will get (ids are handed out
-        // in turn): its slot in the consumers map, fetched ahead.
-        consumers.prefetch(reg.next_id_.load(std::memory_order_relaxed) + kLookAhead);
         Site* site = t.known;
         bool is_fresh = false;
         if (!site) {
@@ -958,8 +954,8 @@ struct EngineImpl {
         }
         made.push_back({i, c});
         // Handed out here, while the consumer and the result are in cache (a later pass
-        // over 10,000 of them missed it twice per probe); taken back if the batch fails.
-        consumers.set(c->id, c);
+        // over 10,000 of them missed it twice per probe); the consumers map takes them
+        // all at the end, in the order of its slots (register_consumers()).
         results[i]->push_back(Handle{c->id});
       }
     }
@@ -980,7 +976,6 @@ struct EngineImpl {
       for (auto& [i, c] : made) {
         auto& mem = c->site ? c->site->members : reg.pending_;
         mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
-        consumers.erase(c->id);
         delete c;
       }
       undo_fresh();
@@ -1023,7 +1018,6 @@ struct EngineImpl {
         std::vector<Consumer*> dead_consumers;
         for (auto& [i, c] : made) {
           if (results[i].ok()) continue;
-          consumers.erase(c->id);
           if (!c->site) {
             reg.pending_.erase(std::remove(reg.pending_.begin(), reg.pending_.end(), c),
                                reg.pending_.end());
@@ -1042,16 +1036,32 @@ struct EngineImpl {
           for (Consumer* c : dead_consumers)
             delete c;
         });
+        register_consumers(made, results);
         return results;
       }
-      reg.sites_.reserve(reg.sites_.size() + fresh.size());
+      std::vector<std::pair<SiteKey, Site*>> keyed;
+      keyed.reserve(fresh.size());
       for (Site* s : fresh) {
-        reg.sites_.set({s->dev, s->ino, s->file_offset}, s);
+        keyed.push_back({{s->dev, s->ino, s->file_offset}, s});
         (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
             .fetch_add(1, std::memory_order_relaxed);
       }
+      reg.sites_.set_many(std::move(keyed));
     }
+    register_consumers(made, results);
     return results;
+  }
+
+  // Every consumer of a spec that succeeded goes in the engine's map (by handle id).
+  void register_consumers(const std::vector<std::pair<std::size_t, Consumer*>>& made,
+                          const std::vector<Result<std::vector<Handle>>>& results)
+      HP_REQUIRES(Registry::get().mu_) {
+    std::vector<std::pair<std::uint64_t, Consumer*>> by_id;
+    by_id.reserve(made.size());
+    for (const auto& [i, c] : made) {
+      if (results[i].ok()) by_id.push_back({c->id, c});
+    }
+    consumers.set_many(std::move(by_id));
   }
 
   // The module watcher: an internal probe on the dynamic linker's _dl_debug_state, which

@@ -2,6 +2,7 @@
 // registry of sites and each engine's consumers.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <utility>
@@ -43,6 +44,16 @@ class FlatMap {
     }
     slots_[i] = {k, v};
     size_++;
+  }
+  // set() of every entry, in the order of their slots: a batch of 10,000 entries in a
+  // table of 32,768 slots then walks the table once instead of missing the cache on
+  // every entry (and a batch's keys are distinct from each other and from the map's).
+  void set_many(std::vector<Entry> entries) {
+    reserve(size_ + entries.size());
+    std::sort(entries.begin(), entries.end(),
+              [this](const Entry& a, const Entry& b) { return start(a.first) < start(b.first); });
+    for (const Entry& e : entries)
+      set(e.first, e.second);
   }
   bool erase(const K& k) {
     if (slots_.empty()) return false;

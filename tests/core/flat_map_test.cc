@@ -99,4 +99,23 @@ TEST(CoreFlatMap, ShrinksWhenMostEntriesAreErased) {
   EXPECT_EQ(map.get(8000), &v);
 }
 
+// set_many() is set() of each entry, whatever their order and the map's contents.
+TEST(CoreFlatMap, SetManyAgreesWithSetOneByOne) {
+  FlatMap<std::uint64_t, int*, std::hash<std::uint64_t>> many, one;
+  std::vector<int> values(16);
+  for (std::uint64_t k = 1; k <= 300; k += 3) {
+    many.set(k, &values[k % 16]);
+    one.set(k, &values[k % 16]);
+  }
+  std::vector<std::pair<std::uint64_t, int*>> batch;
+  for (std::uint64_t k = 5000; k > 4000; k -= 7)
+    batch.push_back({k, &values[k % 16]});
+  for (const auto& [k, v] : batch)
+    one.set(k, v);
+  many.set_many(batch);
+  ASSERT_EQ(many.size(), one.size());
+  for (std::uint64_t k = 0; k <= 5001; k++)
+    ASSERT_EQ(many.get(k), one.get(k)) << k;
+}
+
 }  // namespace hp::core
