@@ -1046,7 +1046,7 @@ struct EngineImpl {
         (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
             .fetch_add(1, std::memory_order_relaxed);
       }
-      reg.sites_.set_many(std::move(keyed));
+      reg.sites_.set_many(keyed);
     }
     register_consumers(made, results);
     return results;
@@ -1061,7 +1061,7 @@ struct EngineImpl {
     for (const auto& [i, c] : made) {
       if (results[i].ok()) by_id.push_back({c->id, c});
     }
-    consumers.set_many(std::move(by_id));
+    consumers.set_many(by_id);
   }
 
   // The module watcher: an internal probe on the dynamic linker's _dl_debug_state, which

@@ -48,12 +48,16 @@ class FlatMap {
   // set() of every entry, in the order of their slots: a batch of 10,000 entries in a
   // table of 32,768 slots then walks the table once instead of missing the cache on
   // every entry (and a batch's keys are distinct from each other and from the map's).
-  void set_many(std::vector<Entry> entries) {
+  void set_many(const std::vector<Entry>& entries) {
     reserve(size_ + entries.size());
-    std::sort(entries.begin(), entries.end(),
-              [this](const Entry& a, const Entry& b) { return start(a.first) < start(b.first); });
-    for (const Entry& e : entries)
-      set(e.first, e.second);
+    // Each entry's slot computed once, sorted as plain numbers (a comparison that hashes
+    // both keys made the sort most of the cost).
+    std::vector<std::pair<std::size_t, std::size_t>> order(entries.size());  // slot, entry
+    for (std::size_t i = 0; i < entries.size(); i++)
+      order[i] = {start(entries[i].first), i};
+    std::sort(order.begin(), order.end());
+    for (const auto& [slot, i] : order)
+      set(entries[i].first, entries[i].second);
   }
   bool erase(const K& k) {
     if (slots_.empty()) return false;
