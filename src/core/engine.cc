@@ -308,6 +308,10 @@ class ModuleCache {
     last_ = entries_.size() - 1;
     return &entries_.back();
   }
+  // The symbol table of the module found last (null before the first).
+  const elf::ElfFile* last_elf() const {
+    return last_ < entries_.size() ? entries_[last_].elf.get() : nullptr;
+  }
   // Scratch list for ElfFile::lookup, reused by every spec of the batch.
   std::vector<elf::Target>& found() { return found_; }
 
@@ -792,7 +796,21 @@ struct EngineImpl {
     out.results.reserve(specs.size());
     out.targets.reserve(specs.size());
     out.ends.reserve(specs.size());
-    for (const ProbeSpec& spec : specs) {
+    // Looking ahead: the name's slot for the spec 4 on, its symbol for the spec 2 on,
+    // in the symbol table of the module last used (a batch mostly names one), after the
+    // spec 8 on's own text. Each is a cache miss of about 100 ns in a batch of 10,000.
+    auto name_of = [](const ProbeSpec& s) {
+      const std::size_t colon = s.target.find(':');
+      return colon == std::string::npos ? std::string_view()
+                                        : std::string_view(s.target).substr(colon + 1);
+    };
+    for (std::size_t n = 0; n < specs.size(); n++) {
+      const ProbeSpec& spec = specs[n];
+      if (n + 8 < specs.size()) __builtin_prefetch(specs[n + 8].target.data());
+      if (const elf::ElfFile* last = module_cache.last_elf()) {
+        if (n + 4 < specs.size()) last->prefetch_slot(name_of(specs[n + 4]));
+        if (n + 2 < specs.size()) last->prefetch_symbol(name_of(specs[n + 2]));
+      }
       const std::size_t start = out.targets.size();
       if (!spec.on_entry && !spec.on_return) {
         out.results.push_back(

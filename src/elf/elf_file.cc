@@ -365,6 +365,23 @@ void ElfFile::index_names() {
   }
 }
 
+void ElfFile::prefetch_slot(std::string_view name) const {
+  if (name_index_.empty()) return;
+  const std::size_t h = std::hash<std::string_view>()(name);
+  __builtin_prefetch(&name_index_[h & (name_index_.size() - 1)]);
+}
+
+void ElfFile::prefetch_symbol(std::string_view name) const {
+  if (name_index_.empty()) return;
+  const std::size_t h = std::hash<std::string_view>()(name);
+  const NameSlot slot = name_index_[h & (name_index_.size() - 1)];
+  if ((slot.ref & NameSlot::kOne) && slot.tag == static_cast<std::uint32_t>(h >> 32)) {
+    const Symbol& s = symbols_[slot.ref & ~NameSlot::kOne];
+    __builtin_prefetch(&s);
+    __builtin_prefetch(s.name.data());
+  }
+}
+
 ElfFile::NameHit ElfFile::name_hit(std::string_view name) const {
   if (name_index_.empty()) return {};
   const std::size_t mask = name_index_.size() - 1;

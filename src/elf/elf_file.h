@@ -114,6 +114,12 @@ class ElfFile {
   Result<std::vector<Target>> lookup(std::string_view spec) const;
   // The same, appending to `out` (a batch reuses one list; on failure `out` is unchanged).
   Result<void> lookup(std::string_view spec, std::vector<Target>& out) const;
+  // Hints that lookup(name) comes soon, for a batch that looks a few names ahead: the
+  // first brings the name's slot of the hash index into the cache, the second (once the
+  // slot is there) the symbol it names. A name of another file, a glob or NAME+OFFSET
+  // just fetches a line in vain.
+  void prefetch_slot(std::string_view name) const;
+  void prefetch_symbol(std::string_view name) const;
   // lookup() for specs that must name one place (not a glob).
   Result<Target> lookup_one(std::string_view spec) const;
 
