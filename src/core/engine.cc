@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <mutex>
@@ -633,10 +634,16 @@ struct EngineImpl {
   // How far ahead a pass over a batch's targets prefetches what a later one will look up
   // (each lookup in a table of 10,000 sites is a cache miss of about 100 ns here).
   static constexpr std::size_t kLookAhead = 8;
-  // From this many specs a batch takes a second thread (BatchHelper) for resolving and
+  // From this many specs a batch may take a second thread (BatchHelper) for resolving and
   // building; below, starting one costs more than it could take (30-60 us, about the
-  // time of 50 probes).
+  // time of 50 probes). Only when HOTPROBE_BATCH_THREADS=2: once the passes missed the
+  // cache less (the arena, the lookahead, set_many), one thread did as well here with
+  // half the CPU (docs/design.md, "What a batch costs").
   static constexpr std::size_t kTwoThreads = 1024;
+  static bool two_threads_asked() {
+    const char* v = std::getenv("HOTPROBE_BATCH_THREADS");
+    return v && std::atoi(v) >= 2;
+  }
   // Chunks of a parallel pass: small enough that the thread that comes late finds some
   // left, large enough that taking one (an atomic add, one CodeMemory lock) is noise.
   static constexpr std::size_t kResolveChunk = 256;
@@ -841,7 +848,8 @@ struct EngineImpl {
       ensure_unwinder_probes();
     }
     // Started first: it takes a millisecond to get the other CPU.
-    std::optional<BatchHelper> helper(std::in_place, specs.size() >= kTwoThreads);
+    std::optional<BatchHelper> helper(std::in_place,
+                                      specs.size() >= kTwoThreads && two_threads_asked());
     auto mods = elf::ModuleList::of_self();
     // Every spec's targets in one list: spec i's are [first[i], first[i + 1]). Resolved in
     // chunks (on two threads in a large batch: the module list and the symbol tables are

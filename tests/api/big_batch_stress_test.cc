@@ -1,10 +1,12 @@
-// Batches large enough that the engine resolves and builds them on two threads (from
-// 1,024 specs): every probe lands on its own function with its own consumer, a batch that
-// names each function twice still builds one site per function, and threads calling the
-// functions while whole batches attach and detach see the functions' right results and
-// are counted exactly while the probes are on.
+// Batches of 3,000 probes, on one thread and on two (HOTPROBE_BATCH_THREADS=2: the
+// engine resolves and builds a batch of 1,024 specs or more on a second thread too):
+// every probe lands on its own function with its own consumer, a batch that names each
+// function twice still builds one site per function, and threads calling the functions
+// while whole batches attach and detach see the functions' right results and are
+// counted exactly while the probes are on.
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include <atomic>
 #include <chrono>
@@ -79,7 +81,19 @@ void reset_hits() {
     h.store(0);
 }
 
-TEST(BigBatch, EveryProbeOnItsOwnFunction) {
+// Each test runs with one thread (the default) and with two.
+class BigBatch : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    if (GetParam())
+      setenv("HOTPROBE_BATCH_THREADS", "2", 1);
+    else
+      unsetenv("HOTPROBE_BATCH_THREADS");
+  }
+  void TearDown() override { unsetenv("HOTPROBE_BATCH_THREADS"); }
+};
+
+TEST_P(BigBatch, EveryProbeOnItsOwnFunction) {
   Fixture& f = fixture();
   ASSERT_NE(f.lib, nullptr) << dlerror();
   auto e = Engine::create();
@@ -102,7 +116,7 @@ TEST(BigBatch, EveryProbeOnItsOwnFunction) {
   EXPECT_EQ(f.hits[kCount - 1].load(), (kCount - 1) % 3 + 1);
 }
 
-TEST(BigBatch, NamingEachFunctionTwiceBuildsOneSiteEach) {
+TEST_P(BigBatch, NamingEachFunctionTwiceBuildsOneSiteEach) {
   Fixture& f = fixture();
   ASSERT_NE(f.lib, nullptr) << dlerror();
   auto e = Engine::create();
@@ -125,7 +139,7 @@ TEST(BigBatch, NamingEachFunctionTwiceBuildsOneSiteEach) {
 // whole batches attach and detach. In each round, once the batch is attached, the callers
 // stop at a handshake, then each makes a known set of calls, which must be counted
 // exactly, function by function.
-TEST(BigBatch, CallersDuringAttachAndDetachOfWholeBatches) {
+TEST_P(BigBatch, CallersDuringAttachAndDetachOfWholeBatches) {
   Fixture& f = fixture();
   ASSERT_NE(f.lib, nullptr) << dlerror();
   auto e = Engine::create();
@@ -197,5 +211,10 @@ TEST(BigBatch, CallersDuringAttachAndDetachOfWholeBatches) {
     t.join();
   EXPECT_EQ(wrong.load(), 0) << "a probed function returned a wrong value";
 }
+
+INSTANTIATE_TEST_SUITE_P(Threads, BigBatch, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "two" : "one";
+                         });
 
 }  // namespace
