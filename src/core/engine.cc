@@ -446,7 +446,9 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
 
 struct EngineImpl {
   hotprobe::EngineOptions options;
-  FlatMap<std::uint64_t, Consumer*, std::hash<std::uint64_t>> consumers
+  // Not shrunk: attach only fills it (set_many), and a table that shrank after a batch's
+  // detach was allocated and rehashed again by the next batch.
+  FlatMap<std::uint64_t, Consumer*, std::hash<std::uint64_t>, /*Shrink=*/false> consumers
       HP_GUARDED_BY(Registry::get().mu_);
   std::atomic<std::uint64_t> grace_periods{0};
 

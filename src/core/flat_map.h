@@ -16,7 +16,9 @@ namespace hp::core {
 // deletion by shifting back, at most half full): the registry's sites and an engine's
 // consumers. std::unordered_map allocated a node per entry, two for each probe of a batch
 // of 10,000 (and freed them again on detach).
-template <class K, class V, class Hash>
+// `Shrink`: rehash into a smaller table when an eighth full (for a map that is looked up
+// while nearly empty; one that is only walked and filled keeps its table).
+template <class K, class V, class Hash, bool Shrink = true>
 class FlatMap {
  public:
   using Entry = std::pair<K, V>;  // second == nullptr: an empty slot
@@ -78,7 +80,7 @@ class FlatMap {
     size_--;
     // Shrunk when an eighth full: a table that held a batch of 10,000 sites would
     // otherwise make every later lookup a cache miss in 1 MiB of empty slots.
-    if (slots_.size() > 64 && 8 * size_ < slots_.size()) grow(size_);
+    if (Shrink && slots_.size() > 64 && 8 * size_ < slots_.size()) grow(size_);
     return true;
   }
   void reserve(std::size_t n) {

@@ -99,6 +99,23 @@ TEST(CoreFlatMap, ShrinksWhenMostEntriesAreErased) {
   EXPECT_EQ(map.get(8000), &v);
 }
 
+// A map made not to shrink keeps its table when emptied, and stays right.
+TEST(CoreFlatMap, ANonShrinkingMapStaysRightWhenEmptied) {
+  FlatMap<std::uint64_t, int*, std::hash<std::uint64_t>, false> map;
+  int v = 0;
+  for (std::uint64_t k = 1; k <= 5000; k++)
+    map.set(k, &v);
+  for (std::uint64_t k = 1; k <= 5000; k++)
+    ASSERT_TRUE(map.erase(k)) << k;
+  EXPECT_EQ(map.size(), 0u);
+  EXPECT_EQ(map.get(17), nullptr);
+  for (std::uint64_t k = 6000; k < 6100; k++)
+    map.set(k, &v);
+  EXPECT_EQ(map.size(), 100u);
+  EXPECT_EQ(map.get(6099), &v);
+  EXPECT_EQ(map.get(5000), nullptr);
+}
+
 // set_many() is set() of each entry, whatever their order and the map's contents.
 TEST(CoreFlatMap, SetManyAgreesWithSetOneByOne) {
   FlatMap<std::uint64_t, int*, std::hash<std::uint64_t>> many, one;
