@@ -30,6 +30,8 @@ class BatchHelper {
   // must be safe to run on both at once for different chunks.
   using Fn = std::function<void(int worker, std::size_t begin, std::size_t end)>;
   void run(std::size_t n, std::size_t chunk, const Fn& fn);
+  // Whether a helper thread was started (else run() is a loop on the caller's thread).
+  bool two_threads() const { return thread_.joinable(); }
 
  private:
   struct Task {

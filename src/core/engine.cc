@@ -62,43 +62,6 @@ struct SiteKeyHash {
   }
 };
 
-// The sites a batch creates, by key, so two specs of one batch that name one place share
-// a site: open addressing in one array sized for the batch's targets (a node per site,
-// and freeing 10,000 nodes, cost more than the rest of the lookup). Holds the index of
-// the site's build job.
-class FreshSites {
- public:
-  explicit FreshSites(std::size_t n) {
-    std::size_t slots = 16;
-    while (slots < 2 * n)
-      slots *= 2;
-    slots_.resize(slots);
-  }
-  // The job's index, or -1.
-  std::ptrdiff_t find(const SiteKey& k) const {
-    for (std::size_t i = start(k);; i = (i + 1) & (slots_.size() - 1)) {
-      if (!slots_[i].second) return -1;
-      if (slots_[i].first == k) return static_cast<std::ptrdiff_t>(slots_[i].second - 1);
-    }
-  }
-  void prefetch(const SiteKey& k) const { __builtin_prefetch(&slots_[start(k)]); }
-  // At most n keys (the constructor's): the table stays at most half full.
-  void insert(const SiteKey& k, std::size_t job) {
-    HP_CHECK(2 * ++size_ <= slots_.size());
-    std::size_t i = start(k);
-    while (slots_[i].second)
-      i = (i + 1) & (slots_.size() - 1);
-    slots_[i] = {k, job + 1};
-  }
-
- private:
-  std::size_t start(const SiteKey& k) const {
-    return (SiteKeyHash()(k) * 0x9E3779B97F4A7C15ull >> 20) & (slots_.size() - 1);
-  }
-  std::vector<std::pair<SiteKey, std::size_t>> slots_;  // second == 0: empty
-  std::size_t size_ = 0;
-};
-
 // int3-mode sites by address, for the SIGTRAP hook: an immutable sorted array replaced
 // whole under Registry::mu_ and read inside a tasks-trace read section (the old array is
 // freed after a tasks-trace grace period: I1 matches I2).
@@ -856,14 +819,23 @@ struct EngineImpl {
     // Every spec's targets in one list: spec i's are [first[i], first[i + 1]). Resolved in
     // chunks (on two threads in a large batch: the module list and the symbol tables are
     // only read), put together in order.
-    std::vector<ResolvedPart> parts((specs.size() + kResolveChunk - 1) / kResolveChunk);
-    helper->run(specs.size(), kResolveChunk, [&](int, std::size_t begin, std::size_t end) {
-      resolve_part(mods, specs.subspan(begin, end - begin), parts[begin / kResolveChunk]);
+    // On one thread, one part: the batch resolves straight into its lists.
+    const std::size_t chunk =
+        helper->two_threads() ? kResolveChunk : std::max<std::size_t>(specs.size(), 1);
+    std::vector<ResolvedPart> parts((specs.size() + chunk - 1) / chunk);
+    helper->run(specs.size(), chunk, [&](int, std::size_t begin, std::size_t end) {
+      resolve_part(mods, specs.subspan(begin, end - begin), parts[begin / chunk]);
     });
     std::vector<Target> targets;
     std::vector<std::size_t> first(specs.size() + 1, 0);
     bool any_error = false;
-    {
+    if (parts.size() == 1) {
+      results = std::move(parts[0].results);
+      targets = std::move(parts[0].targets);
+      for (std::size_t i = 0; i < parts[0].ends.size(); i++)
+        first[i + 1] = parts[0].ends[i];
+      any_error = parts[0].any_error;
+    } else {
       std::size_t total = 0;
       for (const ResolvedPart& p : parts)
         total += p.targets.size();
@@ -887,10 +859,12 @@ struct EngineImpl {
     std::vector<Site*> fresh;  // new sites, patched together (and published once each)
     fresh.reserve(targets.size());
     // The new sites first, all together (on two threads in a large batch): one for each
-    // place no site probes yet, built for the first spec that names it.
-    FreshSites fresh_by_key(targets.size());
+    // place no site probes yet, built for the first spec that names it. `jobs` is sized
+    // for every target, so the map's pointers into it stay put.
     std::vector<BuildJob> jobs;
     jobs.reserve(targets.size());
+    FlatMap<SiteKey, BuildJob*, SiteKeyHash> job_by_key;
+    job_by_key.reserve(targets.size());
     for (std::size_t i = 0; i < specs.size(); i++) {
       if (!results[i].ok()) continue;
       for (std::size_t k = first[i]; k < first[i + 1]; k++) {
@@ -898,16 +872,16 @@ struct EngineImpl {
         if (t.pending) continue;
         if (k + kLookAhead < targets.size()) {
           reg.sites_.prefetch(targets[k + kLookAhead].key);
-          fresh_by_key.prefetch(targets[k + kLookAhead].key);
+          job_by_key.prefetch(targets[k + kLookAhead].key);
         }
         if ((t.known = reg.sites_.get(t.key))) continue;
-        if (const std::ptrdiff_t j = fresh_by_key.find(t.key); j >= 0) {
-          t.job = static_cast<std::size_t>(j);
+        if (const BuildJob* j = job_by_key.get(t.key)) {
+          t.job = static_cast<std::size_t>(j - jobs.data());
           continue;
         }
         t.job = jobs.size();
-        fresh_by_key.insert(t.key, jobs.size());
         jobs.push_back({k, i});
+        job_by_key.set(t.key, &jobs.back());
       }
     }
     build_all(jobs, targets, specs, reg, *helper);
