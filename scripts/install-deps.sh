@@ -12,6 +12,12 @@ packages=(
   libelf-dev                           # ELF symbols (src/elf)
   libcli11-dev libfmt-dev              # the hotprobe command
   bpftrace                             # conformance tests and the run benchmark (the reference)
+  libdw-dev systemtap-sdt-dev          # unwinding the target's real frames (attach); USDT notes
+  golang-go                            # Go programs under probes (entry and return on goroutines)
+  busybox-static                       # a static binary: refused before it starts
+  redis-server redis-tools nginx-light # real services on loopback, counts checked end to end
+  python3 perl sqlite3 gzip            # real Debian programs, counts compared with bpftrace
+  ccache                               # rebuilds of the three trees share objects
 )
 
 missing=()
