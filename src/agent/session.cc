@@ -1,4 +1,5 @@
 #include "agent/session.h"
+#include "base/signals.h"
 
 #include <link.h>
 #include <poll.h>
@@ -278,7 +279,7 @@ bool Session::start_reporter() {
   // handler waiting for the reporter must not run on it). Except the engine's own: a
   // reporter still removing its probes must not hold up another session's patching.
   sigset_t all, old;
-  sigfillset(&all);
+  hp::fill_async_signals(&all);
   sigdelset(&all, hotprobe::reserved_signal());
   pthread_sigmask(SIG_SETMASK, &all, &old);
   // Detached: it ends after the final report; a preload session stays behind finished

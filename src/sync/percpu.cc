@@ -1,4 +1,5 @@
 #include "sync/percpu.h"
+#include "base/signals.h"
 
 #include <linux/membarrier.h>
 #include <pthread.h>
@@ -190,7 +191,7 @@ class HP_SCOPED_CAPABILITY RegistryLock {
  public:
   explicit RegistryLock(Registry& r) HP_ACQUIRE(r.mu) : r_(r) {
     sigset_t all;
-    sigfillset(&all);
+    hp::fill_async_signals(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old_);
     r_.mu.lock();
   }

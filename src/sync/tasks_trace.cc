@@ -1,6 +1,7 @@
 // Tasks-trace RCU: registry, grace periods, stall warnings, fork handling.
 // Memory-ordering pairs (R0, R1, R2, W1, W2) are explained in docs/design/sync-tasks-trace.md.
 #include "sync/tasks_trace.h"
+#include "base/signals.h"
 
 #include <linux/futex.h>
 #include <linux/membarrier.h>
@@ -66,7 +67,7 @@ class SignalsBlocked {
  public:
   SignalsBlocked() noexcept {
     sigset_t all;
-    sigfillset(&all);
+    hp::fill_async_signals(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old_);
   }
   ~SignalsBlocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
@@ -216,7 +217,7 @@ void on_thread_exit(void* p) {
 void fork_prepare() HP_NO_THREAD_SAFETY_ANALYSIS {
   auto& im = TasksTraceAccess::impl(*g_instance);
   sigset_t all;
-  sigfillset(&all);
+  hp::fill_async_signals(&all);
   pthread_sigmask(SIG_BLOCK, &all, &tls_fork_saved_mask);
   im.registry_mu.lock();
   im.cfg_mu.lock();
