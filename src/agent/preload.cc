@@ -13,9 +13,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "agent/protocol.h"
 #include "agent/session.h"
+#include "core/thread_state.h"
+
+extern char** environ;
 
 namespace hp::agent {
 namespace {
@@ -54,7 +59,10 @@ void install_sigint() {
   sigaction(SIGINT, &sa, nullptr);
 }
 
-// Children start clean: our variables out of the environment, the user's LD_PRELOAD back.
+// Children start clean: the channel's variable out of the environment, the user's
+// LD_PRELOAD back. The other HOTPROBE_* variables (the engine's and the script layer's
+// settings: HOTPROBE_SIGNAL, HOTPROBE_DEBUG, ...) go once the session has started and
+// they have been read (remove_hotprobe_variables).
 void restore_environment() {
   ::unsetenv(kEnvFd);
   if (const char* saved = std::getenv(kEnvSavedPreload)) {
@@ -66,9 +74,23 @@ void restore_environment() {
   }
 }
 
+// Every HOTPROBE_* variable: the program's main and what it runs see none of them.
+void remove_hotprobe_variables() {
+  constexpr std::string_view kPrefix = "HOTPROBE_";
+  std::vector<std::string> names;
+  for (char** e = environ; e && *e; ++e) {
+    std::string_view entry = *e;
+    if (entry.starts_with(kPrefix)) names.emplace_back(entry.substr(0, entry.find('=')));
+  }
+  for (const auto& n : names)
+    ::unsetenv(n.c_str());
+}
+
 __attribute__((constructor)) void agent_preload_init() {
   const char* fd_text = std::getenv(kEnvFd);
   if (!fd_text) return;  // loaded without hotprobe run: nothing to do
+  // hotprobe's own work on the program's main thread, before main: no probe counts it.
+  hp::core::OwnWork own;
   char* end = nullptr;
   long fd = std::strtol(fd_text, &end, 10);
   restore_environment();
@@ -86,6 +108,7 @@ __attribute__((constructor)) void agent_preload_init() {
   }
   g_preload.store(*s, std::memory_order_release);
   install_sigint();
+  remove_hotprobe_variables();
 }
 
 // The fallback for an end that the exit/_exit probes did not see.

@@ -1,11 +1,15 @@
 #include "agent/session.h"
 #include "base/signals.h"
 
+#include <fcntl.h>
 #include <link.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,6 +21,7 @@
 
 #include "agent/protocol.h"
 #include "base/assert.h"
+#include "core/thread_state.h"
 #include "hotprobe/symbols.h"
 #include "script/diag.h"
 
@@ -26,6 +31,7 @@ using hotprobe::Errc;
 using hotprobe::Error;
 using hotprobe::Hit;
 using hotprobe::Result;
+using hp::core::OwnWork;
 namespace script = hotprobe::script;
 
 namespace {
@@ -34,21 +40,28 @@ constexpr std::size_t kRingBytes = 128 * 1024;
 constexpr int kDrainMs = 5;
 constexpr auto kGoWait = std::chrono::seconds(10);
 
-// A thread's rings, one per session it wrote to. The destructor (thread exit) hands them
-// to the reporters, which free them once drained.
+// A thread's rings, one per session it wrote to. At the thread's exit they are handed to
+// the reporters, which free them once drained: by a pthread key's destructor, not a
+// thread_local one, whose registration allocates a node that glibc frees at the thread's
+// exit, outside any guard (a probe on free would count it).
 struct TlsRings {
   static constexpr std::size_t kSlots = 4;
   std::array<Session*, kSlots> session{};
   std::array<Session::ThreadRing*, kSlots> ring{};
-  ~TlsRings() {
-    for (auto* r : ring) {
-      if (!r) continue;
-      r->producer_gone.store(true, std::memory_order_release);
-      Session::ThreadRing::release(r);
-    }
-  }
 };
 thread_local TlsRings t_rings;
+
+void release_thread_rings(void*) {
+  OwnWork own;
+  for (auto*& r : t_rings.ring) {
+    if (!r) continue;
+    r->producer_gone.store(true, std::memory_order_release);
+    Session::ThreadRing::release(r);
+    r = nullptr;
+  }
+}
+pthread_key_t g_rings_key;
+const bool g_rings_key_made = pthread_key_create(&g_rings_key, &release_thread_rings) == 0;
 // Set on the reporter thread and during BEGIN: output is appended here directly (those
 // threads are the consumer, and END may print more than a ring holds).
 thread_local std::string* t_direct = nullptr;
@@ -63,10 +76,43 @@ std::uint64_t now_ns() {
          static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-void signal_eventfd(int fd) {
-  std::uint64_t one = 1;
-  ssize_t r = ::write(fd, &one, sizeof one);
-  (void)r;
+// Futex wait and wake on a 32-bit word: async-signal-safe, and no descriptor to lose.
+void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, int timeout_ms) {
+  timespec ts{timeout_ms / 1000, static_cast<long>(timeout_ms % 1000) * 1000000L};
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, &ts,
+            nullptr, 0);
+}
+void futex_wake_all(std::atomic<std::uint32_t>& word) {
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT32_MAX,
+            nullptr, nullptr, 0);
+}
+
+// The channel's new number: where the program does not look. Above the program's soft
+// RLIMIT_NOFILE when the hard limit leaves room (the limit is raised for the one fcntl and
+// put back, so the program's open() never returns that number and loops that close "every
+// descriptor" up to the limit pass it by); else near the top of the program's range. The
+// old number is closed: the program finds its low descriptors as they would be without
+// hotprobe. Programs that close every descriptor whatever the number (close_range to ~0,
+// /proc/self/fd) still close it: the identity check (Session::channel_ok) catches that.
+int move_channel_high(int fd) {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return fd;
+  constexpr rlim_t kRoom = 64;
+  const rlim_t soft = rl.rlim_cur;
+  int moved = -1;
+  if (soft < (rlim_t{1} << 20) && rl.rlim_max >= soft + kRoom) {
+    rlimit raised = rl;
+    raised.rlim_cur = soft + kRoom;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+      moved = ::fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(soft));
+      ::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+  }
+  if (moved < 0 && soft > 2 * kRoom && soft < (rlim_t{1} << 30))
+    moved = ::fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(soft - kRoom));
+  if (moved < 0) return fd;  // stays where it is, still checked before every use
+  ::close(fd);
+  return moved;
 }
 
 // A loaded module's short name close to `name` ("libcc" -> "libc"), or empty.
@@ -109,24 +155,30 @@ void register_session(Session* s) {
 
 // g_sessions_mu, then each session's rings_mu_, are held across fork() so that the child
 // finds them consistent.
+// They run on the program's thread that forks: hotprobe's work there is its own (OwnWork),
+// and a probe on pthread_mutex_lock must not see it.
 void fork_prepare() {
+  OwnWork own;
   g_sessions_mu.lock();
   for (auto* s : g_sessions)
     s->before_fork();
 }
 void fork_parent() {
+  OwnWork own;
   for (auto* s : g_sessions)
     s->after_fork_parent();
   g_sessions_mu.unlock();
 }
 void fork_child() {
+  OwnWork own;
   for (auto* s : g_sessions)
     s->after_fork_child();
   g_sessions_mu.unlock();
 }
 
 namespace {
-// The process is ending: every session's final report, before atexit handlers run.
+// The process is ending: every session's final report, before atexit handlers run. It
+// runs as a handler, so the recursion guard already hides what the report calls.
 void exit_hook(Hit& h) {
   auto* s = static_cast<Session*>(h.cookie);
   s->finish(Session::Reason::exiting, std::chrono::seconds(10));
@@ -134,9 +186,21 @@ void exit_hook(Hit& h) {
 }  // namespace
 
 Result<Session*> Session::start(int fd, bool attached_session) {
+  // Everything below is hotprobe's own work on the calling thread (the program's main
+  // thread, in the preload constructor; the attach thread, which is hotprobe's for the
+  // rest of its life): no probe hit runs a handler, so `uprobe:libc:malloc` does not
+  // count the compile's mallocs, nor BEGIN's.
+  if (attached_session) hp::core::mark_own_thread();
+  OwnWork own;
   std::unique_ptr<Session> s(new Session());
+  fd = move_channel_high(fd);
   s->fd_ = fd;
   s->attached_ = attached_session;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+    return Error(Errc::io_error, "hotprobe agent: the channel to hotprobe is not a socket");
+  s->chan_dev_ = st.st_dev;
+  s->chan_ino_ = st.st_ino;
   // Wait for the start message (hotprobe sends it right after fork).
   pollfd p{fd, POLLIN, 0};
   if (::poll(&p, 1, 30000) != 1)
@@ -144,28 +208,24 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   std::string msg;
   if (recv_message(fd, msg) != 1 || msg.empty() || msg[0] != static_cast<char>(Msg::start))
     return Error(Errc::io_error, "hotprobe agent: the channel to hotprobe is broken");
-  auto st = decode_start(std::string_view(msg).substr(1));
-  if (!st) return Error(Errc::invalid_argument, "hotprobe agent: malformed start message");
-  s->follow_forks_ = st->options.follow_forks != 0;
-  s->wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  s->done_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (s->wake_fd_ < 0 || s->done_fd_ < 0)
-    return Error(Errc::io_error, fmt::format("hotprobe agent: eventfd: {}", std::strerror(errno)));
+  auto start_msg = decode_start(std::string_view(msg).substr(1));
+  if (!start_msg) return Error(Errc::invalid_argument, "hotprobe agent: malformed start message");
+  s->follow_forks_ = start_msg->options.follow_forks != 0;
 
   script::CompileOptions copts;
-  copts.filename = st->filename;
-  copts.format = static_cast<script::OutputFormat>(st->options.format);
-  s->source_ = st->source;
-  s->filename_ = st->filename;
-  auto prog = script::Program::compile(st->source, copts);
+  copts.filename = start_msg->filename;
+  copts.format = static_cast<script::OutputFormat>(start_msg->options.format);
+  s->source_ = start_msg->source;
+  s->filename_ = start_msg->filename;
+  auto prog = script::Program::compile(start_msg->source, copts);
   if (!prog) {
-    send_text(fd, Msg::error, prog.error().message());
+    s->send_text_checked(Msg::error, prog.error().message());
     return prog.error();
   }
   s->program_ = std::move(*prog);
   s->program_->bind(s.get());
   if (auto r = s->attach(); !r) {
-    send_text(fd, Msg::error, r.error().message());
+    s->send_text_checked(Msg::error, r.error().message());
     return r.error();
   }
   Session* self = s.release();
@@ -178,7 +238,7 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   std::string attached;
   put<std::uint32_t>(attached, static_cast<std::uint32_t>(count));
   put<std::uint32_t>(attached, static_cast<std::uint32_t>(::getpid()));
-  send_message(fd, encode(Msg::attached, attached));
+  self->send_checked(encode(Msg::attached, attached));
 
   // BEGIN, its output, then wait until hotprobe has printed it: the program's own output
   // comes after.
@@ -186,9 +246,10 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   t_direct = &begin_out;
   self->program_->run_begin();
   t_direct = nullptr;
-  send_text(fd, Msg::output, begin_out);
-  send_message(fd, encode(Msg::ready));
-  if (::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kGoWait).count())) == 1) {
+  self->send_text_checked(Msg::output, begin_out);
+  self->send_checked(encode(Msg::ready));
+  if (::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kGoWait).count())) == 1 &&
+      self->channel_ok()) {
     if (recv_message(fd, msg) == 1 && !msg.empty() && msg[0] == static_cast<char>(Msg::stop))
       self->requested_.store(1 + static_cast<int>(Reason::stop));
   }
@@ -298,6 +359,9 @@ bool Session::start_reporter() {
 }
 
 void* Session::reporter_entry(void* self) {
+  // hotprobe's thread: nothing it calls is the program's (intervals, END and print run
+  // here with the guard set, as actions do inside a handler).
+  hp::core::mark_own_thread();
   pthread_setname_np(pthread_self(), "hotprobe-agent");
   static_cast<Session*>(self)->reporter_main();
   return nullptr;
@@ -316,10 +380,13 @@ void Session::reporter_main() {
     std::uint64_t now = now_ns();
     for (auto t : next)
       timeout = std::min<int>(timeout, t <= now ? 0 : static_cast<int>((t - now) / 1000000) + 1);
-    pollfd p[2] = {{fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    int n = ::poll(p, 2, timeout);
-    if (n > 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
-      int r = recv_message(fd_, msg, MSG_DONTWAIT);
+    // A request (finish, request_exit) is seen here within kDrainMs: no wake-up
+    // descriptor, which the program could close and reuse.
+    pollfd p{fd_, POLLIN, 0};
+    const bool have_channel = channel_ok();
+    int n = ::poll(&p, have_channel ? 1 : 0, timeout);
+    if (n > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))) {
+      int r = channel_ok() ? recv_message(fd_, msg, MSG_DONTWAIT) : -1;
       if (r == 0 || (r < 0 && errno != EAGAIN)) {
         requested_.store(1 + static_cast<int>(Reason::stop));  // hotprobe is gone
       } else if (r == 1 && !msg.empty() && msg[0] == static_cast<char>(Msg::stop)) {
@@ -327,10 +394,11 @@ void Session::reporter_main() {
         requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::stop));
       }
     }
-    if (n > 0 && (p[1].revents & POLLIN)) {
-      std::uint64_t v;
-      ssize_t r = ::read(wake_fd_, &v, sizeof v);
-      (void)r;
+    if (!have_channel) {
+      // Lost (the program closed it): nothing can be reported any more; hotprobe sees the
+      // channel end without 'D' and says so. Stop tracing, leave the program untraced.
+      int none = 0;
+      requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::stop));
     }
     if (int req = requested_.load(); req != 0) {
       do_finish(static_cast<Reason>(req - 1));
@@ -385,15 +453,13 @@ void Session::do_finish(Reason reason) {
     // hotprobe attach: the report is out (an exit hook waiting for it inside its handler
     // may go on, so that the detach below does not wait for it), then every probe is
     // removed, then the prompt comes back.
-    finished_.store(true, std::memory_order_release);
-    signal_eventfd(done_fd_);
+    mark_finished();
     detach_everything();
-    send_message(fd_, encode(Msg::done, pid));
+    send_checked(encode(Msg::done, pid));
     return;
   }
-  send_message(fd_, encode(Msg::done, pid));
-  finished_.store(true, std::memory_order_release);
-  signal_eventfd(done_fd_);
+  send_checked(encode(Msg::done, pid));
+  mark_finished();
   // exit() and Ctrl-C: the program runs on, untraced. Remove the probes (one batch) now
   // that the report is out; at the process's end there is no point.
   if (reason == Reason::exited || reason == Reason::stop) {
@@ -429,9 +495,9 @@ void Session::drain_and_send() {
     }
   }
   // Sent outside rings_mu_: a full socket must not hold up a thread's first write.
-  if (!lost_msg.empty()) send_message(fd_, encode(Msg::lost, lost_msg));
+  if (!lost_msg.empty()) send_checked(encode(Msg::lost, lost_msg));
   if (!out_.empty()) {
-    send_text(fd_, Msg::output, out_);
+    send_text_checked(Msg::output, out_);
     out_.clear();
   }
 }
@@ -454,6 +520,7 @@ Session::ThreadRing* Session::ring_for_this_thread() {
     }
     t.session[i] = this;
     t.ring[i] = r;
+    if (g_rings_key_made) pthread_setspecific(g_rings_key, &t);  // release at thread exit
     return r;
   }
   return nullptr;
@@ -474,24 +541,46 @@ void Session::write(std::string_view text) {
 
 void Session::request_exit() {
   int none = 0;
-  if (requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::exited)))
-    signal_eventfd(wake_fd_);
+  requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::exited));
 }
 
 void Session::finish(Reason reason, std::chrono::milliseconds wait) noexcept {
   if (finished_.load(std::memory_order_acquire)) return;
   if (!reporter_running_.load(std::memory_order_acquire)) return;
+  // On a program thread (the SIGINT handler, the destructor; the exit hook is a handler
+  // already): hotprobe's work. OwnWork never allocates, so this stays signal-safe.
+  OwnWork own;
   int none = 0;
   requested_.compare_exchange_strong(none, 1 + static_cast<int>(reason));
-  signal_eventfd(wake_fd_);
-  pollfd p{done_fd_, POLLIN, 0};
   auto deadline = now_ns() + static_cast<std::uint64_t>(wait.count()) * 1000000u;
-  while (!finished_.load(std::memory_order_acquire)) {
+  while (done_word_.load(std::memory_order_acquire) == 0) {
     std::uint64_t now = now_ns();
     if (now >= deadline) break;
-    int r = ::poll(&p, 1, static_cast<int>((deadline - now) / 1000000) + 1);
-    if (r < 0 && errno != EINTR) break;
+    futex_wait(done_word_, 0, static_cast<int>((deadline - now) / 1000000) + 1);
   }
+}
+
+void Session::mark_finished() noexcept {
+  finished_.store(true, std::memory_order_release);
+  done_word_.store(1, std::memory_order_release);
+  futex_wake_all(done_word_);
+}
+
+bool Session::channel_ok() noexcept {
+  if (fd_ < 0) return false;
+  struct stat st {};
+  if (::fstat(fd_, &st) == 0 && st.st_dev == chan_dev_ && st.st_ino == chan_ino_) return true;
+  fd_ = -1;  // closed, or another file now: not ours to use, nor to close
+  channel_lost_ = true;
+  return false;
+}
+
+bool Session::send_checked(std::string_view message) {
+  return channel_ok() && send_message(fd_, message);
+}
+
+bool Session::send_text_checked(Msg type, std::string_view text) {
+  return channel_ok() && send_text(fd_, type, text);
 }
 
 void Session::before_fork() {
@@ -521,16 +610,13 @@ void Session::after_fork_child() {
     tracing_.store(false, std::memory_order_relaxed);
     program_->set_active(false);
     finished_.store(true, std::memory_order_relaxed);
-    ::close(fd_);
+    done_word_.store(1, std::memory_order_relaxed);
+    if (channel_ok()) ::close(fd_);
     fd_ = -1;
     return;
   }
   // --follow-forks: this child reports its own output over the inherited connection,
-  // with its own reporter and wake-up descriptors (the parent's eventfds are shared).
-  ::close(wake_fd_);
-  ::close(done_fd_);
-  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  done_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  // with its own reporter.
   requested_.store(0);
   forked_child_ = true;
   lost_sent_ = lost_retired_ = 0;
@@ -549,8 +635,7 @@ Session::~Session() {
     r->session_gone.store(true, std::memory_order_release);
     ThreadRing::release(r);
   }
-  for (int fd : {fd_, wake_fd_, done_fd_})
-    if (fd >= 0) ::close(fd);
+  if (channel_ok()) ::close(fd_);
   std::scoped_lock lock(g_sessions_mu);
   std::erase(g_sessions, this);
 }

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <pthread.h>
+#include <sys/types.h>
 
 #include <atomic>
 #include <chrono>
@@ -25,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/protocol.h"
 #include "agent/ring.h"
 #include "hotprobe/probe.h"
 #include "hotprobe/result.h"
@@ -57,7 +59,7 @@ class Session final : public hotprobe::script::Sink {
 
   // The final report (END, maps, lost counts, 'D'), made once by the reporter thread;
   // waits at most `wait` for it. Async-signal-safe when called from a signal handler:
-  // it only stores a flag, writes an eventfd and polls another.
+  // it only stores a flag and waits on a futex (the reporter looks at least every 5 ms).
   void finish(Reason reason, std::chrono::milliseconds wait) noexcept;
   bool finished() const noexcept { return finished_.load(std::memory_order_acquire); }
   // Actions of this session run (false: fork child not followed, or after finish).
@@ -91,12 +93,24 @@ class Session final : public hotprobe::script::Sink {
   void do_finish(Reason reason);
   void detach_everything();
   void drain_and_send();
+  // The channel, checked before every use: the program may have closed the descriptor
+  // and reused its number for a file of its own. False (and the channel forgotten, never
+  // closed: the number is not ours any more) when it is not the same socket.
+  bool channel_ok() noexcept;
+  bool send_checked(std::string_view message);
+  bool send_text_checked(Msg type, std::string_view text);
+  void mark_finished() noexcept;
   ThreadRing* ring_for_this_thread();
   std::string render_attach_error(std::size_t probe, const hotprobe::Error& e) const;
 
+  // The channel to hotprobe, on a high descriptor number (move_channel_high in
+  // session.cc), and the identity of its socket. The reporter's only, after start().
+  // No other descriptor is held: a finish request is seen by the reporter's next poll
+  // (5 ms at most), and its completion is waited for on a futex (done_word_).
   int fd_ = -1;
-  int wake_fd_ = -1;  // eventfd: a request for the reporter
-  int done_fd_ = -1;  // eventfd, made readable once the final report is out
+  dev_t chan_dev_ = 0;
+  ino_t chan_ino_ = 0;
+  bool channel_lost_ = false;
   bool follow_forks_ = false;
   bool attached_ = false;      // hotprobe attach: detach everything and free at the end
   bool forked_child_ = false;  // a --follow-forks child's copy of the session
@@ -109,7 +123,8 @@ class Session final : public hotprobe::script::Sink {
 
   std::atomic<bool> tracing_{false};
   std::atomic<bool> finished_{false};
-  std::atomic<int> requested_{0};  // 1 + Reason of the first finish request; 0: none
+  std::atomic<std::uint32_t> done_word_{0};  // futex: 1 once finished_ is set
+  std::atomic<int> requested_{0};            // 1 + Reason of the first finish request; 0: none
   std::atomic<bool> reporter_running_{false};
   pthread_t reporter_{};
 

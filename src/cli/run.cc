@@ -239,6 +239,7 @@ int run(const RunOptions& o) {
   agent::send_message(sock, agent::encode_start(so, filename, source));
 
   bool attached = false, agent_error = false, stop_sent = false, child_done = false;
+  bool done_seen = false;  // the program's final report ('D' with its pid) arrived
   std::uint64_t lost = 0;
   int status = 0;
   std::string msg;
@@ -275,6 +276,8 @@ int run(const RunOptions& o) {
         agent::send_message(sock, agent::encode(stop_sent ? agent::Msg::stop : agent::Msg::go));
         break;
       case agent::Msg::done:
+        done_seen = done_seen || agent::get<std::uint32_t>(payload, pos).value_or(0) ==
+                                     static_cast<std::uint32_t>(pid);
         break;
       default:
         break;
@@ -326,6 +329,14 @@ int run(const RunOptions& o) {
   if (sock >= 0) ::close(sock);
   int code = exit_code(status);
   if (agent_error) return kExitError;
+  if (attached && !done_seen && WIFEXITED(status)) {
+    std::fprintf(stderr,
+                 "hotprobe run: the channel to the agent in '%s' ended before its final report "
+                 "(the program closed hotprobe's descriptor, or ended through a raw exit_group "
+                 "system call): the maps were not printed\n",
+                 program.c_str());
+    return code != 0 ? code : kExitError;
+  }
   if (!attached && code != 126 && code != 127) {
     std::fprintf(stderr,
                  "hotprobe run: the agent did not start in '%s' (a static or setuid program "

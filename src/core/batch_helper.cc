@@ -6,6 +6,8 @@
 #include <chrono>
 #include <system_error>
 
+#include "core/thread_state.h"
+
 namespace hp::core {
 namespace {
 
@@ -20,7 +22,10 @@ BatchHelper::Task BatchHelper::stop_{nullptr, 0, 1, 0};
 BatchHelper::BatchHelper(bool use_thread) {
   if (!use_thread) return;
   try {
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this] {
+      mark_own_thread();  // what the helper calls is hotprobe's work, not the program's
+      loop();
+    });
   } catch (const std::system_error&) {
     // No thread to be had: every pass runs on the caller's.
   }

@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <mutex>
 
+#include "base/assert.h"
 #include "base/thread_annotations.h"
+#include "sync/deferred.h"
 
 namespace hp::core {
 
 constinit thread_local ThreadState tls_state
-    __attribute__((tls_model("initial-exec"))){nullptr, false, 0};
+    __attribute__((tls_model("initial-exec"))){nullptr, false, false, 0, false, 0};
 std::atomic<std::uint64_t> g_unregistered_misses{0};
 
 namespace {
@@ -19,28 +21,46 @@ std::atomic<ThreadRecord*> g_head{nullptr};
 Mutex g_records_mu;  // serializes registration and folding; the list itself is lock-free
 std::atomic<std::uint64_t> g_exited_hits{0}, g_exited_rec{0}, g_exited_ret{0};
 
+std::atomic<std::uint64_t> g_exited_own{0};
+
 // Releases the record when the thread exits: its counts are folded into the totals and
 // the record is reused by a later thread; pending return instances die with the thread.
-struct RecordReleaser {
-  ~RecordReleaser() {
-    ThreadRecord* r = tls_state.rec;
-    if (!r) return;
+// A pthread key's destructor, not a thread_local one: registering a thread_local
+// destructor allocates a node that glibc frees when the thread exits, a free() the
+// program did not make (and a probe on free would count it).
+void release_record(void*) {
+  ThreadRecord* r = tls_state.rec;
+  if (!r) return;
+  const bool prev = tls_state.in_handler;
+  tls_state.in_handler = true;  // the lock below is hotprobe's work, not the program's
+  {
     MutexLock l(g_records_mu);
+    const std::uint64_t rec = r->misses_recursion.exchange(0, std::memory_order_relaxed);
     g_exited_hits.fetch_add(r->hits.exchange(0, std::memory_order_relaxed),
                             std::memory_order_relaxed);
-    g_exited_rec.fetch_add(r->misses_recursion.exchange(0, std::memory_order_relaxed),
+    (r->own_thread.load(std::memory_order_relaxed) ? g_exited_own : g_exited_rec)
+        .fetch_add(rec, std::memory_order_relaxed);
+    g_exited_own.fetch_add(r->skipped_own.exchange(0, std::memory_order_relaxed),
                            std::memory_order_relaxed);
     g_exited_ret.fetch_add(r->misses_return_stack.exchange(0, std::memory_order_relaxed),
                            std::memory_order_relaxed);
     for (std::uint32_t i = 0; i < kMaxReturnDepth; i++)
       r->stack[i].site.store(nullptr, std::memory_order_relaxed);
     r->depth.store(0, std::memory_order_release);
+    r->own_thread.store(false, std::memory_order_relaxed);
     tls_state.rec = nullptr;
     tls_state.schemes_ready = 0;
     r->in_use.store(false, std::memory_order_release);
   }
-};
-thread_local RecordReleaser tls_releaser;
+  tls_state.in_handler = prev;
+}
+
+pthread_key_t g_release_key;
+[[maybe_unused]] const int g_release_key_made = [] {
+  int rc = pthread_key_create(&g_release_key, &release_record);
+  HP_CHECK_MSG(rc == 0, "pthread_key_create failed: no thread record would be released");
+  return 0;
+}();
 
 }  // namespace
 
@@ -60,6 +80,8 @@ void release_records_in_child() HP_NO_THREAD_SAFETY_ANALYSIS {
 
 [[maybe_unused]] const int g_atfork = [] {
   pthread_atfork(nullptr, nullptr, &release_records_in_child);
+  // The grace-period workers are hotprobe's threads: what they call is not the program's.
+  sync::set_worker_start_hook(&mark_own_thread);
   return 0;
 }();
 
@@ -78,8 +100,11 @@ HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
     g_head.store(r, std::memory_order_release);
   }
   r->in_use.store(true, std::memory_order_release);
+  r->own_thread.store(tls_state.own_thread, std::memory_order_relaxed);
   tls_state.rec = r;
-  (void)&tls_releaser;  // odr-use: constructs the releaser for this thread
+  // Keys below 32 live in the thread descriptor: no allocation (the first keys of a
+  // process, which this one is: made by libhotprobe.so's initializer).
+  pthread_setspecific(g_release_key, r);
   return *r;
 }
 
@@ -91,13 +116,56 @@ HitTotals hit_totals() noexcept {
   HitTotals t{g_exited_hits.load(std::memory_order_relaxed),
               g_exited_rec.load(std::memory_order_relaxed) +
                   g_unregistered_misses.load(std::memory_order_relaxed),
-              g_exited_ret.load(std::memory_order_relaxed)};
+              g_exited_ret.load(std::memory_order_relaxed),
+              g_exited_own.load(std::memory_order_relaxed)};
   for (ThreadRecord* p = thread_records_head(); p; p = p->next) {
     t.hits += p->hits.load(std::memory_order_relaxed);
-    t.misses_recursion += p->misses_recursion.load(std::memory_order_relaxed);
+    const std::uint64_t rec = p->misses_recursion.load(std::memory_order_relaxed);
+    (p->own_thread.load(std::memory_order_relaxed) ? t.skipped_own : t.misses_recursion) += rec;
+    t.skipped_own += p->skipped_own.load(std::memory_order_relaxed);
     t.misses_return_stack += p->misses_return_stack.load(std::memory_order_relaxed);
   }
   return t;
+}
+
+// Never registers a record (that allocates): async-signal-safe. A thread with no record
+// yet counts its skips with the unregistered threads' (g_unregistered_misses).
+OwnWorkToken begin_own_work() noexcept {
+  ThreadState& ts = tls_state;
+  OwnWorkToken t{ts.in_handler, ts.rec, 0};
+  ts.in_handler = true;
+  ts.own_depth++;
+  if (t.rec) t.misses_before = t.rec->misses_recursion.load(std::memory_order_relaxed);
+  return t;
+}
+
+// The skips of the scope move from misses_recursion to skipped_own (both the owner's:
+// plain load and store, as the dispatcher counts). A nested scope has moved its own
+// already, so each scope moves exactly the skips that happened in it and not in an
+// inner one.
+void end_own_work(OwnWorkToken t) noexcept {
+  ThreadState& ts = tls_state;
+  if (ThreadRecord* r = ts.rec; r && r == t.rec) {
+    const std::uint64_t now = r->misses_recursion.load(std::memory_order_relaxed);
+    if (now > t.misses_before) {
+      r->misses_recursion.store(t.misses_before, std::memory_order_relaxed);
+      r->skipped_own.store(r->skipped_own.load(std::memory_order_relaxed) + (now - t.misses_before),
+                           std::memory_order_relaxed);
+    }
+  }
+  ts.own_depth--;
+  ts.in_handler = t.prev_in_handler;
+}
+
+void mark_own_thread() noexcept {
+  ThreadState& ts = tls_state;
+  ts.in_handler = true;
+  ts.own_thread = true;
+  thread_record().own_thread.store(true, std::memory_order_relaxed);
+}
+
+bool in_own_work() noexcept {
+  return tls_state.own_thread || tls_state.own_depth > 0;
 }
 
 std::vector<const Site*> sites_referenced_by_return_stacks() {

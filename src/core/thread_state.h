@@ -47,6 +47,11 @@ struct ThreadRecord {
 
   ThreadRecord* next = nullptr;  // global list, never unlinked
   std::atomic<bool> in_use{false};
+  // Hits skipped because they happened in hotprobe's own work (OwnWork below): written by
+  // the owner only. On a thread that is hotprobe's for its whole life (own_thread), its
+  // misses_recursion are all such skips and are counted here when totals are made.
+  std::atomic<std::uint64_t> skipped_own{0};
+  std::atomic<bool> own_thread{false};
 };
 
 struct ThreadState {
@@ -57,6 +62,10 @@ struct ThreadState {
   // to in_handler: the trampoline's fast path tests both with one compare.
   bool rehijack_pending;
   std::uint8_t schemes_ready;  // bit per scheme: this thread has used its domain once
+  // This thread is hotprobe's own (a reporter, a grace-period worker, a batch helper):
+  // in_handler stays set for its whole life.
+  bool own_thread;
+  std::uint8_t own_depth;  // OwnWork scopes open on this thread
 };
 // initial-exec: a plain %fs access even inside libhotprobe.so (no __tls_get_addr call on
 // the hot path); the library is loaded at start-up or by dlopen with static TLS to spare.
@@ -75,6 +84,9 @@ ThreadRecord* thread_records_head() noexcept;
 
 struct HitTotals {
   std::uint64_t hits = 0, misses_recursion = 0, misses_return_stack = 0;
+  // Hits in hotprobe's own work (its threads, the agent's phases): skipped by design,
+  // neither a miss nor a lost event.
+  std::uint64_t skipped_own = 0;
 };
 HitTotals hit_totals() noexcept;
 
@@ -82,6 +94,38 @@ HitTotals hit_totals() noexcept;
 // std::binary_search): one scan of every record's stack for a whole reclaim pass, where a
 // scan per retired site cost 10,000 x records x 256 loads for a batch of 10,000.
 std::vector<const Site*> sites_referenced_by_return_stacks();
+
+// hotprobe's own work: the program cannot tell that hotprobe is there (DESIGN.md), so a
+// probe hit caused by hotprobe itself (the agent's start-up, compile, attach, reporting
+// and detach; the engine's threads) must run no handler: `uprobe:libc:malloc` counts the
+// program's mallocs and nothing else. The mechanism is the recursion guard that already
+// skips hits inside handlers (in_handler): OwnWork sets it for a scope, mark_own_thread()
+// for the rest of the calling thread's life. Skips are counted apart (skipped_own).
+//
+// These functions are exported from libhotprobe.so for the agent, which links the shared
+// library and not core. OwnWork is async-signal-safe (it never registers a record);
+// mark_own_thread() registers one, at the start of a thread of hotprobe's.
+struct OwnWorkToken {
+  bool prev_in_handler;
+  ThreadRecord* rec;  // the thread's record when the scope began (none: not counted apart)
+  std::uint64_t misses_before;
+};
+__attribute__((visibility("default"))) OwnWorkToken begin_own_work() noexcept;
+__attribute__((visibility("default"))) void end_own_work(OwnWorkToken t) noexcept;
+__attribute__((visibility("default"))) void mark_own_thread() noexcept;
+// Whether the calling thread is in hotprobe's own work (a scope or an own thread).
+__attribute__((visibility("default"))) bool in_own_work() noexcept;
+
+class OwnWork {
+ public:
+  OwnWork() noexcept : t_(begin_own_work()) {}
+  ~OwnWork() { end_own_work(t_); }
+  OwnWork(const OwnWork&) = delete;
+  OwnWork& operator=(const OwnWork&) = delete;
+
+ private:
+  OwnWorkToken t_;
+};
 
 // Recursion misses of threads whose record was being registered.
 extern std::atomic<std::uint64_t> g_unregistered_misses;

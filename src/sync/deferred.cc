@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -57,6 +58,9 @@ struct Deferred::State {
 namespace {
 
 thread_local const Deferred::State* tls_worker_of = nullptr;
+// How long a worker waits for work before it ends.
+constexpr std::chrono::milliseconds kWorkerIdleExit{500};
+std::atomic<WorkerStartHook> g_worker_start_hook{nullptr};
 
 Mutex& fork_list_mu() {
   static Mutex* m = new Mutex;  // immortal: fork handlers may run during exit
@@ -110,6 +114,10 @@ void register_fork_handlers_once() {
 
 }  // namespace
 
+void set_worker_start_hook(WorkerStartHook hook) noexcept {
+  g_worker_start_hook.store(hook, std::memory_order_release);
+}
+
 Deferred::Deferred(void* ctx, SyncFn synchronize, GpSequence& seq, const char* name)
     : ctx_(ctx), sync_(synchronize), seq_(seq), name_(name), st_(std::make_unique<State>()) {
   register_fork_handlers_once();
@@ -150,6 +158,7 @@ Deferred::~Deferred() {
 // The worker: one grace period per batch, then the batch's callbacks, oldest first.
 static void worker_main(Deferred::State& st, void* ctx, Deferred::SyncFn sync,
                         const char* name) HP_NO_THREAD_SAFETY_ANALYSIS {
+  if (WorkerStartHook hook = g_worker_start_hook.load(std::memory_order_acquire)) hook();
   tls_worker_of = &st;
   // Name the worker so stall reports and debuggers show whose it is.
   char tname[16];
@@ -157,9 +166,18 @@ static void worker_main(Deferred::State& st, void* ctx, Deferred::SyncFn sync,
   pthread_setname_np(pthread_self(), tname);
   std::unique_lock wl(st.mu.native());
   for (;;) {
-    st.work_cv.wait(wl, [&]() HP_NO_THREAD_SAFETY_ANALYSIS {
+    const bool woken = st.work_cv.wait_for(wl, kWorkerIdleExit, [&]() HP_NO_THREAD_SAFETY_ANALYSIS {
       return st.stop || st.head != nullptr || st.poll_wanted;
     });
+    if (!woken) {
+      // Idle: the thread ends, and the next call(), barrier() or start_poll() starts
+      // another. A process that hotprobe attached to and detached from keeps no thread of
+      // hotprobe's running. It leaves detached: nobody joins it (~Deferred sees
+      // worker_started false), and it touches nothing of `st` once the lock is released.
+      st.worker_started = false;
+      st.worker.detach();
+      return;
+    }
     if (st.head == nullptr && !st.poll_wanted) {
       return;  // stop requested, nothing left
     }

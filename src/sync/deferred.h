@@ -1,6 +1,8 @@
 // Deferred reclamation shared by every domain: callbacks are queued, and a worker thread
 // (started on first use, restarted on demand in a fork child) runs them in batches after one
-// grace period of the owning domain, never inside the caller's read section.
+// grace period of the owning domain, never inside the caller's read section. A worker with
+// nothing to do for 500 ms ends, and the next request starts a new one: a process keeps no
+// thread of hotprobe's while nothing is queued (after `hotprobe attach` detached, say).
 //
 // Batches: the worker takes every queued callback at once, runs one grace period for the
 // batch, then runs its callbacks oldest first. barrier() waits for the batch holding the last
@@ -23,6 +25,12 @@
 #include "sync/gp_seq.h"
 
 namespace hp::sync {
+
+// Run first on every worker thread, before it does anything else (null: nothing). The
+// engine sets it to mark the thread as hotprobe's own, so that probes skip what the
+// worker calls (core/thread_state.h, OwnWork); the sync layer knows no more about it.
+using WorkerStartHook = void (*)();
+void set_worker_start_hook(WorkerStartHook hook) noexcept;
 
 class Deferred {
  public:
