@@ -24,6 +24,7 @@
 #include "core/thread_state.h"
 #include "hotprobe/symbols.h"
 #include "script/diag.h"
+#include "sync/deferred.h"
 
 namespace hp::agent {
 
@@ -190,7 +191,14 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   // thread, in the preload constructor; the attach thread, which is hotprobe's for the
   // rest of its life): no probe hit runs a handler, so `uprobe:libc:malloc` does not
   // count the compile's mallocs, nor BEGIN's.
-  if (attached_session) hp::core::mark_own_thread();
+  if (attached_session) {
+    // The attach thread is hotprobe's: no handler of the program runs on it.
+    sigset_t all;
+    hp::fill_async_signals(&all);
+    sigdelset(&all, hotprobe::reserved_signal());
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    hp::core::mark_own_thread();
+  }
   OwnWork own;
   std::unique_ptr<Session> s(new Session());
   fd = move_channel_high(fd);
@@ -406,12 +414,18 @@ void Session::reporter_main() {
         // Nothing refers to this session any more: its probes are gone (and no handler
         // runs), and it leaves the fork handlers' list before it is freed.
         t_direct = nullptr;
+        bool last = false;
         {
           std::scoped_lock lock(g_sessions_mu);
           std::erase(g_sessions, this);
+          last = g_sessions.empty();
         }
         reporter_running_.store(false);
-        delete this;
+        delete this;  // the engine too: the last one takes the internal probes off
+        // The process's last session: the grace-period workers end once what the detach
+        // queued has run, and this thread ends next. A session that starts meanwhile gets
+        // a worker back on its first request.
+        if (last) hp::sync::stop_idle_workers();
         return;
       }
       break;

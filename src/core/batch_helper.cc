@@ -1,11 +1,14 @@
 #include "core/batch_helper.h"
 
 #include <immintrin.h>
+#include <pthread.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <chrono>
 #include <system_error>
 
+#include "base/signals.h"
 #include "core/thread_state.h"
 
 namespace hp::core {
@@ -21,14 +24,20 @@ BatchHelper::Task BatchHelper::stop_{nullptr, 0, 1, 0};
 
 BatchHelper::BatchHelper(bool use_thread) {
   if (!use_thread) return;
+  // No handler of the program may run on the helper: it starts with every asynchronous
+  // signal blocked, and takes only the engine's own (start_own_worker).
+  sigset_t all, old;
+  hp::fill_async_signals(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
   try {
     thread_ = std::thread([this] {
-      mark_own_thread();  // what the helper calls is hotprobe's work, not the program's
+      start_own_worker();  // what the helper calls is hotprobe's work, not the program's
       loop();
     });
   } catch (const std::system_error&) {
     // No thread to be had: every pass runs on the caller's.
   }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 BatchHelper::~BatchHelper() {

@@ -1,12 +1,14 @@
 #include "core/thread_state.h"
 
 #include <pthread.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <mutex>
 
 #include "base/assert.h"
 #include "base/thread_annotations.h"
+#include "core/text_patch.h"
 #include "sync/deferred.h"
 
 namespace hp::core {
@@ -64,6 +66,17 @@ pthread_key_t g_release_key;
 
 }  // namespace
 
+// A worker thread of hotprobe's that started with every asynchronous signal blocked (so
+// that no handler of the program runs on it) takes the engine's own signal: it may be in
+// a probed function's bytes when they are patched, and must be movable.
+void start_own_worker() noexcept {
+  mark_own_thread();
+  sigset_t move;
+  sigemptyset(&move);
+  sigaddset(&move, move_signal_number());
+  pthread_sigmask(SIG_UNBLOCK, &move, nullptr);
+}
+
 // In a fork child only the forking thread exists: the other records are released, so
 // their return stacks no longer keep sites as zombies.
 void release_records_in_child() HP_NO_THREAD_SAFETY_ANALYSIS {
@@ -81,7 +94,7 @@ void release_records_in_child() HP_NO_THREAD_SAFETY_ANALYSIS {
 [[maybe_unused]] const int g_atfork = [] {
   pthread_atfork(nullptr, nullptr, &release_records_in_child);
   // The grace-period workers are hotprobe's threads: what they call is not the program's.
-  sync::set_worker_start_hook(&mark_own_thread);
+  sync::set_worker_start_hook(&start_own_worker);
   return 0;
 }();
 

@@ -113,6 +113,9 @@ struct OwnWorkToken {
 __attribute__((visibility("default"))) OwnWorkToken begin_own_work() noexcept;
 __attribute__((visibility("default"))) void end_own_work(OwnWorkToken t) noexcept;
 __attribute__((visibility("default"))) void mark_own_thread() noexcept;
+// mark_own_thread(), and the engine's signal unblocked: the first thing a worker thread of
+// hotprobe's does when it was created with every asynchronous signal blocked.
+void start_own_worker() noexcept;
 // Whether the calling thread is in hotprobe's own work (a scope or an own thread).
 __attribute__((visibility("default"))) bool in_own_work() noexcept;
 

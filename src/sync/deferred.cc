@@ -2,14 +2,15 @@
 
 #include <pthread.h>
 
-#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
 #include <new>
 #include <thread>
+#include <vector>
 
 #include "base/assert.h"
+#include "base/signals.h"
 #include "base/thread_annotations.h"
 
 namespace hp::sync {
@@ -48,6 +49,9 @@ struct Deferred::State {
   bool poll_wanted HP_GUARDED_BY(mu) = false;
   bool stop HP_GUARDED_BY(mu) = false;
   bool worker_started HP_GUARDED_BY(mu) = false;
+  // The current worker's generation: a worker whose generation is not this one has been
+  // retired (stop_idle_workers) and ends without touching the queue.
+  std::uint64_t worker_gen HP_GUARDED_BY(mu) = 0;
   std::thread worker;
   std::atomic<std::uint64_t> invoked{0};
   // Every live State, for the fork handler (guarded by fork_list_mu()).
@@ -58,8 +62,6 @@ struct Deferred::State {
 namespace {
 
 thread_local const Deferred::State* tls_worker_of = nullptr;
-// How long a worker waits for work before it ends.
-constexpr std::chrono::milliseconds kWorkerIdleExit{500};
 std::atomic<WorkerStartHook> g_worker_start_hook{nullptr};
 
 Mutex& fork_list_mu() {
@@ -156,8 +158,8 @@ Deferred::~Deferred() {
 }
 
 // The worker: one grace period per batch, then the batch's callbacks, oldest first.
-static void worker_main(Deferred::State& st, void* ctx, Deferred::SyncFn sync,
-                        const char* name) HP_NO_THREAD_SAFETY_ANALYSIS {
+static void worker_main(Deferred::State& st, void* ctx, Deferred::SyncFn sync, const char* name,
+                        std::uint64_t gen) HP_NO_THREAD_SAFETY_ANALYSIS {
   if (WorkerStartHook hook = g_worker_start_hook.load(std::memory_order_acquire)) hook();
   tls_worker_of = &st;
   // Name the worker so stall reports and debuggers show whose it is.
@@ -166,17 +168,11 @@ static void worker_main(Deferred::State& st, void* ctx, Deferred::SyncFn sync,
   pthread_setname_np(pthread_self(), tname);
   std::unique_lock wl(st.mu.native());
   for (;;) {
-    const bool woken = st.work_cv.wait_for(wl, kWorkerIdleExit, [&]() HP_NO_THREAD_SAFETY_ANALYSIS {
-      return st.stop || st.head != nullptr || st.poll_wanted;
+    st.work_cv.wait(wl, [&]() HP_NO_THREAD_SAFETY_ANALYSIS {
+      return st.stop || st.worker_gen != gen || st.head != nullptr || st.poll_wanted;
     });
-    if (!woken) {
-      // Idle: the thread ends, and the next call(), barrier() or start_poll() starts
-      // another. A process that hotprobe attached to and detached from keeps no thread of
-      // hotprobe's running. It leaves detached: nobody joins it (~Deferred sees
-      // worker_started false), and it touches nothing of `st` once the lock is released.
-      st.worker_started = false;
-      st.worker.detach();
-      return;
+    if (st.worker_gen != gen) {
+      return;  // retired by stop_idle_workers(): another worker (if any) has the queue
     }
     if (st.head == nullptr && !st.poll_wanted) {
       return;  // stop requested, nothing left
@@ -218,7 +214,17 @@ static void ensure_worker(Deferred::State& st, void* ctx, Deferred::SyncFn sync,
     return;
   }
   st.worker_started = true;
-  st.worker = std::thread(&worker_main, std::ref(st), ctx, sync, name);
+  // The worker starts with every asynchronous signal blocked: a program's handler (a
+  // process-directed SIGALRM, say) must never run on a thread of hotprobe's. The start
+  // hook opens what hotprobe needs (the engine's own signal).
+  sigset_t all, old;
+  fill_async_signals(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  struct RestoreMask {
+    sigset_t* old;
+    ~RestoreMask() { pthread_sigmask(SIG_SETMASK, old, nullptr); }
+  } restore{&old};
+  st.worker = std::thread(&worker_main, std::ref(st), ctx, sync, name, ++st.worker_gen);
 }
 
 void Deferred::call(Callback* cb) {
@@ -262,6 +268,36 @@ GpCookie Deferred::start_poll() {
   ensure_worker(*st_, ctx_, sync_, name_);
   st_->work_cv.notify_one();
   return c;
+}
+
+// Under fork_list_mu() throughout, joins included: a ~Deferred (which unlinks its State under
+// that lock first) cannot free a State whose retired worker has not ended yet. A retired
+// worker needs only its State's lock to end, never fork_list_mu().
+void stop_idle_workers() HP_NO_THREAD_SAFETY_ANALYSIS {
+  MutexLock fl(fork_list_mu());
+  std::vector<std::thread> retired;
+  for (Deferred::State* s = g_fork_list; s; s = s->fork_next) {
+    std::unique_lock lk(s->mu.native());
+    if (tls_worker_of == s) {
+      continue;  // called from this worker's own callback
+    }
+    if (!s->worker_started) {
+      continue;  // none (a fork child's pending callbacks wait for the next request)
+    }
+    // Wait for what is queued (a barrier): callbacks queued by the last detach included.
+    // No callback destroys a Deferred, which would wait for fork_list_mu() held here.
+    const std::uint64_t target = s->queued;
+    s->done_cv.wait(lk, [&]() HP_NO_THREAD_SAFETY_ANALYSIS { return s->done >= target; });
+    if (!s->worker_started || s->inflight || s->head != nullptr || s->poll_wanted) {
+      continue;  // busy again (another user queued meanwhile): it stays
+    }
+    s->worker_gen++;
+    s->worker_started = false;
+    retired.push_back(std::move(s->worker));
+    s->work_cv.notify_all();
+  }
+  for (auto& t : retired)
+    t.join();
 }
 
 std::uint64_t Deferred::invoked() const noexcept {

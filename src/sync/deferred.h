@@ -1,8 +1,8 @@
 // Deferred reclamation shared by every domain: callbacks are queued, and a worker thread
 // (started on first use, restarted on demand in a fork child) runs them in batches after one
-// grace period of the owning domain, never inside the caller's read section. A worker with
-// nothing to do for 500 ms ends, and the next request starts a new one: a process keeps no
-// thread of hotprobe's while nothing is queued (after `hotprobe attach` detached, say).
+// grace period of the owning domain, never inside the caller's read section.
+// stop_idle_workers() ends the workers once what is queued has run (the next request starts
+// a new one): a process that `hotprobe attach` detached from keeps no thread of hotprobe's.
 //
 // Batches: the worker takes every queued callback at once, runs one grace period for the
 // batch, then runs its callbacks oldest first. barrier() waits for the batch holding the last
@@ -31,6 +31,13 @@ namespace hp::sync {
 // worker calls (core/thread_state.h, OwnWork); the sync layer knows no more about it.
 using WorkerStartHook = void (*)();
 void set_worker_start_hook(WorkerStartHook hook) noexcept;
+
+// Waits until every callback queued so far in every Deferred has run, then ends their
+// workers, joined before this returns. A later call(), barrier() or start_poll() starts a
+// new worker, so this is safe while others use the domains (their worker just comes
+// back). Exported from libhotprobe.so for the agent, which calls it when its last session
+// in the process has ended. Not from a callback (its own worker is skipped).
+__attribute__((visibility("default"))) void stop_idle_workers();
 
 class Deferred {
  public:
