@@ -88,20 +88,25 @@ void futex_wake_all(std::atomic<std::uint32_t>& word) {
             nullptr, nullptr, 0);
 }
 
-// The channel's new number: where the program does not look. Above the program's soft
-// RLIMIT_NOFILE when the hard limit leaves room (the limit is raised for the one fcntl and
-// put back, so the program's open() never returns that number and loops that close "every
-// descriptor" up to the limit pass it by); else near the top of the program's range. The
+// The channel's new number: where the program does not look. Programs close "every
+// descriptor" up to a fixed bound (1024 is common) or up to their soft RLIMIT_NOFILE.
+// With a soft limit of 4096 or more: 4032, above the fixed bounds, and low enough that the
+// kernel's descriptor table stays small (each fork copies it; a number near a soft limit
+// of 1M would cost 8 MiB). Below that, when the hard limit leaves room: the soft limit
+// itself (raised for the one fcntl and put back), a number the program's open() never
+// returns and that a loop up to the limit passes by. Else 64 below the soft limit. The
 // old number is closed: the program finds its low descriptors as they would be without
 // hotprobe. Programs that close every descriptor whatever the number (close_range to ~0,
 // /proc/self/fd) still close it: the identity check (Session::channel_ok) catches that.
 int move_channel_high(int fd) {
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return fd;
-  constexpr rlim_t kRoom = 64;
+  constexpr rlim_t kRoom = 64, kCap = 4096;
   const rlim_t soft = rl.rlim_cur;
   int moved = -1;
-  if (soft < (rlim_t{1} << 20) && rl.rlim_max >= soft + kRoom) {
+  if (soft >= kCap) {
+    moved = ::fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(kCap - kRoom));
+  } else if (rl.rlim_max >= soft + kRoom) {
     rlimit raised = rl;
     raised.rlim_cur = soft + kRoom;
     if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
@@ -109,7 +114,7 @@ int move_channel_high(int fd) {
       ::setrlimit(RLIMIT_NOFILE, &rl);
     }
   }
-  if (moved < 0 && soft > 2 * kRoom && soft < (rlim_t{1} << 30))
+  if (moved < 0 && soft > 2 * kRoom && soft < kCap)
     moved = ::fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(soft - kRoom));
   if (moved < 0) return fd;  // stays where it is, still checked before every use
   ::close(fd);
