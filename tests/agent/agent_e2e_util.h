@@ -46,8 +46,7 @@ struct RunResult {
 // Runs args[0] with `args` (extra `env` entries "NAME=value" added), stdin /dev/null,
 // stdout and stderr captured; kills it (and its process group) after `limit`.
 inline RunResult run_command(const std::vector<std::string>& args,
-                             const std::vector<std::string>& env,
-                             std::chrono::seconds limit) {
+                             const std::vector<std::string>& env, std::chrono::seconds limit) {
   RunResult r;
   std::string dir = temp_dir("run");
   std::string out_path = dir + "/out", err_path = dir + "/err";
@@ -107,7 +106,8 @@ inline std::string bpftrace_usable() {
     if (::geteuid() != 0) return std::string("bpftrace needs root");
     if (::access("/usr/bin/bpftrace", X_OK) != 0 && ::access("/usr/sbin/bpftrace", X_OK) != 0)
       return std::string("bpftrace is not installed");
-    RunResult r = run_command({"bpftrace", "-e", "BEGIN { exit(); }"}, {}, std::chrono::seconds(60));
+    RunResult r =
+        run_command({"bpftrace", "-e", "BEGIN { exit(); }"}, {}, std::chrono::seconds(60));
     if (r.status != 0) return "bpftrace does not run here: " + r.err;
     return std::string();
   }();

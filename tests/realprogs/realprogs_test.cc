@@ -3,12 +3,12 @@
 // program cannot tell"). The commands are chosen so that their counts are the same from
 // one run to the next (PYTHONHASHSEED=0; no file left over between runs), and they are
 // short. redis-server is compared with its own INFO commandstats instead.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -30,8 +30,8 @@ using hp::agent_test::bpftrace_counts;
 using hp::agent_test::bpftrace_usable;
 using hp::agent_test::map_value;
 using hp::agent_test::read_file;
-using hp::agent_test::RunResult;
 using hp::agent_test::run_command;
+using hp::agent_test::RunResult;
 using hp::agent_test::temp_dir;
 
 const std::vector<std::string> kFunctions{"malloc", "free", "read", "openat"};
@@ -50,8 +50,7 @@ std::string count_script(const std::vector<std::string>& fns) {
 // Runs `command` under hotprobe and under bpftrace, `prepare` before each, and compares
 // the counts of kFunctions. The command is split on spaces (bpftrace's -c does the same).
 void compare_with_bpftrace(const std::vector<std::string>& command,
-                           const std::vector<std::string>& env = {},
-                           void (*prepare)() = nullptr) {
+                           const std::vector<std::string>& env = {}, void (*prepare)() = nullptr) {
   if (sanitized()) GTEST_SKIP() << "a sanitizer runtime in the program makes calls of its own";
   if (::access(command[0].c_str(), X_OK) != 0)
     GTEST_SKIP() << command[0] << " is not installed (scripts/install-deps.sh installs it)";
@@ -86,10 +85,9 @@ std::string g_dir;
 void make_db() {
   std::string db = g_dir + "/small.db";
   ::unlink(db.c_str());
-  RunResult r = run_command(
-      {"/usr/bin/sqlite3", db,
-       "create table t(a,b); insert into t values (1,'x'),(2,'y'),(3,'z');"},
-      {}, std::chrono::seconds(60));
+  RunResult r = run_command({"/usr/bin/sqlite3", db,
+                             "create table t(a,b); insert into t values (1,'x'),(2,'y'),(3,'z');"},
+                            {}, std::chrono::seconds(60));
   ASSERT_EQ(r.status, 0) << r.err;
 }
 
@@ -112,8 +110,7 @@ void make_gzip_input() {
 
 TEST(RealPrograms, Gzip) {
   g_dir = temp_dir("gzip");
-  compare_with_bpftrace({"/usr/bin/gzip", "-f", "-k", g_dir + "/data.txt"}, {},
-                        &make_gzip_input);
+  compare_with_bpftrace({"/usr/bin/gzip", "-f", "-k", g_dir + "/data.txt"}, {}, &make_gzip_input);
 }
 
 int free_port() {
@@ -150,8 +147,8 @@ TEST(RealPrograms, RedisCallsEqualCommandstats) {
     if (!o || !e || ::chdir(dir.c_str()) != 0) ::_exit(98);
     ::execl(HP_HOTPROBE, HP_HOTPROBE, "run", "-e",
             "uprobe:/usr/bin/redis-server:call { @calls = count(); }", "--",
-            "/usr/bin/redis-server", "--port", sport.c_str(), "--bind", "127.0.0.1", "--save",
-            "", "--appendonly", "no", "--daemonize", "no", static_cast<char*>(nullptr));
+            "/usr/bin/redis-server", "--port", sport.c_str(), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--daemonize", "no", static_cast<char*>(nullptr));
     ::_exit(127);
   }
   auto cli = [&](std::vector<std::string> args) {
@@ -168,8 +165,8 @@ TEST(RealPrograms, RedisCallsEqualCommandstats) {
   long total = -1;
   RunResult bench;
   if (up) {
-    bench = run_command({"/usr/bin/redis-benchmark", "-h", "127.0.0.1", "-p", sport, "-n",
-                         "2000", "-c", "4", "-q", "-t", "set,get,incr"},
+    bench = run_command({"/usr/bin/redis-benchmark", "-h", "127.0.0.1", "-p", sport, "-n", "2000",
+                         "-c", "4", "-q", "-t", "set,get,incr"},
                         {}, std::chrono::seconds(120));
     RunResult info = cli({"info", "commandstats"});
     // cmdstat_NAME:calls=N,usec=...
