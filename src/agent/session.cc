@@ -19,6 +19,7 @@
 #include "base/assert.h"
 #include "hotprobe/symbols.h"
 #include "script/diag.h"
+#include "script/maps.h"
 
 namespace hp::agent {
 
@@ -157,6 +158,9 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   copts.format = static_cast<script::OutputFormat>(st->options.format);
   s->source_ = st->source;
   s->filename_ = st->filename;
+  // `hotprobe run` shares memory for the maps (HOTPROBE_MAPS_FD): this compile lays them out
+  // there, so hotprobe prints them however the process ends (script-runtime.md).
+  if (!attached_session) script::adopt_shared_maps(st->source);
   auto prog = script::Program::compile(st->source, copts);
   if (!prog) {
     send_text(fd, Msg::error, prog.error().message());
@@ -377,8 +381,13 @@ void Session::do_finish(Reason reason) {
   drain_and_send();
   // END runs once, in the traced program; a followed child prints its own maps only.
   if (!forked_child_) program_->run_end();
-  out_ += program_->print_maps();
+  // Maps in memory shared with hotprobe: hotprobe prints them (exactly once, whatever
+  // happens next), END's output is out first. Otherwise they go over the channel.
+  const bool shared_maps = script::shared_maps_complete();
+  if (!shared_maps) out_ += program_->print_maps();
   drain_and_send();
+  script::set_shared_maps_phase(shared_maps ? script::region::kEndDone
+                                            : script::region::kMapsPrinted);
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
   if (attached_) {

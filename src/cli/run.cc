@@ -22,6 +22,7 @@
 
 #include "agent/protocol.h"
 #include "cli/cli.h"
+#include "script/maps.h"
 #include "script/program.h"
 
 namespace hp::cli {
@@ -132,6 +133,51 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
   return true;
 }
 
+// The program's maps, in memory it shares with hotprobe (docs/design/script-runtime.md,
+// "Maps shared with hotprobe"): printed here exactly once, after the agent's final report
+// (which ran END), or when the program ended without one: then END runs here, as bpftrace
+// runs it in its own process.
+struct SharedMaps {
+  std::unique_ptr<script::SharedRegion> region;
+  bool printed = false;
+
+  class TextSink final : public script::Sink {
+   public:
+    void write(std::string_view t) override { text.append(t); }
+    void request_exit() override {}
+    std::string text;
+  };
+
+  void print(Output& out, const std::string& source, const script::CompileOptions& copts,
+             bool run_end) {
+    if (!region || printed) return;
+    const script::region::Header& h = region->header();
+    if (h.state.load(std::memory_order_acquire) != 1) return;  // the agent laid out nothing
+    printed = true;
+    const std::uint32_t phase = h.phase.load(std::memory_order_acquire);
+    if (phase == script::region::kMapsPrinted) return;  // the agent sent them itself
+    script::SharedRegion::use_next(region.get(), /*reopen=*/true, script::source_hash(source));
+    auto prog = script::Program::compile(source, copts);
+    if (!prog) return;  // it compiled before the program started: cannot happen
+    if (std::string why = script::SharedRegion::reopen_error(); !why.empty()) {
+      std::fprintf(stderr, "hotprobe run: cannot read the maps the program left: %s\n",
+                   why.c_str());
+      return;
+    }
+    TextSink sink;
+    (*prog)->bind(&sink);
+    if (run_end && phase < script::region::kEndDone) (*prog)->run_end();
+    sink.text += (*prog)->print_maps();
+    out.text(sink.text);
+    if (auto refused = h.refused.load(std::memory_order_relaxed); refused > 0)
+      std::fprintf(stderr,
+                   "hotprobe run: the memory the maps share with the program (%zu MiB) ran out: "
+                   "%llu tables or records stayed in the program's own memory, so maps printed "
+                   "after an abnormal end may miss entries; use smaller keys or fewer of them\n",
+                   region->size() >> 20, static_cast<unsigned long long>(refused));
+  }
+};
+
 }  // namespace
 
 int attach_command(const AttachOptions& o) {
@@ -180,6 +226,17 @@ int run(const RunOptions& o) {
     }
   }
 
+  SharedMaps maps;
+  {
+    std::string why;
+    maps.region = script::SharedRegion::create(script::SharedRegion::kDefaultBytes, &why);
+    if (!maps.region)
+      std::fprintf(stderr,
+                   "hotprobe run: cannot make the memory the maps share with the program (%s); "
+                   "the maps print only if the program ends normally\n",
+                   why.c_str());
+  }
+
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0 ||
       ::pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -222,6 +279,10 @@ int run(const RunOptions& o) {
     }
     ::setenv("LD_PRELOAD", preload.c_str(), 1);
     ::setenv(agent::kEnvFd, std::to_string(fd).c_str(), 1);
+    if (maps.region) {  // the agent's MapSet lays the maps out there
+      int mfd = ::fcntl(maps.region->fd(), F_DUPFD, 3);
+      ::setenv(script::SharedRegion::kEnvFd, std::to_string(mfd).c_str(), 1);
+    }
     std::vector<char*> argv;
     for (const auto& a : o.command)
       argv.push_back(const_cast<char*>(a.c_str()));
@@ -275,6 +336,11 @@ int run(const RunOptions& o) {
         agent::send_message(sock, agent::encode(stop_sent ? agent::Msg::stop : agent::Msg::go));
         break;
       case agent::Msg::done:
+        // The program's final report is out (END ran there): its maps now.
+        if (agent::get<std::uint32_t>(payload, pos).value_or(0) ==
+                static_cast<std::uint32_t>(pid) &&
+            attached && !agent_error)
+          maps.print(out, source, copts, /*run_end=*/false);
         break;
       default:
         break;
@@ -315,6 +381,8 @@ int run(const RunOptions& o) {
   // What the program's agent sent before it ended is in the socket: print it all.
   while (sock >= 0 && agent::recv_message(sock, msg, MSG_DONTWAIT) == 1)
     handle(msg);
+  // Ended without a final report (a signal, exit_group, SIGKILL): the maps from memory.
+  if (attached && !agent_error) maps.print(out, source, copts, /*run_end=*/true);
   if (lost > 0) {
     if (out.format == script::OutputFormat::json)
       out.text(fmt::format("{{\"type\": \"lost_events\", \"data\": {{\"events\": {}}}}}\n", lost));
