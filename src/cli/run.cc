@@ -227,7 +227,9 @@ int run(const RunOptions& o) {
   }
 
   SharedMaps maps;
-  {
+  // HOTPROBE_SHARED_MAPS=0: the maps travel over the channel only (the agent prints them at
+  // a normal end, nothing survives another end); tests compare the two ways with it.
+  if (const char* v = std::getenv("HOTPROBE_SHARED_MAPS"); !v || std::string_view(v) != "0") {
     std::string why;
     maps.region = script::SharedRegion::create(script::SharedRegion::kDefaultBytes, &why);
     if (!maps.region)
