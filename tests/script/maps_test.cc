@@ -1,8 +1,17 @@
 // Aggregation shards: merged totals over threads, exited threads kept, clear/zero/delete
-// from another thread, a printer walking while owners write (run under TSan too).
+// from another thread, a printer walking while owners write (run under TSan too). Maps in
+// a SharedRegion: another MapSet reopening it (as hotprobe does after the program's end)
+// sees exactly what the owners wrote, pending ops included; a full region falls back to
+// the heap and counts; a fork child's maps never write into its parent's.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -372,6 +381,165 @@ TEST(Maps, ConcurrentPrintingWhileWriting) {
   ASSERT_EQ(rows.size(), 10u);
   for (const Row& r : rows)
     EXPECT_EQ(r.value[0], 100u * kThreads);
+}
+
+// ---------------------------------------------------------------------------------------
+// Maps in a SharedRegion
+
+std::vector<Row> sorted(std::vector<Row> rows) {
+  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.key < b.key; });
+  return rows;
+}
+
+MapDesc plain_by_int(const char* name) {
+  MapDesc d;
+  d.name = name;
+  d.kind = ValueKind::integer;
+  d.key_is_string = {false};
+  return d;
+}
+
+MapDesc hist_no_key(const char* name) {
+  MapDesc d;
+  d.name = name;
+  d.kind = ValueKind::hist;
+  return d;
+}
+
+std::vector<MapDesc> region_descs() {
+  return {count_by_int("@c"), hist_no_key("@h"), plain_by_int("@p"), per_thread_int()};
+}
+
+std::unique_ptr<SharedRegion> make_region(std::size_t bytes = std::size_t{64} << 20) {
+  std::string why;
+  auto r = SharedRegion::create(bytes, &why);
+  EXPECT_TRUE(r) << why;
+  return r;
+}
+
+// Four threads write every kind of map; some ops stay pending (the threads are gone).
+void fill(MapSet& set) {
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      for (std::uint64_t i = 0; i < 3000; ++i) {
+        count(set, 0, i % 500, t + 1);  // grows each thread's table several times
+        Shard& h = set.local()->shard(1);
+        h.sync_if_stale();
+        add_relaxed(h.find_or_insert0()[hist_bucket(static_cast<std::int64_t>(i))], 1);
+      }
+      std::uint64_t k = 100 + t, v = 7 * (t + 1);
+      set.plain(2).set(&k, &v);
+      set_own(set, 3, 1000 + t, 11 * (t + 1));
+    });
+  for (auto& t : ts)
+    t.join();
+  std::uint64_t gone = 3;
+  set.agg(0).erase(&gone);  // pending in every shard: their threads never run again
+  std::uint64_t p = 100;
+  set.plain(2).erase(&p);
+}
+
+TEST(SharedMaps, ReopenSeesWhatTheOwnersWrote) {
+  auto region = make_region();
+  MapSet writer(region_descs(), region.get(), /*reopen=*/false, 42);
+  fill(writer);
+  MapSet reader(region_descs(), region.get(), /*reopen=*/true, 42);
+  EXPECT_EQ(SharedRegion::reopen_error(), "");
+  for (std::size_t m = 0; m < writer.size(); ++m) {
+    auto want = sorted(writer.snapshot(m)), got = sorted(reader.snapshot(m));
+    ASSERT_EQ(got.size(), want.size()) << writer.desc(m).name;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(got[i].key, want[i].key) << writer.desc(m).name;
+      EXPECT_EQ(got[i].value, want[i].value) << writer.desc(m).name;
+    }
+  }
+  auto c = reader.snapshot(0);
+  EXPECT_EQ(c.size(), 499u);  // key 3 erased
+  EXPECT_EQ(total_of(c, 4), 6u * (1 + 2 + 3 + 4));
+  EXPECT_EQ(region->header().refused.load(), 0u);
+}
+
+TEST(SharedMaps, ReopenAppliesAPendingClearAndZero) {
+  auto region = make_region();
+  MapSet writer({count_by_int(), per_thread_int()}, region.get(), false, 1);
+  std::thread([&] {
+    count(writer, 0, 5, 9);
+    set_own(writer, 1, 77, 3);
+  }).join();
+  writer.clear(0);  // the owner is gone: its table still holds key 5
+  writer.zero(1);
+  MapSet reader({count_by_int(), per_thread_int()}, region.get(), true, 1);
+  EXPECT_TRUE(reader.snapshot(0).empty());
+  auto p = reader.snapshot(1);
+  ASSERT_EQ(p.size(), 1u);  // zero keeps the key, as in the writer
+  EXPECT_EQ(p[0].value[0], 0u);
+  // The reader's own thread writes on (END running in hotprobe): a new shard of its own.
+  count(reader, 0, 6, 2);
+  EXPECT_EQ(total_of(reader.snapshot(0), 6), 2u);
+}
+
+TEST(SharedMaps, ReopenRefusesAnotherScript) {
+  auto region = make_region();
+  MapSet writer({count_by_int("@a")}, region.get(), false, 7);
+  count(writer, 0, 1);
+  MapSet other_hash({count_by_int("@a")}, region.get(), true, 8);
+  EXPECT_NE(SharedRegion::reopen_error().find("another script"), std::string::npos);
+  EXPECT_TRUE(other_hash.snapshot(0).empty());
+  MapSet other_maps({count_by_int("@b")}, region.get(), true, 7);
+  EXPECT_NE(SharedRegion::reopen_error().find("@b"), std::string::npos);
+  auto empty = make_region();
+  MapSet nothing({count_by_int("@a")}, empty.get(), true, 7);
+  EXPECT_NE(SharedRegion::reopen_error().find("laid out no maps"), std::string::npos);
+}
+
+TEST(SharedMaps, AFullRegionFallsBackToTheHeapAndCounts) {
+  auto region = make_region(64 * 1024);  // room for a few small tables only
+  MapSet set({count_by_int()}, region.get(), false, 1);
+  for (std::uint64_t i = 0; i < 20000; ++i)
+    count(set, 0, i, 1);
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 20000u);  // the program's own view stays exact
+  for (std::uint64_t i = 0; i < 20000; i += 331)
+    EXPECT_EQ(total_of(rows, i), 1u);
+  EXPECT_GT(region->header().refused.load(), 0u);
+  // What hotprobe reads is the last table published there: fewer keys, never garbage.
+  MapSet reader({count_by_int()}, region.get(), true, 1);
+  for (const Row& r : reader.snapshot(0)) {
+    ASSERT_LT(r.key[0], 20000u);
+    EXPECT_EQ(r.value[0], 1u);
+  }
+}
+
+// The agent's region (adopt_shared_maps, once per process): a fork child's maps become
+// private, so its counts and its clear never reach the parent's.
+TEST(SharedMaps, ForkChildWritesStayInTheChild) {
+  auto region = make_region();
+  const std::string source = "uprobe:x:y { @c[arg0] = count(); }";
+  int fd = ::dup(region->fd());
+  ASSERT_EQ(::setenv(SharedRegion::kEnvFd, std::to_string(fd).c_str(), 1), 0);
+  ASSERT_TRUE(adopt_shared_maps(source));
+  EXPECT_EQ(std::getenv(SharedRegion::kEnvFd), nullptr);
+  MapSet set({count_by_int()});  // takes the adopted region, as Program::compile does
+  EXPECT_TRUE(shared_maps_complete());
+  count(set, 0, 1, 10);
+  pid_t child = ::fork();
+  if (child == 0) {
+    set.clear(0);
+    for (std::uint64_t i = 0; i < 5000; ++i)
+      count(set, 0, i, 100);  // grows: never into the shared memory
+    set_shared_maps_phase(region::kMapsPrinted);
+    ::_exit(shared_maps_complete() ? 1 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  MapSet reader({count_by_int()}, region.get(), true, source_hash(source));
+  EXPECT_EQ(SharedRegion::reopen_error(), "");
+  auto rows = reader.snapshot(0);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(total_of(rows, 1), 10u);
+  EXPECT_EQ(region->header().phase.load(), region::kTracing);
 }
 
 }  // namespace
