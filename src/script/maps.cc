@@ -751,6 +751,7 @@ std::unique_ptr<SharedRegion> SharedRegion::create(std::size_t bytes, std::strin
   r->base_ = static_cast<char*>(p);
   r->size_ = bytes;
   r->fd_ = fd;
+  r->note_identity();
   region::Header& h = r->header();
   h.magic = region::kMagic;
   h.version = region::kVersion;
@@ -781,7 +782,17 @@ std::unique_ptr<SharedRegion> SharedRegion::open(int fd, std::string* error) {
     return fail("not a hotprobe map region of this version");
   }
   ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  r->dev_ = st.st_dev;
+  r->ino_ = st.st_ino;
   return r;
+}
+
+void SharedRegion::note_identity() {
+  struct stat st {};
+  if (::fstat(fd_, &st) == 0) {
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
+  }
 }
 
 SharedRegion::~SharedRegion() {
@@ -804,12 +815,23 @@ std::uint64_t SharedRegion::alloc(std::size_t bytes) {
 
 void SharedRegion::privatize() {
   if (!shared_.exchange(false)) return;
+  constexpr int kProt = PROT_READ | PROT_WRITE;
   // Same address, same contents, copy-on-write: the child's later writes stay its own.
-  void* p =
-      ::mmap(base_, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd_, 0);
-  if (p == MAP_FAILED)  // never into the parent's maps: empty ones rather
-    ::mmap(base_, size_, PROT_READ | PROT_WRITE,
-           MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE | MAP_ANONYMOUS, -1, 0);
+  // Through the descriptor if it is still the region's (the program may have closed it,
+  // or reused its number for a file of its own).
+  struct stat st {};
+  if (fd_ >= 0 && ::fstat(fd_, &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_ &&
+      ::mmap(base_, size_, kProt, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd_, 0) != MAP_FAILED)
+    return;
+  // Otherwise a private copy of the part in use, moved over the shared mapping.
+  void* copy = ::mmap(nullptr, size_, kProt, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (copy != MAP_FAILED) {
+    std::memcpy(copy, base_, std::min<std::uint64_t>(header().top.load(), size_));
+    if (::mremap(copy, size_, size_, MREMAP_MAYMOVE | MREMAP_FIXED, base_) != MAP_FAILED) return;
+    ::munmap(copy, size_);
+  }
+  // Never into the parent's maps: empty ones rather.
+  ::mmap(base_, size_, kProt, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE | MAP_ANONYMOUS, -1, 0);
 }
 
 void SharedRegion::use_next(SharedRegion* r, bool reopen, std::uint64_t source_hash) {

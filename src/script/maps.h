@@ -568,10 +568,12 @@ class SharedRegion {
 
  private:
   SharedRegion() = default;
+  void note_identity();  // dev_ and ino_ of fd_
   friend class MapSet;
   char* base_ = nullptr;
   std::size_t size_ = 0;
   int fd_ = -1;
+  std::uint64_t dev_ = 0, ino_ = 0;  // the memfd's: privatize() checks fd_ still names it
   std::atomic<bool> shared_{true};
 };
 

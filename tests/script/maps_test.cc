@@ -3,6 +3,8 @@
 // a SharedRegion: another MapSet reopening it (as hotprobe does after the program's end)
 // sees exactly what the owners wrote, pending ops included; a full region falls back to
 // the heap and counts; a fork child's maps never write into its parent's.
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -540,6 +542,29 @@ TEST(SharedMaps, ForkChildWritesStayInTheChild) {
   ASSERT_EQ(rows.size(), 1u);
   EXPECT_EQ(total_of(rows, 1), 10u);
   EXPECT_EQ(region->header().phase.load(), region::kTracing);
+
+  // The program took the descriptor back (closed it, reused its number for a file of its
+  // own): the child's copy is made without it, and still never writes into the parent's.
+  int other = ::memfd_create("not-the-region", 0);  // as large, mappable, all zeros
+  ASSERT_GE(other, 0);
+  ASSERT_EQ(::ftruncate(other, static_cast<off_t>(region->size())), 0);
+  ASSERT_EQ(::dup2(other, fd), fd);
+  ::close(other);
+  child = ::fork();
+  if (child == 0) {
+    count(set, 0, 1, 5);  // the child sees its parent's 10 and adds to its own copy
+    auto mine = set.snapshot(0);
+    set.clear(0);
+    for (std::uint64_t i = 0; i < 5000; ++i)
+      count(set, 0, i, 100);
+    ::_exit(total_of(mine, 1) == 15 && !shared_maps_complete() ? 0 : 1);
+  }
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  MapSet again({count_by_int()}, region.get(), true, source_hash(source));
+  rows = again.snapshot(0);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(total_of(rows, 1), 10u);
 }
 
 }  // namespace
