@@ -383,11 +383,13 @@ void Session::do_finish(Reason reason) {
   if (!forked_child_) program_->run_end();
   // Maps in memory shared with hotprobe: hotprobe prints them (exactly once, whatever
   // happens next), END's output is out first. Otherwise they go over the channel.
-  const bool shared_maps = script::shared_maps_complete();
+  // (An attached session's maps are its own, never in the region of a `run` session.)
+  const bool shared_maps = !attached_ && script::shared_maps_complete();
   if (!shared_maps) out_ += program_->print_maps();
   drain_and_send();
-  script::set_shared_maps_phase(shared_maps ? script::region::kEndDone
-                                            : script::region::kMapsPrinted);
+  if (!attached_)
+    script::set_shared_maps_phase(shared_maps ? script::region::kEndDone
+                                              : script::region::kMapsPrinted);
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
   if (attached_) {

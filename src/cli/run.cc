@@ -158,7 +158,11 @@ struct SharedMaps {
     if (phase == script::region::kMapsPrinted) return;  // the agent sent them itself
     script::SharedRegion::use_next(region.get(), /*reopen=*/true, script::source_hash(source));
     auto prog = script::Program::compile(source, copts);
-    if (!prog) return;  // it compiled before the program started: cannot happen
+    if (!prog) {  // it compiled before the program started; a file it names may be gone
+      std::fprintf(stderr, "hotprobe run: cannot print the maps the program left: %s\n",
+                   prog.error().message().c_str());
+      return;
+    }
     if (std::string why = script::SharedRegion::reopen_error(); !why.empty()) {
       std::fprintf(stderr, "hotprobe run: cannot read the maps the program left: %s\n",
                    why.c_str());
