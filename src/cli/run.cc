@@ -1,5 +1,6 @@
 // `hotprobe run`: compile the script, start the program with the agent preloaded, print
-// what the agent reports, exit with the program's status. docs/design/agent.md.
+// what the agent reports and the maps from the memory they share (whatever end the program
+// met), exit with the program's status. docs/design/agent.md, script-runtime.md.
 #include <fcntl.h>
 #include <link.h>
 #include <poll.h>
