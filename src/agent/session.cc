@@ -381,15 +381,13 @@ void Session::do_finish(Reason reason) {
   drain_and_send();
   // END runs once, in the traced program; a followed child prints its own maps only.
   if (!forked_child_) program_->run_end();
-  // Maps in memory shared with hotprobe: hotprobe prints them (exactly once, whatever
-  // happens next), END's output is out first. Otherwise they go over the channel.
-  // (An attached session's maps are its own, never in the region of a `run` session.)
-  const bool shared_maps = !attached_ && script::shared_maps_complete();
+  // Maps in memory shared with hotprobe: END's output (all that out_ holds now) goes there
+  // too and hotprobe prints both, exactly once whatever happens next. Otherwise they go
+  // over the channel. (An attached session's maps are its own, never in a run's region.)
+  const bool shared_maps = !attached_ && script::hand_over_end_output(out_);
   if (!shared_maps) out_ += program_->print_maps();
   drain_and_send();
-  if (!attached_)
-    script::set_shared_maps_phase(shared_maps ? script::region::kEndDone
-                                              : script::region::kMapsPrinted);
+  if (!attached_ && !shared_maps) script::set_shared_maps_phase(script::region::kMapsPrinted);
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
   if (attached_) {

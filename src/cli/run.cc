@@ -171,7 +171,12 @@ struct SharedMaps {
     }
     TextSink sink;
     (*prog)->bind(&sink);
-    if (run_end && phase < script::region::kEndDone) (*prog)->run_end();
+    if (phase == script::region::kEndDone) {  // END ran in the program: its output
+      if (region->contains(h.end_text_off, h.end_text_len))
+        sink.text.assign(region->at<char>(h.end_text_off), h.end_text_len);
+    } else if (run_end) {
+      (*prog)->run_end();
+    }
     sink.text += (*prog)->print_maps();
     out.text(sink.text);
     if (auto refused = h.refused.load(std::memory_order_relaxed); refused > 0)

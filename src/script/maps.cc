@@ -876,6 +876,20 @@ bool shared_maps_complete() {
          g_agent_region->header().refused.load(std::memory_order_relaxed) == 0;
 }
 
+bool hand_over_end_output(std::string& text) {
+  if (!shared_maps_complete()) return false;
+  SharedRegion& r = *g_agent_region;
+  const std::uint64_t off = text.empty() ? 0 : r.alloc(text.size());
+  if (!text.empty() && !off) return false;  // no room: the channel carries it all
+  if (off) std::memcpy(r.at<char>(off), text.data(), text.size());
+  region::Header& h = r.header();
+  h.end_text_off = off;
+  h.end_text_len = text.size();
+  h.phase.store(region::kEndDone, std::memory_order_release);  // the text, then the phase
+  text.clear();
+  return true;
+}
+
 void set_shared_maps_phase(std::uint32_t phase) {
   if (g_agent_region && g_agent_laid_out && g_agent_region->shared())
     g_agent_region->header().phase.store(phase, std::memory_order_release);

@@ -103,7 +103,7 @@ inline constexpr std::uint32_t kVersion = 1;
 inline constexpr std::size_t kAlign = 64;  // every allocation: no two owners share a line
 // Header::phase: how far the agent's final report got.
 inline constexpr std::uint32_t kTracing = 0;
-inline constexpr std::uint32_t kEndDone = 1;      // END ran and its output was sent
+inline constexpr std::uint32_t kEndDone = 1;      // END ran, its output is in the region
 inline constexpr std::uint32_t kMapsPrinted = 2;  // the agent sent the maps itself
 
 struct Header {
@@ -118,6 +118,8 @@ struct Header {
   std::atomic<std::uint32_t> state;    // 1: magic .. maps laid out (release)
   std::atomic<std::uint32_t> phase;    // kTracing, kEndDone, kMapsPrinted
   std::uint32_t pid;                   // the process that laid the maps out
+  std::uint64_t end_text_off;          // kEndDone: END's output, printed before the maps
+  std::uint64_t end_text_len;
 };
 // A table's slots: offset | log2(capacity) << 48, published with release when filled.
 inline constexpr unsigned kCapShift = 48;
@@ -587,7 +589,11 @@ bool adopt_shared_maps(std::string_view source);
 // The maps of this process are all in a region hotprobe reads: hotprobe prints them, the
 // agent does not (false without a region, in a fork child, or when the region ran out).
 bool shared_maps_complete();
-// Records how far the final report got (region::kEndDone, kMapsPrinted); no-op without one.
+// The final report, when shared_maps_complete(): END's output `text` goes into the region
+// (hotprobe prints it with the maps, so both print exactly once whatever happens next) and
+// `text` is emptied; false (nothing done) when the maps are not complete or there is no room.
+bool hand_over_end_output(std::string& text);
+// The agent printed the maps itself (region::kMapsPrinted); no-op without a region.
 void set_shared_maps_phase(std::uint32_t phase);
 
 // Key and string helpers.
