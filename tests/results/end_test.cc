@@ -291,6 +291,10 @@ TEST_P(Results, ExitInAProbePrintsOnce) {
 // A followed fork child counts from zero in maps of its own (printed by its agent); the
 // parent's maps in the shared memory are untouched by it and print after the abort.
 TEST_P(Results, FollowedForkChildKeepsItsOwnMaps) {
+#if defined(HOTPROBE_TSAN)
+  GTEST_SKIP() << "TSan ends a fork child of a threaded process that starts a thread (the "
+                  "followed child's reporter)";
+#endif
   Outcome r = run(hotprobe_args(GetParam(), "fork", -1, {}, /*follow_forks=*/true));
   EXPECT_EQ(r.code, 128 + SIGABRT) << r.err;
   if (GetParam() == "json") {
