@@ -308,6 +308,32 @@ TEST_P(Results, FollowedForkChildKeepsItsOwnMaps) {
   }
 }
 
+// END that prints, clears, zeroes and deletes: run by hotprobe over the maps the program
+// left, it prints what the agent's END prints at a normal end.
+TEST_P(Results, EndChangingMapsRunsInHotprobeAsInTheProgram) {
+  auto args = [&](const char* way, bool shared) {
+    std::vector<std::string> a{
+        HP_HOTPROBE, "run", "-o", GetParam(), "-e",
+        std::string("uprobe:") + HP_TARGET +
+            ":work { @c = count(); @k[arg0 % 3] = count(); @z = sum(arg0); @m[arg0 % 2] = arg0; }"
+            " END { print(@k); clear(@k); zero(@z); delete(@m[1]); @e = count();"
+             " printf(\"m0=%d\\n\", @m[0]); }",
+        "--", HP_TARGET, std::to_string(kCalls), way};
+    return run(a, shared);
+  };
+  Outcome ref = args("exit", /*shared=*/false);
+  ASSERT_EQ(ref.code, 0) << ref.err;
+  for (const char* way : {"abort", "exit_group"}) {
+    Outcome r = args(way, true);
+    EXPECT_EQ(r.out, ref.out) << way << "\n" << r.err;
+  }
+  if (GetParam() == "text") {
+    EXPECT_EQ(count_of(ref.out, "m0=998\n"), 1) << ref.out;
+    EXPECT_EQ(count_of(ref.out, "\n@e: 1\n"), 1) << ref.out;
+    EXPECT_EQ(count_of(ref.out, "\n@z: 0\n"), 1) << ref.out;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Formats, Results, ::testing::Values("text", "json"));
 
 // The switch the tests compare with: the maps over the channel alone are lost when the
