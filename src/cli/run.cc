@@ -183,10 +183,31 @@ struct SharedMaps {
       std::fprintf(stderr,
                    "hotprobe run: the memory the maps share with the program (%zu MiB) ran out: "
                    "%llu tables or records stayed in the program's own memory, so maps printed "
-                   "after an abnormal end may miss entries; use smaller keys or fewer of them\n",
+                   "after an abnormal end may miss entries; raise HOTPROBE_MAP_MEMORY (MiB) or "
+                   "use fewer keys\n",
                    region->size() >> 20, static_cast<unsigned long long>(refused));
   }
 };
+
+// $HOTPROBE_MAP_MEMORY: the size of the memory the maps share with the program, in MiB
+// (sparse: only what the maps use is ever allocated). False (and a message) when malformed.
+bool map_memory_bytes(std::size_t& bytes) {
+  bytes = script::SharedRegion::kDefaultBytes;
+  const char* m = std::getenv("HOTPROBE_MAP_MEMORY");
+  if (!m || !*m) return true;
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long mib = std::strtoull(m, &end, 10);
+  if (errno != 0 || end == m || *end || mib < 1 || mib > (1ull << 20)) {
+    std::fprintf(stderr,
+                 "hotprobe run: HOTPROBE_MAP_MEMORY='%s' is not a size in MiB from 1 to 1048576 "
+                 "(the memory the maps share with the program; unset, it is %zu)\n",
+                 m, script::SharedRegion::kDefaultBytes >> 20);
+    return false;
+  }
+  bytes = static_cast<std::size_t>(mib) << 20;
+  return true;
+}
 
 }  // namespace
 
@@ -225,6 +246,9 @@ int run(const RunOptions& o) {
     return kExitError;
   }
 
+  std::size_t map_bytes;
+  if (!map_memory_bytes(map_bytes)) return kExitError;
+
   Output out;
   out.format = copts.format;
   if (!o.output.empty()) {
@@ -241,7 +265,7 @@ int run(const RunOptions& o) {
   // a normal end, nothing survives another end); tests compare the two ways with it.
   if (const char* v = std::getenv("HOTPROBE_SHARED_MAPS"); !v || std::string_view(v) != "0") {
     std::string why;
-    maps.region = script::SharedRegion::create(script::SharedRegion::kDefaultBytes, &why);
+    maps.region = script::SharedRegion::create(map_bytes, &why);
     if (!maps.region)
       std::fprintf(stderr,
                    "hotprobe run: cannot make the memory the maps share with the program (%s); "

@@ -336,6 +336,37 @@ TEST_P(Results, EndChangingMapsRunsInHotprobeAsInTheProgram) {
 
 INSTANTIATE_TEST_SUITE_P(Formats, Results, ::testing::Values("text", "json"));
 
+// A region too small for the maps: a normal end is still exact (the agent prints them over
+// the channel), an abnormal end prints what the region holds and says it ran out.
+TEST(ResultsSmallRegion, ExactAtANormalEndAndReportedAfterAnAbort) {
+  auto args = [](const char* way) {
+    return std::vector<std::string>{"env", "HOTPROBE_MAP_MEMORY=1", HP_HOTPROBE, "run", "-e",
+                                    std::string("uprobe:") + HP_TARGET +
+                                        ":work { @k[arg0] = count(); @c = count(); }",
+                                    "--", HP_TARGET, "100000", way};
+  };
+  Outcome ok = run(args("exit"));
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_EQ(count_of(ok.out, "]: 1\n"), 100000) << ok.err;
+  EXPECT_EQ(count_of(ok.out, "\n@c: 100000\n"), 1) << ok.err;
+  EXPECT_EQ(ok.err.find("ran out"), std::string::npos) << ok.err;
+  Outcome ab = run(args("abort"));
+  EXPECT_EQ(ab.code, 128 + SIGABRT) << ab.err;
+  EXPECT_NE(ab.err.find("(1 MiB) ran out"), std::string::npos) << ab.err;
+  EXPECT_NE(ab.err.find("HOTPROBE_MAP_MEMORY"), std::string::npos) << ab.err;
+  EXPECT_LT(count_of(ab.out, "]: 1\n"), 100000);  // what the region held, no more
+}
+
+TEST(ResultsSmallRegion, AMalformedSizeIsRefusedBeforeTheProgramRuns) {
+  Outcome r = run({"env", "HOTPROBE_MAP_MEMORY=lots", HP_HOTPROBE, "run", "-e",
+                   std::string("uprobe:") + HP_TARGET + ":work { @c = count(); }", "--", HP_TARGET,
+                   "1", "exit"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("HOTPROBE_MAP_MEMORY='lots' is not a size in MiB"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.out, "");
+}
+
 // The switch the tests compare with: the maps over the channel alone are lost when the
 // program dies (this is what the shared memory changes).
 TEST(ResultsWithoutSharedMaps, AnAbortLosesTheMaps) {
