@@ -48,7 +48,7 @@ std::string temp_path(const char* what) {
 // Runs `argv` (hotprobe, or a wrapper of it) in its own process group. `keep_fd` is left
 // open in it (the target's "ready" pipe); `during` runs while it runs, with its pid.
 Outcome run(const std::vector<std::string>& argv, bool shared_maps = true, int keep_fd = -1,
-        const std::function<void(pid_t)>& during = {}) {
+            const std::function<void(pid_t)>& during = {}) {
   std::string out_path = temp_path("out"), err_path = temp_path("err");
   pid_t pid = ::fork();
   if (pid == 0) {
@@ -107,8 +107,7 @@ std::vector<std::string> hotprobe_args(const std::string& format, const std::str
   std::vector<std::string> a{HP_HOTPROBE, "run", "-o", format};
   if (follow_forks) a.push_back("--follow-forks");
   a.push_back("-e");
-  a.push_back(std::string("uprobe:") + HP_TARGET + ":work { " + kBody + " }" + kEnd +
-              extra_script);
+  a.push_back(std::string("uprobe:") + HP_TARGET + ":work { " + kBody + " }" + kEnd + extra_script);
   a.push_back("--");
   a.push_back(HP_TARGET);
   a.push_back(std::to_string(kCalls));
@@ -232,12 +231,12 @@ TEST_P(Results, ShardsOfFourThreadsAfterAbort) {
 TEST_P(Results, TargetKilledWithSigkill) {
   ReadyPipe ready;
   Outcome r = run(hotprobe_args(GetParam(), "wait", ready.write_end()), true, ready.write_end(),
-              [&](pid_t) {
-                ready.close_write_end();
-                pid_t target = ready.wait_pid();
-                ASSERT_GT(target, 0) << "the target never reported its calls done";
-                ::kill(target, SIGKILL);
-              });
+                  [&](pid_t) {
+                    ready.close_write_end();
+                    pid_t target = ready.wait_pid();
+                    ASSERT_GT(target, 0) << "the target never reported its calls done";
+                    ::kill(target, SIGKILL);
+                  });
   EXPECT_EQ(r.code, 128 + SIGKILL) << r.err;
   expect_exact(r, GetParam());
 }
@@ -246,11 +245,11 @@ TEST_P(Results, TargetKilledWithSigkill) {
 TEST_P(Results, HotprobeGetsSigterm) {
   ReadyPipe ready;
   Outcome r = run(hotprobe_args(GetParam(), "wait", ready.write_end()), true, ready.write_end(),
-              [&](pid_t hp) {
-                ready.close_write_end();
-                ASSERT_GT(ready.wait_pid(), 0) << "the target never reported its calls done";
-                ::kill(hp, SIGTERM);
-              });
+                  [&](pid_t hp) {
+                    ready.close_write_end();
+                    ASSERT_GT(ready.wait_pid(), 0) << "the target never reported its calls done";
+                    ::kill(hp, SIGTERM);
+                  });
   EXPECT_EQ(r.code, 128 + SIGTERM) << r.err;
   expect_exact(r, GetParam());
 }
@@ -272,11 +271,18 @@ TEST_P(Results, TimeoutCommand) {
 // The reporting path and the shared memory never both print: exit() in a probe makes the
 // agent's final report (END there), the program then runs on untraced and ends normally.
 TEST_P(Results, ExitInAProbePrintsOnce) {
-  std::vector<std::string> a{HP_HOTPROBE, "run", "-o", GetParam(), "-e",
+  std::vector<std::string> a{HP_HOTPROBE,
+                             "run",
+                             "-o",
+                             GetParam(),
+                             "-e",
                              std::string("uprobe:") + HP_TARGET +
                                  ":work /arg0 < 10/ { @c = count(); } uprobe:" + HP_TARGET +
                                  ":work /arg0 == 500/ { exit(); } END { printf(\"end\\n\"); }",
-                             "--", HP_TARGET, std::to_string(kCalls), "abort"};
+                             "--",
+                             HP_TARGET,
+                             std::to_string(kCalls),
+                             "abort"};
   Outcome r = run(a);
   EXPECT_EQ(r.code, 128 + SIGABRT) << r.err;
   if (GetParam() == "json") {
@@ -313,12 +319,19 @@ TEST_P(Results, FollowedForkChildKeepsItsOwnMaps) {
 TEST_P(Results, EndChangingMapsRunsInHotprobeAsInTheProgram) {
   auto args = [&](const char* way, bool shared) {
     std::vector<std::string> a{
-        HP_HOTPROBE, "run", "-o", GetParam(), "-e",
+        HP_HOTPROBE,
+        "run",
+        "-o",
+        GetParam(),
+        "-e",
         std::string("uprobe:") + HP_TARGET +
             ":work { @c = count(); @k[arg0 % 3] = count(); @z = sum(arg0); @m[arg0 % 2] = arg0; }"
             " END { print(@k); clear(@k); zero(@z); delete(@m[1]); @e = count();"
-             " printf(\"m0=%d\\n\", @m[0]); }",
-        "--", HP_TARGET, std::to_string(kCalls), way};
+            " printf(\"m0=%d\\n\", @m[0]); }",
+        "--",
+        HP_TARGET,
+        std::to_string(kCalls),
+        way};
     return run(a, shared);
   };
   Outcome ref = args("exit", /*shared=*/false);
@@ -340,10 +353,17 @@ INSTANTIATE_TEST_SUITE_P(Formats, Results, ::testing::Values("text", "json"));
 // the channel), an abnormal end prints what the region holds and says it ran out.
 TEST(ResultsSmallRegion, ExactAtANormalEndAndReportedAfterAnAbort) {
   auto args = [](const char* way) {
-    return std::vector<std::string>{"env", "HOTPROBE_MAP_MEMORY=1", HP_HOTPROBE, "run", "-e",
-                                    std::string("uprobe:") + HP_TARGET +
-                                        ":work { @k[arg0] = count(); @c = count(); }",
-                                    "--", HP_TARGET, "100000", way};
+    return std::vector<std::string>{
+        "env",
+        "HOTPROBE_MAP_MEMORY=1",
+        HP_HOTPROBE,
+        "run",
+        "-e",
+        std::string("uprobe:") + HP_TARGET + ":work { @k[arg0] = count(); @c = count(); }",
+        "--",
+        HP_TARGET,
+        "100000",
+        way};
   };
   Outcome ok = run(args("exit"));
   EXPECT_EQ(ok.code, 0) << ok.err;
@@ -380,11 +400,18 @@ TEST(ResultsWithoutSharedMaps, AnAbortLosesTheMaps) {
 TEST(ResultsNeverHit, KeylessCountPrintsZero) {
   for (std::string format : {"text", "json"}) {
     std::vector<std::string> a{
-        HP_HOTPROBE, "run", "-o", format, "-e",
+        HP_HOTPROBE,
+        "run",
+        "-o",
+        format,
+        "-e",
         std::string("uprobe:") + HP_TARGET +
             ":work /arg0 > 100000/ { @never = count(); @k[arg0] = count(); @s = sum(arg0); } " +
             "uprobe:" + HP_TARGET + ":work { @c = count(); }",
-        "--", HP_TARGET, "3", "abort"};
+        "--",
+        HP_TARGET,
+        "3",
+        "abort"};
     Outcome r = run(a);
     EXPECT_EQ(r.code, 128 + SIGABRT) << r.err;
     if (format == "json") {
