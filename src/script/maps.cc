@@ -239,14 +239,13 @@ AggMap::AggMap(MapDesc desc, SharedRegion* region, region::MapRecord* rec, bool 
     : desc_(std::move(desc)), epoch_p_(&rec->epoch), region_(region), rec_(rec) {
   if (!adopt) return;
   // hotprobe's reopen: the op log and the shards as the program left them. Offsets are
-  // checked and the walks bounded: a program's wild write must not crash hotprobe.
+  // checked, and each list's offsets only grow (records are linked in allocation order),
+  // so a program's wild write can neither crash hotprobe nor loop it.
   const std::uint32_t kw = desc_.key_words();
   const std::size_t op_bytes = sizeof(region::OpRecord) + kw * sizeof(std::uint64_t);
-  const std::size_t limit = region->size() / region::kAlign;
   std::uint64_t e = rec->epoch.load(std::memory_order_acquire);
-  std::size_t n = 0;
   for (std::uint64_t off = rec->ops.load(std::memory_order_acquire);
-       off && region->contains(off, op_bytes) && n < limit; ++n) {
+       off && region->contains(off, op_bytes);) {
     auto* r = region->at<region::OpRecord>(off);
     if (r->kind > 2) break;
     Op op{r->epoch, static_cast<OpKind>(r->kind), {}};
@@ -254,17 +253,18 @@ AggMap::AggMap(MapDesc desc, SharedRegion* region, region::MapRecord* rec, bool 
     e = std::max(e, op.epoch);
     ops_.push_back(std::move(op));
     last_op_ = r;
-    off = r->next.load(std::memory_order_acquire);
+    const std::uint64_t next = r->next.load(std::memory_order_acquire);
+    off = next > off ? next : 0;
   }
   // A process killed between linking an op and bumping the epoch: the op counts.
   rec->epoch.store(e, std::memory_order_relaxed);
-  n = 0;
   for (std::uint64_t off = rec->shards.load(std::memory_order_acquire);
-       off && region->contains(off, sizeof(region::ShardRecord)) && n < limit; ++n) {
+       off && region->contains(off, sizeof(region::ShardRecord));) {
     auto* r = region->at<region::ShardRecord>(off);
     shards_.push_back(std::make_unique<Shard>(this, r, /*adopt=*/true));
     last_shard_ = r;
-    off = r->next.load(std::memory_order_acquire);
+    const std::uint64_t next = r->next.load(std::memory_order_acquire);
+    off = next > off ? next : 0;
   }
 }
 

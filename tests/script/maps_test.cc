@@ -495,6 +495,49 @@ TEST(SharedMaps, ReopenRefusesAnotherScript) {
   EXPECT_NE(SharedRegion::reopen_error().find("laid out no maps"), std::string::npos);
 }
 
+// A program that scribbles on its region: hotprobe reads nonsense but never crashes or
+// loops. The maps' descriptions stay (else the reopen refuses before walking anything);
+// every link, table word, slot and record after them is overwritten.
+TEST(SharedMaps, ReopenSurvivesAScribbledRegion) {
+  auto region = make_region(std::size_t{1} << 20);
+  MapSet writer(region_descs(), region.get(), false, 3);
+  fill(writer);
+  writer.clear(0);
+  std::uint64_t k = 1;
+  writer.agg(0).erase(&k);
+  const region::Header& h = region->header();
+  const std::uint64_t top = h.top.load();
+  auto* recs = region->at<region::MapRecord>(h.maps_off);
+  std::uint64_t from = 0;
+  for (std::uint32_t m = 0; m < h.map_count; ++m)
+    from = std::max(from, recs[m].name_off + recs[m].name_len);
+  from = (from + 7) & ~std::uint64_t{7};
+  std::uint64_t x = 0x9e3779b97f4a7c15ull;
+  auto next = [&] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  for (int round = 0; round < 30; ++round) {
+    // Offsets into the region (cycles, overlaps), or anything at all.
+    auto word = [&] { return round % 2 ? (next() % top) & ~std::uint64_t{7} : next(); };
+    for (std::uint32_t m = 0; m < h.map_count; ++m) {
+      recs[m].epoch.store(word());
+      recs[m].ops.store(word());
+      recs[m].shards.store(word());
+      recs[m].stripes.store(word());
+    }
+    auto* words = region->at<std::uint64_t>(from);
+    for (std::uint64_t i = 0; i < (top - from) / 8; i += 1 + (next() >> 61))
+      words[i] = word();
+    MapSet reader(region_descs(), region.get(), true, 3);
+    ASSERT_EQ(SharedRegion::reopen_error(), "");
+    for (std::size_t m = 0; m < reader.size(); ++m)
+      (void)reader.snapshot(m);
+  }
+}
+
 TEST(SharedMaps, AFullRegionFallsBackToTheHeapAndCounts) {
   auto region = make_region(64 * 1024);  // room for a few small tables only
   MapSet set({count_by_int()}, region.get(), false, 1);
