@@ -24,6 +24,7 @@
 #include "core/thread_state.h"
 #include "hotprobe/symbols.h"
 #include "script/diag.h"
+#include "script/maps.h"
 #include "sync/deferred.h"
 
 namespace hp::agent {
@@ -230,6 +231,9 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   copts.format = static_cast<script::OutputFormat>(start_msg->options.format);
   s->source_ = start_msg->source;
   s->filename_ = start_msg->filename;
+  // `hotprobe run` shares memory for the maps (HOTPROBE_MAPS_FD): this compile lays them out
+  // there, so hotprobe prints them however the process ends (script-runtime.md).
+  if (!attached_session) script::adopt_shared_maps(start_msg->source);
   auto prog = script::Program::compile(start_msg->source, copts);
   if (!prog) {
     s->send_text_checked(Msg::error, prog.error().message());
@@ -464,8 +468,13 @@ void Session::do_finish(Reason reason) {
   drain_and_send();
   // END runs once, in the traced program; a followed child prints its own maps only.
   if (!forked_child_) program_->run_end();
-  out_ += program_->print_maps();
+  // Maps in memory shared with hotprobe: END's output (all that out_ holds now) goes there
+  // too and hotprobe prints both, exactly once whatever happens next. Otherwise they go
+  // over the channel. (An attached session's maps are its own, never in a run's region.)
+  const bool shared_maps = !attached_ && script::hand_over_end_output(out_);
+  if (!shared_maps) out_ += program_->print_maps();
   drain_and_send();
+  if (!attached_ && !shared_maps) script::set_shared_maps_phase(script::region::kMapsPrinted);
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
   if (attached_) {

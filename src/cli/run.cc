@@ -1,5 +1,6 @@
 // `hotprobe run`: compile the script, start the program with the agent preloaded, print
-// what the agent reports, exit with the program's status. docs/design/agent.md.
+// what the agent reports and the maps from the memory they share (whatever end the program
+// met), exit with the program's status. docs/design/agent.md, script-runtime.md.
 #include <fcntl.h>
 #include <link.h>
 #include <poll.h>
@@ -22,6 +23,7 @@
 
 #include "agent/protocol.h"
 #include "cli/cli.h"
+#include "script/maps.h"
 #include "script/program.h"
 
 namespace hp::cli {
@@ -132,6 +134,83 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
   return true;
 }
 
+// The program's maps, in memory it shares with hotprobe (docs/design/script-runtime.md,
+// "Maps shared with hotprobe"): printed here exactly once, after the agent's final report
+// (which ran END), or when the program ended without one: then END runs here, as bpftrace
+// runs it in its own process.
+struct SharedMaps {
+  std::unique_ptr<script::SharedRegion> region;
+  bool printed = false;
+  bool recovered = false;  // printed here from the region, without the agent's report
+
+  class TextSink final : public script::Sink {
+   public:
+    void write(std::string_view t) override { text.append(t); }
+    void request_exit() override {}
+    std::string text;
+  };
+
+  void print(Output& out, const std::string& source, const script::CompileOptions& copts,
+             bool run_end) {
+    if (!region || printed) return;
+    const script::region::Header& h = region->header();
+    if (h.state.load(std::memory_order_acquire) != 1) return;  // the agent laid out nothing
+    printed = true;
+    const std::uint32_t phase = h.phase.load(std::memory_order_acquire);
+    if (phase == script::region::kMapsPrinted) return;  // the agent sent them itself
+    script::SharedRegion::use_next(region.get(), /*reopen=*/true, script::source_hash(source));
+    auto prog = script::Program::compile(source, copts);
+    if (!prog) {  // it compiled before the program started; a file it names may be gone
+      std::fprintf(stderr, "hotprobe run: cannot print the maps the program left: %s\n",
+                   prog.error().message().c_str());
+      return;
+    }
+    if (std::string why = script::SharedRegion::reopen_error(); !why.empty()) {
+      std::fprintf(stderr, "hotprobe run: cannot read the maps the program left: %s\n",
+                   why.c_str());
+      return;
+    }
+    TextSink sink;
+    (*prog)->bind(&sink);
+    if (phase == script::region::kEndDone) {  // END ran in the program: its output
+      if (region->contains(h.end_text_off, h.end_text_len))
+        sink.text.assign(region->at<char>(h.end_text_off), h.end_text_len);
+    } else if (run_end) {
+      (*prog)->run_end();
+    }
+    sink.text += (*prog)->print_maps();
+    out.text(sink.text);
+    recovered = true;
+    if (auto refused = h.refused.load(std::memory_order_relaxed); refused > 0)
+      std::fprintf(stderr,
+                   "hotprobe run: the memory the maps share with the program (%zu MiB) ran out: "
+                   "%llu tables or records stayed in the program's own memory, so maps printed "
+                   "after an abnormal end may miss entries; raise HOTPROBE_MAP_MEMORY (MiB) or "
+                   "use fewer keys\n",
+                   region->size() >> 20, static_cast<unsigned long long>(refused));
+  }
+};
+
+// $HOTPROBE_MAP_MEMORY: the size of the memory the maps share with the program, in MiB
+// (sparse: only what the maps use is ever allocated). False (and a message) when malformed.
+bool map_memory_bytes(std::size_t& bytes) {
+  bytes = script::SharedRegion::kDefaultBytes;
+  const char* m = std::getenv("HOTPROBE_MAP_MEMORY");
+  if (!m || !*m) return true;
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long mib = std::strtoull(m, &end, 10);
+  if (errno != 0 || end == m || *end || mib < 1 || mib > (1ull << 20)) {
+    std::fprintf(stderr,
+                 "hotprobe run: HOTPROBE_MAP_MEMORY='%s' is not a size in MiB from 1 to 1048576 "
+                 "(the memory the maps share with the program; unset, it is %zu)\n",
+                 m, script::SharedRegion::kDefaultBytes >> 20);
+    return false;
+  }
+  bytes = static_cast<std::size_t>(mib) << 20;
+  return true;
+}
+
 }  // namespace
 
 int attach_command(const AttachOptions& o) {
@@ -169,6 +248,9 @@ int run(const RunOptions& o) {
     return kExitError;
   }
 
+  std::size_t map_bytes;
+  if (!map_memory_bytes(map_bytes)) return kExitError;
+
   Output out;
   out.format = copts.format;
   if (!o.output.empty()) {
@@ -178,6 +260,19 @@ int run(const RunOptions& o) {
                    std::strerror(errno));
       return kExitError;
     }
+  }
+
+  SharedMaps maps;
+  // HOTPROBE_SHARED_MAPS=0: the maps travel over the channel only (the agent prints them at
+  // a normal end, nothing survives another end); tests compare the two ways with it.
+  if (const char* v = std::getenv("HOTPROBE_SHARED_MAPS"); !v || std::string_view(v) != "0") {
+    std::string why;
+    maps.region = script::SharedRegion::create(map_bytes, &why);
+    if (!maps.region)
+      std::fprintf(stderr,
+                   "hotprobe run: cannot make the memory the maps share with the program (%s); "
+                   "the maps print only if the program ends normally\n",
+                   why.c_str());
   }
 
   int sv[2];
@@ -222,6 +317,10 @@ int run(const RunOptions& o) {
     }
     ::setenv("LD_PRELOAD", preload.c_str(), 1);
     ::setenv(agent::kEnvFd, std::to_string(fd).c_str(), 1);
+    if (maps.region) {  // the agent's MapSet lays the maps out there
+      int mfd = ::fcntl(maps.region->fd(), F_DUPFD, 3);
+      ::setenv(script::SharedRegion::kEnvFd, std::to_string(mfd).c_str(), 1);
+    }
     std::vector<char*> argv;
     for (const auto& a : o.command)
       argv.push_back(const_cast<char*>(a.c_str()));
@@ -276,8 +375,12 @@ int run(const RunOptions& o) {
         agent::send_message(sock, agent::encode(stop_sent ? agent::Msg::stop : agent::Msg::go));
         break;
       case agent::Msg::done:
-        done_seen = done_seen || agent::get<std::uint32_t>(payload, pos).value_or(0) ==
-                                     static_cast<std::uint32_t>(pid);
+        if (agent::get<std::uint32_t>(payload, pos).value_or(0) ==
+            static_cast<std::uint32_t>(pid)) {
+          done_seen = true;
+          // The program's final report is out (END ran there): its maps now.
+          if (attached && !agent_error) maps.print(out, source, copts, /*run_end=*/false);
+        }
         break;
       default:
         break;
@@ -318,6 +421,8 @@ int run(const RunOptions& o) {
   // What the program's agent sent before it ended is in the socket: print it all.
   while (sock >= 0 && agent::recv_message(sock, msg, MSG_DONTWAIT) == 1)
     handle(msg);
+  // Ended without a final report (a signal, exit_group, SIGKILL): the maps from memory.
+  if (attached && !agent_error) maps.print(out, source, copts, /*run_end=*/true);
   if (lost > 0) {
     if (out.format == script::OutputFormat::json)
       out.text(fmt::format("{{\"type\": \"lost_events\", \"data\": {{\"events\": {}}}}}\n", lost));
@@ -329,7 +434,8 @@ int run(const RunOptions& o) {
   if (sock >= 0) ::close(sock);
   int code = exit_code(status);
   if (agent_error) return kExitError;
-  if (attached && !done_seen && WIFEXITED(status)) {
+  // The maps came from the shared memory: nothing was lost, and the status is the program's.
+  if (attached && !done_seen && WIFEXITED(status) && !maps.recovered) {
     std::fprintf(stderr,
                  "hotprobe run: the channel to the agent in '%s' ended before its final report "
                  "(the program closed hotprobe's descriptor, or ended through a raw exit_group "

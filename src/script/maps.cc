@@ -1,8 +1,18 @@
 #include "script/maps.h"
 
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <utility>
 
 namespace hotprobe::script {
 
@@ -67,12 +77,62 @@ std::string_view get_string(const std::uint64_t* words) {
 // ---------------------------------------------------------------------------------------
 // Table
 
-Table::Table(std::uint32_t key_words, std::uint32_t value_words)
+Table::Table(std::uint32_t key_words, std::uint32_t value_words, SharedRegion* region,
+             std::atomic<std::uint64_t>* ref, bool adopt)
     : key_words_(key_words),
       value_words_(value_words),
       stride_(1 + key_words + value_words),
-      capacity_(8),
-      slots_(new std::atomic<std::uint64_t>[8 * stride_]()) {}
+      region_(ref ? region : nullptr),
+      ref_(region ? ref : nullptr) {
+  if (adopt && ref_) {
+    // hotprobe taking over a table the program left: as published (release), counted.
+    const std::uint64_t w = ref_->load(std::memory_order_acquire);
+    const std::uint64_t off = w & ((std::uint64_t{1} << region::kCapShift) - 1);
+    const unsigned lg = static_cast<unsigned>(w >> region::kCapShift);
+    if (off && lg >= 3 && lg < 40 &&
+        region_->contains(off, (std::uint64_t{1} << lg) * stride_ * sizeof(std::uint64_t))) {
+      slots_ = region_->at<std::atomic<std::uint64_t>>(off);
+      capacity_ = std::size_t{1} << lg;
+      on_heap_ = false;
+      for (std::size_t i = 0; i < capacity_; ++i) {
+        const std::uint64_t state = slot(i)[0].load(std::memory_order_acquire);
+        used_ += state == 1;
+        filled_ += state != 0;
+      }
+      return;
+    }
+  }
+  capacity_ = 8;
+  slots_ = allocate(capacity_, on_heap_);
+  publish();
+}
+
+Table::~Table() {
+  release(slots_, on_heap_);
+}
+
+std::atomic<std::uint64_t>* Table::allocate(std::size_t capacity, bool& on_heap) {
+  const std::size_t words = capacity * stride_;
+  if (ref_) {
+    if (std::uint64_t off = region_->alloc(words * sizeof(std::uint64_t))) {
+      on_heap = false;
+      return region_->at<std::atomic<std::uint64_t>>(off);  // zeroed: fresh file pages
+    }
+  }
+  on_heap = true;
+  return new std::atomic<std::uint64_t>[words]();
+}
+
+void Table::release(std::atomic<std::uint64_t>* slots, bool on_heap) {
+  // Region memory is never reused: a reader may still hold the old array's offset.
+  if (on_heap) delete[] slots;
+}
+
+void Table::publish() {
+  if (!ref_ || on_heap_) return;
+  const auto lg = static_cast<std::uint64_t>(std::countr_zero(capacity_));
+  ref_->store(region_->offset_of(slots_) | lg << region::kCapShift, std::memory_order_release);
+}
 
 std::atomic<std::uint64_t>* Table::insert(const std::uint64_t* key, std::uint64_t hash) {
   if ((filled_ + 1) * 2 > capacity_) grow();
@@ -87,7 +147,8 @@ std::atomic<std::uint64_t>* Table::insert(const std::uint64_t* key, std::uint64_
       s[1 + w].store(key[w], std::memory_order_relaxed);
     for (std::uint32_t w = 0; w < value_words_; ++w)
       s[1 + key_words_ + w].store(0, std::memory_order_relaxed);
-    s[0].store(1, std::memory_order_relaxed);
+    // Release: a reader in another process that sees the slot used sees its key.
+    s[0].store(1, std::memory_order_release);
     ++used_;
     if (state == 0) ++filled_;
     return s + 1 + key_words_;
@@ -126,14 +187,15 @@ void Table::grow() {
   std::size_t cap = capacity_;
   while (used_ * 4 + 4 > cap)
     cap *= 2;  // rehash into a table at most a quarter full
-  std::unique_ptr<std::atomic<std::uint64_t>[]> old(std::move(slots_));
+  std::atomic<std::uint64_t>* old = slots_;
+  const bool old_on_heap = on_heap_;
   const std::size_t old_cap = capacity_;
-  slots_.reset(new std::atomic<std::uint64_t>[cap * stride_]());
+  slots_ = allocate(cap, on_heap_);
   capacity_ = cap;
   used_ = filled_ = 0;
   std::uint64_t key[kMaxKeyWords];
   for (std::size_t i = 0; i < old_cap; ++i) {
-    std::atomic<std::uint64_t>* s = old.get() + i * stride_;
+    std::atomic<std::uint64_t>* s = old + i * stride_;
     if (s[0].load(std::memory_order_relaxed) != 1) continue;
     for (std::uint32_t w = 0; w < key_words_; ++w)
       key[w] = s[1 + w].load(std::memory_order_relaxed);
@@ -141,21 +203,29 @@ void Table::grow() {
     for (std::uint32_t w = 0; w < value_words_; ++w)
       v[w].store(s[1 + key_words_ + w].load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
+  publish();  // the full new array, then its offset (release)
+  release(old, old_on_heap);
 }
 
 // ---------------------------------------------------------------------------------------
 // Shard and AggMap
 
-Shard::Shard(AggMap* map)
+Shard::Shard(AggMap* map, region::ShardRecord* rec, bool adopt)
     : map_(map),
       epoch_(map->epoch_word()),
+      rec_(rec),
       plain_words_(map->desc().value_words()),
-      table_(map->desc().key_words(), map->slot_value_words()) {}
+      table_(map->desc().key_words(), map->slot_value_words(), rec ? map->region_ : nullptr,
+             rec ? &rec->table : nullptr, adopt) {
+  if (adopt && rec) seen_epoch_ = rec->seen_epoch.load(std::memory_order_acquire);
+}
 
 void Shard::sync_slow(std::uint64_t) {
   std::scoped_lock lock(map_->ops_mu_, mu_);  // ops_mu_ first: the lock order
   map_->apply_ops(seen_epoch_, table_);
   seen_epoch_ = map_->epoch();
+  // After the table changes: a reader that sees this epoch sees them applied.
+  if (rec_) rec_->seen_epoch.store(seen_epoch_, std::memory_order_release);
 }
 
 std::atomic<std::uint64_t>* Shard::insert_slow(const std::uint64_t* key, std::uint64_t hash) {
@@ -165,23 +235,87 @@ std::atomic<std::uint64_t>* Shard::insert_slow(const std::uint64_t* key, std::ui
 
 AggMap::AggMap(MapDesc desc) : desc_(std::move(desc)) {}
 
+AggMap::AggMap(MapDesc desc, SharedRegion* region, region::MapRecord* rec, bool adopt)
+    : desc_(std::move(desc)), epoch_p_(&rec->epoch), region_(region), rec_(rec) {
+  if (!adopt) return;
+  // hotprobe's reopen: the op log and the shards as the program left them. Offsets are
+  // checked, and each list's offsets only grow (records are linked in allocation order),
+  // so a program's wild write can neither crash hotprobe nor loop it.
+  const std::uint32_t kw = desc_.key_words();
+  const std::size_t op_bytes = sizeof(region::OpRecord) + kw * sizeof(std::uint64_t);
+  std::uint64_t e = rec->epoch.load(std::memory_order_acquire);
+  for (std::uint64_t off = rec->ops.load(std::memory_order_acquire);
+       off && region->contains(off, op_bytes);) {
+    auto* r = region->at<region::OpRecord>(off);
+    if (r->kind > 2) break;
+    Op op{r->epoch, static_cast<OpKind>(r->kind), {}};
+    if (op.kind == OpKind::erase) op.key.assign(r->key, r->key + kw);
+    e = std::max(e, op.epoch);
+    ops_.push_back(std::move(op));
+    last_op_ = r;
+    const std::uint64_t next = r->next.load(std::memory_order_acquire);
+    off = next > off ? next : 0;
+  }
+  // A process killed between linking an op and bumping the epoch: the op counts.
+  rec->epoch.store(e, std::memory_order_relaxed);
+  for (std::uint64_t off = rec->shards.load(std::memory_order_acquire);
+       off && region->contains(off, sizeof(region::ShardRecord));) {
+    auto* r = region->at<region::ShardRecord>(off);
+    shards_.push_back(std::make_unique<Shard>(this, r, /*adopt=*/true));
+    last_shard_ = r;
+    const std::uint64_t next = r->next.load(std::memory_order_acquire);
+    off = next > off ? next : 0;
+  }
+}
+
 Shard* AggMap::new_shard() {
   std::lock_guard lock(ops_mu_);
-  shards_.push_back(std::make_unique<Shard>(this));
+  region::ShardRecord* rec = nullptr;
+  if (region_)
+    if (std::uint64_t off = region_->alloc(sizeof(region::ShardRecord)))
+      rec = region_->at<region::ShardRecord>(off);
+  shards_.push_back(std::make_unique<Shard>(this, rec));
   Shard* s = shards_.back().get();
   // A new shard starts empty, so no op before now concerns it.
-  s->seen_epoch_ = epoch_.load(std::memory_order_relaxed);
+  s->seen_epoch_ = epoch_p_->load(std::memory_order_relaxed);
+  if (rec) {
+    rec->seen_epoch.store(s->seen_epoch_, std::memory_order_relaxed);
+    // Linked after its table is published: a reader that finds the record finds a table.
+    const std::uint64_t off = region_->offset_of(rec);
+    (last_shard_ ? last_shard_->next : rec_->shards).store(off, std::memory_order_release);
+    last_shard_ = rec;
+  }
   return s;
 }
 
 void AggMap::push_op(OpKind kind, const std::uint64_t* key) {
   std::lock_guard lock(ops_mu_);
-  const std::uint64_t e = epoch_.load(std::memory_order_relaxed) + 1;
+  const std::uint64_t e = epoch_p_->load(std::memory_order_relaxed) + 1;
   if (kind == OpKind::clear) ops_.clear();  // a clear makes every older op moot
   Op op{e, kind, {}};
   if (key) op.key.assign(key, key + desc_.key_words());
   ops_.push_back(std::move(op));
-  epoch_.store(e, std::memory_order_relaxed);
+  mirror_op(ops_.back());
+  epoch_p_->store(e, std::memory_order_release);
+}
+
+void AggMap::mirror_op(const Op& op) {
+  if (!region_) return;
+  const std::uint32_t kw = desc_.key_words();
+  const std::uint64_t off = region_->alloc(sizeof(region::OpRecord) + kw * sizeof(std::uint64_t));
+  if (!off) return;  // counted in the region's `refused`
+  auto* r = region_->at<region::OpRecord>(off);
+  r->epoch = op.epoch;
+  r->kind = static_cast<std::uint64_t>(op.kind);
+  for (std::uint32_t w = 0; w < op.key.size() && w < kw; ++w)
+    r->key[w] = op.key[w];
+  // A clear starts a new list (older ops are moot); others append. Release: a reader that
+  // finds the record sees its fields.
+  if (op.kind == OpKind::clear || !last_op_)
+    rec_->ops.store(off, std::memory_order_release);
+  else
+    last_op_->next.store(off, std::memory_order_release);
+  last_op_ = r;
 }
 
 void AggMap::clear() {
@@ -272,7 +406,7 @@ std::vector<Row> AggMap::snapshot() {
             rows.push_back(row_of(k, kw, v, vw));
           });
     }
-    if (seen != epoch_.load(std::memory_order_relaxed)) {
+    if (seen != epoch_p_->load(std::memory_order_relaxed)) {
       if (!ops_.empty() && ops_.front().kind == OpKind::clear && ops_.front().epoch > seen)
         rows.clear();
       apply_ops(seen, rows);
@@ -309,8 +443,30 @@ std::vector<std::uint64_t> AggMap::lookup(const std::uint64_t* key) {
 // PlainMap
 
 PlainMap::PlainMap(MapDesc desc) : desc_(std::move(desc)) {
-  for (Stripe& s : stripes_)
-    s.table = std::make_unique<Table>(desc_.key_words(), desc_.value_words());
+  init(nullptr, nullptr, false);
+}
+
+PlainMap::PlainMap(MapDesc desc, SharedRegion* region, region::MapRecord* rec, bool adopt)
+    : desc_(std::move(desc)) {
+  init(region, rec, adopt);
+}
+
+void PlainMap::init(SharedRegion* region, region::MapRecord* rec, bool adopt) {
+  std::atomic<std::uint64_t>* words = nullptr;  // one table word per stripe, in the region
+  if (region && rec) {
+    const std::size_t bytes = kStripes * sizeof(std::uint64_t);
+    if (adopt) {
+      const std::uint64_t off = rec->stripes.load(std::memory_order_acquire);
+      if (region->contains(off, bytes)) words = region->at<std::atomic<std::uint64_t>>(off);
+    } else if (const std::uint64_t off = region->alloc(bytes)) {
+      words = region->at<std::atomic<std::uint64_t>>(off);
+      rec->stripes.store(off, std::memory_order_release);
+    }
+  }
+  for (std::size_t i = 0; i < kStripes; ++i)
+    stripes_[i].table =
+        std::make_unique<Table>(desc_.key_words(), desc_.value_words(), words ? region : nullptr,
+                                words ? words + i : nullptr, adopt);
 }
 
 bool PlainMap::get(const std::uint64_t* key, std::uint64_t* out) {
@@ -395,12 +551,129 @@ std::atomic<std::uint64_t> g_next_thread_token{1};
 thread_local std::uint64_t t_thread_token = 0;
 }  // namespace
 
+namespace {
+// SharedRegion::use_next's hand-over to the next MapSet, and the agent's region.
+std::mutex g_next_mu;
+SharedRegion* g_next = nullptr;
+bool g_next_reopen = false;
+std::uint64_t g_next_hash = 0;
+std::string g_reopen_error;
+SharedRegion* g_agent_region = nullptr;  // adopt_shared_maps: lives as long as the process
+bool g_agent_laid_out = false;
+
+void privatize_in_child() {
+  if (g_agent_region) g_agent_region->privatize();
+}
+// Registered before the agent's own fork handlers (this static initializer runs before the
+// agent's constructor), so a fork child's first handler already sees private maps: the
+// session's reset_maps() then cannot clear the parent's.
+[[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, &privatize_in_child);
+}  // namespace
+
 MapSet::MapSet(std::vector<MapDesc> descs)
     : id_(g_next_set_id.fetch_add(1, std::memory_order_relaxed)), descs_(std::move(descs)) {
-  agg_.resize(descs_.size());
-  plain_.resize(descs_.size());
-  for (std::size_t i = 0; i < descs_.size(); ++i) {
-    if (is_aggregation(descs_[i].kind) || descs_[i].per_thread)
+  SharedRegion* r;
+  bool reopen;
+  std::uint64_t hash;
+  {
+    std::lock_guard lock(g_next_mu);
+    r = std::exchange(g_next, nullptr);
+    reopen = g_next_reopen;
+    hash = g_next_hash;
+  }
+  build(r, reopen, hash);
+}
+
+MapSet::MapSet(std::vector<MapDesc> descs, SharedRegion* region, bool reopen,
+               std::uint64_t source_hash)
+    : id_(g_next_set_id.fetch_add(1, std::memory_order_relaxed)), descs_(std::move(descs)) {
+  build(region, reopen, source_hash);
+}
+
+namespace {
+std::string check_region(const SharedRegion& r, const std::vector<MapDesc>& descs,
+                         std::uint64_t hash) {
+  const region::Header& h = r.header();
+  if (h.state.load(std::memory_order_acquire) != 1)
+    return "the program laid out no maps there (its agent did not start)";
+  if (h.source_hash != hash) return "its maps belong to another script";
+  if (h.map_count != descs.size() ||
+      !r.contains(h.maps_off, descs.size() * sizeof(region::MapRecord)))
+    return "its map table does not match the script";
+  const auto* recs = r.at<region::MapRecord>(h.maps_off);
+  for (std::size_t i = 0; i < descs.size(); ++i) {
+    const region::MapRecord& m = recs[i];
+    const MapDesc& d = descs[i];
+    const bool sharded = is_aggregation(d.kind) || d.per_thread;
+    bool same = r.contains(m.name_off, m.name_len) && m.name_len == d.name.size() &&
+                std::memcmp(r.at<char>(m.name_off), d.name.data(), d.name.size()) == 0 &&
+                m.kind == static_cast<std::uint8_t>(d.kind) && m.per_thread == d.per_thread &&
+                m.sharded == sharded && m.nkeys == d.key_is_string.size() &&
+                m.lhist_min == d.lhist_min && m.lhist_max == d.lhist_max &&
+                m.lhist_step == d.lhist_step;
+    for (std::size_t k = 0; same && k < d.key_is_string.size(); ++k)
+      same = m.key_is_string[k] == d.key_is_string[k];
+    if (!same) return "map " + d.name + " does not match the script";
+  }
+  return {};
+}
+}  // namespace
+
+void MapSet::build(SharedRegion* region, bool reopen, std::uint64_t hash) {
+  const std::size_t n = descs_.size();
+  agg_.resize(n);
+  plain_.resize(n);
+  region::MapRecord* recs = nullptr;
+  if (region && reopen) {
+    std::string why = check_region(*region, descs_, hash);
+    {
+      std::lock_guard lock(g_next_mu);
+      g_reopen_error = why;
+    }
+    if (why.empty()) recs = region->at<region::MapRecord>(region->header().maps_off);
+  } else if (region && region->header().state.load(std::memory_order_acquire) == 0) {
+    // Lay the maps out: records, names, then state = 1 (release) makes them readable.
+    region::Header& h = region->header();
+    const std::uint64_t off =
+        region->alloc(std::max<std::size_t>(1, n) * sizeof(region::MapRecord));
+    recs = region->at<region::MapRecord>(off);
+    for (std::size_t i = 0; recs && i < n; ++i) {
+      const MapDesc& d = descs_[i];
+      region::MapRecord& m = recs[i];
+      const std::uint64_t name = region->alloc(d.name.size() + 1);
+      if (!name) {
+        recs = nullptr;
+        break;
+      }
+      std::memcpy(region->at<char>(name), d.name.data(), d.name.size());
+      m.name_off = name;
+      m.name_len = static_cast<std::uint32_t>(d.name.size());
+      m.kind = static_cast<std::uint8_t>(d.kind);
+      m.per_thread = d.per_thread;
+      m.sharded = is_aggregation(d.kind) || d.per_thread;
+      m.nkeys = static_cast<std::uint8_t>(d.key_is_string.size());
+      for (std::size_t k = 0; k < d.key_is_string.size() && k < kMaxKeyParts; ++k)
+        m.key_is_string[k] = d.key_is_string[k];
+      m.lhist_min = d.lhist_min;
+      m.lhist_max = d.lhist_max;
+      m.lhist_step = d.lhist_step;
+    }
+    if (recs) {
+      h.map_count = static_cast<std::uint32_t>(n);
+      h.maps_off = off;
+      h.source_hash = hash;
+      h.pid = static_cast<std::uint32_t>(::getpid());
+      h.state.store(1, std::memory_order_release);
+      if (region == g_agent_region) g_agent_laid_out = true;
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const bool sharded = is_aggregation(descs_[i].kind) || descs_[i].per_thread;
+    if (recs && sharded)
+      agg_[i] = std::make_unique<AggMap>(descs_[i], region, &recs[i], reopen);
+    else if (recs)
+      plain_[i] = std::make_unique<PlainMap>(descs_[i], region, &recs[i], reopen);
+    else if (sharded)
       agg_[i] = std::make_unique<AggMap>(descs_[i]);
     else
       plain_[i] = std::make_unique<PlainMap>(descs_[i]);
@@ -448,6 +721,178 @@ void MapSet::zero(std::size_t i) {
 
 std::vector<Row> MapSet::snapshot(std::size_t i) {
   return agg_[i] ? agg_[i]->snapshot() : plain_[i]->snapshot();
+}
+
+// ---------------------------------------------------------------------------------------
+// SharedRegion
+
+std::unique_ptr<SharedRegion> SharedRegion::create(std::size_t bytes, std::string* error) {
+  auto fail = [&](const char* what) {
+    if (error) *error = std::string(what) + ": " + std::strerror(errno);
+    return nullptr;
+  };
+  bytes = std::max<std::size_t>(bytes, 4096);
+  int fd = ::memfd_create("hotprobe-maps", MFD_CLOEXEC);
+  if (fd < 0) return fail("memfd_create");
+  if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {  // sparse: pages come on first touch
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    return fail("ftruncate");
+  }
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (p == MAP_FAILED) {
+    const int e = errno;
+    ::close(fd);
+    errno = e;
+    return fail("mmap");
+  }
+  std::unique_ptr<SharedRegion> r(new SharedRegion);
+  r->base_ = static_cast<char*>(p);
+  r->size_ = bytes;
+  r->fd_ = fd;
+  r->note_identity();
+  region::Header& h = r->header();
+  h.magic = region::kMagic;
+  h.version = region::kVersion;
+  h.size = bytes;
+  h.top.store((sizeof(region::Header) + region::kAlign - 1) & ~(region::kAlign - 1),
+              std::memory_order_relaxed);
+  return r;
+}
+
+std::unique_ptr<SharedRegion> SharedRegion::open(int fd, std::string* error) {
+  auto fail = [&](std::string what) {
+    if (error) *error = std::move(what);
+    return nullptr;
+  };
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail(std::string("fstat: ") + std::strerror(errno));
+  const auto bytes = static_cast<std::size_t>(st.st_size);
+  if (bytes < sizeof(region::Header)) return fail("not a hotprobe map region (too small)");
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (p == MAP_FAILED) return fail(std::string("mmap: ") + std::strerror(errno));
+  std::unique_ptr<SharedRegion> r(new SharedRegion);
+  r->base_ = static_cast<char*>(p);
+  r->size_ = bytes;
+  r->fd_ = fd;
+  const region::Header& h = r->header();
+  if (h.magic != region::kMagic || h.version != region::kVersion || h.size != bytes) {
+    r->fd_ = -1;  // not ours to close
+    return fail("not a hotprobe map region of this version");
+  }
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  r->dev_ = st.st_dev;
+  r->ino_ = st.st_ino;
+  return r;
+}
+
+void SharedRegion::note_identity() {
+  struct stat st {};
+  if (::fstat(fd_, &st) == 0) {
+    dev_ = st.st_dev;
+    ino_ = st.st_ino;
+  }
+}
+
+SharedRegion::~SharedRegion() {
+  if (base_) ::munmap(base_, size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+std::uint64_t SharedRegion::alloc(std::size_t bytes) {
+  if (!shared()) return 0;
+  region::Header& h = header();
+  const std::uint64_t n = (bytes + region::kAlign - 1) & ~std::uint64_t{region::kAlign - 1};
+  // A failed bump leaves `top` past the end: every later attempt fails too (counted).
+  const std::uint64_t off = h.top.fetch_add(n, std::memory_order_relaxed);
+  if (off > size_ || n > size_ - off) {
+    h.refused.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+  }
+  return off;
+}
+
+void SharedRegion::privatize() {
+  if (!shared_.exchange(false)) return;
+  constexpr int kProt = PROT_READ | PROT_WRITE;
+  // Same address, same contents, copy-on-write: the child's later writes stay its own.
+  // Through the descriptor if it is still the region's (the program may have closed it,
+  // or reused its number for a file of its own).
+  struct stat st {};
+  if (fd_ >= 0 && ::fstat(fd_, &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_ &&
+      ::mmap(base_, size_, kProt, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd_, 0) != MAP_FAILED)
+    return;
+  // Otherwise a private copy of the part in use, moved over the shared mapping.
+  void* copy = ::mmap(nullptr, size_, kProt, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (copy != MAP_FAILED) {
+    std::memcpy(copy, base_, std::min<std::uint64_t>(header().top.load(), size_));
+    if (::mremap(copy, size_, size_, MREMAP_MAYMOVE | MREMAP_FIXED, base_) != MAP_FAILED) return;
+    ::munmap(copy, size_);
+  }
+  // Never into the parent's maps: empty ones rather.
+  ::mmap(base_, size_, kProt, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE | MAP_ANONYMOUS, -1, 0);
+}
+
+void SharedRegion::use_next(SharedRegion* r, bool reopen, std::uint64_t source_hash) {
+  std::lock_guard lock(g_next_mu);
+  g_next = r;
+  g_next_reopen = reopen;
+  g_next_hash = source_hash;
+  g_reopen_error.clear();
+}
+
+std::string SharedRegion::reopen_error() {
+  std::lock_guard lock(g_next_mu);
+  return g_reopen_error;
+}
+
+std::uint64_t source_hash(std::string_view source) {
+  std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
+  for (unsigned char c : source) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+bool adopt_shared_maps(std::string_view source) {
+  const char* v = std::getenv(SharedRegion::kEnvFd);
+  if (!v) return false;
+  char* end = nullptr;
+  const long fd = std::strtol(v, &end, 10);
+  ::unsetenv(SharedRegion::kEnvFd);  // programs this one runs start without it
+  if (g_agent_region || end == v || *end || fd < 0 || fd > INT32_MAX) return false;
+  std::string error;
+  auto r = SharedRegion::open(static_cast<int>(fd), &error);
+  if (!r) return false;          // hotprobe then finds no maps laid out and says so
+  g_agent_region = r.release();  // for the process's life: hit paths point into it
+  SharedRegion::use_next(g_agent_region, false, source_hash(source));
+  return true;
+}
+
+bool shared_maps_complete() {
+  return g_agent_region && g_agent_laid_out && g_agent_region->shared() &&
+         g_agent_region->header().refused.load(std::memory_order_relaxed) == 0;
+}
+
+bool hand_over_end_output(std::string& text) {
+  if (!shared_maps_complete()) return false;
+  SharedRegion& r = *g_agent_region;
+  const std::uint64_t off = text.empty() ? 0 : r.alloc(text.size());
+  if (!text.empty() && !off) return false;  // no room: the channel carries it all
+  if (off) std::memcpy(r.at<char>(off), text.data(), text.size());
+  region::Header& h = r.header();
+  h.end_text_off = off;
+  h.end_text_len = text.size();
+  h.phase.store(region::kEndDone, std::memory_order_release);  // the text, then the phase
+  text.clear();
+  return true;
+}
+
+void set_shared_maps_phase(std::uint32_t phase) {
+  if (g_agent_region && g_agent_laid_out && g_agent_region->shared())
+    g_agent_region->header().phase.store(phase, std::memory_order_release);
 }
 
 }  // namespace hotprobe::script

@@ -27,6 +27,11 @@
 // shard (one extra "present" word per slot; delete clears it, so after the first set of a
 // key the structure never changes on the hot path), and printing takes each key from the
 // newest shard that holds it.
+//
+// Shared memory (SharedRegion): in `hotprobe run` every table, shard record, epoch and op
+// of the maps lives in a memfd that hotprobe also maps, laid out by offsets, so hotprobe
+// prints the maps whatever happened to the program (abort, SIGSEGV, exit_group, SIGKILL).
+// Without a region (tests, `hotprobe attach`) the same structures live on the heap.
 #pragma once
 
 #include <atomic>
@@ -39,6 +44,8 @@
 #include <vector>
 
 namespace hotprobe::script {
+
+class SharedRegion;
 
 // Bytes of a string value or string key part, including the NUL. Room for the `probe`
 // and `func` builtins with long paths (bpftrace keeps them whole); str() reads at most
@@ -87,6 +94,59 @@ struct Row {
   std::vector<std::uint64_t> value;
 };
 
+// The layout of the memory shared with hotprobe: offsets from the region's start, never
+// pointers (hotprobe maps it at another address). docs/design/script-runtime.md, "Maps
+// shared with hotprobe", gives who writes what and what a reader may see.
+namespace region {
+inline constexpr std::uint64_t kMagic = 0x31305350414d5048ull;  // "HPMAPS01"
+inline constexpr std::uint32_t kVersion = 1;
+inline constexpr std::size_t kAlign = 64;  // every allocation: no two owners share a line
+// Header::phase: how far the agent's final report got.
+inline constexpr std::uint32_t kTracing = 0;
+inline constexpr std::uint32_t kEndDone = 1;      // END ran, its output is in the region
+inline constexpr std::uint32_t kMapsPrinted = 2;  // the agent sent the maps itself
+
+struct Header {
+  std::uint64_t magic;
+  std::uint32_t version;
+  std::uint32_t map_count;
+  std::uint64_t size;                  // bytes of the region
+  std::atomic<std::uint64_t> top;      // bump allocator: the next free offset
+  std::atomic<std::uint64_t> refused;  // allocations that did not fit
+  std::uint64_t source_hash;           // the script's identity (source_hash())
+  std::uint64_t maps_off;              // MapRecord[map_count]
+  std::atomic<std::uint32_t> state;    // 1: magic .. maps laid out (release)
+  std::atomic<std::uint32_t> phase;    // kTracing, kEndDone, kMapsPrinted
+  std::uint32_t pid;                   // the process that laid the maps out
+  std::uint64_t end_text_off;          // kEndDone: END's output, printed before the maps
+  std::uint64_t end_text_len;
+};
+// A table's slots: offset | log2(capacity) << 48, published with release when filled.
+inline constexpr unsigned kCapShift = 48;
+struct MapRecord {
+  std::uint64_t name_off;
+  std::uint32_t name_len;
+  std::uint8_t kind, per_thread, sharded, nkeys;
+  std::uint8_t key_is_string[kMaxKeyParts];
+  std::int64_t lhist_min, lhist_max, lhist_step;
+  std::atomic<std::uint64_t> epoch;    // AggMap's epoch: the shards' hot path loads it here
+  std::atomic<std::uint64_t> ops;      // first OpRecord since the last clear (0: none)
+  std::atomic<std::uint64_t> shards;   // first ShardRecord, linked in creation order
+  std::atomic<std::uint64_t> stripes;  // std::atomic<uint64_t>[16] table words (striped maps)
+};
+struct ShardRecord {
+  std::atomic<std::uint64_t> next;
+  std::atomic<std::uint64_t> seen_epoch;  // published after the ops up to it are applied
+  std::atomic<std::uint64_t> table;
+};
+struct OpRecord {
+  std::atomic<std::uint64_t> next;
+  std::uint64_t epoch;
+  std::uint64_t kind;    // 0 clear, 1 zero, 2 erase
+  std::uint64_t key[1];  // key_words() words (erase)
+};
+}  // namespace region
+
 // The hist() bucket of a value, as bpftrace 0.17 numbers them.
 inline std::uint32_t hist_bucket(std::int64_t v) {
   if (v < 0) return 0;
@@ -121,7 +181,15 @@ inline std::uint64_t hash_key(const std::uint64_t* key, std::uint32_t words) {
 // it). state: 0 empty, 1 used, 2 deleted.
 class Table {
  public:
-  Table(std::uint32_t key_words, std::uint32_t value_words);
+  // `region`/`ref` (both or neither): the slots are allocated in the shared region and
+  // each new slot array is published in *ref; when the region is full (or no longer
+  // shared, in a fork child) they fall back to the heap and the region keeps the last
+  // published array. `adopt`: wrap the array *ref already names (hotprobe's reopen).
+  Table(std::uint32_t key_words, std::uint32_t value_words, SharedRegion* region = nullptr,
+        std::atomic<std::uint64_t>* ref = nullptr, bool adopt = false);
+  ~Table();
+  Table(const Table&) = delete;
+  Table& operator=(const Table&) = delete;
 
   // Value words of the one key of a table without key words, or null.
   std::atomic<std::uint64_t>* find0(std::uint64_t hash) const {
@@ -173,17 +241,24 @@ class Table {
   std::uint32_t value_words() const { return value_words_; }
 
  private:
-  std::atomic<std::uint64_t>* slot(std::size_t i) const { return slots_.get() + i * stride_; }
+  std::atomic<std::uint64_t>* slot(std::size_t i) const { return slots_ + i * stride_; }
   bool key_equal(const std::atomic<std::uint64_t>* a, const std::uint64_t* b) const {
     for (std::uint32_t w = 0; w < key_words_; ++w)
       if (a[w].load(std::memory_order_relaxed) != b[w]) return false;
     return true;
   }
   void grow();
+  // A zeroed slot array of `capacity` slots: in the region when it has room, else the heap.
+  std::atomic<std::uint64_t>* allocate(std::size_t capacity, bool& on_heap);
+  void publish();  // the slot array's offset and capacity into *ref_ (region arrays only)
+  void release(std::atomic<std::uint64_t>* slots, bool on_heap);
 
   std::uint32_t key_words_, value_words_, stride_;
   std::size_t capacity_ = 0, used_ = 0, filled_ = 0;  // filled_: used + deleted
-  std::unique_ptr<std::atomic<std::uint64_t>[]> slots_;
+  std::atomic<std::uint64_t>* slots_ = nullptr;
+  bool on_heap_ = true;
+  SharedRegion* region_ = nullptr;
+  std::atomic<std::uint64_t>* ref_ = nullptr;  // in the region
 };
 
 class AggMap;
@@ -191,7 +266,9 @@ class AggMap;
 // One thread's part of one aggregation map (or of a per-thread plain map).
 class Shard {
  public:
-  explicit Shard(AggMap* map);
+  // `rec`: the shard's record in the map's region (null: none). `adopt`: a shard another
+  // process left there (hotprobe's reopen): its table and seen epoch are taken as found.
+  explicit Shard(AggMap* map, region::ShardRecord* rec = nullptr, bool adopt = false);
 
   // Applies the map's pending clear/zero/delete ops when the epoch moved (one relaxed
   // load when it did not). Inline: it is on every hit.
@@ -271,7 +348,8 @@ class Shard {
   void sync_slow(std::uint64_t epoch);
 
   AggMap* map_;
-  const std::atomic<std::uint64_t>* epoch_;  // &map_->epoch_: one load less on a hit
+  const std::atomic<std::uint64_t>* epoch_;  // the map's epoch word: one load less on a hit
+  region::ShardRecord* rec_ = nullptr;       // seen_epoch_ is mirrored there
   std::uint32_t plain_words_ = 0;  // per-thread plain maps: the value words before "present"
   std::uint64_t seen_epoch_ = 0;   // written by the owner under mu_; read by the printer under mu_
   std::mutex mu_;                  // structure changes (owner) and walks (printer)
@@ -284,6 +362,9 @@ class Shard {
 class AggMap {
  public:
   explicit AggMap(MapDesc desc);
+  // Shards, epoch and op log kept in `rec` of `region`; `adopt`: take over the shards and
+  // ops another process left there (hotprobe printing a program's maps after its end).
+  AggMap(MapDesc desc, SharedRegion* region, region::MapRecord* rec, bool adopt);
   const MapDesc& desc() const { return desc_; }
   bool plain() const { return desc_.per_thread; }
   // Value words of a shard's slot (value_words(), plus "present" in plain mode).
@@ -299,8 +380,8 @@ class AggMap {
   std::vector<std::uint64_t> lookup(const std::uint64_t* key);
 
   Shard* new_shard();
-  std::uint64_t epoch() const { return epoch_.load(std::memory_order_relaxed); }
-  const std::atomic<std::uint64_t>* epoch_word() const { return &epoch_; }
+  std::uint64_t epoch() const { return epoch_p_->load(std::memory_order_relaxed); }
+  const std::atomic<std::uint64_t>* epoch_word() const { return epoch_p_; }
 
   // Merges `src` into `dst` (value words of this map's kind).
   void merge(std::uint64_t* dst, const std::atomic<std::uint64_t>* src) const;
@@ -318,8 +399,15 @@ class AggMap {
   void apply_ops(std::uint64_t seen, Table& table) const;
   void apply_ops(std::uint64_t seen, std::vector<Row>& rows) const;
 
+  void mirror_op(const Op& op);  // appends it to the region's op list
+
   MapDesc desc_;
-  std::atomic<std::uint64_t> epoch_{0};  // bumped (under ops_mu_) by every op
+  std::atomic<std::uint64_t> epoch_{0};            // bumped (under ops_mu_) by every op
+  std::atomic<std::uint64_t>* epoch_p_ = &epoch_;  // or the region's MapRecord::epoch
+  SharedRegion* region_ = nullptr;
+  region::MapRecord* rec_ = nullptr;
+  region::OpRecord* last_op_ = nullptr;        // the region's list tail (under ops_mu_)
+  region::ShardRecord* last_shard_ = nullptr;  // likewise
   // Lock order: ops_mu_ before any Shard::mu_.
   std::mutex ops_mu_;
   std::vector<Op> ops_;                         // since the last clear (older ops cannot matter)
@@ -344,6 +432,8 @@ class SpinLock {
 class PlainMap {
  public:
   explicit PlainMap(MapDesc desc);
+  // Stripes' tables in `rec` of `region` (adopt: as another process left them).
+  PlainMap(MapDesc desc, SharedRegion* region, region::MapRecord* rec, bool adopt);
   const MapDesc& desc() const { return desc_; }
 
   // Copies the value into `out` (value_words); false (and zeros) when absent.
@@ -358,6 +448,7 @@ class PlainMap {
 
  private:
   static constexpr std::size_t kStripes = 16;
+  void init(SharedRegion* region, region::MapRecord* rec, bool adopt);
   struct alignas(64) Stripe {
     SpinLock lock;
     std::unique_ptr<Table> table;
@@ -376,7 +467,13 @@ inline void Shard::sync_if_stale() {
 // Every map of one program, and each thread's shards of its aggregation maps.
 class MapSet {
  public:
+  // Takes the region SharedRegion::use_next() named, if any (Program::compile builds the
+  // MapSet: that is how the agent's and hotprobe's programs reach their region).
   explicit MapSet(std::vector<MapDesc> descs);
+  // Lays the maps out in `region` (create), or takes over the maps found there (reopen;
+  // on a mismatch the maps are the set's own and SharedRegion::reopen_error() says why).
+  MapSet(std::vector<MapDesc> descs, SharedRegion* region, bool reopen,
+         std::uint64_t source_hash = 0);
   ~MapSet();
   MapSet(const MapSet&) = delete;
   MapSet& operator=(const MapSet&) = delete;
@@ -415,6 +512,8 @@ class MapSet {
   static constinit thread_local TlsCache tls_cache_ __attribute__((tls_model("initial-exec")));
   ThreadShards* local_slow();
 
+  void build(SharedRegion* region, bool reopen, std::uint64_t source_hash);
+
   std::uint64_t id_;  // unique in the process, never reused
   std::vector<MapDesc> descs_;
   std::vector<std::unique_ptr<AggMap>> agg_;
@@ -422,6 +521,80 @@ class MapSet {
   std::mutex threads_mu_;
   std::vector<std::pair<std::uint64_t, std::unique_ptr<ThreadShards>>> threads_;  // token
 };
+
+// The memory the maps share with hotprobe: a memfd, sparse (ftruncate, MAP_NORESERVE),
+// mapped in the traced process and in hotprobe. hotprobe creates it and passes the fd to
+// the program (HOTPROBE_MAPS_FD); the agent's MapSet lays the maps out in it; hotprobe
+// reopens it to print (and to run END) when the program could not.
+class SharedRegion {
+ public:
+  static constexpr std::size_t kDefaultBytes = std::size_t{1} << 30;
+  static constexpr const char* kEnvFd = "HOTPROBE_MAPS_FD";
+
+  // hotprobe's side: a new memfd of `bytes`, mapped. Null (and *error) on failure.
+  static std::unique_ptr<SharedRegion> create(std::size_t bytes, std::string* error);
+  // The agent's side: maps a region made by create() (the fd is kept, close-on-exec).
+  static std::unique_ptr<SharedRegion> open(int fd, std::string* error);
+  ~SharedRegion();
+  SharedRegion(const SharedRegion&) = delete;
+  SharedRegion& operator=(const SharedRegion&) = delete;
+
+  int fd() const { return fd_; }
+  std::size_t size() const { return size_; }
+  region::Header& header() const { return *reinterpret_cast<region::Header*>(base_); }
+  template <typename T>
+  T* at(std::uint64_t off) const {
+    return off ? reinterpret_cast<T*>(base_ + off) : nullptr;
+  }
+  // [off, off + bytes) lies in the region, after the header.
+  bool contains(std::uint64_t off, std::uint64_t bytes) const {
+    return off >= sizeof(region::Header) && off <= size_ && bytes <= size_ - off;
+  }
+  std::uint64_t offset_of(const void* p) const {
+    return static_cast<std::uint64_t>(static_cast<const char*>(p) - base_);
+  }
+  // `bytes` of zeroed memory, kAlign-aligned: its offset, or 0 when the region is full
+  // (counted in header().refused) or no longer shared (a fork child).
+  std::uint64_t alloc(std::size_t bytes);
+  // Writes to the region reach hotprobe (false in a fork child: see privatize()).
+  bool shared() const { return shared_.load(std::memory_order_relaxed); }
+  // In a fork child: the region becomes a private copy-on-write view at the same address,
+  // so the child's maps never write into its parent's; nothing more is allocated in it.
+  void privatize();
+
+  // The next MapSet built in this process lays its maps out in `r` (reopen = false) or
+  // takes over the maps found there (reopen = true), checking `source_hash`.
+  static void use_next(SharedRegion* r, bool reopen, std::uint64_t source_hash);
+  // Why the last reopen found no usable maps (empty when it did).
+  static std::string reopen_error();
+
+ private:
+  SharedRegion() = default;
+  void note_identity();  // dev_ and ino_ of fd_
+  friend class MapSet;
+  char* base_ = nullptr;
+  std::size_t size_ = 0;
+  int fd_ = -1;
+  std::uint64_t dev_ = 0, ino_ = 0;  // the memfd's: privatize() checks fd_ still names it
+  std::atomic<bool> shared_{true};
+};
+
+// The identity of a script: a hash of its source, the same in the agent and in hotprobe.
+std::uint64_t source_hash(std::string_view source);
+
+// The agent's side, one region per process (`hotprobe run`). adopt_shared_maps: when
+// $HOTPROBE_MAPS_FD names a region, maps it (and removes the variable) so that the next
+// MapSet (the session's Program::compile) lays its maps out there; false otherwise.
+bool adopt_shared_maps(std::string_view source);
+// The maps of this process are all in a region hotprobe reads: hotprobe prints them, the
+// agent does not (false without a region, in a fork child, or when the region ran out).
+bool shared_maps_complete();
+// The final report, when shared_maps_complete(): END's output `text` goes into the region
+// (hotprobe prints it with the maps, so both print exactly once whatever happens next) and
+// `text` is emptied; false (nothing done) when the maps are not complete or there is no room.
+bool hand_over_end_output(std::string& text);
+// The agent printed the maps itself (region::kMapsPrinted); no-op without a region.
+void set_shared_maps_phase(std::uint32_t phase);
 
 // Key and string helpers.
 void put_string(std::uint64_t* words, std::string_view s);  // kStrWords words, NUL padded

@@ -262,6 +262,10 @@ void json_escape(std::string& out, std::string_view str) {
 void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, OutputFormat fmt,
                 std::uint32_t top, std::uint32_t div) {
   const bool json = fmt == OutputFormat::json;
+  // bpftrace 0.17 prints a count() map without keys that holds nothing (never hit, or
+  // cleared) as 0, in text and json; other empty maps are a blank line (json: nothing).
+  if (rows.empty() && d.kind == ValueKind::count && d.key_is_string.empty())
+    rows.push_back(Row{{}, {0}});
   if (json && rows.empty()) return;
   if (div == 0) div = 1;
   sort_rows(d, rows);

@@ -1,8 +1,19 @@
 // Aggregation shards: merged totals over threads, exited threads kept, clear/zero/delete
-// from another thread, a printer walking while owners write (run under TSan too).
+// from another thread, a printer walking while owners write (run under TSan too). Maps in
+// a SharedRegion: another MapSet reopening it (as hotprobe does after the program's end)
+// sees exactly what the owners wrote, pending ops included; a full region falls back to
+// the heap and counts; a fork child's maps never write into its parent's.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -372,6 +383,231 @@ TEST(Maps, ConcurrentPrintingWhileWriting) {
   ASSERT_EQ(rows.size(), 10u);
   for (const Row& r : rows)
     EXPECT_EQ(r.value[0], 100u * kThreads);
+}
+
+// ---------------------------------------------------------------------------------------
+// Maps in a SharedRegion
+
+std::vector<Row> sorted(std::vector<Row> rows) {
+  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.key < b.key; });
+  return rows;
+}
+
+MapDesc plain_by_int(const char* name) {
+  MapDesc d;
+  d.name = name;
+  d.kind = ValueKind::integer;
+  d.key_is_string = {false};
+  return d;
+}
+
+MapDesc hist_no_key(const char* name) {
+  MapDesc d;
+  d.name = name;
+  d.kind = ValueKind::hist;
+  return d;
+}
+
+std::vector<MapDesc> region_descs() {
+  return {count_by_int("@c"), hist_no_key("@h"), plain_by_int("@p"), per_thread_int()};
+}
+
+std::unique_ptr<SharedRegion> make_region(std::size_t bytes = std::size_t{64} << 20) {
+  std::string why;
+  auto r = SharedRegion::create(bytes, &why);
+  EXPECT_TRUE(r) << why;
+  return r;
+}
+
+// Four threads write every kind of map; some ops stay pending (the threads are gone).
+void fill(MapSet& set) {
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      for (std::uint64_t i = 0; i < 3000; ++i) {
+        count(set, 0, i % 500, t + 1);  // grows each thread's table several times
+        Shard& h = set.local()->shard(1);
+        h.sync_if_stale();
+        add_relaxed(h.find_or_insert0()[hist_bucket(static_cast<std::int64_t>(i))], 1);
+      }
+      std::uint64_t k = 100 + t, v = 7 * (t + 1);
+      set.plain(2).set(&k, &v);
+      set_own(set, 3, 1000 + t, 11 * (t + 1));
+    });
+  for (auto& t : ts)
+    t.join();
+  std::uint64_t gone = 3;
+  set.agg(0).erase(&gone);  // pending in every shard: their threads never run again
+  std::uint64_t p = 100;
+  set.plain(2).erase(&p);
+}
+
+TEST(SharedMaps, ReopenSeesWhatTheOwnersWrote) {
+  auto region = make_region();
+  MapSet writer(region_descs(), region.get(), /*reopen=*/false, 42);
+  fill(writer);
+  MapSet reader(region_descs(), region.get(), /*reopen=*/true, 42);
+  EXPECT_EQ(SharedRegion::reopen_error(), "");
+  for (std::size_t m = 0; m < writer.size(); ++m) {
+    auto want = sorted(writer.snapshot(m)), got = sorted(reader.snapshot(m));
+    ASSERT_EQ(got.size(), want.size()) << writer.desc(m).name;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(got[i].key, want[i].key) << writer.desc(m).name;
+      EXPECT_EQ(got[i].value, want[i].value) << writer.desc(m).name;
+    }
+  }
+  auto c = reader.snapshot(0);
+  EXPECT_EQ(c.size(), 499u);  // key 3 erased
+  EXPECT_EQ(total_of(c, 4), 6u * (1 + 2 + 3 + 4));
+  EXPECT_EQ(region->header().refused.load(), 0u);
+}
+
+TEST(SharedMaps, ReopenAppliesAPendingClearAndZero) {
+  auto region = make_region();
+  MapSet writer({count_by_int(), per_thread_int()}, region.get(), false, 1);
+  std::thread([&] {
+    count(writer, 0, 5, 9);
+    set_own(writer, 1, 77, 3);
+  }).join();
+  writer.clear(0);  // the owner is gone: its table still holds key 5
+  writer.zero(1);
+  MapSet reader({count_by_int(), per_thread_int()}, region.get(), true, 1);
+  EXPECT_TRUE(reader.snapshot(0).empty());
+  auto p = reader.snapshot(1);
+  ASSERT_EQ(p.size(), 1u);  // zero keeps the key, as in the writer
+  EXPECT_EQ(p[0].value[0], 0u);
+  // The reader's own thread writes on (END running in hotprobe): a new shard of its own.
+  count(reader, 0, 6, 2);
+  EXPECT_EQ(total_of(reader.snapshot(0), 6), 2u);
+}
+
+TEST(SharedMaps, ReopenRefusesAnotherScript) {
+  auto region = make_region();
+  MapSet writer({count_by_int("@a")}, region.get(), false, 7);
+  count(writer, 0, 1);
+  MapSet other_hash({count_by_int("@a")}, region.get(), true, 8);
+  EXPECT_NE(SharedRegion::reopen_error().find("another script"), std::string::npos);
+  EXPECT_TRUE(other_hash.snapshot(0).empty());
+  MapSet other_maps({count_by_int("@b")}, region.get(), true, 7);
+  EXPECT_NE(SharedRegion::reopen_error().find("@b"), std::string::npos);
+  auto empty = make_region();
+  MapSet nothing({count_by_int("@a")}, empty.get(), true, 7);
+  EXPECT_NE(SharedRegion::reopen_error().find("laid out no maps"), std::string::npos);
+}
+
+// A program that scribbles on its region: hotprobe reads nonsense but never crashes or
+// loops. The maps' descriptions stay (else the reopen refuses before walking anything);
+// every link, table word, slot and record after them is overwritten.
+TEST(SharedMaps, ReopenSurvivesAScribbledRegion) {
+  auto region = make_region(std::size_t{1} << 20);
+  MapSet writer(region_descs(), region.get(), false, 3);
+  fill(writer);
+  writer.clear(0);
+  std::uint64_t k = 1;
+  writer.agg(0).erase(&k);
+  const region::Header& h = region->header();
+  const std::uint64_t top = h.top.load();
+  auto* recs = region->at<region::MapRecord>(h.maps_off);
+  std::uint64_t from = 0;
+  for (std::uint32_t m = 0; m < h.map_count; ++m)
+    from = std::max(from, recs[m].name_off + recs[m].name_len);
+  from = (from + 7) & ~std::uint64_t{7};
+  std::uint64_t x = 0x9e3779b97f4a7c15ull;
+  auto next = [&] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  for (int round = 0; round < 30; ++round) {
+    // Offsets into the region (cycles, overlaps), or anything at all.
+    auto word = [&] { return round % 2 ? (next() % top) & ~std::uint64_t{7} : next(); };
+    for (std::uint32_t m = 0; m < h.map_count; ++m) {
+      recs[m].epoch.store(word());
+      recs[m].ops.store(word());
+      recs[m].shards.store(word());
+      recs[m].stripes.store(word());
+    }
+    auto* words = region->at<std::uint64_t>(from);
+    for (std::uint64_t i = 0; i < (top - from) / 8; i += 1 + (next() >> 61))
+      words[i] = word();
+    MapSet reader(region_descs(), region.get(), true, 3);
+    ASSERT_EQ(SharedRegion::reopen_error(), "");
+    for (std::size_t m = 0; m < reader.size(); ++m)
+      (void)reader.snapshot(m);
+  }
+}
+
+TEST(SharedMaps, AFullRegionFallsBackToTheHeapAndCounts) {
+  auto region = make_region(64 * 1024);  // room for a few small tables only
+  MapSet set({count_by_int()}, region.get(), false, 1);
+  for (std::uint64_t i = 0; i < 20000; ++i)
+    count(set, 0, i, 1);
+  auto rows = set.snapshot(0);
+  ASSERT_EQ(rows.size(), 20000u);  // the program's own view stays exact
+  for (std::uint64_t i = 0; i < 20000; i += 331)
+    EXPECT_EQ(total_of(rows, i), 1u);
+  EXPECT_GT(region->header().refused.load(), 0u);
+  // What hotprobe reads is the last table published there: fewer keys, never garbage.
+  MapSet reader({count_by_int()}, region.get(), true, 1);
+  for (const Row& r : reader.snapshot(0)) {
+    ASSERT_LT(r.key[0], 20000u);
+    EXPECT_EQ(r.value[0], 1u);
+  }
+}
+
+// The agent's region (adopt_shared_maps, once per process): a fork child's maps become
+// private, so its counts and its clear never reach the parent's.
+TEST(SharedMaps, ForkChildWritesStayInTheChild) {
+  auto region = make_region();
+  const std::string source = "uprobe:x:y { @c[arg0] = count(); }";
+  int fd = ::dup(region->fd());
+  ASSERT_EQ(::setenv(SharedRegion::kEnvFd, std::to_string(fd).c_str(), 1), 0);
+  ASSERT_TRUE(adopt_shared_maps(source));
+  EXPECT_EQ(std::getenv(SharedRegion::kEnvFd), nullptr);
+  MapSet set({count_by_int()});  // takes the adopted region, as Program::compile does
+  EXPECT_TRUE(shared_maps_complete());
+  count(set, 0, 1, 10);
+  pid_t child = ::fork();
+  if (child == 0) {
+    set.clear(0);
+    for (std::uint64_t i = 0; i < 5000; ++i)
+      count(set, 0, i, 100);  // grows: never into the shared memory
+    set_shared_maps_phase(region::kMapsPrinted);
+    ::_exit(shared_maps_complete() ? 1 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  MapSet reader({count_by_int()}, region.get(), true, source_hash(source));
+  EXPECT_EQ(SharedRegion::reopen_error(), "");
+  auto rows = reader.snapshot(0);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(total_of(rows, 1), 10u);
+  EXPECT_EQ(region->header().phase.load(), region::kTracing);
+
+  // The program took the descriptor back (closed it, reused its number for a file of its
+  // own): the child's copy is made without it, and still never writes into the parent's.
+  int other = ::memfd_create("not-the-region", 0);  // as large, mappable, all zeros
+  ASSERT_GE(other, 0);
+  ASSERT_EQ(::ftruncate(other, static_cast<off_t>(region->size())), 0);
+  ASSERT_EQ(::dup2(other, fd), fd);
+  ::close(other);
+  child = ::fork();
+  if (child == 0) {
+    count(set, 0, 1, 5);  // the child sees its parent's 10 and adds to its own copy
+    auto mine = set.snapshot(0);
+    set.clear(0);
+    for (std::uint64_t i = 0; i < 5000; ++i)
+      count(set, 0, i, 100);
+    ::_exit(total_of(mine, 1) == 15 && !shared_maps_complete() ? 0 : 1);
+  }
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  MapSet again({count_by_int()}, region.get(), true, source_hash(source));
+  rows = again.snapshot(0);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(total_of(rows, 1), 10u);
 }
 
 }  // namespace
