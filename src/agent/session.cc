@@ -600,6 +600,7 @@ bool Session::channel_ok() noexcept {
   if (::fstat(fd_, &st) == 0 && st.st_dev == chan_dev_ && st.st_ino == chan_ino_) return true;
   fd_ = -1;  // closed, or another file now: not ours to use, nor to close
   channel_lost_ = true;
+  script::mark_shared_maps_channel_lost();  // hotprobe prints the maps and says why they stop
   return false;
 }
 

@@ -141,7 +141,8 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
 struct SharedMaps {
   std::unique_ptr<script::SharedRegion> region;
   bool printed = false;
-  bool recovered = false;  // printed here from the region, without the agent's report
+  bool recovered = false;     // printed here from the region, without the agent's report
+  bool channel_lost = false;  // the agent lost its channel and stopped tracing then
 
   class TextSink final : public script::Sink {
    public:
@@ -157,6 +158,7 @@ struct SharedMaps {
     if (h.state.load(std::memory_order_acquire) != 1) return;  // the agent laid out nothing
     printed = true;
     const std::uint32_t phase = h.phase.load(std::memory_order_acquire);
+    channel_lost = h.channel_lost.load(std::memory_order_acquire) != 0;
     if (phase == script::region::kMapsPrinted) return;  // the agent sent them itself
     script::SharedRegion::use_next(region.get(), /*reopen=*/true, script::source_hash(source));
     auto prog = script::Program::compile(source, copts);
@@ -434,7 +436,15 @@ int run(const RunOptions& o) {
   if (sock >= 0) ::close(sock);
   int code = exit_code(status);
   if (agent_error) return kExitError;
-  // The maps came from the shared memory: nothing was lost, and the status is the program's.
+  if (maps.channel_lost) {
+    std::fprintf(stderr,
+                 "hotprobe run: '%s' closed hotprobe's channel to its agent, which stopped "
+                 "tracing then: the maps above hold what was counted until that moment\n",
+                 program.c_str());
+    return code != 0 ? code : kExitError;
+  }
+  // The maps came from the shared memory (a raw exit_group): nothing was lost, and the
+  // status is the program's.
   if (attached && !done_seen && WIFEXITED(status) && !maps.recovered) {
     std::fprintf(stderr,
                  "hotprobe run: the channel to the agent in '%s' ended before its final report "

@@ -895,4 +895,9 @@ void set_shared_maps_phase(std::uint32_t phase) {
     g_agent_region->header().phase.store(phase, std::memory_order_release);
 }
 
+void mark_shared_maps_channel_lost() noexcept {
+  if (!g_agent_region || !g_agent_laid_out || !g_agent_region->shared()) return;
+  g_agent_region->header().channel_lost.store(1, std::memory_order_release);
+}
+
 }  // namespace hotprobe::script

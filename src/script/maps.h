@@ -99,7 +99,7 @@ struct Row {
 // shared with hotprobe", gives who writes what and what a reader may see.
 namespace region {
 inline constexpr std::uint64_t kMagic = 0x31305350414d5048ull;  // "HPMAPS01"
-inline constexpr std::uint32_t kVersion = 1;
+inline constexpr std::uint32_t kVersion = 2;
 inline constexpr std::size_t kAlign = 64;  // every allocation: no two owners share a line
 // Header::phase: how far the agent's final report got.
 inline constexpr std::uint32_t kTracing = 0;
@@ -120,6 +120,9 @@ struct Header {
   std::uint32_t pid;                   // the process that laid the maps out
   std::uint64_t end_text_off;          // kEndDone: END's output, printed before the maps
   std::uint64_t end_text_len;
+  // 1: the agent lost its channel (the program closed or reused its descriptor) and
+  // stopped tracing then: the maps hold what was counted until that moment.
+  std::atomic<std::uint32_t> channel_lost;
 };
 // A table's slots: offset | log2(capacity) << 48, published with release when filled.
 inline constexpr unsigned kCapShift = 48;
@@ -595,6 +598,9 @@ bool shared_maps_complete();
 bool hand_over_end_output(std::string& text);
 // The agent printed the maps itself (region::kMapsPrinted); no-op without a region.
 void set_shared_maps_phase(std::uint32_t phase);
+// The agent lost its channel and stopped tracing (Header::channel_lost); no-op without a
+// region.
+void mark_shared_maps_channel_lost() noexcept;
 
 // Key and string helpers.
 void put_string(std::uint64_t* words, std::string_view s);  // kStrWords words, NUL padded

@@ -115,18 +115,37 @@ TEST(AgentInvisible, ProgramClosingItsDescriptorsKeepsItsFilesAndTheMaps) {
   EXPECT_EQ(map_value(r.out, "work"), 80) << r.out;
 }
 
-TEST(AgentInvisible, ChannelClosedByTheProgramIsReportedNotSilent) {
-  std::string dir = temp_dir("close_all");
-  RunResult r =
-      hotprobe_run("uprobe:" HP_CLOSE_FDS ":work { @work = count(); }", {HP_CLOSE_FDS, dir, "all"});
-  EXPECT_EQ(r.status, 1) << r.err << r.out;
-  EXPECT_NE(r.err.find("ended before its final report"), std::string::npos) << r.err;
+void expect_close_fds_files(const std::string& dir) {
   for (int f = 0; f < 8; f++) {
     std::string want;
     for (int k = 0; k < 10; k++)
       want += "file " + std::to_string(f) + " line " + std::to_string(k) + "\n";
     EXPECT_EQ(read_file(dir + "/out" + std::to_string(f) + ".txt"), want) << "file " << f;
   }
+}
+
+// The program closes hotprobe's channel too: the agent stops tracing then, the maps still
+// print (from the memory they share with hotprobe) with what was counted until that
+// moment, and hotprobe says so and exits 1.
+TEST(AgentInvisible, ChannelClosedByTheProgramIsReportedWithTheMaps) {
+  std::string dir = temp_dir("close_all");
+  RunResult r =
+      hotprobe_run("uprobe:" HP_CLOSE_FDS ":work { @work = count(); }", {HP_CLOSE_FDS, dir, "all"});
+  EXPECT_EQ(r.status, 1) << r.err << r.out;
+  EXPECT_NE(r.err.find("closed hotprobe's channel"), std::string::npos) << r.err;
+  EXPECT_GE(map_value(r.out, "work"), 0) << r.out;
+  EXPECT_LE(map_value(r.out, "work"), 80) << r.out;
+  expect_close_fds_files(dir);
+}
+
+// Without the shared memory the maps are lost with the channel: said, never silent.
+TEST(AgentInvisible, ChannelClosedWithoutSharedMapsIsReportedNotSilent) {
+  std::string dir = temp_dir("close_all_noshm");
+  RunResult r = hotprobe_run("uprobe:" HP_CLOSE_FDS ":work { @work = count(); }",
+                             {HP_CLOSE_FDS, dir, "all"}, {"HOTPROBE_SHARED_MAPS=0"});
+  EXPECT_EQ(r.status, 1) << r.err << r.out;
+  EXPECT_NE(r.err.find("ended before its final report"), std::string::npos) << r.err;
+  expect_close_fds_files(dir);
 }
 
 TEST(AgentInvisible, EnvironmentHasNoHotprobeVariables) {
