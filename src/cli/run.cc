@@ -22,6 +22,8 @@
 
 #include "agent/protocol.h"
 #include "cli/cli.h"
+#include "cli/output_file.h"
+#include "cli/preflight.h"
 #include "script/program.h"
 
 namespace hp::cli {
@@ -160,6 +162,7 @@ int run(const RunOptions& o) {
     std::fprintf(stderr, "hotprobe run: '%s': command not found in PATH\n", o.command[0].c_str());
     return kExitError;
   }
+  if (!preflight_program(program)) return kExitError;  // before it starts, or never
   std::string agent_path = find_agent();
   if (agent_path.empty()) {
     std::fprintf(stderr,
@@ -172,7 +175,7 @@ int run(const RunOptions& o) {
   Output out;
   out.format = copts.format;
   if (!o.output.empty()) {
-    out.f = std::fopen(o.output.c_str(), "w");
+    out.f = open_output_file(o.output);
     if (!out.f) {
       std::fprintf(stderr, "hotprobe run: cannot write '%s': %s\n", o.output.c_str(),
                    std::strerror(errno));

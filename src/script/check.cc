@@ -660,9 +660,26 @@ class Checker {
     return Value::integer();
   }
 
+  // A chain a+b+c+... is a left-deep tree as tall as it is long: its left spine is walked
+  // in a loop, so the checker's stack grows with nesting only (parser.h: kMaxNesting).
   Value binary(Expr& e) {
-    Value a = value(*e.args[0]);
-    Value b = value(*e.args[1]);
+    std::vector<Expr*> spine;
+    Expr* base = &e;
+    while (base->kind == Expr::Kind::binary) {
+      spine.push_back(base);
+      base = base->args[0].get();
+    }
+    Value left = value(*base);
+    for (auto it = spine.rbegin(); it != spine.rend(); ++it) {
+      Expr& n = **it;
+      Value right = value(*n.args[1]);
+      left = binary_operands(n, left, right);
+      if (&n != &e) annotate(n, left);  // `e` itself is annotated by expr()
+    }
+    return left;
+  }
+
+  Value binary_operands(Expr& e, const Value& a, const Value& b) {
     if (a.error || b.error) return Value::bad();
     std::string op(ast::to_string(e.binary));
     if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
@@ -832,6 +849,12 @@ class Checker {
     std::size_t n = e.args.size();
     if (n == 0) {
       error(e.loc, "printf() requires at least one argument (0 provided)");
+      return Value::bad();
+    }
+    if (n - 1 > ast::kMaxPrintfArgs) {
+      error(e.loc, "printf() can only take up to " + std::to_string(ast::kMaxPrintfArgs) +
+                       " arguments after its format (" + std::to_string(n - 1) +
+                       " provided): split it into several printf() calls");
       return Value::bad();
     }
     std::vector<Value> args;

@@ -1,5 +1,6 @@
 #include "script/parser.h"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <string>
@@ -77,6 +78,44 @@ class Parser {
     if (lex_.peek().kind != kind) return false;
     lex_.next();
     return true;
+  }
+
+  // One more nesting level (parser.h: kMaxNesting) for the guard's lifetime. Past the
+  // limit, a syntax error at `at`: the parse stops before its own recursion gets deep.
+  class Nest {
+   public:
+    Nest(Parser& p, Loc at, int cost = 1) : p_(p), cost_(cost) {
+      p_.nesting_ += cost_;
+      if (p_.nesting_ > kMaxNesting) {
+        p_.diags_.error(at, "syntax error, nested too deeply: more than " +
+                                std::to_string(kMaxNesting) +
+                                " levels of parentheses, map keys, calls, operators and blocks "
+                                "(assign inner parts to $variables first)");
+        throw SyntaxError{};
+      }
+    }
+    ~Nest() { p_.nesting_ -= cost_; }
+    Nest(const Nest&) = delete;
+    Nest& operator=(const Nest&) = delete;
+
+   private:
+    Parser& p_;
+    int cost_;
+  };
+
+  // Sets e.height from its children; past kMaxExprDepth, a syntax error at `at`.
+  void measure(Expr& e, Loc at) {
+    int h = 0;
+    for (const ExprPtr& a : e.args)
+      h = std::max(h, a->height);
+    e.height = h + 1;
+    if (e.height > kMaxExprDepth) {
+      diags_.error(at, "syntax error, expression too deep: more than " +
+                           std::to_string(kMaxExprDepth) +
+                           " operands in one chain of operators (split it: $a = first part; "
+                           "then $a + the rest)");
+      throw SyntaxError{};
+    }
   }
 
   ast::Action action() {
@@ -239,6 +278,7 @@ class Parser {
   }
 
   std::vector<Stmt> block() {
+    Nest nest(*this, lex_.peek().loc);
     expect(Tok::lbrace);
     std::vector<Stmt> body;
     for (;;) {
@@ -347,6 +387,7 @@ class Parser {
     s.body = block();
     if (accept(Tok::kw_else)) {
       if (lex_.peek().kind == Tok::kw_if) {
+        Nest nest(*this, lex_.peek().loc);
         s.else_body.push_back(if_statement());
       } else {
         s.else_body = block();
@@ -363,9 +404,10 @@ class Parser {
   }
 
   ExprPtr expr() {
+    Nest nest(*this, lex_.peek().loc);
     ExprPtr cond = binary(0);
     if (lex_.peek().kind != Tok::question) return cond;
-    lex_.next();
+    Loc q = lex_.next().loc;
     ExprPtr yes = expr();
     expect(Tok::colon);
     ExprPtr no = expr();
@@ -373,11 +415,12 @@ class Parser {
     e->args.push_back(std::move(cond));
     e->args.push_back(std::move(yes));
     e->args.push_back(std::move(no));
+    measure(*e, q);
     return e;
   }
 
-  // The binary operator of `t` at precedence `level` (0: || ... 9: * / %).
-  static bool binary_op(Tok t, int level, ast::BinaryOp& op) {
+  // The binary operator of `t` and its precedence `level` (0: || ... 9: * / %).
+  static bool binary_op(Tok t, int& level, ast::BinaryOp& op) {
     using B = ast::BinaryOp;
     struct Entry {
       Tok tok;
@@ -393,30 +436,39 @@ class Parser {
         {Tok::star, 9, B::mul},   {Tok::slash, 9, B::div}, {Tok::percent, 9, B::mod},
     };
     for (const Entry& e : kTable) {
-      if (e.tok == t && e.level == level) {
+      if (e.tok == t) {
         op = e.op;
+        level = e.level;
         return true;
       }
     }
     return false;
   }
 
-  ExprPtr binary(int level) {
-    if (level > 9) return unary();
-    ExprPtr left = binary(level + 1);
+  // Operators of precedence `min_level` and above, by precedence climbing: a chain of
+  // operators is built in a loop (left-associative), and only a right operand that binds
+  // tighter recurses, so the parser's stack grows with nesting, not with length.
+  ExprPtr binary(int min_level) {
+    ExprPtr left = unary();
     ast::BinaryOp op;
-    while (binary_op(lex_.peek().kind, level, op)) {
+    int level = 0;
+    while (binary_op(lex_.peek().kind, level, op) && level >= min_level) {
       // In a predicate, the '/' before the action's '{' closes the predicate.
       if (op == ast::BinaryOp::div && in_predicate_ && depth_ == 0 &&
           (lex_.peek(1).kind == Tok::lbrace || lex_.peek(1).kind == Tok::eof)) {
         break;
       }
-      lex_.next();
-      ExprPtr right = binary(level + 1);
+      Loc at = lex_.next().loc;
+      ExprPtr right;
+      {
+        Nest nest(*this, at);
+        right = binary(level + 1);
+      }
       ExprPtr e = make(Expr::Kind::binary, span(left->loc, right->loc));
       e->binary = op;
       e->args.push_back(std::move(left));
       e->args.push_back(std::move(right));
+      measure(*e, at);
       left = std::move(e);
     }
     return left;
@@ -449,16 +501,22 @@ class Parser {
         e->increment = o.kind == Tok::inc;
         e->prefix = true;
         e->args.push_back(std::move(target));
+        measure(*e, o.loc);
         return e;
       }
       default:
         return postfix();
     }
     Token o = lex_.next();
-    ExprPtr operand = unary();
+    ExprPtr operand;
+    {
+      Nest nest(*this, o.loc);
+      operand = unary();
+    }
     ExprPtr e = make(Expr::Kind::unary, span(o.loc, operand->loc));
     e->unary = op;
     e->args.push_back(std::move(operand));
+    measure(*e, o.loc);
     return e;
   }
 
@@ -471,6 +529,7 @@ class Parser {
       p->increment = o.kind == Tok::inc;
       p->prefix = false;
       p->args.push_back(std::move(e));
+      measure(*p, o.loc);
       return p;
     }
     return e;
@@ -516,10 +575,13 @@ class Parser {
         ExprPtr e = make(Expr::Kind::map, t.loc);
         e->name = std::move(t.text);
         if (accept(Tok::lbracket)) {
+          // A map read keeps its whole key on the evaluator's stack: a heavier level.
+          Nest nest(*this, t.loc, kMapKeyNestingCost);
           Loc end;
           e->args = list(Tok::rbracket, end);
           if (e->args.empty()) fail(Token{Tok::rbracket, end, "]", 0}, "expression");
           e->loc = span(t.loc, end);
+          measure(*e, t.loc);
         }
         return e;
       }
@@ -530,6 +592,7 @@ class Parser {
           Loc end;
           e->args = list(Tok::rparen, end);
           e->loc = span(t.loc, end);
+          measure(*e, t.loc);
           return e;
         }
         ExprPtr e = make(Expr::Kind::builtin, t.loc);
@@ -552,7 +615,8 @@ class Parser {
   Lexer lex_;
   Diagnostics& diags_;
   bool in_predicate_ = false;
-  int depth_ = 0;  // parentheses and brackets open
+  int depth_ = 0;    // parentheses and brackets open
+  int nesting_ = 0;  // Nest levels open (kMaxNesting)
 };
 
 }  // namespace
