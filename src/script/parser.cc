@@ -86,13 +86,7 @@ class Parser {
    public:
     Nest(Parser& p, Loc at, int cost = 1) : p_(p), cost_(cost) {
       p_.nesting_ += cost_;
-      if (p_.nesting_ > kMaxNesting) {
-        p_.diags_.error(at, "syntax error, nested too deeply: more than " +
-                                std::to_string(kMaxNesting) +
-                                " levels of parentheses, map keys, calls, operators and blocks "
-                                "(assign inner parts to $variables first)");
-        throw SyntaxError{};
-      }
+      if (p_.nesting_ > kMaxNesting) p_.nested_too_deeply(at);
     }
     ~Nest() { p_.nesting_ -= cost_; }
     Nest(const Nest&) = delete;
@@ -103,19 +97,29 @@ class Parser {
     int cost_;
   };
 
+  // The error paths stay out of line: their strings would otherwise widen the frames of
+  // the recursive functions, and the stack a nesting level costs.
+  [[noreturn, gnu::noinline, gnu::cold]] void nested_too_deeply(Loc at) {
+    diags_.error(at, "syntax error, nested too deeply: more than " + std::to_string(kMaxNesting) +
+                         " levels of parentheses, map keys, calls, operators and blocks (assign "
+                         "inner parts to $variables first)");
+    throw SyntaxError{};
+  }
+  [[noreturn, gnu::noinline, gnu::cold]] void too_deep(Loc at) {
+    diags_.error(at, "syntax error, expression too deep: more than " +
+                         std::to_string(kMaxExprDepth) +
+                         " operands in one chain of operators (split it: $a = first part; then "
+                         "$a + the rest)");
+    throw SyntaxError{};
+  }
+
   // Sets e.height from its children; past kMaxExprDepth, a syntax error at `at`.
   void measure(Expr& e, Loc at) {
     int h = 0;
     for (const ExprPtr& a : e.args)
       h = std::max(h, a->height);
     e.height = h + 1;
-    if (e.height > kMaxExprDepth) {
-      diags_.error(at, "syntax error, expression too deep: more than " +
-                           std::to_string(kMaxExprDepth) +
-                           " operands in one chain of operators (split it: $a = first part; "
-                           "then $a + the rest)");
-      throw SyntaxError{};
-    }
+    if (e.height > kMaxExprDepth) too_deep(at);
   }
 
   ast::Action action() {
@@ -474,6 +478,24 @@ class Parser {
     return left;
   }
 
+  // ++x / --x, out of line (as its error message): unary() recurses once per operator.
+  [[gnu::noinline]] ExprPtr prefix_incdec() {
+    Token o = lex_.next();
+    ExprPtr target = postfix();
+    if (target->kind != Expr::Kind::variable && target->kind != Expr::Kind::map) {
+      diags_.error(span(o.loc, target->loc), std::string("syntax error, ") +
+                                                 std::string(describe(o.kind)) +
+                                                 " needs a variable or a map");
+      throw SyntaxError{};
+    }
+    ExprPtr e = make(Expr::Kind::incdec, span(o.loc, target->loc));
+    e->increment = o.kind == Tok::inc;
+    e->prefix = true;
+    e->args.push_back(std::move(target));
+    measure(*e, o.loc);
+    return e;
+  }
+
   ExprPtr unary() {
     const Token& t = lex_.peek();
     ast::UnaryOp op;
@@ -488,22 +510,8 @@ class Parser {
         op = ast::UnaryOp::bnot;
         break;
       case Tok::inc:
-      case Tok::dec: {
-        Token o = lex_.next();
-        ExprPtr target = postfix();
-        if (target->kind != Expr::Kind::variable && target->kind != Expr::Kind::map) {
-          diags_.error(span(o.loc, target->loc), std::string("syntax error, ") +
-                                                     std::string(describe(o.kind)) +
-                                                     " needs a variable or a map");
-          throw SyntaxError{};
-        }
-        ExprPtr e = make(Expr::Kind::incdec, span(o.loc, target->loc));
-        e->increment = o.kind == Tok::inc;
-        e->prefix = true;
-        e->args.push_back(std::move(target));
-        measure(*e, o.loc);
-        return e;
-      }
+      case Tok::dec:
+        return prefix_incdec();
       default:
         return postfix();
     }
@@ -553,6 +561,31 @@ class Parser {
     return out;
   }
 
+  // Out of line, as the rest of primary(): the recursion through parentheses stays narrow.
+  [[gnu::noinline]] ExprPtr map_access(Token& t) {
+    ExprPtr e = make(Expr::Kind::map, t.loc);
+    e->name = std::move(t.text);
+    if (accept(Tok::lbracket)) {
+      // A map read keeps its whole key on the evaluator's stack: a heavier level.
+      Nest nest(*this, t.loc, kMapKeyNestingCost);
+      Loc end;
+      e->args = list(Tok::rbracket, end);
+      if (e->args.empty()) fail(Token{Tok::rbracket, end, "]", 0}, "expression");
+      e->loc = span(t.loc, end);
+      measure(*e, t.loc);
+    }
+    return e;
+  }
+  [[gnu::noinline]] ExprPtr call(Token& t) {
+    ExprPtr e = make(Expr::Kind::call, t.loc);
+    e->name = std::move(t.text);
+    Loc end;
+    e->args = list(Tok::rparen, end);
+    e->loc = span(t.loc, end);
+    measure(*e, t.loc);
+    return e;
+  }
+
   ExprPtr primary() {
     Token t = lex_.next();
     switch (t.kind) {
@@ -571,30 +604,10 @@ class Parser {
         e->name = std::move(t.text);
         return e;
       }
-      case Tok::map: {
-        ExprPtr e = make(Expr::Kind::map, t.loc);
-        e->name = std::move(t.text);
-        if (accept(Tok::lbracket)) {
-          // A map read keeps its whole key on the evaluator's stack: a heavier level.
-          Nest nest(*this, t.loc, kMapKeyNestingCost);
-          Loc end;
-          e->args = list(Tok::rbracket, end);
-          if (e->args.empty()) fail(Token{Tok::rbracket, end, "]", 0}, "expression");
-          e->loc = span(t.loc, end);
-          measure(*e, t.loc);
-        }
-        return e;
-      }
+      case Tok::map:
+        return map_access(t);
       case Tok::ident: {
-        if (accept(Tok::lparen)) {
-          ExprPtr e = make(Expr::Kind::call, t.loc);
-          e->name = std::move(t.text);
-          Loc end;
-          e->args = list(Tok::rparen, end);
-          e->loc = span(t.loc, end);
-          measure(*e, t.loc);
-          return e;
-        }
+        if (accept(Tok::lparen)) return call(t);
         ExprPtr e = make(Expr::Kind::builtin, t.loc);
         e->name = std::move(t.text);
         return e;

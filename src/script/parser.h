@@ -25,7 +25,7 @@ namespace hotprobe::script {
 // operator, ternary branch, right operand of a binary operator, and nested block (if, else
 // if, unroll) counts one; a map access with keys counts kMapKeyNestingCost, as a map read
 // keeps a whole key (1 KiB) on the evaluator's stack.
-inline constexpr int kMaxNesting = 64;
+inline constexpr int kMaxNesting = 32;
 inline constexpr int kMapKeyNestingCost = 8;
 // Height of one expression tree, counting the left operands of an operator chain too: a
 // flat sum of N terms is N deep.
