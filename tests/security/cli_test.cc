@@ -149,12 +149,13 @@ TEST(SecurityCli, DeepestAcceptedScriptRunsInTheProgramUnderUlimitS1024) {
 }
 
 TEST(SecurityCli, PrintfWithThirtyThreeValuesIsRefused) {
-  const std::string src = "BEGIN { printf(\"" + repeat("%d ", 33) + "\\n\"" +
-                          repeat(", 1", 33) + "); }";
+  const std::string src =
+      "BEGIN { printf(\"" + repeat("%d ", 33) + "\\n\"" + repeat(", 1", 33) + "); }";
   auto r = hotprobe({"run", "-e", src, "--", HP_TARGET, "exit", "0"});
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.err, "printf() can only take up to 32 arguments after its format (33 "
-                              "provided)"))
+  EXPECT_TRUE(contains(r.err,
+                       "printf() can only take up to 32 arguments after its format (33 "
+                       "provided)"))
       << r.err;
 }
 
@@ -163,13 +164,11 @@ TEST(SecurityCli, PrintfWithThirtyThreeValuesIsRefused) {
 TEST(SecurityCli, OutputThroughASymlinkLeavesItsTargetUntouched) {
   SharedDir dir;
   const std::string victim = dir / "victim";
-  {
-    std::ofstream(victim) << "root's secret\n";
-  }
+  { std::ofstream(victim) << "root's secret\n"; }
   ::chmod(victim.c_str(), 0600);
   fs::create_symlink(victim, dir / "trace.out");  // planted by another user
-  auto r = hotprobe({"run", "-e", work_probe("@ = count();"), "--output", dir / "trace.out",
-                     "--", HP_TARGET, "touch", dir / "ran"});
+  auto r = hotprobe({"run", "-e", work_probe("@ = count();"), "--output", dir / "trace.out", "--",
+                     HP_TARGET, "touch", dir / "ran"});
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.err, "is a symbolic link")) << r.err;
   EXPECT_EQ(read_file(victim), "root's secret\n");
@@ -182,8 +181,8 @@ TEST(SecurityCli, OutputThroughASymlinkLeavesItsTargetUntouched) {
 TEST(SecurityCli, NewOutputFileIsPrivate) {
   SharedDir dir;
   const mode_t old = ::umask(0);  // even with a permissive umask
-  auto r = hotprobe({"run", "-e", work_probe("@ = count();"), "--output", dir / "trace.out",
-                     "--", HP_TARGET, "count", "3"});
+  auto r = hotprobe({"run", "-e", work_probe("@ = count();"), "--output", dir / "trace.out", "--",
+                     HP_TARGET, "count", "3"});
   ::umask(old);
   EXPECT_EQ(r.code, 0) << r.err;
   struct stat st {};
@@ -197,17 +196,17 @@ TEST(SecurityCli, OutputToAFifoNeverBlocks) {
   const std::string fifo = dir / "fifo";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0666), 0);
   // No reader: the open fails at once (a blocking open would wait forever).
-  auto r = hotprobe({"run", "-e", work_probe("@ = count();"), "--output", fifo, "--", HP_TARGET,
-                     "exit", "0"},
-                    0, 30s);
+  auto r = hotprobe(
+      {"run", "-e", work_probe("@ = count();"), "--output", fifo, "--", HP_TARGET, "exit", "0"}, 0,
+      30s);
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.err, "FIFO")) << r.err;
   // With a reader: opened, then refused as not a regular file.
   const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);
   ASSERT_GE(reader, 0);
-  r = hotprobe({"run", "-e", work_probe("@ = count();"), "--output", fifo, "--", HP_TARGET,
-                "exit", "0"},
-               0, 30s);
+  r = hotprobe(
+      {"run", "-e", work_probe("@ = count();"), "--output", fifo, "--", HP_TARGET, "exit", "0"}, 0,
+      30s);
   ::close(reader);
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.err, "is not a regular file")) << r.err;
@@ -217,12 +216,10 @@ TEST(SecurityCli, OutputFileOfAnotherUserIsNotOverwritten) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a file to another user";
   SharedDir dir;
   const std::string theirs = dir / "theirs";
-  {
-    std::ofstream(theirs) << "their data\n";
-  }
+  { std::ofstream(theirs) << "their data\n"; }
   ASSERT_EQ(::chown(theirs.c_str(), 65534, 65534), 0);
-  auto r = hotprobe({"run", "-e", work_probe("@ = count();"), "--output", theirs, "--",
-                     HP_TARGET, "exit", "0"});
+  auto r = hotprobe(
+      {"run", "-e", work_probe("@ = count();"), "--output", theirs, "--", HP_TARGET, "exit", "0"});
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.err, "belongs to user 65534")) << r.err;
   EXPECT_EQ(read_file(theirs), "their data\n");
@@ -235,8 +232,8 @@ TEST(SecurityCli, StaticProgramIsRefusedBeforeItStarts) {
   if (!fs::exists(busybox)) GTEST_SKIP() << "busybox-static is not installed";
   const std::string marker = temp_path("busybox_ran");
   ::unlink(marker.c_str());
-  auto r = hotprobe({"run", "-e", "uprobe:libc:malloc { @ = count(); }", "--", busybox, "touch",
-                     marker});
+  auto r = hotprobe(
+      {"run", "-e", "uprobe:libc:malloc { @ = count(); }", "--", busybox, "touch", marker});
   // Exit status 1: hotprobe's own error; the program never ran (no marker).
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.err, "is statically linked")) << r.err;
@@ -260,8 +257,8 @@ TEST(SecurityCli, SetuidProgramIsRefusedBeforeItStarts) {
 // --- Command-line forms ----------------------------------------------------------------
 
 TEST(SecurityCli, DashCRunsTheCommandSplitAtWhitespace) {
-  auto r = hotprobe({"run", "-e", work_probe("@ = count();"), "-c",
-                     std::string(HP_TARGET) + "   count\t4"});
+  auto r = hotprobe(
+      {"run", "-e", work_probe("@ = count();"), "-c", std::string(HP_TARGET) + "   count\t4"});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "@: 4\n")) << r.out;
   // bpftrace's top level: `hotprobe -e SCRIPT -c CMD`.
@@ -277,8 +274,8 @@ TEST(SecurityCli, DashCRunsTheCommandSplitAtWhitespace) {
 TEST(SecurityCli, ProgramWithoutDashesSaysHowToWriteIt) {
   auto r = hotprobe({"run", "-e", work_probe("@ = count();"), HP_TARGET});
   EXPECT_EQ(r.code, 2);
-  EXPECT_TRUE(contains(r.err, "-e gives the script, so '" + std::string(HP_TARGET) +
-                                  "' is not a script file"))
+  EXPECT_TRUE(contains(
+      r.err, "-e gives the script, so '" + std::string(HP_TARGET) + "' is not a script file"))
       << r.err;
   EXPECT_FALSE(contains(r.err, "give the script either")) << r.err;
 }
@@ -301,8 +298,8 @@ TEST(SecurityCli, ThreadIdWhereAProcessIdIsExpected) {
   });
   while (tid == 0)
     std::this_thread::yield();
-  auto r = hotprobe({"attach", "-p", std::to_string(tid.load()), "-e",
-                     "uprobe:libc:malloc { @ = count(); }"});
+  auto r = hotprobe(
+      {"attach", "-p", std::to_string(tid.load()), "-e", "uprobe:libc:malloc { @ = count(); }"});
   done = true;
   t.join();
   EXPECT_EQ(r.code, 2);

@@ -56,8 +56,8 @@ std::string run_text(const std::string& src) {
 // descriptor and TLS at the top included).
 std::size_t stack_used(std::size_t size, const std::function<void()>& fn) {
   const std::size_t guard = 4096;
-  void* mem = mmap(nullptr, size + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+  void* mem =
+      mmap(nullptr, size + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   EXPECT_NE(mem, MAP_FAILED);
   if (mem == MAP_FAILED) return size;
   mprotect(mem, guard, PROT_NONE);
@@ -92,8 +92,9 @@ int deepest(const std::function<std::string(int)>& make, int limit = 5000) {
 TEST(ScriptLimits, TenThousandParenthesesAreASyntaxErrorWithItsPosition) {
   const std::string src = "BEGIN { @x = " + repeat("(", 10000) + "1" + repeat(")", 10000) + "; }";
   const std::string err = compile_error(src);
-  // The statement's expression is level 1, the 31 parentheses before it 2..32: the 32nd
-  // '(' (column 13 + 32) is one too many.
+  // The block is level 1 and the assigned expression level 2; the expression inside the
+  // 31st '(' would be level 33, and is reported at its first token, the 32nd '(' (column
+  // 13 + 32).
   EXPECT_EQ(err.substr(0, err.find('\n')),
             "stdin:1:45-46: ERROR: syntax error, nested too deeply: more than 32 levels of "
             "parentheses, map keys, calls, operators and blocks (assign inner parts to "
@@ -163,8 +164,7 @@ const std::vector<Shape>& shapes() {
        [](int n) {
          return "BEGIN { @m[1] = 1; @x = " + repeat("@m[", n) + "1" + repeat("]", n) + "; }";
        }},
-      {"ternaries",
-       [](int n) { return "BEGIN { @x = " + repeat("pid ? 2 : ", n) + "3; }"; }},
+      {"ternaries", [](int n) { return "BEGIN { @x = " + repeat("pid ? 2 : ", n) + "3; }"; }},
       {"right operands",
        [](int n) { return "BEGIN { @x = " + repeat("1 + (", n) + "1" + repeat(")", n) + "; }"; }},
       {"blocks",
