@@ -372,6 +372,19 @@ std::uint32_t s_str(const Node* n, Frame& f, char* out) {
   }
   return read_user_string(addr, max, out);
 }
+// str() of a string (bpftrace allows it): the string, cut to the length if one is given.
+std::uint32_t s_str_of_str(const Node* n, Frame& f, char* out) {
+  std::uint32_t len = n->a->s(n->a, f, out);
+  if (n->b) {
+    const std::int64_t want = n->b->i(n->b, f);
+    const std::uint32_t max =
+        want <= 0 ? 0 : static_cast<std::uint32_t>(std::min<std::int64_t>(want, kStrReadBytes));
+    const std::uint32_t keep = max == 0 ? 0 : std::min(len, max - 1);
+    out[keep] = 0;
+    len = keep;
+  }
+  return len;
+}
 
 // Map keys.
 inline void build_key(const Node* m, Frame& f, std::uint64_t* key) {
@@ -1236,7 +1249,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
         if (!l) return l.error();
         n->b = *l;
       }
-      n->s = s_str;
+      n->s = n->a->s ? s_str_of_str : s_str;  // a string argument has no integer form
       return n;
     }
     default:

@@ -206,6 +206,16 @@ TEST(Eval, StrNeverFaults) {
   EXPECT_EQ(s.sink.out, "[hello world][][hell]\n[][][]\n");
 }
 
+TEST(Eval, StrOfAString) {
+  // Lowered as str() of a pointer, this called a null function on the first hit.
+  Script s(
+      "BEGIN { printf(\"[%s][%s][%s][%s]\\n\", str(\"abcdef\", 4), str(\"xy\"), "
+      "str(\"abc\", 0), str(str(\"abcdef\", 5), 3)); }");
+  ASSERT_TRUE(s.prog);
+  s.prog->run_begin();
+  EXPECT_EQ(s.sink.out, "[abc][xy][][ab]\n");
+}
+
 TEST(Eval, ExitStopsOutput) {
   Script s(
       "uprobe:libc:getpid { printf(\"a\\n\"); exit(); printf(\"b\\n\"); } END { "
