@@ -24,7 +24,8 @@ constexpr const char* kFooter = R"(Exit status:
 
 Examples:
   hotprobe run -e 'uprobe:libc:malloc { @[arg0] = count(); }' -- ls -l
-  hotprobe -e 'uprobe:libc:malloc { @ = count(); }' -c 'ls -l'   (bpftrace's form)
+  hotprobe -e 'uprobe:libc:malloc { @ = count(); }' -c 'ls -l'   (bpftrace's form of run)
+  hotprobe -e 'uprobe:libc:malloc { @ = count(); }' -p 1234      (bpftrace's form of attach)
   hotprobe run trace.bt -o json --output out.json -- ./server --port 80
   hotprobe list libc 'str*'
   hotprobe list /usr/bin/ls)";
@@ -50,12 +51,23 @@ int thread_group_of(int pid) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // bpftrace's top level, `hotprobe -e SCRIPT -c CMD` (or `hotprobe SCRIPT_FILE -c CMD`
-  // style options first), is `hotprobe run ...`.
+  // bpftrace's top level: `hotprobe -e SCRIPT -c CMD` and `hotprobe FILE.bt -c CMD` are
+  // `hotprobe run ...`; `hotprobe -e SCRIPT -p PID` is `hotprobe attach ...`.
   std::vector<char*> args(argv, argv + argc);
   static char kRun[] = "run";
-  if (argc > 1 && (std::strcmp(argv[1], "-e") == 0 || std::strcmp(argv[1], "-c") == 0))
-    args.insert(args.begin() + 1, kRun);
+  static char kAttach[] = "attach";
+  if (argc > 1) {
+    bool has_c = false, has_p = false;
+    for (int i = 1; i < argc && std::strcmp(argv[i], "--") != 0; ++i) {
+      has_c |= std::strcmp(argv[i], "-c") == 0;
+      has_p |= std::strcmp(argv[i], "-p") == 0 || std::strcmp(argv[i], "--pid") == 0;
+    }
+    const std::string first = argv[1];
+    const bool subcommand = first == "run" || first == "attach" || first == "list";
+    const bool script_first = first == "-e" || first == "-c" || first == "-p" ||
+                              (!subcommand && first[0] != '-' && (has_c || has_p));
+    if (script_first) args.insert(args.begin() + 1, has_p && !has_c ? kAttach : kRun);
+  }
   argc = static_cast<int>(args.size());
   argv = args.data();
 
@@ -155,9 +167,20 @@ int main(int argc, char** argv) {
   try {
     app.parse(own, argv);
   } catch (const CLI::ParseError& e) {
-    if (run_cmd->parsed() && !run.script_text.empty() && !run.script_file.empty() &&
-        dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr) {
-      return program_without_dashes(run.script_file);
+    if (run_cmd->parsed() && dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr) {
+      if (!run.script_text.empty() && !run.script_file.empty())
+        return program_without_dashes(run.script_file);
+      if (!run.script_file.empty() && !run_cmd->remaining().empty()) {
+        const std::string word = run_cmd->remaining().front();
+        std::fprintf(stderr,
+                     "hotprobe run: '%s' follows the script file '%s'; name the program "
+                     "after '--' or with -c:\n"
+                     "  hotprobe run %s -- PROGRAM [ARGS...]\n"
+                     "  hotprobe run %s -c 'PROGRAM ARGS...'\n",
+                     word.c_str(), run.script_file.c_str(), run.script_file.c_str(),
+                     run.script_file.c_str());
+        return hp::cli::kExitUsage;
+      }
     }
     int rc = app.exit(e);
     return rc == 0 ? 0 : hp::cli::kExitUsage;

@@ -271,6 +271,23 @@ TEST(SecurityCli, DashCRunsTheCommandSplitAtWhitespace) {
   EXPECT_TRUE(contains(r.err, "the program is given twice")) << r.err;
 }
 
+TEST(SecurityCli, BpftraceTopLevelForms) {
+  SharedDir dir;
+  const std::string file = dir / "trace.bt";
+  { std::ofstream(file) << work_probe("@ = count();") << "\n"; }
+  auto r = hotprobe({file, "-c", std::string(HP_TARGET) + " count 3"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "@: 3\n")) << r.out;
+  // -p is attach's.
+  r = hotprobe({"-e", "uprobe:libc:malloc { @ = count(); }", "-p", "99999999"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.err, "hotprobe attach: no process with PID 99999999")) << r.err;
+  // A program after a script file without '--'.
+  r = hotprobe({"run", file, HP_TARGET});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(contains(r.err, "follows the script file")) << r.err;
+}
+
 TEST(SecurityCli, ProgramWithoutDashesSaysHowToWriteIt) {
   auto r = hotprobe({"run", "-e", work_probe("@ = count();"), HP_TARGET});
   EXPECT_EQ(r.code, 2);
