@@ -102,7 +102,9 @@ int main(int argc, char** argv) {
       "end and Ctrl-C) go to hotprobe's stdout or FILE; PROGRAM's stdin, stdout and stderr "
       "are its own.\n"
       "Exit status: PROGRAM's (128+N if signal N killed it); 1 if the script or a probe "
-      "failed (the program is then not run past its start); 2 for a bad command line.");
+      "failed (the program is then not run past its start), or if PROGRAM cannot take the "
+      "agent (statically linked, set-user-ID: refused before it starts); 2 for a bad "
+      "command line.");
   run_cmd->add_option("-e", run.script_text, "The script text");
   std::string run_c;
   run_cmd->add_option("-c", run_c,
