@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -71,11 +72,17 @@ bool check(const std::string& program, int depth) {
     return false;
   }
   bool interp = false;
+  std::string loader;
   if (eh.e_phentsize == sizeof(Elf64_Phdr) && eh.e_phnum < 4096) {
     std::vector<Elf64_Phdr> ph(eh.e_phnum);
     if (read_at(fd, ph.data(), ph.size() * sizeof(Elf64_Phdr), static_cast<off_t>(eh.e_phoff))) {
-      for (const Elf64_Phdr& p : ph)
-        interp |= p.p_type == PT_INTERP;
+      for (const Elf64_Phdr& p : ph) {
+        if (p.p_type != PT_INTERP) continue;
+        interp = true;
+        char path[256] = {};
+        const std::size_t n = std::min<std::size_t>(p.p_filesz, sizeof path - 1);
+        if (read_at(fd, path, n, static_cast<off_t>(p.p_offset))) loader = path;
+      }
     } else {
       interp = true;  // unreadable headers: exec decides
     }
@@ -83,6 +90,11 @@ bool check(const std::string& program, int depth) {
     interp = true;
   }
   ::close(fd);
+  if (loader.find("ld-musl") != std::string::npos) {
+    refuse(program, "is linked against musl libc (its loader is " + loader +
+                        "): hotprobe's agent is a glibc library and cannot be loaded into it");
+    return false;
+  }
   if (!interp) {
     refuse(program,
            "is statically linked (no dynamic loader: a pure Go program, busybox-static, a "

@@ -254,6 +254,23 @@ TEST(SecurityCli, SetuidProgramIsRefusedBeforeItStarts) {
   EXPECT_FALSE(fs::exists(dir / "ran"));
 }
 
+TEST(SecurityCli, MuslProgramIsRefusedBeforeItStarts) {
+  // The target with its PT_INTERP renamed to musl's loader (same length or shorter).
+  SharedDir dir;
+  const std::string copy = dir / "musl_target";
+  std::string bytes = read_file(HP_TARGET);
+  const std::string glibc = "/lib64/ld-linux-x86-64.so.2";
+  const std::size_t at = bytes.find(glibc);
+  ASSERT_NE(at, std::string::npos);
+  const std::string musl = "/lib/ld-musl-x86_64.so.1";
+  bytes.replace(at, glibc.size(), musl + std::string(glibc.size() - musl.size(), '\0'));
+  { std::ofstream(copy, std::ios::binary) << bytes; }
+  ::chmod(copy.c_str(), 0755);
+  auto r = hotprobe({"run", "-e", work_probe("@ = count();"), "--", copy, "exit", "0"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.err, "is linked against musl libc")) << r.err;
+}
+
 // --- Command-line forms ----------------------------------------------------------------
 
 TEST(SecurityCli, DashCRunsTheCommandSplitAtWhitespace) {
