@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "cli/cli.h"
+#include "cli/output_file.h"
 #include "hotprobe/version.h"
 
 namespace {
@@ -187,6 +188,12 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : hp::cli::kExitUsage;
   }
+
+  // --output is checked before anything starts (a program, an injection); its open checks
+  // again on the descriptor.
+  const std::string& output = *run_cmd ? run.output : att.output;
+  if ((*run_cmd || *attach_cmd) && !output.empty() && !hp::cli::output_path_acceptable(output))
+    return hp::cli::kExitError;
 
   if (*run_cmd) {
     if (!run.script_text.empty() && !run.script_file.empty())

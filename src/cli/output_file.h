@@ -14,4 +14,10 @@ namespace hp::cli {
 // on stderr saying what is wrong with `path` and what to do instead.
 std::FILE* open_output_file(const std::string& path);
 
+// The same rules, checked on the path as it is now (lstat) without opening or creating
+// anything: false, after the same message, if open_output_file would refuse it. The
+// command checks early, before it starts a program or injects into one; the open checks
+// again on the descriptor.
+bool output_path_acceptable(const std::string& path);
+
 }  // namespace hp::cli

@@ -178,6 +178,31 @@ TEST(SecurityCli, OutputThroughASymlinkLeavesItsTargetUntouched) {
   EXPECT_FALSE(fs::exists(dir / "ran"));  // refused before the program started
 }
 
+TEST(SecurityCli, AttachRefusesABadOutputBeforeInjecting) {
+  SharedDir dir;
+  fs::create_symlink("/etc/hostname", dir / "trace.out");
+  const std::string ready = dir / "ready";
+  const pid_t target = ::fork();
+  if (target == 0) {
+    const int o = ::open(ready.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(o, 1);
+    ::execl(HP_TARGET, HP_TARGET, "spin", static_cast<char*>(nullptr));
+    ::_exit(99);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (!contains(read_file(ready), "ready") && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  auto r = hotprobe({"attach", "-p", std::to_string(target), "-e", work_probe("@ = count();"),
+                     "--output", dir / "trace.out"});
+  const std::string maps = read_file("/proc/" + std::to_string(target) + "/maps");
+  ::kill(target, SIGKILL);
+  ::waitpid(target, nullptr, 0);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_TRUE(contains(r.err, "is a symbolic link")) << r.err;
+  EXPECT_FALSE(contains(r.err, "to load the agent")) << r.err;
+  EXPECT_FALSE(contains(maps, "hotprobe")) << "the agent was loaded";
+}
+
 TEST(SecurityCli, NewOutputFileIsPrivate) {
   SharedDir dir;
   const mode_t old = ::umask(0);  // even with a permissive umask
