@@ -207,7 +207,8 @@ TEST(Eval, StrNeverFaults) {
 }
 
 TEST(Eval, StrOfAString) {
-  // Lowered as str() of a pointer, this called a null function on the first hit.
+  // A copy, cut to the length (lowered as a read through a pointer, a hit would call a null
+  // function).
   Script s(
       "BEGIN { printf(\"[%s][%s][%s][%s]\\n\", str(\"abcdef\", 4), str(\"xy\"), "
       "str(\"abc\", 0), str(str(\"abcdef\", 5), 3)); }");

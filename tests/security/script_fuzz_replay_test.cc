@@ -30,8 +30,8 @@ const std::vector<std::string>& corpus() {
       "BEGIN { @v = 1 + 2 * 3 / 4 % 5 << 1 >> 2 & 7 | 8 ^ 9 || 0 && 1; }",
       "BEGIN { if (1) { if (0) { @x = 1; } else if (1) { @x = 2; } } }",
       "// comment\nBEGIN /* block */ { @e = elapsed; @c = cpu; @u = uid + gid; }",
-      // Found by the libFuzzer target: str() of a string was lowered as str() of a pointer,
-      // and a hit called a null function.
+      // From the libFuzzer target: str() of a string lowers as a copy (lowered as a read
+      // through a pointer, a hit calls a null function).
       "uprobe:libc:puts { $s = str(comm, 8); @k[$s] = 1; printf(\"%s %x %u\\n\", $s, 255, 1); }",
       "BEGIN { @a = str(\"abcdef\", 3); @b = str(str(\"xyz\")); @c = str(probe, 0); }",
   };
