@@ -19,6 +19,7 @@
 
 #include "agent/protocol.h"
 #include "cli/cli.h"
+#include "cli/output_file.h"
 #include "inject/inject.h"
 
 namespace hp::cli {
@@ -120,7 +121,7 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
     sigaction(sig, &sa, nullptr);
 
   FILE* out = stdout;
-  if (!o.output.empty() && !(out = std::fopen(o.output.c_str(), "w"))) {
+  if (!o.output.empty() && !(out = open_output_file(o.output))) {
     std::fprintf(stderr, "hotprobe attach: cannot write '%s': %s\n", o.output.c_str(),
                  std::strerror(errno));
     return kExitError;

@@ -1,13 +1,17 @@
 // hotprobe: run bpftrace-style scripts on user-space probes of an unmodified program.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "cli/cli.h"
+#include "cli/output_file.h"
 #include "hotprobe/version.h"
 
 namespace {
@@ -21,13 +25,53 @@ constexpr const char* kFooter = R"(Exit status:
 
 Examples:
   hotprobe run -e 'uprobe:libc:malloc { @[arg0] = count(); }' -- ls -l
+  hotprobe -e 'uprobe:libc:malloc { @ = count(); }' -c 'ls -l'   (bpftrace's form of run)
+  hotprobe -e 'uprobe:libc:malloc { @ = count(); }' -p 1234      (bpftrace's form of attach)
   hotprobe run trace.bt -o json --output out.json -- ./server --port 80
   hotprobe list libc 'str*'
   hotprobe list /usr/bin/ls)";
 
+// bpftrace's -c 'CMD ARGS': split at whitespace, no shell (no quotes, no expansion).
+std::vector<std::string> split_command(const std::string& text) {
+  std::vector<std::string> words;
+  std::istringstream in(text);
+  for (std::string w; in >> w;)
+    words.push_back(w);
+  return words;
+}
+
+// The process a thread `pid` belongs to (its Tgid), or 0 if unknown.
+int thread_group_of(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Tgid:", 0) == 0) return std::atoi(line.c_str() + 5);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // bpftrace's top level: `hotprobe -e SCRIPT -c CMD` and `hotprobe FILE.bt -c CMD` are
+  // `hotprobe run ...`; `hotprobe -e SCRIPT -p PID` is `hotprobe attach ...`.
+  std::vector<char*> args(argv, argv + argc);
+  static char kRun[] = "run";
+  static char kAttach[] = "attach";
+  if (argc > 1) {
+    bool has_c = false, has_p = false;
+    for (int i = 1; i < argc && std::strcmp(argv[i], "--") != 0; ++i) {
+      has_c |= std::strcmp(argv[i], "-c") == 0;
+      has_p |= std::strcmp(argv[i], "-p") == 0 || std::strcmp(argv[i], "--pid") == 0;
+    }
+    const std::string first = argv[1];
+    const bool subcommand = first == "run" || first == "attach" || first == "list";
+    const bool script_first = first == "-e" || first == "-c" || first == "-p" ||
+                              (!subcommand && first[0] != '-' && (has_c || has_p));
+    if (script_first) args.insert(args.begin() + 1, has_p && !has_c ? kAttach : kRun);
+  }
+  argc = static_cast<int>(args.size());
+  argv = args.data();
+
   // Everything after the first "--" is the traced program's command line, untouched.
   std::vector<std::string> command;
   int own = argc;
@@ -52,13 +96,21 @@ int main(int argc, char** argv) {
       app.add_subcommand("run", "Run PROGRAM with the script's probes attached before its main.");
   run_cmd->footer(
       "Usage: hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [-o text|json] [--output FILE] "
-      "[--follow-forks] -- PROGRAM [ARGS...]\n\n"
+      "[--follow-forks] -- PROGRAM [ARGS...]\n"
+      "       hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [OPTIONS] -c 'PROGRAM ARGS...'\n"
+      "(-c is bpftrace's: split at whitespace, no shell; `hotprobe -e ... -c ...` works too)\n\n"
       "Output: printf/print output and the maps (on interval probes, exit(), the program's "
       "end and Ctrl-C) go to hotprobe's stdout or FILE; PROGRAM's stdin, stdout and stderr "
       "are its own.\n"
       "Exit status: PROGRAM's (128+N if signal N killed it); 1 if the script or a probe "
-      "failed (the program is then not run past its start); 2 for a bad command line.");
+      "failed (the program is then not run past its start), or if PROGRAM cannot take the "
+      "agent (statically linked, set-user-ID: refused before it starts); 2 for a bad "
+      "command line.");
   run_cmd->add_option("-e", run.script_text, "The script text");
+  std::string run_c;
+  run_cmd->add_option("-c", run_c,
+                      "The program and its arguments in one word, split at whitespace "
+                      "(bpftrace's -c; instead of -- PROGRAM ARGS...)");
   run_cmd->add_option("script_file", run.script_file, "A script file (instead of -e)");
   run_cmd->add_option("-o,--format", run.format, "Output format")
       ->check(CLI::IsMember({"text", "json"}));
@@ -81,7 +133,17 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "json"}));
   attach_cmd->add_option("--output", att.output, "Write the tracing output to FILE");
   attach_cmd->add_option("--duration", att.duration, "Stop tracing after SECONDS")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            char* end = nullptr;
+            const double v = std::strtod(text.c_str(), &end);
+            if (end == text.c_str() || *end != '\0' || !(v > 0) || v > 1e9)
+              return "'" + text +
+                     "' is not a positive number of seconds (such as 10 or 0.5); leave "
+                     "--duration out to trace until Ctrl-C, exit() or the process's end";
+            return {};
+          },
+          "SECONDS"));
 
   std::string module, glob;
   auto* list_cmd = app.add_subcommand(
@@ -94,23 +156,70 @@ int main(int argc, char** argv) {
   list_cmd->add_option("module", module, "A module path, program or library name");
   list_cmd->add_option("glob", glob, "Function name pattern");
 
+  // A program named without '--' after -e: its own options would be read as hotprobe's
+  // (`-o`), so it is never guessed; the message says how to write it.
+  const auto program_without_dashes = [&](const std::string& word) {
+    std::fprintf(stderr,
+                 "hotprobe run: -e gives the script, so '%s' is not a script file; to run it "
+                 "as the program, put '--' before it or use -c:\n"
+                 "  hotprobe run -e 'SCRIPT' -- %s [ARGS...]\n"
+                 "  hotprobe run -e 'SCRIPT' -c '%s [ARGS...]'\n",
+                 word.c_str(), word.c_str(), word.c_str());
+    return hp::cli::kExitUsage;
+  };
   try {
     app.parse(own, argv);
   } catch (const CLI::ParseError& e) {
+    if (run_cmd->parsed() && dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr) {
+      if (!run.script_text.empty() && !run.script_file.empty())
+        return program_without_dashes(run.script_file);
+      if (!run.script_file.empty() && !run_cmd->remaining().empty()) {
+        const std::string word = run_cmd->remaining().front();
+        std::fprintf(stderr,
+                     "hotprobe run: '%s' follows the script file '%s'; name the program "
+                     "after '--' or with -c:\n"
+                     "  hotprobe run %s -- PROGRAM [ARGS...]\n"
+                     "  hotprobe run %s -c 'PROGRAM ARGS...'\n",
+                     word.c_str(), run.script_file.c_str(), run.script_file.c_str(),
+                     run.script_file.c_str());
+        return hp::cli::kExitUsage;
+      }
+    }
     int rc = app.exit(e);
     return rc == 0 ? 0 : hp::cli::kExitUsage;
   }
 
+  // --output is checked before anything starts (a program, an injection); its open checks
+  // again on the descriptor.
+  const std::string& output = *run_cmd ? run.output : att.output;
+  if ((*run_cmd || *attach_cmd) && !output.empty() && !hp::cli::output_path_acceptable(output))
+    return hp::cli::kExitError;
+
   if (*run_cmd) {
-    if (run.script_text.empty() == run.script_file.empty()) {
+    if (!run.script_text.empty() && !run.script_file.empty())
+      return program_without_dashes(run.script_file);
+    if (run.script_text.empty() && run.script_file.empty()) {
       std::fprintf(stderr,
-                   "hotprobe run: give the script either with -e 'SCRIPT' or as a file\n"
+                   "hotprobe run: no script: give it with -e 'SCRIPT' or as a file "
+                   "(hotprobe run trace.bt -- PROGRAM)\n"
                    "Run with --help for more information.\n");
       return hp::cli::kExitUsage;
     }
+    if (!run_c.empty()) {
+      if (!command.empty()) {
+        std::fprintf(stderr,
+                     "hotprobe run: the program is given twice (-c and after '--'): keep one\n");
+        return hp::cli::kExitUsage;
+      }
+      command = split_command(run_c);
+      if (command.empty()) {
+        std::fprintf(stderr, "hotprobe run: -c is empty: -c 'PROGRAM ARGS...'\n");
+        return hp::cli::kExitUsage;
+      }
+    }
     if (command.empty()) {
       std::fprintf(stderr,
-                   "hotprobe run: name the program after '--': hotprobe run -e "
+                   "hotprobe run: name the program after '--' or with -c: hotprobe run -e "
                    "'SCRIPT' -- PROGRAM [ARGS...]\n");
       return hp::cli::kExitUsage;
     }
@@ -121,6 +230,18 @@ int main(int argc, char** argv) {
     if (att.script_text.empty() == att.script_file.empty()) {
       std::fprintf(stderr,
                    "hotprobe attach: give the script either with -e 'SCRIPT' or as a file\n");
+      return hp::cli::kExitUsage;
+    }
+    if (att.pid <= 0) {
+      std::fprintf(stderr, "hotprobe attach: -p takes a process ID (a positive number)\n");
+      return hp::cli::kExitUsage;
+    }
+    if (const int tgid = thread_group_of(att.pid); tgid > 0 && tgid != att.pid) {
+      std::fprintf(stderr,
+                   "hotprobe attach: %d is a thread of process %d, not a process: attach to "
+                   "the process (hotprobe attach -p %d); its probes see every thread, and "
+                   "`tid` tells them apart\n",
+                   att.pid, tgid, tgid);
       return hp::cli::kExitUsage;
     }
     return hp::cli::attach_command(att);

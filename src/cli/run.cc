@@ -23,6 +23,8 @@
 
 #include "agent/protocol.h"
 #include "cli/cli.h"
+#include "cli/output_file.h"
+#include "cli/preflight.h"
 #include "script/maps.h"
 #include "script/program.h"
 
@@ -241,6 +243,7 @@ int run(const RunOptions& o) {
     std::fprintf(stderr, "hotprobe run: '%s': command not found in PATH\n", o.command[0].c_str());
     return kExitError;
   }
+  if (!preflight_program(program)) return kExitError;  // before it starts, or never
   std::string agent_path = find_agent();
   if (agent_path.empty()) {
     std::fprintf(stderr,
@@ -256,7 +259,7 @@ int run(const RunOptions& o) {
   Output out;
   out.format = copts.format;
   if (!o.output.empty()) {
-    out.f = std::fopen(o.output.c_str(), "w");
+    out.f = open_output_file(o.output);
     if (!out.f) {
       std::fprintf(stderr, "hotprobe run: cannot write '%s': %s\n", o.output.c_str(),
                    std::strerror(errno));

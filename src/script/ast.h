@@ -47,6 +47,9 @@ enum class Type : std::uint8_t {
 
 // Default maximum string size (bpftrace's BPFTRACE_STRLEN default), including the NUL.
 inline constexpr std::uint32_t kDefaultStrSize = 64;
+// printf's values after the format, at most (bpftrace takes 127; each costs the evaluator
+// a string buffer on the probed thread's stack).
+inline constexpr std::size_t kMaxPrintfArgs = 32;
 // comm's size (TASK_COMM_LEN).
 inline constexpr std::uint32_t kCommSize = 16;
 
@@ -156,6 +159,13 @@ struct Expr;
 using ExprPtr = std::unique_ptr<Expr>;
 
 struct Expr {
+  Expr() = default;
+  Expr(Expr&&) = default;
+  Expr& operator=(Expr&&) = default;
+  // Frees the subtree with a loop, not a recursion: the stack it uses does not grow with
+  // the tree's height.
+  ~Expr();
+
   enum class Kind : std::uint8_t {
     integer,   // literal: `value`
     string,    // literal: `text` (escapes decoded)
@@ -183,6 +193,7 @@ struct Expr {
   bool prefix = false;    // incdec: ++x (true; value after) or x++ (false; value before)
   std::vector<ExprPtr> args;
   std::vector<FormatPiece> format;  // printf: the parsed format [check]
+  int height = 1;  // of this subtree: 1 for a leaf (script/parser.h: kMaxExprDepth)
 
   // [check]
   Type type = Type::none;
@@ -190,6 +201,19 @@ struct Expr {
   int map_id = -1;             // Kind::map
   int slot = -1;               // Kind::variable
 };
+
+inline Expr::~Expr() {
+  if (args.empty()) return;
+  std::vector<ExprPtr> pending = std::move(args);
+  while (!pending.empty()) {
+    ExprPtr e = std::move(pending.back());
+    pending.pop_back();
+    if (!e) continue;
+    for (ExprPtr& child : e->args)
+      pending.push_back(std::move(child));
+    e->args.clear();
+  }  // each `e` is freed here with no children left
+}
 
 // Assignment operators: `=` or a compound form `op=` (applied as target = target op value).
 struct AssignOp {

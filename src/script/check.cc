@@ -185,11 +185,20 @@ class Checker {
         statements(s.else_body);
         break;
       }
-      case Stmt::Kind::unroll:
+      case Stmt::Kind::unroll: {
         if (s.count < 1) error(s.cond->loc, "unroll minimum value is 1");
         if (s.count > 100) error(s.cond->loc, "unroll maximum value is 100");
+        // Nested unrolls multiply: a hit must stay short whatever the script.
+        const std::int64_t outer = unroll_product_;
+        if (s.count >= 1 && s.count <= 100) unroll_product_ *= s.count;
+        if (unroll_product_ > kMaxUnrolled && outer <= kMaxUnrolled) {
+          error(s.cond->loc, "unroll nested too deeply: " + std::to_string(unroll_product_) +
+                                 " iterations in all, at most " + std::to_string(kMaxUnrolled));
+        }
         statements(s.body);
+        unroll_product_ = outer;
         break;
+      }
       case Stmt::Kind::return_:
         break;
     }
@@ -463,12 +472,13 @@ class Checker {
   // A value in an expression (operand, argument, assigned value, condition).
   Value value(Expr& e) {
     Value v = expr(e, Context::value);
-    if (!v.error && v.type == Type::none && v.agg == MapKind::none) {
-      error(e.loc, std::string(ast::to_string(e.func)) +
-                       "() returns no value: it cannot be used in an expression");
-      return Value::bad();
-    }
+    if (!v.error && v.type == Type::none && v.agg == MapKind::none) return no_value(e);
     return v;
+  }
+  [[gnu::noinline, gnu::cold]] Value no_value(Expr& e) {
+    error(e.loc, std::string(ast::to_string(e.func)) +
+                     "() returns no value: it cannot be used in an expression");
+    return Value::bad();
   }
 
   enum class Context { statement, value };
@@ -554,6 +564,75 @@ class Checker {
     }
   }
 
+  [[gnu::noinline]] Value variable(Expr& e) {
+    ast::VarInfo* var = find_var(e.name);
+    if (!var) {
+      undefined_variable(e);
+      return Value::bad();
+    }
+    e.slot = var->slot;
+    return Value{var->type, MapKind::none, var->str_size, false};
+  }
+
+  [[gnu::noinline]] Value unary(Expr& e) {
+    Value v = value(*e.args[0]);
+    if (v.error) return v;
+    if (!v.is_int()) {
+      error(e.loc, "The " + std::string(ast::to_string(e.unary)) +
+                       " operator can not be used on expressions of type " + type_name(v));
+      return Value::bad();
+    }
+    return Value::integer();
+  }
+
+  [[gnu::noinline]] Value ternary(Expr& e) {
+    Value c = value(*e.args[0]);
+    Value a = value(*e.args[1]);
+    Value b = value(*e.args[2]);
+    if (!c.error && !c.is_int()) {
+      error(e.args[0]->loc, "Invalid condition in ternary: " + type_name(c));
+    }
+    if (a.error || b.error) return Value::bad();
+    if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
+      error(e.loc, "Ternary operator branches must have the same type: '" + type_name(a) +
+                       "' and '" + type_name(b) + "'");
+      return Value::bad();
+    }
+    if (c.error) return Value::bad();
+    return Value{a.type, MapKind::none, std::max(a.size, b.size), false};
+  }
+
+  [[gnu::noinline]] Value incdec(Expr& e) {
+    Expr& t = *e.args[0];
+    std::string op = e.increment ? "++" : "--";
+    if (t.kind == Expr::Kind::variable) {
+      ast::VarInfo* var = find_var(t.name);
+      if (!var) {
+        undefined_variable(t);
+        return Value::bad();
+      }
+      t.slot = var->slot;
+      t.type = var->type;
+      if (var->type != Type::integer) {
+        error(e.loc,
+              "The " + op + " operator can not be used on " + t.name + " (it holds a string)");
+        return Value::bad();
+      }
+      return Value::integer();
+    }
+    ast::MapInfo& m = map_of(t, false);
+    if (m.kind == MapKind::none) m.kind = MapKind::integer;
+    annotate_map(t);
+    if (m.kind != MapKind::integer) {
+      error(e.loc, "The " + op + " operator can not be used on " + m.name + " (it holds '" +
+                       map_type_name(m) + "', not int64)");
+      return Value::bad();
+    }
+    return Value::integer();
+  }
+
+  // Each kind's work is out of line: the recursion through expr_inner() (once per nesting
+  // level) keeps a narrow frame (parser.h: the stack every pass may use).
   Value expr_inner(Expr& e, Context ctx) {
     switch (e.kind) {
       case Expr::Kind::integer:
@@ -562,75 +641,20 @@ class Checker {
         return Value::string(static_cast<std::uint32_t>(e.text.size() + 1));
       case Expr::Kind::builtin:
         return builtin(e);
-      case Expr::Kind::variable: {
-        ast::VarInfo* var = find_var(e.name);
-        if (!var) {
-          undefined_variable(e);
-          return Value::bad();
-        }
-        e.slot = var->slot;
-        return Value{var->type, MapKind::none, var->str_size, false};
-      }
+      case Expr::Kind::variable:
+        return variable(e);
       case Expr::Kind::map:
         return map_read(e, false);
-      case Expr::Kind::unary: {
-        Value v = value(*e.args[0]);
-        if (v.error) return v;
-        if (!v.is_int()) {
-          error(e.loc, "The " + std::string(ast::to_string(e.unary)) +
-                           " operator can not be used on expressions of type " + type_name(v));
-          return Value::bad();
-        }
-        return Value::integer();
-      }
+      case Expr::Kind::unary:
+        return unary(e);
       case Expr::Kind::binary:
         return binary(e);
-      case Expr::Kind::ternary: {
-        Value c = value(*e.args[0]);
-        Value a = value(*e.args[1]);
-        Value b = value(*e.args[2]);
-        if (!c.error && !c.is_int()) {
-          error(e.args[0]->loc, "Invalid condition in ternary: " + type_name(c));
-        }
-        if (a.error || b.error) return Value::bad();
-        if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
-          error(e.loc, "Ternary operator branches must have the same type: '" + type_name(a) +
-                           "' and '" + type_name(b) + "'");
-          return Value::bad();
-        }
-        if (c.error) return Value::bad();
-        return Value{a.type, MapKind::none, std::max(a.size, b.size), false};
-      }
+      case Expr::Kind::ternary:
+        return ternary(e);
       case Expr::Kind::call:
         return call(e, ctx);
-      case Expr::Kind::incdec: {
-        Expr& t = *e.args[0];
-        std::string op = e.increment ? "++" : "--";
-        if (t.kind == Expr::Kind::variable) {
-          ast::VarInfo* var = find_var(t.name);
-          if (!var) {
-            undefined_variable(t);
-            return Value::bad();
-          }
-          t.slot = var->slot;
-          t.type = var->type;
-          if (var->type != Type::integer) {
-            error(e.loc,
-                  "The " + op + " operator can not be used on " + t.name + " (it holds a string)");
-            return Value::bad();
-          }
-          return Value::integer();
-        }
-        ast::MapInfo& m = map_of(t, false);
-        if (m.kind == MapKind::none) m.kind = MapKind::integer;
-        annotate_map(t);
-        if (m.kind != MapKind::integer) {
-          error(e.loc, "The " + op + " operator can not be used on " + m.name + " (it holds '" +
-                           map_type_name(m) + "', not int64)");
-          return Value::bad();
-        }
-        return Value::integer();
-      }
+      case Expr::Kind::incdec:
+        return incdec(e);
     }
     return Value::bad();
   }
@@ -660,9 +684,26 @@ class Checker {
     return Value::integer();
   }
 
+  // A chain a+b+c+... is a left-deep tree as tall as it is long: its left spine is walked
+  // in a loop, so the checker's stack grows with nesting only (parser.h: kMaxNesting).
   Value binary(Expr& e) {
-    Value a = value(*e.args[0]);
-    Value b = value(*e.args[1]);
+    std::vector<Expr*> spine;
+    Expr* base = &e;
+    while (base->kind == Expr::Kind::binary) {
+      spine.push_back(base);
+      base = base->args[0].get();
+    }
+    Value left = value(*base);
+    for (auto it = spine.rbegin(); it != spine.rend(); ++it) {
+      Expr& n = **it;
+      Value right = value(*n.args[1]);
+      left = binary_operands(n, left, right);
+      if (&n != &e) annotate(n, left);  // `e` itself is annotated by expr()
+    }
+    return left;
+  }
+
+  [[gnu::noinline]] Value binary_operands(Expr& e, const Value& a, const Value& b) {
     if (a.error || b.error) return Value::bad();
     std::string op(ast::to_string(e.binary));
     if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
@@ -834,6 +875,12 @@ class Checker {
       error(e.loc, "printf() requires at least one argument (0 provided)");
       return Value::bad();
     }
+    if (n - 1 > ast::kMaxPrintfArgs) {
+      error(e.loc, "printf() can only take up to " + std::to_string(ast::kMaxPrintfArgs) +
+                       " arguments after its format (" + std::to_string(n - 1) +
+                       " provided): split it into several printf() calls");
+      return Value::bad();
+    }
     std::vector<Value> args;
     for (auto& a : e.args)
       args.push_back(value(*a));
@@ -884,6 +931,8 @@ class Checker {
   Diagnostics& diags_;
   ast::Action* action_ = nullptr;
   std::unordered_map<std::string, int> map_ids_;
+  static constexpr std::int64_t kMaxUnrolled = 10000;  // iterations of nested unrolls
+  std::int64_t unroll_product_ = 1;
 };
 
 }  // namespace

@@ -311,6 +311,52 @@ std::int64_t i_lnot(const Node* n, Frame& f) {
 std::int64_t i_bnot(const Node* n, Frame& f) {
   return ~n->a->i(n->a, f);
 }
+std::int64_t apply_binop(std::int64_t op, std::int64_t x, std::int64_t y);
+
+// A left-deep chain of integer operators, folded left to right: keys[0] op[0] keys[1]
+// op[1] ... (&& and || short-circuit as i_land/i_lor do).
+constexpr std::size_t kFoldChain = 8;  // shorter chains keep a node per operator
+std::int64_t i_fold(const Node* n, Frame& f) {
+  const Node* const* k = n->keys.data();
+  std::int64_t acc = k[0]->i(k[0], f);
+  const std::size_t count = n->keys.size();
+  for (std::size_t j = 1; j < count; ++j) {
+    const BinaryOp op = static_cast<BinaryOp>(n->ops[j - 1]);
+    if (op == BinaryOp::land) {
+      acc = acc && k[j]->i(k[j], f);
+      continue;
+    }
+    if (op == BinaryOp::lor) {
+      acc = acc || k[j]->i(k[j], f);
+      continue;
+    }
+    const std::int64_t y = k[j]->i(k[j], f);
+    switch (op) {
+      case BinaryOp::lt:
+        acc = acc < y;
+        break;
+      case BinaryOp::le:
+        acc = acc <= y;
+        break;
+      case BinaryOp::gt:
+        acc = acc > y;
+        break;
+      case BinaryOp::ge:
+        acc = acc >= y;
+        break;
+      case BinaryOp::eq:
+        acc = acc == y;
+        break;
+      case BinaryOp::ne:
+        acc = acc != y;
+        break;
+      default:
+        acc = apply_binop(static_cast<std::int64_t>(op), acc, y);
+        break;
+    }
+  }
+  return acc;
+}
 std::int64_t i_ternary(const Node* n, Frame& f) {
   return n->a->i(n->a, f) ? n->b->i(n->b, f) : n->c->i(n->c, f);
 }
@@ -325,6 +371,19 @@ std::uint32_t s_str(const Node* n, Frame& f, char* out) {
     max = len <= 0 ? 0 : static_cast<std::uint32_t>(std::min<std::int64_t>(len, kStrReadBytes));
   }
   return read_user_string(addr, max, out);
+}
+// str() of a string (bpftrace allows it): the string, cut to the length if one is given.
+std::uint32_t s_str_of_str(const Node* n, Frame& f, char* out) {
+  std::uint32_t len = n->a->s(n->a, f, out);
+  if (n->b) {
+    const std::int64_t want = n->b->i(n->b, f);
+    const std::uint32_t max =
+        want <= 0 ? 0 : static_cast<std::uint32_t>(std::min<std::int64_t>(want, kStrReadBytes));
+    const std::uint32_t keep = max == 0 ? 0 : std::min(len, max - 1);
+    out[keep] = 0;
+    len = keep;
+  }
+  return len;
 }
 
 // Map keys.
@@ -670,7 +729,7 @@ std::int64_t i_print_value(const Node* n, Frame& f) {
   return 0;
 }
 std::int64_t i_printf(const Node* n, Frame& f) {
-  constexpr std::size_t kMaxArgs = 32;  // more are dropped (printed as 0)
+  constexpr std::size_t kMaxArgs = ast::kMaxPrintfArgs;  // the checker refuses more
   FmtArg args[kMaxArgs];
   char bufs[kMaxArgs][kStrBytes];
   const std::size_t nargs = std::min(n->keys.size(), kMaxArgs);
@@ -768,15 +827,21 @@ class TidKeyScan {
   bool only_tid(std::size_t map) const { return only_tid_[map]; }
 
  private:
-  void expr(const Expr& e) {
-    if (e.kind == Expr::Kind::map && e.map_id >= 0 &&
-        static_cast<std::size_t>(e.map_id) < only_tid_.size() && !e.args.empty()) {
-      const Expr& k = *e.args[0];
-      if (e.args.size() != 1 || k.kind != Expr::Kind::builtin || k.builtin != Builtin::tid)
-        only_tid_[e.map_id] = false;
+  // With a work list, not a recursion: a chain a+b+c+... is as tall as it is long.
+  void expr(const Expr& root) {
+    std::vector<const Expr*> todo{&root};
+    while (!todo.empty()) {
+      const Expr& e = *todo.back();
+      todo.pop_back();
+      if (e.kind == Expr::Kind::map && e.map_id >= 0 &&
+          static_cast<std::size_t>(e.map_id) < only_tid_.size() && !e.args.empty()) {
+        const Expr& k = *e.args[0];
+        if (e.args.size() != 1 || k.kind != Expr::Kind::builtin || k.builtin != Builtin::tid)
+          only_tid_[e.map_id] = false;
+      }
+      for (const ast::ExprPtr& a : e.args)
+        if (a) todo.push_back(a.get());
     }
-    for (const ast::ExprPtr& a : e.args)
-      if (a) expr(*a);
   }
   void stmts(const std::vector<ast::Stmt>& body) {
     for (const ast::Stmt& st : body) {
@@ -803,6 +868,8 @@ class Lowerer {
   }
   Result<Node*> map_access(const Expr& e);
   Result<const Node*> call(const Expr& e);
+  Result<const Node*> binary(const Expr& e);
+  Result<const Node*> binary_node(const Expr& e, const Node* a, const Node* b);
   Result<void> assign(const ast::Stmt& s, SNode& out);
   static Error unsupported(const Expr& e, std::string_view what) {
     return Error(Errc::invalid_argument,
@@ -939,76 +1006,8 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       n->i = e.unary == ast::UnaryOp::neg ? i_neg : e.unary == ast::UnaryOp::lnot ? i_lnot : i_bnot;
       return n;
     }
-    case K::binary: {
-      auto a = expr(*e.args[0]);
-      if (!a) return a.error();
-      auto b = expr(*e.args[1]);
-      if (!b) return b.error();
-      Node* n = make();
-      n->a = *a;
-      n->b = *b;
-      const bool strings = e.args[0]->type == Type::string;
-      switch (e.binary) {
-        case BinaryOp::mul:
-          n->i = i_mul;
-          break;
-        case BinaryOp::div:
-          n->i = i_div;
-          break;
-        case BinaryOp::mod:
-          n->i = i_mod;
-          break;
-        case BinaryOp::add:
-          n->i = i_add;
-          break;
-        case BinaryOp::sub:
-          n->i = i_sub;
-          break;
-        case BinaryOp::shl:
-          n->i = i_shl;
-          break;
-        case BinaryOp::shr:
-          n->i = i_shr;
-          break;
-        case BinaryOp::lt:
-          n->i = i_lt;
-          break;
-        case BinaryOp::le:
-          n->i = i_le;
-          break;
-        case BinaryOp::gt:
-          n->i = i_gt;
-          break;
-        case BinaryOp::ge:
-          n->i = i_ge;
-          break;
-        case BinaryOp::eq:
-          n->i = strings ? i_seq : i_eq;
-          break;
-        case BinaryOp::ne:
-          n->i = strings ? i_sne : i_ne;
-          break;
-        case BinaryOp::band:
-          n->i = i_band;
-          break;
-        case BinaryOp::bxor:
-          n->i = i_bxor;
-          break;
-        case BinaryOp::bor:
-          n->i = i_bor;
-          break;
-        case BinaryOp::land:
-          n->i = i_land;
-          break;
-        case BinaryOp::lor:
-          n->i = i_lor;
-          break;
-      }
-      if (strings && e.binary != BinaryOp::eq && e.binary != BinaryOp::ne)
-        return unsupported(e, "this operator on strings");
-      if (!strings && n->b->i == i_const) use_literal_operand(n);
-      return n;
-    }
+    case K::binary:
+      return binary(e);
     case K::ternary: {
       auto a = expr(*e.args[0]);
       if (!a) return a.error();
@@ -1050,6 +1049,121 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       return call(e);
   }
   return unsupported(e, "this expression");
+}
+
+// A chain a+b+c+... is a left-deep tree as tall as it is long (up to kMaxExprDepth): its
+// left spine is lowered in a loop, and a long integer chain becomes one i_fold node, so
+// neither lowering nor a hit's evaluation recurses once per operand.
+Result<const Node*> Lowerer::binary(const Expr& e) {
+  std::vector<const Expr*> spine;
+  const Expr* base = &e;
+  while (base->kind == Expr::Kind::binary) {
+    spine.push_back(base);
+    base = base->args[0].get();
+  }
+  std::reverse(spine.begin(), spine.end());  // bottom (first operator) first
+  auto left = expr(*base);
+  if (!left) return left.error();
+  const Node* acc = *left;
+  std::size_t k = 0;
+  // The first operator may compare strings; every later one has an integer on its left.
+  if (spine.size() >= kFoldChain && spine[0]->args[0]->type == Type::string) {
+    auto b = expr(*spine[0]->args[1]);
+    if (!b) return b.error();
+    auto n = binary_node(*spine[0], acc, *b);
+    if (!n) return n.error();
+    acc = *n;
+    k = 1;
+  }
+  if (spine.size() - k >= kFoldChain) {
+    Node* fold = make();
+    fold->keys.push_back(acc);
+    for (; k < spine.size(); ++k) {
+      auto b = expr(*spine[k]->args[1]);
+      if (!b) return b.error();
+      if (spine[k]->args[1]->type == Type::string)
+        return unsupported(*spine[k], "this operator on strings");
+      fold->keys.push_back(*b);
+      fold->ops.push_back(static_cast<std::uint8_t>(spine[k]->binary));
+    }
+    fold->i = i_fold;
+    return fold;
+  }
+  for (; k < spine.size(); ++k) {
+    auto b = expr(*spine[k]->args[1]);
+    if (!b) return b.error();
+    auto n = binary_node(*spine[k], acc, *b);
+    if (!n) return n.error();
+    acc = *n;
+  }
+  return acc;
+}
+
+Result<const Node*> Lowerer::binary_node(const Expr& e, const Node* a, const Node* b) {
+  Node* n = make();
+  n->a = a;
+  n->b = b;
+  const bool strings = e.args[0]->type == Type::string;
+  switch (e.binary) {
+    case BinaryOp::mul:
+      n->i = i_mul;
+      break;
+    case BinaryOp::div:
+      n->i = i_div;
+      break;
+    case BinaryOp::mod:
+      n->i = i_mod;
+      break;
+    case BinaryOp::add:
+      n->i = i_add;
+      break;
+    case BinaryOp::sub:
+      n->i = i_sub;
+      break;
+    case BinaryOp::shl:
+      n->i = i_shl;
+      break;
+    case BinaryOp::shr:
+      n->i = i_shr;
+      break;
+    case BinaryOp::lt:
+      n->i = i_lt;
+      break;
+    case BinaryOp::le:
+      n->i = i_le;
+      break;
+    case BinaryOp::gt:
+      n->i = i_gt;
+      break;
+    case BinaryOp::ge:
+      n->i = i_ge;
+      break;
+    case BinaryOp::eq:
+      n->i = strings ? i_seq : i_eq;
+      break;
+    case BinaryOp::ne:
+      n->i = strings ? i_sne : i_ne;
+      break;
+    case BinaryOp::band:
+      n->i = i_band;
+      break;
+    case BinaryOp::bxor:
+      n->i = i_bxor;
+      break;
+    case BinaryOp::bor:
+      n->i = i_bor;
+      break;
+    case BinaryOp::land:
+      n->i = i_land;
+      break;
+    case BinaryOp::lor:
+      n->i = i_lor;
+      break;
+  }
+  if (strings && e.binary != BinaryOp::eq && e.binary != BinaryOp::ne)
+    return unsupported(e, "this operator on strings");
+  if (!strings && n->b->i == i_const) use_literal_operand(n);
+  return n;
 }
 
 Result<const Node*> Lowerer::call(const Expr& e) {
@@ -1135,7 +1249,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
         if (!l) return l.error();
         n->b = *l;
       }
-      n->s = s_str;
+      n->s = n->a->s ? s_str_of_str : s_str;  // a string argument has no integer form
       return n;
     }
     default:

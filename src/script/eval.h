@@ -56,6 +56,7 @@ struct Node {
   std::vector<bool> key_is_string;
   std::string text;  // string literal; time() format
   std::vector<FormatSpec> format;
+  std::vector<std::uint8_t> ops;  // i_fold: ast::BinaryOp between keys[k] and keys[k + 1]
 };
 
 struct SNode;

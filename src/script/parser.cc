@@ -1,5 +1,6 @@
 #include "script/parser.h"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <string>
@@ -77,6 +78,48 @@ class Parser {
     if (lex_.peek().kind != kind) return false;
     lex_.next();
     return true;
+  }
+
+  // One more nesting level (parser.h: kMaxNesting) for the guard's lifetime. Past the
+  // limit, a syntax error at `at`: the parse stops before its own recursion gets deep.
+  class Nest {
+   public:
+    Nest(Parser& p, Loc at, int cost = 1) : p_(p), cost_(cost) {
+      p_.nesting_ += cost_;
+      if (p_.nesting_ > kMaxNesting) p_.nested_too_deeply(at);
+    }
+    ~Nest() { p_.nesting_ -= cost_; }
+    Nest(const Nest&) = delete;
+    Nest& operator=(const Nest&) = delete;
+
+   private:
+    Parser& p_;
+    int cost_;
+  };
+
+  // The error paths stay out of line: their strings would otherwise widen the frames of
+  // the recursive functions, and the stack a nesting level costs.
+  [[noreturn, gnu::noinline, gnu::cold]] void nested_too_deeply(Loc at) {
+    diags_.error(at, "syntax error, nested too deeply: more than " + std::to_string(kMaxNesting) +
+                         " levels of parentheses, map keys, calls, operators and blocks (assign "
+                         "inner parts to $variables first)");
+    throw SyntaxError{};
+  }
+  [[noreturn, gnu::noinline, gnu::cold]] void too_deep(Loc at) {
+    diags_.error(at, "syntax error, expression too deep: more than " +
+                         std::to_string(kMaxExprDepth) +
+                         " operands in one chain of operators (split it: $a = first part; then "
+                         "$a + the rest)");
+    throw SyntaxError{};
+  }
+
+  // Sets e.height from its children; past kMaxExprDepth, a syntax error at `at`.
+  void measure(Expr& e, Loc at) {
+    int h = 0;
+    for (const ExprPtr& a : e.args)
+      h = std::max(h, a->height);
+    e.height = h + 1;
+    if (e.height > kMaxExprDepth) too_deep(at);
   }
 
   ast::Action action() {
@@ -239,6 +282,7 @@ class Parser {
   }
 
   std::vector<Stmt> block() {
+    Nest nest(*this, lex_.peek().loc);
     expect(Tok::lbrace);
     std::vector<Stmt> body;
     for (;;) {
@@ -347,6 +391,7 @@ class Parser {
     s.body = block();
     if (accept(Tok::kw_else)) {
       if (lex_.peek().kind == Tok::kw_if) {
+        Nest nest(*this, lex_.peek().loc);
         s.else_body.push_back(if_statement());
       } else {
         s.else_body = block();
@@ -363,9 +408,10 @@ class Parser {
   }
 
   ExprPtr expr() {
+    Nest nest(*this, lex_.peek().loc);
     ExprPtr cond = binary(0);
     if (lex_.peek().kind != Tok::question) return cond;
-    lex_.next();
+    Loc q = lex_.next().loc;
     ExprPtr yes = expr();
     expect(Tok::colon);
     ExprPtr no = expr();
@@ -373,11 +419,12 @@ class Parser {
     e->args.push_back(std::move(cond));
     e->args.push_back(std::move(yes));
     e->args.push_back(std::move(no));
+    measure(*e, q);
     return e;
   }
 
-  // The binary operator of `t` at precedence `level` (0: || ... 9: * / %).
-  static bool binary_op(Tok t, int level, ast::BinaryOp& op) {
+  // The binary operator of `t` and its precedence `level` (0: || ... 9: * / %).
+  static bool binary_op(Tok t, int& level, ast::BinaryOp& op) {
     using B = ast::BinaryOp;
     struct Entry {
       Tok tok;
@@ -393,33 +440,60 @@ class Parser {
         {Tok::star, 9, B::mul},   {Tok::slash, 9, B::div}, {Tok::percent, 9, B::mod},
     };
     for (const Entry& e : kTable) {
-      if (e.tok == t && e.level == level) {
+      if (e.tok == t) {
         op = e.op;
+        level = e.level;
         return true;
       }
     }
     return false;
   }
 
-  ExprPtr binary(int level) {
-    if (level > 9) return unary();
-    ExprPtr left = binary(level + 1);
+  // Operators of precedence `min_level` and above, by precedence climbing: a chain of
+  // operators is built in a loop (left-associative), and only a right operand that binds
+  // tighter recurses, so the parser's stack grows with nesting, not with length.
+  ExprPtr binary(int min_level) {
+    ExprPtr left = unary();
     ast::BinaryOp op;
-    while (binary_op(lex_.peek().kind, level, op)) {
+    int level = 0;
+    while (binary_op(lex_.peek().kind, level, op) && level >= min_level) {
       // In a predicate, the '/' before the action's '{' closes the predicate.
       if (op == ast::BinaryOp::div && in_predicate_ && depth_ == 0 &&
           (lex_.peek(1).kind == Tok::lbrace || lex_.peek(1).kind == Tok::eof)) {
         break;
       }
-      lex_.next();
-      ExprPtr right = binary(level + 1);
+      Loc at = lex_.next().loc;
+      ExprPtr right;
+      {
+        Nest nest(*this, at);
+        right = binary(level + 1);
+      }
       ExprPtr e = make(Expr::Kind::binary, span(left->loc, right->loc));
       e->binary = op;
       e->args.push_back(std::move(left));
       e->args.push_back(std::move(right));
+      measure(*e, at);
       left = std::move(e);
     }
     return left;
+  }
+
+  // ++x / --x, out of line (as its error message): unary() recurses once per operator.
+  [[gnu::noinline]] ExprPtr prefix_incdec() {
+    Token o = lex_.next();
+    ExprPtr target = postfix();
+    if (target->kind != Expr::Kind::variable && target->kind != Expr::Kind::map) {
+      diags_.error(span(o.loc, target->loc), std::string("syntax error, ") +
+                                                 std::string(describe(o.kind)) +
+                                                 " needs a variable or a map");
+      throw SyntaxError{};
+    }
+    ExprPtr e = make(Expr::Kind::incdec, span(o.loc, target->loc));
+    e->increment = o.kind == Tok::inc;
+    e->prefix = true;
+    e->args.push_back(std::move(target));
+    measure(*e, o.loc);
+    return e;
   }
 
   ExprPtr unary() {
@@ -436,29 +510,21 @@ class Parser {
         op = ast::UnaryOp::bnot;
         break;
       case Tok::inc:
-      case Tok::dec: {
-        Token o = lex_.next();
-        ExprPtr target = postfix();
-        if (target->kind != Expr::Kind::variable && target->kind != Expr::Kind::map) {
-          diags_.error(span(o.loc, target->loc), std::string("syntax error, ") +
-                                                     std::string(describe(o.kind)) +
-                                                     " needs a variable or a map");
-          throw SyntaxError{};
-        }
-        ExprPtr e = make(Expr::Kind::incdec, span(o.loc, target->loc));
-        e->increment = o.kind == Tok::inc;
-        e->prefix = true;
-        e->args.push_back(std::move(target));
-        return e;
-      }
+      case Tok::dec:
+        return prefix_incdec();
       default:
         return postfix();
     }
     Token o = lex_.next();
-    ExprPtr operand = unary();
+    ExprPtr operand;
+    {
+      Nest nest(*this, o.loc);
+      operand = unary();
+    }
     ExprPtr e = make(Expr::Kind::unary, span(o.loc, operand->loc));
     e->unary = op;
     e->args.push_back(std::move(operand));
+    measure(*e, o.loc);
     return e;
   }
 
@@ -471,6 +537,7 @@ class Parser {
       p->increment = o.kind == Tok::inc;
       p->prefix = false;
       p->args.push_back(std::move(e));
+      measure(*p, o.loc);
       return p;
     }
     return e;
@@ -494,6 +561,31 @@ class Parser {
     return out;
   }
 
+  // Out of line, as the rest of primary(): the recursion through parentheses stays narrow.
+  [[gnu::noinline]] ExprPtr map_access(Token& t) {
+    ExprPtr e = make(Expr::Kind::map, t.loc);
+    e->name = std::move(t.text);
+    if (accept(Tok::lbracket)) {
+      // A map read keeps its whole key on the evaluator's stack: a heavier level.
+      Nest nest(*this, t.loc, kMapKeyNestingCost);
+      Loc end;
+      e->args = list(Tok::rbracket, end);
+      if (e->args.empty()) fail(Token{Tok::rbracket, end, "]", 0}, "expression");
+      e->loc = span(t.loc, end);
+      measure(*e, t.loc);
+    }
+    return e;
+  }
+  [[gnu::noinline]] ExprPtr call(Token& t) {
+    ExprPtr e = make(Expr::Kind::call, t.loc);
+    e->name = std::move(t.text);
+    Loc end;
+    e->args = list(Tok::rparen, end);
+    e->loc = span(t.loc, end);
+    measure(*e, t.loc);
+    return e;
+  }
+
   ExprPtr primary() {
     Token t = lex_.next();
     switch (t.kind) {
@@ -512,26 +604,10 @@ class Parser {
         e->name = std::move(t.text);
         return e;
       }
-      case Tok::map: {
-        ExprPtr e = make(Expr::Kind::map, t.loc);
-        e->name = std::move(t.text);
-        if (accept(Tok::lbracket)) {
-          Loc end;
-          e->args = list(Tok::rbracket, end);
-          if (e->args.empty()) fail(Token{Tok::rbracket, end, "]", 0}, "expression");
-          e->loc = span(t.loc, end);
-        }
-        return e;
-      }
+      case Tok::map:
+        return map_access(t);
       case Tok::ident: {
-        if (accept(Tok::lparen)) {
-          ExprPtr e = make(Expr::Kind::call, t.loc);
-          e->name = std::move(t.text);
-          Loc end;
-          e->args = list(Tok::rparen, end);
-          e->loc = span(t.loc, end);
-          return e;
-        }
+        if (accept(Tok::lparen)) return call(t);
         ExprPtr e = make(Expr::Kind::builtin, t.loc);
         e->name = std::move(t.text);
         return e;
@@ -552,7 +628,8 @@ class Parser {
   Lexer lex_;
   Diagnostics& diags_;
   bool in_predicate_ = false;
-  int depth_ = 0;  // parentheses and brackets open
+  int depth_ = 0;    // parentheses and brackets open
+  int nesting_ = 0;  // Nest levels open (kMaxNesting)
 };
 
 }  // namespace

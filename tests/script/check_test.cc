@@ -411,3 +411,46 @@ TEST(ScriptCheck, CheckAloneReturnsRenderedErrors) {
 
 }  // namespace
 }  // namespace hotprobe::script
+
+namespace hotprobe::script {
+namespace {
+
+TEST(ScriptCheck, PrintfValuesAtMost32) {
+  std::string fmt, args;
+  for (int i = 0; i < 32; ++i) {
+    fmt += "%d";
+    args += ", 1";
+  }
+  checked("BEGIN { printf(\"" + fmt + "\"" + args + "); }");
+  one_error("BEGIN { printf(\"" + fmt + "%d\"" + args + ", 1); }",
+            "stdin:1:9-184"
+            ": ERROR: printf() can only take up to 32 arguments after its format (33 "
+            "provided): split it into several printf() calls");
+}
+
+TEST(ScriptCheck, NestedUnrollIterationsAreBounded) {
+  checked("BEGIN { unroll(10) { unroll(100) { @x++; } } }");
+  one_error("BEGIN { unroll(10) { unroll(100) { unroll(11) { @x++; } } } }",
+            "stdin:1:43-45: ERROR: unroll nested too deeply: 11000 iterations in all, at most "
+            "10000");
+}
+
+TEST(ScriptCheck, ThousandTermChainIsTyped) {
+  std::string sum = "arg0";
+  for (int i = 1; i < 1000; ++i)
+    sum += " + arg0";
+  ast::Program p = checked("uprobe:libc:malloc { @x = " + sum + "; }");
+  // Every node of the left spine is annotated, not only the top.
+  const ast::Expr* e = p.actions[0].body[0].value.get();
+  int spine = 0;
+  for (; e->kind == ast::Expr::Kind::binary; e = e->args[0].get(), ++spine)
+    EXPECT_EQ(e->type, ast::Type::integer);
+  EXPECT_EQ(spine, 999);
+  // A string compared at the bottom of a chain, integers above it.
+  checked("BEGIN { @y = (comm == \"x\") + 1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + 10; }");
+  one_error("BEGIN { @y = 1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + comm; }",
+            "stdin:1:14-54: ERROR: Type mismatch for '+': comparing 'int64' with 'string'");
+}
+
+}  // namespace
+}  // namespace hotprobe::script

@@ -206,6 +206,17 @@ TEST(Eval, StrNeverFaults) {
   EXPECT_EQ(s.sink.out, "[hello world][][hell]\n[][][]\n");
 }
 
+TEST(Eval, StrOfAString) {
+  // A copy, cut to the length (lowered as a read through a pointer, a hit would call a null
+  // function).
+  Script s(
+      "BEGIN { printf(\"[%s][%s][%s][%s]\\n\", str(\"abcdef\", 4), str(\"xy\"), "
+      "str(\"abc\", 0), str(str(\"abcdef\", 5), 3)); }");
+  ASSERT_TRUE(s.prog);
+  s.prog->run_begin();
+  EXPECT_EQ(s.sink.out, "[abc][xy][][ab]\n");
+}
+
 TEST(Eval, ExitStopsOutput) {
   Script s(
       "uprobe:libc:getpid { printf(\"a\\n\"); exit(); printf(\"b\\n\"); } END { "

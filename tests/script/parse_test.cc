@@ -371,3 +371,46 @@ TEST(ScriptParse, ProbeErrors) {
 
 }  // namespace
 }  // namespace hotprobe::script
+
+namespace hotprobe::script {
+namespace {
+
+TEST(ScriptParse, NestingLimitIsASyntaxErrorAtTheToken) {
+  // The block is level 1, the assigned expression level 2: 30 parentheses fit. Inside the
+  // 31st, the expression would be level 33: reported at its first token (column 45).
+  EXPECT_EQ(expr(std::string(30, '(') + "1" + std::string(30, ')')), "1");
+  const std::string e =
+      parse_error("BEGIN { @x = " + std::string(31, '(') + "1" + std::string(31, ')') + " }");
+  EXPECT_EQ(e.substr(0, e.find('\n')),
+            "stdin:1:45-46: ERROR: syntax error, nested too deeply: more than 32 levels of "
+            "parentheses, map keys, calls, operators and blocks (assign inner parts to "
+            "$variables first)");
+  // Blocks count too.
+  std::string blocks = "BEGIN { ";
+  for (int i = 0; i < 40; ++i)
+    blocks += "if (1) { ";
+  EXPECT_NE(parse_error(blocks).find("nested too deeply"), std::string::npos);
+  // A map access with keys counts 8 levels.
+  EXPECT_EQ(expr("@a[@a[@a[1]]]"), "(@a (@a (@a 1)))");
+  EXPECT_NE(parse_error("BEGIN { @x = @a[@a[@a[@a[1]]]] }").find("nested too deeply"),
+            std::string::npos);
+}
+
+TEST(ScriptParse, ChainsAreBuiltInALoopAndMeasured) {
+  std::string sum = "1";
+  for (int i = 2; i <= 1024; ++i)
+    sum += "+" + std::to_string(i);
+  ast::Program p = parse_ok("BEGIN { @x = " + sum + " }");
+  ASSERT_EQ(p.actions.size(), 1u);
+  EXPECT_EQ(p.actions[0].body[0].value->height, 1024);
+  const std::string e = parse_error("BEGIN { @x = " + sum + "+1 }");
+  EXPECT_NE(e.find("ERROR: syntax error, expression too deep: more than 1024 operands"),
+            std::string::npos)
+      << e.substr(0, 200);
+  // Precedence climbing keeps bpftrace's precedence and left associativity.
+  EXPECT_EQ(expr("1 - 2 - 3 * 4 / 5 << 1 | 2 ^ 3 & 4 == 5 < 6 || 7 && 8"),
+            "(|| (| (<< (- (- 1 2) (/ (* 3 4) 5)) 1) (^ 2 (& 3 (== 4 (< 5 6))))) (&& 7 8))");
+}
+
+}  // namespace
+}  // namespace hotprobe::script
