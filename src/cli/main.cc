@@ -21,7 +21,15 @@ constexpr const char* kFooter = R"(Exit status:
   1    error: the script does not compile, a probe does not resolve, a file cannot be read
   2    usage: the command line is wrong
   run: the program's own exit status, or 128+N when a signal N killed it (as a shell
-       reports it); 1 when the script or a probe failed before the program's main ran.
+       reports it); 1 when the script or a probe failed before the program's main ran,
+       or the program closed hotprobe's channel (the maps then hold what was counted
+       until that moment).
+
+Environment:
+  HOTPROBE_MAP_MEMORY=MiB   run: the memory the maps share with hotprobe, which prints
+                            them however the program ends (sparse; default 1024)
+  HOTPROBE_SHARED_MAPS=0    run: maps travel over the channel only (lost if the program
+                            dies abnormally)
 
 Examples:
   hotprobe run -e 'uprobe:libc:malloc { @[arg0] = count(); }' -- ls -l

@@ -456,12 +456,14 @@ int run(const RunOptions& o) {
                  program.c_str());
     return code != 0 ? code : kExitError;
   }
+  // The program ran untraced (it, or a program it exec'ed, ignores LD_PRELOAD): said, and
+  // the status stays the program's (the preflight refuses the cases it can see first).
   if (!attached && code != 126 && code != 127) {
     std::fprintf(stderr,
-                 "hotprobe run: the agent did not start in '%s' (a static or setuid program "
-                 "ignores LD_PRELOAD); nothing was traced\n",
+                 "hotprobe run: the agent did not start in '%s' (a static or set-ID program "
+                 "ignores LD_PRELOAD): it ran untraced; its exit status is passed through\n",
                  program.c_str());
-    return kExitError;
+    return code;
   }
   return code;
 }
