@@ -15,12 +15,14 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <thread>
 #include <vector>
 
 #include "elf/maps.h"
 #include "elf/modules.h"
+#include "inject/frames.h"
 #include "inject/tracee.h"
 
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
@@ -403,9 +405,13 @@ bool follows_call(Tracee& t, std::uintptr_t ret) {
 // stop (we retry); it cannot make us accept an unsafe one.
 constexpr std::size_t kStackScanBytes = 16 * 1024;
 
-std::string unsafe_caller(Tracee& t, const elf::ModuleList& mods, std::uintptr_t rsp) {
-  static constexpr std::string_view kHolders[] = {"alloc", "free", "memalign", "dl",
-                                                  "fork",  "_IO_", "printf"};
+// Functions of libc that hold the allocator's, the loader's or a stream's lock while
+// they call out (malloc hooks, dl_iterate_phdr callbacks, fopencookie functions, atfork
+// handlers).
+constexpr std::string_view kHolders[] = {"alloc", "free", "memalign", "dl",
+                                         "fork",  "_IO_", "printf"};
+
+std::string unsafe_caller_by_scan(Tracee& t, const elf::ModuleList& mods, std::uintptr_t rsp) {
   std::vector<std::uintptr_t> words(512 / sizeof(std::uintptr_t));
   for (std::size_t done = 0; done < kStackScanBytes; done += 512) {
     if (!t.read_memory(rsp + done, words.data(), 512).ok()) break;  // the stack's end
@@ -440,9 +446,53 @@ std::string unsafe_caller(Tracee& t, const elf::ModuleList& mods, std::uintptr_t
   return "";
 }
 
+// The stopped thread's callers from its real frames (unwound with each module's CFI): a
+// frame in the loader, in the unwinder, or in a libc function that holds a lock while it
+// calls out makes the stop unsafe, however deep. When the unwinder cannot reach the
+// outermost frame (a module without CFI, a corrupt stack), the stack words are scanned
+// instead (unsafe_caller_by_scan), which may refuse a safe stop but never accepts an
+// unsafe one.
+std::string unsafe_caller(Tracee& t, const elf::ModuleList& mods, Unwinder* unwinder,
+                          std::uintptr_t rsp) {
+  if (!unwinder) return unsafe_caller_by_scan(t, mods, rsp);
+  const Frames f = unwinder->frames(t.tid());
+  if (!f.complete) return unsafe_caller_by_scan(t, mods, rsp);
+  const bool in_syscall = static_cast<long>(t.saved().orig_rax) >= 0;
+  for (std::size_t i = 1; i < f.pcs.size(); ++i) {
+    const elf::Module* m = mods.containing(f.pcs[i]);
+    if (!m) continue;
+    const std::string_view name = m->name();
+    const std::string frame = " (frame " + std::to_string(i) + ")";
+    if (is_loader(name)) return "called from the dynamic loader" + frame;
+    if (name.starts_with("libgcc_s")) return "called from the unwinder" + frame;
+    if (!is_libc(name)) continue;
+    auto file = mods.elf(*m);
+    auto off = m->address_to_offset(f.pcs[i]);
+    const elf::Symbol* sym = file.ok() && off.ok() ? (*file)->containing_offset(*off)
+                                                   : static_cast<elf::Symbol*>(nullptr);
+    if (!sym) continue;  // start_thread, __libc_start_call_main
+    for (std::string_view holder : kHolders) {
+      if (sym->name.find(holder) == std::string_view::npos) continue;
+      // Blocked in a system call below stdio (a read refilling stdin's buffer, a write
+      // flushing stdout's), the thread holds that one stream's lock and no other: the
+      // loader and the agent never take it. The list lock taken by fflush(NULL) and
+      // exit's stream cleanup is another matter.
+      if (in_syscall && (holder == "_IO_" || holder == "printf") &&
+          sym->name.find("_IO_flush_all") == std::string_view::npos &&
+          sym->name.find("_IO_cleanup") == std::string_view::npos &&
+          sym->name.find("_IO_list") == std::string_view::npos) {
+        continue;
+      }
+      return "called from libc's " + std::string(sym->name) + frame;
+    }
+  }
+  return "";
+}
+
 // Why calling into the loader from this stop could deadlock or corrupt state, or "" when
 // it is safe (the argument is in docs/design/inject.md).
-std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t load_lock) {
+std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t load_lock,
+                          Unwinder* unwinder) {
   const user_regs_struct& r = t.saved();
   const std::uintptr_t rip = r.rip;
   // Anywhere below a loader entry point (dlopen, dlclose, dl_iterate_phdr callbacks,
@@ -482,7 +532,9 @@ std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t
   if (m && is_loader(m->name())) return "in the dynamic loader (it may hold the loader's lock)";
   if (m && m->name().starts_with("libgcc_s"))
     return "in the unwinder (it may hold the loader's lock)";
-  if (std::string caller = unsafe_caller(t, mods, r.rsp); !caller.empty()) return caller;
+  if (std::string caller = unsafe_caller(t, mods, unwinder, r.rsp); !caller.empty()) {
+    return caller;
+  }
   if (!m || !is_libc(m->name())) return "";
   const long nr = static_cast<long>(r.orig_rax);
   if (nr >= 0) {
@@ -650,6 +702,7 @@ struct Snapshot {
   elf::ModuleList mods;
   std::uintptr_t load_lock = 0;
   std::uintptr_t stub = 0;  // 0 until placed
+  std::unique_ptr<Unwinder> unwinder;
 };
 
 // Writes the return stub (tracee.h) into the zero padding that follows the end of an
@@ -741,10 +794,11 @@ Result<Report> with_stopped_thread(const Identity& id, const Options& opts, Body
         return Error(Errc::not_found, "process " + std::to_string(pid) +
                                           " is exiting (it has no memory mappings left)");
       }
-      snap.emplace(Snapshot{std::move(*mods), 0, 0});
+      snap.emplace(Snapshot{std::move(*mods), 0, 0, nullptr});
       snap->load_lock = target_load_lock(snap->mods);
+      snap->unwinder = std::make_unique<Unwinder>(pid);
     }
-    std::string reason = unsafe_reason(t, snap->mods, snap->load_lock);
+    std::string reason = unsafe_reason(t, snap->mods, snap->load_lock, snap->unwinder.get());
     if (reason.empty()) {
       if (snap->stub == 0) {
         auto stub = place_stub(t, snap->mods);
