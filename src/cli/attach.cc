@@ -44,6 +44,26 @@ void on_attach_signal(int sig) {
 
 constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGHUP};
 
+// `hotprobe attach` takes the stop signals over before main() (before the command line is
+// parsed and the script compiled, which takes milliseconds): a SIGINT inherited as ignored
+// would otherwise swallow a Ctrl-C that comes early. Only for the attach command.
+__attribute__((constructor)) void attach_default_stop_signals() {
+  char buf[256];
+  const int fd = ::open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return;
+  buf[n] = 0;
+  const char* arg1 = buf + std::strlen(buf) + 1;
+  if (arg1 >= buf + n || std::strcmp(arg1, "attach") != 0) return;
+  struct sigaction sa {};
+  sa.sa_handler = SIG_DFL;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : kStopSignals)
+    sigaction(sig, &sa, nullptr);
+}
+
 // For hotprobe's whole run, whatever it inherited (a script's `hotprobe attach ... &`
 // starts it with SIGINT ignored): until the session runs, the default action, so that
 // Ctrl-C ends hotprobe at once (the process it injects into never depends on hotprobe:
@@ -230,7 +250,9 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
   agent::StartOptions so;
   so.format = static_cast<std::uint8_t>(format);
   agent::send_message(sock, agent::encode_start(so, filename, source));
-  bool error = false, done = false, stop_sent = false;
+  // A stop asked for before the agent's `ready` is its answer to `ready` (the agent reads
+  // nothing else before then).
+  bool error = false, done = false, stop_sent = false, ready_seen = false, stop_pending = false;
   std::uint64_t lost = 0;
   std::string msg;
   using Clock = std::chrono::steady_clock;
@@ -239,7 +261,7 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
   while (!done) {
     pollfd p[2] = {{sock, POLLIN, 0}, {g_attach_pipe[0], POLLIN, 0}};
     int timeout = -1;
-    if (!stop_sent && deadline != Clock::time_point::max()) {
+    if (!stop_sent && !stop_pending && deadline != Clock::time_point::max()) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       timeout = static_cast<int>(std::max<long long>(0, left.count()));
     }
@@ -252,7 +274,9 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
       }
       stop = !stop_sent;
     }
-    if (stop) {
+    if (stop && !ready_seen) {
+      stop_pending = true;
+    } else if (stop) {
       agent::send_message(sock, agent::encode(agent::Msg::stop));
       stop_sent = true;
     }
@@ -288,6 +312,8 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
         lost += agent::get<std::uint64_t>(payload, pos).value_or(0);
         break;
       case agent::Msg::ready:
+        ready_seen = true;
+        stop_sent = stop_sent || stop_pending;
         agent::send_message(sock, agent::encode(stop_sent ? agent::Msg::stop : agent::Msg::go));
         break;
       case agent::Msg::done:

@@ -690,7 +690,6 @@ TEST(InjectKill, KilledInjectorNeverHurtsTheTarget) {
   std::mt19937 rng(20261207);
   std::uniform_int_distribution<int> instant_us(1000, 60000);
   constexpr int kRounds = 30;
-  int killed_mid_injection = 0;
   for (int i = 0; i < kRounds; ++i) {
     int err[2];
     ASSERT_EQ(::pipe2(err, O_CLOEXEC), 0);
@@ -717,15 +716,11 @@ TEST(InjectKill, KilledInjectorNeverHurtsTheTarget) {
     ::close(err[0]);
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig)
         << "round " << i << ": the injector ended by itself: " << std::string(buf, n > 0 ? n : 0);
-    if (read_file("/proc/" + std::to_string(t.pid()) + "/status").find("TracerPid:\t0") ==
-        std::string::npos) {
-      ++killed_mid_injection;
-    }
-    // The target lives on.
-    ASSERT_EQ(t.wait_exit(5ms), -1) << "round " << i << ": the target died";
+    // The target lives on (a thread left at a sentinel return faults within microseconds).
+    const int target = t.wait_exit(20ms);
+    ASSERT_EQ(target, -1) << "round " << i << ": the target died (status " << target << ")";
   }
   std::cout << "[ kill     ] " << kRounds << " injectors killed 1-60 ms after their start\n";
-  (void)killed_mid_injection;
   // A later injection works, and the program ends normally.
   auto r = load_library(t.pid(), HP_INJECT_LIB);
   ASSERT_TRUE(r.ok()) << r.error().message();
