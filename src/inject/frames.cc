@@ -80,6 +80,18 @@ Unwinder::~Unwinder() {
   if (state_->dwfl) dwfl_end(state_->dwfl);
 }
 
+void Unwinder::prepare() {
+  if (!state_->dwfl) return;
+  dwfl_getmodules(
+      state_->dwfl,
+      [](Dwfl_Module* mod, void**, const char*, Dwarf_Addr, void*) -> int {
+        Dwarf_Addr bias = 0;
+        (void)dwfl_module_eh_cfi(mod, &bias);
+        return DWARF_CB_OK;
+      },
+      nullptr, 0);
+}
+
 Frames Unwinder::frames(pid_t tid, std::size_t max) {
   Frames f;
   if (!state_->attached) {

@@ -29,6 +29,9 @@ class Unwinder {
   Unwinder(const Unwinder&) = delete;
   Unwinder& operator=(const Unwinder&) = delete;
 
+  // Reads every module's ELF headers and CFI now (before a thread is stopped), so that
+  // frames() finds them parsed.
+  void prepare();
   // The frames of thread `tid`, which the caller has stopped with ptrace; at most `max`.
   Frames frames(pid_t tid, std::size_t max = 512);
 

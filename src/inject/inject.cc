@@ -758,7 +758,8 @@ Result<std::uintptr_t> place_stub(Tracee& t, const elf::ModuleList& mods) {
 
 // Stops one thread of `pid` at a safe point, runs `body` on it, and detaches.
 template <class Body>
-Result<Report> with_stopped_thread(const Identity& id, const Options& opts, Body&& body) {
+Result<Report> with_stopped_thread(const Identity& id, std::unique_ptr<Unwinder> unwinder,
+                                   const Options& opts, Body&& body) {
   const pid_t pid = id.pid;
   const Clock::time_point deadline = Clock::now() + opts.timeout;
   if (opts.tid != 0) {
@@ -794,9 +795,8 @@ Result<Report> with_stopped_thread(const Identity& id, const Options& opts, Body
         return Error(Errc::not_found, "process " + std::to_string(pid) +
                                           " is exiting (it has no memory mappings left)");
       }
-      snap.emplace(Snapshot{std::move(*mods), 0, 0, nullptr});
+      snap.emplace(Snapshot{std::move(*mods), 0, 0, std::move(unwinder)});
       snap->load_lock = target_load_lock(snap->mods);
-      snap->unwinder = std::make_unique<Unwinder>(pid);
     }
     std::string reason = unsafe_reason(t, snap->mods, snap->load_lock, snap->unwinder.get());
     if (reason.empty()) {
@@ -839,10 +839,18 @@ std::string remote_dlerror(Tracee& t, const LoaderFunctions& f, std::uint64_t ms
   return text.ok() ? *text : "dlerror()'s message is unreadable: " + text.error().message();
 }
 
-// Pins the process, checks it may be traced and that `library` is fine to load into it.
-Result<void> prepare(pid_t pid, Identity& id) {
+// Pins the process and checks it may be traced. Then, before anything is stopped, the
+// slow reading: the ELF files of libc (symbols) and the unwinder's view of the modules
+// (CFI) are parsed now, from a preview of the maps, so that the stop only looks addresses
+// up in what is cached. Addresses themselves come from the snapshot taken after the stop.
+Result<void> prepare(pid_t pid, Identity& id, std::unique_ptr<Unwinder>& unwinder) {
   HP_TRY(identify(pid, id));
   HP_TRY(check_can_trace(pid));
+  if (auto preview = elf::ModuleList::of_process(pid); preview.ok()) {
+    (void)find_loader_functions(*preview);  // fills the ELF cache (load_elf) for libc
+  }
+  unwinder = std::make_unique<Unwinder>(pid);
+  unwinder->prepare();
   return {};
 }
 
@@ -934,12 +942,14 @@ Result<void> check_can_trace(pid_t pid) {
 
 Result<Report> load_library(pid_t pid, const std::string& library, const Options& opts) {
   Identity id;
-  HP_TRY(prepare(pid, id));
+  std::unique_ptr<Unwinder> unwinder;
+  HP_TRY(prepare(pid, id, unwinder));
   auto path = check_library_path(pid, library);
   if (!path.ok()) return path.error();
   if (opts.after_checks) opts.after_checks();
   auto report = with_stopped_thread(
-      id, opts, [&](Tracee& t, const Snapshot& snap, Report& rep) -> Result<void> {
+      id, std::move(unwinder), opts,
+      [&](Tracee& t, const Snapshot& snap, Report& rep) -> Result<void> {
         auto f = find_loader_functions(snap.mods);
         if (!f.ok()) return f.error();
         const std::uint64_t args[] = {Tracee::kDataArg, RTLD_NOW | f->extra_mode};
@@ -961,10 +971,12 @@ Result<Report> load_library(pid_t pid, const std::string& library, const Options
 Result<Report> unload_library(pid_t pid, std::uintptr_t handle, const Options& opts) {
   if (handle == 0) return Error(Errc::invalid_argument, "unload_library: null handle");
   Identity id;
-  HP_TRY(prepare(pid, id));
+  std::unique_ptr<Unwinder> unwinder;
+  HP_TRY(prepare(pid, id, unwinder));
   if (opts.after_checks) opts.after_checks();
   return with_stopped_thread(
-      id, opts, [&](Tracee& t, const Snapshot& snap, Report& rep) -> Result<void> {
+      id, std::move(unwinder), opts,
+      [&](Tracee& t, const Snapshot& snap, Report& rep) -> Result<void> {
         auto f = find_loader_functions(snap.mods);
         if (!f.ok()) return f.error();
         const std::uint64_t args[] = {handle};
@@ -990,15 +1002,16 @@ Result<long> call_function_with_data(pid_t pid, const std::string& library_path,
                                      std::string_view symbol, std::span<const std::uint64_t> args,
                                      std::span<const char> data, const Options& opts) {
   Identity id;
-  HP_TRY(prepare(pid, id));
+  std::unique_ptr<Unwinder> unwinder;
+  HP_TRY(prepare(pid, id, unwinder));
   auto path = check_library_path(pid, library_path);
   if (!path.ok()) return path.error();
   struct stat st;
   if (::stat(path->through_root.c_str(), &st) != 0) return sys_error(library_path);
   if (opts.after_checks) opts.after_checks();
   long result = 0;
-  auto report =
-      with_stopped_thread(id, opts, [&](Tracee& t, const Snapshot& snap, Report&) -> Result<void> {
+  auto report = with_stopped_thread(
+      id, std::move(unwinder), opts, [&](Tracee& t, const Snapshot& snap, Report&) -> Result<void> {
         const elf::Module* m = snap.mods.find(elf::ModuleKey{st.st_dev, st.st_ino});
         if (!m) {
           return Error(Errc::not_found, library_path + " is not loaded in process " +
