@@ -578,6 +578,7 @@ class Program {
     argv.push_back(nullptr);
     pid_ = ::fork();
     if (pid_ == 0) {
+      ::setpgid(0, 0);  // its children (bash's sleep) go with it
       ::dup2(in[0], 0);
       ::dup2(out[1], 1);
       ::execvp(argv[0], argv.data());
@@ -589,6 +590,7 @@ class Program {
     stdout_ = out[0];
   }
   ~Program() {
+    ::kill(-pid_, SIGKILL);
     ::kill(pid_, SIGKILL);
     ::waitpid(pid_, nullptr, 0);
     ::close(stdin_);
