@@ -224,12 +224,17 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
                       : *started != 0 ? agent_start_error(*started)
                                       : "process " + std::to_string(o.pid) +
                                             " did not connect to hotprobe's channel within 5 s";
-    // No session runs: take back this load of the agent, so a refused attach leaves the
-    // process as it was (an agent another session still uses stays, by its count).
-    auto unloaded = hp::inject::unload_library(o.pid, loaded->handle);
+    // The agent refused and returned: no code of it runs, so take back this load, and a
+    // refused attach leaves the process as it was (an agent another session still uses
+    // stays, by its count). Not when the call failed or the agent connected (its
+    // session thread then ends by itself when hotprobe's end closes): its code may run.
+    std::string unload_note;
+    if (started && *started != 0) {
+      if (auto unloaded = hp::inject::unload_library(o.pid, loaded->handle); !unloaded)
+        unload_note = "; unloading it failed: " + unloaded.error().message();
+    }
     std::fprintf(stderr, "hotprobe attach: the agent did not start in %d: %s%s\n", o.pid,
-                 why.c_str(),
-                 unloaded ? "" : ("; unloading it failed: " + unloaded.error().message()).c_str());
+                 why.c_str(), unload_note.c_str());
     return kExitError;
   }
   if (refused > 0) {

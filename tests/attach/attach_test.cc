@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "elf/modules.h"
+#include "inject/inject.h"
 
 namespace {
 
@@ -960,6 +961,43 @@ TEST(HotprobeAttachUsers, NginxWorkersCountEveryRequest) {
   }
   std::printf("[ nginx    ] per worker: %s(%d requests served)\n", outs.c_str(), served);
   EXPECT_EQ(total, served) << outs;
+}
+
+// The agent refuses a request it cannot use (a malformed one; one naming a channel nobody
+// listens on) and returns without starting anything: no agent thread, the process runs
+// on, and the unload that `hotprobe attach` does after such a refusal succeeds. (The
+// agent library itself stays mapped, dormant: it has STB_GNU_UNIQUE symbols, which make
+// the loader keep it, as after any session.)
+TEST(HotprobeAttachUsers, AgentRefusalStartsNothing) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"read"});
+  ASSERT_TRUE(t.ready());
+  auto loaded = hp::inject::load_library(t.pid(), HP_AGENT);
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message();
+  ASSERT_TRUE(agent_loaded(t.pid()));
+  const std::uint64_t args[] = {hp::inject::kDataArgument};
+  for (std::string request : {std::string("bogus"),
+                              std::string("hotprobe-attach 1 1 0123456789abcdef0123456789abcdef")}) {
+    auto rc = hp::inject::call_function_with_data(t.pid(), HP_AGENT, "hotprobe_agent_attach",
+                                                  args, {request.c_str(), request.size() + 1});
+    ASSERT_TRUE(rc.ok()) << rc.error().message();
+    // A malformed request: EINVAL; a well-formed one naming no listener: ECONNREFUSED.
+    EXPECT_TRUE(*rc == -EINVAL || *rc == -ECONNREFUSED) << request << ": " << *rc;
+  }
+  auto unloaded = hp::inject::unload_library(t.pid(), loaded->handle);
+  ASSERT_TRUE(unloaded.ok()) << unloaded.error().message();
+  const std::string task = "/proc/" + std::to_string(t.pid()) + "/task/";
+  if (DIR* d = ::opendir(task.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      if (e->d_name[0] != '.') {
+        EXPECT_NE(read_file(task + e->d_name + "/comm"), "hotprobe-agent\n");
+      }
+    }
+    ::closedir(d);
+  }
+  t.send("hello\n");
+  EXPECT_EQ(t.line(), "got hello");
+  EXPECT_EQ(t.wait_exit(), 0);
 }
 
 }  // namespace
