@@ -65,7 +65,7 @@ struct Options {
 };
 
 struct Report {
-  // Interrupt to detach of the stop that made the call (what the issue asks to bound).
+  // Interrupt to detach of the stop that made the call (how long the thread was held).
   double pause_ms = 0;
   // Of that, the time from PTRACE_INTERRUPT until the thread stopped: a thread that was
   // runnable but not on a CPU stops only once scheduled (ms on a loaded machine); it is

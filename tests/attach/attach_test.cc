@@ -1,4 +1,4 @@
-// End-to-end tests of `hotprobe attach -p PID` (issue 5): the built hotprobe and agent on a
+// End-to-end tests of `hotprobe attach -p PID`: the built hotprobe and agent on a
 // running fixture program (fixture/attach_target.c) that counts its own calls of the
 // probed functions, so what hotprobe counted can be compared with what happened.
 // docs/design/attach.md has what each test proves and the window-boundary argument.
