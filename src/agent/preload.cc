@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/attach_channel.h"
 #include "agent/protocol.h"
 #include "agent/session.h"
 #include "core/thread_state.h"
@@ -163,9 +164,10 @@ extern "C" __attribute__((visibility("default"))) long hotprobe_agent_start(
   return 0;
 }
 
-// The form the injector can call (hp::inject::call_function passes one long): `id` names
-// the socket hotprobe listens on, /tmp/hotprobe-UID/attach-ID.sock.
-extern "C" __attribute__((visibility("default"))) long hotprobe_agent_attach(long id) {
-  std::string path = hp::agent::attach_socket_path(static_cast<unsigned>(::getuid()), id);
-  return hotprobe_agent_start(path.c_str());
+// For `hotprobe attach`: the injector calls it with the request hotprobe wrote onto the
+// thread's stack ("hotprobe-attach 1 PID NAME", src/agent/attach_channel.h). Connects to
+// hotprobe's abstract socket, checks that its listener is that hotprobe, and runs a
+// session on its own thread. 0, or a negative errno.
+extern "C" __attribute__((visibility("default"))) long hotprobe_agent_attach(const char* request) {
+  return hp::agent::attach_channel_start(request);
 }

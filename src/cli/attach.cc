@@ -1,8 +1,11 @@
 // `hotprobe attach -p PID`: inject the agent into a running process, run the script until
-// Ctrl-C (or exit(), or the process's end), then remove every probe. docs/design/agent.md.
+// Ctrl-C (or exit(), or the process's end), then remove every probe. docs/design/agent.md,
+// docs/design/attach.md (the channel between hotprobe and the agent).
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -11,12 +14,15 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
 #include <fmt/format.h>
 
+#include "agent/attach_channel.h"
 #include "agent/protocol.h"
 #include "cli/cli.h"
 #include "cli/output_file.h"
@@ -37,88 +43,209 @@ void on_attach_signal(int sig) {
   errno = saved;
 }
 
-// The user's private socket directory: made 0700, and refused if someone else owns it or
-// it is open to others (a planted directory).
-bool private_dir(const std::string& dir) {
-  ::mkdir(dir.c_str(), 0700);
-  struct stat st;
-  if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::getuid() ||
-      (st.st_mode & 077) != 0) {
-    std::fprintf(stderr,
-                 "hotprobe attach: '%s' must be a directory of yours with mode 0700; remove it "
-                 "and try again\n",
-                 dir.c_str());
-    return false;
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGHUP};
+
+// `hotprobe attach` takes the stop signals over before main() (before the command line is
+// parsed and the script compiled, which takes milliseconds): a SIGINT inherited as ignored
+// would otherwise swallow a Ctrl-C that comes early. Only for the attach command.
+__attribute__((constructor)) void attach_default_stop_signals() {
+  char buf[256];
+  const int fd = ::open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return;
+  buf[n] = 0;
+  const char* arg1 = buf + std::strlen(buf) + 1;
+  if (arg1 >= buf + n || std::strcmp(arg1, "attach") != 0) return;
+  struct sigaction sa {};
+  sa.sa_handler = SIG_DFL;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : kStopSignals)
+    sigaction(sig, &sa, nullptr);
+}
+
+// For hotprobe's whole run, whatever it inherited (a script's `hotprobe attach ... &`
+// starts it with SIGINT ignored): until the session runs, the default action, so that
+// Ctrl-C ends hotprobe at once (the process it injects into never depends on hotprobe:
+// docs/design/inject.md); from then on the handler, which ends the session cleanly.
+void set_stop_signals(void (*handler)(int)) {
+  struct sigaction sa {};
+  sa.sa_handler = handler;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (int sig : kStopSignals)
+    sigaction(sig, &sa, nullptr);
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : kStopSignals)
+    sigaddset(&set, sig);
+  sigprocmask(SIG_UNBLOCK, &set, nullptr);
+}
+
+// The listening end of the channel (docs/design/attach.md): a unix seqpacket socket in
+// the abstract namespace under 128 random bits, created in the target's network
+// namespace (abstract names are per network namespace).
+struct Channel {
+  int fd = -1;
+  std::string name;  // the 32 hex digits
+  std::string error;
+};
+
+Channel listen_channel(pid_t pid) {
+  Channel c;
+  unsigned char random[agent::kAttachNameLength / 2];
+  if (::getrandom(random, sizeof random, 0) != static_cast<ssize_t>(sizeof random)) {
+    c.error =
+        std::string("cannot read random bytes for the channel's name: ") + std::strerror(errno);
+    return c;
   }
-  return true;
+  static const char kHex[] = "0123456789abcdef";
+  for (unsigned char b : random) {
+    c.name += kHex[b >> 4];
+    c.name += kHex[b & 15];
+  }
+  // Enter the target's network namespace for the socket() call when it has its own.
+  int self_ns = -1;
+  struct stat mine {
+  }, theirs{};
+  const std::string their_ns = "/proc/" + std::to_string(pid) + "/ns/net";
+  if (::stat("/proc/self/ns/net", &mine) == 0 && ::stat(their_ns.c_str(), &theirs) == 0 &&
+      mine.st_ino != theirs.st_ino) {
+    self_ns = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    const int target_ns = ::open(their_ns.c_str(), O_RDONLY | O_CLOEXEC);
+    const bool entered = self_ns >= 0 && target_ns >= 0 && ::setns(target_ns, CLONE_NEWNET) == 0;
+    const int err = errno;
+    if (target_ns >= 0) ::close(target_ns);
+    if (!entered) {
+      if (self_ns >= 0) ::close(self_ns);
+      c.error = "process " + std::to_string(pid) +
+                " runs in another network namespace, which hotprobe cannot enter (" +
+                std::strerror(err) +
+                "): its agent could not reach hotprobe; run hotprobe as root, or inside "
+                "that namespace (nsenter -n -t " +
+                std::to_string(pid) + ")";
+      return c;
+    }
+  }
+  c.fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  int err = errno;
+  if (self_ns >= 0) {
+    if (::setns(self_ns, CLONE_NEWNET) != 0) err = errno;
+    ::close(self_ns);
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string name = agent::attach_socket_name(c.name);
+  std::memcpy(addr.sun_path + 1, name.data(), name.size());
+  const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  if (c.fd < 0 || ::bind(c.fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      ::listen(c.fd, 16) != 0) {
+    if (c.fd >= 0) err = errno;
+    if (c.fd >= 0) ::close(c.fd);
+    c.fd = -1;
+    c.error = std::string("cannot listen on the channel's socket: ") + std::strerror(err);
+  }
+  return c;
+}
+
+// The connection the agent made, from the accept queue: a connection from any other
+// process (anyone can connect to an abstract name they can see) is closed and skipped.
+int accept_agent(int lfd, pid_t pid, int& refused) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return -1;
+    pollfd lp{lfd, POLLIN, 0};
+    if (::poll(&lp, 1, static_cast<int>(left.count())) <= 0) continue;
+    int sock = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (sock < 0) continue;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid == pid) {
+      return sock;
+    }
+    ++refused;
+    ::close(sock);
+  }
+}
+
+std::string agent_start_error(long rc) {
+  switch (-rc) {
+    case EPERM:
+      return "the agent refused the channel: its listener was not this hotprobe";
+    case EAGAIN:
+      return "the channel's queue was full (other processes connected to it); try again";
+    case ECONNREFUSED:
+    case ENOENT:
+      return "the agent could not reach hotprobe's channel (is the process in a network "
+             "namespace hotprobe did not enter?)";
+    case EINVAL:
+      return "the agent did not understand the request (an agent library of another "
+             "hotprobe version?)";
+    default:
+      return std::strerror(static_cast<int>(-rc));
+  }
 }
 
 }  // namespace
 
 int attach(const AttachOptions& o, const std::string& source, const std::string& filename,
            const std::string& agent_path, int format) {
+  set_stop_signals(SIG_DFL);
   if (auto ok = hp::inject::check_can_trace(o.pid); !ok) {
     std::fprintf(stderr, "hotprobe attach: %s\n", ok.error().message().c_str());
     return kExitError;
   }
-  std::string dir = agent::attach_socket_dir(::getuid());
-  if (!private_dir(dir)) return kExitError;
-  std::string path = agent::attach_socket_path(::getuid(), ::getpid());
-  ::unlink(path.c_str());
-  int lfd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
-  mode_t old_mask = ::umask(077);  // the socket is 0600 from birth
-  bool bound = lfd >= 0 && ::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-               ::listen(lfd, 4) == 0;
-  ::umask(old_mask);
-  if (!bound) {
-    std::fprintf(stderr, "hotprobe attach: cannot listen on %s: %s\n", path.c_str(),
-                 std::strerror(errno));
+  Channel ch = listen_channel(o.pid);
+  if (ch.fd < 0) {
+    std::fprintf(stderr, "hotprobe attach: %s\n", ch.error.c_str());
     return kExitError;
   }
-  auto cleanup = [&] { ::unlink(path.c_str()); };
+  const int lfd = ch.fd;
 
   auto loaded = hp::inject::load_library(o.pid, agent_path);
   if (!loaded) {
-    cleanup();
+    ::close(lfd);
     std::fprintf(stderr, "hotprobe attach: %s\n", loaded.error().message().c_str());
     return kExitError;
   }
   std::fprintf(stderr, "hotprobe attach: process %d was stopped %.2f ms to load the agent\n", o.pid,
                loaded->pause_ms);
-  auto started = hp::inject::call_function(o.pid, agent_path, "hotprobe_agent_attach",
-                                           static_cast<long>(::getpid()));
-  if (!started || *started != 0) {
-    cleanup();
-    std::fprintf(
-        stderr, "hotprobe attach: the agent did not start in %d: %s\n", o.pid,
-        started ? std::strerror(static_cast<int>(-*started)) : started.error().message().c_str());
+  const std::string request = agent::encode_attach_request(::getpid(), ch.name);
+  const std::uint64_t args[] = {hp::inject::kDataArgument};
+  auto started = hp::inject::call_function_with_data(o.pid, agent_path, "hotprobe_agent_attach",
+                                                     args, {request.c_str(), request.size() + 1});
+  int sock = -1, refused = 0;
+  if (started && *started == 0) sock = accept_agent(lfd, o.pid, refused);
+  ::close(lfd);
+  if (sock < 0) {
+    std::string why = !started        ? started.error().message()
+                      : *started != 0 ? agent_start_error(*started)
+                                      : "process " + std::to_string(o.pid) +
+                                            " did not connect to hotprobe's channel within 5 s";
+    // The agent refused and returned: no code of it runs, so take back this load, and a
+    // refused attach leaves the process as it was (an agent another session still uses
+    // stays, by its count). Not when the call failed or the agent connected (its
+    // session thread then ends by itself when hotprobe's end closes): its code may run.
+    std::string unload_note;
+    if (started && *started != 0) {
+      if (auto unloaded = hp::inject::unload_library(o.pid, loaded->handle); !unloaded)
+        unload_note = "; unloading it failed: " + unloaded.error().message();
+    }
+    std::fprintf(stderr, "hotprobe attach: the agent did not start in %d: %s%s\n", o.pid,
+                 why.c_str(), unload_note.c_str());
     return kExitError;
   }
-  pollfd lp{lfd, POLLIN, 0};
-  int sock = -1;
-  if (::poll(&lp, 1, 10000) == 1) sock = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
-  ::close(lfd);
-  cleanup();
-  ucred cred{};
-  socklen_t len = sizeof cred;
-  if (sock < 0 || ::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
-      cred.pid != o.pid || cred.uid != ::getuid()) {
-    std::fprintf(stderr, "hotprobe attach: process %d did not connect back (or another did)\n",
-                 o.pid);
-    if (sock >= 0) ::close(sock);
-    return kExitError;
+  if (refused > 0) {
+    std::fprintf(stderr,
+                 "hotprobe attach: refused %d connection%s to the channel from other processes\n",
+                 refused, refused == 1 ? "" : "s");
   }
 
   if (::pipe2(g_attach_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return kExitError;
-  struct sigaction sa {};
-  sa.sa_handler = &on_attach_signal;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;
-  for (int sig : {SIGINT, SIGTERM, SIGHUP})
-    sigaction(sig, &sa, nullptr);
+  set_stop_signals(&on_attach_signal);
 
   FILE* out = stdout;
   if (!o.output.empty() && !(out = open_output_file(o.output))) {
@@ -129,7 +256,9 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
   agent::StartOptions so;
   so.format = static_cast<std::uint8_t>(format);
   agent::send_message(sock, agent::encode_start(so, filename, source));
-  bool error = false, done = false, stop_sent = false;
+  // A stop asked for before the agent's `ready` is its answer to `ready` (the agent reads
+  // nothing else before then).
+  bool error = false, done = false, stop_sent = false, ready_seen = false, stop_pending = false;
   std::uint64_t lost = 0;
   std::string msg;
   using Clock = std::chrono::steady_clock;
@@ -138,7 +267,7 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
   while (!done) {
     pollfd p[2] = {{sock, POLLIN, 0}, {g_attach_pipe[0], POLLIN, 0}};
     int timeout = -1;
-    if (!stop_sent && deadline != Clock::time_point::max()) {
+    if (!stop_sent && !stop_pending && deadline != Clock::time_point::max()) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       timeout = static_cast<int>(std::max<long long>(0, left.count()));
     }
@@ -151,7 +280,9 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
       }
       stop = !stop_sent;
     }
-    if (stop) {
+    if (stop && !ready_seen) {
+      stop_pending = true;
+    } else if (stop) {
       agent::send_message(sock, agent::encode(agent::Msg::stop));
       stop_sent = true;
     }
@@ -187,6 +318,8 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
         lost += agent::get<std::uint64_t>(payload, pos).value_or(0);
         break;
       case agent::Msg::ready:
+        ready_seen = true;
+        stop_sent = stop_sent || stop_pending;
         agent::send_message(sock, agent::encode(stop_sent ? agent::Msg::stop : agent::Msg::go));
         break;
       case agent::Msg::done:

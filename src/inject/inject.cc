@@ -12,13 +12,17 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <climits>
+#include <cstdio>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <thread>
 #include <vector>
 
 #include "elf/maps.h"
 #include "elf/modules.h"
+#include "inject/frames.h"
 #include "inject/tracee.h"
 
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
@@ -135,6 +139,10 @@ std::uint64_t inode_of(const std::string& path) {
 }
 
 // The path `library` as process `pid` sees it, checked to exist there.
+struct TargetPath;
+Result<void> check_library_owners(pid_t pid, const std::string& library, const TargetPath& tp,
+                                  const struct stat& file);
+
 struct TargetPath {
   std::string through_root;  // /proc/PID/root/...: the same file, from here
   bool other_mount_ns = false;
@@ -167,7 +175,61 @@ Result<TargetPath> check_library_path(pid_t pid, const std::string& library) {
   if (!S_ISREG(st.st_mode)) {
     return Error(Errc::invalid_argument, library + " is not a regular file");
   }
+  HP_TRY(check_library_owners(pid, library, tp, st));
   return tp;
+}
+
+// OpenSSH's secure-path rule, for a library that root loads or that runs in a process
+// more privileged than the library's owner: the file and every directory above it must
+// belong to root or to the target's user and be writable by nobody else (no group or
+// other write bit, sticky or not). Otherwise another user could replace the library, or
+// a directory on its path, between the check and the dlopen, and run code as the target.
+Result<void> check_library_owners(pid_t pid, const std::string& library, const TargetPath& tp,
+                                  const struct stat& file) {
+  auto st = read_status(proc(pid, "status"));
+  if (!st.ok()) return st.error();
+  const uid_t target_uid = static_cast<uid_t>(st->uid[1]);
+  const bool strict = ::geteuid() == 0 || file.st_uid != target_uid;
+  if (!strict) return {};
+  // Walk the resolved path (symlinks followed) when the target shares our view of the
+  // file system; otherwise the path's own components through /proc/PID/root.
+  std::string walk = library, prefix = proc(pid, "root");
+  if (!tp.other_mount_ns) {
+    char real[PATH_MAX];
+    if (::realpath(tp.through_root.c_str(), real) != nullptr) {
+      walk = real;
+      prefix.clear();
+    }
+  }
+  const std::string way_out =
+      ": another user could replace it and run code in process " + std::to_string(pid) +
+      ". Install the agent in a directory that only root can write (owned by root, mode 0755, "
+      "for example the installed lib/hotprobe directory) and point HOTPROBE_AGENT there";
+  for (std::size_t end = walk.size();;) {
+    const std::string part = walk.substr(0, end == 0 ? 1 : end);
+    struct stat ds;
+    if (::stat((prefix + part).c_str(), &ds) != 0) return sys_error(part);
+    const bool owner_ok = ds.st_uid == 0 || ds.st_uid == target_uid;
+    if (!owner_ok || (ds.st_mode & (S_IWGRP | S_IWOTH))) {
+      char mode[8];
+      std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(ds.st_mode & 07777));
+      const std::string what = part == walk ? "the library " + library
+                                            : "directory " + part + " (above " + library + ")";
+      const std::string why =
+          !owner_ok
+              ? "belongs to uid " + std::to_string(ds.st_uid) +
+                    ", neither root nor the process's user (uid " + std::to_string(target_uid) + ")"
+              : std::string("is writable by ") +
+                    ((ds.st_mode & S_IWOTH) ? "everyone" : "its group") + " (mode " + mode + ")";
+      return Error(Errc::permission_denied, "refusing to load " + library + " into process " +
+                                                std::to_string(pid) + ": " + what + " " + why +
+                                                way_out);
+    }
+    if (end <= 1) break;
+    end = walk.rfind('/', end - 1);
+    if (end == std::string::npos) break;
+  }
+  return {};
 }
 
 // The loader entry points in the target.
@@ -343,9 +405,13 @@ bool follows_call(Tracee& t, std::uintptr_t ret) {
 // stop (we retry); it cannot make us accept an unsafe one.
 constexpr std::size_t kStackScanBytes = 16 * 1024;
 
-std::string unsafe_caller(Tracee& t, const elf::ModuleList& mods, std::uintptr_t rsp) {
-  static constexpr std::string_view kHolders[] = {"alloc", "free", "memalign", "dl",
-                                                  "fork",  "_IO_", "printf"};
+// Functions of libc that hold the allocator's, the loader's or a stream's lock while
+// they call out (malloc hooks, dl_iterate_phdr callbacks, fopencookie functions, atfork
+// handlers).
+constexpr std::string_view kHolders[] = {"alloc", "free", "memalign", "dl",
+                                         "fork",  "_IO_", "printf"};
+
+std::string unsafe_caller_by_scan(Tracee& t, const elf::ModuleList& mods, std::uintptr_t rsp) {
   std::vector<std::uintptr_t> words(512 / sizeof(std::uintptr_t));
   for (std::size_t done = 0; done < kStackScanBytes; done += 512) {
     if (!t.read_memory(rsp + done, words.data(), 512).ok()) break;  // the stack's end
@@ -380,9 +446,53 @@ std::string unsafe_caller(Tracee& t, const elf::ModuleList& mods, std::uintptr_t
   return "";
 }
 
+// The stopped thread's callers from its real frames (unwound with each module's CFI): a
+// frame in the loader, in the unwinder, or in a libc function that holds a lock while it
+// calls out makes the stop unsafe, however deep. When the unwinder cannot reach the
+// outermost frame (a module without CFI, a corrupt stack), the stack words are scanned
+// instead (unsafe_caller_by_scan), which may refuse a safe stop but never accepts an
+// unsafe one.
+std::string unsafe_caller(Tracee& t, const elf::ModuleList& mods, Unwinder* unwinder,
+                          std::uintptr_t rsp) {
+  if (!unwinder) return unsafe_caller_by_scan(t, mods, rsp);
+  const Frames f = unwinder->frames(t.tid());
+  if (!f.complete) return unsafe_caller_by_scan(t, mods, rsp);
+  const bool in_syscall = static_cast<long>(t.saved().orig_rax) >= 0;
+  for (std::size_t i = 1; i < f.pcs.size(); ++i) {
+    const elf::Module* m = mods.containing(f.pcs[i]);
+    if (!m) continue;
+    const std::string_view name = m->name();
+    const std::string frame = " (frame " + std::to_string(i) + ")";
+    if (is_loader(name)) return "called from the dynamic loader" + frame;
+    if (name.starts_with("libgcc_s")) return "called from the unwinder" + frame;
+    if (!is_libc(name)) continue;
+    auto file = mods.elf(*m);
+    auto off = m->address_to_offset(f.pcs[i]);
+    const elf::Symbol* sym = file.ok() && off.ok() ? (*file)->containing_offset(*off)
+                                                   : static_cast<elf::Symbol*>(nullptr);
+    if (!sym) continue;  // start_thread, __libc_start_call_main
+    for (std::string_view holder : kHolders) {
+      if (sym->name.find(holder) == std::string_view::npos) continue;
+      // Blocked in a system call below stdio (a read refilling stdin's buffer, a write
+      // flushing stdout's), the thread holds that one stream's lock and no other: the
+      // loader and the agent never take it. The list lock taken by fflush(NULL) and
+      // exit's stream cleanup is another matter.
+      if (in_syscall && (holder == "_IO_" || holder == "printf") &&
+          sym->name.find("_IO_flush_all") == std::string_view::npos &&
+          sym->name.find("_IO_cleanup") == std::string_view::npos &&
+          sym->name.find("_IO_list") == std::string_view::npos) {
+        continue;
+      }
+      return "called from libc's " + std::string(sym->name) + frame;
+    }
+  }
+  return "";
+}
+
 // Why calling into the loader from this stop could deadlock or corrupt state, or "" when
 // it is safe (the argument is in docs/design/inject.md).
-std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t load_lock) {
+std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t load_lock,
+                          Unwinder* unwinder) {
   const user_regs_struct& r = t.saved();
   const std::uintptr_t rip = r.rip;
   // Anywhere below a loader entry point (dlopen, dlclose, dl_iterate_phdr callbacks,
@@ -422,7 +532,9 @@ std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t
   if (m && is_loader(m->name())) return "in the dynamic loader (it may hold the loader's lock)";
   if (m && m->name().starts_with("libgcc_s"))
     return "in the unwinder (it may hold the loader's lock)";
-  if (std::string caller = unsafe_caller(t, mods, r.rsp); !caller.empty()) return caller;
+  if (std::string caller = unsafe_caller(t, mods, unwinder, r.rsp); !caller.empty()) {
+    return caller;
+  }
   if (!m || !is_libc(m->name())) return "";
   const long nr = static_cast<long>(r.orig_rax);
   if (nr >= 0) {
@@ -494,12 +606,162 @@ std::vector<pid_t> list_threads(pid_t pid) {
   return tids;
 }
 
-// Stops one thread of `pid` at a safe point, runs `body` on it, restores and detaches.
+// The process that check_can_trace looked at, pinned before anything else: a pidfd
+// (which refers to that process and no later one with the same PID), its start time
+// (field 22 of /proc/PID/stat) and its executable (device and inode of /proc/PID/exe).
+// After each stop the injector confirms that the stopped thread still belongs to it: a
+// PID reused, or an exec, between the checks and the stop is refused, and the maps are
+// read only after that confirmation.
+struct Identity {
+  pid_t pid = 0;
+  int pidfd = -1;
+  std::uint64_t start_time = 0;
+  dev_t exe_dev = 0;
+  ino_t exe_ino = 0;
+  Identity() = default;
+  Identity(const Identity&) = delete;
+  Identity& operator=(const Identity&) = delete;
+  ~Identity() {
+    if (pidfd >= 0) ::close(pidfd);
+  }
+};
+
+Result<std::uint64_t> start_time_of(pid_t pid) {
+  auto text = elf::read_proc_file(proc(pid, "stat"));
+  if (!text.ok()) return text.error();
+  const std::size_t paren = text->rfind(')');
+  if (paren == std::string::npos) return Error(Errc::io_error, "unreadable " + proc(pid, "stat"));
+  // Fields from the third (state) on follow the command's closing parenthesis.
+  std::string_view rest = std::string_view(*text).substr(paren + 1);
+  for (int field = 3; field < 22; ++field) {
+    rest.remove_prefix(std::min(rest.size(), rest.find_first_not_of(' ')));
+    rest.remove_prefix(std::min(rest.size(), rest.find(' ')));
+  }
+  rest.remove_prefix(std::min(rest.size(), rest.find_first_not_of(' ')));
+  std::uint64_t v = 0;
+  std::from_chars(rest.data(), rest.data() + rest.size(), v);
+  return v;
+}
+
+Result<void> identify(pid_t pid, Identity& id) {
+  id.pid = pid;
+  id.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (id.pidfd < 0 && errno == ESRCH) {
+    return Error(Errc::not_found, "no process with PID " + std::to_string(pid));
+  }
+  // Without pidfd_open (Linux < 5.3) the start time and the executable remain.
+  auto t = start_time_of(pid);
+  if (!t.ok()) {
+    if (t.error().code() == Errc::not_found) {
+      return Error(Errc::not_found, "no process with PID " + std::to_string(pid));
+    }
+    return t.error();
+  }
+  id.start_time = *t;
+  struct stat st;
+  if (::stat(proc(pid, "exe").c_str(), &st) == 0) {
+    id.exe_dev = st.st_dev;
+    id.exe_ino = st.st_ino;
+  }
+  return {};
+}
+
+// That `pid` is still the process `id` recorded (called with one of its threads stopped,
+// which keeps the PID from being reused while we look).
+Result<void> confirm_identity(const Identity& id) {
+  const std::string pid = std::to_string(id.pid);
+  const std::string again =
+      ": nothing was injected; run the command again with the PID "
+      "of the process you mean";
+  bool same = true;
+  if (id.pidfd >= 0 && ::syscall(SYS_pidfd_send_signal, id.pidfd, 0, nullptr, 0) != 0 &&
+      errno == ESRCH) {
+    same = false;
+  }
+  auto t = start_time_of(id.pid);
+  if (same && t.ok() && *t != id.start_time) same = false;
+  if (!same) {
+    return Error(Errc::not_found, "process " + pid + " ended after it was checked, and PID " + pid +
+                                      " now belongs to another process" + again);
+  }
+  struct stat st;
+  if (id.exe_ino != 0 && ::stat(proc(id.pid, "exe").c_str(), &st) == 0 &&
+      (st.st_dev != id.exe_dev || st.st_ino != id.exe_ino)) {
+    char exe[PATH_MAX] = {};
+    ssize_t n = ::readlink(proc(id.pid, "exe").c_str(), exe, sizeof exe - 1);
+    if (n < 0) n = 0;
+    return Error(Errc::busy, "process " + pid + " executed another program (" +
+                                 std::string(exe, static_cast<std::size_t>(n)) +
+                                 ") after it was checked" + again);
+  }
+  return {};
+}
+
+// What is read from the target once it is confirmed (with a thread stopped).
+struct Snapshot {
+  elf::ModuleList mods;
+  std::uintptr_t load_lock = 0;
+  std::uintptr_t stub = 0;  // 0 until placed
+  std::unique_ptr<Unwinder> unwinder;
+};
+
+// Writes the return stub (tracee.h) into the zero padding that follows the end of an
+// executable segment, in libc first (every target has it), then ld.so, the program and
+// the other modules. The padding lies in the segment's last page, which is mapped
+// executable but holds no code; nothing ever jumps there but our calls. The bytes stay
+// (the next injection finds them in place), so two injectors at once never remove code
+// the other's thread may still be running.
+Result<std::uintptr_t> place_stub(Tracee& t, const elf::ModuleList& mods) {
+  const auto code = ReturnStub::code();
+  std::vector<const elf::Module*> order;
+  for (const elf::Module& m : mods.modules()) {
+    if (is_libc(m.name())) order.insert(order.begin(), &m);
+  }
+  for (const elf::Module& m : mods.modules()) {
+    if (is_loader(m.name())) order.push_back(&m);
+  }
+  for (const elf::Module& m : mods.modules()) {
+    if (!is_libc(m.name()) && !is_loader(m.name())) order.push_back(&m);
+  }
+  for (const elf::Module* m : order) {
+    auto file = mods.elf(*m);
+    if (!file.ok()) continue;
+    for (const elf::Segment& seg : (*file)->segments()) {
+      if (!seg.executable || seg.filesz == 0) continue;
+      auto last = m->offset_to_address(seg.offset + seg.filesz - 1);
+      if (!last.ok()) continue;
+      const std::uintptr_t addr = (*last + 16) & ~std::uintptr_t{15};
+      const std::uintptr_t page_end = (*last | 4095) + 1;
+      if (addr >= page_end || page_end - addr < code.size()) continue;
+      const elf::Mapping* map = nullptr;
+      for (const elf::Mapping& mp : mods.mappings()) {
+        if (mp.contains(addr)) map = &mp;
+      }
+      if (!map || !map->executable() || map->end < addr + code.size()) continue;
+      std::vector<std::uint8_t> now(code.size());
+      if (!t.read_memory(addr, now.data(), now.size()).ok()) continue;
+      if (std::equal(now.begin(), now.end(), code.begin())) return addr;
+      if (!std::all_of(now.begin(), now.end(), [](std::uint8_t b) { return b == 0; })) continue;
+      if (!t.write_memory(addr, code.data(), code.size()).ok()) continue;
+      if (!t.read_memory(addr, now.data(), now.size()).ok() ||
+          !std::equal(now.begin(), now.end(), code.begin())) {
+        continue;
+      }
+      return addr;
+    }
+  }
+  return Error(Errc::unsupported, "process " + std::to_string(mods.pid()) +
+                                      " has no executable segment with room for the "
+                                      "injector's return stub (" +
+                                      std::to_string(code.size()) + " bytes of zero padding)");
+}
+
+// Stops one thread of `pid` at a safe point, runs `body` on it, and detaches.
 template <class Body>
-Result<Report> with_stopped_thread(pid_t pid, const Options& opts, const elf::ModuleList& mods,
-                                   Body&& body) {
+Result<Report> with_stopped_thread(const Identity& id, std::unique_ptr<Unwinder> unwinder,
+                                   const Options& opts, Body&& body) {
+  const pid_t pid = id.pid;
   const Clock::time_point deadline = Clock::now() + opts.timeout;
-  const std::uintptr_t load_lock = target_load_lock(mods);
   if (opts.tid != 0) {
     struct stat st;
     const std::string task = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(opts.tid);
@@ -510,6 +772,7 @@ Result<Report> with_stopped_thread(pid_t pid, const Options& opts, const elf::Mo
     }
   }
   Report report;
+  std::optional<Snapshot> snap;
   std::string last_reason;
   std::size_t next = 0;
   for (;;) {
@@ -524,11 +787,27 @@ Result<Report> with_stopped_thread(pid_t pid, const Options& opts, const elf::Mo
       return s.error();
     }
     HP_TRY(t.interrupt());
-    std::string reason = unsafe_reason(t, mods, load_lock);
+    HP_TRY(confirm_identity(id));
+    if (!snap) {
+      auto mods = elf::ModuleList::of_process(pid);
+      if (!mods.ok()) return mods.error();
+      if (mods->mappings().empty()) {
+        return Error(Errc::not_found, "process " + std::to_string(pid) +
+                                          " is exiting (it has no memory mappings left)");
+      }
+      snap.emplace(Snapshot{std::move(*mods), 0, 0, std::move(unwinder)});
+      snap->load_lock = target_load_lock(snap->mods);
+    }
+    std::string reason = unsafe_reason(t, snap->mods, snap->load_lock, snap->unwinder.get());
     if (reason.empty()) {
+      if (snap->stub == 0) {
+        auto stub = place_stub(t, snap->mods);
+        if (!stub.ok()) return stub.error();
+        snap->stub = *stub;
+      }
       report.tid = tid;
       report.in_syscall = t.in_restartable_syscall();
-      auto r = body(t, report);
+      auto r = body(t, *snap, report);
       if (!r.ok()) {
         (void)t.restore_and_detach();
         return r.error();
@@ -545,43 +824,34 @@ Result<Report> with_stopped_thread(pid_t pid, const Options& opts, const elf::Mo
                    "no thread of process " + std::to_string(pid) + " reached a safe point in " +
                        std::to_string(opts.timeout.count()) + " ms (" +
                        std::to_string(report.attempts) + " tries; last: " + last_reason +
-                       "); try again, or raise the timeout");
+                       "); nothing was injected: try again when the process is less busy");
     }
     // Let it run on out of there.
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 
-// The target's dlerror() text after a failed dlopen/dlclose.
-std::string remote_dlerror(Tracee& t, const LoaderFunctions& f) {
+// The target's dlerror() text (its address from the stub's error call), read at the stop.
+std::string remote_dlerror(Tracee& t, const LoaderFunctions& f, std::uint64_t msg) {
   if (!f.dlerror) return "no dlerror() in this glibc";
-  auto msg = t.call(f.dlerror, {});
-  if (!msg.ok()) return "dlerror() failed: " + msg.error().message();
-  if (*msg == 0) return "dlerror() gave no message";
-  auto text = t.read_string(*msg);
+  if (msg == 0) return "dlerror() gave no message";
+  auto text = t.read_string(msg);
   return text.ok() ? *text : "dlerror()'s message is unreadable: " + text.error().message();
 }
 
-struct Prepared {
-  elf::ModuleList mods;
-  LoaderFunctions loader;
-};
-
-Result<Prepared> prepare(pid_t pid) {
+// Pins the process and checks it may be traced. Then, before anything is stopped, the
+// slow reading: the ELF files of libc (symbols) and the unwinder's view of the modules
+// (CFI) are parsed now, from a preview of the maps, so that the stop only looks addresses
+// up in what is cached. Addresses themselves come from the snapshot taken after the stop.
+Result<void> prepare(pid_t pid, Identity& id, std::unique_ptr<Unwinder>& unwinder) {
+  HP_TRY(identify(pid, id));
   HP_TRY(check_can_trace(pid));
-  auto mods = elf::ModuleList::of_process(pid);
-  if (!mods.ok()) return mods.error();
-  auto loader = find_loader_functions(*mods);
-  if (!loader.ok()) {
-    // An exiting process has empty maps: say that rather than "no libc".
-    HP_TRY(check_can_trace(pid));
-    if (mods->mappings().empty()) {
-      return Error(Errc::not_found, "process " + std::to_string(pid) +
-                                        " is exiting (it has no memory mappings left)");
-    }
-    return loader.error();
+  if (auto preview = elf::ModuleList::of_process(pid); preview.ok()) {
+    (void)find_loader_functions(*preview);  // fills the ELF cache (load_elf) for libc
   }
-  return Prepared{std::move(*mods), *loader};
+  unwinder = std::make_unique<Unwinder>(pid);
+  unwinder->prepare();
+  return {};
 }
 
 }  // namespace
@@ -629,10 +899,6 @@ Result<void> check_can_trace(pid_t pid) {
     return Error(Errc::busy,
                  who + " is stopped (job control): resume it with `kill -CONT " + id + "` first");
   }
-  if (st->sig_ign & (1ull << (SIGSEGV - 1))) {
-    return Error(Errc::unsupported,
-                 who + " ignores SIGSEGV, which the injector's return trap relies on");
-  }
   auto self = read_status("/proc/self/status");
   if (!self.ok()) return self.error();
   const bool cap_ptrace = (self->cap_eff >> kCapSysPtrace) & 1;
@@ -675,21 +941,27 @@ Result<void> check_can_trace(pid_t pid) {
 }
 
 Result<Report> load_library(pid_t pid, const std::string& library, const Options& opts) {
-  auto prep = prepare(pid);
-  if (!prep.ok()) return prep.error();
+  Identity id;
+  std::unique_ptr<Unwinder> unwinder;
+  HP_TRY(prepare(pid, id, unwinder));
   auto path = check_library_path(pid, library);
   if (!path.ok()) return path.error();
-  const LoaderFunctions& f = prep->loader;
-  auto report =
-      with_stopped_thread(pid, opts, prep->mods, [&](Tracee& t, Report& rep) -> Result<void> {
-        const std::uint64_t args[] = {Tracee::kDataArg, RTLD_NOW | f.extra_mode};
-        auto handle = t.call(f.dlopen, args, {library.c_str(), library.size() + 1});
-        if (!handle.ok()) return handle.error();
-        if (*handle == 0) {
+  if (opts.after_checks) opts.after_checks();
+  auto report = with_stopped_thread(
+      id, std::move(unwinder), opts,
+      [&](Tracee& t, const Snapshot& snap, Report& rep) -> Result<void> {
+        auto f = find_loader_functions(snap.mods);
+        if (!f.ok()) return f.error();
+        const std::uint64_t args[] = {Tracee::kDataArg, RTLD_NOW | f->extra_mode};
+        auto r = t.call(snap.stub, f->dlopen, args, {library.c_str(), library.size() + 1},
+                        f->dlerror, opts.test_sentinel_return);
+        if (!r.ok()) return r.error();
+        if (r->value == 0) {
           return Error(Errc::io_error, "dlopen(\"" + library + "\") failed in process " +
-                                           std::to_string(pid) + ": " + remote_dlerror(t, f));
+                                           std::to_string(pid) + ": " +
+                                           remote_dlerror(t, *f, r->error_value));
         }
-        rep.handle = *handle;
+        rep.handle = r->value;
         return {};
       });
   if (report.ok()) report->other_mount_ns = path->other_mount_ns;
@@ -698,47 +970,61 @@ Result<Report> load_library(pid_t pid, const std::string& library, const Options
 
 Result<Report> unload_library(pid_t pid, std::uintptr_t handle, const Options& opts) {
   if (handle == 0) return Error(Errc::invalid_argument, "unload_library: null handle");
-  auto prep = prepare(pid);
-  if (!prep.ok()) return prep.error();
-  const LoaderFunctions& f = prep->loader;
-  return with_stopped_thread(pid, opts, prep->mods, [&](Tracee& t, Report& rep) -> Result<void> {
-    const std::uint64_t args[] = {handle};
-    auto rc = t.call(f.dlclose, args);
-    if (!rc.ok()) return rc.error();
-    if (static_cast<int>(*rc) != 0) {
-      return Error(Errc::io_error, "dlclose failed in process " + std::to_string(pid) + ": " +
-                                       remote_dlerror(t, f));
-    }
-    rep.handle = handle;
-    return {};
-  });
+  Identity id;
+  std::unique_ptr<Unwinder> unwinder;
+  HP_TRY(prepare(pid, id, unwinder));
+  if (opts.after_checks) opts.after_checks();
+  return with_stopped_thread(
+      id, std::move(unwinder), opts,
+      [&](Tracee& t, const Snapshot& snap, Report& rep) -> Result<void> {
+        auto f = find_loader_functions(snap.mods);
+        if (!f.ok()) return f.error();
+        const std::uint64_t args[] = {handle};
+        auto rc = t.call(snap.stub, f->dlclose, args, {}, 0, opts.test_sentinel_return);
+        if (!rc.ok()) return rc.error();
+        if (static_cast<int>(rc->value) != 0) {
+          return Error(Errc::io_error, "dlclose failed in process " + std::to_string(pid) +
+                                           " (it returned " +
+                                           std::to_string(static_cast<int>(rc->value)) + ")");
+        }
+        rep.handle = handle;
+        return {};
+      });
 }
 
 Result<long> call_function(pid_t pid, const std::string& library_path, std::string_view symbol,
                            long arg, const Options& opts) {
-  HP_TRY(check_can_trace(pid));
+  const std::uint64_t args[] = {static_cast<std::uint64_t>(arg)};
+  return call_function_with_data(pid, library_path, symbol, args, {}, opts);
+}
+
+Result<long> call_function_with_data(pid_t pid, const std::string& library_path,
+                                     std::string_view symbol, std::span<const std::uint64_t> args,
+                                     std::span<const char> data, const Options& opts) {
+  Identity id;
+  std::unique_ptr<Unwinder> unwinder;
+  HP_TRY(prepare(pid, id, unwinder));
   auto path = check_library_path(pid, library_path);
   if (!path.ok()) return path.error();
   struct stat st;
   if (::stat(path->through_root.c_str(), &st) != 0) return sys_error(library_path);
-  auto mods = elf::ModuleList::of_process(pid);
-  if (!mods.ok()) return mods.error();
-  const elf::Module* m = mods->find(elf::ModuleKey{st.st_dev, st.st_ino});
-  if (!m) {
-    HP_TRY(check_can_trace(pid));
-    return Error(Errc::not_found, library_path + " is not loaded in process " +
-                                      std::to_string(pid) + ": load it with load_library first");
-  }
-  auto fn = address_of(*mods, *m, symbol);
-  if (!fn.ok()) return fn.error();
+  if (opts.after_checks) opts.after_checks();
   long result = 0;
-  auto report = with_stopped_thread(pid, opts, *mods, [&](Tracee& t, Report&) -> Result<void> {
-    const std::uint64_t args[] = {static_cast<std::uint64_t>(arg)};
-    auto r = t.call(*fn, args);
-    if (!r.ok()) return r.error();
-    result = static_cast<long>(*r);
-    return {};
-  });
+  auto report = with_stopped_thread(
+      id, std::move(unwinder), opts, [&](Tracee& t, const Snapshot& snap, Report&) -> Result<void> {
+        const elf::Module* m = snap.mods.find(elf::ModuleKey{st.st_dev, st.st_ino});
+        if (!m) {
+          return Error(Errc::not_found, library_path + " is not loaded in process " +
+                                            std::to_string(pid) +
+                                            ": load it with load_library first");
+        }
+        auto fn = address_of(snap.mods, *m, symbol);
+        if (!fn.ok()) return fn.error();
+        auto r = t.call(snap.stub, *fn, args, data, 0, opts.test_sentinel_return);
+        if (!r.ok()) return r.error();
+        result = static_cast<long>(r->value);
+        return {};
+      });
   if (!report.ok()) return report.error();
   return result;
 }

@@ -1,13 +1,16 @@
 // Loading a shared library into a running process, and calling functions in it, with
 // ptrace: the injector behind `hotprobe attach -p PID`.
 //
-// One thread of the target is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT);
-// every other thread keeps running. The stopped thread's registers, vector state and
-// signal mask are saved; it is made to call the loader's dlopen(path, RTLD_NOW) on its
-// own stack (below the red zone) with a return address that faults at a known unmapped
-// address; the fault is caught as a signal-delivery-stop and discarded; everything is
-// restored and the thread is detached. A thread stopped inside a blocking system call
-// (read on a pipe, nanosleep) resumes that call as if nothing happened: no EINTR.
+// The process is pinned first (pidfd, start time, executable), then checked. One thread of
+// the target is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT); every other
+// thread keeps running. After the stop the injector confirms the process is still the one
+// it checked and only then reads its maps. The thread is sent into a small return stub
+// written into the padding after libc's code: the stub saves the vector state, calls the
+// loader's dlopen(path, RTLD_NOW) on the thread's own stack (below the red zone), enters a
+// marker system call where hotprobe reads the result, then restores every register, the
+// flags and the vector state itself and returns to where the thread was. hotprobe dying at
+// any instant leaves the thread to finish and restore on its own. A thread stopped inside a
+// blocking system call (read on a pipe, nanosleep) re-enters that call: no EINTR.
 //
 //   if (auto ok = hp::inject::check_can_trace(pid); !ok) { print(ok.error()); ... }
 //   auto r = hp::inject::load_library(pid, "/usr/lib/hotprobe/libhotprobe_agent.so");
@@ -35,6 +38,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -49,10 +54,18 @@ struct Options {
   // The thread to use; 0 lets the injector choose (the thread group leader first, then
   // the others in turn when the leader is at an unsafe point).
   pid_t tid = 0;
+  // Tests only: runs after the checks and before the first stop, to stage the races the
+  // identity check catches (the process exits and its PID is reused, or it executes
+  // another program).
+  std::function<void()> after_checks;
+  // Tests only: the legacy return (the stub returns into an unmapped address and hotprobe
+  // restores the thread from the fault), which a hotprobe killed during the call turns
+  // into the process's death. Exists to show that the kill tests catch it.
+  bool test_sentinel_return = false;
 };
 
 struct Report {
-  // Interrupt to detach of the stop that made the call (what the issue asks to bound).
+  // Interrupt to detach of the stop that made the call (how long the thread was held).
   double pause_ms = 0;
   // Of that, the time from PTRACE_INTERRUPT until the thread stopped: a thread that was
   // runnable but not on a CPU stops only once scheduled (ms on a loaded machine); it is
@@ -83,10 +96,19 @@ Result<Report> unload_library(pid_t pid, std::uintptr_t handle, const Options& =
 Result<long> call_function(pid_t pid, const std::string& library_path, std::string_view symbol,
                            long arg, const Options& = {});
 
+// The same with up to 6 arguments, `data` copied onto the thread's stack for the call:
+// an argument equal to kDataArgument is replaced by its address in the target.
+inline constexpr std::uint64_t kDataArgument = ~0ull - 0x5a;
+Result<long> call_function_with_data(pid_t pid, const std::string& library_path,
+                                     std::string_view symbol, std::span<const std::uint64_t> args,
+                                     std::span<const char> data, const Options& = {});
+
 // Preflight, without stopping anything: the process exists and is not a zombie, is not
 // stopped, is not traced by someone else, and this process may trace it (same uid or
 // CAP_SYS_PTRACE, Yama's kernel.yama.ptrace_scope). Each refusal names the cause and the
-// way out.
+// way out. load_library also applies OpenSSH's secure-path rule to the library when the
+// caller is root or the library's owner is not the target's user: the file and every
+// directory above it must be writable by root or the target's user only.
 Result<void> check_can_trace(pid_t pid);
 
 }  // namespace hp::inject

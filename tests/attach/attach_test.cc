@@ -1,4 +1,4 @@
-// End-to-end tests of `hotprobe attach -p PID` (issue 5): the built hotprobe and agent on a
+// End-to-end tests of `hotprobe attach -p PID`: the built hotprobe and agent on a
 // running fixture program (fixture/attach_target.c) that counts its own calls of the
 // probed functions, so what hotprobe counted can be compared with what happened.
 // docs/design/attach.md has what each test proves and the window-boundary argument.
@@ -7,23 +7,31 @@
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "elf/modules.h"
+#include "inject/inject.h"
 
 namespace {
 
@@ -67,13 +75,19 @@ std::vector<long> numbers_after(const std::string& line, const std::string& word
 // answer line out.
 class Target {
  public:
-  explicit Target(const std::vector<std::string>& args) {
+  explicit Target(const std::vector<std::string>& args, uid_t run_as = 0) {
     int in[2], out[2];
     if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
     pid_ = ::fork();
     if (pid_ == 0) {
       ::dup2(in[0], 0);
       ::dup2(out[1], 1);
+      if (run_as != 0) {
+        gid_t gid = run_as;
+        if (::setgroups(1, &gid) != 0 || ::setresgid(gid, gid, gid) != 0 ||
+            ::setresuid(run_as, run_as, run_as) != 0)
+          ::_exit(98);
+      }
       std::vector<char*> argv{const_cast<char*>(HP_TARGET)};
       for (const auto& a : args)
         argv.push_back(const_cast<char*>(a.c_str()));
@@ -164,10 +178,12 @@ struct Outcome {
 class Hotprobe {
  public:
   explicit Hotprobe(const std::vector<std::string>& args, const char* agent = HP_AGENT,
-                    uid_t run_as = 0)
+                    uid_t run_as = 0, bool ignore_sigint = false)
       : out_path_(temp_path("out")), err_path_(temp_path("err")), start_(Clock::now()) {
     pid_ = ::fork();
     if (pid_ == 0) {
+      // As a shell starts `hotprobe attach ... &` in a script: SIGINT ignored.
+      if (ignore_sigint) ::signal(SIGINT, SIG_IGN);
       int o = ::open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       int e = ::open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       ::dup2(o, 1);
@@ -213,6 +229,8 @@ class Hotprobe {
     return false;
   }
   void interrupt() { ::kill(pid_, SIGINT); }
+  void kill(int sig) { ::kill(pid_, sig); }
+  std::string err() const { return read_file(err_path_); }
   Outcome wait(std::chrono::milliseconds timeout = 20s) {
     Outcome r;
     auto deadline = Clock::now() + timeout;
@@ -617,6 +635,369 @@ TEST(HotprobeAttachErrors, TargetExitsDuringInjection) {
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("exited during the injection"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("exit status 7"), std::string::npos) << r.err;
+}
+
+bool agent_loaded(pid_t pid) {
+  return read_file("/proc/" + std::to_string(pid) + "/maps").find("libhotprobe_agent") !=
+         std::string::npos;
+}
+
+constexpr uid_t kNobody = 65534;
+
+// Root attaches to a process of another user (nobody): the channel does not depend on
+// either side's file-system permissions; counts are exact.
+TEST(HotprobeAttachUsers, RootAttachesToAnotherUsersProcess) {
+  HP_SKIP_IF_SANITIZED();
+  if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  Target t({"work", "2"}, kNobody);
+  ASSERT_TRUE(t.ready());
+  ASSERT_NE(read_file("/proc/" + std::to_string(t.pid()) + "/status").find("Uid:\t65534"),
+            std::string::npos);
+  Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w[tid] = count();")));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 1 probe...\n")) << hp.wait().err;
+  auto w1 = t.counts("window 300");
+  hp.interrupt();
+  Outcome r = hp.wait();
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto w = keyed_map(r.out, "w");
+  ASSERT_EQ(w1.size(), 2u);
+  for (std::size_t k = 0; k < 2; ++k)
+    EXPECT_EQ(w[t.tids()[k]], w1[k]) << r.out;
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// A third user cannot take over the session of root and a nobody process: it sees the
+// channel's abstract name in /proc/net/unix and connects to it as often as it can while
+// hotprobe attaches; hotprobe takes only the target's connection (SO_PEERCRED), the
+// others get nothing, and the session counts exactly.
+TEST(HotprobeAttachUsers, ThirdUserCannotReachTheChannel) {
+  HP_SKIP_IF_SANITIZED();
+  if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  Target t({"work", "2"}, kNobody);
+  ASSERT_TRUE(t.ready());
+  int report[2];
+  ASSERT_EQ(::pipe(report), 0);
+  const pid_t attacker = ::fork();
+  if (attacker == 0) {
+    ::close(report[0]);
+    const uid_t third = 54321;
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(third, third, third) != 0 ||
+        ::setresuid(third, third, third) != 0)
+      ::_exit(98);
+    long connected = 0, got_data = 0;
+    const auto end = Clock::now() + 3s;
+    while (Clock::now() < end) {
+      std::istringstream unix_sockets(read_file("/proc/net/unix"));
+      std::string l;
+      while (std::getline(unix_sockets, l)) {
+        auto at = l.find("@hotprobe-attach-");
+        if (at == std::string::npos) continue;
+        std::string name = l.substr(at + 1);
+        int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::memcpy(a.sun_path + 1, name.data(), name.size());
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&a),
+                      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size())) ==
+            0) {
+          ++connected;
+          pollfd p{fd, POLLIN, 0};
+          char buf[64];
+          if (::poll(&p, 1, 200) == 1 && ::recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0) ++got_data;
+        }
+        ::close(fd);
+      }
+    }
+    std::string out = std::to_string(connected) + " " + std::to_string(got_data) + "\n";
+    ssize_t n = ::write(report[1], out.data(), out.size());
+    (void)n;
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 1 probe...\n")) << hp.wait().err;
+  t.counts("window 100");
+  ::waitpid(attacker, nullptr, 0);
+  char buf[64] = {};
+  ssize_t n = ::read(report[0], buf, sizeof buf - 1);
+  ::close(report[0]);
+  long connected = -1, got_data = -1;
+  std::istringstream(std::string(buf, n > 0 ? n : 0)) >> connected >> got_data;
+  std::printf("[ channel  ] the third user connected %ld times, received data %ld times\n",
+              connected, got_data);
+  EXPECT_EQ(got_data, 0) << "the third user received the session";
+  hp.interrupt();
+  Outcome r = hp.wait();
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("@w: 200\n"), std::string::npos) << r.out;
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// A refused attach leaves no agent behind: a non-root user against root's process, and
+// root with an agent library in a world-writable directory.
+TEST(HotprobeAttachUsers, RefusedAttachLeavesNoAgent) {
+  HP_SKIP_IF_SANITIZED();
+  if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  Target t({"read"});
+  ASSERT_TRUE(t.ready());
+  {
+    Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), HP_AGENT, kNobody);
+    Outcome r = hp.wait();
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find("run as that user, or as root"), std::string::npos) << r.err;
+  }
+  char dir_template[] = "/tmp/hp_attach_ww_XXXXXX";
+  ASSERT_NE(::mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  ::chmod(dir.c_str(), 0777);
+  const std::string agent = dir + "/libhotprobe_agent.so";
+  {
+    std::ifstream in(HP_AGENT, std::ios::binary);
+    std::ofstream out(agent, std::ios::binary);
+    out << in.rdbuf();
+  }
+  ::chmod(agent.c_str(), 0755);
+  {
+    Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), agent.c_str());
+    Outcome r = hp.wait();
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find("refusing to load"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("writable by everyone"), std::string::npos) << r.err;
+  }
+  EXPECT_FALSE(agent_loaded(t.pid()));
+  ::unlink(agent.c_str());
+  ::rmdir(dir.c_str());
+  t.send("hello\n");
+  EXPECT_EQ(t.line(), "got hello");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// hotprobe started with SIGINT ignored (a script's `hotprobe attach ... &`): Ctrl-C at
+// once still ends it, and the process runs on.
+TEST(HotprobeAttachSignals, InheritedIgnoredSigintStillEndsHotprobe) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  for (int delay_ms : {0, 1, 3, 10, 30}) {
+    Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")), HP_AGENT, 0,
+                /*ignore_sigint=*/true);
+    // One SIGINT, `delay_ms` after hotprobe's own code runs: once it no longer ignores
+    // SIGINT, or (had it kept ignoring it) once it has loaded the agent.
+    const std::string status_path = "/proc/" + std::to_string(hp.pid()) + "/status";
+    const std::string exe = "/proc/" + std::to_string(hp.pid()) + "/exe";
+    for (auto until = Clock::now() + 10s; Clock::now() < until;) {
+      char link[4096] = {};
+      if (::readlink(exe.c_str(), link, sizeof link - 1) <= 0 ||
+          std::string(link) != std::string(HP_HOTPROBE)) {
+        std::this_thread::sleep_for(100us);  // not hotprobe yet (fork, then exec)
+        continue;
+      }
+      const std::string st = read_file(status_path);
+      const auto at = st.find("SigIgn:\t");
+      const bool ignores =
+          at != std::string::npos && (std::stoull(st.substr(at + 8, 16), nullptr, 16) & 2);
+      if (!ignores || hp.err().find(" ms to load the agent") != std::string::npos) break;
+      std::this_thread::sleep_for(100us);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    hp.interrupt();
+    int status = 0;
+    pid_t done = 0;
+    for (auto until = Clock::now() + 10s;
+         (done = ::waitpid(hp.pid(), &status, WNOHANG)) == 0 && Clock::now() < until;)
+      std::this_thread::sleep_for(2ms);
+    ASSERT_EQ(done, hp.pid()) << "hotprobe ignored SIGINT " << delay_ms
+                              << " ms after its start; it printed:\n"
+                              << hp.out() << hp.err();
+    EXPECT_EQ(t.wait_exit(20ms), -1) << "the target died";
+  }
+  // The process is fine, and a normal attach works.
+  Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 1 probe...\n")) << hp.wait().err;
+  t.counts("window 10");
+  hp.interrupt();
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("@w: 20\n"), std::string::npos) << r.out;
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// `hotprobe attach` killed (SIGKILL; the last one SIGINT) 1-60 ms after it starts, at
+// instants from a fixed seed: the process survives every one, and a final attach counts
+// exactly.
+TEST(HotprobeAttachSignals, KilledAttachNeverHurtsTheProcess) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  std::mt19937 rng(7122026);
+  std::uniform_int_distribution<int> instant_us(1000, 60000);
+  constexpr int kRounds = 30;
+  for (int i = 0; i < kRounds; ++i) {
+    Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")));
+    std::this_thread::sleep_for(std::chrono::microseconds(instant_us(rng)));
+    hp.kill(i == kRounds - 1 ? SIGINT : SIGKILL);
+    hp.wait();
+    ASSERT_EQ(t.wait_exit(20ms), -1) << "round " << i << ": the process died";
+  }
+  wait_agent_threads_gone(t.pid());
+  Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 1 probe...\n")) << hp.wait().err;
+  t.counts("window 25");
+  hp.interrupt();
+  Outcome r = hp.wait();
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("@w: 50\n"), std::string::npos) << r.out;
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// nginx with `user nobody;` and two workers: one session per worker (root attaching to
+// nobody's processes), a probe on ngx_http_create_request, which runs once per request;
+// the workers' counts add up to the requests served.
+TEST(HotprobeAttachUsers, NginxWorkersCountEveryRequest) {
+  HP_SKIP_IF_SANITIZED();
+  if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  const char* nginx = "/usr/sbin/nginx";
+  if (::access(nginx, X_OK) != 0) GTEST_SKIP() << "no nginx";
+  // A free port.
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::getsockname(s, reinterpret_cast<sockaddr*>(&a), &alen), 0);
+  const int port = ntohs(a.sin_port);
+  ::close(s);
+  char dir_template[] = "/tmp/hp_attach_nginx_XXXXXX";
+  ASSERT_NE(::mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  ::chmod(dir.c_str(), 0755);
+  std::ofstream(dir + "/nginx.conf")
+      << "user nobody nogroup;\nworker_processes 2;\ndaemon off;\npid " << dir
+      << "/nginx.pid;\nerror_log " << dir << "/error.log;\nevents { worker_connections 64; }\n"
+      << "http {\n access_log off;\n client_body_temp_path " << dir << "/body;\n"
+      << " proxy_temp_path " << dir << "/proxy;\n fastcgi_temp_path " << dir << "/fcgi;\n"
+      << " uwsgi_temp_path " << dir << "/uwsgi;\n scgi_temp_path " << dir << "/scgi;\n"
+      << " server {\n  listen 127.0.0.1:" << port
+      << ";\n  location / { return 200 \"ok\\n\"; }\n }\n}\n";
+  const pid_t master = ::fork();
+  if (master == 0) {
+    int null = ::open("/dev/null", O_RDWR);
+    ::dup2(null, 0);
+    ::dup2(null, 1);
+    ::execl(nginx, nginx, "-p", dir.c_str(), "-c", (dir + "/nginx.conf").c_str(), nullptr);
+    ::_exit(127);
+  }
+  struct Cleanup {
+    pid_t master;
+    std::string dir;
+    ~Cleanup() {
+      ::kill(master, SIGTERM);
+      ::waitpid(master, nullptr, 0);
+      std::string cmd = "rm -rf " + dir;
+      int rc = std::system(cmd.c_str());
+      (void)rc;
+    }
+  } cleanup{master, dir};
+  // Its two workers, once they run as nobody.
+  std::vector<pid_t> workers;
+  for (auto deadline = Clock::now() + 10s; workers.size() < 2 && Clock::now() < deadline;) {
+    workers.clear();
+    std::istringstream kids(read_file("/proc/" + std::to_string(master) + "/task/" +
+                                      std::to_string(master) + "/children"));
+    pid_t w;
+    while (kids >> w) {
+      if (read_file("/proc/" + std::to_string(w) + "/status").find("Uid:\t65534") !=
+          std::string::npos)
+        workers.push_back(w);
+    }
+    if (workers.size() < 2) std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_EQ(workers.size(), 2u) << read_file(dir + "/error.log");
+  std::vector<std::unique_ptr<Hotprobe>> sessions;
+  for (pid_t w : workers) {
+    sessions.push_back(std::make_unique<Hotprobe>(
+        attach_args(w, "uprobe:/usr/sbin/nginx:ngx_http_create_request { @ = count(); }")));
+  }
+  for (auto& hp : sessions)
+    ASSERT_TRUE(hp->wait_for_output("Attaching 1 probe...\n")) << hp->wait().err;
+  // N requests, one connection each.
+  constexpr int kRequests = 200;
+  int served = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    int c = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<std::uint16_t>(port));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(c, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0) {
+      const std::string req = "GET / HTTP/1.0\r\nHost: x\r\n\r\n";
+      if (::write(c, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+        std::string resp;
+        char buf[512];
+        ssize_t n;
+        while ((n = ::read(c, buf, sizeof buf)) > 0)
+          resp.append(buf, static_cast<std::size_t>(n));
+        if (resp.starts_with("HTTP/1.1 200")) ++served;
+      }
+    }
+    ::close(c);
+  }
+  EXPECT_EQ(served, kRequests);
+  long total = 0;
+  std::string outs;
+  for (auto& hp : sessions) {
+    hp->interrupt();
+    Outcome r = hp->wait();
+    EXPECT_EQ(r.code, 0) << r.err;
+    auto at = r.out.find("\n@: ");
+    long n = at == std::string::npos ? 0 : std::stol(r.out.substr(at + 4));
+    outs += std::to_string(n) + " ";
+    total += n;
+  }
+  std::printf("[ nginx    ] per worker: %s(%d requests served)\n", outs.c_str(), served);
+  EXPECT_EQ(total, served) << outs;
+}
+
+// The agent refuses a request it cannot use (a malformed one; one naming a channel nobody
+// listens on) and returns without starting anything: no agent thread, the process runs
+// on, and the unload that `hotprobe attach` does after such a refusal succeeds. (The
+// agent library itself stays mapped, dormant: it has STB_GNU_UNIQUE symbols, which make
+// the loader keep it, as after any session.)
+TEST(HotprobeAttachUsers, AgentRefusalStartsNothing) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"read"});
+  ASSERT_TRUE(t.ready());
+  auto loaded = hp::inject::load_library(t.pid(), HP_AGENT);
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message();
+  ASSERT_TRUE(agent_loaded(t.pid()));
+  const std::uint64_t args[] = {hp::inject::kDataArgument};
+  for (std::string request : {std::string("bogus"),
+                              std::string("hotprobe-attach 1 1 0123456789abcdef0123456789abcdef")}) {
+    auto rc = hp::inject::call_function_with_data(t.pid(), HP_AGENT, "hotprobe_agent_attach",
+                                                  args, {request.c_str(), request.size() + 1});
+    ASSERT_TRUE(rc.ok()) << rc.error().message();
+    // A malformed request: EINVAL; a well-formed one naming no listener: ECONNREFUSED.
+    EXPECT_TRUE(*rc == -EINVAL || *rc == -ECONNREFUSED) << request << ": " << *rc;
+  }
+  auto unloaded = hp::inject::unload_library(t.pid(), loaded->handle);
+  ASSERT_TRUE(unloaded.ok()) << unloaded.error().message();
+  const std::string task = "/proc/" + std::to_string(t.pid()) + "/task/";
+  if (DIR* d = ::opendir(task.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      if (e->d_name[0] != '.') {
+        EXPECT_NE(read_file(task + e->d_name + "/comm"), "hotprobe-agent\n");
+      }
+    }
+    ::closedir(d);
+  }
+  t.send("hello\n");
+  EXPECT_EQ(t.line(), "got hello");
+  EXPECT_EQ(t.wait_exit(), 0);
 }
 
 }  // namespace
