@@ -530,7 +530,11 @@ TEST(HotprobeAttach, TwentyCyclesEachCountTheirOwnWindowNoThreadLeft) {
 // from the warm-up on, a cycle adds no mapping and no descriptor.
 TEST(HotprobeAttach, TwentyCyclesLeakNoMappingsOrDescriptors) {
   HP_SKIP_IF_SANITIZED();
-  constexpr long kSlack = 0;  // beyond the warm-up's one-time mappings
+  // Beyond the warm-up's one-time mappings: glibc's stack cache may keep one more thread
+  // stack (2 lines: stack and guard) when a session's thread starts before the previous
+  // session's has finished exiting, which a loaded machine makes likely. A leak per
+  // attach adds lines every cycle: 15 cycles after the warm-up show it far above this.
+  constexpr long kSlack = 4;
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
   CycleCounts c;
