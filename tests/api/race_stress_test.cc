@@ -286,6 +286,11 @@ Totals run(Driver& d, const RunSetup& s) {
   g_epoch = &epoch;
   std::atomic<bool> stop{false};
   std::atomic<int> ready{0};
+  // Whether some call ran wholly inside an attached window, and some wholly inside a
+  // detached one: the run goes on (up to its hard deadline) until both happened, so a
+  // loaded machine that stretches every call across a boundary does not make the run
+  // prove nothing. Written once each (a relaxed load first keeps the line shared).
+  std::atomic<bool> saw_attached{false}, saw_idle{false};
   Totals per[kWorkers];
   const long nfn = static_cast<long>(s.fns.size());
 
@@ -314,8 +319,14 @@ Totals run(Driver& d, const RunSetup& s) {
       }
       const bool attached_window = e0 == e1 && e0 % 4 == 2;
       const bool idle_window = e0 == e1 && e0 % 4 == 0;
-      if (attached_window) v.must++;
-      if (idle_window) v.idle++;
+      if (attached_window) {
+        v.must++;
+        if (!saw_attached.load(std::memory_order_relaxed)) saw_attached.store(true);
+      }
+      if (idle_window) {
+        v.idle++;
+        if (!saw_idle.load(std::memory_order_relaxed)) saw_idle.store(true);
+      }
       if (!attached_window && !idle_window) v.boundary++;
       for (Cookie* c : s.watched[fn]) {
         const std::uint64_t n = counted(*c, t, seq);
@@ -371,7 +382,9 @@ Totals run(Driver& d, const RunSetup& s) {
   const auto hard_deadline = Clock::now() + 4 * s.duration + std::chrono::seconds(2);
   for (std::uint64_t k = 0;; k++) {
     const auto now = Clock::now();
-    if (now >= hard_deadline || (now >= deadline && k >= s.min_cycles)) break;
+    if (now >= hard_deadline ||
+        (now >= deadline && k >= s.min_cycles && saw_attached.load() && saw_idle.load()))
+      break;
     epoch.store(4 * k + 1, std::memory_order_seq_cst);
     const auto t0 = Clock::now();
     std::string err = d.attach();
