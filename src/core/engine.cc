@@ -745,6 +745,7 @@ struct EngineImpl {
         }
       }
     }
+    if (std::find(to_int3.begin(), to_int3.end(), true) == to_int3.end()) return;
     const BuildEnv env = build_env(reg);
     for (std::size_t n = 0; n < jobs.size(); n++) {
       if (!to_int3[n]) continue;
@@ -1657,20 +1658,45 @@ Scheme Engine::scheme() const noexcept {
   return impl_->options.scheme;
 }
 
+namespace {
+
+// While a thread runs the engine's attach or detach, the calls the engine itself makes
+// (strlen and malloc while resolving, free while retiring) are hotprobe's, not the
+// program's: a probe they hit is a miss (Stats::misses_recursion), as a hit inside a
+// handler is, so a count on strlen is the program's calls, as bpftrace counts them.
+class EngineCallScope {
+ public:
+  EngineCallScope() : saved_(hp::core::tls_state.in_handler) {
+    hp::core::tls_state.in_handler = true;
+  }
+  ~EngineCallScope() { hp::core::tls_state.in_handler = saved_; }
+  EngineCallScope(const EngineCallScope&) = delete;
+  EngineCallScope& operator=(const EngineCallScope&) = delete;
+
+ private:
+  bool saved_;
+};
+
+}  // namespace
+
 Result<std::vector<Handle>> Engine::attach(const ProbeSpec& spec) {
+  EngineCallScope scope;
   auto r = impl_->attach(std::span<const ProbeSpec>(&spec, 1), BatchMode::best_effort);
   return std::move(r[0]);
 }
 
 std::vector<Result<std::vector<Handle>>> Engine::attach(std::span<const ProbeSpec> specs,
                                                         BatchMode mode) {
+  EngineCallScope scope;
   return impl_->attach(specs, mode);
 }
 
 Result<void> Engine::detach(std::span<const Handle> handles) {
+  EngineCallScope scope;
   return impl_->detach(handles, true);
 }
 Result<void> Engine::detach_nosync(std::span<const Handle> handles) {
+  EngineCallScope scope;
   return impl_->detach(handles, false);
 }
 void Engine::sync() {

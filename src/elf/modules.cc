@@ -402,6 +402,11 @@ std::vector<std::string> ModuleList::file_paths(const Module& m) const {
 }
 
 Result<std::shared_ptr<const ElfFile>> ModuleList::elf(const Module& m) const {
+  if (self_ && !m.path.ends_with(kDeleted)) {
+    // The common case first, with no other path made: the cache holds the file.
+    auto r = load_elf(m.key, m.path);
+    if (r.ok()) return r;
+  }
   Error first;
   for (const std::string& path : file_paths(m)) {
     auto r = load_elf(m.key, path);
