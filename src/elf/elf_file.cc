@@ -836,7 +836,8 @@ std::uint64_t elf_files_parsed() {
   return g_parsed.load(std::memory_order_relaxed);
 }
 
-Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path) {
+Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path,
+                                                std::string_view name) {
   std::shared_ptr<Slot> slot;
   {
     Cache& c = cache();
@@ -850,7 +851,7 @@ Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string
   auto opened = open_regular_file(path, key);
   if (!opened.ok()) return opened.error();
   const int fd = *opened;
-  auto r = load_elf_uncached(fd, path);
+  auto r = load_elf_uncached(fd, name.empty() ? path : std::string(name));
   if (!r.ok()) return r.error();
   g_parsed.fetch_add(1, std::memory_order_relaxed);
   slot->file = *r;

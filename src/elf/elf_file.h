@@ -186,7 +186,11 @@ class ElfFile {
 // The ElfFile for (device, inode) `key`, parsed from `path` the first time and cached for
 // the life of the process. The file opened must still be `key` (a library replaced on
 // disk after it was mapped is refused with not_found, naming both).
-Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path);
+// `name`, if given, is the file's path() (for messages and read_bytes) when `path` is
+// only a way to reach it (/proc/PID/map_files/..., /proc/PID/root/...), which does not
+// outlive that process while the cached ElfFile does.
+Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path,
+                                                std::string_view name = {});
 // The same for a path a user gave: the key comes from stat(2).
 Result<std::shared_ptr<const ElfFile>> load_elf(const std::string& path);
 // Parses the open file `fd` (taken over) without consulting the cache: for tests and

@@ -407,9 +407,12 @@ Result<std::shared_ptr<const ElfFile>> ModuleList::elf(const Module& m) const {
     auto r = load_elf(m.key, m.path);
     if (r.ok()) return r;
   }
+  // Named by its own path while that names it (a /proc path dies with its process; the
+  // cached ElfFile does not).
+  const std::string_view name = m.path.ends_with(kDeleted) ? std::string_view() : m.path;
   Error first;
   for (const std::string& path : file_paths(m)) {
-    auto r = load_elf(m.key, path);
+    auto r = load_elf(m.key, path, name);
     if (r.ok()) return r;
     if (!first) first = r.error();
   }
