@@ -693,12 +693,31 @@ struct EngineImpl {
     auto range_of = [](const Site* s, std::size_t job) {
       return Range{s->patch_address, s->patch_address + s->patched.size(), job, s};
     };
+    // The sites already there that could touch the batch's: the whole registry when it
+    // is not much larger than the batch, else the few keys around each new place (a
+    // patch starts at most 4 bytes after its probe, endbr64, and holds at most 15), so
+    // attaching one probe at a time to a process with 10,000 costs 40 lookups, not a
+    // walk of the registry.
     std::vector<Range> old;
-    reg.sites_.for_each([&](const SiteKey&, Site* s) {
-      if (s->patched.size() > 0) old.push_back(range_of(s, jobs.size()));
-    });
+    if (reg.sites_.size() <= 8 * jobs.size()) {
+      reg.sites_.for_each([&](const SiteKey&, Site* s) {
+        if (s->patched.size() > 0) old.push_back(range_of(s, jobs.size()));
+      });
+    } else {
+      constexpr std::uint64_t kReach = 4 + PatchBytes::kCapacity + 1;
+      for (const BuildJob& j : jobs) {
+        const SiteKey& k = targets[j.target].key;
+        for (std::uint64_t q = k.off > kReach ? k.off - kReach : 0; q < k.off + kReach; q++) {
+          if (Site* s = reg.sites_.get({k.dev, k.ino, q}); s && s->patched.size() > 0)
+            old.push_back(range_of(s, jobs.size()));
+        }
+      }
+    }
     std::sort(old.begin(), old.end(),
               [](const Range& a, const Range& b) { return a.start < b.start; });
+    old.erase(std::unique(old.begin(), old.end(),
+                          [](const Range& a, const Range& b) { return a.site == b.site; }),
+              old.end());
     // The existing site whose patch holds [start, end), if any.
     auto old_over = [&](std::uintptr_t start, std::uintptr_t end) -> const Site* {
       auto it = std::lower_bound(old.begin(), old.end(), end,

@@ -590,12 +590,35 @@ TEST(Engine, ProbesAFewBytesApartInOneBatch) {
   EXPECT_EQ(c0.entries, 10);
 }
 
+void one_at_a_time(Engine& engine);
+
 // One at a time: a probe over the bytes of an existing jump site is placed in int3 mode
 // (its own jump would overwrite the other's); a probe inside the bytes an existing jump
 // moved into its trampoline is refused, saying what to do. Detaching either leaves the
 // other working.
 TEST(Engine, ProbesAFewBytesApartOneAtATime) {
   auto e = make_engine();
+  // With many sites already there, a single attach looks up its neighbours by key
+  // instead of walking them all: the same answers either way (with_others).
+  for (const bool with_others : {false, true}) {
+    SCOPED_TRACE(with_others ? "many sites already" : "few sites already");
+    Counter others;
+    std::vector<Handle> other_handles;
+    if (with_others) {
+      for (const char* glob : {"libc:getpw*", "libc:getgr*"}) {
+        auto h = e->attach(spec(glob, &others));
+        ASSERT_TRUE(h.ok()) << h.error().message();
+        other_handles.insert(other_handles.end(), h->begin(), h->end());
+      }
+      ASSERT_GE(e->stats().consumers, 10u);
+    }
+    one_at_a_time(*e);
+    ASSERT_TRUE(e->detach(other_handles).ok());
+  }
+}
+
+void one_at_a_time(Engine& engine) {
+  Engine* e = &engine;
   Counter c0, c2;
   auto h2 = e->attach(spec(":hp_t_near+2", &c2));
   ASSERT_TRUE(h2.ok()) << h2.error().message();
