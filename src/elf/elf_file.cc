@@ -582,14 +582,21 @@ Result<Target> ElfFile::place_at(std::uint64_t off, std::string_view spec, bool 
     t.offset_in_symbol = off - t.symbol->file_offset;
     return t;
   }
+  auto before =
+      std::upper_bound(symbols_.begin(), symbols_.end(), off,
+                       [](std::uint64_t o, const Symbol& s) { return o < s.file_offset; });
+  if (before != symbols_.begin() && std::prev(before)->size == 0) {
+    // After a function whose size was not recorded (assembly without .size): taken as
+    // inside it, as NAME+OFFSET would be; decoding from its start still checks the place.
+    t.symbol = &*std::prev(before);
+    t.offset_in_symbol = off - t.symbol->file_offset;
+    return t;
+  }
   if (!has_symtab_) return t;  // stripped: its functions are not known, so taken as given
   // Between functions (padding, or code no symbol covers): no function start to decode
   // from, so no way to know it starts an instruction.
   const std::string where = is_vaddr ? "address " + hex(t.vaddr) : "file offset " + hex(off);
   std::string msg = where + " ('" + std::string(spec) + "') is in no function of " + path_;
-  auto before =
-      std::upper_bound(symbols_.begin(), symbols_.end(), off,
-                       [](std::uint64_t o, const Symbol& s) { return o < s.file_offset; });
   if (before != symbols_.begin()) {
     const Symbol& p = *std::prev(before);
     msg += "; the function before it, " + std::string(p.name) + ", spans " +

@@ -330,6 +330,20 @@ TEST(Symbols, AddressOutsideEveryFunctionIsRefused) {
   }
 }
 
+// A function without a recorded size covers what follows it: an address there is
+// OFFSET into it (the engine decodes from its start), as NAME+OFFSET would be.
+TEST(Symbols, AddressAfterAnUnsizedFunction) {
+  auto f = fixture_elf();
+  ASSERT_TRUE(f);
+  const Symbol* unsized = only(*f, "hp_fx_unsized");
+  ASSERT_NE(unsized, nullptr);
+  EXPECT_EQ(unsized->size, 0u);
+  auto t = f->lookup_one(hex(unsized->value + 5));
+  ASSERT_TRUE(t.ok()) << t.error().message();
+  EXPECT_EQ(t->symbol, unsized);
+  EXPECT_EQ(t->offset_in_symbol, 5u);
+}
+
 // GCC's .cold fragments are pieces of functions: a glob skips them unless it names them;
 // an explicit name finds them (marked); clones (.part.N) are functions.
 TEST(Symbols, ColdFragmentsAreNotFunctions) {
