@@ -346,8 +346,9 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
   if (colon == std::string::npos) {
     return Error(Errc::invalid_argument,
                  "probe target '" + spec.target +
-                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET "
-                     "or MODULE:0xFILEOFFSET (MODULE may be empty for the program)");
+                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET, MODULE:0xADDRESS "
+                     "(as nm prints it) or MODULE:fileoff:0xOFFSET (MODULE may be empty for "
+                     "the program)");
   }
   std::string_view module_spec(spec.target.data(), colon);
   std::string_view rest(spec.target.data() + colon + 1, spec.target.size() - colon - 1);

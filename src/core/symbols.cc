@@ -32,8 +32,9 @@ Result<std::vector<FunctionInfo>> resolve_functions(std::string_view target) {
   if (colon == std::string_view::npos) {
     return Error(Errc::invalid_argument,
                  "probe target '" + std::string(target) +
-                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET or "
-                     "MODULE:0xFILEOFFSET (MODULE may be empty for the program)");
+                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET, "
+                     "MODULE:0xADDRESS (as nm prints it) or MODULE:fileoff:0xOFFSET (MODULE "
+                     "may be empty for the program)");
   }
   std::string_view module_spec = target.substr(0, colon);
   std::string_view rest = target.substr(colon + 1);
