@@ -50,8 +50,16 @@ Result<std::vector<FunctionInfo>> resolve_functions(std::string_view target) {
       if (!elf.ok()) return elf.error();
       auto found = (*elf)->lookup(rest);
       if (!found.ok()) return found.error();
-      for (const auto& t : *found)
+      for (const auto& t : *found) {
+        if (t.symbol && t.symbol->is_ifunc()) {
+          // As the engine says: the implementation is chosen when the file is loaded.
+          return Error(Errc::unsupported,
+                       std::string(t.symbol->name) +
+                           " is an IFUNC, whose implementation is known only once " +
+                           std::string(module_spec) + " is loaded: ask after it is loaded");
+        }
         out.push_back(info_of(std::string(module_spec), t));
+      }
       return out;
     }
     return mod.error();
