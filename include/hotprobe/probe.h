@@ -5,7 +5,7 @@
 //   std::atomic<long> calls;   // or, better, a per-thread counter
 //   auto engine = hotprobe::Engine::create().value();
 //   hotprobe::ProbeSpec spec;
-//   spec.target = "libc:malloc";                       // module:symbol[+off] | module:0xOFF
+//   spec.target = "libc:malloc";                       // module:symbol[+off] | module:0xADDR
 //   spec.on_entry = [](hotprobe::Hit& h) { ++*static_cast<std::atomic<long>*>(h.cookie); };
 //   spec.cookie = &calls;
 //   auto handles = engine->attach(spec);                // Result<std::vector<Handle>>
@@ -55,10 +55,22 @@ using Handler = void (*)(Hit& hit);
 using Filter = bool (*)(const Hit& hit);
 
 struct ProbeSpec {
-  // "module:symbol", "module:symbol+OFFSET", "module:0xFILEOFFSET"; globs in the symbol
-  // ("libfoo:handle_*") attach one probe per match. module: a path, a soname
-  // ("libc.so.6"), a short name ("libc"), or empty / the program's name for the
-  // executable.
+  // What to probe, "MODULE:WHAT":
+  //   MODULE:symbol           a function's entry (an IFUNC such as libc's strlen: the
+  //                           implementation the loader picked for this process)
+  //   MODULE:symbol+OFFSET    OFFSET bytes into it (decimal or 0x hex), an instruction start
+  //   MODULE:0xADDR           the virtual address nm(1) prints for the file (as bpftrace
+  //                           reads it), inside a function and at an instruction start
+  //   MODULE:fileoff:0xOFF    a file offset, as the kernel's uprobe_events take it
+  //   MODULE:handle_*         a glob: one probe per matching function
+  // The instruction start is checked by decoding from the function's first byte; an
+  // address in no function is refused, except in a stripped file (no symbol table), where
+  // it is taken as given. Fragments of functions (NAME.cold, NAME.cold.N: code GCC moved
+  // out of line, entered by a jump) are not functions: globs skip them unless the
+  // pattern names them (".cold"); named explicitly, an entry probe there is an instruction
+  // probe and a return probe is refused. MODULE: a path (symlinks followed: the file they
+  // lead to), a file name or soname ("libc.so.6"), a short name ("libc"), the name the
+  // program was started as or a command in PATH, or empty for the executable.
   std::string target;
   Handler on_entry = nullptr;
   Handler on_return = nullptr;  // a return probe (only at a function's entry)

@@ -1,4 +1,11 @@
 // `hotprobe list`: the probe-able functions of one module, in bpftrace's -l form.
+//
+// Fragments of functions (NAME.cold, NAME.cold.N: the unlikely paths GCC moves out of
+// line) are not functions and are not listed, as globs in probe targets skip them; a
+// pattern that names them ("hotprobe list ./prog '*.cold*'") lists them, each marked
+// " (fragment)": an entry probe there is an instruction probe, a return probe is refused.
+// A file with no function to list (stripped, nothing exported) is an error that says
+// what would help, exit status 1.
 #include <link.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -35,6 +42,21 @@ bool library_matches(std::string_view file, std::string_view name) {
   };
   if (try_one(name)) return true;
   return !name.starts_with("lib") && try_one(fmt::format("lib{}", name));
+}
+
+// NAME.cold or NAME.cold.N (the rule of hp::elf::is_fragment_name, which this program
+// does not link).
+bool is_fragment(std::string_view name) {
+  name = name.substr(0, name.find('@'));
+  for (auto pos = name.find(".cold"); pos != std::string_view::npos;
+       pos = name.find(".cold", pos + 1)) {
+    std::string_view rest = name.substr(pos + 5);
+    if (pos > 0 &&
+        (rest.empty() || (rest.size() > 1 && rest[0] == '.' &&
+                          rest.find_first_not_of("0123456789", 1) == std::string_view::npos)))
+      return true;
+  }
+  return false;
 }
 
 std::string base_name(std::string_view path) {
@@ -132,7 +154,7 @@ int list(const std::string& module, const std::string& glob) {
   names.erase(std::unique(names.begin(), names.end()), names.end());
   std::string out;
   for (const auto& n : names)
-    out += fmt::format("uprobe:{}:{}\n", path, n);
+    out += fmt::format("uprobe:{}:{}{}\n", path, n, is_fragment(n) ? " (fragment)" : "");
   std::fwrite(out.data(), 1, out.size(), stdout);
   return std::fflush(stdout) == 0 ? kExitOk : kExitError;
 }

@@ -209,6 +209,10 @@ struct Target {
   std::uint64_t function_size = 0;
   std::uint64_t offset = 0;  // probe address - function
   bool has_symbol = false;
+  // The place is in a fragment (NAME.cold): entered by a jump from the middle of its
+  // function, so flags are live and the stack is the function's (an instruction probe,
+  // never a function entry), and no return probe goes there.
+  bool fragment = false;
   bool pending = false;  // the module is not loaded yet: applied when it is
   std::string describe;
   // Filled in by attach() under the registry lock: the site already there, or the index
@@ -216,6 +220,30 @@ struct Target {
   Site* known = nullptr;
   std::size_t job = 0;
 };
+
+// A return probe needs a function's entry, reached by a call: not an offset into one, not
+// an address outside every function, not a fragment (NAME.cold, reached by a jump: a
+// return probe there would take its function's return address as its own).
+Result<void> check_return_place(const ProbeSpec& spec, const Target& tg, const elf::Symbol* sym) {
+  if (!spec.on_return) return {};
+  if (sym && sym->fragment && tg.offset == 0) {
+    std::string_view name = sym->name;
+    const std::string parent(name.substr(0, name.find(".cold")));
+    return Error(Errc::invalid_argument,
+                 "a return probe goes on a function's entry, and '" + tg.describe +
+                     "' is a fragment of " + parent +
+                     " (its unlikely path, which the compiler moved out of line): it is entered "
+                     "by a jump, not a call, so it has no return of its own; probe the return "
+                     "of " +
+                     parent + " instead, or use an entry probe on the fragment");
+  }
+  if (tg.offset != 0 || !sym) {
+    return Error(Errc::invalid_argument,
+                 "a return probe goes on a function's entry, and '" + tg.describe +
+                     "' is not one: drop the offset, or use an entry probe there");
+  }
+  return {};
+}
 
 // A target in a file that is not loaded: applied when a dlopen maps it.
 Result<void> resolve_pending(std::string_view path, std::string_view rest, const ProbeSpec& spec,
@@ -238,12 +266,11 @@ Result<void> resolve_pending(std::string_view path, std::string_view rest, const
     tg.has_symbol = t.symbol != nullptr;
     tg.function_file_offset = t.file_offset - t.offset_in_symbol;
     tg.function_size = t.symbol ? t.symbol->size : 0;
+    tg.fragment = t.symbol && t.symbol->fragment;
     tg.describe = base + ":" + (t.symbol ? std::string(t.symbol->name) : std::string());
-    if (!t.symbol) tg.describe += "0x" + std::to_string(t.file_offset);
-    if (spec.on_return && (tg.offset != 0 || !t.symbol)) {
-      return Error(Errc::invalid_argument, "a return probe goes on a function's entry, and '" +
-                                               tg.describe + "' is not one");
-    }
+    if (t.symbol && tg.offset) tg.describe += "+" + hex(tg.offset);
+    if (!t.symbol) tg.describe += "fileoff:" + hex(t.file_offset);
+    HP_TRY(check_return_place(spec, tg, t.symbol));
     out.push_back(std::move(tg));
   }
   return {};
@@ -319,8 +346,9 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
   if (colon == std::string::npos) {
     return Error(Errc::invalid_argument,
                  "probe target '" + spec.target +
-                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET "
-                     "or MODULE:0xFILEOFFSET (MODULE may be empty for the program)");
+                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET, MODULE:0xADDRESS "
+                     "(as nm prints it) or MODULE:fileoff:0xOFFSET (MODULE may be empty for "
+                     "the program)");
   }
   std::string_view module_spec(spec.target.data(), colon);
   std::string_view rest(spec.target.data() + colon + 1, spec.target.size() - colon - 1);
@@ -362,15 +390,14 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
     // module's own file is held by the cache).
     std::shared_ptr<const elf::ElfFile> holder;
     if (sym && sym->is_ifunc()) {
-      // Probe the implementation the loader selected, like the kernel does for IFUNCs.
-      auto impl = mods.resolve_ifunc(*m, *sym);
+      // Probe the implementation the loader selected (elf::ModuleList::implementation_of,
+      // which resolve_functions uses too).
+      auto impl = mods.implementation_of(*m, *sym);
       if (!impl.ok()) return impl.error();
-      auto loc = mods.locate(impl->address);
-      if (!loc.ok()) return loc.error();
-      m = loc->module;
-      file_offset = loc->file_offset + in_sym;
-      sym = loc->symbol;
-      holder = loc->elf;
+      m = impl->module;
+      file_offset = impl->file_offset + in_sym;
+      sym = impl->symbol;
+      holder = impl->elf;
       in_sym = sym ? file_offset - sym->file_offset : 0;
     }
     auto addr = m->offset_to_address(file_offset);
@@ -380,6 +407,7 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
     tg.offset = in_sym;
     tg.function_file_offset = file_offset - in_sym;
     tg.has_symbol = sym != nullptr;
+    tg.fragment = sym && sym->fragment;
     if (sym) {
       tg.function = *addr - in_sym;
       tg.function_size = sym->size;
@@ -391,13 +419,9 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
     } else {
       tg.function = *addr;
       tg.function_size = 0;
-      tg.describe = std::string(m->name()) + ":" + hex(file_offset);
+      tg.describe = std::string(m->name()) + ":fileoff:" + hex(file_offset);
     }
-    if (spec.on_return && (tg.offset != 0 || !sym)) {
-      return Error(Errc::invalid_argument,
-                   "a return probe goes on a function's entry, and '" + tg.describe +
-                       "' is not one: drop the offset, or use an entry probe there");
-    }
+    HP_TRY(check_return_place(spec, tg, sym));
     out.push_back(std::move(tg));
   }
   return {};
@@ -484,6 +508,11 @@ struct EngineImpl {
     Error jmp_error;
     if (!spec.force_int3 && t.function_size) {
       auto plan = arch::plan_displacement(fn, t.function, t.offset);
+      if (plan.ok() && t.fragment) {
+        // Not a function's entry: flags are live, the stack is the parent function's.
+        plan->at_entry = false;
+        plan->flags_live = true;
+      }
       if (plan.ok()) {
         auto slot = slots.take(plan->patch_address);
         if (slot.ok()) {
@@ -575,7 +604,7 @@ struct EngineImpl {
     }
     site->mode = SiteMode::int3;
     site->patch_address = probe;
-    site->at_entry = t.offset == 0 && t.function_size;
+    site->at_entry = t.offset == 0 && t.function_size && !t.fragment;
     site->original = {iplan->original[0]};
     site->patched = {0xCC};
     site->resume = slot->address;
@@ -647,6 +676,120 @@ struct EngineImpl {
     });
   }
 
+  // Patched bytes may not overlap: two probes a few bytes apart (malloc and malloc+2)
+  // would have the first's jump cover the second. Among the batch's new sites, every jmp
+  // site whose patch overlaps another site's is built again in int3 mode (one byte at
+  // its own address; the relocated copy of the first instruction runs into the second's
+  // int3, so both hit). A new probe inside the bytes an existing jmp site displaced into
+  // its trampoline is refused: that code no longer runs from its place (attach both in
+  // one batch, or detach the other first). A new jmp site over an existing one's bytes
+  // becomes int3 as well.
+  void separate_overlaps(std::span<BuildJob> jobs, std::span<const Target> targets,
+                         std::span<const ProbeSpec> specs, Registry& reg) HP_REQUIRES(reg.mu_) {
+    struct Range {
+      std::uintptr_t start, end;
+      std::size_t job;  // jobs.size() for an existing site
+      const Site* site;
+    };
+    auto range_of = [](const Site* s, std::size_t job) {
+      return Range{s->patch_address, s->patch_address + s->patched.size(), job, s};
+    };
+    // The sites already there that could touch the batch's: the whole registry when it
+    // is not much larger than the batch, else the few keys around each new place (a
+    // patch starts at most 4 bytes after its probe, endbr64, and holds at most 15), so
+    // attaching one probe at a time to a process with 10,000 costs 40 lookups, not a
+    // walk of the registry.
+    std::vector<Range> old;
+    if (reg.sites_.size() <= 8 * jobs.size()) {
+      reg.sites_.for_each([&](const SiteKey&, Site* s) {
+        if (s->patched.size() > 0) old.push_back(range_of(s, jobs.size()));
+      });
+    } else {
+      constexpr std::uint64_t kReach = 4 + PatchBytes::kCapacity + 1;
+      for (const BuildJob& j : jobs) {
+        const SiteKey& k = targets[j.target].key;
+        for (std::uint64_t q = k.off > kReach ? k.off - kReach : 0; q < k.off + kReach; q++) {
+          if (Site* s = reg.sites_.get({k.dev, k.ino, q}); s && s->patched.size() > 0)
+            old.push_back(range_of(s, jobs.size()));
+        }
+      }
+    }
+    std::sort(old.begin(), old.end(),
+              [](const Range& a, const Range& b) { return a.start < b.start; });
+    old.erase(std::unique(old.begin(), old.end(),
+                          [](const Range& a, const Range& b) { return a.site == b.site; }),
+              old.end());
+    // The existing site whose patch holds [start, end), if any.
+    auto old_over = [&](std::uintptr_t start, std::uintptr_t end) -> const Site* {
+      auto it = std::lower_bound(old.begin(), old.end(), end,
+                                 [](const Range& r, std::uintptr_t e) { return r.start < e; });
+      // The ranges do not overlap one another, so only the one before `end` can hold it.
+      if (it == old.begin()) return nullptr;
+      --it;
+      return it->end > start ? it->site : nullptr;
+    };
+    std::vector<bool> to_int3(jobs.size(), false);
+    std::vector<Range> fresh;
+    for (std::size_t n = 0; n < jobs.size(); n++) {
+      BuildJob& j = jobs[n];
+      const Target& t = targets[j.target];
+      const std::uintptr_t probe = t.function + t.offset;
+      if (!old.empty()) {
+        if (const Site* o = old_over(probe, probe + 1); o && o->mode == SiteMode::jmp) {
+          if (j.site) free_sites(std::span<Site* const>(&j.site, 1), reg);
+          j.site = nullptr;
+          j.error = Error(Errc::busy,
+                          t.describe + " lies in the " + std::to_string(o->patched.size()) +
+                              " bytes at " + hex(o->patch_address) +
+                              " that the probe there moved into its trampoline, so the code at " +
+                              hex(probe) +
+                              " no longer runs from its place: attach both probes in one batch "
+                              "(hotprobe then puts both in int3 mode), or detach the other "
+                              "first");
+          continue;
+        }
+      }
+      if (!j.site) continue;
+      if (!old.empty() && j.site->mode == SiteMode::jmp &&
+          old_over(j.site->patch_address, j.site->patch_address + j.site->patched.size())) {
+        to_int3[n] = true;
+      }
+      fresh.push_back(range_of(j.site, n));
+    }
+    std::sort(fresh.begin(), fresh.end(),
+              [](const Range& a, const Range& b) { return a.start < b.start; });
+    for (std::size_t a = 0; a < fresh.size(); a++) {
+      for (std::size_t b = a + 1; b < fresh.size() && fresh[b].start < fresh[a].end; b++) {
+        for (const Range* r : {&fresh[a], &fresh[b]}) {
+          if (r->site->mode == SiteMode::jmp) to_int3[r->job] = true;
+        }
+      }
+    }
+    if (std::find(to_int3.begin(), to_int3.end(), true) == to_int3.end()) return;
+    const BuildEnv env = build_env(reg);
+    for (std::size_t n = 0; n < jobs.size(); n++) {
+      if (!to_int3[n]) continue;
+      BuildJob& j = jobs[n];
+      const Target& t = targets[j.target];
+      free_sites(std::span<Site* const>(&j.site, 1), reg);
+      j.site = nullptr;
+      ProbeSpec spec = specs[j.spec];
+      if (!spec.allow_int3) {
+        j.error = Error(Errc::not_relocatable,
+                        t.describe +
+                            ": its 5-byte jump would overlap the patch of another probe a few "
+                            "bytes away, and int3 mode is disabled for this probe");
+        continue;
+      }
+      spec.force_int3 = true;
+      auto built = build_site(t, spec, env, reg.entry_builder_, reg.code_, std::nullopt);
+      if (built.ok())
+        j.site = *built;
+      else
+        j.error = built.error();
+    }
+  }
+
   // Takes t.describe: the target is not used after its consumer is made.
   // `saves_vectors`: handlers_need_vector_saves(spec), which a batch works out once per set
   // of handlers (VectorSavesMemo).
@@ -671,6 +814,7 @@ struct EngineImpl {
     c->function_size = t.function_size;
     c->offset = t.offset;
     c->has_symbol = t.has_symbol;
+    c->fragment = t.fragment;
     c->describe = std::move(t.describe);
     return c;
   }
@@ -885,6 +1029,7 @@ struct EngineImpl {
       }
     }
     build_all(jobs, targets, specs, reg, *helper);
+    separate_overlaps(jobs, targets, specs, reg);
     helper.reset();  // no second CPU spinning through the patching
     std::vector<std::pair<std::size_t, Consumer*>> made;  // (spec index, consumer)
     made.reserve(specs.size());
@@ -1221,6 +1366,7 @@ struct EngineImpl {
         t.function_size = c->function_size;
         t.offset = c->offset;
         t.has_symbol = c->has_symbol;
+        t.fragment = c->fragment;
         t.describe = c->describe;
         ProbeSpec ps;
         ps.vector_registers = c->vector_registers;
@@ -1532,20 +1678,45 @@ Scheme Engine::scheme() const noexcept {
   return impl_->options.scheme;
 }
 
+namespace {
+
+// While a thread runs the engine's attach or detach, the calls the engine itself makes
+// (strlen and malloc while resolving, free while retiring) are hotprobe's, not the
+// program's: a probe they hit is a miss (Stats::misses_recursion), as a hit inside a
+// handler is, so a count on strlen is the program's calls, as bpftrace counts them.
+class EngineCallScope {
+ public:
+  EngineCallScope() : saved_(hp::core::tls_state.in_handler) {
+    hp::core::tls_state.in_handler = true;
+  }
+  ~EngineCallScope() { hp::core::tls_state.in_handler = saved_; }
+  EngineCallScope(const EngineCallScope&) = delete;
+  EngineCallScope& operator=(const EngineCallScope&) = delete;
+
+ private:
+  bool saved_;
+};
+
+}  // namespace
+
 Result<std::vector<Handle>> Engine::attach(const ProbeSpec& spec) {
+  EngineCallScope scope;
   auto r = impl_->attach(std::span<const ProbeSpec>(&spec, 1), BatchMode::best_effort);
   return std::move(r[0]);
 }
 
 std::vector<Result<std::vector<Handle>>> Engine::attach(std::span<const ProbeSpec> specs,
                                                         BatchMode mode) {
+  EngineCallScope scope;
   return impl_->attach(specs, mode);
 }
 
 Result<void> Engine::detach(std::span<const Handle> handles) {
+  EngineCallScope scope;
   return impl_->detach(handles, true);
 }
 Result<void> Engine::detach_nosync(std::span<const Handle> handles) {
+  EngineCallScope scope;
   return impl_->detach(handles, false);
 }
 void Engine::sync() {

@@ -45,6 +45,7 @@ struct Consumer {
   std::uint64_t dev = 0, ino = 0, file_offset = 0;
   std::uint64_t function_file_offset = 0, function_size = 0, offset = 0;
   bool has_symbol = false;
+  bool fragment = false;  // in a NAME.cold fragment: an instruction probe (engine.cc Target)
   std::string describe;
 };
 

@@ -32,8 +32,9 @@ Result<std::vector<FunctionInfo>> resolve_functions(std::string_view target) {
   if (colon == std::string_view::npos) {
     return Error(Errc::invalid_argument,
                  "probe target '" + std::string(target) +
-                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET or "
-                     "MODULE:0xFILEOFFSET (MODULE may be empty for the program)");
+                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET, "
+                     "MODULE:0xADDRESS (as nm prints it) or MODULE:fileoff:0xOFFSET (MODULE "
+                     "may be empty for the program)");
   }
   std::string_view module_spec = target.substr(0, colon);
   std::string_view rest = target.substr(colon + 1);
@@ -49,8 +50,16 @@ Result<std::vector<FunctionInfo>> resolve_functions(std::string_view target) {
       if (!elf.ok()) return elf.error();
       auto found = (*elf)->lookup(rest);
       if (!found.ok()) return found.error();
-      for (const auto& t : *found)
+      for (const auto& t : *found) {
+        if (t.symbol && t.symbol->is_ifunc()) {
+          // As the engine says: the implementation is chosen when the file is loaded.
+          return Error(Errc::unsupported,
+                       std::string(t.symbol->name) +
+                           " is an IFUNC, whose implementation is known only once " +
+                           std::string(module_spec) + " is loaded: ask after it is loaded");
+        }
         out.push_back(info_of(std::string(module_spec), t));
+      }
       return out;
     }
     return mod.error();
@@ -64,12 +73,20 @@ Result<std::vector<FunctionInfo>> resolve_functions(std::string_view target) {
     FunctionInfo f = info_of(m->path, t);
     std::uint64_t file_offset = t.file_offset;
     const hp::elf::Module* where = m;
+    std::shared_ptr<const hp::elf::ElfFile> holder;  // keeps the implementation's symbol
     if (t.symbol && t.symbol->is_ifunc()) {
-      auto impl = mods->resolve_ifunc(*m, *t.symbol);
-      if (impl.ok() && impl->module) {
-        where = impl->module;
-        file_offset = impl->file_offset + t.offset_in_symbol;
-        f.module = where->path;
+      // What the engine probes (the same resolver): the implementation the loader chose.
+      auto impl = mods->implementation_of(*m, *t.symbol);
+      if (!impl.ok()) return impl.error();
+      where = impl->module;
+      holder = impl->elf;
+      file_offset = impl->file_offset + t.offset_in_symbol;
+      f.module = where->path;
+      if (impl->symbol) {
+        f.size = impl->symbol->size;
+        f.offset = file_offset - impl->symbol->file_offset;
+        f.file_offset = impl->symbol->file_offset;
+      } else {
         f.file_offset = impl->file_offset;
       }
     }
@@ -83,9 +100,19 @@ Result<std::vector<FunctionInfo>> resolve_functions(std::string_view target) {
 Result<std::vector<FunctionInfo>> list_functions(std::string_view path, std::string_view glob) {
   auto elf = hp::elf::load_elf(std::string(path));
   if (!elf.ok()) return elf.error();
+  if ((*elf)->symbols().empty()) {
+    // Nothing to list is not an empty answer: say why, and what would help.
+    return Error(Errc::not_found,
+                 std::string(path) + " has no function hotprobe can name: " +
+                     ((*elf)->has_symtab() ? std::string("its symbol table lists none")
+                                           : "it is stripped: " + hp::elf::stripped_advice(**elf)));
+  }
   std::string pattern(glob.empty() ? "*" : glob);
+  // As globs in probe targets: fragments (NAME.cold) only when the pattern names them.
+  const bool fragments = pattern.find(".cold") != std::string::npos;
   std::vector<FunctionInfo> out;
   for (const hp::elf::Symbol& s : (*elf)->symbols()) {
+    if (s.fragment && !fragments) continue;
     std::string name(s.name);
     if (::fnmatch(pattern.c_str(), name.c_str(), 0) != 0) continue;
     FunctionInfo f;

@@ -82,7 +82,106 @@ struct RawSymbol {
 
 std::atomic<std::uint64_t> g_parsed{0};
 
+constexpr std::string_view kFileOffsetPrefix = "fileoff:";
+
+bool is_hex_number(std::string_view s) {
+  return s.size() > 1 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+}
+
+// The fragments a glob may match: only those it names itself.
+bool glob_names_fragments(std::string_view pattern) {
+  return pattern.find(".cold") != std::string_view::npos;
+}
+
+ModuleKey key_of(const struct stat& st) {
+  return ModuleKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+}
+
+const char* file_type(mode_t mode) {
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  return "not a regular file";
+}
+
 }  // namespace
+
+bool is_fragment_name(std::string_view name) {
+  if (std::size_t at = name.find('@'); at != std::string_view::npos) name = name.substr(0, at);
+  constexpr std::string_view kCold = ".cold";
+  for (std::size_t pos = name.find(kCold); pos != std::string_view::npos;
+       pos = name.find(kCold, pos + 1)) {
+    if (pos == 0) continue;
+    std::string_view rest = name.substr(pos + kCold.size());
+    if (rest.empty()) return true;
+    if (rest.size() > 1 && rest[0] == '.' &&
+        std::all_of(rest.begin() + 1, rest.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string stripped_advice(const ElfFile& file) {
+  std::string msg = "it has no symbol table (.symtab)";
+  msg +=
+      file.symbols().empty() ? " and exports no function" : ", only exported functions are known";
+  msg += "; what would help: ";
+  if (!file.debuglink().empty()) {
+    msg += "its separate debug file " + file.debuglink() +
+           " (named by .gnu_debuglink; install the distribution's debug symbols package, or "
+           "fetch it with debuginfod-find debuginfo " +
+           file.path() + "), then probe that file's functions by address (MODULE:0xADDR)";
+  } else {
+    msg +=
+        "its debug symbols (the distribution's -dbg/-dbgsym package, or debuginfod-find "
+        "debuginfo " +
+        file.path() + "), then probe by address (MODULE:0xADDR)";
+  }
+  msg += ", or a build with symbols (without -s or strip)";
+  return msg;
+}
+
+Result<int> open_regular_file(const std::string& path, ModuleKey key, bool no_follow) {
+  // Looked at before it is opened: opening a device or a FIFO can itself have effects.
+  struct stat before;
+  if ((no_follow ? ::lstat(path.c_str(), &before) : ::stat(path.c_str(), &before)) != 0)
+    return sys_error("cannot open " + path);
+  if (!S_ISREG(before.st_mode)) {
+    return Error(Errc::invalid_argument, path + " is " + file_type(before.st_mode) +
+                                             ", not a regular file, so not an ELF module");
+  }
+  int flags = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
+  if (no_follow) flags |= O_NOFOLLOW;
+  const int fd = ::open(path.c_str(), flags);
+  if (fd < 0) return sys_error("cannot open " + path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return sys_error("cannot stat " + path, err);
+  }
+  // What was opened is what was looked at, and what the caller expects.
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Error(Errc::invalid_argument, path + " is " + file_type(st.st_mode) +
+                                             ", not a regular file, so not an ELF module");
+  }
+  const ModuleKey got = key_of(st);
+  if (got != key_of(before) && key == ModuleKey{}) {
+    ::close(fd);
+    return Error(Errc::busy, path + " was replaced while it was being opened; try again");
+  }
+  if (key != ModuleKey{} && got != key) {
+    ::close(fd);
+    return Error(Errc::not_found, path + " is now the file " + got.to_string() + ", not " +
+                                      key.to_string() + ": it was replaced on disk");
+  }
+  return fd;
+}
 
 ElfFile::~ElfFile() = default;
 
@@ -296,8 +395,9 @@ Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string pat
   f->symbols_.reserve(merged.size());
   for (std::size_t i = 0; i < merged.size(); ++i) {
     const RawSymbol& r = merged[i];
-    f->symbols_.push_back(Symbol{std::string_view(f->names_.data() + name_at[i], r.name.size()),
-                                 r.value, r.size, r.file_offset, r.kind, r.global, r.dynamic});
+    const std::string_view name(f->names_.data() + name_at[i], r.name.size());
+    f->symbols_.push_back(Symbol{name, r.value, r.size, r.file_offset, r.kind, r.global, r.dynamic,
+                                 is_fragment_name(name)});
   }
   // Sort (name, index) pairs side by side rather than indices through symbols_: the
   // comparisons stay in one array.
@@ -465,14 +565,46 @@ Error ElfFile::no_such_function(std::string_view name) const {
     }
     msg += "?";
   }
-  if (!has_symtab_) {
-    msg += " (the file is stripped: only its " + std::to_string(symbols_.size()) +
-           " exported functions are known";
-    if (!debuglink_.empty())
-      msg += "; separate debug files such as " + debuglink_ + " are not read";
-    msg += ")";
-  }
+  if (!has_symtab_) msg += " (the file is stripped: " + stripped_advice(*this) + ")";
   return Error(Errc::not_found, std::move(msg));
+}
+
+bool ElfFile::is_address_spec(std::string_view spec) {
+  return is_hex_number(spec) || spec.starts_with(kFileOffsetPrefix);
+}
+
+Result<Target> ElfFile::place_at(std::uint64_t off, std::string_view spec, bool is_vaddr) const {
+  Target t;
+  t.file_offset = off;
+  t.vaddr = offset_to_vaddr(off).value();
+  t.symbol = containing_offset(off);
+  if (t.symbol) {
+    t.offset_in_symbol = off - t.symbol->file_offset;
+    return t;
+  }
+  auto before =
+      std::upper_bound(symbols_.begin(), symbols_.end(), off,
+                       [](std::uint64_t o, const Symbol& s) { return o < s.file_offset; });
+  if (before != symbols_.begin() && std::prev(before)->size == 0) {
+    // After a function whose size was not recorded (assembly without .size): taken as
+    // inside it, as NAME+OFFSET would be; decoding from its start still checks the place.
+    t.symbol = &*std::prev(before);
+    t.offset_in_symbol = off - t.symbol->file_offset;
+    return t;
+  }
+  if (!has_symtab_) return t;  // stripped: its functions are not known, so taken as given
+  // Between functions (padding, or code no symbol covers): no function start to decode
+  // from, so no way to know it starts an instruction.
+  const std::string where = is_vaddr ? "address " + hex(t.vaddr) : "file offset " + hex(off);
+  std::string msg = where + " ('" + std::string(spec) + "') is in no function of " + path_;
+  if (before != symbols_.begin()) {
+    const Symbol& p = *std::prev(before);
+    msg += "; the function before it, " + std::string(p.name) + ", spans " +
+           (is_vaddr ? hex(p.value) + "-" + hex(p.value + p.size)
+                     : hex(p.file_offset) + "-" + hex(p.file_offset + p.size));
+  }
+  msg += ": probes go on instructions of functions (NAME, NAME+OFFSET or an address inside one)";
+  return Error(Errc::invalid_argument, std::move(msg));
 }
 
 Result<std::vector<Target>> ElfFile::lookup(std::string_view spec) const {
@@ -485,14 +617,42 @@ Result<void> ElfFile::lookup(std::string_view spec, std::vector<Target>& out) co
   if (spec.empty()) {
     return Error(Errc::invalid_argument,
                  "empty function spec: give a function name, a glob such as 'handle_*', "
-                 "NAME+OFFSET, or a file offset such as 0x1140");
+                 "NAME+OFFSET, an address such as 0x1140 (as nm prints it) or a file offset "
+                 "such as fileoff:0x1140");
   }
 
-  if (spec.size() > 1 && spec[0] == '0' && (spec[1] == 'x' || spec[1] == 'X')) {
-    std::uint64_t off;
-    if (!parse_number(spec, off)) {
+  if (is_hex_number(spec)) {
+    std::uint64_t vaddr;
+    if (!parse_number(spec, vaddr)) {
       return Error(Errc::invalid_argument,
-                   "'" + std::string(spec) + "' is not a hexadecimal file offset (write 0x1140)");
+                   "'" + std::string(spec) +
+                       "' is not a hexadecimal address (write 0x1140, a virtual address as nm "
+                       "prints it)");
+    }
+    auto off = vaddr_to_offset(vaddr);
+    if (!off.ok() || !offset_is_code(*off)) {
+      std::string ranges;
+      for (const Segment& s : segments_) {
+        if (!s.executable) continue;
+        if (!ranges.empty()) ranges += ", ";
+        ranges += hex(s.vaddr) + "-" + hex(s.vaddr + s.filesz);
+      }
+      return Error(Errc::invalid_argument, "address " + hex(vaddr) + " is not code in " + path_ +
+                                               ": its executable segments span addresses " +
+                                               ranges + " (addresses as nm prints them)");
+    }
+    auto t = place_at(*off, spec, true);
+    if (!t.ok()) return t.error();
+    out.push_back(*t);
+    return {};
+  }
+  if (spec.starts_with(kFileOffsetPrefix)) {
+    const std::string_view num = spec.substr(kFileOffsetPrefix.size());
+    std::uint64_t off;
+    if (!is_hex_number(num) || !parse_number(num, off)) {
+      return Error(Errc::invalid_argument, "'" + std::string(spec) +
+                                               "' is not a hexadecimal file offset (write " +
+                                               std::string(kFileOffsetPrefix) + "0x1140)");
     }
     if (!offset_is_code(off)) {
       std::string ranges;
@@ -505,12 +665,9 @@ Result<void> ElfFile::lookup(std::string_view spec, std::vector<Target>& out) co
                                                ": its executable segments span file offsets " +
                                                ranges);
     }
-    Target t;
-    t.file_offset = off;
-    t.vaddr = offset_to_vaddr(off).value();
-    t.symbol = containing_offset(off);
-    if (t.symbol) t.offset_in_symbol = off - t.symbol->file_offset;
-    out.push_back(t);
+    auto t = place_at(off, spec, false);
+    if (!t.ok()) return t.error();
+    out.push_back(*t);
     return {};
   }
 
@@ -528,9 +685,10 @@ Result<void> ElfFile::lookup(std::string_view spec, std::vector<Target>& out) co
     has_add = true;
     if (name.empty()) {
       return Error(Errc::invalid_argument, "'" + std::string(spec) +
-                                               "' has an offset but no function name; for a "
-                                               "file offset write " +
-                                               hex(add));
+                                               "' has an offset but no function name; for an "
+                                               "address write " +
+                                               hex(add) + ", for a file offset " +
+                                               std::string(kFileOffsetPrefix) + hex(add));
     }
   }
 
@@ -541,6 +699,7 @@ Result<void> ElfFile::lookup(std::string_view spec, std::vector<Target>& out) co
                                                "has its own size)");
     }
     const std::string pattern(name);
+    const bool fragments = glob_names_fragments(pattern);
     std::vector<const Symbol*> hits;
     std::string_view current;
     bool have = false;
@@ -553,11 +712,11 @@ Result<void> ElfFile::lookup(std::string_view spec, std::vector<Target>& out) co
         // names_ holds a NUL after every name, so data() is a C string.
         match = ::fnmatch(pattern.c_str(), s.name.data(), 0) == 0;
       }
-      if (match) hits.push_back(&s);
+      if (match && (fragments || !s.fragment)) hits.push_back(&s);
     }
     if (hits.empty()) {
       std::string msg = "no function in " + path_ + " matches '" + pattern + "'";
-      if (!has_symtab_) msg += " (the file is stripped: only exported functions are known)";
+      if (!has_symtab_) msg += " (the file is stripped: " + stripped_advice(*this) + ")";
       return Error(Errc::not_found, std::move(msg));
     }
     // One target per address: aliases would otherwise put two probes on one site.
@@ -587,10 +746,10 @@ Result<void> ElfFile::lookup(std::string_view spec, std::vector<Target>& out) co
       std::string msg = "'" + std::string(name) + "' names " + std::to_string(found.size()) +
                         " functions in " + path_ + ":";
       for (const Symbol* f : found) {
-        msg += " " + hex(f->file_offset) + " (" + (f->global ? "global" : "local") + ", " +
+        msg += " " + hex(f->value) + " (" + (f->global ? "global" : "local") + ", " +
                std::to_string(f->size) + " bytes)";
       }
-      msg += "; choose one by its file offset, e.g. " + hex(found.front()->file_offset);
+      msg += "; choose one by its address, e.g. " + hex(found.front()->value);
       return Error(Errc::invalid_argument, std::move(msg));
     }
     s = found.front();
@@ -617,7 +776,7 @@ Result<void> ElfFile::lookup(std::string_view spec, std::vector<Target>& out) co
 }
 
 Result<Target> ElfFile::lookup_one(std::string_view spec) const {
-  if (is_glob(spec) && !(spec.size() > 1 && spec[0] == '0' && (spec[1] == 'x' || spec[1] == 'X'))) {
+  if (is_glob(spec) && !is_address_spec(spec)) {
     return Error(Errc::invalid_argument,
                  "'" + std::string(spec) + "' is a glob, but one function is needed here");
   }
@@ -629,19 +788,15 @@ Result<Target> ElfFile::lookup_one(std::string_view spec) const {
 
 Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path, ModuleKey key,
                                                   std::uint64_t offset, std::size_t len) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return sys_error("cannot open " + path);
+  auto opened = open_regular_file(path, key);
+  if (!opened.ok()) return opened.error();
+  const int fd = *opened;
   struct Closer {
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
   struct stat st;
   if (::fstat(fd, &st) != 0) return sys_error("cannot stat " + path);
-  const ModuleKey got{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
-  if (got != key) {
-    return Error(Errc::not_found, path + " is now the file " + got.to_string() + ", not " +
-                                      key.to_string() + ": it was replaced on disk");
-  }
   const auto size = static_cast<std::uint64_t>(st.st_size);
   if (offset > size || len > size - offset) {
     return Error(Errc::invalid_argument, "cannot read " + std::to_string(len) + " bytes at " +
@@ -688,7 +843,8 @@ std::uint64_t elf_files_parsed() {
   return g_parsed.load(std::memory_order_relaxed);
 }
 
-Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path) {
+Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path,
+                                                std::string_view name) {
   std::shared_ptr<Slot> slot;
   {
     Cache& c = cache();
@@ -699,22 +855,10 @@ Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string
   }
   MutexLock l(slot->mu);
   if (slot->file) return slot->file;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return sys_error("cannot open " + path);
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    return sys_error("cannot stat " + path, err);
-  }
-  ModuleKey got{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
-  if (got != key) {
-    ::close(fd);
-    return Error(Errc::not_found, path + " is now the file " + got.to_string() +
-                                      ", not the mapped file " + key.to_string() +
-                                      ": it was replaced on disk after it was loaded");
-  }
-  auto r = load_elf_uncached(fd, path);
+  auto opened = open_regular_file(path, key);
+  if (!opened.ok()) return opened.error();
+  const int fd = *opened;
+  auto r = load_elf_uncached(fd, name.empty() ? path : std::string(name));
   if (!r.ok()) return r.error();
   g_parsed.fetch_add(1, std::memory_order_relaxed);
   slot->file = *r;
@@ -722,11 +866,15 @@ Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string
 }
 
 Result<std::shared_ptr<const ElfFile>> load_elf(const std::string& path) {
+  // A path a user gave: looked at (through symlinks) before anything opens it, so a FIFO
+  // or a device there is refused unopened; load_elf(key, ...) checks what it opens.
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return sys_error("cannot open " + path);
-  return load_elf(
-      ModuleKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)},
-      path);
+  if (!S_ISREG(st.st_mode)) {
+    return Error(Errc::invalid_argument, path + " is " + file_type(st.st_mode) +
+                                             ", not a regular file, so not an ELF module");
+  }
+  return load_elf(key_of(st), path);
 }
 
 }  // namespace hp::elf

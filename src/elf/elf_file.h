@@ -10,7 +10,15 @@
 //   auto libc = hp::elf::load_elf("/lib/x86_64-linux-gnu/libc.so.6");
 //   auto hits = (*libc)->lookup("str*cmp");          // glob
 //   auto one = (*libc)->lookup_one("malloc+0x10");  // symbol+offset
-//   auto raw = (*libc)->lookup_one("0x28a40");      // a file offset
+//   auto at = (*libc)->lookup_one("0x28a40");       // a virtual address, as nm(1) prints it
+//   auto raw = (*libc)->lookup_one("fileoff:0x28a40");  // a file offset
+//
+// Code that is not a function: GCC moves the unlikely paths of a function into fragments
+// named NAME.cold or NAME.cold.N (Symbol::fragment). A fragment is entered by a jump from
+// its function, not by a call, so it has no return address of its own and its flags and
+// stack are the middle of its function's. Globs skip fragments unless the pattern itself
+// names them (contains ".cold"). Clones (NAME.part.N, NAME.isra.N, NAME.constprop.N) are
+// real functions, entered by calls, and are never fragments.
 //
 // Limits: x86-64 ELF64 only. Separate debug files (.gnu_debuglink, build-id under
 // /usr/lib/debug) are not followed: a stripped file offers its .dynsym only, and
@@ -44,8 +52,9 @@ struct Symbol {
   std::uint64_t size = 0;         // st_size; 0 when the assembler was not told
   std::uint64_t file_offset = 0;  // where the first byte lies in the file
   SymbolKind kind = SymbolKind::function;
-  bool global = false;   // STB_GLOBAL, STB_WEAK or STB_GNU_UNIQUE (not STB_LOCAL)
-  bool dynamic = false;  // listed in .dynsym, so the dynamic linker (dlsym) knows it
+  bool global = false;    // STB_GLOBAL, STB_WEAK or STB_GNU_UNIQUE (not STB_LOCAL)
+  bool dynamic = false;   // listed in .dynsym, so the dynamic linker (dlsym) knows it
+  bool fragment = false;  // NAME.cold or NAME.cold.N: a piece of a function, not one
 
   bool is_ifunc() const { return kind == SymbolKind::ifunc; }
   bool contains_offset(std::uint64_t off) const {
@@ -110,7 +119,13 @@ class ElfFile {
   //   GLOB           fnmatch(3) pattern with * ? [..]: every matching function, one target per
   //                  distinct file offset, sorted by offset; no match is not_found
   //   NAME+OFF       OFF bytes into NAME (decimal or 0x hex), must be inside its size
-  //   0xOFF          a file offset inside an executable segment
+  //   0xADDR         a link-time virtual address (st_value, as nm(1) and bpftrace read it)
+  //   fileoff:0xOFF  a file offset (what the kernel's uprobe_events take)
+  // An address or offset must lie inside a function (whether it starts an instruction is
+  // checked when the probe is planned, by decoding from the function's start); only in a
+  // stripped file, whose functions are not known, one outside every known function is
+  // taken as given (Target::symbol null).
+  // A glob skips fragments (Symbol::fragment) unless it contains ".cold".
   Result<std::vector<Target>> lookup(std::string_view spec) const;
   // The same, appending to `out` (a batch reuses one list; on failure `out` is unchanged).
   Result<void> lookup(std::string_view spec, std::vector<Target>& out) const;
@@ -120,6 +135,8 @@ class ElfFile {
   // just fetches a line in vain.
   void prefetch_slot(std::string_view name) const;
   void prefetch_symbol(std::string_view name) const;
+  // Whether `spec` is one of the address forms (0xADDR, fileoff:0xOFF).
+  static bool is_address_spec(std::string_view spec);
   // lookup() for specs that must name one place (not a glob).
   Result<Target> lookup_one(std::string_view spec) const;
 
@@ -132,6 +149,8 @@ class ElfFile {
   ElfFile() = default;
 
   Error no_such_function(std::string_view name) const;
+  // The target at file offset `off`, which `spec` named (an address or a file offset).
+  Result<Target> place_at(std::uint64_t off, std::string_view spec, bool is_vaddr) const;
   // The functions named `name`: `one` when it names one function, else the positions
   // [first, last) in by_name_ (empty if none).
   struct NameHit {
@@ -167,7 +186,11 @@ class ElfFile {
 // The ElfFile for (device, inode) `key`, parsed from `path` the first time and cached for
 // the life of the process. The file opened must still be `key` (a library replaced on
 // disk after it was mapped is refused with not_found, naming both).
-Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path);
+// `name`, if given, is the file's path() (for messages and read_bytes) when `path` is
+// only a way to reach it (/proc/PID/map_files/..., /proc/PID/root/...), which does not
+// outlive that process while the cached ElfFile does.
+Result<std::shared_ptr<const ElfFile>> load_elf(ModuleKey key, const std::string& path,
+                                                std::string_view name = {});
 // The same for a path a user gave: the key comes from stat(2).
 Result<std::shared_ptr<const ElfFile>> load_elf(const std::string& path);
 // Parses the open file `fd` (taken over) without consulting the cache: for tests and
@@ -181,6 +204,21 @@ Result<std::vector<std::uint8_t>> read_file_bytes(const std::string& path, Modul
 
 // Number of files parsed so far by load_elf (to test that the cache loads each once).
 std::uint64_t elf_files_parsed();
+
+// Whether a symbol name is a fragment's: NAME.cold or NAME.cold.N (N decimal digits).
+bool is_fragment_name(std::string_view name);
+
+// What helps when `file` offers no function: its debug file, debuginfod, a build with
+// symbols. For messages ("... is stripped: " + stripped_advice(f)).
+std::string stripped_advice(const ElfFile& file);
+
+// Opens a file hotprobe reads as root on behalf of someone else (a path from another
+// process's maps, a path a user typed) without letting the name do harm: O_RDONLY |
+// O_NONBLOCK | O_NOCTTY | O_CLOEXEC (a FIFO does not block the open, a terminal does not
+// become ours), plus O_NOFOLLOW when `no_follow`; then fstat(2): anything but a regular
+// file is refused (invalid_argument), and when `key` is given (non-zero) a file that is
+// not (device, inode) `key` is not_found. Returns the open descriptor.
+Result<int> open_regular_file(const std::string& path, ModuleKey key = {}, bool no_follow = false);
 
 // Levenshtein distance (base/strings.h), here for the symbol tests.
 using hp::edit_distance;

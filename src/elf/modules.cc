@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -38,6 +39,36 @@ bool short_name_matches(std::string_view spec, std::string_view name) {
 
 std::string proc_path(pid_t pid, const char* what) {
   return pid == 0 ? std::string("/proc/self/") + what : "/proc/" + std::to_string(pid) + "/" + what;
+}
+
+// The program's argv[0], from /proc/PID/cmdline ("" if unreadable).
+std::string argv0(pid_t pid) {
+  auto cmdline = read_proc_file(proc_path(pid, "cmdline"));
+  if (!cmdline.ok()) return {};
+  return std::string(cmdline->c_str());  // up to the first NUL
+}
+
+// The file `name` names as a command: the first PATH entry holding an executable file of
+// that name, seen from `root` ("" for this process's root, else /proc/PID/root).
+// Symlinks are followed by stat: the key is the real file's.
+bool find_command(std::string_view name, const std::string& root, ModuleKey& key) {
+  const char* path = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe): read only
+  std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  while (true) {
+    const std::size_t colon = dirs.find(':');
+    std::string dir(dirs.substr(0, colon));
+    if (!dir.empty() && dir.front() == '/') {
+      const std::string candidate = root + dir + "/" + std::string(name);
+      struct stat st;
+      if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111)) {
+        key =
+            ModuleKey{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+        return true;
+      }
+    }
+    if (colon == std::string_view::npos) return false;
+    dirs.remove_prefix(colon + 1);
+  }
 }
 
 // Objects the dynamic linker lists, read inside dl_iterate_phdr together with the maps,
@@ -309,6 +340,12 @@ Result<const Module*> ModuleList::resolve(std::string_view spec) const {
     }
   }
   if (!hits.empty()) return unique(std::move(hits), "several files have that name");
+  // The name the program was started by (argv[0]): maps name the file a symlink led to
+  // (redis-server is a symlink to redis-check-rdb), the user names the command.
+  if (const Module* m = main()) {
+    const std::string started_as = argv0(self_ ? 0 : pid_);
+    if (!started_as.empty() && base_name(started_as) == spec) return m;
+  }
   for (const Module& m : modules_) {
     auto e = elf(m);
     if (e.ok() && (*e)->soname() == spec) hits.push_back(&m);
@@ -329,6 +366,11 @@ Result<const Module*> ModuleList::resolve(std::string_view spec) const {
     }
   }
   if (!hits.empty()) return unique(std::move(hits), "several modules start with that name");
+  // A command in PATH (through its symlinks), seen from the process's root.
+  ModuleKey key;
+  if (find_command(spec, self_ ? std::string() : proc_path(pid_, "root"), key)) {
+    if (const Module* m = find(key)) return m;
+  }
   return Error(Errc::not_found, "no module '" + std::string(spec) + "' in " + where +
                                     "; loaded modules: " + names());
 }
@@ -341,19 +383,40 @@ std::string ModuleList::map_files_path(const Module& m) const {
   return proc_path(self_ ? 0 : pid_, "map_files/") + range;
 }
 
+std::vector<std::string> ModuleList::file_paths(const Module& m) const {
+  std::vector<std::string> paths;
+  const bool deleted = m.path.ends_with(kDeleted);
+  if (self_) {
+    // Our own mount namespace: the path first (map_files needs CAP_SYS_ADMIN or
+    // CAP_CHECKPOINT_RESTORE, which a traced program rarely has).
+    if (!deleted) paths.push_back(m.path);
+    paths.push_back(map_files_path(m));
+    return paths;
+  }
+  // Another process: never its path in our own mount namespace, where it may name another
+  // file or something that is no file. map_files is the mapped file itself; failing that
+  // (no privilege), the path resolved inside the process's root.
+  paths.push_back(map_files_path(m));
+  if (!deleted) paths.push_back(proc_path(pid_, "root") + m.path);
+  return paths;
+}
+
 Result<std::shared_ptr<const ElfFile>> ModuleList::elf(const Module& m) const {
-  if (!m.path.ends_with(kDeleted)) {
+  if (self_ && !m.path.ends_with(kDeleted)) {
+    // The common case first, with no other path made: the cache holds the file.
     auto r = load_elf(m.key, m.path);
-    if (r.ok() || r.error().code() != Errc::not_found) return r;
+    if (r.ok()) return r;
   }
-  // The path was deleted or replaced: the kernel still gives the mapped file through
-  // map_files (root, or CAP_CHECKPOINT_RESTORE for another process).
-  auto r = load_elf(m.key, map_files_path(m));
-  if (!r.ok()) {
-    return Error(r.error().code(),
-                 "cannot read the mapped file of " + m.path + ": " + r.error().message());
+  // Named by its own path while that names it (a /proc path dies with its process; the
+  // cached ElfFile does not).
+  const std::string_view name = m.path.ends_with(kDeleted) ? std::string_view() : m.path;
+  Error first;
+  for (const std::string& path : file_paths(m)) {
+    auto r = load_elf(m.key, path, name);
+    if (r.ok()) return r;
+    if (!first) first = r.error();
   }
-  return r;
+  return Error(first.code(), "cannot read the mapped file of " + m.path + ": " + first.message());
 }
 
 Result<std::uintptr_t> ModuleList::compute_load_bias(const Module& m) const {
@@ -401,11 +464,13 @@ std::string ModuleList::describe(std::uintptr_t addr) const {
 
 Result<std::vector<std::uint8_t>> ModuleList::read_file_bytes(const Module& m, std::uint64_t offset,
                                                               std::size_t len) const {
-  if (!m.path.ends_with(kDeleted)) {
-    auto r = elf::read_file_bytes(m.path, m.key, offset, len);
-    if (r.ok() || r.error().code() != Errc::not_found) return r;
+  Error first;
+  for (const std::string& path : file_paths(m)) {
+    auto r = elf::read_file_bytes(path, m.key, offset, len);
+    if (r.ok() || r.error().code() == Errc::invalid_argument) return r;
+    if (!first) first = r.error();
   }
-  return elf::read_file_bytes(map_files_path(m), m.key, offset, len);
+  return first;
 }
 
 Result<IfuncTarget> ModuleList::resolve_ifunc(const Module& m, const Symbol& sym) const {
@@ -459,6 +524,19 @@ Result<IfuncTarget> ModuleList::resolve_ifunc(const Module& m, const Symbol& sym
   }
   t.file_offset = t.module->address_to_offset(t.address).value();
   return t;
+}
+
+Result<Location> ModuleList::implementation_of(const Module& m, const Symbol& sym) const {
+  auto impl = resolve_ifunc(m, sym);
+  if (!impl.ok()) return impl.error();
+  auto loc = locate(impl->address);
+  if (!loc.ok()) return loc.error();
+  if (!loc->elf) {
+    return Error(Errc::not_found, "IFUNC '" + std::string(sym.name) + "' of " +
+                                      std::string(m.name()) + " resolved to " +
+                                      describe(impl->address) + ", whose file cannot be read");
+  }
+  return loc;
 }
 
 ModuleChanges diff_modules(const ModuleList& before, const ModuleList& after) {

@@ -97,12 +97,16 @@ class ModuleList {
   //   /path, ./rel/path  that file (relative to the current directory), by device and inode
   //   libc.so.6          a file name or SONAME, exactly
   //   libc               a short name: matches libc.so.6 or libc-2.36.so (NAME. or NAME-)
+  //   redis-server       the program's name as started (argv[0]'s last part), or a command
+  //                      found in PATH: symlinks lead to the file the maps name
   // Exact names win over short names. Not found and ambiguous are errors that list the
   // loaded modules or the candidates.
   Result<const Module*> resolve(std::string_view spec) const;
 
-  // The symbol table of a module (cached per file). Falls back to
-  // /proc/PID/map_files/... when the path no longer names the mapped file.
+  // The symbol table of a module (cached per file). This process: its path, then
+  // /proc/self/map_files/... when the path no longer names the mapped file. Another
+  // process: /proc/PID/map_files/..., then /proc/PID/root/PATH, never PATH itself. Every
+  // file is opened as elf::open_regular_file does and must be the mapped (device, inode).
   Result<std::shared_ptr<const ElfFile>> elf(const Module& m) const;
 
   // Runtime load bias from the maps and the ELF program headers: address = vaddr + bias.
@@ -125,6 +129,13 @@ class ModuleList {
   // resolver itself. Only for this process and for exported (.dynsym) symbols.
   Result<IfuncTarget> resolve_ifunc(const Module& m, const Symbol& sym) const;
 
+  // The implementation an IFUNC symbol of `m` selects in this process (resolve_ifunc),
+  // located: its module, file offset and function. The one IFUNC resolver of hotprobe:
+  // Engine::attach probes what it returns and resolve_functions names it, so the two
+  // agree. Fails, naming the IFUNC and why, where the choice cannot be known (another
+  // process, a symbol the loader does not export, a module it did not load).
+  Result<Location> implementation_of(const Module& m, const Symbol& sym) const;
+
   // "ld-linux-x86-64.so.2, libc.so.6, ..." (main first), for error messages.
   std::string names() const;
 
@@ -133,6 +144,9 @@ class ModuleList {
   // /proc/PID/map_files/START-END of the module's first mapping: the mapped file itself,
   // even when its path was deleted or replaced.
   std::string map_files_path(const Module& m) const;
+  // Where the module's file is read from, in order: see "Which files root opens, and
+  // how" in docs/design/security.md.
+  std::vector<std::string> file_paths(const Module& m) const;
 
   pid_t pid_ = 0;
   bool self_ = false;

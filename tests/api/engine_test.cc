@@ -1,6 +1,7 @@
 // The engine end to end on functions of this test program: entry and return probes in
 // both modes, consumers, filters, batches, errors.
 #include <dlfcn.h>
+#include <pthread.h>
 #include <setjmp.h>
 
 #include <atomic>
@@ -12,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "hotprobe/probe.h"
+#include "hotprobe/symbols.h"
 
 extern "C" {
 int hp_sink;
@@ -49,6 +51,26 @@ __attribute__((noinline, used)) long hp_t_thrower(long v) {
   return v;
 }
 }
+
+// Instructions of known lengths, so probes can be placed a few bytes apart: a 5-byte jump
+// at +0 covers +2, one at +2 covers +5.
+asm(R"(
+        .text
+        .globl  hp_t_near
+        .type   hp_t_near, @function
+        .p2align 4
+hp_t_near:
+        push    %rbx            # +0
+        push    %rbp            # +1
+        mov     %rdi, %rax      # +2 (3 bytes)
+        add     $1, %rax        # +5 (4 bytes)
+        pop     %rbp            # +9
+        pop     %rbx            # +10
+        ret                     # +11
+        .size   hp_t_near, . - hp_t_near
+)");
+extern "C" long hp_t_near(long);
+long (*volatile hp_t_near_ptr)(long) = hp_t_near;
 
 namespace {
 
@@ -544,5 +566,138 @@ INSTANTIATE_TEST_SUITE_P(AllSchemes, EngineSchemes,
                            }
                            return n;
                          });
+
+// Probes whose patches would overlap (+0's jump covers +2, +2's covers +5), attached in
+// one batch, all count every call: the overlapping ones are placed in int3 mode.
+TEST(Engine, ProbesAFewBytesApartInOneBatch) {
+  auto e = make_engine();
+  Counter c0, c2, c5;
+  const ProbeSpec specs[] = {spec(":hp_t_near", &c0), spec(":hp_t_near+2", &c2),
+                             spec(":hp_t_near+5", &c5)};
+  auto results = e->attach(specs, hotprobe::BatchMode::all_or_nothing);
+  std::vector<Handle> handles;
+  for (auto& r : results) {
+    ASSERT_TRUE(r.ok()) << r.error().message();
+    handles.insert(handles.end(), r->begin(), r->end());
+  }
+  for (long i = 0; i < 10; i++)
+    EXPECT_EQ(hp_t_near_ptr(i), i + 1);
+  EXPECT_EQ(c0.entries, 10);
+  EXPECT_EQ(c2.entries, 10);
+  EXPECT_EQ(c5.entries, 10);
+  ASSERT_TRUE(e->detach(handles).ok());
+  EXPECT_EQ(hp_t_near_ptr(41), 42);
+  EXPECT_EQ(c0.entries, 10);
+}
+
+void one_at_a_time(Engine& engine);
+
+// One at a time: a probe over the bytes of an existing jump site is placed in int3 mode
+// (its own jump would overwrite the other's); a probe inside the bytes an existing jump
+// moved into its trampoline is refused, saying what to do. Detaching either leaves the
+// other working.
+TEST(Engine, ProbesAFewBytesApartOneAtATime) {
+  auto e = make_engine();
+  // With many sites already there, a single attach looks up its neighbours by key
+  // instead of walking them all: the same answers either way (with_others).
+  for (const bool with_others : {false, true}) {
+    SCOPED_TRACE(with_others ? "many sites already" : "few sites already");
+    Counter others;
+    std::vector<Handle> other_handles;
+    if (with_others) {
+      for (const char* glob : {"libc:getpw*", "libc:getgr*"}) {
+        auto h = e->attach(spec(glob, &others));
+        ASSERT_TRUE(h.ok()) << h.error().message();
+        other_handles.insert(other_handles.end(), h->begin(), h->end());
+      }
+      ASSERT_GE(e->stats().consumers, 10u);
+    }
+    one_at_a_time(*e);
+    ASSERT_TRUE(e->detach(other_handles).ok());
+  }
+}
+
+void one_at_a_time(Engine& engine) {
+  Engine* e = &engine;
+  Counter c0, c2;
+  auto h2 = e->attach(spec(":hp_t_near+2", &c2));
+  ASSERT_TRUE(h2.ok()) << h2.error().message();
+  auto h0 = e->attach(spec(":hp_t_near", &c0));
+  ASSERT_TRUE(h0.ok()) << h0.error().message();
+  for (long i = 0; i < 5; i++)
+    EXPECT_EQ(hp_t_near_ptr(i), i + 1);
+  EXPECT_EQ(c0.entries, 5);
+  EXPECT_EQ(c2.entries, 5);
+  ASSERT_TRUE(e->detach(*h2).ok());
+  EXPECT_EQ(hp_t_near_ptr(1), 2);
+  EXPECT_EQ(c0.entries, 6);
+  EXPECT_EQ(c2.entries, 5);
+  ASSERT_TRUE(e->detach(*h0).ok());
+  EXPECT_EQ(hp_t_near_ptr(2), 3);
+
+  Counter d0, d2;
+  ProbeSpec jmp = spec(":hp_t_near", &d0);
+  jmp.allow_int3 = false;  // a jump over +0..+4, whose bytes move to its trampoline
+  auto first = e->attach(jmp);
+  ASSERT_TRUE(first.ok()) << first.error().message();
+  auto inside = e->attach(spec(":hp_t_near+2", &d2));
+  ASSERT_FALSE(inside.ok());
+  EXPECT_EQ(inside.error().code(), hotprobe::Errc::busy);
+  EXPECT_NE(inside.error().message().find("in one batch"), std::string::npos)
+      << inside.error().message();
+  EXPECT_EQ(hp_t_near_ptr(3), 4);
+  EXPECT_EQ(d0.entries, 1);
+  EXPECT_EQ(d2.entries, 0);
+  ASSERT_TRUE(e->detach(*first).ok());
+}
+
+// strlen is an IFUNC: the engine probes the implementation the loader picked (what
+// dlsym returns, and what resolve_functions names), and counts exactly the calls made,
+// not the engine's own while it attaches.
+pthread_t hp_t_counted_thread;
+void count_on_this_thread(Hit& h) {
+  if (!pthread_equal(pthread_self(), hp_t_counted_thread)) return;
+  auto* c = static_cast<Counter*>(h.cookie);
+  c->entries.fetch_add(1, std::memory_order_relaxed);
+  c->last_ret = static_cast<long>(h.probe_address);
+}
+std::size_t (*volatile hp_t_strlen)(const char*) = std::strlen;
+
+TEST(Engine, IfuncProbesTheImplementationAndCountsExactly) {
+  auto e = make_engine();
+  Counter c;
+  hp_t_counted_thread = pthread_self();
+  ProbeSpec s;
+  s.target = "libc:strlen";
+  s.on_entry = &count_on_this_thread;
+  s.cookie = &c;
+  Counter other;
+  const ProbeSpec add = spec(":hp_t_add", &other);  // made first: its string calls strlen
+  auto h = e->attach(s);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  // The engine's own work on this thread (resolving names, building, retiring) is not
+  // the program's: not counted.
+  auto more = e->attach(add);
+  ASSERT_TRUE(more.ok()) << more.error().message();
+  const bool detached = e->detach(*more).ok();
+  std::size_t total = 0;
+  for (int i = 0; i < 100; i++)
+    total += hp_t_strlen("hotprobe");
+  const long n = c.entries.load();
+  EXPECT_TRUE(detached);
+  ASSERT_TRUE(e->detach(*h).ok());
+  EXPECT_EQ(total, 800u);
+  EXPECT_EQ(n, 100);
+  // libc's own strlen (RTLD_DEFAULT may find a sanitizer's interceptor first).
+  void* libc = ::dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(libc, nullptr);
+  void* impl = ::dlsym(libc, "strlen");
+  ::dlclose(libc);
+  EXPECT_EQ(static_cast<std::uintptr_t>(c.last_ret.load()), reinterpret_cast<std::uintptr_t>(impl));
+  auto fns = hotprobe::resolve_functions("libc:strlen");
+  ASSERT_TRUE(fns.ok()) << fns.error().message();
+  ASSERT_EQ(fns->size(), 1u);
+  EXPECT_EQ(fns->front().address, reinterpret_cast<std::uintptr_t>(impl));
+}
 
 }  // namespace

@@ -358,5 +358,102 @@ TEST(Modules, OffsetAddressRoundTrip) {
   EXPECT_EQ(outside.error().code(), Errc::not_found);
 }
 
+// Files root reads for another process are never named by the paths in its maps, which
+// are the paths of its mount namespace: here the process (in a mount namespace of its
+// own) maps the fixture library bind-mounted over a path that, in ours, is a FIFO. Reading
+// that path would open the FIFO and wait for a writer forever; map_files is the mapped
+// file itself. A test timeout is what a regression looks like.
+TEST(Modules, AnotherProcessesFilesAreNotReadByItsPaths) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (a mount namespace, map_files)";
+  char tmpl[] = "/tmp/hp_elf_ns_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::string planted = dir + "/libhp_planted.so";
+  ASSERT_EQ(::mkfifo(planted.c_str(), 0600), 0);
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(ready[0]);
+    const std::string script = "mount --make-rprivate / && mount --bind " + fixture_lib() + " " +
+                               planted + " && LD_PRELOAD=" + planted +
+                               " exec sleep 120 || echo failed";
+    ::dup2(ready[1], 1);
+    ::execlp("unshare", "unshare", "-m", "sh", "-c", script.c_str(), nullptr);
+    ::_exit(127);
+  }
+  ::close(ready[1]);
+  // Ready when the maps show the library (a condition, polled: sleep prints nothing).
+  bool mapped = false;
+  while (!mapped) {
+    auto maps = read_proc_file("/proc/" + std::to_string(child) + "/maps");
+    if (!maps.ok()) break;  // the child ended: it could not set up its namespace
+    mapped = maps->find(planted) != std::string::npos;
+    if (!mapped) {
+      int status = 0;
+      if (::waitpid(child, &status, WNOHANG) == child) break;
+      ::usleep(2000);
+    }
+  }
+  auto cleanup = [&] {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    ::close(ready[0]);
+    ::unlink(planted.c_str());
+    ::rmdir(dir.c_str());
+  };
+  if (!mapped) {
+    cleanup();
+    GTEST_SKIP() << "unshare -m with a bind mount is not available here";
+  }
+  auto mods = ModuleList::of_process(child);
+  ASSERT_TRUE(mods.ok()) << mods.error().message();
+  const Module* planted_mod = nullptr;
+  for (const Module& m : mods->modules()) {
+    if (m.path == planted) planted_mod = &m;
+  }
+  ASSERT_NE(planted_mod, nullptr);
+  auto elf = mods->elf(*planted_mod);
+  ASSERT_TRUE(elf.ok()) << elf.error().message();
+  EXPECT_EQ((*elf)->soname(), "libhp_elf_fixture.so");
+  auto bytes = mods->read_file_bytes(*planted_mod, 0, 4);
+  ASSERT_TRUE(bytes.ok()) << bytes.error().message();
+  EXPECT_EQ((*bytes)[1], 'E');
+  cleanup();
+}
+
+// A path a user gives that is, or leads to, something other than a regular file is
+// refused before it is opened (a device's open can have effects; a FIFO's waits).
+TEST(Modules, NonRegularFilesAreRefusedUnopened) {
+  char tmpl[] = "/tmp/hp_elf_nonreg_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::string fifo = dir + "/libfifo.so", dev = dir + "/libdev.so";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_EQ(::symlink("/dev/zero", dev.c_str()), 0);
+  auto f = load_elf(fifo);
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.error().code(), Errc::invalid_argument);
+  EXPECT_NE(f.error().message().find("is a FIFO"), std::string::npos) << f.error().message();
+  auto d = load_elf(dev);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.error().message().find("is a character device"), std::string::npos)
+      << d.error().message();
+  // Even with the right key (as from a process's maps), the open does not wait.
+  struct stat st;
+  ASSERT_EQ(::stat(fifo.c_str(), &st), 0);
+  auto keyed = load_elf(ModuleKey{st.st_dev, st.st_ino}, fifo);
+  ASSERT_FALSE(keyed.ok());
+  EXPECT_NE(keyed.error().message().find("is a FIFO"), std::string::npos);
+  auto no_follow = open_regular_file(dev, {}, /*no_follow=*/true);
+  ASSERT_FALSE(no_follow.ok());
+  EXPECT_NE(no_follow.error().message().find("symbolic link"), std::string::npos)
+      << no_follow.error().message();
+  ::unlink(fifo.c_str());
+  ::unlink(dev.c_str());
+  ::rmdir(dir.c_str());
+}
+
 }  // namespace
 }  // namespace hp::elf

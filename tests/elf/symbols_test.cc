@@ -68,7 +68,7 @@ TEST(Symbols, FixtureNamesAndSizes) {
       {"handle_beta", 6, true},       {"handle_gamma", 6, true},
       {"handlex_delta", 1, true},     {"my_handle_epsilon", 1, true},
       {"hp_fx_pick_impl_a", 6, true}, {"hp_fx_pick_impl_b", 6, true},
-      {"hp_fx_pick", 8, true},
+      {"hp_fx_pick", 8, true},        {"hp_fx_split", 7, true},
   };
   for (const auto& e : expected) {
     const Symbol* s = only(*f, e.name);
@@ -250,9 +250,12 @@ TEST(Symbols, SymbolPlusOffset) {
       {"+5", "no function name"},
       {"hp_fx_pick+4", "is an IFUNC"},
       {"", "empty function spec"},
-      {"0xzz", "not a hexadecimal file offset"},
+      {"0xzz", "not a hexadecimal address"},
       {"0x0", "is not code"},
       {"0xffffffffffff", "is not code"},
+      {"fileoff:0xzz", "not a hexadecimal file offset"},
+      {"fileoff:12", "not a hexadecimal file offset"},
+      {"fileoff:0x0", "is not code"},
       {"hp_fx_local", "names 2 functions"},
   };
   for (const auto& b : bad) {
@@ -271,28 +274,114 @@ TEST(Symbols, SymbolPlusOffset) {
   EXPECT_TRUE(pick->symbol->is_ifunc());
 }
 
-TEST(Symbols, FileOffsetSpec) {
+// 0xADDR is a virtual address as nm prints it (what bpftrace reads), fileoff:0xOFF a file
+// offset; the two differ wherever a segment's address is not its offset (lld's PIEs).
+TEST(Symbols, AddressAndFileOffsetSpecs) {
   auto f = fixture_elf();
   ASSERT_TRUE(f);
   const Symbol* beta = only(*f, "handle_beta");
   ASSERT_NE(beta, nullptr);
-  auto t = f->lookup_one(hex(beta->file_offset + 1));
-  ASSERT_TRUE(t.ok()) << t.error().message();
-  EXPECT_EQ(t->symbol, beta);
-  EXPECT_EQ(t->offset_in_symbol, 1u);
-  EXPECT_EQ(t->file_offset, beta->file_offset + 1);
-  EXPECT_EQ(t->vaddr, beta->value + 1);
-  // The ambiguous local names are reachable by offset.
+  for (const std::string& spec :
+       {hex(beta->value + 1), "fileoff:" + hex(beta->file_offset + 1)}) {
+    auto t = f->lookup_one(spec);
+    ASSERT_TRUE(t.ok()) << spec << ": " << t.error().message();
+    EXPECT_EQ(t->symbol, beta) << spec;
+    EXPECT_EQ(t->offset_in_symbol, 1u) << spec;
+    EXPECT_EQ(t->file_offset, beta->file_offset + 1) << spec;
+    EXPECT_EQ(t->vaddr, beta->value + 1) << spec;
+  }
+  // The ambiguous local names are reachable by address.
   for (const Symbol* s : f->find("hp_fx_local")) {
-    auto l = f->lookup_one(hex(s->file_offset));
+    auto l = f->lookup_one(hex(s->value));
     ASSERT_TRUE(l.ok()) << l.error().message();
     EXPECT_EQ(l->symbol, s);
   }
   auto bad = f->lookup("0x0");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.error().message().find("executable segments span file offsets 0x"),
+  EXPECT_NE(bad.error().message().find("executable segments span addresses 0x"),
             std::string::npos)
       << bad.error().message();
+  auto bad_off = f->lookup("fileoff:0x0");
+  ASSERT_FALSE(bad_off.ok());
+  EXPECT_NE(bad_off.error().message().find("executable segments span file offsets 0x"),
+            std::string::npos)
+      << bad_off.error().message();
+}
+
+// An address in the padding between two functions is in no function: nothing to decode
+// from, so it is refused, naming the function before it.
+TEST(Symbols, AddressOutsideEveryFunctionIsRefused) {
+  auto f = fixture_elf();
+  ASSERT_TRUE(f);
+  const Symbol* alpha = only(*f, "handle_alpha");
+  const Symbol* beta = only(*f, "handle_beta");
+  ASSERT_NE(alpha, nullptr);
+  ASSERT_NE(beta, nullptr);
+  ASSERT_LT(alpha->value + alpha->size, beta->value);  // .p2align 4 leaves a gap
+  for (const std::string& spec :
+       {hex(alpha->value + alpha->size), "fileoff:" + hex(alpha->file_offset + alpha->size)}) {
+    auto r = f->lookup(spec);
+    ASSERT_FALSE(r.ok()) << spec;
+    EXPECT_EQ(r.error().code(), Errc::invalid_argument) << spec;
+    EXPECT_NE(r.error().message().find("in no function"), std::string::npos)
+        << r.error().message();
+    EXPECT_NE(r.error().message().find("handle_alpha"), std::string::npos)
+        << r.error().message();
+  }
+}
+
+// A function without a recorded size covers what follows it: an address there is
+// OFFSET into it (the engine decodes from its start), as NAME+OFFSET would be.
+TEST(Symbols, AddressAfterAnUnsizedFunction) {
+  auto f = fixture_elf();
+  ASSERT_TRUE(f);
+  const Symbol* unsized = only(*f, "hp_fx_unsized");
+  ASSERT_NE(unsized, nullptr);
+  EXPECT_EQ(unsized->size, 0u);
+  auto t = f->lookup_one(hex(unsized->value + 5));
+  ASSERT_TRUE(t.ok()) << t.error().message();
+  EXPECT_EQ(t->symbol, unsized);
+  EXPECT_EQ(t->offset_in_symbol, 5u);
+}
+
+// GCC's .cold fragments are pieces of functions: a glob skips them unless it names them;
+// an explicit name finds them (marked); clones (.part.N) are functions.
+TEST(Symbols, ColdFragmentsAreNotFunctions) {
+  EXPECT_TRUE(is_fragment_name("_Z6middlei.cold"));
+  EXPECT_TRUE(is_fragment_name("main.cold"));
+  EXPECT_TRUE(is_fragment_name("foo.cold.12"));
+  EXPECT_TRUE(is_fragment_name("foo.cold@GLIBC_2.2.5"));
+  for (const char* name : {"foo.part.0", "foo.isra.3", "foo.constprop.1", "foo.coldish",
+                           "foo.cold.x", "foo.cold.", ".cold", "cold", "foo_cold"}) {
+    EXPECT_FALSE(is_fragment_name(name)) << name;
+  }
+  auto f = fixture_elf();
+  ASSERT_TRUE(f);
+  const Symbol* cold = only(*f, "hp_fx_split.cold");
+  const Symbol* cold1 = only(*f, "hp_fx_split.cold.1");
+  const Symbol* part = only(*f, "hp_fx_split.part.0");
+  ASSERT_TRUE(cold && cold1 && part);
+  EXPECT_TRUE(cold->fragment);
+  EXPECT_TRUE(cold1->fragment);
+  EXPECT_FALSE(part->fragment);
+  EXPECT_FALSE(only(*f, "hp_fx_split")->fragment);
+  auto names = [&](const char* glob) {
+    std::vector<std::string> out;
+    auto r = f->lookup(glob);
+    EXPECT_TRUE(r.ok()) << glob << ": " << r.error().message();
+    if (r.ok()) {
+      for (const Target& t : *r)
+        out.emplace_back(t.symbol->name);
+    }
+    return out;
+  };
+  EXPECT_EQ(names("hp_fx_split*"),
+            (std::vector<std::string>{"hp_fx_split", "hp_fx_split.part.0"}));
+  EXPECT_EQ(names("hp_fx_split.cold*"),
+            (std::vector<std::string>{"hp_fx_split.cold", "hp_fx_split.cold.1"}));
+  auto one = f->lookup_one("hp_fx_split.cold");
+  ASSERT_TRUE(one.ok()) << one.error().message();
+  EXPECT_TRUE(one->symbol->fragment);
 }
 
 TEST(Symbols, TestExecutableFunctionAtItsAddress) {
