@@ -1,6 +1,5 @@
 #include "core/text_patch.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <linux/membarrier.h>
 #include <signal.h>
@@ -15,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -27,7 +27,41 @@ namespace hp::core {
 namespace {
 
 constexpr std::uint8_t kInt3 = 0xCC;
+constexpr std::uint8_t kJmpShort = 0xEB;
+constexpr std::uint8_t kSelf = 0xFE;  // rel8 -2: EB FE is `jmp .`
 constexpr std::uintptr_t kPage = 4096;
+
+// ---------------------------------------------------------------------------------------
+// System calls made while a transaction is in flight go through `syscall` directly: the
+// libc wrappers (and malloc, and every libc function) may be sites of the batch, and a
+// patcher that runs into one of its own spinning sites would spin forever.
+long raw_syscall(long nr, long a = 0, long b = 0, long c = 0, long d = 0) {
+  long ret;
+  register long r10 __asm__("r10") = d;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
+                   : "rcx", "r11", "memory");
+  return ret;
+}
+
+pid_t raw_gettid() {
+  return static_cast<pid_t>(raw_syscall(SYS_gettid));
+}
+pid_t raw_getpid() {
+  return static_cast<pid_t>(raw_syscall(SYS_getpid));
+}
+
+std::int64_t now_ns() {
+  timespec t{};
+  raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&t));
+  return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
+}
+
+void pause_ns(long ns) {
+  timespec t{0, ns};
+  raw_syscall(SYS_nanosleep, reinterpret_cast<long>(&t), 0);
+}
 
 // Code bytes are written and read with plain instructions in asm: sanitizers have no
 // shadow for another module's text (ThreadSanitizer faults on it), and no thread of
@@ -47,11 +81,104 @@ std::uint8_t read_code_byte(std::uintptr_t addr) {
   return b;
 }
 
+// Two bytes with one store. Only called where [addr, addr + 2) lies inside one aligned
+// 8-byte word (spin_head()), where the store is single-copy atomic and a thread fetching
+// the instruction sees both old bytes or both new ones.
+void write_pair(std::uintptr_t addr, std::uint8_t b0, std::uint8_t b1) {
+  const auto v = static_cast<std::uint16_t>(b0 | (b1 << 8));
+  __asm__ volatile("movw %1, %0"
+                   : "=m"(*reinterpret_cast<std::uint16_t*>(addr))
+                   : "r"(v)
+                   : "memory");
+}
+
+// Two bytes that cross an 8-byte boundary inside one aligned 16-byte block: the whole
+// block with one aligned 16-byte store, which processors with AVX perform atomically
+// (Intel SDM vol. 3A 9.1.1, AMD APM vol. 2 7.3.2). The other 14 bytes are written with
+// the values they hold: only the patcher writes code, under g_patch_mutex.
+void write_pair_wide(std::uintptr_t addr, std::uint8_t b0, std::uint8_t b1) {
+  const std::uintptr_t block = addr & ~std::uintptr_t{15};
+  alignas(16) std::uint8_t bytes[16];
+  for (std::size_t i = 0; i < 16; i++)
+    bytes[i] = read_code_byte(block + i);
+  bytes[addr - block] = b0;
+  bytes[addr - block + 1] = b1;
+  __asm__ volatile(
+      "movdqa %1, %%xmm15\n\t"
+      "movdqa %%xmm15, %0"
+      : "=m"(*reinterpret_cast<std::uint8_t(*)[16]>(block))
+      : "m"(bytes)
+      : "xmm15", "memory");
+}
+
 bool code_equals(std::uintptr_t addr, const PatchBytes& bytes) {
   for (std::size_t i = 0; i < bytes.size(); i++) {
     if (read_code_byte(addr + i) != bytes[i]) return false;
   }
   return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// How a site's first bytes hold arriving threads while its other bytes change.
+enum class Head : std::uint8_t {
+  whole,      // a one-byte patch: written at once
+  spin,       // EB FE over the first two bytes, one 2-byte store
+  spin_wide,  // EB FE, one 16-byte store (the pair crosses an 8-byte boundary)
+  trap,       // int3 on the first byte: a thread that arrives takes SIGTRAP
+};
+
+std::atomic<bool> g_trap_heads_for_testing{false};
+
+bool cpu_has_atomic_16_byte_stores() {
+  static const bool avx = __builtin_cpu_supports("avx");
+  return avx;
+}
+
+bool first_instruction_is_one_byte(const PatchSite& s) {
+  for (const auto& [off, to] : s.ip_map) {
+    if (off == 1) return true;
+  }
+  return false;
+}
+
+Head head_for(const PatchSite& s) {
+  if (s.new_bytes.size() == 1) return Head::whole;
+  if (g_trap_heads_for_testing.load(std::memory_order_relaxed)) return Head::trap;
+  // A thread at offset 1 would run the FE: the first instruction must be longer.
+  if (first_instruction_is_one_byte(s)) return Head::trap;
+  if ((s.addr & 7) != 7) return Head::spin;
+  if ((s.addr & 15) == 7 && cpu_has_atomic_16_byte_stores()) return Head::spin_wide;
+  return Head::trap;
+}
+
+std::size_t head_length(Head h) {
+  return h == Head::spin || h == Head::spin_wide ? 2 : 1;
+}
+
+// Writes the first head_length(h) bytes of `b`, in one store.
+void write_head(std::uintptr_t addr, Head h, const std::uint8_t* b) {
+  switch (h) {
+    case Head::spin:
+      write_pair(addr, b[0], b[1]);
+      break;
+    case Head::spin_wide:
+      write_pair_wide(addr, b[0], b[1]);
+      break;
+    case Head::whole:
+    case Head::trap:
+      write_byte(addr, b[0]);
+      break;
+  }
+}
+
+void write_hold(std::uintptr_t addr, Head h) {
+  static constexpr std::uint8_t kSpin[2] = {kJmpShort, kSelf};
+  static constexpr std::uint8_t kTrap[1] = {kInt3};
+  if (h == Head::spin || h == Head::spin_wide) {
+    write_head(addr, h, kSpin);
+  } else if (h == Head::trap) {
+    write_head(addr, h, kTrap);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -151,21 +278,97 @@ struct MoveTable {
   // Or, when sampling (ranges == nullptr): count threads whose ip is in [start, end).
   const std::pair<std::uintptr_t, std::uintptr_t>* sample;
   std::size_t n_sample;
+  // The threads asked: a handler running on tids[i] sets answered[i] (A1: matches A2).
+  const pid_t* tids;
+  std::atomic<std::uint8_t>* answered;
+  std::size_t n_tids;
 };
 std::atomic<unsigned> g_sample_inside{0};
 std::atomic<const MoveTable*> g_moves{nullptr};
 std::atomic<int> g_move_handlers_active{0};
 std::atomic<unsigned> g_move_acks{0};
-int g_move_signal = 0;
+
+// The move signal: installed (g_move_signal, under g_patch_mutex, read by others after
+// init) or, before that, the one that will be (g_move_signal_choice).
+std::atomic<int> g_move_signal{0};
+std::atomic<int> g_move_signal_choice{0};
+
+void move_handler(int, siginfo_t*, void*);
+
+// Whether the program has a use for `sig`: a handler that is not ours, or SIG_IGN.
+bool signal_in_use(int sig) {
+  struct sigaction cur {};
+  if (sigaction(sig, nullptr, &cur) != 0) return true;
+  if (cur.sa_flags & SA_SIGINFO) return cur.sa_sigaction != move_handler;
+  return cur.sa_handler != SIG_DFL;
+}
+
+std::string rt_name(int sig) {
+  const int lo = SIGRTMIN, hi = SIGRTMAX;
+  if (sig - lo <= hi - sig) return "SIGRTMIN+" + std::to_string(sig - lo);
+  return "SIGRTMAX-" + std::to_string(hi - sig);
+}
+
+std::string signal_range() {
+  return std::to_string(SIGRTMIN) + " to " + std::to_string(SIGRTMAX) + " (SIGRTMIN..SIGRTMAX)";
+}
 
 }  // namespace
 
+Result<int> choose_move_signal(const char* requested) {
+  const int lo = SIGRTMIN, hi = SIGRTMAX;
+  if (requested && *requested) {
+    long v = 0;
+    bool digits = true;
+    for (const char* p = requested; *p; p++) {
+      if (*p < '0' || *p > '9' || v > 1000) {
+        digits = false;
+        break;
+      }
+      v = v * 10 + (*p - '0');
+    }
+    const std::string shown = std::string("HOTPROBE_SIGNAL=") + requested;
+    if (!digits) {
+      return Error(Errc::invalid_argument,
+                   shown + " is not a signal number: set it to a real-time signal from " +
+                       signal_range() + " that the program does not use, or unset it");
+    }
+    const int sig = static_cast<int>(v);
+    if (sig < lo || sig > hi) {
+      const char* name = sig > 0 && sig < 32 ? sigabbrev_np(sig) : nullptr;
+      return Error(Errc::invalid_argument,
+                   shown + (name ? std::string(" (SIG") + name + ")" : std::string()) +
+                       " is not a real-time signal: hotprobe would take it over from the "
+                       "program. Use a number from " +
+                       signal_range() + " that the program does not use, or unset it");
+    }
+    if (signal_in_use(sig)) {
+      return Error(Errc::busy, shown + ": the program already handles signal " +
+                                   std::to_string(sig) + " (" + rt_name(sig) +
+                                   "); pick another real-time signal from " + signal_range() +
+                                   " that it leaves alone, or unset HOTPROBE_SIGNAL and "
+                                   "hotprobe picks a free one");
+    }
+    return sig;
+  }
+  // The default, then the others from the top down (programs take SIGRTMIN first).
+  if (!signal_in_use(hi - 3)) return hi - 3;
+  for (int sig = hi; sig >= lo; sig--) {
+    if (sig != hi - 3 && !signal_in_use(sig)) return sig;
+  }
+  return Error(Errc::busy, "every real-time signal (" + signal_range() +
+                               ") has a handler in this program: hotprobe needs one it can own "
+                               "to move threads out of the code it patches");
+}
+
 int move_signal_number() noexcept {
-  static const int sig = [] {
-    const char* s = std::getenv("HOTPROBE_SIGNAL");
-    return s ? std::atoi(s) : SIGRTMAX - 3;
-  }();
-  return sig;
+  if (int s = g_move_signal.load(std::memory_order_acquire)) return s;
+  if (int s = g_move_signal_choice.load(std::memory_order_acquire)) return s;
+  auto r = choose_move_signal(std::getenv("HOTPROBE_SIGNAL"));
+  if (!r.ok()) return 0;
+  int expected = 0;
+  g_move_signal_choice.compare_exchange_strong(expected, *r, std::memory_order_acq_rel);
+  return g_move_signal_choice.load(std::memory_order_acquire);
 }
 
 namespace {
@@ -183,8 +386,12 @@ CtxRip ctx_rip(void* uc) {
   return {static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_RIP]};
 }
 
-// Moves the interrupted ip out of the middle of a site being patched. Async-signal-safe.
-void move_handler(int, siginfo_t*, void* uc) {
+// Moves the interrupted ip out of the middle of a site being patched. Async-signal-safe,
+// and calls nothing that can be a site (no libc): it runs while sites spin.
+void move_handler(int, siginfo_t* info, void* uc) {
+  // Ours come from tgkill in this process; anything else is ignored, as the signal's
+  // default disposition in a program that never sends it would not matter.
+  if (info->si_code != SI_TKILL || info->si_pid != raw_getpid()) return;
   int saved_errno = errno;
   g_move_handlers_active.fetch_add(1, std::memory_order_acq_rel);  // M1: matches M2
   if (const MoveTable* mt = g_moves.load(std::memory_order_acquire)) {
@@ -207,6 +414,15 @@ void move_handler(int, siginfo_t*, void* uc) {
           }
         }
         break;
+      }
+    }
+    if (mt->n_tids) {
+      const pid_t me = raw_gettid();
+      for (std::size_t i = 0; i < mt->n_tids; i++) {
+        if (mt->tids[i] == me) {
+          mt->answered[i].store(1, std::memory_order_release);  // A1: matches A2
+          break;
+        }
       }
     }
   }
@@ -253,32 +469,46 @@ HP_DISPATCH_SECTION void trap_handler(int sig, siginfo_t* info, void* uc) {
 // ---------------------------------------------------------------------------------------
 Mutex g_patch_mutex;  // one transaction at a time; held for a whole apply_patches()
 
+// The move signal, checked when it is installed: a program that took the chosen signal
+// since move_signal_number() answered gets another (or, for HOTPROBE_SIGNAL, an error).
+Result<void> install_move_signal() HP_REQUIRES(g_patch_mutex) {
+  int sig = g_move_signal_choice.load(std::memory_order_acquire);
+  if (sig == 0 || signal_in_use(sig)) {
+    auto r = choose_move_signal(std::getenv("HOTPROBE_SIGNAL"));
+    if (!r.ok()) return r.error();
+    sig = *r;
+  }
+  struct sigaction ma {};
+  ma.sa_sigaction = move_handler;
+  ma.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigfillset(&ma.sa_mask);
+  if (sigaction(sig, &ma, nullptr) != 0) return sys_error("sigaction(move signal)");
+  g_move_signal_choice.store(sig, std::memory_order_release);
+  g_move_signal.store(sig, std::memory_order_release);
+  return {};
+}
+
 Result<void> init_once() HP_REQUIRES(g_patch_mutex) {
   static bool done = false;
   if (done) return {};
-  void* mem = mmap(nullptr, kTrapSlots * sizeof(TrapEntry), PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (mem == MAP_FAILED) return sys_error("mmap of the trap table");
-  g_traps = static_cast<TrapEntry*>(mem);
-
+  HP_TRY(install_move_signal());
+  if (!g_traps) {
+    void* mem = mmap(nullptr, kTrapSlots * sizeof(TrapEntry), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) return sys_error("mmap of the trap table");
+    g_traps = static_cast<TrapEntry*>(mem);
+  }
   struct sigaction sa {};
   sa.sa_sigaction = trap_handler;
   sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
   sigemptyset(&sa.sa_mask);
   if (sigaction(SIGTRAP, &sa, &g_prev_trap_action) != 0) return sys_error("sigaction(SIGTRAP)");
-
-  g_move_signal = move_signal_number();
-  struct sigaction ma {};
-  ma.sa_sigaction = move_handler;
-  ma.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigfillset(&ma.sa_mask);
-  if (sigaction(g_move_signal, &ma, nullptr) != 0) return sys_error("sigaction(move signal)");
   done = true;
   return {};
 }
 
 long membarrier(int cmd) {
-  return syscall(__NR_membarrier, cmd, 0, 0);
+  return raw_syscall(__NR_membarrier, cmd, 0, 0);
 }
 
 // 0 unknown, 1 SYNC_CORE registered, 2 only PRIVATE_EXPEDITED (x86 returns from the IPI
@@ -286,95 +516,228 @@ long membarrier(int cmd) {
 // reason), 3 neither.
 std::atomic<int> g_sync_mode{0};
 
+// ---------------------------------------------------------------------------------------
+// Threads, read from /proc with raw system calls and no allocation (the window rule).
 struct ThreadState {
-  pid_t tid;
   enum { kBlocked, kPreempted, kRunning, kGone } state;
   std::uintptr_t pc;
 };
 
-bool read_thread(pid_t tid, ThreadState& out) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
-  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  out.tid = tid;
-  if (fd < 0) {
-    out.state = ThreadState::kGone;
-    return true;
-  }
+// "/proc/self/task/<tid>/syscall": "running", or "<nr> <args...> <sp> <pc>" with nr -1
+// for a thread preempted in user mode.
+ThreadState read_thread(pid_t tid) {
+  char path[64] = "/proc/self/task/";
+  std::size_t n = 16;
+  char digits[16];
+  std::size_t nd = 0;
+  for (auto v = static_cast<unsigned>(tid); v || nd == 0; v /= 10)
+    digits[nd++] = static_cast<char>('0' + v % 10);
+  while (nd)
+    path[n++] = digits[--nd];
+  for (const char* s = "/syscall"; *s;)
+    path[n++] = *s++;
+  path[n] = 0;
+  ThreadState out{ThreadState::kGone, 0};
+  const long fd =
+      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
   char buf[256];
-  ssize_t n = ::read(fd, buf, sizeof buf - 1);
-  ::close(fd);
-  if (n <= 0) {
-    out.state = ThreadState::kGone;
-    return true;
-  }
-  buf[n] = 0;
-  if (std::strncmp(buf, "running", 7) == 0) {
+  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
+  raw_syscall(SYS_close, fd);
+  if (got <= 0) return out;
+  buf[got] = 0;
+  if (buf[0] == 'r') {
     out.state = ThreadState::kRunning;
-    return true;
+    return out;
   }
-  long nr = std::strtol(buf, nullptr, 10);
-  // The last field is the user pc.
-  const char* last = std::strrchr(buf, ' ');
-  out.pc = last ? std::strtoull(last + 1, nullptr, 16) : 0;
-  out.state = nr == -1 ? ThreadState::kPreempted : ThreadState::kBlocked;
-  return true;
+  out.state = buf[0] == '-' ? ThreadState::kPreempted : ThreadState::kBlocked;
+  std::size_t end = static_cast<std::size_t>(got);
+  while (end && (buf[end - 1] == '\n' || buf[end - 1] == ' '))
+    end--;
+  std::size_t start = end;
+  while (start && buf[start - 1] != ' ')
+    start--;
+  if (start + 2 <= end && buf[start] == '0' && buf[start + 1] == 'x') start += 2;
+  std::uintptr_t pc = 0;
+  for (std::size_t i = start; i < end; i++) {
+    const char c = buf[i];
+    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) break;
+    pc = pc * 16 + static_cast<std::uintptr_t>(d);
+  }
+  out.pc = pc;
+  return out;
 }
 
-std::vector<pid_t> list_threads() {
-  std::vector<pid_t> tids;
-  DIR* d = opendir("/proc/self/task");
-  if (!d) return tids;
-  pid_t self = static_cast<pid_t>(syscall(SYS_gettid));
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    pid_t t = static_cast<pid_t>(std::atoi(e->d_name));
-    if (t != self) tids.push_back(t);
+// The other threads of the process into tids[0..cap); returns how many there are (more
+// than cap when they did not fit), or -1 when /proc cannot be read.
+long list_threads(pid_t* tids, std::size_t cap) {
+  const long fd = raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/task"),
+                              O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  const pid_t self = raw_gettid();
+  long count = 0;
+  alignas(8) char buf[4096];
+  for (;;) {
+    const long got = raw_syscall(SYS_getdents64, fd, reinterpret_cast<long>(buf), sizeof buf);
+    if (got <= 0) break;
+    for (long off = 0; off < got;) {
+      struct Dirent64 {
+        std::uint64_t ino;
+        std::int64_t off;
+        unsigned short reclen;
+        unsigned char type;
+        char name[1];
+      };
+      const auto* d = reinterpret_cast<const Dirent64*>(buf + off);
+      off += d->reclen;
+      if (d->name[0] < '0' || d->name[0] > '9') continue;
+      long t = 0;
+      for (const char* p = d->name; *p >= '0' && *p <= '9'; p++)
+        t = t * 10 + (*p - '0');
+      if (t == self) continue;
+      if (static_cast<std::size_t>(count) < cap) tids[count] = static_cast<pid_t>(t);
+      count++;
+    }
   }
-  closedir(d);
-  return tids;
+  raw_syscall(SYS_close, fd);
+  return count;
 }
 
-bool inside_any(const std::vector<Range>& ranges, std::uintptr_t pc) {
-  auto it = std::upper_bound(ranges.begin(), ranges.end(), pc,
-                             [](std::uintptr_t v, const Range& r) { return v < r.start; });
-  if (it == ranges.begin()) return false;
+bool inside_any(const Range* ranges, std::size_t n, std::uintptr_t pc) {
+  const Range* it = std::upper_bound(ranges, ranges + n, pc,
+                                     [](std::uintptr_t v, const Range& r) { return v < r.start; });
+  if (it == ranges) return false;
   --it;
   return pc > it->start && pc < it->end;
 }
 
-unsigned signal_and_wait(const MoveTable& mt, const std::vector<pid_t>& tids, PatchStats* stats);
+// Step 2's buffers, allocated before the window opens.
+struct Observation {
+  std::unique_ptr<pid_t[]> tids;
+  std::unique_ptr<std::atomic<std::uint8_t>[]> answered;
+  std::unique_ptr<std::uint8_t[]> settled;
+  std::unique_ptr<std::uint8_t[]> signalled;
+  std::size_t cap = 0;
 
-// Step 2: no thread may stay strictly inside a site whose tail bytes are about to change.
-Result<void> move_threads_out(const std::vector<Range>& ranges, PatchStats& stats) {
-  MoveTable mt{ranges.data(), ranges.size(), nullptr, 0};
-  std::vector<pid_t> to_signal;
-  for (pid_t tid : list_threads()) {
-    ThreadState ts{};
-    read_thread(tid, ts);
-    if (ts.state == ThreadState::kRunning ||
-        (ts.state == ThreadState::kPreempted && inside_any(ranges, ts.pc))) {
-      to_signal.push_back(tid);
-    }
-  }
-  if (to_signal.empty()) return {};
-  if (signal_and_wait(mt, to_signal, &stats) == 0) return {};
-  // A thread that blocks the signal is checked again through /proc and accepted if it
-  // is now provably outside every site.
-  for (pid_t tid : to_signal) {
-    ThreadState ts{};
-    read_thread(tid, ts);
-    if (ts.state == ThreadState::kRunning ||
-        (ts.state == ThreadState::kPreempted && inside_any(ranges, ts.pc))) {
-      return Error(Errc::busy, "thread " + std::to_string(tid) +
-                                   " of this process did not answer hotprobe's signal " +
-                                   std::to_string(g_move_signal) +
-                                   " within 1 s (is it blocked with sigprocmask?); set "
-                                   "HOTPROBE_SIGNAL to a signal the program leaves unblocked");
-    }
-  }
-  return {};
+  explicit Observation(std::size_t c)
+      : tids(new pid_t[c]),
+        answered(new std::atomic<std::uint8_t>[c]),
+        settled(new std::uint8_t[c]),
+        signalled(new std::uint8_t[c]),
+        cap(c) {}
+};
+
+std::size_t thread_count_estimate() {
+  pid_t none[1];
+  const long n = list_threads(none, 0);
+  return n > 0 ? static_cast<std::size_t>(n) : 0;
 }
+
+// Why step 2 could not finish (the message is made after the rollback: no allocation
+// while sites spin).
+struct ObserveFailure {
+  enum { kNone, kProc, kTooMany, kStayed } kind = kNone;
+  pid_t tid = 0;
+  bool preempted_inside = false;
+};
+
+constexpr std::int64_t kObserveBudgetNs = 1000000000;  // 1 s
+
+// Step 2: after the holds are in place and serialized, every other thread is shown to be
+// outside the interior of every site, or is moved out of it. The set of threads inside
+// only shrinks from then on: an arriving thread stops at a site's first byte (it spins
+// there, or traps), and no branch lands inside (the relocator refuses such sites). So
+// each thread needs to be seen outside once:
+//   - blocked in a system call, or preempted with its pc outside: done (never signalled,
+//     so never sees EINTR);
+//   - preempted inside, or running: sent the move signal once; its handler moves it by
+//     the site's ip map and answers. One that blocks the signal is read again until it
+//     is seen outside (a running thread leaves a few straight-line instructions behind
+//     in nanoseconds) or the budget runs out.
+ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observation& obs, int sig,
+                               PatchStats& stats) {
+  ObserveFailure fail;
+  const long listed = list_threads(obs.tids.get(), obs.cap);
+  if (listed < 0) {
+    fail.kind = ObserveFailure::kProc;
+    return fail;
+  }
+  if (static_cast<std::size_t>(listed) > obs.cap) {
+    fail.kind = ObserveFailure::kTooMany;
+    return fail;
+  }
+  const auto n = static_cast<std::size_t>(listed);
+  for (std::size_t i = 0; i < n; i++) {
+    obs.answered[i].store(0, std::memory_order_relaxed);
+    obs.settled[i] = 0;
+    obs.signalled[i] = 0;
+  }
+  MoveTable mt{ranges, n_ranges, nullptr, 0, obs.tids.get(), obs.answered.get(), n};
+  g_moves.store(&mt, std::memory_order_release);
+  const pid_t pid = raw_getpid();
+  const std::int64_t deadline = now_ns() + kObserveBudgetNs;
+  std::size_t left = n;
+  for (unsigned round = 0; left; round++) {
+    for (std::size_t i = 0; i < n; i++) {
+      if (obs.settled[i]) continue;
+      bool done = obs.answered[i].load(std::memory_order_acquire) != 0;  // A2: matches A1
+      bool inside = false;
+      if (!done) {
+        const ThreadState ts = read_thread(obs.tids[i]);
+        inside = ts.state != ThreadState::kGone && ts.state != ThreadState::kRunning &&
+                 inside_any(ranges, n_ranges, ts.pc);
+        done = ts.state == ThreadState::kGone || (ts.state != ThreadState::kRunning && !inside);
+        if (!done && !obs.signalled[i]) {
+          if (raw_syscall(SYS_tgkill, pid, obs.tids[i], sig) == 0) stats.threads_signalled++;
+          obs.signalled[i] = 1;
+        }
+      }
+      if (done) {
+        obs.settled[i] = 1;
+        left--;
+      } else {
+        fail.tid = obs.tids[i];
+        fail.preempted_inside = inside;
+      }
+    }
+    if (!left) break;
+    if (now_ns() > deadline) {
+      fail.kind = ObserveFailure::kStayed;
+      break;
+    }
+    pause_ns(round < 50 ? 20000 : 200000);
+  }
+  g_moves.store(nullptr, std::memory_order_release);
+  // M2: matches M1. A handler that loaded the table before it was cleared is finished
+  // before `mt` goes away.
+  while (g_move_handlers_active.load(std::memory_order_acquire) != 0)
+    raw_syscall(SYS_sched_yield);
+  return fail;
+}
+
+// The patching thread takes no asynchronous signal while sites spin: a handler of the
+// program that calls a site of the batch on this thread would spin forever. Synchronous
+// signals stay open (they cannot be blocked without dying of them), and so do glibc's
+// two internal ones (SIGCANCEL, SIGSETXID: a setuid elsewhere waits for every thread).
+class AsyncSignalsBlocked {
+ public:
+  AsyncSignalsBlocked() {
+    std::uint64_t mask = ~std::uint64_t{0};
+    for (int sig : {SIGTRAP, SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGSYS, 32, 33})
+      mask &= ~(std::uint64_t{1} << (sig - 1));
+    raw_syscall(SYS_rt_sigprocmask, SIG_BLOCK, reinterpret_cast<long>(&mask),
+                reinterpret_cast<long>(&old_), sizeof mask);
+  }
+  ~AsyncSignalsBlocked() {
+    raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&old_), 0, sizeof old_);
+  }
+  AsyncSignalsBlocked(const AsyncSignalsBlocked&) = delete;
+  AsyncSignalsBlocked& operator=(const AsyncSignalsBlocked&) = delete;
+
+ private:
+  std::uint64_t old_ = 0;
+};
 
 // The protections of the pages the sites touch, as runs of adjacent pages.
 struct PageRun {
@@ -438,33 +801,36 @@ Result<std::vector<PageRun>> page_runs(std::span<const PatchSite> sites) {
   return runs;
 }
 
-// Sends the move signal to `tids` with `mt` published and waits (bounded) for the
-// answers. Returns the number of threads that did not answer.
-unsigned signal_and_wait(const MoveTable& mt, const std::vector<pid_t>& tids, PatchStats* stats) {
-  g_move_acks.store(0, std::memory_order_relaxed);
-  g_moves.store(&mt, std::memory_order_release);
+// Sends the move signal to the running threads in `tids` with `mt` published and waits
+// (bounded) for their answers. Returns the number of threads that did not answer.
+unsigned sample_running(MoveTable& mt, int sig) {
+  const pid_t pid = raw_getpid();
   unsigned sent = 0;
-  pid_t pid = getpid();
-  for (pid_t tid : tids) {
-    if (syscall(SYS_tgkill, pid, tid, g_move_signal) == 0) sent++;
+  for (std::size_t i = 0; i < mt.n_tids; i++) {
+    mt.answered[i].store(0, std::memory_order_relaxed);
   }
-  if (stats) stats->threads_signalled += sent;
-  timespec start{};
-  clock_gettime(CLOCK_MONOTONIC, &start);
-  while (g_move_acks.load(std::memory_order_acquire) < sent) {
-    timespec now{};
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double waited = double(now.tv_sec - start.tv_sec) + double(now.tv_nsec - start.tv_nsec) * 1e-9;
-    if (waited > 1.0) break;
-    timespec ts{0, 20000};
-    nanosleep(&ts, nullptr);
+  g_moves.store(&mt, std::memory_order_release);
+  for (std::size_t i = 0; i < mt.n_tids; i++) {
+    if (raw_syscall(SYS_tgkill, pid, mt.tids[i], sig) == 0) {
+      sent++;
+    } else {
+      mt.answered[i].store(1, std::memory_order_relaxed);  // gone
+    }
   }
-  unsigned missing = sent - std::min(sent, g_move_acks.load(std::memory_order_acquire));
+  const std::int64_t deadline = now_ns() + kObserveBudgetNs;
+  unsigned missing = 0;
+  for (;;) {
+    missing = 0;
+    for (std::size_t i = 0; i < mt.n_tids; i++)
+      missing += mt.answered[i].load(std::memory_order_acquire) == 0;  // A2: matches A1
+    if (missing == 0 || now_ns() > deadline) break;
+    pause_ns(20000);
+  }
   g_moves.store(nullptr, std::memory_order_release);
-  // M2: matches M1. A handler that loaded the table before it was cleared is finished
-  // before `mt` goes away.
+  // M2: matches M1.
   while (g_move_handlers_active.load(std::memory_order_acquire) != 0)
-    sched_yield();
+    raw_syscall(SYS_sched_yield);
+  (void)sent;
   return missing;
 }
 
@@ -479,24 +845,38 @@ Result<bool> threads_outside(std::span<const std::pair<std::uintptr_t, std::uint
     }
     return false;
   };
-  std::vector<pid_t> running;
-  for (pid_t tid : list_threads()) {
-    ThreadState ts{};
-    read_thread(tid, ts);
+  const std::size_t cap = thread_count_estimate() + 64;
+  auto tids = std::make_unique<pid_t[]>(cap);
+  const long listed = list_threads(tids.get(), cap);
+  if (listed < 0 || static_cast<std::size_t>(listed) > cap) return false;
+  std::size_t running = 0;
+  for (long i = 0; i < listed; i++) {
+    const ThreadState ts = read_thread(tids[static_cast<std::size_t>(i)]);
     if (ts.state == ThreadState::kRunning) {
-      running.push_back(tid);
+      tids[running++] = tids[static_cast<std::size_t>(i)];
     } else if (ts.state != ThreadState::kGone && inside(ts.pc)) {
       return false;
     }
   }
-  if (running.empty()) return true;
-  MoveTable mt{nullptr, 0, ranges.data(), ranges.size()};
+  if (running == 0) return true;
+  auto answered = std::make_unique<std::atomic<std::uint8_t>[]>(running);
+  MoveTable mt{nullptr, 0, ranges.data(), ranges.size(), tids.get(), answered.get(), running};
   g_sample_inside.store(0, std::memory_order_relaxed);
-  unsigned missing = signal_and_wait(mt, running, nullptr);
+  const unsigned missing = sample_running(mt, g_move_signal.load(std::memory_order_relaxed));
   return missing == 0 && g_sample_inside.load(std::memory_order_relaxed) == 0;
 }
 
-Result<void> sync_core() {
+namespace {
+
+Error no_membarrier() {
+  return Error(Errc::unsupported,
+               "membarrier(PRIVATE_EXPEDITED_SYNC_CORE) is not available: hotprobe cannot "
+               "serialize the other threads' instruction streams on this kernel "
+               "(needs Linux 4.16 or later with CONFIG_MEMBARRIER)");
+}
+
+// Registers this process for membarrier once; false when neither command is available.
+bool sync_core_registered() {
   int mode = g_sync_mode.load(std::memory_order_acquire);
   if (mode == 0) {
     if (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE) == 0) {
@@ -508,25 +888,62 @@ Result<void> sync_core() {
     }
     g_sync_mode.store(mode, std::memory_order_release);
   }
+  return mode != 3;
+}
+
+// One serializing round, allocating nothing (it runs inside the window).
+bool sync_core_in_window() {
+  const int mode = g_sync_mode.load(std::memory_order_acquire);
   long rc = -1;
   if (mode == 1) rc = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
   if (mode == 2) rc = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
-  if (rc != 0) {
-    return Error(Errc::unsupported,
-                 "membarrier(PRIVATE_EXPEDITED_SYNC_CORE) is not available: hotprobe cannot "
-                 "serialize the other threads' instruction streams on this kernel "
-                 "(needs Linux 4.16 or later with CONFIG_MEMBARRIER)");
-  }
+  if (rc != 0) return false;
   g_sync_core_rounds.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+}  // namespace
+
+Result<void> sync_core() {
+  if (!sync_core_registered() || !sync_core_in_window()) return no_membarrier();
   return {};
 }
 
 namespace {
 std::atomic<bool> g_fail_next_apply{false};
+
+Error observe_error(const ObserveFailure& f, int sig) {
+  switch (f.kind) {
+    case ObserveFailure::kProc:
+      return Error(Errc::io_error,
+                   "cannot read /proc/self/task: hotprobe needs /proc to find the threads it "
+                   "must move out of the code it patches (mount proc); nothing was changed");
+    case ObserveFailure::kTooMany:
+      return Error(Errc::busy,
+                   "threads appeared faster than hotprobe could list them while it patched; "
+                   "nothing was changed: retry");
+    default:
+      break;
+  }
+  const std::string t = "thread " + std::to_string(f.tid) + " of this process ";
+  const std::string s = std::to_string(sig);
+  const std::string what = f.preempted_inside
+                               ? t + "stayed preempted inside code hotprobe was about to change"
+                               : t + "kept running with hotprobe's signal " + s +
+                                     " blocked, so hotprobe could not see where it was";
+  return Error(Errc::busy, what + " for 1 s; nothing was changed. Retry, leave signal " + s +
+                               " (hotprobe::reserved_signal()) unblocked in that thread, or set "
+                               "HOTPROBE_SIGNAL to a real-time signal it leaves unblocked");
+}
+
 }  // namespace
 
 void fail_next_apply_for_testing() noexcept {
   g_fail_next_apply.store(true, std::memory_order_relaxed);
+}
+
+void use_trap_heads_for_testing(bool on) noexcept {
+  g_trap_heads_for_testing.store(on, std::memory_order_relaxed);
 }
 
 Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
@@ -567,6 +984,23 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   if (sites.size() > kTrapSlots / 4) {
     return Error(Errc::invalid_argument, "batch too large for one transaction (split it)");
   }
+  // Everything the window needs is allocated now.
+  std::vector<Head> heads(sites.size());
+  bool multi_byte = false;
+  bool may_hold_threads = false;  // some site has instruction boundaries inside it
+  bool traps = false;
+  for (std::size_t i = 0; i < sites.size(); i++) {
+    heads[i] = head_for(sites[i]);
+    multi_byte |= sites[i].new_bytes.size() > 1;
+    may_hold_threads |= !sites[i].ip_map.empty();
+    traps |= heads[i] == Head::trap || heads[i] == Head::whole;
+  }
+  std::unique_ptr<Observation> obs;
+  if (multi_byte && may_hold_threads) {
+    obs = std::make_unique<Observation>(thread_count_estimate() * 2 + 256);
+  }
+  const int sig = g_move_signal.load(std::memory_order_relaxed);
+  if (!sync_core_registered()) return no_membarrier();
   auto runs = page_runs(sites);
   if (!runs.ok()) return runs.error();
 
@@ -588,59 +1022,69 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       stats.protect_calls++;
     }
   };
-
-  trap_clear_if_crowded();
-  bool multi_byte = false;
-  bool may_hold_threads = false;  // some site has instruction boundaries inside it
-  for (const PatchSite& s : sites) {
-    trap_insert(s.addr, s.trap_target);
-    multi_byte |= s.new_bytes.size() > 1;
-    may_hold_threads |= !s.ip_map.empty();
+  // A trapping head, or a one-byte patch that replaces an int3, may be trapped on during
+  // the window: the trap table says where such a thread continues.
+  if (traps) {
+    trap_clear_if_crowded();
+    for (std::size_t i = 0; i < sites.size(); i++) {
+      if (heads[i] == Head::trap || heads[i] == Head::whole)
+        trap_insert(sites[i].addr, sites[i].trap_target);
+    }
   }
-  // Step 1: int3 on every first byte.
-  for (const PatchSite& s : sites)
-    write_byte(s.addr, kInt3);
-  auto fail = [&](Error e) -> Result<PatchStats> {
-    for (const PatchSite& s : sites)
-      write_byte(s.addr, s.old_bytes[0]);
-    (void)sync_core();
-    for (const PatchSite& s : sites)
-      trap_remove(s.addr);
-    restore_protection();
-    return e;
+  auto remove_traps = [&] {
+    if (!traps) return;
+    for (std::size_t i = sites.size(); i-- > 0;) {  // last in, first out: see trap_remove
+      if (heads[i] == Head::trap || heads[i] == Head::whole) trap_remove(sites[i].addr);
+    }
   };
-  if (auto r = sync_core(); !r.ok()) return fail(r.error());
-  stats.sync_core_rounds++;
 
-  if (multi_byte) {
-    // Step 2: nobody stays inside a site. Sites without inner instruction boundaries
-    // (restoring the original bytes over a 5-byte jmp) cannot hold a thread: no signal.
-    if (may_hold_threads) {
-      if (auto r = move_threads_out(ranges, stats); !r.ok()) return fail(r.error());
+  // The window: from the first hold written to the last head written, this thread calls
+  // nothing that can be a site (raw system calls, no allocation, no libc) and takes no
+  // asynchronous signal.
+  ObserveFailure observed;
+  bool sync_failed = false;
+  {
+    AsyncSignalsBlocked no_signals;
+    // Step 1: hold every multi-byte site: `jmp .` (or int3) over its first bytes.
+    if (multi_byte) {
+      for (std::size_t i = 0; i < sites.size(); i++)
+        write_hold(sites[i].addr, heads[i]);
+      sync_failed = !sync_core_in_window();
+      if (!sync_failed) stats.sync_core_rounds++;
+      // Step 2: nobody stays inside a site. Sites without inner instruction boundaries
+      // (restoring the original bytes over a 5-byte jmp) cannot hold a thread.
+      if (!sync_failed && obs) {
+        observed = observe_threads(ranges.data(), ranges.size(), *obs, sig, stats);
+      }
+      if (sync_failed || observed.kind != ObserveFailure::kNone) {
+        for (std::size_t i = 0; i < sites.size(); i++) {
+          if (heads[i] != Head::whole)
+            write_head(sites[i].addr, heads[i], sites[i].old_bytes.data());
+        }
+        (void)sync_core_in_window();
+      } else {
+        // Step 3: the bytes behind the holds.
+        for (std::size_t i = 0; i < sites.size(); i++) {
+          const PatchSite& s = sites[i];
+          for (std::size_t b = head_length(heads[i]); b < s.new_bytes.size(); b++)
+            write_byte(s.addr + b, s.new_bytes[b]);
+        }
+        if (!sync_core_in_window()) HP_DIE("membarrier failed after it had worked");
+        stats.sync_core_rounds++;
+      }
     }
-    // Step 3: the tails.
-    for (const PatchSite& s : sites) {
-      for (std::size_t i = 1; i < s.new_bytes.size(); i++)
-        write_byte(s.addr + i, s.new_bytes[i]);
-    }
-    if (auto r = sync_core(); !r.ok()) return fail(r.error());
-    stats.sync_core_rounds++;
-  }
-  // Step 4: the first bytes.
-  bool first_changes = false;
-  for (const PatchSite& s : sites) {
-    if (s.new_bytes[0] != kInt3) {
-      write_byte(s.addr, s.new_bytes[0]);
-      first_changes = true;
+    // Step 4: the first bytes, each with one store: a held thread runs the new code.
+    if (!sync_failed && observed.kind == ObserveFailure::kNone) {
+      for (std::size_t i = 0; i < sites.size(); i++)
+        write_head(sites[i].addr, heads[i], sites[i].new_bytes.data());
+      if (!sync_core_in_window()) HP_DIE("membarrier failed after it had worked");
+      stats.sync_core_rounds++;
     }
   }
-  if (first_changes) {
-    if (auto r = sync_core(); !r.ok()) HP_DIE("membarrier failed after it had worked");
-    stats.sync_core_rounds++;
-  }
-  for (auto s = sites.rbegin(); s != sites.rend(); ++s)  // last in, first out: see trap_remove
-    trap_remove(s->addr);
+  remove_traps();
   restore_protection();
+  if (sync_failed) return no_membarrier();
+  if (observed.kind != ObserveFailure::kNone) return observe_error(observed, sig);
   return stats;
 }
 
