@@ -63,6 +63,15 @@ void pause_ns(long ns) {
   raw_syscall(SYS_nanosleep, reinterpret_cast<long>(&t), 0);
 }
 
+// CPU time another thread of this process has used, in ns (its CPUCLOCK_SCHED clock,
+// exact to the moment: it includes the slice it is running now); -1 once it is gone.
+std::int64_t thread_cpu_ns(pid_t tid) {
+  const auto clock = static_cast<long>((~static_cast<unsigned long>(tid) << 3) | 6);
+  timespec t{};
+  if (raw_syscall(SYS_clock_gettime, clock, reinterpret_cast<long>(&t)) != 0) return -1;
+  return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
+}
+
 // Code bytes are written and read with plain instructions in asm: sanitizers have no
 // shadow for another module's text (ThreadSanitizer faults on it), and no thread of
 // this process reads code as data, so there is nothing for them to check.
@@ -137,6 +146,31 @@ bool cpu_has_atomic_16_byte_stores() {
 bool first_instruction_is_one_byte(const PatchSite& s) {
   for (const auto& [off, to] : s.ip_map) {
     if (off == 1) return true;
+  }
+  return false;
+}
+
+// Whether an instruction of the site's interior can run for long where it is: a
+// rep-prefixed string instruction (one instruction, many iterations). Every other
+// instruction a thread can be at inside a site leaves it after a few more (the displaced
+// bytes hold no loop and no system call).
+bool interior_may_run_long(const PatchSite& s) {
+  auto rep_string_at = [&](std::size_t i) {
+    bool rep = false;
+    for (; i < s.old_bytes.size(); i++) {
+      const std::uint8_t b = s.old_bytes[i];
+      if (b == 0xF2 || b == 0xF3) {
+        rep = true;
+      } else if (!(b == 0x66 || b == 0x67 || b == 0x2E || b == 0x3E || b == 0x26 || b == 0x36 ||
+                   b == 0x64 || b == 0x65 || b == 0xF0 || (b >= 0x40 && b <= 0x4F))) {
+        return rep &&
+               ((b >= 0xA4 && b <= 0xA7) || (b >= 0xAA && b <= 0xAF) || (b >= 0x6C && b <= 0x6F));
+      }
+    }
+    return false;
+  };
+  for (const auto& [off, to] : s.ip_map) {
+    if (rep_string_at(off)) return true;
   }
   return false;
 }
@@ -618,6 +652,7 @@ struct Observation {
   std::unique_ptr<std::atomic<std::uint8_t>[]> answered;
   std::unique_ptr<std::uint8_t[]> settled;
   std::unique_ptr<std::uint8_t[]> signalled;
+  std::unique_ptr<std::int64_t[]> cpu_at_start;
   std::size_t cap = 0;
 
   explicit Observation(std::size_t c)
@@ -625,6 +660,7 @@ struct Observation {
         answered(new std::atomic<std::uint8_t>[c]),
         settled(new std::uint8_t[c]),
         signalled(new std::uint8_t[c]),
+        cpu_at_start(new std::int64_t[c]),
         cap(c) {}
 };
 
@@ -643,6 +679,10 @@ struct ObserveFailure {
 };
 
 constexpr std::int64_t kObserveBudgetNs = 1000000000;  // 1 s
+// CPU time after which a running thread that was inside a site has left it: a few
+// straight-line instructions take nanoseconds; 2 ms leaves room for the page faults and
+// interrupts one of them may take on the way.
+constexpr std::int64_t kLeftAfterCpuNs = 2000000;
 
 // Step 2: after the holds are in place and serialized, every other thread is shown to be
 // outside the interior of every site, or is moved out of it. The set of threads inside
@@ -651,12 +691,15 @@ constexpr std::int64_t kObserveBudgetNs = 1000000000;  // 1 s
 // each thread needs to be seen outside once:
 //   - blocked in a system call, or preempted with its pc outside: done (never signalled,
 //     so never sees EINTR);
-//   - preempted inside, or running: sent the move signal once; its handler moves it by
-//     the site's ip map and answers. One that blocks the signal is read again until it
-//     is seen outside (a running thread leaves a few straight-line instructions behind
-//     in nanoseconds) or the budget runs out.
+//   - preempted inside, or running (/proc shows no pc for a runnable thread, on a CPU
+//     or not): sent the move signal once; its handler moves it by the site's ip map and
+//     answers. One that blocks the signal is read again until it is seen outside, or,
+//     with `cpu_rule`, until it has run kLeftAfterCpuNs since the holds were serialized
+//     (a thread inside a site leaves it after a few straight-line instructions), or the
+//     budget runs out. cpu_rule is off where a thread may stay at an interior point
+//     while it runs: a rep-string instruction, or a hold that spins inside the site.
 ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observation& obs, int sig,
-                               PatchStats& stats) {
+                               bool cpu_rule, PatchStats& stats) {
   ObserveFailure fail;
   const long listed = list_threads(obs.tids.get(), obs.cap);
   if (listed < 0) {
@@ -672,6 +715,7 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
     obs.answered[i].store(0, std::memory_order_relaxed);
     obs.settled[i] = 0;
     obs.signalled[i] = 0;
+    obs.cpu_at_start[i] = cpu_rule ? thread_cpu_ns(obs.tids[i]) : 0;
   }
   MoveTable mt{ranges, n_ranges, nullptr, 0, obs.tids.get(), obs.answered.get(), n};
   g_moves.store(&mt, std::memory_order_release);
@@ -688,6 +732,10 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
         inside = ts.state != ThreadState::kGone && ts.state != ThreadState::kRunning &&
                  inside_any(ranges, n_ranges, ts.pc);
         done = ts.state == ThreadState::kGone || (ts.state != ThreadState::kRunning && !inside);
+        if (!done && cpu_rule && ts.state == ThreadState::kRunning) {
+          const std::int64_t cpu = thread_cpu_ns(obs.tids[i]);
+          done = cpu < 0 || obs.cpu_at_start[i] < 0 || cpu - obs.cpu_at_start[i] >= kLeftAfterCpuNs;
+        }
         if (!done && !obs.signalled[i]) {
           if (raw_syscall(SYS_tgkill, pid, obs.tids[i], sig) == 0) stats.threads_signalled++;
           obs.signalled[i] = 1;
@@ -989,8 +1037,10 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   bool multi_byte = false;
   bool may_hold_threads = false;  // some site has instruction boundaries inside it
   bool traps = false;
+  bool cpu_rule = true;
   for (std::size_t i = 0; i < sites.size(); i++) {
     heads[i] = head_for(sites[i]);
+    if (cpu_rule && interior_may_run_long(sites[i])) cpu_rule = false;
     multi_byte |= sites[i].new_bytes.size() > 1;
     may_hold_threads |= !sites[i].ip_map.empty();
     traps |= heads[i] == Head::trap || heads[i] == Head::whole;
@@ -1054,7 +1104,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       // Step 2: nobody stays inside a site. Sites without inner instruction boundaries
       // (restoring the original bytes over a 5-byte jmp) cannot hold a thread.
       if (!sync_failed && obs) {
-        observed = observe_threads(ranges.data(), ranges.size(), *obs, sig, stats);
+        observed = observe_threads(ranges.data(), ranges.size(), *obs, sig, cpu_rule, stats);
       }
       if (sync_failed || observed.kind != ObserveFailure::kNone) {
         for (std::size_t i = 0; i < sites.size(); i++) {

@@ -1,0 +1,206 @@
+// Threads that cannot take a trap run into sites while they are patched: callers that
+// block every signal (sigfillset + pthread_sigmask, as server workers do) call a function
+// in a tight loop while it is switched between its own code and a counting probe
+// hundreds of times. The process must survive, and the count must be exact: every call
+// made while the probe was attached (and stayed so for the whole call) went through it,
+// none made while it was detached did, and the probe counted exactly the calls that
+// returned through it.
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "race_code.h"
+
+namespace {
+
+using hp::core::apply_patches;
+using hp_test::RaceCode;
+
+struct RaceResult {
+  long calls = 0;
+  long through_probe = 0;
+  long wrong = 0;  // a call inside a stable window that did not behave as that window says
+  int flips = 0;
+  int refused = 0;  // applies rolled back with an error (allowed only where stated)
+  std::string refusal;
+  std::uint64_t hits = 0;
+};
+
+// phase % 4: 0 detached, 1 attaching, 2 attached, 3 detaching.
+RaceResult race(RaceCode& code, const sigset_t& callers_mask, int callers,
+                std::chrono::milliseconds duration) {
+  std::atomic<unsigned> phase{0};
+  std::atomic<bool> stop{false};
+  std::atomic<int> ready{0};
+  RaceResult out;
+  std::atomic<long> calls{0}, through{0}, wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < callers; t++) {
+    threads.emplace_back([&] {
+      pthread_sigmask(SIG_SETMASK, &callers_mask, nullptr);
+      ready.fetch_add(1);
+      long n = 0, p = 0, w = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        unsigned s0 = phase.load(std::memory_order_acquire);
+        int v = code.call();
+        unsigned s1 = phase.load(std::memory_order_acquire);
+        n++;
+        p += v == 2;
+        if (v != 1 && v != 2) w++;
+        if (s0 == s1 && s0 % 4 == 0 && v != 1) w++;
+        if (s0 == s1 && s0 % 4 == 2 && v != 2) w++;
+      }
+      calls.fetch_add(n);
+      through.fetch_add(p);
+      wrong.fetch_add(w);
+    });
+  }
+  while (ready.load() < callers)
+    std::this_thread::yield();
+  const auto deadline = std::chrono::steady_clock::now() + duration;
+  while (std::chrono::steady_clock::now() < deadline) {
+    hp::core::PatchSite on = code.attach();
+    phase.fetch_add(1);  // attaching
+    auto a = apply_patches({&on, 1});
+    if (!a.ok()) {
+      out.refused++;
+      out.refusal = a.error().message();
+      phase.fetch_add(3);  // back to detached
+      continue;
+    }
+    phase.fetch_add(1);  // attached
+    std::this_thread::yield();
+    hp::core::PatchSite off = code.detach();
+    phase.fetch_add(1);  // detaching
+    auto d = apply_patches({&off, 1});
+    EXPECT_TRUE(d.ok()) << d.error().message();
+    if (!d.ok()) break;
+    phase.fetch_add(1);  // detached
+    out.flips++;
+  }
+  stop = true;
+  for (auto& t : threads)
+    t.join();
+  out.calls = calls.load();
+  out.through_probe = through.load();
+  out.wrong = wrong.load();
+  out.hits = code.hits.load();
+  std::printf("flips=%d refused=%d calls=%ld through_probe=%ld hits=%llu\n", out.flips,
+              out.refused, out.calls, out.through_probe, (unsigned long long)out.hits);
+  return out;
+}
+
+sigset_t all_signals() {
+  sigset_t s;
+  sigfillset(&s);
+  return s;
+}
+
+void expect_exact(const RaceResult& r) {
+  EXPECT_EQ(r.wrong, 0);
+  EXPECT_EQ(r.hits, static_cast<std::uint64_t>(r.through_probe));
+  EXPECT_GT(r.flips, 10);
+}
+
+constexpr std::chrono::milliseconds kRace{1500};
+
+TEST(BlockedSignals, TwoByteFirstInstructionSpins) {
+  RaceCode code(hp_test::two_byte_first(), 0);
+  RaceResult r = race(code, all_signals(), 3, kRace);
+  expect_exact(r);
+  EXPECT_EQ(r.refused, 0) << r.refusal;
+}
+
+TEST(BlockedSignals, Endbr64FirstInstructionSpins) {
+  RaceCode code(hp_test::endbr64_first(), 0);
+  RaceResult r = race(code, all_signals(), 3, kRace);
+  expect_exact(r);
+  EXPECT_EQ(r.refused, 0) << r.refusal;
+}
+
+// f at 16n + 7: the hold's two bytes cross an 8-byte boundary inside one aligned 16-byte
+// block, written with one 16-byte store.
+TEST(BlockedSignals, PairAcrossEightBytesSpinsWithSixteenByteStore) {
+  if (!__builtin_cpu_supports("avx")) GTEST_SKIP() << "no AVX: such a site gets an int3 hold";
+  RaceCode code(hp_test::two_byte_first(), 7);
+  RaceResult r = race(code, all_signals(), 3, kRace);
+  expect_exact(r);
+  EXPECT_EQ(r.refused, 0) << r.refusal;
+}
+
+// f at 16n + 15: no single atomic store covers both bytes; the site gets an int3 hold,
+// which threads that leave SIGTRAP open take (docs/design/core.md).
+TEST(BlockedSignals, PairAcrossSixteenBytesTrapsForThreadsThatTakeTraps) {
+  RaceCode code(hp_test::two_byte_first(), 15);
+  sigset_t mask = all_signals();
+  sigdelset(&mask, SIGTRAP);
+  RaceResult r = race(code, mask, 3, kRace);
+  expect_exact(r);
+  EXPECT_EQ(r.refused, 0) << r.refusal;
+}
+
+// The broken flavour: the kernel's int3 hold on every site. A caller that blocks SIGTRAP
+// and hits it is killed by the kernel (a synchronous signal that is blocked resets to
+// its default action), which is what the spinning hold exists to prevent.
+TEST(BlockedSignalsDeathTest, TrapHoldKillsThreadsThatBlockSigtrap) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        hp::core::use_trap_heads_for_testing(true);
+        RaceCode code(hp_test::two_byte_first(), 0);
+        race(code, all_signals(), 3, std::chrono::milliseconds(5000));
+        std::_Exit(0);
+      },
+      testing::KilledBySignal(SIGTRAP), "");
+}
+
+// A signal handler of the program that calls a site, run on the patching thread in the
+// middle of a transaction, would spin on a hold that only this thread can release: the
+// patcher takes no asynchronous signal inside the window.
+std::atomic<RaceCode*> g_handler_code{nullptr};
+std::atomic<long> g_handler_calls{0}, g_handler_through{0};
+void call_site_handler(int) {
+  if (RaceCode* c = g_handler_code.load()) {
+    if (c->call() == 2) g_handler_through.fetch_add(1);
+    g_handler_calls.fetch_add(1);
+  }
+}
+
+TEST(BlockedSignals, HandlerOnPatchingThreadDoesNotSpinOnItsOwnHold) {
+  RaceCode code(hp_test::two_byte_first(), 0);
+  g_handler_code = &code;
+  struct sigaction sa {};
+  sa.sa_handler = call_site_handler;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR2, &sa, nullptr), 0);
+  sigevent ev{};
+  ev.sigev_notify = SIGEV_THREAD_ID;
+  ev.sigev_signo = SIGUSR2;
+  ev._sigev_un._tid = static_cast<pid_t>(syscall(SYS_gettid));
+  timer_t timer;
+  ASSERT_EQ(timer_create(CLOCK_MONOTONIC, &ev, &timer), 0);
+  itimerspec every{{0, 20000}, {0, 20000}};  // 20 us
+  ASSERT_EQ(timer_settime(timer, 0, &every, nullptr), 0);
+  RaceResult r = race(code, all_signals(), 2, std::chrono::milliseconds(800));
+  timer_delete(timer);
+  signal(SIGUSR2, SIG_DFL);
+  g_handler_code = nullptr;
+  EXPECT_EQ(r.wrong, 0);
+  EXPECT_GT(r.flips, 10);
+  EXPECT_EQ(r.hits, static_cast<std::uint64_t>(r.through_probe + g_handler_through.load()));
+  EXPECT_GT(g_handler_calls.load(), 0);
+}
+
+}  // namespace
