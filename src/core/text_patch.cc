@@ -17,6 +17,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "base/assert.h"
 #include "base/compiler.h"
@@ -133,6 +135,7 @@ enum class Head : std::uint8_t {
   whole,      // a one-byte patch: written at once
   spin,       // EB FE over the first two bytes, one 2-byte store
   spin_wide,  // EB FE, one 16-byte store (the pair crosses an 8-byte boundary)
+  pad,        // first instruction 1 byte: EB FE over the second one, then a jump pad
   trap,       // int3 on the first byte: a thread that arrives takes SIGTRAP
 };
 
@@ -143,9 +146,9 @@ bool cpu_has_atomic_16_byte_stores() {
   return avx;
 }
 
-bool first_instruction_is_one_byte(const PatchSite& s) {
-  for (const auto& [off, to] : s.ip_map) {
-    if (off == 1) return true;
+bool boundary_at(const PatchSite& s, std::uint32_t off) {
+  for (const auto& [o, to] : s.ip_map) {
+    if (o == off) return true;
   }
   return false;
 }
@@ -175,43 +178,98 @@ bool interior_may_run_long(const PatchSite& s) {
   return false;
 }
 
+// A pad site: a jump (E9 rel32) over a first instruction of 1 byte followed by one of at
+// least 2, with both pairs [0, 2) and [1, 3) inside one aligned 8-byte word.
+bool pad_shape(const PatchSite& s) {
+  return s.new_bytes.size() >= 5 && s.new_bytes[0] == 0xE9 && boundary_at(s, 1) &&
+         !boundary_at(s, 2) && (s.addr & 7) < 6;
+}
+
+// The head a site gets, before pads are placed (a pad site without a pad traps).
 Head head_for(const PatchSite& s) {
   if (s.new_bytes.size() == 1) return Head::whole;
   if (g_trap_heads_for_testing.load(std::memory_order_relaxed)) return Head::trap;
   // A thread at offset 1 would run the FE: the first instruction must be longer.
-  if (first_instruction_is_one_byte(s)) return Head::trap;
+  if (boundary_at(s, 1)) return pad_shape(s) ? Head::pad : Head::trap;
   if ((s.addr & 7) != 7) return Head::spin;
   if ((s.addr & 15) == 7 && cpu_has_atomic_16_byte_stores()) return Head::spin_wide;
   return Head::trap;
 }
 
-std::size_t head_length(Head h) {
-  return h == Head::spin || h == Head::spin_wide ? 2 : 1;
-}
-
-// Writes the first head_length(h) bytes of `b`, in one store.
-void write_head(std::uintptr_t addr, Head h, const std::uint8_t* b) {
+// The first byte step 3 writes.
+std::size_t tail_start(Head h) {
   switch (h) {
     case Head::spin:
-      write_pair(addr, b[0], b[1]);
-      break;
     case Head::spin_wide:
-      write_pair_wide(addr, b[0], b[1]);
-      break;
+      return 2;
+    case Head::pad:
+      return 3;
     case Head::whole:
     case Head::trap:
-      write_byte(addr, b[0]);
+      break;
+  }
+  return 1;
+}
+
+void write_pair_for(Head h, std::uintptr_t addr, std::uint8_t b0, std::uint8_t b1) {
+  if (h == Head::spin_wide) {
+    write_pair_wide(addr, b0, b1);
+  } else {
+    write_pair(addr, b0, b1);
+  }
+}
+
+// Step 1: arriving threads stop (spin, or trap).
+void write_hold(std::uintptr_t addr, Head h) {
+  switch (h) {
+    case Head::spin:
+    case Head::spin_wide:
+      write_pair_for(h, addr, kJmpShort, kSelf);
+      break;
+    case Head::pad:
+      write_pair(addr + 1, kJmpShort, kSelf);
+      break;
+    case Head::trap:
+      write_byte(addr, kInt3);
+      break;
+    case Head::whole:
       break;
   }
 }
 
-void write_hold(std::uintptr_t addr, Head h) {
-  static constexpr std::uint8_t kSpin[2] = {kJmpShort, kSelf};
-  static constexpr std::uint8_t kTrap[1] = {kInt3};
-  if (h == Head::spin || h == Head::spin_wide) {
-    write_head(addr, h, kSpin);
-  } else if (h == Head::trap) {
-    write_head(addr, h, kTrap);
+// Undoes write_hold with the site's bytes `b` (old or, at the end, new): held threads go on.
+void release_hold(std::uintptr_t addr, Head h, const std::uint8_t* b) {
+  switch (h) {
+    case Head::spin:
+    case Head::spin_wide:
+      write_pair_for(h, addr, b[0], b[1]);
+      break;
+    case Head::pad:
+      write_pair(addr + 1, b[1], b[2]);
+      break;
+    case Head::trap:
+      write_byte(addr, b[0]);
+      break;
+    case Head::whole:
+      break;
+  }
+}
+
+// Step 4: the first bytes of the new code, in one store.
+void write_final(std::uintptr_t addr, Head h, const std::uint8_t* b) {
+  if (h == Head::pad || h == Head::whole) {
+    write_byte(addr, b[0]);  // a pad site's [1, 3) already says EB FE: the jump to its pad
+  } else {
+    release_hold(addr, h, b);
+  }
+}
+
+// Back from step 4 to step 3's state (a failed pad batch): the hold again.
+void unwrite_final(std::uintptr_t addr, Head h, const std::uint8_t* old) {
+  if (h == Head::pad || h == Head::whole) {
+    write_byte(addr, old[0]);
+  } else {
+    write_hold(addr, h);
   }
 }
 
@@ -298,6 +356,188 @@ void trap_clear_if_crowded() {
   for (std::size_t i = 0; i < kTrapSlots; i++)
     g_traps[i].addr.store(0, std::memory_order_release);
   g_trap_used = 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Jump pads: a site whose first instruction is one byte (push rbp) cannot take the
+// two-byte hold there (a thread between the two instructions would run the FE). It is held
+// on its second instruction instead ([1, 3) = EB FE), and its jump is written so that
+// those two bytes need not change: E9 EB FE h0 h1, a jump to a pad whose address ends in
+// ...FEEB + 5 past the site, which holds `jmp [slot]`. Only the first byte (55 -> E9) and
+// [3, 5) change, and a thread spinning at offset 1 never sees them; no new thread reaches
+// offset 1 once the E9 is in place, so the spinners there are moved with the move signal.
+//
+// A pad belongs to one site address for the life of the process (a thread preempted on
+// a pad's jump may execute it at any later time, so its slot must always lead somewhere
+// right for that site): its slot holds the pad's own address while a transaction is in
+// flight (a `jmp [slot]` that spins, reading the slot each time), the trampoline while
+// the site is attached, and the site's address after (the function as it is then).
+// Pads live in 64 KiB regions near the sites (a pad's offset in its region is fixed by the
+// site's address), never unmapped: their memory is bounded by the code that was probed.
+constexpr std::uintptr_t kPadRegionCode = 0x10000 + kPage;  // the pads (the last one may overrun)
+constexpr std::uintptr_t kPadRegionSlots = 0x18000;         // 8-byte slots
+constexpr std::uintptr_t kPadRegionSize = kPadRegionCode + kPadRegionSlots;
+constexpr std::size_t kPadLength = 6;  // FF 25 disp32: jmp [rip + disp32]
+constexpr std::uint32_t kPadLow = 0xFEEB;
+
+struct PadRegion {
+  std::uintptr_t base = 0;  // 64 KiB aligned
+  std::uint32_t slots_used = 0;
+  bool writable = false;  // code made writable in this transaction
+  std::vector<std::uint64_t> busy = std::vector<std::uint64_t>((kPadRegionCode + 63) / 64);
+
+  bool byte_busy(std::uintptr_t off) const { return (busy[off / 64] >> (off % 64)) & 1; }
+  void set_busy(std::uintptr_t off) { busy[off / 64] |= std::uint64_t{1} << (off % 64); }
+};
+
+struct Pad {
+  std::uintptr_t at = 0;
+  std::atomic<std::uintptr_t>* slot = nullptr;
+  // The site's bytes while it jumps to the pad: as the caller knows them (its jump to
+  // the trampoline) and as they are (the jump to the pad).
+  bool jumped = false;
+  PatchBytes caller_view, actual;
+};
+
+std::vector<PadRegion*> g_pad_regions;           // under g_patch_mutex; never freed
+std::unordered_map<std::uintptr_t, Pad> g_pads;  // site address -> its pad; never erased
+
+bool rel32_reach(std::uintptr_t from_end, std::uintptr_t to) {
+  const auto d = static_cast<std::int64_t>(to - from_end);
+  return d >= INT32_MIN && d <= INT32_MAX;
+}
+
+// A free, 64 KiB aligned place for a region within rel32 reach of `site`, closest first.
+std::uintptr_t region_place_near(std::uintptr_t site) {
+  FILE* f = std::fopen("/proc/self/maps", "re");
+  if (!f) return 0;
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> used;
+  char line[4096];
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    if (std::sscanf(line, "%lx-%lx", &lo, &hi) == 2) used.push_back({lo, hi});
+  }
+  std::fclose(f);
+  constexpr std::uintptr_t kAlign = 0x10000, kLowest = 0x100000;
+  constexpr std::uintptr_t kTop = std::uintptr_t{1} << 47;
+  constexpr std::uintptr_t kReach = 0x70000000;  // well inside +-2 GiB, for every pad
+  const std::uintptr_t lo_limit = site > kReach + kLowest ? site - kReach : kLowest;
+  const std::uintptr_t hi_limit = std::min(site + kReach, kTop);
+  std::uintptr_t best = 0, best_dist = ~std::uintptr_t{0};
+  std::uintptr_t gap_lo = kLowest;
+  used.push_back({kTop, kTop});
+  for (const auto& [lo, hi] : used) {
+    // The gap [gap_lo, lo): the aligned place in it closest to the site.
+    const std::uintptr_t first = (std::max(gap_lo, lo_limit) + kAlign - 1) & ~(kAlign - 1);
+    const std::uintptr_t end = std::min(lo, hi_limit);
+    if (end > first && end - first >= kPadRegionSize) {
+      const std::uintptr_t last = (end - kPadRegionSize) & ~(kAlign - 1);
+      std::uintptr_t cand = site <= first ? first : site >= last ? last : site & ~(kAlign - 1);
+      if (cand < first) cand = first;
+      const std::uintptr_t dist = cand > site ? cand - site : site - cand;
+      if (cand <= last && dist < best_dist) {
+        best = cand;
+        best_dist = dist;
+      }
+    }
+    gap_lo = std::max(gap_lo, hi);
+  }
+  return best;
+}
+
+PadRegion* new_pad_region(std::uintptr_t site) {
+  const std::uintptr_t at = region_place_near(site);
+  if (!at) return nullptr;
+  void* m = mmap(reinterpret_cast<void*>(at), kPadRegionSize, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  if (reinterpret_cast<std::uintptr_t>(m) != at) {
+    munmap(m, kPadRegionSize);
+    return nullptr;
+  }
+  auto* r = new PadRegion;
+  r->base = at;
+  r->writable = true;  // the code part becomes r-x at the end of the transaction
+  g_pad_regions.push_back(r);
+  return r;
+}
+
+// The pad of the site at `addr`, placed now if it has none; null when no region in reach
+// has its offset free and no new region can be mapped (the site then traps).
+Pad* pad_for(std::uintptr_t addr) {
+  if (auto it = g_pads.find(addr); it != g_pads.end()) return &it->second;
+  const std::uintptr_t off = (addr + 5 + kPadLow) & 0xFFFF;
+  auto fits = [&](const PadRegion* r) {
+    if (!rel32_reach(addr + 5, r->base + off)) return false;
+    if (r->slots_used >= kPadRegionSlots / 8) return false;
+    for (std::uintptr_t i = off; i < off + kPadLength; i++) {
+      if (r->byte_busy(i)) return false;
+    }
+    return true;
+  };
+  PadRegion* region = nullptr;
+  for (PadRegion* r : g_pad_regions) {
+    if (fits(r)) {
+      region = r;
+      break;
+    }
+  }
+  if (!region) {
+    region = new_pad_region(addr);
+    if (!region || !fits(region)) return nullptr;
+  }
+  if (!region->writable) {
+    if (mprotect(reinterpret_cast<void*>(region->base), kPadRegionCode,
+                 PROT_READ | PROT_WRITE | PROT_EXEC) != 0) {
+      return nullptr;
+    }
+    region->writable = true;
+  }
+  for (std::uintptr_t i = off; i < off + kPadLength; i++)
+    region->set_busy(i);
+  Pad pad;
+  pad.at = region->base + off;
+  const std::uintptr_t slot = region->base + kPadRegionCode + 8 * region->slots_used++;
+  pad.slot = reinterpret_cast<std::atomic<std::uintptr_t>*>(slot);
+  pad.slot->store(addr, std::memory_order_relaxed);
+  const auto disp = static_cast<std::int32_t>(slot - (pad.at + kPadLength));
+  write_byte(pad.at, 0xFF);
+  write_byte(pad.at + 1, 0x25);
+  for (int i = 0; i < 4; i++)
+    write_byte(pad.at + 2 + i,
+               static_cast<std::uint8_t>(static_cast<std::uint32_t>(disp) >> (8 * i)));
+  return &g_pads.emplace(addr, pad).first->second;
+}
+
+// The code of regions written in this transaction becomes r-x again.
+void seal_pad_regions() {
+  for (PadRegion* r : g_pad_regions) {
+    if (!r->writable) continue;
+    mprotect(reinterpret_cast<void*>(r->base), kPadRegionCode, PROT_READ | PROT_EXEC);
+    r->writable = false;
+  }
+}
+
+// The site's jump to its pad: E9 EB FE h0 h1, then the caller's bytes.
+PatchBytes jump_to_pad(const PatchSite& s, const Pad& pad) {
+  std::uint8_t b[PatchBytes::kCapacity];
+  const auto rel = static_cast<std::uint32_t>(pad.at - (s.addr + 5));
+  HP_CHECK((rel & 0xFFFF) == kPadLow);
+  b[0] = 0xE9;
+  for (int i = 0; i < 4; i++)
+    b[1 + i] = static_cast<std::uint8_t>(rel >> (8 * i));
+  for (std::size_t i = 5; i < s.new_bytes.size(); i++)
+    b[i] = s.new_bytes[i];
+  return PatchBytes(std::span<const std::uint8_t>(b, s.new_bytes.size()));
+}
+
+// Where the caller's jump goes (E9 rel32 at addr).
+std::uintptr_t jump_target(std::uintptr_t addr, const PatchBytes& b) {
+  std::uint32_t rel = 0;
+  for (int i = 0; i < 4; i++)
+    rel |= static_cast<std::uint32_t>(b[1 + i]) << (8 * i);
+  return addr + 5 +
+         static_cast<std::uintptr_t>(static_cast<std::int64_t>(static_cast<std::int32_t>(rel)));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -439,7 +679,7 @@ void move_handler(int, siginfo_t* info, void* uc) {
     for (std::size_t i = 0; i < mt->n; i++) {
       const Range& r = mt->ranges[i];
       if (rip > r.start && rip < r.end) {
-        auto off = static_cast<std::uint32_t>(rip - r.start);
+        auto off = static_cast<std::uint32_t>(rip - r.site->addr);
         for (const auto& [o, to] : r.site->ip_map) {
           if (o == off) {
             rip = to;
@@ -638,6 +878,45 @@ long list_threads(pid_t* tids, std::size_t cap) {
   return count;
 }
 
+// Whether the thread blocks `sig` (the SigBlk line of /proc/self/task/TID/status); true
+// when it cannot be read.
+bool blocks_signal(pid_t tid, int sig) {
+  char path[64] = "/proc/self/task/";
+  std::size_t n = 16;
+  char digits[16];
+  std::size_t nd = 0;
+  for (auto v = static_cast<unsigned>(tid); v || nd == 0; v /= 10)
+    digits[nd++] = static_cast<char>('0' + v % 10);
+  while (nd)
+    path[n++] = digits[--nd];
+  for (const char* t = "/status"; *t;)
+    path[n++] = *t++;
+  path[n] = 0;
+  const long fd =
+      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;
+  char buf[4096];
+  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
+  raw_syscall(SYS_close, fd);
+  if (got <= 0) return true;
+  buf[got] = 0;
+  static constexpr char kKey[] = "\nSigBlk:\t";
+  for (long i = 0; i + 16 < got; i++) {
+    std::size_t k = 0;
+    while (kKey[k] && buf[i + static_cast<long>(k)] == kKey[k])
+      k++;
+    if (kKey[k]) continue;
+    std::uint64_t mask = 0;
+    for (const char* c = buf + i + k; *c && *c != '\n'; c++) {
+      const int d = *c >= '0' && *c <= '9' ? *c - '0' : *c >= 'a' && *c <= 'f' ? *c - 'a' + 10 : -1;
+      if (d < 0) break;
+      mask = mask * 16 + static_cast<std::uint64_t>(d);
+    }
+    return (mask >> (sig - 1)) & 1;
+  }
+  return true;
+}
+
 bool inside_any(const Range* ranges, std::size_t n, std::uintptr_t pc) {
   const Range* it = std::upper_bound(ranges, ranges + n, pc,
                                      [](std::uintptr_t v, const Range& r) { return v < r.start; });
@@ -699,7 +978,7 @@ constexpr std::int64_t kLeftAfterCpuNs = 2000000;
 //     budget runs out. cpu_rule is off where a thread may stay at an interior point
 //     while it runs: a rep-string instruction, or a hold that spins inside the site.
 ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observation& obs, int sig,
-                               bool cpu_rule, PatchStats& stats) {
+                               bool cpu_rule, bool wait_for_blockers, PatchStats& stats) {
   ObserveFailure fail;
   const long listed = list_threads(obs.tids.get(), obs.cap);
   if (listed < 0) {
@@ -722,7 +1001,9 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
   const pid_t pid = raw_getpid();
   const std::int64_t deadline = now_ns() + kObserveBudgetNs;
   std::size_t left = n;
+  bool signalling = !wait_for_blockers;
   for (unsigned round = 0; left; round++) {
+    bool blocker = false;  // a thread that blocks the signal is still to be seen
     for (std::size_t i = 0; i < n; i++) {
       if (obs.settled[i]) continue;
       bool done = obs.answered[i].load(std::memory_order_acquire) != 0;  // A2: matches A1
@@ -736,10 +1017,7 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
           const std::int64_t cpu = thread_cpu_ns(obs.tids[i]);
           done = cpu < 0 || obs.cpu_at_start[i] < 0 || cpu - obs.cpu_at_start[i] >= kLeftAfterCpuNs;
         }
-        if (!done && !obs.signalled[i]) {
-          if (raw_syscall(SYS_tgkill, pid, obs.tids[i], sig) == 0) stats.threads_signalled++;
-          obs.signalled[i] = 1;
-        }
+        if (!done && !signalling && blocks_signal(obs.tids[i], sig)) blocker = true;
       }
       if (done) {
         obs.settled[i] = 1;
@@ -750,6 +1028,16 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
       }
     }
     if (!left) break;
+    // With wait_for_blockers, nobody is moved while a thread that would not answer is
+    // still to be seen: a batch that fails has moved no thread into its trampolines.
+    if (!signalling && !blocker) signalling = true;
+    if (signalling) {
+      for (std::size_t i = 0; i < n; i++) {
+        if (obs.settled[i] || obs.signalled[i]) continue;
+        if (raw_syscall(SYS_tgkill, pid, obs.tids[i], sig) == 0) stats.threads_signalled++;
+        obs.signalled[i] = 1;
+      }
+    }
     if (now_ns() > deadline) {
       fail.kind = ObserveFailure::kStayed;
       break;
@@ -1002,22 +1290,41 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   }
   PatchStats stats;
   if (sites.empty()) return stats;
+  const std::size_t n = sites.size();
 
+  // Per site: its head, the bytes as they are and as they will be (a pad site jumps to its
+  // pad; a site that jumps to its pad is restored from there), and its pad.
+  std::vector<Head> heads(n);
+  std::vector<PatchBytes> olds(n), news(n);
+  std::vector<Pad*> pads(n, nullptr);
   std::vector<Range> ranges;
-  ranges.reserve(sites.size());
-  for (const PatchSite& s : sites) {
+  ranges.reserve(n);
+  for (std::size_t i = 0; i < n; i++) {
+    const PatchSite& s = sites[i];
     if (s.new_bytes.empty() || s.new_bytes.size() != s.old_bytes.size() ||
         s.new_bytes.size() > PatchBytes::kCapacity) {
       return Error(Errc::invalid_argument, "patch site with inconsistent byte counts");
     }
+    olds[i] = s.old_bytes;
+    news[i] = s.new_bytes;
     if (!code_equals(s.addr, s.old_bytes)) {
-      char msg[160];
-      std::snprintf(msg, sizeof msg,
-                    "the code at 0x%lx is not what hotprobe expected (patched by someone else, "
-                    "or the module changed)",
-                    (unsigned long)s.addr);
-      return Error(Errc::busy, msg);
+      auto it = g_pads.find(s.addr);
+      if (it == g_pads.end() || !it->second.jumped ||
+          !std::equal(s.old_bytes.data(), s.old_bytes.data() + s.old_bytes.size(),
+                      it->second.caller_view.data(),
+                      it->second.caller_view.data() + it->second.caller_view.size()) ||
+          !code_equals(s.addr, it->second.actual)) {
+        char msg[160];
+        std::snprintf(msg, sizeof msg,
+                      "the code at 0x%lx is not what hotprobe expected (patched by someone "
+                      "else, or the module changed)",
+                      (unsigned long)s.addr);
+        return Error(Errc::busy, msg);
+      }
+      olds[i] = it->second.actual;
+      pads[i] = &it->second;
     }
+    heads[i] = head_for(s);
     ranges.push_back({s.addr, s.addr + s.new_bytes.size(), &s});
   }
   // A batch's sites mostly come in address order already (a library's functions, in turn).
@@ -1029,30 +1336,58 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       return Error(Errc::invalid_argument, "two patch sites of one batch overlap");
     }
   }
-  if (sites.size() > kTrapSlots / 4) {
+  if (n > kTrapSlots / 4) {
     return Error(Errc::invalid_argument, "batch too large for one transaction (split it)");
   }
+  // Pads (this may map a region); a site that gets none traps.
+  bool any_pad = false;
+  for (std::size_t i = 0; i < n; i++) {
+    if (heads[i] != Head::pad) continue;
+    pads[i] = pad_for(sites[i].addr);
+    if (!pads[i]) {
+      heads[i] = Head::trap;
+      continue;
+    }
+    news[i] = jump_to_pad(sites[i], *pads[i]);
+    any_pad = true;
+  }
   // Everything the window needs is allocated now.
-  std::vector<Head> heads(sites.size());
   bool multi_byte = false;
   bool may_hold_threads = false;  // some site has instruction boundaries inside it
   bool traps = false;
   bool cpu_rule = true;
-  for (std::size_t i = 0; i < sites.size(); i++) {
-    heads[i] = head_for(sites[i]);
-    if (cpu_rule && interior_may_run_long(sites[i])) cpu_rule = false;
+  bool split_final = false;  // pad sites go final in a round of their own
+  std::vector<Range> pad_ranges;
+  for (std::size_t i = 0; i < n; i++) {
     multi_byte |= sites[i].new_bytes.size() > 1;
     may_hold_threads |= !sites[i].ip_map.empty();
     traps |= heads[i] == Head::trap || heads[i] == Head::whole;
+    if (cpu_rule && interior_may_run_long(sites[i])) cpu_rule = false;
+    // A failed pad batch takes every site back from its final bytes: safe only where the
+    // new code is a jump (no thread can be inside it).
+    split_final |= heads[i] != Head::pad && heads[i] != Head::whole && news[i][0] != 0xE9;
+  }
+  split_final &= any_pad;
+  for (Range& r : ranges) {
+    const auto i = static_cast<std::size_t>(r.site - sites.data());
+    if (heads[i] != Head::pad) continue;
+    pad_ranges.push_back(r);     // step 5: offset 1 is inside
+    r.start = r.site->addr + 1;  // step 2: a thread spinning at offset 1 may stay
   }
   std::unique_ptr<Observation> obs;
-  if (multi_byte && may_hold_threads) {
+  if ((multi_byte && may_hold_threads) || any_pad) {
     obs = std::make_unique<Observation>(thread_count_estimate() * 2 + 256);
   }
   const int sig = g_move_signal.load(std::memory_order_relaxed);
-  if (!sync_core_registered()) return no_membarrier();
+  if (!sync_core_registered()) {
+    seal_pad_regions();
+    return no_membarrier();
+  }
   auto runs = page_runs(sites);
-  if (!runs.ok()) return runs.error();
+  if (!runs.ok()) {
+    seal_pad_regions();
+    return runs.error();
+  }
 
   for (const PageRun& r : *runs) {
     if (mprotect(reinterpret_cast<void*>(r.start), r.end - r.start,
@@ -1062,6 +1397,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
         if (&u == &r) break;
         mprotect(reinterpret_cast<void*>(u.start), u.end - u.start, u.prot);
       }
+      seal_pad_regions();
       return e;
     }
     stats.protect_calls++;
@@ -1076,62 +1412,123 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   // the window: the trap table says where such a thread continues.
   if (traps) {
     trap_clear_if_crowded();
-    for (std::size_t i = 0; i < sites.size(); i++) {
+    for (std::size_t i = 0; i < n; i++) {
       if (heads[i] == Head::trap || heads[i] == Head::whole)
         trap_insert(sites[i].addr, sites[i].trap_target);
     }
   }
-  auto remove_traps = [&] {
-    if (!traps) return;
-    for (std::size_t i = sites.size(); i-- > 0;) {  // last in, first out: see trap_remove
-      if (heads[i] == Head::trap || heads[i] == Head::whole) trap_remove(sites[i].addr);
-    }
-  };
+  // A pad spins (its slot holds its own address) until the batch is decided.
+  for (std::size_t i = 0; i < n; i++) {
+    if (heads[i] == Head::pad) pads[i]->slot->store(pads[i]->at, std::memory_order_release);
+  }
 
   // The window: from the first hold written to the last head written, this thread calls
   // nothing that can be a site (raw system calls, no allocation, no libc) and takes no
   // asynchronous signal.
   ObserveFailure observed;
   bool sync_failed = false;
+  bool done = false;
   {
     AsyncSignalsBlocked no_signals;
-    // Step 1: hold every multi-byte site: `jmp .` (or int3) over its first bytes.
+    auto round = [&] {
+      if (!sync_core_in_window()) HP_DIE("membarrier failed after it had worked");
+      stats.sync_core_rounds++;
+    };
+    // Step 1: hold every multi-byte site.
     if (multi_byte) {
-      for (std::size_t i = 0; i < sites.size(); i++)
+      for (std::size_t i = 0; i < n; i++)
         write_hold(sites[i].addr, heads[i]);
       sync_failed = !sync_core_in_window();
       if (!sync_failed) stats.sync_core_rounds++;
       // Step 2: nobody stays inside a site. Sites without inner instruction boundaries
       // (restoring the original bytes over a 5-byte jmp) cannot hold a thread.
-      if (!sync_failed && obs) {
-        observed = observe_threads(ranges.data(), ranges.size(), *obs, sig, cpu_rule, stats);
+      if (!sync_failed && (may_hold_threads)) {
+        observed = observe_threads(ranges.data(), ranges.size(), *obs, sig, cpu_rule, false, stats);
       }
       if (sync_failed || observed.kind != ObserveFailure::kNone) {
-        for (std::size_t i = 0; i < sites.size(); i++) {
-          if (heads[i] != Head::whole)
-            write_head(sites[i].addr, heads[i], sites[i].old_bytes.data());
-        }
+        for (std::size_t i = 0; i < n; i++)
+          release_hold(sites[i].addr, heads[i], olds[i].data());
         (void)sync_core_in_window();
       } else {
         // Step 3: the bytes behind the holds.
-        for (std::size_t i = 0; i < sites.size(); i++) {
-          const PatchSite& s = sites[i];
-          for (std::size_t b = head_length(heads[i]); b < s.new_bytes.size(); b++)
-            write_byte(s.addr + b, s.new_bytes[b]);
+        for (std::size_t i = 0; i < n; i++) {
+          for (std::size_t b = tail_start(heads[i]); b < news[i].size(); b++)
+            write_byte(sites[i].addr + b, news[i][b]);
         }
-        if (!sync_core_in_window()) HP_DIE("membarrier failed after it had worked");
-        stats.sync_core_rounds++;
+        round();
       }
     }
-    // Step 4: the first bytes, each with one store: a held thread runs the new code.
     if (!sync_failed && observed.kind == ObserveFailure::kNone) {
-      for (std::size_t i = 0; i < sites.size(); i++)
-        write_head(sites[i].addr, heads[i], sites[i].new_bytes.data());
-      if (!sync_core_in_window()) HP_DIE("membarrier failed after it had worked");
-      stats.sync_core_rounds++;
+      // Step 4: the first bytes, each with one store: a held thread runs the new code.
+      for (std::size_t i = 0; i < n; i++) {
+        if (!split_final || heads[i] == Head::pad)
+          write_final(sites[i].addr, heads[i], news[i].data());
+      }
+      round();
+      done = true;
+      if (any_pad) {
+        // Step 5: the threads held on a pad site's second instruction (no thread arrives
+        // there any more) go to the trampoline's equivalent place.
+        observed =
+            observe_threads(pad_ranges.data(), pad_ranges.size(), *obs, sig, false, true, stats);
+        if (observed.kind != ObserveFailure::kNone) {
+          // Back, step by step: first bytes (threads at a pad go back to the function),
+          // tails, holds.
+          done = false;
+          for (std::size_t i = 0; i < n; i++) {
+            if (heads[i] == Head::pad)
+              pads[i]->slot->store(sites[i].addr, std::memory_order_release);
+            if (!split_final || heads[i] == Head::pad)
+              unwrite_final(sites[i].addr, heads[i], olds[i].data());
+          }
+          round();
+          for (std::size_t i = 0; i < n; i++) {
+            for (std::size_t b = tail_start(heads[i]); b < olds[i].size(); b++)
+              write_byte(sites[i].addr + b, olds[i][b]);
+          }
+          round();
+          for (std::size_t i = 0; i < n; i++)
+            release_hold(sites[i].addr, heads[i], olds[i].data());
+          round();
+        } else {
+          for (std::size_t i = 0; i < n; i++) {
+            if (heads[i] == Head::pad)
+              pads[i]->slot->store(jump_target(sites[i].addr, sites[i].new_bytes),
+                                   std::memory_order_release);
+          }
+          if (split_final) {
+            for (std::size_t i = 0; i < n; i++) {
+              if (heads[i] != Head::pad) write_final(sites[i].addr, heads[i], news[i].data());
+            }
+            round();
+          }
+        }
+      }
     }
   }
-  remove_traps();
+  for (std::size_t i = 0; i < n; i++) {
+    if (!pads[i]) continue;
+    Pad& pad = *pads[i];
+    if (heads[i] == Head::pad) {
+      if (done) {
+        pad.jumped = true;
+        pad.caller_view = sites[i].new_bytes;
+        pad.actual = news[i];
+      } else {
+        pad.slot->store(sites[i].addr, std::memory_order_release);
+      }
+    } else if (done) {  // restored from its pad jump: a thread still on the pad goes to the
+                        // function
+      pad.jumped = false;
+      pad.slot->store(sites[i].addr, std::memory_order_release);
+    }
+  }
+  seal_pad_regions();
+  if (traps) {
+    for (std::size_t i = n; i-- > 0;) {  // last in, first out: see trap_remove
+      if (heads[i] == Head::trap || heads[i] == Head::whole) trap_remove(sites[i].addr);
+    }
+  }
   restore_protection();
   if (sync_failed) return no_membarrier();
   if (observed.kind != ObserveFailure::kNone) return observe_error(observed, sig);

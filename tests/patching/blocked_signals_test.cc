@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -148,6 +149,51 @@ TEST(BlockedSignals, PairAcrossSixteenBytesTrapsForThreadsThatTakeTraps) {
   RaceResult r = race(code, mask, 3, kRace);
   expect_exact(r);
   EXPECT_EQ(r.refused, 0) << r.refusal;
+}
+
+// push rbp first: held on its second instruction, then a jump to a pad (E9 EB FE ..).
+// Callers that block everything but the move signal: every attach succeeds.
+TEST(BlockedSignals, PushRbpFirstInstructionGoesThroughAPad) {
+  RaceCode code(hp_test::push_rbp_first(), 0);
+  const std::uint64_t traps_before = hp::core::patch_totals().traps_redirected;
+  {
+    hp::core::PatchSite on = code.attach();
+    auto a = apply_patches({&on, 1});
+    ASSERT_TRUE(a.ok()) << a.error().message();
+    const auto* b = reinterpret_cast<const std::uint8_t*>(code.f);
+    EXPECT_EQ(b[0], 0xE9);
+    EXPECT_EQ(b[1], 0xEB);  // the jump's rel32 ends in FEEB: the hold stays in place
+    EXPECT_EQ(b[2], 0xFE);
+    EXPECT_EQ(code.call(), 2);
+    hp::core::PatchSite off = code.detach();  // as the caller knows the bytes: its own jump
+    auto d = apply_patches({&off, 1});
+    ASSERT_TRUE(d.ok()) << d.error().message();
+    EXPECT_EQ(std::memcmp(b, hp_test::push_rbp_first().site.data(), 7), 0);
+    EXPECT_EQ(code.call(), 1);
+  }
+  code.hits = 0;
+  sigset_t mask = all_signals();
+  sigdelset(&mask, hp::core::move_signal_number());
+  RaceResult r = race(code, mask, 3, kRace);
+  expect_exact(r);
+  EXPECT_EQ(r.refused, 0) << r.refusal;
+  EXPECT_EQ(hp::core::patch_totals().traps_redirected, traps_before);  // no int3 anywhere
+}
+
+// Callers that block every signal, the move signal too: a caller held on the second
+// instruction cannot be moved, and one running cannot be shown elsewhere. The batch is
+// then rolled back with an error that says so; nobody dies and the count stays exact.
+TEST(BlockedSignals, PushRbpFirstInstructionWithEverythingBlockedFailsCleanly) {
+  RaceCode code(hp_test::push_rbp_first(), 0);
+  RaceResult r = race(code, all_signals(), 3, std::chrono::milliseconds(2500));
+  EXPECT_EQ(r.wrong, 0);
+  EXPECT_EQ(r.hits, static_cast<std::uint64_t>(r.through_probe));
+  EXPECT_GT(r.flips + r.refused, 1);
+  if (r.refused) {
+    EXPECT_NE(r.refusal.find("blocked"), std::string::npos) << r.refusal;
+    EXPECT_NE(r.refusal.find("nothing was changed"), std::string::npos) << r.refusal;
+  }
+  EXPECT_EQ(code.call(), 1);
 }
 
 // The broken flavour: the kernel's int3 hold on every site. A caller that blocks SIGTRAP
