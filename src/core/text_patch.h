@@ -16,10 +16,13 @@
 // trap: it may block every signal, or be Go code) until step 4 releases it into the new
 // code. The hold needs the site's first instruction to be at least 2 bytes long and the
 // pair not to cross an 8-byte boundary (or to sit inside an aligned 16-byte block on a
-// CPU with AVX); other sites get an int3 on their first byte (the trap table sends a
-// thread that hits it to the site's trap_target), which a thread that blocks SIGTRAP
-// cannot take. Pages are made writable once per run of adjacent pages and restored
-// afterwards. A one-byte patch is a single store.
+// CPU with AVX). A site that starts with a 1-byte instruction (push rbp) is held on its
+// second instruction and jumps through a pad whose address keeps that hold in place
+// (E9 EB FE ..); the threads held there are moved once the E9 is written (step 5). Other
+// sites get an int3 on their first byte (the trap table sends a thread that hits it to
+// the site's trap_target), which a thread that blocks SIGTRAP cannot take. Pages are made
+// writable once per run of adjacent pages and restored afterwards. A one-byte patch is a
+// single store.
 //
 // From step 1 to step 4 the patching thread calls no libc function and allocates
 // nothing (any of them may be a site of the batch, where it would spin on itself), and
@@ -27,11 +30,12 @@
 //
 // Finding threads (step 2) reads /proc/self/task/TID/syscall: a thread blocked in a
 // system call is at its syscall instruction, which is never displaced, so it is left
-// alone (no signal, so no EINTR); a thread preempted in user mode shows its pc, and is
-// signalled only if that pc is inside a site; a thread shown "running" is signalled
-// once and read again until it is seen outside (it cannot re-enter: arrivals stop at the
-// hold). The signal handler moves the ip and answers. A thread that blocks the signal and
-// is never seen off its CPU for 1 s fails the batch, rolled back, with an error.
+// alone (no signal, so no EINTR); a thread sleeping elsewhere shows its pc, and is
+// signalled only if that pc is inside a site; a runnable thread (/proc says "running")
+// is signalled once, and if it blocks the signal, read again until it is seen outside or
+// has run 2 ms of CPU since the holds (it cannot re-enter: arrivals stop at the hold).
+// The signal handler moves the ip and answers. After 1 s the batch is rolled back and
+// fails with an error naming the thread.
 #pragma once
 
 #include <algorithm>
