@@ -1351,6 +1351,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     news[i] = jump_to_pad(sites[i], *pads[i]);
     any_pad = true;
   }
+  seal_pad_regions();  // pads are code before any thread can reach one
   // Everything the window needs is allocated now.
   bool multi_byte = false;
   bool may_hold_threads = false;  // some site has instruction boundaries inside it
@@ -1379,15 +1380,9 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     obs = std::make_unique<Observation>(thread_count_estimate() * 2 + 256);
   }
   const int sig = g_move_signal.load(std::memory_order_relaxed);
-  if (!sync_core_registered()) {
-    seal_pad_regions();
-    return no_membarrier();
-  }
+  if (!sync_core_registered()) return no_membarrier();
   auto runs = page_runs(sites);
-  if (!runs.ok()) {
-    seal_pad_regions();
-    return runs.error();
-  }
+  if (!runs.ok()) return runs.error();
 
   for (const PageRun& r : *runs) {
     if (mprotect(reinterpret_cast<void*>(r.start), r.end - r.start,
@@ -1397,7 +1392,6 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
         if (&u == &r) break;
         mprotect(reinterpret_cast<void*>(u.start), u.end - u.start, u.prot);
       }
-      seal_pad_regions();
       return e;
     }
     stats.protect_calls++;
@@ -1523,7 +1517,6 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       pad.slot->store(sites[i].addr, std::memory_order_release);
     }
   }
-  seal_pad_regions();
   if (traps) {
     for (std::size_t i = n; i-- > 0;) {  // last in, first out: see trap_remove
       if (heads[i] == Head::trap || heads[i] == Head::whole) trap_remove(sites[i].addr);

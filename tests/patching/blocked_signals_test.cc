@@ -180,6 +180,23 @@ TEST(BlockedSignals, PushRbpFirstInstructionGoesThroughAPad) {
   EXPECT_EQ(hp::core::patch_totals().traps_redirected, traps_before);  // no int3 anywhere
 }
 
+// The first pad site of a fresh process maps its pad region while callers run into the
+// site: the pad must be executable before the first of them jumps to it.
+TEST(BlockedSignalsDeathTest, FirstPadRegionIsCodeBeforeItIsReached) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        RaceCode code(hp_test::push_rbp_first(), 0);
+        sigset_t mask = all_signals();
+        sigdelset(&mask, hp::core::move_signal_number());
+        RaceResult r = race(code, mask, 3, std::chrono::milliseconds(600));
+        const bool exact = r.wrong == 0 && r.refused == 0 && r.flips > 5 &&
+                           r.hits == static_cast<std::uint64_t>(r.through_probe);
+        std::_Exit(exact ? 0 : 1);
+      },
+      testing::ExitedWithCode(0), "");
+}
+
 // Callers that block every signal, the move signal too: a caller held on the second
 // instruction cannot be moved, and one running cannot be shown elsewhere. The batch is
 // then rolled back with an error that says so; nobody dies and the count stays exact.
