@@ -164,6 +164,11 @@ TEST(BlockedSignals, PairAcrossSixteenBytesTrapsForThreadsThatTakeTraps) {
 // push rbp first: held on its second instruction, then a jump to a pad (E9 EB FE ..).
 // Callers that block everything but the move signal: every attach succeeds.
 TEST(BlockedSignals, PushRbpFirstInstructionGoesThroughAPad) {
+#if defined(HOTPROBE_TSAN)
+  // TSan delivers asynchronous signals late, on a copy of the context: the move of the
+  // threads held at offset 1 (step 5) cannot work under it.
+  GTEST_SKIP() << "thread moves need signal contexts that ThreadSanitizer does not provide";
+#endif
   RaceCode code(hp_test::push_rbp_first(), 0);
   const std::uint64_t traps_before = hp::core::patch_totals().traps_redirected;
   {
@@ -193,6 +198,9 @@ TEST(BlockedSignals, PushRbpFirstInstructionGoesThroughAPad) {
 // The first pad site of a fresh process maps its pad region while callers run into the
 // site: the pad must be executable before the first of them jumps to it.
 TEST(BlockedSignalsDeathTest, FirstPadRegionIsCodeBeforeItIsReached) {
+#if defined(HOTPROBE_TSAN)
+  GTEST_SKIP() << "thread moves need signal contexts that ThreadSanitizer does not provide";
+#endif
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
