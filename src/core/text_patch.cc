@@ -292,7 +292,9 @@ struct TrapEntry {
 };
 constexpr std::size_t kTrapSlots = std::size_t{1} << 18;
 constexpr std::uintptr_t kTomb = 1;
-TrapEntry* g_traps = nullptr;
+TrapEntry* g_traps = nullptr;  // the writer's (under g_patch_mutex)
+// The SIGTRAP handler's: published once the table exists (T3: matches T4).
+std::atomic<TrapEntry*> g_traps_published{nullptr};
 std::size_t g_trap_used = 0;  // live + tombstones, writer only
 
 // Linear within each 1 MiB of address space (a slot per 4 bytes), at a place picked by a
@@ -305,7 +307,7 @@ std::size_t trap_hash(std::uintptr_t a) {
 }
 
 std::uintptr_t trap_lookup(std::uintptr_t addr) {
-  TrapEntry* t = g_traps;
+  TrapEntry* t = g_traps_published.load(std::memory_order_acquire);  // T4: matches T3
   if (!t) return 0;
   for (std::size_t i = trap_hash(addr), n = 0; n < kTrapSlots;
        i = (i + 1) & (kTrapSlots - 1), n++) {
@@ -771,6 +773,7 @@ Result<void> init_once() HP_REQUIRES(g_patch_mutex) {
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (mem == MAP_FAILED) return sys_error("mmap of the trap table");
     g_traps = static_cast<TrapEntry*>(mem);
+    g_traps_published.store(g_traps, std::memory_order_release);  // T3: matches T4
   }
   struct sigaction sa {};
   sa.sa_sigaction = trap_handler;
@@ -1436,7 +1439,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       if (!sync_failed) stats.sync_core_rounds++;
       // Step 2: nobody stays inside a site. Sites without inner instruction boundaries
       // (restoring the original bytes over a 5-byte jmp) cannot hold a thread.
-      if (!sync_failed && (may_hold_threads)) {
+      if (!sync_failed && may_hold_threads) {
         observed = observe_threads(ranges.data(), ranges.size(), *obs, sig, cpu_rule, false, stats);
       }
       if (sync_failed || observed.kind != ObserveFailure::kNone) {

@@ -259,6 +259,11 @@ void call_site_handler(int) {
 }
 
 TEST(BlockedSignals, HandlerOnPatchingThreadDoesNotSpinOnItsOwnHold) {
+#if defined(HOTPROBE_TSAN)
+  // TSan takes the signal itself and runs the program's handler later, at a point of its
+  // choosing, which can be inside the window whatever the thread's mask says.
+  GTEST_SKIP() << "ThreadSanitizer defers signal handlers past the thread's mask";
+#endif
   RaceCode code(hp_test::two_byte_first(), 0);
   g_handler_code = &code;
   struct sigaction sa {};
