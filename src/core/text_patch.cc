@@ -1,6 +1,5 @@
 #include "core/text_patch.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <linux/membarrier.h>
 #include <signal.h>
@@ -15,8 +14,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "base/assert.h"
 #include "base/compiler.h"
@@ -27,7 +29,50 @@ namespace hp::core {
 namespace {
 
 constexpr std::uint8_t kInt3 = 0xCC;
+constexpr std::uint8_t kJmpShort = 0xEB;
+constexpr std::uint8_t kSelf = 0xFE;  // rel8 -2: EB FE is `jmp .`
 constexpr std::uintptr_t kPage = 4096;
+
+// ---------------------------------------------------------------------------------------
+// System calls made while a transaction is in flight go through `syscall` directly: the
+// libc wrappers (and malloc, and every libc function) may be sites of the batch, and a
+// patcher that runs into one of its own spinning sites would spin forever.
+long raw_syscall(long nr, long a = 0, long b = 0, long c = 0, long d = 0) {
+  long ret;
+  register long r10 __asm__("r10") = d;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
+                   : "rcx", "r11", "memory");
+  return ret;
+}
+
+pid_t raw_gettid() {
+  return static_cast<pid_t>(raw_syscall(SYS_gettid));
+}
+pid_t raw_getpid() {
+  return static_cast<pid_t>(raw_syscall(SYS_getpid));
+}
+
+std::int64_t now_ns() {
+  timespec t{};
+  raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&t));
+  return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
+}
+
+void pause_ns(long ns) {
+  timespec t{0, ns};
+  raw_syscall(SYS_nanosleep, reinterpret_cast<long>(&t), 0);
+}
+
+// CPU time another thread of this process has used, in ns (its CPUCLOCK_SCHED clock,
+// exact to the moment: it includes the slice it is running now); -1 once it is gone.
+std::int64_t thread_cpu_ns(pid_t tid) {
+  const auto clock = static_cast<long>((~static_cast<unsigned long>(tid) << 3) | 6);
+  timespec t{};
+  if (raw_syscall(SYS_clock_gettime, clock, reinterpret_cast<long>(&t)) != 0) return -1;
+  return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
+}
 
 // Code bytes are written and read with plain instructions in asm: sanitizers have no
 // shadow for another module's text (ThreadSanitizer faults on it), and no thread of
@@ -47,11 +92,185 @@ std::uint8_t read_code_byte(std::uintptr_t addr) {
   return b;
 }
 
+// Two bytes with one store. Only called where [addr, addr + 2) lies inside one aligned
+// 8-byte word (spin_head()), where the store is single-copy atomic and a thread fetching
+// the instruction sees both old bytes or both new ones.
+void write_pair(std::uintptr_t addr, std::uint8_t b0, std::uint8_t b1) {
+  const auto v = static_cast<std::uint16_t>(b0 | (b1 << 8));
+  __asm__ volatile("movw %1, %0"
+                   : "=m"(*reinterpret_cast<std::uint16_t*>(addr))
+                   : "r"(v)
+                   : "memory");
+}
+
+// Two bytes that cross an 8-byte boundary inside one aligned 16-byte block: the whole
+// block with one aligned 16-byte store, which processors with AVX perform atomically
+// (Intel SDM vol. 3A 9.1.1, AMD APM vol. 2 7.3.2). The other 14 bytes are written with
+// the values they hold: only the patcher writes code, under g_patch_mutex.
+void write_pair_wide(std::uintptr_t addr, std::uint8_t b0, std::uint8_t b1) {
+  const std::uintptr_t block = addr & ~std::uintptr_t{15};
+  alignas(16) std::uint8_t bytes[16];
+  for (std::size_t i = 0; i < 16; i++)
+    bytes[i] = read_code_byte(block + i);
+  bytes[addr - block] = b0;
+  bytes[addr - block + 1] = b1;
+  __asm__ volatile(
+      "movdqa %1, %%xmm15\n\t"
+      "movdqa %%xmm15, %0"
+      : "=m"(*reinterpret_cast<std::uint8_t(*)[16]>(block))
+      : "m"(bytes)
+      : "xmm15", "memory");
+}
+
 bool code_equals(std::uintptr_t addr, const PatchBytes& bytes) {
   for (std::size_t i = 0; i < bytes.size(); i++) {
     if (read_code_byte(addr + i) != bytes[i]) return false;
   }
   return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// How a site's first bytes hold arriving threads while its other bytes change.
+enum class Head : std::uint8_t {
+  whole,      // a one-byte patch: written at once
+  spin,       // EB FE over the first two bytes, one 2-byte store
+  spin_wide,  // EB FE, one 16-byte store (the pair crosses an 8-byte boundary)
+  pad,        // first instruction 1 byte: EB FE over the second one, then a jump pad
+  trap,       // int3 on the first byte: a thread that arrives takes SIGTRAP
+};
+
+std::atomic<bool> g_trap_heads_for_testing{false};
+
+bool cpu_has_atomic_16_byte_stores() {
+  static const bool avx = __builtin_cpu_supports("avx");
+  return avx;
+}
+
+bool boundary_at(const PatchSite& s, std::uint32_t off) {
+  for (const auto& [o, to] : s.ip_map) {
+    if (o == off) return true;
+  }
+  return false;
+}
+
+// Whether an instruction of the site's interior can run for long where it is: a
+// rep-prefixed string instruction (one instruction, many iterations). Every other
+// instruction a thread can be at inside a site leaves it after a few more (the displaced
+// bytes hold no loop and no system call).
+bool interior_may_run_long(const PatchSite& s) {
+  auto rep_string_at = [&](std::size_t i) {
+    bool rep = false;
+    for (; i < s.old_bytes.size(); i++) {
+      const std::uint8_t b = s.old_bytes[i];
+      if (b == 0xF2 || b == 0xF3) {
+        rep = true;
+      } else if (!(b == 0x66 || b == 0x67 || b == 0x2E || b == 0x3E || b == 0x26 || b == 0x36 ||
+                   b == 0x64 || b == 0x65 || b == 0xF0 || (b >= 0x40 && b <= 0x4F))) {
+        return rep &&
+               ((b >= 0xA4 && b <= 0xA7) || (b >= 0xAA && b <= 0xAF) || (b >= 0x6C && b <= 0x6F));
+      }
+    }
+    return false;
+  };
+  for (const auto& [off, to] : s.ip_map) {
+    if (rep_string_at(off)) return true;
+  }
+  return false;
+}
+
+// A pad site: a jump (E9 rel32) over a first instruction of 1 byte followed by one of at
+// least 2, with both pairs [0, 2) and [1, 3) inside one aligned 8-byte word.
+bool pad_shape(const PatchSite& s) {
+  return s.new_bytes.size() >= 5 && s.new_bytes[0] == 0xE9 && boundary_at(s, 1) &&
+         !boundary_at(s, 2) && (s.addr & 7) < 6;
+}
+
+// The head a site gets, before pads are placed (a pad site without a pad traps).
+Head head_for(const PatchSite& s) {
+  if (s.new_bytes.size() == 1) return Head::whole;
+  if (g_trap_heads_for_testing.load(std::memory_order_relaxed)) return Head::trap;
+  // A thread at offset 1 would run the FE: the first instruction must be longer.
+  if (boundary_at(s, 1)) return pad_shape(s) ? Head::pad : Head::trap;
+  if ((s.addr & 7) != 7) return Head::spin;
+  if ((s.addr & 15) == 7 && cpu_has_atomic_16_byte_stores()) return Head::spin_wide;
+  return Head::trap;
+}
+
+// The first byte step 3 writes.
+std::size_t tail_start(Head h) {
+  switch (h) {
+    case Head::spin:
+    case Head::spin_wide:
+      return 2;
+    case Head::pad:
+      return 3;
+    case Head::whole:
+    case Head::trap:
+      break;
+  }
+  return 1;
+}
+
+void write_pair_for(Head h, std::uintptr_t addr, std::uint8_t b0, std::uint8_t b1) {
+  if (h == Head::spin_wide) {
+    write_pair_wide(addr, b0, b1);
+  } else {
+    write_pair(addr, b0, b1);
+  }
+}
+
+// Step 1: arriving threads stop (spin, or trap).
+void write_hold(std::uintptr_t addr, Head h) {
+  switch (h) {
+    case Head::spin:
+    case Head::spin_wide:
+      write_pair_for(h, addr, kJmpShort, kSelf);
+      break;
+    case Head::pad:
+      write_pair(addr + 1, kJmpShort, kSelf);
+      break;
+    case Head::trap:
+      write_byte(addr, kInt3);
+      break;
+    case Head::whole:
+      break;
+  }
+}
+
+// Undoes write_hold with the site's bytes `b` (old or, at the end, new): held threads go on.
+void release_hold(std::uintptr_t addr, Head h, const std::uint8_t* b) {
+  switch (h) {
+    case Head::spin:
+    case Head::spin_wide:
+      write_pair_for(h, addr, b[0], b[1]);
+      break;
+    case Head::pad:
+      write_pair(addr + 1, b[1], b[2]);
+      break;
+    case Head::trap:
+      write_byte(addr, b[0]);
+      break;
+    case Head::whole:
+      break;
+  }
+}
+
+// Step 4: the first bytes of the new code, in one store.
+void write_final(std::uintptr_t addr, Head h, const std::uint8_t* b) {
+  if (h == Head::pad || h == Head::whole) {
+    write_byte(addr, b[0]);  // a pad site's [1, 3) already says EB FE: the jump to its pad
+  } else {
+    release_hold(addr, h, b);
+  }
+}
+
+// Back from step 4 to step 3's state (a failed pad batch): the hold again.
+void unwrite_final(std::uintptr_t addr, Head h, const std::uint8_t* old) {
+  if (h == Head::pad || h == Head::whole) {
+    write_byte(addr, old[0]);
+  } else {
+    write_hold(addr, h);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -73,7 +292,9 @@ struct TrapEntry {
 };
 constexpr std::size_t kTrapSlots = std::size_t{1} << 18;
 constexpr std::uintptr_t kTomb = 1;
-TrapEntry* g_traps = nullptr;
+TrapEntry* g_traps = nullptr;  // the writer's (under g_patch_mutex)
+// The SIGTRAP handler's: published once the table exists (T3: matches T4).
+std::atomic<TrapEntry*> g_traps_published{nullptr};
 std::size_t g_trap_used = 0;  // live + tombstones, writer only
 
 // Linear within each 1 MiB of address space (a slot per 4 bytes), at a place picked by a
@@ -86,7 +307,7 @@ std::size_t trap_hash(std::uintptr_t a) {
 }
 
 std::uintptr_t trap_lookup(std::uintptr_t addr) {
-  TrapEntry* t = g_traps;
+  TrapEntry* t = g_traps_published.load(std::memory_order_acquire);  // T4: matches T3
   if (!t) return 0;
   for (std::size_t i = trap_hash(addr), n = 0; n < kTrapSlots;
        i = (i + 1) & (kTrapSlots - 1), n++) {
@@ -140,6 +361,188 @@ void trap_clear_if_crowded() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Jump pads: a site whose first instruction is one byte (push rbp) cannot take the
+// two-byte hold there (a thread between the two instructions would run the FE). It is held
+// on its second instruction instead ([1, 3) = EB FE), and its jump is written so that
+// those two bytes need not change: E9 EB FE h0 h1, a jump to a pad whose address ends in
+// ...FEEB + 5 past the site, which holds `jmp [slot]`. Only the first byte (55 -> E9) and
+// [3, 5) change, and a thread spinning at offset 1 never sees them; no new thread reaches
+// offset 1 once the E9 is in place, so the spinners there are moved with the move signal.
+//
+// A pad belongs to one site address for the life of the process (a thread preempted on
+// a pad's jump may execute it at any later time, so its slot must always lead somewhere
+// right for that site): its slot holds the pad's own address while a transaction is in
+// flight (a `jmp [slot]` that spins, reading the slot each time), the trampoline while
+// the site is attached, and the site's address after (the function as it is then).
+// Pads live in 64 KiB regions near the sites (a pad's offset in its region is fixed by the
+// site's address), never unmapped: their memory is bounded by the code that was probed.
+constexpr std::uintptr_t kPadRegionCode = 0x10000 + kPage;  // the pads (the last one may overrun)
+constexpr std::uintptr_t kPadRegionSlots = 0x18000;         // 8-byte slots
+constexpr std::uintptr_t kPadRegionSize = kPadRegionCode + kPadRegionSlots;
+constexpr std::size_t kPadLength = 6;  // FF 25 disp32: jmp [rip + disp32]
+constexpr std::uint32_t kPadLow = 0xFEEB;
+
+struct PadRegion {
+  std::uintptr_t base = 0;  // 64 KiB aligned
+  std::uint32_t slots_used = 0;
+  bool writable = false;  // code made writable in this transaction
+  std::vector<std::uint64_t> busy = std::vector<std::uint64_t>((kPadRegionCode + 63) / 64);
+
+  bool byte_busy(std::uintptr_t off) const { return (busy[off / 64] >> (off % 64)) & 1; }
+  void set_busy(std::uintptr_t off) { busy[off / 64] |= std::uint64_t{1} << (off % 64); }
+};
+
+struct Pad {
+  std::uintptr_t at = 0;
+  std::atomic<std::uintptr_t>* slot = nullptr;
+  // The site's bytes while it jumps to the pad: as the caller knows them (its jump to
+  // the trampoline) and as they are (the jump to the pad).
+  bool jumped = false;
+  PatchBytes caller_view, actual;
+};
+
+std::vector<PadRegion*> g_pad_regions;           // under g_patch_mutex; never freed
+std::unordered_map<std::uintptr_t, Pad> g_pads;  // site address -> its pad; never erased
+
+bool rel32_reach(std::uintptr_t from_end, std::uintptr_t to) {
+  const auto d = static_cast<std::int64_t>(to - from_end);
+  return d >= INT32_MIN && d <= INT32_MAX;
+}
+
+// A free, 64 KiB aligned place for a region within rel32 reach of `site`, closest first.
+std::uintptr_t region_place_near(std::uintptr_t site) {
+  FILE* f = std::fopen("/proc/self/maps", "re");
+  if (!f) return 0;
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> used;
+  char line[4096];
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    if (std::sscanf(line, "%lx-%lx", &lo, &hi) == 2) used.push_back({lo, hi});
+  }
+  std::fclose(f);
+  constexpr std::uintptr_t kAlign = 0x10000, kLowest = 0x100000;
+  constexpr std::uintptr_t kTop = std::uintptr_t{1} << 47;
+  constexpr std::uintptr_t kReach = 0x70000000;  // well inside +-2 GiB, for every pad
+  const std::uintptr_t lo_limit = site > kReach + kLowest ? site - kReach : kLowest;
+  const std::uintptr_t hi_limit = std::min(site + kReach, kTop);
+  std::uintptr_t best = 0, best_dist = ~std::uintptr_t{0};
+  std::uintptr_t gap_lo = kLowest;
+  used.push_back({kTop, kTop});
+  for (const auto& [lo, hi] : used) {
+    // The gap [gap_lo, lo): the aligned place in it closest to the site.
+    const std::uintptr_t first = (std::max(gap_lo, lo_limit) + kAlign - 1) & ~(kAlign - 1);
+    const std::uintptr_t end = std::min(lo, hi_limit);
+    if (end > first && end - first >= kPadRegionSize) {
+      const std::uintptr_t last = (end - kPadRegionSize) & ~(kAlign - 1);
+      std::uintptr_t cand = site <= first ? first : site >= last ? last : site & ~(kAlign - 1);
+      if (cand < first) cand = first;
+      const std::uintptr_t dist = cand > site ? cand - site : site - cand;
+      if (cand <= last && dist < best_dist) {
+        best = cand;
+        best_dist = dist;
+      }
+    }
+    gap_lo = std::max(gap_lo, hi);
+  }
+  return best;
+}
+
+PadRegion* new_pad_region(std::uintptr_t site) {
+  const std::uintptr_t at = region_place_near(site);
+  if (!at) return nullptr;
+  void* m = mmap(reinterpret_cast<void*>(at), kPadRegionSize, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  if (reinterpret_cast<std::uintptr_t>(m) != at) {
+    munmap(m, kPadRegionSize);
+    return nullptr;
+  }
+  auto* r = new PadRegion;
+  r->base = at;
+  r->writable = true;  // the code part becomes r-x at the end of the transaction
+  g_pad_regions.push_back(r);
+  return r;
+}
+
+// The pad of the site at `addr`, placed now if it has none; null when no region in reach
+// has its offset free and no new region can be mapped (the site then traps).
+Pad* pad_for(std::uintptr_t addr) {
+  if (auto it = g_pads.find(addr); it != g_pads.end()) return &it->second;
+  const std::uintptr_t off = (addr + 5 + kPadLow) & 0xFFFF;
+  auto fits = [&](const PadRegion* r) {
+    if (!rel32_reach(addr + 5, r->base + off)) return false;
+    if (r->slots_used >= kPadRegionSlots / 8) return false;
+    for (std::uintptr_t i = off; i < off + kPadLength; i++) {
+      if (r->byte_busy(i)) return false;
+    }
+    return true;
+  };
+  PadRegion* region = nullptr;
+  for (PadRegion* r : g_pad_regions) {
+    if (fits(r)) {
+      region = r;
+      break;
+    }
+  }
+  if (!region) {
+    region = new_pad_region(addr);
+    if (!region || !fits(region)) return nullptr;
+  }
+  if (!region->writable) {
+    if (mprotect(reinterpret_cast<void*>(region->base), kPadRegionCode,
+                 PROT_READ | PROT_WRITE | PROT_EXEC) != 0) {
+      return nullptr;
+    }
+    region->writable = true;
+  }
+  for (std::uintptr_t i = off; i < off + kPadLength; i++)
+    region->set_busy(i);
+  Pad pad;
+  pad.at = region->base + off;
+  const std::uintptr_t slot = region->base + kPadRegionCode + 8 * region->slots_used++;
+  pad.slot = reinterpret_cast<std::atomic<std::uintptr_t>*>(slot);
+  pad.slot->store(addr, std::memory_order_relaxed);
+  const auto disp = static_cast<std::int32_t>(slot - (pad.at + kPadLength));
+  write_byte(pad.at, 0xFF);
+  write_byte(pad.at + 1, 0x25);
+  for (int i = 0; i < 4; i++)
+    write_byte(pad.at + 2 + i,
+               static_cast<std::uint8_t>(static_cast<std::uint32_t>(disp) >> (8 * i)));
+  return &g_pads.emplace(addr, pad).first->second;
+}
+
+// The code of regions written in this transaction becomes r-x again.
+void seal_pad_regions() {
+  for (PadRegion* r : g_pad_regions) {
+    if (!r->writable) continue;
+    mprotect(reinterpret_cast<void*>(r->base), kPadRegionCode, PROT_READ | PROT_EXEC);
+    r->writable = false;
+  }
+}
+
+// The site's jump to its pad: E9 EB FE h0 h1, then the caller's bytes.
+PatchBytes jump_to_pad(const PatchSite& s, const Pad& pad) {
+  std::uint8_t b[PatchBytes::kCapacity];
+  const auto rel = static_cast<std::uint32_t>(pad.at - (s.addr + 5));
+  HP_CHECK((rel & 0xFFFF) == kPadLow);
+  b[0] = 0xE9;
+  for (int i = 0; i < 4; i++)
+    b[1 + i] = static_cast<std::uint8_t>(rel >> (8 * i));
+  for (std::size_t i = 5; i < s.new_bytes.size(); i++)
+    b[i] = s.new_bytes[i];
+  return PatchBytes(std::span<const std::uint8_t>(b, s.new_bytes.size()));
+}
+
+// Where the caller's jump goes (E9 rel32 at addr).
+std::uintptr_t jump_target(std::uintptr_t addr, const PatchBytes& b) {
+  std::uint32_t rel = 0;
+  for (int i = 0; i < 4; i++)
+    rel |= static_cast<std::uint32_t>(b[1 + i]) << (8 * i);
+  return addr + 5 +
+         static_cast<std::uintptr_t>(static_cast<std::int64_t>(static_cast<std::int32_t>(rel)));
+}
+
+// ---------------------------------------------------------------------------------------
 // Thread moves: the sites of the transaction in flight, for the move-signal handler.
 struct Range {
   std::uintptr_t start, end;
@@ -151,21 +554,97 @@ struct MoveTable {
   // Or, when sampling (ranges == nullptr): count threads whose ip is in [start, end).
   const std::pair<std::uintptr_t, std::uintptr_t>* sample;
   std::size_t n_sample;
+  // The threads asked: a handler running on tids[i] sets answered[i] (A1: matches A2).
+  const pid_t* tids;
+  std::atomic<std::uint8_t>* answered;
+  std::size_t n_tids;
 };
 std::atomic<unsigned> g_sample_inside{0};
 std::atomic<const MoveTable*> g_moves{nullptr};
 std::atomic<int> g_move_handlers_active{0};
 std::atomic<unsigned> g_move_acks{0};
-int g_move_signal = 0;
+
+// The move signal: installed (g_move_signal, under g_patch_mutex, read by others after
+// init) or, before that, the one that will be (g_move_signal_choice).
+std::atomic<int> g_move_signal{0};
+std::atomic<int> g_move_signal_choice{0};
+
+void move_handler(int, siginfo_t*, void*);
+
+// Whether the program has a use for `sig`: a handler that is not ours, or SIG_IGN.
+bool signal_in_use(int sig) {
+  struct sigaction cur {};
+  if (sigaction(sig, nullptr, &cur) != 0) return true;
+  if (cur.sa_flags & SA_SIGINFO) return cur.sa_sigaction != move_handler;
+  return cur.sa_handler != SIG_DFL;
+}
+
+std::string rt_name(int sig) {
+  const int lo = SIGRTMIN, hi = SIGRTMAX;
+  if (sig - lo <= hi - sig) return "SIGRTMIN+" + std::to_string(sig - lo);
+  return "SIGRTMAX-" + std::to_string(hi - sig);
+}
+
+std::string signal_range() {
+  return std::to_string(SIGRTMIN) + " to " + std::to_string(SIGRTMAX) + " (SIGRTMIN..SIGRTMAX)";
+}
 
 }  // namespace
 
+Result<int> choose_move_signal(const char* requested) {
+  const int lo = SIGRTMIN, hi = SIGRTMAX;
+  if (requested && *requested) {
+    long v = 0;
+    bool digits = true;
+    for (const char* p = requested; *p; p++) {
+      if (*p < '0' || *p > '9' || v > 1000) {
+        digits = false;
+        break;
+      }
+      v = v * 10 + (*p - '0');
+    }
+    const std::string shown = std::string("HOTPROBE_SIGNAL=") + requested;
+    if (!digits) {
+      return Error(Errc::invalid_argument,
+                   shown + " is not a signal number: set it to a real-time signal from " +
+                       signal_range() + " that the program does not use, or unset it");
+    }
+    const int sig = static_cast<int>(v);
+    if (sig < lo || sig > hi) {
+      const char* name = sig > 0 && sig < 32 ? sigabbrev_np(sig) : nullptr;
+      return Error(Errc::invalid_argument,
+                   shown + (name ? std::string(" (SIG") + name + ")" : std::string()) +
+                       " is not a real-time signal: hotprobe would take it over from the "
+                       "program. Use a number from " +
+                       signal_range() + " that the program does not use, or unset it");
+    }
+    if (signal_in_use(sig)) {
+      return Error(Errc::busy, shown + ": the program already handles signal " +
+                                   std::to_string(sig) + " (" + rt_name(sig) +
+                                   "); pick another real-time signal from " + signal_range() +
+                                   " that it leaves alone, or unset HOTPROBE_SIGNAL and "
+                                   "hotprobe picks a free one");
+    }
+    return sig;
+  }
+  // The default, then the others from the top down (programs take SIGRTMIN first).
+  if (!signal_in_use(hi - 3)) return hi - 3;
+  for (int sig = hi; sig >= lo; sig--) {
+    if (sig != hi - 3 && !signal_in_use(sig)) return sig;
+  }
+  return Error(Errc::busy, "every real-time signal (" + signal_range() +
+                               ") has a handler in this program: hotprobe needs one it can own "
+                               "to move threads out of the code it patches");
+}
+
 int move_signal_number() noexcept {
-  static const int sig = [] {
-    const char* s = std::getenv("HOTPROBE_SIGNAL");
-    return s ? std::atoi(s) : SIGRTMAX - 3;
-  }();
-  return sig;
+  if (int s = g_move_signal.load(std::memory_order_acquire)) return s;
+  if (int s = g_move_signal_choice.load(std::memory_order_acquire)) return s;
+  auto r = choose_move_signal(std::getenv("HOTPROBE_SIGNAL"));
+  if (!r.ok()) return 0;
+  int expected = 0;
+  g_move_signal_choice.compare_exchange_strong(expected, *r, std::memory_order_acq_rel);
+  return g_move_signal_choice.load(std::memory_order_acquire);
 }
 
 namespace {
@@ -183,8 +662,12 @@ CtxRip ctx_rip(void* uc) {
   return {static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_RIP]};
 }
 
-// Moves the interrupted ip out of the middle of a site being patched. Async-signal-safe.
-void move_handler(int, siginfo_t*, void* uc) {
+// Moves the interrupted ip out of the middle of a site being patched. Async-signal-safe,
+// and calls nothing that can be a site (no libc): it runs while sites spin.
+void move_handler(int, siginfo_t* info, void* uc) {
+  // Ours come from tgkill in this process; anything else is ignored, as the signal's
+  // default disposition in a program that never sends it would not matter.
+  if (info->si_code != SI_TKILL || info->si_pid != raw_getpid()) return;
   int saved_errno = errno;
   g_move_handlers_active.fetch_add(1, std::memory_order_acq_rel);  // M1: matches M2
   if (const MoveTable* mt = g_moves.load(std::memory_order_acquire)) {
@@ -198,7 +681,7 @@ void move_handler(int, siginfo_t*, void* uc) {
     for (std::size_t i = 0; i < mt->n; i++) {
       const Range& r = mt->ranges[i];
       if (rip > r.start && rip < r.end) {
-        auto off = static_cast<std::uint32_t>(rip - r.start);
+        auto off = static_cast<std::uint32_t>(rip - r.site->addr);
         for (const auto& [o, to] : r.site->ip_map) {
           if (o == off) {
             rip = to;
@@ -207,6 +690,15 @@ void move_handler(int, siginfo_t*, void* uc) {
           }
         }
         break;
+      }
+    }
+    if (mt->n_tids) {
+      const pid_t me = raw_gettid();
+      for (std::size_t i = 0; i < mt->n_tids; i++) {
+        if (mt->tids[i] == me) {
+          mt->answered[i].store(1, std::memory_order_release);  // A1: matches A2
+          break;
+        }
       }
     }
   }
@@ -253,32 +745,47 @@ HP_DISPATCH_SECTION void trap_handler(int sig, siginfo_t* info, void* uc) {
 // ---------------------------------------------------------------------------------------
 Mutex g_patch_mutex;  // one transaction at a time; held for a whole apply_patches()
 
+// The move signal, checked when it is installed: a program that took the chosen signal
+// since move_signal_number() answered gets another (or, for HOTPROBE_SIGNAL, an error).
+Result<void> install_move_signal() HP_REQUIRES(g_patch_mutex) {
+  int sig = g_move_signal_choice.load(std::memory_order_acquire);
+  if (sig == 0 || signal_in_use(sig)) {
+    auto r = choose_move_signal(std::getenv("HOTPROBE_SIGNAL"));
+    if (!r.ok()) return r.error();
+    sig = *r;
+  }
+  struct sigaction ma {};
+  ma.sa_sigaction = move_handler;
+  ma.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigfillset(&ma.sa_mask);
+  if (sigaction(sig, &ma, nullptr) != 0) return sys_error("sigaction(move signal)");
+  g_move_signal_choice.store(sig, std::memory_order_release);
+  g_move_signal.store(sig, std::memory_order_release);
+  return {};
+}
+
 Result<void> init_once() HP_REQUIRES(g_patch_mutex) {
   static bool done = false;
   if (done) return {};
-  void* mem = mmap(nullptr, kTrapSlots * sizeof(TrapEntry), PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (mem == MAP_FAILED) return sys_error("mmap of the trap table");
-  g_traps = static_cast<TrapEntry*>(mem);
-
+  HP_TRY(install_move_signal());
+  if (!g_traps) {
+    void* mem = mmap(nullptr, kTrapSlots * sizeof(TrapEntry), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) return sys_error("mmap of the trap table");
+    g_traps = static_cast<TrapEntry*>(mem);
+    g_traps_published.store(g_traps, std::memory_order_release);  // T3: matches T4
+  }
   struct sigaction sa {};
   sa.sa_sigaction = trap_handler;
   sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
   sigemptyset(&sa.sa_mask);
   if (sigaction(SIGTRAP, &sa, &g_prev_trap_action) != 0) return sys_error("sigaction(SIGTRAP)");
-
-  g_move_signal = move_signal_number();
-  struct sigaction ma {};
-  ma.sa_sigaction = move_handler;
-  ma.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigfillset(&ma.sa_mask);
-  if (sigaction(g_move_signal, &ma, nullptr) != 0) return sys_error("sigaction(move signal)");
   done = true;
   return {};
 }
 
 long membarrier(int cmd) {
-  return syscall(__NR_membarrier, cmd, 0, 0);
+  return raw_syscall(__NR_membarrier, cmd, 0, 0);
 }
 
 // 0 unknown, 1 SYNC_CORE registered, 2 only PRIVATE_EXPEDITED (x86 returns from the IPI
@@ -286,95 +793,290 @@ long membarrier(int cmd) {
 // reason), 3 neither.
 std::atomic<int> g_sync_mode{0};
 
+// ---------------------------------------------------------------------------------------
+// Threads, read from /proc with raw system calls and no allocation (the window rule).
 struct ThreadState {
-  pid_t tid;
   enum { kBlocked, kPreempted, kRunning, kGone } state;
   std::uintptr_t pc;
 };
 
-bool read_thread(pid_t tid, ThreadState& out) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
-  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  out.tid = tid;
-  if (fd < 0) {
-    out.state = ThreadState::kGone;
-    return true;
-  }
+// "/proc/self/task/<tid>/syscall": "running", or "<nr> <args...> <sp> <pc>" with nr -1
+// for a thread preempted in user mode.
+ThreadState read_thread(pid_t tid) {
+  char path[64] = "/proc/self/task/";
+  std::size_t n = 16;
+  char digits[16];
+  std::size_t nd = 0;
+  for (auto v = static_cast<unsigned>(tid); v || nd == 0; v /= 10)
+    digits[nd++] = static_cast<char>('0' + v % 10);
+  while (nd)
+    path[n++] = digits[--nd];
+  for (const char* s = "/syscall"; *s;)
+    path[n++] = *s++;
+  path[n] = 0;
+  ThreadState out{ThreadState::kGone, 0};
+  const long fd =
+      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return out;
   char buf[256];
-  ssize_t n = ::read(fd, buf, sizeof buf - 1);
-  ::close(fd);
-  if (n <= 0) {
-    out.state = ThreadState::kGone;
-    return true;
-  }
-  buf[n] = 0;
-  if (std::strncmp(buf, "running", 7) == 0) {
+  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
+  raw_syscall(SYS_close, fd);
+  if (got <= 0) return out;
+  buf[got] = 0;
+  if (buf[0] == 'r') {
     out.state = ThreadState::kRunning;
-    return true;
+    return out;
   }
-  long nr = std::strtol(buf, nullptr, 10);
-  // The last field is the user pc.
-  const char* last = std::strrchr(buf, ' ');
-  out.pc = last ? std::strtoull(last + 1, nullptr, 16) : 0;
-  out.state = nr == -1 ? ThreadState::kPreempted : ThreadState::kBlocked;
+  out.state = buf[0] == '-' ? ThreadState::kPreempted : ThreadState::kBlocked;
+  std::size_t end = static_cast<std::size_t>(got);
+  while (end && (buf[end - 1] == '\n' || buf[end - 1] == ' '))
+    end--;
+  std::size_t start = end;
+  while (start && buf[start - 1] != ' ')
+    start--;
+  if (start + 2 <= end && buf[start] == '0' && buf[start + 1] == 'x') start += 2;
+  std::uintptr_t pc = 0;
+  for (std::size_t i = start; i < end; i++) {
+    const char c = buf[i];
+    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) break;
+    pc = pc * 16 + static_cast<std::uintptr_t>(d);
+  }
+  out.pc = pc;
+  return out;
+}
+
+// The other threads of the process into tids[0..cap); returns how many there are (more
+// than cap when they did not fit), or -1 when /proc cannot be read.
+long list_threads(pid_t* tids, std::size_t cap) {
+  const long fd = raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/task"),
+                              O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  const pid_t self = raw_gettid();
+  long count = 0;
+  alignas(8) char buf[4096];
+  for (;;) {
+    const long got = raw_syscall(SYS_getdents64, fd, reinterpret_cast<long>(buf), sizeof buf);
+    if (got <= 0) break;
+    for (long off = 0; off < got;) {
+      struct Dirent64 {
+        std::uint64_t ino;
+        std::int64_t off;
+        unsigned short reclen;
+        unsigned char type;
+        char name[1];
+      };
+      const auto* d = reinterpret_cast<const Dirent64*>(buf + off);
+      off += d->reclen;
+      if (d->name[0] < '0' || d->name[0] > '9') continue;
+      long t = 0;
+      for (const char* p = d->name; *p >= '0' && *p <= '9'; p++)
+        t = t * 10 + (*p - '0');
+      if (t == self) continue;
+      if (static_cast<std::size_t>(count) < cap) tids[count] = static_cast<pid_t>(t);
+      count++;
+    }
+  }
+  raw_syscall(SYS_close, fd);
+  return count;
+}
+
+// Whether the thread blocks `sig` (the SigBlk line of /proc/self/task/TID/status); true
+// when it cannot be read.
+bool blocks_signal(pid_t tid, int sig) {
+  char path[64] = "/proc/self/task/";
+  std::size_t n = 16;
+  char digits[16];
+  std::size_t nd = 0;
+  for (auto v = static_cast<unsigned>(tid); v || nd == 0; v /= 10)
+    digits[nd++] = static_cast<char>('0' + v % 10);
+  while (nd)
+    path[n++] = digits[--nd];
+  for (const char* t = "/status"; *t;)
+    path[n++] = *t++;
+  path[n] = 0;
+  const long fd =
+      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;
+  char buf[4096];
+  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
+  raw_syscall(SYS_close, fd);
+  if (got <= 0) return true;
+  buf[got] = 0;
+  static constexpr char kKey[] = "\nSigBlk:\t";
+  for (long i = 0; i + 16 < got; i++) {
+    std::size_t k = 0;
+    while (kKey[k] && buf[i + static_cast<long>(k)] == kKey[k])
+      k++;
+    if (kKey[k]) continue;
+    std::uint64_t mask = 0;
+    for (const char* c = buf + i + k; *c && *c != '\n'; c++) {
+      const int d = *c >= '0' && *c <= '9' ? *c - '0' : *c >= 'a' && *c <= 'f' ? *c - 'a' + 10 : -1;
+      if (d < 0) break;
+      mask = mask * 16 + static_cast<std::uint64_t>(d);
+    }
+    return (mask >> (sig - 1)) & 1;
+  }
   return true;
 }
 
-std::vector<pid_t> list_threads() {
-  std::vector<pid_t> tids;
-  DIR* d = opendir("/proc/self/task");
-  if (!d) return tids;
-  pid_t self = static_cast<pid_t>(syscall(SYS_gettid));
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    pid_t t = static_cast<pid_t>(std::atoi(e->d_name));
-    if (t != self) tids.push_back(t);
-  }
-  closedir(d);
-  return tids;
-}
-
-bool inside_any(const std::vector<Range>& ranges, std::uintptr_t pc) {
-  auto it = std::upper_bound(ranges.begin(), ranges.end(), pc,
-                             [](std::uintptr_t v, const Range& r) { return v < r.start; });
-  if (it == ranges.begin()) return false;
+bool inside_any(const Range* ranges, std::size_t n, std::uintptr_t pc) {
+  const Range* it = std::upper_bound(ranges, ranges + n, pc,
+                                     [](std::uintptr_t v, const Range& r) { return v < r.start; });
+  if (it == ranges) return false;
   --it;
   return pc > it->start && pc < it->end;
 }
 
-unsigned signal_and_wait(const MoveTable& mt, const std::vector<pid_t>& tids, PatchStats* stats);
+// Step 2's buffers, allocated before the window opens.
+struct Observation {
+  std::unique_ptr<pid_t[]> tids;
+  std::unique_ptr<std::atomic<std::uint8_t>[]> answered;
+  std::unique_ptr<std::uint8_t[]> settled;
+  std::unique_ptr<std::uint8_t[]> signalled;
+  std::unique_ptr<std::int64_t[]> cpu_at_start;
+  std::size_t cap = 0;
 
-// Step 2: no thread may stay strictly inside a site whose tail bytes are about to change.
-Result<void> move_threads_out(const std::vector<Range>& ranges, PatchStats& stats) {
-  MoveTable mt{ranges.data(), ranges.size(), nullptr, 0};
-  std::vector<pid_t> to_signal;
-  for (pid_t tid : list_threads()) {
-    ThreadState ts{};
-    read_thread(tid, ts);
-    if (ts.state == ThreadState::kRunning ||
-        (ts.state == ThreadState::kPreempted && inside_any(ranges, ts.pc))) {
-      to_signal.push_back(tid);
-    }
-  }
-  if (to_signal.empty()) return {};
-  if (signal_and_wait(mt, to_signal, &stats) == 0) return {};
-  // A thread that blocks the signal is checked again through /proc and accepted if it
-  // is now provably outside every site.
-  for (pid_t tid : to_signal) {
-    ThreadState ts{};
-    read_thread(tid, ts);
-    if (ts.state == ThreadState::kRunning ||
-        (ts.state == ThreadState::kPreempted && inside_any(ranges, ts.pc))) {
-      return Error(Errc::busy, "thread " + std::to_string(tid) +
-                                   " of this process did not answer hotprobe's signal " +
-                                   std::to_string(g_move_signal) +
-                                   " within 1 s (is it blocked with sigprocmask?); set "
-                                   "HOTPROBE_SIGNAL to a signal the program leaves unblocked");
-    }
-  }
-  return {};
+  explicit Observation(std::size_t c)
+      : tids(new pid_t[c]),
+        answered(new std::atomic<std::uint8_t>[c]),
+        settled(new std::uint8_t[c]),
+        signalled(new std::uint8_t[c]),
+        cpu_at_start(new std::int64_t[c]),
+        cap(c) {}
+};
+
+std::size_t thread_count_estimate() {
+  pid_t none[1];
+  const long n = list_threads(none, 0);
+  return n > 0 ? static_cast<std::size_t>(n) : 0;
 }
+
+// Why step 2 could not finish (the message is made after the rollback: no allocation
+// while sites spin).
+struct ObserveFailure {
+  enum { kNone, kProc, kTooMany, kStayed } kind = kNone;
+  pid_t tid = 0;
+  bool preempted_inside = false;
+};
+
+constexpr std::int64_t kObserveBudgetNs = 1000000000;  // 1 s
+// CPU time after which a running thread that was inside a site has left it: a few
+// straight-line instructions take nanoseconds; 2 ms leaves room for the page faults and
+// interrupts one of them may take on the way.
+constexpr std::int64_t kLeftAfterCpuNs = 2000000;
+
+// Step 2: after the holds are in place and serialized, every other thread is shown to be
+// outside the interior of every site, or is moved out of it. The set of threads inside
+// only shrinks from then on: an arriving thread stops at a site's first byte (it spins
+// there, or traps), and no branch lands inside (the relocator refuses such sites). So
+// each thread needs to be seen outside once:
+//   - blocked in a system call, or preempted with its pc outside: done (never signalled,
+//     so never sees EINTR);
+//   - preempted inside, or running (/proc shows no pc for a runnable thread, on a CPU
+//     or not): sent the move signal once; its handler moves it by the site's ip map and
+//     answers. One that blocks the signal is read again until it is seen outside, or,
+//     with `cpu_rule`, until it has run kLeftAfterCpuNs since the holds were serialized
+//     (a thread inside a site leaves it after a few straight-line instructions), or the
+//     budget runs out. cpu_rule is off where a thread may stay at an interior point
+//     while it runs: a rep-string instruction, or a hold that spins inside the site.
+ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observation& obs, int sig,
+                               bool cpu_rule, bool wait_for_blockers, PatchStats& stats) {
+  ObserveFailure fail;
+  const long listed = list_threads(obs.tids.get(), obs.cap);
+  if (listed < 0) {
+    fail.kind = ObserveFailure::kProc;
+    return fail;
+  }
+  if (static_cast<std::size_t>(listed) > obs.cap) {
+    fail.kind = ObserveFailure::kTooMany;
+    return fail;
+  }
+  const auto n = static_cast<std::size_t>(listed);
+  for (std::size_t i = 0; i < n; i++) {
+    obs.answered[i].store(0, std::memory_order_relaxed);
+    obs.settled[i] = 0;
+    obs.signalled[i] = 0;
+    obs.cpu_at_start[i] = cpu_rule ? thread_cpu_ns(obs.tids[i]) : 0;
+  }
+  MoveTable mt{ranges, n_ranges, nullptr, 0, obs.tids.get(), obs.answered.get(), n};
+  g_moves.store(&mt, std::memory_order_release);
+  const pid_t pid = raw_getpid();
+  const std::int64_t deadline = now_ns() + kObserveBudgetNs;
+  std::size_t left = n;
+  bool signalling = !wait_for_blockers;
+  for (unsigned round = 0; left; round++) {
+    bool blocker = false;  // a thread that blocks the signal is still to be seen
+    for (std::size_t i = 0; i < n; i++) {
+      if (obs.settled[i]) continue;
+      bool done = obs.answered[i].load(std::memory_order_acquire) != 0;  // A2: matches A1
+      bool inside = false;
+      if (!done) {
+        const ThreadState ts = read_thread(obs.tids[i]);
+        inside = ts.state != ThreadState::kGone && ts.state != ThreadState::kRunning &&
+                 inside_any(ranges, n_ranges, ts.pc);
+        done = ts.state == ThreadState::kGone || (ts.state != ThreadState::kRunning && !inside);
+        if (!done && cpu_rule && ts.state == ThreadState::kRunning) {
+          const std::int64_t cpu = thread_cpu_ns(obs.tids[i]);
+          done = cpu < 0 || obs.cpu_at_start[i] < 0 || cpu - obs.cpu_at_start[i] >= kLeftAfterCpuNs;
+        }
+        if (!done && !signalling && blocks_signal(obs.tids[i], sig)) blocker = true;
+      }
+      if (done) {
+        obs.settled[i] = 1;
+        left--;
+      } else {
+        fail.tid = obs.tids[i];
+        fail.preempted_inside = inside;
+      }
+    }
+    if (!left) break;
+    // With wait_for_blockers, nobody is moved while a thread that would not answer is
+    // still to be seen: a batch that fails has moved no thread into its trampolines.
+    if (!signalling && !blocker) signalling = true;
+    if (signalling) {
+      for (std::size_t i = 0; i < n; i++) {
+        if (obs.settled[i] || obs.signalled[i]) continue;
+        if (raw_syscall(SYS_tgkill, pid, obs.tids[i], sig) == 0) stats.threads_signalled++;
+        obs.signalled[i] = 1;
+      }
+    }
+    if (now_ns() > deadline) {
+      fail.kind = ObserveFailure::kStayed;
+      break;
+    }
+    pause_ns(round < 50 ? 20000 : 200000);
+  }
+  g_moves.store(nullptr, std::memory_order_release);
+  // M2: matches M1. A handler that loaded the table before it was cleared is finished
+  // before `mt` goes away.
+  while (g_move_handlers_active.load(std::memory_order_acquire) != 0)
+    raw_syscall(SYS_sched_yield);
+  return fail;
+}
+
+// The patching thread takes no asynchronous signal while sites spin: a handler of the
+// program that calls a site of the batch on this thread would spin forever. Synchronous
+// signals stay open (they cannot be blocked without dying of them), and so do glibc's
+// two internal ones (SIGCANCEL, SIGSETXID: a setuid elsewhere waits for every thread).
+class AsyncSignalsBlocked {
+ public:
+  AsyncSignalsBlocked() {
+    std::uint64_t mask = ~std::uint64_t{0};
+    for (int sig : {SIGTRAP, SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGSYS, 32, 33})
+      mask &= ~(std::uint64_t{1} << (sig - 1));
+    raw_syscall(SYS_rt_sigprocmask, SIG_BLOCK, reinterpret_cast<long>(&mask),
+                reinterpret_cast<long>(&old_), sizeof mask);
+  }
+  ~AsyncSignalsBlocked() {
+    raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&old_), 0, sizeof old_);
+  }
+  AsyncSignalsBlocked(const AsyncSignalsBlocked&) = delete;
+  AsyncSignalsBlocked& operator=(const AsyncSignalsBlocked&) = delete;
+
+ private:
+  std::uint64_t old_ = 0;
+};
 
 // The protections of the pages the sites touch, as runs of adjacent pages.
 struct PageRun {
@@ -438,33 +1140,36 @@ Result<std::vector<PageRun>> page_runs(std::span<const PatchSite> sites) {
   return runs;
 }
 
-// Sends the move signal to `tids` with `mt` published and waits (bounded) for the
-// answers. Returns the number of threads that did not answer.
-unsigned signal_and_wait(const MoveTable& mt, const std::vector<pid_t>& tids, PatchStats* stats) {
-  g_move_acks.store(0, std::memory_order_relaxed);
-  g_moves.store(&mt, std::memory_order_release);
+// Sends the move signal to the running threads in `tids` with `mt` published and waits
+// (bounded) for their answers. Returns the number of threads that did not answer.
+unsigned sample_running(MoveTable& mt, int sig) {
+  const pid_t pid = raw_getpid();
   unsigned sent = 0;
-  pid_t pid = getpid();
-  for (pid_t tid : tids) {
-    if (syscall(SYS_tgkill, pid, tid, g_move_signal) == 0) sent++;
+  for (std::size_t i = 0; i < mt.n_tids; i++) {
+    mt.answered[i].store(0, std::memory_order_relaxed);
   }
-  if (stats) stats->threads_signalled += sent;
-  timespec start{};
-  clock_gettime(CLOCK_MONOTONIC, &start);
-  while (g_move_acks.load(std::memory_order_acquire) < sent) {
-    timespec now{};
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double waited = double(now.tv_sec - start.tv_sec) + double(now.tv_nsec - start.tv_nsec) * 1e-9;
-    if (waited > 1.0) break;
-    timespec ts{0, 20000};
-    nanosleep(&ts, nullptr);
+  g_moves.store(&mt, std::memory_order_release);
+  for (std::size_t i = 0; i < mt.n_tids; i++) {
+    if (raw_syscall(SYS_tgkill, pid, mt.tids[i], sig) == 0) {
+      sent++;
+    } else {
+      mt.answered[i].store(1, std::memory_order_relaxed);  // gone
+    }
   }
-  unsigned missing = sent - std::min(sent, g_move_acks.load(std::memory_order_acquire));
+  const std::int64_t deadline = now_ns() + kObserveBudgetNs;
+  unsigned missing = 0;
+  for (;;) {
+    missing = 0;
+    for (std::size_t i = 0; i < mt.n_tids; i++)
+      missing += mt.answered[i].load(std::memory_order_acquire) == 0;  // A2: matches A1
+    if (missing == 0 || now_ns() > deadline) break;
+    pause_ns(20000);
+  }
   g_moves.store(nullptr, std::memory_order_release);
-  // M2: matches M1. A handler that loaded the table before it was cleared is finished
-  // before `mt` goes away.
+  // M2: matches M1.
   while (g_move_handlers_active.load(std::memory_order_acquire) != 0)
-    sched_yield();
+    raw_syscall(SYS_sched_yield);
+  (void)sent;
   return missing;
 }
 
@@ -479,24 +1184,38 @@ Result<bool> threads_outside(std::span<const std::pair<std::uintptr_t, std::uint
     }
     return false;
   };
-  std::vector<pid_t> running;
-  for (pid_t tid : list_threads()) {
-    ThreadState ts{};
-    read_thread(tid, ts);
+  const std::size_t cap = thread_count_estimate() + 64;
+  auto tids = std::make_unique<pid_t[]>(cap);
+  const long listed = list_threads(tids.get(), cap);
+  if (listed < 0 || static_cast<std::size_t>(listed) > cap) return false;
+  std::size_t running = 0;
+  for (long i = 0; i < listed; i++) {
+    const ThreadState ts = read_thread(tids[static_cast<std::size_t>(i)]);
     if (ts.state == ThreadState::kRunning) {
-      running.push_back(tid);
+      tids[running++] = tids[static_cast<std::size_t>(i)];
     } else if (ts.state != ThreadState::kGone && inside(ts.pc)) {
       return false;
     }
   }
-  if (running.empty()) return true;
-  MoveTable mt{nullptr, 0, ranges.data(), ranges.size()};
+  if (running == 0) return true;
+  auto answered = std::make_unique<std::atomic<std::uint8_t>[]>(running);
+  MoveTable mt{nullptr, 0, ranges.data(), ranges.size(), tids.get(), answered.get(), running};
   g_sample_inside.store(0, std::memory_order_relaxed);
-  unsigned missing = signal_and_wait(mt, running, nullptr);
+  const unsigned missing = sample_running(mt, g_move_signal.load(std::memory_order_relaxed));
   return missing == 0 && g_sample_inside.load(std::memory_order_relaxed) == 0;
 }
 
-Result<void> sync_core() {
+namespace {
+
+Error no_membarrier() {
+  return Error(Errc::unsupported,
+               "membarrier(PRIVATE_EXPEDITED_SYNC_CORE) is not available: hotprobe cannot "
+               "serialize the other threads' instruction streams on this kernel "
+               "(needs Linux 4.16 or later with CONFIG_MEMBARRIER)");
+}
+
+// Registers this process for membarrier once; false when neither command is available.
+bool sync_core_registered() {
   int mode = g_sync_mode.load(std::memory_order_acquire);
   if (mode == 0) {
     if (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE) == 0) {
@@ -508,25 +1227,62 @@ Result<void> sync_core() {
     }
     g_sync_mode.store(mode, std::memory_order_release);
   }
+  return mode != 3;
+}
+
+// One serializing round, allocating nothing (it runs inside the window).
+bool sync_core_in_window() {
+  const int mode = g_sync_mode.load(std::memory_order_acquire);
   long rc = -1;
   if (mode == 1) rc = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
   if (mode == 2) rc = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
-  if (rc != 0) {
-    return Error(Errc::unsupported,
-                 "membarrier(PRIVATE_EXPEDITED_SYNC_CORE) is not available: hotprobe cannot "
-                 "serialize the other threads' instruction streams on this kernel "
-                 "(needs Linux 4.16 or later with CONFIG_MEMBARRIER)");
-  }
+  if (rc != 0) return false;
   g_sync_core_rounds.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+}  // namespace
+
+Result<void> sync_core() {
+  if (!sync_core_registered() || !sync_core_in_window()) return no_membarrier();
   return {};
 }
 
 namespace {
 std::atomic<bool> g_fail_next_apply{false};
+
+Error observe_error(const ObserveFailure& f, int sig) {
+  switch (f.kind) {
+    case ObserveFailure::kProc:
+      return Error(Errc::io_error,
+                   "cannot read /proc/self/task: hotprobe needs /proc to find the threads it "
+                   "must move out of the code it patches (mount proc); nothing was changed");
+    case ObserveFailure::kTooMany:
+      return Error(Errc::busy,
+                   "threads appeared faster than hotprobe could list them while it patched; "
+                   "nothing was changed: retry");
+    default:
+      break;
+  }
+  const std::string t = "thread " + std::to_string(f.tid) + " of this process ";
+  const std::string s = std::to_string(sig);
+  const std::string what = f.preempted_inside
+                               ? t + "stayed preempted inside code hotprobe was about to change"
+                               : t + "kept running with hotprobe's signal " + s +
+                                     " blocked, so hotprobe could not see where it was";
+  return Error(Errc::busy, what + " for 1 s; nothing was changed. Retry, leave signal " + s +
+                               " (hotprobe::reserved_signal()) unblocked in that thread, or set "
+                               "HOTPROBE_SIGNAL to a real-time signal it leaves unblocked");
+}
+
 }  // namespace
 
 void fail_next_apply_for_testing() noexcept {
   g_fail_next_apply.store(true, std::memory_order_relaxed);
+}
+
+void use_trap_heads_for_testing(bool on) noexcept {
+  g_trap_heads_for_testing.store(on, std::memory_order_relaxed);
 }
 
 Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
@@ -537,22 +1293,41 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   }
   PatchStats stats;
   if (sites.empty()) return stats;
+  const std::size_t n = sites.size();
 
+  // Per site: its head, the bytes as they are and as they will be (a pad site jumps to its
+  // pad; a site that jumps to its pad is restored from there), and its pad.
+  std::vector<Head> heads(n);
+  std::vector<PatchBytes> olds(n), news(n);
+  std::vector<Pad*> pads(n, nullptr);
   std::vector<Range> ranges;
-  ranges.reserve(sites.size());
-  for (const PatchSite& s : sites) {
+  ranges.reserve(n);
+  for (std::size_t i = 0; i < n; i++) {
+    const PatchSite& s = sites[i];
     if (s.new_bytes.empty() || s.new_bytes.size() != s.old_bytes.size() ||
         s.new_bytes.size() > PatchBytes::kCapacity) {
       return Error(Errc::invalid_argument, "patch site with inconsistent byte counts");
     }
+    olds[i] = s.old_bytes;
+    news[i] = s.new_bytes;
     if (!code_equals(s.addr, s.old_bytes)) {
-      char msg[160];
-      std::snprintf(msg, sizeof msg,
-                    "the code at 0x%lx is not what hotprobe expected (patched by someone else, "
-                    "or the module changed)",
-                    (unsigned long)s.addr);
-      return Error(Errc::busy, msg);
+      auto it = g_pads.find(s.addr);
+      if (it == g_pads.end() || !it->second.jumped ||
+          !std::equal(s.old_bytes.data(), s.old_bytes.data() + s.old_bytes.size(),
+                      it->second.caller_view.data(),
+                      it->second.caller_view.data() + it->second.caller_view.size()) ||
+          !code_equals(s.addr, it->second.actual)) {
+        char msg[160];
+        std::snprintf(msg, sizeof msg,
+                      "the code at 0x%lx is not what hotprobe expected (patched by someone "
+                      "else, or the module changed)",
+                      (unsigned long)s.addr);
+        return Error(Errc::busy, msg);
+      }
+      olds[i] = it->second.actual;
+      pads[i] = &it->second;
     }
+    heads[i] = head_for(s);
     ranges.push_back({s.addr, s.addr + s.new_bytes.size(), &s});
   }
   // A batch's sites mostly come in address order already (a library's functions, in turn).
@@ -564,9 +1339,51 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       return Error(Errc::invalid_argument, "two patch sites of one batch overlap");
     }
   }
-  if (sites.size() > kTrapSlots / 4) {
+  if (n > kTrapSlots / 4) {
     return Error(Errc::invalid_argument, "batch too large for one transaction (split it)");
   }
+  // Pads (this may map a region); a site that gets none traps.
+  bool any_pad = false;
+  for (std::size_t i = 0; i < n; i++) {
+    if (heads[i] != Head::pad) continue;
+    pads[i] = pad_for(sites[i].addr);
+    if (!pads[i]) {
+      heads[i] = Head::trap;
+      continue;
+    }
+    news[i] = jump_to_pad(sites[i], *pads[i]);
+    any_pad = true;
+  }
+  seal_pad_regions();  // pads are code before any thread can reach one
+  // Everything the window needs is allocated now.
+  bool multi_byte = false;
+  bool may_hold_threads = false;  // some site has instruction boundaries inside it
+  bool traps = false;
+  bool cpu_rule = true;
+  bool split_final = false;  // pad sites go final in a round of their own
+  std::vector<Range> pad_ranges;
+  for (std::size_t i = 0; i < n; i++) {
+    multi_byte |= sites[i].new_bytes.size() > 1;
+    may_hold_threads |= !sites[i].ip_map.empty();
+    traps |= heads[i] == Head::trap || heads[i] == Head::whole;
+    if (cpu_rule && interior_may_run_long(sites[i])) cpu_rule = false;
+    // A failed pad batch takes every site back from its final bytes: safe only where the
+    // new code is a jump (no thread can be inside it).
+    split_final |= heads[i] != Head::pad && heads[i] != Head::whole && news[i][0] != 0xE9;
+  }
+  split_final &= any_pad;
+  for (Range& r : ranges) {
+    const auto i = static_cast<std::size_t>(r.site - sites.data());
+    if (heads[i] != Head::pad) continue;
+    pad_ranges.push_back(r);     // step 5: offset 1 is inside
+    r.start = r.site->addr + 1;  // step 2: a thread spinning at offset 1 may stay
+  }
+  std::unique_ptr<Observation> obs;
+  if ((multi_byte && may_hold_threads) || any_pad) {
+    obs = std::make_unique<Observation>(thread_count_estimate() * 2 + 256);
+  }
+  const int sig = g_move_signal.load(std::memory_order_relaxed);
+  if (!sync_core_registered()) return no_membarrier();
   auto runs = page_runs(sites);
   if (!runs.ok()) return runs.error();
 
@@ -588,59 +1405,129 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       stats.protect_calls++;
     }
   };
+  // A trapping head, or a one-byte patch that replaces an int3, may be trapped on during
+  // the window: the trap table says where such a thread continues.
+  if (traps) {
+    trap_clear_if_crowded();
+    for (std::size_t i = 0; i < n; i++) {
+      if (heads[i] == Head::trap || heads[i] == Head::whole)
+        trap_insert(sites[i].addr, sites[i].trap_target);
+    }
+  }
+  // A pad spins (its slot holds its own address) until the batch is decided.
+  for (std::size_t i = 0; i < n; i++) {
+    if (heads[i] == Head::pad) pads[i]->slot->store(pads[i]->at, std::memory_order_release);
+  }
 
-  trap_clear_if_crowded();
-  bool multi_byte = false;
-  bool may_hold_threads = false;  // some site has instruction boundaries inside it
-  for (const PatchSite& s : sites) {
-    trap_insert(s.addr, s.trap_target);
-    multi_byte |= s.new_bytes.size() > 1;
-    may_hold_threads |= !s.ip_map.empty();
-  }
-  // Step 1: int3 on every first byte.
-  for (const PatchSite& s : sites)
-    write_byte(s.addr, kInt3);
-  auto fail = [&](Error e) -> Result<PatchStats> {
-    for (const PatchSite& s : sites)
-      write_byte(s.addr, s.old_bytes[0]);
-    (void)sync_core();
-    for (const PatchSite& s : sites)
-      trap_remove(s.addr);
-    restore_protection();
-    return e;
-  };
-  if (auto r = sync_core(); !r.ok()) return fail(r.error());
-  stats.sync_core_rounds++;
-
-  if (multi_byte) {
-    // Step 2: nobody stays inside a site. Sites without inner instruction boundaries
-    // (restoring the original bytes over a 5-byte jmp) cannot hold a thread: no signal.
-    if (may_hold_threads) {
-      if (auto r = move_threads_out(ranges, stats); !r.ok()) return fail(r.error());
+  // The window: from the first hold written to the last head written, this thread calls
+  // nothing that can be a site (raw system calls, no allocation, no libc) and takes no
+  // asynchronous signal.
+  ObserveFailure observed;
+  bool sync_failed = false;
+  bool done = false;
+  {
+    AsyncSignalsBlocked no_signals;
+    auto round = [&] {
+      if (!sync_core_in_window()) HP_DIE("membarrier failed after it had worked");
+      stats.sync_core_rounds++;
+    };
+    // Step 1: hold every multi-byte site.
+    if (multi_byte) {
+      for (std::size_t i = 0; i < n; i++)
+        write_hold(sites[i].addr, heads[i]);
+      sync_failed = !sync_core_in_window();
+      if (!sync_failed) stats.sync_core_rounds++;
+      // Step 2: nobody stays inside a site. Sites without inner instruction boundaries
+      // (restoring the original bytes over a 5-byte jmp) cannot hold a thread.
+      if (!sync_failed && may_hold_threads) {
+        observed = observe_threads(ranges.data(), ranges.size(), *obs, sig, cpu_rule, false, stats);
+      }
+      if (sync_failed || observed.kind != ObserveFailure::kNone) {
+        for (std::size_t i = 0; i < n; i++)
+          release_hold(sites[i].addr, heads[i], olds[i].data());
+        (void)sync_core_in_window();
+      } else {
+        // Step 3: the bytes behind the holds.
+        for (std::size_t i = 0; i < n; i++) {
+          for (std::size_t b = tail_start(heads[i]); b < news[i].size(); b++)
+            write_byte(sites[i].addr + b, news[i][b]);
+        }
+        round();
+      }
     }
-    // Step 3: the tails.
-    for (const PatchSite& s : sites) {
-      for (std::size_t i = 1; i < s.new_bytes.size(); i++)
-        write_byte(s.addr + i, s.new_bytes[i]);
+    if (!sync_failed && observed.kind == ObserveFailure::kNone) {
+      // Step 4: the first bytes, each with one store: a held thread runs the new code.
+      for (std::size_t i = 0; i < n; i++) {
+        if (!split_final || heads[i] == Head::pad)
+          write_final(sites[i].addr, heads[i], news[i].data());
+      }
+      round();
+      done = true;
+      if (any_pad) {
+        // Step 5: the threads held on a pad site's second instruction (no thread arrives
+        // there any more) go to the trampoline's equivalent place.
+        observed =
+            observe_threads(pad_ranges.data(), pad_ranges.size(), *obs, sig, false, true, stats);
+        if (observed.kind != ObserveFailure::kNone) {
+          // Back, step by step: first bytes (threads at a pad go back to the function),
+          // tails, holds.
+          done = false;
+          for (std::size_t i = 0; i < n; i++) {
+            if (heads[i] == Head::pad)
+              pads[i]->slot->store(sites[i].addr, std::memory_order_release);
+            if (!split_final || heads[i] == Head::pad)
+              unwrite_final(sites[i].addr, heads[i], olds[i].data());
+          }
+          round();
+          for (std::size_t i = 0; i < n; i++) {
+            for (std::size_t b = tail_start(heads[i]); b < olds[i].size(); b++)
+              write_byte(sites[i].addr + b, olds[i][b]);
+          }
+          round();
+          for (std::size_t i = 0; i < n; i++)
+            release_hold(sites[i].addr, heads[i], olds[i].data());
+          round();
+        } else {
+          for (std::size_t i = 0; i < n; i++) {
+            if (heads[i] == Head::pad)
+              pads[i]->slot->store(jump_target(sites[i].addr, sites[i].new_bytes),
+                                   std::memory_order_release);
+          }
+          if (split_final) {
+            for (std::size_t i = 0; i < n; i++) {
+              if (heads[i] != Head::pad) write_final(sites[i].addr, heads[i], news[i].data());
+            }
+            round();
+          }
+        }
+      }
     }
-    if (auto r = sync_core(); !r.ok()) return fail(r.error());
-    stats.sync_core_rounds++;
   }
-  // Step 4: the first bytes.
-  bool first_changes = false;
-  for (const PatchSite& s : sites) {
-    if (s.new_bytes[0] != kInt3) {
-      write_byte(s.addr, s.new_bytes[0]);
-      first_changes = true;
+  for (std::size_t i = 0; i < n; i++) {
+    if (!pads[i]) continue;
+    Pad& pad = *pads[i];
+    if (heads[i] == Head::pad) {
+      if (done) {
+        pad.jumped = true;
+        pad.caller_view = sites[i].new_bytes;
+        pad.actual = news[i];
+      } else {
+        pad.slot->store(sites[i].addr, std::memory_order_release);
+      }
+    } else if (done) {  // restored from its pad jump: a thread still on the pad goes to the
+                        // function
+      pad.jumped = false;
+      pad.slot->store(sites[i].addr, std::memory_order_release);
     }
   }
-  if (first_changes) {
-    if (auto r = sync_core(); !r.ok()) HP_DIE("membarrier failed after it had worked");
-    stats.sync_core_rounds++;
+  if (traps) {
+    for (std::size_t i = n; i-- > 0;) {  // last in, first out: see trap_remove
+      if (heads[i] == Head::trap || heads[i] == Head::whole) trap_remove(sites[i].addr);
+    }
   }
-  for (auto s = sites.rbegin(); s != sites.rend(); ++s)  // last in, first out: see trap_remove
-    trap_remove(s->addr);
   restore_protection();
+  if (sync_failed) return no_membarrier();
+  if (observed.kind != ObserveFailure::kNone) return observe_error(observed, sig);
   return stats;
 }
 

@@ -1,25 +1,41 @@
-// Live patching of code that other threads of this process are running: the kernel's
-// text_poke_bp protocol for a whole batch of sites at once.
+// Live patching of code that other threads of this process are running, for a whole
+// batch of sites at once, without a trap: the text_poke_bp protocol of the kernel with a
+// spinning `jmp .` where the kernel puts an int3 (docs/design/core.md, "Patching live
+// code").
 //
-//   1. write int3 on the first byte of every site;                 sync_core round 1
-//   2. move every thread whose ip lies strictly inside a site to the equivalent place
-//      given by the site's ip map (a thread preempted in the middle of the bytes that
-//      are about to change would otherwise resume in the middle of the new instruction);
-//   3. write every byte but the first;                              sync_core round 2
-//   4. write the first bytes;                                       sync_core round 3
+//   1. hold every site: `jmp .` (EB FE) over its first two bytes, one atomic store;
+//                                                                   sync_core round 1
+//   2. show that every other thread is outside the interior of every site, or move it to
+//      the equivalent place given by the site's ip map (a thread preempted in the middle
+//      of the bytes about to change would otherwise resume in the middle of the new
+//      instruction);
+//   3. write every byte behind the hold;                            sync_core round 2
+//   4. write the first two bytes, one atomic store;                 sync_core round 3
 //
-// A thread that executes a site's int3 while the batch is in flight is sent by the
-// SIGTRAP handler to the site's trap_target (where the old or the new code would have
-// taken it; both are correct during the window). Pages are made writable once per run of
-// adjacent pages and restored afterwards. A single-byte patch takes step 1 only.
+// A thread that arrives at a site during the window spins in user mode (no signal, no
+// trap: it may block every signal, or be Go code) until step 4 releases it into the new
+// code. The hold needs the site's first instruction to be at least 2 bytes long and the
+// pair not to cross an 8-byte boundary (or to sit inside an aligned 16-byte block on a
+// CPU with AVX). A site that starts with a 1-byte instruction (push rbp) is held on its
+// second instruction and jumps through a pad whose address keeps that hold in place
+// (E9 EB FE ..); the threads held there are moved once the E9 is written (step 5). Other
+// sites get an int3 on their first byte (the trap table sends a thread that hits it to
+// the site's trap_target), which a thread that blocks SIGTRAP cannot take. Pages are made
+// writable once per run of adjacent pages and restored afterwards. A one-byte patch is a
+// single store.
+//
+// From step 1 to step 4 the patching thread calls no libc function and allocates
+// nothing (any of them may be a site of the batch, where it would spin on itself), and
+// blocks asynchronous signals (a handler of the program could run into a site).
 //
 // Finding threads (step 2) reads /proc/self/task/TID/syscall: a thread blocked in a
 // system call is at its syscall instruction, which is never displaced, so it is left
-// alone (no signal, so no EINTR); a thread preempted in user mode shows its pc, and is
-// signalled only if that pc is inside a site; a thread shown "running" is signalled.
-// The signal handler moves the ip and acknowledges. Limitation: a thread reported
-// "running" that enters a non-restartable blocking call (nanosleep, epoll_wait, ...)
-// in the microseconds before the signal arrives sees EINTR; see docs/design/core.md.
+// alone (no signal, so no EINTR); a thread sleeping elsewhere shows its pc, and is
+// signalled only if that pc is inside a site; a runnable thread (/proc says "running")
+// is signalled once, and if it blocks the signal, read again until it is seen outside or
+// has run 2 ms of CPU since the holds (it cannot re-enter: arrivals stop at the hold).
+// The signal handler moves the ip and answers. After 1 s the batch is rolled back and
+// fails with an error naming the thread.
 #pragma once
 
 #include <algorithm>
@@ -69,8 +85,16 @@ struct PatchSite {
   std::span<const std::pair<std::uint32_t, std::uintptr_t>> ip_map;
 };
 
-// The signal that moves running threads out of patched bytes (hotprobe::reserved_signal).
+// The signal that moves running threads out of patched bytes (hotprobe::reserved_signal):
+// the one installed, or the one choose_move_signal() picks; 0 when HOTPROBE_SIGNAL is
+// refused (apply_patches() then fails with the reason).
 int move_signal_number() noexcept;
+
+// The move signal for a program in its current state, from $HOTPROBE_SIGNAL (`requested`,
+// null or empty when unset): only a real-time signal (SIGRTMIN..SIGRTMAX) the program
+// neither handles nor ignores. Unset: SIGRTMAX-3, or the highest free real-time signal
+// when the program uses that one.
+Result<int> choose_move_signal(const char* requested);
 
 struct PatchStats {
   unsigned sync_core_rounds = 0;
@@ -86,6 +110,10 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites);
 // Tests: the next apply_patches() fails with Errc::busy before it changes anything (the
 // way a batch fails when someone else patched one of its functions meanwhile).
 void fail_next_apply_for_testing() noexcept;
+
+// Tests: every multi-byte site gets the int3 hold of the kernel's protocol instead of
+// `jmp .` (the variant a thread that blocks SIGTRAP dies of).
+void use_trap_heads_for_testing(bool on) noexcept;
 
 // Totals since start (statistics and tests).
 struct PatchTotals {

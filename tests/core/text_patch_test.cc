@@ -91,7 +91,7 @@ TEST(TextPatch, SwitchesBehaviour) {
   auto st = hp::core::apply_patches({&on, 1});
   ASSERT_TRUE(st.ok()) << st.error().message();
   EXPECT_EQ(cp.call(), 2);
-  EXPECT_EQ(st->sync_core_rounds, 3u);  // int3, tail, first byte
+  EXPECT_EQ(st->sync_core_rounds, 3u);  // hold, tail, first byte
   PatchSite off = to_nops(cp);
   auto st2 = hp::core::apply_patches({&off, 1});
   ASSERT_TRUE(st2.ok()) << st2.error().message();
