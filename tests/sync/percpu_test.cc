@@ -148,8 +148,18 @@ TEST(Percpu, PercpuAddLosesNoUpdate) {
 
 // Store buffering (Dekker): thread A stores x, then `fence_a`, then loads y; thread B
 // stores y, then `fence_b`, then loads x. Returns how many of `rounds` rounds saw both
-// loads return 0, the outcome a full barrier on both sides forbids and plain x86 allows
-// (and shows in practice, a few times in thousands of rounds).
+// loads return 0, the outcome a full barrier on both sides forbids and plain x86 allows.
+// How often plain x86 shows it depends on the machine: up to a few in a thousand rounds
+// on bare metal, as rarely as 0-15 in 20,000 on a busy 2-vCPU virtual machine, so a
+// missing barrier is caught often on the former and only sometimes on the latter.
+// A round-dependent delay of 0-63 steps before a thread's store, so that over the rounds
+// the two threads' stores and loads overlap in every alignment (the stores being in
+// flight at the same time is what makes the forbidden outcome possible).
+inline void skew(int seed) {
+  for (int k = seed % 64; k > 0; --k)
+    hp::sync::compiler_barrier();
+}
+
 template <class FenceA, class FenceB>
 int store_buffering_both_zero(int rounds, FenceA fence_a, FenceB fence_b) {
   std::atomic<int> x{0}, y{0};
@@ -161,6 +171,7 @@ int store_buffering_both_zero(int rounds, FenceA fence_a, FenceB fence_b) {
       for (int spin = 0; go.load(std::memory_order_acquire) != i; ++spin) {
         if (spin > 100) sched_yield();
       }
+      skew(i * 7919);
       y.store(1, std::memory_order_relaxed);
       fence_b();
       r2 = x.load(std::memory_order_relaxed);
@@ -171,6 +182,7 @@ int store_buffering_both_zero(int rounds, FenceA fence_a, FenceB fence_b) {
     x.store(0, std::memory_order_relaxed);
     y.store(0, std::memory_order_relaxed);
     go.store(i, std::memory_order_release);
+    skew(i * 104729);
     x.store(1, std::memory_order_relaxed);
     fence_a();
     r1 = y.load(std::memory_order_relaxed);
@@ -186,7 +198,7 @@ int store_buffering_both_zero(int rounds, FenceA fence_a, FenceB fence_b) {
 // With full_fence() on both sides, the two threads can never both read 0.
 TEST(Percpu, FullFenceForbidsStoreBuffering) {
   EXPECT_EQ(store_buffering_both_zero(
-                5000, [] { hp::sync::full_fence(); }, [] { hp::sync::full_fence(); }),
+                20000, [] { hp::sync::full_fence(); }, [] { hp::sync::full_fence(); }),
             0);
 }
 
@@ -197,12 +209,12 @@ TEST(Percpu, FullFenceForbidsStoreBuffering) {
 // caller (registration is per process).
 TEST(Percpu, MembarrierPairsWithCompilerBarrier) {
   EXPECT_EQ(store_buffering_both_zero(
-                3000, [] { hp::sync::compiler_barrier(); }, [] { hp::sync::membarrier_all(); }),
+                10000, [] { hp::sync::compiler_barrier(); }, [] { hp::sync::membarrier_all(); }),
             0);
   int both_zero = -1;
   std::thread t([&] {
     both_zero = store_buffering_both_zero(
-        500, [] { hp::sync::membarrier_all(); }, [] { hp::sync::compiler_barrier(); });
+        2000, [] { hp::sync::membarrier_all(); }, [] { hp::sync::compiler_barrier(); });
   });
   t.join();
   EXPECT_EQ(both_zero, 0);
