@@ -22,6 +22,7 @@
 #define HP_ACQUIRE(...) HP_TSA(acquire_capability(__VA_ARGS__))
 #define HP_RELEASE(...) HP_TSA(release_capability(__VA_ARGS__))
 #define HP_TRY_ACQUIRE(...) HP_TSA(try_acquire_capability(__VA_ARGS__))
+#define HP_ASSERT_CAPABILITY(x) HP_TSA(assert_capability(x))
 #define HP_NO_THREAD_SAFETY_ANALYSIS HP_TSA(no_thread_safety_analysis)
 
 namespace hp {
@@ -33,6 +34,10 @@ class HP_CAPABILITY("mutex") Mutex {
   void unlock() HP_RELEASE() { m_.unlock(); }
   bool try_lock() HP_TRY_ACQUIRE(true) { return m_.try_lock(); }
   std::mutex& native() { return m_; }
+  // Tells the analysis that this mutex is held where it was locked under another name:
+  // the analysis compares lock expressions as written, so `reg.mu_` and
+  // `Registry::get().mu_` are two mutexes to it. No run-time check.
+  void assert_held() const HP_ASSERT_CAPABILITY(this) {}
   // After fork() in the child only: the parent's holder does not exist there.
   void reinit_after_fork() HP_NO_THREAD_SAFETY_ANALYSIS { new (&m_) std::mutex(); }
 

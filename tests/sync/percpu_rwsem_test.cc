@@ -1,6 +1,7 @@
-// PercpuRwsem: the domain concept, reader/writer and writer/writer exclusion (checked on
-// plain data, so ThreadSanitizer sees the happens-before edges), try_lock_shared, the
-// gate, blocked readers, nesting while a writer waits, call/barrier/poll.
+// PercpuRwsem beyond the domain contract (domain_contract_test.cc): per-object in_reader(),
+// reader/writer and writer/writer exclusion (checked on plain data, so ThreadSanitizer
+// sees the happens-before edges), try_lock_shared, the gate, blocked readers, nesting
+// while a writer waits in lock(), fork.
 #include "sync/percpu_rwsem.h"
 
 #include <gtest/gtest.h>
@@ -15,48 +16,16 @@
 #include <thread>
 #include <vector>
 
+#include "support/sync_support.h"
+
 namespace {
 
 using namespace std::chrono_literals;
-using hp::sync::Callback;
-using hp::sync::GpCookie;
 using hp::sync::PercpuRwsem;
 using hp::sync::ReadGuard;
 using hp::sync::ReadToken;
-
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds bound = 20s) {
-  auto end = std::chrono::steady_clock::now() + bound;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
-class HeldReader {
- public:
-  explicit HeldReader(PercpuRwsem& d)
-      : t_([this, &d] {
-          ReadToken tok = d.read_lock();
-          in_.set_value();
-          out_.get_future().wait();
-          d.read_unlock(tok);
-        }) {
-    in_.get_future().wait();
-  }
-  ~HeldReader() { release(); }
-  void release() {
-    if (t_.joinable()) {
-      out_.set_value();
-      t_.join();
-    }
-  }
-
- private:
-  std::promise<void> in_, out_;
-  std::thread t_;
-};
+using hp::test::eventually;
+using HeldReader = hp::test::HeldReader<PercpuRwsem>;
 
 TEST(PercpuRwsem, NestingAndInReaderExactPerObjectAndThread) {
   PercpuRwsem a, b;
@@ -243,55 +212,21 @@ TEST(PercpuRwsem, WriterWriterExclusion) {
   EXPECT_FALSE(s.writer_active());
 }
 
-TEST(PercpuRwsem, SynchronizeWaitsForEarlierReader) {
+// After a synchronize() the write side is idle again and readers take the fast path
+// (that synchronize() waits for earlier readers is in the domain contract).
+TEST(PercpuRwsem, SynchronizeLeavesNoWriterBehind) {
   PercpuRwsem s;
   s.synchronize();
-  HeldReader r(s);
-  std::atomic<bool> done{false};
-  std::thread w([&] {
-    s.synchronize();
-    done = true;
-  });
-  std::this_thread::sleep_for(200ms);
-  EXPECT_FALSE(done.load());
-  r.release();
-  w.join();
-  EXPECT_TRUE(done.load());
-  // A reader that starts after synchronize() returned does not affect the next one's
-  // predecessor: readers are on the fast path again.
+  {
+    HeldReader r(s);
+    std::thread w([&] { s.synchronize(); });
+    ASSERT_TRUE(eventually([&] { return s.writer_active(); }));
+    r.release();
+    w.join();
+  }
   EXPECT_FALSE(s.writer_active());
   ReadGuard g(s);
   EXPECT_TRUE(s.in_reader());
-}
-
-struct Flag : Callback {
-  std::atomic<int>* runs = nullptr;
-};
-
-TEST(PercpuRwsem, CallBarrierPoll) {
-  PercpuRwsem s;
-  std::atomic<int> runs{0};
-  Flag f;
-  f.runs = &runs;
-  f.fn = [](Callback* cb) { static_cast<Flag*>(cb)->runs->fetch_add(1); };
-  ReadToken t = s.read_lock();
-  s.call(&f);
-  GpCookie c = s.start_poll();
-  std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(runs.load(), 0) << "callback ran inside the caller's read section";
-  EXPECT_FALSE(s.poll(c));
-  s.read_unlock(t);
-  s.barrier();
-  EXPECT_EQ(runs.load(), 1);
-  EXPECT_TRUE(eventually([&] { return s.poll(c); }));
-  static std::atomic<int> freed{0};
-  freed = 0;
-  struct Obj {
-    ~Obj() { freed++; }
-  };
-  hp::sync::retire(s, new Obj);
-  s.barrier();
-  EXPECT_EQ(freed.load(), 1);
 }
 
 // fork() while another thread holds the write side and a reader waits for it: in the
@@ -352,19 +287,6 @@ TEST(PercpuRwsem, ForkChildKeepsOwnWriteLock) {
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
   s.unlock();
-}
-
-TEST(PercpuRwsem, ReaderThreadsExitWhileWriterWaits) {
-  PercpuRwsem s;
-  for (int i = 0; i < 20; ++i) {
-    std::thread r([&] {
-      ReadGuard g(s);
-      std::this_thread::yield();
-    });
-    s.synchronize();
-    r.join();
-  }
-  s.synchronize();
 }
 
 }  // namespace

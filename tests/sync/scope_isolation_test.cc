@@ -2,7 +2,10 @@
 // period (DESIGN.md: SRCU domains are independent, and independent of the hot-path
 // tasks-trace domain). The bound (500 ms) is generous: on an idle machine these grace
 // periods take microseconds. Each case also checks that the parked reader really does
-// hold up its own domain, so the test cannot pass vacuously.
+// hold up its own domain, so the test cannot pass vacuously: a synchronize() of the
+// parked reader's domain, started while the reader is parked, must return only after
+// the reader has left (checked once that synchronize() has returned, not sampled while
+// it may not have begun).
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -31,18 +34,19 @@ class ParkedReader {
           hp::sync::ReadToken tok = d.read_lock();
           in_.set_value();
           std::this_thread::sleep_for(kPark);
+          left_.store(true);
           d.read_unlock(tok);
         }) {
     in_.get_future().wait();
-    start_ = Clock::now();
   }
   ~ParkedReader() { t_.join(); }
-  Clock::time_point start() const { return start_; }
+  // True once the reader is about to leave its section.
+  bool left() const { return left_.load(); }
 
  private:
   std::promise<void> in_;
+  std::atomic<bool> left_{false};
   std::thread t_;
-  Clock::time_point start_;
 };
 
 template <class D>
@@ -52,32 +56,39 @@ std::chrono::milliseconds time_synchronize(D& d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
 }
 
-// Starts a.synchronize() on a thread and reports whether it is still waiting.
-template <class D>
+// Runs d.synchronize() on a thread and records whether the parked reader had left by
+// the time it returned.
+template <class D, class P>
 class PendingSync {
  public:
-  explicit PendingSync(D& d)
-      : t_([this, &d] {
+  PendingSync(D& d, const P& parked)
+      : t_([this, &d, &parked] {
           d.synchronize();
-          done_ = true;
+          reader_had_left_ = parked.left();
         }) {}
-  ~PendingSync() { t_.join(); }
-  bool done() const { return done_.load(); }
+  // Waits for the synchronize() to return.
+  bool reader_had_left() {
+    if (t_.joinable()) t_.join();
+    return reader_had_left_;
+  }
+  ~PendingSync() {
+    if (t_.joinable()) t_.join();
+  }
 
  private:
-  std::atomic<bool> done_{false};
+  bool reader_had_left_ = false;
   std::thread t_;
 };
 
 template <class A, class B>
 void expect_isolated(A& a, B& b) {
   ParkedReader<A> parked(a);
-  PendingSync<A> own(a);  // must wait for the parked reader
+  PendingSync own(a, parked);  // must wait for the parked reader
   auto took = time_synchronize(b);
   std::printf("other domain's synchronize(): %lld ms\n", static_cast<long long>(took.count()));
   EXPECT_LT(took, kBound) << "synchronize() on another domain waited for a parked reader";
-  bool own_done_early = own.done() && Clock::now() - parked.start() < kPark - 100ms;
-  EXPECT_FALSE(own_done_early) << "the parked reader did not hold up its own domain";
+  EXPECT_TRUE(own.reader_had_left())
+      << "synchronize() of the parked reader's own domain returned while it was parked";
 }
 
 TEST(ScopeIsolation, SrcuFastReaderDoesNotDelayOtherSrcuFast) {

@@ -1,5 +1,7 @@
-// Srcu and SrcuFast: every operation of the domain concept, the index flip, domain-id
-// reuse, exited threads, and a short torture run with poisoned objects.
+// Srcu and SrcuFast beyond the domain contract (domain_contract_test.cc): per-domain
+// in_reader(), grace-period counting and sharing, the index flip (later readers are not
+// waited for), down_read/up_read across threads, read sections in signal handlers, fork,
+// domain-id reuse, and a short torture run that a broken flavour fails.
 #include "sync/srcu.h"
 
 #include <gtest/gtest.h>
@@ -17,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "support/sync_support.h"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -24,66 +28,13 @@ using hp::sync::Callback;
 using hp::sync::GpCookie;
 using hp::sync::ReadGuard;
 using hp::sync::ReadToken;
-
-// Waits (up to a generous bound) for pred; true if it became true.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds bound = 20s) {
-  auto end = std::chrono::steady_clock::now() + bound;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
-
-// A reader thread that enters a section, reports it, and leaves when told.
-template <class D>
-class HeldReader {
- public:
-  explicit HeldReader(D& d)
-      : t_([this, &d] {
-          ReadToken tok = d.read_lock();
-          in_.set_value();
-          out_.get_future().wait();
-          d.read_unlock(tok);
-        }) {
-    in_.get_future().wait();
-  }
-  ~HeldReader() { release(); }
-  void release() {
-    if (t_.joinable()) {
-      out_.set_value();
-      t_.join();
-    }
-  }
-
- private:
-  std::promise<void> in_, out_;
-  std::thread t_;
-};
+using hp::test::eventually;
+using hp::test::HeldReader;
 
 template <class D>
 class SrcuTest : public ::testing::Test {};
 using Domains = ::testing::Types<hp::sync::Srcu, hp::sync::SrcuFast>;
 TYPED_TEST_SUITE(SrcuTest, Domains);
-
-TYPED_TEST(SrcuTest, NestingAndInReader) {
-  TypeParam d;
-  EXPECT_FALSE(d.in_reader());
-  ReadToken a = d.read_lock();
-  EXPECT_TRUE(d.in_reader());
-  ReadToken b = d.read_lock();
-  EXPECT_TRUE(d.in_reader());
-  d.read_unlock(b);
-  EXPECT_TRUE(d.in_reader());
-  d.read_unlock(a);
-  EXPECT_FALSE(d.in_reader());
-  {
-    ReadGuard g(d);
-    EXPECT_TRUE(d.in_reader());
-  }
-  EXPECT_FALSE(d.in_reader());
-}
 
 TYPED_TEST(SrcuTest, InReaderIsPerDomainAndPerThread) {
   TypeParam a, b;
@@ -104,21 +55,6 @@ TYPED_TEST(SrcuTest, SynchronizeWithoutReaders) {
   // A reader section in between does not stop the next one.
   { ReadGuard g(d); }
   d.synchronize();
-}
-
-TYPED_TEST(SrcuTest, SynchronizeWaitsForEarlierReader) {
-  TypeParam d;
-  HeldReader<TypeParam> r(d);
-  std::atomic<bool> done{false};
-  std::thread w([&] {
-    d.synchronize();
-    done = true;
-  });
-  std::this_thread::sleep_for(200ms);
-  EXPECT_FALSE(done.load()) << "synchronize() returned while an earlier reader was inside";
-  r.release();
-  w.join();
-  EXPECT_TRUE(done.load());
 }
 
 TYPED_TEST(SrcuTest, SynchronizeDoesNotWaitForLaterReader) {
@@ -169,80 +105,6 @@ TYPED_TEST(SrcuTest, UpReadOnAnotherThread) {
   d.synchronize();
 }
 
-struct Flag : Callback {
-  std::atomic<int>* runs = nullptr;
-  std::atomic<bool>* reader_inside = nullptr;
-  bool ran_inside = false;
-};
-
-TYPED_TEST(SrcuTest, CallRunsAfterGracePeriodNotInsideSection) {
-  TypeParam d;
-  std::atomic<int> runs{0};
-  std::atomic<bool> inside{true};
-  Flag f;
-  f.runs = &runs;
-  f.reader_inside = &inside;
-  f.fn = [](Callback* cb) {
-    auto* self = static_cast<Flag*>(cb);
-    self->ran_inside = self->reader_inside->load();
-    self->runs->fetch_add(1);
-  };
-  ReadToken t = d.read_lock();
-  d.call(&f);
-  std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(runs.load(), 0) << "callback ran inside the caller's read section";
-  inside = false;
-  d.read_unlock(t);
-  d.barrier();
-  EXPECT_EQ(runs.load(), 1);
-  EXPECT_FALSE(f.ran_inside);
-}
-
-TYPED_TEST(SrcuTest, BarrierWaitsForAllQueued) {
-  TypeParam d;
-  std::atomic<int> runs{0};
-  constexpr int kN = 100;
-  std::vector<Flag> flags(kN);
-  for (auto& f : flags) {
-    f.runs = &runs;
-    f.fn = [](Callback* cb) { static_cast<Flag*>(cb)->runs->fetch_add(1); };
-    d.call(&f);
-  }
-  d.barrier();
-  EXPECT_EQ(runs.load(), kN);
-  d.barrier();  // idle barrier returns
-}
-
-TYPED_TEST(SrcuTest, RetireFrees) {
-  TypeParam d;
-  static std::atomic<int> freed{0};
-  freed = 0;
-  struct Obj {
-    ~Obj() { freed++; }
-  };
-  hp::sync::retire(d, new Obj);
-  hp::sync::retire(d, new Obj);
-  d.barrier();
-  EXPECT_EQ(freed.load(), 2);
-}
-
-TYPED_TEST(SrcuTest, PollCompletesOnlyAfterGracePeriod) {
-  TypeParam d;
-  GpCookie c0 = d.start_poll();
-  EXPECT_TRUE(eventually([&] { return d.poll(c0); }));
-  {
-    HeldReader<TypeParam> r(d);
-    GpCookie c = d.start_poll();
-    std::this_thread::sleep_for(100ms);
-    EXPECT_FALSE(d.poll(c)) << "grace period completed while an earlier reader was inside";
-    r.release();
-    EXPECT_TRUE(eventually([&] { return d.poll(c); }));
-  }
-  GpCookie c2 = d.start_poll();
-  d.synchronize();
-  EXPECT_TRUE(d.poll(c2));
-}
-
 TYPED_TEST(SrcuTest, ConcurrentSynchronizeSharesGracePeriods) {
   TypeParam d;
   auto before = d.completed();
@@ -259,28 +121,6 @@ TYPED_TEST(SrcuTest, ConcurrentSynchronizeSharesGracePeriods) {
   auto gps = d.completed() - before;
   EXPECT_GE(gps, static_cast<std::uint64_t>(kEach));
   EXPECT_LE(gps, static_cast<std::uint64_t>(kThreads * kEach));
-}
-
-TYPED_TEST(SrcuTest, ExitedThreadsAreFolded) {
-  TypeParam d;
-  for (int i = 0; i < 8; ++i) {
-    std::thread([&] {
-      for (int k = 0; k < 1000; ++k) {
-        ReadGuard g(d);
-      }
-    }).join();
-  }
-  d.synchronize();  // exact sums: the exited threads' balanced counts do not block
-  // An exited thread's section that is still being waited for: the reader exits
-  // right after unlocking while the writer synchronizes.
-  for (int i = 0; i < 20; ++i) {
-    std::thread r([&] {
-      ReadGuard g(d);
-      std::this_thread::yield();
-    });
-    d.synchronize();
-    r.join();
-  }
 }
 
 // Read sections in a signal handler that interrupts this thread's own read_lock() and

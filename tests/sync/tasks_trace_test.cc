@@ -1,4 +1,7 @@
-// Unit tests of the tasks-trace domain: every operation, sleepable readers, thread churn.
+// The tasks-trace domain beyond the domain contract (domain_contract_test.cc): lazy
+// registration, later readers not waited for, busy and sleeping readers, std::function
+// callbacks and batching, thread churn and holdouts that exit, thread_local destructors,
+// the membarrier fallback, read sections in signal handlers, misuse that dies.
 #include "sync/tasks_trace.h"
 
 #include <gtest/gtest.h>
@@ -14,11 +17,14 @@
 #include <thread>
 #include <vector>
 
+#include "support/sync_support.h"
+
 namespace {
 
 using hp::sync::ReadGuard;
 using hp::sync::tasks_trace;
 using hp::sync::TasksTrace;
+using hp::test::Event;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -34,29 +40,6 @@ struct PoisonDeleter {
   void operator()(Obj* o) const { o->v.store(kPoison, std::memory_order_relaxed); }
 };
 
-// A one-shot event.
-class Event {
- public:
-  void set() {
-    std::lock_guard l(m_);
-    set_ = true;
-    cv_.notify_all();
-  }
-  void wait() {
-    std::unique_lock l(m_);
-    cv_.wait(l, [&] { return set_; });
-  }
-  bool wait_for(std::chrono::milliseconds d) {
-    std::unique_lock l(m_);
-    return cv_.wait_for(l, d, [&] { return set_; });
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  bool set_ = false;
-};
-
 class TasksTraceTest : public ::testing::Test {
  protected:
   void TearDown() override {
@@ -64,34 +47,6 @@ class TasksTraceTest : public ::testing::Test {
     tasks_trace().set_stall_callback({});
   }
 };
-
-TEST_F(TasksTraceTest, NestingAndInReader) {
-  TasksTrace& tt = tasks_trace();
-  EXPECT_FALSE(tt.in_reader());
-  auto t1 = tt.read_lock();
-  EXPECT_TRUE(tt.in_reader());
-  auto t2 = tt.read_lock();
-  auto t3 = tt.read_lock();
-  EXPECT_TRUE(tt.in_reader());
-  tt.read_unlock(t3);
-  tt.read_unlock(t2);
-  EXPECT_TRUE(tt.in_reader());
-  tt.read_unlock(t1);
-  EXPECT_FALSE(tt.in_reader());
-  {
-    ReadGuard g(tt);
-    EXPECT_TRUE(tt.in_reader());
-  }
-  EXPECT_FALSE(tt.in_reader());
-}
-
-TEST_F(TasksTraceTest, InReaderIsPerThread) {
-  TasksTrace& tt = tasks_trace();
-  ReadGuard g(tt);
-  bool other = true;
-  std::thread([&] { other = tt.in_reader(); }).join();
-  EXPECT_FALSE(other);
-}
 
 TEST_F(TasksTraceTest, LazyRegistrationAndUnregistrationAtExit) {
   TasksTrace& tt = tasks_trace();
@@ -116,44 +71,6 @@ TEST_F(TasksTraceTest, SynchronizeWithNoReaders) {
   tt.synchronize();
   tt.synchronize();
   EXPECT_GE(tt.grace_periods(), gp0 + 2);
-}
-
-// A reader that entered before synchronize() delays it until the reader leaves.
-TEST_F(TasksTraceTest, SynchronizeWaitsForEarlierReader) {
-  TasksTrace& tt = tasks_trace();
-  Event entered;
-  std::atomic<bool> left{false};
-  std::thread r([&] {
-    ReadGuard g(tt);
-    entered.set();
-    std::this_thread::sleep_for(200ms);
-    left.store(true);
-  });
-  entered.wait();
-  tt.synchronize();
-  EXPECT_TRUE(left.load());
-  r.join();
-}
-
-// Nested sections: only leaving the outermost one ends the reader's section.
-TEST_F(TasksTraceTest, SynchronizeWaitsForOutermostSection) {
-  TasksTrace& tt = tasks_trace();
-  Event entered;
-  std::atomic<bool> left{false};
-  std::thread r([&] {
-    auto a = tt.read_lock();
-    {
-      ReadGuard inner(tt);
-      entered.set();
-    }
-    std::this_thread::sleep_for(150ms);  // inner ended, outer still held
-    left.store(true);
-    tt.read_unlock(a);
-  });
-  entered.wait();
-  tt.synchronize();
-  EXPECT_TRUE(left.load());
-  r.join();
 }
 
 // A reader that enters after synchronize() has scanned the threads does not delay it, even if
@@ -278,15 +195,6 @@ TEST_F(TasksTraceTest, RetireRunsAfterGracePeriodNotInsideSection) {
   delete obj;
 }
 
-TEST_F(TasksTraceTest, RetireHelperWithDeleter) {
-  TasksTrace& tt = tasks_trace();
-  auto* obj = new Obj;
-  hp::sync::retire(tt, obj, PoisonDeleter{});
-  tt.barrier();
-  EXPECT_EQ(obj->v.load(), kPoison);
-  delete obj;
-}
-
 // barrier() waits for every callback queued before it, from every thread.
 TEST_F(TasksTraceTest, BarrierWaitsForAllQueuedCallbacks) {
   TasksTrace& tt = tasks_trace();
@@ -320,32 +228,15 @@ TEST_F(TasksTraceTest, CallbacksAreBatched) {
   EXPECT_LT(tt.grace_periods() - gp0, 500u);
 }
 
-// start_poll()/poll(): not done while a reader that entered before is inside, done soon after
-// it leaves, without anyone calling synchronize().
-TEST_F(TasksTraceTest, PollingGracePeriods) {
+// start_poll() queues no callback: the grace period it asks for completes by itself
+// (that poll() completes only after earlier readers left is in the domain contract).
+TEST_F(TasksTraceTest, StartPollQueuesNoCallback) {
   TasksTrace& tt = tasks_trace();
-  Event entered, release;
-  std::thread r([&] {
-    ReadGuard g(tt);
-    entered.set();
-    release.wait();
-  });
-  entered.wait();
+  tt.barrier();
   const auto inv0 = tt.callbacks_invoked();
   hp::sync::GpCookie c = tt.start_poll();
-  std::this_thread::sleep_for(100ms);
-  EXPECT_FALSE(tt.poll(c));
-  release.set();
-  r.join();
-  const auto t0 = Clock::now();
-  while (!tt.poll(c) && Clock::now() - t0 < 10s)
-    std::this_thread::sleep_for(1ms);
-  EXPECT_TRUE(tt.poll(c));
-  EXPECT_EQ(tt.callbacks_invoked(), inv0);  // start_poll queued no callback
-  // A cookie is also satisfied by an explicit synchronize().
-  hp::sync::GpCookie c2 = tt.start_poll();
-  tt.synchronize();
-  EXPECT_TRUE(tt.poll(c2));
+  EXPECT_TRUE(hp::test::eventually([&] { return tt.poll(c); }));
+  EXPECT_EQ(tt.callbacks_invoked(), inv0);
 }
 
 // Concurrent synchronize() callers share grace periods and all return.
@@ -487,49 +378,6 @@ TEST_F(TasksTraceTest, ReaderInThreadLocalDestructor) {
   t.join();
   EXPECT_EQ(seen.load(), kLive);
   delete obj;
-}
-
-// Miniature torture: readers check that what they see is never poisoned while a writer
-// replaces and retires objects as fast as it can.
-TEST_F(TasksTraceTest, ReadersNeverSeePoisonedObjects) {
-  TasksTrace& tt = tasks_trace();
-  std::atomic<Obj*> ptr{new Obj};
-  std::atomic<bool> stop{false};
-  std::atomic<std::uint64_t> bad{0}, reads{0};
-  std::vector<std::thread> readers;
-  for (int i = 0; i < 2; i++) {
-    readers.emplace_back([&] {
-      while (!stop.load(std::memory_order_relaxed)) {
-        ReadGuard g(tt);
-        Obj* p = ptr.load(std::memory_order_acquire);
-        for (int k = 0; k < 8; k++) {
-          if (p->v.load(std::memory_order_relaxed) != kLive) bad.fetch_add(1);
-        }
-        reads.fetch_add(1, std::memory_order_relaxed);
-      }
-    });
-  }
-  std::vector<Obj*> graveyard;  // poisoned but never freed during the run
-  std::mutex gy_mu;
-  const auto t0 = Clock::now();
-  for (int i = 0; Clock::now() - t0 < 500ms; i++) {
-    Obj* old = ptr.exchange(new Obj, std::memory_order_acq_rel);
-    tt.call([old, &graveyard, &gy_mu] {
-      PoisonDeleter{}(old);
-      std::lock_guard l(gy_mu);
-      graveyard.push_back(old);
-    });
-    if (i % 16 == 0) tt.synchronize();
-  }
-  stop.store(true);
-  for (auto& r : readers)
-    r.join();
-  tt.barrier();
-  EXPECT_EQ(bad.load(), 0u);
-  EXPECT_GT(reads.load(), 0u);
-  for (Obj* o : graveyard)
-    delete o;
-  delete ptr.load();
 }
 
 // The fallback barrier (membarrier GLOBAL) gives the same guarantees, more slowly.
