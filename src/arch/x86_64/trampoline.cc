@@ -945,15 +945,58 @@ std::string hex(std::uint64_t v) {
 
 }  // namespace
 
+namespace {
+
+// EntryTrampolineSpec::run_at_ret (trampoline.h).
+Result<Trampoline> make_ret_site_trampoline(const EntryTrampolineSpec& spec,
+                                            const DisplacementPlan& plan) {
+  const bool ret_inside = !plan.insns.empty() && plan.insns.back().kind == InsnKind::ret;
+  if ((ret_inside && (plan.insns.back().length != 1 || plan.length < 2)) || spec.landing_target) {
+    return Error(Errc::invalid_argument,
+                 "a return site's displaced bytes end with a one-byte `ret` or right before "
+                 "one, and it has no landing");
+  }
+  Emitter e(spec.address);
+  Trampoline t;
+  t.relocated_offset = 0;
+  const std::uint32_t before = ret_inside ? plan.length - 1 : plan.length;
+  // One pair per instruction before the ret, and {the ret's offset, here}: the save.
+  HP_TRY(relocate_into(e, {plan.original.data(), before}, plan.patch_address, t.map));
+  emit_save(e, /*flags_live=*/false, spec.save_vector, plan.patch_address + before);
+  const std::uint32_t no_stack = spec.handler_stack ? emit_switch_in(e) : 0;
+  LandingJumps unused;
+  if (spec.fast) {
+    HP_TRY(emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher, unused));
+  } else {
+    emit_call(e, spec.context, spec.dispatcher, spec.handler_stack ? r15 : rsp);
+  }
+  if (spec.handler_stack) emit_switch_out(e);
+  const std::uint32_t exit_restore = e.size();
+  std::vector<RareExit> rare;
+  // At a ret rsp is 8 mod 16 (the return address on top), as at an entry.
+  emit_restore_to_site(e, spec.save_vector, 0, /*likely_moved=*/true, rare);
+  e.u8(0xc3);  // the ret (the original one, or the same byte right after the displaced ones)
+  if (ret_inside) t.map.push_back({plan.length, e.size()});
+  if (spec.handler_stack) {
+    emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher, 0, exit_restore);
+  }
+  emit_rare_exits(e, spec.address, rare);
+  t.code = std::move(e).take();
+  return t;
+}
+
+}  // namespace
+
 Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
                                          const DisplacementPlan& plan) {
+  if (spec.fast && !spec.handler_stack) {
+    return Error(Errc::invalid_argument, "the fast entry path runs on the handler stack only");
+  }
+  if (spec.run_at_ret) return make_ret_site_trampoline(spec, plan);
   const bool landing = spec.landing_target != 0;
   if (landing && (plan.flags_live || !plan.at_entry)) {
     return Error(Errc::invalid_argument,
                  "a return landing needs a site at a function's entry with dead flags");
-  }
-  if (spec.fast && !spec.handler_stack) {
-    return Error(Errc::invalid_argument, "the fast entry path runs on the handler stack only");
   }
   Emitter e(spec.address);
   emit_save(e, plan.flags_live, spec.save_vector, plan.probe_address);
@@ -1454,6 +1497,7 @@ Result<Trampoline> EntryTrampolineBuilder::build(const EntryTrampolineSpec& spec
                                                  const DisplacementPlan& plan) {
   const bool landing = spec.landing_target != 0;
   if (landing && (plan.flags_live || !plan.at_entry)) return make_entry_trampoline(spec, plan);
+  if (spec.run_at_ret) return make_entry_trampoline(spec, plan);  // few: no prototype
   Prototype* p = prototype_for(spec, plan);
   if (!p || !p->usable) return make_entry_trampoline(spec, plan);
   Trampoline t;

@@ -153,6 +153,17 @@ struct EntryTrampolineSpec {
   std::uint64_t landing_target = 0;
   // Run the dispatcher on the thread's handler stack (HandlerStack above).
   bool handler_stack = true;
+  // A return site (core/ret_probe.h): the plan's displaced bytes end with a one-byte `ret`,
+  // or right before one (the caller checked). The trampoline runs the instructions before
+  // the ret first, then the dispatcher with the registers of the moment the ret would run
+  // (Regs.rip = the ret's address), then a ret of its own: the return address on the stack
+  // is never touched. No landing.
+  //     <relocated displaced instructions but the ret>
+  //     save, switch, dispatcher, switch back, restore (flags dead: a ret ends a call)
+  //     ret
+  // A thread moved from inside the displaced bytes lands in the copy; one at the ret
+  // itself lands on the save (the map says so), so its return is not missed.
+  bool run_at_ret = false;
 };
 
 struct Trampoline {
