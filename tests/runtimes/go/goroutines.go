@@ -1,6 +1,7 @@
 // A cgo program whose goroutines recurse to different depths (so their stacks grow and
 // move while probes are live) and call a leaf at every level. It prints its own counts:
-// the calls of main.leaf and of main.recurse, and a checksum of what they returned.
+// the calls of main.leaf and of main.recurse, the sum of every result of main.recurse, and
+// the sum of the goroutines' results.
 // Arguments: goroutines (200), rounds per goroutine (20).
 package main
 
@@ -18,7 +19,7 @@ import (
 	"sync/atomic"
 )
 
-var leafCalls, recurseCalls int64
+var leafCalls, recurseCalls, recurseResults int64
 
 //go:noinline
 func leaf(x int64) int64 {
@@ -34,10 +35,12 @@ func recurse(depth, x int64) int64 {
 	atomic.AddInt64(&recurseCalls, 1)
 	var pad [32]int64
 	pad[depth%32] = leaf(x)
-	if depth == 0 {
-		return pad[0]
+	r := pad[0]
+	if depth != 0 {
+		r = recurse(depth-1, x+1) + pad[depth%32]
 	}
-	return recurse(depth-1, x+1) + pad[depth%32]
+	atomic.AddInt64(&recurseResults, r)
+	return r
 }
 
 func main() {
@@ -60,8 +63,8 @@ func main() {
 		}(g)
 	}
 	wg.Wait()
-	fmt.Printf("cgo %d leaf %d recurse %d sum %d\n", int(C.hp_go_cgo_marker()), leafCalls,
-		recurseCalls, sum)
+	fmt.Printf("cgo %d leaf %d recurse %d results %d sum %d\n", int(C.hp_go_cgo_marker()),
+		leafCalls, recurseCalls, recurseResults, sum)
 	// Through libc's exit(), whose atexit handlers print the tracer's maps (a Go return
 	// from main leaves by the raw exit_group system call).
 	C.exit(0)
