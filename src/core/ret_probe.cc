@@ -84,6 +84,11 @@ Result<std::vector<std::uint64_t>> return_sites(std::string_view describe,
     off += insn->length;
     insns.push_back(std::move(*insn));
   }
+  const auto branched_to = [&insns](std::uint64_t at) {
+    return std::any_of(insns.begin(), insns.end(), [at](const arch::Insn& i) {
+      return (i.is_relative_branch() || i.rip_relative) && i.target == at;
+    });
+  };
   std::vector<std::uint64_t> sites;
   for (std::size_t k = 0; k < insns.size(); k++) {
     if (insns[k].kind != arch::InsnKind::ret) continue;
@@ -108,6 +113,12 @@ Result<std::vector<std::uint64_t>> return_sites(std::string_view describe,
         continue;
       }
       const std::uint64_t end = plan->patch_address + plan->length;
+      // Ending right before the ret leaves the ret itself unpatched: a branch to it would
+      // return without the handlers.
+      if (end == insns[k].address && branched_to(insns[k].address)) {
+        why = Error(Errc::not_relocatable, "a branch goes to it");
+        continue;
+      }
       if (plan->patch_address == insns[j].address &&
           (end == insns[k].end() || end == insns[k].address)) {
         start = insns[j].address - address;
