@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 #include "arch/x86_64/fuzz.h"
@@ -418,6 +419,70 @@ TEST(ArchEntryTrampolineGolden, FastEntryWithLandingFitsASlot) {
   EXPECT_LE(r->size(), 768u);
   std::printf("fast entry with landing: %zu bytes; fast return: %zu bytes\n", t->code.size(),
               r->size());
+}
+
+}  // namespace
+}  // namespace hp::arch
+
+namespace hp::arch {
+namespace {
+
+// A return site (run_at_ret): the displaced instructions but the ret first, then the frame
+// with Regs.rip = the ret's address, the switch and the call, the restore, and a ret.
+TEST(ArchReturnSiteGolden, RunsTheDisplacedInstructionsThenTheHandlersThenRet) {
+  // +0 48 8d 47 64  lea rax, [rdi+100]; +4 0f 1f 00  nop; +7 c3 ret
+  const Bytes fn{0x48, 0x8d, 0x47, 0x64, 0x0f, 0x1f, 0x00, 0xc3};
+  for (std::uint64_t off : {0u, 4u}) {  // before the ret (7 bytes), with it (+4: nop, ret... )
+    auto plan = plan_displacement(fn, kFn, off);
+    if (off == 4) {
+      ASSERT_FALSE(plan.ok());  // nop + ret are 4 bytes: too short
+      continue;
+    }
+    ASSERT_TRUE(plan.ok()) << plan.error().message();
+    EntryTrampolineSpec spec{kFn + 0x10000, 0x42, kFn + 0x20000, false};
+    spec.run_at_ret = true;
+    auto t = make_entry_trampoline(spec, *plan);
+    ASSERT_TRUE(t.ok()) << t.error().message();
+    const Bytes& c = t->code;
+    EXPECT_EQ(t->relocated_offset, 0u);
+    EXPECT_EQ(Bytes(c.begin(), c.begin() + 7), Bytes(fn.begin(), fn.begin() + 7));
+    // Then the head of the save: lea rsp, [rsp-136]; push rax; ...
+    EXPECT_EQ(Bytes(c.begin() + 7, c.begin() + 9), (Bytes{0x48, 0x8d}));
+    // Regs.rip = the ret: 48 b9 imm64  movabs rcx, kFn + 7 before the rip store.
+    const std::size_t sw = after_frame(c);
+    EXPECT_EQ(Bytes(c.begin() + sw - 18, c.begin() + sw - 16), (Bytes{0x48, 0xb9}));
+    std::uint64_t rip = 0;
+    std::memcpy(&rip, &c[sw - 16], 8);
+    EXPECT_EQ(rip, kFn + 7);
+    const std::size_t nostack = expect_switch_in(c, sw);
+    // The exit's ret right before the nostack call; the map: each instruction, then the end
+    // of the displaced bytes (the ret's offset) -> the save.
+    EXPECT_EQ(c[nostack - 1], 0xc3);
+    EXPECT_EQ(nostack + kNoStack + 13, c.size());
+    ASSERT_EQ(t->map.size(), 3u);
+    EXPECT_EQ(t->map[1], (OffsetPair{4, 4}));
+    EXPECT_EQ(t->map[2], (OffsetPair{7, 7}));
+    check_decodes(c, spec.address);
+  }
+}
+
+TEST(ArchReturnSiteGolden, WithTheRetInsideTheMapSendsItToTheSave) {
+  // +0 48 8d 47 01  lea rax, [rdi+1]; +4 c3 ret: five bytes with the ret
+  const Bytes fn{0x48, 0x8d, 0x47, 0x01, 0xc3};
+  auto plan = plan_displacement(fn, kFn, 0);
+  ASSERT_TRUE(plan.ok()) << plan.error().message();
+  ASSERT_EQ(plan->length, 5u);
+  EntryTrampolineSpec spec{kFn + 0x10000, 0x42, kFn + 0x20000, false};
+  spec.run_at_ret = true;
+  auto t = make_entry_trampoline(spec, *plan);
+  ASSERT_TRUE(t.ok()) << t.error().message();
+  // lea copied, then the save at +4, which the ret's offset maps to.
+  EXPECT_EQ(Bytes(t->code.begin(), t->code.begin() + 4), Bytes(fn.begin(), fn.begin() + 4));
+  ASSERT_GE(t->map.size(), 2u);
+  EXPECT_EQ(t->map[1], (OffsetPair{4, 4}));
+  // A landing is refused for a return site.
+  spec.landing_target = kFn + 0x30000;
+  EXPECT_FALSE(make_entry_trampoline(spec, *plan).ok());
 }
 
 }  // namespace
