@@ -3,6 +3,7 @@
 // return probes on Go functions through their `ret` instructions (core/ret_probe.h), with
 // exact counts, the return values, and the program's output and exit status unchanged.
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -151,6 +152,37 @@ TEST(GoProgram, ReturnProbeOnAFunctionWithoutRetIsRefused) {
             std::string::npos)
       << r.err;
   EXPECT_EQ(program_line(r.out).leaf, -1) << "the program ran";
+}
+
+// `hotprobe attach -p` on a running Go program: the agent is injected, the probes are
+// placed while 200 goroutines run through them, and removed; the program goes on to its
+// own end, its counts consistent.
+TEST(GoProgram, AttachToARunningProgram) {
+  const std::string stop = ::testing::TempDir() + "hp_go_stop_" + std::to_string(::getpid());
+  ::unlink(stop.c_str());
+  const std::string out_path = stop + "_out";
+  pid_t prog = ::fork();
+  if (prog == 0) {
+    int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(o, 1);
+    ::execl(HP_GO_PROGRAM, HP_GO_PROGRAM, "200", "100000000", stop.c_str(), nullptr);
+    ::_exit(127);
+  }
+  Outcome r = run({HP_HOTPROBE, "attach", "-p", std::to_string(prog), "--duration", "1", "-e",
+                   "uprobe:" HP_GO_PROGRAM ":main.leaf { @leaf = count(); } "
+                   "uretprobe:" HP_GO_PROGRAM ":main.recurse { @ret = count(); }"});
+  { std::ofstream(stop.c_str()) << "stop\n"; }
+  int status = 0;
+  ::waitpid(prog, &status, 0);
+  ::unlink(stop.c_str());
+  EXPECT_EQ(r.code, 0) << r.err << r.out;
+  EXPECT_GT(map_value(r.out, "leaf"), 0) << r.out << r.err;
+  EXPECT_GT(map_value(r.out, "ret"), 0) << r.out << r.err;
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  const ProgramLine p = program_line(slurp(out_path));
+  ::unlink(out_path.c_str());
+  EXPECT_GT(p.leaf, 0);
+  EXPECT_EQ(p.leaf, p.recurse);
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 // move while probes are live) and call a leaf at every level. It prints its own counts:
 // the calls of main.leaf and of main.recurse, the sum of every result of main.recurse, and
 // the sum of the goroutines' results.
-// Arguments: goroutines (200), rounds per goroutine (20).
+// Arguments: goroutines (200), rounds per goroutine (20), and a file whose existence ends
+// the rounds early (none).
 package main
 
 /*
@@ -51,14 +52,25 @@ func main() {
 	if len(os.Args) > 2 {
 		rounds, _ = strconv.Atoi(os.Args[2])
 	}
+	// With a third argument, rounds go on (up to the count) until that file exists.
+	stop := ""
+	if len(os.Args) > 3 {
+		stop = os.Args[3]
+	}
+	var stopped int32
 	var wg sync.WaitGroup
 	var sum int64
 	for g := 0; g < goroutines; g++ {
 		wg.Add(1)
 		go func(g int) {
 			defer wg.Done()
-			for r := 0; r < rounds; r++ {
+			for r := 0; r < rounds && atomic.LoadInt32(&stopped) == 0; r++ {
 				atomic.AddInt64(&sum, recurse(int64((g*7+r)%100), int64(g)))
+				if stop != "" && g == 0 && r%16 == 0 {
+					if _, err := os.Stat(stop); err == nil {
+						atomic.StoreInt32(&stopped, 1)
+					}
+				}
 			}
 		}(g)
 	}
