@@ -68,10 +68,17 @@ bool is_go(const elf::ElfFile& f) {
 }
 
 // The file offsets (in the function's file) of the return sites of `fn`, or why not.
+// With an entry probe too (with_entry), a ret's run must not overlap the entry's jump.
 Result<std::vector<std::uint64_t>> return_sites(std::string_view describe,
                                                 std::span<const std::uint8_t> fn,
                                                 std::uint64_t address,
-                                                std::uint64_t function_file_offset) {
+                                                std::uint64_t function_file_offset,
+                                                bool with_entry) {
+  std::uint64_t entry_end = 0;
+  if (with_entry) {
+    auto entry = arch::plan_displacement(fn, address, 0);
+    if (entry.ok()) entry_end = entry->patch_address + entry->length - address;
+  }
   std::vector<arch::Insn> insns;
   for (std::size_t off = 0; off < fn.size();) {
     auto insn = arch::decode(fn.subspan(off), address + off, /*with_text=*/false);
@@ -126,6 +133,13 @@ Result<std::vector<std::uint64_t>> return_sites(std::string_view describe,
       }
     }
     if (!start) return refuse("cannot take a 5-byte jump (" + std::string(why.message()) + ")");
+    if (entry_end > *start) {
+      return Error(Errc::not_relocatable,
+                   "return probe on " + std::string(describe) + ": the jump for the `ret` at +" +
+                       hex(ret_off) + " would displace bytes from +" + hex(*start) +
+                       ", which the entry probe's jump displaces too (up to +" + hex(entry_end) +
+                       "): the function is too short for both; attach the return probe alone");
+    }
     sites.push_back(function_file_offset + *start);
   }
   if (sites.empty()) {
@@ -205,7 +219,7 @@ bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
       const std::string describe = std::string((*mod)->name()) + ":" + std::string(t.symbol->name);
       std::span<const std::uint8_t> fn(reinterpret_cast<const std::uint8_t*>(*addr),
                                        t.symbol->size);
-      auto sites = return_sites(describe, fn, *addr, t.file_offset);
+      auto sites = return_sites(describe, fn, *addr, t.file_offset, spec.on_entry != nullptr);
       if (!sites.ok()) {
         r.error = sites.error();
         r.refused = true;

@@ -48,12 +48,22 @@ hp_rm_bad:
 1:
   ret
   .size hp_rm_bad, .-hp_rm_bad
+
+  .p2align 4
+  .globl hp_rm_tiny
+  .type hp_rm_tiny, @function
+hp_rm_tiny:
+  movq %rdi, %rax
+  addq $1, %rax
+  ret
+  .size hp_rm_tiny, .-hp_rm_tiny
   .popsection
 )");
 
 extern "C" {
 long hp_rm_two(long x);
 long hp_rm_bad(long x);
+long hp_rm_tiny(long x);
 }
 
 namespace {
@@ -147,6 +157,31 @@ TEST(RetMode, AllOrNothingBatchWithARefusalAttachesNothing) {
   EXPECT_EQ(e->stats().consumers, 0u);
   g_two(1);
   EXPECT_EQ(t.returns.load(), 0);
+}
+
+// hp_rm_tiny: +0 48 89 f8 mov rax, rdi; +3 48 83 c0 01 add rax, 1; +7 c3 ret. The entry's
+// jump displaces [+0, +7) and the ret's run starts at +3: the two cannot both be patched.
+TEST(RetMode, EntryAndRetRunsThatOverlapAreRefused) {
+  auto e = engine();
+  Tally t;
+  ProbeSpec spec;
+  spec.target = ":hp_rm_tiny";
+  spec.on_entry = &on_entry;
+  spec.on_return = &on_return;
+  spec.cookie = &t;
+  auto h = e->attach(spec);
+  ASSERT_FALSE(h.ok());
+  const std::string msg(h.error().message());
+  EXPECT_NE(msg.find("hp_rm_tiny"), std::string::npos) << msg;
+  EXPECT_EQ(e->stats().consumers, 0u);
+  EXPECT_EQ(hp_rm_tiny(4), 5);
+  // The return probe alone takes the ret.
+  spec.on_entry = nullptr;
+  h = e->attach(spec);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  EXPECT_EQ(hp_rm_tiny(41), 42);
+  EXPECT_EQ(t.returns.load(), 1);
+  EXPECT_EQ(t.ret_sum.load(), 42);
 }
 
 }  // namespace
