@@ -14,6 +14,7 @@
 #include "arch/x86_64/decode.h"
 #include "arch/x86_64/plan.h"
 #include "base/error.h"
+#include "core/dispatch.h"
 #include "elf/modules.h"
 
 namespace hp::core {
@@ -34,7 +35,9 @@ struct RetConsumer {
   std::uint64_t function;  // Hit::probe_address, as for a hijacked return
 };
 
-void ret_site_hit(Hit& h) {
+// General registers only: the engine decides the vector saves from the user's handlers
+// (handlers_need_vector_saves), so this wrapper must not write a vector register itself.
+__attribute__((target("general-regs-only"))) void ret_site_hit(Hit& h) {
   const auto* rc = static_cast<const RetConsumer*>(h.cookie);
   std::uint64_t data = 0;
   Hit r{h.regs, rc->cookie, &data, rc->function};
@@ -231,7 +234,9 @@ bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
         p.on_entry = &ret_site_hit;
         p.cookie = new RetConsumer{spec.on_return, spec.filter, spec.cookie, *addr};
         p.allow_int3 = false;  // a trap in Go code is fatal
-        p.vector_registers = spec.vector_registers;
+        // Saves where the user's handlers need them (the wrapper calls through a pointer,
+        // which the engine's walk of it would count as "may write").
+        p.vector_registers = handlers_need_vector_saves(spec);
         parts.push_back(std::move(p));
       }
     }
