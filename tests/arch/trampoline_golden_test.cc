@@ -171,8 +171,9 @@ void expect_switch_out(const Bytes& c, std::size_t at) {
 // Without a free handler stack (first hit of a thread, or nested in a handler by a signal):
 // 48 bf ctx movabs rdi, ctx; 48 89 e6 mov rsi, rsp; 48 ba disp movabs rdx, dispatcher;
 // 48 b8 fn movabs rax, hp_handler_stack_call; ff d0 call rax; [84 c0 test al, al; 0f 85
-// rel32 jnz -> the landing exit's restore]; e9 rel32 jmp -> the exit's restore.
-constexpr std::size_t kNoStack = 40, kNoStackLanding = 48;
+// rel32 jnz -> the landing exit's restore: the fast path only]; e9 rel32 jmp -> the exit's
+// restore (the plain call's test of al, with a landing).
+constexpr std::size_t kNoStack = 40;
 void expect_no_stack(const Bytes& c, std::size_t at, std::uint64_t ctx, std::uint64_t disp,
                      std::size_t landing_restore, std::size_t restore) {
   auto u64 = [](std::uint64_t v) {
@@ -247,16 +248,18 @@ TEST(ArchEntryTrampolineGolden, LandingExitCallsOverTheLanding) {
   ASSERT_TRUE(t.ok());
   ASSERT_GT(t->landing_offset, t->relocated_offset);
   const Bytes& c = t->code;
-  // After the call rel32: 84 c0 test al, al; 0f 85 jnz rel32 -> the exit.
+  // After the call rel32 and the switch back: 84 c0 test al, al; 0f 85 jnz rel32 -> the
+  // landing exit.
   const Bytes call_seq{0x4c, 0x89, 0xfe, 0xe8};  // mov rsi, r15 (the frame); call rel32
   auto call = std::search(c.begin(), c.end(), call_seq.begin(), call_seq.end());
   ASSERT_NE(call, c.end());
-  const std::size_t test = static_cast<std::size_t>(call - c.begin()) + 8;
+  const std::size_t back = static_cast<std::size_t>(call - c.begin()) + 8;
+  expect_switch_out(c, back);
+  const std::size_t test = back + kSwitchOut;
   EXPECT_EQ(Bytes(c.begin() + test, c.begin() + test + 4), (Bytes{0x84, 0xc0, 0x0f, 0x85}));
   const std::size_t exit = test + 8 + rel32_in(c, test + 4);
-  // The exit: the switch back; the restore; e8 call rel32 (over the landing).
-  expect_switch_out(c, exit);
-  const std::size_t call_at = expect_entry_restore(c, exit + kSwitchOut, at);
+  // The landing exit: the restore; e8 call rel32 (over the landing).
+  const std::size_t call_at = expect_entry_restore(c, exit, at);
   EXPECT_EQ(c[call_at], 0xe8);
   EXPECT_EQ(call_at + 5, t->landing_offset);  // the call's return address is the landing
   // The landing: e9 jmp rel32 -> target.
@@ -269,10 +272,11 @@ TEST(ArchEntryTrampolineGolden, LandingExitCallsOverTheLanding) {
             (Bytes{0x48, 0x8d, 0x64, 0x24, 0x08, 0xe9}));
   EXPECT_EQ(callee + 10 + rel32_in(c, callee + 6), t->relocated_offset);
   // Then the call without a handler stack, and the two restores' unlikely cases.
-  EXPECT_EQ(callee + 10 + kNoStackLanding + 2 * 13, c.size());
+  // It goes on at the test of al, as the call above does.
+  EXPECT_EQ(callee + 10 + kNoStack + 2 * 13, c.size());
   const std::size_t switch_in = static_cast<std::size_t>(call - c.begin()) - 10 - 37;
   EXPECT_EQ(expect_switch_in(c, switch_in), callee + 10);
-  expect_no_stack(c, callee + 10, 0x11, kFn + 0x20000, exit + kSwitchOut, test + 8 + kSwitchOut);
+  expect_no_stack(c, callee + 10, 0x11, kFn + 0x20000, 0, test);
   check_decodes(t->code, at);
 }
 

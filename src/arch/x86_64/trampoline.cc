@@ -871,13 +871,17 @@ constexpr Gpr kPopped[] = {rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11, rbx, rbp, 
 static_assert(offsetof(Regs, rax) == 0 && offsetof(Regs, r15) == 14 * 8 &&
               offsetof(Regs, rbx) == 9 * 8 && offsetof(Regs, r11) == 8 * 8);
 
-// Restores every general register (from the frame) and xmm0-15; leaves rsp = M. Pops, 23
-// bytes where movs take 75: a trampoline with a landing exit restores twice in its slot.
+// xmm0-15 from the vector area (rsp = the frame): once, right after the dispatcher (and the
+// switch back), before the exits branch, so a trampoline with a landing exit has one copy.
+void emit_vector_restore(Emitter& e, bool save_vector) {
+  if (!save_vector) return;
+  for (unsigned i = 0; i < 16; ++i)
+    e.movups_load(i, kFrame + static_cast<std::int32_t>(16 * i));
+}
+
+// Restores every general register (from the frame); leaves rsp = M. Pops, 23 bytes where
+// movs take 75: a trampoline with a landing exit restores twice in its slot.
 void emit_restore(Emitter& e, bool save_vector) {
-  if (save_vector) {
-    for (unsigned i = 0; i < 16; ++i)
-      e.movups_load(i, kFrame + static_cast<std::int32_t>(16 * i));
-  }
   for (Gpr r : kPopped)
     e.pop(r);
   e.mov_from_rsp_mem(rsp, way_back_offset(save_vector) - 15 * 8);
@@ -891,7 +895,7 @@ struct RareExit {
   std::uint32_t back;       // where it continues
 };
 
-// Restores every general register (and xmm0-15) and sets rsp = the site's rsp + `extra`
+// Restores every general register and sets rsp = the site's rsp + `extra`
 // without loading rsp from memory: a loaded rsp puts the store-to-load latency in front
 // of every later stack access of the thread (the displaced push, the function's ret, the
 // caller's next call), measured at 0.3-0.5 ns a hit. Whether the save's `and` moved rsp
@@ -900,10 +904,6 @@ struct RareExit {
 // the save moved it; after a ret it is 0 mod 16).
 void emit_restore_to_site(Emitter& e, bool save_vector, std::int32_t extra, bool likely_moved,
                           std::vector<RareExit>& rare) {
-  if (save_vector) {
-    for (unsigned i = 0; i < 16; ++i)
-      e.movups_load(i, kFrame + static_cast<std::int32_t>(16 * i));
-  }
   for (Gpr r : kPopped)
     e.pop(r);
   // M's slot, from rsp after the pops; the padding and M sit below A = M & -16.
@@ -972,6 +972,7 @@ Result<Trampoline> make_ret_site_trampoline(const EntryTrampolineSpec& spec,
   }
   if (spec.handler_stack) emit_switch_out(e);
   const std::uint32_t exit_restore = e.size();
+  emit_vector_restore(e, spec.save_vector);
   std::vector<RareExit> rare;
   // At a ret rsp is 8 mod 16 (the return address on top), as at an entry.
   emit_restore_to_site(e, spec.save_vector, 0, /*likely_moved=*/true, rare);
@@ -989,8 +990,9 @@ Result<Trampoline> make_ret_site_trampoline(const EntryTrampolineSpec& spec,
 
 Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
                                          const DisplacementPlan& plan) {
-  if (spec.fast && !spec.handler_stack) {
-    return Error(Errc::invalid_argument, "the fast entry path runs on the handler stack only");
+  if (spec.fast && (!spec.handler_stack || spec.save_vector)) {
+    return Error(Errc::invalid_argument,
+                 "the fast entry path runs on the handler stack only, without vector saves");
   }
   if (spec.run_at_ret) return make_ret_site_trampoline(spec, plan);
   const bool landing = spec.landing_target != 0;
@@ -1006,17 +1008,21 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
     HP_TRY(emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher, jumps));
   } else {
     emit_call(e, spec.context, spec.dispatcher, spec.handler_stack ? r15 : rsp);
-    if (landing) {
-      e.u8(0x84);  // test al, al: the dispatcher hijacked the return through the landing
-      e.u8(0xc0);
-      e.u8(0x0f);  // jnz rel32
-      e.u8(0x85);
-      jumps.at[jumps.n++] = e.size();
-      e.u32(0);
-    }
   }
   if (spec.handler_stack) emit_switch_out(e);
+  // Where the call without a handler stack goes on (the plain call's case: it tests al
+  // here as the call above does; the fast path's test is in its template).
   const std::uint32_t exit_restore = e.size();
+  emit_vector_restore(e, spec.save_vector);
+  std::uint32_t plain_landing_jump = 0;
+  if (!spec.fast && landing) {
+    e.u8(0x84);  // test al, al: the dispatcher hijacked the return through the landing
+    e.u8(0xc0);
+    e.u8(0x0f);  // jnz rel32
+    e.u8(0x85);
+    plain_landing_jump = e.size();
+    e.u32(0);
+  }
   std::vector<RareExit> rare;
   if (plan.flags_live) {
     emit_restore(e, spec.save_vector);
@@ -1035,11 +1041,14 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
     // so the return stack buffer predicts the function's ret into it; the callee drops
     // the pushed copy (written below the function's return slot, which holds the landing
     // already) and runs the displaced instructions.
+    // The fast path's jumps come from the handler stack: the switch back first.
     const std::uint32_t exit = e.size();
     for (unsigned i = 0; i < jumps.n; i++)
       e.patch_u32(jumps.at[i], exit - (jumps.at[i] + 4));
-    if (spec.handler_stack) emit_switch_out(e);
+    if (spec.fast && spec.handler_stack) emit_switch_out(e);
     landing_restore = e.size();
+    if (plain_landing_jump)
+      e.patch_u32(plain_landing_jump, landing_restore - (plain_landing_jump + 4));
     emit_restore_to_site(e, spec.save_vector, 0, true, rare);
     e.u8(0xe8);  // call rel32 (fixed up below)
     const std::uint32_t call_field = e.size();
@@ -1051,8 +1060,8 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
     e.jmp_rel32(spec.address + t.relocated_offset);
   }
   if (spec.handler_stack) {
-    emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher, landing_restore,
-                          exit_restore);
+    emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher,
+                          spec.fast ? landing_restore : 0, exit_restore);
   }
   emit_rare_exits(e, spec.address, rare);
   t.code = std::move(e).take();
@@ -1060,8 +1069,9 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
 }
 
 Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineSpec& spec) {
-  if (spec.fast && !spec.handler_stack) {
-    return Error(Errc::invalid_argument, "the fast return path runs on the handler stack only");
+  if (spec.fast && (!spec.handler_stack || spec.save_vector)) {
+    return Error(Errc::invalid_argument,
+                 "the fast return path runs on the handler stack only, without vector saves");
   }
   Emitter e(spec.address);
   emit_save(e, /*flags_live=*/false, spec.save_vector, spec.address);
@@ -1073,6 +1083,7 @@ Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineS
   }
   if (spec.handler_stack) emit_switch_out(e);
   const std::uint32_t exit_restore = e.size();
+  emit_vector_restore(e, spec.save_vector);
   // rax = the original return address: park it at [S-8] (the slot the ret popped), below
   // the caller's rsp but in the red zone, so the way there needs no register.
   e.mov_from_rsp_mem(rcx, way_back_offset(spec.save_vector));
