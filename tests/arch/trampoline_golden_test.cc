@@ -400,7 +400,7 @@ namespace {
 
 // The engine's slots are 768 bytes: the fast entry path with a landing, the switch, the
 // call without a handler stack and long displaced instructions still fit one.
-TEST(ArchEntryTrampolineGolden, FastEntryWithLandingFitsASlot) {
+TEST(ArchEntryTrampolineGolden, TrampolinesFitASlot) {
   // +0 48 8b 05 rel32 mov rax, [rip+X]; +7 48 8b 80 disp32 mov rax, [rax+Y]; +e c3 ret
   const Bytes fn{0x48, 0x8b, 0x05, 0x00, 0x10, 0x00, 0x00, 0x48,
                  0x8b, 0x80, 0x00, 0x01, 0x00, 0x00, 0xc3};
@@ -421,8 +421,21 @@ TEST(ArchEntryTrampolineGolden, FastEntryWithLandingFitsASlot) {
   auto r = make_return_trampoline(rs);
   ASSERT_TRUE(r.ok());
   EXPECT_LE(r->size(), 768u);
-  std::printf("fast entry with landing: %zu bytes; fast return: %zu bytes\n", t->code.size(),
-              r->size());
+  // With the vector saves (TSan builds: no fast path), a landing and the same displaced
+  // instructions: xmm0-15 are restored once, before the exits branch.
+  EntryTrampolineSpec vec{kFn + 0x10000, 0x42, kFn + 0x20000, true};
+  vec.landing_target = kFn + 0x30000;
+  auto v = make_entry_trampoline(vec, *plan);
+  ASSERT_TRUE(v.ok()) << v.error().message();
+  EXPECT_LE(v->code.size(), 768u);
+  ReturnTrampolineSpec rv{0x2000'0000, 1, 0x2000'1000, true};
+  auto vr = make_return_trampoline(rv);
+  ASSERT_TRUE(vr.ok());
+  EXPECT_LE(vr->size(), 768u);
+  std::printf(
+      "fast entry with landing: %zu bytes; fast return: %zu bytes; with vector saves: %zu and "
+      "%zu\n",
+      t->code.size(), r->size(), v->code.size(), vr->size());
 }
 
 }  // namespace
