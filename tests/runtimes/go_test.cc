@@ -153,6 +153,23 @@ TEST_F(GoProgram, ReturnValueOfALeafComputedRightBeforeItsRet) {
   EXPECT_EQ(map_value(r.out, "rv"), got.sum) << r.out;
 }
 
+// Entry and return pair through the script's own maps (no return instance in this mode):
+// the start time kept by thread at the entry, read at the ret.
+TEST_F(GoProgram, EntryAndReturnPairThroughTheScriptsMaps) {
+  Outcome r = run({HP_HOTPROBE, "run", "-e",
+                   "uprobe:" HP_GO_PROGRAM ":main.leaf { @start[tid] = nsecs; } "
+                   "uretprobe:" HP_GO_PROGRAM ":main.leaf /@start[tid]/ "
+                   "{ @paired = count(); @late = sum(nsecs < @start[tid]); }",
+                   "--", HP_GO_PROGRAM, "20", "5"});
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  const ProgramLine got = program_line(r.out);
+  // A goroutine may move to another thread between the two (async preemption), so every
+  // return need not find a start on its thread; most do.
+  EXPECT_GT(map_value(r.out, "paired"), got.leaf / 2) << r.out;
+  EXPECT_LE(map_value(r.out, "paired"), got.leaf) << r.out;
+  EXPECT_EQ(map_value(r.out, "late"), 0) << r.out;
+}
+
 // A Go function without a ret (it never returns): refused before the program runs, with
 // the reason.
 TEST_F(GoProgram, ReturnProbeOnAFunctionWithoutRetIsRefused) {
