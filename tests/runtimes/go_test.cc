@@ -44,7 +44,9 @@ std::string slurp(const std::string& path) {
   return ss.str();
 }
 
-Outcome run(const std::vector<std::string>& args,
+// `gogc`: GOGC for the program (a collection every few KiB: preemption signals and stack
+// shrinking while the probes are live), or none.
+Outcome run(const std::vector<std::string>& args, const char* gogc = nullptr,
             std::chrono::seconds timeout = std::chrono::seconds(60)) {
   const std::string base = ::testing::TempDir() + "hp_go_" + std::to_string(::getpid());
   const std::string out_path = base + "_out", err_path = base + "_err";
@@ -56,6 +58,7 @@ Outcome run(const std::vector<std::string>& args,
     ::dup2(o, 1);
     ::dup2(e, 2);
     ::setenv("HOTPROBE_AGENT", HP_AGENT, 1);
+    if (gogc) ::setenv("GOGC", gogc, 1);
     std::vector<char*> argv;
     for (const std::string& a : args)
       argv.push_back(const_cast<char*>(a.c_str()));
@@ -120,9 +123,10 @@ TEST_F(GoProgram, RunsAsItDoesWithoutProbes) {
   EXPECT_EQ(p.recurse, p.leaf);
 }
 
-// 200 goroutines recursing 0..99 deep (256-byte frames: their stacks grow and move), with
-// an entry probe on the leaf every level calls and a return probe on the recursive
-// function: every count exact, the sum of the return values as the program computed it.
+// 200 goroutines recursing 0..99 deep (256-byte frames: their stacks grow and move; with
+// GOGC=1 the collector also preempts them and shrinks their stacks), with an entry probe
+// on the leaf every level calls and a return probe on the recursive function: every
+// count exact, the sum of the return values as the program computed it.
 TEST_F(GoProgram, EntryAndReturnProbesOnMovingGoroutineStacks) {
   const ProgramLine want = program_line(run({HP_GO_PROGRAM}).out);
   ASSERT_GT(want.leaf, 0);
@@ -130,7 +134,8 @@ TEST_F(GoProgram, EntryAndReturnProbesOnMovingGoroutineStacks) {
       run({HP_HOTPROBE, "run", "-e",
            "uprobe:" HP_GO_PROGRAM ":main.leaf { @leaf = count(); } "
            "uretprobe:" HP_GO_PROGRAM ":main.recurse { @ret = count(); @rv = sum(retval); }",
-           "--", HP_GO_PROGRAM});
+           "--", HP_GO_PROGRAM},
+          "1");
   ASSERT_EQ(r.code, 0) << r.err << r.out;
   const ProgramLine got = program_line(r.out);
   EXPECT_EQ(got.line, want.line) << "the program's output changed";
