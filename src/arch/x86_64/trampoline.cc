@@ -528,7 +528,7 @@ HP_COLD bool allocate_handler_stack(HandlerStack& hs) {
   void* m = mmap(nullptr, kHandlerStackSize + kGuard, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
   if (m == MAP_FAILED) {
-    hs.allocating = 0;
+    hs.allocating = 2;  // not again: every hit would try
     return false;
   }
   (void)mprotect(m, kGuard, PROT_NONE);

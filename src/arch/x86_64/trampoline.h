@@ -87,10 +87,19 @@ namespace hp::arch {
 // probed code goes on.
 inline constexpr std::size_t kHandlerStackSize = 64 * 1024;
 struct HandlerStack {
-  std::uint64_t next;  // rsp for the next switch; 0 in use or none
-  std::uint64_t base;  // lowest usable byte; 0 none yet
-  std::uint32_t allocating;
+  std::uint64_t next;        // rsp for the next switch; 0 in use or none
+  std::uint64_t base;        // lowest usable byte; 0 none yet
+  std::uint32_t allocating;  // 1 while mapping it, 2 when that failed (not tried again)
 };
+extern constinit thread_local HandlerStack tls_handler_stack
+    __attribute__((tls_model("initial-exec")));
+// True when the calling thread is not on its handler stack and could move there: it is
+// free, or not allocated yet (and not failed). For callers that are not trampolines (the
+// SIGTRAP hook's dispatch), which then go through hp_handler_stack_call().
+inline bool handler_stack_available() noexcept {
+  const HandlerStack& hs = tls_handler_stack;
+  return hs.next != 0 || (hs.base == 0 && hs.allocating == 0);
+}
 // %fs-relative offset of the calling thread's HandlerStack::next (initial-exec TLS: the
 // same in every thread).
 std::int32_t handler_stack_tls() noexcept;
