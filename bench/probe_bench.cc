@@ -95,6 +95,8 @@ void usage(FILE* out) {
       "  --one-cap N        one-at-a-time attach/detach sample (default 1000; quick 100)\n"
       "  --kernel-cap N     kernel uprobe attach+close sample (default 20; quick 10)\n"
       "  --no-kernel        skip the kernel uprobe rows\n"
+      "  --ret-sites        return probes on the ret instructions (HOTPROBE_RETURN_PROBES=ret);\n"
+      "                     the entry+return rows then fail: the target is too short for both\n"
       "  --cpu N            pin single-thread rows to CPU N (default 0; -1: do not pin)\n"
       "  --gen-lib PATH     the generated library of %d functions (default: the built one)\n"
       "  --help             this text\n"
@@ -135,6 +137,9 @@ bool parse_options(int argc, char** argv, Options* o) {
       o->kernel_cap = std::atoi(next("--kernel-cap"));
     } else if (a == "--no-kernel") {
       o->kernel = false;
+    } else if (a == "--ret-sites") {
+      // Before the first engine: return probes on the ret instructions (core/ret_probe.h).
+      ::setenv("HOTPROBE_RETURN_PROBES", "ret", 1);
     } else if (a == "--cpu") {
       o->cpu = std::atoi(next("--cpu"));
     } else if (a == "--gen-lib") {

@@ -318,6 +318,12 @@ HP_ALWAYS_INLINE bool run_entry_consumers(Site* site, Regs* regs, const Consumer
 
 template <Scheme S>
 HP_DISPATCH_SECTION bool entry_dispatch(void* ctx, Regs* regs) {
+  // Not on the handler stack, and it is there to take: a caller that is not a trampoline
+  // (the SIGTRAP hook of int3 mode, on the signal's stack) moves there too.
+  if (HP_UNLIKELY(arch::handler_stack_available())) {
+    return hp_handler_stack_call(ctx, regs, reinterpret_cast<std::uint64_t>(&entry_dispatch<S>)) &
+           1;
+  }
   auto* site = static_cast<Site*>(ctx);
   ThreadState& ts = tls_state;
   // The guard comes first: registering the thread's record allocates, and malloc may be

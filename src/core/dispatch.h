@@ -1,7 +1,8 @@
 // The dispatcher: what a trampoline calls on every hit. Instantiated once per protection
 // scheme, so the schemes are compared in the real hot path.
 //
-// Entry (jmp mode: called by the site's trampoline; int3 mode: by the SIGTRAP hook):
+// Entry (jmp mode: called by the site's trampoline, on the thread's handler stack,
+// arch::HandlerStack; int3 mode: by the SIGTRAP hook, on the signal's stack):
 //   recursion guard -> read_lock(scheme) -> load the site's consumer array (P2) ->
 //   for each consumer whose filter passes: its entry handler, and a return instance when
 //   it has a return handler -> read_unlock.

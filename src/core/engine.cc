@@ -32,6 +32,7 @@
 #include "core/batch_helper.h"
 #include "core/dispatch.h"
 #include "core/flat_map.h"
+#include "core/ret_probe.h"
 #include "core/site.h"
 #include "core/text_patch.h"
 #include "core/thread_state.h"
@@ -522,6 +523,8 @@ struct EngineImpl {
           ts.dispatcher = env.dispatcher;
           ts.save_vector = kTrampolinesSaveVectors;
           if (plan->at_entry && !plan->flags_live) ts.landing_target = env.landing_target;
+          ts.run_at_ret = is_ret_site_handler(spec.on_entry);  // core/ret_probe.h
+          if (ts.run_at_ret) ts.landing_target = 0;
           arch::FastEntry fast = env.fast;
           fast.consumers = reinterpret_cast<std::uint64_t>(&site->consumers);
           if (env.fast_ok) ts.fast = &fast;
@@ -949,6 +952,12 @@ struct EngineImpl {
 
   std::vector<Result<std::vector<Handle>>> attach(std::span<const ProbeSpec> specs,
                                                   BatchMode mode) {
+    RetProbeBatch ret_probes;  // return probes on `ret` instructions (core/ret_probe.h)
+    if (ret_probes.expand(specs)) {
+      return ret_probes.attach(
+          mode, [this](std::span<const ProbeSpec> s, BatchMode m) { return attach(s, m); },
+          [this](std::span<const Handle> h) { (void)detach(h, true); });
+    }
     std::vector<Result<std::vector<Handle>>> results;
     results.reserve(specs.size());
     Registry& reg = Registry::get();

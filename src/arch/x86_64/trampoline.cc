@@ -7,13 +7,18 @@
 #include <cstring>
 #include <string>
 
+#include <pthread.h>
+#include <sys/mman.h>
+
 #include "base/assert.h"
+#include "base/compiler.h"
 #include "hotprobe/regs.h"
 
 // The fast path of FastEntry (trampoline.h), assembled once by the build and copied into
 // each trampoline, where the placeholders (0x7fff_ffXX, patch points at the hp_fe_pN
-// labels) get the engine's addresses and offsets. On entry rsp = the Regs frame (16-byte
-// aligned) and every register is saved in it, so any register may be used.
+// labels) get the engine's addresses and offsets. On entry r15 = the Regs frame (on the
+// program's stack), rsp = the top of the thread's handler stack (16-byte aligned), and
+// every register is saved in the frame, so any register but r15 may be used.
 // The hit seen by the handler is a hotprobe::Hit {regs, cookie, data, probe_address}
 // built below the frame (core/dispatch.cc checks that layout).
 // clang-format off
@@ -82,7 +87,7 @@ hp_fe_p7:
   cmpb    $0, 0x7fffff08(%rdx)        # not one plain entry handler: the dispatcher's
 hp_fe_p8:                             # loop (or the return-probe routine), section held
   je      hp_fe_locked
-  movq    %rsp, %rsi                  # Hit {regs, cookie, data, probe_address} pushed,
+  movq    %r15, %rsi                  # Hit {regs, cookie, data, probe_address} pushed,
   pushq   %rcx                        # 16-byte aligned; rcx = Regs.rip, the probe address
   pushq   $0                          # (the save's last value)
   pushq   0x7fffff09(%rdx)            # cookie
@@ -102,7 +107,7 @@ hp_fe_unlock:
 hp_fe_wake:
   HP_WAKE_WRITER hp_fe_unlocked, 0x7fffff10, hp_fe_p16
 hp_fe_locked:
-  movq    %rsp, %rsi                  # locked_dispatcher(context, regs, array, record)
+  movq    %r15, %rsi                  # locked_dispatcher(context, regs, array, record)
   movq    %fs:0x7fffff11, %rcx
 hp_fe_p17:
   movabsq $0x7fffffff7fffff12, %rdi   # context
@@ -121,7 +126,7 @@ hp_fe_p25:
 hp_fe_lwake:
   HP_WAKE_WRITER hp_fe_lunlocked, 0x7fffff1a, hp_fe_p26
 hp_fe_slow:
-  movq    %rsp, %rsi                  # dispatcher(context, regs)
+  movq    %r15, %rsi                  # dispatcher(context, regs)
   movabsq $0x7fffffff7fffff14, %rdi   # context
 hp_fe_p20:
   movabsq $0x7fffffff7fffff15, %rax   # dispatcher
@@ -163,7 +168,8 @@ hp_fe_offsets:                        # where each label hp_fe_pN is
   .long   hp_fe_p27 - hp_fe_begin
 
 # The fast path of FastReturn (trampoline.h): the return trampoline's common case, the
-# same way. On entry rsp = the Regs frame; rbx, r12, r13, r14 carry the record, the
+# same way. On entry r15 = the Regs frame and rsp = the handler stack's top, as above;
+# rbx, r12, r13, r14 carry the record, the
 # depth below ours, our instance and its site across the handler call (all restored from
 # the frame afterwards). It leaves the original return address in rax, as the
 # dispatcher does.
@@ -185,7 +191,7 @@ hp_fr_p3:
 hp_fr_p4:
   leaq    0x7fffff05(%rbx,%r13), %r13
 hp_fr_p5:
-  movq    128(%rsp), %rdi             # Regs.rsp - 8: the slot the ret popped
+  movq    128(%r15), %rdi             # Regs.rsp - 8: the slot the ret popped
   subq    $8, %rdi
   cmpq    %rdi, 0x7fffff06(%r13)      # not ours (a longjmp left instances above)
 hp_fr_p6:
@@ -228,7 +234,7 @@ hp_fr_p16:
   cmpq    %rax, 0x7fffff11(%r13)
 hp_fr_p17:
   jne     hp_fr_bail
-  movq    %rsp, %rcx                  # Hit {regs, cookie, &data, probe_address}
+  movq    %r15, %rcx                  # Hit {regs, cookie, &data, probe_address}
   subq    $32, %rsp
   movq    %rcx, (%rsp)
   movq    0x7fffff12(%rdx), %rax
@@ -263,7 +269,7 @@ hp_fr_p30:
   movb    $0, %fs:0x7fffff1f
 hp_fr_p31:
 hp_fr_slow:
-  movq    %rsp, %rsi                  # dispatcher(context, regs)
+  movq    %r15, %rsi                  # dispatcher(context, regs)
   movabsq $0x7fffffff7fffff20, %rdi
 hp_fr_p32:
   movabsq $0x7fffffff7fffff21, %rax
@@ -441,6 +447,123 @@ __attribute__((visibility("hidden"))) extern const std::uint8_t hp_fr_begin[], h
 __attribute__((visibility("hidden"))) extern const std::uint32_t hp_fr_offsets[33];
 __attribute__((visibility("hidden"))) extern const std::uint8_t hp_or_begin[], hp_or_end[];
 __attribute__((visibility("hidden"))) extern const std::uint32_t hp_or_offsets[24];
+}
+
+// The handler stack's switch outside a trampoline (hp_handler_stack_call() below, for a
+// thread's first hit and for code that is not a trampoline): the same protocol as the
+// trampolines' (trampoline.h, HandlerStack). rdi, rsi = the arguments of fn (rdx); rcx =
+// &HandlerStack::next, nonzero. In the dispatch section: a thread preempted here is about
+// to return into a trampoline.
+// clang-format off
+asm(R"(
+  .pushsection hp_dispatch, "ax", @progbits
+  .globl hp_handler_stack_switch
+  .hidden hp_handler_stack_switch
+  .type hp_handler_stack_switch, @function
+hp_handler_stack_switch:
+  .cfi_startproc
+  pushq   %rbx
+  .cfi_adjust_cfa_offset 8
+  .cfi_rel_offset %rbx, 0
+  pushq   %r12
+  .cfi_adjust_cfa_offset 8
+  .cfi_rel_offset %r12, 0
+  movq    %rsp, %rbx                  # the way back
+  .cfi_def_cfa_register %rbx
+  movq    %rcx, %r12
+  movq    (%rcx), %rax
+  movq    $0, (%rcx)                  # in use: a nested switch (a signal) stays where it is
+  movq    %rax, %rsp
+  call    *%rdx
+  movq    %rsp, %rcx                  # leave the stack before giving it back (a signal
+  movq    %rbx, %rsp                  # between the two would otherwise run on it)
+  .cfi_def_cfa_register %rsp
+  movq    %rcx, (%r12)
+  popq    %r12
+  .cfi_adjust_cfa_offset -8
+  popq    %rbx
+  .cfi_adjust_cfa_offset -8
+  ret
+  .cfi_endproc
+  .size hp_handler_stack_switch, . - hp_handler_stack_switch
+  .popsection
+)");
+// clang-format on
+
+extern "C" std::uint64_t hp_handler_stack_switch(void* context, void* regs, std::uint64_t fn,
+                                                 std::uint64_t* next);
+
+namespace hp::arch {
+
+constinit thread_local HandlerStack tls_handler_stack
+    __attribute__((tls_model("initial-exec"))) = {};
+
+namespace {
+
+constexpr std::size_t kGuard = 4096;
+pthread_key_t g_stack_key;
+bool g_stack_key_ok = false;
+
+// Thread exit (a pthread key's destructor): unmaps the calling thread's handler stack. A
+// later hit of the same thread (another key's destructor) allocates again and sets the
+// key again, which glibc runs destructors for again (PTHREAD_DESTRUCTOR_ITERATIONS).
+void free_handler_stack(void* base) {
+  HandlerStack& hs = tls_handler_stack;
+  if (hs.base != reinterpret_cast<std::uint64_t>(base) || hs.next == 0) return;  // in use
+  hs.next = 0;
+  hs.base = 0;
+  munmap(static_cast<char*>(base) - kGuard, kHandlerStackSize + kGuard);
+}
+
+// Made at load time: a first hit may come from a signal handler, where pthread_once is
+// not safe. Without a key (none left), stacks of exited threads are not unmapped.
+__attribute__((constructor)) void make_handler_stack_key() {
+  g_stack_key_ok = pthread_key_create(&g_stack_key, free_handler_stack) == 0;
+}
+
+// The calling thread's handler stack, allocated: mmap with a guard page below (a handler
+// that overflows it faults there instead of writing into other memory).
+HP_COLD bool allocate_handler_stack(HandlerStack& hs) {
+  hs.allocating = 1;  // a signal's hit meanwhile stays on its own stack
+  void* m = mmap(nullptr, kHandlerStackSize + kGuard, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+  if (m == MAP_FAILED) {
+    hs.allocating = 2;  // not again: every hit would try
+    return false;
+  }
+  (void)mprotect(m, kGuard, PROT_NONE);
+  char* base = static_cast<char*>(m) + kGuard;
+  if (g_stack_key_ok) (void)pthread_setspecific(g_stack_key, base);
+  hs.base = reinterpret_cast<std::uint64_t>(base);
+  hs.next = hs.base + kHandlerStackSize;
+  hs.allocating = 0;
+  return true;
+}
+
+}  // namespace
+
+std::int32_t handler_stack_tls() noexcept {
+  std::uintptr_t tp;
+  __asm__("mov %%fs:0, %0" : "=r"(tp));
+  return static_cast<std::int32_t>(reinterpret_cast<std::intptr_t>(&tls_handler_stack.next) -
+                                   static_cast<std::intptr_t>(tp));
+}
+
+HandlerStackBounds handler_stack_bounds() noexcept {
+  const HandlerStack& hs = tls_handler_stack;
+  return {hs.base, hs.base ? hs.base + kHandlerStackSize : 0};
+}
+
+}  // namespace hp::arch
+
+extern "C" HP_DISPATCH_SECTION std::uint64_t hp_handler_stack_call(void* context, void* regs,
+                                                                   std::uint64_t fn) {
+  hp::arch::HandlerStack& hs = hp::arch::tls_handler_stack;
+  if (HP_UNLIKELY(hs.base == 0 && hs.allocating == 0)) (void)hp::arch::allocate_handler_stack(hs);
+  if (HP_LIKELY(hs.next != 0)) return hp_handler_stack_switch(context, regs, fn, &hs.next);
+  // In use (a signal's hit while the thread runs a handler: the dispatcher counts a
+  // recursion miss), or no memory: here, on the current stack.
+  return reinterpret_cast<std::uint64_t (*)(void*, void*)>(fn)(context, regs);
 }
 
 namespace hp::arch {
@@ -680,9 +803,61 @@ void emit_save(Emitter& e, bool flags_live, bool save_vector, std::uint64_t rip_
   e.mov_to_rsp_mem(offsetof(Regs, rip), rcx);
 }
 
-void emit_call(Emitter& e, std::uint64_t context, std::uint64_t dispatcher) {
+// The switch to the handler stack (trampoline.h, HandlerStack), after emit_save(): rsp =
+// the frame. Leaves r15 = the frame, rsp = the handler stack's top; returns the rel32
+// field of the branch to the out-of-line call (emit_no_handler_stack()).
+std::uint32_t emit_switch_in(Emitter& e) {
+  const auto tls = static_cast<std::uint32_t>(handler_stack_tls());
+  for (std::uint8_t b : {0x64, 0x48, 0x8b, 0x04, 0x25})  // mov rax, fs:[next]
+    e.u8(b);
+  e.u32(tls);
+  for (std::uint8_t b : {0x48, 0x85, 0xc0, 0x0f, 0x84})  // test rax, rax; je rel32
+    e.u8(b);
+  const std::uint32_t field = e.size();
+  e.u32(0);
+  for (std::uint8_t b : {0x64, 0x48, 0xc7, 0x04, 0x25})  // mov qword fs:[next], 0
+    e.u8(b);
+  e.u32(tls);
+  e.u32(0);
+  e.mov_rr(r15, rsp);
+  e.mov_rr(rsp, rax);
+  return field;
+}
+
+// Back to the frame (rsp = r15), then the handler stack is free again: in this order, so a
+// signal between the two never finds it free while rsp is on it. rax survives.
+void emit_switch_out(Emitter& e) {
+  e.mov_rr(rcx, rsp);
+  e.mov_rr(rsp, r15);
+  for (std::uint8_t b : {0x64, 0x48, 0x89, 0x0c, 0x25})  // mov fs:[next], rcx
+    e.u8(b);
+  e.u32(static_cast<std::uint32_t>(handler_stack_tls()));
+}
+
+// The dispatcher through hp_handler_stack_call() (rsp = the frame): the thread's first hit,
+// or a hit nested in a handler's (a signal). `landing` is the rel32 field to fix up to the
+// landing exit after its switch-out when the dispatcher returns true (0: none); `back`
+// where the trampoline goes on otherwise.
+void emit_no_handler_stack(Emitter& e, std::uint32_t je_field, std::uint64_t context,
+                           std::uint64_t dispatcher, std::uint32_t landing_exit,
+                           std::uint32_t back) {
+  e.patch_u32(je_field, e.size() - (je_field + 4));
   e.movabs(rdi, context);
   e.mov_rr(rsi, rsp);
+  e.movabs(rdx, dispatcher);
+  e.movabs(rax, reinterpret_cast<std::uint64_t>(&hp_handler_stack_call));
+  e.call_reg(rax);
+  if (landing_exit) {
+    for (std::uint8_t b : {0x84, 0xc0, 0x0f, 0x85})  // test al, al; jnz rel32
+      e.u8(b);
+    e.u32(landing_exit - (e.size() + 4));
+  }
+  e.jmp_rel32(e.here() - e.size() + back);
+}
+
+void emit_call(Emitter& e, std::uint64_t context, std::uint64_t dispatcher, Gpr frame) {
+  e.movabs(rdi, context);
+  e.mov_rr(rsi, frame);
   if (in_rel32_reach(e.here() + 5, dispatcher)) {
     e.call_rel32(dispatcher);
   } else {
@@ -696,13 +871,17 @@ constexpr Gpr kPopped[] = {rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11, rbx, rbp, 
 static_assert(offsetof(Regs, rax) == 0 && offsetof(Regs, r15) == 14 * 8 &&
               offsetof(Regs, rbx) == 9 * 8 && offsetof(Regs, r11) == 8 * 8);
 
-// Restores every general register (from the frame) and xmm0-15; leaves rsp = M. Pops, 23
-// bytes where movs take 75: a trampoline with a landing exit restores twice in its slot.
+// xmm0-15 from the vector area (rsp = the frame): once, right after the dispatcher (and the
+// switch back), before the exits branch, so a trampoline with a landing exit has one copy.
+void emit_vector_restore(Emitter& e, bool save_vector) {
+  if (!save_vector) return;
+  for (unsigned i = 0; i < 16; ++i)
+    e.movups_load(i, kFrame + static_cast<std::int32_t>(16 * i));
+}
+
+// Restores every general register (from the frame); leaves rsp = M. Pops, 23 bytes where
+// movs take 75: a trampoline with a landing exit restores twice in its slot.
 void emit_restore(Emitter& e, bool save_vector) {
-  if (save_vector) {
-    for (unsigned i = 0; i < 16; ++i)
-      e.movups_load(i, kFrame + static_cast<std::int32_t>(16 * i));
-  }
   for (Gpr r : kPopped)
     e.pop(r);
   e.mov_from_rsp_mem(rsp, way_back_offset(save_vector) - 15 * 8);
@@ -716,7 +895,7 @@ struct RareExit {
   std::uint32_t back;       // where it continues
 };
 
-// Restores every general register (and xmm0-15) and sets rsp = the site's rsp + `extra`
+// Restores every general register and sets rsp = the site's rsp + `extra`
 // without loading rsp from memory: a loaded rsp puts the store-to-load latency in front
 // of every later stack access of the thread (the displaced push, the function's ret, the
 // caller's next call), measured at 0.3-0.5 ns a hit. Whether the save's `and` moved rsp
@@ -725,10 +904,6 @@ struct RareExit {
 // the save moved it; after a ret it is 0 mod 16).
 void emit_restore_to_site(Emitter& e, bool save_vector, std::int32_t extra, bool likely_moved,
                           std::vector<RareExit>& rare) {
-  if (save_vector) {
-    for (unsigned i = 0; i < 16; ++i)
-      e.movups_load(i, kFrame + static_cast<std::int32_t>(16 * i));
-  }
   for (Gpr r : kPopped)
     e.pop(r);
   // M's slot, from rsp after the pops; the padding and M sit below A = M & -16.
@@ -770,8 +945,56 @@ std::string hex(std::uint64_t v) {
 
 }  // namespace
 
+namespace {
+
+// EntryTrampolineSpec::run_at_ret (trampoline.h).
+Result<Trampoline> make_ret_site_trampoline(const EntryTrampolineSpec& spec,
+                                            const DisplacementPlan& plan) {
+  const bool ret_inside = !plan.insns.empty() && plan.insns.back().kind == InsnKind::ret;
+  if ((ret_inside && (plan.insns.back().length != 1 || plan.length < 2)) || spec.landing_target) {
+    return Error(Errc::invalid_argument,
+                 "a return site's displaced bytes end with a one-byte `ret` or right before "
+                 "one, and it has no landing");
+  }
+  Emitter e(spec.address);
+  Trampoline t;
+  t.relocated_offset = 0;
+  const std::uint32_t before = ret_inside ? plan.length - 1 : plan.length;
+  // One pair per instruction before the ret, and {the ret's offset, here}: the save.
+  HP_TRY(relocate_into(e, {plan.original.data(), before}, plan.patch_address, t.map));
+  emit_save(e, /*flags_live=*/false, spec.save_vector, plan.patch_address + before);
+  const std::uint32_t no_stack = spec.handler_stack ? emit_switch_in(e) : 0;
+  LandingJumps unused;
+  if (spec.fast) {
+    HP_TRY(emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher, unused));
+  } else {
+    emit_call(e, spec.context, spec.dispatcher, spec.handler_stack ? r15 : rsp);
+  }
+  if (spec.handler_stack) emit_switch_out(e);
+  const std::uint32_t exit_restore = e.size();
+  emit_vector_restore(e, spec.save_vector);
+  std::vector<RareExit> rare;
+  // At a ret rsp is 8 mod 16 (the return address on top), as at an entry.
+  emit_restore_to_site(e, spec.save_vector, 0, /*likely_moved=*/true, rare);
+  e.u8(0xc3);  // the ret (the original one, or the same byte right after the displaced ones)
+  if (ret_inside) t.map.push_back({plan.length, e.size()});
+  if (spec.handler_stack) {
+    emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher, 0, exit_restore);
+  }
+  emit_rare_exits(e, spec.address, rare);
+  t.code = std::move(e).take();
+  return t;
+}
+
+}  // namespace
+
 Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
                                          const DisplacementPlan& plan) {
+  if (spec.fast && (!spec.handler_stack || spec.save_vector)) {
+    return Error(Errc::invalid_argument,
+                 "the fast entry path runs on the handler stack only, without vector saves");
+  }
+  if (spec.run_at_ret) return make_ret_site_trampoline(spec, plan);
   const bool landing = spec.landing_target != 0;
   if (landing && (plan.flags_live || !plan.at_entry)) {
     return Error(Errc::invalid_argument,
@@ -779,19 +1002,26 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
   }
   Emitter e(spec.address);
   emit_save(e, plan.flags_live, spec.save_vector, plan.probe_address);
+  const std::uint32_t no_stack = spec.handler_stack ? emit_switch_in(e) : 0;
   LandingJumps jumps;
   if (spec.fast) {
     HP_TRY(emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher, jumps));
   } else {
-    emit_call(e, spec.context, spec.dispatcher);
-    if (landing) {
-      e.u8(0x84);  // test al, al: the dispatcher hijacked the return through the landing
-      e.u8(0xc0);
-      e.u8(0x0f);  // jnz rel32
-      e.u8(0x85);
-      jumps.at[jumps.n++] = e.size();
-      e.u32(0);
-    }
+    emit_call(e, spec.context, spec.dispatcher, spec.handler_stack ? r15 : rsp);
+  }
+  if (spec.handler_stack) emit_switch_out(e);
+  // Where the call without a handler stack goes on (the plain call's case: it tests al
+  // here as the call above does; the fast path's test is in its template).
+  const std::uint32_t exit_restore = e.size();
+  emit_vector_restore(e, spec.save_vector);
+  std::uint32_t plain_landing_jump = 0;
+  if (!spec.fast && landing) {
+    e.u8(0x84);  // test al, al: the dispatcher hijacked the return through the landing
+    e.u8(0xc0);
+    e.u8(0x0f);  // jnz rel32
+    e.u8(0x85);
+    plain_landing_jump = e.size();
+    e.u32(0);
   }
   std::vector<RareExit> rare;
   if (plan.flags_live) {
@@ -805,14 +1035,20 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
   t.relocated_offset = e.size();
   HP_TRY(relocate_into(e, plan.original, plan.patch_address, t.map));
   e.jmp_to(plan.patch_address + plan.length);
+  std::uint32_t landing_restore = 0;
   if (landing) {
     // The landing exit: the same restore, then a call whose return address is the landing,
     // so the return stack buffer predicts the function's ret into it; the callee drops
     // the pushed copy (written below the function's return slot, which holds the landing
     // already) and runs the displaced instructions.
+    // The fast path's jumps come from the handler stack: the switch back first.
     const std::uint32_t exit = e.size();
     for (unsigned i = 0; i < jumps.n; i++)
       e.patch_u32(jumps.at[i], exit - (jumps.at[i] + 4));
+    if (spec.fast && spec.handler_stack) emit_switch_out(e);
+    landing_restore = e.size();
+    if (plain_landing_jump)
+      e.patch_u32(plain_landing_jump, landing_restore - (plain_landing_jump + 4));
     emit_restore_to_site(e, spec.save_vector, 0, true, rare);
     e.u8(0xe8);  // call rel32 (fixed up below)
     const std::uint32_t call_field = e.size();
@@ -823,19 +1059,31 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
     e.lea_rsp(8);
     e.jmp_rel32(spec.address + t.relocated_offset);
   }
+  if (spec.handler_stack) {
+    emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher,
+                          spec.fast ? landing_restore : 0, exit_restore);
+  }
   emit_rare_exits(e, spec.address, rare);
   t.code = std::move(e).take();
   return t;
 }
 
 Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineSpec& spec) {
+  if (spec.fast && (!spec.handler_stack || spec.save_vector)) {
+    return Error(Errc::invalid_argument,
+                 "the fast return path runs on the handler stack only, without vector saves");
+  }
   Emitter e(spec.address);
   emit_save(e, /*flags_live=*/false, spec.save_vector, spec.address);
+  const std::uint32_t no_stack = spec.handler_stack ? emit_switch_in(e) : 0;
   if (spec.fast) {
     HP_TRY(emit_fast_return(e, *spec.fast, spec.context, spec.dispatcher));
   } else {
-    emit_call(e, spec.context, spec.dispatcher);
+    emit_call(e, spec.context, spec.dispatcher, spec.handler_stack ? r15 : rsp);
   }
+  if (spec.handler_stack) emit_switch_out(e);
+  const std::uint32_t exit_restore = e.size();
+  emit_vector_restore(e, spec.save_vector);
   // rax = the original return address: park it at [S-8] (the slot the ret popped), below
   // the caller's rsp but in the red zone, so the way there needs no register.
   e.mov_from_rsp_mem(rcx, way_back_offset(spec.save_vector));
@@ -847,6 +1095,9 @@ Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineS
   } else {
     emit_restore_to_site(e, spec.save_vector, 0, false, rare);
     e.jmp_rsp_mem(-8);
+  }
+  if (spec.handler_stack) {
+    emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher, 0, exit_restore);
   }
   emit_rare_exits(e, spec.address, rare);
   return std::move(e).take();
@@ -1257,6 +1508,7 @@ Result<Trampoline> EntryTrampolineBuilder::build(const EntryTrampolineSpec& spec
                                                  const DisplacementPlan& plan) {
   const bool landing = spec.landing_target != 0;
   if (landing && (plan.flags_live || !plan.at_entry)) return make_entry_trampoline(spec, plan);
+  if (spec.run_at_ret) return make_entry_trampoline(spec, plan);  // few: no prototype
   Prototype* p = prototype_for(spec, plan);
   if (!p || !p->usable) return make_entry_trampoline(spec, plan);
   Trampoline t;
