@@ -99,9 +99,10 @@ int main() {
   std::printf("  call + ret                 %6.2f ns\n", plain);
   std::printf("  call + hijacked ret        %6.2f ns  (+%.2f ns: the return-probe floor)\n",
               hijacked, hijacked - plain);
-  std::printf("  ... with the pad pushed    %6.2f ns  (+%.2f ns: a call puts the pad on the return\n"
-              "                                        stack buffer, the pad leaves by ret)\n",
-              balanced, balanced - plain);
+  std::printf(
+      "  ... with the pad pushed    %6.2f ns  (+%.2f ns: a call puts the pad on the return\n"
+      "                                        stack buffer, the pad leaves by ret)\n",
+      balanced, balanced - plain);
   std::printf("  rdtsc                      %6.2f ns\n", tsc);
   std::printf("  rdtscp                     %6.2f ns\n", tscp);
   std::printf("  clock_gettime(MONOTONIC)   %6.2f ns\n", cgt);

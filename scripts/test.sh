@@ -38,36 +38,10 @@ format_check() {
 # clang's -Wthread-safety over the library layers (src/; no tests, benchmarks or
 # examples), every warning an error: the lock annotations of src/base/thread_annotations.h
 # (GUARDED_BY, REQUIRES, ACQUIRED_AFTER, ...) are checked, not only written.
-# HOTPROBE_TSA_RELAXED="target..." builds those targets with the warnings shown but not
-# fatal. Its default, hotprobe_core, is there because src/core/engine.cc still has nine
-# warnings (EngineImpl's annotations name Registry::get().mu_ where the code locks it as
-# reg.mu_, and the pthread_atfork handlers lock in one function and unlock in another);
-# every other layer is strict. Set HOTPROBE_TSA_RELAXED= to make core strict too.
 thread_safety_build() {
-  local dir=build/thread-safety relax
-  mkdir -p "$dir"
-  # Included after project(); the deferred call runs at the end of the top-level
-  # CMakeLists.txt, when every target exists. Rewritten only when it changes (cmake then
-  # configures again by itself).
-  relax=$(cat <<CMAKE
-set(HOTPROBE_TSA_RELAXED "${HOTPROBE_TSA_RELAXED-hotprobe_core}")
-function(hp_tsa_relax)
-  foreach(t \${HOTPROBE_TSA_RELAXED})
-    if(TARGET \${t})
-      target_compile_options(\${t} PRIVATE -Wno-error=thread-safety)
-    endif()
-  endforeach()
-endfunction()
-cmake_language(DEFER CALL hp_tsa_relax)
-CMAKE
-  )
-  if [ ! -f "$dir/relax.cmake" ] || [ "$(cat "$dir/relax.cmake")" != "$relax" ]; then
-    printf '%s\n' "$relax" >"$dir/relax.cmake"
-  fi
-  CC=clang CXX=clang++ "$root/scripts/build.sh" "$dir" -DCMAKE_BUILD_TYPE=Debug \
+  CC=clang CXX=clang++ "$root/scripts/build.sh" build/thread-safety -DCMAKE_BUILD_TYPE=Debug \
     -DHOTPROBE_BUILD_TESTS=OFF -DHOTPROBE_BUILD_BENCH=OFF -DHOTPROBE_BUILD_EXAMPLES=OFF \
-    "-DCMAKE_CXX_FLAGS=-Wthread-safety -Werror=thread-safety" \
-    "-DCMAKE_PROJECT_INCLUDE=$root/$dir/relax.cmake"
+    "-DCMAKE_CXX_FLAGS=-Wthread-safety -Werror=thread-safety"
 }
 
 build_and_test() {

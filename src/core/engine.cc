@@ -112,6 +112,9 @@ class Registry {
     static Registry* r = new Registry;  // never destroyed: trampolines outlive statics
     return *r;
   }
+  // fork: the registry lock is held across it (taken before, released in both processes).
+  static void atfork_lock() HP_NO_THREAD_SAFETY_ANALYSIS { get().mu_.lock(); }
+  static void atfork_unlock() HP_NO_THREAD_SAFETY_ANALYSIS { get().mu_.unlock(); }
 
   Mutex mu_;
   FlatMap<SiteKey, Site*, SiteKeyHash> sites_ HP_GUARDED_BY(mu_);
@@ -191,8 +194,7 @@ class Registry {
       synchronize(s);  // constructs the scheme's domain
     }
     set_int3_hook(&int3_hook);
-    pthread_atfork([] { Registry::get().mu_.lock(); }, [] { Registry::get().mu_.unlock(); },
-                   [] { Registry::get().mu_.unlock(); });
+    pthread_atfork(&Registry::atfork_lock, &Registry::atfork_unlock, &Registry::atfork_unlock);
   }
 };
 
@@ -1006,6 +1008,7 @@ struct EngineImpl {
     if (any_error && mode == BatchMode::all_or_nothing) return fail_all(results, specs);
 
     MutexLock lock(reg.mu_);
+    Registry::get().mu_.assert_held();  // the analysis names the lock Registry::get().mu_
     // The batch's sites, consumers and consumer arrays, one after the other in memory.
     BatchArena::Scope arena;
     // Sized for the batch up front: a batch of 10,000 probes rehashes nothing.
@@ -1496,6 +1499,7 @@ struct EngineImpl {
     std::vector<Scheme> schemes_to_sync;
     {
       MutexLock lock(reg.mu_);
+      Registry::get().mu_.assert_held();  // the analysis names the lock Registry::get().mu_
       // The consumers to free, by scheme (one garbage batch and one grace period each),
       // and the sites that lose them (a site once, though it may lose several).
       std::vector<std::pair<Scheme, Garbage>> garbage;
@@ -1748,6 +1752,7 @@ Stats Engine::stats() const {
   s.sync_core_rounds = hp::core::patch_totals().sync_core_rounds;
   s.grace_periods = impl_->grace_periods.load(std::memory_order_relaxed);
   hp::MutexLock lock(reg.mu_);
+  hp::core::Registry::get().mu_.assert_held();  // the analysis names it Registry::get().mu_
   s.consumers = impl_->consumers.size();
   s.zombie_sites = reg.retired_.size();
   return s;

@@ -18,17 +18,27 @@
 namespace hp::arch {
 namespace {
 
-std::uint64_t addr(const void* p) { return reinterpret_cast<std::uint64_t>(p); }
+std::uint64_t addr(const void* p) {
+  return reinterpret_cast<std::uint64_t>(p);
+}
 
-__attribute__((noinline)) int some_function() { return 1; }
+__attribute__((noinline)) int some_function() {
+  return 1;
+}
 
 // mov eax, imm32; ret
 std::vector<std::uint8_t> return_constant(std::uint32_t v) {
-  return {0xb8, static_cast<std::uint8_t>(v), static_cast<std::uint8_t>(v >> 8),
-          static_cast<std::uint8_t>(v >> 16), static_cast<std::uint8_t>(v >> 24), 0xc3};
+  return {0xb8,
+          static_cast<std::uint8_t>(v),
+          static_cast<std::uint8_t>(v >> 8),
+          static_cast<std::uint8_t>(v >> 16),
+          static_cast<std::uint8_t>(v >> 24),
+          0xc3};
 }
 
-int call(const CodeSlot& s) { return reinterpret_cast<int (*)()>(s.address)(); }
+int call(const CodeSlot& s) {
+  return reinterpret_cast<int (*)()>(s.address)();
+}
 
 bool in_reach(std::uint64_t a, std::uint64_t near) {
   const std::uint64_t d = a > near ? a - near : near - a;
@@ -56,7 +66,8 @@ TEST(ArchCodeMemory, FreedSlotsAreReused) {
   CodeMemory mem(256, 4096);
   const std::uint64_t near = addr(reinterpret_cast<void*>(some_function));
   std::vector<CodeSlot> slots;
-  for (int i = 0; i < 16; ++i) slots.push_back(mem.allocate(near).value());  // one page
+  for (int i = 0; i < 16; ++i)
+    slots.push_back(mem.allocate(near).value());  // one page
   EXPECT_EQ(mem.chunk_count(), 1u);
   const CodeSlot freed = slots[5];
   mem.free(freed);
@@ -151,7 +162,8 @@ TEST(ArchCodeMemory, ForkChildHasItsOwnCopy) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the child saw the parent's write (22) or failed";
   EXPECT_EQ(call(s.value()), 2);
-  for (int fd : {to_child[0], to_child[1], to_parent[0], to_parent[1]}) close(fd);
+  for (int fd : {to_child[0], to_child[1], to_parent[0], to_parent[1]})
+    close(fd);
 }
 
 TEST(ArchCodeMemory, ConcurrentAllocateWriteRunFree) {
@@ -168,14 +180,16 @@ TEST(ArchCodeMemory, ConcurrentAllocateWriteRunFree) {
           continue;
         }
         const std::uint32_t v = static_cast<std::uint32_t>(t * 1000 + i);
-        if (!mem.write(s.value(), return_constant(v)).ok() || call(s.value()) != static_cast<int>(v)) {
+        if (!mem.write(s.value(), return_constant(v)).ok() ||
+            call(s.value()) != static_cast<int>(v)) {
           ++failures;
         }
         mem.free(s.value());
       }
     });
   }
-  for (auto& th : threads) th.join();
+  for (auto& th : threads)
+    th.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(mem.used_slots(), 0u);
 }

@@ -36,7 +36,8 @@ const std::vector<Bytes>& corpus() {
 
 TEST(ArchFuzzReplay, Corpus) {
   FuzzStats stats;
-  for (const Bytes& b : corpus()) fuzz_one(b, &stats);
+  for (const Bytes& b : corpus())
+    fuzz_one(b, &stats);
   EXPECT_GT(stats.planned, 5u);
   EXPECT_GT(stats.relocated, 10u);
 }
@@ -46,7 +47,8 @@ TEST(ArchFuzzReplay, RandomBuffers) {
   FuzzStats stats;
   for (int i = 0; i < 20000; ++i) {
     Bytes b(1 + rng() % 40);
-    for (auto& x : b) x = static_cast<std::uint8_t>(rng());
+    for (auto& x : b)
+      x = static_cast<std::uint8_t>(rng());
     fuzz_one(b, &stats);
   }
   EXPECT_GT(stats.decoded, 10000u);
@@ -60,7 +62,8 @@ TEST(ArchFuzzReplay, MutatedCorpus) {
   for (int i = 0; i < 20000; ++i) {
     Bytes b = corpus()[rng() % corpus().size()];
     const int flips = 1 + static_cast<int>(rng() % 3);
-    for (int f = 0; f < flips; ++f) b[rng() % b.size()] = static_cast<std::uint8_t>(rng());
+    for (int f = 0; f < flips; ++f)
+      b[rng() % b.size()] = static_cast<std::uint8_t>(rng());
     fuzz_one(b, &stats);
   }
   EXPECT_GT(stats.planned, 1000u);

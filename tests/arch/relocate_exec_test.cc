@@ -19,7 +19,9 @@ namespace {
 
 using Fn = long (*)(long);
 
-std::uint64_t addr(const void* p) { return reinterpret_cast<std::uint64_t>(p); }
+std::uint64_t addr(const void* p) {
+  return reinterpret_cast<std::uint64_t>(p);
+}
 
 std::span<const std::uint8_t> bytes_of(Fn fn, const std::uint8_t* end) {
   auto* begin = reinterpret_cast<const std::uint8_t*>(fn);
@@ -67,7 +69,8 @@ std::vector<Case> cases() {
 }
 
 void expect_same(const Case& c, Fn copy) {
-  for (long x : c.inputs) EXPECT_EQ(copy(x), c.fn(x)) << c.name << "(" << x << ")";
+  for (long x : c.inputs)
+    EXPECT_EQ(copy(x), c.fn(x)) << c.name << "(" << x << ")";
 }
 
 TEST(ArchRelocateExec, ProloguesNearRunLikeTheOriginal) {

@@ -21,7 +21,9 @@ namespace {
 
 using hotprobe::Regs;
 
-std::uint64_t addr(const void* p) { return reinterpret_cast<std::uint64_t>(p); }
+std::uint64_t addr(const void* p) {
+  return reinterpret_cast<std::uint64_t>(p);
+}
 
 constexpr std::uint64_t kDF = 0x400;
 // CF PF AF ZF SF OF DF and the always-one bit 1 (IF is set by the kernel in user mode).
@@ -67,7 +69,9 @@ void record(void* context, Regs* regs) {
   clobber_caller_saved();
 }
 
-extern "C" void entry_dispatcher(void* context, Regs* regs) { record(context, regs); }
+extern "C" void entry_dispatcher(void* context, Regs* regs) {
+  record(context, regs);
+}
 
 extern "C" std::uint64_t return_dispatcher(void* context, Regs* regs) {
   record(context, regs);
@@ -76,8 +80,10 @@ extern "C" std::uint64_t return_dispatcher(void* context, Regs* regs) {
 
 // The harness's inputs, distinct per register and per lane.
 void set_inputs(std::uint64_t flags, std::uint64_t adjust) {
-  for (unsigned i = 0; i < 16; ++i) hp_in[i] = 0x1000'0000'0000'0000ULL * (i + 1) + 0x1111 * i + 7;
-  for (unsigned i = 0; i < 32; ++i) hp_in_xmm[i] = 0xa5a5'0000'0000'0000ULL + i;
+  for (unsigned i = 0; i < 16; ++i)
+    hp_in[i] = 0x1000'0000'0000'0000ULL * (i + 1) + 0x1111 * i + 7;
+  for (unsigned i = 0; i < 32; ++i)
+    hp_in_xmm[i] = 0xa5a5'0000'0000'0000ULL + i;
   hp_in_flags = flags;
   hp_adjust = adjust;
   std::memset(hp_out, 0, sizeof hp_out);
@@ -102,7 +108,8 @@ void expect_seen_inputs(const char* what) {
 }
 
 void expect_xmm_survived(const char* what) {
-  for (unsigned i = 0; i < 32; ++i) EXPECT_EQ(hp_out_xmm[i], hp_in_xmm[i]) << what << " xmm lane " << i;
+  for (unsigned i = 0; i < 32; ++i)
+    EXPECT_EQ(hp_out_xmm[i], hp_in_xmm[i]) << what << " xmm lane " << i;
 }
 
 std::span<const std::uint8_t> site_bytes() {
@@ -146,8 +153,8 @@ TEST_P(ArchEntryTrampolineExec, EveryRegisterSeenAndSurvives) {
     at = slot.address;
   }
   int context_object = 0;
-  EntryTrampolineSpec spec{at, addr(&context_object), addr(reinterpret_cast<void*>(entry_dispatcher)),
-                           true};
+  EntryTrampolineSpec spec{at, addr(&context_object),
+                           addr(reinterpret_cast<void*>(entry_dispatcher)), true};
   auto t = make_entry_trampoline(spec, plan);
   ASSERT_TRUE(t.ok()) << t.error().message();
   if (v.far) {
@@ -160,8 +167,8 @@ TEST_P(ArchEntryTrampolineExec, EveryRegisterSeenAndSurvives) {
 
   // Flags: with DF set when flags are live (the trampoline must clear it for the
   // dispatcher and give it back); at an entry the ABI guarantees DF=0.
-  const std::uint64_t flags = v.flags_live ? (0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x800 | kDF | 0x202)
-                                           : (0x1 | 0x40 | 0x202);
+  const std::uint64_t flags =
+      v.flags_live ? (0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x800 | kDF | 0x202) : (0x1 | 0x40 | 0x202);
   set_inputs(flags, v.adjust);
   hp_run_call(at);
 
@@ -191,22 +198,21 @@ TEST_P(ArchEntryTrampolineExec, EveryRegisterSeenAndSurvives) {
   if (far_page) munmap(far_page, 4096);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Arch, ArchEntryTrampolineExec,
-    ::testing::Values(EntryVariant{"entry", false, 0, false},
-                      EntryVariant{"entry_misaligned", false, 8, false},
-                      EntryVariant{"flags_live", true, 0, false},
-                      EntryVariant{"flags_live_misaligned", true, 8, false},
-                      EntryVariant{"far", true, 8, true}),
-    [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Arch, ArchEntryTrampolineExec,
+                         ::testing::Values(EntryVariant{"entry", false, 0, false},
+                                           EntryVariant{"entry_misaligned", false, 8, false},
+                                           EntryVariant{"flags_live", true, 0, false},
+                                           EntryVariant{"flags_live_misaligned", true, 8, false},
+                                           EntryVariant{"far", true, 8, true}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 TEST(ArchEntryTrampolineExecWriteBack, HandlerChangesReachTheProgram) {
   DisplacementPlan plan = site_plan();
   CodeMemory mem;
   auto slot = mem.allocate(plan.patch_address);
   ASSERT_TRUE(slot.ok());
-  auto t = make_entry_trampoline({slot->address, 0, addr(reinterpret_cast<void*>(entry_dispatcher))},
-                                 plan);
+  auto t = make_entry_trampoline(
+      {slot->address, 0, addr(reinterpret_cast<void*>(entry_dispatcher))}, plan);
   ASSERT_TRUE(t.ok());
   ASSERT_TRUE(mem.write(slot.value(), t->code).ok());
   set_inputs(0x202, 0);
@@ -271,7 +277,8 @@ extern "C" void counting_dispatcher(void*, Regs* regs) {
 void apply(CodeMemory& mem, const CodeSlot& site, const PatchPlan& plan) {
   for (const PatchStep& step : plan.steps) {
     for (const PatchWrite& w : step.writes) {
-      ASSERT_TRUE(mem.write_at(site, static_cast<std::uint32_t>(w.address - site.address), w.bytes).ok());
+      ASSERT_TRUE(
+          mem.write_at(site, static_cast<std::uint32_t>(w.address - site.address), w.bytes).ok());
     }
   }
 }

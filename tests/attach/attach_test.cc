@@ -2,13 +2,13 @@
 // running fixture program (fixture/attach_target.c) that counts its own calls of the
 // probed functions, so what hotprobe counted can be compared with what happened.
 // docs/design/attach.md has what each test proves and the window-boundary argument.
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -980,10 +980,11 @@ TEST(HotprobeAttachUsers, AgentRefusalStartsNothing) {
   ASSERT_TRUE(loaded.ok()) << loaded.error().message();
   ASSERT_TRUE(agent_loaded(t.pid()));
   const std::uint64_t args[] = {hp::inject::kDataArgument};
-  for (std::string request : {std::string("bogus"),
-                              std::string("hotprobe-attach 1 1 0123456789abcdef0123456789abcdef")}) {
-    auto rc = hp::inject::call_function_with_data(t.pid(), HP_AGENT, "hotprobe_agent_attach",
-                                                  args, {request.c_str(), request.size() + 1});
+  for (std::string request :
+       {std::string("bogus"),
+        std::string("hotprobe-attach 1 1 0123456789abcdef0123456789abcdef")}) {
+    auto rc = hp::inject::call_function_with_data(t.pid(), HP_AGENT, "hotprobe_agent_attach", args,
+                                                  {request.c_str(), request.size() + 1});
     ASSERT_TRUE(rc.ok()) << rc.error().message();
     // A malformed request: EINVAL; a well-formed one naming no listener: ECONNREFUSED.
     EXPECT_TRUE(*rc == -EINVAL || *rc == -ECONNREFUSED) << request << ": " << *rc;

@@ -20,7 +20,11 @@ inline std::string fixture_path(const char* file) {
   return exe.substr(0, exe.rfind('/')) + "/elf_fixtures/" + file;
 }
 
-inline std::string fixture_lib() { return fixture_path("libhp_elf_fixture.so"); }
-inline std::string bulk_lib() { return fixture_path("libhp_elf_bulk.so"); }
+inline std::string fixture_lib() {
+  return fixture_path("libhp_elf_fixture.so");
+}
+inline std::string bulk_lib() {
+  return fixture_path("libhp_elf_bulk.so");
+}
 
 }  // namespace hp::elf::testing

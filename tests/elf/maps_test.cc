@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <unordered_set>
 
-extern "C" __attribute__((noinline, used)) int hp_maps_test_function(int x) { return x * 3 + 1; }
+extern "C" __attribute__((noinline, used)) int hp_maps_test_function(int x) {
+  return x * 3 + 1;
+}
 
 namespace hp::elf {
 namespace {
@@ -60,13 +62,13 @@ TEST(Maps, ParsesEveryColumn) {
 
 TEST(Maps, MalformedLinesNameTheLine) {
   const char* bad[] = {
-      "zzzz-1000 r-xp 00000000 fe:00 1 /x\n",           // start not hex
-      "1000 r-xp 00000000 fe:00 1 /x\n",                 // no end
-      "1000-2000 rwxq 00000000 fe:00 1 /x\n",            // bad sharing flag
-      "1000-2000 r-x 00000000 fe:00 1 /x\n",             // short perms
-      "1000-2000 r-xp 00000000 fe00 1 /x\n",             // device without ':'
-      "1000-2000 r-xp 00000000 fe:00 inode /x\n",        // inode not a number
-      "2000-1000 r-xp 00000000 fe:00 1 /x\n",            // end before start
+      "zzzz-1000 r-xp 00000000 fe:00 1 /x\n",      // start not hex
+      "1000 r-xp 00000000 fe:00 1 /x\n",           // no end
+      "1000-2000 rwxq 00000000 fe:00 1 /x\n",      // bad sharing flag
+      "1000-2000 r-x 00000000 fe:00 1 /x\n",       // short perms
+      "1000-2000 r-xp 00000000 fe00 1 /x\n",       // device without ':'
+      "1000-2000 r-xp 00000000 fe:00 inode /x\n",  // inode not a number
+      "2000-1000 r-xp 00000000 fe:00 1 /x\n",      // end before start
   };
   for (const char* line : bad) {
     std::string text = std::string("1000-2000 r-xp 00000000 fe:00 1 /ok\n") + line;
@@ -100,7 +102,8 @@ TEST(Maps, RealSelfMapsHoldsThisCode) {
   ASSERT_EQ(::stat("/proc/self/exe", &st), 0);
   EXPECT_EQ(here->key(), (ModuleKey{st.st_dev, st.st_ino}));
   // Sorted, non-overlapping, as the kernel writes them.
-  for (size_t i = 1; i < maps->size(); ++i) EXPECT_LE((*maps)[i - 1].end, (*maps)[i].start);
+  for (size_t i = 1; i < maps->size(); ++i)
+    EXPECT_LE((*maps)[i - 1].end, (*maps)[i].start);
 }
 
 TEST(Maps, OtherProcessByPid) {

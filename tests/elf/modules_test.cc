@@ -59,7 +59,8 @@ TEST(Modules, SelfHasMainLibcAndLoader) {
     mains += m.is_main;
     EXPECT_TRUE(keys.insert({m.key.dev, m.key.ino}).second) << m.path;
     bool exec = false;
-    for (const Mapping& map : m.mappings) exec = exec || map.executable();
+    for (const Mapping& map : m.mappings)
+      exec = exec || map.executable();
     EXPECT_TRUE(exec) << m.path;
   }
   EXPECT_EQ(mains, 1);
@@ -156,8 +157,7 @@ TEST(Modules, ResolveErrorsListWhatIsLoaded) {
   ASSERT_FALSE(none.ok());
   EXPECT_EQ(none.error().code(), Errc::not_found);
   EXPECT_NE(none.error().message().find("no module 'libdoesnotexist'"), std::string::npos);
-  EXPECT_NE(none.error().message().find("libc.so.6"), std::string::npos)
-      << none.error().message();
+  EXPECT_NE(none.error().message().find("libc.so.6"), std::string::npos) << none.error().message();
   EXPECT_NE(none.error().message().find("(main)"), std::string::npos) << none.error().message();
 
   auto missing = mods->resolve("/no/such/lib.so");
@@ -170,8 +170,7 @@ TEST(Modules, ResolveErrorsListWhatIsLoaded) {
   if (::access("/etc/hostname", F_OK) == 0) {
     ASSERT_FALSE(not_loaded.ok());
     EXPECT_EQ(not_loaded.error().code(), Errc::not_found);
-    EXPECT_NE(not_loaded.error().message().find("is not loaded in this process"),
-              std::string::npos)
+    EXPECT_NE(not_loaded.error().message().find("is not loaded in this process"), std::string::npos)
         << not_loaded.error().message();
     EXPECT_NE(not_loaded.error().message().find("libc.so.6"), std::string::npos);
   }
@@ -272,8 +271,7 @@ TEST(Modules, DlopenAppearsAndDlcloseDisappears) {
     EXPECT_EQ(after->find(key), nullptr);
     auto r = after->resolve(path);
     ASSERT_FALSE(r.ok());
-    EXPECT_NE(r.error().message().find("is not loaded"), std::string::npos)
-        << r.error().message();
+    EXPECT_NE(r.error().message().find("is not loaded"), std::string::npos) << r.error().message();
   }
 }
 
@@ -288,7 +286,8 @@ TEST(Modules, OtherProcessByPid) {
     char c = h ? 'y' : 'n';
     ssize_t ignored = ::write(ready[1], &c, 1);
     (void)ignored;
-    for (;;) ::pause();
+    for (;;)
+      ::pause();
   }
   char c = 0;
   ASSERT_EQ(::read(ready[0], &c, 1), 1);

@@ -281,8 +281,7 @@ TEST(Symbols, AddressAndFileOffsetSpecs) {
   ASSERT_TRUE(f);
   const Symbol* beta = only(*f, "handle_beta");
   ASSERT_NE(beta, nullptr);
-  for (const std::string& spec :
-       {hex(beta->value + 1), "fileoff:" + hex(beta->file_offset + 1)}) {
+  for (const std::string& spec : {hex(beta->value + 1), "fileoff:" + hex(beta->file_offset + 1)}) {
     auto t = f->lookup_one(spec);
     ASSERT_TRUE(t.ok()) << spec << ": " << t.error().message();
     EXPECT_EQ(t->symbol, beta) << spec;
@@ -298,8 +297,7 @@ TEST(Symbols, AddressAndFileOffsetSpecs) {
   }
   auto bad = f->lookup("0x0");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.error().message().find("executable segments span addresses 0x"),
-            std::string::npos)
+  EXPECT_NE(bad.error().message().find("executable segments span addresses 0x"), std::string::npos)
       << bad.error().message();
   auto bad_off = f->lookup("fileoff:0x0");
   ASSERT_FALSE(bad_off.ok());
@@ -323,10 +321,8 @@ TEST(Symbols, AddressOutsideEveryFunctionIsRefused) {
     auto r = f->lookup(spec);
     ASSERT_FALSE(r.ok()) << spec;
     EXPECT_EQ(r.error().code(), Errc::invalid_argument) << spec;
-    EXPECT_NE(r.error().message().find("in no function"), std::string::npos)
-        << r.error().message();
-    EXPECT_NE(r.error().message().find("handle_alpha"), std::string::npos)
-        << r.error().message();
+    EXPECT_NE(r.error().message().find("in no function"), std::string::npos) << r.error().message();
+    EXPECT_NE(r.error().message().find("handle_alpha"), std::string::npos) << r.error().message();
   }
 }
 
@@ -375,8 +371,7 @@ TEST(Symbols, ColdFragmentsAreNotFunctions) {
     }
     return out;
   };
-  EXPECT_EQ(names("hp_fx_split*"),
-            (std::vector<std::string>{"hp_fx_split", "hp_fx_split.part.0"}));
+  EXPECT_EQ(names("hp_fx_split*"), (std::vector<std::string>{"hp_fx_split", "hp_fx_split.part.0"}));
   EXPECT_EQ(names("hp_fx_split.cold*"),
             (std::vector<std::string>{"hp_fx_split.cold", "hp_fx_split.cold.1"}));
   auto one = f->lookup_one("hp_fx_split.cold");

@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstring>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -107,8 +107,8 @@ RaceResult race(RaceCode& code, const sigset_t& callers_mask, int callers,
   out.through_probe = through.load();
   out.wrong = wrong.load();
   out.hits = code.hits.load();
-  std::printf("flips=%d refused=%d calls=%ld through_probe=%ld hits=%llu\n", out.flips,
-              out.refused, out.calls, out.through_probe, (unsigned long long)out.hits);
+  std::printf("flips=%d refused=%d calls=%ld through_probe=%ld hits=%llu\n", out.flips, out.refused,
+              out.calls, out.through_probe, (unsigned long long)out.hits);
   return out;
 }
 

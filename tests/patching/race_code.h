@@ -23,9 +23,9 @@ namespace hp_test {
 
 struct Prologue {
   const char* name;
-  std::vector<std::uint8_t> site;  // whole instructions
+  std::vector<std::uint8_t> site;         // whole instructions
   std::vector<std::uint32_t> boundaries;  // instruction starts inside the site
-  std::vector<std::uint8_t> rest;  // after the site, before "mov eax, 1; ret"
+  std::vector<std::uint8_t> rest;         // after the site, before "mov eax, 1; ret"
 };
 
 // 66 90 (xchg ax, ax) | 0f 1f 00 (nopl [rax]): a 2-byte first instruction.

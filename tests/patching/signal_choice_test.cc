@@ -37,8 +37,7 @@ void expect_refused(const char* value, hp::Errc code, const std::string& says) {
   ASSERT_FALSE(r.ok()) << value << " was accepted as " << *r;
   EXPECT_EQ(r.error().code(), code) << r.error().message();
   EXPECT_NE(r.error().message().find(says), std::string::npos) << r.error().message();
-  EXPECT_NE(r.error().message().find("HOTPROBE_SIGNAL="), std::string::npos)
-      << r.error().message();
+  EXPECT_NE(r.error().message().find("HOTPROBE_SIGNAL="), std::string::npos) << r.error().message();
 }
 
 TEST(MoveSignal, RefusesSigsegv) {
@@ -70,7 +69,8 @@ TEST(MoveSignal, RefusesRealTimeSignalTheProgramHandles) {
 
 TEST(MoveSignal, RefusesRealTimeSignalTheProgramIgnores) {
   const int sig = SIGRTMIN + 6;
-  struct sigaction ign {}, old {};
+  struct sigaction ign {
+  }, old{};
   ign.sa_handler = SIG_IGN;
   sigaction(sig, &ign, &old);
   expect_refused(std::to_string(sig).c_str(), hp::Errc::busy, "already handles");

@@ -275,8 +275,7 @@ TEST(Resolve, FifoIsRefusedWithoutWaiting) {
 // exactly the program's calls (N through a volatile pointer; this program makes no other),
 // not hotprobe's own.
 TEST(Resolve, IfuncCountsTheProgramsCallsOfTheImplementation) {
-  auto r =
-      hotprobe({"run", "-e", "uprobe:libc:strlen { @ = count(); }", "--", HP_STRLEN, "1000"});
+  auto r = hotprobe({"run", "-e", "uprobe:libc:strlen { @ = count(); }", "--", HP_STRLEN, "1000"});
   EXPECT_EQ(r.code, 0) << r.err;
   // 5 calls are the agent's own, outside the engine (its exit hooks' names, its thread).
   const auto at = r.out.find("@: ");
