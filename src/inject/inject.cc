@@ -257,7 +257,6 @@ Result<LoaderFunctions> find_loader_functions(const elf::ModuleList& mods) {
                                         "injection needs glibc's dlopen. " +
                                         libc.error().message());
   }
-  LoaderFunctions f;
   // glibc 2.34 and later: dlopen lives in libc.so.6.
   auto open = address_of(mods, **libc, "dlopen");
   if (open.ok()) {
