@@ -635,7 +635,9 @@ void Session::note_exec(const char* path) noexcept {
 }
 
 namespace {
-// The loaded modules' real paths (the executable's first).
+// The loaded modules' real paths (the executable's first). dl_iterate_phdr, not
+// /proc/self/maps: the agent opens no descriptor of its own while the program runs (one
+// the program's close-every-descriptor loop could take back).
 std::vector<std::string> loaded_modules() {
   std::vector<std::string> out;
   char buf[PATH_MAX];
