@@ -479,14 +479,14 @@ void Session::do_finish(Reason reason) {
   tracing_.store(false, std::memory_order_relaxed);
   program_->set_active(false);
   drain_and_send();
-  // END runs once, in the traced program; a followed child prints its own maps only.
+  // END runs once, in the traced program.
   if (!forked_child_) program_->run_end();
   // Maps in memory shared with hotprobe: END's output (all that out_ holds now) goes there
   // too and hotprobe prints both, exactly once whatever happens next. Otherwise they go
   // over the channel. (An attached session's maps are its own, never in a run's region.)
   // A followed child's maps go as data: hotprobe merges them with PROGRAM's into one print.
   const bool shared_maps = !attached_ && !forked_child_ && script::hand_over_end_output(out_);
-  if (forked_child_) {
+  if (forked_child_ && !attached_) {  // hotprobe run merges them (attach follows no fork)
     drain_and_send();
     for (const auto& m : encode_map_data(*program_->runtime().maps))
       send_checked(encode(Msg::maps, m));
