@@ -5,7 +5,8 @@
 // the whole conversation.
 //
 //   hotprobe -> agent: 'S' start (options, filename, script), 'G' go, 'X' stop
-//   agent -> hotprobe: 'A' attached, 'E' error, 'O' output, 'L' lost, 'R' ready, 'D' done
+//   agent -> hotprobe: 'A' attached, 'E' error, 'O' output, 'L' lost, 'R' ready, 'D' done,
+//                      'M' maps (a followed child's), 'N' exec'd, 'P' probe never placed
 //
 // Header-only: the CLI includes it without linking the agent.
 #pragma once
@@ -31,6 +32,9 @@ enum class Msg : char {
   lost = 'L',      // <- agent: u64 events that could not be delivered since the last 'L'
   ready = 'R',     // <- agent: BEGIN ran and its output was sent; waits for 'G'
   done = 'D',      // <- agent: u32 pid; that process's tracing is over (END and maps sent)
+  maps = 'M',      // <- agent: a followed child's maps as data (agent/map_data.h)
+  exec = 'N',      // <- agent: u32 pid, the path it exec'd (the new image is not traced)
+  never = 'P',     // <- agent: a probe's target whose module never loaded in the process
 };
 
 // The largest message either side sends (SOCK_SEQPACKET messages must fit the socket

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -188,7 +189,15 @@ namespace {
 // runs as a handler, so the recursion guard already hides what the report calls.
 void exit_hook(Hit& h) {
   auto* s = static_cast<Session*>(h.cookie);
+  if (!s->in_own_process()) return;  // a vfork child's _exit: the parent traces on
   s->finish(Session::Reason::exiting, std::chrono::seconds(10));
+}
+// execve(path, ...) and execveat(dirfd, path, ...): the report names what is exec'd.
+void execve_hook(Hit& h) {
+  static_cast<Session*>(h.cookie)->note_exec(reinterpret_cast<const char*>(h.regs->arg(0)));
+}
+void execveat_hook(Hit& h) {
+  static_cast<Session*>(h.cookie)->note_exec(reinterpret_cast<const char*>(h.regs->arg(1)));
 }
 }  // namespace
 
@@ -210,6 +219,7 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   fd = move_channel_high(fd);
   s->fd_ = fd;
   s->attached_ = attached_session;
+  s->pid_ = ::getpid();
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
     return Error(Errc::io_error, "hotprobe agent: the channel to hotprobe is not a socket");
@@ -234,7 +244,7 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   // `hotprobe run` shares memory for the maps (HOTPROBE_MAPS_FD): this compile lays them out
   // there, so hotprobe prints them however the process ends (script-runtime.md).
   if (!attached_session) script::adopt_shared_maps(start_msg->source);
-  auto prog = script::Program::compile(start_msg->source, copts);
+  auto prog = compile_open(start_msg->source, copts);
   if (!prog) {
     s->send_text_checked(Msg::error, prog.error().message());
     return prog.error();
@@ -322,7 +332,10 @@ Result<void> Session::attach() {
   for (const char* target : {"libc:exit", "libc:_exit", "libc:execve", "libc:execveat"}) {
     hotprobe::ProbeSpec spec;
     spec.target = target;
-    spec.on_entry = &exit_hook;
+    const std::string_view t = target;
+    spec.on_entry = t == "libc:execve"     ? &execve_hook
+                    : t == "libc:execveat" ? &execveat_hook
+                                           : &exit_hook;
     spec.cookie = this;
     if (auto h = engine_->attach(spec))
       exit_handles_.insert(exit_handles_.end(), h->begin(), h->end());
@@ -466,17 +479,33 @@ void Session::do_finish(Reason reason) {
   tracing_.store(false, std::memory_order_relaxed);
   program_->set_active(false);
   drain_and_send();
-  // END runs once, in the traced program; a followed child prints its own maps only.
+  // END runs once, in the traced program.
   if (!forked_child_) program_->run_end();
   // Maps in memory shared with hotprobe: END's output (all that out_ holds now) goes there
   // too and hotprobe prints both, exactly once whatever happens next. Otherwise they go
   // over the channel. (An attached session's maps are its own, never in a run's region.)
-  const bool shared_maps = !attached_ && script::hand_over_end_output(out_);
-  if (!shared_maps) out_ += program_->print_maps();
+  // A followed child's maps go as data: hotprobe merges them with PROGRAM's into one print.
+  const bool shared_maps = !attached_ && !forked_child_ && script::hand_over_end_output(out_);
+  if (forked_child_ && !attached_) {  // hotprobe run merges them (attach follows no fork)
+    drain_and_send();
+    for (const auto& m : encode_map_data(*program_->runtime().maps))
+      send_checked(encode(Msg::maps, m));
+  } else if (!shared_maps) {
+    out_ += program_->print_maps();
+  }
   drain_and_send();
-  if (!attached_ && !shared_maps) script::set_shared_maps_phase(script::region::kMapsPrinted);
+  if (!attached_ && !shared_maps && !forked_child_)
+    script::set_shared_maps_phase(script::region::kMapsPrinted);
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
+  if (!attached_) {
+    // Probes that never found their binary (a wrapper ran, not the program), and an exec:
+    // hotprobe says both at the end, so that an empty output is never a silent one.
+    if (!forked_child_)
+      for (const auto& t : never_placed())
+        send_checked(encode(Msg::never, t));
+    if (exec_path_[0]) send_checked(encode(Msg::exec, pid + exec_path_));
+  }
   if (attached_) {
     // hotprobe attach: the report is out (an exit hook waiting for it inside its handler
     // may go on, so that the detach below does not wait for it), then every probe is
@@ -588,6 +617,74 @@ void Session::finish(Reason reason, std::chrono::milliseconds wait) noexcept {
   }
 }
 
+bool Session::in_own_process() const noexcept {
+  // The system call, not getpid(): a probe on getpid must not see hotprobe's check.
+  return static_cast<pid_t>(::syscall(SYS_getpid)) == pid_;
+}
+
+void Session::note_exec(const char* path) noexcept {
+  if (!in_own_process()) return;  // a vfork child's exec: the parent traces on
+  if (finished() || !reporter_running_.load(std::memory_order_acquire)) return;
+  std::size_t i = 0;
+  // The path is the program's memory: a bad pointer makes execve fail with EFAULT anyway.
+  if (path)
+    for (; i + 1 < sizeof exec_path_ && path[i]; ++i)
+      exec_path_[i] = path[i];
+  exec_path_[i] = '\0';
+  finish(Reason::exiting, std::chrono::seconds(10));
+}
+
+namespace {
+// The loaded modules' real paths (the executable's first). dl_iterate_phdr, not
+// /proc/self/maps: the agent opens no descriptor of its own while the program runs (one
+// the program's close-every-descriptor loop could take back).
+std::vector<std::string> loaded_modules() {
+  std::vector<std::string> out;
+  char buf[PATH_MAX];
+  if (::realpath("/proc/self/exe", buf)) out.emplace_back(buf);
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* p) {
+        auto* v = static_cast<std::vector<std::string>*>(p);
+        char real[PATH_MAX];
+        if (info->dlpi_name && *info->dlpi_name && ::realpath(info->dlpi_name, real))
+          v->emplace_back(real);
+        return 0;
+      },
+      &out);
+  return out;
+}
+}  // namespace
+
+std::vector<std::string> Session::never_placed() const {
+  std::vector<std::string> out;
+  std::vector<std::string> loaded;
+  for (const auto& p : program_->probes()) {
+    if (p.kind != script::Probe::Kind::uprobe && p.kind != script::Probe::Kind::uretprobe) continue;
+    const std::string_view target = p.target;
+    const auto colon = target.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) continue;  // the executable's own
+    const std::string module(target.substr(0, colon));
+    if (module.find_first_of("*?[") != std::string::npos) continue;
+    if (loaded.empty()) loaded = loaded_modules();
+    bool found = false;
+    if (module.find('/') != std::string::npos) {
+      char real[PATH_MAX];
+      const std::string want = ::realpath(module.c_str(), real) ? real : module;
+      found = std::find(loaded.begin(), loaded.end(), want) != loaded.end();
+    } else {  // a library name: libc, libc.so.6, c
+      for (const auto& l : loaded) {
+        std::string_view base = std::string_view(l).substr(l.rfind('/') + 1);
+        for (const std::string& n : {module, "lib" + module})
+          found = found || base == n ||
+                  (base.starts_with(n) && base.size() > n.size() &&
+                   (base[n.size()] == '.' || base[n.size()] == '-'));
+      }
+    }
+    if (!found && std::find(out.begin(), out.end(), p.target) == out.end()) out.push_back(p.target);
+  }
+  return out;
+}
+
 void Session::mark_finished() noexcept {
   finished_.store(true, std::memory_order_release);
   done_word_.store(1, std::memory_order_release);
@@ -634,6 +731,7 @@ void Session::after_fork_child() {
   }
   rings_mu_.unlock();
   reporter_running_.store(false);
+  pid_ = static_cast<pid_t>(::syscall(SYS_getpid));
   if (!follow_forks_ || finished()) {
     // Children start clean: no action runs, nothing reaches hotprobe, the channel closes.
     tracing_.store(false, std::memory_order_relaxed);

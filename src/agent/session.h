@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/map_data.h"
 #include "agent/protocol.h"
 #include "agent/ring.h"
 #include "hotprobe/probe.h"
@@ -61,9 +62,16 @@ class Session final : public hotprobe::script::Sink {
   // waits at most `wait` for it. Async-signal-safe when called from a signal handler:
   // it only stores a flag and waits on a futex (the reporter looks at least every 5 ms).
   void finish(Reason reason, std::chrono::milliseconds wait) noexcept;
+  // The process is about to exec `path` (the agent's execve/execveat hooks): the final
+  // report says so (Msg::exec), then finish(). Runs inside a handler: no allocation.
+  void note_exec(const char* path) noexcept;
   bool finished() const noexcept { return finished_.load(std::memory_order_acquire); }
   // Actions of this session run (false: fork child not followed, or after finish).
   bool tracing() const noexcept { return tracing_.load(std::memory_order_relaxed); }
+  // The process this session traces. A vfork child (posix_spawn, a shell running a
+  // command) shares its parent's memory, and so this session, without being its process:
+  // its exec and _exit must not end the parent's tracing.
+  bool in_own_process() const noexcept;
 
   // pthread_atfork, for every live session.
   void before_fork();
@@ -102,6 +110,8 @@ class Session final : public hotprobe::script::Sink {
   void mark_finished() noexcept;
   ThreadRing* ring_for_this_thread();
   std::string render_attach_error(std::size_t probe, const hotprobe::Error& e) const;
+  // The targets of uprobe/uretprobe probes whose module is not loaded in this process.
+  std::vector<std::string> never_placed() const;
 
   // The channel to hotprobe, on a high descriptor number (move_channel_high in
   // session.cc), and the identity of its socket. The reporter's only, after start().
@@ -114,9 +124,11 @@ class Session final : public hotprobe::script::Sink {
   bool follow_forks_ = false;
   bool attached_ = false;      // hotprobe attach: detach everything and free at the end
   bool forked_child_ = false;  // a --follow-forks child's copy of the session
+  char exec_path_[4096] = {};  // note_exec: what the process is about to exec
+  pid_t pid_ = 0;              // the traced process (start, after_fork_child)
   std::string source_, filename_;
   std::unique_ptr<hotprobe::Engine> engine_;
-  std::unique_ptr<hotprobe::script::Program> program_;
+  std::unique_ptr<OpenProgram> program_;        // its maps in reach: a followed child sends them
   std::vector<hotprobe::Handle> handles_;       // the script's probes
   std::vector<hotprobe::Handle> exit_handles_;  // exit/_exit hooks
   std::vector<std::size_t> intervals_;          // indexes into probes()

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -21,6 +22,7 @@
 
 #include <fmt/format.h>
 
+#include "agent/map_data.h"
 #include "agent/protocol.h"
 #include "cli/cli.h"
 #include "cli/output_file.h"
@@ -140,8 +142,13 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
 // "Maps shared with hotprobe"): printed here exactly once, after the agent's final report
 // (which ran END), or when the program ended without one: then END runs here, as bpftrace
 // runs it in its own process.
+// --follow-forks: each child's maps arrive as data at its end (Msg::maps) and are merged
+// into PROGRAM's print; a child that ends after that print has its maps printed alone.
 struct SharedMaps {
   std::unique_ptr<script::SharedRegion> region;
+  std::unique_ptr<agent::OpenProgram> layout;  // private maps: the descs to decode with
+  agent::MapRows children;                     // rows of followed children, not printed yet
+  bool children_pending = false;
   bool printed = false;
   bool recovered = false;     // printed here from the region, without the agent's report
   bool channel_lost = false;  // the agent lost its channel and stopped tracing then
@@ -153,17 +160,34 @@ struct SharedMaps {
     std::string text;
   };
 
+  // A child's maps (one payload); false when malformed.
+  bool add_child(std::string_view payload) {
+    if (!layout) return false;
+    auto& set = *layout->runtime().maps;
+    if (children.size() != set.size()) children.resize(set.size());
+    children_pending = true;
+    return agent::decode_map_data(payload, set, children);
+  }
+  // The children's rows not merged into PROGRAM's print: printed alone, merged together.
+  void print_children(Output& out) {
+    if (!children_pending || !layout) return;
+    out.text(agent::print_merged(*layout->runtime().maps, out.format, children));
+    for (auto& c : children)
+      c.clear();
+    children_pending = false;
+  }
+
   void print(Output& out, const std::string& source, const script::CompileOptions& copts,
              bool run_end) {
-    if (!region || printed) return;
+    if (!region || printed) return print_children(out);
     const script::region::Header& h = region->header();
     if (h.state.load(std::memory_order_acquire) != 1) return;  // the agent laid out nothing
     printed = true;
     const std::uint32_t phase = h.phase.load(std::memory_order_acquire);
     channel_lost = h.channel_lost.load(std::memory_order_acquire) != 0;
-    if (phase == script::region::kMapsPrinted) return;  // the agent sent them itself
+    if (phase == script::region::kMapsPrinted) return print_children(out);  // sent by the agent
     script::SharedRegion::use_next(region.get(), /*reopen=*/true, script::source_hash(source));
-    auto prog = script::Program::compile(source, copts);
+    auto prog = agent::compile_open(source, copts);
     if (!prog) {  // it compiled before the program started; a file it names may be gone
       std::fprintf(stderr, "hotprobe run: cannot print the maps the program left: %s\n",
                    prog.error().message().c_str());
@@ -182,7 +206,10 @@ struct SharedMaps {
     } else if (run_end) {
       (*prog)->run_end();
     }
-    sink.text += (*prog)->print_maps();
+    sink.text += agent::print_merged(*(*prog)->runtime().maps, out.format, children);
+    for (auto& c : children)
+      c.clear();
+    children_pending = false;
     out.text(sink.text);
     recovered = true;
     if (auto refused = h.refused.load(std::memory_order_relaxed); refused > 0)
@@ -213,6 +240,65 @@ bool map_memory_bytes(std::size_t& bytes) {
   }
   bytes = static_cast<std::size_t>(mib) << 20;
   return true;
+}
+
+std::string real_path(const std::string& p) {
+  char buf[PATH_MAX];
+  return ::realpath(p.c_str(), buf) ? std::string(buf) : p;
+}
+
+// "#!INTERP ..." of a script, or empty.
+std::string interpreter_of(const std::string& program) {
+  std::ifstream in(program);
+  std::string line;
+  if (!in || !std::getline(in, line) || !line.starts_with("#!")) return {};
+  line = line.substr(2);
+  const auto b = line.find_first_not_of(" \t");
+  if (b == std::string::npos) return {};
+  line = line.substr(b);
+  return line.substr(0, line.find_first_of(" \t\r"));
+}
+
+// Never silent about what was not traced: a probe whose binary never loaded in PROGRAM (a
+// wrapper ran instead, or the binary is exec'd), and every exec (the new image is not traced).
+void warn_untraced(const std::string& program, const std::vector<std::string>& never,
+                   const std::vector<std::pair<std::uint32_t, std::string>>& execs) {
+  std::vector<bool> said(execs.size());
+  const std::string interp = interpreter_of(program);
+  for (const auto& target : never) {
+    const std::string module = target.substr(0, target.rfind(':'));
+    std::string why;
+    for (std::size_t i = 0; i < execs.size() && why.empty(); ++i) {
+      if (module.find('/') == std::string::npos || real_path(module) != real_path(execs[i].second))
+        continue;
+      said[i] = true;
+      why = fmt::format(
+          "'{}' ran in a program that pid {} exec'd, and hotprobe does not trace exec'd "
+          "programs: run hotprobe on it directly (hotprobe run ... -- {} ARGS)",
+          execs[i].second, execs[i].first, execs[i].second);
+    }
+    if (why.empty() && !interp.empty())
+      why = fmt::format(
+          "'{}' is a script run by '{}' (a wrapper, as pyenv's shims are): the program it "
+          "starts is not traced; run hotprobe on the real binary ({}; for a pyenv shim, "
+          "`readlink -f $(pyenv which python3)` names it)",
+          program, interp,
+          module.find('/') != std::string::npos ? "hotprobe run ... -- " + real_path(module)
+                                                : std::string("`readlink -f` of its path"));
+    if (why.empty())
+      why = fmt::format(
+          "'{}' never loaded '{}': check that it is the binary the program runs or a library "
+          "it loads (ldd '{}')",
+          program, module, program);
+    std::fprintf(stderr, "hotprobe run: the probe on '%s' never attached during the run: %s\n",
+                 target.c_str(), why.c_str());
+  }
+  for (std::size_t i = 0; i < execs.size(); ++i)
+    if (!said[i])
+      std::fprintf(stderr,
+                   "hotprobe run: pid %u exec'd '%s', which ran untraced (hotprobe does not "
+                   "trace exec'd programs; run hotprobe on it directly to trace it)\n",
+                   execs[i].first, execs[i].second.c_str());
 }
 
 }  // namespace
@@ -268,6 +354,7 @@ int run(const RunOptions& o) {
   }
 
   SharedMaps maps;
+  if (auto layout = agent::compile_open(source, copts)) maps.layout = std::move(*layout);
   // HOTPROBE_SHARED_MAPS=0: the maps travel over the channel only (the agent prints them at
   // a normal end, nothing survives another end); tests compare the two ways with it.
   if (const char* v = std::getenv("HOTPROBE_SHARED_MAPS"); !v || std::string_view(v) != "0") {
@@ -343,7 +430,10 @@ int run(const RunOptions& o) {
   agent::send_message(sock, agent::encode_start(so, filename, source));
 
   bool attached = false, agent_error = false, stop_sent = false, child_done = false;
-  bool done_seen = false;  // the program's final report ('D' with its pid) arrived
+  bool done_seen = false;          // the program's final report ('D' with its pid) arrived
+  std::vector<std::string> never;  // probes whose binary never loaded
+  std::vector<std::pair<std::uint32_t, std::string>> execs;  // pid, path exec'd
+  bool bad_map_data = false;
   std::uint64_t lost = 0;
   int status = 0;
   std::string msg;
@@ -383,10 +473,25 @@ int run(const RunOptions& o) {
         if (agent::get<std::uint32_t>(payload, pos).value_or(0) ==
             static_cast<std::uint32_t>(pid)) {
           done_seen = true;
-          // The program's final report is out (END ran there): its maps now.
+          // The program's final report is out (END ran there): its maps now, with those of
+          // the children that ended before it.
           if (attached && !agent_error) maps.print(out, source, copts, /*run_end=*/false);
+        } else if (maps.printed || !maps.region) {
+          maps.print_children(out);  // a child that ended after PROGRAM's print
         }
         break;
+      case agent::Msg::maps:
+        if (!maps.add_child(payload)) bad_map_data = true;
+        break;
+      case agent::Msg::never:
+        if (std::find(never.begin(), never.end(), payload) == never.end())
+          never.emplace_back(payload);
+        break;
+      case agent::Msg::exec: {
+        auto p = agent::get<std::uint32_t>(payload, pos).value_or(0);
+        execs.emplace_back(p, std::string(payload.substr(pos)));
+        break;
+      }
       default:
         break;
     }
@@ -428,6 +533,7 @@ int run(const RunOptions& o) {
     handle(msg);
   // Ended without a final report (a signal, exit_group, SIGKILL): the maps from memory.
   if (attached && !agent_error) maps.print(out, source, copts, /*run_end=*/true);
+  maps.print_children(out);
   if (lost > 0) {
     if (out.format == script::OutputFormat::json)
       out.text(fmt::format("{{\"type\": \"lost_events\", \"data\": {{\"events\": {}}}}}\n", lost));
@@ -439,6 +545,11 @@ int run(const RunOptions& o) {
   if (sock >= 0) ::close(sock);
   int code = exit_code(status);
   if (agent_error) return kExitError;
+  if (bad_map_data)
+    std::fprintf(stderr,
+                 "hotprobe run: a forked child sent maps that do not match the script: they were "
+                 "left out of the maps above\n");
+  warn_untraced(program, never, execs);
   if (maps.channel_lost) {
     std::fprintf(stderr,
                  "hotprobe run: '%s' closed hotprobe's channel to its agent, which stopped "
