@@ -214,11 +214,12 @@ TEST(Resolve, ColdFragmentsAreNotFunctions) {
 }
 
 // Two probes whose patches would overlap (malloc and malloc+2: the first's 5-byte jump
-// covers the second) both attach, and each counts every call.
+// covers the second) both attach, and each counts every call. /bin/ls allocates (/bin/true
+// makes no malloc of its own, and the agent's are not counted).
 TEST(Resolve, ProbesAFewBytesApartBothCount) {
   auto r = hotprobe({"run", "-e",
                      "uprobe:libc:malloc { @a = count(); } uprobe:libc:malloc+2 { @b = count(); }",
-                     "--", "/bin/true"});
+                     "--", "/bin/ls", "/"});
   ASSERT_EQ(r.code, 0) << r.err;
   auto count = [&](const std::string& name) {
     const auto at = r.out.find(name + ": ");
