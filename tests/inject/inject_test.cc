@@ -458,14 +458,21 @@ TEST(Inject, RepeatedLoadCallUnloadDoesNotGrowTheMappings) {
   ASSERT_EQ(cycle(&loaded), "");
   const std::size_t baseline = t.mapping_count();
   EXPECT_GT(loaded, baseline);
-  double worst = 0;
+  // A leak adds mappings every cycle. While loaded, the count depends on where the loader
+  // places the library (next to another mapping or not), so it only has to show the library
+  // is there; after the unload, the kernel's merging may move one boundary once, so the
+  // count may differ from the warm-up's by one but never drift.
+  std::size_t lo_loaded = loaded, lo_after = baseline, hi_after = baseline;
   for (int i = 0; i < 20; ++i) {
     std::size_t now = 0;
     ASSERT_EQ(cycle(&now), "") << "cycle " << i;
-    EXPECT_EQ(now, loaded) << "cycle " << i;
-    EXPECT_EQ(t.mapping_count(), baseline) << "cycle " << i;
+    const std::size_t after = t.mapping_count();
+    lo_loaded = std::min(lo_loaded, now);
+    lo_after = std::min(lo_after, after), hi_after = std::max(hi_after, after);
   }
-  (void)worst;
+  EXPECT_GT(lo_loaded, hi_after) << "a load did not map the library";
+  EXPECT_LE(hi_after - lo_after, 1u) << "mappings after unload drift: " << lo_after << ".."
+                                     << hi_after << " (warm-up " << baseline << ")";
   // 22 constructors ran: each load really loaded the library again.
   const std::string text = read_file(marker);
   EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 22);
