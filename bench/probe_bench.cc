@@ -10,7 +10,7 @@
 // 3. attach:  attach and detach of 100..50,000 probes on a generated library, batched
 //             against one at a time, with grace periods and sync-core rounds spent.
 // 4. kattach: kernel perf-event uprobes attach+close on the same functions, for scale.
-// Then the acceptance ratios of the issue, each met or not met. It prints; it never
+// Then the budgets of the hot path and of batches (docs/design.md), each met or not met. It prints; it never
 // asserts a timing. See docs/benchmarks-probes.md.
 #include <dlfcn.h>
 #include <pthread.h>
@@ -1160,7 +1160,7 @@ void print_report(const Report& r, FILE* out) {
     }
   }
 
-  std::fprintf(out, "\nacceptance (from the issue)\n");
+  std::fprintf(out, "\nbudgets (docs/design.md)\n");
   for (const auto& a : r.acceptance) {
     const char* verdict = a.met == 1 ? "met" : a.met == 0 ? "NOT MET" : "not measured";
     std::fprintf(out, "  %-48s %-9s %-22s %s\n", a.what.c_str(), a.target.c_str(),
