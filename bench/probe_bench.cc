@@ -10,8 +10,8 @@
 // 3. attach:  attach and detach of 100..50,000 probes on a generated library, batched
 //             against one at a time, with grace periods and sync-core rounds spent.
 // 4. kattach: kernel perf-event uprobes attach+close on the same functions, for scale.
-// Then the budgets of the hot path and of batches (docs/design.md), each met or not met. It prints; it never
-// asserts a timing. See docs/benchmarks-probes.md.
+// Then the budgets of the hot path and of batches (docs/design.md), each met or not met. It prints;
+// it never asserts a timing. See docs/benchmarks-probes.md.
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
