@@ -10,6 +10,7 @@
 #include "base/thread_annotations.h"
 #include "core/text_patch.h"
 #include "sync/deferred.h"
+#include "sync/tasks_trace.h"
 
 namespace hp::core {
 
@@ -91,10 +92,19 @@ void release_records_in_child() HP_NO_THREAD_SAFETY_ANALYSIS {
   }
 }
 
+// tasks-trace is about to stop scanning this thread (its exit hook): from here to the end of
+// the thread, a hit is skipped (a miss), never a read section the writers would not wait
+// for. The guard stays set; the fast path sees it and takes the dispatcher's miss path.
+void on_domain_thread_exit() noexcept {
+  tls_state.in_handler = true;
+  tls_state.schemes_ready = 0;
+}
+
 [[maybe_unused]] const int g_atfork = [] {
   pthread_atfork(nullptr, nullptr, &release_records_in_child);
   // The grace-period workers are hotprobe's threads: what they call is not the program's.
   sync::set_worker_start_hook(&start_own_worker);
+  sync::set_thread_exit_hook(&on_domain_thread_exit);
   return 0;
 }();
 

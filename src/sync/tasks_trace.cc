@@ -1,21 +1,23 @@
 // Tasks-trace RCU: registry, grace periods, stall warnings, fork handling.
 // Memory-ordering pairs (R0, R1, R2, W1, W2) are explained in docs/design/sync-tasks-trace.md.
 #include "sync/tasks_trace.h"
-#include "base/signals.h"
 
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <ctime>
+#include <new>
 #include <vector>
 
+#include "base/signals.h"
 #include "base/thread_annotations.h"
 
 namespace hp::sync {
@@ -42,9 +44,12 @@ void wake_writer() noexcept {
 
 namespace {
 
-// One registered thread. It lives in the thread's own static TLS (no allocation, so a thread
-// may register from a signal handler); it and `word` stay valid until after the exit hook has
-// unlinked the record under registry_mu.
+// One registered thread. Records come from a pool of never-unmapped pages (mmap, so a
+// thread may register from a signal handler), not from the thread's TLS: a thread that
+// registers after its exit hook has run (a probed free() in glibc's last steps of thread
+// exit, after every key destructor) is never unlinked by that hook, and a record in its
+// TLS would be zeroed or reused under the list when the next thread takes its stack. The
+// writer unlinks such a record when it finds its thread gone (thread_gone()).
 struct ThreadRecord {
   std::atomic<std::uint64_t>* word = nullptr;
   pid_t tid = 0;
@@ -57,7 +62,17 @@ struct ThreadRecord {
   std::uint64_t snap = 0;  // the word when the grace period found it inside a section
 };
 
-constinit thread_local ThreadRecord tls_record __attribute__((tls_model("initial-exec")));
+// Records to reuse (linked through `next`), under registry_mu.
+ThreadRecord* g_free_records = nullptr;
+
+// Signal 0 checks that thread `tid` of this process exists (a fork child's getpid() is
+// its own). errno is the writer's, saved around the call.
+bool thread_gone(pid_t tid) {
+  const int saved = errno;
+  const bool gone = ::syscall(SYS_tgkill, ::getpid(), tid, 0) != 0 && errno == ESRCH;
+  errno = saved;
+  return gone;
+}
 
 // Blocks every signal on this thread while it holds registry_mu outside a grace period (in
 // registration, the exit hook, statistics): a signal handler on this thread whose read_lock()
@@ -158,6 +173,33 @@ struct TasksTrace::Impl {
     threads = r;
     nthreads++;
   }
+  // A record from the pool (a new page of them when it is empty).
+  ThreadRecord* alloc_record() HP_REQUIRES(registry_mu) {
+    if (!g_free_records) {
+      constexpr std::size_t kPage = 4096;
+      void* mem =
+          ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      HP_CHECK_MSG(mem != MAP_FAILED, "tasks-trace: out of memory for thread records");
+      auto* recs = static_cast<ThreadRecord*>(mem);
+      for (std::size_t i = 0; i < kPage / sizeof(ThreadRecord); i++) {
+        new (&recs[i]) ThreadRecord{};
+        recs[i].next = g_free_records;
+        g_free_records = &recs[i];
+      }
+    }
+    ThreadRecord* r = g_free_records;
+    g_free_records = r->next;
+    *r = ThreadRecord{};
+    return r;
+  }
+  // Unlinks `r` and returns it to the pool.
+  void release(ThreadRecord* r) HP_REQUIRES(registry_mu) {
+    HP_ASSERT_MSG(r->word != nullptr, "tasks-trace: a thread record released twice");
+    unlink(r);
+    *r = ThreadRecord{};
+    r->next = g_free_records;
+    g_free_records = r;
+  }
   void unlink(ThreadRecord* r) HP_REQUIRES(registry_mu) {
     if (r->prev) {
       r->prev->next = r->next;
@@ -184,6 +226,7 @@ struct TasksTrace::Impl {
 namespace {
 
 TasksTrace* g_instance = nullptr;  // set once, before any fork handler can run
+std::atomic<ThreadExitHook> g_thread_exit_hook{nullptr};
 
 // The thread-exit hook (a pthread key destructor): runs after the thread's C++ thread_local
 // destructors (which may still use read sections) and before its TLS is freed. After it, the
@@ -202,12 +245,17 @@ struct TasksTraceAccess {
 namespace {
 
 void on_thread_exit(void* p) {
+  if (ThreadExitHook hook = g_thread_exit_hook.load(std::memory_order_acquire)) hook();
   auto* rec = static_cast<ThreadRecord*>(p);
   auto& im = TasksTraceAccess::impl(*g_instance);
   SignalsBlocked sb;
   {
     MutexLock l(im.registry_mu);
-    im.unlink(rec);
+    // Only this thread's own record. A thread that registered after its exit hook leaves
+    // its key's value behind in its thread descriptor, which glibc hands, uncleared, to the
+    // next thread that takes the cached stack: that value is not this thread's (the writer
+    // released the record when it found that thread gone).
+    if (rec->word == &tls_word) im.release(rec);
   }
   // A read_lock() in a later destructor registers the thread again (glibc then runs this
   // hook again).
@@ -249,7 +297,7 @@ void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
     if (r->word == mine) {
       r->tid = static_cast<pid_t>(::syscall(SYS_gettid));
     } else {
-      im.unlink(r);  // it lives in a parent thread's TLS: nothing to free here
+      im.release(r);  // a parent thread's
     }
     r = n;
   }
@@ -282,6 +330,10 @@ TasksTrace::TasksTrace() : impl_(new Impl), deferred_(this, &TasksTrace::sync_th
   HP_CHECK(pthread_atfork(&fork_prepare, &fork_parent, &fork_child) == 0);
 }
 
+void set_thread_exit_hook(ThreadExitHook hook) noexcept {
+  g_thread_exit_hook.store(hook, std::memory_order_release);
+}
+
 TasksTrace& tasks_trace() noexcept {
   // Immortal; running out of memory here, at first use, is fatal (noexcept).
   static TasksTrace* const instance =
@@ -296,16 +348,16 @@ std::uint64_t TasksTrace::register_thread() noexcept {
   if (std::uint64_t v = tls_word.load(std::memory_order_relaxed); v != 0) {
     return v;
   }
-  ThreadRecord* rec = &tls_record;
-  *rec = ThreadRecord{};
-  rec->word = &tls_word;
-  rec->tid = static_cast<pid_t>(::syscall(SYS_gettid));
+  ThreadRecord* rec;
   tls_word.store(tt_detail::kRegistered, std::memory_order_relaxed);
   {
     // The writer scans under this lock, so a grace period either sees this record or
     // started its scan before the registration; in the latter case this thread's coming
     // section starts after that scan (the lock orders them) and sees the writer's updates.
     MutexLock l(tt.impl_->registry_mu);
+    rec = tt.impl_->alloc_record();
+    rec->word = &tls_word;
+    rec->tid = static_cast<pid_t>(::syscall(SYS_gettid));
     tt.impl_->link(rec);
   }
   HP_CHECK(pthread_setspecific(tt.impl_->exit_key, rec) == 0);
@@ -379,7 +431,14 @@ void TasksTrace::run_grace_period() {
   {
     MutexLock l(im.registry_mu);
     im.holdouts.clear();
-    for (ThreadRecord* r = im.threads; r; r = r->next) {
+    for (ThreadRecord *r = im.threads, *next; r; r = next) {
+      next = r->next;
+      // A thread that registered after its exit hook, and is gone: its word went with its
+      // TLS. (The hook unlinks every other thread before it ends.)
+      if (thread_gone(r->tid)) {
+        im.release(r);
+        continue;
+      }
       // W2: matches R2 in read_unlock() and R0 in read_lock().
       std::uint64_t v = r->word->load(std::memory_order_acquire);
       if (v & kNestMask) {
@@ -396,6 +455,13 @@ void TasksTrace::run_grace_period() {
       MutexLock l(im.registry_mu);
       for (std::size_t i = 0; i < im.holdouts.size();) {
         ThreadRecord* r = im.holdouts[i];
+        if (thread_gone(r->tid)) {  // ended inside its section, after its exit hook
+          im.holdouts[i] = im.holdouts.back();
+          im.holdouts.pop_back();
+          r->holdout = false;
+          im.release(r);
+          continue;
+        }
         // W2 (matches R2 and R0): depth 0 or a new outermost entry means the section we saw
         // has ended.
         std::uint64_t v = r->word->load(std::memory_order_acquire);

@@ -76,6 +76,15 @@
 
 namespace hp::sync {
 
+// Run on a thread when tasks-trace's thread-exit hook unlinks it (null: nothing), before
+// the unlink. After that point the thread's word is no longer scanned, and a section the
+// thread enters later (a probed free() in glibc's last steps of thread exit, after every
+// key destructor has run) would not be waited for, and could register the thread again
+// with a record that the thread's TLS, about to be freed, holds. The engine sets it to
+// stop taking probe hits on that thread (core/thread_state.cc).
+using ThreadExitHook = void (*)() noexcept;
+void set_thread_exit_hook(ThreadExitHook hook) noexcept;
+
 struct TasksTraceAccess;
 
 namespace tt_detail {
