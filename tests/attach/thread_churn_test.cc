@@ -1,0 +1,78 @@
+// attach -p with a probe on free() into a program that starts and joins threads without
+// pause: threads whose first hit comes in glibc's last steps of thread exit (after every
+// key destructor) must neither leave a record behind for the grace-period writer to trip
+// on (the target died of SIGSEGV after the session) nor hold a grace period forever (the
+// session never ended). Twelve sessions; the target answers after each.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
+namespace {
+
+struct Child {
+  pid_t pid = -1;
+  FILE* to = nullptr;
+  FILE* from = nullptr;
+};
+
+Child start_target() {
+  int in[2], out[2];
+  EXPECT_EQ(::pipe(in), 0);
+  EXPECT_EQ(::pipe(out), 0);
+  Child c;
+  c.pid = ::fork();
+  if (c.pid == 0) {
+    ::dup2(in[0], 0);
+    ::dup2(out[1], 1);
+    ::close(in[1]);
+    ::close(out[0]);
+    ::execl(HP_CHURN, HP_CHURN, static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(in[0]);
+  ::close(out[1]);
+  c.to = ::fdopen(in[1], "w");
+  c.from = ::fdopen(out[0], "r");
+  return c;
+}
+
+bool answers(Child& c) {
+  if (std::fputs("?\n", c.to) < 0 || std::fflush(c.to) != 0) return false;
+  char line[64];
+  return std::fgets(line, sizeof line, c.from) && std::string(line) == "alive\n";
+}
+
+std::string run_attach(pid_t pid) {
+  std::string cmd = std::string(HP_HOTPROBE) + " attach -p " + std::to_string(pid) +
+                    " -e 'uprobe:libc:free { @f = count(); }' --duration 0.3 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[512];
+  while (p && std::fgets(buf, sizeof buf, p))
+    out += buf;
+  int st = p ? ::pclose(p) : -1;
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) out += "\n(exit status " + std::to_string(st) + ")";
+  return out;
+}
+
+TEST(ThreadChurn, AttachSessionsOnFreeLeaveTheTargetRunning) {
+  if (std::string(HP_SANITIZE).size()) GTEST_SKIP() << "the agent is not built for sanitizers";
+  Child c = start_target();
+  char line[64];
+  ASSERT_TRUE(std::fgets(line, sizeof line, c.from));
+  for (int i = 0; i < 12; i++) {
+    std::string out = run_attach(c.pid);
+    EXPECT_NE(out.find("@f: "), std::string::npos) << "session " << i << ": " << out;
+    ASSERT_TRUE(answers(c)) << "the target died after session " << i << ": " << out;
+  }
+  ::kill(c.pid, SIGKILL);
+  int st = 0;
+  ::waitpid(c.pid, &st, 0);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << "status " << st;
+}
+
+}  // namespace
