@@ -222,6 +222,19 @@ const Case kCases[] = {
     {"begin_end_printf",
      "BEGIN { printf(\"start %d %s\\n\", 42, \"x\"); } "
      "uprobe:BIN:handle_request { @n = count(); } END { printf(\"end\\n\"); }"},
+    // C types: casts truncate and extend as bpftrace's; a struct laid over parse_request's
+    // line ("N GET /"): fields, a char array read as a string, an array index, pointer
+    // arithmetic and a dereference.
+    {"integer_casts",
+     "uprobe:BIN:handle_request { @[(uint8)(arg1 * 40), (int8)(arg1 * 3), (uint16)(0 - arg0)] "
+     "= count(); }"},
+    {"struct_over_a_buffer",
+     "struct line { char c0; char c1; unsigned short w; char rest[4]; };\n"
+     "uprobe:BIN:parse_request { $l = (struct line *)arg0; "
+     "@[$l->c0, $l->w, $l->rest, *((uint8 *)arg0 + 2), sizeof(struct line), "
+     "((uint16 *)arg0)[1]] = count(); }"},
+    {"wildcard_probe_names_each_function",
+     "uprobe:BIN:*_request { @[probe] = count(); }"},
     {"print_and_clear_in_end",
      "uprobe:BIN:handle_request { @a[arg0 % 3] = count(); @b = count(); } "
      "END { print(@a); clear(@a); }"},
