@@ -309,6 +309,8 @@ struct Program {
   std::vector<Action> actions;
   std::vector<MapInfo> maps;  // [check]; id == index, in order of first appearance
   TypeTable types;            // the script's struct/union/enum definitions and every type named
+  // config = { ... } (docs/design/script-language.md, "config"): the settings honoured.
+  bool print_maps_on_exit = true;
 };
 
 // Every probe of `program`, in source order (the shape of Program::probes()).

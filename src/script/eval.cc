@@ -1623,6 +1623,7 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
   });
   auto rt = std::make_unique<Runtime>();
   rt->format = format;
+  rt->print_maps_on_exit = program.print_maps_on_exit;
   rt->start_ns = monotonic_ns();
   std::vector<MapDesc> descs;
   const TidKeyScan tid_keys(program);
@@ -1707,6 +1708,7 @@ void Runtime::run_probe(std::size_t index, Hit* hit) {
 
 std::string Runtime::print_maps() {
   std::string out;
+  if (!print_maps_on_exit) return out;
   if (format == OutputFormat::text) out += "\n\n";  // bpftrace's main() prints these first
   // bpftrace 0.17 prints its maps in name order.
   std::vector<std::size_t> order(maps->size());

@@ -104,6 +104,7 @@ struct Runtime {
   // Reads of the traced program's memory (*p, p->f, p[i]) that found no readable memory
   // there and yielded 0, as bpftrace's failed probe_read does.
   std::atomic<std::uint64_t> read_faults{0};
+  bool print_maps_on_exit = true;  // config = { print_maps_on_exit = false }
   std::int64_t start_ns = 0;
   std::unique_ptr<MapSet> maps;
   std::vector<std::unique_ptr<Node>> nodes;  // owns every Node

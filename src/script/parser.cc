@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <charconv>
 #include <string>
 #include <utility>
@@ -56,6 +57,8 @@ class Parser {
           declaration();
         } else if (w == "#") {
           preprocessor_line();
+        } else if (w == "config" && out.actions.empty()) {
+          config_block(out);
         } else {
           out.actions.push_back(action());
         }
@@ -1087,6 +1090,53 @@ class Parser {
               "variables: write 'struct foo { ... };')");
     (void)at;
     lex_.next();
+  }
+
+  // config = { KEY = VALUE; ... }, before the probes, as bpftrace's. Keys are bpftrace's,
+  // lowercase or as environment variables (BPFTRACE_MAX_STRLEN).
+  void config_block(ast::Program& out) {
+    lex_.next();  // config
+    expect(Tok::assign);
+    expect(Tok::lbrace);
+    while (!accept(Tok::rbrace)) {
+      if (accept(Tok::semicolon)) continue;
+      Token key = expect(Tok::ident);
+      expect(Tok::assign);
+      Token value = lex_.next();
+      if (value.kind != Tok::integer && value.kind != Tok::ident && value.kind != Tok::string)
+        fail(value, "integer, true, false or a name");
+      std::string k = key.text;
+      for (char& c : k)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (k.starts_with("bpftrace_")) k = k.substr(9);
+      const bool truth = value.kind == Tok::integer ? value.value != 0 : value.text == "true";
+      // Settings of the kernel's BPF resources: hotprobe loads no BPF program, so they
+      // have nothing to size; accepted so that a bpftrace script runs as written.
+      static constexpr std::string_view kNoBpf[] = {"log_size",       "perf_rb_pages",
+                                                    "max_bpf_progs",  "max_probes",
+                                                    "on_stack_limit", "max_type_res_iterations"};
+      if (k == "print_maps_on_exit") {
+        if (value.kind == Tok::ident && value.text != "true" && value.text != "false")
+          c_error(value.loc, "print_maps_on_exit is true, false, 1 or 0");
+        out.print_maps_on_exit = truth;
+      } else if (k == "max_strlen") {
+        if (value.kind != Tok::integer || value.value != ast::kDefaultStrSize)
+          c_error(value.loc, "max_strlen: hotprobe's strings are " +
+                                 std::to_string(ast::kDefaultStrSize) +
+                                 " bytes (bpftrace's default); other lengths are not "
+                                 "supported (use str(p, N) for shorter reads)");
+      } else if (std::find(std::begin(kNoBpf), std::end(kNoBpf), k) == std::end(kNoBpf)) {
+        c_error(key.loc, "config: '" + key.text +
+                             "' is not a setting hotprobe takes (it takes print_maps_on_exit, "
+                             "max_strlen = 64, and accepts bpftrace's BPF sizing settings "
+                             "log_size, perf_rb_pages, max_bpf_progs, max_probes, "
+                             "on_stack_limit, max_type_res_iterations, which have no effect)");
+      }
+      if (!accept(Tok::semicolon)) {
+        expect(Tok::rbrace);
+        break;
+      }
+    }
   }
 
   // `(TYPE *...)` after the '(': the type of a cast, sizeof or offsetof.
