@@ -299,6 +299,8 @@ struct MapInfo {
   bool keyed = false;                    // key_types are known (the map was accessed)
   std::vector<std::uint32_t> key_sizes;  // string keys: max size; 0 for integers
   std::uint32_t str_size = 0;            // MapKind::string values: max size
+  int ctype = -1;                        // MapKind::integer values that are pointers keep
+                                         // their type (@p[tid] = (struct s *)arg0)
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // MapKind::lhist
   Loc first;                                                  // first use
 };

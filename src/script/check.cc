@@ -401,9 +401,16 @@ class Checker {
       return;
     }
     MapKind k = v.type == Type::string ? MapKind::string : MapKind::integer;
-    if (map().kind == MapKind::none) map().kind = k;
+    if (map().kind == MapKind::none) {
+      map().kind = k;
+      if (is_pointer(v.ctype)) map().ctype = v.ctype;
+    }
     if (map().kind != k) {
       map_kind_mismatch(target, map(), type_name(v));
+    } else if (map().ctype != v.ctype && is_pointer(map().ctype) && is_pointer(v.ctype)) {
+      error(s.value->loc, "Type mismatch for " + map().name + ": trying to assign value of type '" +
+                              cname(v.ctype) + "' when map already contains a value of type '" +
+                              cname(map().ctype) + "'");
     } else if (k == MapKind::string) {
       map().str_size = std::max(map().str_size, v.size);
     }
@@ -923,7 +930,7 @@ class Checker {
     }
     if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
     if (m.kind == MapKind::string) return Value::string(std::max(m.str_size, 1u));
-    return Value::integer();
+    return Value::typed(m.ctype);
   }
 
   // A chain a+b+c+... is a left-deep tree as tall as it is long: its left spine is walked

@@ -155,6 +155,19 @@ TEST(ScriptCTypes, FieldsArraysBitsAndPointers) {
       << s.prog->print_maps();
 }
 
+TEST(ScriptCTypes, MapsKeepAPointersType) {
+  Node n{};
+  n.id = 41;
+  std::string src = std::string(kDefs) +
+                    "uprobe:libc:getpid { @p[tid] = (struct node *)arg0; }\n"
+                    "uprobe:libc:getppid { printf(\"%d\\n\", @p[tid]->id + 1); }";
+  Script s(src);
+  ASSERT_TRUE(s.prog);
+  s.hit(0, reinterpret_cast<std::uint64_t>(&n));
+  s.hit(1);
+  EXPECT_EQ(s.sink.out, "42\n");
+}
+
 TEST(ScriptCTypes, PointerArithmeticScalesByThePointee) {
   static const std::uint32_t kWords[] = {100, 200, 300, 400};
   static const std::uint64_t kQuads[] = {7, 8, 9};
