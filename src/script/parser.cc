@@ -556,6 +556,17 @@ class Parser {
     return e;
   }
 
+  // After a '(': a type name follows (a cast). `(name *)` with `name` no type is one
+  // never defined: reported here.
+  [[gnu::noinline]] bool starts_cast() {
+    if (is_type_start(lex_.peek())) return true;
+    if (lex_.peek().kind == Tok::ident && lex_.peek(1).kind == Tok::star &&
+        (lex_.peek(2).kind == Tok::rparen || lex_.peek(2).kind == Tok::star)) {
+      type_spec();
+    }
+    return false;
+  }
+
   // (TYPE) EXPR, the '(' read: a cast.
   [[gnu::noinline]] ExprPtr cast(const Token& open) {
     const int type = type_name();
@@ -598,8 +609,9 @@ class Parser {
     return e;
   }
 
-  ExprPtr postfix() {
-    ExprPtr e = primary();
+  // .field, ->field, [index] after `e`; out of line, as the rest of postfix() (the
+  // recursion through parentheses stays narrow).
+  [[gnu::noinline]] ExprPtr member_access(ExprPtr e) {
     // .field, ->field, [index]
     for (;;) {
       const Tok k = lex_.peek().kind;
@@ -631,6 +643,14 @@ class Parser {
         break;
       }
     }
+    return e;
+  }
+
+  ExprPtr postfix() {
+    ExprPtr e = primary();
+    const Tok k = lex_.peek().kind;
+    if (k == Tok::dot || k == Tok::arrow || (k == Tok::lbracket && e->kind != Expr::Kind::map))
+      e = member_access(std::move(e));
     if ((e->kind == Expr::Kind::variable || e->kind == Expr::Kind::map) &&
         (lex_.peek().kind == Tok::inc || lex_.peek().kind == Tok::dec)) {
       Token o = lex_.next();
@@ -716,11 +736,7 @@ class Parser {
         return e;
       }
       case Tok::lparen: {
-        if (is_type_start(lex_.peek())) return cast(t);
-        if (lex_.peek().kind == Tok::ident && lex_.peek(1).kind == Tok::star &&
-            (lex_.peek(2).kind == Tok::rparen || lex_.peek(2).kind == Tok::star)) {
-          type_spec();  // `(name *)`: a cast to a type never defined; reports it
-        }
+        if (starts_cast()) return cast(t);
         ++depth_;
         ExprPtr e = expr();
         --depth_;
