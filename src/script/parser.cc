@@ -944,9 +944,13 @@ class Parser {
       c_error(lex_.peek().loc,
               "function pointers are not supported in declarations: declare the member as "
               "'void *NAME' (it is read as an address)");
-    Token name = expect(Tok::ident);
-    d.name = name.text;
-    d.loc = name.loc;
+    if (allow_bits && t == base && lex_.peek().kind == Tok::colon) {
+      d.loc = lex_.peek().loc;  // an unnamed bit field: padding
+    } else {
+      Token name = expect(Tok::ident);
+      d.name = name.text;
+      d.loc = name.loc;
+    }
     std::vector<std::uint32_t> dims;
     while (accept(Tok::lbracket)) {
       if (accept(Tok::rbracket)) {
@@ -961,6 +965,7 @@ class Parser {
     }
     for (auto it = dims.rbegin(); it != dims.rend(); ++it)
       t = types_.array(t, *it);
+    if (d.name.empty() && lex_.peek().kind != Tok::colon) fail(lex_.peek(), ":");
     if (accept(Tok::colon)) {
       Token w = expect(Tok::integer);
       const ast::CType& c = types_.at(t);
