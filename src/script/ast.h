@@ -213,7 +213,8 @@ struct Expr {
   int slot = -1;               // Kind::variable
   // The C type of an integer or object value (Program::types), -1 for a plain int64 or a
   // string. binary add/sub of a pointer and an integer: `value` is the pointee's size, by
-  // which the integer is scaled.
+  // which the integer is scaled; binary < <= > >=: `value` 1 compares unsigned (an
+  // operand is an unsigned C type or a pointer, as bpftrace compares).
   int ctype = -1;
 };
 

@@ -952,9 +952,20 @@ class Checker {
     return left;
   }
 
+  bool is_unsigned(int ctype) const {
+    if (ctype < 0) return false;
+    const ast::CType& c = program_.types.at(ctype);
+    return c.kind == ast::CType::Kind::pointer ||
+           (c.kind == ast::CType::Kind::integer && !c.is_signed);
+  }
+
   [[gnu::noinline]] Value binary_operands(Expr& e, const Value& a, const Value& b) {
     e.value = 0;
     if (a.error || b.error) return Value::bad();
+    const bool ordering = e.binary == ast::BinaryOp::lt || e.binary == ast::BinaryOp::le ||
+                          e.binary == ast::BinaryOp::gt || e.binary == ast::BinaryOp::ge;
+    if (ordering && a.is_int() && b.is_int() && (is_unsigned(a.ctype) || is_unsigned(b.ctype)))
+      e.value = 1;
     if (a.is_int() && b.is_int() &&
         (e.binary == ast::BinaryOp::add || e.binary == ast::BinaryOp::sub)) {
       if (is_pointer(a.ctype) && !is_pointer(b.ctype)) {
@@ -983,6 +994,15 @@ class Checker {
                        "== and != compare strings)");
       return Value::bad();
     }
+    // Arithmetic with an unsigned operand is unsigned (bpftrace: signed only when both
+    // operands are), so a later ordering compares unsigned too.
+    using B = ast::BinaryOp;
+    const bool arithmetic = e.binary == B::add || e.binary == B::sub || e.binary == B::mul ||
+                            e.binary == B::div || e.binary == B::mod || e.binary == B::band ||
+                            e.binary == B::bor || e.binary == B::bxor || e.binary == B::shl ||
+                            e.binary == B::shr;
+    if (arithmetic && a.is_int() && (is_unsigned(a.ctype) || is_unsigned(b.ctype)))
+      return Value::typed(program_.types.integer(8, false));
     return Value::integer();
   }
 

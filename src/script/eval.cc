@@ -307,6 +307,10 @@ HP_BIN(i_lt, x < y)
 HP_BIN(i_le, x <= y)
 HP_BIN(i_gt, x > y)
 HP_BIN(i_ge, x >= y)
+HP_BIN(i_ult, u(x) < u(y))
+HP_BIN(i_ule, u(x) <= u(y))
+HP_BIN(i_ugt, u(x) > u(y))
+HP_BIN(i_uge, u(x) >= u(y))
 HP_BIN(i_eq, x == y)
 HP_BIN(i_ne, x != y)
 HP_BIN(i_band, x& y)
@@ -347,7 +351,8 @@ std::int64_t i_fold(const Node* n, Frame& f) {
   std::int64_t acc = k[0]->i(k[0], f);
   const std::size_t count = n->keys.size();
   for (std::size_t j = 1; j < count; ++j) {
-    const BinaryOp op = static_cast<BinaryOp>(n->ops[j - 1]);
+    const BinaryOp op = static_cast<BinaryOp>(n->ops[j - 1] & 0x7f);
+    const bool is_unsigned = n->ops[j - 1] & 0x80;
     if (op == BinaryOp::land) {
       acc = acc && k[j]->i(k[j], f);
       continue;
@@ -359,16 +364,16 @@ std::int64_t i_fold(const Node* n, Frame& f) {
     const std::int64_t y = k[j]->i(k[j], f);
     switch (op) {
       case BinaryOp::lt:
-        acc = acc < y;
+        acc = is_unsigned ? u(acc) < u(y) : acc < y;
         break;
       case BinaryOp::le:
-        acc = acc <= y;
+        acc = is_unsigned ? u(acc) <= u(y) : acc <= y;
         break;
       case BinaryOp::gt:
-        acc = acc > y;
+        acc = is_unsigned ? u(acc) > u(y) : acc > y;
         break;
       case BinaryOp::ge:
-        acc = acc >= y;
+        acc = is_unsigned ? u(acc) >= u(y) : acc >= y;
         break;
       case BinaryOp::eq:
         acc = acc == y;
@@ -862,10 +867,10 @@ bool st_return(const SNode*, Frame&) {
 // A binary node whose right operand is a literal: its `_k` form, the literal in imm.
 void use_literal_operand(Node* n) {
   static constexpr std::pair<IntFn, IntFn> kForms[] = {
-      {i_add, i_add_k}, {i_sub, i_sub_k},   {i_mul, i_mul_k},   {i_div, i_div_k},
-      {i_mod, i_mod_k}, {i_shl, i_shl_k},   {i_shr, i_shr_k},   {i_lt, i_lt_k},
-      {i_le, i_le_k},   {i_gt, i_gt_k},     {i_ge, i_ge_k},     {i_eq, i_eq_k},
-      {i_ne, i_ne_k},   {i_band, i_band_k}, {i_bxor, i_bxor_k}, {i_bor, i_bor_k}};
+      {i_add, i_add_k}, {i_sub, i_sub_k}, {i_mul, i_mul_k},   {i_div, i_div_k},   {i_ult, i_ult_k},
+      {i_ule, i_ule_k}, {i_ugt, i_ugt_k}, {i_uge, i_uge_k},   {i_mod, i_mod_k},   {i_shl, i_shl_k},
+      {i_shr, i_shr_k}, {i_lt, i_lt_k},   {i_le, i_le_k},     {i_gt, i_gt_k},     {i_ge, i_ge_k},
+      {i_eq, i_eq_k},   {i_ne, i_ne_k},   {i_band, i_band_k}, {i_bxor, i_bxor_k}, {i_bor, i_bor_k}};
   for (const auto& [both, literal] : kForms) {
     if (n->i == both) {
       n->i = literal;
@@ -933,6 +938,10 @@ class Lowerer {
   Result<const Node*> binary(const Expr& e);
   Result<const Node*> binary_node(const Expr& e, const Node* a, const Node* b);
   Result<const Node*> memory(const Expr& e);
+  static bool unsigned_compare(const Expr& op) {
+    return op.value == 1 && (op.binary == BinaryOp::lt || op.binary == BinaryOp::le ||
+                             op.binary == BinaryOp::gt || op.binary == BinaryOp::ge);
+  }
   // p + n, p - n: n scaled by the pointee's size (checker: Expr::value).
   const Node* scale(const Expr& op, const Node* b) {
     if (op.value <= 1 || (op.binary != BinaryOp::add && op.binary != BinaryOp::sub)) return b;
@@ -1281,7 +1290,8 @@ Result<const Node*> Lowerer::binary(const Expr& e) {
       if (spine[k]->args[1]->type == Type::string)
         return unsupported(*spine[k], "this operator on strings");
       fold->keys.push_back(scale(*spine[k], *b));
-      fold->ops.push_back(static_cast<std::uint8_t>(spine[k]->binary));
+      fold->ops.push_back(static_cast<std::uint8_t>(static_cast<unsigned>(spine[k]->binary) |
+                                                    (unsigned_compare(*spine[k]) ? 0x80u : 0u)));
     }
     fold->i = i_fold;
     return fold;
@@ -1324,16 +1334,16 @@ Result<const Node*> Lowerer::binary_node(const Expr& e, const Node* a, const Nod
       n->i = i_shr;
       break;
     case BinaryOp::lt:
-      n->i = i_lt;
+      n->i = unsigned_compare(e) ? i_ult : i_lt;
       break;
     case BinaryOp::le:
-      n->i = i_le;
+      n->i = unsigned_compare(e) ? i_ule : i_le;
       break;
     case BinaryOp::gt:
-      n->i = i_gt;
+      n->i = unsigned_compare(e) ? i_ugt : i_gt;
       break;
     case BinaryOp::ge:
-      n->i = i_ge;
+      n->i = unsigned_compare(e) ? i_uge : i_ge;
       break;
     case BinaryOp::eq:
       n->i = strings ? i_seq : i_eq;
