@@ -164,8 +164,8 @@ class Parser {
     ap.probe.line = t.loc.line;
     ap.probe.column = t.loc.column;
     std::string_view text = t.text;
-    if (text == "BEGIN" || text == "END") {
-      ap.probe.kind = text == "BEGIN" ? Probe::Kind::begin : Probe::Kind::end;
+    if (text == "BEGIN" || text == "END" || text == "begin" || text == "end") {
+      ap.probe.kind = text == "BEGIN" || text == "begin" ? Probe::Kind::begin : Probe::Kind::end;
       ap.probe.text = std::string(text);
       return ap;
     }
@@ -236,6 +236,17 @@ class Parser {
       ap.probe.kind = Probe::Kind::interval;
       ap.probe.text = "interval:" + std::string(rest);
       std::size_t c2 = rest.find(':');
+      // The short form: interval:5s, i:100ms, i:10us (the unit after the count), read as
+      // interval:UNIT:N.
+      std::string joined;
+      if (colon != std::string_view::npos && c2 == std::string_view::npos) {
+        const std::size_t digits = rest.find_first_not_of("0123456789");
+        if (digits != 0 && digits != std::string_view::npos) {
+          joined = std::string(rest.substr(digits)) + ":" + std::string(rest.substr(0, digits));
+          rest = joined;
+          c2 = rest.find(':');
+        }
+      }
       if (colon == std::string_view::npos || c2 == std::string_view::npos) {
         diags_.error(t.loc,
                      "interval probe type requires 2 arguments (write interval:s:N, "

@@ -458,5 +458,21 @@ TEST(ScriptParse, ExponentLiteral) {
   EXPECT_EQ(sx(*p.actions[0].body[0].value), "(+ 1000000 300)");
 }
 
+TEST(ScriptParse, LowercaseBeginEndAndShortIntervals) {
+  ast::Program p = parse_ok("begin { } end { } i:5s { } interval:100ms { } i:us:10 { }");
+  ASSERT_EQ(p.actions.size(), 5u);
+  EXPECT_EQ(p.actions[0].probes[0].probe.kind, Probe::Kind::begin);
+  EXPECT_EQ(p.actions[1].probes[0].probe.kind, Probe::Kind::end);
+  EXPECT_EQ(p.actions[2].probes[0].probe.interval_ns, 5'000'000'000u);
+  EXPECT_EQ(p.actions[2].probes[0].probe.text, "interval:5s");
+  EXPECT_EQ(p.actions[3].probes[0].probe.interval_ns, 100'000'000u);
+  EXPECT_EQ(p.actions[4].probes[0].probe.interval_ns, 10'000u);
+  auto bad = parse("i:5parsecs { }", "stdin");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message().find("parsecs is not an accepted unit of time"),
+            std::string::npos)
+      << bad.error().message();
+}
+
 }  // namespace
 }  // namespace hotprobe::script
