@@ -71,9 +71,11 @@ struct TypeTable {
     const CType& e = types[static_cast<std::size_t>(of)];
     return intern(CType{CType::Kind::array, e.size * n, e.align, false, of, n, -1, ""});
   }
+  // One type per record whether it is complete yet or not (its size and alignment are
+  // the record's: size_of, align_of), so `struct s *` written inside struct s's body and
+  // after it are the same type.
   int record_type(int rec) {
-    const Record& r = records[static_cast<std::size_t>(rec)];
-    return intern(CType{CType::Kind::record, r.size, r.align, false, -1, 0, rec, ""});
+    return intern(CType{CType::Kind::record, 0, 0, false, -1, 0, rec, ""});
   }
   // The record named `tag` ("struct foo"), created incomplete on first mention.
   int record(const std::string& tag, bool is_union) {

@@ -1013,7 +1013,7 @@ class Parser {
       align = std::max(align, falign);
       if (is_union) {
         f.offset = 0;
-        size = std::max(size, f.bit_width ? fsize : fsize);
+        size = std::max(size, fsize);
       } else if (f.bit_width) {
         const std::uint64_t unit = fsize * 8ull;
         if (bitpos / unit != (bitpos + f.bit_width - 1) / unit)
@@ -1114,13 +1114,11 @@ class Parser {
       expect(Tok::semicolon);
       return;
     }
-    Loc at = lex_.peek().loc;
     type_spec();
     if (lex_.peek().kind != Tok::semicolon)
       c_error(lex_.peek().loc,
               "expected ';' after the definition (a script declares types, not "
               "variables: write 'struct foo { ... };')");
-    (void)at;
     lex_.next();
   }
 

@@ -181,6 +181,22 @@ TEST(ScriptCTypes, MapsKeepAPointersType) {
   EXPECT_EQ(s.sink.out, "42\n");
 }
 
+TEST(ScriptCTypes, WalkingAListThroughAVariable) {
+  // `struct node *` inside struct node's body (the record still incomplete) and in a
+  // cast after it are one type: $n may be reassigned from its own next field.
+  Node c{}, b{}, a{};
+  a.id = 1, b.id = 2, c.id = 3;
+  a.next = &b, b.next = &c;
+  std::string src = std::string(kDefs) +
+                    "uprobe:libc:getpid { $n = (struct node *)arg0; $s = 0;\n"
+                    " unroll (5) { if ($n != 0) { $s = $s * 10 + $n->id; $n = $n->next; } }\n"
+                    " print($s); }";
+  Script s(src);
+  ASSERT_TRUE(s.prog);
+  s.hit(0, reinterpret_cast<std::uint64_t>(&a));
+  EXPECT_EQ(s.sink.out, "123\n");
+}
+
 TEST(ScriptCTypes, PointerArithmeticScalesByThePointee) {
   static const std::uint32_t kWords[] = {100, 200, 300, 400};
   static const std::uint64_t kQuads[] = {7, 8, 9};
