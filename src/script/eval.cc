@@ -417,6 +417,27 @@ std::uint32_t s_str_of_str(const Node* n, Frame& f, char* out) {
   return len;
 }
 
+// A read of `n` bytes at `addr` for this hit: from the hit's last block when it holds
+// them, else by reading the block around them (or, where they cross a block's end or the
+// block cannot be read, just them).
+bool frame_read(Frame& f, std::uint64_t addr, void* out, std::size_t n) {
+  const std::uint64_t base = addr & ~std::uint64_t{kReadBlock - 1};
+  const bool within = addr - base + n <= kReadBlock;
+  if (within && f.block_addr == base && base != 0) {
+    std::memcpy(out, f.block + (addr - base), n);
+    return true;
+  }
+  if (within && base != 0) {
+    if (read_user(base, f.block, kReadBlock)) {
+      f.block_addr = base;
+      std::memcpy(out, f.block + (addr - base), n);
+      return true;
+    }
+    f.block_addr = 0;
+  }
+  return read_user(addr, out, n);
+}
+
 // C types. A cast to a narrower integer: truncate, then sign- or zero-extend (no call).
 template <typename T>
 std::int64_t i_cast(const Node* n, Frame& f) {
@@ -427,7 +448,7 @@ template <typename T>
 std::int64_t i_load(const Node* n, Frame& f) {
   const std::uint64_t addr = u(n->a->i(n->a, f)) + u(n->imm);
   T v;
-  if (!read_user(addr, &v, sizeof v)) [[unlikely]] {
+  if (!frame_read(f, addr, &v, sizeof v)) [[unlikely]] {
     f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
     return 0;
   }
@@ -437,7 +458,7 @@ std::int64_t i_load(const Node* n, Frame& f) {
 std::int64_t i_load_bits(const Node* n, Frame& f) {
   const std::uint64_t addr = u(n->a->i(n->a, f)) + u(n->imm);
   std::uint64_t v = 0;
-  if (!read_user(addr, &v, n->key_words)) [[unlikely]] {
+  if (!frame_read(f, addr, &v, n->key_words)) [[unlikely]] {
     f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
     return 0;
   }

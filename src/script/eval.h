@@ -30,10 +30,17 @@ inline constexpr int kMaxSlots = 32;  // $variables per action
 struct Runtime;
 struct ProbeCtx;
 
+// Memory reads of one hit: the last 256-byte block read (blocks are 256-aligned, so one
+// never crosses a page: if the field is readable, so is its block). The fields of one
+// struct then cost one system call, not one each.
+inline constexpr std::uint32_t kReadBlock = 256;
+
 struct Frame {
   Hit* hit;  // null for BEGIN, END and interval probes
   Runtime* rt;
   const ProbeCtx* probe;
+  std::uint64_t block_addr = 0;  // of `block`; 0: none read yet in this hit
+  alignas(8) char block[kReadBlock];
   std::int64_t islots[kMaxSlots];
   char sslots[kMaxSlots][kStrBytes];
 };

@@ -229,6 +229,29 @@ TEST(ScriptCTypes, BadPointersReadAsZeroAndAreCounted) {
   munmap(page, 4096);
 }
 
+TEST(ScriptCTypes, ReadsAcrossBlocksAndAtAPagesEnd) {
+  // A readable page followed by an unreadable one. The reads of a hit share 256-byte
+  // blocks: a value straddling two blocks, values at the page's end, and one crossing into
+  // the unreadable page (0, counted) must each read as a plain load would.
+  auto* page = static_cast<unsigned char*>(
+      mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(page, MAP_FAILED);
+  ASSERT_EQ(mprotect(page + 4096, 4096, PROT_NONE), 0);
+  const std::uint64_t straddling = 0x1122334455667788ull, last = 0x0102030405060708ull;
+  std::memcpy(page + 252, &straddling, 8);
+  std::memcpy(page + 4088, &last, 8);
+  page[10] = 7;
+  Script s(
+      "uprobe:libc:getpid { printf(\"%lx %lx %d %lx %d %d\\n\", *(uint64 *)(arg0 + 252), "
+      "*(uint64 *)(arg0 + 4088), *(uint8 *)(arg0 + 10), *(uint32 *)(arg0 + 4094), "
+      "*(uint8 *)(arg0 + 4095), *(uint8 *)(arg0 + 4096)); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, reinterpret_cast<std::uint64_t>(page));
+  EXPECT_EQ(s.sink.out, "1122334455667788 102030405060708 7 0 1 0\n");
+  EXPECT_EQ(s.prog->read_faults(), 2u);
+  munmap(page, 8192);
+}
+
 TEST(ScriptCTypes, ParseErrorsNameTheWayOut) {
   EXPECT_EQ(first_line("#include <linux/sched.h>\nBEGIN { }"),
             "stdin:1:1-9: ERROR: preprocessor lines ('#include') are not supported: hotprobe "
