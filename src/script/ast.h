@@ -27,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "script/ctypes.h"
 #include "script/program.h"
 
 namespace hotprobe::script::ast {
@@ -43,6 +44,8 @@ enum class Type : std::uint8_t {
   none,     // no value: printf(), delete(), clear(), exit(), ...; or not yet checked
   integer,  // int64
   string,   // a NUL-terminated string of at most str_size bytes (including the NUL)
+  object,   // a struct, union or array in the traced program's memory (Expr::ctype says
+            // which): only its fields or elements are read; evaluated, it is its address
 };
 
 // Default maximum string size (bpftrace's BPFTRACE_STRLEN default), including the NUL.
@@ -167,17 +170,23 @@ struct Expr {
   ~Expr();
 
   enum class Kind : std::uint8_t {
-    integer,   // literal: `value`
-    string,    // literal: `text` (escapes decoded)
-    builtin,   // `name` as written; `builtin` [check]
-    variable,  // $name: `name` ("$x"), `slot` [check]
-    map,       // @name[args...]: `name` ("@x", "@" for the anonymous map), `args` are the
-               // keys (empty: no key, or the whole map inside print/clear/zero), `map_id`
-    unary,     // `unary` args[0]
-    binary,    // `binary` args[0] args[1]
-    ternary,   // args[0] ? args[1] : args[2]
-    call,      // `name` as written, `func` [check], with `args`
-    incdec,    // ++/-- on args[0] (a variable or map access): `increment`, `prefix`
+    integer,    // literal: `value`
+    string,     // literal: `text` (escapes decoded)
+    builtin,    // `name` as written; `builtin` [check]
+    variable,   // $name: `name` ("$x"), `slot` [check]
+    map,        // @name[args...]: `name` ("@x", "@" for the anonymous map), `args` are the
+                // keys (empty: no key, or the whole map inside print/clear/zero), `map_id`
+    unary,      // `unary` args[0]
+    binary,     // `binary` args[0] args[1]
+    ternary,    // args[0] ? args[1] : args[2]
+    call,       // `name` as written, `func` [check], with `args`
+    incdec,     // ++/-- on args[0] (a variable or map access): `increment`, `prefix`
+    cast,       // (`cast_type`) args[0]
+    deref,      // *args[0]
+    field,      // args[0].name, or args[0]->name when `arrow`
+    index,      // args[0][args[1]]
+    sizeof_,    // sizeof(`cast_type`) or sizeof(args[0]); check() folds it to an integer
+    offsetof_,  // offsetof(`cast_type`, `name`: "a.b"); check() folds it to an integer
   };
   Kind kind = Kind::integer;
   Loc loc;
@@ -193,13 +202,20 @@ struct Expr {
   bool prefix = false;    // incdec: ++x (true; value after) or x++ (false; value before)
   std::vector<ExprPtr> args;
   std::vector<FormatPiece> format;  // printf: the parsed format [check]
-  int height = 1;  // of this subtree: 1 for a leaf (script/parser.h: kMaxExprDepth)
+  int height = 1;      // of this subtree: 1 for a leaf (script/parser.h: kMaxExprDepth)
+  int cast_type = -1;  // cast, sizeof_, offsetof_: a type of Program::types
+  bool arrow = false;  // field: `->`
 
   // [check]
   Type type = Type::none;
   std::uint32_t str_size = 0;  // strings: maximum size including the NUL
   int map_id = -1;             // Kind::map
   int slot = -1;               // Kind::variable
+  // The C type of an integer or object value (Program::types), -1 for a plain int64 or a
+  // string. binary add/sub of a pointer and an integer: `value` is the pointee's size, by
+  // which the integer is scaled; binary < <= > >=: `value` 1 compares unsigned (an
+  // operand is an unsigned C type or a pointer, as bpftrace compares).
+  int ctype = -1;
 };
 
 inline Expr::~Expr() {
@@ -261,7 +277,8 @@ struct VarInfo {
   int slot = 0;
   Type type = Type::none;
   std::uint32_t str_size = 0;
-  Loc first;  // first assignment
+  int ctype = -1;  // pointers keep their type (Expr::ctype)
+  Loc first;       // first assignment
 };
 
 // PROBE[, PROBE...] [/PREDICATE/] { STATEMENTS }
@@ -283,6 +300,8 @@ struct MapInfo {
   bool keyed = false;                    // key_types are known (the map was accessed)
   std::vector<std::uint32_t> key_sizes;  // string keys: max size; 0 for integers
   std::uint32_t str_size = 0;            // MapKind::string values: max size
+  int ctype = -1;                        // MapKind::integer values that are pointers keep
+                                         // their type (@p[tid] = (struct s *)arg0)
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // MapKind::lhist
   Loc first;                                                  // first use
 };
@@ -292,6 +311,9 @@ struct Program {
   std::string source;    // the whole text (diagnostics quote its lines)
   std::vector<Action> actions;
   std::vector<MapInfo> maps;  // [check]; id == index, in order of first appearance
+  TypeTable types;            // the script's struct/union/enum definitions and every type named
+  // config = { ... } (docs/design/script-language.md, "config"): the settings honoured.
+  bool print_maps_on_exit = true;
 };
 
 // Every probe of `program`, in source order (the shape of Program::probes()).

@@ -35,11 +35,14 @@ struct Value {
   MapKind agg = MapKind::none;  // an aggregation map read
   std::uint32_t size = 0;       // strings
   bool error = false;
+  int ctype = -1;  // the C type (TypeTable) of an integer or object value; -1: int64
 
   static Value integer() { return Value{Type::integer, MapKind::none, 0, false}; }
   static Value string(std::uint32_t n) { return Value{Type::string, MapKind::none, n, false}; }
   static Value bad() { return Value{Type::none, MapKind::none, 0, true}; }
   bool is_int() const { return type == Type::integer && agg == MapKind::none; }
+  static Value typed(int ctype) { return Value{Type::integer, MapKind::none, 0, false, ctype}; }
+  static Value object(int ctype) { return Value{Type::object, MapKind::none, 0, false, ctype}; }
   bool is_str() const { return type == Type::string && agg == MapKind::none; }
 };
 
@@ -75,6 +78,7 @@ std::string type_name(const Value& v) {
   if (v.agg != MapKind::none) return std::string(ast::to_string(v.agg));
   if (v.type == Type::integer) return "int64";
   if (v.type == Type::string) return "string";
+  if (v.type == Type::object) return "object";
   return "none";
 }
 // As printf's messages name it.
@@ -221,6 +225,7 @@ class Checker {
   void annotate(Expr& e, const Value& v) {
     e.type = v.agg != MapKind::none ? Type::none : v.type;
     e.str_size = v.type == Type::string ? v.size : 0;
+    e.ctype = v.ctype;
   }
 
   void assign_variable(Stmt& s) {
@@ -262,6 +267,7 @@ class Checker {
       info.slot = action_->num_slots++;
       info.type = v.type;
       info.str_size = v.size;
+      info.ctype = v.ctype;
       info.first = target.loc;
       action_->vars.push_back(std::move(info));
       var = &action_->vars.back();
@@ -270,12 +276,23 @@ class Checker {
                               ": trying to assign value of type '" + type_name(v) +
                               "' when variable already contains a value of type '" +
                               type_name(Value{var->type, MapKind::none, 0, false}) + "'");
+    } else if (var->ctype != v.ctype && is_pointer(var->ctype) && is_pointer(v.ctype)) {
+      error(s.value->loc, "Type mismatch for " + target.name +
+                              ": trying to assign value of type '" + cname(v.ctype) +
+                              "' when variable already contains a value of type '" +
+                              cname(var->ctype) + "'");
     } else {
       var->str_size = std::max(var->str_size, v.size);
+      if (var->ctype != v.ctype && !is_pointer(var->ctype)) var->ctype = -1;
     }
     target.slot = var->slot;
     target.type = var->type;
     target.str_size = var->str_size;
+    target.ctype = var->ctype;
+  }
+
+  bool is_pointer(int ctype) const {
+    return ctype >= 0 && program_.types.at(ctype).kind == ast::CType::Kind::pointer;
   }
 
   // The map of `e` (Kind::map), created on first sight; its keys checked against earlier
@@ -384,9 +401,16 @@ class Checker {
       return;
     }
     MapKind k = v.type == Type::string ? MapKind::string : MapKind::integer;
-    if (map().kind == MapKind::none) map().kind = k;
+    if (map().kind == MapKind::none) {
+      map().kind = k;
+      if (is_pointer(v.ctype)) map().ctype = v.ctype;
+    }
     if (map().kind != k) {
       map_kind_mismatch(target, map(), type_name(v));
+    } else if (map().ctype != v.ctype && is_pointer(map().ctype) && is_pointer(v.ctype)) {
+      error(s.value->loc, "Type mismatch for " + map().name + ": trying to assign value of type '" +
+                              cname(v.ctype) + "' when map already contains a value of type '" +
+                              cname(map().ctype) + "'");
     } else if (k == MapKind::string) {
       map().str_size = std::max(map().str_size, v.size);
     }
@@ -473,8 +497,215 @@ class Checker {
   Value value(Expr& e) {
     Value v = expr(e, Context::value);
     if (!v.error && v.type == Type::none && v.agg == MapKind::none) return no_value(e);
+    if (!v.error && v.type == Type::object) return object_value(e, v);
     return v;
   }
+  // An object used as a value: a char array (any array of 1-byte integers) reads as a
+  // string, as bpftrace reads it; a struct or another array cannot be a value.
+  [[gnu::noinline]] Value object_value(Expr& e, const Value& v) {
+    const ast::TypeTable& T = program_.types;
+    const ast::CType& c = T.at(v.ctype);
+    if (c.kind == ast::CType::Kind::array && T.at(c.inner).kind == ast::CType::Kind::integer &&
+        T.at(c.inner).size == 1) {
+      Value s = Value::string(std::min<std::uint32_t>(c.count + 1, ast::kDefaultStrSize));
+      e.type = Type::string;
+      e.str_size = s.size;
+      e.ctype = v.ctype;  // the lowering reads c.count bytes
+      return s;
+    }
+    error(e.loc, "'" + T.name(v.ctype) + "' cannot be used as a value: read one of its " +
+                     (c.kind == ast::CType::Kind::array ? "elements ([i])" : "fields (.name)"));
+    return Value::bad();
+  }
+
+  std::string cname(int ctype) const {
+    return ctype < 0 ? std::string("int64") : program_.types.name(ctype);
+  }
+
+  // What reading memory of type `t` yields: an integer (typed), or an object.
+  [[gnu::noinline]] Value memory_value(Expr& e, int t) {
+    const ast::TypeTable& T = program_.types;
+    const ast::CType& c = T.at(t);
+    switch (c.kind) {
+      case ast::CType::Kind::void_:
+        error(e.loc,
+              "cannot read a value of type void: cast the pointer to a typed one, e.g. "
+              "*(uint64 *)p");
+        return Value::bad();
+      case ast::CType::Kind::integer:
+      case ast::CType::Kind::pointer:
+        return Value::typed(t);
+      case ast::CType::Kind::array:
+      case ast::CType::Kind::record:
+        if (!T.is_complete(t)) {
+          error(e.loc, "'" + T.name(t) + "' is incomplete: define it in the script (" + T.name(t) +
+                           " { ... };) before reading it");
+          return Value::bad();
+        }
+        return Value::object(t);
+    }
+    return Value::bad();
+  }
+
+  // The pointee of pointer value `p` (else an error naming the way out).
+  int pointee(Expr& e, const Value& p, std::string_view what) {
+    const ast::TypeTable& T = program_.types;
+    if (p.ctype >= 0 && T.at(p.ctype).kind == ast::CType::Kind::pointer) return T.at(p.ctype).inner;
+    error(e.loc, "Can not " + std::string(what) + " type '" + cname(p.ctype) +
+                     "': it is not a pointer (cast it to one first, e.g. *(uint64 *)arg0 or "
+                     "((struct foo *)arg0)->field)");
+    return -1;
+  }
+
+  [[gnu::noinline]] Value cast(Expr& e) {
+    Value v = value(*e.args[0]);
+    if (v.error) return v;
+    const ast::TypeTable& T = program_.types;
+    const ast::CType& c = T.at(e.cast_type);
+    if (!v.is_int()) {
+      error(e.loc, "Cannot cast from '" + type_name(v) + "' to '" + T.name(e.cast_type) +
+                       "' (only integers and pointers are cast)");
+      return Value::bad();
+    }
+    if (c.kind == ast::CType::Kind::integer || c.kind == ast::CType::Kind::pointer)
+      return Value::typed(e.cast_type);
+    error(e.loc, "Cannot cast to '" + T.name(e.cast_type) + "'" +
+                     (c.kind == ast::CType::Kind::record
+                          ? " (cast to a pointer and read through it: ((" + T.name(e.cast_type) +
+                                " *)arg0)->field)"
+                          : std::string(" (cast to an integer or a pointer type)")));
+    return Value::bad();
+  }
+
+  [[gnu::noinline]] Value deref(Expr& e) {
+    Value p = value(*e.args[0]);
+    if (p.error) return p;
+    const int t = pointee(e, p, "dereference");
+    if (t < 0) return Value::bad();
+    return memory_value(e, t);
+  }
+
+  [[gnu::noinline]] Value field(Expr& e) {
+    Value base = expr(*e.args[0], Context::value);
+    if (base.error) return base;
+    const ast::TypeTable& T = program_.types;
+    int rec_type = -1;
+    if (e.arrow) {
+      if (base.type == Type::object) {
+        error(e.loc, "Can not access field '" + e.name + "' on type '" + cname(base.ctype) +
+                         "' with '->': it is not a pointer (use '.')");
+        return Value::bad();
+      }
+      if (!base.is_int()) {
+        error(e.loc, "Can not access field '" + e.name + "' on a " + type_name(base));
+        return Value::bad();
+      }
+      rec_type = pointee(e, base, "access field '" + e.name + "' on");
+      if (rec_type < 0) return Value::bad();
+      if (!T.is_complete(rec_type)) return memory_value(e, rec_type);
+    } else {
+      if (base.type != Type::object) {
+        const bool ptr = base.ctype >= 0 && T.at(base.ctype).kind == ast::CType::Kind::pointer;
+        error(e.loc, "Can not access field '" + e.name + "' on type '" +
+                         (base.is_int() ? cname(base.ctype) : type_name(base)) + "'" +
+                         (ptr ? ". Try dereferencing it first, or using '->'" : ""));
+        return Value::bad();
+      }
+      rec_type = base.ctype;
+    }
+    const ast::CType& rc = T.at(rec_type);
+    if (rc.kind != ast::CType::Kind::record) {
+      error(e.loc, "Can not access field '" + e.name + "' on type '" + T.name(rec_type) +
+                       "': it is not a struct or union");
+      return Value::bad();
+    }
+    std::uint32_t off = 0;
+    const ast::Field* f = T.field(rc.record, e.name, off);
+    if (!f) {
+      std::vector<std::string_view> names;
+      for (const ast::Field& g : T.records[static_cast<std::size_t>(rc.record)].fields)
+        names.push_back(g.name);
+      error(e.loc, "'" + T.name(rec_type) + "' has no field named '" + e.name + "'" +
+                       did_you_mean(e.name, names));
+      return Value::bad();
+    }
+    return memory_value(e, f->type);
+  }
+
+  [[gnu::noinline]] Value index(Expr& e) {
+    Value base = expr(*e.args[0], Context::value);
+    Value i = value(*e.args[1]);
+    if (base.error || i.error) return Value::bad();
+    if (!i.is_int()) {
+      error(e.args[1]->loc, "The array index must be an integer (" + type_name(i) + " provided)");
+      return Value::bad();
+    }
+    const ast::TypeTable& T = program_.types;
+    if (base.type == Type::object && T.at(base.ctype).kind == ast::CType::Kind::array)
+      return memory_value(e, T.at(base.ctype).inner);
+    if (base.type == Type::object || !base.is_int()) {
+      error(e.loc, "The [] operator can not be used on type '" +
+                       (base.type == Type::object ? cname(base.ctype) : type_name(base)) +
+                       "' (index an array or a pointer)");
+      return Value::bad();
+    }
+    const int t = pointee(e, base, "index");
+    if (t < 0) return Value::bad();
+    return memory_value(e, t);
+  }
+
+  // sizeof and offsetof fold to an integer literal.
+  [[gnu::noinline]] Value size_or_offset(Expr& e) {
+    const ast::TypeTable& T = program_.types;
+    std::int64_t result = 0;
+    if (e.kind == Expr::Kind::sizeof_) {
+      int t = e.cast_type;
+      if (t < 0) {
+        Value v = expr(*e.args[0], Context::value);
+        if (v.error) return v;
+        if (v.type == Type::string) {
+          result = v.size;
+        } else if (v.ctype >= 0) {
+          t = v.ctype;
+        } else {
+          result = 8;
+        }
+      }
+      if (t >= 0) {
+        if (!T.is_complete(t) && T.at(t).kind != ast::CType::Kind::void_) {
+          error(e.loc, "sizeof of incomplete type '" + T.name(t) + "' (define it first)");
+          return Value::bad();
+        }
+        result = T.size_of(t);
+      }
+    } else {
+      int t = e.cast_type;
+      std::size_t start = 0;
+      for (;;) {
+        const std::size_t dot = e.name.find('.', start);
+        const std::string part = e.name.substr(start, dot - start);
+        if (T.at(t).kind != ast::CType::Kind::record || !T.is_complete(t)) {
+          error(e.loc, "offsetof: '" + T.name(t) + "' is not a defined struct or union");
+          return Value::bad();
+        }
+        std::uint32_t off = 0;
+        const ast::Field* f = T.field(T.at(t).record, part, off);
+        if (!f) {
+          error(e.loc, "offsetof: '" + T.name(t) + "' has no field named '" + part + "'");
+          return Value::bad();
+        }
+        result += off;
+        t = f->type;
+        if (dot == std::string::npos) break;
+        start = dot + 1;
+      }
+    }
+    e.kind = Expr::Kind::integer;
+    e.value = result;
+    e.args.clear();
+    return Value::integer();
+  }
+
   [[gnu::noinline, gnu::cold]] Value no_value(Expr& e) {
     error(e.loc, std::string(ast::to_string(e.func)) +
                      "() returns no value: it cannot be used in an expression");
@@ -504,6 +735,12 @@ class Checker {
     while (i < kBuiltinNames.size() && e.name != kBuiltinNames[i])
       ++i;
     if (i == kBuiltinNames.size()) {
+      auto en = program_.types.enumerators.find(e.name);
+      if (en != program_.types.enumerators.end()) {
+        e.kind = Expr::Kind::integer;
+        e.value = en->second;
+        return Value::integer();
+      }
       // A function name written without its parentheses.
       for (std::string_view f : kFuncNames) {
         if (e.name == f) {
@@ -571,7 +808,7 @@ class Checker {
       return Value::bad();
     }
     e.slot = var->slot;
-    return Value{var->type, MapKind::none, var->str_size, false};
+    return Value{var->type, MapKind::none, var->str_size, false, var->ctype};
   }
 
   [[gnu::noinline]] Value unary(Expr& e) {
@@ -599,7 +836,8 @@ class Checker {
       return Value::bad();
     }
     if (c.error) return Value::bad();
-    return Value{a.type, MapKind::none, std::max(a.size, b.size), false};
+    return Value{a.type, MapKind::none, std::max(a.size, b.size), false,
+                 a.ctype == b.ctype ? a.ctype : -1};
   }
 
   [[gnu::noinline]] Value incdec(Expr& e) {
@@ -655,6 +893,17 @@ class Checker {
         return call(e, ctx);
       case Expr::Kind::incdec:
         return incdec(e);
+      case Expr::Kind::cast:
+        return cast(e);
+      case Expr::Kind::deref:
+        return deref(e);
+      case Expr::Kind::field:
+        return field(e);
+      case Expr::Kind::index:
+        return index(e);
+      case Expr::Kind::sizeof_:
+      case Expr::Kind::offsetof_:
+        return size_or_offset(e);
     }
     return Value::bad();
   }
@@ -681,7 +930,7 @@ class Checker {
     }
     if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
     if (m.kind == MapKind::string) return Value::string(std::max(m.str_size, 1u));
-    return Value::integer();
+    return Value::typed(m.ctype);
   }
 
   // A chain a+b+c+... is a left-deep tree as tall as it is long: its left spine is walked
@@ -703,8 +952,36 @@ class Checker {
     return left;
   }
 
+  bool is_unsigned(int ctype) const {
+    if (ctype < 0) return false;
+    const ast::CType& c = program_.types.at(ctype);
+    return c.kind == ast::CType::Kind::pointer ||
+           (c.kind == ast::CType::Kind::integer && !c.is_signed);
+  }
+
   [[gnu::noinline]] Value binary_operands(Expr& e, const Value& a, const Value& b) {
+    e.value = 0;
     if (a.error || b.error) return Value::bad();
+    const bool ordering = e.binary == ast::BinaryOp::lt || e.binary == ast::BinaryOp::le ||
+                          e.binary == ast::BinaryOp::gt || e.binary == ast::BinaryOp::ge;
+    if (ordering && a.is_int() && b.is_int() && (is_unsigned(a.ctype) || is_unsigned(b.ctype)))
+      e.value = 1;
+    if (a.is_int() && b.is_int() &&
+        (e.binary == ast::BinaryOp::add || e.binary == ast::BinaryOp::sub)) {
+      if (is_pointer(a.ctype) && !is_pointer(b.ctype)) {
+        // p + n: n elements on, as C counts (bpftrace's pointer arithmetic).
+        const int t = program_.types.at(a.ctype).inner;
+        const ast::CType& c = program_.types.at(t);
+        e.value = c.kind == ast::CType::Kind::void_ || !program_.types.is_complete(t)
+                      ? 1
+                      : program_.types.size_of(t);
+        return Value::typed(a.ctype);
+      }
+      if (is_pointer(b.ctype) && !is_pointer(a.ctype) && e.binary == ast::BinaryOp::add) {
+        error(e.loc, "pointer arithmetic: write the pointer first (p + n, not n + p)");
+        return Value::bad();
+      }
+    }
     std::string op(ast::to_string(e.binary));
     if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
       error(e.loc, "Type mismatch for '" + op + "': comparing '" + type_name(a) + "' with '" +
@@ -717,6 +994,15 @@ class Checker {
                        "== and != compare strings)");
       return Value::bad();
     }
+    // Arithmetic with an unsigned operand is unsigned (bpftrace: signed only when both
+    // operands are), so a later ordering compares unsigned too.
+    using B = ast::BinaryOp;
+    const bool arithmetic = e.binary == B::add || e.binary == B::sub || e.binary == B::mul ||
+                            e.binary == B::div || e.binary == B::mod || e.binary == B::band ||
+                            e.binary == B::bor || e.binary == B::bxor || e.binary == B::shl ||
+                            e.binary == B::shr;
+    if (arithmetic && a.is_int() && (is_unsigned(a.ctype) || is_unsigned(b.ctype)))
+      return Value::typed(program_.types.integer(8, false));
     return Value::integer();
   }
 

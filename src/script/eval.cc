@@ -167,6 +167,17 @@ std::uint32_t read_user_string(std::uint64_t addr, std::uint32_t max, char* out)
   return static_cast<std::uint32_t>(len);
 }
 
+bool read_user(std::uint64_t addr, void* out, std::size_t n) {
+  iovec local{out, n};
+  iovec remote{reinterpret_cast<void*>(addr), n};
+  if (addr != 0 &&
+      process_vm_readv(ids().pid, &local, 1, &remote, 1, 0) == static_cast<ssize_t>(n)) {
+    return true;
+  }
+  std::memset(out, 0, n);
+  return false;
+}
+
 // ---------------------------------------------------------------------------------------
 // Node functions
 
@@ -233,20 +244,35 @@ std::uint32_t s_comm(const Node*, Frame&, char* out) {
   }
   return copy_str(out, t.comm);
 }
+// The function a glob probe's hit is in (named at spec() time, or now on a miss).
+std::uint32_t matched_function(const ProbeCtx* p, std::uint64_t address, char* out) {
+  std::lock_guard lock(p->func_mu);
+  auto it = p->funcs.find(address);
+  if (it == p->funcs.end()) {
+    auto fi = function_at(address);
+    it = p->funcs.emplace(address, fi ? fi->name : std::string()).first;
+  }
+  return copy_str(out, it->second);
+}
+// `probe`: the probe as written; for a glob, the probe it matched (uprobe:MODULE:fn05),
+// as bpftrace names each probe a wildcard expands to.
 std::uint32_t s_probe(const Node*, Frame& f, char* out) {
-  return f.probe ? copy_str(out, f.probe->probe.text) : copy_str(out, "");
+  const ProbeCtx* p = f.probe;
+  if (!p) return copy_str(out, "");
+  if (!p->glob || !f.hit) return copy_str(out, p->probe.text);
+  char name[kStrBytes];
+  const std::uint32_t len = matched_function(p, f.hit->probe_address, name);
+  const std::uint32_t n = copy_str(out, p->prefix);
+  const std::uint32_t k = std::min<std::uint32_t>(len, kStrBytes - 1 - n);
+  std::memcpy(out + n, name, k);
+  out[n + k] = 0;
+  return n + k;
 }
 std::uint32_t s_func(const Node*, Frame& f, char* out) {
   const ProbeCtx* p = f.probe;
   if (!p) return copy_str(out, "");
   if (!p->glob || !f.hit) return copy_str(out, p->func);
-  std::lock_guard lock(p->func_mu);
-  auto it = p->funcs.find(f.hit->probe_address);
-  if (it == p->funcs.end()) {
-    auto fi = function_at(f.hit->probe_address);
-    it = p->funcs.emplace(f.hit->probe_address, fi ? fi->name : std::string()).first;
-  }
-  return copy_str(out, it->second);
+  return matched_function(p, f.hit->probe_address, out);
 }
 
 // Arithmetic: 64-bit two's complement; / and % unsigned (BPF's), 0 when dividing by zero;
@@ -281,6 +307,10 @@ HP_BIN(i_lt, x < y)
 HP_BIN(i_le, x <= y)
 HP_BIN(i_gt, x > y)
 HP_BIN(i_ge, x >= y)
+HP_BIN(i_ult, u(x) < u(y))
+HP_BIN(i_ule, u(x) <= u(y))
+HP_BIN(i_ugt, u(x) > u(y))
+HP_BIN(i_uge, u(x) >= u(y))
 HP_BIN(i_eq, x == y)
 HP_BIN(i_ne, x != y)
 HP_BIN(i_band, x& y)
@@ -321,7 +351,8 @@ std::int64_t i_fold(const Node* n, Frame& f) {
   std::int64_t acc = k[0]->i(k[0], f);
   const std::size_t count = n->keys.size();
   for (std::size_t j = 1; j < count; ++j) {
-    const BinaryOp op = static_cast<BinaryOp>(n->ops[j - 1]);
+    const BinaryOp op = static_cast<BinaryOp>(n->ops[j - 1] & 0x7f);
+    const bool is_unsigned = n->ops[j - 1] & 0x80;
     if (op == BinaryOp::land) {
       acc = acc && k[j]->i(k[j], f);
       continue;
@@ -333,16 +364,16 @@ std::int64_t i_fold(const Node* n, Frame& f) {
     const std::int64_t y = k[j]->i(k[j], f);
     switch (op) {
       case BinaryOp::lt:
-        acc = acc < y;
+        acc = is_unsigned ? u(acc) < u(y) : acc < y;
         break;
       case BinaryOp::le:
-        acc = acc <= y;
+        acc = is_unsigned ? u(acc) <= u(y) : acc <= y;
         break;
       case BinaryOp::gt:
-        acc = acc > y;
+        acc = is_unsigned ? u(acc) > u(y) : acc > y;
         break;
       case BinaryOp::ge:
-        acc = acc >= y;
+        acc = is_unsigned ? u(acc) >= u(y) : acc >= y;
         break;
       case BinaryOp::eq:
         acc = acc == y;
@@ -384,6 +415,63 @@ std::uint32_t s_str_of_str(const Node* n, Frame& f, char* out) {
     len = keep;
   }
   return len;
+}
+
+// A read of `n` bytes at `addr` for this hit: from the hit's last block when it holds
+// them, else by reading the block around them (or, where they cross a block's end or the
+// block cannot be read, just them).
+bool frame_read(Frame& f, std::uint64_t addr, void* out, std::size_t n) {
+  const std::uint64_t base = addr & ~std::uint64_t{kReadBlock - 1};
+  const bool within = addr - base + n <= kReadBlock;
+  if (within && f.block_addr == base && base != 0) {
+    std::memcpy(out, f.block + (addr - base), n);
+    return true;
+  }
+  if (within && base != 0) {
+    if (read_user(base, f.block, kReadBlock)) {
+      f.block_addr = base;
+      std::memcpy(out, f.block + (addr - base), n);
+      return true;
+    }
+    f.block_addr = 0;
+  }
+  return read_user(addr, out, n);
+}
+
+// C types. A cast to a narrower integer: truncate, then sign- or zero-extend (no call).
+template <typename T>
+std::int64_t i_cast(const Node* n, Frame& f) {
+  return static_cast<std::int64_t>(static_cast<T>(n->a->i(n->a, f)));
+}
+// A read of memory at a + imm: fault-safe; 0 (and counted) where nothing is readable.
+template <typename T>
+std::int64_t i_load(const Node* n, Frame& f) {
+  const std::uint64_t addr = u(n->a->i(n->a, f)) + u(n->imm);
+  T v;
+  if (!frame_read(f, addr, &v, sizeof v)) [[unlikely]] {
+    f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+  }
+  return static_cast<std::int64_t>(v);
+}
+// A bit field: the unit of key_words bytes at a + imm, shifted and masked.
+std::int64_t i_load_bits(const Node* n, Frame& f) {
+  const std::uint64_t addr = u(n->a->i(n->a, f)) + u(n->imm);
+  std::uint64_t v = 0;
+  if (!frame_read(f, addr, &v, n->key_words)) [[unlikely]] {
+    f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+  }
+  const unsigned w = n->bit_width;
+  v >>= n->bit_offset;
+  if (w < 64) v &= (std::uint64_t{1} << w) - 1;
+  if (n->is_signed && w < 64 && (v >> (w - 1)) & 1) v |= ~std::uint64_t{0} << w;
+  return s64(v);
+}
+// A char array at a + imm, read as a string of at most `map` bytes with its NUL.
+std::uint32_t s_chars(const Node* n, Frame& f, char* out) {
+  const std::uint64_t addr = u(n->a->i(n->a, f)) + u(n->imm);
+  return read_user_string(addr, n->map, out);
 }
 
 // Map keys.
@@ -800,10 +888,10 @@ bool st_return(const SNode*, Frame&) {
 // A binary node whose right operand is a literal: its `_k` form, the literal in imm.
 void use_literal_operand(Node* n) {
   static constexpr std::pair<IntFn, IntFn> kForms[] = {
-      {i_add, i_add_k}, {i_sub, i_sub_k},   {i_mul, i_mul_k},   {i_div, i_div_k},
-      {i_mod, i_mod_k}, {i_shl, i_shl_k},   {i_shr, i_shr_k},   {i_lt, i_lt_k},
-      {i_le, i_le_k},   {i_gt, i_gt_k},     {i_ge, i_ge_k},     {i_eq, i_eq_k},
-      {i_ne, i_ne_k},   {i_band, i_band_k}, {i_bxor, i_bxor_k}, {i_bor, i_bor_k}};
+      {i_add, i_add_k}, {i_sub, i_sub_k}, {i_mul, i_mul_k},   {i_div, i_div_k},   {i_ult, i_ult_k},
+      {i_ule, i_ule_k}, {i_ugt, i_ugt_k}, {i_uge, i_uge_k},   {i_mod, i_mod_k},   {i_shl, i_shl_k},
+      {i_shr, i_shr_k}, {i_lt, i_lt_k},   {i_le, i_le_k},     {i_gt, i_gt_k},     {i_ge, i_ge_k},
+      {i_eq, i_eq_k},   {i_ne, i_ne_k},   {i_band, i_band_k}, {i_bxor, i_bxor_k}, {i_bor, i_bor_k}};
   for (const auto& [both, literal] : kForms) {
     if (n->i == both) {
       n->i = literal;
@@ -870,6 +958,26 @@ class Lowerer {
   Result<const Node*> call(const Expr& e);
   Result<const Node*> binary(const Expr& e);
   Result<const Node*> binary_node(const Expr& e, const Node* a, const Node* b);
+  Result<const Node*> memory(const Expr& e);
+  static bool unsigned_compare(const Expr& op) {
+    return op.value == 1 && (op.binary == BinaryOp::lt || op.binary == BinaryOp::le ||
+                             op.binary == BinaryOp::gt || op.binary == BinaryOp::ge);
+  }
+  // p + n, p - n: n scaled by the pointee's size (checker: Expr::value).
+  const Node* scale(const Expr& op, const Node* b) {
+    if (op.value <= 1 || (op.binary != BinaryOp::add && op.binary != BinaryOp::sub)) return b;
+    if (b->i == i_const) {
+      Node* k = make();
+      k->i = i_const;
+      k->imm = s64(u(b->imm) * u(op.value));
+      return k;
+    }
+    Node* n = make();
+    n->a = b;
+    n->imm = op.value;
+    n->i = i_mul_k;
+    return n;
+  }
   Result<void> assign(const ast::Stmt& s, SNode& out);
   static Error unsupported(const Expr& e, std::string_view what) {
     return Error(Errc::invalid_argument,
@@ -1047,8 +1155,127 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
     }
     case K::call:
       return call(e);
+    case K::cast: {
+      auto a = expr(*e.args[0]);
+      if (!a) return a.error();
+      const ast::CType& c = prog_.types.at(e.cast_type);
+      if (c.kind != ast::CType::Kind::integer || c.size == 8) return *a;  // same bits
+      Node* n = make();
+      n->a = *a;
+      switch (static_cast<int>(c.size) * (c.is_signed ? -1 : 1)) {
+        case 1:
+          n->i = i_cast<std::uint8_t>;
+          break;
+        case -1:
+          n->i = i_cast<std::int8_t>;
+          break;
+        case 2:
+          n->i = i_cast<std::uint16_t>;
+          break;
+        case -2:
+          n->i = i_cast<std::int16_t>;
+          break;
+        case 4:
+          n->i = i_cast<std::uint32_t>;
+          break;
+        default:
+          n->i = i_cast<std::int32_t>;
+          break;
+      }
+      return n;
+    }
+    case K::deref:
+    case K::field:
+    case K::index:
+      return memory(e);
+    case K::sizeof_:
+    case K::offsetof_:
+      return unsupported(e, "sizeof/offsetof the checker did not fold");
   }
   return unsupported(e, "this expression");
+}
+
+// *p, p->f, s.f, p[i], a[i]: an address (a node and a constant offset), then by the
+// expression's type: the address itself (an object), a string (a char array), or a load.
+Result<const Node*> Lowerer::memory(const Expr& e) {
+  const ast::TypeTable& T = prog_.types;
+  auto base = expr(*e.args[0]);
+  if (!base) return base.error();
+  const Node* addr = *base;
+  std::int64_t offset = 0;
+  const ast::Field* bits = nullptr;
+  if (e.kind == Expr::Kind::field) {
+    int rec = e.args[0]->ctype;
+    if (rec < 0) return unsupported(e, "a field of an untyped value");
+    if (e.arrow) rec = T.at(rec).inner;
+    std::uint32_t off = 0;
+    const ast::Field* f = T.field(T.at(rec).record, e.name, off);
+    if (!f) return unsupported(e, "an unknown field");
+    offset = off;
+    if (f->bit_width) bits = f;
+  } else if (e.kind == Expr::Kind::index) {
+    const int bt = e.args[0]->ctype;
+    if (bt < 0) return unsupported(e, "indexing an untyped value");
+    const std::int64_t elem = T.size_of(T.at(bt).inner);
+    const Expr& ix = *e.args[1];
+    if (ix.kind == Expr::Kind::integer) {
+      offset = s64(u(ix.value) * u(elem));
+    } else {
+      auto i = expr(ix);
+      if (!i) return i.error();
+      Node* scaled = make();
+      scaled->a = *i;
+      scaled->imm = elem;
+      scaled->i = i_mul_k;
+      Node* sum = make();
+      sum->a = addr;
+      sum->b = scaled;
+      sum->i = i_add;
+      addr = sum;
+    }
+  }
+  // A constant offset on an address that is itself base + constant: one addition.
+  if (addr->i == i_add_k) {
+    offset = s64(u(offset) + u(addr->imm));
+    addr = addr->a;
+  }
+  Node* n = make();
+  n->a = addr;
+  n->imm = offset;
+  if (e.type == Type::object) {
+    n->i = i_add_k;
+    return n;
+  }
+  const ast::CType& c = T.at(e.ctype);
+  if (e.type == Type::string) {
+    n->map = std::min<std::uint32_t>(c.count + 1, kStrReadBytes);
+    n->s = s_chars;
+    return n;
+  }
+  if (bits) {
+    n->key_words = T.size_of(bits->type);
+    n->bit_offset = static_cast<std::uint8_t>(bits->bit_offset);
+    n->bit_width = static_cast<std::uint8_t>(bits->bit_width);
+    n->is_signed = T.at(bits->type).is_signed;
+    n->i = i_load_bits;
+    return n;
+  }
+  const bool sign = c.kind == ast::CType::Kind::integer && c.is_signed;
+  switch (c.size) {
+    case 1:
+      n->i = sign ? i_load<std::int8_t> : i_load<std::uint8_t>;
+      break;
+    case 2:
+      n->i = sign ? i_load<std::int16_t> : i_load<std::uint16_t>;
+      break;
+    case 4:
+      n->i = sign ? i_load<std::int32_t> : i_load<std::uint32_t>;
+      break;
+    default:
+      n->i = i_load<std::uint64_t>;
+      break;
+  }
+  return n;
 }
 
 // A chain a+b+c+... is a left-deep tree as tall as it is long (up to kMaxExprDepth): its
@@ -1083,8 +1310,9 @@ Result<const Node*> Lowerer::binary(const Expr& e) {
       if (!b) return b.error();
       if (spine[k]->args[1]->type == Type::string)
         return unsupported(*spine[k], "this operator on strings");
-      fold->keys.push_back(*b);
-      fold->ops.push_back(static_cast<std::uint8_t>(spine[k]->binary));
+      fold->keys.push_back(scale(*spine[k], *b));
+      fold->ops.push_back(static_cast<std::uint8_t>(static_cast<unsigned>(spine[k]->binary) |
+                                                    (unsigned_compare(*spine[k]) ? 0x80u : 0u)));
     }
     fold->i = i_fold;
     return fold;
@@ -1092,7 +1320,7 @@ Result<const Node*> Lowerer::binary(const Expr& e) {
   for (; k < spine.size(); ++k) {
     auto b = expr(*spine[k]->args[1]);
     if (!b) return b.error();
-    auto n = binary_node(*spine[k], acc, *b);
+    auto n = binary_node(*spine[k], acc, scale(*spine[k], *b));
     if (!n) return n.error();
     acc = *n;
   }
@@ -1127,16 +1355,16 @@ Result<const Node*> Lowerer::binary_node(const Expr& e, const Node* a, const Nod
       n->i = i_shr;
       break;
     case BinaryOp::lt:
-      n->i = i_lt;
+      n->i = unsigned_compare(e) ? i_ult : i_lt;
       break;
     case BinaryOp::le:
-      n->i = i_le;
+      n->i = unsigned_compare(e) ? i_ule : i_le;
       break;
     case BinaryOp::gt:
-      n->i = i_gt;
+      n->i = unsigned_compare(e) ? i_ugt : i_gt;
       break;
     case BinaryOp::ge:
-      n->i = i_ge;
+      n->i = unsigned_compare(e) ? i_uge : i_ge;
       break;
     case BinaryOp::eq:
       n->i = strings ? i_seq : i_eq;
@@ -1426,6 +1654,7 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
   });
   auto rt = std::make_unique<Runtime>();
   rt->format = format;
+  rt->print_maps_on_exit = program.print_maps_on_exit;
   rt->start_ns = monotonic_ns();
   std::vector<MapDesc> descs;
   const TidKeyScan tid_keys(program);
@@ -1466,6 +1695,9 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
       ctx->action = code.get();
       ctx->func = ap.function;
       ctx->glob = ap.is_glob;
+      ctx->prefix =
+          std::string(ap.probe.kind == Probe::Kind::uretprobe ? "uretprobe:" : "uprobe:") +
+          ap.module + ":";
       rt->probe_list.push_back(ap.probe);
       rt->probes.push_back(std::move(ctx));
     }
@@ -1507,6 +1739,7 @@ void Runtime::run_probe(std::size_t index, Hit* hit) {
 
 std::string Runtime::print_maps() {
   std::string out;
+  if (!print_maps_on_exit) return out;
   if (format == OutputFormat::text) out += "\n\n";  // bpftrace's main() prints these first
   // bpftrace 0.17 prints its maps in name order.
   std::vector<std::size_t> order(maps->size());

@@ -30,10 +30,17 @@ inline constexpr int kMaxSlots = 32;  // $variables per action
 struct Runtime;
 struct ProbeCtx;
 
+// Memory reads of one hit: the last 256-byte block read (blocks are 256-aligned, so one
+// never crosses a page: if the field is readable, so is its block). The fields of one
+// struct then cost one system call, not one each.
+inline constexpr std::uint32_t kReadBlock = 256;
+
 struct Frame {
   Hit* hit;  // null for BEGIN, END and interval probes
   Runtime* rt;
   const ProbeCtx* probe;
+  std::uint64_t block_addr = 0;  // of `block`; 0: none read yet in this hit
+  alignas(8) char block[kReadBlock];
   std::int64_t islots[kMaxSlots];
   char sslots[kMaxSlots][kStrBytes];
 };
@@ -57,6 +64,10 @@ struct Node {
   std::string text;  // string literal; time() format
   std::vector<FormatSpec> format;
   std::vector<std::uint8_t> ops;  // i_fold: ast::BinaryOp between keys[k] and keys[k + 1]
+  // Memory reads: a bit field's first bit and width in the unit of key_words bytes.
+  std::uint8_t bit_offset = 0;
+  std::uint8_t bit_width = 0;
+  bool is_signed = false;
 };
 
 struct SNode;
@@ -86,6 +97,7 @@ struct ProbeCtx {
   const ActionCode* action = nullptr;
   std::string func;  // the function as written (not a glob)
   bool glob = false;
+  std::string prefix;  // "uprobe:MODULE:", `probe` of a glob's hit before the function
   // Globs: probed address -> function name, resolved at spec() time and on a miss.
   mutable std::mutex func_mu;
   mutable std::unordered_map<std::uint64_t, std::string> funcs;
@@ -96,6 +108,10 @@ struct Runtime {
   Sink* sink = nullptr;
   std::atomic<bool> exited{false};
   std::atomic<bool> active{true};  // Program::set_active
+  // Reads of the traced program's memory (*p, p->f, p[i]) that found no readable memory
+  // there and yielded 0, as bpftrace's failed probe_read does.
+  std::atomic<std::uint64_t> read_faults{0};
+  bool print_maps_on_exit = true;  // config = { print_maps_on_exit = false }
   std::int64_t start_ns = 0;
   std::unique_ptr<MapSet> maps;
   std::vector<std::unique_ptr<Node>> nodes;  // owns every Node
@@ -121,5 +137,8 @@ bool clock_uses_tsc();
 // str(): reads a C string of at most `max` bytes (including the NUL) at `addr` in this
 // process without faulting; "" when it cannot be read.
 std::uint32_t read_user_string(std::uint64_t addr, std::uint32_t max, char* out);
+// Reads `n` bytes at `addr` in this process without faulting; false (and `out` zeroed)
+// when they cannot all be read.
+bool read_user(std::uint64_t addr, void* out, std::size_t n);
 
 }  // namespace hotprobe::script

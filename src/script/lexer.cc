@@ -1,5 +1,6 @@
 #include "script/lexer.h"
 
+#include <algorithm>
 #include <cctype>
 #include <limits>
 #include <string>
@@ -118,6 +119,10 @@ std::string_view describe(Tok t) {
       return "++";
     case Tok::dec:
       return "--";
+    case Tok::dot:
+      return ".";
+    case Tok::arrow:
+      return "->";
   }
   return "?";
 }
@@ -209,6 +214,16 @@ Token Lexer::probe_text() {
   return t;
 }
 
+std::string_view Lexer::peek_word() {
+  skip_blanks();
+  if (at() == '#') return src_.substr(pos_, 1);
+  std::size_t n = 0;
+  while (pos_ + n < src_.size() &&
+         (std::isalnum(static_cast<unsigned char>(src_[pos_ + n])) || src_[pos_ + n] == '_'))
+    ++n;
+  return src_.substr(pos_, n);
+}
+
 namespace {
 
 bool ident_start(char c) {
@@ -243,6 +258,19 @@ Token Lexer::lex_number(std::size_t start, int line, int column) {
     value = value * static_cast<unsigned>(base) + static_cast<unsigned>(d);
     if (value > std::numeric_limits<std::uint64_t>::max()) overflow = true;
     advance();
+  }
+  // "1e6", "5e3": an integer written with an exponent (bpftrace reads it as 1000000).
+  if (base == 10 && digits && (at() == 'e' || at() == 'E') && at(1) >= '0' && at(1) <= '9') {
+    advance();
+    unsigned exp = 0;
+    while (at() >= '0' && at() <= '9') {
+      exp = std::min(exp * 10 + static_cast<unsigned>(at() - '0'), 100u);
+      advance();
+    }
+    for (unsigned k = 0; k < exp && !overflow; ++k) {
+      value *= 10;
+      if (value > std::numeric_limits<std::uint64_t>::max()) overflow = true;
+    }
   }
   // A number glued to letters ("12ab", "0x") is one bad token.
   bool bad = !digits;
@@ -396,6 +424,7 @@ Token Lexer::lex() {
       {"||", Tok::lor},
       {"++", Tok::inc},
       {"--", Tok::dec},
+      {"->", Tok::arrow},
       {"(", Tok::lparen},
       {")", Tok::rparen},
       {"{", Tok::lbrace},
@@ -419,6 +448,7 @@ Token Lexer::lex() {
       {"|", Tok::pipe},
       {"!", Tok::bang},
       {"~", Tok::tilde},
+      {".", Tok::dot},
   };
   std::string_view rest = src_.substr(pos_);
   for (const Op& op : kOps) {

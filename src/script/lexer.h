@@ -67,8 +67,10 @@ enum class Tok : std::uint8_t {
   lor,
   bang,
   tilde,
-  inc,  // ++
-  dec,  // --
+  inc,    // ++
+  dec,    // --
+  dot,    // .
+  arrow,  // ->
 };
 
 // How a token kind is named in "syntax error, unexpected X, expecting Y" (bpftrace's names).
@@ -83,7 +85,13 @@ struct Token {
 
 class Lexer {
  public:
-  Lexer(std::string_view src, Diagnostics& diags) : src_(src), diags_(diags) {}
+  // A first line starting with "#!" (a script file's interpreter line) is skipped.
+  Lexer(std::string_view src, Diagnostics& diags) : src_(src), diags_(diags) {
+    if (src_.starts_with("#!")) {
+      while (pos_ < src_.size() && src_[pos_] != '\n')
+        advance();
+    }
+  }
 
   const Token& peek(std::size_t k = 0);
   Token next();
@@ -92,6 +100,9 @@ class Lexer {
   // The raw text of one probe, up to a blank, ',', '{', or a '/' outside the module part.
   // Only with no token buffered (the parser calls it where a probe must start).
   Token probe_text();
+  // The identifier that starts the rest of the text (after blanks and comments), or "";
+  // only with no token buffered. "#" when the rest starts with '#'.
+  std::string_view peek_word();
 
  private:
   Token lex();

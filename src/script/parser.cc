@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <charconv>
 #include <string>
 #include <utility>
@@ -45,12 +46,23 @@ bool parse_uint(std::string_view s, std::uint64_t& out) {
 
 class Parser {
  public:
-  Parser(std::string_view src, Diagnostics& diags) : lex_(src, diags), diags_(diags) {}
+  Parser(std::string_view src, Diagnostics& diags, ast::TypeTable& types)
+      : lex_(src, diags), diags_(diags), types_(types) {}
 
   void program(ast::Program& out) {
     try {
-      while (!lex_.at_end())
-        out.actions.push_back(action());
+      while (!lex_.at_end()) {
+        std::string_view w = lex_.peek_word();
+        if (w == "struct" || w == "union" || w == "enum" || w == "typedef") {
+          declaration();
+        } else if (w == "#") {
+          preprocessor_line();
+        } else if (w == "config" && out.actions.empty()) {
+          config_block(out);
+        } else {
+          out.actions.push_back(action());
+        }
+      }
     } catch (const SyntaxError&) {
     }
   }
@@ -152,8 +164,8 @@ class Parser {
     ap.probe.line = t.loc.line;
     ap.probe.column = t.loc.column;
     std::string_view text = t.text;
-    if (text == "BEGIN" || text == "END") {
-      ap.probe.kind = text == "BEGIN" ? Probe::Kind::begin : Probe::Kind::end;
+    if (text == "BEGIN" || text == "END" || text == "begin" || text == "end") {
+      ap.probe.kind = text == "BEGIN" || text == "begin" ? Probe::Kind::begin : Probe::Kind::end;
       ap.probe.text = std::string(text);
       return ap;
     }
@@ -224,6 +236,17 @@ class Parser {
       ap.probe.kind = Probe::Kind::interval;
       ap.probe.text = "interval:" + std::string(rest);
       std::size_t c2 = rest.find(':');
+      // The short form: interval:5s, i:100ms, i:10us (the unit after the count), read as
+      // interval:UNIT:N.
+      std::string joined;
+      if (colon != std::string_view::npos && c2 == std::string_view::npos) {
+        const std::size_t digits = rest.find_first_not_of("0123456789");
+        if (digits != 0 && digits != std::string_view::npos) {
+          joined = std::string(rest.substr(digits)) + ":" + std::string(rest.substr(0, digits));
+          rest = joined;
+          c2 = rest.find(':');
+        }
+      }
       if (colon == std::string_view::npos || c2 == std::string_view::npos) {
         diags_.error(t.loc,
                      "interval probe type requires 2 arguments (write interval:s:N, "
@@ -512,6 +535,8 @@ class Parser {
       case Tok::inc:
       case Tok::dec:
         return prefix_incdec();
+      case Tok::star:
+        return deref();
       default:
         return postfix();
     }
@@ -528,8 +553,115 @@ class Parser {
     return e;
   }
 
+  // *EXPR: a read of the traced program's memory.
+  [[gnu::noinline]] ExprPtr deref() {
+    Token o = lex_.next();
+    ExprPtr operand;
+    {
+      Nest nest(*this, o.loc);
+      operand = unary();
+    }
+    ExprPtr e = make(Expr::Kind::deref, span(o.loc, operand->loc));
+    e->args.push_back(std::move(operand));
+    measure(*e, o.loc);
+    return e;
+  }
+
+  // After a '(': a type name follows (a cast). `(name *)` with `name` no type is one
+  // never defined: reported here.
+  [[gnu::noinline]] bool starts_cast() {
+    if (is_type_start(lex_.peek())) return true;
+    if (lex_.peek().kind == Tok::ident && lex_.peek(1).kind == Tok::star &&
+        (lex_.peek(2).kind == Tok::rparen || lex_.peek(2).kind == Tok::star)) {
+      type_spec();
+    }
+    return false;
+  }
+
+  // (TYPE) EXPR, the '(' read: a cast.
+  [[gnu::noinline]] ExprPtr cast(const Token& open) {
+    const int type = type_name();
+    expect(Tok::rparen);
+    ExprPtr operand;
+    {
+      Nest nest(*this, open.loc);
+      operand = unary();
+    }
+    ExprPtr e = make(Expr::Kind::cast, span(open.loc, operand->loc));
+    e->cast_type = type;
+    e->args.push_back(std::move(operand));
+    measure(*e, open.loc);
+    return e;
+  }
+
+  // sizeof(TYPE), sizeof(EXPR), offsetof(TYPE, FIELD[.FIELD...]); the name read.
+  [[gnu::noinline]] ExprPtr size_or_offset(const Token& t) {
+    const bool is_sizeof = t.text == "sizeof";
+    expect(Tok::lparen);
+    ExprPtr e = make(is_sizeof ? Expr::Kind::sizeof_ : Expr::Kind::offsetof_, t.loc);
+    if (is_type_start(lex_.peek())) {
+      e->cast_type = type_name();
+    } else if (is_sizeof) {
+      ++depth_;
+      e->args.push_back(expr());
+      --depth_;
+    } else {
+      fail(lex_.peek(), "type name");
+    }
+    if (!is_sizeof) {
+      expect(Tok::comma);
+      e->name = expect(Tok::ident).text;
+      while (accept(Tok::dot))
+        e->name += "." + expect(Tok::ident).text;
+    }
+    Token close = expect(Tok::rparen);
+    e->loc = span(t.loc, close.loc);
+    measure(*e, t.loc);
+    return e;
+  }
+
+  // .field, ->field, [index] after `e`; out of line, as the rest of postfix() (the
+  // recursion through parentheses stays narrow).
+  [[gnu::noinline]] ExprPtr member_access(ExprPtr e) {
+    // .field, ->field, [index]
+    for (;;) {
+      const Tok k = lex_.peek().kind;
+      if (k == Tok::dot || k == Tok::arrow) {
+        Token o = lex_.next();
+        Token name = expect(Tok::ident);
+        ExprPtr f = make(Expr::Kind::field, span(e->loc, name.loc));
+        f->arrow = k == Tok::arrow;
+        f->name = name.text;
+        f->args.push_back(std::move(e));
+        measure(*f, o.loc);
+        e = std::move(f);
+      } else if (k == Tok::lbracket && e->kind != Expr::Kind::map) {
+        Token o = lex_.next();
+        ExprPtr i;
+        {
+          Nest nest(*this, o.loc);
+          ++depth_;
+          i = expr();
+          --depth_;
+        }
+        Token close = expect(Tok::rbracket);
+        ExprPtr x = make(Expr::Kind::index, span(e->loc, close.loc));
+        x->args.push_back(std::move(e));
+        x->args.push_back(std::move(i));
+        measure(*x, o.loc);
+        e = std::move(x);
+      } else {
+        break;
+      }
+    }
+    return e;
+  }
+
   ExprPtr postfix() {
     ExprPtr e = primary();
+    const Tok k = lex_.peek().kind;
+    if (k == Tok::dot || k == Tok::arrow || (k == Tok::lbracket && e->kind != Expr::Kind::map))
+      e = member_access(std::move(e));
     if ((e->kind == Expr::Kind::variable || e->kind == Expr::Kind::map) &&
         (lex_.peek().kind == Tok::inc || lex_.peek().kind == Tok::dec)) {
       Token o = lex_.next();
@@ -607,12 +739,15 @@ class Parser {
       case Tok::map:
         return map_access(t);
       case Tok::ident: {
+        if ((t.text == "sizeof" || t.text == "offsetof") && lex_.peek().kind == Tok::lparen)
+          return size_or_offset(t);
         if (accept(Tok::lparen)) return call(t);
         ExprPtr e = make(Expr::Kind::builtin, t.loc);
         e->name = std::move(t.text);
         return e;
       }
       case Tok::lparen: {
+        if (starts_cast()) return cast(t);
         ++depth_;
         ExprPtr e = expr();
         --depth_;
@@ -625,8 +760,421 @@ class Parser {
     }
   }
 
+  // ----- C declarations (docs/design/script-language.md, "C types") -----
+
+  [[noreturn, gnu::noinline, gnu::cold]] void c_error(Loc at, std::string message) {
+    diags_.error(at, std::move(message));
+    throw SyntaxError{};
+  }
+
+  // `#include`, `#define`...: a C preprocessor line. hotprobe reads no headers.
+  [[noreturn, gnu::noinline, gnu::cold]] void preprocessor_line() {
+    Token t = lex_.probe_text();
+    c_error(t.loc, "preprocessor lines ('" + t.text +
+                       "') are not supported: hotprobe reads no C headers; define the structs "
+                       "the script uses in the script itself (struct foo { int a; };)");
+  }
+
+  static bool is_base_word(std::string_view w) {
+    static constexpr std::string_view kWords[] = {"signed", "unsigned", "char",  "short",
+                                                  "int",    "long",     "void",  "bool",
+                                                  "_Bool",  "float",    "double"};
+    return std::find(std::begin(kWords), std::end(kWords), w) != std::end(kWords);
+  }
+  static bool is_qualifier(std::string_view w) {
+    return w == "const" || w == "volatile" || w == "restrict" || w == "__restrict";
+  }
+  // A fixed-size integer's name: bpftrace's (int8..uint64) and C's (int8_t, u8, __u8...).
+  // size 0: not one.
+  static void fixed_int(std::string_view w, std::uint32_t& size, bool& is_signed) {
+    struct Name {
+      std::string_view name;
+      std::uint32_t size;
+      bool is_signed;
+    };
+    static constexpr Name kNames[] = {
+        {"int8", 1, true},      {"int16", 2, true},      {"int32", 4, true},
+        {"int64", 8, true},     {"uint8", 1, false},     {"uint16", 2, false},
+        {"uint32", 4, false},   {"uint64", 8, false},    {"int8_t", 1, true},
+        {"int16_t", 2, true},   {"int32_t", 4, true},    {"int64_t", 8, true},
+        {"uint8_t", 1, false},  {"uint16_t", 2, false},  {"uint32_t", 4, false},
+        {"uint64_t", 8, false}, {"u8", 1, false},        {"u16", 2, false},
+        {"u32", 4, false},      {"u64", 8, false},       {"s8", 1, true},
+        {"s16", 2, true},       {"s32", 4, true},        {"s64", 8, true},
+        {"__u8", 1, false},     {"__u16", 2, false},     {"__u32", 4, false},
+        {"__u64", 8, false},    {"__s8", 1, true},       {"__s16", 2, true},
+        {"__s32", 4, true},     {"__s64", 8, true},      {"size_t", 8, false},
+        {"ssize_t", 8, true},   {"uintptr_t", 8, false}, {"intptr_t", 8, true},
+        {"off_t", 8, true},     {"pid_t", 4, true},      {"uid_t", 4, false},
+        {"gid_t", 4, false},
+    };
+    size = 0;
+    for (const Name& n : kNames) {
+      if (n.name == w) {
+        size = n.size;
+        is_signed = n.is_signed;
+        return;
+      }
+    }
+  }
+
+  // Does `t` start a type name (in a cast, sizeof or offsetof)?
+  bool is_type_start(const Token& t) const {
+    if (t.kind != Tok::ident) return false;
+    const std::string_view w = t.text;
+    if (w == "struct" || w == "union" || w == "enum" || is_base_word(w) || is_qualifier(w))
+      return true;
+    std::uint32_t size = 0;
+    bool sign = false;
+    fixed_int(w, size, sign);
+    return size != 0 || types_.typedefs.count(t.text) != 0;
+  }
+
+  // A type specifier: struct/union/enum (with or without a body), C's base type words, a
+  // fixed-size integer name, or a typedef name.
+  int type_spec() {
+    while (lex_.peek().kind == Tok::ident && is_qualifier(lex_.peek().text))
+      lex_.next();
+    const Token& first = lex_.peek();
+    if (first.kind != Tok::ident) fail(first, "type name");
+    Token t = lex_.next();
+    if (t.text == "struct" || t.text == "union") {
+      const bool is_union = t.text == "union";
+      std::string tag;
+      if (lex_.peek().kind == Tok::ident) tag = t.text + " " + lex_.next().text;
+      if (lex_.peek().kind == Tok::lbrace) {
+        if (tag.empty()) {
+          tag = t.text + " (anonymous)";
+          types_.records.push_back(ast::Record{tag, is_union, false, {}, 0, 1});
+          const int rec = static_cast<int>(types_.records.size() - 1);
+          record_body(rec, t.loc);
+          return types_.record_type(rec);
+        }
+        const int rec = types_.record(tag, is_union);
+        if (types_.records[static_cast<std::size_t>(rec)].complete)
+          c_error(t.loc, "redefinition of '" + tag + "'");
+        record_body(rec, t.loc);
+        return types_.record_type(rec);
+      }
+      if (tag.empty()) fail(lex_.peek(), "struct name or {");
+      auto it = types_.struct_tags.find(tag);
+      if (it != types_.struct_tags.end() &&
+          types_.records[static_cast<std::size_t>(it->second)].is_union != is_union) {
+        c_error(t.loc, "'" + tag + "' names a " +
+                           (is_union ? std::string("struct") : std::string("union")) +
+                           " already: use that keyword");
+      }
+      return types_.record_type(types_.record(tag, is_union));
+    }
+    if (t.text == "enum") {
+      std::string tag;
+      if (lex_.peek().kind == Tok::ident) tag = "enum " + lex_.next().text;
+      if (lex_.peek().kind == Tok::lbrace) {
+        const int type = enum_body();
+        if (!tag.empty()) types_.enum_tags[tag] = type;
+        return type;
+      }
+      auto it = types_.enum_tags.find(tag);
+      if (tag.empty() || it == types_.enum_tags.end())
+        c_error(t.loc, "unknown enum" + (tag.empty() ? std::string() : " '" + tag + "'") +
+                           ": define it before its use (enum name { A, B = 2 };)");
+      return it->second;
+    }
+    if (is_base_word(t.text)) {
+      int longs = 0, shorts = 0, chars = 0, ints = 0, voids = 0, bools = 0;
+      bool sign = true, sign_written = false;
+      Loc at = t.loc;
+      for (Token w = std::move(t);;) {
+        const std::string& x = w.text;
+        if (x == "float" || x == "double")
+          c_error(w.loc, "floating-point types are not supported (bpftrace has none either)");
+        if (x == "signed" || x == "unsigned") {
+          sign = x == "signed";
+          sign_written = true;
+        }
+        longs += x == "long";
+        shorts += x == "short";
+        chars += x == "char";
+        ints += x == "int";
+        voids += x == "void";
+        bools += x == "bool" || x == "_Bool";
+        at = span(at, w.loc);
+        const Token& nx = lex_.peek();
+        if (nx.kind != Tok::ident || !(is_base_word(nx.text) || is_qualifier(nx.text))) break;
+        w = lex_.next();
+        if (is_qualifier(w.text)) {
+          if (lex_.peek().kind != Tok::ident || !is_base_word(lex_.peek().text)) break;
+          w = lex_.next();
+        }
+      }
+      if (voids) {
+        if (longs + shorts + chars + ints + bools || sign_written)
+          c_error(at, "invalid type: void with other type words");
+        return types_.void_type();
+      }
+      if (bools) return types_.integer(1, false);
+      if (chars) return types_.integer(1, sign);
+      if (shorts) return types_.integer(2, sign);
+      if (longs) return types_.integer(8, sign);
+      return types_.integer(4, sign);
+    }
+    std::uint32_t size = 0;
+    bool sign = false;
+    fixed_int(t.text, size, sign);
+    if (size) return types_.integer(size, sign);
+    auto td = types_.typedefs.find(t.text);
+    if (td != types_.typedefs.end()) return td->second;
+    c_error(t.loc, "unknown type '" + t.text +
+                       "' (known: int8..int64, uint8..uint64, C's char/short/int/long "
+                       "(signed, unsigned), int8_t.., u8.., size_t, struct/union/enum, and "
+                       "typedefs written in the script)");
+  }
+
+  // `*`s after a type: pointers to it.
+  int pointers(int t) {
+    while (accept(Tok::star)) {
+      t = types_.pointer(t);
+      while (lex_.peek().kind == Tok::ident && is_qualifier(lex_.peek().text))
+        lex_.next();
+    }
+    return t;
+  }
+
+  struct Declarator {
+    std::string name;
+    Loc loc;
+    int type = -1;
+    std::uint32_t bit_width = 0;
+    bool bits = false;
+  };
+  // `*`* NAME (`[N]`)* (`: WIDTH`)?
+  Declarator declarator(int base, bool allow_bits) {
+    Declarator d;
+    int t = pointers(base);
+    if (lex_.peek().kind == Tok::lparen)
+      c_error(lex_.peek().loc,
+              "function pointers are not supported in declarations: declare the member as "
+              "'void *NAME' (it is read as an address)");
+    if (allow_bits && t == base && lex_.peek().kind == Tok::colon) {
+      d.loc = lex_.peek().loc;  // an unnamed bit field: padding
+    } else {
+      Token name = expect(Tok::ident);
+      d.name = name.text;
+      d.loc = name.loc;
+    }
+    std::vector<std::uint32_t> dims;
+    while (accept(Tok::lbracket)) {
+      if (accept(Tok::rbracket)) {
+        dims.push_back(0);  // a flexible array member
+        continue;
+      }
+      Token n = expect(Tok::integer);
+      if (n.value < 0 || n.value > (1 << 24))
+        c_error(n.loc, "array size " + n.text + " is out of range (0 to 16777216)");
+      dims.push_back(static_cast<std::uint32_t>(n.value));
+      expect(Tok::rbracket);
+    }
+    for (auto it = dims.rbegin(); it != dims.rend(); ++it)
+      t = types_.array(t, *it);
+    if (d.name.empty() && lex_.peek().kind != Tok::colon) fail(lex_.peek(), ":");
+    if (accept(Tok::colon)) {
+      Token w = expect(Tok::integer);
+      const ast::CType& c = types_.at(t);
+      if (!allow_bits || c.kind != ast::CType::Kind::integer)
+        c_error(w.loc, "a bit field needs an integer member of a struct or union");
+      if (w.value < 0 || static_cast<std::uint64_t>(w.value) > c.size * 8u)
+        c_error(w.loc, "bit field width " + w.text + " is out of range (0 to " +
+                           std::to_string(c.size * 8) + " for " + types_.name(t) + ")");
+      d.bits = true;
+      d.bit_width = static_cast<std::uint32_t>(w.value);
+    }
+    d.type = t;
+    return d;
+  }
+
+  static std::uint32_t align_up(std::uint32_t v, std::uint32_t a) {
+    return a <= 1 ? v : (v + a - 1) / a * a;
+  }
+
+  // `{ MEMBER; ... }` of record `rec`, laid out as the x86-64 System V ABI does.
+  void record_body(int rec, Loc at) {
+    Nest nest(*this, at);
+    expect(Tok::lbrace);
+    std::vector<ast::Field> fields;
+    const bool is_union = types_.records[static_cast<std::size_t>(rec)].is_union;
+    std::uint64_t bitpos = 0;  // struct: bits used so far
+    std::uint32_t size = 0, align = 1;
+    auto place = [&](ast::Field f, Loc where) {
+      if (!types_.is_complete(f.type))
+        c_error(where, "member '" + f.name + "' has incomplete type '" + types_.name(f.type) +
+                           "' (define it first, or make the member a pointer)");
+      const std::uint32_t fsize = types_.size_of(f.type);
+      const std::uint32_t falign = types_.align_of(f.type);
+      align = std::max(align, falign);
+      if (is_union) {
+        f.offset = 0;
+        size = std::max(size, fsize);
+      } else if (f.bit_width) {
+        const std::uint64_t unit = fsize * 8ull;
+        if (bitpos / unit != (bitpos + f.bit_width - 1) / unit)
+          bitpos = (bitpos + unit - 1) / unit * unit;
+        f.offset = static_cast<std::uint32_t>(bitpos / unit * fsize);
+        f.bit_offset = static_cast<std::uint32_t>(bitpos - f.offset * 8ull);
+        bitpos += f.bit_width;
+      } else {
+        const std::uint32_t off = align_up(static_cast<std::uint32_t>((bitpos + 7) / 8), falign);
+        f.offset = off;
+        bitpos = (static_cast<std::uint64_t>(off) + fsize) * 8;
+      }
+      for (const ast::Field& g : fields)
+        if (!f.name.empty() && g.name == f.name)
+          c_error(where, "duplicate member '" + f.name + "'");
+      fields.push_back(std::move(f));
+    };
+    while (!accept(Tok::rbrace)) {
+      if (lex_.peek().kind == Tok::eof) fail(lex_.peek(), "}");
+      Loc where = lex_.peek().loc;
+      const int base = type_spec();
+      if (accept(Tok::semicolon)) {
+        const ast::CType& c = types_.at(base);
+        if (c.kind != ast::CType::Kind::record ||
+            types_.records[static_cast<std::size_t>(c.record)].name.find("(anonymous)") ==
+                std::string::npos)
+          c_error(where, "a member declaration needs a name");
+        place(ast::Field{"", base, 0, 0, 0}, where);
+        continue;
+      }
+      for (;;) {
+        Declarator d = declarator(base, true);
+        if (d.bits && d.bit_width == 0) {
+          if (!is_union) {
+            const std::uint64_t unit = types_.size_of(d.type) * 8ull;
+            bitpos = (bitpos + unit - 1) / unit * unit;
+          }
+        } else {
+          place(ast::Field{d.name, d.type, 0, 0, d.bit_width}, d.loc);
+        }
+        if (!accept(Tok::comma)) break;
+      }
+      expect(Tok::semicolon);
+    }
+    if (!is_union) size = static_cast<std::uint32_t>((bitpos + 7) / 8);
+    ast::Record& r = types_.records[static_cast<std::size_t>(rec)];
+    r.fields = std::move(fields);
+    r.align = align;
+    r.size = align_up(size, align);
+    r.complete = true;
+  }
+
+  // `{ A, B = 2, C }`: each enumerator becomes a name for its value. The type is uint32
+  // (int32 if a value is negative), as GCC lays enums out.
+  int enum_body() {
+    expect(Tok::lbrace);
+    std::int64_t next = 0;
+    bool negative = false;
+    while (!accept(Tok::rbrace)) {
+      Token name = expect(Tok::ident);
+      std::int64_t v = next;
+      if (accept(Tok::assign)) {
+        const bool neg = accept(Tok::minus);
+        const Token& t = lex_.peek();
+        if (t.kind == Tok::integer) {
+          v = lex_.next().value;
+        } else if (t.kind == Tok::ident && types_.enumerators.count(t.text)) {
+          v = types_.enumerators[lex_.next().text];
+        } else {
+          c_error(t.loc,
+                  "an enumerator's value is an integer or an earlier enumerator (no other "
+                  "expression is read here)");
+        }
+        if (neg) v = -v;
+      }
+      if (types_.enumerators.count(name.text))
+        c_error(name.loc, "redefinition of enumerator '" + name.text + "'");
+      types_.enumerators[name.text] = v;
+      negative = negative || v < 0;
+      next = v + 1;
+      if (!accept(Tok::comma)) {
+        expect(Tok::rbrace);
+        break;
+      }
+    }
+    return types_.integer(4, negative);
+  }
+
+  // A top-level `struct/union/enum ... ;` or `typedef TYPE NAME;`.
+  void declaration() {
+    Nest nest(*this, lex_.peek().loc);
+    if (lex_.peek().kind == Tok::ident && lex_.peek().text == "typedef") {
+      lex_.next();
+      const int base = type_spec();
+      Declarator d = declarator(base, false);
+      if (types_.typedefs.count(d.name)) c_error(d.loc, "redefinition of typedef '" + d.name + "'");
+      types_.typedefs[d.name] = d.type;
+      expect(Tok::semicolon);
+      return;
+    }
+    type_spec();
+    if (lex_.peek().kind != Tok::semicolon)
+      c_error(lex_.peek().loc,
+              "expected ';' after the definition (a script declares types, not "
+              "variables: write 'struct foo { ... };')");
+    lex_.next();
+  }
+
+  // config = { KEY = VALUE; ... }, before the probes, as bpftrace's. Keys are bpftrace's,
+  // lowercase or as environment variables (BPFTRACE_MAX_STRLEN).
+  void config_block(ast::Program& out) {
+    lex_.next();  // config
+    expect(Tok::assign);
+    expect(Tok::lbrace);
+    while (!accept(Tok::rbrace)) {
+      if (accept(Tok::semicolon)) continue;
+      Token key = expect(Tok::ident);
+      expect(Tok::assign);
+      Token value = lex_.next();
+      if (value.kind != Tok::integer && value.kind != Tok::ident && value.kind != Tok::string)
+        fail(value, "integer, true, false or a name");
+      std::string k = key.text;
+      for (char& c : k)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (k.starts_with("bpftrace_")) k = k.substr(9);
+      const bool truth = value.kind == Tok::integer ? value.value != 0 : value.text == "true";
+      // Settings of the kernel's BPF resources: hotprobe loads no BPF program, so they
+      // have nothing to size; accepted so that a bpftrace script runs as written.
+      static constexpr std::string_view kNoBpf[] = {"log_size",       "perf_rb_pages",
+                                                    "max_bpf_progs",  "max_probes",
+                                                    "on_stack_limit", "max_type_res_iterations"};
+      if (k == "print_maps_on_exit") {
+        if (value.kind == Tok::ident && value.text != "true" && value.text != "false")
+          c_error(value.loc, "print_maps_on_exit is true, false, 1 or 0");
+        out.print_maps_on_exit = truth;
+      } else if (k == "max_strlen") {
+        if (value.kind != Tok::integer || value.value != ast::kDefaultStrSize)
+          c_error(value.loc, "max_strlen: hotprobe's strings are " +
+                                 std::to_string(ast::kDefaultStrSize) +
+                                 " bytes (bpftrace's default); other lengths are not "
+                                 "supported (use str(p, N) for shorter reads)");
+      } else if (std::find(std::begin(kNoBpf), std::end(kNoBpf), k) == std::end(kNoBpf)) {
+        c_error(key.loc, "config: '" + key.text +
+                             "' is not a setting hotprobe takes (it takes print_maps_on_exit, "
+                             "max_strlen = 64, and accepts bpftrace's BPF sizing settings "
+                             "log_size, perf_rb_pages, max_bpf_progs, max_probes, "
+                             "on_stack_limit, max_type_res_iterations, which have no effect)");
+      }
+      if (!accept(Tok::semicolon)) {
+        expect(Tok::rbrace);
+        break;
+      }
+    }
+  }
+
+  // `(TYPE *...)` after the '(': the type of a cast, sizeof or offsetof.
+  int type_name() { return pointers(type_spec()); }
+
   Lexer lex_;
   Diagnostics& diags_;
+  ast::TypeTable& types_;
   bool in_predicate_ = false;
   int depth_ = 0;    // parentheses and brackets open
   int nesting_ = 0;  // Nest levels open (kMaxNesting)
@@ -638,7 +1186,7 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
   ast::Program program;
   program.filename = std::string(filename);
   program.source = std::string(src);
-  Parser parser(program.source, diags);
+  Parser parser(program.source, diags, program.types);
   parser.program(program);
   return program;
 }

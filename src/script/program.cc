@@ -33,6 +33,9 @@ class ProgramImpl final : public Program {
   std::string print_maps() override { return rt_->print_maps(); }
   bool exited() const override { return rt_->exited.load(std::memory_order_relaxed); }
   void set_active(bool active) override { rt_->active.store(active, std::memory_order_relaxed); }
+  std::uint64_t read_faults() const override {
+    return rt_->read_faults.load(std::memory_order_relaxed);
+  }
   void reset_maps() override {
     for (std::size_t i = 0; i < rt_->maps->size(); ++i)
       rt_->maps->clear(i);

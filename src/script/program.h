@@ -96,6 +96,9 @@ class Program {
   virtual void set_active(bool active) = 0;
   // Empties every map (a followed fork child starts from zero, as a new process would).
   virtual void reset_maps() = 0;
+  // Reads of the traced program's memory (*p, p->field, p[i]) that found nothing readable
+  // and yielded 0 so far (bpftrace's failed probe_read reads 0 too).
+  virtual std::uint64_t read_faults() const { return 0; }
 };
 
 }  // namespace hotprobe::script

@@ -162,6 +162,7 @@ std::string why_bpftrace_cannot_run() {
 }
 
 constexpr const char* kDemo = HP_DEMO_BIN;
+constexpr const char* kStructFixture = HP_STRUCT_BIN;
 constexpr const char* kHotprobe = HP_HOTPROBE_BIN;
 const std::vector<std::string> kDemoArgs = {"--threads", "2", "--requests", "3000", "--quiet"};
 
@@ -176,9 +177,9 @@ std::string substitute(std::string script, const std::string& bin) {
 // other's processes, and hotprobe must not find a kernel uprobe's int3 in the code it
 // patches. So each run gets its own file, and bpftrace's copy is replaced by a new one at
 // the same path (the `probe` builtin prints it) before hotprobe runs.
-void fresh_copy(const std::string& path) {
+void fresh_copy(const std::string& path, const char* from) {
   ::unlink(path.c_str());
-  int in = ::open(kDemo, O_RDONLY | O_CLOEXEC);
+  int in = ::open(from, O_RDONLY | O_CLOEXEC);
   int out = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
   ASSERT_GE(in, 0);
   ASSERT_GE(out, 0);
@@ -193,7 +194,16 @@ void fresh_copy(const std::string& path) {
 struct Case {
   const char* name;
   const char* script;
+  bool on_struct_fixture = false;  // struct_fixture.c (no arguments) instead of the demo
 };
+
+// The C-type cases' definitions: struct_fixture.c's, with `level` declared unsigned:
+// bpftrace 0.17 reads a signed bit field without its sign (13 for -3), hotprobe as C does.
+#define HP_STRUCT_DEFS                                                                   \
+  "struct inner { short x; unsigned char y; };\n"                                        \
+  "struct node { int id; char name[16]; struct inner in; long vals[3]; struct node *next;" \
+  " unsigned int flag : 1; unsigned int level : 4;"                                      \
+  " union { unsigned int w; unsigned char b[4]; } u; };\n"
 
 // Scripts whose output is deterministic on demo_service.
 const Case kCases[] = {
@@ -222,6 +232,27 @@ const Case kCases[] = {
     {"begin_end_printf",
      "BEGIN { printf(\"start %d %s\\n\", 42, \"x\"); } "
      "uprobe:BIN:handle_request { @n = count(); } END { printf(\"end\\n\"); }"},
+    // C types: casts truncate and extend as bpftrace's; a struct laid over parse_request's
+    // line ("N GET /"): fields, a char array read as a string, an array index, pointer
+    // arithmetic and a dereference.
+    {"integer_casts",
+     "uprobe:BIN:handle_request { @[(uint8)(arg1 * 40), (int8)(arg1 * 3), (uint16)(0 - arg0)] "
+     "= count(); }"},
+    {"struct_over_a_buffer",
+     "struct line { char c0; char c1; unsigned short w; char rest[4]; };\n"
+     "uprobe:BIN:parse_request { $l = (struct line *)arg0; "
+     "@[$l->c0, $l->w, $l->rest, *((uint8 *)arg0 + 2), sizeof(struct line), "
+     "((uint16 *)arg0)[1]] = count(); }"},
+    {"struct_fields_nested_and_through_pointers",
+     HP_STRUCT_DEFS
+     "uprobe:BIN:visit { $n = (struct node *)arg0; "
+     "@a[$n->id, $n->name, $n->in.x, $n->in.y, $n->vals[1], $n->next->name, "
+     "$n->next->next->id] = count(); "
+     "@b[$n->flag, $n->level, $n->u.w, (*$n).vals[2], sizeof(struct node)] = count(); "
+     "@c[((struct node *)arg0)->next->in.y] = sum($n->vals[0]); }",
+     true},
+    {"wildcard_probe_names_each_function",
+     "uprobe:BIN:*_request { @[probe] = count(); }"},
     {"print_and_clear_in_end",
      "uprobe:BIN:handle_request { @a[arg0 % 3] = count(); @b = count(); } "
      "END { print(@a); clear(@a); }"},
@@ -234,22 +265,25 @@ void compare(const Case& c, bool json) {
   if (!why.empty()) GTEST_SKIP() << "bpftrace conformance skipped: " << why;
   char dir[] = "/tmp/hp_confXXXXXX";
   ASSERT_NE(::mkdtemp(dir), nullptr);
+  const char* from = c.on_struct_fixture ? kStructFixture : kDemo;
+  const std::vector<std::string> args =
+      c.on_struct_fixture ? std::vector<std::string>{} : kDemoArgs;
   const std::string bin = std::string(dir) + "/hp_conf_demo";
-  fresh_copy(bin);
+  fresh_copy(bin, from);
   std::string script = substitute(c.script, bin);
   std::string cmd = bin;
-  for (const auto& a : kDemoArgs)
+  for (const auto& a : args)
     cmd += " " + a;
   std::vector<std::string> bt = {"bpftrace"};
   if (json) bt.insert(bt.end(), {"-f", "json"});
   bt.insert(bt.end(), {"-e", script, "-c", cmd});
   Output b = run(bt);
   ASSERT_EQ(b.status, 0) << "bpftrace failed: " << b.err;
-  fresh_copy(bin);
+  fresh_copy(bin, from);
   std::vector<std::string> hp = {kHotprobe, "run"};
   if (json) hp.insert(hp.end(), {"-o", "json"});
   hp.insert(hp.end(), {"-e", script, "--", bin});
-  hp.insert(hp.end(), kDemoArgs.begin(), kDemoArgs.end());
+  hp.insert(hp.end(), args.begin(), args.end());
   Output h = run(hp);
   ::unlink(bin.c_str());
   ::rmdir(dir);

@@ -43,6 +43,18 @@ std::string sx(const Expr& e) {
       return list("call " + e.name);
     case Expr::Kind::incdec:
       return list(std::string(e.prefix ? "pre" : "post") + (e.increment ? "++" : "--"));
+    case Expr::Kind::cast:
+      return list("cast");
+    case Expr::Kind::deref:
+      return list("*");
+    case Expr::Kind::field:
+      return list(std::string(e.arrow ? "->" : ".") + e.name);
+    case Expr::Kind::index:
+      return list("[]");
+    case Expr::Kind::sizeof_:
+      return list("sizeof");
+    case Expr::Kind::offsetof_:
+      return list("offsetof " + e.name);
   }
   return "?";
 }
@@ -410,6 +422,56 @@ TEST(ScriptParse, ChainsAreBuiltInALoopAndMeasured) {
   // Precedence climbing keeps bpftrace's precedence and left associativity.
   EXPECT_EQ(expr("1 - 2 - 3 * 4 / 5 << 1 | 2 ^ 3 & 4 == 5 < 6 || 7 && 8"),
             "(|| (| (<< (- (- 1 2) (/ (* 3 4) 5)) 1) (^ 2 (& 3 (== 4 (< 5 6))))) (&& 7 8))");
+}
+
+TEST(ScriptParse, CTypesCastsAndMemberAccess) {
+  ast::Program p = parse_ok(
+      "struct s { int a; struct s *next; char name[8]; unsigned int bits : 3; };\n"
+      "typedef struct s s_t;\n"
+      "enum e { A, B = 4 };\n"
+      "uprobe:libc:f { $p = (struct s *)arg0; @ = (uint32)$p->next->a + *(uint64 *)arg1 + "
+      "$p->name[2] + (*$p).a + sizeof(s_t) + offsetof(struct s, next) - (s_t *)0; }");
+  ASSERT_EQ(p.actions.size(), 1u);
+  const Stmt& s = p.actions[0].body[1];
+  EXPECT_EQ(sx(*s.value),
+            "(- (+ (+ (+ (+ (+ (cast (->a (->next $p))) (* (cast arg1))) ([] (->name $p) 2)) "
+            "(.a (* $p))) (sizeof)) (offsetof next)) (cast 0))");
+  const ast::TypeTable& T = p.types;
+  ASSERT_EQ(T.records.size(), 1u);
+  const ast::Record& r = T.records[0];
+  EXPECT_EQ(r.name, "struct s");
+  EXPECT_EQ(r.size, 32u);
+  EXPECT_EQ(r.align, 8u);
+  ASSERT_EQ(r.fields.size(), 4u);
+  EXPECT_EQ(r.fields[1].offset, 8u);
+  EXPECT_EQ(T.name(r.fields[1].type), "struct s *");
+  EXPECT_EQ(T.name(r.fields[2].type), "int8[8]");
+  EXPECT_EQ(r.fields[3].offset, 24u);
+  EXPECT_EQ(r.fields[3].bit_width, 3u);
+  EXPECT_EQ(T.enumerators.at("B"), 4);
+  EXPECT_EQ(T.name(T.typedefs.at("s_t")), "struct s");
+  EXPECT_EQ(T.name(s.value->args[1]->cast_type), "struct s *");
+}
+
+TEST(ScriptParse, ExponentLiteral) {
+  ast::Program p = parse_ok("BEGIN { @ = 1e6 + 3E2; }");
+  EXPECT_EQ(sx(*p.actions[0].body[0].value), "(+ 1000000 300)");
+}
+
+TEST(ScriptParse, LowercaseBeginEndAndShortIntervals) {
+  ast::Program p = parse_ok("begin { } end { } i:5s { } interval:100ms { } i:us:10 { }");
+  ASSERT_EQ(p.actions.size(), 5u);
+  EXPECT_EQ(p.actions[0].probes[0].probe.kind, Probe::Kind::begin);
+  EXPECT_EQ(p.actions[1].probes[0].probe.kind, Probe::Kind::end);
+  EXPECT_EQ(p.actions[2].probes[0].probe.interval_ns, 5'000'000'000u);
+  EXPECT_EQ(p.actions[2].probes[0].probe.text, "interval:5s");
+  EXPECT_EQ(p.actions[3].probes[0].probe.interval_ns, 100'000'000u);
+  EXPECT_EQ(p.actions[4].probes[0].probe.interval_ns, 10'000u);
+  auto bad = parse("i:5parsecs { }", "stdin");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message().find("parsecs is not an accepted unit of time"),
+            std::string::npos)
+      << bad.error().message();
 }
 
 }  // namespace
