@@ -138,4 +138,18 @@ TEST(IfuncExtent, ThreadsThatBlockEverySignalSurviveAndCountExactly) {
   EXPECT_EQ(n_blocked, n_open) << "blocked:\n" << blocked.out << "open:\n" << open.out;
 }
 
+// The implementation the loader picked is a function's entry, so it takes a return probe
+// (a hijacked return: the entry is a jump site), which sees strlen's result.
+TEST(IfuncExtent, ReturnProbeOnTheImplementation) {
+  auto r = hotprobe({"run", "-e", "uretprobe:libc:strlen { @[retval] = count(); }", "--",
+                     HP_STRLEN_BLOCKED, std::to_string(kPerThread), "block"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The workers' strlen("hotprobe") calls, all returning 8.
+  const auto at = r.out.find("@[8]: ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  const long n = std::atol(r.out.c_str() + at + 6);
+  EXPECT_GE(n, 3 * kPerThread) << r.out;
+  EXPECT_LE(n, 3 * kPerThread + 16) << r.out;
+}
+
 }  // namespace
