@@ -237,7 +237,7 @@ bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
       }
       for (std::uint64_t site : *sites) {
         ProbeSpec p;
-        p.target = module_spec + ":" + hex(site);
+        p.target = module_spec + ":fileoff:" + hex(site);  // a file offset, not an address
         p.on_entry = &ret_site_hit;
         p.cookie = new RetConsumer{spec.on_return, spec.filter, spec.cookie, *addr};
         p.allow_int3 = false;  // a trap in Go code is fatal
