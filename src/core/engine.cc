@@ -622,8 +622,11 @@ struct EngineImpl {
     }
     if (!spec.allow_int3 && !spec.force_int3) {
       return Error(Errc::not_relocatable, t.describe +
-                                              ": the function size is unknown, so a jump "
-                                              "cannot be placed safely, and int3 mode is disabled");
+                                              ": the function size is unknown (no symbol "
+                                              "with a size, no FDE in .eh_frame), so a jump "
+                                              "cannot be placed safely, and int3 mode is "
+                                              "disabled: allow int3 mode, or probe a sized "
+                                              "function (a build with symbols)");
     }
     // int3 mode.
     auto iplan = arch::plan_int3(fn, t.function, t.offset);
