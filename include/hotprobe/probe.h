@@ -54,6 +54,20 @@ struct Hit {
 using Handler = void (*)(Hit& hit);
 using Filter = bool (*)(const Hit& hit);
 
+// How a return probe catches the return (ProbeSpec::return_mode).
+enum class ReturnMode : std::uint8_t {
+  // ret_instructions for functions of a Go program or library (a module whose symbol
+  // table has runtime.goexit or runtime.morestack), hijack elsewhere.
+  automatic,
+  // The entry swaps the return address for a trampoline's: one return instance per call
+  // (Hit::data is per call), every return path caught, tail calls included.
+  hijack,
+  // An instruction probe on each `ret` of the function, never a changed return address
+  // nor an int3 (for runtimes that walk their stacks); Hit::data points at a zeroed word.
+  // Refused where a ret cannot take a jump.
+  ret_instructions,
+};
+
 struct ProbeSpec {
   // What to probe, "MODULE:WHAT":
   //   MODULE:symbol           a function's entry (an IFUNC such as libc's strlen: the
@@ -83,6 +97,10 @@ struct ProbeSpec {
   // that calls through a pointer or into another library gets them saved. false: the
   // caller promises the handlers write none (nothing is saved, nothing is checked).
   bool vector_registers = true;
+  // How on_return catches the return (see ReturnMode). The environment variable
+  // HOTPROBE_RETURN_PROBES=auto|hijack|ret, when set, overrides it for every probe of the
+  // process (for an unmodified program run under the agent).
+  ReturnMode return_mode = ReturnMode::automatic;
 };
 
 // One attached consumer on one site.
@@ -107,6 +125,9 @@ struct Stats {
   std::uint64_t sync_core_rounds = 0;     // cross-modifying-code serializations
   std::uint64_t grace_periods = 0;        // grace periods waited for by attach/detach
   std::uint64_t zombie_sites = 0;         // detached sites kept for late returns
+  // Hits skipped because the thread was doing hotprobe's own work (its threads, the
+  // engine's attach and detach), which no handler must see.
+  std::uint64_t skipped_own = 0;
 };
 
 struct EngineOptions {

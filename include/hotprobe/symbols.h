@@ -25,9 +25,10 @@ struct FunctionInfo {
   std::uint64_t offset = 0;       // the probed spot's offset into the function (NAME+OFF)
 };
 
-// The functions a probe target ("module:symbol", globs, "+OFF", "module:0xOFF", as
-// ProbeSpec::target) names in this process. A module that is not loaded but is named by
-// its path is read from disk (address 0). Errors as Engine::attach reports them.
+// The functions a probe target ("module:symbol", globs, "+OFF", "module:0xADDR" with the
+// address as nm(1) prints it, "module:fileoff:0xOFF", as ProbeSpec::target) names in this
+// process. A module that is not loaded but is named by its path is read from disk
+// (address 0). Errors as Engine::attach reports them.
 HOTPROBE_API Result<std::vector<FunctionInfo>> resolve_functions(std::string_view target);
 
 // Functions of the ELF file at `path` whose names match the fnmatch(3) glob `glob`

@@ -71,6 +71,8 @@ struct Int3Table {
 };
 std::atomic<Int3Table*> g_int3_table{nullptr};
 
+const bool g_debug_sites = std::getenv("HOTPROBE_DEBUG") != nullptr;
+
 HP_DISPATCH_SECTION std::uintptr_t int3_hook(std::uintptr_t trap, void* ucv) {
   if (!g_int3_table.load(std::memory_order_relaxed)) return 0;  // no int3 site yet
   sync::ReadGuard guard(sync::tasks_trace());
@@ -216,6 +218,9 @@ struct Target {
   // function, so flags are live and the stack is the function's (an instruction probe,
   // never a function entry), and no return probe goes there.
   bool fragment = false;
+  // No symbol: the extent is its FDE's (elf::ElfFile::cfi_extent), and the place is the
+  // entry the loader selected for an IFUNC.
+  bool cfi_entry = false;
   bool pending = false;  // the module is not loaded yet: applied when it is
   std::string describe;
   // Filled in by attach() under the registry lock: the site already there, or the index
@@ -240,7 +245,7 @@ Result<void> check_return_place(const ProbeSpec& spec, const Target& tg, const e
                      "of " +
                      parent + " instead, or use an entry probe on the fragment");
   }
-  if (tg.offset != 0 || !sym) {
+  if (tg.offset != 0 || (!sym && !tg.cfi_entry)) {
     return Error(Errc::invalid_argument,
                  "a return probe goes on a function's entry, and '" + tg.describe +
                      "' is not one: drop the offset, or use an entry probe there");
@@ -273,6 +278,14 @@ Result<void> resolve_pending(std::string_view path, std::string_view rest, const
     tg.describe = base + ":" + (t.symbol ? std::string(t.symbol->name) : std::string());
     if (t.symbol && tg.offset) tg.describe += "+" + hex(tg.offset);
     if (!t.symbol) tg.describe += "fileoff:" + hex(t.file_offset);
+    if (!t.symbol) {
+      if (auto ext = (*elf)->cfi_extent(t.file_offset)) {  // as resolve() does
+        tg.offset = t.file_offset - ext->file_offset;
+        tg.function_file_offset = ext->file_offset;
+        tg.function_size = ext->size;
+        tg.fragment = true;  // an FDE may start a fragment: no entry assumptions
+      }
+    }
     HP_TRY(check_return_place(spec, tg, t.symbol));
     out.push_back(std::move(tg));
   }
@@ -423,6 +436,25 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
       tg.function = *addr;
       tg.function_size = 0;
       tg.describe = std::string(m->name()) + ":fileoff:" + hex(file_offset);
+      if (holder) {  // name the IFUNC the user wrote, and where its implementation is
+        tg.describe = std::string(cached->name) + ":" + std::string(t.symbol->name) +
+                      " (its implementation at " + tg.describe + ")";
+      }
+      // No symbol sizes the code (an IFUNC's implementation written in assembly, a
+      // stripped file): its FDE does, and the jump needs the whole function (to find the
+      // branches into the bytes it displaces).
+      const elf::ElfFile* file = holder ? holder.get() : cached->elf.get();
+      if (auto ext = file->cfi_extent(file_offset)) {
+        tg.offset = file_offset - ext->file_offset;
+        tg.function = *addr - tg.offset;
+        tg.function_file_offset = ext->file_offset;
+        tg.function_size = ext->size;
+        // What the loader returned for an IFUNC is a function's entry; an FDE of a
+        // stripped file may as well start a fragment (NAME.cold), entered by a jump.
+        tg.cfi_entry = holder != nullptr;
+        tg.fragment = !tg.cfi_entry;
+        if (tg.offset) tg.describe += " (+" + hex(tg.offset) + " into its FDE)";
+      }
     }
     HP_TRY(check_return_place(spec, tg, sym));
     out.push_back(std::move(tg));
@@ -564,6 +596,7 @@ struct EngineImpl {
               if (inside(p)) site->ip_map.push_back({p.original, slot->address + p.relocated});
             }
             builder.recycle(std::move(*tramp));
+            if (debug_sites()) std::fprintf(stderr, "hotprobe: %s: jmp site\n", t.describe.c_str());
             return site.release();
           }
           code.free(*slot);
@@ -589,8 +622,11 @@ struct EngineImpl {
     }
     if (!spec.allow_int3 && !spec.force_int3) {
       return Error(Errc::not_relocatable, t.describe +
-                                              ": the function size is unknown, so a jump "
-                                              "cannot be placed safely, and int3 mode is disabled");
+                                              ": the function size is unknown (no symbol "
+                                              "with a size, no FDE in .eh_frame), so a jump "
+                                              "cannot be placed safely, and int3 mode is "
+                                              "disabled: allow int3 mode, or probe a sized "
+                                              "function (a build with symbols)");
     }
     // int3 mode.
     auto iplan = arch::plan_int3(fn, t.function, t.offset);
@@ -619,8 +655,18 @@ struct EngineImpl {
     site->trampoline_size = static_cast<std::uint32_t>(copy->code.size());
     site->slot_chunk = slot->chunk;
     site->slot_index = slot->index;
+    if (debug_sites()) {
+      std::fprintf(stderr, "hotprobe: %s: int3 site (%s)\n", t.describe.c_str(),
+                   spec.force_int3 ? "int3 mode asked for"
+                   : t.function_size == 0
+                       ? "the function's size is unknown: no sized symbol, no FDE"
+                       : jmp_error.message().c_str());
+    }
     return site.release();
   }
+  // HOTPROBE_DEBUG: each site built says its mode (and why int3). Read when the library
+  // loads: the agent clears HOTPROBE_* from the environment once its session starts.
+  static bool debug_sites() { return g_debug_sites; }
 
   // A site a batch builds: for the first target that names its place.
   struct BuildJob {
@@ -1746,6 +1792,7 @@ Stats Engine::stats() const {
   s.hits = t.hits;
   s.misses_recursion = t.misses_recursion;
   s.misses_return_stack = t.misses_return_stack;
+  s.skipped_own = t.skipped_own;
   auto& reg = hp::core::Registry::get();
   s.sites_jmp = reg.sites_jmp_.load(std::memory_order_relaxed);
   s.sites_int3 = reg.sites_int3_.load(std::memory_order_relaxed);

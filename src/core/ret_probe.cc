@@ -45,17 +45,21 @@ __attribute__((target("general-regs-only"))) void ret_site_hit(Hit& h) {
   rc->on_return(r);
 }
 
-enum class Mode { automatic, hijack, ret };
+using hotprobe::ReturnMode;
 
-Mode mode_from_environment() {
+// HOTPROBE_RETURN_PROBES (auto, ret, hijack), when set, overrides every spec's
+// return_mode: a switch for a run of an unmodified program (the agent, the CLI).
+std::optional<ReturnMode> mode_from_environment() {
   const char* v = std::getenv("HOTPROBE_RETURN_PROBES");
-  if (!v || !*v || std::strcmp(v, "auto") == 0) return Mode::automatic;
-  if (std::strcmp(v, "ret") == 0) return Mode::ret;
-  if (std::strcmp(v, "hijack") == 0) return Mode::hijack;
+  if (!v || !*v) return std::nullopt;
+  if (std::strcmp(v, "auto") == 0) return ReturnMode::automatic;
+  if (std::strcmp(v, "ret") == 0) return ReturnMode::ret_instructions;
+  if (std::strcmp(v, "hijack") == 0) return ReturnMode::hijack;
   std::fprintf(stderr,
-               "hotprobe: HOTPROBE_RETURN_PROBES=%s is not one of auto, ret, hijack: using auto\n",
+               "hotprobe: HOTPROBE_RETURN_PROBES=%s is not one of auto, ret, hijack: "
+               "using each probe's return_mode\n",
                v);
-  return Mode::automatic;
+  return std::nullopt;
 }
 
 std::string hex(std::uint64_t v) {
@@ -162,9 +166,11 @@ bool is_ret_site_handler(hotprobe::Handler h) noexcept {
 }
 
 bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
-  static const Mode mode = mode_from_environment();
-  if (mode == Mode::hijack) return false;
-  if (std::none_of(specs.begin(), specs.end(), [](const ProbeSpec& s) { return s.on_return; }))
+  static const std::optional<ReturnMode> forced = mode_from_environment();
+  const auto mode_of = [](const ProbeSpec& s) { return forced ? *forced : s.return_mode; };
+  if (std::none_of(specs.begin(), specs.end(), [&](const ProbeSpec& s) {
+        return s.on_return && mode_of(s) != ReturnMode::hijack;
+      }))
     return false;
   auto mods = elf::ModuleList::of_self();
   if (!mods.ok()) return false;
@@ -180,7 +186,8 @@ bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
       r.end = out_.size();
     };
     const auto colon = spec.target.find(':');
-    if (!spec.on_return || colon == std::string::npos) {
+    const ReturnMode mode = mode_of(spec);
+    if (!spec.on_return || mode == ReturnMode::hijack || colon == std::string::npos) {
       keep();
       continue;
     }
@@ -192,7 +199,7 @@ bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
       continue;
     }
     auto file = mods->elf(**mod);
-    if (!file.ok() || (mode == Mode::automatic && !is_go(**file))) {
+    if (!file.ok() || (mode == ReturnMode::automatic && !is_go(**file))) {
       keep();
       continue;
     }
@@ -230,7 +237,7 @@ bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
       }
       for (std::uint64_t site : *sites) {
         ProbeSpec p;
-        p.target = module_spec + ":fileoff:" + hex(site);  // site is a file offset
+        p.target = module_spec + ":fileoff:" + hex(site);  // a file offset, not an address
         p.on_entry = &ret_site_hit;
         p.cookie = new RetConsumer{spec.on_return, spec.filter, spec.cookie, *addr};
         p.allow_int3 = false;  // a trap in Go code is fatal

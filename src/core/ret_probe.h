@@ -13,7 +13,8 @@
 // Never an int3: a trap in Go code is fatal (Go owns SIGTRAP).
 //
 // When: automatically for functions of a Go program or library (one with runtime.*
-// symbols); `HOTPROBE_RETURN_PROBES=ret` for every return probe, `=hijack` for none.
+// symbols) under ProbeSpec::return_mode = automatic; ret_instructions always, hijack
+// never; `HOTPROBE_RETURN_PROBES=auto|ret|hijack`, when set, overrides every spec.
 //
 // What differs from hijacked returns: no per-call return instance, so Hit::data points
 // at a zeroed word (pair entries with returns through the script's own maps, keyed by

@@ -27,6 +27,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -104,6 +105,19 @@ class ElfFile {
   // Whether `offset` lies in the file part of an executable PT_LOAD segment.
   bool offset_is_code(std::uint64_t offset) const;
 
+  // The extent of the function holding `offset` by the module's call-frame information
+  // (the sorted table of .eh_frame_hdr, then the FDE it points to): the code that no
+  // symbol sizes (a stripped file, an IFUNC's implementation written in assembly, such as
+  // libc's __strlen_evex) still has an FDE, which the unwinder needs. `file_offset` is the
+  // FDE's first byte, where the function starts. nullopt when the file has no
+  // .eh_frame_hdr (PT_GNU_EH_FRAME), no FDE covers `offset`, or the table uses an encoding
+  // other than the ones linkers write; reads the file (a few small reads per call).
+  struct Extent {
+    std::uint64_t file_offset = 0;
+    std::uint64_t size = 0;
+  };
+  std::optional<Extent> cfi_extent(std::uint64_t offset) const;
+
   // Every function with exactly this name (several for local functions of different
   // translation units that share a name).
   std::vector<const Symbol*> find(std::string_view name) const;
@@ -168,6 +182,7 @@ class ElfFile {
   std::string soname_;
   std::string debuglink_;
   std::vector<Segment> segments_;
+  Segment eh_frame_hdr_;                // PT_GNU_EH_FRAME (filesz 0: none)
   std::string names_;                   // every symbol name, NUL-separated
   std::vector<Symbol> symbols_;         // by file offset
   std::vector<std::uint32_t> by_name_;  // indices into symbols_, by name

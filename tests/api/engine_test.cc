@@ -5,6 +5,7 @@
 #include <setjmp.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <thread>
@@ -698,6 +699,60 @@ TEST(Engine, IfuncProbesTheImplementationAndCountsExactly) {
   ASSERT_TRUE(fns.ok()) << fns.error().message();
   ASSERT_EQ(fns->size(), 1u);
   EXPECT_EQ(fns->front().address, reinterpret_cast<std::uintptr_t>(impl));
+}
+
+}  // namespace
+
+// hotprobe's own threads: exported by libhotprobe.so for the agent (core/thread_state.h).
+namespace hp::core {
+void mark_own_thread() noexcept;
+}  // namespace hp::core
+
+namespace {
+
+// A hit on a thread doing hotprobe's own work runs no handler and is counted in
+// Stats::skipped_own, apart from the misses.
+TEST(Engine, HitsOfHotprobesOwnWorkAreCountedApart) {
+  auto e = make_engine();
+  Counter c;
+  auto h = e->attach(spec(":hp_t_add", &c));
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  const auto before = e->stats();
+  std::thread own([] {
+    hp::core::mark_own_thread();
+    for (int i = 0; i < 10; i++)
+      hp_t_add(i, 1);
+  });
+  own.join();
+  const auto after = e->stats();
+  EXPECT_EQ(hp_t_add(1, 1), 2);
+  ASSERT_TRUE(e->detach(*h).ok());
+  EXPECT_EQ(c.entries.load(), 1);
+  EXPECT_EQ(after.skipped_own - before.skipped_own, 10u);
+  EXPECT_EQ(after.misses_recursion, before.misses_recursion);
+}
+
+// ProbeSpec::return_mode picks how the return is caught, per spec: a hijacked return has
+// the entry's per-call data (Hit::data), a probe on the `ret` instructions a zeroed word.
+TEST(Engine, ReturnModeIsPerSpec) {
+  if (const char* v = std::getenv("HOTPROBE_RETURN_PROBES"); v && *v)
+    GTEST_SKIP() << "HOTPROBE_RETURN_PROBES overrides every spec";
+  auto e = make_engine();
+  for (const auto mode : {hotprobe::ReturnMode::hijack, hotprobe::ReturnMode::ret_instructions}) {
+    Counter c;
+    ProbeSpec s = spec(":hp_t_add", &c, /*entry=*/true, /*ret=*/true);
+    s.return_mode = mode;
+    auto h = e->attach(s);
+    ASSERT_TRUE(h.ok()) << h.error().message();
+    EXPECT_EQ(hp_t_add(2, 3), 5);
+    ASSERT_TRUE(e->detach(*h).ok());
+    EXPECT_EQ(c.entries.load(), 1);
+    EXPECT_EQ(c.returns.load(), 1);
+    EXPECT_EQ(c.last_ret.load(), 5);
+    // count_return copies *Hit::data into last_arg1; count_entry stored arg0 * 1000.
+    EXPECT_EQ(c.last_arg1.load(), mode == hotprobe::ReturnMode::hijack ? 2000 : 0)
+        << (mode == hotprobe::ReturnMode::hijack ? "hijack" : "ret_instructions");
+  }
 }
 
 }  // namespace

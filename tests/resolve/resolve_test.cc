@@ -52,8 +52,9 @@ const char* const kHotprobe = env_or("HP_RESOLVE_HOTPROBE", HP_HOTPROBE);
 const char* const kAgent = env_or("HP_RESOLVE_AGENT", HP_AGENT);
 
 // Runs hotprobe with `args`; `path_dir`, if given, goes first in its PATH.
+// `debug`: HOTPROBE_DEBUG set (each site says its mode on stderr).
 Run hotprobe(const std::vector<std::string>& args, const std::string& path_dir = {},
-             std::chrono::seconds timeout = 60s) {
+             std::chrono::seconds timeout = 60s, bool debug = false) {
   const std::string out_path = temp_path("out"), err_path = temp_path("err");
   pid_t pid = ::fork();
   if (pid == 0) {
@@ -65,6 +66,7 @@ Run hotprobe(const std::vector<std::string>& args, const std::string& path_dir =
     ::dup2(o, 1);
     ::dup2(e, 2);
     ::setenv("HOTPROBE_AGENT", kAgent, 1);
+    if (debug) ::setenv("HOTPROBE_DEBUG", "1", 1);
     if (!path_dir.empty()) {
       const char* old = std::getenv("PATH");
       ::setenv("PATH", (path_dir + ":" + (old ? old : "/usr/bin:/bin")).c_str(), 1);
@@ -214,12 +216,12 @@ TEST(Resolve, ColdFragmentsAreNotFunctions) {
 }
 
 // Two probes whose patches would overlap (malloc and malloc+2: the first's 5-byte jump
-// covers the second) both attach, and each counts every call. /bin/ls allocates (/bin/true
-// makes no malloc of its own, and the agent's are not counted).
+// covers the second) both attach, and each counts every call.
 TEST(Resolve, ProbesAFewBytesApartBothCount) {
   auto r = hotprobe({"run", "-e",
                      "uprobe:libc:malloc { @a = count(); } uprobe:libc:malloc+2 { @b = count(); }",
-                     "--", "/bin/ls", "/"});
+                     "--", "/bin/ls", "/"});  // ls allocates (/bin/true does not, and the
+                                              // agent's own mallocs are not counted)
   ASSERT_EQ(r.code, 0) << r.err;
   auto count = [&](const std::string& name) {
     const auto at = r.out.find(name + ": ");
@@ -270,6 +272,29 @@ TEST(Resolve, FifoIsRefusedWithoutWaiting) {
   r = hotprobe({"run", "-e", "uprobe:" + fifo + ":f {}", "--", "/bin/true"});
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(contains(r.err, "is a FIFO, not a regular file")) << r.err;
+}
+
+// In a stripped program an address names code no symbol sizes: its FDE does, so main
+// (long enough) takes a jump, not an int3, and the count is exact. The addresses are the
+// unstripped build's, as nm prints them.
+TEST(Resolve, StrippedProgramsFunctionIsSizedByItsFde) {
+  auto elf = hp::elf::load_elf(HP_PLAIN);
+  ASSERT_TRUE(elf.ok()) << elf.error().message();
+  const hp::elf::Symbol* main_fn = symbol(**elf, "main");
+  const hp::elf::Symbol* second = symbol(**elf, "hp_second");
+  ASSERT_TRUE(main_fn && second);
+  const std::string stripped = HP_STRIPPED;
+  auto r = hotprobe({"run", "-e",
+                     "uprobe:" + stripped + ":" + hex(main_fn->value) + " { @m = count(); } " +
+                         "uprobe:" + stripped + ":" + hex(second->value) + " { @s = count(); }",
+                     "--", stripped, "10"},
+                    {}, 60s, /*debug=*/true);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "@m: 1\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@s: 20\n")) << r.out;
+  EXPECT_TRUE(
+      contains(r.err, "hp_resolve_stripped:fileoff:" + hex(main_fn->file_offset) + ": jmp site"))
+      << r.err;
 }
 
 // strlen is an IFUNC: the probe goes on the implementation the loader picked, and counts

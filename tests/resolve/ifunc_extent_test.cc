@@ -1,0 +1,155 @@
+// strlen's implementation in a stripped libc (__strlen_evex, __strlen_avx2, ...) has no
+// sized symbol: its extent comes from its FDE (elf::ElfFile::cfi_extent), so the probe is
+// a jump, not an int3. Threads that block every signal, which a SIGTRAP kills, then call
+// it safely, and every call counts.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Run {
+  int code = -1;  // exit status, 128+N for signal N, -1 on timeout
+  std::string out, err;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string temp_path(const std::string& what) {
+  return ::testing::TempDir() + "hp_ifunc_extent_" + std::to_string(::getpid()) + "_" + what;
+}
+
+// $HP_RESOLVE_HOTPROBE and $HP_RESOLVE_AGENT name another build (an older one, to show
+// that these tests fail on it).
+const char* env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+const char* const kHotprobe = env_or("HP_RESOLVE_HOTPROBE", HP_HOTPROBE);
+const char* const kAgent = env_or("HP_RESOLVE_AGENT", HP_AGENT);
+
+// Runs hotprobe with `args` and HOTPROBE_DEBUG set (each site says its mode).
+Run hotprobe(const std::vector<std::string>& args, std::chrono::seconds timeout = 60s) {
+  const std::string out_path = temp_path("out"), err_path = temp_path("err");
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    int null = ::open("/dev/null", O_RDONLY);
+    ::dup2(null, 0);
+    int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(o, 1);
+    ::dup2(e, 2);
+    ::setenv("HOTPROBE_AGENT", kAgent, 1);
+    ::setenv("HOTPROBE_DEBUG", "1", 1);
+    std::vector<char*> argv{const_cast<char*>(kHotprobe)};
+    for (const auto& a : args)
+      argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(kHotprobe, argv.data());
+    ::_exit(99);
+  }
+  ::setpgid(pid, pid);
+  Run r;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(-pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      ADD_FAILURE() << "hotprobe did not end within " << timeout.count() << " s";
+      status = -1;
+      break;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  if (status != -1) r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_file(out_path);
+  r.err = read_file(err_path);
+  ::unlink(out_path.c_str());
+  ::unlink(err_path.c_str());
+  return r;
+}
+
+bool contains(const std::string& s, const std::string& what) {
+  return s.find(what) != std::string::npos;
+}
+
+// The count the script printed ("@: N"), or -1.
+long count_of(const Run& r) {
+  const auto at = r.out.find("@: ");
+  return at == std::string::npos ? -1 : std::atol(r.out.c_str() + at + 3);
+}
+
+constexpr int kPerThread = 2000;
+
+Run run_fixture(bool block) {
+  std::vector<std::string> args{"run",
+                                "-e",
+                                "uprobe:libc:strlen { @ = count(); }",
+                                "--",
+                                HP_STRLEN_BLOCKED,
+                                std::to_string(kPerThread)};
+  if (block) args.push_back("block");
+  return hotprobe(args);
+}
+
+TEST(IfuncExtent, StrlenIsAJumpSite) {
+  auto r = hotprobe({"run", "-e", "uprobe:libc:strlen { @ = count(); }", "--", "/bin/true"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  // "libc.so.6:strlen (its implementation at libc.so.6:fileoff:0x...): jmp site"; the
+  // loader's _dl_debug_state (a lone ret, hotprobe's module watcher) is an int3 site.
+  const auto at = r.err.find("libc.so.6:strlen (its implementation at ");
+  ASSERT_NE(at, std::string::npos) << r.err;
+  const std::string line = r.err.substr(at, r.err.find('\n', at) - at);
+  EXPECT_TRUE(contains(line, "): jmp site")) << line;
+}
+
+// The workers block every signal: with an int3 site the first hit kills the program
+// (SIGTRAP); with the jump every call counts, as many as when they block nothing.
+TEST(IfuncExtent, ThreadsThatBlockEverySignalSurviveAndCountExactly) {
+  auto open = run_fixture(false);
+  ASSERT_EQ(open.code, 0) << open.err;
+  auto blocked = run_fixture(true);
+  ASSERT_EQ(blocked.code, 0) << "the program died (" << blocked.code << "): " << blocked.err;
+  EXPECT_TRUE(contains(blocked.out, std::to_string(3 * kPerThread))) << blocked.out;
+  const long n_open = count_of(open), n_blocked = count_of(blocked);
+  // The workers' calls, and a few of libc's and the agent's own (the same in both runs).
+  EXPECT_GE(n_blocked, 3 * kPerThread) << blocked.out;
+  EXPECT_LE(n_blocked, 3 * kPerThread + 16) << blocked.out;
+  EXPECT_EQ(n_blocked, n_open) << "blocked:\n" << blocked.out << "open:\n" << open.out;
+}
+
+// The implementation the loader picked is a function's entry, so it takes a return probe
+// (a hijacked return: the entry is a jump site), which sees strlen's result.
+TEST(IfuncExtent, ReturnProbeOnTheImplementation) {
+  auto r = hotprobe({"run", "-e", "uretprobe:libc:strlen { @[retval] = count(); }", "--",
+                     HP_STRLEN_BLOCKED, std::to_string(kPerThread), "block"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The workers' strlen("hotprobe") calls, all returning 8.
+  const auto at = r.out.find("@[8]: ");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  const long n = std::atol(r.out.c_str() + at + 6);
+  EXPECT_GE(n, 3 * kPerThread) << r.out;
+  EXPECT_LE(n, 3 * kPerThread + 16) << r.out;
+}
+
+}  // namespace
