@@ -27,7 +27,9 @@ RunResult hotprobe_run(const std::vector<std::string>& opts, const std::string& 
   return run_command(args, {}, std::chrono::seconds(60));
 }
 
-std::string probe_on(const std::string& binary) { return "uprobe:" + binary + ":probed "; }
+std::string probe_on(const std::string& binary) {
+  return "uprobe:" + binary + ":probed ";
+}
 
 int count_of(const std::string& text, const std::string& what) {
   int n = 0;
@@ -64,8 +66,8 @@ TEST(ForkExec, FollowedChildrenKeyedByPidGiveOneKeyEach) {
   ASSERT_EQ(r.status, 0) << r.err;
   std::regex row(R"(@by\[(\d+)\]: (\d+)\n)");
   int keys = 0;
-  for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row); it != std::sregex_iterator();
-       ++it) {
+  for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row);
+       it != std::sregex_iterator(); ++it) {
     ++keys;
     EXPECT_EQ(std::stol((*it)[2]), kCalls) << r.out;
   }
@@ -85,7 +87,8 @@ TEST(ForkExec, WithoutFollowForksOnlyTheProgramCounts) {
 
 TEST(ForkExec, AnExecdProbedBinaryIsSaidToBeUntraced) {
   auto r = hotprobe_run(
-      {}, probe_on(HP_FORKER) + "{ @a = count(); } " + probe_on(HP_EXEC_TARGET) + "{ @b = count(); }",
+      {},
+      probe_on(HP_FORKER) + "{ @a = count(); } " + probe_on(HP_EXEC_TARGET) + "{ @b = count(); }",
       {HP_FORKER, "exec", HP_EXEC_TARGET, "0", "3"});
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(map_value(r.out, "a"), 1) << r.out;  // before the exec: traced

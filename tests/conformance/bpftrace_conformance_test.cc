@@ -199,10 +199,10 @@ struct Case {
 
 // The C-type cases' definitions: struct_fixture.c's, with `level` declared unsigned:
 // bpftrace 0.17 reads a signed bit field without its sign (13 for -3), hotprobe as C does.
-#define HP_STRUCT_DEFS                                                                   \
-  "struct inner { short x; unsigned char y; };\n"                                        \
+#define HP_STRUCT_DEFS                                                                     \
+  "struct inner { short x; unsigned char y; };\n"                                          \
   "struct node { int id; char name[16]; struct inner in; long vals[3]; struct node *next;" \
-  " unsigned int flag : 1; unsigned int level : 4;"                                      \
+  " unsigned int flag : 1; unsigned int level : 4;"                                        \
   " union { unsigned int w; unsigned char b[4]; } u; };\n"
 
 // Scripts whose output is deterministic on demo_service.
@@ -251,8 +251,7 @@ const Case kCases[] = {
      "@b[$n->flag, $n->level, $n->u.w, (*$n).vals[2], sizeof(struct node)] = count(); "
      "@c[((struct node *)arg0)->next->in.y] = sum($n->vals[0]); }",
      true},
-    {"wildcard_probe_names_each_function",
-     "uprobe:BIN:*_request { @[probe] = count(); }"},
+    {"wildcard_probe_names_each_function", "uprobe:BIN:*_request { @[probe] = count(); }"},
     {"print_and_clear_in_end",
      "uprobe:BIN:handle_request { @a[arg0 % 3] = count(); @b = count(); } "
      "END { print(@a); clear(@a); }"},

@@ -130,8 +130,8 @@ TEST(ScriptCTypes, LayoutMatchesTheCompiler) {
   s.prog->run_begin();
   char want[256];
   std::snprintf(want, sizeof want, "%zu %zu %zu %zu %zu %zu %zu 8 2\n", sizeof(Node),
-                offsetof(Node, name), offsetof(Node, in) + offsetof(Inner, y),
-                offsetof(Node, vals), offsetof(Node, next), offsetof(Node, u), sizeof(Inner));
+                offsetof(Node, name), offsetof(Node, in) + offsetof(Inner, y), offsetof(Node, vals),
+                offsetof(Node, next), offsetof(Node, u), sizeof(Inner));
   EXPECT_EQ(s.sink.out, want);
 }
 
