@@ -25,6 +25,7 @@
 
 #include "arch/x86_64/clobber.h"
 #include "arch/x86_64/code_memory.h"
+#include "arch/x86_64/decode.h"
 #include "arch/x86_64/plan.h"
 #include "arch/x86_64/trampoline.h"
 #include "base/assert.h"
@@ -206,6 +207,53 @@ std::string hex(std::uint64_t v) {
   return b;
 }
 
+// Code written in assembly shares tails between functions: glibc's __mempcpy_* jumps to
+// the second instruction of __memcpy_*, from outside memcpy's FDE. A place that only its
+// FDE sizes is checked against the FDEs around it (kNeighbourBytes each way, decoded from
+// their starts, which are instruction boundaries) for a branch into its first bytes
+// (lo, hi), where a jump would displace instructions; one found, or code that does not
+// decode, sends the site to int3 mode (the caller clears the size).
+bool neighbours_branch_into(const elf::ElfFile& file, const elf::ElfFile::Extent& own,
+                            std::uintptr_t bias, std::uintptr_t lo, std::uintptr_t hi) {
+  constexpr std::uint64_t kNeighbourBytes = 4096;
+  auto branches_in = [&](const elf::ElfFile::Extent& e) {
+    const std::uintptr_t start = e.file_offset + bias, end = start + e.size;
+    for (std::uintptr_t a = start; a < end;) {
+      auto insn = arch::decode_shape(
+          std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(a),
+                                        std::min<std::uintptr_t>(end - a, arch::kMaxInsnLength)),
+          a);
+      if (!insn.ok()) return true;  // cannot tell: assume the worst
+      if (insn->is_relative_branch() && insn->target > lo && insn->target < hi) return true;
+      a += insn->length;
+    }
+    return false;
+  };
+  // Backwards from the FDE before `own`, forwards from the one after it, over the padding
+  // between functions (up to kGap bytes, where the next FDE starts aligned).
+  constexpr std::uint64_t kGap = 64;
+  auto fde_before = [&](std::uint64_t off) -> std::optional<elf::ElfFile::Extent> {
+    for (std::uint64_t k = 1; k <= kGap && k <= off; k++)
+      if (auto e = file.cfi_extent(off - k); e && e->size && e->file_offset < off) return e;
+    return std::nullopt;
+  };
+  auto fde_after = [&](std::uint64_t off) -> std::optional<elf::ElfFile::Extent> {
+    for (std::uint64_t k = 0; k < kGap; k++)
+      if (auto e = file.cfi_extent(off + k); e && e->size && e->file_offset >= off) return e;
+    return std::nullopt;
+  };
+  for (auto e = fde_before(own.file_offset);
+       e && own.file_offset - e->file_offset < kNeighbourBytes; e = fde_before(e->file_offset)) {
+    if (branches_in(*e)) return true;
+  }
+  const std::uint64_t own_end = own.file_offset + own.size;
+  for (auto e = fde_after(own_end); e && e->file_offset - own_end < kNeighbourBytes;
+       e = fde_after(e->file_offset + e->size)) {
+    if (branches_in(*e)) return true;
+  }
+  return false;
+}
+
 // A resolved place to probe.
 struct Target {
   SiteKey key;
@@ -282,7 +330,9 @@ Result<void> resolve_pending(std::string_view path, std::string_view rest, const
       if (auto ext = (*elf)->cfi_extent(t.file_offset)) {  // as resolve() does
         tg.offset = t.file_offset - ext->file_offset;
         tg.function_file_offset = ext->file_offset;
-        tg.function_size = ext->size;
+        // Not loaded: the neighbours cannot be read from memory to look for branches into
+        // the first bytes (neighbours_branch_into), so the size stays unknown (int3 mode).
+        tg.function_size = 0;
         tg.fragment = true;  // an FDE may start a fragment: no entry assumptions
       }
     }
@@ -454,6 +504,12 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
         tg.cfi_entry = holder != nullptr;
         tg.fragment = !tg.cfi_entry;
         if (tg.offset) tg.describe += " (+" + hex(tg.offset) + " into its FDE)";
+        // The jump displaces at most the instructions that start below its 5th byte.
+        const std::uintptr_t at = *addr;
+        if (neighbours_branch_into(*file, *ext, at - file_offset, at, at + 5 + 15)) {
+          tg.function_size = 0;  // int3 mode: a neighbour enters the bytes a jump would take
+          tg.describe += " (a neighbouring function jumps into its first bytes)";
+        }
       }
     }
     HP_TRY(check_return_place(spec, tg, sym));

@@ -55,6 +55,14 @@ void compare_with_bpftrace(const std::vector<std::string>& command,
   if (::access(command[0].c_str(), X_OK) != 0)
     GTEST_SKIP() << command[0] << " is not installed (scripts/install-deps.sh installs it)";
   if (std::string why = bpftrace_usable(); !why.empty()) GTEST_SKIP() << why;
+  // The agent removes every HOTPROBE_* variable from the program's environment (the test
+  // command exports HOTPROBE_STRESS_SECONDS): bpftrace's child must see the same
+  // environment, or a program that copies it (perl's %ENV) allocates differently.
+  std::vector<std::string> ours;
+  for (char** e = environ; *e; e++)
+    if (std::strncmp(*e, "HOTPROBE_", 9) == 0) ours.emplace_back(*e, std::strcspn(*e, "="));
+  for (const auto& name : ours)
+    ::unsetenv(name.c_str());
   for (const auto& kv : env)
     ::putenv(const_cast<char*>(kv.c_str()));  // bpftrace's -c child inherits it
   if (prepare) prepare();
