@@ -460,8 +460,9 @@ TEST(Inject, RepeatedLoadCallUnloadDoesNotGrowTheMappings) {
   EXPECT_GT(loaded, baseline);
   // A leak adds mappings every cycle. While loaded, the count depends on where the loader
   // places the library (next to another mapping or not), so it only has to show the library
-  // is there; after the unload, the kernel's merging may move one boundary once, so the
-  // count may differ from the warm-up's by one but never drift.
+  // is there; after the unload, the kernel's merging and the loader's placement move a
+  // boundary or two (seen: 30..32 under load), while a leak of one mapping per load adds
+  // 20 over the loop.
   std::size_t lo_loaded = loaded, lo_after = baseline, hi_after = baseline;
   for (int i = 0; i < 20; ++i) {
     std::size_t now = 0;
@@ -471,7 +472,7 @@ TEST(Inject, RepeatedLoadCallUnloadDoesNotGrowTheMappings) {
     lo_after = std::min(lo_after, after), hi_after = std::max(hi_after, after);
   }
   EXPECT_GT(lo_loaded, hi_after) << "a load did not map the library";
-  EXPECT_LE(hi_after - lo_after, 1u) << "mappings after unload drift: " << lo_after << ".."
+  EXPECT_LE(hi_after - lo_after, 4u) << "mappings after unload drift: " << lo_after << ".."
                                      << hi_after << " (warm-up " << baseline << ")";
   // 22 constructors ran: each load really loaded the library again.
   const std::string text = read_file(marker);
