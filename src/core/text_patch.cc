@@ -401,8 +401,11 @@ struct Pad {
   PatchBytes caller_view, actual;
 };
 
-std::vector<PadRegion*> g_pad_regions;           // under g_patch_mutex; never freed
-std::unordered_map<std::uintptr_t, Pad> g_pads;  // site address -> its pad; never erased
+// Under g_patch_mutex; never freed, never destroyed (no static destructor: pads stay in
+// the code for the life of the process, and threads may still jump through them at exit).
+std::vector<PadRegion*>& g_pad_regions = *new std::vector<PadRegion*>;
+std::unordered_map<std::uintptr_t, Pad>& g_pads =
+    *new std::unordered_map<std::uintptr_t, Pad>;  // site address -> its pad; never erased
 
 bool rel32_reach(std::uintptr_t from_end, std::uintptr_t to) {
   const auto d = static_cast<std::int64_t>(to - from_end);

@@ -107,6 +107,7 @@ class RaceCode {
 
  private:
   static void put(std::uint8_t*& q, const std::vector<std::uint8_t>& b) {
+    if (b.empty()) return;  // memcpy's source may not be null, even for 0 bytes
     std::memcpy(q, b.data(), b.size());
     q += b.size();
   }
