@@ -39,7 +39,7 @@ struct RetConsumer {
 // A `ret` site's record outlives its probe (a thread may still be in the handler when the
 // probe is detached, and the record is small): kept for the life of the process, in a list
 // that is never destroyed, so leak checkers see it reachable.
-RetConsumer* keep(RetConsumer* c) {
+RetConsumer* kept(RetConsumer* c) {
   static std::mutex mu;
   static auto& all = *new std::vector<RetConsumer*>;
   std::lock_guard<std::mutex> l(mu);
@@ -251,7 +251,7 @@ bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
         ProbeSpec p;
         p.target = module_spec + ":fileoff:" + hex(site);  // a file offset, not an address
         p.on_entry = &ret_site_hit;
-        p.cookie = keep(new RetConsumer{spec.on_return, spec.filter, spec.cookie, *addr});
+        p.cookie = kept(new RetConsumer{spec.on_return, spec.filter, spec.cookie, *addr});
         p.allow_int3 = false;  // a trap in Go code is fatal
         // Saves where the user's handlers need them (the wrapper calls through a pointer,
         // which the engine's walk of it would count as "may write").
