@@ -743,6 +743,12 @@ TEST(Engine, ReturnModeIsPerSpec) {
     ProbeSpec s = spec(":hp_t_add", &c, /*entry=*/true, /*ret=*/true);
     s.return_mode = mode;
     auto h = e->attach(s);
+#if defined(HOTPROBE_ASAN) || defined(HOTPROBE_TSAN)
+    // -O0 code (the sanitizer builds) ends hp_t_add with a branch target right before its
+    // `ret`, which no jump may cover: the refusal is the right answer there.
+    if (!h.ok() && mode == hotprobe::ReturnMode::ret_instructions)
+      GTEST_SKIP() << h.error().message();
+#endif
     ASSERT_TRUE(h.ok()) << h.error().message();
     EXPECT_EQ(hp_t_add(2, 3), 5);
     ASSERT_TRUE(e->detach(*h).ok());
