@@ -20,7 +20,7 @@ struct Child {
   FILE* from = nullptr;
 };
 
-Child start_target() {
+Child start_target(const char* mode = nullptr) {
   ::signal(SIGPIPE, SIG_IGN);  // a dead target fails answers(), not the test process
   int in[2], out[2];
   EXPECT_EQ(::pipe(in), 0);
@@ -32,7 +32,7 @@ Child start_target() {
     ::dup2(out[1], 1);
     ::close(in[1]);
     ::close(out[0]);
-    ::execl(HP_CHURN, HP_CHURN, static_cast<char*>(nullptr));
+    ::execl(HP_CHURN, HP_CHURN, mode, static_cast<char*>(nullptr));
     ::_exit(127);
   }
   ::close(in[0]);
@@ -83,13 +83,13 @@ long value(const std::string& out, const std::string& map) {
   return at == std::string::npos ? -1 : std::atol(out.c_str() + at + map.size() + 2);
 }
 
-// libc's IFUNCs under attach -p, while other threads churn: the target lives on, and the
+// libc's IFUNCs under attach -p: the target lives on, and the
 // four functions, called once each per round and attached and detached in one batch,
 // count every round of the program's (one apart at most: a round may straddle the
 // window's edge).
-TEST(ThreadChurn, AttachToLibcIfuncsCountsEachRound) {
+TEST(AttachIfuncs, LibcIfuncsCountEachRound) {
   if (std::string(HP_SANITIZE).size()) GTEST_SKIP() << "the agent is not built for sanitizers";
-  Child c = start_target();
+  Child c = start_target("ifuncs");
   char line[64];
   ASSERT_TRUE(std::fgets(line, sizeof line, c.from));
   for (int i = 0; i < 4; i++) {
