@@ -68,6 +68,12 @@ void compare_with_bpftrace(const std::vector<std::string>& command,
   if (prepare) prepare();
   auto want = bpftrace_counts(kFunctions, command);
   ASSERT_TRUE(want.has_value());
+  // The reference twice: a program whose own counts differ between two runs (a cache file
+  // written by the first, a concurrent test's effect on it) cannot be compared exactly.
+  if (prepare) prepare();
+  auto again = bpftrace_counts(kFunctions, command);
+  ASSERT_TRUE(again.has_value());
+  if (*again != *want) GTEST_SKIP() << "the program's own counts vary from run to run here";
   if (prepare) prepare();
   std::vector<std::string> args{HP_HOTPROBE, "run", "-e", count_script(kFunctions), "--"};
   args.insert(args.end(), command.begin(), command.end());
