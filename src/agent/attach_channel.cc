@@ -53,8 +53,9 @@ long attach_channel_start(const char* request) {
   pthread_once(&once, [] { pthread_atfork(&fork_prepare, &fork_parent, &fork_child); });
   pthread_t t;
   auto* arg = new int(fd);
-  const int rc = pthread_create(
-      &t, nullptr,
+  // Its own stack size, whatever RLIMIT_STACK the program runs with: it compiles.
+  const int rc = start_agent_thread(
+      &t,
       [](void* p) -> void* {
         const int cfd = *static_cast<int*>(p);
         delete static_cast<int*>(p);
@@ -68,7 +69,6 @@ long attach_channel_start(const char* request) {
     ::close(fd);
     return -rc;
   }
-  pthread_detach(t);
   return 0;
 }
 

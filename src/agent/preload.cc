@@ -145,8 +145,8 @@ extern "C" __attribute__((visibility("default"))) long hotprobe_agent_start(
   });
   pthread_t t;
   auto* arg = new int(fd);
-  int rc = pthread_create(
-      &t, nullptr,
+  int rc = hp::agent::start_agent_thread(
+      &t,
       [](void* p) -> void* {
         int cfd = *static_cast<int*>(p);
         delete static_cast<int*>(p);
@@ -160,7 +160,6 @@ extern "C" __attribute__((visibility("default"))) long hotprobe_agent_start(
     ::close(fd);
     return -rc;
   }
-  pthread_detach(t);
   return 0;
 }
 

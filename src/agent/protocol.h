@@ -12,6 +12,8 @@
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -124,6 +126,28 @@ inline bool send_message(int fd, std::string_view m) {
   }
 }
 
+// One whole message carrying descriptor `passed` (SCM_RIGHTS): `hotprobe attach`'s start
+// message brings the session's map region (docs/design/attach.md). False when not sent.
+inline bool send_message_with_fd(int fd, std::string_view m, int passed) {
+  iovec iov{const_cast<char*>(m.data()), m.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr h{};
+  h.msg_iov = &iov;
+  h.msg_iovlen = 1;
+  h.msg_control = control;
+  h.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&h);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &passed, sizeof(int));
+  for (;;) {
+    ssize_t n = ::sendmsg(fd, &h, MSG_NOSIGNAL);
+    if (n >= 0) return static_cast<std::size_t>(n) == m.size();
+    if (errno != EINTR) return false;
+  }
+}
+
 // Output text, cut into messages of at most kMaxMessage.
 inline bool send_text(int fd, Msg type, std::string_view text) {
   while (!text.empty()) {
@@ -152,6 +176,42 @@ inline int recv_message(int fd, std::string& out, int flags = 0) {
       out.clear();
       return -1;
     }
+  }
+}
+
+// recv_message, and the one descriptor the message carried (SCM_RIGHTS, received
+// close-on-exec) in *passed, or -1. Descriptors beyond the first are closed.
+inline int recv_message_with_fd(int fd, std::string& out, int* passed) {
+  *passed = -1;
+  out.resize(kMaxMessage * 4);
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  for (;;) {
+    iovec iov{out.data(), out.size()};
+    msghdr h{};
+    h.msg_iov = &iov;
+    h.msg_iovlen = 1;
+    h.msg_control = control;
+    h.msg_controllen = sizeof control;
+    ssize_t n = ::recvmsg(fd, &h, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    for (cmsghdr* c = n >= 0 ? CMSG_FIRSTHDR(&h) : nullptr; c; c = CMSG_NXTHDR(&h, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count; ++i) {
+        int d;
+        std::memcpy(&d, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        if (*passed < 0)
+          *passed = d;
+        else
+          ::close(d);
+      }
+    }
+    if (n > 0) {
+      out.resize(static_cast<std::size_t>(n));
+      return 1;
+    }
+    out.clear();
+    return n == 0 ? 0 : -1;
   }
 }
 

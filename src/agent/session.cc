@@ -71,6 +71,7 @@ thread_local std::string* t_direct = nullptr;
 
 std::mutex g_sessions_mu;
 std::vector<Session*> g_sessions;
+std::mutex g_compile_mu;  // Session::start's compile: the region hand-over is process-wide
 
 std::uint64_t now_ns() {
   timespec ts;
@@ -156,6 +157,16 @@ std::string suggest(std::string_view target) {
 
 }  // namespace
 
+int start_agent_thread(pthread_t* thread, void* (*entry)(void*), void* arg) {
+  pthread_attr_t attr;
+  if (int rc = pthread_attr_init(&attr); rc != 0) return rc;
+  int rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (rc == 0) rc = pthread_attr_setstacksize(&attr, kAgentThreadStack);
+  if (rc == 0) rc = pthread_create(thread, &attr, entry, arg);
+  pthread_attr_destroy(&attr);
+  return rc;
+}
+
 void register_session(Session* s) {
   std::scoped_lock lock(g_sessions_mu);
   g_sessions.push_back(s);
@@ -230,7 +241,19 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   if (::poll(&p, 1, 30000) != 1)
     return Error(Errc::timed_out, "hotprobe agent: no start message from hotprobe within 30 s");
   std::string msg;
-  if (recv_message(fd, msg) != 1 || msg.empty() || msg[0] != static_cast<char>(Msg::start))
+  // hotprobe attach passes the session's map region with the start message.
+  int region_fd = -1;
+  const int got =
+      attached_session ? recv_message_with_fd(fd, msg, &region_fd) : recv_message(fd, msg);
+  std::unique_ptr<script::SharedRegion> region;
+  if (region_fd >= 0) {
+    region = script::SharedRegion::open(region_fd, nullptr);
+    if (region)
+      region->close_fd();  // the mapping stays; the program finds no descriptor of ours
+    else
+      ::close(region_fd);  // not a region: hotprobe finds none laid out and reads the channel
+  }
+  if (got != 1 || msg.empty() || msg[0] != static_cast<char>(Msg::start))
     return Error(Errc::io_error, "hotprobe agent: the channel to hotprobe is broken");
   auto start_msg = decode_start(std::string_view(msg).substr(1));
   if (!start_msg) return Error(Errc::invalid_argument, "hotprobe agent: malformed start message");
@@ -241,10 +264,19 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   copts.format = static_cast<script::OutputFormat>(start_msg->options.format);
   s->source_ = start_msg->source;
   s->filename_ = start_msg->filename;
-  // `hotprobe run` shares memory for the maps (HOTPROBE_MAPS_FD): this compile lays them out
-  // there, so hotprobe prints them however the process ends (script-runtime.md).
-  if (!attached_session) script::adopt_shared_maps(start_msg->source);
+  // `hotprobe run` shares memory for the maps (HOTPROBE_MAPS_FD), `hotprobe attach` passed
+  // a region with the start message: this compile lays them out there, so hotprobe prints
+  // them however the process ends (script-runtime.md). One compile at a time: the region
+  // reaches the compile's MapSet through a process-wide hand-over.
+  std::unique_lock compile_lock(g_compile_mu);
+  if (!attached_session)
+    script::adopt_shared_maps(start_msg->source);
+  else if (region)
+    script::SharedRegion::use_next(region.get(), false, script::source_hash(start_msg->source));
   auto prog = compile_open(start_msg->source, copts);
+  script::SharedRegion::use_next(nullptr, false, 0);  // taken, or left by a failed compile
+  compile_lock.unlock();
+  s->region_ = std::move(region);
   if (!prog) {
     s->send_text_checked(Msg::error, prog.error().message());
     return prog.error();
@@ -375,11 +407,7 @@ bool Session::start_reporter() {
   pthread_sigmask(SIG_SETMASK, &all, &old);
   // Detached: it ends after the final report; a preload session stays behind finished
   // (the process is ending), an attach session frees itself on it. Nobody joins.
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  int rc = pthread_create(&reporter_, &attr, &Session::reporter_entry, this);
-  pthread_attr_destroy(&attr);
+  int rc = start_agent_thread(&reporter_, &Session::reporter_entry, this);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (rc != 0) {
     reporter_running_.store(false);
@@ -483,9 +511,11 @@ void Session::do_finish(Reason reason) {
   if (!forked_child_) program_->run_end();
   // Maps in memory shared with hotprobe: END's output (all that out_ holds now) goes there
   // too and hotprobe prints both, exactly once whatever happens next. Otherwise they go
-  // over the channel. (An attached session's maps are its own, never in a run's region.)
+  // over the channel. (An attached session's maps are in its own region, never in a run's.)
   // A followed child's maps go as data: hotprobe merges them with PROGRAM's into one print.
-  const bool shared_maps = !attached_ && !forked_child_ && script::hand_over_end_output(out_);
+  const bool shared_maps =
+      !forked_child_ && (attached_ ? region_ && script::hand_over_end_output(*region_, out_)
+                                   : script::hand_over_end_output(out_));
   if (forked_child_ && !attached_) {  // hotprobe run merges them (attach follows no fork)
     drain_and_send();
     for (const auto& m : encode_map_data(*program_->runtime().maps))
@@ -494,8 +524,12 @@ void Session::do_finish(Reason reason) {
     out_ += program_->print_maps();
   }
   drain_and_send();
-  if (!attached_ && !shared_maps && !forked_child_)
-    script::set_shared_maps_phase(script::region::kMapsPrinted);
+  if (!shared_maps && !forked_child_) {
+    if (!attached_)
+      script::set_shared_maps_phase(script::region::kMapsPrinted);
+    else if (region_)
+      script::set_maps_phase(*region_, script::region::kMapsPrinted);
+  }
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
   if (!attached_) {
@@ -697,7 +731,11 @@ bool Session::channel_ok() noexcept {
   if (::fstat(fd_, &st) == 0 && st.st_dev == chan_dev_ && st.st_ino == chan_ino_) return true;
   fd_ = -1;  // closed, or another file now: not ours to use, nor to close
   channel_lost_ = true;
-  script::mark_shared_maps_channel_lost();  // hotprobe prints the maps and says why they stop
+  // hotprobe prints the maps and says why they stop.
+  if (!attached_)
+    script::mark_shared_maps_channel_lost();
+  else if (region_)
+    script::mark_channel_lost(*region_);
   return false;
 }
 
@@ -718,6 +756,9 @@ void Session::after_fork_parent() {
 }
 
 void Session::after_fork_child() {
+  // An attach session's region: the child's writes stay its own (run's region has its
+  // own fork handler, script/maps.cc).
+  if (region_) region_->privatize();
   // The child has one thread: this one. Rings of the other threads are theirs no more.
   for (ThreadRing* r : rings_) {
     r->ring.reset_after_fork();

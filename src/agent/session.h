@@ -128,6 +128,9 @@ class Session final : public hotprobe::script::Sink {
   pid_t pid_ = 0;              // the traced process (start, after_fork_child)
   std::string source_, filename_;
   std::unique_ptr<hotprobe::Engine> engine_;
+  // hotprobe attach: the session's map region, received with the start message (declared
+  // before program_, whose maps live in it, so that it is unmapped after them).
+  std::unique_ptr<hotprobe::script::SharedRegion> region_;
   std::unique_ptr<OpenProgram> program_;        // its maps in reach: a followed child sends them
   std::vector<hotprobe::Handle> handles_;       // the script's probes
   std::vector<hotprobe::Handle> exit_handles_;  // exit/_exit hooks
@@ -148,6 +151,22 @@ class Session final : public hotprobe::script::Sink {
   std::uint64_t lost_sent_ = 0;     // reporter: total already reported
   std::string out_;                 // reporter: output waiting to be sent
 };
+
+// The stack of every thread the agent starts in the program (the attach thread that
+// compiles and attaches, each session's reporter). Explicit: glibc sizes a default stack
+// from the program's RLIMIT_STACK, which may be anything (`ulimit -s unlimited`: 32 MiB
+// of address space per thread; a tiny limit: a stack the compile overflows). The deepest
+// script the checker accepts needs under 32 KiB in the script layer; the compile thread
+// also runs the engine's attach (ELF reads, instruction decoding) and the realpath and
+// fmt calls of error messages, with PATH_MAX buffers: 256 KiB leaves a margin of 8 times
+// the script layer's need. Sanitizer builds use 4 times that (their frames are larger).
+#if defined(HOTPROBE_ASAN) || defined(HOTPROBE_TSAN)
+inline constexpr std::size_t kAgentThreadStack = std::size_t{1} << 20;
+#else
+inline constexpr std::size_t kAgentThreadStack = std::size_t{256} << 10;
+#endif
+// pthread_create of a detached thread with a kAgentThreadStack stack: 0 or an errno.
+int start_agent_thread(pthread_t* thread, void* (*entry)(void*), void* arg);
 
 // Sessions alive in this process (the fork handlers walk them).
 void register_session(Session* s);

@@ -8,6 +8,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -18,12 +19,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include <fmt/format.h>
 
 #include "agent/attach_channel.h"
 #include "agent/protocol.h"
+#include "agent/region_maps.h"
 #include "cli/cli.h"
 #include "cli/output_file.h"
 #include "inject/inject.h"
@@ -189,6 +192,52 @@ std::string agent_start_error(long rc) {
   }
 }
 
+// The session's maps, in a region of memory hotprobe made and passed to the agent with
+// the start message (docs/design/script-runtime.md): printed from here exactly once, at
+// the agent's final report ('D') or when the session ended without one (the process died):
+// then END runs here.
+struct AttachMaps {
+  std::unique_ptr<hotprobe::script::SharedRegion> region;
+  bool printed = false;
+  bool channel_lost = false;
+
+  void print(FILE* out, pid_t pid, const std::string& source,
+             const hotprobe::script::CompileOptions& copts, bool run_end) {
+    if (!region || printed) return;
+    agent::RegionMaps r = agent::read_region_maps(*region, source, copts, run_end, {});
+    if (!r.laid_out) return;  // the agent kept its maps in its own memory (and sent them)
+    printed = true;
+    channel_lost = r.channel_lost;
+    if (!r.error.empty())
+      std::fprintf(stderr, "hotprobe attach: cannot read the maps process %d left: %s\n", pid,
+                   r.error.c_str());
+    std::fwrite(r.text.data(), 1, r.text.size(), out);
+    if (r.refused > 0)
+      std::fprintf(stderr,
+                   "hotprobe attach: the memory the maps share with process %d (%zu MiB) ran "
+                   "out: %llu tables or records stayed in the process's own memory, so maps "
+                   "printed after its end may miss entries; raise HOTPROBE_MAP_MEMORY (MiB) or "
+                   "use fewer keys\n",
+                   pid, region->size() >> 20, static_cast<unsigned long long>(r.refused));
+  }
+
+  // The channel ended without the final report. The process is gone, or the agent lost
+  // its channel and is making its report into the region: wait (at most 10 s, as the
+  // agent's own exit hook waits) until the process has ended or the report is there, so
+  // that END runs once, there or here.
+  void wait_for_report(int pidfd) const {
+    if (!region || pidfd < 0) return;
+    const auto& h = region->header();
+    for (int waited = 0; waited < 10000; waited += 5) {
+      if (h.state.load(std::memory_order_acquire) != 1 ||
+          h.phase.load(std::memory_order_acquire) != hotprobe::script::region::kTracing)
+        return;
+      pollfd p{pidfd, POLLIN, 0};
+      if (::poll(&p, 1, 5) > 0) return;  // the process has ended
+    }
+  }
+};
+
 }  // namespace
 
 int attach(const AttachOptions& o, const std::string& source, const std::string& filename,
@@ -198,6 +247,26 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
     std::fprintf(stderr, "hotprobe attach: %s\n", ok.error().message().c_str());
     return kExitError;
   }
+  std::size_t map_bytes;
+  if (!agent::map_region_bytes("attach", map_bytes)) return kExitError;
+  AttachMaps maps;
+  if (agent::shared_maps_wanted()) {
+    std::string why;
+    maps.region = hotprobe::script::SharedRegion::create(map_bytes, &why);
+    if (!maps.region)
+      std::fprintf(stderr,
+                   "hotprobe attach: cannot make the memory the maps share with the process "
+                   "(%s); the maps print only if the session ends normally\n",
+                   why.c_str());
+  }
+  // The process's end, seen without polling its PID (which could be reused).
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, o.pid, 0));
+  struct PidfdCloser {
+    int fd;
+    ~PidfdCloser() {
+      if (fd >= 0) ::close(fd);
+    }
+  } pidfd_closer{pidfd};
   Channel ch = listen_channel(o.pid);
   if (ch.fd < 0) {
     std::fprintf(stderr, "hotprobe attach: %s\n", ch.error.c_str());
@@ -255,10 +324,20 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
   }
   agent::StartOptions so;
   so.format = static_cast<std::uint8_t>(format);
-  agent::send_message(sock, agent::encode_start(so, filename, source));
+  hotprobe::script::CompileOptions copts;
+  copts.filename = filename;
+  copts.format = static_cast<hotprobe::script::OutputFormat>(format);
+  // The region travels only over this checked channel: it has no path a third user could
+  // open (docs/design/security.md).
+  const std::string start = agent::encode_start(so, filename, source);
+  if (maps.region)
+    agent::send_message_with_fd(sock, start, maps.region->fd());
+  else
+    agent::send_message(sock, start);
   // A stop asked for before the agent's `ready` is its answer to `ready` (the agent reads
   // nothing else before then).
   bool error = false, done = false, stop_sent = false, ready_seen = false, stop_pending = false;
+  bool attached = false;
   std::uint64_t lost = 0;
   std::string msg;
   using Clock = std::chrono::steady_clock;
@@ -293,6 +372,7 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
     std::size_t pos = 0;
     switch (static_cast<agent::Msg>(msg[0])) {
       case agent::Msg::attached: {
+        attached = true;
         if (o.duration > 0) {
           deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                         std::chrono::duration<double>(o.duration));
@@ -324,17 +404,34 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
         break;
       case agent::Msg::done:
         done = true;
+        // The final report is out (END ran there): the maps from the region now.
+        if (attached && !error) maps.print(out, o.pid, source, copts, /*run_end=*/false);
         break;
       default:
         break;
     }
     std::fflush(out);
   }
+  // Ended without the final report (the process was killed, aborted, or closed the
+  // channel): the maps from the region, END run here if it did not run there.
+  if (!done && attached && !error && maps.region) {
+    maps.wait_for_report(pidfd);
+    maps.print(out, o.pid, source, copts, /*run_end=*/true);
+  }
   if (lost > 0) std::fprintf(out, "Lost %llu events\n", static_cast<unsigned long long>(lost));
   std::fflush(out);
   if (out != stdout) std::fclose(out);
   ::close(sock);
-  return error ? kExitError : kExitOk;
+  if (error) return kExitError;
+  if (maps.channel_lost) {
+    std::fprintf(stderr,
+                 "hotprobe attach: process %d closed hotprobe's channel to its agent, which "
+                 "stopped tracing then: the maps above hold what was counted until that "
+                 "moment\n",
+                 o.pid);
+    return kExitError;
+  }
+  return kExitOk;
 }
 
 }  // namespace hp::cli

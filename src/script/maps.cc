@@ -787,6 +787,11 @@ std::unique_ptr<SharedRegion> SharedRegion::open(int fd, std::string* error) {
   return r;
 }
 
+void SharedRegion::close_fd() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
 void SharedRegion::note_identity() {
   struct stat st {};
   if (::fstat(fd_, &st) == 0) {
@@ -871,14 +876,13 @@ bool adopt_shared_maps(std::string_view source) {
   return true;
 }
 
-bool shared_maps_complete() {
-  return g_agent_region && g_agent_laid_out && g_agent_region->shared() &&
-         g_agent_region->header().refused.load(std::memory_order_relaxed) == 0;
+bool region_maps_complete(const SharedRegion& r) {
+  return r.shared() && r.header().state.load(std::memory_order_acquire) == 1 &&
+         r.header().refused.load(std::memory_order_relaxed) == 0;
 }
 
-bool hand_over_end_output(std::string& text) {
-  if (!shared_maps_complete()) return false;
-  SharedRegion& r = *g_agent_region;
+bool hand_over_end_output(SharedRegion& r, std::string& text) {
+  if (!region_maps_complete(r)) return false;
   const std::uint64_t off = text.empty() ? 0 : r.alloc(text.size());
   if (!text.empty() && !off) return false;  // no room: the channel carries it all
   if (off) std::memcpy(r.at<char>(off), text.data(), text.size());
@@ -890,14 +894,30 @@ bool hand_over_end_output(std::string& text) {
   return true;
 }
 
+void set_maps_phase(SharedRegion& r, std::uint32_t phase) {
+  if (r.shared() && r.header().state.load(std::memory_order_acquire) == 1)
+    r.header().phase.store(phase, std::memory_order_release);
+}
+
+void mark_channel_lost(SharedRegion& r) noexcept {
+  if (r.shared() && r.header().state.load(std::memory_order_acquire) == 1)
+    r.header().channel_lost.store(1, std::memory_order_release);
+}
+
+bool shared_maps_complete() {
+  return g_agent_region && g_agent_laid_out && region_maps_complete(*g_agent_region);
+}
+
+bool hand_over_end_output(std::string& text) {
+  return shared_maps_complete() && hand_over_end_output(*g_agent_region, text);
+}
+
 void set_shared_maps_phase(std::uint32_t phase) {
-  if (g_agent_region && g_agent_laid_out && g_agent_region->shared())
-    g_agent_region->header().phase.store(phase, std::memory_order_release);
+  if (g_agent_region && g_agent_laid_out) set_maps_phase(*g_agent_region, phase);
 }
 
 void mark_shared_maps_channel_lost() noexcept {
-  if (!g_agent_region || !g_agent_laid_out || !g_agent_region->shared()) return;
-  g_agent_region->header().channel_lost.store(1, std::memory_order_release);
+  if (g_agent_region && g_agent_laid_out) mark_channel_lost(*g_agent_region);
 }
 
 }  // namespace hotprobe::script

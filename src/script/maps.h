@@ -31,7 +31,8 @@
 // Shared memory (SharedRegion): in `hotprobe run` every table, shard record, epoch and op
 // of the maps lives in a memfd that hotprobe also maps, laid out by offsets, so hotprobe
 // prints the maps whatever happened to the program (abort, SIGSEGV, exit_group, SIGKILL).
-// Without a region (tests, `hotprobe attach`) the same structures live on the heap.
+// `hotprobe attach` gives each session a region of its own the same way. Without a region
+// (tests, HOTPROBE_SHARED_MAPS=0) the same structures live on the heap.
 #pragma once
 
 #include <atomic>
@@ -564,6 +565,9 @@ class SharedRegion {
   // In a fork child: the region becomes a private copy-on-write view at the same address,
   // so the child's maps never write into its parent's; nothing more is allocated in it.
   void privatize();
+  // Closes the descriptor and keeps the mapping (an attach session's region: the agent
+  // keeps no descriptor in the program; privatize() then copies what is in use).
+  void close_fd();
 
   // The next MapSet built in this process lays its maps out in `r` (reopen = false) or
   // takes over the maps found there (reopen = true), checking `source_hash`.
@@ -601,6 +605,14 @@ void set_shared_maps_phase(std::uint32_t phase);
 // The agent lost its channel and stopped tracing (Header::channel_lost); no-op without a
 // region.
 void mark_shared_maps_channel_lost() noexcept;
+
+// The same for one region that a session holds (`hotprobe attach`: a region per session,
+// received over its channel and laid out by its compile; docs/design/script-runtime.md).
+// region_maps_complete: laid out, still shared, nothing refused.
+bool region_maps_complete(const SharedRegion& r);
+bool hand_over_end_output(SharedRegion& r, std::string& text);
+void set_maps_phase(SharedRegion& r, std::uint32_t phase);
+void mark_channel_lost(SharedRegion& r) noexcept;
 
 // Key and string helpers.
 void put_string(std::uint64_t* words, std::string_view s);  // kStrWords words, NUL padded
