@@ -154,8 +154,8 @@ class Session final : public hotprobe::script::Sink {
 
 // The stack of every thread the agent starts in the program (the attach thread that
 // compiles and attaches, each session's reporter). Explicit: glibc sizes a default stack
-// from the program's RLIMIT_STACK, which may be anything (`ulimit -s unlimited`: 32 MiB
-// of address space per thread; a tiny limit: a stack the compile overflows). The deepest
+// from the program's RLIMIT_STACK, which may be anything (`ulimit -s unlimited`: 2 MiB
+// per thread; a small limit: a stack that small, which the compile may overflow). The deepest
 // script the checker accepts needs under 32 KiB in the script layer; the compile thread
 // also runs the engine's attach (ELF reads, instruction decoding) and the realpath and
 // fmt calls of error messages, with PATH_MAX buffers: 256 KiB leaves a margin of 8 times

@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -75,13 +76,18 @@ std::vector<long> numbers_after(const std::string& line, const std::string& word
 // answer line out.
 class Target {
  public:
-  explicit Target(const std::vector<std::string>& args, uid_t run_as = 0) {
+  // `stack_limit`: the program's RLIMIT_STACK (soft and hard; 0: as inherited).
+  explicit Target(const std::vector<std::string>& args, uid_t run_as = 0, rlim_t stack_limit = 0) {
     int in[2], out[2];
     if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
     pid_ = ::fork();
     if (pid_ == 0) {
       ::dup2(in[0], 0);
       ::dup2(out[1], 1);
+      if (stack_limit != 0) {
+        rlimit rl{stack_limit, stack_limit};
+        if (::setrlimit(RLIMIT_STACK, &rl) != 0) ::_exit(97);
+      }
       if (run_as != 0) {
         gid_t gid = run_as;
         if (::setgroups(1, &gid) != 0 || ::setresgid(gid, gid, gid) != 0 ||
@@ -507,6 +513,157 @@ void attach_cycles(Target& t, int cycles, bool settle, CycleCounts& c) {
       c.before[0], c.after_first[0], c.after_warm.empty() ? -1L : c.after_warm[0], kWarmCycles,
       c.after[0], c.before[1], c.after_first[1], c.after[1], c.before[2], c.after_first[2],
       c.after[2]);
+}
+
+// The session's maps live in memory hotprobe holds (a region passed to the agent over the
+// channel): the process's end, however it comes, cannot take them. The script counts
+// hp_window, which the program calls only inside its windows, so the count printed must be
+// exactly the program's own total at the end (which also bounds it: >= the count seen
+// before the end, <= the calls made). END runs once: in the process, or in hotprobe when
+// the process could not run it.
+const std::string kWindowScript =
+    probe("hp_window", "@w = count(); @t[tid] = count();") + " END { printf(\"end ran\\n\"); }";
+
+std::size_t occurrences(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+    ++n;
+  return n;
+}
+
+// Two windows of calls in a session, then `end` ends the process ("kill": SIGKILL;
+// otherwise a command: "abort", "quit"); the maps must print once with the exact totals.
+void maps_survive_the_end(const std::string& end, int expected_status) {
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
+  t.counts("window 100");
+  auto w = t.counts("window 50");
+  ASSERT_EQ(w.size(), 2u);
+  if (end == "kill")
+    ::kill(t.pid(), SIGKILL);
+  else
+    t.send(end + "\n");
+  EXPECT_EQ(t.wait_exit(), expected_status);
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(occurrences(r.out, "@w: "), 1u) << r.out;
+  EXPECT_NE(r.out.find("@w: " + std::to_string(w[0] + w[1]) + "\n"), std::string::npos)
+      << "the program made " << w[0] + w[1] << " calls\n"
+      << r.out << r.err;
+  auto per_thread = keyed_map(r.out, "t");
+  EXPECT_EQ(per_thread[t.tids()[0]], w[0]) << r.out;
+  EXPECT_EQ(per_thread[t.tids()[1]], w[1]) << r.out;
+  EXPECT_EQ(occurrences(r.out, "end ran\n"), 1u) << r.out;
+  // END's output comes before the maps, as at a normal end.
+  EXPECT_LT(r.out.find("end ran\n"), r.out.find("@w: ")) << r.out;
+}
+
+TEST(HotprobeAttachMaps, SigkilledProcessesMapsPrintWithTheCountsReached) {
+  HP_SKIP_IF_SANITIZED();
+  maps_survive_the_end("kill", 128 + SIGKILL);
+}
+
+TEST(HotprobeAttachMaps, AbortedProcessesMapsPrintWithTheCountsReached) {
+  HP_SKIP_IF_SANITIZED();
+  maps_survive_the_end("abort", 128 + SIGABRT);
+}
+
+TEST(HotprobeAttachMaps, NormalEndPrintsTheMapsOnce) {
+  HP_SKIP_IF_SANITIZED();
+  maps_survive_the_end("quit", 0);
+}
+
+// Each session has a region of its own: a second attach to the same process counts from
+// zero, and neither session's maps show in the other's print.
+TEST(HotprobeAttachMaps, SecondSessionStartsWithFreshMaps) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  for (long per : {30, 7}) {
+    Hotprobe hp(attach_args(t.pid(), kWindowScript));
+    ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
+    t.counts("window " + std::to_string(per));
+    hp.interrupt();
+    Outcome r = hp.wait();
+    EXPECT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("@w: " + std::to_string(2 * per) + "\n"), std::string::npos) << r.out;
+    EXPECT_EQ(occurrences(r.out, "end ran\n"), 1u) << r.out;
+    wait_agent_threads_gone(t.pid());
+  }
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+// The size of the stack of `pid`'s thread named `comm`: the readable and writable mapping
+// holding its stack pointer, found from /proc/PID/task/TID/syscall while it is blocked in
+// a system call (the reporter polls its channel). 0 when not found.
+std::uint64_t thread_stack_bytes(pid_t pid, const std::string& comm) {
+  const std::string task = "/proc/" + std::to_string(pid) + "/task/";
+  for (int attempt = 0; attempt < 2000; ++attempt) {
+    DIR* d = ::opendir(task.c_str());
+    if (!d) return 0;
+    std::uint64_t sp = 0;
+    while (const dirent* e = ::readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      std::string name = read_file(task + e->d_name + "/comm");
+      if (name != comm + "\n") continue;
+      // "NR ARG0 .. ARG5 SP PC" while blocked; "running" otherwise.
+      std::istringstream in(read_file(task + e->d_name + "/syscall"));
+      std::vector<std::string> words;
+      for (std::string w; in >> w;)
+        words.push_back(w);
+      if (words.size() == 9) sp = std::stoull(words[7], nullptr, 16);
+    }
+    ::closedir(d);
+    if (sp != 0) {
+      std::istringstream maps(read_file("/proc/" + std::to_string(pid) + "/maps"));
+      for (std::string l; std::getline(maps, l);) {
+        const auto dash = l.find('-'), space = l.find(' ');
+        const std::uint64_t lo = std::stoull(l.substr(0, dash), nullptr, 16);
+        const std::uint64_t hi = std::stoull(l.substr(dash + 1, space - dash - 1), nullptr, 16);
+        if (sp >= lo && sp < hi) return hi - lo;
+      }
+      return 0;
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+  return 0;
+}
+
+// The agent's threads have their own stack size whatever RLIMIT_STACK the process has:
+// the reporter's stack is the same 256 KiB (less its guard page) under a 64 KiB limit
+// (glibc's default thread stack then is 64 KiB) and under none (glibc's default is then
+// 2 MiB of address space per thread; 8 MiB under the usual 8 MiB limit). The attach thread
+// is made by the same function (start_agent_thread) but ends once the session started.
+void attach_with_stack_limit(rlim_t limit) {
+  Target t({"work", "2"}, 0, limit);
+  ASSERT_TRUE(t.ready());
+  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
+  const std::uint64_t stack = thread_stack_bytes(t.pid(), "hotprobe-agent");
+  EXPECT_GE(stack, 128u << 10) << "the reporter's stack mapping";
+  EXPECT_LE(stack, 256u << 10) << "the reporter's stack mapping";
+  auto w = t.counts("window 20");
+  ASSERT_EQ(w.size(), 2u);
+  hp.interrupt();
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("@w: 40\n"), std::string::npos) << r.out;
+  wait_agent_threads_gone(t.pid());
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
+TEST(HotprobeAttachStack, SmallStackLimit) {
+  HP_SKIP_IF_SANITIZED();
+  attach_with_stack_limit(64 << 10);
+}
+
+TEST(HotprobeAttachStack, UnlimitedStack) {
+  HP_SKIP_IF_SANITIZED();
+  attach_with_stack_limit(RLIM_INFINITY);
 }
 
 // The first cycle may add the agent's one-time mappings and threads (the library, its
