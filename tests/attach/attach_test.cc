@@ -531,6 +531,21 @@ std::size_t occurrences(const std::string& text, const std::string& what) {
   return n;
 }
 
+// How many of `pid`'s descriptors name a file whose link starts with `prefix`.
+int fd_links(pid_t pid, const std::string& prefix) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd/";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return -1;
+  int n = 0;
+  while (const dirent* e = ::readdir(d)) {
+    char link[256];
+    const ssize_t len = ::readlink((dir + e->d_name).c_str(), link, sizeof link - 1);
+    if (len > 0 && std::string_view(link, static_cast<std::size_t>(len)).starts_with(prefix)) ++n;
+  }
+  ::closedir(d);
+  return n;
+}
+
 // Two windows of calls in a session, then `end` ends the process ("kill": SIGKILL;
 // otherwise a command: "abort", "quit"); the maps must print once with the exact totals.
 void maps_survive_the_end(const std::string& end, int expected_status) {
@@ -541,6 +556,9 @@ void maps_survive_the_end(const std::string& end, int expected_status) {
   t.counts("window 100");
   auto w = t.counts("window 50");
   ASSERT_EQ(w.size(), 2u);
+  // The region is reachable from hotprobe only: the agent kept no descriptor of it.
+  EXPECT_EQ(fd_links(t.pid(), "/memfd:hotprobe-maps"), 0) << "a descriptor of the region";
+  EXPECT_EQ(fd_links(hp.pid(), "/memfd:hotprobe-maps"), 1) << "hotprobe's descriptor";
   if (end == "kill")
     ::kill(t.pid(), SIGKILL);
   else
@@ -573,6 +591,28 @@ TEST(HotprobeAttachMaps, AbortedProcessesMapsPrintWithTheCountsReached) {
 TEST(HotprobeAttachMaps, NormalEndPrintsTheMapsOnce) {
   HP_SKIP_IF_SANITIZED();
   maps_survive_the_end("quit", 0);
+}
+
+// The program closes every descriptor, the agent's channel with them: the agent stops
+// tracing and makes its report into the region (END runs in the process), and hotprobe
+// prints it with the maps as they were at that moment, and says why the session ended.
+TEST(HotprobeAttachMaps, ClosedChannelStillPrintsTheMapsAndSaysSo) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
+  auto w = t.counts("window 40");
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(t.command("closefds"), "closed");
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.out.find("@w: " + std::to_string(w[0] + w[1]) + "\n"), std::string::npos) << r.out;
+  EXPECT_EQ(occurrences(r.out, "end ran\n"), 1u) << r.out;
+  EXPECT_NE(r.err.find("closed hotprobe's channel to its agent"), std::string::npos) << r.err;
+  wait_agent_threads_gone(t.pid());
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
 }
 
 // Each session has a region of its own: a second attach to the same process counts from
