@@ -615,6 +615,27 @@ TEST(HotprobeAttachMaps, ClosedChannelStillPrintsTheMapsAndSaysSo) {
   EXPECT_EQ(t.wait_exit(), 0);
 }
 
+bool agent_loaded(pid_t pid);  // below, with the users' tests
+
+// The region's size comes from HOTPROBE_MAP_MEMORY as for `hotprobe run`: a malformed one
+// is refused before anything is injected, with the range it must lie in.
+TEST(HotprobeAttachMaps, MalformedMapMemoryIsRefusedBeforeInjecting) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  ::setenv("HOTPROBE_MAP_MEMORY", "lots", 1);
+  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  ::unsetenv("HOTPROBE_MAP_MEMORY");
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("HOTPROBE_MAP_MEMORY='lots' is not a size in MiB from 1 to 1048576"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(agent_loaded(t.pid())) << "the agent was loaded";
+  EXPECT_EQ(t.command("quit"), "bye");
+  EXPECT_EQ(t.wait_exit(), 0);
+}
+
 // Each session has a region of its own: a second attach to the same process counts from
 // zero, and neither session's maps show in the other's print.
 TEST(HotprobeAttachMaps, SecondSessionStartsWithFreshMaps) {
