@@ -1127,62 +1127,6 @@ Result<void> write_jmp_patch_bytes(std::uint64_t patch_address, std::uint32_t le
   return {};
 }
 
-Result<std::vector<std::uint8_t>> make_jmp_patch_bytes(std::uint64_t patch_address,
-                                                       std::uint32_t length,
-                                                       std::uint64_t trampoline) {
-  std::vector<std::uint8_t> b(length);
-  HP_TRY(write_jmp_patch_bytes(patch_address, length, trampoline, b));
-  return b;
-}
-
-Result<PatchPlan> make_jmp_patch_plan(const DisplacementPlan& plan, std::uint64_t trampoline) {
-  auto bytes = make_jmp_patch_bytes(plan.patch_address, plan.length, trampoline);
-  if (!bytes.ok()) return bytes.error();
-  const std::vector<std::uint8_t>& b = bytes.value();
-  PatchPlan p;
-  p.steps.push_back({{{plan.patch_address, {0xcc}}}});
-  p.steps.push_back({{{plan.patch_address + 1, {b.begin() + 1, b.end()}}}});
-  p.steps.push_back({{{plan.patch_address, {b[0]}}}});
-  return p;
-}
-
-PatchPlan make_jmp_unpatch_plan(const DisplacementPlan& plan) {
-  const DisplacedBytes& o = plan.original;
-  PatchPlan p;
-  p.steps.push_back({{{plan.patch_address, {0xcc}}}});
-  p.steps.push_back({{{plan.patch_address + 1, {o.begin() + 1, o.end()}}}});
-  p.steps.push_back({{{plan.patch_address, {o[0]}}}});
-  return p;
-}
-
-PatchPlan make_int3_patch_plan(const Int3Plan& plan) {
-  PatchPlan p;
-  p.steps.push_back({{{plan.probe_address, {0xcc}}}});
-  return p;
-}
-
-PatchPlan make_int3_unpatch_plan(const Int3Plan& plan) {
-  PatchPlan p;
-  p.steps.push_back({{{plan.probe_address, {plan.original[0]}}}});
-  return p;
-}
-
-PatchPlan merge_patch_plans(std::span<const PatchPlan> plans) {
-  PatchPlan out;
-  for (const PatchPlan& plan : plans) {
-    if (out.steps.size() < plan.steps.size()) out.steps.resize(plan.steps.size());
-    for (std::size_t i = 0; i < plan.steps.size(); ++i) {
-      const auto& w = plan.steps[i].writes;
-      out.steps[i].writes.insert(out.steps[i].writes.end(), w.begin(), w.end());
-    }
-  }
-  for (PatchStep& step : out.steps) {
-    std::sort(step.writes.begin(), step.writes.end(),
-              [](const PatchWrite& a, const PatchWrite& b) { return a.address < b.address; });
-  }
-  return out;
-}
-
 // ---------------------------------------------------------------------------------------
 // EntryTrampolineBuilder: the prototype (see trampoline.h).
 

@@ -1,6 +1,6 @@
 // Code generation for the engine (src/core): entry trampolines, return trampolines, the
-// int3-mode copy, and patch plans. Everything here is a pure function of its inputs and
-// returns bytes for a given address; nothing writes live code.
+// int3-mode copy, and the jmp that patches a site. Everything here is a pure function of its inputs
+// and returns bytes for a given address; nothing writes live code.
 //
 // Entry trampoline (site rsp = S; every offset below is from S):
 //
@@ -293,39 +293,10 @@ Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineS
 // The int3-mode copy: the relocated single instruction followed by a jmp back.
 Result<Relocation> make_int3_copy(const Int3Plan& plan, std::uint64_t address);
 
-// A patch plan: steps the core applies in order, serializing every core between steps
-// (membarrier SYNC_CORE), as text_poke_bp does. A batch merges step i of every site.
-struct PatchWrite {
-  std::uint64_t address = 0;
-  std::vector<std::uint8_t> bytes;
-  bool operator==(const PatchWrite&) const = default;
-};
-struct PatchStep {
-  std::vector<PatchWrite> writes;  // sorted by address
-};
-struct PatchPlan {
-  std::vector<PatchStep> steps;
-};
-
 // The bytes that replace the displaced ones: jmp rel32 to the trampoline, then int3 for
 // the rest (a stray jump into them traps instead of running half an instruction).
-Result<std::vector<std::uint8_t>> make_jmp_patch_bytes(std::uint64_t patch_address,
-                                                       std::uint32_t length,
-                                                       std::uint64_t trampoline);
-// The same bytes into `out` (at least `length` bytes): no allocation, for a batch's sites.
+// Written into `out` (at least `length` bytes): no allocation, for a batch's sites.
 Result<void> write_jmp_patch_bytes(std::uint64_t patch_address, std::uint32_t length,
                                    std::uint64_t trampoline, std::span<std::uint8_t> out);
-
-// Attach: int3 on the first byte; the tail bytes (when length > 1); the first byte (0xe9).
-Result<PatchPlan> make_jmp_patch_plan(const DisplacementPlan& plan, std::uint64_t trampoline);
-// Detach: int3 on the first byte; the original tail; the original first byte.
-PatchPlan make_jmp_unpatch_plan(const DisplacementPlan& plan);
-// int3 mode: one step each way.
-PatchPlan make_int3_patch_plan(const Int3Plan& plan);
-PatchPlan make_int3_unpatch_plan(const Int3Plan& plan);
-
-// Step-wise merge of several plans (a batch): step i of the result holds step i of every
-// plan, writes sorted by address. Plans with fewer steps contribute nothing later.
-PatchPlan merge_patch_plans(std::span<const PatchPlan> plans);
 
 }  // namespace hp::arch
