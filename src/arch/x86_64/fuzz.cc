@@ -5,9 +5,9 @@
 #include <vector>
 
 #include "arch/x86_64/decode.h"
+#include "arch/x86_64/frame.h"
 #include "arch/x86_64/plan.h"
 #include "arch/x86_64/relocate.h"
-#include "arch/x86_64/trampoline.h"
 #include "base/assert.h"
 
 namespace hp::arch {

@@ -7,12 +7,16 @@
 #include <cstring>
 #include <vector>
 
+#include "arch/x86_64/frame.h"
+#include "arch/x86_64/handler_stack.h"
 #include "arch/x86_64/fuzz.h"
-#include "arch/x86_64/trampoline.h"
+#include "core/x86_64/trampoline.h"
 #include "hotprobe/regs.h"
 
-namespace hp::arch {
+namespace hp::core {
 namespace {
+
+using namespace arch;  // NOLINT: the pieces and plans the trampolines are made from
 
 using Bytes = std::vector<std::uint8_t>;
 constexpr std::uint64_t kFn = 0x1000'0000;
@@ -363,10 +367,12 @@ TEST(ArchEntryTrampolineGolden, WithoutTheHandlerStack) {
 }
 
 }  // namespace
-}  // namespace hp::arch
+}  // namespace hp::core
 
-namespace hp::arch {
+namespace hp::core {
 namespace {
+
+using namespace arch;  // NOLINT: the pieces and plans the trampolines are made from
 
 // The engine's slots are 768 bytes: the fast entry path with a landing, the switch, the
 // call without a handler stack and long displaced instructions still fit one.
@@ -409,10 +415,12 @@ TEST(ArchEntryTrampolineGolden, TrampolinesFitASlot) {
 }
 
 }  // namespace
-}  // namespace hp::arch
+}  // namespace hp::core
 
-namespace hp::arch {
+namespace hp::core {
 namespace {
+
+using namespace arch;  // NOLINT: the pieces and plans the trampolines are made from
 
 // A return site (run_at_ret): the displaced instructions but the ret first, then the frame
 // with Regs.rip = the ret's address, the switch and the call, the restore, and a ret.
@@ -473,4 +481,4 @@ TEST(ArchReturnSiteGolden, WithTheRetInsideTheMapSendsItToTheSave) {
 }
 
 }  // namespace
-}  // namespace hp::arch
+}  // namespace hp::core

@@ -10,14 +10,18 @@
 #include <span>
 #include <vector>
 
+#include "arch/asm_fixture.h"
 #include "arch/x86_64/code_memory.h"
+#include "arch/x86_64/frame.h"
+#include "arch/x86_64/handler_stack.h"
 #include "arch/x86_64/plan.h"
-#include "arch/x86_64/trampoline.h"
-#include "asm_fixture.h"
+#include "core/x86_64/trampoline.h"
 #include "hotprobe/regs.h"
 
-namespace hp::arch {
+namespace hp::core {
 namespace {
+
+using namespace arch;  // NOLINT: the pieces and plans the trampolines are made from
 
 using hotprobe::Regs;
 
@@ -317,4 +321,4 @@ TEST(ArchPatchFlowExec, AttachHitDetach) {
 }
 
 }  // namespace
-}  // namespace hp::arch
+}  // namespace hp::core

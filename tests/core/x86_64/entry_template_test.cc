@@ -6,10 +6,14 @@
 
 #include <vector>
 
-#include "arch/x86_64/trampoline.h"
+#include "arch/x86_64/frame.h"
+#include "arch/x86_64/handler_stack.h"
+#include "core/x86_64/trampoline.h"
 
-namespace hp::arch {
+namespace hp::core {
 namespace {
+
+using namespace arch;  // NOLINT: the pieces and plans the trampolines are made from
 
 using Bytes = std::vector<std::uint8_t>;
 constexpr std::uint64_t kFn = 0x1000'0000;
@@ -142,4 +146,4 @@ TEST(ArchEntryTrampolineBuilder, OutOfReachSiteTakesTheFullPath) {
 }
 
 }  // namespace
-}  // namespace hp::arch
+}  // namespace hp::core
