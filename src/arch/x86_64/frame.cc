@@ -49,7 +49,6 @@ std::string hex(std::uint64_t v) {
 
 }  // namespace
 
-
 // Offset of the way-back pointer M from the frame (rsp after the frame is built).
 std::int32_t way_back_offset(bool save_vector) {
   return kFrame + vector_area(save_vector);
@@ -88,11 +87,11 @@ void emit_save(Emitter& e, bool flags_live, bool save_vector, std::uint64_t rip_
   }
   e.lea(rcx, rax, kHead);
   e.mov_to_rsp_mem(offsetof(Regs, rsp), rcx);
-  e.movabs(rcx, rip_value);
+  e.movabs(rcx, rip_value, kValueRip);
   e.mov_to_rsp_mem(offsetof(Regs, rip), rcx);
 }
 
-// The switch to the handler stack (trampoline.h, HandlerStack), after emit_save(): rsp =
+// The switch to the handler stack (handler_stack.h), after emit_save(): rsp =
 // the frame. Leaves r15 = the frame, rsp = the handler stack's top; returns the rel32
 // field of the branch to the out-of-line call (emit_no_handler_stack()).
 std::uint32_t emit_switch_in(Emitter& e) {
@@ -130,8 +129,8 @@ void emit_switch_out(Emitter& e) {
 void emit_no_handler_stack(Emitter& e, std::uint32_t je_field, std::uint64_t context,
                            std::uint64_t dispatcher, std::uint32_t landing_exit,
                            std::uint32_t back) {
-  e.patch_u32(je_field, e.size() - (je_field + 4));
-  e.movabs(rdi, context);
+  e.rel32_at(je_field, e.size());
+  e.movabs(rdi, context, kValueContext);
   e.mov_rr(rsi, rsp);
   e.movabs(rdx, dispatcher);
   e.movabs(rax, reinterpret_cast<std::uint64_t>(&hp_handler_stack_call));
@@ -139,20 +138,16 @@ void emit_no_handler_stack(Emitter& e, std::uint32_t je_field, std::uint64_t con
   if (landing_exit) {
     for (std::uint8_t b : {0x84, 0xc0, 0x0f, 0x85})  // test al, al; jnz rel32
       e.u8(b);
-    e.u32(landing_exit - (e.size() + 4));
+    e.u32(0);
+    e.rel32_at(e.size() - 4, landing_exit);
   }
-  e.jmp_rel32(e.here() - e.size() + back);
+  e.jmp_rel32_to_offset(back);
 }
 
 void emit_call(Emitter& e, std::uint64_t context, std::uint64_t dispatcher, Gpr frame) {
-  e.movabs(rdi, context);
+  e.movabs(rdi, context, kValueContext);
   e.mov_rr(rsi, frame);
-  if (in_rel32_reach(e.here() + 5, dispatcher)) {
-    e.call_rel32(dispatcher);
-  } else {
-    e.movabs(rax, dispatcher);
-    e.call_reg(rax);
-  }
+  e.call_to(dispatcher, kValueDispatcher);
 }
 
 // xmm0-15 from the vector area (rsp = the frame): once, right after the dispatcher (and the
@@ -205,11 +200,11 @@ void emit_restore_to_site(Emitter& e, bool save_vector, std::int32_t extra, bool
   rare.push_back({field, unmoved + (likely_moved ? 0 : 8), e.size()});
 }
 
-void emit_rare_exits(Emitter& e, std::uint64_t address, const std::vector<RareExit>& rare) {
+void emit_rare_exits(Emitter& e, const std::vector<RareExit>& rare) {
   for (const RareExit& r : rare) {
-    e.patch_u32(r.jcc_field, e.size() - (r.jcc_field + 4));
+    e.rel32_at(r.jcc_field, e.size());
     e.lea_rsp(r.lea);
-    e.jmp_rel32(address + r.back);
+    e.jmp_rel32_to_offset(r.back);
   }
 }
 

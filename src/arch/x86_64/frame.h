@@ -19,6 +19,18 @@ inline constexpr std::int32_t kRedZone = 128;
 // [M] flags, [M+8] rax, M = S - kRedZone - 16: the head the save pushes below the site's rsp S.
 inline constexpr std::int32_t kHead = kRedZone + 16;
 
+// The per-site values in a trampoline's fields, as its labels (Fixup::value) name them:
+// what a copy of the code gets anew for another site.
+enum FieldValue : std::uint8_t {
+  kValueContext,     // the dispatcher's first argument
+  kValueDispatcher,  // the dispatcher, where called rel32 (or far)
+  kValueRip,         // Regs.rip: the probe address
+  kValueBack,        // where the relocated instructions go on: the patch's end
+  kValueLanding,     // where a landing jumps
+  kValueConsumers,   // a fast path's &site->consumers
+  kValueCount
+};
+
 // Offset of the way-back pointer M from the frame (rsp after the frame is built).
 std::int32_t way_back_offset(bool save_vector);
 
@@ -61,7 +73,7 @@ struct RareExit {
 // rsp from memory; `likely_moved` picks the fall-through of the alignment branch (frame.cc).
 void emit_restore_to_site(Emitter& e, bool save_vector, std::int32_t extra, bool likely_moved,
                           std::vector<RareExit>& rare);
-void emit_rare_exits(Emitter& e, std::uint64_t address, const std::vector<RareExit>& rare);
+void emit_rare_exits(Emitter& e, const std::vector<RareExit>& rare);
 
 // The int3-mode copy: the relocated single instruction followed by a jmp back.
 Result<Relocation> make_int3_copy(const Int3Plan& plan, std::uint64_t address);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "arch/x86_64/frame.h"
 #include "hotprobe/regs.h"
 
 // The fast path of FastEntry (templates.h), assembled once by the build and copied into
@@ -457,7 +458,7 @@ class TemplateCopy {
  public:
   TemplateCopy(Emitter& e, const std::uint8_t* begin, const std::uint8_t* end,
                const std::uint32_t* offsets, const char* name)
-      : b_(e.bytes()), base_(e.size()), offsets_(offsets), name_(name) {
+      : e_(e), b_(e.bytes()), base_(e.size()), offsets_(offsets), name_(name) {
     e.raw({begin, static_cast<std::size_t>(end - begin)});
   }
   void put(unsigned n, unsigned size, unsigned tail, std::uint64_t value) {
@@ -477,12 +478,20 @@ class TemplateCopy {
     }
     return at;
   }
+  // put() of a per-site value, labelled (arch::Fixup) for a copy of the whole trampoline.
+  void put_value(unsigned n, std::uint64_t value, arch::FieldValue label) {
+    const std::uint32_t at = field(n, 8, 0);
+    if (!status_.ok()) return;
+    std::memcpy(&b_[at], &value, 8);
+    e_.label({at, 0, arch::Fixup::abs64, label});
+  }
   void put32(unsigned n, unsigned tail, std::int32_t v) {
     put(n, 4, tail, static_cast<std::uint32_t>(v));
   }
   Result<void> status() const { return status_; }
 
  private:
+  Emitter& e_;
   std::vector<std::uint8_t>& b_;
   std::uint32_t base_;
   const std::uint32_t* offsets_;
@@ -508,7 +517,7 @@ Result<void> emit_fast_entry(Emitter& e, const FastEntry& f, std::uint64_t conte
   put(4, 8, 0, f.tt_enter + 1);
   put(5, 4, 0, i32(f.tt_word));
   put(6, 4, 1, i32(f.ts_in_handler));
-  put(7, 8, 0, f.consumers);
+  t.put_value(7, f.consumers, arch::kValueConsumers);
   put(8, 4, 1, i32(f.arr_one_entry));
   put(9, 4, 0, i32(f.arr_cookie));
   put(10, 4, 0, i32(f.arr_handler));
@@ -519,9 +528,9 @@ Result<void> emit_fast_entry(Emitter& e, const FastEntry& f, std::uint64_t conte
   put(15, 4, 1, i32(f.ts_in_handler));
   put(16, 4, 0, f.sys_futex);
   put(17, 4, 0, i32(f.ts_rec));
-  put(18, 8, 0, context);
+  t.put_value(18, context, arch::kValueContext);
   put(19, 8, 0, f.locked_dispatcher);
-  put(20, 8, 0, context);
+  t.put_value(20, context, arch::kValueContext);
   put(21, 8, 0, dispatcher);
   put(22, 4, 0, i32(f.tt_word));
   put(23, 8, 0, f.gp_futex);

@@ -45,15 +45,19 @@ Result<Trampoline> make_ret_site_trampoline(const EntryTrampolineSpec& spec,
   if (spec.handler_stack) {
     emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher, 0, exit_restore);
   }
-  emit_rare_exits(e, spec.address, rare);
+  emit_rare_exits(e, rare);
   t.code = std::move(e).take();
   return t;
 }
 
 }  // namespace
 
-Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
-                                         const DisplacementPlan& plan) {
+namespace {
+
+// make_entry_trampoline() into `e`, which may record its labels; `tail_at` = where the code
+// after the relocated instructions starts.
+Result<Trampoline> emit_entry(Emitter& e, const EntryTrampolineSpec& spec,
+                              const DisplacementPlan& plan, std::uint32_t& tail_at) {
   if (spec.fast && (!spec.handler_stack || spec.save_vector)) {
     return Error(Errc::invalid_argument,
                  "the fast entry path runs on the handler stack only, without vector saves");
@@ -64,7 +68,6 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
     return Error(Errc::invalid_argument,
                  "a return landing needs a site at a function's entry with dead flags");
   }
-  Emitter e(spec.address);
   emit_save(e, plan.flags_live, spec.save_vector, plan.probe_address);
   const std::uint32_t no_stack = spec.handler_stack ? emit_switch_in(e) : 0;
   LandingJumps jumps;
@@ -98,7 +101,8 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
   Trampoline t;
   t.relocated_offset = e.size();
   HP_TRY(relocate_into(e, plan.original, plan.patch_address, t.map));
-  e.jmp_to(plan.patch_address + plan.length);
+  tail_at = e.size();
+  e.jmp_to(plan.patch_address + plan.length, kValueBack);
   std::uint32_t landing_restore = 0;
   if (landing) {
     // The landing exit: the same restore, then a call whose return address is the landing,
@@ -108,28 +112,36 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
     // The fast path's jumps come from the handler stack: the switch back first.
     const std::uint32_t exit = e.size();
     for (unsigned i = 0; i < jumps.n; i++)
-      e.patch_u32(jumps.at[i], exit - (jumps.at[i] + 4));
+      e.rel32_at(jumps.at[i], exit);
     if (spec.fast && spec.handler_stack) emit_switch_out(e);
     landing_restore = e.size();
-    if (plain_landing_jump)
-      e.patch_u32(plain_landing_jump, landing_restore - (plain_landing_jump + 4));
+    if (plain_landing_jump) e.rel32_at(plain_landing_jump, landing_restore);
     emit_restore_to_site(e, spec.save_vector, 0, true, rare);
     e.u8(0xe8);  // call rel32 (fixed up below)
     const std::uint32_t call_field = e.size();
     e.u32(0);
     t.landing_offset = e.size();
-    e.jmp_to(spec.landing_target);
-    e.patch_u32(call_field, e.size() - (call_field + 4));
+    e.jmp_to(spec.landing_target, kValueLanding);
+    e.rel32_at(call_field, e.size());
     e.lea_rsp(8);
-    e.jmp_rel32(spec.address + t.relocated_offset);
+    e.jmp_rel32_to_offset(t.relocated_offset);
   }
   if (spec.handler_stack) {
     emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher,
                           spec.fast ? landing_restore : 0, exit_restore);
   }
-  emit_rare_exits(e, spec.address, rare);
+  emit_rare_exits(e, rare);
   t.code = std::move(e).take();
   return t;
+}
+
+}  // namespace
+
+Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
+                                         const DisplacementPlan& plan) {
+  Emitter e(spec.address);
+  std::uint32_t tail_at = 0;
+  return emit_entry(e, spec, plan, tail_at);
 }
 
 Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineSpec& spec) {
@@ -163,127 +175,33 @@ Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineS
   if (spec.handler_stack) {
     emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher, 0, exit_restore);
   }
-  emit_rare_exits(e, spec.address, rare);
+  emit_rare_exits(e, rare);
   return std::move(e).take();
 }
 
 // ---------------------------------------------------------------------------------------
-// EntryTrampolineBuilder: the prototype (see trampoline.h).
+// EntryTrampolineBuilder: the labelled template (see trampoline.h).
 
-namespace {
-
-// The values a trampoline's bytes may depend on, besides its kind. `relocated` is the
-// length of the relocated displaced instructions (the tail moves with it).
-enum ProtoParam : unsigned {
-  kAddress,
-  kContext,
-  kConsumers,
-  kProbe,
-  kBack,  // plan.patch_address + plan.length: where the relocated code jumps back to
-  kLanding,
-  kRelocated,
-  kParamCount
-};
-// An absolute value lives in an 8-byte field; the others move rel32 fields.
-constexpr bool kParamIsAbsolute[kParamCount] = {false, true, true, true, false, false, false};
-// How far each value moves in the discovery builds: the low byte of each is nonzero, so the
-// first byte that differs is a field's first byte; small, so every rel32 still reaches.
-constexpr std::uint64_t kParamDelta[kParamCount] = {
-    0x1230, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303, 0x2340, 0x3450, 1};
-
-// Dummy displaced instructions of three lengths (multi-byte nops, copied as they are).
-constexpr std::uint8_t kNop5[] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
-constexpr std::uint8_t kNop6[] = {0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00};
-constexpr std::uint8_t kNop7[] = {0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00};
-
-struct ProtoValues {
-  std::uint64_t v[kParamCount] = {};
-};
-
-ProtoValues values_of(const EntryTrampolineSpec& spec, const DisplacementPlan& plan,
-                      std::uint64_t relocated) {
-  ProtoValues p;
-  p.v[kAddress] = spec.address;
-  p.v[kContext] = spec.context;
-  p.v[kConsumers] = spec.fast ? spec.fast->consumers : 0;
-  p.v[kProbe] = plan.probe_address;
-  p.v[kBack] = plan.patch_address + plan.length;
-  p.v[kLanding] = spec.landing_target;
-  p.v[kRelocated] = relocated;
-  return p;
-}
-
-// One discovery build: the site's spec and plan with the values of `p` and dummy displaced
-// instructions of p.v[kRelocated] bytes.
-struct ProtoBuild {
-  EntryTrampolineSpec spec;
-  FastEntry fast;
-  DisplacementPlan plan;
-};
-
-ProtoBuild dummy_build(const EntryTrampolineSpec& spec, const DisplacementPlan& plan,
-                       const ProtoValues& p) {
-  ProtoBuild b;
-  b.spec = spec;
-  if (spec.fast) {
-    b.fast = *spec.fast;
-    b.fast.consumers = p.v[kConsumers];
-    b.spec.fast = &b.fast;
-  }
-  b.spec.address = p.v[kAddress];
-  b.spec.context = p.v[kContext];
-  b.spec.landing_target = p.v[kLanding];
-  b.plan.probe_address = p.v[kProbe];
-  b.plan.at_entry = plan.at_entry;
-  b.plan.flags_live = plan.flags_live;
-  using Bytes = std::span<const std::uint8_t>;
-  const Bytes nop = p.v[kRelocated] == 5   ? Bytes(kNop5)
-                    : p.v[kRelocated] == 6 ? Bytes(kNop6)
-                                           : Bytes(kNop7);
-  b.plan.original.assign(nop.begin(), nop.end());
-  b.plan.length = static_cast<std::uint32_t>(nop.size());
-  b.plan.patch_address = p.v[kBack] - b.plan.length;
-  b.plan.patch_offset = plan.patch_offset;
-  return b;
-}
-
-// The end of the relocated instructions in a trampoline (its map's last pair).
-std::uint32_t relocated_end(const Trampoline& t) {
-  return t.map.empty() ? t.relocated_offset : t.map.back().relocated;
-}
-
-}  // namespace
-
-struct EntryTrampolineBuilder::Prototype {
-  // The kind: everything but the ProtoParam values.
+struct EntryTrampolineBuilder::Template {
+  // The kind: everything but the per-site values.
   bool flags_live = false, at_entry = false, save_vector = false, landing = false;
-  bool has_fast = false;
+  bool handler_stack = false, has_fast = false;
   FastEntry fast;  // consumers = 0
   std::uint64_t dispatcher = 0;
-  bool usable = false;  // false: the kind takes make_entry_trampoline()
 
-  // A field: `width` bytes at `at` (in the head, or from the tail's start), whose value is
-  // its value in the base build plus the sum of coeff[i] * (value i - base value i).
-  struct Field {
-    std::uint32_t at = 0;
-    bool in_tail = false;
-    std::uint8_t width = 0;
-    std::int8_t coeff[kParamCount] = {};
-    // The nonzero coefficients, listed (most fields move with one or two values).
-    std::uint8_t terms = 0;
-    std::uint8_t term_param[kParamCount] = {};
-  };
-  ProtoValues base;
   std::vector<std::uint8_t> head;  // [0, relocated_offset)
-  std::vector<std::uint8_t> tail;  // after the relocated instructions
-  std::uint32_t landing_in_tail = 0;
-  bool has_landing_offset = false;
-  std::vector<Field> fields;
+  std::vector<std::uint8_t> tail;  // from tail_at, after the relocated instructions
+  std::uint32_t tail_at = 0;
+  std::uint32_t landing_offset = 0;  // 0: none
+  std::vector<Fixup> fields;
+  bool usable = false;   // false: the kind takes make_entry_trampoline()
+  bool checked = false;  // a copy for another site came out as the full build does
 
   bool same_kind(const EntryTrampolineSpec& spec, const DisplacementPlan& plan) const {
     if (flags_live != plan.flags_live || at_entry != plan.at_entry ||
         save_vector != spec.save_vector || landing != (spec.landing_target != 0) ||
-        has_fast != (spec.fast != nullptr) || dispatcher != spec.dispatcher) {
+        handler_stack != spec.handler_stack || has_fast != (spec.fast != nullptr) ||
+        dispatcher != spec.dispatcher) {
       return false;
     }
     if (!has_fast) return true;
@@ -292,8 +210,8 @@ struct EntryTrampolineBuilder::Prototype {
     return f == fast;
   }
 
-  // The trampoline for `spec` and `plan` from this prototype; false where a rel32 would not
-  // reach (make_entry_trampoline() picks another form there).
+  // The trampoline for `spec` and `plan` from this template; false where a branch would
+  // take the other form (make_entry_trampoline() is the way there).
   Result<bool> build(const EntryTrampolineSpec& spec, const DisplacementPlan& plan, Trampoline& t,
                      std::vector<std::uint8_t>&& buffer) const {
     Emitter e(spec.address, std::move(buffer));
@@ -301,99 +219,37 @@ struct EntryTrampolineBuilder::Prototype {
     t.relocated_offset = e.size();
     t.map.clear();
     HP_TRY(relocate_into(e, plan.original, plan.patch_address, t.map));
-    const std::uint32_t tail_at = e.size();
+    const std::uint32_t at_tail = e.size();
     e.raw(tail);
-    const ProtoValues site = values_of(spec, plan, tail_at - t.relocated_offset);
-    std::int64_t delta[kParamCount];
-    for (unsigned i = 0; i < kParamCount; i++)
-      delta[i] = static_cast<std::int64_t>(site.v[i] - base.v[i]);
+    const auto moved = [&](std::uint32_t off) {
+      return off >= tail_at ? off - tail_at + at_tail : off;
+    };
+    std::uint64_t value[kValueCount] = {};
+    value[kValueContext] = spec.context;
+    value[kValueDispatcher] = spec.dispatcher;
+    value[kValueRip] = plan.probe_address;
+    value[kValueBack] = plan.patch_address + plan.length;
+    value[kValueLanding] = spec.landing_target;
+    value[kValueConsumers] = spec.fast ? spec.fast->consumers : 0;
     std::uint8_t* b = e.bytes().data();
-    for (const Field& f : fields) {
-      std::uint8_t* at = b + f.at + (f.in_tail ? tail_at : 0);
-      if (f.width == 8) {
-        std::uint64_t v;
-        std::memcpy(&v, at, 8);
-        for (unsigned k = 0; k < f.terms; k++)
-          v += static_cast<std::uint64_t>(f.coeff[f.term_param[k]] * delta[f.term_param[k]]);
-        std::memcpy(at, &v, 8);
-      } else {
-        std::int32_t v32;
-        std::memcpy(&v32, at, 4);
-        std::int64_t v = v32;
-        for (unsigned k = 0; k < f.terms; k++)
-          v += f.coeff[f.term_param[k]] * delta[f.term_param[k]];
-        if (v < INT32_MIN || v > INT32_MAX) return false;
-        v32 = static_cast<std::int32_t>(v);
-        std::memcpy(at, &v32, 4);
-      }
-    }
-    t.landing_offset = has_landing_offset ? tail_at + landing_in_tail : 0;
-    t.code = std::move(e).take();
-    return true;
-  }
-
-  // Records the fields of one region that param `i` moves: `a` is the base build's bytes,
-  // `b` the build with value i moved by its delta. False when a difference is not a
-  // field of the expected form.
-  bool discover(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b, bool in_tail,
-                unsigned i) {
-    const unsigned width = kParamIsAbsolute[i] ? 8 : 4;
-    for (std::uint32_t pos = 0; pos < a.size(); pos++) {
-      if (a[pos] == b[pos]) continue;
-      if (pos + width > a.size()) return false;
-      std::uint64_t va = 0, vb = 0;
-      std::memcpy(&va, &a[pos], width);
-      std::memcpy(&vb, &b[pos], width);
-      const std::uint64_t mask = width == 8 ? ~std::uint64_t{0} : 0xffffffffu;
-      const std::uint64_t d = (vb - va) & mask;
-      std::int8_t c = 0;
-      if (d == (kParamDelta[i] & mask)) c = 1;
-      if (d == ((0 - kParamDelta[i]) & mask)) c = -1;
-      if (c == 0) return false;
-      Field* f = nullptr;
-      for (Field& g : fields) {
-        if (g.in_tail == in_tail && g.at == pos) f = &g;
-      }
-      if (!f) {
-        fields.push_back({pos, in_tail, static_cast<std::uint8_t>(width), {}});
-        f = &fields.back();
-      }
-      if (f->width != width) return false;
-      f->coeff[i] = c;
-      pos += width - 1;
-    }
-    return true;
-  }
-
-  // Fields must not overlap, and each must be one of: an absolute value (8 bytes, one
-  // absolute value, coefficient 1); a rel32 to a fixed or moving target (the trampoline's
-  // address -1, at most one target +1, the relocated length +-1) or between the head and
-  // the tail (the relocated length +-1 only).
-  bool fields_make_sense() const {
-    for (const Field& f : fields) {
-      for (const Field& g : fields) {
-        if (&f == &g || f.in_tail != g.in_tail) continue;
-        if (f.at < g.at + g.width && g.at < f.at + f.width) return false;
-      }
-      unsigned absolutes = 0, targets = 0;
-      for (unsigned i = 0; i < kParamCount; i++) {
-        if (f.coeff[i] == 0) continue;
-        if (kParamIsAbsolute[i]) {
-          if (f.width != 8 || f.coeff[i] != 1) return false;
-          absolutes++;
-        } else if (i == kBack || i == kLanding) {
-          if (f.coeff[i] != 1) return false;
-          targets++;
-        } else if (i == kAddress && f.coeff[i] != -1) {
+    for (const Fixup& f : fields) {
+      const std::uint32_t at = moved(f.at);
+      const std::uint64_t v = value[f.value];
+      if (f.kind == Fixup::abs64 || f.kind == Fixup::abs64_far) {
+        if (f.kind == Fixup::abs64_far && in_rel32_reach(spec.address + moved(f.target), v)) {
           return false;
         }
+        std::memcpy(b + at, &v, 8);
+        continue;
       }
-      if (f.width == 8 && (absolutes != 1 || f.coeff[kAddress] || f.coeff[kBack] ||
-                           f.coeff[kLanding] || f.coeff[kRelocated])) {
-        return false;
-      }
-      if (f.width == 4 && (targets > 1 || (targets == 1 && f.coeff[kAddress] != -1))) return false;
+      const std::uint64_t from = spec.address + at + 4;
+      const std::uint64_t to = f.kind == Fixup::rel32 ? v : spec.address + moved(f.target);
+      if (!in_rel32_reach(from, to)) return false;
+      const auto rel = static_cast<std::uint32_t>(to - from);
+      std::memcpy(b + at, &rel, 4);
     }
+    t.landing_offset = landing_offset ? moved(landing_offset) : 0;
+    t.code = std::move(e).take();
     return true;
   }
 };
@@ -401,106 +257,64 @@ struct EntryTrampolineBuilder::Prototype {
 EntryTrampolineBuilder::EntryTrampolineBuilder() = default;
 
 EntryTrampolineBuilder::~EntryTrampolineBuilder() {
-  for (Prototype* p : prototypes_)
+  for (Template* p : templates_)
     delete p;
-}
-
-EntryTrampolineBuilder::Prototype* EntryTrampolineBuilder::prototype_for(
-    const EntryTrampolineSpec& spec, const DisplacementPlan& plan) {
-  for (Prototype* p : prototypes_) {
-    if (p->same_kind(spec, plan)) return p;
-  }
-  constexpr std::size_t kMaxKinds = 16;  // a handful in practice (per scheme, flags, landing)
-  if (prototypes_.size() >= kMaxKinds) return nullptr;
-  auto* p = new Prototype;
-  prototypes_.push_back(p);
-  p->flags_live = plan.flags_live;
-  p->at_entry = plan.at_entry;
-  p->save_vector = spec.save_vector;
-  p->landing = spec.landing_target != 0;
-  p->has_fast = spec.fast != nullptr;
-  if (p->has_fast) {
-    p->fast = *spec.fast;
-    p->fast.consumers = 0;
-  }
-  p->dispatcher = spec.dispatcher;
-
-  // The base build: this site's values, 5 bytes of dummy displaced instructions.
-  ProtoValues base = values_of(spec, plan, 5);
-  auto build_with = [&](const ProtoValues& v) {
-    ProtoBuild b = dummy_build(spec, plan, v);
-    return make_entry_trampoline(b.spec, b.plan);
-  };
-  auto a = build_with(base);
-  if (!a.ok() || relocated_end(*a) != a->relocated_offset + 5) return p;
-  const std::uint32_t head = a->relocated_offset;
-  const std::uint32_t tail_at = relocated_end(*a);
-  p->base = base;
-  p->head.assign(a->code.begin(), a->code.begin() + head);
-  p->tail.assign(a->code.begin() + tail_at, a->code.end());
-  p->has_landing_offset = a->landing_offset != 0;
-  if (p->has_landing_offset) {
-    if (a->landing_offset < tail_at) return p;
-    p->landing_in_tail = a->landing_offset - tail_at;
-  }
-  for (unsigned i = 0; i < kParamCount; i++) {
-    if ((i == kConsumers && !spec.fast) || (i == kLanding && !spec.landing_target)) continue;
-    ProtoValues moved = base;
-    moved.v[i] += kParamDelta[i];
-    auto b = build_with(moved);
-    if (!b.ok() || b->relocated_offset != head || relocated_end(*b) != head + moved.v[kRelocated] ||
-        b->code.size() - relocated_end(*b) != p->tail.size() ||
-        (b->landing_offset != 0) != p->has_landing_offset ||
-        (p->has_landing_offset && b->landing_offset - relocated_end(*b) != p->landing_in_tail)) {
-      return p;
-    }
-    const std::span<const std::uint8_t> bb(b->code);
-    if (!p->discover(p->head, bb.first(head), false, i) ||
-        !p->discover(p->tail, bb.subspan(relocated_end(*b)), true, i)) {
-      return p;
-    }
-  }
-  if (!p->fields_make_sense()) return p;
-  for (Prototype::Field& f : p->fields) {
-    for (unsigned i = 0; i < kParamCount; i++) {
-      if (f.coeff[i] != 0) f.term_param[f.terms++] = static_cast<std::uint8_t>(i);
-    }
-  }
-  // The proof: every value moved at once, two ways, with other displaced lengths.
-  for (std::uint64_t k : {2u, 3u}) {
-    ProtoValues check = base;
-    for (unsigned i = 0; i < kParamCount; i++) {
-      if ((i == kConsumers && !spec.fast) || (i == kLanding && !spec.landing_target)) continue;
-      check.v[i] += k * kParamDelta[i] + (kParamIsAbsolute[i] ? 0x10 * k : 0);
-    }
-    check.v[kRelocated] = 4 + k;  // 6 and 7 bytes
-    ProtoBuild cb = dummy_build(spec, plan, check);
-    auto want = make_entry_trampoline(cb.spec, cb.plan);
-    Trampoline got;
-    auto built = p->build(cb.spec, cb.plan, got, {});
-    if (!want.ok() || !built.ok() || !*built || got.code != want->code ||
-        got.relocated_offset != want->relocated_offset ||
-        got.landing_offset != want->landing_offset || got.map != want->map) {
-      return p;
-    }
-  }
-  p->usable = true;
-  return p;
 }
 
 Result<Trampoline> EntryTrampolineBuilder::build(const EntryTrampolineSpec& spec,
                                                  const DisplacementPlan& plan) {
   const bool landing = spec.landing_target != 0;
-  if (landing && (plan.flags_live || !plan.at_entry)) return make_entry_trampoline(spec, plan);
-  if (spec.run_at_ret) return make_entry_trampoline(spec, plan);  // few: no prototype
-  Prototype* p = prototype_for(spec, plan);
-  if (!p || !p->usable) return make_entry_trampoline(spec, plan);
+  if (spec.run_at_ret || (landing && (plan.flags_live || !plan.at_entry)) ||
+      (spec.fast && (!spec.handler_stack || spec.save_vector))) {
+    return make_entry_trampoline(spec, plan);  // few (return sites), or refused
+  }
+  Template* k = nullptr;
+  for (Template* p : templates_) {
+    if (p->same_kind(spec, plan)) k = p;
+  }
+  if (!k) {
+    constexpr std::size_t kMaxKinds = 16;  // a handful in practice (per scheme, flags, landing)
+    if (templates_.size() >= kMaxKinds) return make_entry_trampoline(spec, plan);
+    // The kind's first site: emitted with its labels, which makes the template.
+    k = new Template;
+    templates_.push_back(k);
+    k->flags_live = plan.flags_live;
+    k->at_entry = plan.at_entry;
+    k->save_vector = spec.save_vector;
+    k->landing = landing;
+    k->handler_stack = spec.handler_stack;
+    k->has_fast = spec.fast != nullptr;
+    if (k->has_fast) {
+      k->fast = *spec.fast;
+      k->fast.consumers = 0;
+    }
+    k->dispatcher = spec.dispatcher;
+    Emitter e(spec.address);
+    e.record_fixups(&k->fields);
+    auto t = emit_entry(e, spec, plan, k->tail_at);
+    if (!t.ok()) return t;
+    k->head.assign(t->code.begin(), t->code.begin() + t->relocated_offset);
+    k->tail.assign(t->code.begin() + k->tail_at, t->code.end());
+    k->landing_offset = t->landing_offset;
+    k->usable = k->landing_offset == 0 || k->landing_offset >= k->tail_at;
+    return t;
+  }
+  if (!k->usable) return make_entry_trampoline(spec, plan);
   Trampoline t;
   t.map = std::move(spare_map_);
-  auto built = p->build(spec, plan, t, std::move(spare_code_));
+  auto built = k->build(spec, plan, t, std::move(spare_code_));
   if (!built.ok()) return built.error();
   if (!*built) return make_entry_trampoline(spec, plan);
-  from_prototype_++;
+  if (!k->checked) {
+    auto want = make_entry_trampoline(spec, plan);
+    if (!want.ok()) return want;
+    k->checked = true;
+    if (want->code != t.code || want->landing_offset != t.landing_offset || want->map != t.map) {
+      k->usable = false;  // a field without a label: the full build from now on
+      return want;
+    }
+  }
+  from_template_++;
   return t;
 }
 

@@ -87,17 +87,18 @@ Result<Trampoline> make_entry_trampoline(const EntryTrampolineSpec& spec,
                                          const arch::DisplacementPlan& plan);
 
 // Entry trampolines for many sites (a batch): the same bytes as make_entry_trampoline(),
-// built from a prototype instead of instruction by instruction. Sites that share
+// copied from a template instead of emitted instruction by instruction. Sites that share
 // everything but their addresses (the trampoline's, the probe's, the jump back's, the
-// landing's), their context, their consumer array and their displaced instructions have
-// the same trampoline but for a few fields. The first site of such a kind builds its
-// prototype: make_entry_trampoline() of that site with dummy displaced instructions, and
-// again with each of those values moved in turn, which shows every byte that depends on
-// each value (an absolute 8-byte field, or a rel32 whose value moves with it); then two
-// builds that move all of them at once must come out the same both ways, or the kind
-// keeps the instruction-by-instruction path. A site then costs a copy, its relocated
-// instructions and a few fixed-up fields. A rel32 that would not reach (where
-// make_entry_trampoline() picks a longer form) takes the full path too.
+// landing's), their context, their consumer array and their displaced instructions are of
+// one kind. The first site of a kind is emitted with its fields labelled as they are
+// written (arch::Fixup: a per-site value, 8 bytes or rel32, or a rel32 between two points
+// of the code), as the kernel's optprobes label optprobe_template_*; its code around the
+// relocated instructions is the kind's template. A later site costs a copy, its relocated
+// instructions, and a pass over the labels that puts its values in (fields after the
+// relocated instructions move with their length). A rel32 that would not reach, or a far
+// form that would (where make_entry_trampoline() picks the other form), takes the full
+// path; so does the kind's first copy that comes out different from the full build (it is
+// compared once), which keeps any unlabelled field from going unnoticed.
 // Not thread-safe: one builder per thread (the engine's is under its registry lock).
 class EntryTrampolineBuilder {
  public:
@@ -111,16 +112,15 @@ class EntryTrampolineBuilder {
   // a batch then allocates none per site.
   void recycle(Trampoline&& t);
 
-  // Trampolines built from a prototype so far (tests, statistics).
-  std::uint64_t from_prototype() const noexcept { return from_prototype_; }
+  // Trampolines copied from a template so far (tests, statistics).
+  std::uint64_t from_template() const noexcept { return from_template_; }
 
  private:
-  struct Prototype;
-  Prototype* prototype_for(const EntryTrampolineSpec& spec, const arch::DisplacementPlan& plan);
-  std::vector<Prototype*> prototypes_;  // owned
+  struct Template;
+  std::vector<Template*> templates_;  // owned
   std::vector<std::uint8_t> spare_code_;
   std::vector<arch::OffsetPair> spare_map_;
-  std::uint64_t from_prototype_ = 0;
+  std::uint64_t from_template_ = 0;
 };
 
 // The return trampoline: the probed function's return address is replaced by its address.

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "arch/x86_64/frame.h"
-#include "arch/x86_64/handler_stack.h"
 #include "arch/x86_64/fuzz.h"
+#include "arch/x86_64/handler_stack.h"
 #include "core/x86_64/trampoline.h"
 #include "hotprobe/regs.h"
 
