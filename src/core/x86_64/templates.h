@@ -90,7 +90,7 @@ struct FastReturn {
 
 // The entry side of the common return probe, shared by the fast entry paths of every
 // tasks-trace site: FastEntry::locked_dispatcher may be this routine (see the template in
-// trampoline.cc), which does what the dispatcher's entry_one_return() does for one return
+// templates.cc), which does what the dispatcher's entry_one_return() does for one return
 // consumer at a site with a landing, and jumps to `fallback` (the dispatcher's locked
 // entry, same arguments) for anything else. Offsets are from the engine.
 struct OneReturnEntry {

@@ -1,6 +1,7 @@
-// Code generation for the engine (src/core): entry trampolines, return trampolines, the
-// int3-mode copy, and the jmp that patches a site. Everything here is a pure function of its inputs
-// and returns bytes for a given address; nothing writes live code.
+// The engine's trampolines: entry trampolines (from a labelled template per kind of site,
+// EntryTrampolineBuilder) and return trampolines, made of arch's pieces
+// (arch/x86_64/frame.h) and core's fast-path templates (templates.h). Pure functions of
+// their inputs: bytes for a given address; nothing here writes live code.
 //
 // Entry trampoline (site rsp = S; every offset below is from S):
 //
@@ -39,6 +40,8 @@
 // ymm/zmm are not (the dispatcher must not use AVX; see docs/design/arch.md). The engine
 // asks for it only in ThreadSanitizer builds: elsewhere its dispatcher saves them itself,
 // around the handlers that may write one (core/dispatch.h).
+
+#pragma once
 
 #include <cstddef>
 #include <cstdint>
