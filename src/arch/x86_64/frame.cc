@@ -49,14 +49,10 @@ std::string hex(std::uint64_t v) {
 
 }  // namespace
 
-// Offset of the way-back pointer M from the frame (rsp after the frame is built).
 std::int32_t way_back_offset(bool save_vector) {
   return kFrame + vector_area(save_vector);
 }
 
-// Saves everything into a Regs frame at rsp (then emit_call() or emit_fast_entry()).
-// Where flags are dead, their slot [M] holds rax instead ([M+8] is not written) and
-// Regs.rflags is 0: two stores and a load fewer on every hit.
 void emit_save(Emitter& e, bool flags_live, bool save_vector, std::uint64_t rip_value) {
   if (flags_live) {
     e.lea_rsp(-kRedZone);
@@ -91,9 +87,6 @@ void emit_save(Emitter& e, bool flags_live, bool save_vector, std::uint64_t rip_
   e.mov_to_rsp_mem(offsetof(Regs, rip), rcx);
 }
 
-// The switch to the handler stack (handler_stack.h), after emit_save(): rsp =
-// the frame. Leaves r15 = the frame, rsp = the handler stack's top; returns the rel32
-// field of the branch to the out-of-line call (emit_no_handler_stack()).
 std::uint32_t emit_switch_in(Emitter& e) {
   const auto tls = static_cast<std::uint32_t>(handler_stack_tls());
   for (std::uint8_t b : {0x64, 0x48, 0x8b, 0x04, 0x25})  // mov rax, fs:[next]
@@ -112,8 +105,6 @@ std::uint32_t emit_switch_in(Emitter& e) {
   return field;
 }
 
-// Back to the frame (rsp = r15), then the handler stack is free again: in this order, so a
-// signal between the two never finds it free while rsp is on it. rax survives.
 void emit_switch_out(Emitter& e) {
   e.mov_rr(rcx, rsp);
   e.mov_rr(rsp, r15);
@@ -122,10 +113,6 @@ void emit_switch_out(Emitter& e) {
   e.u32(static_cast<std::uint32_t>(handler_stack_tls()));
 }
 
-// The dispatcher through hp_handler_stack_call() (rsp = the frame): the thread's first hit,
-// or a hit nested in a handler's (a signal). `landing` is the rel32 field to fix up to the
-// landing exit after its switch-out when the dispatcher returns true (0: none); `back`
-// where the trampoline goes on otherwise.
 void emit_no_handler_stack(Emitter& e, std::uint32_t je_field, std::uint64_t context,
                            std::uint64_t dispatcher, std::uint32_t landing_exit,
                            std::uint32_t back) {
@@ -150,24 +137,21 @@ void emit_call(Emitter& e, std::uint64_t context, std::uint64_t dispatcher, Gpr 
   e.call_to(dispatcher, kValueDispatcher);
 }
 
-// xmm0-15 from the vector area (rsp = the frame): once, right after the dispatcher (and the
-// switch back), before the exits branch, so a trampoline with a landing exit has one copy.
 void emit_vector_restore(Emitter& e, bool save_vector) {
   if (!save_vector) return;
   for (unsigned i = 0; i < 16; ++i)
     e.movups_load(i, kFrame + static_cast<std::int32_t>(16 * i));
 }
 
-// Restores every general register (from the frame); leaves rsp = M. Pops, 23 bytes where
-// movs take 75: a trampoline with a landing exit restores twice in its slot.
+// Pops, 23 bytes where movs take 75: a trampoline with a landing exit restores twice in
+// its slot.
 void emit_restore(Emitter& e, bool save_vector) {
   for (Gpr r : kPopped)
     e.pop(r);
   e.mov_from_rsp_mem(rsp, way_back_offset(save_vector) - 15 * 8);
 }
 
-// Restores every general register and sets rsp = the site's rsp + `extra`
-// without loading rsp from memory: a loaded rsp puts the store-to-load latency in front
+// Without loading rsp from memory: a loaded rsp puts the store-to-load latency in front
 // of every later stack access of the thread (the displaced push, the function's ret, the
 // caller's next call), measured at 0.3-0.5 ns a hit. Whether the save's `and` moved rsp
 // (bit 3 of the way-back pointer M) is instead a branch, which the predictor learns per
