@@ -22,7 +22,6 @@
 #include "arch/x86_64/fuzz.h"
 #include "arch/x86_64/plan.h"
 #include "arch/x86_64/relocate.h"
-#include "arch/x86_64/trampoline.h"
 
 namespace hp::arch {
 namespace {
@@ -83,10 +82,9 @@ TEST(ArchLibc, EveryFunctionPlansOrRefusesWithAReason) {
       continue;
     }
     ++planned;
-    EntryTrampolineSpec spec{slot->address, 0, fn.address, true};
-    auto t = make_entry_trampoline(spec, plan.value());
-    ASSERT_TRUE(t.ok()) << fn.name << ": " << t.error().message();
-    check_decodes(t->code, slot->address);
+    auto moved = relocate_with_jmp_back(plan->original, plan->patch_address, slot->address);
+    ASSERT_TRUE(moved.ok()) << fn.name << ": " << moved.error().message();
+    check_decodes(moved->code, slot->address);
     // A few boundaries inside the function too.
     std::uint64_t off = 0;
     for (int i = 0; i < 8 && off < fn.size; ++i) {

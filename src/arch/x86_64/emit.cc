@@ -152,6 +152,28 @@ void Emitter::jmp_to(std::uint64_t target) {
   }
 }
 
+void Emitter::jmp_to(std::uint64_t target, std::uint8_t value) {
+  const std::uint32_t start = size_;
+  jmp_to(target);
+  if (size_ - start == 5) {
+    label({size_ - 4, 0, Fixup::rel32, value});
+  } else {
+    label({size_ - 8, start + 5, Fixup::abs64_far, value});
+  }
+}
+
+void Emitter::call_to(std::uint64_t target, std::uint8_t value) {
+  const std::uint32_t start = size_;
+  if (in_rel32_reach(here() + 5, target)) {
+    call_rel32(target);
+    label({size_ - 4, 0, Fixup::rel32, value});
+  } else {
+    movabs(rax, target);
+    label({size_ - 8, start + 5, Fixup::abs64_far, value});
+    call_reg(rax);
+  }
+}
+
 void Emitter::jmp_rsp_mem(std::int32_t disp) {
   op_rsp(0xff, 4, disp);
 }

@@ -14,6 +14,24 @@ namespace hp::arch {
 // rel32 reach: can a 5-byte jmp/call ending at `from_end` reach `to`?
 bool in_rel32_reach(std::uint64_t from_end, std::uint64_t to) noexcept;
 
+// A labelled field of emitted code: where it is and what goes there, so that a copy of the
+// code can be filled in again for another site without emitting it again (the entry
+// template of core/x86_64/trampoline.h; the kernel's optprobes label the fields of their
+// template the same way, optprobe_template_*). Recorded only while an Emitter records.
+struct Fixup {
+  enum Kind : std::uint8_t {
+    rel32_internal,  // rel32 to `target`, an offset in the same code
+    rel32,           // rel32 to value `value`
+    abs64,           // value `value`, 8 bytes
+    abs64_far,       // value `value`, 8 bytes: the long form of a branch, taken because a
+                     // rel32 ending at offset `target` would not reach it
+  };
+  std::uint32_t at = 0;
+  std::uint32_t target = 0;
+  Kind kind = abs64;
+  std::uint8_t value = 0;  // which value: the caller's numbering (arch/x86_64/frame.h)
+};
+
 class Emitter {
  public:
   // `address` is where the first emitted byte will live at run time.
@@ -84,6 +102,29 @@ class Emitter {
   void jmp_rsp_mem(std::int32_t disp);
   void int3() { u8(0xcc); }
 
+  // Labelled forms (Fixup): the same bytes, and a label while recording.
+  void record_fixups(std::vector<Fixup>* out) noexcept { fixups_ = out; }
+  void label(const Fixup& f) {
+    if (fixups_) fixups_->push_back(f);
+  }
+  // The rel32 field at `at` = a branch to offset `target` of this code.
+  void rel32_at(std::uint32_t at, std::uint32_t target) {
+    patch_u32(at, target - (at + 4));
+    label({at, target, Fixup::rel32_internal, 0});
+  }
+  // jmp rel32 to offset `target` of this code.
+  void jmp_rel32_to_offset(std::uint32_t target) {
+    jmp_rel32(address_ + target);
+    label({size_ - 4, target, Fixup::rel32_internal, 0});
+  }
+  void movabs(Gpr r, std::uint64_t imm, std::uint8_t value) {
+    movabs(r, imm);
+    label({size_ - 8, 0, Fixup::abs64, value});
+  }
+  void jmp_to(std::uint64_t target, std::uint8_t value);
+  // call rel32 when in reach, else movabs rax, target; call rax.
+  void call_to(std::uint64_t target, std::uint8_t value);
+
  private:
   static constexpr std::uint32_t kInitialCapacity = 768;
   static constexpr std::uint32_t kMaxInsn = 15;
@@ -143,6 +184,7 @@ class Emitter {
   std::uint64_t address_;
   std::uint32_t size_ = 0;
   std::vector<std::uint8_t> bytes_;
+  std::vector<Fixup>* fixups_ = nullptr;
 };
 
 }  // namespace hp::arch

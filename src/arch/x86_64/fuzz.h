@@ -17,7 +17,7 @@ struct FuzzStats {
 };
 
 // Feeds `data` to the decoder, plan_displacement, plan_int3, the relocator (near and far
-// destinations) and the trampoline generator, and checks every success.
+// destinations), the patch jmp and the int3-mode copy, and checks every success.
 void fuzz_one(std::span<const std::uint8_t> data, FuzzStats* stats = nullptr);
 
 // Walks `code` (generated at `address`) instruction by instruction, stepping over the

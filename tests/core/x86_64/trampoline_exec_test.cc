@@ -10,14 +10,18 @@
 #include <span>
 #include <vector>
 
+#include "arch/asm_fixture.h"
 #include "arch/x86_64/code_memory.h"
+#include "arch/x86_64/frame.h"
+#include "arch/x86_64/handler_stack.h"
 #include "arch/x86_64/plan.h"
-#include "arch/x86_64/trampoline.h"
-#include "asm_fixture.h"
+#include "core/x86_64/trampoline.h"
 #include "hotprobe/regs.h"
 
-namespace hp::arch {
+namespace hp::core {
 namespace {
+
+using namespace arch;  // NOLINT: the pieces and plans the trampolines are made from
 
 using hotprobe::Regs;
 
@@ -266,7 +270,7 @@ TEST(ArchInt3CopyExec, RelocatedInstructionThenJumpBack) {
 }
 
 // The whole flow the core will run, on a function that lives in trampoline memory so that
-// the test may patch it: plan, trampoline, the three patch steps, hits, the unpatch steps.
+// the test may patch it: plan, trampoline, the patch, hits, the original bytes back.
 int g_hits = 0;
 long g_arg = 0;
 extern "C" void counting_dispatcher(void*, Regs* regs) {
@@ -274,13 +278,11 @@ extern "C" void counting_dispatcher(void*, Regs* regs) {
   g_arg = static_cast<long>(regs->arg(0));
 }
 
-void apply(CodeMemory& mem, const CodeSlot& site, const PatchPlan& plan) {
-  for (const PatchStep& step : plan.steps) {
-    for (const PatchWrite& w : step.writes) {
-      ASSERT_TRUE(
-          mem.write_at(site, static_cast<std::uint32_t>(w.address - site.address), w.bytes).ok());
-    }
-  }
+// The site's bytes at once: nothing runs the function meanwhile (core/text_patch.cc does
+// it step by step for live code).
+void write_site(CodeMemory& mem, const CodeSlot& site, std::uint64_t address,
+                std::span<const std::uint8_t> bytes) {
+  ASSERT_TRUE(mem.write_at(site, static_cast<std::uint32_t>(address - site.address), bytes).ok());
 }
 
 TEST(ArchPatchFlowExec, AttachHitDetach) {
@@ -304,19 +306,19 @@ TEST(ArchPatchFlowExec, AttachHitDetach) {
   ASSERT_TRUE(t.ok());
   ASSERT_TRUE(mem.write(tslot.value(), t->code).ok());
 
-  auto patch = make_jmp_patch_plan(plan.value(), tslot->address);
-  ASSERT_TRUE(patch.ok());
-  apply(mem, site.value(), patch.value());
+  std::vector<std::uint8_t> patch(plan->length);
+  ASSERT_TRUE(write_jmp_patch_bytes(plan->patch_address, plan->length, tslot->address, patch).ok());
+  write_site(mem, site.value(), plan->patch_address, patch);
   g_hits = 0;
   EXPECT_EQ(f(5), hp_value + 5);
   EXPECT_EQ(f(-3), hp_value - 3);
   EXPECT_EQ(g_hits, 2);
   EXPECT_EQ(g_arg, -3);
 
-  apply(mem, site.value(), make_jmp_unpatch_plan(plan.value()));
+  write_site(mem, site.value(), plan->patch_address, plan->original);
   EXPECT_EQ(f(1), hp_value + 1);
   EXPECT_EQ(g_hits, 2);
 }
 
 }  // namespace
-}  // namespace hp::arch
+}  // namespace hp::core

@@ -1,4 +1,4 @@
-// Golden bytes for the patch plans and the fixed parts of the generated trampolines,
+// Golden bytes for the patch jmp, the int3 copy and the fixed parts of the generated trampolines,
 // annotated with assembly (STYLE.md item 9).
 #include <gtest/gtest.h>
 
@@ -7,12 +7,16 @@
 #include <cstring>
 #include <vector>
 
+#include "arch/x86_64/frame.h"
 #include "arch/x86_64/fuzz.h"
-#include "arch/x86_64/trampoline.h"
+#include "arch/x86_64/handler_stack.h"
+#include "core/x86_64/trampoline.h"
 #include "hotprobe/regs.h"
 
-namespace hp::arch {
+namespace hp::core {
 namespace {
+
+using namespace arch;  // NOLINT: the pieces and plans the trampolines are made from
 
 using Bytes = std::vector<std::uint8_t>;
 constexpr std::uint64_t kFn = 0x1000'0000;
@@ -39,60 +43,30 @@ TEST(ArchRegsLayout, MatchesWhatTheTrampolinesWrite) {
   EXPECT_EQ(sizeof(Regs) % 16, 0u);  // the frame keeps the call 16-byte aligned
 }
 
-TEST(ArchPatchGolden, JmpPatchBytesAndSteps) {
+TEST(ArchPatchGolden, JmpPatchBytes) {
   DisplacementPlan p = plan_at(0);  // 8 bytes: push, mov, sub
   // kFn: e9 fb 0f 00 00       jmp kFn+0x1000
   //      cc cc cc             int3 padding
-  auto bytes = make_jmp_patch_bytes(p.patch_address, p.length, kFn + 0x1000);
-  ASSERT_TRUE(bytes.ok());
-  EXPECT_EQ(bytes.value(), (Bytes{0xe9, 0xfb, 0x0f, 0x00, 0x00, 0xcc, 0xcc, 0xcc}));
-
-  auto plan = make_jmp_patch_plan(p, kFn + 0x1000);
-  ASSERT_TRUE(plan.ok());
-  ASSERT_EQ(plan->steps.size(), 3u);
-  // 1: int3 on the first byte
-  EXPECT_EQ(plan->steps[0].writes, (std::vector<PatchWrite>{{kFn, {0xcc}}}));
-  // 2: the tail: rel32 and padding
-  EXPECT_EQ(plan->steps[1].writes,
-            (std::vector<PatchWrite>{{kFn + 1, {0xfb, 0x0f, 0x00, 0x00, 0xcc, 0xcc, 0xcc}}}));
-  // 3: the opcode
-  EXPECT_EQ(plan->steps[2].writes, (std::vector<PatchWrite>{{kFn, {0xe9}}}));
-
-  PatchPlan undo = make_jmp_unpatch_plan(p);
-  ASSERT_EQ(undo.steps.size(), 3u);
-  EXPECT_EQ(undo.steps[0].writes, (std::vector<PatchWrite>{{kFn, {0xcc}}}));
-  EXPECT_EQ(undo.steps[1].writes,
-            (std::vector<PatchWrite>{{kFn + 1, {0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10}}}));
-  EXPECT_EQ(undo.steps[2].writes, (std::vector<PatchWrite>{{kFn, {0x55}}}));
+  Bytes bytes(p.length);
+  ASSERT_TRUE(write_jmp_patch_bytes(p.patch_address, p.length, kFn + 0x1000, bytes).ok());
+  EXPECT_EQ(bytes, (Bytes{0xe9, 0xfb, 0x0f, 0x00, 0x00, 0xcc, 0xcc, 0xcc}));
 }
 
 TEST(ArchPatchGolden, OutOfReachTrampolineIsRefused) {
-  auto r = make_jmp_patch_plan(plan_at(0), kFn + 0x1'0000'0000ULL);
+  DisplacementPlan p = plan_at(0);
+  Bytes bytes(p.length);
+  auto r = write_jmp_patch_bytes(p.patch_address, p.length, kFn + 0x1'0000'0000ULL, bytes);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code(), Errc::no_memory_in_reach);
 }
 
-TEST(ArchPatchGolden, Int3Plans) {
+TEST(ArchPatchGolden, Int3Copy) {
   auto p = plan_int3(kFnBytes, kFn, 8);  // c9 leave
   ASSERT_TRUE(p.ok());
-  EXPECT_EQ(make_int3_patch_plan(p.value()).steps[0].writes,
-            (std::vector<PatchWrite>{{kFn + 8, {0xcc}}}));
-  EXPECT_EQ(make_int3_unpatch_plan(p.value()).steps[0].writes,
-            (std::vector<PatchWrite>{{kFn + 8, {0xc9}}}));
   // The copy at kFn+0x1000: c9 leave; e9 03 f0 ff ff jmp kFn+9
   auto copy = make_int3_copy(p.value(), kFn + 0x1000);
   ASSERT_TRUE(copy.ok());
   EXPECT_EQ(copy->code, (Bytes{0xc9, 0xe9, 0x03, 0xf0, 0xff, 0xff}));
-}
-
-TEST(ArchPatchGolden, MergeIsStepwiseAndSortedByAddress) {
-  PatchPlan a{{{{{0x2000, {0xcc}}}}, {{{0x2001, {1, 2, 3, 4}}}}, {{{0x2000, {0xe9}}}}}};
-  PatchPlan b{{{{{0x1000, {0xcc}}}}}};
-  const PatchPlan plans[] = {a, b};
-  PatchPlan m = merge_patch_plans(plans);
-  ASSERT_EQ(m.steps.size(), 3u);
-  EXPECT_EQ(m.steps[0].writes, (std::vector<PatchWrite>{{0x1000, {0xcc}}, {0x2000, {0xcc}}}));
-  EXPECT_EQ(m.steps[1].writes, (std::vector<PatchWrite>{{0x2001, {1, 2, 3, 4}}}));
 }
 
 std::int32_t rel32_in(const Bytes& c, std::size_t i) {
@@ -393,10 +367,12 @@ TEST(ArchEntryTrampolineGolden, WithoutTheHandlerStack) {
 }
 
 }  // namespace
-}  // namespace hp::arch
+}  // namespace hp::core
 
-namespace hp::arch {
+namespace hp::core {
 namespace {
+
+using namespace arch;  // NOLINT: the pieces and plans the trampolines are made from
 
 // The engine's slots are 768 bytes: the fast entry path with a landing, the switch, the
 // call without a handler stack and long displaced instructions still fit one.
@@ -439,10 +415,12 @@ TEST(ArchEntryTrampolineGolden, TrampolinesFitASlot) {
 }
 
 }  // namespace
-}  // namespace hp::arch
+}  // namespace hp::core
 
-namespace hp::arch {
+namespace hp::core {
 namespace {
+
+using namespace arch;  // NOLINT: the pieces and plans the trampolines are made from
 
 // A return site (run_at_ret): the displaced instructions but the ret first, then the frame
 // with Regs.rip = the ret's address, the switch and the call, the restore, and a ret.
@@ -503,4 +481,4 @@ TEST(ArchReturnSiteGolden, WithTheRetInsideTheMapSendsItToTheSave) {
 }
 
 }  // namespace
-}  // namespace hp::arch
+}  // namespace hp::core
