@@ -31,11 +31,6 @@ std::string elf_error(const std::string& path, const char* what) {
   return path + ": " + what + ": " + elf_errmsg(-1);
 }
 
-void init_libelf() {
-  static std::once_flag once;
-  std::call_once(once, [] { (void)elf_version(EV_CURRENT); });
-}
-
 // A symbol as read, before merging; `name` views libelf's mapped string table or a
 // string in `versioned`.
 struct RawSymbol {
@@ -67,6 +62,11 @@ const char* file_type(mode_t mode) {
 }  // namespace
 
 namespace detail {
+
+void init_libelf() {
+  static std::once_flag once;
+  std::call_once(once, [] { (void)elf_version(EV_CURRENT); });
+}
 
 std::string hex(std::uint64_t v) {
   char buf[24];
@@ -164,7 +164,7 @@ Result<int> open_regular_file(const std::string& path, ModuleKey key, bool no_fo
 ElfFile::~ElfFile() = default;
 
 Result<std::shared_ptr<const ElfFile>> load_elf_uncached(int fd, std::string path) {
-  init_libelf();
+  detail::init_libelf();
   struct Closer {
     int fd;
     Elf* elf = nullptr;

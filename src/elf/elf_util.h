@@ -11,5 +11,7 @@ namespace hp::elf::detail {
 std::string hex(std::uint64_t v);
 // "123" or "0x7b" in full; false for anything else (including overflow).
 bool parse_number(std::string_view s, std::uint64_t& out);
+// elf_version(EV_CURRENT), once per process, before the first elf_begin.
+void init_libelf();
 
 }  // namespace hp::elf::detail
