@@ -387,8 +387,10 @@ TEST(UsdtNotes, PrelinkDifferenceMovesProbes) {
   ::unlink(copy.c_str());
 }
 
-// A real program's notes, where the system has one with USDT probes (Debian's python3).
-TEST(UsdtNotes, RealBinaryMatchesReadelf) {
+// Real files' notes, where the system has some with USDT probes (Debian's python3 and
+// libstdc++; glibc where it is built with them).
+TEST(UsdtNotes, RealBinariesMatchReadelf) {
+  int compared = 0;
   for (const char* path : {"/usr/bin/python3", "/usr/lib/x86_64-linux-gnu/libc.so.6",
                            "/usr/lib/x86_64-linux-gnu/libstdc++.so.6"}) {
     struct stat st;
@@ -397,9 +399,9 @@ TEST(UsdtNotes, RealBinaryMatchesReadelf) {
     if (reference.empty()) continue;
     auto probes = probes_of(path);
     EXPECT_EQ(ours(probes), reference) << path;
-    return;
+    ++compared;
   }
-  GTEST_SKIP() << "no program with USDT notes found";
+  if (compared == 0) GTEST_SKIP() << "no file with USDT notes found";
 }
 
 }  // namespace
