@@ -216,8 +216,13 @@ hotprobe::Result<Pattern> parse_pattern(const std::string& text, bool have_pid) 
         "'" + fields[0] + ":' probes are not listed here (" + text + "); " + kForms);
   }
   fields.erase(fields.begin());
-  const std::size_t max = p.kind == Kind::usdt ? 3 : 2;
-  if (fields.size() > max) {
+  // A function name may hold colons (C++'s ns::f): everything after PATH is the name.
+  if (p.kind == Kind::uprobe && fields.size() > 2) {
+    for (std::size_t i = 2; i < fields.size(); ++i)
+      fields[1] += ":" + fields[i];
+    fields.resize(2);
+  }
+  if (fields.size() > 3) {
     return hotprobe::Error(hotprobe::Errc::invalid_argument,
                            "'" + text + "' has too many fields; " + kForms);
   }
@@ -340,10 +345,9 @@ class Params {
 
 }  // namespace
 
-int list_probes(const std::string& pattern_text, bool verbose, int pid) {
-  auto pattern = parse_pattern(pattern_text, pid > 0);
-  if (!pattern.ok()) return fail(pattern.error().message());
-  const Pattern& p = *pattern;
+namespace {
+
+int list_pattern(const Pattern& p, bool verbose, int pid) {
   auto files = pid > 0 ? process_files(pid, p.path) : disk_files(p.path);
   if (!files.ok()) return fail(files.error().message());
   const bool one_file = files->size() == 1;
@@ -385,20 +389,30 @@ int list_probes(const std::string& pattern_text, bool verbose, int pid) {
   }
   if (lines.empty()) {
     if (!first_error.empty()) return fail(first_error);
+    const std::string where =
+        one_file ? (*files)[0].shown : fmt::format("any of {} files", files->size());
     if (p.kind == Kind::usdt) {
       return fail(
           fmt::format("no USDT probe matches '{}:{}' in {} (probes come from <sys/sdt.h>'s "
                       "DTRACE_PROBE/STAP_PROBE; `readelf -n FILE` shows a file's .note.stapsdt)",
-                      p.provider, p.name,
-                      one_file ? (*files)[0].shown : fmt::format("{} files", files->size())));
+                      p.provider, p.name, where));
     }
-    return fail(fmt::format("no function matches '{}' in {} files", p.name, files->size()));
+    return fail(fmt::format("no function matches '{}' in {} (`hotprobe list {}` lists them all)",
+                            p.name, where, one_file ? (*files)[0].shown : p.path));
   }
   std::string out;
   for (const auto& [line, extra] : lines)
     out += line + "\n" + extra;
   std::fwrite(out.data(), 1, out.size(), stdout);
   return std::fflush(stdout) == 0 ? kExitOk : kExitError;
+}
+
+}  // namespace
+
+int list_probes(const std::string& pattern_text, bool verbose, int pid) {
+  auto pattern = parse_pattern(pattern_text, pid > 0);
+  if (!pattern.ok()) return fail(pattern.error().message());
+  return list_pattern(*pattern, verbose, pid);
 }
 
 int list(const std::string& module, const std::string& glob) {
@@ -416,7 +430,11 @@ int list(const std::string& module, const std::string& glob) {
     }
     return list_probes(module, false, 0);
   }
-  return list_probes(fmt::format("uprobe:{}:{}", module, glob.empty() ? "*" : glob), false, 0);
+  Pattern p;
+  p.type = "uprobe";
+  p.path = module;
+  p.name = glob.empty() ? "*" : glob;
+  return list_pattern(p, false, 0);
 }
 
 }  // namespace hp::cli

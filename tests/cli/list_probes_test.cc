@@ -117,6 +117,19 @@ TEST(ListUprobe, PatternFormAndModuleFormAgree) {
   EXPECT_EQ(ret.out, "uretprobe:" + kDwarf + ":hp_dw_void\n") << ret.err;
 }
 
+TEST(ListUprobe, NoMatchSaysWhereAndColonsBelongToTheName) {
+  // Everything after PATH is the function pattern, C++'s ns::f included.
+  auto o = run_hotprobe(quote("uprobe:" + kDwarf + ":ns::hp_dw*"));
+  EXPECT_EQ(o.status, 1);
+  EXPECT_TRUE(o.out.empty());
+  EXPECT_NE(o.err.find("no function matches 'ns::hp_dw*' in " + kDwarf), std::string::npos)
+      << o.err;
+  o = run_hotprobe(kDwarf + " 'zz*'");
+  EXPECT_EQ(o.status, 1);
+  EXPECT_NE(o.err.find("`hotprobe list " + kDwarf + "` lists them all"), std::string::npos)
+      << o.err;
+}
+
 std::string capture(const std::string& pattern, bool verbose, int pid, int& status) {
   ::testing::internal::CaptureStdout();
   status = hp::cli::list_probes(pattern, verbose, pid);
