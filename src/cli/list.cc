@@ -7,9 +7,11 @@
 //   hotprobe list 'usdt:PATH:*'              usdt:PATH:PROVIDER:NAME lines; also
 //                                            usdt:PATH:NAME and usdt:PATH:PROVIDER:NAME
 // Every field takes fnmatch(3) wildcards, PATH too (each matching ELF file). PATH may be a
-// program in PATH or a library's short name (libc). list_probes() adds bpftrace's -v (the
-// parameters of each function from DWARF, as bpftrace -lv prints them) and -p PID (PATH
-// then matches the files the process maps, and may be left out or '*').
+// program in PATH or a library's short name (libc). list(module, glob, verbose, pid) and
+// list_probes(pattern, verbose, pid) add bpftrace's -v (the parameters of each function
+// from DWARF, as bpftrace -lv prints them) and -p PID (PATH then matches the files the
+// process maps, and may be left out or '*'). A pattern that matches nothing is an error
+// (exit status 1) that names the file.
 //
 // Fragments of functions (NAME.cold, NAME.cold.N: the unlikely paths GCC moves out of
 // line) are not functions and are not listed, as globs in probe targets skip them; a
@@ -415,7 +417,7 @@ int list_probes(const std::string& pattern_text, bool verbose, int pid) {
   return list_pattern(*pattern, verbose, pid);
 }
 
-int list(const std::string& module, const std::string& glob) {
+int list(const std::string& module, const std::string& glob, bool verbose, int pid) {
   Kind kind;
   std::string type;
   const auto colon = module.find(':');
@@ -428,13 +430,18 @@ int list(const std::string& module, const std::string& glob) {
       return fail("'" + module + "' is a whole pattern; a GLOB after it has no place (put " +
                   "it in the pattern's last field)");
     }
-    return list_probes(module, false, 0);
+    return list_probes(module, verbose, pid);
   }
   Pattern p;
   p.type = "uprobe";
-  p.path = module;
+  p.path = module == "*" ? "" : module;  // with -p, empty or '*' is every module
   p.name = glob.empty() ? "*" : glob;
-  return list_pattern(p, false, 0);
+  if (p.path.empty() && pid <= 0) return fail("name a module or program (or give -p PID)");
+  return list_pattern(p, verbose, pid);
+}
+
+int list(const std::string& module, const std::string& glob) {
+  return list(module, glob, false, 0);
 }
 
 }  // namespace hp::cli

@@ -14,8 +14,10 @@
 #include <string>
 
 namespace hp::cli {
+// list.cc's entry points for `hotprobe list [-v] [-p PID] MODULE_OR_PATTERN [GLOB]`.
 int list_probes(const std::string& pattern, bool verbose, int pid);
-}
+int list(const std::string& module, const std::string& glob, bool verbose, int pid);
+}  // namespace hp::cli
 
 namespace {
 
@@ -148,6 +150,14 @@ TEST(ListVerbose, ParametersAsBpftraceLvPrintsThem) {
                      ":hp_dw_structs\n"
                      "    struct hp_point* p\n    struct hp_point v\n    struct hp_big big\n"
                      "    hp_size_t len\n");
+  // The module form takes -v too.
+  out.clear();
+  ::testing::internal::CaptureStdout();
+  status = hp::cli::list(kDwarf, "hp_dw_mixed", true, 0);
+  out = ::testing::internal::GetCapturedStdout();
+  EXPECT_EQ(status, 0);
+  EXPECT_EQ(out, "uprobe:" + kDwarf +
+                     ":hp_dw_mixed\n    double d\n    int i\n    void* p\n    char** argv\n");
   // No DWARF: the names, and a warning on stderr (as bpftrace warns).
   ::testing::internal::CaptureStderr();
   out = capture("uprobe:" + std::string(HP_DWARF_NODEBUG) + ":hp_dw_void", true, 0, status);
@@ -192,6 +202,12 @@ TEST(ListPid, UsdtProbesOfTheModulesAProcessMaps) {
   EXPECT_EQ(status, 0);
   EXPECT_EQ(short_name, usdt_lines(kLib, {"hplib:fire"}));
   std::string funcs = capture("uprobe:" + kLib + ":hp_usdt_*", false, child, status);
+  EXPECT_EQ(status, 0);
+  EXPECT_EQ(funcs, "uprobe:" + kLib + ":hp_usdt_lib_fire\n");
+  // The module form with no module: every module the process maps.
+  ::testing::internal::CaptureStdout();
+  status = hp::cli::list("", "hp_usdt_*", false, child);
+  funcs = ::testing::internal::GetCapturedStdout();
   EXPECT_EQ(status, 0);
   EXPECT_EQ(funcs, "uprobe:" + kLib + ":hp_usdt_lib_fire\n");
   ::kill(child, SIGKILL);
