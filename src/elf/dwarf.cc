@@ -9,19 +9,27 @@
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstdio>
 #include <mutex>
 #include <unordered_map>
 
 #include "elf/elf_file.h"
+#include "elf/elf_util.h"
+#include "hotprobe/regs.h"
 
 namespace hp::elf {
 
 namespace {
 
-// Regs slots of the System V integer argument registers, in order.
-constexpr std::array<int, 6> kArgRegs{4 /*rdi*/, 3 /*rsi*/, 2 /*rdx*/,
-                                      1 /*rcx*/, 5 /*r8*/,  6 /*r9*/};
+// Regs slots (include/hotprobe/regs.h) of the System V integer argument registers, in
+// order.
+constexpr std::array<int, 6> kArgRegs{detail::regs_slot(offsetof(hotprobe::Regs, rdi)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, rsi)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, rdx)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, rcx)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, r8)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, r9))};
 constexpr std::array<const char*, 6> kArgRegNames{"rdi", "rsi", "rdx", "rcx", "r8", "r9"};
 
 std::string die_name(Dwarf_Die* die) {

@@ -6,10 +6,12 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstddef>
 #include <cstring>
 
 #include "elf/elf_file.h"
 #include "elf/elf_util.h"
+#include "hotprobe/regs.h"
 
 namespace hp::elf {
 
@@ -19,27 +21,24 @@ using detail::hex;
 
 constexpr std::uint32_t kNtStapsdt = 3;
 
-// Regs (include/hotprobe/regs.h) as an array of uint64_t.
-enum Slot : int {
-  kRax,
-  kRcx,
-  kRdx,
-  kRsi,
-  kRdi,
-  kR8,
-  kR9,
-  kR10,
-  kR11,
-  kRbx,
-  kRbp,
-  kR12,
-  kR13,
-  kR14,
-  kR15,
-  kRflags,
-  kRsp,
-  kRip,
-};
+// Slots of hotprobe::Regs (include/hotprobe/regs.h) as an array of uint64_t.
+constexpr int kRax = detail::regs_slot(offsetof(hotprobe::Regs, rax));
+constexpr int kRcx = detail::regs_slot(offsetof(hotprobe::Regs, rcx));
+constexpr int kRdx = detail::regs_slot(offsetof(hotprobe::Regs, rdx));
+constexpr int kRsi = detail::regs_slot(offsetof(hotprobe::Regs, rsi));
+constexpr int kRdi = detail::regs_slot(offsetof(hotprobe::Regs, rdi));
+constexpr int kR8 = detail::regs_slot(offsetof(hotprobe::Regs, r8));
+constexpr int kR9 = detail::regs_slot(offsetof(hotprobe::Regs, r9));
+constexpr int kR10 = detail::regs_slot(offsetof(hotprobe::Regs, r10));
+constexpr int kR11 = detail::regs_slot(offsetof(hotprobe::Regs, r11));
+constexpr int kRbx = detail::regs_slot(offsetof(hotprobe::Regs, rbx));
+constexpr int kRbp = detail::regs_slot(offsetof(hotprobe::Regs, rbp));
+constexpr int kR12 = detail::regs_slot(offsetof(hotprobe::Regs, r12));
+constexpr int kR13 = detail::regs_slot(offsetof(hotprobe::Regs, r13));
+constexpr int kR14 = detail::regs_slot(offsetof(hotprobe::Regs, r14));
+constexpr int kR15 = detail::regs_slot(offsetof(hotprobe::Regs, r15));
+constexpr int kRsp = detail::regs_slot(offsetof(hotprobe::Regs, rsp));
+constexpr int kRip = detail::regs_slot(offsetof(hotprobe::Regs, rip));
 
 struct LegacyReg {
   const char* q;  // 64-bit name
