@@ -8,6 +8,7 @@
 #include <array>
 #include <cstddef>
 #include <cstring>
+#include <unordered_map>
 
 #include "elf/elf_file.h"
 #include "elf/elf_util.h"
@@ -106,6 +107,40 @@ Result<void> parse_register(std::string_view text, std::string& name, int& slot,
 
 std::string arg_where(std::size_t position, std::string_view text) {
   return "USDT argument " + std::to_string(position + 1) + " '" + std::string(text) + "'";
+}
+
+// Fills UsdtArg::symbol_vaddr of every argument that names a symbol, from .symtab or
+// .dynsym (any symbol type: the operands name variables).
+void resolve_symbols(Elf* elf, std::vector<UsdtProbe>& probes) {
+  std::unordered_map<std::string, std::uint64_t> wanted;
+  for (const UsdtProbe& p : probes) {
+    for (const UsdtArg& a : p.args) {
+      if (!a.symbol.empty()) wanted.emplace(a.symbol, 0);
+    }
+  }
+  if (wanted.empty()) return;
+  for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh) || (sh.sh_type != SHT_SYMTAB && sh.sh_type != SHT_DYNSYM) ||
+        sh.sh_entsize == 0)
+      continue;
+    Elf_Data* data = elf_getdata(scn, nullptr);
+    if (!data) continue;
+    const std::size_t n = sh.sh_size / sh.sh_entsize;
+    for (std::size_t i = 0; i < n; ++i) {
+      GElf_Sym sym;
+      if (!gelf_getsym(data, static_cast<int>(i), &sym) || sym.st_shndx == SHN_UNDEF) continue;
+      const char* name = elf_strptr(elf, sh.sh_link, sym.st_name);
+      if (!name) continue;
+      auto it = wanted.find(name);
+      if (it != wanted.end() && it->second == 0) it->second = sym.st_value;
+    }
+  }
+  for (UsdtProbe& p : probes) {
+    for (UsdtArg& a : p.args) {
+      if (!a.symbol.empty()) a.symbol_vaddr = wanted[a.symbol];
+    }
+  }
 }
 
 }  // namespace
@@ -397,6 +432,7 @@ Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file) {
       out.push_back(std::move(p));
     }
   }
+  resolve_symbols(elf, out);
   return out;
 }
 

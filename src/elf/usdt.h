@@ -52,6 +52,9 @@ struct UsdtArg {
   // memory: base + offset + index * scale.
   std::int64_t offset = 0;
   std::string symbol;  // "sink" in "8@sink(%rip)": the offset is this symbol's address
+  // read_usdt: the symbol's link-time address from .symtab or .dynsym (the run-time
+  // address is load bias + this + offset); 0 when the file does not name it (stripped).
+  std::uint64_t symbol_vaddr = 0;
   std::string index_name;
   int index = -1;
   unsigned scale = 1;

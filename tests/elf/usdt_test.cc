@@ -329,6 +329,12 @@ TEST(UsdtNotes, ShapesOfTheFixturesProbes) {
   if (!nm.empty()) {
     EXPECT_EQ(std::strtoull(nm.c_str(), nullptr, 16), g.semaphore) << nm;
   }
+  // The rip-relative operand's symbol, at the address nm gives `sink`.
+  EXPECT_NE(forms[4].symbol_vaddr, 0u);
+  nm = run("nm '" + prog() + "' 2>/dev/null | grep ' sink$'");
+  if (!nm.empty()) {
+    EXPECT_EQ(std::strtoull(nm.c_str(), nullptr, 16), forms[4].symbol_vaddr) << nm;
+  }
 }
 
 TEST(UsdtNotes, FileWithoutNotesHasNone) {
