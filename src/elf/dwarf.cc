@@ -365,6 +365,14 @@ struct DwarfInfo::Impl {
     if (fd >= 0) ::close(fd);
   }
 
+  // The DIE `table` (functions or types) has for `name`; false if none.
+  bool find(const std::unordered_map<std::string, Dwarf_Off>& table, std::string_view name,
+            Dwarf_Die* die) const {
+    index();
+    auto it = table.find(std::string(name));
+    return it != table.end() && dwarf_offdie(dw, it->second, die) != nullptr;
+  }
+
   void index() const {
     std::call_once(indexed, [this] {
       Dwarf_Off off = 0, next = 0;
@@ -435,10 +443,8 @@ Result<std::unique_ptr<DwarfInfo>> DwarfInfo::open(const std::string& path) {
 }
 
 Result<DwarfFunction> DwarfInfo::function(std::string_view name) const {
-  impl_->index();
-  auto it = impl_->functions.find(std::string(name));
   Dwarf_Die die;
-  if (it == impl_->functions.end() || !dwarf_offdie(impl_->dw, it->second, &die)) {
+  if (!impl_->find(impl_->functions, name, &die)) {
     return Error(Errc::not_found, "the debug info of " + impl_->path + " has no function '" +
                                       std::string(name) +
                                       "' (it may be inlined everywhere, or built without -g)");
@@ -485,10 +491,8 @@ std::vector<std::string> DwarfInfo::function_names(std::string_view glob) const 
 }
 
 Result<DwarfStruct> DwarfInfo::struct_type(std::string_view name) const {
-  impl_->index();
-  auto it = impl_->types.find(std::string(name));
   Dwarf_Die die;
-  if (it == impl_->types.end() || !dwarf_offdie(impl_->dw, it->second, &die)) {
+  if (!impl_->find(impl_->types, name, &die)) {
     return Error(Errc::not_found, "the debug info of " + impl_->path + " has no type '" +
                                       std::string(name) +
                                       "' (write 'struct NAME' or 'union NAME')");
