@@ -1,4 +1,17 @@
-// `hotprobe list`: the probe-able functions of one module, in bpftrace's -l form.
+// `hotprobe list`: the probe-able functions and USDT probes of a module, in bpftrace's -l
+// form.
+//
+//   hotprobe list MODULE [GLOB]              uprobe:PATH:FUNC lines
+//   hotprobe list 'uprobe:PATH:GLOB'         the same, as bpftrace -l takes it (also u:,
+//                                            uretprobe:, ur:)
+//   hotprobe list 'usdt:PATH:*'              usdt:PATH:PROVIDER:NAME lines; also
+//                                            usdt:PATH:NAME and usdt:PATH:PROVIDER:NAME
+// Every field takes fnmatch(3) wildcards, PATH too (each matching ELF file). PATH may be a
+// program in PATH or a library's short name (libc). list(module, glob, verbose, pid) and
+// list_probes(pattern, verbose, pid) add bpftrace's -v (the parameters of each function
+// from DWARF, as bpftrace -lv prints them) and -p PID (PATH then matches the files the
+// process maps, and may be left out or '*'). A pattern that matches nothing is an error
+// (exit status 1) that names the file.
 //
 // Fragments of functions (NAME.cold, NAME.cold.N: the unlikely paths GCC moves out of
 // line) are not functions and are not listed, as globs in probe targets skip them; a
@@ -6,13 +19,18 @@
 // " (fragment)": an entry probe there is an instruction probe, a return probe is refused.
 // A file with no function to list (stripped, nothing exported) is an error that says
 // what would help, exit status 1.
+#include <fnmatch.h>
+#include <glob.h>
 #include <link.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +38,9 @@
 #include <fmt/format.h>
 
 #include "cli/cli.h"
+#include "elf/dwarf.h"
+#include "elf/modules.h"
+#include "elf/usdt.h"
 #include "hotprobe/symbols.h"
 
 namespace hp::cli {
@@ -30,11 +51,12 @@ bool is_file(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-// "libc" names libc.so.6; "libssl.so" libssl.so.3; "libz.so.1" itself; "z" libz.so.1.
+// "libc" names libc.so.6; "libssl.so" libssl.so.3; "libz.so.1" itself; "z" libz.so.1;
+// "foo" libfoo.so.
 bool library_matches(std::string_view file, std::string_view name) {
   auto try_one = [&](std::string_view n) {
     if (file == n) return true;
-    if (file.size() > n.size() + 3 && file.substr(0, n.size()) == n) {
+    if (file.size() >= n.size() + 3 && file.substr(0, n.size()) == n) {
       std::string_view rest = file.substr(n.size());
       return rest.starts_with(".so") || (n.ends_with(".so") && rest.starts_with("."));
     }
@@ -123,40 +145,303 @@ std::string find_in_path(const std::string& name) {
   return {};
 }
 
-int list(const std::string& module, const std::string& glob) {
-  std::string path;
-  if (module.find('/') != std::string::npos) {
-    path = module;
-  } else if (auto p = find_in_path(module); !p.empty()) {
-    path = p;
-  } else if (auto l = find_loaded(module); !l.empty()) {
-    path = l;
+namespace {
+
+// A module as a user names it: a path, a program in PATH, a library's short name.
+std::string module_path(const std::string& module) {
+  if (module.find('/') != std::string::npos) return module;
+  if (auto p = find_in_path(module); !p.empty()) return p;
+  if (auto l = find_loaded(module); !l.empty()) return l;
+  return find_in_ld_cache(module);
+}
+
+bool has_wildcard(std::string_view s) {
+  return s.find_first_of("*?[") != std::string_view::npos;
+}
+
+bool glob_match(const std::string& pattern, const std::string& s) {
+  return pattern.empty() || ::fnmatch(pattern.c_str(), s.c_str(), 0) == 0;
+}
+
+int fail(const std::string& message) {
+  std::fprintf(stderr, "hotprobe list: %s\n", message.c_str());
+  return kExitError;
+}
+
+enum class Kind { uprobe, usdt };
+
+// A bpftrace -l pattern: TYPE:PATH:FUNC or usdt:PATH[:PROVIDER]:NAME.
+struct Pattern {
+  Kind kind = Kind::uprobe;
+  std::string type;  // as printed: uprobe, uretprobe, usdt
+  std::string path;  // empty: every module (with -p only)
+  std::string provider;
+  std::string name;
+};
+
+// The probe types a pattern may start with, bpftrace's short forms included.
+bool probe_type(std::string_view word, Kind& kind, std::string& type) {
+  if (word == "uprobe" || word == "u") {
+    kind = Kind::uprobe;
+    type = "uprobe";
+  } else if (word == "uretprobe" || word == "ur") {
+    kind = Kind::uprobe;
+    type = "uretprobe";
+  } else if (word == "usdt" || word == "U") {
+    kind = Kind::usdt;
+    type = "usdt";
   } else {
-    path = find_in_ld_cache(module);
+    return false;
   }
-  if (path.empty()) {
-    std::fprintf(stderr,
-                 "hotprobe list: no program or library named '%s' (not in PATH, not known to the "
-                 "dynamic loader's cache); give its path\n",
-                 module.c_str());
-    return kExitError;
+  return true;
+}
+
+constexpr const char* kForms =
+    "hotprobe lists uprobe, uretprobe and usdt probes:\n"
+    "  hotprobe list 'uprobe:/usr/bin/bash:read*'\n"
+    "  hotprobe list 'usdt:/usr/bin/python3:*'          every probe of a file\n"
+    "  hotprobe list 'usdt:/usr/bin/python3:python:*'   PROVIDER:NAME, wildcards in each "
+    "field";
+
+hotprobe::Result<Pattern> parse_pattern(const std::string& text, bool have_pid) {
+  std::vector<std::string> fields;
+  for (std::size_t pos = 0;;) {
+    auto colon = text.find(':', pos);
+    fields.push_back(text.substr(pos, colon - pos));
+    if (colon == std::string::npos) break;
+    pos = colon + 1;
   }
-  auto fns = hotprobe::list_functions(path, glob);
-  if (!fns) {
-    std::fprintf(stderr, "hotprobe list: %s\n", fns.error().message().c_str());
-    return kExitError;
+  Pattern p;
+  if (!probe_type(fields[0], p.kind, p.type)) {
+    return hotprobe::Error(
+        hotprobe::Errc::invalid_argument,
+        "'" + fields[0] + ":' probes are not listed here (" + text + "); " + kForms);
   }
+  fields.erase(fields.begin());
+  // A function name may hold colons (C++'s ns::f): everything after PATH is the name.
+  if (p.kind == Kind::uprobe && fields.size() > 2) {
+    for (std::size_t i = 2; i < fields.size(); ++i)
+      fields[1] += ":" + fields[i];
+    fields.resize(2);
+  }
+  if (fields.size() > 3) {
+    return hotprobe::Error(hotprobe::Errc::invalid_argument,
+                           "'" + text + "' has too many fields; " + kForms);
+  }
+  if (!fields.empty()) p.path = fields[0];
+  if (p.kind == Kind::uprobe) {
+    p.name = fields.size() == 2 ? fields[1] : "*";
+  } else {
+    p.provider = fields.size() == 3 ? fields[1] : "*";
+    p.name = fields.size() >= 2 ? fields.back() : "*";
+  }
+  if (p.path == "*") p.path.clear();
+  if (p.path.empty() && !have_pid) {
+    return hotprobe::Error(hotprobe::Errc::invalid_argument,
+                           "'" + text +
+                               "' names no file: listing every file of the system would be "
+                               "long and slow; name one (wildcards work: "
+                               "'usdt:/usr/lib/*/libpython*:*')");
+  }
+  if (p.name.empty()) p.name = "*";
+  if (p.provider.empty()) p.provider = "*";
+  return p;
+}
+
+// A file to list: where to read it, and the path to print.
+struct File {
+  std::string read;
+  std::string shown;
+  std::shared_ptr<const hp::elf::ElfFile> elf;  // set when -p found it
+};
+
+// The modules of process `pid` whose path matches `path` (empty: all of them).
+hotprobe::Result<std::vector<File>> process_files(int pid, const std::string& path) {
+  auto mods = hp::elf::ModuleList::of_process(pid);
+  if (!mods.ok()) return mods.error();
+  std::vector<File> out;
+  for (const hp::elf::Module& m : mods->modules()) {
+    bool match = path.empty();
+    if (!match && has_wildcard(path)) {
+      match = glob_match(path, m.path);
+    } else if (!match) {
+      match = path.find('/') != std::string::npos ? m.path == path
+                                                  : library_matches(std::string(m.name()), path);
+    }
+    if (!match) continue;
+    auto elf = mods->elf(m);
+    if (!elf.ok()) continue;
+    out.push_back(File{mods->map_files_path(m), m.path, *elf});
+  }
+  if (out.empty()) {
+    return hotprobe::Error(hotprobe::Errc::not_found,
+                           "process " + std::to_string(pid) + " maps no file that matches '" +
+                               (path.empty() ? "*" : path) + "' (see /proc/" + std::to_string(pid) +
+                               "/maps)");
+  }
+  return out;
+}
+
+// The files a path names: a glob, a path, a program in PATH or a library's short name.
+hotprobe::Result<std::vector<File>> disk_files(const std::string& path) {
+  std::vector<File> out;
+  if (has_wildcard(path)) {
+    glob_t g{};
+    if (::glob(path.c_str(), 0, nullptr, &g) == 0) {
+      for (std::size_t i = 0; i < g.gl_pathc; ++i) {
+        if (is_file(g.gl_pathv[i])) out.push_back(File{g.gl_pathv[i], g.gl_pathv[i], nullptr});
+      }
+    }
+    ::globfree(&g);
+    if (out.empty()) {
+      return hotprobe::Error(hotprobe::Errc::not_found, "no file matches '" + path + "'");
+    }
+    return out;
+  }
+  const std::string found = module_path(path);
+  if (found.empty()) {
+    return hotprobe::Error(hotprobe::Errc::not_found,
+                           "no program or library named '" + path +
+                               "' (not in PATH, not known to the dynamic loader's cache); give "
+                               "its path");
+  }
+  out.push_back(File{found, found, nullptr});
+  return out;
+}
+
+// The names of the functions of `file` that match `glob`.
+hotprobe::Result<std::vector<std::string>> function_names(const File& file,
+                                                          const std::string& glob) {
+  auto fns = hotprobe::list_functions(file.read, glob == "*" ? std::string() : glob);
+  if (!fns) return fns.error();
   std::vector<std::string> names;
   names.reserve(fns->size());
   for (const auto& f : *fns)
     names.push_back(f.name);
-  std::sort(names.begin(), names.end());
-  names.erase(std::unique(names.begin(), names.end()), names.end());
+  return names;
+}
+
+// `bpftrace -lv`'s parameter lines of `function` in `file`; a file without DWARF gets one
+// warning on stderr and no lines.
+class Params {
+ public:
+  std::string of(const File& file, const std::string& function) {
+    auto [it, fresh] = info_.try_emplace(file.read);
+    if (fresh) {
+      auto dw = hp::elf::DwarfInfo::open(file.read);
+      if (dw.ok()) {
+        it->second = std::move(*dw);
+      } else {
+        std::fprintf(stderr, "hotprobe list: %s: the parameters are not shown\n",
+                     dw.error().message().c_str());
+      }
+    }
+    if (!it->second) return {};
+    auto fn = it->second->function(function.substr(0, function.find('@')));
+    return fn.ok() ? hp::elf::format_params(*fn) : std::string();
+  }
+
+ private:
+  std::map<std::string, std::unique_ptr<hp::elf::DwarfInfo>> info_;
+};
+
+}  // namespace
+
+namespace {
+
+int list_pattern(const Pattern& p, bool verbose, int pid) {
+  auto files = pid > 0 ? process_files(pid, p.path) : disk_files(p.path);
+  if (!files.ok()) return fail(files.error().message());
+  const bool one_file = files->size() == 1;
+
+  std::map<std::string, std::string> lines;  // sorted, each once; value: -v's text
+  Params params;
+  std::string first_error;
+  for (const File& f : *files) {
+    if (p.kind == Kind::uprobe) {
+      auto names = function_names(f, p.name);
+      if (!names.ok()) {
+        if (one_file) return fail(names.error().message());
+        continue;
+      }
+      for (const std::string& n : *names) {
+        auto [it, fresh] = lines.try_emplace(
+            fmt::format("{}:{}:{}{}", p.type, f.shown, n, is_fragment(n) ? " (fragment)" : ""));
+        if (fresh && verbose) it->second = params.of(f, n);
+      }
+      continue;
+    }
+    auto elf = f.elf;
+    if (!elf) {
+      auto loaded = hp::elf::load_elf(f.read);
+      if (!loaded.ok()) {
+        if (one_file) return fail(loaded.error().message());
+        continue;
+      }
+      elf = *loaded;
+    }
+    auto probes = hp::elf::read_usdt(*elf);
+    if (!probes.ok()) {
+      if (one_file) return fail(probes.error().message());
+      if (first_error.empty()) first_error = probes.error().message();
+      continue;
+    }
+    for (const hp::elf::UsdtProbe* u : hp::elf::find_usdt(*probes, p.provider, p.name))
+      lines.try_emplace(fmt::format("usdt:{}:{}:{}", f.shown, u->provider, u->name));
+  }
+  if (lines.empty()) {
+    if (!first_error.empty()) return fail(first_error);
+    const std::string where =
+        one_file ? (*files)[0].shown : fmt::format("any of {} files", files->size());
+    if (p.kind == Kind::usdt) {
+      return fail(
+          fmt::format("no USDT probe matches '{}:{}' in {} (probes come from <sys/sdt.h>'s "
+                      "DTRACE_PROBE/STAP_PROBE; `readelf -n FILE` shows a file's .note.stapsdt)",
+                      p.provider, p.name, where));
+    }
+    return fail(fmt::format("no function matches '{}' in {} (`hotprobe list {}` lists them all)",
+                            p.name, where, one_file ? (*files)[0].shown : p.path));
+  }
   std::string out;
-  for (const auto& n : names)
-    out += fmt::format("uprobe:{}:{}{}\n", path, n, is_fragment(n) ? " (fragment)" : "");
+  for (const auto& [line, extra] : lines)
+    out += line + "\n" + extra;
   std::fwrite(out.data(), 1, out.size(), stdout);
   return std::fflush(stdout) == 0 ? kExitOk : kExitError;
+}
+
+}  // namespace
+
+int list_probes(const std::string& pattern_text, bool verbose, int pid) {
+  auto pattern = parse_pattern(pattern_text, pid > 0);
+  if (!pattern.ok()) return fail(pattern.error().message());
+  return list_pattern(*pattern, verbose, pid);
+}
+
+int list(const std::string& module, const std::string& glob, bool verbose, int pid) {
+  Kind kind;
+  std::string type;
+  const auto colon = module.find(':');
+  // bpftrace's other probe types (kprobe:, tracepoint:, ...): refused by parse_pattern.
+  const bool other_type = colon != std::string::npos &&
+                          module.find_first_not_of("abcdefghijklmnopqrstuvwxyz_") == colon;
+  if (colon != std::string::npos &&
+      (other_type || probe_type(module.substr(0, colon), kind, type))) {
+    if (!glob.empty()) {
+      return fail("'" + module + "' is a whole pattern; a GLOB after it has no place (put " +
+                  "it in the pattern's last field)");
+    }
+    return list_probes(module, verbose, pid);
+  }
+  Pattern p;
+  p.type = "uprobe";
+  p.path = module == "*" ? "" : module;  // with -p, empty or '*' is every module
+  p.name = glob.empty() ? "*" : glob;
+  if (p.path.empty() && pid <= 0) return fail("name a module or program (or give -p PID)");
+  return list_pattern(p, verbose, pid);
+}
+
+int list(const std::string& module, const std::string& glob) {
+  return list(module, glob, false, 0);
 }
 
 }  // namespace hp::cli

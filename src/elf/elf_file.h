@@ -2,7 +2,7 @@
 // address into a file offset, the unit probes are keyed by), its SONAME, and its
 // functions from .symtab and .dynsym, merged.
 //
-// Files are read through libelf, whose types stay inside elf_file.cc (STYLE.md item 8).
+// Files are read through libelf, whose types stay inside the .cc files (STYLE.md item 8).
 // An ElfFile is immutable once loaded and shared: load_elf() caches one per (device,
 // inode), so every module spec and every process that maps the same file share one
 // table, and a file is parsed once.

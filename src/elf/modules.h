@@ -139,11 +139,13 @@ class ModuleList {
   // "ld-linux-x86-64.so.2, libc.so.6, ..." (main first), for error messages.
   std::string names() const;
 
+  // /proc/PID/map_files/START-END of the module's first mapping: the mapped file itself,
+  // even when its path was deleted or replaced (a path to read it by that does not depend
+  // on the process's mount namespace).
+  std::string map_files_path(const Module& m) const;
+
  private:
   static ModuleList group(pid_t pid, bool self, std::vector<Mapping> maps);
-  // /proc/PID/map_files/START-END of the module's first mapping: the mapped file itself,
-  // even when its path was deleted or replaced.
-  std::string map_files_path(const Module& m) const;
   // Where the module's file is read from, in order: see "Which files root opens, and
   // how" in docs/design/security.md.
   std::vector<std::string> file_paths(const Module& m) const;

@@ -1,0 +1,547 @@
+#include "elf/dwarf.h"
+
+#include <dwarf.h>
+#include <elfutils/libdw.h>
+#include <elfutils/libdwelf.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdio>
+#include <mutex>
+#include <unordered_map>
+
+#include "elf/elf_file.h"
+#include "elf/elf_util.h"
+#include "hotprobe/regs.h"
+
+namespace hp::elf {
+
+namespace {
+
+// Regs slots (include/hotprobe/regs.h) of the System V integer argument registers, in
+// order.
+constexpr std::array<int, 6> kArgRegs{detail::regs_slot(offsetof(hotprobe::Regs, rdi)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, rsi)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, rdx)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, rcx)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, r8)),
+                                      detail::regs_slot(offsetof(hotprobe::Regs, r9))};
+constexpr std::array<const char*, 6> kArgRegNames{"rdi", "rsi", "rdx", "rcx", "r8", "r9"};
+
+std::string die_name(Dwarf_Die* die) {
+  Dwarf_Attribute attr;
+  const char* n = dwarf_formstring(dwarf_attr_integrate(die, DW_AT_name, &attr));
+  return n ? n : "";
+}
+
+// The DIE DW_AT_type refers to; false for none (void).
+bool type_of(Dwarf_Die* die, Dwarf_Die* out) {
+  Dwarf_Attribute attr;
+  return dwarf_attr_integrate(die, DW_AT_type, &attr) && dwarf_formref_die(&attr, out);
+}
+
+// Follows typedefs and const/volatile/restrict to the type underneath.
+Dwarf_Die strip(Dwarf_Die t) {
+  for (int i = 0; i < 64; ++i) {
+    const int tag = dwarf_tag(&t);
+    if (tag != DW_TAG_typedef && tag != DW_TAG_const_type && tag != DW_TAG_volatile_type &&
+        tag != DW_TAG_restrict_type && tag != DW_TAG_atomic_type)
+      break;
+    Dwarf_Die next;
+    if (!type_of(&t, &next)) break;
+    t = next;
+  }
+  return t;
+}
+
+std::uint64_t type_size(Dwarf_Die* t) {
+  Dwarf_Word size = 0;
+  if (dwarf_aggregate_size(t, &size) == 0) return size;
+  const int tag = dwarf_tag(t);
+  if (tag == DW_TAG_pointer_type || tag == DW_TAG_reference_type ||
+      tag == DW_TAG_rvalue_reference_type)
+    return 8;
+  return 0;
+}
+
+// The type's name as bpftrace writes it; `t` null is void.
+std::string type_name(Dwarf_Die* t, int depth = 0) {
+  if (!t) return "void";
+  if (depth > 32) return "?";
+  Dwarf_Die inner;
+  const bool has_inner = type_of(t, &inner);
+  Dwarf_Die* in = has_inner ? &inner : nullptr;
+  switch (dwarf_tag(t)) {
+    case DW_TAG_base_type:
+    case DW_TAG_typedef:
+      return die_name(t);
+    case DW_TAG_pointer_type:
+      return type_name(in, depth + 1) + "*";
+    case DW_TAG_reference_type:
+      return type_name(in, depth + 1) + "&";
+    case DW_TAG_rvalue_reference_type:
+      return type_name(in, depth + 1) + "&&";
+    case DW_TAG_const_type:
+      return "const " + type_name(in, depth + 1);
+    case DW_TAG_volatile_type:
+      return "volatile " + type_name(in, depth + 1);
+    case DW_TAG_restrict_type:
+    case DW_TAG_atomic_type:
+      return type_name(in, depth + 1);
+    case DW_TAG_structure_type:
+    case DW_TAG_class_type:
+      return "struct " + die_name(t);
+    case DW_TAG_union_type:
+      return "union " + die_name(t);
+    case DW_TAG_enumeration_type:
+      return "enum " + die_name(t);
+    case DW_TAG_array_type: {
+      std::string dims;
+      Dwarf_Die sub;
+      if (dwarf_child(t, &sub) == 0) {
+        do {
+          if (dwarf_tag(&sub) != DW_TAG_subrange_type) continue;
+          Dwarf_Attribute attr;
+          Dwarf_Word v = 0;
+          if (dwarf_formudata(dwarf_attr(&sub, DW_AT_count, &attr), &v) == 0) {
+            dims += "[" + std::to_string(v) + "]";
+          } else if (dwarf_formudata(dwarf_attr(&sub, DW_AT_upper_bound, &attr), &v) == 0) {
+            dims += "[" + std::to_string(v + 1) + "]";
+          } else {
+            dims += "[]";
+          }
+        } while (dwarf_siblingof(&sub, &sub) == 0);
+      }
+      return type_name(in, depth + 1) + dims;
+    }
+    case DW_TAG_subroutine_type:
+      return type_name(in, depth + 1) + "(*)()";
+    default:
+      return die_name(t);
+  }
+}
+
+// System V classes of one eightbyte.
+enum class Cls : std::uint8_t { none, integer, sse, memory };
+
+Cls merge(Cls a, Cls b) {
+  if (a == b || b == Cls::none) return a;
+  if (a == Cls::none) return b;
+  if (a == Cls::memory || b == Cls::memory) return Cls::memory;
+  if (a == Cls::integer || b == Cls::integer) return Cls::integer;
+  return Cls::sse;
+}
+
+// Classifies the scalar leaves of `t` placed at byte `base` into the eightbytes `cls`.
+void classify(Dwarf_Die t, std::uint64_t base, std::array<Cls, 2>& cls, int depth = 0) {
+  t = strip(t);
+  const std::uint64_t size = type_size(&t);
+  auto put = [&](Cls c) {
+    if (size == 0) return;
+    for (std::uint64_t b = base / 8; b <= (base + size - 1) / 8 && b < 2; ++b)
+      cls[b] = merge(cls[b], c);
+  };
+  const int tag = dwarf_tag(&t);
+  if (depth > 16) return put(Cls::memory);
+  if (tag == DW_TAG_structure_type || tag == DW_TAG_class_type || tag == DW_TAG_union_type) {
+    Dwarf_Die m;
+    if (dwarf_child(&t, &m) != 0) return;
+    do {
+      if (dwarf_tag(&m) != DW_TAG_member) continue;
+      Dwarf_Attribute attr;
+      Dwarf_Word off = 0;
+      dwarf_formudata(dwarf_attr(&m, DW_AT_data_member_location, &attr), &off);
+      Dwarf_Die mt;
+      if (type_of(&m, &mt)) classify(mt, base + off, cls, depth + 1);
+    } while (dwarf_siblingof(&m, &m) == 0);
+    return;
+  }
+  if (tag == DW_TAG_array_type) {
+    Dwarf_Die et;
+    if (type_of(&t, &et)) {
+      const std::uint64_t es = type_size(&et);
+      for (std::uint64_t o = 0; es && o < size; o += es)
+        classify(et, base + o, cls, depth + 1);
+    }
+    return;
+  }
+  if (tag == DW_TAG_base_type) {
+    Dwarf_Attribute attr;
+    Dwarf_Word enc = 0;
+    dwarf_formudata(dwarf_attr(&t, DW_AT_encoding, &attr), &enc);
+    if (enc == DW_ATE_float) return put(size > 8 ? Cls::memory : Cls::sse);
+    if (enc == DW_ATE_complex_float) return put(Cls::sse);
+  }
+  put(Cls::integer);
+}
+
+struct Allocator {
+  unsigned next_int = 0;
+  unsigned next_sse = 0;
+  std::int64_t stack = 8;  // the return address is at rsp + 0
+
+  ArgLocation place(Dwarf_Die* type, std::uint64_t size) {
+    ArgLocation loc;
+    std::array<Cls, 2> cls{Cls::none, Cls::none};
+    if (type) classify(*type, 0, cls);
+    const bool in_memory = size > 16 || cls[0] == Cls::memory || cls[1] == Cls::memory;
+    unsigned ints = 0, sses = 0;
+    for (std::size_t i = 0; i < (size + 7) / 8 && i < 2; ++i) {
+      ints += cls[i] == Cls::integer;
+      sses += cls[i] == Cls::sse;
+    }
+    if (!in_memory && next_int + ints <= 6 && next_sse + sses <= 8 && ints + sses > 0) {
+      std::string where;
+      for (std::size_t i = 0; i < (size + 7) / 8 && i < 2; ++i) {
+        if (!where.empty()) where += "+";
+        if (cls[i] == Cls::integer) {
+          (loc.reg < 0 ? loc.reg : loc.reg2) = kArgRegs[next_int];
+          where += kArgRegNames[next_int++];
+        } else {
+          where += "xmm" + std::to_string(next_sse++);
+        }
+      }
+      loc.kind = sses ? ArgLocation::Kind::other : ArgLocation::Kind::reg;
+      loc.where = where;
+      return loc;
+    }
+    loc.kind = ArgLocation::Kind::stack;
+    loc.stack_offset = stack;
+    loc.where = "rsp+" + std::to_string(stack);
+    stack += static_cast<std::int64_t>((std::max<std::uint64_t>(size, 1) + 7) / 8 * 8);
+    return loc;
+  }
+};
+
+// A function DIE's parameters: its own formal_parameter children, or, for a concrete
+// instance that lists none, those of its abstract origin.
+std::vector<Dwarf_Die> param_dies(Dwarf_Die* fn) {
+  std::vector<Dwarf_Die> out;
+  Dwarf_Die c;
+  if (dwarf_child(fn, &c) == 0) {
+    do {
+      if (dwarf_tag(&c) == DW_TAG_formal_parameter) out.push_back(c);
+    } while (dwarf_siblingof(&c, &c) == 0);
+  }
+  Dwarf_Attribute attr;
+  Dwarf_Die origin;
+  if (out.empty() && dwarf_attr(fn, DW_AT_abstract_origin, &attr) &&
+      dwarf_formref_die(&attr, &origin))
+    return param_dies(&origin);
+  return out;
+}
+
+DwarfFunction describe(Dwarf_Die* fn) {
+  DwarfFunction f;
+  f.name = die_name(fn);
+  Dwarf_Addr low = 0;
+  if (dwarf_entrypc(fn, &low) == 0 || dwarf_lowpc(fn, &low) == 0) f.low_pc = low;
+  Dwarf_Die ret;
+  const bool has_ret = type_of(fn, &ret);
+  f.return_type = type_name(has_ret ? &ret : nullptr);
+  Allocator alloc;
+  if (has_ret) {
+    Dwarf_Die r = strip(ret);
+    std::array<Cls, 2> cls{Cls::none, Cls::none};
+    classify(r, 0, cls);
+    const int tag = dwarf_tag(&r);
+    const bool aggregate =
+        tag == DW_TAG_structure_type || tag == DW_TAG_class_type || tag == DW_TAG_union_type;
+    if (aggregate && (type_size(&r) > 16 || cls[0] == Cls::memory || cls[1] == Cls::memory))
+      alloc.next_int = 1;  // rdi holds where the result goes
+  }
+  for (Dwarf_Die& pd : param_dies(fn)) {
+    DwarfParam p;
+    p.name = die_name(&pd);
+    Dwarf_Die t;
+    const bool has_type = type_of(&pd, &t);
+    p.type = type_name(has_type ? &t : nullptr);
+    if (has_type) {
+      Dwarf_Die s = strip(t);
+      p.size = type_size(&s);
+      int tag = dwarf_tag(&s);
+      p.is_pointer = tag == DW_TAG_pointer_type;
+      if (p.is_pointer) {
+        Dwarf_Die pointee;
+        if (type_of(&s, &pointee)) {
+          s = strip(pointee);
+          tag = dwarf_tag(&s);
+        }
+      }
+      if (tag == DW_TAG_structure_type || tag == DW_TAG_class_type)
+        p.struct_name = "struct " + die_name(&s);
+      else if (tag == DW_TAG_union_type)
+        p.struct_name = "union " + die_name(&s);
+      Dwarf_Die st = strip(t);
+      Dwarf_Attribute attr;
+      Dwarf_Word enc = 0;
+      p.is_float = dwarf_tag(&st) == DW_TAG_base_type &&
+                   dwarf_formudata(dwarf_attr(&st, DW_AT_encoding, &attr), &enc) == 0 &&
+                   enc == DW_ATE_float;
+    }
+    p.location = alloc.place(has_type ? &t : nullptr, p.size ? p.size : 8);
+    f.params.push_back(std::move(p));
+  }
+  return f;
+}
+
+bool is_definition(Dwarf_Die* die) {
+  return dwarf_hasattr(die, DW_AT_low_pc) || dwarf_hasattr(die, DW_AT_ranges) ||
+         dwarf_hasattr(die, DW_AT_entry_pc);
+}
+
+std::string dir_of(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+// Opens `path` and its DWARF; null (fd closed) when it has none.
+Dwarf* begin(const std::string& path, int& fd) {
+  auto opened = open_regular_file(path);
+  if (!opened.ok()) return nullptr;
+  fd = *opened;
+  Dwarf* dw = dwarf_begin(fd, DWARF_C_READ);
+  if (!dw) {
+    ::close(fd);
+    fd = -1;
+  }
+  return dw;
+}
+
+// The separate debug files to try for the ELF file at `path`, most specific first.
+std::vector<std::string> debug_candidates(const std::string& path) {
+  std::vector<std::string> out;
+  auto opened = open_regular_file(path);
+  if (!opened.ok()) return out;
+  const int fd = *opened;
+  (void)elf_version(EV_CURRENT);
+  Elf* elf = elf_begin(fd, ELF_C_READ_MMAP, nullptr);
+  if (elf) {
+    const void* id = nullptr;
+    const ssize_t n = dwelf_elf_gnu_build_id(elf, &id);
+    if (n > 1) {
+      const auto* b = static_cast<const unsigned char*>(id);
+      std::string hexid;
+      char two[3];
+      for (ssize_t i = 0; i < n; ++i) {
+        std::snprintf(two, sizeof two, "%02x", b[i]);
+        hexid += two;
+      }
+      out.push_back("/usr/lib/debug/.build-id/" + hexid.substr(0, 2) + "/" + hexid.substr(2) +
+                    ".debug");
+    }
+    GElf_Word crc = 0;
+    if (const char* link = dwelf_elf_gnu_debuglink(elf, &crc)) {
+      const std::string dir = dir_of(path);
+      out.push_back(dir + "/" + link);
+      out.push_back(dir + "/.debug/" + link);
+      out.push_back("/usr/lib/debug" + dir + "/" + link);
+    }
+    elf_end(elf);
+  }
+  ::close(fd);
+  return out;
+}
+
+}  // namespace
+
+struct DwarfInfo::Impl {
+  int fd = -1;
+  Dwarf* dw = nullptr;
+  std::string path;
+
+  // Indexes built on first use: names of defined functions and of structs, unions and
+  // typedefs, each to its DIE's offset (the first seen).
+  mutable std::once_flag indexed;
+  mutable std::unordered_map<std::string, Dwarf_Off> functions;
+  mutable std::unordered_map<std::string, Dwarf_Off> types;
+
+  ~Impl() {
+    if (dw) dwarf_end(dw);
+    if (fd >= 0) ::close(fd);
+  }
+
+  // The DIE `table` (functions or types) has for `name`; false if none.
+  bool find(const std::unordered_map<std::string, Dwarf_Off>& table, std::string_view name,
+            Dwarf_Die* die) const {
+    index();
+    auto it = table.find(std::string(name));
+    return it != table.end() && dwarf_offdie(dw, it->second, die) != nullptr;
+  }
+
+  void index() const {
+    std::call_once(indexed, [this] {
+      Dwarf_Off off = 0, next = 0;
+      std::size_t header = 0;
+      while (dwarf_nextcu(dw, off, &next, &header, nullptr, nullptr, nullptr) == 0) {
+        Dwarf_Die cu;
+        if (dwarf_offdie(dw, off + header, &cu)) walk(&cu);
+        off = next;
+      }
+    });
+  }
+
+  void walk(Dwarf_Die* cu) const {
+    Dwarf_Die c;
+    if (dwarf_child(cu, &c) != 0) return;
+    do {
+      const int tag = dwarf_tag(&c);
+      if (tag == DW_TAG_subprogram) {
+        if (is_definition(&c)) {
+          const std::string n = die_name(&c);
+          if (!n.empty()) functions.emplace(n, dwarf_dieoffset(&c));
+        }
+      } else if (tag == DW_TAG_structure_type || tag == DW_TAG_class_type ||
+                 tag == DW_TAG_union_type || tag == DW_TAG_typedef) {
+        if (dwarf_hasattr(&c, DW_AT_declaration)) continue;
+        const std::string n = die_name(&c);
+        if (n.empty()) continue;
+        const char* kind = tag == DW_TAG_union_type ? "union "
+                           : tag == DW_TAG_typedef  ? ""
+                                                    : "struct ";
+        types.emplace(kind + n, dwarf_dieoffset(&c));
+      } else if (tag == DW_TAG_namespace) {
+        walk(&c);
+      }
+    } while (dwarf_siblingof(&c, &c) == 0);
+  }
+};
+
+DwarfInfo::DwarfInfo(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DwarfInfo::~DwarfInfo() = default;
+
+const std::string& DwarfInfo::debug_path() const {
+  return impl_->path;
+}
+
+Result<std::unique_ptr<DwarfInfo>> DwarfInfo::open(const std::string& path) {
+  auto opened = open_regular_file(path);
+  if (!opened.ok()) return opened.error();
+  ::close(*opened);
+  auto impl = std::make_unique<Impl>();
+  impl->path = path;
+  impl->dw = begin(path, impl->fd);
+  if (!impl->dw) {
+    for (const std::string& candidate : debug_candidates(path)) {
+      impl->dw = begin(candidate, impl->fd);
+      if (impl->dw) {
+        impl->path = candidate;
+        break;
+      }
+    }
+  }
+  if (!impl->dw) {
+    return Error(Errc::not_found, path +
+                                      " has no DWARF debug info (install its -dbgsym package or "
+                                      "build with -g)");
+  }
+  return std::unique_ptr<DwarfInfo>(new DwarfInfo(std::move(impl)));
+}
+
+Result<DwarfFunction> DwarfInfo::function(std::string_view name) const {
+  Dwarf_Die die;
+  if (!impl_->find(impl_->functions, name, &die)) {
+    return Error(Errc::not_found, "the debug info of " + impl_->path + " has no function '" +
+                                      std::string(name) +
+                                      "' (it may be inlined everywhere, or built without -g)");
+  }
+  return describe(&die);
+}
+
+Result<DwarfFunction> DwarfInfo::function_at(std::uint64_t pc) const {
+  Dwarf_Die cu;
+  if (dwarf_addrdie(impl_->dw, pc, &cu)) {
+    struct Ctx {
+      std::uint64_t pc;
+      Dwarf_Die found;
+      bool ok = false;
+    } ctx{pc, {}, false};
+    dwarf_getfuncs(
+        &cu,
+        [](Dwarf_Die* fn, void* arg) {
+          auto* c = static_cast<Ctx*>(arg);
+          if (dwarf_haspc(fn, c->pc) > 0) {
+            c->found = *fn;
+            c->ok = true;
+            return static_cast<int>(DWARF_CB_ABORT);
+          }
+          return static_cast<int>(DWARF_CB_OK);
+        },
+        &ctx, 0);
+    if (ctx.ok) return describe(&ctx.found);
+  }
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(pc));
+  return Error(Errc::not_found, "the debug info of " + impl_->path + " has no function at " + buf);
+}
+
+std::vector<std::string> DwarfInfo::function_names(std::string_view glob) const {
+  impl_->index();
+  const std::string pattern(glob.empty() ? "*" : glob);
+  std::vector<std::string> out;
+  for (const auto& [name, off] : impl_->functions) {
+    if (::fnmatch(pattern.c_str(), name.c_str(), 0) == 0) out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Result<DwarfStruct> DwarfInfo::struct_type(std::string_view name) const {
+  Dwarf_Die die;
+  if (!impl_->find(impl_->types, name, &die)) {
+    return Error(Errc::not_found, "the debug info of " + impl_->path + " has no type '" +
+                                      std::string(name) +
+                                      "' (write 'struct NAME' or 'union NAME')");
+  }
+  Dwarf_Die t = strip(die);
+  const int tag = dwarf_tag(&t);
+  if (tag != DW_TAG_structure_type && tag != DW_TAG_class_type && tag != DW_TAG_union_type) {
+    return Error(Errc::invalid_argument, "'" + std::string(name) + "' in " + impl_->path + " is " +
+                                             type_name(&t) + ", not a struct or union");
+  }
+  DwarfStruct s;
+  s.name = type_name(&t);
+  s.size = type_size(&t);
+  Dwarf_Die m;
+  if (dwarf_child(&t, &m) == 0) {
+    do {
+      if (dwarf_tag(&m) != DW_TAG_member) continue;
+      DwarfMember mem;
+      mem.name = die_name(&m);
+      Dwarf_Die mt;
+      if (type_of(&m, &mt)) {
+        mem.type = type_name(&mt);
+        Dwarf_Die st = strip(mt);
+        mem.size = type_size(&st);
+      }
+      Dwarf_Attribute attr;
+      Dwarf_Word v = 0;
+      if (dwarf_formudata(dwarf_attr(&m, DW_AT_data_member_location, &attr), &v) == 0)
+        mem.offset = v;
+      if (dwarf_formudata(dwarf_attr(&m, DW_AT_bit_size, &attr), &v) == 0) {
+        mem.bit_size = static_cast<std::uint32_t>(v);
+        Dwarf_Word bit = 0;
+        if (dwarf_formudata(dwarf_attr(&m, DW_AT_data_bit_offset, &attr), &bit) == 0) {
+          // DWARF 4+: bits from the start of the struct.
+          mem.offset = bit / 8;
+          mem.bit_offset = static_cast<std::uint32_t>(bit % 8);
+        }
+      }
+      s.members.push_back(std::move(mem));
+    } while (dwarf_siblingof(&m, &m) == 0);
+  }
+  return s;
+}
+
+std::string format_params(const DwarfFunction& fn) {
+  std::string out;
+  for (const DwarfParam& p : fn.params)
+    out += "    " + p.type + " " + p.name + "\n";
+  return out;
+}
+
+}  // namespace hp::elf
