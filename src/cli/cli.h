@@ -40,6 +40,9 @@ int run(const RunOptions& options);
 
 // `hotprobe list [MODULE_OR_PROGRAM] [GLOB]`.
 int list(const std::string& module, const std::string& glob);
+// With -v (each function's parameters from DWARF, as bpftrace -lv) and -p PID (the files
+// process PID maps; MODULE may then be empty or '*').
+int list(const std::string& module, const std::string& glob, bool verbose, int pid);
 
 // An executable named `name` in $PATH (a name with a '/' is returned as is); empty if none.
 std::string find_in_path(const std::string& name);

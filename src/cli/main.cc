@@ -61,7 +61,8 @@ int thread_group_of(int pid) {
 
 int main(int argc, char** argv) {
   // bpftrace's top level: `hotprobe -e SCRIPT -c CMD` and `hotprobe FILE.bt -c CMD` are
-  // `hotprobe run ...`; `hotprobe -e SCRIPT -p PID` is `hotprobe attach ...`.
+  // `hotprobe run ...`; `hotprobe -e SCRIPT -p PID` is `hotprobe attach ...`; `hotprobe -l`
+  // is `hotprobe list`.
   std::vector<char*> args(argv, argv + argc);
   static char kRun[] = "run";
   static char kAttach[] = "attach";
@@ -76,6 +77,13 @@ int main(int argc, char** argv) {
     const bool script_first = first == "-e" || first == "-c" || first == "-p" ||
                               (!subcommand && first[0] != '-' && (has_c || has_p));
     if (script_first) args.insert(args.begin() + 1, has_p && !has_c ? kAttach : kRun);
+    // bpftrace's `-l PATTERN` and `-lv PATTERN` are `hotprobe list [-v] PATTERN`.
+    static char kList[] = "list";
+    static char kVerbose[] = "-v";
+    if (first == "-l" || first == "-lv") {
+      args[1] = kList;
+      if (first == "-lv") args.insert(args.begin() + 2, kVerbose);
+    }
   }
   argc = static_cast<int>(args.size());
   argv = args.data();
@@ -160,9 +168,19 @@ int main(int argc, char** argv) {
       "Usage: hotprobe list MODULE_OR_PROGRAM [GLOB]\n\n"
       "MODULE_OR_PROGRAM: a path, a program found in PATH, or a library's short name "
       "(libc, libssl.so.3) found as the dynamic loader would.\nGLOB: fnmatch(3) pattern on "
-      "the function names (default: every function).");
+      "the function names (default: every function).\n\n"
+      "bpftrace's patterns work too:\n"
+      "  hotprobe list 'usdt:/usr/bin/python3:*'   USDT probes of a file\n"
+      "  hotprobe list -v 'uprobe:./prog:func'     a function's parameters (needs -g)\n"
+      "  hotprobe list -p PID 'uprobe:*:mall*'     in the files a process maps");
   list_cmd->add_option("module", module, "A module path, program or library name");
   list_cmd->add_option("glob", glob, "Function name pattern");
+  bool list_verbose = false;
+  int list_pid = 0;
+  list_cmd->add_flag("-v,--verbose", list_verbose,
+                     "Show each function's parameters from DWARF, as bpftrace -lv does");
+  list_cmd->add_option("-p,--pid", list_pid, "List the functions of the files process PID maps")
+      ->check(CLI::PositiveNumber);
 
   // A program named without '--' after -e: its own options would be read as hotprobe's
   // (`-o`), so it is never guessed; the message says how to write it.
@@ -259,7 +277,7 @@ int main(int argc, char** argv) {
     return hp::cli::kExitUsage;
   }
   if (*list_cmd) {
-    if (module.empty()) {
+    if (module.empty() && list_pid <= 0) {
       std::fprintf(stderr,
                    "hotprobe list: name a module or program: listing every module of the "
                    "system would be long and slow.\n"
@@ -268,7 +286,7 @@ int main(int argc, char** argv) {
                    "  hotprobe list ls                a program in PATH\n");
       return hp::cli::kExitUsage;
     }
-    return hp::cli::list(module, glob);
+    return hp::cli::list(module, glob, list_verbose, list_pid);
   }
   return hp::cli::kExitUsage;
 }

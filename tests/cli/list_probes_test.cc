@@ -27,10 +27,11 @@ struct Output {
   std::string err;
 };
 
-Output run_hotprobe(const std::string& args) {
+// `hotprobe list ARGS`, or with `sub` another command line (bpftrace's `-l` forms).
+Output run_hotprobe(const std::string& args, const char* sub = " list ") {
   const std::string err_file = ::testing::TempDir() + "hp_list_err_" + std::to_string(::getpid());
   Output o;
-  FILE* f = ::popen((std::string(HP_HOTPROBE) + " list " + args + " 2>" + err_file).c_str(), "r");
+  FILE* f = ::popen((std::string(HP_HOTPROBE) + sub + args + " 2>" + err_file).c_str(), "r");
   if (!f) return o;
   char buf[4096];
   for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;)
@@ -215,3 +216,24 @@ TEST(ListPid, UsdtProbesOfTheModulesAProcessMaps) {
 }
 
 }  // namespace
+
+TEST(ListCommandLine, VerboseAndBpftraceFormsReachTheListing) {
+  const std::string simple = "uprobe:" + kDwarf +
+                             ":hp_dw_simple\n"
+                             "    int a\n    const char* s\n    long unsigned int n\n";
+  auto o = run_hotprobe(quote("uprobe:" + kDwarf + ":hp_dw_simple"), " list -v ");
+  EXPECT_EQ(o.status, 0) << o.err;
+  EXPECT_EQ(o.out, simple);
+  o = run_hotprobe(quote("uprobe:" + kDwarf + ":hp_dw_simple"), " -lv ");
+  EXPECT_EQ(o.status, 0) << o.err;
+  EXPECT_EQ(o.out, simple);
+  o = run_hotprobe(kDwarf + " hp_dw_simple", " list --verbose ");
+  EXPECT_EQ(o.out, simple);
+  o = run_hotprobe(quote("uprobe:" + kDwarf + ":hp_dw_simple"), " -l ");
+  EXPECT_EQ(o.status, 0) << o.err;
+  EXPECT_EQ(o.out, "uprobe:" + kDwarf + ":hp_dw_simple\n");
+  // -p takes a process id, and refuses anything else before listing.
+  o = run_hotprobe(quote("uprobe:*:hp_dw_simple"), " list -p abc ");
+  EXPECT_NE(o.status, 0);
+  EXPECT_NE(o.err.find("-p"), std::string::npos) << o.err;
+}
