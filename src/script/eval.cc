@@ -832,7 +832,8 @@ std::int64_t i_printf(const Node* n, Frame& f) {
     }
   }
   std::string& text = text_buffer();
-  format_printf(text, n->format, std::span<const FmtArg>(args, nargs));
+  format_printf(text, n->format, std::span<const FmtArg>(args, nargs),
+                f.rt->format == OutputFormat::text);
   if (f.rt->format == OutputFormat::text) {
     f.rt->write(text);
   } else {
