@@ -1,22 +1,20 @@
 #include "script/eval.h"
 
-#include <cpuid.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <sys/uio.h>
 #include <unistd.h>
-#include <x86intrin.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <fstream>
 #include <mutex>
 
 #include "hotprobe/symbols.h"
+#include "script/run_clock.h"
+#include "script/run_thread.h"
 
 namespace hotprobe::script {
 
@@ -25,158 +23,10 @@ using ast::Builtin;
 using ast::Expr;
 using ast::Func;
 using ast::Type;
-
-// ---------------------------------------------------------------------------------------
-// The clock
-
-namespace {
-
-struct TscClock {
-  bool use_tsc = false;
-  std::uint64_t tsc0 = 0;
-  std::int64_t ns0 = 0;
-  std::uint64_t mult = 0;  // ns per tick, fixed point 32.32
-};
-TscClock g_clock;
-std::once_flag g_clock_once;
-
-std::int64_t clock_gettime_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
-bool tsc_invariant() {
-  unsigned a, b, c, d;
-  if (__get_cpuid(0x80000007, &a, &b, &c, &d) && (d & (1u << 8))) return true;
-  // Hypervisors often hide the CPUID bit; the kernel's flags say what it found.
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("flags", 0) == 0)
-      return line.find(" constant_tsc") != std::string::npos &&
-             line.find(" nonstop_tsc") != std::string::npos;
-  return false;
-}
-
-// A (tsc, ns) pair taken as close together as possible: the ns read bracketed by two TSC
-// reads, the tightest of a few tries.
-void sample(std::uint64_t& tsc, std::int64_t& ns) {
-  std::uint64_t best = ~0ull;
-  for (int i = 0; i < 5; ++i) {
-    const std::uint64_t t0 = __rdtsc();
-    const std::int64_t n = clock_gettime_ns();
-    const std::uint64_t t1 = __rdtsc();
-    if (t1 - t0 < best) {
-      best = t1 - t0;
-      tsc = t0 + (t1 - t0) / 2;
-      ns = n;
-    }
-  }
-}
-
-void calibrate() {
-  const char* env = std::getenv("HOTPROBE_SCRIPT_CLOCK");
-  if ((env && std::strcmp(env, "vdso") == 0) || !tsc_invariant()) return;
-  std::uint64_t t0, t1;
-  std::int64_t n0, n1;
-  sample(t0, n0);
-  // 5 ms of calibration once per process: a ratio error near 1e-5.
-  do
-    sample(t1, n1);
-  while (n1 - n0 < 5'000'000);
-  if (t1 <= t0) return;
-  g_clock.mult =
-      static_cast<std::uint64_t>((static_cast<unsigned __int128>(n1 - n0) << 32) / (t1 - t0));
-  g_clock.tsc0 = t1;
-  g_clock.ns0 = n1;
-  g_clock.use_tsc = true;
-}
-
-}  // namespace
-
-std::int64_t monotonic_ns() {
-  if (g_clock.use_tsc) [[likely]] {
-    const std::uint64_t d = __rdtsc() - g_clock.tsc0;
-    return g_clock.ns0 +
-           static_cast<std::int64_t>((static_cast<unsigned __int128>(d) * g_clock.mult) >> 32);
-  }
-  return clock_gettime_ns();
-}
-
-bool clock_uses_tsc() {
-  return g_clock.use_tsc;
-}
-
-// ---------------------------------------------------------------------------------------
-// Per-thread identity, cached
-
-namespace {
-
-struct ThreadIds {
-  int tid = 0;
-  int pid = 0;
-  bool comm_set = false;
-  char comm[16] = {};
-};
-// constinit + initial-exec: an %fs-relative load, even in the agent's shared object.
-constinit thread_local ThreadIds t_ids __attribute__((tls_model("initial-exec")));
-std::once_flag g_atfork_once;
-int g_uid = 0, g_gid = 0;
-
-void after_fork_child() {
-  t_ids = ThreadIds{};
-}
-
-ThreadIds& ids() {
-  if (t_ids.tid == 0) [[unlikely]] {
-    t_ids.tid = static_cast<int>(syscall(SYS_gettid));
-    t_ids.pid = getpid();
-  }
-  return t_ids;
-}
-
-}  // namespace
-
-// str()'s default and largest length, bpftrace's BPFTRACE_STRLEN default (string values
-// themselves hold up to kStrBytes, for `probe` and `func`).
-constexpr std::uint32_t kStrReadBytes = 64;
-
-std::uint32_t read_user_string(std::uint64_t addr, std::uint32_t max, char* out) {
-  out[0] = 0;
-  if (max == 0 || addr == 0) return 0;
-  if (max > kStrReadBytes) max = kStrReadBytes;
-  // process_vm_readv on our own pid reads through the page tables without faulting: a bad
-  // address is EFAULT, and a read that crosses into an unmapped page stops there.
-  char buf[kStrBytes];
-  iovec local{buf, max};
-  iovec remote{reinterpret_cast<void*>(addr), max};
-  ssize_t n = process_vm_readv(ids().pid, &local, 1, &remote, 1, 0);
-  if (n <= 0) {
-    // The string may end just before a page boundary: read up to it.
-    const std::uint64_t to_page = 4096 - (addr & 4095);
-    if (to_page >= max) return 0;
-    local.iov_len = remote.iov_len = to_page;
-    n = process_vm_readv(ids().pid, &local, 1, &remote, 1, 0);
-    if (n <= 0) return 0;
-  }
-  const std::size_t limit = std::min<std::size_t>(static_cast<std::size_t>(n), max - 1);
-  const std::size_t len = strnlen(buf, limit);
-  std::memcpy(out, buf, len);
-  out[len] = 0;
-  return static_cast<std::uint32_t>(len);
-}
-
-bool read_user(std::uint64_t addr, void* out, std::size_t n) {
-  iovec local{out, n};
-  iovec remote{reinterpret_cast<void*>(addr), n};
-  if (addr != 0 &&
-      process_vm_readv(ids().pid, &local, 1, &remote, 1, 0) == static_cast<ssize_t>(n)) {
-    return true;
-  }
-  std::memset(out, 0, n);
-  return false;
-}
+using thread::g_gid;
+using thread::g_uid;
+using thread::ids;
+using thread::ThreadIds;
 
 // ---------------------------------------------------------------------------------------
 // Node functions
@@ -220,10 +70,10 @@ std::int64_t i_pid(const Node*, Frame&) {
   return ids().pid;
 }
 std::int64_t i_nsecs(const Node*, Frame&) {
-  return monotonic_ns();
+  return clock::now();
 }
 std::int64_t i_elapsed(const Node*, Frame& f) {
-  return monotonic_ns() - f.rt->start_ns;
+  return clock::now() - f.rt->start_ns;
 }
 std::int64_t i_cpu(const Node*, Frame&) {
   return sched_getcpu();
@@ -1647,16 +1497,12 @@ void on_hit(Hit& hit) {
 }  // namespace
 
 Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format) {
-  std::call_once(g_clock_once, calibrate);
-  std::call_once(g_atfork_once, [] {
-    pthread_atfork(nullptr, nullptr, after_fork_child);
-    g_uid = static_cast<int>(getuid());
-    g_gid = static_cast<int>(getgid());
-  });
+  clock::calibrate_once();
+  thread::init_once();
   auto rt = std::make_unique<Runtime>();
   rt->format = format;
   rt->print_maps_on_exit = program.print_maps_on_exit;
-  rt->start_ns = monotonic_ns();
+  rt->start_ns = clock::now();
   std::vector<MapDesc> descs;
   const TidKeyScan tid_keys(program);
   for (const ast::MapInfo& m : program.maps) {
