@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "script/ctypes.h"
+#include "script/format_spec.h"
 #include "script/program.h"
 
 namespace hotprobe::script::ast {
@@ -141,23 +142,6 @@ enum class BinaryOp : std::uint8_t {
   lor,   // || (short-circuit)
 };
 
-// One piece of a parsed printf format: literal text, then (unless conversion == 0)
-// one conversion. "%%" is folded into `text` as a single '%'.
-struct FormatPiece {
-  enum class Length : std::uint8_t { none, hh, h, l, ll, j, z, t };
-  std::string text;     // literal text before the conversion (escapes already decoded)
-  char conversion = 0;  // 'd' 'i' 'u' 'x' 'X' 'o' 'p' 's' 'c', or 0 for trailing text only
-  bool left = false;    // '-'
-  bool plus = false;    // '+'
-  bool space = false;   // ' '
-  bool alt = false;     // '#'
-  bool zero = false;    // '0'
-  int width = -1;       // -1: none
-  int precision = -1;   // -1: none
-  Length length = Length::none;
-  int arg = -1;  // index of the argument in the call's args (1-based: args[0] is the format)
-};
-
 struct Expr;
 using ExprPtr = std::unique_ptr<Expr>;
 
@@ -201,10 +185,10 @@ struct Expr {
   bool increment = true;  // incdec: ++ (true) or -- (false)
   bool prefix = false;    // incdec: ++x (true; value after) or x++ (false; value before)
   std::vector<ExprPtr> args;
-  std::vector<FormatPiece> format;  // printf: the parsed format [check]
-  int height = 1;      // of this subtree: 1 for a leaf (script/parser.h: kMaxExprDepth)
-  int cast_type = -1;  // cast, sizeof_, offsetof_: a type of Program::types
-  bool arrow = false;  // field: `->`
+  std::vector<FormatSpec> format;  // printf: the parsed format [check]
+  int height = 1;                  // of this subtree: 1 for a leaf (script/parser.h: kMaxExprDepth)
+  int cast_type = -1;              // cast, sizeof_, offsetof_: a type of Program::types
+  bool arrow = false;              // field: `->`
 
   // [check]
   Type type = Type::none;

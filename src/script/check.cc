@@ -432,9 +432,9 @@ bool Checker::aggregation(Expr& call) {
 using ast::Loc;
 using checking::Checker;
 
-std::vector<ast::FormatPiece> parse_format(std::string_view f, Loc loc, Diagnostics& diags) {
-  std::vector<ast::FormatPiece> out;
-  ast::FormatPiece cur;
+std::vector<FormatSpec> parse_format(std::string_view f, Loc loc, Diagnostics& diags) {
+  std::vector<FormatSpec> out;
+  FormatSpec cur;
   int arg = 1;
   for (std::size_t i = 0; i < f.size();) {
     if (f[i] != '%') {
@@ -477,7 +477,7 @@ std::vector<ast::FormatPiece> parse_format(std::string_view f, Loc loc, Diagnost
       ++i;
       cur.precision = std::max(number(), 0);
     }
-    using L = ast::FormatPiece::Length;
+    using L = FormatSpec::Length;
     if (f.substr(i).starts_with("hh")) {
       cur.length = L::hh, i += 2;
     } else if (f.substr(i).starts_with("ll")) {
@@ -500,7 +500,7 @@ std::vector<ast::FormatPiece> parse_format(std::string_view f, Loc loc, Diagnost
     cur.conversion = conv;
     cur.arg = arg++;
     out.push_back(std::move(cur));
-    cur = ast::FormatPiece{};
+    cur = FormatSpec{};
   }
   if (!cur.text.empty() || out.empty()) out.push_back(std::move(cur));
   return out;

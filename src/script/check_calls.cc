@@ -263,7 +263,7 @@ Value Checker::printf_call(Expr& e, Context ctx) {
   e.format = parse_format(e.args[0]->text, e.args[0]->loc, diags_);
   if (diags_.size() != before) return Value::bad();
   std::size_t conversions = 0;
-  for (const ast::FormatPiece& p : e.format) {
+  for (const FormatSpec& p : e.format) {
     if (p.conversion != 0) ++conversions;
   }
   if (n - 1 < conversions) {
@@ -276,7 +276,7 @@ Value Checker::printf_call(Expr& e, Context ctx) {
                      " supplied, " + std::to_string(conversions) + " expected)");
     return Value::bad();
   }
-  for (ast::FormatPiece& p : e.format) {
+  for (FormatSpec& p : e.format) {
     if (p.conversion == 0) continue;
     const Value& v = args[static_cast<std::size_t>(p.arg)];
     if (v.error) continue;

@@ -474,21 +474,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
         if (!a) return a.error();
         n->keys.push_back(*a);
       }
-      for (const ast::FormatPiece& p : e.format) {
-        FormatSpec f;
-        f.text = p.text;
-        f.conversion = p.conversion;
-        f.left = p.left;
-        f.plus = p.plus;
-        f.space = p.space;
-        f.alt = p.alt;
-        f.zero = p.zero;
-        f.width = p.width;
-        f.precision = p.precision;
-        using L = ast::FormatPiece::Length;
-        f.length = p.length == L::none ? 0 : p.length == L::hh ? 1 : p.length == L::h ? 2 : 3;
-        n->format.push_back(std::move(f));  // arguments are taken in order
-      }
+      n->format = e.format;  // arguments are taken in order
       n->i = i_printf;
       return n;
     }

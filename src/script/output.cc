@@ -515,7 +515,7 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool esc
                         reinterpret_cast<void*>(static_cast<std::uintptr_t>(a.i)));
   } else {
     const bool is_signed = c == 'd' || c == 'i';
-    if (f.length >= 3) {
+    if (f.length >= FormatSpec::Length::l) {
       spec[n++] = 'l';
       spec[n++] = 'l';
       spec[n++] = c;
@@ -529,9 +529,9 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool esc
       spec[n] = 0;
       // bpftrace passes the argument as an int of the modifier's width.
       std::int64_t v = a.i;
-      if (f.length == 2) {
+      if (f.length == FormatSpec::Length::h) {
         v = is_signed ? static_cast<std::int16_t>(v) : static_cast<std::uint16_t>(v);
-      } else if (f.length == 1) {
+      } else if (f.length == FormatSpec::Length::hh) {
         v = is_signed ? static_cast<std::int8_t>(v) : static_cast<std::uint8_t>(v);
       }
       if (is_signed)

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "script/format_spec.h"
 #include "script/maps.h"
 #include "script/program.h"
 
@@ -54,15 +55,6 @@ struct FmtArg {
   bool is_string = false;
 };
 
-// printf's conversions, as bpftrace 0.17 passes them to the C library: no length modifier
-// is a 32-bit int, h 16-bit, hh 8-bit, l/ll/j/z/t 64-bit; %p is a pointer ("(nil)" for 0).
-struct FormatSpec {
-  std::string text;  // literal text before the conversion
-  char conversion = 0;
-  bool left = false, plus = false, space = false, alt = false, zero = false;
-  int width = -1, precision = -1;
-  std::uint8_t length = 0;  // 0 none, 1 hh, 2 h, 3 l (and ll j z t)
-};
 // Appends the formatted text (no JSON wrapping). Never allocates when `out` has capacity.
 // `escape` (text output): %s and %c arguments as append_text_escaped writes them.
 void format_printf(std::string& out, std::span<const FormatSpec> spec, std::span<const FmtArg> args,

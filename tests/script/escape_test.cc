@@ -53,9 +53,9 @@ TEST(Escape, JsonIsValidUtf8) {
 
 TEST(Escape, PrintfEscapesArgumentsNotTheFormat) {
   const FormatSpec spec[] = {
-      {"\x1b[1m<", 's', false, false, false, false, false, 8, -1, 0},
-      {">[", 's', true, false, false, false, false, 6, 3, 0},
-      {"]", 'c', false, false, false, false, false, -1, -1, 0},
+      {"\x1b[1m<", 's', false, false, false, false, false, 8, -1},
+      {">[", 's', true, false, false, false, false, 6, 3},
+      {"]", 'c', false, false, false, false, false, -1, -1},
       {"\n", 0},
   };
   const FmtArg args[] = {{0, "\x1b[2J", true}, {0, "\r\r\rxyz", true}, {27, {}, false}};
