@@ -97,6 +97,7 @@ std::string json_check(const std::string& out) {
       "  d=o.get(\"data\")\n"
       "  if o[\"type\"]==\"printf\": print(repr(d))\n"
       "  if o[\"type\"]==\"map\": print(repr(sorted(d[\"@s\"])))\n"
+      "  if o[\"type\"]==\"child\": print(\"child\", o[\"pid\"], repr(d))\n"
       "' " +
       path + " 2>&1";
   std::string result;
@@ -159,6 +160,25 @@ TEST(Payloads, ChildThatDroppedPrivilegesIsMarked) {
   EXPECT_NE(r.err.find("a followed child running as uid 65534, reported: hotprobe: error: forged"),
             std::string::npos)
       << r.err;
+}
+
+TEST(Payloads, ChildThatDroppedPrivilegesIsMarkedInJson) {
+  if (::getuid() != 0) GTEST_SKIP() << "needs root to start a child that drops to uid 65534";
+  auto r =
+      hotprobe({"run", "-o", "json", "--follow-forks", "-e", kScript, "--", HP_PAYLOADS, "drop"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string parsed = json_check(r.out);
+  EXPECT_EQ(parsed.find("python3 failed"), std::string::npos) << parsed << r.out;
+  // What the child wrote itself is a string inside a "child" object, never an object of its own.
+  EXPECT_NE(parsed.find("'hotprobe: forged output'"), std::string::npos) << parsed;
+  std::istringstream lines(parsed);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.find("forged") != std::string::npos || line.find("owned") != std::string::npos) {
+      EXPECT_EQ(line.rfind("child ", 0), 0u) << parsed;
+    }
+  }
+  EXPECT_NE(parsed.find("['parent']"), std::string::npos) << parsed;
 }
 
 }  // namespace
