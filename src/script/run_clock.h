@@ -17,7 +17,8 @@ struct TscClock {
   std::int64_t ns0 = 0;
   std::uint64_t mult = 0;  // ns per tick, fixed point 32.32
 };
-extern TscClock g_clock;
+// Hidden: read with one RIP-relative load, not through the GOT, in the agent's shared object.
+extern TscClock g_clock __attribute__((visibility("hidden")));
 
 inline std::int64_t clock_gettime_ns() {
   timespec ts;

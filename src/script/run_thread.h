@@ -16,7 +16,8 @@ struct ThreadIds {
 };
 // constinit + initial-exec: an %fs-relative load, even in the agent's shared object.
 extern constinit thread_local ThreadIds t_ids __attribute__((tls_model("initial-exec")));
-extern int g_uid, g_gid;
+extern int g_uid __attribute__((visibility("hidden")));  // hidden: no GOT load
+extern int g_gid __attribute__((visibility("hidden")));
 
 inline ThreadIds& ids() {
   if (t_ids.tid == 0) [[unlikely]] {
