@@ -60,7 +60,7 @@ Value Checker::builtin(Expr& e) {
                          std::string(probe_kind_name(bad->probe.kind)) + "')");
         return Value::bad();
       }
-      return Value::integer();
+      break;
     case Builtin::retval:
       bad = bad_probe([](Probe::Kind k) { return k == Probe::Kind::uretprobe; });
       if (bad) {
@@ -68,7 +68,7 @@ Value Checker::builtin(Expr& e) {
                          std::string(probe_kind_name(bad->probe.kind)) + "')");
         return Value::bad();
       }
-      return Value::integer();
+      break;
     case Builtin::func:
       bad = bad_probe(
           [](Probe::Kind k) { return k == Probe::Kind::uprobe || k == Probe::Kind::uretprobe; });
@@ -79,14 +79,12 @@ Value Checker::builtin(Expr& e) {
                   std::string(probe_kind_name(bad->probe.kind)) + "')");
         return Value::bad();
       }
-      return Value::string(ast::kDefaultStrSize);
-    case Builtin::comm:
-      return Value::string(ast::kCommSize);
-    case Builtin::probe:
-      return Value::string(ast::kDefaultStrSize);
+      break;
     default:
-      return Value::integer();
+      break;
   }
+  const BuiltinDef& def = builtin_def(e.builtin);
+  return def.str_size ? Value::string(def.str_size) : Value::integer();
 }
 
 // The argument of print/clear/zero/delete: a map (whole, or one element for delete).

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "script/ast.h"
+#include "script/builtins.h"
 #include "script/diag.h"
 
 namespace hotprobe::script::checking {
@@ -25,9 +26,6 @@ using ast::MapKind;
 using ast::Stmt;
 using ast::Type;
 
-inline constexpr std::array<std::string_view, 17> kBuiltinNames = {
-    "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
-    "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
 inline constexpr std::array<std::string_view, 16> kFuncNames = {
     "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
     "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "script/builtins.h"
 #include "script/lower.h"
 
 namespace hotprobe::script::lowering {
@@ -69,59 +70,8 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
     }
     case K::builtin: {
       Node* n = make();
-      switch (e.builtin) {
-        case Builtin::arg0:
-          n->i = i_arg<0>;
-          break;
-        case Builtin::arg1:
-          n->i = i_arg<1>;
-          break;
-        case Builtin::arg2:
-          n->i = i_arg<2>;
-          break;
-        case Builtin::arg3:
-          n->i = i_arg<3>;
-          break;
-        case Builtin::arg4:
-          n->i = i_arg<4>;
-          break;
-        case Builtin::arg5:
-          n->i = i_arg<5>;
-          break;
-        case Builtin::retval:
-          n->i = i_retval;
-          break;
-        case Builtin::tid:
-          n->i = i_tid;
-          break;
-        case Builtin::pid:
-          n->i = i_pid;
-          break;
-        case Builtin::comm:
-          n->s = s_comm;
-          break;
-        case Builtin::nsecs:
-          n->i = i_nsecs;
-          break;
-        case Builtin::elapsed:
-          n->i = i_elapsed;
-          break;
-        case Builtin::func:
-          n->s = s_func;
-          break;
-        case Builtin::probe:
-          n->s = s_probe;
-          break;
-        case Builtin::cpu:
-          n->i = i_cpu;
-          break;
-        case Builtin::uid:
-          n->i = i_uid;
-          break;
-        case Builtin::gid:
-          n->i = i_gid;
-          break;
-      }
+      n->i = builtin_def(e.builtin).i;
+      n->s = builtin_def(e.builtin).s;
       return n;
     }
     case K::map: {
