@@ -20,6 +20,7 @@
 // Locations are 1-based line and column, and a length in bytes (on that line).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -311,17 +312,22 @@ inline std::vector<Probe> flatten_probes(const Program& program) {
 }
 
 // Names for messages and printing.
+// The names of the builtins and the functions, in their enums' order: the checker
+// resolves names with them ("did you mean" too), messages print them.
+inline constexpr std::array<std::string_view, 17> kBuiltinNames = {
+    "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
+    "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
+inline constexpr std::array<std::string_view, 16> kFuncNames = {
+    "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
+    "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};
+static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::gid) + 1);
+static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::str) + 1);
+
 inline std::string_view to_string(Builtin b) {
-  static constexpr std::string_view kNames[] = {
-      "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
-      "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
-  return kNames[static_cast<int>(b)];
+  return kBuiltinNames[static_cast<std::size_t>(b)];
 }
 inline std::string_view to_string(Func f) {
-  static constexpr std::string_view kNames[] = {
-      "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
-      "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};
-  return kNames[static_cast<int>(f)];
+  return kFuncNames[static_cast<std::size_t>(f)];
 }
 inline std::string_view to_string(MapKind k) {
   static constexpr std::string_view kNames[] = {"none",  "count", "sum",   "avg",   "min",   "max",

@@ -26,9 +26,8 @@ using ast::MapKind;
 using ast::Stmt;
 using ast::Type;
 
-inline constexpr std::array<std::string_view, 16> kFuncNames = {
-    "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
-    "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};
+using ast::kBuiltinNames;
+using ast::kFuncNames;
 
 // What an expression yields, as the checker sees it: a value type, or a read of an
 // aggregation map (usable only as print/clear/zero/delete's argument), or an error
