@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "cli/output_file.h"
 #include "cli/preflight.h"
 #include "script/maps.h"
+#include "script/output.h"
 #include "script/program.h"
 
 namespace hp::cli {
@@ -96,6 +98,89 @@ struct Output {
   script::OutputFormat format = script::OutputFormat::text;
   void text(std::string_view s) { std::fwrite(s.data(), 1, s.size(), f); }
   void flush() { std::fflush(f); }
+};
+
+// Who sent a message, as the kernel says (SO_PASSCRED): a process cannot forge it.
+struct Sender {
+  bool known = false;
+  std::uint32_t pid = 0, uid = 0, gid = 0;
+};
+
+// agent::recv_message, with the sender's credentials.
+int recv_from(int fd, std::string& out, Sender& from, int flags) {
+  out.resize(agent::kMaxMessage * 4);
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+  for (;;) {
+    iovec iov{out.data(), out.size()};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    ssize_t n = ::recvmsg(fd, &mh, flags);
+    if (n > 0) {
+      out.resize(static_cast<std::size_t>(n));
+      from = Sender{};
+      for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+          ucred cr;
+          std::memcpy(&cr, CMSG_DATA(c), sizeof cr);
+          from = Sender{true, static_cast<std::uint32_t>(cr.pid), cr.uid, cr.gid};
+        }
+      return 1;
+    }
+    if (n == 0) {
+      out.clear();
+      return 0;
+    }
+    if (errno != EINTR) {
+      out.clear();
+      return -1;
+    }
+  }
+}
+
+// --follow-forks: what a followed child that runs as another user (it dropped privileges)
+// sends is marked as its own, line by line: text "[pid N] LINE" with LINE escaped again (a
+// child can write to the channel without its agent), json {"type": "child", "pid": N,
+// "data": "LINE"}. Its maps are not merged into PROGRAM's: they print alone, marked.
+class ChildOutput {
+ public:
+  explicit ChildOutput(script::OutputFormat format) : format_(format) {}
+  // Marked text of `pid`'s `text`; a line it does not end waits for the rest.
+  std::string mark(std::uint32_t pid, std::string_view text) {
+    std::string& partial = partial_[pid];
+    partial.append(text);
+    std::string out;
+    std::size_t start = 0;
+    for (std::size_t nl; (nl = partial.find('\n', start)) != std::string::npos; start = nl + 1)
+      mark_line(out, pid, std::string_view(partial).substr(start, nl - start));
+    partial.erase(0, start);
+    return out;
+  }
+  // The lines that never ended.
+  std::string finish() {
+    std::string out;
+    for (auto& [pid, partial] : partial_)
+      if (!partial.empty()) mark_line(out, pid, partial);
+    partial_.clear();
+    return out;
+  }
+
+ private:
+  void mark_line(std::string& out, std::uint32_t pid, std::string_view line) {
+    if (format_ == script::OutputFormat::json) {
+      out += fmt::format("{{\"type\": \"child\", \"pid\": {}, \"data\": \"", pid);
+      script::json_escape(out, line);
+      out += "\"}\n";
+    } else {
+      out += fmt::format("[pid {}] ", pid);
+      script::append_text_escaped(out, line);
+      out += "\n";
+    }
+  }
+  script::OutputFormat format_;
+  std::map<std::uint32_t, std::string> partial_;
 };
 
 int exit_code(int status) {
@@ -168,6 +253,29 @@ struct SharedMaps {
     children_pending = true;
     return agent::decode_map_data(payload, set, children);
   }
+  // The maps of a child that runs as another user: kept apart, printed marked as its own.
+  std::map<std::uint32_t, agent::MapRows> marked;
+  bool add_marked(std::uint32_t pid, std::string_view payload) {
+    if (!layout) return false;
+    auto& rows = marked[pid];
+    if (rows.size() != layout->runtime().maps->size()) rows.resize(layout->runtime().maps->size());
+    return agent::decode_map_data(payload, *layout->runtime().maps, rows);
+  }
+  // `pid`'s maps (all children's when 0), marked.
+  void print_marked(Output& out, ChildOutput& marks, std::uint32_t pid = 0) {
+    if (!layout) return;
+    for (auto it = marked.begin(); it != marked.end();) {
+      if (pid != 0 && it->first != pid) {
+        ++it;
+        continue;
+      }
+      std::string text = agent::print_merged(*layout->runtime().maps, out.format, it->second);
+      text.erase(0, text.find_first_not_of('\n'));  // the blank lines before a dump
+      out.text(marks.mark(it->first, text));
+      it = marked.erase(it);
+    }
+  }
+
   // The children's rows not merged into PROGRAM's print: printed alone, merged together.
   void print_children(Output& out) {
     if (!children_pending || !layout) return;
@@ -374,6 +482,8 @@ int run(const RunOptions& o) {
     return kExitError;
   }
   int bufsize = 1 << 20;
+  const int one = 1;  // each message says its sender (recv_from)
+  const bool creds = ::setsockopt(sv[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == 0;
   ::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
   ::setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
 
@@ -437,8 +547,49 @@ int run(const RunOptions& o) {
   std::uint64_t lost = 0;
   int status = 0;
   std::string msg;
+  Sender from;
+  ChildOutput marks(out.format);
+  // A followed child that runs as another user than hotprobe (it dropped privileges):
+  // what it sends is its own, never hotprobe's or PROGRAM's.
+  auto other_user = [&] {
+    if (!creds) return false;
+    if (!from.known) return true;
+    return from.pid != static_cast<std::uint32_t>(pid) &&
+           (from.uid != ::getuid() || from.gid != ::getgid());
+  };
+  auto handle_marked = [&](const std::string& m) {
+    std::string_view payload = std::string_view(m).substr(1);
+    switch (static_cast<agent::Msg>(m[0])) {
+      case agent::Msg::output:
+        out.text(marks.mark(from.pid, payload));
+        break;
+      case agent::Msg::error: {
+        std::string e;
+        script::append_text_escaped(e, payload);
+        std::fprintf(stderr,
+                     "hotprobe run: pid %u, a followed child running as uid %u, reported: %s\n",
+                     from.pid, from.uid, e.c_str());
+        break;
+      }
+      case agent::Msg::maps:
+        if (!maps.add_marked(from.pid, payload)) bad_map_data = true;
+        break;
+      case agent::Msg::done:
+        maps.print_marked(out, marks, from.pid);
+        break;
+      case agent::Msg::exec: {
+        std::size_t pos = 0;
+        if (agent::get<std::uint32_t>(payload, pos))
+          execs.emplace_back(from.pid, std::string(payload.substr(pos)));
+        break;
+      }
+      default:  // PROGRAM's own messages: not a child's to send
+        break;
+    }
+  };
   auto handle = [&](const std::string& m) {
     if (m.empty()) return;
+    if (other_user()) return handle_marked(m);
     std::string_view payload = std::string_view(m).substr(1);
     std::size_t pos = 0;
     switch (static_cast<agent::Msg>(m[0])) {
@@ -518,7 +669,7 @@ int run(const RunOptions& o) {
       }
     }
     if (sock >= 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
-      int r = agent::recv_message(sock, msg, MSG_DONTWAIT);
+      int r = recv_from(sock, msg, from, MSG_DONTWAIT);
       if (r == 1) {
         handle(msg);
         out.flush();
@@ -529,11 +680,13 @@ int run(const RunOptions& o) {
     }
   }
   // What the program's agent sent before it ended is in the socket: print it all.
-  while (sock >= 0 && agent::recv_message(sock, msg, MSG_DONTWAIT) == 1)
+  while (sock >= 0 && recv_from(sock, msg, from, MSG_DONTWAIT) == 1)
     handle(msg);
   // Ended without a final report (a signal, exit_group, SIGKILL): the maps from memory.
   if (attached && !agent_error) maps.print(out, source, copts, /*run_end=*/true);
   maps.print_children(out);
+  maps.print_marked(out, marks);
+  out.text(marks.finish());
   if (lost > 0) {
     if (out.format == script::OutputFormat::json)
       out.text(fmt::format("{{\"type\": \"lost_events\", \"data\": {{\"events\": {}}}}}\n", lost));

@@ -20,6 +20,7 @@
 // Locations are 1-based line and column, and a length in bytes (on that line).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include "script/ctypes.h"
+#include "script/format_spec.h"
 #include "script/program.h"
 
 namespace hotprobe::script::ast {
@@ -141,23 +143,6 @@ enum class BinaryOp : std::uint8_t {
   lor,   // || (short-circuit)
 };
 
-// One piece of a parsed printf format: literal text, then (unless conversion == 0)
-// one conversion. "%%" is folded into `text` as a single '%'.
-struct FormatPiece {
-  enum class Length : std::uint8_t { none, hh, h, l, ll, j, z, t };
-  std::string text;     // literal text before the conversion (escapes already decoded)
-  char conversion = 0;  // 'd' 'i' 'u' 'x' 'X' 'o' 'p' 's' 'c', or 0 for trailing text only
-  bool left = false;    // '-'
-  bool plus = false;    // '+'
-  bool space = false;   // ' '
-  bool alt = false;     // '#'
-  bool zero = false;    // '0'
-  int width = -1;       // -1: none
-  int precision = -1;   // -1: none
-  Length length = Length::none;
-  int arg = -1;  // index of the argument in the call's args (1-based: args[0] is the format)
-};
-
 struct Expr;
 using ExprPtr = std::unique_ptr<Expr>;
 
@@ -201,10 +186,10 @@ struct Expr {
   bool increment = true;  // incdec: ++ (true) or -- (false)
   bool prefix = false;    // incdec: ++x (true; value after) or x++ (false; value before)
   std::vector<ExprPtr> args;
-  std::vector<FormatPiece> format;  // printf: the parsed format [check]
-  int height = 1;      // of this subtree: 1 for a leaf (script/parser.h: kMaxExprDepth)
-  int cast_type = -1;  // cast, sizeof_, offsetof_: a type of Program::types
-  bool arrow = false;  // field: `->`
+  std::vector<FormatSpec> format;  // printf: the parsed format [check]
+  int height = 1;                  // of this subtree: 1 for a leaf (script/parser.h: kMaxExprDepth)
+  int cast_type = -1;              // cast, sizeof_, offsetof_: a type of Program::types
+  bool arrow = false;              // field: `->`
 
   // [check]
   Type type = Type::none;
@@ -327,17 +312,22 @@ inline std::vector<Probe> flatten_probes(const Program& program) {
 }
 
 // Names for messages and printing.
+// The names of the builtins and the functions, in their enums' order: the checker
+// resolves names with them ("did you mean" too), messages print them.
+inline constexpr std::array<std::string_view, 17> kBuiltinNames = {
+    "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
+    "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
+inline constexpr std::array<std::string_view, 16> kFuncNames = {
+    "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
+    "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};
+static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::gid) + 1);
+static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::str) + 1);
+
 inline std::string_view to_string(Builtin b) {
-  static constexpr std::string_view kNames[] = {
-      "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
-      "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
-  return kNames[static_cast<int>(b)];
+  return kBuiltinNames[static_cast<std::size_t>(b)];
 }
 inline std::string_view to_string(Func f) {
-  static constexpr std::string_view kNames[] = {
-      "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
-      "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};
-  return kNames[static_cast<int>(f)];
+  return kFuncNames[static_cast<std::size_t>(f)];
 }
 inline std::string_view to_string(MapKind k) {
   static constexpr std::string_view kNames[] = {"none",  "count", "sum",   "avg",   "min",   "max",

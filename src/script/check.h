@@ -20,8 +20,7 @@ void check(ast::Program& program, Diagnostics& diags);
 
 // Parses a printf format (escapes already decoded) into pieces; problems (unknown
 // conversion, a lone '%' at the end) are reported at `loc`, the format literal.
-std::vector<ast::FormatPiece> parse_format(std::string_view format, ast::Loc loc,
-                                           Diagnostics& diags);
+std::vector<FormatSpec> parse_format(std::string_view format, ast::Loc loc, Diagnostics& diags);
 
 // parse() then check(): the whole front end. Errors: every diagnostic, rendered.
 Result<ast::Program> parse_and_check(std::string_view src, std::string_view filename = "-e");

@@ -134,6 +134,10 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
 std::int64_t monotonic_ns();
 bool clock_uses_tsc();
 
+// str()'s default and largest length, bpftrace's BPFTRACE_STRLEN default (string values
+// themselves hold up to kStrBytes, for `probe` and `func`).
+inline constexpr std::uint32_t kStrReadBytes = 64;
+
 // str(): reads a C string of at most `max` bytes (including the NUL) at `addr` in this
 // process without faulting; "" when it cannot be read.
 std::uint32_t read_user_string(std::uint64_t addr, std::uint32_t max, char* out);

@@ -46,7 +46,8 @@ bool key_less(const MapDesc& d, const Row& a, const Row& b) {
   return false;
 }
 
-std::string key_text(const MapDesc& d, const Row& r, const char* sep) {
+// `escape`: program strings shown as text output shows them (append_text_escaped).
+std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escape) {
   std::string s;
   std::size_t w = 0;
   bool first = true;
@@ -54,7 +55,10 @@ std::string key_text(const MapDesc& d, const Row& r, const char* sep) {
     if (!first) s += sep;
     first = false;
     if (is_str) {
-      s += get_string(&r.key[w]);
+      if (escape)
+        append_text_escaped(s, get_string(&r.key[w]));
+      else
+        s += get_string(&r.key[w]);
       w += kStrWords;
     } else {
       s += std::to_string(as_signed(r.key[w]));
@@ -229,8 +233,106 @@ std::string lhist_text(std::span<const std::uint64_t> v, std::int64_t min, std::
   return s;
 }
 
+namespace {
+
+// The length of the valid UTF-8 sequence at s[i] and its code point; 0 when the bytes there
+// are not one (a lone continuation byte, a truncated sequence, an overlong form, a
+// surrogate, a code point past U+10FFFF).
+std::size_t utf8_at(std::string_view s, std::size_t i, char32_t& cp) {
+  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  const unsigned char c = b(0);
+  std::size_t n;
+  char32_t min;
+  if (c < 0x80) {
+    cp = c;
+    return 1;
+  } else if ((c & 0xe0) == 0xc0) {
+    n = 2, cp = c & 0x1f, min = 0x80;
+  } else if ((c & 0xf0) == 0xe0) {
+    n = 3, cp = c & 0x0f, min = 0x800;
+  } else if ((c & 0xf8) == 0xf0) {
+    n = 4, cp = c & 0x07, min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size()) return 0;
+  for (std::size_t k = 1; k < n; ++k) {
+    if ((b(k) & 0xc0) != 0x80) return 0;
+    cp = (cp << 6) | (b(k) & 0x3f);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  return n;
+}
+
+// What a terminal may act on: C0 controls but tab and newline, DEL, the C1 controls.
+bool is_terminal_control(char32_t cp) {
+  return (cp < 0x20 && cp != '\t' && cp != '\n') || (cp >= 0x7f && cp <= 0x9f);
+}
+
+// Walks `s` as text output shows it: `raw(piece)` for what passes unchanged, `byte(b)` for
+// each byte written as \xNN.
+template <class Raw, class Byte>
+void walk_text_escaped(std::string_view s, Raw raw, Byte byte) {
+  std::size_t start = 0, i = 0;
+  while (i < s.size()) {
+    char32_t cp;
+    const std::size_t n = utf8_at(s, i, cp);
+    if (n != 0 && !is_terminal_control(cp)) {
+      i += n;
+      continue;
+    }
+    if (i > start) raw(s.substr(start, i - start));
+    const std::size_t bad = n == 0 ? 1 : n;  // an invalid byte alone, a control whole
+    for (std::size_t k = 0; k < bad; ++k)
+      byte(static_cast<unsigned char>(s[i + k]));
+    i += bad;
+    start = i;
+  }
+  if (i > start) raw(s.substr(start, i - start));
+}
+
+}  // namespace
+
+std::size_t text_escaped_size(std::string_view s) {
+  std::size_t n = 0;
+  walk_text_escaped(
+      s, [&](std::string_view piece) { n += piece.size(); }, [&](unsigned char) { n += 4; });
+  return n;
+}
+
+void append_text_escaped(std::string& out, std::string_view s) {
+  walk_text_escaped(
+      s, [&](std::string_view piece) { out.append(piece); },
+      [&](unsigned char b) {
+        static constexpr char kHex[] = "0123456789abcdef";
+        const char e[4] = {'\\', 'x', kHex[b >> 4], kHex[b & 15]};
+        out.append(e, 4);
+      });
+}
+
 void json_escape(std::string& out, std::string_view str) {
-  for (char c : str) {
+  std::size_t i = 0;
+  while (i < str.size()) {
+    char32_t cp;
+    const std::size_t n = utf8_at(str, i, cp);
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";  // U+FFFD for each byte that is not valid UTF-8
+      ++i;
+      continue;
+    }
+    if (is_terminal_control(cp) && cp >= 0x7f) {  // DEL and C1: legal, but escaped too
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(cp));
+      out += buf;
+      i += n;
+      continue;
+    }
+    if (n > 1) {
+      out.append(str.substr(i, n));
+      i += n;
+      continue;
+    }
+    const char c = str[i++];
     switch (c) {
       case '"':
         out += "\\\"";
@@ -302,8 +404,12 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
                     : lhist_text(r.value, d.lhist_min, d.lhist_max, d.lhist_step);
       case ValueKind::string: {
         std::string_view sv = get_string(r.value.data());
-        if (!json) return std::string(sv);
-        std::string q = "\"";
+        std::string q;
+        if (!json) {
+          append_text_escaped(q, sv);
+          return q;
+        }
+        q = "\"";
         json_escape(q, sv);
         return q + "\"";
       }
@@ -325,7 +431,7 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
       first = false;
       if (keyed) {
         out += "\"";
-        json_escape(out, key_text(d, r, ","));
+        json_escape(out, key_text(d, r, ",", false));
         out += "\": ";
       }
       out += value_str(r);
@@ -340,7 +446,7 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
     if (!first) out += "\n";  // bpftrace joins the elements with "\n"
     first = false;
     out += d.name;
-    if (keyed) out += "[" + key_text(d, r, ", ") + "]";
+    if (keyed) out += "[" + key_text(d, r, ", ", true) + "]";
     out += ": ";
     if (is_hist) out += "\n";
     out += value_str(r);  // hist bodies end with a newline, other values do not
@@ -351,7 +457,26 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
 
 namespace {
 
-void format_one(std::string& out, const FormatSpec& f, const FmtArg& a) {
+// `s` padded to `f`'s width, after `f`'s precision cut it, its terminal controls escaped.
+void format_escaped(std::string& out, const FormatSpec& f, std::string_view s) {
+  if (f.precision >= 0 && static_cast<std::size_t>(f.precision) < s.size())
+    s = s.substr(0, static_cast<std::size_t>(f.precision));
+  const std::size_t len = text_escaped_size(s);
+  const std::size_t pad =
+      f.width > 0 && static_cast<std::size_t>(f.width) > len ? f.width - len : 0;
+  if (!f.left) out.append(pad, ' ');
+  append_text_escaped(out, s);
+  if (f.left) out.append(pad, ' ');
+}
+
+void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool escape) {
+  if (escape && f.conversion == 's') return format_escaped(out, f, a.s);
+  if (escape && f.conversion == 'c') {
+    const char c = static_cast<char>(a.i);
+    if (text_escaped_size(std::string_view(&c, 1)) != 1)
+      return format_escaped(out, FormatSpec{{}, 's', f.left, false, false, false, false, f.width},
+                            std::string_view(&c, 1));
+  }
   char spec[32];
   std::size_t n = 0;
   spec[n++] = '%';
@@ -390,7 +515,7 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a) {
                         reinterpret_cast<void*>(static_cast<std::uintptr_t>(a.i)));
   } else {
     const bool is_signed = c == 'd' || c == 'i';
-    if (f.length >= 3) {
+    if (f.length >= FormatSpec::Length::l) {
       spec[n++] = 'l';
       spec[n++] = 'l';
       spec[n++] = c;
@@ -404,9 +529,9 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a) {
       spec[n] = 0;
       // bpftrace passes the argument as an int of the modifier's width.
       std::int64_t v = a.i;
-      if (f.length == 2) {
+      if (f.length == FormatSpec::Length::h) {
         v = is_signed ? static_cast<std::int16_t>(v) : static_cast<std::uint16_t>(v);
-      } else if (f.length == 1) {
+      } else if (f.length == FormatSpec::Length::hh) {
         v = is_signed ? static_cast<std::int8_t>(v) : static_cast<std::uint8_t>(v);
       }
       if (is_signed)
@@ -421,14 +546,14 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a) {
 
 }  // namespace
 
-void format_printf(std::string& out, std::span<const FormatSpec> spec,
-                   std::span<const FmtArg> args) {
+void format_printf(std::string& out, std::span<const FormatSpec> spec, std::span<const FmtArg> args,
+                   bool escape) {
   std::size_t next = 0;
   for (const FormatSpec& f : spec) {
     out += f.text;
     if (!f.conversion) continue;
     static const FmtArg kNone{};
-    format_one(out, f, next < args.size() ? args[next] : kNone);
+    format_one(out, f, next < args.size() ? args[next] : kNone, escape);
     ++next;
   }
 }
@@ -449,7 +574,7 @@ void append_message(std::string& out, std::string_view type, std::string_view te
 void append_value(std::string& out, const FmtArg& v, OutputFormat fmt) {
   if (fmt == OutputFormat::text) {
     if (v.is_string)
-      out += v.s;
+      append_text_escaped(out, v.s);
     else
       out += std::to_string(v.i);
     out += "\n";

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "script/format_spec.h"
 #include "script/maps.h"
 #include "script/program.h"
 
@@ -36,6 +37,15 @@ std::string lhist_text(std::span<const std::uint64_t> buckets, std::int64_t min,
 std::string hist_label(int power);      // 1, 2, ... 512, 1K ... 1M ... 1G ... 1T
 std::string lhist_label(std::int64_t);  // 0, 1K, 3M, 17
 
+// Strings from the traced program are data. In text output their terminal controls (C0
+// but tab and newline, DEL, C1) and the bytes that are not valid UTF-8 are written as
+// \xNN, so a program string cannot move the cursor, retitle the terminal or hide a line
+// with \r; the script's own format text is written as it is.
+void append_text_escaped(std::string& out, std::string_view s);
+std::size_t text_escaped_size(std::string_view s);  // what append_text_escaped appends
+
+// A JSON string's body: always valid UTF-8 (each invalid byte becomes U+FFFD), controls,
+// DEL and C1 as \u00XX.
 void json_escape(std::string& out, std::string_view s);
 
 // One argument of printf: an integer or a string.
@@ -45,18 +55,10 @@ struct FmtArg {
   bool is_string = false;
 };
 
-// printf's conversions, as bpftrace 0.17 passes them to the C library: no length modifier
-// is a 32-bit int, h 16-bit, hh 8-bit, l/ll/j/z/t 64-bit; %p is a pointer ("(nil)" for 0).
-struct FormatSpec {
-  std::string text;  // literal text before the conversion
-  char conversion = 0;
-  bool left = false, plus = false, space = false, alt = false, zero = false;
-  int width = -1, precision = -1;
-  std::uint8_t length = 0;  // 0 none, 1 hh, 2 h, 3 l (and ll j z t)
-};
 // Appends the formatted text (no JSON wrapping). Never allocates when `out` has capacity.
-void format_printf(std::string& out, std::span<const FormatSpec> spec,
-                   std::span<const FmtArg> args);
+// `escape` (text output): %s and %c arguments as append_text_escaped writes them.
+void format_printf(std::string& out, std::span<const FormatSpec> spec, std::span<const FmtArg> args,
+                   bool escape = false);
 // Wraps text as bpftrace does for an event of `type` ("printf", "time"): text unchanged,
 // json {"type": "TYPE", "data": "ESCAPED"}\n.
 void append_message(std::string& out, std::string_view type, std::string_view text,

@@ -137,9 +137,9 @@ TEST(ScriptCheck, FormatParsing) {
   EXPECT_EQ(f[1].text, "|");
   EXPECT_TRUE(f[1].plus);
   EXPECT_EQ(f[1].precision, 3);
-  EXPECT_EQ(f[2].length, ast::FormatPiece::Length::l);
-  EXPECT_EQ(f[3].length, ast::FormatPiece::Length::ll);
-  EXPECT_EQ(f[4].length, ast::FormatPiece::Length::hh);
+  EXPECT_EQ(f[2].length, FormatSpec::Length::l);
+  EXPECT_EQ(f[3].length, FormatSpec::Length::ll);
+  EXPECT_EQ(f[4].length, FormatSpec::Length::hh);
   EXPECT_EQ(f[5].text, " % ");
   EXPECT_EQ(f[5].width, 5);
   EXPECT_EQ(f[5].conversion, 's');

@@ -1,0 +1,54 @@
+// The builtins, one row each: the type the checker gives, and the node function the
+// lowerer picks. A new builtin is an ast::Builtin with its name (ast::kBuiltinNames), a
+// row here (in the enum's order) and its node function (run_nodes.*); which probes may
+// use it, where that is limited, is said in Checker::builtin (check_calls.cc).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string_view>
+
+#include "script/ast.h"
+#include "script/run_nodes.h"
+
+namespace hotprobe::script {
+
+struct BuiltinDef {
+  ast::Builtin id;
+  std::uint32_t str_size;  // 0: an integer; else a string of at most this many bytes
+  IntFn i;                 // the node function of an integer
+  StrFn s;                 // of a string
+};
+
+inline constexpr std::array<BuiltinDef, ast::kBuiltinNames.size()> kBuiltins = {{
+    {ast::Builtin::arg0, 0, nodes::i_arg<0>, nullptr},
+    {ast::Builtin::arg1, 0, nodes::i_arg<1>, nullptr},
+    {ast::Builtin::arg2, 0, nodes::i_arg<2>, nullptr},
+    {ast::Builtin::arg3, 0, nodes::i_arg<3>, nullptr},
+    {ast::Builtin::arg4, 0, nodes::i_arg<4>, nullptr},
+    {ast::Builtin::arg5, 0, nodes::i_arg<5>, nullptr},
+    {ast::Builtin::retval, 0, nodes::i_retval, nullptr},
+    {ast::Builtin::tid, 0, nodes::i_tid, nullptr},
+    {ast::Builtin::pid, 0, nodes::i_pid, nullptr},
+    {ast::Builtin::comm, ast::kCommSize, nullptr, nodes::s_comm},
+    {ast::Builtin::nsecs, 0, nodes::i_nsecs, nullptr},
+    {ast::Builtin::elapsed, 0, nodes::i_elapsed, nullptr},
+    {ast::Builtin::func, ast::kDefaultStrSize, nullptr, nodes::s_func},
+    {ast::Builtin::probe, ast::kDefaultStrSize, nullptr, nodes::s_probe},
+    {ast::Builtin::cpu, 0, nodes::i_cpu, nullptr},
+    {ast::Builtin::uid, 0, nodes::i_uid, nullptr},
+    {ast::Builtin::gid, 0, nodes::i_gid, nullptr},
+}};
+
+constexpr bool builtins_in_enum_order() {
+  for (std::size_t k = 0; k < kBuiltins.size(); ++k)
+    if (static_cast<std::size_t>(kBuiltins[k].id) != k) return false;
+  return true;
+}
+static_assert(builtins_in_enum_order(), "kBuiltins: one row per ast::Builtin, in its order");
+
+inline const BuiltinDef& builtin_def(ast::Builtin b) {
+  return kBuiltins[static_cast<std::size_t>(b)];
+}
+
+}  // namespace hotprobe::script

@@ -1,0 +1,292 @@
+// The check pass: calls and builtins (check_pass.h).
+#include <algorithm>
+#include <string>
+
+#include "script/check.h"
+#include "script/check_pass.h"
+#include "script/parser.h"
+
+namespace hotprobe::script::checking {
+
+bool Checker::resolve_func(Expr& call) {
+  for (std::size_t i = 0; i < kFuncNames.size(); ++i) {
+    if (call.name == kFuncNames[i]) {
+      call.func = static_cast<Func>(i);
+      return true;
+    }
+  }
+  return false;
+}
+
+Value Checker::builtin(Expr& e) {
+  std::size_t i = 0;
+  while (i < kBuiltinNames.size() && e.name != kBuiltinNames[i])
+    ++i;
+  if (i == kBuiltinNames.size()) {
+    auto en = program_.types.enumerators.find(e.name);
+    if (en != program_.types.enumerators.end()) {
+      e.kind = Expr::Kind::integer;
+      e.value = en->second;
+      return Value::integer();
+    }
+    // A function name written without its parentheses.
+    for (std::string_view f : kFuncNames) {
+      if (e.name == f) {
+        error(e.loc, "unknown identifier '" + e.name + "' (did you mean '" + e.name + "()'?)");
+        return Value::bad();
+      }
+    }
+    error(e.loc, "unknown identifier '" + e.name + "'" + did_you_mean(e.name, kBuiltinNames));
+    return Value::bad();
+  }
+  e.builtin = static_cast<Builtin>(i);
+  auto bad_probe = [&](auto allowed) -> const ast::AttachPoint* {
+    for (const ast::AttachPoint& p : action_->probes) {
+      if (!allowed(p.probe.kind)) return &p;
+    }
+    return nullptr;
+  };
+  const ast::AttachPoint* bad = nullptr;
+  switch (e.builtin) {
+    case Builtin::arg0:
+    case Builtin::arg1:
+    case Builtin::arg2:
+    case Builtin::arg3:
+    case Builtin::arg4:
+    case Builtin::arg5:
+      bad = bad_probe([](Probe::Kind k) { return k == Probe::Kind::uprobe; });
+      if (bad) {
+        error(e.loc, "The " + e.name + " builtin can only be used with 'uprobes' probes (not '" +
+                         std::string(probe_kind_name(bad->probe.kind)) + "')");
+        return Value::bad();
+      }
+      break;
+    case Builtin::retval:
+      bad = bad_probe([](Probe::Kind k) { return k == Probe::Kind::uretprobe; });
+      if (bad) {
+        error(e.loc, "The retval builtin can only be used with 'uretprobe' probes (not '" +
+                         std::string(probe_kind_name(bad->probe.kind)) + "')");
+        return Value::bad();
+      }
+      break;
+    case Builtin::func:
+      bad = bad_probe(
+          [](Probe::Kind k) { return k == Probe::Kind::uprobe || k == Probe::Kind::uretprobe; });
+      if (bad) {
+        error(e.loc,
+              "The func builtin can only be used with 'uprobe' and 'uretprobe' probes "
+              "(not '" +
+                  std::string(probe_kind_name(bad->probe.kind)) + "')");
+        return Value::bad();
+      }
+      break;
+    default:
+      break;
+  }
+  const BuiltinDef& def = builtin_def(e.builtin);
+  return def.str_size ? Value::string(def.str_size) : Value::integer();
+}
+
+// The argument of print/clear/zero/delete: a map (whole, or one element for delete).
+bool Checker::map_argument(Expr& call, bool with_keys) {
+  std::string name(ast::to_string(call.func));
+  if (call.args.size() != 1 && !(call.func == Func::print && call.args.size() <= 3)) {
+    error(call.loc,
+          name + "() requires one argument (" + std::to_string(call.args.size()) + " provided)");
+    return false;
+  }
+  Expr& m = *call.args[0];
+  if (m.kind != Expr::Kind::map) {
+    error(call.loc, name + "() expects a map to be provided");
+    return false;
+  }
+  if (!with_keys && !m.args.empty()) {
+    error(m.loc, name + "() expects a whole map: write " + name + "(" + m.name + ")");
+    return false;
+  }
+  Value v = map_read(m, !with_keys);
+  annotate(m, v);
+  if (with_keys && !v.error) {
+    const ast::MapInfo& info = program_.maps[static_cast<std::size_t>(m.map_id)];
+    if (info.key_types.size() != m.args.size()) {
+      // map_read already reported an arity mismatch when keys were given.
+      if (m.args.empty()) {
+        error(m.loc, "delete() of " + m.name + " needs its keys: delete(" + m.name + "[...])");
+      }
+      return false;
+    }
+  }
+  return !v.error;
+}
+
+Value Checker::call(Expr& e, Context ctx) {
+  if (!resolve_func(e)) {
+    for (std::string_view b : kBuiltinNames) {
+      if (e.name == b) {
+        error(e.loc, "'" + e.name + "' is a builtin, not a function: write " + e.name);
+        return Value::bad();
+      }
+    }
+    error(e.loc, "unknown function '" + e.name + "'" + did_you_mean(e.name, kFuncNames));
+    for (auto& a : e.args)
+      expr(*a, Context::value);
+    return Value::bad();
+  }
+  std::string name(ast::to_string(e.func));
+  std::size_t n = e.args.size();
+  if (ast::is_aggregation(e.func)) {
+    error(e.loc, name + "() should be directly assigned to a map");
+    return Value::bad();
+  }
+  auto no_value = [&]() {
+    if (ctx == Context::value) return Value{Type::none, MapKind::none, 0, false};
+    return Value{};
+  };
+  switch (e.func) {
+    case Func::del:
+      map_argument(e, true);
+      return no_value();
+    case Func::clear:
+    case Func::zero:
+      map_argument(e, false);
+      return no_value();
+    case Func::print: {
+      if (n == 0) {
+        error(e.loc, "print() requires at least one argument (0 provided)");
+        return Value::bad();
+      }
+      if (e.args[0]->kind == Expr::Kind::map && e.args[0]->args.empty()) {
+        if (map_argument(e, false)) {
+          for (std::size_t i = 1; i < n; ++i) {
+            std::int64_t c = 0;
+            if (!constant(*e.args[i], c) || c < 0) {
+              error(e.args[i]->loc,
+                    "print(): the top and div arguments are non-negative "
+                    "integer literals");
+            }
+            annotate(*e.args[i], Value::integer());
+          }
+        }
+        return no_value();
+      }
+      if (n != 1) {
+        error(e.loc, "print() of a value takes one argument (" + std::to_string(n) +
+                         " provided); top and div are for maps");
+        return Value::bad();
+      }
+      Value v = value(*e.args[0]);
+      if (!v.error && v.agg != MapKind::none) {
+        error(e.args[0]->loc,
+              "print() of one element of an aggregation map is not "
+              "supported: print the whole map, print(" +
+                  e.args[0]->name + ")");
+      }
+      return no_value();
+    }
+    case Func::printf:
+      return printf_call(e, ctx);
+    case Func::time:
+      if (n > 1 || (n == 1 && e.args[0]->kind != Expr::Kind::string)) {
+        error(e.loc, "time() takes no argument or one string literal (a strftime format)");
+        return Value::bad();
+      }
+      if (n == 1)
+        annotate(*e.args[0], Value::string(static_cast<std::uint32_t>(e.args[0]->text.size() + 1)));
+      return no_value();
+    case Func::exit:
+      if (n != 0) {
+        error(e.loc, "exit() requires no arguments (" + std::to_string(n) + " provided)");
+        return Value::bad();
+      }
+      return no_value();
+    case Func::str: {
+      if (n < 1 || n > 2) {
+        error(e.loc, "str() requires one or two arguments (" + std::to_string(n) + " provided)");
+        return Value::bad();
+      }
+      Value p = value(*e.args[0]);
+      bool ok = !p.error;
+      if (ok && !p.is_int() && !p.is_str()) {
+        error(e.args[0]->loc,
+              "str() expects an integer pointer or a string as its first "
+              "argument (" +
+                  printf_type_name(p) + " provided)");
+        ok = false;
+      }
+      std::uint32_t size = p.is_str() ? p.size : ast::kDefaultStrSize;
+      if (n == 2) {
+        Value len = value(*e.args[1]);
+        if (!len.error && !len.is_int()) {
+          error(e.args[1]->loc,
+                "str() expects an integer length (" + printf_type_name(len) + " provided)");
+          ok = false;
+        }
+        std::int64_t c = 0;
+        if (constant(*e.args[1], c) && c >= 0 && c < ast::kDefaultStrSize) {
+          size = static_cast<std::uint32_t>(c) + 1;
+        }
+      }
+      if (!ok) return Value::bad();
+      return Value::string(size);
+    }
+    default:
+      break;
+  }
+  return Value::bad();
+}
+
+Value Checker::printf_call(Expr& e, Context ctx) {
+  std::size_t n = e.args.size();
+  if (n == 0) {
+    error(e.loc, "printf() requires at least one argument (0 provided)");
+    return Value::bad();
+  }
+  if (n - 1 > ast::kMaxPrintfArgs) {
+    error(e.loc, "printf() can only take up to " + std::to_string(ast::kMaxPrintfArgs) +
+                     " arguments after its format (" + std::to_string(n - 1) +
+                     " provided): split it into several printf() calls");
+    return Value::bad();
+  }
+  std::vector<Value> args;
+  for (auto& a : e.args)
+    args.push_back(value(*a));
+  if (e.args[0]->kind != Expr::Kind::string) {
+    if (!args[0].error) {
+      error(e.loc,
+            "printf() expects a string literal (" + printf_type_name(args[0]) + " provided)");
+    }
+    return Value::bad();
+  }
+  std::size_t before = diags_.size();
+  e.format = parse_format(e.args[0]->text, e.args[0]->loc, diags_);
+  if (diags_.size() != before) return Value::bad();
+  std::size_t conversions = 0;
+  for (const FormatSpec& p : e.format) {
+    if (p.conversion != 0) ++conversions;
+  }
+  if (n - 1 < conversions) {
+    error(e.loc, "printf: Not enough arguments for format string (" + std::to_string(n - 1) +
+                     " supplied, " + std::to_string(conversions) + " expected)");
+    return Value::bad();
+  }
+  if (n - 1 > conversions) {
+    error(e.loc, "printf: Too many arguments for format string (" + std::to_string(n - 1) +
+                     " supplied, " + std::to_string(conversions) + " expected)");
+    return Value::bad();
+  }
+  for (FormatSpec& p : e.format) {
+    if (p.conversion == 0) continue;
+    const Value& v = args[static_cast<std::size_t>(p.arg)];
+    if (v.error) continue;
+    bool want_string = p.conversion == 's';
+    if (want_string ? !v.is_str() : !v.is_int()) {
+      error(e.loc, std::string("printf: %") + p.conversion + " specifier expects a value of type " +
+                       (want_string ? "string" : "integer") + " (" + printf_type_name(v) +
+                       " supplied)");
+    }
+  }
+  if (ctx == Context::value) return Value{Type::none, MapKind::none, 0, false};
+  return Value{};
+}
+
+}  // namespace hotprobe::script::checking

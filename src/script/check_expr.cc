@@ -1,0 +1,436 @@
+// The check pass: expressions (check_pass.h).
+#include <algorithm>
+#include <string>
+
+#include "script/check_pass.h"
+#include "script/parser.h"
+
+namespace hotprobe::script::checking {
+
+// A value in an expression (operand, argument, assigned value, condition).
+Value Checker::value(Expr& e) {
+  Value v = expr(e, Context::value);
+  if (!v.error && v.type == Type::none && v.agg == MapKind::none) return no_value(e);
+  if (!v.error && v.type == Type::object) return object_value(e, v);
+  return v;
+}
+
+// An object used as a value: a char array (any array of 1-byte integers) reads as a
+// string, as bpftrace reads it; a struct or another array cannot be a value.
+Value Checker::object_value(Expr& e, const Value& v) {
+  const ast::TypeTable& T = program_.types;
+  const ast::CType& c = T.at(v.ctype);
+  if (c.kind == ast::CType::Kind::array && T.at(c.inner).kind == ast::CType::Kind::integer &&
+      T.at(c.inner).size == 1) {
+    Value s = Value::string(std::min<std::uint32_t>(c.count + 1, ast::kDefaultStrSize));
+    e.type = Type::string;
+    e.str_size = s.size;
+    e.ctype = v.ctype;  // the lowering reads c.count bytes
+    return s;
+  }
+  error(e.loc, "'" + T.name(v.ctype) + "' cannot be used as a value: read one of its " +
+                   (c.kind == ast::CType::Kind::array ? "elements ([i])" : "fields (.name)"));
+  return Value::bad();
+}
+
+// What reading memory of type `t` yields: an integer (typed), or an object.
+Value Checker::memory_value(Expr& e, int t) {
+  const ast::TypeTable& T = program_.types;
+  const ast::CType& c = T.at(t);
+  switch (c.kind) {
+    case ast::CType::Kind::void_:
+      error(e.loc,
+            "cannot read a value of type void: cast the pointer to a typed one, e.g. "
+            "*(uint64 *)p");
+      return Value::bad();
+    case ast::CType::Kind::integer:
+    case ast::CType::Kind::pointer:
+      return Value::typed(t);
+    case ast::CType::Kind::array:
+    case ast::CType::Kind::record:
+      if (!T.is_complete(t)) {
+        error(e.loc, "'" + T.name(t) + "' is incomplete: define it in the script (" + T.name(t) +
+                         " { ... };) before reading it");
+        return Value::bad();
+      }
+      return Value::object(t);
+  }
+  return Value::bad();
+}
+
+// The pointee of pointer value `p` (else an error naming the way out).
+int Checker::pointee(Expr& e, const Value& p, std::string_view what) {
+  const ast::TypeTable& T = program_.types;
+  if (p.ctype >= 0 && T.at(p.ctype).kind == ast::CType::Kind::pointer) return T.at(p.ctype).inner;
+  error(e.loc, "Can not " + std::string(what) + " type '" + cname(p.ctype) +
+                   "': it is not a pointer (cast it to one first, e.g. *(uint64 *)arg0 or "
+                   "((struct foo *)arg0)->field)");
+  return -1;
+}
+
+Value Checker::cast(Expr& e) {
+  Value v = value(*e.args[0]);
+  if (v.error) return v;
+  const ast::TypeTable& T = program_.types;
+  const ast::CType& c = T.at(e.cast_type);
+  if (!v.is_int()) {
+    error(e.loc, "Cannot cast from '" + type_name(v) + "' to '" + T.name(e.cast_type) +
+                     "' (only integers and pointers are cast)");
+    return Value::bad();
+  }
+  if (c.kind == ast::CType::Kind::integer || c.kind == ast::CType::Kind::pointer)
+    return Value::typed(e.cast_type);
+  error(e.loc, "Cannot cast to '" + T.name(e.cast_type) + "'" +
+                   (c.kind == ast::CType::Kind::record
+                        ? " (cast to a pointer and read through it: ((" + T.name(e.cast_type) +
+                              " *)arg0)->field)"
+                        : std::string(" (cast to an integer or a pointer type)")));
+  return Value::bad();
+}
+
+Value Checker::deref(Expr& e) {
+  Value p = value(*e.args[0]);
+  if (p.error) return p;
+  const int t = pointee(e, p, "dereference");
+  if (t < 0) return Value::bad();
+  return memory_value(e, t);
+}
+
+Value Checker::field(Expr& e) {
+  Value base = expr(*e.args[0], Context::value);
+  if (base.error) return base;
+  const ast::TypeTable& T = program_.types;
+  int rec_type = -1;
+  if (e.arrow) {
+    if (base.type == Type::object) {
+      error(e.loc, "Can not access field '" + e.name + "' on type '" + cname(base.ctype) +
+                       "' with '->': it is not a pointer (use '.')");
+      return Value::bad();
+    }
+    if (!base.is_int()) {
+      error(e.loc, "Can not access field '" + e.name + "' on a " + type_name(base));
+      return Value::bad();
+    }
+    rec_type = pointee(e, base, "access field '" + e.name + "' on");
+    if (rec_type < 0) return Value::bad();
+    if (!T.is_complete(rec_type)) return memory_value(e, rec_type);
+  } else {
+    if (base.type != Type::object) {
+      const bool ptr = base.ctype >= 0 && T.at(base.ctype).kind == ast::CType::Kind::pointer;
+      error(e.loc, "Can not access field '" + e.name + "' on type '" +
+                       (base.is_int() ? cname(base.ctype) : type_name(base)) + "'" +
+                       (ptr ? ". Try dereferencing it first, or using '->'" : ""));
+      return Value::bad();
+    }
+    rec_type = base.ctype;
+  }
+  const ast::CType& rc = T.at(rec_type);
+  if (rc.kind != ast::CType::Kind::record) {
+    error(e.loc, "Can not access field '" + e.name + "' on type '" + T.name(rec_type) +
+                     "': it is not a struct or union");
+    return Value::bad();
+  }
+  std::uint32_t off = 0;
+  const ast::Field* f = T.field(rc.record, e.name, off);
+  if (!f) {
+    std::vector<std::string_view> names;
+    for (const ast::Field& g : T.records[static_cast<std::size_t>(rc.record)].fields)
+      names.push_back(g.name);
+    error(e.loc, "'" + T.name(rec_type) + "' has no field named '" + e.name + "'" +
+                     did_you_mean(e.name, names));
+    return Value::bad();
+  }
+  return memory_value(e, f->type);
+}
+
+Value Checker::index(Expr& e) {
+  Value base = expr(*e.args[0], Context::value);
+  Value i = value(*e.args[1]);
+  if (base.error || i.error) return Value::bad();
+  if (!i.is_int()) {
+    error(e.args[1]->loc, "The array index must be an integer (" + type_name(i) + " provided)");
+    return Value::bad();
+  }
+  const ast::TypeTable& T = program_.types;
+  if (base.type == Type::object && T.at(base.ctype).kind == ast::CType::Kind::array)
+    return memory_value(e, T.at(base.ctype).inner);
+  if (base.type == Type::object || !base.is_int()) {
+    error(e.loc, "The [] operator can not be used on type '" +
+                     (base.type == Type::object ? cname(base.ctype) : type_name(base)) +
+                     "' (index an array or a pointer)");
+    return Value::bad();
+  }
+  const int t = pointee(e, base, "index");
+  if (t < 0) return Value::bad();
+  return memory_value(e, t);
+}
+
+// sizeof and offsetof fold to an integer literal.
+Value Checker::size_or_offset(Expr& e) {
+  const ast::TypeTable& T = program_.types;
+  std::int64_t result = 0;
+  if (e.kind == Expr::Kind::sizeof_) {
+    int t = e.cast_type;
+    if (t < 0) {
+      Value v = expr(*e.args[0], Context::value);
+      if (v.error) return v;
+      if (v.type == Type::string) {
+        result = v.size;
+      } else if (v.ctype >= 0) {
+        t = v.ctype;
+      } else {
+        result = 8;
+      }
+    }
+    if (t >= 0) {
+      if (!T.is_complete(t) && T.at(t).kind != ast::CType::Kind::void_) {
+        error(e.loc, "sizeof of incomplete type '" + T.name(t) + "' (define it first)");
+        return Value::bad();
+      }
+      result = T.size_of(t);
+    }
+  } else {
+    int t = e.cast_type;
+    std::size_t start = 0;
+    for (;;) {
+      const std::size_t dot = e.name.find('.', start);
+      const std::string part = e.name.substr(start, dot - start);
+      if (T.at(t).kind != ast::CType::Kind::record || !T.is_complete(t)) {
+        error(e.loc, "offsetof: '" + T.name(t) + "' is not a defined struct or union");
+        return Value::bad();
+      }
+      std::uint32_t off = 0;
+      const ast::Field* f = T.field(T.at(t).record, part, off);
+      if (!f) {
+        error(e.loc, "offsetof: '" + T.name(t) + "' has no field named '" + part + "'");
+        return Value::bad();
+      }
+      result += off;
+      t = f->type;
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+  }
+  e.kind = Expr::Kind::integer;
+  e.value = result;
+  e.args.clear();
+  return Value::integer();
+}
+
+Value Checker::no_value(Expr& e) {
+  error(e.loc, std::string(ast::to_string(e.func)) +
+                   "() returns no value: it cannot be used in an expression");
+  return Value::bad();
+}
+
+Value Checker::expr(Expr& e, Context ctx) {
+  Value v = expr_inner(e, ctx);
+  annotate(e, v);
+  return v;
+}
+
+Value Checker::variable(Expr& e) {
+  ast::VarInfo* var = find_var(e.name);
+  if (!var) {
+    undefined_variable(e);
+    return Value::bad();
+  }
+  e.slot = var->slot;
+  return Value{var->type, MapKind::none, var->str_size, false, var->ctype};
+}
+
+Value Checker::unary(Expr& e) {
+  Value v = value(*e.args[0]);
+  if (v.error) return v;
+  if (!v.is_int()) {
+    error(e.loc, "The " + std::string(ast::to_string(e.unary)) +
+                     " operator can not be used on expressions of type " + type_name(v));
+    return Value::bad();
+  }
+  return Value::integer();
+}
+
+Value Checker::ternary(Expr& e) {
+  Value c = value(*e.args[0]);
+  Value a = value(*e.args[1]);
+  Value b = value(*e.args[2]);
+  if (!c.error && !c.is_int()) {
+    error(e.args[0]->loc, "Invalid condition in ternary: " + type_name(c));
+  }
+  if (a.error || b.error) return Value::bad();
+  if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
+    error(e.loc, "Ternary operator branches must have the same type: '" + type_name(a) + "' and '" +
+                     type_name(b) + "'");
+    return Value::bad();
+  }
+  if (c.error) return Value::bad();
+  return Value{a.type, MapKind::none, std::max(a.size, b.size), false,
+               a.ctype == b.ctype ? a.ctype : -1};
+}
+
+Value Checker::incdec(Expr& e) {
+  Expr& t = *e.args[0];
+  std::string op = e.increment ? "++" : "--";
+  if (t.kind == Expr::Kind::variable) {
+    ast::VarInfo* var = find_var(t.name);
+    if (!var) {
+      undefined_variable(t);
+      return Value::bad();
+    }
+    t.slot = var->slot;
+    t.type = var->type;
+    if (var->type != Type::integer) {
+      error(e.loc, "The " + op + " operator can not be used on " + t.name + " (it holds a string)");
+      return Value::bad();
+    }
+    return Value::integer();
+  }
+  ast::MapInfo& m = map_of(t, false);
+  if (m.kind == MapKind::none) m.kind = MapKind::integer;
+  annotate_map(t);
+  if (m.kind != MapKind::integer) {
+    error(e.loc, "The " + op + " operator can not be used on " + m.name + " (it holds '" +
+                     map_type_name(m) + "', not int64)");
+    return Value::bad();
+  }
+  return Value::integer();
+}
+
+// Each kind's work is out of line: the recursion through expr_inner() (once per nesting
+// level) keeps a narrow frame (parser.h: the stack every pass may use).
+Value Checker::expr_inner(Expr& e, Context ctx) {
+  switch (e.kind) {
+    case Expr::Kind::integer:
+      return Value::integer();
+    case Expr::Kind::string:
+      return Value::string(static_cast<std::uint32_t>(e.text.size() + 1));
+    case Expr::Kind::builtin:
+      return builtin(e);
+    case Expr::Kind::variable:
+      return variable(e);
+    case Expr::Kind::map:
+      return map_read(e, false);
+    case Expr::Kind::unary:
+      return unary(e);
+    case Expr::Kind::binary:
+      return binary(e);
+    case Expr::Kind::ternary:
+      return ternary(e);
+    case Expr::Kind::call:
+      return call(e, ctx);
+    case Expr::Kind::incdec:
+      return incdec(e);
+    case Expr::Kind::cast:
+      return cast(e);
+    case Expr::Kind::deref:
+      return deref(e);
+    case Expr::Kind::field:
+      return field(e);
+    case Expr::Kind::index:
+      return index(e);
+    case Expr::Kind::sizeof_:
+    case Expr::Kind::offsetof_:
+      return size_or_offset(e);
+  }
+  return Value::bad();
+}
+
+Value Checker::map_read(Expr& e, bool whole) {
+  ast::MapInfo& m = map_of(e, whole);
+  if (m.kind == MapKind::none) {
+    if (!silent_undefined_) {
+      std::vector<std::string_view> names;
+      for (const ast::MapInfo& other : program_.maps) {
+        if (other.kind != MapKind::none) names.push_back(other.name);
+      }
+      error(e.loc,
+            "Undefined map: " + e.name + " (it is never assigned)" + did_you_mean(e.name, names));
+    }
+    return Value::bad();
+  }
+  if (!whole && m.keyed && !m.key_types.empty() && e.args.empty()) {
+    error(e.loc, "Argument mismatch for " + m.name +
+                     ": trying to access with 0 arguments when it was previously accessed "
+                     "with " +
+                     std::to_string(m.key_types.size()));
+    return Value::bad();
+  }
+  if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
+  if (m.kind == MapKind::string) return Value::string(std::max(m.str_size, 1u));
+  return Value::typed(m.ctype);
+}
+
+// A chain a+b+c+... is a left-deep tree as tall as it is long: its left spine is walked
+// in a loop, so the checker's stack grows with nesting only (parser.h: kMaxNesting).
+Value Checker::binary(Expr& e) {
+  std::vector<Expr*> spine;
+  Expr* base = &e;
+  while (base->kind == Expr::Kind::binary) {
+    spine.push_back(base);
+    base = base->args[0].get();
+  }
+  Value left = value(*base);
+  for (auto it = spine.rbegin(); it != spine.rend(); ++it) {
+    Expr& n = **it;
+    Value right = value(*n.args[1]);
+    left = binary_operands(n, left, right);
+    if (&n != &e) annotate(n, left);  // `e` itself is annotated by expr()
+  }
+  return left;
+}
+
+bool Checker::is_unsigned(int ctype) const {
+  if (ctype < 0) return false;
+  const ast::CType& c = program_.types.at(ctype);
+  return c.kind == ast::CType::Kind::pointer ||
+         (c.kind == ast::CType::Kind::integer && !c.is_signed);
+}
+
+Value Checker::binary_operands(Expr& e, const Value& a, const Value& b) {
+  e.value = 0;
+  if (a.error || b.error) return Value::bad();
+  const bool ordering = e.binary == ast::BinaryOp::lt || e.binary == ast::BinaryOp::le ||
+                        e.binary == ast::BinaryOp::gt || e.binary == ast::BinaryOp::ge;
+  if (ordering && a.is_int() && b.is_int() && (is_unsigned(a.ctype) || is_unsigned(b.ctype)))
+    e.value = 1;
+  if (a.is_int() && b.is_int() &&
+      (e.binary == ast::BinaryOp::add || e.binary == ast::BinaryOp::sub)) {
+    if (is_pointer(a.ctype) && !is_pointer(b.ctype)) {
+      // p + n: n elements on, as C counts (bpftrace's pointer arithmetic).
+      const int t = program_.types.at(a.ctype).inner;
+      const ast::CType& c = program_.types.at(t);
+      e.value = c.kind == ast::CType::Kind::void_ || !program_.types.is_complete(t)
+                    ? 1
+                    : program_.types.size_of(t);
+      return Value::typed(a.ctype);
+    }
+    if (is_pointer(b.ctype) && !is_pointer(a.ctype) && e.binary == ast::BinaryOp::add) {
+      error(e.loc, "pointer arithmetic: write the pointer first (p + n, not n + p)");
+      return Value::bad();
+    }
+  }
+  std::string op(ast::to_string(e.binary));
+  if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
+    error(e.loc, "Type mismatch for '" + op + "': comparing '" + type_name(a) + "' with '" +
+                     type_name(b) + "'");
+    return Value::bad();
+  }
+  if (a.type == Type::string && e.binary != ast::BinaryOp::eq && e.binary != ast::BinaryOp::ne) {
+    error(e.loc, "The " + op +
+                     " operator can not be used on expressions of types string, string (only "
+                     "== and != compare strings)");
+    return Value::bad();
+  }
+  // Arithmetic with an unsigned operand is unsigned (bpftrace: signed only when both
+  // operands are), so a later ordering compares unsigned too.
+  using B = ast::BinaryOp;
+  const bool arithmetic = e.binary == B::add || e.binary == B::sub || e.binary == B::mul ||
+                          e.binary == B::div || e.binary == B::mod || e.binary == B::band ||
+                          e.binary == B::bor || e.binary == B::bxor || e.binary == B::shl ||
+                          e.binary == B::shr;
+  if (arithmetic && a.is_int() && (is_unsigned(a.ctype) || is_unsigned(b.ctype)))
+    return Value::typed(program_.types.integer(8, false));
+  return Value::integer();
+}
+
+}  // namespace hotprobe::script::checking

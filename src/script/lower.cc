@@ -1,0 +1,268 @@
+#include "script/eval.h"
+
+#include <memory>
+#include <vector>
+
+#include "script/lower.h"
+#include "script/run_clock.h"
+#include "script/run_thread.h"
+
+namespace hotprobe::script {
+namespace lowering {
+
+namespace {
+
+// Which plain maps are keyed by `tid` alone in every access of the program (MapDesc::
+// per_thread): such a map is partitioned by thread by construction. An access without keys
+// (print/clear/zero of the whole map) does not count against it.
+class TidKeyScan {
+ public:
+  explicit TidKeyScan(const ast::Program& p) : only_tid_(p.maps.size(), true) {
+    for (const ast::Action& a : p.actions) {
+      if (a.predicate) expr(*a.predicate);
+      stmts(a.body);
+    }
+  }
+  bool only_tid(std::size_t map) const { return only_tid_[map]; }
+
+ private:
+  // With a work list, not a recursion: a chain a+b+c+... is as tall as it is long.
+  void expr(const Expr& root) {
+    std::vector<const Expr*> todo{&root};
+    while (!todo.empty()) {
+      const Expr& e = *todo.back();
+      todo.pop_back();
+      if (e.kind == Expr::Kind::map && e.map_id >= 0 &&
+          static_cast<std::size_t>(e.map_id) < only_tid_.size() && !e.args.empty()) {
+        const Expr& k = *e.args[0];
+        if (e.args.size() != 1 || k.kind != Expr::Kind::builtin || k.builtin != Builtin::tid)
+          only_tid_[e.map_id] = false;
+      }
+      for (const ast::ExprPtr& a : e.args)
+        if (a) todo.push_back(a.get());
+    }
+  }
+  void stmts(const std::vector<ast::Stmt>& body) {
+    for (const ast::Stmt& st : body) {
+      for (const ast::ExprPtr* e : {&st.expr, &st.target, &st.value, &st.cond})
+        if (*e) expr(**e);
+      stmts(st.body);
+      stmts(st.else_body);
+    }
+  }
+  std::vector<bool> only_tid_;
+};
+
+ValueKind value_kind(ast::MapKind k) {
+  switch (k) {
+    case ast::MapKind::count:
+      return ValueKind::count;
+    case ast::MapKind::sum:
+      return ValueKind::sum;
+    case ast::MapKind::avg:
+      return ValueKind::avg;
+    case ast::MapKind::min:
+      return ValueKind::min;
+    case ast::MapKind::max:
+      return ValueKind::max;
+    case ast::MapKind::stats:
+      return ValueKind::stats;
+    case ast::MapKind::hist:
+      return ValueKind::hist;
+    case ast::MapKind::lhist:
+      return ValueKind::lhist;
+    case ast::MapKind::string:
+      return ValueKind::string;
+    default:
+      return ValueKind::integer;
+  }
+}
+
+}  // namespace
+
+Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
+  const Expr& t = *st.target;
+  const Expr& v = *st.value;
+  if (t.kind == Expr::Kind::variable) {
+    auto tn = expr(t);
+    if (!tn) return tn.error();
+    auto vn = expr(v);
+    if (!vn) return vn.error();
+    out.target = *tn;
+    out.value = *vn;
+    if (st.assign.compound) {
+      out.op = static_cast<std::int64_t>(st.assign.op);
+      out.fn = st_var_compound;
+    } else {
+      out.fn = (*tn)->s ? st_var_str : st_var_int;
+    }
+    return {};
+  }
+  auto m = map_access(t);
+  if (!m) return m.error();
+  out.target = *m;
+  const MapDesc& d = rt_.maps->desc((*m)->map);
+  if (is_aggregation(d.kind)) {
+    if (v.kind != Expr::Kind::call || !ast::is_aggregation(v.func))
+      return unsupported(v, "assigning a non-aggregation to an aggregation map");
+    if (v.func != Func::count) {
+      auto a = expr(*v.args[0]);
+      if (!a) return a.error();
+      out.value = *a;
+    }
+    switch (v.func) {
+      case Func::count:
+        out.fn = st_count;
+        break;
+      case Func::sum:
+        out.fn = st_sum;
+        break;
+      case Func::avg:
+      case Func::stats:
+        out.fn = st_avg;
+        break;
+      case Func::min:
+        out.fn = st_minmax<true>;
+        break;
+      case Func::max:
+        out.fn = st_minmax<false>;
+        break;
+      case Func::hist:
+        out.fn = st_hist;
+        break;
+      case Func::lhist: {
+        // The bucket parameters live in the statement: imm (min) on a wrapper node,
+        // count (max), op (step), map (bucket count).
+        Node* w = make();
+        w->a = out.value;
+        w->i = i_value_of_call;
+        w->imm = d.lhist_min;
+        w->key_words = 1;
+        w->map = d.lhist_buckets();
+        out.value = w;
+        out.count = d.lhist_max;
+        out.op = d.lhist_step;
+        out.fn = st_lhist;
+        break;
+      }
+      default:
+        return unsupported(v, "this aggregation");
+    }
+    return {};
+  }
+  auto vn = expr(v);
+  if (!vn) return vn.error();
+  out.value = *vn;
+  if (st.assign.compound) {
+    if (d.kind != ValueKind::integer) return unsupported(v, "a compound assignment to a string");
+    out.op = static_cast<std::int64_t>(st.assign.op);
+    out.fn = d.per_thread ? st_tid_compound : st_map_compound;
+  } else if (d.per_thread) {
+    out.fn = d.kind == ValueKind::string ? st_tid_str : st_tid_int;
+  } else {
+    out.fn = d.kind == ValueKind::string ? st_map_str : st_map_int;
+  }
+  return {};
+}
+
+Result<void> Lowerer::stmts(const std::vector<ast::Stmt>& in, std::vector<SNode>& out) {
+  for (const ast::Stmt& st : in) {
+    SNode s;
+    switch (st.kind) {
+      case ast::Stmt::Kind::expr: {
+        auto e = expr(*st.expr);
+        if (!e) return e.error();
+        s.target = *e;
+        s.fn =
+            (st.expr->kind == Expr::Kind::call && st.expr->func == Func::exit) ? st_exit : st_expr;
+        break;
+      }
+      case ast::Stmt::Kind::assign: {
+        auto r = assign(st, s);
+        if (!r) return r.error();
+        break;
+      }
+      case ast::Stmt::Kind::if_: {
+        auto c = expr(*st.cond);
+        if (!c) return c.error();
+        s.cond = *c;
+        if (auto r = stmts(st.body, s.body); !r) return r.error();
+        if (auto r = stmts(st.else_body, s.else_body); !r) return r.error();
+        s.fn = st_if;
+        break;
+      }
+      case ast::Stmt::Kind::unroll:
+        if (auto r = stmts(st.body, s.body); !r) return r.error();
+        s.count = st.count;
+        s.fn = st_unroll;
+        break;
+      case ast::Stmt::Kind::return_:
+        s.fn = st_return;
+        break;
+    }
+    out.push_back(std::move(s));
+  }
+  return {};
+}
+
+}  // namespace lowering
+
+Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format) {
+  using namespace lowering;
+  clock::calibrate_once();
+  thread::init_once();
+  auto rt = std::make_unique<Runtime>();
+  rt->format = format;
+  rt->print_maps_on_exit = program.print_maps_on_exit;
+  rt->start_ns = clock::now();
+  std::vector<MapDesc> descs;
+  const TidKeyScan tid_keys(program);
+  for (const ast::MapInfo& m : program.maps) {
+    MapDesc d;
+    d.name = m.name;
+    d.kind = value_kind(m.kind);
+    for (ast::Type t : m.key_types)
+      d.key_is_string.push_back(t == Type::string);
+    d.per_thread = !is_aggregation(d.kind) && d.key_is_string.size() == 1 && !d.key_is_string[0] &&
+                   tid_keys.only_tid(static_cast<std::size_t>(m.id));
+    if (d.key_is_string.size() > kMaxKeyParts)
+      return Error(Errc::invalid_argument,
+                   "map " + m.name + " has more than 8 keys; use fewer key parts");
+    d.lhist_min = m.lhist_min;
+    d.lhist_max = m.lhist_max;
+    d.lhist_step = m.lhist_step > 0 ? m.lhist_step : 1;
+    descs.push_back(std::move(d));
+  }
+  rt->maps = std::make_unique<MapSet>(std::move(descs));
+  Lowerer low(*rt, program);
+  for (const ast::Action& a : program.actions) {
+    auto code = std::make_unique<ActionCode>();
+    if (a.num_slots > kMaxSlots)
+      return Error(Errc::invalid_argument, "an action uses more than 32 $variables; use fewer");
+    code->num_slots = a.num_slots;
+    if (a.predicate) {
+      auto p = low.expr(*a.predicate);
+      if (!p) return p.error();
+      code->predicate = *p;
+    }
+    if (auto r = low.stmts(a.body, code->body); !r) return r.error();
+    for (const ast::AttachPoint& ap : a.probes) {
+      auto ctx = std::make_unique<ProbeCtx>();
+      ctx->rt = rt.get();
+      ctx->index = rt->probes.size();
+      ctx->probe = ap.probe;
+      ctx->action = code.get();
+      ctx->func = ap.function;
+      ctx->glob = ap.is_glob;
+      ctx->prefix =
+          std::string(ap.probe.kind == Probe::Kind::uretprobe ? "uretprobe:" : "uprobe:") +
+          ap.module + ":";
+      rt->probe_list.push_back(ap.probe);
+      rt->probes.push_back(std::move(ctx));
+    }
+    rt->actions.push_back(std::move(code));
+  }
+  return rt;
+}
+
+}  // namespace hotprobe::script

@@ -1,0 +1,455 @@
+#include <algorithm>
+#include <cstring>
+
+#include "script/builtins.h"
+#include "script/lower.h"
+
+namespace hotprobe::script::lowering {
+
+void use_literal_operand(Node* n) {
+  static constexpr std::pair<IntFn, IntFn> kForms[] = {
+      {i_add, i_add_k}, {i_sub, i_sub_k}, {i_mul, i_mul_k},   {i_div, i_div_k},   {i_ult, i_ult_k},
+      {i_ule, i_ule_k}, {i_ugt, i_ugt_k}, {i_uge, i_uge_k},   {i_mod, i_mod_k},   {i_shl, i_shl_k},
+      {i_shr, i_shr_k}, {i_lt, i_lt_k},   {i_le, i_le_k},     {i_gt, i_gt_k},     {i_ge, i_ge_k},
+      {i_eq, i_eq_k},   {i_ne, i_ne_k},   {i_band, i_band_k}, {i_bxor, i_bxor_k}, {i_bor, i_bor_k}};
+  for (const auto& [both, literal] : kForms) {
+    if (n->i == both) {
+      n->i = literal;
+      n->imm = n->b->imm;
+      return;
+    }
+  }
+}
+
+Result<Node*> Lowerer::map_access(const Expr& e) {
+  if (e.map_id < 0 || static_cast<std::size_t>(e.map_id) >= rt_.maps->size())
+    return unsupported(e, "a map the checker did not resolve");
+  Node* n = make();
+  n->map = static_cast<std::uint32_t>(e.map_id);
+  const MapDesc& d = rt_.maps->desc(n->map);
+  if (!e.args.empty() && e.args.size() != d.key_is_string.size())
+    return unsupported(e, "a map used with a different number of keys");
+  for (std::size_t k = 0; k < e.args.size(); ++k) {
+    auto key = expr(*e.args[k]);
+    if (!key) return key.error();
+    n->keys.push_back(*key);
+    n->key_is_string.push_back(d.key_is_string[k]);
+  }
+  n->key_words = d.key_words();
+  // imm: 0 no key, 1 one integer key (also in `a`), 2 anything else (the general loop).
+  n->imm = n->keys.empty() ? 0 : (n->keys.size() == 1 && !n->key_is_string[0]) ? 1 : 2;
+  if (n->imm == 1) n->a = n->keys[0];
+  return n;
+}
+
+Result<const Node*> Lowerer::expr(const Expr& e) {
+  using K = Expr::Kind;
+  switch (e.kind) {
+    case K::integer: {
+      Node* n = make();
+      n->i = i_const;
+      n->imm = e.value;
+      return n;
+    }
+    case K::string: {
+      Node* n = make();
+      n->s = s_const;
+      n->text = e.text;
+      return n;
+    }
+    case K::variable: {
+      if (e.slot < 0 || e.slot >= kMaxSlots)
+        return unsupported(e, "more than 32 $variables in one action");
+      Node* n = make();
+      n->imm = e.slot;
+      if (e.type == Type::string)
+        n->s = s_var;
+      else
+        n->i = i_var;
+      return n;
+    }
+    case K::builtin: {
+      Node* n = make();
+      n->i = builtin_def(e.builtin).i;
+      n->s = builtin_def(e.builtin).s;
+      return n;
+    }
+    case K::map: {
+      auto m = map_access(e);
+      if (!m) return m.error();
+      Node* n = *m;
+      const MapDesc& d = rt_.maps->desc(n->map);
+      if (d.kind == ValueKind::string)
+        n->s = d.per_thread ? s_tid_read : s_map_read;
+      else if (d.kind == ValueKind::integer)
+        n->i = d.per_thread ? i_tid_read : i_map_read;
+      else
+        n->i = i_agg_read;
+      return n;
+    }
+    case K::unary: {
+      auto a = expr(*e.args[0]);
+      if (!a) return a.error();
+      Node* n = make();
+      n->a = *a;
+      n->i = e.unary == ast::UnaryOp::neg ? i_neg : e.unary == ast::UnaryOp::lnot ? i_lnot : i_bnot;
+      return n;
+    }
+    case K::binary:
+      return binary(e);
+    case K::ternary: {
+      auto a = expr(*e.args[0]);
+      if (!a) return a.error();
+      auto b = expr(*e.args[1]);
+      if (!b) return b.error();
+      auto c = expr(*e.args[2]);
+      if (!c) return c.error();
+      Node* n = make();
+      n->a = *a;
+      n->b = *b;
+      n->c = *c;
+      if (e.type == Type::string)
+        n->s = s_ternary;
+      else
+        n->i = i_ternary;
+      return n;
+    }
+    case K::incdec: {
+      const Expr& t = *e.args[0];
+      Node* n = make();
+      n->imm = e.increment ? 1 : -1;
+      n->b = e.prefix ? n : nullptr;  // non-null marks prefix
+      if (t.kind == K::variable) {
+        auto v = expr(t);
+        if (!v) return v.error();
+        n->a = *v;
+        n->i = i_incdec_var;
+      } else {
+        auto m = map_access(t);
+        if (!m) return m.error();
+        if (rt_.maps->desc((*m)->map).kind != ValueKind::integer)
+          return unsupported(e, "++/-- on a map that does not hold an integer");
+        n->a = *m;
+        n->i = rt_.maps->desc((*m)->map).per_thread ? i_incdec_tid : i_incdec_map;
+      }
+      return n;
+    }
+    case K::call:
+      return call(e);
+    case K::cast: {
+      auto a = expr(*e.args[0]);
+      if (!a) return a.error();
+      const ast::CType& c = prog_.types.at(e.cast_type);
+      if (c.kind != ast::CType::Kind::integer || c.size == 8) return *a;  // same bits
+      Node* n = make();
+      n->a = *a;
+      switch (static_cast<int>(c.size) * (c.is_signed ? -1 : 1)) {
+        case 1:
+          n->i = i_cast<std::uint8_t>;
+          break;
+        case -1:
+          n->i = i_cast<std::int8_t>;
+          break;
+        case 2:
+          n->i = i_cast<std::uint16_t>;
+          break;
+        case -2:
+          n->i = i_cast<std::int16_t>;
+          break;
+        case 4:
+          n->i = i_cast<std::uint32_t>;
+          break;
+        default:
+          n->i = i_cast<std::int32_t>;
+          break;
+      }
+      return n;
+    }
+    case K::deref:
+    case K::field:
+    case K::index:
+      return memory(e);
+    case K::sizeof_:
+    case K::offsetof_:
+      return unsupported(e, "sizeof/offsetof the checker did not fold");
+  }
+  return unsupported(e, "this expression");
+}
+
+// *p, p->f, s.f, p[i], a[i]: an address (a node and a constant offset), then by the
+// expression's type: the address itself (an object), a string (a char array), or a load.
+Result<const Node*> Lowerer::memory(const Expr& e) {
+  const ast::TypeTable& T = prog_.types;
+  auto base = expr(*e.args[0]);
+  if (!base) return base.error();
+  const Node* addr = *base;
+  std::int64_t offset = 0;
+  const ast::Field* bits = nullptr;
+  if (e.kind == Expr::Kind::field) {
+    int rec = e.args[0]->ctype;
+    if (rec < 0) return unsupported(e, "a field of an untyped value");
+    if (e.arrow) rec = T.at(rec).inner;
+    std::uint32_t off = 0;
+    const ast::Field* f = T.field(T.at(rec).record, e.name, off);
+    if (!f) return unsupported(e, "an unknown field");
+    offset = off;
+    if (f->bit_width) bits = f;
+  } else if (e.kind == Expr::Kind::index) {
+    const int bt = e.args[0]->ctype;
+    if (bt < 0) return unsupported(e, "indexing an untyped value");
+    const std::int64_t elem = T.size_of(T.at(bt).inner);
+    const Expr& ix = *e.args[1];
+    if (ix.kind == Expr::Kind::integer) {
+      offset = s64(u(ix.value) * u(elem));
+    } else {
+      auto i = expr(ix);
+      if (!i) return i.error();
+      Node* scaled = make();
+      scaled->a = *i;
+      scaled->imm = elem;
+      scaled->i = i_mul_k;
+      Node* sum = make();
+      sum->a = addr;
+      sum->b = scaled;
+      sum->i = i_add;
+      addr = sum;
+    }
+  }
+  // A constant offset on an address that is itself base + constant: one addition.
+  if (addr->i == i_add_k) {
+    offset = s64(u(offset) + u(addr->imm));
+    addr = addr->a;
+  }
+  Node* n = make();
+  n->a = addr;
+  n->imm = offset;
+  if (e.type == Type::object) {
+    n->i = i_add_k;
+    return n;
+  }
+  const ast::CType& c = T.at(e.ctype);
+  if (e.type == Type::string) {
+    n->map = std::min<std::uint32_t>(c.count + 1, kStrReadBytes);
+    n->s = s_chars;
+    return n;
+  }
+  if (bits) {
+    n->key_words = T.size_of(bits->type);
+    n->bit_offset = static_cast<std::uint8_t>(bits->bit_offset);
+    n->bit_width = static_cast<std::uint8_t>(bits->bit_width);
+    n->is_signed = T.at(bits->type).is_signed;
+    n->i = i_load_bits;
+    return n;
+  }
+  const bool sign = c.kind == ast::CType::Kind::integer && c.is_signed;
+  switch (c.size) {
+    case 1:
+      n->i = sign ? i_load<std::int8_t> : i_load<std::uint8_t>;
+      break;
+    case 2:
+      n->i = sign ? i_load<std::int16_t> : i_load<std::uint16_t>;
+      break;
+    case 4:
+      n->i = sign ? i_load<std::int32_t> : i_load<std::uint32_t>;
+      break;
+    default:
+      n->i = i_load<std::uint64_t>;
+      break;
+  }
+  return n;
+}
+
+// A chain a+b+c+... is a left-deep tree as tall as it is long (up to kMaxExprDepth): its
+// left spine is lowered in a loop, and a long integer chain becomes one i_fold node, so
+// neither lowering nor a hit's evaluation recurses once per operand.
+Result<const Node*> Lowerer::binary(const Expr& e) {
+  std::vector<const Expr*> spine;
+  const Expr* base = &e;
+  while (base->kind == Expr::Kind::binary) {
+    spine.push_back(base);
+    base = base->args[0].get();
+  }
+  std::reverse(spine.begin(), spine.end());  // bottom (first operator) first
+  auto left = expr(*base);
+  if (!left) return left.error();
+  const Node* acc = *left;
+  std::size_t k = 0;
+  // The first operator may compare strings; every later one has an integer on its left.
+  if (spine.size() >= kFoldChain && spine[0]->args[0]->type == Type::string) {
+    auto b = expr(*spine[0]->args[1]);
+    if (!b) return b.error();
+    auto n = binary_node(*spine[0], acc, *b);
+    if (!n) return n.error();
+    acc = *n;
+    k = 1;
+  }
+  if (spine.size() - k >= kFoldChain) {
+    Node* fold = make();
+    fold->keys.push_back(acc);
+    for (; k < spine.size(); ++k) {
+      auto b = expr(*spine[k]->args[1]);
+      if (!b) return b.error();
+      if (spine[k]->args[1]->type == Type::string)
+        return unsupported(*spine[k], "this operator on strings");
+      fold->keys.push_back(scale(*spine[k], *b));
+      fold->ops.push_back(static_cast<std::uint8_t>(static_cast<unsigned>(spine[k]->binary) |
+                                                    (unsigned_compare(*spine[k]) ? 0x80u : 0u)));
+    }
+    fold->i = i_fold;
+    return fold;
+  }
+  for (; k < spine.size(); ++k) {
+    auto b = expr(*spine[k]->args[1]);
+    if (!b) return b.error();
+    auto n = binary_node(*spine[k], acc, scale(*spine[k], *b));
+    if (!n) return n.error();
+    acc = *n;
+  }
+  return acc;
+}
+
+Result<const Node*> Lowerer::binary_node(const Expr& e, const Node* a, const Node* b) {
+  Node* n = make();
+  n->a = a;
+  n->b = b;
+  const bool strings = e.args[0]->type == Type::string;
+  switch (e.binary) {
+    case BinaryOp::mul:
+      n->i = i_mul;
+      break;
+    case BinaryOp::div:
+      n->i = i_div;
+      break;
+    case BinaryOp::mod:
+      n->i = i_mod;
+      break;
+    case BinaryOp::add:
+      n->i = i_add;
+      break;
+    case BinaryOp::sub:
+      n->i = i_sub;
+      break;
+    case BinaryOp::shl:
+      n->i = i_shl;
+      break;
+    case BinaryOp::shr:
+      n->i = i_shr;
+      break;
+    case BinaryOp::lt:
+      n->i = unsigned_compare(e) ? i_ult : i_lt;
+      break;
+    case BinaryOp::le:
+      n->i = unsigned_compare(e) ? i_ule : i_le;
+      break;
+    case BinaryOp::gt:
+      n->i = unsigned_compare(e) ? i_ugt : i_gt;
+      break;
+    case BinaryOp::ge:
+      n->i = unsigned_compare(e) ? i_uge : i_ge;
+      break;
+    case BinaryOp::eq:
+      n->i = strings ? i_seq : i_eq;
+      break;
+    case BinaryOp::ne:
+      n->i = strings ? i_sne : i_ne;
+      break;
+    case BinaryOp::band:
+      n->i = i_band;
+      break;
+    case BinaryOp::bxor:
+      n->i = i_bxor;
+      break;
+    case BinaryOp::bor:
+      n->i = i_bor;
+      break;
+    case BinaryOp::land:
+      n->i = i_land;
+      break;
+    case BinaryOp::lor:
+      n->i = i_lor;
+      break;
+  }
+  if (strings && e.binary != BinaryOp::eq && e.binary != BinaryOp::ne)
+    return unsupported(e, "this operator on strings");
+  if (!strings && n->b->i == i_const) use_literal_operand(n);
+  return n;
+}
+
+Result<const Node*> Lowerer::call(const Expr& e) {
+  Node* n = make();
+  switch (e.func) {
+    case Func::del: {
+      auto m = map_access(*e.args[0]);
+      if (!m) return m.error();
+      n->a = *m;
+      n->i = rt_.maps->desc((*m)->map).per_thread ? i_delete_tid : i_delete;
+      return n;
+    }
+    case Func::clear:
+    case Func::zero: {
+      auto m = map_access(*e.args[0]);
+      if (!m) return m.error();
+      n->a = *m;
+      n->i = e.func == Func::clear ? i_clear : i_zero;
+      return n;
+    }
+    case Func::print: {
+      const Expr& a0 = *e.args[0];
+      if (a0.kind == Expr::Kind::map && a0.args.empty()) {
+        auto m = map_access(a0);
+        if (!m) return m.error();
+        n->a = *m;
+        if (e.args.size() > 1) {
+          auto t = expr(*e.args[1]);
+          if (!t) return t.error();
+          n->b = *t;
+        }
+        if (e.args.size() > 2) {
+          auto d = expr(*e.args[2]);
+          if (!d) return d.error();
+          n->c = *d;
+        }
+        n->i = i_print_map;
+        return n;
+      }
+      auto v = expr(a0);
+      if (!v) return v.error();
+      n->a = *v;
+      n->i = i_print_value;
+      return n;
+    }
+    case Func::printf: {
+      for (std::size_t k = 1; k < e.args.size(); ++k) {
+        auto a = expr(*e.args[k]);
+        if (!a) return a.error();
+        n->keys.push_back(*a);
+      }
+      n->format = e.format;  // arguments are taken in order
+      n->i = i_printf;
+      return n;
+    }
+    case Func::time:
+      n->text = e.args.empty() ? "%H:%M:%S\n" : e.args[0]->text;
+      n->i = i_time;
+      return n;
+    case Func::exit:
+      n->i = i_exit;
+      return n;
+    case Func::str: {
+      auto a = expr(*e.args[0]);
+      if (!a) return a.error();
+      n->a = *a;
+      if (e.args.size() > 1) {
+        auto l = expr(*e.args[1]);
+        if (!l) return l.error();
+        n->b = *l;
+      }
+      n->s = n->a->s ? s_str_of_str : s_str;  // a string argument has no integer form
+      return n;
+    }
+    default:
+      return unsupported(e, "an aggregation outside a map assignment");
+  }
+}
+
+}  // namespace hotprobe::script::lowering

@@ -1,0 +1,146 @@
+// The run pass: the node functions a lowered script is made of (docs/design/script-
+// runtime.md, "Lowering"). The lowerer (lower.cc) picks one per node; a hit runs them
+// through Node::i / Node::s / SNode::fn (eval.h). Internal to the script layer.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "hotprobe/probe.h"
+#include "script/eval.h"
+
+namespace hotprobe::script::nodes {
+
+// Arithmetic: 64-bit two's complement; / and % unsigned (BPF's), 0 when dividing by zero;
+// >> logical; comparisons signed (bpftrace 0.17).
+inline std::uint64_t u(std::int64_t v) {
+  return static_cast<std::uint64_t>(v);
+}
+inline std::int64_t s64(std::uint64_t v) {
+  return static_cast<std::int64_t>(v);
+}
+
+// name: both operands evaluated; name_k: the right operand is a literal, in imm.
+std::int64_t i_add(const Node* n, Frame& f);
+std::int64_t i_add_k(const Node* n, Frame& f);
+std::int64_t i_sub(const Node* n, Frame& f);
+std::int64_t i_sub_k(const Node* n, Frame& f);
+std::int64_t i_mul(const Node* n, Frame& f);
+std::int64_t i_mul_k(const Node* n, Frame& f);
+std::int64_t i_div(const Node* n, Frame& f);
+std::int64_t i_div_k(const Node* n, Frame& f);
+std::int64_t i_mod(const Node* n, Frame& f);
+std::int64_t i_mod_k(const Node* n, Frame& f);
+std::int64_t i_shl(const Node* n, Frame& f);
+std::int64_t i_shl_k(const Node* n, Frame& f);
+std::int64_t i_shr(const Node* n, Frame& f);
+std::int64_t i_shr_k(const Node* n, Frame& f);
+std::int64_t i_lt(const Node* n, Frame& f);
+std::int64_t i_lt_k(const Node* n, Frame& f);
+std::int64_t i_le(const Node* n, Frame& f);
+std::int64_t i_le_k(const Node* n, Frame& f);
+std::int64_t i_gt(const Node* n, Frame& f);
+std::int64_t i_gt_k(const Node* n, Frame& f);
+std::int64_t i_ge(const Node* n, Frame& f);
+std::int64_t i_ge_k(const Node* n, Frame& f);
+std::int64_t i_ult(const Node* n, Frame& f);
+std::int64_t i_ult_k(const Node* n, Frame& f);
+std::int64_t i_ule(const Node* n, Frame& f);
+std::int64_t i_ule_k(const Node* n, Frame& f);
+std::int64_t i_ugt(const Node* n, Frame& f);
+std::int64_t i_ugt_k(const Node* n, Frame& f);
+std::int64_t i_uge(const Node* n, Frame& f);
+std::int64_t i_uge_k(const Node* n, Frame& f);
+std::int64_t i_eq(const Node* n, Frame& f);
+std::int64_t i_eq_k(const Node* n, Frame& f);
+std::int64_t i_ne(const Node* n, Frame& f);
+std::int64_t i_ne_k(const Node* n, Frame& f);
+std::int64_t i_band(const Node* n, Frame& f);
+std::int64_t i_band_k(const Node* n, Frame& f);
+std::int64_t i_bxor(const Node* n, Frame& f);
+std::int64_t i_bxor_k(const Node* n, Frame& f);
+std::int64_t i_bor(const Node* n, Frame& f);
+std::int64_t i_bor_k(const Node* n, Frame& f);
+
+std::int64_t i_const(const Node* n, Frame&);
+std::uint32_t s_const(const Node* n, Frame&, char* out);
+std::int64_t i_var(const Node* n, Frame& f);
+std::uint32_t s_var(const Node* n, Frame& f, char* out);
+template <int I>
+std::int64_t i_arg(const Node*, Frame& f);
+std::int64_t i_retval(const Node*, Frame& f);
+std::int64_t i_tid(const Node*, Frame&);
+std::int64_t i_pid(const Node*, Frame&);
+std::int64_t i_nsecs(const Node*, Frame&);
+std::int64_t i_elapsed(const Node*, Frame& f);
+std::int64_t i_cpu(const Node*, Frame&);
+std::int64_t i_uid(const Node*, Frame&);
+std::int64_t i_gid(const Node*, Frame&);
+std::uint32_t s_comm(const Node*, Frame&, char* out);
+std::uint32_t s_probe(const Node*, Frame& f, char* out);
+std::uint32_t s_func(const Node*, Frame& f, char* out);
+std::int64_t i_land(const Node* n, Frame& f);
+std::int64_t i_lor(const Node* n, Frame& f);
+std::int64_t i_seq(const Node* n, Frame& f);
+std::int64_t i_sne(const Node* n, Frame& f);
+std::int64_t i_neg(const Node* n, Frame& f);
+std::int64_t i_lnot(const Node* n, Frame& f);
+std::int64_t i_bnot(const Node* n, Frame& f);
+// A left-deep chain of at least kFoldChain integer operators, folded in one node.
+inline constexpr std::size_t kFoldChain = 8;  // shorter chains keep a node per operator
+std::int64_t i_fold(const Node* n, Frame& f);
+std::int64_t i_ternary(const Node* n, Frame& f);
+std::uint32_t s_ternary(const Node* n, Frame& f, char* out);
+std::uint32_t s_str(const Node* n, Frame& f, char* out);
+std::uint32_t s_str_of_str(const Node* n, Frame& f, char* out);
+template <typename T>
+std::int64_t i_cast(const Node* n, Frame& f);
+template <typename T>
+std::int64_t i_load(const Node* n, Frame& f);
+std::int64_t i_load_bits(const Node* n, Frame& f);
+std::uint32_t s_chars(const Node* n, Frame& f, char* out);
+std::int64_t i_map_read(const Node* n, Frame& f);
+std::uint32_t s_map_read(const Node* n, Frame& f, char* out);
+std::int64_t i_agg_read(const Node* n, Frame& f);
+std::int64_t i_tid_read(const Node* n, Frame& f);
+std::uint32_t s_tid_read(const Node* n, Frame& f, char* out);
+bool st_count(const SNode* s, Frame& f);
+bool st_sum(const SNode* s, Frame& f);
+bool st_avg(const SNode* s, Frame& f);
+template <bool kMin>
+bool st_minmax(const SNode* s, Frame& f);
+bool st_hist(const SNode* s, Frame& f);
+bool st_lhist(const SNode* s, Frame& f);
+std::int64_t i_value_of_call(const Node* n, Frame& f);
+bool st_var_int(const SNode* s, Frame& f);
+bool st_var_str(const SNode* s, Frame& f);
+bool st_map_int(const SNode* s, Frame& f);
+bool st_map_str(const SNode* s, Frame& f);
+bool st_tid_int(const SNode* s, Frame& f);
+bool st_tid_str(const SNode* s, Frame& f);
+bool st_expr(const SNode* s, Frame& f);
+bool st_var_compound(const SNode* s, Frame& f);
+bool st_map_compound(const SNode* s, Frame& f);
+std::int64_t i_incdec_var(const Node* n, Frame& f);
+bool st_tid_compound(const SNode* s, Frame& f);
+std::int64_t i_incdec_tid(const Node* n, Frame& f);
+std::int64_t i_incdec_map(const Node* n, Frame& f);
+std::int64_t i_delete(const Node* n, Frame& f);
+std::int64_t i_delete_tid(const Node* n, Frame& f);
+std::int64_t i_clear(const Node* n, Frame& f);
+std::int64_t i_zero(const Node* n, Frame& f);
+std::int64_t i_print_map(const Node* n, Frame& f);
+std::int64_t i_print_value(const Node* n, Frame& f);
+std::int64_t i_printf(const Node* n, Frame& f);
+std::int64_t i_time(const Node* n, Frame& f);
+std::int64_t i_exit(const Node*, Frame& f);
+bool st_exit(const SNode* s, Frame& f);
+bool run_block(const std::vector<SNode>& body, Frame& f);
+bool st_if(const SNode* s, Frame& f);
+bool st_unroll(const SNode* s, Frame& f);
+bool st_return(const SNode*, Frame&);
+
+// A probe's handler (ProbeSpec::on_entry / on_return): runs the probe's action.
+void on_hit(Hit& hit);
+
+}  // namespace hotprobe::script::nodes
