@@ -158,33 +158,26 @@ inline bool send_text(int fd, Msg type, std::string_view text) {
   return true;
 }
 
-// Receives one message into `out` (resized to it). 0: peer closed; -1: error (errno);
-// 1: a message. `flags` as recv(2) (MSG_DONTWAIT).
-inline int recv_message(int fd, std::string& out, int flags = 0) {
-  out.resize(kMaxMessage * 4);
-  for (;;) {
-    ssize_t n = ::recv(fd, out.data(), out.size(), flags);
-    if (n > 0) {
-      out.resize(static_cast<std::size_t>(n));
-      return 1;
-    }
-    if (n == 0) {
-      out.clear();
-      return 0;
-    }
-    if (errno != EINTR) {
-      out.clear();
-      return -1;
-    }
+// The descriptors an SCM_RIGHTS control message carried: the first into *keep (when
+// keep is not null and holds -1), the rest closed.
+inline void close_passed_fds(const cmsghdr& c, int* keep) {
+  const std::size_t count = (c.cmsg_len - CMSG_LEN(0)) / sizeof(int);
+  for (std::size_t i = 0; i < count; ++i) {
+    int d;
+    std::memcpy(&d, CMSG_DATA(&c) + i * sizeof(int), sizeof(int));
+    if (keep && *keep < 0)
+      *keep = d;
+    else
+      ::close(d);
   }
 }
 
-// recv_message, and the one descriptor the message carried (SCM_RIGHTS, received
-// close-on-exec) in *passed, or -1. Descriptors beyond the first are closed.
-inline int recv_message_with_fd(int fd, std::string& out, int* passed) {
-  *passed = -1;
+// Receives one message into `out` (resized to it) with recvmsg(2), handing each control
+// message to `visit`. 0: peer closed; -1: error (errno); 1: a message.
+template <std::size_t ControlBytes, class Visit>
+int recv_message_control(int fd, std::string& out, int flags, Visit&& visit) {
   out.resize(kMaxMessage * 4);
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  alignas(cmsghdr) char control[ControlBytes];
   for (;;) {
     iovec iov{out.data(), out.size()};
     msghdr h{};
@@ -192,20 +185,10 @@ inline int recv_message_with_fd(int fd, std::string& out, int* passed) {
     h.msg_iovlen = 1;
     h.msg_control = control;
     h.msg_controllen = sizeof control;
-    ssize_t n = ::recvmsg(fd, &h, MSG_CMSG_CLOEXEC);
+    ssize_t n = ::recvmsg(fd, &h, flags);
     if (n < 0 && errno == EINTR) continue;
-    for (cmsghdr* c = n >= 0 ? CMSG_FIRSTHDR(&h) : nullptr; c; c = CMSG_NXTHDR(&h, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (std::size_t i = 0; i < count; ++i) {
-        int d;
-        std::memcpy(&d, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-        if (*passed < 0)
-          *passed = d;
-        else
-          ::close(d);
-      }
-    }
+    for (cmsghdr* c = n >= 0 ? CMSG_FIRSTHDR(&h) : nullptr; c; c = CMSG_NXTHDR(&h, c))
+      visit(*c);
     if (n > 0) {
       out.resize(static_cast<std::size_t>(n));
       return 1;
@@ -213,6 +196,49 @@ inline int recv_message_with_fd(int fd, std::string& out, int* passed) {
     out.clear();
     return n == 0 ? 0 : -1;
   }
+}
+
+// Receives one message into `out` (resized to it). 0: peer closed; -1: error (errno);
+// 1: a message. `flags` as recv(2) (MSG_DONTWAIT).
+inline int recv_message(int fd, std::string& out, int flags = 0) {
+  return recv_message_control<CMSG_SPACE(sizeof(int))>(
+      fd, out, flags | MSG_CMSG_CLOEXEC, [](const cmsghdr& c) {
+        // A descriptor nobody asked for.
+        if (c.cmsg_level == SOL_SOCKET && c.cmsg_type == SCM_RIGHTS) close_passed_fds(c, nullptr);
+      });
+}
+
+// recv_message, and the one descriptor the message carried (SCM_RIGHTS, received
+// close-on-exec) in *passed, or -1. Descriptors beyond the first are closed.
+inline int recv_message_with_fd(int fd, std::string& out, int* passed) {
+  *passed = -1;
+  return recv_message_control<CMSG_SPACE(sizeof(int) * 4)>(
+      fd, out, MSG_CMSG_CLOEXEC, [passed](const cmsghdr& c) {
+        if (c.cmsg_level == SOL_SOCKET && c.cmsg_type == SCM_RIGHTS) close_passed_fds(c, passed);
+      });
+}
+
+// Who sent a message, as the kernel says (SCM_CREDENTIALS on a socket with SO_PASSCRED):
+// a process cannot forge it.
+struct Sender {
+  bool known = false;
+  std::uint32_t pid = 0, uid = 0, gid = 0;
+};
+
+// recv_message, with the sender's credentials in `from`.
+inline int recv_message_from(int fd, std::string& out, Sender& from, int flags = 0) {
+  from = Sender{};
+  return recv_message_control<CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(int))>(
+      fd, out, flags | MSG_CMSG_CLOEXEC, [&from](const cmsghdr& c) {
+        if (c.cmsg_level != SOL_SOCKET) return;
+        if (c.cmsg_type == SCM_CREDENTIALS) {
+          ucred cr;
+          std::memcpy(&cr, CMSG_DATA(&c), sizeof cr);
+          from = Sender{true, static_cast<std::uint32_t>(cr.pid), cr.uid, cr.gid};
+        } else if (c.cmsg_type == SCM_RIGHTS) {
+          close_passed_fds(c, nullptr);
+        }
+      });
 }
 
 }  // namespace hp::agent

@@ -25,6 +25,7 @@
 
 #include "agent/map_data.h"
 #include "agent/protocol.h"
+#include "agent/region_maps.h"
 #include "cli/cli.h"
 #include "cli/output_file.h"
 #include "cli/preflight.h"
@@ -100,45 +101,7 @@ struct Output {
   void flush() { std::fflush(f); }
 };
 
-// Who sent a message, as the kernel says (SO_PASSCRED): a process cannot forge it.
-struct Sender {
-  bool known = false;
-  std::uint32_t pid = 0, uid = 0, gid = 0;
-};
-
-// agent::recv_message, with the sender's credentials.
-int recv_from(int fd, std::string& out, Sender& from, int flags) {
-  out.resize(agent::kMaxMessage * 4);
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
-  for (;;) {
-    iovec iov{out.data(), out.size()};
-    msghdr mh{};
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = control;
-    mh.msg_controllen = sizeof control;
-    ssize_t n = ::recvmsg(fd, &mh, flags);
-    if (n > 0) {
-      out.resize(static_cast<std::size_t>(n));
-      from = Sender{};
-      for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
-          ucred cr;
-          std::memcpy(&cr, CMSG_DATA(c), sizeof cr);
-          from = Sender{true, static_cast<std::uint32_t>(cr.pid), cr.uid, cr.gid};
-        }
-      return 1;
-    }
-    if (n == 0) {
-      out.clear();
-      return 0;
-    }
-    if (errno != EINTR) {
-      out.clear();
-      return -1;
-    }
-  }
-}
+using agent::Sender;
 
 // --follow-forks: what a followed child that runs as another user (it dropped privileges)
 // sends is marked as its own, line by line: text "[pid N] LINE" with LINE escaped again (a
@@ -330,26 +293,6 @@ struct SharedMaps {
   }
 };
 
-// $HOTPROBE_MAP_MEMORY: the size of the memory the maps share with the program, in MiB
-// (sparse: only what the maps use is ever allocated). False (and a message) when malformed.
-bool map_memory_bytes(std::size_t& bytes) {
-  bytes = script::SharedRegion::kDefaultBytes;
-  const char* m = std::getenv("HOTPROBE_MAP_MEMORY");
-  if (!m || !*m) return true;
-  errno = 0;
-  char* end = nullptr;
-  const unsigned long long mib = std::strtoull(m, &end, 10);
-  if (errno != 0 || end == m || *end || mib < 1 || mib > (1ull << 20)) {
-    std::fprintf(stderr,
-                 "hotprobe run: HOTPROBE_MAP_MEMORY='%s' is not a size in MiB from 1 to 1048576 "
-                 "(the memory the maps share with the program; unset, it is %zu)\n",
-                 m, script::SharedRegion::kDefaultBytes >> 20);
-    return false;
-  }
-  bytes = static_cast<std::size_t>(mib) << 20;
-  return true;
-}
-
 std::string real_path(const std::string& p) {
   char buf[PATH_MAX];
   return ::realpath(p.c_str(), buf) ? std::string(buf) : p;
@@ -448,7 +391,7 @@ int run(const RunOptions& o) {
   }
 
   std::size_t map_bytes;
-  if (!map_memory_bytes(map_bytes)) return kExitError;
+  if (!agent::map_region_bytes("run", map_bytes)) return kExitError;
 
   Output out;
   out.format = copts.format;
@@ -465,7 +408,7 @@ int run(const RunOptions& o) {
   if (auto layout = agent::compile_open(source, copts)) maps.layout = std::move(*layout);
   // HOTPROBE_SHARED_MAPS=0: the maps travel over the channel only (the agent prints them at
   // a normal end, nothing survives another end); tests compare the two ways with it.
-  if (const char* v = std::getenv("HOTPROBE_SHARED_MAPS"); !v || std::string_view(v) != "0") {
+  if (agent::shared_maps_wanted()) {
     std::string why;
     maps.region = script::SharedRegion::create(map_bytes, &why);
     if (!maps.region)
@@ -482,7 +425,7 @@ int run(const RunOptions& o) {
     return kExitError;
   }
   int bufsize = 1 << 20;
-  const int one = 1;  // each message says its sender (recv_from)
+  const int one = 1;  // each message says its sender (agent::recv_message_from)
   const bool creds = ::setsockopt(sv[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == 0;
   ::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
   ::setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
@@ -669,7 +612,7 @@ int run(const RunOptions& o) {
       }
     }
     if (sock >= 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
-      int r = recv_from(sock, msg, from, MSG_DONTWAIT);
+      int r = agent::recv_message_from(sock, msg, from, MSG_DONTWAIT);
       if (r == 1) {
         handle(msg);
         out.flush();
@@ -680,7 +623,7 @@ int run(const RunOptions& o) {
     }
   }
   // What the program's agent sent before it ended is in the socket: print it all.
-  while (sock >= 0 && recv_from(sock, msg, from, MSG_DONTWAIT) == 1)
+  while (sock >= 0 && agent::recv_message_from(sock, msg, from, MSG_DONTWAIT) == 1)
     handle(msg);
   // Ended without a final report (a signal, exit_group, SIGKILL): the maps from memory.
   if (attached && !agent_error) maps.print(out, source, copts, /*run_end=*/true);
