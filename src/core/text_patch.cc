@@ -279,6 +279,7 @@ std::atomic<std::uint64_t> g_sync_core_rounds{0};
 std::atomic<std::uint64_t> g_traps_redirected{0};
 std::atomic<std::uint64_t> g_threads_moved{0};
 std::atomic<Int3Hook> g_int3_hook{nullptr};
+std::atomic<int> g_verdict_fd{-1};  // $HOTPROBE_PATCH_VERDICT_LOG (VerdictLog), or -1
 
 // ---------------------------------------------------------------------------------------
 // In-flight trap table: int3 address -> where to continue. Open addressing over a fixed
@@ -771,6 +772,10 @@ Result<void> init_once() HP_REQUIRES(g_patch_mutex) {
   static bool done = false;
   if (done) return {};
   HP_TRY(install_move_signal());
+  if (const char* log = std::getenv("HOTPROBE_PATCH_VERDICT_LOG"); log && *log) {
+    g_verdict_fd.store(open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644),
+                       std::memory_order_relaxed);
+  }
   if (!g_traps) {
     void* mem = mmap(nullptr, kTrapSlots * sizeof(TrapEntry), PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -884,6 +889,64 @@ long list_threads(pid_t* tids, std::size_t cap) {
   return count;
 }
 
+// The number of threads of the process (num_threads, field 20 of /proc/self/stat: the
+// length of the list /proc/self/task walks), or -1.
+long thread_count_now() {
+  const long fd = raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/stat"),
+                              O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[1024];
+  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
+  raw_syscall(SYS_close, fd);
+  if (got <= 0) return -1;
+  long i = got - 1;
+  while (i >= 0 && buf[i] != ')')  // the command name may hold spaces and parentheses
+    i--;
+  if (i < 0) return -1;
+  for (int field = 2; field < 20 && i < got; i++) {
+    if (buf[i] == ' ') field++;
+  }
+  long v = 0;
+  for (; i < got && buf[i] >= '0' && buf[i] <= '9'; i++)
+    v = v * 10 + (buf[i] - '0');
+  return v;
+}
+
+// Like list_threads(), but with every thread of the process listed: a listing is taken
+// again until it is shown whole. The kernel lists a thread group by walking it from the
+// thread it listed last; when that one exits meanwhile, the walk ends early and the next
+// getdents64 starts over by position, past the thread that moved into the exited one's
+// place: that thread is never listed, and no verdict reaches it although it may be
+// inside a site. A listing is whole when the number of its threads still alive, plus
+// this one, equals the process's thread count read after it: a thread alive at that read
+// was then alive during the listing (or created after it), and is listed. A thread
+// created after the holds is harmless (it starts outside every site) but makes the
+// counts differ: the listing is taken again. kListingCut when no listing was whole in
+// `attempts`. `cuts` counts the listings that were not.
+constexpr long kListingCut = -2;
+std::atomic<bool> g_partial_listing_for_testing{false};
+
+long list_all_threads(pid_t* tids, std::size_t cap, std::int64_t deadline, unsigned& cuts) {
+  const pid_t pid = raw_getpid();
+  for (;;) {
+    long n = list_threads(tids, cap);
+    if (n < 0 || static_cast<std::size_t>(n) > cap) return n;
+    if (g_partial_listing_for_testing.load(std::memory_order_relaxed)) return n;
+    // A thread listed twice must count once (std::sort allocates nothing).
+    std::sort(tids, tids + n);
+    n = std::unique(tids, tids + n) - tids;
+    const long total = thread_count_now();
+    if (total < 0) return -1;
+    long alive = 1;  // this thread
+    for (long i = 0; i < n; i++)
+      alive += raw_syscall(SYS_tgkill, pid, tids[i], 0) == 0;
+    if (alive == total) return n;
+    cuts++;
+    if (now_ns() > deadline) return kListingCut;
+    pause_ns(10000);
+  }
+}
+
 // Whether the thread blocks `sig` (the SigBlk line of /proc/self/task/TID/status); true
 // when it cannot be read.
 bool blocks_signal(pid_t tid, int sig) {
@@ -931,6 +994,52 @@ bool inside_any(const Range* ranges, std::size_t n, std::uintptr_t pc) {
   return pc > it->start && pc < it->end;
 }
 
+// The verdict on each thread in step 2, appended to the file named by
+// $HOTPROBE_PATCH_VERDICT_LOG (opened at the first transaction; tests and diagnosis):
+// one line per thread and reason, written with one raw write per observation (no libc,
+// no allocation inside the window).
+
+class VerdictLog {
+ public:
+  VerdictLog() : fd_(g_verdict_fd.load(std::memory_order_relaxed)) {}
+  ~VerdictLog() {
+    if (fd_ >= 0 && n_) raw_syscall(SYS_write, fd_, reinterpret_cast<long>(buf_), n_);
+  }
+  VerdictLog(const VerdictLog&) = delete;
+  VerdictLog& operator=(const VerdictLog&) = delete;
+
+  bool on() const { return fd_ >= 0; }
+  VerdictLog& put(const char* s) {
+    for (; on() && *s && n_ < sizeof buf_; s++)
+      buf_[n_++] = *s;
+    return *this;
+  }
+  VerdictLog& num(std::int64_t v) {
+    if (v < 0) {
+      put("-");
+      v = -v;
+    }
+    return digits(static_cast<std::uint64_t>(v), 10);
+  }
+  VerdictLog& hex(std::uint64_t v) { return digits(v, 16); }
+
+ private:
+  VerdictLog& digits(std::uint64_t v, unsigned base) {
+    char d[24];
+    std::size_t k = 0;
+    do {
+      d[k++] = "0123456789abcdef"[v % base];
+      v /= base;
+    } while (v);
+    while (on() && k && n_ < sizeof buf_)
+      buf_[n_++] = d[--k];
+    return *this;
+  }
+  int fd_;
+  char buf_[8192];
+  std::size_t n_ = 0;
+};
+
 // Step 2's buffers, allocated before the window opens.
 struct Observation {
   std::unique_ptr<pid_t[]> tids;
@@ -958,7 +1067,7 @@ std::size_t thread_count_estimate() {
 // Why step 2 could not finish (the message is made after the rollback: no allocation
 // while sites spin).
 struct ObserveFailure {
-  enum { kNone, kProc, kTooMany, kStayed } kind = kNone;
+  enum { kNone, kProc, kTooMany, kChurn, kStayed } kind = kNone;
   pid_t tid = 0;
   bool preempted_inside = false;
 };
@@ -986,7 +1095,15 @@ constexpr std::int64_t kLeftAfterCpuNs = 2000000;
 ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observation& obs, int sig,
                                bool cpu_rule, bool wait_for_blockers, PatchStats& stats) {
   ObserveFailure fail;
-  const long listed = list_threads(obs.tids.get(), obs.cap);
+  const std::int64_t deadline = now_ns() + kObserveBudgetNs;
+  VerdictLog log;
+  unsigned cuts = 0;
+  const long listed = list_all_threads(obs.tids.get(), obs.cap, deadline, cuts);
+  log.put("listing ").num(listed).put(" threads after ").num(cuts).put(" cut listings\n");
+  if (listed == kListingCut) {
+    fail.kind = ObserveFailure::kChurn;
+    return fail;
+  }
   if (listed < 0) {
     fail.kind = ObserveFailure::kProc;
     return fail;
@@ -1005,7 +1122,6 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
   MoveTable mt{ranges, n_ranges, nullptr, 0, obs.tids.get(), obs.answered.get(), n};
   g_moves.store(&mt, std::memory_order_release);
   const pid_t pid = raw_getpid();
-  const std::int64_t deadline = now_ns() + kObserveBudgetNs;
   std::size_t left = n;
   bool signalling = !wait_for_blockers;
   for (unsigned round = 0; left; round++) {
@@ -1014,14 +1130,31 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
       if (obs.settled[i]) continue;
       bool done = obs.answered[i].load(std::memory_order_acquire) != 0;  // A2: matches A1
       bool inside = false;
-      if (!done) {
+      if (done) {
+        log.put("thread ").num(obs.tids[i]).put(" answered the move signal\n");
+      } else {
         const ThreadState ts = read_thread(obs.tids[i]);
         inside = ts.state != ThreadState::kGone && ts.state != ThreadState::kRunning &&
                  inside_any(ranges, n_ranges, ts.pc);
         done = ts.state == ThreadState::kGone || (ts.state != ThreadState::kRunning && !inside);
+        std::int64_t ran = -1;
         if (!done && cpu_rule && ts.state == ThreadState::kRunning) {
           const std::int64_t cpu = thread_cpu_ns(obs.tids[i]);
-          done = cpu < 0 || obs.cpu_at_start[i] < 0 || cpu - obs.cpu_at_start[i] >= kLeftAfterCpuNs;
+          ran = cpu < 0 || obs.cpu_at_start[i] < 0 ? kLeftAfterCpuNs : cpu - obs.cpu_at_start[i];
+          done = ran >= kLeftAfterCpuNs;
+        }
+        if (done && log.on()) {
+          log.put("thread ").num(obs.tids[i]);
+          if (ts.state == ThreadState::kGone) {
+            log.put(" gone\n");
+          } else if (ts.state == ThreadState::kRunning) {
+            log.put(" running, ran ").num(ran).put(" ns of CPU since the holds\n");
+          } else {
+            log.put(ts.state == ThreadState::kBlocked ? " in a system call" : " preempted")
+                .put(" at pc 0x")
+                .hex(ts.pc)
+                .put(", outside\n");
+          }
         }
         if (!done && !signalling && blocks_signal(obs.tids[i], sig)) blocker = true;
       }
@@ -1046,6 +1179,7 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
     }
     if (now_ns() > deadline) {
       fail.kind = ObserveFailure::kStayed;
+      log.put("thread ").num(fail.tid).put(" not shown outside: rolled back\n");
       break;
     }
     pause_ns(round < 50 ? 20000 : 200000);
@@ -1189,7 +1323,8 @@ Result<bool> threads_outside(std::span<const std::pair<std::uintptr_t, std::uint
   };
   const std::size_t cap = thread_count_estimate() + 64;
   auto tids = std::make_unique<pid_t[]>(cap);
-  const long listed = list_threads(tids.get(), cap);
+  unsigned cuts = 0;
+  const long listed = list_all_threads(tids.get(), cap, now_ns() + kObserveBudgetNs, cuts);
   if (listed < 0 || static_cast<std::size_t>(listed) > cap) return false;
   std::size_t running = 0;
   for (long i = 0; i < listed; i++) {
@@ -1264,6 +1399,11 @@ Error observe_error(const ObserveFailure& f, int sig) {
       return Error(Errc::busy,
                    "threads appeared faster than hotprobe could list them while it patched; "
                    "nothing was changed: retry");
+    case ObserveFailure::kChurn:
+      return Error(Errc::busy,
+                   "threads were created and exited faster than hotprobe could list them all "
+                   "for 1 s (a thread it does not know of may be inside the code it patches); "
+                   "nothing was changed: retry when the program starts fewer threads");
     default:
       break;
   }
@@ -1282,6 +1422,20 @@ Error observe_error(const ObserveFailure& f, int sig) {
 
 void fail_next_apply_for_testing() noexcept {
   g_fail_next_apply.store(true, std::memory_order_relaxed);
+}
+
+void use_partial_thread_listing_for_testing(bool on) noexcept {
+  g_partial_listing_for_testing.store(on, std::memory_order_relaxed);
+}
+
+Result<std::vector<int>> list_threads_for_testing() {
+  const std::size_t cap = thread_count_estimate() * 2 + 256;
+  std::vector<pid_t> tids(cap);
+  unsigned cuts = 0;
+  const long n = list_all_threads(tids.data(), cap, now_ns() + kObserveBudgetNs, cuts);
+  if (n == kListingCut) return Error(Errc::busy, "no whole listing of the threads in 1 s");
+  if (n < 0 || static_cast<std::size_t>(n) > cap) return Error(Errc::io_error, "listing failed");
+  return std::vector<int>(tids.begin(), tids.begin() + n);
 }
 
 void use_trap_heads_for_testing(bool on) noexcept {
