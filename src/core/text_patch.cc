@@ -996,22 +996,20 @@ bool inside_any(const Range* ranges, std::size_t n, std::uintptr_t pc) {
 
 // The verdict on each thread in step 2, appended to the file named by
 // $HOTPROBE_PATCH_VERDICT_LOG (opened at the first transaction; tests and diagnosis):
-// one line per thread and reason, written with one raw write per observation (no libc,
-// no allocation inside the window).
+// one line per thread and reason, written with raw writes of a small buffer (no libc, no
+// allocation inside the window, little stack: the patching thread may be any thread).
 
 class VerdictLog {
  public:
   VerdictLog() : fd_(g_verdict_fd.load(std::memory_order_relaxed)) {}
-  ~VerdictLog() {
-    if (fd_ >= 0 && n_) raw_syscall(SYS_write, fd_, reinterpret_cast<long>(buf_), n_);
-  }
+  ~VerdictLog() { flush(); }
   VerdictLog(const VerdictLog&) = delete;
   VerdictLog& operator=(const VerdictLog&) = delete;
 
   bool on() const { return fd_ >= 0; }
   VerdictLog& put(const char* s) {
-    for (; on() && *s && n_ < sizeof buf_; s++)
-      buf_[n_++] = *s;
+    for (; on() && *s; s++)
+      add(*s);
     return *this;
   }
   VerdictLog& num(std::int64_t v) {
@@ -1031,12 +1029,20 @@ class VerdictLog {
       d[k++] = "0123456789abcdef"[v % base];
       v /= base;
     } while (v);
-    while (on() && k && n_ < sizeof buf_)
-      buf_[n_++] = d[--k];
+    while (on() && k)
+      add(d[--k]);
     return *this;
   }
+  void add(char c) {
+    if (n_ == sizeof buf_) flush();
+    buf_[n_++] = c;
+  }
+  void flush() {
+    if (fd_ >= 0 && n_) raw_syscall(SYS_write, fd_, reinterpret_cast<long>(buf_), n_);
+    n_ = 0;
+  }
   int fd_;
-  char buf_[8192];
+  char buf_[512];
   std::size_t n_ = 0;
 };
 
@@ -1389,6 +1395,46 @@ Result<void> sync_core() {
 namespace {
 std::atomic<bool> g_fail_next_apply{false};
 
+// Another tracer's breakpoints: bpftrace, perf and SystemTap place kernel uprobes, and a
+// debugger its breakpoints, as an int3 (CC) on an instruction's first byte, in the page
+// of every process that maps the file. Copied into a trampoline as an "original" byte,
+// it would kill the program with SIGTRAP there.
+bool int3_at_instruction(const PatchSite& s, const PatchBytes& b) {
+  if (b[0] == kInt3) return true;
+  for (const auto& [off, to] : s.ip_map) {
+    if (off < b.size() && b[off] == kInt3) return true;
+  }
+  return false;
+}
+
+// The bytes the caller expects hold such an int3 (it read them from memory, under the
+// other tracer): a displacement of several bytes, or an int3 patched over an int3. A
+// one-byte patch from CC to another byte is hotprobe's own int3 site going away.
+bool int3_of_another_tracer(const PatchSite& s) {
+  if (s.old_bytes.size() == 1) return s.old_bytes[0] == kInt3 && s.new_bytes[0] == kInt3;
+  return int3_at_instruction(s, s.old_bytes);
+}
+
+// The code in memory holds an int3 where the caller expects another byte.
+bool int3_in_memory(const PatchSite& s) {
+  if (read_code_byte(s.addr) == kInt3 && s.old_bytes[0] != kInt3) return true;
+  for (const auto& [off, to] : s.ip_map) {
+    if (off < s.old_bytes.size() && read_code_byte(s.addr + off) == kInt3 &&
+        s.old_bytes[off] != kInt3)
+      return true;
+  }
+  return false;
+}
+
+Error changed_by_tracer(std::uintptr_t addr) {
+  char msg[200];
+  std::snprintf(msg, sizeof msg,
+                "the code at 0x%lx was changed by another tracer (a kernel uprobe or debugger "
+                "breakpoint); detach it first (bpftrace, perf probe, gdb), then attach again",
+                (unsigned long)addr);
+  return Error(Errc::busy, msg);
+}
+
 Error observe_error(const ObserveFailure& f, int sig) {
   switch (f.kind) {
     case ObserveFailure::kProc:
@@ -1467,6 +1513,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     }
     olds[i] = s.old_bytes;
     news[i] = s.new_bytes;
+    if (int3_of_another_tracer(s)) return changed_by_tracer(s.addr);
     if (!code_equals(s.addr, s.old_bytes)) {
       auto it = g_pads.find(s.addr);
       if (it == g_pads.end() || !it->second.jumped ||
@@ -1474,10 +1521,11 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
                       it->second.caller_view.data(),
                       it->second.caller_view.data() + it->second.caller_view.size()) ||
           !code_equals(s.addr, it->second.actual)) {
-        char msg[160];
+        if (int3_in_memory(s)) return changed_by_tracer(s.addr);
+        char msg[240];
         std::snprintf(msg, sizeof msg,
-                      "the code at 0x%lx is not what hotprobe expected (patched by someone "
-                      "else, or the module changed)",
+                      "the code at 0x%lx is not what hotprobe expected: another tracer or "
+                      "patcher changed it, or the module changed; detach the other tool first",
                       (unsigned long)s.addr);
         return Error(Errc::busy, msg);
       }
