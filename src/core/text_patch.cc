@@ -1,5 +1,7 @@
 #include "core/text_patch.h"
 
+#include "core/text_patch_raw.h"
+
 #include <fcntl.h>
 #include <linux/membarrier.h>
 #include <signal.h>
@@ -26,71 +28,12 @@
 
 namespace hp::core {
 
+using namespace patching;  // NOLINT(google-build-using-namespace): the patcher's own parts
+
 namespace {
 
-constexpr std::uint8_t kInt3 = 0xCC;
 constexpr std::uint8_t kJmpShort = 0xEB;
 constexpr std::uint8_t kSelf = 0xFE;  // rel8 -2: EB FE is `jmp .`
-constexpr std::uintptr_t kPage = 4096;
-
-// ---------------------------------------------------------------------------------------
-// System calls made while a transaction is in flight go through `syscall` directly: the
-// libc wrappers (and malloc, and every libc function) may be sites of the batch, and a
-// patcher that runs into one of its own spinning sites would spin forever.
-long raw_syscall(long nr, long a = 0, long b = 0, long c = 0, long d = 0) {
-  long ret;
-  register long r10 __asm__("r10") = d;
-  __asm__ volatile("syscall"
-                   : "=a"(ret)
-                   : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
-                   : "rcx", "r11", "memory");
-  return ret;
-}
-
-pid_t raw_gettid() {
-  return static_cast<pid_t>(raw_syscall(SYS_gettid));
-}
-pid_t raw_getpid() {
-  return static_cast<pid_t>(raw_syscall(SYS_getpid));
-}
-
-std::int64_t now_ns() {
-  timespec t{};
-  raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&t));
-  return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
-}
-
-void pause_ns(long ns) {
-  timespec t{0, ns};
-  raw_syscall(SYS_nanosleep, reinterpret_cast<long>(&t), 0);
-}
-
-// CPU time another thread of this process has used, in ns (its CPUCLOCK_SCHED clock,
-// exact to the moment: it includes the slice it is running now); -1 once it is gone.
-std::int64_t thread_cpu_ns(pid_t tid) {
-  const auto clock = static_cast<long>((~static_cast<unsigned long>(tid) << 3) | 6);
-  timespec t{};
-  if (raw_syscall(SYS_clock_gettime, clock, reinterpret_cast<long>(&t)) != 0) return -1;
-  return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
-}
-
-// Code bytes are written and read with plain instructions in asm: sanitizers have no
-// shadow for another module's text (ThreadSanitizer faults on it), and no thread of
-// this process reads code as data, so there is nothing for them to check.
-void write_byte(std::uintptr_t addr, std::uint8_t b) {
-  // A single byte store is atomic: a thread fetching the instruction sees the old or the
-  // new byte.
-  __asm__ volatile("movb %1, %0"
-                   : "=m"(*reinterpret_cast<std::uint8_t*>(addr))
-                   : "q"(b)
-                   : "memory");
-}
-
-std::uint8_t read_code_byte(std::uintptr_t addr) {
-  std::uint8_t b;
-  __asm__ volatile("movb %1, %0" : "=q"(b) : "m"(*reinterpret_cast<const std::uint8_t*>(addr)));
-  return b;
-}
 
 // Two bytes with one store. Only called where [addr, addr + 2) lies inside one aligned
 // 8-byte word (spin_head()), where the store is single-copy atomic and a thread fetching
@@ -652,19 +595,6 @@ int move_signal_number() noexcept {
 }
 
 namespace {
-
-// The interrupted thread's rip in a signal context (greg_t is a signed 64-bit integer).
-struct CtxRip {
-  greg_t& g;
-  operator std::uintptr_t() const { return static_cast<std::uintptr_t>(g); }  // NOLINT
-  CtxRip& operator=(std::uintptr_t v) {
-    g = static_cast<greg_t>(v);
-    return *this;
-  }
-};
-CtxRip ctx_rip(void* uc) {
-  return {static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_RIP]};
-}
 
 // Moves the interrupted ip out of the middle of a site being patched. Async-signal-safe,
 // and calls nothing that can be a site (no libc): it runs while sites spin.
