@@ -123,29 +123,41 @@ Result<void> install_move_signal() {
 
 // Threads, read from /proc with raw system calls and no allocation (the window rule).
 
+// /proc/self/task/<tid>/<name> (/proc/self/<name> for tid 0) into buf, NUL-terminated:
+// the bytes read, 0 or less when the file cannot be opened or read.
+long read_proc_file(pid_t tid, const char* name, char* buf, std::size_t size) {
+  char path[64] = "/proc/self/";
+  std::size_t n = 11;
+  if (tid) {
+    for (const char* s = "task/"; *s;)
+      path[n++] = *s++;
+    char digits[16];
+    std::size_t nd = 0;
+    for (auto v = static_cast<unsigned>(tid); v || nd == 0; v /= 10)
+      digits[nd++] = static_cast<char>('0' + v % 10);
+    while (nd)
+      path[n++] = digits[--nd];
+    path[n++] = '/';
+  }
+  for (const char* s = name; *s;)
+    path[n++] = *s++;
+  path[n] = 0;
+  const long fd =
+      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), size - 1);
+  raw_syscall(SYS_close, fd);
+  if (got > 0) buf[got] = 0;
+  return got;
+}
+
 // "/proc/self/task/<tid>/syscall": "running", or "<nr> <args...> <sp> <pc>" with nr -1
 // for a thread preempted in user mode.
 ThreadState read_thread(pid_t tid) {
-  char path[64] = "/proc/self/task/";
-  std::size_t n = 16;
-  char digits[16];
-  std::size_t nd = 0;
-  for (auto v = static_cast<unsigned>(tid); v || nd == 0; v /= 10)
-    digits[nd++] = static_cast<char>('0' + v % 10);
-  while (nd)
-    path[n++] = digits[--nd];
-  for (const char* s = "/syscall"; *s;)
-    path[n++] = *s++;
-  path[n] = 0;
   ThreadState out{ThreadState::kGone, 0};
-  const long fd =
-      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return out;
   char buf[256];
-  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
-  raw_syscall(SYS_close, fd);
+  const long got = read_proc_file(tid, "syscall", buf, sizeof buf);
   if (got <= 0) return out;
-  buf[got] = 0;
   if (buf[0] == 'r') {
     out.state = ThreadState::kRunning;
     return out;
@@ -207,12 +219,8 @@ long list_threads(pid_t* tids, std::size_t cap) {
 // The number of threads of the process (num_threads, field 20 of /proc/self/stat: the
 // length of the list /proc/self/task walks), or -1.
 long thread_count_now() {
-  const long fd = raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/stat"),
-                              O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
   char buf[1024];
-  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
-  raw_syscall(SYS_close, fd);
+  const long got = read_proc_file(0, "stat", buf, sizeof buf);
   if (got <= 0) return -1;
   long i = got - 1;
   while (i >= 0 && buf[i] != ')')  // the command name may hold spaces and parentheses
@@ -262,25 +270,9 @@ long list_all_threads(pid_t* tids, std::size_t cap, std::int64_t deadline, unsig
 // Whether the thread blocks `sig` (the SigBlk line of /proc/self/task/TID/status); true
 // when it cannot be read.
 bool blocks_signal(pid_t tid, int sig) {
-  char path[64] = "/proc/self/task/";
-  std::size_t n = 16;
-  char digits[16];
-  std::size_t nd = 0;
-  for (auto v = static_cast<unsigned>(tid); v || nd == 0; v /= 10)
-    digits[nd++] = static_cast<char>('0' + v % 10);
-  while (nd)
-    path[n++] = digits[--nd];
-  for (const char* t = "/status"; *t;)
-    path[n++] = *t++;
-  path[n] = 0;
-  const long fd =
-      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return true;
   char buf[4096];
-  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
-  raw_syscall(SYS_close, fd);
+  const long got = read_proc_file(tid, "status", buf, sizeof buf);
   if (got <= 0) return true;
-  buf[got] = 0;
   static constexpr char kKey[] = "\nSigBlk:\t";
   for (long i = 0; i + 16 < got; i++) {
     std::size_t k = 0;
