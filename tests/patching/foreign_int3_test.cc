@@ -92,6 +92,25 @@ TEST(ForeignInt3, ExpectedBytesReadUnderTheTracerAreRefused) {
   EXPECT_EQ(code.call(), 1);
 }
 
+// A tracer that arrives after the patch writes its int3 over the jump: the detach does not
+// write over the kernel's breakpoint, and says why.
+TEST(ForeignInt3, DetachUnderAnotherTracersInt3IsRefused) {
+  RaceCode code(hp_test::short_sled(), 0);
+  hp::core::PatchSite on = code.attach();
+  ASSERT_TRUE(apply_patches({&on, 1}).ok());
+  const auto* f = reinterpret_cast<const std::uint8_t*>(code.f);
+  ASSERT_EQ(f[0], 0xE9);
+  poke(code.f, 0xCC);
+  expect_refused_by_tracer(code.detach());
+  EXPECT_EQ(f[0], 0xCC);
+  poke(code.f, 0xE9);  // the int3 taken away by hand (a kernel uprobe would put back the
+                       // file's byte, 0x66 here, over the jump)
+  hp::core::PatchSite off = code.detach();
+  auto d = apply_patches({&off, 1});
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_EQ(code.call(), 1);
+}
+
 // hotprobe's own int3-mode site goes away (CC back to the function's byte): allowed.
 TEST(ForeignInt3, OwnInt3SiteIsRestored) {
   RaceCode code(hp_test::short_sled(), 0);
