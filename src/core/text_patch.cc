@@ -354,7 +354,8 @@ Result<bool> threads_outside(std::span<const std::pair<std::uintptr_t, std::uint
     const ThreadState ts = read_thread(tids[static_cast<std::size_t>(i)]);
     if (ts.state == ThreadState::kRunning) {
       tids[running++] = tids[static_cast<std::size_t>(i)];
-    } else if (ts.state != ThreadState::kGone && inside(ts.pc)) {
+    } else if (ts.state == ThreadState::kUnreadable ||
+               (ts.state != ThreadState::kGone && inside(ts.pc))) {
       return false;
     }
   }
@@ -472,6 +473,12 @@ Error observe_error(const ObserveFailure& f, int sig) {
   }
   const std::string t = "thread " + std::to_string(f.tid) + " of this process ";
   const std::string s = std::to_string(sig);
+  if (f.unreadable) {
+    return Error(Errc::busy, "hotprobe could not read /proc/self/task/" + std::to_string(f.tid) +
+                                 "/syscall for 1 s (no file descriptor left?), so it could not "
+                                 "see where " +
+                                 t + "was; nothing was changed. Retry, or raise RLIMIT_NOFILE");
+  }
   const std::string what = f.preempted_inside
                                ? t + "stayed preempted inside code hotprobe was about to change"
                                : t + "kept running with hotprobe's signal " + s +

@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -124,7 +125,7 @@ Result<void> install_move_signal() {
 // Threads, read from /proc with raw system calls and no allocation (the window rule).
 
 // /proc/self/task/<tid>/<name> (/proc/self/<name> for tid 0) into buf, NUL-terminated:
-// the bytes read, 0 or less when the file cannot be opened or read.
+// the bytes read, or -errno when the file cannot be opened or read.
 long read_proc_file(pid_t tid, const char* name, char* buf, std::size_t size) {
   char path[64] = "/proc/self/";
   std::size_t n = 11;
@@ -144,7 +145,7 @@ long read_proc_file(pid_t tid, const char* name, char* buf, std::size_t size) {
   path[n] = 0;
   const long fd =
       raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
+  if (fd < 0) return fd;
   const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), size - 1);
   raw_syscall(SYS_close, fd);
   if (got > 0) buf[got] = 0;
@@ -157,7 +158,13 @@ ThreadState read_thread(pid_t tid) {
   ThreadState out{ThreadState::kGone, 0};
   char buf[256];
   const long got = read_proc_file(tid, "syscall", buf, sizeof buf);
-  if (got <= 0) return out;
+  if (got <= 0) {
+    // Gone only when the kernel says so: a file that cannot be opened or read (no
+    // descriptor left, say) shows nothing about where the thread is.
+    if (raw_syscall(SYS_tgkill, raw_getpid(), tid, 0) != -ESRCH)
+      out.state = ThreadState::kUnreadable;
+    return out;
+  }
   if (buf[0] == 'r') {
     out.state = ThreadState::kRunning;
     return out;
@@ -413,13 +420,16 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
       if (obs.settled[i]) continue;
       bool done = obs.answered[i].load(std::memory_order_acquire) != 0;  // A2: matches A1
       bool inside = false;
+      bool unreadable = false;
       if (done) {
         log.put("thread ").num(obs.tids[i]).put(" answered the move signal\n");
       } else {
         const ThreadState ts = read_thread(obs.tids[i]);
-        inside = ts.state != ThreadState::kGone && ts.state != ThreadState::kRunning &&
-                 inside_any(ranges, n_ranges, ts.pc);
-        done = ts.state == ThreadState::kGone || (ts.state != ThreadState::kRunning && !inside);
+        const bool shows_pc =
+            ts.state == ThreadState::kBlocked || ts.state == ThreadState::kPreempted;
+        inside = shows_pc && inside_any(ranges, n_ranges, ts.pc);
+        done = ts.state == ThreadState::kGone || (shows_pc && !inside);
+        unreadable = ts.state == ThreadState::kUnreadable;
         std::int64_t ran = -1;
         if (!done && cpu_rule && ts.state == ThreadState::kRunning) {
           const std::int64_t cpu = thread_cpu_ns(obs.tids[i]);
@@ -447,6 +457,7 @@ ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observ
       } else {
         fail.tid = obs.tids[i];
         fail.preempted_inside = inside;
+        fail.unreadable = unreadable;
       }
     }
     if (!left) break;

@@ -48,7 +48,8 @@ extern std::atomic<int> g_verdict_fd;  // $HOTPROBE_PATCH_VERDICT_LOG, or -1
 Result<void> install_move_signal();
 
 struct ThreadState {
-  enum { kBlocked, kPreempted, kRunning, kGone } state;
+  // kUnreadable: its /proc file could not be read although the thread exists.
+  enum { kBlocked, kPreempted, kRunning, kGone, kUnreadable } state;
   std::uintptr_t pc;
 };
 
@@ -85,6 +86,7 @@ struct ObserveFailure {
   enum { kNone, kProc, kTooMany, kChurn, kStayed } kind = kNone;
   pid_t tid = 0;
   bool preempted_inside = false;
+  bool unreadable = false;  // tid's /proc file could not be read
 };
 
 inline constexpr std::int64_t kObserveBudgetNs = 1000000000;  // 1 s
