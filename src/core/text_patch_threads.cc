@@ -253,15 +253,44 @@ long thread_count_now() {
 // created after the holds is harmless (it starts outside every site) but makes the
 // counts differ: the listing is taken again. kListingCut when no listing was whole in
 // `attempts`. `cuts` counts the listings that were not.
+// Heap sort, by hand: std::sort moves runs with memmove, a libc function that may be a
+// site of the batch (the window calls none).
+void sort_tids(pid_t* a, long n) {
+  auto sift = [a](long i, long end) {
+    for (;;) {
+      long c = 2 * i + 1;
+      if (c >= end) return;
+      if (c + 1 < end && a[c + 1] > a[c]) c++;
+      if (a[i] >= a[c]) return;
+      const pid_t t = a[i];
+      a[i] = a[c];
+      a[c] = t;
+      i = c;
+    }
+  };
+  for (long i = n / 2 - 1; i >= 0; i--)
+    sift(i, n);
+  for (long end = n - 1; end > 0; end--) {
+    const pid_t t = a[0];
+    a[0] = a[end];
+    a[end] = t;
+    sift(0, end);
+  }
+}
+
 long list_all_threads(pid_t* tids, std::size_t cap, std::int64_t deadline, unsigned& cuts) {
   const pid_t pid = raw_getpid();
   for (;;) {
     long n = list_threads(tids, cap);
     if (n < 0 || static_cast<std::size_t>(n) > cap) return n;
     if (g_partial_listing_for_testing.load(std::memory_order_relaxed)) return n;
-    // A thread listed twice must count once (std::sort allocates nothing).
-    std::sort(tids, tids + n);
-    n = std::unique(tids, tids + n) - tids;
+    // A thread listed twice must count once.
+    sort_tids(tids, n);
+    long kept = 0;
+    for (long i = 0; i < n; i++) {
+      if (kept == 0 || tids[kept - 1] != tids[i]) tids[kept++] = tids[i];
+    }
+    n = kept;
     const long total = thread_count_now();
     if (total < 0) return -1;
     long alive = 1;  // this thread
