@@ -121,6 +121,11 @@ TEST(ThreadListing, EveryThreadIsListedWhileOthersExit) {
 
 // The broken variant, the first listing as it comes: it misses a long-lived thread.
 TEST(ThreadListing, PartialListingMissesAThread) {
+#if defined(HOTPROBE_TSAN)
+  // ThreadSanitizer slows the lister and the spawner alike: the kernel's window (an exit
+  // between two steps of the walk) is hit too rarely to show within the bound.
+  GTEST_SKIP() << "the race is too rare to show under ThreadSanitizer";
+#endif
   hp::core::use_partial_thread_listing_for_testing(true);
   const Result r = list_while_churning(std::chrono::milliseconds(15000));
   hp::core::use_partial_thread_listing_for_testing(false);
