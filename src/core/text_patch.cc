@@ -1,5 +1,10 @@
 #include "core/text_patch.h"
 
+#include "core/text_patch_pads.h"
+#include "core/text_patch_raw.h"
+#include "core/text_patch_threads.h"
+#include "core/text_patch_traps.h"
+
 #include <fcntl.h>
 #include <linux/membarrier.h>
 #include <signal.h>
@@ -26,71 +31,12 @@
 
 namespace hp::core {
 
+using namespace patching;  // NOLINT(google-build-using-namespace): the patcher's own parts
+
 namespace {
 
-constexpr std::uint8_t kInt3 = 0xCC;
 constexpr std::uint8_t kJmpShort = 0xEB;
 constexpr std::uint8_t kSelf = 0xFE;  // rel8 -2: EB FE is `jmp .`
-constexpr std::uintptr_t kPage = 4096;
-
-// ---------------------------------------------------------------------------------------
-// System calls made while a transaction is in flight go through `syscall` directly: the
-// libc wrappers (and malloc, and every libc function) may be sites of the batch, and a
-// patcher that runs into one of its own spinning sites would spin forever.
-long raw_syscall(long nr, long a = 0, long b = 0, long c = 0, long d = 0) {
-  long ret;
-  register long r10 __asm__("r10") = d;
-  __asm__ volatile("syscall"
-                   : "=a"(ret)
-                   : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10)
-                   : "rcx", "r11", "memory");
-  return ret;
-}
-
-pid_t raw_gettid() {
-  return static_cast<pid_t>(raw_syscall(SYS_gettid));
-}
-pid_t raw_getpid() {
-  return static_cast<pid_t>(raw_syscall(SYS_getpid));
-}
-
-std::int64_t now_ns() {
-  timespec t{};
-  raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&t));
-  return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
-}
-
-void pause_ns(long ns) {
-  timespec t{0, ns};
-  raw_syscall(SYS_nanosleep, reinterpret_cast<long>(&t), 0);
-}
-
-// CPU time another thread of this process has used, in ns (its CPUCLOCK_SCHED clock,
-// exact to the moment: it includes the slice it is running now); -1 once it is gone.
-std::int64_t thread_cpu_ns(pid_t tid) {
-  const auto clock = static_cast<long>((~static_cast<unsigned long>(tid) << 3) | 6);
-  timespec t{};
-  if (raw_syscall(SYS_clock_gettime, clock, reinterpret_cast<long>(&t)) != 0) return -1;
-  return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
-}
-
-// Code bytes are written and read with plain instructions in asm: sanitizers have no
-// shadow for another module's text (ThreadSanitizer faults on it), and no thread of
-// this process reads code as data, so there is nothing for them to check.
-void write_byte(std::uintptr_t addr, std::uint8_t b) {
-  // A single byte store is atomic: a thread fetching the instruction sees the old or the
-  // new byte.
-  __asm__ volatile("movb %1, %0"
-                   : "=m"(*reinterpret_cast<std::uint8_t*>(addr))
-                   : "q"(b)
-                   : "memory");
-}
-
-std::uint8_t read_code_byte(std::uintptr_t addr) {
-  std::uint8_t b;
-  __asm__ volatile("movb %1, %0" : "=q"(b) : "m"(*reinterpret_cast<const std::uint8_t*>(addr)));
-  return b;
-}
 
 // Two bytes with one store. Only called where [addr, addr + 2) lies inside one aligned
 // 8-byte word (spin_head()), where the store is single-copy atomic and a thread fetching
@@ -276,513 +222,19 @@ void unwrite_final(std::uintptr_t addr, Head h, const std::uint8_t* old) {
 // ---------------------------------------------------------------------------------------
 // Totals (relaxed: statistics only).
 std::atomic<std::uint64_t> g_sync_core_rounds{0};
-std::atomic<std::uint64_t> g_traps_redirected{0};
-std::atomic<std::uint64_t> g_threads_moved{0};
-std::atomic<Int3Hook> g_int3_hook{nullptr};
-
-// ---------------------------------------------------------------------------------------
-// In-flight trap table: int3 address -> where to continue. Open addressing over a fixed
-// mapping that is never freed, so the SIGTRAP handler can read it at any time without a
-// grace period. One writer (under g_patch_mutex). A reader that misses (the entry was
-// just removed, or a clear raced it) falls back to re-executing the trap address, which
-// by then holds the final byte or traps again and finds the entry.
-struct TrapEntry {
-  std::atomic<std::uintptr_t> addr;    // 0 empty, kTomb removed
-  std::atomic<std::uintptr_t> target;  // written before addr (T1: matches T2)
-};
-constexpr std::size_t kTrapSlots = std::size_t{1} << 18;
-constexpr std::uintptr_t kTomb = 1;
-TrapEntry* g_traps = nullptr;  // the writer's (under g_patch_mutex)
-// The SIGTRAP handler's: published once the table exists (T3: matches T4).
-std::atomic<TrapEntry*> g_traps_published{nullptr};
-std::size_t g_trap_used = 0;  // live + tombstones, writer only
-
-// Linear within each 1 MiB of address space (a slot per 4 bytes), at a place picked by a
-// hash of the MiB: a batch of sites in one library touches a few pages of the table, not
-// all 1,024 of them (first touches cost a page fault each), and sites closer than 4 bytes
-// (int3 sites only) share a slot and probe the next.
-std::size_t trap_hash(std::uintptr_t a) {
-  const std::uint64_t region = ((a >> 20) * 0x9E3779B97F4A7C15ull) >> (64 - 18);
-  return ((a >> 2) + region) & (kTrapSlots - 1);
-}
-
-std::uintptr_t trap_lookup(std::uintptr_t addr) {
-  TrapEntry* t = g_traps_published.load(std::memory_order_acquire);  // T4: matches T3
-  if (!t) return 0;
-  for (std::size_t i = trap_hash(addr), n = 0; n < kTrapSlots;
-       i = (i + 1) & (kTrapSlots - 1), n++) {
-    std::uintptr_t a = t[i].addr.load(std::memory_order_acquire);  // T2: matches T1
-    if (a == 0) return 0;
-    if (a == addr) return t[i].target.load(std::memory_order_relaxed);
-  }
-  return 0;
-}
-
-void trap_insert(std::uintptr_t addr, std::uintptr_t target) {
-  for (std::size_t i = trap_hash(addr);; i = (i + 1) & (kTrapSlots - 1)) {
-    std::uintptr_t a = g_traps[i].addr.load(std::memory_order_relaxed);
-    if (a == 0 || a == kTomb || a == addr) {
-      g_traps[i].target.store(target, std::memory_order_relaxed);
-      g_traps[i].addr.store(addr, std::memory_order_release);  // T1: matches T2
-      if (a == 0) g_trap_used++;
-      return;
-    }
-  }
-}
-
-// A removed entry at the end of its chain (the next slot empty) becomes empty, and so do
-// the tombstones before it: no entry lies behind an empty slot that its own chain needs
-// (its chain runs from its hash slot to it without a gap), so readers stay correct, and a
-// batch removed last-in first-out (apply_patches) leaves no run of tombstones for later
-// lookups to walk through.
-void trap_remove(std::uintptr_t addr) {
-  constexpr std::size_t kMask = kTrapSlots - 1;
-  for (std::size_t i = trap_hash(addr), n = 0; n < kTrapSlots; i = (i + 1) & kMask, n++) {
-    std::uintptr_t a = g_traps[i].addr.load(std::memory_order_relaxed);
-    if (a == 0) return;
-    if (a != addr) continue;
-    if (g_traps[(i + 1) & kMask].addr.load(std::memory_order_relaxed) != 0) {
-      g_traps[i].addr.store(kTomb, std::memory_order_release);
-      return;
-    }
-    for (std::size_t j = i;; j = (j - 1) & kMask) {
-      g_traps[j].addr.store(0, std::memory_order_release);
-      g_trap_used--;
-      if (g_traps[(j - 1) & kMask].addr.load(std::memory_order_relaxed) != kTomb) return;
-    }
-  }
-}
-
-void trap_clear_if_crowded() {
-  if (g_trap_used < kTrapSlots / 2) return;
-  for (std::size_t i = 0; i < kTrapSlots; i++)
-    g_traps[i].addr.store(0, std::memory_order_release);
-  g_trap_used = 0;
-}
-
-// ---------------------------------------------------------------------------------------
-// Jump pads: a site whose first instruction is one byte (push rbp) cannot take the
-// two-byte hold there (a thread between the two instructions would run the FE). It is held
-// on its second instruction instead ([1, 3) = EB FE), and its jump is written so that
-// those two bytes need not change: E9 EB FE h0 h1, a jump to a pad whose address ends in
-// ...FEEB + 5 past the site, which holds `jmp [slot]`. Only the first byte (55 -> E9) and
-// [3, 5) change, and a thread spinning at offset 1 never sees them; no new thread reaches
-// offset 1 once the E9 is in place, so the spinners there are moved with the move signal.
-//
-// A pad belongs to one site address for the life of the process (a thread preempted on
-// a pad's jump may execute it at any later time, so its slot must always lead somewhere
-// right for that site): its slot holds the pad's own address while a transaction is in
-// flight (a `jmp [slot]` that spins, reading the slot each time), the trampoline while
-// the site is attached, and the site's address after (the function as it is then).
-// Pads live in 64 KiB regions near the sites (a pad's offset in its region is fixed by the
-// site's address), never unmapped: their memory is bounded by the code that was probed.
-constexpr std::uintptr_t kPadRegionCode = 0x10000 + kPage;  // the pads (the last one may overrun)
-constexpr std::uintptr_t kPadRegionSlots = 0x18000;         // 8-byte slots
-constexpr std::uintptr_t kPadRegionSize = kPadRegionCode + kPadRegionSlots;
-constexpr std::size_t kPadLength = 6;  // FF 25 disp32: jmp [rip + disp32]
-constexpr std::uint32_t kPadLow = 0xFEEB;
-
-struct PadRegion {
-  std::uintptr_t base = 0;  // 64 KiB aligned
-  std::uint32_t slots_used = 0;
-  bool writable = false;  // code made writable in this transaction
-  std::vector<std::uint64_t> busy = std::vector<std::uint64_t>((kPadRegionCode + 63) / 64);
-
-  bool byte_busy(std::uintptr_t off) const { return (busy[off / 64] >> (off % 64)) & 1; }
-  void set_busy(std::uintptr_t off) { busy[off / 64] |= std::uint64_t{1} << (off % 64); }
-};
-
-struct Pad {
-  std::uintptr_t at = 0;
-  std::atomic<std::uintptr_t>* slot = nullptr;
-  // The site's bytes while it jumps to the pad: as the caller knows them (its jump to
-  // the trampoline) and as they are (the jump to the pad).
-  bool jumped = false;
-  PatchBytes caller_view, actual;
-};
-
-// Under g_patch_mutex; never freed, never destroyed (no static destructor: pads stay in
-// the code for the life of the process, and threads may still jump through them at exit).
-std::vector<PadRegion*>& g_pad_regions = *new std::vector<PadRegion*>;
-std::unordered_map<std::uintptr_t, Pad>& g_pads =
-    *new std::unordered_map<std::uintptr_t, Pad>;  // site address -> its pad; never erased
-
-bool rel32_reach(std::uintptr_t from_end, std::uintptr_t to) {
-  const auto d = static_cast<std::int64_t>(to - from_end);
-  return d >= INT32_MIN && d <= INT32_MAX;
-}
-
-// A free, 64 KiB aligned place for a region within rel32 reach of `site`, closest first.
-std::uintptr_t region_place_near(std::uintptr_t site) {
-  FILE* f = std::fopen("/proc/self/maps", "re");
-  if (!f) return 0;
-  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> used;
-  char line[4096];
-  while (std::fgets(line, sizeof line, f)) {
-    unsigned long lo, hi;
-    if (std::sscanf(line, "%lx-%lx", &lo, &hi) == 2) used.push_back({lo, hi});
-  }
-  std::fclose(f);
-  constexpr std::uintptr_t kAlign = 0x10000, kLowest = 0x100000;
-  constexpr std::uintptr_t kTop = std::uintptr_t{1} << 47;
-  constexpr std::uintptr_t kReach = 0x70000000;  // well inside +-2 GiB, for every pad
-  const std::uintptr_t lo_limit = site > kReach + kLowest ? site - kReach : kLowest;
-  const std::uintptr_t hi_limit = std::min(site + kReach, kTop);
-  std::uintptr_t best = 0, best_dist = ~std::uintptr_t{0};
-  std::uintptr_t gap_lo = kLowest;
-  used.push_back({kTop, kTop});
-  for (const auto& [lo, hi] : used) {
-    // The gap [gap_lo, lo): the aligned place in it closest to the site.
-    const std::uintptr_t first = (std::max(gap_lo, lo_limit) + kAlign - 1) & ~(kAlign - 1);
-    const std::uintptr_t end = std::min(lo, hi_limit);
-    if (end > first && end - first >= kPadRegionSize) {
-      const std::uintptr_t last = (end - kPadRegionSize) & ~(kAlign - 1);
-      std::uintptr_t cand = site <= first ? first : site >= last ? last : site & ~(kAlign - 1);
-      if (cand < first) cand = first;
-      const std::uintptr_t dist = cand > site ? cand - site : site - cand;
-      if (cand <= last && dist < best_dist) {
-        best = cand;
-        best_dist = dist;
-      }
-    }
-    gap_lo = std::max(gap_lo, hi);
-  }
-  return best;
-}
-
-PadRegion* new_pad_region(std::uintptr_t site) {
-  const std::uintptr_t at = region_place_near(site);
-  if (!at) return nullptr;
-  void* m = mmap(reinterpret_cast<void*>(at), kPadRegionSize, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-  if (m == MAP_FAILED) return nullptr;
-  if (reinterpret_cast<std::uintptr_t>(m) != at) {
-    munmap(m, kPadRegionSize);
-    return nullptr;
-  }
-  auto* r = new PadRegion;
-  r->base = at;
-  r->writable = true;  // the code part becomes r-x at the end of the transaction
-  g_pad_regions.push_back(r);
-  return r;
-}
-
-// The pad of the site at `addr`, placed now if it has none; null when no region in reach
-// has its offset free and no new region can be mapped (the site then traps).
-Pad* pad_for(std::uintptr_t addr) {
-  if (auto it = g_pads.find(addr); it != g_pads.end()) return &it->second;
-  const std::uintptr_t off = (addr + 5 + kPadLow) & 0xFFFF;
-  auto fits = [&](const PadRegion* r) {
-    if (!rel32_reach(addr + 5, r->base + off)) return false;
-    if (r->slots_used >= kPadRegionSlots / 8) return false;
-    for (std::uintptr_t i = off; i < off + kPadLength; i++) {
-      if (r->byte_busy(i)) return false;
-    }
-    return true;
-  };
-  PadRegion* region = nullptr;
-  for (PadRegion* r : g_pad_regions) {
-    if (fits(r)) {
-      region = r;
-      break;
-    }
-  }
-  if (!region) {
-    region = new_pad_region(addr);
-    if (!region || !fits(region)) return nullptr;
-  }
-  if (!region->writable) {
-    if (mprotect(reinterpret_cast<void*>(region->base), kPadRegionCode,
-                 PROT_READ | PROT_WRITE | PROT_EXEC) != 0) {
-      return nullptr;
-    }
-    region->writable = true;
-  }
-  for (std::uintptr_t i = off; i < off + kPadLength; i++)
-    region->set_busy(i);
-  Pad pad;
-  pad.at = region->base + off;
-  const std::uintptr_t slot = region->base + kPadRegionCode + 8 * region->slots_used++;
-  pad.slot = reinterpret_cast<std::atomic<std::uintptr_t>*>(slot);
-  pad.slot->store(addr, std::memory_order_relaxed);
-  const auto disp = static_cast<std::int32_t>(slot - (pad.at + kPadLength));
-  write_byte(pad.at, 0xFF);
-  write_byte(pad.at + 1, 0x25);
-  for (int i = 0; i < 4; i++)
-    write_byte(pad.at + 2 + i,
-               static_cast<std::uint8_t>(static_cast<std::uint32_t>(disp) >> (8 * i)));
-  return &g_pads.emplace(addr, pad).first->second;
-}
-
-// The code of regions written in this transaction becomes r-x again.
-void seal_pad_regions() {
-  for (PadRegion* r : g_pad_regions) {
-    if (!r->writable) continue;
-    mprotect(reinterpret_cast<void*>(r->base), kPadRegionCode, PROT_READ | PROT_EXEC);
-    r->writable = false;
-  }
-}
-
-// The site's jump to its pad: E9 EB FE h0 h1, then the caller's bytes.
-PatchBytes jump_to_pad(const PatchSite& s, const Pad& pad) {
-  std::uint8_t b[PatchBytes::kCapacity];
-  const auto rel = static_cast<std::uint32_t>(pad.at - (s.addr + 5));
-  HP_CHECK((rel & 0xFFFF) == kPadLow);
-  b[0] = 0xE9;
-  for (int i = 0; i < 4; i++)
-    b[1 + i] = static_cast<std::uint8_t>(rel >> (8 * i));
-  for (std::size_t i = 5; i < s.new_bytes.size(); i++)
-    b[i] = s.new_bytes[i];
-  return PatchBytes(std::span<const std::uint8_t>(b, s.new_bytes.size()));
-}
-
-// Where the caller's jump goes (E9 rel32 at addr).
-std::uintptr_t jump_target(std::uintptr_t addr, const PatchBytes& b) {
-  std::uint32_t rel = 0;
-  for (int i = 0; i < 4; i++)
-    rel |= static_cast<std::uint32_t>(b[1 + i]) << (8 * i);
-  return addr + 5 +
-         static_cast<std::uintptr_t>(static_cast<std::int64_t>(static_cast<std::int32_t>(rel)));
-}
-
-// ---------------------------------------------------------------------------------------
-// Thread moves: the sites of the transaction in flight, for the move-signal handler.
-struct Range {
-  std::uintptr_t start, end;
-  const PatchSite* site;
-};
-struct MoveTable {
-  const Range* ranges;  // sites being patched: move threads inside them
-  std::size_t n;
-  // Or, when sampling (ranges == nullptr): count threads whose ip is in [start, end).
-  const std::pair<std::uintptr_t, std::uintptr_t>* sample;
-  std::size_t n_sample;
-  // The threads asked: a handler running on tids[i] sets answered[i] (A1: matches A2).
-  const pid_t* tids;
-  std::atomic<std::uint8_t>* answered;
-  std::size_t n_tids;
-};
-std::atomic<unsigned> g_sample_inside{0};
-std::atomic<const MoveTable*> g_moves{nullptr};
-std::atomic<int> g_move_handlers_active{0};
-std::atomic<unsigned> g_move_acks{0};
-
-// The move signal: installed (g_move_signal, under g_patch_mutex, read by others after
-// init) or, before that, the one that will be (g_move_signal_choice).
-std::atomic<int> g_move_signal{0};
-std::atomic<int> g_move_signal_choice{0};
-
-void move_handler(int, siginfo_t*, void*);
-
-// Whether the program has a use for `sig`: a handler that is not ours, or SIG_IGN.
-bool signal_in_use(int sig) {
-  struct sigaction cur {};
-  if (sigaction(sig, nullptr, &cur) != 0) return true;
-  if (cur.sa_flags & SA_SIGINFO) return cur.sa_sigaction != move_handler;
-  return cur.sa_handler != SIG_DFL;
-}
-
-std::string rt_name(int sig) {
-  const int lo = SIGRTMIN, hi = SIGRTMAX;
-  if (sig - lo <= hi - sig) return "SIGRTMIN+" + std::to_string(sig - lo);
-  return "SIGRTMAX-" + std::to_string(hi - sig);
-}
-
-std::string signal_range() {
-  return std::to_string(SIGRTMIN) + " to " + std::to_string(SIGRTMAX) + " (SIGRTMIN..SIGRTMAX)";
-}
-
-}  // namespace
-
-Result<int> choose_move_signal(const char* requested) {
-  const int lo = SIGRTMIN, hi = SIGRTMAX;
-  if (requested && *requested) {
-    long v = 0;
-    bool digits = true;
-    for (const char* p = requested; *p; p++) {
-      if (*p < '0' || *p > '9' || v > 1000) {
-        digits = false;
-        break;
-      }
-      v = v * 10 + (*p - '0');
-    }
-    const std::string shown = std::string("HOTPROBE_SIGNAL=") + requested;
-    if (!digits) {
-      return Error(Errc::invalid_argument,
-                   shown + " is not a signal number: set it to a real-time signal from " +
-                       signal_range() + " that the program does not use, or unset it");
-    }
-    const int sig = static_cast<int>(v);
-    if (sig < lo || sig > hi) {
-      const char* name = sig > 0 && sig < 32 ? sigabbrev_np(sig) : nullptr;
-      return Error(Errc::invalid_argument,
-                   shown + (name ? std::string(" (SIG") + name + ")" : std::string()) +
-                       " is not a real-time signal: hotprobe would take it over from the "
-                       "program. Use a number from " +
-                       signal_range() + " that the program does not use, or unset it");
-    }
-    if (signal_in_use(sig)) {
-      return Error(Errc::busy, shown + ": the program already handles signal " +
-                                   std::to_string(sig) + " (" + rt_name(sig) +
-                                   "); pick another real-time signal from " + signal_range() +
-                                   " that it leaves alone, or unset HOTPROBE_SIGNAL and "
-                                   "hotprobe picks a free one");
-    }
-    return sig;
-  }
-  // The default, then the others from the top down (programs take SIGRTMIN first).
-  if (!signal_in_use(hi - 3)) return hi - 3;
-  for (int sig = hi; sig >= lo; sig--) {
-    if (sig != hi - 3 && !signal_in_use(sig)) return sig;
-  }
-  return Error(Errc::busy, "every real-time signal (" + signal_range() +
-                               ") has a handler in this program: hotprobe needs one it can own "
-                               "to move threads out of the code it patches");
-}
-
-int move_signal_number() noexcept {
-  if (int s = g_move_signal.load(std::memory_order_acquire)) return s;
-  if (int s = g_move_signal_choice.load(std::memory_order_acquire)) return s;
-  auto r = choose_move_signal(std::getenv("HOTPROBE_SIGNAL"));
-  if (!r.ok()) return 0;
-  int expected = 0;
-  g_move_signal_choice.compare_exchange_strong(expected, *r, std::memory_order_acq_rel);
-  return g_move_signal_choice.load(std::memory_order_acquire);
-}
-
-namespace {
-
-// The interrupted thread's rip in a signal context (greg_t is a signed 64-bit integer).
-struct CtxRip {
-  greg_t& g;
-  operator std::uintptr_t() const { return static_cast<std::uintptr_t>(g); }  // NOLINT
-  CtxRip& operator=(std::uintptr_t v) {
-    g = static_cast<greg_t>(v);
-    return *this;
-  }
-};
-CtxRip ctx_rip(void* uc) {
-  return {static_cast<ucontext_t*>(uc)->uc_mcontext.gregs[REG_RIP]};
-}
-
-// Moves the interrupted ip out of the middle of a site being patched. Async-signal-safe,
-// and calls nothing that can be a site (no libc): it runs while sites spin.
-void move_handler(int, siginfo_t* info, void* uc) {
-  // Ours come from tgkill in this process; anything else is ignored, as the signal's
-  // default disposition in a program that never sends it would not matter.
-  if (info->si_code != SI_TKILL || info->si_pid != raw_getpid()) return;
-  int saved_errno = errno;
-  g_move_handlers_active.fetch_add(1, std::memory_order_acq_rel);  // M1: matches M2
-  if (const MoveTable* mt = g_moves.load(std::memory_order_acquire)) {
-    CtxRip rip = ctx_rip(uc);
-    for (std::size_t i = 0; i < mt->n_sample; i++) {
-      if (rip >= mt->sample[i].first && rip < mt->sample[i].second) {
-        g_sample_inside.fetch_add(1, std::memory_order_relaxed);
-        break;
-      }
-    }
-    for (std::size_t i = 0; i < mt->n; i++) {
-      const Range& r = mt->ranges[i];
-      if (rip > r.start && rip < r.end) {
-        auto off = static_cast<std::uint32_t>(rip - r.site->addr);
-        for (const auto& [o, to] : r.site->ip_map) {
-          if (o == off) {
-            rip = to;
-            g_threads_moved.fetch_add(1, std::memory_order_relaxed);
-            break;
-          }
-        }
-        break;
-      }
-    }
-    if (mt->n_tids) {
-      const pid_t me = raw_gettid();
-      for (std::size_t i = 0; i < mt->n_tids; i++) {
-        if (mt->tids[i] == me) {
-          mt->answered[i].store(1, std::memory_order_release);  // A1: matches A2
-          break;
-        }
-      }
-    }
-  }
-  g_move_acks.fetch_add(1, std::memory_order_release);
-  g_move_handlers_active.fetch_sub(1, std::memory_order_release);
-  errno = saved_errno;
-}
-
-struct sigaction g_prev_trap_action;
-
-HP_DISPATCH_SECTION void trap_handler(int sig, siginfo_t* info, void* uc) {
-  if (info->si_code == SI_KERNEL) {  // an int3 (not kill(2), not a debugger's step)
-    CtxRip rip = ctx_rip(uc);
-    std::uintptr_t trap = rip - 1;
-    if (Int3Hook hook = g_int3_hook.load(std::memory_order_acquire)) {
-      if (std::uintptr_t to = hook(trap, uc)) {
-        rip = to;
-        return;
-      }
-    }
-    if (std::uintptr_t to = trap_lookup(trap)) {
-      rip = to;
-      g_traps_redirected.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    // The int3 was ours but the transaction has finished: run what is there now.
-    if (read_code_byte(trap) != kInt3) {
-      rip = trap;
-      return;
-    }
-  }
-  // Not ours: behave as if we were not here.
-  if (g_prev_trap_action.sa_flags & SA_SIGINFO) {
-    if (g_prev_trap_action.sa_sigaction) return g_prev_trap_action.sa_sigaction(sig, info, uc);
-  } else if (g_prev_trap_action.sa_handler != SIG_DFL && g_prev_trap_action.sa_handler != SIG_IGN) {
-    return g_prev_trap_action.sa_handler(sig);
-  }
-  // Default action: uninstall ourselves and re-execute the int3, so the process dies of
-  // SIGTRAP as it would have without hotprobe.
-  if (info->si_code == SI_KERNEL) ctx_rip(uc) = ctx_rip(uc) - 1;
-  signal(SIGTRAP, SIG_DFL);
-}
 
 // ---------------------------------------------------------------------------------------
 Mutex g_patch_mutex;  // one transaction at a time; held for a whole apply_patches()
-
-// The move signal, checked when it is installed: a program that took the chosen signal
-// since move_signal_number() answered gets another (or, for HOTPROBE_SIGNAL, an error).
-Result<void> install_move_signal() HP_REQUIRES(g_patch_mutex) {
-  int sig = g_move_signal_choice.load(std::memory_order_acquire);
-  if (sig == 0 || signal_in_use(sig)) {
-    auto r = choose_move_signal(std::getenv("HOTPROBE_SIGNAL"));
-    if (!r.ok()) return r.error();
-    sig = *r;
-  }
-  struct sigaction ma {};
-  ma.sa_sigaction = move_handler;
-  ma.sa_flags = SA_SIGINFO | SA_RESTART;
-  sigfillset(&ma.sa_mask);
-  if (sigaction(sig, &ma, nullptr) != 0) return sys_error("sigaction(move signal)");
-  g_move_signal_choice.store(sig, std::memory_order_release);
-  g_move_signal.store(sig, std::memory_order_release);
-  return {};
-}
 
 Result<void> init_once() HP_REQUIRES(g_patch_mutex) {
   static bool done = false;
   if (done) return {};
   HP_TRY(install_move_signal());
-  if (!g_traps) {
-    void* mem = mmap(nullptr, kTrapSlots * sizeof(TrapEntry), PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (mem == MAP_FAILED) return sys_error("mmap of the trap table");
-    g_traps = static_cast<TrapEntry*>(mem);
-    g_traps_published.store(g_traps, std::memory_order_release);  // T3: matches T4
+  if (const char* log = std::getenv("HOTPROBE_PATCH_VERDICT_LOG"); log && *log) {
+    g_verdict_fd.store(open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644),
+                       std::memory_order_relaxed);
   }
-  struct sigaction sa {};
-  sa.sa_sigaction = trap_handler;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
-  sigemptyset(&sa.sa_mask);
-  if (sigaction(SIGTRAP, &sa, &g_prev_trap_action) != 0) return sys_error("sigaction(SIGTRAP)");
+  HP_TRY(install_trap_handler());
   done = true;
   return {};
 }
@@ -795,268 +247,6 @@ long membarrier(int cmd) {
 // with iret, which serializes: the kernel documents SYNC_CORE as a no-op on x86 for that
 // reason), 3 neither.
 std::atomic<int> g_sync_mode{0};
-
-// ---------------------------------------------------------------------------------------
-// Threads, read from /proc with raw system calls and no allocation (the window rule).
-struct ThreadState {
-  enum { kBlocked, kPreempted, kRunning, kGone } state;
-  std::uintptr_t pc;
-};
-
-// "/proc/self/task/<tid>/syscall": "running", or "<nr> <args...> <sp> <pc>" with nr -1
-// for a thread preempted in user mode.
-ThreadState read_thread(pid_t tid) {
-  char path[64] = "/proc/self/task/";
-  std::size_t n = 16;
-  char digits[16];
-  std::size_t nd = 0;
-  for (auto v = static_cast<unsigned>(tid); v || nd == 0; v /= 10)
-    digits[nd++] = static_cast<char>('0' + v % 10);
-  while (nd)
-    path[n++] = digits[--nd];
-  for (const char* s = "/syscall"; *s;)
-    path[n++] = *s++;
-  path[n] = 0;
-  ThreadState out{ThreadState::kGone, 0};
-  const long fd =
-      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return out;
-  char buf[256];
-  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
-  raw_syscall(SYS_close, fd);
-  if (got <= 0) return out;
-  buf[got] = 0;
-  if (buf[0] == 'r') {
-    out.state = ThreadState::kRunning;
-    return out;
-  }
-  out.state = buf[0] == '-' ? ThreadState::kPreempted : ThreadState::kBlocked;
-  std::size_t end = static_cast<std::size_t>(got);
-  while (end && (buf[end - 1] == '\n' || buf[end - 1] == ' '))
-    end--;
-  std::size_t start = end;
-  while (start && buf[start - 1] != ' ')
-    start--;
-  if (start + 2 <= end && buf[start] == '0' && buf[start + 1] == 'x') start += 2;
-  std::uintptr_t pc = 0;
-  for (std::size_t i = start; i < end; i++) {
-    const char c = buf[i];
-    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-    if (d < 0) break;
-    pc = pc * 16 + static_cast<std::uintptr_t>(d);
-  }
-  out.pc = pc;
-  return out;
-}
-
-// The other threads of the process into tids[0..cap); returns how many there are (more
-// than cap when they did not fit), or -1 when /proc cannot be read.
-long list_threads(pid_t* tids, std::size_t cap) {
-  const long fd = raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/task"),
-                              O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  const pid_t self = raw_gettid();
-  long count = 0;
-  alignas(8) char buf[4096];
-  for (;;) {
-    const long got = raw_syscall(SYS_getdents64, fd, reinterpret_cast<long>(buf), sizeof buf);
-    if (got <= 0) break;
-    for (long off = 0; off < got;) {
-      struct Dirent64 {
-        std::uint64_t ino;
-        std::int64_t off;
-        unsigned short reclen;
-        unsigned char type;
-        char name[1];
-      };
-      const auto* d = reinterpret_cast<const Dirent64*>(buf + off);
-      off += d->reclen;
-      if (d->name[0] < '0' || d->name[0] > '9') continue;
-      long t = 0;
-      for (const char* p = d->name; *p >= '0' && *p <= '9'; p++)
-        t = t * 10 + (*p - '0');
-      if (t == self) continue;
-      if (static_cast<std::size_t>(count) < cap) tids[count] = static_cast<pid_t>(t);
-      count++;
-    }
-  }
-  raw_syscall(SYS_close, fd);
-  return count;
-}
-
-// Whether the thread blocks `sig` (the SigBlk line of /proc/self/task/TID/status); true
-// when it cannot be read.
-bool blocks_signal(pid_t tid, int sig) {
-  char path[64] = "/proc/self/task/";
-  std::size_t n = 16;
-  char digits[16];
-  std::size_t nd = 0;
-  for (auto v = static_cast<unsigned>(tid); v || nd == 0; v /= 10)
-    digits[nd++] = static_cast<char>('0' + v % 10);
-  while (nd)
-    path[n++] = digits[--nd];
-  for (const char* t = "/status"; *t;)
-    path[n++] = *t++;
-  path[n] = 0;
-  const long fd =
-      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return true;
-  char buf[4096];
-  const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
-  raw_syscall(SYS_close, fd);
-  if (got <= 0) return true;
-  buf[got] = 0;
-  static constexpr char kKey[] = "\nSigBlk:\t";
-  for (long i = 0; i + 16 < got; i++) {
-    std::size_t k = 0;
-    while (kKey[k] && buf[i + static_cast<long>(k)] == kKey[k])
-      k++;
-    if (kKey[k]) continue;
-    std::uint64_t mask = 0;
-    for (const char* c = buf + i + k; *c && *c != '\n'; c++) {
-      const int d = *c >= '0' && *c <= '9' ? *c - '0' : *c >= 'a' && *c <= 'f' ? *c - 'a' + 10 : -1;
-      if (d < 0) break;
-      mask = mask * 16 + static_cast<std::uint64_t>(d);
-    }
-    return (mask >> (sig - 1)) & 1;
-  }
-  return true;
-}
-
-bool inside_any(const Range* ranges, std::size_t n, std::uintptr_t pc) {
-  const Range* it = std::upper_bound(ranges, ranges + n, pc,
-                                     [](std::uintptr_t v, const Range& r) { return v < r.start; });
-  if (it == ranges) return false;
-  --it;
-  return pc > it->start && pc < it->end;
-}
-
-// Step 2's buffers, allocated before the window opens.
-struct Observation {
-  std::unique_ptr<pid_t[]> tids;
-  std::unique_ptr<std::atomic<std::uint8_t>[]> answered;
-  std::unique_ptr<std::uint8_t[]> settled;
-  std::unique_ptr<std::uint8_t[]> signalled;
-  std::unique_ptr<std::int64_t[]> cpu_at_start;
-  std::size_t cap = 0;
-
-  explicit Observation(std::size_t c)
-      : tids(new pid_t[c]),
-        answered(new std::atomic<std::uint8_t>[c]),
-        settled(new std::uint8_t[c]),
-        signalled(new std::uint8_t[c]),
-        cpu_at_start(new std::int64_t[c]),
-        cap(c) {}
-};
-
-std::size_t thread_count_estimate() {
-  pid_t none[1];
-  const long n = list_threads(none, 0);
-  return n > 0 ? static_cast<std::size_t>(n) : 0;
-}
-
-// Why step 2 could not finish (the message is made after the rollback: no allocation
-// while sites spin).
-struct ObserveFailure {
-  enum { kNone, kProc, kTooMany, kStayed } kind = kNone;
-  pid_t tid = 0;
-  bool preempted_inside = false;
-};
-
-constexpr std::int64_t kObserveBudgetNs = 1000000000;  // 1 s
-// CPU time after which a running thread that was inside a site has left it: a few
-// straight-line instructions take nanoseconds; 2 ms leaves room for the page faults and
-// interrupts one of them may take on the way.
-constexpr std::int64_t kLeftAfterCpuNs = 2000000;
-
-// Step 2: after the holds are in place and serialized, every other thread is shown to be
-// outside the interior of every site, or is moved out of it. The set of threads inside
-// only shrinks from then on: an arriving thread stops at a site's first byte (it spins
-// there, or traps), and no branch lands inside (the relocator refuses such sites). So
-// each thread needs to be seen outside once:
-//   - blocked in a system call, or preempted with its pc outside: done (never signalled,
-//     so never sees EINTR);
-//   - preempted inside, or running (/proc shows no pc for a runnable thread, on a CPU
-//     or not): sent the move signal once; its handler moves it by the site's ip map and
-//     answers. One that blocks the signal is read again until it is seen outside, or,
-//     with `cpu_rule`, until it has run kLeftAfterCpuNs since the holds were serialized
-//     (a thread inside a site leaves it after a few straight-line instructions), or the
-//     budget runs out. cpu_rule is off where a thread may stay at an interior point
-//     while it runs: a rep-string instruction, or a hold that spins inside the site.
-ObserveFailure observe_threads(const Range* ranges, std::size_t n_ranges, Observation& obs, int sig,
-                               bool cpu_rule, bool wait_for_blockers, PatchStats& stats) {
-  ObserveFailure fail;
-  const long listed = list_threads(obs.tids.get(), obs.cap);
-  if (listed < 0) {
-    fail.kind = ObserveFailure::kProc;
-    return fail;
-  }
-  if (static_cast<std::size_t>(listed) > obs.cap) {
-    fail.kind = ObserveFailure::kTooMany;
-    return fail;
-  }
-  const auto n = static_cast<std::size_t>(listed);
-  for (std::size_t i = 0; i < n; i++) {
-    obs.answered[i].store(0, std::memory_order_relaxed);
-    obs.settled[i] = 0;
-    obs.signalled[i] = 0;
-    obs.cpu_at_start[i] = cpu_rule ? thread_cpu_ns(obs.tids[i]) : 0;
-  }
-  MoveTable mt{ranges, n_ranges, nullptr, 0, obs.tids.get(), obs.answered.get(), n};
-  g_moves.store(&mt, std::memory_order_release);
-  const pid_t pid = raw_getpid();
-  const std::int64_t deadline = now_ns() + kObserveBudgetNs;
-  std::size_t left = n;
-  bool signalling = !wait_for_blockers;
-  for (unsigned round = 0; left; round++) {
-    bool blocker = false;  // a thread that blocks the signal is still to be seen
-    for (std::size_t i = 0; i < n; i++) {
-      if (obs.settled[i]) continue;
-      bool done = obs.answered[i].load(std::memory_order_acquire) != 0;  // A2: matches A1
-      bool inside = false;
-      if (!done) {
-        const ThreadState ts = read_thread(obs.tids[i]);
-        inside = ts.state != ThreadState::kGone && ts.state != ThreadState::kRunning &&
-                 inside_any(ranges, n_ranges, ts.pc);
-        done = ts.state == ThreadState::kGone || (ts.state != ThreadState::kRunning && !inside);
-        if (!done && cpu_rule && ts.state == ThreadState::kRunning) {
-          const std::int64_t cpu = thread_cpu_ns(obs.tids[i]);
-          done = cpu < 0 || obs.cpu_at_start[i] < 0 || cpu - obs.cpu_at_start[i] >= kLeftAfterCpuNs;
-        }
-        if (!done && !signalling && blocks_signal(obs.tids[i], sig)) blocker = true;
-      }
-      if (done) {
-        obs.settled[i] = 1;
-        left--;
-      } else {
-        fail.tid = obs.tids[i];
-        fail.preempted_inside = inside;
-      }
-    }
-    if (!left) break;
-    // With wait_for_blockers, nobody is moved while a thread that would not answer is
-    // still to be seen: a batch that fails has moved no thread into its trampolines.
-    if (!signalling && !blocker) signalling = true;
-    if (signalling) {
-      for (std::size_t i = 0; i < n; i++) {
-        if (obs.settled[i] || obs.signalled[i]) continue;
-        if (raw_syscall(SYS_tgkill, pid, obs.tids[i], sig) == 0) stats.threads_signalled++;
-        obs.signalled[i] = 1;
-      }
-    }
-    if (now_ns() > deadline) {
-      fail.kind = ObserveFailure::kStayed;
-      break;
-    }
-    pause_ns(round < 50 ? 20000 : 200000);
-  }
-  g_moves.store(nullptr, std::memory_order_release);
-  // M2: matches M1. A handler that loaded the table before it was cleared is finished
-  // before `mt` goes away.
-  while (g_move_handlers_active.load(std::memory_order_acquire) != 0)
-    raw_syscall(SYS_sched_yield);
-  return fail;
-}
 
 // The patching thread takes no asynchronous signal while sites spin: a handler of the
 // program that calls a site of the batch on this thread would spin forever. Synchronous
@@ -1143,39 +333,6 @@ Result<std::vector<PageRun>> page_runs(std::span<const PatchSite> sites) {
   return runs;
 }
 
-// Sends the move signal to the running threads in `tids` with `mt` published and waits
-// (bounded) for their answers. Returns the number of threads that did not answer.
-unsigned sample_running(MoveTable& mt, int sig) {
-  const pid_t pid = raw_getpid();
-  unsigned sent = 0;
-  for (std::size_t i = 0; i < mt.n_tids; i++) {
-    mt.answered[i].store(0, std::memory_order_relaxed);
-  }
-  g_moves.store(&mt, std::memory_order_release);
-  for (std::size_t i = 0; i < mt.n_tids; i++) {
-    if (raw_syscall(SYS_tgkill, pid, mt.tids[i], sig) == 0) {
-      sent++;
-    } else {
-      mt.answered[i].store(1, std::memory_order_relaxed);  // gone
-    }
-  }
-  const std::int64_t deadline = now_ns() + kObserveBudgetNs;
-  unsigned missing = 0;
-  for (;;) {
-    missing = 0;
-    for (std::size_t i = 0; i < mt.n_tids; i++)
-      missing += mt.answered[i].load(std::memory_order_acquire) == 0;  // A2: matches A1
-    if (missing == 0 || now_ns() > deadline) break;
-    pause_ns(20000);
-  }
-  g_moves.store(nullptr, std::memory_order_release);
-  // M2: matches M1.
-  while (g_move_handlers_active.load(std::memory_order_acquire) != 0)
-    raw_syscall(SYS_sched_yield);
-  (void)sent;
-  return missing;
-}
-
 }  // namespace
 
 Result<bool> threads_outside(std::span<const std::pair<std::uintptr_t, std::uintptr_t>> ranges) {
@@ -1189,14 +346,16 @@ Result<bool> threads_outside(std::span<const std::pair<std::uintptr_t, std::uint
   };
   const std::size_t cap = thread_count_estimate() + 64;
   auto tids = std::make_unique<pid_t[]>(cap);
-  const long listed = list_threads(tids.get(), cap);
+  unsigned cuts = 0;
+  const long listed = list_all_threads(tids.get(), cap, now_ns() + kObserveBudgetNs, cuts);
   if (listed < 0 || static_cast<std::size_t>(listed) > cap) return false;
   std::size_t running = 0;
   for (long i = 0; i < listed; i++) {
     const ThreadState ts = read_thread(tids[static_cast<std::size_t>(i)]);
     if (ts.state == ThreadState::kRunning) {
       tids[running++] = tids[static_cast<std::size_t>(i)];
-    } else if (ts.state != ThreadState::kGone && inside(ts.pc)) {
+    } else if (ts.state == ThreadState::kUnreadable ||
+               (ts.state != ThreadState::kGone && inside(ts.pc))) {
       return false;
     }
   }
@@ -1254,6 +413,46 @@ Result<void> sync_core() {
 namespace {
 std::atomic<bool> g_fail_next_apply{false};
 
+// Another tracer's breakpoints: bpftrace, perf and SystemTap place kernel uprobes, and a
+// debugger its breakpoints, as an int3 (CC) on an instruction's first byte, in the page
+// of every process that maps the file. Copied into a trampoline as an "original" byte,
+// it would kill the program with SIGTRAP there.
+bool int3_at_instruction(const PatchSite& s, const PatchBytes& b) {
+  if (b[0] == kInt3) return true;
+  for (const auto& [off, to] : s.ip_map) {
+    if (off < b.size() && b[off] == kInt3) return true;
+  }
+  return false;
+}
+
+// The bytes the caller expects hold such an int3 (it read them from memory, under the
+// other tracer): a displacement of several bytes, or an int3 patched over an int3. A
+// one-byte patch from CC to another byte is hotprobe's own int3 site going away.
+bool int3_of_another_tracer(const PatchSite& s) {
+  if (s.old_bytes.size() == 1) return s.old_bytes[0] == kInt3 && s.new_bytes[0] == kInt3;
+  return int3_at_instruction(s, s.old_bytes);
+}
+
+// The code in memory holds an int3 where the caller expects another byte.
+bool int3_in_memory(const PatchSite& s) {
+  if (read_code_byte(s.addr) == kInt3 && s.old_bytes[0] != kInt3) return true;
+  for (const auto& [off, to] : s.ip_map) {
+    if (off < s.old_bytes.size() && read_code_byte(s.addr + off) == kInt3 &&
+        s.old_bytes[off] != kInt3)
+      return true;
+  }
+  return false;
+}
+
+Error changed_by_tracer(std::uintptr_t addr) {
+  char msg[200];
+  std::snprintf(msg, sizeof msg,
+                "the code at 0x%lx was changed by another tracer (a kernel uprobe or debugger "
+                "breakpoint); detach it first (bpftrace, perf probe, gdb), then attach again",
+                (unsigned long)addr);
+  return Error(Errc::busy, msg);
+}
+
 Error observe_error(const ObserveFailure& f, int sig) {
   switch (f.kind) {
     case ObserveFailure::kProc:
@@ -1264,11 +463,22 @@ Error observe_error(const ObserveFailure& f, int sig) {
       return Error(Errc::busy,
                    "threads appeared faster than hotprobe could list them while it patched; "
                    "nothing was changed: retry");
+    case ObserveFailure::kChurn:
+      return Error(Errc::busy,
+                   "threads were created and exited faster than hotprobe could list them all "
+                   "for 1 s (a thread it does not know of may be inside the code it patches); "
+                   "nothing was changed: retry when the program starts fewer threads");
     default:
       break;
   }
   const std::string t = "thread " + std::to_string(f.tid) + " of this process ";
   const std::string s = std::to_string(sig);
+  if (f.unreadable) {
+    return Error(Errc::busy, "hotprobe could not read /proc/self/task/" + std::to_string(f.tid) +
+                                 "/syscall for 1 s (no file descriptor left?), so it could not "
+                                 "see where " +
+                                 t + "was; nothing was changed. Retry, or raise RLIMIT_NOFILE");
+  }
   const std::string what = f.preempted_inside
                                ? t + "stayed preempted inside code hotprobe was about to change"
                                : t + "kept running with hotprobe's signal " + s +
@@ -1313,6 +523,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     }
     olds[i] = s.old_bytes;
     news[i] = s.new_bytes;
+    if (int3_of_another_tracer(s)) return changed_by_tracer(s.addr);
     if (!code_equals(s.addr, s.old_bytes)) {
       auto it = g_pads.find(s.addr);
       if (it == g_pads.end() || !it->second.jumped ||
@@ -1320,10 +531,11 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
                       it->second.caller_view.data(),
                       it->second.caller_view.data() + it->second.caller_view.size()) ||
           !code_equals(s.addr, it->second.actual)) {
-        char msg[160];
+        if (int3_in_memory(s)) return changed_by_tracer(s.addr);
+        char msg[240];
         std::snprintf(msg, sizeof msg,
-                      "the code at 0x%lx is not what hotprobe expected (patched by someone "
-                      "else, or the module changed)",
+                      "the code at 0x%lx is not what hotprobe expected: another tracer or "
+                      "patcher changed it, or the module changed; detach the other tool first",
                       (unsigned long)s.addr);
         return Error(Errc::busy, msg);
       }
@@ -1535,13 +747,8 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
 }
 
 PatchTotals patch_totals() noexcept {
-  return {g_sync_core_rounds.load(std::memory_order_relaxed),
-          g_traps_redirected.load(std::memory_order_relaxed),
+  return {g_sync_core_rounds.load(std::memory_order_relaxed), traps_redirected(),
           g_threads_moved.load(std::memory_order_relaxed)};
-}
-
-void set_int3_hook(Int3Hook hook) noexcept {
-  g_int3_hook.store(hook, std::memory_order_release);
 }
 
 }  // namespace hp::core

@@ -115,6 +115,15 @@ void fail_next_apply_for_testing() noexcept;
 // `jmp .` (the variant a thread that blocks SIGTRAP dies of).
 void use_trap_heads_for_testing(bool on) noexcept;
 
+// Tests: step 2 takes the first listing of /proc/self/task as it comes, without showing
+// that it is whole (the variant that misses a thread when another one exits while the
+// threads are listed, and writes over it while it is inside a site).
+void use_partial_thread_listing_for_testing(bool on) noexcept;
+
+// Tests: the other threads of the process as step 2 lists them (all of them; an error
+// when threads come and go too fast for 1 s to show a listing whole).
+Result<std::vector<int>> list_threads_for_testing();
+
 // Totals since start (statistics and tests).
 struct PatchTotals {
   std::uint64_t sync_core_rounds = 0;
