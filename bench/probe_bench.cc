@@ -723,8 +723,7 @@ void section_schemes(Report& report, const Options& o) {
   report.schemes.push_back(base);
 #if HP_PROBE_BENCH_HAVE_ENGINE
   using hotprobe::Scheme;
-  for (Scheme s : {Scheme::tasks_trace, Scheme::srcu, Scheme::srcu_fast, Scheme::percpu_rwsem,
-                   Scheme::refcount, Scheme::rwlock}) {
+  for (Scheme s : hotprobe::all_schemes()) {
     SchemeRow row;
     row.scheme = std::string(hotprobe::to_string(s));
     row.tasks_trace = s == Scheme::tasks_trace;

@@ -4,7 +4,7 @@
 //    and the reader throughput scaling from 1 to 2 threads;
 //  - synchronize() latency, alone and with 2 busy readers;
 //  - the percpu-rwsem write lock+unlock, alone and with 2 busy readers;
-// and checks the acceptance ratios of the issue. docs/benchmarks.md explains every row.
+// and checks its acceptance ratios. docs/benchmarks.md explains every row.
 //
 // A hand-written harness rather than Google Benchmark, because we need (a) one repetition of
 // every flavour after another, round-robin, so that the noise of this shared VM hits every
@@ -37,29 +37,12 @@
 #include <shared_mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "base/compiler.h"
 #include "sync/domain.h"
-
-// The domains land one by one; each row appears once its header exists (define
-// HP_BENCH_NO_TASKS_TRACE etc. to leave one out while its implementation is incomplete).
-#if __has_include("sync/tasks_trace.h") && !defined(HP_BENCH_NO_TASKS_TRACE)
-#include "sync/tasks_trace.h"
-#define HP_BENCH_TASKS_TRACE 1
-#endif
-#if __has_include("sync/srcu.h") && !defined(HP_BENCH_NO_SRCU)
-#include "sync/srcu.h"
-#define HP_BENCH_SRCU 1
-#endif
-#if __has_include("sync/percpu_rwsem.h") && !defined(HP_BENCH_NO_PERCPU_RWSEM)
-#include "sync/percpu_rwsem.h"
-#define HP_BENCH_PERCPU_RWSEM 1
-#endif
-#if __has_include("sync/baselines.h") && !defined(HP_BENCH_NO_BASELINES)
-#include "sync/baselines.h"
-#define HP_BENCH_BASELINES 1
-#endif
+#include "sync/schemes.h"
 
 #include "urcu_flavors.h"  // last: liburcu defines a few generic macros
 
@@ -121,6 +104,17 @@ struct HpFlavor {
   void thread_offline() {}
   void synchronize() { d->synchronize(); }
 };
+
+// The domain of a scheme under test, for the whole run (tasks-trace's is the process's).
+template <class D>
+D& scheme_domain() {
+  if constexpr (std::is_same_v<D, hp::sync::TasksTrace>) {
+    return hp::sync::tasks_trace();
+  } else {
+    static D d;
+    return d;
+  }
+}
 
 // No protection: the loop overhead (pointer load, field load, loop control) alone.
 struct NoneFlavor {
@@ -544,7 +538,7 @@ Machine machine() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Acceptance ratios (the issue's).
+// Acceptance ratios.
 
 struct Check {
   std::string what;
@@ -681,25 +675,11 @@ int main(int argc, char** argv) {
 
   b.add_read("none", "reference", NoneFlavor{});
   b.add_read("bench-trivial", "reference", HpFlavor<TrivialDomain>{&trivial});
-#ifdef HP_BENCH_TASKS_TRACE
-  b.add_read("tasks-trace", "hotprobe", HpFlavor<hp::sync::TasksTrace>{&hp::sync::tasks_trace()});
-#endif
-#ifdef HP_BENCH_SRCU
-  static hp::sync::Srcu srcu;
-  static hp::sync::SrcuFast srcu_fast;
-  b.add_read("srcu", "hotprobe", HpFlavor<hp::sync::Srcu>{&srcu});
-  b.add_read("srcu-fast", "hotprobe", HpFlavor<hp::sync::SrcuFast>{&srcu_fast});
-#endif
-#ifdef HP_BENCH_PERCPU_RWSEM
-  static hp::sync::PercpuRwsem rwsem;
-  b.add_read("percpu-rwsem", "hotprobe", HpFlavor<hp::sync::PercpuRwsem>{&rwsem});
-#endif
-#ifdef HP_BENCH_BASELINES
-  static hp::sync::RefcountDomain refdom;
-  static hp::sync::RwlockDomain rwldom;
-  b.add_read("refcount", "hotprobe", HpFlavor<hp::sync::RefcountDomain>{&refdom});
-  b.add_read("rwlock", "hotprobe", HpFlavor<hp::sync::RwlockDomain>{&rwldom});
-#endif
+  hp::sync::for_each_scheme([&](auto s) {
+    using Traits = hp::sync::SchemeTraits<decltype(s)::value>;
+    b.add_read(std::string(Traits::name), "hotprobe",
+               HpFlavor<typename Traits::Domain>{&scheme_domain<typename Traits::Domain>()});
+  });
   b.add_read("urcu-memb", "liburcu", UrcuMemb{});
   b.add_read("urcu-mb", "liburcu", UrcuMb{});
   b.add_read("urcu-qsbr", "liburcu", UrcuQsbr{});
@@ -708,15 +688,17 @@ int main(int argc, char** argv) {
   b.add_read("std::atomic refcount", "std", AtomicRefFlavor{&refcount});
 
   b.add_sync("bench-trivial", "reference", HpFlavor<TrivialDomain>{&trivial});
-#ifdef HP_BENCH_TASKS_TRACE
-  b.add_sync("tasks-trace", "hotprobe", HpFlavor<hp::sync::TasksTrace>{&hp::sync::tasks_trace()});
-#endif
-#ifdef HP_BENCH_SRCU
-  b.add_sync("srcu", "hotprobe", HpFlavor<hp::sync::Srcu>{&srcu});
-  b.add_sync("srcu-fast", "hotprobe", HpFlavor<hp::sync::SrcuFast>{&srcu_fast});
-#endif
-#ifdef HP_BENCH_PERCPU_RWSEM
+  // The grace periods of the schemes that are designs, not baselines; percpu-rwsem's
+  // writer is its lock(), measured with readers below.
+  hp::sync::for_each_scheme([&](auto s) {
+    using Traits = hp::sync::SchemeTraits<decltype(s)::value>;
+    if constexpr (!Traits::baseline && s != hotprobe::Scheme::percpu_rwsem) {
+      b.add_sync(std::string(Traits::name), "hotprobe",
+                 HpFlavor<typename Traits::Domain>{&scheme_domain<typename Traits::Domain>()});
+    }
+  });
   if (b.selected("percpu-rwsem")) {
+    static hp::sync::PercpuRwsem& rwsem = scheme_domain<hp::sync::PercpuRwsem>();
     b.writes.push_back({"percpu-rwsem",
                         "hotprobe",
                         "lock()+unlock()",
@@ -732,7 +714,6 @@ int main(int argc, char** argv) {
                         },
                         {}});
   }
-#endif
   b.add_sync("urcu-memb", "liburcu", UrcuMemb{});
   b.add_sync("urcu-mb", "liburcu", UrcuMb{});
   b.add_sync("urcu-bp", "liburcu", UrcuBp{});
@@ -852,7 +833,7 @@ int main(int argc, char** argv) {
     return stats_of(it->second->mops[1]).max / stats_of(it->second->mops[0]).max;
   };
 
-  // ---- Acceptance: the issue's ratios, decided on medians; the minimums' ratio for context.
+  // ---- Acceptance: the ratios, decided on medians; the minimums' ratio for context.
   std::vector<Check> checks;
   auto read_ratio = [&](std::string what, const std::string& a, const std::string& b, int t,
                         const char* op, double bound) {

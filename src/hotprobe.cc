@@ -2,9 +2,11 @@
 #include "hotprobe/hotprobe.h"
 #include "hotprobe/probe.h"
 
-#include <utility>
+#include <array>
+#include <cstddef>
 
 #include "base/compiler.h"
+#include "sync/schemes.h"
 
 namespace hotprobe {
 
@@ -13,26 +15,29 @@ const char* version() noexcept {
 }
 
 namespace {
-constexpr std::pair<Scheme, std::string_view> kSchemes[] = {
-    {Scheme::tasks_trace, "tasks-trace"}, {Scheme::srcu, "srcu"},
-    {Scheme::srcu_fast, "srcu-fast"},     {Scheme::percpu_rwsem, "percpu-rwsem"},
-    {Scheme::refcount, "refcount"},       {Scheme::rwlock, "rwlock"},
-};
+constexpr auto kSchemeList = [] {
+  std::array<Scheme, hp::sync::kSchemeCount> a{};
+  for (std::size_t i = 0; i < a.size(); i++)
+    a[i] = hp::sync::kSchemes[i].scheme;
+  return a;
+}();
 }  // namespace
 
+std::span<const Scheme> all_schemes() noexcept {
+  return kSchemeList;
+}
+
 std::string_view to_string(Scheme s) noexcept {
-  for (const auto& [v, name] : kSchemes) {
-    if (v == s) return name;
-  }
-  return "unknown";
+  const std::size_t i = hp::sync::scheme_index(s);
+  return i < hp::sync::kSchemeCount ? hp::sync::kSchemes[i].name : "unknown";
 }
 
 Result<Scheme> parse_scheme(std::string_view name) {
   std::string names;
-  for (const auto& [v, n] : kSchemes) {
-    if (n == name) return v;
+  for (const auto& row : hp::sync::kSchemes) {
+    if (row.name == name) return row.scheme;
     names += names.empty() ? "" : ", ";
-    names += n;
+    names += row.name;
   }
   return Error(Errc::invalid_argument,
                "unknown scheme '" + std::string(name) + "' (schemes: " + names + ")");

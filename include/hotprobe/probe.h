@@ -32,7 +32,8 @@
 
 namespace hotprobe {
 
-// The hot-path protection scheme (the debate of the uprobes scalability work).
+// The hot-path protection scheme (the debate of the uprobes scalability work). Each has
+// a row in the library's scheme table (src/sync/schemes.h), which names them.
 enum class Scheme : std::uint8_t {
   tasks_trace,   // default: per-thread nesting counter, compiler barrier only
   srcu,          // SRCU with a full fence on the read side
@@ -41,6 +42,7 @@ enum class Scheme : std::uint8_t {
   refcount,      // one atomic count written by every reader (the baseline)
   rwlock,        // std::shared_mutex (the original tree lock)
 };
+HOTPROBE_API std::span<const Scheme> all_schemes() noexcept;  // in enum order
 HOTPROBE_API std::string_view to_string(Scheme s) noexcept;
 HOTPROBE_API Result<Scheme> parse_scheme(std::string_view name);
 

@@ -9,9 +9,7 @@
 #include "arch/x86_64/clobber.h"
 #include "base/assert.h"
 #include "core/thread_state.h"
-#include "sync/baselines.h"
-#include "sync/percpu_rwsem.h"
-#include "sync/srcu.h"
+#include "sync/schemes.h"
 #include "sync/tasks_trace.h"
 
 namespace hp::core {
@@ -23,36 +21,21 @@ using hotprobe::Scheme;
 namespace {
 
 // One domain per scheme for the whole process: a site belongs to one scheme, and every
-// engine of that scheme shares its domain.
-sync::Srcu& srcu_domain() {
-  static sync::Srcu* d = new sync::Srcu;  // never destroyed: trampolines outlive statics
-  return *d;
-}
-sync::SrcuFast& srcu_fast_domain() {
-  static sync::SrcuFast* d = new sync::SrcuFast;
-  return *d;
-}
-sync::PercpuRwsem& rwsem_domain() {
-  static sync::PercpuRwsem* d = new sync::PercpuRwsem;
-  return *d;
-}
-sync::RefcountDomain& refcount_domain() {
-  static sync::RefcountDomain* d = new sync::RefcountDomain;
-  return *d;
-}
-sync::RwlockDomain& rwlock_domain() {
-  static sync::RwlockDomain* d = new sync::RwlockDomain;
+// engine of that scheme shares its domain. tasks-trace's is the process's one
+// (sync::tasks_trace()).
+template <class D>
+D& process_domain() {
+  static D* d = new D;  // never destroyed: trampolines outlive statics
   return *d;
 }
 
 template <Scheme S>
 HP_ALWAYS_INLINE auto& domain() {
-  if constexpr (S == Scheme::tasks_trace) return sync::tasks_trace();
-  if constexpr (S == Scheme::srcu) return srcu_domain();
-  if constexpr (S == Scheme::srcu_fast) return srcu_fast_domain();
-  if constexpr (S == Scheme::percpu_rwsem) return rwsem_domain();
-  if constexpr (S == Scheme::refcount) return refcount_domain();
-  if constexpr (S == Scheme::rwlock) return rwlock_domain();
+  if constexpr (S == Scheme::tasks_trace) {
+    return sync::tasks_trace();
+  } else {
+    return process_domain<typename sync::SchemeTraits<S>::Domain>();
+  }
 }
 
 // The read side of a scheme. tasks-trace's is static (a thread-local word): calling it
@@ -109,7 +92,9 @@ HP_ALWAYS_INLINE bool dispatcher_saves_vectors(const ConsumerArray* arr) {
   return !kTrampolinesSaveVectors && arr->saves_vectors;
 }
 
-std::atomic<std::uintptr_t> g_ret_tramp[6];  // [scheme]
+std::atomic<std::uintptr_t> g_ret_tramp[sync::kSchemeCount];  // [scheme_index()]
+static_assert(sync::kSchemeCount <= 8 * sizeof(ThreadState::schemes_ready),
+              "ThreadState::schemes_ready has a bit per scheme");
 std::atomic<std::uintptr_t> g_one_return_entry{0};
 std::atomic<std::uint64_t> g_gps{0};
 
@@ -201,7 +186,7 @@ HP_ALWAYS_INLINE void hijack_return(ThreadRecord& rec, ReturnInstance& ri, std::
 template <Scheme S>
 HP_ALWAYS_INLINE std::uintptr_t return_target(const Site* site) {
   return site->landing ? site->landing
-                       : g_ret_tramp[static_cast<int>(S)].load(std::memory_order_relaxed);
+                       : g_ret_tramp[sync::scheme_index(S)].load(std::memory_order_relaxed);
 }
 
 // Everything but the fast loop: filters, return instances, vector saves. Out of line,
@@ -436,21 +421,8 @@ HP_DISPATCH_SECTION std::uint64_t return_dispatch(void*, Regs* regs) {
 
 template <class F>
 decltype(auto) with_domain(Scheme s, F&& f) {
-  switch (s) {
-    case Scheme::tasks_trace:
-      return f(domain<Scheme::tasks_trace>());
-    case Scheme::srcu:
-      return f(domain<Scheme::srcu>());
-    case Scheme::srcu_fast:
-      return f(domain<Scheme::srcu_fast>());
-    case Scheme::percpu_rwsem:
-      return f(domain<Scheme::percpu_rwsem>());
-    case Scheme::refcount:
-      return f(domain<Scheme::refcount>());
-    case Scheme::rwlock:
-      return f(domain<Scheme::rwlock>());
-  }
-  HP_DIE("unknown scheme");
+  return sync::with_scheme(
+      s, [&](auto c) -> decltype(auto) { return f(domain<decltype(c)::value>()); });
 }
 
 }  // namespace
@@ -463,46 +435,20 @@ void rehijack_live(std::uint64_t rsp) noexcept {
 }
 
 EntryDispatcher entry_dispatcher(Scheme s) noexcept {
-  switch (s) {
-    case Scheme::tasks_trace:
-      return &entry_dispatch<Scheme::tasks_trace>;
-    case Scheme::srcu:
-      return &entry_dispatch<Scheme::srcu>;
-    case Scheme::srcu_fast:
-      return &entry_dispatch<Scheme::srcu_fast>;
-    case Scheme::percpu_rwsem:
-      return &entry_dispatch<Scheme::percpu_rwsem>;
-    case Scheme::refcount:
-      return &entry_dispatch<Scheme::refcount>;
-    case Scheme::rwlock:
-      return &entry_dispatch<Scheme::rwlock>;
-  }
-  return nullptr;
+  return sync::with_scheme(
+      s, [](auto c) -> EntryDispatcher { return &entry_dispatch<decltype(c)::value>; });
 }
 
 ReturnDispatcher return_dispatcher(Scheme s) noexcept {
-  switch (s) {
-    case Scheme::tasks_trace:
-      return &return_dispatch<Scheme::tasks_trace>;
-    case Scheme::srcu:
-      return &return_dispatch<Scheme::srcu>;
-    case Scheme::srcu_fast:
-      return &return_dispatch<Scheme::srcu_fast>;
-    case Scheme::percpu_rwsem:
-      return &return_dispatch<Scheme::percpu_rwsem>;
-    case Scheme::refcount:
-      return &return_dispatch<Scheme::refcount>;
-    case Scheme::rwlock:
-      return &return_dispatch<Scheme::rwlock>;
-  }
-  return nullptr;
+  return sync::with_scheme(
+      s, [](auto c) -> ReturnDispatcher { return &return_dispatch<decltype(c)::value>; });
 }
 
 void set_return_trampoline(Scheme s, std::uintptr_t address) noexcept {
-  g_ret_tramp[static_cast<int>(s)].store(address, std::memory_order_release);
+  g_ret_tramp[sync::scheme_index(s)].store(address, std::memory_order_release);
 }
 std::uintptr_t return_trampoline(Scheme s) noexcept {
-  return g_ret_tramp[static_cast<int>(s)].load(std::memory_order_acquire);
+  return g_ret_tramp[sync::scheme_index(s)].load(std::memory_order_acquire);
 }
 
 namespace {

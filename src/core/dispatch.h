@@ -21,6 +21,7 @@
 #include "core/site.h"
 #include "hotprobe/probe.h"
 #include "hotprobe/regs.h"
+#include "sync/schemes.h"  // the schemes: per-scheme arrays are kSchemeCount long
 
 namespace hp::core {
 

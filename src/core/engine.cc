@@ -174,7 +174,7 @@ class Registry {
     return {};
   }
   // Where the landings of the scheme's entry trampolines jump (0 until the above).
-  std::uintptr_t landing_return_[6] HP_GUARDED_BY(mu_) = {};
+  std::uintptr_t landing_return_[sync::kSchemeCount] HP_GUARDED_BY(mu_) = {};
 
   void publish_int3_table() HP_REQUIRES(mu_) {
     auto* t = new Int3Table;
@@ -191,11 +191,10 @@ class Registry {
     // Everything a trap or a dispatch may need is created now, before anything is
     // patched: creating it later could allocate inside a probed malloc.
     (void)sync::tasks_trace();
-    for (Scheme s : {Scheme::tasks_trace, Scheme::srcu, Scheme::srcu_fast, Scheme::percpu_rwsem,
-                     Scheme::refcount, Scheme::rwlock}) {
+    sync::for_each_scheme([](Scheme s) {
       (void)entry_dispatcher(s);
       synchronize(s);  // constructs the scheme's domain
-    }
+    });
     set_int3_hook(&int3_hook);
     pthread_atfork(&Registry::atfork_lock, &Registry::atfork_unlock, &Registry::atfork_unlock);
   }

@@ -17,80 +17,28 @@
 #include <thread>
 #include <vector>
 
+#include "support/run_command.h"
+
 namespace {
 
 using namespace std::chrono_literals;
 
-struct Result {
-  int code = -1;  // exit status, 128+N for signal N, -1 on timeout
-  std::string out, err;
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string temp_path(const char* what) {
-  std::string dir = ::testing::TempDir();
-  return dir + "hp_cli_" + std::to_string(::getpid()) + "_" + what;
-}
+using Result = hp::test::CommandResult;
+using hp::test::read_file;
+using hp::test::temp_path;
 
 // Runs hotprobe with `args` in its own process group, `input` on its stdin. `during` runs
 // while it is running (with its pid and the path of its stdout file).
 Result hotprobe(const std::vector<std::string>& args, const std::string& input = {},
                 const std::function<void(pid_t, const std::string&)>& during = {},
                 std::chrono::seconds timeout = 30s) {
-  std::string out_path = temp_path("out"), err_path = temp_path("err");
-  int in_pipe[2];
-  if (::pipe(in_pipe) != 0) return {};
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    ::dup2(in_pipe[0], 0);
-    ::close(in_pipe[0]);
-    ::close(in_pipe[1]);
-    int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ::dup2(o, 1);
-    ::dup2(e, 2);
-    ::setenv("HOTPROBE_AGENT", HP_AGENT, 1);
-    std::vector<char*> argv{const_cast<char*>(HP_HOTPROBE)};
-    for (const auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(HP_HOTPROBE, argv.data());
-    ::_exit(99);
-  }
-  ::setpgid(pid, pid);
-  ::close(in_pipe[0]);
-  if (!input.empty()) {
-    ssize_t n = ::write(in_pipe[1], input.data(), input.size());
-    (void)n;
-  }
-  ::close(in_pipe[1]);
-  if (during) during(pid, out_path);
-  Result r;
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  int status = 0;
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(-pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      ADD_FAILURE() << "hotprobe did not end within " << timeout.count() << " s";
-      status = -1;
-      break;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  if (status != -1) r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_file(out_path);
-  r.err = read_file(err_path);
-  ::unlink(out_path.c_str());
-  ::unlink(err_path.c_str());
-  return r;
+  hp::test::Command c{{HP_HOTPROBE}};
+  c.argv.insert(c.argv.end(), args.begin(), args.end());
+  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
+  c.input = input;
+  c.during = during;
+  c.timeout = timeout;
+  return hp::test::run_command(c);
 }
 
 // Waits until the file at `path` contains `text` (at most `timeout`).

@@ -17,25 +17,14 @@
 #include <thread>
 #include <vector>
 
+#include "support/run_command.h"
+
 namespace {
 
 using namespace std::chrono_literals;
 
-struct Run {
-  int code = -1;  // exit status, 128+N for signal N, -1 on timeout
-  std::string out, err;
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string temp_path(const std::string& what) {
-  return ::testing::TempDir() + "hp_ifunc_extent_" + std::to_string(::getpid()) + "_" + what;
-}
+using Run = hp::test::CommandResult;
+using hp::test::contains;
 
 // $HP_RESOLVE_HOTPROBE and $HP_RESOLVE_AGENT name another build (an older one, to show
 // that these tests fail on it).
@@ -48,49 +37,11 @@ const char* const kAgent = env_or("HP_RESOLVE_AGENT", HP_AGENT);
 
 // Runs hotprobe with `args` and HOTPROBE_DEBUG set (each site says its mode).
 Run hotprobe(const std::vector<std::string>& args, std::chrono::seconds timeout = 60s) {
-  const std::string out_path = temp_path("out"), err_path = temp_path("err");
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    int null = ::open("/dev/null", O_RDONLY);
-    ::dup2(null, 0);
-    int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ::dup2(o, 1);
-    ::dup2(e, 2);
-    ::setenv("HOTPROBE_AGENT", kAgent, 1);
-    ::setenv("HOTPROBE_DEBUG", "1", 1);
-    std::vector<char*> argv{const_cast<char*>(kHotprobe)};
-    for (const auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(kHotprobe, argv.data());
-    ::_exit(99);
-  }
-  ::setpgid(pid, pid);
-  Run r;
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  int status = 0;
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(-pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      ADD_FAILURE() << "hotprobe did not end within " << timeout.count() << " s";
-      status = -1;
-      break;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  if (status != -1) r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_file(out_path);
-  r.err = read_file(err_path);
-  ::unlink(out_path.c_str());
-  ::unlink(err_path.c_str());
-  return r;
-}
-
-bool contains(const std::string& s, const std::string& what) {
-  return s.find(what) != std::string::npos;
+  hp::test::Command c{{kHotprobe}};
+  c.argv.insert(c.argv.end(), args.begin(), args.end());
+  c.env = {{"HOTPROBE_AGENT", kAgent}, {"HOTPROBE_DEBUG", "1"}};
+  c.timeout = timeout;
+  return hp::test::run_command(c);
 }
 
 // The count the script printed ("@: N"), or -1.

@@ -21,26 +21,14 @@
 #include <vector>
 
 #include "elf/elf_file.h"
+#include "support/run_command.h"
 
 namespace {
 
 using namespace std::chrono_literals;
 
-struct Run {
-  int code = -1;  // exit status, 128+N for signal N, -1 on timeout
-  std::string out, err;
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string temp_path(const std::string& what) {
-  return ::testing::TempDir() + "hp_resolve_" + std::to_string(::getpid()) + "_" + what;
-}
+using Run = hp::test::CommandResult;
+using hp::test::contains;
 
 // The hotprobe and agent under test; $HP_RESOLVE_HOTPROBE and $HP_RESOLVE_AGENT name
 // others (an older build, to show that these tests fail on it).
@@ -55,53 +43,16 @@ const char* const kAgent = env_or("HP_RESOLVE_AGENT", HP_AGENT);
 // `debug`: HOTPROBE_DEBUG set (each site says its mode on stderr).
 Run hotprobe(const std::vector<std::string>& args, const std::string& path_dir = {},
              std::chrono::seconds timeout = 60s, bool debug = false) {
-  const std::string out_path = temp_path("out"), err_path = temp_path("err");
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    int null = ::open("/dev/null", O_RDONLY);
-    ::dup2(null, 0);
-    int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ::dup2(o, 1);
-    ::dup2(e, 2);
-    ::setenv("HOTPROBE_AGENT", kAgent, 1);
-    if (debug) ::setenv("HOTPROBE_DEBUG", "1", 1);
-    if (!path_dir.empty()) {
-      const char* old = std::getenv("PATH");
-      ::setenv("PATH", (path_dir + ":" + (old ? old : "/usr/bin:/bin")).c_str(), 1);
-    }
-    std::vector<char*> argv{const_cast<char*>(kHotprobe)};
-    for (const auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(kHotprobe, argv.data());
-    ::_exit(99);
+  hp::test::Command c{{kHotprobe}};
+  c.argv.insert(c.argv.end(), args.begin(), args.end());
+  c.env = {{"HOTPROBE_AGENT", kAgent}};
+  if (debug) c.env.emplace_back("HOTPROBE_DEBUG", "1");
+  if (!path_dir.empty()) {
+    const char* old = std::getenv("PATH");
+    c.env.emplace_back("PATH", path_dir + ":" + (old ? old : "/usr/bin:/bin"));
   }
-  ::setpgid(pid, pid);
-  Run r;
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  int status = 0;
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(-pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      ADD_FAILURE() << "hotprobe did not end within " << timeout.count() << " s";
-      status = -1;
-      break;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  if (status != -1) r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_file(out_path);
-  r.err = read_file(err_path);
-  ::unlink(out_path.c_str());
-  ::unlink(err_path.c_str());
-  return r;
-}
-
-bool contains(const std::string& s, const std::string& what) {
-  return s.find(what) != std::string::npos;
+  c.timeout = timeout;
+  return hp::test::run_command(c);
 }
 
 std::string hex(std::uint64_t v) {

@@ -23,77 +23,30 @@
 #include <thread>
 #include <vector>
 
+#include "support/run_command.h"
+
 namespace {
 
 using namespace std::chrono_literals;
 
 constexpr int kCalls = 1000;
 
-struct Outcome {
-  int code = -1;  // exit status, 128+N for signal N, -1 on timeout
-  std::string out, err;
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string temp_path(const char* what) {
-  return ::testing::TempDir() + "hp_results_" + std::to_string(::getpid()) + "_" + what;
-}
+using Outcome = hp::test::CommandResult;
 
 // Runs `argv` (hotprobe, or a wrapper of it) in its own process group. `keep_fd` is left
 // open in it (the target's "ready" pipe); `during` runs while it runs, with its pid.
 Outcome run(const std::vector<std::string>& argv, bool shared_maps = true, int keep_fd = -1,
             const std::function<void(pid_t)>& during = {}) {
-  std::string out_path = temp_path("out"), err_path = temp_path("err");
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ::dup2(o, 1);
-    ::dup2(e, 2);
-    int in = ::open("/dev/null", O_RDONLY);
-    ::dup2(in, 0);
-    for (int fd = 3; fd < 64; ++fd)
-      if (fd != keep_fd) ::close(fd);
-    ::setenv("HOTPROBE_AGENT", HP_AGENT, 1);
-    if (shared_maps)
-      ::unsetenv("HOTPROBE_SHARED_MAPS");
-    else
-      ::setenv("HOTPROBE_SHARED_MAPS", "0", 1);
-    std::vector<char*> args;
-    for (const auto& a : argv)
-      args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    ::_exit(99);
+  hp::test::Command c{argv};
+  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
+  if (shared_maps) {
+    c.env.emplace_back("HOTPROBE_SHARED_MAPS", std::nullopt);
+  } else {
+    c.env.emplace_back("HOTPROBE_SHARED_MAPS", "0");
   }
-  ::setpgid(pid, pid);
-  if (during) during(pid);
-  Outcome r;
-  auto deadline = std::chrono::steady_clock::now() + 60s;
-  int status = 0;
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(-pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      ADD_FAILURE() << "hotprobe did not end within 60 s";
-      status = -1;
-      break;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  if (status != -1) r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_file(out_path);
-  r.err = read_file(err_path);
-  ::unlink(out_path.c_str());
-  ::unlink(err_path.c_str());
-  return r;
+  c.close_fds_but = keep_fd;
+  if (during) c.during = [&during](pid_t pid, const std::string&) { during(pid); };
+  return hp::test::run_command(c);
 }
 
 // Every kind of map the script layer has: sharded counts and sums, a histogram, a striped

@@ -21,77 +21,33 @@
 #include <thread>
 #include <vector>
 
+#include "support/run_command.h"
+
 namespace {
 
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
-struct Result {
-  int code = -1;  // exit status, 128+N for signal N, -1 on timeout
-  std::string out, err;
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string temp_path(const std::string& what) {
-  return ::testing::TempDir() + "hp_sec_" + std::to_string(::getpid()) + "_" + what;
-}
-
-bool contains(const std::string& s, const std::string& what) {
-  return s.find(what) != std::string::npos;
-}
+using Result = hp::test::CommandResult;
+using hp::test::contains;
+using hp::test::read_file;
+using hp::test::temp_path;
 
 // Runs hotprobe with `args`; `stack_kib` > 0 sets RLIMIT_STACK first (`ulimit -s`), which
 // the traced program inherits too.
 Result hotprobe(const std::vector<std::string>& args, rlim_t stack_kib = 0,
                 std::chrono::seconds timeout = 60s) {
-  const std::string out_path = temp_path("out"), err_path = temp_path("err");
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::setpgid(0, 0);
-    if (stack_kib) {
+  hp::test::Command c{{HP_HOTPROBE}};
+  c.argv.insert(c.argv.end(), args.begin(), args.end());
+  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
+  if (stack_kib) {
+    c.in_child = [stack_kib] {
       rlimit rl{stack_kib * 1024, stack_kib * 1024};
       ::setrlimit(RLIMIT_STACK, &rl);
-    }
-    const int devnull = ::open("/dev/null", O_RDONLY);
-    const int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    const int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ::dup2(devnull, 0);
-    ::dup2(o, 1);
-    ::dup2(e, 2);
-    ::setenv("HOTPROBE_AGENT", HP_AGENT, 1);
-    std::vector<char*> argv{const_cast<char*>(HP_HOTPROBE)};
-    for (const auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(HP_HOTPROBE, argv.data());
-    ::_exit(99);
+    };
   }
-  ::setpgid(pid, pid);
-  Result r;
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  int status = 0;
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(-pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      ADD_FAILURE() << "hotprobe did not end within " << timeout.count() << " s";
-      status = -1;
-      break;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
-  if (status != -1) r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_file(out_path);
-  r.err = read_file(err_path);
-  ::unlink(out_path.c_str());
-  ::unlink(err_path.c_str());
-  return r;
+  c.timeout = timeout;
+  return hp::test::run_command(c);
 }
 
 std::string repeat(const std::string& s, int n) {

@@ -1,10 +1,10 @@
-// The domain contract of sync/domain.h, one typed suite over every protection scheme
-// (RefcountDomain, RwlockDomain, Srcu, SrcuFast, PercpuRwsem, TasksTrace): read-side
-// nesting and in_reader(), synchronize() waiting for pre-existing readers (outermost
-// sections, nested reads while it waits), call()/retire()/barrier()/poll(), reader
-// threads that exit while a writer waits, and readers never seeing a reclaimed object.
-// What only one scheme promises (per-object in_reader(), the index flip, the write side,
-// stall reports, fork) is tested in that scheme's own file.
+// The domain contract of sync/domain.h, one typed suite over every protection scheme of
+// the scheme table (sync/schemes.h): read-side nesting and in_reader(), synchronize()
+// waiting for pre-existing readers (outermost sections, nested reads while it waits),
+// call()/retire()/barrier()/poll(), reader threads that exit while a writer waits, and
+// readers never seeing a reclaimed object. What only one scheme promises (per-object
+// in_reader(), the index flip, the write side, stall reports, fork) is tested in that
+// scheme's own file.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -15,10 +15,7 @@
 #include <vector>
 
 #include "support/sync_support.h"
-#include "sync/baselines.h"
-#include "sync/percpu_rwsem.h"
-#include "sync/srcu.h"
-#include "sync/tasks_trace.h"
+#include "sync/schemes.h"
 
 namespace {
 
@@ -51,18 +48,12 @@ class DomainContract : public ::testing::Test {
 struct SchemeNames {
   template <class D>
   static std::string GetName(int) {
-    if constexpr (std::is_same_v<D, hp::sync::RefcountDomain>) return "Refcount";
-    if constexpr (std::is_same_v<D, hp::sync::RwlockDomain>) return "Rwlock";
-    if constexpr (std::is_same_v<D, hp::sync::Srcu>) return "Srcu";
-    if constexpr (std::is_same_v<D, hp::sync::SrcuFast>) return "SrcuFast";
-    if constexpr (std::is_same_v<D, hp::sync::PercpuRwsem>) return "PercpuRwsem";
-    if constexpr (std::is_same_v<D, TasksTrace>) return "TasksTrace";
-    return "unnamed";
+    return std::string(hp::sync::scheme_label<D>());
   }
 };
 
-using Schemes = ::testing::Types<hp::sync::RefcountDomain, hp::sync::RwlockDomain, hp::sync::Srcu,
-                                 hp::sync::SrcuFast, hp::sync::PercpuRwsem, TasksTrace>;
+// Every scheme of the scheme table.
+using Schemes = hp::sync::SchemeDomains<::testing::Types>;
 TYPED_TEST_SUITE(DomainContract, Schemes, SchemeNames);
 
 TYPED_TEST(DomainContract, NestingAndInReader) {

@@ -9,8 +9,8 @@
 #include <mutex>
 #include <thread>
 
+#include "../../src/rcu_api.cc"  // NOLINT(bugprone-suspicious-include): see above
 #include "hotprobe/rcu.h"
-#include "rcu_api.cc"  // NOLINT(bugprone-suspicious-include): see the comment above
 #include "sync/rcu.h"
 
 namespace {
