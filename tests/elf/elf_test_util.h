@@ -9,7 +9,7 @@
 
 namespace hp::elf::testing {
 
-// The fixture libraries are built by src/elf/CMakeLists.txt into tests/elf_fixtures/ of
+// The fixture libraries are built by tests/CMakeLists.txt into tests/elf_fixtures/ of
 // the build tree, next to the test executables; $HP_ELF_FIXTURE_DIR overrides.
 inline std::string fixture_path(const char* file) {
   if (const char* dir = std::getenv("HP_ELF_FIXTURE_DIR")) return std::string(dir) + "/" + file;
