@@ -1,0 +1,291 @@
+// The engine's internal probes (core/internal_probes.h) and the module events the
+// watcher reports.
+#include "core/internal_probes.h"
+
+#include <link.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "arch/x86_64/clobber.h"
+#include "base/thread_annotations.h"
+#include "core/dispatch.h"
+#include "core/engine_impl.h"
+#include "core/reclaim.h"
+#include "core/site_builder.h"
+#include "core/text_patch.h"
+#include "core/thread_state.h"
+#include "elf/modules.h"
+#include "sync/tasks_trace.h"
+
+namespace hp::core {
+namespace {
+
+// The module watcher: an internal probe on the dynamic linker's _dl_debug_state, which
+// it calls around every dlopen and dlclose (the hook debuggers use). At each consistent
+// state, probes whose file was mapped are applied and probes whose file was unmapped
+// go back to pending. It runs in the thread that called dlopen, before dlopen returns,
+// so the library's functions are probed before the caller can reach them.
+// Internal probes (the module watcher, the unwinder hooks) live while some Engine
+// does: the last Engine's destructor removes them, so a process whose last session
+// ended (hotprobe attach) has the file's bytes everywhere again. Lock order: internal
+// mutex, then the registry's.
+struct Internal {
+  hp::Mutex mu;
+  int engines HP_GUARDED_BY(mu) = 0;
+  EngineImpl* impl HP_GUARDED_BY(mu) = nullptr;  // never freed: trampolines outlive it
+  std::vector<Handle> watcher HP_GUARDED_BY(mu);
+  std::vector<Handle> unwinder HP_GUARDED_BY(mu);
+  bool watcher_on HP_GUARDED_BY(mu) = false;
+  bool unwinder_on HP_GUARDED_BY(mu) = false;
+};
+
+Internal& internal() {
+  static Internal* in = new Internal;  // leaked: threads may use it after static dtors
+  return *in;
+}
+
+EngineImpl* internal_impl(Internal& in) HP_REQUIRES(in.mu) {
+  if (!in.impl) {
+    in.impl = new EngineImpl;
+    in.impl->options.scheme = Scheme::tasks_trace;
+  }
+  return in.impl;
+}
+
+std::vector<Handle> attach_internal(Internal& in, std::vector<ProbeSpec>& specs, const char* what)
+    HP_REQUIRES(in.mu) {
+  auto results = internal_impl(in)->attach(specs, BatchMode::best_effort);
+  std::vector<Handle> handles;
+  for (std::size_t i = 0; i < specs.size(); i++) {
+    if (results[i].ok()) handles.insert(handles.end(), results[i]->begin(), results[i]->end());
+    if (std::getenv("HOTPROBE_DEBUG")) {
+      std::fprintf(stderr, "hotprobe: %s %s: %s\n", what, specs[i].target.c_str(),
+                   results[i].ok() ? "attached" : results[i].error().message().c_str());
+    }
+  }
+  return handles;
+}
+
+void module_event();
+
+// The module watcher: an internal probe on the dynamic linker's _dl_debug_state, which
+// it calls around every dlopen and dlclose (the hook debuggers use). At each consistent
+// state, probes whose file was mapped are applied and probes whose file was unmapped
+// go back to pending. It runs in the thread that called dlopen, before dlopen returns,
+// so the library's functions are probed before the caller can reach them.
+void install_module_watcher(Internal& in) HP_REQUIRES(in.mu) {
+  in.watcher_on = true;
+  auto mods = elf::ModuleList::of_self();
+  if (!mods.ok()) return;
+  std::vector<ProbeSpec> specs;
+  for (const elf::Module& m : mods->modules()) {
+    auto elf = mods->elf(m);
+    if (!elf.ok() || (*elf)->find("_dl_debug_state").empty()) continue;
+    ProbeSpec ps;
+    ps.target = m.path + ":_dl_debug_state";
+    ps.on_entry = [](hotprobe::Hit&) { module_event(); };
+    specs.push_back(std::move(ps));
+  }
+  in.watcher = attach_internal(in, specs, "module watcher");
+}
+
+}  // namespace
+
+// An Engine was created: counted, and the module watcher is in place.
+void engine_created() {
+  Internal& in = internal();
+  MutexLock lock(in.mu);
+  in.engines++;
+  if (!in.watcher_on) install_module_watcher(in);
+}
+
+// An Engine was destroyed (its consumers detached): the last one takes the internal
+// probes off, in one batch. The unwinder hooks stay while a return instance of a
+// detached site is still live on some thread's stack (a thread blocked inside a probed
+// function): an exception thrown through that frame needs them.
+void engine_destroyed() {
+  Internal& in = internal();
+  MutexLock lock(in.mu);
+  if (--in.engines > 0) return;
+  std::vector<Handle> off = in.watcher;
+  bool returns_live = false;
+  {
+    Registry& reg = Registry::get();
+    MutexLock rl(reg.mu_);
+    const std::vector<const Site*> referenced = sites_referenced_by_return_stacks();
+    for (const Retired& r : reg.retired_)
+      returns_live |= std::binary_search(referenced.begin(), referenced.end(), r.site);
+  }
+  if (!returns_live) off.insert(off.end(), in.unwinder.begin(), in.unwinder.end());
+  if (!off.empty()) (void)internal_impl(in)->detach(off, true);
+  in.watcher.clear();
+  in.watcher_on = false;
+  if (!returns_live) {
+    in.unwinder.clear();
+    in.unwinder_on = false;
+  }
+}
+
+// Internal probes that keep unwinders working through hijacked return addresses (see
+// dispatch.h): installed once, before the first return probe, in every loaded module
+// that defines the unwinder's entry points (libgcc_s, or a static copy in the program).
+void ensure_unwinder_probes() {
+  Internal& in = internal();
+  MutexLock lock(in.mu);
+  if (in.unwinder_on) return;
+  in.unwinder_on = true;
+  auto mods = elf::ModuleList::of_self();
+  if (!mods.ok()) return;
+  static const char* const kUnhijack[] = {"_Unwind_RaiseException", "_Unwind_Resume",
+                                          "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind",
+                                          "_Unwind_Backtrace"};
+  std::vector<ProbeSpec> specs;
+  for (const elf::Module& m : mods->modules()) {
+    auto elf = mods->elf(m);
+    if (!elf.ok()) continue;
+    auto add = [&](const char* name, hotprobe::Handler h) {
+      if ((*elf)->find(name).empty()) return;
+      ProbeSpec ps;
+      ps.target = m.path + ":" + name;
+      ps.on_entry = h;
+      ps.vector_registers = true;
+      specs.push_back(std::move(ps));
+    };
+    for (const char* n : kUnhijack)
+      add(n, [](hotprobe::Hit&) { unhijack_all(); });
+    add("__cxa_begin_catch", [](hotprobe::Hit& h) { rehijack_live(h.regs->rsp); });
+  }
+  in.unwinder = attach_internal(in, specs, "internal probe");
+}
+
+namespace {
+
+void module_event() {
+  if (_r_debug.r_state != r_debug::RT_CONSISTENT) return;
+  arch::forget_vector_register_walks();  // an unloaded handler's address may hold new code
+  auto mods = elf::ModuleList::of_self();
+  if (!mods.ok()) return;
+  Registry& reg = Registry::get();
+  MutexLock lock(reg.mu_);
+  auto loaded = [&](std::uint64_t dev, std::uint64_t ino) {
+    return mods->find(elf::ModuleKey{static_cast<dev_t>(dev), static_cast<ino_t>(ino)});
+  };
+  bool int3_changed = false;
+  // Unmapped: the code is gone, so nothing is restored; the site retires as usual and
+  // its consumers wait for the file to be mapped again.
+  std::vector<Site*> gone;
+  reg.sites_.for_each([&](const SiteKey&, Site* site) {
+    if (!loaded(site->dev, site->ino)) gone.push_back(site);
+  });
+  for (Site* site : gone) {
+    reg.sites_.erase({site->dev, site->ino, site->file_offset});
+    for (Consumer* c : site->members) {
+      c->site = nullptr;
+      reg.pending_.push_back(c);
+    }
+    site->members.clear();
+    publish(site, {});
+    (site->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
+        .fetch_sub(1, std::memory_order_relaxed);
+    int3_changed |= site->mode == SiteMode::int3;
+    reg.retired_.push_back({site, ++reg.retire_epoch_});
+  }
+  // Mapped: pending consumers get their sites.
+  std::vector<Consumer*> still;
+  std::vector<Site*> fresh;
+  std::unordered_map<SiteKey, Site*, SiteKeyHash> fresh_by_key;
+  std::unordered_set<Site*> touched;
+  std::vector<Consumer*> placed;
+  for (Consumer* c : reg.pending_) {
+    const elf::Module* m = loaded(c->dev, c->ino);
+    if (!m) {
+      still.push_back(c);
+      continue;
+    }
+    SiteKey key{c->dev, c->ino, c->file_offset};
+    Site* site = nullptr;
+    site = reg.sites_.get(key);
+    if (auto f = fresh_by_key.find(key); !site && f != fresh_by_key.end()) site = f->second;
+    auto* owner = static_cast<EngineImpl*>(const_cast<void*>(c->engine));
+    if (!site) {
+      auto fa = m->offset_to_address(c->function_file_offset);
+      Target t;
+      t.key = key;
+      t.function = fa.ok() ? *fa : 0;
+      t.function_file_offset = c->function_file_offset;
+      t.function_size = c->function_size;
+      t.offset = c->offset;
+      t.has_symbol = c->has_symbol;
+      t.fragment = c->fragment;
+      t.describe = c->describe;
+      ProbeSpec ps;
+      ps.vector_registers = c->vector_registers;
+      ps.allow_int3 = c->allow_int3;
+      ps.force_int3 = c->force_int3;
+      auto built =
+          fa.ok() ? SiteBuilder::build(t, ps, owner->options, reg) : Result<Site*>(fa.error());
+      if (!built.ok()) {
+        std::fprintf(stderr, "hotprobe: %s stays pending: %s\n", c->describe.c_str(),
+                     built.error().message().c_str());
+        still.push_back(c);
+        continue;
+      }
+      site = *built;
+      fresh.push_back(site);
+      fresh_by_key[key] = site;
+    }
+    if (c->on_return && !reg.ensure_return_trampoline(site->scheme).ok()) {
+      still.push_back(c);
+      continue;
+    }
+    c->site = site;
+    site->members.push_back(c);
+    touched.insert(site);
+    placed.push_back(c);
+  }
+  reg.pending_ = std::move(still);
+  for (Site* s : touched)
+    publish(s, {});
+  if (!fresh.empty()) {
+    std::vector<PatchSite> patches;
+    for (Site* s : fresh) {
+      patches.push_back(patch_for(s, true));
+      reg.sites_.set({s->dev, s->ino, s->file_offset}, s);
+      int3_changed |= s->mode == SiteMode::int3;
+    }
+    if (int3_changed) reg.publish_int3_table();
+    int3_changed = false;
+    auto applied = apply_patches(patches);
+    if (!applied.ok()) {
+      std::fprintf(stderr, "hotprobe: probes on a loaded library stay pending: %s\n",
+                   applied.error().message().c_str());
+      for (Site* s : fresh) {
+        reg.sites_.erase({s->dev, s->ino, s->file_offset});
+        for (Consumer* c : s->members) {
+          c->site = nullptr;
+          reg.pending_.push_back(c);
+        }
+        s->members.clear();
+        publish(s, {});
+      }
+      reg.publish_int3_table();
+      std::vector<Site*> dead = fresh;
+      sync::tasks_trace().call([dead] { free_sites(dead, Registry::get()); });
+      return;
+    }
+    for (Site* s : fresh) {
+      (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
+          .fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  if (int3_changed) reg.publish_int3_table();
+}
+
+}  // namespace
+
+}  // namespace hp::core

@@ -1,0 +1,88 @@
+// The resolver: where a probe target ("MODULE:WHAT", hotprobe::ProbeSpec::target)
+// becomes places to probe (symbols, globs, +offsets, nm addresses, file offsets, IFUNCs,
+// NAME.cold fragments, and files not loaded yet).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/error.h"
+#include "core/site.h"
+#include "core/site_key.h"
+#include "elf/modules.h"
+#include "hotprobe/probe.h"
+
+namespace hp::core {
+
+using hotprobe::ProbeSpec;
+
+std::string hex(std::uint64_t v);
+
+// A resolved place to probe.
+struct Target {
+  SiteKey key;
+  std::uintptr_t function = 0;  // the containing function's address (0: pending)
+  std::uint64_t function_file_offset = 0;
+  std::uint64_t function_size = 0;
+  std::uint64_t offset = 0;  // probe address - function
+  bool has_symbol = false;
+  // The place is in a fragment (NAME.cold): entered by a jump from the middle of its
+  // function, so flags are live and the stack is the function's (an instruction probe,
+  // never a function entry), and no return probe goes there.
+  bool fragment = false;
+  // No symbol: the extent is its FDE's (elf::ElfFile::cfi_extent), and the place is the
+  // entry the loader selected for an IFUNC.
+  bool cfi_entry = false;
+  bool pending = false;  // the module is not loaded yet: applied when it is
+  std::string describe;
+  // Filled in by attach() under the registry lock: the site already there, or the index
+  // of the batch's job that builds one.
+  Site* known = nullptr;
+  std::size_t job = 0;
+};
+
+// Module specs already resolved in this batch, with their symbol tables (a batch of
+// 10,000 probes on one library resolves its module and finds its table once, not 10,000
+// times). Batches name few modules, mostly one after the other: a short list, last first.
+class ModuleCache {
+ public:
+  struct Entry {
+    std::string spec;
+    const elf::Module* module;
+    std::shared_ptr<const elf::ElfFile> elf;  // null until first asked for
+    std::string_view name;                    // module->name()
+  };
+  Entry* find(std::string_view spec) {
+    if (last_ < entries_.size() && entries_[last_].spec == spec) return &entries_[last_];
+    for (std::size_t i = 0; i < entries_.size(); i++) {
+      if (entries_[i].spec == spec) return &entries_[(last_ = i)];
+    }
+    return nullptr;
+  }
+  Entry* add(std::string_view spec, const elf::Module* m) {
+    entries_.push_back({std::string(spec), m, nullptr, m->name()});
+    last_ = entries_.size() - 1;
+    return &entries_.back();
+  }
+  // The symbol table of the module found last (null before the first).
+  const elf::ElfFile* last_elf() const {
+    return last_ < entries_.size() ? entries_[last_].elf.get() : nullptr;
+  }
+  // Scratch list for ElfFile::lookup, reused by every spec of the batch.
+  std::vector<elf::Target>& found() { return found_; }
+
+ private:
+  std::vector<Entry> entries_;
+  std::vector<elf::Target> found_;
+  std::size_t last_ = 0;
+};
+
+// Appends the targets of `spec` to `out` (one list for the whole batch, not one per spec);
+// on failure, `out` may hold some of them (the caller drops them).
+Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleCache& cache,
+                     std::vector<Target>& out);
+
+}  // namespace hp::core
