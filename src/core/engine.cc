@@ -26,6 +26,7 @@
 #include "core/site_builder.h"
 #include "core/text_patch.h"
 #include "core/thread_state.h"
+#include "core/transaction.h"
 #include "hotprobe/probe.h"
 #include "sync/tasks_trace.h"
 
@@ -206,10 +207,10 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
       Target& t = targets[k];
       if (t.pending) continue;
       if (k + kLookAhead < targets.size()) {
-        reg.sites_.prefetch(targets[k + kLookAhead].key);
+        reg.prefetch(targets[k + kLookAhead].key);
         job_by_key.prefetch(targets[k + kLookAhead].key);
       }
-      if ((t.known = reg.sites_.get(t.key))) continue;
+      if ((t.known = reg.find(t.key))) continue;
       if (const BuildJob* j = job_by_key.get(t.key)) {
         t.job = static_cast<std::size_t>(j - jobs.data());
         continue;
@@ -286,7 +287,7 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
         s->members.push_back(c);
         if (!is_fresh) touched_old.insert(s);
       } else {
-        reg.pending_.push_back(c);
+        reg.add_pending(c);
       }
       made.push_back({i, c});
       // Handed out here, while the consumer and the result are in cache (a later pass
@@ -310,79 +311,60 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
   auto undo_fresh = [&] { free_sites(fresh, reg); };
   if (any_error && mode == BatchMode::all_or_nothing) {
     for (auto& [i, c] : made) {
-      auto& mem = c->site ? c->site->members : reg.pending_;
-      mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
+      if (c->site) {
+        auto& mem = c->site->members;
+        mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
+      } else {
+        reg.remove_pending(c);
+      }
       delete c;
     }
     undo_fresh();
     return fail_all(results, specs);
   }
-  // Publish consumers first, so a thread that reaches a new site already finds them.
-  for (Site* s : fresh)
-    publish(s, {});
+  // Consumers are published before the patch, so a thread that reaches a new site
+  // already finds them.
+  Transaction tx(reg);
+  for (Site* s : fresh) {
+    tx.publish(s);
+    tx.patch(s);
+  }
   for (Site* s : touched_old)
-    publish(s, {});
-  if (!fresh.empty()) {
-    std::vector<PatchSite> patches;
-    patches.reserve(fresh.size());
-    bool any_int3 = false;
-    for (Site* s : fresh) {
-      patches.push_back(patch_for(s, true));
-      any_int3 |= s->mode == SiteMode::int3;
-    }
-    if (any_int3) {
-      for (Site* s : fresh)
-        reg.sites_.set({s->dev, s->ino, s->file_offset}, s);
-      reg.publish_int3_table();
-    }
-    auto applied = apply_patches(patches);
-    if (!applied.ok()) {
-      for (Site* s : fresh)
-        reg.sites_.erase({s->dev, s->ino, s->file_offset});
-      if (any_int3) reg.publish_int3_table();
-      // Nothing was patched: the fresh sites were reachable by no thread (only through
-      // the int3 table, which tasks-trace protects); free them after a grace period.
-      // A spec with a target among them fails whole: its consumers on sites that were
-      // there before are taken off again, and none of its handles is handed out.
-      const std::unordered_set<Site*> unpatched(fresh.begin(), fresh.end());
-      for (auto& [i, c] : made) {
-        if (c->site && unpatched.count(c->site)) {
-          results[i] =
-              Error(applied.error().code(), "could not patch: " + applied.error().message());
-        }
+    tx.publish(s);
+  if (auto applied = tx.commit(); !applied.ok()) {
+    // Nothing was patched: the fresh sites were reachable by no thread (only through
+    // the int3 table, which tasks-trace protects); free them after a grace period.
+    // A spec with a target among them fails whole: its consumers on sites that were
+    // there before are taken off again, and none of its handles is handed out.
+    const std::unordered_set<Site*> unpatched(fresh.begin(), fresh.end());
+    for (auto& [i, c] : made) {
+      if (c->site && unpatched.count(c->site)) {
+        results[i] = Error(applied.error().code(), "could not patch: " + applied.error().message());
       }
-      std::vector<Consumer*> dead_consumers;
-      for (auto& [i, c] : made) {
-        if (results[i].ok()) continue;
-        if (!c->site) {
-          reg.pending_.erase(std::remove(reg.pending_.begin(), reg.pending_.end(), c),
-                             reg.pending_.end());
-          delete c;
-        } else if (unpatched.count(c->site)) {
-          dead_consumers.push_back(c);
-        } else {
-          auto& mem = c->site->members;
-          mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
-          publish(c->site, {c});
-        }
+    }
+    std::vector<Consumer*> dead_consumers;
+    Transaction undo(reg);
+    for (auto& [i, c] : made) {
+      if (results[i].ok()) continue;
+      if (!c->site) {
+        reg.remove_pending(c);
+        delete c;
+      } else if (unpatched.count(c->site)) {
+        dead_consumers.push_back(c);
+      } else {
+        auto& mem = c->site->members;
+        mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
+        undo.publish(c->site);
+        undo.free_consumer(c, c->site->scheme);
       }
-      std::vector<Site*> dead = fresh;
-      sync::tasks_trace().call([dead, dead_consumers] {
-        free_sites(dead, Registry::get());
-        for (Consumer* c : dead_consumers)
-          delete c;
-      });
-      register_consumers(made, results);
-      return results;
     }
-    std::vector<std::pair<SiteKey, Site*>> keyed;
-    keyed.reserve(fresh.size());
-    for (Site* s : fresh) {
-      keyed.push_back({{s->dev, s->ino, s->file_offset}, s});
-      (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
-          .fetch_add(1, std::memory_order_relaxed);
-    }
-    reg.sites_.set_many(keyed);
+    (void)undo.commit();  // publishes only: cannot fail
+    std::vector<Site*> dead = fresh;
+    sync::tasks_trace().call([dead, dead_consumers] {
+      free_sites(dead, Registry::get());
+      for (Consumer* c : dead_consumers)
+        delete c;
+    });
   }
   register_consumers(made, results);
   return results;
@@ -425,19 +407,6 @@ Result<void> EngineImpl::detach(std::span<const Handle> handles, bool wait) {
   {
     MutexLock lock(reg.mu_);
     Registry::get().mu_.assert_held();  // the analysis names the lock Registry::get().mu_
-    // The consumers to free, by scheme (one garbage batch and one grace period each),
-    // and the sites that lose them (a site once, though it may lose several).
-    std::vector<std::pair<Scheme, Garbage>> garbage;
-    auto garbage_of = [&](Scheme s) -> Garbage& {
-      for (auto& [scheme, g] : garbage) {
-        if (scheme == s) return g;
-      }
-      garbage.push_back({s, Garbage{}});
-      schemes_to_sync.push_back(s);
-      return garbage.back().second;
-    };
-    std::vector<Site*> changed;
-    changed.reserve(handles.size());
     for (Handle h : handles) {
       if (!consumers.get(h.id)) {
         return Error(
@@ -445,53 +414,39 @@ Result<void> EngineImpl::detach(std::span<const Handle> handles, bool wait) {
             "handle " + std::to_string(h.id) + " is not attached by this engine (detached twice?)");
       }
     }
+    // The consumers are freed by scheme (one grace period each), the sites that lose them
+    // republished once each, and those left without consumers restored.
+    Transaction tx(reg);
+    std::vector<Site*> changed;
+    changed.reserve(handles.size());
     for (Handle h : handles) {
       Consumer* c = consumers.get(h.id);
       if (!c) continue;  // a duplicate in the span
       consumers.erase(h.id);
       if (!c->site) {  // pending: no reader can reach it
-        reg.pending_.erase(std::remove(reg.pending_.begin(), reg.pending_.end(), c),
-                           reg.pending_.end());
+        reg.remove_pending(c);
         delete c;
         continue;
       }
       auto& mem = c->site->members;
       mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
-      garbage_of(c->site->scheme).consumers.push_back(c);
+      tx.free_consumer(c, c->site->scheme);
       changed.push_back(c->site);
     }
     std::sort(changed.begin(), changed.end());
     changed.erase(std::unique(changed.begin(), changed.end()), changed.end());
-    std::vector<Site*> gone;
     for (Site* s : changed) {
-      publish_into(s, garbage_of(s->scheme));
-      if (s->members.empty()) gone.push_back(s);
+      tx.publish(s);
+      if (s->members.empty()) tx.unpatch(s);
     }
-    for (auto& [scheme, g] : garbage)
-      retire(scheme, std::move(g));
-    if (!gone.empty()) {
-      std::vector<PatchSite> patches;
-      patches.reserve(gone.size());
-      bool any_int3 = false;
-      for (Site* s : gone) {
-        patches.push_back(patch_for(s, false));
-        any_int3 |= s->mode == SiteMode::int3;
-      }
-      auto applied = apply_patches(patches);
-      if (!applied.ok()) {
-        // The consumers are gone (their handlers will not run after the grace period),
-        // but the code stays patched: report it, keep the sites.
-        return Error(
-            applied.error().code(),
-            "consumers detached, but the code could not be restored: " + applied.error().message());
-      }
-      for (Site* s : gone) {
-        reg.sites_.erase({s->dev, s->ino, s->file_offset});
-        (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
-            .fetch_sub(1, std::memory_order_relaxed);
-        reg.retired_.push_back({s, ++reg.retire_epoch_});
-      }
-      if (any_int3) reg.publish_int3_table();
+    auto committed = tx.commit();
+    schemes_to_sync = tx.schemes();
+    if (!committed.ok()) {
+      // The consumers are gone (their handlers will not run after the grace period),
+      // but the code stays patched: report it, keep the sites.
+      return Error(
+          committed.error().code(),
+          "consumers detached, but the code could not be restored: " + committed.error().message());
     }
   }
   if (wait) {
@@ -605,14 +560,14 @@ Stats Engine::stats() const {
   s.misses_return_stack = t.misses_return_stack;
   s.skipped_own = t.skipped_own;
   auto& reg = hp::core::Registry::get();
-  s.sites_jmp = reg.sites_jmp_.load(std::memory_order_relaxed);
-  s.sites_int3 = reg.sites_int3_.load(std::memory_order_relaxed);
+  s.sites_jmp = reg.sites_jmp();
+  s.sites_int3 = reg.sites_int3();
   s.sync_core_rounds = hp::core::patch_totals().sync_core_rounds;
   s.grace_periods = impl_->grace_periods.load(std::memory_order_relaxed);
   hp::MutexLock lock(reg.mu_);
   hp::core::Registry::get().mu_.assert_held();  // the analysis names it Registry::get().mu_
   s.consumers = impl_->consumers.size();
-  s.zombie_sites = reg.retired_.size();
+  s.zombie_sites = reg.retired().size();
   return s;
 }
 

@@ -63,4 +63,9 @@ void publish_int3_table(std::vector<std::pair<std::uintptr_t, Site*>> entries) {
   if (old) sync::tasks_trace().call([old] { delete old; });
 }
 
+bool int3_table_lists(const std::vector<std::pair<std::uintptr_t, Site*>>& sorted) {
+  const Int3Table* t = g_int3_table.load(std::memory_order_acquire);
+  return t ? t->entries == sorted : sorted.empty();
+}
+
 }  // namespace hp::core

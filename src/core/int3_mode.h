@@ -20,4 +20,8 @@ std::uintptr_t int3_hook(std::uintptr_t trap, void* ucv);
 // sorts; the old table is freed after a tasks-trace grace period.
 void publish_int3_table(std::vector<std::pair<std::uintptr_t, Site*>> entries);
 
+// Whether the table lists exactly `sorted` (the registry's debug check; call it where the
+// table cannot change, under the registry's lock).
+bool int3_table_lists(const std::vector<std::pair<std::uintptr_t, Site*>>& sorted);
+
 }  // namespace hp::core

@@ -19,6 +19,7 @@
 #include "core/site_builder.h"
 #include "core/text_patch.h"
 #include "core/thread_state.h"
+#include "core/transaction.h"
 #include "elf/modules.h"
 #include "sync/tasks_trace.h"
 
@@ -118,7 +119,7 @@ void engine_destroyed() {
     Registry& reg = Registry::get();
     MutexLock rl(reg.mu_);
     const std::vector<const Site*> referenced = sites_referenced_by_return_stacks();
-    for (const Retired& r : reg.retired_)
+    for (const Retired& r : reg.retired())
       returns_live |= std::binary_search(referenced.begin(), referenced.end(), r.site);
   }
   if (!returns_live) off.insert(off.end(), in.unwinder.begin(), in.unwinder.end());
@@ -175,25 +176,24 @@ void module_event() {
   auto loaded = [&](std::uint64_t dev, std::uint64_t ino) {
     return mods->find(elf::ModuleKey{static_cast<dev_t>(dev), static_cast<ino_t>(ino)});
   };
-  bool int3_changed = false;
   // Unmapped: the code is gone, so nothing is restored; the site retires as usual and
   // its consumers wait for the file to be mapped again.
   std::vector<Site*> gone;
-  reg.sites_.for_each([&](const SiteKey&, Site* site) {
+  reg.for_each_site([&](Site* site) {
     if (!loaded(site->dev, site->ino)) gone.push_back(site);
   });
-  for (Site* site : gone) {
-    reg.sites_.erase({site->dev, site->ino, site->file_offset});
-    for (Consumer* c : site->members) {
-      c->site = nullptr;
-      reg.pending_.push_back(c);
+  if (!gone.empty()) {
+    Transaction unmap(reg);
+    for (Site* site : gone) {
+      for (Consumer* c : site->members) {
+        c->site = nullptr;
+        reg.add_pending(c);
+      }
+      site->members.clear();
+      unmap.publish(site);
+      unmap.unmapped(site);
     }
-    site->members.clear();
-    publish(site, {});
-    (site->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
-        .fetch_sub(1, std::memory_order_relaxed);
-    int3_changed |= site->mode == SiteMode::int3;
-    reg.retired_.push_back({site, ++reg.retire_epoch_});
+    (void)unmap.commit();  // nothing to patch: cannot fail
   }
   // Mapped: pending consumers get their sites.
   std::vector<Consumer*> still;
@@ -201,7 +201,7 @@ void module_event() {
   std::unordered_map<SiteKey, Site*, SiteKeyHash> fresh_by_key;
   std::unordered_set<Site*> touched;
   std::vector<Consumer*> placed;
-  for (Consumer* c : reg.pending_) {
+  for (Consumer* c : reg.take_pending()) {
     const elf::Module* m = loaded(c->dev, c->ino);
     if (!m) {
       still.push_back(c);
@@ -209,7 +209,7 @@ void module_event() {
     }
     SiteKey key{c->dev, c->ino, c->file_offset};
     Site* site = nullptr;
-    site = reg.sites_.get(key);
+    site = reg.find(key);
     if (auto f = fresh_by_key.find(key); !site && f != fresh_by_key.end()) site = f->second;
     auto* owner = static_cast<EngineImpl*>(const_cast<void*>(c->engine));
     if (!site) {
@@ -248,42 +248,29 @@ void module_event() {
     touched.insert(site);
     placed.push_back(c);
   }
-  reg.pending_ = std::move(still);
+  for (Consumer* c : still)
+    reg.add_pending(c);
+  Transaction tx(reg);
   for (Site* s : touched)
-    publish(s, {});
-  if (!fresh.empty()) {
-    std::vector<PatchSite> patches;
+    tx.publish(s);
+  for (Site* s : fresh)
+    tx.patch(s);
+  if (auto applied = tx.commit(); !applied.ok()) {
+    std::fprintf(stderr, "hotprobe: probes on a loaded library stay pending: %s\n",
+                 applied.error().message().c_str());
+    Transaction undo(reg);
     for (Site* s : fresh) {
-      patches.push_back(patch_for(s, true));
-      reg.sites_.set({s->dev, s->ino, s->file_offset}, s);
-      int3_changed |= s->mode == SiteMode::int3;
-    }
-    if (int3_changed) reg.publish_int3_table();
-    int3_changed = false;
-    auto applied = apply_patches(patches);
-    if (!applied.ok()) {
-      std::fprintf(stderr, "hotprobe: probes on a loaded library stay pending: %s\n",
-                   applied.error().message().c_str());
-      for (Site* s : fresh) {
-        reg.sites_.erase({s->dev, s->ino, s->file_offset});
-        for (Consumer* c : s->members) {
-          c->site = nullptr;
-          reg.pending_.push_back(c);
-        }
-        s->members.clear();
-        publish(s, {});
+      for (Consumer* c : s->members) {
+        c->site = nullptr;
+        reg.add_pending(c);
       }
-      reg.publish_int3_table();
-      std::vector<Site*> dead = fresh;
-      sync::tasks_trace().call([dead] { free_sites(dead, Registry::get()); });
-      return;
+      s->members.clear();
+      undo.publish(s);
     }
-    for (Site* s : fresh) {
-      (s->mode == SiteMode::jmp ? reg.sites_jmp_ : reg.sites_int3_)
-          .fetch_add(1, std::memory_order_relaxed);
-    }
+    (void)undo.commit();  // publishes only: cannot fail
+    std::vector<Site*> dead = fresh;
+    sync::tasks_trace().call([dead] { free_sites(dead, Registry::get()); });
   }
-  if (int3_changed) reg.publish_int3_table();
 }
 
 }  // namespace

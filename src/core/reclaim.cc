@@ -65,18 +65,18 @@ void publish(Site* s, std::vector<Consumer*> freed) {
 
 std::uint64_t current_epoch() {
   MutexLock lock(Registry::get().mu_);
-  return Registry::get().retire_epoch_;
+  return Registry::get().retire_epoch();
 }
 
 void reclaim(const std::vector<Scheme>& schemes, std::uint64_t epoch) {
   Registry& reg = Registry::get();
   MutexLock lock(reg.mu_);
-  if (reg.retired_.empty()) return;
+  if (reg.retired().empty()) return;
   std::vector<Retired> keep, ready;
   // Sites are retired unpatched and a grace period has passed for the ones checked
   // here, so none of them gains a return instance after this scan.
   const std::vector<const Site*> referenced = sites_referenced_by_return_stacks();
-  for (Retired& r : reg.retired_) {
+  for (Retired& r : reg.take_retired()) {
     bool gp_ok = r.epoch <= epoch &&
                  std::find(schemes.begin(), schemes.end(), r.site->scheme) != schemes.end();
     if (!gp_ok)
@@ -122,7 +122,7 @@ void reclaim(const std::vector<Scheme>& schemes, std::uint64_t epoch) {
       keep.insert(keep.end(), ready.begin(), ready.end());
     }
   }
-  reg.retired_ = std::move(keep);
+  reg.keep_retired(std::move(keep));
 }
 
 }  // namespace hp::core

@@ -247,8 +247,8 @@ void SiteBuilder::separate_overlaps(std::span<BuildJob> jobs, std::span<const Ta
   // attaching one probe at a time to a process with 10,000 costs 40 lookups, not a
   // walk of the registry.
   std::vector<Range> old;
-  if (reg.sites_.size() <= 8 * jobs.size()) {
-    reg.sites_.for_each([&](const SiteKey&, Site* s) {
+  if (reg.site_count() <= 8 * jobs.size()) {
+    reg.for_each_site([&](Site* s) {
       if (s->patched.size() > 0) old.push_back(range_of(s, jobs.size()));
     });
   } else {
@@ -256,7 +256,7 @@ void SiteBuilder::separate_overlaps(std::span<BuildJob> jobs, std::span<const Ta
     for (const BuildJob& j : jobs) {
       const SiteKey& k = targets[j.target].key;
       for (std::uint64_t q = k.off > kReach ? k.off - kReach : 0; q < k.off + kReach; q++) {
-        if (Site* s = reg.sites_.get({k.dev, k.ino, q}); s && s->patched.size() > 0)
+        if (Site* s = reg.find({k.dev, k.ino, q}); s && s->patched.size() > 0)
           old.push_back(range_of(s, jobs.size()));
       }
     }
