@@ -93,7 +93,8 @@ Consumer* EngineImpl::make_consumer(const ProbeSpec& spec, Target& t, Site* site
 
 void EngineImpl::resolve_part(const Result<elf::ModuleList>& mods, std::span<const ProbeSpec> specs,
                               ResolvedPart& out) {
-  ModuleCache module_cache;
+  std::optional<Resolver> resolver;
+  if (mods.ok()) resolver.emplace(mods.value());
   out.results.reserve(specs.size());
   out.targets.reserve(specs.size());
   out.ends.reserve(specs.size());
@@ -108,7 +109,7 @@ void EngineImpl::resolve_part(const Result<elf::ModuleList>& mods, std::span<con
   for (std::size_t n = 0; n < specs.size(); n++) {
     const ProbeSpec& spec = specs[n];
     if (n + 8 < specs.size()) __builtin_prefetch(specs[n + 8].target.data());
-    if (const elf::ElfFile* last = module_cache.last_elf()) {
+    if (const elf::ElfFile* last = resolver ? resolver->last_elf() : nullptr) {
       if (n + 4 < specs.size()) last->prefetch_slot(name_of(specs[n + 4]));
       if (n + 2 < specs.size()) last->prefetch_symbol(name_of(specs[n + 2]));
     }
@@ -119,7 +120,8 @@ void EngineImpl::resolve_part(const Result<elf::ModuleList>& mods, std::span<con
                 "probe '" + spec.target + "' has neither an entry nor a return handler"));
     } else if (!mods.ok()) {
       out.results.push_back(mods.error());
-    } else if (auto t = resolve(mods.value(), spec, module_cache, out.targets); !t.ok()) {
+    } else if (auto t = resolver->resolve(spec.target, spec.on_return != nullptr, out.targets);
+               !t.ok()) {
       out.results.push_back(t.error());
     } else {
       out.results.push_back(std::vector<Handle>{});

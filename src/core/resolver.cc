@@ -71,8 +71,8 @@ bool neighbours_branch_into(const elf::ElfFile& file, const elf::ElfFile::Extent
 // A return probe needs a function's entry, reached by a call: not an offset into one, not
 // an address outside every function, not a fragment (NAME.cold, reached by a jump: a
 // return probe there would take its function's return address as its own).
-Result<void> check_return_place(const ProbeSpec& spec, const Target& tg, const elf::Symbol* sym) {
-  if (!spec.on_return) return {};
+Result<void> check_return_place(bool return_probe, const Target& tg, const elf::Symbol* sym) {
+  if (!return_probe) return {};
   if (sym && sym->fragment && tg.offset == 0) {
     std::string_view name = sym->name;
     const std::string parent(name.substr(0, name.find(".cold")));
@@ -93,12 +93,13 @@ Result<void> check_return_place(const ProbeSpec& spec, const Target& tg, const e
 }
 
 // A target in a file that is not loaded: applied when a dlopen maps it.
-Result<void> resolve_pending(std::string_view path, std::string_view rest, const ProbeSpec& spec,
-                             std::vector<Target>& out) {
+Result<void> resolve_pending(std::string_view path, std::string_view rest, bool return_probe,
+                             ModuleCache& cache, std::vector<Target>& out) {
   auto elf = elf::load_elf(std::string(path));
   if (!elf.ok()) return elf.error();
   auto found = (*elf)->lookup(rest);
   if (!found.ok()) return found.error();
+  cache.hold(*elf);  // the targets' symbol names point into it
   std::string base(path.substr(path.rfind('/') + 1));
   for (const elf::Target& t : *found) {
     if (t.symbol && t.symbol->is_ifunc()) {
@@ -127,7 +128,9 @@ Result<void> resolve_pending(std::string_view path, std::string_view rest, const
         tg.fragment = true;  // an FDE may start a fragment: no entry assumptions
       }
     }
-    HP_TRY(check_return_place(spec, tg, t.symbol));
+    tg.module_path = path;
+    if (t.symbol) tg.symbol = t.symbol->name;
+    HP_TRY(check_return_place(return_probe, tg, t.symbol));
     out.push_back(std::move(tg));
   }
   return {};
@@ -135,21 +138,23 @@ Result<void> resolve_pending(std::string_view path, std::string_view rest, const
 
 }  // namespace
 
-Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleCache& cache,
-                     std::vector<Target>& out) {
-  auto colon = spec.target.find(':');
-  if (colon == std::string::npos) {
+Result<void> Resolver::resolve(std::string_view target, bool return_probe,
+                               std::vector<Target>& out) {
+  const elf::ModuleList& mods = mods_;
+  ModuleCache& cache = cache_;
+  auto colon = target.find(':');
+  if (colon == std::string_view::npos) {
     return Error(Errc::invalid_argument,
-                 "probe target '" + spec.target +
+                 "probe target '" + std::string(target) +
                      "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET, MODULE:0xADDRESS "
                      "(as nm prints it) or MODULE:fileoff:0xOFFSET (MODULE may be empty for "
                      "the program)");
   }
-  std::string_view module_spec(spec.target.data(), colon);
-  std::string_view rest(spec.target.data() + colon + 1, spec.target.size() - colon - 1);
+  std::string_view module_spec = target.substr(0, colon);
+  std::string_view rest = target.substr(colon + 1);
   if (rest.empty()) {
     return Error(Errc::invalid_argument,
-                 "probe target '" + spec.target + "' names no symbol after ':'");
+                 "probe target '" + std::string(target) + "' names no symbol after ':'");
   }
   ModuleCache::Entry* cached = cache.find(module_spec);
   auto mod = cached ? Result<const elf::Module*>(cached->module) : mods.resolve(module_spec);
@@ -158,7 +163,7 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
     // A path to a library that is not loaded yet: the probe waits for its dlopen.
     if (mod.error().code() == Errc::not_found && module_spec.find('/') != std::string_view::npos &&
         ::access(std::string(module_spec).c_str(), R_OK) == 0) {
-      return resolve_pending(module_spec, rest, spec, out);
+      return resolve_pending(module_spec, rest, return_probe, cache, out);
     }
     if (mod.error().code() == Errc::not_found && module_spec.find('/') == std::string_view::npos) {
       return Error(
@@ -241,7 +246,10 @@ Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleC
         }
       }
     }
-    HP_TRY(check_return_place(spec, tg, sym));
+    tg.module_path = m->path;
+    tg.symbol = t.symbol ? t.symbol->name : std::string_view();  // the name the target used
+    if (holder) cache.hold(std::move(holder));
+    HP_TRY(check_return_place(return_probe, tg, sym));
     out.push_back(std::move(tg));
   }
   return {};

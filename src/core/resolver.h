@@ -38,6 +38,12 @@ struct Target {
   bool cfi_entry = false;
   bool pending = false;  // the module is not loaded yet: applied when it is
   std::string describe;
+  // For resolve_functions: the module's path (as the maps name it, or as the target named
+  // a file not loaded) and the symbol the target named (empty: none). Views into the
+  // module list, the Resolver's symbol tables and the target string: valid while those
+  // live.
+  std::string_view module_path;
+  std::string_view symbol;
   // Filled in by attach() under the registry lock: the site already there, or the index
   // of the batch's job that builds one.
   Site* known = nullptr;
@@ -73,16 +79,35 @@ class ModuleCache {
   }
   // Scratch list for ElfFile::lookup, reused by every spec of the batch.
   std::vector<elf::Target>& found() { return found_; }
+  // Keeps a symbol table the batch's targets name into (an IFUNC's implementation in
+  // another file, a file not loaded yet).
+  void hold(std::shared_ptr<const elf::ElfFile> f) {
+    if (held_.empty() || held_.back() != f) held_.push_back(std::move(f));
+  }
 
  private:
   std::vector<Entry> entries_;
+  std::vector<std::shared_ptr<const elf::ElfFile>> held_;
   std::vector<elf::Target> found_;
   std::size_t last_ = 0;
 };
 
-// Appends the targets of `spec` to `out` (one list for the whole batch, not one per spec);
-// on failure, `out` may hold some of them (the caller drops them).
-Result<void> resolve(const elf::ModuleList& mods, const ProbeSpec& spec, ModuleCache& cache,
-                     std::vector<Target>& out);
+// The one place a probe target becomes places: Engine::attach and resolve_functions
+// (symbols.cc) both resolve through it, so what a script names and what is probed agree.
+// One Resolver per batch: it caches the modules and symbol tables the batch names.
+class Resolver {
+ public:
+  explicit Resolver(const elf::ModuleList& mods) : mods_(mods) {}
+  // Appends the places `target` names to `out` (one list for a whole batch); on failure
+  // `out` may hold some of them (the caller drops them). `return_probe`: the places must
+  // be function entries reached by a call.
+  Result<void> resolve(std::string_view target, bool return_probe, std::vector<Target>& out);
+  // The symbol table of the module resolved last (null before the first), for prefetching.
+  const elf::ElfFile* last_elf() const { return cache_.last_elf(); }
+
+ private:
+  const elf::ModuleList& mods_;
+  ModuleCache cache_;
+};
 
 }  // namespace hp::core
