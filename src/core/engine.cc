@@ -77,17 +77,8 @@ Consumer* EngineImpl::make_consumer(const ProbeSpec& spec, Target& t, Site* site
   c->site = site;
   c->vector_registers = spec.vector_registers;
   c->saves_vectors = saves_vectors;
-  c->allow_int3 = spec.allow_int3;
-  c->force_int3 = spec.force_int3;
-  c->dev = t.key.dev;
-  c->ino = t.key.ino;
-  c->file_offset = t.key.off;
-  c->function_file_offset = t.function_file_offset;
-  c->function_size = t.function_size;
-  c->offset = t.offset;
-  c->has_symbol = t.has_symbol;
-  c->fragment = t.fragment;
-  c->describe = std::move(t.describe);
+  c->options = SiteBuilder::options_of(spec);
+  c->place = std::move(static_cast<Place&>(t));
   return c;
 }
 

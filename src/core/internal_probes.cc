@@ -202,35 +202,25 @@ void module_event() {
   std::unordered_set<Site*> touched;
   std::vector<Consumer*> placed;
   for (Consumer* c : reg.take_pending()) {
-    const elf::Module* m = loaded(c->dev, c->ino);
+    const SiteKey key = c->place.key;
+    const elf::Module* m = loaded(key.dev, key.ino);
     if (!m) {
       still.push_back(c);
       continue;
     }
-    SiteKey key{c->dev, c->ino, c->file_offset};
-    Site* site = nullptr;
-    site = reg.find(key);
+    Site* site = reg.find(key);
     if (auto f = fresh_by_key.find(key); !site && f != fresh_by_key.end()) site = f->second;
     auto* owner = static_cast<EngineImpl*>(const_cast<void*>(c->engine));
     if (!site) {
-      auto fa = m->offset_to_address(c->function_file_offset);
+      // The consumer's place, at its function's address in this mapping.
+      auto fa = m->offset_to_address(c->place.function_file_offset);
       Target t;
-      t.key = key;
+      static_cast<Place&>(t) = c->place;
       t.function = fa.ok() ? *fa : 0;
-      t.function_file_offset = c->function_file_offset;
-      t.function_size = c->function_size;
-      t.offset = c->offset;
-      t.has_symbol = c->has_symbol;
-      t.fragment = c->fragment;
-      t.describe = c->describe;
-      ProbeSpec ps;
-      ps.vector_registers = c->vector_registers;
-      ps.allow_int3 = c->allow_int3;
-      ps.force_int3 = c->force_int3;
-      auto built =
-          fa.ok() ? SiteBuilder::build(t, ps, owner->options, reg) : Result<Site*>(fa.error());
+      auto built = fa.ok() ? SiteBuilder::build(t, c->options, owner->options, reg)
+                           : Result<Site*>(fa.error());
       if (!built.ok()) {
-        std::fprintf(stderr, "hotprobe: %s stays pending: %s\n", c->describe.c_str(),
+        std::fprintf(stderr, "hotprobe: %s stays pending: %s\n", c->place.describe.c_str(),
                      built.error().message().c_str());
         still.push_back(c);
         continue;

@@ -21,23 +21,10 @@ using hotprobe::ProbeSpec;
 
 std::string hex(std::uint64_t v);
 
-// A resolved place to probe.
-struct Target {
-  SiteKey key;
+// A resolved place to probe, in this process.
+struct Target : Place {
   std::uintptr_t function = 0;  // the containing function's address (0: pending)
-  std::uint64_t function_file_offset = 0;
-  std::uint64_t function_size = 0;
-  std::uint64_t offset = 0;  // probe address - function
-  bool has_symbol = false;
-  // The place is in a fragment (NAME.cold): entered by a jump from the middle of its
-  // function, so flags are live and the stack is the function's (an instruction probe,
-  // never a function entry), and no return probe goes there.
-  bool fragment = false;
-  // No symbol: the extent is its FDE's (elf::ElfFile::cfi_extent), and the place is the
-  // entry the loader selected for an IFUNC.
-  bool cfi_entry = false;
-  bool pending = false;  // the module is not loaded yet: applied when it is
-  std::string describe;
+  bool pending = false;         // the module is not loaded yet: applied when it is
   // For resolve_functions: the module's path (as the maps name it, or as the target named
   // a file not loaded) and the symbol the target named (empty: none). Views into the
   // module list, the Resolver's symbol tables and the target string: valid while those

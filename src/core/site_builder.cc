@@ -57,7 +57,15 @@ BuildEnv SiteBuilder::environment(const hotprobe::EngineOptions& options, Regist
   return env;
 }
 
-Result<Site*> SiteBuilder::build(const Target& t, const ProbeSpec& spec, const BuildEnv& env,
+SiteOptions SiteBuilder::options_of(const ProbeSpec& spec) {
+  SiteOptions o;
+  o.allow_int3 = spec.allow_int3;
+  o.force_int3 = spec.force_int3;
+  o.run_at_ret = is_ret_site_handler(spec.on_entry);  // core/ret_probe.h
+  return o;
+}
+
+Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const BuildEnv& env,
                                  arch::EntryTrampolineBuilder& builder, arch::CodeMemory& code,
                                  std::optional<arch::CodeSlot> reserved) {
   ReservedSlot slots(code, reserved);
@@ -89,7 +97,7 @@ Result<Site*> SiteBuilder::build(const Target& t, const ProbeSpec& spec, const B
         ts.dispatcher = env.dispatcher;
         ts.save_vector = kTrampolinesSaveVectors;
         if (plan->at_entry && !plan->flags_live) ts.landing_target = env.landing_target;
-        ts.run_at_ret = is_ret_site_handler(spec.on_entry);  // core/ret_probe.h
+        ts.run_at_ret = spec.run_at_ret;
         if (ts.run_at_ret) ts.landing_target = 0;
         arch::FastEntry fast = env.fast;
         fast.consumers = reinterpret_cast<std::uint64_t>(&site->consumers);
@@ -220,7 +228,7 @@ void SiteBuilder::build_all(std::span<BuildJob> jobs, std::span<const Target> ta
     for (std::size_t n = begin; n < end; n++) {
       BuildJob& j = jobs[n];
       Result<arch::CodeSlot>& slot = slots[n - begin];
-      auto built = build(targets[j.target], specs[j.spec], env, *builders[worker], code,
+      auto built = build(targets[j.target], options_of(specs[j.spec]), env, *builders[worker], code,
                          slot.ok() ? std::optional(*slot) : std::nullopt);
       if (built.ok())
         j.site = *built;
@@ -320,7 +328,7 @@ void SiteBuilder::separate_overlaps(std::span<BuildJob> jobs, std::span<const Ta
     const Target& t = targets[j.target];
     free_sites(std::span<Site* const>(&j.site, 1), reg);
     j.site = nullptr;
-    ProbeSpec spec = specs[j.spec];
+    SiteOptions spec = options_of(specs[j.spec]);
     if (!spec.allow_int3) {
       j.error = Error(Errc::not_relocatable,
                       t.describe +

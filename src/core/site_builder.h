@@ -43,15 +43,17 @@ struct BuildJob {
 
 class SiteBuilder {
  public:
+  // What of `spec` decides how its sites are built.
+  static SiteOptions options_of(const ProbeSpec& spec);
   static BuildEnv environment(const hotprobe::EngineOptions& options, Registry& reg)
       HP_REQUIRES(reg.mu_);
   // Builds a new site for `t` (not yet patched, not yet in the registry). `reserved`: a
   // slot allocated ahead near the probe address, freed unless taken.
-  static Result<Site*> build(const Target& t, const ProbeSpec& spec, const BuildEnv& env,
+  static Result<Site*> build(const Target& t, const SiteOptions& spec, const BuildEnv& env,
                              arch::EntryTrampolineBuilder& builder, arch::CodeMemory& code,
                              std::optional<arch::CodeSlot> reserved);
   // One site on the registry's own trampoline builder.
-  static Result<Site*> build(const Target& t, const ProbeSpec& spec,
+  static Result<Site*> build(const Target& t, const SiteOptions& spec,
                              const hotprobe::EngineOptions& options, Registry& reg)
       HP_REQUIRES(reg.mu_) {
     return build(t, spec, environment(options, reg), reg.entry_builder_, reg.code_, std::nullopt);
