@@ -499,6 +499,41 @@ TEST(Engine, ProbesWaitForDlopenAndReturnToPendingAtDlclose) {
   dlclose(lib);
 }
 
+// A ret-instruction return probe whose library is unloaded and loaded again is rebuilt
+// by the module watcher from what its consumer kept: still a probe at the `ret` (the
+// handler sees the return value), not at the start of the instructions before it.
+TEST(Engine, RetInstructionProbeKeepsItsModeAcrossDlcloseAndDlopen) {
+  if (const char* v = std::getenv("HOTPROBE_RETURN_PROBES"); v && *v)
+    GTEST_SKIP() << "HOTPROBE_RETURN_PROBES overrides every spec";
+  auto e = make_engine();
+  Counter c;
+  void* lib = dlopen(HP_API_DL_PATH, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(lib, nullptr) << dlerror();
+  ProbeSpec s = spec(HP_API_DL_PATH ":hp_dl_work", &c, /*entry=*/false, /*ret=*/true);
+  s.return_mode = hotprobe::ReturnMode::ret_instructions;
+  auto h = e->attach(s);
+  if (!h.ok() && h.error().code() == hotprobe::Errc::invalid_argument) {
+    dlclose(lib);
+    GTEST_SKIP() << h.error().message();  // a build whose code has no ret a jump can take
+  }
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  auto fn = reinterpret_cast<long (*)(long)>(dlsym(lib, "hp_dl_work"));
+  ASSERT_NE(fn, nullptr);
+  EXPECT_EQ(fn(5), 10);
+  EXPECT_EQ(c.returns.load(), 1);
+  EXPECT_EQ(c.last_ret.load(), 10);
+  ASSERT_EQ(dlclose(lib), 0);
+  lib = dlopen(HP_API_DL_PATH, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(lib, nullptr) << dlerror();
+  fn = reinterpret_cast<long (*)(long)>(dlsym(lib, "hp_dl_work"));
+  ASSERT_NE(fn, nullptr);
+  EXPECT_EQ(fn(7), 14);
+  EXPECT_EQ(c.returns.load(), 2);
+  EXPECT_EQ(c.last_ret.load(), 14);
+  ASSERT_TRUE(e->detach(*h).ok());
+  dlclose(lib);
+}
+
 TEST(Engine, NotLoadedShortNameSaysHowToWait) {
   auto e = make_engine();
   Counter c;
