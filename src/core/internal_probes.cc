@@ -173,6 +173,7 @@ void module_event() {
   if (!mods.ok()) return;
   Registry& reg = Registry::get();
   MutexLock lock(reg.mu_);
+  Registry::get().mu_.assert_held();  // the analysis names the lock Registry::get().mu_
   auto loaded = [&](std::uint64_t dev, std::uint64_t ino) {
     return mods->find(elf::ModuleKey{static_cast<dev_t>(dev), static_cast<ino_t>(ino)});
   };

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "base/assert.h"
 #include "core/site_builder.h"
 #include "core/text_patch.h"
 
@@ -18,6 +19,8 @@ Garbage& Transaction::garbage_of(Scheme s) {
 }
 
 Result<void> Transaction::commit() {
+  HP_ASSERT(&reg_ == &Registry::get());
+  reg_.mu_.assert_held();  // the same lock: there is one registry
   // A site once, though several of its consumers changed.
   std::sort(publish_.begin(), publish_.end());
   publish_.erase(std::unique(publish_.begin(), publish_.end()), publish_.end());

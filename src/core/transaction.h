@@ -44,7 +44,8 @@ class Transaction {
   // Runs the steps above. An error from patching leaves every new site unpatched and out
   // of the registry (the caller takes its consumers off and frees it after a tasks-trace
   // grace period); an error from restoring leaves those sites patched and registered.
-  Result<void> commit() HP_REQUIRES(reg_.mu_);
+  // (The analysis names the one registry's lock Registry::get().mu_.)
+  Result<void> commit() HP_REQUIRES(Registry::get().mu_);
   // The schemes whose grace periods free something of this transaction.
   const std::vector<Scheme>& schemes() const { return schemes_; }
 
