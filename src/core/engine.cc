@@ -109,6 +109,13 @@ void EngineImpl::resolve_part(const Result<elf::ModuleList>& mods, std::span<con
       out.results.push_back(
           Error(Errc::invalid_argument,
                 "probe '" + spec.target + "' has neither an entry nor a return handler"));
+    } else if (spec.patch == hotprobe::PatchMode::automatic && spec.force_int3 &&
+               !spec.allow_int3) {
+      out.results.push_back(
+          Error(Errc::invalid_argument,
+                "probe '" + spec.target +
+                    "' sets force_int3 and clears allow_int3, which contradict each other: set "
+                    "ProbeSpec::patch to PatchMode::int3 or PatchMode::jump_only instead"));
     } else if (!mods.ok()) {
       out.results.push_back(mods.error());
     } else if (auto t = resolver->resolve(spec.target, spec.on_return != nullptr, out.targets);

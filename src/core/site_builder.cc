@@ -59,8 +59,20 @@ BuildEnv SiteBuilder::environment(const hotprobe::EngineOptions& options, Regist
 
 SiteOptions SiteBuilder::options_of(const ProbeSpec& spec) {
   SiteOptions o;
-  o.allow_int3 = spec.allow_int3;
-  o.force_int3 = spec.force_int3;
+  switch (spec.patch) {
+    case hotprobe::PatchMode::automatic:
+      o.allow_int3 = spec.allow_int3;
+      o.force_int3 = spec.force_int3;
+      break;
+    case hotprobe::PatchMode::jump_only:
+      o.allow_int3 = false;
+      o.force_int3 = false;
+      break;
+    case hotprobe::PatchMode::int3:
+      o.allow_int3 = true;
+      o.force_int3 = true;
+      break;
+  }
   o.run_at_ret = is_ret_site_handler(spec.on_entry);  // core/ret_probe.h
   return o;
 }
