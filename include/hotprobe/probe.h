@@ -144,6 +144,12 @@ struct Stats {
 struct EngineOptions {
   Scheme scheme = Scheme::tasks_trace;
   unsigned return_stack_depth = 64;  // return instances per thread; deeper calls miss
+  // Failures after attach returned: a probe waiting for its library that cannot be
+  // applied when the library is loaded (it stays pending). Called on the thread that
+  // loaded the library, inside dlopen and with the engine's lock held: record the error,
+  // do not call the Engine. Null: the message goes to stderr.
+  void (*on_error)(const Error& error, void* cookie) = nullptr;
+  void* on_error_cookie = nullptr;
 };
 
 // The real-time signal the engine sends a running thread to move it out of bytes being

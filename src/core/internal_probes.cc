@@ -74,6 +74,14 @@ std::vector<Handle> attach_internal(Internal& in, std::vector<ProbeSpec>& specs,
 
 void module_event();
 
+// A failure after attach returned, to the engine's EngineOptions::on_error or stderr.
+void report(const EngineImpl* engine, const Error& e) {
+  if (engine->options.on_error)
+    engine->options.on_error(e, engine->options.on_error_cookie);
+  else
+    std::fprintf(stderr, "hotprobe: %s\n", e.message().c_str());
+}
+
 // The module watcher: an internal probe on the dynamic linker's _dl_debug_state, which
 // it calls around every dlopen and dlclose (the hook debuggers use). At each consistent
 // state, probes whose file was mapped are applied and probes whose file was unmapped
@@ -221,8 +229,8 @@ void module_event() {
       auto built = fa.ok() ? SiteBuilder::build(t, c->options, owner->options, reg)
                            : Result<Site*>(fa.error());
       if (!built.ok()) {
-        std::fprintf(stderr, "hotprobe: %s stays pending: %s\n", c->place.describe.c_str(),
-                     built.error().message().c_str());
+        report(owner, Error(built.error().code(),
+                            c->place.describe + " stays pending: " + built.error().message()));
         still.push_back(c);
         continue;
       }
@@ -247,8 +255,17 @@ void module_event() {
   for (Site* s : fresh)
     tx.patch(s);
   if (auto applied = tx.commit(); !applied.ok()) {
-    std::fprintf(stderr, "hotprobe: probes on a loaded library stay pending: %s\n",
-                 applied.error().message().c_str());
+    const Error e(applied.error().code(),
+                  "probes on a loaded library stay pending: " + applied.error().message());
+    std::vector<const EngineImpl*> told;
+    for (Site* s : fresh) {
+      for (Consumer* c : s->members) {
+        auto* owner = static_cast<const EngineImpl*>(c->engine);
+        if (std::find(told.begin(), told.end(), owner) != told.end()) continue;
+        told.push_back(owner);
+        report(owner, e);
+      }
+    }
     Transaction undo(reg);
     for (Site* s : fresh) {
       for (Consumer* c : s->members) {

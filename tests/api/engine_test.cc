@@ -534,6 +534,40 @@ TEST(Engine, RetInstructionProbeKeepsItsModeAcrossDlcloseAndDlopen) {
   dlclose(lib);
 }
 
+// A probe that waits for its library and cannot be applied when the library is loaded
+// (here: an offset inside an instruction, which only the loaded code shows) stays
+// pending, and the engine says so through EngineOptions::on_error, not on stderr.
+TEST(Engine, FailureAtDlopenGoesToOnError) {
+  struct Errors {
+    std::vector<std::string> messages;
+  } errors;
+  hotprobe::EngineOptions o;
+  o.on_error = [](const hotprobe::Error& e, void* cookie) {
+    static_cast<Errors*>(cookie)->messages.push_back(e.message());
+  };
+  o.on_error_cookie = &errors;
+  auto created = Engine::create(o);
+  ASSERT_TRUE(created.ok());
+  auto e = std::move(created.value());
+  Counter c;
+  // hp_dl_work's first instruction is longer than one byte (endbr64, or a mov).
+  auto h = e->attach(spec(HP_API_DL_PATH ":hp_dl_work+1", &c));
+  ASSERT_TRUE(h.ok()) << h.error().message();  // pending: the library is not loaded
+  testing::internal::CaptureStderr();
+  void* lib = dlopen(HP_API_DL_PATH, RTLD_NOW | RTLD_LOCAL);
+  const std::string err = testing::internal::GetCapturedStderr();
+  ASSERT_NE(lib, nullptr) << dlerror();
+  ASSERT_EQ(errors.messages.size(), 1u) << err;
+  EXPECT_NE(errors.messages[0].find("hp_dl_work+0x1 stays pending"), std::string::npos)
+      << errors.messages[0];
+  EXPECT_EQ(err.find("stays pending"), std::string::npos) << err;
+  auto fn = reinterpret_cast<long (*)(long)>(dlsym(lib, "hp_dl_work"));
+  EXPECT_EQ(fn(3), 6);
+  EXPECT_EQ(c.entries.load(), 0);
+  ASSERT_TRUE(e->detach(*h).ok());
+  dlclose(lib);
+}
+
 TEST(Engine, NotLoadedShortNameSaysHowToWait) {
   auto e = make_engine();
   Counter c;
