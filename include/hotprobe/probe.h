@@ -70,6 +70,13 @@ enum class ReturnMode : std::uint8_t {
   ret_instructions,
 };
 
+// How a probe's bytes are patched (ProbeSpec::patch).
+enum class PatchMode : std::uint8_t {
+  automatic,  // a 5-byte jump where one can be placed, else an int3 (a trap per hit)
+  jump_only,  // a jump or an error: never a trap (Go code, threads that block SIGTRAP)
+  int3,       // always an int3 (tests, comparisons)
+};
+
 struct ProbeSpec {
   // What to probe, "MODULE:WHAT":
   //   MODULE:symbol           a function's entry (an IFUNC such as libc's strlen: the
@@ -92,8 +99,12 @@ struct ProbeSpec {
   Handler on_return = nullptr;  // a return probe (only at a function's entry)
   Filter filter = nullptr;      // false: neither handler runs for this call
   void* cookie = nullptr;
-  bool allow_int3 = true;   // where a 5-byte jump cannot be placed, trap instead
-  bool force_int3 = false;  // always use int3 mode (tests, comparisons)
+  PatchMode patch = PatchMode::automatic;
+  // The older spelling of `patch`, read only while `patch` is automatic: allow_int3 =
+  // false is jump_only, force_int3 = true is int3; both at once contradict each other and
+  // the spec is refused.
+  bool allow_int3 = true;
+  bool force_int3 = false;
   // true: xmm0-15 are saved around the handlers unless the engine proves, by decoding
   // them (and what they call directly), that none writes a vector register; a handler
   // that calls through a pointer or into another library gets them saved. false: the
@@ -135,6 +146,12 @@ struct Stats {
 struct EngineOptions {
   Scheme scheme = Scheme::tasks_trace;
   unsigned return_stack_depth = 64;  // return instances per thread; deeper calls miss
+  // Failures after attach returned: a probe waiting for its library that cannot be
+  // applied when the library is loaded (it stays pending). Called on the thread that
+  // loaded the library, inside dlopen and with the engine's lock held: record the error,
+  // do not call the Engine. Null: the message goes to stderr.
+  void (*on_error)(const Error& error, void* cookie) = nullptr;
+  void* on_error_cookie = nullptr;
 };
 
 // The real-time signal the engine sends a running thread to move it out of bytes being

@@ -1,8 +1,13 @@
 // hotprobe's vocabulary for expected failures: a Result holds a value or an Error with a
-// specific code and a message a person can act on. No exceptions cross hotprobe's API.
+// specific code and a message a person can act on. No exceptions cross hotprobe's API:
+// value() (and ->, *) of a Result that holds an Error is a bug in the caller, and stops
+// the program with the error's message on stderr (abort); error() of a Result that holds
+// a value is an Error whose code is Errc::ok and whose message is empty.
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -44,6 +49,25 @@ class Error {
   std::string message_;
 };
 
+namespace result_detail {
+
+// value() of a Result that holds an Error: the caller did not check ok().
+[[noreturn]] inline void value_of_error(const Error& e) noexcept {
+  const std::string_view code = to_string(e.code());
+  std::fprintf(stderr,
+               "hotprobe: Result::value() called on an error (%.*s): %s; check ok() before "
+               "value()\n",
+               static_cast<int>(code.size()), code.data(), e.message().c_str());
+  std::abort();
+}
+
+inline const Error& no_error() noexcept {
+  static const Error none;
+  return none;
+}
+
+}  // namespace result_detail
+
 // Result<T>: a T or an Error. Result<void> is the form for operations without a value.
 template <class T>
 class [[nodiscard]] Result {
@@ -53,13 +77,24 @@ class [[nodiscard]] Result {
   Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
   bool ok() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return ok(); }
-  T& value() & { return std::get<0>(v_); }
-  const T& value() const& { return std::get<0>(v_); }
-  T&& value() && { return std::get<0>(std::move(v_)); }
+  T& value() & noexcept {
+    if (!ok()) result_detail::value_of_error(*std::get_if<1>(&v_));
+    return *std::get_if<0>(&v_);
+  }
+  const T& value() const& noexcept {
+    if (!ok()) result_detail::value_of_error(*std::get_if<1>(&v_));
+    return *std::get_if<0>(&v_);
+  }
+  T&& value() && noexcept {
+    if (!ok()) result_detail::value_of_error(*std::get_if<1>(&v_));
+    return std::move(*std::get_if<0>(&v_));
+  }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   T& operator*() & { return value(); }
-  const Error& error() const { return std::get<1>(v_); }
+  const Error& error() const noexcept {
+    return ok() ? result_detail::no_error() : *std::get_if<1>(&v_);
+  }
 
  private:
   std::variant<T, Error> v_;

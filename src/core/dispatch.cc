@@ -329,7 +329,7 @@ HP_DISPATCH_SECTION bool entry_dispatch(void* ctx, Regs* regs) {
   return landed;
 }
 
-// The trampoline's fast path (arch::FastEntry) calls this with the section held and the
+// The trampoline's fast path (FastEntry) calls this with the section held and the
 // recursion guard set, for an array that is not its one-handler case.
 HP_DISPATCH_SECTION bool entry_locked_tasks_trace(void* ctx, Regs* regs, const void* arr,
                                                   void* rec) {
@@ -458,10 +458,10 @@ std::int32_t site_offset(const Site& site, const void* member) noexcept {
                                    reinterpret_cast<const char*>(&site));
 }
 
-arch::ReturnStackLayout return_stack_layout() noexcept {
+ReturnStackLayout return_stack_layout() noexcept {
   static_assert(sizeof(ReturnInstance::hijacked) == 1 && sizeof(ReturnInstance::n) == 4 &&
                 sizeof(ThreadRecord::depth) == 4);
-  arch::ReturnStackLayout l;
+  ReturnStackLayout l;
   l.rec_depth = offsetof(ThreadRecord, depth);
   l.rec_stack = offsetof(ThreadRecord, stack);
   l.rec_hits = offsetof(ThreadRecord, hits);
@@ -487,7 +487,7 @@ std::int32_t fs_offset(const void* p) noexcept {
 }
 }  // namespace
 
-bool fast_entry_for(const Site& site, arch::FastEntry& f) noexcept {
+bool fast_entry_for(const Site& site, FastEntry& f) noexcept {
   // The template builds a hotprobe::Hit by hand.
   static_assert(offsetof(Hit, regs) == 0 && offsetof(Hit, cookie) == 8 &&
                 offsetof(Hit, data) == 16 && offsetof(Hit, probe_address) == 24 &&
@@ -519,7 +519,7 @@ bool fast_entry_for(const Site& site, arch::FastEntry& f) noexcept {
   return true;
 }
 
-bool one_return_entry_for(arch::OneReturnEntry& f) noexcept {
+bool one_return_entry_for(OneReturnEntry& f) noexcept {
   if (kTrampolinesSaveVectors) return false;  // no fast entry paths to call it
   static_assert(sizeof(ConsumerArray::one_return) == 1 && sizeof(Site::return_depth) == 4);
   f.arr_one_return = offsetof(ConsumerArray, one_return);
@@ -539,7 +539,7 @@ void set_one_return_entry(std::uintptr_t address) noexcept {
   g_one_return_entry.store(address, std::memory_order_release);
 }
 
-bool fast_return_for(Scheme s, arch::FastReturn& f) noexcept {
+bool fast_return_for(Scheme s, FastReturn& f) noexcept {
   if (s != Scheme::tasks_trace || kTrampolinesSaveVectors) return false;
   static_assert(sizeof(ReturnInstance::n) == 4 && sizeof(ThreadRecord::depth) == 4);
   static_assert(sizeof(ConsumerArray::one_return) == 1);

@@ -17,15 +17,16 @@
 
 #include <cstdint>
 
-#include "arch/x86_64/trampoline.h"
+#include "arch/x86_64/handler_stack.h"
 #include "core/site.h"
+#include "core/x86_64/templates.h"
 #include "hotprobe/probe.h"
 #include "hotprobe/regs.h"
 #include "sync/schemes.h"  // the schemes: per-scheme arrays are kSchemeCount long
 
 namespace hp::core {
 
-// True when it pointed the return address at the site's landing (arch/x86_64/trampoline.h).
+// True when it pointed the return address at the site's landing (core/x86_64/trampoline.h).
 using EntryDispatcher = bool (*)(void* site, hotprobe::Regs* regs);
 using ReturnDispatcher = std::uint64_t (*)(void* unused, hotprobe::Regs* regs);
 
@@ -34,14 +35,14 @@ EntryDispatcher entry_dispatcher(hotprobe::Scheme s) noexcept;
 // The entry trampoline's inline fast path for a tasks-trace site (the other schemes have
 // none; int3 mode has no trampoline): false when the site gets none. site.probe_address
 // and site.scheme must be set.
-bool fast_entry_for(const Site& site, arch::FastEntry& out) noexcept;
+bool fast_entry_for(const Site& site, FastEntry& out) noexcept;
 // The routine that fast entry paths call for the entry side of the common return probe
-// (arch::OneReturnEntry); false where there is none (ThreadSanitizer builds). Once the
+// (OneReturnEntry); false where there is none (ThreadSanitizer builds). Once the
 // engine has written it, set_one_return_entry() makes fast_entry_for() use it.
-bool one_return_entry_for(arch::OneReturnEntry& out) noexcept;
+bool one_return_entry_for(OneReturnEntry& out) noexcept;
 void set_one_return_entry(std::uintptr_t address) noexcept;
 // The return trampoline's inline fast path for a scheme (tasks-trace only).
-bool fast_return_for(hotprobe::Scheme s, arch::FastReturn& out) noexcept;
+bool fast_return_for(hotprobe::Scheme s, FastReturn& out) noexcept;
 ReturnDispatcher return_dispatcher(hotprobe::Scheme s) noexcept;
 
 // Where hijacked return addresses point, per scheme (set by the engine once the return

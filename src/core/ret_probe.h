@@ -8,7 +8,7 @@
 // must end exactly at the ret). Its trampoline runs the displaced instructions before the
 // ret, then the return handlers with the registers of the moment the ret runs (Go's
 // ABIInternal and the System V ABI return the first result in rax), then the ret itself
-// (arch::EntryTrampolineSpec::run_at_ret). Refused, with the reason, where a function has
+// (EntryTrampolineSpec::run_at_ret). Refused, with the reason, where a function has
 // no ret, or a ret whose run cannot take a jump (a branch into it, a function too short).
 // Never an int3: a trap in Go code is fatal (Go owns SIGTRAP).
 //

@@ -20,12 +20,39 @@
 #include <vector>
 
 #include "core/batch_arena.h"
+#include "core/site_key.h"
 #include "core/text_patch.h"
 #include "hotprobe/probe.h"
 
 namespace hp::core {
 
 struct Site;
+
+// Where a probe goes, in file terms (core/resolver.h makes it): what a consumer keeps so
+// that its site can be built again when its module is mapped (dlopen) after being pending
+// or unmapped (dlclose).
+struct Place {
+  SiteKey key{};  // (device, inode, file offset) of the probed instruction
+  std::uint64_t function_file_offset = 0;
+  std::uint64_t function_size = 0;  // 0: unknown (int3 mode)
+  std::uint64_t offset = 0;         // probed instruction - function
+  bool has_symbol = false;
+  // In a fragment (NAME.cold): entered by a jump from the middle of its function, so
+  // flags are live and the stack is the function's (an instruction probe, never a
+  // function entry), and no return probe goes there.
+  bool fragment = false;
+  // No symbol: the extent is its FDE's (elf::ElfFile::cfi_extent), and the place is the
+  // entry the loader selected for an IFUNC.
+  bool cfi_entry = false;
+  std::string describe;  // for messages: "libc.so.6:malloc+0x4"
+};
+
+// What of a ProbeSpec decides how its site is built (core/site_builder.h).
+struct SiteOptions {
+  bool allow_int3 = true;   // ProbeSpec::allow_int3
+  bool force_int3 = false;  // ProbeSpec::force_int3
+  bool run_at_ret = false;  // the entry handler is a `ret` probe's (core/ret_probe.h)
+};
 
 struct Consumer {
   HP_BATCH_ARENA_OBJECT
@@ -38,15 +65,8 @@ struct Consumer {
   Site* site = nullptr;          // null while pending (its module is not loaded)
   bool vector_registers = true;  // ProbeSpec::vector_registers: the user allows the saves
   bool saves_vectors = true;     // and the handlers may write one (arch/x86_64/clobber.h)
-  bool allow_int3 = true;
-  bool force_int3 = false;
-  // Where it goes, in file terms, so it can be applied again when its module is loaded
-  // (dlopen) after being pending or unloaded (dlclose).
-  std::uint64_t dev = 0, ino = 0, file_offset = 0;
-  std::uint64_t function_file_offset = 0, function_size = 0, offset = 0;
-  bool has_symbol = false;
-  bool fragment = false;  // in a NAME.cold fragment: an instruction probe (engine.cc Target)
-  std::string describe;
+  Place place;                   // where it goes
+  SiteOptions options;           // how its site is built
 };
 
 // What the dispatcher needs of a consumer, copied into the array so a hit reads the

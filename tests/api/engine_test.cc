@@ -499,6 +499,83 @@ TEST(Engine, ProbesWaitForDlopenAndReturnToPendingAtDlclose) {
   dlclose(lib);
 }
 
+// A ret-instruction return probe whose library is unloaded and loaded again is rebuilt
+// by the module watcher from what its consumer kept: still a probe at the `ret` (the
+// handler sees the return value), not at the start of the instructions before it.
+TEST(Engine, RetInstructionProbeKeepsItsModeAcrossDlcloseAndDlopen) {
+  if (const char* v = std::getenv("HOTPROBE_RETURN_PROBES"); v && *v)
+    GTEST_SKIP() << "HOTPROBE_RETURN_PROBES overrides every spec";
+  auto e = make_engine();
+  Counter c;
+  void* lib = dlopen(HP_API_DL_PATH, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(lib, nullptr) << dlerror();
+  ProbeSpec s = spec(HP_API_DL_PATH ":hp_dl_work", &c, /*entry=*/false, /*ret=*/true);
+  s.return_mode = hotprobe::ReturnMode::ret_instructions;
+  auto h = e->attach(s);
+#if defined(HOTPROBE_ASAN) || defined(HOTPROBE_TSAN)
+  // -O0 code (the sanitizer builds) has a `ret` no jump can take: the refusal is right.
+  if (!h.ok()) {
+    dlclose(lib);
+    GTEST_SKIP() << h.error().message();
+  }
+#endif
+  if (!h.ok()) dlclose(lib);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  auto fn = reinterpret_cast<long (*)(long)>(dlsym(lib, "hp_dl_work"));
+  ASSERT_NE(fn, nullptr);
+  EXPECT_EQ(fn(5), 10);
+  EXPECT_EQ(c.returns.load(), 1);
+  EXPECT_EQ(c.last_ret.load(), 10);
+  ASSERT_EQ(dlclose(lib), 0);
+  lib = dlopen(HP_API_DL_PATH, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(lib, nullptr) << dlerror();
+  fn = reinterpret_cast<long (*)(long)>(dlsym(lib, "hp_dl_work"));
+  ASSERT_NE(fn, nullptr);
+  EXPECT_EQ(fn(7), 14);
+  EXPECT_EQ(c.returns.load(), 2);
+  EXPECT_EQ(c.last_ret.load(), 14);
+  ASSERT_TRUE(e->detach(*h).ok());
+  dlclose(lib);
+}
+
+// A probe that waits for its library and cannot be applied when the library is loaded
+// (here: an offset inside an instruction, which only the loaded code shows) stays
+// pending, and the engine says so through EngineOptions::on_error, not on stderr.
+TEST(Engine, FailureAtDlopenGoesToOnError) {
+  struct Errors {
+    std::vector<std::string> messages;
+  } errors;
+  hotprobe::EngineOptions o;
+  o.on_error = [](const hotprobe::Error& e, void* cookie) {
+    static_cast<Errors*>(cookie)->messages.push_back(e.message());
+  };
+  o.on_error_cookie = &errors;
+  auto created = Engine::create(o);
+  ASSERT_TRUE(created.ok());
+  auto e = std::move(created.value());
+  Counter c;
+  // +2 is inside an instruction of hp_dl_work in every build: endbr64 or a 6-byte mov
+  // first (optimized), or push %rbp; mov %rsp,%rbp (-O0, the sanitizer builds).
+  auto h = e->attach(spec(HP_API_DL_PATH ":hp_dl_work+2", &c));
+  ASSERT_TRUE(h.ok()) << h.error().message();  // pending: the library is not loaded
+  testing::internal::CaptureStderr();
+  void* lib = dlopen(HP_API_DL_PATH, RTLD_NOW | RTLD_LOCAL);
+  const std::string err = testing::internal::GetCapturedStderr();
+  ASSERT_NE(lib, nullptr) << dlerror();
+  struct Close {
+    void* lib;
+    ~Close() { dlclose(lib); }
+  } close{lib};  // the tests after this one need the library unloaded
+  ASSERT_EQ(errors.messages.size(), 1u) << err;
+  EXPECT_NE(errors.messages[0].find("hp_dl_work+0x2 stays pending"), std::string::npos)
+      << errors.messages[0];
+  EXPECT_EQ(err.find("stays pending"), std::string::npos) << err;
+  auto fn = reinterpret_cast<long (*)(long)>(dlsym(lib, "hp_dl_work"));
+  EXPECT_EQ(fn(3), 6);
+  EXPECT_EQ(c.entries.load(), 0);
+  ASSERT_TRUE(e->detach(*h).ok());
+}
+
 TEST(Engine, NotLoadedShortNameSaysHowToWait) {
   auto e = make_engine();
   Counter c;

@@ -1,4 +1,4 @@
-// The trampolines' inline fast paths (arch/x86_64/trampoline.h, FastEntry and
+// The trampolines' inline fast paths (core/x86_64/trampoline.h, FastEntry and
 // FastReturn): a tasks-trace site whose array holds one plain entry handler runs it from
 // the entry trampoline, and a return of one return consumer runs from the return
 // trampoline, without calling the dispatcher. Each test puts a hit in one of the states the
@@ -258,7 +258,7 @@ TEST(FastReturn, AReturnRecordedForAConsumerThatLeftRunsNoHandler) {
 }
 
 // The entry side of the common return probe runs in the shared routine the fast entry
-// path calls (arch::OneReturnEntry): its entry handler gets the cookie, the probe address
+// path calls (OneReturnEntry): its entry handler gets the cookie, the probe address
 // and the data slot the return handler reads back; both hits are counted.
 int g_cookie;
 std::atomic<long> g_data_mismatches{0};

@@ -1,0 +1,258 @@
+// The resolver (core/resolver.h).
+#include "core/resolver.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <optional>
+#include <span>
+
+#include "arch/x86_64/decode.h"
+#include "elf/elf_file.h"
+
+namespace hp::core {
+
+std::string hex(std::uint64_t v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "0x%lx", static_cast<unsigned long>(v));
+  return b;
+}
+
+namespace {
+
+// Code written in assembly shares tails between functions: glibc's __mempcpy_* jumps to
+// the second instruction of __memcpy_*, from outside memcpy's FDE. A place that only its
+// FDE sizes is checked against the FDEs around it (kNeighbourBytes each way, decoded from
+// their starts, which are instruction boundaries) for a branch into its first bytes
+// (lo, hi), where a jump would displace instructions; one found, or code that does not
+// decode, sends the site to int3 mode (the caller clears the size).
+bool neighbours_branch_into(const elf::ElfFile& file, const elf::ElfFile::Extent& own,
+                            std::uintptr_t bias, std::uintptr_t lo, std::uintptr_t hi) {
+  constexpr std::uint64_t kNeighbourBytes = 4096;
+  auto branches_in = [&](const elf::ElfFile::Extent& e) {
+    const std::uintptr_t start = e.file_offset + bias, end = start + e.size;
+    for (std::uintptr_t a = start; a < end;) {
+      auto insn = arch::decode_shape(
+          std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(a),
+                                        std::min<std::uintptr_t>(end - a, arch::kMaxInsnLength)),
+          a);
+      if (!insn.ok()) return true;  // cannot tell: assume the worst
+      if (insn->is_relative_branch() && insn->target > lo && insn->target < hi) return true;
+      a += insn->length;
+    }
+    return false;
+  };
+  // Backwards from the FDE before `own`, forwards from the one after it, over the padding
+  // between functions (up to kGap bytes, where the next FDE starts aligned).
+  constexpr std::uint64_t kGap = 64;
+  auto fde_before = [&](std::uint64_t off) -> std::optional<elf::ElfFile::Extent> {
+    for (std::uint64_t k = 1; k <= kGap && k <= off; k++)
+      if (auto e = file.cfi_extent(off - k); e && e->size && e->file_offset < off) return e;
+    return std::nullopt;
+  };
+  auto fde_after = [&](std::uint64_t off) -> std::optional<elf::ElfFile::Extent> {
+    for (std::uint64_t k = 0; k < kGap; k++)
+      if (auto e = file.cfi_extent(off + k); e && e->size && e->file_offset >= off) return e;
+    return std::nullopt;
+  };
+  for (auto e = fde_before(own.file_offset);
+       e && own.file_offset - e->file_offset < kNeighbourBytes; e = fde_before(e->file_offset)) {
+    if (branches_in(*e)) return true;
+  }
+  const std::uint64_t own_end = own.file_offset + own.size;
+  for (auto e = fde_after(own_end); e && e->file_offset - own_end < kNeighbourBytes;
+       e = fde_after(e->file_offset + e->size)) {
+    if (branches_in(*e)) return true;
+  }
+  return false;
+}
+
+// A return probe needs a function's entry, reached by a call: not an offset into one, not
+// an address outside every function, not a fragment (NAME.cold, reached by a jump: a
+// return probe there would take its function's return address as its own).
+Result<void> check_return_place(bool return_probe, const Target& tg, const elf::Symbol* sym) {
+  if (!return_probe) return {};
+  if (sym && sym->fragment && tg.offset == 0) {
+    std::string_view name = sym->name;
+    const std::string parent(name.substr(0, name.find(".cold")));
+    return Error(Errc::invalid_argument,
+                 "a return probe goes on a function's entry, and '" + tg.describe +
+                     "' is a fragment of " + parent +
+                     " (its unlikely path, which the compiler moved out of line): it is entered "
+                     "by a jump, not a call, so it has no return of its own; probe the return "
+                     "of " +
+                     parent + " instead, or use an entry probe on the fragment");
+  }
+  if (tg.offset != 0 || (!sym && !tg.cfi_entry)) {
+    return Error(Errc::invalid_argument,
+                 "a return probe goes on a function's entry, and '" + tg.describe +
+                     "' is not one: drop the offset, or use an entry probe there");
+  }
+  return {};
+}
+
+// A target in a file that is not loaded: applied when a dlopen maps it.
+Result<void> resolve_pending(std::string_view path, std::string_view rest, bool return_probe,
+                             ModuleCache& cache, std::vector<Target>& out) {
+  auto elf = elf::load_elf(std::string(path));
+  if (!elf.ok()) return elf.error();
+  auto found = (*elf)->lookup(rest);
+  if (!found.ok()) return found.error();
+  cache.hold(*elf);  // the targets' symbol names point into it
+  std::string base(path.substr(path.rfind('/') + 1));
+  for (const elf::Target& t : *found) {
+    if (t.symbol && t.symbol->is_ifunc()) {
+      return Error(Errc::unsupported, std::string(t.symbol->name) +
+                                          " is an IFUNC, whose implementation is known only once " +
+                                          base + " is loaded: attach after it is loaded");
+    }
+    Target tg;
+    tg.key = {(*elf)->key().dev, (*elf)->key().ino, t.file_offset};
+    tg.pending = true;
+    tg.offset = t.offset_in_symbol;
+    tg.has_symbol = t.symbol != nullptr;
+    tg.function_file_offset = t.file_offset - t.offset_in_symbol;
+    tg.function_size = t.symbol ? t.symbol->size : 0;
+    tg.fragment = t.symbol && t.symbol->fragment;
+    tg.describe = base + ":" + (t.symbol ? std::string(t.symbol->name) : std::string());
+    if (t.symbol && tg.offset) tg.describe += "+" + hex(tg.offset);
+    if (!t.symbol) tg.describe += "fileoff:" + hex(t.file_offset);
+    if (!t.symbol) {
+      if (auto ext = (*elf)->cfi_extent(t.file_offset)) {  // as resolve() does
+        tg.offset = t.file_offset - ext->file_offset;
+        tg.function_file_offset = ext->file_offset;
+        // Not loaded: the neighbours cannot be read from memory to look for branches into
+        // the first bytes (neighbours_branch_into), so the size stays unknown (int3 mode).
+        tg.function_size = 0;
+        tg.fragment = true;  // an FDE may start a fragment: no entry assumptions
+      }
+    }
+    tg.module_path = path;
+    if (t.symbol) tg.symbol = t.symbol->name;
+    HP_TRY(check_return_place(return_probe, tg, t.symbol));
+    out.push_back(std::move(tg));
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<void> Resolver::resolve(std::string_view target, bool return_probe,
+                               std::vector<Target>& out) {
+  const elf::ModuleList& mods = mods_;
+  ModuleCache& cache = cache_;
+  auto colon = target.find(':');
+  if (colon == std::string_view::npos) {
+    return Error(Errc::invalid_argument,
+                 "probe target '" + std::string(target) +
+                     "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET, MODULE:0xADDRESS "
+                     "(as nm prints it) or MODULE:fileoff:0xOFFSET (MODULE may be empty for "
+                     "the program)");
+  }
+  std::string_view module_spec = target.substr(0, colon);
+  std::string_view rest = target.substr(colon + 1);
+  if (rest.empty()) {
+    return Error(Errc::invalid_argument,
+                 "probe target '" + std::string(target) + "' names no symbol after ':'");
+  }
+  ModuleCache::Entry* cached = cache.find(module_spec);
+  auto mod = cached ? Result<const elf::Module*>(cached->module) : mods.resolve(module_spec);
+  if (mod.ok() && !cached) cached = cache.add(module_spec, *mod);
+  if (!mod.ok()) {
+    // A path to a library that is not loaded yet: the probe waits for its dlopen.
+    if (mod.error().code() == Errc::not_found && module_spec.find('/') != std::string_view::npos &&
+        ::access(std::string(module_spec).c_str(), R_OK) == 0) {
+      return resolve_pending(module_spec, rest, return_probe, cache, out);
+    }
+    if (mod.error().code() == Errc::not_found && module_spec.find('/') == std::string_view::npos) {
+      return Error(
+          Errc::not_found,
+          mod.error().message() + "; to probe a library before it is loaded, name it by its path");
+    }
+    return mod.error();
+  }
+  if (!cached->elf) {
+    auto loaded = mods.elf(**mod);
+    if (!loaded.ok()) return loaded.error();
+    cached->elf = std::move(*loaded);
+  }
+  // Found into the batch's list, reused from spec to spec (not a vector per spec).
+  std::vector<elf::Target>& found = cache.found();
+  found.clear();
+  HP_TRY(cached->elf->lookup(rest, found));
+  for (const elf::Target& t : found) {
+    const elf::Module* m = *mod;
+    std::uint64_t file_offset = t.file_offset;
+    const elf::Symbol* sym = t.symbol;
+    std::uint64_t in_sym = t.offset_in_symbol;
+    // An IFUNC's implementation may be in another file: hold it while `sym` is used (the
+    // module's own file is held by the cache).
+    std::shared_ptr<const elf::ElfFile> holder;
+    if (sym && sym->is_ifunc()) {
+      // Probe the implementation the loader selected (elf::ModuleList::implementation_of,
+      // which resolve_functions uses too).
+      auto impl = mods.implementation_of(*m, *sym);
+      if (!impl.ok()) return impl.error();
+      m = impl->module;
+      file_offset = impl->file_offset + in_sym;
+      sym = impl->symbol;
+      holder = impl->elf;
+      in_sym = sym ? file_offset - sym->file_offset : 0;
+    }
+    auto addr = m->offset_to_address(file_offset);
+    if (!addr.ok()) return addr.error();
+    Target tg;
+    tg.key = {m->key.dev, m->key.ino, file_offset};
+    tg.offset = in_sym;
+    tg.function_file_offset = file_offset - in_sym;
+    tg.has_symbol = sym != nullptr;
+    tg.fragment = sym && sym->fragment;
+    if (sym) {
+      tg.function = *addr - in_sym;
+      tg.function_size = sym->size;
+      // The module's name, found once per batch (a search for the path's last '/').
+      const std::string_view name = m == cached->module ? cached->name : m->name();
+      tg.describe.reserve(name.size() + 1 + sym->name.size());
+      tg.describe.append(name).append(":").append(sym->name);
+      if (in_sym) tg.describe += "+" + hex(in_sym);
+    } else {
+      tg.function = *addr;
+      tg.function_size = 0;
+      tg.describe = std::string(m->name()) + ":fileoff:" + hex(file_offset);
+      if (holder) {  // name the IFUNC the user wrote, and where its implementation is
+        tg.describe = std::string(cached->name) + ":" + std::string(t.symbol->name) +
+                      " (its implementation at " + tg.describe + ")";
+      }
+      // No symbol sizes the code (an IFUNC's implementation written in assembly, a
+      // stripped file): its FDE does, and the jump needs the whole function (to find the
+      // branches into the bytes it displaces).
+      const elf::ElfFile* file = holder ? holder.get() : cached->elf.get();
+      if (auto ext = file->cfi_extent(file_offset)) {
+        tg.offset = file_offset - ext->file_offset;
+        tg.function = *addr - tg.offset;
+        tg.function_file_offset = ext->file_offset;
+        tg.function_size = ext->size;
+        // What the loader returned for an IFUNC is a function's entry; an FDE of a
+        // stripped file may as well start a fragment (NAME.cold), entered by a jump.
+        tg.cfi_entry = holder != nullptr;
+        tg.fragment = !tg.cfi_entry;
+        if (tg.offset) tg.describe += " (+" + hex(tg.offset) + " into its FDE)";
+        // The jump displaces at most the instructions that start below its 5th byte.
+        const std::uintptr_t at = *addr;
+        if (neighbours_branch_into(*file, *ext, at - file_offset, at, at + 5 + 15)) {
+          tg.function_size = 0;  // int3 mode: a neighbour enters the bytes a jump would take
+          tg.describe += " (a neighbouring function jumps into its first bytes)";
+        }
+      }
+    }
+    tg.module_path = m->path;
+    tg.symbol = t.symbol ? t.symbol->name : std::string_view();  // the name the target used
+    if (holder) cache.hold(std::move(holder));
+    HP_TRY(check_return_place(return_probe, tg, sym));
+    out.push_back(std::move(tg));
+  }
+  return {};
+}
+
+}  // namespace hp::core

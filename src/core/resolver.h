@@ -1,0 +1,100 @@
+// The resolver: where a probe target ("MODULE:WHAT", hotprobe::ProbeSpec::target)
+// becomes places to probe (symbols, globs, +offsets, nm addresses, file offsets, IFUNCs,
+// NAME.cold fragments, and files not loaded yet).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/error.h"
+#include "core/site.h"
+#include "core/site_key.h"
+#include "elf/modules.h"
+#include "hotprobe/probe.h"
+
+namespace hp::core {
+
+using hotprobe::ProbeSpec;
+
+std::string hex(std::uint64_t v);
+
+// A resolved place to probe, in this process.
+struct Target : Place {
+  std::uintptr_t function = 0;  // the containing function's address (0: pending)
+  bool pending = false;         // the module is not loaded yet: applied when it is
+  // For resolve_functions: the module's path (as the maps name it, or as the target named
+  // a file not loaded) and the symbol the target named (empty: none). Views into the
+  // module list, the Resolver's symbol tables and the target string: valid while those
+  // live.
+  std::string_view module_path;
+  std::string_view symbol;
+  // Filled in by attach() under the registry lock: the site already there, or the index
+  // of the batch's job that builds one.
+  Site* known = nullptr;
+  std::size_t job = 0;
+};
+
+// Module specs already resolved in this batch, with their symbol tables (a batch of
+// 10,000 probes on one library resolves its module and finds its table once, not 10,000
+// times). Batches name few modules, mostly one after the other: a short list, last first.
+class ModuleCache {
+ public:
+  struct Entry {
+    std::string spec;
+    const elf::Module* module;
+    std::shared_ptr<const elf::ElfFile> elf;  // null until first asked for
+    std::string_view name;                    // module->name()
+  };
+  Entry* find(std::string_view spec) {
+    if (last_ < entries_.size() && entries_[last_].spec == spec) return &entries_[last_];
+    for (std::size_t i = 0; i < entries_.size(); i++) {
+      if (entries_[i].spec == spec) return &entries_[(last_ = i)];
+    }
+    return nullptr;
+  }
+  Entry* add(std::string_view spec, const elf::Module* m) {
+    entries_.push_back({std::string(spec), m, nullptr, m->name()});
+    last_ = entries_.size() - 1;
+    return &entries_.back();
+  }
+  // The symbol table of the module found last (null before the first).
+  const elf::ElfFile* last_elf() const {
+    return last_ < entries_.size() ? entries_[last_].elf.get() : nullptr;
+  }
+  // Scratch list for ElfFile::lookup, reused by every spec of the batch.
+  std::vector<elf::Target>& found() { return found_; }
+  // Keeps a symbol table the batch's targets name into (an IFUNC's implementation in
+  // another file, a file not loaded yet).
+  void hold(std::shared_ptr<const elf::ElfFile> f) {
+    if (held_.empty() || held_.back() != f) held_.push_back(std::move(f));
+  }
+
+ private:
+  std::vector<Entry> entries_;
+  std::vector<std::shared_ptr<const elf::ElfFile>> held_;
+  std::vector<elf::Target> found_;
+  std::size_t last_ = 0;
+};
+
+// The one place a probe target becomes places: Engine::attach and resolve_functions
+// (symbols.cc) both resolve through it, so what a script names and what is probed agree.
+// One Resolver per batch: it caches the modules and symbol tables the batch names.
+class Resolver {
+ public:
+  explicit Resolver(const elf::ModuleList& mods) : mods_(mods) {}
+  // Appends the places `target` names to `out` (one list for a whole batch); on failure
+  // `out` may hold some of them (the caller drops them). `return_probe`: the places must
+  // be function entries reached by a call.
+  Result<void> resolve(std::string_view target, bool return_probe, std::vector<Target>& out);
+  // The symbol table of the module resolved last (null before the first), for prefetching.
+  const elf::ElfFile* last_elf() const { return cache_.last_elf(); }
+
+ private:
+  const elf::ModuleList& mods_;
+  ModuleCache cache_;
+};
+
+}  // namespace hp::core
