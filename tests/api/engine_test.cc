@@ -632,11 +632,7 @@ TEST_P(EngineSchemes, DetachWaitsForARunningHandler) {
   EXPECT_EQ(hp_t_add(2, 2), 4);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllSchemes, EngineSchemes,
-                         ::testing::Values(hotprobe::Scheme::tasks_trace, hotprobe::Scheme::srcu,
-                                           hotprobe::Scheme::srcu_fast,
-                                           hotprobe::Scheme::percpu_rwsem,
-                                           hotprobe::Scheme::refcount, hotprobe::Scheme::rwlock),
+INSTANTIATE_TEST_SUITE_P(AllSchemes, EngineSchemes, ::testing::ValuesIn(hotprobe::all_schemes()),
                          [](const auto& info) {
                            std::string n(hotprobe::to_string(info.param));
                            for (char& ch : n) {

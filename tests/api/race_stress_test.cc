@@ -615,8 +615,7 @@ std::string param_name(const ::testing::TestParamInfo<Param>& i) {
 std::vector<Param> params() {
   std::vector<Param> v;
   for (Kind k : {Kind::single, Kind::batch, Kind::consumer, Kind::consumers_batch, Kind::returns})
-    for (Scheme s : {Scheme::tasks_trace, Scheme::srcu, Scheme::srcu_fast, Scheme::percpu_rwsem,
-                     Scheme::refcount, Scheme::rwlock})
+    for (Scheme s : hotprobe::all_schemes())
       for (bool int3 : {false, true})
         v.push_back({k, s, int3});
   return v;

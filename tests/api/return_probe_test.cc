@@ -99,8 +99,7 @@ std::string mode_name(const ::testing::TestParamInfo<Mode>& i) {
 }
 std::vector<Mode> all_modes() {
   std::vector<Mode> v;
-  for (Scheme s : {Scheme::tasks_trace, Scheme::srcu, Scheme::srcu_fast, Scheme::percpu_rwsem,
-                   Scheme::refcount, Scheme::rwlock})
+  for (Scheme s : hotprobe::all_schemes())
     for (bool int3 : {false, true})
       v.push_back({s, int3});
   return v;
