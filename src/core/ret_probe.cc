@@ -252,7 +252,7 @@ bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
         p.target = module_spec + ":fileoff:" + hex(site);  // a file offset, not an address
         p.on_entry = &ret_site_hit;
         p.cookie = kept(new RetConsumer{spec.on_return, spec.filter, spec.cookie, *addr});
-        p.allow_int3 = false;  // a trap in Go code is fatal
+        p.patch = hotprobe::PatchMode::jump_only;  // a trap in Go code is fatal
         // Saves where the user's handlers need them (the wrapper calls through a pointer,
         // which the engine's walk of it would count as "may write").
         p.vector_registers = handlers_need_vector_saves(spec);
