@@ -474,14 +474,7 @@ bool PlainMap::get(const std::uint64_t* key, std::uint64_t* out) {
   Stripe& s = stripe(h);
   std::lock_guard lock(s.lock);
   const std::uint32_t vw = desc_.value_words();
-  if (std::atomic<std::uint64_t>* v = s.table->find(key, h)) {
-    for (std::uint32_t w = 0; w < vw; ++w)
-      out[w] = v[w].load(std::memory_order_relaxed);
-    return true;
-  }
-  for (std::uint32_t w = 0; w < vw; ++w)
-    out[w] = 0;
-  return false;
+  return load_value(s.table->find(key, h), vw, out);
 }
 
 void PlainMap::set(const std::uint64_t* key, const std::uint64_t* value) {

@@ -57,6 +57,15 @@ inline constexpr std::uint32_t kMaxKeyParts = 8;
 inline constexpr std::uint32_t kMaxKeyWords = kMaxKeyParts * kStrWords;
 inline constexpr std::uint32_t kHistBuckets = 65;  // <0, 0, 1, [2,4), ... [2^62, 2^63)
 
+// Copies a map value of `words` words into `out`, or zeros when `v` is null; whether it
+// was there.
+inline bool load_value(const std::atomic<std::uint64_t>* v, std::uint32_t words,
+                       std::uint64_t* out) {
+  for (std::uint32_t w = 0; w < words; ++w)
+    out[w] = v ? v[w].load(std::memory_order_relaxed) : 0;
+  return v != nullptr;
+}
+
 enum class ValueKind : std::uint8_t {
   count,
   sum,
@@ -305,14 +314,9 @@ class Shard {
   bool plain_get(std::uint64_t key, std::uint64_t* out) const {
     const std::uint32_t vw = plain_words_;
     const std::atomic<std::uint64_t>* v = table_.find1(key, hash_key(&key, 1));
-    if (v && v[vw].load(std::memory_order_relaxed)) [[likely]] {
-      for (std::uint32_t w = 0; w < vw; ++w)
-        out[w] = v[w].load(std::memory_order_relaxed);
-      return true;
-    }
-    for (std::uint32_t w = 0; w < vw; ++w)
-      out[w] = 0;
-    return false;
+    if (v && v[vw].load(std::memory_order_relaxed)) [[likely]]
+      return load_value(v, vw, out);
+    return load_value(nullptr, vw, out);
   }
   // An integer value, 0 when absent.
   std::uint64_t plain_get_int(std::uint64_t key) const {

@@ -4,6 +4,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
 namespace hotprobe::script {
 
@@ -68,13 +69,19 @@ std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escap
   return s;
 }
 
-std::string hist_json(std::span<const std::uint64_t> v) {
+// The first and last buckets that hold a count; (-1, -1) when none does.
+std::pair<int, int> nonzero_buckets(std::span<const std::uint64_t> v) {
   int lo = -1, hi = -1;
   for (std::size_t i = 0; i < v.size(); ++i)
     if (v[i] > 0) {
       if (lo < 0) lo = static_cast<int>(i);
       hi = static_cast<int>(i);
     }
+  return {lo, hi};
+}
+
+std::string hist_json(std::span<const std::uint64_t> v) {
+  const auto [lo, hi] = nonzero_buckets(v);
   if (hi < 0) return "";
   std::string s = "[";
   for (int i = lo; i <= hi; ++i) {
@@ -98,12 +105,7 @@ std::string hist_json(std::span<const std::uint64_t> v) {
 
 std::string lhist_json(std::span<const std::uint64_t> v, std::int64_t min, std::int64_t max,
                        std::int64_t step) {
-  int lo = -1, hi = -1;
-  for (std::size_t i = 0; i < v.size(); ++i)
-    if (v[i] > 0) {
-      if (lo < 0) lo = static_cast<int>(i);
-      hi = static_cast<int>(i);
-    }
+  const auto [lo, hi] = nonzero_buckets(v);
   if (hi < 0) return "";
   const int buckets = static_cast<int>(v.size()) - 2;
   std::string s = "[";
