@@ -325,22 +325,13 @@ SlotId::~SlotId() {
   r.free_ids.push_back(id_);
 }
 
-std::uint64_t SlotId::sum_unlocks(unsigned idx) const noexcept {
+std::uint64_t SlotId::sum_counts(unsigned idx, bool locks) const noexcept {
   Registry& r = registry();
   RegistryLock l(r);
-  std::uint64_t s = retired_.unlock[idx];
+  std::uint64_t s = (locks ? retired_.lock : retired_.unlock)[idx];
   for (ThreadRecord* t = r.threads; t; t = t->next) {
-    if (const ThreadSlot* ts = t->at(id_)) s += ts->unlock[idx].load(std::memory_order_acquire);
-  }
-  return s;
-}
-
-std::uint64_t SlotId::sum_locks(unsigned idx) const noexcept {
-  Registry& r = registry();
-  RegistryLock l(r);
-  std::uint64_t s = retired_.lock[idx];
-  for (ThreadRecord* t = r.threads; t; t = t->next) {
-    if (const ThreadSlot* ts = t->at(id_)) s += ts->lock[idx].load(std::memory_order_acquire);
+    if (const ThreadSlot* ts = t->at(id_))
+      s += (locks ? ts->lock : ts->unlock)[idx].load(std::memory_order_acquire);
   }
   return s;
 }

@@ -295,10 +295,11 @@ class SlotId {
   // Sum of unlock[idx] (or lock[idx]) over every live thread and the retired counts,
   // taken under the registry mutex. Loads are acquire: a counted unlock makes its
   // thread's read section happen-before the caller's next steps.
-  std::uint64_t sum_unlocks(unsigned idx) const noexcept;
-  std::uint64_t sum_locks(unsigned idx) const noexcept;
+  std::uint64_t sum_unlocks(unsigned idx) const noexcept { return sum_counts(idx, false); }
+  std::uint64_t sum_locks(unsigned idx) const noexcept { return sum_counts(idx, true); }
 
  private:
+  std::uint64_t sum_counts(unsigned idx, bool locks) const noexcept;
   std::uint32_t id_;
   RetiredCounts retired_;  // guarded by the registry mutex
 };
