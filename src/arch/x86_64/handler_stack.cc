@@ -70,10 +70,23 @@ bool g_stack_key_ok = false;
 // The table of handler stacks: one slot per mapped stack, with the tid of the thread that
 // owns it (0: free, no mapping). Slots live in pages that are mapped on demand and never
 // unmapped, linked through `next_page`; a signal handler may allocate, so there is no
-// lock: a slot is taken with a compare-and-swap of its owner.
+// lock: a slot is taken with a compare-and-swap of its owner word. The word holds a
+// generation beside the tid, which every taking of the slot raises: a scan that found the
+// owner gone cannot free the slot after another thread took it (pid_max may be 32768, and
+// a program that churns threads reuses a tid within seconds).
+constexpr std::uint64_t owner_word(std::uint64_t gen, pid_t tid) {
+  return gen << 32 | static_cast<std::uint32_t>(tid);
+}
+constexpr pid_t tid_of(std::uint64_t w) {
+  return static_cast<pid_t>(static_cast<std::uint32_t>(w));
+}
+constexpr std::uint64_t gen_of(std::uint64_t w) {
+  return w >> 32;
+}
+constexpr pid_t kReclaiming = -1;
 struct Slot {
-  std::atomic<pid_t> owner{0};
-  std::atomic<std::uint64_t> map{0};  // the mapping (guard page first); 0 none
+  std::atomic<std::uint64_t> owner{0};  // owner_word(generation, tid); tid 0: free
+  std::atomic<std::uint64_t> map{0};    // the mapping (guard page first); 0 none
 };
 struct SlotPage {
   static constexpr std::size_t kSlots = (4096 - 2 * sizeof(void*)) / sizeof(Slot);
@@ -82,6 +95,11 @@ struct SlotPage {
 };
 static_assert(sizeof(SlotPage) <= 4096);
 std::atomic<SlotPage*> g_pages{nullptr};
+
+void release_slot(Slot& sl) noexcept {
+  sl.owner.store(owner_word(gen_of(sl.owner.load(std::memory_order_relaxed)), 0),
+                 std::memory_order_release);
+}
 // Where the scan for stacks of exited threads goes on: a few slots per allocation.
 std::atomic<std::size_t> g_scan_cursor{0};
 constexpr std::size_t kScanPerAllocation = 4;
@@ -112,9 +130,9 @@ Slot* take_free_slot(pid_t tid) noexcept {
     SlotPage* head = g_pages.load(std::memory_order_acquire);
     for (SlotPage* p = head; p; p = p->next_page) {
       for (Slot& sl : p->slots) {
-        pid_t expected = 0;
-        if (sl.owner.load(std::memory_order_relaxed) == 0 &&
-            sl.owner.compare_exchange_strong(expected, tid, std::memory_order_acquire)) {
+        std::uint64_t w = sl.owner.load(std::memory_order_relaxed);
+        if (tid_of(w) == 0 && sl.owner.compare_exchange_strong(w, owner_word(gen_of(w) + 1, tid),
+                                                               std::memory_order_acquire)) {
           return &sl;
         }
       }
@@ -123,7 +141,7 @@ Slot* take_free_slot(pid_t tid) noexcept {
         mmap(nullptr, sizeof(SlotPage), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return nullptr;
     auto* page = new (m) SlotPage;
-    page->slots[0].owner.store(tid, std::memory_order_relaxed);
+    page->slots[0].owner.store(owner_word(1, tid), std::memory_order_relaxed);
     page->next_page = head;
     if (g_pages.compare_exchange_strong(head, page, std::memory_order_acq_rel)) {
       return &page->slots[0];
@@ -144,13 +162,17 @@ void reclaim_some(pid_t self) noexcept {
       sl = slot_at(0);
       if (!sl) return;
     }
-    pid_t owner = sl->owner.load(std::memory_order_acquire);
+    std::uint64_t w = sl->owner.load(std::memory_order_acquire);
+    const pid_t owner = tid_of(w);
     if (owner <= 0 || owner == self || !thread_gone(owner)) continue;
-    if (!sl->owner.compare_exchange_strong(owner, -1, std::memory_order_acquire)) continue;
+    if (!sl->owner.compare_exchange_strong(w, owner_word(gen_of(w), kReclaiming),
+                                           std::memory_order_acquire)) {
+      continue;  // taken again (a new generation) or freed meanwhile
+    }
     if (const std::uint64_t m = sl->map.exchange(0, std::memory_order_relaxed)) {
       munmap(reinterpret_cast<void*>(m), kMapSize);
     }
-    sl->owner.store(0, std::memory_order_release);
+    release_slot(*sl);
   }
 }
 
@@ -168,7 +190,7 @@ void free_handler_stack(void* slot) {
   if (const std::uint64_t m = sl->map.exchange(0, std::memory_order_relaxed)) {
     munmap(reinterpret_cast<void*>(m), kMapSize);
   }
-  sl->owner.store(0, std::memory_order_release);
+  release_slot(*sl);
 }
 
 // Made at load time: a first hit may come from a signal handler, where pthread_once is
@@ -178,7 +200,8 @@ void free_handler_stack(void* slot) {
 // threads do not exist in the child: the scan frees their copies.
 void own_stack_in_child() {
   if (auto* sl = static_cast<Slot*>(tls_handler_stack.slot)) {
-    sl->owner.store(current_tid(), std::memory_order_release);
+    const std::uint64_t w = sl->owner.load(std::memory_order_relaxed);
+    sl->owner.store(owner_word(gen_of(w) + 1, current_tid()), std::memory_order_release);
   }
 }
 
@@ -198,7 +221,7 @@ HP_COLD bool allocate_handler_stack(HandlerStack& hs) {
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0)
                : MAP_FAILED;
   if (m == MAP_FAILED) {
-    if (sl) sl->owner.store(0, std::memory_order_release);
+    if (sl) release_slot(*sl);
     hs.allocating = kStackFailed;  // not again: every hit would try
     return false;
   }
