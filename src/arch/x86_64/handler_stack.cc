@@ -10,6 +10,7 @@
 #include <new>
 
 #include "base/compiler.h"
+#include "base/raw_syscall.h"
 
 // The handler stack's switch outside a trampoline (hp_handler_stack_call() below, for a
 // thread's first hit and for code that is not a trampoline): the same protocol as the
@@ -96,7 +97,7 @@ struct SlotPage {
 static_assert(sizeof(SlotPage) <= 4096);
 std::atomic<SlotPage*> g_pages{nullptr};
 
-void release_slot(Slot& sl) noexcept {
+HP_DISPATCH_SECTION void release_slot(Slot& sl) noexcept {
   sl.owner.store(owner_word(gen_of(sl.owner.load(std::memory_order_relaxed)), 0),
                  std::memory_order_release);
 }
@@ -104,19 +105,29 @@ void release_slot(Slot& sl) noexcept {
 std::atomic<std::size_t> g_scan_cursor{0};
 constexpr std::size_t kScanPerAllocation = 4;
 
-pid_t current_tid() noexcept {
-  return static_cast<pid_t>(::syscall(SYS_gettid));
+// The allocation runs between a trampoline and the dispatcher's read section: what it
+// calls is in the dispatch section, with system calls made directly (base/raw_syscall.h),
+// so that the trampoline reclaimer finds a thread preempted in it by its pc.
+HP_DISPATCH_SECTION pid_t current_tid() noexcept {
+  return static_cast<pid_t>(raw_syscall(SYS_gettid));
 }
 
-// Thread `tid` of this process no longer exists (signal 0 says so). errno is kept.
-bool thread_gone(pid_t tid) noexcept {
-  const int saved = errno;
-  const bool gone = ::syscall(SYS_tgkill, ::getpid(), tid, 0) != 0 && errno == ESRCH;
-  errno = saved;
-  return gone;
+// Thread `tid` of this process no longer exists (signal 0 says so).
+HP_DISPATCH_SECTION bool thread_gone(pid_t tid) noexcept {
+  return raw_syscall(SYS_tgkill, raw_syscall(SYS_getpid), tid, 0) == -ESRCH;
 }
 
-Slot* slot_at(std::size_t i) noexcept {
+HP_DISPATCH_SECTION void* map_anonymous(std::size_t size, int flags) noexcept {
+  const long m = raw_syscall(SYS_mmap, 0, static_cast<long>(size), PROT_READ | PROT_WRITE,
+                             MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
+  return m < 0 && m > -4096 ? MAP_FAILED : reinterpret_cast<void*>(m);
+}
+
+HP_DISPATCH_SECTION void unmap(void* at, std::size_t size) noexcept {
+  (void)raw_syscall(SYS_munmap, reinterpret_cast<long>(at), static_cast<long>(size));
+}
+
+HP_DISPATCH_SECTION Slot* slot_at(std::size_t i) noexcept {
   for (SlotPage* p = g_pages.load(std::memory_order_acquire); p; p = p->next_page) {
     if (i < SlotPage::kSlots) return &p->slots[i];
     i -= SlotPage::kSlots;
@@ -125,7 +136,7 @@ Slot* slot_at(std::size_t i) noexcept {
 }
 
 // A slot for `tid`: a free one, else a new page's. Null when no page can be mapped.
-Slot* take_free_slot(pid_t tid) noexcept {
+HP_DISPATCH_SECTION Slot* take_free_slot(pid_t tid) noexcept {
   for (;;) {
     SlotPage* head = g_pages.load(std::memory_order_acquire);
     for (SlotPage* p = head; p; p = p->next_page) {
@@ -137,8 +148,7 @@ Slot* take_free_slot(pid_t tid) noexcept {
         }
       }
     }
-    void* m =
-        mmap(nullptr, sizeof(SlotPage), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* m = map_anonymous(sizeof(SlotPage), 0);
     if (m == MAP_FAILED) return nullptr;
     auto* page = new (m) SlotPage;
     page->slots[0].owner.store(owner_word(1, tid), std::memory_order_relaxed);
@@ -146,14 +156,14 @@ Slot* take_free_slot(pid_t tid) noexcept {
     if (g_pages.compare_exchange_strong(head, page, std::memory_order_acq_rel)) {
       return &page->slots[0];
     }
-    munmap(m, sizeof(SlotPage));  // another thread added a page first: look again
+    unmap(m, sizeof(SlotPage));  // another thread added a page first: look again
   }
 }
 
 // Stacks of threads that exited without their key destructor freeing them (their first hit
 // came after it): the next few slots in turn, each unmapped and freed when its owner is
 // gone. A tid reused by a new thread keeps its slot until that thread is gone too.
-void reclaim_some(pid_t self) noexcept {
+HP_DISPATCH_SECTION void reclaim_some(pid_t self) noexcept {
   for (std::size_t k = 0; k < kScanPerAllocation; k++) {
     std::size_t i = g_scan_cursor.fetch_add(1, std::memory_order_relaxed);
     Slot* sl = slot_at(i);
@@ -170,7 +180,7 @@ void reclaim_some(pid_t self) noexcept {
       continue;  // taken again (a new generation) or freed meanwhile
     }
     if (const std::uint64_t m = sl->map.exchange(0, std::memory_order_relaxed)) {
-      munmap(reinterpret_cast<void*>(m), kMapSize);
+      unmap(reinterpret_cast<void*>(m), kMapSize);
     }
     release_slot(*sl);
   }
@@ -212,20 +222,18 @@ __attribute__((constructor)) void make_handler_stack_key() {
 
 // The calling thread's handler stack, allocated: mmap with a guard page below (a handler
 // that overflows it faults there instead of writing into other memory).
-HP_COLD bool allocate_handler_stack(HandlerStack& hs) {
+HP_COLD HP_DISPATCH_SECTION bool allocate_handler_stack(HandlerStack& hs) {
   hs.allocating = kStackAllocating;  // a signal's hit meanwhile stays on its own stack
   const pid_t tid = current_tid();
   reclaim_some(tid);
   Slot* sl = take_free_slot(tid);
-  void* m = sl ? mmap(nullptr, kMapSize, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0)
-               : MAP_FAILED;
+  void* m = sl ? map_anonymous(kMapSize, MAP_NORESERVE | MAP_STACK) : MAP_FAILED;
   if (m == MAP_FAILED) {
     if (sl) release_slot(*sl);
     hs.allocating = kStackFailed;  // not again: every hit would try
     return false;
   }
-  (void)mprotect(m, kGuard, PROT_NONE);
+  (void)raw_syscall(SYS_mprotect, reinterpret_cast<long>(m), kGuard, PROT_NONE);
   sl->map.store(reinterpret_cast<std::uint64_t>(m), std::memory_order_relaxed);
   char* base = static_cast<char*>(m) + kGuard;
   if (g_stack_key_ok) (void)pthread_setspecific(g_stack_key, sl);
