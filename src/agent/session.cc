@@ -332,6 +332,10 @@ Result<void> Session::attach() {
         break;
     }
   }
+  // Records of the program's threads that ended after their last key destructor (a hit in
+  // glibc's last steps of thread exit, in an earlier session) are freed here, off the
+  // dispatcher: one scan per session bounds them.
+  hp::core::release_records_of_exited_threads();
   auto engine = hotprobe::Engine::create();
   if (!engine) return engine.error();
   engine_ = std::move(*engine);

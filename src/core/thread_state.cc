@@ -2,11 +2,15 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/syscall.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <mutex>
 
 #include "base/assert.h"
+#include "base/raw_syscall.h"
 #include "base/thread_annotations.h"
 #include "core/text_patch.h"
 #include "sync/deferred.h"
@@ -26,11 +30,30 @@ std::atomic<std::uint64_t> g_exited_hits{0}, g_exited_rec{0}, g_exited_ret{0};
 
 std::atomic<std::uint64_t> g_exited_own{0};
 
+// Folds `r`'s counts into the totals and frees it for reuse: its thread is ending (the
+// caller) or gone. Pending return instances die with the thread.
+void fold_and_free(ThreadRecord* r) HP_REQUIRES(g_records_mu) {
+  const std::uint64_t rec = r->misses_recursion.exchange(0, std::memory_order_relaxed);
+  g_exited_hits.fetch_add(r->hits.exchange(0, std::memory_order_relaxed),
+                          std::memory_order_relaxed);
+  (r->own_thread.load(std::memory_order_relaxed) ? g_exited_own : g_exited_rec)
+      .fetch_add(rec, std::memory_order_relaxed);
+  g_exited_own.fetch_add(r->skipped_own.exchange(0, std::memory_order_relaxed),
+                         std::memory_order_relaxed);
+  g_exited_ret.fetch_add(r->misses_return_stack.exchange(0, std::memory_order_relaxed),
+                         std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < kMaxReturnDepth; i++)
+    r->stack[i].site.store(nullptr, std::memory_order_relaxed);
+  r->depth.store(0, std::memory_order_release);
+  r->own_thread.store(false, std::memory_order_relaxed);
+  r->tid = 0;
+  r->in_use.store(false, std::memory_order_release);
+}
+
 // Releases the record when the thread exits: its counts are folded into the totals and
-// the record is reused by a later thread; pending return instances die with the thread.
-// A pthread key's destructor, not a thread_local one: registering a thread_local
-// destructor allocates a node that glibc frees when the thread exits, a free() the
-// program did not make (and a probe on free would count it).
+// the record is reused by a later thread. A pthread key's destructor, not a thread_local
+// one: registering a thread_local destructor allocates a node that glibc frees when the
+// thread exits, a free() the program did not make (and a probe on free would count it).
 void release_record(void*) {
   ThreadRecord* r = tls_state.rec;
   if (!r) return;
@@ -38,24 +61,17 @@ void release_record(void*) {
   tls_state.in_handler = true;  // the lock below is hotprobe's work, not the program's
   {
     MutexLock l(g_records_mu);
-    const std::uint64_t rec = r->misses_recursion.exchange(0, std::memory_order_relaxed);
-    g_exited_hits.fetch_add(r->hits.exchange(0, std::memory_order_relaxed),
-                            std::memory_order_relaxed);
-    (r->own_thread.load(std::memory_order_relaxed) ? g_exited_own : g_exited_rec)
-        .fetch_add(rec, std::memory_order_relaxed);
-    g_exited_own.fetch_add(r->skipped_own.exchange(0, std::memory_order_relaxed),
-                           std::memory_order_relaxed);
-    g_exited_ret.fetch_add(r->misses_return_stack.exchange(0, std::memory_order_relaxed),
-                           std::memory_order_relaxed);
-    for (std::uint32_t i = 0; i < kMaxReturnDepth; i++)
-      r->stack[i].site.store(nullptr, std::memory_order_relaxed);
-    r->depth.store(0, std::memory_order_release);
-    r->own_thread.store(false, std::memory_order_relaxed);
+    fold_and_free(r);
     tls_state.rec = nullptr;
     tls_state.schemes_ready = 0;
-    r->in_use.store(false, std::memory_order_release);
   }
   tls_state.in_handler = prev;
+}
+
+// In the dispatch section with a direct system call: registration runs between a
+// trampoline and the read section (base/raw_syscall.h).
+HP_DISPATCH_SECTION int current_tid() noexcept {
+  return static_cast<int>(raw_syscall(SYS_gettid));
 }
 
 pthread_key_t g_release_key;
@@ -83,7 +99,10 @@ void start_own_worker() noexcept {
 void release_records_in_child() HP_NO_THREAD_SAFETY_ANALYSIS {
   g_records_mu.reinit_after_fork();
   for (ThreadRecord* p = g_head.load(std::memory_order_acquire); p; p = p->next) {
-    if (p == tls_state.rec) continue;
+    if (p == tls_state.rec) {
+      p->tid = current_tid();  // the child's own
+      continue;
+    }
     for (std::uint32_t i = 0; i < kMaxReturnDepth; i++) {
       p->stack[i].site.store(nullptr, std::memory_order_relaxed);
     }
@@ -124,11 +143,28 @@ HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
   }
   r->in_use.store(true, std::memory_order_release);
   r->own_thread.store(tls_state.own_thread, std::memory_order_relaxed);
+  r->tid = current_tid();
   tls_state.rec = r;
   // Keys below 32 live in the thread descriptor: no allocation (the first keys of a
   // process, which this one is: made by libhotprobe.so's initializer).
   pthread_setspecific(g_release_key, r);
   return *r;
+}
+
+// Records of threads that ended without their key destructor (registered after it), freed
+// when their thread is gone. Under the lock, which every registration and release takes:
+// a record checked here cannot change owner meanwhile, and a tid reused by a new thread
+// only keeps its record until that thread is gone too.
+void release_records_of_exited_threads() noexcept {
+  OwnWork own;  // the lock and the system calls are hotprobe's work
+  MutexLock l(g_records_mu);
+  const long pid = raw_syscall(SYS_getpid);
+  for (ThreadRecord* r = g_head.load(std::memory_order_acquire); r; r = r->next) {
+    if (r->in_use.load(std::memory_order_relaxed) && r->tid > 0 && r != tls_state.rec &&
+        raw_syscall(SYS_tgkill, pid, r->tid, 0) == -ESRCH) {
+      fold_and_free(r);
+    }
+  }
 }
 
 ThreadRecord* thread_records_head() noexcept {
