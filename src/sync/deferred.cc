@@ -204,10 +204,12 @@ struct WorkerArgs {
 
 // The worker: a batch at a time until stopped or retired.
 static void* worker_main(void* p) HP_NO_THREAD_SAFETY_ANALYSIS {
+  // The hook first: from there on, what the worker calls (the free of its arguments
+  // included) is hotprobe's work, which probes skip.
+  if (WorkerStartHook hook = g_worker_start_hook.load(std::memory_order_acquire)) hook();
   const WorkerArgs a = *static_cast<WorkerArgs*>(p);
   delete static_cast<WorkerArgs*>(p);
   Deferred::State& st = *a.st;
-  if (WorkerStartHook hook = g_worker_start_hook.load(std::memory_order_acquire)) hook();
   tls_worker_of = &st;
   // Name the worker so stall reports and debuggers show whose it is.
   char tname[16];
