@@ -2,12 +2,14 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 
 #include <cerrno>
 
 #include <algorithm>
 #include <mutex>
+#include <new>
 
 #include "base/assert.h"
 #include "base/raw_syscall.h"
@@ -137,7 +139,16 @@ HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
     }
   }
   if (!r) {
-    r = new ThreadRecord;  // never freed: scans may read any record at any time
+    // Never freed (scans may read any record at any time). Mapped directly, not with new:
+    // the first hit may come in a signal handler (int3 mode), and nothing here may throw
+    // into the program.
+    constexpr long kSize = (sizeof(ThreadRecord) + 4095) & ~4095L;
+    const long m =
+        raw_syscall(SYS_mmap, 0, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    HP_CHECK_MSG(m > 0 || m <= -4096,
+                 "hotprobe: no memory for a thread's record (mmap failed): the process is out "
+                 "of memory or of mappings (vm.max_map_count)");
+    r = new (reinterpret_cast<void*>(m)) ThreadRecord;
     r->next = g_head.load(std::memory_order_relaxed);
     g_head.store(r, std::memory_order_release);
   }
