@@ -8,7 +8,6 @@
 #include <cerrno>
 
 #include <algorithm>
-#include <mutex>
 #include <new>
 
 #include "base/assert.h"
@@ -27,7 +26,49 @@ std::atomic<std::uint64_t> g_unregistered_misses{0};
 namespace {
 
 std::atomic<ThreadRecord*> g_head{nullptr};
-Mutex g_records_mu;  // serializes registration and folding; the list itself is lock-free
+// The records' lock. Registration holds it between a trampoline and the read section,
+// where the trampoline reclaimer tells a thread by its pc (base/compiler.h,
+// HP_DISPATCH_SECTION): a waiter inside pthread_mutex_lock (libc's futex call) would count
+// as outside, and return into a site restored meanwhile. So it spins, and its wait (pause,
+// then a direct sched_yield) stays in the caller's code.
+class HP_CAPABILITY("mutex") RecordsLock {
+ public:
+  HP_ALWAYS_INLINE void lock() HP_ACQUIRE() {
+    unsigned spins = 0;
+    while (held_.exchange(true, std::memory_order_acquire)) {
+      while (held_.load(std::memory_order_relaxed)) {
+        if (spins < 64) {
+          spins++;
+          __builtin_ia32_pause();
+        } else {
+          (void)raw_syscall(SYS_sched_yield);
+        }
+      }
+    }
+  }
+  HP_ALWAYS_INLINE void unlock() HP_RELEASE() { held_.store(false, std::memory_order_release); }
+  // In a fork child: the holder (another thread of the parent) does not exist there.
+  void reinit_after_fork() HP_NO_THREAD_SAFETY_ANALYSIS {
+    held_.store(false, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<bool> held_{false};
+};
+
+class HP_SCOPED_CAPABILITY RecordsLockHold {
+ public:
+  HP_ALWAYS_INLINE explicit RecordsLockHold(RecordsLock& l) HP_ACQUIRE(l) : l_(l) { l_.lock(); }
+  HP_ALWAYS_INLINE ~RecordsLockHold() HP_RELEASE() { l_.unlock(); }
+  RecordsLockHold(const RecordsLockHold&) = delete;
+  RecordsLockHold& operator=(const RecordsLockHold&) = delete;
+
+ private:
+  RecordsLock& l_;
+};
+
+// Serializes registration and folding; the list itself is lock-free.
+RecordsLock g_records_mu;
 std::atomic<std::uint64_t> g_exited_hits{0}, g_exited_rec{0}, g_exited_ret{0};
 
 std::atomic<std::uint64_t> g_exited_own{0};
@@ -62,7 +103,7 @@ void release_record(void*) {
   const bool prev = tls_state.in_handler;
   tls_state.in_handler = true;  // the lock below is hotprobe's work, not the program's
   {
-    MutexLock l(g_records_mu);
+    RecordsLockHold l(g_records_mu);
     fold_and_free(r);
     tls_state.rec = nullptr;
     tls_state.schemes_ready = 0;
@@ -130,7 +171,7 @@ void on_domain_thread_exit() noexcept {
 }();
 
 HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
-  MutexLock l(g_records_mu);
+  RecordsLockHold l(g_records_mu);
   ThreadRecord* r = nullptr;
   for (ThreadRecord* p = g_head.load(std::memory_order_acquire); p; p = p->next) {
     if (!p->in_use.load(std::memory_order_acquire)) {
@@ -168,7 +209,7 @@ HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
 // only keeps its record until that thread is gone too.
 void release_records_of_exited_threads() noexcept {
   OwnWork own;  // the lock and the system calls are hotprobe's work
-  MutexLock l(g_records_mu);
+  RecordsLockHold l(g_records_mu);
   const long pid = raw_syscall(SYS_getpid);
   for (ThreadRecord* r = g_head.load(std::memory_order_acquire); r; r = r->next) {
     if (r->in_use.load(std::memory_order_relaxed) && r->tid > 0 && r != tls_state.rec &&
