@@ -69,6 +69,10 @@ class HP_SCOPED_CAPABILITY RecordsLockHold {
 
 // Serializes registration and folding; the list itself is lock-free.
 RecordsLock g_records_mu;
+// Records mapped and not handed out yet.
+constexpr unsigned kRecordsPerChunk = 16;
+ThreadRecord* g_chunk HP_GUARDED_BY(g_records_mu) = nullptr;
+unsigned g_chunk_left HP_GUARDED_BY(g_records_mu) = 0;
 std::atomic<std::uint64_t> g_exited_hits{0}, g_exited_rec{0}, g_exited_ret{0};
 
 std::atomic<std::uint64_t> g_exited_own{0};
@@ -182,14 +186,20 @@ HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
   if (!r) {
     // Never freed (scans may read any record at any time). Mapped directly, not with new:
     // the first hit may come in a signal handler (int3 mode), and nothing here may throw
-    // into the program.
-    constexpr long kSize = (sizeof(ThreadRecord) + 4095) & ~4095L;
-    const long m =
-        raw_syscall(SYS_mmap, 0, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    HP_CHECK_MSG(m > 0 || m <= -4096,
-                 "hotprobe: no memory for a thread's record (mmap failed): the process is out "
-                 "of memory or of mappings (vm.max_map_count)");
-    r = new (reinterpret_cast<void*>(m)) ThreadRecord;
+    // into the program. Sixteen at a time: one mapping each would add hundreds of mappings
+    // to a program that starts threads by the thousand.
+    if (g_chunk_left == 0) {
+      constexpr long kSize = (kRecordsPerChunk * sizeof(ThreadRecord) + 4095) & ~4095L;
+      const long m = raw_syscall(SYS_mmap, 0, kSize, PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      HP_CHECK_MSG(m > 0 || m <= -4096,
+                   "hotprobe: no memory for a thread's record (mmap failed): the process is "
+                   "out of memory or of mappings (vm.max_map_count)");
+      g_chunk = reinterpret_cast<ThreadRecord*>(m);
+      g_chunk_left = kRecordsPerChunk;
+    }
+    r = new (g_chunk++) ThreadRecord;
+    g_chunk_left--;
     r->next = g_head.load(std::memory_order_relaxed);
     g_head.store(r, std::memory_order_release);
   }
