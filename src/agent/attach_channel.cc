@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <new>
 
 #include "agent/session.h"
 
@@ -52,7 +53,11 @@ long attach_channel_start(const char* request) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, [] { pthread_atfork(&fork_prepare, &fork_parent, &fork_child); });
   pthread_t t;
-  auto* arg = new int(fd);
+  auto* arg = new (std::nothrow) int(fd);  // never throws on the program's thread
+  if (!arg) {
+    ::close(fd);
+    return -ENOMEM;
+  }
   // Its own stack size, whatever RLIMIT_STACK the program runs with: it compiles.
   const int rc = start_agent_thread(
       &t,

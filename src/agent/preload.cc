@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -144,7 +145,11 @@ extern "C" __attribute__((visibility("default"))) long hotprobe_agent_start(
     pthread_atfork(&hp::agent::fork_prepare, &hp::agent::fork_parent, &hp::agent::fork_child);
   });
   pthread_t t;
-  auto* arg = new int(fd);
+  auto* arg = new (std::nothrow) int(fd);  // never throws on the program's thread
+  if (!arg) {
+    ::close(fd);
+    return -ENOMEM;
+  }
   int rc = hp::agent::start_agent_thread(
       &t,
       [](void* p) -> void* {

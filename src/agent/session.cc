@@ -195,7 +195,36 @@ Result<Session*> Session::start(int fd, bool attached_session) {
     hp::core::mark_own_thread();
   }
   OwnWork own;
-  std::unique_ptr<Session> s(new Session());
+  // Nothing may throw into the program: memory the process no longer has (new, a
+  // mapping) ends the session with its reason, and the process runs on untraced.
+  std::unique_ptr<Session> s;
+  Session* self = nullptr;
+  try {
+    return start_here(s, self, fd, attached_session);
+  } catch (const std::exception& e) {
+    const std::string why = std::string("hotprobe agent: ") + e.what() +
+                            " in the traced process (out of memory or of mappings); the "
+                            "session ends and the process runs on untraced";
+    try {
+      if (Session* live = s ? s.get() : self) {
+        live->send_text_checked(Msg::error, why);
+        if (self) {
+          live->mark_finished();
+          live->detach_everything();
+        }
+      } else {
+        ::close(fd);
+      }
+    } catch (const std::exception&) {
+      // Not even the report: hotprobe sees the channel end without one.
+    }
+    return Error(Errc::io_error, why);
+  }
+}
+
+Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self, int fd,
+                                     bool attached_session) {
+  s.reset(new Session());
   fd = move_channel_high(fd);
   s->fd_ = fd;
   s->attached_ = attached_session;
@@ -256,7 +285,7 @@ Result<Session*> Session::start(int fd, bool attached_session) {
     s->send_text_checked(Msg::error, r.error().message());
     return r.error();
   }
-  Session* self = s.release();
+  self = s.release();
   register_session(self);
 
   // Probes as bpftrace counts them: every matched site, and BEGIN, END, intervals.
@@ -303,6 +332,10 @@ Result<void> Session::attach() {
         break;
     }
   }
+  // Records of the program's threads that ended after their last key destructor (a hit in
+  // glibc's last steps of thread exit, in an earlier session) are freed here, off the
+  // dispatcher: one scan per session bounds them.
+  hp::core::release_records_of_exited_threads();
   auto engine = hotprobe::Engine::create();
   if (!engine) return engine.error();
   engine_ = std::move(*engine);
@@ -369,7 +402,21 @@ void* Session::reporter_entry(void* self) {
   // here with the guard set, as actions do inside a handler).
   hp::core::mark_own_thread();
   pthread_setname_np(pthread_self(), "hotprobe-agent");
-  static_cast<Session*>(self)->reporter_main();
+  auto* s = static_cast<Session*>(self);
+  try {
+    s->reporter_main();
+  } catch (const std::exception& e) {
+    // Nothing may throw into the program (out of memory, of mappings): the session ends
+    // with its reason and its probes removed; the process runs on untraced. The session
+    // itself stays behind, finished.
+    try {
+      s->send_text_checked(Msg::error, std::string("hotprobe agent: ") + e.what() +
+                                           " in the traced process; the session ends");
+      s->mark_finished();
+      s->detach_everything();
+    } catch (const std::exception&) {
+    }
+  }
   return nullptr;
 }
 

@@ -53,6 +53,12 @@ class Session final : public hotprobe::script::Sink {
   // agent loaded and dormant, and another session may follow.
   static hotprobe::Result<Session*> start(int fd, bool attached = false);
 
+ private:
+  // start() once the session exists: `s` owns it until it is registered (then `self`).
+  static hotprobe::Result<Session*> start_here(std::unique_ptr<Session>& s, Session*& self, int fd,
+                                               bool attached_session);
+
+ public:
   ~Session() override;
 
   void write(std::string_view text) override;

@@ -1,14 +1,11 @@
 #include "core/batch_helper.h"
 
 #include <immintrin.h>
-#include <pthread.h>
-#include <signal.h>
 
 #include <algorithm>
 #include <chrono>
-#include <system_error>
 
-#include "base/signals.h"
+#include "base/thread.h"
 #include "core/thread_state.h"
 
 namespace hp::core {
@@ -25,26 +22,23 @@ BatchHelper::Task BatchHelper::stop_{nullptr, 0, 1, 0};
 BatchHelper::BatchHelper(bool use_thread) {
   if (!use_thread) return;
   // No handler of the program may run on the helper: it starts with every asynchronous
-  // signal blocked, and takes only the engine's own (start_own_worker).
-  sigset_t all, old;
-  hp::fill_async_signals(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &old);
-  try {
-    thread_ = std::thread([this] {
-      start_own_worker();  // what the helper calls is hotprobe's work, not the program's
-      loop();
-    });
-  } catch (const std::system_error&) {
-    // No thread to be had: every pass runs on the caller's.
-  }
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  // signal blocked, and takes only the engine's own (start_own_worker). Its stack is
+  // hotprobe's size, not the program's RLIMIT_STACK. No thread to be had: every pass runs
+  // on the caller's.
+  started_ = hp::start_own_thread(&thread_, &BatchHelper::entry, this) == 0;
+}
+
+void* BatchHelper::entry(void* self) {
+  start_own_worker();  // what the helper calls is hotprobe's work, not the program's
+  static_cast<BatchHelper*>(self)->loop();
+  return nullptr;
 }
 
 BatchHelper::~BatchHelper() {
-  if (!thread_.joinable()) return;
+  if (!started_) return;
   task_.store(&stop_, std::memory_order_seq_cst);
   task_.notify_one();
-  thread_.join();
+  (void)pthread_join(thread_, nullptr);
 }
 
 void BatchHelper::work(int worker, Task& t) {
@@ -60,7 +54,7 @@ void BatchHelper::run(std::size_t n, std::size_t chunk, const Fn& fn) {
   if (n == 0) return;
   Task t{&fn, n, chunk, ++generation_};
   const std::size_t chunks = (n + chunk - 1) / chunk;
-  if (thread_.joinable()) {
+  if (started_) {
     task_.store(&t, std::memory_order_seq_cst);
     task_.notify_one();
   }
@@ -68,7 +62,7 @@ void BatchHelper::run(std::size_t n, std::size_t chunk, const Fn& fn) {
   // The helper may still be in its last chunk.
   while (t.done.load(std::memory_order_acquire) < chunks)
     _mm_pause();
-  if (thread_.joinable()) {
+  if (started_) {
     task_.store(nullptr, std::memory_order_seq_cst);
     task_.notify_one();
     while (busy_.load(std::memory_order_seq_cst) != 0)

@@ -9,11 +9,12 @@
 // sleeps on a futex; it is stopped and joined by the destructor.
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <thread>
 
 namespace hp::core {
 
@@ -31,7 +32,7 @@ class BatchHelper {
   using Fn = std::function<void(int worker, std::size_t begin, std::size_t end)>;
   void run(std::size_t n, std::size_t chunk, const Fn& fn);
   // Whether a helper thread was started (else run() is a loop on the caller's thread).
-  bool two_threads() const { return thread_.joinable(); }
+  bool two_threads() const { return started_; }
 
  private:
   struct Task {
@@ -45,6 +46,7 @@ class BatchHelper {
   static Task stop_;  // not a task: the destructor's word to the helper to end
   static void work(int worker, Task& t);
   void loop();
+  static void* entry(void* self);
 
   // The pass in progress (null between passes, &stop_ to end). The helper marks itself
   // busy_ before it reads task_, and run() clears task_ before it waits for busy_ to
@@ -52,7 +54,8 @@ class BatchHelper {
   std::atomic<Task*> task_{nullptr};
   std::atomic<int> busy_{0};
   std::uint64_t generation_ = 0;  // the calling thread's only
-  std::thread thread_;
+  pthread_t thread_{};
+  bool started_ = false;
 };
 
 }  // namespace hp::core

@@ -2,11 +2,16 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
+#include <cerrno>
 
 #include <algorithm>
-#include <mutex>
+#include <new>
 
 #include "base/assert.h"
+#include "base/raw_syscall.h"
 #include "base/thread_annotations.h"
 #include "core/text_patch.h"
 #include "sync/deferred.h"
@@ -21,41 +26,99 @@ std::atomic<std::uint64_t> g_unregistered_misses{0};
 namespace {
 
 std::atomic<ThreadRecord*> g_head{nullptr};
-Mutex g_records_mu;  // serializes registration and folding; the list itself is lock-free
+// The records' lock. Registration holds it between a trampoline and the read section,
+// where the trampoline reclaimer tells a thread by its pc (base/compiler.h,
+// HP_DISPATCH_SECTION): a waiter inside pthread_mutex_lock (libc's futex call) would count
+// as outside, and return into a site restored meanwhile. So it spins, and its wait (pause,
+// then a direct sched_yield) stays in the caller's code.
+class HP_CAPABILITY("mutex") RecordsLock {
+ public:
+  HP_ALWAYS_INLINE void lock() HP_ACQUIRE() {
+    unsigned spins = 0;
+    while (held_.exchange(true, std::memory_order_acquire)) {
+      while (held_.load(std::memory_order_relaxed)) {
+        if (spins < 64) {
+          spins++;
+          __builtin_ia32_pause();
+        } else {
+          (void)raw_syscall(SYS_sched_yield);
+        }
+      }
+    }
+  }
+  HP_ALWAYS_INLINE void unlock() HP_RELEASE() { held_.store(false, std::memory_order_release); }
+  // In a fork child: the holder (another thread of the parent) does not exist there.
+  void reinit_after_fork() HP_NO_THREAD_SAFETY_ANALYSIS {
+    held_.store(false, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<bool> held_{false};
+};
+
+class HP_SCOPED_CAPABILITY RecordsLockHold {
+ public:
+  HP_ALWAYS_INLINE explicit RecordsLockHold(RecordsLock& l) HP_ACQUIRE(l) : l_(l) { l_.lock(); }
+  HP_ALWAYS_INLINE ~RecordsLockHold() HP_RELEASE() { l_.unlock(); }
+  RecordsLockHold(const RecordsLockHold&) = delete;
+  RecordsLockHold& operator=(const RecordsLockHold&) = delete;
+
+ private:
+  RecordsLock& l_;
+};
+
+// Serializes registration and folding; the list itself is lock-free.
+RecordsLock g_records_mu;
+// Records mapped and not handed out yet.
+constexpr unsigned kRecordsPerChunk = 16;
+ThreadRecord* g_chunk HP_GUARDED_BY(g_records_mu) = nullptr;
+unsigned g_chunk_left HP_GUARDED_BY(g_records_mu) = 0;
 std::atomic<std::uint64_t> g_exited_hits{0}, g_exited_rec{0}, g_exited_ret{0};
 
 std::atomic<std::uint64_t> g_exited_own{0};
 
+// Folds `r`'s counts into the totals and frees it for reuse: its thread is ending (the
+// caller) or gone. Pending return instances die with the thread.
+void fold_and_free(ThreadRecord* r) HP_REQUIRES(g_records_mu) {
+  const std::uint64_t rec = r->misses_recursion.exchange(0, std::memory_order_relaxed);
+  g_exited_hits.fetch_add(r->hits.exchange(0, std::memory_order_relaxed),
+                          std::memory_order_relaxed);
+  (r->own_thread.load(std::memory_order_relaxed) ? g_exited_own : g_exited_rec)
+      .fetch_add(rec, std::memory_order_relaxed);
+  g_exited_own.fetch_add(r->skipped_own.exchange(0, std::memory_order_relaxed),
+                         std::memory_order_relaxed);
+  g_exited_ret.fetch_add(r->misses_return_stack.exchange(0, std::memory_order_relaxed),
+                         std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < kMaxReturnDepth; i++)
+    r->stack[i].site.store(nullptr, std::memory_order_relaxed);
+  r->depth.store(0, std::memory_order_release);
+  r->own_thread.store(false, std::memory_order_relaxed);
+  r->tid = 0;
+  r->in_use.store(false, std::memory_order_release);
+}
+
 // Releases the record when the thread exits: its counts are folded into the totals and
-// the record is reused by a later thread; pending return instances die with the thread.
-// A pthread key's destructor, not a thread_local one: registering a thread_local
-// destructor allocates a node that glibc frees when the thread exits, a free() the
-// program did not make (and a probe on free would count it).
+// the record is reused by a later thread. A pthread key's destructor, not a thread_local
+// one: registering a thread_local destructor allocates a node that glibc frees when the
+// thread exits, a free() the program did not make (and a probe on free would count it).
 void release_record(void*) {
   ThreadRecord* r = tls_state.rec;
   if (!r) return;
   const bool prev = tls_state.in_handler;
   tls_state.in_handler = true;  // the lock below is hotprobe's work, not the program's
   {
-    MutexLock l(g_records_mu);
-    const std::uint64_t rec = r->misses_recursion.exchange(0, std::memory_order_relaxed);
-    g_exited_hits.fetch_add(r->hits.exchange(0, std::memory_order_relaxed),
-                            std::memory_order_relaxed);
-    (r->own_thread.load(std::memory_order_relaxed) ? g_exited_own : g_exited_rec)
-        .fetch_add(rec, std::memory_order_relaxed);
-    g_exited_own.fetch_add(r->skipped_own.exchange(0, std::memory_order_relaxed),
-                           std::memory_order_relaxed);
-    g_exited_ret.fetch_add(r->misses_return_stack.exchange(0, std::memory_order_relaxed),
-                           std::memory_order_relaxed);
-    for (std::uint32_t i = 0; i < kMaxReturnDepth; i++)
-      r->stack[i].site.store(nullptr, std::memory_order_relaxed);
-    r->depth.store(0, std::memory_order_release);
-    r->own_thread.store(false, std::memory_order_relaxed);
+    RecordsLockHold l(g_records_mu);
+    fold_and_free(r);
     tls_state.rec = nullptr;
     tls_state.schemes_ready = 0;
-    r->in_use.store(false, std::memory_order_release);
   }
   tls_state.in_handler = prev;
+}
+
+// In the dispatch section with a direct system call: registration runs between a
+// trampoline and the read section (base/raw_syscall.h).
+HP_DISPATCH_SECTION int current_tid() noexcept {
+  return static_cast<int>(raw_syscall(SYS_gettid));
 }
 
 pthread_key_t g_release_key;
@@ -83,7 +146,10 @@ void start_own_worker() noexcept {
 void release_records_in_child() HP_NO_THREAD_SAFETY_ANALYSIS {
   g_records_mu.reinit_after_fork();
   for (ThreadRecord* p = g_head.load(std::memory_order_acquire); p; p = p->next) {
-    if (p == tls_state.rec) continue;
+    if (p == tls_state.rec) {
+      p->tid = current_tid();  // the child's own
+      continue;
+    }
     for (std::uint32_t i = 0; i < kMaxReturnDepth; i++) {
       p->stack[i].site.store(nullptr, std::memory_order_relaxed);
     }
@@ -109,7 +175,7 @@ void on_domain_thread_exit() noexcept {
 }();
 
 HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
-  MutexLock l(g_records_mu);
+  RecordsLockHold l(g_records_mu);
   ThreadRecord* r = nullptr;
   for (ThreadRecord* p = g_head.load(std::memory_order_acquire); p; p = p->next) {
     if (!p->in_use.load(std::memory_order_acquire)) {
@@ -118,17 +184,49 @@ HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
     }
   }
   if (!r) {
-    r = new ThreadRecord;  // never freed: scans may read any record at any time
+    // Never freed (scans may read any record at any time). Mapped directly, not with new:
+    // the first hit may come in a signal handler (int3 mode), and nothing here may throw
+    // into the program. Sixteen at a time: one mapping each would add hundreds of mappings
+    // to a program that starts threads by the thousand.
+    if (g_chunk_left == 0) {
+      constexpr long kSize = (kRecordsPerChunk * sizeof(ThreadRecord) + 4095) & ~4095L;
+      const long m = raw_syscall(SYS_mmap, 0, kSize, PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      HP_CHECK_MSG(m > 0 || m <= -4096,
+                   "hotprobe: no memory for a thread's record (mmap failed): the process is "
+                   "out of memory or of mappings (vm.max_map_count)");
+      g_chunk = reinterpret_cast<ThreadRecord*>(m);
+      g_chunk_left = kRecordsPerChunk;
+    }
+    r = new (g_chunk++) ThreadRecord;
+    g_chunk_left--;
     r->next = g_head.load(std::memory_order_relaxed);
     g_head.store(r, std::memory_order_release);
   }
   r->in_use.store(true, std::memory_order_release);
   r->own_thread.store(tls_state.own_thread, std::memory_order_relaxed);
+  r->tid = current_tid();
   tls_state.rec = r;
   // Keys below 32 live in the thread descriptor: no allocation (the first keys of a
   // process, which this one is: made by libhotprobe.so's initializer).
   pthread_setspecific(g_release_key, r);
   return *r;
+}
+
+// Records of threads that ended without their key destructor (registered after it), freed
+// when their thread is gone. Under the lock, which every registration and release takes:
+// a record checked here cannot change owner meanwhile, and a tid reused by a new thread
+// only keeps its record until that thread is gone too.
+void release_records_of_exited_threads() noexcept {
+  OwnWork own;  // the lock and the system calls are hotprobe's work
+  RecordsLockHold l(g_records_mu);
+  const long pid = raw_syscall(SYS_getpid);
+  for (ThreadRecord* r = g_head.load(std::memory_order_acquire); r; r = r->next) {
+    if (r->in_use.load(std::memory_order_relaxed) && r->tid > 0 && r != tls_state.rec &&
+        raw_syscall(SYS_tgkill, pid, r->tid, 0) == -ESRCH) {
+      fold_and_free(r);
+    }
+  }
 }
 
 ThreadRecord* thread_records_head() noexcept {

@@ -52,6 +52,10 @@ struct ThreadRecord {
   // misses_recursion are all such skips and are counted here when totals are made.
   std::atomic<std::uint64_t> skipped_own{0};
   std::atomic<bool> own_thread{false};
+  // The owner's tid: a record whose thread ended without its key destructor releasing it
+  // (its first hit came after the key destructors, in glibc's last steps of thread exit)
+  // is released by release_records_of_exited_threads(). Under the records' lock.
+  int tid = 0;
 };
 
 struct ThreadState {
@@ -78,6 +82,12 @@ HP_ALWAYS_INLINE ThreadRecord& thread_record() {
   if (HP_UNLIKELY(r == nullptr)) return register_thread_record();
   return *r;
 }
+
+// Frees the records of threads that are gone without their key destructor having released
+// them (a first hit after it, in glibc's last steps of thread exit), their counts folded
+// into the totals. Not from the dispatcher (it makes system calls through libc's lock);
+// the agent calls it when a session starts. Exported from libhotprobe.so for the agent.
+__attribute__((visibility("default"))) void release_records_of_exited_threads() noexcept;
 
 // Every record ever registered (for scans); iterate with ->next.
 ThreadRecord* thread_records_head() noexcept;

@@ -6,11 +6,9 @@
 #include <cstdio>
 #include <mutex>
 #include <new>
-#include <thread>
-#include <vector>
 
 #include "base/assert.h"
-#include "base/signals.h"
+#include "base/thread.h"
 #include "base/thread_annotations.h"
 
 namespace hp::sync {
@@ -52,7 +50,7 @@ struct Deferred::State {
   // The current worker's generation: a worker whose generation is not this one has been
   // retired (stop_idle_workers) and ends without touching the queue.
   std::uint64_t worker_gen HP_GUARDED_BY(mu) = 0;
-  std::thread worker;
+  pthread_t worker{};  // valid while worker_started (and until a retired one is joined)
   std::atomic<std::uint64_t> invoked{0};
   // Every live State, for the fork handler (guarded by fork_list_mu()).
   State* fork_prev = nullptr;
@@ -94,7 +92,7 @@ void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
     if (tls_worker_of != s) {
       // The worker thread does not exist here. Forget its handle without joining or
       // detaching it (both would act on a thread of another process).
-      new (&s->worker) std::thread();
+      s->worker = pthread_t{};
       s->worker_started = false;
       s->stop = false;
       if (s->inflight) {
@@ -153,78 +151,108 @@ Deferred::~Deferred() {
     st_->work_cv.notify_all();
   }
   if (join) {
-    st_->worker.join();
+    (void)pthread_join(st_->worker, nullptr);
   }
 }
 
-// The worker: one grace period per batch, then the batch's callbacks, oldest first.
-static void worker_main(Deferred::State& st, void* ctx, Deferred::SyncFn sync, const char* name,
-                        std::uint64_t gen) HP_NO_THREAD_SAFETY_ANALYSIS {
+// One batch: every queued callback, one grace period, then the callbacks oldest first. Called
+// with `wl` (st.mu) held and something to do, returns with it held. On the worker, or on a
+// barrier()'s caller when no worker can be started.
+static void run_batch(Deferred::State& st, void* ctx, Deferred::SyncFn sync,
+                      std::unique_lock<std::mutex>& wl) HP_NO_THREAD_SAFETY_ANALYSIS {
+  Callback* batch = st.head;
+  st.head = nullptr;
+  st.poll_wanted = false;  // the grace period below starts after every start_poll() so far
+  std::uint64_t batch_end = st.queued;
+  st.inflight = true;
+  st.inflight_end = batch_end;
+  wl.unlock();
+  sync(ctx);  // one grace period for the whole batch
+  Callback* rev = nullptr;
+  while (batch) {
+    Callback* n = batch->next;
+    batch->next = rev;
+    rev = batch;
+    batch = n;
+  }
+  std::uint64_t ran = 0;
+  while (rev) {
+    Callback* n = rev->next;
+    try {
+      rev->fn(rev);
+    } catch (...) {
+      // Nothing of hotprobe's may end the program: the callback's work is lost, the
+      // others still run.
+    }
+    rev = n;
+    ran++;
+  }
+  st.invoked.fetch_add(ran, std::memory_order_relaxed);
+  wl.lock();
+  st.inflight = false;
+  st.done = batch_end;
+  st.done_cv.notify_all();
+}
+
+struct WorkerArgs {
+  Deferred::State* st;
+  void* ctx;
+  Deferred::SyncFn sync;
+  const char* name;
+  std::uint64_t gen;
+};
+
+// The worker: a batch at a time until stopped or retired.
+static void* worker_main(void* p) HP_NO_THREAD_SAFETY_ANALYSIS {
+  // The hook first: from there on, what the worker calls (the free of its arguments
+  // included) is hotprobe's work, which probes skip.
   if (WorkerStartHook hook = g_worker_start_hook.load(std::memory_order_acquire)) hook();
+  const WorkerArgs a = *static_cast<WorkerArgs*>(p);
+  delete static_cast<WorkerArgs*>(p);
+  Deferred::State& st = *a.st;
   tls_worker_of = &st;
   // Name the worker so stall reports and debuggers show whose it is.
   char tname[16];
-  std::snprintf(tname, sizeof tname, "hp-gp-%.9s", name);
+  std::snprintf(tname, sizeof tname, "hp-gp-%.9s", a.name);
   pthread_setname_np(pthread_self(), tname);
   std::unique_lock wl(st.mu.native());
   for (;;) {
     st.work_cv.wait(wl, [&]() HP_NO_THREAD_SAFETY_ANALYSIS {
-      return st.stop || st.worker_gen != gen || st.head != nullptr || st.poll_wanted;
+      return st.stop || st.worker_gen != a.gen || st.head != nullptr || st.poll_wanted;
     });
-    if (st.worker_gen != gen) {
-      return;  // retired by stop_idle_workers(): another worker (if any) has the queue
+    if (st.worker_gen != a.gen) {
+      return nullptr;  // retired by stop_idle_workers(): another worker (if any) has the queue
     }
     if (st.head == nullptr && !st.poll_wanted) {
-      return;  // stop requested, nothing left
+      return nullptr;  // stop requested, nothing left
     }
-    Callback* batch = st.head;
-    st.head = nullptr;
-    st.poll_wanted = false;  // the grace period below starts after every start_poll() so far
-    std::uint64_t batch_end = st.queued;
-    st.inflight = true;
-    st.inflight_end = batch_end;
-    wl.unlock();
-    sync(ctx);  // one grace period for the whole batch
-    Callback* rev = nullptr;
-    while (batch) {
-      Callback* n = batch->next;
-      batch->next = rev;
-      rev = batch;
-      batch = n;
-    }
-    std::uint64_t ran = 0;
-    while (rev) {
-      Callback* n = rev->next;
-      rev->fn(rev);
-      rev = n;
-      ran++;
-    }
-    st.invoked.fetch_add(ran, std::memory_order_relaxed);
-    wl.lock();
-    st.inflight = false;
-    st.done = batch_end;
-    st.done_cv.notify_all();
+    run_batch(st, a.ctx, a.sync, wl);
   }
 }
 
-// Starts the worker if this process has none (first use, or a fork child).
-static void ensure_worker(Deferred::State& st, void* ctx, Deferred::SyncFn sync, const char* name)
+// Starts the worker if this process has none (first use, or a fork child). False when no
+// thread could be had (no memory for its stack, a thread limit): the next request tries
+// again, and barrier() runs the batch itself.
+static bool ensure_worker(Deferred::State& st, void* ctx, Deferred::SyncFn sync, const char* name)
     HP_REQUIRES(st.mu) {
   if (st.worker_started) {
-    return;
+    return true;
   }
-  st.worker_started = true;
+  auto* args = new (std::nothrow) WorkerArgs{&st, ctx, sync, name, st.worker_gen + 1};
+  if (!args) {
+    return false;
+  }
   // The worker starts with every asynchronous signal blocked: a program's handler (a
   // process-directed SIGALRM, say) must never run on a thread of hotprobe's. The start
-  // hook opens what hotprobe needs (the engine's own signal).
-  sigset_t all, old;
-  fill_async_signals(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &old);
-  struct RestoreMask {
-    sigset_t* old;
-    ~RestoreMask() { pthread_sigmask(SIG_SETMASK, old, nullptr); }
-  } restore{&old};
-  st.worker = std::thread(&worker_main, std::ref(st), ctx, sync, name, ++st.worker_gen);
+  // hook opens what hotprobe needs (the engine's own signal). Its stack is hotprobe's
+  // size, not the program's RLIMIT_STACK.
+  if (start_own_thread(&st.worker, &worker_main, args) != 0) {
+    delete args;
+    return false;
+  }
+  st.worker_gen++;
+  st.worker_started = true;
+  return true;
 }
 
 void Deferred::call(Callback* cb) {
@@ -252,10 +280,18 @@ void Deferred::barrier() HP_NO_THREAD_SAFETY_ANALYSIS {
   if (st_->done >= target) {
     return;
   }
-  // In a fork child the worker starts here if callbacks were pending at fork().
-  ensure_worker(*st_, ctx_, sync_, name_);
-  st_->work_cv.notify_one();
-  st_->done_cv.wait(lk, [&]() HP_NO_THREAD_SAFETY_ANALYSIS { return st_->done >= target; });
+  // In a fork child the worker starts here if callbacks were pending at fork(). Without
+  // one (no thread to be had), the batches run here.
+  while (st_->done < target) {
+    if (ensure_worker(*st_, ctx_, sync_, name_)) {
+      st_->work_cv.notify_one();
+      st_->done_cv.wait(lk, [&]() HP_NO_THREAD_SAFETY_ANALYSIS { return st_->done >= target; });
+    } else if (!st_->inflight && st_->head != nullptr) {
+      run_batch(*st_, ctx_, sync_, lk);
+    } else {
+      st_->done_cv.wait(lk);
+    }
+  }
 }
 
 GpCookie Deferred::start_poll() {
@@ -275,7 +311,6 @@ GpCookie Deferred::start_poll() {
 // worker needs only its State's lock to end, never fork_list_mu().
 void stop_idle_workers() HP_NO_THREAD_SAFETY_ANALYSIS {
   MutexLock fl(fork_list_mu());
-  std::vector<std::thread> retired;
   for (Deferred::State* s = g_fork_list; s; s = s->fork_next) {
     std::unique_lock lk(s->mu.native());
     if (tls_worker_of == s) {
@@ -293,11 +328,14 @@ void stop_idle_workers() HP_NO_THREAD_SAFETY_ANALYSIS {
     }
     s->worker_gen++;
     s->worker_started = false;
-    retired.push_back(std::move(s->worker));
+    const pthread_t retired = s->worker;
+    s->worker = pthread_t{};
     s->work_cv.notify_all();
+    lk.unlock();
+    // pthread_join, not std::thread::join: an error (none is expected) must not throw
+    // into the program.
+    (void)pthread_join(retired, nullptr);
   }
-  for (auto& t : retired)
-    t.join();
 }
 
 std::uint64_t Deferred::invoked() const noexcept {

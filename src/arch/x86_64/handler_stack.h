@@ -35,16 +35,27 @@ namespace hp::arch {
 // stack (the handler stack itself, or its sigaltstack): nothing resets rsp to a top that
 // is in use. The order of the exit (rsp back before `next` is given back) keeps a signal
 // between the two instructions off the stack it is about to free.
-// Size: kHandlerStackSize plus a PROT_NONE guard page below; freed at thread exit (a
-// pthread key's destructor). The program's unwinders never see it: no code of the program
-// runs on it, and the trampoline's frame on the program's stack is gone before the
-// probed code goes on.
+// Size: kHandlerStackSize plus a PROT_NONE guard page below. The program's unwinders never
+// see it: no code of the program runs on it, and the trampoline's frame on the program's
+// stack is gone before the probed code goes on.
+//
+// Thread exit: a pthread key's destructor unmaps the stack and marks the thread exited, so
+// a later hit (glibc frees its thread state in __libc_thread_freeres, after every key
+// destructor) gets no new one: it runs where it is, where the engine's guard, set by its
+// own exit hook, makes it a counted miss. A thread whose first hit comes after the key
+// destructors gets a stack that no destructor frees: every stack is in a table with its
+// owner's tid, and an allocation takes over (reuses) a few stacks of threads that no
+// longer exist, so such stacks are bounded by the threads that make them, not by time.
 inline constexpr std::size_t kHandlerStackSize = 64 * 1024;
 struct HandlerStack {
   std::uint64_t next;        // rsp for the next switch; 0 in use or none
   std::uint64_t base;        // lowest usable byte; 0 none yet
-  std::uint32_t allocating;  // 1 while mapping it, 2 when that failed (not tried again)
+  std::uint32_t allocating;  // kStackAllocating, kStackFailed or kStackExited; 0 otherwise
+  void* slot;                // its entry in the table of stacks (handler_stack.cc)
 };
+inline constexpr std::uint32_t kStackAllocating = 1;  // being mapped
+inline constexpr std::uint32_t kStackFailed = 2;      // mapping failed: not tried again
+inline constexpr std::uint32_t kStackExited = 3;      // freed at thread exit: none again
 extern constinit thread_local HandlerStack tls_handler_stack
     __attribute__((tls_model("initial-exec")));
 // True when the calling thread is not on its handler stack and could move there: it is
