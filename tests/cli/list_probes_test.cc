@@ -172,6 +172,11 @@ TEST(ListVerbose, ParametersAsBpftraceLvPrintsThem) {
 
 // -p PID: what a running process maps. `sleep` with the USDT library preloaded.
 TEST(ListPid, UsdtProbesOfTheModulesAProcessMaps) {
+#if defined(HOTPROBE_ASAN) || defined(HOTPROBE_TSAN)
+  // The fixture library is built with the sanitizer, whose runtime refuses to be preloaded
+  // into an unsanitized `sleep`: the child dies, sometimes after the loader mapped it.
+  GTEST_SKIP() << "a sanitized fixture library cannot be preloaded into sleep(1)";
+#endif
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
