@@ -225,7 +225,6 @@ __attribute__((constructor)) void make_handler_stack_key() {
 HP_COLD HP_DISPATCH_SECTION bool allocate_handler_stack(HandlerStack& hs) {
   hs.allocating = kStackAllocating;  // a signal's hit meanwhile stays on its own stack
   const pid_t tid = current_tid();
-  reclaim_some(tid);
   Slot* sl = take_free_slot(tid);
   void* m = sl ? map_anonymous(kMapSize, MAP_NORESERVE | MAP_STACK) : MAP_FAILED;
   if (m == MAP_FAILED) {
@@ -242,6 +241,20 @@ HP_COLD HP_DISPATCH_SECTION bool allocate_handler_stack(HandlerStack& hs) {
   hs.next = hs.base + kHandlerStackSize;
   hs.allocating = 0;
   return true;
+}
+
+// The first call on a new handler stack: the scan for stacks of exited threads runs there,
+// not on the program's stack, which may be a signal handler's small sigaltstack with a
+// trap's frame already on it.
+struct FirstCall {
+  void* context;
+  void* regs;
+  std::uint64_t fn;
+};
+HP_DISPATCH_SECTION std::uint64_t first_call(void* first, void* /*unused*/) {
+  const auto* f = static_cast<const FirstCall*>(first);
+  reclaim_some(current_tid());
+  return reinterpret_cast<std::uint64_t (*)(void*, void*)>(f->fn)(f->context, f->regs);
 }
 
 }  // namespace
@@ -263,7 +276,11 @@ HandlerStackBounds handler_stack_bounds() noexcept {
 extern "C" HP_DISPATCH_SECTION std::uint64_t hp_handler_stack_call(void* context, void* regs,
                                                                    std::uint64_t fn) {
   hp::arch::HandlerStack& hs = hp::arch::tls_handler_stack;
-  if (HP_UNLIKELY(hs.base == 0 && hs.allocating == 0)) (void)hp::arch::allocate_handler_stack(hs);
+  if (HP_UNLIKELY(hs.base == 0 && hs.allocating == 0) && hp::arch::allocate_handler_stack(hs)) {
+    hp::arch::FirstCall first{context, regs, fn};
+    return hp_handler_stack_switch(
+        &first, nullptr, reinterpret_cast<std::uint64_t>(&hp::arch::first_call), &hs.next);
+  }
   if (HP_LIKELY(hs.next != 0)) return hp_handler_stack_switch(context, regs, fn, &hs.next);
   // In use (a signal's hit while the thread runs a handler: the dispatcher counts a
   // recursion miss), or no memory: here, on the current stack.
