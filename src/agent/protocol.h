@@ -28,7 +28,8 @@ enum class Msg : char {
   start = 'S',     // -> agent: StartOptions + filename + script source
   go = 'G',        // -> agent: hotprobe printed everything before 'R'; main may run
   stop = 'X',      // -> agent: stop tracing now (Ctrl-C), END, print maps, done
-  attached = 'A',  // <- agent: u32 number of uprobe/uretprobe probes attached, u32 pid
+  attached = 'A',  // <- agent: u32 probes attached (as bpftrace counts), u32 pid,
+                   //    u32 of the sites, how many are traps (int3 mode)
   error = 'E',     // <- agent: a rendered error; the agent then _exit()s
   output = 'O',    // <- agent: text for hotprobe's output, as the script formatted it
   lost = 'L',      // <- agent: u64 events that could not be delivered since the last 'L'
@@ -38,6 +39,16 @@ enum class Msg : char {
   exec = 'N',      // <- agent: u32 pid, the path it exec'd (the new image is not traced)
   never = 'P',     // <- agent: a probe's target whose module never loaded in the process
 };
+
+// What hotprobe says when `n` of a session's sites are traps (int3 mode: no 5-byte jump
+// fits there). The kernel kills a thread that blocks SIGTRAP when it runs into one.
+inline std::string trap_sites_warning(std::uint32_t n) {
+  return "hotprobe: warning: " + std::to_string(n) + " probe site" + (n == 1 ? " is" : "s are") +
+         " a trap (int3: no 5-byte jump fits there, or code jumps into its bytes); a thread "
+         "that blocks SIGTRAP (one that blocks every signal, or glibc's exiting threads) is "
+         "killed by the kernel if it runs into one: probe another instruction of the function "
+         "(uprobe:BIN:FUNC+OFFSET) if the program has such threads\n";
+}
 
 // The largest message either side sends (SOCK_SEQPACKET messages must fit the socket
 // buffer whole); output is cut into messages of at most this size.

@@ -295,6 +295,7 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   std::string attached;
   put<std::uint32_t>(attached, static_cast<std::uint32_t>(count));
   put<std::uint32_t>(attached, static_cast<std::uint32_t>(::getpid()));
+  put<std::uint32_t>(attached, self->trap_sites_);
   self->send_checked(encode(Msg::attached, attached));
 
   // BEGIN, its output, then wait until hotprobe has printed it: the program's own output
@@ -346,7 +347,11 @@ Result<void> Session::attach() {
     specs.push_back(program_->spec(i));
   tracing_.store(true, std::memory_order_relaxed);
   program_->set_active(true);
+  const std::uint64_t traps_before = engine_->stats().sites_int3;  // the process's
   auto results = engine_->attach(specs, hotprobe::BatchMode::all_or_nothing);
+  const std::uint64_t traps_after = engine_->stats().sites_int3;
+  trap_sites_ =
+      static_cast<std::uint32_t>(traps_after > traps_before ? traps_after - traps_before : 0);
   for (std::size_t i = 0; i < results.size(); ++i) {
     if (!results[i]) {
       // all_or_nothing: the first spec that failed for its own reason names the problem.

@@ -378,6 +378,9 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
                                         std::chrono::duration<double>(o.duration));
         }
         auto n = agent::get<std::uint32_t>(payload, pos).value_or(0);
+        (void)agent::get<std::uint32_t>(payload, pos);  // the pid
+        if (auto traps = agent::get<std::uint32_t>(payload, pos).value_or(0))
+          std::fputs(agent::trap_sites_warning(traps).c_str(), stderr);
         std::string line =
             format == 1
                 ? fmt::format("{{\"type\": \"attached_probes\", \"data\": {{\"probes\": {}}}}}\n",

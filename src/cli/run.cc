@@ -539,6 +539,9 @@ int run(const RunOptions& o) {
       case agent::Msg::attached: {
         attached = true;
         auto n = agent::get<std::uint32_t>(payload, pos).value_or(0);
+        (void)agent::get<std::uint32_t>(payload, pos);  // the pid
+        if (auto traps = agent::get<std::uint32_t>(payload, pos).value_or(0))
+          std::fputs(agent::trap_sites_warning(traps).c_str(), stderr);
         if (out.format == script::OutputFormat::json)
           out.text(
               fmt::format("{{\"type\": \"attached_probes\", \"data\": {{\"probes\": {}}}}}\n", n));

@@ -76,6 +76,20 @@ TEST(HotprobeRun, CountsCallsByArgument) {
   EXPECT_TRUE(contains(r.out, "@[2]: 3\n")) << r.out;
 }
 
+// A site where no jump fits is a trap per hit, which kills a thread that blocks SIGTRAP:
+// said on stderr when it is placed, and only then.
+TEST(HotprobeRun, TrapSitesAreSaid) {
+  auto r = hotprobe({"run", "-e", std::string("uprobe:") + HP_TARGET + ":hp_tiny { @ = count(); }",
+                     "--", HP_TARGET, "tiny", "5"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "@: 5\n")) << r.out;
+  EXPECT_TRUE(contains(r.err, "warning: 1 probe site is a trap (int3")) << r.err;
+  EXPECT_TRUE(contains(r.err, "blocks SIGTRAP")) << r.err;
+  r = hotprobe({"run", "-e", probe("@ = count();"), "--", HP_TARGET, "count", "3"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(contains(r.err, "trap")) << r.err;
+}
+
 TEST(HotprobeRun, PrintfOutputInOrder) {
   auto r =
       hotprobe({"run", "-e", probe("printf(\"w %d\\n\", arg0);"), "--", HP_TARGET, "count", "4"});
