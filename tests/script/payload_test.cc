@@ -2,58 +2,22 @@
 // passes terminal escapes, \r, fake "hotprobe:" lines and invalid UTF-8 to a probed
 // function; and, with --follow-forks, a child that drops privileges and writes into the
 // channel itself is marked as that child, never taken for hotprobe or PROGRAM.
-#include <fcntl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "support/run_command.h"
+
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-Result hotprobe(const std::vector<std::string>& args) {
-  const std::string base = ::testing::TempDir() + "hp_payload_" + std::to_string(::getpid());
-  const std::string out_path = base + ".out", err_path = base + ".err";
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int o = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    int e = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ::dup2(o, 1);
-    ::dup2(e, 2);
-    ::setenv("HOTPROBE_AGENT", HP_AGENT, 1);
-    std::vector<char*> argv{const_cast<char*>(HP_HOTPROBE)};
-    for (const auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(HP_HOTPROBE, argv.data());
-    ::_exit(99);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  Result r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = slurp(out_path);
-  r.err = slurp(err_path);
-  ::unlink(out_path.c_str());
-  ::unlink(err_path.c_str());
-  return r;
+// The built hotprobe with `args`, stdout and stderr captured.
+hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
+  hp::test::Command c{{HP_HOTPROBE}};
+  c.argv.insert(c.argv.end(), args.begin(), args.end());
+  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
+  return hp::test::run_command(c);
 }
 
 const std::string kScript = std::string("uprobe:") + HP_PAYLOADS +
