@@ -50,6 +50,10 @@ long attach_channel_start(const char* request) {
     ::close(fd);
     return -e;
   }
+  return start_attached_session(fd);
+}
+
+int start_attached_session(int fd) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, [] { pthread_atfork(&fork_prepare, &fork_parent, &fork_child); });
   pthread_t t;

@@ -61,4 +61,8 @@ inline std::string attach_socket_name(const std::string& name) {
 // connect() said otherwise). Nothing is left running on failure.
 long attach_channel_start(const char* request);
 
+// Runs an attached session on a thread of its own over the connected channel `fd`, which
+// it owns from here (closed on failure): 0, or a negative errno.
+int start_attached_session(int fd);
+
 }  // namespace hp::agent

@@ -140,32 +140,7 @@ extern "C" __attribute__((visibility("default"))) long hotprobe_agent_start(
     ::close(fd);
     return -e;
   }
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, [] {
-    pthread_atfork(&hp::agent::fork_prepare, &hp::agent::fork_parent, &hp::agent::fork_child);
-  });
-  pthread_t t;
-  auto* arg = new (std::nothrow) int(fd);  // never throws on the program's thread
-  if (!arg) {
-    ::close(fd);
-    return -ENOMEM;
-  }
-  int rc = hp::agent::start_agent_thread(
-      &t,
-      [](void* p) -> void* {
-        int cfd = *static_cast<int*>(p);
-        delete static_cast<int*>(p);
-        auto s = hp::agent::Session::start(cfd, /*attached=*/true);
-        (void)s;  // an error was reported to hotprobe; the process goes on untraced
-        return nullptr;
-      },
-      arg);
-  if (rc != 0) {
-    delete arg;
-    ::close(fd);
-    return -rc;
-  }
-  return 0;
+  return hp::agent::start_attached_session(fd);
 }
 
 // For `hotprobe attach`: the injector calls it with the request hotprobe wrote onto the
