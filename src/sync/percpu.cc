@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -32,18 +33,27 @@ long sys_membarrier(int cmd) {
 
 std::atomic<bool> g_membarrier_registered{false};
 
+void register_membarrier() {
+  // Registering twice is harmless (the tasks-trace domain registers too).
+  HP_CHECK_MSG(sys_membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0,
+               "membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) failed: the fast "
+               "read sides need Linux >= 4.14 with membarrier allowed (seccomp)");
+  g_membarrier_registered.store(true, std::memory_order_release);
+}
+
 }  // namespace
 
 void membarrier_all() {
-  if (!g_membarrier_registered.load(std::memory_order_acquire)) {
-    // Registering twice is harmless (the tasks-trace domain registers too).
-    HP_CHECK_MSG(sys_membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0,
-                 "membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) failed: the fast "
-                 "read sides need Linux >= 4.14 with membarrier allowed (seccomp)");
-    g_membarrier_registered.store(true, std::memory_order_release);
+  if (!g_membarrier_registered.load(std::memory_order_acquire)) register_membarrier();
+  long r = sys_membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+  if (r != 0 && errno == EPERM) {
+    // The kernel says this process is not registered although the flag says it is: seen
+    // once, in a fork child of a process under load (the flag is the parent's). Register
+    // this process, and try again.
+    register_membarrier();
+    r = sys_membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
   }
-  HP_CHECK_MSG(sys_membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0,
-               "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed");
+  HP_CHECK_MSG(r == 0, "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after registering");
 }
 
 // ---------------------------------------------------------------------------------------
