@@ -866,11 +866,31 @@ bool agent_loaded(pid_t pid) {
 
 constexpr uid_t kNobody = 65534;
 
+// The first directory above `file` that other users cannot search ("" when none): a
+// clone in a `mktemp -d` directory (mode 0700) keeps a process running as `nobody` from
+// executing the fixture or loading the agent.
+std::string unreachable_dir(std::string path) {
+  for (auto slash = path.rfind('/'); slash != std::string::npos && slash > 0;
+       slash = path.rfind('/')) {
+    path.resize(slash);
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0 || !(st.st_mode & S_IXOTH)) return path;
+  }
+  return "";
+}
+
+#define HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD()                                      \
+  for (const char* f : {HP_TARGET, HP_AGENT})                                             \
+    if (const std::string d = unreachable_dir(f); !d.empty())                             \
+  GTEST_SKIP() << d << " cannot be searched by other users (mode 0700?): the tests that " \
+               << "run a process as another user need a checkout they can reach"
+
 // Root attaches to a process of another user (nobody): the channel does not depend on
 // either side's file-system permissions; counts are exact.
 TEST(HotprobeAttachUsers, RootAttachesToAnotherUsersProcess) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
   Target t({"work", "2"}, kNobody);
   ASSERT_TRUE(t.ready());
   ASSERT_NE(read_file("/proc/" + std::to_string(t.pid()) + "/status").find("Uid:\t65534"),
@@ -896,6 +916,7 @@ TEST(HotprobeAttachUsers, RootAttachesToAnotherUsersProcess) {
 TEST(HotprobeAttachUsers, ThirdUserCannotReachTheChannel) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
   Target t({"work", "2"}, kNobody);
   ASSERT_TRUE(t.ready());
   int report[2];
@@ -962,6 +983,7 @@ TEST(HotprobeAttachUsers, ThirdUserCannotReachTheChannel) {
 TEST(HotprobeAttachUsers, RefusedAttachLeavesNoAgent) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
   Target t({"read"});
   ASSERT_TRUE(t.ready());
   {
@@ -1082,6 +1104,7 @@ TEST(HotprobeAttachSignals, KilledAttachNeverHurtsTheProcess) {
 TEST(HotprobeAttachUsers, NginxWorkersCountEveryRequest) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
   const char* nginx = "/usr/sbin/nginx";
   if (::access(nginx, X_OK) != 0) GTEST_SKIP() << "no nginx";
   // A free port.
