@@ -29,6 +29,8 @@
 #include "cli/cli.h"
 #include "cli/output_file.h"
 #include "cli/preflight.h"
+#include "elf/dwarf.h"
+#include "script/check_args.h"
 #include "script/maps.h"
 #include "script/output.h"
 #include "script/program.h"
@@ -170,6 +172,9 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
     source = ss.str();
     filename = file;
   }
+  // The parameters `args` reads and the headers #include names travel inside the text
+  // the agent compiles (script/check_args.h): the agent reads no DWARF or files.
+  source = script::with_type_facts(source, filename, &elf::dwarf_type_facts);
   if (source.size() > agent::kMaxMessage * 3) {
     std::fprintf(stderr, "hotprobe %s: the script is larger than %zu bytes\n", cmd,
                  agent::kMaxMessage * 3);

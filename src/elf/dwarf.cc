@@ -289,6 +289,40 @@ DwarfFunction describe(Dwarf_Die* fn) {
   return f;
 }
 
+// The members of struct or union `t`, offsets in bytes (bit fields: DwarfMember).
+std::vector<DwarfMember> members_of(Dwarf_Die* t) {
+  std::vector<DwarfMember> out;
+  Dwarf_Die m;
+  if (dwarf_child(t, &m) == 0) {
+    do {
+      if (dwarf_tag(&m) != DW_TAG_member) continue;
+      DwarfMember mem;
+      mem.name = die_name(&m);
+      Dwarf_Die mt;
+      if (type_of(&m, &mt)) {
+        mem.type = type_name(&mt);
+        Dwarf_Die st = strip(mt);
+        mem.size = type_size(&st);
+      }
+      Dwarf_Attribute attr;
+      Dwarf_Word v = 0;
+      if (dwarf_formudata(dwarf_attr(&m, DW_AT_data_member_location, &attr), &v) == 0)
+        mem.offset = v;
+      if (dwarf_formudata(dwarf_attr(&m, DW_AT_bit_size, &attr), &v) == 0) {
+        mem.bit_size = static_cast<std::uint32_t>(v);
+        Dwarf_Word bit = 0;
+        if (dwarf_formudata(dwarf_attr(&m, DW_AT_data_bit_offset, &attr), &bit) == 0) {
+          // DWARF 4+: bits from the start of the struct.
+          mem.offset = bit / 8;
+          mem.bit_offset = static_cast<std::uint32_t>(bit % 8);
+        }
+      }
+      out.push_back(std::move(mem));
+    } while (dwarf_siblingof(&m, &m) == 0);
+  }
+  return out;
+}
+
 bool is_definition(Dwarf_Die* die) {
   return dwarf_hasattr(die, DW_AT_low_pc) || dwarf_hasattr(die, DW_AT_ranges) ||
          dwarf_hasattr(die, DW_AT_entry_pc);
@@ -411,6 +445,164 @@ struct DwarfInfo::Impl {
   }
 };
 
+namespace {
+
+// Writes types' codes (dwarf.h, DwarfMember) and collects the records they name.
+struct Coder {
+  const DwarfInfo::Impl& impl;
+  std::vector<DwarfRecord>& records;
+  std::unordered_map<Dwarf_Off, bool> seen;  // record DIEs queued
+  std::vector<Dwarf_Off> pending;
+
+  static std::string hex(Dwarf_Off off) {
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(off));
+    return buf;
+  }
+
+  // A struct declared only here (`struct foo;`): its definition elsewhere, by name.
+  Dwarf_Die definition(Dwarf_Die t) const {
+    if (!dwarf_hasattr(&t, DW_AT_declaration)) return t;
+    const std::string n = die_name(&t);
+    Dwarf_Die def;
+    if (!n.empty() &&
+        impl.find(impl.types, (dwarf_tag(&t) == DW_TAG_union_type ? "union " : "struct ") + n,
+                  &def))
+      return def;
+    return t;
+  }
+
+  std::string code(Dwarf_Die* type, int depth = 0) {
+    if (!type) return "v";
+    Dwarf_Die t = strip(*type);
+    if (depth > 32) return "x8";
+    Dwarf_Die inner;
+    const bool has_inner = type_of(&t, &inner);
+    switch (dwarf_tag(&t)) {
+      case DW_TAG_base_type: {
+        Dwarf_Attribute attr;
+        Dwarf_Word enc = 0;
+        dwarf_formudata(dwarf_attr(&t, DW_AT_encoding, &attr), &enc);
+        const std::uint64_t size = type_size(&t);
+        if (enc == DW_ATE_float) return "f" + std::to_string(size);
+        const bool sign = enc == DW_ATE_signed || enc == DW_ATE_signed_char;
+        if (size == 1 || size == 2 || size == 4 || size == 8)
+          return (sign ? "i" : "u") + std::to_string(size);
+        return "x" + std::to_string(size);
+      }
+      case DW_TAG_enumeration_type: {
+        const std::uint64_t size = type_size(&t);
+        bool sign = false;
+        if (has_inner) {
+          Dwarf_Die base = strip(inner);
+          Dwarf_Attribute attr;
+          Dwarf_Word enc = 0;
+          dwarf_formudata(dwarf_attr(&base, DW_AT_encoding, &attr), &enc);
+          sign = enc == DW_ATE_signed || enc == DW_ATE_signed_char;
+        }
+        return (sign ? "i" : "u") + std::to_string(size ? size : 4);
+      }
+      case DW_TAG_pointer_type:
+        return "p" + code(has_inner ? &inner : nullptr, depth + 1);
+      case DW_TAG_array_type: {
+        std::vector<std::uint64_t> dims;
+        Dwarf_Die sub;
+        if (dwarf_child(&t, &sub) == 0) {
+          do {
+            if (dwarf_tag(&sub) != DW_TAG_subrange_type) continue;
+            Dwarf_Attribute attr;
+            Dwarf_Word v = 0;
+            if (dwarf_formudata(dwarf_attr(&sub, DW_AT_count, &attr), &v) == 0)
+              dims.push_back(v);
+            else if (dwarf_formudata(dwarf_attr(&sub, DW_AT_upper_bound, &attr), &v) == 0)
+              dims.push_back(v + 1);
+            else
+              dims.push_back(0);
+          } while (dwarf_siblingof(&sub, &sub) == 0);
+        }
+        std::string out;
+        for (std::uint64_t d : dims)
+          out += "a" + std::to_string(d) + ",";
+        return out + code(has_inner ? &inner : nullptr, depth + 1);
+      }
+      case DW_TAG_structure_type:
+      case DW_TAG_class_type:
+      case DW_TAG_union_type: {
+        Dwarf_Die def = definition(t);
+        const Dwarf_Off off = dwarf_dieoffset(&def);
+        if (!dwarf_hasattr(&def, DW_AT_declaration) && !seen.count(off) &&
+            seen.size() < DwarfFunction::kMaxRecords) {
+          seen.emplace(off, true);
+          pending.push_back(off);
+        }
+        return "r" + hex(off) + ";";
+      }
+      default:
+        return "x" + std::to_string(type_size(&t));
+    }
+  }
+
+  // The records queued by code(), and those their members name in turn.
+  void collect() {
+    for (std::size_t i = 0; i < pending.size(); ++i) {
+      Dwarf_Die t;
+      if (!dwarf_offdie(impl.dw, pending[i], &t)) continue;
+      DwarfRecord r;
+      r.key = hex(pending[i]);
+      const bool is_union = dwarf_tag(&t) == DW_TAG_union_type;
+      r.is_union = is_union;
+      const std::string n = die_name(&t);
+      r.name = std::string(is_union ? "union " : "struct ") + (n.empty() ? "(anonymous)" : n);
+      r.size = type_size(&t);
+      r.members = members_of(&t);
+      for (DwarfMember& m : r.members) {
+        Dwarf_Die md;
+        if (!member_die(&t, m.name, m.offset, &md)) continue;
+        Dwarf_Die mt;
+        m.code = type_of(&md, &mt) ? code(&mt) : "v";
+      }
+      records.push_back(std::move(r));
+    }
+  }
+
+  // The member DIE of `t` with this name and offset.
+  static bool member_die(Dwarf_Die* t, const std::string& name, std::uint64_t offset,
+                         Dwarf_Die* out) {
+    Dwarf_Die m;
+    if (dwarf_child(t, &m) != 0) return false;
+    do {
+      if (dwarf_tag(&m) != DW_TAG_member || die_name(&m) != name) continue;
+      if (!name.empty()) {
+        *out = m;
+        return true;
+      }
+      Dwarf_Attribute attr;
+      Dwarf_Word v = 0;
+      if (dwarf_formudata(dwarf_attr(&m, DW_AT_data_member_location, &attr), &v) == 0 &&
+          v == offset) {
+        *out = m;
+        return true;
+      }
+    } while (dwarf_siblingof(&m, &m) == 0);
+    return false;
+  }
+};
+
+// The codes of `fn`'s parameters (param_dies order, as describe() lists them) and the
+// records they reach.
+void add_codes(const DwarfInfo::Impl& impl, Dwarf_Die* die, DwarfFunction& f) {
+  Coder coder{impl, f.records, {}, {}};
+  std::size_t i = 0;
+  for (Dwarf_Die& pd : param_dies(die)) {
+    if (i >= f.params.size()) break;
+    Dwarf_Die t;
+    f.params[i++].code = type_of(&pd, &t) ? coder.code(&t) : "v";
+  }
+  coder.collect();
+}
+
+}  // namespace
+
 DwarfInfo::DwarfInfo(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DwarfInfo::~DwarfInfo() = default;
 
@@ -449,7 +641,9 @@ Result<DwarfFunction> DwarfInfo::function(std::string_view name) const {
                                       std::string(name) +
                                       "' (it may be inlined everywhere, or built without -g)");
   }
-  return describe(&die);
+  DwarfFunction f = describe(&die);
+  add_codes(*impl_, &die, f);
+  return f;
 }
 
 Result<DwarfFunction> DwarfInfo::function_at(std::uint64_t pc) const {
@@ -472,7 +666,11 @@ Result<DwarfFunction> DwarfInfo::function_at(std::uint64_t pc) const {
           return static_cast<int>(DWARF_CB_OK);
         },
         &ctx, 0);
-    if (ctx.ok) return describe(&ctx.found);
+    if (ctx.ok) {
+      DwarfFunction f = describe(&ctx.found);
+      add_codes(*impl_, &ctx.found, f);
+      return f;
+    }
   }
   char buf[24];
   std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(pc));
@@ -506,34 +704,7 @@ Result<DwarfStruct> DwarfInfo::struct_type(std::string_view name) const {
   DwarfStruct s;
   s.name = type_name(&t);
   s.size = type_size(&t);
-  Dwarf_Die m;
-  if (dwarf_child(&t, &m) == 0) {
-    do {
-      if (dwarf_tag(&m) != DW_TAG_member) continue;
-      DwarfMember mem;
-      mem.name = die_name(&m);
-      Dwarf_Die mt;
-      if (type_of(&m, &mt)) {
-        mem.type = type_name(&mt);
-        Dwarf_Die st = strip(mt);
-        mem.size = type_size(&st);
-      }
-      Dwarf_Attribute attr;
-      Dwarf_Word v = 0;
-      if (dwarf_formudata(dwarf_attr(&m, DW_AT_data_member_location, &attr), &v) == 0)
-        mem.offset = v;
-      if (dwarf_formudata(dwarf_attr(&m, DW_AT_bit_size, &attr), &v) == 0) {
-        mem.bit_size = static_cast<std::uint32_t>(v);
-        Dwarf_Word bit = 0;
-        if (dwarf_formudata(dwarf_attr(&m, DW_AT_data_bit_offset, &attr), &bit) == 0) {
-          // DWARF 4+: bits from the start of the struct.
-          mem.offset = bit / 8;
-          mem.bit_offset = static_cast<std::uint32_t>(bit % 8);
-        }
-      }
-      s.members.push_back(std::move(mem));
-    } while (dwarf_siblingof(&m, &m) == 0);
-  }
+  s.members = members_of(&t);
   return s;
 }
 
@@ -541,6 +712,79 @@ std::string format_params(const DwarfFunction& fn) {
   std::string out;
   for (const DwarfParam& p : fn.params)
     out += "    " + p.type + " " + p.name + "\n";
+  return out;
+}
+
+}  // namespace hp::elf
+
+namespace hp::elf {
+
+namespace {
+
+// `code` with every record key "r<hex>;" prefixed with "<id>:".
+std::string prefix_keys(const std::string& code, const std::string& id) {
+  std::string out;
+  for (char c : code) {
+    out += c;
+    if (c == 'r') out += id + ":";
+  }
+  return out;
+}
+
+std::string no_tabs(std::string s) {
+  for (char& c : s)
+    if (c == '\t' || c == '\n') c = ' ';
+  return s;
+}
+
+}  // namespace
+
+std::string dwarf_type_facts(const std::string& module, const std::string& pattern, int id) {
+  const std::string head = no_tabs(module) + "\t" + no_tabs(pattern) + "\t";
+  auto error = [&](const std::string& why) { return "E\t" + head + no_tabs(why) + "\n"; };
+  auto dw = DwarfInfo::open(module);
+  if (!dw) {
+    if (dw.error().code() == Errc::not_found &&
+        dw.error().message().find("DWARF") != std::string::npos)
+      return error(module +
+                   " has no DWARF: build with -g, or install its -dbg/-dbgsym package; "
+                   "hotprobe list -v shows what is there");
+    return error("cannot read the debug info of '" + module +
+                 "' for args: " + dw.error().message() + " (args needs the probed file's path)");
+  }
+  std::vector<std::string> names;
+  if (pattern.find_first_of("*?[") != std::string::npos)
+    names = (*dw)->function_names(pattern);
+  else
+    names.push_back(pattern);
+  if (names.empty())
+    return error("no function of " + module + "'s debug info matches '" + pattern + "'");
+  const std::string key = std::to_string(id);
+  std::string out;
+  for (const std::string& n : names) {
+    auto fn = (*dw)->function(n);
+    if (!fn) return error(fn.error().message());
+    out += "F\t" + head + n + "\n";
+    for (const DwarfParam& p : fn->params) {
+      int pos = -1, pos2 = -1;
+      for (std::size_t i = 0; i < kArgRegs.size(); ++i) {
+        if (p.location.kind == ArgLocation::Kind::reg && p.location.reg == kArgRegs[i])
+          pos = static_cast<int>(i);
+        if (p.location.kind == ArgLocation::Kind::reg && p.location.reg2 == kArgRegs[i])
+          pos2 = static_cast<int>(i);
+      }
+      out += "P\t" + no_tabs(p.name) + "\t" + std::to_string(pos) + "\t" + std::to_string(pos2) +
+             "\t" + no_tabs(p.location.where) + "\t" + prefix_keys(p.code, key) + "\n";
+    }
+    for (const DwarfRecord& r : fn->records) {
+      out += "R\t" + key + ":" + r.key + "\t" + no_tabs(r.name) + "\t" + std::to_string(r.size) +
+             "\t" + (r.is_union ? "1" : "0") + "\n";
+      for (const DwarfMember& m : r.members)
+        out += "M\t" + no_tabs(m.name) + "\t" + std::to_string(m.offset) + "\t" +
+               std::to_string(m.bit_offset) + "\t" + std::to_string(m.bit_size) + "\t" +
+               prefix_keys(m.code, key) + "\n";
+    }
+  }
   return out;
 }
 

@@ -36,9 +36,20 @@
 
 namespace hp::elf {
 
+// A type's code: its C layout, typedefs and qualifiers resolved, as the script layer reads
+// it (src/script/check_args.h) for uprobe `args`:
+//   i1 i2 i4 i8 / u1 u2 u4 u8   signed / unsigned integer of that many bytes (bool, char,
+//                               enums included)
+//   f4 f8 f16                   floating point
+//   v                           void
+//   p<code>                     pointer to <code>
+//   a<N>,<code>                 array of N (0: flexible or unknown) <code>
+//   r<hex>;                     the struct or union DwarfFunction::records keys "<hex>"
+//   x<size>                     anything else (function, reference...): `size` opaque bytes
 struct DwarfMember {
   std::string name;  // empty for an anonymous struct or union member
   std::string type;
+  std::string code;          // the type's code (above)
   std::uint64_t offset = 0;  // bytes from the start of the struct
   std::uint64_t size = 0;
   std::uint32_t bit_offset = 0;  // bitfields: first bit within the bytes at `offset`
@@ -68,6 +79,7 @@ struct ArgLocation {
 struct DwarfParam {
   std::string name;  // empty when the declaration names none
   std::string type;  // as bpftrace writes it
+  std::string code;  // the type's code (DwarfMember)
   std::uint64_t size = 0;
   // The struct or union the type is or points to ("struct hp_point" for both
   // `struct hp_point` and `struct hp_point*`), for DwarfInfo::struct_type; empty if none.
@@ -77,11 +89,25 @@ struct DwarfParam {
   ArgLocation location;
 };
 
+// A struct or union a parameter's type reaches, keyed as codes name it ("r<key>;").
+struct DwarfRecord {
+  std::string key;   // hex DIE offset of its definition
+  std::string name;  // "struct foo", "union bar", "struct (anonymous)"
+  bool is_union = false;
+  std::uint64_t size = 0;
+  std::vector<DwarfMember> members;  // with codes; bit fields as DwarfMember says
+};
+
 struct DwarfFunction {
   std::string name;
   std::uint64_t low_pc = 0;  // link-time address of its first instruction
   std::string return_type;   // "void" when none
   std::vector<DwarfParam> params;
+  // Every struct and union the parameters' codes name, and those their members' codes
+  // name in turn, up to kMaxRecords (past it, a code names a record not listed: scripts
+  // see it as incomplete).
+  std::vector<DwarfRecord> records;
+  static constexpr std::size_t kMaxRecords = 512;
 };
 
 class DwarfInfo {
@@ -107,13 +133,29 @@ class DwarfInfo {
   // a typedef of one is followed.
   Result<DwarfStruct> struct_type(std::string_view name) const;
 
+  struct Impl;  // dwarf.cc's
+
  private:
-  struct Impl;
   explicit DwarfInfo(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 
 // `bpftrace -lv`'s lines for the function's parameters: "    TYPE NAME" each.
 std::string format_params(const DwarfFunction& fn);
+
+}  // namespace hp::elf
+
+namespace hp::elf {
+
+// What uprobe `args` needs from the DWARF of the file `module` (a path, as a probe writes
+// it) for the functions matching `pattern` (a name or an fnmatch glob), as the lines
+// src/script/check_args.h reads, each ending in '\n', fields separated by tabs:
+//   F MODULE PATTERN FUNCTION                  a function, then its parameters:
+//   P NAME POS POS2 WHERE CODE                 POS: 0..5 for rdi..r9, -1 elsewhere
+//   R KEY NAME SIZE IS_UNION                   a record its codes name, then its members:
+//   M NAME OFFSET BIT_OFFSET BIT_SIZE CODE
+//   E MODULE PATTERN MESSAGE                   no facts: why, and what would help
+// Record keys are prefixed with `id` ("3:1a2b") so that facts of several files can meet.
+std::string dwarf_type_facts(const std::string& module, const std::string& pattern, int id);
 
 }  // namespace hp::elf

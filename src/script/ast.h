@@ -297,6 +297,7 @@ struct Program {
   std::vector<Action> actions;
   std::vector<MapInfo> maps;  // [check]; id == index, in order of first appearance
   TypeTable types;            // the script's struct/union/enum definitions and every type named
+  TypeFacts facts;            // DWARF parameters and included headers (script/check_args.h)
   // config = { ... } (docs/design/script-language.md, "config"): the settings honoured.
   bool print_maps_on_exit = true;
 };

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <string>
 
+#include "script/check_args.h"
 #include "script/check_pass.h"
 #include "script/parser.h"
 
@@ -97,6 +98,12 @@ Value Checker::deref(Expr& e) {
 }
 
 Value Checker::field(Expr& e) {
+  // args.NAME (and args.S.FIELD of a struct S in registers) becomes a register read.
+  const Expr& b = *e.args[0];
+  if (is_args(b) || (b.kind == Expr::Kind::field && is_args(*b.args[0]))) {
+    if (!rewrite_args_field(program_, diags_, *action_, e)) return Value::bad();
+    if (e.kind != Expr::Kind::field) return expr_inner(e, Context::value);
+  }
   Value base = expr(*e.args[0], Context::value);
   if (base.error) return base;
   const ast::TypeTable& T = program_.types;
@@ -305,6 +312,12 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
     case Expr::Kind::string:
       return Value::string(static_cast<std::uint32_t>(e.text.size() + 1));
     case Expr::Kind::builtin:
+      if (is_args(e)) {
+        error(e.loc,
+              "args is the record of the probed function's parameters: read one of them "
+              "(args.NAME or args->NAME)");
+        return Value::bad();
+      }
       return builtin(e);
     case Expr::Kind::variable:
       return variable(e);

@@ -52,6 +52,29 @@ struct Record {
   std::uint32_t align = 1;
 };
 
+// What the hotprobe command learned from a probed file's DWARF for uprobe `args`, and the
+// C headers a script includes (script/check_args.h): read from the text after the
+// script's kTypeFactsMarker line, the same in the command and in the agent.
+struct ArgParam {
+  std::string name;
+  int type = -1;       // TypeTable type
+  int position = -1;   // arg0..arg5 register; -1: elsewhere (`where`)
+  int position2 = -1;  // the second register of a struct in two, -1 otherwise
+  std::string where;   // "rdi", "rsi+rdx", "rsp+8", "xmm0"
+};
+struct ArgFunction {
+  std::string module;   // as the probe writes it
+  std::string pattern;  // the probe's function (or glob)
+  std::string name;     // the function it names
+  std::vector<ArgParam> params;
+};
+struct TypeFacts {
+  std::vector<ArgFunction> functions;
+  std::map<std::string, std::string> errors;        // module + '\t' + pattern -> why none
+  std::map<std::string, std::string> headers;       // "<x.h>" or "\"x.h\"" -> its text
+  std::map<std::string, std::string> header_paths;  // same keys -> the file read
+};
+
 struct TypeTable {
   std::vector<CType> types;
   std::vector<Record> records;

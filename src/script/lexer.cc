@@ -214,6 +214,23 @@ Token Lexer::probe_text() {
   return t;
 }
 
+Token Lexer::rest_of_line() {
+  while (at() == ' ' || at() == '\t')
+    advance();
+  const std::size_t start = pos_;
+  const int line = line_, column = column_;
+  while (pos_ < src_.size() && at() != '\n' && !(at() == '/' && (at(1) == '/' || at(1) == '*')))
+    advance();
+  std::size_t end = pos_;
+  while (end > start && (src_[end - 1] == ' ' || src_[end - 1] == '\t' || src_[end - 1] == '\r'))
+    --end;
+  Token t;
+  t.kind = Tok::probe;
+  t.loc = loc_from(start, line, column);
+  t.text = std::string(src_.substr(start, end - start));
+  return t;
+}
+
 std::string_view Lexer::peek_word() {
   skip_blanks();
   if (at() == '#') return src_.substr(pos_, 1);

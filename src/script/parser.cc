@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <string>
 #include <utility>
 
+#include "script/check_args.h"
 #include "script/lexer.h"
 
 namespace hotprobe::script {
@@ -46,8 +49,9 @@ bool parse_uint(std::string_view s, std::uint64_t& out) {
 
 class Parser {
  public:
-  Parser(std::string_view src, Diagnostics& diags, ast::TypeTable& types)
-      : lex_(src, diags), diags_(diags), types_(types) {}
+  Parser(std::string_view src, Diagnostics& diags, ast::TypeTable& types,
+         const ast::TypeFacts& facts)
+      : lex_(src, diags), diags_(diags), types_(types), facts_(facts) {}
 
   void program(ast::Program& out);
 
@@ -151,8 +155,12 @@ class Parser {
     throw SyntaxError{};
   }
 
-  // `#include`, `#define`...: a C preprocessor line. hotprobe reads no headers.
-  [[noreturn, gnu::noinline, gnu::cold]] void preprocessor_line();
+  // `#include`, `#define`...: a C preprocessor line (parse_ctypes.inc).
+  [[gnu::noinline]] void preprocessor_line();
+  // The declarations of header `spelled` (#include's "x.h" or <x.h>), written at `at`.
+  [[gnu::noinline]] void include(const std::string& spelled, Loc at);
+  // A header's text: declarations and preprocessor lines only.
+  void header();
 
   static bool is_base_word(std::string_view w);
   static bool is_qualifier(std::string_view w) {
@@ -206,6 +214,8 @@ class Parser {
   Lexer lex_;
   Diagnostics& diags_;
   ast::TypeTable& types_;
+  const ast::TypeFacts& facts_;  // the headers #include reads
+  int include_depth_ = 0;
   bool in_predicate_ = false;
   int depth_ = 0;    // parentheses and brackets open
   int nesting_ = 0;  // Nest levels open (kMaxNesting)
@@ -619,8 +629,14 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
   ast::Program program;
   program.filename = std::string(filename);
   program.source = std::string(src);
-  Parser parser(program.source, diags, program.types);
+  const std::string_view script = script_part(program.source);  // the rest: type facts
+  const std::string_view facts =
+      std::string_view(program.source)
+          .substr(std::min(program.source.size(), script.size() + kTypeFactsMarker.size()));
+  load_type_facts(facts, FactsPart::headers, program);
+  Parser parser(script, diags, program.types, program.facts);
   parser.program(program);
+  load_type_facts(facts, FactsPart::types, program);  // after the script's own structs
   return program;
 }
 
