@@ -541,3 +541,182 @@ bool rewrite_args_field(ast::Program& program, Diagnostics& diags, const ast::Ac
 
 }  // namespace checking
 }  // namespace hotprobe::script
+
+namespace hotprobe::script::checking {
+
+namespace {
+
+ast::ExprPtr clone(const Expr& e) {
+  auto c = std::make_unique<Expr>();
+  c->kind = e.kind;
+  c->loc = e.loc;
+  c->value = e.value;
+  c->text = e.text;
+  c->name = e.name;
+  c->builtin = e.builtin;
+  c->unary = e.unary;
+  c->binary = e.binary;
+  c->func = e.func;
+  c->increment = e.increment;
+  c->prefix = e.prefix;
+  c->format = e.format;
+  c->height = e.height;
+  c->cast_type = e.cast_type;
+  c->arrow = e.arrow;
+  c->type = e.type;
+  c->str_size = e.str_size;
+  c->map_id = e.map_id;
+  c->slot = e.slot;
+  c->ctype = e.ctype;
+  for (const ast::ExprPtr& a : e.args)
+    c->args.push_back(a ? clone(*a) : nullptr);
+  return c;
+}
+
+bool has_effects(const Expr& e) {
+  if (e.kind == Expr::Kind::call || e.kind == Expr::Kind::incdec) return true;
+  return std::any_of(e.args.begin(), e.args.end(),
+                     [](const ast::ExprPtr& a) { return a && has_effects(*a); });
+}
+
+// The printf format and values that print a record as bpftrace prints it.
+struct RecordPrinter {
+  const ast::TypeTable& T;
+  const Expr& base;
+  std::string format;
+  std::vector<ast::ExprPtr> values;
+  std::size_t max_values;
+
+  struct Step {
+    std::string field;  // empty: index
+    std::int64_t index = 0;
+  };
+
+  ast::ExprPtr leaf(const std::vector<Step>& path) const {
+    ast::ExprPtr e = clone(base);
+    for (const Step& s : path) {
+      ast::ExprPtr n = std::make_unique<Expr>();
+      n->loc = base.loc;
+      if (s.field.empty()) {
+        n->kind = Expr::Kind::index;
+        ast::ExprPtr i = std::make_unique<Expr>();
+        i->kind = Expr::Kind::integer;
+        i->loc = base.loc;
+        i->value = s.index;
+        n->height = e->height + 1;
+        n->args.push_back(std::move(e));
+        n->args.push_back(std::move(i));
+      } else {
+        n->kind = Expr::Kind::field;
+        n->name = s.field;
+        n->height = e->height + 1;
+        n->args.push_back(std::move(e));
+      }
+      e = std::move(n);
+    }
+    return e;
+  }
+
+  void put(const char* conv, std::vector<Step>& path) {
+    format += conv;
+    values.push_back(leaf(path));
+  }
+
+  // False when it needs more than max_values values.
+  bool value(int t, std::vector<Step>& path, int depth) {
+    if (values.size() > max_values || depth > 8) return false;
+    const CType& c = T.at(t);
+    switch (c.kind) {
+      case CType::Kind::integer:
+        put(c.is_signed ? "%ld" : "%lu", path);
+        return true;
+      case CType::Kind::pointer:
+        put("%lu", path);
+        return true;
+      case CType::Kind::array: {
+        const CType& in = T.at(c.inner);
+        if (in.kind == CType::Kind::integer && in.size == 1) {
+          put("%s", path);
+          return true;
+        }
+        format += "[";
+        for (std::uint32_t i = 0; i < c.count; ++i) {
+          if (i) format += ",";
+          path.push_back(Step{"", i});
+          const bool ok = value(c.inner, path, depth + 1);
+          path.pop_back();
+          if (!ok) return false;
+        }
+        format += "]";
+        return true;
+      }
+      case CType::Kind::record: {
+        format += "{ ";
+        bool first = true;
+        if (!fields(c.record, path, depth, first)) return false;
+        format += first ? "}" : " }";
+        return true;
+      }
+      case CType::Kind::void_:
+        return true;
+    }
+    return true;
+  }
+
+  // The fields of record `rec`, those of anonymous members in line.
+  bool fields(int rec, std::vector<Step>& path, int depth, bool& first) {
+    for (const ast::Field& f : T.records[static_cast<std::size_t>(rec)].fields) {
+      if (f.name.empty()) {
+        if (T.at(f.type).kind == CType::Kind::record &&
+            !fields(T.at(f.type).record, path, depth + 1, first))
+          return false;
+        continue;
+      }
+      format += first ? "." : ", .";
+      first = false;
+      format += f.name + " = ";
+      path.push_back(Step{f.name, 0});
+      const bool ok = value(f.type, path, depth + 1);
+      path.pop_back();
+      if (!ok) return false;
+    }
+    return true;
+  }
+};
+
+}  // namespace
+
+bool rewrite_print_record(ast::Program& program, Diagnostics& diags, Expr& call, int type) {
+  Expr& arg = *call.args[0];
+  if (has_effects(arg)) {
+    diags.error(arg.loc,
+                "print() of a struct reads its argument once per field: write it without calls "
+                "or ++/-- (assign the pointer to a $variable first)");
+    return false;
+  }
+  RecordPrinter p{program.types, arg, {}, {}, ast::kMaxPrintfArgs - 1};
+  std::vector<RecordPrinter::Step> path;
+  if (!p.value(type, path, 0)) {
+    diags.error(arg.loc, "print() of '" + program.types.name(type) + "': it has more than " +
+                             std::to_string(ast::kMaxPrintfArgs - 1) +
+                             " values (fields and array elements) or is nested more than 8 "
+                             "deep; print its parts");
+    return false;
+  }
+  ast::ExprPtr fmt = std::make_unique<Expr>();
+  fmt->kind = Expr::Kind::string;
+  fmt->loc = arg.loc;
+  fmt->text = p.format + "\n";
+  int height = 1;
+  call.args.clear();
+  call.args.push_back(std::move(fmt));
+  for (ast::ExprPtr& v : p.values) {
+    height = std::max(height, v->height);
+    call.args.push_back(std::move(v));
+  }
+  call.name = "printf";
+  call.height = height + 1;
+  return true;
+}
+
+}  // namespace hotprobe::script::checking
