@@ -172,12 +172,20 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
     source = ss.str();
     filename = file;
   }
+  if (source.size() > agent::kMaxMessage * 3) {
+    std::fprintf(stderr, "hotprobe %s: the script is larger than %zu bytes\n", cmd,
+                 agent::kMaxMessage * 3);
+    return false;
+  }
   // The parameters `args` reads and the headers #include names travel inside the text
   // the agent compiles (script/check_args.h): the agent reads no DWARF or files.
   source = script::with_type_facts(source, filename, &elf::dwarf_type_facts);
   if (source.size() > agent::kMaxMessage * 3) {
-    std::fprintf(stderr, "hotprobe %s: the script is larger than %zu bytes\n", cmd,
-                 agent::kMaxMessage * 3);
+    std::fprintf(stderr,
+                 "hotprobe %s: the script with the types of its headers and of the functions "
+                 "whose args it reads is larger than %zu bytes: include less, or read "
+                 "fewer functions' args\n",
+                 cmd, agent::kMaxMessage * 3);
     return false;
   }
   copts.filename = filename;
