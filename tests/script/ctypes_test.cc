@@ -254,9 +254,8 @@ TEST(ScriptCTypes, ReadsAcrossBlocksAndAtAPagesEnd) {
 
 TEST(ScriptCTypes, ParseErrorsNameTheWayOut) {
   EXPECT_EQ(first_line("#include <linux/sched.h>\nBEGIN { }"),
-            "stdin:1:1-9: ERROR: preprocessor lines ('#include') are not supported: hotprobe "
-            "reads no C headers; define the structs the script uses in the script itself "
-            "(struct foo { int a; };)");
+            "stdin:1:1-25: ERROR: #include <linux/sched.h>: headers are read by the hotprobe "
+            "command (hotprobe run, hotprobe attach), which passes them on with the script");
   EXPECT_EQ(first_line("struct a { float f; };"),
             "stdin:1:12-17: ERROR: floating-point types are not supported (bpftrace has none "
             "either)");
@@ -285,8 +284,8 @@ TEST(ScriptCTypes, CheckErrorsNameTheWayOut) {
             "dereferencing it first, or using '->'");
   EXPECT_EQ(first_line(defs + "uprobe:libc:f { print(((struct s *)arg0)->b); }"),
             "stdin:2:23-44: ERROR: 'struct s' has no field named 'b'");
-  EXPECT_EQ(first_line(defs + "uprobe:libc:f { print(*(struct s *)arg0); }"),
-            "stdin:2:23-40: ERROR: 'struct s' cannot be used as a value: read one of its "
+  EXPECT_EQ(first_line(defs + "uprobe:libc:f { @v = *(struct s *)arg0; }"),
+            "stdin:2:22-39: ERROR: 'struct s' cannot be used as a value: read one of its "
             "fields (.name)");
   EXPECT_EQ(first_line("uprobe:libc:f { print(((struct t *)arg0)->a); }"),
             "stdin:1:23-44: ERROR: 'struct t' is incomplete: define it in the script (struct "
