@@ -363,6 +363,7 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   auto start_msg = decode_start(std::string_view(msg).substr(1));
   if (!start_msg) return Error(Errc::invalid_argument, "hotprobe agent: malformed start message");
   s->follow_forks_ = start_msg->options.follow_forks != 0;
+  s->follow_child_execs_ = s->follow_forks_ && env_value(kEnvFollowChildExecs) != nullptr;
   if (!attached_session) {
     s->start_message_ = msg;
     s->agent_path_ = own_path();
@@ -818,7 +819,8 @@ char** Session::prepare_exec(int dirfd, const char* path, char** envp) noexcept 
   // here), or a vfork child (posix_spawn, a shell running a command), which runs on this
   // session's memory with descriptors of its own.
   const bool vfork_child = !in_own_process();
-  if ((vfork_child && !follow_forks_) || finished()) return nullptr;
+  if ((vfork_child || forked_child_) && !follow_child_execs_) return nullptr;
+  if (finished()) return nullptr;
   if (!reporter_running_.load(std::memory_order_acquire) || start_message_.empty()) return nullptr;
   OwnWork own;
   // 4: claimed by this thread while it fills the request in (another thread's exec at the
@@ -908,6 +910,7 @@ void Session::exec_handover() {
   exec_env_.push_back(std::string(kEnvFd) + "=" + std::to_string(fd_));
   exec_env_.push_back(std::string(kEnvExecStart) + "=" + std::to_string(exec_start_fd_));
   if (exec_child_) exec_env_.push_back(std::string(kEnvExecChild) + "=1");
+  if (follow_child_execs_) exec_env_.push_back(std::string(kEnvFollowChildExecs) + "=1");
   if (exec_region_fd_ >= 0)
     exec_env_.push_back(std::string(script::SharedRegion::kEnvFd) + "=" +
                         std::to_string(exec_region_fd_));

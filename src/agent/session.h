@@ -78,8 +78,8 @@ class Session final : public hotprobe::script::Sink {
   // execveat's; AT_FDCWD for execve): the reporter sends what is buffered and the targets
   // placed so far, and makes the environment under which the new image's agent takes the
   // session over. That environment; `envp` itself when the exec will fail (a path that
-  // cannot be exec'd: execvp trying PATH); null when this exec is not followed (a child's
-  // without --follow-forks, no reporter): then note_exec.
+  // cannot be exec'd: execvp trying PATH); null when this exec is not followed (a child's,
+  // unless follow_child_execs_; no reporter): then note_exec.
   char** prepare_exec(int dirfd, const char* path, char** envp) noexcept;
   bool finished() const noexcept { return finished_.load(std::memory_order_acquire); }
   // Actions of this session run (false: fork child not followed, or after finish).
@@ -140,6 +140,9 @@ class Session final : public hotprobe::script::Sink {
   ino_t chan_ino_ = 0;
   bool channel_lost_ = false;
   bool follow_forks_ = false;
+  // --follow-forks and $HOTPROBE_FOLLOW_CHILD_EXECS: a followed child's exec is followed
+  // too (off by default for now: docs/design/agent.md, "Exec").
+  bool follow_child_execs_ = false;
   bool attached_ = false;      // hotprobe attach: detach everything and free at the end
   bool forked_child_ = false;  // a --follow-forks child's copy of the session
   char exec_path_[4096] = {};  // note_exec: what the process is about to exec

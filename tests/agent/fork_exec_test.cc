@@ -23,12 +23,13 @@ using hp::agent_test::run_command;
 using hp::agent_test::RunResult;
 
 RunResult hotprobe_run(const std::vector<std::string>& opts, const std::string& script,
-                       const std::vector<std::string>& command) {
+                       const std::vector<std::string>& command,
+                       const std::vector<std::string>& env = {}) {
   std::vector<std::string> args{HP_HOTPROBE, "run"};
   args.insert(args.end(), opts.begin(), opts.end());
   args.insert(args.end(), {"-e", script, "--"});
   args.insert(args.end(), command.begin(), command.end());
-  return run_command(args, {}, std::chrono::seconds(60));
+  return run_command(args, env, std::chrono::seconds(60));
 }
 
 std::string probe_on(const std::string& binary) {
@@ -140,13 +141,20 @@ TEST(ForkExec, AnExecWithoutLdPreloadIsTracedToo) {
 }
 
 // A vfork child that exec's (posix_spawn, a shell running a command) is a child: followed
-// with --follow-forks, its maps merged into the program's.
-TEST(ForkExec, AVforkChildsExecIsFollowedWithFollowForks) {
+// with --follow-forks and HOTPROBE_FOLLOW_CHILD_EXECS=1, its maps merged into the
+// program's; not followed without that variable (a followed child's exec then ends its
+// tracing) nor without --follow-forks.
+TEST(ForkExec, AVforkChildsExecIsFollowedWhenChildExecsAreFollowed) {
   if (skip_fork_follow()) GTEST_SKIP() << "TSan: no thread after a multi-threaded fork";
-  auto r = hotprobe_run({"--follow-forks"}, chain_script(), {HP_EXEC_CHAIN, "-v", "5", "7", "11"});
+  auto r = hotprobe_run({"--follow-forks"}, chain_script(), {HP_EXEC_CHAIN, "-v", "5", "7", "11"},
+                        {"HOTPROBE_FOLLOW_CHILD_EXECS=1"});
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(map_value(r.out, "m"), 5 + 7 + 11) << r.out;
   EXPECT_EQ(count_of(r.out, "@m: "), 1) << r.out;
+  auto by_default =
+      hotprobe_run({"--follow-forks"}, chain_script(), {HP_EXEC_CHAIN, "-v", "5", "7"});
+  ASSERT_EQ(by_default.status, 0) << by_default.err;
+  EXPECT_EQ(map_value(by_default.out, "m"), 5) << by_default.out;
   auto without = hotprobe_run({}, chain_script(), {HP_EXEC_CHAIN, "-v", "5", "7"});
   ASSERT_EQ(without.status, 0) << without.err;
   EXPECT_EQ(map_value(without.out, "m"), 5) << without.out;
