@@ -103,6 +103,15 @@ __attribute__((constructor)) void agent_preload_init() {
     if (e_end && *e_end == '\0' && v >= 0 && v < 1 << 20) exec_start_fd = static_cast<int>(v);
     env_remove(kEnvExecStart);
   }
+  // LD_PRELOAD as hotprobe set it, without the program's own part: what an exec'd image
+  // needs first in its LD_PRELOAD (a sanitizer-built agent's runtime, then the agent).
+  if (const char* all = env_value("LD_PRELOAD")) {
+    std::string_view preload = all;
+    const char* user = env_value(kEnvSavedPreload);
+    if (user && *user && preload.ends_with(std::string(":") + user))
+      preload.remove_suffix(std::strlen(user) + 1);
+    set_agent_preload(preload);
+  }
   restore_environment();
   if (!end || *end != '\0' || fd < 3 || fd > 1 << 20) die("HOTPROBE_AGENT_FD is not a descriptor");
   int ifd = static_cast<int>(fd);

@@ -182,6 +182,14 @@ void env_set(const char* name, const char* value) {
   environ = grown;
 }
 
+namespace {
+std::string* g_agent_preload = nullptr;  // set once, before any session starts
+}  // namespace
+
+void set_agent_preload(std::string_view preload) {
+  if (!g_agent_preload) g_agent_preload = new std::string(preload);
+}
+
 void register_session(Session* s) {
   std::scoped_lock lock(g_sessions_mu);
   g_sessions.push_back(s);
@@ -903,8 +911,9 @@ void Session::exec_handover() {
     if (entry.starts_with("HOTPROBE_")) continue;
     exec_env_.emplace_back(entry);
   }
-  exec_env_.push_back("LD_PRELOAD=" + agent_path_ +
-                      (user_preload.empty() ? "" : ":" + user_preload));
+  const std::string& agent =
+      g_agent_preload && !g_agent_preload->empty() ? *g_agent_preload : agent_path_;
+  exec_env_.push_back("LD_PRELOAD=" + agent + (user_preload.empty() ? "" : ":" + user_preload));
   if (!user_preload.empty())
     exec_env_.push_back(std::string(kEnvSavedPreload) + "=" + user_preload);
   exec_env_.push_back(std::string(kEnvFd) + "=" + std::to_string(fd_));

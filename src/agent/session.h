@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/map_data.h"
@@ -215,6 +216,10 @@ const char* env_value(const char* name) noexcept;
 void env_remove(const char* name) noexcept;
 // `name` set to `value`: the entry replaced in place, or appended (environ reallocated).
 void env_set(const char* name, const char* value);
+
+// The agent's own part of LD_PRELOAD in this image (preload.cc), for the images the
+// program exec's; the agent's path alone when not set.
+void set_agent_preload(std::string_view preload);
 
 // Sessions alive in this process (the fork handlers walk them).
 void register_session(Session* s);
