@@ -13,7 +13,6 @@
 
 namespace {
 
-using hp::agent_test::bpftrace_counts;
 using hp::agent_test::bpftrace_usable;
 using hp::agent_test::map_value;
 using hp::agent_test::run_command;
@@ -67,17 +66,8 @@ TEST(Dlopen, RepeatedLoadsWithAThreadMallocingMeanwhileCountExactly) {
 TEST(Dlopen, AllMallocsAndFreesEqualBpftrace) {
   if (sanitized()) GTEST_SKIP() << "a sanitizer runtime in the program makes calls of its own";
   if (std::string why = bpftrace_usable(); !why.empty()) GTEST_SKIP() << why;
-  const std::vector<std::string> fns{"malloc", "free"};
-  const std::vector<std::string> command{HP_DLOPEN_CTOR, HP_DL_CTOR_LIB, "3", "0"};
-  auto want = bpftrace_counts(fns, command);
-  ASSERT_TRUE(want.has_value()) << "bpftrace did not run";
-  auto r = hotprobe_run(
-      "uprobe:libc:malloc { @malloc = count(); } "
-      "uprobe:libc:free { @free = count(); }",
-      command);
-  ASSERT_EQ(r.status, 0) << r.err;
-  for (const auto& f : fns)
-    EXPECT_EQ(map_value(r.out, f), (*want)[f]) << f << "\n" << r.out;
+  hp::agent_test::expect_counts_equal_bpftrace(HP_HOTPROBE, {"malloc", "free"},
+                                               {HP_DLOPEN_CTOR, HP_DL_CTOR_LIB, "3", "0"});
 }
 
 }  // namespace

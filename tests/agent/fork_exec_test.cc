@@ -165,17 +165,8 @@ TEST(ForkExec, AVforkChildsExecIsFollowedWhenChildExecsAreFollowed) {
 TEST(ForkExec, CountsAcrossExecsEqualBpftrace) {
   if (std::strlen(HP_SANITIZE) != 0) GTEST_SKIP() << "a sanitizer runtime makes calls of its own";
   if (std::string why = hp::agent_test::bpftrace_usable(); !why.empty()) GTEST_SKIP() << why;
-  const std::vector<std::string> fns{"malloc", "free"};
-  const std::vector<std::string> command{HP_EXEC_CHAIN, "5", "7", "11"};
-  auto want = hp::agent_test::bpftrace_counts(fns, command);
-  ASSERT_TRUE(want.has_value()) << "bpftrace did not run";
-  auto r = hotprobe_run({},
-                        "uprobe:libc:malloc { @malloc = count(); } "
-                        "uprobe:libc:free { @free = count(); }",
-                        command);
-  ASSERT_EQ(r.status, 0) << r.err;
-  for (const auto& f : fns)
-    EXPECT_EQ(map_value(r.out, f), (*want)[f]) << f << "\n" << r.out;
+  hp::agent_test::expect_counts_equal_bpftrace(HP_HOTPROBE, {"malloc", "free"},
+                                               {HP_EXEC_CHAIN, "5", "7", "11"});
 }
 
 // The exec'd image's environment has no variable of hotprobe's and no LD_PRELOAD of its.
