@@ -678,14 +678,13 @@ void Session::do_finish(Reason reason) {
   }
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
-  if (!attached_) {
-    // Probes that never found their binary (a wrapper ran, not the program), and an exec:
-    // hotprobe says both at the end, so that an empty output is never a silent one.
-    if (!forked_child_)
-      for (const auto& t : never_placed())
-        send_checked(encode(Msg::never, t));
-    if (exec_path_[0]) send_checked(encode(Msg::exec, pid + exec_path_));
-  }
+  // Probes that never found their binary (a wrapper ran, not the program), and an exec
+  // that is not followed (an attached process's: the new image has no agent): hotprobe
+  // says both at the end, so that an empty output is never a silent one.
+  if (!attached_ && !forked_child_)
+    for (const auto& t : never_placed())
+      send_checked(encode(Msg::never, t));
+  if (exec_path_[0]) send_checked(encode(Msg::exec, pid + exec_path_));
   if (attached_) {
     // hotprobe attach: the report is out (an exit hook waiting for it inside its handler
     // may go on, so that the detach below does not wait for it), then every probe is
