@@ -118,6 +118,12 @@ __attribute__((constructor)) void agent_preload_init() {
   ::fcntl(ifd, F_SETFD, FD_CLOEXEC);  // programs this one execs do not inherit the channel
   pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
   auto s = Session::start(ifd, false, exec_start_fd);
+  if (!s && exec_start_fd >= 0) {
+    // An exec'd image: the program has been running since hotprobe started it, and goes on,
+    // untraced; hotprobe prints the error ('E'), or says that this image never resumed.
+    remove_hotprobe_variables();
+    return;
+  }
   if (!s) {
     // The error went to hotprobe ('E') when the channel works; stderr otherwise.
     if (s.error().code() == hotprobe::Errc::timed_out ||
