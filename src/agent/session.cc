@@ -830,10 +830,11 @@ char** Session::prepare_exec(int dirfd, const char* path, char** envp) noexcept 
   if (finished()) return nullptr;
   if (!reporter_running_.load(std::memory_order_acquire) || start_message_.empty()) return nullptr;
   OwnWork own;
-  // 4: claimed by this thread while it fills the request in (another thread's exec at the
-  // same moment: not followed, and said).
+  // 4: claimed by this thread while it fills the request in. Another thread's exec at the
+  // same moment goes ahead unchanged: the kernel lets one exec of the process win and
+  // ends the other threads, so the session is the winner's to hand over.
   std::uint32_t state = exec_word_.load(std::memory_order_acquire);
-  if (state == 1 || state == 4 || !exec_word_.compare_exchange_strong(state, 4)) return nullptr;
+  if (state == 1 || state == 4 || !exec_word_.compare_exchange_strong(state, 4)) return envp;
   // The start message for the new image, in a memfd of this process (a vfork child's
   // descriptors are its own: the reporter's process could not give it one).
   const int start_fd = static_cast<int>(::syscall(SYS_memfd_create, "hotprobe-start", 0));
