@@ -109,6 +109,14 @@ TEST(RealPrograms, PythonImportingExtensionModules) {
   compare_with_bpftrace({"/usr/bin/python3", g_script}, {"PYTHONHASHSEED=0"}, &write_import_script);
 }
 
+// The same through env(1), which exec's python3: the counts of both images, in one set of
+// maps (docs/design/agent.md, "Exec").
+TEST(RealPrograms, PythonExecdByEnv) {
+  g_script = temp_dir("pyexec") + "/imports.py";
+  compare_with_bpftrace({"/usr/bin/env", "/usr/bin/python3", g_script}, {"PYTHONHASHSEED=0"},
+                        &write_import_script);
+}
+
 TEST(RealPrograms, Perl) {
   compare_with_bpftrace({"/usr/bin/perl", "-e", "print(join(q(,),sort(map{$_*3}1..500)))"});
 }
