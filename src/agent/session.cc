@@ -587,7 +587,12 @@ void Session::reporter_main() {
     // descriptor, which the program could close and reuse.
     pollfd p{fd_, POLLIN, 0};
     const bool have_channel = channel_ok();
-    int n = ::poll(&p, have_channel ? 1 : 0, timeout);
+    // An exec handed over (exec_word_ 2): a stop that arrives now is the new image's to
+    // read, not this one's, which is about to be replaced (an exec that failed after all
+    // frees the channel again after a second).
+    const bool handing_over =
+        exec_word_.load(std::memory_order_acquire) == 2 && now - handover_ns_ < 1'000'000'000ull;
+    int n = ::poll(&p, have_channel && !handing_over ? 1 : 0, timeout);
     if (n > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))) {
       int r = channel_ok() ? recv_message(fd_, msg, MSG_DONTWAIT) : -1;
       if (r == 0 || (r < 0 && errno != EAGAIN)) {
@@ -885,7 +890,8 @@ void Session::exec_handover() {
     exec_word_.compare_exchange_strong(expected, 3);
     futex_wake_all(exec_word_);
   };
-  if (agent_path_.empty() || !channel_ok()) return fail();
+  // A stop already asked for: the session ends here (the exec is said, not followed).
+  if (agent_path_.empty() || !channel_ok() || requested_.load() != 0) return fail();
   // A --follow-forks child's counts so far go to hotprobe now (merged there), and its new
   // image counts from zero; the program's stay in the run's region, which its new image
   // takes over.
@@ -941,6 +947,7 @@ void Session::exec_handover() {
     payload.push_back('\0');
   }
   if (!send_checked(encode(Msg::followed, payload))) return fail();
+  handover_ns_ = now_ns();
   std::uint32_t expected = 1;
   exec_word_.compare_exchange_strong(expected, 2);
   futex_wake_all(exec_word_);

@@ -158,10 +158,11 @@ class Session final : public hotprobe::script::Sink {
   bool resumed_ = false;  // this image took the session over from the one that exec'd
   std::atomic<std::uint32_t> exec_word_{0};
   char** exec_envp_in_ = nullptr;
-  int exec_start_fd_ = -1;   // the memfd of the exec'ing thread's process
-  int exec_region_fd_ = -1;  // the run's region, passed on (not to a child's new image)
-  pid_t exec_pid_ = 0;       // the process that exec's
-  bool exec_child_ = false;  // it is a followed child: its new image is a child's too
+  int exec_start_fd_ = -1;         // the memfd of the exec'ing thread's process
+  int exec_region_fd_ = -1;        // the run's region, passed on (not to a child's new image)
+  pid_t exec_pid_ = 0;             // the process that exec's
+  bool exec_child_ = false;        // it is a followed child: its new image is a child's too
+  std::uint64_t handover_ns_ = 0;  // reporter: when the last hand-over was ready
   std::vector<std::string> exec_env_;
   std::vector<char*> exec_envp_;
   std::string source_, filename_;
