@@ -66,13 +66,13 @@ void install_sigint() {
 // settings: HOTPROBE_SIGNAL, HOTPROBE_DEBUG, ...) go once the session has started and
 // they have been read (remove_hotprobe_variables).
 void restore_environment() {
-  ::unsetenv(kEnvFd);
-  if (const char* saved = std::getenv(kEnvSavedPreload)) {
+  env_remove(kEnvFd);
+  if (const char* saved = env_value(kEnvSavedPreload)) {
     std::string v = saved;
-    ::unsetenv(kEnvSavedPreload);
-    ::setenv("LD_PRELOAD", v.c_str(), 1);
+    env_remove(kEnvSavedPreload);
+    env_set("LD_PRELOAD", v.c_str());
   } else {
-    ::unsetenv("LD_PRELOAD");
+    env_remove("LD_PRELOAD");
   }
 }
 
@@ -85,22 +85,45 @@ void remove_hotprobe_variables() {
     if (entry.starts_with(kPrefix)) names.emplace_back(entry.substr(0, entry.find('=')));
   }
   for (const auto& n : names)
-    ::unsetenv(n.c_str());
+    env_remove(n.c_str());
 }
 
 __attribute__((constructor)) void agent_preload_init() {
-  const char* fd_text = std::getenv(kEnvFd);
+  const char* fd_text = env_value(kEnvFd);
   if (!fd_text) return;  // loaded without hotprobe run: nothing to do
   // hotprobe's own work on the program's main thread, before main: no probe counts it.
   hp::core::OwnWork own;
   char* end = nullptr;
   long fd = std::strtol(fd_text, &end, 10);
+  // An exec'd image of the program: the image before handed the session over.
+  int exec_start_fd = -1;
+  if (const char* e = env_value(kEnvExecStart)) {
+    char* e_end = nullptr;
+    const long v = std::strtol(e, &e_end, 10);
+    if (e_end && *e_end == '\0' && v >= 0 && v < 1 << 20) exec_start_fd = static_cast<int>(v);
+    env_remove(kEnvExecStart);
+  }
+  // LD_PRELOAD as hotprobe set it, without the program's own part: what an exec'd image
+  // needs first in its LD_PRELOAD (a sanitizer-built agent's runtime, then the agent).
+  if (const char* all = env_value("LD_PRELOAD")) {
+    std::string_view preload = all;
+    const char* user = env_value(kEnvSavedPreload);
+    if (user && *user && preload.ends_with(std::string(":") + user))
+      preload.remove_suffix(std::strlen(user) + 1);
+    set_agent_preload(preload);
+  }
   restore_environment();
   if (!end || *end != '\0' || fd < 3 || fd > 1 << 20) die("HOTPROBE_AGENT_FD is not a descriptor");
   int ifd = static_cast<int>(fd);
   ::fcntl(ifd, F_SETFD, FD_CLOEXEC);  // programs this one execs do not inherit the channel
   pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
-  auto s = Session::start(ifd);
+  auto s = Session::start(ifd, false, exec_start_fd);
+  if (!s && exec_start_fd >= 0) {
+    // An exec'd image: the program has been running since hotprobe started it, and goes on,
+    // untraced; hotprobe prints the error ('E'), or says that this image never resumed.
+    remove_hotprobe_variables();
+    return;
+  }
   if (!s) {
     // The error went to hotprobe ('E') when the channel works; stderr otherwise.
     if (s.error().code() == hotprobe::Errc::timed_out ||

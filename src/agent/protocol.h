@@ -38,6 +38,11 @@ enum class Msg : char {
   maps = 'M',      // <- agent: a followed child's maps as data (agent/map_data.h)
   exec = 'N',      // <- agent: u32 pid, the path it exec'd (the new image is not traced)
   never = 'P',     // <- agent: a probe's target whose module never loaded in the process
+  // <- agent: u32 pid, u32 length + the path the program is about to exec, then the
+  //    targets whose probes were placed in the image it leaves (NUL-terminated each): the
+  //    new image's agent takes the session over (docs/design/agent.md, "Exec")
+  followed = 'F',
+  resumed = 'U',  // <- agent: u32 pid; the exec'd image's agent traces on, maps and all
 };
 
 // What hotprobe says when `n` of a session's sites are traps (int3 mode: no 5-byte jump
@@ -55,6 +60,15 @@ inline std::string trap_sites_warning(std::uint32_t n) {
 inline constexpr std::size_t kMaxMessage = 64 * 1024;
 // The environment variables hotprobe sets for the preloaded agent (which removes them).
 inline constexpr const char* kEnvFd = "HOTPROBE_AGENT_FD";
+// Set by the agent for the image the program exec's: a memfd holding the start message,
+// which that image's agent reads instead of waiting for hotprobe's.
+inline constexpr const char* kEnvExecStart = "HOTPROBE_EXEC_START_FD";
+// Set with it when the exec'ing process is a followed child: the new image is one too
+// (its maps its own, sent as data at its end).
+inline constexpr const char* kEnvExecChild = "HOTPROBE_EXEC_CHILD";
+// With --follow-forks, set by the user: the execs of followed children (fork and vfork
+// children: a shell's commands) are followed as well; their new images count as children.
+inline constexpr const char* kEnvFollowChildExecs = "HOTPROBE_FOLLOW_CHILD_EXECS";
 // The user's own LD_PRELOAD, to put back (absent: LD_PRELOAD was not set).
 inline constexpr const char* kEnvSavedPreload = "HOTPROBE_SAVED_LD_PRELOAD";
 

@@ -1,6 +1,7 @@
 #include "agent/session.h"
 #include "base/signals.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <link.h>
 #include <linux/futex.h>
@@ -27,6 +28,8 @@
 #include "script/diag.h"
 #include "script/maps.h"
 #include "sync/deferred.h"
+
+extern char** environ;
 
 namespace hp::agent {
 
@@ -136,6 +139,57 @@ int start_agent_thread(pthread_t* thread, void* (*entry)(void*), void* arg) {
   return rc;
 }
 
+namespace {
+bool env_entry_is(const char* entry, const char* name, std::size_t n) noexcept {
+  return std::strncmp(entry, name, n) == 0 && entry[n] == '=';
+}
+}  // namespace
+
+const char* env_value(const char* name) noexcept {
+  const std::size_t n = std::strlen(name);
+  for (char** e = environ; e && *e; ++e)
+    if (env_entry_is(*e, name, n)) return *e + n + 1;
+  return nullptr;
+}
+
+void env_remove(const char* name) noexcept {
+  if (!environ) return;
+  const std::size_t n = std::strlen(name);
+  char** out = environ;
+  for (char** e = environ; *e; ++e)
+    if (!env_entry_is(*e, name, n)) *out++ = *e;
+  *out = nullptr;
+}
+
+void env_set(const char* name, const char* value) {
+  // Never freed: the program may keep the pointer (getenv) for as long as it runs.
+  char* entry = ::strdup((std::string(name) + "=" + value).c_str());
+  if (!entry) return;
+  const std::size_t n = std::strlen(name);
+  std::size_t count = 0;
+  for (char** e = environ; e && *e; ++e, ++count) {
+    if (env_entry_is(*e, name, n)) {
+      *e = entry;
+      return;
+    }
+  }
+  // Appended: a new array (the old one may be the initial one, on the stack), never freed.
+  auto** grown = static_cast<char**>(std::calloc(count + 2, sizeof(char*)));
+  if (!grown) return;
+  for (std::size_t i = 0; i < count; ++i)
+    grown[i] = environ[i];
+  grown[count] = entry;
+  environ = grown;
+}
+
+namespace {
+std::string* g_agent_preload = nullptr;  // set once, before any session starts
+}  // namespace
+
+void set_agent_preload(std::string_view preload) {
+  if (!g_agent_preload) g_agent_preload = new std::string(preload);
+}
+
 void register_session(Session* s) {
   std::scoped_lock lock(g_sessions_mu);
   g_sessions.push_back(s);
@@ -172,16 +226,63 @@ void exit_hook(Hit& h) {
   if (!s->in_own_process()) return;  // a vfork child's _exit: the parent traces on
   s->finish(Session::Reason::exiting, std::chrono::seconds(10));
 }
-// execve(path, ...) and execveat(dirfd, path, ...): the report names what is exec'd.
+// execve(path, argv, envp) and execveat(dirfd, path, argv, envp, flags): the new image is
+// followed (its environment replaced by one that starts the agent there), or, when it
+// cannot be, the report names what is exec'd.
 void execve_hook(Hit& h) {
-  static_cast<Session*>(h.cookie)->note_exec(reinterpret_cast<const char*>(h.regs->arg(0)));
+  auto* s = static_cast<Session*>(h.cookie);
+  const auto* path = reinterpret_cast<const char*>(h.regs->arg(0));
+  auto* envp = reinterpret_cast<char**>(h.regs->arg(2));
+  if (char** env = s->prepare_exec(AT_FDCWD, path, envp); !env)
+    s->note_exec(path);
+  else if (env != envp)
+    h.regs->rdx = reinterpret_cast<std::uint64_t>(env);
 }
 void execveat_hook(Hit& h) {
-  static_cast<Session*>(h.cookie)->note_exec(reinterpret_cast<const char*>(h.regs->arg(1)));
+  auto* s = static_cast<Session*>(h.cookie);
+  const auto* path = reinterpret_cast<const char*>(h.regs->arg(1));
+  auto* envp = reinterpret_cast<char**>(h.regs->arg(3));
+  if (char** env = s->prepare_exec(static_cast<int>(h.regs->arg(0)), path, envp); !env)
+    s->note_exec(path);
+  else if (env != envp)
+    h.regs->rcx = reinterpret_cast<std::uint64_t>(env);
+}
+
+// The path of the agent's own file (for the LD_PRELOAD of an exec'd image).
+std::string own_path() {
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<void*>(&execve_hook), &info) == 0 || !info.dli_fname) return {};
+  char real[PATH_MAX];
+  return ::realpath(info.dli_fname, real) ? std::string(real) : std::string(info.dli_fname);
+}
+
+// A descriptor number from the environment variable `name` (removed), or -1.
+int fd_from_env(const char* name) {
+  const char* v = env_value(name);
+  if (!v) return -1;
+  char* end = nullptr;
+  const long fd = std::strtol(v, &end, 10);
+  const bool ok = end != v && *end == '\0' && fd >= 0 && fd <= INT32_MAX;
+  return ok ? static_cast<int>(fd) : -1;
+}
+
+// The whole content of descriptor `fd`, which is closed.
+std::string read_all_and_close(int fd) {
+  std::string out;
+  char buf[4096];
+  ::lseek(fd, 0, SEEK_SET);
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return out;
 }
 }  // namespace
 
-Result<Session*> Session::start(int fd, bool attached_session) {
+Result<Session*> Session::start(int fd, bool attached_session, int exec_start_fd) {
   // Everything below is hotprobe's own work on the calling thread (the program's main
   // thread, in the preload constructor; the attach thread, which is hotprobe's for the
   // rest of its life): no probe hit runs a handler, so `uprobe:libc:malloc` does not
@@ -200,7 +301,7 @@ Result<Session*> Session::start(int fd, bool attached_session) {
   std::unique_ptr<Session> s;
   Session* self = nullptr;
   try {
-    return start_here(s, self, fd, attached_session);
+    return start_here(s, self, fd, attached_session, exec_start_fd);
   } catch (const std::exception& e) {
     const std::string why = std::string("hotprobe agent: ") + e.what() +
                             " in the traced process (out of memory or of mappings); the "
@@ -223,7 +324,7 @@ Result<Session*> Session::start(int fd, bool attached_session) {
 }
 
 Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self, int fd,
-                                     bool attached_session) {
+                                     bool attached_session, int exec_start_fd) {
   s.reset(new Session());
   fd = move_channel_high(fd);
   s->fd_ = fd;
@@ -234,17 +335,31 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
     return Error(Errc::io_error, "hotprobe agent: the channel to hotprobe is not a socket");
   s->chan_dev_ = st.st_dev;
   s->chan_ino_ = st.st_ino;
-  // Wait for the start message (hotprobe sends it right after fork).
   pollfd p{fd, POLLIN, 0};
-  if (::poll(&p, 1, 30000) != 1)
-    return Error(Errc::timed_out, "hotprobe agent: no start message from hotprobe within 30 s");
   std::string msg;
-  // hotprobe attach passes the session's map region with the start message.
   int region_fd = -1;
-  const int got =
-      attached_session ? recv_message_with_fd(fd, msg, &region_fd) : recv_message(fd, msg);
+  int got = 1;
+  if (exec_start_fd >= 0) {
+    // An exec'd image: the start message from the image before, the maps where it left
+    // them (the run's region, taken over below).
+    s->resumed_ = true;
+    s->forked_child_ = env_value(kEnvExecChild) != nullptr;
+    env_remove(kEnvExecChild);
+    msg = read_all_and_close(exec_start_fd);
+    region_fd = fd_from_env(script::SharedRegion::kEnvFd);
+    env_remove(script::SharedRegion::kEnvFd);
+  } else {
+    // Wait for the start message (hotprobe sends it right after fork).
+    if (::poll(&p, 1, 30000) != 1)
+      return Error(Errc::timed_out, "hotprobe agent: no start message from hotprobe within 30 s");
+    // hotprobe attach passes the session's map region with the start message.
+    got = attached_session ? recv_message_with_fd(fd, msg, &region_fd) : recv_message(fd, msg);
+    if (!attached_session) s->run_region_fd_ = fd_from_env(script::SharedRegion::kEnvFd);
+  }
   std::unique_ptr<script::SharedRegion> region;
-  if (region_fd >= 0) {
+  if (region_fd >= 0 && s->resumed_) {
+    region = script::SharedRegion::open(region_fd, nullptr);  // keeps the descriptor
+  } else if (region_fd >= 0) {
     region = script::SharedRegion::open(region_fd, nullptr);
     if (region)
       region->close_fd();  // the mapping stays; the program finds no descriptor of ours
@@ -256,6 +371,11 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   auto start_msg = decode_start(std::string_view(msg).substr(1));
   if (!start_msg) return Error(Errc::invalid_argument, "hotprobe agent: malformed start message");
   s->follow_forks_ = start_msg->options.follow_forks != 0;
+  s->follow_child_execs_ = s->follow_forks_ && env_value(kEnvFollowChildExecs) != nullptr;
+  if (!attached_session) {
+    s->start_message_ = msg;
+    s->agent_path_ = own_path();
+  }
 
   script::CompileOptions copts;
   copts.filename = start_msg->filename;
@@ -267,17 +387,31 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   // them however the process ends (script-runtime.md). One compile at a time: the region
   // reaches the compile's MapSet through a process-wide hand-over.
   std::unique_lock compile_lock(g_compile_mu);
-  if (!attached_session)
+  // An exec'd image takes over the maps the image before left in the run's region: its
+  // counts add to theirs.
+  if (s->resumed_ && region)
+    script::SharedRegion::use_next(region.get(), true, script::source_hash(start_msg->source));
+  else if (!attached_session)
     script::adopt_shared_maps(start_msg->source);
   else if (region)
     script::SharedRegion::use_next(region.get(), false, script::source_hash(start_msg->source));
   auto prog = compile_open(start_msg->source, copts);
+  const std::string reopen_error =
+      s->resumed_ && region ? script::SharedRegion::reopen_error() : "";
   script::SharedRegion::use_next(nullptr, false, 0);  // taken, or left by a failed compile
   compile_lock.unlock();
   s->region_ = std::move(region);
   if (!prog) {
     s->send_text_checked(Msg::error, prog.error().message());
     return prog.error();
+  }
+  if (!reopen_error.empty()) {
+    const std::string why =
+        "hotprobe agent: the exec'd image cannot take over the maps of the "
+        "image before: " +
+        reopen_error;
+    s->send_text_checked(Msg::error, why);
+    return Error(Errc::invalid_argument, why);
   }
   s->program_ = std::move(*prog);
   s->program_->bind(s.get());
@@ -288,6 +422,17 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   self = s.release();
   register_session(self);
 
+  if (self->resumed_) {
+    // BEGIN ran in the first image, and hotprobe said what was attached then. Intervals run
+    // in the program only.
+    if (self->forked_child_) self->intervals_.clear();
+    std::string pid;
+    put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
+    self->send_checked(encode(Msg::resumed, pid));
+    if (!self->start_reporter())
+      return Error(Errc::io_error, "hotprobe agent: cannot start the reporter thread");
+    return self;
+  }
   // Probes as bpftrace counts them: every matched site, and BEGIN, END, intervals.
   std::size_t count = self->handles_.size();
   for (const auto& p : self->program_->probes())
@@ -442,7 +587,12 @@ void Session::reporter_main() {
     // descriptor, which the program could close and reuse.
     pollfd p{fd_, POLLIN, 0};
     const bool have_channel = channel_ok();
-    int n = ::poll(&p, have_channel ? 1 : 0, timeout);
+    // An exec handed over (exec_word_ 2): a stop that arrives now is the new image's to
+    // read, not this one's, which is about to be replaced (an exec that failed after all
+    // frees the channel again after a second).
+    const bool handing_over =
+        exec_word_.load(std::memory_order_acquire) == 2 && now - handover_ns_ < 1'000'000'000ull;
+    int n = ::poll(&p, have_channel && !handing_over ? 1 : 0, timeout);
     if (n > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))) {
       int r = channel_ok() ? recv_message(fd_, msg, MSG_DONTWAIT) : -1;
       if (r == 0 || (r < 0 && errno != EAGAIN)) {
@@ -458,6 +608,7 @@ void Session::reporter_main() {
       int none = 0;
       requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::stop));
     }
+    if (exec_word_.load(std::memory_order_acquire) == 1) exec_handover();
     if (int req = requested_.load(); req != 0) {
       do_finish(static_cast<Reason>(req - 1));
       if (attached_) {
@@ -513,9 +664,9 @@ void Session::do_finish(Reason reason) {
   // too and hotprobe prints both, exactly once whatever happens next. Otherwise they go
   // over the channel. (An attached session's maps are in its own region, never in a run's.)
   // A followed child's maps go as data: hotprobe merges them with PROGRAM's into one print.
-  const bool shared_maps =
-      !forked_child_ && (attached_ ? region_ && script::hand_over_end_output(*region_, out_)
-                                   : script::hand_over_end_output(out_));
+  const bool shared_maps = !forked_child_ && (region_ ? script::hand_over_end_output(*region_, out_)
+                                              : attached_ ? false
+                                                          : script::hand_over_end_output(out_));
   if (forked_child_ && !attached_) {  // hotprobe run merges them (attach follows no fork)
     drain_and_send();
     for (const auto& m : encode_map_data(*program_->runtime().maps))
@@ -525,21 +676,20 @@ void Session::do_finish(Reason reason) {
   }
   drain_and_send();
   if (!shared_maps && !forked_child_) {
-    if (!attached_)
-      script::set_shared_maps_phase(script::region::kMapsPrinted);
-    else if (region_)
+    if (region_)
       script::set_maps_phase(*region_, script::region::kMapsPrinted);
+    else if (!attached_)
+      script::set_shared_maps_phase(script::region::kMapsPrinted);
   }
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
-  if (!attached_) {
-    // Probes that never found their binary (a wrapper ran, not the program), and an exec:
-    // hotprobe says both at the end, so that an empty output is never a silent one.
-    if (!forked_child_)
-      for (const auto& t : never_placed())
-        send_checked(encode(Msg::never, t));
-    if (exec_path_[0]) send_checked(encode(Msg::exec, pid + exec_path_));
-  }
+  // Probes that never found their binary (a wrapper ran, not the program), and an exec
+  // that is not followed (an attached process's: the new image has no agent): hotprobe
+  // says both at the end, so that an empty output is never a silent one.
+  if (!attached_ && !forked_child_)
+    for (const auto& t : never_placed())
+      send_checked(encode(Msg::never, t));
+  if (exec_path_[0]) send_checked(encode(Msg::exec, pid + exec_path_));
   if (attached_) {
     // hotprobe attach: the report is out (an exit hook waiting for it inside its handler
     // may go on, so that the detach below does not wait for it), then every probe is
@@ -668,6 +818,141 @@ void Session::note_exec(const char* path) noexcept {
   finish(Reason::exiting, std::chrono::seconds(10));
 }
 
+char** Session::prepare_exec(int dirfd, const char* path, char** envp) noexcept {
+  if (attached_ || !path) return nullptr;
+  // A path that cannot be exec'd (execvp trying each PATH entry): execve fails and this
+  // image goes on, traced; `envp` back, unchanged. The system call: a probe on access
+  // must not see the check.
+  const int flags = path[0] == '\0' ? AT_EMPTY_PATH : 0;
+  if (::syscall(SYS_faccessat2, dirfd, path, X_OK, flags) != 0 &&
+      !(errno == ENOSYS && ::syscall(SYS_faccessat, dirfd, path, X_OK) == 0))
+    return envp;
+  // The program's exec, or a followed child's: a --follow-forks child (its own session
+  // here), or a vfork child (posix_spawn, a shell running a command), which runs on this
+  // session's memory with descriptors of its own.
+  const bool vfork_child = !in_own_process();
+  if ((vfork_child || forked_child_) && !follow_child_execs_) return nullptr;
+  if (finished()) return nullptr;
+  if (!reporter_running_.load(std::memory_order_acquire) || start_message_.empty()) return nullptr;
+  OwnWork own;
+  // 4: claimed by this thread while it fills the request in. Another thread's exec at the
+  // same moment goes ahead unchanged: the kernel lets one exec of the process win and
+  // ends the other threads, so the session is the winner's to hand over.
+  std::uint32_t state = exec_word_.load(std::memory_order_acquire);
+  if (state == 1 || state == 4 || !exec_word_.compare_exchange_strong(state, 4)) return envp;
+  // The start message for the new image, in a memfd of this process (a vfork child's
+  // descriptors are its own: the reporter's process could not give it one).
+  const int start_fd = static_cast<int>(::syscall(SYS_memfd_create, "hotprobe-start", 0));
+  bool ok = start_fd >= 0;
+  for (std::size_t off = 0; ok && off < start_message_.size();) {
+    const ssize_t n = ::write(start_fd, start_message_.data() + off, start_message_.size() - off);
+    ok = n > 0;
+    off += ok ? static_cast<std::size_t>(n) : 0;
+  }
+  if (!ok) {
+    if (start_fd >= 0) ::close(start_fd);
+    exec_word_.store(0, std::memory_order_release);
+    return nullptr;
+  }
+  std::size_t i = 0;
+  for (; i + 1 < sizeof exec_path_ && path[i]; ++i)
+    exec_path_[i] = path[i];
+  exec_path_[i] = '\0';
+  exec_envp_in_ = envp;
+  exec_start_fd_ = start_fd;
+  exec_pid_ = static_cast<pid_t>(::syscall(SYS_getpid));
+  exec_child_ = vfork_child || forked_child_;
+  exec_word_.store(1, std::memory_order_release);
+  const std::uint64_t deadline = now_ns() + 10'000'000'000ull;
+  while (exec_word_.load(std::memory_order_acquire) == 1) {
+    const std::uint64_t now = now_ns();
+    if (now >= deadline) break;
+    futex_wait(exec_word_, 1, static_cast<int>((deadline - now) / 1000000) + 1);
+  }
+  std::uint32_t expected = 1;
+  const bool late = exec_word_.compare_exchange_strong(expected, 3);  // the reporter is late
+  if (late || expected != 2) {
+    ::close(start_fd);
+    exec_path_[0] = '\0';
+    return nullptr;
+  }
+  // Inherited by the new image (and, should the exec fail after all, left open in this one).
+  ::fcntl(fd_, F_SETFD, 0);
+  if (!exec_child_ && exec_region_fd_ >= 0) ::fcntl(exec_region_fd_, F_SETFD, 0);
+  exec_path_[0] = '\0';  // followed: the final report does not name it
+  return exec_envp_.data();
+}
+
+void Session::exec_handover() {
+  drain_and_send();
+  auto fail = [&] {
+    std::uint32_t expected = 1;
+    exec_word_.compare_exchange_strong(expected, 3);
+    futex_wake_all(exec_word_);
+  };
+  // A stop already asked for: the session ends here (the exec is said, not followed).
+  if (agent_path_.empty() || !channel_ok() || requested_.load() != 0) return fail();
+  // A --follow-forks child's counts so far go to hotprobe now (merged there), and its new
+  // image counts from zero; the program's stay in the run's region, which its new image
+  // takes over.
+  exec_region_fd_ = exec_child_ ? -1 : region_ ? region_->fd() : run_region_fd_;
+  const bool vfork_child = exec_pid_ != pid_;  // its counts are in this session's maps
+  if (!vfork_child && exec_region_fd_ < 0) {
+    for (const auto& m : encode_map_data(*program_->runtime().maps))
+      send_checked(encode(Msg::maps, m));
+    program_->reset_maps();
+  }
+  // The environment the program passed, without hotprobe's variables; the agent first in
+  // LD_PRELOAD (the program's own preload after it, and back in the program's environment
+  // once the agent has started there), even when the program cleared LD_PRELOAD or passed
+  // an empty environment: the exec'd image is the program, traced as bpftrace traces it.
+  std::string user_preload;
+  exec_env_.clear();
+  for (char** e = exec_envp_in_; e && *e; ++e) {
+    std::string_view entry = *e;
+    if (entry.starts_with("LD_PRELOAD=")) {
+      user_preload = entry.substr(11);
+      continue;
+    }
+    if (entry.starts_with("HOTPROBE_")) continue;
+    exec_env_.emplace_back(entry);
+  }
+  const std::string& agent =
+      g_agent_preload && !g_agent_preload->empty() ? *g_agent_preload : agent_path_;
+  exec_env_.push_back("LD_PRELOAD=" + agent + (user_preload.empty() ? "" : ":" + user_preload));
+  if (!user_preload.empty())
+    exec_env_.push_back(std::string(kEnvSavedPreload) + "=" + user_preload);
+  exec_env_.push_back(std::string(kEnvFd) + "=" + std::to_string(fd_));
+  exec_env_.push_back(std::string(kEnvExecStart) + "=" + std::to_string(exec_start_fd_));
+  if (exec_child_) exec_env_.push_back(std::string(kEnvExecChild) + "=1");
+  if (follow_child_execs_) exec_env_.push_back(std::string(kEnvFollowChildExecs) + "=1");
+  if (exec_region_fd_ >= 0)
+    exec_env_.push_back(std::string(script::SharedRegion::kEnvFd) + "=" +
+                        std::to_string(exec_region_fd_));
+  exec_envp_.clear();
+  for (auto& e : exec_env_)
+    exec_envp_.push_back(e.data());
+  exec_envp_.push_back(nullptr);
+  // What this image placed: hotprobe does not say at the end that they never attached.
+  std::string payload;
+  put<std::uint32_t>(payload, static_cast<std::uint32_t>(exec_pid_));
+  const std::string_view path = exec_path_;
+  put<std::uint32_t>(payload, static_cast<std::uint32_t>(path.size()));
+  payload.append(path);
+  const std::vector<std::string> never = never_placed();
+  for (const auto& p : program_->probes()) {
+    if (p.kind != script::Probe::Kind::uprobe && p.kind != script::Probe::Kind::uretprobe) continue;
+    if (std::find(never.begin(), never.end(), p.target) != never.end()) continue;
+    payload.append(p.target);
+    payload.push_back('\0');
+  }
+  if (!send_checked(encode(Msg::followed, payload))) return fail();
+  handover_ns_ = now_ns();
+  std::uint32_t expected = 1;
+  exec_word_.compare_exchange_strong(expected, 2);
+  futex_wake_all(exec_word_);
+}
+
 void Session::mark_finished() noexcept {
   finished_.store(true, std::memory_order_release);
   done_word_.store(1, std::memory_order_release);
@@ -681,10 +966,10 @@ bool Session::channel_ok() noexcept {
   fd_ = -1;  // closed, or another file now: not ours to use, nor to close
   channel_lost_ = true;
   // hotprobe prints the maps and says why they stop.
-  if (!attached_)
-    script::mark_shared_maps_channel_lost();
-  else if (region_)
+  if (region_)
     script::mark_channel_lost(*region_);
+  else if (!attached_)
+    script::mark_shared_maps_channel_lost();
   return false;
 }
 

@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/map_data.h"
@@ -51,12 +52,15 @@ class Session final : public hotprobe::script::Sink {
   // removes every probe it placed, its exit hooks included, in one batch before it tells
   // hotprobe it is done, then frees itself: the process is left as it was, with the
   // agent loaded and dormant, and another session may follow.
-  static hotprobe::Result<Session*> start(int fd, bool attached = false);
+  // `exec_start_fd`: the image before an exec handed the session over (exec_handover):
+  // the start message is read from that memfd, the maps are taken over from the region
+  // where they are, BEGIN does not run again and hotprobe is told 'resumed'.
+  static hotprobe::Result<Session*> start(int fd, bool attached = false, int exec_start_fd = -1);
 
  private:
   // start() once the session exists: `s` owns it until it is registered (then `self`).
   static hotprobe::Result<Session*> start_here(std::unique_ptr<Session>& s, Session*& self, int fd,
-                                               bool attached_session);
+                                               bool attached_session, int exec_start_fd);
 
  public:
   ~Session() override;
@@ -71,6 +75,13 @@ class Session final : public hotprobe::script::Sink {
   // The process is about to exec `path` (the agent's execve/execveat hooks): the final
   // report says so (Msg::exec), then finish(). Runs inside a handler: no allocation.
   void note_exec(const char* path) noexcept;
+  // The program's thread is about to exec `path` with environment `envp` (`dirfd`: an
+  // execveat's; AT_FDCWD for execve): the reporter sends what is buffered and the targets
+  // placed so far, and makes the environment under which the new image's agent takes the
+  // session over. That environment; `envp` itself when the exec will fail (a path that
+  // cannot be exec'd: execvp trying PATH); null when this exec is not followed (a child's,
+  // unless follow_child_execs_; no reporter): then note_exec.
+  char** prepare_exec(int dirfd, const char* path, char** envp) noexcept;
   bool finished() const noexcept { return finished_.load(std::memory_order_acquire); }
   // Actions of this session run (false: fork child not followed, or after finish).
   bool tracing() const noexcept { return tracing_.load(std::memory_order_relaxed); }
@@ -107,6 +118,8 @@ class Session final : public hotprobe::script::Sink {
   void do_finish(Reason reason);
   void detach_everything();
   void drain_and_send();
+  // The reporter's side of prepare_exec.
+  void exec_handover();
   // The channel, checked before every use: the program may have closed the descriptor
   // and reused its number for a file of its own. False (and the channel forgotten, never
   // closed: the number is not ours any more) when it is not the same socket.
@@ -128,10 +141,30 @@ class Session final : public hotprobe::script::Sink {
   ino_t chan_ino_ = 0;
   bool channel_lost_ = false;
   bool follow_forks_ = false;
+  // --follow-forks and $HOTPROBE_FOLLOW_CHILD_EXECS: a followed child's exec is followed
+  // too (off by default for now: docs/design/agent.md, "Exec").
+  bool follow_child_execs_ = false;
   bool attached_ = false;      // hotprobe attach: detach everything and free at the end
   bool forked_child_ = false;  // a --follow-forks child's copy of the session
   char exec_path_[4096] = {};  // note_exec: what the process is about to exec
   pid_t pid_ = 0;              // the traced process (start, after_fork_child)
+  // Exec (hotprobe run): the start message as received, the agent's path, the run's map
+  // region descriptor, and the hand-over between the exec'ing thread and the reporter:
+  // exec_word_ is 0 idle, 4 claimed, 1 requested, 2 environment ready (exec_envp_), 3
+  // failed.
+  std::string start_message_;
+  std::string agent_path_;
+  int run_region_fd_ = -1;
+  bool resumed_ = false;  // this image took the session over from the one that exec'd
+  std::atomic<std::uint32_t> exec_word_{0};
+  char** exec_envp_in_ = nullptr;
+  int exec_start_fd_ = -1;         // the memfd of the exec'ing thread's process
+  int exec_region_fd_ = -1;        // the run's region, passed on (not to a child's new image)
+  pid_t exec_pid_ = 0;             // the process that exec's
+  bool exec_child_ = false;        // it is a followed child: its new image is a child's too
+  std::uint64_t handover_ns_ = 0;  // reporter: when the last hand-over was ready
+  std::vector<std::string> exec_env_;
+  std::vector<char*> exec_envp_;
   std::string source_, filename_;
   std::unique_ptr<hotprobe::Engine> engine_;
   // hotprobe attach: the session's map region, received with the start message (declared
@@ -174,6 +207,20 @@ inline constexpr std::size_t kAgentThreadStack = std::size_t{256} << 10;
 #endif
 // pthread_create of a detached thread with a kAgentThreadStack stack: 0 or an errno.
 int start_agent_thread(pthread_t* thread, void* (*entry)(void*), void* arg);
+
+// The agent's edits of the program's environment, made on `environ` in place as glibc's
+// unsetenv and setenv make them, never through those functions: a program may define its
+// own (bash does, acting on its variable table, which does not exist yet when the agent
+// starts), and the agent's calls would bind to them and leave the variables in place for
+// the program and every command it runs. env_value: the value of `name` in `environ`.
+const char* env_value(const char* name) noexcept;
+void env_remove(const char* name) noexcept;
+// `name` set to `value`: the entry replaced in place, or appended (environ reallocated).
+void env_set(const char* name, const char* value);
+
+// The agent's own part of LD_PRELOAD in this image (preload.cc), for the images the
+// program exec's; the agent's path alone when not set.
+void set_agent_preload(std::string_view preload);
 
 // Sessions alive in this process (the fork handlers walk them).
 void register_session(Session* s);

@@ -324,9 +324,18 @@ std::string interpreter_of(const std::string& program) {
 }
 
 // Never silent about what was not traced: a probe whose binary never loaded in PROGRAM (a
-// wrapper ran instead, or the binary is exec'd), and every exec (the new image is not traced).
+// wrapper ran instead, or a forked child exec'd the binary), every exec that was not
+// followed (a forked child's), and every followed exec whose new image the agent did not
+// start in (`lost`: a static or set-ID program).
 void warn_untraced(const std::string& program, const std::vector<std::string>& never,
-                   const std::vector<std::pair<std::uint32_t, std::string>>& execs) {
+                   const std::vector<std::pair<std::uint32_t, std::string>>& execs,
+                   const std::vector<std::pair<std::uint32_t, std::string>>& lost) {
+  for (const auto& [pid, path] : lost)
+    std::fprintf(stderr,
+                 "hotprobe run: pid %u exec'd '%s', and the agent did not start in the new image "
+                 "(a static or set-ID program ignores LD_PRELOAD): it ran untraced; the maps "
+                 "hold what was counted before the exec\n",
+                 pid, path.c_str());
   std::vector<bool> said(execs.size());
   const std::string interp = interpreter_of(program);
   for (const auto& target : never) {
@@ -337,8 +346,9 @@ void warn_untraced(const std::string& program, const std::vector<std::string>& n
         continue;
       said[i] = true;
       why = fmt::format(
-          "'{}' ran in a program that pid {} exec'd, and hotprobe does not trace exec'd "
-          "programs: run hotprobe on it directly (hotprobe run ... -- {} ARGS)",
+          "'{}' ran in a program that pid {} exec'd, and hotprobe follows the execs of the "
+          "program it runs, not those of its forked children: run hotprobe on it directly "
+          "(hotprobe run ... -- {} ARGS)",
           execs[i].second, execs[i].first, execs[i].second);
     }
     if (why.empty() && !interp.empty())
@@ -360,8 +370,9 @@ void warn_untraced(const std::string& program, const std::vector<std::string>& n
   for (std::size_t i = 0; i < execs.size(); ++i)
     if (!said[i])
       std::fprintf(stderr,
-                   "hotprobe run: pid %u exec'd '%s', which ran untraced (hotprobe does not "
-                   "trace exec'd programs; run hotprobe on it directly to trace it)\n",
+                   "hotprobe run: pid %u exec'd '%s', which ran untraced (hotprobe follows the "
+                   "execs of the program it runs, not those of its forked children; run "
+                   "hotprobe on it directly to trace it)\n",
                    execs[i].first, execs[i].second.c_str());
 }
 
@@ -499,6 +510,9 @@ int run(const RunOptions& o) {
   bool done_seen = false;          // the program's final report ('D' with its pid) arrived
   std::vector<std::string> never;  // probes whose binary never loaded
   std::vector<std::pair<std::uint32_t, std::string>> execs;  // pid, path exec'd
+  // Execs the agent follows: pid and path, until the new image's agent says 'resumed'.
+  std::vector<std::pair<std::uint32_t, std::string>> following;
+  std::vector<std::string> placed;  // targets placed in an image that exec'd since
   bool bad_map_data = false;
   std::uint64_t lost = 0;
   int status = 0;
@@ -602,6 +616,24 @@ int run(const RunOptions& o) {
         execs.emplace_back(p, std::string(payload.substr(pos)));
         break;
       }
+      case agent::Msg::followed: {
+        auto p = agent::get<std::uint32_t>(payload, pos).value_or(0);
+        auto n = agent::get<std::uint32_t>(payload, pos).value_or(0);
+        if (pos + n > payload.size()) break;
+        following.emplace_back(p, std::string(payload.substr(pos, n)));
+        pos += n;
+        while (pos < payload.size()) {
+          const std::size_t end = std::min(payload.find('\0', pos), payload.size());
+          placed.emplace_back(payload.substr(pos, end - pos));
+          pos = end + 1;
+        }
+        break;
+      }
+      case agent::Msg::resumed: {
+        auto p = agent::get<std::uint32_t>(payload, pos).value_or(0);
+        std::erase_if(following, [&](const auto& f) { return f.first == p; });
+        break;
+      }
       default:
         break;
     }
@@ -661,7 +693,10 @@ int run(const RunOptions& o) {
     std::fprintf(stderr,
                  "hotprobe run: a forked child sent maps that do not match the script: they were "
                  "left out of the maps above\n");
-  warn_untraced(program, never, execs);
+  std::erase_if(never, [&](const std::string& t) {
+    return std::find(placed.begin(), placed.end(), t) != placed.end();
+  });
+  warn_untraced(program, never, execs, following);
   if (maps.channel_lost) {
     std::fprintf(stderr,
                  "hotprobe run: '%s' closed hotprobe's channel to its agent, which stopped "

@@ -136,4 +136,22 @@ inline std::optional<std::map<std::string, long>> bpftrace_counts(
   return counts;
 }
 
+// Counts libc's `fns` in `command` under bpftrace and under `hotprobe run` (the binary
+// `hotprobe`) and expects them equal.
+inline void expect_counts_equal_bpftrace(const std::string& hotprobe,
+                                         const std::vector<std::string>& fns,
+                                         const std::vector<std::string>& command) {
+  auto want = bpftrace_counts(fns, command);
+  ASSERT_TRUE(want.has_value()) << "bpftrace did not run";
+  std::string script;
+  for (const auto& f : fns)
+    script += "uprobe:libc:" + f + " { @" + f + " = count(); } ";
+  std::vector<std::string> args{hotprobe, "run", "-e", script, "--"};
+  args.insert(args.end(), command.begin(), command.end());
+  RunResult r = run_command(args, {}, std::chrono::seconds(60));
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const auto& f : fns)
+    EXPECT_EQ(map_value(r.out, f), (*want)[f]) << f << "\n" << r.out;
+}
+
 }  // namespace hp::agent_test

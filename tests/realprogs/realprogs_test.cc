@@ -90,6 +90,33 @@ TEST(RealPrograms, Python) {
                         {"PYTHONHASHSEED=0"});
 }
 
+// Imports load extension modules with dlopen (_json, _sqlite3 with libsqlite3, _ctypes with
+// libffi): the module watcher runs inside each. The script lives in a directory of its own:
+// Python lists the directory of its script (sys.path[0]) once, and the number of
+// allocations that costs follows the number of entries, so a script in a shared directory
+// such as /tmp is not the same program from one run to the next.
+std::string g_script;
+
+void write_import_script() {
+  std::ofstream(g_script) << "import json, sqlite3, ctypes\n"
+                             "for i in range(2000): json.dumps({'a': i})\n"
+                             "sqlite3.connect(':memory:').execute('select 1').fetchall()\n"
+                             "ctypes.CDLL(None).strlen(b'abc')\n";
+}
+
+TEST(RealPrograms, PythonImportingExtensionModules) {
+  g_script = temp_dir("pyimport") + "/imports.py";
+  compare_with_bpftrace({"/usr/bin/python3", g_script}, {"PYTHONHASHSEED=0"}, &write_import_script);
+}
+
+// The same through env(1), which exec's python3: the counts of both images, in one set of
+// maps (docs/design/agent.md, "Exec").
+TEST(RealPrograms, PythonExecdByEnv) {
+  g_script = temp_dir("pyexec") + "/imports.py";
+  compare_with_bpftrace({"/usr/bin/env", "/usr/bin/python3", g_script}, {"PYTHONHASHSEED=0"},
+                        &write_import_script);
+}
+
 TEST(RealPrograms, Perl) {
   compare_with_bpftrace({"/usr/bin/perl", "-e", "print(join(q(,),sort(map{$_*3}1..500)))"});
 }
