@@ -30,6 +30,7 @@
 #include "cli/cli.h"
 #include "cli/output_file.h"
 #include "inject/inject.h"
+#include "script/output.h"
 
 namespace hp::cli {
 namespace {
@@ -400,6 +401,17 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
       case agent::Msg::lost:
         lost += agent::get<std::uint64_t>(payload, pos).value_or(0);
         break;
+      case agent::Msg::exec: {
+        // The agent goes with the old image: what the session counted is printed below.
+        auto p = agent::get<std::uint32_t>(payload, pos).value_or(0);
+        std::string path;
+        hotprobe::script::append_text_escaped(path, payload.substr(pos));
+        std::fprintf(stderr,
+                     "hotprobe attach: process %u exec'd '%s': the session ends there (the new "
+                     "image is not traced; attach again to trace it)\n",
+                     p, path.c_str());
+        break;
+      }
       case agent::Msg::ready:
         ready_seen = true;
         stop_sent = stop_sent || stop_pending;
