@@ -66,8 +66,9 @@ inline constexpr const char* kEnvExecStart = "HOTPROBE_EXEC_START_FD";
 // Set with it when the exec'ing process is a followed child: the new image is one too
 // (its maps its own, sent as data at its end).
 inline constexpr const char* kEnvExecChild = "HOTPROBE_EXEC_CHILD";
-// With --follow-forks, set by the user: the execs of followed children (fork and vfork
-// children: a shell's commands) are followed as well; their new images count as children.
+// With --follow-forks the execs of followed children (fork and vfork children: a shell's
+// commands) are followed as well, their new images counting as children; "0", set by the
+// user, ends a child's tracing at its exec instead.
 inline constexpr const char* kEnvFollowChildExecs = "HOTPROBE_FOLLOW_CHILD_EXECS";
 // The user's own LD_PRELOAD, to put back (absent: LD_PRELOAD was not set).
 inline constexpr const char* kEnvSavedPreload = "HOTPROBE_SAVED_LD_PRELOAD";

@@ -371,7 +371,11 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   auto start_msg = decode_start(std::string_view(msg).substr(1));
   if (!start_msg) return Error(Errc::invalid_argument, "hotprobe agent: malformed start message");
   s->follow_forks_ = start_msg->options.follow_forks != 0;
-  s->follow_child_execs_ = s->follow_forks_ && env_value(kEnvFollowChildExecs) != nullptr;
+  // A followed child's exec is followed too (strace -f, and bpftrace's probes on a path,
+  // trace what a child becomes); HOTPROBE_FOLLOW_CHILD_EXECS=0 ends tracing there instead.
+  const char* child_execs = env_value(kEnvFollowChildExecs);
+  s->follow_child_execs_ =
+      s->follow_forks_ && !(child_execs && child_execs[0] == '0' && child_execs[1] == '\0');
   if (!attached_session) {
     s->start_message_ = msg;
     s->agent_path_ = own_path();
@@ -925,7 +929,8 @@ void Session::exec_handover() {
   exec_env_.push_back(std::string(kEnvFd) + "=" + std::to_string(fd_));
   exec_env_.push_back(std::string(kEnvExecStart) + "=" + std::to_string(exec_start_fd_));
   if (exec_child_) exec_env_.push_back(std::string(kEnvExecChild) + "=1");
-  if (follow_child_execs_) exec_env_.push_back(std::string(kEnvFollowChildExecs) + "=1");
+  if (follow_forks_)
+    exec_env_.push_back(std::string(kEnvFollowChildExecs) + (follow_child_execs_ ? "=1" : "=0"));
   if (exec_region_fd_ >= 0)
     exec_env_.push_back(std::string(script::SharedRegion::kEnvFd) + "=" +
                         std::to_string(exec_region_fd_));

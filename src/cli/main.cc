@@ -132,7 +132,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"text", "json"}));
   run_cmd->add_option("--output", run.output, "Write the tracing output to FILE");
   run_cmd->add_flag("--follow-forks", run.follow_forks,
-                    "Trace forked children too (pid tells them apart)");
+                    "Trace forked children too, and what they exec (pid tells them apart; "
+                    "HOTPROBE_FOLLOW_CHILD_EXECS=0: a child's exec ends its tracing)");
 
   hp::cli::AttachOptions att;
   auto* attach_cmd = app.add_subcommand(

@@ -154,20 +154,19 @@ TEST(ForkExec, AnExecWithoutLdPreloadIsTracedToo) {
 }
 
 // A vfork child that exec's (posix_spawn, a shell running a command) is a child: followed
-// with --follow-forks and HOTPROBE_FOLLOW_CHILD_EXECS=1, its maps merged into the
-// program's; not followed without that variable (a followed child's exec then ends its
-// tracing) nor without --follow-forks.
+// with --follow-forks, its maps merged into the program's; not followed with
+// HOTPROBE_FOLLOW_CHILD_EXECS=0 (a followed child's exec then ends its tracing) nor
+// without --follow-forks.
 TEST(ForkExec, AVforkChildsExecIsFollowedWhenChildExecsAreFollowed) {
   if (skip_fork_follow()) GTEST_SKIP() << "TSan: no thread after a multi-threaded fork";
-  auto r = hotprobe_run({"--follow-forks"}, chain_script(), {HP_EXEC_CHAIN, "-v", "5", "7", "11"},
-                        {"HOTPROBE_FOLLOW_CHILD_EXECS=1"});
+  auto r = hotprobe_run({"--follow-forks"}, chain_script(), {HP_EXEC_CHAIN, "-v", "5", "7", "11"});
   ASSERT_EQ(r.status, 0) << r.err;
   expect_calls(r, 5 + 7 + 11);
   EXPECT_EQ(count_of(r.out, "@m: "), 1) << r.out;
-  auto by_default =
-      hotprobe_run({"--follow-forks"}, chain_script(), {HP_EXEC_CHAIN, "-v", "5", "7"});
-  ASSERT_EQ(by_default.status, 0) << by_default.err;
-  expect_calls(by_default, 5);
+  auto not_asked = hotprobe_run({"--follow-forks"}, chain_script(), {HP_EXEC_CHAIN, "-v", "5", "7"},
+                                {"HOTPROBE_FOLLOW_CHILD_EXECS=0"});
+  ASSERT_EQ(not_asked.status, 0) << not_asked.err;
+  expect_calls(not_asked, 5);
   auto without = hotprobe_run({}, chain_script(), {HP_EXEC_CHAIN, "-v", "5", "7"});
   ASSERT_EQ(without.status, 0) << without.err;
   expect_calls(without, 5);

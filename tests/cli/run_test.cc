@@ -213,7 +213,23 @@ TEST(HotprobeRun, FollowForksTracesTheChildWithItsPid) {
   int child = std::atoi(r.out.c_str() + at + 6);
   EXPECT_TRUE(contains(r.out, "pid " + std::to_string(child) + " arg 7\n")) << r.out;
   EXPECT_TRUE(contains(r.out, " arg 5\n")) << r.out;
-  EXPECT_FALSE(contains(r.out, " arg 0\n")) << r.out;  // exec ends tracing in that child
+  // The child's exec is followed: the new image's work(0) is traced, with the child's pid.
+  EXPECT_TRUE(contains(r.out, "pid " + std::to_string(child) + " arg 0\n")) << r.out;
+}
+
+TEST(HotprobeRun, FollowForksChildExecEndsTracingWhenAskedTo) {
+#if defined(HOTPROBE_TSAN)
+  GTEST_SKIP() << "TSan cannot start a thread after a multi-threaded fork (the child's "
+                  "reporter): the child dies with die_after_fork";
+#endif
+  hp::test::Command c{{HP_HOTPROBE, "run", "--follow-forks", "-e",
+                       probe("printf(\"pid %d arg %d\\n\", pid, arg0);"), "--", HP_TARGET, "fork"}};
+  c.env = {{"HOTPROBE_AGENT", HP_AGENT}, {"HOTPROBE_FOLLOW_CHILD_EXECS", "0"}};
+  auto r = hp::test::run_command(c);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, " arg 7\n")) << r.out;
+  EXPECT_FALSE(contains(r.out, " arg 0\n")) << r.out;
+  EXPECT_TRUE(contains(r.err, "ran untraced")) << r.err;
 }
 
 TEST(HotprobeRun, FollowedChildMapsMergeIntoTheProgramsPrint) {
