@@ -1,6 +1,8 @@
 // The site builder (core/site_builder.h).
 #include "core/site_builder.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -14,6 +16,7 @@
 #include "core/dispatch.h"
 #include "core/reclaim.h"
 #include "core/ret_probe.h"
+#include "core/text_patch_file.h"
 #include "elf/elf_file.h"
 
 namespace hp::core {
@@ -94,6 +97,16 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
                                    t.function_size ? t.function_size : t.offset + 16);
 
   Error jmp_error;
+  // What the site copies must be the module file's bytes, not another tracer's (an int3
+  // of a kernel uprobe or a debugger): the first address in [from, to) whose byte
+  // differs from the file, 0 if none (or the file cannot be read).
+  auto unlike_file = [&](std::uintptr_t from, std::uintptr_t to) {
+    return first_byte_unlike_file(t.key.dev, t.key.ino, t.module_path, t.key.off + (from - probe),
+                                  from, to - from);
+  };
+  auto changed = [&](std::uintptr_t at) {
+    return Error(Errc::busy, t.describe + ": " + code_changed_by_another_tracer(at).message());
+  };
   // A jmp-mode site from `plan`: a 5-byte jump at its patch address, or, with a pad, a
   // 2-byte jump to the pad, whose 5-byte jump goes to the trampoline. Engaged when done
   // (the site, or an error that ends the build); else jmp_error says why not.
@@ -184,6 +197,14 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
   if (!spec.force_int3 && t.function_size) {
     auto plan = arch::plan_displacement(fn, t.function, t.offset);
     if (plan.ok()) {
+      if (const std::uintptr_t at = unlike_file(probe, plan->patch_address + plan->length)) {
+        // Another tracer's byte among the displaced instructions (or hotprobe's own, of a
+        // site whose patch this one would overlap: separate_overlaps makes both int3): the
+        // one instruction at the probe may still be the file's.
+        plan = Error(Errc::busy, "the byte at " + hex(at) + " differs from the module's file");
+      }
+    }
+    if (plan.ok()) {
       if (auto done = build_jmp(*plan, std::nullopt)) {
         if (!done->ok()) return *done;
         if (debug_sites()) std::fprintf(stderr, "hotprobe: %s: jmp site\n", t.describe.c_str());
@@ -193,12 +214,21 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
       jmp_error = plan.error();
     }
   }
-  if (!spec.force_int3 && !t.module_path.empty()) {
+  if (!spec.force_int3) {
     // No 5-byte jump: a 2-byte one to a pad in the padding nearby, if there is one.
+    std::string path(t.module_path);
+    Dl_info info{};  // a module event's target names no path: the loader's name for it
+    if (path.empty() && dladdr(reinterpret_cast<void*>(probe), &info) && info.dli_fname)
+      path = info.dli_fname;
     auto plan = arch::plan_short_displacement(fn, t.function, t.offset);
-    auto file =
-        plan.ok() ? elf::load_elf(elf::ModuleKey{t.key.dev, t.key.ino}, std::string(t.module_path))
-                  : Result<std::shared_ptr<const elf::ElfFile>>(plan.error());
+    if (plan.ok()) {
+      if (const std::uintptr_t at = unlike_file(probe, plan->patch_address + plan->length))
+        return changed(at);
+    }
+    auto file = !plan.ok()     ? Result<std::shared_ptr<const elf::ElfFile>>(plan.error())
+                : path.empty() ? Result<std::shared_ptr<const elf::ElfFile>>(
+                                     Error(Errc::not_found, "no path for the module"))
+                               : elf::load_elf(elf::ModuleKey{t.key.dev, t.key.ino}, path);
     std::optional<PadClaim> pad;
     if (file.ok()) pad = find_short_pad(**file, probe - t.key.off, plan->patch_address + 2);
     if (pad) {
@@ -228,8 +258,11 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
                                             "function (a build with symbols)");
   }
   // int3 mode.
+  if (const std::uintptr_t at = unlike_file(probe, probe + 1)) return changed(at);
   auto iplan = arch::plan_int3(fn, t.function, t.offset);
   if (!iplan.ok()) return Error(iplan.error().code(), t.describe + ": " + iplan.error().message());
+  if (const std::uintptr_t at = unlike_file(probe, probe + iplan->original.size()))
+    return changed(at);
   auto slot = slots.take(probe);
   if (!slot.ok()) return Error(slot.error().code(), t.describe + ": " + slot.error().message());
   auto copy = arch::make_int3_copy(*iplan, slot->address);

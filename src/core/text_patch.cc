@@ -450,15 +450,6 @@ bool int3_in_memory(const PatchSite& s) {
   return false;
 }
 
-Error changed_by_tracer(std::uintptr_t addr) {
-  char msg[200];
-  std::snprintf(msg, sizeof msg,
-                "the code at 0x%lx was changed by another tracer (a kernel uprobe or debugger "
-                "breakpoint); detach it first (bpftrace, perf probe, gdb), then attach again",
-                (unsigned long)addr);
-  return Error(Errc::busy, msg);
-}
-
 Error observe_error(const ObserveFailure& f, int sig) {
   switch (f.kind) {
     case ObserveFailure::kProc:
@@ -495,6 +486,15 @@ Error observe_error(const ObserveFailure& f, int sig) {
 }
 
 }  // namespace
+
+Error code_changed_by_another_tracer(std::uintptr_t addr) {
+  char msg[200];
+  std::snprintf(msg, sizeof msg,
+                "the code at 0x%lx was changed by another tracer (a kernel uprobe or debugger "
+                "breakpoint); detach it first (bpftrace, perf probe, gdb), then attach again",
+                (unsigned long)addr);
+  return Error(Errc::busy, msg);
+}
 
 void fail_next_apply_for_testing() noexcept {
   g_fail_next_apply.store(true, std::memory_order_relaxed);
@@ -545,7 +545,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     }
     olds[i] = s.old_bytes;
     news[i] = s.new_bytes;
-    if (int3_of_another_tracer(s)) return changed_by_tracer(s.addr);
+    if (int3_of_another_tracer(s)) return code_changed_by_another_tracer(s.addr);
     if (!code_equals(s.addr, s.old_bytes)) {
       auto it = g_pads.find(s.addr);
       if (it == g_pads.end() || !it->second.jumped ||
@@ -553,7 +553,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
                       it->second.caller_view.data(),
                       it->second.caller_view.data() + it->second.caller_view.size()) ||
           !code_equals(s.addr, it->second.actual)) {
-        if (int3_in_memory(s)) return changed_by_tracer(s.addr);
+        if (int3_in_memory(s)) return code_changed_by_another_tracer(s.addr);
         char msg[240];
         std::snprintf(msg, sizeof msg,
                       "the code at 0x%lx is not what hotprobe expected: another tracer or "

@@ -114,6 +114,11 @@ struct PatchStats {
 // Serialized internally: one transaction at a time per process.
 Result<PatchStats> apply_patches(std::span<const PatchSite> sites);
 
+// The refusal of code that another tracer changed (an int3 where the file has another
+// byte, a byte that differs from the module's file): "the code at ADDR was changed by
+// another tracer ...; detach it first".
+Error code_changed_by_another_tracer(std::uintptr_t addr);
+
 // Tests: the next apply_patches() fails with Errc::busy before it changes anything (the
 // way a batch fails when someone else patched one of its functions meanwhile).
 void fail_next_apply_for_testing() noexcept;
