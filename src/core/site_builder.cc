@@ -231,6 +231,8 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
                                : elf::load_elf(elf::ModuleKey{t.key.dev, t.key.ino}, path);
     std::optional<PadClaim> pad;
     if (file.ok()) pad = find_short_pad(**file, probe - t.key.off, plan->patch_address + 2);
+    // The padding is what the pad gives back on detach: the file's, like the site's bytes.
+    if (pad && unlike_file(pad->at(), pad->at() + kShortPadLength)) pad.reset();
     if (pad) {
       const std::uintptr_t pad_at = pad->at();
       if (auto done = build_jmp(*plan, std::move(pad))) {

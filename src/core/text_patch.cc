@@ -224,6 +224,7 @@ void unwrite_final(std::uintptr_t addr, Head h, const std::uint8_t* old) {
 // ---------------------------------------------------------------------------------------
 // Totals (relaxed: statistics only).
 std::atomic<std::uint64_t> g_sync_core_rounds{0};
+std::atomic<std::uint64_t> g_short_pads_left{0};
 
 // ---------------------------------------------------------------------------------------
 Mutex g_patch_mutex;  // one transaction at a time; held for a whole apply_patches()
@@ -744,6 +745,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       round();
       done = true;
       if (head_first) {
+        pause_ns(2000000);  // the window the variant opens, wide enough to be met at once
         write_pads_first(false);
         round();
       }
@@ -789,9 +791,13 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       if (done && !short_ranges.empty()) {
         // Restored short-jump sites: nothing jumps to their pads any more; a thread still
         // on one goes on at its site, then the pad is padding again.
-        const ObserveFailure left = observe_threads(short_ranges.data(), short_ranges.size(), *obs,
-                                                    sig, true, false, stats);
-        pads_left = left.kind != ObserveFailure::kNone;
+        // A thread starved of CPU on a loaded machine may take its time: a few tries.
+        pads_left = true;
+        for (int tries = 0; tries < 3 && pads_left; tries++) {
+          pads_left = observe_threads(short_ranges.data(), short_ranges.size(), *obs, sig, true,
+                                      false, stats)
+                          .kind != ObserveFailure::kNone;
+        }
         if (!pads_left) {
           for (const PatchSite& s : sites) {
             if (s.pad_at && !s.pad_first) write_short_pad(s, false);
@@ -829,6 +835,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     for (const PatchSite& s : sites) {
       if (s.pad_at && !s.pad_first) keep_pad_claimed(s.pad_at);
     }
+    g_short_pads_left.fetch_add(1, std::memory_order_relaxed);
   }
   if (sync_failed) return no_membarrier();
   if (observed.kind != ObserveFailure::kNone) return observe_error(observed, sig);
@@ -837,7 +844,8 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
 
 PatchTotals patch_totals() noexcept {
   return {g_sync_core_rounds.load(std::memory_order_relaxed), traps_redirected(),
-          g_threads_moved.load(std::memory_order_relaxed)};
+          g_threads_moved.load(std::memory_order_relaxed),
+          g_short_pads_left.load(std::memory_order_relaxed)};
 }
 
 }  // namespace hp::core

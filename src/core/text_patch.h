@@ -127,8 +127,8 @@ void fail_next_apply_for_testing() noexcept;
 // `jmp .` (the variant a thread that blocks SIGTRAP dies of).
 void use_trap_heads_for_testing(bool on) noexcept;
 
-// Tests: a short-jump site's head is written before its pad (the variant where a thread
-// that takes the new jump runs into padding).
+// Tests: a short-jump site's head is written before its pad, 2 ms apart (the variant
+// where a thread that takes the new jump runs into padding).
 void use_head_before_pad_for_testing(bool on) noexcept;
 
 // Tests: step 2 takes the first listing of /proc/self/task as it comes, without showing
@@ -145,6 +145,9 @@ struct PatchTotals {
   std::uint64_t sync_core_rounds = 0;
   std::uint64_t traps_redirected = 0;
   std::uint64_t threads_moved = 0;
+  // Restores of short-jump sites whose pad stayed written: a thread that blocked the
+  // move signal stayed on it for 3 s (the pad keeps its jump, claimed for good).
+  std::uint64_t short_pads_left = 0;
 };
 PatchTotals patch_totals() noexcept;
 

@@ -215,17 +215,15 @@ struct Outcome {
   bool restored = true;  // the page equals its first state after every detach
 };
 
-// Rounds of: callers started with every signal blocked; attach; detach; joined.
-Outcome race(std::chrono::milliseconds duration, int min_rounds) {
+// `rounds` rounds of: callers started with every signal blocked; attach; detach; joined.
+Outcome race(int rounds) {
   ShortCode code;
   std::atomic<unsigned> phase{0};
   Outcome out;
   sigset_t all, old;
   sigfillset(&all);
   constexpr int kCallers = 3;
-  const auto start = std::chrono::steady_clock::now();
-  while ((std::chrono::steady_clock::now() - start < duration || out.rounds < min_rounds) &&
-         std::chrono::steady_clock::now() - start < duration * 4) {
+  for (int round = 0; round < rounds; round++) {
     Round r;
     r.code = &code;
     r.phase = &phase;
@@ -267,6 +265,7 @@ Outcome race(std::chrono::milliseconds duration, int min_rounds) {
     out.wrong += r.wrong.load();
   }
   out.hits = code.hits.load();
+  std::printf("pads_left=%llu\n", (unsigned long long)hp::core::patch_totals().short_pads_left);
   std::printf("rounds=%d failed=%d calls=%ld through_probe=%ld hits=%llu wrong=%ld restored=%d\n",
               out.rounds, out.failed, out.calls, out.through, (unsigned long long)out.hits,
               out.wrong, out.restored);
@@ -274,14 +273,14 @@ Outcome race(std::chrono::milliseconds duration, int min_rounds) {
   return out;
 }
 
-constexpr int kMinRounds = 20;
+constexpr int kRounds = 20;
 
 TEST(ShortJump, ThreadsBlockingEverySignalRaceThroughAttachAndDetachWithExactCounts) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
-        const Outcome o = race(std::chrono::milliseconds(1000), kMinRounds);
-        const bool exact = o.wrong == 0 && o.failed == 0 && o.rounds >= kMinRounds &&
+        const Outcome o = race(kRounds);
+        const bool exact = o.wrong == 0 && o.failed == 0 && o.rounds == kRounds &&
                            o.hits == static_cast<std::uint64_t>(o.through) && o.through > 0 &&
                            o.restored;
         std::_Exit(exact ? 0 : 1);
@@ -296,7 +295,7 @@ TEST(ShortJump, HeadBeforePadKillsACallerThatBlocksSigtrap) {
   EXPECT_EXIT(
       {
         hp::core::use_head_before_pad_for_testing(true);
-        race(std::chrono::milliseconds(2000), kMinRounds);
+        race(kRounds);
         std::_Exit(0);  // survived: the test's callers never met the window
       },
       testing::KilledBySignal(SIGTRAP), "");
