@@ -87,6 +87,11 @@ void on_entry(hotprobe::Hit&) {
 }
 
 TEST(TrapStack, TheTrapPathUsesAFixedSmallPartOfTheProgramsStack) {
+#if defined(HOTPROBE_TSAN)
+  // TSan runs signal handlers it deferred with every signal blocked, and the kernel kills
+  // a thread whose int3 traps while SIGTRAP is blocked.
+  GTEST_SKIP() << "int3 probes cannot fire inside TSan-deferred signal handlers";
+#endif
   void* map =
       mmap(nullptr, kAltSize + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(map, MAP_FAILED);
