@@ -22,6 +22,7 @@
 #include "core/batch_arena.h"
 #include "core/site_key.h"
 #include "core/text_patch.h"
+#include "core/text_patch_short.h"
 #include "hotprobe/probe.h"
 
 namespace hp::core {
@@ -143,8 +144,9 @@ struct Site {
   // scheme's shared return trampoline). Freed with the site, which a return instance
   // keeps alive (the zombie scan), so a late return still finds it.
   std::uintptr_t landing = 0;
-  std::uintptr_t resume = 0;                     // int3 mode: the relocated instruction + jmp back
-  IpMap ip_map;                                  // inside the site -> trampoline
+  std::uintptr_t resume = 0;  // int3 mode: the relocated instruction + jmp back
+  IpMap ip_map;               // inside the site -> trampoline
+  PadClaim pad;  // a short-jump site's pad: `patched` is jmp rel8 to it (text_patch_short.h)
   std::uint32_t slot_chunk = 0, slot_index = 0;  // CodeMemory slot (jmp mode)
   std::uint32_t copy_chunk = 0, copy_index = 0;  // CodeMemory slot (int3 mode)
 

@@ -1,6 +1,8 @@
 // The site builder (core/site_builder.h).
 #include "core/site_builder.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -14,6 +16,8 @@
 #include "core/dispatch.h"
 #include "core/reclaim.h"
 #include "core/ret_probe.h"
+#include "core/text_patch_file.h"
+#include "elf/elf_file.h"
 
 namespace hp::core {
 namespace {
@@ -93,84 +97,159 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
                                    t.function_size ? t.function_size : t.offset + 16);
 
   Error jmp_error;
+  // What the site copies must be the module file's bytes, not another tracer's (an int3
+  // of a kernel uprobe or a debugger): the first address in [from, to) whose byte
+  // differs from the file, 0 if none (or the file cannot be read).
+  auto unlike_file = [&](std::uintptr_t from, std::uintptr_t to) {
+    return first_byte_unlike_file(t.key.dev, t.key.ino, t.module_path, t.key.off + (from - probe),
+                                  from, to - from);
+  };
+  auto changed = [&](std::uintptr_t at) {
+    return Error(Errc::busy, t.describe + ": " + code_changed_by_another_tracer(at).message());
+  };
+  // A jmp-mode site from `plan`: a 5-byte jump at its patch address, or, with a pad, a
+  // 2-byte jump to the pad, whose 5-byte jump goes to the trampoline. Engaged when done
+  // (the site, or an error that ends the build); else jmp_error says why not.
+  auto build_jmp = [&](arch::DisplacementPlan& plan,
+                       std::optional<PadClaim> pad) -> std::optional<Result<Site*>> {
+    if (t.fragment || (plan.at_entry && !t.function_size && !t.cfi_entry)) {
+      // Not a function's entry: flags are live, the stack is the parent function's.
+      plan.at_entry = false;
+      plan.flags_live = true;
+    }
+    auto slot = slots.take(plan.patch_address);
+    if (!slot.ok()) {
+      jmp_error = slot.error();
+      return std::nullopt;
+    }
+    EntryTrampolineSpec ts;
+    ts.address = slot->address;
+    ts.context = reinterpret_cast<std::uint64_t>(site.get());
+    ts.dispatcher = env.dispatcher;
+    ts.save_vector = kTrampolinesSaveVectors;
+    if (plan.at_entry && !plan.flags_live) ts.landing_target = env.landing_target;
+    ts.run_at_ret = spec.run_at_ret;
+    if (ts.run_at_ret) ts.landing_target = 0;
+    FastEntry fast = env.fast;
+    fast.consumers = reinterpret_cast<std::uint64_t>(&site->consumers);
+    if (env.fast_ok) ts.fast = &fast;
+    auto tramp = builder.build(ts, plan);
+    if (tramp.ok() && ts.fast && tramp->code.size() > slot->size) {
+      ts.fast = nullptr;  // long relocated code: the plain call to the dispatcher fits
+      tramp = builder.build(ts, plan);
+    }
+    std::uint8_t patch[32];
+    HP_CHECK(plan.length <= sizeof patch);  // whole instructions from below the 5th byte
+    Result<void> bytes;
+    std::uint32_t patch_length = plan.length;
+    if (pad) {
+      // jmp rel8 to the pad (find_short_pad placed it in reach), the pad's jmp rel32 to
+      // the trampoline (the slot is near the site, so near the pad).
+      patch_length = 2;
+      patch[0] = 0xEB;
+      patch[1] = static_cast<std::uint8_t>(pad->at() - (plan.patch_address + 2));
+      std::uint8_t jump[kShortPadLength];
+      bytes = arch::write_jmp_patch_bytes(pad->at(), kShortPadLength, slot->address, jump);
+      pad->jump = PatchBytes(std::span<const std::uint8_t>(jump, kShortPadLength));
+    } else {
+      bytes = arch::write_jmp_patch_bytes(plan.patch_address, plan.length, slot->address, patch);
+    }
+    const auto inside = [&](const arch::OffsetPair& p) {
+      return p.original > 0 && p.original < plan.length;
+    };
+    const bool map_fits =
+        !tramp.ok() || static_cast<std::size_t>(std::count_if(tramp->map.begin(), tramp->map.end(),
+                                                              inside)) <= IpMap::kCapacity;
+    if (tramp.ok() && bytes.ok() && map_fits && tramp->code.size() <= slot->size) {
+      if (auto w = code.write(*slot, tramp->code); !w.ok()) {
+        code.free(*slot);
+        return Result<Site*>(w.error());
+      }
+      site->mode = SiteMode::jmp;
+      site->patch_address = plan.patch_address;
+      site->at_entry = plan.at_entry;
+      site->original = std::span<const std::uint8_t>(plan.original.data(), patch_length);
+      site->patched = std::span<const std::uint8_t>(patch, patch_length);
+      site->trampoline = slot->address;
+      site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
+      site->landing = tramp->landing_offset ? slot->address + tramp->landing_offset : 0;
+      site->slot_chunk = slot->chunk;
+      site->slot_index = slot->index;
+      for (const arch::OffsetPair& p : tramp->map) {
+        if (inside(p)) site->ip_map.push_back({p.original, slot->address + p.relocated});
+      }
+      builder.recycle(std::move(*tramp));
+      if (pad) site->pad = std::move(*pad);
+      return Result<Site*>(site.get());
+    }
+    code.free(*slot);
+    jmp_error = !tramp.ok()   ? tramp.error()
+                : !bytes.ok() ? bytes.error()
+                : !map_fits
+                    ? Error(Errc::internal,
+                            "more than 4 instructions start inside the displaced "
+                            "bytes (a decoder bug): report it with the function's "
+                            "bytes")
+                    : Error(Errc::internal, "trampoline of " + std::to_string(tramp->code.size()) +
+                                                " bytes larger than its slot");
+    return std::nullopt;
+  };
   if (!spec.force_int3 && t.function_size) {
     auto plan = arch::plan_displacement(fn, t.function, t.offset);
-    if (plan.ok() && t.fragment) {
-      // Not a function's entry: flags are live, the stack is the parent function's.
-      plan->at_entry = false;
-      plan->flags_live = true;
+    if (plan.ok()) {
+      if (const std::uintptr_t at = unlike_file(probe, plan->patch_address + plan->length)) {
+        // Another tracer's byte among the displaced instructions (or hotprobe's own, of a
+        // site whose patch this one would overlap: separate_overlaps makes both int3): the
+        // one instruction at the probe may still be the file's.
+        plan = Error(Errc::busy, "the byte at " + hex(at) + " differs from the module's file");
+      }
     }
     if (plan.ok()) {
-      auto slot = slots.take(plan->patch_address);
-      if (slot.ok()) {
-        EntryTrampolineSpec ts;
-        ts.address = slot->address;
-        ts.context = reinterpret_cast<std::uint64_t>(site.get());
-        ts.dispatcher = env.dispatcher;
-        ts.save_vector = kTrampolinesSaveVectors;
-        if (plan->at_entry && !plan->flags_live) ts.landing_target = env.landing_target;
-        ts.run_at_ret = spec.run_at_ret;
-        if (ts.run_at_ret) ts.landing_target = 0;
-        FastEntry fast = env.fast;
-        fast.consumers = reinterpret_cast<std::uint64_t>(&site->consumers);
-        if (env.fast_ok) ts.fast = &fast;
-        auto tramp = builder.build(ts, *plan);
-        if (tramp.ok() && ts.fast && tramp->code.size() > slot->size) {
-          ts.fast = nullptr;  // long relocated code: the plain call to the dispatcher fits
-          tramp = builder.build(ts, *plan);
-        }
-        std::uint8_t patch[32];
-        HP_CHECK(plan->length <= sizeof patch);  // whole instructions from below the 5th byte
-        auto bytes =
-            arch::write_jmp_patch_bytes(plan->patch_address, plan->length, slot->address, patch);
-        const auto inside = [&](const arch::OffsetPair& p) {
-          return p.original > 0 && p.original < plan->length;
-        };
-        const bool map_fits =
-            !tramp.ok() || static_cast<std::size_t>(std::count_if(
-                               tramp->map.begin(), tramp->map.end(), inside)) <= IpMap::kCapacity;
-        if (tramp.ok() && bytes.ok() && map_fits && tramp->code.size() <= slot->size) {
-          if (auto w = code.write(*slot, tramp->code); !w.ok()) {
-            code.free(*slot);
-            return w.error();
-          }
-          site->mode = SiteMode::jmp;
-          site->patch_address = plan->patch_address;
-          site->at_entry = plan->at_entry;
-          site->original = std::span<const std::uint8_t>(plan->original);
-          site->patched = std::span<const std::uint8_t>(patch, plan->length);
-          site->trampoline = slot->address;
-          site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
-          site->landing = tramp->landing_offset ? slot->address + tramp->landing_offset : 0;
-          site->slot_chunk = slot->chunk;
-          site->slot_index = slot->index;
-          for (const arch::OffsetPair& p : tramp->map) {
-            if (inside(p)) site->ip_map.push_back({p.original, slot->address + p.relocated});
-          }
-          builder.recycle(std::move(*tramp));
-          if (debug_sites()) std::fprintf(stderr, "hotprobe: %s: jmp site\n", t.describe.c_str());
-          return site.release();
-        }
-        code.free(*slot);
-        jmp_error = !tramp.ok()   ? tramp.error()
-                    : !bytes.ok() ? bytes.error()
-                    : !map_fits   ? Error(Errc::internal,
-                                          "more than 4 instructions start inside the displaced "
-                                            "bytes (a decoder bug): report it with the function's "
-                                            "bytes")
-                                  : Error(Errc::internal, "trampoline of " +
-                                                              std::to_string(tramp->code.size()) +
-                                                              " bytes larger than its slot");
-      } else {
-        jmp_error = slot.error();
+      if (auto done = build_jmp(*plan, std::nullopt)) {
+        if (!done->ok()) return *done;
+        if (debug_sites()) std::fprintf(stderr, "hotprobe: %s: jmp site\n", t.describe.c_str());
+        return site.release();
       }
     } else {
       jmp_error = plan.error();
     }
-    if (!spec.allow_int3) {
-      return Error(jmp_error.code(), t.describe + ": " + jmp_error.message() +
-                                         " (and int3 mode is disabled for this probe)");
+  }
+  if (!spec.force_int3) {
+    // No 5-byte jump: a 2-byte one to a pad in the padding nearby, if there is one.
+    std::string path(t.module_path);
+    Dl_info info{};  // a module event's target names no path: the loader's name for it
+    if (path.empty() && dladdr(reinterpret_cast<void*>(probe), &info) && info.dli_fname)
+      path = info.dli_fname;
+    auto plan = arch::plan_short_displacement(fn, t.function, t.offset);
+    if (plan.ok()) {
+      if (const std::uintptr_t at = unlike_file(probe, plan->patch_address + plan->length))
+        return changed(at);
     }
+    auto file = !plan.ok()     ? Result<std::shared_ptr<const elf::ElfFile>>(plan.error())
+                : path.empty() ? Result<std::shared_ptr<const elf::ElfFile>>(
+                                     Error(Errc::not_found, "no path for the module"))
+                               : elf::load_elf(elf::ModuleKey{t.key.dev, t.key.ino}, path);
+    std::optional<PadClaim> pad;
+    if (file.ok()) pad = find_short_pad(**file, probe - t.key.off, plan->patch_address + 2);
+    // The padding is what the pad gives back on detach: the file's, like the site's bytes.
+    if (pad && unlike_file(pad->at(), pad->at() + kShortPadLength)) pad.reset();
+    if (pad) {
+      const std::uintptr_t pad_at = pad->at();
+      if (auto done = build_jmp(*plan, std::move(pad))) {
+        if (!done->ok()) return *done;
+        if (debug_sites()) {
+          std::fprintf(
+              stderr, "hotprobe: %s: jmp site, 2-byte jump to a pad at %s (%s)\n",
+              t.describe.c_str(), hex(pad_at).c_str(),
+              t.function_size ? jmp_error.message().c_str() : "the function's size is unknown");
+        }
+        return site.release();
+      }
+    }
+  }
+  if (!spec.force_int3 && t.function_size && !spec.allow_int3) {
+    return Error(jmp_error.code(), t.describe + ": " + jmp_error.message() +
+                                       " (and int3 mode is disabled for this probe)");
   }
   if (!spec.allow_int3 && !spec.force_int3) {
     return Error(Errc::not_relocatable, t.describe +
@@ -181,8 +260,11 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
                                             "function (a build with symbols)");
   }
   // int3 mode.
+  if (const std::uintptr_t at = unlike_file(probe, probe + 1)) return changed(at);
   auto iplan = arch::plan_int3(fn, t.function, t.offset);
   if (!iplan.ok()) return Error(iplan.error().code(), t.describe + ": " + iplan.error().message());
+  if (const std::uintptr_t at = unlike_file(probe, probe + iplan->original.size()))
+    return changed(at);
   auto slot = slots.take(probe);
   if (!slot.ok()) return Error(slot.error().code(), t.describe + ": " + slot.error().message());
   auto copy = arch::make_int3_copy(*iplan, slot->address);
@@ -367,6 +449,12 @@ PatchSite patch_for(const Site* s, bool attach) {
     // whatever consumers are published) and then the displaced instructions.
     p.trap_target = s->trampoline;
     if (attach) p.ip_map = s->ip_map;
+    if (s->pad) {
+      p.pad_at = s->pad.at();
+      p.pad_old = attach ? s->pad.original : s->pad.jump;
+      p.pad_new = attach ? s->pad.jump : s->pad.original;
+      p.pad_first = attach;
+    }
   } else {
     p.trap_target = s->resume;  // the int3 hook runs first while the site is listed
   }

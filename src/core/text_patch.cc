@@ -2,6 +2,7 @@
 
 #include "core/text_patch_pads.h"
 #include "core/text_patch_raw.h"
+#include "core/text_patch_short.h"
 #include "core/text_patch_threads.h"
 #include "core/text_patch_traps.h"
 
@@ -86,6 +87,7 @@ enum class Head : std::uint8_t {
 };
 
 std::atomic<bool> g_trap_heads_for_testing{false};
+std::atomic<bool> g_head_before_pad_for_testing{false};
 
 bool cpu_has_atomic_16_byte_stores() {
   static const bool avx = __builtin_cpu_supports("avx");
@@ -222,6 +224,7 @@ void unwrite_final(std::uintptr_t addr, Head h, const std::uint8_t* old) {
 // ---------------------------------------------------------------------------------------
 // Totals (relaxed: statistics only).
 std::atomic<std::uint64_t> g_sync_core_rounds{0};
+std::atomic<std::uint64_t> g_short_pads_left{0};
 
 // ---------------------------------------------------------------------------------------
 Mutex g_patch_mutex;  // one transaction at a time; held for a whole apply_patches()
@@ -281,6 +284,10 @@ Result<std::vector<PageRun>> page_runs(std::span<const PatchSite> sites) {
   std::vector<std::uintptr_t> pages;
   for (const PatchSite& s : sites) {
     for (std::uintptr_t p = s.addr & ~(kPage - 1); p < s.addr + s.new_bytes.size(); p += kPage) {
+      pages.push_back(p);
+    }
+    for (std::uintptr_t p = s.pad_at & ~(kPage - 1); s.pad_at && p < s.pad_at + s.pad_new.size();
+         p += kPage) {
       pages.push_back(p);
     }
   }
@@ -444,15 +451,6 @@ bool int3_in_memory(const PatchSite& s) {
   return false;
 }
 
-Error changed_by_tracer(std::uintptr_t addr) {
-  char msg[200];
-  std::snprintf(msg, sizeof msg,
-                "the code at 0x%lx was changed by another tracer (a kernel uprobe or debugger "
-                "breakpoint); detach it first (bpftrace, perf probe, gdb), then attach again",
-                (unsigned long)addr);
-  return Error(Errc::busy, msg);
-}
-
 Error observe_error(const ObserveFailure& f, int sig) {
   switch (f.kind) {
     case ObserveFailure::kProc:
@@ -490,6 +488,15 @@ Error observe_error(const ObserveFailure& f, int sig) {
 
 }  // namespace
 
+Error code_changed_by_another_tracer(std::uintptr_t addr) {
+  char msg[200];
+  std::snprintf(msg, sizeof msg,
+                "the code at 0x%lx was changed by another tracer (a kernel uprobe or debugger "
+                "breakpoint); detach it first (bpftrace, perf probe, gdb), then attach again",
+                (unsigned long)addr);
+  return Error(Errc::busy, msg);
+}
+
 void fail_next_apply_for_testing() noexcept {
   g_fail_next_apply.store(true, std::memory_order_relaxed);
 }
@@ -497,6 +504,22 @@ void fail_next_apply_for_testing() noexcept {
 void use_trap_heads_for_testing(bool on) noexcept {
   g_trap_heads_for_testing.store(on, std::memory_order_relaxed);
 }
+
+void use_head_before_pad_for_testing(bool on) noexcept {
+  g_head_before_pad_for_testing.store(on, std::memory_order_relaxed);
+}
+
+namespace {
+
+// A short-jump site's pad: written before its site's head when attaching (nobody jumps
+// to it yet), after it when restoring; `old` for a rollback.
+void write_short_pad(const PatchSite& s, bool old) {
+  const PatchBytes& b = old ? s.pad_old : s.pad_new;
+  for (std::size_t i = 0; i < b.size(); i++)
+    write_byte(s.pad_at + i, b[i]);
+}
+
+}  // namespace
 
 Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   MutexLock lock(g_patch_mutex);
@@ -523,7 +546,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     }
     olds[i] = s.old_bytes;
     news[i] = s.new_bytes;
-    if (int3_of_another_tracer(s)) return changed_by_tracer(s.addr);
+    if (int3_of_another_tracer(s)) return code_changed_by_another_tracer(s.addr);
     if (!code_equals(s.addr, s.old_bytes)) {
       auto it = g_pads.find(s.addr);
       if (it == g_pads.end() || !it->second.jumped ||
@@ -531,7 +554,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
                       it->second.caller_view.data(),
                       it->second.caller_view.data() + it->second.caller_view.size()) ||
           !code_equals(s.addr, it->second.actual)) {
-        if (int3_in_memory(s)) return changed_by_tracer(s.addr);
+        if (int3_in_memory(s)) return code_changed_by_another_tracer(s.addr);
         char msg[240];
         std::snprintf(msg, sizeof msg,
                       "the code at 0x%lx is not what hotprobe expected: another tracer or "
@@ -541,6 +564,20 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       }
       olds[i] = it->second.actual;
       pads[i] = &it->second;
+    }
+    if (s.pad_at) {
+      if (s.pad_old.size() != s.pad_new.size() || s.pad_old.empty() ||
+          s.pad_old.size() > PatchBytes::kCapacity) {
+        return Error(Errc::invalid_argument, "pad with inconsistent byte counts");
+      }
+      if (!code_equals(s.pad_at, s.pad_old)) {
+        char msg[240];
+        std::snprintf(msg, sizeof msg,
+                      "the padding at 0x%lx that the short jump at 0x%lx goes through is not "
+                      "what hotprobe expected: another tool changed it; detach it first",
+                      (unsigned long)s.pad_at, (unsigned long)s.addr);
+        return Error(Errc::busy, msg);
+      }
     }
     heads[i] = head_for(s);
     ranges.push_back({s.addr, s.addr + s.new_bytes.size(), &s});
@@ -577,6 +614,26 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   bool cpu_rule = true;
   bool split_final = false;  // pad sites go final in a round of their own
   std::vector<Range> pad_ranges;
+  // Short-jump pads restored after their sites: a thread on one goes on at its site.
+  std::vector<PatchSite> short_pads;
+  std::vector<std::pair<std::uint32_t, std::uintptr_t>> short_moves;
+  std::vector<Range> short_ranges;
+  const bool head_first = g_head_before_pad_for_testing.load(std::memory_order_relaxed);
+  for (const PatchSite& s : sites) {
+    if (s.pad_at && !s.pad_first) short_moves.push_back({1, s.addr});
+  }
+  for (std::size_t i = 0, k = 0; i < n; i++) {
+    const PatchSite& s = sites[i];
+    if (!s.pad_at || s.pad_first) continue;
+    PatchSite view;  // the pad as a site whose offset 1 is the pad's first byte
+    view.addr = s.pad_at - 1;
+    view.ip_map = std::span(&short_moves[k++], 1);
+    short_pads.push_back(view);
+  }
+  for (const PatchSite& v : short_pads)
+    short_ranges.push_back({v.addr, v.addr + 1 + kShortPadLength, &v});
+  std::sort(short_ranges.begin(), short_ranges.end(),
+            [](const Range& a, const Range& b) { return a.start < b.start; });
   for (std::size_t i = 0; i < n; i++) {
     multi_byte |= sites[i].new_bytes.size() > 1;
     may_hold_threads |= !sites[i].ip_map.empty();
@@ -594,7 +651,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     r.start = r.site->addr + 1;  // step 2: a thread spinning at offset 1 may stay
   }
   std::unique_ptr<Observation> obs;
-  if ((multi_byte && may_hold_threads) || any_pad) {
+  if ((multi_byte && may_hold_threads) || any_pad || !short_ranges.empty()) {
     obs = std::make_unique<Observation>(thread_count_estimate() * 2 + 256);
   }
   const int sig = g_move_signal.load(std::memory_order_relaxed);
@@ -638,6 +695,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
   // nothing that can be a site (raw system calls, no allocation, no libc) and takes no
   // asynchronous signal.
   ObserveFailure observed;
+  bool pads_left = false;  // a restored short site's pad that a thread would not leave
   bool sync_failed = false;
   bool done = false;
   {
@@ -646,6 +704,13 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       if (!sync_core_in_window()) HP_DIE("membarrier failed after it had worked");
       stats.sync_core_rounds++;
     };
+    // Short-jump pads before anything can jump to them (serialized with the holds).
+    auto write_pads_first = [&](bool old) {
+      for (const PatchSite& s : sites) {
+        if (s.pad_at && s.pad_first) write_short_pad(s, old);
+      }
+    };
+    if (!head_first) write_pads_first(false);
     // Step 1: hold every multi-byte site.
     if (multi_byte) {
       for (std::size_t i = 0; i < n; i++)
@@ -661,6 +726,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
         for (std::size_t i = 0; i < n; i++)
           release_hold(sites[i].addr, heads[i], olds[i].data());
         (void)sync_core_in_window();
+        if (!head_first) write_pads_first(true);
       } else {
         // Step 3: the bytes behind the holds.
         for (std::size_t i = 0; i < n; i++) {
@@ -678,6 +744,11 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
       }
       round();
       done = true;
+      if (head_first) {
+        pause_ns(2000000);  // the window the variant opens, wide enough to be met at once
+        write_pads_first(false);
+        round();
+      }
       if (any_pad) {
         // Step 5: the threads held on a pad site's second instruction (no thread arrives
         // there any more) go to the trampoline's equivalent place.
@@ -702,6 +773,7 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
           for (std::size_t i = 0; i < n; i++)
             release_hold(sites[i].addr, heads[i], olds[i].data());
           round();
+          write_pads_first(true);
         } else {
           for (std::size_t i = 0; i < n; i++) {
             if (heads[i] == Head::pad)
@@ -713,6 +785,22 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
               if (heads[i] != Head::pad) write_final(sites[i].addr, heads[i], news[i].data());
             }
             round();
+          }
+        }
+      }
+      if (done && !short_ranges.empty()) {
+        // Restored short-jump sites: nothing jumps to their pads any more; a thread still
+        // on one goes on at its site, then the pad is padding again.
+        // A thread starved of CPU on a loaded machine may take its time: a few tries.
+        pads_left = true;
+        for (int tries = 0; tries < 3 && pads_left; tries++) {
+          pads_left = observe_threads(short_ranges.data(), short_ranges.size(), *obs, sig, true,
+                                      false, stats)
+                          .kind != ObserveFailure::kNone;
+        }
+        if (!pads_left) {
+          for (const PatchSite& s : sites) {
+            if (s.pad_at && !s.pad_first) write_short_pad(s, false);
           }
         }
       }
@@ -741,6 +829,14 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
     }
   }
   restore_protection();
+  if (pads_left) {
+    // The sites are restored; their pads keep jumping to the trampolines and are never
+    // used again (nor is the thread that stayed on one for a second moved later).
+    for (const PatchSite& s : sites) {
+      if (s.pad_at && !s.pad_first) keep_pad_claimed(s.pad_at);
+    }
+    g_short_pads_left.fetch_add(1, std::memory_order_relaxed);
+  }
   if (sync_failed) return no_membarrier();
   if (observed.kind != ObserveFailure::kNone) return observe_error(observed, sig);
   return stats;
@@ -748,7 +844,8 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
 
 PatchTotals patch_totals() noexcept {
   return {g_sync_core_rounds.load(std::memory_order_relaxed), traps_redirected(),
-          g_threads_moved.load(std::memory_order_relaxed)};
+          g_threads_moved.load(std::memory_order_relaxed),
+          g_short_pads_left.load(std::memory_order_relaxed)};
 }
 
 }  // namespace hp::core

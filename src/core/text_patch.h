@@ -83,6 +83,13 @@ struct PatchSite {
   // An offset not listed means no instruction starts there (no thread can be there).
   // Not owned: it must outlive the apply_patches() call (the engine points at its site's).
   std::span<const std::pair<std::uint32_t, std::uintptr_t>> ip_map;
+  // A short-jump site's pad (core/text_patch_short.h), 0: none. pad_old must be there and
+  // becomes pad_new. With pad_first (attaching) the pad is written before the site's
+  // bytes, while nothing jumps to it; else (restoring) after them, once no thread is left
+  // on the pad (one that is goes on at addr).
+  std::uintptr_t pad_at = 0;
+  PatchBytes pad_old, pad_new;
+  bool pad_first = true;
 };
 
 // The signal that moves running threads out of patched bytes (hotprobe::reserved_signal):
@@ -107,6 +114,11 @@ struct PatchStats {
 // Serialized internally: one transaction at a time per process.
 Result<PatchStats> apply_patches(std::span<const PatchSite> sites);
 
+// The refusal of code that another tracer changed (an int3 where the file has another
+// byte, a byte that differs from the module's file): "the code at ADDR was changed by
+// another tracer ...; detach it first".
+Error code_changed_by_another_tracer(std::uintptr_t addr);
+
 // Tests: the next apply_patches() fails with Errc::busy before it changes anything (the
 // way a batch fails when someone else patched one of its functions meanwhile).
 void fail_next_apply_for_testing() noexcept;
@@ -114,6 +126,10 @@ void fail_next_apply_for_testing() noexcept;
 // Tests: every multi-byte site gets the int3 hold of the kernel's protocol instead of
 // `jmp .` (the variant a thread that blocks SIGTRAP dies of).
 void use_trap_heads_for_testing(bool on) noexcept;
+
+// Tests: a short-jump site's head is written before its pad, 2 ms apart (the variant
+// where a thread that takes the new jump runs into padding).
+void use_head_before_pad_for_testing(bool on) noexcept;
 
 // Tests: step 2 takes the first listing of /proc/self/task as it comes, without showing
 // that it is whole (the variant that misses a thread when another one exits while the
@@ -129,6 +145,9 @@ struct PatchTotals {
   std::uint64_t sync_core_rounds = 0;
   std::uint64_t traps_redirected = 0;
   std::uint64_t threads_moved = 0;
+  // Restores of short-jump sites whose pad stayed written: a thread that blocked the
+  // move signal stayed on it for 3 s (the pad keeps its jump, claimed for good).
+  std::uint64_t short_pads_left = 0;
 };
 PatchTotals patch_totals() noexcept;
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 
+#include "arch/x86_64/handler_stack.h"
 #include "base/compiler.h"
 #include "core/text_patch_raw.h"
 
@@ -102,26 +103,43 @@ namespace {
 
 struct sigaction g_prev_trap_action;
 
-HP_DISPATCH_SECTION void trap_handler(int sig, siginfo_t* info, void* uc) {
-  if (info->si_code == SI_KERNEL) {  // an int3 (not kill(2), not a debugger's step)
-    CtxRip rip = ctx_rip(uc);
-    std::uintptr_t trap = rip - 1;
-    if (Int3Hook hook = g_int3_hook.load(std::memory_order_acquire)) {
-      if (std::uintptr_t to = hook(trap, uc)) {
-        rip = to;
-        return;
-      }
-    }
-    if (std::uintptr_t to = trap_lookup(trap)) {
+// The trap's own work: true (1) when the int3 was ours and the context now says where the
+// thread goes on. On the thread's handler stack where it is free (trap_handler).
+HP_DISPATCH_SECTION std::uint64_t handle_trap(void* ucv, void* /*unused*/) {
+  CtxRip rip = ctx_rip(ucv);
+  const std::uintptr_t trap = rip - 1;
+  if (Int3Hook hook = g_int3_hook.load(std::memory_order_acquire)) {
+    if (std::uintptr_t to = hook(trap, ucv)) {
       rip = to;
-      g_traps_redirected.fetch_add(1, std::memory_order_relaxed);
-      return;
+      return 1;
     }
-    // The int3 was ours but the transaction has finished: run what is there now.
-    if (read_code_byte(trap) != kInt3) {
-      rip = trap;
-      return;
-    }
+  }
+  if (std::uintptr_t to = trap_lookup(trap)) {
+    rip = to;
+    g_traps_redirected.fetch_add(1, std::memory_order_relaxed);
+    return 1;
+  }
+  // The int3 was ours but the transaction has finished: run what is there now.
+  if (read_code_byte(trap) != kInt3) {
+    rip = trap;
+    return 1;
+  }
+  return 0;
+}
+
+// Moves to hotprobe's handler stack first (arch/x86_64/handler_stack.h), so that a trap
+// takes of the program's stack (a small sigaltstack, a coroutine's) only this frame and
+// the switch's, whatever the int3 hook, the dispatcher and the first hit's allocation
+// need; a trap that is not ours goes to the program's handler back on its own stack.
+// Not instrumented by ASan: its frame stays a few words.
+HP_DISPATCH_SECTION __attribute__((no_sanitize("address", "thread"))) void trap_handler(
+    int sig, siginfo_t* info, void* uc) {
+  if (info->si_code == SI_KERNEL) {  // an int3 (not kill(2), not a debugger's step)
+    const std::uint64_t ours =
+        arch::handler_stack_available()
+            ? hp_handler_stack_call(uc, nullptr, reinterpret_cast<std::uint64_t>(&handle_trap))
+            : handle_trap(uc, nullptr);
+    if (ours) return;
   }
   // Not ours: behave as if we were not here.
   if (g_prev_trap_action.sa_flags & SA_SIGINFO) {

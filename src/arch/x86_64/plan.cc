@@ -188,6 +188,49 @@ Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> functio
   return plan;
 }
 
+Result<DisplacementPlan> plan_short_displacement(std::span<const std::uint8_t> function,
+                                                 std::uint64_t function_address,
+                                                 std::uint64_t offset) {
+  Sweep s = sweep(function, function_address);
+  auto found = find_boundary(s, function, function_address, offset);
+  if (!found.ok()) return found.error();
+  std::size_t first = found.value();
+  DisplacementPlan plan;
+  plan.probe_address = function_address + offset;
+  const bool starts_with_endbr = !s.insns.empty() && s.insns[0].kind == InsnKind::endbr64;
+  if (offset == 0 && starts_with_endbr) ++first;
+  plan.at_entry = offset == 0 || (offset == 4 && starts_with_endbr);
+  plan.flags_live = !plan.at_entry;
+  if (first >= s.insns.size()) {
+    return Error(Errc::not_relocatable, "too short: nothing after `endbr64` to displace");
+  }
+  const Insn& insn = s.insns[first];
+  auto where = [&] { return quoted(insn) + " at +" + hex(insn.address - function_address); };
+  if (insn.length < 2) {
+    return Error(Errc::not_relocatable,
+                 where() + " is 1 byte long: a 2-byte jump would cover the next instruction too");
+  }
+  switch (insn.kind) {
+    case InsnKind::int3:
+      return Error(Errc::not_relocatable, where() + " is a breakpoint someone else placed");
+    case InsnKind::xbegin:
+    case InsnKind::far_transfer:
+      return Error(Errc::not_relocatable, where() + " cannot be relocated");
+    default:
+      break;
+  }
+  plan.patch_address = insn.address;
+  plan.patch_offset = static_cast<std::uint32_t>(plan.patch_address - function_address);
+  plan.length = insn.length;
+  s.insns.erase(s.insns.begin() + static_cast<std::ptrdiff_t>(first) + 1, s.insns.end());
+  s.insns.erase(s.insns.begin(), s.insns.begin() + static_cast<std::ptrdiff_t>(first));
+  plan.insns = std::move(s.insns);
+  remember_shapes(plan.insns);
+  const auto from = function.begin() + plan.patch_offset;
+  plan.original.assign(from, from + plan.length);
+  return plan;
+}
+
 Result<Int3Plan> plan_int3(std::span<const std::uint8_t> function, std::uint64_t function_address,
                            std::uint64_t offset) {
   const Sweep s = sweep(function, function_address);

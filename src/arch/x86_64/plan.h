@@ -85,6 +85,17 @@ Result<void> check_boundary(std::span<const std::uint8_t> function, std::uint64_
 Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> function,
                                            std::uint64_t function_address, std::uint64_t offset);
 
+// The plan of a short-jump site (a 2-byte `jmp rel8` to a 5-byte jump in the padding
+// nearby, where no 5-byte jump fits at the probe): the one instruction at the probe
+// (after endbr64 at offset 0), which must be at least 2 bytes long, so that the jump's
+// two bytes lie inside it and no branch can land between them. Refused like
+// plan_displacement for a 1-byte first instruction, int3, xbegin and far transfers.
+// `function` may end a few bytes after the probe (a function of unknown size): no branch
+// scan is needed, since a branch cannot land inside one instruction.
+Result<DisplacementPlan> plan_short_displacement(std::span<const std::uint8_t> function,
+                                                 std::uint64_t function_address,
+                                                 std::uint64_t offset);
+
 // The int3-mode plan: the single instruction at the probe, which the core copies with
 // make_int3_copy. Any boundary works; refused for int3, xbegin and far transfers.
 struct Int3Plan {
