@@ -45,11 +45,12 @@ enum class Msg : char {
   resumed = 'U',  // <- agent: u32 pid; the exec'd image's agent traces on, maps and all
 };
 
-// What hotprobe says when `n` of a session's sites are traps (int3 mode: no 5-byte jump
-// fits there). The kernel kills a thread that blocks SIGTRAP when it runs into one.
+// What hotprobe says when `n` of a session's sites are traps (int3 mode: neither a 5-byte
+// jump nor a 2-byte one to nearby padding fits there). The kernel kills a thread that blocks
+// SIGTRAP when it runs into one.
 inline std::string trap_sites_warning(std::uint32_t n) {
   return "hotprobe: warning: " + std::to_string(n) + " probe site" + (n == 1 ? " is" : "s are") +
-         " a trap (int3: no 5-byte jump fits there, or code jumps into its bytes); a thread "
+         " a trap (int3: no jump fits there, not even a 2-byte one to padding nearby); a thread "
          "that blocks SIGTRAP (one that blocks every signal, or glibc's exiting threads) is "
          "killed by the kernel if it runs into one: probe another instruction of the function "
          "(uprobe:BIN:FUNC+OFFSET) if the program has such threads\n";

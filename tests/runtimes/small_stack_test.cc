@@ -153,13 +153,6 @@ TEST_P(SmallStack, SignalHandlerOnEightKiBSigaltstack) {
   // a thread whose int3 traps while SIGTRAP is blocked.
   if (int3()) GTEST_SKIP() << "int3 probes cannot fire inside TSan-deferred signal handlers";
 #endif
-#if defined(HOTPROBE_ASAN)
-  // Before the trap handler starts, the kernel's two signal frames (SIGUSR2, then SIGTRAP,
-  // each with this CPU's xsave area) and the program's handler have taken about 6 KiB of
-  // the 8 KiB; the trap path of the -O0 ASan build (int3 hook, dispatcher, the first hit's
-  // handler-stack allocation) needs more than the 2 KiB left. The release build runs it.
-  if (int3()) GTEST_SKIP() << "the -O0 ASan trap path does not fit beside two signal frames";
-#endif
   Seen seen;
   GuardedStack alt(8 * 1024);
   seen.small = &alt;
