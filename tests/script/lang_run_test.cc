@@ -3,6 +3,10 @@
 // script, in each command-line form bpftrace has (-e and a file, `--` and -c).
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <string>
 #include <vector>
@@ -68,6 +72,30 @@ TEST(LangRun, SignalReachesTheTracedProcessWithUnsafe) {
   r = hotprobe({"run", "--unsafe", "-e", script, "--", HP_LANG_TARGET, "sig"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("got SIGUSR1\n"), std::string::npos) << r.err;
+}
+
+TEST(LangRun, ParametersReachAnAttachedAgent) {
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::execl("/bin/sleep", "sleep", "60", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Attach to sleep, not to this program's fork before its exec.
+  for (;;) {
+    char exe[4096] = {};
+    const ssize_t n =
+        ::readlink(("/proc/" + std::to_string(child) + "/exe").c_str(), exe, sizeof exe - 1);
+    if (n > 0 && std::string(exe).ends_with("sleep")) break;
+    ::usleep(1000);
+  }
+  // BEGIN runs inside the process: the parameters travel in the start message.
+  auto r = hotprobe({"attach", "-p", std::to_string(child), "-e",
+                     "BEGIN { printf(\"%d %s %d\\n\", $1, str($2), $#); exit(); }", "5", "x"});
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.substr(0, r.out.find("\n\n")), "Attaching 1 probe...\n5 x 2") << r.err;
 }
 
 }  // namespace
