@@ -126,11 +126,7 @@ void Checker::statement(Stmt& s) {
       }
       break;
     case Stmt::Kind::if_: {
-      Value c = value(*s.cond);
-      if (!c.error && !c.is_int()) {
-        error(s.cond->loc, "Invalid condition in if(): " + type_name(c) +
-                               " (a condition is an integer: 0 is false)");
-      }
+      condition(*s.cond, "if");
       statements(s.body);
       statements(s.else_body);
       break;
@@ -157,6 +153,14 @@ void Checker::statement(Stmt& s) {
     case Stmt::Kind::continue_:
       loop_statement(s);
       break;
+  }
+}
+
+void Checker::condition(Expr& cond, std::string_view statement) {
+  Value c = value(cond);
+  if (!c.error && !c.is_int()) {
+    error(cond.loc, "Invalid condition in " + std::string(statement) + "(): " + type_name(c) +
+                        " (a condition is an integer: 0 is false)");
   }
 }
 

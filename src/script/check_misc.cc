@@ -180,11 +180,7 @@ void Checker::loop_statement(Stmt& s) {
       s.count = control;
       return;
     case Stmt::Kind::while_: {
-      Value c = value(*s.cond);
-      if (!c.error && !c.is_int()) {
-        error(s.cond->loc, "Invalid condition in while(): " + type_name(c) +
-                               " (a condition is an integer: 0 is false)");
-      }
+      condition(*s.cond, "while");
       s.count = budget | control << 8;
       ++loop_depth_;
       statements(s.body);

@@ -184,6 +184,8 @@ class Checker {
 
   // Loops and the small builtins (check_misc.cc).
   void loop_statement(Stmt& s);
+  // if's and while's condition: an integer.
+  void condition(Expr& cond, std::string_view statement);
   Value misc_call(Expr& e, Context ctx);
   bool unsafe_allowed(const Expr& e);
   bool only_uprobes(const Expr& e);
