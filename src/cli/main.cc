@@ -113,9 +113,11 @@ int main(int argc, char** argv) {
   auto* run_cmd =
       app.add_subcommand("run", "Run PROGRAM with the script's probes attached before its main.");
   run_cmd->footer(
-      "Usage: hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [-o text|json] [--output FILE] "
-      "[--follow-forks] -- PROGRAM [ARGS...]\n"
-      "       hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [OPTIONS] -c 'PROGRAM ARGS...'\n"
+      "Usage: hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [PARAMS...] [-o text|json] [--output "
+      "FILE] [--follow-forks] [--unsafe] -- PROGRAM [ARGS...]\n"
+      "       hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [PARAMS...] [OPTIONS] -c 'PROGRAM "
+      "ARGS...'\n"
+      "(PARAMS are the script's $1, $2, ...; $# is how many)\n"
       "(-c is bpftrace's: split at whitespace, no shell; `hotprobe -e ... -c ...` works too)\n\n"
       "Output: printf/print output and the maps (on interval probes, exit(), the program's "
       "end and Ctrl-C) go to hotprobe's stdout or FILE; PROGRAM's stdin, stdout and stderr "
@@ -146,8 +148,9 @@ int main(int argc, char** argv) {
   auto* attach_cmd = app.add_subcommand(
       "attach", "Run the script in a running process (the agent is injected with ptrace).");
   attach_cmd->footer(
-      "Usage: hotprobe attach -p PID [-e 'SCRIPT' | SCRIPT_FILE] [-o text|json] [--output "
-      "FILE] [--duration SECONDS]\nCtrl-C (or --duration, or exit() in the script) stops: END "
+      "Usage: hotprobe attach -p PID [-e 'SCRIPT' | SCRIPT_FILE] [PARAMS...] [-o text|json] "
+      "[--output FILE] [--duration SECONDS] [--unsafe]\nCtrl-C (or --duration, or exit() in the "
+      "script) stops: END "
       "runs, the maps print, every probe is removed and the process runs on. How long the "
       "process was stopped to load the agent is reported on stderr.");
   attach_cmd->add_option("-p,--pid", att.pid, "The process")->required();
