@@ -2,7 +2,7 @@
 #include "script/run_misc.h"
 
 #include <arpa/inet.h>
-#include <pwd.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <string>
 
 #include "script/loops.h"
 #include "script/run_nodes.h"
@@ -37,19 +38,39 @@ std::uint32_t copy_out(char* out, std::string_view s) {
 
 }  // namespace
 
+// The name of `uid` in /etc/passwd, read as a file: not through NSS, whose modules a
+// lookup would load into the traced program. "" when it is not there.
+static std::string passwd_name(uid_t uid) {
+  const int fd = ::open("/etc/passwd", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; text.size() < (1u << 20) && (n = ::read(fd, buf, sizeof buf)) > 0;)
+    text.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  const std::string want = std::to_string(uid);
+  for (std::size_t start = 0; start < text.size();) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string_view line(text.data() + start, end - start);
+    start = end + 1;
+    const std::size_t c1 = line.find(':');
+    const std::size_t c2 = c1 == std::string_view::npos ? c1 : line.find(':', c1 + 1);
+    const std::size_t c3 = c2 == std::string_view::npos ? c2 : line.find(':', c2 + 1);
+    if (c3 != std::string_view::npos && line.substr(c2 + 1, c3 - c2 - 1) == want)
+      return std::string(line.substr(0, c1));
+  }
+  return {};
+}
+
 void misc_init_once() {
   static std::once_flag once;
   std::call_once(once, [] {
     g_ncpus = std::max(1, get_nprocs_conf());
     const uid_t uid = getuid();
-    passwd pw;
-    passwd* found = nullptr;
-    char buf[4096];
-    if (getpwuid_r(uid, &pw, buf, sizeof buf, &found) == 0 && found) {
-      g_username_len = copy_out(g_username, found->pw_name);
-    } else {  // no name for the uid: its number, as `id -un` would fail to give
-      g_username_len = copy_out(g_username, std::to_string(uid));
-    }
+    const std::string name = passwd_name(uid);
+    // A uid with no name there: its number.
+    g_username_len = copy_out(g_username, name.empty() ? std::to_string(uid) : name);
   });
 }
 
