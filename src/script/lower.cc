@@ -218,7 +218,7 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
   using namespace lowering;
   clock::calibrate_once();
   thread::init_once();
-  misc_init_once();  // ncpus, username (run_misc.cc)
+  misc_init_once(program.source.find("username") != std::string::npos);  // run_misc.cc
   auto rt = std::make_unique<Runtime>();
   rt->format = format;
   rt->print_maps_on_exit = program.print_maps_on_exit;

@@ -63,10 +63,12 @@ static std::string passwd_name(uid_t uid) {
   return {};
 }
 
-void misc_init_once() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    g_ncpus = std::max(1, get_nprocs_conf());
+void misc_init_once(bool username) {
+  static std::once_flag once, once_username;
+  std::call_once(once, [] { g_ncpus = std::max(1, get_nprocs_conf()); });
+  // Only for a script that names it: the traced program sees no file opened otherwise.
+  if (!username) return;
+  std::call_once(once_username, [] {
     const uid_t uid = getuid();
     const std::string name = passwd_name(uid);
     // A uid with no name there: its number.

@@ -33,8 +33,8 @@ bool st_for(const SNode* s, Frame& f);
 bool st_break(const SNode* s, Frame& f);
 bool st_continue(const SNode* s, Frame& f);
 
-// ncpus and username, once per process.
-void misc_init_once();
+// ncpus, once per process; username too (once) when `username` is true.
+void misc_init_once(bool username);
 
 }  // namespace nodes
 
