@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "script/check.h"
+#include "script/fuzz.h"
 #include "script/loops.h"
 #include "script/program.h"
 
@@ -253,6 +254,73 @@ TEST(ScriptLang, SignalNeedsUnsafeAndAUprobe) {
   }
   EXPECT_EQ(g_got.load(), 2);
   sigaction(SIGUSR2, &old, nullptr);
+}
+
+}  // namespace
+}  // namespace hotprobe::script
+
+namespace hotprobe::script {
+namespace {
+
+// Token soups of the new constructs through the fuzz entry (script/fuzz.h: an accepted
+// script is lowered, run once and printed; a crash or a sanitizer report is the bug).
+// Many run a loop to its bound: each must end.
+TEST(ScriptLang, LoopAndParameterSoupsNeverCrash) {
+  static const char* const kWords[] = {"while",
+                                       "for",
+                                       "break",
+                                       "continue",
+                                       "return",
+                                       "(",
+                                       ")",
+                                       "{",
+                                       "}",
+                                       ";",
+                                       "$i",
+                                       "$j",
+                                       ":",
+                                       "..",
+                                       "0",
+                                       "1",
+                                       "3",
+                                       "$1",
+                                       "$#",
+                                       "str(",
+                                       "$2",
+                                       "@m",
+                                       "=",
+                                       "+=",
+                                       "++",
+                                       "<",
+                                       "if",
+                                       "exit()",
+                                       "strncmp(\"a\", \"ab\", 2)",
+                                       "ntop(",
+                                       "rand",
+                                       "ncpus",
+                                       ",",
+                                       "unroll(3)",
+                                       "!"};
+  std::uint64_t x = 0x9e3779b97f4a7c15ULL;
+  FuzzStats stats;
+  for (int n = 0; n < 1500; ++n) {
+    std::string body;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    const int len = static_cast<int>(x % 24) + 1;
+    for (int k = 0; k < len; ++k) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      body += kWords[x % std::size(kWords)];
+      body += ' ';
+    }
+    fuzz_one("BEGIN { $i = 0; " + body + " }", &stats);
+    fuzz_one("BEGIN { $i = 0; while ($i < 5) { " + body + " } }", &stats);
+  }
+  EXPECT_EQ(stats.inputs, 3000u);
+  EXPECT_GT(stats.checked, 30u);  // the soups reach the evaluator, not only the parser
 }
 
 }  // namespace
