@@ -328,12 +328,11 @@ Value Checker::misc_call(Expr& e, Context ctx) {
     }
     case Func::system:
     case Func::cat:
-      if (e.func == Func::system && !unsafe_allowed(e)) return Value::bad();
-      if (e.func == Func::cat && !unsafe_allowed(e)) return Value::bad();
+      if (!unsafe_allowed(e)) return Value::bad();
       error(e.loc, name +
-                       "() is not supported by hotprobe yet: it must run in the hotprobe "
-                       "command, outside the probed thread, and that channel does not "
-                       "exist yet (print what you need with printf)");
+                       "() is not supported by hotprobe: it would run in the hotprobe "
+                       "command, outside the probed thread, and the agent's channel carries "
+                       "no such request (print what you need with printf)");
       return Value::bad();
     case Func::ntop: {
       if (!arity(1, 2)) return Value::bad();
