@@ -81,7 +81,7 @@ class OpenProgram final : public script::Program {
 
 inline hotprobe::Result<std::unique_ptr<OpenProgram>> compile_open(
     std::string_view source, const script::CompileOptions& options) {
-  auto ast = script::parse_and_check(source, options.filename);
+  auto ast = script::parse_and_check(source, options);
   if (!ast) return ast.error();
   auto rt = script::lower(std::move(*ast), options.format);
   if (!rt) return rt.error();

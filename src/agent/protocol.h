@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace hp::agent {
 
@@ -84,8 +85,10 @@ inline std::string attach_socket_path(unsigned uid, long id) {
 }
 
 struct StartOptions {
-  std::uint8_t format = 0;        // script::OutputFormat
-  std::uint8_t follow_forks = 0;  // trace forked children too
+  std::uint8_t format = 0;          // script::OutputFormat
+  std::uint8_t follow_forks = 0;    // trace forked children too
+  std::uint8_t unsafe = 0;          // --unsafe
+  std::vector<std::string> params;  // the script's positional parameters $1.. $N
 };
 
 inline std::string encode(Msg type, std::string_view payload = {}) {
@@ -118,8 +121,14 @@ inline std::string encode_start(const StartOptions& o, std::string_view filename
   std::string p;
   put<std::uint8_t>(p, o.format);
   put<std::uint8_t>(p, o.follow_forks);
+  put<std::uint8_t>(p, o.unsafe);
   put<std::uint32_t>(p, static_cast<std::uint32_t>(filename.size()));
   p.append(filename);
+  put<std::uint32_t>(p, static_cast<std::uint32_t>(o.params.size()));
+  for (const std::string& w : o.params) {
+    put<std::uint32_t>(p, static_cast<std::uint32_t>(w.size()));
+    p.append(w);
+  }
   p.append(source);
   return encode(Msg::start, p);
 }
@@ -135,12 +144,23 @@ inline std::optional<Start> decode_start(std::string_view payload) {
   Start s;
   auto f = get<std::uint8_t>(payload, pos);
   auto ff = get<std::uint8_t>(payload, pos);
+  auto un = get<std::uint8_t>(payload, pos);
   auto n = get<std::uint32_t>(payload, pos);
-  if (!f || !ff || !n || payload.size() < pos + *n) return std::nullopt;
+  if (!f || !ff || !un || !n || payload.size() < pos + *n) return std::nullopt;
   s.options.format = *f;
   s.options.follow_forks = *ff;
+  s.options.unsafe = *un;
   s.filename.assign(payload.substr(pos, *n));
-  s.source.assign(payload.substr(pos + *n));
+  pos += *n;
+  auto count = get<std::uint32_t>(payload, pos);
+  if (!count || *count > payload.size()) return std::nullopt;
+  for (std::uint32_t k = 0; k < *count; ++k) {
+    auto len = get<std::uint32_t>(payload, pos);
+    if (!len || payload.size() < pos + *len) return std::nullopt;
+    s.options.params.emplace_back(payload.substr(pos, *len));
+    pos += *len;
+  }
+  s.source.assign(payload.substr(pos));
   return s;
 }
 

@@ -384,6 +384,8 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   script::CompileOptions copts;
   copts.filename = start_msg->filename;
   copts.format = static_cast<script::OutputFormat>(start_msg->options.format);
+  copts.params = start_msg->options.params;
+  copts.unsafe = start_msg->options.unsafe != 0;
   s->source_ = start_msg->source;
   s->filename_ = start_msg->filename;
   // `hotprobe run` shares memory for the maps (HOTPROBE_MAPS_FD), `hotprobe attach` passed

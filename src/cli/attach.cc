@@ -328,6 +328,10 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
   hotprobe::script::CompileOptions copts;
   copts.filename = filename;
   copts.format = static_cast<hotprobe::script::OutputFormat>(format);
+  copts.params = o.params;
+  copts.unsafe = o.unsafe;
+  so.params = o.params;
+  so.unsafe = o.unsafe;
   // The region travels only over this checked channel: it has no path a third user could
   // open (docs/design/security.md).
   const std::string start = agent::encode_start(so, filename, source);

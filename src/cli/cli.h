@@ -18,6 +18,8 @@ struct RunOptions {
   std::string output;  // --output FILE; empty: stdout
   bool follow_forks = false;
   std::vector<std::string> command;  // PROGRAM ARGS...
+  std::vector<std::string> params;   // $1.. $N: the words after the script
+  bool unsafe = false;               // --unsafe
 };
 
 struct AttachOptions {
@@ -25,7 +27,9 @@ struct AttachOptions {
   std::string script_text, script_file;
   std::string format = "text";
   std::string output;
-  double duration = 0;  // seconds; 0: until Ctrl-C, exit() or the process's end
+  double duration = 0;              // seconds; 0: until Ctrl-C, exit() or the process's end
+  std::vector<std::string> params;  // $1.. $N: the words after the script
+  bool unsafe = false;              // --unsafe
 };
 
 // `hotprobe attach -p PID`: kExitOk when tracing ended (Ctrl-C, exit(), the process

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <fmt/format.h>
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
     const std::string first = argv[1];
     const bool subcommand = first == "run" || first == "attach" || first == "list";
     const bool script_first = first == "-e" || first == "-c" || first == "-p" ||
+                              (first == "--unsafe" && (has_c || has_p)) ||
                               (!subcommand && first[0] != '-' && (has_c || has_p));
     if (script_first) args.insert(args.begin() + 1, has_p && !has_c ? kAttach : kRun);
     // bpftrace's `-l PATTERN` and `-lv PATTERN` are `hotprobe list [-v] PATTERN`.
@@ -111,9 +113,11 @@ int main(int argc, char** argv) {
   auto* run_cmd =
       app.add_subcommand("run", "Run PROGRAM with the script's probes attached before its main.");
   run_cmd->footer(
-      "Usage: hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [-o text|json] [--output FILE] "
-      "[--follow-forks] -- PROGRAM [ARGS...]\n"
-      "       hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [OPTIONS] -c 'PROGRAM ARGS...'\n"
+      "Usage: hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [PARAMS...] [-o text|json] [--output "
+      "FILE] [--follow-forks] [--unsafe] -- PROGRAM [ARGS...]\n"
+      "       hotprobe run [-e 'SCRIPT' | SCRIPT_FILE] [PARAMS...] [OPTIONS] -c 'PROGRAM "
+      "ARGS...'\n"
+      "(PARAMS are the script's $1, $2, ...; $# is how many)\n"
       "(-c is bpftrace's: split at whitespace, no shell; `hotprobe -e ... -c ...` works too)\n\n"
       "Output: printf/print output and the maps (on interval probes, exit(), the program's "
       "end and Ctrl-C) go to hotprobe's stdout or FILE; PROGRAM's stdin, stdout and stderr "
@@ -127,7 +131,13 @@ int main(int argc, char** argv) {
   run_cmd->add_option("-c", run_c,
                       "The program and its arguments in one word, split at whitespace "
                       "(bpftrace's -c; instead of -- PROGRAM ARGS...)");
-  run_cmd->add_option("script_file", run.script_file, "A script file (instead of -e)");
+  // The words after the script: a script file (without -e), then the positional
+  // parameters $1, $2, ... as bpftrace takes them.
+  std::vector<std::string> run_words, att_words;
+  run_cmd->add_option("script_file", run_words,
+                      "A script file (instead of -e), then the script's positional parameters "
+                      "$1, $2, ...");
+  run_cmd->add_flag("--unsafe", run.unsafe, "Allow signal(), as bpftrace's --unsafe");
   run_cmd->add_option("-o,--format", run.format, "Output format")
       ->check(CLI::IsMember({"text", "json"}));
   run_cmd->add_option("--output", run.output, "Write the tracing output to FILE");
@@ -139,13 +149,17 @@ int main(int argc, char** argv) {
   auto* attach_cmd = app.add_subcommand(
       "attach", "Run the script in a running process (the agent is injected with ptrace).");
   attach_cmd->footer(
-      "Usage: hotprobe attach -p PID [-e 'SCRIPT' | SCRIPT_FILE] [-o text|json] [--output "
-      "FILE] [--duration SECONDS]\nCtrl-C (or --duration, or exit() in the script) stops: END "
+      "Usage: hotprobe attach -p PID [-e 'SCRIPT' | SCRIPT_FILE] [PARAMS...] [-o text|json] "
+      "[--output FILE] [--duration SECONDS] [--unsafe]\nCtrl-C (or --duration, or exit() in the "
+      "script) stops: END "
       "runs, the maps print, every probe is removed and the process runs on. How long the "
       "process was stopped to load the agent is reported on stderr.");
   attach_cmd->add_option("-p,--pid", att.pid, "The process")->required();
   attach_cmd->add_option("-e", att.script_text, "The script text");
-  attach_cmd->add_option("script_file", att.script_file, "A script file (instead of -e)");
+  attach_cmd->add_option("script_file", att_words,
+                         "A script file (instead of -e), then the script's positional "
+                         "parameters $1, $2, ...");
+  attach_cmd->add_flag("--unsafe", att.unsafe, "Allow signal(), as bpftrace's --unsafe");
   attach_cmd->add_option("-o,--format", att.format, "Output format")
       ->check(CLI::IsMember({"text", "json"}));
   attach_cmd->add_option("--output", att.output, "Write the tracing output to FILE");
@@ -190,7 +204,9 @@ int main(int argc, char** argv) {
                  "hotprobe run: -e gives the script, so '%s' is not a script file; to run it "
                  "as the program, put '--' before it or use -c:\n"
                  "  hotprobe run -e 'SCRIPT' -- %s [ARGS...]\n"
-                 "  hotprobe run -e 'SCRIPT' -c '%s [ARGS...]'\n",
+                 "  hotprobe run -e 'SCRIPT' -c '%s [ARGS...]'\n"
+                 "(words after the script are its parameters $1, $2, ... when the program is "
+                 "named with '--' or -c)\n",
                  word.c_str(), word.c_str(), word.c_str());
     return hp::cli::kExitUsage;
   };
@@ -214,6 +230,16 @@ int main(int argc, char** argv) {
     }
     int rc = app.exit(e);
     return rc == 0 ? 0 : hp::cli::kExitUsage;
+  }
+
+  for (auto [text, file, words, params] :
+       {std::tuple{&run.script_text, &run.script_file, &run_words, &run.params},
+        std::tuple{&att.script_text, &att.script_file, &att_words, &att.params}}) {
+    if (text->empty() && !words->empty()) {
+      *file = words->front();
+      words->erase(words->begin());
+    }
+    *params = *words;
   }
 
   // --output is checked before anything starts (a program, an injection); its open checks
@@ -243,6 +269,19 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "hotprobe run: -c is empty: -c 'PROGRAM ARGS...'\n");
         return hp::cli::kExitUsage;
       }
+    }
+    if (command.empty() && !run.params.empty()) {
+      // A program named without '--' (the words after the script are $1, $2, ... only
+      // when the program is named with '--' or -c).
+      if (run.script_file.empty()) return program_without_dashes(run.params.front());
+      std::fprintf(stderr,
+                   "hotprobe run: '%s' follows the script file '%s'; name the program "
+                   "after '--' or with -c:\n"
+                   "  hotprobe run %s -- PROGRAM [ARGS...]\n"
+                   "  hotprobe run %s -c 'PROGRAM ARGS...'\n",
+                   run.params.front().c_str(), run.script_file.c_str(), run.script_file.c_str(),
+                   run.script_file.c_str());
+      return hp::cli::kExitUsage;
     }
     if (command.empty()) {
       std::fprintf(stderr,

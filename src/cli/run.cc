@@ -381,6 +381,8 @@ void warn_untraced(const std::string& program, const std::vector<std::string>& n
 int attach_command(const AttachOptions& o) {
   std::string source, filename;
   script::CompileOptions copts;
+  copts.params = o.params;
+  copts.unsafe = o.unsafe;
   if (!load_script("attach", o.script_text, o.script_file, o.format, source, filename, copts))
     return kExitError;
   std::string agent_path = find_agent();
@@ -395,6 +397,8 @@ int attach_command(const AttachOptions& o) {
 int run(const RunOptions& o) {
   std::string source, filename;
   script::CompileOptions copts;
+  copts.params = o.params;
+  copts.unsafe = o.unsafe;
   // Errors before the program starts: the script is compiled here first.
   if (!load_script("run", o.script_text, o.script_file, o.format, source, filename, copts))
     return kExitError;
@@ -503,6 +507,8 @@ int run(const RunOptions& o) {
   int sock = sv[0];
   agent::StartOptions so;
   so.format = static_cast<std::uint8_t>(copts.format);
+  so.params = copts.params;
+  so.unsafe = copts.unsafe;
   so.follow_forks = o.follow_forks ? 1 : 0;
   agent::send_message(sock, agent::encode_start(so, filename, source));
 

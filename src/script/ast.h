@@ -76,6 +76,9 @@ enum class Builtin : std::uint8_t {
   cpu,      // sched_getcpu()
   uid,
   gid,
+  ncpus,     // the CPUs configured (docs/design/script-language.md, "Loops, ...")
+  rand,      // a pseudo-random uint32, from per-thread state
+  username,  // string: the name of uid, resolved when the script is lowered
 };
 
 // Calls. Aggregations (count..lhist) are only valid as the whole right-hand side of a map
@@ -98,6 +101,17 @@ enum class Func : std::uint8_t {
   time,    // time() or time("strftime fmt"): args[0], if any, is a string literal
   exit,    // exit()
   str,     // str(ptr [, len]): string, read from user memory; never faults
+  // The small builtins (check_misc.cc, run_misc.*): strncmp(s, t, N), strcontains(s, t),
+  // uptr(p), signal(SIG) (--unsafe), system(fmt, ...) and cat(fmt, ...) (--unsafe; run by
+  // hotprobe outside the hit), ntop([af,] addr), macaddr(p).
+  strncmp,
+  strcontains,
+  uptr,
+  signal,
+  system,
+  cat,
+  ntop,
+  macaddr,
 };
 
 inline constexpr bool is_aggregation(Func f) {
@@ -231,6 +245,12 @@ struct Stmt {
     if_,      // if (`cond`) { `body` } else { `else_body` }; `else if` is an else_body of one if_
     unroll,   // unroll (`count`) { `body` }
     return_,  // return; (ends the action)
+    // Loops (check_misc.cc, lower_loops.cc): while (`cond`) { `body` }; for (`target` :
+    // `value`..`cond`) { `body` }; break; continue. `count`: the hidden slots (checker).
+    while_,
+    for_,
+    break_,
+    continue_,
   };
   Kind kind = Kind::expr;
   Loc loc;
@@ -300,6 +320,9 @@ struct Program {
   TypeFacts facts;            // DWARF parameters and included headers (script/check_args.h)
   // config = { ... } (docs/design/script-language.md, "config"): the settings honoured.
   bool print_maps_on_exit = true;
+  // The command line's positional parameters ($1.., $#) and --unsafe (CompileOptions).
+  std::vector<std::string> params;
+  bool unsafe = false;
 };
 
 // Every probe of `program`, in source order (the shape of Program::probes()).
@@ -315,14 +338,15 @@ inline std::vector<Probe> flatten_probes(const Program& program) {
 // Names for messages and printing.
 // The names of the builtins and the functions, in their enums' order: the checker
 // resolves names with them ("did you mean" too), messages print them.
-inline constexpr std::array<std::string_view, 17> kBuiltinNames = {
-    "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
-    "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
-inline constexpr std::array<std::string_view, 16> kFuncNames = {
-    "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
-    "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};
-static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::gid) + 1);
-static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::str) + 1);
+inline constexpr std::array<std::string_view, 20> kBuiltinNames = {
+    "arg0",  "arg1",    "arg2", "arg3",  "arg4", "arg5", "retval", "tid",   "pid",  "comm",
+    "nsecs", "elapsed", "func", "probe", "cpu",  "uid",  "gid",    "ncpus", "rand", "username"};
+inline constexpr std::array<std::string_view, 24> kFuncNames = {
+    "count",   "sum",         "avg",  "min",    "max",    "stats", "hist", "lhist",
+    "delete",  "clear",       "zero", "print",  "printf", "time",  "exit", "str",
+    "strncmp", "strcontains", "uptr", "signal", "system", "cat",   "ntop", "macaddr"};
+static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::username) + 1);
+static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::macaddr) + 1);
 
 inline std::string_view to_string(Builtin b) {
   return kBuiltinNames[static_cast<std::size_t>(b)];

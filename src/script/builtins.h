@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "script/ast.h"
+#include "script/run_misc.h"
 #include "script/run_nodes.h"
 
 namespace hotprobe::script {
@@ -38,6 +39,9 @@ inline constexpr std::array<BuiltinDef, ast::kBuiltinNames.size()> kBuiltins = {
     {ast::Builtin::cpu, 0, nodes::i_cpu, nullptr},
     {ast::Builtin::uid, 0, nodes::i_uid, nullptr},
     {ast::Builtin::gid, 0, nodes::i_gid, nullptr},
+    {ast::Builtin::ncpus, 0, nodes::i_ncpus, nullptr},
+    {ast::Builtin::rand, 0, nodes::i_rand, nullptr},
+    {ast::Builtin::username, ast::kDefaultStrSize, nullptr, nodes::s_username},
 }};
 
 constexpr bool builtins_in_enum_order() {

@@ -126,11 +126,7 @@ void Checker::statement(Stmt& s) {
       }
       break;
     case Stmt::Kind::if_: {
-      Value c = value(*s.cond);
-      if (!c.error && !c.is_int()) {
-        error(s.cond->loc, "Invalid condition in if(): " + type_name(c) +
-                               " (a condition is an integer: 0 is false)");
-      }
+      condition(*s.cond, "if");
       statements(s.body);
       statements(s.else_body);
       break;
@@ -151,6 +147,20 @@ void Checker::statement(Stmt& s) {
     }
     case Stmt::Kind::return_:
       break;
+    case Stmt::Kind::while_:
+    case Stmt::Kind::for_:
+    case Stmt::Kind::break_:
+    case Stmt::Kind::continue_:
+      loop_statement(s);
+      break;
+  }
+}
+
+void Checker::condition(Expr& cond, std::string_view statement) {
+  Value c = value(cond);
+  if (!c.error && !c.is_int()) {
+    error(cond.loc, "Invalid condition in " + std::string(statement) + "(): " + type_name(c) +
+                        " (a condition is an integer: 0 is false)");
   }
 }
 
@@ -164,7 +174,7 @@ ast::VarInfo* Checker::find_var(const std::string& name) {
 void Checker::undefined_variable(Expr& e) {
   std::vector<std::string_view> names;
   for (const ast::VarInfo& v : action_->vars)
-    names.push_back(v.name);
+    if (!v.name.starts_with("$$")) names.push_back(v.name);  // loops' hidden slots
   error(e.loc, "Undefined or undeclared variable: " + e.name + did_you_mean(e.name, names));
 }
 
@@ -508,6 +518,9 @@ std::vector<FormatSpec> parse_format(std::string_view f, Loc loc, Diagnostics& d
 
 void check(ast::Program& program, Diagnostics& diags) {
   program.maps.clear();
+  // $1..$N and $# become the literals the command line gave (check_misc.cc).
+  checking::resolve_params(program, diags);
+  if (!diags.empty()) return;
   // Pass 1, silent: every map's kind and keys from its first assignment, wherever it is.
   {
     Diagnostics discard;
@@ -529,8 +542,16 @@ Result<void> check(ast::Program& program) {
 }
 
 Result<ast::Program> parse_and_check(std::string_view src, std::string_view filename) {
+  CompileOptions options;
+  options.filename = std::string(filename);
+  return parse_and_check(src, options);
+}
+
+Result<ast::Program> parse_and_check(std::string_view src, const CompileOptions& options) {
   Diagnostics diags;
-  ast::Program program = parse(src, filename, diags);
+  ast::Program program = parse(src, options.filename, diags);
+  program.params = options.params;
+  program.unsafe = options.unsafe;
   if (diags.empty()) check(program, diags);
   if (!diags.empty()) return diags.to_error(program.source, program.filename);
   return program;

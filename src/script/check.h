@@ -24,5 +24,7 @@ std::vector<FormatSpec> parse_format(std::string_view format, ast::Loc loc, Diag
 
 // parse() then check(): the whole front end. Errors: every diagnostic, rendered.
 Result<ast::Program> parse_and_check(std::string_view src, std::string_view filename = "-e");
+// With the options' filename, positional parameters and --unsafe.
+Result<ast::Program> parse_and_check(std::string_view src, const CompileOptions& options);
 
 }  // namespace hotprobe::script

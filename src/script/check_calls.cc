@@ -230,9 +230,8 @@ Value Checker::call(Expr& e, Context ctx) {
       return Value::string(size);
     }
     default:
-      break;
+      return misc_call(e, ctx);  // check_misc.cc
   }
-  return Value::bad();
 }
 
 Value Checker::printf_call(Expr& e, Context ctx) {

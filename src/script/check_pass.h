@@ -59,6 +59,8 @@ std::string key_list(const std::vector<Type>& keys);
 std::string_view probe_kind_name(Probe::Kind k);
 // An integer literal, possibly negated: lhist's bounds.
 bool constant(const Expr& e, std::int64_t& out);
+// $1..$N and $# become literals of Program::params (check_misc.cc).
+void resolve_params(ast::Program& program, Diagnostics& diags);
 
 class Checker {
  public:
@@ -179,6 +181,16 @@ class Checker {
   Value call(Expr& e, Context ctx);
 
   Value printf_call(Expr& e, Context ctx);
+
+  // Loops and the small builtins (check_misc.cc).
+  void loop_statement(Stmt& s);
+  // if's and while's condition: an integer.
+  void condition(Expr& cond, std::string_view statement);
+  Value misc_call(Expr& e, Context ctx);
+  bool unsafe_allowed(const Expr& e);
+  bool only_uprobes(const Expr& e);
+  int hidden_slot(const std::string& name);
+  int loop_depth_ = 0;
 
  public:
   bool silent_undefined_ = false;

@@ -33,6 +33,14 @@ std::string_view describe(Tok t) {
       return "unroll";
     case Tok::kw_return:
       return "return";
+    case Tok::kw_while:
+      return "while";
+    case Tok::kw_for:
+      return "for";
+    case Tok::kw_break:
+      return "break";
+    case Tok::kw_continue:
+      return "continue";
     case Tok::lparen:
       return "(";
     case Tok::rparen:
@@ -123,6 +131,8 @@ std::string_view describe(Tok t) {
       return ".";
     case Tok::arrow:
       return "->";
+    case Tok::dotdot:
+      return "..";
   }
   return "?";
 }
@@ -392,10 +402,17 @@ Token Lexer::lex() {
   char c = at();
   if (c >= '0' && c <= '9') return lex_number(start, line, column);
   if (c == '"') return lex_string(start, line, column);
-  if (ident_start(c) || ((c == '$' || c == '@') && (ident_start(at(1)) || c == '@'))) {
+  // $1..$N and $#: the positional parameters (the checker reads them).
+  const bool positional = c == '$' && ((at(1) >= '0' && at(1) <= '9') || at(1) == '#');
+  if (ident_start(c) || positional ||
+      ((c == '$' || c == '@') && (ident_start(at(1)) || c == '@'))) {
     advance();
-    while (ident_char(at()))
+    if (positional && at() == '#') {
       advance();
+    } else {
+      while (ident_char(at()))
+        advance();
+    }
     t.text = std::string(src_.substr(start, pos_ - start));
     t.loc = loc_from(start, line, column);
     if (c == '$') {
@@ -410,6 +427,14 @@ Token Lexer::lex() {
       t.kind = Tok::kw_unroll;
     } else if (t.text == "return") {
       t.kind = Tok::kw_return;
+    } else if (t.text == "while") {
+      t.kind = Tok::kw_while;
+    } else if (t.text == "for") {
+      t.kind = Tok::kw_for;
+    } else if (t.text == "break") {
+      t.kind = Tok::kw_break;
+    } else if (t.text == "continue") {
+      t.kind = Tok::kw_continue;
     } else {
       t.kind = Tok::ident;
     }
@@ -442,6 +467,7 @@ Token Lexer::lex() {
       {"++", Tok::inc},
       {"--", Tok::dec},
       {"->", Tok::arrow},
+      {"..", Tok::dotdot},
       {"(", Tok::lparen},
       {")", Tok::rparen},
       {"{", Tok::lbrace},

@@ -19,13 +19,17 @@ enum class Tok : std::uint8_t {
   integer,  // value
   string,   // text: escapes decoded
   ident,    // text
-  var,      // text: "$x"
+  var,      // text: "$x"; also the positional parameters "$1".."$N" and "$#"
   map,      // text: "@x" or "@"
   probe,    // raw probe text (Lexer::probe_text only)
   kw_if,
   kw_else,
   kw_unroll,
   kw_return,
+  kw_while,
+  kw_for,
+  kw_break,
+  kw_continue,
   lparen,
   rparen,
   lbrace,
@@ -67,10 +71,11 @@ enum class Tok : std::uint8_t {
   lor,
   bang,
   tilde,
-  inc,    // ++
-  dec,    // --
-  dot,    // .
-  arrow,  // ->
+  inc,     // ++
+  dec,     // --
+  dot,     // .
+  arrow,   // ->
+  dotdot,  // .. (for's range)
 };
 
 // How a token kind is named in "syntax error, unexpected X, expecting Y" (bpftrace's names).

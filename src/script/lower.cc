@@ -5,6 +5,7 @@
 
 #include "script/lower.h"
 #include "script/run_clock.h"
+#include "script/run_misc.h"
 #include "script/run_thread.h"
 
 namespace hotprobe::script {
@@ -199,6 +200,12 @@ Result<void> Lowerer::stmts(const std::vector<ast::Stmt>& in, std::vector<SNode>
       case ast::Stmt::Kind::return_:
         s.fn = st_return;
         break;
+      case ast::Stmt::Kind::while_:
+      case ast::Stmt::Kind::for_:
+      case ast::Stmt::Kind::break_:
+      case ast::Stmt::Kind::continue_:
+        if (auto r = lower_loop(*this, st, s); !r) return r.error();  // lower_loops.cc
+        break;
     }
     out.push_back(std::move(s));
   }
@@ -211,6 +218,7 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
   using namespace lowering;
   clock::calibrate_once();
   thread::init_once();
+  misc_init_once(program.source.find("username") != std::string::npos);  // run_misc.cc
   auto rt = std::make_unique<Runtime>();
   rt->format = format;
   rt->print_maps_on_exit = program.print_maps_on_exit;

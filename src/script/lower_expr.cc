@@ -3,6 +3,7 @@
 
 #include "script/builtins.h"
 #include "script/lower.h"
+#include "script/run_misc.h"
 
 namespace hotprobe::script::lowering {
 
@@ -448,6 +449,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       return n;
     }
     default:
+      if (is_misc_func(e.func)) return lower_misc_call(*this, e, n);  // lower_loops.cc
       return unsupported(e, "an aggregation outside a map assignment");
   }
 }

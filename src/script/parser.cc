@@ -11,6 +11,7 @@
 
 #include "script/check_args.h"
 #include "script/lexer.h"
+#include "script/loops.h"
 
 namespace hotprobe::script {
 
@@ -102,6 +103,13 @@ class Parser {
   static bool assign_op(Tok t, ast::AssignOp& op);
 
   Stmt if_statement();
+
+  // while (COND) BLOCK, for ($VAR : START..END) BLOCK, break, continue.
+  [[gnu::noinline]] Stmt loop_statement();
+  // The hidden $variables a loop's action starts with (the per-hit iteration budget and
+  // break/continue's flag, both 0): prepended to an action whose body has a loop.
+  void loop_preamble(ast::Action& a);
+  bool saw_loop_ = false;
 
   ExprPtr make(Expr::Kind kind, Loc loc);
 
@@ -302,7 +310,9 @@ inline ast::Action Parser::action() {
     in_predicate_ = false;
     expect(Tok::slash);
   }
+  saw_loop_ = false;
   a.body = block();
+  if (saw_loop_) loop_preamble(a);
   return a;
 }
 
@@ -463,7 +473,9 @@ inline std::vector<Stmt> Parser::block() {
     if (lex_.peek().kind == Tok::eof) fail(lex_.peek(), "}");
     body.push_back(statement());
     Stmt::Kind k = body.back().kind;
-    if (k == Stmt::Kind::if_ || k == Stmt::Kind::unroll) continue;
+    if (k == Stmt::Kind::if_ || k == Stmt::Kind::unroll || k == Stmt::Kind::while_ ||
+        k == Stmt::Kind::for_)
+      continue;
     if (accept(Tok::semicolon)) continue;
     if (lex_.peek().kind != Tok::rbrace) fail(lex_.peek(), "}");
   }
@@ -493,6 +505,9 @@ inline Stmt Parser::statement() {
     lex_.next();
     return s;
   }
+  if (t.kind == Tok::kw_while || t.kind == Tok::kw_for || t.kind == Tok::kw_break ||
+      t.kind == Tok::kw_continue)
+    return loop_statement();
   ExprPtr e = expr();
   ast::AssignOp op;
   if (assign_op(lex_.peek().kind, op)) {
@@ -620,6 +635,8 @@ inline void Parser::config_block(ast::Program& out) {
 }
 
 #include "script/parse_expr.inc"
+
+#include "script/parse_loops.inc"
 
 #include "script/parse_ctypes.inc"
 

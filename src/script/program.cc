@@ -2,6 +2,7 @@
 #include "script/program.h"
 
 #include "script/ast.h"
+#include "script/check.h"
 #include "script/eval.h"
 
 namespace hotprobe::script {
@@ -57,9 +58,8 @@ class ProgramImpl final : public Program {
 
 Result<std::unique_ptr<Program>> Program::compile(std::string_view source,
                                                   const CompileOptions& options) {
-  auto ast = parse(source, options.filename);
+  auto ast = parse_and_check(source, options);  // with the positional parameters
   if (!ast) return ast.error();
-  if (auto ok = check(*ast); !ok) return ok.error();
   auto rt = lower(std::move(*ast), options.format);
   if (!rt) return rt.error();
   return std::unique_ptr<Program>(std::make_unique<ProgramImpl>(std::move(*rt)));

@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "hotprobe/probe.h"
 #include "hotprobe/result.h"
@@ -44,6 +45,8 @@ class Sink {
 struct CompileOptions {
   std::string filename = "-e";  // for messages: "FILE:LINE:COL: error: ..."
   OutputFormat format = OutputFormat::text;
+  std::vector<std::string> params;  // $1.. $N: the words after the script on the command line
+  bool unsafe = false;              // --unsafe: signal() (bpftrace's safe mode otherwise)
 };
 
 struct Probe {

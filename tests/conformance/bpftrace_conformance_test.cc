@@ -194,7 +194,8 @@ void fresh_copy(const std::string& path, const char* from) {
 struct Case {
   const char* name;
   const char* script;
-  bool on_struct_fixture = false;  // struct_fixture.c (no arguments) instead of the demo
+  bool on_struct_fixture = false;        // struct_fixture.c (no arguments) instead of the demo
+  std::vector<std::string> params = {};  // the script's positional parameters $1.. $N
 };
 
 // The C-type cases' definitions: struct_fixture.c's, with `level` declared unsigned:
@@ -255,6 +256,19 @@ const Case kCases[] = {
     {"print_and_clear_in_end",
      "uprobe:BIN:handle_request { @a[arg0 % 3] = count(); @b = count(); } "
      "END { print(@a); clear(@a); }"},
+    // Positional parameters (an integer, a string, their count), while with break and
+    // continue, and the small builtins bpftrace 0.17 has.
+    {"positional_parameters",
+     "uprobe:BIN:handle_request /arg0 >= $1/ { @[str($2), $#, $3] = count(); }",
+     false,
+     {"3", "hot"}},
+    {"while_break_continue",
+     "uprobe:BIN:handle_request { $i = 0; $s = 0; while ($i < arg0) { $i++; "
+     "if ($i == 2) { continue; } if ($i > 5) { break; } $s += $i; } @[arg0] = sum($s); }"},
+    {"strncmp_ntop_uptr",
+     "uprobe:BIN:parse_request { @s[strncmp(str(arg0), \"1 GET\", 5)] = count(); } "
+     "uprobe:BIN:handle_request { @n[ntop(0x0100007f + (arg0 << 24)), ntop(2, arg0)] = count(); "
+     "@u[uptr(arg0)] = count(); }"},
 };
 
 class Conformance : public ::testing::TestWithParam<Case> {};
@@ -275,13 +289,17 @@ void compare(const Case& c, bool json) {
     cmd += " " + a;
   std::vector<std::string> bt = {"bpftrace"};
   if (json) bt.insert(bt.end(), {"-f", "json"});
-  bt.insert(bt.end(), {"-e", script, "-c", cmd});
+  bt.insert(bt.end(), {"-e", script});
+  bt.insert(bt.end(), c.params.begin(), c.params.end());
+  bt.insert(bt.end(), {"-c", cmd});
   Output b = run(bt);
   ASSERT_EQ(b.status, 0) << "bpftrace failed: " << b.err;
   fresh_copy(bin, from);
   std::vector<std::string> hp = {kHotprobe, "run"};
   if (json) hp.insert(hp.end(), {"-o", "json"});
-  hp.insert(hp.end(), {"-e", script, "--", bin});
+  hp.insert(hp.end(), {"-e", script});
+  hp.insert(hp.end(), c.params.begin(), c.params.end());
+  hp.insert(hp.end(), {"--", bin});
   hp.insert(hp.end(), args.begin(), args.end());
   Output h = run(hp);
   ::unlink(bin.c_str());

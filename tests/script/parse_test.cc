@@ -81,6 +81,14 @@ std::string sx(const Stmt& s) {
       return "unroll " + std::to_string(s.count) + " " + sx(s.body);
     case Stmt::Kind::return_:
       return "return";
+    case Stmt::Kind::while_:
+      return "while " + sx(*s.cond) + " " + sx(s.body);
+    case Stmt::Kind::for_:
+      return "for " + sx(*s.target) + " " + sx(*s.value) + ".." + sx(*s.cond) + " " + sx(s.body);
+    case Stmt::Kind::break_:
+      return "break";
+    case Stmt::Kind::continue_:
+      return "continue";
   }
   return "?";
 }

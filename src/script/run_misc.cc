@@ -1,0 +1,211 @@
+// The run pass: loops and the small builtins (run_misc.h).
+#include "script/run_misc.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+#include <x86intrin.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "script/loops.h"
+#include "script/run_nodes.h"
+#include "script/run_thread.h"
+
+namespace hotprobe::script::nodes {
+
+namespace {
+
+int g_ncpus __attribute__((visibility("hidden"))) = 1;
+char g_username[kStrBytes] __attribute__((visibility("hidden"))) = {};
+std::uint32_t g_username_len __attribute__((visibility("hidden"))) = 0;
+
+// rand's state, per thread (0: not seeded yet).
+constinit thread_local std::uint64_t t_rand __attribute__((tls_model("initial-exec"))) = 0;
+
+std::uint32_t copy_out(char* out, std::string_view s) {
+  const std::size_t n = std::min<std::size_t>(s.size(), kStrBytes - 1);
+  std::memcpy(out, s.data(), n);
+  out[n] = '\0';
+  return static_cast<std::uint32_t>(n);
+}
+
+}  // namespace
+
+// The name of `uid` in /etc/passwd, read as a file: not through NSS, whose modules a
+// lookup would load into the traced program. "" when it is not there.
+static std::string passwd_name(uid_t uid) {
+  const int fd = ::open("/etc/passwd", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; text.size() < (1u << 20) && (n = ::read(fd, buf, sizeof buf)) > 0;)
+    text.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  const std::string want = std::to_string(uid);
+  for (std::size_t start = 0; start < text.size();) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string_view line(text.data() + start, end - start);
+    start = end + 1;
+    const std::size_t c1 = line.find(':');
+    const std::size_t c2 = c1 == std::string_view::npos ? c1 : line.find(':', c1 + 1);
+    const std::size_t c3 = c2 == std::string_view::npos ? c2 : line.find(':', c2 + 1);
+    if (c3 != std::string_view::npos && line.substr(c2 + 1, c3 - c2 - 1) == want)
+      return std::string(line.substr(0, c1));
+  }
+  return {};
+}
+
+void misc_init_once(bool username) {
+  static std::once_flag once, once_username;
+  std::call_once(once, [] { g_ncpus = std::max(1, get_nprocs_conf()); });
+  // Only for a script that names it: the traced program sees no file opened otherwise.
+  if (!username) return;
+  std::call_once(once_username, [] {
+    const uid_t uid = getuid();
+    const std::string name = passwd_name(uid);
+    // A uid with no name there: its number.
+    g_username_len = copy_out(g_username, name.empty() ? std::to_string(uid) : name);
+  });
+}
+
+std::int64_t i_ncpus(const Node*, Frame&) {
+  return g_ncpus;
+}
+
+std::int64_t i_rand(const Node*, Frame&) {
+  std::uint64_t x = t_rand;
+  if (x == 0) [[unlikely]]
+    x = (__rdtsc() ^ (static_cast<std::uint64_t>(thread::ids().tid) << 32)) | 1;
+  // xorshift64*: a full period over the non-zero states.
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  t_rand = x;
+  return static_cast<std::uint32_t>((x * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+std::uint32_t s_username(const Node*, Frame&, char* out) {
+  std::memcpy(out, g_username, g_username_len + 1);
+  return g_username_len;
+}
+
+std::int64_t i_strncmp(const Node* n, Frame& f) {
+  char a[kStrBytes], b[kStrBytes];
+  const std::uint32_t la = n->a->s(n->a, f, a);
+  const std::uint32_t lb = n->b->s(n->b, f, b);
+  // Equal in the first imm bytes, a NUL ending both: 0; else 1 (bpftrace's values).
+  for (std::int64_t k = 0; k < n->imm; ++k) {
+    const char ca = static_cast<std::uint32_t>(k) < la ? a[k] : '\0';
+    const char cb = static_cast<std::uint32_t>(k) < lb ? b[k] : '\0';
+    if (ca != cb) return 1;
+    if (ca == '\0') return 0;
+  }
+  return 0;
+}
+
+std::int64_t i_strcontains(const Node* n, Frame& f) {
+  char h[kStrBytes], nd[kStrBytes];
+  const std::uint32_t lh = n->a->s(n->a, f, h);
+  const std::uint32_t ln = n->b->s(n->b, f, nd);
+  return std::string_view(h, lh).find(std::string_view(nd, ln)) != std::string_view::npos;
+}
+
+std::int64_t i_signal(const Node* n, Frame& f) {
+  const std::int64_t sig = n->a->i(n->a, f);
+  if (sig < 1 || sig > 64) return 0;  // a computed number out of range: nothing sent
+  // To the traced process, as bpf_send_signal sends to the current thread group: one
+  // system call, no allocation, async-signal-safe.
+  ::kill(thread::ids().pid, static_cast<int>(sig));
+  return 0;
+}
+
+std::uint32_t s_ntop(const Node* n, Frame& f, char* out) {
+  const std::int64_t family = n->a ? n->a->i(n->a, f) : AF_INET;
+  const std::int64_t addr = n->b->i(n->b, f);
+  unsigned char bytes[16] = {};
+  std::memcpy(bytes, &addr, sizeof addr);  // the integer's bytes, as it lies in memory
+  if ((family != AF_INET && family != AF_INET6) ||
+      !inet_ntop(static_cast<int>(family), bytes, out, kStrBytes)) {
+    out[0] = '\0';
+    return 0;
+  }
+  return static_cast<std::uint32_t>(std::strlen(out));
+}
+
+std::uint32_t s_macaddr(const Node* n, Frame& f, char* out) {
+  unsigned char mac[6] = {};
+  const auto addr = static_cast<std::uint64_t>(n->a->i(n->a, f));
+  if (!read_user(addr, mac, sizeof mac)) f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  for (int k = 0; k < 6; ++k) {
+    out[k * 3] = kHex[mac[k] >> 4];
+    out[k * 3 + 1] = kHex[mac[k] & 15];
+    out[k * 3 + 2] = k < 5 ? ':' : '\0';
+  }
+  return 17;
+}
+
+namespace {
+
+// After a body that stopped: true to go on looping (continue), false to leave the loop;
+// `stop` says whether the action stops too (return, exit(), the budget).
+inline bool resume(const SNode* s, Frame& f, bool& stop) {
+  std::int64_t& flag = f.islots[(s->count >> 8) & 0xff];
+  const std::int64_t c = flag;
+  flag = 0;
+  stop = c == 0;
+  return c == 2;
+}
+
+inline bool over_budget(const SNode* s, Frame& f) {
+  return ++f.islots[s->count & 0xff] > kMaxLoopIterations;
+}
+
+}  // namespace
+
+bool st_while(const SNode* s, Frame& f) {
+  while (s->cond->i(s->cond, f)) {
+    if (over_budget(s, f)) return false;
+    if (!run_block(s->body, f)) {
+      bool stop = false;
+      if (!resume(s, f, stop)) return !stop;
+    }
+  }
+  return true;
+}
+
+bool st_for(const SNode* s, Frame& f) {
+  // The range is read once, before the first iteration (bpftrace's rule).
+  std::int64_t next = s->value->i(s->value, f);
+  const std::int64_t end = s->cond->i(s->cond, f);
+  std::int64_t& var = f.islots[(s->count >> 16) & 0xff];
+  for (; next < end; ++next) {
+    if (over_budget(s, f)) return false;
+    var = next;
+    if (!run_block(s->body, f)) {
+      bool stop = false;
+      if (!resume(s, f, stop)) return !stop;
+    }
+  }
+  return true;
+}
+
+bool st_break(const SNode* s, Frame& f) {
+  f.islots[s->count] = 1;
+  return false;
+}
+
+bool st_continue(const SNode* s, Frame& f) {
+  f.islots[s->count] = 2;
+  return false;
+}
+
+}  // namespace hotprobe::script::nodes

@@ -1,0 +1,57 @@
+// The run pass for loops and the small builtins (docs/design/script-language.md,
+// "Positional parameters, loops, small builtins"): their node functions and the
+// lowering of them (lower_loops.cc). Internal to the script layer.
+#pragma once
+
+#include <cstdint>
+
+#include "hotprobe/result.h"
+#include "script/ast.h"
+#include "script/eval.h"
+
+namespace hotprobe::script {
+
+namespace nodes {
+
+// Builtins. ncpus and username are read once, when a script is lowered (misc_init_once);
+// rand keeps its state per thread: no hit writes a cache line another thread reads.
+std::int64_t i_ncpus(const Node*, Frame&);
+std::int64_t i_rand(const Node*, Frame&);
+std::uint32_t s_username(const Node*, Frame&, char* out);
+
+// Functions: a, b their arguments, imm strncmp's length.
+std::int64_t i_strncmp(const Node* n, Frame& f);
+std::int64_t i_strcontains(const Node* n, Frame& f);
+std::int64_t i_signal(const Node* n, Frame& f);
+std::uint32_t s_ntop(const Node* n, Frame& f, char* out);
+std::uint32_t s_macaddr(const Node* n, Frame& f, char* out);
+
+// Loops. SNode::count packs the action's hidden slots: the iteration budget (bits 0-7),
+// the break/continue flag (8-15), for's variable (16-23).
+bool st_while(const SNode* s, Frame& f);
+bool st_for(const SNode* s, Frame& f);
+bool st_break(const SNode* s, Frame& f);
+bool st_continue(const SNode* s, Frame& f);
+
+// ncpus, once per process; username too (once) when `username` is true.
+void misc_init_once(bool username);
+
+}  // namespace nodes
+
+namespace lowering {
+
+class Lowerer;
+
+inline bool is_misc_func(ast::Func f) {
+  using F = ast::Func;
+  return f == F::strncmp || f == F::strcontains || f == F::uptr || f == F::signal || f == F::ntop ||
+         f == F::macaddr;
+}
+// The call `e` (is_misc_func) into `n`, made for it.
+Result<const Node*> lower_misc_call(Lowerer& low, const ast::Expr& e, Node* n);
+// A while, for, break or continue statement.
+Result<void> lower_loop(Lowerer& low, const ast::Stmt& st, SNode& out);
+
+}  // namespace lowering
+
+}  // namespace hotprobe::script
