@@ -1,6 +1,7 @@
 // The resolver: where a probe target ("MODULE:WHAT", hotprobe::ProbeSpec::target)
 // becomes places to probe (symbols, globs, +offsets, nm addresses, file offsets, IFUNCs,
-// NAME.cold fragments, and files not loaded yet).
+// NAME.cold fragments, USDT probes' sites, addresses in this process, and files not
+// loaded yet).
 #pragma once
 
 #include <cstdint>
@@ -31,6 +32,10 @@ struct Target : Place {
   // live.
   std::string_view module_path;
   std::string_view symbol;
+  // A USDT probe's site with a semaphore (sys/sdt.h's PROVIDER_NAME_ENABLED()): its file
+  // offset in the module (0: none), counted while the place is probed
+  // (core/usdt_semaphore.h).
+  std::uint64_t usdt_semaphore = 0;
   // Filled in by attach() under the registry lock: the site already there, or the index
   // of the batch's job that builds one.
   Site* known = nullptr;
@@ -93,6 +98,13 @@ class Resolver {
   const elf::ElfFile* last_elf() const { return cache_.last_elf(); }
 
  private:
+  // MODULE:usdt:PROVIDER:NAME: an instruction probe at each site of each matching note.
+  Result<void> resolve_usdt(std::string_view module_spec, std::string_view what,
+                            std::vector<Target>& out);
+  // @0xADDR: an address in this process, inside a function of a loaded module.
+  Result<void> resolve_address(std::string_view target, bool return_probe,
+                               std::vector<Target>& out);
+
   const elf::ModuleList& mods_;
   ModuleCache cache_;
 };

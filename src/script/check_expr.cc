@@ -4,6 +4,7 @@
 
 #include "script/check_pass.h"
 #include "script/parser.h"
+#include "script/run_usdt.h"
 
 namespace hotprobe::script::checking {
 
@@ -305,6 +306,9 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
     case Expr::Kind::string:
       return Value::string(static_cast<std::uint32_t>(e.text.size() + 1));
     case Expr::Kind::builtin:
+      if (auto u = action_ ? check_usdt_arg(e, *action_, diags_) : UsdtArgCheck::not_usdt;
+          u != UsdtArgCheck::not_usdt)
+        return u == UsdtArgCheck::ok ? Value::integer() : Value::bad();
       return builtin(e);
     case Expr::Kind::variable:
       return variable(e);

@@ -5,6 +5,7 @@
 #include "hotprobe/symbols.h"
 #include "script/eval.h"
 #include "script/run_nodes.h"
+#include "script/run_usdt.h"
 
 namespace hotprobe::script {
 
@@ -19,6 +20,8 @@ ProbeSpec Runtime::spec(std::size_t index) {
     s.on_return = on_hit;
   else
     s.on_entry = on_hit;
+  // A usdt probe: the argument specs of its sites, for argN.
+  if (p.probe.target.find(":usdt:") != std::string::npos) prepare_usdt_probe(p);
   if (p.glob) {
     // Name every site the glob matches now, so func costs a lookup, not a symbolization.
     if (auto fns = resolve_functions(p.probe.target)) {

@@ -1,0 +1,285 @@
+// argN of usdt probes (run_usdt.h).
+#include "script/run_usdt.h"
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "elf/elf_file.h"
+#include "elf/modules.h"
+#include "elf/usdt.h"
+#include "script/run_nodes.h"
+
+namespace hotprobe::script {
+
+namespace elf = hp::elf;
+using nodes::s64;
+using nodes::u;
+
+namespace {
+
+// One argument of one site, ready for a hit: addresses are this process's.
+struct ArgSpec {
+  elf::UsdtArgKind kind = elf::UsdtArgKind::constant;
+  std::uint8_t size = 8;
+  bool is_signed = false;
+  std::int8_t reg = -1;    // reg: the register; memory: the base (-1: none)
+  std::uint8_t shift = 0;  // reg: bit position of the part named (ah: 8)
+  std::int8_t index = -1;  // memory: the index register (-1: none)
+  std::uint8_t scale = 1;
+  std::int64_t disp = 0;  // memory: displacement (a symbol's run-time address added);
+                          // constant: the value
+};
+
+// The arguments of the site at `address` of probe `probe`. Published once, never changed
+// nor freed (a hit may be reading it).
+struct Site {
+  const ProbeCtx* probe = nullptr;
+  std::uint64_t address = 0;
+  std::vector<ArgSpec> args;
+};
+
+// Open addressing on (probe, address), read without a lock; written under `mu`.
+constexpr std::size_t kSlots = 1 << 14;
+struct Table {
+  std::mutex mu;
+  std::atomic<const Site*> slots[kSlots] = {};
+};
+Table& table() {
+  static Table* t = new Table;  // never destroyed: hits may run during exit
+  return *t;
+}
+std::size_t slot_of(const ProbeCtx* p, std::uint64_t address) {
+  std::uint64_t h = reinterpret_cast<std::uintptr_t>(p) * 0x9E3779B97F4A7C15ull ^ address;
+  h ^= h >> 29;
+  h *= 0xBF58476D1CE4E5B9ull;
+  return static_cast<std::size_t>(h ^ (h >> 32)) & (kSlots - 1);
+}
+
+const Site* find(const ProbeCtx* p, std::uint64_t address) {
+  Table& t = table();
+  for (std::size_t i = slot_of(p, address), n = 0; n < kSlots; i = (i + 1) & (kSlots - 1), n++) {
+    const Site* s = t.slots[i].load(std::memory_order_acquire);
+    if (!s) return nullptr;
+    if (s->probe == p && s->address == address) return s;
+  }
+  return nullptr;
+}
+
+// Publishes `site`, replacing an older one with its key (a Runtime at the address of a
+// freed one); false when the table is full.
+bool publish(std::unique_ptr<Site> site) {
+  Table& t = table();
+  std::lock_guard lock(t.mu);
+  for (std::size_t i = slot_of(site->probe, site->address), n = 0; n < kSlots;
+       i = (i + 1) & (kSlots - 1), n++) {
+    const Site* s = t.slots[i].load(std::memory_order_relaxed);
+    if (!s || (s->probe == site->probe && s->address == site->address)) {
+      t.slots[i].store(site.release(), std::memory_order_release);  // the old one leaks
+      return true;
+    }
+  }
+  return false;
+}
+
+ArgSpec arg_spec(const elf::UsdtArg& a, std::int64_t bias, std::uint64_t site_address) {
+  ArgSpec s;
+  s.kind = a.kind;
+  s.size = static_cast<std::uint8_t>(a.size);
+  s.is_signed = a.is_signed;
+  switch (a.kind) {
+    case elf::UsdtArgKind::reg:
+      s.reg = static_cast<std::int8_t>(a.reg);
+      s.shift = static_cast<std::uint8_t>(a.reg_shift);
+      break;
+    case elf::UsdtArgKind::memory:
+      s.index = static_cast<std::int8_t>(a.index);
+      s.scale = static_cast<std::uint8_t>(a.scale);
+      s.disp = a.offset;
+      if (a.reg_name == "rip") {
+        // sym(%rip): the symbol's run-time address; N(%rip): after the site's 1-byte nop.
+        s.disp += a.symbol.empty() ? static_cast<std::int64_t>(site_address + 1)
+                                   : static_cast<std::int64_t>(a.symbol_vaddr) + bias;
+      } else {
+        s.reg = static_cast<std::int8_t>(a.reg);
+      }
+      break;
+    case elf::UsdtArgKind::constant:
+      s.disp = a.value;
+      break;
+  }
+  return s;
+}
+
+// Where a probe's target ("MODULE:usdt:WHAT") splits.
+bool split_target(const std::string& target, std::string& module, std::string& what) {
+  const std::size_t at = target.find(":usdt:");
+  if (at == std::string::npos) return false;
+  module = target.substr(0, at);
+  what = target.substr(at + 6);
+  return true;
+}
+
+// Publishes the sites of `probe` in module `m` of this process.
+void publish_sites(const ProbeCtx& probe, const elf::ModuleList& mods, const elf::Module& m,
+                   const std::string& what, std::uint64_t only_offset = ~0ull) {
+  auto file = mods.elf(m);
+  if (!file.ok()) return;
+  auto w = elf::parse_usdt_what(what);
+  auto notes = elf::read_usdt(**file);
+  if (!w.ok() || !notes.ok()) return;
+  for (const elf::UsdtProbe* n : elf::find_usdt(*notes, w->provider, w->name)) {
+    if (only_offset != ~0ull && n->file_offset != only_offset) continue;
+    auto addr = m.offset_to_address(n->file_offset);
+    if (!addr.ok()) continue;
+    auto site = std::make_unique<Site>();
+    site->probe = &probe;
+    site->address = *addr;
+    const std::int64_t bias = static_cast<std::int64_t>(*addr - n->pc);
+    for (const elf::UsdtArg& a : n->args)
+      site->args.push_back(arg_spec(a, bias, *addr));
+    publish(std::move(site));
+  }
+}
+
+// A hit at a site not published yet (its library was loaded after the probe was
+// attached): published now, found from the address.
+const Site* publish_late(const ProbeCtx& probe, std::uint64_t address) {
+  std::string module, what;
+  if (!split_target(probe.probe.target, module, what)) return nullptr;
+  auto mods = elf::ModuleList::of_self();
+  if (!mods.ok()) return nullptr;
+  auto loc = mods->locate(address);
+  if (!loc.ok()) return nullptr;
+  publish_sites(probe, *mods, *loc->module, what, loc->file_offset);
+  return find(&probe, address);
+}
+
+std::int64_t extend(std::uint64_t v, unsigned size, bool is_signed) {
+  if (size >= 8) return s64(v);
+  const unsigned bits = size * 8;
+  v &= (std::uint64_t{1} << bits) - 1;
+  if (is_signed && (v >> (bits - 1)) & 1) v |= ~std::uint64_t{0} << bits;
+  return s64(v);
+}
+
+// The argument counts of the notes `ap` matches; empty when the file cannot be read here
+// (the attach reports it), `no_match` when it has none that match.
+std::vector<std::size_t> arg_counts(const ast::AttachPoint& ap, bool& no_match) {
+  no_match = false;
+  std::vector<std::size_t> out;
+  std::string module, what;
+  if (!split_target(ap.probe.target, module, what)) return out;
+  std::shared_ptr<const elf::ElfFile> file;
+  if (module.find('/') != std::string::npos) {
+    auto f = elf::load_elf(module);
+    if (!f.ok()) return out;
+    file = std::move(*f);
+  } else {
+    auto mods = elf::ModuleList::of_self();
+    if (!mods.ok()) return out;
+    auto m = mods->resolve(module);
+    if (!m.ok()) return out;
+    auto f = mods->elf(**m);
+    if (!f.ok()) return out;
+    file = std::move(*f);
+  }
+  auto w = elf::parse_usdt_what(what);
+  auto notes = elf::read_usdt(*file);
+  if (!w.ok() || !notes.ok()) return out;
+  for (const elf::UsdtProbe* n : elf::find_usdt(*notes, w->provider, w->name))
+    out.push_back(n->args.size());
+  no_match = out.empty();
+  return out;
+}
+
+}  // namespace
+
+UsdtArgCheck check_usdt_arg(ast::Expr& e, const ast::Action& action, Diagnostics& diags) {
+  const std::string& name = e.name;
+  if (name.size() < 4 || name.size() > 5 || name.compare(0, 3, "arg") != 0 ||
+      name.find_first_not_of("0123456789", 3) != std::string::npos ||
+      (name[3] == '0' && name.size() > 4))
+    return UsdtArgCheck::not_usdt;
+  const ast::AttachPoint* usdt = nullptr;
+  const ast::AttachPoint* other = nullptr;
+  for (const ast::AttachPoint& ap : action.probes) {
+    (ap.usdt ? usdt : other) = &ap;
+  }
+  if (!usdt) return UsdtArgCheck::not_usdt;
+  if (other) {
+    diags.error(e.loc, "The " + name + " builtin means an argument of the usdt probe (" +
+                           usdt->probe.text + ") and a register of '" + other->probe.text +
+                           "': give them separate actions");
+    return UsdtArgCheck::error;
+  }
+  const int n = std::stoi(name.substr(3));
+  if (n >= kMaxUsdtArgs) {
+    diags.error(e.loc, "usdt probes have at most " + std::to_string(kMaxUsdtArgs) +
+                           " arguments (arg0 to arg" + std::to_string(kMaxUsdtArgs - 1) + ")");
+    return UsdtArgCheck::error;
+  }
+  for (const ast::AttachPoint& ap : action.probes) {
+    bool no_match = false;
+    for (std::size_t count : arg_counts(ap, no_match)) {
+      if (static_cast<std::size_t>(n) < count) continue;
+      diags.error(e.loc, name + " is out of range: " + ap.probe.text + " has " +
+                             std::to_string(count) + " argument" + (count == 1 ? "" : "s") +
+                             (count ? " (arg0 to arg" + std::to_string(count - 1) + ")" : ""));
+      return UsdtArgCheck::error;
+    }
+  }
+  e.usdt_arg = n;
+  return UsdtArgCheck::ok;
+}
+
+void lower_usdt_arg(Node* n, int index) {
+  n->i = i_usdt_arg;
+  n->imm = index;
+}
+
+void prepare_usdt_probe(const ProbeCtx& probe) {
+  std::string module, what;
+  if (!split_target(probe.probe.target, module, what)) return;
+  auto mods = elf::ModuleList::of_self();
+  if (!mods.ok()) return;
+  auto m = mods->resolve(module);
+  if (!m.ok()) return;  // not loaded yet: its sites are published on their first hits
+  publish_sites(probe, *mods, **m, what);
+}
+
+std::int64_t i_usdt_arg(const Node* n, Frame& f) {
+  if (!f.hit || !f.probe) return 0;
+  const Site* site = find(f.probe, f.hit->probe_address);
+  if (!site) [[unlikely]] {
+    site = publish_late(*f.probe, f.hit->probe_address);
+    if (!site) return 0;
+  }
+  const std::size_t i = static_cast<std::size_t>(n->imm);
+  if (i >= site->args.size()) return 0;  // the checker refuses it where it can read the file
+  const ArgSpec& a = site->args[i];
+  const auto* regs = reinterpret_cast<const std::uint64_t*>(f.hit->regs);
+  switch (a.kind) {
+    case elf::UsdtArgKind::reg:
+      return extend(a.reg >= 0 ? regs[a.reg] >> a.shift : 0, a.size, a.is_signed);
+    case elf::UsdtArgKind::memory: {
+      std::uint64_t addr = u(a.disp);
+      if (a.reg >= 0) addr += regs[a.reg];
+      if (a.index >= 0) addr += regs[a.index] * a.scale;
+      std::uint64_t v = 0;
+      if (!read_user(addr, &v, a.size)) [[unlikely]] {
+        f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+        return 0;
+      }
+      return extend(v, a.size, a.is_signed);
+    }
+    case elf::UsdtArgKind::constant:
+      return a.disp;
+  }
+  return 0;
+}
+
+}  // namespace hotprobe::script
