@@ -20,8 +20,6 @@ ProbeSpec Runtime::spec(std::size_t index) {
     s.on_return = on_hit;
   else
     s.on_entry = on_hit;
-  // A usdt probe: the argument specs of its sites, for argN.
-  if (p.probe.target.find(":usdt:") != std::string::npos) prepare_usdt_probe(p);
   if (p.glob) {
     // Name every site the glob matches now, so func costs a lookup, not a symbolization.
     if (auto fns = resolve_functions(p.probe.target)) {
@@ -30,6 +28,8 @@ ProbeSpec Runtime::spec(std::size_t index) {
         if (fi.address) p.funcs.emplace(fi.address + fi.offset, fi.name);
     }
   }
+  // A usdt probe: the argument specs of its sites (argN) and their names (probe).
+  if (p.probe.target.find(":usdt:") != std::string::npos) prepare_usdt_probe(p);
   return s;
 }
 

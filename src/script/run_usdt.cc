@@ -1,6 +1,7 @@
 // argN of usdt probes (run_usdt.h).
 #include "script/run_usdt.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -241,14 +242,48 @@ void lower_usdt_arg(Node* n, int index) {
   n->imm = index;
 }
 
-void prepare_usdt_probe(const ProbeCtx& probe) {
+void prepare_usdt_probe(ProbeCtx& probe) {
   std::string module, what;
   if (!split_target(probe.probe.target, module, what)) return;
+  auto w = elf::parse_usdt_what(what);
+  if (!w.ok()) return;
   auto mods = elf::ModuleList::of_self();
-  if (!mods.ok()) return;
-  auto m = mods->resolve(module);
-  if (!m.ok()) return;  // not loaded yet: its sites are published on their first hits
-  publish_sites(probe, *mods, **m, what);
+  const elf::Module* loaded = nullptr;
+  std::shared_ptr<const elf::ElfFile> file;
+  if (mods.ok()) {
+    if (auto m = mods->resolve(module); m.ok()) {
+      loaded = *m;
+      if (auto f = mods->elf(*loaded); f.ok()) file = std::move(*f);
+    }
+  }
+  if (!file && module.find('/') != std::string::npos) {
+    if (auto f = elf::load_elf(module); f.ok()) file = std::move(*f);
+  }
+  if (!file) return;  // the attach reports it
+  auto notes = elf::read_usdt(*file);
+  if (!notes.ok()) return;
+  // `probe` names the probe matched, as bpftrace names each probe a wildcard expands to:
+  // usdt:PATH:PROVIDER:NAME (one probe: its text; several: by the site hit).
+  std::vector<std::pair<const elf::UsdtProbe*, std::uint64_t>> sites;  // note, address
+  std::vector<std::string> names;
+  for (const elf::UsdtProbe* n : elf::find_usdt(*notes, w->provider, w->name)) {
+    std::string name = n->provider + ":" + n->name;
+    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+    auto addr = loaded ? loaded->offset_to_address(n->file_offset) : Result<std::uintptr_t>(0);
+    sites.push_back({n, addr.ok() ? *addr : 0});
+  }
+  const std::string prefix = "usdt:" + module + ":";
+  if (names.size() == 1) {
+    probe.probe.text = prefix + names.front();
+  } else if (names.size() > 1 && loaded) {
+    // (In a library not loaded yet the addresses are not known: `probe` stays as written.)
+    probe.glob = true;
+    probe.prefix = prefix;
+    std::lock_guard lock(probe.func_mu);
+    for (const auto& [n, addr] : sites)
+      if (addr) probe.funcs[addr] = n->provider + ":" + n->name;
+  }
+  if (loaded) publish_sites(probe, *mods, *loaded, what);
 }
 
 std::int64_t i_usdt_arg(const Node* n, Frame& f) {

@@ -31,8 +31,9 @@ UsdtArgCheck check_usdt_arg(ast::Expr& e, const ast::Action& action, Diagnostics
 // Makes `n` the node of argN (N = `index`).
 void lower_usdt_arg(Node* n, int index);
 
-// Runtime::spec of a usdt probe: the argument specs of the sites of its loaded file.
-void prepare_usdt_probe(const ProbeCtx& probe);
+// Runtime::spec of a usdt probe: the argument specs of the sites of its loaded file, and
+// the name `probe` gives each site (usdt:PATH:PROVIDER:NAME, as bpftrace expands it).
+void prepare_usdt_probe(ProbeCtx& probe);
 
 std::int64_t i_usdt_arg(const Node* n, Frame& f);
 

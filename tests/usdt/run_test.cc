@@ -53,6 +53,21 @@ TEST(UsdtRun, StackSlotArgumentsAndEveryInlinedCopy) {
   EXPECT_TRUE(contains(r.out, "@i[1]: 3\n@i[2]: 3\n")) << r.out;
 }
 
+TEST(UsdtRun, ProbeNamesTheProbeMatched) {
+  // As bpftrace expands them: usdt:PATH:PROVIDER:NAME, the provider filled in, each probe
+  // a wildcard matches by its own name.
+  auto r = run("usdt:" + kTarget + ":inl { @i[probe] = count(); } usdt:" + kTarget +
+                   ":hpu:[st]* { @w[probe] = count(); }",
+               {kTarget, "loop", "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "@i[usdt:" + kTarget + ":hpu:inl]: 4
+")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@w[usdt:" + kTarget + ":hpu:slot]: 2
+")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@w[usdt:" + kTarget + ":hpu:tick]: 2
+")) << r.out;
+}
+
 TEST(UsdtRun, UnreadableArgumentReadsZero) {
   // hpu:bad's first argument is 8 bytes at address 8: read as 0, as bpftrace reads it.
   auto r = run("usdt:" + kTarget + ":hpu:bad { @[arg0, arg1] = count(); }", {kTarget, "bad", "4"});
