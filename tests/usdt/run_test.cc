@@ -60,12 +60,9 @@ TEST(UsdtRun, ProbeNamesTheProbeMatched) {
                    ":hpu:[st]* { @w[probe] = count(); }",
                {kTarget, "loop", "2"});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_TRUE(contains(r.out, "@i[usdt:" + kTarget + ":hpu:inl]: 4
-")) << r.out;
-  EXPECT_TRUE(contains(r.out, "@w[usdt:" + kTarget + ":hpu:slot]: 2
-")) << r.out;
-  EXPECT_TRUE(contains(r.out, "@w[usdt:" + kTarget + ":hpu:tick]: 2
-")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@i[usdt:" + kTarget + ":hpu:inl]: 4\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@w[usdt:" + kTarget + ":hpu:slot]: 2\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@w[usdt:" + kTarget + ":hpu:tick]: 2\n")) << r.out;
 }
 
 TEST(UsdtRun, UnreadableArgumentReadsZero) {
