@@ -376,6 +376,16 @@ inline ast::AttachPoint Parser::attach_point(const Token& t) {
     ap.probe.kind = Probe::Kind::uprobe;
     ap.usdt = true;
     ap.probe.text = "usdt:" + std::string(rest);
+    // A quoted PATH (bpftrace's way to write "libstdc++.so.6"): the quotes go.
+    std::string unquoted;
+    if (rest.size() > 1 && rest[0] == '"') {
+      const std::size_t close = rest.find('"', 1);
+      if (close != std::string_view::npos) {
+        unquoted = std::string(rest.substr(1, close - 1)) + std::string(rest.substr(close + 1));
+        rest = unquoted;
+        ap.probe.text = "usdt:" + unquoted;
+      }
+    }
     const std::size_t c1 = rest.find(':');
     const std::size_t c2 = c1 == std::string_view::npos ? c1 : rest.find(':', c1 + 1);
     const bool too_many = c2 != std::string_view::npos && rest.find(':', c2 + 1) != rest.npos;

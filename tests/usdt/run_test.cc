@@ -44,8 +44,9 @@ TEST(UsdtRun, ArgumentsOfEverySizeAndSign) {
 
 TEST(UsdtRun, StackSlotArgumentsAndEveryInlinedCopy) {
   // hpu:slot is built at -O0 (-4@-4(%rbp) -8@-16(%rbp)); hpu:inl is inlined twice, each
-  // copy a constant (-8@$1, -8@$2). The provider may be left out, and U: is usdt:.
-  auto r = run("usdt:" + kTarget + ":slot { @s[arg0, arg1] = count(); } U:" + kTarget +
+  // copy a constant (-8@$1, -8@$2). The provider may be left out, U: is usdt:, and the
+  // path may be quoted (bpftrace's way to write libstdc++.so.6).
+  auto r = run("usdt:\"" + kTarget + "\":slot { @s[arg0, arg1] = count(); } U:" + kTarget +
                    ":hpu:i?l { @i[arg0] = count(); }",
                {kTarget, "loop", "3"});
   ASSERT_EQ(r.code, 0) << r.err;
