@@ -14,7 +14,7 @@ using namespace std::chrono_literals;
 hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
   hp::test::Command c{{HP_HOTPROBE}};
   c.argv.insert(c.argv.end(), args.begin(), args.end());
-  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
+  c.env = {{"HOTPROBE_AGENT", HP_AGENT}, {"HPU_LIB", HP_USDT_LATER}};
   c.timeout = 60s;
   return hp::test::run_command(c);
 }
@@ -99,6 +99,16 @@ TEST(UsdtRun, LibraryLoadedLater) {
     EXPECT_TRUE(contains(r.out, "@g: 3\n")) << r.out;
     EXPECT_TRUE(contains(r.out, "guarded ran 3\n")) << r.out;
   }
+}
+
+TEST(UsdtRun, ThreadsHitALibrarysSitesFirstTogether) {
+  // Four threads load the library and fire hpl:fire(i % 4, -(i % 4)) at once: the sites'
+  // argument specs are found on their first hits, by whichever threads get there.
+  auto r = run("usdt:" + std::string(HP_USDT_LATER) + ":hpl:fire { @[arg0, arg1] = count(); }",
+               {kTarget, "threads", "4", "2000"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "@[0, 0]: 2000\n@[1, -1]: 2000\n@[2, -2]: 2000\n@[3, -3]: 2000\n"))
+      << r.out;
 }
 
 TEST(UsdtRun, ArgumentPastTheNotesCountIsAnError) {
