@@ -52,42 +52,46 @@ void note_usdt_semaphore(const SiteKey& site, std::uint64_t semaphore_offset,
   t.any.store(true, std::memory_order_release);
 }
 
-void usdt_site_attached(const SiteKey& site) {
+namespace {
+
+// Runs `fn` on the noted semaphore of `site` under the table's lock (nothing when the site
+// is no noted USDT site: one relaxed load while no USDT probe was ever resolved).
+template <typename Fn>
+void with_semaphore(const SiteKey& site, Fn fn) {
   Table& t = table();
   if (!t.any.load(std::memory_order_acquire)) return;
   std::lock_guard lock(t.mu);
-  auto it = t.sites.find(site);
-  if (it == t.sites.end()) return;
-  Semaphore& s = it->second;
-  if (s.attached == 0 && s.address == 0) {
-    // A library loaded after the probe was resolved: find it now.
-    if (auto mods = elf::ModuleList::of_self(); mods.ok())
-      s.address = usdt_semaphore_address(*mods, site, s.offset);
-  }
-  if (s.address == 0) return;
-  s.attached++;
-  add(s.address, 1);
+  if (auto it = t.sites.find(site); it != t.sites.end()) fn(it->second);
+}
+
+}  // namespace
+
+void usdt_site_attached(const SiteKey& site) {
+  with_semaphore(site, [&](Semaphore& s) {
+    if (s.attached == 0 && s.address == 0) {
+      // A library loaded after the probe was resolved: find it now.
+      if (auto mods = elf::ModuleList::of_self(); mods.ok())
+        s.address = usdt_semaphore_address(*mods, site, s.offset);
+    }
+    if (s.address == 0) return;
+    s.attached++;
+    add(s.address, 1);
+  });
 }
 
 void usdt_site_detached(const SiteKey& site) {
-  Table& t = table();
-  if (!t.any.load(std::memory_order_acquire)) return;
-  std::lock_guard lock(t.mu);
-  auto it = t.sites.find(site);
-  if (it == t.sites.end() || it->second.attached == 0) return;
-  Semaphore& s = it->second;
-  add(s.address, -1);
-  if (--s.attached == 0) s.address = 0;  // found again next time (the library may move)
+  with_semaphore(site, [](Semaphore& s) {
+    if (s.attached == 0) return;
+    add(s.address, -1);
+    if (--s.attached == 0) s.address = 0;  // found again next time (the library may move)
+  });
 }
 
 void usdt_site_unmapped(const SiteKey& site) {
-  Table& t = table();
-  if (!t.any.load(std::memory_order_acquire)) return;
-  std::lock_guard lock(t.mu);
-  auto it = t.sites.find(site);
-  if (it == t.sites.end()) return;
-  it->second.attached = 0;
-  it->second.address = 0;
+  with_semaphore(site, [](Semaphore& s) {
+    s.attached = 0;
+    s.address = 0;
+  });
 }
 
 int usdt_semaphore_value(const SiteKey& site) {

@@ -31,46 +31,49 @@ bool contains(const std::string& s, const std::string& what) {
   return s.find(what) != std::string::npos;
 }
 
+// Runs `script` on the target in `mode` (loop N, ...) and expects each of `lines` in what
+// it prints.
+void expect_lines(const std::string& script, const std::vector<std::string>& mode,
+                  const std::vector<std::string>& lines) {
+  std::vector<std::string> target{kTarget};
+  target.insert(target.end(), mode.begin(), mode.end());
+  auto r = run(script, target);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const std::string& l : lines)
+    EXPECT_TRUE(contains(r.out, l)) << l << " not in:\n" << r.out;
+}
+
 TEST(UsdtRun, ArgumentsOfEverySizeAndSign) {
   // tick(i, -1000 * i, (short)(i - 5), (unsigned char)(200 + i % 3)): registers of 8, 8, 2
   // and 1 bytes, signed and unsigned.
-  auto r = run("usdt:" + kTarget + ":hpu:tick { @[arg0, arg1, arg2, arg3] = count(); }",
-               {kTarget, "loop", "3"});
-  ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_TRUE(contains(r.out, "@[0, 0, -5, 200]: 1\n")) << r.out;
-  EXPECT_TRUE(contains(r.out, "@[1, -1000, -4, 201]: 1\n")) << r.out;
-  EXPECT_TRUE(contains(r.out, "@[2, -2000, -3, 202]: 1\n")) << r.out;
+  expect_lines("usdt:" + kTarget + ":hpu:tick { @[arg0, arg1, arg2, arg3] = count(); }",
+               {"loop", "3"},
+               {"@[0, 0, -5, 200]: 1\n", "@[1, -1000, -4, 201]: 1\n", "@[2, -2000, -3, 202]: 1\n"});
 }
 
 TEST(UsdtRun, StackSlotArgumentsAndEveryInlinedCopy) {
   // hpu:slot is built at -O0 (-4@-4(%rbp) -8@-16(%rbp)); hpu:inl is inlined twice, each
   // copy a constant (-8@$1, -8@$2). The provider may be left out, U: is usdt:, and the
   // path may be quoted (bpftrace's way to write libstdc++.so.6).
-  auto r = run("usdt:\"" + kTarget + "\":slot { @s[arg0, arg1] = count(); } U:" + kTarget +
+  expect_lines("usdt:\"" + kTarget + "\":slot { @s[arg0, arg1] = count(); } U:" + kTarget +
                    ":hpu:i?l { @i[arg0] = count(); }",
-               {kTarget, "loop", "3"});
-  ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_TRUE(contains(r.out, "@s[0, 0]: 1\n@s[1, 7]: 1\n@s[2, 14]: 1\n")) << r.out;
-  EXPECT_TRUE(contains(r.out, "@i[1]: 3\n@i[2]: 3\n")) << r.out;
+               {"loop", "3"}, {"@s[0, 0]: 1\n@s[1, 7]: 1\n@s[2, 14]: 1\n", "@i[1]: 3\n@i[2]: 3\n"});
 }
 
 TEST(UsdtRun, ProbeNamesTheProbeMatched) {
   // As bpftrace expands them: usdt:PATH:PROVIDER:NAME, the provider filled in, each probe
   // a wildcard matches by its own name.
-  auto r = run("usdt:" + kTarget + ":inl { @i[probe] = count(); } usdt:" + kTarget +
+  expect_lines("usdt:" + kTarget + ":inl { @i[probe] = count(); } usdt:" + kTarget +
                    ":hpu:[st]* { @w[probe] = count(); }",
-               {kTarget, "loop", "2"});
-  ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_TRUE(contains(r.out, "@i[usdt:" + kTarget + ":hpu:inl]: 4\n")) << r.out;
-  EXPECT_TRUE(contains(r.out, "@w[usdt:" + kTarget + ":hpu:slot]: 2\n")) << r.out;
-  EXPECT_TRUE(contains(r.out, "@w[usdt:" + kTarget + ":hpu:tick]: 2\n")) << r.out;
+               {"loop", "2"},
+               {"@i[usdt:" + kTarget + ":hpu:inl]: 4\n", "@w[usdt:" + kTarget + ":hpu:slot]: 2\n",
+                "@w[usdt:" + kTarget + ":hpu:tick]: 2\n"});
 }
 
 TEST(UsdtRun, UnreadableArgumentReadsZero) {
   // hpu:bad's first argument is 8 bytes at address 8: read as 0, as bpftrace reads it.
-  auto r = run("usdt:" + kTarget + ":hpu:bad { @[arg0, arg1] = count(); }", {kTarget, "bad", "4"});
-  ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_TRUE(contains(r.out, "@[0, 7]: 4\n")) << r.out;
+  expect_lines("usdt:" + kTarget + ":hpu:bad { @[arg0, arg1] = count(); }", {"bad", "4"},
+               {"@[0, 7]: 4\n"});
 }
 
 TEST(UsdtRun, GuardedSiteRunsOnlyWhileProbed) {
