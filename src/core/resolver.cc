@@ -140,22 +140,24 @@ Result<void> resolve_pending(std::string_view path, std::string_view rest, bool 
 
 }  // namespace
 
-Result<void> Resolver::resolve_usdt(std::string_view module_spec, std::string_view what,
-                                    std::vector<Target>& out) {
+Result<Resolver::UsdtMatch> Resolver::usdt_notes(std::string_view module_spec,
+                                                 std::string_view what) {
+  UsdtMatch m;
   // The file: the loaded module, or a file named by its path that is not loaded yet.
-  std::shared_ptr<const elf::ElfFile> file;
   if (ModuleCache::Entry* cached = cache_.find(module_spec); cached && cached->elf) {
-    file = cached->elf;
+    m.file = cached->elf;
+    m.module = cached->module;
   } else if (auto mod = mods_.resolve(module_spec); mod.ok()) {
     auto loaded = mods_.elf(**mod);
     if (!loaded.ok()) return loaded.error();
-    file = std::move(*loaded);
+    m.file = std::move(*loaded);
+    m.module = *mod;
   } else if (mod.error().code() == Errc::not_found &&
              module_spec.find('/') != std::string_view::npos &&
              ::access(std::string(module_spec).c_str(), R_OK) == 0) {
     auto loaded = elf::load_elf(std::string(module_spec));
     if (!loaded.ok()) return loaded.error();
-    file = std::move(*loaded);
+    m.file = std::move(*loaded);
   } else if (mod.error().code() == Errc::not_found &&
              module_spec.find('/') == std::string_view::npos) {
     return Error(Errc::not_found, mod.error().message() +
@@ -166,22 +168,33 @@ Result<void> Resolver::resolve_usdt(std::string_view module_spec, std::string_vi
   }
   auto parsed = elf::parse_usdt_what(what);
   if (!parsed.ok()) return parsed.error();
-  auto probes = elf::read_usdt(*file);
+  auto probes = elf::read_usdt(*m.file);
   if (!probes.ok()) return probes.error();
-  const std::string& path = file->path();
+  const std::string& path = m.file->path();
   if (probes->empty()) {
     return Error(Errc::not_found, path +
                                       " has no USDT probes (no .note.stapsdt notes): it was "
                                       "built without <sys/sdt.h> probes");
   }
-  auto found = elf::find_usdt(*probes, parsed->provider, parsed->name);
-  if (found.empty()) {
+  for (const elf::UsdtProbe* p : elf::find_usdt(*probes, parsed->provider, parsed->name))
+    m.notes.push_back(*p);
+  if (m.notes.empty()) {
     return Error(Errc::not_found, "no USDT probe '" + std::string(what) + "' in " + path +
                                       ": list its probes with hotprobe list 'usdt:" + path + ":*'");
   }
+  return m;
+}
+
+Result<void> Resolver::resolve_usdt(std::string_view module_spec, std::string_view what,
+                                    std::vector<Target>& out) {
+  auto match = usdt_notes(module_spec, what);
+  if (!match.ok()) return match.error();
+  const std::shared_ptr<const elf::ElfFile>& file = match->file;
+  const std::string& path = file->path();
   cache_.hold(file);  // the targets' symbol names point into it
   std::vector<std::uint64_t> seen;
-  for (const elf::UsdtProbe* p : found) {
+  for (const elf::UsdtProbe& note : match->notes) {
+    const elf::UsdtProbe* p = &note;
     // Two notes at one address (a glob matching both) are one place.
     if (std::find(seen.begin(), seen.end(), p->file_offset) != seen.end()) continue;
     seen.push_back(p->file_offset);

@@ -14,6 +14,7 @@
 #include "core/site.h"
 #include "core/site_key.h"
 #include "elf/modules.h"
+#include "elf/usdt.h"
 #include "hotprobe/probe.h"
 
 namespace hp::core {
@@ -94,6 +95,16 @@ class Resolver {
   // `out` may hold some of them (the caller drops them). `return_probe`: the places must
   // be function entries reached by a call.
   Result<void> resolve(std::string_view target, bool return_probe, std::vector<Target>& out);
+  // The notes a USDT target ("MODULE:usdt:WHAT", split at ":usdt:") names: the file (the
+  // loaded module's, or a path on disk), the module when loaded (else null) and the
+  // matching notes. No notes, or none matching, are errors naming the file and the way to
+  // list its probes.
+  struct UsdtMatch {
+    std::shared_ptr<const elf::ElfFile> file;
+    const elf::Module* module = nullptr;
+    std::vector<elf::UsdtProbe> notes;
+  };
+  Result<UsdtMatch> usdt_notes(std::string_view module_spec, std::string_view what);
   // The symbol table of the module resolved last (null before the first), for prefetching.
   const elf::ElfFile* last_elf() const { return cache_.last_elf(); }
 

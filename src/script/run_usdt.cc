@@ -9,38 +9,22 @@
 #include <string>
 #include <vector>
 
-#include "elf/elf_file.h"
-#include "elf/modules.h"
-#include "elf/usdt.h"
+#include "hotprobe/usdt.h"
 #include "script/run_nodes.h"
 
 namespace hotprobe::script {
 
-namespace elf = hp::elf;
 using nodes::s64;
 using nodes::u;
 
 namespace {
-
-// One argument of one site, ready for a hit: addresses are this process's.
-struct ArgSpec {
-  elf::UsdtArgKind kind = elf::UsdtArgKind::constant;
-  std::uint8_t size = 8;
-  bool is_signed = false;
-  std::int8_t reg = -1;    // reg: the register; memory: the base (-1: none)
-  std::uint8_t shift = 0;  // reg: bit position of the part named (ah: 8)
-  std::int8_t index = -1;  // memory: the index register (-1: none)
-  std::uint8_t scale = 1;
-  std::int64_t disp = 0;  // memory: displacement (a symbol's run-time address added);
-                          // constant: the value
-};
 
 // The arguments of the site at `address` of probe `probe`. Published once, never changed
 // nor freed (a hit may be reading it).
 struct Site {
   const ProbeCtx* probe = nullptr;
   std::uint64_t address = 0;
-  std::vector<ArgSpec> args;
+  std::vector<UsdtArgSpec> args;
 };
 
 // Open addressing on (probe, address), read without a lock; written under `mu`.
@@ -86,35 +70,6 @@ bool publish(std::unique_ptr<Site> site) {
   return false;
 }
 
-ArgSpec arg_spec(const elf::UsdtArg& a, std::int64_t bias, std::uint64_t site_address) {
-  ArgSpec s;
-  s.kind = a.kind;
-  s.size = static_cast<std::uint8_t>(a.size);
-  s.is_signed = a.is_signed;
-  switch (a.kind) {
-    case elf::UsdtArgKind::reg:
-      s.reg = static_cast<std::int8_t>(a.reg);
-      s.shift = static_cast<std::uint8_t>(a.reg_shift);
-      break;
-    case elf::UsdtArgKind::memory:
-      s.index = static_cast<std::int8_t>(a.index);
-      s.scale = static_cast<std::uint8_t>(a.scale);
-      s.disp = a.offset;
-      if (a.reg_name == "rip") {
-        // sym(%rip): the symbol's run-time address; N(%rip): after the site's 1-byte nop.
-        s.disp += a.symbol.empty() ? static_cast<std::int64_t>(site_address + 1)
-                                   : static_cast<std::int64_t>(a.symbol_vaddr) + bias;
-      } else {
-        s.reg = static_cast<std::int8_t>(a.reg);
-      }
-      break;
-    case elf::UsdtArgKind::constant:
-      s.disp = a.value;
-      break;
-  }
-  return s;
-}
-
 // Where a probe's target ("MODULE:usdt:WHAT") splits.
 bool split_target(const std::string& target, std::string& module, std::string& what) {
   const std::size_t at = target.find(":usdt:");
@@ -124,38 +79,24 @@ bool split_target(const std::string& target, std::string& module, std::string& w
   return true;
 }
 
-// Publishes the sites of `probe` in module `m` of this process.
-void publish_sites(const ProbeCtx& probe, const elf::ModuleList& mods, const elf::Module& m,
-                   const std::string& what, std::uint64_t only_offset = ~0ull) {
-  auto file = mods.elf(m);
-  if (!file.ok()) return;
-  auto w = elf::parse_usdt_what(what);
-  auto notes = elf::read_usdt(**file);
-  if (!w.ok() || !notes.ok()) return;
-  for (const elf::UsdtProbe* n : elf::find_usdt(*notes, w->provider, w->name)) {
-    if (only_offset != ~0ull && n->file_offset != only_offset) continue;
-    auto addr = m.offset_to_address(n->file_offset);
-    if (!addr.ok()) continue;
+// Publishes the sites of `probe` that are loaded in this process.
+void publish_sites(const ProbeCtx& probe, const std::vector<UsdtSite>& sites) {
+  for (const UsdtSite& u : sites) {
+    if (!u.address) continue;
     auto site = std::make_unique<Site>();
     site->probe = &probe;
-    site->address = *addr;
-    const std::int64_t bias = static_cast<std::int64_t>(*addr - n->pc);
-    for (const elf::UsdtArg& a : n->args)
-      site->args.push_back(arg_spec(a, bias, *addr));
+    site->address = u.address;
+    site->args = u.args;
     publish(std::move(site));
   }
 }
 
 // A hit at a site not published yet (its library was loaded after the probe was
-// attached): published now, found from the address.
+// attached): published now.
 const Site* publish_late(const ProbeCtx& probe, std::uint64_t address) {
-  std::string module, what;
-  if (!split_target(probe.probe.target, module, what)) return nullptr;
-  auto mods = elf::ModuleList::of_self();
-  if (!mods.ok()) return nullptr;
-  auto loc = mods->locate(address);
-  if (!loc.ok()) return nullptr;
-  publish_sites(probe, *mods, *loc->module, what, loc->file_offset);
+  auto sites = resolve_usdt(probe.probe.target);
+  if (!sites.ok()) return nullptr;
+  publish_sites(probe, *sites);
   return find(&probe, address);
 }
 
@@ -167,33 +108,14 @@ std::int64_t extend(std::uint64_t v, unsigned size, bool is_signed) {
   return s64(v);
 }
 
-// The argument counts of the notes `ap` matches; empty when the file cannot be read here
-// (the attach reports it), `no_match` when it has none that match.
-std::vector<std::size_t> arg_counts(const ast::AttachPoint& ap, bool& no_match) {
-  no_match = false;
+// The argument counts of the sites `ap` matches; empty when they cannot be read here (the
+// attach reports why).
+std::vector<std::size_t> arg_counts(const ast::AttachPoint& ap) {
   std::vector<std::size_t> out;
-  std::string module, what;
-  if (!split_target(ap.probe.target, module, what)) return out;
-  std::shared_ptr<const elf::ElfFile> file;
-  if (module.find('/') != std::string::npos) {
-    auto f = elf::load_elf(module);
-    if (!f.ok()) return out;
-    file = std::move(*f);
-  } else {
-    auto mods = elf::ModuleList::of_self();
-    if (!mods.ok()) return out;
-    auto m = mods->resolve(module);
-    if (!m.ok()) return out;
-    auto f = mods->elf(**m);
-    if (!f.ok()) return out;
-    file = std::move(*f);
-  }
-  auto w = elf::parse_usdt_what(what);
-  auto notes = elf::read_usdt(*file);
-  if (!w.ok() || !notes.ok()) return out;
-  for (const elf::UsdtProbe* n : elf::find_usdt(*notes, w->provider, w->name))
-    out.push_back(n->args.size());
-  no_match = out.empty();
+  auto sites = resolve_usdt(ap.probe.target);
+  if (!sites.ok()) return out;
+  for (const UsdtSite& u : *sites)
+    out.push_back(u.args.size());
   return out;
 }
 
@@ -224,8 +146,7 @@ UsdtArgCheck check_usdt_arg(ast::Expr& e, const ast::Action& action, Diagnostics
     return UsdtArgCheck::error;
   }
   for (const ast::AttachPoint& ap : action.probes) {
-    bool no_match = false;
-    for (std::size_t count : arg_counts(ap, no_match)) {
+    for (std::size_t count : arg_counts(ap)) {
       if (static_cast<std::size_t>(n) < count) continue;
       diags.error(e.loc, name + " is out of range: " + ap.probe.text + " has " +
                              std::to_string(count) + " argument" + (count == 1 ? "" : "s") +
@@ -245,34 +166,17 @@ void lower_usdt_arg(Node* n, int index) {
 void prepare_usdt_probe(ProbeCtx& probe) {
   std::string module, what;
   if (!split_target(probe.probe.target, module, what)) return;
-  auto w = elf::parse_usdt_what(what);
-  if (!w.ok()) return;
-  auto mods = elf::ModuleList::of_self();
-  const elf::Module* loaded = nullptr;
-  std::shared_ptr<const elf::ElfFile> file;
-  if (mods.ok()) {
-    if (auto m = mods->resolve(module); m.ok()) {
-      loaded = *m;
-      if (auto f = mods->elf(*loaded); f.ok()) file = std::move(*f);
-    }
-  }
-  if (!file && module.find('/') != std::string::npos) {
-    if (auto f = elf::load_elf(module); f.ok()) file = std::move(*f);
-  }
-  if (!file) return;  // the attach reports it
-  auto notes = elf::read_usdt(*file);
-  if (!notes.ok()) return;
+  auto sites = resolve_usdt(probe.probe.target);
+  if (!sites.ok()) return;  // the attach reports it
   // `probe` names the probe matched, as bpftrace names each probe a wildcard expands to:
   // usdt:PATH:PROVIDER:NAME (one probe: its text; several: by the site hit).
-  std::vector<std::pair<const elf::UsdtProbe*, std::uint64_t>> sites;  // note, address
   std::vector<std::string> names;
-  for (const elf::UsdtProbe* n : elf::find_usdt(*notes, w->provider, w->name)) {
-    std::string name = n->provider + ":" + n->name;
+  for (const UsdtSite& u : *sites) {
+    std::string name = u.provider + ":" + u.name;
     if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
-    auto addr = loaded ? loaded->offset_to_address(n->file_offset) : Result<std::uintptr_t>(0);
-    sites.push_back({n, addr.ok() ? *addr : 0});
   }
   const std::string prefix = "usdt:" + module + ":";
+  const bool loaded = !sites->empty() && sites->front().address != 0;
   if (names.size() == 1) {
     probe.probe.text = prefix + names.front();
   } else if (names.size() > 1 && loaded) {
@@ -280,10 +184,10 @@ void prepare_usdt_probe(ProbeCtx& probe) {
     probe.glob = true;
     probe.prefix = prefix;
     std::lock_guard lock(probe.func_mu);
-    for (const auto& [n, addr] : sites)
-      if (addr) probe.funcs[addr] = n->provider + ":" + n->name;
+    for (const UsdtSite& u : *sites)
+      if (u.address) probe.funcs[u.address] = u.provider + ":" + u.name;
   }
-  if (loaded) publish_sites(probe, *mods, *loaded, what);
+  publish_sites(probe, *sites);
 }
 
 std::int64_t i_usdt_arg(const Node* n, Frame& f) {
@@ -295,12 +199,12 @@ std::int64_t i_usdt_arg(const Node* n, Frame& f) {
   }
   const std::size_t i = static_cast<std::size_t>(n->imm);
   if (i >= site->args.size()) return 0;  // the checker refuses it where it can read the file
-  const ArgSpec& a = site->args[i];
+  const UsdtArgSpec& a = site->args[i];
   const auto* regs = reinterpret_cast<const std::uint64_t*>(f.hit->regs);
   switch (a.kind) {
-    case elf::UsdtArgKind::reg:
+    case UsdtArgSpec::Kind::reg:
       return extend(a.reg >= 0 ? regs[a.reg] >> a.shift : 0, a.size, a.is_signed);
-    case elf::UsdtArgKind::memory: {
+    case UsdtArgSpec::Kind::memory: {
       std::uint64_t addr = u(a.disp);
       if (a.reg >= 0) addr += regs[a.reg];
       if (a.index >= 0) addr += regs[a.index] * a.scale;
@@ -311,7 +215,7 @@ std::int64_t i_usdt_arg(const Node* n, Frame& f) {
       }
       return extend(v, a.size, a.is_signed);
     }
-    case elf::UsdtArgKind::constant:
+    case UsdtArgSpec::Kind::constant:
       return a.disp;
   }
   return 0;
