@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "hotprobe/probe.h"
+#include "hotprobe/usdt.h"
 
 extern "C" {
 long hp_usdt_sink;
@@ -140,6 +141,41 @@ TEST(UsdtTarget, ErrorsNameTheFileAndTheWayOut) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message().find("not a return handler"), std::string::npos)
       << r.error().message();
+}
+
+TEST(UsdtTarget, ResolveUsdtListsTheSitesTheEngineProbes) {
+  auto sites = hotprobe::resolve_usdt(":usdt:hpapi:*");
+  ASSERT_TRUE(sites.ok()) << sites.error().message();
+  ASSERT_EQ(sites->size(), 3u);  // inl twice, other once
+  int inl = 0;
+  for (const hotprobe::UsdtSite& s : *sites) {
+    EXPECT_EQ(s.provider, "hpapi");
+    EXPECT_NE(s.address, 0u);
+    if (s.name == "inl") {
+      inl++;
+      ASSERT_EQ(s.args.size(), 1u);
+      EXPECT_EQ(s.args[0].size, 8);
+      continue;
+    }
+    EXPECT_EQ(s.name, "other");
+    ASSERT_EQ(s.args.size(), 2u);
+    const auto fn = reinterpret_cast<std::uintptr_t>(&hp_usdt_other);
+    EXPECT_GT(s.address, fn);
+    EXPECT_LT(s.address, fn + 64);
+    // The engine probes the same address.
+    auto e = engine();
+    Hits hits;
+    auto h = e->attach(spec_of(":usdt:hpapi:other", hits));
+    ASSERT_TRUE(h.ok()) << h.error().message();
+    hp_usdt_other(3);
+    EXPECT_EQ(hits.last.load(), s.address);
+    ASSERT_TRUE(e->detach(*h).ok());
+  }
+  EXPECT_EQ(inl, 2);
+  auto bad = hotprobe::resolve_usdt("libc:malloc");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message().find("MODULE:usdt:PROVIDER:NAME"), std::string::npos)
+      << bad.error().message();
 }
 
 TEST(AddressTarget, ProbesAFunctionByItsAddress) {
