@@ -208,7 +208,7 @@ Result<void> Resolver::resolve_usdt(std::string_view module_spec, std::string_vi
     for (std::size_t i = first; i < out.size(); i++) {
       Target& t = out[i];
       t.describe = "usdt:" + path + ":" + p->provider + ":" + p->name + " (" + t.describe + ")";
-      t.usdt_semaphore = p->semaphore_offset;
+      // Its semaphore, counted while the site is probed (core/usdt_semaphore.h).
       if (p->semaphore_offset) {
         note_usdt_semaphore(
             t.key, p->semaphore_offset,

@@ -33,10 +33,6 @@ struct Target : Place {
   // live.
   std::string_view module_path;
   std::string_view symbol;
-  // A USDT probe's site with a semaphore (sys/sdt.h's PROVIDER_NAME_ENABLED()): its file
-  // offset in the module (0: none), counted while the place is probed
-  // (core/usdt_semaphore.h).
-  std::uint64_t usdt_semaphore = 0;
   // Filled in by attach() under the registry lock: the site already there, or the index
   // of the batch's job that builds one.
   Site* known = nullptr;
