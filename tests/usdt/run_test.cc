@@ -1,6 +1,13 @@
 // `hotprobe run` with usdt probes on fixture/usdt_target.c, whose hits and arguments are
 // known exactly (bpftrace 0.17 prints the same maps for these scripts).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
+
+#include <fstream>
+#include <thread>
 
 #include <string>
 #include <vector>
@@ -112,6 +119,40 @@ TEST(UsdtRun, ThreadsHitALibrarysSitesFirstTogether) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "@[0, 0]: 2000\n@[1, -1]: 2000\n@[2, -2]: 2000\n@[3, -3]: 2000\n"))
       << r.out;
+}
+
+TEST(UsdtAttach, ArgumentsInARunningProcess) {
+  // attach -p runs the same engine and script in a process already running: the target
+  // waits for a file, created once hotprobe says it attached; hotprobe ends with it.
+  const std::string go = hp::test::temp_path("usdt_go");
+  ::unlink(go.c_str());
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    (void)!::freopen("/dev/null", "w", stdout);
+    ::execl(kTarget.c_str(), kTarget.c_str(), "wait", go.c_str(), "3", nullptr);
+    ::_exit(127);
+  }
+  hp::test::Command c{{HP_HOTPROBE, "attach", "-p", std::to_string(pid), "-e",
+                       "usdt:" + kTarget + ":hpu:tick { @[arg0, arg1, arg2, arg3] = count(); }"}};
+  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
+  c.timeout = 60s;
+  c.during = [&](pid_t, const std::string& out) {
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (!contains(hp::test::read_file(out), "Attaching") &&
+           std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(10ms);
+    std::ofstream(go).put('x');
+  };
+  auto r = hp::test::run_command(c);
+  int status = 0;
+  if (::waitpid(pid, &status, WNOHANG) == 0) ::kill(pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  ::unlink(go.c_str());
+  EXPECT_TRUE(contains(r.out, "Attaching 1 probe")) << r.out << r.err;
+  for (const char* l :
+       {"@[0, 0, -5, 200]: 1\n", "@[1, -1000, -4, 201]: 1\n", "@[2, -2000, -3, 202]: 1\n"})
+    EXPECT_TRUE(contains(r.out, l)) << l << " not in:\n" << r.out << r.err;
 }
 
 TEST(UsdtRun, ArgumentPastTheNotesCountIsAnError) {
