@@ -150,7 +150,9 @@ UsdtArgCheck check_usdt_arg(ast::Expr& e, const ast::Action& action, Diagnostics
       if (static_cast<std::size_t>(n) < count) continue;
       diags.error(e.loc, name + " is out of range: " + ap.probe.text + " has " +
                              std::to_string(count) + " argument" + (count == 1 ? "" : "s") +
-                             (count ? " (arg0 to arg" + std::to_string(count - 1) + ")" : ""));
+                             (count == 1  ? std::string(" (arg0)")
+                              : count > 1 ? " (arg0 to arg" + std::to_string(count - 1) + ")"
+                                          : std::string()));
       return UsdtArgCheck::error;
     }
   }

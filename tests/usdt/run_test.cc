@@ -163,7 +163,7 @@ TEST(UsdtRun, ArgumentPastTheNotesCountIsAnError) {
       << r.err;
   auto none = run("usdt:" + kTarget + ":hpu:inl { @ = arg1; }", {kTarget, "loop", "1"});
   EXPECT_NE(none.code, 0);
-  EXPECT_TRUE(contains(none.err, "has 1 argument (arg0 to arg0)")) << none.err;
+  EXPECT_TRUE(contains(none.err, "has 1 argument (arg0)")) << none.err;
   auto far = run("usdt:" + kTarget + ":hpu:tick { @ = arg12; }", {kTarget, "loop", "1"});
   EXPECT_NE(far.code, 0);
   EXPECT_TRUE(contains(far.err, "at most 12 arguments")) << far.err;
