@@ -86,6 +86,13 @@ struct ProbeSpec {
   //                           reads it), inside a function and at an instruction start
   //   MODULE:fileoff:0xOFF    a file offset, as the kernel's uprobe_events take it
   //   MODULE:handle_*         a glob: one probe per matching function
+  //   MODULE:usdt:PROVIDER:NAME  a USDT probe (<sys/sdt.h>): an instruction probe at every
+  //                           site of every note that matches (a probe inlined in several
+  //                           places has several); usdt:NAME any provider, usdt:* all;
+  //                           wildcards in both. Entry handlers only. A semaphore the
+  //                           note names (PROVIDER_NAME_ENABLED()) is raised while probed.
+  //   @0xADDR                 an address in this process (a function's address, plus an
+  //                           offset): its module and file offset, as MODULE:fileoff:0xOFF
   // The instruction start is checked by decoding from the function's first byte; an
   // address in no function is refused, except in a stripped file (no symbol table), where
   // it is taken as given. Fragments of functions (NAME.cold, NAME.cold.N: code GCC moved

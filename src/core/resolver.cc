@@ -9,7 +9,9 @@
 #include <span>
 
 #include "arch/x86_64/decode.h"
+#include "core/usdt_semaphore.h"
 #include "elf/elf_file.h"
+#include "elf/usdt.h"
 
 namespace hp::core {
 
@@ -138,23 +140,146 @@ Result<void> resolve_pending(std::string_view path, std::string_view rest, bool 
 
 }  // namespace
 
+Result<Resolver::UsdtMatch> Resolver::usdt_notes(std::string_view module_spec,
+                                                 std::string_view what) {
+  UsdtMatch m;
+  // The file: the loaded module, or a file named by its path that is not loaded yet.
+  if (ModuleCache::Entry* cached = cache_.find(module_spec); cached && cached->elf) {
+    m.file = cached->elf;
+    m.module = cached->module;
+  } else if (auto mod = mods_.resolve(module_spec); mod.ok()) {
+    auto loaded = mods_.elf(**mod);
+    if (!loaded.ok()) return loaded.error();
+    m.file = std::move(*loaded);
+    m.module = *mod;
+  } else if (mod.error().code() == Errc::not_found &&
+             module_spec.find('/') != std::string_view::npos &&
+             ::access(std::string(module_spec).c_str(), R_OK) == 0) {
+    auto loaded = elf::load_elf(std::string(module_spec));
+    if (!loaded.ok()) return loaded.error();
+    m.file = std::move(*loaded);
+  } else if (mod.error().code() == Errc::not_found &&
+             module_spec.find('/') == std::string_view::npos) {
+    return Error(Errc::not_found, mod.error().message() +
+                                      "; to probe a library before it is loaded, name it by its "
+                                      "path");
+  } else {
+    return mod.error();
+  }
+  auto parsed = elf::parse_usdt_what(what);
+  if (!parsed.ok()) return parsed.error();
+  auto probes = elf::read_usdt(*m.file);
+  if (!probes.ok()) return probes.error();
+  const std::string& path = m.file->path();
+  if (probes->empty()) {
+    return Error(Errc::not_found, path +
+                                      " has no USDT probes (no .note.stapsdt notes): it was "
+                                      "built without <sys/sdt.h> probes");
+  }
+  for (const elf::UsdtProbe* p : elf::find_usdt(*probes, parsed->provider, parsed->name))
+    m.notes.push_back(*p);
+  if (m.notes.empty()) {
+    return Error(Errc::not_found, "no USDT probe '" + std::string(what) + "' in " + path +
+                                      ": list its probes with hotprobe list 'usdt:" + path + ":*'");
+  }
+  return m;
+}
+
+Result<void> Resolver::resolve_usdt(std::string_view module_spec, std::string_view what,
+                                    std::vector<Target>& out) {
+  auto match = usdt_notes(module_spec, what);
+  if (!match.ok()) return match.error();
+  const std::shared_ptr<const elf::ElfFile>& file = match->file;
+  const std::string& path = file->path();
+  cache_.hold(file);  // the targets' symbol names point into it
+  std::vector<std::uint64_t> seen;
+  for (const elf::UsdtProbe& note : match->notes) {
+    const elf::UsdtProbe* p = &note;
+    // Two notes at one address (a glob matching both) are one place.
+    if (std::find(seen.begin(), seen.end(), p->file_offset) != seen.end()) continue;
+    seen.push_back(p->file_offset);
+    const std::size_t first = out.size();
+    // The site is a nop inside a function: an instruction probe at its file offset.
+    const std::string place = std::string(module_spec) + ":fileoff:" + hex(p->file_offset);
+    if (auto r = resolve(place, false, out); !r.ok()) {
+      return Error(r.error().code(), "USDT probe " + p->provider + ":" + p->name + " at " +
+                                         hex(p->pc) + " of " + path + ": " + r.error().message());
+    }
+    for (std::size_t i = first; i < out.size(); i++) {
+      Target& t = out[i];
+      t.describe = "usdt:" + path + ":" + p->provider + ":" + p->name + " (" + t.describe + ")";
+      // Its semaphore, counted while the site is probed (core/usdt_semaphore.h).
+      if (p->semaphore_offset) {
+        note_usdt_semaphore(
+            t.key, p->semaphore_offset,
+            t.pending ? 0 : usdt_semaphore_address(mods_, t.key, p->semaphore_offset));
+      }
+    }
+  }
+  return {};
+}
+
+Result<void> Resolver::resolve_address(std::string_view target, bool return_probe,
+                                       std::vector<Target>& out) {
+  std::string_view text = target.substr(1);
+  std::uintptr_t addr = 0;
+  const bool hex_digits = text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X') &&
+                          text.size() <= 18 &&
+                          text.find_first_not_of("0123456789abcdefABCDEF", 2) == text.npos;
+  if (!hex_digits) {
+    return Error(Errc::invalid_argument,
+                 "probe target '" + std::string(target) +
+                     "' is not an address: write @0xADDRESS (an address in this process, "
+                     "e.g. of a function pointer plus an offset)");
+  }
+  addr = std::stoull(std::string(text.substr(2)), nullptr, 16);
+  auto loc = mods_.locate(addr);
+  if (!loc.ok()) {
+    return Error(Errc::not_found, "address " + hex(addr) +
+                                      " is in no module of this process (not code of a "
+                                      "file mapped here: JIT code, the heap or a stack?)");
+  }
+  if (!loc->module->contains(addr)) {
+    return Error(Errc::not_found, "address " + hex(addr) + " is in no file mapping of " +
+                                      std::string(loc->module->name()));
+  }
+  const std::string place = loc->module->path + ":fileoff:" + hex(loc->file_offset);
+  const std::size_t first = out.size();
+  if (auto r = resolve(place, return_probe, out); !r.ok()) {
+    return Error(r.error().code(), "address " + hex(addr) + ": " + r.error().message());
+  }
+  for (std::size_t i = first; i < out.size(); i++)
+    out[i].describe += " (at " + hex(addr) + ")";
+  return {};
+}
+
 Result<void> Resolver::resolve(std::string_view target, bool return_probe,
                                std::vector<Target>& out) {
   const elf::ModuleList& mods = mods_;
   ModuleCache& cache = cache_;
+  if (target.starts_with('@')) return resolve_address(target, return_probe, out);
   auto colon = target.find(':');
   if (colon == std::string_view::npos) {
     return Error(Errc::invalid_argument,
                  "probe target '" + std::string(target) +
                      "' has no ':': write MODULE:SYMBOL, MODULE:SYMBOL+OFFSET, MODULE:0xADDRESS "
-                     "(as nm prints it) or MODULE:fileoff:0xOFFSET (MODULE may be empty for "
-                     "the program)");
+                     "(as nm prints it), MODULE:fileoff:0xOFFSET (MODULE may be empty for "
+                     "the program), MODULE:usdt:PROVIDER:NAME or @0xADDRESS (in this process)");
   }
   std::string_view module_spec = target.substr(0, colon);
   std::string_view rest = target.substr(colon + 1);
   if (rest.empty()) {
     return Error(Errc::invalid_argument,
                  "probe target '" + std::string(target) + "' names no symbol after ':'");
+  }
+  if (rest.starts_with(elf::kUsdtPrefix)) {
+    if (return_probe) {
+      return Error(Errc::invalid_argument,
+                   "'" + std::string(target) +
+                       "' is a USDT probe, a place inside a function: it takes an entry "
+                       "handler, not a return handler");
+    }
+    return resolve_usdt(module_spec, rest.substr(elf::kUsdtPrefix.size()), out);
   }
   ModuleCache::Entry* cached = cache.find(module_spec);
   auto mod = cached ? Result<const elf::Module*>(cached->module) : mods.resolve(module_spec);

@@ -1,6 +1,7 @@
 // The resolver: where a probe target ("MODULE:WHAT", hotprobe::ProbeSpec::target)
 // becomes places to probe (symbols, globs, +offsets, nm addresses, file offsets, IFUNCs,
-// NAME.cold fragments, and files not loaded yet).
+// NAME.cold fragments, USDT probes' sites, addresses in this process, and files not
+// loaded yet).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include "core/site.h"
 #include "core/site_key.h"
 #include "elf/modules.h"
+#include "elf/usdt.h"
 #include "hotprobe/probe.h"
 
 namespace hp::core {
@@ -89,10 +91,27 @@ class Resolver {
   // `out` may hold some of them (the caller drops them). `return_probe`: the places must
   // be function entries reached by a call.
   Result<void> resolve(std::string_view target, bool return_probe, std::vector<Target>& out);
+  // The notes a USDT target ("MODULE:usdt:WHAT", split at ":usdt:") names: the file (the
+  // loaded module's, or a path on disk), the module when loaded (else null) and the
+  // matching notes. No notes, or none matching, are errors naming the file and the way to
+  // list its probes.
+  struct UsdtMatch {
+    std::shared_ptr<const elf::ElfFile> file;
+    const elf::Module* module = nullptr;
+    std::vector<elf::UsdtProbe> notes;
+  };
+  Result<UsdtMatch> usdt_notes(std::string_view module_spec, std::string_view what);
   // The symbol table of the module resolved last (null before the first), for prefetching.
   const elf::ElfFile* last_elf() const { return cache_.last_elf(); }
 
  private:
+  // MODULE:usdt:PROVIDER:NAME: an instruction probe at each site of each matching note.
+  Result<void> resolve_usdt(std::string_view module_spec, std::string_view what,
+                            std::vector<Target>& out);
+  // @0xADDR: an address in this process, inside a function of a loaded module.
+  Result<void> resolve_address(std::string_view target, bool return_probe,
+                               std::vector<Target>& out);
+
   const elf::ModuleList& mods_;
   ModuleCache cache_;
 };

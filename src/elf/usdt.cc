@@ -436,6 +436,25 @@ Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file) {
   return out;
 }
 
+Result<UsdtWhat> parse_usdt_what(std::string_view what) {
+  UsdtWhat w;
+  const std::size_t colon = what.find(':');
+  if (colon == std::string_view::npos) {
+    w.name = std::string(what);
+  } else {
+    w.provider = std::string(what.substr(0, colon));
+    w.name = std::string(what.substr(colon + 1));
+  }
+  if (w.name.empty() || w.name.find(':') != std::string::npos ||
+      (colon != std::string_view::npos && w.provider.empty())) {
+    return Error(Errc::invalid_argument, "'" + std::string(what) +
+                                             "' does not name a USDT probe: write "
+                                             "PROVIDER:NAME, NAME (any provider) or * (every "
+                                             "probe), with wildcards in each");
+  }
+  return w;
+}
+
 std::vector<const UsdtProbe*> find_usdt(const std::vector<UsdtProbe>& probes,
                                         std::string_view provider, std::string_view name) {
   const std::string prov(provider), nm(name);

@@ -73,6 +73,16 @@ struct UsdtProbe {
   std::vector<UsdtArg> args;
 };
 
+// A USDT probe as a probe target names it after its module: "usdt:PROVIDER:NAME", or
+// "usdt:NAME" (any provider), fnmatch(3) wildcards in each ("usdt:*": every probe).
+inline constexpr std::string_view kUsdtPrefix = "usdt:";
+struct UsdtWhat {
+  std::string provider;  // empty: any
+  std::string name;
+};
+// Parses what follows kUsdtPrefix; an error names the text and the forms accepted.
+Result<UsdtWhat> parse_usdt_what(std::string_view what);
+
 // Parses one argument ("-4@%edi"). `position` (0-based) only goes into messages.
 Result<UsdtArg> parse_usdt_arg(std::string_view text, std::size_t position = 0);
 // Parses a whole argument string; an error names the argument (1-based) and its text.

@@ -215,6 +215,7 @@ struct Expr {
   // which the integer is scaled; binary < <= > >=: `value` 1 compares unsigned (an
   // operand is an unsigned C type or a pointer, as bpftrace compares).
   int ctype = -1;
+  int usdt_arg = -1;  // builtin argN of an action of usdt probes: N (script/run_usdt.h)
 };
 
 inline Expr::~Expr() {
@@ -274,6 +275,9 @@ struct AttachPoint {
   bool has_offset = false;   // "+OFFSET" was written
   bool is_address = false;   // "MOD:0xADDR"
   bool is_glob = false;      // function contains * ? or [
+  // usdt:PATH:[PROVIDER:]NAME: a uprobe whose probe.target is PATH:usdt:[PROVIDER:]NAME
+  // (the Resolver's form, include/hotprobe/probe.h); argN decode the note's arguments.
+  bool usdt = false;
 };
 
 // A scratch variable of one action.

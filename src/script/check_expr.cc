@@ -5,6 +5,7 @@
 #include "script/check_args.h"
 #include "script/check_pass.h"
 #include "script/parser.h"
+#include "script/run_usdt.h"
 
 namespace hotprobe::script::checking {
 
@@ -318,6 +319,9 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
               "(args.NAME or args->NAME)");
         return Value::bad();
       }
+      if (auto u = action_ ? check_usdt_arg(e, *action_, diags_) : UsdtArgCheck::not_usdt;
+          u != UsdtArgCheck::not_usdt)
+        return u == UsdtArgCheck::ok ? Value::integer() : Value::bad();
       return builtin(e);
     case Expr::Kind::variable:
       return variable(e);

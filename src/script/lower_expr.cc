@@ -4,6 +4,7 @@
 #include "script/builtins.h"
 #include "script/lower.h"
 #include "script/run_misc.h"
+#include "script/run_usdt.h"
 
 namespace hotprobe::script::lowering {
 
@@ -71,6 +72,10 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
     }
     case K::builtin: {
       Node* n = make();
+      if (e.usdt_arg >= 0) {
+        lower_usdt_arg(n, e.usdt_arg);
+        return n;
+      }
       n->i = builtin_def(e.builtin).i;
       n->s = builtin_def(e.builtin).s;
       return n;

@@ -391,6 +391,46 @@ inline ast::AttachPoint Parser::attach_point(const Token& t) {
     ap.probe.target = ap.module + ":" + std::string(func);
     return ap;
   }
+  if (type == "usdt" || type == "U") {
+    // usdt:PATH:[PROVIDER:]NAME, as bpftrace takes it (wildcards in PROVIDER and NAME).
+    ap.probe.kind = Probe::Kind::uprobe;
+    ap.usdt = true;
+    ap.probe.text = "usdt:" + std::string(rest);
+    // A quoted PATH (bpftrace's way to write "libstdc++.so.6"): the quotes go.
+    std::string unquoted;
+    if (rest.size() > 1 && rest[0] == '"') {
+      const std::size_t close = rest.find('"', 1);
+      if (close != std::string_view::npos) {
+        unquoted = std::string(rest.substr(1, close - 1)) + std::string(rest.substr(close + 1));
+        rest = unquoted;
+        ap.probe.text = "usdt:" + unquoted;
+      }
+    }
+    const std::size_t c1 = rest.find(':');
+    const std::size_t c2 = c1 == std::string_view::npos ? c1 : rest.find(':', c1 + 1);
+    const bool too_many = c2 != std::string_view::npos && rest.find(':', c2 + 1) != rest.npos;
+    if (colon == std::string_view::npos || c1 == std::string_view::npos || too_many) {
+      diags_.error(t.loc,
+                   "usdt probe type requires 2 or 3 arguments (write usdt:PATH:PROVIDER:NAME or "
+                   "usdt:PATH:NAME; list a file's probes with hotprobe list 'usdt:PATH:*')");
+      return ap;
+    }
+    ap.module = std::string(rest.substr(0, c1));
+    std::string_view what = rest.substr(c1 + 1);
+    if (ap.module.empty()) {
+      diags_.error(t.loc,
+                   "usdt probe is missing its file (write usdt:PATH:PROVIDER:NAME, PATH a path "
+                   "such as ./a.out or a name such as libc)");
+      return ap;
+    }
+    if (what.empty() || what.back() == ':' || what.front() == ':') {
+      diags_.error(t.loc, "usdt probe is missing its probe name (write usdt:" + ap.module +
+                              ":PROVIDER:NAME, or usdt:" + ap.module + ":* for every probe)");
+      return ap;
+    }
+    ap.probe.target = ap.module + ":usdt:" + std::string(what);
+    return ap;
+  }
   if (type == "interval" || type == "i") {
     ap.probe.kind = Probe::Kind::interval;
     ap.probe.text = "interval:" + std::string(rest);
@@ -444,17 +484,17 @@ inline ast::AttachPoint Parser::attach_point(const Token& t) {
     ap.probe.interval_ns = n * scale;
     return ap;
   }
-  static constexpr std::array<std::string_view, 7> kKnown = {
-      "uprobe", "uretprobe", "interval", "BEGIN", "END", "u", "ur"};
-  static constexpr std::array<std::string_view, 14> kUnsupported = {
-      "kprobe",     "kretprobe", "tracepoint", "usdt",          "profile", "software", "hardware",
-      "watchpoint", "kfunc",     "kretfunc",   "rawtracepoint", "k",       "kr",       "t"};
+  static constexpr std::array<std::string_view, 9> kKnown = {
+      "uprobe", "uretprobe", "usdt", "interval", "BEGIN", "END", "u", "ur", "U"};
+  static constexpr std::array<std::string_view, 13> kUnsupported = {
+      "kprobe", "kretprobe", "tracepoint",    "profile", "software", "hardware", "watchpoint",
+      "kfunc",  "kretfunc",  "rawtracepoint", "k",       "kr",       "t"};
   ap.probe.text = std::string(text);
   for (std::string_view u : kUnsupported) {
     if (type == u) {
       diags_.error(t.loc, "probe type '" + std::string(type) +
-                              "' is not supported by hotprobe (use uprobe, uretprobe, BEGIN, "
-                              "END or interval)");
+                              "' is not supported by hotprobe (use uprobe, uretprobe, usdt, "
+                              "BEGIN, END or interval)");
       return ap;
     }
   }

@@ -5,6 +5,7 @@
 #include "hotprobe/symbols.h"
 #include "script/eval.h"
 #include "script/run_nodes.h"
+#include "script/run_usdt.h"
 
 namespace hotprobe::script {
 
@@ -27,6 +28,8 @@ ProbeSpec Runtime::spec(std::size_t index) {
         if (fi.address) p.funcs.emplace(fi.address + fi.offset, fi.name);
     }
   }
+  // A usdt probe: the argument specs of its sites (argN) and their names (probe).
+  if (p.probe.target.find(":usdt:") != std::string::npos) prepare_usdt_probe(p);
   return s;
 }
 
