@@ -48,7 +48,18 @@ enum class Type : std::uint8_t {
   string,   // a NUL-terminated string of at most str_size bytes (including the NUL)
   object,   // a struct, union or array in the traced program's memory (Expr::ctype says
             // which): only its fields or elements are read; evaluated, it is its address
+  // Map key parts only (the checker refuses them anywhere else): the hit stores words,
+  // the printer names them (docs/design/script-language.md, "Stacks and symbols").
+  ustack,       // ustack / ustack(N) / ustack(bpftrace[, N]): str_size is N
+  ustack_perf,  // ustack(perf[, N]): str_size is N
+  usym,         // usym(addr): an address, printed as the symbol holding it
 };
+
+// ustack's limit: bpftrace accepts up to 1024; the frames kept are at most
+// kUstackFrames, the kernel's perf_event_max_stack default that bounds bpftrace's stacks
+// too (so ustack(200) prints what bpftrace prints). ustack without a limit keeps them all.
+inline constexpr std::int64_t kMaxUstackLimit = 1024;
+inline constexpr std::uint32_t kUstackFrames = 127;
 
 // Default maximum string size (bpftrace's BPFTRACE_STRLEN default), including the NUL.
 inline constexpr std::uint32_t kDefaultStrSize = 64;
@@ -98,6 +109,9 @@ enum class Func : std::uint8_t {
   time,    // time() or time("strftime fmt"): args[0], if any, is a string literal
   exit,    // exit()
   str,     // str(ptr [, len]): string, read from user memory; never faults
+  ustack,  // ustack([MODE][, N]) as a map key (Type::ustack / ustack_perf)
+  usym,    // usym(addr) as a map key (Type::usym)
+  reg,     // reg("name"): integer, a register of the probed thread (bpftrace's names)
 };
 
 inline constexpr bool is_aggregation(Func f) {
@@ -317,11 +331,11 @@ inline std::vector<Probe> flatten_probes(const Program& program) {
 inline constexpr std::array<std::string_view, 17> kBuiltinNames = {
     "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
     "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
-inline constexpr std::array<std::string_view, 16> kFuncNames = {
-    "count",  "sum",   "avg",  "min",   "max",    "stats", "hist", "lhist",
-    "delete", "clear", "zero", "print", "printf", "time",  "exit", "str"};
+inline constexpr std::array<std::string_view, 19> kFuncNames = {
+    "count", "sum",   "avg",    "min",  "max",  "stats", "hist",   "lhist", "delete", "clear",
+    "zero",  "print", "printf", "time", "exit", "str",   "ustack", "usym",  "reg"};
 static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::gid) + 1);
-static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::str) + 1);
+static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::reg) + 1);
 
 inline std::string_view to_string(Builtin b) {
   return kBuiltinNames[static_cast<std::size_t>(b)];

@@ -62,7 +62,9 @@ std::string key_list(const std::vector<Type>& keys) {
   std::string s = "[";
   for (std::size_t i = 0; i < keys.size(); ++i) {
     if (i) s += ", ";
-    s += keys[i] == Type::integer ? "int64" : keys[i] == Type::string ? "string" : "none";
+    static constexpr std::string_view kWords[] = {"none",   "int64",  "string", "none",
+                                                  "ustack", "ustack", "usym"};
+    s += kWords[static_cast<int>(keys[i])];
   }
   return s + "]";
 }
@@ -252,7 +254,7 @@ ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
   std::vector<std::uint32_t> sizes;
   bool key_error = false;
   for (auto& k : e.args) {
-    Value v = value(*k);
+    Value v = key_value(*k);
     if (v.error) {
       key_error = true;
     } else if (v.agg != MapKind::none) {

@@ -14,6 +14,8 @@
 #include <map>
 #include <utility>
 
+#include "script/symbolize.h"
+
 namespace hotprobe::script {
 
 namespace {
@@ -31,10 +33,28 @@ Row row_of(const std::atomic<std::uint64_t>* k, std::uint32_t kw,
 }
 }  // namespace
 
+std::uint32_t MapDesc::part_words(std::size_t k) const {
+  switch (part(k)) {
+    case KeyPart::string:
+      return kStrWords;
+    case KeyPart::ustack:
+    case KeyPart::ustack_perf:
+      return 1 + stack_frames;
+    default:
+      return 1;
+  }
+}
+
+bool MapDesc::has_symbols() const {
+  for (std::size_t k = 0; k < key_is_string.size(); ++k)
+    if (part(k) != KeyPart::integer && part(k) != KeyPart::string) return true;
+  return false;
+}
+
 std::uint32_t MapDesc::key_words() const {
   std::uint32_t n = 0;
-  for (bool s : key_is_string)
-    n += s ? kStrWords : 1;
+  for (std::size_t k = 0; k < key_is_string.size(); ++k)
+    n += part_words(k);
   return n;
 }
 
@@ -605,7 +625,7 @@ std::string check_region(const SharedRegion& r, const std::vector<MapDesc>& desc
                 m.lhist_min == d.lhist_min && m.lhist_max == d.lhist_max &&
                 m.lhist_step == d.lhist_step;
     for (std::size_t k = 0; same && k < d.key_is_string.size(); ++k)
-      same = m.key_is_string[k] == d.key_is_string[k];
+      same = m.key_is_string[k] == static_cast<std::uint8_t>(d.part(k));
     if (!same) return "map " + d.name + " does not match the script";
   }
   return {};
@@ -623,7 +643,10 @@ void MapSet::build(SharedRegion* region, bool reopen, std::uint64_t hash) {
       std::lock_guard lock(g_next_mu);
       g_reopen_error = why;
     }
-    if (why.empty()) recs = region->at<region::MapRecord>(region->header().maps_off);
+    if (why.empty()) {
+      recs = region->at<region::MapRecord>(region->header().maps_off);
+      use_region_modules(*region);
+    }
   } else if (region && region->header().state.load(std::memory_order_acquire) == 0) {
     // Lay the maps out: records, names, then state = 1 (release) makes them readable.
     region::Header& h = region->header();
@@ -646,7 +669,7 @@ void MapSet::build(SharedRegion* region, bool reopen, std::uint64_t hash) {
       m.sharded = is_aggregation(d.kind) || d.per_thread;
       m.nkeys = static_cast<std::uint8_t>(d.key_is_string.size());
       for (std::size_t k = 0; k < d.key_is_string.size() && k < kMaxKeyParts; ++k)
-        m.key_is_string[k] = d.key_is_string[k];
+        m.key_is_string[k] = static_cast<std::uint8_t>(d.part(k));
       m.lhist_min = d.lhist_min;
       m.lhist_max = d.lhist_max;
       m.lhist_step = d.lhist_step;
@@ -658,6 +681,9 @@ void MapSet::build(SharedRegion* region, bool reopen, std::uint64_t hash) {
       h.pid = static_cast<std::uint32_t>(::getpid());
       h.state.store(1, std::memory_order_release);
       if (region == g_agent_region) g_agent_laid_out = true;
+      if (std::any_of(descs_.begin(), descs_.end(),
+                      [](const MapDesc& d) { return d.has_symbols(); }))
+        publish_modules(*region);
     }
   }
   for (std::size_t i = 0; i < n; ++i) {

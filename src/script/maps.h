@@ -54,7 +54,10 @@ class SharedRegion;
 inline constexpr std::uint32_t kStrBytes = 128;
 inline constexpr std::uint32_t kStrWords = kStrBytes / 8;
 inline constexpr std::uint32_t kMaxKeyParts = 8;
-inline constexpr std::uint32_t kMaxKeyWords = kMaxKeyParts * kStrWords;
+// Frames a ustack key part keeps at most (ast::kUstackFrames): the part is [frames,
+// address 0 .. address frames-1, zeros] in 1 + MapDesc::stack_frames words.
+inline constexpr std::uint32_t kMaxStackFrames = 127;
+inline constexpr std::uint32_t kMaxKeyWords = kMaxKeyParts * kStrWords + 1 + kMaxStackFrames;
 inline constexpr std::uint32_t kHistBuckets = 65;  // <0, 0, 1, [2,4), ... [2^62, 2^63)
 
 // Copies a map value of `words` words into `out`, or zeros when `v` is null; whether it
@@ -83,6 +86,15 @@ constexpr bool is_aggregation(ValueKind k) {
   return k != ValueKind::integer && k != ValueKind::string;
 }
 
+// What a key part holds. The values are those of region::MapRecord::key_is_string.
+enum class KeyPart : std::uint8_t {
+  integer,
+  string,
+  ustack,       // return addresses, printed as bpftrace prints ustack
+  ustack_perf,  // the same, printed as ustack(perf)
+  usym,         // one address (a word), printed as the symbol holding it
+};
+
 struct MapDesc {
   std::string name;  // "@x"
   ValueKind kind = ValueKind::count;
@@ -90,8 +102,17 @@ struct MapDesc {
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 1;
   // A plain map keyed by `tid` alone everywhere: per-thread shards instead of stripes.
   bool per_thread = false;
+  std::vector<KeyPart> key_parts;  // one per key part; empty: as key_is_string says
+  std::uint32_t stack_frames = 0;  // frames of its ustack parts (at most kMaxStackFrames)
 
-  std::uint32_t key_words() const;      // an integer part is 1 word, a string part kStrWords
+  KeyPart part(std::size_t k) const {
+    if (k < key_parts.size()) return key_parts[k];
+    return key_is_string[k] ? KeyPart::string : KeyPart::integer;
+  }
+  // Words of part k: an integer or usym 1, a string kStrWords, a ustack 1 + stack_frames.
+  std::uint32_t part_words(std::size_t k) const;
+  bool has_symbols() const;             // a part is printed through symbols (ustack, usym)
+  std::uint32_t key_words() const;      // the sum of part_words
   std::uint32_t value_words() const;    // per kind (see value layout below)
   std::uint32_t lhist_buckets() const;  // (max - min) / step + 2 (below min, above max)
 };
@@ -109,7 +130,7 @@ struct Row {
 // shared with hotprobe", gives who writes what and what a reader may see.
 namespace region {
 inline constexpr std::uint64_t kMagic = 0x31305350414d5048ull;  // "HPMAPS01"
-inline constexpr std::uint32_t kVersion = 2;
+inline constexpr std::uint32_t kVersion = 3;
 inline constexpr std::size_t kAlign = 64;  // every allocation: no two owners share a line
 // Header::phase: how far the agent's final report got.
 inline constexpr std::uint32_t kTracing = 0;
@@ -133,6 +154,11 @@ struct Header {
   // 1: the agent lost its channel (the program closed or reused its descriptor) and
   // stopped tracing then: the maps hold what was counted until that moment.
   std::atomic<std::uint32_t> channel_lost;
+  // The traced program's /proc/self/maps when its maps have ustack or usym keys: the
+  // offset of [uint64 length][text] (0: none), published with release after the text.
+  // The agent writes it when it lays the maps out and again with END's output, so
+  // hotprobe names the frames after the program is gone.
+  std::atomic<std::uint64_t> modules_off;
 };
 // A table's slots: offset | log2(capacity) << 48, published with release when filled.
 inline constexpr unsigned kCapShift = 48;

@@ -14,6 +14,7 @@
 
 #include "hotprobe/symbols.h"
 #include "script/run_clock.h"
+#include "script/run_stack.h"
 #include "script/run_thread.h"
 
 namespace hotprobe::script {
@@ -60,6 +61,13 @@ std::int64_t i_arg(const Node*, Frame& f) {
 }
 std::int64_t i_retval(const Node*, Frame& f) {
   return f.hit ? static_cast<std::int64_t>(f.hit->regs->ret()) : 0;
+}
+// reg("name"): the word at byte offset imm of the probed thread's Regs.
+std::int64_t i_reg(const Node* n, Frame& f) {
+  if (!f.hit || !f.hit->regs) return 0;
+  std::int64_t v;
+  std::memcpy(&v, reinterpret_cast<const char*>(f.hit->regs) + n->imm, sizeof v);
+  return v;
 }
 std::int64_t i_tid(const Node*, Frame&) {
   return ids().tid;
@@ -315,6 +323,18 @@ std::uint32_t s_chars(const Node* n, Frame& f, char* out) {
 }
 
 // Map keys.
+// A ustack key part: [frames, pc, return addresses..., zeros] in n->key_words words,
+// at most n->imm frames (run_stack.h).
+[[gnu::noinline]] static void ustack_part(const Node* n, Frame& f, std::uint64_t* out) {
+  const std::uint32_t room = n->key_words - 1;
+  if (!f.hit || !f.hit->regs) {
+    std::memset(out, 0, n->key_words * sizeof *out);
+    return;
+  }
+  const bool entry = f.probe && f.probe->probe.kind == Probe::Kind::uprobe &&
+                     f.hit->probe_address && entry_instruction(f.hit->probe_address);
+  capture_ustack(*f.hit->regs, entry, static_cast<std::uint32_t>(n->imm), room, out);
+}
 static inline void build_key(const Node* m, Frame& f, std::uint64_t* key) {
   std::uint32_t w = 0;
   const std::size_t n = m->keys.size();
@@ -324,6 +344,9 @@ static inline void build_key(const Node* m, Frame& f, std::uint64_t* key) {
       std::memset(&key[w], 0, kStrBytes);
       e->s(e, f, reinterpret_cast<char*>(&key[w]));
       w += kStrWords;
+    } else if (!e->i) [[unlikely]] {  // a ustack part (no value): e->key_words words
+      ustack_part(e, f, &key[w]);
+      w += e->key_words;
     } else {
       key[w++] = u(e->i(e, f));
     }

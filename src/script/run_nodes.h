@@ -69,6 +69,7 @@ std::uint32_t s_var(const Node* n, Frame& f, char* out);
 template <int I>
 std::int64_t i_arg(const Node*, Frame& f);
 std::int64_t i_retval(const Node*, Frame& f);
+std::int64_t i_reg(const Node* n, Frame& f);
 std::int64_t i_tid(const Node*, Frame&);
 std::int64_t i_pid(const Node*, Frame&);
 std::int64_t i_nsecs(const Node*, Frame&);
