@@ -97,12 +97,15 @@ KeyPart key_part_of(ast::Type t) {
 
 }  // namespace
 
-// A ustack or usym key part of map `d` (the checker typed the part).
-Result<const Node*> Lowerer::key_part(const Expr& e, const MapDesc& d) {
+// A ustack or usym key part of map `d` (the checker typed the part); `last`: the key's
+// last part.
+Result<const Node*> Lowerer::key_part(const Expr& e, const MapDesc& d, bool last) {
   if (e.type == Type::usym) return expr(*e.args[0]);  // the address; printed as a symbol
   Node* n = make();
   n->key_words = 1 + d.stack_frames;  // build_key: a ustack part (a node with no i, no s)
   n->imm = std::min(e.str_size, d.stack_frames);
+  // Not the key's last part: hashed and compared whole, so its tail is zeroed.
+  n->is_signed = !last || d.stack_tail() == kNoStackTail;
   return n;
 }
 

@@ -32,7 +32,7 @@ Result<Node*> Lowerer::map_access(const Expr& e) {
   for (std::size_t k = 0; k < e.args.size(); ++k) {
     const Type t = e.args[k]->type;
     auto key = t == Type::ustack || t == Type::ustack_perf || t == Type::usym
-                   ? key_part(*e.args[k], d)
+                   ? key_part(*e.args[k], d, k + 1 == e.args.size())
                    : expr(*e.args[k]);
     if (!key) return key.error();
     n->keys.push_back(*key);

@@ -35,6 +35,7 @@
 // (tests, HOTPROBE_SHARED_MAPS=0) the same structures live on the heap.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -111,8 +112,10 @@ struct MapDesc {
   }
   // Words of part k: an integer or usym 1, a string kStrWords, a ustack 1 + stack_frames.
   std::uint32_t part_words(std::size_t k) const;
-  bool has_symbols() const;             // a part is printed through symbols (ustack, usym)
-  std::uint32_t key_words() const;      // the sum of part_words
+  bool has_symbols() const;         // a part is printed through symbols (ustack, usym)
+  std::uint32_t key_words() const;  // the sum of part_words
+  // The word offset of a ustack part that ends the key, else kNoStackTail (key_length).
+  std::uint32_t stack_tail() const;
   std::uint32_t value_words() const;    // per kind (see value layout below)
   std::uint32_t lhist_buckets() const;  // (max - min) / step + 2 (below min, above max)
 };
@@ -215,6 +218,19 @@ inline std::uint64_t hash_key(const std::uint64_t* key, std::uint32_t words) {
   return h;
 }
 
+// A key whose last part is a ustack ([frames, addresses..., zeros] at word `tail`) is
+// hashed and compared up to its last frame: two keys with the same words up to there
+// have the same frame count, so the same zero tail. kNoStackTail: every word.
+inline constexpr std::uint32_t kNoStackTail = ~0u;
+inline std::uint32_t key_length(const std::uint64_t* key, std::uint32_t words, std::uint32_t tail) {
+  if (tail == kNoStackTail) return words;
+  return tail + 1 +
+         static_cast<std::uint32_t>(std::min<std::uint64_t>(key[tail], words - tail - 1));
+}
+inline std::uint64_t hash_key(const std::uint64_t* key, std::uint32_t words, std::uint32_t tail) {
+  return hash_key(key, key_length(key, words, tail));
+}
+
 // Open addressing, linear probing. A slot is [state, key words..., value words...], every
 // word a relaxed atomic (the printer reads them under the owner's lock, the owner without
 // it). state: 0 empty, 1 used, 2 deleted.
@@ -262,6 +278,12 @@ class Table {
       if (state == 1 && key_equal(s + 1, key)) return s + 1 + key_words_;
     }
   }
+  // Keys end with a ustack part at word `tail` (key_length): hash() and the comparisons
+  // stop at its last frame. Set before the first insert.
+  void set_stack_tail(std::uint32_t tail) { stack_tail_ = tail; }
+  std::uint64_t hash(const std::uint64_t* key) const {
+    return hash_key(key, key_words_, stack_tail_);
+  }
   // Inserts with zeroed values (the caller holds what protects the structure).
   std::atomic<std::uint64_t>* insert(const std::uint64_t* key, std::uint64_t hash);
   bool erase(const std::uint64_t* key, std::uint64_t hash);
@@ -282,7 +304,8 @@ class Table {
  private:
   std::atomic<std::uint64_t>* slot(std::size_t i) const { return slots_ + i * stride_; }
   bool key_equal(const std::atomic<std::uint64_t>* a, const std::uint64_t* b) const {
-    for (std::uint32_t w = 0; w < key_words_; ++w)
+    const std::uint32_t n = key_length(b, key_words_, stack_tail_);
+    for (std::uint32_t w = 0; w < n; ++w)
       if (a[w].load(std::memory_order_relaxed) != b[w]) return false;
     return true;
   }
@@ -293,6 +316,7 @@ class Table {
   void release(std::atomic<std::uint64_t>* slots, bool on_heap);
 
   std::uint32_t key_words_, value_words_, stride_;
+  std::uint32_t stack_tail_ = kNoStackTail;
   std::size_t capacity_ = 0, used_ = 0, filled_ = 0;  // filled_: used + deleted
   std::atomic<std::uint64_t>* slots_ = nullptr;
   bool on_heap_ = true;
@@ -314,7 +338,7 @@ class Shard {
   inline void sync_if_stale();
   // The value words of `key` in this shard, inserted zeroed if absent. Owner only.
   std::atomic<std::uint64_t>* find_or_insert(const std::uint64_t* key) {
-    const std::uint64_t h = hash_key(key, table_.key_words());
+    const std::uint64_t h = table_.hash(key);
     if (std::atomic<std::uint64_t>* v = table_.find(key, h)) [[likely]]
       return v;
     return insert_slow(key, h);

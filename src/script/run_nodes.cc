@@ -323,17 +323,22 @@ std::uint32_t s_chars(const Node* n, Frame& f, char* out) {
 }
 
 // Map keys.
-// A ustack key part: [frames, pc, return addresses..., zeros] in n->key_words words,
-// at most n->imm frames (run_stack.h).
+// A ustack key part: [frames, pc, return addresses...] in n->key_words words, at most
+// n->imm frames (run_stack.h); the words after the last frame are not read (maps.h,
+// key_length) unless the part is not the key's last, so they are zeroed only then
+// (n->is_signed).
 [[gnu::noinline]] static void ustack_part(const Node* n, Frame& f, std::uint64_t* out) {
-  const std::uint32_t room = n->key_words - 1;
   if (!f.hit || !f.hit->regs) {
     std::memset(out, 0, n->key_words * sizeof *out);
     return;
   }
   const bool entry = f.probe && f.probe->probe.kind == Probe::Kind::uprobe &&
                      f.hit->probe_address && entry_instruction(f.hit->probe_address);
-  capture_ustack(*f.hit->regs, entry, static_cast<std::uint32_t>(n->imm), room, out);
+  capture_ustack(*f.hit->regs, entry, static_cast<std::uint32_t>(n->imm), out);
+  if (n->is_signed) {
+    const std::uint64_t used = 1 + out[0];
+    std::memset(out + used, 0, (n->key_words - used) * sizeof *out);
+  }
 }
 static inline void build_key(const Node* m, Frame& f, std::uint64_t* key) {
   std::uint32_t w = 0;

@@ -200,8 +200,7 @@ bool entry_instruction(std::uint64_t addr) {
   return entry_instruction_uncached(addr);
 }
 
-void capture_ustack(const Regs& regs, bool at_entry, std::uint32_t max, std::uint32_t room,
-                    std::uint64_t* out) {
+void capture_ustack(const Regs& regs, bool at_entry, std::uint32_t max, std::uint64_t* out) {
   std::uint32_t n = 0;
   if (max > 0) out[++n] = regs.rip;
   std::uint64_t hi = 0;
@@ -228,8 +227,6 @@ void capture_ustack(const Regs& regs, bool at_entry, std::uint32_t max, std::uin
     fp = w[0];
   }
   out[0] = n;
-  for (std::uint32_t i = n + 1; i <= room; ++i)
-    out[i] = 0;
 }
 
 StackBounds ustack_bounds_for_test() {
