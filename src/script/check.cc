@@ -62,8 +62,8 @@ std::string key_list(const std::vector<Type>& keys) {
   std::string s = "[";
   for (std::size_t i = 0; i < keys.size(); ++i) {
     if (i) s += ", ";
-    static constexpr std::string_view kWords[] = {"none",   "int64",  "string", "none",
-                                                  "ustack", "ustack", "usym"};
+    static constexpr std::string_view kWords[] = {"none",   "int64",        "string", "none",
+                                                  "ustack", "ustack(perf)", "usym"};
     s += kWords[static_cast<int>(keys[i])];
   }
   return s + "]";

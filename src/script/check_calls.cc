@@ -71,6 +71,11 @@ Value Checker::ustack_key(Expr& e) {
                        std::to_string(static_cast<std::uint64_t>(limit)) + " given");
       return Value::bad();
     }
+    if (limit == 0) {  // bpftrace accepts it, then cannot make the stack map
+      error(e.loc, "ustack(0) keeps no frame: the limit is 1 to " +
+                       std::to_string(ast::kMaxUstackLimit) + ", or none for every frame");
+      return Value::bad();
+    }
     annotate(a, Value::integer());
   }
   if (e.kind == Expr::Kind::call) e.func = Func::ustack;
