@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <mutex>
 
 #include "hotprobe/symbols.h"
@@ -143,7 +144,11 @@ void debug_functions(const std::string& path, const std::string& debug, Add add)
           continue;
         for (const Segment& g : segs) {
           if (y.st_value >= g.vaddr && y.st_value < g.vaddr + g.size) {
-            add(y.st_value - g.vaddr + g.offset, y.st_size, std::string(&names[y.st_name]));
+            const int bind = ELF64_ST_BIND(y.st_info);
+            add(y.st_value - g.vaddr + g.offset, y.st_size, std::string(&names[y.st_name]),
+                bind == STB_GLOBAL ? 0
+                : bind == STB_WEAK ? 1
+                                   : 2);
             break;
           }
         }
@@ -198,23 +203,29 @@ Symbolizer::Name Symbolizer::name(std::uint64_t addr) {
     n.module = m.path;
     if (!m.loaded) {
       m.loaded = true;
-      // Every function, fragments (NAME.cold) included: a frame may stand in one; and
-      // those of its separate debug file (a stripped library's local functions, as
-      // __libc_start_call_main), as bpftrace finds them.
-      for (const char* glob : {"*", "*.cold*"}) {
-        auto fns = list_functions(m.path, glob);
-        if (!fns) break;
-        for (FunctionInfo& f : *fns)
-          m.functions.push_back(Function{f.file_offset, f.size, std::move(f.name)});
-      }
+      // A stripped library's separate debug file (by build id) has every function, its
+      // local ones too (__libc_start_call_main), with their bindings: a global name is
+      // shown before a weak or local alias at the same address (__getpid, not getpid or
+      // __GI_getpid), as bpftrace shows them. Else the file's own symbols, fragments
+      // (NAME.cold) included: a frame may stand in one.
       if (const std::string debug = debug_file(m.path); !debug.empty()) {
-        debug_functions(m.path, debug, [&](std::uint64_t off, std::uint64_t size, std::string n) {
-          m.functions.push_back(Function{off, size, std::move(n)});
-        });
+        debug_functions(m.path, debug,
+                        [&](std::uint64_t off, std::uint64_t size, std::string n, int rank) {
+                          m.functions.push_back(Function{off, size, std::move(n), rank});
+                        });
       }
-      std::sort(m.functions.begin(), m.functions.end(), [](const Function& a, const Function& b) {
-        return a.file_offset != b.file_offset ? a.file_offset < b.file_offset : a.size > b.size;
-      });
+      if (m.functions.empty()) {
+        for (const char* glob : {"*", "*.cold*"}) {
+          auto fns = list_functions(m.path, glob);
+          if (!fns) break;
+          for (FunctionInfo& f : *fns)
+            m.functions.push_back(Function{f.file_offset, f.size, std::move(f.name), 1});
+        }
+      }
+      std::stable_sort(
+          m.functions.begin(), m.functions.end(), [](const Function& a, const Function& b) {
+            return a.file_offset != b.file_offset ? a.file_offset < b.file_offset : a.rank < b.rank;
+          });
     }
     const std::uint64_t off = addr - r->start + r->file_offset;
     auto f = std::upper_bound(m.functions.begin(), m.functions.end(), off,
@@ -224,6 +235,9 @@ Symbolizer::Name Symbolizer::name(std::uint64_t addr) {
     while (f != m.functions.begin()) {
       --f;
       if (off < f->file_offset + std::max<std::uint64_t>(f->size, 1)) {
+        while (f != m.functions.begin() && std::prev(f)->file_offset == f->file_offset &&
+               std::prev(f)->size != 0)
+          --f;  // the best ranked name at this address
         n.symbol = demangle(f->name);
         n.offset = off - f->file_offset;
         break;

@@ -43,6 +43,7 @@ class Symbolizer {
   struct Function {
     std::uint64_t file_offset, size;
     std::string name;
+    int rank;  // of names at one address, the lowest is shown: 0 global, 1 weak, 2 local
   };
   struct Module {
     std::string path;
