@@ -60,6 +60,12 @@ enum class Type : std::uint8_t {
 // too (so ustack(200) prints what bpftrace prints). ustack without a limit keeps them all.
 inline constexpr std::int64_t kMaxUstackLimit = 1024;
 inline constexpr std::uint32_t kUstackFrames = 127;
+// join(): the array entries printed at most, and the bytes of each (bpftrace 0.17's).
+inline constexpr std::uint32_t kJoinEntries = 16;
+inline constexpr std::uint32_t kJoinEntryBytes = 64;
+// buf(p, n): n at most this, so that its text (4 characters a byte at worst) fits a
+// string value of kStrBytes (maps.h) with its NUL.
+inline constexpr std::int64_t kMaxBufBytes = 31;
 
 // Default maximum string size (bpftrace's BPFTRACE_STRLEN default), including the NUL.
 inline constexpr std::uint32_t kDefaultStrSize = 64;
@@ -92,26 +98,29 @@ enum class Builtin : std::uint8_t {
 // Calls. Aggregations (count..lhist) are only valid as the whole right-hand side of a map
 // assignment (`@m[k] = count()`); the checker enforces it.
 enum class Func : std::uint8_t {
-  count,   // count()
-  sum,     // sum(int)
-  avg,     // avg(int)
-  min,     // min(int)
-  max,     // max(int)
-  stats,   // stats(int)
-  hist,    // hist(int)
-  lhist,   // lhist(int, min, max, step): min/max/step are integer literals (MapInfo::lhist)
-  del,     // delete(@m[k...]): args[0] is a map access with all its keys
-  clear,   // clear(@m): args[0] is a map Expr with no keys (the whole map)
-  zero,    // zero(@m): likewise
-  print,   // print(@m [, top [, div]]) for a whole map (args[0] map Expr with no keys and
-           // MapInfo of it), or print(expr) for a value (args[0] any int/string Expr)
-  printf,  // printf("fmt", args...): args[0] is the format string literal; Expr::format
-  time,    // time() or time("strftime fmt"): args[0], if any, is a string literal
-  exit,    // exit()
-  str,     // str(ptr [, len]): string, read from user memory; never faults
-  ustack,  // ustack([MODE][, N]) as a map key (Type::ustack / ustack_perf)
-  usym,    // usym(addr) as a map key (Type::usym)
-  reg,     // reg("name"): integer, a register of the probed thread (bpftrace's names)
+  count,     // count()
+  sum,       // sum(int)
+  avg,       // avg(int)
+  min,       // min(int)
+  max,       // max(int)
+  stats,     // stats(int)
+  hist,      // hist(int)
+  lhist,     // lhist(int, min, max, step): min/max/step are integer literals (MapInfo::lhist)
+  del,       // delete(@m[k...]): args[0] is a map access with all its keys
+  clear,     // clear(@m): args[0] is a map Expr with no keys (the whole map)
+  zero,      // zero(@m): likewise
+  print,     // print(@m [, top [, div]]) for a whole map (args[0] map Expr with no keys and
+             // MapInfo of it), or print(expr) for a value (args[0] any int/string Expr)
+  printf,    // printf("fmt", args...): args[0] is the format string literal; Expr::format
+  time,      // time() or time("strftime fmt"): args[0], if any, is a string literal
+  exit,      // exit()
+  str,       // str(ptr [, len]): string, read from user memory; never faults
+  ustack,    // ustack([MODE][, N]) as a map key (Type::ustack / ustack_perf)
+  usym,      // usym(addr) as a map key (Type::usym)
+  reg,       // reg("name"): integer, a register of the probed thread (bpftrace's names)
+  strftime,  // strftime("fmt", nsecs): string, nsecs since boot as local time
+  join,      // join(argv [, "sep"]): prints a NULL-ended char* array's strings
+  buf,       // buf(ptr, n): string, n bytes with the unprintable ones as \xNN text
 };
 
 inline constexpr bool is_aggregation(Func f) {
@@ -331,11 +340,12 @@ inline std::vector<Probe> flatten_probes(const Program& program) {
 inline constexpr std::array<std::string_view, 17> kBuiltinNames = {
     "arg0", "arg1",  "arg2",    "arg3", "arg4",  "arg5", "retval", "tid", "pid",
     "comm", "nsecs", "elapsed", "func", "probe", "cpu",  "uid",    "gid"};
-inline constexpr std::array<std::string_view, 19> kFuncNames = {
-    "count", "sum",   "avg",    "min",  "max",  "stats", "hist",   "lhist", "delete", "clear",
-    "zero",  "print", "printf", "time", "exit", "str",   "ustack", "usym",  "reg"};
+inline constexpr std::array<std::string_view, 22> kFuncNames = {
+    "count",  "sum",   "avg",  "min",      "max",    "stats", "hist", "lhist",
+    "delete", "clear", "zero", "print",    "printf", "time",  "exit", "str",
+    "ustack", "usym",  "reg",  "strftime", "join",   "buf"};
 static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::gid) + 1);
-static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::reg) + 1);
+static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::buf) + 1);
 
 inline std::string_view to_string(Builtin b) {
   return kBuiltinNames[static_cast<std::size_t>(b)];

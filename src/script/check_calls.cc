@@ -361,6 +361,63 @@ Value Checker::call(Expr& e, Context ctx) {
       if (!needs_registers(e, "reg()")) return Value::bad();
       return Value::integer();
     }
+    case Func::strftime: {
+      if (n != 2 || e.args[0]->kind != Expr::Kind::string) {
+        error(e.loc,
+              "strftime() takes a format string literal and a time in nanoseconds since "
+              "boot: strftime(\"%H:%M:%S\", nsecs)");
+        return Value::bad();
+      }
+      annotate(*e.args[0], Value::string(static_cast<std::uint32_t>(e.args[0]->text.size() + 1)));
+      Value t = value(*e.args[1]);
+      if (t.error) return t;
+      if (!t.is_int()) {
+        error(e.args[1]->loc,
+              "strftime() expects an integer time (" + printf_type_name(t) + " provided)");
+        return Value::bad();
+      }
+      return Value::string(ast::kDefaultStrSize);
+    }
+    case Func::join: {
+      if (n < 1 || n > 2 || (n == 2 && e.args[1]->kind != Expr::Kind::string)) {
+        error(e.loc,
+              "join() takes an array of strings and an optional separator literal: "
+              "join(arg1) or join(arg1, \",\")");
+        return Value::bad();
+      }
+      Value a = value(*e.args[0]);
+      if (a.error) return a;
+      if (!a.is_int()) {
+        error(e.args[0]->loc, "join() expects a pointer to an array of strings (" +
+                                  printf_type_name(a) + " provided)");
+        return Value::bad();
+      }
+      if (n == 2)
+        annotate(*e.args[1], Value::string(static_cast<std::uint32_t>(e.args[1]->text.size() + 1)));
+      return no_value();
+    }
+    case Func::buf: {
+      std::int64_t len = 0;
+      if (n != 2 || !constant(*e.args[1], len)) {
+        error(e.loc, "buf() takes a pointer and a length literal: buf(arg0, 16)");
+        return Value::bad();
+      }
+      if (len < 0 || len > ast::kMaxBufBytes) {
+        error(e.args[1]->loc, "buf(): the length is 0 to " + std::to_string(ast::kMaxBufBytes) +
+                                  " bytes in hotprobe (" + std::to_string(len) +
+                                  " given): a string value holds " +
+                                  std::to_string(ast::kMaxBufBytes) + " bytes as \\xNN text");
+        return Value::bad();
+      }
+      annotate(*e.args[1], Value::integer());
+      Value p = value(*e.args[0]);
+      if (p.error) return p;
+      if (!p.is_int()) {
+        error(e.args[0]->loc, "buf() expects a pointer (" + printf_type_name(p) + " provided)");
+        return Value::bad();
+      }
+      return Value::string(static_cast<std::uint32_t>(4 * len + 1));
+    }
     default:
       break;
   }

@@ -109,8 +109,25 @@ Result<const Node*> Lowerer::key_part(const Expr& e, const MapDesc& d, bool last
   return n;
 }
 
-// Calls this file lowers: reg("name").
+// Calls this file lowers: reg("name"), strftime, join, buf.
 Result<const Node*> Lowerer::builtin_call(const Expr& e) {
+  if (e.func == Func::strftime || e.func == Func::join || e.func == Func::buf) {
+    auto a = expr(e.func == Func::strftime ? *e.args[1] : *e.args[0]);  // the time, the pointer
+    if (!a) return a.error();
+    Node* n = make();
+    n->a = *a;
+    if (e.func == Func::strftime) {
+      n->text = e.args[0]->text;
+      n->s = s_strftime;
+    } else if (e.func == Func::join) {
+      n->text = e.args.size() > 1 ? e.args[1]->text : " ";
+      n->i = i_join;
+    } else {
+      n->imm = e.args[1]->value;
+      n->s = s_buf;
+    }
+    return n;
+  }
   if (e.func != Func::reg) return unsupported(e, "ustack and usym outside a map key");
   const RegName* r = find_reg(e.args[0]->text);
   if (!r) return unsupported(e, "an unknown register");

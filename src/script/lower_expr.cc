@@ -455,6 +455,9 @@ Result<const Node*> Lowerer::call(const Expr& e) {
     case Func::ustack:
     case Func::usym:
     case Func::reg:
+    case Func::strftime:
+    case Func::join:
+    case Func::buf:
       return builtin_call(e);
     default:
       return unsupported(e, "an aggregation outside a map assignment");

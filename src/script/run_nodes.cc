@@ -723,6 +723,85 @@ std::int64_t i_time(const Node* n, Frame& f) {
   f.rt->write(out);
   return 0;
 }
+// strftime(fmt, ns): ns since boot (bpftrace 0.17's base: nsecs, which is
+// CLOCK_MONOTONIC, is since boot too) as local time; %f is the microseconds.
+std::uint32_t s_strftime(const Node* n, Frame& f, char* out) {
+  const std::int64_t ns = n->a->i(n->a, f);
+  timespec real, boot;
+  clock_gettime(CLOCK_REALTIME, &real);
+  clock_gettime(CLOCK_BOOTTIME, &boot);
+  const std::int64_t wall =
+      ns + (real.tv_sec - boot.tv_sec) * 1'000'000'000 + (real.tv_nsec - boot.tv_nsec);
+  const time_t sec = static_cast<time_t>(wall / 1'000'000'000);
+  char fmt[kStrBytes];
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < n->text.size() && k + 7 < sizeof fmt; ++i) {
+    if (n->text[i] == '%' && i + 1 < n->text.size() && n->text[i + 1] == 'f') {
+      k += static_cast<std::size_t>(std::snprintf(fmt + k, sizeof fmt - k, "%06lld",
+                                                  static_cast<long long>(wall / 1000 % 1000000)));
+      ++i;
+    } else {
+      if (n->text[i] == '%' && i + 1 < n->text.size()) fmt[k++] = n->text[i++];
+      fmt[k++] = n->text[i];
+    }
+  }
+  fmt[k] = 0;
+  tm t;
+  localtime_r(&sec, &t);
+  const std::size_t len = strftime(out, ast::kDefaultStrSize, fmt, &t);
+  out[len] = 0;
+  return static_cast<std::uint32_t>(len);
+}
+// join(argv [, sep]): the strings of a NULL-ended array of char*, at most kJoinEntries of
+// kJoinEntryBytes each, joined by sep, as a line of output ("join" events in JSON).
+std::int64_t i_join(const Node* n, Frame& f) {
+  const std::uint64_t arr = u(n->a->i(n->a, f));
+  std::string& text = text_buffer();
+  const bool escape = f.rt->format == OutputFormat::text;
+  for (std::uint32_t k = 0; k < ast::kJoinEntries; ++k) {
+    std::uint64_t p = 0;
+    if (!read_user(arr + 8 * k, &p, sizeof p) || p == 0) break;
+    char s[ast::kJoinEntryBytes];
+    const std::uint32_t len = read_user_string(p, sizeof s, s);
+    if (k) text += n->text;
+    if (escape)
+      append_text_escaped(text, std::string_view(s, len));
+    else
+      text.append(s, len);
+  }
+  std::string& out = out_buffer();
+  if (escape) {
+    out += text;
+    out += '\n';
+  } else {
+    append_message(out, "join", text, OutputFormat::json);
+  }
+  f.rt->write(out);
+  return 0;
+}
+// buf(p, n): n bytes at p, printable ASCII as it is and every other byte as \xNN text
+// (bpftrace's %r form); unreadable memory reads as zeros.
+std::uint32_t s_buf(const Node* n, Frame& f, char* out) {
+  const std::uint64_t p = u(n->a->i(n->a, f));
+  unsigned char bytes[ast::kMaxBufBytes];
+  const std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(n->imm), sizeof bytes);
+  if (len && !read_user(p, bytes, len)) f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+  std::uint32_t k = 0;
+  for (std::size_t i = 0; i < len; ++i) {
+    const unsigned char c = bytes[i];
+    if (c >= 0x20 && c < 0x7f) {
+      out[k++] = static_cast<char>(c);
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out[k++] = '\\';
+      out[k++] = 'x';
+      out[k++] = kHex[c >> 4];
+      out[k++] = kHex[c & 15];
+    }
+  }
+  out[k] = 0;
+  return k;
+}
 std::int64_t i_exit(const Node*, Frame& f) {
   f.rt->exited.store(true, std::memory_order_relaxed);
   if (f.rt->sink) f.rt->sink->request_exit();

@@ -285,6 +285,12 @@ const Case kCases[] = {
      "@di[reg(\"di\")] = count(); } "
      "uprobe:BIN:done { print(@s); print(@di); clear(@s); clear(@di); }",
      false, true},
+    // join() prints main's argv (the fixture's path, the same in both runs); buf() keys
+    // its first bytes, and the bytes of a pointer (unprintable ones as \xNN).
+    {"join_and_buf",
+     "uprobe:BIN:main { join(arg1); join(arg1, \"+\"); @[buf(*(uint64 *)arg1, 5)] = count(); "
+     "@n[buf(arg1 - arg1 + *(uint64 *)arg1 + 1, 3)] = count(); }",
+     false, true},
     {"print_and_clear_in_end",
      "uprobe:BIN:handle_request { @a[arg0 % 3] = count(); @b = count(); } "
      "END { print(@a); clear(@a); }"},

@@ -3,6 +3,7 @@
 // shared maps (the program's own functions and libc's).
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,35 @@ TEST(UstackRun, JsonKeysAreTheTextOfTheStack) {
   EXPECT_NE(r.out.find(" middle+0 (" + kBin + ")\\n\\t"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(" outer+"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\": 3}}}"), std::string::npos) << r.out;
+}
+
+// strftime's base is the boot (bpftrace 0.17): nsecs is since boot, so strftime of nsecs
+// is now, and strftime of 0 is the boot time, in local time.
+TEST(UstackRun, StrftimeOfNsecsIsNowAndOfZeroIsTheBoot) {
+  auto r = hotprobe({"run", "-e",
+                     "BEGIN { printf(\"<%s> <%s>\\n\", strftime(\"%Y-%m-%d %H:%M\", nsecs), "
+                     "strftime(\"%Y-%m-%d %H:%M\", 0)); }",
+                     "--", kBin, "1"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto text = [](std::time_t t) {
+    std::tm tm{};
+    localtime_r(&t, &tm);
+    char buf[64];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", &tm);
+    return std::string(buf);
+  };
+  timespec boot{};
+  clock_gettime(CLOCK_BOOTTIME, &boot);
+  const std::time_t now = std::time(nullptr);
+  // The minute may turn between the run and this check: either minute is right.
+  const bool now_ok = r.out.find("<" + text(now) + ">") != std::string::npos ||
+                      r.out.find("<" + text(now - 60) + ">") != std::string::npos;
+  EXPECT_TRUE(now_ok) << r.out;
+  const std::time_t booted = now - boot.tv_sec;
+  const bool boot_ok = r.out.find("> <" + text(booted) + ">") != std::string::npos ||
+                       r.out.find("> <" + text(booted - 60) + ">") != std::string::npos ||
+                       r.out.find("> <" + text(booted + 60) + ">") != std::string::npos;
+  EXPECT_TRUE(boot_ok) << r.out;
 }
 
 }  // namespace

@@ -45,6 +45,8 @@ TEST(Ustack, CheckerAcceptsBpftraceForms) {
            "uprobe:libc:getpid { @[usym(reg(\"ip\"))] = count(); @r = reg(\"r15\") + reg(\"sp\"); "
            "}",
            "BEGIN { @[usym(1)] = count(); }",
+           "BEGIN { printf(\"%s\\n\", strftime(\"%H:%M:%S %f\", nsecs)); }",
+           "uprobe:libc:getpid { join(arg1); join(arg1, \",\"); @[buf(arg0, 31)] = count(); }",
        }) {
     EXPECT_EQ(first_error(s), "") << s;
   }
@@ -97,6 +99,19 @@ TEST(Ustack, CheckerErrors) {
        "stdin:1:24-34: ERROR: usym() requires one argument (2 provided)"},
       {"uprobe:libc:getpid { @[usym(\"x\")] = count(); }",
        "stdin:1:29-32: ERROR: usym() expects an integer or pointer argument (string provided)"},
+      {"uprobe:libc:getpid { printf(\"%s\", strftime(nsecs)); }",
+       "stdin:1:35-50: ERROR: strftime() takes a format string literal and a time in "
+       "nanoseconds since boot: strftime(\"%H:%M:%S\", nsecs)"},
+      {"uprobe:libc:getpid { printf(\"%s\", strftime(\"%H\", \"x\")); }",
+       "stdin:1:50-53: ERROR: strftime() expects an integer time (string provided)"},
+      {"uprobe:libc:getpid { join(arg0, 1); }",
+       "stdin:1:22-35: ERROR: join() takes an array of strings and an optional separator "
+       "literal: join(arg1) or join(arg1, \",\")"},
+      {"uprobe:libc:getpid { @[buf(arg0, 32)] = count(); }",
+       "stdin:1:34-36: ERROR: buf(): the length is 0 to 31 bytes in hotprobe (32 given): a "
+       "string value holds 31 bytes as \\xNN text"},
+      {"uprobe:libc:getpid { @[buf(arg0, arg1)] = count(); }",
+       "stdin:1:24-39: ERROR: buf() takes a pointer and a length literal: buf(arg0, 16)"},
   };
   for (const auto& c : cases)
     EXPECT_EQ(first_error(c.script), c.error) << c.script;
