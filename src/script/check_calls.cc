@@ -84,19 +84,24 @@ Value Checker::ustack_key(Expr& e) {
   return Value{mode, MapKind::none, e.str_size, false};
 }
 
+// An argument that must be an integer (a pointer): false, reported as "EXPECTS (TYPE
+// provided)", when it is not (or was wrong already).
+bool Checker::integer_argument(Expr& a, std::string_view expects) {
+  const Value v = value(a);
+  if (v.error) return false;
+  if (v.is_int()) return true;
+  error(a.loc, std::string(expects) + " (" + printf_type_name(v) + " provided)");
+  return false;
+}
+
 // usym(addr) as a map key.
 Value Checker::usym_key(Expr& e) {
   if (e.args.size() != 1) {
     error(e.loc, "usym() requires one argument (" + std::to_string(e.args.size()) + " provided)");
     return Value::bad();
   }
-  Value a = value(*e.args[0]);
-  if (a.error) return a;
-  if (!a.is_int()) {
-    error(e.args[0]->loc,
-          "usym() expects an integer or pointer argument (" + printf_type_name(a) + " provided)");
+  if (!integer_argument(*e.args[0], "usym() expects an integer or pointer argument"))
     return Value::bad();
-  }
   e.func = Func::usym;
   e.type = Type::usym;
   return Value{Type::usym, MapKind::none, 0, false};
@@ -369,13 +374,7 @@ Value Checker::call(Expr& e, Context ctx) {
         return Value::bad();
       }
       annotate(*e.args[0], Value::string(static_cast<std::uint32_t>(e.args[0]->text.size() + 1)));
-      Value t = value(*e.args[1]);
-      if (t.error) return t;
-      if (!t.is_int()) {
-        error(e.args[1]->loc,
-              "strftime() expects an integer time (" + printf_type_name(t) + " provided)");
-        return Value::bad();
-      }
+      if (!integer_argument(*e.args[1], "strftime() expects an integer time")) return Value::bad();
       return Value::string(ast::kDefaultStrSize);
     }
     case Func::join: {
@@ -385,13 +384,8 @@ Value Checker::call(Expr& e, Context ctx) {
               "join(arg1) or join(arg1, \",\")");
         return Value::bad();
       }
-      Value a = value(*e.args[0]);
-      if (a.error) return a;
-      if (!a.is_int()) {
-        error(e.args[0]->loc, "join() expects a pointer to an array of strings (" +
-                                  printf_type_name(a) + " provided)");
+      if (!integer_argument(*e.args[0], "join() expects a pointer to an array of strings"))
         return Value::bad();
-      }
       if (n == 2)
         annotate(*e.args[1], Value::string(static_cast<std::uint32_t>(e.args[1]->text.size() + 1)));
       return no_value();
@@ -410,12 +404,7 @@ Value Checker::call(Expr& e, Context ctx) {
         return Value::bad();
       }
       annotate(*e.args[1], Value::integer());
-      Value p = value(*e.args[0]);
-      if (p.error) return p;
-      if (!p.is_int()) {
-        error(e.args[0]->loc, "buf() expects a pointer (" + printf_type_name(p) + " provided)");
-        return Value::bad();
-      }
+      if (!integer_argument(*e.args[0], "buf() expects a pointer")) return Value::bad();
       return Value::string(static_cast<std::uint32_t>(4 * len + 1));
     }
     default:

@@ -182,6 +182,7 @@ class Checker {
   Value ustack_key(Expr& e);
   Value usym_key(Expr& e);
   bool needs_registers(const Expr& e, std::string_view what);
+  bool integer_argument(Expr& a, std::string_view expects);
 
   Value printf_call(Expr& e, Context ctx);
 
