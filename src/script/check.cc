@@ -490,7 +490,7 @@ std::vector<FormatSpec> parse_format(std::string_view f, Loc loc, Diagnostics& d
       ++i;
     }
     char conv = i < f.size() ? f[i] : '\0';
-    if (conv == '\0' || std::string_view("diuxXops c").find(conv) == std::string_view::npos ||
+    if (conv == '\0' || std::string_view("diuxXopsr c").find(conv) == std::string_view::npos ||
         conv == ' ') {
       std::string token(f.substr(start, std::min(i + 1, f.size()) - start));
       diags.error(loc, "printf: Unknown format string token: " + token +
@@ -499,7 +499,7 @@ std::vector<FormatSpec> parse_format(std::string_view f, Loc loc, Diagnostics& d
       return out;
     }
     ++i;
-    cur.conversion = conv;
+    cur.conversion = conv == 'r' ? 's' : conv;  // %r: buf()'s text, a string here
     cur.arg = arg++;
     out.push_back(std::move(cur));
     cur = FormatSpec{};

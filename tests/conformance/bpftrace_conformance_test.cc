@@ -288,7 +288,8 @@ const Case kCases[] = {
     // join() prints main's argv (the fixture's path, the same in both runs); buf() keys
     // its first bytes, and the bytes of a pointer (unprintable ones as \xNN).
     {"join_and_buf",
-     "uprobe:BIN:main { join(arg1); join(arg1, \"+\"); @[buf(*(uint64 *)arg1, 5)] = count(); "
+     "uprobe:BIN:main { join(arg1); join(arg1, \"+\"); printf(\"<%r>\\n\", buf(arg1, 0)); "
+     "@[buf(*(uint64 *)arg1, 5)] = count(); "
      "@n[buf(arg1 - arg1 + *(uint64 *)arg1 + 1, 3)] = count(); }",
      false, true},
     {"print_and_clear_in_end",
