@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "script/check.h"
@@ -193,6 +194,32 @@ TEST(Ustack, ReadsAForeignStackWithoutFaulting) {
   r.rbp = r.rsp;
   EXPECT_EQ(walk(r, false, 127), (std::vector<std::uint64_t>{3, 0x777, 0x2000, 0x2001}));
   ::munmap(mem, static_cast<std::size_t>(2 * page));
+}
+
+TEST(Ustack, EntryInstructionCacheAgreesAcrossThreads) {
+  // Threads race to fill the per-address cache for the same addresses; every answer must
+  // be the one the file gives (the first call of each address reads it).
+  const auto base = reinterpret_cast<std::uint64_t>(&hp_ustack_test_marker);
+  constexpr int kThreads = 4, kAddrs = 48;
+  std::vector<std::vector<bool>> seen(kThreads, std::vector<bool>(kAddrs));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < kAddrs; ++k)
+        seen[t][k] = entry_instruction(base + static_cast<std::uint64_t>(k));
+    });
+  for (auto& th : threads)
+    th.join();
+  for (int k = 0; k < kAddrs; ++k) {
+    const bool now = entry_instruction(base + static_cast<std::uint64_t>(k));
+    for (int t = 0; t < kThreads; ++t)
+      EXPECT_EQ(seen[t][k], now) << "address +" << k << ", thread " << t;
+  }
+  // A byte that is `push %rbp` in the file is an entry, and the marker's code is read from
+  // the file, not from memory (which a probe would have patched).
+  const auto* code = reinterpret_cast<const unsigned char*>(base);
+  EXPECT_EQ(entry_instruction(base), code[0] == 0x55 || (code[0] == 0xf3 && code[1] == 0x0f &&
+                                                         code[2] == 0x1e && code[3] == 0xfa));
 }
 
 TEST(Ustack, SymbolizerNamesFunctionsOfThisProgram) {
