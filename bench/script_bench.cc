@@ -5,6 +5,7 @@
 //   latency without the clock: arg0 and retval for nsecs (the map accesses alone)
 //   printf: printf("%d %s\n", arg0, "x") to a sink that drops it
 //   nsecs: the clock alone (@t = nsecs is not timed; the builtin through a predicate)
+//   ustack: @[ustack] = count() on a 10-frame rbp chain, beside @ = count()
 // Minimum and median of 7 runs of 2M calls each. docs/design/script-runtime.md records them.
 #include <algorithm>
 #include <chrono>
@@ -116,6 +117,35 @@ int main() {
     ProbeSpec s = p->spec(0);
     hit.cookie = s.cookie;
     run("nsecs (in a predicate)", [&](int) { s.on_entry(hit); });
+  }
+  {
+    // A 10-frame rbp chain on this thread's stack, as a probed function 10 calls deep
+    // with frame pointers leaves it: [saved rbp, return address] per frame, the last
+    // saved rbp 0. The probe address is an entry (`push %rbp` or not, looked up once).
+    std::uint64_t frames[10][2];
+    for (int k = 0; k < 10; ++k) {
+      frames[k][0] = k + 1 < 10 ? reinterpret_cast<std::uint64_t>(frames[k + 1]) : 0;
+      frames[k][1] = 0x401000 + 0x40 * static_cast<std::uint64_t>(k);
+    }
+    Regs sregs = regs;
+    sregs.rsp = reinterpret_cast<std::uint64_t>(frames[0]);
+    sregs.rbp = reinterpret_cast<std::uint64_t>(frames[0]);
+    sregs.rip = 0x400ff0;
+    Hit shit = hit;
+    shit.regs = &sregs;
+    shit.probe_address = reinterpret_cast<std::uint64_t>(&std::printf);
+    auto plain = compile("uprobe:libc:getpid { @ = count(); }", sink);
+    auto stack = compile("uprobe:libc:getpid { @[ustack] = count(); }", sink);
+    auto stack8 = compile("uprobe:libc:getpid { @[ustack(8)] = count(); }", sink);
+    for (auto* p : {plain.get(), stack.get(), stack8.get()}) {
+      ProbeSpec s = p->spec(0);
+      shit.cookie = s.cookie;
+      const char* name = p == plain.get()   ? "@ = count() (beside ustack)"
+                         : p == stack.get() ? "@[ustack] = count(), 10 frames"
+                                            : "@[ustack(8)] = count(), 10 frames";
+      run(name, [&](int) { s.on_entry(shit); });
+    }
+    asm volatile("" : : "r"(frames) : "memory");  // the chain stays until the runs end
   }
   std::printf("clock: %s\n", clock_uses_tsc() ? "tsc (calibrated)" : "vdso");
   std::printf("(sink received %zu bytes)\n", sink.bytes);

@@ -48,7 +48,24 @@ enum class Type : std::uint8_t {
   string,   // a NUL-terminated string of at most str_size bytes (including the NUL)
   object,   // a struct, union or array in the traced program's memory (Expr::ctype says
             // which): only its fields or elements are read; evaluated, it is its address
+  // Map key parts only (the checker refuses them anywhere else): the hit stores words,
+  // the printer names them (docs/design/script-language.md, "Stacks and symbols").
+  ustack,       // ustack / ustack(N) / ustack(bpftrace[, N]): str_size is N
+  ustack_perf,  // ustack(perf[, N]): str_size is N
+  usym,         // usym(addr): an address, printed as the symbol holding it
 };
+
+// ustack's limit: bpftrace accepts up to 1024; the frames kept are at most
+// kUstackFrames, the kernel's perf_event_max_stack default that bounds bpftrace's stacks
+// too (so ustack(200) prints what bpftrace prints). ustack without a limit keeps them all.
+inline constexpr std::int64_t kMaxUstackLimit = 1024;
+inline constexpr std::uint32_t kUstackFrames = 127;
+// join(): the array entries printed at most, and the bytes of each (bpftrace 0.17's).
+inline constexpr std::uint32_t kJoinEntries = 16;
+inline constexpr std::uint32_t kJoinEntryBytes = 64;
+// buf(p, n): n at most this, so that its text (4 characters a byte at worst) fits a
+// string value of kStrBytes (maps.h) with its NUL.
+inline constexpr std::int64_t kMaxBufBytes = 31;
 
 // Default maximum string size (bpftrace's BPFTRACE_STRLEN default), including the NUL.
 inline constexpr std::uint32_t kDefaultStrSize = 64;
@@ -112,6 +129,12 @@ enum class Func : std::uint8_t {
   cat,
   ntop,
   macaddr,
+  ustack,    // ustack([MODE][, N]) as a map key (Type::ustack / ustack_perf)
+  usym,      // usym(addr) as a map key (Type::usym)
+  reg,       // reg("name"): integer, a register of the probed thread (bpftrace's names)
+  strftime,  // strftime("fmt", nsecs): string, nsecs since boot as local time
+  join,      // join(argv [, "sep"]): prints a NULL-ended char* array's strings
+  buf,       // buf(ptr, n): string, n bytes with the unprintable ones as \xNN text
 };
 
 inline constexpr bool is_aggregation(Func f) {
@@ -345,12 +368,13 @@ inline std::vector<Probe> flatten_probes(const Program& program) {
 inline constexpr std::array<std::string_view, 20> kBuiltinNames = {
     "arg0",  "arg1",    "arg2", "arg3",  "arg4", "arg5", "retval", "tid",   "pid",  "comm",
     "nsecs", "elapsed", "func", "probe", "cpu",  "uid",  "gid",    "ncpus", "rand", "username"};
-inline constexpr std::array<std::string_view, 24> kFuncNames = {
+inline constexpr std::array<std::string_view, 30> kFuncNames = {
     "count",   "sum",         "avg",  "min",    "max",    "stats", "hist", "lhist",
     "delete",  "clear",       "zero", "print",  "printf", "time",  "exit", "str",
-    "strncmp", "strcontains", "uptr", "signal", "system", "cat",   "ntop", "macaddr"};
+    "strncmp", "strcontains", "uptr", "signal", "system", "cat",   "ntop", "macaddr",
+    "ustack",  "usym",        "reg",  "strftime", "join", "buf"};
 static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::username) + 1);
-static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::macaddr) + 1);
+static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::buf) + 1);
 
 inline std::string_view to_string(Builtin b) {
   return kBuiltinNames[static_cast<std::size_t>(b)];

@@ -5,8 +5,11 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
+
+#include "hotprobe/regs.h"
 
 #include "script/ast.h"
 #include "script/run_misc.h"
@@ -53,6 +56,40 @@ static_assert(builtins_in_enum_order(), "kBuiltins: one row per ast::Builtin, in
 
 inline const BuiltinDef& builtin_def(ast::Builtin b) {
   return kBuiltins[static_cast<std::size_t>(b)];
+}
+
+// reg("NAME"): bpftrace's x86-64 register names and where each is in hotprobe::Regs.
+// bpftrace's orig_ax, cs and ss are kernel entry state that a user-space probe does not
+// have; `flags` is meaningful where the probed instruction's flags are live (not at a
+// function's entry).
+struct RegName {
+  std::string_view name;
+  std::size_t offset;  // in Regs
+};
+inline constexpr std::array<RegName, 18> kRegNames = {{
+    {"r15", offsetof(Regs, r15)},
+    {"r14", offsetof(Regs, r14)},
+    {"r13", offsetof(Regs, r13)},
+    {"r12", offsetof(Regs, r12)},
+    {"bp", offsetof(Regs, rbp)},
+    {"bx", offsetof(Regs, rbx)},
+    {"r11", offsetof(Regs, r11)},
+    {"r10", offsetof(Regs, r10)},
+    {"r9", offsetof(Regs, r9)},
+    {"r8", offsetof(Regs, r8)},
+    {"ax", offsetof(Regs, rax)},
+    {"cx", offsetof(Regs, rcx)},
+    {"dx", offsetof(Regs, rdx)},
+    {"si", offsetof(Regs, rsi)},
+    {"di", offsetof(Regs, rdi)},
+    {"ip", offsetof(Regs, rip)},
+    {"flags", offsetof(Regs, rflags)},
+    {"sp", offsetof(Regs, rsp)},
+}};
+inline const RegName* find_reg(std::string_view name) {
+  for (const RegName& r : kRegNames)
+    if (r.name == name) return &r;
+  return nullptr;
 }
 
 }  // namespace hotprobe::script

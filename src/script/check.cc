@@ -62,7 +62,9 @@ std::string key_list(const std::vector<Type>& keys) {
   std::string s = "[";
   for (std::size_t i = 0; i < keys.size(); ++i) {
     if (i) s += ", ";
-    s += keys[i] == Type::integer ? "int64" : keys[i] == Type::string ? "string" : "none";
+    static constexpr std::string_view kWords[] = {"none",   "int64",        "string", "none",
+                                                  "ustack", "ustack(perf)", "usym"};
+    s += kWords[static_cast<int>(keys[i])];
   }
   return s + "]";
 }
@@ -262,7 +264,7 @@ ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
   std::vector<std::uint32_t> sizes;
   bool key_error = false;
   for (auto& k : e.args) {
-    Value v = value(*k);
+    Value v = key_value(*k);
     if (v.error) {
       key_error = true;
     } else if (v.agg != MapKind::none) {
@@ -498,7 +500,7 @@ std::vector<FormatSpec> parse_format(std::string_view f, Loc loc, Diagnostics& d
       ++i;
     }
     char conv = i < f.size() ? f[i] : '\0';
-    if (conv == '\0' || std::string_view("diuxXops c").find(conv) == std::string_view::npos ||
+    if (conv == '\0' || std::string_view("diuxXopsr c").find(conv) == std::string_view::npos ||
         conv == ' ') {
       std::string token(f.substr(start, std::min(i + 1, f.size()) - start));
       diags.error(loc, "printf: Unknown format string token: " + token +
@@ -507,7 +509,7 @@ std::vector<FormatSpec> parse_format(std::string_view f, Loc loc, Diagnostics& d
       return out;
     }
     ++i;
-    cur.conversion = conv;
+    cur.conversion = conv == 'r' ? 's' : conv;  // %r: buf()'s text, a string here
     cur.arg = arg++;
     out.push_back(std::move(cur));
     cur = FormatSpec{};

@@ -18,7 +18,115 @@ bool Checker::resolve_func(Expr& call) {
   return false;
 }
 
+// ustack, usym and reg() need a probed thread's registers or code addresses: not in
+// BEGIN, END or interval probes. The probe that has none, or null.
+static const ast::AttachPoint* probe_without_registers(const ast::Action& a) {
+  for (const ast::AttachPoint& p : a.probes) {
+    const Probe::Kind k = p.probe.kind;
+    if (k == Probe::Kind::begin || k == Probe::Kind::end || k == Probe::Kind::interval) return &p;
+  }
+  return nullptr;
+}
+
+bool Checker::needs_registers(const Expr& e, std::string_view what) {
+  const ast::AttachPoint* bad = probe_without_registers(*action_);
+  if (!bad) return true;
+  error(e.loc, std::string(what) + " can only be used in uprobe and uretprobe probes (not '" +
+                   std::string(probe_kind_name(bad->probe.kind)) +
+                   "'): it reads the probed thread's registers");
+  return false;
+}
+
+// ustack ([MODE][, LIMIT]) as a map key: MODE bpftrace or perf, LIMIT an integer literal
+// 0..1024 (bpftrace's limits and words).
+Value Checker::ustack_key(Expr& e) {
+  if (!needs_registers(e, "ustack")) return Value::bad();
+  const std::size_t n = e.kind == Expr::Kind::call ? e.args.size() : 0;
+  if (n > 2) {
+    error(e.loc, "ustack() takes up to 2 arguments (" + std::to_string(n) + " provided)");
+    return Value::bad();
+  }
+  Type mode = Type::ustack;
+  std::int64_t limit = ast::kUstackFrames;
+  for (std::size_t i = 0; i < n; ++i) {
+    Expr& a = *e.args[i];
+    if (i == 0 && a.kind == Expr::Kind::builtin) {
+      if (a.name == "perf") {
+        mode = Type::ustack_perf;
+      } else if (a.name != "bpftrace") {
+        error(a.loc, "ustack(): unknown stack mode '" + a.name +
+                         "': the modes are bpftrace and perf (bpftrace 0.17 has no raw mode)");
+        return Value::bad();
+      }
+      continue;
+    }
+    if (!constant(a, limit)) {
+      error(e.loc, n == 2 && i == 0 ? "ustack() expects a stack mode literal (bpftrace or perf)"
+                                    : "ustack() expects an integer literal as its limit");
+      return Value::bad();
+    }
+    if (limit < 0 || limit > ast::kMaxUstackLimit) {
+      error(e.loc, "ustack([int limit]): limit shouldn't exceed " +
+                       std::to_string(ast::kMaxUstackLimit) + ", " +
+                       std::to_string(static_cast<std::uint64_t>(limit)) + " given");
+      return Value::bad();
+    }
+    if (limit == 0) {  // bpftrace accepts it, then cannot make the stack map
+      error(e.loc, "ustack(0) keeps no frame: the limit is 1 to " +
+                       std::to_string(ast::kMaxUstackLimit) + ", or none for every frame");
+      return Value::bad();
+    }
+    annotate(a, Value::integer());
+  }
+  if (e.kind == Expr::Kind::call) e.func = Func::ustack;
+  e.type = mode;
+  e.str_size = static_cast<std::uint32_t>(std::min<std::int64_t>(limit, ast::kUstackFrames));
+  return Value{mode, MapKind::none, e.str_size, false};
+}
+
+// An argument that must be an integer (a pointer): false, reported as "EXPECTS (TYPE
+// provided)", when it is not (or was wrong already).
+bool Checker::integer_argument(Expr& a, std::string_view expects) {
+  const Value v = value(a);
+  if (v.error) return false;
+  if (v.is_int()) return true;
+  error(a.loc, std::string(expects) + " (" + printf_type_name(v) + " provided)");
+  return false;
+}
+
+// usym(addr) as a map key.
+Value Checker::usym_key(Expr& e) {
+  if (e.args.size() != 1) {
+    error(e.loc, "usym() requires one argument (" + std::to_string(e.args.size()) + " provided)");
+    return Value::bad();
+  }
+  if (!integer_argument(*e.args[0], "usym() expects an integer or pointer argument"))
+    return Value::bad();
+  e.func = Func::usym;
+  e.type = Type::usym;
+  return Value{Type::usym, MapKind::none, 0, false};
+}
+
+Value Checker::key_value(Expr& k) {
+  if (k.kind == Expr::Kind::builtin && k.name == "ustack") return ustack_key(k);
+  if (k.kind == Expr::Kind::call && k.name == "ustack") return ustack_key(k);
+  if (k.kind == Expr::Kind::call && k.name == "usym") return usym_key(k);
+  return value(k);
+}
+
+// ustack or usym where a value is wanted: hotprobe keeps them as map keys only.
+static std::string key_only(std::string_view name) {
+  return std::string(name) +
+         " can only be used as a map key in hotprobe, where it is printed with the map: "
+         "write @[" +
+         std::string(name) + (name == "usym" ? "(addr)" : "") + "] = count()";
+}
+
 Value Checker::builtin(Expr& e) {
+  if (e.name == "ustack") {
+    error(e.loc, key_only("ustack"));
+    return Value::bad();
+  }
   std::size_t i = 0;
   while (i < kBuiltinNames.size() && e.name != kBuiltinNames[i])
     ++i;
@@ -228,6 +336,76 @@ Value Checker::call(Expr& e, Context ctx) {
       }
       if (!ok) return Value::bad();
       return Value::string(size);
+    }
+    case Func::ustack:
+    case Func::usym:
+      error(e.loc, key_only(name));
+      return Value::bad();
+    case Func::reg: {
+      if (n != 1) {
+        error(e.loc, "reg() requires one argument (" + std::to_string(n) + " provided)");
+        return Value::bad();
+      }
+      if (e.args[0]->kind != Expr::Kind::string) {
+        Value a = value(*e.args[0]);
+        if (!a.error)
+          error(e.loc, "reg() expects a string literal (" + printf_type_name(a) + " provided)");
+        return Value::bad();
+      }
+      annotate(*e.args[0], Value::string(static_cast<std::uint32_t>(e.args[0]->text.size() + 1)));
+      if (!find_reg(e.args[0]->text)) {
+        std::string names;
+        for (const RegName& r : kRegNames)
+          names += (names.empty() ? "" : " ") + std::string(r.name);
+        error(e.loc, "'" + e.args[0]->text +
+                         "' is not a valid register on this architecture (x86_64): the registers "
+                         "are " +
+                         names);
+        return Value::bad();
+      }
+      if (!needs_registers(e, "reg()")) return Value::bad();
+      return Value::integer();
+    }
+    case Func::strftime: {
+      if (n != 2 || e.args[0]->kind != Expr::Kind::string) {
+        error(e.loc,
+              "strftime() takes a format string literal and a time in nanoseconds since "
+              "boot: strftime(\"%H:%M:%S\", nsecs)");
+        return Value::bad();
+      }
+      annotate(*e.args[0], Value::string(static_cast<std::uint32_t>(e.args[0]->text.size() + 1)));
+      if (!integer_argument(*e.args[1], "strftime() expects an integer time")) return Value::bad();
+      return Value::string(ast::kDefaultStrSize);
+    }
+    case Func::join: {
+      if (n < 1 || n > 2 || (n == 2 && e.args[1]->kind != Expr::Kind::string)) {
+        error(e.loc,
+              "join() takes an array of strings and an optional separator literal: "
+              "join(arg1) or join(arg1, \",\")");
+        return Value::bad();
+      }
+      if (!integer_argument(*e.args[0], "join() expects a pointer to an array of strings"))
+        return Value::bad();
+      if (n == 2)
+        annotate(*e.args[1], Value::string(static_cast<std::uint32_t>(e.args[1]->text.size() + 1)));
+      return no_value();
+    }
+    case Func::buf: {
+      std::int64_t len = 0;
+      if (n != 2 || !constant(*e.args[1], len)) {
+        error(e.loc, "buf() takes a pointer and a length literal: buf(arg0, 16)");
+        return Value::bad();
+      }
+      if (len < 0 || len > ast::kMaxBufBytes) {
+        error(e.args[1]->loc, "buf(): the length is 0 to " + std::to_string(ast::kMaxBufBytes) +
+                                  " bytes in hotprobe (" + std::to_string(len) +
+                                  " given): a string value holds " +
+                                  std::to_string(ast::kMaxBufBytes) + " bytes as \\xNN text");
+        return Value::bad();
+      }
+      annotate(*e.args[1], Value::integer());
+      if (!integer_argument(*e.args[0], "buf() expects a pointer")) return Value::bad();
+      return Value::string(static_cast<std::uint32_t>(4 * len + 1));
     }
     default:
       return misc_call(e, ctx);  // check_misc.cc

@@ -179,6 +179,12 @@ class Checker {
   bool map_argument(Expr& call, bool with_keys);
 
   Value call(Expr& e, Context ctx);
+  // A map key: ustack and usym are typed here (check_calls.cc), the rest by value().
+  Value key_value(Expr& k);
+  Value ustack_key(Expr& e);
+  Value usym_key(Expr& e);
+  bool needs_registers(const Expr& e, std::string_view what);
+  bool integer_argument(Expr& a, std::string_view expects);
 
   Value printf_call(Expr& e, Context ctx);
 

@@ -1,8 +1,10 @@
 #include "script/eval.h"
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
+#include "script/builtins.h"
 #include "script/lower.h"
 #include "script/run_clock.h"
 #include "script/run_misc.h"
@@ -79,7 +81,62 @@ ValueKind value_kind(ast::MapKind k) {
   }
 }
 
+KeyPart key_part_of(ast::Type t) {
+  switch (t) {
+    case Type::string:
+      return KeyPart::string;
+    case Type::ustack:
+      return KeyPart::ustack;
+    case Type::ustack_perf:
+      return KeyPart::ustack_perf;
+    case Type::usym:
+      return KeyPart::usym;
+    default:
+      return KeyPart::integer;
+  }
+}
+
 }  // namespace
+
+// A ustack or usym key part of map `d` (the checker typed the part); `last`: the key's
+// last part.
+Result<const Node*> Lowerer::key_part(const Expr& e, const MapDesc& d, bool last) {
+  if (e.type == Type::usym) return expr(*e.args[0]);  // the address; printed as a symbol
+  Node* n = make();
+  n->key_words = 1 + d.stack_frames;  // build_key: a ustack part (a node with no i, no s)
+  n->imm = std::min(e.str_size, d.stack_frames);
+  // Not the key's last part: hashed and compared whole, so its tail is zeroed.
+  n->is_signed = !last || d.stack_tail() == kNoStackTail;
+  return n;
+}
+
+// Calls this file lowers: reg("name"), strftime, join, buf.
+Result<const Node*> Lowerer::builtin_call(const Expr& e) {
+  if (e.func == Func::strftime || e.func == Func::join || e.func == Func::buf) {
+    auto a = expr(e.func == Func::strftime ? *e.args[1] : *e.args[0]);  // the time, the pointer
+    if (!a) return a.error();
+    Node* n = make();
+    n->a = *a;
+    if (e.func == Func::strftime) {
+      n->text = e.args[0]->text;
+      n->s = s_strftime;
+    } else if (e.func == Func::join) {
+      n->text = e.args.size() > 1 ? e.args[1]->text : " ";
+      n->i = i_join;
+    } else {
+      n->imm = e.args[1]->value;
+      n->s = s_buf;
+    }
+    return n;
+  }
+  if (e.func != Func::reg) return unsupported(e, "ustack and usym outside a map key");
+  const RegName* r = find_reg(e.args[0]->text);
+  if (!r) return unsupported(e, "an unknown register");
+  Node* n = make();
+  n->i = i_reg;
+  n->imm = static_cast<std::int64_t>(r->offset);
+  return n;
+}
 
 Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
   const Expr& t = *st.target;
@@ -229,8 +286,13 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
     MapDesc d;
     d.name = m.name;
     d.kind = value_kind(m.kind);
-    for (ast::Type t : m.key_types)
+    for (std::size_t k = 0; k < m.key_types.size(); ++k) {
+      const ast::Type t = m.key_types[k];
       d.key_is_string.push_back(t == Type::string);
+      d.key_parts.push_back(key_part_of(t));
+      if (t == Type::ustack || t == Type::ustack_perf)
+        d.stack_frames = std::max(d.stack_frames, std::min(m.key_sizes[k], kMaxStackFrames));
+    }
     d.per_thread = !is_aggregation(d.kind) && d.key_is_string.size() == 1 && !d.key_is_string[0] &&
                    tid_keys.only_tid(static_cast<std::size_t>(m.id));
     if (d.key_is_string.size() > kMaxKeyParts)

@@ -34,6 +34,8 @@ class Lowerer {
     return rt_.nodes.back().get();
   }
   Result<Node*> map_access(const Expr& e);
+  Result<const Node*> key_part(const Expr& e, const MapDesc& d, bool last);  // lower.cc
+  Result<const Node*> builtin_call(const Expr& e);                           // reg() (lower.cc)
   Result<const Node*> call(const Expr& e);
   Result<const Node*> binary(const Expr& e);
   Result<const Node*> binary_node(const Expr& e, const Node* a, const Node* b);

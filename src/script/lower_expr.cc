@@ -32,14 +32,19 @@ Result<Node*> Lowerer::map_access(const Expr& e) {
   if (!e.args.empty() && e.args.size() != d.key_is_string.size())
     return unsupported(e, "a map used with a different number of keys");
   for (std::size_t k = 0; k < e.args.size(); ++k) {
-    auto key = expr(*e.args[k]);
+    const Type t = e.args[k]->type;
+    auto key = t == Type::ustack || t == Type::ustack_perf || t == Type::usym
+                   ? key_part(*e.args[k], d, k + 1 == e.args.size())
+                   : expr(*e.args[k]);
     if (!key) return key.error();
     n->keys.push_back(*key);
     n->key_is_string.push_back(d.key_is_string[k]);
   }
   n->key_words = d.key_words();
   // imm: 0 no key, 1 one integer key (also in `a`), 2 anything else (the general loop).
-  n->imm = n->keys.empty() ? 0 : (n->keys.size() == 1 && !n->key_is_string[0]) ? 1 : 2;
+  n->imm = n->keys.empty()                                                  ? 0
+           : (n->keys.size() == 1 && !n->key_is_string[0] && n->keys[0]->i) ? 1
+                                                                            : 2;
   if (n->imm == 1) n->a = n->keys[0];
   return n;
 }
@@ -453,6 +458,13 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       n->s = n->a->s ? s_str_of_str : s_str;  // a string argument has no integer form
       return n;
     }
+    case Func::ustack:
+    case Func::usym:
+    case Func::reg:
+    case Func::strftime:
+    case Func::join:
+    case Func::buf:
+      return builtin_call(e);
     default:
       if (is_misc_func(e.func)) return lower_misc_call(*this, e, n);  // lower_loops.cc
       return unsupported(e, "an aggregation outside a map assignment");

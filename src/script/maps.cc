@@ -14,6 +14,8 @@
 #include <map>
 #include <utility>
 
+#include "script/symbolize.h"
+
 namespace hotprobe::script {
 
 namespace {
@@ -31,10 +33,35 @@ Row row_of(const std::atomic<std::uint64_t>* k, std::uint32_t kw,
 }
 }  // namespace
 
+std::uint32_t MapDesc::part_words(std::size_t k) const {
+  switch (part(k)) {
+    case KeyPart::string:
+      return kStrWords;
+    case KeyPart::ustack:
+    case KeyPart::ustack_perf:
+      return 1 + stack_frames;
+    default:
+      return 1;
+  }
+}
+
+std::uint32_t MapDesc::stack_tail() const {
+  const std::size_t n = key_is_string.size();
+  if (n == 0 || (part(n - 1) != KeyPart::ustack && part(n - 1) != KeyPart::ustack_perf))
+    return kNoStackTail;
+  return key_words() - part_words(n - 1);
+}
+
+bool MapDesc::has_symbols() const {
+  for (std::size_t k = 0; k < key_is_string.size(); ++k)
+    if (part(k) != KeyPart::integer && part(k) != KeyPart::string) return true;
+  return false;
+}
+
 std::uint32_t MapDesc::key_words() const {
   std::uint32_t n = 0;
-  for (bool s : key_is_string)
-    n += s ? kStrWords : 1;
+  for (std::size_t k = 0; k < key_is_string.size(); ++k)
+    n += part_words(k);
   return n;
 }
 
@@ -143,8 +170,10 @@ std::atomic<std::uint64_t>* Table::insert(const std::uint64_t* key, std::uint64_
     if (state == 1) continue;
     // Empty, or deleted (a deleted slot ends no probe chain, so reusing it is safe only if
     // the key is not further on: callers insert only after find() failed).
+    // A ustack tail past the last frame is stored as zeros (the caller's may be anything).
+    const std::uint32_t len = key_length(key, key_words_, stack_tail_);
     for (std::uint32_t w = 0; w < key_words_; ++w)
-      s[1 + w].store(key[w], std::memory_order_relaxed);
+      s[1 + w].store(w < len ? key[w] : 0, std::memory_order_relaxed);
     for (std::uint32_t w = 0; w < value_words_; ++w)
       s[1 + key_words_ + w].store(0, std::memory_order_relaxed);
     // Release: a reader in another process that sees the slot used sees its key.
@@ -199,7 +228,7 @@ void Table::grow() {
     if (s[0].load(std::memory_order_relaxed) != 1) continue;
     for (std::uint32_t w = 0; w < key_words_; ++w)
       key[w] = s[1 + w].load(std::memory_order_relaxed);
-    std::atomic<std::uint64_t>* v = insert(key, hash_key(key, key_words_));
+    std::atomic<std::uint64_t>* v = insert(key, hash(key));
     for (std::uint32_t w = 0; w < value_words_; ++w)
       v[w].store(s[1 + key_words_ + w].load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
@@ -217,6 +246,7 @@ Shard::Shard(AggMap* map, region::ShardRecord* rec, bool adopt)
       plain_words_(map->desc().value_words()),
       table_(map->desc().key_words(), map->slot_value_words(), rec ? map->region_ : nullptr,
              rec ? &rec->table : nullptr, adopt) {
+  table_.set_stack_tail(map->desc().stack_tail());
   if (adopt && rec) seen_epoch_ = rec->seen_epoch.load(std::memory_order_acquire);
 }
 
@@ -293,7 +323,10 @@ void AggMap::push_op(OpKind kind, const std::uint64_t* key) {
   const std::uint64_t e = epoch_p_->load(std::memory_order_relaxed) + 1;
   if (kind == OpKind::clear) ops_.clear();  // a clear makes every older op moot
   Op op{e, kind, {}};
-  if (key) op.key.assign(key, key + desc_.key_words());
+  if (key) {
+    op.key.assign(desc_.key_words(), 0);  // a ustack tail as the tables hold it: zeros
+    std::copy_n(key, key_length(key, desc_.key_words(), desc_.stack_tail()), op.key.begin());
+  }
   ops_.push_back(std::move(op));
   mirror_op(ops_.back());
   epoch_p_->store(e, std::memory_order_release);
@@ -342,7 +375,7 @@ void AggMap::apply_ops(std::uint64_t seen, Table& table) const {
         table.zero_values(desc_.value_words());  // plain mode: "present" stays
         break;
       case OpKind::erase:
-        table.erase(op.key.data(), hash_key(op.key.data(), table.key_words()));
+        table.erase(op.key.data(), table.hash(op.key.data()));
         break;
     }
   }
@@ -467,10 +500,12 @@ void PlainMap::init(SharedRegion* region, region::MapRecord* rec, bool adopt) {
     stripes_[i].table =
         std::make_unique<Table>(desc_.key_words(), desc_.value_words(), words ? region : nullptr,
                                 words ? words + i : nullptr, adopt);
+  for (Stripe& s : stripes_)
+    s.table->set_stack_tail(desc_.stack_tail());
 }
 
 bool PlainMap::get(const std::uint64_t* key, std::uint64_t* out) {
-  const std::uint64_t h = hash_key(key, desc_.key_words());
+  const std::uint64_t h = hash_key(key, desc_.key_words(), desc_.stack_tail());
   Stripe& s = stripe(h);
   std::lock_guard lock(s.lock);
   const std::uint32_t vw = desc_.value_words();
@@ -478,7 +513,7 @@ bool PlainMap::get(const std::uint64_t* key, std::uint64_t* out) {
 }
 
 void PlainMap::set(const std::uint64_t* key, const std::uint64_t* value) {
-  const std::uint64_t h = hash_key(key, desc_.key_words());
+  const std::uint64_t h = hash_key(key, desc_.key_words(), desc_.stack_tail());
   Stripe& s = stripe(h);
   std::lock_guard lock(s.lock);
   std::atomic<std::uint64_t>* v = s.table->find(key, h);
@@ -488,7 +523,7 @@ void PlainMap::set(const std::uint64_t* key, const std::uint64_t* value) {
 }
 
 std::int64_t PlainMap::add(const std::uint64_t* key, std::int64_t d) {
-  const std::uint64_t h = hash_key(key, desc_.key_words());
+  const std::uint64_t h = hash_key(key, desc_.key_words(), desc_.stack_tail());
   Stripe& s = stripe(h);
   std::lock_guard lock(s.lock);
   std::atomic<std::uint64_t>* v = s.table->find(key, h);
@@ -499,7 +534,7 @@ std::int64_t PlainMap::add(const std::uint64_t* key, std::int64_t d) {
 }
 
 bool PlainMap::erase(const std::uint64_t* key) {
-  const std::uint64_t h = hash_key(key, desc_.key_words());
+  const std::uint64_t h = hash_key(key, desc_.key_words(), desc_.stack_tail());
   Stripe& s = stripe(h);
   std::lock_guard lock(s.lock);
   return s.table->erase(key, h);
@@ -605,7 +640,7 @@ std::string check_region(const SharedRegion& r, const std::vector<MapDesc>& desc
                 m.lhist_min == d.lhist_min && m.lhist_max == d.lhist_max &&
                 m.lhist_step == d.lhist_step;
     for (std::size_t k = 0; same && k < d.key_is_string.size(); ++k)
-      same = m.key_is_string[k] == d.key_is_string[k];
+      same = m.key_is_string[k] == static_cast<std::uint8_t>(d.part(k));
     if (!same) return "map " + d.name + " does not match the script";
   }
   return {};
@@ -623,7 +658,10 @@ void MapSet::build(SharedRegion* region, bool reopen, std::uint64_t hash) {
       std::lock_guard lock(g_next_mu);
       g_reopen_error = why;
     }
-    if (why.empty()) recs = region->at<region::MapRecord>(region->header().maps_off);
+    if (why.empty()) {
+      recs = region->at<region::MapRecord>(region->header().maps_off);
+      use_region_modules(*region);
+    }
   } else if (region && region->header().state.load(std::memory_order_acquire) == 0) {
     // Lay the maps out: records, names, then state = 1 (release) makes them readable.
     region::Header& h = region->header();
@@ -646,7 +684,7 @@ void MapSet::build(SharedRegion* region, bool reopen, std::uint64_t hash) {
       m.sharded = is_aggregation(d.kind) || d.per_thread;
       m.nkeys = static_cast<std::uint8_t>(d.key_is_string.size());
       for (std::size_t k = 0; k < d.key_is_string.size() && k < kMaxKeyParts; ++k)
-        m.key_is_string[k] = d.key_is_string[k];
+        m.key_is_string[k] = static_cast<std::uint8_t>(d.part(k));
       m.lhist_min = d.lhist_min;
       m.lhist_max = d.lhist_max;
       m.lhist_step = d.lhist_step;
@@ -658,6 +696,9 @@ void MapSet::build(SharedRegion* region, bool reopen, std::uint64_t hash) {
       h.pid = static_cast<std::uint32_t>(::getpid());
       h.state.store(1, std::memory_order_release);
       if (region == g_agent_region) g_agent_laid_out = true;
+      if (std::any_of(descs_.begin(), descs_.end(),
+                      [](const MapDesc& d) { return d.has_symbols(); }))
+        publish_modules(*region);
     }
   }
   for (std::size_t i = 0; i < n; ++i) {

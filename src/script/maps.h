@@ -35,6 +35,7 @@
 // (tests, HOTPROBE_SHARED_MAPS=0) the same structures live on the heap.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -54,7 +55,10 @@ class SharedRegion;
 inline constexpr std::uint32_t kStrBytes = 128;
 inline constexpr std::uint32_t kStrWords = kStrBytes / 8;
 inline constexpr std::uint32_t kMaxKeyParts = 8;
-inline constexpr std::uint32_t kMaxKeyWords = kMaxKeyParts * kStrWords;
+// Frames a ustack key part keeps at most (ast::kUstackFrames): the part is [frames,
+// address 0 .. address frames-1, zeros] in 1 + MapDesc::stack_frames words.
+inline constexpr std::uint32_t kMaxStackFrames = 127;
+inline constexpr std::uint32_t kMaxKeyWords = kMaxKeyParts * kStrWords + 1 + kMaxStackFrames;
 inline constexpr std::uint32_t kHistBuckets = 65;  // <0, 0, 1, [2,4), ... [2^62, 2^63)
 
 // Copies a map value of `words` words into `out`, or zeros when `v` is null; whether it
@@ -83,6 +87,15 @@ constexpr bool is_aggregation(ValueKind k) {
   return k != ValueKind::integer && k != ValueKind::string;
 }
 
+// What a key part holds. The values are those of region::MapRecord::key_is_string.
+enum class KeyPart : std::uint8_t {
+  integer,
+  string,
+  ustack,       // return addresses, printed as bpftrace prints ustack
+  ustack_perf,  // the same, printed as ustack(perf)
+  usym,         // one address (a word), printed as the symbol holding it
+};
+
 struct MapDesc {
   std::string name;  // "@x"
   ValueKind kind = ValueKind::count;
@@ -90,8 +103,19 @@ struct MapDesc {
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 1;
   // A plain map keyed by `tid` alone everywhere: per-thread shards instead of stripes.
   bool per_thread = false;
+  std::vector<KeyPart> key_parts;  // one per key part; empty: as key_is_string says
+  std::uint32_t stack_frames = 0;  // frames of its ustack parts (at most kMaxStackFrames)
 
-  std::uint32_t key_words() const;      // an integer part is 1 word, a string part kStrWords
+  KeyPart part(std::size_t k) const {
+    if (k < key_parts.size()) return key_parts[k];
+    return key_is_string[k] ? KeyPart::string : KeyPart::integer;
+  }
+  // Words of part k: an integer or usym 1, a string kStrWords, a ustack 1 + stack_frames.
+  std::uint32_t part_words(std::size_t k) const;
+  bool has_symbols() const;         // a part is printed through symbols (ustack, usym)
+  std::uint32_t key_words() const;  // the sum of part_words
+  // The word offset of a ustack part that ends the key, else kNoStackTail (key_length).
+  std::uint32_t stack_tail() const;
   std::uint32_t value_words() const;    // per kind (see value layout below)
   std::uint32_t lhist_buckets() const;  // (max - min) / step + 2 (below min, above max)
 };
@@ -109,7 +133,7 @@ struct Row {
 // shared with hotprobe", gives who writes what and what a reader may see.
 namespace region {
 inline constexpr std::uint64_t kMagic = 0x31305350414d5048ull;  // "HPMAPS01"
-inline constexpr std::uint32_t kVersion = 2;
+inline constexpr std::uint32_t kVersion = 3;
 inline constexpr std::size_t kAlign = 64;  // every allocation: no two owners share a line
 // Header::phase: how far the agent's final report got.
 inline constexpr std::uint32_t kTracing = 0;
@@ -133,6 +157,11 @@ struct Header {
   // 1: the agent lost its channel (the program closed or reused its descriptor) and
   // stopped tracing then: the maps hold what was counted until that moment.
   std::atomic<std::uint32_t> channel_lost;
+  // The traced program's /proc/self/maps when its maps have ustack or usym keys: the
+  // offset of [uint64 length][text] (0: none), published with release after the text.
+  // The agent writes it when it lays the maps out and again with END's output, so
+  // hotprobe names the frames after the program is gone.
+  std::atomic<std::uint64_t> modules_off;
 };
 // A table's slots: offset | log2(capacity) << 48, published with release when filled.
 inline constexpr unsigned kCapShift = 48;
@@ -189,6 +218,19 @@ inline std::uint64_t hash_key(const std::uint64_t* key, std::uint32_t words) {
   return h;
 }
 
+// A key whose last part is a ustack ([frames, addresses..., zeros] at word `tail`) is
+// hashed and compared up to its last frame: two keys with the same words up to there
+// have the same frame count, so the same zero tail. kNoStackTail: every word.
+inline constexpr std::uint32_t kNoStackTail = ~0u;
+inline std::uint32_t key_length(const std::uint64_t* key, std::uint32_t words, std::uint32_t tail) {
+  if (tail == kNoStackTail) return words;
+  return tail + 1 +
+         static_cast<std::uint32_t>(std::min<std::uint64_t>(key[tail], words - tail - 1));
+}
+inline std::uint64_t hash_key(const std::uint64_t* key, std::uint32_t words, std::uint32_t tail) {
+  return hash_key(key, key_length(key, words, tail));
+}
+
 // Open addressing, linear probing. A slot is [state, key words..., value words...], every
 // word a relaxed atomic (the printer reads them under the owner's lock, the owner without
 // it). state: 0 empty, 1 used, 2 deleted.
@@ -236,6 +278,12 @@ class Table {
       if (state == 1 && key_equal(s + 1, key)) return s + 1 + key_words_;
     }
   }
+  // Keys end with a ustack part at word `tail` (key_length): hash() and the comparisons
+  // stop at its last frame. Set before the first insert.
+  void set_stack_tail(std::uint32_t tail) { stack_tail_ = tail; }
+  std::uint64_t hash(const std::uint64_t* key) const {
+    return hash_key(key, key_words_, stack_tail_);
+  }
   // Inserts with zeroed values (the caller holds what protects the structure).
   std::atomic<std::uint64_t>* insert(const std::uint64_t* key, std::uint64_t hash);
   bool erase(const std::uint64_t* key, std::uint64_t hash);
@@ -256,7 +304,8 @@ class Table {
  private:
   std::atomic<std::uint64_t>* slot(std::size_t i) const { return slots_ + i * stride_; }
   bool key_equal(const std::atomic<std::uint64_t>* a, const std::uint64_t* b) const {
-    for (std::uint32_t w = 0; w < key_words_; ++w)
+    const std::uint32_t n = key_length(b, key_words_, stack_tail_);
+    for (std::uint32_t w = 0; w < n; ++w)
       if (a[w].load(std::memory_order_relaxed) != b[w]) return false;
     return true;
   }
@@ -267,6 +316,7 @@ class Table {
   void release(std::atomic<std::uint64_t>* slots, bool on_heap);
 
   std::uint32_t key_words_, value_words_, stride_;
+  std::uint32_t stack_tail_ = kNoStackTail;
   std::size_t capacity_ = 0, used_ = 0, filled_ = 0;  // filled_: used + deleted
   std::atomic<std::uint64_t>* slots_ = nullptr;
   bool on_heap_ = true;
@@ -288,7 +338,7 @@ class Shard {
   inline void sync_if_stale();
   // The value words of `key` in this shard, inserted zeroed if absent. Owner only.
   std::atomic<std::uint64_t>* find_or_insert(const std::uint64_t* key) {
-    const std::uint64_t h = hash_key(key, table_.key_words());
+    const std::uint64_t h = table_.hash(key);
     if (std::atomic<std::uint64_t>* v = table_.find(key, h)) [[likely]]
       return v;
     return insert_slow(key, h);

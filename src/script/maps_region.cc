@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "script/maps.h"
+#include "script/symbolize.h"
 
 namespace hotprobe::script {
 
@@ -148,6 +149,8 @@ bool hand_over_end_output(SharedRegion& r, std::string& text) {
   if (!text.empty() && !off) return false;  // no room: the channel carries it all
   if (off) std::memcpy(r.at<char>(off), text.data(), text.size());
   region::Header& h = r.header();
+  // The modules loaded since the maps were laid out (dlopen) name their frames too.
+  if (h.modules_off.load(std::memory_order_relaxed)) publish_modules(r);
   h.end_text_off = off;
   h.end_text_len = text.size();
   h.phase.store(region::kEndDone, std::memory_order_release);  // the text, then the phase

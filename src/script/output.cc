@@ -4,7 +4,10 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <utility>
+
+#include "script/symbolize.h"
 
 namespace hotprobe::script {
 
@@ -34,37 +37,71 @@ std::int64_t sort_value(const MapDesc& d, const Row& r) {
 
 bool key_less(const MapDesc& d, const Row& a, const Row& b) {
   std::size_t w = 0;
-  for (bool is_str : d.key_is_string) {
-    if (is_str) {
+  for (std::size_t k = 0; k < d.key_is_string.size(); ++k) {
+    if (d.part(k) == KeyPart::string) {
       const int c = get_string(&a.key[w]).compare(get_string(&b.key[w]));
       if (c != 0) return c < 0;
-      w += kStrWords;
     } else {
-      if (a.key[w] != b.key[w]) return a.key[w] < b.key[w];  // bpftrace: as uint64
-      ++w;
+      for (std::uint32_t i = 0; i < d.part_words(k); ++i)
+        if (a.key[w + i] != b.key[w + i]) return a.key[w + i] < b.key[w + i];  // as uint64
     }
+    w += d.part_words(k);
   }
   return false;
 }
 
+// A ustack key part ([frames, addresses...]) as bpftrace prints a stack in a map key:
+// a newline, then one frame a line ("    main+52", perf: "\t55d0c0a1b2c3 main+52 (PATH)").
+void stack_text(std::string& s, const std::uint64_t* part, KeyPart mode, Symbolizer& sym) {
+  const std::uint64_t n = std::min<std::uint64_t>(part[0], kMaxStackFrames);
+  s += "\n";
+  for (std::uint64_t i = 1; i <= n; ++i) {
+    const Symbolizer::Name name = sym.name(part[i]);
+    if (mode == KeyPart::ustack_perf) {
+      char addr[24];
+      std::snprintf(addr, sizeof addr, "\t%" PRIx64 " ", part[i]);
+      s += addr;
+      s += frame_text(name, part[i]);
+      s += " (" + (name.module.empty() ? std::string("[unknown]") : name.module) + ")\n";
+    } else {
+      s += "    " + frame_text(name, part[i]) + "\n";
+    }
+  }
+}
+
+// usym: the symbol without its offset, or the address in hex (bpftrace).
+void symbol_text(std::string& s, std::uint64_t addr, Symbolizer& sym) {
+  const Symbolizer::Name name = sym.name(addr);
+  s += name.symbol.empty() ? frame_text(name, addr) : name.symbol;
+}
+
 // `escape`: program strings shown as text output shows them (append_text_escaped).
-std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escape) {
+// `sym`: names the ustack and usym parts (the caller makes it when d.has_symbols()).
+std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escape,
+                     Symbolizer* sym) {
   std::string s;
   std::size_t w = 0;
-  bool first = true;
-  for (bool is_str : d.key_is_string) {
-    if (!first) s += sep;
-    first = false;
-    if (is_str) {
-      if (escape)
-        append_text_escaped(s, get_string(&r.key[w]));
-      else
-        s += get_string(&r.key[w]);
-      w += kStrWords;
-    } else {
-      s += std::to_string(as_signed(r.key[w]));
-      ++w;
+  for (std::size_t k = 0; k < d.key_is_string.size(); ++k) {
+    if (k) s += sep;
+    switch (d.part(k)) {
+      case KeyPart::string:
+        if (escape)
+          append_text_escaped(s, get_string(&r.key[w]));
+        else
+          s += get_string(&r.key[w]);
+        break;
+      case KeyPart::ustack:
+      case KeyPart::ustack_perf:
+        stack_text(s, &r.key[w], d.part(k), *sym);
+        break;
+      case KeyPart::usym:
+        symbol_text(s, r.key[w], *sym);
+        break;
+      case KeyPart::integer:
+        s += std::to_string(as_signed(r.key[w]));
+        break;
     }
+    w += d.part_words(k);
   }
   return s;
 }
@@ -377,6 +414,9 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
   const bool keyed = !d.key_is_string.empty();
   const bool is_hist = d.kind == ValueKind::hist || d.kind == ValueKind::lhist;
   const bool is_stats = d.kind == ValueKind::avg || d.kind == ValueKind::stats;
+  std::optional<Symbolizer> sym;  // made once for the whole map, only when it names code
+  if (d.has_symbols() && !rows.empty()) sym.emplace(Symbolizer::current());
+  Symbolizer* names = sym ? &*sym : nullptr;
 
   auto value_str = [&](const Row& r) -> std::string {
     const std::int64_t sdiv = static_cast<std::int64_t>(div);
@@ -433,7 +473,7 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
       first = false;
       if (keyed) {
         out += "\"";
-        json_escape(out, key_text(d, r, ",", false));
+        json_escape(out, key_text(d, r, ",", false, names));
         out += "\": ";
       }
       out += value_str(r);
@@ -448,7 +488,7 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
     if (!first) out += "\n";  // bpftrace joins the elements with "\n"
     first = false;
     out += d.name;
-    if (keyed) out += "[" + key_text(d, r, ", ", true) + "]";
+    if (keyed) out += "[" + key_text(d, r, ", ", true, names) + "]";
     out += ": ";
     if (is_hist) out += "\n";
     out += value_str(r);  // hist bodies end with a newline, other values do not

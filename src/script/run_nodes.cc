@@ -14,6 +14,7 @@
 
 #include "hotprobe/symbols.h"
 #include "script/run_clock.h"
+#include "script/run_stack.h"
 #include "script/run_thread.h"
 
 namespace hotprobe::script {
@@ -60,6 +61,13 @@ std::int64_t i_arg(const Node*, Frame& f) {
 }
 std::int64_t i_retval(const Node*, Frame& f) {
   return f.hit ? static_cast<std::int64_t>(f.hit->regs->ret()) : 0;
+}
+// reg("name"): the word at byte offset imm of the probed thread's Regs.
+std::int64_t i_reg(const Node* n, Frame& f) {
+  if (!f.hit || !f.hit->regs) return 0;
+  std::int64_t v;
+  std::memcpy(&v, reinterpret_cast<const char*>(f.hit->regs) + n->imm, sizeof v);
+  return v;
 }
 std::int64_t i_tid(const Node*, Frame&) {
   return ids().tid;
@@ -315,6 +323,23 @@ std::uint32_t s_chars(const Node* n, Frame& f, char* out) {
 }
 
 // Map keys.
+// A ustack key part: [frames, pc, return addresses...] in n->key_words words, at most
+// n->imm frames (run_stack.h); the words after the last frame are not read (maps.h,
+// key_length) unless the part is not the key's last, so they are zeroed only then
+// (n->is_signed).
+[[gnu::noinline]] static void ustack_part(const Node* n, Frame& f, std::uint64_t* out) {
+  if (!f.hit || !f.hit->regs) {
+    std::memset(out, 0, n->key_words * sizeof *out);
+    return;
+  }
+  const bool entry = f.probe && f.probe->probe.kind == Probe::Kind::uprobe &&
+                     f.hit->probe_address && entry_instruction(f.hit->probe_address);
+  capture_ustack(*f.hit->regs, entry, static_cast<std::uint32_t>(n->imm), out);
+  if (n->is_signed) {
+    const std::uint64_t used = 1 + out[0];
+    std::memset(out + used, 0, (n->key_words - used) * sizeof *out);
+  }
+}
 static inline void build_key(const Node* m, Frame& f, std::uint64_t* key) {
   std::uint32_t w = 0;
   const std::size_t n = m->keys.size();
@@ -324,6 +349,9 @@ static inline void build_key(const Node* m, Frame& f, std::uint64_t* key) {
       std::memset(&key[w], 0, kStrBytes);
       e->s(e, f, reinterpret_cast<char*>(&key[w]));
       w += kStrWords;
+    } else if (!e->i) [[unlikely]] {  // a ustack part (no value): e->key_words words
+      ustack_part(e, f, &key[w]);
+      w += e->key_words;
     } else {
       key[w++] = u(e->i(e, f));
     }
@@ -694,6 +722,85 @@ std::int64_t i_time(const Node* n, Frame& f) {
   append_message(out, "time", std::string_view(buf, len), f.rt->format);
   f.rt->write(out);
   return 0;
+}
+// strftime(fmt, ns): ns since boot (bpftrace 0.17's base: nsecs, which is
+// CLOCK_MONOTONIC, is since boot too) as local time; %f is the microseconds.
+std::uint32_t s_strftime(const Node* n, Frame& f, char* out) {
+  const std::int64_t ns = n->a->i(n->a, f);
+  timespec real, boot;
+  clock_gettime(CLOCK_REALTIME, &real);
+  clock_gettime(CLOCK_BOOTTIME, &boot);
+  const std::int64_t wall =
+      ns + (real.tv_sec - boot.tv_sec) * 1'000'000'000 + (real.tv_nsec - boot.tv_nsec);
+  const time_t sec = static_cast<time_t>(wall / 1'000'000'000);
+  char fmt[kStrBytes];
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < n->text.size() && k + 7 < sizeof fmt; ++i) {
+    if (n->text[i] == '%' && i + 1 < n->text.size() && n->text[i + 1] == 'f') {
+      k += static_cast<std::size_t>(std::snprintf(fmt + k, sizeof fmt - k, "%06lld",
+                                                  static_cast<long long>(wall / 1000 % 1000000)));
+      ++i;
+    } else {
+      if (n->text[i] == '%' && i + 1 < n->text.size()) fmt[k++] = n->text[i++];
+      fmt[k++] = n->text[i];
+    }
+  }
+  fmt[k] = 0;
+  tm t;
+  localtime_r(&sec, &t);
+  const std::size_t len = strftime(out, ast::kDefaultStrSize, fmt, &t);
+  out[len] = 0;
+  return static_cast<std::uint32_t>(len);
+}
+// join(argv [, sep]): the strings of a NULL-ended array of char*, at most kJoinEntries of
+// kJoinEntryBytes each, joined by sep, as a line of output ("join" events in JSON).
+std::int64_t i_join(const Node* n, Frame& f) {
+  const std::uint64_t arr = u(n->a->i(n->a, f));
+  std::string& text = text_buffer();
+  const bool escape = f.rt->format == OutputFormat::text;
+  for (std::uint32_t k = 0; k < ast::kJoinEntries; ++k) {
+    std::uint64_t p = 0;
+    if (!read_user(arr + 8 * k, &p, sizeof p) || p == 0) break;
+    char s[ast::kJoinEntryBytes];
+    const std::uint32_t len = read_user_string(p, sizeof s, s);
+    if (k) text += n->text;
+    if (escape)
+      append_text_escaped(text, std::string_view(s, len));
+    else
+      text.append(s, len);
+  }
+  std::string& out = out_buffer();
+  if (escape) {
+    out += text;
+    out += '\n';
+  } else {
+    append_message(out, "join", text, OutputFormat::json);
+  }
+  f.rt->write(out);
+  return 0;
+}
+// buf(p, n): n bytes at p, printable ASCII as it is and every other byte as \xNN text
+// (bpftrace's %r form); unreadable memory reads as zeros.
+std::uint32_t s_buf(const Node* n, Frame& f, char* out) {
+  const std::uint64_t p = u(n->a->i(n->a, f));
+  unsigned char bytes[ast::kMaxBufBytes];
+  const std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(n->imm), sizeof bytes);
+  if (len && !read_user(p, bytes, len)) f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+  std::uint32_t k = 0;
+  for (std::size_t i = 0; i < len; ++i) {
+    const unsigned char c = bytes[i];
+    if (c >= 0x20 && c < 0x7f) {
+      out[k++] = static_cast<char>(c);
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out[k++] = '\\';
+      out[k++] = 'x';
+      out[k++] = kHex[c >> 4];
+      out[k++] = kHex[c & 15];
+    }
+  }
+  out[k] = 0;
+  return k;
 }
 std::int64_t i_exit(const Node*, Frame& f) {
   f.rt->exited.store(true, std::memory_order_relaxed);

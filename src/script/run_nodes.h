@@ -69,6 +69,7 @@ std::uint32_t s_var(const Node* n, Frame& f, char* out);
 template <int I>
 std::int64_t i_arg(const Node*, Frame& f);
 std::int64_t i_retval(const Node*, Frame& f);
+std::int64_t i_reg(const Node* n, Frame& f);
 std::int64_t i_tid(const Node*, Frame&);
 std::int64_t i_pid(const Node*, Frame&);
 std::int64_t i_nsecs(const Node*, Frame&);
@@ -133,6 +134,9 @@ std::int64_t i_print_map(const Node* n, Frame& f);
 std::int64_t i_print_value(const Node* n, Frame& f);
 std::int64_t i_printf(const Node* n, Frame& f);
 std::int64_t i_time(const Node* n, Frame& f);
+std::uint32_t s_strftime(const Node* n, Frame& f, char* out);
+std::int64_t i_join(const Node* n, Frame& f);
+std::uint32_t s_buf(const Node* n, Frame& f, char* out);
 std::int64_t i_exit(const Node*, Frame& f);
 bool st_exit(const SNode* s, Frame& f);
 bool run_block(const std::vector<SNode>& body, Frame& f);

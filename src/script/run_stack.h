@@ -1,0 +1,35 @@
+// ustack at a hit: the probed thread's return addresses by its frame pointers, as the
+// kernel's user stack walk (perf_callchain_user) records them for bpftrace: the probed
+// pc, then [rbp + 8] along the rbp chain. docs/design/script-language.md, "Stacks and
+// symbols".
+#pragma once
+
+#include <cstdint>
+
+#include "hotprobe/regs.h"
+
+namespace hotprobe::script {
+
+// Writes [n, pc, return addresses...] into out[0 .. 1 + n): n frames, at most `max`; the
+// words after them are left as they are (maps read a ustack part up to its last frame:
+// maps.h, key_length). `at_entry`: the probe is at a function's entry (entry_instruction), so
+// the caller's return address at [rsp] follows the pc, as the kernel records it. Never faults:
+// reads above the probed rsp within the thread's own stack mapping are plain loads (the mapping is
+// looked up once per thread); elsewhere (coroutine and goroutine stacks, sigaltstacks) each frame
+// is read with process_vm_readv. The walk stops at a zero or unreadable frame pointer, one that
+// does not grow (a loop), or a zero return address.
+void capture_ustack(const Regs& regs, bool at_entry, std::uint32_t max, std::uint64_t* out);
+
+// Whether the probed instruction at `addr` is `push %rbp` or `endbr64` in the module's
+// file (the kernel's heuristic for a uprobe at a function's entry, since Linux 6.11).
+// Looked up once per address (a file read), then one table probe.
+bool entry_instruction(std::uint64_t addr);
+
+// The stack mapping the fast path reads in (tests): [lo, hi) of the calling thread,
+// {0, 0} when none was found yet or it is not the thread's own stack.
+struct StackBounds {
+  std::uint64_t lo = 0, hi = 0;
+};
+StackBounds ustack_bounds_for_test();
+
+}  // namespace hotprobe::script

@@ -1,0 +1,283 @@
+#include "script/symbolize.h"
+
+#include <cxxabi.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <mutex>
+
+#include "hotprobe/symbols.h"
+#include "script/maps.h"
+
+namespace hotprobe::script {
+namespace {
+
+std::mutex g_mu;
+std::string g_region_text;  // the adopted region's module list (guarded by g_mu)
+bool g_use_region = false;
+
+std::string read_self_maps() {
+  std::string text;
+  const int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return text;
+  char buf[8192];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+    text.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return text;
+}
+
+std::string demangle(const std::string& name) {
+  if (!name.starts_with("_Z")) return name;
+  int status = 0;
+  char* out = abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status);
+  if (status != 0 || !out) return name;
+  std::string s(out);
+  std::free(out);
+  return s;
+}
+
+// The separate debug file of the ELF file at `path` (by its GNU build id, where
+// distributions install them), or "" when it has no build id.
+std::string debug_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  std::string out;
+  Elf64_Ehdr eh;
+  if (::pread(fd, &eh, sizeof eh, 0) == sizeof eh &&
+      std::memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0 && eh.e_ident[EI_CLASS] == ELFCLASS64 &&
+      eh.e_phentsize == sizeof(Elf64_Phdr)) {
+    for (unsigned i = 0; i < eh.e_phnum && out.empty(); ++i) {
+      Elf64_Phdr ph;
+      if (::pread(fd, &ph, sizeof ph, static_cast<off_t>(eh.e_phoff + i * sizeof ph)) != sizeof ph)
+        break;
+      if (ph.p_type != PT_NOTE || ph.p_filesz > 4096) continue;
+      std::vector<unsigned char> notes(ph.p_filesz);
+      if (::pread(fd, notes.data(), notes.size(), static_cast<off_t>(ph.p_offset)) !=
+          static_cast<ssize_t>(notes.size()))
+        continue;
+      for (std::size_t at = 0; at + sizeof(Elf64_Nhdr) <= notes.size();) {
+        Elf64_Nhdr nh;
+        std::memcpy(&nh, notes.data() + at, sizeof nh);
+        const std::size_t name_at = at + sizeof nh;
+        const std::size_t desc_at = name_at + ((nh.n_namesz + 3) & ~3u);
+        const std::size_t next = desc_at + ((nh.n_descsz + 3) & ~3u);
+        if (next > notes.size()) break;
+        if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 &&
+            std::memcmp(notes.data() + name_at, "GNU", 4) == 0 && nh.n_descsz > 1) {
+          out = "/usr/lib/debug/.build-id/";
+          char hex[3];
+          for (std::size_t k = 0; k < nh.n_descsz; ++k) {
+            std::snprintf(hex, sizeof hex, "%02x", notes[desc_at + k]);
+            out += hex;
+            if (k == 0) out += '/';
+          }
+          out += ".debug";
+          break;
+        }
+        at = next;
+      }
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+// The PT_LOAD segments of the ELF file `fd`: file offset <-> virtual address.
+struct Segment {
+  std::uint64_t offset, vaddr, size;
+};
+std::vector<Segment> load_segments(int fd) {
+  std::vector<Segment> out;
+  Elf64_Ehdr eh;
+  if (::pread(fd, &eh, sizeof eh, 0) != sizeof eh || eh.e_phentsize != sizeof(Elf64_Phdr))
+    return out;
+  for (unsigned i = 0; i < eh.e_phnum; ++i) {
+    Elf64_Phdr ph;
+    if (::pread(fd, &ph, sizeof ph, static_cast<off_t>(eh.e_phoff + i * sizeof ph)) != sizeof ph)
+      break;
+    if (ph.p_type == PT_LOAD) out.push_back(Segment{ph.p_offset, ph.p_vaddr, ph.p_filesz});
+  }
+  return out;
+}
+
+template <typename T>
+bool read_array(int fd, std::uint64_t off, std::size_t count, std::vector<T>& out) {
+  if (count > (std::size_t{64} << 20) / sizeof(T)) return false;
+  out.resize(count);
+  const std::size_t bytes = count * sizeof(T);
+  return ::pread(fd, out.data(), bytes, static_cast<off_t>(off)) == static_cast<ssize_t>(bytes);
+}
+
+// The functions of `debug`'s .symtab (a separate debug file: its sections hold no code),
+// at the file offsets of the loaded file `path` (through path's PT_LOAD segments).
+template <typename Add>
+void debug_functions(const std::string& path, const std::string& debug, Add add) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  const std::vector<Segment> segs = load_segments(fd);
+  ::close(fd);
+  const int dfd = ::open(debug.c_str(), O_RDONLY | O_CLOEXEC);
+  if (dfd < 0) return;
+  Elf64_Ehdr eh;
+  std::vector<Elf64_Shdr> sh;
+  if (::pread(dfd, &eh, sizeof eh, 0) == sizeof eh && eh.e_shentsize == sizeof(Elf64_Shdr) &&
+      read_array(dfd, eh.e_shoff, eh.e_shnum, sh)) {
+    for (const Elf64_Shdr& s : sh) {
+      if (s.sh_type != SHT_SYMTAB || s.sh_link >= sh.size()) continue;
+      std::vector<Elf64_Sym> syms;
+      std::vector<char> names;
+      const Elf64_Shdr& str = sh[s.sh_link];
+      if (!read_array(dfd, s.sh_offset, s.sh_size / sizeof(Elf64_Sym), syms) ||
+          !read_array(dfd, str.sh_offset, str.sh_size, names) || names.empty())
+        continue;
+      names.back() = 0;
+      for (const Elf64_Sym& y : syms) {
+        if (ELF64_ST_TYPE(y.st_info) != STT_FUNC || y.st_value == 0 || y.st_name >= names.size())
+          continue;
+        for (const Segment& g : segs) {
+          if (y.st_value >= g.vaddr && y.st_value < g.vaddr + g.size) {
+            const int bind = ELF64_ST_BIND(y.st_info);
+            add(y.st_value - g.vaddr + g.offset, y.st_size, std::string(&names[y.st_name]),
+                bind == STB_GLOBAL ? 0
+                : bind == STB_WEAK ? 1
+                                   : 2);
+            break;
+          }
+        }
+      }
+    }
+  }
+  ::close(dfd);
+}
+
+}  // namespace
+
+Symbolizer::Symbolizer(std::string_view text) {
+  // START-END PERMS OFFSET DEV INODE PATH
+  while (!text.empty()) {
+    const std::size_t eol = text.find('\n');
+    std::string line(text.substr(0, eol));
+    text.remove_prefix(eol == std::string_view::npos ? text.size() : eol + 1);
+    unsigned long long start = 0, end = 0, off = 0, inode = 0;
+    char perms[8] = {};
+    int path_at = 0;
+    if (std::sscanf(line.c_str(), "%llx-%llx %7s %llx %*s %llu %n", &start, &end, perms, &off,
+                    &inode, &path_at) < 5 ||
+        path_at <= 0 || perms[2] != 'x' || inode == 0)
+      continue;
+    std::string path = line.substr(static_cast<std::size_t>(path_at));
+    if (path.empty() || path[0] != '/') continue;
+    std::size_t m = 0;
+    while (m < modules_.size() && modules_[m].path != path)
+      ++m;
+    if (m == modules_.size()) modules_.push_back(Module{path, false, {}});
+    ranges_.push_back(Range{start, end, off, m});
+  }
+  std::sort(ranges_.begin(), ranges_.end(),
+            [](const Range& a, const Range& b) { return a.start < b.start; });
+}
+
+Symbolizer Symbolizer::current() {
+  {
+    std::lock_guard lock(g_mu);
+    if (g_use_region) return Symbolizer(g_region_text);
+  }
+  return Symbolizer(read_self_maps());
+}
+
+Symbolizer::Name Symbolizer::name(std::uint64_t addr) {
+  if (auto it = cache_.find(addr); it != cache_.end()) return it->second;
+  Name n;
+  auto r = std::upper_bound(ranges_.begin(), ranges_.end(), addr,
+                            [](std::uint64_t a, const Range& x) { return a < x.start; });
+  if (r != ranges_.begin() && addr < (--r)->end) {
+    Module& m = modules_[r->module];
+    n.module = m.path;
+    if (!m.loaded) {
+      m.loaded = true;
+      // A stripped library's separate debug file (by build id) has every function, its
+      // local ones too (__libc_start_call_main), with their bindings: a global name is
+      // shown before a weak or local alias at the same address (__getpid, not getpid or
+      // __GI_getpid), as bpftrace shows them. Else the file's own symbols, fragments
+      // (NAME.cold) included: a frame may stand in one.
+      if (const std::string debug = debug_file(m.path); !debug.empty()) {
+        debug_functions(m.path, debug,
+                        [&](std::uint64_t off, std::uint64_t size, std::string n, int rank) {
+                          m.functions.push_back(Function{off, size, std::move(n), rank});
+                        });
+      }
+      if (m.functions.empty()) {
+        for (const char* glob : {"*", "*.cold*"}) {
+          auto fns = list_functions(m.path, glob);
+          if (!fns) break;
+          for (FunctionInfo& f : *fns)
+            m.functions.push_back(Function{f.file_offset, f.size, std::move(f.name), 1});
+        }
+      }
+      std::stable_sort(
+          m.functions.begin(), m.functions.end(), [](const Function& a, const Function& b) {
+            return a.file_offset != b.file_offset ? a.file_offset < b.file_offset : a.rank < b.rank;
+          });
+    }
+    const std::uint64_t off = addr - r->start + r->file_offset;
+    auto f = std::upper_bound(m.functions.begin(), m.functions.end(), off,
+                              [](std::uint64_t o, const Function& x) { return o < x.file_offset; });
+    // The nearest function at or below, when its extent holds the address (a symbol
+    // without a size holds only its first byte).
+    while (f != m.functions.begin()) {
+      --f;
+      if (off < f->file_offset + std::max<std::uint64_t>(f->size, 1)) {
+        while (f != m.functions.begin() && std::prev(f)->file_offset == f->file_offset &&
+               std::prev(f)->size != 0)
+          --f;  // the best ranked name at this address
+        n.symbol = demangle(f->name);
+        n.offset = off - f->file_offset;
+        break;
+      }
+      if (f->size != 0) break;
+    }
+  }
+  cache_.emplace(addr, n);
+  return n;
+}
+
+std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr) {
+  char buf[32];
+  if (n.symbol.empty()) {
+    std::snprintf(buf, sizeof buf, "0x%" PRIx64, addr);
+    return buf;
+  }
+  return n.symbol + "+" + std::to_string(n.offset);
+}
+
+void publish_modules(SharedRegion& r) {
+  if (!r.shared()) return;
+  const std::string text = read_self_maps();
+  const std::uint64_t off = r.alloc(sizeof(std::uint64_t) + text.size());
+  if (!off) return;  // no room: hotprobe prints the addresses
+  const std::uint64_t len = text.size();
+  std::memcpy(r.at<char>(off), &len, sizeof len);
+  std::memcpy(r.at<char>(off) + sizeof len, text.data(), text.size());
+  r.header().modules_off.store(off, std::memory_order_release);
+}
+
+void use_region_modules(const SharedRegion& r) {
+  const std::uint64_t off = r.header().modules_off.load(std::memory_order_acquire);
+  std::uint64_t len = 0;
+  if (!off || !r.contains(off, sizeof len)) return;
+  std::memcpy(&len, r.at<char>(off), sizeof len);
+  if (!r.contains(off + sizeof len, len)) return;
+  std::lock_guard lock(g_mu);
+  g_region_text.assign(r.at<char>(off) + sizeof len, len);
+  g_use_region = true;
+}
+
+}  // namespace hotprobe::script
