@@ -183,6 +183,27 @@ class HOTPROBE_API Engine {
   Result<void> detach_nosync(std::span<const Handle> handles);
   void sync();
 
+  // A transaction, the shape of Frida's Interceptor transactions: between
+  // begin_transaction() and the matching end_transaction(), this engine's attach and
+  // detach calls (from any thread) are staged, and the outermost end_transaction()
+  // applies them all in one patch transaction of the registry, with one grace period
+  // (when something was detached). Calls nest: only the outermost end applies.
+  //
+  // A staged call reports its own errors (resolving, building, an overlap with a probe
+  // staged earlier in the transaction: what it staged is rolled back) and hands out its
+  // handles at once. Until the outermost end no handler of a staged attach runs and a
+  // staged detach's handlers go on running; detach() does not wait (the end does).
+  // Detaching a handle attached in the same open transaction cancels it: its handlers
+  // never run. Another engine's attach of a place this transaction staged is refused
+  // (Errc::busy) until the transaction ends.
+  //
+  // end_transaction() without a begin is an error. When the patch at the outermost end
+  // fails, the probes on the new sites are dropped (their handles are no longer
+  // attached), the rest (the detaches, the probes on sites patched before) is applied,
+  // and the error says so. The destructor ends a transaction left open.
+  void begin_transaction();
+  Result<void> end_transaction();
+
   Stats stats() const;
 
   struct Impl;

@@ -21,6 +21,7 @@ struct Engine::Impl : hp::core::EngineImpl {};
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Engine::~Engine() {
+  impl_->end_open_transaction();
   std::vector<Handle> all;
   {
     hp::MutexLock lock(hp::core::Registry::get().mu_);
@@ -92,6 +93,14 @@ void Engine::sync() {
   impl_->sync();
 }
 
+void Engine::begin_transaction() {
+  impl_->begin_transaction();
+}
+Result<void> Engine::end_transaction() {
+  EngineCallScope scope;
+  return impl_->end_transaction();
+}
+
 int reserved_signal() noexcept {
   return hp::core::move_signal_number();
 }
@@ -110,7 +119,8 @@ Stats Engine::stats() const {
   s.grace_periods = impl_->grace_periods.load(std::memory_order_relaxed);
   hp::MutexLock lock(reg.mu_);
   hp::core::Registry::get().mu_.assert_held();  // the analysis names it Registry::get().mu_
-  s.consumers = impl_->consumers.size();
+  // As hits see them: a transaction's staged changes count from its end.
+  s.consumers = impl_->consumers.size() + impl_->staged.detached.size();
   s.zombie_sites = reg.retired().size();
   return s;
 }

@@ -16,6 +16,8 @@
 #include "core/registry.h"
 #include "core/resolver.h"
 #include "core/site.h"
+#include "core/site_builder.h"
+#include "core/transaction.h"
 #include "elf/modules.h"
 #include "hotprobe/probe.h"
 
@@ -74,7 +76,39 @@ struct EngineImpl {
   static std::vector<Result<std::vector<Handle>>> fail_all(
       std::vector<Result<std::vector<Handle>>>& results, std::span<const ProbeSpec> specs);
   Result<void> detach(std::span<const Handle> handles, bool wait);
+  // Takes the consumers off their sites (or the pending list) in `tx`: the sites left
+  // without consumers are restored (returned), the consumers freed after a grace period.
+  static std::vector<Site*> take_off(std::span<Consumer* const> taken, Transaction& tx,
+                                     Registry& reg) HP_REQUIRES(Registry::get().mu_);
+  // Waits a grace period of each scheme (Stats::grace_periods), then frees what it can.
+  void wait_and_reclaim(const std::vector<Scheme>& schemes);
   void sync();
+
+  // An open transaction (Engine::begin_transaction): what its attach and detach calls
+  // staged, applied by the outermost end_transaction().
+  struct Staged {
+    int depth = 0;
+    // Consumers attached in the transaction, by handle id: on no site's member list yet,
+    // nor in the registry's pending list.
+    FlatMap<std::uint64_t, Consumer*, std::hash<std::uint64_t>> attached;
+    // Sites built for them: reserved in the registry (Registry::reserve), not patched.
+    std::vector<Site*> fresh;
+    // Consumers detached in the transaction: out of `consumers`, still on their sites.
+    std::vector<Consumer*> detached;
+    bool wait = false;  // one of those detaches waits (detach, not detach_nosync)
+  };
+  Staged staged HP_GUARDED_BY(Registry::get().mu_);
+  void begin_transaction();
+  Result<void> end_transaction();
+  // The destructor's: applies a transaction left open, however deep.
+  void end_open_transaction();
+  // A job whose new site overlaps the patch of a site this transaction staged fails: the
+  // two would be written in one patch transaction, each over the bytes it found.
+  void refuse_staged_overlaps(std::span<BuildJob> jobs, std::span<const Target> targets,
+                              Registry& reg) HP_REQUIRES(Registry::get().mu_);
+  // The staged changes, in one registry Transaction. `schemes`: those to wait a grace
+  // period of afterwards (empty when nothing detached waits).
+  Result<void> apply_staged(std::vector<Scheme>& schemes) HP_REQUIRES(Registry::get().mu_);
 };
 
 }  // namespace hp::core

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <span>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -72,6 +73,19 @@ class Registry {
   void remove_pending(Consumer* c) HP_REQUIRES(mu_);
   std::vector<Consumer*> take_pending() HP_REQUIRES(mu_) { return std::exchange(pending_, {}); }
 
+  // Sites built inside an engine's open transaction (Engine::begin_transaction): not
+  // patched and not in the map (no thread can reach them), patched when the transaction
+  // ends. `owner` is the engine's EngineImpl: its later attaches in the transaction add
+  // their consumers to the site; another engine's attach of the place is refused.
+  void reserve(Site* s, const void* owner) HP_REQUIRES(mu_);
+  void unreserve(const Site* s) HP_REQUIRES(mu_);
+  struct Reservation {
+    Site* site = nullptr;
+    const void* owner = nullptr;
+  };
+  Reservation reserved(const SiteKey& k) const HP_REQUIRES(mu_);
+  bool any_reserved() const HP_REQUIRES(mu_) { return !reserved_.empty(); }
+
   // Retired sites, for reclaim().
   std::uint64_t retire_epoch() const HP_REQUIRES(mu_) { return retire_epoch_; }
   const std::vector<Retired>& retired() const HP_REQUIRES(mu_) { return retired_; }
@@ -113,6 +127,7 @@ class Registry {
   bool staged_int3_ HP_GUARDED_BY(mu_) = false;
   std::vector<Retired> retired_ HP_GUARDED_BY(mu_);
   std::vector<Consumer*> pending_ HP_GUARDED_BY(mu_);
+  std::unordered_map<SiteKey, Reservation, SiteKeyHash> reserved_ HP_GUARDED_BY(mu_);
   std::uint64_t retire_epoch_ HP_GUARDED_BY(mu_) = 0;
   std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};
 };
