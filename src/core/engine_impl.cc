@@ -133,7 +133,7 @@ void EngineImpl::resolve_part(const Result<elf::ModuleList>& mods, std::span<con
 std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const ProbeSpec> specs,
                                                             BatchMode mode) {
   RetProbeBatch ret_probes;  // return probes on `ret` instructions (core/ret_probe.h)
-  if (ret_probes.expand(specs)) {
+  if (ret_probes.expand(specs, options.return_mode)) {
     return ret_probes.attach(
         mode, [this](std::span<const ProbeSpec> s, BatchMode m) { return attach(s, m); },
         [this](std::span<const Handle> h) { (void)detach(h, true); });

@@ -23,6 +23,11 @@
 
 namespace hp::core {
 
+// EngineOptions::move_signal, for the patcher (defined in text_patch_threads.cc): the
+// signal to install with the first patch, in place of $HOTPROBE_SIGNAL. Returns the signal
+// already installed (then nothing changes), or 0.
+int request_move_signal(int sig) noexcept;
+
 using hotprobe::BatchMode;
 using hotprobe::Handle;
 
@@ -39,14 +44,11 @@ struct EngineImpl {
   static constexpr std::size_t kLookAhead = 8;
   // From this many specs a batch may take a second thread (BatchHelper) for resolving and
   // building; below, starting one costs more than it could take (30-60 us, about the
-  // time of 50 probes). Only when HOTPROBE_BATCH_THREADS=2: once the passes missed the
-  // cache less (the arena, the lookahead, set_many), one thread did as well here with
-  // half the CPU (docs/design.md, "What a batch costs").
+  // time of 50 probes). Only when EngineOptions::batch_threads >= 2: once the passes
+  // missed the cache less (the arena, the lookahead, set_many), one thread did as well
+  // here with half the CPU (docs/design.md, "What a batch costs").
   static constexpr std::size_t kTwoThreads = 1024;
-  static bool two_threads_asked() {
-    const char* v = std::getenv("HOTPROBE_BATCH_THREADS");
-    return v && std::atoi(v) >= 2;
-  }
+  bool two_threads_asked() const { return options.batch_threads >= 2; }
   // Chunks of a parallel pass: small enough that the thread that comes late finds some
   // left, large enough that taking one (an atomic add, one CodeMemory lock) is noise.
   static constexpr std::size_t kResolveChunk = 256;

@@ -92,6 +92,11 @@ class Registry {
   std::vector<Retired> take_retired() HP_REQUIRES(mu_) { return std::exchange(retired_, {}); }
   void keep_retired(std::vector<Retired> keep) HP_REQUIRES(mu_);
 
+  // EngineOptions::debug, for the process once an engine asked for it: sites and internal
+  // probes say what they became on stderr.
+  bool debug() const noexcept { return debug_.load(std::memory_order_relaxed); }
+  void set_debug() noexcept { debug_.store(true, std::memory_order_relaxed); }
+
   std::uint64_t sites_jmp() const noexcept { return sites_jmp_.load(std::memory_order_relaxed); }
   std::uint64_t sites_int3() const noexcept { return sites_int3_.load(std::memory_order_relaxed); }
 
@@ -130,6 +135,7 @@ class Registry {
   std::unordered_map<SiteKey, Reservation, SiteKeyHash> reserved_ HP_GUARDED_BY(mu_);
   std::uint64_t retire_epoch_ HP_GUARDED_BY(mu_) = 0;
   std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};
+  std::atomic<bool> debug_{false};
 };
 
 }  // namespace hp::core
