@@ -65,7 +65,8 @@ Result<void> settle(EngineOptions& o) {
     }
   }
   if (o.batch_threads == 0) o.batch_threads = 1;
-  if (o.read_environment && !o.debug) o.debug = std::getenv("HOTPROBE_DEBUG") != nullptr;
+  if (o.read_environment && !o.debug)
+    o.debug = std::getenv("HOTPROBE_DEBUG") != nullptr;  // NOLINT(concurrency-mt-unsafe)
   if (o.read_environment && !o.return_mode) {
     if (const char* v = environment("HOTPROBE_RETURN_PROBES")) {
       const std::string_view m(v);

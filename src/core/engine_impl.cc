@@ -542,7 +542,7 @@ Result<void> EngineImpl::end_transaction() {
     if (--staged.depth > 0) return {};
     applied = apply_staged(schemes);
   }
-  wait_and_reclaim(schemes);
+  if (!schemes.empty()) wait_and_reclaim(schemes);
   return applied;
 }
 
