@@ -17,13 +17,24 @@
 extern "C" {
 int hp_opt_sink;
 void* hp_opt_seen_return;
-// Records the return address it was called with: a hijacking return probe changes it.
-__attribute__((noinline, used)) long hp_opt_fn(long a) {
-  hp_opt_seen_return = __builtin_return_address(0);
-  __atomic_store_n(&hp_opt_sink, static_cast<int>(a), __ATOMIC_RELAXED);
-  return a + 1;
+long hp_opt_fn(long a);
 }
-}
+// Records the return address it was called with (a hijacking return probe changes it)
+// and returns a + 1. In assembly: the same instructions in every build (no sanitizer
+// check in front of the ret), so a probe on its ret can always take a jump.
+asm(R"(
+        .text
+        .globl  hp_opt_fn
+        .type   hp_opt_fn, @function
+        .p2align 4
+hp_opt_fn:
+        mov     (%rsp), %rax
+        mov     %rax, hp_opt_seen_return(%rip)
+        lea     1(%rdi), %rax
+        mov     %edi, hp_opt_sink(%rip)
+        ret
+        .size   hp_opt_fn, . - hp_opt_fn
+)");
 long (*volatile hp_opt_fn_ptr)(long) = hp_opt_fn;
 // One caller for every call, so the return address is the same unless a probe changes it.
 __attribute__((noinline)) long call_fn(long a) {
