@@ -586,22 +586,32 @@ Result<void> EngineImpl::apply_staged(std::vector<Scheme>& schemes) {
   st.attached.for_each([&](std::uint64_t, Consumer* c) { attached.push_back(c); });
   std::sort(attached.begin(), attached.end(),
             [](const Consumer* a, const Consumer* b) { return a->id < b->id; });
-  // New sites whose module was unmapped since: their consumers wait for it, as a
-  // probe attached while its module is not loaded does.
+  // New sites whose module was unmapped since (or unmapped and mapped again elsewhere):
+  // their consumers wait for it, as a probe attached while its module is not loaded does.
   std::unordered_set<Site*> gone;
   if (!st.fresh.empty()) {
     auto mods = elf::ModuleList::of_self();
     for (Site* s : st.fresh) {
       reg.unreserve(s);
-      const elf::ModuleKey key{static_cast<dev_t>(s->dev), static_cast<ino_t>(s->ino)};
-      if (mods.ok() && !mods->find(key)) gone.insert(s);
+      if (!mods.ok()) continue;
+      const elf::Module* m =
+          mods->find(elf::ModuleKey{static_cast<dev_t>(s->dev), static_cast<ino_t>(s->ino)});
+      auto at = m ? m->offset_to_address(s->file_offset) : Result<std::uintptr_t>(0);
+      if (!m || !at.ok() || *at != s->probe_address) gone.insert(s);
     }
   }
   Transaction tx(reg);
   std::vector<std::pair<std::uint64_t, Consumer*>> live;
   live.reserve(attached.size());
+  const std::unordered_set<Site*> fresh(st.fresh.begin(), st.fresh.end());
   for (Consumer* c : attached) {
     if (c->site && gone.count(c->site)) c->site = nullptr;
+    if (c->site && !fresh.count(c->site)) {
+      // A site of the registry when it was staged, which a module event may have taken
+      // away since (and reclaim freed): the site at its place now, if any, takes it.
+      Site* now = reg.find(c->place.key);
+      c->site = now && now->scheme == options.scheme ? now : nullptr;
+    }
     if (c->site) {
       c->site->members.push_back(c);
       tx.publish(c->site);

@@ -1,6 +1,8 @@
 // Engine transactions (Engine::begin_transaction / end_transaction): staged attaches and
 // detaches applied together at the outermost end, while other threads run the functions.
+#include <dlfcn.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -30,9 +32,9 @@ int hp_tx_sink;
   HP_TX_TEN(0, X)                                                                                 \
   HP_TX_TEN(1, X)                                                                                 \
   HP_TX_TEN(2, X)                                                                                 \
-  HP_TX_TEN(3, X) HP_TX_TEN(4, X) HP_TX_TEN(5, X) HP_TX_TEN(6, X) HP_TX_TEN(7, X) HP_TX_TEN(8, X) \
-      HP_TX_TEN(9, X) HP_TX_TEN(10, X) HP_TX_TEN(11, X) HP_TX_TEN(12, X) HP_TX_TEN(13, X)         \
-          HP_TX_TEN(14, X)
+  HP_TX_TEN(3, X)                                                                                 \
+  HP_TX_TEN(4, X) HP_TX_TEN(5, X) HP_TX_TEN(6, X) HP_TX_TEN(7, X) HP_TX_TEN(8, X) HP_TX_TEN(9, X) \
+      HP_TX_TEN(10, X) HP_TX_TEN(11, X) HP_TX_TEN(12, X) HP_TX_TEN(13, X) HP_TX_TEN(14, X)
 HP_TX_ALL(HP_TX_FN)
 #define HP_TX_PTR(n) &hp_tx_f##n,
 long (*const volatile hp_tx_fns[])(long) = {HP_TX_ALL(HP_TX_PTR)};
@@ -311,6 +313,45 @@ TEST(Transaction, OverlappingProbesStagedByTwoCallsAreRefused) {
   EXPECT_EQ(b.load(), 0);
   EXPECT_TRUE(engine->detach(*h0).ok());
   EXPECT_EQ(hp_tx_near(1), 2);
+}
+
+// The library libhp_api_dl.so (tests/api/fixture/dl_target.c), built beside the tests.
+std::string dl_path() {
+  char exe[4096];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return {};
+  std::string dir(exe, static_cast<std::size_t>(n));
+  dir.resize(dir.rfind('/'));
+  return dir + "/api_fixtures/libhp_api_dl.so";
+}
+
+// A probe staged on a site of a library that is unloaded and loaded again before the end:
+// the site it was staged on is gone (the module watcher retired it), and the end puts
+// the probe on the site that took its place.
+TEST(Transaction, AStagedProbeFollowsItsLibraryThroughDlcloseAndDlopen) {
+  const std::string path = dl_path();
+  void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!lib) GTEST_SKIP() << "no " << path << ": " << dlerror();
+  auto engine = Engine::create().value();
+  static std::atomic<long> before_count{0}, staged_count{0};
+  auto before = engine->attach(counting(path + ":hp_dl_work", &before_count));
+  ASSERT_TRUE(before.ok()) << before.error().message();
+  engine->begin_transaction();
+  auto staged = engine->attach(counting(path + ":hp_dl_work", &staged_count));
+  ASSERT_TRUE(staged.ok()) << staged.error().message();
+  ASSERT_EQ(dlclose(lib), 0);
+  engine->sync();  // lets reclaim free the retired site
+  lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(lib, nullptr) << dlerror();
+  ASSERT_TRUE(engine->end_transaction().ok());
+  auto fn = reinterpret_cast<long (*)(long)>(dlsym(lib, "hp_dl_work"));
+  ASSERT_NE(fn, nullptr);
+  EXPECT_EQ(fn(3), 6);
+  EXPECT_EQ(before_count.load(), 1);
+  EXPECT_EQ(staged_count.load(), 1) << "the staged probe is not on the library's new site";
+  EXPECT_TRUE(engine->detach(*staged).ok());
+  EXPECT_TRUE(engine->detach(*before).ok());
+  dlclose(lib);
 }
 
 TEST(Transaction, TheDestructorEndsATransactionLeftOpen) {
