@@ -28,13 +28,12 @@ int hp_tx_sink;
   }
 #define HP_TX_TEN(d, X) \
   X(d##0) X(d##1) X(d##2) X(d##3) X(d##4) X(d##5) X(d##6) X(d##7) X(d##8) X(d##9)
-#define HP_TX_ALL(X)                                                                              \
-  HP_TX_TEN(0, X)                                                                                 \
-  HP_TX_TEN(1, X)                                                                                 \
-  HP_TX_TEN(2, X)                                                                                 \
-  HP_TX_TEN(3, X)                                                                                 \
-  HP_TX_TEN(4, X) HP_TX_TEN(5, X) HP_TX_TEN(6, X) HP_TX_TEN(7, X) HP_TX_TEN(8, X) HP_TX_TEN(9, X) \
-      HP_TX_TEN(10, X) HP_TX_TEN(11, X) HP_TX_TEN(12, X) HP_TX_TEN(13, X) HP_TX_TEN(14, X)
+// clang-format off
+#define HP_TX_ALL(X)                                                                  \
+  HP_TX_TEN(0, X) HP_TX_TEN(1, X) HP_TX_TEN(2, X) HP_TX_TEN(3, X) HP_TX_TEN(4, X)     \
+  HP_TX_TEN(5, X) HP_TX_TEN(6, X) HP_TX_TEN(7, X) HP_TX_TEN(8, X) HP_TX_TEN(9, X)     \
+  HP_TX_TEN(10, X) HP_TX_TEN(11, X) HP_TX_TEN(12, X) HP_TX_TEN(13, X) HP_TX_TEN(14, X)
+// clang-format on
 HP_TX_ALL(HP_TX_FN)
 #define HP_TX_PTR(n) &hp_tx_f##n,
 long (*const volatile hp_tx_fns[])(long) = {HP_TX_ALL(HP_TX_PTR)};
