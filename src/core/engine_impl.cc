@@ -484,6 +484,7 @@ Result<void> EngineImpl::detach(std::span<const Handle> handles, bool wait) {
 // republished once each, and those left without consumers restored.
 std::vector<Site*> EngineImpl::take_off(std::span<Consumer* const> taken, Transaction& tx,
                                         Registry& reg) {
+  reg.mu_.assert_held();  // the same lock: there is one registry
   std::vector<Site*> changed, emptied;
   changed.reserve(taken.size());
   for (Consumer* c : taken) {
@@ -579,6 +580,7 @@ void EngineImpl::refuse_staged_overlaps(std::span<BuildJob> jobs, std::span<cons
 
 Result<void> EngineImpl::apply_staged(std::vector<Scheme>& schemes) {
   Registry& reg = Registry::get();
+  reg.mu_.assert_held();  // the same lock: there is one registry
   Staged st = std::exchange(staged, Staged{});
   // In the order they were attached (ids grow), as the consumers' handlers run.
   std::vector<Consumer*> attached;
