@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -117,9 +118,8 @@ struct ProbeSpec {
   // that calls through a pointer or into another library gets them saved. false: the
   // caller promises the handlers write none (nothing is saved, nothing is checked).
   bool vector_registers = true;
-  // How on_return catches the return (see ReturnMode). The environment variable
-  // HOTPROBE_RETURN_PROBES=auto|hijack|ret, when set, overrides it for every probe of the
-  // process (for an unmodified program run under the agent).
+  // How on_return catches the return (see ReturnMode). EngineOptions::return_mode, when
+  // set, overrides it for every probe of the engine.
   ReturnMode return_mode = ReturnMode::automatic;
 };
 
@@ -135,18 +135,23 @@ enum class BatchMode : std::uint8_t {
   all_or_nothing,  // any failure attaches nothing
 };
 
+// Counters. "process": every engine of the process together (and the engine's internal
+// probes: the module watcher, the unwinder hooks), so two engines read the same value;
+// "engine": this engine's own.
 struct Stats {
-  std::uint64_t hits = 0;                 // handler invocations, entry and return
-  std::uint64_t misses_recursion = 0;     // hits inside a handler, skipped
-  std::uint64_t misses_return_stack = 0;  // return probes skipped: per-thread stack full
-  std::uint64_t sites_jmp = 0;            // sites patched with a 5-byte jump
-  std::uint64_t sites_int3 = 0;           // sites in int3 mode
-  std::uint64_t consumers = 0;            // attached consumers
-  std::uint64_t sync_core_rounds = 0;     // cross-modifying-code serializations
-  std::uint64_t grace_periods = 0;        // grace periods waited for by attach/detach
-  std::uint64_t zombie_sites = 0;         // detached sites kept for late returns
-  // Hits skipped because the thread was doing hotprobe's own work (its threads, the
-  // engine's attach and detach), which no handler must see.
+  std::uint64_t hits = 0;                 // process: handler invocations, entry and return
+  std::uint64_t misses_recursion = 0;     // process: hits inside a handler, skipped
+  std::uint64_t misses_return_stack = 0;  // process: return probes skipped, stack full
+  std::uint64_t sites_jmp = 0;            // process: sites patched with a 5-byte jump
+  std::uint64_t sites_int3 = 0;           // process: sites in int3 mode
+  // engine: attached consumers (a transaction's staged changes count from its end)
+  std::uint64_t consumers = 0;
+  std::uint64_t sync_core_rounds = 0;  // process: cross-modifying-code serializations
+  // engine: grace periods its detach, sync and end_transaction waited for
+  std::uint64_t grace_periods = 0;
+  std::uint64_t zombie_sites = 0;  // process: detached sites kept for late returns
+  // process: hits skipped because the thread was doing hotprobe's own work (its threads,
+  // an engine's attach and detach), which no handler must see.
   std::uint64_t skipped_own = 0;
 };
 
@@ -159,12 +164,34 @@ struct EngineOptions {
   // do not call the Engine. Null: the message goes to stderr.
   void (*on_error)(const Error& error, void* cookie) = nullptr;
   void* on_error_cookie = nullptr;
+
+  // The settings below each have an environment variable, read by Engine::create while
+  // read_environment is true, for a setting left at its default (so the agent, and the
+  // `hotprobe` command through it, honour them in an unmodified program); a value set
+  // here wins. A bad value is an error of create() naming the variable.
+  bool read_environment = true;
+  // 1: a batch runs on the calling thread. 2 or more: a batch of 1,024 specs or more takes
+  // a second thread for resolving and building (off by default: on 2-CPU machines one
+  // thread did as well with half the CPU). 0: $HOTPROBE_BATCH_THREADS, else 1.
+  unsigned batch_threads = 0;
+  // Each site built says on stderr whether it is a jump or an int3 (and why), each internal
+  // probe whether it attached. For the whole process from this engine's creation on (the
+  // sites are shared). false: $HOTPROBE_DEBUG set (to anything) turns it on.
+  bool debug = false;
+  // Overrides every spec's ProbeSpec::return_mode. Unset: $HOTPROBE_RETURN_PROBES =
+  // auto | hijack | ret, when set, else each spec's.
+  std::optional<ReturnMode> return_mode;
+  // The real-time signal that moves threads out of bytes being patched (SIGRTMIN..
+  // SIGRTMAX, one the program neither handles nor ignores). One per process: it is
+  // installed with the first patch, and an engine that asks for another one after that is
+  // refused. 0: $HOTPROBE_SIGNAL, else SIGRTMAX-3 or the highest free one.
+  int move_signal = 0;
 };
 
 // The real-time signal the engine sends a running thread to move it out of bytes being
-// patched (SIGRTMAX-3, or $HOTPROBE_SIGNAL). A thread that blocks it while it runs keeps
-// attach/detach from completing (the batch fails after 1 s): threads that block every
-// signal (reporters, workers) should leave this one open.
+// patched (SIGRTMAX-3, or EngineOptions::move_signal, or $HOTPROBE_SIGNAL). A thread that blocks it
+// while it runs keeps attach/detach from completing (the batch fails after 1 s): threads that block
+// every signal (reporters, workers) should leave this one open.
 HOTPROBE_API int reserved_signal() noexcept;
 
 class HOTPROBE_API Engine {
@@ -189,6 +216,27 @@ class HOTPROBE_API Engine {
   // Detach without waiting; sync() then waits once for every earlier detach_nosync.
   Result<void> detach_nosync(std::span<const Handle> handles);
   void sync();
+
+  // A transaction, the shape of Frida's Interceptor transactions: between
+  // begin_transaction() and the matching end_transaction(), this engine's attach and
+  // detach calls (from any thread) are staged, and the outermost end_transaction()
+  // applies them all in one patch transaction of the registry, with one grace period
+  // (when something was detached). Calls nest: only the outermost end applies.
+  //
+  // A staged call reports its own errors (resolving, building, an overlap with a probe
+  // staged earlier in the transaction: what it staged is rolled back) and hands out its
+  // handles at once. Until the outermost end no handler of a staged attach runs and a
+  // staged detach's handlers go on running; detach() does not wait (the end does).
+  // Detaching a handle attached in the same open transaction cancels it: its handlers
+  // never run. Another engine's attach of a place this transaction staged is refused
+  // (Errc::busy) until the transaction ends.
+  //
+  // end_transaction() without a begin is an error. When the patch at the outermost end
+  // fails, the probes on the new sites are dropped (their handles are no longer
+  // attached), the rest (the detaches, the probes on sites patched before) is applied,
+  // and the error says so. The destructor ends a transaction left open.
+  void begin_transaction();
+  Result<void> end_transaction();
 
   Stats stats() const;
 

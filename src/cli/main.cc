@@ -31,6 +31,14 @@ Environment:
                             them however the program ends (sparse; default 1024)
   HOTPROBE_SHARED_MAPS=0    run: maps travel over the channel only (lost if the program
                             dies abnormally)
+  HOTPROBE_RETURN_PROBES=auto|ret|hijack
+                            run: how every return probe catches the return (ret: a
+                            probe on each ret instruction, the return address untouched)
+  HOTPROBE_SIGNAL=N         run: the real-time signal that moves the program's threads
+                            out of code being patched (default SIGRTMAX-3)
+  HOTPROBE_DEBUG=1          run: each probe site says on stderr whether it is a jump or
+                            an int3, and why
+  HOTPROBE_BATCH_THREADS=2  run: batches of 1,024 probes or more resolve on two threads
 
 Examples:
   hotprobe run -e 'uprobe:libc:malloc { @[arg0] = count(); }' -- ls -l

@@ -2,6 +2,12 @@
 // EngineImpl (core/engine_impl.h). See docs/design/core.md for the parts: the resolver,
 // the site builder, the registry, the transaction, reclamation, int3 mode and the
 // internal probes.
+#include <charconv>
+#include <csignal>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -21,6 +27,7 @@ struct Engine::Impl : hp::core::EngineImpl {};
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Engine::~Engine() {
+  impl_->end_open_transaction();
   std::vector<Handle> all;
   {
     hp::MutexLock lock(hp::core::Registry::get().mu_);
@@ -31,11 +38,88 @@ Engine::~Engine() {
   hp::core::engine_destroyed();
 }
 
+namespace {
+
+// A variable's value, or null when it is unset or empty.
+const char* environment(const char* name) {
+  const char* v = std::getenv(name);  // NOLINT(concurrency-mt-unsafe): read only
+  return v && *v ? v : nullptr;
+}
+
+// The settings left at their defaults, from their environment variables (the names users
+// of the agent and the command know); then the defaults and the checks.
+Result<void> settle(EngineOptions& o) {
+  if (o.read_environment && o.batch_threads == 0) {
+    if (const char* v = environment("HOTPROBE_BATCH_THREADS")) {
+      const std::string_view text(v);
+      unsigned n = 0;
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+      if (ec != std::errc() || end != text.data() + text.size() || n == 0) {
+        return Error(Errc::invalid_argument,
+                     "HOTPROBE_BATCH_THREADS=" + std::string(text) +
+                         " is not a number of threads: set it to 1 (a batch runs on the calling "
+                         "thread) or 2 (a second thread for batches of 1,024 specs or more), or "
+                         "unset it");
+      }
+      o.batch_threads = n;
+    }
+  }
+  if (o.batch_threads == 0) o.batch_threads = 1;
+  if (o.read_environment && !o.debug)
+    o.debug = std::getenv("HOTPROBE_DEBUG") != nullptr;  // NOLINT(concurrency-mt-unsafe)
+  if (o.read_environment && !o.return_mode) {
+    if (const char* v = environment("HOTPROBE_RETURN_PROBES")) {
+      const std::string_view m(v);
+      if (m == "auto") {
+        o.return_mode = ReturnMode::automatic;
+      } else if (m == "ret") {
+        o.return_mode = ReturnMode::ret_instructions;
+      } else if (m == "hijack") {
+        o.return_mode = ReturnMode::hijack;
+      } else {
+        return Error(Errc::invalid_argument,
+                     "HOTPROBE_RETURN_PROBES=" + std::string(m) +
+                         " is not one of auto, ret, hijack: set one of them, or unset it to use "
+                         "each probe's return_mode");
+      }
+    }
+  }
+  if (o.read_environment && o.move_signal == 0) {
+    if (const char* v = environment("HOTPROBE_SIGNAL")) {
+      auto sig = hp::core::choose_move_signal(v);  // names the variable when it refuses it
+      if (!sig.ok()) return sig.error();
+      o.move_signal = *sig;
+    }
+  }
+  if (o.move_signal != 0) {
+    if (o.move_signal < SIGRTMIN || o.move_signal > SIGRTMAX) {
+      return Error(Errc::invalid_argument,
+                   "EngineOptions::move_signal = " + std::to_string(o.move_signal) +
+                       " is not a real-time signal: use one from " + std::to_string(SIGRTMIN) +
+                       " to " + std::to_string(SIGRTMAX) +
+                       " that the program does not use, or 0 to let hotprobe pick one");
+    }
+    if (int installed = hp::core::request_move_signal(o.move_signal);
+        installed != 0 && installed != o.move_signal) {
+      return Error(Errc::busy, "the move signal of this process is already " +
+                                   std::to_string(installed) +
+                                   " (installed with the first patch, one per process): create "
+                                   "the engine with move_signal = " +
+                                   std::to_string(installed) + ", or 0");
+    }
+  }
+  if (o.debug) hp::core::Registry::get().set_debug();
+  return {};
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Engine>> Engine::create(EngineOptions options) {
   if (options.return_stack_depth == 0 || options.return_stack_depth > hp::core::kMaxReturnDepth) {
     return Error(Errc::invalid_argument, "return_stack_depth must be between 1 and " +
                                              std::to_string(hp::core::kMaxReturnDepth));
   }
+  HP_TRY(settle(options));
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   (void)hp::core::Registry::get();
@@ -92,6 +176,14 @@ void Engine::sync() {
   impl_->sync();
 }
 
+void Engine::begin_transaction() {
+  impl_->begin_transaction();
+}
+Result<void> Engine::end_transaction() {
+  EngineCallScope scope;
+  return impl_->end_transaction();
+}
+
 int reserved_signal() noexcept {
   return hp::core::move_signal_number();
 }
@@ -110,7 +202,8 @@ Stats Engine::stats() const {
   s.grace_periods = impl_->grace_periods.load(std::memory_order_relaxed);
   hp::MutexLock lock(reg.mu_);
   hp::core::Registry::get().mu_.assert_held();  // the analysis names it Registry::get().mu_
-  s.consumers = impl_->consumers.size();
+  // As hits see them: a transaction's staged changes count from its end.
+  s.consumers = impl_->consumers.size() + impl_->staged.detached.size();
   s.zombie_sites = reg.retired().size();
   return s;
 }

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cinttypes>
+#include <cstdio>
 #include <cstdlib>
 #include <iterator>
 #include <mutex>
@@ -131,7 +133,7 @@ void EngineImpl::resolve_part(const Result<elf::ModuleList>& mods, std::span<con
 std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const ProbeSpec> specs,
                                                             BatchMode mode) {
   RetProbeBatch ret_probes;  // return probes on `ret` instructions (core/ret_probe.h)
-  if (ret_probes.expand(specs)) {
+  if (ret_probes.expand(specs, options.return_mode)) {
     return ret_probes.attach(
         mode, [this](std::span<const ProbeSpec> s, BatchMode m) { return attach(s, m); },
         [this](std::span<const Handle> h) { (void)detach(h, true); });
@@ -185,6 +187,8 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
 
   MutexLock lock(reg.mu_);
   Registry::get().mu_.assert_held();  // the analysis names the lock Registry::get().mu_
+  // Inside a transaction: the consumers and sites are made, not published or patched.
+  const bool staging = staged.depth > 0;
   // The batch's sites, consumers and consumer arrays, one after the other in memory.
   BatchArena::Scope arena;
   // Sized for the batch up front: a batch of 10,000 probes rehashes nothing.
@@ -207,6 +211,18 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
         job_by_key.prefetch(targets[k + kLookAhead].key);
       }
       if ((t.known = reg.find(t.key))) continue;
+      if (reg.any_reserved()) {
+        const Registry::Reservation r = reg.reserved(t.key);
+        if (r.site && r.owner != this) {
+          results[i] = Error(Errc::busy, t.describe +
+                                             " is staged by an open transaction of another "
+                                             "engine: attach it after that engine's "
+                                             "end_transaction()");
+          any_error = true;
+          break;
+        }
+        if ((t.known = r.site)) continue;
+      }
       if (const BuildJob* j = job_by_key.get(t.key)) {
         t.job = static_cast<std::size_t>(j - jobs.data());
         continue;
@@ -218,10 +234,12 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
   }
   SiteBuilder::build_all(jobs, targets, specs, options, reg, *helper);
   SiteBuilder::separate_overlaps(jobs, targets, specs, options, reg);
+  if (staging && !staged.fresh.empty()) refuse_staged_overlaps(jobs, targets, reg);
   helper.reset();  // no second CPU spinning through the patching
   std::vector<std::pair<std::size_t, Consumer*>> made;  // (spec index, consumer)
   made.reserve(specs.size());
   std::unordered_set<Site*> touched_old;  // sites that were there before the batch
+  std::unordered_set<Site*> used;         // new sites that got a consumer
   struct Mine {
     Site* site;
     Consumer* consumer;
@@ -279,7 +297,10 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
       continue;
     }
     for (auto& [s, c, is_fresh] : mine) {
-      if (s) {
+      if (is_fresh) used.insert(s);
+      if (staging) {
+        // On its site's members (or the pending list) when the transaction ends.
+      } else if (s) {
         s->members.push_back(c);
         if (!is_fresh) touched_old.insert(s);
       } else {
@@ -296,18 +317,19 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
   // patched, so no thread can reach them.
   std::vector<Site*> unused;
   for (BuildJob& j : jobs) {
-    if (j.site && (!j.listed || j.site->members.empty())) unused.push_back(j.site);
+    if (j.site && (!j.listed || !used.count(j.site))) unused.push_back(j.site);
   }
   if (!unused.empty()) {
-    fresh.erase(std::remove_if(fresh.begin(), fresh.end(),
-                               [](const Site* s) { return s->members.empty(); }),
+    fresh.erase(std::remove_if(fresh.begin(), fresh.end(), [&](Site* s) { return !used.count(s); }),
                 fresh.end());
     free_sites(unused, reg);
   }
   auto undo_fresh = [&] { free_sites(fresh, reg); };
   if (any_error && mode == BatchMode::all_or_nothing) {
     for (auto& [i, c] : made) {
-      if (c->site) {
+      if (staging) {
+        // On no list yet.
+      } else if (c->site) {
         auto& mem = c->site->members;
         mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
       } else {
@@ -317,6 +339,16 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
     }
     undo_fresh();
     return fail_all(results, specs);
+  }
+  if (staging) {
+    for (Site* s : fresh) {
+      reg.reserve(s, this);
+      staged.fresh.push_back(s);
+    }
+    for (auto& [i, c] : made) {
+      if (results[i].ok()) staged.attached.set(c->id, c);
+    }
+    return results;
   }
   // Consumers are published before the patch, so a thread that reaches a new site
   // already finds them.
@@ -404,37 +436,36 @@ Result<void> EngineImpl::detach(std::span<const Handle> handles, bool wait) {
     MutexLock lock(reg.mu_);
     Registry::get().mu_.assert_held();  // the analysis names the lock Registry::get().mu_
     for (Handle h : handles) {
-      if (!consumers.get(h.id)) {
+      if (!consumers.get(h.id) && !staged.attached.get(h.id)) {
         return Error(
             Errc::invalid_argument,
             "handle " + std::to_string(h.id) + " is not attached by this engine (detached twice?)");
       }
     }
-    // The consumers are freed by scheme (one grace period each), the sites that lose them
-    // republished once each, and those left without consumers restored.
+    if (staged.depth > 0) {
+      for (Handle h : handles) {
+        if (Consumer* c = staged.attached.get(h.id)) {
+          // Attached in this transaction: on no list, reachable by no thread.
+          staged.attached.erase(h.id);
+          delete c;
+        } else if ((c = consumers.get(h.id))) {
+          consumers.erase(h.id);
+          staged.detached.push_back(c);
+        }
+      }
+      staged.wait |= wait;
+      return {};
+    }
     Transaction tx(reg);
-    std::vector<Site*> changed;
-    changed.reserve(handles.size());
+    std::vector<Consumer*> taken;
+    taken.reserve(handles.size());
     for (Handle h : handles) {
       Consumer* c = consumers.get(h.id);
       if (!c) continue;  // a duplicate in the span
       consumers.erase(h.id);
-      if (!c->site) {  // pending: no reader can reach it
-        reg.remove_pending(c);
-        delete c;
-        continue;
-      }
-      auto& mem = c->site->members;
-      mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
-      tx.free_consumer(c, c->site->scheme);
-      changed.push_back(c->site);
+      taken.push_back(c);
     }
-    std::sort(changed.begin(), changed.end());
-    changed.erase(std::unique(changed.begin(), changed.end()), changed.end());
-    for (Site* s : changed) {
-      tx.publish(s);
-      if (s->members.empty()) tx.unpatch(s);
-    }
+    take_off(taken, tx, reg);
     auto committed = tx.commit();
     schemes_to_sync = tx.schemes();
     if (!committed.ok()) {
@@ -445,22 +476,202 @@ Result<void> EngineImpl::detach(std::span<const Handle> handles, bool wait) {
           "consumers detached, but the code could not be restored: " + committed.error().message());
     }
   }
-  if (wait) {
-    std::uint64_t epoch = current_epoch();
-    for (Scheme s : schemes_to_sync) {
-      synchronize(s);
-      grace_periods.fetch_add(1, std::memory_order_relaxed);
-    }
-    reclaim(schemes_to_sync, epoch);
-  }
+  if (wait) wait_and_reclaim(schemes_to_sync);
   return {};
 }
 
+// The consumers are freed by scheme (one grace period each), the sites that lose them
+// republished once each, and those left without consumers restored.
+std::vector<Site*> EngineImpl::take_off(std::span<Consumer* const> taken, Transaction& tx,
+                                        Registry& reg) {
+  reg.mu_.assert_held();  // the same lock: there is one registry
+  std::vector<Site*> changed, emptied;
+  changed.reserve(taken.size());
+  for (Consumer* c : taken) {
+    if (!c->site) {  // pending: no reader can reach it
+      reg.remove_pending(c);
+      delete c;
+      continue;
+    }
+    auto& mem = c->site->members;
+    mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
+    tx.free_consumer(c, c->site->scheme);
+    changed.push_back(c->site);
+  }
+  std::sort(changed.begin(), changed.end());
+  changed.erase(std::unique(changed.begin(), changed.end()), changed.end());
+  for (Site* s : changed) {
+    tx.publish(s);
+    if (s->members.empty()) {
+      tx.unpatch(s);
+      emptied.push_back(s);
+    }
+  }
+  return emptied;
+}
+
+void EngineImpl::wait_and_reclaim(const std::vector<Scheme>& schemes) {
+  const std::uint64_t epoch = current_epoch();
+  for (Scheme s : schemes) {
+    synchronize(s);
+    grace_periods.fetch_add(1, std::memory_order_relaxed);
+  }
+  reclaim(schemes, epoch);
+}
+
 void EngineImpl::sync() {
-  std::uint64_t epoch = current_epoch();
-  synchronize(options.scheme);
-  grace_periods.fetch_add(1, std::memory_order_relaxed);
-  reclaim({options.scheme}, epoch);
+  wait_and_reclaim({options.scheme});
+}
+
+void EngineImpl::begin_transaction() {
+  MutexLock lock(Registry::get().mu_);
+  Registry::get().mu_.assert_held();  // the analysis names the lock Registry::get().mu_
+  staged.depth++;
+}
+
+Result<void> EngineImpl::end_transaction() {
+  std::vector<Scheme> schemes;
+  Result<void> applied;
+  {
+    MutexLock lock(Registry::get().mu_);
+    Registry::get().mu_.assert_held();  // the analysis names the lock Registry::get().mu_
+    if (staged.depth == 0) {
+      return Error(Errc::invalid_argument,
+                   "end_transaction() without an open transaction: call begin_transaction() "
+                   "first (each begin takes one end)");
+    }
+    if (--staged.depth > 0) return {};
+    applied = apply_staged(schemes);
+  }
+  if (!schemes.empty()) wait_and_reclaim(schemes);
+  return applied;
+}
+
+void EngineImpl::end_open_transaction() {
+  {
+    MutexLock lock(Registry::get().mu_);
+    Registry::get().mu_.assert_held();  // the analysis names the lock Registry::get().mu_
+    if (staged.depth == 0) return;
+    staged.depth = 1;
+  }
+  (void)end_transaction();
+}
+
+void EngineImpl::refuse_staged_overlaps(std::span<BuildJob> jobs, std::span<const Target> targets,
+                                        Registry& reg) {
+  for (BuildJob& j : jobs) {
+    if (!j.site) continue;
+    const std::uintptr_t start = j.site->patch_address;
+    const std::uintptr_t end = start + j.site->patched.size();
+    for (const Site* s : staged.fresh) {
+      if (s->patch_address >= end || s->patch_address + s->patched.size() <= start) continue;
+      char at[24];
+      std::snprintf(at, sizeof at, "%#" PRIxPTR, s->probe_address);
+      free_sites(std::span<Site* const>(&j.site, 1), reg);
+      j.site = nullptr;
+      j.error = Error(Errc::busy, targets[j.target].describe +
+                                      " overlaps the bytes of the probe at " + at +
+                                      " staged earlier in this transaction: attach both in "
+                                      "one call, or end the transaction between them");
+      break;
+    }
+  }
+}
+
+Result<void> EngineImpl::apply_staged(std::vector<Scheme>& schemes) {
+  Registry& reg = Registry::get();
+  reg.mu_.assert_held();  // the same lock: there is one registry
+  Staged st = std::exchange(staged, Staged{});
+  // In the order they were attached (ids grow), as the consumers' handlers run.
+  std::vector<Consumer*> attached;
+  attached.reserve(st.attached.size());
+  st.attached.for_each([&](std::uint64_t, Consumer* c) { attached.push_back(c); });
+  std::sort(attached.begin(), attached.end(),
+            [](const Consumer* a, const Consumer* b) { return a->id < b->id; });
+  // New sites whose module was unmapped since (or unmapped and mapped again elsewhere):
+  // their consumers wait for it, as a probe attached while its module is not loaded does.
+  std::unordered_set<Site*> gone;
+  if (!st.fresh.empty()) {
+    auto mods = elf::ModuleList::of_self();
+    for (Site* s : st.fresh) {
+      reg.unreserve(s);
+      if (!mods.ok()) continue;
+      const elf::Module* m =
+          mods->find(elf::ModuleKey{static_cast<dev_t>(s->dev), static_cast<ino_t>(s->ino)});
+      auto at = m ? m->offset_to_address(s->file_offset) : Result<std::uintptr_t>(0);
+      if (!m || !at.ok() || *at != s->probe_address) gone.insert(s);
+    }
+  }
+  Transaction tx(reg);
+  std::vector<std::pair<std::uint64_t, Consumer*>> live;
+  live.reserve(attached.size());
+  const std::unordered_set<Site*> fresh(st.fresh.begin(), st.fresh.end());
+  for (Consumer* c : attached) {
+    if (c->site && gone.count(c->site)) c->site = nullptr;
+    if (c->site && !fresh.count(c->site)) {
+      // A site of the registry when it was staged, which a module event may have taken
+      // away since (and reclaim freed): the site at its place now, if any, takes it.
+      Site* now = reg.find(c->place.key);
+      c->site = now && now->scheme == options.scheme ? now : nullptr;
+    }
+    if (c->site) {
+      c->site->members.push_back(c);
+      tx.publish(c->site);
+    } else {
+      reg.add_pending(c);
+    }
+    live.push_back({c->id, c});
+  }
+  const std::vector<Site*> emptied = take_off(st.detached, tx, reg);
+  std::vector<Site*> patched, unused;
+  for (Site* s : st.fresh) {
+    (s->members.empty() ? unused : patched).push_back(s);
+  }
+  for (Site* s : patched)
+    tx.patch(s);
+  if (!unused.empty()) free_sites(unused, reg);  // never patched: no thread reaches them
+  Result<void> committed = tx.commit();
+  if (!st.detached.empty() && st.wait) schemes = tx.schemes();
+  const Site* first = patched.empty() ? nullptr : patched[0];
+  if (committed.ok() || !first || reg.find({first->dev, first->ino, first->file_offset}) == first) {
+    consumers.set_many(live);
+    if (committed.ok()) return {};
+    return Error(committed.error().code(),
+                 "the transaction's probes are attached, but the code of "
+                 "those it detached could not be restored: " +
+                     committed.error().message());
+  }
+  // Nothing was patched: the consumers on the new sites are dropped, freed with their
+  // sites after a tasks-trace grace period (a thread may have trapped on an int3 being
+  // written); the rest, the detaches included, is applied.
+  std::vector<Consumer*> dropped;
+  for (Site* s : patched)
+    dropped.insert(dropped.end(), s->members.begin(), s->members.end());
+  const std::unordered_set<Consumer*> dropped_set(dropped.begin(), dropped.end());
+  live.erase(std::remove_if(live.begin(), live.end(),
+                            [&](const auto& e) { return dropped_set.count(e.second) != 0; }),
+             live.end());
+  consumers.set_many(live);
+  Result<void> restored;
+  if (!emptied.empty()) {
+    Transaction rest(reg);
+    for (Site* s : emptied)
+      rest.unpatch(s);
+    restored = rest.commit();
+  }
+  sync::tasks_trace().call([patched, dropped] {
+    free_sites(patched, Registry::get());
+    for (Consumer* c : dropped)
+      delete c;
+  });
+  return Error(committed.error().code(),
+               std::to_string(dropped.size()) +
+                   " probes of the transaction could not be patched and are not attached: " +
+                   committed.error().message() +
+                   (restored.ok() ? std::string()
+                                  : "; the code of the probes it detached could not be restored "
+                                    "either: " +
+                                        restored.error().message()));
 }
 
 }  // namespace hp::core

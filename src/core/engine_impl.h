@@ -16,10 +16,17 @@
 #include "core/registry.h"
 #include "core/resolver.h"
 #include "core/site.h"
+#include "core/site_builder.h"
+#include "core/transaction.h"
 #include "elf/modules.h"
 #include "hotprobe/probe.h"
 
 namespace hp::core {
+
+// EngineOptions::move_signal, for the patcher (defined in text_patch_threads.cc): the
+// signal to install with the first patch, in place of $HOTPROBE_SIGNAL. Returns the signal
+// already installed (then nothing changes), or 0.
+int request_move_signal(int sig) noexcept;
 
 using hotprobe::BatchMode;
 using hotprobe::Handle;
@@ -37,14 +44,11 @@ struct EngineImpl {
   static constexpr std::size_t kLookAhead = 8;
   // From this many specs a batch may take a second thread (BatchHelper) for resolving and
   // building; below, starting one costs more than it could take (30-60 us, about the
-  // time of 50 probes). Only when HOTPROBE_BATCH_THREADS=2: once the passes missed the
-  // cache less (the arena, the lookahead, set_many), one thread did as well here with
-  // half the CPU (docs/design.md, "What a batch costs").
+  // time of 50 probes). Only when EngineOptions::batch_threads >= 2: once the passes
+  // missed the cache less (the arena, the lookahead, set_many), one thread did as well
+  // here with half the CPU (docs/design.md, "What a batch costs").
   static constexpr std::size_t kTwoThreads = 1024;
-  static bool two_threads_asked() {
-    const char* v = std::getenv("HOTPROBE_BATCH_THREADS");
-    return v && std::atoi(v) >= 2;
-  }
+  bool two_threads_asked() const { return options.batch_threads >= 2; }
   // Chunks of a parallel pass: small enough that the thread that comes late finds some
   // left, large enough that taking one (an atomic add, one CodeMemory lock) is noise.
   static constexpr std::size_t kResolveChunk = 256;
@@ -74,7 +78,39 @@ struct EngineImpl {
   static std::vector<Result<std::vector<Handle>>> fail_all(
       std::vector<Result<std::vector<Handle>>>& results, std::span<const ProbeSpec> specs);
   Result<void> detach(std::span<const Handle> handles, bool wait);
+  // Takes the consumers off their sites (or the pending list) in `tx`: the sites left
+  // without consumers are restored (returned), the consumers freed after a grace period.
+  static std::vector<Site*> take_off(std::span<Consumer* const> taken, Transaction& tx,
+                                     Registry& reg) HP_REQUIRES(Registry::get().mu_);
+  // Waits a grace period of each scheme (Stats::grace_periods), then frees what it can.
+  void wait_and_reclaim(const std::vector<Scheme>& schemes);
   void sync();
+
+  // An open transaction (Engine::begin_transaction): what its attach and detach calls
+  // staged, applied by the outermost end_transaction().
+  struct Staged {
+    int depth = 0;
+    // Consumers attached in the transaction, by handle id: on no site's member list yet,
+    // nor in the registry's pending list.
+    FlatMap<std::uint64_t, Consumer*, std::hash<std::uint64_t>> attached;
+    // Sites built for them: reserved in the registry (Registry::reserve), not patched.
+    std::vector<Site*> fresh;
+    // Consumers detached in the transaction: out of `consumers`, still on their sites.
+    std::vector<Consumer*> detached;
+    bool wait = false;  // one of those detaches waits (detach, not detach_nosync)
+  };
+  Staged staged HP_GUARDED_BY(Registry::get().mu_);
+  void begin_transaction();
+  Result<void> end_transaction();
+  // The destructor's: applies a transaction left open, however deep.
+  void end_open_transaction();
+  // A job whose new site overlaps the patch of a site this transaction staged fails: the
+  // two would be written in one patch transaction, each over the bytes it found.
+  void refuse_staged_overlaps(std::span<BuildJob> jobs, std::span<const Target> targets,
+                              Registry& reg) HP_REQUIRES(Registry::get().mu_);
+  // The staged changes, in one registry Transaction. `schemes`: those to wait a grace
+  // period of afterwards (empty when nothing detached waits).
+  Result<void> apply_staged(std::vector<Scheme>& schemes) HP_REQUIRES(Registry::get().mu_);
 };
 
 }  // namespace hp::core

@@ -64,7 +64,7 @@ std::vector<Handle> attach_internal(Internal& in, std::vector<ProbeSpec>& specs,
   std::vector<Handle> handles;
   for (std::size_t i = 0; i < specs.size(); i++) {
     if (results[i].ok()) handles.insert(handles.end(), results[i]->begin(), results[i]->end());
-    if (std::getenv("HOTPROBE_DEBUG")) {
+    if (Registry::get().debug()) {
       std::fprintf(stderr, "hotprobe: %s %s: %s\n", what, specs[i].target.c_str(),
                    results[i].ok() ? "attached" : results[i].error().message().c_str());
     }

@@ -80,6 +80,24 @@ void Registry::remove_pending(Consumer* c) {
   pending_.erase(std::remove(pending_.begin(), pending_.end(), c), pending_.end());
 }
 
+void Registry::reserve(Site* s, const void* owner) {
+  const bool added =
+      reserved_.emplace(SiteKey{s->dev, s->ino, s->file_offset}, Reservation{s, owner}).second;
+  HP_ASSERT(added && !sites_.get({s->dev, s->ino, s->file_offset}));
+  (void)added;
+}
+
+void Registry::unreserve(const Site* s) {
+  const bool listed = reserved_.erase(SiteKey{s->dev, s->ino, s->file_offset}) == 1;
+  HP_ASSERT(listed);
+  (void)listed;
+}
+
+Registry::Reservation Registry::reserved(const SiteKey& k) const {
+  auto it = reserved_.find(k);
+  return it == reserved_.end() ? Reservation{} : it->second;
+}
+
 void Registry::keep_retired(std::vector<Retired> keep) {
   retired_.insert(retired_.end(), keep.begin(), keep.end());
 }

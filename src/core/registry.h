@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <span>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -72,11 +73,29 @@ class Registry {
   void remove_pending(Consumer* c) HP_REQUIRES(mu_);
   std::vector<Consumer*> take_pending() HP_REQUIRES(mu_) { return std::exchange(pending_, {}); }
 
+  // Sites built inside an engine's open transaction (Engine::begin_transaction): not
+  // patched and not in the map (no thread can reach them), patched when the transaction
+  // ends. `owner` is the engine's EngineImpl: its later attaches in the transaction add
+  // their consumers to the site; another engine's attach of the place is refused.
+  void reserve(Site* s, const void* owner) HP_REQUIRES(mu_);
+  void unreserve(const Site* s) HP_REQUIRES(mu_);
+  struct Reservation {
+    Site* site = nullptr;
+    const void* owner = nullptr;
+  };
+  Reservation reserved(const SiteKey& k) const HP_REQUIRES(mu_);
+  bool any_reserved() const HP_REQUIRES(mu_) { return !reserved_.empty(); }
+
   // Retired sites, for reclaim().
   std::uint64_t retire_epoch() const HP_REQUIRES(mu_) { return retire_epoch_; }
   const std::vector<Retired>& retired() const HP_REQUIRES(mu_) { return retired_; }
   std::vector<Retired> take_retired() HP_REQUIRES(mu_) { return std::exchange(retired_, {}); }
   void keep_retired(std::vector<Retired> keep) HP_REQUIRES(mu_);
+
+  // EngineOptions::debug, for the process once an engine asked for it: sites and internal
+  // probes say what they became on stderr.
+  bool debug() const noexcept { return debug_.load(std::memory_order_relaxed); }
+  void set_debug() noexcept { debug_.store(true, std::memory_order_relaxed); }
 
   std::uint64_t sites_jmp() const noexcept { return sites_jmp_.load(std::memory_order_relaxed); }
   std::uint64_t sites_int3() const noexcept { return sites_int3_.load(std::memory_order_relaxed); }
@@ -113,8 +132,10 @@ class Registry {
   bool staged_int3_ HP_GUARDED_BY(mu_) = false;
   std::vector<Retired> retired_ HP_GUARDED_BY(mu_);
   std::vector<Consumer*> pending_ HP_GUARDED_BY(mu_);
+  std::unordered_map<SiteKey, Reservation, SiteKeyHash> reserved_ HP_GUARDED_BY(mu_);
   std::uint64_t retire_epoch_ HP_GUARDED_BY(mu_) = 0;
   std::atomic<std::uint64_t> sites_jmp_{0}, sites_int3_{0};
+  std::atomic<bool> debug_{false};
 };
 
 }  // namespace hp::core

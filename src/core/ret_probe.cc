@@ -59,21 +59,6 @@ __attribute__((target("general-regs-only"))) void ret_site_hit(Hit& h) {
 
 using hotprobe::ReturnMode;
 
-// HOTPROBE_RETURN_PROBES (auto, ret, hijack), when set, overrides every spec's
-// return_mode: a switch for a run of an unmodified program (the agent, the CLI).
-std::optional<ReturnMode> mode_from_environment() {
-  const char* v = std::getenv("HOTPROBE_RETURN_PROBES");
-  if (!v || !*v) return std::nullopt;
-  if (std::strcmp(v, "auto") == 0) return ReturnMode::automatic;
-  if (std::strcmp(v, "ret") == 0) return ReturnMode::ret_instructions;
-  if (std::strcmp(v, "hijack") == 0) return ReturnMode::hijack;
-  std::fprintf(stderr,
-               "hotprobe: HOTPROBE_RETURN_PROBES=%s is not one of auto, ret, hijack: "
-               "using each probe's return_mode\n",
-               v);
-  return std::nullopt;
-}
-
 std::string hex(std::uint64_t v) {
   char b[24];
   std::snprintf(b, sizeof b, "0x%" PRIx64, v);
@@ -177,9 +162,8 @@ bool is_ret_site_handler(hotprobe::Handler h) noexcept {
   return h == &ret_site_hit;
 }
 
-bool RetProbeBatch::expand(std::span<const ProbeSpec> specs) {
-  static const std::optional<ReturnMode> forced = mode_from_environment();
-  const auto mode_of = [](const ProbeSpec& s) { return forced ? *forced : s.return_mode; };
+bool RetProbeBatch::expand(std::span<const ProbeSpec> specs, std::optional<ReturnMode> forced) {
+  const auto mode_of = [forced](const ProbeSpec& s) { return forced ? *forced : s.return_mode; };
   if (std::none_of(specs.begin(), specs.end(), [&](const ProbeSpec& s) {
         return s.on_return && mode_of(s) != ReturnMode::hijack;
       }))

@@ -14,7 +14,8 @@
 //
 // When: automatically for functions of a Go program or library (one with runtime.*
 // symbols) under ProbeSpec::return_mode = automatic; ret_instructions always, hijack
-// never; `HOTPROBE_RETURN_PROBES=auto|ret|hijack`, when set, overrides every spec.
+// never; EngineOptions::return_mode (`HOTPROBE_RETURN_PROBES=auto|ret|hijack`), when
+// set, overrides every spec.
 //
 // What differs from hijacked returns: no per-call return instance, so Hit::data points
 // at a zeroed word (pair entries with returns through the script's own maps, keyed by
@@ -24,6 +25,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -40,8 +42,10 @@ bool is_ret_site_handler(hotprobe::Handler h) noexcept;
 class RetProbeBatch {
  public:
   // False when no spec takes the ret mode (the batch goes on as it is). Specs that do not
-  // resolve here are left as they are, for the engine to report.
-  bool expand(std::span<const hotprobe::ProbeSpec> specs);
+  // resolve here are left as they are, for the engine to report. `forced`: the engine's
+  // EngineOptions::return_mode, in place of each spec's.
+  bool expand(std::span<const hotprobe::ProbeSpec> specs,
+              std::optional<hotprobe::ReturnMode> forced);
   std::span<const hotprobe::ProbeSpec> specs() const { return out_; }
   // Attaches specs() with `attach` (the engine's batch attach) and merges the results;
   // under all_or_nothing a refusal found by expand() attaches nothing.

@@ -22,8 +22,6 @@
 namespace hp::core {
 namespace {
 
-const bool g_debug_sites = std::getenv("HOTPROBE_DEBUG") != nullptr;
-
 // A slot allocated ahead for a site (near its probe address), freed unless taken.
 class ReservedSlot {
  public:
@@ -298,7 +296,7 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
 }
 
 bool SiteBuilder::debug_sites() {
-  return g_debug_sites;
+  return Registry::get().debug();
 }
 
 void SiteBuilder::build_all(std::span<BuildJob> jobs, std::span<const Target> targets,

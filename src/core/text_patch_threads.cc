@@ -29,6 +29,14 @@ std::atomic<unsigned> g_move_acks{0};
 // init) or, before that, the one that will be (g_move_signal_choice).
 std::atomic<int> g_move_signal{0};
 std::atomic<int> g_move_signal_choice{0};
+// EngineOptions::move_signal (request_move_signal), else $HOTPROBE_SIGNAL (apply_patches
+// used without an engine).
+std::atomic<int> g_move_signal_requested{0};
+std::string requested_move_signal() {
+  if (int s = g_move_signal_requested.load(std::memory_order_acquire)) return std::to_string(s);
+  const char* env = std::getenv("HOTPROBE_SIGNAL");
+  return env ? env : "";
+}
 std::atomic<bool> g_partial_listing_for_testing{false};
 
 // Thread moves: the sites of the transaction in flight, for the move-signal handler.
@@ -108,7 +116,7 @@ void move_handler(int, siginfo_t* info, void* uc) {
 Result<void> install_move_signal() {
   int sig = g_move_signal_choice.load(std::memory_order_acquire);
   if (sig == 0 || signal_in_use(sig)) {
-    auto r = choose_move_signal(std::getenv("HOTPROBE_SIGNAL"));
+    auto r = choose_move_signal(requested_move_signal().c_str());
     if (!r.ok()) return r.error();
     sig = *r;
   }
@@ -598,10 +606,17 @@ Result<int> choose_move_signal(const char* requested) {
                                "to move threads out of the code it patches");
 }
 
+int request_move_signal(int sig) noexcept {
+  if (int s = g_move_signal.load(std::memory_order_acquire)) return s;
+  g_move_signal_requested.store(sig, std::memory_order_release);
+  g_move_signal_choice.store(0, std::memory_order_release);
+  return 0;
+}
+
 int move_signal_number() noexcept {
   if (int s = g_move_signal.load(std::memory_order_acquire)) return s;
   if (int s = g_move_signal_choice.load(std::memory_order_acquire)) return s;
-  auto r = choose_move_signal(std::getenv("HOTPROBE_SIGNAL"));
+  auto r = choose_move_signal(requested_move_signal().c_str());
   if (!r.ok()) return 0;
   int expected = 0;
   g_move_signal_choice.compare_exchange_strong(expected, *r, std::memory_order_acq_rel);

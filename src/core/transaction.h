@@ -10,8 +10,11 @@
 //   patch     one text_patch transaction writes the new sites' bytes, then
 //   commit    they go in the registry, or roll back: out of the trap table again (the
 //             caller then frees them after a tasks-trace grace period);
-//   unpatch   one text_patch transaction restores the bytes of sites left without
-//             consumers, which leave the registry, retired until reclaim() frees them.
+//   unpatch   the bytes of sites left without consumers are restored, and they leave
+//             the registry, retired until reclaim() frees them. In the patch step's
+//             text_patch transaction when no byte of theirs is one the new sites write
+//             (an engine transaction that attaches and detaches: one pass), else in a
+//             second one after it.
 #pragma once
 
 #include <vector>

@@ -1,4 +1,4 @@
-// Batches of 3,000 probes, on one thread and on two (HOTPROBE_BATCH_THREADS=2: the
+// Batches of 3,000 probes, on one thread and on two (EngineOptions::batch_threads = 2: the
 // engine resolves and builds a batch of 1,024 specs or more on a second thread too):
 // every probe lands on its own function with its own consumer, a batch that names each
 // function twice still builds one site per function, and threads calling the functions
@@ -84,19 +84,17 @@ void reset_hits() {
 // Each test runs with one thread (the default) and with two.
 class BigBatch : public ::testing::TestWithParam<bool> {
  protected:
-  void SetUp() override {
-    if (GetParam())
-      setenv("HOTPROBE_BATCH_THREADS", "2", 1);
-    else
-      unsetenv("HOTPROBE_BATCH_THREADS");
+  hotprobe::Result<std::unique_ptr<Engine>> create() const {
+    hotprobe::EngineOptions o;
+    o.batch_threads = GetParam() ? 2 : 1;
+    return Engine::create(o);
   }
-  void TearDown() override { unsetenv("HOTPROBE_BATCH_THREADS"); }
 };
 
 TEST_P(BigBatch, EveryProbeOnItsOwnFunction) {
   Fixture& f = fixture();
   ASSERT_NE(f.lib, nullptr) << dlerror();
-  auto e = Engine::create();
+  auto e = create();
   ASSERT_TRUE(e.ok()) << e.error().message();
   reset_hits();
   const auto before = (*e)->stats();
@@ -119,7 +117,7 @@ TEST_P(BigBatch, EveryProbeOnItsOwnFunction) {
 TEST_P(BigBatch, NamingEachFunctionTwiceBuildsOneSiteEach) {
   Fixture& f = fixture();
   ASSERT_NE(f.lib, nullptr) << dlerror();
-  auto e = Engine::create();
+  auto e = create();
   ASSERT_TRUE(e.ok()) << e.error().message();
   reset_hits();
   const auto before = (*e)->stats();
@@ -146,7 +144,7 @@ TEST_P(BigBatch, CallersDuringAttachAndDetachOfWholeBatches) {
 #endif
   Fixture& f = fixture();
   ASSERT_NE(f.lib, nullptr) << dlerror();
-  auto e = Engine::create();
+  auto e = create();
   ASSERT_TRUE(e.ok()) << e.error().message();
   const auto specs = specs_for_all(1);
   constexpr int kCallers = 2;
