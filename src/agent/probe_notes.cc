@@ -106,7 +106,10 @@ std::vector<std::string> Session::never_placed() const {
   for (const auto& p : program_->probes()) {
     if (p.kind != script::Probe::Kind::uprobe && p.kind != script::Probe::Kind::uretprobe) continue;
     const std::string_view target = p.target;
-    const auto colon = target.rfind(':');
+    // MODULE:usdt:PROVIDER:NAME and MODULE:fileoff:0xOFF have colons after MODULE.
+    auto colon = target.rfind(':');
+    for (std::string_view form : {":usdt:", ":fileoff:"})
+      if (auto at = target.find(form); at != std::string_view::npos) colon = at;
     if (colon == std::string_view::npos || colon == 0) continue;  // the executable's own
     const std::string module(target.substr(0, colon));
     if (module.find_first_of("*?[") != std::string::npos) continue;

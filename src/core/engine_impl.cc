@@ -25,6 +25,7 @@
 #include "core/text_patch.h"
 #include "core/thread_state.h"
 #include "core/transaction.h"
+#include "core/usdt_semaphore.h"
 #include "hotprobe/probe.h"
 #include "sync/tasks_trace.h"
 
@@ -395,6 +396,10 @@ std::vector<Result<std::vector<Handle>>> EngineImpl::attach(std::span<const Prob
     });
   }
   register_consumers(made, results);
+  // Probing a USDT site raises its semaphore (a pending consumer's: when it is placed).
+  for (const auto& [i, c] : made) {
+    if (results[i].ok() && c->site) usdt_site_attached(c->place.key);
+  }
   return results;
 }
 
@@ -493,6 +498,7 @@ std::vector<Site*> EngineImpl::take_off(std::span<Consumer* const> taken, Transa
       delete c;
       continue;
     }
+    usdt_site_detached(c->place.key);
     auto& mem = c->site->members;
     mem.erase(std::remove(mem.begin(), mem.end(), c), mem.end());
     tx.free_consumer(c, c->site->scheme);
@@ -578,6 +584,15 @@ void EngineImpl::refuse_staged_overlaps(std::span<BuildJob> jobs, std::span<cons
   }
 }
 
+namespace {
+// The transaction's probes that went live on a site: their USDT semaphores go up.
+void raise_usdt_semaphores(const std::vector<std::pair<std::uint64_t, Consumer*>>& live) {
+  for (const auto& [id, c] : live) {
+    if (c->site) usdt_site_attached(c->place.key);
+  }
+}
+}  // namespace
+
 Result<void> EngineImpl::apply_staged(std::vector<Scheme>& schemes) {
   Registry& reg = Registry::get();
   reg.mu_.assert_held();  // the same lock: there is one registry
@@ -635,6 +650,7 @@ Result<void> EngineImpl::apply_staged(std::vector<Scheme>& schemes) {
   const Site* first = patched.empty() ? nullptr : patched[0];
   if (committed.ok() || !first || reg.find({first->dev, first->ino, first->file_offset}) == first) {
     consumers.set_many(live);
+    raise_usdt_semaphores(live);
     if (committed.ok()) return {};
     return Error(committed.error().code(),
                  "the transaction's probes are attached, but the code of "
@@ -652,6 +668,7 @@ Result<void> EngineImpl::apply_staged(std::vector<Scheme>& schemes) {
                             [&](const auto& e) { return dropped_set.count(e.second) != 0; }),
              live.end());
   consumers.set_many(live);
+  raise_usdt_semaphores(live);
   Result<void> restored;
   if (!emptied.empty()) {
     Transaction rest(reg);

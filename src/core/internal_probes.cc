@@ -20,6 +20,7 @@
 #include "core/text_patch.h"
 #include "core/thread_state.h"
 #include "core/transaction.h"
+#include "core/usdt_semaphore.h"
 #include "elf/modules.h"
 #include "sync/tasks_trace.h"
 
@@ -198,6 +199,7 @@ void module_event() {
         c->site = nullptr;
         reg.add_pending(c);
       }
+      usdt_site_unmapped({site->dev, site->ino, site->file_offset});
       site->members.clear();
       unmap.publish(site);
       unmap.unmapped(site);
@@ -278,6 +280,11 @@ void module_event() {
     (void)undo.commit();  // publishes only: cannot fail
     std::vector<Site*> dead = fresh;
     sync::tasks_trace().call([dead] { free_sites(dead, Registry::get()); });
+  }
+  // The probes placed in the loaded file raise their USDT semaphores now (those of sites
+  // that could not be patched wait, pending, with no site).
+  for (Consumer* c : placed) {
+    if (c->site) usdt_site_attached(c->place.key);
   }
 }
 

@@ -301,6 +301,7 @@ const Case kCases[] = {
     {"positional_parameters",
      "uprobe:BIN:handle_request /arg0 >= $1/ { @[str($2), $#, $3] = count(); }",
      false,
+     false,
      {"3", "hot"}},
     {"while_break_continue",
      "uprobe:BIN:handle_request { $i = 0; $s = 0; while ($i < arg0) { $i++; "

@@ -84,8 +84,6 @@ TEST(UsdtRun, UnreadableArgumentReadsZero) {
 }
 
 TEST(UsdtRun, GuardedSiteRunsOnlyWhileProbed) {
-  if (!HP_ENGINE_SEMAPHORES)
-    GTEST_SKIP() << "the engine does not call usdt_site_attached (core/usdt_semaphore.h)";
   auto probed =
       run("usdt:" + kTarget + ":hpu:guarded { @[arg0] = count(); }", {kTarget, "loop", "3"});
   ASSERT_EQ(probed.code, 0) << probed.err;
@@ -105,10 +103,8 @@ TEST(UsdtRun, LibraryLoadedLater) {
                {kTarget, "dlopen", lib, "3"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "@f[0, 0]: 1\n@f[1, -1]: 1\n@f[2, -2]: 1\n")) << r.out;
-  if (HP_ENGINE_SEMAPHORES) {
-    EXPECT_TRUE(contains(r.out, "@g: 3\n")) << r.out;
-    EXPECT_TRUE(contains(r.out, "guarded ran 3\n")) << r.out;
-  }
+  EXPECT_TRUE(contains(r.out, "@g: 3\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "guarded ran 3\n")) << r.out;
 }
 
 TEST(UsdtRun, ThreadsHitALibrarysSitesFirstTogether) {
