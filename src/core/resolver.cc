@@ -209,10 +209,9 @@ Result<void> Resolver::resolve_usdt(std::string_view module_spec, std::string_vi
       Target& t = out[i];
       t.describe = "usdt:" + path + ":" + p->provider + ":" + p->name + " (" + t.describe + ")";
       // Its semaphore, counted while the site is probed (core/usdt_semaphore.h).
-      if (p->semaphore_offset) {
-        note_usdt_semaphore(
-            t.key, p->semaphore_offset,
-            t.pending ? 0 : usdt_semaphore_address(mods_, t.key, p->semaphore_offset));
+      if (p->semaphore) {
+        note_usdt_semaphore(t.key, p->semaphore,
+                            t.pending ? 0 : usdt_semaphore_address(mods_, t.key, p->semaphore));
       }
     }
   }

@@ -10,7 +10,7 @@ namespace hp::core {
 namespace {
 
 struct Semaphore {
-  std::uint64_t offset = 0;    // in the site's file
+  std::uint64_t vaddr = 0;     // link-time address in the site's file
   std::uintptr_t address = 0;  // in this process; 0: not known yet
   unsigned attached = 0;       // consumers probing the site now
 };
@@ -34,19 +34,28 @@ void add(std::uintptr_t address, int delta) {
 }  // namespace
 
 std::uintptr_t usdt_semaphore_address(const elf::ModuleList& mods, const SiteKey& site,
-                                      std::uint64_t semaphore_offset) {
+                                      std::uint64_t semaphore_vaddr) {
   const elf::Module* m = mods.find(elf::ModuleKey{site.dev, site.ino});
   if (!m) return 0;
-  auto a = m->offset_to_address(semaphore_offset);
-  return a.ok() ? *a : 0;
+  // By the load bias, not by file offset: the data segment's first file page is mapped
+  // twice (read-only, as the end of the segment before it, and writable), and only the
+  // writable copy is the program's semaphore.
+  std::uintptr_t bias = m->load_bias;
+  if (!m->dl_loaded) {
+    auto b = mods.compute_load_bias(*m);
+    if (!b.ok()) return 0;
+    bias = *b;
+  }
+  const std::uintptr_t a = bias + semaphore_vaddr;
+  return m->contains(a) ? a : 0;
 }
 
-void note_usdt_semaphore(const SiteKey& site, std::uint64_t semaphore_offset,
+void note_usdt_semaphore(const SiteKey& site, std::uint64_t semaphore_vaddr,
                          std::uintptr_t address) {
   Table& t = table();
   std::lock_guard lock(t.mu);
   Semaphore& s = t.sites[site];
-  s.offset = semaphore_offset;
+  s.vaddr = semaphore_vaddr;
   // A site probed now keeps the address it raised (its module cannot go away under it).
   if (s.attached == 0) s.address = address;
   t.any.store(true, std::memory_order_release);
@@ -71,7 +80,7 @@ void usdt_site_attached(const SiteKey& site) {
     if (s.attached == 0 && s.address == 0) {
       // A library loaded after the probe was resolved: find it now.
       if (auto mods = elf::ModuleList::of_self(); mods.ok())
-        s.address = usdt_semaphore_address(*mods, site, s.offset);
+        s.address = usdt_semaphore_address(*mods, site, s.vaddr);
     }
     if (s.address == 0) return;
     s.attached++;

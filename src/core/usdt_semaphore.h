@@ -17,14 +17,14 @@
 
 namespace hp::core {
 
-// The run-time address of file offset `semaphore_offset` of the file `site` is in, in
-// this process (0: the file is not mapped here, or not that offset).
+// The run-time address of the semaphore at link-time address `semaphore_vaddr` of the file
+// `site` is in, in this process (0: the file is not mapped here, or not there).
 std::uintptr_t usdt_semaphore_address(const elf::ModuleList& mods, const SiteKey& site,
-                                      std::uint64_t semaphore_offset);
+                                      std::uint64_t semaphore_vaddr);
 
-// Records that the USDT site `site` has the semaphore at `semaphore_offset` of its file;
+// Records that the USDT site `site` has the semaphore at `semaphore_vaddr` of its file;
 // `address`: its run-time address when known now (0: found when the site is attached).
-void note_usdt_semaphore(const SiteKey& site, std::uint64_t semaphore_offset,
+void note_usdt_semaphore(const SiteKey& site, std::uint64_t semaphore_vaddr,
                          std::uintptr_t address);
 
 // A consumer starts (attached) or stops (detached) probing `site`: its semaphore, if it
