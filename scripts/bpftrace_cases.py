@@ -315,7 +315,7 @@ def probe_types(prog):
     kinds = set()
     # A probe starts the script, or follows a closing brace, a comma of a probe list, or a
     # semicolon after a struct definition or config block.
-    for m in re.finditer(r'(?:^|[};,\n])\s*([A-Za-z]+)\s*:(?!:)', text):
+    for m in re.finditer(r'(?:^|[};,\n])\s*([A-Za-z]+)\s*:(?![:0-9])', text):
         word = m.group(1)
         if word in ALL_PROBES:
             kinds.add(CANONICAL.get(word, word))
@@ -358,7 +358,10 @@ def plan_case(case, src):
     if case.run:
         tokens, calls = split_run(case.run)
         if tokens is None or not calls:
-            plan.na = "RUN does not call bpftrace"
+            if not re.search(r"\b(uprobe|uretprobe|usdt|u|ur|U):", case.run):
+                return None
+            plan.na = ("bpftrace runs inside a shell string of a wrapper command"
+                       if "{{BPFTRACE}}" in case.run else "RUN does not call bpftrace")
             return plan
         i, j = calls[0]
         call = parse_bt_args(tokens[i + 1:j])
@@ -437,10 +440,9 @@ def q(args):
     return " ".join(shlex.quote(a) for a in args)
 
 
-def hotprobe_command(hotprobe, case, plan, before_pids):
-    """The shell command that runs the case with hotprobe."""
-    call = plan.call
-    if plan.mode == "list":
+def hotprobe_args(hotprobe, call, after_argv=None, before_pid=None):
+    """hotprobe's argv for one bpftrace call (see the module comment for the mapping)."""
+    if call.list:
         args = [hotprobe, "list"]
         if call.list_verbose:
             args.append("-v")
@@ -451,9 +453,9 @@ def hotprobe_command(hotprobe, case, plan, before_pids):
         args += call.other
         if call.list_pattern:
             args.append(call.list_pattern)
-        return with_shell_rest(case, args)
-    sub = plan.mode
-    args = [hotprobe, sub]
+        return args
+    attach = bool(call.p) or (not call.c and before_pid is not None)
+    args = [hotprobe, "attach" if attach else "run"]
     if call.script_file:
         args.append(call.script_file)
     else:
@@ -464,28 +466,33 @@ def hotprobe_command(hotprobe, case, plan, before_pids):
         args += ["--output", call.outfile]
     args += call.other
     args += call.positional
-    if sub == "attach":
-        pid = call.p if call.p else str(before_pids[plan.before_target])
-        args += ["-p", pid]
+    if attach:
+        args += ["-p", str(call.p or before_pid)]
     elif call.c:
         args += ["-c", call.c]
-    elif plan.after_is_target:
-        args += ["--"] + shlex.split(case.after)
-    return with_shell_rest(case, args)
+    elif after_argv:
+        args += ["--"] + after_argv
+    return args
 
 
-def with_shell_rest(case, args):
+def hotprobe_command(hotprobe, case, plan, before_pids):
+    """The shell command that runs the case with hotprobe, and the environment it needs.
+
+    A RUN line keeps its shell (pipes, $(pidof ...)): {{BPFTRACE}} becomes this script in
+    --shim mode, which translates the arguments the shell hands it and runs hotprobe."""
+    after_argv = shlex.split(case.after) if plan.after_is_target else None
+    before_pid = before_pids[plan.before_target] if plan.before_target is not None else None
     if not case.run:
-        return q(args)
-    tokens, calls = split_run(case.run)
-    i, j = calls[0]
-    pre = tokens[:i]
-    post = tokens[j:]
+        return q(hotprobe_args(hotprobe, plan.call, after_argv, before_pid)), {}
+    shim = q([sys.executable, os.path.abspath(__file__), "--shim"])
+    ctx = {"hotprobe": hotprobe, "after": after_argv, "before_pid": before_pid}
+    return case.run.replace("{{BPFTRACE}}", shim), {"BPFTRACE_CASES_SHIM": json.dumps(ctx)}
 
-    def join(ts):
-        return " ".join(t if t in SHELL_OPS else shlex.quote(t) for t in ts)
 
-    return " ".join(x for x in (join(pre), q(args), join(post)) if x)
+def shim(argv):
+    ctx = json.loads(os.environ.pop("BPFTRACE_CASES_SHIM"))
+    args = hotprobe_args(ctx["hotprobe"], parse_bt_args(argv), ctx["after"], ctx["before_pid"])
+    os.execv(args[0], args)
 
 
 def bpftrace_command(bpftrace, case):
@@ -505,11 +512,64 @@ def needed_programs(cases, src):
                          " ".join(c.requires)])
         for m in re.findall(r'runtime/scripts/[\w.-]+', blob):
             blob += " " + (script_text(src, m) or "")
-        progs |= set(re.findall(r'testprogs/([\w-]+)', blob))
+        progs |= set(re.findall(r'testprogs/([\w-]+(?:\.bin|\.zip)?)', blob))
+        progs |= set(re.findall(r'(uprobe_test-split)', blob))
         libs |= set(re.findall(r'testlibs/lib([\w-]+)\.so', blob))
     if "usdt_lib" in progs or "usdt_lib-pie" in progs:
         libs.add("usdt_tp")
+    # Files bpftrace's CMake derives from a test program (stripped copies, split DWARF, a
+    # flat binary, a zip): build their program too.
+    for derived, base in DERIVED_FROM.items():
+        if derived in progs:
+            progs.add(base)
     return sorted(progs), sorted(libs)
+
+
+DERIVED_FROM = {"uprobe_test-stripped": "uprobe_test",
+                "uprobe_separate_debug-stripped": "uprobe_separate_debug",
+                "archive.zip": "true", "false.bin": "false", "uprobe_test-split": "uprobe_test"}
+
+
+def build_derived(src, work, progs, log):
+    """The derived files of testprogs/CMakeLists.txt, with binutils (objcopy, dwp, zip)."""
+    tp = os.path.join(work, "testprogs")
+    ext = os.path.join(tp, "external_debug")
+    srcdir = os.path.join(src, "tests", "testprogs")
+    steps = []
+    if "uprobe_test-stripped" in progs:
+        os.makedirs(ext, exist_ok=True)
+        steps += [["objcopy", "--only-keep-debug", f"{tp}/uprobe_test",
+                   f"{ext}/uprobe_test-stripped.debug"],
+                  ["objcopy", "--strip-debug", f"{tp}/uprobe_test",
+                   f"{tp}/uprobe_test-stripped"]]
+    if "uprobe_separate_debug-stripped" in progs:
+        dbg = os.path.join(tp, ".debug")
+        os.makedirs(dbg, exist_ok=True)
+        steps += [["objcopy", "--only-keep-debug", f"{tp}/uprobe_separate_debug",
+                   f"{dbg}/uprobe_separate_debug-stripped.debug"],
+                  ["objcopy", "--strip-debug", f"{tp}/uprobe_separate_debug",
+                   f"{tp}/uprobe_separate_debug-stripped"],
+                  ["objcopy", f"--add-gnu-debuglink={dbg}/uprobe_separate_debug-stripped.debug",
+                   f"{tp}/uprobe_separate_debug-stripped"]]
+    if "uprobe_test-split" in progs:
+        for kind in ("dwo", "dwp"):
+            os.makedirs(os.path.join(ext, kind), exist_ok=True)
+            steps.append(["cc", "-g", "-O0", "-gsplit-dwarf", f"{srcdir}/uprobe_test.c", "-o",
+                          f"{ext}/{kind}/uprobe_test-split"])
+        steps.append(["dwp", "-e", f"{ext}/dwp/uprobe_test-split", "-o",
+                      f"{ext}/dwp/uprobe_test-split.dwp"])
+    if "false.bin" in progs:
+        steps += [["cc", "-c", f"{srcdir}/false.c", "-o", f"{tp}/false.o"],
+                  ["objcopy", "-S", "--only-section=.text", "--keep-symbol=main", "-O", "binary",
+                   f"{tp}/false.o", f"{tp}/false.bin"]]
+    if "archive.zip" in progs:
+        steps.append(["zip", "-q", "-0", "-j", f"{tp}/archive.zip", f"{tp}/true"])
+    for cmd in steps:
+        # dwp and the split objects look for the .dwo files in the directory they ran in
+        r = subprocess.run(cmd, cwd=os.path.dirname(cmd[-1]) if cmd[0] in ("cc", "dwp") else tp,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            log(f"bpftrace_cases: {q(cmd)} failed:\n{r.stdout}")
 
 
 def build_programs(src, work, progs, libs, log):
@@ -528,6 +588,8 @@ def build_programs(src, work, progs, libs, log):
                          out))
     prog_jobs = []
     for name in progs:
+        if name in DERIVED_FROM:
+            continue
         base, pie = (name[:-4], True) if name.endswith("-pie") else (name, False)
         out = os.path.join(work, "testprogs", name)
         cflags = ["-g", "-O0", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"]
@@ -573,6 +635,7 @@ def build_programs(src, work, progs, libs, log):
             finish_build(running.pop(0), log)
     while running:
         finish_build(running.pop(0), log)
+    build_derived(src, work, set(progs), log)
 
 
 def run_build(cmd, out, log):
@@ -668,8 +731,9 @@ def check_expect(mode, expect, output, work, localize_ts):
 
 
 class Result:
-    def __init__(self, status, detail="", output="", command=""):
+    def __init__(self, status, detail="", output="", command="", returncode=None):
         self.status = status  # pass, fail, timeout, skip, na
+        self.returncode = returncode
         self.detail = detail
         self.output = output
         self.command = command
@@ -710,29 +774,35 @@ def run_case(case, plan, tool, binary, work, features, scale, verbose):
             return Result("fail", "SETUP failed")
     try:
         for b in case.befores:
-            bp = subprocess.Popen(shlex.split(b), cwd=work, start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                bp = subprocess.Popen(shlex.split(b), cwd=work, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            except OSError as e:
+                return Result("fail", f"BEFORE {b} cannot start: {e.strerror} (a test program "
+                              "that did not build)")
             befores.append(bp)
         for b, bp in zip(case.befores, befores):
             comm = os.path.basename(b.split()[-1])[:15]
             deadline = time.time() + max(case.timeout, 5) * scale
             pid = None
-            while time.time() < deadline:
-                if os.path.basename(b.split()[0])[:15] == comm and bp.poll() is None:
-                    with open(f"/proc/{bp.pid}/comm") as f:
-                        if f.read().strip() == comm:
-                            pid = bp.pid
-                            break
-                found = descendants_named(bp.pid, comm)
-                if found:
-                    pid = found[0]
-                    break
-                time.sleep(0.05)
+            while time.time() < deadline and pid is None:
+                # The program itself, or the child a wrapper started under that name.
+                for cand in [bp.pid] + descendants_named(bp.pid, comm):
+                    try:
+                        with open(f"/proc/{cand}/comm") as f:
+                            if f.read().strip() == comm:
+                                pid = cand
+                                break
+                    except OSError:
+                        pass
+                else:
+                    time.sleep(0.05)
             if pid is None:
                 return Result("fail", f"BEFORE {b} did not start")
             before_pids.append(pid)
+        extra_env = {}
         if tool == "hotprobe":
-            cmd = hotprobe_command(binary, case, plan, before_pids)
+            cmd, extra_env = hotprobe_command(binary, case, plan, before_pids)
         else:
             cmd = bpftrace_command(binary, case)
         if before_pids:
@@ -740,6 +810,7 @@ def run_case(case, plan, tool, binary, work, features, scale, verbose):
         env = {"PATH": os.environ.get("PATH", ""), "test": case.name,
                "__BPFTRACE_NOTIFY_PROBES_ATTACHED": "1"}
         env.update(case.env)
+        env.update(extra_env)
         p = subprocess.Popen(cmd, shell=True, cwd=work, env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         lines = queue.Queue()
@@ -803,44 +874,68 @@ def run_case(case, plan, tool, binary, work, features, scale, verbose):
     own_status = tool == "bpftrace" or plan.mode in ("attach", "list")
     if not timed_out:
         if case.will_fail and p.returncode == 0:
-            return Result("fail", "exit status 0, the case expects a failure", output, cmd)
+            return Result("fail", "exit status 0, the case expects a failure", output, cmd, 0)
         if own_status and not case.will_fail and p.returncode != case.return_code:
             if not failed:
                 return Result("fail", f"exit status {p.returncode} "
-                              f"(expected {case.return_code})", output, cmd)
+                              f"(expected {case.return_code})", output, cmd, p.returncode)
     if failed:
         m, e = failed[0]
-        return Result("timeout" if timed_out else "fail", f"{m}: {e}", output, cmd)
-    return Result("pass", "", output, cmd)
+        return Result("timeout" if timed_out else "fail", f"{m}: {e}", output, cmd,
+                      p.returncode)
+    return Result("pass", "", output, cmd, p.returncode)
 
 
 # ---------------------------------------------------------------------------------------
 # Report.
 
 def first_error_line(output):
-    for line in output.splitlines():
+    lines = [ln for ln in output.splitlines()
+             if not re.search(r"was stopped .* to load the agent", ln)]
+    for ln in lines:
+        if "ERROR" in ln:
+            return ln.strip()
+    for ln in lines:
         if re.search(r"\berror\b|not expected|unknown|unsupported|cannot|not supported",
-                     line, re.I):
-            return line.strip()
+                     ln, re.I) or re.match(r"hotprobe( run| attach| list)?: ", ln):
+            return ln.strip()
     return ""
 
 
-def blocker(result):
+def blocker(result, plan):
     """The first thing in the way, as a group key: the kind of hotprobe's error, or 'output'."""
     err = first_error_line(result.output)
+    call = plan.call
+    if result.returncode == 2 and call and (call.other or call.positional):
+        what = [o for o in call.other if o.startswith("-")]
+        if call.positional:
+            what.append("positional parameters ($1...)")
+        return "command line: bpftrace's " + ", ".join(what) + " not in hotprobe"
     if result.status == "timeout" and not err:
         return "no output before the timeout (probe did not fire, or exit() did not end it)"
+    if not result.output.strip() and not result.command:
+        return "case setup: " + re.sub(r"\./\S+", "PROG", result.detail)
     if not err:
+        if re.search(r"Attached \d+ probe", result.detail):
+            return ("wrong output: the attach banner (bpftrace now prints 'Attached N probes', "
+                    "hotprobe 'Attaching N probes...' as bpftrace 0.17 did)")
         return "wrong output: " + result.detail.split(":", 1)[0] + " not matched"
     if "were not expected" in err or "was not expected" in err or "unrecognized" in err.lower():
         m = re.search(r"expected:?\s*(\S+)", err)
         return "command line: option not in hotprobe" + (f" ({m.group(1)})" if m else "")
     e = re.sub(r"^[^:]*?:\d+:\d+(-\d+)?:\s*", "", err)  # drop a leading file:line:col
     e = re.sub(r"^(hotprobe|hotprobe run|hotprobe attach|hotprobe list):\s*", "", e)
-    e = re.sub(r"'[^']*'|\"[^\"]*\"|`[^`]*`", "'…'", e)
-    e = re.sub(r"0x[0-9a-fA-F]+|\b\d+\b", "N", e)
-    e = re.sub(r"\S*/\S+", "PATH", e)
-    return "error: " + e[:140]
+    e = e.split("; ")[0]  # the way out (and lists of what there is) varies case by case
+    # What the language work needs by name (the function, identifier, probe type, setting)
+    # stays in the key; other quoted specifics are masked so that like errors group.
+    keep = re.match(r"(ERROR: )?(unknown function|unknown identifier|probe type|config:) "
+                    r"'[^']*'", e)
+    head = keep.group(0) if keep else ""
+    rest = e[len(head):]
+    rest = re.sub(r"'[^']*'|\"[^\"]*\"|`[^`]*`", "'…'", rest)
+    rest = re.sub(r"0x[0-9a-fA-F]+|\b\d+\b", "N", rest)
+    rest = re.sub(r"\S*/\S+", "PATH", rest)
+    return "error: " + (head + rest)[:140]
 
 
 def compare_status(case, old):
@@ -878,7 +973,7 @@ def report(rows, na, skipped_arch, tools, old, out):
         for case, plan, res in rows:
             r = res["hotprobe"]
             if r.status in ("fail", "timeout"):
-                groups.setdefault(blocker(r), []).append(case.ident)
+                groups.setdefault(blocker(r, plan), []).append(case.ident)
         w("### hotprobe failures by first blocker\n\n")
         for key, idents in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             w(f"- **{md_escape(key)}** ({len(idents)}): {md_escape(', '.join(idents))}\n")
@@ -921,6 +1016,8 @@ def bpftrace_features(binary):
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--shim":
+        return shim(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bpftrace-src", required=True,
                     help="top of a bpftrace checkout (holding tests/runtime)")
