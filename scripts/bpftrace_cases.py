@@ -64,11 +64,10 @@ CANONICAL = {"u": "uprobe", "ur": "uretprobe", "U": "usdt", "k": "kprobe", "kr":
 
 SHELL_OPS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1", ")", "("}
 
-# The banner each tool prints once its probes are attached (bpftrace's engine waits for
-# __BPFTRACE_NOTIFY_PROBES_ATTACHED; hotprobe prints its banner at that moment).
+# The line hotprobe prints once its probes are attached (bpftrace prints its banner
+# before it attaches; its engine waits for __BPFTRACE_NOTIFY_PROBES_ATTACHED instead).
 ATTACHED_RE = re.compile(
-    r'^(__BPFTRACE_NOTIFY_PROBES_ATTACHED|Attach(ing|ed) \d+ probes?(\.\.\.)?|'
-    r'\{"type": ?"attached_probes".*)$')
+    r'^(Attach(ing|ed) \d+ probes?(\.\.\.)?|\{"type": ?"attached_probes".*)$')
 
 
 class Case:
@@ -512,7 +511,7 @@ def needed_programs(cases, src):
                          " ".join(c.requires)])
         for m in re.findall(r'runtime/scripts/[\w.-]+', blob):
             blob += " " + (script_text(src, m) or "")
-        progs |= set(re.findall(r'testprogs/([\w-]+(?:\.bin|\.zip)?)', blob))
+        progs |= set(re.findall(r'testprogs/([\w-]+(?:\.bin|\.zip)?)(?![\w*/-])', blob))
         progs |= set(re.findall(r'(uprobe_test-split)', blob))
         libs |= set(re.findall(r'testlibs/lib([\w-]+)\.so', blob))
     if "usdt_lib" in progs or "usdt_lib-pie" in progs:
@@ -556,8 +555,9 @@ def build_derived(src, work, progs, log):
             os.makedirs(os.path.join(ext, kind), exist_ok=True)
             steps.append(["cc", "-g", "-O0", "-gsplit-dwarf", f"{srcdir}/uprobe_test.c", "-o",
                           f"{ext}/{kind}/uprobe_test-split"])
-        steps.append(["dwp", "-e", f"{ext}/dwp/uprobe_test-split", "-o",
-                      f"{ext}/dwp/uprobe_test-split.dwp"])
+        # llvm-dwp as bpftrace's CMake uses (binutils' dwp crashes on GCC's split DWARF 5)
+        steps.append([shutil.which("llvm-dwp") or "dwp", "-e", f"{ext}/dwp/uprobe_test-split",
+                      "-o", f"{ext}/dwp/uprobe_test-split.dwp"])
     if "false.bin" in progs:
         steps += [["cc", "-c", f"{srcdir}/false.c", "-o", f"{tp}/false.o"],
                   ["objcopy", "-S", "--only-section=.text", "--keep-symbol=main", "-O", "binary",
@@ -566,10 +566,14 @@ def build_derived(src, work, progs, log):
         steps.append(["zip", "-q", "-0", "-j", f"{tp}/archive.zip", f"{tp}/true"])
     for cmd in steps:
         # dwp and the split objects look for the .dwo files in the directory they ran in
-        r = subprocess.run(cmd, cwd=os.path.dirname(cmd[-1]) if cmd[0] in ("cc", "dwp") else tp,
+        r = subprocess.run(cmd, cwd=os.path.dirname(cmd[-1]) if cmd[0] != "objcopy" else tp,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0:
-            log(f"bpftrace_cases: {q(cmd)} failed:\n{r.stdout}")
+            log(f"bpftrace_cases: {q(cmd)} failed ({r.returncode}):\n{r.stdout}")
+        elif cmd[0].endswith("dwp"):
+            for f in os.listdir(os.path.join(ext, "dwp")):
+                if f.endswith(".dwo"):  # the package alone holds the DWARF, as in bpftrace's
+                    os.unlink(os.path.join(ext, "dwp", f))
 
 
 def build_programs(src, work, progs, libs, log):
@@ -842,7 +846,9 @@ def run_case(case, plan, tool, binary, work, features, scale, verbose):
             if line is None:
                 break
             output += line
-            if not attached and ATTACHED_RE.match(line.rstrip("\n")):
+            marker = line.rstrip("\n")
+            if not attached and (marker == "__BPFTRACE_NOTIFY_PROBES_ATTACHED" if
+                                 tool == "bpftrace" else ATTACHED_RE.match(marker)):
                 attached = True
                 if line.startswith("__BPFTRACE_NOTIFY") or exact:
                     # The engine's own marker is no output; an exact match starts here.
@@ -1029,8 +1035,9 @@ def main():
     ap.add_argument("--timeout-scale", type=float, default=2.0,
                     help="multiply every case's TIMEOUT and the attach timeout (busy machines)")
     ap.add_argument("--bpftrace-libc", action="store_true",
-                    help="let bpftrace run cases whose probes are on shared libraries "
-                    "(kernel uprobes there land in every process on the machine)")
+                    help="let bpftrace run cases whose probes are on files other than the "
+                    "test programs (libc, /bin/bash): kernel uprobes there land in every "
+                    "process on the machine")
     ap.add_argument("--work", help="build and run in this directory (kept) instead of a temp one")
     ap.add_argument("--markdown", help="write the report (markdown) to this file")
     ap.add_argument("--json", help="write every result (with the output) to this file")
@@ -1088,9 +1095,11 @@ def main():
         res = {}
         for t, binary in tools.items():
             if t == "bpftrace" and not a.bpftrace_libc and any(
-                    not p.startswith(("./", "testprogs", "/bin/", "*", "/tmp", "/proc"))
+                    not p.strip('"').startswith(("./testprogs", "testprogs", "./testlibs", "*",
+                                                 "/tmp/bpftrace-unshare", "/proc/"))
                     for p in probe_paths(plan.prog_text)):
-                res[t] = Result("skip", "probe on a shared library (--bpftrace-libc to run)")
+                res[t] = Result("skip", "system-wide probe outside the test programs "
+                                "(--bpftrace-libc to run)")
                 continue
             res[t] = run_case(c, plan, t, binary, work, features, a.timeout_scale, a.verbose)
             print(f"[{res[t].status:>7}] {t:8} {c.ident}"
