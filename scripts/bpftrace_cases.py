@@ -190,8 +190,9 @@ def arch_matches(case):
 def read_cases(src):
     root = os.path.join(src, "tests", "runtime")
     if not os.path.isdir(root):
-        raise SystemExit(f"bpftrace_cases: {root} is not a directory: give --bpftrace-src "
-                         "the top of a bpftrace checkout (the one holding tests/runtime)")
+        print(f"bpftrace_cases: {root} is not a directory: give --bpftrace-src the top of "
+              "a bpftrace checkout (the one holding tests/runtime)", file=sys.stderr)
+        sys.exit(2)
     out = []
     for dirpath, subdirs, files in os.walk(root):
         for skip in ("engine", "scripts", "outputs"):
@@ -1025,8 +1026,13 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--shim":
         return shim(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bpftrace-src", required=True,
-                    help="top of a bpftrace checkout (holding tests/runtime)")
+    ap.add_argument("--bpftrace-src", default=os.environ.get("BPFTRACE_SRC"),
+                    help="top of a bpftrace checkout (holding tests/runtime); "
+                    "default: $BPFTRACE_SRC")
+    ap.add_argument("--skip-without-src", action="store_true",
+                    help="exit 77 (ctest's skip) when no checkout is given")
+    ap.add_argument("--fail-under", type=int, metavar="N",
+                    help="exit 1 when hotprobe passes fewer than N cases (a regression floor)")
     ap.add_argument("--hotprobe", help="the hotprobe binary to test")
     ap.add_argument("--bpftrace", help="also run the cases with this bpftrace (reference)")
     ap.add_argument("--compare-src", help="another bpftrace checkout (e.g. the installed "
@@ -1044,6 +1050,13 @@ def main():
     ap.add_argument("-v", "--verbose", action="store_true", help="print each command and output")
     a = ap.parse_args()
 
+    if not a.bpftrace_src:
+        if a.skip_without_src:
+            print("bpftrace_cases: skipped: no bpftrace checkout (give --bpftrace-src DIR, "
+                  "set BPFTRACE_SRC, or configure with -DHOTPROBE_BPFTRACE_SRC=DIR)")
+            return 77
+        ap.error("--bpftrace-src DIR is needed: a bpftrace checkout "
+                 "(git clone https://github.com/bpftrace/bpftrace), or set BPFTRACE_SRC")
     if not a.hotprobe and not a.bpftrace:
         ap.error("give --hotprobe BIN (and/or --bpftrace BIN for the reference run)")
     for opt, path in (("--hotprobe", a.hotprobe), ("--bpftrace", a.bpftrace)):
@@ -1125,6 +1138,13 @@ def main():
                       f, indent=1)
     if not a.work:
         shutil.rmtree(work, ignore_errors=True)
+    if a.fail_under is not None and "hotprobe" in tools:
+        passed = sum(1 for _, _, res in results if res["hotprobe"].status == "pass")
+        if passed < a.fail_under:
+            print(f"bpftrace_cases: hotprobe passed {passed} cases, fewer than the floor "
+                  f"{a.fail_under} (--fail-under): a case that passed fails now; the report "
+                  "above names it", file=sys.stderr)
+            return 1
     return 0
 
 
