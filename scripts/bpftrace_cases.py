@@ -492,7 +492,12 @@ def hotprobe_command(hotprobe, case, plan, before_pids):
 def shim(argv):
     ctx = json.loads(os.environ.pop("BPFTRACE_CASES_SHIM"))
     args = hotprobe_args(ctx["hotprobe"], parse_bt_args(argv), ctx["after"], ctx["before_pid"])
-    os.execv(args[0], args)
+    try:
+        os.execv(args[0], args)
+    except OSError as e:
+        print(f"bpftrace_cases: cannot run {args[0]}: {e.strerror} (is it being rebuilt?)",
+              file=sys.stderr)
+        return 126
 
 
 def bpftrace_command(bpftrace, case):
