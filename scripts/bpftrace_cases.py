@@ -675,7 +675,7 @@ def finish_build(item, log):
 # ---------------------------------------------------------------------------------------
 # Running one case.
 
-def children_comms(parent):
+def all_processes():
     found = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -692,7 +692,7 @@ def children_comms(parent):
 
 
 def descendants_named(root_pid, comm):
-    procs = children_comms(0)
+    procs = all_processes()
     kids = defaultdict(list)
     for pid, ppid, c in procs:
         kids[ppid].append((pid, c))
