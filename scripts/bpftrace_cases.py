@@ -604,13 +604,16 @@ def build_programs(src, work, progs, libs, log):
             jobs.append(("lib", [cc, "-g", "-O0", "-fPIC", "-shared", "-I", inc, s, "-o", out],
                          out))
     prog_jobs = []
+    have_sdt = subprocess.run([cc, "-fsyntax-only", "-x", "c", "-"],
+                              input=b"#include <sys/sdt.h>\n", stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL).returncode == 0
     for name in progs:
         if name in DERIVED_FROM:
             continue
         base, pie = (name[:-4], True) if name.endswith("-pie") else (name, False)
         out = os.path.join(work, "testprogs", name)
         cflags = ["-g", "-O0", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"]
-        if os.path.exists("/usr/include/sys/sdt.h"):
+        if have_sdt:
             # bpftrace's CMake defines this when systemtap's header is there (older test
             # programs put their USDT probes behind it)
             cflags.append("-DHAVE_SYSTEMTAP_SYS_SDT_H=1")
