@@ -1084,6 +1084,12 @@ def main():
             if not found:
                 ap.error(f"{opt} {path}: not an executable file; build hotprobe "
                          "(scripts/build.sh) or give the path of the binary")
+    if a.filter:
+        try:
+            re.compile(a.filter)
+        except re.error as e:
+            ap.error(f"--filter {a.filter!r} is not a regular expression ({e}); "
+                     "e.g. --filter '^uprobe\\.' for the uprobe case file")
     src = os.path.abspath(a.bpftrace_src)
     cases = read_cases(src)
     old = None
