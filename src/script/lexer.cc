@@ -251,6 +251,14 @@ std::string_view Lexer::peek_word() {
   return src_.substr(pos_, n);
 }
 
+char Lexer::char_after_word() {
+  const std::size_t n = peek_word().size();
+  std::size_t k = pos_ + n;
+  while (k < src_.size() && std::isspace(static_cast<unsigned char>(src_[k])))
+    ++k;
+  return k < src_.size() ? src_[k] : '\0';
+}
+
 namespace {
 
 bool ident_start(char c) {

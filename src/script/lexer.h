@@ -108,6 +108,9 @@ class Lexer {
   // The identifier that starts the rest of the text (after blanks and comments), or "";
   // only with no token buffered. "#" when the rest starts with '#'.
   std::string_view peek_word();
+  // The first character after that identifier and the blanks that follow it ('\0' at the
+  // end); only with no token buffered.
+  char char_after_word();
   // The rest of the current line, raw, with a trailing // comment dropped (a C
   // preprocessor line: script/parse_ctypes.inc). Only with no token buffered.
   Token rest_of_line();

@@ -269,9 +269,17 @@ TEST(ScriptCTypes, ParseErrorsNameTheWayOut) {
             "stdin:1:15-20: ERROR: unknown type 'foo_t' (known: int8..int64, uint8..uint64, C's "
             "char/short/int/long (signed, unsigned), int8_t.., u8.., size_t, struct/union/enum, "
             "and typedefs written in the script)");
-  EXPECT_EQ(first_line("struct a { int x; } BEGIN { }"),
-            "stdin:1:21-26: ERROR: expected ';' after the definition (a script declares types, "
+  EXPECT_EQ(first_line("struct a { int x; } x; BEGIN { }"),
+            "stdin:1:21-22: ERROR: expected ';' after the definition (a script declares types, "
             "not variables: write 'struct foo { ... };')");
+  EXPECT_EQ(first_line("struct a { int x; } *p; BEGIN { }"),
+            "stdin:1:21-22: ERROR: expected ';' after the definition (a script declares types, "
+            "not variables: write 'struct foo { ... };')");
+  EXPECT_EQ(first_line("struct a; BEGIN { }"), "");
+  // As in bpftrace, a definition may end at its closing brace.
+  EXPECT_EQ(first_line("struct a { int x; } struct b { struct a in; }\n"
+                       "BEGIN { printf(\"%d\\n\", sizeof(struct b)); }"),
+            "");
 }
 
 TEST(ScriptCTypes, CheckErrorsNameTheWayOut) {
