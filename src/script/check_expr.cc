@@ -109,6 +109,13 @@ Value Checker::field(Expr& e) {
   if (base.error) return base;
   const ast::TypeTable& T = program_.types;
   int rec_type = -1;
+  // `.` on a pointer to a struct or union reads through it, as `->` does (current
+  // bpftrace's runtime cases rely on it; 0.17 refuses it).
+  if (!e.arrow && base.is_int() && base.ctype >= 0 &&
+      T.at(base.ctype).kind == ast::CType::Kind::pointer) {
+    const int to = T.at(base.ctype).inner;
+    if (to >= 0 && T.at(to).kind == ast::CType::Kind::record) e.arrow = true;
+  }
   if (e.arrow) {
     if (base.type == Type::object) {
       error(e.loc, "Can not access field '" + e.name + "' on type '" + cname(base.ctype) +

@@ -287,8 +287,11 @@ TEST(ScriptCTypes, CheckErrorsNameTheWayOut) {
   EXPECT_EQ(first_line("uprobe:libc:f { print(*arg0); }"),
             "stdin:1:23-28: ERROR: Can not dereference type 'int64': it is not a pointer (cast "
             "it to one first, e.g. *(uint64 *)arg0 or ((struct foo *)arg0)->field)");
-  EXPECT_EQ(first_line(defs + "uprobe:libc:f { print(((struct s *)arg0).a); }"),
-            "stdin:2:23-43: ERROR: Can not access field 'a' on type 'struct s *'. Try "
+  // `.` on a pointer to a struct reads through it (current bpftrace); on another
+  // pointer it is refused.
+  EXPECT_EQ(first_line(defs + "uprobe:libc:f { print(((struct s *)arg0).a); }"), "");
+  EXPECT_EQ(first_line(defs + "uprobe:libc:f { print(((uint64 *)arg0).a); }"),
+            "stdin:2:23-41: ERROR: Can not access field 'a' on type 'uint64 *'. Try "
             "dereferencing it first, or using '->'");
   EXPECT_EQ(first_line(defs + "uprobe:libc:f { print(((struct s *)arg0)->b); }"),
             "stdin:2:23-44: ERROR: 'struct s' has no field named 'b'");
