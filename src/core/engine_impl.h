@@ -23,11 +23,6 @@
 
 namespace hp::core {
 
-// EngineOptions::move_signal, for the patcher (defined in text_patch_threads.cc): the
-// signal to install with the first patch, in place of $HOTPROBE_SIGNAL. Returns the signal
-// already installed (then nothing changes), or 0.
-int request_move_signal(int sig) noexcept;
-
 using hotprobe::BatchMode;
 using hotprobe::Handle;
 

@@ -77,8 +77,8 @@ class SiteBuilder {
                                 std::span<const ProbeSpec> specs,
                                 const hotprobe::EngineOptions& options, Registry& reg)
       HP_REQUIRES(reg.mu_);
-  // HOTPROBE_DEBUG: each site built says its mode (and why int3). Read when the library
-  // loads: the agent clears HOTPROBE_* from the environment once its session starts.
+  // EngineOptions::debug (HOTPROBE_DEBUG through Engine::create): each site built says
+  // its mode (and why int3).
   static bool debug_sites();
 
   // Chunks of a parallel pass: small enough that the thread that comes late finds some
