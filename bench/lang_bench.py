@@ -15,13 +15,16 @@ binary only:
   args          @[args.p->a] = count() from the fixture's DWARF (bpftrace 0.17 spells
                 it args->p->a; hotprobe reads both)
 
+The fixture reports the loop's thread CPU time (user + system: a kernel uprobe's work is
+system time of the probed thread, a hotprobe handler's is user time) and its wall time;
+--clock picks one (default cpu: the shared machine's other load does not count).
 The added time per hit is (traced - untraced) / N, with the untraced time of the same
 mode and N measured in the same round. Rounds are interleaved (every row of both
 tracers, then the next round); min and median are reported, and bpftrace's median over
 hotprobe's. Each traced run's map must add up to N hits, or the bench stops.
 
   bench/lang_bench.py [--build DIR] [--rounds R] [--n N] [--bpftrace-n N]
-                      [--only ROW,...] [--json FILE]
+                      [--only ROW,...] [--clock cpu|wall] [--json FILE]
 """
 import argparse
 import json
@@ -43,12 +46,12 @@ ROWS = {
     "args": ("call", "uprobe:{bin}:lang_leaf {{ @[{args}->a] = count(); }}"),
 }
 
-FIXTURE_LINE = re.compile(r"lang_fixture: (\d+) (call|usdt) in ([0-9.]+) s")
+FIXTURE_LINE = re.compile(r"lang_fixture: (\d+) (call|usdt) in ([0-9.]+) s, cpu ([0-9.]+) s")
 # A map entry's count: "@...: 12" on one line, or "]: 12" closing a multi-line ustack key.
 MAP_COUNT = re.compile(r"(?m)^(?:@[^\n]*|\]): (\d+)$")
 
 
-def run(cmd, mode, n, expect_hits):
+def run(cmd, mode, n, expect_hits, clock):
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
@@ -63,7 +66,7 @@ def run(cmd, mode, n, expect_hits):
             sys.exit(f"lang_bench: '{' '.join(cmd)}' counted {hits} hits, expected {n}: "
                      f"the probe did not fire once per iteration\n{out.stdout[-2000:]}\n"
                      f"{out.stderr[-2000:]}")
-    return float(m.group(3))
+    return float(m.group(3 if clock == "wall" else 4))
 
 
 def main():
@@ -75,6 +78,9 @@ def main():
     ap.add_argument("--bpftrace-n", type=int, default=20000,
                     help="iterations under bpftrace (its hits cost microseconds)")
     ap.add_argument("--only", help="comma-separated rows (default: all): " + ",".join(ROWS))
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="the loop's thread CPU time (default; the machine's other load does "
+                         "not count) or its wall time")
     ap.add_argument("--json", help="write the results here too")
     a = ap.parse_args()
 
@@ -107,7 +113,7 @@ def main():
     added = {(r, t): [] for r in rows for t in tools}
     for rnd in range(a.rounds):
         for (mode, n) in base:
-            base[(mode, n)].append(run([fixture, mode, str(n)], mode, n, False))
+            base[(mode, n)].append(run([fixture, mode, str(n)], mode, n, False, a.clock))
         for r in rows:
             mode = ROWS[r][0]
             for t in tools:
@@ -117,20 +123,20 @@ def main():
                     cmd = [hotprobe, "run", "-e", script(r, t), "--"] + fx
                 else:
                     cmd = [bpftrace, "-e", script(r, t), "-c", " ".join(fx)]
-                sec = run(cmd, mode, n, True)
+                sec = run(cmd, mode, n, True, a.clock)
                 times[(r, t)].append(sec)
                 added[(r, t)].append((sec - base[(mode, n)][-1]) / n * 1e9)
         print(f"round {rnd + 1}/{a.rounds} done", flush=True)
 
     print()
-    print("lang_fixture, 1 thread; added ns per hit = (traced - untraced loop time) / N, "
+    print(f"lang_fixture, 1 thread; added ns per hit = (traced - untraced loop {a.clock} time) / N, "
           f"{a.rounds} rounds interleaved")
     for (mode, n), v in sorted(base.items()):
         print(f"untraced {mode} loop, N={n}: min {min(v) / n * 1e9:.1f} / "
               f"median {statistics.median(v) / n * 1e9:.1f} ns per iteration")
     hdr = f"{'row':12} {'tool':9} {'N':>8} {'added ns/hit min':>17} {'median':>9}"
     print(hdr + (f" {'bpftrace/hotprobe':>18}" if have_bpftrace else ""))
-    result = {"rounds": a.rounds, "n": n_of, "rows": {}, "untraced_s": {
+    result = {"clock": a.clock, "rounds": a.rounds, "n": n_of, "rows": {}, "untraced_s": {
         f"{m}/{n}": v for (m, n), v in base.items()}}
     for r in rows:
         entry = {"script": {t: script(r, t) for t in tools}}
@@ -141,7 +147,7 @@ def main():
             if t == "bpftrace":
                 ratio = statistics.median(v) / max(statistics.median(added[(r, "hotprobe")]), 1e-9)
                 entry["bpftrace_over_hotprobe"] = ratio
-                line += f" {ratio:>17.0f}x"
+                line += f" {ratio:>17.1f}x"
             print(line)
         result["rows"][r] = entry
     print()

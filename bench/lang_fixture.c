@@ -1,11 +1,13 @@
 /* lang_bench's fixture (bench/lang_bench.py, docs/benchmarks.md, "Script language rows").
  *
- *   lang_fixture call N   calls lang_leaf(&foo) N times, 10 frames below lang_loop
+ *   lang_fixture call N   calls lang_leaf(&foo) N times, the 10th frame below
+ *                         lang_loop_call
  *   lang_fixture usdt N   passes a <sys/sdt.h> site (provider lang_fixture, name tick,
  *                         arg0 = i % 16) N times
  *
- * and prints "lang_fixture: N <mode> in S s", the loop's own wall time, so that a
- * tracer's start-up and exit are not counted. Built -O2 -g -fno-omit-frame-pointer
+ * and prints "lang_fixture: N <mode> in S s, cpu C s": the loop's own wall time and the
+ * thread's CPU time over it (user and system: a kernel uprobe's work is system time), so
+ * that a tracer's start-up and exit are not counted. Built -O2 -g -fno-omit-frame-pointer
  * -fno-optimize-sibling-calls: every frame of the chain is a real frame a frame-pointer
  * walk sees, every function of it starts with `push %rbp` (kernel uprobes emulate it
  * rather than single-step it), and the DWARF describes lang_leaf's parameter for
@@ -51,9 +53,9 @@ HP_LEVEL(3, lang_d4)
 HP_LEVEL(2, lang_d3)
 HP_LEVEL(1, lang_d2)
 
-static double now(void) {
+static double now(clockid_t clock) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(clock, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -87,9 +89,12 @@ int main(int argc, char** argv) {
     fprintf(stderr, "usage: lang_fixture call|usdt N   (N > 0 iterations)\n");
     return 2;
   }
-  double t0 = now();
+  double c0 = now(CLOCK_THREAD_CPUTIME_ID);
+  double t0 = now(CLOCK_MONOTONIC);
   long sum = call ? lang_loop_call(n) : lang_loop_usdt(n);
-  double t1 = now();
-  printf("lang_fixture: %ld %s in %.6f s (check %ld)\n", n, call ? "call" : "usdt", t1 - t0, sum);
+  double t1 = now(CLOCK_MONOTONIC);
+  double c1 = now(CLOCK_THREAD_CPUTIME_ID);
+  printf("lang_fixture: %ld %s in %.6f s, cpu %.6f s (check %ld)\n", n, call ? "call" : "usdt",
+         t1 - t0, c1 - c0, sum);
   return 0;
 }
