@@ -75,7 +75,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(root, "build", "release"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n", type=int, default=1000000, help="iterations, untraced and hotprobe")
-    ap.add_argument("--bpftrace-n", type=int, default=20000,
+    ap.add_argument("--bpftrace-n", type=int, default=50000,
                     help="iterations under bpftrace (its hits cost microseconds)")
     ap.add_argument("--only", help="comma-separated rows (default: all): " + ",".join(ROWS))
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
