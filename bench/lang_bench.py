@@ -12,8 +12,8 @@ binary only:
   usdt          a <sys/sdt.h> site (lang_fixture:tick), @ = count()
   usdt_arg0     the same site, @[arg0] = count()
   struct_cast   @[((struct foo *)arg0)->a] = count(), struct foo defined in the script
-  args          @[args.p->a] = count() from the fixture's DWARF (bpftrace 0.17 spells
-                it args->p->a; hotprobe reads both)
+  args          @[args.p->a] = count() from the fixture's DWARF (bpftrace before 0.20
+                is given args->p->a; hotprobe reads both)
 
 The fixture reports the loop's thread CPU time (user + system: a kernel uprobe's work is
 system time of the probed thread, a hotprobe handler's is user time) and its wall time;
@@ -102,8 +102,17 @@ def main():
     if not have_bpftrace:
         print("lang_bench: bpftrace is not installed or this is not root: bpftrace column skipped")
 
+    # bpftrace before 0.20 reads args as a pointer (args->p); from 0.20 on as a struct.
+    bpftrace_args = "args->p"
+    if have_bpftrace:
+        out = subprocess.run([bpftrace, "--version"], capture_output=True, text=True).stdout
+        v = re.search(r"v(\d+)\.(\d+)", out)
+        if v and (int(v.group(1)), int(v.group(2))) >= (0, 20):
+            bpftrace_args = "args.p"
+
     def script(row, tool):
-        return ROWS[row][1].format(bin=fixture, args="args.p" if tool == "hotprobe" else "args->p")
+        spelling = "args.p" if tool == "hotprobe" else bpftrace_args
+        return ROWS[row][1].format(bin=fixture, args=spelling)
 
     tools = ["hotprobe"] + (["bpftrace"] if have_bpftrace else [])
     n_of = {"hotprobe": a.n, "bpftrace": a.bpftrace_n}
