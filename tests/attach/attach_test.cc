@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -72,6 +73,103 @@ std::vector<long> numbers_after(const std::string& line, const std::string& word
   return v;
 }
 
+// The programs a test runs. The tests that run a process as another user (nobody) use
+// copies in a directory that user can reach (ReachableCopies below): a checkout in a
+// `mktemp -d` directory (mode 0700) keeps nobody from executing the fixture, hotprobe or
+// the agent there, or loading libhotprobe.so beside them.
+struct Programs {
+  std::string target = HP_TARGET;
+  std::string hotprobe = HP_HOTPROBE;
+  std::string agent = HP_AGENT;
+  std::string library_path;  // LD_LIBRARY_PATH for the copies ("" for the build tree's)
+};
+Programs& programs() {
+  static Programs p;
+  return p;
+}
+void set_library_path() {
+  if (!programs().library_path.empty())
+    ::setenv("LD_LIBRARY_PATH", programs().library_path.c_str(), 1);
+}
+
+// Whether every directory from / down to `dir` is owned by root, writable by nobody
+// else and searchable by everyone: a place for the copies that other users can reach and
+// that the injector accepts an agent from (it refuses one below a directory others may
+// write, /tmp included, sticky bit or not).
+bool root_only_and_reachable(const std::string& dir) {
+  for (std::string d = dir;;) {
+    struct stat st;
+    if (::stat(d.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 ||
+        (st.st_mode & (S_IWGRP | S_IWOTH)) || !(st.st_mode & S_IXOTH))
+      return false;
+    if (d == "/") return true;
+    const auto slash = d.rfind('/');
+    d = slash == 0 ? "/" : d.substr(0, slash);
+  }
+}
+
+// Copies of the fixture, hotprobe, the agent and libhotprobe.so (the two programs find it
+// through LD_LIBRARY_PATH: their RUNPATH names the build tree) in a fresh directory of mode
+// 0755 that every user can reach; programs() points at them while the object lives, and
+// the directory is removed after. Needs root (the tests that use it run as root).
+class ReachableCopies {
+ public:
+  ReachableCopies() {
+    for (const char* base : {"/run", "/var/lib", "/opt", "/"}) {
+      if (!root_only_and_reachable(base)) continue;
+      std::string templ =
+          std::string(base == std::string("/") ? "" : base) + "/hotprobe-users-test-XXXXXX";
+      if (::mkdtemp(templ.data()) == nullptr) continue;
+      dir_ = templ;
+      break;
+    }
+    if (dir_.empty()) {
+      error_ =
+          "no directory owned by root that other users can reach (tried /run, /var/lib, "
+          "/opt, /) to copy the programs into";
+      return;
+    }
+    ::chmod(dir_.c_str(), 0755);
+    const auto copy = [&](const std::string& from, const std::string& name) {
+      const std::string to = dir_ + "/" + name;
+      std::error_code ec;
+      std::filesystem::copy_file(from, to, ec);
+      if (ec || ::chmod(to.c_str(), 0755) != 0) {
+        if (error_.empty()) error_ = "cannot copy " + from + " to " + to + ": " + ec.message();
+      }
+      return to;
+    };
+    const auto base_name = [](const std::string& path) { return path.substr(path.rfind('/') + 1); };
+    saved_ = programs();
+    Programs p;
+    p.target = copy(HP_TARGET, base_name(HP_TARGET));
+    p.hotprobe = copy(HP_HOTPROBE, base_name(HP_HOTPROBE));
+    p.agent = copy(HP_AGENT, base_name(HP_AGENT));
+    copy(HP_CORE_LIB, HP_CORE_LIB_SONAME);
+    p.library_path = dir_;
+    programs() = p;
+  }
+  ~ReachableCopies() {
+    programs() = saved_;
+    if (!dir_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+    }
+  }
+  ReachableCopies(const ReachableCopies&) = delete;
+  ReachableCopies& operator=(const ReachableCopies&) = delete;
+  // What went wrong ("" when the copies are in place).
+  const std::string& error() const { return error_; }
+
+ private:
+  std::string dir_, error_;
+  Programs saved_;
+};
+
+#define HP_USE_REACHABLE_COPIES(copies) \
+  ReachableCopies copies;               \
+  ASSERT_TRUE(copies.error().empty()) << copies.error()
+
 // The fixture program, with its stdin and stdout on pipes: one command line in, one
 // answer line out.
 class Target {
@@ -94,11 +192,13 @@ class Target {
             ::setresuid(run_as, run_as, run_as) != 0)
           ::_exit(98);
       }
-      std::vector<char*> argv{const_cast<char*>(HP_TARGET)};
+      set_library_path();
+      const char* exe = programs().target.c_str();
+      std::vector<char*> argv{const_cast<char*>(exe)};
       for (const auto& a : args)
         argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
-      ::execv(HP_TARGET, argv.data());
+      ::execv(exe, argv.data());
       ::_exit(99);
     }
     ::close(in[0]);
@@ -183,7 +283,8 @@ struct Outcome {
 // `hotprobe ARGS...` running in the background, its stdout and stderr in files.
 class Hotprobe {
  public:
-  explicit Hotprobe(const std::vector<std::string>& args, const char* agent = HP_AGENT,
+  // `agent`: null for programs().agent.
+  explicit Hotprobe(const std::vector<std::string>& args, const char* agent = nullptr,
                     uid_t run_as = 0, bool ignore_sigint = false)
       : out_path_(temp_path("out")), err_path_(temp_path("err")), start_(Clock::now()) {
     pid_ = ::fork();
@@ -196,16 +297,18 @@ class Hotprobe {
       ::dup2(e, 2);
       int null = ::open("/dev/null", O_RDONLY);
       ::dup2(null, 0);
-      ::setenv("HOTPROBE_AGENT", agent, 1);
+      ::setenv("HOTPROBE_AGENT", agent ? agent : programs().agent.c_str(), 1);
       if (run_as != 0) {
         gid_t gid = run_as;
         if (::setgroups(1, &gid) != 0 || ::setgid(gid) != 0 || ::setuid(run_as) != 0) ::_exit(98);
       }
-      std::vector<char*> argv{const_cast<char*>(HP_HOTPROBE)};
+      set_library_path();
+      const char* exe = programs().hotprobe.c_str();
+      std::vector<char*> argv{const_cast<char*>(exe)};
       for (const auto& a : args)
         argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
-      ::execv(HP_HOTPROBE, argv.data());
+      ::execv(exe, argv.data());
       ::_exit(99);
     }
   }
@@ -277,7 +380,7 @@ std::vector<std::string> attach_args(pid_t pid, const std::string& script) {
 }
 
 std::string probe(const char* function, const std::string& body) {
-  return std::string("uprobe:") + HP_TARGET + ":" + function + " { " + body + " }";
+  return "uprobe:" + programs().target + ":" + function + " { " + body + " }";
 }
 
 // "@name[KEY]: VALUE" lines of a printed map (text format), by key.
@@ -829,13 +932,11 @@ TEST(HotprobeAttachErrors, NoSuchProcess) {
 TEST(HotprobeAttachErrors, PermissionDeniedNamesTheWayOut) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root, to run hotprobe as user 65534";
-  if (::access(HP_HOTPROBE, X_OK) != 0) GTEST_SKIP() << "hotprobe is not executable";
+  HP_USE_REACHABLE_COPIES(copies);
   Target t({"read"});
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), HP_AGENT, 65534);
+  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), nullptr, 65534);
   Outcome r = hp.wait();
-  if (r.code == 126 || r.code == 99)
-    GTEST_SKIP() << "user 65534 cannot execute " << HP_HOTPROBE << " (directory modes)";
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("uid 0"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("CAP_SYS_PTRACE"), std::string::npos) << r.err;
@@ -866,31 +967,12 @@ bool agent_loaded(pid_t pid) {
 
 constexpr uid_t kNobody = 65534;
 
-// The first directory above `file` that other users cannot search ("" when none): a
-// clone in a `mktemp -d` directory (mode 0700) keeps a process running as `nobody` from
-// executing the fixture or loading the agent.
-std::string unreachable_dir(std::string path) {
-  for (auto slash = path.rfind('/'); slash != std::string::npos && slash > 0;
-       slash = path.rfind('/')) {
-    path.resize(slash);
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0 || !(st.st_mode & S_IXOTH)) return path;
-  }
-  return "";
-}
-
-#define HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD()                                      \
-  for (const char* f : {HP_TARGET, HP_AGENT})                                             \
-    if (const std::string d = unreachable_dir(f); !d.empty())                             \
-  GTEST_SKIP() << d << " cannot be searched by other users (mode 0700?): the tests that " \
-               << "run a process as another user need a checkout they can reach"
-
 // Root attaches to a process of another user (nobody): the channel does not depend on
 // either side's file-system permissions; counts are exact.
 TEST(HotprobeAttachUsers, RootAttachesToAnotherUsersProcess) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
-  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
+  HP_USE_REACHABLE_COPIES(copies);
   Target t({"work", "2"}, kNobody);
   ASSERT_TRUE(t.ready());
   ASSERT_NE(read_file("/proc/" + std::to_string(t.pid()) + "/status").find("Uid:\t65534"),
@@ -916,7 +998,7 @@ TEST(HotprobeAttachUsers, RootAttachesToAnotherUsersProcess) {
 TEST(HotprobeAttachUsers, ThirdUserCannotReachTheChannel) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
-  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
+  HP_USE_REACHABLE_COPIES(copies);
   Target t({"work", "2"}, kNobody);
   ASSERT_TRUE(t.ready());
   int report[2];
@@ -983,11 +1065,11 @@ TEST(HotprobeAttachUsers, ThirdUserCannotReachTheChannel) {
 TEST(HotprobeAttachUsers, RefusedAttachLeavesNoAgent) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
-  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
+  HP_USE_REACHABLE_COPIES(copies);
   Target t({"read"});
   ASSERT_TRUE(t.ready());
   {
-    Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), HP_AGENT, kNobody);
+    Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), nullptr, kNobody);
     Outcome r = hp.wait();
     EXPECT_EQ(r.code, 1) << r.err;
     EXPECT_NE(r.err.find("run as that user, or as root"), std::string::npos) << r.err;
@@ -1104,7 +1186,7 @@ TEST(HotprobeAttachSignals, KilledAttachNeverHurtsTheProcess) {
 TEST(HotprobeAttachUsers, NginxWorkersCountEveryRequest) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
-  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
+  HP_USE_REACHABLE_COPIES(copies);
   const char* nginx = "/usr/sbin/nginx";
   if (::access(nginx, X_OK) != 0) GTEST_SKIP() << "no nginx";
   // A free port.
