@@ -26,6 +26,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -34,6 +35,7 @@
 
 #include "elf/modules.h"
 #include "inject/inject.h"
+#include "reachable_copies.h"
 
 namespace {
 
@@ -81,7 +83,8 @@ struct Programs {
   std::string target = HP_TARGET;
   std::string hotprobe = HP_HOTPROBE;
   std::string agent = HP_AGENT;
-  std::string library_path;  // LD_LIBRARY_PATH for the copies ("" for the build tree's)
+  std::string exit_lib = HP_EXIT_LIB;  // an "agent" that ends the process in its constructor
+  std::string library_path;            // LD_LIBRARY_PATH for the copies ("" for the build tree's)
 };
 Programs& programs() {
   static Programs p;
@@ -92,79 +95,60 @@ void set_library_path() {
     ::setenv("LD_LIBRARY_PATH", programs().library_path.c_str(), 1);
 }
 
-// Whether every directory from / down to `dir` is owned by root, writable by nobody
-// else and searchable by everyone: a place for the copies that other users can reach and
-// that the injector accepts an agent from (it refuses one below a directory others may
-// write, /tmp included, sticky bit or not).
-bool root_only_and_reachable(const std::string& dir) {
-  for (std::string d = dir;;) {
-    struct stat st;
-    if (::stat(d.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 ||
-        (st.st_mode & (S_IWGRP | S_IWOTH)) || !(st.st_mode & S_IXOTH))
-      return false;
-    if (d == "/") return true;
-    const auto slash = d.rfind('/');
-    d = slash == 0 ? "/" : d.substr(0, slash);
-  }
-}
+using hp_test::base_name;
+using hp_test::dir_of;
+using hp_test::root_only_and_reachable;
 
-// Copies of the fixture, hotprobe, the agent and libhotprobe.so (the two programs find it
-// through LD_LIBRARY_PATH: their RUNPATH names the build tree) in a fresh directory of mode
-// 0755 that every user can reach; programs() points at them while the object lives, and
-// the directory is removed after. Needs root (the tests that use it run as root).
+// Copies of the fixture, hotprobe, the agents and libhotprobe.so (the two programs find it
+// through LD_LIBRARY_PATH: their RUNPATH names the build tree), which programs() points at
+// while the object lives (tests/attach/reachable_copies.h). Needs root.
 class ReachableCopies {
  public:
   ReachableCopies() {
-    for (const char* base : {"/run", "/var/lib", "/opt", "/"}) {
-      if (!root_only_and_reachable(base)) continue;
-      std::string templ =
-          std::string(base == std::string("/") ? "" : base) + "/hotprobe-users-test-XXXXXX";
-      if (::mkdtemp(templ.data()) == nullptr) continue;
-      dir_ = templ;
-      break;
-    }
-    if (dir_.empty()) {
-      error_ =
-          "no directory owned by root that other users can reach (tried /run, /var/lib, "
-          "/opt, /) to copy the programs into";
-      return;
-    }
-    ::chmod(dir_.c_str(), 0755);
-    const auto copy = [&](const std::string& from, const std::string& name) {
-      const std::string to = dir_ + "/" + name;
-      std::error_code ec;
-      std::filesystem::copy_file(from, to, ec);
-      if (ec || ::chmod(to.c_str(), 0755) != 0) {
-        if (error_.empty()) error_ = "cannot copy " + from + " to " + to + ": " + ec.message();
-      }
-      return to;
-    };
-    const auto base_name = [](const std::string& path) { return path.substr(path.rfind('/') + 1); };
+    if (!programs().library_path.empty()) return;  // copies already in use
+    copies_.emplace(
+        std::vector<std::pair<std::string, std::string>>{{HP_TARGET, base_name(HP_TARGET)},
+                                                         {HP_HOTPROBE, base_name(HP_HOTPROBE)},
+                                                         {HP_AGENT, base_name(HP_AGENT)},
+                                                         {HP_EXIT_LIB, base_name(HP_EXIT_LIB)},
+                                                         {HP_CORE_LIB, HP_CORE_LIB_SONAME}});
+    if (!copies_->error().empty()) return;
     saved_ = programs();
-    Programs p;
-    p.target = copy(HP_TARGET, base_name(HP_TARGET));
-    p.hotprobe = copy(HP_HOTPROBE, base_name(HP_HOTPROBE));
-    p.agent = copy(HP_AGENT, base_name(HP_AGENT));
-    copy(HP_CORE_LIB, HP_CORE_LIB_SONAME);
-    p.library_path = dir_;
-    programs() = p;
+    programs() = Programs{copies_->path(base_name(HP_TARGET)),
+                          copies_->path(base_name(HP_HOTPROBE)), copies_->path(base_name(HP_AGENT)),
+                          copies_->path(base_name(HP_EXIT_LIB)), copies_->dir()};
   }
   ~ReachableCopies() {
-    programs() = saved_;
-    if (!dir_.empty()) {
-      std::error_code ec;
-      std::filesystem::remove_all(dir_, ec);
-    }
+    if (copies_ && copies_->error().empty()) programs() = saved_;
   }
   ReachableCopies(const ReachableCopies&) = delete;
   ReachableCopies& operator=(const ReachableCopies&) = delete;
   // What went wrong ("" when the copies are in place).
-  const std::string& error() const { return error_; }
+  std::string error() const { return copies_ ? copies_->error() : std::string(); }
 
  private:
-  std::string dir_, error_;
+  std::optional<hp_test::ReachableCopies> copies_;
   Programs saved_;
 };
+
+// Root refuses to load the agent from below a directory that others may write (/tmp, for
+// a clone in a `mktemp -d` directory): then every test of this file uses the copies.
+class CopiesForTheWholeRun : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (::getuid() != 0 || sanitized()) return;
+    if (root_only_and_reachable(dir_of(HP_AGENT)) && root_only_and_reachable(dir_of(HP_TARGET)))
+      return;
+    copies_ = std::make_unique<ReachableCopies>();
+    if (!copies_->error().empty()) std::printf("[ copies   ] %s\n", copies_->error().c_str());
+  }
+  void TearDown() override { copies_.reset(); }
+
+ private:
+  std::unique_ptr<ReachableCopies> copies_;
+};
+[[maybe_unused]] ::testing::Environment* const g_copies_env =
+    ::testing::AddGlobalTestEnvironment(new CopiesForTheWholeRun);
 
 #define HP_USE_REACHABLE_COPIES(copies) \
   ReachableCopies copies;               \
@@ -441,7 +425,7 @@ std::string code_differs_from_file(pid_t pid, const std::vector<std::string>& sp
 
 // The functions the tests' scripts probe.
 std::vector<std::string> script_functions() {
-  return {std::string(HP_TARGET) + ":hp_work", std::string(HP_TARGET) + ":hp_window"};
+  return {programs().target + ":hp_work", programs().target + ":hp_window"};
 }
 // The agent's own hooks on the process's end (src/agent/session.cc, Session::attach).
 // The agent's exit/exec hooks, and the engine's internal module watcher (the last
@@ -952,7 +936,7 @@ TEST(HotprobeAttachErrors, TargetExitsDuringInjection) {
   HP_SKIP_IF_SANITIZED();
   Target t({"read"});
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), HP_EXIT_LIB);
+  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), programs().exit_lib.c_str());
   Outcome r = hp.wait();
   EXPECT_EQ(t.wait_exit(), 7);
   EXPECT_EQ(r.code, 1) << r.err;
@@ -1107,7 +1091,7 @@ TEST(HotprobeAttachSignals, InheritedIgnoredSigintStillEndsHotprobe) {
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
   for (int delay_ms : {0, 1, 3, 10, 30}) {
-    Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")), HP_AGENT, 0,
+    Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")), nullptr, 0,
                 /*ignore_sigint=*/true);
     // One SIGINT, `delay_ms` after hotprobe's own code runs: once it no longer ignores
     // SIGINT, or (had it kept ignoring it) once it has loaded the agent.
@@ -1116,7 +1100,7 @@ TEST(HotprobeAttachSignals, InheritedIgnoredSigintStillEndsHotprobe) {
     for (auto until = Clock::now() + 10s; Clock::now() < until;) {
       char link[4096] = {};
       if (::readlink(exe.c_str(), link, sizeof link - 1) <= 0 ||
-          std::string(link) != std::string(HP_HOTPROBE)) {
+          std::string(link) != programs().hotprobe) {
         std::this_thread::sleep_for(100us);  // not hotprobe yet (fork, then exec)
         continue;
       }
@@ -1216,6 +1200,7 @@ TEST(HotprobeAttachUsers, NginxWorkersCountEveryRequest) {
     int null = ::open("/dev/null", O_RDWR);
     ::dup2(null, 0);
     ::dup2(null, 1);
+    set_library_path();  // for the copy of the agent the workers load
     ::execl(nginx, nginx, "-p", dir.c_str(), "-c", (dir + "/nginx.conf").c_str(), nullptr);
     ::_exit(127);
   }
@@ -1297,16 +1282,19 @@ TEST(HotprobeAttachUsers, NginxWorkersCountEveryRequest) {
 // the loader keep it, as after any session.)
 TEST(HotprobeAttachUsers, AgentRefusalStartsNothing) {
   HP_SKIP_IF_SANITIZED();
+  if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  HP_USE_REACHABLE_COPIES(copies);
+  const std::string agent = programs().agent;
   Target t({"read"});
   ASSERT_TRUE(t.ready());
-  auto loaded = hp::inject::load_library(t.pid(), HP_AGENT);
+  auto loaded = hp::inject::load_library(t.pid(), agent);
   ASSERT_TRUE(loaded.ok()) << loaded.error().message();
   ASSERT_TRUE(agent_loaded(t.pid()));
   const std::uint64_t args[] = {hp::inject::kDataArgument};
   for (std::string request :
        {std::string("bogus"),
         std::string("hotprobe-attach 1 1 0123456789abcdef0123456789abcdef")}) {
-    auto rc = hp::inject::call_function_with_data(t.pid(), HP_AGENT, "hotprobe_agent_attach", args,
+    auto rc = hp::inject::call_function_with_data(t.pid(), agent, "hotprobe_agent_attach", args,
                                                   {request.c_str(), request.size() + 1});
     ASSERT_TRUE(rc.ok()) << rc.error().message();
     // A malformed request: EINVAL; a well-formed one naming no listener: ECONNREFUSED.
