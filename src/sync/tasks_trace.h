@@ -208,6 +208,10 @@ class TasksTrace {
 
   // Tests only: use another barrier kind from the next grace period on (kNone is refused).
   void force_barrier_kind_for_testing(BarrierKind k);
+  // Tests only: hold the registry lock, as a writer does while it scans (a thread's first
+  // read_lock() then waits for it).
+  void lock_registry_for_testing();
+  void unlock_registry_for_testing();
 
  private:
   friend TasksTrace& tasks_trace() noexcept;
