@@ -17,11 +17,14 @@
 //   entry count has changed (the thread left and started a new section, which began after
 //   the writer's barrier and therefore already sees the writer's updates).
 //
-//   A thread registers itself lazily on its first read_lock() (a cold out-of-line call) and
-//   unregisters in a pthread-key destructor, which runs after the C++ thread_local
-//   destructors and before the thread's TLS is freed; the writer only reads a thread's word
-//   under the registry lock, which the exiting thread takes to unregister, so it never reads
-//   freed memory. Memory ordering is in docs/design/sync-tasks-trace.md (pairs R0/R1/R2/W1/W2).
+//   A thread registers itself lazily on its first read_lock() (a cold out-of-line call, in
+//   the dispatch section with direct system calls: the trampoline reclaimer tells a thread
+//   there by its pc) and unregisters in a pthread-key destructor, which runs after the C++
+//   thread_local destructors and before the thread's TLS is freed; the writer only reads a
+//   thread's word under the registry lock, which the exiting thread takes to unregister, so
+//   it never reads freed memory. A thread that registers after that destructor ("late")
+//   is checked by thread instance (tid and pidfd inode), not by tid, which Linux reuses.
+//   Memory ordering is in docs/design/sync-tasks-trace.md (pairs R0/R1/R2/W1/W2).
 //
 // EXAMPLE
 //   hp::sync::TasksTrace& tt = hp::sync::tasks_trace();
