@@ -247,11 +247,16 @@ Result<TargetPath> check_library_path(pid_t pid, const std::string& library) {
   }
   if (inode_of(proc(pid, "root")) != 0) return check_library_path_once(pid, library, proc(pid, ""));
   // Through a thread that runs on; one that ends in the middle of the checks is replaced.
-  for (int tries = 0;; ++tries) {
+  for (int tries = 0; tries < kLiveThreadTries; ++tries) {
     const std::string live = a_live_thread(pid);
-    if (live.empty()) break;
+    if (live.empty()) {
+      if (std::string dying = dying_reason_now(pid); !dying.empty()) {
+        return Error(Errc::not_found, dying);
+      }
+      continue;  // every thread listed had ended by the time it was read
+    }
     auto tp = check_library_path_once(pid, library, proc(pid, "task/") + live + "/");
-    if (tp.ok() || tries + 1 >= kLiveThreadTries || thread_live(pid, live)) return tp;
+    if (tp.ok() || thread_live(pid, live)) return tp;
   }
   return check_library_path_once(pid, library, proc(pid, ""));
 }
@@ -608,8 +613,14 @@ Result<Report> with_stopped_thread(const Identity& id, std::unique_ptr<Unwinder>
       return s.error();
     }
     HP_TRY(confirm_identity(id));
+    // The leader's entry has no maps once it has exited: they are read through this
+    // thread (stopped, so it exists while they are used), again at each stop of another
+    // thread (the one before may have ended since).
+    if (snap && snap->mods.pid() != pid && snap->mods.pid() != tid) {
+      auto mods = elf::ModuleList::of_process(tid);
+      if (mods.ok() && !mods->mappings().empty()) snap->mods = std::move(*mods);
+    }
     if (!snap) {
-      // The leader's entry has no maps once it has exited: read them through this thread.
       auto mods = elf::ModuleList::of_process(pid);
       if (mods.ok() && mods->mappings().empty() && tid != pid) {
         mods = elf::ModuleList::of_process(tid);

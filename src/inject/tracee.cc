@@ -109,20 +109,6 @@ bool exiting_soon(pid_t tid) {
 
 }  // namespace
 
-bool Tracee::leader_exited() const {
-  const std::string path =
-      "/proc/" + std::to_string(pid_) + "/task/" + std::to_string(tid_) + "/stat";
-  char buf[512];
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return true;
-  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
-  ::close(fd);
-  if (n <= 0) return true;
-  buf[n] = 0;
-  const char* paren = std::strrchr(buf, ')');  // "PID (comm) STATE ..."
-  return paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
-}
-
 Result<void> Tracee::seize() {
   if (::ptrace(PTRACE_SEIZE, tid_, 0, 0) != 0) {
     const int err = errno;
@@ -164,7 +150,6 @@ Result<Tracee::Stop> Tracee::wait_stop(Want want) {
   // call stops it (the loader's own system calls are let through).
   const auto resume = want == Want::trap && marker_signal_ == 0 ? PTRACE_SYSCALL : PTRACE_CONT;
   long backoff_ns = 5'000;
-  unsigned polls = 0;
   for (;;) {
     int status = 0;
     const pid_t r = ::waitpid(tid_, &status, __WALL | WNOHANG);
@@ -174,15 +159,6 @@ Result<Tracee::Stop> Tracee::wait_stop(Want want) {
       return ptrace_error("waitpid", errno);
     }
     if (r == 0) {
-      // A leader that exits while other threads run on never stops and its exit is not
-      // reported before theirs: seen as a zombie, it is gone for us (a thread that is
-      // not the leader reports its exit above once it has made it).
-      if (want == Want::interrupt && tid_ == pid_ && ++polls % 64 == 0 && leader_exited()) {
-        gone_ = true;
-        return Error(Errc::not_found, "thread " + std::to_string(tid_) + " of process " +
-                                          std::to_string(pid_) +
-                                          " exited during the injection (before it stopped)");
-      }
       if (Clock::now() >= deadline_) {
         return Error(Errc::timed_out,
                      "thread " + std::to_string(tid_) + " of process " + std::to_string(pid_) +
@@ -246,15 +222,7 @@ Result<Tracee::Stop> Tracee::wait_stop(Want want) {
 
 Result<void> Tracee::interrupt() {
   interrupted_at_ = Clock::now();
-  if (::ptrace(PTRACE_INTERRUPT, tid_, 0, 0) != 0) {
-    const int err = errno;
-    // A thread that has exited but is not yet reaped (ours to reap, as its tracer): the
-    // wait below collects its exit status.
-    if (err != ESRCH) return ptrace_error("PTRACE_INTERRUPT", err);
-    auto st = wait_stop(Want::interrupt);
-    if (!st.ok()) return st.error();
-    return ptrace_error("PTRACE_INTERRUPT", err);
-  }
+  if (::ptrace(PTRACE_INTERRUPT, tid_, 0, 0) != 0) return ptrace_error("PTRACE_INTERRUPT", errno);
   auto st = wait_stop(Want::interrupt);
   stop_latency_ms_ = stopped_ms();
   if (!st.ok()) return st.error();

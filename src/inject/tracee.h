@@ -62,8 +62,7 @@ class Tracee {
   ~Tracee();
 
   pid_t tid() const { return tid_; }
-  // The thread exited while we waited for it (its exit was reported, or it is a leader
-  // whose zombie entry stays while other threads run on).
+  // The thread exited while we waited for it (its exit was reported to us, its tracer).
   bool gone() const { return gone_; }
   // PTRACE_SEIZE; nothing stops yet.
   Result<void> seize();
@@ -111,8 +110,6 @@ class Tracee {
   // group-stop).
   Result<Stop> wait_stop(Want want);
   Error gone_error(int status) const;
-  // This thread is the leader and has exited (its zombie entry stays while others run).
-  bool leader_exited() const;
   Error ptrace_error(const char* what, int err) const;
   Result<void> set_regs(const user_regs_struct& regs);
 

@@ -136,20 +136,21 @@ HP_DISPATCH_SECTION std::uint64_t thread_instance(pid_t tid, bool self) noexcept
 }
 
 // One registered thread. Records come from a pool of never-unmapped pages (mmap, so a
-// thread may register from a signal handler), not from the thread's TLS: a thread that
-// registers after its exit hook has run (a key destructor of glibc's last round, after
-// ours) is never unlinked by that hook, and a record in its TLS would be zeroed or reused
-// under the list when the next thread takes its stack. Such a record is "late": the
-// writer checks that its thread instance still exists (ThreadIdentity) before each look
-// at its word, reads the word with a system call that fails instead of faulting (the
-// thread's TLS may be unmapped, or reused by the program, the moment it ends), and
-// releases the record once the thread is gone. A record that is not late is unlinked by
-// its thread's exit hook, under the registry lock, before its TLS goes: the writer reads
-// its word directly and never asks whether its thread exists.
+// thread may register from a signal handler), not from the thread's TLS: a thread whose
+// first read section comes after its exit hook's round (a key destructor of glibc's last
+// round, a probed free() in glibc's last steps of thread exit) is never unlinked by that
+// hook, and a record in its TLS would be zeroed or reused under the list when the next
+// thread takes its stack. Such a record outlives its thread, and nothing tells which
+// records will: so the writer reads every word with a system call that fails instead of
+// faulting (the thread's TLS may be unmapped the moment it ends), checks the thread
+// instance (ThreadIdentity) of every record it finds inside a section before it waits for
+// it, and of a few others per grace period in turn, and releases a record whose instance
+// is gone. A tid alone would take a new thread with the same tid for the dead one: a
+// grace period would wait, for as long as the new thread lives, on a word in memory the
+// program has reused.
 struct ThreadRecord {
   std::atomic<std::uint64_t>* word = nullptr;
   ThreadIdentity id;
-  bool late = false;
   ThreadRecord* prev = nullptr;
   ThreadRecord* next = nullptr;
   // Holdout state: written by the writer holding gp_mu, read by the exit hook; both under
@@ -162,12 +163,8 @@ struct ThreadRecord {
 // Records to reuse (linked through `next`), under registry_mu.
 ThreadRecord* g_free_records = nullptr;
 
-// Set by the exit hook when it runs on this thread: a registration after it is late.
-constinit thread_local bool tls_exit_hook_ran __attribute__((tls_model("initial-exec"))) = false;
-
-// Whether the thread of late record `r` is gone (its instance ended, whatever thread has
-// its tid now).
-bool late_thread_gone(const ThreadRecord& r) {
+// Whether the thread instance of record `r` is gone (whatever thread has its tid now).
+bool thread_gone(const ThreadRecord& r) {
   const std::uint64_t now = thread_instance(r.id.tid, false);
   if (now == kGone) return true;
   if (now != kUnknown && r.id.instance != kUnknown) return now != r.id.instance;
@@ -175,21 +172,32 @@ bool late_thread_gone(const ThreadRecord& r) {
   return raw_syscall(SYS_tgkill, raw_syscall(SYS_getpid), r.id.tid, 0) == -ESRCH;
 }
 
-// The word of record `r` (W2: an acquire load). A late record's thread may end (and its
-// TLS be unmapped) at any instant: read through process_vm_readv, which fails instead of
-// faulting; `ok` is false then.
+// The word of record `r` (W2: an acquire load), read through process_vm_readv, which fails
+// (EFAULT) instead of faulting when the memory is gone; `ok` is false then (its thread has
+// ended). Where the call is not allowed (a seccomp filter), the instance is asked first
+// and the word loaded directly.
 std::uint64_t load_word(const ThreadRecord& r, bool& ok) {
-  ok = true;
-  if (!r.late) return r.word->load(std::memory_order_acquire);
   std::uint64_t v = 0;
   iovec local{&v, sizeof v};
   iovec remote{r.word, sizeof v};
-  const int saved = errno;
-  ok = ::process_vm_readv(::getpid(), &local, 1, &remote, 1, 0) == sizeof v;
-  errno = saved;
-  std::atomic_thread_fence(std::memory_order_acquire);
-  return v;
+  const long n =
+      raw_syscall(SYS_process_vm_readv, raw_syscall(SYS_getpid), reinterpret_cast<long>(&local), 1,
+                  reinterpret_cast<long>(&remote), 1, 0);
+  ok = true;
+  if (n == sizeof v) {
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return v;
+  }
+  if (n == -EFAULT || thread_gone(r)) {
+    ok = false;
+    return 0;
+  }
+  return r.word->load(std::memory_order_acquire);
 }
+
+// How often a grace period checks the instance of a record it finds outside a section:
+// every kIdentitySweep-th record in turn (records inside a section are checked every time).
+constexpr std::size_t kIdentitySweep = 16;
 
 // A futex lock whose every instruction is in the dispatch section (registration takes it;
 // libc's mutex would put a thread waiting for it at a pc in libc).
@@ -330,6 +338,7 @@ struct TasksTrace::Impl {
   std::size_t nthreads HP_GUARDED_BY(registry_mu) = 0;
   // Records the current grace period waits for; an exiting thread removes itself.
   std::vector<ThreadRecord*> holdouts HP_GUARDED_BY(registry_mu);
+  std::size_t sweep HP_GUARDED_BY(registry_mu) = 0;  // where kIdentitySweep starts
   pthread_key_t exit_key{};
   std::atomic<std::int64_t> stall_timeout_ms{10'000};
   Mutex cfg_mu;
@@ -417,7 +426,6 @@ struct TasksTraceAccess {
 namespace {
 
 void on_thread_exit(void* p) {
-  tls_exit_hook_ran = true;  // a registration from now on is late
   if (ThreadExitHook hook = g_thread_exit_hook.load(std::memory_order_acquire)) hook();
   auto* rec = static_cast<ThreadRecord*>(p);
   auto& im = TasksTraceAccess::impl(*g_instance);
@@ -468,8 +476,8 @@ void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
     ThreadRecord* n = r->next;
     r->holdout = false;
     if (r->word == mine) {
-      r->id.tid = raw_gettid();  // a thread of its own (and so an instance of its own)
-      if (r->late) r->id.instance = thread_instance(r->id.tid, true);
+      r->id = {raw_gettid(), 0};  // a thread of its own (and so an instance of its own)
+      r->id.instance = thread_instance(r->id.tid, true);
     } else {
       im.release(r);  // a parent thread's
     }
@@ -524,9 +532,8 @@ HP_DISPATCH_SECTION std::uint64_t TasksTrace::register_thread() noexcept {
   if (std::uint64_t v = tls_word.load(std::memory_order_relaxed); v != 0) {
     return v;
   }
-  const bool late = tls_exit_hook_ran;
   const pid_t tid = raw_gettid();
-  const ThreadIdentity id{tid, late ? thread_instance(tid, true) : 0};
+  const ThreadIdentity id{tid, thread_instance(tid, true)};
   ThreadRecord* rec;
   tls_word.store(tt_detail::kRegistered, std::memory_order_relaxed);
   {
@@ -538,11 +545,10 @@ HP_DISPATCH_SECTION std::uint64_t TasksTrace::register_thread() noexcept {
     HP_CHECK_MSG(rec != nullptr, "tasks-trace: out of memory for thread records");
     rec->word = &tls_word;
     rec->id = id;
-    rec->late = late;
     tt.impl_->link(rec);
   }
-  // The exit hook (for a late registration glibc runs it again if a round of key
-  // destructors is left; otherwise the writer releases the record once the thread is gone).
+  // The exit hook (glibc runs it unless this thread is past its last round of key
+  // destructors; then the writer releases the record once the thread is gone).
   HP_CHECK(pthread_setspecific(tt.impl_->exit_key, rec) == 0);
   return tt_detail::kRegistered;
 }
@@ -614,18 +620,16 @@ void TasksTrace::run_grace_period() {
   {
     RawLock l(im.registry_mu);
     im.holdouts.clear();
-    for (ThreadRecord *r = im.threads, *next; r; r = next) {
+    std::size_t i = im.sweep++;
+    for (ThreadRecord *r = im.threads, *next; r; r = next, i++) {
       next = r->next;
-      // A thread that registered after its exit hook, and is gone: its word went with its
-      // TLS. (The hook unlinks every other thread before it ends.)
-      if (r->late && late_thread_gone(*r)) {
-        im.release(r);
-        continue;
-      }
       // W2: matches R2 in read_unlock() and R0 in read_lock().
       bool readable;
       std::uint64_t v = load_word(*r, readable);
-      if (!readable) {  // a late record's thread ended just now
+      // A thread that ended without its exit hook (its first section came after the
+      // hook's round): its word went with its TLS. Checked for every record found inside
+      // a section, and for every kIdentitySweep-th of the others.
+      if (!readable || (((v & kNestMask) != 0 || i % kIdentitySweep == 0) && thread_gone(*r))) {
         im.release(r);
         continue;
       }
@@ -643,24 +647,21 @@ void TasksTrace::run_grace_period() {
       RawLock l(im.registry_mu);
       for (std::size_t i = 0; i < im.holdouts.size();) {
         ThreadRecord* r = im.holdouts[i];
-        // A late record whose thread ended inside its section (or ends just now).
-        bool gone = r->late && late_thread_gone(*r);
-        std::uint64_t v = 0;
-        if (!gone) {
-          // W2 (matches R2 and R0): depth 0 or a new outermost entry means the section we
-          // saw has ended.
-          bool readable;
-          v = load_word(*r, readable);
-          gone = !readable;
-        }
-        if (gone) {
+        // W2 (matches R2 and R0): depth 0 or a new outermost entry means the section we
+        // saw has ended.
+        bool readable;
+        const std::uint64_t v = load_word(*r, readable);
+        const bool same_section = (v & kNestMask) != 0 && (v >> 32) == (r->snap >> 32);
+        // A thread that ended inside its section, without its exit hook (the scan checked
+        // the instance; again every eighth look).
+        if (!readable || (same_section && iter % 8 == 7 && thread_gone(*r))) {
           im.holdouts[i] = im.holdouts.back();
           im.holdouts.pop_back();
           r->holdout = false;
           im.release(r);
           continue;
         }
-        if ((v & kNestMask) == 0 || (v >> 32) != (r->snap >> 32)) {
+        if (!same_section) {
           r->holdout = false;
           im.holdouts[i] = im.holdouts.back();
           im.holdouts.pop_back();

@@ -22,8 +22,9 @@
 //   there by its pc) and unregisters in a pthread-key destructor, which runs after the C++
 //   thread_local destructors and before the thread's TLS is freed; the writer only reads a
 //   thread's word under the registry lock, which the exiting thread takes to unregister, so
-//   it never reads freed memory. A thread that registers after that destructor ("late")
-//   is checked by thread instance (tid and pidfd inode), not by tid, which Linux reuses.
+//   it never reads freed memory. A thread whose first section comes after that destructor's
+//   round leaves a record behind: the writer reads words without faulting and releases a
+//   record once its thread instance (tid and pidfd inode; Linux reuses tids) is gone.
 //   Memory ordering is in docs/design/sync-tasks-trace.md (pairs R0/R1/R2/W1/W2).
 //
 // EXAMPLE

@@ -608,8 +608,11 @@ void attach_cycles(Target& t, int cycles, bool settle, CycleCounts& c) {
 // exactly the program's own total at the end (which also bounds it: >= the count seen
 // before the end, <= the calls made). END runs once: in the process, or in hotprobe when
 // the process could not run it.
-const std::string kWindowScript =
-    probe("hp_window", "@w = count(); @t[tid] = count();") + " END { printf(\"end ran\\n\"); }";
+// A function, not a constant: the fixture's path is the copy's when the copies are in use.
+std::string window_script() {
+  return probe("hp_window", "@w = count(); @t[tid] = count();") +
+         " END { printf(\"end ran\\n\"); }";
+}
 
 std::size_t occurrences(const std::string& text, const std::string& what) {
   std::size_t n = 0;
@@ -638,7 +641,7 @@ int fd_links(pid_t pid, const std::string& prefix) {
 void maps_survive_the_end(const std::string& end, int expected_status) {
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  Hotprobe hp(attach_args(t.pid(), window_script()));
   ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
   t.counts("window 100");
   auto w = t.counts("window 50");
@@ -687,7 +690,7 @@ TEST(HotprobeAttachMaps, ClosedChannelStillPrintsTheMapsAndSaysSo) {
   HP_SKIP_IF_SANITIZED();
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  Hotprobe hp(attach_args(t.pid(), window_script()));
   ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
   auto w = t.counts("window 40");
   ASSERT_EQ(w.size(), 2u);
@@ -711,7 +714,7 @@ TEST(HotprobeAttachMaps, MalformedMapMemoryIsRefusedBeforeInjecting) {
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
   ::setenv("HOTPROBE_MAP_MEMORY", "lots", 1);
-  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  Hotprobe hp(attach_args(t.pid(), window_script()));
   ::unsetenv("HOTPROBE_MAP_MEMORY");
   Outcome r = hp.wait();
   EXPECT_EQ(r.code, 1) << r.err;
@@ -730,7 +733,7 @@ TEST(HotprobeAttachMaps, SecondSessionStartsWithFreshMaps) {
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
   for (long per : {30, 7}) {
-    Hotprobe hp(attach_args(t.pid(), kWindowScript));
+    Hotprobe hp(attach_args(t.pid(), window_script()));
     ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
     t.counts("window " + std::to_string(per));
     hp.interrupt();
@@ -788,7 +791,7 @@ std::uint64_t thread_stack_bytes(pid_t pid, const std::string& comm) {
 void attach_with_stack_limit(rlim_t limit) {
   Target t({"work", "2"}, 0, limit);
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  Hotprobe hp(attach_args(t.pid(), window_script()));
   ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
   const std::uint64_t stack = thread_stack_bytes(t.pid(), "hotprobe-agent");
   EXPECT_GE(stack, 128u << 10) << "the reporter's stack mapping";

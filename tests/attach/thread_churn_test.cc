@@ -19,6 +19,31 @@
 
 namespace {
 
+// How to run hotprobe: from the build tree, or (root refuses to load the agent from below
+// a directory others may write: a clone in a `mktemp -d` directory) from copies of it, its
+// agent and libhotprobe.so (tests/attach/reachable_copies.h), made once per run; the
+// target then finds the copy of libhotprobe.so too (LD_LIBRARY_PATH), as hotprobe does.
+struct Tools {
+  std::string hotprobe = HP_HOTPROBE;  // the command, with its environment
+  std::string library_path;            // "" for the build tree
+};
+const Tools& tools() {
+  static const Tools t = [] {
+    using namespace hp_test;
+    Tools t;
+    if (::getuid() != 0 || root_only_and_reachable(dir_of(HP_AGENT))) return t;
+    static ReachableCopies copies({{HP_HOTPROBE, base_name(HP_HOTPROBE)},
+                                   {HP_AGENT, base_name(HP_AGENT)},
+                                   {HP_CORE_LIB, HP_CORE_LIB_SONAME}});
+    if (!copies.error().empty()) return t;
+    t.library_path = copies.dir();
+    t.hotprobe = "HOTPROBE_AGENT=" + copies.path(base_name(HP_AGENT)) +
+                 " LD_LIBRARY_PATH=" + copies.dir() + " " + copies.path(base_name(HP_HOTPROBE));
+    return t;
+  }();
+  return t;
+}
+
 struct Child {
   pid_t pid = -1;
   FILE* to = nullptr;
@@ -27,6 +52,7 @@ struct Child {
 
 Child start_target(const char* mode = nullptr) {
   ::signal(SIGPIPE, SIG_IGN);  // a dead target fails answers(), not the test process
+  (void)tools();               // the copies, if any, made before the fork
   int in[2], out[2];
   EXPECT_EQ(::pipe(in), 0);
   EXPECT_EQ(::pipe(out), 0);
@@ -37,6 +63,7 @@ Child start_target(const char* mode = nullptr) {
     ::dup2(out[1], 1);
     ::close(in[1]);
     ::close(out[0]);
+    if (!tools().library_path.empty()) ::setenv("LD_LIBRARY_PATH", tools().library_path.c_str(), 1);
     ::execl(HP_CHURN, HP_CHURN, mode, static_cast<char*>(nullptr));
     ::_exit(127);
   }
@@ -53,27 +80,9 @@ bool answers(Child& c) {
   return std::fgets(line, sizeof line, c.from) && std::string(line) == "alive\n";
 }
 
-// How to run hotprobe: from the build tree, or (root refuses to load the agent from below
-// a directory others may write: a clone in a `mktemp -d` directory) from copies of it, its
-// agent and libhotprobe.so (tests/attach/reachable_copies.h), made once per run.
-std::string hotprobe_command() {
-  static const std::string command = [] {
-    using namespace hp_test;
-    if (::getuid() != 0 || root_only_and_reachable(dir_of(HP_AGENT)))
-      return std::string(HP_HOTPROBE);
-    static ReachableCopies copies({{HP_HOTPROBE, base_name(HP_HOTPROBE)},
-                                   {HP_AGENT, base_name(HP_AGENT)},
-                                   {HP_CORE_LIB, HP_CORE_LIB_SONAME}});
-    if (!copies.error().empty()) return std::string(HP_HOTPROBE);
-    return "HOTPROBE_AGENT=" + copies.path(base_name(HP_AGENT)) +
-           " LD_LIBRARY_PATH=" + copies.dir() + " " + copies.path(base_name(HP_HOTPROBE));
-  }();
-  return command;
-}
-
 std::string run_attach(pid_t pid,
                        const std::string& script = "uprobe:libc:free { @f = count(); }") {
-  std::string cmd = hotprobe_command() + " attach -p " + std::to_string(pid) + " -e '" + script +
+  std::string cmd = tools().hotprobe + " attach -p " + std::to_string(pid) + " -e '" + script +
                     "' --duration 0.3 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   std::string out;

@@ -472,6 +472,10 @@ TEST(InjectThreadExit, ChosenThreadsThatExitAreReplaced) {
   const std::string stop = temp_path("hp_inject_stop");
   Target t({"exitchurn", "2"}, marker, {"HP_INJECT_STOP=" + stop});
   ASSERT_TRUE(t.ready());
+  // The leader has exited (the injector does not choose its zombie entry).
+  for (int i = 0; i < 5000 && thread_state(t.pid(), t.pid()) != 'Z'; ++i)
+    std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(thread_state(t.pid(), t.pid()), 'Z');
   int staged = 0;
   Options o;
   o.test_after_seize = [&](pid_t tid) {
