@@ -195,8 +195,8 @@ std::uint64_t load_word(const ThreadRecord& r, bool& ok) {
   return r.word->load(std::memory_order_acquire);
 }
 
-// How often a grace period checks the instance of a record it finds outside a section:
-// every kIdentitySweep-th record in turn (records inside a section are checked every time).
+// How often a grace period's scan checks the instance of a record: every
+// kIdentitySweep-th record in turn (a holdout is checked while it is waited for).
 constexpr std::size_t kIdentitySweep = 16;
 
 // A futex lock whose every instruction is in the dispatch section (registration takes it;
@@ -627,9 +627,9 @@ void TasksTrace::run_grace_period() {
       bool readable;
       std::uint64_t v = load_word(*r, readable);
       // A thread that ended without its exit hook (its first section came after the
-      // hook's round): its word went with its TLS. Checked for every record found inside
-      // a section, and for every kIdentitySweep-th of the others.
-      if (!readable || (((v & kNestMask) != 0 || i % kIdentitySweep == 0) && thread_gone(*r))) {
+      // hook's round): its word went with its TLS. The instance of every
+      // kIdentitySweep-th record is checked here, that of a holdout while it is waited for.
+      if (!readable || (i % kIdentitySweep == 0 && thread_gone(*r))) {
         im.release(r);
         continue;
       }
@@ -652,9 +652,10 @@ void TasksTrace::run_grace_period() {
         bool readable;
         const std::uint64_t v = load_word(*r, readable);
         const bool same_section = (v & kNestMask) != 0 && (v >> 32) == (r->snap >> 32);
-        // A thread that ended inside its section, without its exit hook (the scan checked
-        // the instance; again every eighth look).
-        if (!readable || (same_section && iter % 8 == 7 && thread_gone(*r))) {
+        // A thread that ended inside its section, without its exit hook, or memory reused
+        // that reads as a section: the instance is checked every eighth look once the
+        // spinning is over (a pidfd costs microseconds; most sections end before).
+        if (!readable || (same_section && iter >= 32 && iter % 8 == 0 && thread_gone(*r))) {
           im.holdouts[i] = im.holdouts.back();
           im.holdouts.pop_back();
           r->holdout = false;
