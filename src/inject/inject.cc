@@ -49,6 +49,7 @@ struct Status {
   int threads = 0;
   std::uint64_t cap_eff = 0;
   std::uint64_t sig_ign = 0;
+  bool core_dumping = false;  // CoreDumping: 1 (Linux 4.15 and later)
 };
 
 Result<Status> read_status(const std::string& path) {
@@ -90,6 +91,7 @@ Result<Status> read_status(const std::string& path) {
     if (key == "Threads") number(st.threads);
     if (key == "CapEff") number(st.cap_eff, 16);
     if (key == "SigIgn") number(st.sig_ign, 16);
+    if (key == "CoreDumping") st.core_dumping = value == "1";
   }
   return st;
 }
@@ -99,19 +101,103 @@ std::string process_name(pid_t pid) {
   return st.ok() ? st->name : std::string("?");
 }
 
-// Whether a thread of `pid` other than an exited leader still runs (the leader of a
-// process whose threads go on shows as a zombie; so does a process in exit_group).
-bool has_live_thread(pid_t pid) {
-  DIR* dir = ::opendir(proc(pid, "task").c_str());
-  if (!dir) return false;
-  bool live = false;
-  while (const dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] == '.') continue;
-    auto st = read_status(proc(pid, "task/") + e->d_name + "/status");
-    if (st.ok() && st->state != 'Z' && st->state != 'X') live = true;
+// A thread's state letter, kernel flags and private pending signals (fields 3, 9 and 31 of
+// /proc/PID/task/TID/stat).
+struct TaskState {
+  char state = '?';
+  unsigned long flags = 0;
+  unsigned long pending = 0;
+};
+std::optional<TaskState> task_state(const std::string& stat_path) {
+  auto text = elf::read_proc_file(stat_path);
+  if (!text.ok()) return std::nullopt;
+  const std::size_t paren = text->rfind(')');
+  if (paren == std::string::npos) return std::nullopt;
+  std::string_view rest = std::string_view(*text).substr(paren + 1);
+  TaskState ts;
+  for (int field = 3; field <= 31 && !rest.empty(); ++field) {
+    rest.remove_prefix(std::min(rest.size(), rest.find_first_not_of(' ')));
+    const std::string_view word = rest.substr(0, std::min(rest.size(), rest.find(' ')));
+    if (field == 3 && !word.empty()) ts.state = word.front();
+    if (field == 9) std::from_chars(word.data(), word.data() + word.size(), ts.flags);
+    if (field == 31) std::from_chars(word.data(), word.data() + word.size(), ts.pending);
+    rest.remove_prefix(word.size());
   }
-  ::closedir(dir);
-  return live;
+  return ts;
+}
+
+// The kernel's task flags of a thread on its way out: PF_EXITING (in do_exit(), past
+// exit_signals()), PF_POSTCOREDUMP (do_exit() has begun, Linux 5.16 and later: a thread
+// its tracer holds at PTRACE_EVENT_EXIT has it and not yet PF_EXITING), PF_SIGNALED (it
+// took a fatal signal).
+constexpr unsigned long kPfExiting = 0x4, kPfPostCoreDump = 0x8, kPfSignaled = 0x400;
+
+// How many threads a check that reads the process through one of its threads (its leader
+// has exited) tries, each chosen after the one before ended in the middle.
+constexpr int kLiveThreadTries = 100;
+
+// Whether thread `tid` of `pid` can still run user code: not a zombie or dead, not on its
+// way out (the flags above), and without SIGKILL pending (the kernel sends it to every
+// thread of a process that exits).
+bool thread_live(pid_t pid, const std::string& tid) {
+  auto ts = task_state(proc(pid, "task/") + tid + "/stat");
+  return ts && ts->state != 'Z' && ts->state != 'X' &&
+         !(ts->flags & (kPfExiting | kPfPostCoreDump | kPfSignaled)) &&
+         !(ts->pending & (1ul << (SIGKILL - 1)));
+}
+
+// A thread of `pid` that can still run user code (the leader of a process whose other
+// threads go on shows as a zombie), as its /proc/PID/task/ entry; "" when none. In a
+// program whose threads come and go every thread of one listing may have ended by the
+// time it is read: the listing is read again then (a bounded number of times).
+std::string a_live_thread(pid_t pid) {
+  std::vector<std::string> seen;  // every entry of the listings so far
+  for (int scan = 0; scan < 50; ++scan) {
+    DIR* dir = ::opendir(proc(pid, "task").c_str());
+    if (!dir) return {};
+    std::string live;
+    bool changed = false;
+    while (const dirent* e = ::readdir(dir)) {
+      if (e->d_name[0] == '.') continue;
+      if (thread_live(pid, e->d_name)) {
+        live = e->d_name;
+        break;
+      }
+      if (std::find(seen.begin(), seen.end(), e->d_name) == seen.end()) {
+        seen.emplace_back(e->d_name);
+        changed = true;
+      }
+    }
+    ::closedir(dir);
+    // No new thread since the listing before: the process makes none, it is dying.
+    if (!live.empty() || (scan > 0 && !changed)) return live;
+  }
+  return {};
+}
+
+// What is true of a process that is dying ("" when it is not): every thread of a process
+// in exit (exit_group, a fatal signal) is a zombie or in the kernel's exit path, and while
+// its core is dumped its threads wait for the dump. Its /proc/PID/root and ns/mnt are gone
+// or going, so the checks that read them must not run first and misname the cause.
+std::string dying_reason(pid_t pid, const Status& st) {
+  const std::string who = "process " + std::to_string(pid) + " (" + st.name + ")";
+  if (st.core_dumping) {
+    return who + " is dumping core: it is ending; there is nothing to inject into";
+  }
+  if (!a_live_thread(pid).empty()) return {};
+  if (st.state == 'Z') {
+    return who + " is a zombie: it has exited and waits for its parent (PID " +
+           std::to_string(st.ppid) + ") to reap it; there is nothing to inject into";
+  }
+  return who + " is exiting: its threads are in the kernel's exit path; there is nothing to " +
+         "inject into";
+}
+
+// dying_reason() of `pid` now, for a check that failed unexpectedly ("" when it is not
+// dying, or is gone).
+std::string dying_reason_now(pid_t pid) {
+  auto st = read_status(proc(pid, "status"));
+  return st.ok() ? dying_reason(pid, *st) : std::string();
 }
 
 std::optional<int> yama_scope() {
@@ -141,9 +227,17 @@ Result<void> check_library_owners(pid_t pid, const std::string& library, const T
                                   const struct stat& file);
 
 struct TargetPath {
-  std::string through_root;  // /proc/PID/root/...: the same file, from here
+  // The process's root and mount namespace as seen from here: /proc/PID/ (or, once the
+  // leader has exited and only its zombie entry remains, /proc/PID/task/TID/ of a thread
+  // that runs on: the leader's root and namespaces went with it).
+  std::string task_dir;
+  std::string through_root;  // TASK_DIR/root/...: the same file, from here
+  struct stat file {};       // stat() of it
   bool other_mount_ns = false;
 };
+
+Result<TargetPath> check_library_path_once(pid_t pid, const std::string& library,
+                                           const std::string& task_dir);
 
 Result<TargetPath> check_library_path(pid_t pid, const std::string& library) {
   if (library.empty() || library.front() != '/') {
@@ -151,16 +245,42 @@ Result<TargetPath> check_library_path(pid_t pid, const std::string& library) {
                  "library path '" + library +
                      "' is not absolute: give the full path as the target process sees it");
   }
+  if (inode_of(proc(pid, "root")) != 0) return check_library_path_once(pid, library, proc(pid, ""));
+  // Through a thread that runs on; one that ends in the middle of the checks is replaced.
+  for (int tries = 0; tries < kLiveThreadTries; ++tries) {
+    const std::string live = a_live_thread(pid);
+    if (live.empty()) {
+      if (std::string dying = dying_reason_now(pid); !dying.empty()) {
+        return Error(Errc::not_found, dying);
+      }
+      continue;  // every thread listed had ended by the time it was read
+    }
+    auto tp = check_library_path_once(pid, library, proc(pid, "task/") + live + "/");
+    if (tp.ok() || thread_live(pid, live)) return tp;
+  }
+  return check_library_path_once(pid, library, proc(pid, ""));
+}
+
+Result<TargetPath> check_library_path_once(pid_t pid, const std::string& library,
+                                           const std::string& task_dir) {
   TargetPath tp;
+  tp.task_dir = task_dir;
   const std::uint64_t self_ns = inode_of("/proc/self/ns/mnt");
-  const std::uint64_t target_ns = inode_of(proc(pid, "ns/mnt"));
+  const std::uint64_t target_ns = inode_of(tp.task_dir + "ns/mnt");
   tp.other_mount_ns = self_ns != 0 && target_ns != 0 && self_ns != target_ns;
-  tp.through_root = proc(pid, "root") + library;
+  tp.through_root = tp.task_dir + "root" + library;
   struct stat st;
   if (::stat(tp.through_root.c_str(), &st) != 0) {
     const int err = errno;
     const std::string id = std::to_string(pid);
-    if (tp.other_mount_ns || inode_of("/proc/self/root") != inode_of(proc(pid, "root"))) {
+    // A process that died since the checks has no root to look through: say that.
+    if (std::string dying = dying_reason_now(pid); !dying.empty()) {
+      return Error(Errc::not_found, dying);
+    }
+    if (::kill(pid, 0) != 0 && errno == ESRCH) {
+      return Error(Errc::not_found, "process " + id + " exited (no process with PID " + id + ")");
+    }
+    if (tp.other_mount_ns || inode_of("/proc/self/root") != inode_of(tp.task_dir + "root")) {
       return Error(Errc::not_found,
                    "process " + id + " runs in another mount namespace (or root), where " +
                        library + " does not exist (" + std::strerror(err) +
@@ -173,6 +293,7 @@ Result<TargetPath> check_library_path(pid_t pid, const std::string& library) {
     return Error(Errc::invalid_argument, library + " is not a regular file");
   }
   HP_TRY(check_library_owners(pid, library, tp, st));
+  tp.file = st;
   return tp;
 }
 
@@ -190,7 +311,7 @@ Result<void> check_library_owners(pid_t pid, const std::string& library, const T
   if (!strict) return {};
   // Walk the resolved path (symlinks followed) when the target shares our view of the
   // file system; otherwise the path's own components through /proc/PID/root.
-  std::string walk = library, prefix = proc(pid, "root");
+  std::string walk = library, prefix = tp.task_dir + "root";
   if (!tp.other_mount_ns) {
     char real[PATH_MAX];
     if (::realpath(tp.through_root.c_str(), real) != nullptr) {
@@ -474,15 +595,36 @@ Result<Report> with_stopped_thread(const Identity& id, std::unique_ptr<Unwinder>
     const pid_t tid = tids[next++ % tids.size()];
     ++report.attempts;
     Tracee t(pid, tid, deadline);
+    // The process runs on without the chosen thread, which exited (or is exiting): nothing
+    // of the process was touched yet; take another thread.
+    const auto runs_on = [&] { return confirm_identity(id).ok() && !a_live_thread(pid).empty(); };
     if (auto s = t.seize(); !s.ok()) {
-      // A thread that exited between the listing and the seize: take another.
-      if (s.error().code() == Errc::not_found && tid != pid && !opts.tid) continue;
+      // A thread that exited between the listing and the seize.
+      if (s.error().code() == Errc::not_found && !opts.tid && (tid != pid || runs_on())) continue;
       return s.error();
     }
-    HP_TRY(t.interrupt());
+    if (opts.test_after_seize) opts.test_after_seize(tid);
+    if (auto s = t.interrupt(); !s.ok()) {
+      // A thread on its way out when it was seized.
+      if (t.gone() && !opts.tid && report.threads_exited < kMaxThreadExits && runs_on()) {
+        ++report.threads_exited;
+        continue;
+      }
+      return s.error();
+    }
     HP_TRY(confirm_identity(id));
+    // The leader's entry has no maps once it has exited: they are read through this
+    // thread (stopped, so it exists while they are used), again at each stop of another
+    // thread (the one before may have ended since).
+    if (snap && snap->mods.pid() != pid && snap->mods.pid() != tid) {
+      auto mods = elf::ModuleList::of_process(tid);
+      if (mods.ok() && !mods->mappings().empty()) snap->mods = std::move(*mods);
+    }
     if (!snap) {
       auto mods = elf::ModuleList::of_process(pid);
+      if (mods.ok() && mods->mappings().empty() && tid != pid) {
+        mods = elf::ModuleList::of_process(tid);
+      }
       if (!mods.ok()) return mods.error();
       if (mods->mappings().empty()) {
         return Error(Errc::not_found, "process " + std::to_string(pid) +
@@ -539,10 +681,17 @@ std::string remote_dlerror(Tracee& t, const LoaderFunctions& f, std::uint64_t ms
 Result<void> prepare(pid_t pid, Identity& id, std::unique_ptr<Unwinder>& unwinder) {
   HP_TRY(identify(pid, id));
   HP_TRY(check_can_trace(pid));
-  if (auto preview = elf::ModuleList::of_process(pid); preview.ok()) {
+  // A process whose leader has exited is read through a thread that runs on (the leader's
+  // entry has no maps).
+  pid_t view = pid;
+  if (std::string live = a_live_thread(pid);
+      !live.empty() && !thread_live(pid, std::to_string(pid))) {
+    view = std::stoi(live);
+  }
+  if (auto preview = elf::ModuleList::of_process(view); preview.ok()) {
     (void)find_loader_functions(*preview);  // fills the ELF cache (load_elf) for libc
   }
-  unwinder = std::make_unique<Unwinder>(pid);
+  unwinder = std::make_unique<Unwinder>(view);
   unwinder->prepare();
   return {};
 }
@@ -571,14 +720,23 @@ Result<void> check_can_trace(pid_t pid) {
                      ": pass the process ID (and Options::tid to choose this thread)");
   }
   const std::string who = "process " + id + " (" + st->name + ")";
-  if (st->state == 'Z' && !has_live_thread(pid)) {
-    return Error(Errc::not_found, who +
-                                      " is a zombie: it has exited and waits for its parent "
-                                      "(PID " +
-                                      std::to_string(st->ppid) +
-                                      ") to reap it; there is nothing to inject into");
+  if (std::string dying = dying_reason(pid, *st); !dying.empty()) {
+    return Error(Errc::not_found, dying);
   }
-  if (st->state == 'X') return Error(Errc::not_found, who + " is exiting");
+  // The leader has exited and other threads run on: their tracer and state are what count
+  // (the leader's zombie entry keeps the tracer it had, even one that seized it just
+  // before it exited).
+  if (!thread_live(pid, id)) {
+    for (int tries = 0; tries < kLiveThreadTries; ++tries) {
+      const std::string live = a_live_thread(pid);
+      if (live.empty()) break;
+      auto other = read_status(proc(pid, "task/") + live + "/status");
+      if (!other.ok()) continue;  // it ended meanwhile: another
+      st->tracer = other->tracer;
+      st->state = other->state;
+      break;
+    }
+  }
   if (st->tracer != 0 && st->tracer != ::getpid()) {
     return Error(Errc::busy, who + " is being traced by PID " + std::to_string(st->tracer) + " (" +
                                  process_name(st->tracer) +
@@ -699,8 +857,7 @@ Result<long> call_function_with_data(pid_t pid, const std::string& library_path,
   HP_TRY(prepare(pid, id, unwinder));
   auto path = check_library_path(pid, library_path);
   if (!path.ok()) return path.error();
-  struct stat st;
-  if (::stat(path->through_root.c_str(), &st) != 0) return sys_error(library_path);
+  const struct stat& st = path->file;
   if (opts.after_checks) opts.after_checks();
   long result = 0;
   auto report = with_stopped_thread(

@@ -23,7 +23,9 @@
 // entry points, not in a memory
 // system call malloc makes with its lock held, not in libgcc's unwinder, not inside an
 // rseq critical section. At another point it is let go, and the injector tries again
-// (another thread, or the same one a millisecond later) until the timeout.
+// (another thread, or the same one a millisecond later) until the timeout. A chosen thread
+// that exits before it stops (a program whose threads come and go) is replaced by another
+// (up to kMaxThreadExits times); the process runs on untouched.
 // docs/design/inject.md has the protocol, the syscall-restart rules and the safety
 // argument with its residual risks.
 //
@@ -47,6 +49,10 @@
 
 namespace hp::inject {
 
+// How many chosen threads may exit before they stop, in one injection, before the injector
+// gives up (each is replaced by another thread of the process).
+inline constexpr int kMaxThreadExits = 64;
+
 struct Options {
   // Bounds the whole operation: finding a safe point, the call and the restore. A call
   // that has not returned by then is abandoned (see docs/design/inject.md).
@@ -62,6 +68,9 @@ struct Options {
   // restores the thread from the fault), which a hotprobe killed during the call turns
   // into the process's death. Exists to show that the kill tests catch it.
   bool test_sentinel_return = false;
+  // Tests only: runs with the chosen thread's id once it is seized and before it is
+  // interrupted, to stage a thread that exits in between.
+  std::function<void(pid_t tid)> test_after_seize;
 };
 
 struct Report {
@@ -74,6 +83,7 @@ struct Report {
   std::uintptr_t handle = 0;    // dlopen's return (for unload_library)
   pid_t tid = 0;                // the thread that made the call
   int attempts = 0;             // stops taken (stops at an unsafe point are let go)
+  int threads_exited = 0;       // chosen threads that exited before they stopped
   bool in_syscall = false;      // the thread was stopped in a system call, restarted after
   bool other_mount_ns = false;  // the target runs in another mount namespace
 };

@@ -62,6 +62,8 @@ class Tracee {
   ~Tracee();
 
   pid_t tid() const { return tid_; }
+  // The thread exited while we waited for it (its exit was reported to us, its tracer).
+  bool gone() const { return gone_; }
   // PTRACE_SEIZE; nothing stops yet.
   Result<void> seize();
   // PTRACE_INTERRUPT and wait for the stop; saves registers, vector state, signal mask.

@@ -2,13 +2,16 @@
 // Memory-ordering pairs (R0, R1, R2, W1, W2) are explained in docs/design/sync-tasks-trace.md.
 #include "sync/tasks_trace.h"
 
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -17,6 +20,8 @@
 #include <new>
 #include <vector>
 
+#include "base/compiler.h"
+#include "base/raw_syscall.h"
 #include "base/signals.h"
 #include "base/thread_annotations.h"
 
@@ -44,15 +49,108 @@ void wake_writer() noexcept {
 
 namespace {
 
+// Registration (register_thread) runs between a trampoline and the dispatcher's read
+// section on a thread's first probe hit. The trampoline reclaimer tells a thread there by
+// its pc (the hp_dispatch section, HP_DISPATCH_SECTION): everything registration calls
+// while it may wait or be preempted for long is in that section and makes its system
+// calls directly (base/raw_syscall.h), with a lock of its own (RawMutex) instead of
+// libc's. What is left in libc is pthread_setspecific at the end, a few stores.
+
+// The identity of one thread instance, for records that outlive their thread (below):
+// the tid and the inode of the thread's pidfd (pidfs, Linux 6.9: unique per thread for
+// the system's uptime), or where the kernel has no thread pidfds, its start time in clock
+// ticks (field 22 of /proc/thread-self/stat). Linux hands a tid to a new thread within
+// seconds in a program that churns threads; the tid alone would take the new thread for
+// the old one.
+struct ThreadIdentity {
+  pid_t tid = 0;
+  std::uint64_t instance = 0;  // pidfs inode, or start time + 1 (thread_instance())
+};
+
+constexpr long kPidfdThread = O_EXCL;  // PIDFD_THREAD: the pidfd of one thread
+
+HP_DISPATCH_SECTION pid_t raw_gettid() noexcept {
+  return static_cast<pid_t>(raw_syscall(SYS_gettid));
+}
+
+// Field 22 of a /proc stat file, + 1 (0: unreadable).
+HP_DISPATCH_SECTION std::uint64_t start_time_plus_one(const char* path) noexcept {
+  const long fd =
+      raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[512];
+  const long n = raw_syscall(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
+  (void)raw_syscall(SYS_close, fd);
+  if (n <= 0) return 0;
+  // Fields from the third on follow the last ')' (the command may hold spaces).
+  long i = n - 1;
+  while (i >= 0 && buf[i] != ')')
+    i--;
+  if (i < 0) return 0;
+  int field = 2;
+  std::uint64_t v = 0;
+  for (i++; i < n; i++) {
+    if (buf[i] == ' ') {
+      if (field == 22) return v + 1;
+      field++;
+      v = 0;
+    } else if (field == 22) {
+      v = v * 10 + static_cast<std::uint64_t>(buf[i] - '0');
+    }
+  }
+  return field == 22 ? v + 1 : 0;
+}
+
+constexpr std::uint64_t kGone = 0, kUnknown = ~0ULL;
+
+// The instance of thread `tid` now: kGone once it has ended, kUnknown when the kernel
+// would not say (no descriptor left, say). `self`: the calling thread, whose /proc entry
+// is found even in a PID namespace other than that of /proc.
+HP_DISPATCH_SECTION std::uint64_t thread_instance(pid_t tid, bool self) noexcept {
+  const long fd = raw_syscall(SYS_pidfd_open, tid, kPidfdThread);
+  if (fd >= 0) {
+    struct stat st;
+    const long rc = raw_syscall(SYS_fstat, fd, reinterpret_cast<long>(&st));
+    (void)raw_syscall(SYS_close, fd);
+    return rc == 0 && st.st_ino != kGone ? st.st_ino : kUnknown;
+  }
+  if (fd == -ESRCH) return kGone;
+  if (fd != -EINVAL) return kUnknown;  // EINVAL: no thread pidfds (before Linux 6.9)
+  if (self) {
+    const std::uint64_t t = start_time_plus_one("/proc/thread-self/stat");
+    return t != 0 ? t : kUnknown;
+  }
+  char path[64] = "/proc/self/task/";
+  std::size_t at = 16;
+  char digits[16];
+  int nd = 0;
+  for (unsigned v = static_cast<unsigned>(tid); nd == 0 || v != 0; v /= 10)
+    digits[nd++] = static_cast<char>('0' + v % 10);
+  while (nd > 0)
+    path[at++] = digits[--nd];
+  for (const char* tail = "/stat"; *tail;)
+    path[at++] = *tail++;
+  path[at] = 0;
+  const std::uint64_t t = start_time_plus_one(path);
+  return t != 0 ? t : kGone;
+}
+
 // One registered thread. Records come from a pool of never-unmapped pages (mmap, so a
-// thread may register from a signal handler), not from the thread's TLS: a thread that
-// registers after its exit hook has run (a probed free() in glibc's last steps of thread
-// exit, after every key destructor) is never unlinked by that hook, and a record in its
-// TLS would be zeroed or reused under the list when the next thread takes its stack. The
-// writer unlinks such a record when it finds its thread gone (thread_gone()).
+// thread may register from a signal handler), not from the thread's TLS: a thread whose
+// first read section comes after its exit hook's round (a key destructor of glibc's last
+// round, a probed free() in glibc's last steps of thread exit) is never unlinked by that
+// hook, and a record in its TLS would be zeroed or reused under the list when the next
+// thread takes its stack. Such a record outlives its thread, and nothing tells which
+// records will: so the writer reads every word with a system call that fails instead of
+// faulting (the thread's TLS may be unmapped the moment it ends), checks the thread
+// instance (ThreadIdentity) of every record it finds inside a section before it waits for
+// it, and of a few others per grace period in turn, and releases a record whose instance
+// is gone. A tid alone would take a new thread with the same tid for the dead one: a
+// grace period would wait, for as long as the new thread lives, on a word in memory the
+// program has reused.
 struct ThreadRecord {
   std::atomic<std::uint64_t>* word = nullptr;
-  pid_t tid = 0;
+  ThreadIdentity id;
   ThreadRecord* prev = nullptr;
   ThreadRecord* next = nullptr;
   // Holdout state: written by the writer holding gp_mu, read by the exit hook; both under
@@ -65,32 +163,113 @@ struct ThreadRecord {
 // Records to reuse (linked through `next`), under registry_mu.
 ThreadRecord* g_free_records = nullptr;
 
-// Signal 0 checks that thread `tid` of this process exists (a fork child's getpid() is
-// its own). errno is the writer's, saved around the call.
-bool thread_gone(pid_t tid) {
-  const int saved = errno;
-  const bool gone = ::syscall(SYS_tgkill, ::getpid(), tid, 0) != 0 && errno == ESRCH;
-  errno = saved;
-  return gone;
+// Whether the thread instance of record `r` is gone (whatever thread has its tid now).
+bool thread_gone(const ThreadRecord& r) {
+  const std::uint64_t now = thread_instance(r.id.tid, false);
+  if (now == kGone) return true;
+  if (now != kUnknown && r.id.instance != kUnknown) return now != r.id.instance;
+  // Unknown: the tid alone (signal 0).
+  return raw_syscall(SYS_tgkill, raw_syscall(SYS_getpid), r.id.tid, 0) == -ESRCH;
 }
 
-// Blocks every signal on this thread while it holds registry_mu outside a grace period (in
-// registration, the exit hook, statistics): a signal handler on this thread whose read_lock()
-// registers the thread would otherwise wait for the lock its own thread holds. Writers need
-// no mask: synchronize() registers its thread first, so its handlers never take the lock.
+// The word of record `r` (W2: an acquire load), read through process_vm_readv, which fails
+// (EFAULT) instead of faulting when the memory is gone; `ok` is false then (its thread has
+// ended). Where the call is not allowed (a seccomp filter), the instance is asked first
+// and the word loaded directly.
+std::uint64_t load_word(const ThreadRecord& r, bool& ok) {
+  std::uint64_t v = 0;
+  iovec local{&v, sizeof v};
+  iovec remote{r.word, sizeof v};
+  const long n =
+      raw_syscall(SYS_process_vm_readv, raw_syscall(SYS_getpid), reinterpret_cast<long>(&local), 1,
+                  reinterpret_cast<long>(&remote), 1, 0);
+  ok = true;
+  if (n == sizeof v) {
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return v;
+  }
+  if (n == -EFAULT || thread_gone(r)) {
+    ok = false;
+    return 0;
+  }
+  return r.word->load(std::memory_order_acquire);
+}
+
+// How often a grace period's scan checks the instance of a record: every
+// kIdentitySweep-th record in turn (a holdout is checked while it is waited for).
+constexpr std::size_t kIdentitySweep = 16;
+
+// A futex lock whose every instruction is in the dispatch section (registration takes it;
+// libc's mutex would put a thread waiting for it at a pc in libc).
+class HP_CAPABILITY("mutex") RawMutex {
+ public:
+  HP_DISPATCH_SECTION void lock() noexcept HP_ACQUIRE();
+  HP_DISPATCH_SECTION void unlock() noexcept HP_RELEASE();
+  // After fork() in the child only.
+  void reinit_after_fork() noexcept HP_NO_THREAD_SAFETY_ANALYSIS { w_.store(0); }
+
+ private:
+  std::atomic<int> w_{0};  // 0 free, 1 held, 2 held with waiters
+};
+
+HP_DISPATCH_SECTION void RawMutex::lock() noexcept HP_NO_THREAD_SAFETY_ANALYSIS {
+  int c = 0;
+  if (w_.compare_exchange_strong(c, 1, std::memory_order_acquire)) return;
+  if (c != 2) c = w_.exchange(2, std::memory_order_acquire);
+  while (c != 0) {
+    (void)raw_syscall(SYS_futex, reinterpret_cast<long>(&w_), FUTEX_WAIT_PRIVATE, 2, 0);
+    c = w_.exchange(2, std::memory_order_acquire);
+  }
+}
+
+HP_DISPATCH_SECTION void RawMutex::unlock() noexcept HP_NO_THREAD_SAFETY_ANALYSIS {
+  if (w_.exchange(0, std::memory_order_release) == 2) {
+    (void)raw_syscall(SYS_futex, reinterpret_cast<long>(&w_), FUTEX_WAKE_PRIVATE, 1);
+  }
+}
+
+class HP_SCOPED_CAPABILITY RawLock {
+ public:
+  HP_DISPATCH_SECTION explicit RawLock(RawMutex& m) HP_ACQUIRE(m) : m_(m) { m_.lock(); }
+  HP_DISPATCH_SECTION ~RawLock() HP_RELEASE() { m_.unlock(); }
+  RawLock(const RawLock&) = delete;
+  RawLock& operator=(const RawLock&) = delete;
+
+ private:
+  RawMutex& m_;
+};
+
+// Every signal but the synchronous ones (hp::fill_async_signals) and glibc's two internal
+// ones (32, 33: cancellation and set*id, which pthread_sigmask never blocks either), as
+// the kernel's 64-bit mask.
+constexpr std::uint64_t sig_bit(int sig) {
+  return 1ULL << (sig - 1);
+}
+constexpr std::uint64_t kAsyncSignalMask =
+    ~(sig_bit(SIGTRAP) | sig_bit(SIGSEGV) | sig_bit(SIGBUS) | sig_bit(SIGILL) | sig_bit(SIGFPE) |
+      sig_bit(32) | sig_bit(33));
+
+// Blocks every asynchronous signal on this thread while it holds registry_mu outside a
+// grace period (in registration, the exit hook, statistics): a signal handler on this
+// thread whose read_lock() registers the thread would otherwise wait for the lock its own
+// thread holds. Writers need no mask: synchronize() registers its thread first, so its
+// handlers never take the lock. Direct rt_sigprocmask: registration runs it.
 class SignalsBlocked {
  public:
-  SignalsBlocked() noexcept {
-    sigset_t all;
-    hp::fill_async_signals(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old_);
+  HP_DISPATCH_SECTION SignalsBlocked() noexcept {
+    const std::uint64_t all = kAsyncSignalMask;
+    (void)raw_syscall(SYS_rt_sigprocmask, SIG_BLOCK, reinterpret_cast<long>(&all),
+                      reinterpret_cast<long>(&old_), sizeof old_);
   }
-  ~SignalsBlocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  HP_DISPATCH_SECTION ~SignalsBlocked() {
+    (void)raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&old_), 0,
+                      sizeof old_);
+  }
   SignalsBlocked(const SignalsBlocked&) = delete;
   SignalsBlocked& operator=(const SignalsBlocked&) = delete;
 
  private:
-  sigset_t old_;
+  std::uint64_t old_ = 0;
 };
 
 // The forking thread's signal mask, blocked from fork_prepare() to the parent/child handler.
@@ -154,17 +333,19 @@ struct TasksTraceAccess;
 
 struct TasksTrace::Impl {
   Mutex gp_mu;  // one grace period at a time
-  Mutex registry_mu HP_ACQUIRED_AFTER(gp_mu);
+  RawMutex registry_mu HP_ACQUIRED_AFTER(gp_mu);
   ThreadRecord* threads HP_GUARDED_BY(registry_mu) = nullptr;
   std::size_t nthreads HP_GUARDED_BY(registry_mu) = 0;
   // Records the current grace period waits for; an exiting thread removes itself.
   std::vector<ThreadRecord*> holdouts HP_GUARDED_BY(registry_mu);
+  std::size_t sweep HP_GUARDED_BY(registry_mu) = 0;  // where kIdentitySweep starts
   pthread_key_t exit_key{};
   std::atomic<std::int64_t> stall_timeout_ms{10'000};
   Mutex cfg_mu;
   std::function<void(const StallReport&)> stall_cb HP_GUARDED_BY(cfg_mu);
 
-  void link(ThreadRecord* r) HP_REQUIRES(registry_mu) {
+  // link() and alloc_record() run in registration: inlined into the dispatch section.
+  HP_ALWAYS_INLINE void link(ThreadRecord* r) HP_REQUIRES(registry_mu) {
     r->prev = nullptr;
     r->next = threads;
     if (threads) {
@@ -173,16 +354,16 @@ struct TasksTrace::Impl {
     threads = r;
     nthreads++;
   }
-  // A record from the pool (a new page of them when it is empty).
-  ThreadRecord* alloc_record() HP_REQUIRES(registry_mu) {
+  // A record from the pool (a new page of them when it is empty: zero-filled, which is
+  // a value-initialized ThreadRecord). Null when no page can be mapped.
+  HP_ALWAYS_INLINE ThreadRecord* alloc_record() HP_REQUIRES(registry_mu) {
     if (!g_free_records) {
-      constexpr std::size_t kPage = 4096;
-      void* mem =
-          ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      HP_CHECK_MSG(mem != MAP_FAILED, "tasks-trace: out of memory for thread records");
-      auto* recs = static_cast<ThreadRecord*>(mem);
+      constexpr long kPage = 4096;
+      const long mem = raw_syscall(SYS_mmap, 0, kPage, PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (mem < 0 && mem > -4096) return nullptr;
+      auto* recs = reinterpret_cast<ThreadRecord*>(mem);
       for (std::size_t i = 0; i < kPage / sizeof(ThreadRecord); i++) {
-        new (&recs[i]) ThreadRecord{};
         recs[i].next = g_free_records;
         g_free_records = &recs[i];
       }
@@ -250,7 +431,7 @@ void on_thread_exit(void* p) {
   auto& im = TasksTraceAccess::impl(*g_instance);
   SignalsBlocked sb;
   {
-    MutexLock l(im.registry_mu);
+    RawLock l(im.registry_mu);
     // Only this thread's own record. A thread that registered after its exit hook leaves
     // its key's value behind in its thread descriptor, which glibc hands, uncleared, to the
     // next thread that takes the cached stack: that value is not this thread's (the writer
@@ -295,7 +476,8 @@ void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
     ThreadRecord* n = r->next;
     r->holdout = false;
     if (r->word == mine) {
-      r->tid = static_cast<pid_t>(::syscall(SYS_gettid));
+      r->id = {raw_gettid(), 0};  // a thread of its own (and so an instance of its own)
+      r->id.instance = thread_instance(r->id.tid, true);
     } else {
       im.release(r);  // a parent thread's
     }
@@ -341,25 +523,32 @@ TasksTrace& tasks_trace() noexcept {
   return *instance;
 }
 
-std::uint64_t TasksTrace::register_thread() noexcept {
-  TasksTrace& tt = tasks_trace();
+// In the dispatch section, with direct system calls and the raw registry lock (see
+// RawMutex); pthread_setspecific at the end is the one call into libc.
+HP_DISPATCH_SECTION std::uint64_t TasksTrace::register_thread() noexcept {
+  TasksTrace& tt = g_instance ? *g_instance : tasks_trace();
   SignalsBlocked sb;
   // A signal handler may have registered this thread between read_lock()'s load and here.
   if (std::uint64_t v = tls_word.load(std::memory_order_relaxed); v != 0) {
     return v;
   }
+  const pid_t tid = raw_gettid();
+  const ThreadIdentity id{tid, thread_instance(tid, true)};
   ThreadRecord* rec;
   tls_word.store(tt_detail::kRegistered, std::memory_order_relaxed);
   {
     // The writer scans under this lock, so a grace period either sees this record or
     // started its scan before the registration; in the latter case this thread's coming
     // section starts after that scan (the lock orders them) and sees the writer's updates.
-    MutexLock l(tt.impl_->registry_mu);
+    RawLock l(tt.impl_->registry_mu);
     rec = tt.impl_->alloc_record();
+    HP_CHECK_MSG(rec != nullptr, "tasks-trace: out of memory for thread records");
     rec->word = &tls_word;
-    rec->tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    rec->id = id;
     tt.impl_->link(rec);
   }
+  // The exit hook (glibc runs it unless this thread is past its last round of key
+  // destructors; then the writer releases the record once the thread is gone).
   HP_CHECK(pthread_setspecific(tt.impl_->exit_key, rec) == 0);
   return tt_detail::kRegistered;
 }
@@ -429,18 +618,21 @@ void TasksTrace::run_grace_period() {
   const auto t0 = std::chrono::steady_clock::now();
   const std::uint64_t gp_number = seq_.completed() + 1;
   {
-    MutexLock l(im.registry_mu);
+    RawLock l(im.registry_mu);
     im.holdouts.clear();
-    for (ThreadRecord *r = im.threads, *next; r; r = next) {
+    std::size_t i = im.sweep++;
+    for (ThreadRecord *r = im.threads, *next; r; r = next, i++) {
       next = r->next;
-      // A thread that registered after its exit hook, and is gone: its word went with its
-      // TLS. (The hook unlinks every other thread before it ends.)
-      if (thread_gone(r->tid)) {
+      // W2: matches R2 in read_unlock() and R0 in read_lock().
+      bool readable;
+      std::uint64_t v = load_word(*r, readable);
+      // A thread that ended without its exit hook (its first section came after the
+      // hook's round): its word went with its TLS. The instance of every
+      // kIdentitySweep-th record is checked here, that of a holdout while it is waited for.
+      if (!readable || (i % kIdentitySweep == 0 && thread_gone(*r))) {
         im.release(r);
         continue;
       }
-      // W2: matches R2 in read_unlock() and R0 in read_lock().
-      std::uint64_t v = r->word->load(std::memory_order_acquire);
       if (v & kNestMask) {
         r->holdout = true;
         r->stall_reported = false;
@@ -452,20 +644,25 @@ void TasksTrace::run_grace_period() {
   for (unsigned iter = 0;; iter++) {
     std::vector<StallReport> stalls;
     {
-      MutexLock l(im.registry_mu);
+      RawLock l(im.registry_mu);
       for (std::size_t i = 0; i < im.holdouts.size();) {
         ThreadRecord* r = im.holdouts[i];
-        if (thread_gone(r->tid)) {  // ended inside its section, after its exit hook
+        // W2 (matches R2 and R0): depth 0 or a new outermost entry means the section we
+        // saw has ended.
+        bool readable;
+        const std::uint64_t v = load_word(*r, readable);
+        const bool same_section = (v & kNestMask) != 0 && (v >> 32) == (r->snap >> 32);
+        // A thread that ended inside its section, without its exit hook, or memory reused
+        // that reads as a section: the instance is checked every eighth look once the
+        // spinning is over (a pidfd costs microseconds; most sections end before).
+        if (!readable || (same_section && iter >= 32 && iter % 8 == 0 && thread_gone(*r))) {
           im.holdouts[i] = im.holdouts.back();
           im.holdouts.pop_back();
           r->holdout = false;
           im.release(r);
           continue;
         }
-        // W2 (matches R2 and R0): depth 0 or a new outermost entry means the section we saw
-        // has ended.
-        std::uint64_t v = r->word->load(std::memory_order_acquire);
-        if ((v & kNestMask) == 0 || (v >> 32) != (r->snap >> 32)) {
+        if (!same_section) {
           r->holdout = false;
           im.holdouts[i] = im.holdouts.back();
           im.holdouts.pop_back();
@@ -484,7 +681,7 @@ void TasksTrace::run_grace_period() {
             continue;
           }
           r->stall_reported = true;
-          stalls.push_back(StallReport{r->tid, {}, held, gp_number});
+          stalls.push_back(StallReport{r->id.tid, {}, held, gp_number});
         }
       }
     }
@@ -526,7 +723,7 @@ void TasksTrace::run_grace_period() {
 
 std::size_t TasksTrace::registered_threads() const {
   SignalsBlocked sb;
-  MutexLock l(impl_->registry_mu);
+  RawLock l(impl_->registry_mu);
   return impl_->nthreads;
 }
 
@@ -550,6 +747,14 @@ void TasksTrace::force_barrier_kind_for_testing(BarrierKind k) {
   }
   MutexLock l(impl_->gp_mu);
   barrier_kind_.store(k, std::memory_order_relaxed);
+}
+
+void TasksTrace::lock_registry_for_testing() HP_NO_THREAD_SAFETY_ANALYSIS {
+  impl_->registry_mu.lock();
+}
+
+void TasksTrace::unlock_registry_for_testing() HP_NO_THREAD_SAFETY_ANALYSIS {
+  impl_->registry_mu.unlock();
 }
 
 }  // namespace hp::sync

@@ -17,11 +17,15 @@
 //   entry count has changed (the thread left and started a new section, which began after
 //   the writer's barrier and therefore already sees the writer's updates).
 //
-//   A thread registers itself lazily on its first read_lock() (a cold out-of-line call) and
-//   unregisters in a pthread-key destructor, which runs after the C++ thread_local
-//   destructors and before the thread's TLS is freed; the writer only reads a thread's word
-//   under the registry lock, which the exiting thread takes to unregister, so it never reads
-//   freed memory. Memory ordering is in docs/design/sync-tasks-trace.md (pairs R0/R1/R2/W1/W2).
+//   A thread registers itself lazily on its first read_lock() (a cold out-of-line call, in
+//   the dispatch section with direct system calls: the trampoline reclaimer tells a thread
+//   there by its pc) and unregisters in a pthread-key destructor, which runs after the C++
+//   thread_local destructors and before the thread's TLS is freed; the writer only reads a
+//   thread's word under the registry lock, which the exiting thread takes to unregister, so
+//   it never reads freed memory. A thread whose first section comes after that destructor's
+//   round leaves a record behind: the writer reads words without faulting and releases a
+//   record once its thread instance (tid and pidfd inode; Linux reuses tids) is gone.
+//   Memory ordering is in docs/design/sync-tasks-trace.md (pairs R0/R1/R2/W1/W2).
 //
 // EXAMPLE
 //   hp::sync::TasksTrace& tt = hp::sync::tasks_trace();
@@ -208,6 +212,10 @@ class TasksTrace {
 
   // Tests only: use another barrier kind from the next grace period on (kNone is refused).
   void force_barrier_kind_for_testing(BarrierKind k);
+  // Tests only: hold the registry lock, as a writer does while it scans (a thread's first
+  // read_lock() then waits for it).
+  void lock_registry_for_testing();
+  void unlock_registry_for_testing();
 
  private:
   friend TasksTrace& tasks_trace() noexcept;

@@ -22,9 +22,11 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -33,6 +35,7 @@
 
 #include "elf/modules.h"
 #include "inject/inject.h"
+#include "reachable_copies.h"
 
 namespace {
 
@@ -72,6 +75,85 @@ std::vector<long> numbers_after(const std::string& line, const std::string& word
   return v;
 }
 
+// The programs a test runs. The tests that run a process as another user (nobody) use
+// copies in a directory that user can reach (ReachableCopies below): a checkout in a
+// `mktemp -d` directory (mode 0700) keeps nobody from executing the fixture, hotprobe or
+// the agent there, or loading libhotprobe.so beside them.
+struct Programs {
+  std::string target = HP_TARGET;
+  std::string hotprobe = HP_HOTPROBE;
+  std::string agent = HP_AGENT;
+  std::string exit_lib = HP_EXIT_LIB;  // an "agent" that ends the process in its constructor
+  std::string library_path;            // LD_LIBRARY_PATH for the copies ("" for the build tree's)
+};
+Programs& programs() {
+  static Programs p;
+  return p;
+}
+void set_library_path() {
+  if (!programs().library_path.empty())
+    ::setenv("LD_LIBRARY_PATH", programs().library_path.c_str(), 1);
+}
+
+using hp_test::base_name;
+using hp_test::dir_of;
+using hp_test::root_only_and_reachable;
+
+// Copies of the fixture, hotprobe, the agents and libhotprobe.so (the two programs find it
+// through LD_LIBRARY_PATH: their RUNPATH names the build tree), which programs() points at
+// while the object lives (tests/attach/reachable_copies.h). Needs root.
+class ReachableCopies {
+ public:
+  ReachableCopies() {
+    if (!programs().library_path.empty()) return;  // copies already in use
+    copies_.emplace(
+        std::vector<std::pair<std::string, std::string>>{{HP_TARGET, base_name(HP_TARGET)},
+                                                         {HP_HOTPROBE, base_name(HP_HOTPROBE)},
+                                                         {HP_AGENT, base_name(HP_AGENT)},
+                                                         {HP_EXIT_LIB, base_name(HP_EXIT_LIB)},
+                                                         {HP_CORE_LIB, HP_CORE_LIB_SONAME}});
+    if (!copies_->error().empty()) return;
+    saved_ = programs();
+    programs() = Programs{copies_->path(base_name(HP_TARGET)),
+                          copies_->path(base_name(HP_HOTPROBE)), copies_->path(base_name(HP_AGENT)),
+                          copies_->path(base_name(HP_EXIT_LIB)), copies_->dir()};
+  }
+  ~ReachableCopies() {
+    if (copies_ && copies_->error().empty()) programs() = saved_;
+  }
+  ReachableCopies(const ReachableCopies&) = delete;
+  ReachableCopies& operator=(const ReachableCopies&) = delete;
+  // What went wrong ("" when the copies are in place).
+  std::string error() const { return copies_ ? copies_->error() : std::string(); }
+
+ private:
+  std::optional<hp_test::ReachableCopies> copies_;
+  Programs saved_;
+};
+
+// Root refuses to load the agent from below a directory that others may write (/tmp, for
+// a clone in a `mktemp -d` directory): then every test of this file uses the copies.
+class CopiesForTheWholeRun : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (::getuid() != 0 || sanitized()) return;
+    if (root_only_and_reachable(dir_of(HP_AGENT)) && root_only_and_reachable(dir_of(HP_TARGET)))
+      return;
+    copies_ = std::make_unique<ReachableCopies>();
+    if (!copies_->error().empty()) std::printf("[ copies   ] %s\n", copies_->error().c_str());
+  }
+  void TearDown() override { copies_.reset(); }
+
+ private:
+  std::unique_ptr<ReachableCopies> copies_;
+};
+[[maybe_unused]] ::testing::Environment* const g_copies_env =
+    ::testing::AddGlobalTestEnvironment(new CopiesForTheWholeRun);
+
+#define HP_USE_REACHABLE_COPIES(copies) \
+  ReachableCopies copies;               \
+  ASSERT_TRUE(copies.error().empty()) << copies.error()
+
 // The fixture program, with its stdin and stdout on pipes: one command line in, one
 // answer line out.
 class Target {
@@ -94,11 +176,13 @@ class Target {
             ::setresuid(run_as, run_as, run_as) != 0)
           ::_exit(98);
       }
-      std::vector<char*> argv{const_cast<char*>(HP_TARGET)};
+      set_library_path();
+      const char* exe = programs().target.c_str();
+      std::vector<char*> argv{const_cast<char*>(exe)};
       for (const auto& a : args)
         argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
-      ::execv(HP_TARGET, argv.data());
+      ::execv(exe, argv.data());
       ::_exit(99);
     }
     ::close(in[0]);
@@ -183,7 +267,8 @@ struct Outcome {
 // `hotprobe ARGS...` running in the background, its stdout and stderr in files.
 class Hotprobe {
  public:
-  explicit Hotprobe(const std::vector<std::string>& args, const char* agent = HP_AGENT,
+  // `agent`: null for programs().agent.
+  explicit Hotprobe(const std::vector<std::string>& args, const char* agent = nullptr,
                     uid_t run_as = 0, bool ignore_sigint = false)
       : out_path_(temp_path("out")), err_path_(temp_path("err")), start_(Clock::now()) {
     pid_ = ::fork();
@@ -196,16 +281,18 @@ class Hotprobe {
       ::dup2(e, 2);
       int null = ::open("/dev/null", O_RDONLY);
       ::dup2(null, 0);
-      ::setenv("HOTPROBE_AGENT", agent, 1);
+      ::setenv("HOTPROBE_AGENT", agent ? agent : programs().agent.c_str(), 1);
       if (run_as != 0) {
         gid_t gid = run_as;
         if (::setgroups(1, &gid) != 0 || ::setgid(gid) != 0 || ::setuid(run_as) != 0) ::_exit(98);
       }
-      std::vector<char*> argv{const_cast<char*>(HP_HOTPROBE)};
+      set_library_path();
+      const char* exe = programs().hotprobe.c_str();
+      std::vector<char*> argv{const_cast<char*>(exe)};
       for (const auto& a : args)
         argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
-      ::execv(HP_HOTPROBE, argv.data());
+      ::execv(exe, argv.data());
       ::_exit(99);
     }
   }
@@ -277,7 +364,7 @@ std::vector<std::string> attach_args(pid_t pid, const std::string& script) {
 }
 
 std::string probe(const char* function, const std::string& body) {
-  return std::string("uprobe:") + HP_TARGET + ":" + function + " { " + body + " }";
+  return "uprobe:" + programs().target + ":" + function + " { " + body + " }";
 }
 
 // "@name[KEY]: VALUE" lines of a printed map (text format), by key.
@@ -338,7 +425,7 @@ std::string code_differs_from_file(pid_t pid, const std::vector<std::string>& sp
 
 // The functions the tests' scripts probe.
 std::vector<std::string> script_functions() {
-  return {std::string(HP_TARGET) + ":hp_work", std::string(HP_TARGET) + ":hp_window"};
+  return {programs().target + ":hp_work", programs().target + ":hp_window"};
 }
 // The agent's own hooks on the process's end (src/agent/session.cc, Session::attach).
 // The agent's exit/exec hooks, and the engine's internal module watcher (the last
@@ -521,8 +608,11 @@ void attach_cycles(Target& t, int cycles, bool settle, CycleCounts& c) {
 // exactly the program's own total at the end (which also bounds it: >= the count seen
 // before the end, <= the calls made). END runs once: in the process, or in hotprobe when
 // the process could not run it.
-const std::string kWindowScript =
-    probe("hp_window", "@w = count(); @t[tid] = count();") + " END { printf(\"end ran\\n\"); }";
+// A function, not a constant: the fixture's path is the copy's when the copies are in use.
+std::string window_script() {
+  return probe("hp_window", "@w = count(); @t[tid] = count();") +
+         " END { printf(\"end ran\\n\"); }";
+}
 
 std::size_t occurrences(const std::string& text, const std::string& what) {
   std::size_t n = 0;
@@ -551,7 +641,7 @@ int fd_links(pid_t pid, const std::string& prefix) {
 void maps_survive_the_end(const std::string& end, int expected_status) {
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  Hotprobe hp(attach_args(t.pid(), window_script()));
   ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
   t.counts("window 100");
   auto w = t.counts("window 50");
@@ -600,7 +690,7 @@ TEST(HotprobeAttachMaps, ClosedChannelStillPrintsTheMapsAndSaysSo) {
   HP_SKIP_IF_SANITIZED();
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  Hotprobe hp(attach_args(t.pid(), window_script()));
   ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
   auto w = t.counts("window 40");
   ASSERT_EQ(w.size(), 2u);
@@ -624,7 +714,7 @@ TEST(HotprobeAttachMaps, MalformedMapMemoryIsRefusedBeforeInjecting) {
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
   ::setenv("HOTPROBE_MAP_MEMORY", "lots", 1);
-  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  Hotprobe hp(attach_args(t.pid(), window_script()));
   ::unsetenv("HOTPROBE_MAP_MEMORY");
   Outcome r = hp.wait();
   EXPECT_EQ(r.code, 1) << r.err;
@@ -643,7 +733,7 @@ TEST(HotprobeAttachMaps, SecondSessionStartsWithFreshMaps) {
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
   for (long per : {30, 7}) {
-    Hotprobe hp(attach_args(t.pid(), kWindowScript));
+    Hotprobe hp(attach_args(t.pid(), window_script()));
     ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
     t.counts("window " + std::to_string(per));
     hp.interrupt();
@@ -701,7 +791,7 @@ std::uint64_t thread_stack_bytes(pid_t pid, const std::string& comm) {
 void attach_with_stack_limit(rlim_t limit) {
   Target t({"work", "2"}, 0, limit);
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), kWindowScript));
+  Hotprobe hp(attach_args(t.pid(), window_script()));
   ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
   const std::uint64_t stack = thread_stack_bytes(t.pid(), "hotprobe-agent");
   EXPECT_GE(stack, 128u << 10) << "the reporter's stack mapping";
@@ -829,13 +919,11 @@ TEST(HotprobeAttachErrors, NoSuchProcess) {
 TEST(HotprobeAttachErrors, PermissionDeniedNamesTheWayOut) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root, to run hotprobe as user 65534";
-  if (::access(HP_HOTPROBE, X_OK) != 0) GTEST_SKIP() << "hotprobe is not executable";
+  HP_USE_REACHABLE_COPIES(copies);
   Target t({"read"});
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), HP_AGENT, 65534);
+  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), nullptr, 65534);
   Outcome r = hp.wait();
-  if (r.code == 126 || r.code == 99)
-    GTEST_SKIP() << "user 65534 cannot execute " << HP_HOTPROBE << " (directory modes)";
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("uid 0"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("CAP_SYS_PTRACE"), std::string::npos) << r.err;
@@ -851,7 +939,7 @@ TEST(HotprobeAttachErrors, TargetExitsDuringInjection) {
   HP_SKIP_IF_SANITIZED();
   Target t({"read"});
   ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), HP_EXIT_LIB);
+  Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), programs().exit_lib.c_str());
   Outcome r = hp.wait();
   EXPECT_EQ(t.wait_exit(), 7);
   EXPECT_EQ(r.code, 1) << r.err;
@@ -866,31 +954,12 @@ bool agent_loaded(pid_t pid) {
 
 constexpr uid_t kNobody = 65534;
 
-// The first directory above `file` that other users cannot search ("" when none): a
-// clone in a `mktemp -d` directory (mode 0700) keeps a process running as `nobody` from
-// executing the fixture or loading the agent.
-std::string unreachable_dir(std::string path) {
-  for (auto slash = path.rfind('/'); slash != std::string::npos && slash > 0;
-       slash = path.rfind('/')) {
-    path.resize(slash);
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0 || !(st.st_mode & S_IXOTH)) return path;
-  }
-  return "";
-}
-
-#define HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD()                                      \
-  for (const char* f : {HP_TARGET, HP_AGENT})                                             \
-    if (const std::string d = unreachable_dir(f); !d.empty())                             \
-  GTEST_SKIP() << d << " cannot be searched by other users (mode 0700?): the tests that " \
-               << "run a process as another user need a checkout they can reach"
-
 // Root attaches to a process of another user (nobody): the channel does not depend on
 // either side's file-system permissions; counts are exact.
 TEST(HotprobeAttachUsers, RootAttachesToAnotherUsersProcess) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
-  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
+  HP_USE_REACHABLE_COPIES(copies);
   Target t({"work", "2"}, kNobody);
   ASSERT_TRUE(t.ready());
   ASSERT_NE(read_file("/proc/" + std::to_string(t.pid()) + "/status").find("Uid:\t65534"),
@@ -916,7 +985,7 @@ TEST(HotprobeAttachUsers, RootAttachesToAnotherUsersProcess) {
 TEST(HotprobeAttachUsers, ThirdUserCannotReachTheChannel) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
-  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
+  HP_USE_REACHABLE_COPIES(copies);
   Target t({"work", "2"}, kNobody);
   ASSERT_TRUE(t.ready());
   int report[2];
@@ -983,11 +1052,11 @@ TEST(HotprobeAttachUsers, ThirdUserCannotReachTheChannel) {
 TEST(HotprobeAttachUsers, RefusedAttachLeavesNoAgent) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
-  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
+  HP_USE_REACHABLE_COPIES(copies);
   Target t({"read"});
   ASSERT_TRUE(t.ready());
   {
-    Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), HP_AGENT, kNobody);
+    Hotprobe hp(attach_args(t.pid(), probe("hp_work", "@ = count();")), nullptr, kNobody);
     Outcome r = hp.wait();
     EXPECT_EQ(r.code, 1) << r.err;
     EXPECT_NE(r.err.find("run as that user, or as root"), std::string::npos) << r.err;
@@ -1025,7 +1094,7 @@ TEST(HotprobeAttachSignals, InheritedIgnoredSigintStillEndsHotprobe) {
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
   for (int delay_ms : {0, 1, 3, 10, 30}) {
-    Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")), HP_AGENT, 0,
+    Hotprobe hp(attach_args(t.pid(), probe("hp_window", "@w = count();")), nullptr, 0,
                 /*ignore_sigint=*/true);
     // One SIGINT, `delay_ms` after hotprobe's own code runs: once it no longer ignores
     // SIGINT, or (had it kept ignoring it) once it has loaded the agent.
@@ -1034,7 +1103,7 @@ TEST(HotprobeAttachSignals, InheritedIgnoredSigintStillEndsHotprobe) {
     for (auto until = Clock::now() + 10s; Clock::now() < until;) {
       char link[4096] = {};
       if (::readlink(exe.c_str(), link, sizeof link - 1) <= 0 ||
-          std::string(link) != std::string(HP_HOTPROBE)) {
+          std::string(link) != programs().hotprobe) {
         std::this_thread::sleep_for(100us);  // not hotprobe yet (fork, then exec)
         continue;
       }
@@ -1104,7 +1173,7 @@ TEST(HotprobeAttachSignals, KilledAttachNeverHurtsTheProcess) {
 TEST(HotprobeAttachUsers, NginxWorkersCountEveryRequest) {
   HP_SKIP_IF_SANITIZED();
   if (::getuid() != 0) GTEST_SKIP() << "needs root";
-  HP_SKIP_UNLESS_OTHER_USERS_REACH_THE_BUILD();
+  HP_USE_REACHABLE_COPIES(copies);
   const char* nginx = "/usr/sbin/nginx";
   if (::access(nginx, X_OK) != 0) GTEST_SKIP() << "no nginx";
   // A free port.
@@ -1134,6 +1203,7 @@ TEST(HotprobeAttachUsers, NginxWorkersCountEveryRequest) {
     int null = ::open("/dev/null", O_RDWR);
     ::dup2(null, 0);
     ::dup2(null, 1);
+    set_library_path();  // for the copy of the agent the workers load
     ::execl(nginx, nginx, "-p", dir.c_str(), "-c", (dir + "/nginx.conf").c_str(), nullptr);
     ::_exit(127);
   }
@@ -1215,16 +1285,19 @@ TEST(HotprobeAttachUsers, NginxWorkersCountEveryRequest) {
 // the loader keep it, as after any session.)
 TEST(HotprobeAttachUsers, AgentRefusalStartsNothing) {
   HP_SKIP_IF_SANITIZED();
+  if (::getuid() != 0) GTEST_SKIP() << "needs root";
+  HP_USE_REACHABLE_COPIES(copies);
+  const std::string agent = programs().agent;
   Target t({"read"});
   ASSERT_TRUE(t.ready());
-  auto loaded = hp::inject::load_library(t.pid(), HP_AGENT);
+  auto loaded = hp::inject::load_library(t.pid(), agent);
   ASSERT_TRUE(loaded.ok()) << loaded.error().message();
   ASSERT_TRUE(agent_loaded(t.pid()));
   const std::uint64_t args[] = {hp::inject::kDataArgument};
   for (std::string request :
        {std::string("bogus"),
         std::string("hotprobe-attach 1 1 0123456789abcdef0123456789abcdef")}) {
-    auto rc = hp::inject::call_function_with_data(t.pid(), HP_AGENT, "hotprobe_agent_attach", args,
+    auto rc = hp::inject::call_function_with_data(t.pid(), agent, "hotprobe_agent_attach", args,
                                                   {request.c_str(), request.size() + 1});
     ASSERT_TRUE(rc.ok()) << rc.error().message();
     // A malformed request: EINVAL; a well-formed one naming no listener: ECONNREFUSED.

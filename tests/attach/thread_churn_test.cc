@@ -15,7 +15,34 @@
 #include <fstream>
 #include <string>
 
+#include "reachable_copies.h"
+
 namespace {
+
+// How to run hotprobe: from the build tree, or (root refuses to load the agent from below
+// a directory others may write: a clone in a `mktemp -d` directory) from copies of it, its
+// agent and libhotprobe.so (tests/attach/reachable_copies.h), made once per run; the
+// target then finds the copy of libhotprobe.so too (LD_LIBRARY_PATH), as hotprobe does.
+struct Tools {
+  std::string hotprobe = HP_HOTPROBE;  // the command, with its environment
+  std::string library_path;            // "" for the build tree
+};
+const Tools& tools() {
+  static const Tools t = [] {
+    using namespace hp_test;
+    Tools t;
+    if (::getuid() != 0 || root_only_and_reachable(dir_of(HP_AGENT))) return t;
+    static ReachableCopies copies({{HP_HOTPROBE, base_name(HP_HOTPROBE)},
+                                   {HP_AGENT, base_name(HP_AGENT)},
+                                   {HP_CORE_LIB, HP_CORE_LIB_SONAME}});
+    if (!copies.error().empty()) return t;
+    t.library_path = copies.dir();
+    t.hotprobe = "HOTPROBE_AGENT=" + copies.path(base_name(HP_AGENT)) +
+                 " LD_LIBRARY_PATH=" + copies.dir() + " " + copies.path(base_name(HP_HOTPROBE));
+    return t;
+  }();
+  return t;
+}
 
 struct Child {
   pid_t pid = -1;
@@ -25,6 +52,7 @@ struct Child {
 
 Child start_target(const char* mode = nullptr) {
   ::signal(SIGPIPE, SIG_IGN);  // a dead target fails answers(), not the test process
+  (void)tools();               // the copies, if any, made before the fork
   int in[2], out[2];
   EXPECT_EQ(::pipe(in), 0);
   EXPECT_EQ(::pipe(out), 0);
@@ -35,6 +63,7 @@ Child start_target(const char* mode = nullptr) {
     ::dup2(out[1], 1);
     ::close(in[1]);
     ::close(out[0]);
+    if (!tools().library_path.empty()) ::setenv("LD_LIBRARY_PATH", tools().library_path.c_str(), 1);
     ::execl(HP_CHURN, HP_CHURN, mode, static_cast<char*>(nullptr));
     ::_exit(127);
   }
@@ -53,8 +82,8 @@ bool answers(Child& c) {
 
 std::string run_attach(pid_t pid,
                        const std::string& script = "uprobe:libc:free { @f = count(); }") {
-  std::string cmd = std::string(HP_HOTPROBE) + " attach -p " + std::to_string(pid) + " -e '" +
-                    script + "' --duration 0.3 2>&1";
+  std::string cmd = tools().hotprobe + " attach -p " + std::to_string(pid) + " -e '" + script +
+                    "' --duration 0.3 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   std::string out;
   char buf[512];
@@ -70,13 +99,10 @@ long value(const std::string& out, const std::string& map) {
   return at == std::string::npos ? -1 : std::atol(out.c_str() + at + map.size() + 2);
 }
 
-// A session on the churning program: the injector may take a thread that then ends on its
-// own during the injection, which it reports and does not retry; the program is unharmed
-// (answers() checks that), and the session is tried once more.
+// A session on the churning program (a thread the injector takes that ends on its own
+// before it stops is replaced by another).
 std::string run_session(pid_t pid) {
-  std::string out = run_attach(pid);
-  if (out.find("exited during the injection") != std::string::npos) out = run_attach(pid);
-  return out;
+  return run_attach(pid);
 }
 
 long mappings(pid_t pid) {

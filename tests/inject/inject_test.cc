@@ -44,7 +44,9 @@ std::string read_file(const std::string& path) {
 // A target process (our child) with its stdin and stdout on pipes.
 class Target {
  public:
-  explicit Target(std::vector<std::string> args, std::string marker = "") {
+  // `env`: more NAME=VALUE entries for its environment.
+  explicit Target(std::vector<std::string> args, std::string marker = "",
+                  std::vector<std::string> env = {}) {
     ::signal(SIGPIPE, SIG_IGN);  // a target that died must fail the test, not kill it
     int in[2], out[2];
     if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) std::abort();
@@ -53,13 +55,16 @@ class Target {
     for (auto& a : args)
       argv.push_back(a.data());
     argv.push_back(nullptr);
-    std::string env_marker = "HP_INJECT_MARKER=" + marker;
-    char* envp[] = {env_marker.data(), nullptr};
+    env.insert(env.begin(), "HP_INJECT_MARKER=" + marker);
+    std::vector<char*> envp;
+    for (auto& e : env)
+      envp.push_back(e.data());
+    envp.push_back(nullptr);
     pid_ = ::fork();
     if (pid_ == 0) {
       ::dup2(in[0], 0);
       ::dup2(out[1], 1);
-      ::execve(argv[0], argv.data(), envp);
+      ::execve(argv[0], argv.data(), envp.data());
       ::_exit(127);
     }
     ::close(in[0]);
@@ -78,19 +83,23 @@ class Target {
   pid_t pid() const { return pid_; }
 
   // Waits for the "ready" line.
-  bool ready() {
+  bool ready() { return line().starts_with("ready"); }
+
+  // The next line of its stdout, without the newline ("" at its end or after 10 s).
+  std::string line() {
     std::string line;
     const auto deadline = std::chrono::steady_clock::now() + 10s;
     while (line.find('\n') == std::string::npos) {
       pollfd p{stdout_, POLLIN, 0};
-      if (std::chrono::steady_clock::now() > deadline || ::poll(&p, 1, 100) < 0) return false;
+      if (std::chrono::steady_clock::now() > deadline || ::poll(&p, 1, 100) < 0) return "";
       char c;
       if (p.revents) {
-        if (::read(stdout_, &c, 1) != 1) return false;  // closed before the line was whole
+        if (::read(stdout_, &c, 1) != 1) return "";  // closed before the line was whole
         line += c;
       }
     }
-    return line.starts_with("ready");
+    line.pop_back();
+    return line;
   }
 
   // Waits until the main thread is blocked in system call `nr` (/proc/PID/syscall).
@@ -361,6 +370,156 @@ TEST(Inject, StoppedAndZombieProcessesAreRefused) {
   ASSERT_FALSE(z.ok()) << read_file("/proc/" + std::to_string(zombie) + "/status");
   EXPECT_NE(z.error().message().find("is a zombie"), std::string::npos) << z.error().message();
   ::waitpid(zombie, nullptr, 0);
+}
+
+// The state letter of thread `tid` of `pid` (field 3 of its stat), '-' when it is gone.
+char thread_state(pid_t pid, pid_t tid) {
+  const std::string stat =
+      read_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat");
+  const auto paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() ? '-' : stat[paren + 2];
+}
+
+// A process that is dying is named as such: a zombie, and one held in the kernel's exit
+// path (its tracer, another process, stops it at PTRACE_EVENT_EXIT), where its root and
+// mount namespace are gone or going: not "another mount namespace", not "traced".
+TEST(InjectDying, ZombieAndExitingProcessesAreNamedAsSuch) {
+  const pid_t zombie = ::fork();
+  if (zombie == 0) ::_exit(0);
+  for (int i = 0; i < 5000 && thread_state(zombie, zombie) != 'Z'; ++i)
+    std::this_thread::sleep_for(1ms);
+  auto z = load_library(zombie, HP_INJECT_LIB);
+  ASSERT_FALSE(z.ok());
+  EXPECT_EQ(z.error().code(), Errc::not_found);
+  EXPECT_NE(z.error().message().find("process " + std::to_string(zombie) + " ("), std::string::npos)
+      << z.error().message();
+  EXPECT_NE(z.error().message().find("is a zombie"), std::string::npos) << z.error().message();
+  ::waitpid(zombie, nullptr, 0);
+
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root: a sibling process traces the target";
+  Target t({"idle"});
+  ASSERT_TRUE(t.ready());
+  int to_tracer[2], from_tracer[2];
+  ASSERT_EQ(::pipe(to_tracer), 0);
+  ASSERT_EQ(::pipe(from_tracer), 0);
+  const pid_t tracer = ::fork();
+  if (tracer == 0) {
+    // Seize with PTRACE_O_TRACEEXIT, say so, report the exit stop, hold it until told.
+    char c = 's';
+    if (::ptrace(PTRACE_SEIZE, t.pid(), 0, PTRACE_O_TRACEEXIT) != 0) c = 'e';
+    if (::write(from_tracer[1], &c, 1) != 1 || c == 'e') ::_exit(1);
+    int status = 0;
+    while (::waitpid(t.pid(), &status, __WALL) == t.pid()) {
+      if (WIFSTOPPED(status) && (status >> 16) == PTRACE_EVENT_EXIT) break;
+      ::ptrace(PTRACE_CONT, t.pid(), 0, WIFSTOPPED(status) ? WSTOPSIG(status) : 0);
+    }
+    c = 'x';
+    if (::write(from_tracer[1], &c, 1) != 1) ::_exit(1);
+    (void)::read(to_tracer[0], &c, 1);
+    ::_exit(0);  // the kernel detaches the target, which ends its exit
+  }
+  char c = 0;
+  ASSERT_EQ(::read(from_tracer[0], &c, 1), 1);
+  ASSERT_EQ(c, 's');
+  ASSERT_EQ(::kill(t.pid(), SIGTERM), 0);
+  ASSERT_EQ(::read(from_tracer[0], &c, 1), 1);
+  ASSERT_EQ(c, 'x');
+  auto e = load_library(t.pid(), HP_INJECT_LIB);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.error().code(), Errc::not_found);
+  EXPECT_NE(e.error().message().find("process " + std::to_string(t.pid()) + " ("),
+            std::string::npos)
+      << e.error().message();
+  EXPECT_NE(e.error().message().find("is exiting"), std::string::npos) << e.error().message();
+  auto chk = check_can_trace(t.pid());
+  ASSERT_FALSE(chk.ok());
+  EXPECT_NE(chk.error().message().find("is exiting"), std::string::npos) << chk.error().message();
+  ASSERT_EQ(::write(to_tracer[1], "g", 1), 1);
+  ::waitpid(tracer, nullptr, 0);
+  const int status = t.wait_exit();
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << status;
+  for (int fd : {to_tracer[0], to_tracer[1], from_tracer[0], from_tracer[1]})
+    ::close(fd);
+}
+
+// A process whose leader has exited (pthread_exit) while a thread runs on is alive: its
+// root and mount namespace are read through that thread, and the library loads.
+TEST(InjectDying, ProcessWhoseLeaderExitedTakesTheLibrary) {
+  const std::string marker = temp_path("hp_inject_marker");
+  Target t({"leaderexit"}, marker);
+  ASSERT_TRUE(t.ready());
+  for (int i = 0; i < 5000 && thread_state(t.pid(), t.pid()) != 'Z'; ++i)
+    std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(thread_state(t.pid(), t.pid()), 'Z');
+  auto r = load_library(t.pid(), HP_INJECT_LIB);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_NE(r->tid, t.pid());
+  EXPECT_EQ(read_file(marker), "ctor " + std::to_string(t.pid()) + "\n");
+  auto v = call_function(t.pid(), HP_INJECT_LIB, "hp_test_entry", 5);
+  ASSERT_TRUE(v.ok()) << v.error().message();
+  EXPECT_EQ(*v, 16);
+  std::remove(marker.c_str());
+}
+
+// Threads that live for microseconds (each starts its successor and exits): a chosen
+// thread that exits before it stops is replaced by another, the library is loaded once,
+// every call returns its value, and the program ends with every thread it started ended.
+// The first kStaged choices are made to exit before the interrupt (the hook waits until
+// the seized thread is a zombie), so the replacement is exercised every run.
+TEST(InjectThreadExit, ChosenThreadsThatExitAreReplaced) {
+  constexpr int kStaged = 3;
+  const std::string marker = temp_path("hp_inject_marker");
+  const std::string stop = temp_path("hp_inject_stop");
+  Target t({"exitchurn", "2"}, marker, {"HP_INJECT_STOP=" + stop});
+  ASSERT_TRUE(t.ready());
+  // The leader has exited (the injector does not choose its zombie entry).
+  for (int i = 0; i < 5000 && thread_state(t.pid(), t.pid()) != 'Z'; ++i)
+    std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(thread_state(t.pid(), t.pid()), 'Z');
+  int staged = 0;
+  Options o;
+  o.test_after_seize = [&](pid_t tid) {
+    if (staged >= kStaged) return;
+    ++staged;
+    for (int i = 0; i < 5000; ++i) {
+      const char st = thread_state(t.pid(), tid);
+      if (st == 'Z' || st == 'X' || st == '-') return;
+      std::this_thread::sleep_for(1ms);
+    }
+  };
+  auto r = load_library(t.pid(), HP_INJECT_LIB, o);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(staged, kStaged);
+  EXPECT_GE(r->threads_exited, kStaged);  // and any that exited on their own
+  EXPECT_EQ(read_file(marker), "ctor " + std::to_string(t.pid()) + "\n");
+  int exited = 0;
+  for (long x = 0; x < 20; ++x) {
+    auto v = call_function(t.pid(), HP_INJECT_LIB, "hp_test_entry", x);
+    ASSERT_TRUE(v.ok()) << v.error().message();
+    EXPECT_EQ(*v, 3 * x + 1);
+  }
+  for (int i = 0; i < 10; ++i) {
+    auto again = load_library(t.pid(), HP_INJECT_LIB);
+    ASSERT_TRUE(again.ok()) << again.error().message();
+    EXPECT_EQ(again->handle, r->handle);
+    exited += again->threads_exited;
+    auto u = unload_library(t.pid(), again->handle);
+    ASSERT_TRUE(u.ok()) << u.error().message();
+  }
+  std::cout << "[ churn    ] " << exited << " chosen thread(s) exited on their own in 10 loads\n";
+  auto u = unload_library(t.pid(), r->handle);
+  ASSERT_TRUE(u.ok()) << u.error().message();
+  EXPECT_EQ(read_file(marker), "ctor " + std::to_string(t.pid()) + "\n");
+  std::ofstream(stop).put('\n');
+  const std::string done = t.line();
+  long started = -1, ended = -2;
+  ASSERT_EQ(std::sscanf(done.c_str(), "done %ld %ld", &started, &ended), 2) << done;
+  EXPECT_EQ(started, ended);
+  EXPECT_GT(started, 0);
+  const int status = t.wait_exit();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  std::remove(marker.c_str());
+  std::remove(stop.c_str());
 }
 
 TEST(Inject, TargetExitingDuringInjectionGivesAnErrorNotAHang) {
