@@ -33,6 +33,10 @@
 #include "script/output.h"
 
 namespace hp::cli {
+
+// What a system() or cat() request prints, run in hotprobe (run.cc).
+std::string run_command_request(std::string_view payload, hotprobe::script::OutputFormat format);
+
 namespace {
 
 namespace agent = hp::agent;
@@ -402,6 +406,11 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
       case agent::Msg::output:
         std::fwrite(payload.data(), 1, payload.size(), out);
         break;
+      case agent::Msg::command: {  // system(), cat(): run here, never in the traced process
+        const std::string text = run_command_request(payload, copts.format);
+        std::fwrite(text.data(), 1, text.size(), out);
+        break;
+      }
       case agent::Msg::lost:
         lost += agent::get<std::uint64_t>(payload, pos).value_or(0);
         break;

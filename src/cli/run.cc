@@ -36,6 +36,85 @@
 #include "script/program.h"
 
 namespace hp::cli {
+
+namespace {
+
+// What cat() prints of a file at most (bpftrace's default for BPFTRACE_CAT_BYTES_MAX).
+constexpr std::size_t kCatBytesMax = 10240;
+
+// The standard output of `/bin/sh -c command`; its standard error is hotprobe's, and a
+// command that fails prints what it printed (bpftrace's system()).
+std::string run_shell(const std::string& command) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    std::fprintf(stderr, "hotprobe: system(): cannot make a pipe: %s\n", std::strerror(errno));
+    return {};
+  }
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::close_range(3, ~0u, 0);  // not the agent's channel, nor hotprobe's files
+    ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  std::string text;
+  if (child < 0) {
+    std::fprintf(stderr, "hotprobe: system(): cannot start /bin/sh: %s\n", std::strerror(errno));
+  } else {
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) != 0;) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) break;
+      text.append(buf, static_cast<std::size_t>(n));
+    }
+    while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  ::close(fds[0]);
+  return text;
+}
+
+// At most kCatBytesMax bytes of `path`; a file that cannot be read is said on stderr and
+// tracing goes on (bpftrace's cat()).
+std::string read_for_cat(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  std::string text;
+  if (fd < 0) {
+    std::string shown;
+    hotprobe::script::append_text_escaped(shown, path);
+    std::fprintf(stderr, "hotprobe: cat(): cannot open '%s': %s\n", shown.c_str(),
+                 std::strerror(errno));
+    return text;
+  }
+  char buf[4096];
+  while (text.size() < kCatBytesMax) {
+    const ssize_t n = ::read(fd, buf, std::min(sizeof buf, kCatBytesMax - text.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
+}  // namespace
+
+std::string run_command_request(std::string_view payload, hotprobe::script::OutputFormat format) {
+  namespace script = hotprobe::script;
+  if (payload.empty()) return {};
+  const auto kind = static_cast<script::Sink::Request>(payload[0]);
+  const std::string arg(payload.substr(1));
+  const bool system = kind == script::Sink::Request::system;
+  if (!system && kind != script::Sink::Request::cat) return {};
+  std::fflush(stdout);  // the command's standard error after what hotprobe printed
+  std::string text = system ? run_shell(arg) : read_for_cat(arg);
+  if (format == script::OutputFormat::text) return text;
+  std::string out;
+  script::append_message(out, system ? "syscall" : "cat", text, format);
+  return out;
+}
+
 namespace {
 
 namespace agent = hp::agent;
@@ -591,6 +670,9 @@ int run(const RunOptions& o) {
       }
       case agent::Msg::output:
         out.text(payload);
+        break;
+      case agent::Msg::command:  // system(), cat(): run here, never in the traced process
+        out.text(run_command_request(payload, out.format));
         break;
       case agent::Msg::lost:
         lost += agent::get<std::uint64_t>(payload, pos).value_or(0);
