@@ -136,7 +136,7 @@ TEST(LangRun, SystemRunsInHotprobeInOrderWithPrintf) {
   EXPECT_EQ(r.out,
             "Attaching 3 probes...\nbegin\nbegin sys\nafter begin\n"
             "before 3\nsys 3 hotprobe\nafter 3\nbefore 5\nsys 5 hotprobe\nafter 5\n"
-            "end sys\nend\n")
+            "end sys\nend\n\n\n")
       << r.err;
 }
 
@@ -148,7 +148,7 @@ TEST(LangRun, SystemCommandThatFailsPrintsWhatItPrintedAndTracingGoesOn) {
                              "system(\"hp_no_such_command_%d\", arg0); printf(\"next\\n\"); }";
   auto r = hotprobe({"run", "--unsafe", "-e", script, "--", HP_LANG_TARGET});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(r.out, "Attaching 1 probe...\nout 3\nnext\nout 5\nnext\n") << r.err;
+  EXPECT_EQ(r.out, "Attaching 1 probe...\nout 3\nnext\nout 5\nnext\n\n\n") << r.err;
   EXPECT_NE(r.err.find("err\n"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("hp_no_such_command_5"), std::string::npos) << r.err;
 }
@@ -161,7 +161,7 @@ TEST(LangRun, CatPrintsTheFileInOrderAndSaysWhenItCannot) {
   auto r = hotprobe({"run", "--unsafe", "-e", script, "--", HP_LANG_TARGET});
   std::remove((dir + "_3").c_str());
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(r.out, "Attaching 1 probe...\n3:\nthree\nlines\ndone 3\n5:\ndone 5\n") << r.err;
+  EXPECT_EQ(r.out, "Attaching 1 probe...\n3:\nthree\nlines\ndone 3\n5:\ndone 5\n\n\n") << r.err;
   EXPECT_NE(r.err.find("hotprobe: cat(): cannot open '" + dir + "_5': No such file or directory"),
             std::string::npos)
       << r.err;
@@ -171,7 +171,7 @@ TEST(LangRun, SystemAndCatInJson) {
   const std::string file = ::testing::TempDir() + "hp_cat_json_" + std::to_string(::getpid());
   { std::ofstream(file) << "x\"y\n"; }
   const std::string script = "BEGIN { system(\"echo hi\"); cat(\"" + file + "\"); exit(); }";
-  auto r = hotprobe({"run", "--unsafe", "-f", "json", "-e", script, "--", HP_LANG_TARGET});
+  auto r = hotprobe({"run", "--unsafe", "--format", "json", "-e", script, "--", HP_LANG_TARGET});
   std::remove(file.c_str());
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("{\"type\": \"syscall\", \"data\": \"hi\\n\"}\n"
