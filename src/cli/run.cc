@@ -42,6 +42,19 @@ namespace {
 // What cat() prints of a file at most (bpftrace's default for BPFTRACE_CAT_BYTES_MAX).
 constexpr std::size_t kCatBytesMax = 10240;
 
+// What `fd` gives until its end, `max` bytes at most.
+std::string read_up_to(int fd, std::size_t max) {
+  std::string text;
+  char buf[4096];
+  while (text.size() < max) {
+    const ssize_t n = ::read(fd, buf, std::min(sizeof buf, max - text.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  return text;
+}
+
 // The standard output of `/bin/sh -c command`; its standard error is hotprobe's, and a
 // command that fails prints what it printed (bpftrace's system()).
 std::string run_shell(const std::string& command) {
@@ -62,12 +75,7 @@ std::string run_shell(const std::string& command) {
   if (child < 0) {
     std::fprintf(stderr, "hotprobe: system(): cannot start /bin/sh: %s\n", std::strerror(errno));
   } else {
-    char buf[4096];
-    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) != 0;) {
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) break;
-      text.append(buf, static_cast<std::size_t>(n));
-    }
+    text = read_up_to(fds[0], std::string::npos);
     while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
     }
   }
@@ -87,13 +95,7 @@ std::string read_for_cat(const std::string& path) {
                  std::strerror(errno));
     return text;
   }
-  char buf[4096];
-  while (text.size() < kCatBytesMax) {
-    const ssize_t n = ::read(fd, buf, std::min(sizeof buf, kCatBytesMax - text.size()));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buf, static_cast<std::size_t>(n));
-  }
+  text = read_up_to(fd, kCatBytesMax);
   ::close(fd);
   return text;
 }
