@@ -209,7 +209,8 @@ struct AttachMaps {
   void print(FILE* out, pid_t pid, const std::string& source,
              const hotprobe::script::CompileOptions& copts, bool run_end) {
     if (!region || printed) return;
-    agent::RegionMaps r = agent::read_region_maps(*region, source, copts, run_end, {});
+    agent::RegionMaps r =
+        agent::read_region_maps(*region, source, copts, run_end, {}, &run_command_request);
     if (!r.laid_out) return;  // the agent kept its maps in its own memory (and sent them)
     printed = true;
     channel_lost = r.channel_lost;

@@ -297,8 +297,14 @@ struct SharedMaps {
 
   class TextSink final : public script::Sink {
    public:
+    explicit TextSink(script::OutputFormat f) : format(f) {}
     void write(std::string_view t) override { text.append(t); }
     void request_exit() override {}
+    // END runs here: its system() and cat() run here too, in order with its output.
+    void request(Request kind, std::string_view t) override {
+      text += run_command_request(std::string(1, static_cast<char>(kind)).append(t), format);
+    }
+    script::OutputFormat format;
     std::string text;
   };
 
@@ -363,7 +369,7 @@ struct SharedMaps {
                    why.c_str());
       return;
     }
-    TextSink sink;
+    TextSink sink(out.format);
     (*prog)->bind(&sink);
     if (phase == script::region::kEndDone) {  // END ran in the program: its output
       if (region->contains(h.end_text_off, h.end_text_len))

@@ -140,6 +140,16 @@ TEST(LangRun, SystemRunsInHotprobeInOrderWithPrintf) {
       << r.err;
 }
 
+TEST(LangRun, SystemInTheEndHotprobeRunsForAKilledProgram) {
+  // The program is killed before its final report: END runs in hotprobe, its system() too.
+  const std::string script =
+      "END { printf(\"e\\n\"); system(\"echo end sys $(cat /proc/$PPID/comm)\"); "
+      "printf(\"e2\\n\"); }";
+  auto r = hotprobe({"run", "--unsafe", "-e", script, "--", "/bin/sh", "-c", "kill -9 $$"});
+  EXPECT_EQ(r.code, 128 + SIGKILL) << r.err;
+  EXPECT_EQ(r.out, "Attaching 1 probe...\ne\nend sys hotprobe\ne2\n\n\n") << r.err;
+}
+
 TEST(LangRun, SystemCommandThatFailsPrintsWhatItPrintedAndTracingGoesOn) {
   // bpftrace's system(): the command's standard output, its standard error as it is, and
   // no word on its exit status.
