@@ -34,8 +34,10 @@
 
 namespace hp::cli {
 
-// What a system() or cat() request prints, run in hotprobe (run.cc).
+// What a system() or cat() request prints, run in hotprobe, and whether one from `pid`
+// (its sender's uid `sender_uid`, -1 when not known) may run (run.cc).
 std::string run_command_request(std::string_view payload, hotprobe::script::OutputFormat format);
+bool request_from_own_user(pid_t pid, long sender_uid, const char* command);
 
 namespace {
 
@@ -408,6 +410,11 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
         std::fwrite(payload.data(), 1, payload.size(), out);
         break;
       case agent::Msg::command: {  // system(), cat(): run here, never in the traced process
+        ucred peer{};
+        socklen_t len = sizeof peer;
+        const long uid =
+            ::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 ? peer.uid : -1;
+        if (!copts.unsafe || !request_from_own_user(o.pid, uid, "attach")) break;
         const std::string text = run_command_request(payload, copts.format);
         std::fwrite(text.data(), 1, text.size(), out);
         break;

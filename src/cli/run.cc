@@ -102,6 +102,38 @@ std::string read_for_cat(const std::string& path) {
 
 }  // namespace
 
+bool request_from_own_user(pid_t pid, long sender_uid, const char* command) {
+  // The sender's uid as the kernel gave it (-1: not known), and every uid of the process
+  // while it is there (real, effective, saved, filesystem), must be hotprobe's: a process
+  // of another user could write a forged request on the channel, which hotprobe would run
+  // as its own user.
+  bool same = sender_uid < 0 || sender_uid == static_cast<long>(::getuid());
+  bool seen = sender_uid >= 0;
+  if (std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "re")) {
+    char line[256];
+    unsigned long ids[4];
+    while (std::fgets(line, sizeof line, f)) {
+      if (std::sscanf(line, "Uid: %lu %lu %lu %lu", &ids[0], &ids[1], &ids[2], &ids[3]) != 4)
+        continue;
+      seen = true;
+      same = same && std::all_of(std::begin(ids), std::end(ids),
+                                 [](unsigned long id) { return id == ::getuid(); });
+      break;
+    }
+    std::fclose(f);
+  }
+  static bool said = false;
+  if ((!same || !seen) && !said) {
+    said = true;
+    std::fprintf(stderr,
+                 "hotprobe %s: system() and cat() requests from process %d are not run: it "
+                 "does not run as hotprobe's user (uid %u), and a process of another user "
+                 "could forge them (run hotprobe as that process's user to use them)\n",
+                 command, static_cast<int>(pid), static_cast<unsigned>(::getuid()));
+  }
+  return same && seen;
+}
+
 std::string run_command_request(std::string_view payload, hotprobe::script::OutputFormat format) {
   namespace script = hotprobe::script;
   if (payload.empty()) return {};
@@ -680,7 +712,10 @@ int run(const RunOptions& o) {
         out.text(payload);
         break;
       case agent::Msg::command:  // system(), cat(): run here, never in the traced process
-        out.text(run_command_request(payload, out.format));
+        if (copts.unsafe &&
+            request_from_own_user(from.known ? static_cast<pid_t>(from.pid) : pid,
+                                  from.known ? static_cast<long>(from.uid) : -1, "run"))
+          out.text(run_command_request(payload, out.format));
         break;
       case agent::Msg::lost:
         lost += agent::get<std::uint64_t>(payload, pos).value_or(0);

@@ -23,10 +23,14 @@ hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
   return hp::test::run_command(c);
 }
 
-// A sleep(1) to attach to: its pid, once it is sleep (not this program's fork).
-pid_t start_sleep() {
+// A sleep(1) to attach to: its pid, once it is sleep (not this program's fork); as user
+// `uid` when not -1.
+pid_t start_sleep(long uid = -1) {
   const pid_t child = ::fork();
   if (child == 0) {
+    if (uid >= 0 &&
+        (::setgid(static_cast<gid_t>(uid)) != 0 || ::setuid(static_cast<uid_t>(uid)) != 0))
+      ::_exit(126);
     ::execl("/bin/sleep", "sleep", "60", static_cast<char*>(nullptr));
     ::_exit(127);
   }
@@ -34,7 +38,8 @@ pid_t start_sleep() {
     char exe[4096] = {};
     const ssize_t n =
         ::readlink(("/proc/" + std::to_string(child) + "/exe").c_str(), exe, sizeof exe - 1);
-    if (n > 0 && std::string(exe).ends_with("sleep")) break;
+    if ((n > 0 && std::string(exe).ends_with("sleep")) || ::waitpid(child, nullptr, WNOHANG) != 0)
+      break;
     ::usleep(1000);
   }
   return child;
@@ -199,6 +204,24 @@ TEST(LangRun, SystemRunsInHotprobeAttach) {
   ::waitpid(child, nullptr, 0);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out.substr(0, r.out.find("\n\n")), "Attaching 1 probe...\na\nsys hotprobe\nb")
+      << r.err;
+}
+
+TEST(LangRun, RequestsFromAProcessOfAnotherUserAreNotRun) {
+  // It could write a forged request on the channel: hotprobe would run it as root.
+  if (::getuid() != 0) GTEST_SKIP() << "needs root to start a process as another user";
+  const pid_t child = start_sleep(65534);
+  auto r =
+      hotprobe({"attach", "--unsafe", "-p", std::to_string(child), "-e",
+                "BEGIN { printf(\"a\\n\"); system(\"echo sys\"); printf(\"b\\n\"); exit(); }"});
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.substr(0, r.out.find("\n\n")), "Attaching 1 probe...\na\nb") << r.err;
+  EXPECT_NE(r.err.find("hotprobe attach: system() and cat() requests from process " +
+                       std::to_string(child) +
+                       " are not run: it does not run as hotprobe's user (uid 0)"),
+            std::string::npos)
       << r.err;
 }
 
