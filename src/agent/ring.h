@@ -21,25 +21,12 @@ class Ring {
  public:
   explicit Ring(std::size_t capacity) : cap_(capacity), buf_(new char[capacity]) {}
 
-  // Producer only. False (and counted) when the record does not fit now. A `request`
-  // record (system(), cat()) is handed to drain's `on_request` instead of appended.
-  bool write(std::string_view text, bool request = false) {
-    std::uint64_t need = sizeof(std::uint32_t) + text.size();
-    std::uint64_t head = head_.load(std::memory_order_relaxed);
-    std::uint64_t tail = tail_.load(std::memory_order_acquire);  // T2
-    if (need > cap_ - (head - tail)) {
-      lost_.store(lost_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      return false;
-    }
-    if (text.size() >= kRequestBit) {
-      lost_.store(lost_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      return false;
-    }
-    const auto len = static_cast<std::uint32_t>(text.size()) | (request ? kRequestBit : 0);
-    copy_in(head, &len, sizeof len);
-    copy_in(head + sizeof len, text.data(), text.size());
-    head_.store(head + need, std::memory_order_release);  // H1
-    return true;
+  // Producer only. False (and counted) when the record does not fit now.
+  bool write(std::string_view text) { return write_record({}, text, false); }
+  // A request record (system(), cat()): `kind` then `text`, handed to drain's `on_request`
+  // instead of appended.
+  bool write_request(char kind, std::string_view text) {
+    return write_record(std::string_view(&kind, 1), text, true);
   }
 
   // Consumer only: appends every complete record to `out`, in order; at a request record,
@@ -77,6 +64,24 @@ class Ring {
   }
 
  private:
+  // One record: `prefix` then `text`, its length word marked when `request`.
+  bool write_record(std::string_view prefix, std::string_view text, bool request) {
+    const std::uint64_t size = prefix.size() + text.size();
+    const std::uint64_t need = sizeof(std::uint32_t) + size;
+    std::uint64_t head = head_.load(std::memory_order_relaxed);
+    std::uint64_t tail = tail_.load(std::memory_order_acquire);  // T2
+    if (need > cap_ - (head - tail) || size >= kRequestBit) {
+      lost_.store(lost_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      return false;
+    }
+    const auto len = static_cast<std::uint32_t>(size) | (request ? kRequestBit : 0);
+    copy_in(head, &len, sizeof len);
+    copy_in(head + sizeof len, prefix.data(), prefix.size());
+    copy_in(head + sizeof len + prefix.size(), text.data(), text.size());
+    head_.store(head + need, std::memory_order_release);  // H1
+    return true;
+  }
+
   void copy_in(std::uint64_t pos, const void* src, std::size_t n) {
     std::size_t at = pos % cap_, first = std::min(n, cap_ - at);
     std::memcpy(buf_.get() + at, src, first);

@@ -792,16 +792,12 @@ void Session::write(std::string_view text) {
 }
 
 void Session::request(Request kind, std::string_view text) {
-  thread_local std::string record;  // the kind byte, then the text: one ring record
-  if (record.capacity() < 4096) record.reserve(4096);
-  record.assign(1, static_cast<char>(kind));
-  record.append(text);
-  if (t_direct) {
-    queue_request(*t_direct, record);
+  if (t_direct) {  // the kind byte, then the text, as a ring record holds them
+    queue_request(*t_direct, std::string(1, static_cast<char>(kind)).append(text));
     return;
   }
   if (ThreadRing* r = ring_for_this_thread()) {
-    r->ring.write(record, /*request=*/true);
+    r->ring.write_request(static_cast<char>(kind), text);
   } else {
     std::scoped_lock lock(rings_mu_);
     ++lost_retired_;
