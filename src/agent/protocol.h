@@ -6,7 +6,8 @@
 //
 //   hotprobe -> agent: 'S' start (options, filename, script), 'G' go, 'X' stop
 //   agent -> hotprobe: 'A' attached, 'E' error, 'O' output, 'L' lost, 'R' ready, 'D' done,
-//                      'M' maps (a followed child's), 'N' exec'd, 'P' probe never placed
+//                      'M' maps (a followed child's), 'N' exec'd, 'P' probe never placed,
+//                      'F' followed exec, 'U' resumed, 'C' command (system(), cat())
 //
 // Header-only: the CLI includes it without linking the agent.
 #pragma once
@@ -44,6 +45,9 @@ enum class Msg : char {
   //    new image's agent takes the session over (docs/design/agent.md, "Exec")
   followed = 'F',
   resumed = 'U',  // <- agent: u32 pid; the exec'd image's agent traces on, maps and all
+  // <- agent: a kind byte ('s' system, 'c' cat: script::Sink::Request) and the command or
+  //    path, for hotprobe to run after the output sent before it (docs/design/agent.md)
+  command = 'C',
 };
 
 // What hotprobe says when `n` of a session's sites are traps (int3 mode: neither a 5-byte

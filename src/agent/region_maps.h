@@ -35,10 +35,12 @@ struct RegionMaps {
 // laid out nothing there, or sent the maps itself (kMapsPrinted). END's output: the
 // program's when END ran there (kEndDone), else END runs here when `run_end` (the program
 // ended without its final report, as bpftrace runs END in its own process). `extra`: rows
-// of other processes merged into the print (followed children).
+// of other processes merged into the print (followed children). `run_request`: what END's
+// system() and cat() print when END runs here (a 'C' message's payload and the format).
+using RequestRunner = std::string (*)(std::string_view payload, script::OutputFormat format);
 inline RegionMaps read_region_maps(script::SharedRegion& region, std::string_view source,
                                    const script::CompileOptions& copts, bool run_end,
-                                   const MapRows& extra) {
+                                   const MapRows& extra, RequestRunner run_request = nullptr) {
   RegionMaps r;
   const script::region::Header& h = region.header();
   if (h.state.load(std::memory_order_acquire) != 1) return r;
@@ -60,8 +62,15 @@ inline RegionMaps read_region_maps(script::SharedRegion& region, std::string_vie
    public:
     void write(std::string_view t) override { text.append(t); }
     void request_exit() override {}
+    void request(Request kind, std::string_view t) override {
+      if (run) text += run(std::string(1, static_cast<char>(kind)).append(t), format);
+    }
+    RequestRunner run = nullptr;
+    script::OutputFormat format = script::OutputFormat::text;
     std::string text;
   } sink;
+  sink.run = run_request;
+  sink.format = copts.format;
   (*prog)->bind(&sink);
   if (phase == script::region::kEndDone) {
     if (region.contains(h.end_text_off, h.end_text_len))

@@ -455,6 +455,7 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   t_direct = &begin_out;
   self->program_->run_begin();
   t_direct = nullptr;
+  self->send_queued();
   self->send_text_checked(Msg::output, begin_out);
   self->send_checked(encode(Msg::ready));
   if (::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kGoWait).count())) == 1 &&
@@ -666,6 +667,7 @@ void Session::do_finish(Reason reason) {
   drain_and_send();
   // END runs once, in the traced program.
   if (!forked_child_) program_->run_end();
+  send_queued();  // END's output up to its last system()/cat(), and the requests
   // Maps in memory shared with hotprobe: END's output (all that out_ holds now) goes there
   // too and hotprobe prints both, exactly once whatever happens next. Otherwise they go
   // over the channel. (An attached session's maps are in its own region, never in a run's.)
@@ -726,7 +728,9 @@ void Session::drain_and_send() {
     for (auto it = rings_.begin(); it != rings_.end();) {
       ThreadRing* tr = *it;
       bool gone = tr->producer_gone.load(std::memory_order_acquire);
-      tr->ring.drain(out_);
+      tr->ring.drain(out_, [this](std::string& before, std::string_view record) {
+        queue_request(before, record);
+      });
       lost += tr->ring.lost();
       if (gone) {
         lost_retired_ += tr->ring.lost();
@@ -743,6 +747,7 @@ void Session::drain_and_send() {
   }
   // Sent outside rings_mu_: a full socket must not hold up a thread's first write.
   if (!lost_msg.empty()) send_checked(encode(Msg::lost, lost_msg));
+  send_queued();
   if (!out_.empty()) {
     send_text_checked(Msg::output, out_);
     out_.clear();
@@ -784,6 +789,35 @@ void Session::write(std::string_view text) {
     std::scoped_lock lock(rings_mu_);
     ++lost_retired_;  // more sessions than a thread has slots: counted, not dropped silently
   }
+}
+
+void Session::request(Request kind, std::string_view text) {
+  if (t_direct) {  // the kind byte, then the text, as a ring record holds them
+    queue_request(*t_direct, std::string(1, static_cast<char>(kind)).append(text));
+    return;
+  }
+  if (ThreadRing* r = ring_for_this_thread()) {
+    r->ring.write_request(static_cast<char>(kind), text);
+  } else {
+    std::scoped_lock lock(rings_mu_);
+    ++lost_retired_;
+  }
+}
+
+void Session::queue_request(std::string& before, std::string_view record) {
+  if (!before.empty()) queued_.emplace_back(Msg::output, std::move(before));
+  before.clear();
+  queued_.emplace_back(Msg::command, std::string(record));
+}
+
+void Session::send_queued() {
+  for (auto& [type, text] : queued_) {
+    if (type == Msg::output)
+      send_text_checked(type, text);
+    else
+      send_checked(encode(type, text));
+  }
+  queued_.clear();
 }
 
 void Session::request_exit() {
@@ -1030,6 +1064,7 @@ void Session::after_fork_child() {
   forked_child_ = true;
   lost_sent_ = lost_retired_ = 0;
   out_.clear();
+  queued_.clear();         // the parent's, sent by the parent
   intervals_.clear();      // intervals run in the traced parent only
   program_->reset_maps();  // the child counts from zero, its maps are its own
   start_reporter();

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "agent/map_data.h"
@@ -67,6 +68,9 @@ class Session final : public hotprobe::script::Sink {
 
   void write(std::string_view text) override;
   void request_exit() override;
+  // A record in the thread's ring like write's, marked as a request; on the reporter
+  // thread and during BEGIN, queued after the output before it (queue_request).
+  void request(Request kind, std::string_view text) override;
 
   // The final report (END, maps, lost counts, 'D'), made once by the reporter thread;
   // waits at most `wait` for it. Async-signal-safe when called from a signal handler:
@@ -126,6 +130,9 @@ class Session final : public hotprobe::script::Sink {
   bool channel_ok() noexcept;
   bool send_checked(std::string_view message);
   bool send_text_checked(Msg type, std::string_view text);
+  // `record` (request kind byte + text) to send after `before`, which is emptied.
+  void queue_request(std::string& before, std::string_view record);
+  void send_queued();
   void mark_finished() noexcept;
   ThreadRing* ring_for_this_thread();
   std::string render_attach_error(std::size_t probe, const hotprobe::Error& e) const;
@@ -190,6 +197,9 @@ class Session final : public hotprobe::script::Sink {
   std::uint64_t lost_retired_ = 0;  // reporter: losses of freed rings
   std::uint64_t lost_sent_ = 0;     // reporter: total already reported
   std::string out_;                 // reporter: output waiting to be sent
+  // Reporter (and BEGIN): messages to send before out_, in order: output, then a
+  // request ('C') after it, as system() and cat() ran (queue_request, send_queued).
+  std::vector<std::pair<Msg, std::string>> queued_;
 };
 
 // The stack of every thread the agent starts in the program (the attach thread that

@@ -33,6 +33,12 @@
 #include "script/output.h"
 
 namespace hp::cli {
+
+// What a system() or cat() request prints, run in hotprobe, and whether one from `pid`
+// (its sender's uid `sender_uid`, -1 when not known) may run (run.cc).
+std::string run_command_request(std::string_view payload, hotprobe::script::OutputFormat format);
+bool request_from_own_user(pid_t pid, long sender_uid, const char* command);
+
 namespace {
 
 namespace agent = hp::agent;
@@ -205,7 +211,8 @@ struct AttachMaps {
   void print(FILE* out, pid_t pid, const std::string& source,
              const hotprobe::script::CompileOptions& copts, bool run_end) {
     if (!region || printed) return;
-    agent::RegionMaps r = agent::read_region_maps(*region, source, copts, run_end, {});
+    agent::RegionMaps r =
+        agent::read_region_maps(*region, source, copts, run_end, {}, &run_command_request);
     if (!r.laid_out) return;  // the agent kept its maps in its own memory (and sent them)
     printed = true;
     channel_lost = r.channel_lost;
@@ -402,6 +409,16 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
       case agent::Msg::output:
         std::fwrite(payload.data(), 1, payload.size(), out);
         break;
+      case agent::Msg::command: {  // system(), cat(): run here, never in the traced process
+        ucred peer{};
+        socklen_t len = sizeof peer;
+        const long uid =
+            ::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 ? peer.uid : -1;
+        if (!copts.unsafe || !request_from_own_user(o.pid, uid, "attach")) break;
+        const std::string text = run_command_request(payload, copts.format);
+        std::fwrite(text.data(), 1, text.size(), out);
+        break;
+      }
       case agent::Msg::lost:
         lost += agent::get<std::uint64_t>(payload, pos).value_or(0);
         break;

@@ -414,14 +414,15 @@ Value Checker::call(Expr& e, Context ctx) {
 
 Value Checker::printf_call(Expr& e, Context ctx) {
   std::size_t n = e.args.size();
+  const std::string fn(ast::to_string(e.func));  // printf, system, cat
   if (n == 0) {
-    error(e.loc, "printf() requires at least one argument (0 provided)");
+    error(e.loc, fn + "() requires at least one argument (0 provided)");
     return Value::bad();
   }
   if (n - 1 > ast::kMaxPrintfArgs) {
-    error(e.loc, "printf() can only take up to " + std::to_string(ast::kMaxPrintfArgs) +
+    error(e.loc, fn + "() can only take up to " + std::to_string(ast::kMaxPrintfArgs) +
                      " arguments after its format (" + std::to_string(n - 1) +
-                     " provided): split it into several printf() calls");
+                     " provided): split it into several " + fn + "() calls");
     return Value::bad();
   }
   std::vector<Value> args;
@@ -429,8 +430,7 @@ Value Checker::printf_call(Expr& e, Context ctx) {
     args.push_back(value(*a));
   if (e.args[0]->kind != Expr::Kind::string) {
     if (!args[0].error) {
-      error(e.loc,
-            "printf() expects a string literal (" + printf_type_name(args[0]) + " provided)");
+      error(e.loc, fn + "() expects a string literal (" + printf_type_name(args[0]) + " provided)");
     }
     return Value::bad();
   }
@@ -442,12 +442,12 @@ Value Checker::printf_call(Expr& e, Context ctx) {
     if (p.conversion != 0) ++conversions;
   }
   if (n - 1 < conversions) {
-    error(e.loc, "printf: Not enough arguments for format string (" + std::to_string(n - 1) +
+    error(e.loc, fn + ": Not enough arguments for format string (" + std::to_string(n - 1) +
                      " supplied, " + std::to_string(conversions) + " expected)");
     return Value::bad();
   }
   if (n - 1 > conversions) {
-    error(e.loc, "printf: Too many arguments for format string (" + std::to_string(n - 1) +
+    error(e.loc, fn + ": Too many arguments for format string (" + std::to_string(n - 1) +
                      " supplied, " + std::to_string(conversions) + " expected)");
     return Value::bad();
   }
@@ -457,7 +457,7 @@ Value Checker::printf_call(Expr& e, Context ctx) {
     if (v.error) continue;
     bool want_string = p.conversion == 's';
     if (want_string ? !v.is_str() : !v.is_int()) {
-      error(e.loc, std::string("printf: %") + p.conversion + " specifier expects a value of type " +
+      error(e.loc, fn + ": %" + p.conversion + " specifier expects a value of type " +
                        (want_string ? "string" : "integer") + " (" + printf_type_name(v) +
                        " supplied)");
     }

@@ -39,6 +39,12 @@ Result<const Node*> lower_misc_call(Lowerer& low, const ast::Expr& e, Node* n) {
       n->a = args[0];
       n->s = s_macaddr;
       return n;
+    case Func::system:
+    case Func::cat:
+      n->keys.assign(args.begin() + 1, args.end());  // the format is args[0]
+      n->format = e.format;
+      n->i = e.func == Func::system ? i_system : i_cat;
+      return n;
     default:
       return Error(Errc::invalid_argument, "line " + std::to_string(e.loc.line) + ": " + e.name +
                                                "() is not supported by the evaluator");

@@ -40,13 +40,23 @@ class Sink {
   virtual void write(std::string_view text) = 0;
   // exit() ran in an action (any thread, possibly several times).
   virtual void request_exit() = 0;
+  // system() or cat() ran in an action (--unsafe): `text` is the command for /bin/sh -c or
+  // the file's path, formatted on the probed thread. The hotprobe command runs it and
+  // prints what it gives in order with the output written before and after it; the
+  // traced process never forks or opens a file for it. Same rules as write(). A sink that
+  // delivers no requests ignores them.
+  enum class Request : char { system = 's', cat = 'c' };
+  virtual void request(Request kind, std::string_view text) {
+    (void)kind;
+    (void)text;
+  }
 };
 
 struct CompileOptions {
   std::string filename = "-e";  // for messages: "FILE:LINE:COL: error: ..."
   OutputFormat format = OutputFormat::text;
   std::vector<std::string> params;  // $1.. $N: the words after the script on the command line
-  bool unsafe = false;              // --unsafe: signal() (bpftrace's safe mode otherwise)
+  bool unsafe = false;              // --unsafe: signal(), system(), cat() (bpftrace's safe mode)
 };
 
 struct Probe {

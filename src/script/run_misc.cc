@@ -127,6 +127,27 @@ std::int64_t i_signal(const Node* n, Frame& f) {
   return 0;
 }
 
+namespace {
+
+std::int64_t send_request(const Node* n, Frame& f, Sink::Request kind) {
+  thread_local std::string text;
+  if (text.capacity() < 4096) text.reserve(4096);
+  text.clear();
+  format_call(n, f, text, /*escape=*/false);  // the command as written, as bpftrace runs it
+  if (f.rt->sink) f.rt->sink->request(kind, text);
+  return 0;
+}
+
+}  // namespace
+
+std::int64_t i_system(const Node* n, Frame& f) {
+  return send_request(n, f, Sink::Request::system);
+}
+
+std::int64_t i_cat(const Node* n, Frame& f) {
+  return send_request(n, f, Sink::Request::cat);
+}
+
 std::uint32_t s_ntop(const Node* n, Frame& f, char* out) {
   const std::int64_t family = n->a ? n->a->i(n->a, f) : AF_INET;
   const std::int64_t addr = n->b->i(n->b, f);

@@ -23,6 +23,10 @@ std::uint32_t s_username(const Node*, Frame&, char* out);
 std::int64_t i_strncmp(const Node* n, Frame& f);
 std::int64_t i_strcontains(const Node* n, Frame& f);
 std::int64_t i_signal(const Node* n, Frame& f);
+// system() and cat() (--unsafe): the command or path, formatted as printf's (n->format,
+// n->keys) but unescaped, handed to the sink as a request: the hotprobe command runs it.
+std::int64_t i_system(const Node* n, Frame& f);
+std::int64_t i_cat(const Node* n, Frame& f);
 std::uint32_t s_ntop(const Node* n, Frame& f, char* out);
 std::uint32_t s_macaddr(const Node* n, Frame& f, char* out);
 
@@ -45,7 +49,7 @@ class Lowerer;
 inline bool is_misc_func(ast::Func f) {
   using F = ast::Func;
   return f == F::strncmp || f == F::strcontains || f == F::uptr || f == F::signal || f == F::ntop ||
-         f == F::macaddr;
+         f == F::macaddr || f == F::system || f == F::cat;
 }
 // The call `e` (is_misc_func) into `n`, made for it.
 Result<const Node*> lower_misc_call(Lowerer& low, const ast::Expr& e, Node* n);

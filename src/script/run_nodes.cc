@@ -684,7 +684,7 @@ std::int64_t i_print_value(const Node* n, Frame& f) {
   f.rt->write(out);
   return 0;
 }
-std::int64_t i_printf(const Node* n, Frame& f) {
+void format_call(const Node* n, Frame& f, std::string& text, bool escape) {
   constexpr std::size_t kMaxArgs = ast::kMaxPrintfArgs;  // the checker refuses more
   FmtArg args[kMaxArgs];
   char bufs[kMaxArgs][kStrBytes];
@@ -699,9 +699,11 @@ std::int64_t i_printf(const Node* n, Frame& f) {
       args[k].i = e->i(e, f);
     }
   }
+  format_printf(text, n->format, std::span<const FmtArg>(args, nargs), escape);
+}
+std::int64_t i_printf(const Node* n, Frame& f) {
   std::string& text = text_buffer();
-  format_printf(text, n->format, std::span<const FmtArg>(args, nargs),
-                f.rt->format == OutputFormat::text);
+  format_call(n, f, text, f.rt->format == OutputFormat::text);
   if (f.rt->format == OutputFormat::text) {
     f.rt->write(text);
   } else {

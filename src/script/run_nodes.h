@@ -133,6 +133,9 @@ std::int64_t i_zero(const Node* n, Frame& f);
 std::int64_t i_print_map(const Node* n, Frame& f);
 std::int64_t i_print_value(const Node* n, Frame& f);
 std::int64_t i_printf(const Node* n, Frame& f);
+// printf's format (n->format) with its arguments (n->keys) into `text`; `escape`: %s and
+// %c as append_text_escaped writes them. No allocation when `text` has room.
+void format_call(const Node* n, Frame& f, std::string& text, bool escape);
 std::int64_t i_time(const Node* n, Frame& f);
 std::uint32_t s_strftime(const Node* n, Frame& f, char* out);
 std::int64_t i_join(const Node* n, Frame& f);
