@@ -34,11 +34,6 @@
 
 namespace hp::cli {
 
-// What a system() or cat() request prints, run in hotprobe, and whether one from `pid`
-// (its sender's uid `sender_uid`, -1 when not known) may run (run.cc).
-std::string run_command_request(std::string_view payload, hotprobe::script::OutputFormat format);
-bool request_from_own_user(pid_t pid, long sender_uid, const char* command);
-
 namespace {
 
 namespace agent = hp::agent;

@@ -2,8 +2,13 @@
 // scripts may rely on them (docs/design/agent.md, `hotprobe --help`).
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
+#include <string_view>
 #include <vector>
+
+#include "script/program.h"
 
 namespace hp::cli {
 
@@ -47,6 +52,12 @@ int list(const std::string& module, const std::string& glob);
 // With -v (each function's parameters from DWARF, as bpftrace -lv) and -p PID (the files
 // process PID maps; MODULE may then be empty or '*').
 int list(const std::string& module, const std::string& glob, bool verbose, int pid);
+
+// A system() or cat() request of a script run with --unsafe (run.cc): what it prints, run
+// in hotprobe; and whether one from `pid` (its sender's uid `sender_uid`, -1 when not
+// known) may run: only a process of hotprobe's own user's (said once on stderr when not).
+std::string run_command_request(std::string_view payload, hotprobe::script::OutputFormat format);
+bool request_from_own_user(pid_t pid, long sender_uid, const char* command);
 
 // An executable named `name` in $PATH (a name with a '/' is returned as is); empty if none.
 std::string find_in_path(const std::string& name);

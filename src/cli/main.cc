@@ -145,7 +145,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("script_file", run_words,
                       "A script file (instead of -e), then the script's positional parameters "
                       "$1, $2, ...");
-  run_cmd->add_flag("--unsafe", run.unsafe, "Allow signal(), as bpftrace's --unsafe");
+  run_cmd->add_flag("--unsafe", run.unsafe,
+                    "Allow signal(), system() and cat(), as bpftrace's --unsafe");
   run_cmd->add_option("-o,--format", run.format, "Output format")
       ->check(CLI::IsMember({"text", "json"}));
   run_cmd->add_option("--output", run.output, "Write the tracing output to FILE");
@@ -167,7 +168,8 @@ int main(int argc, char** argv) {
   attach_cmd->add_option("script_file", att_words,
                          "A script file (instead of -e), then the script's positional "
                          "parameters $1, $2, ...");
-  attach_cmd->add_flag("--unsafe", att.unsafe, "Allow signal(), as bpftrace's --unsafe");
+  attach_cmd->add_flag("--unsafe", att.unsafe,
+                       "Allow signal(), system() and cat(), as bpftrace's --unsafe");
   attach_cmd->add_option("-o,--format", att.format, "Output format")
       ->check(CLI::IsMember({"text", "json"}));
   attach_cmd->add_option("--output", att.output, "Write the tracing output to FILE");
