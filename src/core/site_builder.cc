@@ -166,7 +166,12 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
       site->mode = SiteMode::jmp;
       site->patch_address = plan.patch_address;
       site->at_entry = plan.at_entry;
-      site->original = std::span<const std::uint8_t>(plan.original.data(), patch_length);
+      // With a pad, the 2 bytes may cover a padding byte after a 1-byte ret: as in memory
+      // (checked equal to the file).
+      site->original =
+          pad ? std::span<const std::uint8_t>(
+                    reinterpret_cast<const std::uint8_t*>(plan.patch_address), patch_length)
+              : std::span<const std::uint8_t>(plan.original.data(), patch_length);
       site->patched = std::span<const std::uint8_t>(patch, patch_length);
       site->trampoline = slot->address;
       site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
@@ -223,23 +228,38 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
       if (const std::uintptr_t at = unlike_file(probe, plan->patch_address + plan->length))
         return changed(at);
     }
-    auto file = !plan.ok()     ? Result<std::shared_ptr<const elf::ElfFile>>(plan.error())
-                : path.empty() ? Result<std::shared_ptr<const elf::ElfFile>>(
-                                     Error(Errc::not_found, "no path for the module"))
-                               : elf::load_elf(elf::ModuleKey{t.key.dev, t.key.ino}, path);
+    const auto load = [&]() -> Result<std::shared_ptr<const elf::ElfFile>> {
+      if (path.empty()) return Error(Errc::not_found, "no path for the module");
+      return elf::load_elf(elf::ModuleKey{t.key.dev, t.key.ino}, path);
+    };
+    auto file = plan.ok() ? load() : Result<std::shared_ptr<const elf::ElfFile>>(plan.error());
+    // A 1-byte `ret` followed by padding: the 2 bytes cover the ret and a padding byte.
+    std::optional<PadClaim> head_byte;
+    if (!plan.ok() && ret_short_jumps_enabled()) {
+      if (auto f = load(); f.ok()) {
+        auto over = plan_ret_over_padding(**f, probe - t.key.off, t.function, t.offset, head_byte);
+        // Both bytes the file's: the ret (else another tracer's, as above) and the padding.
+        if (over.ok() && unlike_file(over->patch_address, over->patch_address + 2))
+          head_byte.reset();
+        else if (over.ok())
+          plan = std::move(over), file = std::move(f);
+      }
+    }
     std::optional<PadClaim> pad;
     if (file.ok()) pad = find_short_pad(**file, probe - t.key.off, plan->patch_address + 2);
     // The padding is what the pad gives back on detach: the file's, like the site's bytes.
     if (pad && unlike_file(pad->at(), pad->at() + kShortPadLength)) pad.reset();
+    if (pad && head_byte) pad->take_also(std::move(*head_byte));
     if (pad) {
       const std::uintptr_t pad_at = pad->at();
       if (auto done = build_jmp(*plan, std::move(pad))) {
         if (!done->ok()) return *done;
         if (debug_sites()) {
-          std::fprintf(
-              stderr, "hotprobe: %s: jmp site, 2-byte jump to a pad at %s (%s)\n",
-              t.describe.c_str(), hex(pad_at).c_str(),
-              t.function_size ? jmp_error.message().c_str() : "the function's size is unknown");
+          std::fprintf(stderr, "hotprobe: %s: jmp site, 2-byte jump to a pad at %s (%s)\n",
+                       t.describe.c_str(), hex(pad_at).c_str(),
+                       plan->length == 1 ? "over the padding after a 1-byte `ret`"
+                       : t.function_size ? jmp_error.message().c_str()
+                                         : "the function's size is unknown");
         }
         return site.release();
       }
