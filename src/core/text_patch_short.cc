@@ -18,25 +18,35 @@
 namespace hp::core {
 namespace {
 
-// Claimed bytes by address -> length (a pad's 5, a head's padding byte), process-wide
-// (sites are built on two threads in a large batch). Never destroyed: a site may outlive
-// static destructors.
+// Claimed bytes by address (a pad's 5, a head's padding byte), process-wide (sites are
+// built on two threads in a large batch). Never destroyed: a site may outlive static
+// destructors.
+struct Claim {
+  std::size_t length;
+  std::uintptr_t owner;  // the head's padding byte: the site's patch address
+  int count;             // claims of one owner: a site and the one it replaces
+};
 std::mutex& g_claims_mu = *new std::mutex;
-std::map<std::uintptr_t, std::size_t>& g_claims = *new std::map<std::uintptr_t, std::size_t>;
+std::map<std::uintptr_t, Claim>& g_claims = *new std::map<std::uintptr_t, Claim>;
 std::set<std::uintptr_t>& g_kept = *new std::set<std::uintptr_t>;  // never released
 std::atomic<bool> g_ret_short_jumps{true};
 
-// Whether a claim holds a byte of [at, at + length); under g_claims_mu.
-bool claimed(std::uintptr_t at, std::size_t length) {
+// Whether a claim holds a byte of [at, at + length) (one by `owner` of exactly these
+// bytes aside, when `owner` is not 0); under g_claims_mu.
+bool claimed(std::uintptr_t at, std::size_t length, std::uintptr_t owner = 0) {
   auto it = g_claims.lower_bound(at >= kShortPadLength ? at - kShortPadLength + 1 : 0);
   for (; it != g_claims.end() && it->first < at + length; ++it) {
-    if (it->first + it->second > at) return true;
+    const bool shared =
+        owner && it->second.owner == owner && it->first == at && it->second.length == length;
+    if (it->first + it->second.length > at && !shared) return true;
   }
   return false;
 }
 
 void unclaim(std::uintptr_t at) {
-  if (!g_kept.count(at)) g_claims.erase(at);
+  auto it = g_claims.find(at);
+  if (it == g_claims.end() || g_kept.count(at)) return;
+  if (--it->second.count == 0) g_claims.erase(it);
 }
 
 const std::uint8_t* code_at(std::uintptr_t a) {
@@ -100,11 +110,13 @@ PadClaim& PadClaim::operator=(PadClaim&& o) noexcept {
   return *this;
 }
 
-std::optional<PadClaim> PadClaim::claim(std::uintptr_t at, std::size_t length) {
+std::optional<PadClaim> PadClaim::claim(std::uintptr_t at, std::size_t length,
+                                        std::uintptr_t owner) {
   HP_CHECK(length > 0 && length <= kShortPadLength);
   std::lock_guard<std::mutex> lock(g_claims_mu);
-  if (claimed(at, length)) return std::nullopt;
-  g_claims.emplace(at, length);
+  if (claimed(at, length, owner)) return std::nullopt;
+  auto it = g_claims.emplace(at, Claim{length, owner, 0}).first;
+  it->second.count++;
   PadClaim c;
   c.at_ = at;
   return c;
@@ -126,7 +138,7 @@ void PadClaim::release() noexcept {
 void keep_pad_claimed(std::uintptr_t at) {
   std::lock_guard<std::mutex> lock(g_claims_mu);
   g_kept.insert(at);
-  g_claims.emplace(at, kShortPadLength);
+  g_claims.emplace(at, Claim{kShortPadLength, 0, 1});
 }
 
 bool pad_claimed_for_testing(std::uintptr_t at) {
@@ -231,7 +243,9 @@ Result<arch::DisplacementPlan> plan_ret_over_padding(const elf::ElfFile& file, s
     if (!insn.ok() || !is_fill(a, insn->length)) return not_padding("is not fill (int3 or nop)");
     a += insn->length;
   }
-  head_byte = PadClaim::claim(pad_byte, 1);
+  // A site at this address that is being replaced (detached, its memory not yet
+  // reclaimed) may still hold the byte: both are never patched at once.
+  head_byte = PadClaim::claim(pad_byte, 1, at);
   if (!head_byte) return not_padding("is another site's pad");
   plan.patch_address = at;
   plan.patch_offset = static_cast<std::uint32_t>(at - function);

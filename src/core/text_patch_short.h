@@ -34,8 +34,11 @@ class PadClaim {
   PadClaim(PadClaim&& o) noexcept { *this = std::move(o); }
   PadClaim& operator=(PadClaim&& o) noexcept;
 
-  // Claims [at, at + length); nullopt when another site holds one of its bytes.
-  static std::optional<PadClaim> claim(std::uintptr_t at, std::size_t length = kShortPadLength);
+  // Claims [at, at + length); nullopt when another site holds one of its bytes. A claim
+  // with an `owner` (a site's address) shares the same bytes with other claims of that
+  // owner: the sites at one address, one of which is being replaced.
+  static std::optional<PadClaim> claim(std::uintptr_t at, std::size_t length = kShortPadLength,
+                                       std::uintptr_t owner = 0);
   // This claim also holds `other`'s bytes (released with it).
   void take_also(PadClaim&& other);
 
