@@ -1,10 +1,11 @@
 // Short jumps over padding (src/core/text_patch_short.h, plan_ret_over_padding): a site
 // whose first instruction is a 1-byte `ret` followed by padding takes the 2-byte jump, its
-// second byte written over a padding byte that nothing executes. Callers that block every
-// signal (and so die of any trap) race through attach and detach rounds with exact
-// counts, the bytes equal the file's after each detach, and the variant that leaves such
-// a site an int3 (use_ret_short_jumps_for_testing(false)) kills them with SIGTRAP. A `ret`
-// followed by code of its own function, and glibc's pthread_kill_other_threads_np.
+// second byte written over a padding byte that nothing executes. Two probes a few bytes
+// apart (the first's 5-byte jump would cover the second) take a short jump each. Callers that block
+// every signal (and so die of any trap) race through attach and detach rounds with exact counts,
+// the bytes equal the file's after each detach, and the variant that leaves such a site an int3
+// (use_ret_short_jumps_for_testing(false)) kills them with SIGTRAP. A `ret` followed by code of its
+// own function, and glibc's pthread_kill_other_threads_np.
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
@@ -19,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include "../api/internal_probes.h"
+#include "core/site_builder.h"
 #include "core/text_patch_short.h"
 #include "elf/modules.h"
 #include "hotprobe/probe.h"
@@ -26,6 +28,8 @@
 // hp_rsj_ret: c3 ret (its FDE and symbol are 1 byte), then int3 fill to the next 16.
 // hp_rsj_ret_code: c3 ret; 31 c0 xor eax, eax; c3 ret: the byte after the first ret
 // is its own function's code (a jump could land there), so the site stays int3.
+// hp_rsj_near: 48 89 f8 mov rax, rdi (+0); 48 83 c0 01 add rax, 1 (+3); c3 ret (+7), then
+// int3 fill: a 5-byte jump at +0 covers +3, so probes at both take short jumps.
 asm(R"(
   .pushsection .text
   .p2align 4
@@ -48,12 +52,24 @@ hp_rsj_ret_code:
   .cfi_endproc
   .size hp_rsj_ret_code, .-hp_rsj_ret_code
   .p2align 4, 0xcc
+
+  .globl hp_rsj_near
+  .type hp_rsj_near, @function
+hp_rsj_near:
+  .cfi_startproc
+  movq %rdi, %rax
+  addq $1, %rax
+  ret
+  .cfi_endproc
+  .size hp_rsj_near, .-hp_rsj_near
+  .p2align 5, 0xcc
   .popsection
 )");
 
 extern "C" {
 void hp_rsj_ret();
 void hp_rsj_ret_code();
+void hp_rsj_near();
 }
 
 namespace {
@@ -103,16 +119,18 @@ ProbeSpec spec(std::string target) {
 
 struct Round {
   std::atomic<unsigned>* phase;
+  void (*fn)();
+  long per_call;  // probes a call goes through while attached
   std::atomic<bool> stop{false};
   std::atomic<int> calling{0};
   std::atomic<long> calls{0}, through{0}, wrong{0};
 };
 
-// Calls hp_rsj_ret until the round ends; a call made wholly while attached (phase 4k+2)
-// must hit the probe once, one made wholly while detached (4k) not at all.
+// Calls the function until the round ends; a call made wholly while attached (phase
+// 4k+2) must hit every probe once, one made wholly while detached (4k) none.
 void* caller(void* arg) {
   auto* r = static_cast<Round*>(arg);
-  void (*volatile call)() = &hp_rsj_ret;
+  void (*volatile call)() = r->fn;
   long n = 0, p = 0, w = 0;
   r->calling.fetch_add(1);
   while (!r->stop.load(std::memory_order_relaxed)) {
@@ -123,9 +141,9 @@ void* caller(void* arg) {
     const unsigned s1 = r->phase->load(std::memory_order_acquire);
     n++;
     p += d;
-    if (d != 0 && d != 1) w++;
+    if (d < 0 || d > r->per_call) w++;
     if (s0 == s1 && s0 % 4 == 0 && d != 0) w++;
-    if (s0 == s1 && s0 % 4 == 2 && d != 1) w++;
+    if (s0 == s1 && s0 % 4 == 2 && d != r->per_call) w++;
   }
   r->calls.fetch_add(n);
   r->through.fetch_add(p);
@@ -133,13 +151,17 @@ void* caller(void* arg) {
   return nullptr;
 }
 
-// `rounds` rounds of: callers started with every signal blocked; attach; a hit awaited;
-// detach; joined. 0 when every count is exact and the bytes are the file's after each
-// detach.
-int race(int rounds) {
+// `rounds` rounds of: callers of `fn` started with every signal blocked; the probes
+// `targets` attached in one batch; a hit awaited; detached; joined. 0 when every count
+// is exact, no site is an int3 and the bytes are the file's after each detach.
+int race(int rounds, void (*fn)() = &hp_rsj_ret,
+         std::vector<std::string> targets = {":hp_rsj_ret"}) {
   auto e = Engine::create();
   if (!e.ok()) return 2;
-  const std::uintptr_t f = addr(reinterpret_cast<const void*>(&hp_rsj_ret));
+  const std::uintptr_t f = addr(reinterpret_cast<const void*>(fn));
+  std::vector<ProbeSpec> specs;
+  for (const std::string& t : targets)
+    specs.push_back(spec(t));
   std::atomic<unsigned> phase{0};
   long calls = 0, through = 0, wrong = 0, traps = 0, failed = 0, unrestored = 0;
   sigset_t all, old;
@@ -148,6 +170,8 @@ int race(int rounds) {
   for (int round = 0; round < rounds; round++) {
     Round r;
     r.phase = &phase;
+    r.fn = fn;
+    r.per_call = static_cast<long>(targets.size());
     std::vector<pthread_t> threads;
     pthread_sigmask(SIG_SETMASK, &all, &old);  // inherited by the callers
     for (int i = 0; i < kCallers; i++) {
@@ -159,19 +183,27 @@ int race(int rounds) {
       sched_yield();
     const auto before = (*e)->stats();
     phase.fetch_add(1);  // attaching
-    auto h = (*e)->attach(spec(":hp_rsj_ret"));
-    if (h.ok()) {
+    auto batch = (*e)->attach(specs, hotprobe::BatchMode::all_or_nothing);
+    std::vector<hotprobe::Handle> handles;
+    std::string error;
+    for (auto& h : batch) {
+      if (h.ok())
+        handles.insert(handles.end(), h->begin(), h->end());
+      else
+        error = h.error().message();
+    }
+    if (error.empty()) {
       phase.fetch_add(1);  // attached
       traps += static_cast<long>((*e)->stats().sites_int3 - before.sites_int3);
       const long seen = g_hits.load();
       while (g_hits.load() == seen)  // a caller went through the site
         sched_yield();
       phase.fetch_add(1);  // detaching
-      if (!(*e)->detach(*h).ok()) failed++;
+      if (!(*e)->detach(handles).ok()) failed++;
       phase.fetch_add(1);  // detached
       unrestored += differing(f, 64, 128) != 0;
     } else {
-      std::fprintf(stderr, "attach failed: %s\n", h.error().message().c_str());
+      std::fprintf(stderr, "attach failed: %s\n", error.c_str());
       failed++;
       phase.fetch_add(3);
     }
@@ -198,6 +230,25 @@ constexpr int kRounds = 8;
 TEST(RetShortJump, ThreadsBlockingEverySignalRaceThroughAttachAndDetachWithExactCounts) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(std::_Exit(race(kRounds)), testing::ExitedWithCode(0), "");
+}
+
+// Probes at +0 and +3 of hp_rsj_near, in one batch: each takes a short jump.
+TEST(RetShortJump, ProbesAFewBytesApartRaceThroughAttachAndDetachWithExactCounts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(std::_Exit(race(kRounds, &hp_rsj_near, {":hp_rsj_near", ":hp_rsj_near+3"})),
+              testing::ExitedWithCode(0), "");
+}
+
+// The variant that makes them int3 sites (as before short jumps apart) kills the callers.
+TEST(RetShortJump, ProbesAFewBytesApartAsInt3SitesKillACallerThatBlocksSigtrap) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        hp::core::use_short_jumps_apart_for_testing(false);
+        race(kRounds, &hp_rsj_near, {":hp_rsj_near", ":hp_rsj_near+3"});
+        std::_Exit(0);
+      },
+      testing::KilledBySignal(SIGTRAP), "");
 }
 
 // The variant that leaves a 1-byte `ret` an int3 site: the first caller that runs into it
@@ -260,6 +311,31 @@ TEST(RetShortJump, ARetFollowedByItsFunctionsCodeStaysInt3) {
   hp_rsj_ret_code();
   EXPECT_EQ(g_hits.load() - hits, 1);
   ASSERT_TRUE(e->detach(*h).ok());
+}
+
+TEST(RetShortJump, ProbesAFewBytesApartTakeAShortJumpEach) {
+  auto e = Engine::create().value();
+  const std::uintptr_t f = addr(reinterpret_cast<const void*>(&hp_rsj_near));
+  ASSERT_EQ(differing(f, 64, 128), 0u);
+  const auto before = e->stats();
+  const long hits = g_hits.load();
+  const ProbeSpec specs[] = {spec(":hp_rsj_near"), spec(":hp_rsj_near+3")};
+  auto batch = e->attach(specs, hotprobe::BatchMode::all_or_nothing);
+  std::vector<hotprobe::Handle> handles;
+  for (auto& h : batch) {
+    ASSERT_TRUE(h.ok()) << h.error().message();
+    handles.insert(handles.end(), h->begin(), h->end());
+  }
+  EXPECT_EQ(e->stats().sites_jmp - before.sites_jmp, 2u);
+  EXPECT_EQ(e->stats().sites_int3 - before.sites_int3, 0u);
+  const auto* m = reinterpret_cast<const unsigned char*>(f);
+  EXPECT_EQ(m[0], 0xEB);
+  EXPECT_EQ(m[3], 0xEB);
+  EXPECT_EQ(differing(f, 64, 128), 2u * (2u + 5u)) << "two heads and two pads";
+  hp_rsj_near();
+  EXPECT_EQ(g_hits.load() - hits, 2);
+  ASSERT_TRUE(e->detach(handles).ok());
+  EXPECT_EQ(differing(f, 64, 128), 0u);
 }
 
 // The engine's own probe on ld.so's _dl_debug_state (a 1-byte ret) is placed with the
