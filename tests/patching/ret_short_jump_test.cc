@@ -4,7 +4,7 @@
 // apart (the first's 5-byte jump would cover the second) take a short jump each. Callers that block
 // every signal (and so die of any trap) race through attach and detach rounds with exact counts,
 // the bytes equal the file's after each detach, and the variant that leaves such a site an int3
-// (use_ret_short_jumps_for_testing(false)) kills them with SIGTRAP. A `ret` followed by code of its
+// (use_ret_short_jumps(false)) kills them with SIGTRAP. A `ret` followed by code of its
 // own function, and glibc's pthread_kill_other_threads_np.
 #include <dlfcn.h>
 #include <pthread.h>
@@ -75,7 +75,9 @@ void hp_rsj_near();
 namespace {
 
 [[maybe_unused]] ::testing::Environment* const g_install_internal_probes =
-    ::testing::AddGlobalTestEnvironment(new hp_test::InternalProbesEnvironment(":hp_rsj_ret"));
+    ::testing::AddGlobalTestEnvironment(new hp_test::InternalProbesEnvironment(":hp_rsj_ret", [] {
+      hp::core::use_ret_short_jumps(true);  // before the module watcher's site is built
+    }));
 
 using hotprobe::Engine;
 using hotprobe::Hit;
@@ -258,7 +260,7 @@ TEST(RetShortJump, AsAnInt3SiteItKillsACallerThatBlocksSigtrap) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
-        hp::core::use_ret_short_jumps_for_testing(false);
+        hp::core::use_ret_short_jumps(false);
         race(kRounds);
         std::_Exit(0);
       },
