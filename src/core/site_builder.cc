@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -21,6 +22,8 @@
 
 namespace hp::core {
 namespace {
+
+std::atomic<bool> g_short_jumps_apart{true};
 
 // A slot allocated ahead for a site (near its probe address), freed unless taken.
 class ReservedSlot {
@@ -81,7 +84,7 @@ SiteOptions SiteBuilder::options_of(const ProbeSpec& spec) {
 
 Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const BuildEnv& env,
                                  EntryTrampolineBuilder& builder, arch::CodeMemory& code,
-                                 std::optional<arch::CodeSlot> reserved) {
+                                 std::optional<arch::CodeSlot> reserved, bool no_long_jump) {
   ReservedSlot slots(code, reserved);
   auto site = std::make_unique<Site>();
   site->dev = t.key.dev;
@@ -166,7 +169,12 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
       site->mode = SiteMode::jmp;
       site->patch_address = plan.patch_address;
       site->at_entry = plan.at_entry;
-      site->original = std::span<const std::uint8_t>(plan.original.data(), patch_length);
+      // With a pad, the 2 bytes may cover a padding byte after a 1-byte ret: as in memory
+      // (checked equal to the file).
+      site->original =
+          pad ? std::span<const std::uint8_t>(
+                    reinterpret_cast<const std::uint8_t*>(plan.patch_address), patch_length)
+              : std::span<const std::uint8_t>(plan.original.data(), patch_length);
       site->patched = std::span<const std::uint8_t>(patch, patch_length);
       site->trampoline = slot->address;
       site->trampoline_size = static_cast<std::uint32_t>(tramp->code.size());
@@ -192,7 +200,11 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
                                                 " bytes larger than its slot");
     return std::nullopt;
   };
-  if (!spec.force_int3 && t.function_size) {
+  if (no_long_jump) {
+    jmp_error = Error(Errc::not_relocatable,
+                      "its 5-byte jump would overlap the patch of another probe a few bytes away");
+  }
+  if (!spec.force_int3 && t.function_size && !no_long_jump) {
     auto plan = arch::plan_displacement(fn, t.function, t.offset);
     if (plan.ok()) {
       if (const std::uintptr_t at = unlike_file(probe, plan->patch_address + plan->length)) {
@@ -223,23 +235,38 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
       if (const std::uintptr_t at = unlike_file(probe, plan->patch_address + plan->length))
         return changed(at);
     }
-    auto file = !plan.ok()     ? Result<std::shared_ptr<const elf::ElfFile>>(plan.error())
-                : path.empty() ? Result<std::shared_ptr<const elf::ElfFile>>(
-                                     Error(Errc::not_found, "no path for the module"))
-                               : elf::load_elf(elf::ModuleKey{t.key.dev, t.key.ino}, path);
+    const auto load = [&]() -> Result<std::shared_ptr<const elf::ElfFile>> {
+      if (path.empty()) return Error(Errc::not_found, "no path for the module");
+      return elf::load_elf(elf::ModuleKey{t.key.dev, t.key.ino}, path);
+    };
+    auto file = plan.ok() ? load() : Result<std::shared_ptr<const elf::ElfFile>>(plan.error());
+    // A 1-byte `ret` followed by padding: the 2 bytes cover the ret and a padding byte.
+    std::optional<PadClaim> head_byte;
+    if (!plan.ok() && ret_short_jumps_enabled()) {
+      if (auto f = load(); f.ok()) {
+        auto over = plan_ret_over_padding(**f, probe - t.key.off, t.function, t.offset, head_byte);
+        // Both bytes the file's: the ret (else another tracer's, as above) and the padding.
+        if (over.ok() && unlike_file(over->patch_address, over->patch_address + 2))
+          head_byte.reset();
+        else if (over.ok())
+          plan = std::move(over), file = std::move(f);
+      }
+    }
     std::optional<PadClaim> pad;
     if (file.ok()) pad = find_short_pad(**file, probe - t.key.off, plan->patch_address + 2);
     // The padding is what the pad gives back on detach: the file's, like the site's bytes.
     if (pad && unlike_file(pad->at(), pad->at() + kShortPadLength)) pad.reset();
+    if (pad && head_byte) pad->take_also(std::move(*head_byte));
     if (pad) {
       const std::uintptr_t pad_at = pad->at();
       if (auto done = build_jmp(*plan, std::move(pad))) {
         if (!done->ok()) return *done;
         if (debug_sites()) {
-          std::fprintf(
-              stderr, "hotprobe: %s: jmp site, 2-byte jump to a pad at %s (%s)\n",
-              t.describe.c_str(), hex(pad_at).c_str(),
-              t.function_size ? jmp_error.message().c_str() : "the function's size is unknown");
+          std::fprintf(stderr, "hotprobe: %s: jmp site, 2-byte jump to a pad at %s (%s)\n",
+                       t.describe.c_str(), hex(pad_at).c_str(),
+                       plan->length == 1 ? "over the padding after a 1-byte `ret`"
+                       : t.function_size ? jmp_error.message().c_str()
+                                         : "the function's size is unknown");
         }
         return site.release();
       }
@@ -414,27 +441,51 @@ void SiteBuilder::separate_overlaps(std::span<BuildJob> jobs, std::span<const Ta
   }
   if (std::find(to_int3.begin(), to_int3.end(), true) == to_int3.end()) return;
   const BuildEnv env = environment(options, reg);
-  for (std::size_t n = 0; n < jobs.size(); n++) {
-    if (!to_int3[n]) continue;
+  // A 5-byte jump site takes a short jump instead where it can (its 2 bytes lie in its
+  // own first instruction, so they overlap no other probe's); a short one that still
+  // overlaps (a probe at +0 and one at +4 after endbr64 patch the same instruction), and
+  // a short site already, become int3 sites.
+  auto rebuild = [&](std::size_t n, bool short_jump) {
     BuildJob& j = jobs[n];
     const Target& t = targets[j.target];
     free_sites(std::span<Site* const>(&j.site, 1), reg);
     j.site = nullptr;
     SiteOptions spec = options_of(specs[j.spec]);
-    if (!spec.allow_int3) {
+    if (!short_jump) spec.force_int3 = spec.allow_int3;
+    if (!short_jump && !spec.allow_int3) {
       j.error = Error(Errc::not_relocatable,
                       t.describe +
                           ": its 5-byte jump would overlap the patch of another probe a few "
                           "bytes away, and int3 mode is disabled for this probe");
-      continue;
+      return;
     }
-    spec.force_int3 = true;
-    auto built = build(t, spec, env, reg.entry_builder_, reg.code_, std::nullopt);
+    auto built = build(t, spec, env, reg.entry_builder_, reg.code_, std::nullopt, true);
     if (built.ok())
       j.site = *built;
     else
       j.error = built.error();
+  };
+  std::vector<std::size_t> shorts;
+  for (std::size_t n = 0; n < jobs.size(); n++) {
+    if (!to_int3[n]) continue;
+    const bool short_jump = !jobs[n].site->pad && g_short_jumps_apart.load();
+    rebuild(n, short_jump);
+    if (short_jump && jobs[n].site && jobs[n].site->mode == SiteMode::jmp) shorts.push_back(n);
   }
+  for (std::size_t n : shorts) {
+    const Range r = range_of(jobs[n].site, n);
+    bool overlaps = !old.empty() && old_over(r.start, r.end);
+    for (std::size_t m = 0; m < jobs.size() && !overlaps; m++) {
+      const Site* o = jobs[m].site;
+      overlaps =
+          m != n && o && o->patch_address < r.end && o->patch_address + o->patched.size() > r.start;
+    }
+    if (overlaps) rebuild(n, false);
+  }
+}
+
+void use_short_jumps_apart_for_testing(bool on) {
+  g_short_jumps_apart.store(on);
 }
 
 PatchSite patch_for(const Site* s, bool attach) {

@@ -49,10 +49,11 @@ class SiteBuilder {
   static BuildEnv environment(const hotprobe::EngineOptions& options, Registry& reg)
       HP_REQUIRES(reg.mu_);
   // Builds a new site for `t` (not yet patched, not yet in the registry). `reserved`: a
-  // slot allocated ahead near the probe address, freed unless taken.
+  // slot allocated ahead near the probe address, freed unless taken. `no_long_jump`: its
+  // 5-byte jump would overlap another probe's patch, so a short jump or an int3.
   static Result<Site*> build(const Target& t, const SiteOptions& spec, const BuildEnv& env,
                              EntryTrampolineBuilder& builder, arch::CodeMemory& code,
-                             std::optional<arch::CodeSlot> reserved);
+                             std::optional<arch::CodeSlot> reserved, bool no_long_jump = false);
   // One site on the registry's own trampoline builder.
   static Result<Site*> build(const Target& t, const SiteOptions& spec,
                              const hotprobe::EngineOptions& options, Registry& reg)
@@ -67,9 +68,10 @@ class SiteBuilder {
                         Registry& reg, BatchHelper& helper) HP_REQUIRES(reg.mu_);
   // Patched bytes may not overlap: two probes a few bytes apart (malloc and malloc+2)
   // would have the first's jump cover the second. Among the batch's new sites, every jmp
-  // site whose patch overlaps another site's is built again in int3 mode (one byte at
-  // its own address; the relocated copy of the first instruction runs into the second's
-  // int3, so both hit). A new probe inside the bytes an existing jmp site displaced into
+  // site whose patch overlaps another site's is built again with a short jump (2 bytes
+  // inside its first instruction, to a pad) where one fits, else in int3 mode (one byte
+  // at its own address); the relocated copy of the first instruction runs into the
+  // second's patch, so both hit. A new probe inside the bytes an existing jmp site displaced into
   // its trampoline is refused: that code no longer runs from its place (attach both in
   // one batch, or detach the other first). A new jmp site over an existing one's bytes
   // becomes int3 as well.
@@ -88,5 +90,8 @@ class SiteBuilder {
 
 // The text_patch request that patches (attach) or restores (!attach) the site's bytes.
 PatchSite patch_for(const Site* s, bool attach);
+
+// Tests: false makes separate_overlaps build int3 sites only (no short jumps).
+void use_short_jumps_apart_for_testing(bool on);
 
 }  // namespace hp::core

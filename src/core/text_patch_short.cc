@@ -2,23 +2,52 @@
 #include "core/text_patch_short.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <set>
 #include <span>
 #include <vector>
 
 #include "arch/x86_64/decode.h"
+#include "base/assert.h"
+#include "core/resolver.h"
 #include "elf/elf_file.h"
 
 namespace hp::core {
 namespace {
 
-// Claimed pads by address, process-wide (sites are built on two threads in a large
-// batch). Never destroyed: a site may outlive static destructors.
+// Claimed bytes by address (a pad's 5, a head's padding byte), process-wide (sites are
+// built on two threads in a large batch). Never destroyed: a site may outlive static
+// destructors.
+struct Claim {
+  std::size_t length;
+  std::uintptr_t owner;  // the head's padding byte: the site's patch address
+  int count;             // claims of one owner: a site and the one it replaces
+};
 std::mutex& g_claims_mu = *new std::mutex;
-std::set<std::uintptr_t>& g_claims = *new std::set<std::uintptr_t>;
+std::map<std::uintptr_t, Claim>& g_claims = *new std::map<std::uintptr_t, Claim>;
 std::set<std::uintptr_t>& g_kept = *new std::set<std::uintptr_t>;  // never released
+std::atomic<bool> g_ret_short_jumps{false};                        // use_ret_short_jumps
+
+// Whether a claim holds a byte of [at, at + length) (one by `owner` of exactly these
+// bytes aside, when `owner` is not 0); under g_claims_mu.
+bool claimed(std::uintptr_t at, std::size_t length, std::uintptr_t owner = 0) {
+  auto it = g_claims.lower_bound(at >= kShortPadLength ? at - kShortPadLength + 1 : 0);
+  for (; it != g_claims.end() && it->first < at + length; ++it) {
+    const bool shared =
+        owner && it->second.owner == owner && it->first == at && it->second.length == length;
+    if (it->first + it->second.length > at && !shared) return true;
+  }
+  return false;
+}
+
+void unclaim(std::uintptr_t at) {
+  auto it = g_claims.find(at);
+  if (it == g_claims.end() || g_kept.count(at)) return;
+  if (--it->second.count == 0) g_claims.erase(it);
+}
 
 const std::uint8_t* code_at(std::uintptr_t a) {
   return reinterpret_cast<const std::uint8_t*>(a);
@@ -74,39 +103,47 @@ PadClaim& PadClaim::operator=(PadClaim&& o) noexcept {
   if (this != &o) {
     release();
     at_ = std::exchange(o.at_, 0);
+    also_at_ = std::exchange(o.also_at_, 0);
     original = o.original;
     jump = o.jump;
   }
   return *this;
 }
 
-std::optional<PadClaim> PadClaim::claim(std::uintptr_t at) {
+std::optional<PadClaim> PadClaim::claim(std::uintptr_t at, std::size_t length,
+                                        std::uintptr_t owner) {
+  HP_CHECK(length > 0 && length <= kShortPadLength);
   std::lock_guard<std::mutex> lock(g_claims_mu);
-  auto it = g_claims.lower_bound(at >= kShortPadLength ? at - kShortPadLength + 1 : 0);
-  if (it != g_claims.end() && *it < at + kShortPadLength) return std::nullopt;
-  g_claims.insert(at);
+  if (claimed(at, length, owner)) return std::nullopt;
+  auto it = g_claims.emplace(at, Claim{length, owner, 0}).first;
+  it->second.count++;
   PadClaim c;
   c.at_ = at;
   return c;
 }
 
+void PadClaim::take_also(PadClaim&& other) {
+  HP_CHECK(!also_at_ && !other.also_at_ && other.at_);
+  also_at_ = std::exchange(other.at_, 0);
+}
+
 void PadClaim::release() noexcept {
-  if (!at_) return;
+  if (!at_ && !also_at_) return;
   std::lock_guard<std::mutex> lock(g_claims_mu);
-  if (!g_kept.count(at_)) g_claims.erase(at_);
-  at_ = 0;
+  if (at_) unclaim(at_);
+  if (also_at_) unclaim(also_at_);
+  at_ = also_at_ = 0;
 }
 
 void keep_pad_claimed(std::uintptr_t at) {
   std::lock_guard<std::mutex> lock(g_claims_mu);
   g_kept.insert(at);
-  g_claims.insert(at);
+  g_claims.emplace(at, Claim{kShortPadLength, 0, 1});
 }
 
 bool pad_claimed_for_testing(std::uintptr_t at) {
   std::lock_guard<std::mutex> lock(g_claims_mu);
-  auto it = g_claims.lower_bound(at >= kShortPadLength ? at - kShortPadLength + 1 : 0);
-  return it != g_claims.end() && *it < at + kShortPadLength;
+  return claimed(at, kShortPadLength);
 }
 
 std::optional<PadClaim> find_short_pad(const elf::ElfFile& file, std::uintptr_t bias,
@@ -168,6 +205,66 @@ std::optional<PadClaim> find_short_pad(const elf::ElfFile& file, std::uintptr_t 
     }
   }
   return std::nullopt;
+}
+
+Result<arch::DisplacementPlan> plan_ret_over_padding(const elf::ElfFile& file, std::uintptr_t bias,
+                                                     std::uintptr_t function, std::uint64_t offset,
+                                                     std::optional<PadClaim>& head_byte) {
+  auto decode = [](std::uintptr_t a) {
+    return arch::decode_shape(std::span<const std::uint8_t>(code_at(a), arch::kMaxInsnLength), a);
+  };
+  arch::DisplacementPlan plan;
+  plan.probe_address = function + offset;
+  std::uintptr_t at = plan.probe_address;
+  auto first = decode(at);
+  if (!first.ok()) return first.error();
+  const bool endbr = offset == 0 && first->kind == arch::InsnKind::endbr64;
+  if (endbr) {
+    at += first->length;
+    first = decode(at);
+    if (!first.ok()) return first.error();
+  }
+  if (first->length != 1 || first->kind != arch::InsnKind::ret) {
+    return Error(Errc::not_relocatable,
+                 "the 1-byte instruction at " + hex(at) + " is not a `ret` before padding");
+  }
+  // The byte after the ret: outside every function, and fill up to the next one.
+  const std::uintptr_t pad_byte = at + 1;
+  auto not_padding = [&](const std::string& why) {
+    return Error(Errc::not_relocatable, "the byte after the 1-byte `ret` at " + hex(at) + " " +
+                                            why + ": a 2-byte jump would cover code");
+  };
+  if (!file.offset_is_code(pad_byte - bias) || extent_at(file, pad_byte - bias))
+    return not_padding("belongs to a function");
+  constexpr std::uintptr_t kFillScan = 64;
+  for (std::uintptr_t a = pad_byte; a < pad_byte + kFillScan;) {
+    if (a > pad_byte && (!file.offset_is_code(a - bias) || extent_at(file, a - bias))) break;
+    auto insn = decode(a);
+    if (!insn.ok() || !is_fill(a, insn->length)) return not_padding("is not fill (int3 or nop)");
+    a += insn->length;
+  }
+  // A site at this address that is being replaced (detached, its memory not yet
+  // reclaimed) may still hold the byte: both are never patched at once.
+  head_byte = PadClaim::claim(pad_byte, 1, at);
+  if (!head_byte) return not_padding("is another site's pad");
+  plan.patch_address = at;
+  plan.patch_offset = static_cast<std::uint32_t>(at - function);
+  plan.length = 1;
+  auto entry = decode(function);
+  plan.at_entry =
+      offset == 0 || (offset == 4 && entry.ok() && entry->kind == arch::InsnKind::endbr64);
+  plan.flags_live = !plan.at_entry;
+  plan.insns = {*first};
+  plan.original.assign(code_at(at), code_at(at) + 1);
+  return plan;
+}
+
+void use_ret_short_jumps(bool on) {
+  g_ret_short_jumps.store(on);
+}
+
+bool ret_short_jumps_enabled() {
+  return g_ret_short_jumps.load(std::memory_order_relaxed);
 }
 
 }  // namespace hp::core
