@@ -80,10 +80,9 @@ Result<arch::DisplacementPlan> plan_ret_over_padding(const elf::ElfFile& file, s
                                                      std::uintptr_t function, std::uint64_t offset,
                                                      std::optional<PadClaim>& head_byte);
 
-// Whether a 1-byte `ret` before padding takes a short jump (plan_ret_over_padding); off
-// by default: tests/api's int3-mode and patch-mode tests use such a `ret` as the site no
-// jump fits (hp_i3_short+2, hp_pm_tiny) and expect an int3 site or a refusal. Off, the
-// site is an int3 (the variant whose callers that block SIGTRAP are killed).
+// Whether a 1-byte `ret` before padding takes a short jump (plan_ret_over_padding); on
+// by default. Off (tests), the site is an int3 (the variant whose callers that block
+// SIGTRAP are killed).
 void use_ret_short_jumps(bool on);
 bool ret_short_jumps_enabled();
 

@@ -13,7 +13,9 @@
 
 // Byte layouts (checked by InstructionLayoutIsWhatTheTestsAssume below):
 //   hp_i3_short:  31 c0     xor eax, eax         +0
-//                 c3        ret                  +2            (3 bytes)
+//                 c3        ret                  +2
+//                 31 c0 c3  (never reached: code of the function, not padding, so
+//                            no 2-byte jump may cover the byte after the ret)
 //   hp_i3_loop:   31 c0     xor eax, eax         +0   returns rdi (rdi >= 1)
 //                 83 c0 01  add eax, 1           +2   <- loop head, jnz target
 //                 48 ff cf  dec rdi              +5
@@ -26,6 +28,8 @@ asm(R"(
   .globl hp_i3_short
   .type hp_i3_short, @function
 hp_i3_short:
+  xorl %eax, %eax
+  ret
   xorl %eax, %eax
   ret
   .size hp_i3_short, .-hp_i3_short
@@ -100,6 +104,7 @@ TEST(Int3Mode, InstructionLayoutIsWhatTheTestsAssume) {
   const auto* s = reinterpret_cast<const unsigned char*>(&hp_i3_short);
   EXPECT_EQ(s[0], 0x31);
   EXPECT_EQ(s[2], 0xc3);
+  EXPECT_EQ(s[3], 0x31);
   const auto* l = reinterpret_cast<const unsigned char*>(&hp_i3_loop);
   EXPECT_EQ(l[2], 0x83);
   EXPECT_EQ(l[8], 0x75);

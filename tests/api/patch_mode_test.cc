@@ -6,7 +6,8 @@
 
 #include "hotprobe/probe.h"
 
-// A function of one byte: no 5-byte jump fits.
+// A function whose first instruction is one byte, followed by more of its own code: no
+// jump fits, not even a 2-byte one (the byte after the ret is not padding).
 asm(R"(
         .text
         .globl  hp_pm_tiny
@@ -14,6 +15,7 @@ asm(R"(
         .p2align 4
 hp_pm_tiny:
         ret
+        ud2
         .size   hp_pm_tiny, . - hp_pm_tiny
 )");
 extern "C" void hp_pm_tiny();
