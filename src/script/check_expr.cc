@@ -1,6 +1,7 @@
 // The check pass: expressions (check_pass.h).
 #include <algorithm>
 #include <string>
+#include <utility>
 
 #include "script/check_args.h"
 #include "script/check_pass.h"
@@ -11,7 +12,14 @@ namespace hotprobe::script::checking {
 
 // A value in an expression (operand, argument, assigned value, condition).
 Value Checker::value(Expr& e) {
+  const bool tuple_ok = std::exchange(tuple_ok_, false);
   Value v = expr(e, Context::value);
+  if (!v.error && v.type == Type::tuple && !tuple_ok) {
+    error(e.loc,
+          "A tuple cannot be used here: a tuple is assigned to a $variable, printed "
+          "with print(), or read by element ($t.0)");
+    return Value::bad();
+  }
   if (!v.error && v.type == Type::none && v.agg == MapKind::none) return no_value(e);
   if (!v.error && v.type == Type::object) return object_value(e, v);
   return v;
@@ -99,6 +107,7 @@ Value Checker::deref(Expr& e) {
 }
 
 Value Checker::field(Expr& e) {
+  if (!e.name.empty() && e.name[0] >= '0' && e.name[0] <= '9') return tuple_index(e);
   // args.NAME (and args.S.FIELD of a struct S in registers) becomes a register read.
   const Expr& b = *e.args[0];
   if (is_args(b) || (b.kind == Expr::Kind::field && is_args(*b.args[0]))) {
@@ -251,7 +260,7 @@ Value Checker::variable(Expr& e) {
     return Value::bad();
   }
   e.slot = var->slot;
-  return Value{var->type, MapKind::none, var->str_size, false, var->ctype};
+  return Value{var->type, MapKind::none, var->str_size, false, var->ctype, var->elems};
 }
 
 Value Checker::unary(Expr& e) {
@@ -295,7 +304,8 @@ Value Checker::incdec(Expr& e) {
     t.slot = var->slot;
     t.type = var->type;
     if (var->type != Type::integer) {
-      error(e.loc, "The " + op + " operator can not be used on " + t.name + " (it holds a string)");
+      error(e.loc, "The " + op + " operator can not be used on " + t.name + " (it holds " +
+                       (var->type == Type::tuple ? "a tuple" : "a string") + ")");
       return Value::bad();
     }
     return Value::integer();
@@ -372,6 +382,8 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
     case Expr::Kind::sizeof_:
     case Expr::Kind::offsetof_:
       return size_or_offset(e);
+    case Expr::Kind::tuple:
+      return tuple(e);
   }
   return Value::bad();
 }

@@ -38,6 +38,7 @@ struct Value {
   std::uint32_t size = 0;       // strings
   bool error = false;
   int ctype = -1;  // the C type (TypeTable) of an integer or object value; -1: int64
+  std::vector<ast::TupleElem> elems;  // Type::tuple
 
   static Value integer() { return Value{Type::integer, MapKind::none, 0, false}; }
   static Value string(std::uint32_t n) { return Value{Type::string, MapKind::none, n, false}; }
@@ -138,6 +139,13 @@ class Checker {
 
   [[gnu::noinline]] Value field(Expr& e);
 
+  // Tuples (check_tuple.cc): a literal, `$t.N`, and the element slots of a tuple variable.
+  [[gnu::noinline]] Value tuple(Expr& e);
+  [[gnu::noinline]] Value tuple_index(Expr& e);
+  void assign_tuple(std::size_t var_index, const Value& v, Expr& target);
+  // The next value() may be a tuple (an assignment to a variable, print(), `.N`).
+  void allow_tuple() { tuple_ok_ = true; }
+
   [[gnu::noinline]] Value index(Expr& e);
 
   // sizeof and offsetof fold to an integer literal.
@@ -203,6 +211,7 @@ class Checker {
 
  private:
   ast::Program& program_;
+  bool tuple_ok_ = false;
   Diagnostics& diags_;
   ast::Action* action_ = nullptr;
   std::unordered_map<std::string, int> map_ids_;

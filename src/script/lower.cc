@@ -151,6 +151,8 @@ Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
     if (st.assign.compound) {
       out.op = static_cast<std::int64_t>(st.assign.op);
       out.fn = st_var_compound;
+    } else if (t.type == Type::tuple) {
+      out.fn = st_var_tuple;
     } else {
       out.fn = (*tn)->s ? st_var_str : st_var_int;
     }

@@ -613,24 +613,36 @@ void append_message(std::string& out, std::string_view type, std::string_view te
   out += "\"}\n";
 }
 
-void append_value(std::string& out, const FmtArg& v, OutputFormat fmt) {
-  if (fmt == OutputFormat::text) {
-    if (v.is_string)
-      append_text_escaped(out, v.s);
-    else
-      out += std::to_string(v.i);
-    out += "\n";
-    return;
-  }
-  out += "{\"type\": \"value\", \"data\": ";
-  if (v.is_string) {
+namespace {
+
+void append_element(std::string& out, const FmtArg& v, OutputFormat fmt) {
+  if (!v.is_string) {
+    out += std::to_string(v.i);
+  } else if (fmt == OutputFormat::text) {
+    append_text_escaped(out, v.s);
+  } else {
     out += "\"";
     json_escape(out, v.s);
     out += "\"";
-  } else {
-    out += std::to_string(v.i);
   }
-  out += "}\n";
+}
+
+}  // namespace
+
+void append_value(std::string& out, const FmtArg& v, OutputFormat fmt) {
+  if (fmt == OutputFormat::json) out += "{\"type\": \"value\", \"data\": ";
+  append_element(out, v, fmt);
+  out += fmt == OutputFormat::text ? "\n" : "}\n";
+}
+
+void append_tuple(std::string& out, std::span<const FmtArg> elems, OutputFormat fmt) {
+  const bool text = fmt == OutputFormat::text;
+  out += text ? "(" : "{\"type\": \"value\", \"data\": [";
+  for (std::size_t k = 0; k < elems.size(); ++k) {
+    if (k > 0) out += text ? ", " : ",";
+    append_element(out, elems[k], fmt);
+  }
+  out += text ? ")\n" : "]}\n";
 }
 
 }  // namespace hotprobe::script

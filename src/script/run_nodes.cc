@@ -684,6 +684,52 @@ std::int64_t i_print_value(const Node* n, Frame& f) {
   f.rt->write(out);
   return 0;
 }
+// A tuple's elements (n->keys) evaluated into `args`, strings into `bufs`.
+namespace {
+void eval_tuple(const Node* n, Frame& f, FmtArg* args, char (*bufs)[kStrBytes]) {
+  for (std::size_t k = 0; k < n->keys.size(); ++k) {
+    const Node* e = n->keys[k];
+    if (e->s) {
+      const std::uint32_t len = e->s(e, f, bufs[k]);
+      args[k].s = std::string_view(bufs[k], len);
+      args[k].is_string = true;
+    } else {
+      args[k].i = e->i(e, f);
+    }
+  }
+}
+}  // namespace
+std::int64_t i_tuple(const Node* n, Frame& f) {
+  FmtArg args[ast::kMaxTupleElems];
+  char bufs[ast::kMaxTupleElems][kStrBytes];
+  eval_tuple(n, f, args, bufs);
+  return 0;
+}
+std::int64_t i_print_tuple(const Node* n, Frame& f) {
+  FmtArg args[ast::kMaxTupleElems];
+  char bufs[ast::kMaxTupleElems][kStrBytes];
+  eval_tuple(n->a, f, args, bufs);
+  std::string& out = out_buffer();
+  append_tuple(out, std::span<const FmtArg>(args, n->a->keys.size()), f.rt->format);
+  f.rt->write(out);
+  return 0;
+}
+// Every element is evaluated before any is stored: `$t = ($t.1, $t.0)` swaps.
+bool st_var_tuple(const SNode* s, Frame& f) {
+  FmtArg args[ast::kMaxTupleElems];
+  char bufs[ast::kMaxTupleElems][kStrBytes];
+  eval_tuple(s->value, f, args, bufs);
+  for (std::size_t k = 0; k < s->target->keys.size(); ++k) {
+    const std::int64_t slot = s->target->keys[k]->imm;
+    if (args[k].is_string) {
+      std::memcpy(f.sslots[slot], args[k].s.data(), args[k].s.size());
+      f.sslots[slot][args[k].s.size()] = '\0';
+    } else {
+      f.islots[slot] = args[k].i;
+    }
+  }
+  return true;
+}
 std::int64_t i_printf(const Node* n, Frame& f) {
   constexpr std::size_t kMaxArgs = ast::kMaxPrintfArgs;  // the checker refuses more
   FmtArg args[kMaxArgs];

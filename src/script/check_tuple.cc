@@ -1,0 +1,128 @@
+// The check pass: tuples (check_pass.h). A tuple is a literal `(a, b, ...)` or a $variable
+// holding one; its elements are integers or strings. A tuple variable's element k lives
+// in the hidden slot VarInfo::slot + 1 + k, so `$t.k` becomes a read of that slot here
+// and the back end sees only the literal, the assignment and print().
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "script/check_pass.h"
+
+namespace hotprobe::script::checking {
+
+namespace {
+
+Value element_value(const ast::TupleElem& t) {
+  return Value{t.type, MapKind::none, t.str_size, false, t.ctype};
+}
+
+}  // namespace
+
+Value Checker::tuple(Expr& e) {
+  if (e.args.size() > ast::kMaxTupleElems) {
+    error(e.loc, "A tuple has at most " + std::to_string(ast::kMaxTupleElems) + " elements (" +
+                     std::to_string(e.args.size()) + " given): split it in two");
+    return Value::bad();
+  }
+  Value out{Type::tuple, MapKind::none, 0, false};
+  bool bad = false;
+  for (ast::ExprPtr& a : e.args) {
+    if (a->kind == Expr::Kind::tuple) {
+      error(a->loc,
+            "Nested tuples are not supported: give the inner tuple's elements to the "
+            "outer one");
+      bad = true;
+      continue;
+    }
+    Value v = value(*a);
+    if (v.error) {
+      bad = true;
+      continue;
+    }
+    if (!v.is_int() && !v.is_str()) {
+      error(a->loc, "A tuple element is an integer or a string, not '" + type_name(v) + "'");
+      bad = true;
+      continue;
+    }
+    out.elems.push_back(ast::TupleElem{v.type, v.size, v.ctype});
+  }
+  return bad ? Value::bad() : out;
+}
+
+Value Checker::tuple_index(Expr& e) {
+  const std::string index = e.name;
+  allow_tuple();
+  Value base = value(*e.args[0]);
+  if (base.error) return base;
+  if (base.type != Type::tuple) {
+    error(e.loc, "Can not access index '" + index + "' on expression of type '" + type_name(base) +
+                     "' (only a tuple's elements are read by number)");
+    return Value::bad();
+  }
+  std::size_t k = 0;
+  for (char c : index) {
+    if (c < '0' || c > '9' || k > ast::kMaxTupleElems) {
+      k = ast::kMaxTupleElems + 1;
+      break;
+    }
+    k = k * 10 + static_cast<std::size_t>(c - '0');
+  }
+  if (k >= base.elems.size()) {
+    error(e.loc, "Invalid tuple index: " + index + ". Found " + std::to_string(base.elems.size()) +
+                     " elements in tuple.");
+    return Value::bad();
+  }
+  Expr& b = *e.args[0];
+  if (b.kind == Expr::Kind::variable) {
+    const ast::VarInfo& elem = action_->vars[static_cast<std::size_t>(b.slot) + 1 + k];
+    e.kind = Expr::Kind::variable;
+    e.name = elem.name;
+    e.slot = elem.slot;
+    e.args.clear();
+    return Value{elem.type, MapKind::none, elem.str_size, false, elem.ctype};
+  }
+  // A literal: the element itself (the checked tuple's other elements are dropped).
+  ast::ExprPtr elem = std::move(b.args[k]);
+  const Loc at = e.loc;
+  e = std::move(*elem);
+  e.loc = at;
+  return element_value(base.elems[k]);
+}
+
+void Checker::assign_tuple(std::size_t var_index, const Value& v, Expr& target) {
+  const bool fresh = action_->vars[var_index].elems.empty();
+  if (fresh) {
+    const std::string name = action_->vars[var_index].name;
+    action_->vars[var_index].elems = v.elems;
+    for (std::size_t k = 0; k < v.elems.size(); ++k) {
+      const int slot = hidden_slot("$$tuple " + name + "." + std::to_string(k));
+      ast::VarInfo& h = action_->vars[static_cast<std::size_t>(slot)];
+      h.type = v.elems[k].type;
+      h.str_size = v.elems[k].str_size;
+      h.ctype = v.elems[k].ctype;
+    }
+  }
+  ast::VarInfo& var = action_->vars[var_index];
+  bool same = var.elems.size() == v.elems.size();
+  for (std::size_t k = 0; same && k < v.elems.size(); ++k)
+    same = var.elems[k].type == v.elems[k].type;
+  if (!same) {
+    error(target.loc, "Tuple type mismatch: " +
+                          type_name(Value{Type::tuple, MapKind::none, 0, false, -1, var.elems}) +
+                          " != " + type_name(v) + ".");
+  } else if (!fresh) {
+    for (std::size_t k = 0; k < v.elems.size(); ++k) {
+      ast::TupleElem& t = var.elems[k];
+      t.str_size = std::max(t.str_size, v.elems[k].str_size);
+      if (t.ctype != v.elems[k].ctype) t.ctype = -1;
+      ast::VarInfo& h = action_->vars[static_cast<std::size_t>(var.slot) + 1 + k];
+      h.str_size = t.str_size;
+      h.ctype = t.ctype;
+    }
+  }
+  target.slot = var.slot;
+  target.type = Type::tuple;
+  target.elems = var.elems;
+}
+
+}  // namespace hotprobe::script::checking
