@@ -169,6 +169,7 @@ enum class MapKind : std::uint8_t {
   lhist,
   integer,  // @m = expr (int); also @m++, @m += expr
   string,   // @m = expr (string)
+  tuple,    // @m = (a, b, ...): MapInfo::elems
 };
 
 enum class UnaryOp : std::uint8_t { neg, lnot, bnot };  // - ! ~
@@ -353,6 +354,7 @@ struct MapInfo {
   int ctype = -1;                        // MapKind::integer values that are pointers keep
                                          // their type (@p[tid] = (struct s *)arg0)
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // MapKind::lhist
+  std::vector<TupleElem> elems;                               // MapKind::tuple
   Loc first;                                                  // first use
 };
 
@@ -401,8 +403,9 @@ inline std::string_view to_string(Func f) {
   return kFuncNames[static_cast<std::size_t>(f)];
 }
 inline std::string_view to_string(MapKind k) {
-  static constexpr std::string_view kNames[] = {"none",  "count", "sum",   "avg",   "min",   "max",
-                                                "stats", "hist",  "lhist", "int64", "string"};
+  static constexpr std::string_view kNames[] = {"none",  "count", "sum",    "avg",
+                                                "min",   "max",   "stats",  "hist",
+                                                "lhist", "int64", "string", "tuple"};
   return kNames[static_cast<int>(k)];
 }
 inline std::string_view to_string(BinaryOp op) {

@@ -13,7 +13,7 @@ namespace hotprobe::script {
 namespace checking {
 
 bool is_agg_kind(MapKind k) {
-  return k != MapKind::none && k != MapKind::integer && k != MapKind::string;
+  return k != MapKind::none && k != MapKind::integer && k != MapKind::string && k != MapKind::tuple;
 }
 
 MapKind agg_kind_of(Func f) {
@@ -343,6 +343,7 @@ void Checker::assign_map(Stmt& s) {
     annotate_map(target);
     return;
   }
+  if (!s.assign.compound) allow_tuple();
   Value v = value(rhs);
   if (v.error) {
     annotate_map(target);
@@ -362,6 +363,11 @@ void Checker::assign_map(Stmt& s) {
     } else if (!v.is_int()) {
       map_kind_mismatch(target, map(), type_name(v));
     }
+    annotate_map(target);
+    return;
+  }
+  if (v.type == Type::tuple) {
+    assign_map_tuple(map(), v, target);
     annotate_map(target);
     return;
   }

@@ -343,7 +343,7 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
     case Expr::Kind::variable:
       return variable(e);
     case Expr::Kind::map:
-      return map_read(e, false);
+      return map_value(e);
     case Expr::Kind::unary:
       return unary(e);
     case Expr::Kind::binary:
@@ -410,6 +410,7 @@ Value Checker::map_read(Expr& e, bool whole) {
   }
   if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
   if (m.kind == MapKind::string) return Value::string(std::max(m.str_size, 1u));
+  if (m.kind == MapKind::tuple) return Value{Type::tuple, MapKind::none, 0, false, -1, m.elems};
   return Value::typed(m.ctype);
 }
 

@@ -143,6 +143,7 @@ class Checker {
   [[gnu::noinline]] Value tuple(Expr& e);
   [[gnu::noinline]] Value tuple_index(Expr& e);
   void assign_tuple(std::size_t var_index, const Value& v, Expr& target);
+  void assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target);
   // The next value() may be a tuple (an assignment to a variable, print(), `.N`).
   void allow_tuple() { tuple_ok_ = true; }
 
@@ -174,6 +175,8 @@ class Checker {
   Value expr_inner(Expr& e, Context ctx);
 
   Value map_read(Expr& e, bool whole);
+  // A map read in an expression: as map_read, a tuple value refused (check_tuple.cc).
+  Value map_value(Expr& e);
 
   // A chain a+b+c+... is a left-deep tree as tall as it is long: its left spine is walked
   // in a loop, so the checker's stack grows with nesting only (parser.h: kMaxNesting).

@@ -125,4 +125,36 @@ void Checker::assign_tuple(std::size_t var_index, const Value& v, Expr& target) 
   target.elems = var.elems;
 }
 
+Value Checker::map_value(Expr& e) {
+  Value v = map_read(e, false);
+  if (v.error || v.type != Type::tuple) return v;
+  error(e.loc, "Reading a tuple back from map " + e.name +
+                   " is not supported: print the map (print(" + e.name +
+                   ")) or keep the tuple in a $variable");
+  return Value::bad();
+}
+
+void Checker::assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target) {
+  if (m.kind == MapKind::none) {
+    m.kind = MapKind::tuple;
+    m.elems = v.elems;
+    return;
+  }
+  if (m.kind != MapKind::tuple) {
+    map_kind_mismatch(target, m, type_name(v));
+    return;
+  }
+  bool same = m.elems.size() == v.elems.size();
+  for (std::size_t k = 0; same && k < v.elems.size(); ++k)
+    same = m.elems[k].type == v.elems[k].type;
+  if (!same) {
+    error(target.loc, "Tuple type mismatch: " +
+                          type_name(Value{Type::tuple, MapKind::none, 0, false, -1, m.elems}) +
+                          " != " + type_name(v) + ".");
+    return;
+  }
+  for (std::size_t k = 0; k < v.elems.size(); ++k)
+    m.elems[k].str_size = std::max(m.elems[k].str_size, v.elems[k].str_size);
+}
+
 }  // namespace hotprobe::script::checking

@@ -7,6 +7,7 @@
 #include <optional>
 #include <utility>
 
+#include "script/ast.h"
 #include "script/symbolize.h"
 
 namespace hotprobe::script {
@@ -176,7 +177,7 @@ void append_bar_line(std::string& s, const std::string& header, std::uint64_t va
 }  // namespace
 
 void sort_rows(const MapDesc& d, std::vector<Row>& rows) {
-  if (d.kind == ValueKind::string) {
+  if (d.kind == ValueKind::string || d.kind == ValueKind::tuple) {
     std::sort(rows.begin(), rows.end(),
               [&](const Row& a, const Row& b) { return key_less(d, a, b); });
     return;
@@ -454,6 +455,25 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
         q = "\"";
         json_escape(q, sv);
         return q + "\"";
+      }
+      case ValueKind::tuple: {
+        FmtArg elems[ast::kMaxTupleElems];
+        const std::size_t n = std::min(d.value_is_string.size(), ast::kMaxTupleElems);
+        std::size_t w = 0;
+        for (std::size_t k = 0; k < n && w < r.value.size(); ++k) {
+          elems[k].is_string = d.value_is_string[k];
+          if (elems[k].is_string) {
+            elems[k].s = get_string(r.value.data() + w);
+            w += kStrWords;
+          } else {
+            elems[k].i = as_signed(r.value[w++]);
+          }
+        }
+        std::string q;
+        append_tuple(q, std::span<const FmtArg>(elems, n), fmt);
+        // append_tuple writes print()'s whole line: the map's line takes the value alone.
+        if (json) return q.substr(q.find('['), q.rfind(']') - q.find('[') + 1);
+        return q.substr(0, q.size() - 1);
       }
     }
     return {};

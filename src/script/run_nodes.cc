@@ -730,6 +730,38 @@ bool st_var_tuple(const SNode* s, Frame& f) {
   }
   return true;
 }
+namespace {
+constexpr std::uint32_t kMaxTupleWords = ast::kMaxTupleElems * kStrWords;
+// The value of `@m[k] = tuple` in `words` (at most kMaxTupleWords).
+void pack_tuple(const SNode* s, Frame& f, std::uint64_t* words) {
+  const Node* t = s->value;
+  std::uint32_t w = 0;
+  for (const Node* e : t->keys) {
+    if (e->s) {
+      std::memset(words + w, 0, kStrBytes);
+      e->s(e, f, reinterpret_cast<char*>(words + w));
+      w += kStrWords;
+    } else {
+      words[w++] = u(e->i(e, f));
+    }
+  }
+}
+}  // namespace
+bool st_map_tuple(const SNode* s, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
+  std::uint64_t v[kMaxTupleWords];
+  pack_tuple(s, f, v);
+  build_key_fast(s->target, f, key);
+  f.rt->maps->plain(s->target->map).set(key, v);
+  return true;
+}
+bool st_tid_tuple(const SNode* s, Frame& f) {
+  std::uint64_t v[kMaxTupleWords];
+  pack_tuple(s, f, v);
+  own_shard(s->target, f).plain_set(own_tid(), v);
+  return true;
+}
 std::int64_t i_printf(const Node* n, Frame& f) {
   constexpr std::size_t kMaxArgs = ast::kMaxPrintfArgs;  // the checker refuses more
   FmtArg args[kMaxArgs];

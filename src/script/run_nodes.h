@@ -119,6 +119,9 @@ bool st_var_str(const SNode* s, Frame& f);
 // stores them in the target's element slots (target->keys[k]->imm); i_print_tuple prints
 // n->a's.
 bool st_var_tuple(const SNode* s, Frame& f);
+// @m[k] = (a, b, ...): the elements packed as MapDesc::value_is_string lays them out.
+bool st_map_tuple(const SNode* s, Frame& f);
+bool st_tid_tuple(const SNode* s, Frame& f);
 std::int64_t i_tuple(const Node* n, Frame& f);
 std::int64_t i_print_tuple(const Node* n, Frame& f);
 bool st_map_int(const SNode* s, Frame& f);

@@ -314,7 +314,8 @@ const Case kCases[] = {
     {"tuples",
      "BEGIN { $t = (1, \"x\", -3); print($t); printf(\"%d %s %d\\n\", $t.0, $t.1, $t.2); } "
      "uprobe:BIN:handle_request { $p = (arg0, arg0 % 2); $p = ($p.1, $p.0); "
-     "@[$p.0] = sum($p.1); } END { $e = (\"end\", 2); print($e); }"},
+     "@[$p.0] = sum($p.1); @t[arg0 % 3] = (arg0 % 3, \"r\"); @one = (7, \"s\"); } "
+     "END { $e = (\"end\", 2); print($e); }"},
 };
 
 class Conformance : public ::testing::TestWithParam<Case> {};

@@ -21,7 +21,8 @@ struct FakeSink : Sink {
 };
 
 // The output of BEGIN and END, then the maps.
-std::string run(std::string_view src, OutputFormat fmt = OutputFormat::text) {
+std::string run(std::string_view src, OutputFormat fmt = OutputFormat::text,
+                bool with_maps = false) {
   CompileOptions o;
   o.format = fmt;
   auto p = Program::compile(src, o);
@@ -31,7 +32,7 @@ std::string run(std::string_view src, OutputFormat fmt = OutputFormat::text) {
   (*p)->bind(&sink);
   (*p)->run_begin();
   (*p)->run_end();
-  return sink.out;
+  return with_maps ? sink.out + (*p)->print_maps() : sink.out;
 }
 
 std::string errors(std::string_view src) {
@@ -81,6 +82,38 @@ TEST(Tuple, Json) {
             "{\"type\": \"value\", \"data\": [1,\"x\\\"\",-3]}\n");
 }
 
+TEST(Tuple, MapValuesPrintedAsBpftrace) {
+  const char* kScript =
+      "BEGIN { @t = (2, \"yy\"); @k[1, \"a\"] = (3, \"z\"); $v = (-5, \"v\"); @k[0, \"b\"] = $v;"
+      " @p[tid] = (1, \"x\"); @p[tid] = (4, \"longer\"); }";
+  const std::string text = run(kScript, OutputFormat::text, true);
+  EXPECT_NE(text.find("@k[0, b]: (-5, v)\n@k[1, a]: (3, z)\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("@t: (2, yy)\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("]: (4, longer)\n"), std::string::npos) << text;
+  const std::string json = run(kScript, OutputFormat::json, true);
+  EXPECT_NE(json.find("{\"type\": \"map\", \"data\": {\"@t\": [2,\"yy\"]}}"), std::string::npos)
+      << json;
+  EXPECT_NE(json.find("\"1,a\": [3,\"z\"]"), std::string::npos) << json;
+}
+
+TEST(Tuple, MapValueErrors) {
+  EXPECT_EQ(errors("BEGIN { @t = (2, \"yy\"); $x = @t; }"),
+            "stdin:1:30-32: ERROR: Reading a tuple back from map @t is not supported: print the "
+            "map (print(@t)) or keep the tuple in a $variable\n"
+            "BEGIN { @t = (2, \"yy\"); $x = @t; }\n"
+            "                             ~~");
+  EXPECT_NE(errors("BEGIN { @t = (2, \"yy\"); @t = (1, 2); }")
+                .find("Tuple type mismatch: (int64,string) != (int64,int64)."),
+            std::string::npos);
+  EXPECT_NE(errors("BEGIN { @t = 1; @t = (1, 2); }")
+                .find("trying to assign value of type '(int64,int64)' when map already contains "
+                      "a value of type 'int64'"),
+            std::string::npos);
+  // Printed, cleared, deleted from and zeroed as any map.
+  EXPECT_EQ(errors("BEGIN { @t[1] = (2, \"y\"); print(@t); delete(@t[1]); clear(@t); zero(@t); }"),
+            "");
+}
+
 TEST(Tuple, IndexOutOfRange) {
   EXPECT_EQ(errors("BEGIN { $t = (1, 2); print($t.5); }"),
             "stdin:1:28-32: ERROR: Invalid tuple index: 5. Found 2 elements in tuple.\n"
@@ -111,9 +144,9 @@ TEST(Tuple, MapKeyIsRefusedWithBpftracesWayOut) {
 
 TEST(Tuple, RefusedWhereAValueIsAnIntegerOrString) {
   const std::string kWhere = "A tuple cannot be used here";
-  for (const char* src : {"BEGIN { @t = (1, 2); }", "BEGIN { $t = (1, 2); printf(\"%d\", $t); }",
-                          "BEGIN { $t = (1, 2); if ($t) {} }", "BEGIN { $x = (1, 2) + 1; }",
-                          "BEGIN { $x = 1 ? (1, 2) : (3, 4); }"}) {
+  for (const char* src :
+       {"BEGIN { $t = (1, 2); printf(\"%d\", $t); }", "BEGIN { $t = (1, 2); if ($t) {} }",
+        "BEGIN { $x = (1, 2) + 1; }", "BEGIN { $x = 1 ? (1, 2) : (3, 4); }"}) {
     const std::string e = errors(src);
     EXPECT_NE(e.find(kWhere), std::string::npos) << src << "\n" << e;
   }
