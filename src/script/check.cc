@@ -45,15 +45,16 @@ std::string type_name(const Value& v) {
   if (v.type == Type::integer) return "int64";
   if (v.type == Type::string) return "string";
   if (v.type == Type::object) return "object";
-  if (v.type == Type::tuple) {
-    std::string out = "(";
-    for (const ast::TupleElem& t : v.elems) {
-      if (out.size() > 1) out += ",";
-      out += t.type == Type::string ? "string" : "int64";
-    }
-    return out + ")";
-  }
+  if (v.type == Type::tuple) return "tuple";
   return "none";
+}
+std::string tuple_name(const std::vector<ast::TupleElem>& elems) {
+  std::string out = "(";
+  for (const ast::TupleElem& t : elems) {
+    if (out.size() > 1) out += ",";
+    out += t.type == Type::string ? "string" : "int64";
+  }
+  return out + ")";
 }
 // As printf's messages name it.
 std::string printf_type_name(const Value& v) {
@@ -192,7 +193,7 @@ void Checker::annotate(Expr& e, const Value& v) {
   e.type = v.agg != MapKind::none ? Type::none : v.type;
   e.str_size = v.type == Type::string ? v.size : 0;
   e.ctype = v.ctype;
-  e.elems = v.elems;
+  if (v.type == Type::tuple) e.elems = elems_of(v);
 }
 
 void Checker::assign_variable(Stmt& s) {

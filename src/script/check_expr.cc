@@ -260,7 +260,8 @@ Value Checker::variable(Expr& e) {
     return Value::bad();
   }
   e.slot = var->slot;
-  return Value{var->type, MapKind::none, var->str_size, false, var->ctype, var->elems};
+  if (var->type == Type::tuple) return tuple_of(var->elems);
+  return Value{var->type, MapKind::none, var->str_size, false, var->ctype};
 }
 
 Value Checker::unary(Expr& e) {
@@ -410,7 +411,7 @@ Value Checker::map_read(Expr& e, bool whole) {
   }
   if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
   if (m.kind == MapKind::string) return Value::string(std::max(m.str_size, 1u));
-  if (m.kind == MapKind::tuple) return Value{Type::tuple, MapKind::none, 0, false, -1, m.elems};
+  if (m.kind == MapKind::tuple) return tuple_of(m.elems);
   return Value::typed(m.ctype);
 }
 

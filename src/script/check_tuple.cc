@@ -24,7 +24,7 @@ Value Checker::tuple(Expr& e) {
                      std::to_string(e.args.size()) + " given): split it in two");
     return Value::bad();
   }
-  Value out{Type::tuple, MapKind::none, 0, false};
+  std::vector<ast::TupleElem> elems;
   bool bad = false;
   for (ast::ExprPtr& a : e.args) {
     if (a->kind == Expr::Kind::tuple) {
@@ -44,9 +44,9 @@ Value Checker::tuple(Expr& e) {
       bad = true;
       continue;
     }
-    out.elems.push_back(ast::TupleElem{v.type, v.size, v.ctype});
+    elems.push_back(ast::TupleElem{v.type, v.size, v.ctype});
   }
-  return bad ? Value::bad() : out;
+  return bad ? Value::bad() : tuple_of(std::move(elems));
 }
 
 Value Checker::tuple_index(Expr& e) {
@@ -67,9 +67,9 @@ Value Checker::tuple_index(Expr& e) {
     }
     k = k * 10 + static_cast<std::size_t>(c - '0');
   }
-  if (k >= base.elems.size()) {
-    error(e.loc, "Invalid tuple index: " + index + ". Found " + std::to_string(base.elems.size()) +
-                     " elements in tuple.");
+  if (k >= elems_of(base).size()) {
+    error(e.loc, "Invalid tuple index: " + index + ". Found " +
+                     std::to_string(elems_of(base).size()) + " elements in tuple.");
     return Value::bad();
   }
   Expr& b = *e.args[0];
@@ -86,35 +86,34 @@ Value Checker::tuple_index(Expr& e) {
   const Loc at = e.loc;
   e = std::move(*elem);
   e.loc = at;
-  return element_value(base.elems[k]);
+  return element_value(elems_of(base)[k]);
 }
 
 void Checker::assign_tuple(std::size_t var_index, const Value& v, Expr& target) {
   const bool fresh = action_->vars[var_index].elems.empty();
   if (fresh) {
     const std::string name = action_->vars[var_index].name;
-    action_->vars[var_index].elems = v.elems;
-    for (std::size_t k = 0; k < v.elems.size(); ++k) {
+    action_->vars[var_index].elems = elems_of(v);
+    for (std::size_t k = 0; k < elems_of(v).size(); ++k) {
       const int slot = hidden_slot("$$tuple " + name + "." + std::to_string(k));
       ast::VarInfo& h = action_->vars[static_cast<std::size_t>(slot)];
-      h.type = v.elems[k].type;
-      h.str_size = v.elems[k].str_size;
-      h.ctype = v.elems[k].ctype;
+      h.type = elems_of(v)[k].type;
+      h.str_size = elems_of(v)[k].str_size;
+      h.ctype = elems_of(v)[k].ctype;
     }
   }
   ast::VarInfo& var = action_->vars[var_index];
-  bool same = var.elems.size() == v.elems.size();
-  for (std::size_t k = 0; same && k < v.elems.size(); ++k)
-    same = var.elems[k].type == v.elems[k].type;
+  bool same = var.elems.size() == elems_of(v).size();
+  for (std::size_t k = 0; same && k < elems_of(v).size(); ++k)
+    same = var.elems[k].type == elems_of(v)[k].type;
   if (!same) {
-    error(target.loc, "Tuple type mismatch: " +
-                          type_name(Value{Type::tuple, MapKind::none, 0, false, -1, var.elems}) +
-                          " != " + type_name(v) + ".");
+    error(target.loc,
+          "Tuple type mismatch: " + tuple_name(var.elems) + " != " + tuple_name(elems_of(v)) + ".");
   } else if (!fresh) {
-    for (std::size_t k = 0; k < v.elems.size(); ++k) {
+    for (std::size_t k = 0; k < elems_of(v).size(); ++k) {
       ast::TupleElem& t = var.elems[k];
-      t.str_size = std::max(t.str_size, v.elems[k].str_size);
-      if (t.ctype != v.elems[k].ctype) t.ctype = -1;
+      t.str_size = std::max(t.str_size, elems_of(v)[k].str_size);
+      if (t.ctype != elems_of(v)[k].ctype) t.ctype = -1;
       ast::VarInfo& h = action_->vars[static_cast<std::size_t>(var.slot) + 1 + k];
       h.str_size = t.str_size;
       h.ctype = t.ctype;
@@ -137,24 +136,23 @@ Value Checker::map_value(Expr& e) {
 void Checker::assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target) {
   if (m.kind == MapKind::none) {
     m.kind = MapKind::tuple;
-    m.elems = v.elems;
+    m.elems = elems_of(v);
     return;
   }
   if (m.kind != MapKind::tuple) {
     map_kind_mismatch(target, m, type_name(v));
     return;
   }
-  bool same = m.elems.size() == v.elems.size();
-  for (std::size_t k = 0; same && k < v.elems.size(); ++k)
-    same = m.elems[k].type == v.elems[k].type;
+  bool same = m.elems.size() == elems_of(v).size();
+  for (std::size_t k = 0; same && k < elems_of(v).size(); ++k)
+    same = m.elems[k].type == elems_of(v)[k].type;
   if (!same) {
-    error(target.loc, "Tuple type mismatch: " +
-                          type_name(Value{Type::tuple, MapKind::none, 0, false, -1, m.elems}) +
-                          " != " + type_name(v) + ".");
+    error(target.loc,
+          "Tuple type mismatch: " + tuple_name(m.elems) + " != " + tuple_name(elems_of(v)) + ".");
     return;
   }
-  for (std::size_t k = 0; k < v.elems.size(); ++k)
-    m.elems[k].str_size = std::max(m.elems[k].str_size, v.elems[k].str_size);
+  for (std::size_t k = 0; k < elems_of(v).size(); ++k)
+    m.elems[k].str_size = std::max(m.elems[k].str_size, elems_of(v)[k].str_size);
 }
 
 }  // namespace hotprobe::script::checking

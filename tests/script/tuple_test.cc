@@ -106,7 +106,7 @@ TEST(Tuple, MapValueErrors) {
                 .find("Tuple type mismatch: (int64,string) != (int64,int64)."),
             std::string::npos);
   EXPECT_NE(errors("BEGIN { @t = 1; @t = (1, 2); }")
-                .find("trying to assign value of type '(int64,int64)' when map already contains "
+                .find("trying to assign value of type 'tuple' when map already contains "
                       "a value of type 'int64'"),
             std::string::npos);
   // Printed, cleared, deleted from and zeroed as any map.
