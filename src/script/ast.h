@@ -53,7 +53,21 @@ enum class Type : std::uint8_t {
   ustack,       // ustack / ustack(N) / ustack(bpftrace[, N]): str_size is N
   ustack_perf,  // ustack(perf[, N]): str_size is N
   usym,         // usym(addr): an address, printed as the symbol holding it
+  // (a, b, ...): a tuple literal or a $variable holding one (Expr::elems, VarInfo::elems);
+  // its elements are integers or strings. A tuple variable's elements live in hidden
+  // slots (VarInfo::slot + 1 + k), so `$t.k` reads one slot.
+  tuple,
 };
+
+// One element of a tuple type.
+struct TupleElem {
+  Type type = Type::integer;   // integer or string
+  std::uint32_t str_size = 0;  // strings: maximum size including the NUL
+  int ctype = -1;
+};
+// A tuple's elements, at most (each costs a slot of its action and, where a tuple is
+// assigned or printed, a string buffer on the probed thread's stack).
+inline constexpr std::size_t kMaxTupleElems = 16;
 
 // ustack's limit: bpftrace accepts up to 1024; the frames kept are at most
 // kUstackFrames, the kernel's perf_event_max_stack default that bounds bpftrace's stacks
@@ -155,6 +169,7 @@ enum class MapKind : std::uint8_t {
   lhist,
   integer,  // @m = expr (int); also @m++, @m += expr
   string,   // @m = expr (string)
+  tuple,    // @m = (a, b, ...): MapInfo::elems
 };
 
 enum class UnaryOp : std::uint8_t { neg, lnot, bnot };  // - ! ~
@@ -209,6 +224,8 @@ struct Expr {
     index,      // args[0][args[1]]
     sizeof_,    // sizeof(`cast_type`) or sizeof(args[0]); check() folds it to an integer
     offsetof_,  // offsetof(`cast_type`, `name`: "a.b"); check() folds it to an integer
+    tuple,      // (args[0], args[1], ...): two elements or more. `$t.N` is a field whose
+                // `name` is the digits N; check() turns it into a read of the element's slot
   };
   Kind kind = Kind::integer;
   Loc loc;
@@ -238,7 +255,8 @@ struct Expr {
   // which the integer is scaled; binary < <= > >=: `value` 1 compares unsigned (an
   // operand is an unsigned C type or a pointer, as bpftrace compares).
   int ctype = -1;
-  int usdt_arg = -1;  // builtin argN of an action of usdt probes: N (script/run_usdt.h)
+  int usdt_arg = -1;             // builtin argN of an action of usdt probes: N (script/run_usdt.h)
+  std::vector<TupleElem> elems;  // Type::tuple: the element types
 };
 
 inline Expr::~Expr() {
@@ -309,8 +327,9 @@ struct VarInfo {
   int slot = 0;
   Type type = Type::none;
   std::uint32_t str_size = 0;
-  int ctype = -1;  // pointers keep their type (Expr::ctype)
-  Loc first;       // first assignment
+  int ctype = -1;                // pointers keep their type (Expr::ctype)
+  Loc first;                     // first assignment
+  std::vector<TupleElem> elems;  // Type::tuple: element k is in the hidden slot slot + 1 + k
 };
 
 // PROBE[, PROBE...] [/PREDICATE/] { STATEMENTS }
@@ -335,6 +354,7 @@ struct MapInfo {
   int ctype = -1;                        // MapKind::integer values that are pointers keep
                                          // their type (@p[tid] = (struct s *)arg0)
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // MapKind::lhist
+  std::vector<TupleElem> elems;                               // MapKind::tuple
   Loc first;                                                  // first use
 };
 
@@ -369,10 +389,10 @@ inline constexpr std::array<std::string_view, 20> kBuiltinNames = {
     "arg0",  "arg1",    "arg2", "arg3",  "arg4", "arg5", "retval", "tid",   "pid",  "comm",
     "nsecs", "elapsed", "func", "probe", "cpu",  "uid",  "gid",    "ncpus", "rand", "username"};
 inline constexpr std::array<std::string_view, 30> kFuncNames = {
-    "count",   "sum",         "avg",  "min",    "max",    "stats", "hist", "lhist",
-    "delete",  "clear",       "zero", "print",  "printf", "time",  "exit", "str",
-    "strncmp", "strcontains", "uptr", "signal", "system", "cat",   "ntop", "macaddr",
-    "ustack",  "usym",        "reg",  "strftime", "join", "buf"};
+    "count",   "sum",         "avg",  "min",      "max",    "stats", "hist", "lhist",
+    "delete",  "clear",       "zero", "print",    "printf", "time",  "exit", "str",
+    "strncmp", "strcontains", "uptr", "signal",   "system", "cat",   "ntop", "macaddr",
+    "ustack",  "usym",        "reg",  "strftime", "join",   "buf"};
 static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::username) + 1);
 static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::buf) + 1);
 
@@ -383,8 +403,9 @@ inline std::string_view to_string(Func f) {
   return kFuncNames[static_cast<std::size_t>(f)];
 }
 inline std::string_view to_string(MapKind k) {
-  static constexpr std::string_view kNames[] = {"none",  "count", "sum",   "avg",   "min",   "max",
-                                                "stats", "hist",  "lhist", "int64", "string"};
+  static constexpr std::string_view kNames[] = {"none",  "count", "sum",    "avg",
+                                                "min",   "max",   "stats",  "hist",
+                                                "lhist", "int64", "string", "tuple"};
   return kNames[static_cast<int>(k)];
 }
 inline std::string_view to_string(BinaryOp op) {

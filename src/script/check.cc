@@ -13,7 +13,7 @@ namespace hotprobe::script {
 namespace checking {
 
 bool is_agg_kind(MapKind k) {
-  return k != MapKind::none && k != MapKind::integer && k != MapKind::string;
+  return k != MapKind::none && k != MapKind::integer && k != MapKind::string && k != MapKind::tuple;
 }
 
 MapKind agg_kind_of(Func f) {
@@ -45,7 +45,16 @@ std::string type_name(const Value& v) {
   if (v.type == Type::integer) return "int64";
   if (v.type == Type::string) return "string";
   if (v.type == Type::object) return "object";
+  if (v.type == Type::tuple) return "tuple";
   return "none";
+}
+std::string tuple_name(const std::vector<ast::TupleElem>& elems) {
+  std::string out = "(";
+  for (const ast::TupleElem& t : elems) {
+    if (out.size() > 1) out += ",";
+    out += t.type == Type::string ? "string" : "int64";
+  }
+  return out + ")";
 }
 // As printf's messages name it.
 std::string printf_type_name(const Value& v) {
@@ -184,10 +193,12 @@ void Checker::annotate(Expr& e, const Value& v) {
   e.type = v.agg != MapKind::none ? Type::none : v.type;
   e.str_size = v.type == Type::string ? v.size : 0;
   e.ctype = v.ctype;
+  if (v.type == Type::tuple) e.elems = elems_of(v);
 }
 
 void Checker::assign_variable(Stmt& s) {
   Expr& target = *s.target;
+  if (!s.assign.compound) allow_tuple();
   Value v = value(*s.value);
   ast::VarInfo* var = find_var(target.name);
   if (s.assign.compound) {
@@ -201,7 +212,8 @@ void Checker::assign_variable(Stmt& s) {
     if (var->type != Type::integer) {
       error(target.loc, "Type mismatch for " + target.name + ": the " +
                             std::string(ast::to_string(s.assign.op)) +
-                            "= operator needs an integer variable (it holds a string)");
+                            "= operator needs an integer variable (it holds " +
+                            (var->type == Type::tuple ? "a tuple" : "a string") + ")");
     } else if (!v.error && !v.is_int()) {
       error(s.value->loc, "Type mismatch for " + target.name + ": trying to " +
                               std::string(ast::to_string(s.assign.op)) + "= a value of type '" +
@@ -229,6 +241,13 @@ void Checker::assign_variable(Stmt& s) {
     info.first = target.loc;
     action_->vars.push_back(std::move(info));
     var = &action_->vars.back();
+    if (v.type == Type::tuple) {
+      assign_tuple(action_->vars.size() - 1, v, target);
+      return;
+    }
+  } else if (var->type == Type::tuple && v.type == Type::tuple) {
+    assign_tuple(static_cast<std::size_t>(var - action_->vars.data()), v, target);
+    return;
   } else if (var->type != v.type) {
     error(s.value->loc, "Type mismatch for " + target.name + ": trying to assign value of type '" +
                             type_name(v) + "' when variable already contains a value of type '" +
@@ -325,6 +344,7 @@ void Checker::assign_map(Stmt& s) {
     annotate_map(target);
     return;
   }
+  if (!s.assign.compound) allow_tuple();
   Value v = value(rhs);
   if (v.error) {
     annotate_map(target);
@@ -344,6 +364,11 @@ void Checker::assign_map(Stmt& s) {
     } else if (!v.is_int()) {
       map_kind_mismatch(target, map(), type_name(v));
     }
+    annotate_map(target);
+    return;
+  }
+  if (v.type == Type::tuple) {
+    assign_map_tuple(map(), v, target);
     annotate_map(target);
     return;
   }

@@ -111,7 +111,15 @@ Value Checker::key_value(Expr& k) {
   if (k.kind == Expr::Kind::builtin && k.name == "ustack") return ustack_key(k);
   if (k.kind == Expr::Kind::call && k.name == "ustack") return ustack_key(k);
   if (k.kind == Expr::Kind::call && k.name == "usym") return usym_key(k);
-  return value(k);
+  allow_tuple();
+  Value v = value(k);
+  if (!v.error && v.type == Type::tuple) {
+    error(k.loc,
+          "tuple cannot be used as a map key. Try a multi-key associative array instead "
+          "(eg `@map[$1, $2] = ...)`.");
+    return Value::bad();
+  }
+  return v;
 }
 
 // ustack or usym where a value is wanted: hotprobe keeps them as map keys only.
@@ -282,6 +290,7 @@ Value Checker::call(Expr& e, Context ctx) {
                          " provided); top and div are for maps");
         return Value::bad();
       }
+      allow_tuple();
       Value v = value(*e.args[0]);
       if (!v.error && v.agg != MapKind::none) {
         error(e.args[0]->loc,

@@ -1,6 +1,7 @@
 // The check pass: expressions (check_pass.h).
 #include <algorithm>
 #include <string>
+#include <utility>
 
 #include "script/check_args.h"
 #include "script/check_pass.h"
@@ -11,7 +12,14 @@ namespace hotprobe::script::checking {
 
 // A value in an expression (operand, argument, assigned value, condition).
 Value Checker::value(Expr& e) {
+  const bool tuple_ok = std::exchange(tuple_ok_, false);
   Value v = expr(e, Context::value);
+  if (!v.error && v.type == Type::tuple && !tuple_ok) {
+    error(e.loc,
+          "A tuple cannot be used here: a tuple is assigned to a $variable, printed "
+          "with print(), or read by element ($t.0)");
+    return Value::bad();
+  }
   if (!v.error && v.type == Type::none && v.agg == MapKind::none) return no_value(e);
   if (!v.error && v.type == Type::object) return object_value(e, v);
   return v;
@@ -99,6 +107,7 @@ Value Checker::deref(Expr& e) {
 }
 
 Value Checker::field(Expr& e) {
+  if (!e.name.empty() && e.name[0] >= '0' && e.name[0] <= '9') return tuple_index(e);
   // args.NAME (and args.S.FIELD of a struct S in registers) becomes a register read.
   const Expr& b = *e.args[0];
   if (is_args(b) || (b.kind == Expr::Kind::field && is_args(*b.args[0]))) {
@@ -251,6 +260,7 @@ Value Checker::variable(Expr& e) {
     return Value::bad();
   }
   e.slot = var->slot;
+  if (var->type == Type::tuple) return tuple_of(var->elems);
   return Value{var->type, MapKind::none, var->str_size, false, var->ctype};
 }
 
@@ -295,7 +305,8 @@ Value Checker::incdec(Expr& e) {
     t.slot = var->slot;
     t.type = var->type;
     if (var->type != Type::integer) {
-      error(e.loc, "The " + op + " operator can not be used on " + t.name + " (it holds a string)");
+      error(e.loc, "The " + op + " operator can not be used on " + t.name + " (it holds " +
+                       (var->type == Type::tuple ? "a tuple" : "a string") + ")");
       return Value::bad();
     }
     return Value::integer();
@@ -333,7 +344,7 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
     case Expr::Kind::variable:
       return variable(e);
     case Expr::Kind::map:
-      return map_read(e, false);
+      return map_value(e);
     case Expr::Kind::unary:
       return unary(e);
     case Expr::Kind::binary:
@@ -372,6 +383,8 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
     case Expr::Kind::sizeof_:
     case Expr::Kind::offsetof_:
       return size_or_offset(e);
+    case Expr::Kind::tuple:
+      return tuple(e);
   }
   return Value::bad();
 }
@@ -398,6 +411,7 @@ Value Checker::map_read(Expr& e, bool whole) {
   }
   if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
   if (m.kind == MapKind::string) return Value::string(std::max(m.str_size, 1u));
+  if (m.kind == MapKind::tuple) return tuple_of(m.elems);
   return Value::typed(m.ctype);
 }
 

@@ -35,7 +35,9 @@ using ast::kFuncNames;
 struct Value {
   Type type = Type::none;
   MapKind agg = MapKind::none;  // an aggregation map read
-  std::uint32_t size = 0;       // strings
+  // Strings: the maximum size. Type::tuple: the index of its element types in the
+  // checker's table (Checker::elems_of); a Value stays 16 bytes, returned in registers.
+  std::uint32_t size = 0;
   bool error = false;
   int ctype = -1;  // the C type (TypeTable) of an integer or object value; -1: int64
 
@@ -52,6 +54,8 @@ bool is_agg_kind(MapKind k);
 MapKind agg_kind_of(Func f);
 // The type as bpftrace names it in "Type mismatch" messages.
 std::string type_name(const Value& v);
+// A tuple type as bpftrace names it: (int64,string).
+std::string tuple_name(const std::vector<ast::TupleElem>& elems);
 // As printf's messages name it.
 std::string printf_type_name(const Value& v);
 std::string map_type_name(const ast::MapInfo& m);
@@ -138,6 +142,21 @@ class Checker {
 
   [[gnu::noinline]] Value field(Expr& e);
 
+  // Tuples (check_tuple.cc): a literal, `$t.N`, and the element slots of a tuple variable.
+  [[gnu::noinline]] Value tuple(Expr& e);
+  [[gnu::noinline]] Value tuple_index(Expr& e);
+  Value tuple_of(std::vector<ast::TupleElem> elems) {
+    tuple_types_.push_back(std::move(elems));
+    return Value{Type::tuple, MapKind::none, static_cast<std::uint32_t>(tuple_types_.size() - 1),
+                 false};
+  }
+  // Valid until the next tuple_of().
+  const std::vector<ast::TupleElem>& elems_of(const Value& v) const { return tuple_types_[v.size]; }
+  void assign_tuple(std::size_t var_index, const Value& v, Expr& target);
+  void assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target);
+  // The next value() may be a tuple (an assignment to a variable, print(), `.N`).
+  void allow_tuple() { tuple_ok_ = true; }
+
   [[gnu::noinline]] Value index(Expr& e);
 
   // sizeof and offsetof fold to an integer literal.
@@ -166,6 +185,8 @@ class Checker {
   Value expr_inner(Expr& e, Context ctx);
 
   Value map_read(Expr& e, bool whole);
+  // A map read in an expression: as map_read, a tuple value refused (check_tuple.cc).
+  Value map_value(Expr& e);
 
   // A chain a+b+c+... is a left-deep tree as tall as it is long: its left spine is walked
   // in a loop, so the checker's stack grows with nesting only (parser.h: kMaxNesting).
@@ -203,6 +224,8 @@ class Checker {
 
  private:
   ast::Program& program_;
+  bool tuple_ok_ = false;
+  std::vector<std::vector<ast::TupleElem>> tuple_types_;  // Value::size of a Type::tuple
   Diagnostics& diags_;
   ast::Action* action_ = nullptr;
   std::unordered_map<std::string, int> map_ids_;

@@ -76,6 +76,8 @@ ValueKind value_kind(ast::MapKind k) {
       return ValueKind::lhist;
     case ast::MapKind::string:
       return ValueKind::string;
+    case ast::MapKind::tuple:
+      return ValueKind::tuple;
     default:
       return ValueKind::integer;
   }
@@ -151,6 +153,8 @@ Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
     if (st.assign.compound) {
       out.op = static_cast<std::int64_t>(st.assign.op);
       out.fn = st_var_compound;
+    } else if (t.type == Type::tuple) {
+      out.fn = st_var_tuple;
     } else {
       out.fn = (*tn)->s ? st_var_str : st_var_int;
     }
@@ -215,6 +219,8 @@ Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
     if (d.kind != ValueKind::integer) return unsupported(v, "a compound assignment to a string");
     out.op = static_cast<std::int64_t>(st.assign.op);
     out.fn = d.per_thread ? st_tid_compound : st_map_compound;
+  } else if (d.kind == ValueKind::tuple) {
+    out.fn = d.per_thread ? st_tid_tuple : st_map_tuple;
   } else if (d.per_thread) {
     out.fn = d.kind == ValueKind::string ? st_tid_str : st_tid_int;
   } else {
@@ -286,6 +292,8 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
     MapDesc d;
     d.name = m.name;
     d.kind = value_kind(m.kind);
+    for (const ast::TupleElem& t : m.elems)
+      d.value_is_string.push_back(t.type == Type::string);
     for (std::size_t k = 0; k < m.key_types.size(); ++k) {
       const ast::Type t = m.key_types[k];
       d.key_is_string.push_back(t == Type::string);

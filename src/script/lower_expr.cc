@@ -69,7 +69,20 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
         return unsupported(e, "more than 32 $variables in one action");
       Node* n = make();
       n->imm = e.slot;
-      if (e.type == Type::string)
+      if (e.type == Type::tuple) {  // its elements' slots follow its own
+        if (e.slot + static_cast<int>(e.elems.size()) >= kMaxSlots)
+          return unsupported(e, "more than 32 $variables in one action");
+        for (std::size_t k = 0; k < e.elems.size(); ++k) {
+          Node* el = make();
+          el->imm = e.slot + 1 + static_cast<std::int64_t>(k);
+          if (e.elems[k].type == Type::string)
+            el->s = s_var;
+          else
+            el->i = i_var;
+          n->keys.push_back(el);
+        }
+        n->i = i_tuple;
+      } else if (e.type == Type::string)
         n->s = s_var;
       else
         n->i = i_var;
@@ -183,6 +196,16 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
     case K::sizeof_:
     case K::offsetof_:
       return unsupported(e, "sizeof/offsetof the checker did not fold");
+    case K::tuple: {
+      Node* n = make();
+      for (const ast::ExprPtr& a : e.args) {
+        auto el = expr(*a);
+        if (!el) return el.error();
+        n->keys.push_back(*el);
+      }
+      n->i = i_tuple;
+      return n;
+    }
   }
   return unsupported(e, "this expression");
 }
@@ -426,7 +449,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       auto v = expr(a0);
       if (!v) return v.error();
       n->a = *v;
-      n->i = i_print_value;
+      n->i = a0.type == Type::tuple ? i_print_tuple : i_print_value;
       return n;
     }
     case Func::printf: {

@@ -87,6 +87,12 @@ std::uint32_t MapDesc::value_words() const {
       return lhist_buckets();
     case ValueKind::string:
       return kStrWords;
+    case ValueKind::tuple: {
+      std::uint32_t w = 0;
+      for (bool s : value_is_string)
+        w += s ? kStrWords : 1;
+      return w;
+    }
   }
   return 1;
 }

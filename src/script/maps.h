@@ -81,10 +81,11 @@ enum class ValueKind : std::uint8_t {
   lhist,
   integer,  // plain value
   string,   // plain value
+  tuple,    // plain value: elements of MapDesc::value_is_string
 };
 
 constexpr bool is_aggregation(ValueKind k) {
-  return k != ValueKind::integer && k != ValueKind::string;
+  return k != ValueKind::integer && k != ValueKind::string && k != ValueKind::tuple;
 }
 
 // What a key part holds. The values are those of region::MapRecord::key_is_string.
@@ -103,8 +104,9 @@ struct MapDesc {
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 1;
   // A plain map keyed by `tid` alone everywhere: per-thread shards instead of stripes.
   bool per_thread = false;
-  std::vector<KeyPart> key_parts;  // one per key part; empty: as key_is_string says
-  std::uint32_t stack_frames = 0;  // frames of its ustack parts (at most kMaxStackFrames)
+  std::vector<KeyPart> key_parts;     // one per key part; empty: as key_is_string says
+  std::uint32_t stack_frames = 0;     // frames of its ustack parts (at most kMaxStackFrames)
+  std::vector<bool> value_is_string;  // ValueKind::tuple: one per element
 
   KeyPart part(std::size_t k) const {
     if (k < key_parts.size()) return key_parts[k];
@@ -120,7 +122,8 @@ struct MapDesc {
   std::uint32_t lhist_buckets() const;  // (max - min) / step + 2 (below min, above max)
 };
 // Value layouts, in 64-bit words: count/sum/integer [v]; min/max [v, set]; avg/stats
-// [count, total]; hist [65 buckets]; lhist [lhist_buckets()]; string [kStrWords bytes].
+// [count, total]; hist [65 buckets]; lhist [lhist_buckets()]; string [kStrWords bytes];
+// tuple: its elements in order, an integer one word, a string kStrWords.
 
 // One merged entry of a map.
 struct Row {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <utility>
 
+#include "script/ast.h"
 #include "script/symbolize.h"
 
 namespace hotprobe::script {
@@ -176,7 +177,7 @@ void append_bar_line(std::string& s, const std::string& header, std::uint64_t va
 }  // namespace
 
 void sort_rows(const MapDesc& d, std::vector<Row>& rows) {
-  if (d.kind == ValueKind::string) {
+  if (d.kind == ValueKind::string || d.kind == ValueKind::tuple) {
     std::sort(rows.begin(), rows.end(),
               [&](const Row& a, const Row& b) { return key_less(d, a, b); });
     return;
@@ -455,6 +456,25 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
         json_escape(q, sv);
         return q + "\"";
       }
+      case ValueKind::tuple: {
+        FmtArg elems[ast::kMaxTupleElems];
+        const std::size_t n = std::min(d.value_is_string.size(), ast::kMaxTupleElems);
+        std::size_t w = 0;
+        for (std::size_t k = 0; k < n && w < r.value.size(); ++k) {
+          elems[k].is_string = d.value_is_string[k];
+          if (elems[k].is_string) {
+            elems[k].s = get_string(r.value.data() + w);
+            w += kStrWords;
+          } else {
+            elems[k].i = as_signed(r.value[w++]);
+          }
+        }
+        std::string q;
+        append_tuple(q, std::span<const FmtArg>(elems, n), fmt);
+        // append_tuple writes print()'s whole line: the map's line takes the value alone.
+        if (json) return q.substr(q.find('['), q.rfind(']') - q.find('[') + 1);
+        return q.substr(0, q.size() - 1);
+      }
     }
     return {};
   };
@@ -613,24 +633,36 @@ void append_message(std::string& out, std::string_view type, std::string_view te
   out += "\"}\n";
 }
 
-void append_value(std::string& out, const FmtArg& v, OutputFormat fmt) {
-  if (fmt == OutputFormat::text) {
-    if (v.is_string)
-      append_text_escaped(out, v.s);
-    else
-      out += std::to_string(v.i);
-    out += "\n";
-    return;
-  }
-  out += "{\"type\": \"value\", \"data\": ";
-  if (v.is_string) {
+namespace {
+
+void append_element(std::string& out, const FmtArg& v, OutputFormat fmt) {
+  if (!v.is_string) {
+    out += std::to_string(v.i);
+  } else if (fmt == OutputFormat::text) {
+    append_text_escaped(out, v.s);
+  } else {
     out += "\"";
     json_escape(out, v.s);
     out += "\"";
-  } else {
-    out += std::to_string(v.i);
   }
-  out += "}\n";
+}
+
+}  // namespace
+
+void append_value(std::string& out, const FmtArg& v, OutputFormat fmt) {
+  if (fmt == OutputFormat::json) out += "{\"type\": \"value\", \"data\": ";
+  append_element(out, v, fmt);
+  out += fmt == OutputFormat::text ? "\n" : "}\n";
+}
+
+void append_tuple(std::string& out, std::span<const FmtArg> elems, OutputFormat fmt) {
+  const bool text = fmt == OutputFormat::text;
+  out += text ? "(" : "{\"type\": \"value\", \"data\": [";
+  for (std::size_t k = 0; k < elems.size(); ++k) {
+    if (k > 0) out += text ? ", " : ",";
+    append_element(out, elems[k], fmt);
+  }
+  out += text ? ")\n" : "]}\n";
 }
 
 }  // namespace hotprobe::script

@@ -65,5 +65,7 @@ void append_message(std::string& out, std::string_view type, std::string_view te
                     OutputFormat fmt);
 // print(value): text "VALUE\n"; json {"type": "value", "data": VALUE}\n.
 void append_value(std::string& out, const FmtArg& v, OutputFormat fmt);
+// print(tuple): text "(1, x)\n"; json {"type": "value", "data": [1,"x"]}\n, as bpftrace.
+void append_tuple(std::string& out, std::span<const FmtArg> elems, OutputFormat fmt);
 
 }  // namespace hotprobe::script

@@ -684,6 +684,84 @@ std::int64_t i_print_value(const Node* n, Frame& f) {
   f.rt->write(out);
   return 0;
 }
+// A tuple's elements (n->keys) evaluated into `args`, strings into `bufs`.
+namespace {
+void eval_tuple(const Node* n, Frame& f, FmtArg* args, char (*bufs)[kStrBytes]) {
+  for (std::size_t k = 0; k < n->keys.size(); ++k) {
+    const Node* e = n->keys[k];
+    if (e->s) {
+      const std::uint32_t len = e->s(e, f, bufs[k]);
+      args[k].s = std::string_view(bufs[k], len);
+      args[k].is_string = true;
+    } else {
+      args[k].i = e->i(e, f);
+    }
+  }
+}
+}  // namespace
+std::int64_t i_tuple(const Node* n, Frame& f) {
+  FmtArg args[ast::kMaxTupleElems];
+  char bufs[ast::kMaxTupleElems][kStrBytes];
+  eval_tuple(n, f, args, bufs);
+  return 0;
+}
+std::int64_t i_print_tuple(const Node* n, Frame& f) {
+  FmtArg args[ast::kMaxTupleElems];
+  char bufs[ast::kMaxTupleElems][kStrBytes];
+  eval_tuple(n->a, f, args, bufs);
+  std::string& out = out_buffer();
+  append_tuple(out, std::span<const FmtArg>(args, n->a->keys.size()), f.rt->format);
+  f.rt->write(out);
+  return 0;
+}
+// Every element is evaluated before any is stored: `$t = ($t.1, $t.0)` swaps.
+bool st_var_tuple(const SNode* s, Frame& f) {
+  FmtArg args[ast::kMaxTupleElems];
+  char bufs[ast::kMaxTupleElems][kStrBytes];
+  eval_tuple(s->value, f, args, bufs);
+  for (std::size_t k = 0; k < s->target->keys.size(); ++k) {
+    const std::int64_t slot = s->target->keys[k]->imm;
+    if (args[k].is_string) {
+      std::memcpy(f.sslots[slot], args[k].s.data(), args[k].s.size());
+      f.sslots[slot][args[k].s.size()] = '\0';
+    } else {
+      f.islots[slot] = args[k].i;
+    }
+  }
+  return true;
+}
+namespace {
+constexpr std::uint32_t kMaxTupleWords = ast::kMaxTupleElems * kStrWords;
+// The value of `@m[k] = tuple` in `words` (at most kMaxTupleWords).
+void pack_tuple(const SNode* s, Frame& f, std::uint64_t* words) {
+  const Node* t = s->value;
+  std::uint32_t w = 0;
+  for (const Node* e : t->keys) {
+    if (e->s) {
+      std::memset(words + w, 0, kStrBytes);
+      e->s(e, f, reinterpret_cast<char*>(words + w));
+      w += kStrWords;
+    } else {
+      words[w++] = u(e->i(e, f));
+    }
+  }
+}
+}  // namespace
+bool st_map_tuple(const SNode* s, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
+  std::uint64_t v[kMaxTupleWords];
+  pack_tuple(s, f, v);
+  build_key_fast(s->target, f, key);
+  f.rt->maps->plain(s->target->map).set(key, v);
+  return true;
+}
+bool st_tid_tuple(const SNode* s, Frame& f) {
+  std::uint64_t v[kMaxTupleWords];
+  pack_tuple(s, f, v);
+  own_shard(s->target, f).plain_set(own_tid(), v);
+  return true;
+}
 void format_call(const Node* n, Frame& f, std::string& text, bool escape) {
   constexpr std::size_t kMaxArgs = ast::kMaxPrintfArgs;  // the checker refuses more
   FmtArg args[kMaxArgs];

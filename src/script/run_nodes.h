@@ -115,6 +115,15 @@ bool st_lhist(const SNode* s, Frame& f);
 std::int64_t i_value_of_call(const Node* n, Frame& f);
 bool st_var_int(const SNode* s, Frame& f);
 bool st_var_str(const SNode* s, Frame& f);
+// Tuples: n->keys are the elements. i_tuple evaluates them for their effect; st_var_tuple
+// stores them in the target's element slots (target->keys[k]->imm); i_print_tuple prints
+// n->a's.
+bool st_var_tuple(const SNode* s, Frame& f);
+// @m[k] = (a, b, ...): the elements packed as MapDesc::value_is_string lays them out.
+bool st_map_tuple(const SNode* s, Frame& f);
+bool st_tid_tuple(const SNode* s, Frame& f);
+std::int64_t i_tuple(const Node* n, Frame& f);
+std::int64_t i_print_tuple(const Node* n, Frame& f);
 bool st_map_int(const SNode* s, Frame& f);
 bool st_map_str(const SNode* s, Frame& f);
 bool st_tid_int(const SNode* s, Frame& f);

@@ -310,6 +310,12 @@ const Case kCases[] = {
      "uprobe:BIN:parse_request { @s[strncmp(str(arg0), \"1 GET\", 5)] = count(); } "
      "uprobe:BIN:handle_request { @n[ntop(0x0100007f + (arg0 << 24)), ntop(2, arg0)] = count(); "
      "@u[uptr(arg0)] = count(); }"},
+    // Tuples in $variables: printed whole (text and json) and read by element.
+    {"tuples",
+     "BEGIN { $t = (1, \"x\", -3); print($t); printf(\"%d %s %d\\n\", $t.0, $t.1, $t.2); } "
+     "uprobe:BIN:handle_request { $p = (arg0, arg0 % 2); $p = ($p.1, $p.0); "
+     "@[$p.0] = sum($p.1); @t[arg0 % 3] = (arg0 % 3, \"r\"); @one = (7, \"s\"); } "
+     "END { $e = (\"end\", 2); print($e); }"},
 };
 
 class Conformance : public ::testing::TestWithParam<Case> {};

@@ -142,8 +142,8 @@ TEST(ScriptLang, ForRange) {
   EXPECT_EQ(error("BEGIN { for (@i : 0..1) { } }"),
             "stdin:1:14-16: ERROR: syntax error, unexpected map, expecting variable");
   EXPECT_EQ(error("BEGIN { @m[1] = 1; for ($kv : @m) { } }"),
-            "stdin:1:31-33: ERROR: for ($kv : @m) is not supported by hotprobe: iterating a map "
-            "needs tuples (iterate a range instead: for ($i : 0..N))");
+            "stdin:1:31-33: ERROR: for ($kv : @m) is not supported by hotprobe: a map is not "
+            "iterated in a probe (print it with print(@m), or iterate a range: for ($i : 0..N))");
 }
 
 TEST(ScriptLang, LoopsAreBoundedPerHit) {

@@ -55,6 +55,8 @@ std::string sx(const Expr& e) {
       return list("sizeof");
     case Expr::Kind::offsetof_:
       return list("offsetof " + e.name);
+    case Expr::Kind::tuple:
+      return list("tuple");
   }
   return "?";
 }

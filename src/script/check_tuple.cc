@@ -1,0 +1,158 @@
+// The check pass: tuples (check_pass.h). A tuple is a literal `(a, b, ...)` or a $variable
+// holding one; its elements are integers or strings. A tuple variable's element k lives
+// in the hidden slot VarInfo::slot + 1 + k, so `$t.k` becomes a read of that slot here
+// and the back end sees only the literal, the assignment and print().
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "script/check_pass.h"
+
+namespace hotprobe::script::checking {
+
+namespace {
+
+Value element_value(const ast::TupleElem& t) {
+  return Value{t.type, MapKind::none, t.str_size, false, t.ctype};
+}
+
+}  // namespace
+
+Value Checker::tuple(Expr& e) {
+  if (e.args.size() > ast::kMaxTupleElems) {
+    error(e.loc, "A tuple has at most " + std::to_string(ast::kMaxTupleElems) + " elements (" +
+                     std::to_string(e.args.size()) + " given): split it in two");
+    return Value::bad();
+  }
+  std::vector<ast::TupleElem> elems;
+  bool bad = false;
+  for (ast::ExprPtr& a : e.args) {
+    if (a->kind == Expr::Kind::tuple) {
+      error(a->loc,
+            "Nested tuples are not supported: give the inner tuple's elements to the "
+            "outer one");
+      bad = true;
+      continue;
+    }
+    Value v = value(*a);
+    if (v.error) {
+      bad = true;
+      continue;
+    }
+    if (!v.is_int() && !v.is_str()) {
+      error(a->loc, "A tuple element is an integer or a string, not '" + type_name(v) + "'");
+      bad = true;
+      continue;
+    }
+    elems.push_back(ast::TupleElem{v.type, v.size, v.ctype});
+  }
+  return bad ? Value::bad() : tuple_of(std::move(elems));
+}
+
+Value Checker::tuple_index(Expr& e) {
+  const std::string index = e.name;
+  allow_tuple();
+  Value base = value(*e.args[0]);
+  if (base.error) return base;
+  if (base.type != Type::tuple) {
+    error(e.loc, "Can not access index '" + index + "' on expression of type '" + type_name(base) +
+                     "' (only a tuple's elements are read by number)");
+    return Value::bad();
+  }
+  std::size_t k = 0;
+  for (char c : index) {
+    if (c < '0' || c > '9' || k > ast::kMaxTupleElems) {
+      k = ast::kMaxTupleElems + 1;
+      break;
+    }
+    k = k * 10 + static_cast<std::size_t>(c - '0');
+  }
+  if (k >= elems_of(base).size()) {
+    error(e.loc, "Invalid tuple index: " + index + ". Found " +
+                     std::to_string(elems_of(base).size()) + " elements in tuple.");
+    return Value::bad();
+  }
+  Expr& b = *e.args[0];
+  if (b.kind == Expr::Kind::variable) {
+    const ast::VarInfo& elem = action_->vars[static_cast<std::size_t>(b.slot) + 1 + k];
+    e.kind = Expr::Kind::variable;
+    e.name = elem.name;
+    e.slot = elem.slot;
+    e.args.clear();
+    return Value{elem.type, MapKind::none, elem.str_size, false, elem.ctype};
+  }
+  // A literal: the element itself (the checked tuple's other elements are dropped).
+  ast::ExprPtr elem = std::move(b.args[k]);
+  const Loc at = e.loc;
+  e = std::move(*elem);
+  e.loc = at;
+  return element_value(elems_of(base)[k]);
+}
+
+void Checker::assign_tuple(std::size_t var_index, const Value& v, Expr& target) {
+  const bool fresh = action_->vars[var_index].elems.empty();
+  if (fresh) {
+    const std::string name = action_->vars[var_index].name;
+    action_->vars[var_index].elems = elems_of(v);
+    for (std::size_t k = 0; k < elems_of(v).size(); ++k) {
+      const int slot = hidden_slot("$$tuple " + name + "." + std::to_string(k));
+      ast::VarInfo& h = action_->vars[static_cast<std::size_t>(slot)];
+      h.type = elems_of(v)[k].type;
+      h.str_size = elems_of(v)[k].str_size;
+      h.ctype = elems_of(v)[k].ctype;
+    }
+  }
+  ast::VarInfo& var = action_->vars[var_index];
+  bool same = var.elems.size() == elems_of(v).size();
+  for (std::size_t k = 0; same && k < elems_of(v).size(); ++k)
+    same = var.elems[k].type == elems_of(v)[k].type;
+  if (!same) {
+    error(target.loc,
+          "Tuple type mismatch: " + tuple_name(var.elems) + " != " + tuple_name(elems_of(v)) + ".");
+  } else if (!fresh) {
+    for (std::size_t k = 0; k < elems_of(v).size(); ++k) {
+      ast::TupleElem& t = var.elems[k];
+      t.str_size = std::max(t.str_size, elems_of(v)[k].str_size);
+      if (t.ctype != elems_of(v)[k].ctype) t.ctype = -1;
+      ast::VarInfo& h = action_->vars[static_cast<std::size_t>(var.slot) + 1 + k];
+      h.str_size = t.str_size;
+      h.ctype = t.ctype;
+    }
+  }
+  target.slot = var.slot;
+  target.type = Type::tuple;
+  target.elems = var.elems;
+}
+
+Value Checker::map_value(Expr& e) {
+  Value v = map_read(e, false);
+  if (v.error || v.type != Type::tuple) return v;
+  error(e.loc, "Reading a tuple back from map " + e.name +
+                   " is not supported: print the map (print(" + e.name +
+                   ")) or keep the tuple in a $variable");
+  return Value::bad();
+}
+
+void Checker::assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target) {
+  if (m.kind == MapKind::none) {
+    m.kind = MapKind::tuple;
+    m.elems = elems_of(v);
+    return;
+  }
+  if (m.kind != MapKind::tuple) {
+    map_kind_mismatch(target, m, type_name(v));
+    return;
+  }
+  bool same = m.elems.size() == elems_of(v).size();
+  for (std::size_t k = 0; same && k < elems_of(v).size(); ++k)
+    same = m.elems[k].type == elems_of(v)[k].type;
+  if (!same) {
+    error(target.loc,
+          "Tuple type mismatch: " + tuple_name(m.elems) + " != " + tuple_name(elems_of(v)) + ".");
+    return;
+  }
+  for (std::size_t k = 0; k < elems_of(v).size(); ++k)
+    m.elems[k].str_size = std::max(m.elems[k].str_size, elems_of(v)[k].str_size);
+}
+
+}  // namespace hotprobe::script::checking
