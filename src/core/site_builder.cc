@@ -446,6 +446,7 @@ void SiteBuilder::separate_overlaps(std::span<BuildJob> jobs, std::span<const Ta
   // overlaps (a probe at +0 and one at +4 after endbr64 patch the same instruction), and
   // a short site already, become int3 sites.
   auto rebuild = [&](std::size_t n, bool short_jump) {
+    reg.mu_.assert_held();  // the caller's (the analysis does not see into a lambda)
     BuildJob& j = jobs[n];
     const Target& t = targets[j.target];
     free_sites(std::span<Site* const>(&j.site, 1), reg);

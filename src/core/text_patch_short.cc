@@ -29,7 +29,7 @@ struct Claim {
 std::mutex& g_claims_mu = *new std::mutex;
 std::map<std::uintptr_t, Claim>& g_claims = *new std::map<std::uintptr_t, Claim>;
 std::set<std::uintptr_t>& g_kept = *new std::set<std::uintptr_t>;  // never released
-std::atomic<bool> g_ret_short_jumps{true};                        // use_ret_short_jumps
+std::atomic<bool> g_ret_short_jumps{true};                         // use_ret_short_jumps
 
 // Whether a claim holds a byte of [at, at + length) (one by `owner` of exactly these
 // bytes aside, when `owner` is not 0); under g_claims_mu.
