@@ -684,10 +684,11 @@ std::int64_t i_print_value(const Node* n, Frame& f) {
   f.rt->write(out);
   return 0;
 }
-// A tuple's elements (n->keys) evaluated into `args`, strings into `bufs`.
+// The first `count` of n->keys (a tuple's elements, printf's values) evaluated into
+// `args`, strings into `bufs`.
 namespace {
-void eval_tuple(const Node* n, Frame& f, FmtArg* args, char (*bufs)[kStrBytes]) {
-  for (std::size_t k = 0; k < n->keys.size(); ++k) {
+void eval_args(const Node* n, std::size_t count, Frame& f, FmtArg* args, char (*bufs)[kStrBytes]) {
+  for (std::size_t k = 0; k < count; ++k) {
     const Node* e = n->keys[k];
     if (e->s) {
       const std::uint32_t len = e->s(e, f, bufs[k]);
@@ -697,6 +698,9 @@ void eval_tuple(const Node* n, Frame& f, FmtArg* args, char (*bufs)[kStrBytes]) 
       args[k].i = e->i(e, f);
     }
   }
+}
+void eval_tuple(const Node* n, Frame& f, FmtArg* args, char (*bufs)[kStrBytes]) {
+  eval_args(n, n->keys.size(), f, args, bufs);
 }
 }  // namespace
 std::int64_t i_tuple(const Node* n, Frame& f) {
@@ -767,16 +771,7 @@ void format_call(const Node* n, Frame& f, std::string& text, bool escape) {
   FmtArg args[kMaxArgs];
   char bufs[kMaxArgs][kStrBytes];
   const std::size_t nargs = std::min(n->keys.size(), kMaxArgs);
-  for (std::size_t k = 0; k < nargs; ++k) {
-    const Node* e = n->keys[k];
-    if (e->s) {
-      const std::uint32_t len = e->s(e, f, bufs[k]);
-      args[k].s = std::string_view(bufs[k], len);
-      args[k].is_string = true;
-    } else {
-      args[k].i = e->i(e, f);
-    }
-  }
+  eval_args(n, nargs, f, args, bufs);
   format_printf(text, n->format, std::span<const FmtArg>(args, nargs), escape);
 }
 std::int64_t i_printf(const Node* n, Frame& f) {
