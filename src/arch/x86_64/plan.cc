@@ -88,14 +88,17 @@ Result<void> check_boundary(std::span<const std::uint8_t> function, std::uint64_
   return {};
 }
 
-Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> function,
-                                           std::uint64_t function_address, std::uint64_t offset) {
-  Sweep s = sweep(function, function_address);
+namespace {
+
+// What both displacement plans start with: the sweep, the probed instruction's index
+// (after the landing pad for a probe at +0), and the plan's probe address and entry flags.
+Result<std::size_t> start_plan(Sweep& s, DisplacementPlan& plan,
+                               std::span<const std::uint8_t> function,
+                               std::uint64_t function_address, std::uint64_t offset) {
+  s = sweep(function, function_address);
   auto found = find_boundary(s, function, function_address, offset);
   if (!found.ok()) return found.error();
   std::size_t first = found.value();
-
-  DisplacementPlan plan;
   plan.probe_address = function_address + offset;
   const bool starts_with_endbr = !s.insns.empty() && s.insns[0].kind == InsnKind::endbr64;
   if (offset == 0 && starts_with_endbr) ++first;  // probe after the landing pad
@@ -104,6 +107,18 @@ Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> functio
   if (first >= s.insns.size()) {
     return Error(Errc::not_relocatable, "too short: nothing after `endbr64` to displace");
   }
+  return first;
+}
+
+}  // namespace
+
+Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> function,
+                                           std::uint64_t function_address, std::uint64_t offset) {
+  Sweep s;
+  DisplacementPlan plan;
+  auto started = start_plan(s, plan, function, function_address, offset);
+  if (!started.ok()) return started.error();
+  std::size_t first = started.value();
   plan.patch_address = s.insns[first].address;
   plan.patch_offset = static_cast<std::uint32_t>(plan.patch_address - function_address);
 
@@ -191,19 +206,11 @@ Result<DisplacementPlan> plan_displacement(std::span<const std::uint8_t> functio
 Result<DisplacementPlan> plan_short_displacement(std::span<const std::uint8_t> function,
                                                  std::uint64_t function_address,
                                                  std::uint64_t offset) {
-  Sweep s = sweep(function, function_address);
-  auto found = find_boundary(s, function, function_address, offset);
-  if (!found.ok()) return found.error();
-  std::size_t first = found.value();
+  Sweep s;
   DisplacementPlan plan;
-  plan.probe_address = function_address + offset;
-  const bool starts_with_endbr = !s.insns.empty() && s.insns[0].kind == InsnKind::endbr64;
-  if (offset == 0 && starts_with_endbr) ++first;
-  plan.at_entry = offset == 0 || (offset == 4 && starts_with_endbr);
-  plan.flags_live = !plan.at_entry;
-  if (first >= s.insns.size()) {
-    return Error(Errc::not_relocatable, "too short: nothing after `endbr64` to displace");
-  }
+  auto started = start_plan(s, plan, function, function_address, offset);
+  if (!started.ok()) return started.error();
+  const std::size_t first = started.value();
   const Insn& insn = s.insns[first];
   auto where = [&] { return quoted(insn) + " at +" + hex(insn.address - function_address); };
   if (insn.length < 2) {
