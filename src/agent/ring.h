@@ -83,11 +83,13 @@ class Ring {
   }
 
   void copy_in(std::uint64_t pos, const void* src, std::size_t n) {
+    if (n == 0) return;  // an empty prefix's data() may be null, which memcpy may not take
     std::size_t at = pos % cap_, first = std::min(n, cap_ - at);
     std::memcpy(buf_.get() + at, src, first);
     std::memcpy(buf_.get(), static_cast<const char*>(src) + first, n - first);
   }
   void copy_out(std::uint64_t pos, void* dst, std::size_t n) const {
+    if (n == 0) return;
     std::size_t at = pos % cap_, first = std::min(n, cap_ - at);
     std::memcpy(dst, buf_.get() + at, first);
     std::memcpy(static_cast<char*>(dst) + first, buf_.get(), n - first);

@@ -23,7 +23,7 @@ namespace {
 // destructors.
 struct Claim {
   std::size_t length;
-  std::uintptr_t owner;  // the head's padding byte: the site's patch address
+  std::uintptr_t owner;  // the site's place (its patch address, +2 for a pad); 0: none
   int count;             // claims of one owner: a site and the one it replaces
 };
 std::mutex& g_claims_mu = *new std::mutex;
@@ -199,7 +199,10 @@ std::optional<PadClaim> find_short_pad(const elf::ElfFile& file, std::uintptr_t 
     for (std::uintptr_t x = at; x < at + kShortPadLength && clear; x++)
       clear = !extent_at(file, x - bias);
     if (!clear) continue;
-    if (auto c = PadClaim::claim(at)) {
+    // Owned by the site's place: a site built where a detached one is not reclaimed yet
+    // shares its pad (restored to the file's bytes by that detach) instead of taking an
+    // int3 for want of another.
+    if (auto c = PadClaim::claim(at, kShortPadLength, from)) {
       c->original = PatchBytes(std::span<const std::uint8_t>(code_at(at), kShortPadLength));
       return c;
     }
