@@ -177,6 +177,12 @@ bool thread_gone(const ThreadRecord& r) {
 // ended). Where the call is not allowed (a seccomp filter), the instance is asked first
 // and the word loaded directly.
 std::uint64_t load_word(const ThreadRecord& r, bool& ok) {
+#if defined(HOTPROBE_TSAN)
+  // ThreadSanitizer cannot see a system call's read pair with the reader's release store:
+  // there, the acquire load it sees, of the word of a thread that is not gone.
+  ok = !thread_gone(r);
+  return ok ? r.word->load(std::memory_order_acquire) : 0;
+#endif
   std::uint64_t v = 0;
   iovec local{&v, sizeof v};
   iovec remote{r.word, sizeof v};
