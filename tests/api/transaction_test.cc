@@ -144,6 +144,12 @@ void expect_probes(Hammer& hammer, const std::atomic<long>* counts, bool new_on,
 }
 
 TEST(Transaction, HundredAttachesAndFiftyDetachesApplyTogetherAtTheOutermostEnd) {
+#if defined(HOTPROBE_TSAN)
+  // The callers run through the sites while they are patched: moving them out needs the
+  // move signal at once, and TSan delivers asynchronous signals late, on a copy of the
+  // context (TextPatch.RacesCallers skips the same way).
+  GTEST_SKIP() << "thread moves need signal contexts that ThreadSanitizer does not provide";
+#endif
   auto engine = Engine::create().value();
   static std::atomic<long> counts[kFunctions];
   for (auto& c : counts)
@@ -186,7 +192,8 @@ TEST(Transaction, HundredAttachesAndFiftyDetachesApplyTogetherAtTheOutermostEnd)
   EXPECT_EQ(staged.sync_core_rounds, before.sync_core_rounds);
   EXPECT_EQ(staged.consumers, 50u);
 
-  ASSERT_TRUE(engine->end_transaction().ok());
+  auto ended = engine->end_transaction();
+  ASSERT_TRUE(ended.ok()) << ended.error().message();
   // The end waited for the detached handlers: none runs from here on.
   expect_probes(hammer, counts, /*new_on=*/true, /*old_on=*/false, "after the end");
   hammer.stop();
