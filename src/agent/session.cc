@@ -21,6 +21,7 @@
 
 #include <fmt/format.h>
 
+#include "agent/credentials.h"
 #include "agent/protocol.h"
 #include "base/assert.h"
 #include "core/thread_state.h"
@@ -246,6 +247,11 @@ void execveat_hook(Hit& h) {
     s->note_exec(path);
   else if (env != envp)
     h.regs->rcx = reinterpret_cast<std::uint64_t>(env);
+}
+// A set*id call about to change every thread's credentials: hotprobe's threads take the
+// caller's capabilities and securebits first (credentials.h).
+void setxid_hook(Hit&) {
+  publish_caller_credentials();
 }
 
 // The path of the agent's own file (for the LD_PRELOAD of an exec'd image).
@@ -531,6 +537,17 @@ Result<void> Session::attach() {
     if (auto h = engine_->attach(spec))
       exit_handles_.insert(exit_handles_.end(), h->begin(), h->end());
   }
+  // hotprobe run: a program that changes its credentials changes those of hotprobe's
+  // threads with its own (one batch; a function the engine cannot place is left out).
+  if (!attached_) {
+    std::vector<hotprobe::ProbeSpec> setxid(std::size(kSetxidFunctions));
+    for (std::size_t i = 0; i < setxid.size(); ++i) {
+      setxid[i].target = kSetxidFunctions[i];
+      setxid[i].on_entry = &setxid_hook;
+    }
+    for (auto& r : engine_->attach(setxid, hotprobe::BatchMode::best_effort))
+      if (r) exit_handles_.insert(exit_handles_.end(), r->begin(), r->end());
+  }
   return {};
 }
 
@@ -551,6 +568,9 @@ bool Session::start_reporter() {
     reporter_running_.store(false);
     return false;
   }
+  // glibc installs its SIGSETXID handler at the process's first pthread_create: the relay
+  // goes in front of it from here on.
+  if (!attached_) (void)install_setxid_relay();
   return true;
 }
 

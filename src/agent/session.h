@@ -180,7 +180,7 @@ class Session final : public hotprobe::script::Sink {
   std::unique_ptr<OpenProgram> program_;        // its maps in reach: a followed child sends them
   std::vector<hotprobe::Handle> handles_;       // the script's probes
   std::uint32_t trap_sites_ = 0;                // of them, sites in int3 mode (said)
-  std::vector<hotprobe::Handle> exit_handles_;  // exit/_exit hooks
+  std::vector<hotprobe::Handle> exit_handles_;  // exit, exec and set*id hooks
   std::vector<std::size_t> intervals_;          // indexes into probes()
 
   std::atomic<bool> tracing_{false};
