@@ -21,6 +21,7 @@
 
 #include <fmt/format.h>
 
+#include "agent/clock_futex.h"
 #include "agent/credentials.h"
 #include "agent/protocol.h"
 #include "base/assert.h"
@@ -76,24 +77,6 @@ thread_local std::string* t_direct = nullptr;
 std::mutex g_sessions_mu;
 std::vector<Session*> g_sessions;
 std::mutex g_compile_mu;  // Session::start's compile: the region hand-over is process-wide
-
-std::uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-// Futex wait and wake on a 32-bit word: async-signal-safe, and no descriptor to lose.
-void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, int timeout_ms) {
-  timespec ts{timeout_ms / 1000, static_cast<long>(timeout_ms % 1000) * 1000000L};
-  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, &ts,
-            nullptr, 0);
-}
-void futex_wake_all(std::atomic<std::uint32_t>& word) {
-  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT32_MAX,
-            nullptr, nullptr, 0);
-}
 
 // The channel's new number: where the program does not look. Programs close "every
 // descriptor" up to a fixed bound (1024 is common) or up to their soft RLIMIT_NOFILE.
