@@ -31,8 +31,6 @@
 #include "script/maps.h"
 #include "sync/deferred.h"
 
-extern char** environ;
-
 namespace hp::agent {
 
 using hotprobe::Errc;
@@ -121,57 +119,6 @@ int start_agent_thread(pthread_t* thread, void* (*entry)(void*), void* arg) {
   if (rc == 0) rc = pthread_create(thread, &attr, entry, arg);
   pthread_attr_destroy(&attr);
   return rc;
-}
-
-namespace {
-bool env_entry_is(const char* entry, const char* name, std::size_t n) noexcept {
-  return std::strncmp(entry, name, n) == 0 && entry[n] == '=';
-}
-}  // namespace
-
-const char* env_value(const char* name) noexcept {
-  const std::size_t n = std::strlen(name);
-  for (char** e = environ; e && *e; ++e)
-    if (env_entry_is(*e, name, n)) return *e + n + 1;
-  return nullptr;
-}
-
-void env_remove(const char* name) noexcept {
-  if (!environ) return;
-  const std::size_t n = std::strlen(name);
-  char** out = environ;
-  for (char** e = environ; *e; ++e)
-    if (!env_entry_is(*e, name, n)) *out++ = *e;
-  *out = nullptr;
-}
-
-void env_set(const char* name, const char* value) {
-  // Never freed: the program may keep the pointer (getenv) for as long as it runs.
-  char* entry = ::strdup((std::string(name) + "=" + value).c_str());
-  if (!entry) return;
-  const std::size_t n = std::strlen(name);
-  std::size_t count = 0;
-  for (char** e = environ; e && *e; ++e, ++count) {
-    if (env_entry_is(*e, name, n)) {
-      *e = entry;
-      return;
-    }
-  }
-  // Appended: a new array (the old one may be the initial one, on the stack), never freed.
-  auto** grown = static_cast<char**>(std::calloc(count + 2, sizeof(char*)));
-  if (!grown) return;
-  for (std::size_t i = 0; i < count; ++i)
-    grown[i] = environ[i];
-  grown[count] = entry;
-  environ = grown;
-}
-
-namespace {
-std::string* g_agent_preload = nullptr;  // set once, before any session starts
-}  // namespace
-
-void set_agent_preload(std::string_view preload) {
-  if (!g_agent_preload) g_agent_preload = new std::string(preload);
 }
 
 void register_session(Session* s) {
@@ -960,8 +907,8 @@ void Session::exec_handover() {
     if (entry.starts_with("HOTPROBE_")) continue;
     exec_env_.emplace_back(entry);
   }
-  const std::string& agent =
-      g_agent_preload && !g_agent_preload->empty() ? *g_agent_preload : agent_path_;
+  const std::string* preload = agent_preload();
+  const std::string& agent = preload && !preload->empty() ? *preload : agent_path_;
   exec_env_.push_back("LD_PRELOAD=" + agent + (user_preload.empty() ? "" : ":" + user_preload));
   if (!user_preload.empty())
     exec_env_.push_back(std::string(kEnvSavedPreload) + "=" + user_preload);

@@ -231,6 +231,8 @@ void env_set(const char* name, const char* value);
 // The agent's own part of LD_PRELOAD in this image (preload.cc), for the images the
 // program exec's; the agent's path alone when not set.
 void set_agent_preload(std::string_view preload);
+// That part, as set; null when set_agent_preload was not called.
+const std::string* agent_preload();
 
 // Sessions alive in this process (the fork handlers walk them).
 void register_session(Session* s);
