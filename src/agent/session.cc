@@ -42,35 +42,8 @@ namespace script = hotprobe::script;
 
 namespace {
 
-constexpr std::size_t kRingBytes = 128 * 1024;
 constexpr int kDrainMs = 5;
 constexpr auto kGoWait = std::chrono::seconds(10);
-
-// A thread's rings, one per session it wrote to. At the thread's exit they are handed to
-// the reporters, which free them once drained: by a pthread key's destructor, not a
-// thread_local one, whose registration allocates a node that glibc frees at the thread's
-// exit, outside any guard (a probe on free would count it).
-struct TlsRings {
-  static constexpr std::size_t kSlots = 4;
-  std::array<Session*, kSlots> session{};
-  std::array<Session::ThreadRing*, kSlots> ring{};
-};
-thread_local TlsRings t_rings;
-
-void release_thread_rings(void*) {
-  OwnWork own;
-  for (auto*& r : t_rings.ring) {
-    if (!r) continue;
-    r->producer_gone.store(true, std::memory_order_release);
-    Session::ThreadRing::release(r);
-    r = nullptr;
-  }
-}
-pthread_key_t g_rings_key;
-const bool g_rings_key_made = pthread_key_create(&g_rings_key, &release_thread_rings) == 0;
-// Set on the reporter thread and during BEGIN: output is appended here directly (those
-// threads are the consumer, and END may print more than a ring holds).
-thread_local std::string* t_direct = nullptr;
 
 std::mutex g_sessions_mu;
 std::vector<Session*> g_sessions;
@@ -388,9 +361,9 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   // BEGIN, its output, then wait until hotprobe has printed it: the program's own output
   // comes after.
   std::string begin_out;
-  t_direct = &begin_out;
+  set_direct_output(&begin_out);
   self->program_->run_begin();
-  t_direct = nullptr;
+  set_direct_output(nullptr);
   self->send_queued();
   self->send_text_checked(Msg::output, begin_out);
   self->send_checked(encode(Msg::ready));
@@ -528,7 +501,7 @@ void* Session::reporter_entry(void* self) {
 }
 
 void Session::reporter_main() {
-  t_direct = &out_;
+  set_direct_output(&out_);
   const auto probes = program_->probes();
   std::vector<std::uint64_t> next(intervals_.size());
   std::uint64_t t0 = now_ns();
@@ -571,7 +544,7 @@ void Session::reporter_main() {
       if (attached_) {
         // Nothing refers to this session any more: its probes are gone (and no handler
         // runs), and it leaves the fork handlers' list before it is freed.
-        t_direct = nullptr;
+        set_direct_output(nullptr);
         bool last = false;
         {
           std::scoped_lock lock(g_sessions_mu);
@@ -597,7 +570,7 @@ void Session::reporter_main() {
     }
     drain_and_send();
   }
-  t_direct = nullptr;
+  set_direct_output(nullptr);
 }
 
 // One batch: the script's probes and the exit/exec hooks; the engine then holds nothing
@@ -670,106 +643,6 @@ void Session::do_finish(Reason reason) {
   }
 }
 
-void Session::drain_and_send() {
-  std::string lost_msg;
-  {
-    std::scoped_lock lock(rings_mu_);
-    std::uint64_t lost = lost_retired_;
-    for (auto it = rings_.begin(); it != rings_.end();) {
-      ThreadRing* tr = *it;
-      bool gone = tr->producer_gone.load(std::memory_order_acquire);
-      tr->ring.drain(out_, [this](std::string& before, std::string_view record) {
-        queue_request(before, record);
-      });
-      lost += tr->ring.lost();
-      if (gone) {
-        lost_retired_ += tr->ring.lost();
-        ThreadRing::release(tr);
-        it = rings_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    if (lost > lost_sent_) {
-      put<std::uint64_t>(lost_msg, lost - lost_sent_);
-      lost_sent_ = lost;
-    }
-  }
-  // Sent outside rings_mu_: a full socket must not hold up a thread's first write.
-  if (!lost_msg.empty()) send_checked(encode(Msg::lost, lost_msg));
-  send_queued();
-  if (!out_.empty()) {
-    send_text_checked(Msg::output, out_);
-    out_.clear();
-  }
-}
-
-// The calling thread's ring for this session; made (and registered) at its first write.
-// A slot whose session ended is reused.
-Session::ThreadRing* Session::ring_for_this_thread() {
-  auto& t = t_rings;
-  for (std::size_t i = 0; i < TlsRings::kSlots; ++i)
-    if (t.session[i] == this && t.ring[i] &&
-        !t.ring[i]->session_gone.load(std::memory_order_acquire))
-      return t.ring[i];
-  for (std::size_t i = 0; i < TlsRings::kSlots; ++i) {
-    if (t.ring[i] && !t.ring[i]->session_gone.load(std::memory_order_acquire)) continue;
-    if (t.ring[i]) ThreadRing::release(t.ring[i]);
-    auto* r = new ThreadRing(kRingBytes);
-    {
-      std::scoped_lock lock(rings_mu_);
-      rings_.push_back(r);
-    }
-    t.session[i] = this;
-    t.ring[i] = r;
-    if (g_rings_key_made) pthread_setspecific(g_rings_key, &t);  // release at thread exit
-    return r;
-  }
-  return nullptr;
-}
-
-void Session::write(std::string_view text) {
-  if (t_direct) {
-    t_direct->append(text);
-    return;
-  }
-  if (ThreadRing* r = ring_for_this_thread()) {
-    r->ring.write(text);
-  } else {
-    std::scoped_lock lock(rings_mu_);
-    ++lost_retired_;  // more sessions than a thread has slots: counted, not dropped silently
-  }
-}
-
-void Session::request(Request kind, std::string_view text) {
-  if (t_direct) {  // the kind byte, then the text, as a ring record holds them
-    queue_request(*t_direct, std::string(1, static_cast<char>(kind)).append(text));
-    return;
-  }
-  if (ThreadRing* r = ring_for_this_thread()) {
-    r->ring.write_request(static_cast<char>(kind), text);
-  } else {
-    std::scoped_lock lock(rings_mu_);
-    ++lost_retired_;
-  }
-}
-
-void Session::queue_request(std::string& before, std::string_view record) {
-  if (!before.empty()) queued_.emplace_back(Msg::output, std::move(before));
-  before.clear();
-  queued_.emplace_back(Msg::command, std::string(record));
-}
-
-void Session::send_queued() {
-  for (auto& [type, text] : queued_) {
-    if (type == Msg::output)
-      send_text_checked(type, text);
-    else
-      send_checked(encode(type, text));
-  }
-  queued_.clear();
-}
-
 void Session::request_exit() {
   int none = 0;
   requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::exited));
@@ -839,10 +712,7 @@ void Session::after_fork_child() {
   // The child has one thread: this one. Rings of the other threads are theirs no more.
   for (ThreadRing* r : rings_) {
     r->ring.reset_after_fork();
-    bool mine = false;
-    for (auto* t : t_rings.ring)
-      mine = mine || t == r;
-    if (!mine) {  // that thread does not exist here: its exit will never let go
+    if (!ring_of_this_thread(r)) {  // that thread does not exist here: its exit will never let go
       r->refs.store(1, std::memory_order_relaxed);
       r->producer_gone.store(true, std::memory_order_relaxed);
     }

@@ -135,6 +135,11 @@ class Session final : public hotprobe::script::Sink {
   void send_queued();
   void mark_finished() noexcept;
   ThreadRing* ring_for_this_thread();
+  // The calling thread's output goes to `out` directly, not to a ring (the reporter thread,
+  // BEGIN); null: to rings again.
+  static void set_direct_output(std::string* out) noexcept;
+  // Whether `r` is one of the calling thread's rings.
+  static bool ring_of_this_thread(const ThreadRing* r) noexcept;
   std::string render_attach_error(std::size_t probe, const hotprobe::Error& e) const;
   // The targets of uprobe/uretprobe probes whose module is not loaded in this process.
   std::vector<std::string> never_placed() const;
