@@ -153,6 +153,12 @@ void setxid_relay(int sig, siginfo_t* info, void* context) {
 }  // namespace
 
 bool install_setxid_relay() noexcept {
+#if defined(HOTPROBE_TSAN)
+  // ThreadSanitizer's runtime has a thread of its own, which takes no capset either (a
+  // program dropping root as setpriv does aborts under TSan alone), and instrumented code
+  // run by a handler installed behind its back faults on that thread.
+  return false;
+#endif
   if (g_relay_installed.load(std::memory_order_acquire)) return true;
   static std::atomic<bool> claimed{false};
   if (claimed.exchange(true)) return g_relay_installed.load(std::memory_order_acquire);
