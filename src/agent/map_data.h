@@ -33,6 +33,11 @@
 #include "script/output.h"
 #include "script/program.h"
 
+// The Program over a lowered Runtime, as Program::compile makes it (script/program.cc).
+namespace hotprobe::script {
+std::unique_ptr<Program> program_of(std::unique_ptr<Runtime> rt);
+}  // namespace hotprobe::script
+
 namespace hp::agent {
 
 namespace script = hotprobe::script;
@@ -41,42 +46,25 @@ namespace script = hotprobe::script;
 // reach: the agent encodes a child's maps from it, hotprobe run merges into it.
 class OpenProgram final : public script::Program {
  public:
-  explicit OpenProgram(std::unique_ptr<script::Runtime> rt) : rt_(std::move(rt)) {}
+  explicit OpenProgram(std::unique_ptr<script::Runtime> rt)
+      : rt_(rt.get()), program_(script::program_of(std::move(rt))) {}
   script::Runtime& runtime() { return *rt_; }
 
-  std::span<const script::Probe> probes() const override { return rt_->probe_list; }
-  hotprobe::ProbeSpec spec(std::size_t index) override { return rt_->spec(index); }
-  void bind(script::Sink* sink) override { rt_->sink = sink; }
-  void run_begin() override {
-    rt_->start_ns = script::monotonic_ns();
-    run_kind(script::Probe::Kind::begin);
-  }
-  void run_end() override {
-    const bool was = rt_->exited.exchange(false, std::memory_order_relaxed);
-    run_kind(script::Probe::Kind::end);
-    if (was) rt_->exited.store(true, std::memory_order_relaxed);
-  }
-  void run_interval(std::size_t index) override {
-    if (rt_->exited.load(std::memory_order_relaxed)) return;
-    rt_->run_probe(index, nullptr);
-  }
-  std::string print_maps() override { return rt_->print_maps(); }
-  bool exited() const override { return rt_->exited.load(std::memory_order_relaxed); }
-  void set_active(bool active) override { rt_->active.store(active, std::memory_order_relaxed); }
-  void reset_maps() override {
-    for (std::size_t i = 0; i < rt_->maps->size(); ++i)
-      rt_->maps->clear(i);
-  }
+  std::span<const script::Probe> probes() const override { return program_->probes(); }
+  hotprobe::ProbeSpec spec(std::size_t index) override { return program_->spec(index); }
+  void bind(script::Sink* sink) override { program_->bind(sink); }
+  void run_begin() override { program_->run_begin(); }
+  void run_end() override { program_->run_end(); }
+  void run_interval(std::size_t index) override { program_->run_interval(index); }
+  std::string print_maps() override { return program_->print_maps(); }
+  bool exited() const override { return program_->exited(); }
+  void set_active(bool active) override { program_->set_active(active); }
+  void reset_maps() override { program_->reset_maps(); }
+  std::uint64_t read_faults() const override { return program_->read_faults(); }
 
  private:
-  void run_kind(script::Probe::Kind kind) {
-    for (std::size_t i = 0; i < rt_->probe_list.size(); ++i) {
-      if (rt_->probe_list[i].kind != kind) continue;
-      if (kind == script::Probe::Kind::begin && rt_->exited.load(std::memory_order_relaxed)) return;
-      rt_->run_probe(i, nullptr);
-    }
-  }
-  std::unique_ptr<script::Runtime> rt_;
+  script::Runtime* rt_;  // owned by program_
+  std::unique_ptr<script::Program> program_;
 };
 
 inline hotprobe::Result<std::unique_ptr<OpenProgram>> compile_open(

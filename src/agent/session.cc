@@ -21,6 +21,8 @@
 
 #include <fmt/format.h>
 
+#include "agent/clock_futex.h"
+#include "agent/credentials.h"
 #include "agent/protocol.h"
 #include "base/assert.h"
 #include "core/thread_state.h"
@@ -28,8 +30,6 @@
 #include "script/diag.h"
 #include "script/maps.h"
 #include "sync/deferred.h"
-
-extern char** environ;
 
 namespace hp::agent {
 
@@ -42,57 +42,12 @@ namespace script = hotprobe::script;
 
 namespace {
 
-constexpr std::size_t kRingBytes = 128 * 1024;
 constexpr int kDrainMs = 5;
 constexpr auto kGoWait = std::chrono::seconds(10);
-
-// A thread's rings, one per session it wrote to. At the thread's exit they are handed to
-// the reporters, which free them once drained: by a pthread key's destructor, not a
-// thread_local one, whose registration allocates a node that glibc frees at the thread's
-// exit, outside any guard (a probe on free would count it).
-struct TlsRings {
-  static constexpr std::size_t kSlots = 4;
-  std::array<Session*, kSlots> session{};
-  std::array<Session::ThreadRing*, kSlots> ring{};
-};
-thread_local TlsRings t_rings;
-
-void release_thread_rings(void*) {
-  OwnWork own;
-  for (auto*& r : t_rings.ring) {
-    if (!r) continue;
-    r->producer_gone.store(true, std::memory_order_release);
-    Session::ThreadRing::release(r);
-    r = nullptr;
-  }
-}
-pthread_key_t g_rings_key;
-const bool g_rings_key_made = pthread_key_create(&g_rings_key, &release_thread_rings) == 0;
-// Set on the reporter thread and during BEGIN: output is appended here directly (those
-// threads are the consumer, and END may print more than a ring holds).
-thread_local std::string* t_direct = nullptr;
 
 std::mutex g_sessions_mu;
 std::vector<Session*> g_sessions;
 std::mutex g_compile_mu;  // Session::start's compile: the region hand-over is process-wide
-
-std::uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
-// Futex wait and wake on a 32-bit word: async-signal-safe, and no descriptor to lose.
-void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, int timeout_ms) {
-  timespec ts{timeout_ms / 1000, static_cast<long>(timeout_ms % 1000) * 1000000L};
-  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, &ts,
-            nullptr, 0);
-}
-void futex_wake_all(std::atomic<std::uint32_t>& word) {
-  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT32_MAX,
-            nullptr, nullptr, 0);
-}
 
 // The channel's new number: where the program does not look. Programs close "every
 // descriptor" up to a fixed bound (1024 is common) or up to their soft RLIMIT_NOFILE.
@@ -137,57 +92,6 @@ int start_agent_thread(pthread_t* thread, void* (*entry)(void*), void* arg) {
   if (rc == 0) rc = pthread_create(thread, &attr, entry, arg);
   pthread_attr_destroy(&attr);
   return rc;
-}
-
-namespace {
-bool env_entry_is(const char* entry, const char* name, std::size_t n) noexcept {
-  return std::strncmp(entry, name, n) == 0 && entry[n] == '=';
-}
-}  // namespace
-
-const char* env_value(const char* name) noexcept {
-  const std::size_t n = std::strlen(name);
-  for (char** e = environ; e && *e; ++e)
-    if (env_entry_is(*e, name, n)) return *e + n + 1;
-  return nullptr;
-}
-
-void env_remove(const char* name) noexcept {
-  if (!environ) return;
-  const std::size_t n = std::strlen(name);
-  char** out = environ;
-  for (char** e = environ; *e; ++e)
-    if (!env_entry_is(*e, name, n)) *out++ = *e;
-  *out = nullptr;
-}
-
-void env_set(const char* name, const char* value) {
-  // Never freed: the program may keep the pointer (getenv) for as long as it runs.
-  char* entry = ::strdup((std::string(name) + "=" + value).c_str());
-  if (!entry) return;
-  const std::size_t n = std::strlen(name);
-  std::size_t count = 0;
-  for (char** e = environ; e && *e; ++e, ++count) {
-    if (env_entry_is(*e, name, n)) {
-      *e = entry;
-      return;
-    }
-  }
-  // Appended: a new array (the old one may be the initial one, on the stack), never freed.
-  auto** grown = static_cast<char**>(std::calloc(count + 2, sizeof(char*)));
-  if (!grown) return;
-  for (std::size_t i = 0; i < count; ++i)
-    grown[i] = environ[i];
-  grown[count] = entry;
-  environ = grown;
-}
-
-namespace {
-std::string* g_agent_preload = nullptr;  // set once, before any session starts
-}  // namespace
-
-void set_agent_preload(std::string_view preload) {
-  if (!g_agent_preload) g_agent_preload = new std::string(preload);
 }
 
 void register_session(Session* s) {
@@ -246,6 +150,11 @@ void execveat_hook(Hit& h) {
     s->note_exec(path);
   else if (env != envp)
     h.regs->rcx = reinterpret_cast<std::uint64_t>(env);
+}
+// A set*id call about to change every thread's credentials: hotprobe's threads take the
+// caller's capabilities and securebits first (credentials.h).
+void setxid_hook(Hit&) {
+  publish_caller_credentials();
 }
 
 // The path of the agent's own file (for the LD_PRELOAD of an exec'd image).
@@ -452,9 +361,9 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   // BEGIN, its output, then wait until hotprobe has printed it: the program's own output
   // comes after.
   std::string begin_out;
-  t_direct = &begin_out;
+  set_direct_output(&begin_out);
   self->program_->run_begin();
-  t_direct = nullptr;
+  set_direct_output(nullptr);
   self->send_queued();
   self->send_text_checked(Msg::output, begin_out);
   self->send_checked(encode(Msg::ready));
@@ -531,6 +440,17 @@ Result<void> Session::attach() {
     if (auto h = engine_->attach(spec))
       exit_handles_.insert(exit_handles_.end(), h->begin(), h->end());
   }
+  // hotprobe run: a program that changes its credentials changes those of hotprobe's
+  // threads with its own (one batch; a function the engine cannot place is left out).
+  if (!attached_) {
+    std::vector<hotprobe::ProbeSpec> setxid(std::size(kSetxidFunctions));
+    for (std::size_t i = 0; i < setxid.size(); ++i) {
+      setxid[i].target = kSetxidFunctions[i];
+      setxid[i].on_entry = &setxid_hook;
+    }
+    for (auto& r : engine_->attach(setxid, hotprobe::BatchMode::best_effort))
+      if (r) exit_handles_.insert(exit_handles_.end(), r->begin(), r->end());
+  }
   return {};
 }
 
@@ -551,6 +471,9 @@ bool Session::start_reporter() {
     reporter_running_.store(false);
     return false;
   }
+  // glibc installs its SIGSETXID handler at the process's first pthread_create: the relay
+  // goes in front of it from here on.
+  if (!attached_) (void)install_setxid_relay();
   return true;
 }
 
@@ -578,7 +501,7 @@ void* Session::reporter_entry(void* self) {
 }
 
 void Session::reporter_main() {
-  t_direct = &out_;
+  set_direct_output(&out_);
   const auto probes = program_->probes();
   std::vector<std::uint64_t> next(intervals_.size());
   std::uint64_t t0 = now_ns();
@@ -621,7 +544,7 @@ void Session::reporter_main() {
       if (attached_) {
         // Nothing refers to this session any more: its probes are gone (and no handler
         // runs), and it leaves the fork handlers' list before it is freed.
-        t_direct = nullptr;
+        set_direct_output(nullptr);
         bool last = false;
         {
           std::scoped_lock lock(g_sessions_mu);
@@ -647,7 +570,7 @@ void Session::reporter_main() {
     }
     drain_and_send();
   }
-  t_direct = nullptr;
+  set_direct_output(nullptr);
 }
 
 // One batch: the script's probes and the exit/exec hooks; the engine then holds nothing
@@ -720,106 +643,6 @@ void Session::do_finish(Reason reason) {
   }
 }
 
-void Session::drain_and_send() {
-  std::string lost_msg;
-  {
-    std::scoped_lock lock(rings_mu_);
-    std::uint64_t lost = lost_retired_;
-    for (auto it = rings_.begin(); it != rings_.end();) {
-      ThreadRing* tr = *it;
-      bool gone = tr->producer_gone.load(std::memory_order_acquire);
-      tr->ring.drain(out_, [this](std::string& before, std::string_view record) {
-        queue_request(before, record);
-      });
-      lost += tr->ring.lost();
-      if (gone) {
-        lost_retired_ += tr->ring.lost();
-        ThreadRing::release(tr);
-        it = rings_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    if (lost > lost_sent_) {
-      put<std::uint64_t>(lost_msg, lost - lost_sent_);
-      lost_sent_ = lost;
-    }
-  }
-  // Sent outside rings_mu_: a full socket must not hold up a thread's first write.
-  if (!lost_msg.empty()) send_checked(encode(Msg::lost, lost_msg));
-  send_queued();
-  if (!out_.empty()) {
-    send_text_checked(Msg::output, out_);
-    out_.clear();
-  }
-}
-
-// The calling thread's ring for this session; made (and registered) at its first write.
-// A slot whose session ended is reused.
-Session::ThreadRing* Session::ring_for_this_thread() {
-  auto& t = t_rings;
-  for (std::size_t i = 0; i < TlsRings::kSlots; ++i)
-    if (t.session[i] == this && t.ring[i] &&
-        !t.ring[i]->session_gone.load(std::memory_order_acquire))
-      return t.ring[i];
-  for (std::size_t i = 0; i < TlsRings::kSlots; ++i) {
-    if (t.ring[i] && !t.ring[i]->session_gone.load(std::memory_order_acquire)) continue;
-    if (t.ring[i]) ThreadRing::release(t.ring[i]);
-    auto* r = new ThreadRing(kRingBytes);
-    {
-      std::scoped_lock lock(rings_mu_);
-      rings_.push_back(r);
-    }
-    t.session[i] = this;
-    t.ring[i] = r;
-    if (g_rings_key_made) pthread_setspecific(g_rings_key, &t);  // release at thread exit
-    return r;
-  }
-  return nullptr;
-}
-
-void Session::write(std::string_view text) {
-  if (t_direct) {
-    t_direct->append(text);
-    return;
-  }
-  if (ThreadRing* r = ring_for_this_thread()) {
-    r->ring.write(text);
-  } else {
-    std::scoped_lock lock(rings_mu_);
-    ++lost_retired_;  // more sessions than a thread has slots: counted, not dropped silently
-  }
-}
-
-void Session::request(Request kind, std::string_view text) {
-  if (t_direct) {  // the kind byte, then the text, as a ring record holds them
-    queue_request(*t_direct, std::string(1, static_cast<char>(kind)).append(text));
-    return;
-  }
-  if (ThreadRing* r = ring_for_this_thread()) {
-    r->ring.write_request(static_cast<char>(kind), text);
-  } else {
-    std::scoped_lock lock(rings_mu_);
-    ++lost_retired_;
-  }
-}
-
-void Session::queue_request(std::string& before, std::string_view record) {
-  if (!before.empty()) queued_.emplace_back(Msg::output, std::move(before));
-  before.clear();
-  queued_.emplace_back(Msg::command, std::string(record));
-}
-
-void Session::send_queued() {
-  for (auto& [type, text] : queued_) {
-    if (type == Msg::output)
-      send_text_checked(type, text);
-    else
-      send_checked(encode(type, text));
-  }
-  queued_.clear();
-}
-
 void Session::request_exit() {
   int none = 0;
   requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::exited));
@@ -844,154 +667,6 @@ void Session::finish(Reason reason, std::chrono::milliseconds wait) noexcept {
 bool Session::in_own_process() const noexcept {
   // The system call, not getpid(): a probe on getpid must not see hotprobe's check.
   return static_cast<pid_t>(::syscall(SYS_getpid)) == pid_;
-}
-
-void Session::note_exec(const char* path) noexcept {
-  if (!in_own_process()) return;  // a vfork child's exec: the parent traces on
-  if (finished() || !reporter_running_.load(std::memory_order_acquire)) return;
-  std::size_t i = 0;
-  // The path is the program's memory: a bad pointer makes execve fail with EFAULT anyway.
-  if (path)
-    for (; i + 1 < sizeof exec_path_ && path[i]; ++i)
-      exec_path_[i] = path[i];
-  exec_path_[i] = '\0';
-  finish(Reason::exiting, std::chrono::seconds(10));
-}
-
-char** Session::prepare_exec(int dirfd, const char* path, char** envp) noexcept {
-  if (attached_ || !path) return nullptr;
-  // A path that cannot be exec'd (execvp trying each PATH entry): execve fails and this
-  // image goes on, traced; `envp` back, unchanged. The system call: a probe on access
-  // must not see the check.
-  const int flags = path[0] == '\0' ? AT_EMPTY_PATH : 0;
-  if (::syscall(SYS_faccessat2, dirfd, path, X_OK, flags) != 0 &&
-      !(errno == ENOSYS && ::syscall(SYS_faccessat, dirfd, path, X_OK) == 0))
-    return envp;
-  // The program's exec, or a followed child's: a --follow-forks child (its own session
-  // here), or a vfork child (posix_spawn, a shell running a command), which runs on this
-  // session's memory with descriptors of its own.
-  const bool vfork_child = !in_own_process();
-  if ((vfork_child || forked_child_) && !follow_child_execs_) return nullptr;
-  if (finished()) return nullptr;
-  if (!reporter_running_.load(std::memory_order_acquire) || start_message_.empty()) return nullptr;
-  OwnWork own;
-  // 4: claimed by this thread while it fills the request in. Another thread's exec at the
-  // same moment goes ahead unchanged: the kernel lets one exec of the process win and
-  // ends the other threads, so the session is the winner's to hand over.
-  std::uint32_t state = exec_word_.load(std::memory_order_acquire);
-  if (state == 1 || state == 4 || !exec_word_.compare_exchange_strong(state, 4)) return envp;
-  // The start message for the new image, in a memfd of this process (a vfork child's
-  // descriptors are its own: the reporter's process could not give it one).
-  const int start_fd = static_cast<int>(::syscall(SYS_memfd_create, "hotprobe-start", 0));
-  bool ok = start_fd >= 0;
-  for (std::size_t off = 0; ok && off < start_message_.size();) {
-    const ssize_t n = ::write(start_fd, start_message_.data() + off, start_message_.size() - off);
-    ok = n > 0;
-    off += ok ? static_cast<std::size_t>(n) : 0;
-  }
-  if (!ok) {
-    if (start_fd >= 0) ::close(start_fd);
-    exec_word_.store(0, std::memory_order_release);
-    return nullptr;
-  }
-  std::size_t i = 0;
-  for (; i + 1 < sizeof exec_path_ && path[i]; ++i)
-    exec_path_[i] = path[i];
-  exec_path_[i] = '\0';
-  exec_envp_in_ = envp;
-  exec_start_fd_ = start_fd;
-  exec_pid_ = static_cast<pid_t>(::syscall(SYS_getpid));
-  exec_child_ = vfork_child || forked_child_;
-  exec_word_.store(1, std::memory_order_release);
-  const std::uint64_t deadline = now_ns() + 10'000'000'000ull;
-  while (exec_word_.load(std::memory_order_acquire) == 1) {
-    const std::uint64_t now = now_ns();
-    if (now >= deadline) break;
-    futex_wait(exec_word_, 1, static_cast<int>((deadline - now) / 1000000) + 1);
-  }
-  std::uint32_t expected = 1;
-  const bool late = exec_word_.compare_exchange_strong(expected, 3);  // the reporter is late
-  if (late || expected != 2) {
-    ::close(start_fd);
-    exec_path_[0] = '\0';
-    return nullptr;
-  }
-  // Inherited by the new image (and, should the exec fail after all, left open in this one).
-  ::fcntl(fd_, F_SETFD, 0);
-  if (!exec_child_ && exec_region_fd_ >= 0) ::fcntl(exec_region_fd_, F_SETFD, 0);
-  exec_path_[0] = '\0';  // followed: the final report does not name it
-  return exec_envp_.data();
-}
-
-void Session::exec_handover() {
-  drain_and_send();
-  auto fail = [&] {
-    std::uint32_t expected = 1;
-    exec_word_.compare_exchange_strong(expected, 3);
-    futex_wake_all(exec_word_);
-  };
-  // A stop already asked for: the session ends here (the exec is said, not followed).
-  if (agent_path_.empty() || !channel_ok() || requested_.load() != 0) return fail();
-  // A --follow-forks child's counts so far go to hotprobe now (merged there), and its new
-  // image counts from zero; the program's stay in the run's region, which its new image
-  // takes over.
-  exec_region_fd_ = exec_child_ ? -1 : region_ ? region_->fd() : run_region_fd_;
-  const bool vfork_child = exec_pid_ != pid_;  // its counts are in this session's maps
-  if (!vfork_child && exec_region_fd_ < 0) {
-    for (const auto& m : encode_map_data(*program_->runtime().maps))
-      send_checked(encode(Msg::maps, m));
-    program_->reset_maps();
-  }
-  // The environment the program passed, without hotprobe's variables; the agent first in
-  // LD_PRELOAD (the program's own preload after it, and back in the program's environment
-  // once the agent has started there), even when the program cleared LD_PRELOAD or passed
-  // an empty environment: the exec'd image is the program, traced as bpftrace traces it.
-  std::string user_preload;
-  exec_env_.clear();
-  for (char** e = exec_envp_in_; e && *e; ++e) {
-    std::string_view entry = *e;
-    if (entry.starts_with("LD_PRELOAD=")) {
-      user_preload = entry.substr(11);
-      continue;
-    }
-    if (entry.starts_with("HOTPROBE_")) continue;
-    exec_env_.emplace_back(entry);
-  }
-  const std::string& agent =
-      g_agent_preload && !g_agent_preload->empty() ? *g_agent_preload : agent_path_;
-  exec_env_.push_back("LD_PRELOAD=" + agent + (user_preload.empty() ? "" : ":" + user_preload));
-  if (!user_preload.empty())
-    exec_env_.push_back(std::string(kEnvSavedPreload) + "=" + user_preload);
-  exec_env_.push_back(std::string(kEnvFd) + "=" + std::to_string(fd_));
-  exec_env_.push_back(std::string(kEnvExecStart) + "=" + std::to_string(exec_start_fd_));
-  if (exec_child_) exec_env_.push_back(std::string(kEnvExecChild) + "=1");
-  if (follow_forks_)
-    exec_env_.push_back(std::string(kEnvFollowChildExecs) + (follow_child_execs_ ? "=1" : "=0"));
-  if (exec_region_fd_ >= 0)
-    exec_env_.push_back(std::string(script::SharedRegion::kEnvFd) + "=" +
-                        std::to_string(exec_region_fd_));
-  exec_envp_.clear();
-  for (auto& e : exec_env_)
-    exec_envp_.push_back(e.data());
-  exec_envp_.push_back(nullptr);
-  // What this image placed: hotprobe does not say at the end that they never attached.
-  std::string payload;
-  put<std::uint32_t>(payload, static_cast<std::uint32_t>(exec_pid_));
-  const std::string_view path = exec_path_;
-  put<std::uint32_t>(payload, static_cast<std::uint32_t>(path.size()));
-  payload.append(path);
-  const std::vector<std::string> never = never_placed();
-  for (const auto& p : program_->probes()) {
-    if (p.kind != script::Probe::Kind::uprobe && p.kind != script::Probe::Kind::uretprobe) continue;
-    if (std::find(never.begin(), never.end(), p.target) != never.end()) continue;
-    payload.append(p.target);
-    payload.push_back('\0');
-  }
-  if (!send_checked(encode(Msg::followed, payload))) return fail();
-  handover_ns_ = now_ns();
-  std::uint32_t expected = 1;
-  exec_word_.compare_exchange_strong(expected, 2);
-  futex_wake_all(exec_word_);
 }
 
 void Session::mark_finished() noexcept {
@@ -1037,10 +712,7 @@ void Session::after_fork_child() {
   // The child has one thread: this one. Rings of the other threads are theirs no more.
   for (ThreadRing* r : rings_) {
     r->ring.reset_after_fork();
-    bool mine = false;
-    for (auto* t : t_rings.ring)
-      mine = mine || t == r;
-    if (!mine) {  // that thread does not exist here: its exit will never let go
+    if (!ring_of_this_thread(r)) {  // that thread does not exist here: its exit will never let go
       r->refs.store(1, std::memory_order_relaxed);
       r->producer_gone.store(true, std::memory_order_relaxed);
     }

@@ -135,6 +135,11 @@ class Session final : public hotprobe::script::Sink {
   void send_queued();
   void mark_finished() noexcept;
   ThreadRing* ring_for_this_thread();
+  // The calling thread's output goes to `out` directly, not to a ring (the reporter thread,
+  // BEGIN); null: to rings again.
+  static void set_direct_output(std::string* out) noexcept;
+  // Whether `r` is one of the calling thread's rings.
+  static bool ring_of_this_thread(const ThreadRing* r) noexcept;
   std::string render_attach_error(std::size_t probe, const hotprobe::Error& e) const;
   // The targets of uprobe/uretprobe probes whose module is not loaded in this process.
   std::vector<std::string> never_placed() const;
@@ -180,7 +185,7 @@ class Session final : public hotprobe::script::Sink {
   std::unique_ptr<OpenProgram> program_;        // its maps in reach: a followed child sends them
   std::vector<hotprobe::Handle> handles_;       // the script's probes
   std::uint32_t trap_sites_ = 0;                // of them, sites in int3 mode (said)
-  std::vector<hotprobe::Handle> exit_handles_;  // exit/_exit hooks
+  std::vector<hotprobe::Handle> exit_handles_;  // exit, exec and set*id hooks
   std::vector<std::size_t> intervals_;          // indexes into probes()
 
   std::atomic<bool> tracing_{false};
@@ -231,6 +236,8 @@ void env_set(const char* name, const char* value);
 // The agent's own part of LD_PRELOAD in this image (preload.cc), for the images the
 // program exec's; the agent's path alone when not set.
 void set_agent_preload(std::string_view preload);
+// That part, as set; null when set_agent_preload was not called.
+const std::string* agent_preload();
 
 // Sessions alive in this process (the fork handlers walk them).
 void register_session(Session* s);

@@ -56,13 +56,19 @@ class ProgramImpl final : public Program {
 
 }  // namespace
 
+// Declared where it is used (agent/map_data.h, whose OpenProgram keeps the Runtime in reach).
+std::unique_ptr<Program> program_of(std::unique_ptr<Runtime> rt);
+std::unique_ptr<Program> program_of(std::unique_ptr<Runtime> rt) {
+  return std::make_unique<ProgramImpl>(std::move(rt));
+}
+
 Result<std::unique_ptr<Program>> Program::compile(std::string_view source,
                                                   const CompileOptions& options) {
   auto ast = parse_and_check(source, options);  // with the positional parameters
   if (!ast) return ast.error();
   auto rt = lower(std::move(*ast), options.format);
   if (!rt) return rt.error();
-  return std::unique_ptr<Program>(std::make_unique<ProgramImpl>(std::move(*rt)));
+  return program_of(std::move(*rt));
 }
 
 }  // namespace hotprobe::script
