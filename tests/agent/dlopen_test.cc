@@ -89,12 +89,14 @@ TEST(Dlopen, LibrariesTheAgentIsBuiltFromLoadAsWithoutHotprobe) {
     GTEST_SKIP() << perl << " is not installed (scripts/install-deps.sh installs it)";
   if (std::string why = bpftrace_usable(); !why.empty()) GTEST_SKIP() << why;
   // perl copies the environment (%ENV); the agent removes every HOTPROBE_* variable from
-  // the program's, so bpftrace's child must not have them either.
-  std::vector<std::string> ours;
-  for (char** e = environ; *e; e++)
-    if (std::strncmp(*e, "HOTPROBE_", 9) == 0) ours.emplace_back(*e, std::strcspn(*e, "="));
-  for (const auto& name : ours)
-    ::unsetenv(name.c_str());
+  // the program's, so bpftrace's child must not have them either. unsetenv moves the
+  // entries after the one it removes down by one.
+  for (char** e = environ; *e;) {
+    if (std::strncmp(*e, "HOTPROBE_", 9) != 0)
+      e++;
+    else
+      ::unsetenv(std::string(*e, std::strcspn(*e, "=")).c_str());
+  }
   // No spaces: bpftrace's -c splits the command on them.
   hp::agent_test::expect_counts_equal_bpftrace(
       HP_HOTPROBE, {"malloc", "free"},
@@ -136,9 +138,10 @@ AgentElf read_agent_elf(const std::string& path) {
 }
 
 // What the program can see of the agent's linking: the shared libraries it brings (libc and
-// the loader, which every dynamic program has; libZydis, which Debian ships shared only; a
-// sanitizer's runtime in sanitizer builds) and the symbols it exports (its entry points:
-// nothing that a program's own definition or lookup could meet).
+// the loader, which every dynamic program has; libm, which an unoptimized build calls;
+// libZydis, which Debian ships shared only; a sanitizer's runtime in sanitizer builds) and the
+// symbols it exports (its entry points: nothing that a program's own definition or lookup could
+// meet).
 TEST(AgentLinking, NeedsOnlyLibcAndZydisAndExportsOnlyItsEntryPoints) {
   const std::string agent =
       (std::filesystem::path(HP_HOTPROBE).parent_path() / "libhotprobe_agent.so").string();
@@ -146,7 +149,8 @@ TEST(AgentLinking, NeedsOnlyLibcAndZydisAndExportsOnlyItsEntryPoints) {
   ASSERT_FALSE(elf.needed.empty()) << agent << ": no DT_NEEDED read";
   auto starts = [](const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; };
   for (const auto& n : elf.needed) {
-    bool allowed = n == "libc.so.6" || n == "ld-linux-x86-64.so.2" || starts(n, "libZydis.so.") ||
+    bool allowed = n == "libc.so.6" || n == "ld-linux-x86-64.so.2" || n == "libm.so.6" ||
+                   starts(n, "libZydis.so.") ||
                    (sanitized() && (starts(n, "libasan.so") || starts(n, "libubsan.so") ||
                                     starts(n, "libtsan.so")));
     EXPECT_TRUE(allowed) << agent << " needs " << n;
