@@ -164,4 +164,28 @@ TEST(AgentLinking, NeedsOnlyLibcAndZydisAndExportsOnlyItsEntryPoints) {
                                << foreign.front();
 }
 
+#ifdef HP_OPERATOR_NEW
+// The agent's allocations bind to its own libstdc++'s operator new, never to the
+// program's (fixture/operator_new.cc counts the calls of its own): the count is the same
+// under hotprobe as alone. The agent on the shared libstdc++ made it 4376 instead of 128.
+long operator_new_calls(const std::string& err) {
+  const std::string key = "operator new calls: ";
+  auto at = err.find(key);
+  return at == std::string::npos ? -1 : std::stol(err.substr(at + key.size()));
+}
+
+TEST(AgentLinking, ProgramsOperatorNewSeesNoneOfTheAgentsAllocations) {
+  if (sanitized())
+    GTEST_SKIP() << "the sanitizer runtime defines operator new: the agent's calls bind to the "
+                    "process's, the program's own when it has one";
+  RunResult alone = run_command({HP_OPERATOR_NEW}, {}, std::chrono::seconds(60));
+  ASSERT_EQ(alone.status, 0) << alone.err;
+  long want = operator_new_calls(alone.err);
+  ASSERT_GT(want, 0) << alone.err;
+  RunResult traced = hotprobe_run("uprobe:libc:malloc { @m = count(); }", {HP_OPERATOR_NEW});
+  ASSERT_EQ(traced.status, 0) << traced.err;
+  EXPECT_EQ(operator_new_calls(traced.err), want) << traced.err;
+}
+#endif
+
 }  // namespace
