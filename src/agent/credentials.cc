@@ -145,7 +145,7 @@ bool load_published(CredState& s) noexcept {
 void setxid_relay(int sig, siginfo_t* info, void* context) {
   const int saved = errno;
   CredState t;
-  if (info && info->si_code == SI_TKILL && hp::core::in_own_work() && load_published(t)) adopt(t);
+  if (info && info->si_code == SI_TKILL && hp::core::is_own_thread() && load_published(t)) adopt(t);
   errno = saved;
   g_glibc_handler(sig, info, context);
 }

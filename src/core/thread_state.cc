@@ -208,7 +208,7 @@ HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
   r->tid = current_tid();
   tls_state.rec = r;
   // Keys below 32 live in the thread descriptor: no allocation (the first keys of a
-  // process, which this one is: made by libhotprobe.so's initializer).
+  // process, which this one is: made by the engine's static initializer).
   pthread_setspecific(g_release_key, r);
   return *r;
 }
@@ -287,6 +287,10 @@ void mark_own_thread() noexcept {
 
 bool in_own_work() noexcept {
   return tls_state.own_thread || tls_state.own_depth > 0;
+}
+
+bool is_own_thread() noexcept {
+  return tls_state.own_thread;
 }
 
 std::vector<const Site*> sites_referenced_by_return_stacks() {

@@ -86,7 +86,7 @@ HP_ALWAYS_INLINE ThreadRecord& thread_record() {
 // Frees the records of threads that are gone without their key destructor having released
 // them (a first hit after it, in glibc's last steps of thread exit), their counts folded
 // into the totals. Not from the dispatcher (it makes system calls through libc's lock);
-// the agent calls it when a session starts. Exported from libhotprobe.so for the agent.
+// the agent calls it when a session starts.
 __attribute__((visibility("default"))) void release_records_of_exited_threads() noexcept;
 
 // Every record ever registered (for scans); iterate with ->next.
@@ -112,9 +112,9 @@ std::vector<const Site*> sites_referenced_by_return_stacks();
 // skips hits inside handlers (in_handler): OwnWork sets it for a scope, mark_own_thread()
 // for the rest of the calling thread's life. Skips are counted apart (skipped_own).
 //
-// These functions are exported from libhotprobe.so for the agent, which links the shared
-// library and not core. OwnWork is async-signal-safe (it never registers a record);
-// mark_own_thread() registers one, at the start of a thread of hotprobe's.
+// The agent, which links core into itself, uses these past the public API. OwnWork is
+// async-signal-safe (it never registers a record); mark_own_thread() registers one, at the start of
+// a thread of hotprobe's.
 struct OwnWorkToken {
   bool prev_in_handler;
   ThreadRecord* rec;  // the thread's record when the scope began (none: not counted apart)
@@ -128,6 +128,9 @@ __attribute__((visibility("default"))) void mark_own_thread() noexcept;
 void start_own_worker() noexcept;
 // Whether the calling thread is in hotprobe's own work (a scope or an own thread).
 __attribute__((visibility("default"))) bool in_own_work() noexcept;
+// Whether the calling thread is one of hotprobe's for its whole life (mark_own_thread()),
+// not a program thread inside an OwnWork scope. Async-signal-safe.
+bool is_own_thread() noexcept;
 
 class OwnWork {
  public:

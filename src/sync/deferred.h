@@ -35,8 +35,8 @@ void set_worker_start_hook(WorkerStartHook hook) noexcept;
 // Waits until every callback queued so far in every Deferred has run, then ends their
 // workers, joined before this returns. A later call(), barrier() or start_poll() starts a
 // new worker, so this is safe while others use the domains (their worker just comes
-// back). Exported from libhotprobe.so for the agent, which calls it when its last session
-// in the process has ended. Not from a callback (its own worker is skipped).
+// back). The agent calls it when its last session in the process has ended. Not from a callback
+// (its own worker is skipped).
 __attribute__((visibility("default"))) void stop_idle_workers();
 
 class Deferred {
