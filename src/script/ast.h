@@ -180,6 +180,7 @@ enum class BinaryOp : std::uint8_t {
   land,  // && (short-circuit)
   lor,   // || (short-circuit)
 };
+inline constexpr std::size_t kBinaryOps = static_cast<std::size_t>(BinaryOp::lor) + 1;
 
 struct Expr;
 using ExprPtr = std::unique_ptr<Expr>;
@@ -390,9 +391,11 @@ inline std::string_view to_string(Builtin b) {
 inline std::string_view to_string(Func f) {
   return kFuncNames[static_cast<std::size_t>(f)];
 }
-inline std::string_view to_string(BinaryOp op) {
-  static constexpr std::string_view kNames[] = {"*", "/",  "%",  "+",  "-", "<<", ">>", "<",  "<=",
-                                                ">", ">=", "==", "!=", "&", "^",  "|",  "&&", "||"};
+// An operator as the script spells it (the lexer reads a binary operator by it).
+constexpr std::string_view to_string(BinaryOp op) {
+  constexpr std::string_view kNames[] = {"*", "/",  "%",  "+",  "-", "<<", ">>", "<",  "<=",
+                                         ">", ">=", "==", "!=", "&", "^",  "|",  "&&", "||"};
+  static_assert(std::size(kNames) == kBinaryOps);
   return kNames[static_cast<int>(op)];
 }
 inline std::string_view to_string(UnaryOp op) {
