@@ -182,6 +182,33 @@ std::int64_t i_bnot(const Node* n, Frame& f) {
   return ~n->a->i(n->a, f);
 }
 
+std::int64_t apply_binop(std::int64_t op, std::int64_t x, std::int64_t y) {
+  switch (static_cast<BinaryOp>(op)) {
+    case BinaryOp::add:
+      return s64(u(x) + u(y));
+    case BinaryOp::sub:
+      return s64(u(x) - u(y));
+    case BinaryOp::mul:
+      return s64(u(x) * u(y));
+    case BinaryOp::div:
+      return y == 0 ? 0 : s64(u(x) / u(y));
+    case BinaryOp::mod:
+      return y == 0 ? 0 : s64(u(x) % u(y));
+    case BinaryOp::band:
+      return x & y;
+    case BinaryOp::bor:
+      return x | y;
+    case BinaryOp::bxor:
+      return x ^ y;
+    case BinaryOp::shl:
+      return s64(u(x) << (u(y) & 63));
+    case BinaryOp::shr:
+      return s64(u(x) >> (u(y) & 63));
+    default:
+      return y;
+  }
+}
+
 // A left-deep chain of integer operators, folded left to right: keys[0] op[0] keys[1]
 // op[1] ... (&& and || short-circuit as i_land/i_lor do). Chains of kFoldChain or more.
 std::int64_t i_fold(const Node* n, Frame& f) {

@@ -27,33 +27,9 @@ inline std::int64_t s64(std::uint64_t v) {
 }
 
 // A compound assignment's or a folded chain's arithmetic operator `op` (an ast::BinaryOp)
-// applied to x and y; y for any other operator.
-inline std::int64_t apply_binop(std::int64_t op, std::int64_t x, std::int64_t y) {
-  switch (static_cast<ast::BinaryOp>(op)) {
-    case ast::BinaryOp::add:
-      return s64(u(x) + u(y));
-    case ast::BinaryOp::sub:
-      return s64(u(x) - u(y));
-    case ast::BinaryOp::mul:
-      return s64(u(x) * u(y));
-    case ast::BinaryOp::div:
-      return y == 0 ? 0 : s64(u(x) / u(y));
-    case ast::BinaryOp::mod:
-      return y == 0 ? 0 : s64(u(x) % u(y));
-    case ast::BinaryOp::band:
-      return x & y;
-    case ast::BinaryOp::bor:
-      return x | y;
-    case ast::BinaryOp::bxor:
-      return x ^ y;
-    case ast::BinaryOp::shl:
-      return s64(u(x) << (u(y) & 63));
-    case ast::BinaryOp::shr:
-      return s64(u(x) >> (u(y) & 63));
-    default:
-      return y;
-  }
-}
+// applied to x and y; y for any other operator. Out of line (run_nodes.cc): a call, not a
+// switch copied into every caller.
+std::int64_t apply_binop(std::int64_t op, std::int64_t x, std::int64_t y);
 
 // `s` cut to kStrBytes - 1 bytes into `out`, NUL-ended; its length.
 inline std::uint32_t copy_str(char* out, std::string_view s) {
