@@ -1,3 +1,6 @@
+// MapSet (maps.h): a compiled program's maps, each thread's shards of them, and the hand-over
+// of a region to the next MapSet and to `hotprobe run`; the maps' storage is in
+// maps_table.cc, the region's mechanism in maps_region.cc.
 #include "script/maps.h"
 
 #include <fcntl.h>
@@ -17,80 +20,6 @@
 #include "script/symbolize.h"
 
 namespace hotprobe::script {
-
-std::uint32_t MapDesc::part_words(std::size_t k) const {
-  switch (part(k)) {
-    case KeyPart::string:
-      return kStrWords;
-    case KeyPart::ustack:
-    case KeyPart::ustack_perf:
-      return 1 + stack_frames;
-    default:
-      return 1;
-  }
-}
-
-std::uint32_t MapDesc::stack_tail() const {
-  const std::size_t n = key_is_string.size();
-  if (n == 0 || (part(n - 1) != KeyPart::ustack && part(n - 1) != KeyPart::ustack_perf))
-    return kNoStackTail;
-  return key_words() - part_words(n - 1);
-}
-
-bool MapDesc::has_symbols() const {
-  for (std::size_t k = 0; k < key_is_string.size(); ++k)
-    if (part(k) != KeyPart::integer && part(k) != KeyPart::string) return true;
-  return false;
-}
-
-std::uint32_t MapDesc::key_words() const {
-  std::uint32_t n = 0;
-  for (std::size_t k = 0; k < key_is_string.size(); ++k)
-    n += part_words(k);
-  return n;
-}
-
-std::uint32_t MapDesc::lhist_buckets() const {
-  if (lhist_step <= 0) return 2;
-  return static_cast<std::uint32_t>((lhist_max - lhist_min) / lhist_step) + 2;
-}
-
-std::uint32_t MapDesc::value_words() const {
-  switch (kind) {
-    case ValueKind::count:
-    case ValueKind::sum:
-    case ValueKind::integer:
-      return 1;
-    case ValueKind::min:
-    case ValueKind::max:
-    case ValueKind::avg:
-    case ValueKind::stats:
-      return 2;
-    case ValueKind::hist:
-      return kHistBuckets;
-    case ValueKind::lhist:
-      return lhist_buckets();
-    case ValueKind::string:
-      return kStrWords;
-    case ValueKind::tuple: {
-      std::uint32_t w = 0;
-      for (bool s : value_is_string)
-        w += s ? kStrWords : 1;
-      return w;
-    }
-  }
-  return 1;
-}
-
-void put_string(std::uint64_t* words, std::string_view s) {
-  std::memset(words, 0, kStrBytes);
-  std::memcpy(words, s.data(), std::min<std::size_t>(s.size(), kStrBytes - 1));
-}
-
-std::string_view get_string(const std::uint64_t* words) {
-  const char* p = reinterpret_cast<const char*>(words);
-  return std::string_view(p, strnlen(p, kStrBytes - 1));
-}
 
 // ---------------------------------------------------------------------------------------
 // MapSet
