@@ -11,7 +11,7 @@
 // enums, so the back end lowers with a switch. parse() fills the syntax; check() fills
 // everything marked "[check]" below. After a successful check():
 //   - every Expr has `type` (integer, string, or none for calls with no value; a map read
-//     has the map's value type, see MapKind) and, for strings, `str_size`;
+//     has the map's value type, see MapInfo::kind) and, for strings, `str_size`;
 //   - every map access (Expr::Kind::map) has `map_id`, an index into Program::maps;
 //   - every $variable (Expr::Kind::variable) has `slot`, an index into its Action's
 //     scratch slots [0, Action::num_slots);
@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,6 +32,7 @@
 #include "script/ctypes.h"
 #include "script/format_spec.h"
 #include "script/program.h"
+#include "script/value_kind.h"
 
 namespace hotprobe::script::ast {
 
@@ -156,22 +158,6 @@ inline constexpr bool is_aggregation(Func f) {
          f == Func::stats || f == Func::hist || f == Func::lhist;
 }
 
-// A map's value kind, fixed by its first assignment.
-enum class MapKind : std::uint8_t {
-  none,  // never assigned (only read, deleted, printed...): the checker reports it
-  count,
-  sum,
-  avg,
-  min,
-  max,
-  stats,
-  hist,
-  lhist,
-  integer,  // @m = expr (int); also @m++, @m += expr
-  string,   // @m = expr (string)
-  tuple,    // @m = (a, b, ...): MapInfo::elems
-};
-
 enum class UnaryOp : std::uint8_t { neg, lnot, bnot };  // - ! ~
 
 enum class BinaryOp : std::uint8_t {
@@ -194,6 +180,7 @@ enum class BinaryOp : std::uint8_t {
   land,  // && (short-circuit)
   lor,   // || (short-circuit)
 };
+inline constexpr std::size_t kBinaryOps = static_cast<std::size_t>(BinaryOp::lor) + 1;
 
 struct Expr;
 using ExprPtr = std::unique_ptr<Expr>;
@@ -346,15 +333,17 @@ struct Action {
 struct MapInfo {
   std::string name;  // "@x"
   int id = 0;        // index in Program::maps
-  MapKind kind = MapKind::none;
+  // Fixed by the first assignment; none: never assigned (only read, deleted, printed...),
+  // which the checker reports.
+  std::optional<ValueKind> kind;
   std::vector<Type> key_types;           // arity = key_types.size(); 0: a scalar map
   bool keyed = false;                    // key_types are known (the map was accessed)
   std::vector<std::uint32_t> key_sizes;  // string keys: max size; 0 for integers
-  std::uint32_t str_size = 0;            // MapKind::string values: max size
-  int ctype = -1;                        // MapKind::integer values that are pointers keep
+  std::uint32_t str_size = 0;            // ValueKind::string values: max size
+  int ctype = -1;                        // ValueKind::integer values that are pointers keep
                                          // their type (@p[tid] = (struct s *)arg0)
-  std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // MapKind::lhist
-  std::vector<TupleElem> elems;                               // MapKind::tuple
+  std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // ValueKind::lhist
+  std::vector<TupleElem> elems;                               // ValueKind::tuple
   Loc first;                                                  // first use
 };
 
@@ -402,15 +391,11 @@ inline std::string_view to_string(Builtin b) {
 inline std::string_view to_string(Func f) {
   return kFuncNames[static_cast<std::size_t>(f)];
 }
-inline std::string_view to_string(MapKind k) {
-  static constexpr std::string_view kNames[] = {"none",  "count", "sum",    "avg",
-                                                "min",   "max",   "stats",  "hist",
-                                                "lhist", "int64", "string", "tuple"};
-  return kNames[static_cast<int>(k)];
-}
-inline std::string_view to_string(BinaryOp op) {
-  static constexpr std::string_view kNames[] = {"*", "/",  "%",  "+",  "-", "<<", ">>", "<",  "<=",
-                                                ">", ">=", "==", "!=", "&", "^",  "|",  "&&", "||"};
+// An operator as the script spells it (the lexer reads a binary operator by it).
+constexpr std::string_view to_string(BinaryOp op) {
+  constexpr std::string_view kNames[] = {"*", "/",  "%",  "+",  "-", "<<", ">>", "<",  "<=",
+                                         ">", ">=", "==", "!=", "&", "^",  "|",  "&&", "||"};
+  static_assert(std::size(kNames) == kBinaryOps);
   return kNames[static_cast<int>(op)];
 }
 inline std::string_view to_string(UnaryOp op) {

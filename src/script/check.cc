@@ -12,36 +12,36 @@
 namespace hotprobe::script {
 namespace checking {
 
-bool is_agg_kind(MapKind k) {
-  return k != MapKind::none && k != MapKind::integer && k != MapKind::string && k != MapKind::tuple;
+bool is_agg_kind(std::optional<ValueKind> k) {
+  return k && is_aggregation(*k);
 }
 
-MapKind agg_kind_of(Func f) {
+std::optional<ValueKind> agg_kind_of(Func f) {
   switch (f) {
     case Func::count:
-      return MapKind::count;
+      return ValueKind::count;
     case Func::sum:
-      return MapKind::sum;
+      return ValueKind::sum;
     case Func::avg:
-      return MapKind::avg;
+      return ValueKind::avg;
     case Func::min:
-      return MapKind::min;
+      return ValueKind::min;
     case Func::max:
-      return MapKind::max;
+      return ValueKind::max;
     case Func::stats:
-      return MapKind::stats;
+      return ValueKind::stats;
     case Func::hist:
-      return MapKind::hist;
+      return ValueKind::hist;
     case Func::lhist:
-      return MapKind::lhist;
+      return ValueKind::lhist;
     default:
-      return MapKind::none;
+      return std::nullopt;
   }
 }
 
 // The type as bpftrace names it in "Type mismatch" messages.
 std::string type_name(const Value& v) {
-  if (v.agg != MapKind::none) return std::string(ast::to_string(v.agg));
+  if (v.agg) return std::string(script::to_string(*v.agg));
   if (v.type == Type::integer) return "int64";
   if (v.type == Type::string) return "string";
   if (v.type == Type::object) return "object";
@@ -58,14 +58,13 @@ std::string tuple_name(const std::vector<ast::TupleElem>& elems) {
 }
 // As printf's messages name it.
 std::string printf_type_name(const Value& v) {
-  if (v.agg != MapKind::none) return std::string(ast::to_string(v.agg));
+  if (v.agg) return std::string(script::to_string(*v.agg));
   if (v.type == Type::integer) return "integer";
   if (v.type == Type::string) return "string";
   return "none";
 }
 std::string map_type_name(const ast::MapInfo& m) {
-  if (m.kind == MapKind::integer) return "int64";
-  return std::string(ast::to_string(m.kind));
+  return m.kind ? std::string(script::to_string(*m.kind)) : "none";
 }
 std::string key_list(const std::vector<Type>& keys) {
   std::string s = "[";
@@ -190,7 +189,7 @@ void Checker::undefined_variable(Expr& e) {
 }
 
 void Checker::annotate(Expr& e, const Value& v) {
-  e.type = v.agg != MapKind::none ? Type::none : v.type;
+  e.type = v.agg ? Type::none : v.type;
   e.str_size = v.type == Type::string ? v.size : 0;
   e.ctype = v.ctype;
   if (v.type == Type::tuple) e.elems = elems_of(v);
@@ -225,7 +224,7 @@ void Checker::assign_variable(Stmt& s) {
     if (var) target.slot = var->slot;
     return;
   }
-  if (v.agg != MapKind::none) {
+  if (v.agg) {
     error(s.value->loc, "Type mismatch for " + target.name + ": trying to assign value of type '" +
                             type_name(v) +
                             "' (an aggregation map is only printed, cleared or deleted from)");
@@ -251,7 +250,7 @@ void Checker::assign_variable(Stmt& s) {
   } else if (var->type != v.type) {
     error(s.value->loc, "Type mismatch for " + target.name + ": trying to assign value of type '" +
                             type_name(v) + "' when variable already contains a value of type '" +
-                            type_name(Value{var->type, MapKind::none, 0, false}) + "'");
+                            type_name(Value{var->type, std::nullopt, 0, false}) + "'");
   } else if (var->ctype != v.ctype && is_pointer(var->ctype) && is_pointer(v.ctype)) {
     error(s.value->loc, "Type mismatch for " + target.name + ": trying to assign value of type '" +
                             cname(v.ctype) + "' when variable already contains a value of type '" +
@@ -286,7 +285,7 @@ ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
     Value v = key_value(*k);
     if (v.error) {
       key_error = true;
-    } else if (v.agg != MapKind::none) {
+    } else if (v.agg) {
       error(k->loc, "Type mismatch for " + e.name + " key: an aggregation map ('" + type_name(v) +
                         "') cannot be used as a key");
       key_error = true;
@@ -325,13 +324,13 @@ void Checker::assign_map(Stmt& s) {
       ast::is_aggregation(rhs.func)) {
     (void)m0;
     if (!aggregation(rhs)) return;
-    MapKind k = agg_kind_of(rhs.func);
-    if (map().kind == MapKind::none) {
+    const ValueKind k = *agg_kind_of(rhs.func);  // an aggregation: rhs.func is one
+    if (!map().kind) {
       map().kind = k;
-      if (k == MapKind::lhist) set_lhist(map(), rhs);
+      if (k == ValueKind::lhist) set_lhist(map(), rhs);
     } else if (map().kind != k) {
-      map_kind_mismatch(target, map(), std::string(ast::to_string(k)));
-    } else if (k == MapKind::lhist) {
+      map_kind_mismatch(target, map(), std::string(script::to_string(k)));
+    } else if (k == ValueKind::lhist) {
       std::int64_t lo = 0, hi = 0, step = 0;
       constant(*rhs.args[1], lo);
       constant(*rhs.args[2], hi);
@@ -350,13 +349,13 @@ void Checker::assign_map(Stmt& s) {
     annotate_map(target);
     return;
   }
-  if (v.agg != MapKind::none) {
+  if (v.agg) {
     map_kind_mismatch(target, map(), type_name(v));
     return;
   }
   if (s.assign.compound) {
-    if (map().kind == MapKind::none) map().kind = MapKind::integer;
-    if (map().kind != MapKind::integer) {
+    if (!map().kind) map().kind = ValueKind::integer;
+    if (map().kind != ValueKind::integer) {
       error(target.loc, "Type mismatch for " + map().name + ": the " +
                             std::string(ast::to_string(s.assign.op)) +
                             "= operator needs an int64 map (it holds '" + map_type_name(map()) +
@@ -372,8 +371,8 @@ void Checker::assign_map(Stmt& s) {
     annotate_map(target);
     return;
   }
-  MapKind k = v.type == Type::string ? MapKind::string : MapKind::integer;
-  if (map().kind == MapKind::none) {
+  ValueKind k = v.type == Type::string ? ValueKind::string : ValueKind::integer;
+  if (!map().kind) {
     map().kind = k;
     if (is_pointer(v.ctype)) map().ctype = v.ctype;
   }
@@ -383,7 +382,7 @@ void Checker::assign_map(Stmt& s) {
     error(s.value->loc, "Type mismatch for " + map().name + ": trying to assign value of type '" +
                             cname(v.ctype) + "' when map already contains a value of type '" +
                             cname(map().ctype) + "'");
-  } else if (k == MapKind::string) {
+  } else if (k == ValueKind::string) {
     map().str_size = std::max(map().str_size, v.size);
   }
   annotate_map(target);
@@ -391,10 +390,10 @@ void Checker::assign_map(Stmt& s) {
 
 void Checker::annotate_map(Expr& e) {
   const ast::MapInfo& m = program_.maps[static_cast<std::size_t>(e.map_id)];
-  e.type = m.kind == MapKind::integer  ? Type::integer
-           : m.kind == MapKind::string ? Type::string
-                                       : Type::none;
-  e.str_size = m.kind == MapKind::string ? m.str_size : 0;
+  e.type = m.kind == ValueKind::integer  ? Type::integer
+           : m.kind == ValueKind::string ? Type::string
+                                         : Type::none;
+  e.str_size = m.kind == ValueKind::string ? m.str_size : 0;
 }
 
 void Checker::set_lhist(ast::MapInfo& m, const Expr& call) {

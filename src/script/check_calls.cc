@@ -81,7 +81,7 @@ Value Checker::ustack_key(Expr& e) {
   if (e.kind == Expr::Kind::call) e.func = Func::ustack;
   e.type = mode;
   e.str_size = static_cast<std::uint32_t>(std::min<std::int64_t>(limit, ast::kUstackFrames));
-  return Value{mode, MapKind::none, e.str_size, false};
+  return Value{mode, std::nullopt, e.str_size, false};
 }
 
 // An argument that must be an integer (a pointer): false, reported as "EXPECTS (TYPE
@@ -104,7 +104,7 @@ Value Checker::usym_key(Expr& e) {
     return Value::bad();
   e.func = Func::usym;
   e.type = Type::usym;
-  return Value{Type::usym, MapKind::none, 0, false};
+  return Value{Type::usym, std::nullopt, 0, false};
 }
 
 Value Checker::key_value(Expr& k) {
@@ -255,7 +255,7 @@ Value Checker::call(Expr& e, Context ctx) {
     return Value::bad();
   }
   auto no_value = [&]() {
-    if (ctx == Context::value) return Value{Type::none, MapKind::none, 0, false};
+    if (ctx == Context::value) return Value{Type::none, std::nullopt, 0, false};
     return Value{};
   };
   switch (e.func) {
@@ -292,7 +292,7 @@ Value Checker::call(Expr& e, Context ctx) {
       }
       allow_tuple();
       Value v = value(*e.args[0]);
-      if (!v.error && v.agg != MapKind::none) {
+      if (!v.error && v.agg) {
         error(e.args[0]->loc,
               "print() of one element of an aggregation map is not "
               "supported: print the whole map, print(" +
@@ -471,7 +471,7 @@ Value Checker::printf_call(Expr& e, Context ctx) {
                        " supplied)");
     }
   }
-  if (ctx == Context::value) return Value{Type::none, MapKind::none, 0, false};
+  if (ctx == Context::value) return Value{Type::none, std::nullopt, 0, false};
   return Value{};
 }
 

@@ -20,7 +20,7 @@ Value Checker::value(Expr& e) {
           "with print(), or read by element ($t.0)");
     return Value::bad();
   }
-  if (!v.error && v.type == Type::none && v.agg == MapKind::none) return no_value(e);
+  if (!v.error && v.type == Type::none && !v.agg) return no_value(e);
   if (!v.error && v.type == Type::object) return object_value(e, v);
   return v;
 }
@@ -261,7 +261,7 @@ Value Checker::variable(Expr& e) {
   }
   e.slot = var->slot;
   if (var->type == Type::tuple) return tuple_of(var->elems);
-  return Value{var->type, MapKind::none, var->str_size, false, var->ctype};
+  return Value{var->type, std::nullopt, var->str_size, false, var->ctype};
 }
 
 Value Checker::unary(Expr& e) {
@@ -283,13 +283,13 @@ Value Checker::ternary(Expr& e) {
     error(e.args[0]->loc, "Invalid condition in ternary: " + type_name(c));
   }
   if (a.error || b.error) return Value::bad();
-  if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
+  if (a.agg || b.agg || a.type != b.type) {
     error(e.loc, "Ternary operator branches must have the same type: '" + type_name(a) + "' and '" +
                      type_name(b) + "'");
     return Value::bad();
   }
   if (c.error) return Value::bad();
-  return Value{a.type, MapKind::none, std::max(a.size, b.size), false,
+  return Value{a.type, std::nullopt, std::max(a.size, b.size), false,
                a.ctype == b.ctype ? a.ctype : -1};
 }
 
@@ -312,9 +312,9 @@ Value Checker::incdec(Expr& e) {
     return Value::integer();
   }
   ast::MapInfo& m = map_of(t, false);
-  if (m.kind == MapKind::none) m.kind = MapKind::integer;
+  if (!m.kind) m.kind = ValueKind::integer;
   annotate_map(t);
-  if (m.kind != MapKind::integer) {
+  if (m.kind != ValueKind::integer) {
     error(e.loc, "The " + op + " operator can not be used on " + m.name + " (it holds '" +
                      map_type_name(m) + "', not int64)");
     return Value::bad();
@@ -391,11 +391,11 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
 
 Value Checker::map_read(Expr& e, bool whole) {
   ast::MapInfo& m = map_of(e, whole);
-  if (m.kind == MapKind::none) {
+  if (!m.kind) {
     if (!silent_undefined_) {
       std::vector<std::string_view> names;
       for (const ast::MapInfo& other : program_.maps) {
-        if (other.kind != MapKind::none) names.push_back(other.name);
+        if (other.kind) names.push_back(other.name);
       }
       error(e.loc,
             "Undefined map: " + e.name + " (it is never assigned)" + did_you_mean(e.name, names));
@@ -410,8 +410,8 @@ Value Checker::map_read(Expr& e, bool whole) {
     return Value::bad();
   }
   if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
-  if (m.kind == MapKind::string) return Value::string(std::max(m.str_size, 1u));
-  if (m.kind == MapKind::tuple) return tuple_of(m.elems);
+  if (m.kind == ValueKind::string) return Value::string(std::max(m.str_size, 1u));
+  if (m.kind == ValueKind::tuple) return tuple_of(m.elems);
   return Value::typed(m.ctype);
 }
 
@@ -465,7 +465,7 @@ Value Checker::binary_operands(Expr& e, const Value& a, const Value& b) {
     }
   }
   std::string op(ast::to_string(e.binary));
-  if (a.agg != MapKind::none || b.agg != MapKind::none || a.type != b.type) {
+  if (a.agg || b.agg || a.type != b.type) {
     error(e.loc, "Type mismatch for '" + op + "': comparing '" + type_name(a) + "' with '" +
                      type_name(b) + "'");
     return Value::bad();

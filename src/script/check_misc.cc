@@ -266,7 +266,7 @@ Value Checker::misc_call(Expr& e, Context ctx) {
   for (const Value& v : args)
     if (v.error) return Value::bad();
   auto no_value = [&]() {
-    if (ctx == Context::value) return Value{Type::none, MapKind::none, 0, false};
+    if (ctx == Context::value) return Value{Type::none, std::nullopt, 0, false};
     return Value{};
   };
   switch (e.func) {

@@ -22,7 +22,6 @@ using ast::Builtin;
 using ast::Expr;
 using ast::Func;
 using ast::Loc;
-using ast::MapKind;
 using ast::Stmt;
 using ast::Type;
 
@@ -34,24 +33,25 @@ using ast::kFuncNames;
 // already reported (no more messages about it).
 struct Value {
   Type type = Type::none;
-  MapKind agg = MapKind::none;  // an aggregation map read
+  std::optional<ValueKind> agg;  // an aggregation map read
   // Strings: the maximum size. Type::tuple: the index of its element types in the
   // checker's table (Checker::elems_of); a Value stays 16 bytes, returned in registers.
   std::uint32_t size = 0;
   bool error = false;
   int ctype = -1;  // the C type (TypeTable) of an integer or object value; -1: int64
 
-  static Value integer() { return Value{Type::integer, MapKind::none, 0, false}; }
-  static Value string(std::uint32_t n) { return Value{Type::string, MapKind::none, n, false}; }
-  static Value bad() { return Value{Type::none, MapKind::none, 0, true}; }
-  bool is_int() const { return type == Type::integer && agg == MapKind::none; }
-  static Value typed(int ctype) { return Value{Type::integer, MapKind::none, 0, false, ctype}; }
-  static Value object(int ctype) { return Value{Type::object, MapKind::none, 0, false, ctype}; }
-  bool is_str() const { return type == Type::string && agg == MapKind::none; }
+  static Value integer() { return Value{Type::integer, std::nullopt, 0, false}; }
+  static Value string(std::uint32_t n) { return Value{Type::string, std::nullopt, n, false}; }
+  static Value bad() { return Value{Type::none, std::nullopt, 0, true}; }
+  bool is_int() const { return type == Type::integer && !agg; }
+  static Value typed(int ctype) { return Value{Type::integer, std::nullopt, 0, false, ctype}; }
+  static Value object(int ctype) { return Value{Type::object, std::nullopt, 0, false, ctype}; }
+  bool is_str() const { return type == Type::string && !agg; }
 };
 
-bool is_agg_kind(MapKind k);
-MapKind agg_kind_of(Func f);
+bool is_agg_kind(std::optional<ValueKind> k);
+// The kind of the map an aggregation function `f` fills; none for any other function.
+std::optional<ValueKind> agg_kind_of(Func f);
 // The type as bpftrace names it in "Type mismatch" messages.
 std::string type_name(const Value& v);
 // A tuple type as bpftrace names it: (int64,string).
@@ -147,7 +147,7 @@ class Checker {
   [[gnu::noinline]] Value tuple_index(Expr& e);
   Value tuple_of(std::vector<ast::TupleElem> elems) {
     tuple_types_.push_back(std::move(elems));
-    return Value{Type::tuple, MapKind::none, static_cast<std::uint32_t>(tuple_types_.size() - 1),
+    return Value{Type::tuple, std::nullopt, static_cast<std::uint32_t>(tuple_types_.size() - 1),
                  false};
   }
   // Valid until the next tuple_of().

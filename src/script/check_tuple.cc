@@ -13,7 +13,7 @@ namespace hotprobe::script::checking {
 namespace {
 
 Value element_value(const ast::TupleElem& t) {
-  return Value{t.type, MapKind::none, t.str_size, false, t.ctype};
+  return Value{t.type, std::nullopt, t.str_size, false, t.ctype};
 }
 
 }  // namespace
@@ -79,7 +79,7 @@ Value Checker::tuple_index(Expr& e) {
     e.name = elem.name;
     e.slot = elem.slot;
     e.args.clear();
-    return Value{elem.type, MapKind::none, elem.str_size, false, elem.ctype};
+    return Value{elem.type, std::nullopt, elem.str_size, false, elem.ctype};
   }
   // A literal: the element itself (the checked tuple's other elements are dropped).
   ast::ExprPtr elem = std::move(b.args[k]);
@@ -134,12 +134,12 @@ Value Checker::map_value(Expr& e) {
 }
 
 void Checker::assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target) {
-  if (m.kind == MapKind::none) {
-    m.kind = MapKind::tuple;
+  if (!m.kind) {
+    m.kind = ValueKind::tuple;
     m.elems = elems_of(v);
     return;
   }
-  if (m.kind != MapKind::tuple) {
+  if (m.kind != ValueKind::tuple) {
     map_kind_mismatch(target, m, type_name(v));
     return;
   }

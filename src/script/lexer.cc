@@ -8,6 +8,7 @@
 namespace hotprobe::script {
 
 std::string_view describe(Tok t) {
+  if (const auto op = binary_op_of(t)) return ast::to_string(*op);
   switch (t) {
     case Tok::eof:
       return "end of file";
@@ -83,42 +84,9 @@ std::string_view describe(Tok t) {
       return "<<=";
     case Tok::shr_assign:
       return ">>=";
-    case Tok::plus:
-      return "+";
-    case Tok::minus:
-      return "-";
-    case Tok::star:
-      return "*";
-    case Tok::slash:
-      return "/";
-    case Tok::percent:
-      return "%";
-    case Tok::shl:
-      return "<<";
-    case Tok::shr:
-      return ">>";
-    case Tok::lt:
-      return "<";
-    case Tok::le:
-      return "<=";
-    case Tok::gt:
-      return ">";
-    case Tok::ge:
-      return ">=";
-    case Tok::eq:
-      return "==";
-    case Tok::ne:
-      return "!=";
-    case Tok::amp:
-      return "&";
-    case Tok::caret:
-      return "^";
-    case Tok::pipe:
-      return "|";
-    case Tok::land:
-      return "&&";
-    case Tok::lor:
-      return "||";
+    case Tok::binary:
+    case Tok::binary_last:
+      break;  // named above
     case Tok::bang:
       return "!";
     case Tok::tilde:
@@ -452,7 +420,8 @@ Token Lexer::lex() {
     std::string_view text;
     Tok kind;
   };
-  // Longest first.
+  // With the binary operators (spelled as ast::to_string spells them), every operator
+  // token; the longest one the text starts with is the token.
   static constexpr Op kOps[] = {
       {"<<=", Tok::shl_assign},
       {">>=", Tok::shr_assign},
@@ -464,14 +433,6 @@ Token Lexer::lex() {
       {"&=", Tok::amp_assign},
       {"|=", Tok::pipe_assign},
       {"^=", Tok::caret_assign},
-      {"<<", Tok::shl},
-      {">>", Tok::shr},
-      {"<=", Tok::le},
-      {">=", Tok::ge},
-      {"==", Tok::eq},
-      {"!=", Tok::ne},
-      {"&&", Tok::land},
-      {"||", Tok::lor},
       {"++", Tok::inc},
       {"--", Tok::dec},
       {"->", Tok::arrow},
@@ -487,29 +448,27 @@ Token Lexer::lex() {
       {"?", Tok::question},
       {":", Tok::colon},
       {"=", Tok::assign},
-      {"+", Tok::plus},
-      {"-", Tok::minus},
-      {"*", Tok::star},
-      {"/", Tok::slash},
-      {"%", Tok::percent},
-      {"<", Tok::lt},
-      {">", Tok::gt},
-      {"&", Tok::amp},
-      {"^", Tok::caret},
-      {"|", Tok::pipe},
       {"!", Tok::bang},
       {"~", Tok::tilde},
       {".", Tok::dot},
   };
-  std::string_view rest = src_.substr(pos_);
-  for (const Op& op : kOps) {
-    if (rest.starts_with(op.text)) {
-      advance(op.text.size());
-      t.kind = op.kind;
-      t.loc = loc_from(start, line, column);
-      t.text = std::string(op.text);
-      return t;
-    }
+  const std::string_view rest = src_.substr(pos_);
+  Op longest{"", Tok::error};
+  auto consider = [&](std::string_view text, Tok kind) {
+    if (text.size() > longest.text.size() && rest.starts_with(text)) longest = {text, kind};
+  };
+  for (const Op& op : kOps)
+    consider(op.text, op.kind);
+  for (std::size_t k = 0; k < ast::kBinaryOps; ++k) {
+    const auto op = static_cast<ast::BinaryOp>(k);
+    consider(ast::to_string(op), token_of(op));
+  }
+  if (!longest.text.empty()) {
+    advance(longest.text.size());
+    t.kind = longest.kind;
+    t.loc = loc_from(start, line, column);
+    t.text = std::string(longest.text);
+    return t;
   }
   // A byte no token starts with.
   std::size_t n = 1;

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -51,24 +52,11 @@ enum class Tok : std::uint8_t {
   caret_assign,
   shl_assign,
   shr_assign,
-  plus,
-  minus,
-  star,
-  slash,
-  percent,
-  shl,
-  shr,
-  lt,
-  le,
-  gt,
-  ge,
-  eq,
-  ne,
-  amp,
-  caret,
-  pipe,
-  land,
-  lor,
+  // A binary operator's token: binary + its ast::BinaryOp (token_of, binary_op_of), spelled
+  // as ast::to_string spells the operator. '-' and '*' are also prefix operators, '*' a
+  // pointer's mark, '/' a predicate's delimiter.
+  binary,
+  binary_last = binary + ast::kBinaryOps - 1,
   bang,
   tilde,
   inc,     // ++
@@ -77,6 +65,16 @@ enum class Tok : std::uint8_t {
   arrow,   // ->
   dotdot,  // .. (for's range)
 };
+
+constexpr Tok token_of(ast::BinaryOp op) {
+  return static_cast<Tok>(static_cast<std::size_t>(Tok::binary) + static_cast<std::size_t>(op));
+}
+// The binary operator whose token `t` is, if it is one.
+constexpr std::optional<ast::BinaryOp> binary_op_of(Tok t) {
+  if (t < Tok::binary || t > Tok::binary_last) return std::nullopt;
+  return static_cast<ast::BinaryOp>(static_cast<std::size_t>(t) -
+                                    static_cast<std::size_t>(Tok::binary));
+}
 
 // How a token kind is named in "syntax error, unexpected X, expecting Y" (bpftrace's names).
 std::string_view describe(Tok t);

@@ -56,33 +56,6 @@ class TidKeyScan {
   std::vector<bool> only_tid_;
 };
 
-ValueKind value_kind(ast::MapKind k) {
-  switch (k) {
-    case ast::MapKind::count:
-      return ValueKind::count;
-    case ast::MapKind::sum:
-      return ValueKind::sum;
-    case ast::MapKind::avg:
-      return ValueKind::avg;
-    case ast::MapKind::min:
-      return ValueKind::min;
-    case ast::MapKind::max:
-      return ValueKind::max;
-    case ast::MapKind::stats:
-      return ValueKind::stats;
-    case ast::MapKind::hist:
-      return ValueKind::hist;
-    case ast::MapKind::lhist:
-      return ValueKind::lhist;
-    case ast::MapKind::string:
-      return ValueKind::string;
-    case ast::MapKind::tuple:
-      return ValueKind::tuple;
-    default:
-      return ValueKind::integer;
-  }
-}
-
 KeyPart key_part_of(ast::Type t) {
   switch (t) {
     case Type::string:
@@ -291,7 +264,7 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
   for (const ast::MapInfo& m : program.maps) {
     MapDesc d;
     d.name = m.name;
-    d.kind = value_kind(m.kind);
+    d.kind = m.kind.value_or(ValueKind::integer);
     for (const ast::TupleElem& t : m.elems)
       d.value_is_string.push_back(t.type == Type::string);
     for (std::size_t k = 0; k < m.key_types.size(); ++k) {

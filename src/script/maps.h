@@ -45,6 +45,8 @@
 #include <string_view>
 #include <vector>
 
+#include "script/value_kind.h"
+
 namespace hotprobe::script {
 
 class SharedRegion;
@@ -68,24 +70,6 @@ inline bool load_value(const std::atomic<std::uint64_t>* v, std::uint32_t words,
   for (std::uint32_t w = 0; w < words; ++w)
     out[w] = v ? v[w].load(std::memory_order_relaxed) : 0;
   return v != nullptr;
-}
-
-enum class ValueKind : std::uint8_t {
-  count,
-  sum,
-  avg,
-  min,
-  max,
-  stats,
-  hist,
-  lhist,
-  integer,  // plain value
-  string,   // plain value
-  tuple,    // plain value: elements of MapDesc::value_is_string
-};
-
-constexpr bool is_aggregation(ValueKind k) {
-  return k != ValueKind::integer && k != ValueKind::string && k != ValueKind::tuple;
 }
 
 // What a key part holds. The values are those of region::MapRecord::key_is_string.

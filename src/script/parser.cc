@@ -303,12 +303,12 @@ inline ast::Action Parser::action() {
     if (!accept(Tok::comma)) break;
   }
   a.loc = a.probes.front().loc;
-  if (lex_.peek().kind == Tok::slash) {
+  if (lex_.peek().kind == token_of(ast::BinaryOp::div)) {
     lex_.next();
     in_predicate_ = true;
     a.predicate = expr();
     in_predicate_ = false;
-    expect(Tok::slash);
+    expect(token_of(ast::BinaryOp::div));
   }
   saw_loop_ = false;
   a.body = block();

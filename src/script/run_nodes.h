@@ -1,9 +1,15 @@
 // The run pass: the node functions a lowered script is made of (docs/design/script-
 // runtime.md, "Lowering"). The lowerer (lower.cc) picks one per node; a hit runs them
 // through Node::i / Node::s / SNode::fn (eval.h). Internal to the script layer.
+// run_nodes.cc: values, builtins, operators, C types, control flow; run_maps.cc: map keys,
+// reads, aggregations, assignments, delete/clear/zero; run_print.cc: print, printf,
+// tuples, time, strftime, join, buf, exit.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <string_view>
 #include <vector>
 
 #include "hotprobe/probe.h"
@@ -18,6 +24,19 @@ inline std::uint64_t u(std::int64_t v) {
 }
 inline std::int64_t s64(std::uint64_t v) {
   return static_cast<std::int64_t>(v);
+}
+
+// A compound assignment's or a folded chain's arithmetic operator `op` (an ast::BinaryOp)
+// applied to x and y; y for any other operator. Out of line (run_nodes.cc): a call, not a
+// switch copied into every caller.
+std::int64_t apply_binop(std::int64_t op, std::int64_t x, std::int64_t y);
+
+// `s` cut to kStrBytes - 1 bytes into `out`, NUL-ended; its length.
+inline std::uint32_t copy_str(char* out, std::string_view s) {
+  const std::size_t n = std::min<std::size_t>(s.size(), kStrBytes - 1);
+  std::memcpy(out, s.data(), n);
+  out[n] = 0;
+  return static_cast<std::uint32_t>(n);
 }
 
 // name: both operands evaluated; name_k: the right operand is a literal, in imm.

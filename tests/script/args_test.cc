@@ -17,6 +17,8 @@
 #include "script/eval.h"
 #include "script/program.h"
 
+#include "fake_sink.h"
+
 namespace hotprobe::script {
 namespace {
 
@@ -58,12 +60,6 @@ std::string first_error(std::string_view src) {
   const std::string e = r.error().message();
   return e.substr(0, e.find('\n'));
 }
-
-struct FakeSink : Sink {
-  std::string out;
-  void write(std::string_view text) override { out += text; }
-  void request_exit() override {}
-};
 
 struct Req {
   std::int32_t id;

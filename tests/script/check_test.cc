@@ -12,7 +12,6 @@ namespace hotprobe::script {
 namespace {
 
 using ast::Expr;
-using ast::MapKind;
 using ast::Type;
 
 // The rendered errors of parse + check, or "" when the script is valid.
@@ -77,17 +76,17 @@ TEST(ScriptCheck, Annotations) {
   ASSERT_EQ(p.maps.size(), 3u);
   EXPECT_EQ(p.maps[0].name, "@c");
   EXPECT_EQ(p.maps[0].id, 0);
-  EXPECT_EQ(p.maps[0].kind, MapKind::count);
+  EXPECT_EQ(p.maps[0].kind, ValueKind::count);
   ASSERT_EQ(p.maps[0].key_types.size(), 2u);
   EXPECT_EQ(p.maps[0].key_types[0], Type::string);
   EXPECT_EQ(p.maps[0].key_sizes[0], ast::kCommSize);
   EXPECT_EQ(p.maps[0].key_types[1], Type::integer);
-  EXPECT_EQ(p.maps[1].kind, MapKind::lhist);
+  EXPECT_EQ(p.maps[1].kind, ValueKind::lhist);
   EXPECT_EQ(p.maps[1].lhist_min, 0);
   EXPECT_EQ(p.maps[1].lhist_max, 100);
   EXPECT_EQ(p.maps[1].lhist_step, 10);
   EXPECT_TRUE(p.maps[1].key_types.empty());
-  EXPECT_EQ(p.maps[2].kind, MapKind::string);
+  EXPECT_EQ(p.maps[2].kind, ValueKind::string);
   EXPECT_EQ(p.maps[2].str_size, 3u);
 
   const ast::Action& a = p.actions[0];

@@ -16,14 +16,10 @@
 #include "script/eval.h"
 #include "script/program.h"
 
+#include "fake_sink.h"
+
 namespace hotprobe::script {
 namespace {
-
-struct FakeSink : Sink {
-  std::string out;
-  void write(std::string_view text) override { out += text; }
-  void request_exit() override {}
-};
 
 struct Script {
   std::unique_ptr<Program> prog;

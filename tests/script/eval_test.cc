@@ -13,15 +13,10 @@
 #include "script/eval.h"
 #include "script/program.h"
 
+#include "fake_sink.h"
+
 namespace hotprobe::script {
 namespace {
-
-struct FakeSink : Sink {
-  std::string out;
-  int exits = 0;
-  void write(std::string_view text) override { out += text; }
-  void request_exit() override { ++exits; }
-};
 
 struct Script {
   std::unique_ptr<Program> prog;

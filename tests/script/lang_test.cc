@@ -17,14 +17,10 @@
 #include "script/loops.h"
 #include "script/program.h"
 
+#include "fake_sink.h"
+
 namespace hotprobe::script {
 namespace {
-
-struct FakeSink : Sink {
-  std::string out;
-  void write(std::string_view text) override { out += text; }
-  void request_exit() override {}
-};
 
 CompileOptions with(std::vector<std::string> params, bool unsafe = false) {
   CompileOptions o;

@@ -11,14 +11,10 @@
 #include "script/parser.h"
 #include "script/program.h"
 
+#include "fake_sink.h"
+
 namespace hotprobe::script {
 namespace {
-
-struct FakeSink : Sink {
-  std::string out;
-  void write(std::string_view text) override { out += text; }
-  void request_exit() override {}
-};
 
 // The output of BEGIN and END, then the maps.
 std::string run(std::string_view src, OutputFormat fmt = OutputFormat::text,
