@@ -33,11 +33,6 @@
 #include "script/output.h"
 #include "script/program.h"
 
-// The Program over a lowered Runtime, as Program::compile makes it (script/program.cc).
-namespace hotprobe::script {
-std::unique_ptr<Program> program_of(std::unique_ptr<Runtime> rt);
-}  // namespace hotprobe::script
-
 namespace hp::agent {
 
 namespace script = hotprobe::script;

@@ -56,8 +56,6 @@ class ProgramImpl final : public Program {
 
 }  // namespace
 
-// Declared where it is used (agent/map_data.h, whose OpenProgram keeps the Runtime in reach).
-std::unique_ptr<Program> program_of(std::unique_ptr<Runtime> rt);
 std::unique_ptr<Program> program_of(std::unique_ptr<Runtime> rt) {
   return std::make_unique<ProgramImpl>(std::move(rt));
 }

@@ -114,4 +114,9 @@ class Program {
   virtual std::uint64_t read_faults() const { return 0; }
 };
 
+struct Runtime;  // script/eval.h
+// The Program over a lowered Runtime, as Program::compile makes it. The agent builds one
+// itself so that it keeps the Runtime in reach (agent/map_data.h, OpenProgram).
+std::unique_ptr<Program> program_of(std::unique_ptr<Runtime> rt);
+
 }  // namespace hotprobe::script
