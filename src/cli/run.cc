@@ -30,6 +30,7 @@
 #include "cli/output_file.h"
 #include "cli/preflight.h"
 #include "elf/dwarf.h"
+#include "hotprobe/probe.h"
 #include "script/check_args.h"
 #include "script/maps.h"
 #include "script/output.h"
@@ -528,6 +529,12 @@ int run(const RunOptions& o) {
     return kExitError;
   }
   if (!preflight_program(program)) return kExitError;  // before it starts, or never
+  // The engine's settings (HOTPROBE_SIGNAL, ...) reach the agent in the program's
+  // environment: a bad value is refused here, before the program starts.
+  if (auto settings = hotprobe::options_from_environment(); !settings) {
+    std::fprintf(stderr, "hotprobe run: %s\n", settings.error().message().c_str());
+    return kExitError;
+  }
   std::string agent_path = find_agent();
   if (agent_path.empty()) {
     std::fprintf(stderr,
