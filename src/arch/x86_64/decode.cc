@@ -308,6 +308,24 @@ bool quick_shape(std::span<const std::uint8_t> b, std::uint64_t address, Insn& i
 
 namespace {
 
+// An instruction's shape (every field of Insn but its text), from an Insn or a memo entry
+// to the other.
+template <class To, class From>
+void copy_shape(To& to, const From& from) {
+  to.address = from.address;
+  to.length = from.length;
+  to.kind = from.kind;
+  to.rel_offset = from.rel_offset;
+  to.rel_size = from.rel_size;
+  to.rip_relative = from.rip_relative;
+  to.disp_offset = from.disp_offset;
+  to.target = from.target;
+  to.gpr_mask = from.gpr_mask;
+  to.explicit_gpr_mask = from.explicit_gpr_mask;
+  to.modrm_offset = from.modrm_offset;
+  to.raw = from.raw;
+}
+
 // Shapes remembered by remember_shapes(), per thread, one slot per address modulo kSize:
 // the planner's displaced instructions, which the relocator decodes again a moment
 // later. An instruction's decode depends only on its own bytes and its address, so a hit
@@ -366,18 +384,7 @@ Result<Insn> decode_shape_uncached(std::span<const std::uint8_t> bytes, std::uin
 Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t address) {
   if (const ShapeMemo::Entry* e = t_shapes.find(bytes, address)) {
     Insn insn;
-    insn.address = e->address;
-    insn.length = e->length;
-    insn.kind = e->kind;
-    insn.rel_offset = e->rel_offset;
-    insn.rel_size = e->rel_size;
-    insn.rip_relative = e->rip_relative;
-    insn.disp_offset = e->disp_offset;
-    insn.target = e->target;
-    insn.gpr_mask = e->gpr_mask;
-    insn.explicit_gpr_mask = e->explicit_gpr_mask;
-    insn.modrm_offset = e->modrm_offset;
-    insn.raw = e->raw;
+    copy_shape(insn, *e);
     return insn;
   }
   return decode_shape_uncached(bytes, address);
@@ -386,19 +393,7 @@ Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t add
 void remember_shapes(std::span<const Insn> insns) {
   for (const Insn& insn : insns) {
     if (insn.length == 0) continue;
-    ShapeMemo::Entry& e = t_shapes.slots[insn.address % ShapeMemo::kSize];
-    e.address = insn.address;
-    e.length = insn.length;
-    e.kind = insn.kind;
-    e.rel_offset = insn.rel_offset;
-    e.rel_size = insn.rel_size;
-    e.rip_relative = insn.rip_relative;
-    e.disp_offset = insn.disp_offset;
-    e.target = insn.target;
-    e.gpr_mask = insn.gpr_mask;
-    e.explicit_gpr_mask = insn.explicit_gpr_mask;
-    e.modrm_offset = insn.modrm_offset;
-    e.raw = insn.raw;
+    copy_shape(t_shapes.slots[insn.address % ShapeMemo::kSize], insn);
   }
 }
 
