@@ -469,19 +469,15 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
 }
 
 int attach_command(const AttachOptions& o) {
-  std::string source, filename;
-  hotprobe::script::CompileOptions copts;
-  copts.params = o.params;
-  copts.unsafe = o.unsafe;
-  if (!load_script("attach", o.script_text, o.script_file, o.format, source, filename, copts))
-    return kExitError;
+  auto loaded = load_script("attach", o.script_text, o.script_file, o.format, o.params, o.unsafe);
+  if (!loaded) return kExitError;
   std::string agent_path = find_agent();
   char real[PATH_MAX];
   if (agent_path.empty() || !::realpath(agent_path.c_str(), real)) {
     std::fprintf(stderr, "hotprobe attach: cannot find libhotprobe_agent.so; set HOTPROBE_AGENT\n");
     return kExitError;
   }
-  return attach(o, source, filename, real, static_cast<int>(copts.format));
+  return attach(o, loaded->source, loaded->filename, real, static_cast<int>(loaded->copts.format));
 }
 
 }  // namespace hp::cli

@@ -41,9 +41,15 @@ std::string find_agent() {
   return {};
 }
 
-bool load_script(const char* cmd, const std::string& text, const std::string& file,
-                 const std::string& format, std::string& source, std::string& filename,
-                 script::CompileOptions& copts) {
+std::optional<LoadedScript> load_script(const char* cmd, const std::string& text,
+                                        const std::string& file, const std::string& format,
+                                        const std::vector<std::string>& params, bool unsafe) {
+  LoadedScript loaded;
+  std::string& source = loaded.source;
+  std::string& filename = loaded.filename;
+  script::CompileOptions& copts = loaded.copts;
+  copts.params = params;
+  copts.unsafe = unsafe;
   source = text;
   filename = "-e";
   if (!file.empty()) {
@@ -51,7 +57,7 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
     if (!in) {
       std::fprintf(stderr, "hotprobe %s: cannot read the script file '%s': %s\n", cmd, file.c_str(),
                    std::strerror(errno));
-      return false;
+      return std::nullopt;
     }
     std::stringstream ss;
     ss << in.rdbuf();
@@ -61,7 +67,7 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
   if (source.size() > agent::kMaxMessage * 3) {
     std::fprintf(stderr, "hotprobe %s: the script is larger than %zu bytes\n", cmd,
                  agent::kMaxMessage * 3);
-    return false;
+    return std::nullopt;
   }
   // The parameters `args` reads and the headers #include names travel inside the text
   // the agent compiles (script/check_args.h): the agent reads no DWARF or files.
@@ -72,7 +78,7 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
                  "whose args it reads is larger than %zu bytes: include less, or read "
                  "fewer functions' args\n",
                  cmd, agent::kMaxMessage * 3);
-    return false;
+    return std::nullopt;
   }
   copts.filename = filename;
   copts.format = format == "json" ? script::OutputFormat::json : script::OutputFormat::text;
@@ -80,9 +86,9 @@ bool load_script(const char* cmd, const std::string& text, const std::string& fi
     std::string m = prog.error().message();
     if (!m.empty() && m.back() != '\n') m += '\n';
     std::fputs(m.c_str(), stderr);
-    return false;
+    return std::nullopt;
   }
-  return true;
+  return loaded;
 }
 
 }  // namespace hp::cli

@@ -3,16 +3,26 @@
 // agent found.
 #pragma once
 
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "script/program.h"
 
 namespace hp::cli {
 
-// Reads and compiles the script (errors are printed); false on error.
-bool load_script(const char* cmd, const std::string& text, const std::string& file,
-                 const std::string& format, std::string& source, std::string& filename,
-                 hotprobe::script::CompileOptions& copts);
+// A script read and compiled here, as the agent will get it.
+struct LoadedScript {
+  std::string source;    // with the types its args and #includes need (script/check_args.h)
+  std::string filename;  // the script file's name, or "-e"
+  hotprobe::script::CompileOptions copts;
+};
+
+// Reads and compiles the script of `cmd` (-e `text`, or the file `file`), with the
+// positional parameters and --unsafe of the command line; errors are printed: nullopt.
+std::optional<LoadedScript> load_script(const char* cmd, const std::string& text,
+                                        const std::string& file, const std::string& format,
+                                        const std::vector<std::string>& params, bool unsafe);
 
 // $HOTPROBE_AGENT, then next to hotprobe (the build tree), then the install layout; empty
 // when none is there.

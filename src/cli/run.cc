@@ -321,13 +321,12 @@ void warn_untraced(const std::string& program, const std::vector<std::string>& n
 }  // namespace
 
 int run(const RunOptions& o) {
-  std::string source, filename;
-  script::CompileOptions copts;
-  copts.params = o.params;
-  copts.unsafe = o.unsafe;
   // Errors before the program starts: the script is compiled here first.
-  if (!load_script("run", o.script_text, o.script_file, o.format, source, filename, copts))
-    return kExitError;
+  auto loaded = load_script("run", o.script_text, o.script_file, o.format, o.params, o.unsafe);
+  if (!loaded) return kExitError;
+  const std::string& source = loaded->source;
+  const std::string& filename = loaded->filename;
+  const script::CompileOptions& copts = loaded->copts;
 
   std::string program = find_in_path(o.command[0]);
   if (program.empty()) {
