@@ -7,6 +7,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <tuple>
 
 namespace hp::arch {
 namespace {
@@ -308,22 +309,13 @@ bool quick_shape(std::span<const std::uint8_t> b, std::uint64_t address, Insn& i
 
 namespace {
 
-// An instruction's shape (every field of Insn but its text), from an Insn or a memo entry
-// to the other.
-template <class To, class From>
-void copy_shape(To& to, const From& from) {
-  to.address = from.address;
-  to.length = from.length;
-  to.kind = from.kind;
-  to.rel_offset = from.rel_offset;
-  to.rel_size = from.rel_size;
-  to.rip_relative = from.rip_relative;
-  to.disp_offset = from.disp_offset;
-  to.target = from.target;
-  to.gpr_mask = from.gpr_mask;
-  to.explicit_gpr_mask = from.explicit_gpr_mask;
-  to.modrm_offset = from.modrm_offset;
-  to.raw = from.raw;
+// An instruction's shape: every field of Insn but its text, of an Insn or a memo entry
+// (`shape_of(to) = shape_of(from)` copies it).
+template <class T>
+auto shape_of(T& insn) {
+  return std::tie(insn.address, insn.length, insn.kind, insn.rel_offset, insn.rel_size,
+                  insn.rip_relative, insn.disp_offset, insn.target, insn.gpr_mask,
+                  insn.explicit_gpr_mask, insn.modrm_offset, insn.raw);
 }
 
 // Shapes remembered by remember_shapes(), per thread, one slot per address modulo kSize:
@@ -384,7 +376,7 @@ Result<Insn> decode_shape_uncached(std::span<const std::uint8_t> bytes, std::uin
 Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t address) {
   if (const ShapeMemo::Entry* e = t_shapes.find(bytes, address)) {
     Insn insn;
-    copy_shape(insn, *e);
+    shape_of(insn) = shape_of(*e);
     return insn;
   }
   return decode_shape_uncached(bytes, address);
@@ -393,7 +385,7 @@ Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t add
 void remember_shapes(std::span<const Insn> insns) {
   for (const Insn& insn : insns) {
     if (insn.length == 0) continue;
-    copy_shape(t_shapes.slots[insn.address % ShapeMemo::kSize], insn);
+    shape_of(t_shapes.slots[insn.address % ShapeMemo::kSize]) = shape_of(insn);
   }
 }
 
