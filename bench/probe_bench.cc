@@ -72,6 +72,7 @@ struct Options {
   int one_cap = 0;      // one-at-a-time attach/detach sample; 0: 100 quick, 1000 full
   int kernel_cap = 0;   // kernel attach+close sample; 0: 10 quick, 20 full
   bool kernel = true;
+  bool ret_sites = false;  // --ret-sites: EngineOptions::return_mode = ret_instructions
 
   bool want(const char* section) const {
     if (only.empty()) return true;
@@ -95,7 +96,7 @@ void usage(FILE* out) {
       "  --one-cap N        one-at-a-time attach/detach sample (default 1000; quick 100)\n"
       "  --kernel-cap N     kernel uprobe attach+close sample (default 20; quick 10)\n"
       "  --no-kernel        skip the kernel uprobe rows\n"
-      "  --ret-sites        return probes on the ret instructions (HOTPROBE_RETURN_PROBES=ret);\n"
+      "  --ret-sites        return probes on the ret instructions (EngineOptions::return_mode);\n"
       "                     the entry+return rows then fail: the target is too short for both\n"
       "  --cpu N            pin single-thread rows to CPU N (default 0; -1: do not pin)\n"
       "  --gen-lib PATH     the generated library of %d functions (default: the built one)\n"
@@ -138,8 +139,7 @@ bool parse_options(int argc, char** argv, Options* o) {
     } else if (a == "--no-kernel") {
       o->kernel = false;
     } else if (a == "--ret-sites") {
-      // Before the first engine: return probes on the ret instructions (core/ret_probe.h).
-      ::setenv("HOTPROBE_RETURN_PROBES", "ret", 1);
+      o->ret_sites = true;  // return probes on the ret instructions (core/ret_probe.h)
     } else if (a == "--cpu") {
       o->cpu = std::atoi(next("--cpu"));
     } else if (a == "--gen-lib") {
@@ -443,6 +443,13 @@ void counting_handler(hotprobe::Hit&) {
   ++t_hits;
 }
 
+// Every engine of the run: --ret-sites puts every return probe on the ret instructions.
+hotprobe::EngineOptions engine_options(const Options& o) {
+  hotprobe::EngineOptions eo;
+  if (o.ret_sites) eo.return_mode = hotprobe::ReturnMode::ret_instructions;
+  return eo;
+}
+
 std::string target_spec() {
   hpbench::FileLocation loc =
       hpbench::file_location_of(reinterpret_cast<const void*>(&hp_probe_target));
@@ -551,7 +558,7 @@ void section_calls(Report& report, const Options& o, const hpbench::UprobePmu& p
   report.calls.push_back(base);
 
 #if HP_PROBE_BENCH_HAVE_ENGINE
-  auto engine = hotprobe::Engine::create();
+  auto engine = hotprobe::Engine::create(engine_options(o));
   const HotprobeCase cases[] = {
       {"entry empty", "entry probe, empty handler", &empty_handler, nullptr, true, false, 0, false},
       {"entry count", "entry probe, per-thread counting handler", &counting_handler, nullptr, true,
@@ -727,7 +734,7 @@ void section_schemes(Report& report, const Options& o) {
     SchemeRow row;
     row.scheme = std::string(hotprobe::to_string(s));
     row.tasks_trace = s == Scheme::tasks_trace;
-    hotprobe::EngineOptions eo;
+    hotprobe::EngineOptions eo = engine_options(o);
     eo.scheme = s;
     auto engine = hotprobe::Engine::create(eo);
     if (!engine) {
@@ -818,7 +825,7 @@ long count_maps_lines() {
 
 #if HP_PROBE_BENCH_HAVE_ENGINE
 void section_attach(Report& report, const Options& o, const GenLib& lib) {
-  auto engine = hotprobe::Engine::create();
+  auto engine = hotprobe::Engine::create(engine_options(o));
   if (!engine) {
     AttachRow row;
     row.skipped = "Engine::create failed: " + engine.error().message();

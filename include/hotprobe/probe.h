@@ -165,31 +165,39 @@ struct EngineOptions {
   void (*on_error)(const Error& error, void* cookie) = nullptr;
   void* on_error_cookie = nullptr;
 
-  // The settings below each have an environment variable, read by Engine::create while
-  // read_environment is true, for a setting left at its default (so the agent, and the
-  // `hotprobe` command through it, honour them in an unmodified program); a value set
-  // here wins. A bad value is an error of create() naming the variable.
-  bool read_environment = true;
+  // The settings below each have an environment variable, read by
+  // options_from_environment() (never by the engine): the agent, and the `hotprobe`
+  // command through it, call it so that an unmodified program's settings come from there.
+  //
   // 1: a batch runs on the calling thread. 2 or more: a batch of 1,024 specs or more takes
   // a second thread for resolving and building (off by default: on 2-CPU machines one
-  // thread did as well with half the CPU). 0: $HOTPROBE_BATCH_THREADS, else 1.
+  // thread did as well with half the CPU). 0: 1. $HOTPROBE_BATCH_THREADS.
   unsigned batch_threads = 0;
   // Each site built says on stderr whether it is a jump or an int3 (and why), each internal
   // probe whether it attached. For the whole process from this engine's creation on (the
-  // sites are shared). false: $HOTPROBE_DEBUG set (to anything) turns it on.
+  // sites are shared). $HOTPROBE_DEBUG, set to anything.
   bool debug = false;
-  // Overrides every spec's ProbeSpec::return_mode. Unset: $HOTPROBE_RETURN_PROBES =
-  // auto | hijack | ret, when set, else each spec's.
+  // Overrides every spec's ProbeSpec::return_mode. Unset: each spec's.
+  // $HOTPROBE_RETURN_PROBES = auto | ret | hijack.
   std::optional<ReturnMode> return_mode;
   // The real-time signal that moves threads out of bytes being patched (SIGRTMIN..
   // SIGRTMAX, one the program neither handles nor ignores). One per process: it is
   // installed with the first patch, and an engine that asks for another one after that is
-  // refused. 0: $HOTPROBE_SIGNAL, else SIGRTMAX-3 or the highest free one.
+  // refused. 0: SIGRTMAX-3, or the highest free one. $HOTPROBE_SIGNAL.
   int move_signal = 0;
 };
 
+// `base` with each setting it leaves at its default (batch_threads 0, debug false,
+// return_mode unset, move_signal 0) taken from its environment variable, when that is set
+// (a value in `base` wins): HOTPROBE_BATCH_THREADS, HOTPROBE_DEBUG, HOTPROBE_RETURN_PROBES,
+// HOTPROBE_SIGNAL. A bad value is an error (Errc::invalid_argument, or Errc::busy for a
+// signal this process already handles) naming the variable and the values it takes.
+// Engine::create reads no variable: an embedding that wants them calls this first,
+//   auto engine = hotprobe::Engine::create(hotprobe::options_from_environment().value());
+HOTPROBE_API Result<EngineOptions> options_from_environment(EngineOptions base = {});
+
 // The real-time signal the engine sends a running thread to move it out of bytes being
-// patched (SIGRTMAX-3, or EngineOptions::move_signal, or $HOTPROBE_SIGNAL). A thread that blocks it
+// patched (SIGRTMAX-3, or EngineOptions::move_signal). A thread that blocks it
 // while it runs keeps attach/detach from completing (the batch fails after 1 s): threads that block
 // every signal (reporters, workers) should leave this one open.
 HOTPROBE_API int reserved_signal() noexcept;

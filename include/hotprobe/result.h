@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -94,6 +95,13 @@ class [[nodiscard]] Result {
   T& operator*() & { return value(); }
   const Error& error() const noexcept {
     return ok() ? result_detail::no_error() : *std::get_if<1>(&v_);
+  }
+  // f(value) when there is one (f returns a Result), else this error in f's Result:
+  //   auto engine = hotprobe::options_from_environment().and_then(&hotprobe::Engine::create);
+  template <class F>
+  auto and_then(F&& f) && -> std::invoke_result_t<F, T&&> {
+    if (!ok()) return std::move(*std::get_if<1>(&v_));
+    return std::invoke(std::forward<F>(f), std::move(*std::get_if<0>(&v_)));
   }
 
  private:

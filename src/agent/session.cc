@@ -398,7 +398,7 @@ Result<void> Session::attach() {
   // glibc's last steps of thread exit, in an earlier session) are freed here, off the
   // dispatcher: one scan per session bounds them.
   hp::core::release_records_of_exited_threads();
-  auto engine = hotprobe::Engine::create();
+  auto engine = hotprobe::options_from_environment().and_then(&hotprobe::Engine::create);
   if (!engine) return engine.error();
   engine_ = std::move(*engine);
   // The program's own specs, with no wrapper: the session gates its actions with

@@ -15,9 +15,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -29,6 +31,7 @@
 #include "agent/region_maps.h"
 #include "cli/cli.h"
 #include "cli/output_file.h"
+#include "cli/prepare.h"
 #include "inject/inject.h"
 #include "script/output.h"
 
@@ -463,6 +466,18 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
     return kExitError;
   }
   return kExitOk;
+}
+
+int attach_command(const AttachOptions& o) {
+  auto loaded = load_script("attach", o.script_text, o.script_file, o.format, o.params, o.unsafe);
+  if (!loaded) return kExitError;
+  std::string agent_path = find_agent();
+  char real[PATH_MAX];
+  if (agent_path.empty() || !::realpath(agent_path.c_str(), real)) {
+    std::fprintf(stderr, "hotprobe attach: cannot find libhotprobe_agent.so; set HOTPROBE_AGENT\n");
+    return kExitError;
+  }
+  return attach(o, loaded->source, loaded->filename, real, static_cast<int>(loaded->copts.format));
 }
 
 }  // namespace hp::cli

@@ -17,7 +17,6 @@
 #include <cstring>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -29,125 +28,13 @@
 #include "cli/cli.h"
 #include "cli/output_file.h"
 #include "cli/preflight.h"
-#include "elf/dwarf.h"
-#include "script/check_args.h"
+#include "cli/prepare.h"
+#include "hotprobe/probe.h"
 #include "script/maps.h"
 #include "script/output.h"
 #include "script/program.h"
 
 namespace hp::cli {
-
-namespace {
-
-// What cat() prints of a file at most (bpftrace's default for BPFTRACE_CAT_BYTES_MAX).
-constexpr std::size_t kCatBytesMax = 10240;
-
-// What `fd` gives until its end, `max` bytes at most.
-std::string read_up_to(int fd, std::size_t max) {
-  std::string text;
-  char buf[4096];
-  while (text.size() < max) {
-    const ssize_t n = ::read(fd, buf, std::min(sizeof buf, max - text.size()));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buf, static_cast<std::size_t>(n));
-  }
-  return text;
-}
-
-// The standard output of `/bin/sh -c command`; its standard error is hotprobe's, and a
-// command that fails prints what it printed (bpftrace's system()).
-std::string run_shell(const std::string& command) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) {
-    std::fprintf(stderr, "hotprobe: system(): cannot make a pipe: %s\n", std::strerror(errno));
-    return {};
-  }
-  const pid_t child = ::fork();
-  if (child == 0) {
-    ::dup2(fds[1], STDOUT_FILENO);
-    ::close_range(3, ~0u, 0);  // not the agent's channel, nor hotprobe's files
-    ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  std::string text;
-  if (child < 0) {
-    std::fprintf(stderr, "hotprobe: system(): cannot start /bin/sh: %s\n", std::strerror(errno));
-  } else {
-    text = read_up_to(fds[0], std::string::npos);
-    while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
-    }
-  }
-  ::close(fds[0]);
-  return text;
-}
-
-// At most kCatBytesMax bytes of `path`; a file that cannot be read is said on stderr and
-// tracing goes on (bpftrace's cat()).
-std::string read_for_cat(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  std::string text;
-  if (fd < 0) {
-    std::string shown;
-    hotprobe::script::append_text_escaped(shown, path);
-    std::fprintf(stderr, "hotprobe: cat(): cannot open '%s': %s\n", shown.c_str(),
-                 std::strerror(errno));
-    return text;
-  }
-  text = read_up_to(fd, kCatBytesMax);
-  ::close(fd);
-  return text;
-}
-
-}  // namespace
-
-bool request_from_own_user(pid_t pid, long sender_uid, const char* command) {
-  // The sender's uid as the kernel gave it (-1: not known), and every uid of the process
-  // while it is there (real, effective, saved, filesystem), must be hotprobe's: a process
-  // of another user could write a forged request on the channel, which hotprobe would run
-  // as its own user.
-  bool same = sender_uid < 0 || sender_uid == static_cast<long>(::getuid());
-  bool seen = sender_uid >= 0;
-  if (std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "re")) {
-    char line[256];
-    unsigned long ids[4];
-    while (std::fgets(line, sizeof line, f)) {
-      if (std::sscanf(line, "Uid: %lu %lu %lu %lu", &ids[0], &ids[1], &ids[2], &ids[3]) != 4)
-        continue;
-      seen = true;
-      same = same && std::all_of(std::begin(ids), std::end(ids),
-                                 [](unsigned long id) { return id == ::getuid(); });
-      break;
-    }
-    std::fclose(f);
-  }
-  static bool said = false;
-  if ((!same || !seen) && !said) {
-    said = true;
-    std::fprintf(stderr,
-                 "hotprobe %s: system() and cat() requests from process %d are not run: it "
-                 "does not run as hotprobe's user (uid %u), and a process of another user "
-                 "could forge them (run hotprobe as that process's user to use them)\n",
-                 command, static_cast<int>(pid), static_cast<unsigned>(::getuid()));
-  }
-  return same && seen;
-}
-
-std::string run_command_request(std::string_view payload, hotprobe::script::OutputFormat format) {
-  namespace script = hotprobe::script;
-  if (payload.empty()) return {};
-  const auto kind = static_cast<script::Sink::Request>(payload[0]);
-  const std::string arg(payload.substr(1));
-  const bool system = kind == script::Sink::Request::system;
-  if (!system && kind != script::Sink::Request::cat) return {};
-  std::fflush(stdout);  // the command's standard error after what hotprobe printed
-  std::string text = system ? run_shell(arg) : read_for_cat(arg);
-  if (format == script::OutputFormat::text) return text;
-  std::string out;
-  script::append_message(out, system ? "syscall" : "cat", text, format);
-  return out;
-}
 
 namespace {
 
@@ -162,25 +49,6 @@ void on_signal(int sig) {
   ssize_t r = ::write(g_signal_pipe[1], &c, 1);
   (void)r;
   errno = saved;
-}
-
-std::string self_dir() {
-  char buf[4096];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return ".";
-  std::string p(buf, static_cast<std::size_t>(n));
-  return p.substr(0, p.rfind('/'));
-}
-
-// $HOTPROBE_AGENT, then next to hotprobe (the build tree), then the install layout.
-std::string find_agent() {
-  if (const char* env = std::getenv("HOTPROBE_AGENT"); env && *env) return env;
-  std::string dir = self_dir();
-  for (const std::string& c :
-       {dir + "/libhotprobe_agent.so", dir + "/" + HOTPROBE_AGENT_FROM_BIN}) {
-    if (::access(c.c_str(), R_OK) == 0) return c;
-  }
-  return {};
 }
 
 // A sanitizer-built agent needs the sanitizer's runtime first in the program's library list.
@@ -265,51 +133,6 @@ int exit_code(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return kExitError;
-}
-
-// Reads and compiles the script (errors are printed); false on error.
-bool load_script(const char* cmd, const std::string& text, const std::string& file,
-                 const std::string& format, std::string& source, std::string& filename,
-                 script::CompileOptions& copts) {
-  source = text;
-  filename = "-e";
-  if (!file.empty()) {
-    std::ifstream in(file);
-    if (!in) {
-      std::fprintf(stderr, "hotprobe %s: cannot read the script file '%s': %s\n", cmd, file.c_str(),
-                   std::strerror(errno));
-      return false;
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    source = ss.str();
-    filename = file;
-  }
-  if (source.size() > agent::kMaxMessage * 3) {
-    std::fprintf(stderr, "hotprobe %s: the script is larger than %zu bytes\n", cmd,
-                 agent::kMaxMessage * 3);
-    return false;
-  }
-  // The parameters `args` reads and the headers #include names travel inside the text
-  // the agent compiles (script/check_args.h): the agent reads no DWARF or files.
-  source = script::with_type_facts(source, filename, &elf::dwarf_type_facts);
-  if (source.size() > agent::kMaxMessage * 3) {
-    std::fprintf(stderr,
-                 "hotprobe %s: the script with the types of its headers and of the functions "
-                 "whose args it reads is larger than %zu bytes: include less, or read "
-                 "fewer functions' args\n",
-                 cmd, agent::kMaxMessage * 3);
-    return false;
-  }
-  copts.filename = filename;
-  copts.format = format == "json" ? script::OutputFormat::json : script::OutputFormat::text;
-  if (auto prog = script::Program::compile(source, copts); !prog) {
-    std::string m = prog.error().message();
-    if (!m.empty() && m.back() != '\n') m += '\n';
-    std::fputs(m.c_str(), stderr);
-    return false;
-  }
-  return true;
 }
 
 // The program's maps, in memory it shares with hotprobe (docs/design/script-runtime.md,
@@ -497,30 +320,13 @@ void warn_untraced(const std::string& program, const std::vector<std::string>& n
 
 }  // namespace
 
-int attach_command(const AttachOptions& o) {
-  std::string source, filename;
-  script::CompileOptions copts;
-  copts.params = o.params;
-  copts.unsafe = o.unsafe;
-  if (!load_script("attach", o.script_text, o.script_file, o.format, source, filename, copts))
-    return kExitError;
-  std::string agent_path = find_agent();
-  char real[PATH_MAX];
-  if (agent_path.empty() || !::realpath(agent_path.c_str(), real)) {
-    std::fprintf(stderr, "hotprobe attach: cannot find libhotprobe_agent.so; set HOTPROBE_AGENT\n");
-    return kExitError;
-  }
-  return attach(o, source, filename, real, static_cast<int>(copts.format));
-}
-
 int run(const RunOptions& o) {
-  std::string source, filename;
-  script::CompileOptions copts;
-  copts.params = o.params;
-  copts.unsafe = o.unsafe;
   // Errors before the program starts: the script is compiled here first.
-  if (!load_script("run", o.script_text, o.script_file, o.format, source, filename, copts))
-    return kExitError;
+  auto loaded = load_script("run", o.script_text, o.script_file, o.format, o.params, o.unsafe);
+  if (!loaded) return kExitError;
+  const std::string& source = loaded->source;
+  const std::string& filename = loaded->filename;
+  const script::CompileOptions& copts = loaded->copts;
 
   std::string program = find_in_path(o.command[0]);
   if (program.empty()) {
@@ -528,6 +334,12 @@ int run(const RunOptions& o) {
     return kExitError;
   }
   if (!preflight_program(program)) return kExitError;  // before it starts, or never
+  // The engine's settings (HOTPROBE_SIGNAL, ...) reach the agent in the program's
+  // environment: a bad value is refused here, before the program starts.
+  if (auto settings = hotprobe::options_from_environment(); !settings) {
+    std::fprintf(stderr, "hotprobe run: %s\n", settings.error().message().c_str());
+    return kExitError;
+  }
   std::string agent_path = find_agent();
   if (agent_path.empty()) {
     std::fprintf(stderr,

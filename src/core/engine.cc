@@ -2,12 +2,8 @@
 // EngineImpl (core/engine_impl.h). See docs/design/core.md for the parts: the resolver,
 // the site builder, the registry, the transaction, reclamation, int3 mode and the
 // internal probes.
-#include <charconv>
 #include <csignal>
-#include <cstdlib>
 #include <string>
-#include <string_view>
-#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -40,57 +36,9 @@ Engine::~Engine() {
 
 namespace {
 
-// A variable's value, or null when it is unset or empty.
-const char* environment(const char* name) {
-  const char* v = std::getenv(name);  // NOLINT(concurrency-mt-unsafe): read only
-  return v && *v ? v : nullptr;
-}
-
-// The settings left at their defaults, from their environment variables (the names users
-// of the agent and the command know); then the defaults and the checks.
+// The defaults and the checks (the environment is the caller's: options_from_environment).
 Result<void> settle(EngineOptions& o) {
-  if (o.read_environment && o.batch_threads == 0) {
-    if (const char* v = environment("HOTPROBE_BATCH_THREADS")) {
-      const std::string_view text(v);
-      unsigned n = 0;
-      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-      if (ec != std::errc() || end != text.data() + text.size() || n == 0) {
-        return Error(Errc::invalid_argument,
-                     "HOTPROBE_BATCH_THREADS=" + std::string(text) +
-                         " is not a number of threads: set it to 1 (a batch runs on the calling "
-                         "thread) or 2 (a second thread for batches of 1,024 specs or more), or "
-                         "unset it");
-      }
-      o.batch_threads = n;
-    }
-  }
   if (o.batch_threads == 0) o.batch_threads = 1;
-  if (o.read_environment && !o.debug)
-    o.debug = std::getenv("HOTPROBE_DEBUG") != nullptr;  // NOLINT(concurrency-mt-unsafe)
-  if (o.read_environment && !o.return_mode) {
-    if (const char* v = environment("HOTPROBE_RETURN_PROBES")) {
-      const std::string_view m(v);
-      if (m == "auto") {
-        o.return_mode = ReturnMode::automatic;
-      } else if (m == "ret") {
-        o.return_mode = ReturnMode::ret_instructions;
-      } else if (m == "hijack") {
-        o.return_mode = ReturnMode::hijack;
-      } else {
-        return Error(Errc::invalid_argument,
-                     "HOTPROBE_RETURN_PROBES=" + std::string(m) +
-                         " is not one of auto, ret, hijack: set one of them, or unset it to use "
-                         "each probe's return_mode");
-      }
-    }
-  }
-  if (o.read_environment && o.move_signal == 0) {
-    if (const char* v = environment("HOTPROBE_SIGNAL")) {
-      auto sig = hp::core::choose_move_signal(v);  // names the variable when it refuses it
-      if (!sig.ok()) return sig.error();
-      o.move_signal = *sig;
-    }
-  }
   if (o.move_signal != 0) {
     if (o.move_signal < SIGRTMIN || o.move_signal > SIGRTMAX) {
       return Error(Errc::invalid_argument,

@@ -29,13 +29,12 @@ std::atomic<unsigned> g_move_acks{0};
 // init) or, before that, the one that will be (g_move_signal_choice).
 std::atomic<int> g_move_signal{0};
 std::atomic<int> g_move_signal_choice{0};
-// EngineOptions::move_signal (request_move_signal), else $HOTPROBE_SIGNAL (apply_patches
-// used without an engine).
+// EngineOptions::move_signal (request_move_signal), or empty: the patcher reads no
+// variable (options_from_environment reads $HOTPROBE_SIGNAL for the agent).
 std::atomic<int> g_move_signal_requested{0};
 std::string requested_move_signal() {
   if (int s = g_move_signal_requested.load(std::memory_order_acquire)) return std::to_string(s);
-  const char* env = std::getenv("HOTPROBE_SIGNAL");
-  return env ? env : "";
+  return "";
 }
 std::atomic<bool> g_partial_listing_for_testing{false};
 
@@ -111,8 +110,8 @@ void move_handler(int, siginfo_t* info, void* uc) {
 }  // namespace
 
 // The move signal (called under the patcher's mutex), checked when it is installed: a program that
-// took the chosen signal since move_signal_number() answered gets another (or, for HOTPROBE_SIGNAL,
-// an error).
+// took the chosen signal since move_signal_number() answered gets another (or, for a signal
+// EngineOptions::move_signal asked for, an error).
 Result<void> install_move_signal() {
   int sig = g_move_signal_choice.load(std::memory_order_acquire);
   if (sig == 0 || signal_in_use(sig)) {

@@ -1,6 +1,6 @@
-// EngineOptions in place of the HOTPROBE_* environment variables: each setting from its
-// field, from its variable when the field is left at its default, and bad values refused
-// by Engine::create with the variable's name.
+// EngineOptions: each setting from its field; options_from_environment() reads the
+// HOTPROBE_* variables for the fields left at their defaults and refuses a bad value by
+// the variable's name; Engine::create reads no variable.
 #include <signal.h>
 #include <stdlib.h>
 
@@ -97,31 +97,82 @@ TEST(EngineOptions, ReturnModeComesFromTheEnvironmentWhenLeftUnset) {
   call_fn(0);
   void* plain = hp_opt_seen_return;
   ScopedEnv env("HOTPROBE_RETURN_PROBES", "ret");
-  EXPECT_EQ(return_address_seen({}), plain);
+  auto from_env = hotprobe::options_from_environment();
+  ASSERT_TRUE(from_env.ok()) << from_env.error().message();
+  EXPECT_EQ(return_address_seen(*from_env), plain);
   EngineOptions set;  // a value set in the options wins
   set.return_mode = hotprobe::ReturnMode::hijack;
-  EXPECT_NE(return_address_seen(set), plain);
-  EngineOptions ignore;  // and read_environment = false ignores the variable
-  ignore.read_environment = false;
-  EXPECT_NE(return_address_seen(ignore), plain);
+  auto kept = hotprobe::options_from_environment(set);
+  ASSERT_TRUE(kept.ok()) << kept.error().message();
+  EXPECT_NE(return_address_seen(*kept), plain);
+  // Engine::create reads no variable: the spec's own mode (automatic: a hijack here).
+  EXPECT_NE(return_address_seen({}), plain);
+}
+
+TEST(EngineOptions, EachVariableIsParsedIntoItsField) {
+  {
+    ScopedEnv threads("HOTPROBE_BATCH_THREADS", "2");
+    ScopedEnv debug("HOTPROBE_DEBUG", "1");
+    ScopedEnv signal("HOTPROBE_SIGNAL", std::to_string(SIGRTMAX - 7).c_str());
+    ScopedEnv mode("HOTPROBE_RETURN_PROBES", "hijack");
+    auto o = hotprobe::options_from_environment();
+    ASSERT_TRUE(o.ok()) << o.error().message();
+    EXPECT_EQ(o->batch_threads, 2u);
+    EXPECT_TRUE(o->debug);
+    EXPECT_EQ(o->move_signal, SIGRTMAX - 7);
+    EXPECT_EQ(o->return_mode, hotprobe::ReturnMode::hijack);
+    EngineOptions base;  // values set in `base` win over the variables
+    base.batch_threads = 1;
+    base.move_signal = SIGRTMAX - 8;
+    base.return_mode = hotprobe::ReturnMode::automatic;
+    base.scheme = hotprobe::Scheme::srcu;
+    auto kept = hotprobe::options_from_environment(base);
+    ASSERT_TRUE(kept.ok()) << kept.error().message();
+    EXPECT_EQ(kept->batch_threads, 1u);
+    EXPECT_EQ(kept->move_signal, SIGRTMAX - 8);
+    EXPECT_EQ(kept->return_mode, hotprobe::ReturnMode::automatic);
+    EXPECT_EQ(kept->scheme, hotprobe::Scheme::srcu);
+    EXPECT_TRUE(kept->debug);
+  }
+  for (const char* m : {"auto", "ret"}) {
+    ScopedEnv mode("HOTPROBE_RETURN_PROBES", m);
+    auto o = hotprobe::options_from_environment();
+    ASSERT_TRUE(o.ok()) << o.error().message();
+    EXPECT_EQ(o->return_mode, m[0] == 'a' ? hotprobe::ReturnMode::automatic
+                                          : hotprobe::ReturnMode::ret_instructions);
+  }
+  // Unset or empty: the defaults.
+  ScopedEnv empty("HOTPROBE_BATCH_THREADS", "");
+  auto o = hotprobe::options_from_environment();
+  ASSERT_TRUE(o.ok()) << o.error().message();
+  EXPECT_EQ(o->batch_threads, 0u);
+  EXPECT_FALSE(o->debug);
+  EXPECT_EQ(o->move_signal, 0);
+  EXPECT_FALSE(o->return_mode.has_value());
 }
 
 TEST(EngineOptions, BadEnvironmentValuesAreRefusedByName) {
-  const std::pair<const char*, const char*> bad[] = {
-      {"HOTPROBE_RETURN_PROBES", "sometimes"},
-      {"HOTPROBE_BATCH_THREADS", "two"},
-      {"HOTPROBE_SIGNAL", "11"},  // SIGSEGV: not a real-time signal
+  struct Bad {
+    const char* name;
+    const char* value;
+    const char* accepted;  // what the message offers in its place
   };
-  for (const auto& [name, value] : bad) {
+  const Bad bad[] = {
+      {"HOTPROBE_RETURN_PROBES", "sometimes", "auto, ret, hijack"},
+      {"HOTPROBE_BATCH_THREADS", "two", "set it to 1"},
+      {"HOTPROBE_BATCH_THREADS", "0", "set it to 1"},
+      {"HOTPROBE_SIGNAL", "11", "Use a number from"},  // SIGSEGV: not a real-time signal
+      {"HOTPROBE_SIGNAL", "rtmin", "set it to a real-time signal"},
+  };
+  for (const auto& [name, value, accepted] : bad) {
     ScopedEnv env(name, value);
-    auto e = Engine::create();
-    ASSERT_FALSE(e.ok()) << name;
-    EXPECT_EQ(e.error().code(), Errc::invalid_argument);
-    EXPECT_NE(e.error().message().find(std::string(name) + "=" + value), std::string::npos)
-        << e.error().message();
-    EngineOptions ignore;  // an embedding that reads no variable is not refused
-    ignore.read_environment = false;
-    EXPECT_TRUE(Engine::create(ignore).ok()) << name;
+    auto o = hotprobe::options_from_environment();
+    ASSERT_FALSE(o.ok()) << name << "=" << value;
+    EXPECT_EQ(o.error().code(), Errc::invalid_argument);
+    const std::string m = o.error().message();
+    EXPECT_NE(m.find(std::string(name) + "=" + value), std::string::npos) << m;
+    EXPECT_NE(m.find(accepted), std::string::npos) << m;
+    EXPECT_TRUE(Engine::create().ok()) << name << ": the engine read the variable";
   }
 }
 

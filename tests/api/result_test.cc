@@ -42,4 +42,25 @@ TEST(Result, ErrorOfAValueIsOk) {
   EXPECT_EQ(v.error().code(), Errc::ok);
 }
 
+Result<std::string> twice(int n) {
+  if (n < 0) return Error(Errc::invalid_argument, "negative");
+  return std::to_string(2 * n);
+}
+
+// and_then: the next step on the value, or the error passed on without calling it.
+TEST(Result, AndThenCallsTheNextStepOnlyWithAValue) {
+  auto r = Result<int>(21).and_then(&twice);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, "42");
+  EXPECT_EQ(Result<int>(-1).and_then(&twice).error().message(), "negative");
+  bool called = false;
+  auto e = Result<int>(Error(Errc::busy, "in use")).and_then([&](int n) {
+    called = true;
+    return twice(n);
+  });
+  EXPECT_FALSE(called);
+  EXPECT_EQ(e.error().code(), Errc::busy);
+  EXPECT_EQ(e.error().message(), "in use");
+}
+
 }  // namespace

@@ -260,6 +260,30 @@ TEST(HotprobeRun, ScriptErrorIsReportedBeforeTheProgramRuns) {
   ::unlink(file.c_str());
 }
 
+// The engine's settings travel in the program's environment to the agent, which reads
+// them (options_from_environment); a bad value is refused before the program runs.
+TEST(HotprobeRun, EngineSettingsComeFromTheEnvironment) {
+  auto with_env = [](const char* name, const char* value, const std::string& file) {
+    hp::test::Command c{
+        {HP_HOTPROBE, "run", "-e", probe("@ = count();"), "--", HP_TARGET, "touch", file}};
+    c.env = {{"HOTPROBE_AGENT", HP_AGENT}, {name, value}};
+    c.timeout = 30s;
+    return hp::test::run_command(c);
+  };
+  std::string file = temp_path("touched_env");
+  ::unlink(file.c_str());
+  auto bad = with_env("HOTPROBE_RETURN_PROBES", "sometimes", file);
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_TRUE(contains(bad.err, "HOTPROBE_RETURN_PROBES=sometimes is not one of auto, ret, hijack"))
+      << bad.err;
+  EXPECT_NE(::access(file.c_str(), F_OK), 0) << "the program ran";
+  auto debug = with_env("HOTPROBE_DEBUG", "1", file);
+  EXPECT_EQ(debug.code, 0) << debug.err;
+  EXPECT_TRUE(contains(debug.err, "site")) << "HOTPROBE_DEBUG said nothing: " << debug.err;
+  EXPECT_EQ(::access(file.c_str(), F_OK), 0) << "the program did not run";
+  ::unlink(file.c_str());
+}
+
 TEST(HotprobeRun, UnknownFunctionIsReportedWithASuggestion) {
   std::string file = temp_path("touched2");
   ::unlink(file.c_str());

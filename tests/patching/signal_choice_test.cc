@@ -116,7 +116,7 @@ TEST(MoveSignalDeathTest, ApplyReportsARefusedSignal) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
-        setenv("HOTPROBE_SIGNAL", "11", 1);
+        hp::core::request_move_signal(11);  // EngineOptions::move_signal, unchecked
         hp::core::PatchSite none;
         auto r = hp::core::apply_patches({&none, 0});
         if (r.ok()) std::_Exit(1);

@@ -1,18 +1,15 @@
 // Return probes on `ret` instructions (core/ret_probe.h) through the library, forced for
-// C functions with HOTPROBE_RETURN_PROBES=ret: a function with two rets (one reached by a
-// branch to the first byte of its run), results computed right before a ret, entry and
-// return handlers together, and a ret that a branch reaches inside its run: refused.
+// C functions with EngineOptions::return_mode = ret_instructions: a function with two rets
+// (one reached by a branch to the first byte of its run), results computed right before a
+// ret, entry and return handlers together, and a ret that a branch reaches inside its run:
+// refused.
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 
 #include <gtest/gtest.h>
 
 #include "hotprobe/probe.h"
-
-// Before any return probe is attached: the engine reads it once.
-[[maybe_unused]] static const int kRetMode = setenv("HOTPROBE_RETURN_PROBES", "ret", 1);
 
 // hp_rm_two(x) = x < 10 ? x + 1 : x + 100, two rets:
 //   +0 48 83 ff 0a  cmp rdi, 10        +4 7c 08  jl +0xe
@@ -88,7 +85,9 @@ void on_return(Hit& h) {
 }
 
 std::unique_ptr<Engine> engine() {
-  auto e = Engine::create();
+  hotprobe::EngineOptions options;
+  options.return_mode = hotprobe::ReturnMode::ret_instructions;
+  auto e = Engine::create(options);
   EXPECT_TRUE(e.ok()) << e.error().message();
   return std::move(e.value());
 }

@@ -7,6 +7,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <tuple>
 
 namespace hp::arch {
 namespace {
@@ -308,6 +309,15 @@ bool quick_shape(std::span<const std::uint8_t> b, std::uint64_t address, Insn& i
 
 namespace {
 
+// An instruction's shape: every field of Insn but its text, of an Insn or a memo entry
+// (`shape_of(to) = shape_of(from)` copies it).
+template <class T>
+auto shape_of(T& insn) {
+  return std::tie(insn.address, insn.length, insn.kind, insn.rel_offset, insn.rel_size,
+                  insn.rip_relative, insn.disp_offset, insn.target, insn.gpr_mask,
+                  insn.explicit_gpr_mask, insn.modrm_offset, insn.raw);
+}
+
 // Shapes remembered by remember_shapes(), per thread, one slot per address modulo kSize:
 // the planner's displaced instructions, which the relocator decodes again a moment
 // later. An instruction's decode depends only on its own bytes and its address, so a hit
@@ -366,18 +376,7 @@ Result<Insn> decode_shape_uncached(std::span<const std::uint8_t> bytes, std::uin
 Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t address) {
   if (const ShapeMemo::Entry* e = t_shapes.find(bytes, address)) {
     Insn insn;
-    insn.address = e->address;
-    insn.length = e->length;
-    insn.kind = e->kind;
-    insn.rel_offset = e->rel_offset;
-    insn.rel_size = e->rel_size;
-    insn.rip_relative = e->rip_relative;
-    insn.disp_offset = e->disp_offset;
-    insn.target = e->target;
-    insn.gpr_mask = e->gpr_mask;
-    insn.explicit_gpr_mask = e->explicit_gpr_mask;
-    insn.modrm_offset = e->modrm_offset;
-    insn.raw = e->raw;
+    shape_of(insn) = shape_of(*e);
     return insn;
   }
   return decode_shape_uncached(bytes, address);
@@ -386,19 +385,7 @@ Result<Insn> decode_shape(std::span<const std::uint8_t> bytes, std::uint64_t add
 void remember_shapes(std::span<const Insn> insns) {
   for (const Insn& insn : insns) {
     if (insn.length == 0) continue;
-    ShapeMemo::Entry& e = t_shapes.slots[insn.address % ShapeMemo::kSize];
-    e.address = insn.address;
-    e.length = insn.length;
-    e.kind = insn.kind;
-    e.rel_offset = insn.rel_offset;
-    e.rel_size = insn.rel_size;
-    e.rip_relative = insn.rip_relative;
-    e.disp_offset = insn.disp_offset;
-    e.target = insn.target;
-    e.gpr_mask = insn.gpr_mask;
-    e.explicit_gpr_mask = insn.explicit_gpr_mask;
-    e.modrm_offset = insn.modrm_offset;
-    e.raw = insn.raw;
+    shape_of(t_shapes.slots[insn.address % ShapeMemo::kSize]) = shape_of(insn);
   }
 }
 

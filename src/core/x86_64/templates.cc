@@ -54,6 +54,23 @@ asm(R"(
   jmp     \back
 .endm
 
+# The rest of a Hit {regs, cookie, data, probe_address} at rsp, whose regs the caller
+# stored, for the return templates' handler call (rdi = &hit after it): the cookie and the
+# probe address loaded from memory, data's address computed, each through `tmp`. The
+# placeholder operands and their patch labels are arguments.
+.macro HP_HIT_FIELDS tmp, cookie, cookie_label, data, data_label, probe, probe_label
+  movq    \cookie, \tmp
+\cookie_label:
+  movq    \tmp, 8(%rsp)
+  leaq    \data, \tmp
+\data_label:
+  movq    \tmp, 16(%rsp)
+  movq    \probe, \tmp
+\probe_label:
+  movq    \tmp, 24(%rsp)
+  movq    %rsp, %rdi
+.endm
+
 hp_fe_begin:
   cmpw    $0, %fs:0x7fffff01          # in a handler (the dispatcher counts a miss), or a
 hp_fe_p1:                             # rehijack pending: the dispatcher
@@ -230,16 +247,7 @@ hp_fr_p17:
   movq    %r15, %rcx                  # Hit {regs, cookie, &data, probe_address}
   subq    $32, %rsp
   movq    %rcx, (%rsp)
-  movq    0x7fffff12(%rdx), %rax
-hp_fr_p18:
-  movq    %rax, 8(%rsp)
-  leaq    0x7fffff13(%r13), %rax
-hp_fr_p19:
-  movq    %rax, 16(%rsp)
-  movq    0x7fffff14(%r14), %rax
-hp_fr_p20:
-  movq    %rax, 24(%rsp)
-  movq    %rsp, %rdi
+  HP_HIT_FIELDS %rax, 0x7fffff12(%rdx), hp_fr_p18, 0x7fffff13(%r13), hp_fr_p19, 0x7fffff14(%r14), hp_fr_p20
   call    *0x7fffff15(%rdx)           # the return handler
 hp_fr_p21:
   addq    $32, %rsp
@@ -375,16 +383,7 @@ hp_or_handler:                        # rsp = 8 mod 16 here
   subq    $40, %rsp                   # Hit {regs, cookie, &cd[0].data, probe_address}, regs
   movq    %rsi, (%rsp)
   movq    %rsi, 32(%rsp)
-  movq    0x7fffff13(%rdx), %r8
-hp_or_p19:
-  movq    %r8, 8(%rsp)
-  leaq    0x7fffff14(%r11), %r8
-hp_or_p20:
-  movq    %r8, 16(%rsp)
-  movq    0x7fffff15(%rdi), %r8       # the site's probe address
-hp_or_p21:
-  movq    %r8, 24(%rsp)
-  movq    %rsp, %rdi
+  HP_HIT_FIELDS %r8, 0x7fffff13(%rdx), hp_or_p19, 0x7fffff14(%r11), hp_or_p20, 0x7fffff15(%rdi), hp_or_p21
   call    *%rax
   movq    32(%rsp), %rsi
   addq    $40, %rsp

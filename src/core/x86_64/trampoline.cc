@@ -11,6 +11,31 @@ using namespace arch;  // NOLINT: the emitter's registers and pieces, throughout
 
 namespace {
 
+// Marks emit_handler_call() leaves for the code after it: the jump to the fallback without
+// a handler stack (0: none) and the restore the fallback comes back to.
+struct HandlerCall {
+  std::uint32_t no_stack = 0;
+  std::uint32_t exit_restore = 0;
+};
+
+// The handlers' part of a trampoline (entry, return site or return), after the save: onto
+// the handler stack when `spec` asks, the fast path (`emit_fast`, a Result<void>()) when
+// it has one, else the dispatcher's call, back, and the vector registers restored.
+template <class Spec, class EmitFast>
+Result<HandlerCall> emit_handler_call(Emitter& e, const Spec& spec, EmitFast&& emit_fast) {
+  HandlerCall call;
+  call.no_stack = spec.handler_stack ? emit_switch_in(e) : 0;
+  if (spec.fast) {
+    HP_TRY(emit_fast());
+  } else {
+    emit_call(e, spec.context, spec.dispatcher, spec.handler_stack ? r15 : rsp);
+  }
+  if (spec.handler_stack) emit_switch_out(e);
+  call.exit_restore = e.size();
+  emit_vector_restore(e, spec.save_vector);
+  return call;
+}
+
 // EntryTrampolineSpec::run_at_ret (trampoline.h).
 Result<Trampoline> make_ret_site_trampoline(const EntryTrampolineSpec& spec,
                                             const DisplacementPlan& plan) {
@@ -27,23 +52,18 @@ Result<Trampoline> make_ret_site_trampoline(const EntryTrampolineSpec& spec,
   // One pair per instruction before the ret, and {the ret's offset, here}: the save.
   HP_TRY(relocate_into(e, {plan.original.data(), before}, plan.patch_address, t.map));
   emit_save(e, /*flags_live=*/false, spec.save_vector, plan.patch_address + before);
-  const std::uint32_t no_stack = spec.handler_stack ? emit_switch_in(e) : 0;
   LandingJumps unused;
-  if (spec.fast) {
-    HP_TRY(emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher, unused));
-  } else {
-    emit_call(e, spec.context, spec.dispatcher, spec.handler_stack ? r15 : rsp);
-  }
-  if (spec.handler_stack) emit_switch_out(e);
-  const std::uint32_t exit_restore = e.size();
-  emit_vector_restore(e, spec.save_vector);
+  auto call = emit_handler_call(e, spec, [&] {
+    return emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher, unused);
+  });
+  if (!call.ok()) return call.error();
   std::vector<RareExit> rare;
   // At a ret rsp is 8 mod 16 (the return address on top), as at an entry.
   emit_restore_to_site(e, spec.save_vector, 0, /*likely_moved=*/true, rare);
   e.u8(0xc3);  // the ret (the original one, or the same byte right after the displaced ones)
   if (ret_inside) t.map.push_back({plan.length, e.size()});
   if (spec.handler_stack) {
-    emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher, 0, exit_restore);
+    emit_no_handler_stack(e, call->no_stack, spec.context, spec.dispatcher, 0, call->exit_restore);
   }
   emit_rare_exits(e, rare);
   t.code = std::move(e).take();
@@ -69,18 +89,13 @@ Result<Trampoline> emit_entry(Emitter& e, const EntryTrampolineSpec& spec,
                  "a return landing needs a site at a function's entry with dead flags");
   }
   emit_save(e, plan.flags_live, spec.save_vector, plan.probe_address);
-  const std::uint32_t no_stack = spec.handler_stack ? emit_switch_in(e) : 0;
   LandingJumps jumps;
-  if (spec.fast) {
-    HP_TRY(emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher, jumps));
-  } else {
-    emit_call(e, spec.context, spec.dispatcher, spec.handler_stack ? r15 : rsp);
-  }
-  if (spec.handler_stack) emit_switch_out(e);
-  // Where the call without a handler stack goes on (the plain call's case: it tests al
-  // here as the call above does; the fast path's test is in its template).
-  const std::uint32_t exit_restore = e.size();
-  emit_vector_restore(e, spec.save_vector);
+  // Its exit_restore is where the call without a handler stack goes on (the plain call's
+  // case: it tests al there as the call does; the fast path's test is in its template).
+  auto call = emit_handler_call(e, spec, [&] {
+    return emit_fast_entry(e, *spec.fast, spec.context, spec.dispatcher, jumps);
+  });
+  if (!call.ok()) return call.error();
   std::uint32_t plain_landing_jump = 0;
   if (!spec.fast && landing) {
     e.u8(0x84);  // test al, al: the dispatcher hijacked the return through the landing
@@ -127,8 +142,8 @@ Result<Trampoline> emit_entry(Emitter& e, const EntryTrampolineSpec& spec,
     e.jmp_rel32_to_offset(t.relocated_offset);
   }
   if (spec.handler_stack) {
-    emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher,
-                          spec.fast ? landing_restore : 0, exit_restore);
+    emit_no_handler_stack(e, call->no_stack, spec.context, spec.dispatcher,
+                          spec.fast ? landing_restore : 0, call->exit_restore);
   }
   emit_rare_exits(e, rare);
   t.code = std::move(e).take();
@@ -151,15 +166,9 @@ Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineS
   }
   Emitter e(spec.address);
   emit_save(e, /*flags_live=*/false, spec.save_vector, spec.address);
-  const std::uint32_t no_stack = spec.handler_stack ? emit_switch_in(e) : 0;
-  if (spec.fast) {
-    HP_TRY(emit_fast_return(e, *spec.fast, spec.context, spec.dispatcher));
-  } else {
-    emit_call(e, spec.context, spec.dispatcher, spec.handler_stack ? r15 : rsp);
-  }
-  if (spec.handler_stack) emit_switch_out(e);
-  const std::uint32_t exit_restore = e.size();
-  emit_vector_restore(e, spec.save_vector);
+  auto call = emit_handler_call(
+      e, spec, [&] { return emit_fast_return(e, *spec.fast, spec.context, spec.dispatcher); });
+  if (!call.ok()) return call.error();
   // rax = the original return address: park it at [S-8] (the slot the ret popped), below
   // the caller's rsp but in the red zone, so the way there needs no register.
   e.mov_from_rsp_mem(rcx, way_back_offset(spec.save_vector));
@@ -173,7 +182,7 @@ Result<std::vector<std::uint8_t>> make_return_trampoline(const ReturnTrampolineS
     e.jmp_rsp_mem(-8);
   }
   if (spec.handler_stack) {
-    emit_no_handler_stack(e, no_stack, spec.context, spec.dispatcher, 0, exit_restore);
+    emit_no_handler_stack(e, call->no_stack, spec.context, spec.dispatcher, 0, call->exit_restore);
   }
   emit_rare_exits(e, rare);
   return std::move(e).take();

@@ -1,0 +1,94 @@
+#include "cli/prepare.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "agent/protocol.h"
+#include "elf/dwarf.h"
+#include "script/check_args.h"
+
+namespace hp::cli {
+
+namespace {
+
+namespace agent = hp::agent;
+namespace script = hotprobe::script;
+
+std::string self_dir() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return ".";
+  std::string p(buf, static_cast<std::size_t>(n));
+  return p.substr(0, p.rfind('/'));
+}
+
+}  // namespace
+
+std::string find_agent() {
+  if (const char* env = std::getenv("HOTPROBE_AGENT"); env && *env) return env;
+  std::string dir = self_dir();
+  for (const std::string& c :
+       {dir + "/libhotprobe_agent.so", dir + "/" + HOTPROBE_AGENT_FROM_BIN}) {
+    if (::access(c.c_str(), R_OK) == 0) return c;
+  }
+  return {};
+}
+
+std::optional<LoadedScript> load_script(const char* cmd, const std::string& text,
+                                        const std::string& file, const std::string& format,
+                                        const std::vector<std::string>& params, bool unsafe) {
+  LoadedScript loaded;
+  std::string& source = loaded.source;
+  std::string& filename = loaded.filename;
+  script::CompileOptions& copts = loaded.copts;
+  copts.params = params;
+  copts.unsafe = unsafe;
+  source = text;
+  filename = "-e";
+  if (!file.empty()) {
+    std::ifstream in(file);
+    if (!in) {
+      std::fprintf(stderr, "hotprobe %s: cannot read the script file '%s': %s\n", cmd, file.c_str(),
+                   std::strerror(errno));
+      return std::nullopt;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    source = ss.str();
+    filename = file;
+  }
+  if (source.size() > agent::kMaxMessage * 3) {
+    std::fprintf(stderr, "hotprobe %s: the script is larger than %zu bytes\n", cmd,
+                 agent::kMaxMessage * 3);
+    return std::nullopt;
+  }
+  // The parameters `args` reads and the headers #include names travel inside the text
+  // the agent compiles (script/check_args.h): the agent reads no DWARF or files.
+  source = script::with_type_facts(source, filename, &elf::dwarf_type_facts);
+  if (source.size() > agent::kMaxMessage * 3) {
+    std::fprintf(stderr,
+                 "hotprobe %s: the script with the types of its headers and of the functions "
+                 "whose args it reads is larger than %zu bytes: include less, or read "
+                 "fewer functions' args\n",
+                 cmd, agent::kMaxMessage * 3);
+    return std::nullopt;
+  }
+  copts.filename = filename;
+  copts.format = format == "json" ? script::OutputFormat::json : script::OutputFormat::text;
+  if (auto prog = script::Program::compile(source, copts); !prog) {
+    std::string m = prog.error().message();
+    if (!m.empty() && m.back() != '\n') m += '\n';
+    std::fputs(m.c_str(), stderr);
+    return std::nullopt;
+  }
+  return loaded;
+}
+
+}  // namespace hp::cli
