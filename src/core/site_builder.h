@@ -79,7 +79,7 @@ class SiteBuilder {
                                 std::span<const ProbeSpec> specs,
                                 const hotprobe::EngineOptions& options, Registry& reg)
       HP_REQUIRES(reg.mu_);
-  // EngineOptions::debug (HOTPROBE_DEBUG through Engine::create): each site built says
+  // EngineOptions::debug (HOTPROBE_DEBUG through options_from_environment): each site built says
   // its mode (and why int3).
   static bool debug_sites();
 
