@@ -221,6 +221,15 @@ pid_t start_until_running(const std::vector<std::string>& args, const std::strin
   return prog;
 }
 
+// Creates the file `stop` (the program's rounds end) and waits for the program's exit.
+int stop_and_wait(const std::string& stop, pid_t prog) {
+  { std::ofstream(stop.c_str()) << "stop\n"; }
+  int status = 0;
+  ::waitpid(prog, &status, 0);
+  ::unlink(stop.c_str());
+  return status;
+}
+
 // `hotprobe attach -p` on a running Go program: the agent is injected, the probes are
 // placed while 200 goroutines run through them, and removed; the program goes on to its
 // own end, its counts consistent. Goroutines deep in their recursion have less than a
@@ -235,10 +244,7 @@ TEST_F(GoProgram, AttachToARunningProgram) {
   Outcome r = run({HP_HOTPROBE, "attach", "-p", std::to_string(prog), "--duration", "1", "-e",
                    "uprobe:" HP_GO_PROGRAM ":main.leaf { @leaf = count(); } "
                    "uretprobe:" HP_GO_PROGRAM ":main.recurse { @ret = count(); }"});
-  { std::ofstream(stop.c_str()) << "stop\n"; }
-  int status = 0;
-  ::waitpid(prog, &status, 0);
-  ::unlink(stop.c_str());
+  const int status = stop_and_wait(stop, prog);
   EXPECT_EQ(r.code, 0) << r.err << r.out;
   EXPECT_GT(map_value(r.out, "leaf"), 0) << r.out << r.err;
   EXPECT_GT(map_value(r.out, "ret"), 0) << r.out << r.err;
@@ -265,10 +271,7 @@ TEST_F(GoProgram, DISABLED_AttachWhileTheFirstThreadSpinsOnAGoroutineStack) {
   ASSERT_GT(prog, 0) << slurp(out_path);
   Outcome r = run({HP_HOTPROBE, "attach", "-p", std::to_string(prog), "--duration", "1", "-e",
                    "uprobe:" HP_GO_PROGRAM ":main.leaf { @leaf = count(); }"});
-  { std::ofstream(stop.c_str()) << "stop\n"; }
-  int status = 0;
-  ::waitpid(prog, &status, 0);
-  ::unlink(stop.c_str());
+  const int status = stop_and_wait(stop, prog);
   EXPECT_EQ(r.code, 0) << r.err << r.out;
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
   EXPECT_NE(slurp(out_path).find("spin stack intact"), std::string::npos) << slurp(out_path);
