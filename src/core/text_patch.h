@@ -34,8 +34,9 @@
 // signalled only if that pc is inside a site; a runnable thread (/proc says "running")
 // is signalled once, and if it blocks the signal, read again until it is seen outside or
 // has run 2 ms of CPU since the holds (it cannot re-enter: arrivals stop at the hold).
-// The signal handler moves the ip and answers. After 1 s the batch is rolled back and
-// fails with an error naming the thread.
+// The signal handler (on the thread's alternate signal stack, if it has one: a goroutine's
+// stack has no room for the kernel's frame) moves the ip and answers. After 1 s the batch
+// is rolled back and fails with an error naming the thread.
 #pragma once
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// Jump pads for sites whose first instruction is one byte (text_patch.cc's `pad` head).
+// Jump pads for sites whose first instruction is one byte (the `pad` head, text_patch_heads.h).
 #include "core/text_patch_pads.h"
 
 #include <sys/mman.h>

@@ -121,7 +121,10 @@ Result<void> install_move_signal() {
   }
   struct sigaction ma {};
   ma.sa_sigaction = move_handler;
-  ma.sa_flags = SA_SIGINFO | SA_RESTART;
+  // On the thread's alternate stack where it has one: a goroutine's stack has no room
+  // below its stack pointer for the kernel's frame (docs/design/arch.md, "Goroutine
+  // stacks and signal frames").
+  ma.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
   sigfillset(&ma.sa_mask);
   if (sigaction(sig, &ma, nullptr) != 0) return sys_error("sigaction(move signal)");
   g_move_signal_choice.store(sig, std::memory_order_release);

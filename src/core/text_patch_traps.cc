@@ -165,7 +165,7 @@ Result<void> install_trap_handler() {
   }
   struct sigaction sa {};
   sa.sa_sigaction = trap_handler;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER | SA_ONSTACK;  // as the move signal
   sigemptyset(&sa.sa_mask);
   if (sigaction(SIGTRAP, &sa, &g_prev_trap_action) != 0) return sys_error("sigaction(SIGTRAP)");
   return {};
