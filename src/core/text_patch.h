@@ -95,17 +95,18 @@ struct PatchSite {
 
 // The signal that moves running threads out of patched bytes (hotprobe::reserved_signal):
 // the one installed, or the one choose_move_signal() picks; 0 when the signal asked for
-// (EngineOptions::move_signal or HOTPROBE_SIGNAL) is refused (apply_patches() then fails with the
-// reason).
+// (EngineOptions::move_signal, which the edge fills from HOTPROBE_SIGNAL) is refused
+// (apply_patches() then fails with the reason).
 int move_signal_number() noexcept;
 
 // EngineOptions::move_signal (text_patch_threads.cc): the signal to install with the
-// first patch, in place of $HOTPROBE_SIGNAL. Returns the signal already installed (then
+// first patch, in place of the default choice. Returns the signal already installed (then
 // nothing changes), or 0.
 int request_move_signal(int sig) noexcept;
 
-// The move signal for a program in its current state, from $HOTPROBE_SIGNAL (`requested`,
-// null or empty when unset): only a real-time signal (SIGRTMIN..SIGRTMAX) the program
+// The move signal for a program in its current state, from the signal asked for
+// (`requested`, null or empty when none; its refusals name it as HOTPROBE_SIGNAL=N, the
+// way a user asks for it): only a real-time signal (SIGRTMIN..SIGRTMAX) the program
 // neither handles nor ignores. Unset: SIGRTMAX-3, or the highest free real-time signal
 // when the program uses that one.
 Result<int> choose_move_signal(const char* requested);

@@ -232,6 +232,35 @@ std::string unsafe_caller(Tracee& t, const elf::ModuleList& mods, Unwinder* unwi
   return "";
 }
 
+// The room the call needs below the thread's rsp: the register block and xsave image of
+// the stub, then dlopen and the agent's start, with a wide margin.
+constexpr std::uintptr_t kCallStack = 64 * 1024;
+
+// A Go program's thread that runs on a goroutine's stack (or a signal stack) with less
+// room below rsp than the call needs: goroutine stacks are small (2 KiB to start) and lie
+// next to each other in the heap, so the call would write over another goroutine's frames
+// ("unexpected return pc" when it returns). The running goroutine's g is at fs:-8 in a Go
+// executable (runtime.tlsg) and begins with its stack's bounds [lo, hi); a thread on its
+// system stack (g0: idle, in the scheduler, in C code) has room.
+std::string on_small_go_stack(Tracee& t, const elf::ModuleList& mods) {
+  const elf::Module* main = mods.main();
+  if (!main) return "";
+  auto file = mods.elf(*main);
+  if (!file.ok() ||
+      ((*file)->find("runtime.goexit").empty() && (*file)->find("runtime.goexit.abi0").empty()))
+    return "";
+  const user_regs_struct& r = t.saved();
+  std::uint64_t g = 0;
+  std::uint64_t bounds[2] = {};  // g.stack.lo, g.stack.hi
+  if (r.fs_base < 8 || !t.read_memory(r.fs_base - 8, &g, sizeof g).ok() || g == 0 ||
+      !t.read_memory(g, bounds, sizeof bounds).ok())
+    return "";
+  if (r.rsp < bounds[0] || r.rsp >= bounds[1] || r.rsp - bounds[0] >= kCallStack) return "";
+  return "running on a Go goroutine's stack with " + std::to_string(r.rsp - bounds[0]) +
+         " bytes below rsp (the call needs " + std::to_string(kCallStack) +
+         "; goroutine stacks lie next to each other)";
+}
+
 }  // namespace
 
 // Why calling into the loader from this stop could deadlock or corrupt state, or "" when
@@ -273,6 +302,7 @@ std::string unsafe_reason(Tracee& t, const elf::ModuleList& mods, std::uintptr_t
       }
     }
   }
+  if (std::string go = on_small_go_stack(t, mods); !go.empty()) return go;
   const elf::Module* m = mods.containing(rip);
   if (m && is_loader(m->name())) return "in the dynamic loader (it may hold the loader's lock)";
   if (m && m->name().starts_with("libgcc_s"))

@@ -261,9 +261,9 @@ TEST_F(GoProgram, AttachToARunningProgram) {
 // a thread on its system stack) and no signal frame may land there. The program checks
 // the pattern after the attach. No asynchronous preemption (its frame would go there) and
 // no collection (it would move the stack).
-// Needs the injector to refuse a thread on a goroutine's stack (src/inject/safe_point.cc):
-// until then the loader's frames are found there ("spin stack written 1024 bytes below").
-TEST_F(GoProgram, DISABLED_AttachWhileTheFirstThreadSpinsOnAGoroutineStack) {
+// Without the injector's refusal of a thread on a goroutine's stack (src/inject/safe_point.cc)
+// the loader's frames are found there ("spin stack written 1024 bytes below").
+TEST_F(GoProgram, AttachWhileTheFirstThreadSpinsOnAGoroutineStack) {
   const std::string stop = ::testing::TempDir() + "hp_go_spin_" + std::to_string(::getpid());
   ::unlink(stop.c_str());
   const std::string out_path = stop + "_out";
