@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -66,9 +67,7 @@ int thread_group_of(int pid) {
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int cli_main(int argc, char** argv) {
   // bpftrace's top level: `hotprobe -e SCRIPT -c CMD` and `hotprobe FILE.bt -c CMD` are
   // `hotprobe run ...`; `hotprobe -e SCRIPT -p PID` is `hotprobe attach ...`; `hotprobe -l`
   // is `hotprobe list`.
@@ -178,10 +177,11 @@ int main(int argc, char** argv) {
           [](std::string& text) -> std::string {
             char* end = nullptr;
             const double v = std::strtod(text.c_str(), &end);
-            if (end == text.c_str() || *end != '\0' || !(v > 0) || v > 1e9)
+            if (end == text.c_str() || *end != '\0' || !(v > 0) || v > 1e9) {
               return "'" + text +
                      "' is not a positive number of seconds (such as 10 or 0.5); leave "
                      "--duration out to trace until Ctrl-C, exit() or the process's end";
+            }
             return {};
           },
           "SECONDS"));
@@ -339,4 +339,19 @@ int main(int argc, char** argv) {
     return hp::cli::list(module, glob, list_verbose, list_pid);
   }
   return hp::cli::kExitUsage;
+}
+
+}  // namespace
+
+// An exception that reaches here (memory exhausted, a library's throw the subcommand did
+// not expect) is an error with its message, never std::terminate's abort.
+int main(int argc, char** argv) {
+  try {
+    return cli_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "hotprobe: error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "hotprobe: error: an unknown exception\n");
+  }
+  return hp::cli::kExitError;
 }
