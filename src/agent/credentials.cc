@@ -97,9 +97,10 @@ void adopt(const CredState& t) noexcept {
   }
   if (cur.ambient != t.ambient) {
     (void)raw_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL);
-    for (int c = 0; c <= g_last_cap; ++c)
+    for (int c = 0; c <= g_last_cap; ++c) {
       if (t.ambient & (std::uint64_t{1} << c))
         (void)raw_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, static_cast<unsigned long>(c));
+    }
   }
   if (cur.securebits != t.securebits &&
       raw_prctl(PR_SET_SECUREBITS, static_cast<unsigned long>(t.securebits)) != 0)
@@ -163,7 +164,7 @@ bool install_setxid_relay() noexcept {
   static std::atomic<bool> claimed{false};
   if (claimed.exchange(true)) return g_relay_installed.load(std::memory_order_acquire);
   while (g_last_cap < 63 &&
-         raw_prctl(PR_CAPBSET_READ, static_cast<unsigned long>(g_last_cap + 1)) >= 0)
+         raw_prctl(PR_CAPBSET_READ, static_cast<unsigned long>(g_last_cap) + 1) >= 0)
     ++g_last_cap;
   KernelSigaction old{};
   if (::syscall(SYS_rt_sigaction, kSetxidSignal, nullptr, &old, sizeof old.mask) != 0) return false;

@@ -32,9 +32,10 @@ std::string suggest_module(std::string_view name) {
       [](dl_phdr_info* info, size_t, void* out) {
         std::string_view path = info->dlpi_name ? info->dlpi_name : "";
         auto base = path.substr(path.rfind('/') + 1);
-        if (!base.empty())
+        if (!base.empty()) {
           static_cast<std::vector<std::string>*>(out)->emplace_back(
               base.substr(0, base.find_first_of(".-")));
+        }
         return 0;
       },
       &shorts);
@@ -122,10 +123,11 @@ std::vector<std::string> Session::never_placed() const {
     } else {  // a library name: libc, libc.so.6, c
       for (const auto& l : loaded) {
         std::string_view base = std::string_view(l).substr(l.rfind('/') + 1);
-        for (const std::string& n : {module, "lib" + module})
+        for (const std::string& n : {module, "lib" + module}) {
           found = found || base == n ||
                   (base.starts_with(n) && base.size() > n.size() &&
                    (base[n.size()] == '.' || base[n.size()] == '-'));
+        }
       }
     }
     if (!found && std::find(out.begin(), out.end(), p.target) == out.end()) out.push_back(p.target);

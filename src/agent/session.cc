@@ -137,19 +137,21 @@ void execve_hook(Hit& h) {
   auto* s = static_cast<Session*>(h.cookie);
   const auto* path = reinterpret_cast<const char*>(h.regs->arg(0));
   auto* envp = reinterpret_cast<char**>(h.regs->arg(2));
-  if (char** env = s->prepare_exec(AT_FDCWD, path, envp); !env)
+  if (char** env = s->prepare_exec(AT_FDCWD, path, envp); !env) {
     s->note_exec(path);
-  else if (env != envp)
+  } else if (env != envp) {
     h.regs->rdx = reinterpret_cast<std::uint64_t>(env);
+  }
 }
 void execveat_hook(Hit& h) {
   auto* s = static_cast<Session*>(h.cookie);
   const auto* path = reinterpret_cast<const char*>(h.regs->arg(1));
   auto* envp = reinterpret_cast<char**>(h.regs->arg(3));
-  if (char** env = s->prepare_exec(static_cast<int>(h.regs->arg(0)), path, envp); !env)
+  if (char** env = s->prepare_exec(static_cast<int>(h.regs->arg(0)), path, envp); !env) {
     s->note_exec(path);
-  else if (env != envp)
+  } else if (env != envp) {
     h.regs->rcx = reinterpret_cast<std::uint64_t>(env);
+  }
 }
 // A set*id call about to change every thread's credentials: hotprobe's threads take the
 // caller's capabilities and securebits first (credentials.h).
@@ -270,10 +272,11 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
     region = script::SharedRegion::open(region_fd, nullptr);  // keeps the descriptor
   } else if (region_fd >= 0) {
     region = script::SharedRegion::open(region_fd, nullptr);
-    if (region)
+    if (region) {
       region->close_fd();  // the mapping stays; the program finds no descriptor of ours
-    else
+    } else {
       ::close(region_fd);  // not a region: hotprobe finds none laid out and reads the channel
+    }
   }
   if (got != 1 || msg.empty() || msg[0] != static_cast<char>(Msg::start))
     return Error(Errc::io_error, "hotprobe agent: the channel to hotprobe is broken");
@@ -304,12 +307,13 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   std::unique_lock compile_lock(g_compile_mu);
   // An exec'd image takes over the maps the image before left in the run's region: its
   // counts add to theirs.
-  if (s->resumed_ && region)
+  if (s->resumed_ && region) {
     script::SharedRegion::use_next(region.get(), true, script::source_hash(start_msg->source));
-  else if (!attached_session)
+  } else if (!attached_session) {
     script::adopt_shared_maps(start_msg->source);
-  else if (region)
+  } else if (region) {
     script::SharedRegion::use_next(region.get(), false, script::source_hash(start_msg->source));
+  }
   auto prog = compile_open(start_msg->source, copts);
   const std::string reopen_error =
       s->resumed_ && region ? script::SharedRegion::reopen_error() : "";
@@ -421,9 +425,10 @@ Result<void> Session::attach() {
       return Error(e.code(), render_attach_error(index[i], e));
     }
   }
-  for (auto& r : results)
+  for (auto& r : results) {
     for (auto h : *r)
       handles_.push_back(h);
+  }
 
   // The process's end: exit() and _exit() of libc (the main thread returning from main
   // calls exit), and exec. A probe the engine cannot place leaves the destructor as the
@@ -607,19 +612,21 @@ void Session::do_finish(Reason reason) {
   }
   drain_and_send();
   if (!shared_maps && !forked_child_) {
-    if (region_)
+    if (region_) {
       script::set_maps_phase(*region_, script::region::kMapsPrinted);
-    else if (!attached_)
+    } else if (!attached_) {
       script::set_shared_maps_phase(script::region::kMapsPrinted);
+    }
   }
   std::string pid;
   put<std::uint32_t>(pid, static_cast<std::uint32_t>(::getpid()));
   // Probes that never found their binary (a wrapper ran, not the program), and an exec
   // that is not followed (an attached process's: the new image has no agent): hotprobe
   // says both at the end, so that an empty output is never a silent one.
-  if (!attached_ && !forked_child_)
+  if (!attached_ && !forked_child_) {
     for (const auto& t : never_placed())
       send_checked(encode(Msg::never, t));
+  }
   if (exec_path_[0]) send_checked(encode(Msg::exec, pid + exec_path_));
   if (attached_) {
     // hotprobe attach: the report is out (an exit hook waiting for it inside its handler
@@ -682,10 +689,11 @@ bool Session::channel_ok() noexcept {
   fd_ = -1;  // closed, or another file now: not ours to use, nor to close
   channel_lost_ = true;
   // hotprobe prints the maps and says why they stop.
-  if (region_)
+  if (region_) {
     script::mark_channel_lost(*region_);
-  else if (!attached_)
+  } else if (!attached_) {
     script::mark_shared_maps_channel_lost();
+  }
   return false;
 }
 

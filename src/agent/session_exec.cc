@@ -27,9 +27,10 @@ void Session::note_exec(const char* path) noexcept {
   if (finished() || !reporter_running_.load(std::memory_order_acquire)) return;
   std::size_t i = 0;
   // The path is the program's memory: a bad pointer makes execve fail with EFAULT anyway.
-  if (path)
+  if (path) {
     for (; i + 1 < sizeof exec_path_ && path[i]; ++i)
       exec_path_[i] = path[i];
+  }
   exec_path_[i] = '\0';
   finish(Reason::exiting, std::chrono::seconds(10));
 }
@@ -143,9 +144,10 @@ void Session::exec_handover() {
   if (exec_child_) exec_env_.push_back(std::string(kEnvExecChild) + "=1");
   if (follow_forks_)
     exec_env_.push_back(std::string(kEnvFollowChildExecs) + (follow_child_execs_ ? "=1" : "=0"));
-  if (exec_region_fd_ >= 0)
+  if (exec_region_fd_ >= 0) {
     exec_env_.push_back(std::string(script::SharedRegion::kEnvFd) + "=" +
                         std::to_string(exec_region_fd_));
+  }
   exec_envp_.clear();
   for (auto& e : exec_env_)
     exec_envp_.push_back(e.data());

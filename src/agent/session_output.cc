@@ -96,10 +96,11 @@ void Session::drain_and_send() {
 // A slot whose session ended is reused.
 Session::ThreadRing* Session::ring_for_this_thread() {
   auto& t = t_rings;
-  for (std::size_t i = 0; i < TlsRings::kSlots; ++i)
+  for (std::size_t i = 0; i < TlsRings::kSlots; ++i) {
     if (t.session[i] == this && t.ring[i] &&
         !t.ring[i]->session_gone.load(std::memory_order_acquire))
       return t.ring[i];
+  }
   for (std::size_t i = 0; i < TlsRings::kSlots; ++i) {
     if (t.ring[i] && !t.ring[i]->session_gone.load(std::memory_order_acquire)) continue;
     if (t.ring[i]) ThreadRing::release(t.ring[i]);
@@ -150,10 +151,11 @@ void Session::queue_request(std::string& before, std::string_view record) {
 
 void Session::send_queued() {
   for (auto& [type, text] : queued_) {
-    if (type == Msg::output)
+    if (type == Msg::output) {
       send_text_checked(type, text);
-    else
+    } else {
       send_checked(encode(type, text));
+    }
   }
   queued_.clear();
 }

@@ -214,17 +214,19 @@ struct AttachMaps {
     if (!r.laid_out) return;  // the agent kept its maps in its own memory (and sent them)
     printed = true;
     channel_lost = r.channel_lost;
-    if (!r.error.empty())
+    if (!r.error.empty()) {
       std::fprintf(stderr, "hotprobe attach: cannot read the maps process %d left: %s\n", pid,
                    r.error.c_str());
+    }
     std::fwrite(r.text.data(), 1, r.text.size(), out);
-    if (r.refused > 0)
+    if (r.refused > 0) {
       std::fprintf(stderr,
                    "hotprobe attach: the memory the maps share with process %d (%zu MiB) ran "
                    "out: %llu tables or records stayed in the process's own memory, so maps "
                    "printed after its end may miss entries; raise HOTPROBE_MAP_MEMORY (MiB) or "
                    "use fewer keys\n",
                    pid, region->size() >> 20, static_cast<unsigned long long>(r.refused));
+    }
   }
 
   // The channel ended without the final report. The process is gone, or the agent lost
@@ -259,11 +261,12 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
   if (agent::shared_maps_wanted()) {
     std::string why;
     maps.region = hotprobe::script::SharedRegion::create(map_bytes, &why);
-    if (!maps.region)
+    if (!maps.region) {
       std::fprintf(stderr,
                    "hotprobe attach: cannot make the memory the maps share with the process "
                    "(%s); the maps print only if the session ends normally\n",
                    why.c_str());
+    }
   }
   // The process's end, seen without polling its PID (which could be reused).
   const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, o.pid, 0));
@@ -340,10 +343,11 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
   // The region travels only over this checked channel: it has no path a third user could
   // open (docs/design/security.md).
   const std::string start = agent::encode_start(so, filename, source);
-  if (maps.region)
+  if (maps.region) {
     agent::send_message_with_fd(sock, start, maps.region->fd());
-  else
+  } else {
     agent::send_message(sock, start);
+  }
   // A stop asked for before the agent's `ready` is its answer to `ready` (the agent reads
   // nothing else before then).
   bool error = false, done = false, stop_sent = false, ready_seen = false, stop_pending = false;

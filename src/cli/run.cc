@@ -238,13 +238,14 @@ struct SharedMaps {
     children_pending = false;
     out.text(sink.text);
     recovered = true;
-    if (auto refused = h.refused.load(std::memory_order_relaxed); refused > 0)
+    if (auto refused = h.refused.load(std::memory_order_relaxed); refused > 0) {
       std::fprintf(stderr,
                    "hotprobe run: the memory the maps share with the program (%zu MiB) ran out: "
                    "%llu tables or records stayed in the program's own memory, so maps printed "
                    "after an abnormal end may miss entries; raise HOTPROBE_MAP_MEMORY (MiB) or "
                    "use fewer keys\n",
                    region->size() >> 20, static_cast<unsigned long long>(refused));
+    }
   }
 };
 
@@ -272,12 +273,13 @@ std::string interpreter_of(const std::string& program) {
 void warn_untraced(const std::string& program, const std::vector<std::string>& never,
                    const std::vector<std::pair<std::uint32_t, std::string>>& execs,
                    const std::vector<std::pair<std::uint32_t, std::string>>& lost) {
-  for (const auto& [pid, path] : lost)
+  for (const auto& [pid, path] : lost) {
     std::fprintf(stderr,
                  "hotprobe run: pid %u exec'd '%s', and the agent did not start in the new image "
                  "(a static or set-ID program ignores LD_PRELOAD): it ran untraced; the maps "
                  "hold what was counted before the exec\n",
                  pid, path.c_str());
+  }
   std::vector<bool> said(execs.size());
   const std::string interp = interpreter_of(program);
   for (const auto& target : never) {
@@ -293,7 +295,7 @@ void warn_untraced(const std::string& program, const std::vector<std::string>& n
           "(hotprobe run ... -- {} ARGS)",
           execs[i].second, execs[i].first, execs[i].second);
     }
-    if (why.empty() && !interp.empty())
+    if (why.empty() && !interp.empty()) {
       why = fmt::format(
           "'{}' is a script run by '{}' (a wrapper, as pyenv's shims are): the program it "
           "starts is not traced; run hotprobe on the real binary ({}; for a pyenv shim, "
@@ -301,21 +303,25 @@ void warn_untraced(const std::string& program, const std::vector<std::string>& n
           program, interp,
           module.find('/') != std::string::npos ? "hotprobe run ... -- " + real_path(module)
                                                 : std::string("`readlink -f` of its path"));
-    if (why.empty())
+    }
+    if (why.empty()) {
       why = fmt::format(
           "'{}' never loaded '{}': check that it is the binary the program runs or a library "
           "it loads (ldd '{}')",
           program, module, program);
+    }
     std::fprintf(stderr, "hotprobe run: the probe on '%s' never attached during the run: %s\n",
                  target.c_str(), why.c_str());
   }
-  for (std::size_t i = 0; i < execs.size(); ++i)
-    if (!said[i])
+  for (std::size_t i = 0; i < execs.size(); ++i) {
+    if (!said[i]) {
       std::fprintf(stderr,
                    "hotprobe run: pid %u exec'd '%s', which ran untraced (hotprobe follows the "
                    "execs of the program it runs, not those of its forked children; run "
                    "hotprobe on it directly to trace it)\n",
                    execs[i].first, execs[i].second.c_str());
+    }
+  }
 }
 
 }  // namespace
@@ -370,11 +376,12 @@ int run(const RunOptions& o) {
   if (agent::shared_maps_wanted()) {
     std::string why;
     maps.region = script::SharedRegion::create(map_bytes, &why);
-    if (!maps.region)
+    if (!maps.region) {
       std::fprintf(stderr,
                    "hotprobe run: cannot make the memory the maps share with the program (%s); "
                    "the maps print only if the program ends normally\n",
                    why.c_str());
+    }
   }
 
   int sv[2];
@@ -506,11 +513,12 @@ int run(const RunOptions& o) {
         (void)agent::get<std::uint32_t>(payload, pos);  // the pid
         if (auto traps = agent::get<std::uint32_t>(payload, pos).value_or(0))
           std::fputs(agent::trap_sites_warning(traps).c_str(), stderr);
-        if (out.format == script::OutputFormat::json)
+        if (out.format == script::OutputFormat::json) {
           out.text(
               fmt::format("{{\"type\": \"attached_probes\", \"data\": {{\"probes\": {}}}}}\n", n));
-        else
+        } else {
           out.text(fmt::format("Attaching {} probe{}...\n", n, n == 1 ? "" : "s"));
+        }
         break;
       }
       case agent::Msg::error: {
@@ -590,7 +598,7 @@ int run(const RunOptions& o) {
       char sigs[64];
       ssize_t k = ::read(g_signal_pipe[0], sigs, sizeof sigs);
       for (ssize_t i = 0; i < k; ++i) {
-        int sig = sigs[i];
+        const int sig = static_cast<unsigned char>(sigs[i]);
         if (sig == SIGCHLD) {
           if (::waitpid(pid, &status, WNOHANG) == pid) child_done = true;
         } else {
@@ -622,20 +630,22 @@ int run(const RunOptions& o) {
   maps.print_marked(out, marks);
   out.text(marks.finish());
   if (lost > 0) {
-    if (out.format == script::OutputFormat::json)
+    if (out.format == script::OutputFormat::json) {
       out.text(fmt::format("{{\"type\": \"lost_events\", \"data\": {{\"events\": {}}}}}\n", lost));
-    else
+    } else {
       out.text(fmt::format("Lost {} events\n", lost));
+    }
   }
   out.flush();
   if (out.f != stdout) std::fclose(out.f);
   if (sock >= 0) ::close(sock);
   int code = exit_code(status);
   if (agent_error) return kExitError;
-  if (bad_map_data)
+  if (bad_map_data) {
     std::fprintf(stderr,
                  "hotprobe run: a forked child sent maps that do not match the script: they were "
                  "left out of the maps above\n");
+  }
   std::erase_if(never, [&](const std::string& t) {
     return std::find(placed.begin(), placed.end(), t) != placed.end();
   });

@@ -77,10 +77,11 @@ void module_event();
 
 // A failure after attach returned, to the engine's EngineOptions::on_error or stderr.
 void report(const EngineImpl* engine, const Error& e) {
-  if (engine->options.on_error)
+  if (engine->options.on_error) {
     engine->options.on_error(e, engine->options.on_error_cookie);
-  else
+  } else {
     std::fprintf(stderr, "hotprobe: %s\n", e.message().c_str());
+  }
 }
 
 // The module watcher: an internal probe on the dynamic linker's _dl_debug_state, which

@@ -79,12 +79,13 @@ void reclaim(const std::vector<Scheme>& schemes, std::uint64_t epoch) {
   for (Retired& r : reg.take_retired()) {
     bool gp_ok = r.epoch <= epoch &&
                  std::find(schemes.begin(), schemes.end(), r.site->scheme) != schemes.end();
-    if (!gp_ok)
+    if (!gp_ok) {
       keep.push_back(r);
-    else if (std::binary_search(referenced.begin(), referenced.end(), r.site))
+    } else if (std::binary_search(referenced.begin(), referenced.end(), r.site)) {
       keep.push_back(r);
-    else
+    } else {
       ready.push_back(r);
+    }
   }
   if (!ready.empty()) {
     // A thread whose pc is in the dispatcher's section may be about to return into any

@@ -246,10 +246,11 @@ Result<Site*> SiteBuilder::build(const Target& t, const SiteOptions& spec, const
       if (auto f = load(); f.ok()) {
         auto over = plan_ret_over_padding(**f, probe - t.key.off, t.function, t.offset, head_byte);
         // Both bytes the file's: the ret (else another tracer's, as above) and the padding.
-        if (over.ok() && unlike_file(over->patch_address, over->patch_address + 2))
+        if (over.ok() && unlike_file(over->patch_address, over->patch_address + 2)) {
           head_byte.reset();
-        else if (over.ok())
+        } else if (over.ok()) {
           plan = std::move(over), file = std::move(f);
+        }
       }
     }
     std::optional<PadClaim> pad;
@@ -349,10 +350,11 @@ void SiteBuilder::build_all(std::span<BuildJob> jobs, std::span<const Target> ta
       Result<arch::CodeSlot>& slot = slots[n - begin];
       auto built = build(targets[j.target], options_of(specs[j.spec]), env, *builders[worker], code,
                          slot.ok() ? std::optional(*slot) : std::nullopt);
-      if (built.ok())
+      if (built.ok()) {
         j.site = *built;
-      else
+      } else {
         j.error = built.error();
+      }
     }
   });
 }
@@ -461,10 +463,11 @@ void SiteBuilder::separate_overlaps(std::span<BuildJob> jobs, std::span<const Ta
       return;
     }
     auto built = build(t, spec, env, reg.entry_builder_, reg.code_, std::nullopt, true);
-    if (built.ok())
+    if (built.ok()) {
       j.site = *built;
-    else
+    } else {
       j.error = built.error();
+    }
   };
   std::vector<std::size_t> shorts;
   for (std::size_t n = 0; n < jobs.size(); n++) {

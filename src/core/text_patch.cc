@@ -601,9 +601,10 @@ Result<PatchStats> apply_patches(std::span<const PatchSite> sites) {
           write_pads_first(true);
         } else {
           for (std::size_t i = 0; i < n; i++) {
-            if (heads[i] == Head::pad)
+            if (heads[i] == Head::pad) {
               pads[i]->slot->store(jump_target(sites[i].addr, sites[i].new_bytes),
                                    std::memory_order_release);
+            }
           }
           if (split_final) {
             for (std::size_t i = 0; i < n; i++) {

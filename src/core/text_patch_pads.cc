@@ -160,9 +160,10 @@ Pad* pad_for(std::uintptr_t addr) {
   const auto disp = static_cast<std::int32_t>(slot - (pad.at + kPadLength));
   write_byte(pad.at, 0xFF);
   write_byte(pad.at + 1, 0x25);
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < 4; i++) {
     write_byte(pad.at + 2 + i,
                static_cast<std::uint8_t>(static_cast<std::uint32_t>(disp) >> (8 * i)));
+  }
   return &g_pads.emplace(addr, pad).first->second;
 }
 

@@ -272,10 +272,11 @@ DwarfFunction describe(Dwarf_Die* fn) {
           tag = dwarf_tag(&s);
         }
       }
-      if (tag == DW_TAG_structure_type || tag == DW_TAG_class_type)
+      if (tag == DW_TAG_structure_type || tag == DW_TAG_class_type) {
         p.struct_name = "struct " + die_name(&s);
-      else if (tag == DW_TAG_union_type)
+      } else if (tag == DW_TAG_union_type) {
         p.struct_name = "union " + die_name(&s);
+      }
       Dwarf_Die st = strip(t);
       Dwarf_Attribute attr;
       Dwarf_Word enc = 0;
@@ -512,12 +513,13 @@ struct Coder {
             if (dwarf_tag(&sub) != DW_TAG_subrange_type) continue;
             Dwarf_Attribute attr;
             Dwarf_Word v = 0;
-            if (dwarf_formudata(dwarf_attr(&sub, DW_AT_count, &attr), &v) == 0)
+            if (dwarf_formudata(dwarf_attr(&sub, DW_AT_count, &attr), &v) == 0) {
               dims.push_back(v);
-            else if (dwarf_formudata(dwarf_attr(&sub, DW_AT_upper_bound, &attr), &v) == 0)
+            } else if (dwarf_formudata(dwarf_attr(&sub, DW_AT_upper_bound, &attr), &v) == 0) {
               dims.push_back(v + 1);
-            else
+            } else {
               dims.push_back(0);
+            }
           } while (dwarf_siblingof(&sub, &sub) == 0);
         }
         std::string out;
@@ -745,18 +747,20 @@ std::string dwarf_type_facts(const std::string& module, const std::string& patte
   auto dw = DwarfInfo::open(module);
   if (!dw) {
     if (dw.error().code() == Errc::not_found &&
-        dw.error().message().find("DWARF") != std::string::npos)
+        dw.error().message().find("DWARF") != std::string::npos) {
       return error(module +
                    " has no DWARF: build with -g, or install its -dbg/-dbgsym package; "
                    "hotprobe list -v shows what is there");
+    }
     return error("cannot read the debug info of '" + module +
                  "' for args: " + dw.error().message() + " (args needs the probed file's path)");
   }
   std::vector<std::string> names;
-  if (pattern.find_first_of("*?[") != std::string::npos)
+  if (pattern.find_first_of("*?[") != std::string::npos) {
     names = (*dw)->function_names(pattern);
-  else
+  } else {
     names.push_back(pattern);
+  }
   if (names.empty())
     return error("no function of " + module + "'s debug info matches '" + pattern + "'");
   const std::string key = std::to_string(id);
@@ -779,10 +783,11 @@ std::string dwarf_type_facts(const std::string& module, const std::string& patte
     for (const DwarfRecord& r : fn->records) {
       out += "R\t" + key + ":" + r.key + "\t" + no_tabs(r.name) + "\t" + std::to_string(r.size) +
              "\t" + (r.is_union ? "1" : "0") + "\n";
-      for (const DwarfMember& m : r.members)
+      for (const DwarfMember& m : r.members) {
         out += "M\t" + no_tabs(m.name) + "\t" + std::to_string(m.offset) + "\t" +
                std::to_string(m.bit_offset) + "\t" + std::to_string(m.bit_size) + "\t" +
                prefix_keys(m.code, key) + "\n";
+      }
     }
   }
   return out;

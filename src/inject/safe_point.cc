@@ -122,14 +122,15 @@ bool follows_call(Tracee& t, std::uintptr_t ret) {
     if (op != 0xff || ((modrm >> 3) & 7) != 2) continue;
     const int mod = modrm >> 6, rm = modrm & 7;
     std::size_t len = 2;
-    if (mod == 0 && rm == 5)
+    if (mod == 0 && rm == 5) {
       len = 6;
-    else if (mod == 0 && rm == 4)
+    } else if (mod == 0 && rm == 4) {
       len = 3;  // SIB (base 5 with disp32 would be 7)
-    else if (mod == 1)
+    } else if (mod == 1) {
       len = rm == 4 ? 4 : 3;
-    else if (mod == 2)
+    } else if (mod == 2) {
       len = rm == 4 ? 7 : 6;
+    }
     if (mod == 0 && rm == 4 && k == 7 && (b[2] & 7) == 5) len = 7;
     if (len == k) return true;
   }

@@ -53,7 +53,7 @@ struct CodeReader {
 
   int opaque_type(const std::string& name, std::uint32_t size) {
     auto [it, inserted] = opaque.try_emplace(name, static_cast<int>(T.records.size()));
-    if (inserted)
+    if (inserted) {
       T.records.push_back(
           ast::Record{name,
                       false,
@@ -61,6 +61,7 @@ struct CodeReader {
                       {},
                       size,
                       std::max<std::uint32_t>(1, std::min<std::uint32_t>(size, 8))});
+    }
     return T.record_type(it->second);
   }
 

@@ -127,7 +127,7 @@ struct Runtime {
   }
 };
 
-Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format);
+Result<std::unique_ptr<Runtime>> lower(const ast::Program& program, OutputFormat format);
 
 // The clock behind nsecs: CLOCK_MONOTONIC, read through a calibrated TSC when the TSC is
 // invariant (HOTPROBE_SCRIPT_CLOCK=vdso forces clock_gettime).

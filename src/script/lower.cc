@@ -250,7 +250,7 @@ Result<void> Lowerer::stmts(const std::vector<ast::Stmt>& in, std::vector<SNode>
 
 }  // namespace lowering
 
-Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format) {
+Result<std::unique_ptr<Runtime>> lower(const ast::Program& program, OutputFormat format) {
   using namespace lowering;
   clock::calibrate_once();
   thread::init_once();
@@ -276,9 +276,10 @@ Result<std::unique_ptr<Runtime>> lower(ast::Program program, OutputFormat format
     }
     d.per_thread = !is_aggregation(d.kind) && d.key_is_string.size() == 1 && !d.key_is_string[0] &&
                    tid_keys.only_tid(static_cast<std::size_t>(m.id));
-    if (d.key_is_string.size() > kMaxKeyParts)
+    if (d.key_is_string.size() > kMaxKeyParts) {
       return Error(Errc::invalid_argument,
                    "map " + m.name + " has more than 8 keys; use fewer key parts");
+    }
     d.lhist_min = m.lhist_min;
     d.lhist_max = m.lhist_max;
     d.lhist_step = m.lhist_step > 0 ? m.lhist_step : 1;

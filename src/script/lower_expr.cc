@@ -75,17 +75,19 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
         for (std::size_t k = 0; k < e.elems.size(); ++k) {
           Node* el = make();
           el->imm = e.slot + 1 + static_cast<std::int64_t>(k);
-          if (e.elems[k].type == Type::string)
+          if (e.elems[k].type == Type::string) {
             el->s = s_var;
-          else
+          } else {
             el->i = i_var;
+          }
           n->keys.push_back(el);
         }
         n->i = i_tuple;
-      } else if (e.type == Type::string)
+      } else if (e.type == Type::string) {
         n->s = s_var;
-      else
+      } else {
         n->i = i_var;
+      }
       return n;
     }
     case K::builtin: {
@@ -103,12 +105,13 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       if (!m) return m.error();
       Node* n = *m;
       const MapDesc& d = rt_.maps->desc(n->map);
-      if (d.kind == ValueKind::string)
+      if (d.kind == ValueKind::string) {
         n->s = d.per_thread ? s_tid_read : s_map_read;
-      else if (d.kind == ValueKind::integer)
+      } else if (d.kind == ValueKind::integer) {
         n->i = d.per_thread ? i_tid_read : i_map_read;
-      else
+      } else {
         n->i = i_agg_read;
+      }
       return n;
     }
     case K::unary: {
@@ -132,10 +135,11 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       n->a = *a;
       n->b = *b;
       n->c = *c;
-      if (e.type == Type::string)
+      if (e.type == Type::string) {
         n->s = s_ternary;
-      else
+      } else {
         n->i = i_ternary;
+      }
       return n;
     }
     case K::incdec: {

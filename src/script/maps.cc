@@ -157,14 +157,15 @@ void MapSet::build(SharedRegion* region, bool reopen, std::uint64_t hash) {
   }
   for (std::size_t i = 0; i < n; ++i) {
     const bool sharded = is_aggregation(descs_[i].kind) || descs_[i].per_thread;
-    if (recs && sharded)
+    if (recs && sharded) {
       agg_[i] = std::make_unique<AggMap>(descs_[i], region, &recs[i], reopen);
-    else if (recs)
+    } else if (recs) {
       plain_[i] = std::make_unique<PlainMap>(descs_[i], region, &recs[i], reopen);
-    else if (sharded)
+    } else if (sharded) {
       agg_[i] = std::make_unique<AggMap>(descs_[i]);
-    else
+    } else {
       plain_[i] = std::make_unique<PlainMap>(descs_[i]);
+    }
   }
 }
 
@@ -194,17 +195,19 @@ MapSet::ThreadShards* MapSet::local_slow() {
 }
 
 void MapSet::clear(std::size_t i) {
-  if (agg_[i])
+  if (agg_[i]) {
     agg_[i]->clear();
-  else
+  } else {
     plain_[i]->clear();
+  }
 }
 
 void MapSet::zero(std::size_t i) {
-  if (agg_[i])
+  if (agg_[i]) {
     agg_[i]->zero();
-  else
+  } else {
     plain_[i]->zero();
+  }
 }
 
 std::vector<Row> MapSet::snapshot(std::size_t i) {

@@ -125,8 +125,9 @@ void SharedRegion::privatize() {
     if (::mremap(copy, size_, size_, MREMAP_MAYMOVE | MREMAP_FIXED, base_) != MAP_FAILED) return;
     ::munmap(copy, size_);
   }
-  // Never into the parent's maps: empty ones rather.
-  ::mmap(base_, size_, kProt, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE | MAP_ANONYMOUS, -1, 0);
+  // Never into the parent's maps: empty ones rather. Should even that fail, the child's
+  // maps stay the parent's; nothing better is left to do here.
+  (void)::mmap(base_, size_, kProt, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE | MAP_ANONYMOUS, -1, 0);
 }
 
 std::uint64_t source_hash(std::string_view source) {

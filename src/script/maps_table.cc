@@ -298,9 +298,10 @@ AggMap::AggMap(MapDesc desc, SharedRegion* region, region::MapRecord* rec, bool 
 Shard* AggMap::new_shard() {
   std::lock_guard lock(ops_mu_);
   region::ShardRecord* rec = nullptr;
-  if (region_)
+  if (region_) {
     if (std::uint64_t off = region_->alloc(sizeof(region::ShardRecord)))
       rec = region_->at<region::ShardRecord>(off);
+  }
   shards_.push_back(std::make_unique<Shard>(this, rec));
   Shard* s = shards_.back().get();
   // A new shard starts empty, so no op before now concerns it.
@@ -341,10 +342,11 @@ void AggMap::mirror_op(const Op& op) {
     r->key[w] = op.key[w];
   // A clear starts a new list (older ops are moot); others append. Release: a reader that
   // finds the record sees its fields.
-  if (op.kind == OpKind::clear || !last_op_)
+  if (op.kind == OpKind::clear || !last_op_) {
     rec_->ops.store(off, std::memory_order_release);
-  else
+  } else {
     last_op_->next.store(off, std::memory_order_release);
+  }
   last_op_ = r;
 }
 
@@ -493,10 +495,11 @@ void PlainMap::init(SharedRegion* region, region::MapRecord* rec, bool adopt) {
       rec->stripes.store(off, std::memory_order_release);
     }
   }
-  for (std::size_t i = 0; i < kStripes; ++i)
+  for (std::size_t i = 0; i < kStripes; ++i) {
     stripes_[i].table =
         std::make_unique<Table>(desc_.key_words(), desc_.value_words(), words ? region : nullptr,
                                 words ? words + i : nullptr, adopt);
+  }
   for (Stripe& s : stripes_)
     s.table->set_stack_tail(desc_.stack_tail());
 }

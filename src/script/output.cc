@@ -86,10 +86,11 @@ std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escap
     if (k) s += sep;
     switch (d.part(k)) {
       case KeyPart::string:
-        if (escape)
+        if (escape) {
           append_text_escaped(s, get_string(&r.key[w]));
-        else
+        } else {
           s += get_string(&r.key[w]);
+        }
         break;
       case KeyPart::ustack:
       case KeyPart::ustack_perf:
@@ -110,11 +111,12 @@ std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escap
 // The first and last buckets that hold a count; (-1, -1) when none does.
 std::pair<int, int> nonzero_buckets(std::span<const std::uint64_t> v) {
   int lo = -1, hi = -1;
-  for (std::size_t i = 0; i < v.size(); ++i)
+  for (std::size_t i = 0; i < v.size(); ++i) {
     if (v[i] > 0) {
       if (lo < 0) lo = static_cast<int>(i);
       hi = static_cast<int>(i);
     }
+  }
   return {lo, hi};
 }
 
@@ -241,14 +243,15 @@ std::string hist_text(std::span<const std::uint64_t> v) {
   std::string s;
   for (int i = lo; i <= hi; ++i) {
     std::string header;
-    if (i == 0)
+    if (i == 0) {
       header = "(..., 0)";
-    else if (i == 1)
+    } else if (i == 1) {
       header = "[0]";
-    else if (i == 2)
+    } else if (i == 2) {
       header = "[1]";
-    else
+    } else {
       header = "[" + hist_label(i - 2) + ", " + hist_label(i - 1) + ")";
+    }
     append_bar_line(s, header, v[i], max_value);
   }
   return s;
@@ -262,12 +265,13 @@ std::string lhist_text(std::span<const std::uint64_t> v, std::int64_t min, std::
   std::string s;
   for (int i = lo; i <= hi; ++i) {
     std::string header;
-    if (i == 0)
+    if (i == 0) {
       header = "(..., " + lhist_label(min) + ")";
-    else if (i == buckets + 1)
+    } else if (i == buckets + 1) {
       header = "[" + lhist_label(max) + ", ...)";
-    else
+    } else {
       header = "[" + lhist_label((i - 1) * step + min) + ", " + lhist_label(i * step + min) + ")";
+    }
     append_bar_line(s, header, v[i], max_value);
   }
   return s;
@@ -434,9 +438,10 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
         const std::int64_t count = as_signed(r.value[0]), total = as_signed(r.value[1]);
         const std::int64_t avg = count ? total / count : 0;
         if (d.kind == ValueKind::avg) return std::to_string(avg / sdiv);
-        if (json)
+        if (json) {
           return "{\"count\": " + std::to_string(count) + ", \"average\": " + std::to_string(avg) +
                  ", \"total\": " + std::to_string(total) + "}";
+        }
         return "count " + std::to_string(count) + ", average " + std::to_string(avg) + ", total " +
                std::to_string(total);
       }
@@ -535,9 +540,10 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool esc
   if (escape && f.conversion == 's') return format_escaped(out, f, a.s);
   if (escape && f.conversion == 'c') {
     const char c = static_cast<char>(a.i);
-    if (text_escaped_size(std::string_view(&c, 1)) != 1)
+    if (text_escaped_size(std::string_view(&c, 1)) != 1) {
       return format_escaped(out, FormatSpec{{}, 's', f.left, false, false, false, false, f.width},
                             std::string_view(&c, 1));
+    }
   }
   char spec[32];
   std::size_t n = 0;
@@ -549,12 +555,13 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool esc
   if (f.zero) spec[n++] = '0';
   spec[n] = 0;
   char wp[24] = "";
-  if (f.width >= 0 && f.precision >= 0)
+  if (f.width >= 0 && f.precision >= 0) {
     std::snprintf(wp, sizeof wp, "%d.%d", f.width, f.precision);
-  else if (f.width >= 0)
+  } else if (f.width >= 0) {
     std::snprintf(wp, sizeof wp, "%d", f.width);
-  else if (f.precision >= 0)
+  } else if (f.precision >= 0) {
     std::snprintf(wp, sizeof wp, ".%d", f.precision);
+  }
   std::strcat(spec, wp);
   n = std::strlen(spec);
   char buf[512];
@@ -582,10 +589,11 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool esc
       spec[n++] = 'l';
       spec[n++] = c;
       spec[n] = 0;
-      if (is_signed)
+      if (is_signed) {
         len = std::snprintf(buf, sizeof buf, spec, static_cast<long long>(a.i));
-      else
+      } else {
         len = std::snprintf(buf, sizeof buf, spec, static_cast<unsigned long long>(a.i));
+      }
     } else {
       spec[n++] = c;
       spec[n] = 0;
@@ -596,10 +604,11 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool esc
       } else if (f.length == FormatSpec::Length::hh) {
         v = is_signed ? static_cast<std::int8_t>(v) : static_cast<std::uint8_t>(v);
       }
-      if (is_signed)
+      if (is_signed) {
         len = std::snprintf(buf, sizeof buf, spec, static_cast<int>(v));
-      else
+      } else {
         len = std::snprintf(buf, sizeof buf, spec, static_cast<unsigned>(v));
+      }
     }
   }
   if (len < 0) return;

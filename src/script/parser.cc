@@ -655,11 +655,12 @@ inline void Parser::config_block(ast::Program& out) {
         c_error(value.loc, "print_maps_on_exit is true, false, 1 or 0");
       out.print_maps_on_exit = truth;
     } else if (k == "max_strlen") {
-      if (value.kind != Tok::integer || value.value != ast::kDefaultStrSize)
+      if (value.kind != Tok::integer || value.value != ast::kDefaultStrSize) {
         c_error(value.loc, "max_strlen: hotprobe's strings are " +
                                std::to_string(ast::kDefaultStrSize) +
                                " bytes (bpftrace's default); other lengths are not "
                                "supported (use str(p, N) for shorter reads)");
+      }
     } else if (std::find(std::begin(kNoBpf), std::end(kNoBpf), k) == std::end(kNoBpf)) {
       c_error(key.loc, "config: '" + key.text +
                            "' is not a setting hotprobe takes (it takes print_maps_on_exit, "

@@ -25,10 +25,12 @@ bool tsc_invariant() {
   // Hypervisors often hide the CPUID bit; the kernel's flags say what it found.
   std::ifstream in("/proc/cpuinfo");
   std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("flags", 0) == 0)
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) == 0) {
       return line.find(" constant_tsc") != std::string::npos &&
              line.find(" nonstop_tsc") != std::string::npos;
+    }
+  }
   return false;
 }
 
@@ -55,9 +57,9 @@ void calibrate() {
   std::int64_t n0, n1;
   sample(t0, n0);
   // 5 ms of calibration once per process: a ratio error near 1e-5.
-  do
+  do {
     sample(t1, n1);
-  while (n1 - n0 < 5'000'000);
+  } while (n1 - n0 < 5'000'000);
   if (t1 <= t0) return;
   g_clock.mult =
       static_cast<std::uint64_t>((static_cast<unsigned __int128>(n1 - n0) << 32) / (t1 - t0));

@@ -218,9 +218,9 @@ bool st_tid_str(const SNode* s, Frame& f) {
   return true;
 }
 bool st_expr(const SNode* s, Frame& f) {
-  if (s->target->i)
+  if (s->target->i) {
     s->target->i(s->target, f);
-  else if (s->target->s) {
+  } else if (s->target->s) {
     char tmp[kStrBytes];
     s->target->s(s->target, f, tmp);
   }

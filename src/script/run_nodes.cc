@@ -19,10 +19,6 @@ namespace hotprobe::script {
 namespace nodes {
 
 using ast::BinaryOp;
-using ast::Builtin;
-using ast::Expr;
-using ast::Func;
-using ast::Type;
 using thread::g_gid;
 using thread::g_uid;
 using thread::ids;
@@ -360,7 +356,7 @@ bool st_return(const SNode*, Frame&) {
 void on_hit(Hit& hit) {
   auto* p = static_cast<const ProbeCtx*>(hit.cookie);
   Runtime* rt = p->rt;
-  if (rt->exited.load(std::memory_order_relaxed) | !rt->active.load(std::memory_order_relaxed))
+  if (rt->exited.load(std::memory_order_relaxed) || !rt->active.load(std::memory_order_relaxed))
     return;
   rt->run_probe(p->index, &hit);
 }

@@ -170,10 +170,11 @@ std::int64_t i_join(const Node* n, Frame& f) {
     char s[ast::kJoinEntryBytes];
     const std::uint32_t len = read_user_string(p, sizeof s, s);
     if (k) text += n->text;
-    if (escape)
+    if (escape) {
       append_text_escaped(text, std::string_view(s, len));
-    else
+    } else {
       text.append(s, len);
+    }
   }
   std::string& out = out_buffer();
   if (escape) {

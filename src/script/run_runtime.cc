@@ -16,10 +16,11 @@ ProbeSpec Runtime::spec(std::size_t index) {
   ProbeSpec s;
   s.target = p.probe.target;
   s.cookie = &p;
-  if (p.probe.kind == Probe::Kind::uretprobe)
+  if (p.probe.kind == Probe::Kind::uretprobe) {
     s.on_return = on_hit;
-  else
+  } else {
     s.on_entry = on_hit;
+  }
   if (p.glob) {
     // Name every site the glob matches now, so func costs a lookup, not a symbolization.
     if (auto fns = resolve_functions(p.probe.target)) {

@@ -207,10 +207,11 @@ void capture_ustack(const Regs& regs, bool at_entry, std::uint32_t max, std::uin
   const bool fast = own_stack(regs.rsp, hi);
   if (at_entry && n < max) {  // the caller's return address, not yet in the rbp chain
     std::uint64_t ret = 0;
-    if (fast && regs.rsp <= hi - sizeof ret)
+    if (fast && regs.rsp <= hi - sizeof ret) {
       load_frame1(regs.rsp, &ret);
-    else if (!fast)
+    } else if (!fast) {
       read_user(regs.rsp, &ret, sizeof ret);
+    }
     if (ret) out[++n] = ret;
   }
   std::uint64_t fp = regs.rbp, floor = regs.rsp;
