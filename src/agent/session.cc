@@ -138,7 +138,7 @@ void execve_hook(Hit& h) {
   const auto* path = reinterpret_cast<const char*>(h.regs->arg(0));
   auto* envp = reinterpret_cast<char**>(h.regs->arg(2));
   if (char** env = s->prepare_exec(AT_FDCWD, path, envp); !env) {
-    s->note_exec(path);
+    s->note_exec(AT_FDCWD, path);
   } else if (env != envp) {
     h.regs->rdx = reinterpret_cast<std::uint64_t>(env);
   }
@@ -148,7 +148,7 @@ void execveat_hook(Hit& h) {
   const auto* path = reinterpret_cast<const char*>(h.regs->arg(1));
   auto* envp = reinterpret_cast<char**>(h.regs->arg(3));
   if (char** env = s->prepare_exec(static_cast<int>(h.regs->arg(0)), path, envp); !env) {
-    s->note_exec(path);
+    s->note_exec(static_cast<int>(h.regs->arg(0)), path);
   } else if (env != envp) {
     h.regs->rcx = reinterpret_cast<std::uint64_t>(env);
   }
@@ -546,6 +546,10 @@ void Session::reporter_main() {
     if (exec_word_.load(std::memory_order_acquire) == 1) exec_handover();
     if (int req = requested_.load(); req != 0) {
       do_finish(static_cast<Reason>(req - 1));
+      // Exec'ing (attach): the session, its engine and its trampolines stay, the probes
+      // inactive, until the exec replaces the image (or, should the exec fail after all,
+      // for the rest of the process: a hit then costs one load).
+      if (attached_ && exec_path_[0]) return;
       if (attached_) {
         // Nothing refers to this session any more: its probes are gone (and no handler
         // runs), and it leaves the fork handlers' list before it is freed.
@@ -631,9 +635,11 @@ void Session::do_finish(Reason reason) {
   if (attached_) {
     // hotprobe attach: the report is out (an exit hook waiting for it inside its handler
     // may go on, so that the detach below does not wait for it), then every probe is
-    // removed, then the prompt comes back.
+    // removed, then the prompt comes back. Not when the process is exec'ing: the exec
+    // removes the probes with the image, and the patching would signal the exec'ing
+    // thread, a signal the new program would die of (it has no handler for it).
     mark_finished();
-    detach_everything();
+    if (!exec_path_[0]) detach_everything();
     send_checked(encode(Msg::done, pid));
     return;
   }

@@ -76,9 +76,13 @@ class Session final : public hotprobe::script::Sink {
   // waits at most `wait` for it. Async-signal-safe when called from a signal handler:
   // it only stores a flag and waits on a futex (the reporter looks at least every 5 ms).
   void finish(Reason reason, std::chrono::milliseconds wait) noexcept;
-  // The process is about to exec `path` (the agent's execve/execveat hooks): the final
-  // report says so (Msg::exec), then finish(). Runs inside a handler: no allocation.
-  void note_exec(const char* path) noexcept;
+  // The process is about to exec `path` (the agent's execve/execveat hooks; `dirfd` as in
+  // prepare_exec): the final report says so (Msg::exec), then finish(). A path that cannot
+  // be exec'd changes nothing (execvp trying PATH: the image goes on, traced). An attached
+  // session then leaves its probes in place, inactive: the exec removes them with the
+  // image, and patching now would signal the exec'ing thread, whose pending signal would
+  // kill the new program. Runs inside a handler: no allocation.
+  void note_exec(int dirfd, const char* path) noexcept;
   // The program's thread is about to exec `path` with environment `envp` (`dirfd`: an
   // execveat's; AT_FDCWD for execve): the reporter sends what is buffered and the targets
   // placed so far, and makes the environment under which the new image's agent takes the

@@ -22,9 +22,22 @@ namespace hp::agent {
 
 using hp::core::OwnWork;
 
-void Session::note_exec(const char* path) noexcept {
+namespace {
+
+// Whether execve of `path` (relative to `dirfd`) can succeed: the file exists and may be
+// executed. The system call: a probe on access must not see hotprobe's check.
+bool executable(int dirfd, const char* path) noexcept {
+  const int flags = path[0] == '\0' ? AT_EMPTY_PATH : 0;
+  return ::syscall(SYS_faccessat2, dirfd, path, X_OK, flags) == 0 ||
+         (errno == ENOSYS && ::syscall(SYS_faccessat, dirfd, path, X_OK) == 0);
+}
+
+}  // namespace
+
+void Session::note_exec(int dirfd, const char* path) noexcept {
   if (!in_own_process()) return;  // a vfork child's exec: the parent traces on
   if (finished() || !reporter_running_.load(std::memory_order_acquire)) return;
+  if (path && !executable(dirfd, path)) return;  // execve fails: this image goes on, traced
   std::size_t i = 0;
   // The path is the program's memory: a bad pointer makes execve fail with EFAULT anyway.
   if (path) {
@@ -40,10 +53,7 @@ char** Session::prepare_exec(int dirfd, const char* path, char** envp) noexcept 
   // A path that cannot be exec'd (execvp trying each PATH entry): execve fails and this
   // image goes on, traced; `envp` back, unchanged. The system call: a probe on access
   // must not see the check.
-  const int flags = path[0] == '\0' ? AT_EMPTY_PATH : 0;
-  if (::syscall(SYS_faccessat2, dirfd, path, X_OK, flags) != 0 &&
-      !(errno == ENOSYS && ::syscall(SYS_faccessat, dirfd, path, X_OK) == 0))
-    return envp;
+  if (!executable(dirfd, path)) return envp;
   // The program's exec, or a followed child's: a --follow-forks child (its own session
   // here), or a vfork child (posix_spawn, a shell running a command), which runs on this
   // session's memory with descriptors of its own.

@@ -929,6 +929,28 @@ TEST(HotprobeAttach, TargetThatExecsEndsTheSessionAndSaysSo) {
       << r.out << r.err;
 }
 
+// execvp tries PATH's entries in turn: the execve that fails (no such file) leaves the
+// session tracing; the one that works ends it, and the new program runs.
+TEST(HotprobeAttach, ExecThroughPathEndsTheSessionAtTheExecThatWorks) {
+  HP_SKIP_IF_SANITIZED();
+  Target t({"work", "2"});
+  ASSERT_TRUE(t.ready());
+  Hotprobe hp(attach_args(t.pid(), window_script()));
+  ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
+  auto w = t.counts("window 50");
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(t.command("execvp"), "execd");
+  EXPECT_EQ(t.wait_exit(), 0);
+  Outcome r = hp.wait();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("process " + std::to_string(t.pid()) + " exec'd '/bin/sh'"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("nonexistent"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("@w: " + std::to_string(w[0] + w[1]) + "\n"), std::string::npos)
+      << r.out << r.err;
+}
+
 TEST(HotprobeAttachErrors, NoSuchProcess) {
   pid_t gone = ::fork();
   if (gone == 0) ::_exit(0);
