@@ -165,7 +165,12 @@ Result<void> install_trap_handler() {
   }
   struct sigaction sa {};
   sa.sa_sigaction = trap_handler;
-  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER | SA_ONSTACK;  // as the move signal
+  // Not SA_ONSTACK, unlike the move signal: this handler runs the probe's handlers on
+  // hotprobe's own stack, and a signal that arrives there while this frame is on the
+  // alternate stack would be put at that stack's top by the kernel (the stack pointer is
+  // not on it), over this frame (docs/design/arch.md, "Goroutine stacks and signal
+  // frames").
+  sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER;
   sigemptyset(&sa.sa_mask);
   if (sigaction(SIGTRAP, &sa, &g_prev_trap_action) != 0) return sys_error("sigaction(SIGTRAP)");
   return {};
