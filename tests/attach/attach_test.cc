@@ -906,49 +906,39 @@ TEST(HotprobeAttach, DurationEndsTheSessionAndThePauseIsReported) {
   EXPECT_EQ(t.wait_exit(), 0);
 }
 
-// A target that exec's during the session: the session ends with the old image, its maps
-// print with the counts reached, and hotprobe says what the process became.
-TEST(HotprobeAttach, TargetThatExecsEndsTheSessionAndSaysSo) {
-  HP_SKIP_IF_SANITIZED();
+// A target that exec's during the session (the fixture's `command`): the session ends
+// with the old image, its maps print with the counts reached, and hotprobe says what the
+// process became, and only that. The new program runs and ends normally.
+void exec_ends_the_session(const char* command) {
   Target t({"work", "2"});
   ASSERT_TRUE(t.ready());
   Hotprobe hp(attach_args(t.pid(), window_script()));
   ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
   auto w = t.counts("window 50");
   ASSERT_EQ(w.size(), 2u);
-  EXPECT_EQ(t.command("exec"), "execd");
-  EXPECT_EQ(t.wait_exit(), 0);
+  EXPECT_EQ(t.command(command), "execd");
+  EXPECT_EQ(t.wait_exit(), 0) << "the new program did not end normally";
   Outcome r = hp.wait();
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("process " + std::to_string(t.pid()) +
-                       " exec'd '/bin/sh': the session "
-                       "ends there"),
-            std::string::npos)
-      << r.err;
-  EXPECT_NE(r.out.find("@w: " + std::to_string(w[0] + w[1]) + "\n"), std::string::npos)
-      << r.out << r.err;
-}
-
-// execvp tries PATH's entries in turn: the execve that fails (no such file) leaves the
-// session tracing; the one that works ends it, and the new program runs.
-TEST(HotprobeAttach, ExecThroughPathEndsTheSessionAtTheExecThatWorks) {
-  HP_SKIP_IF_SANITIZED();
-  Target t({"work", "2"});
-  ASSERT_TRUE(t.ready());
-  Hotprobe hp(attach_args(t.pid(), window_script()));
-  ASSERT_TRUE(hp.wait_for_output("Attaching 2 probes...\n")) << hp.wait().err;
-  auto w = t.counts("window 50");
-  ASSERT_EQ(w.size(), 2u);
-  EXPECT_EQ(t.command("execvp"), "execd");
-  EXPECT_EQ(t.wait_exit(), 0);
-  Outcome r = hp.wait();
-  EXPECT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.err.find("process " + std::to_string(t.pid()) + " exec'd '/bin/sh'"),
+                       " exec'd '/bin/sh': the session ends there"),
             std::string::npos)
       << r.err;
   EXPECT_EQ(r.err.find("nonexistent"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("@w: " + std::to_string(w[0] + w[1]) + "\n"), std::string::npos)
       << r.out << r.err;
+}
+
+TEST(HotprobeAttach, TargetThatExecsEndsTheSessionAndSaysSo) {
+  HP_SKIP_IF_SANITIZED();
+  exec_ends_the_session("exec");
+}
+
+// execvp tries PATH's entries in turn: the execve that fails (no such file) leaves the
+// session tracing; the one that works ends it.
+TEST(HotprobeAttach, ExecThroughPathEndsTheSessionAtTheExecThatWorks) {
+  HP_SKIP_IF_SANITIZED();
+  exec_ends_the_session("execvp");
 }
 
 TEST(HotprobeAttachErrors, NoSuchProcess) {
