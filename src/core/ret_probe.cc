@@ -65,12 +65,6 @@ std::string hex(std::uint64_t v) {
   return b;
 }
 
-// A Go program or library: its symbol table has the runtime's functions.
-bool is_go(const elf::ElfFile& f) {
-  return !f.find("runtime.goexit").empty() || !f.find("runtime.goexit.abi0").empty() ||
-         !f.find("runtime.morestack").empty();
-}
-
 // The file offsets (in the function's file) of the return sites of `fn`, or why not.
 // With an entry probe too (with_entry), a ret's run must not overlap the entry's jump.
 Result<std::vector<std::uint64_t>> return_sites(std::string_view describe,
@@ -195,7 +189,7 @@ bool RetProbeBatch::expand(std::span<const ProbeSpec> specs, std::optional<Retur
       continue;
     }
     auto file = mods->elf(**mod);
-    if (!file.ok() || (mode == ReturnMode::automatic && !is_go(**file))) {
+    if (!file.ok() || (mode == ReturnMode::automatic && !(*file)->is_go())) {
       keep();
       continue;
     }

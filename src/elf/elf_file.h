@@ -121,6 +121,8 @@ class ElfFile {
   // Every function with exactly this name (several for local functions of different
   // translation units that share a name).
   std::vector<const Symbol*> find(std::string_view name) const;
+  // A Go program or library: its symbol table has the Go runtime's functions.
+  bool is_go() const;
   // The function whose [file_offset, file_offset + size) holds `offset`, preferring a
   // global name among aliases; null if none.
   const Symbol* containing_offset(std::uint64_t offset) const;

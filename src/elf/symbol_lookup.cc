@@ -116,6 +116,11 @@ ElfFile::NameHit ElfFile::name_hit(std::string_view name) const {
   return {};
 }
 
+bool ElfFile::is_go() const {
+  return !find("runtime.goexit").empty() || !find("runtime.goexit.abi0").empty() ||
+         !find("runtime.morestack").empty();
+}
+
 std::vector<const Symbol*> ElfFile::find(std::string_view name) const {
   const NameHit hit = name_hit(name);
   if (hit.one) return {hit.one};

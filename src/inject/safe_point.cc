@@ -247,9 +247,7 @@ std::string on_small_go_stack(Tracee& t, const elf::ModuleList& mods) {
   const elf::Module* main = mods.main();
   if (!main) return "";
   auto file = mods.elf(*main);
-  if (!file.ok() ||
-      ((*file)->find("runtime.goexit").empty() && (*file)->find("runtime.goexit.abi0").empty()))
-    return "";
+  if (!file.ok() || !(*file)->is_go()) return "";
   const user_regs_struct& r = t.saved();
   std::uint64_t g = 0;
   std::uint64_t bounds[2] = {};  // g.stack.lo, g.stack.hi
