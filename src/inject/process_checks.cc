@@ -273,8 +273,12 @@ Result<TargetPath> check_library_path_once(pid_t pid, const std::string& library
 // OpenSSH's secure-path rule, for a library that root loads or that runs in a process
 // more privileged than the library's owner: the file and every directory above it must
 // belong to root or to the target's user and be writable by nobody else (no group or
-// other write bit, sticky or not). Otherwise another user could replace the library, or
-// a directory on its path, between the check and the dlopen, and run code as the target.
+// other write bit). Otherwise another user could replace the library, or a directory on
+// its path, between the check and the dlopen, and run code as the target.
+// One refinement over OpenSSH: a directory of root's with the sticky bit (/tmp) passes
+// although others may write in it. There, only an entry's owner (or root) can rename or
+// remove the entry, and the entry below it on the path is checked as well, so nobody
+// else can put another file or directory in its place (a checkout in `mktemp -d`).
 Result<void> check_library_owners(pid_t pid, const std::string& library, const TargetPath& tp,
                                   const struct stat& file) {
   auto st = read_status(proc(pid, "status"));
@@ -301,7 +305,9 @@ Result<void> check_library_owners(pid_t pid, const std::string& library, const T
     struct stat ds;
     if (::stat((prefix + part).c_str(), &ds) != 0) return sys_error(part);
     const bool owner_ok = ds.st_uid == 0 || ds.st_uid == target_uid;
-    if (!owner_ok || (ds.st_mode & (S_IWGRP | S_IWOTH))) {
+    const bool root_sticky_dir =
+        part != walk && S_ISDIR(ds.st_mode) && ds.st_uid == 0 && (ds.st_mode & S_ISVTX) != 0;
+    if (!owner_ok || ((ds.st_mode & (S_IWGRP | S_IWOTH)) && !root_sticky_dir)) {
       char mode[8];
       std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(ds.st_mode & 07777));
       const std::string what = part == walk ? "the library " + library

@@ -1,7 +1,6 @@
 // Copies of programs and libraries from the build tree in a directory that every user can
 // reach and that root may load an agent from. A checkout in a `mktemp -d` directory (mode
-// 0700, below /tmp) keeps user nobody from executing anything there, and root's injector
-// refuses an agent below a directory that others may write (/tmp, sticky bit or not).
+// 0700, below /tmp) keeps user nobody from executing anything there.
 #pragma once
 
 #include <sys/stat.h>

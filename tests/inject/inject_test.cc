@@ -945,6 +945,42 @@ TEST(InjectSecurity, LibraryOthersCanWriteIsRefusedForRoot) {
   fs::remove_all(safe_dir);
 }
 
+// A directory of root's with the sticky bit (as /tmp, or a `mktemp -d` checkout below it)
+// is safe above a root-owned library: only an entry's owner can rename it there. The same
+// directory owned by another user is not (that user could rename the entries), nor is one
+// without the sticky bit (covered above).
+TEST(InjectSecurity, RootsStickyDirectoryIsSafeAnotherUsersIsNot) {
+  if (::geteuid() != 0) GTEST_SKIP() << "the rule applies to root";
+  Target t({"idle"});
+  ASSERT_TRUE(t.ready());
+  const std::string top = secure_temp_path("hp_inject_sticky");
+  ASSERT_TRUE(fs::create_directory(top));
+  ASSERT_EQ(::chmod(top.c_str(), 01777), 0);
+  const std::string inner = top + "/inner";  // as `mktemp -d` makes it: root's, 0700
+  ASSERT_TRUE(fs::create_directory(inner));
+  ASSERT_EQ(::chmod(inner.c_str(), 0700), 0);
+  const std::string lib = inner + "/libhp_sticky.so";
+  fs::copy_file(HP_INJECT_LIB, lib);
+  ::chmod(lib.c_str(), 0755);
+  auto ok = load_library(t.pid(), lib);
+  EXPECT_TRUE(ok.ok()) << ok.error().message();
+  EXPECT_TRUE(maps_mention(t.pid(), "libhp_sticky.so"));
+
+  // The sticky directory belongs to user nobody: refused, naming it.
+  ASSERT_EQ(::chown(top.c_str(), 65534, 65534), 0);
+  const std::string lib2 = inner + "/libhp_sticky2.so";
+  fs::copy_file(HP_INJECT_LIB, lib2);
+  ::chmod(lib2.c_str(), 0755);
+  auto r = load_library(t.pid(), lib2);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), Errc::permission_denied);
+  EXPECT_NE(r.error().message().find("directory " + top), std::string::npos) << r.error().message();
+  EXPECT_NE(r.error().message().find("belongs to uid 65534"), std::string::npos)
+      << r.error().message();
+  EXPECT_FALSE(maps_mention(t.pid(), "libhp_sticky2.so"));
+  fs::remove_all(top);
+}
+
 // The process exits after the checks and its PID goes to another process before the
 // stop (staged with Options::after_checks and /proc/sys/kernel/ns_last_pid): the
 // injector sees that the stopped process is not the one it checked and injects nothing.
