@@ -390,10 +390,14 @@ struct DwarfInfo::Impl {
   std::string path;
 
   // Indexes built on first use: names of defined functions and of structs, unions and
-  // typedefs, each to its DIE's offset (the first seen).
+  // typedefs, each to its DIE (the first seen). With split DWARF (-gsplit-dwarf) the DIEs
+  // are in the units' .dwo files, which libdw opens next to the skeleton units of `dw`
+  // and keeps open with it; `splits` numbers their Dwarf handles for record keys.
   mutable std::once_flag indexed;
-  mutable std::unordered_map<std::string, Dwarf_Off> functions;
-  mutable std::unordered_map<std::string, Dwarf_Off> types;
+  mutable std::unordered_map<std::string, Dwarf_Die> functions;
+  mutable std::unordered_map<std::string, Dwarf_Die> types;
+  mutable std::vector<Dwarf*> splits;
+  mutable std::string missing_dwo;  // a split unit's .dwo file that libdw did not find
 
   ~Impl() {
     if (dw) dwarf_end(dw);
@@ -401,23 +405,55 @@ struct DwarfInfo::Impl {
   }
 
   // The DIE `table` (functions or types) has for `name`; false if none.
-  bool find(const std::unordered_map<std::string, Dwarf_Off>& table, std::string_view name,
+  bool find(const std::unordered_map<std::string, Dwarf_Die>& table, std::string_view name,
             Dwarf_Die* die) const {
     index();
     auto it = table.find(std::string(name));
-    return it != table.end() && dwarf_offdie(dw, it->second, die) != nullptr;
+    if (it == table.end()) return false;
+    *die = it->second;
+    return true;
   }
 
   void index() const {
     std::call_once(indexed, [this] {
-      Dwarf_Off off = 0, next = 0;
-      std::size_t header = 0;
-      while (dwarf_nextcu(dw, off, &next, &header, nullptr, nullptr, nullptr) == 0) {
-        Dwarf_Die cu;
-        if (dwarf_offdie(dw, off + header, &cu)) walk(&cu);
-        off = next;
+      Dwarf_CU* cu = nullptr;
+      Dwarf_Die cudie, subdie;
+      std::uint8_t unit_type = 0;
+      while (dwarf_get_units(dw, cu, &cu, nullptr, &unit_type, &cudie, &subdie) == 0) {
+        if (unit_type == DW_UT_skeleton) {
+          if (subdie.cu == nullptr) {  // its .dwo was not found
+            Dwarf_Attribute a;
+            const char* dwo = dwarf_formstring(dwarf_attr(&cudie, DW_AT_dwo_name, &a));
+            if (!dwo) dwo = dwarf_formstring(dwarf_attr(&cudie, DW_AT_GNU_dwo_name, &a));
+            const char* dir = dwarf_formstring(dwarf_attr(&cudie, DW_AT_comp_dir, &a));
+            if (dwo && missing_dwo.empty())
+              missing_dwo = (dwo[0] != '/' && dir ? std::string(dir) + "/" : std::string()) + dwo;
+            continue;
+          }
+          walk(&subdie);
+        } else {
+          walk(&cudie);
+        }
       }
     });
+  }
+
+  // The key of a record DIE in codes ("r<key>;"): its offset, prefixed by its .dwo file's
+  // number when it is in one (offsets start at 0 in each).
+  std::string record_key(Dwarf_Die* die) const {
+    char buf[40];
+    const auto off = static_cast<unsigned long long>(dwarf_dieoffset(die));
+    Dwarf* owner = dwarf_cu_getdwarf(die->cu);
+    if (owner == dw) {
+      std::snprintf(buf, sizeof buf, "%llx", off);
+      return buf;
+    }
+    std::size_t n = 0;
+    while (n < splits.size() && splits[n] != owner)
+      ++n;
+    if (n == splits.size()) splits.push_back(owner);
+    std::snprintf(buf, sizeof buf, "s%zu.%llx", n, off);
+    return buf;
   }
 
   void walk(Dwarf_Die* cu) const {
@@ -428,7 +464,7 @@ struct DwarfInfo::Impl {
       if (tag == DW_TAG_subprogram) {
         if (is_definition(&c)) {
           const std::string n = die_name(&c);
-          if (!n.empty()) functions.emplace(n, dwarf_dieoffset(&c));
+          if (!n.empty()) functions.emplace(n, c);
         }
       } else if (tag == DW_TAG_structure_type || tag == DW_TAG_class_type ||
                  tag == DW_TAG_union_type || tag == DW_TAG_typedef) {
@@ -438,7 +474,7 @@ struct DwarfInfo::Impl {
         const char* kind = tag == DW_TAG_union_type ? "union "
                            : tag == DW_TAG_typedef  ? ""
                                                     : "struct ";
-        types.emplace(kind + n, dwarf_dieoffset(&c));
+        types.emplace(kind + n, c);
       } else if (tag == DW_TAG_namespace) {
         walk(&c);
       }
@@ -452,14 +488,8 @@ namespace {
 struct Coder {
   const DwarfInfo::Impl& impl;
   std::vector<DwarfRecord>& records;
-  std::unordered_map<Dwarf_Off, bool> seen;  // record DIEs queued
-  std::vector<Dwarf_Off> pending;
-
-  static std::string hex(Dwarf_Off off) {
-    char buf[24];
-    std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(off));
-    return buf;
-  }
+  std::unordered_map<std::string, bool> seen;  // record DIEs queued, by key
+  std::vector<std::pair<std::string, Dwarf_Die>> pending;
 
   // A struct declared only here (`struct foo;`): its definition elsewhere, by name.
   Dwarf_Die definition(Dwarf_Die t) const {
@@ -531,13 +561,13 @@ struct Coder {
       case DW_TAG_class_type:
       case DW_TAG_union_type: {
         Dwarf_Die def = definition(t);
-        const Dwarf_Off off = dwarf_dieoffset(&def);
-        if (!dwarf_hasattr(&def, DW_AT_declaration) && !seen.count(off) &&
+        std::string key = impl.record_key(&def);
+        if (!dwarf_hasattr(&def, DW_AT_declaration) && !seen.count(key) &&
             seen.size() < DwarfFunction::kMaxRecords) {
-          seen.emplace(off, true);
-          pending.push_back(off);
+          seen.emplace(key, true);
+          pending.emplace_back(key, def);
         }
-        return "r" + hex(off) + ";";
+        return "r" + key + ";";
       }
       default:
         return "x" + std::to_string(type_size(&t));
@@ -547,10 +577,9 @@ struct Coder {
   // The records queued by code(), and those their members name in turn.
   void collect() {
     for (std::size_t i = 0; i < pending.size(); ++i) {
-      Dwarf_Die t;
-      if (!dwarf_offdie(impl.dw, pending[i], &t)) continue;
+      Dwarf_Die t = pending[i].second;
       DwarfRecord r;
-      r.key = hex(pending[i]);
+      r.key = pending[i].first;
       const bool is_union = dwarf_tag(&t) == DW_TAG_union_type;
       r.is_union = is_union;
       const std::string n = die_name(&t);
@@ -639,9 +668,13 @@ Result<std::unique_ptr<DwarfInfo>> DwarfInfo::open(const std::string& path) {
 Result<DwarfFunction> DwarfInfo::function(std::string_view name) const {
   Dwarf_Die die;
   if (!impl_->find(impl_->functions, name, &die)) {
-    return Error(Errc::not_found, "the debug info of " + impl_->path + " has no function '" +
-                                      std::string(name) +
-                                      "' (it may be inlined everywhere, or built without -g)");
+    return Error(Errc::not_found,
+                 "the debug info of " + impl_->path + " has no function '" + std::string(name) +
+                     (impl_->missing_dwo.empty()
+                          ? "' (it may be inlined everywhere, or built without -g)"
+                          : "' (it is split DWARF, and its file " + impl_->missing_dwo +
+                                " is missing: keep the .dwo files where the build put them, or "
+                                "build without -gsplit-dwarf)"));
   }
   DwarfFunction f = describe(&die);
   add_codes(*impl_, &die, f);
@@ -651,6 +684,11 @@ Result<DwarfFunction> DwarfInfo::function(std::string_view name) const {
 Result<DwarfFunction> DwarfInfo::function_at(std::uint64_t pc) const {
   Dwarf_Die cu;
   if (dwarf_addrdie(impl_->dw, pc, &cu)) {
+    Dwarf_Die sub;
+    std::uint8_t unit_type = 0;
+    if (dwarf_cu_info(cu.cu, nullptr, &unit_type, nullptr, &sub, nullptr, nullptr, nullptr) == 0 &&
+        unit_type == DW_UT_skeleton && sub.cu != nullptr)
+      cu = sub;  // split DWARF: the functions are in the .dwo's unit
     struct Ctx {
       std::uint64_t pc;
       Dwarf_Die found;
@@ -721,76 +759,10 @@ std::string format_params(const DwarfFunction& fn) {
 
 namespace hp::elf {
 
-namespace {
-
-// `code` with every record key "r<hex>;" prefixed with "<id>:".
-std::string prefix_keys(const std::string& code, const std::string& id) {
-  std::string out;
-  for (char c : code) {
-    out += c;
-    if (c == 'r') out += id + ":";
-  }
-  return out;
-}
-
-std::string no_tabs(std::string s) {
-  for (char& c : s)
-    if (c == '\t' || c == '\n') c = ' ';
-  return s;
-}
-
-}  // namespace
-
-std::string dwarf_type_facts(const std::string& module, const std::string& pattern, int id) {
-  const std::string head = no_tabs(module) + "\t" + no_tabs(pattern) + "\t";
-  auto error = [&](const std::string& why) { return "E\t" + head + no_tabs(why) + "\n"; };
-  auto dw = DwarfInfo::open(module);
-  if (!dw) {
-    if (dw.error().code() == Errc::not_found &&
-        dw.error().message().find("DWARF") != std::string::npos) {
-      return error(module +
-                   " has no DWARF: build with -g, or install its -dbg/-dbgsym package; "
-                   "hotprobe list -v shows what is there");
-    }
-    return error("cannot read the debug info of '" + module +
-                 "' for args: " + dw.error().message() + " (args needs the probed file's path)");
-  }
-  std::vector<std::string> names;
-  if (pattern.find_first_of("*?[") != std::string::npos) {
-    names = (*dw)->function_names(pattern);
-  } else {
-    names.push_back(pattern);
-  }
-  if (names.empty())
-    return error("no function of " + module + "'s debug info matches '" + pattern + "'");
-  const std::string key = std::to_string(id);
-  std::string out;
-  for (const std::string& n : names) {
-    auto fn = (*dw)->function(n);
-    if (!fn) return error(fn.error().message());
-    out += "F\t" + head + n + "\n";
-    for (const DwarfParam& p : fn->params) {
-      int pos = -1, pos2 = -1;
-      for (std::size_t i = 0; i < kArgRegs.size(); ++i) {
-        if (p.location.kind == ArgLocation::Kind::reg && p.location.reg == kArgRegs[i])
-          pos = static_cast<int>(i);
-        if (p.location.kind == ArgLocation::Kind::reg && p.location.reg2 == kArgRegs[i])
-          pos2 = static_cast<int>(i);
-      }
-      out += "P\t" + no_tabs(p.name) + "\t" + std::to_string(pos) + "\t" + std::to_string(pos2) +
-             "\t" + no_tabs(p.location.where) + "\t" + prefix_keys(p.code, key) + "\n";
-    }
-    for (const DwarfRecord& r : fn->records) {
-      out += "R\t" + key + ":" + r.key + "\t" + no_tabs(r.name) + "\t" + std::to_string(r.size) +
-             "\t" + (r.is_union ? "1" : "0") + "\n";
-      for (const DwarfMember& m : r.members) {
-        out += "M\t" + no_tabs(m.name) + "\t" + std::to_string(m.offset) + "\t" +
-               std::to_string(m.bit_offset) + "\t" + std::to_string(m.bit_size) + "\t" +
-               prefix_keys(m.code, key) + "\n";
-      }
-    }
-  }
-  return out;
+int arg_register_position(int reg) {
+  for (std::size_t i = 0; i < kArgRegs.size(); ++i)
+    if (kArgRegs[i] == reg) return static_cast<int>(i);
+  return -1;
 }
 
 }  // namespace hp::elf

@@ -143,6 +143,10 @@ class DwarfInfo {
 // `bpftrace -lv`'s lines for the function's parameters: "    TYPE NAME" each.
 std::string format_params(const DwarfFunction& fn);
 
+// The position (0..5: rdi, rsi, rdx, rcx, r8, r9) of the argument register whose Regs slot
+// is `reg` (ArgLocation::reg); -1 for any other.
+int arg_register_position(int reg);
+
 }  // namespace hp::elf
 
 namespace hp::elf {
@@ -156,6 +160,18 @@ namespace hp::elf {
 //   M NAME OFFSET BIT_OFFSET BIT_SIZE CODE
 //   E MODULE PATTERN MESSAGE                   no facts: why, and what would help
 // Record keys are prefixed with `id` ("3:1a2b") so that facts of several files can meet.
+// A `pattern` "@FILE:LINE[:COLUMN]" (a source-line probe, MODULE@FILE:LINE) gives instead
+//   L MODULE @FILE:LINE ADDRESS                the line's link-time address (decimal)
+// or an E line.
 std::string dwarf_type_facts(const std::string& module, const std::string& pattern, int id);
+
+// The link-time address of a source line as bpftrace maps it: the compilation unit whose
+// source path ends with `file` (whole components; two different ones are an error), the
+// first row of its line table for that line (and `column`, unless 0) in that file itself.
+// Split DWARF (-gsplit-dwarf) works: the line table stays in the executable.
+Result<std::uint64_t> source_line_address(const std::string& module, std::string_view file,
+                                          unsigned line, unsigned column);
+// The facts line (L or E) for `spec` "@FILE:LINE[:COLUMN]".
+std::string dwarf_line_fact(const std::string& module, std::string_view spec);
 
 }  // namespace hp::elf

@@ -306,6 +306,9 @@ struct AttachPoint {
   // usdt:PATH:[PROVIDER:]NAME: a uprobe whose probe.target is PATH:usdt:[PROVIDER:]NAME
   // (the Resolver's form, include/hotprobe/probe.h); argN decode the note's arguments.
   bool usdt = false;
+  // uprobe:MODULE@FILE:LINE[:COLUMN]: "@FILE:LINE[:COLUMN]"; the parse takes the line's
+  // address from the type facts (elf::dwarf_line_fact) and makes it MODULE:0xADDR.
+  std::string source_line;
 };
 
 // A scratch variable of one action.

@@ -66,7 +66,7 @@ struct RegName {
   std::string_view name;
   std::size_t offset;  // in Regs
 };
-inline constexpr std::array<RegName, 18> kRegNames = {{
+inline constexpr std::array<RegName, 19> kRegNames = {{
     {"r15", offsetof(Regs, r15)},
     {"r14", offsetof(Regs, r14)},
     {"r13", offsetof(Regs, r13)},
@@ -83,6 +83,7 @@ inline constexpr std::array<RegName, 18> kRegNames = {{
     {"si", offsetof(Regs, rsi)},
     {"di", offsetof(Regs, rdi)},
     {"ip", offsetof(Regs, rip)},
+    {"pc", offsetof(Regs, rip)},  // bpftrace's alias of ip
     {"flags", offsetof(Regs, rflags)},
     {"sp", offsetof(Regs, rsp)},
 }};

@@ -261,12 +261,18 @@ std::string with_type_facts(std::string_view source, std::string_view filename,
   for (const std::string& spelled : includes_of(script))
     add_header(spelled, dir, facts, done, 0);
   std::string full = std::string(script) + std::string(kTypeFactsMarker) + facts;
-  if (script.find("args") != std::string_view::npos) {
+  const bool args = script.find("args") != std::string_view::npos;
+  if (args || script.find('@') != std::string_view::npos) {
     Diagnostics diags;
     ast::Program program = parse(full, filename, diags);
     std::set<std::string> asked;
     int id = 0;
     for (const ast::Action& a : program.actions) {
+      for (const ast::AttachPoint& p : a.probes) {  // source-line probes: their addresses
+        if (!p.source_line.empty() && asked.insert(p.module + "\t" + p.source_line).second)
+          full += lookup(p.module, p.source_line, id++);
+      }
+      if (!args) continue;
       if ((!a.predicate || !uses_args(*a.predicate)) && !uses_args(a.body)) continue;
       for (const ast::AttachPoint& p : a.probes) {
         if ((p.probe.kind != Probe::Kind::uprobe && p.probe.kind != Probe::Kind::uretprobe) ||
@@ -304,6 +310,8 @@ void load_type_facts(std::string_view facts, FactsPart part, ast::Program& progr
     } else if (part == FactsPart::headers) {
       if (f[0] == "X" && f.size() == 3)
         out.errors["#include " + std::string(f[1])] = std::string(f[2]);
+    } else if (f[0] == "L" && f.size() == 4) {
+      out.lines[std::string(f[1]) + "\t" + std::string(f[2])] = number(f[3]);
     } else if (f[0] == "E" && f.size() == 4) {
       out.errors[std::string(f[1]) + "\t" + std::string(f[2])] = std::string(f[3]);
     } else if (f[0] == "F" && f.size() == 4) {

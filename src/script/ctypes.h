@@ -73,6 +73,7 @@ struct TypeFacts {
   std::map<std::string, std::string> errors;        // module + '\t' + pattern -> why none
   std::map<std::string, std::string> headers;       // "<x.h>" or "\"x.h\"" -> its text
   std::map<std::string, std::string> header_paths;  // same keys -> the file read
+  std::map<std::string, std::uint64_t> lines;       // module + '\t' + "@FILE:LINE" -> address
 };
 
 struct TypeTable {

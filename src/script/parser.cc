@@ -5,6 +5,7 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <utility>
@@ -356,6 +357,21 @@ inline ast::AttachPoint Parser::attach_point(const Token& t) {
                               std::string(full) + ":" + ap.module + ":FUNCTION)");
       return ap;
     }
+    // MODULE@FILE:LINE[:COLUMN], bpftrace's source-line form (resolved in parse()).
+    const std::size_t slash = ap.module.rfind('/');
+    const std::size_t at = ap.module.find('@', slash == std::string::npos ? 0 : slash);
+    if (at != std::string::npos && func.find_first_not_of("0123456789") == std::string_view::npos) {
+      if (ret) {
+        diags_.error(t.loc,
+                     "a uretprobe cannot be placed at a source line: it is placed at a "
+                     "function's entry (write uretprobe:MODULE:FUNCTION)");
+        return ap;
+      }
+      ap.source_line = ap.module.substr(at) + ":" + std::string(func);
+      ap.module.resize(at);
+      ap.probe.target = ap.module + ":" + ap.source_line;
+      return ap;
+    }
     std::uint64_t n = 0;
     if (func.size() > 2 && func[0] == '0' && (func[1] == 'x' || func[1] == 'X')) {
       if (!parse_uint(func, n)) {
@@ -681,6 +697,32 @@ inline void Parser::config_block(ast::Program& out) {
 
 #include "script/parse_ctypes.inc"
 
+// Source-line probes become address probes (MODULE:0xADDR) with the address the type facts
+// give; without one, the error the facts give, or what would help.
+void resolve_source_lines(ast::Program& program, Diagnostics& diags) {
+  for (ast::Action& a : program.actions) {
+    for (ast::AttachPoint& p : a.probes) {
+      if (p.source_line.empty()) continue;
+      const std::string key = p.module + "\t" + p.source_line;
+      if (auto it = program.facts.lines.find(key); it != program.facts.lines.end()) {
+        char buf[24];
+        std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(it->second));
+        p.is_address = true;
+        p.offset = it->second;
+        p.probe.target = p.module + ":" + buf;
+        continue;
+      }
+      auto e = program.facts.errors.find(key);
+      diags.error(p.loc, e != program.facts.errors.end()
+                             ? e->second
+                             : p.probe.text + ": a source line needs the DWARF line table of " +
+                                   p.module +
+                                   ", which hotprobe run and attach read (the library takes "
+                                   "MODULE:0xADDRESS)");
+    }
+  }
+}
+
 }  // namespace
 
 ast::Program parse(std::string_view src, std::string_view filename, Diagnostics& diags) {
@@ -695,6 +737,7 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
   Parser parser(script, diags, program.types, program.facts);
   parser.program(program);
   load_type_facts(facts, FactsPart::types, program);  // after the script's own structs
+  resolve_source_lines(program, diags);
   return program;
 }
 

@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "elf/dwarf.h"
@@ -231,7 +233,87 @@ TEST(DwarfLocations, AgreeWithTheCompilersLocationLists) {
   ::close(fd);
 }
 
-INSTANTIATE_TEST_SUITE_P(Builds, DwarfBuild, ::testing::Values("hp_dwarf_O0", "hp_dwarf_O2"));
+INSTANTIATE_TEST_SUITE_P(Builds, DwarfBuild,
+                         ::testing::Values("hp_dwarf_O0", "hp_dwarf_O2", "hp_dwarf_split"));
+
+// The line of the fixture's source that holds `text` (1-based), 0 if none.
+unsigned line_of(const std::string& text) {
+  std::ifstream in(HP_DWARF_SOURCE);
+  std::string line;
+  for (unsigned n = 1; std::getline(in, line); ++n)
+    if (line.find(text) != std::string::npos) return n;
+  return 0;
+}
+
+// bpftrace's source-line probes: the first row of the line table for the line. A
+// function's first line is its entry; a line of its body is an address inside it.
+TEST_P(DwarfBuild, SourceLineAddresses) {
+  auto dw = open_info(fixture(GetParam()));
+  ASSERT_TRUE(dw);
+  auto fn = dw->function("hp_dw_simple");
+  ASSERT_TRUE(fn.ok()) << fn.error().message();
+  const unsigned first = line_of("int hp_dw_simple(");
+  ASSERT_NE(first, 0u);
+  auto entry = hp::elf::source_line_address(fixture(GetParam()), "dwarf_args.c", first, 0);
+  ASSERT_TRUE(entry.ok()) << entry.error().message();
+  EXPECT_EQ(*entry, fn->low_pc);
+  auto body = hp::elf::source_line_address(fixture(GetParam()), "fixture/dwarf_args.c",
+                                           line_of("return a + 1;"), 0);
+  ASSERT_TRUE(body.ok()) << body.error().message();
+  EXPECT_GT(*body, fn->low_pc);
+  auto in = dw->function_at(*body);
+  ASSERT_TRUE(in.ok()) << in.error().message();
+  EXPECT_EQ(in->name, "hp_dw_simple");
+  // The facts line the script layer reads.
+  const std::string spec = "@dwarf_args.c:" + std::to_string(first);
+  char addr[24];
+  std::snprintf(addr, sizeof addr, "%llu", static_cast<unsigned long long>(fn->low_pc));
+  EXPECT_EQ(hp::elf::dwarf_type_facts("M", spec, 0).substr(0, 2), "E\t");  // no file "M"
+  EXPECT_EQ(hp::elf::dwarf_type_facts(fixture(GetParam()), spec, 0),
+            "L\t" + fixture(GetParam()) + "\t" + spec + "\t" + addr + "\n");
+}
+
+TEST(DwarfSourceLines, ErrorsNameTheFilesAndTheWayOut) {
+  const std::string path = fixture("hp_dwarf_O0");
+  auto no_file = hp::elf::source_line_address(path, "nosuch.c", 3, 0);
+  ASSERT_FALSE(no_file.ok());
+  EXPECT_NE(no_file.error().message().find("no compilation unit of " + path +
+                                           " was compiled from 'nosuch.c' (its source files: "),
+            std::string::npos)
+      << no_file.error().message();
+  EXPECT_NE(no_file.error().message().find("dwarf_args.c"), std::string::npos);
+  // A partial file name matches whole path components only.
+  EXPECT_FALSE(hp::elf::source_line_address(path, "args.c", 3, 0).ok());
+  auto no_code = hp::elf::source_line_address(path, "dwarf_args.c", 1, 0);  // a comment
+  ASSERT_FALSE(no_code.ok());
+  EXPECT_NE(no_code.error().message().find("line dwarf_args.c:1 of " + path + " has no code"),
+            std::string::npos)
+      << no_code.error().message();
+  EXPECT_NE(no_code.error().message().find("try a nearby line"), std::string::npos);
+  const std::string bad = hp::elf::dwarf_type_facts(path, "@dwarf_args.c:x", 0);
+  EXPECT_NE(bad.find("is not FILE:LINE or FILE:LINE:COLUMN"), std::string::npos) << bad;
+}
+
+// Split DWARF whose .dwo file is gone: the error says which file and what to do.
+TEST(DwarfSourceLines, SplitDwarfWithoutItsDwoSaysSo) {
+  const std::string dir = ::testing::TempDir() + "hp_dwarf_split_" + std::to_string(::getpid());
+  const std::string bin = dir + "/prog";
+  const std::string cmd = "mkdir -p '" + dir + "' && cd '" + dir + "' && cp '" +
+                          std::string(HP_DWARF_SOURCE) +
+                          "' a.c && cc -g -O0 -gsplit-dwarf -c a.c -o a.o && cc a.o -o prog && "
+                          "rm a.dwo";
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "cc cannot build split DWARF here";
+  auto dw = DwarfInfo::open(bin);
+  ASSERT_TRUE(dw.ok()) << dw.error().message();
+  auto f = (*dw)->function("hp_dw_simple");
+  ASSERT_FALSE(f.ok());
+  EXPECT_NE(f.error().message().find("split DWARF, and its file " + dir + "/a.dwo is missing"),
+            std::string::npos)
+      << f.error().message();
+  // The line table is in the program itself: source lines still resolve.
+  EXPECT_TRUE(hp::elf::source_line_address(bin, "a.c", line_of("int hp_dw_simple("), 0).ok());
+  std::system(("rm -rf '" + dir + "'").c_str());
+}
 
 TEST(DwarfErrors, NoDebugInfoSaysWhatHelps) {
   const std::string path = fixture("hp_dwarf_nodebug");
