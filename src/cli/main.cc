@@ -1,4 +1,5 @@
 // hotprobe: run bpftrace-style scripts on user-space probes of an unmodified program.
+#include <sys/stat.h>
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -14,6 +15,7 @@
 
 #include "cli/cli.h"
 #include "cli/output_file.h"
+#include "elf/dwarf.h"
 #include "hotprobe/version.h"
 
 namespace {
@@ -207,6 +209,16 @@ int cli_main(int argc, char** argv) {
   list_cmd->add_option("-p,--pid", list_pid, "List the functions of the files process PID maps")
       ->check(CLI::PositiveNumber);
 
+  // bpftrace's --debuginfo DIR[:DIR...]: more places for separate debug files (args,
+  // source-line probes, list -v); repeatable.
+  std::vector<std::string> debuginfo;
+  for (CLI::App* cmd : {run_cmd, attach_cmd, list_cmd}) {
+    cmd->add_option("--debuginfo", debuginfo,
+                    "Also look for separate debug files in DIR (DIR[:DIR...]; repeatable; a "
+                    "relative DIR is below each file's directory), as bpftrace's --debuginfo")
+        ->type_name("DIR");
+  }
+
   // A program named without '--' after -e: its own options would be read as hotprobe's
   // (`-o`), so it is never guessed; the message says how to write it.
   const auto program_without_dashes = [&](const std::string& word) {
@@ -250,6 +262,26 @@ int cli_main(int argc, char** argv) {
       words->erase(words->begin());
     }
     *params = *words;
+  }
+
+  if (!debuginfo.empty()) {
+    std::vector<std::string> dirs;
+    for (const std::string& arg : debuginfo) {
+      std::stringstream parts(arg);
+      for (std::string dir; std::getline(parts, dir, ':');) {
+        if (dir.empty()) continue;
+        struct stat st;  // a relative DIR is below each file's directory: not checked here
+        if (dir.front() == '/' && (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+          std::fprintf(stderr,
+                       "hotprobe: --debuginfo %s: no such directory (give the directory "
+                       "that holds the separate debug files)\n",
+                       dir.c_str());
+          return hp::cli::kExitUsage;
+        }
+        dirs.push_back(dir);
+      }
+    }
+    hp::elf::set_debuginfo_dirs(std::move(dirs));
   }
 
   // --output is checked before anything starts (a program, an injection); its open checks

@@ -2,7 +2,6 @@
 
 #include <dwarf.h>
 #include <elfutils/libdw.h>
-#include <elfutils/libdwelf.h>
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <unistd.h>
@@ -329,11 +328,6 @@ bool is_definition(Dwarf_Die* die) {
          dwarf_hasattr(die, DW_AT_entry_pc);
 }
 
-std::string dir_of(const std::string& path) {
-  const auto slash = path.rfind('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
-}
-
 // Opens `path` and its DWARF; null (fd closed) when it has none.
 Dwarf* begin(const std::string& path, int& fd) {
   auto opened = open_regular_file(path);
@@ -345,41 +339,6 @@ Dwarf* begin(const std::string& path, int& fd) {
     fd = -1;
   }
   return dw;
-}
-
-// The separate debug files to try for the ELF file at `path`, most specific first.
-std::vector<std::string> debug_candidates(const std::string& path) {
-  std::vector<std::string> out;
-  auto opened = open_regular_file(path);
-  if (!opened.ok()) return out;
-  const int fd = *opened;
-  (void)elf_version(EV_CURRENT);
-  Elf* elf = elf_begin(fd, ELF_C_READ_MMAP, nullptr);
-  if (elf) {
-    const void* id = nullptr;
-    const ssize_t n = dwelf_elf_gnu_build_id(elf, &id);
-    if (n > 1) {
-      const auto* b = static_cast<const unsigned char*>(id);
-      std::string hexid;
-      char two[3];
-      for (ssize_t i = 0; i < n; ++i) {
-        std::snprintf(two, sizeof two, "%02x", b[i]);
-        hexid += two;
-      }
-      out.push_back("/usr/lib/debug/.build-id/" + hexid.substr(0, 2) + "/" + hexid.substr(2) +
-                    ".debug");
-    }
-    GElf_Word crc = 0;
-    if (const char* link = dwelf_elf_gnu_debuglink(elf, &crc)) {
-      const std::string dir = dir_of(path);
-      out.push_back(dir + "/" + link);
-      out.push_back(dir + "/.debug/" + link);
-      out.push_back("/usr/lib/debug" + dir + "/" + link);
-    }
-    elf_end(elf);
-  }
-  ::close(fd);
-  return out;
 }
 
 }  // namespace
@@ -668,6 +627,14 @@ Result<std::unique_ptr<DwarfInfo>> DwarfInfo::open(const std::string& path) {
 Result<DwarfFunction> DwarfInfo::function(std::string_view name) const {
   Dwarf_Die die;
   if (!impl_->find(impl_->functions, name, &die)) {
+    const std::string dwp = impl_->path + ".dwp";
+    if (!impl_->missing_dwo.empty() && ::access(dwp.c_str(), R_OK) == 0) {
+      return Error(Errc::not_found,
+                   "the debug info of " + impl_->path + " has no function '" + std::string(name) +
+                       "': its split DWARF is in the package " + dwp +
+                       ", which this libdw (elfutils before 0.191) cannot read; keep the .dwo "
+                       "files instead, or build without -gsplit-dwarf");
+    }
     return Error(Errc::not_found,
                  "the debug info of " + impl_->path + " has no function '" + std::string(name) +
                      (impl_->missing_dwo.empty()

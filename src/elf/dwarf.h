@@ -23,7 +23,8 @@
 // The debug information is read from the file itself or, when it has none, from a
 // separate debug file: /usr/lib/debug/.build-id/xx/yyyy.debug by the file's build id,
 // then its .gnu_debuglink name in the file's directory, its .debug/ subdirectory and
-// /usr/lib/debug/DIR. Addresses in either are the file's link-time virtual addresses.
+// /usr/lib/debug/DIR, then the directories of set_debuginfo_dirs. Addresses in either are
+// the file's link-time virtual addresses.
 #pragma once
 
 #include <cstdint>
@@ -142,6 +143,17 @@ class DwarfInfo {
 
 // `bpftrace -lv`'s lines for the function's parameters: "    TYPE NAME" each.
 std::string format_params(const DwarfFunction& fn);
+
+// More directories to look for separate debug files in (bpftrace's --debuginfo; a
+// relative one is below the ELF file's own directory, as elfutils reads it), after the
+// standard places: DIR/.build-id/xx/yyyy.debug, and the debug link (or, with none, the
+// file's name + ".debug") in DIR and in DIR + the file's own directory. Set once, before
+// any DWARF is opened (the command's start).
+void set_debuginfo_dirs(std::vector<std::string> dirs);
+
+// The separate debug files to try for the ELF file at `path`, most specific first (the
+// order of the header comment above); DwarfInfo::open's list.
+std::vector<std::string> debug_candidates(const std::string& path);
 
 // The position (0..5: rdi, rsi, rdx, rcx, r8, r9) of the argument register whose Regs slot
 // is `reg` (ArgLocation::reg); -1 for any other.

@@ -3,6 +3,8 @@
 // whose main calls each function once.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -65,6 +67,27 @@ TEST(SourceLineErrors, SayWhatIsWrongAndWhatHelps) {
   r = hotprobe({"run", "-e", "uretprobe:" + bin + "@dwarf_args.c:25 { exit(); }", "--", bin});
   EXPECT_NE(r.code, 0);
   EXPECT_TRUE(contains(r.err, "a uretprobe cannot be placed at a source line")) << r.err;
+}
+
+// --debuginfo DIR on the command line: `list -v` finds the parameters of a stripped copy
+// through it; a directory that does not exist is a usage error naming it.
+TEST(DebuginfoOption, ListFindsTheDebugFileThere) {
+  const std::string dir = ::testing::TempDir() + "hp_cli_dbg_" + std::to_string(::getpid());
+  const std::string cmd = "mkdir -p '" + dir + "/ext' && objcopy --only-keep-debug '" +
+                          HP_DWARF_O0 + "' '" + dir +
+                          "/ext/prog.debug' && objcopy --strip-debug '" + HP_DWARF_O0 + "' '" +
+                          dir + "/prog' 2>/dev/null";
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "objcopy (binutils) is not installed";
+  const std::string probe = "uprobe:" + dir + "/prog:hp_dw_simple";
+  auto r = hotprobe({"list", "-v", probe});
+  EXPECT_FALSE(contains(r.out, "const char* s")) << r.out;
+  r = hotprobe({"list", "-v", probe, "--debuginfo=./ext"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "    int a\n    const char* s\n")) << r.out << r.err;
+  r = hotprobe({"list", "-v", probe, "--debuginfo", "/nonexistent-hp:" + dir + "/ext"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(contains(r.err, "--debuginfo /nonexistent-hp: no such directory")) << r.err;
+  std::system(("rm -rf '" + dir + "'").c_str());
 }
 
 }  // namespace

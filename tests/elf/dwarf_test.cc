@@ -348,4 +348,28 @@ TEST(DwarfErrors, SeparateDebugFileByDebuglink) {
   std::system(("rm -rf '" + dir + "'").c_str());
 }
 
+// bpftrace's --debuginfo: a stripped file with no debug link, its debug file named after
+// it in a directory given relative to the file's own (as elfutils reads the path), or
+// absolute.
+TEST(DwarfErrors, DebuginfoDirectories) {
+  const std::string dir = ::testing::TempDir() + "hp_dwarf_dirs_" + std::to_string(::getpid());
+  const std::string bin = dir + "/prog";
+  const std::string src = fixture("hp_dwarf_O0");
+  const std::string cmd = "mkdir -p '" + dir + "/ext' && objcopy --only-keep-debug '" + src +
+                          "' '" + dir + "/ext/prog.debug' && objcopy --strip-debug '" + src +
+                          "' '" + bin + "' 2>/dev/null";
+  if (std::system(cmd.c_str()) != 0) GTEST_SKIP() << "objcopy (binutils) is not installed";
+  EXPECT_FALSE(DwarfInfo::open(bin).ok());
+  for (const std::string& d : {std::string("./ext"), dir + "/ext"}) {
+    hp::elf::set_debuginfo_dirs({"/nonexistent-hp", d});
+    auto dw = DwarfInfo::open(bin);
+    ASSERT_TRUE(dw.ok()) << d << ": " << dw.error().message();
+    EXPECT_EQ((*dw)->debug_path(), (d.starts_with('/') ? d : dir + "/" + d) + "/prog.debug");
+    EXPECT_TRUE((*dw)->function("hp_dw_simple").ok());
+  }
+  hp::elf::set_debuginfo_dirs({});
+  EXPECT_FALSE(DwarfInfo::open(bin).ok());
+  std::system(("rm -rf '" + dir + "'").c_str());
+}
+
 }  // namespace
