@@ -216,7 +216,8 @@ int cli_main(int argc, char** argv) {
     cmd->add_option("--debuginfo", debuginfo,
                     "Also look for separate debug files in DIR (DIR[:DIR...]; repeatable; a "
                     "relative DIR is below each file's directory), as bpftrace's --debuginfo")
-        ->type_name("DIR");
+        ->type_name("DIR")
+        ->allow_extra_args(false);  // one DIR per --debuginfo: what follows is not its
   }
 
   // A program named without '--' after -e: its own options would be read as hotprobe's

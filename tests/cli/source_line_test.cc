@@ -81,7 +81,7 @@ TEST(DebuginfoOption, ListFindsTheDebugFileThere) {
   const std::string probe = "uprobe:" + dir + "/prog:hp_dw_simple";
   auto r = hotprobe({"list", "-v", probe});
   EXPECT_FALSE(contains(r.out, "const char* s")) << r.out;
-  r = hotprobe({"list", "-v", probe, "--debuginfo=./ext"});
+  r = hotprobe({"list", "-v", "--debuginfo=./ext", probe});  // takes one value, not the probe
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "    int a\n    const char* s\n")) << r.out << r.err;
   r = hotprobe({"list", "-v", probe, "--debuginfo", "/nonexistent-hp:" + dir + "/ext"});
