@@ -74,7 +74,10 @@ struct UsdtProbe {
 };
 
 // A USDT probe as a probe target names it after its module: "usdt:PROVIDER:NAME", or
-// "usdt:NAME" (any provider), fnmatch(3) wildcards in each ("usdt:*": every probe).
+// "usdt:NAME" and "usdt::NAME" (any provider), fnmatch(3) wildcards in each ("usdt:*":
+// every probe). A field in double quotes is taken with its C escapes decoded, so a name
+// may hold ':' or '"' (DTRACE_PROBE(test, "probe1") names its probe "probe1" with the
+// quotes: usdt:test:"\"probe1\"").
 inline constexpr std::string_view kUsdtPrefix = "usdt:";
 struct UsdtWhat {
   std::string provider;  // empty: any
