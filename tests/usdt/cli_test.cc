@@ -1,0 +1,108 @@
+// The hotprobe command on probe targets and listings as bpftrace takes them: `list` with a
+// wildcard probe type and with -p PID alone, `list -v` of usdt probes, and the builtins
+// sarg0..N (a function's stack arguments) and pcomm (the parent process's name).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/run_command.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
+  hp::test::Command c{{HP_HOTPROBE}};
+  c.argv.insert(c.argv.end(), args.begin(), args.end());
+  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
+  c.timeout = 60s;
+  return hp::test::run_command(c);
+}
+
+const std::string kTarget = HP_USDT_TARGET;
+const std::string kStackArgs = HP_STACK_ARGS;
+
+bool contains(const std::string& s, const std::string& what) {
+  return s.find(what) != std::string::npos;
+}
+
+TEST(ListTargets, WildcardProbeTypeListsEveryType) {
+  // bpftrace -l '*:PATH:*': the functions and the usdt probes of the file.
+  auto r = hotprobe({"list", "*:" + kTarget + ":*"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "uprobe:" + kTarget + ":tick\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "usdt:" + kTarget + ":hpu:tick\n")) << r.out;
+  auto u = hotprobe({"list", "u*:" + kTarget + ":*"});  // uprobe and usdt both match u*
+  ASSERT_EQ(u.code, 0) << u.err;
+  EXPECT_TRUE(contains(u.out, "usdt:" + kTarget + ":hpu:tick\n")) << u.out;
+  auto none = hotprobe({"list", "k*:" + kTarget + ":*"});
+  EXPECT_NE(none.code, 0);
+  EXPECT_TRUE(contains(none.err, "'k*:' matches no probe type hotprobe lists")) << none.err;
+  EXPECT_TRUE(contains(none.err, "hotprobe list 'usdt:")) << none.err;
+}
+
+TEST(ListTargets, VerboseUsdtShowsTheArgumentTypes) {
+  auto r = hotprobe({"list", "-v", "usdt:" + kTarget + ":hpu:tick"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  // tick(long, long, short, unsigned char), as the note's -8 -8 -2 1 sizes say.
+  EXPECT_EQ(r.out, "usdt:" + kTarget +
+                       ":hpu:tick\n    int64_t arg0\n    int64_t arg1\n    int16_t arg2\n"
+                       "    uint8_t arg3\n");
+}
+
+TEST(ListTargets, PidAloneListsEveryModulesFunctionsAndUsdtProbes) {
+  // bpftrace -l -p PID: uprobes and usdt probes of every file the process maps.
+  const std::string go = hp::test::temp_path("list_go");
+  ::unlink(go.c_str());
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    (void)!::freopen("/dev/null", "w", stdout);
+    ::execl(kTarget.c_str(), kTarget.c_str(), "wait", go.c_str(), "1", nullptr);
+    ::_exit(127);
+  }
+  // Until the program and libc are mapped (the target then waits for `go`).
+  const std::string maps = "/proc/" + std::to_string(pid) + "/maps";
+  for (auto deadline = std::chrono::steady_clock::now() + 30s;
+       std::chrono::steady_clock::now() < deadline;) {
+    const std::string m = hp::test::read_file(maps);
+    if (contains(m, "hp_usdt_target") && contains(m, "libc")) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  auto r = hotprobe({"list", "-p", std::to_string(pid)});
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "usdt:" + kTarget + ":hpu:tick\n")) << r.out.substr(0, 2000);
+  EXPECT_TRUE(contains(r.out, "uprobe:" + kTarget + ":tick\n")) << r.out.substr(0, 2000);
+  EXPECT_TRUE(contains(r.out, "libc.so.6:malloc\n")) << r.out.substr(0, 2000);
+}
+
+TEST(Builtins, StackArgumentsAndParentName) {
+  // too_many(0, 1, 2, 4, 8, 16, 32, 64, 128, 256): g..j on the stack. The program's
+  // parent is hotprobe, which starts it.
+  auto r = hotprobe({"run", "-e",
+                     "uprobe:" + kStackArgs +
+                         ":too_many { printf(\"%d %d %d %d %s\\n\", sarg0, sarg1, sarg2, sarg3, "
+                         "pcomm); }",
+                     "--", kStackArgs, "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "32 64 128 256 hotprobe\n")) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "32 64 128 257 hotprobe\n")) << r.out << r.err;
+}
+
+TEST(Builtins, StackArgumentsOnlyAtAFunctionsEntry) {
+  auto r = hotprobe(
+      {"run", "-e", "uretprobe:" + kStackArgs + ":too_many { @ = sarg0; }", "--", kStackArgs});
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(contains(r.err, "The sarg0 builtin can only be used with 'uprobes' probes")) << r.err;
+}
+
+}  // namespace
