@@ -9,6 +9,7 @@
 #include <x86intrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -61,6 +62,56 @@ static std::string passwd_name(uid_t uid) {
       return std::string(line.substr(0, c1));
   }
   return {};
+}
+
+std::int64_t i_sarg(const Node* n, Frame& f) {
+  if (!f.hit) return 0;
+  std::uint64_t v = 0;
+  if (!read_user(f.hit->regs->rsp + 8 * static_cast<std::uint64_t>(n->imm + 1), &v, 8))
+      [[unlikely]] {
+    f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+  }
+  return static_cast<std::int64_t>(v);
+}
+
+namespace {
+
+// pcomm's cache: the parent's pid and name. Refreshed under the lock when getppid() says
+// another parent (a forked child, a process reparented); the name is written before the
+// pid is published.
+struct ParentName {
+  std::mutex mu;
+  std::atomic<pid_t> ppid{0};
+  char name[ast::kCommSize] = {};
+};
+ParentName& parent_name() {
+  static ParentName* p = new ParentName;  // never destroyed: hits may run during exit
+  return *p;
+}
+
+}  // namespace
+
+std::uint32_t s_pcomm(const Node*, Frame&, char* out) {
+  ParentName& p = parent_name();
+  const pid_t ppid = ::getppid();
+  if (p.ppid.load(std::memory_order_acquire) != ppid) [[unlikely]] {
+    std::lock_guard lock(p.mu);
+    char name[ast::kCommSize] = {};
+    const std::string path = "/proc/" + std::to_string(ppid) + "/comm";
+    if (const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+      const ssize_t len = ::read(fd, name, sizeof name - 1);
+      ::close(fd);
+      for (ssize_t i = 0; i < len; i++)
+        if (name[i] == '\n') name[i] = 0;
+    }
+    std::memcpy(p.name, name, sizeof name);
+    p.ppid.store(ppid, std::memory_order_release);
+  }
+  char name[ast::kCommSize];
+  std::memcpy(name, p.name, sizeof name);
+  name[ast::kCommSize - 1] = 0;
+  return copy_out(out, name);
 }
 
 void misc_init_once(bool username) {
@@ -230,3 +281,19 @@ bool st_continue(const SNode* s, Frame& f) {
 }
 
 }  // namespace hotprobe::script::nodes
+
+namespace hotprobe::script::lowering {
+
+bool lower_extra_builtin(const ast::Expr& e, Node* n) {
+  const int which = extra_builtin(e.name);
+  if (which < 0) return false;
+  if (which == kPcomm) {
+    n->s = nodes::s_pcomm;
+  } else {
+    n->i = nodes::i_sarg;
+    n->imm = which;
+  }
+  return true;
+}
+
+}  // namespace hotprobe::script::lowering
