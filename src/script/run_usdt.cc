@@ -221,8 +221,8 @@ std::int64_t i_usdt_arg(const Node* n, Frame& f) {
       }
       return extend(v, a.size, a.is_signed);
     }
-    case UsdtArgSpec::Kind::constant:
-      return a.disp;
+    case UsdtArgSpec::Kind::constant:  // "4@$-202182160" is the uint32 4092785136
+      return extend(u(a.disp), a.size, a.is_signed);
   }
   return 0;
 }

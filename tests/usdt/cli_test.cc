@@ -28,6 +28,7 @@ hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
 
 const std::string kTarget = HP_USDT_TARGET;
 const std::string kStackArgs = HP_STACK_ARGS;
+const std::string kConst = HP_USDT_CONST;
 
 bool contains(const std::string& s, const std::string& what) {
   return s.find(what) != std::string::npos;
@@ -103,6 +104,14 @@ TEST(Builtins, StackArgumentsOnlyAtAFunctionsEntry) {
       {"run", "-e", "uretprobe:" + kStackArgs + ":too_many { @ = sarg0; }", "--", kStackArgs});
   EXPECT_NE(r.code, 0);
   EXPECT_TRUE(contains(r.err, "The sarg0 builtin can only be used with 'uprobes' probes")) << r.err;
+}
+
+TEST(UsdtConstants, TruncatedToTheNotesSizeAndSign) {
+  // The compiler writes every constant signed ("4@$-202182160" for the uint32 4092785136).
+  auto r = hotprobe(
+      {"run", "-e", "usdt:" + kConst + ":hpc:* { printf(\"%lld \", arg0); }", "--", kConst});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "4092785136 -202182160 61936 -3600 240 -16 ")) << r.out << r.err;
 }
 
 }  // namespace
