@@ -397,7 +397,9 @@ std::optional<std::string> collect(const Pattern& p, bool verbose, int pid,
       }
       elf = *loaded;
     }
-    auto probes = hp::elf::read_usdt(*elf);
+    // Through map_files (another mount namespace), failing that (no privilege) its path.
+    auto probes = hp::elf::read_usdt(*elf, f.read);
+    if (!probes.ok() && f.elf) probes = hp::elf::read_usdt(*elf);
     if (!probes.ok()) {
       if (one_file) return probes.error().message();
       if (first_error.empty()) first_error = probes.error().message();

@@ -325,8 +325,8 @@ Result<std::vector<UsdtArg>> parse_usdt_args(std::string_view text) {
   return out;
 }
 
-Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file) {
-  auto opened = open_regular_file(file.path(), file.key());
+Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file, const std::string& open_path) {
+  auto opened = open_regular_file(open_path.empty() ? file.path() : open_path, file.key());
   if (!opened.ok()) return opened.error();
   const int fd = *opened;
   detail::init_libelf();

@@ -94,8 +94,10 @@ Result<std::vector<UsdtArg>> parse_usdt_args(std::string_view text);
 // Every probe of `file`, in the order of its notes (one entry per site: a provider:name
 // used at two places is two probes). A file without `.note.stapsdt` has none (empty, not
 // an error). An argument string the parser does not understand is an error naming the
-// probe, the argument and its text.
-Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file);
+// probe, the argument and its text. The notes are read from `open_path` when given (the
+// same file reached another way: /proc/PID/map_files/... of a process in another mount
+// namespace, where file.path() names nothing), else from file.path().
+Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file, const std::string& open_path = {});
 
 // The probes whose provider and name match the fnmatch(3) patterns (an empty pattern
 // matches everything), in the order given.

@@ -1,13 +1,17 @@
 // The hotprobe command on probe targets and listings as bpftrace takes them: `list` with a
 // wildcard probe type and with -p PID alone, `list -v` of usdt probes, and the builtins
 // sarg0..N (a function's stack arguments) and pcomm (the parent process's name).
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -84,6 +88,59 @@ TEST(ListTargets, PidAloneListsEveryModulesFunctionsAndUsdtProbes) {
   EXPECT_TRUE(contains(r.out, "usdt:" + kTarget + ":hpu:tick\n")) << r.out.substr(0, 2000);
   EXPECT_TRUE(contains(r.out, "uprobe:" + kTarget + ":tick\n")) << r.out.substr(0, 2000);
   EXPECT_TRUE(contains(r.out, "libc.so.6:malloc\n")) << r.out.substr(0, 2000);
+}
+
+TEST(ListTargets, PidInAnotherMountNamespace) {
+  // The program runs from a tmpfs mounted in its own mount namespace: its path names
+  // nothing here, its notes are read through /proc/PID/map_files.
+  char dir_template[] = "/tmp/hp_mountns_XXXXXX";
+  ASSERT_NE(::mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template, prog = dir + "/hp_usdt_target";
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(ready[0]);
+    char ok = 0;
+    if (::unshare(CLONE_NEWNS) == 0 &&
+        ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0 &&
+        ::mount("tmpfs", dir.c_str(), "tmpfs", 0, nullptr) == 0) {
+      std::ifstream in(kTarget, std::ios::binary);
+      std::ofstream out(prog, std::ios::binary);
+      out << in.rdbuf();
+      out.close();
+      ok = ::chmod(prog.c_str(), 0755) == 0;
+    }
+    (void)!::write(ready[1], &ok, 1);
+    if (!ok) ::_exit(77);
+    (void)!::freopen("/dev/null", "w", stdout);
+    ::execl(prog.c_str(), prog.c_str(), "wait", "/nonexistent/never", "1", nullptr);
+    ::_exit(127);
+  }
+  ::close(ready[1]);
+  char ok = 0;
+  (void)!::read(ready[0], &ok, 1);
+  ::close(ready[0]);
+  if (!ok) {
+    ::waitpid(pid, nullptr, 0);
+    ::rmdir(dir.c_str());
+    GTEST_SKIP() << "no mount namespace here (needs root)";
+  }
+  const std::string maps = "/proc/" + std::to_string(pid) + "/maps";
+  for (auto deadline = std::chrono::steady_clock::now() + 30s;
+       std::chrono::steady_clock::now() < deadline;) {
+    const std::string m = hp::test::read_file(maps);
+    if (contains(m, prog) && contains(m, "libc")) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_NE(::access(prog.c_str(), F_OK), 0);  // not there in this namespace
+  auto r = hotprobe({"list", "-p", std::to_string(pid), "usdt:*"});
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  ::rmdir(dir.c_str());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "usdt:" + prog + ":hpu:tick\n")) << r.out;
 }
 
 TEST(Builtins, StackArgumentsAndParentName) {
