@@ -171,4 +171,20 @@ TEST(UsdtConstants, TruncatedToTheNotesSizeAndSign) {
   EXPECT_TRUE(contains(r.out, "4092785136 -202182160 61936 -3600 240 -16 ")) << r.out << r.err;
 }
 
+TEST(UsdtScriptTargets, ModuleGlobAndQuotedName) {
+  // A glob for the file: the loaded modules whose path matches; `probe` names the file.
+  const std::string dir = kConst.substr(0, kConst.rfind('/'));
+  auto r = hotprobe(
+      {"run", "-e", "usdt:" + dir + "/hp_usdt_co*:hpc:u32 { printf(\"%s %lld\\n\", probe, arg0); }",
+       "--", kConst});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "usdt:" + kConst + ":hpc:u32 4092785136\n")) << r.out << r.err;
+  // A name in double quotes, with its escapes: the note's name is "quoted", quotes included.
+  auto q =
+      hotprobe({"run", "-e", "usdt:" + kConst + ":hpq:\"\\\"quoted\\\"\" { printf(\"hit\\n\"); }",
+                "--", kConst});
+  ASSERT_EQ(q.code, 0) << q.err;
+  EXPECT_TRUE(contains(q.out, "Attaching 1 probe...\nhit\n")) << q.out << q.err;
+}
+
 }  // namespace
