@@ -296,6 +296,33 @@ Result<std::vector<Resolver::UsdtMatch>> Resolver::usdt_matches(std::string_view
   return out;
 }
 
+Result<void> Resolver::resolve_module_glob(std::string_view module_spec, std::string_view rest,
+                                           bool return_probe, std::vector<Target>& out) {
+  const bool every = module_spec == "*";
+  const std::string pattern = every ? std::string() : absolute_glob(module_spec);
+  std::size_t looked = 0;
+  const std::size_t first = out.size();
+  for (const elf::Module& mod : mods_.modules()) {
+    if (!every && ::fnmatch(pattern.c_str(), mod.path.c_str(), 0) != 0) continue;
+    if (mod.path.ends_with(" (deleted)")) continue;  // found again by its path below
+    ++looked;
+    auto r = resolve(mod.path + ":" + std::string(rest), return_probe, out);
+    // A module without the function is skipped, as bpftrace skips it; other errors stand.
+    if (!r.ok() && r.error().code() != Errc::not_found) return r;
+  }
+  if (out.size() > first) return {};
+  if (looked == 0) {
+    return Error(Errc::not_found, "no module of this process matches '" + std::string(module_spec) +
+                                      "' (" + pattern + "); loaded modules: " + mods_.names());
+  }
+  return Error(Errc::not_found,
+               "no function '" + std::string(rest) + "' in " +
+                   (every ? std::string("any module of this process")
+                          : "the modules matching '" + std::string(module_spec) + "'") +
+                   ": list them with hotprobe list -p PID 'uprobe:" + std::string(module_spec) +
+                   ":" + std::string(rest) + "'");
+}
+
 Result<void> Resolver::resolve_usdt(std::string_view module_spec, std::string_view what,
                                     std::vector<Target>& out) {
   auto matches = usdt_matches(module_spec, what);
@@ -404,6 +431,8 @@ Result<void> Resolver::resolve(std::string_view target, bool return_probe,
     }
     return resolve_usdt(module_spec, rest.substr(elf::kUsdtPrefix.size()), out);
   }
+  if (module_spec == "*" || (has_glob(module_spec) && !cache.find(module_spec)))
+    return resolve_module_glob(module_spec, rest, return_probe, out);
   ModuleCache::Entry* cached = cache.find(module_spec);
   auto mod = cached ? Result<const elf::Module*>(cached->module) : mods.resolve(module_spec);
   if (mod.ok() && !cached) cached = cache.add(module_spec, *mod);

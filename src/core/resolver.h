@@ -115,6 +115,11 @@ class Resolver {
   // MODULE:usdt:PROVIDER:NAME: an instruction probe at each site of each matching note.
   Result<void> resolve_usdt(std::string_view module_spec, std::string_view what,
                             std::vector<Target>& out);
+  // MODULE:WHAT with MODULE "*" (every module of the process) or a glob of paths (a
+  // relative one from the current directory): WHAT in each matching module that has it, as
+  // bpftrace takes uprobe:*:FUNC with a process. None having it is an error.
+  Result<void> resolve_module_glob(std::string_view module_spec, std::string_view rest,
+                                   bool return_probe, std::vector<Target>& out);
   // The sites of one file's notes; `module_spec` finds the file again.
   Result<void> resolve_usdt_sites(const std::string& module_spec, const UsdtMatch& match,
                                   std::vector<Target>& out);

@@ -12,6 +12,7 @@
 
 #include "elf/usdt.h"
 #include "hotprobe/probe.h"
+#include "hotprobe/symbols.h"
 #include "hotprobe/usdt.h"
 
 namespace {
@@ -33,6 +34,16 @@ __attribute__((noinline)) void quoted() {
   DTRACE_PROBE(hpt, "quoted");
   g_sink.fetch_add(1, std::memory_order_relaxed);
 }
+
+}  // namespace
+
+// A function the uprobe tests name in every module ("*:hpt_entry").
+extern "C" __attribute__((noinline)) int hpt_entry(long v) {
+  g_sink.fetch_add(v, std::memory_order_relaxed);
+  return 0;
+}
+
+namespace {
 
 using Fire = int (*)(long);
 
@@ -145,6 +156,27 @@ TEST(UsdtTargets, NothingMatchingSaysWhereItLookedAndHowToList) {
   ASSERT_FALSE(nofile.ok());
   EXPECT_NE(nofile.error().message().find("no file matches"), std::string::npos)
       << nofile.error().message();
+}
+
+TEST(UprobeTargets, StarOrAGlobForTheModuleSearchesTheLoadedModules) {
+  // bpftrace's uprobe:*:FUNC with a process: FUNC in every module that has it.
+  auto every = hotprobe::resolve_functions("*:hpt_entry");
+  ASSERT_TRUE(every.ok()) << every.error().message();
+  ASSERT_EQ(every->size(), 1u);
+  EXPECT_EQ((*every)[0].module, main_path());
+  const std::string self = main_path();
+  auto glob = hotprobe::resolve_functions("*/" + self.substr(self.rfind('/') + 1, 6) + "*:hpt_*");
+  ASSERT_TRUE(glob.ok()) << glob.error().message();
+  EXPECT_EQ(glob->size(), 1u);
+  auto none = hotprobe::resolve_functions("*:hpt_nosuch");
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.error().message().find("no function 'hpt_nosuch' in any module of this process"),
+            std::string::npos)
+      << none.error().message();
+  auto nomod = hotprobe::resolve_functions("/nonexistent/*:hpt_entry");
+  ASSERT_FALSE(nomod.ok());
+  EXPECT_NE(nomod.error().message().find("no module of this process matches"), std::string::npos)
+      << nomod.error().message();
 }
 
 TEST(UsdtTargets, AttachedWithoutAModuleEverySiteIsHit) {
