@@ -140,8 +140,8 @@ Value Checker::builtin(Expr& e) {
   while (i < kBuiltinNames.size() && e.name != kBuiltinNames[i])
     ++i;
   if (i == kBuiltinNames.size() && lowering::extra_builtin(e.name) >= 0) {
-    // sarg0..sarg9 (uprobe only, as bpftrace) and pcomm: run_misc.h.
-    if (lowering::extra_builtin(e.name) == lowering::kPcomm) return Value::string(ast::kCommSize);
+    // sarg0..sarg9 (uprobe only, as bpftrace), pcomm and leader_comm: run_misc.h.
+    if (lowering::extra_builtin(e.name) >= lowering::kPcomm) return Value::string(ast::kCommSize);
     for (const ast::AttachPoint& p : action_->probes) {
       if (p.probe.kind != Probe::Kind::uprobe || p.usdt) {
         error(e.loc, "The " + e.name +

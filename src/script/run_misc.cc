@@ -77,28 +77,22 @@ std::int64_t i_sarg(const Node* n, Frame& f) {
 
 namespace {
 
-// pcomm's cache: the parent's pid and name. Refreshed under the lock when getppid() says
-// another parent (a forked child, a process reparented); the name is written before the
-// pid is published.
-struct ParentName {
+// pcomm's and leader_comm's caches: a process's pid and its name, from
+// /proc/PID/task/PID/comm (the thread group leader's). Refreshed under the lock when the
+// pid asked for is another (a forked child, a process reparented); the name is written
+// before the pid is published.
+struct ProcessName {
   std::mutex mu;
-  std::atomic<pid_t> ppid{0};
+  std::atomic<pid_t> pid{0};
   char name[ast::kCommSize] = {};
 };
-ParentName& parent_name() {
-  static ParentName* p = new ParentName;  // never destroyed: hits may run during exit
-  return *p;
-}
 
-}  // namespace
-
-std::uint32_t s_pcomm(const Node*, Frame&, char* out) {
-  ParentName& p = parent_name();
-  const pid_t ppid = ::getppid();
-  if (p.ppid.load(std::memory_order_acquire) != ppid) [[unlikely]] {
+std::uint32_t process_name(ProcessName& p, pid_t pid, char* out) {
+  if (p.pid.load(std::memory_order_acquire) != pid) [[unlikely]] {
     std::lock_guard lock(p.mu);
     char name[ast::kCommSize] = {};
-    const std::string path = "/proc/" + std::to_string(ppid) + "/comm";
+    const std::string path =
+        "/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/comm";
     if (const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
       const ssize_t len = ::read(fd, name, sizeof name - 1);
       ::close(fd);
@@ -106,12 +100,31 @@ std::uint32_t s_pcomm(const Node*, Frame&, char* out) {
         if (name[i] == '\n') name[i] = 0;
     }
     std::memcpy(p.name, name, sizeof name);
-    p.ppid.store(ppid, std::memory_order_release);
+    p.pid.store(pid, std::memory_order_release);
   }
   char name[ast::kCommSize];
   std::memcpy(name, p.name, sizeof name);
   name[ast::kCommSize - 1] = 0;
   return copy_out(out, name);
+}
+
+ProcessName& parent_name() {
+  static ProcessName* p = new ProcessName;  // never destroyed: hits may run during exit
+  return *p;
+}
+ProcessName& leader_name() {
+  static ProcessName* p = new ProcessName;
+  return *p;
+}
+
+}  // namespace
+
+std::uint32_t s_pcomm(const Node*, Frame&, char* out) {
+  return process_name(parent_name(), ::getppid(), out);
+}
+
+std::uint32_t s_leader_comm(const Node*, Frame&, char* out) {
+  return process_name(leader_name(), ::getpid(), out);
 }
 
 void misc_init_once(bool username) {
@@ -287,8 +300,8 @@ namespace hotprobe::script::lowering {
 bool lower_extra_builtin(const ast::Expr& e, Node* n) {
   const int which = extra_builtin(e.name);
   if (which < 0) return false;
-  if (which == kPcomm) {
-    n->s = nodes::s_pcomm;
+  if (which == kPcomm || which == kLeaderComm) {
+    n->s = which == kPcomm ? nodes::s_pcomm : nodes::s_leader_comm;
   } else {
     n->i = nodes::i_sarg;
     n->imm = which;

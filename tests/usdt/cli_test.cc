@@ -148,12 +148,12 @@ TEST(Builtins, StackArgumentsAndParentName) {
   // parent is hotprobe, which starts it.
   auto r = hotprobe({"run", "-e",
                      "uprobe:" + kStackArgs +
-                         ":too_many { printf(\"%d %d %d %d %s\\n\", sarg0, sarg1, sarg2, sarg3, "
-                         "pcomm); }",
+                         ":too_many { printf(\"%d %d %d %d %s %s\\n\", sarg0, sarg1, sarg2, "
+                         "sarg3, pcomm, leader_comm); }",
                      "--", kStackArgs, "2"});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_TRUE(contains(r.out, "32 64 128 256 hotprobe\n")) << r.out << r.err;
-  EXPECT_TRUE(contains(r.out, "32 64 128 257 hotprobe\n")) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "32 64 128 256 hotprobe hp_stack_args\n")) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "32 64 128 257 hotprobe hp_stack_args\n")) << r.out << r.err;
 }
 
 TEST(Builtins, StackArgumentsOnlyAtAFunctionsEntry) {
