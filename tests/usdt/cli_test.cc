@@ -33,6 +33,7 @@ hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
 const std::string kTarget = HP_USDT_TARGET;
 const std::string kStackArgs = HP_STACK_ARGS;
 const std::string kConst = HP_USDT_CONST;
+const std::string kDup = HP_USDT_DUP;
 
 bool contains(const std::string& s, const std::string& what) {
   return s.find(what) != std::string::npos;
@@ -185,6 +186,18 @@ TEST(UsdtScriptTargets, ModuleGlobAndQuotedName) {
                 "--", kConst});
   ASSERT_EQ(q.code, 0) << q.err;
   EXPECT_TRUE(contains(q.out, "Attaching 1 probe...\nhit\n")) << q.out << q.err;
+}
+
+TEST(UsdtDuplicated, TwoMarkersAtOneAddressAreOneSiteWithBothProbes) {
+  // hpd:one and hpd:two name one nop: each probe runs its action at every hit.
+  auto r = hotprobe({"run", "-e",
+                     "usdt:" + kDup + ":hpd:one { @one[arg0] = count(); } usdt:" + kDup +
+                         ":hpd:two { @two[arg0] = count(); }",
+                     "--", kDup, "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "Attaching 2 probes...\n")) << r.out;
+  for (const char* l : {"@one[0]: 1\n", "@one[1]: 1\n", "@two[0]: 1\n", "@two[1]: 1\n"})
+    EXPECT_TRUE(contains(r.out, l)) << l << " not in:\n" << r.out << r.err;
 }
 
 }  // namespace
