@@ -172,7 +172,7 @@ TEST(UsdtConstants, TruncatedToTheNotesSizeAndSign) {
   EXPECT_TRUE(contains(r.out, "4092785136 -202182160 61936 -3600 240 -16 ")) << r.out << r.err;
 }
 
-TEST(UsdtScriptTargets, ModuleGlobAndQuotedName) {
+TEST(UsdtScriptTargets, ModuleGlobStarAndQuotedName) {
   // A glob for the file: the loaded modules whose path matches; `probe` names the file.
   const std::string dir = kConst.substr(0, kConst.rfind('/'));
   auto r = hotprobe(
@@ -180,6 +180,13 @@ TEST(UsdtScriptTargets, ModuleGlobAndQuotedName) {
        "--", kConst});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "usdt:" + kConst + ":hpc:u32 4092785136\n")) << r.out << r.err;
+  // '*' for the file: every module of the process; `probe` names each site's file.
+  auto star = hotprobe(
+      {"run", "-e", "usdt:*:hpc:u* { printf(\"%s %lld\\n\", probe, arg0); }", "--", kConst});
+  ASSERT_EQ(star.code, 0) << star.err;
+  EXPECT_TRUE(contains(star.out, "Attaching 3 probes...\n")) << star.out << star.err;
+  for (const char* l : {":hpc:u32 4092785136\n", ":hpc:u16 61936\n", ":hpc:u8 240\n"})
+    EXPECT_TRUE(contains(star.out, "usdt:" + kConst + l)) << l << " not in:\n" << star.out;
   // A name in double quotes, with its escapes: the note's name is "quoted", quotes included.
   auto q =
       hotprobe({"run", "-e", "usdt:" + kConst + ":hpq:\"\\\"quoted\\\"\" { printf(\"hit\\n\"); }",
