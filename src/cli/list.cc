@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -345,23 +346,39 @@ class Params {
   std::map<std::string, std::unique_ptr<hp::elf::DwarfInfo>> info_;
 };
 
+// `hotprobe list -v`'s lines of a USDT probe: its arguments' types as the note gives them
+// ("    int32_t arg0"; bpftrace -lv prints none for usdt probes).
+std::string usdt_params(const hp::elf::UsdtProbe& u) {
+  std::string out;
+  for (std::size_t i = 0; i < u.args.size(); i++) {
+    const hp::elf::UsdtArg& a = u.args[i];
+    const std::string type = a.is_float
+                                 ? (a.size == 4 ? "float" : "double")
+                                 : fmt::format("{}int{}_t", a.is_signed ? "" : "u", a.size * 8);
+    out += fmt::format("    {} arg{}\n", type, i);
+  }
+  return out;
+}
+
 }  // namespace
 
 namespace {
 
-int list_pattern(const Pattern& p, bool verbose, int pid) {
+// The lines of pattern `p` go into `lines` (sorted, each once; value: -v's text). A pattern
+// that matches nothing leaves `lines` as it was and returns the error to print.
+std::optional<std::string> collect(const Pattern& p, bool verbose, int pid,
+                                   std::map<std::string, std::string>& lines) {
   auto files = pid > 0 ? process_files(pid, p.path) : disk_files(p.path);
-  if (!files.ok()) return fail(files.error().message());
+  if (!files.ok()) return files.error().message();
   const bool one_file = files->size() == 1;
-
-  std::map<std::string, std::string> lines;  // sorted, each once; value: -v's text
+  const std::size_t before = lines.size();
   Params params;
   std::string first_error;
   for (const File& f : *files) {
     if (p.kind == Kind::uprobe) {
       auto names = function_names(f, p.name);
       if (!names.ok()) {
-        if (one_file) return fail(names.error().message());
+        if (one_file) return names.error().message();
         continue;
       }
       for (const std::string& n : *names) {
@@ -375,33 +392,40 @@ int list_pattern(const Pattern& p, bool verbose, int pid) {
     if (!elf) {
       auto loaded = hp::elf::load_elf(f.read);
       if (!loaded.ok()) {
-        if (one_file) return fail(loaded.error().message());
+        if (one_file) return loaded.error().message();
         continue;
       }
       elf = *loaded;
     }
-    auto probes = hp::elf::read_usdt(*elf);
+    // Through map_files (another mount namespace), failing that (no privilege) its path.
+    auto probes = hp::elf::read_usdt(*elf, f.read);
+    if (!probes.ok() && f.elf) probes = hp::elf::read_usdt(*elf);
     if (!probes.ok()) {
-      if (one_file) return fail(probes.error().message());
+      if (one_file) return probes.error().message();
       if (first_error.empty()) first_error = probes.error().message();
       continue;
     }
-    for (const hp::elf::UsdtProbe* u : hp::elf::find_usdt(*probes, p.provider, p.name))
-      lines.try_emplace(fmt::format("usdt:{}:{}:{}", f.shown, u->provider, u->name));
-  }
-  if (lines.empty()) {
-    if (!first_error.empty()) return fail(first_error);
-    const std::string where =
-        one_file ? (*files)[0].shown : fmt::format("any of {} files", files->size());
-    if (p.kind == Kind::usdt) {
-      return fail(
-          fmt::format("no USDT probe matches '{}:{}' in {} (probes come from <sys/sdt.h>'s "
-                      "DTRACE_PROBE/STAP_PROBE; `readelf -n FILE` shows a file's .note.stapsdt)",
-                      p.provider, p.name, where));
+    for (const hp::elf::UsdtProbe* u : hp::elf::find_usdt(*probes, p.provider, p.name)) {
+      auto [it, fresh] =
+          lines.try_emplace(fmt::format("usdt:{}:{}:{}", f.shown, u->provider, u->name));
+      if (fresh && verbose) it->second = usdt_params(*u);
     }
-    return fail(fmt::format("no function matches '{}' in {} (`hotprobe list {}` lists them all)",
-                            p.name, where, one_file ? (*files)[0].shown : p.path));
   }
+  if (lines.size() > before) return std::nullopt;
+  if (!first_error.empty()) return first_error;
+  const std::string where =
+      one_file ? (*files)[0].shown : fmt::format("any of {} files", files->size());
+  if (p.kind == Kind::usdt) {
+    return fmt::format(
+        "no USDT probe matches '{}:{}' in {} (probes come from <sys/sdt.h>'s "
+        "DTRACE_PROBE/STAP_PROBE; `readelf -n FILE` shows a file's .note.stapsdt)",
+        p.provider, p.name, where);
+  }
+  return fmt::format("no function matches '{}' in {} (`hotprobe list {}` lists them all)", p.name,
+                     where, one_file ? (*files)[0].shown : p.path);
+}
+
+int print_lines(const std::map<std::string, std::string>& lines) {
   std::string out;
   for (const auto& [line, extra] : lines)
     out += line + "\n" + extra;
@@ -409,9 +433,42 @@ int list_pattern(const Pattern& p, bool verbose, int pid) {
   return std::fflush(stdout) == 0 ? kExitOk : kExitError;
 }
 
+// Every pattern of `patterns` (one per probe type a pattern's type names), their lines
+// together; an error only when none matches anything (the first one's).
+int list_patterns(const std::vector<Pattern>& patterns, bool verbose, int pid) {
+  std::map<std::string, std::string> lines;
+  std::optional<std::string> first_error;
+  for (const Pattern& p : patterns) {
+    auto error = collect(p, verbose, pid, lines);
+    if (error && !first_error) first_error = std::move(error);
+  }
+  if (lines.empty() && first_error) return fail(*first_error);
+  return print_lines(lines);
+}
+
+int list_pattern(const Pattern& p, bool verbose, int pid) {
+  return list_patterns({p}, verbose, pid);
+}
+
 }  // namespace
 
 int list_probes(const std::string& pattern_text, bool verbose, int pid) {
+  // A type with wildcards ('*:PATH:*', as bpftrace -l takes it): each type it matches.
+  const std::string type = pattern_text.substr(0, pattern_text.find(':'));
+  if (has_wildcard(type) && pattern_text.find(':') != std::string::npos) {
+    std::vector<Pattern> patterns;
+    for (const char* t : {"uprobe", "usdt"}) {
+      if (::fnmatch(type.c_str(), t, 0) != 0) continue;
+      auto p = parse_pattern(t + pattern_text.substr(type.size()), pid > 0);
+      if (!p.ok()) return fail(p.error().message());
+      patterns.push_back(std::move(*p));
+    }
+    if (patterns.empty()) {
+      return fail("'" + type + ":' matches no probe type hotprobe lists (" + pattern_text + "); " +
+                  kForms);
+    }
+    return list_patterns(patterns, verbose, pid);
+  }
   auto pattern = parse_pattern(pattern_text, pid > 0);
   if (!pattern.ok()) return fail(pattern.error().message());
   return list_pattern(*pattern, verbose, pid);
@@ -424,8 +481,8 @@ int list(const std::string& module, const std::string& glob, bool verbose, int p
   // bpftrace's other probe types (kprobe:, tracepoint:, ...): refused by parse_pattern.
   const bool other_type = colon != std::string::npos &&
                           module.find_first_not_of("abcdefghijklmnopqrstuvwxyz_") == colon;
-  if (colon != std::string::npos &&
-      (other_type || probe_type(module.substr(0, colon), kind, type))) {
+  if (colon != std::string::npos && (other_type || has_wildcard(module.substr(0, colon)) ||
+                                     probe_type(module.substr(0, colon), kind, type))) {
     if (!glob.empty()) {
       return fail("'" + module + "' is a whole pattern; a GLOB after it has no place (put " +
                   "it in the pattern's last field)");
@@ -437,6 +494,14 @@ int list(const std::string& module, const std::string& glob, bool verbose, int p
   p.path = module == "*" ? "" : module;  // with -p, empty or '*' is every module
   p.name = glob.empty() ? "*" : glob;
   if (p.path.empty() && pid <= 0) return fail("name a module or program (or give -p PID)");
+  if (p.path.empty() && glob.empty()) {
+    // -p PID alone: every probe of every module, as bpftrace -l -p PID lists them.
+    Pattern u = p;
+    u.kind = Kind::usdt;
+    u.type = "usdt";
+    u.provider = "*";
+    return list_patterns({p, u}, verbose, pid);
+  }
   return list_pattern(p, verbose, pid);
 }
 

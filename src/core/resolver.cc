@@ -1,6 +1,9 @@
 // The resolver (core/resolver.h).
 #include "core/resolver.h"
 
+#include <fnmatch.h>
+#include <glob.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -185,22 +188,170 @@ Result<Resolver::UsdtMatch> Resolver::usdt_notes(std::string_view module_spec,
   return m;
 }
 
+namespace {
+
+// "./prog*" from the current directory, without its "./" and "dir/../" parts, for
+// fnmatch(3) against the absolute paths /proc/PID/maps gives.
+std::string absolute_glob(std::string_view pattern) {
+  std::string in(pattern);
+  if (!in.starts_with('/') && !in.starts_with('*')) {
+    char cwd[PATH_MAX];
+    if (::getcwd(cwd, sizeof cwd)) in = std::string(cwd) + "/" + in;
+  }
+  std::vector<std::string> parts;
+  for (std::size_t pos = 0; pos <= in.size();) {
+    std::size_t slash = in.find('/', pos);
+    if (slash == std::string::npos) slash = in.size();
+    std::string part = in.substr(pos, slash - pos);
+    if (part == "..") {
+      if (!parts.empty() && !parts.back().empty()) parts.pop_back();
+    } else if (part != "." && !(part.empty() && !parts.empty())) {
+      parts.push_back(std::move(part));
+    }
+    pos = slash + 1;
+  }
+  std::string out;
+  for (std::size_t i = 0; i < parts.size(); i++)
+    out += (i ? "/" : "") + parts[i];
+  return out.empty() ? "/" : out;
+}
+
+bool has_glob(std::string_view s) {
+  return s.find_first_of("*?[") != std::string_view::npos;
+}
+
+}  // namespace
+
+Result<std::vector<Resolver::UsdtMatch>> Resolver::usdt_matches(std::string_view module_spec,
+                                                                std::string_view what) {
+  std::vector<UsdtMatch> out;
+  if (!module_spec.empty() && module_spec != "*" && !has_glob(module_spec)) {
+    auto one = usdt_notes(module_spec, what);
+    if (!one.ok()) return one.error();
+    out.push_back(std::move(*one));
+    return out;
+  }
+  auto parsed = elf::parse_usdt_what(what);
+  if (!parsed.ok()) return parsed.error();
+  const bool every = module_spec.empty() || module_spec == "*";
+  const std::string pattern = every ? std::string() : absolute_glob(module_spec);
+  std::string first_error;
+  auto add = [&](std::shared_ptr<const elf::ElfFile> file, const elf::Module* module) {
+    auto probes = elf::read_usdt(*file);
+    if (!probes.ok()) {
+      if (first_error.empty()) first_error = probes.error().message();
+      return;
+    }
+    UsdtMatch m;
+    for (const elf::UsdtProbe* p : elf::find_usdt(*probes, parsed->provider, parsed->name))
+      m.notes.push_back(*p);
+    if (m.notes.empty()) return;
+    m.file = std::move(file);
+    m.module = module;
+    out.push_back(std::move(m));
+  };
+  std::size_t looked = 0;
+  for (const elf::Module& mod : mods_.modules()) {
+    if (!every && ::fnmatch(pattern.c_str(), mod.path.c_str(), 0) != 0) continue;
+    auto file = mods_.elf(mod);
+    if (!file.ok()) continue;  // a module whose file cannot be read has no probes to offer
+    ++looked;
+    add(std::move(*file), &mod);
+  }
+  if (!every && looked == 0) {
+    // No loaded module matches: the files on disk the glob names, probed when loaded.
+    glob_t g{};
+    if (::glob(pattern.c_str(), 0, nullptr, &g) == 0) {
+      for (std::size_t i = 0; i < g.gl_pathc; ++i) {
+        auto file = elf::load_elf(g.gl_pathv[i]);
+        if (!file.ok()) continue;
+        ++looked;
+        add(std::move(*file), nullptr);
+      }
+    }
+    ::globfree(&g);
+  }
+  if (out.empty()) {
+    if (looked == 0 && !every) {
+      return Error(Errc::not_found, "no file matches '" + std::string(module_spec) + "' (" +
+                                        pattern + ": not a module of this process nor a file)");
+    }
+    if (!first_error.empty() && !every) return Error(Errc::invalid_argument, first_error);
+    if (every) {
+      // Named by the program first: most targets without a module mean its probes.
+      const elf::Module* main = mods_.main();
+      const std::string prog = main ? main->path : std::string("the program");
+      return Error(Errc::not_found, "no USDT probe '" + std::string(what) + "' in " + prog +
+                                        " or any other module of this process: list its "
+                                        "probes with hotprobe list 'usdt:" +
+                                        prog +
+                                        ":*' (every module's: hotprobe list -p PID "
+                                        "'usdt:*')");
+    }
+    return Error(Errc::not_found, "no USDT probe '" + std::string(what) + "' in any of the " +
+                                      std::to_string(looked) + " files matching '" +
+                                      std::string(module_spec) + "': list their probes with " +
+                                      "hotprobe list 'usdt:" + std::string(module_spec) + ":*'");
+  }
+  return out;
+}
+
+Result<void> Resolver::resolve_module_glob(std::string_view module_spec, std::string_view rest,
+                                           bool return_probe, std::vector<Target>& out) {
+  const bool every = module_spec == "*";
+  const std::string pattern = every ? std::string() : absolute_glob(module_spec);
+  std::size_t looked = 0;
+  const std::size_t first = out.size();
+  for (const elf::Module& mod : mods_.modules()) {
+    if (!every && ::fnmatch(pattern.c_str(), mod.path.c_str(), 0) != 0) continue;
+    if (mod.path.ends_with(" (deleted)")) continue;  // found again by its path below
+    ++looked;
+    auto r = resolve(mod.path + ":" + std::string(rest), return_probe, out);
+    // A module without the function is skipped, as bpftrace skips it; other errors stand.
+    if (!r.ok() && r.error().code() != Errc::not_found) return r;
+  }
+  if (out.size() > first) return {};
+  if (looked == 0) {
+    return Error(Errc::not_found, "no module of this process matches '" + std::string(module_spec) +
+                                      "' (" + pattern + "); loaded modules: " + mods_.names());
+  }
+  return Error(Errc::not_found,
+               "no function '" + std::string(rest) + "' in " +
+                   (every ? std::string("any module of this process")
+                          : "the modules matching '" + std::string(module_spec) + "'") +
+                   ": list them with hotprobe list -p PID 'uprobe:" + std::string(module_spec) +
+                   ":" + std::string(rest) + "'");
+}
+
 Result<void> Resolver::resolve_usdt(std::string_view module_spec, std::string_view what,
                                     std::vector<Target>& out) {
-  auto match = usdt_notes(module_spec, what);
-  if (!match.ok()) return match.error();
-  const std::shared_ptr<const elf::ElfFile>& file = match->file;
+  auto matches = usdt_matches(module_spec, what);
+  if (!matches.ok()) return matches.error();
+  for (const UsdtMatch& match : *matches) {
+    // A file named by a glob or by no name is found again by its path.
+    const std::string spec = match.module ? match.module->path
+                             : has_glob(module_spec) || module_spec.empty() || module_spec == "*"
+                                 ? match.file->path()
+                                 : std::string(module_spec);
+    HP_TRY(resolve_usdt_sites(spec, match, out));
+  }
+  return {};
+}
+
+Result<void> Resolver::resolve_usdt_sites(const std::string& module_spec, const UsdtMatch& match,
+                                          std::vector<Target>& out) {
+  const std::shared_ptr<const elf::ElfFile>& file = match.file;
   const std::string& path = file->path();
   cache_.hold(file);  // the targets' symbol names point into it
   std::vector<std::uint64_t> seen;
-  for (const elf::UsdtProbe& note : match->notes) {
+  for (const elf::UsdtProbe& note : match.notes) {
     const elf::UsdtProbe* p = &note;
     // Two notes at one address (a glob matching both) are one place.
     if (std::find(seen.begin(), seen.end(), p->file_offset) != seen.end()) continue;
     seen.push_back(p->file_offset);
     const std::size_t first = out.size();
     // The site is a nop inside a function: an instruction probe at its file offset.
-    const std::string place = std::string(module_spec) + ":fileoff:" + hex(p->file_offset);
+    const std::string place = module_spec + ":fileoff:" + hex(p->file_offset);
     if (auto r = resolve(place, false, out); !r.ok()) {
       return Error(r.error().code(), "USDT probe " + p->provider + ":" + p->name + " at " +
                                          hex(p->pc) + " of " + path + ": " + r.error().message());
@@ -280,6 +431,8 @@ Result<void> Resolver::resolve(std::string_view target, bool return_probe,
     }
     return resolve_usdt(module_spec, rest.substr(elf::kUsdtPrefix.size()), out);
   }
+  if (module_spec == "*" || (has_glob(module_spec) && !cache.find(module_spec)))
+    return resolve_module_glob(module_spec, rest, return_probe, out);
   ModuleCache::Entry* cached = cache.find(module_spec);
   auto mod = cached ? Result<const elf::Module*>(cached->module) : mods.resolve(module_spec);
   if (mod.ok() && !cached) cached = cache.add(module_spec, *mod);

@@ -101,6 +101,13 @@ class Resolver {
     std::vector<elf::UsdtProbe> notes;
   };
   Result<UsdtMatch> usdt_notes(std::string_view module_spec, std::string_view what);
+  // The same for every file a module spec names, as bpftrace takes a usdt target with a
+  // process: "" or "*" every module of the process whose notes match (the others are
+  // skipped), a glob ("./prog*", "*/libfoo.so") the loaded modules whose path matches it
+  // (a relative glob from the current directory; none loaded: the files on disk it
+  // matches), anything else usdt_notes. Nothing matching anywhere is an error naming where
+  // it looked and how to list the probes there.
+  Result<std::vector<UsdtMatch>> usdt_matches(std::string_view module_spec, std::string_view what);
   // The symbol table of the module resolved last (null before the first), for prefetching.
   const elf::ElfFile* last_elf() const { return cache_.last_elf(); }
 
@@ -108,6 +115,14 @@ class Resolver {
   // MODULE:usdt:PROVIDER:NAME: an instruction probe at each site of each matching note.
   Result<void> resolve_usdt(std::string_view module_spec, std::string_view what,
                             std::vector<Target>& out);
+  // MODULE:WHAT with MODULE "*" (every module of the process) or a glob of paths (a
+  // relative one from the current directory): WHAT in each matching module that has it, as
+  // bpftrace takes uprobe:*:FUNC with a process. None having it is an error.
+  Result<void> resolve_module_glob(std::string_view module_spec, std::string_view rest,
+                                   bool return_probe, std::vector<Target>& out);
+  // The sites of one file's notes; `module_spec` finds the file again.
+  Result<void> resolve_usdt_sites(const std::string& module_spec, const UsdtMatch& match,
+                                  std::vector<Target>& out);
   // @0xADDR: an address in this process, inside a function of a loaded module.
   Result<void> resolve_address(std::string_view target, bool return_probe,
                                std::vector<Target>& out);

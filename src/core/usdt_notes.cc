@@ -57,24 +57,25 @@ Result<std::vector<UsdtSite>> resolve_usdt(std::string_view target) {
   auto mods = hp::elf::ModuleList::of_self();
   if (!mods.ok()) return mods.error();
   hp::core::Resolver resolver(*mods);
-  auto match = resolver.usdt_notes(target.substr(0, at), target.substr(at + kForm.size()));
-  if (!match.ok()) return match.error();
+  auto matches = resolver.usdt_matches(target.substr(0, at), target.substr(at + kForm.size()));
+  if (!matches.ok()) return matches.error();
   std::vector<UsdtSite> out;
-  out.reserve(match->notes.size());
-  for (const hp::elf::UsdtProbe& n : match->notes) {
-    UsdtSite s;
-    s.provider = n.provider;
-    s.name = n.name;
-    s.module = match->file->path();
-    s.file_offset = n.file_offset;
-    if (match->module) {
-      auto a = match->module->offset_to_address(n.file_offset);
-      if (a.ok()) s.address = *a;
+  for (const hp::core::Resolver::UsdtMatch& match : *matches) {
+    for (const hp::elf::UsdtProbe& n : match.notes) {
+      UsdtSite s;
+      s.provider = n.provider;
+      s.name = n.name;
+      s.module = match.module ? match.module->path : match.file->path();
+      s.file_offset = n.file_offset;
+      if (match.module) {
+        auto a = match.module->offset_to_address(n.file_offset);
+        if (a.ok()) s.address = *a;
+      }
+      const std::int64_t bias = static_cast<std::int64_t>(s.address - n.pc);
+      for (const hp::elf::UsdtArg& a : n.args)
+        s.args.push_back(arg_spec(a, bias, s.address));
+      out.push_back(std::move(s));
     }
-    const std::int64_t bias = static_cast<std::int64_t>(s.address - n.pc);
-    for (const hp::elf::UsdtArg& a : n.args)
-      s.args.push_back(arg_spec(a, bias, s.address));
-    out.push_back(std::move(s));
   }
   return out;
 }

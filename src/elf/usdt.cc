@@ -325,8 +325,8 @@ Result<std::vector<UsdtArg>> parse_usdt_args(std::string_view text) {
   return out;
 }
 
-Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file) {
-  auto opened = open_regular_file(file.path(), file.key());
+Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file, const std::string& open_path) {
+  auto opened = open_regular_file(open_path.empty() ? file.path() : open_path, file.key());
   if (!opened.ok()) return opened.error();
   const int fd = *opened;
   detail::init_libelf();
@@ -436,22 +436,62 @@ Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file) {
   return out;
 }
 
-Result<UsdtWhat> parse_usdt_what(std::string_view what) {
-  UsdtWhat w;
-  const std::size_t colon = what.find(':');
-  if (colon == std::string_view::npos) {
-    w.name = std::string(what);
-  } else {
-    w.provider = std::string(what.substr(0, colon));
-    w.name = std::string(what.substr(colon + 1));
+namespace {
+
+// A field written in double quotes ("\"probe1\"", bpftrace's way to name a probe whose
+// name holds quotes or colons): its text with C escapes (\" \\ \n \t) decoded. False when
+// the quotes are not closed.
+bool unquote(std::string_view& rest, std::string& out) {
+  out.clear();
+  for (std::size_t i = 1; i < rest.size(); i++) {
+    char c = rest[i];
+    if (c == '"') {
+      rest.remove_prefix(i + 1);
+      return true;
+    }
+    if (c == '\\' && i + 1 < rest.size()) {
+      c = rest[++i];
+      c = c == 'n' ? '\n' : c == 't' ? '\t' : c;
+    }
+    out += c;
   }
-  if (w.name.empty() || w.name.find(':') != std::string::npos ||
-      (colon != std::string_view::npos && w.provider.empty())) {
+  return false;
+}
+
+}  // namespace
+
+Result<UsdtWhat> parse_usdt_what(std::string_view what) {
+  auto bad = [&]() {
     return Error(Errc::invalid_argument, "'" + std::string(what) +
                                              "' does not name a USDT probe: write "
-                                             "PROVIDER:NAME, NAME (any provider) or * (every "
-                                             "probe), with wildcards in each");
+                                             "PROVIDER:NAME, NAME (any provider), :NAME (the same) "
+                                             "or * (every probe), with wildcards in each; a "
+                                             "name in double quotes may hold ':' and '\\\"'");
+  };
+  // The fields, split at ':' outside double quotes.
+  std::vector<std::string> fields(1);
+  std::vector<bool> quoted(1, false);
+  for (std::string_view rest = what; !rest.empty();) {
+    if (rest.front() == '"' && fields.back().empty() && !quoted.back()) {
+      if (!unquote(rest, fields.back())) return bad();
+      quoted.back() = true;
+      if (!rest.empty() && rest.front() != ':') return bad();
+      continue;
+    }
+    if (rest.front() == ':') {
+      fields.emplace_back();
+      quoted.push_back(false);
+    } else if (quoted.back()) {
+      return bad();
+    } else {
+      fields.back() += rest.front();
+    }
+    rest.remove_prefix(1);
   }
+  if (fields.size() > 2 || (fields.back().empty() && !quoted.back())) return bad();
+  UsdtWhat w;
+  w.name = fields.back();
+  if (fields.size() == 2) w.provider = fields.front();  // empty: any, as bpftrace's usdt:P::N
   return w;
 }
 

@@ -74,7 +74,10 @@ struct UsdtProbe {
 };
 
 // A USDT probe as a probe target names it after its module: "usdt:PROVIDER:NAME", or
-// "usdt:NAME" (any provider), fnmatch(3) wildcards in each ("usdt:*": every probe).
+// "usdt:NAME" and "usdt::NAME" (any provider), fnmatch(3) wildcards in each ("usdt:*":
+// every probe). A field in double quotes is taken with its C escapes decoded, so a name
+// may hold ':' or '"' (DTRACE_PROBE(test, "probe1") names its probe "probe1" with the
+// quotes: usdt:test:"\"probe1\"").
 inline constexpr std::string_view kUsdtPrefix = "usdt:";
 struct UsdtWhat {
   std::string provider;  // empty: any
@@ -91,8 +94,10 @@ Result<std::vector<UsdtArg>> parse_usdt_args(std::string_view text);
 // Every probe of `file`, in the order of its notes (one entry per site: a provider:name
 // used at two places is two probes). A file without `.note.stapsdt` has none (empty, not
 // an error). An argument string the parser does not understand is an error naming the
-// probe, the argument and its text.
-Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file);
+// probe, the argument and its text. The notes are read from `open_path` when given (the
+// same file reached another way: /proc/PID/map_files/... of a process in another mount
+// namespace, where file.path() names nothing), else from file.path().
+Result<std::vector<UsdtProbe>> read_usdt(const ElfFile& file, const std::string& open_path = {});
 
 // The probes whose provider and name match the fnmatch(3) patterns (an empty pattern
 // matches everything), in the order given.

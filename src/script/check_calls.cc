@@ -5,6 +5,7 @@
 #include "script/check.h"
 #include "script/check_pass.h"
 #include "script/parser.h"
+#include "script/run_misc.h"
 
 namespace hotprobe::script::checking {
 
@@ -138,6 +139,20 @@ Value Checker::builtin(Expr& e) {
   std::size_t i = 0;
   while (i < kBuiltinNames.size() && e.name != kBuiltinNames[i])
     ++i;
+  if (i == kBuiltinNames.size() && lowering::extra_builtin(e.name) >= 0) {
+    // sarg0..sarg9 (uprobe only, as bpftrace), pcomm and leader_comm: run_misc.h.
+    if (lowering::extra_builtin(e.name) >= lowering::kPcomm) return Value::string(ast::kCommSize);
+    for (const ast::AttachPoint& p : action_->probes) {
+      if (p.probe.kind != Probe::Kind::uprobe || p.usdt) {
+        error(e.loc, "The " + e.name +
+                         " builtin can only be used with 'uprobes' probes (the stack arguments "
+                         "of a function at its entry; not '" +
+                         p.probe.text + "')");
+        return Value::bad();
+      }
+    }
+    return Value::integer();
+  }
   if (i == kBuiltinNames.size()) {
     auto en = program_.types.enumerators.find(e.name);
     if (en != program_.types.enumerators.end()) {

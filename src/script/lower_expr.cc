@@ -96,6 +96,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
         lower_usdt_arg(n, e.usdt_arg);
         return n;
       }
+      if (lower_extra_builtin(e, n)) return n;
       n->i = builtin_def(e.builtin).i;
       n->s = builtin_def(e.builtin).s;
       return n;

@@ -9,6 +9,7 @@
 #include <x86intrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -61,6 +62,69 @@ static std::string passwd_name(uid_t uid) {
       return std::string(line.substr(0, c1));
   }
   return {};
+}
+
+std::int64_t i_sarg(const Node* n, Frame& f) {
+  if (!f.hit) return 0;
+  std::uint64_t v = 0;
+  if (!read_user(f.hit->regs->rsp + 8 * static_cast<std::uint64_t>(n->imm + 1), &v, 8))
+      [[unlikely]] {
+    f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+    return 0;
+  }
+  return static_cast<std::int64_t>(v);
+}
+
+namespace {
+
+// pcomm's and leader_comm's caches: a process's pid and its name, from
+// /proc/PID/task/PID/comm (the thread group leader's). Refreshed under the lock when the
+// pid asked for is another (a forked child, a process reparented); the name is written
+// before the pid is published.
+struct ProcessName {
+  std::mutex mu;
+  std::atomic<pid_t> pid{0};
+  char name[ast::kCommSize] = {};
+};
+
+std::uint32_t process_name(ProcessName& p, pid_t pid, char* out) {
+  if (p.pid.load(std::memory_order_acquire) != pid) [[unlikely]] {
+    std::lock_guard lock(p.mu);
+    char name[ast::kCommSize] = {};
+    const std::string path =
+        "/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/comm";
+    if (const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+      const ssize_t len = ::read(fd, name, sizeof name - 1);
+      ::close(fd);
+      for (ssize_t i = 0; i < len; i++)
+        if (name[i] == '\n') name[i] = 0;
+    }
+    std::memcpy(p.name, name, sizeof name);
+    p.pid.store(pid, std::memory_order_release);
+  }
+  char name[ast::kCommSize];
+  std::memcpy(name, p.name, sizeof name);
+  name[ast::kCommSize - 1] = 0;
+  return copy_out(out, name);
+}
+
+ProcessName& parent_name() {
+  static ProcessName* p = new ProcessName;  // never destroyed: hits may run during exit
+  return *p;
+}
+ProcessName& leader_name() {
+  static ProcessName* p = new ProcessName;
+  return *p;
+}
+
+}  // namespace
+
+std::uint32_t s_pcomm(const Node*, Frame&, char* out) {
+  return process_name(parent_name(), ::getppid(), out);
+}
+
+std::uint32_t s_leader_comm(const Node*, Frame&, char* out) {
+  return process_name(leader_name(), ::getpid(), out);
 }
 
 void misc_init_once(bool username) {
@@ -230,3 +294,19 @@ bool st_continue(const SNode* s, Frame& f) {
 }
 
 }  // namespace hotprobe::script::nodes
+
+namespace hotprobe::script::lowering {
+
+bool lower_extra_builtin(const ast::Expr& e, Node* n) {
+  const int which = extra_builtin(e.name);
+  if (which < 0) return false;
+  if (which == kPcomm || which == kLeaderComm) {
+    n->s = which == kPcomm ? nodes::s_pcomm : nodes::s_leader_comm;
+  } else {
+    n->i = nodes::i_sarg;
+    n->imm = which;
+  }
+  return true;
+}
+
+}  // namespace hotprobe::script::lowering

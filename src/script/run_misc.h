@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "hotprobe/result.h"
 #include "script/ast.h"
@@ -37,6 +38,16 @@ bool st_for(const SNode* s, Frame& f);
 bool st_break(const SNode* s, Frame& f);
 bool st_continue(const SNode* s, Frame& f);
 
+// sarg0..sarg9 (imm: N): the 8-byte stack slot N above the return address at a function's
+// entry, [rsp + 8 * (N + 1)], as bpftrace reads it at a uprobe; unreadable: 0 and a fault.
+std::int64_t i_sarg(const Node* n, Frame& f);
+// pcomm: the name of the parent process (bpftrace's task->real_parent->comm), read from
+// /proc once per parent: a hit checks getppid() against the one it was read for.
+// leader_comm: the thread group leader's name (task->group_leader->comm), read once per
+// process (getpid()); a leader renamed after the first hit keeps its first name.
+std::uint32_t s_pcomm(const Node*, Frame&, char* out);
+std::uint32_t s_leader_comm(const Node*, Frame&, char* out);
+
 // ncpus, once per process; username too (once) when `username` is true.
 void misc_init_once(bool username);
 
@@ -53,6 +64,19 @@ inline bool is_misc_func(ast::Func f) {
 }
 // The call `e` (is_misc_func) into `n`, made for it.
 Result<const Node*> lower_misc_call(Lowerer& low, const ast::Expr& e, Node* n);
+// The builtins named here rather than in kBuiltins (sarg0..sarg9, pcomm, leader_comm): N
+// for sargN, kPcomm or kLeaderComm, -1 for another name.
+inline constexpr int kPcomm = 100;
+inline constexpr int kLeaderComm = 101;
+inline int extra_builtin(std::string_view name) {
+  if (name == "pcomm") return kPcomm;
+  if (name == "leader_comm") return kLeaderComm;
+  if (name.size() == 5 && name.starts_with("sarg") && name[4] >= '0' && name[4] <= '9')
+    return name[4] - '0';
+  return -1;
+}
+// The node of such a builtin `e` into `n`; false for another.
+bool lower_extra_builtin(const ast::Expr& e, Node* n);
 // A while, for, break or continue statement.
 Result<void> lower_loop(Lowerer& low, const ast::Stmt& st, SNode& out);
 

@@ -171,13 +171,15 @@ void prepare_usdt_probe(ProbeCtx& probe) {
   auto sites = resolve_usdt(probe.probe.target);
   if (!sites.ok()) return;  // the attach reports it
   // `probe` names the probe matched, as bpftrace names each probe a wildcard expands to:
-  // usdt:PATH:PROVIDER:NAME (one probe: its text; several: by the site hit).
+  // usdt:PATH:PROVIDER:NAME (one probe: its text; several: by the site hit). A target
+  // without a file, or with a glob for one, names each site's file by its path.
+  const bool by_file = module.empty() || module.find_first_of("*?[") != std::string::npos;
   std::vector<std::string> names;
   for (const UsdtSite& u : *sites) {
-    std::string name = u.provider + ":" + u.name;
+    std::string name = (by_file ? u.module + ":" : std::string()) + u.provider + ":" + u.name;
     if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
   }
-  const std::string prefix = "usdt:" + module + ":";
+  const std::string prefix = by_file ? std::string("usdt:") : "usdt:" + module + ":";
   const bool loaded = !sites->empty() && sites->front().address != 0;
   if (names.size() == 1) {
     probe.probe.text = prefix + names.front();
@@ -187,7 +189,9 @@ void prepare_usdt_probe(ProbeCtx& probe) {
     probe.prefix = prefix;
     std::lock_guard lock(probe.func_mu);
     for (const UsdtSite& u : *sites)
-      if (u.address) probe.funcs[u.address] = u.provider + ":" + u.name;
+      if (u.address)
+        probe.funcs[u.address] =
+            (by_file ? u.module + ":" : std::string()) + u.provider + ":" + u.name;
   }
   publish_sites(probe, *sites);
 }
@@ -217,8 +221,8 @@ std::int64_t i_usdt_arg(const Node* n, Frame& f) {
       }
       return extend(v, a.size, a.is_signed);
     }
-    case UsdtArgSpec::Kind::constant:
-      return a.disp;
+    case UsdtArgSpec::Kind::constant:  // "4@$-202182160" is the uint32 4092785136
+      return extend(u(a.disp), a.size, a.is_signed);
   }
   return 0;
 }
