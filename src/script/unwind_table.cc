@@ -139,6 +139,7 @@ struct Cie {
 
 // Reads the CIE at `at` (its length field); false for one this reader does not take.
 bool read_cie(const std::uint8_t* at, Cie& c) {
+  c = Cie{};
   Cursor r{at, at + 12};
   const std::uint32_t len = r.fixed<std::uint32_t>();
   if (!r.ok || len == 0 || len >= 0xfffffff0u || len > (1u << 16)) return false;

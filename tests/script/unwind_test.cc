@@ -80,6 +80,13 @@ TEST_F(Unwind, TheChainsRowsSayWhereTheCfaIs) {
   for (const auto& row : rows)
     found |= row.pc == off;
   EXPECT_TRUE(found);
+  // libc's table reaches past its signal trampoline's FDE (a CIE of its own, 'S') to
+  // malloc, whose entry has the same rule.
+  const auto m = reinterpret_cast<std::uint64_t>(dlsym(RTLD_DEFAULT, "malloc"));
+  ASSERT_EQ(unwind::find(m, r), unwind::Found::rule);
+  EXPECT_EQ(r.kind, unwind::Kind::rsp);
+  EXPECT_EQ(r.cfa_off, 8);
+  EXPECT_GT(unwind::rows_for_test(m).size(), 5000u);
 }
 
 TEST_F(Unwind, CfiNamesEveryFrameOfAChainWithoutFramePointers) {
