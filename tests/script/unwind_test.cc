@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -218,6 +220,48 @@ TEST_F(Unwind, GarbageStacksEndTheWalk) {
   for (std::uint64_t code : code_addresses(rng, 300))
     walk_garbage(reinterpret_cast<std::uint64_t*>(m + len), len / 8, rng, code);
   munmap(m, 2 * len);
+}
+
+// A module mapped after the tables were built: a hit that meets it falls back (no_table)
+// and asks; the builder thread builds its table and publishes a new set while other
+// threads walk through the old one.
+TEST_F(Unwind, AModuleLoadedLaterGetsItsTableWhileThreadsWalk) {
+  unwind::set_mode(unwind::Mode::automatic);
+  unwind::prepare();  // the builder thread
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> walkers;
+  for (int t = 0; t < 2; ++t)
+    walkers.emplace_back([&] {
+      while (!stop.load()) {
+        run_in_chain([](const Regs& r) {
+          std::uint64_t out[1 + 127];
+          capture_ustack(r, false, 127, out);
+          ASSERT_GE(out[0], 11u);
+        });
+      }
+    });
+  void* lib = dlopen("libsqlite3.so.0", RTLD_NOW | RTLD_LOCAL);  // not loaded before
+  if (!lib) {
+    stop.store(true);
+    for (auto& w : walkers)
+      w.join();
+    GTEST_SKIP() << "no libsqlite3.so.0 to load (apt-get install libsqlite3-0)";
+  }
+  const auto fn = reinterpret_cast<std::uint64_t>(dlsym(lib, "sqlite3_libversion"));
+  ASSERT_NE(fn, 0u);
+  unwind::Rule r;
+  // Asked for by the first lookup; built by the builder thread (a bounded wait for a
+  // condition, not a timing assertion).
+  bool built = false;
+  for (int i = 0; i < 2000 && !built; ++i) {
+    built = unwind::find(fn, r) == unwind::Found::rule && r.kind == unwind::Kind::rsp;
+    if (!built) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  stop.store(true);
+  for (auto& w : walkers)
+    w.join();
+  EXPECT_TRUE(built) << "libsqlite3's table was not built";
+  EXPECT_EQ(r.cfa_off, 8);
 }
 
 TEST_F(Unwind, ModeComesFromTheEnvironmentAndDefaultsToFramePointers) {
