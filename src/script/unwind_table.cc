@@ -13,6 +13,7 @@
 #include <ctime>
 #include <limits>
 #include <mutex>
+#include <string>
 #include <string_view>
 
 namespace hp::core {
@@ -502,8 +503,11 @@ std::atomic<int> g_builder_pid{0};       // the process that runs the builder th
 
 std::atomic<int> g_mode{-1};
 
+const char* mode_env() {
+  return std::getenv("HOTPROBE_USTACK");  // NOLINT(concurrency-mt-unsafe): read only
+}
 Mode read_mode() {
-  const char* v = std::getenv("HOTPROBE_USTACK");  // NOLINT(concurrency-mt-unsafe): read only
+  const char* v = mode_env();
   if (v && std::strcmp(v, "cfi") == 0) return Mode::cfi;
   if (v && std::strcmp(v, "auto") == 0) return Mode::automatic;
   return Mode::fp;
@@ -606,6 +610,16 @@ Mode mode() {
     g_mode.store(m, std::memory_order_relaxed);
   }
   return static_cast<Mode>(m);
+}
+
+std::string mode_error() {
+  const char* v = mode_env();
+  if (!v || !*v || std::strcmp(v, "fp") == 0 || std::strcmp(v, "cfi") == 0 ||
+      std::strcmp(v, "auto") == 0)
+    return "";
+  return std::string("HOTPROBE_USTACK=") + v +
+         " is not a stack walk: use fp (frame pointers, the default), auto (the modules' CFI "
+         "where they have it, frame pointers elsewhere) or cfi (CFI only), or unset it";
 }
 
 void set_mode(Mode m) {

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace hotprobe::script::unwind {
@@ -24,6 +25,9 @@ namespace hotprobe::script::unwind {
 // there is none).
 enum class Mode : std::uint8_t { fp, cfi, automatic };
 Mode mode();
+// A clear message when HOTPROBE_USTACK holds something else (Program::compile refuses the
+// script with it); "" when it is unset or one of fp, cfi, auto.
+std::string mode_error();
 // Tests and benchmarks: overrides HOTPROBE_USTACK for this process.
 void set_mode(Mode m);
 

@@ -55,6 +55,13 @@ TEST(UnwindRun, CfiNamesEveryFrameWithoutFramePointers) {
   EXPECT_EQ(r.out.find("    c5+"), std::string::npos) << r.out;
 }
 
+TEST(UnwindRun, ABadModeIsAnError) {
+  auto r = hotprobe("frames", "uprobe:" + kNoFp + ":c10 { @[ustack] = count(); }", kNoFp);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("HOTPROBE_USTACK=frames is not a stack walk: use fp"), std::string::npos)
+      << r.err;
+}
+
 TEST(UnwindRun, LibcMallocShowsItsCallers) {
   auto r = hotprobe("auto", "uprobe:libc:malloc { @[ustack(5)] = count(); }", kNoFp);
   ASSERT_EQ(r.code, 0) << r.err;

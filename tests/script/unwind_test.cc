@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "script/program.h"
 #include "script/run_stack.h"
 #include "script/symbolize.h"
 #include "script/unwind_table.h"
@@ -268,6 +269,19 @@ TEST_F(Unwind, ModeComesFromTheEnvironmentAndDefaultsToFramePointers) {
   EXPECT_EQ(unwind::mode(), unwind::Mode::fp);  // TearDown's, or HOTPROBE_USTACK unset
   unwind::set_mode(unwind::Mode::automatic);
   EXPECT_EQ(unwind::mode(), unwind::Mode::automatic);
+}
+
+TEST_F(Unwind, ABadModeIsRefusedWithTheValuesThatAreNot) {
+  ASSERT_EQ(setenv("HOTPROBE_USTACK", "dwarf", 1), 0);
+  const std::string e = unwind::mode_error();
+  auto p = Program::compile("uprobe:libc:getpid { @[ustack] = count(); }");
+  ASSERT_EQ(setenv("HOTPROBE_USTACK", "auto", 1), 0);
+  EXPECT_EQ(unwind::mode_error(), "");
+  ASSERT_EQ(unsetenv("HOTPROBE_USTACK"), 0);
+  EXPECT_EQ(unwind::mode_error(), "");
+  EXPECT_NE(e.find("HOTPROBE_USTACK=dwarf is not a stack walk: use fp"), std::string::npos) << e;
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().message(), e);
 }
 
 }  // namespace
