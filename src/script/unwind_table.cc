@@ -232,7 +232,7 @@ class Builder {
  private:
   // Runs CFA instructions; `emit_rows`: an FDE's, each advance ends the row at `loc`
   // (the rule the instructions since the last advance made). False when it failed (an
-  // unknown row was emitted where).
+  // unknown row was emitted there).
   bool run(Cursor& r, State& s, const State& initial, std::uint64_t& loc, std::uint64_t stop,
            bool emit_rows) {
     State stack[8];
