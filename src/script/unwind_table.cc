@@ -498,6 +498,22 @@ void build_index(Built& b) {
 }
 std::vector<Built*>* g_built = nullptr;  // guarded by g_build_mu
 
+// A fork waits for a rebuild that is under way: glibc (2.36) leaves dl_iterate_phdr's
+// lock held in a child forked while another thread is inside it, so the child's own
+// dl_iterate_phdr (a C++ throw's unwinder calls it) would never return; and a child
+// forked in the middle of a rebuild would find the list half changed. A rebuild takes
+// milliseconds, and only when a module is new.
+void before_fork() {
+  g_build_mu.lock();
+}
+void after_fork() {
+  g_build_mu.unlock();
+}
+[[maybe_unused]] const int g_atfork = [] {
+  pthread_atfork(&before_fork, &after_fork, &after_fork);
+  return 0;
+}();
+
 std::atomic<std::uint32_t> g_wanted{0};  // a hit met a pc in no module
 std::atomic<int> g_builder_pid{0};       // the process that runs the builder thread
 

@@ -4,6 +4,10 @@
 // stacks (on this thread's own stack and on another mapping) that end without a fault.
 #include <dlfcn.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <gtest/gtest.h>
 
@@ -263,6 +267,41 @@ TEST_F(Unwind, AModuleLoadedLaterGetsItsTableWhileThreadsWalk) {
     w.join();
   EXPECT_TRUE(built) << "libsqlite3's table was not built";
   EXPECT_EQ(r.cfa_off, 8);
+}
+
+// A fork while another thread builds tables (and holds their lock): the child builds its
+// own. Each child must end by itself; one that hangs is killed and fails the test.
+TEST_F(Unwind, AForkChildBuildsTablesWhileTheParentWasBuilding) {
+  std::atomic<bool> stop{false};
+  std::thread builder([&] {
+    while (!stop.load())
+      unwind::build_now_for_test();
+  });
+  int hung = 0, failed = 0;
+  for (int i = 0; i < 20 && hung == 0; ++i) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) _exit(unwind::build_now_for_test() > 0 ? 0 : 1);
+    int status = 0;
+    pid_t done = 0;
+    // A bounded wait for the child's end (not a timing assertion: a child that builds
+    // ends within milliseconds; one deadlocked on its lock never does).
+    for (int k = 0; k < 1000 && done == 0; ++k) {
+      done = waitpid(pid, &status, WNOHANG);
+      if (done == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (done == 0) {
+      ++hung;
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+    } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      ++failed;
+    }
+  }
+  stop.store(true);
+  builder.join();
+  EXPECT_EQ(hung, 0);
+  EXPECT_EQ(failed, 0);
 }
 
 TEST_F(Unwind, ModeComesFromTheEnvironmentAndDefaultsToFramePointers) {
