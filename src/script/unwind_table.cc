@@ -474,6 +474,7 @@ struct ModuleSet {
 // replaced only when a hit met a pc in no module.
 std::atomic<const ModuleSet*> g_set{nullptr};
 std::mutex g_build_mu;  // one builder at a time
+std::atomic<std::size_t> g_sets_published{0};
 // The tables built so far, by module load address and range: kept for the process's
 // life (a hit may hold one); a module unmapped and another mapped at its address is
 // told apart by its range and its program headers.
@@ -577,10 +578,19 @@ std::size_t rebuild() {
   dl_iterate_phdr(&gather_module, &g);
   std::sort(g.modules.begin(), g.modules.end(),
             [](const Module& a, const Module& b) { return a.lo < b.lo; });
+  // Nothing new (a pc in no module, JIT code, asked again): the set stays, so that sets,
+  // never freed, are as many as the changes of the module list.
+  const ModuleSet* old = g_set.load(std::memory_order_relaxed);
+  if (old && old->n == g.modules.size() &&
+      std::equal(g.modules.begin(), g.modules.end(), old->m, [](const Module& a, const Module& b) {
+        return a.lo == b.lo && a.hi == b.hi && a.base == b.base && a.rows == b.rows;
+      }))
+    return g.with_table;
   auto* modules = new Module[g.modules.size()];
   std::copy(g.modules.begin(), g.modules.end(), modules);
   const auto* set = new ModuleSet{g.modules.size(), modules};
   g_set.store(set, std::memory_order_release);  // the old set stays: a hit may read it
+  g_sets_published.fetch_add(1, std::memory_order_relaxed);
   return g.with_table;
 }
 
@@ -720,6 +730,10 @@ std::vector<Row> rows_for_test(std::uint64_t addr) {
 
 std::size_t build_now_for_test() {
   return rebuild();
+}
+
+std::size_t sets_published_for_test() {
+  return g_sets_published.load(std::memory_order_relaxed);
 }
 
 }  // namespace hotprobe::script::unwind

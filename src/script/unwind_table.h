@@ -70,5 +70,8 @@ std::vector<Row> rows_for_test(std::uint64_t addr);
 // Tests: builds the tables of the modules mapped now on the calling thread (prepare()
 // without the builder thread); the number of modules with a table.
 std::size_t build_now_for_test();
+// Tests: how many module sets were published (a rebuild that finds nothing new publishes
+// none).
+std::size_t sets_published_for_test();
 
 }  // namespace hotprobe::script::unwind

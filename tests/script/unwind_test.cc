@@ -269,6 +269,15 @@ TEST_F(Unwind, AModuleLoadedLaterGetsItsTableWhileThreadsWalk) {
   EXPECT_EQ(r.cfa_off, 8);
 }
 
+// A rebuild that finds no module new (a pc in no module, JIT code, asks again and again)
+// publishes no new set: sets are never freed.
+TEST_F(Unwind, ARebuildWithNothingNewKeepsTheSet) {
+  const std::size_t before = unwind::sets_published_for_test();
+  for (int i = 0; i < 5; ++i)
+    unwind::build_now_for_test();
+  EXPECT_EQ(unwind::sets_published_for_test(), before);
+}
+
 // A fork while another thread builds tables (and holds their lock): the child builds its
 // own. Each child must end by itself; one that hangs is killed and fails the test.
 TEST_F(Unwind, AForkChildBuildsTablesWhileTheParentWasBuilding) {
