@@ -473,8 +473,8 @@ struct ModuleSet {
   const Module* m = nullptr;  // n of them, by lo
 };
 
-// The published set; replaced whole, never freed (a hit may be reading an old one), and
-// replaced only when a hit met a pc in no module.
+// The published set; replaced whole when the module list changed, never freed (a hit may
+// be reading an old one).
 std::atomic<const ModuleSet*> g_set{nullptr};
 std::mutex g_build_mu;  // one builder at a time
 std::atomic<std::size_t> g_sets_published{0};
@@ -487,6 +487,7 @@ struct Built {
   std::vector<Row> rows;
   std::vector<std::uint32_t> index;  // Module::index
 };
+std::vector<Built*>* g_built = nullptr;  // guarded by g_build_mu
 
 void build_index(Built& b) {
   if (b.rows.empty()) return;
@@ -500,7 +501,6 @@ void build_index(Built& b) {
     b.index[k] = r;  // the first row at or after the bucket's start
   }
 }
-std::vector<Built*>* g_built = nullptr;  // guarded by g_build_mu
 
 // A fork waits for a rebuild that is under way: glibc (2.36) leaves dl_iterate_phdr's
 // lock held in a child forked while another thread is inside it, so the child's own
