@@ -9,6 +9,8 @@ binary only:
 
   count         uprobe on lang_leaf (10 frames below lang_loop_call), @ = count()
   ustack        the same function, @[ustack] = count()
+  ustack_cfi    the same with HOTPROBE_USTACK=cfi: hotprobe walks by the modules' CFI
+                tables (bpftrace, which has no such mode, walks its frame pointers)
   usdt          a <sys/sdt.h> site (lang_fixture:tick), @ = count()
   usdt_arg0     the same site, @[arg0] = count()
   struct_cast   @[((struct foo *)arg0)->a] = count(), struct foo defined in the script
@@ -35,10 +37,13 @@ import statistics
 import subprocess
 import sys
 
-# name -> (fixture mode, script); {bin} is the fixture, {args} the args spelling.
+# name -> (fixture mode, script[, hotprobe's environment]); {bin} is the fixture, {args}
+# the args spelling.
 ROWS = {
     "count": ("call", "uprobe:{bin}:lang_leaf {{ @ = count(); }}"),
     "ustack": ("call", "uprobe:{bin}:lang_leaf {{ @[ustack] = count(); }}"),
+    "ustack_cfi": ("call", "uprobe:{bin}:lang_leaf {{ @[ustack] = count(); }}",
+                   {"HOTPROBE_USTACK": "cfi"}),
     "usdt": ("usdt", "usdt:{bin}:lang_fixture:tick {{ @ = count(); }}"),
     "usdt_arg0": ("usdt", "usdt:{bin}:lang_fixture:tick {{ @[arg0] = count(); }}"),
     "struct_cast": ("call", "struct foo {{ int a; int b; }} "
@@ -51,9 +56,10 @@ FIXTURE_LINE = re.compile(r"lang_fixture: (\d+) (call|usdt) in ([0-9.]+) s, cpu 
 MAP_COUNT = re.compile(r"(?m)^(?:@[^\n]*|\]): (\d+)$")
 
 
-def run(cmd, mode, n, expect_hits, clock):
+def run(cmd, mode, n, expect_hits, clock, env=None):
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                             env=dict(os.environ, **env) if env else None)
     except subprocess.TimeoutExpired:
         sys.exit(f"lang_bench: '{' '.join(cmd[:2])} ...' did not finish in 900 s")
     m = FIXTURE_LINE.search(out.stdout)
@@ -128,11 +134,13 @@ def main():
             for t in tools:
                 n = n_of[t]
                 fx = [fixture, mode, str(n)]
+                env = None
                 if t == "hotprobe":
                     cmd = [hotprobe, "run", "-e", script(r, t), "--"] + fx
+                    env = ROWS[r][2] if len(ROWS[r]) > 2 else None
                 else:
                     cmd = [bpftrace, "-e", script(r, t), "-c", " ".join(fx)]
-                sec = run(cmd, mode, n, True, a.clock)
+                sec = run(cmd, mode, n, True, a.clock, env)
                 times[(r, t)].append(sec)
                 added[(r, t)].append((sec - base[(mode, n)][-1]) / n * 1e9)
         print(f"round {rnd + 1}/{a.rounds} done", flush=True)
@@ -149,6 +157,8 @@ def main():
         f"{m}/{n}": v for (m, n), v in base.items()}}
     for r in rows:
         entry = {"script": {t: script(r, t) for t in tools}}
+        if len(ROWS[r]) > 2:
+            entry["hotprobe_env"] = ROWS[r][2]
         for t in tools:
             v = added[(r, t)]
             line = f"{r:12} {t:9} {n_of[t]:>8} {min(v):>17.1f} {statistics.median(v):>9.1f}"
@@ -161,7 +171,8 @@ def main():
         result["rows"][r] = entry
     print()
     for r in rows:
-        print(f"{r:12} {script(r, 'hotprobe')}")
+        env = "".join(f"{k}={v} " for k, v in (ROWS[r][2] if len(ROWS[r]) > 2 else {}).items())
+        print(f"{r:12} {env}{script(r, 'hotprobe')}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2)

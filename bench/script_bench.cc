@@ -5,7 +5,9 @@
 //   latency without the clock: arg0 and retval for nsecs (the map accesses alone)
 //   printf: printf("%d %s\n", arg0, "x") to a sink that drops it
 //   nsecs: the clock alone (@t = nsecs is not timed; the builtin through a predicate)
-//   ustack: @[ustack] = count() on a 10-frame rbp chain, beside @ = count()
+//   ustack: @[ustack] = count() on a 10-frame rbp chain, beside @ = count(); and by CFI
+//     (HOTPROBE_USTACK=cfi) on a chain of real functions built without frame pointers,
+//     at the same depth
 // Minimum and median of 7 runs of 2M calls each. docs/design/script-runtime.md records them.
 #include <algorithm>
 #include <chrono>
@@ -14,6 +16,8 @@
 
 #include "script/eval.h"
 #include "script/program.h"
+#include "script/run_stack.h"
+#include "script/unwind_table.h"
 
 using namespace hotprobe;
 using namespace hotprobe::script;
@@ -49,6 +53,60 @@ std::unique_ptr<Program> compile(const char* src, NullSink& sink) {
   }
   (*p)->bind(&sink);
   return std::move(*p);
+}
+
+// A chain of real functions (-O2: no frame pointers), the innermost handing its own
+// registers to `body`, which runs while the chain is there.
+using ChainBody = void (*)(const Regs&);
+[[gnu::noipa]] int cfi_leaf(ChainBody body, int x) {
+  Regs r{};
+  asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2"
+               : "=r"(r.rip), "=r"(r.rsp), "=r"(r.rbp));
+  body(r);
+  asm volatile("");
+  return x + 1;
+}
+template <int N>
+[[gnu::noipa]] int cfi_chain(ChainBody body, int x) {
+  if constexpr (N == 1) {
+    return cfi_leaf(body, x) * 3 + x;
+  } else {
+    return cfi_chain<N - 1>(body, x + 1) * 3 + x;  // not a tail call: the frame stays
+  }
+}
+
+// @[ustack(N)] by CFI with N the frames of the rbp row: the chain's frames and those of
+// its callers (main, libc's start), as many as the rbp row walks.
+void cfi_rows(std::uint32_t frames) {
+  static std::uint32_t depth;
+  depth = frames;
+  unwind::set_mode(unwind::Mode::cfi);
+  cfi_chain<9>(
+      [](const Regs& r) {
+        static NullSink sink;
+        Regs regs = r;
+        Hit hit;
+        hit.regs = &regs;
+        hit.probe_address = reinterpret_cast<std::uint64_t>(&std::printf);
+        char src[96];
+        std::snprintf(src, sizeof src, "uprobe:libc:getpid { @[ustack(%u)] = count(); }", depth);
+        for (unwind::Mode m : {unwind::Mode::cfi, unwind::Mode::automatic}) {
+          unwind::set_mode(m);
+          auto p = compile(src, sink);
+          ProbeSpec s = p->spec(0);  // builds the tables
+          std::uint64_t out[1 + 127];
+          capture_ustack(r, false, 127, out);
+          std::printf("(the CFI chain walks %llu frames)\n",
+                      static_cast<unsigned long long>(out[0]));
+          hit.cookie = s.cookie;
+          char name[96];
+          std::snprintf(name, sizeof name, "@[ustack(%u)] = count(), CFI (%s)", depth,
+                        m == unwind::Mode::cfi ? "cfi" : "auto");
+          run(name, [&](int) { s.on_entry(hit); });
+        }
+      },
+      0);
+  unwind::set_mode(unwind::Mode::fp);
 }
 
 }  // namespace
@@ -137,6 +195,9 @@ int main() {
     auto plain = compile("uprobe:libc:getpid { @ = count(); }", sink);
     auto stack = compile("uprobe:libc:getpid { @[ustack] = count(); }", sink);
     auto stack8 = compile("uprobe:libc:getpid { @[ustack(8)] = count(); }", sink);
+    std::uint64_t walked[1 + 127];
+    capture_ustack(sregs, true, 127, walked);
+    std::printf("(the rbp chain walks %llu frames)\n", static_cast<unsigned long long>(walked[0]));
     for (auto* p : {plain.get(), stack.get(), stack8.get()}) {
       ProbeSpec s = p->spec(0);
       shit.cookie = s.cookie;
@@ -146,6 +207,7 @@ int main() {
       run(name, [&](int) { s.on_entry(shit); });
     }
     asm volatile("" : : "r"(frames) : "memory");  // the chain stays until the runs end
+    cfi_rows(static_cast<std::uint32_t>(walked[0]));
   }
   std::printf("clock: %s\n", clock_uses_tsc() ? "tsc (calibrated)" : "vdso");
   std::printf("(sink received %zu bytes)\n", sink.bytes);

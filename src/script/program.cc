@@ -4,6 +4,7 @@
 #include "script/ast.h"
 #include "script/check.h"
 #include "script/eval.h"
+#include "script/unwind_table.h"
 
 namespace hotprobe::script {
 
@@ -66,6 +67,8 @@ Result<std::unique_ptr<Program>> Program::compile(std::string_view source,
   if (!ast) return ast.error();
   auto rt = lower(std::move(*ast), options.format);
   if (!rt) return rt.error();
+  if (std::string bad = unwind::mode_error(); !bad.empty())
+    return Error(Errc::invalid_argument, bad);
   return program_of(std::move(*rt));
 }
 

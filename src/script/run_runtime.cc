@@ -6,6 +6,7 @@
 #include "script/eval.h"
 #include "script/run_nodes.h"
 #include "script/run_usdt.h"
+#include "script/unwind_table.h"
 
 namespace hotprobe::script {
 
@@ -31,6 +32,12 @@ ProbeSpec Runtime::spec(std::size_t index) {
   }
   // A usdt probe: the argument specs of its sites (argN) and their names (probe).
   if (p.probe.target.find(":usdt:") != std::string::npos) prepare_usdt_probe(p);
+  // ustack's CFI tables (unwind_table.h) are built here, off the hit.
+  for (std::size_t m = 0; m < maps->size(); ++m)
+    if (maps->desc(m).stack_frames) {
+      unwind::prepare();
+      break;
+    }
   return s;
 }
 

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "script/eval.h"
+#include "script/unwind_table.h"
 
 namespace hotprobe::script {
 namespace {
@@ -200,7 +201,96 @@ bool entry_instruction(std::uint64_t addr) {
   return entry_instruction_uncached(addr);
 }
 
+namespace {
+
+// Reads of the probed thread's stack during a walk: plain loads within its own stack
+// mapping at or above the probed rsp, process_vm_readv on any other stack.
+struct StackReader {
+  bool fast;
+  std::uint64_t lo, hi;
+  bool read(std::uint64_t addr, std::uint64_t* w, std::size_t words) const {
+    if (!fast) return read_user(addr, w, words * sizeof *w);
+    if (addr < lo || hi - lo < words * sizeof *w || addr > hi - words * sizeof *w) return false;
+    if (words == 2) {
+      load_frame(addr, w);
+    } else {
+      load_frame1(addr, w);
+    }
+    return true;
+  }
+};
+
+// The registers of the frame being unwound.
+struct WalkState {
+  std::uint64_t pc, sp, fp;
+};
+enum class Step : std::uint8_t { next, end, no_rule };
+
+// One frame by the CFI table: the caller's pc, rsp (the CFA) and rbp. `exact`: the pc is
+// where the thread is (the probed pc), not a return address (looked up at pc - 1, the
+// call, which may be the last instruction of its function).
+Step cfi_step(const StackReader& s, WalkState& w, bool exact) {
+  unwind::Rule r;
+  if (unwind::find(exact ? w.pc : w.pc - 1, r) != unwind::Found::rule) return Step::no_rule;
+  if (r.kind == unwind::Kind::outermost) return Step::end;
+  if (r.kind == unwind::Kind::unknown) return Step::no_rule;
+  const std::uint64_t cfa = (r.kind == unwind::Kind::rsp ? w.sp : w.fp) +
+                            static_cast<std::uint64_t>(static_cast<std::int64_t>(r.cfa_off));
+  if (cfa < w.sp + 8 || cfa < 8) return Step::end;  // the caller's frame is above this one
+  std::uint64_t ra = 0, fp = w.fp;
+  if (!s.read(cfa - 8, &ra, 1) || ra == 0) return Step::end;
+  if (r.rbp_off &&
+      !s.read(cfa + static_cast<std::uint64_t>(static_cast<std::int64_t>(r.rbp_off)), &fp, 1))
+    return Step::end;
+  w = {ra, cfa, fp};
+  return Step::next;
+}
+
+// One frame by the frame pointer: [rbp] the caller's rbp, [rbp + 8] the return address.
+Step fp_step(const StackReader& s, WalkState& w) {
+  if (w.fp == 0 || w.fp < w.sp) return Step::end;  // zero, or not above this frame (a loop)
+  std::uint64_t v[2];
+  if (!s.read(w.fp, v, 2) || v[1] == 0) return Step::end;
+  w = {v[1], w.fp + sizeof v, v[0]};
+  return Step::next;
+}
+
+// The walk of the `cfi` and `automatic` modes: the CFI where the pc's module has a row for
+// it, else (automatic) the frame pointer, or at a function's entry the return address at
+// [rsp] (the kernel's entry rule, as the frame-pointer walk takes it).
+std::uint32_t capture_cfi(const Regs& regs, bool at_entry, std::uint32_t max, std::uint64_t* out,
+                          bool fp_fallback) {
+  std::uint32_t n = 0;
+  if (max == 0) return 0;
+  out[++n] = regs.rip;
+  StackReader s{false, regs.rsp, 0};
+  s.fast = own_stack(regs.rsp, s.hi);
+  WalkState w{regs.rip, regs.rsp, regs.rbp};
+  for (bool first = true; n < max; first = false) {
+    Step step = cfi_step(s, w, first);
+    if (step == Step::no_rule) {
+      if (!fp_fallback) break;
+      if (first && at_entry) {  // the caller's return address, then the caller's frame
+        std::uint64_t ret = 0;
+        step = s.read(w.sp, &ret, 1) && ret ? Step::next : Step::end;
+        w = {ret, w.sp + sizeof ret, w.fp};
+      } else {
+        step = fp_step(s, w);
+      }
+    }
+    if (step != Step::next) break;
+    out[++n] = w.pc;
+  }
+  return n;
+}
+
+}  // namespace
+
 void capture_ustack(const Regs& regs, bool at_entry, std::uint32_t max, std::uint64_t* out) {
+  if (const unwind::Mode m = unwind::mode(); m != unwind::Mode::fp) [[unlikely]] {
+    out[0] = capture_cfi(regs, at_entry, max, out, m == unwind::Mode::automatic);
+    return;
+  }
   std::uint32_t n = 0;
   if (max > 0) out[++n] = regs.rip;
   std::uint64_t hi = 0;

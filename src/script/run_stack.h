@@ -1,7 +1,8 @@
 // ustack at a hit: the probed thread's return addresses by its frame pointers, as the
 // kernel's user stack walk (perf_callchain_user) records them for bpftrace: the probed
 // pc, then [rbp + 8] along the rbp chain. docs/design/script-language.md, "Stacks and
-// symbols".
+// symbols". With HOTPROBE_USTACK=cfi or auto, by the modules' CFI tables instead
+// (unwind_table.h; docs/design/script-runtime.md, "Stacks: CFI unwinding").
 #pragma once
 
 #include <cstdint>
@@ -17,7 +18,10 @@ namespace hotprobe::script {
 // reads above the probed rsp within the thread's own stack mapping are plain loads (the mapping is
 // looked up once per thread); elsewhere (coroutine and goroutine stacks, sigaltstacks) each frame
 // is read with process_vm_readv. The walk stops at a zero or unreadable frame pointer, one that
-// does not grow (a loop), or a zero return address.
+// does not grow (a loop), or a zero return address. By CFI (unwind::mode() not fp) each frame
+// is unwound by its pc's row, the stack read the same way, and the walk also stops at a CFA
+// that does not grow, an outermost frame (_start), and (cfi) a pc with no row; `at_entry`
+// then matters only where a frame falls back to frame pointers (auto).
 void capture_ustack(const Regs& regs, bool at_entry, std::uint32_t max, std::uint64_t* out);
 
 // Whether the probed instruction at `addr` is `push %rbp` or `endbr64` in the module's

@@ -144,8 +144,12 @@ void debug_functions(const std::string& path, const std::string& debug, Add add)
           continue;
         for (const Segment& g : segs) {
           if (y.st_value >= g.vaddr && y.st_value < g.vaddr + g.size) {
+            // A versioned name (__libc_start_main@@GLIBC_2.34) is shown without its
+            // version: the function, not the ABI it is bound to.
             const int bind = ELF64_ST_BIND(y.st_info);
-            add(y.st_value - g.vaddr + g.offset, y.st_size, std::string(&names[y.st_name]),
+            const char* name = &names[y.st_name];
+            add(y.st_value - g.vaddr + g.offset, y.st_size,
+                std::string(name, std::strcspn(name, "@")),
                 bind == STB_GLOBAL ? 0
                 : bind == STB_WEAK ? 1
                                    : 2);
