@@ -220,6 +220,16 @@ int cli_main(int argc, char** argv) {
         ->allow_extra_args(false);  // one DIR per --debuginfo: what follows is not its
   }
 
+  // bpftrace's --usdt-file-activation (raise a USDT probe's semaphore in every process
+  // that maps the file): hotprobe raises it in every process it traces, and touches no
+  // other, so the flag is accepted and changes nothing.
+  bool usdt_file_activation = false;
+  for (CLI::App* cmd : {run_cmd, attach_cmd}) {
+    cmd->add_flag("--usdt-file-activation", usdt_file_activation,
+                  "Accepted for bpftrace's scripts: USDT semaphores are raised in every "
+                  "process hotprobe traces");
+  }
+
   // A program named without '--' after -e: its own options would be read as hotprobe's
   // (`-o`), so it is never guessed; the message says how to write it.
   const auto program_without_dashes = [&](const std::string& word) {

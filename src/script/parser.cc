@@ -422,6 +422,14 @@ inline ast::AttachPoint Parser::attach_point(const Token& t) {
         ap.probe.text = "usdt:" + unquoted;
       }
     }
+    // usdt:NAME (one field, as bpftrace takes it with a process): every module's NAME. A
+    // path alone (usdt:./prog) is a probe without its name, refused below.
+    std::string one_field;
+    if (colon != std::string_view::npos && !rest.empty() &&
+        rest.find_first_of(":/") == std::string_view::npos) {
+      one_field = ":" + std::string(rest);
+      rest = one_field;
+    }
     const std::size_t c1 = rest.find(':');
     const std::size_t c2 = c1 == std::string_view::npos ? c1 : rest.find(':', c1 + 1);
     const bool too_many = c2 != std::string_view::npos && rest.find(':', c2 + 1) != rest.npos;
@@ -433,13 +441,9 @@ inline ast::AttachPoint Parser::attach_point(const Token& t) {
     }
     ap.module = std::string(rest.substr(0, c1));
     std::string_view what = rest.substr(c1 + 1);
-    if (ap.module.empty()) {
-      diags_.error(t.loc,
-                   "usdt probe is missing its file (write usdt:PATH:PROVIDER:NAME, PATH a path "
-                   "such as ./a.out or a name such as libc)");
-      return ap;
-    }
-    if (what.empty() || what.back() == ':' || what.front() == ':') {
+    // An empty PATH (usdt::PROVIDER:NAME) is every module of the traced process, an empty
+    // PROVIDER (usdt:PATH::NAME) any provider, as bpftrace takes them.
+    if (what.empty() || what.back() == ':') {
       diags_.error(t.loc, "usdt probe is missing its probe name (write usdt:" + ap.module +
                               ":PROVIDER:NAME, or usdt:" + ap.module + ":* for every probe)");
       return ap;

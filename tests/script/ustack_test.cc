@@ -90,7 +90,7 @@ TEST(Ustack, CheckerErrors) {
        "[ustack(perf)] when map expects arguments: [ustack]"},
       {"uprobe:libc:getpid { @[reg(\"foo\")] = count(); }",
        "stdin:1:24-34: ERROR: 'foo' is not a valid register on this architecture (x86_64): the "
-       "registers are r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di ip flags sp"},
+       "registers are r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di ip pc flags sp"},
       {"uprobe:libc:getpid { @[reg(3)] = count(); }",
        "stdin:1:24-30: ERROR: reg() expects a string literal (integer provided)"},
       {"END { @[reg(\"ip\")] = count(); }",
