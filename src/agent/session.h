@@ -91,6 +91,9 @@ class Session final : public hotprobe::script::Sink {
   // unless follow_child_execs_; no reporter): then note_exec.
   char** prepare_exec(int dirfd, const char* path, char** envp) noexcept;
   bool finished() const noexcept { return finished_.load(std::memory_order_acquire); }
+  // The final report is taken at libc's _exit, after every atexit handler and destructor
+  // (false: _exit could not be probed; then at exit()'s entry, or in the agent's destructor).
+  bool reports_at_process_end() const noexcept { return end_hooked_; }
   // Actions of this session run (false: fork child not followed, or after finish).
   bool tracing() const noexcept { return tracing_.load(std::memory_order_relaxed); }
   // The process this session traces. A vfork child (posix_spawn, a shell running a
@@ -160,6 +163,7 @@ class Session final : public hotprobe::script::Sink {
   // --follow-forks and $HOTPROBE_FOLLOW_CHILD_EXECS: a followed child's exec is followed
   // too (off by default for now: docs/design/agent.md, "Exec").
   bool follow_child_execs_ = false;
+  bool end_hooked_ = false;    // the report's hook is on _exit (reports_at_process_end)
   bool attached_ = false;      // hotprobe attach: detach everything and free at the end
   bool forked_child_ = false;  // a --follow-forks child's copy of the session
   char exec_path_[4096] = {};  // note_exec: what the process is about to exec
