@@ -733,7 +733,9 @@ void Session::after_fork_child() {
   // The child has one thread: this one. Rings of the other threads are theirs no more.
   for (ThreadRing* r : rings_) {
     r->ring.reset_after_fork();
-    if (!ring_of_this_thread(r)) {  // that thread does not exist here: its exit will never let go
+    if (ring_of_this_thread(r)) {
+      r->tid.store(static_cast<int>(::syscall(SYS_gettid)));  // this thread's, here
+    } else {  // that thread does not exist here: its exit will never let go
       r->refs.store(1, std::memory_order_relaxed);
       r->producer_gone.store(true, std::memory_order_relaxed);
     }

@@ -107,13 +107,16 @@ class Session final : public hotprobe::script::Sink {
   void after_fork_child();
 
   // A thread's ring for this session, owned by both (freed by whichever lets go last):
-  // the thread lets go when it exits, the session when it has drained the ring of a
-  // thread that is gone, or when it ends.
+  // the thread lets go when it is gone (its last steps, after its key destructors, may
+  // still write: the reporter lets go for it once its tid is gone), the session when it
+  // has drained the ring of a thread that is gone, or when it ends.
   struct ThreadRing {
     Ring ring;
     std::atomic<int> refs{2};
     std::atomic<bool> producer_gone{false};  // release by the thread, acquire by the reporter
     std::atomic<bool> session_gone{false};   // the thread must not write here any more
+    std::atomic<bool> exiting{false};        // the thread's key destructors ran
+    std::atomic<int> tid{0};                 // the thread's (a fork child's thread: its own)
     explicit ThreadRing(std::size_t cap) : ring(cap) {}
     static void release(ThreadRing* r) {
       if (r->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete r;
@@ -209,6 +212,7 @@ class Session final : public hotprobe::script::Sink {
   std::vector<ThreadRing*> rings_;
   std::uint64_t lost_retired_ = 0;  // reporter: losses of freed rings
   std::uint64_t lost_sent_ = 0;     // reporter: total already reported
+  unsigned drains_ = 0;             // reporter: drains so far (a sweep of the rings' threads)
   std::string out_;                 // reporter: output waiting to be sent
   // Reporter (and BEGIN): messages to send before out_, in order: output, then a
   // request ('C') after it, as system() and cat() ran (queue_request, send_queued).

@@ -88,4 +88,18 @@ TEST(ExitSteps, FollowedForkChildCountsItsLastStepsToo) {
   expect_counts(run("fork", true), kMain, 2 * kAtexit, 2 * kLibFini, 2 * kExeFini, kChild);
 }
 
+// A thread's last steps count too: a key destructor of the program's runs after every key
+// destructor of hotprobe's (its key is made later), as glibc's own frees of the thread's
+// state (__libc_thread_freeres) come after them all.
+TEST(ThreadEnd, KeyDestructorsAfterHotprobesCount) {
+  const std::string fix = HP_THREAD_END;
+  const std::string script = "uprobe:" + fix + ":mark_thread { @t = count(); } uprobe:" + fix +
+                             ":mark_key_dtor { @k = count(); }";
+  RunResult r =
+      run_command({HP_HOTPROBE, "run", "-e", script, "--", fix}, {}, std::chrono::seconds(60));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(map_value(r.out, "t"), 40) << r.out << r.err;
+  EXPECT_EQ(map_value(r.out, "k"), 40 * 3) << r.out << r.err;
+}
+
 }  // namespace
