@@ -88,6 +88,35 @@ TEST(ExitSteps, FollowedForkChildCountsItsLastStepsToo) {
   expect_counts(run("fork", true), kMain, 2 * kAtexit, 2 * kLibFini, 2 * kExeFini, kChild);
 }
 
+// Actions that print on the main thread before exit() and in its last steps: the script's
+// per-thread text buffers outlive exit()'s thread_local destructors (never destroyed), so
+// the printing changes no count (a destroyed buffer's free and its destructor's node were
+// counted as the program's) and every line is printed.
+TEST(ExitSteps, PrintingInTheLastStepsChangesNoCount) {
+  const std::string lib = HP_EXIT_MARKS_LIB;
+  const std::string count_frees = "uprobe:libc:free { @f = count(); } ";
+  const std::string printing = count_frees + "uprobe:" + lib +
+                               ":mark_main { printf(\"in main\\n\"); } uprobe:" + lib +
+                               ":mark_lib_fini { printf(\"in fini\\n\"); }";
+  auto run_script = [](const std::string& script) {
+    return run_command({HP_HOTPROBE, "run", "-e", script, "--", HP_EXIT_MARKS, "exit"}, {},
+                       std::chrono::seconds(60));
+  };
+  const RunResult quiet = run_script(count_frees);
+  const RunResult loud = run_script(printing);
+  ASSERT_EQ(quiet.status, 0) << quiet.err;
+  ASSERT_EQ(loud.status, 0) << loud.err;
+  EXPECT_EQ(map_value(loud.out, "f"), map_value(quiet.out, "f")) << quiet.out << loud.out;
+  auto lines = [&](const std::string& text) {
+    std::size_t n = 0;
+    for (std::size_t at = 0; (at = loud.out.find(text, at)) != std::string::npos; ++at)
+      ++n;
+    return n;
+  };
+  EXPECT_EQ(lines("in main\n"), std::size_t{kMain}) << loud.out;
+  EXPECT_EQ(lines("in fini\n"), std::size_t{kLibFini}) << loud.out;
+}
+
 // A thread's last steps count too: a key destructor of the program's runs after every key
 // destructor of hotprobe's (its key is made later), as glibc's own frees of the thread's
 // state (__libc_thread_freeres) come after them all.
