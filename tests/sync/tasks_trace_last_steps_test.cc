@@ -67,12 +67,14 @@ class TasksTraceLastSteps : public ::testing::Test {
     TasksTrace& tt = tasks_trace();
     { ReadGuard g(tt); }
     ASSERT_EQ(pthread_key_create(&g_key, &last_step), 0);
+    made_ = true;
     g_inside.store(false);
     g_go.store(false);
   }
   void TearDown() override {
-    pthread_key_delete(g_key);
+    if (made_) pthread_key_delete(g_key);
   }
+  bool made_ = false;
 };
 
 // The writer waits for the section of the thread's last step, and the record that section
