@@ -106,6 +106,7 @@ HP_ALWAYS_INLINE void fold_and_free(ThreadRecord* r) HP_REQUIRES(g_records_mu) {
 // allocates a node that glibc frees when the thread exits, a free() the program did not
 // make (and a probe on free would count it).
 void release_record(void*) {
+  tls_state.keys_done = true;
   ThreadRecord* r = tls_state.rec;
   if (!r) return;
   const bool prev = tls_state.in_handler;
@@ -209,6 +210,7 @@ HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
   r->in_use.store(true, std::memory_order_release);
   r->own_thread.store(tls_state.own_thread, std::memory_order_relaxed);
   r->tid = current_tid();
+  r->exiting = tls_state.keys_done;  // registered in the thread's last steps
   tls_state.rec = r;
   // Keys below 32 live in the thread descriptor: no allocation (the first keys of a
   // process, which this one is: made by the engine's static initializer).

@@ -74,6 +74,9 @@ struct ThreadState {
   // in_handler stays set for its whole life.
   bool own_thread;
   std::uint8_t own_depth;  // OwnWork scopes open on this thread
+  // The thread's key destructor (release_record) has run: a record registered from here on
+  // is one of its last steps, marked exiting at once.
+  bool keys_done;
 };
 // initial-exec: a plain %fs access even inside libhotprobe.so (no __tls_get_addr call on
 // the hot path); the library is loaded at start-up or by dlopen with static TLS to spare.
