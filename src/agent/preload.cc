@@ -136,9 +136,12 @@ __attribute__((constructor)) void agent_preload_init() {
   remove_hotprobe_variables();
 }
 
-// The fallback for an end that the exit/_exit probes did not see.
+// The fallback for an end that no exit probe will see: a session without its _exit hook.
+// With it, the report waits for _exit: the destructors of the libraries initialized before
+// the agent run after this one, and their calls count.
 __attribute__((destructor)) void agent_preload_fini() {
-  if (Session* s = g_preload.load(std::memory_order_acquire))
+  Session* s = g_preload.load(std::memory_order_acquire);
+  if (s && !s->reports_at_process_end())
     s->finish(Session::Reason::exiting, std::chrono::seconds(10));
 }
 

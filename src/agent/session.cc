@@ -46,7 +46,8 @@ constexpr int kDrainMs = 5;
 constexpr auto kGoWait = std::chrono::seconds(10);
 
 std::mutex g_sessions_mu;
-std::vector<Session*> g_sessions;
+// Never destroyed: the fork handlers and the report run until _exit, after static destructors.
+std::vector<Session*>& g_sessions = *new std::vector<Session*>;
 std::mutex g_compile_mu;  // Session::start's compile: the region hand-over is process-wide
 
 // The channel's new number: where the program does not look. Programs close "every
@@ -123,8 +124,9 @@ void fork_child() {
 }
 
 namespace {
-// The process is ending: every session's final report, before atexit handlers run. It
-// runs as a handler, so the recursion guard already hides what the report calls.
+// The process is ending (_exit: the atexit handlers and destructors have run): the
+// session's final report. It runs as a handler, so the recursion guard already hides what
+// the report calls.
 void exit_hook(Hit& h) {
   auto* s = static_cast<Session*>(h.cookie);
   if (!s->in_own_process()) return;  // a vfork child's _exit: the parent traces on
@@ -430,20 +432,25 @@ Result<void> Session::attach() {
       handles_.push_back(h);
   }
 
-  // The process's end: exit() and _exit() of libc (the main thread returning from main
-  // calls exit), and exec. A probe the engine cannot place leaves the destructor as the
-  // fallback (exit only).
+  // The process's end: libc's _exit, the last thing the process does (exit() calls it
+  // after the atexit handlers and every library's destructors, which are counted: their
+  // hits reach the probes as before main). The report is taken there. A process whose _exit
+  // the engine cannot place reports at exit()'s entry instead, or, without that either, in
+  // the agent's destructor.
   // execve replaces the image, and the agent with it: the same final report first.
-  for (const char* target : {"libc:exit", "libc:_exit", "libc:execve", "libc:execveat"}) {
+  for (const char* target : {"libc:_exit", "libc:exit", "libc:execve", "libc:execveat"}) {
+    const std::string_view t = target;
+    if (t == "libc:exit" && end_hooked_) continue;
     hotprobe::ProbeSpec spec;
     spec.target = target;
-    const std::string_view t = target;
     spec.on_entry = t == "libc:execve"     ? &execve_hook
                     : t == "libc:execveat" ? &execveat_hook
                                            : &exit_hook;
     spec.cookie = this;
-    if (auto h = engine_->attach(spec))
+    if (auto h = engine_->attach(spec)) {
       exit_handles_.insert(exit_handles_.end(), h->begin(), h->end());
+      if (t == "libc:_exit") end_hooked_ = true;
+    }
   }
   // hotprobe run: a program that changes its credentials changes those of hotprobe's
   // threads with its own (one batch; a function the engine cannot place is left out).
@@ -726,7 +733,9 @@ void Session::after_fork_child() {
   // The child has one thread: this one. Rings of the other threads are theirs no more.
   for (ThreadRing* r : rings_) {
     r->ring.reset_after_fork();
-    if (!ring_of_this_thread(r)) {  // that thread does not exist here: its exit will never let go
+    if (ring_of_this_thread(r)) {
+      r->tid.store(static_cast<int>(::syscall(SYS_gettid)));  // this thread's, here
+    } else {  // that thread does not exist here: its exit will never let go
       r->refs.store(1, std::memory_order_relaxed);
       r->producer_gone.store(true, std::memory_order_relaxed);
     }

@@ -91,6 +91,9 @@ class Session final : public hotprobe::script::Sink {
   // unless follow_child_execs_; no reporter): then note_exec.
   char** prepare_exec(int dirfd, const char* path, char** envp) noexcept;
   bool finished() const noexcept { return finished_.load(std::memory_order_acquire); }
+  // The final report is taken at libc's _exit, after every atexit handler and destructor
+  // (false: _exit could not be probed; then at exit()'s entry, or in the agent's destructor).
+  bool reports_at_process_end() const noexcept { return end_hooked_; }
   // Actions of this session run (false: fork child not followed, or after finish).
   bool tracing() const noexcept { return tracing_.load(std::memory_order_relaxed); }
   // The process this session traces. A vfork child (posix_spawn, a shell running a
@@ -104,13 +107,16 @@ class Session final : public hotprobe::script::Sink {
   void after_fork_child();
 
   // A thread's ring for this session, owned by both (freed by whichever lets go last):
-  // the thread lets go when it exits, the session when it has drained the ring of a
-  // thread that is gone, or when it ends.
+  // the thread lets go when it is gone (its last steps, after its key destructors, may
+  // still write: the reporter lets go for it once its tid is gone), the session when it
+  // has drained the ring of a thread that is gone, or when it ends.
   struct ThreadRing {
     Ring ring;
     std::atomic<int> refs{2};
     std::atomic<bool> producer_gone{false};  // release by the thread, acquire by the reporter
     std::atomic<bool> session_gone{false};   // the thread must not write here any more
+    std::atomic<bool> exiting{false};        // the thread's key destructors ran
+    std::atomic<int> tid{0};                 // the thread's (a fork child's thread: its own)
     explicit ThreadRing(std::size_t cap) : ring(cap) {}
     static void release(ThreadRing* r) {
       if (r->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete r;
@@ -160,6 +166,7 @@ class Session final : public hotprobe::script::Sink {
   // --follow-forks and $HOTPROBE_FOLLOW_CHILD_EXECS: a followed child's exec is followed
   // too (off by default for now: docs/design/agent.md, "Exec").
   bool follow_child_execs_ = false;
+  bool end_hooked_ = false;    // the report's hook is on _exit (reports_at_process_end)
   bool attached_ = false;      // hotprobe attach: detach everything and free at the end
   bool forked_child_ = false;  // a --follow-forks child's copy of the session
   char exec_path_[4096] = {};  // note_exec: what the process is about to exec
@@ -205,6 +212,7 @@ class Session final : public hotprobe::script::Sink {
   std::vector<ThreadRing*> rings_;
   std::uint64_t lost_retired_ = 0;  // reporter: losses of freed rings
   std::uint64_t lost_sent_ = 0;     // reporter: total already reported
+  unsigned drains_ = 0;             // reporter: drains so far (a sweep of the rings' threads)
   std::string out_;                 // reporter: output waiting to be sent
   // Reporter (and BEGIN): messages to send before out_, in order: output, then a
   // request ('C') after it, as system() and cat() ran (queue_request, send_queued).

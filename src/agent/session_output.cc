@@ -2,6 +2,10 @@
 // write and handed to the reporters at its exit, and the reporter's drain of them into the
 // messages it sends (docs/design/agent.md, "Threads, buffers and loss accounting").
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <array>
 #include <mutex>
@@ -28,18 +32,36 @@ struct TlsRings {
   static constexpr std::size_t kSlots = 4;
   std::array<Session*, kSlots> session{};
   std::array<Session::ThreadRing*, kSlots> ring{};
+  bool exiting = false;  // past the key destructor: a ring made now is an exiting thread's
 };
 thread_local TlsRings t_rings;
 
+// The thread's key destructor: its rings stay its own for its last steps (glibc's frees
+// after every key destructor may hit probes that print), marked exiting: the reporter lets
+// go for the thread once its tid is gone. A ring whose session ended is let go now.
 void release_thread_rings(void*) {
   OwnWork own;
+  t_rings.exiting = true;
   for (auto*& r : t_rings.ring) {
     if (!r) continue;
-    r->producer_gone.store(true, std::memory_order_release);
-    Session::ThreadRing::release(r);
-    r = nullptr;
+    if (r->session_gone.load(std::memory_order_acquire)) {
+      r->producer_gone.store(true, std::memory_order_release);
+      Session::ThreadRing::release(r);
+      r = nullptr;
+    } else {
+      r->exiting.store(true, std::memory_order_release);
+    }
   }
 }
+
+// Whether thread `tid` of this process is gone (signal 0; a tid reused by a new thread
+// only keeps the ring until that one is gone too).
+bool thread_gone(int tid) {
+  return ::syscall(SYS_tgkill, ::syscall(SYS_getpid), tid, 0) == -1 && errno == ESRCH;
+}
+// The reporter looks at the rings of threads not known to be exiting (a thread whose first
+// write came after its key destructors) every kSweepDrains drains.
+constexpr unsigned kSweepDrains = 200;
 pthread_key_t g_rings_key;
 const bool g_rings_key_made = pthread_key_create(&g_rings_key, &release_thread_rings) == 0;
 // Set on the reporter thread and during BEGIN: output is appended here directly (those
@@ -60,12 +82,20 @@ bool Session::ring_of_this_thread(const ThreadRing* r) noexcept {
 
 void Session::drain_and_send() {
   std::string lost_msg;
+  const bool sweep = ++drains_ % kSweepDrains == 0;
   {
     std::scoped_lock lock(rings_mu_);
     std::uint64_t lost = lost_retired_;
     for (auto it = rings_.begin(); it != rings_.end();) {
       ThreadRing* tr = *it;
       bool gone = tr->producer_gone.load(std::memory_order_acquire);
+      // A thread that ended after its key destructors: it writes no more; let go for it.
+      if (!gone && (sweep || tr->exiting.load(std::memory_order_acquire)) &&
+          thread_gone(tr->tid.load(std::memory_order_relaxed))) {
+        tr->producer_gone.store(true, std::memory_order_relaxed);
+        ThreadRing::release(tr);
+        gone = true;
+      }
       tr->ring.drain(out_, [this](std::string& before, std::string_view record) {
         queue_request(before, record);
       });
@@ -105,6 +135,8 @@ Session::ThreadRing* Session::ring_for_this_thread() {
     if (t.ring[i] && !t.ring[i]->session_gone.load(std::memory_order_acquire)) continue;
     if (t.ring[i]) ThreadRing::release(t.ring[i]);
     auto* r = new ThreadRing(kRingBytes);
+    r->tid.store(static_cast<int>(::syscall(SYS_gettid)), std::memory_order_relaxed);
+    r->exiting.store(t.exiting, std::memory_order_relaxed);
     {
       std::scoped_lock lock(rings_mu_);
       rings_.push_back(r);

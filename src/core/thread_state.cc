@@ -77,9 +77,10 @@ std::atomic<std::uint64_t> g_exited_hits{0}, g_exited_rec{0}, g_exited_ret{0};
 
 std::atomic<std::uint64_t> g_exited_own{0};
 
-// Folds `r`'s counts into the totals and frees it for reuse: its thread is ending (the
-// caller) or gone. Pending return instances die with the thread.
-void fold_and_free(ThreadRecord* r) HP_REQUIRES(g_records_mu) {
+// Folds `r`'s counts into the totals and frees it for reuse: its thread is gone. Pending
+// return instances die with the thread. Inlined: registration (in the dispatch section)
+// reuses records this way.
+HP_ALWAYS_INLINE void fold_and_free(ThreadRecord* r) HP_REQUIRES(g_records_mu) {
   const std::uint64_t rec = r->misses_recursion.exchange(0, std::memory_order_relaxed);
   g_exited_hits.fetch_add(r->hits.exchange(0, std::memory_order_relaxed),
                           std::memory_order_relaxed);
@@ -94,23 +95,25 @@ void fold_and_free(ThreadRecord* r) HP_REQUIRES(g_records_mu) {
   r->depth.store(0, std::memory_order_release);
   r->own_thread.store(false, std::memory_order_relaxed);
   r->tid = 0;
+  r->exiting = false;
   r->in_use.store(false, std::memory_order_release);
 }
 
-// Releases the record when the thread exits: its counts are folded into the totals and
-// the record is reused by a later thread. A pthread key's destructor, not a thread_local
-// one: registering a thread_local destructor allocates a node that glibc frees when the
-// thread exits, a free() the program did not make (and a probe on free would count it).
+// Marks the record of an exiting thread: the thread keeps it for its last steps (glibc's
+// __libc_thread_freeres frees after every key destructor, and those hits count), and a
+// registration reuses it once the thread is gone (its counts folded into the totals). A
+// pthread key's destructor, not a thread_local one: registering a thread_local destructor
+// allocates a node that glibc frees when the thread exits, a free() the program did not
+// make (and a probe on free would count it).
 void release_record(void*) {
+  tls_state.keys_done = true;
   ThreadRecord* r = tls_state.rec;
   if (!r) return;
   const bool prev = tls_state.in_handler;
   tls_state.in_handler = true;  // the lock below is hotprobe's work, not the program's
   {
     RecordsLockHold l(g_records_mu);
-    fold_and_free(r);
-    tls_state.rec = nullptr;
-    tls_state.schemes_ready = 0;
+    r->exiting = true;
   }
   tls_state.in_handler = prev;
 }
@@ -158,29 +161,30 @@ void release_records_in_child() HP_NO_THREAD_SAFETY_ANALYSIS {
   }
 }
 
-// tasks-trace is about to stop scanning this thread (its exit hook): from here to the end of
-// the thread, a hit is skipped (a miss), never a read section the writers would not wait
-// for. The guard stays set; the fast path sees it and takes the dispatcher's miss path.
-void on_domain_thread_exit() noexcept {
-  tls_state.in_handler = true;
-  tls_state.schemes_ready = 0;
-}
-
 [[maybe_unused]] const int g_atfork = [] {
   pthread_atfork(nullptr, nullptr, &release_records_in_child);
   // The grace-period workers are hotprobe's threads: what they call is not the program's.
   sync::set_worker_start_hook(&start_own_worker);
-  sync::set_thread_exit_hook(&on_domain_thread_exit);
   return 0;
 }();
 
 HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
   RecordsLockHold l(g_records_mu);
   ThreadRecord* r = nullptr;
+  long pid = 0;
   for (ThreadRecord* p = g_head.load(std::memory_order_acquire); p; p = p->next) {
     if (!p->in_use.load(std::memory_order_acquire)) {
       r = p;
       break;
+    }
+    // An exiting thread's record (release_record), free once the thread is gone.
+    if (p->exiting) {
+      if (pid == 0) pid = raw_syscall(SYS_getpid);
+      if (raw_syscall(SYS_tgkill, pid, p->tid, 0) == -ESRCH) {
+        fold_and_free(p);
+        r = p;
+        break;
+      }
     }
   }
   if (!r) {
@@ -206,6 +210,7 @@ HP_DISPATCH_SECTION ThreadRecord& register_thread_record() {
   r->in_use.store(true, std::memory_order_release);
   r->own_thread.store(tls_state.own_thread, std::memory_order_relaxed);
   r->tid = current_tid();
+  r->exiting = tls_state.keys_done;  // registered in the thread's last steps
   tls_state.rec = r;
   // Keys below 32 live in the thread descriptor: no allocation (the first keys of a
   // process, which this one is: made by the engine's static initializer).

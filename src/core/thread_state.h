@@ -3,8 +3,9 @@
 // hit writes no shared cache line (DESIGN.md hot-path budget).
 //
 // Records are registered on a thread's first hit (cold path) in a global list that is
-// never freed: a record whose thread exited is folded into the totals and reused, so the
-// zombie scan and the statistics may read any record at any time.
+// never freed: a record whose thread is gone is folded into the totals and reused, so the
+// zombie scan and the statistics may read any record at any time. A thread keeps its
+// record to its very end: the hits of its last steps count.
 #pragma once
 
 #include <atomic>
@@ -52,10 +53,13 @@ struct ThreadRecord {
   // misses_recursion are all such skips and are counted here when totals are made.
   std::atomic<std::uint64_t> skipped_own{0};
   std::atomic<bool> own_thread{false};
-  // The owner's tid: a record whose thread ended without its key destructor releasing it
+  // The owner's tid: a record whose thread ended without its key destructor marking it
   // (its first hit came after the key destructors, in glibc's last steps of thread exit)
   // is released by release_records_of_exited_threads(). Under the records' lock.
   int tid = 0;
+  // The owner's key destructor ran: it keeps the record for its last steps, and a
+  // registration reuses it once that tid is gone. Under the records' lock.
+  bool exiting = false;
 };
 
 struct ThreadState {
@@ -70,6 +74,9 @@ struct ThreadState {
   // in_handler stays set for its whole life.
   bool own_thread;
   std::uint8_t own_depth;  // OwnWork scopes open on this thread
+  // The thread's key destructor (release_record) has run: a record registered from here on
+  // is one of its last steps, marked exiting at once.
+  bool keys_done;
 };
 // initial-exec: a plain %fs access even inside libhotprobe.so (no __tls_get_addr call on
 // the hot path); the library is loaded at start-up or by dlopen with static TLS to spare.

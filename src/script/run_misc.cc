@@ -194,7 +194,7 @@ std::int64_t i_signal(const Node* n, Frame& f) {
 namespace {
 
 std::int64_t send_request(const Node* n, Frame& f, Sink::Request kind) {
-  thread_local std::string text;
+  thread_local std::string& text = *new std::string;  // never destroyed: hits run in exit()
   if (text.capacity() < 4096) text.reserve(4096);
   text.clear();
   format_call(n, f, text, /*escape=*/false);  // the command as written, as bpftrace runs it

@@ -10,13 +10,13 @@ namespace hotprobe::script {
 namespace nodes {
 
 static std::string& out_buffer() {
-  thread_local std::string buf;
+  thread_local std::string& buf = *new std::string;  // never destroyed: hits run in exit()
   if (buf.capacity() < 4096) buf.reserve(4096);
   buf.clear();
   return buf;
 }
 static std::string& text_buffer() {
-  thread_local std::string buf;
+  thread_local std::string& buf = *new std::string;  // never destroyed: hits run in exit()
   if (buf.capacity() < 4096) buf.reserve(4096);
   buf.clear();
   return buf;

@@ -35,6 +35,11 @@ constinit thread_local std::atomic<std::uint64_t> tls_word
 using tt_detail::kNestMask;
 using tt_detail::tls_word;
 
+namespace {
+// This thread's exit hook has run: a registration now is one of its last steps.
+constinit thread_local bool tls_past_exit __attribute__((tls_model("initial-exec"))) = false;
+}  // namespace
+
 namespace tt_detail {
 // -1 while a writer sleeps waiting for readers (liburcu memb's gp futex); alone on its
 // cache line, which readers only read.
@@ -158,6 +163,13 @@ struct ThreadRecord {
   bool holdout = false;
   bool stall_reported = false;
   std::uint64_t snap = 0;  // the word when the grace period found it inside a section
+  // Registered after its thread's exit hook (a section in glibc's last steps of the
+  // thread, after every key destructor): released once the thread is gone, by the
+  // registration of the thread that takes its stack (and so its word), or by a grace
+  // period, which checks its instance every time. Linked through `exited_next` in
+  // Impl::exited. Under registry_mu.
+  bool exited = false;
+  ThreadRecord* exited_next = nullptr;
 };
 
 // Records to reuse (linked through `next`), under registry_mu.
@@ -342,6 +354,8 @@ struct TasksTrace::Impl {
   RawMutex registry_mu HP_ACQUIRED_AFTER(gp_mu);
   ThreadRecord* threads HP_GUARDED_BY(registry_mu) = nullptr;
   std::size_t nthreads HP_GUARDED_BY(registry_mu) = 0;
+  // Records registered after their thread's exit hook (ThreadRecord::exited).
+  ThreadRecord* exited HP_GUARDED_BY(registry_mu) = nullptr;
   // Records the current grace period waits for; an exiting thread removes itself.
   std::vector<ThreadRecord*> holdouts HP_GUARDED_BY(registry_mu);
   std::size_t sweep HP_GUARDED_BY(registry_mu) = 0;  // where kIdentitySweep starts
@@ -383,20 +397,21 @@ struct TasksTrace::Impl {
   void release(ThreadRecord* r) HP_REQUIRES(registry_mu) {
     HP_ASSERT_MSG(r->word != nullptr, "tasks-trace: a thread record released twice");
     unlink(r);
+    recycle(r);
+  }
+  // A record that is no holdout, off every list and back in the pool (registration: inlined
+  // into the dispatch section).
+  HP_ALWAYS_INLINE void release_unheld(ThreadRecord* r) HP_REQUIRES(registry_mu) {
+    unlink_lists(r);
+    recycle(r);
+  }
+  HP_ALWAYS_INLINE void recycle(ThreadRecord* r) HP_REQUIRES(registry_mu) {
     *r = ThreadRecord{};
     r->next = g_free_records;
     g_free_records = r;
   }
   void unlink(ThreadRecord* r) HP_REQUIRES(registry_mu) {
-    if (r->prev) {
-      r->prev->next = r->next;
-    } else {
-      threads = r->next;
-    }
-    if (r->next) {
-      r->next->prev = r->prev;
-    }
-    nthreads--;
+    unlink_lists(r);
     if (r->holdout) {
       for (auto& h : holdouts) {
         if (h == r) {
@@ -408,16 +423,33 @@ struct TasksTrace::Impl {
       r->holdout = false;
     }
   }
+  HP_ALWAYS_INLINE void unlink_lists(ThreadRecord* r) HP_REQUIRES(registry_mu) {
+    if (r->prev) {
+      r->prev->next = r->next;
+    } else {
+      threads = r->next;
+    }
+    if (r->next) {
+      r->next->prev = r->prev;
+    }
+    nthreads--;
+    if (r->exited) {
+      ThreadRecord** p = &exited;
+      while (*p != r)
+        p = &(*p)->exited_next;
+      *p = r->exited_next;
+      r->exited = false;
+    }
+  }
 };
 
 namespace {
 
 TasksTrace* g_instance = nullptr;  // set once, before any fork handler can run
-std::atomic<ThreadExitHook> g_thread_exit_hook{nullptr};
 
 // The thread-exit hook (a pthread key destructor): runs after the thread's C++ thread_local
 // destructors (which may still use read sections) and before its TLS is freed. After it, the
-// writer can no longer reach this thread's word.
+// writer can no longer reach this thread's word, until a later section registers it again.
 void on_thread_exit(void* p);
 
 }  // namespace
@@ -432,7 +464,6 @@ struct TasksTraceAccess {
 namespace {
 
 void on_thread_exit(void* p) {
-  if (ThreadExitHook hook = g_thread_exit_hook.load(std::memory_order_acquire)) hook();
   auto* rec = static_cast<ThreadRecord*>(p);
   auto& im = TasksTraceAccess::impl(*g_instance);
   SignalsBlocked sb;
@@ -444,9 +475,11 @@ void on_thread_exit(void* p) {
     // released the record when it found that thread gone).
     if (rec->word == &tls_word) im.release(rec);
   }
-  // A read_lock() in a later destructor registers the thread again (glibc then runs this
-  // hook again).
+  // A read_lock() in a later destructor, or in glibc's last steps of the thread after them
+  // all, registers the thread again, with a record marked exited (glibc runs this hook again
+  // when a round of key destructors remains).
   tls_word.store(0, std::memory_order_relaxed);
+  tls_past_exit = true;
 }
 
 void fork_prepare() HP_NO_THREAD_SAFETY_ANALYSIS {
@@ -481,7 +514,7 @@ void fork_child() HP_NO_THREAD_SAFETY_ANALYSIS {
   while (r) {
     ThreadRecord* n = r->next;
     r->holdout = false;
-    if (r->word == mine) {
+    if (r->word == mine && !tls_past_exit) {
       r->id = {raw_gettid(), 0};  // a thread of its own (and so an instance of its own)
       r->id.instance = thread_instance(r->id.tid, true);
     } else {
@@ -518,10 +551,6 @@ TasksTrace::TasksTrace() : impl_(new Impl), deferred_(this, &TasksTrace::sync_th
   HP_CHECK(pthread_atfork(&fork_prepare, &fork_parent, &fork_child) == 0);
 }
 
-void set_thread_exit_hook(ThreadExitHook hook) noexcept {
-  g_thread_exit_hook.store(hook, std::memory_order_release);
-}
-
 TasksTrace& tasks_trace() noexcept {
   // Immortal; running out of memory here, at first use, is fatal (noexcept).
   static TasksTrace* const instance =
@@ -547,11 +576,22 @@ HP_DISPATCH_SECTION std::uint64_t TasksTrace::register_thread() noexcept {
     // started its scan before the registration; in the latter case this thread's coming
     // section starts after that scan (the lock orders them) and sees the writer's updates.
     RawLock l(tt.impl_->registry_mu);
+    // A thread that registered after its exit hook left its record behind; this thread
+    // took its stack, and so its word: that thread is gone.
+    for (ThreadRecord *r = tt.impl_->exited, *next; r; r = next) {
+      next = r->exited_next;
+      if (r->word == &tls_word && !r->holdout) tt.impl_->release_unheld(r);
+    }
     rec = tt.impl_->alloc_record();
     HP_CHECK_MSG(rec != nullptr, "tasks-trace: out of memory for thread records");
     rec->word = &tls_word;
     rec->id = id;
     tt.impl_->link(rec);
+    if (tls_past_exit) {  // glibc's last steps of this thread: released once it is gone
+      rec->exited = true;
+      rec->exited_next = tt.impl_->exited;
+      tt.impl_->exited = rec;
+    }
   }
   // The exit hook (glibc runs it unless this thread is past its last round of key
   // destructors; then the writer releases the record once the thread is gone).
@@ -635,7 +675,7 @@ void TasksTrace::run_grace_period() {
       // A thread that ended without its exit hook (its first section came after the
       // hook's round): its word went with its TLS. The instance of every
       // kIdentitySweep-th record is checked here, that of a holdout while it is waited for.
-      if (!readable || (i % kIdentitySweep == 0 && thread_gone(*r))) {
+      if (!readable || ((r->exited || i % kIdentitySweep == 0) && thread_gone(*r))) {
         im.release(r);
         continue;
       }

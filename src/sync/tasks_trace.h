@@ -22,9 +22,13 @@
 //   there by its pc) and unregisters in a pthread-key destructor, which runs after the C++
 //   thread_local destructors and before the thread's TLS is freed; the writer only reads a
 //   thread's word under the registry lock, which the exiting thread takes to unregister, so
-//   it never reads freed memory. A thread whose first section comes after that destructor's
-//   round leaves a record behind: the writer reads words without faulting and releases a
-//   record once its thread instance (tid and pidfd inode; Linux reuses tids) is gone.
+//   it never reads freed memory. A section after that destructor (a later key destructor,
+//   or glibc's last steps of the thread, __libc_thread_freeres, after them all) registers
+//   the thread again, and grace periods wait for it: that record is marked exited and
+//   outlives its thread. It is released by the registration of the thread that takes the
+//   cached stack (and so the word), or by a grace period, which reads words without
+//   faulting (the thread's TLS may be unmapped the moment it ends) and checks the thread
+//   instance (tid and pidfd inode; Linux reuses tids) of every exited record.
 //   Memory ordering is in docs/design/sync-tasks-trace.md (pairs R0/R1/R2/W1/W2).
 //
 // EXAMPLE
@@ -79,15 +83,6 @@
 #include "sync/gp_seq.h"
 
 namespace hp::sync {
-
-// Run on a thread when tasks-trace's thread-exit hook unlinks it (null: nothing), before
-// the unlink. After that point the thread's word is no longer scanned, and a section the
-// thread enters later (a probed free() in glibc's last steps of thread exit, after every
-// key destructor has run) would not be waited for, and could register the thread again
-// with a record that the thread's TLS, about to be freed, holds. The engine sets it to
-// stop taking probe hits on that thread (core/thread_state.cc).
-using ThreadExitHook = void (*)() noexcept;
-void set_thread_exit_hook(ThreadExitHook hook) noexcept;
 
 struct TasksTraceAccess;
 

@@ -125,7 +125,7 @@ bool map_views(int fd, std::uint64_t at, std::uint64_t size, bool replace, std::
 // Every live CodeMemory, for the fork handlers.
 Mutex g_registry_mu;
 std::vector<CodeMemory*>& registry() {
-  static std::vector<CodeMemory*> r;
+  static auto& r = *new std::vector<CodeMemory*>;  // never destroyed: used until _exit
   return r;
 }
 
