@@ -488,6 +488,9 @@ struct Built {
   std::vector<std::uint32_t> index;  // Module::index
 };
 std::vector<Built*>* g_built = nullptr;  // guarded by g_build_mu
+// Every set published, the replaced ones included: never freed, and kept reachable (leak
+// checkers see them as held, which they are: a hit may still read one).
+std::vector<const ModuleSet*>* g_sets = nullptr;  // guarded by g_build_mu
 
 void build_index(Built& b) {
   if (b.rows.empty()) return;
@@ -592,6 +595,8 @@ std::size_t rebuild() {
   auto* modules = new Module[g.modules.size()];
   std::copy(g.modules.begin(), g.modules.end(), modules);
   const auto* set = new ModuleSet{g.modules.size(), modules};
+  if (!g_sets) g_sets = new std::vector<const ModuleSet*>;
+  g_sets->push_back(set);
   g_set.store(set, std::memory_order_release);  // the old set stays: a hit may read it
   g_sets_published.fetch_add(1, std::memory_order_relaxed);
   return g.with_table;
