@@ -59,12 +59,17 @@ enum class Type : std::uint8_t {
   // its elements are integers or strings. A tuple variable's elements live in hidden
   // slots (VarInfo::slot + 1 + k), so `$t.k` reads one slot.
   tuple,
+  // An array or a struct/union read whole (`$a = $s->arr`, `@m = *$p`): a copy of its
+  // bytes, `ctype` says which type and `str_size` how many (at most kStrBytes). It is
+  // carried where strings are (a $variable's string slot, a map key part or value of
+  // kStrWords words) and printed by its layout (script/layout.h).
+  record,
 };
 
 // One element of a tuple type.
 struct TupleElem {
-  Type type = Type::integer;   // integer or string
-  std::uint32_t str_size = 0;  // strings: maximum size including the NUL
+  Type type = Type::integer;   // integer, string or record
+  std::uint32_t str_size = 0;  // strings: maximum size including the NUL; records: size
   int ctype = -1;
 };
 // A tuple's elements, at most (each costs a slot of its action and, where a tuple is
@@ -339,9 +344,11 @@ struct MapInfo {
   std::vector<Type> key_types;           // arity = key_types.size(); 0: a scalar map
   bool keyed = false;                    // key_types are known (the map was accessed)
   std::vector<std::uint32_t> key_sizes;  // string keys: max size; 0 for integers
+  std::vector<int> key_ctypes;           // Type::record keys: the C type; -1 for the others
   std::uint32_t str_size = 0;            // ValueKind::string values: max size
   int ctype = -1;                        // ValueKind::integer values that are pointers keep
-                                         // their type (@p[tid] = (struct s *)arg0)
+                                         // their type (@p[tid] = (struct s *)arg0);
+                                         // ValueKind::record: the array or struct type
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // ValueKind::lhist
   std::vector<TupleElem> elems;                               // ValueKind::tuple
   Loc first;                                                  // first use

@@ -5,6 +5,7 @@
 
 #include "script/check_args.h"
 #include "script/check_pass.h"
+#include "script/maps.h"
 #include "script/parser.h"
 #include "script/run_usdt.h"
 
@@ -26,7 +27,8 @@ Value Checker::value(Expr& e) {
 }
 
 // An object used as a value: a char array (any array of 1-byte integers) reads as a
-// string, as bpftrace reads it; a struct or another array cannot be a value.
+// string, as bpftrace reads it; a struct, a union or another array is copied whole (a
+// Type::record of at most kStrBytes bytes).
 Value Checker::object_value(Expr& e, const Value& v) {
   const ast::TypeTable& T = program_.types;
   const ast::CType& c = T.at(v.ctype);
@@ -38,9 +40,19 @@ Value Checker::object_value(Expr& e, const Value& v) {
     e.ctype = v.ctype;  // the lowering reads c.count bytes
     return s;
   }
-  error(e.loc, "'" + T.name(v.ctype) + "' cannot be used as a value: read one of its " +
-                   (c.kind == ast::CType::Kind::array ? "elements ([i])" : "fields (.name)"));
-  return Value::bad();
+  const std::uint32_t size = T.size_of(v.ctype);
+  if (size == 0 || size > kStrBytes) {
+    error(e.loc,
+          "'" + T.name(v.ctype) + "' (" + std::to_string(size) +
+              " bytes) cannot be used as a value: an array or struct copied whole has 1 to " +
+              std::to_string(kStrBytes) + " bytes; read one of its " +
+              (c.kind == ast::CType::Kind::array ? "elements ([i])" : "fields (.name)"));
+    return Value::bad();
+  }
+  e.type = Type::record;
+  e.str_size = size;
+  e.ctype = v.ctype;
+  return Value{Type::record, std::nullopt, size, false, v.ctype};
 }
 
 // What reading memory of type `t` yields: an integer (typed), or an object.
@@ -116,6 +128,7 @@ Value Checker::field(Expr& e) {
   }
   Value base = expr(*e.args[0], Context::value);
   if (base.error) return base;
+  if (base.type == Type::record) base.type = Type::object;  // a copy: read in place
   const ast::TypeTable& T = program_.types;
   int rec_type = -1;
   // `.` on a pointer to a struct or union reads through it, as `->` does (current
@@ -171,13 +184,23 @@ Value Checker::index(Expr& e) {
   Value base = expr(*e.args[0], Context::value);
   Value i = value(*e.args[1]);
   if (base.error || i.error) return Value::bad();
+  if (base.type == Type::record) base.type = Type::object;  // a copy: read in place
   if (!i.is_int()) {
     error(e.args[1]->loc, "The array index must be an integer (" + type_name(i) + " provided)");
     return Value::bad();
   }
   const ast::TypeTable& T = program_.types;
-  if (base.type == Type::object && T.at(base.ctype).kind == ast::CType::Kind::array)
+  if (base.type == Type::object && T.at(base.ctype).kind == ast::CType::Kind::array) {
+    const Expr& ix = *e.args[1];
+    const std::uint32_t n = T.at(base.ctype).count;
+    if (ix.kind == Expr::Kind::integer &&
+        (ix.value < 0 || static_cast<std::uint64_t>(ix.value) >= n)) {
+      error(ix.loc, "the index " + std::to_string(ix.value) +
+                        " is out of bounds for array of size " + std::to_string(n));
+      return Value::bad();
+    }
     return memory_value(e, T.at(base.ctype).inner);
+  }
   if (base.type == Type::object || !base.is_int()) {
     error(e.loc, "The [] operator can not be used on type '" +
                      (base.type == Type::object ? cname(base.ctype) : type_name(base)) +
@@ -412,6 +435,8 @@ Value Checker::map_read(Expr& e, bool whole) {
   if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
   if (m.kind == ValueKind::string) return Value::string(std::max(m.str_size, 1u));
   if (m.kind == ValueKind::tuple) return tuple_of(m.elems);
+  if (m.kind == ValueKind::record)
+    return Value{Type::record, std::nullopt, m.str_size, false, m.ctype};
   return Value::typed(m.ctype);
 }
 
@@ -468,6 +493,19 @@ Value Checker::binary_operands(Expr& e, const Value& a, const Value& b) {
   if (a.agg || b.agg || a.type != b.type) {
     error(e.loc, "Type mismatch for '" + op + "': comparing '" + type_name(a) + "' with '" +
                      type_name(b) + "'");
+    return Value::bad();
+  }
+  if (a.type == Type::record && (e.binary == ast::BinaryOp::eq || e.binary == ast::BinaryOp::ne)) {
+    if (a.ctype != b.ctype) {
+      error(e.loc, "Type mismatch for '" + op + "': comparing '" + cname(a.ctype) + "' with '" +
+                       cname(b.ctype) + "' (arrays and structs compare with their own type)");
+      return Value::bad();
+    }
+    return Value::integer();
+  }
+  if (a.type == Type::record) {
+    error(e.loc, "The " + op + " operator can not be used on '" + cname(a.ctype) +
+                     "' values (only == and != compare arrays and structs)");
     return Value::bad();
   }
   if (a.type == Type::string && e.binary != ast::BinaryOp::eq && e.binary != ast::BinaryOp::ne) {

@@ -245,6 +245,18 @@ bool Checker::only_uprobes(const Expr& e) {
   return true;
 }
 
+// A field or element of an array or struct copied whole ($v.f of a record $v): its bytes
+// are in the copy, not at an address of the program.
+static bool in_record_copy(const Expr& e) {
+  const Expr* b = &e;
+  while (b->kind == Expr::Kind::field || b->kind == Expr::Kind::index) {
+    if (b->kind == Expr::Kind::field && b->arrow) return false;
+    b = b->args[0].get();
+    if (b->type == Type::record) return true;
+  }
+  return false;
+}
+
 Value Checker::misc_call(Expr& e, Context ctx) {
   // A format and its arguments, as printf's (which checks them); the hotprobe command runs
   // the result.
@@ -357,10 +369,16 @@ Value Checker::misc_call(Expr& e, Context ctx) {
         error(e.loc, "macaddr() does not support literal string arguments");
         return Value::bad();
       }
-      if (!args[0].is_int()) {
+      if (Expr& a = *e.args[0]; !args[0].is_int() && a.ctype >= 0 &&
+                                program_.types.size_of(a.ctype) == 6 &&
+                                (a.kind == Expr::Kind::field || a.kind == Expr::Kind::index ||
+                                 a.kind == Expr::Kind::deref) &&
+                                !in_record_copy(a)) {
+        a.type = Type::object;  // a 6-byte array or struct in memory: read at its address
+      } else if (!args[0].is_int()) {
         error(e.loc,
               "macaddr() argument must be 6 bytes in size (hotprobe takes a pointer "
-              "to the 6 bytes)");
+              "to the 6 bytes, or a 6-byte array or struct member such as $s->mac)");
         return Value::bad();
       }
       return Value::string(18);

@@ -39,8 +39,9 @@ Value Checker::tuple(Expr& e) {
       bad = true;
       continue;
     }
-    if (!v.is_int() && !v.is_str()) {
-      error(a->loc, "A tuple element is an integer or a string, not '" + type_name(v) + "'");
+    if (!v.is_int() && !v.is_str() && v.type != Type::record) {
+      error(a->loc, "A tuple element is an integer, a string, an array or a struct, not '" +
+                        type_name(v) + "'");
       bad = true;
       continue;
     }

@@ -74,6 +74,15 @@ std::uint32_t s_map_read(const Node* n, Frame& f, char* out) {
   f.rt->maps->plain(n->map).get(key, v);
   return copy_str(out, get_string(v));
 }
+std::uint32_t s_map_read_bytes(const Node* n, Frame& f, char* out) {
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
+  build_key_fast(n, f, key);
+  std::uint64_t v[kStrWords];
+  f.rt->maps->plain(n->map).get(key, v);
+  std::memcpy(out, v, kStrBytes);
+  return n->bytes;
+}
 // An aggregation read in an expression: merged over every shard (slow, rare).
 std::int64_t i_agg_read(const Node* n, Frame& f) {
   std::uint64_t key[kMaxKeyWords + 1];
@@ -111,6 +120,12 @@ std::uint32_t s_tid_read(const Node* n, Frame& f, char* out) {
   std::uint64_t v[kStrWords];
   own_shard(n, f).plain_get(own_tid(), v);
   return copy_str(out, get_string(v));
+}
+std::uint32_t s_tid_read_bytes(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kStrWords];
+  own_shard(n, f).plain_get(own_tid(), v);
+  std::memcpy(out, v, kStrBytes);
+  return n->bytes;
 }
 
 // Aggregations. Every one: key, this thread's shard, pending-op check, find, relaxed add.

@@ -1,0 +1,177 @@
+// Arrays and structs as values: `$a = $s->arr`, `@m = *$p`, as map values and keys, in
+// tuples, print(), == and !=, reading an element or field of the copy, macaddr of a
+// 6-byte member; printed as bpftrace prints them, in text and JSON. The reads go through
+// the registers of a fake hit pointing at structs of this test program.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "script/check.h"
+#include "script/eval.h"
+#include "script/program.h"
+
+#include "fake_sink.h"
+
+namespace hotprobe::script {
+namespace {
+
+struct Script {
+  std::unique_ptr<Program> prog;
+  FakeSink sink;
+  explicit Script(std::string_view src, OutputFormat fmt = OutputFormat::text) {
+    CompileOptions o;
+    o.format = fmt;
+    auto p = Program::compile(src, o);
+    EXPECT_TRUE(p.ok()) << (p ? "" : p.error().message());
+    if (p) {
+      prog = std::move(*p);
+      prog->bind(&sink);
+    }
+  }
+  void hit(std::size_t i, std::uint64_t a0 = 0, std::uint64_t a1 = 0) {
+    ProbeSpec s = prog->spec(i);
+    Regs r{};
+    r.rdi = a0;
+    r.rsi = a1;
+    Hit h;
+    h.regs = &r;
+    h.cookie = s.cookie;
+    if (s.on_entry) s.on_entry(h);
+  }
+};
+
+std::string first_line(std::string_view src) {
+  auto r = parse_and_check(src, "stdin");
+  std::string e = r.ok() ? "" : r.error().message();
+  return e.substr(0, e.find('\n'));
+}
+
+struct A {
+  std::int32_t x[4];
+};
+struct B {
+  std::int32_t y[2][2];
+};
+struct Foo {
+  std::int32_t m;
+  std::int32_t n;
+  char name[8];
+};
+
+constexpr const char* kDefs =
+    "struct A { int x[4]; }\n"
+    "struct B { int y[2][2]; }\n"
+    "struct Foo { int m; int n; char name[8]; }\n";
+
+std::uint64_t addr(const void* p) {
+  return reinterpret_cast<std::uint64_t>(p);
+}
+
+TEST(ScriptValues, ArrayIntoAVariableAndBack) {
+  A a{{1, 2, 3, 4}};
+  Script s(std::string(kDefs) +
+           "uprobe:libc:getpid { $a = ((struct A *)arg0)->x; print($a); printf(\"%d %d\\n\", "
+           "$a[0], $a[3]); $i = 2; printf(\"%d\\n\", $a[$i]); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&a));
+  EXPECT_EQ(s.sink.out, "[1,2,3,4]\n1 4\n3\n");
+}
+
+TEST(ScriptValues, MultiDimensionalArrays) {
+  B b{{{5, 6}, {7, 8}}};
+  Script s(std::string(kDefs) +
+           "uprobe:libc:getpid { $b = ((struct B *)arg0)->y; printf(\"%d\\n\", $b[1][0]);\n"
+           " @b = $b; @c[0] = $b; @x[$b] = 1; printf(\"%d\\n\", @c[0][1][1]); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&b));
+  EXPECT_EQ(s.sink.out, "7\n8\n");
+  EXPECT_EQ(s.prog->print_maps(),
+            "\n\n@b: [[5,6],[7,8]]\n@c[0]: [[5,6],[7,8]]\n@x[[[5,6],[7,8]]]: 1\n");
+}
+
+TEST(ScriptValues, StructsAsMapValuesKeysAndTupleElements) {
+  Foo f{2, 3, "ab"};
+  Script s(std::string(kDefs) +
+           "uprobe:libc:getpid { $f = *((struct Foo *)arg0); @v = $f; @k[$f, 1] = 5;\n"
+           " @t = (0, $f); $t = ($f, \"s\"); print($t); print($f.n + $t.0.m); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&f));
+  EXPECT_EQ(s.sink.out, "({ .m = 2, .n = 3, .name = ab }, s)\n5\n");
+  EXPECT_EQ(s.prog->print_maps(),
+            "\n\n@k[{ .m = 2, .n = 3, .name = ab }, 1]: 5\n"
+            "@t: (0, { .m = 2, .n = 3, .name = ab })\n"
+            "@v: { .m = 2, .n = 3, .name = ab }\n");
+}
+
+TEST(ScriptValues, Json) {
+  Foo f{2, 3, "ab"};
+  A a{{1, 2, 3, 4}};
+  Script s(std::string(kDefs) +
+               "uprobe:libc:getpid { $f = *((struct Foo *)arg0); print($f); @ = (0, $f);\n"
+               " @a = ((struct A *)arg1)->x; }",
+           OutputFormat::json);
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&f), addr(&a));
+  EXPECT_EQ(s.sink.out,
+            "{\"type\": \"value\", \"data\": { \"m\": 2, \"n\": 3, \"name\": \"ab\" }}\n");
+  EXPECT_EQ(s.prog->print_maps(),
+            "{\"type\": \"map\", \"data\": {\"@\": [0,{ \"m\": 2, \"n\": 3, \"name\": \"ab\" }]}}\n"
+            "{\"type\": \"map\", \"data\": {\"@a\": [1,2,3,4]}}\n");
+}
+
+TEST(ScriptValues, CompareArrays) {
+  A a{{1, 2, 3, 4}}, same{{1, 2, 3, 4}}, other{{1, 2, 3, 5}};
+  Script s(std::string(kDefs) +
+           "uprobe:libc:getpid { $a = (struct A *)arg0; $b = (struct A *)arg1;\n"
+           " printf(\"%d %d\\n\", $a->x == $b->x, $a->x != $b->x); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&a), addr(&same));
+  s.hit(0, addr(&a), addr(&other));
+  EXPECT_EQ(s.sink.out, "1 0\n0 1\n");
+}
+
+TEST(ScriptValues, AnUnreadableCopyIsZeros) {
+  Script s(std::string(kDefs) + "uprobe:libc:getpid { $a = ((struct A *)arg0)->x; print($a); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, 16);
+  EXPECT_EQ(s.sink.out, "[0,0,0,0]\n");
+  EXPECT_EQ(s.prog->read_faults(), 1u);
+}
+
+TEST(ScriptValues, MacaddrOfASixByteMember) {
+  struct Mac {
+    const char* ignore;
+    unsigned char mac[6];
+  } m{nullptr, {5, 4, 3, 2, 1, 2}};
+  Script s(
+      "struct MyStruct { const char* ignore; char mac[6]; }\n"
+      "uprobe:libc:getpid { $s = (struct MyStruct *)arg0; printf(\"P: %s\\n\", macaddr($s->mac)); "
+      "}");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&m));
+  EXPECT_EQ(s.sink.out, "P: 05:04:03:02:01:02\n");
+}
+
+TEST(ScriptValues, Errors) {
+  EXPECT_EQ(
+      first_line(std::string(kDefs) +
+                 "uprobe:libc:getpid { $a = ((struct A *)arg0)->x; $a = ((struct B *)arg0)->y; }"),
+      "stdin:4:55-76: ERROR: Type mismatch for $a: trying to assign value of type "
+      "'int32[2][2]' when variable already contains a value of type 'int32[4]'");
+  EXPECT_EQ(first_line(std::string(kDefs) +
+                       "uprobe:libc:getpid { $a = (struct A *)arg0; $x = $a->x[4]; }"),
+            "stdin:4:56-57: ERROR: the index 4 is out of bounds for array of size 4");
+  EXPECT_EQ(first_line(std::string(kDefs) +
+                       "uprobe:libc:getpid { $a = (struct A *)arg0; if ($a->x < $a->x) {} }"),
+            "stdin:4:49-62: ERROR: The < operator can not be used on 'int32[4]' values (only == "
+            "and != compare arrays and structs)");
+  EXPECT_EQ(first_line("struct Big { long v[20]; }\n"
+                       "uprobe:libc:getpid { $a = *(struct Big *)arg0; }"),
+            "stdin:2:27-46: ERROR: 'struct Big' (160 bytes) cannot be used as a value: an array or "
+            "struct copied whole has 1 to 128 bytes; read one of its fields (.name)");
+}
+
+}  // namespace
+}  // namespace hotprobe::script
