@@ -212,6 +212,26 @@ Value Checker::index(Expr& e) {
   return memory_value(e, t);
 }
 
+// A tuple's size as bpftrace lays it out: its elements in order, each aligned as C
+// aligns it (an integer literal is an int64, a string its bytes), the whole padded to
+// the largest alignment.
+std::int64_t Checker::tuple_size(const std::vector<ast::TupleElem>& elems) const {
+  const ast::TypeTable& T = program_.types;
+  std::uint64_t size = 0, align = 1;
+  for (const ast::TupleElem& t : elems) {
+    std::uint64_t n = 8, a = 8;
+    if (t.type == Type::string) {
+      n = t.str_size, a = 1;
+    } else if (t.ctype >= 0 && (t.type == Type::record || !is_pointer(t.ctype))) {
+      n = T.size_of(t.ctype), a = T.align_of(t.ctype);
+    }
+    a = std::max<std::uint64_t>(a, 1);
+    size = (size + a - 1) / a * a + n;
+    align = std::max(align, a);
+  }
+  return static_cast<std::int64_t>((size + align - 1) / align * align);
+}
+
 // sizeof and offsetof fold to an integer literal.
 Value Checker::size_or_offset(Expr& e) {
   const ast::TypeTable& T = program_.types;
@@ -223,6 +243,8 @@ Value Checker::size_or_offset(Expr& e) {
       if (v.error) return v;
       if (v.type == Type::string) {
         result = v.size;
+      } else if (v.type == Type::tuple) {
+        result = tuple_size(elems_of(v));
       } else if (v.ctype >= 0) {
         t = v.ctype;
       } else {

@@ -159,6 +159,7 @@ class Checker {
 
   [[gnu::noinline]] Value index(Expr& e);
 
+  std::int64_t tuple_size(const std::vector<ast::TupleElem>& elems) const;
   // sizeof and offsetof fold to an integer literal.
   [[gnu::noinline]] Value size_or_offset(Expr& e);
 

@@ -1,6 +1,8 @@
 // Arrays and structs as values: their layouts and their printed form (layout.h).
 #include "script/layout.h"
 
+#include <cinttypes>
+#include <cstdio>
 #include <cstring>
 
 #include "script/output.h"
@@ -35,6 +37,10 @@ std::shared_ptr<const ValueLayout> make_layout(const ast::TypeTable& types, int 
       l->is_signed = c.is_signed;
       break;
     case ast::CType::Kind::pointer:
+      l->kind = ValueLayout::Kind::integer;
+      l->is_signed = true;  // a value prints it as bpftrace's int64
+      l->pointer = true;
+      break;
     case ast::CType::Kind::void_:
       l->kind = ValueLayout::Kind::integer;
       break;
@@ -74,11 +80,20 @@ void append_integer(std::string& out, const ValueLayout& l, std::int64_t v) {
 
 }  // namespace
 
-void append_layout_value(std::string& out, const ValueLayout& l, std::string_view bytes,
-                         OutputFormat fmt, bool escape) {
+namespace {
+
+// key: bpftrace's map key form ({.a=1,.b=2}, pointers in hex).
+void append_form(std::string& out, const ValueLayout& l, std::string_view bytes, OutputFormat fmt,
+                 bool escape, bool key) {
   const bool json = fmt == OutputFormat::json;
   switch (l.kind) {
     case ValueLayout::Kind::integer:
+      if (key && l.pointer) {
+        char buf[24];
+        std::snprintf(buf, sizeof buf, "0x%" PRIx64, load_unit(bytes, 0, 8));
+        out += buf;
+        return;
+      }
       append_integer(out, l, integer_of(l, load_unit(bytes, 0, l.size)));
       return;
     case ValueLayout::Kind::chars: {
@@ -101,18 +116,22 @@ void append_layout_value(std::string& out, const ValueLayout& l, std::string_vie
       for (std::uint32_t k = 0; k < l.count; ++k) {
         if (k) out += ",";
         const std::size_t at = std::min<std::size_t>(std::size_t{k} * step, bytes.size());
-        append_layout_value(out, *l.elem, bytes.substr(at), fmt, escape);
+        append_form(out, *l.elem, bytes.substr(at), fmt, escape, key);
       }
       out += "]";
       return;
     }
     case ValueLayout::Kind::record: {
-      out += "{ ";
+      out += key ? "{" : "{ ";
       bool first = true;
       for (const ValueLayout::Field& f : l.fields) {
-        if (!first) out += ", ";
+        if (!first) out += key ? "," : ", ";
         first = false;
-        if (json) {
+        if (key) {
+          out += ".";
+          out += f.name;
+          out += "=";
+        } else if (json) {
           out += "\"";
           json_escape(out, f.name);
           out += "\": ";
@@ -131,12 +150,24 @@ void append_layout_value(std::string& out, const ValueLayout& l, std::string_vie
           continue;
         }
         const std::size_t at = std::min<std::size_t>(f.offset, bytes.size());
-        append_layout_value(out, *f.layout, bytes.substr(at), fmt, escape);
+        append_form(out, *f.layout, bytes.substr(at), fmt, escape, key);
       }
-      out += " }";
+      out += key ? "}" : " }";
       return;
     }
   }
+}
+
+}  // namespace
+
+void append_layout_value(std::string& out, const ValueLayout& l, std::string_view bytes,
+                         OutputFormat fmt, bool escape) {
+  append_form(out, l, bytes, fmt, escape, false);
+}
+
+void append_layout_key(std::string& out, const ValueLayout& l, std::string_view bytes,
+                       bool escape) {
+  append_form(out, l, bytes, OutputFormat::text, escape, true);
 }
 
 }  // namespace hotprobe::script

@@ -22,6 +22,7 @@ struct ValueLayout {
   Kind kind = Kind::integer;
   std::uint32_t size = 0;  // bytes
   bool is_signed = false;  // integer
+  bool pointer = false;    // integer: a pointer (a map key shows it in hex)
   // array: `count` elements of `elem`; record: fields in order.
   std::uint32_t count = 0;
   std::shared_ptr<const ValueLayout> elem;
@@ -45,5 +46,9 @@ std::shared_ptr<const ValueLayout> make_layout(const ast::TypeTable& types, int 
 // strings as append_text_escaped writes them.
 void append_layout_value(std::string& out, const ValueLayout& layout, std::string_view bytes,
                          OutputFormat fmt, bool escape = true);
+// As a map key part shows it (bpftrace's map key form): `[1,2]`, `{.a=1,.b=x}`, pointers
+// in hex.
+void append_layout_key(std::string& out, const ValueLayout& layout, std::string_view bytes,
+                       bool escape);
 
 }  // namespace hotprobe::script

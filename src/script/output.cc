@@ -104,7 +104,7 @@ std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escap
         s += std::to_string(as_signed(r.key[w]));
         break;
       case KeyPart::record:
-        append_layout_value(s, *d.key_layouts[k], get_bytes(&r.key[w]), OutputFormat::text, escape);
+        append_layout_key(s, *d.key_layouts[k], get_bytes(&r.key[w]), escape);
         break;
     }
     w += d.part_words(k);

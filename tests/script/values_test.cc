@@ -100,7 +100,7 @@ TEST(ScriptValues, StructsAsMapValuesKeysAndTupleElements) {
   s.hit(0, addr(&f));
   EXPECT_EQ(s.sink.out, "({ .m = 2, .n = 3, .name = ab }, s)\n5\n");
   EXPECT_EQ(s.prog->print_maps(),
-            "\n\n@k[{ .m = 2, .n = 3, .name = ab }, 1]: 5\n"
+            "\n\n@k[{.m=2,.n=3,.name=ab}, 1]: 5\n"
             "@t: (0, { .m = 2, .n = 3, .name = ab })\n"
             "@v: { .m = 2, .n = 3, .name = ab }\n");
 }
@@ -152,6 +152,25 @@ TEST(ScriptValues, MacaddrOfASixByteMember) {
   ASSERT_TRUE(s.prog);
   s.hit(0, addr(&m));
   EXPECT_EQ(s.sink.out, "P: 05:04:03:02:01:02\n");
+}
+
+TEST(ScriptValues, GrammarOfTheCases) {
+  // The last member without `;` (nested too), an index after a map access, sizeof of a
+  // tuple laid out as bpftrace lays it out.
+  struct {
+    std::int32_t m[1];
+    std::int32_t n;
+  } f{{2}, 3};
+  A a{{1, 2, 3, 4}};
+  Script s(
+      "struct Foo { struct { int m[1] } y; struct { int n; } a }\n"
+      "struct A { int x[4] }\n"
+      "uprobe:libc:getpid { $f = *((struct Foo *)arg0); print($f); @a[0] = (struct A *)arg1;\n"
+      " @x[1] = ((struct A *)arg1)->x; printf(\"%d %d\\n\", @a[0]->x[1], @x[1][2]);\n"
+      " print(sizeof(((int32)1, $f))); print(sizeof(((int8)1, (int64)1, (int8)1, (int64)1))); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&f), addr(&a));
+  EXPECT_EQ(s.sink.out, "{ .y = { .m = [2] }, .a = { .n = 3 } }\n2 3\n12\n32\n");
 }
 
 TEST(ScriptValues, Errors) {
