@@ -156,6 +156,7 @@ enum class Func : std::uint8_t {
   strftime,  // strftime("fmt", nsecs): string, nsecs since boot as local time
   join,      // join(argv [, "sep"]): prints a NULL-ended char* array's strings
   buf,       // buf(ptr, n): string, n bytes with the unprintable ones as \xNN text
+  len,       // len(@m): the entries of map @m (args[0] a map Expr with no keys)
 };
 
 inline constexpr bool is_aggregation(Func f) {
@@ -280,7 +281,9 @@ struct Stmt {
     unroll,   // unroll (`count`) { `body` }
     return_,  // return; (ends the action)
     // Loops (check_misc.cc, lower_loops.cc): while (`cond`) { `body` }; for (`target` :
-    // `value`..`cond`) { `body` }; break; continue. `count`: the hidden slots (checker).
+    // `value`..`cond`) { `body` }; for (`target` : `value`) { `body` } over map `value`
+    // (a map Expr with no keys; `cond` null): `target` is a (key, value) tuple;
+    // break; continue. `count`: the hidden slots (checker).
     while_,
     for_,
     break_,
@@ -384,13 +387,13 @@ inline std::vector<Probe> flatten_probes(const Program& program) {
 inline constexpr std::array<std::string_view, 20> kBuiltinNames = {
     "arg0",  "arg1",    "arg2", "arg3",  "arg4", "arg5", "retval", "tid",   "pid",  "comm",
     "nsecs", "elapsed", "func", "probe", "cpu",  "uid",  "gid",    "ncpus", "rand", "username"};
-inline constexpr std::array<std::string_view, 30> kFuncNames = {
+inline constexpr std::array<std::string_view, 31> kFuncNames = {
     "count",   "sum",         "avg",  "min",      "max",    "stats", "hist", "lhist",
     "delete",  "clear",       "zero", "print",    "printf", "time",  "exit", "str",
     "strncmp", "strcontains", "uptr", "signal",   "system", "cat",   "ntop", "macaddr",
-    "ustack",  "usym",        "reg",  "strftime", "join",   "buf"};
+    "ustack",  "usym",        "reg",  "strftime", "join",   "buf",   "len"};
 static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::username) + 1);
-static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::buf) + 1);
+static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::len) + 1);
 
 inline std::string_view to_string(Builtin b) {
   return kBuiltinNames[static_cast<std::size_t>(b)];

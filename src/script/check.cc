@@ -328,6 +328,7 @@ ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
 void Checker::assign_map(Stmt& s) {
   Expr& target = *s.target;
   ast::MapInfo& m0 = map_of(target, false);
+  not_iterated(target);
   int id = target.map_id;
   auto map = [&]() -> ast::MapInfo& { return program_.maps[static_cast<std::size_t>(id)]; };
   Expr& rhs = *s.value;

@@ -357,6 +357,7 @@ Value Checker::incdec(Expr& e) {
     return Value::integer();
   }
   ast::MapInfo& m = map_of(t, false);
+  not_iterated(t);
   if (!m.kind) m.kind = ValueKind::integer;
   annotate_map(t);
   if (m.kind != ValueKind::integer) {

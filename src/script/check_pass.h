@@ -212,6 +212,11 @@ class Checker {
 
   // Loops and the small builtins (check_misc.cc).
   void loop_statement(Stmt& s);
+  void map_loop(Stmt& s, std::int64_t slots);
+  // An assignment, ++/--, delete, clear or zero of map `target` (map_id set): refused in
+  // a for loop over that map.
+  void not_iterated(const Expr& target);
+  std::vector<int> iterated_;  // the maps of the for loops around the statement
   // if's and while's condition: an integer.
   void condition(Expr& cond, std::string_view statement);
   Value misc_call(Expr& e, Context ctx);
