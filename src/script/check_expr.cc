@@ -401,14 +401,16 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
       if (e.name == "print" && e.args.size() == 1 &&
           (e.args[0]->kind == Expr::Kind::deref || e.args[0]->kind == Expr::Kind::field ||
            e.args[0]->kind == Expr::Kind::index)) {
-        // print(VALUE) of a struct or union (print(*p)) prints as bpftrace prints it,
-        // through the printf of its fields (check_args.h). Out of line: the recursion
-        // through here keeps a narrow frame.
+        // print(VALUE) of a struct or union (print(*p)) prints as bpftrace prints it: a
+        // copy of at most kStrBytes bytes as any struct value, a larger one through the
+        // printf of its fields (check_args.h). Out of line: the recursion through here
+        // keeps a narrow frame.
         auto print_value = [ this, &e, ctx ]() __attribute__((noinline, cold)) {
           Value v = expr(*e.args[0], Context::value);
           if (v.error) return v;
           if (v.type == Type::object &&
               program_.types.at(v.ctype).kind == ast::CType::Kind::record &&
+              program_.types.size_of(v.ctype) > kStrBytes &&
               !rewrite_print_record(program_, diags_, e, v.ctype))
             return Value::bad();
           return call(e, ctx);

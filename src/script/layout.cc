@@ -58,13 +58,17 @@ std::uint64_t load_unit(std::string_view bytes, std::uint32_t offset, std::uint3
 }
 
 std::int64_t integer_of(const ValueLayout& l, std::uint64_t raw) {
+  // Each branch widened on its own: a ?: of int32 and uint32 would be uint32.
   switch (l.size) {
     case 1:
-      return l.is_signed ? static_cast<std::int8_t>(raw) : static_cast<std::uint8_t>(raw);
+      if (l.is_signed) return static_cast<std::int8_t>(raw);
+      return static_cast<std::uint8_t>(raw);
     case 2:
-      return l.is_signed ? static_cast<std::int16_t>(raw) : static_cast<std::uint16_t>(raw);
+      if (l.is_signed) return static_cast<std::int16_t>(raw);
+      return static_cast<std::uint16_t>(raw);
     case 4:
-      return l.is_signed ? static_cast<std::int32_t>(raw) : static_cast<std::uint32_t>(raw);
+      if (l.is_signed) return static_cast<std::int32_t>(raw);
+      return static_cast<std::uint32_t>(raw);
     default:
       return static_cast<std::int64_t>(raw);
   }

@@ -70,13 +70,13 @@ std::uint64_t addr(const void* p) {
 }
 
 TEST(ScriptValues, ArrayIntoAVariableAndBack) {
-  A a{{1, 2, 3, 4}};
+  A a{{1, 2, 3, -4}};
   Script s(std::string(kDefs) +
            "uprobe:libc:getpid { $a = ((struct A *)arg0)->x; print($a); printf(\"%d %d\\n\", "
            "$a[0], $a[3]); $i = 2; printf(\"%d\\n\", $a[$i]); }");
   ASSERT_TRUE(s.prog);
   s.hit(0, addr(&a));
-  EXPECT_EQ(s.sink.out, "[1,2,3,4]\n1 4\n3\n");
+  EXPECT_EQ(s.sink.out, "[1,2,3,-4]\n1 -4\n3\n");
 }
 
 TEST(ScriptValues, MultiDimensionalArrays) {
