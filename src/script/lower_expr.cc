@@ -226,6 +226,22 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
   return unsupported(e, "this expression");
 }
 
+// `to` + index `ix` (not a literal) times `elem`; the scaled index alone when `to` is null.
+Result<const Node*> Lowerer::add_index(const Expr& ix, std::int64_t elem, const Node* to) {
+  auto i = expr(ix);
+  if (!i) return i.error();
+  Node* scaled = make();
+  scaled->a = *i;
+  scaled->imm = elem;
+  scaled->i = i_mul_k;
+  if (!to) return scaled;
+  Node* sum = make();
+  sum->a = to;
+  sum->b = scaled;
+  sum->i = i_add;
+  return sum;
+}
+
 // *p, p->f, s.f, p[i], a[i]: an address (a node and a constant offset), then by the
 // expression's type: the address itself (an object), a string (a char array), or a load.
 Result<const Node*> Lowerer::memory(const Expr& e) {
@@ -253,17 +269,9 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
     if (ix.kind == Expr::Kind::integer) {
       offset = s64(u(ix.value) * u(elem));
     } else {
-      auto i = expr(ix);
-      if (!i) return i.error();
-      Node* scaled = make();
-      scaled->a = *i;
-      scaled->imm = elem;
-      scaled->i = i_mul_k;
-      Node* sum = make();
-      sum->a = addr;
-      sum->b = scaled;
-      sum->i = i_add;
-      addr = sum;
+      auto sum = add_index(ix, elem, addr);
+      if (!sum) return sum.error();
+      addr = *sum;
     }
   }
   // A constant offset on an address that is itself base + constant: one addition.
@@ -338,21 +346,9 @@ Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
     if (ix.kind == Expr::Kind::integer) {
       offset = s64(u(offset) + u(ix.value) * u(elem));
     } else {
-      auto i = expr(ix);
-      if (!i) return i.error();
-      Node* scaled = make();
-      scaled->a = *i;
-      scaled->imm = elem;
-      scaled->i = i_mul_k;
-      if (dynamic) {
-        Node* sum = make();
-        sum->a = dynamic;
-        sum->b = scaled;
-        sum->i = i_add;
-        dynamic = sum;
-      } else {
-        dynamic = scaled;
-      }
+      auto sum = add_index(ix, elem, dynamic);
+      if (!sum) return sum.error();
+      dynamic = *sum;
     }
   } else {
     return unsupported(e, "dereferencing a copied array or struct");

@@ -16,42 +16,14 @@
 #include "script/eval.h"
 #include "script/program.h"
 
-#include "fake_sink.h"
+#include "script_harness.h"
 
 namespace hotprobe::script {
 namespace {
 
-struct Script {
-  std::unique_ptr<Program> prog;
-  FakeSink sink;
-  explicit Script(std::string_view src) {
-    auto p = Program::compile(src, CompileOptions{});
-    EXPECT_TRUE(p.ok()) << (p ? "" : p.error().message());
-    if (p) {
-      prog = std::move(*p);
-      prog->bind(&sink);
-    }
-  }
-  void hit(std::size_t i, std::uint64_t a0 = 0, std::uint64_t a1 = 0) {
-    ProbeSpec s = prog->spec(i);
-    Regs r{};
-    r.rdi = a0;
-    r.rsi = a1;
-    Hit h;
-    h.regs = &r;
-    h.cookie = s.cookie;
-    if (s.on_entry) s.on_entry(h);
-  }
-};
-
-std::string errors(std::string_view src) {
-  auto r = parse_and_check(src, "stdin");
-  return r.ok() ? "" : r.error().message();
-}
-std::string first_line(std::string_view src) {
-  std::string e = errors(src);
-  return e.substr(0, e.find('\n'));
-}
+using harness::errors;
+using harness::first_line;
+using harness::Script;
 
 // The same layout as kDefs below, compiled by the C++ compiler: the script's layout must
 // agree with it.

@@ -5,42 +5,13 @@
 
 #include <string>
 
-#include "script/check.h"
-#include "script/eval.h"
-#include "script/program.h"
-
-#include "fake_sink.h"
+#include "script_harness.h"
 
 namespace hotprobe::script {
 namespace {
 
-struct Script {
-  std::unique_ptr<Program> prog;
-  FakeSink sink;
-  explicit Script(std::string_view src) {
-    auto p = Program::compile(src, CompileOptions{});
-    EXPECT_TRUE(p.ok()) << (p ? "" : p.error().message());
-    if (p) {
-      prog = std::move(*p);
-      prog->bind(&sink);
-    }
-  }
-  void hit(std::size_t i, std::uint64_t a0 = 0) {
-    ProbeSpec s = prog->spec(i);
-    Regs r{};
-    r.rdi = a0;
-    Hit h;
-    h.regs = &r;
-    h.cookie = s.cookie;
-    if (s.on_entry) s.on_entry(h);
-  }
-};
-
-std::string first_line(std::string_view src) {
-  auto r = parse_and_check(src, "stdin");
-  std::string e = r.ok() ? "" : r.error().message();
-  return e.substr(0, e.find('\n'));
-}
+using harness::first_line;
+using harness::Script;
 
 TEST(ScriptMapLoop, IteratesTheEntries) {
   Script s(

@@ -8,45 +8,13 @@
 #include <cstring>
 #include <string>
 
-#include "script/check.h"
-#include "script/eval.h"
-#include "script/program.h"
-
-#include "fake_sink.h"
+#include "script_harness.h"
 
 namespace hotprobe::script {
 namespace {
 
-struct Script {
-  std::unique_ptr<Program> prog;
-  FakeSink sink;
-  explicit Script(std::string_view src, OutputFormat fmt = OutputFormat::text) {
-    CompileOptions o;
-    o.format = fmt;
-    auto p = Program::compile(src, o);
-    EXPECT_TRUE(p.ok()) << (p ? "" : p.error().message());
-    if (p) {
-      prog = std::move(*p);
-      prog->bind(&sink);
-    }
-  }
-  void hit(std::size_t i, std::uint64_t a0 = 0, std::uint64_t a1 = 0) {
-    ProbeSpec s = prog->spec(i);
-    Regs r{};
-    r.rdi = a0;
-    r.rsi = a1;
-    Hit h;
-    h.regs = &r;
-    h.cookie = s.cookie;
-    if (s.on_entry) s.on_entry(h);
-  }
-};
-
-std::string first_line(std::string_view src) {
-  auto r = parse_and_check(src, "stdin");
-  std::string e = r.ok() ? "" : r.error().message();
-  return e.substr(0, e.find('\n'));
-}
+using harness::first_line;
+using harness::Script;
 
 struct A {
   std::int32_t x[4];
