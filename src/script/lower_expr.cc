@@ -226,6 +226,14 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
   return unsupported(e, "this expression");
 }
 
+// A bit field's unit (key_words bytes), first bit, width and signedness.
+static void bit_field(Node* n, const ast::TypeTable& T, const ast::Field& bits) {
+  n->key_words = T.size_of(bits.type);
+  n->bit_offset = static_cast<std::uint8_t>(bits.bit_offset);
+  n->bit_width = static_cast<std::uint8_t>(bits.bit_width);
+  n->is_signed = T.at(bits.type).is_signed;
+}
+
 // `to` + index `ix` (not a literal) times `elem`; the scaled index alone when `to` is null.
 Result<const Node*> Lowerer::add_index(const Expr& ix, std::int64_t elem, const Node* to) {
   auto i = expr(ix);
@@ -298,10 +306,7 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
     return n;
   }
   if (bits) {
-    n->key_words = T.size_of(bits->type);
-    n->bit_offset = static_cast<std::uint8_t>(bits->bit_offset);
-    n->bit_width = static_cast<std::uint8_t>(bits->bit_width);
-    n->is_signed = T.at(bits->type).is_signed;
+    bit_field(n, T, *bits);
     n->i = i_load_bits;
     return n;
   }
@@ -361,10 +366,7 @@ Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
     return n;
   }
   if (bits) {
-    n->key_words = T.size_of(bits->type);
-    n->bit_offset = static_cast<std::uint8_t>(bits->bit_offset);
-    n->bit_width = static_cast<std::uint8_t>(bits->bit_width);
-    n->is_signed = T.at(bits->type).is_signed;
+    bit_field(n, T, *bits);
   } else {
     const ast::CType& c = T.at(e.ctype);
     n->key_words = c.size;

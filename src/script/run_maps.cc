@@ -66,20 +66,21 @@ std::int64_t i_map_read(const Node* n, Frame& f) {
   f.rt->maps->plain(n->map).get(key, v);
   return s64(v[0]);
 }
-std::uint32_t s_map_read(const Node* n, Frame& f, char* out) {
+// The kStrWords words of a string or copy value (zeros when the key is absent).
+static inline void read_words(const Node* n, Frame& f, std::uint64_t* v) {
   std::uint64_t key[kMaxKeyWords + 1];
   key[0] = 0;
   build_key_fast(n, f, key);
-  std::uint64_t v[kStrWords];
   f.rt->maps->plain(n->map).get(key, v);
+}
+std::uint32_t s_map_read(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kStrWords];
+  read_words(n, f, v);
   return copy_str(out, get_string(v));
 }
 std::uint32_t s_map_read_bytes(const Node* n, Frame& f, char* out) {
-  std::uint64_t key[kMaxKeyWords + 1];
-  key[0] = 0;
-  build_key_fast(n, f, key);
   std::uint64_t v[kStrWords];
-  f.rt->maps->plain(n->map).get(key, v);
+  read_words(n, f, v);
   std::memcpy(out, v, kStrBytes);
   return n->bytes;
 }
