@@ -193,7 +193,8 @@ Value Checker::index(Expr& e) {
   if (base.type == Type::object && T.at(base.ctype).kind == ast::CType::Kind::array) {
     const Expr& ix = *e.args[1];
     const std::uint32_t n = T.at(base.ctype).count;
-    if (ix.kind == Expr::Kind::integer &&
+    // A flexible or zero-length array (`int y[0]`, `int y[]`) has no bound to check.
+    if (ix.kind == Expr::Kind::integer && n > 0 &&
         (ix.value < 0 || static_cast<std::uint64_t>(ix.value) >= n)) {
       error(ix.loc, "the index " + std::to_string(ix.value) +
                         " is out of bounds for array of size " + std::to_string(n));

@@ -150,6 +150,9 @@ TEST(ScriptValues, Errors) {
   EXPECT_EQ(first_line(std::string(kDefs) +
                        "uprobe:libc:getpid { $a = (struct A *)arg0; $x = $a->x[4]; }"),
             "stdin:4:56-57: ERROR: the index 4 is out of bounds for array of size 4");
+  EXPECT_EQ(first_line("struct D { int x; int y[0]; }\n"
+                       "uprobe:libc:getpid { $a = (struct D *)arg0; @y = $a->y[0]; }"),
+            "");
   EXPECT_EQ(first_line(std::string(kDefs) +
                        "uprobe:libc:getpid { $a = (struct A *)arg0; if ($a->x < $a->x) {} }"),
             "stdin:4:49-62: ERROR: The < operator can not be used on 'int32[4]' values (only == "
