@@ -355,6 +355,14 @@ Value Checker::incdec(Expr& e) {
                        (var->type == Type::tuple ? "a tuple" : "a string") + ")");
       return Value::bad();
     }
+    if (is_pointer(var->ctype)) {
+      // A pointer steps one element, as C's p++ (Expr::value: the pointee's size).
+      const int to = program_.types.at(var->ctype).inner;
+      if (program_.types.at(to).kind != ast::CType::Kind::void_ && program_.types.is_complete(to))
+        e.value = program_.types.size_of(to);
+      t.ctype = var->ctype;
+      return Value::typed(var->ctype);
+    }
     return Value::integer();
   }
   ast::MapInfo& m = map_of(t, false);

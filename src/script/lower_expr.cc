@@ -156,7 +156,8 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
     case K::incdec: {
       const Expr& t = *e.args[0];
       Node* n = make();
-      n->imm = e.increment ? 1 : -1;
+      const std::int64_t step = e.value > 1 ? e.value : 1;  // a pointer's element size
+      n->imm = e.increment ? step : -step;
       n->b = e.prefix ? n : nullptr;  // non-null marks prefix
       if (t.kind == K::variable) {
         auto v = expr(t);

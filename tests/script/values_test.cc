@@ -141,6 +141,22 @@ TEST(ScriptValues, GrammarOfTheCases) {
   EXPECT_EQ(s.sink.out, "{ .y = { .m = [2] }, .a = { .n = 3 } }\n2 3\n12\n32\n");
 }
 
+TEST(ScriptValues, PointerIncrementStepsAnElement) {
+  // ($c++)->b walks an array of structs, as C's p++ (bpftrace's struct_walk case).
+  struct C {
+    std::uint32_t a;
+    std::uint64_t b;
+  } cs[3] = {{1, 10}, {2, 20}, {3, 30}};
+  Script s(
+      "struct C { uint32_t a; uint64_t b; }\n"
+      "uprobe:libc:getpid { $c = (struct C *)arg0; $i = 3;\n"
+      " while ($i-- > 0) { @a += $c->a; @b += ($c++)->b; } $c--; print($c->a); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(cs));
+  EXPECT_EQ(s.sink.out, "3\n");
+  EXPECT_EQ(s.prog->print_maps(), "\n\n@a: 6\n@b: 60\n");
+}
+
 TEST(ScriptValues, Errors) {
   EXPECT_EQ(
       first_line(std::string(kDefs) +
