@@ -82,6 +82,10 @@ Value Checker::tuple_index(Expr& e) {
     e.args.clear();
     return Value{elem.type, std::nullopt, elem.str_size, false, elem.ctype};
   }
+  if (b.kind == Expr::Kind::map) {  // @t[k].N: element N of the map's value (Expr::value)
+    e.value = static_cast<std::int64_t>(k);
+    return element_value(elems_of(base)[k]);
+  }
   // A literal: the element itself (the checked tuple's other elements are dropped).
   ast::ExprPtr elem = std::move(b.args[k]);
   const Loc at = e.loc;
@@ -125,13 +129,10 @@ void Checker::assign_tuple(std::size_t var_index, const Value& v, Expr& target) 
   target.elems = var.elems;
 }
 
+// A map holding tuples read by key is a tuple, as a tuple variable is: assigned to a
+// $variable, printed, or read by element (`@t[k].0`).
 Value Checker::map_value(Expr& e) {
-  Value v = map_read(e, false);
-  if (v.error || v.type != Type::tuple) return v;
-  error(e.loc, "Reading a tuple back from map " + e.name +
-                   " is not supported: print the map (print(" + e.name +
-                   ")) or keep the tuple in a $variable");
-  return Value::bad();
+  return map_read(e, false);
 }
 
 void Checker::assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target) {

@@ -113,6 +113,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       if (!m) return m.error();
       Node* n = *m;
       const MapDesc& d = rt_.maps->desc(n->map);
+      if (d.kind == ValueKind::tuple) return map_tuple(n, d);
       if (d.kind == ValueKind::record) {
         n->s = d.per_thread ? s_tid_read_bytes : s_map_read_bytes;
         n->bytes = e.str_size;
@@ -227,6 +228,32 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
   return unsupported(e, "this expression");
 }
 
+// A map holding tuples read by key (`map`, its access node): a tuple node whose elements
+// each read their words of the value (m_tuple_*, t_tuple_* for a per-thread map).
+const Node* Lowerer::map_tuple(Node* map, const MapDesc& d) {
+  Node* t = make();
+  std::uint32_t w = 0;
+  for (std::size_t k = 0; k < d.value_is_string.size(); ++k) {
+    Node* el = make();
+    el->a = map;
+    el->imm = w;
+    const ValueLayout* l = k < d.elem_layouts.size() ? d.elem_layouts[k].get() : nullptr;
+    if (l) {
+      el->bytes = l->size;
+      el->s = d.per_thread ? s_tid_tuple_bytes : s_map_tuple_bytes;
+    } else if (d.value_is_string[k]) {
+      el->s = d.per_thread ? s_tid_tuple_str : s_map_tuple_str;
+    } else {
+      el->i = d.per_thread ? i_tid_tuple_int : i_map_tuple_int;
+    }
+    w += d.value_is_string[k] ? kStrWords : 1;
+    t->keys.push_back(el);
+    t->layouts.push_back(l);
+  }
+  t->i = i_tuple;
+  return t;
+}
+
 // A bit field's unit (key_words bytes), first bit, width and signedness.
 static void bit_field(Node* n, const ast::TypeTable& T, const ast::Field& bits) {
   n->key_words = T.size_of(bits.type);
@@ -257,6 +284,11 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
   const ast::TypeTable& T = prog_.types;
   auto base = expr(*e.args[0]);
   if (!base) return base.error();
+  if (e.kind == Expr::Kind::field && e.args[0]->type == Type::tuple) {  // @t[k].N
+    if (e.value < 0 || static_cast<std::size_t>(e.value) >= (*base)->keys.size())
+      return unsupported(e, "a tuple element the checker did not resolve");
+    return (*base)->keys[static_cast<std::size_t>(e.value)];
+  }
   if (e.args[0]->type == Type::record || (*base)->s == s_rec_slice) return part_of_copy(e, *base);
   const Node* addr = *base;
   std::int64_t offset = 0;

@@ -157,6 +157,14 @@ bool st_var_tuple(const SNode* s, Frame& f);
 bool st_map_tuple(const SNode* s, Frame& f);
 bool st_tid_tuple(const SNode* s, Frame& f);
 std::int64_t i_tuple(const Node* n, Frame& f);
+// An element of a tuple read from a map: the words at imm of the value of map access n->a
+// (plain or per-thread map); a copy of n->bytes.
+std::int64_t i_map_tuple_int(const Node* n, Frame& f);
+std::uint32_t s_map_tuple_str(const Node* n, Frame& f, char* out);
+std::uint32_t s_map_tuple_bytes(const Node* n, Frame& f, char* out);
+std::int64_t i_tid_tuple_int(const Node* n, Frame& f);
+std::uint32_t s_tid_tuple_str(const Node* n, Frame& f, char* out);
+std::uint32_t s_tid_tuple_bytes(const Node* n, Frame& f, char* out);
 std::int64_t i_print_tuple(const Node* n, Frame& f);
 bool st_map_int(const SNode* s, Frame& f);
 bool st_map_str(const SNode* s, Frame& f);

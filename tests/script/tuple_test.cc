@@ -93,10 +93,12 @@ TEST(Tuple, MapValuesPrintedAsBpftrace) {
 }
 
 TEST(Tuple, MapValueErrors) {
-  EXPECT_EQ(errors("BEGIN { @t = (2, \"yy\"); $x = @t; }"),
-            "stdin:1:30-32: ERROR: Reading a tuple back from map @t is not supported: print the "
-            "map (print(@t)) or keep the tuple in a $variable\n"
-            "BEGIN { @t = (2, \"yy\"); $x = @t; }\n"
+  // Read back whole into a $variable; anywhere else a tuple is refused as any tuple is.
+  EXPECT_EQ(errors("BEGIN { @t = (2, \"yy\"); $x = @t; }"), "");
+  EXPECT_EQ(errors("BEGIN { @t = (2, \"yy\"); $x = @t + 1; }"),
+            "stdin:1:30-32: ERROR: A tuple cannot be used here: a tuple is assigned to a "
+            "$variable, printed with print(), or read by element ($t.0)\n"
+            "BEGIN { @t = (2, \"yy\"); $x = @t + 1; }\n"
             "                             ~~");
   EXPECT_NE(errors("BEGIN { @t = (2, \"yy\"); @t = (1, 2); }")
                 .find("Tuple type mismatch: (int64,string) != (int64,int64)."),

@@ -141,6 +141,17 @@ TEST(ScriptValues, GrammarOfTheCases) {
   EXPECT_EQ(s.sink.out, "{ .y = { .m = [2] }, .a = { .n = 3 } }\n2 3\n12\n32\n");
 }
 
+TEST(ScriptValues, TuplesReadBackFromMaps) {
+  A a{{1, 2, 3, 4}};
+  Script s(std::string(kDefs) +
+           "uprobe:libc:getpid { @t[1] = (7, \"x\", ((struct A *)arg0)->x); @u[tid] = (8, \"y\");\n"
+           " $t = @t[1]; print($t); print(@t[1]); printf(\"%d %s %d %d %s\\n\", @t[1].0, @t[1].1,\n"
+           " @t[1].2[3], @u[tid].0, @u[tid].1); $m = @t[2]; print($m); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&a));
+  EXPECT_EQ(s.sink.out, "(7, x, [1,2,3,4])\n(7, x, [1,2,3,4])\n7 x 4 8 y\n(0, , [0,0,0,0])\n");
+}
+
 TEST(ScriptValues, PointerIncrementStepsAnElement) {
   // ($c++)->b walks an array of structs, as C's p++ (bpftrace's struct_walk case).
   struct C {
