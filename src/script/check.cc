@@ -62,6 +62,7 @@ std::string printf_type_name(const Value& v) {
   if (v.agg) return std::string(script::to_string(*v.agg));
   if (v.type == Type::integer) return "integer";
   if (v.type == Type::string) return "string";
+  if (v.type == Type::record) return "array or struct";
   return "none";
 }
 std::string map_type_name(const ast::MapInfo& m) {

@@ -132,7 +132,7 @@ TEST(ScriptLang, ForRange) {
   EXPECT_EQ(error("BEGIN { for ($i : 0..\"a\") { } }"),
             "stdin:1:22-25: ERROR: Loop range requires an integer for the end value (string "
             "provided)");
-  // Syntax: one operand each side of '..'; a map is not iterated.
+  // Syntax: one operand each side of '..'; a map iterated may not change in the loop.
   EXPECT_EQ(error("BEGIN { for ($i : 1+1..10) { } }"),
             "stdin:1:20-21: ERROR: syntax error, unexpected +, expecting ..");
   EXPECT_EQ(error("BEGIN { for (@i : 0..1) { } }"),
