@@ -31,17 +31,22 @@ struct Script {
       prog->bind(&sink);
     }
   }
-  // Probe i hit with arg0 = a0, arg1 = a1.
-  void hit(std::size_t i, std::uint64_t a0 = 0, std::uint64_t a1 = 0) {
+  // Calls probe `i`'s handler as the engine would: arg0 = a0, arg1 = a1, retval = ret.
+  void hit(std::size_t i, std::uint64_t a0 = 0, std::uint64_t a1 = 0, std::uint64_t ret = 0,
+           std::uint64_t addr = 0) {
     ProbeSpec s = prog->spec(i);
     Regs r{};
     r.rdi = a0;
     r.rsi = a1;
+    r.rax = ret;
     Hit h;
     h.regs = &r;
     h.cookie = s.cookie;
+    h.probe_address = addr;
     if (s.on_entry) s.on_entry(h);
+    if (s.on_return) s.on_return(h);
   }
+  std::string maps() { return prog->print_maps(); }
 };
 
 inline std::string errors(std::string_view src) {
