@@ -271,6 +271,7 @@ void Checker::assign_variable(Stmt& s) {
 // The map of `e` (Kind::map), created on first sight; its keys checked against earlier
 // accesses (`whole`: print(@m), clear(@m): no keys to check).
 ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
+  tuple_keys(e);
   auto [it, inserted] = map_ids_.try_emplace(e.name, static_cast<int>(program_.maps.size()));
   if (inserted) {
     ast::MapInfo info;

@@ -154,6 +154,7 @@ class Checker {
   const std::vector<ast::TupleElem>& elems_of(const Value& v) const { return tuple_types_[v.size]; }
   void assign_tuple(std::size_t var_index, const Value& v, Expr& target);
   void assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target);
+  void tuple_keys(Expr& map);
   // The next value() may be a tuple (an assignment to a variable, print(), `.N`).
   void allow_tuple() { tuple_ok_ = true; }
 

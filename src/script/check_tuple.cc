@@ -131,6 +131,36 @@ void Checker::assign_tuple(std::size_t var_index, const Value& v, Expr& target) 
 
 // A map holding tuples read by key is a tuple, as a tuple variable is: assigned to a
 // $variable, printed, or read by element (`@t[k].0`).
+// A tuple as a map key is its elements as the key's parts (`@m[(1, "x")]` is `@m[1, "x"]`,
+// `@m[$t]` the elements of $t), as current bpftrace keys and prints it.
+void Checker::tuple_keys(Expr& map) {
+  bool any = false;
+  for (const ast::ExprPtr& k : map.args) {
+    const ast::VarInfo* v = k->kind == Expr::Kind::variable ? find_var(k->name) : nullptr;
+    any = any || k->kind == Expr::Kind::tuple || (v && v->type == Type::tuple);
+  }
+  if (!any) return;
+  std::vector<ast::ExprPtr> keys;
+  for (ast::ExprPtr& k : map.args) {
+    const ast::VarInfo* v = k->kind == Expr::Kind::variable ? find_var(k->name) : nullptr;
+    if (k->kind == Expr::Kind::tuple) {
+      for (ast::ExprPtr& a : k->args)
+        keys.push_back(std::move(a));
+    } else if (v && v->type == Type::tuple) {
+      for (std::size_t j = 0; j < v->elems.size(); ++j) {
+        auto x = std::make_unique<Expr>();
+        x->kind = Expr::Kind::variable;
+        x->loc = k->loc;
+        x->name = action_->vars[static_cast<std::size_t>(v->slot) + 1 + j].name;
+        keys.push_back(std::move(x));
+      }
+    } else {
+      keys.push_back(std::move(k));
+    }
+  }
+  map.args = std::move(keys);
+}
+
 Value Checker::map_value(Expr& e) {
   return map_read(e, false);
 }

@@ -152,6 +152,17 @@ TEST(ScriptValues, TuplesReadBackFromMaps) {
   EXPECT_EQ(s.sink.out, "(7, x, [1,2,3,4])\n(7, x, [1,2,3,4])\n7 x 4 8 y\n(0, , [0,0,0,0])\n");
 }
 
+TEST(ScriptValues, TupleKeysWithACopy) {
+  A a{{1, 2, 3, 4}};
+  Script s(
+      std::string(kDefs) +
+      "uprobe:libc:getpid { $t = (1, \"hello\", ((struct A *)arg0)->x); @[$t] = (2, \"bye\");\n"
+      " @k[(3, \"x\")] = 4; }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&a));
+  EXPECT_EQ(s.prog->print_maps(), "\n\n@[1, hello, [1,2,3,4]]: (2, bye)\n@k[3, x]: 4\n");
+}
+
 TEST(ScriptValues, PointerIncrementStepsAnElement) {
   // ($c++)->b walks an array of structs, as C's p++ (bpftrace's struct_walk case).
   struct C {
