@@ -59,12 +59,17 @@ enum class Type : std::uint8_t {
   // its elements are integers or strings. A tuple variable's elements live in hidden
   // slots (VarInfo::slot + 1 + k), so `$t.k` reads one slot.
   tuple,
+  // An array or a struct/union read whole (`$a = $s->arr`, `@m = *$p`): a copy of its
+  // bytes, `ctype` says which type and `str_size` how many (at most kStrBytes). It is
+  // carried where strings are (a $variable's string slot, a map key part or value of
+  // kStrWords words) and printed by its layout (script/layout.h).
+  record,
 };
 
 // One element of a tuple type.
 struct TupleElem {
-  Type type = Type::integer;   // integer or string
-  std::uint32_t str_size = 0;  // strings: maximum size including the NUL
+  Type type = Type::integer;   // integer, string or record
+  std::uint32_t str_size = 0;  // strings: maximum size including the NUL; records: size
   int ctype = -1;
 };
 // A tuple's elements, at most (each costs a slot of its action and, where a tuple is
@@ -151,6 +156,7 @@ enum class Func : std::uint8_t {
   strftime,  // strftime("fmt", nsecs): string, nsecs since boot as local time
   join,      // join(argv [, "sep"]): prints a NULL-ended char* array's strings
   buf,       // buf(ptr, n): string, n bytes with the unprintable ones as \xNN text
+  len,       // len(@m): the entries of map @m (args[0] a map Expr with no keys)
 };
 
 inline constexpr bool is_aggregation(Func f) {
@@ -275,7 +281,9 @@ struct Stmt {
     unroll,   // unroll (`count`) { `body` }
     return_,  // return; (ends the action)
     // Loops (check_misc.cc, lower_loops.cc): while (`cond`) { `body` }; for (`target` :
-    // `value`..`cond`) { `body` }; break; continue. `count`: the hidden slots (checker).
+    // `value`..`cond`) { `body` }; for (`target` : `value`) { `body` } over map `value`
+    // (a map Expr with no keys; `cond` null): `target` is a (key, value) tuple;
+    // break; continue. `count`: the hidden slots (checker).
     while_,
     for_,
     break_,
@@ -342,9 +350,11 @@ struct MapInfo {
   std::vector<Type> key_types;           // arity = key_types.size(); 0: a scalar map
   bool keyed = false;                    // key_types are known (the map was accessed)
   std::vector<std::uint32_t> key_sizes;  // string keys: max size; 0 for integers
+  std::vector<int> key_ctypes;           // Type::record keys: the C type; -1 for the others
   std::uint32_t str_size = 0;            // ValueKind::string values: max size
   int ctype = -1;                        // ValueKind::integer values that are pointers keep
-                                         // their type (@p[tid] = (struct s *)arg0)
+                                         // their type (@p[tid] = (struct s *)arg0);
+                                         // ValueKind::record: the array or struct type
   std::int64_t lhist_min = 0, lhist_max = 0, lhist_step = 0;  // ValueKind::lhist
   std::vector<TupleElem> elems;                               // ValueKind::tuple
   Loc first;                                                  // first use
@@ -380,13 +390,13 @@ inline std::vector<Probe> flatten_probes(const Program& program) {
 inline constexpr std::array<std::string_view, 20> kBuiltinNames = {
     "arg0",  "arg1",    "arg2", "arg3",  "arg4", "arg5", "retval", "tid",   "pid",  "comm",
     "nsecs", "elapsed", "func", "probe", "cpu",  "uid",  "gid",    "ncpus", "rand", "username"};
-inline constexpr std::array<std::string_view, 30> kFuncNames = {
+inline constexpr std::array<std::string_view, 31> kFuncNames = {
     "count",   "sum",         "avg",  "min",      "max",    "stats", "hist", "lhist",
     "delete",  "clear",       "zero", "print",    "printf", "time",  "exit", "str",
     "strncmp", "strcontains", "uptr", "signal",   "system", "cat",   "ntop", "macaddr",
-    "ustack",  "usym",        "reg",  "strftime", "join",   "buf"};
+    "ustack",  "usym",        "reg",  "strftime", "join",   "buf",   "len"};
 static_assert(kBuiltinNames.size() == static_cast<std::size_t>(Builtin::username) + 1);
-static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::buf) + 1);
+static_assert(kFuncNames.size() == static_cast<std::size_t>(Func::len) + 1);
 
 inline std::string_view to_string(Builtin b) {
   return kBuiltinNames[static_cast<std::size_t>(b)];

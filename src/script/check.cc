@@ -46,13 +46,14 @@ std::string type_name(const Value& v) {
   if (v.type == Type::string) return "string";
   if (v.type == Type::object) return "object";
   if (v.type == Type::tuple) return "tuple";
+  if (v.type == Type::record) return "record";
   return "none";
 }
 std::string tuple_name(const std::vector<ast::TupleElem>& elems) {
   std::string out = "(";
   for (const ast::TupleElem& t : elems) {
     if (out.size() > 1) out += ",";
-    out += t.type == Type::string ? "string" : "int64";
+    out += t.type == Type::string ? "string" : t.type == Type::record ? "record" : "int64";
   }
   return out + ")";
 }
@@ -61,6 +62,7 @@ std::string printf_type_name(const Value& v) {
   if (v.agg) return std::string(script::to_string(*v.agg));
   if (v.type == Type::integer) return "integer";
   if (v.type == Type::string) return "string";
+  if (v.type == Type::record) return "array or struct";
   return "none";
 }
 std::string map_type_name(const ast::MapInfo& m) {
@@ -70,8 +72,8 @@ std::string key_list(const std::vector<Type>& keys) {
   std::string s = "[";
   for (std::size_t i = 0; i < keys.size(); ++i) {
     if (i) s += ", ";
-    static constexpr std::string_view kWords[] = {"none",   "int64",        "string", "none",
-                                                  "ustack", "ustack(perf)", "usym"};
+    static constexpr std::string_view kWords[] = {
+        "none", "int64", "string", "none", "ustack", "ustack(perf)", "usym", "tuple", "record"};
     s += kWords[static_cast<int>(keys[i])];
   }
   return s + "]";
@@ -190,7 +192,7 @@ void Checker::undefined_variable(Expr& e) {
 
 void Checker::annotate(Expr& e, const Value& v) {
   e.type = v.agg ? Type::none : v.type;
-  e.str_size = v.type == Type::string ? v.size : 0;
+  e.str_size = v.type == Type::string || v.type == Type::record ? v.size : 0;
   e.ctype = v.ctype;
   if (v.type == Type::tuple) e.elems = elems_of(v);
 }
@@ -251,7 +253,8 @@ void Checker::assign_variable(Stmt& s) {
     error(s.value->loc, "Type mismatch for " + target.name + ": trying to assign value of type '" +
                             type_name(v) + "' when variable already contains a value of type '" +
                             type_name(Value{var->type, std::nullopt, 0, false}) + "'");
-  } else if (var->ctype != v.ctype && is_pointer(var->ctype) && is_pointer(v.ctype)) {
+  } else if (var->ctype != v.ctype &&
+             ((is_pointer(var->ctype) && is_pointer(v.ctype)) || var->type == Type::record)) {
     error(s.value->loc, "Type mismatch for " + target.name + ": trying to assign value of type '" +
                             cname(v.ctype) + "' when variable already contains a value of type '" +
                             cname(var->ctype) + "'");
@@ -268,6 +271,7 @@ void Checker::assign_variable(Stmt& s) {
 // The map of `e` (Kind::map), created on first sight; its keys checked against earlier
 // accesses (`whole`: print(@m), clear(@m): no keys to check).
 ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
+  tuple_keys(e);
   auto [it, inserted] = map_ids_.try_emplace(e.name, static_cast<int>(program_.maps.size()));
   if (inserted) {
     ast::MapInfo info;
@@ -280,6 +284,7 @@ ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
   ast::MapInfo& m = program_.maps[static_cast<std::size_t>(e.map_id)];
   std::vector<Type> keys;
   std::vector<std::uint32_t> sizes;
+  std::vector<int> ctypes;
   bool key_error = false;
   for (auto& k : e.args) {
     Value v = key_value(*k);
@@ -292,12 +297,14 @@ ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
     }
     keys.push_back(v.type);
     sizes.push_back(v.size);
+    ctypes.push_back(v.type == Type::record ? v.ctype : -1);
   }
   if (whole || key_error) return m;
   if (!m.keyed) {
     m.keyed = true;
     m.key_types = keys;
     m.key_sizes = sizes;
+    m.key_ctypes = ctypes;
   } else if (keys.size() != m.key_types.size()) {
     error(e.loc, "Argument mismatch for " + e.name + ": trying to access with " +
                      std::to_string(keys.size()) +
@@ -308,6 +315,12 @@ ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
                      key_list(keys) + " when map expects arguments: " + key_list(m.key_types));
   } else {
     for (std::size_t i = 0; i < sizes.size(); ++i) {
+      if (ctypes[i] != m.key_ctypes[i]) {
+        error(e.args[i]->loc, "Argument mismatch for " + e.name + ": key " + std::to_string(i) +
+                                  " is a '" + cname(ctypes[i]) +
+                                  "' where the map was accessed with a '" + cname(m.key_ctypes[i]) +
+                                  "'");
+      }
       m.key_sizes[i] = std::max(m.key_sizes[i], sizes[i]);
     }
   }
@@ -317,6 +330,7 @@ ast::MapInfo& Checker::map_of(Expr& e, bool whole) {
 void Checker::assign_map(Stmt& s) {
   Expr& target = *s.target;
   ast::MapInfo& m0 = map_of(target, false);
+  not_iterated(target);
   int id = target.map_id;
   auto map = [&]() -> ast::MapInfo& { return program_.maps[static_cast<std::size_t>(id)]; };
   Expr& rhs = *s.value;
@@ -371,18 +385,21 @@ void Checker::assign_map(Stmt& s) {
     annotate_map(target);
     return;
   }
-  ValueKind k = v.type == Type::string ? ValueKind::string : ValueKind::integer;
+  ValueKind k = v.type == Type::string   ? ValueKind::string
+                : v.type == Type::record ? ValueKind::record
+                                         : ValueKind::integer;
   if (!map().kind) {
     map().kind = k;
-    if (is_pointer(v.ctype)) map().ctype = v.ctype;
+    if (is_pointer(v.ctype) || k == ValueKind::record) map().ctype = v.ctype;
   }
   if (map().kind != k) {
     map_kind_mismatch(target, map(), type_name(v));
-  } else if (map().ctype != v.ctype && is_pointer(map().ctype) && is_pointer(v.ctype)) {
+  } else if (map().ctype != v.ctype &&
+             ((is_pointer(map().ctype) && is_pointer(v.ctype)) || k == ValueKind::record)) {
     error(s.value->loc, "Type mismatch for " + map().name + ": trying to assign value of type '" +
                             cname(v.ctype) + "' when map already contains a value of type '" +
                             cname(map().ctype) + "'");
-  } else if (k == ValueKind::string) {
+  } else if (k == ValueKind::string || k == ValueKind::record) {
     map().str_size = std::max(map().str_size, v.size);
   }
   annotate_map(target);
@@ -392,8 +409,10 @@ void Checker::annotate_map(Expr& e) {
   const ast::MapInfo& m = program_.maps[static_cast<std::size_t>(e.map_id)];
   e.type = m.kind == ValueKind::integer  ? Type::integer
            : m.kind == ValueKind::string ? Type::string
+           : m.kind == ValueKind::record ? Type::record
                                          : Type::none;
-  e.str_size = m.kind == ValueKind::string ? m.str_size : 0;
+  e.str_size = m.kind == ValueKind::string || m.kind == ValueKind::record ? m.str_size : 0;
+  if (m.kind == ValueKind::record) e.ctype = m.ctype;
 }
 
 void Checker::set_lhist(ast::MapInfo& m, const Expr& call) {

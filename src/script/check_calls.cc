@@ -237,6 +237,7 @@ bool Checker::map_argument(Expr& call, bool with_keys) {
   }
   Value v = map_read(m, !with_keys);
   annotate(m, v);
+  if (call.func != Func::print) not_iterated(m);
   if (with_keys && !v.error) {
     const ast::MapInfo& info = program_.maps[static_cast<std::size_t>(m.map_id)];
     if (info.key_types.size() != m.args.size()) {

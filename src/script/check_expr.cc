@@ -5,6 +5,7 @@
 
 #include "script/check_args.h"
 #include "script/check_pass.h"
+#include "script/maps.h"
 #include "script/parser.h"
 #include "script/run_usdt.h"
 
@@ -26,7 +27,8 @@ Value Checker::value(Expr& e) {
 }
 
 // An object used as a value: a char array (any array of 1-byte integers) reads as a
-// string, as bpftrace reads it; a struct or another array cannot be a value.
+// string, as bpftrace reads it; a struct, a union or another array is copied whole (a
+// Type::record of at most kStrBytes bytes).
 Value Checker::object_value(Expr& e, const Value& v) {
   const ast::TypeTable& T = program_.types;
   const ast::CType& c = T.at(v.ctype);
@@ -38,9 +40,19 @@ Value Checker::object_value(Expr& e, const Value& v) {
     e.ctype = v.ctype;  // the lowering reads c.count bytes
     return s;
   }
-  error(e.loc, "'" + T.name(v.ctype) + "' cannot be used as a value: read one of its " +
-                   (c.kind == ast::CType::Kind::array ? "elements ([i])" : "fields (.name)"));
-  return Value::bad();
+  const std::uint32_t size = T.size_of(v.ctype);
+  if (size == 0 || size > kStrBytes) {
+    error(e.loc,
+          "'" + T.name(v.ctype) + "' (" + std::to_string(size) +
+              " bytes) cannot be used as a value: an array or struct copied whole has 1 to " +
+              std::to_string(kStrBytes) + " bytes; read one of its " +
+              (c.kind == ast::CType::Kind::array ? "elements ([i])" : "fields (.name)"));
+    return Value::bad();
+  }
+  e.type = Type::record;
+  e.str_size = size;
+  e.ctype = v.ctype;
+  return Value{Type::record, std::nullopt, size, false, v.ctype};
 }
 
 // What reading memory of type `t` yields: an integer (typed), or an object.
@@ -116,6 +128,7 @@ Value Checker::field(Expr& e) {
   }
   Value base = expr(*e.args[0], Context::value);
   if (base.error) return base;
+  if (base.type == Type::record) base.type = Type::object;  // a copy: read in place
   const ast::TypeTable& T = program_.types;
   int rec_type = -1;
   // `.` on a pointer to a struct or union reads through it, as `->` does (current
@@ -171,13 +184,24 @@ Value Checker::index(Expr& e) {
   Value base = expr(*e.args[0], Context::value);
   Value i = value(*e.args[1]);
   if (base.error || i.error) return Value::bad();
+  if (base.type == Type::record) base.type = Type::object;  // a copy: read in place
   if (!i.is_int()) {
     error(e.args[1]->loc, "The array index must be an integer (" + type_name(i) + " provided)");
     return Value::bad();
   }
   const ast::TypeTable& T = program_.types;
-  if (base.type == Type::object && T.at(base.ctype).kind == ast::CType::Kind::array)
+  if (base.type == Type::object && T.at(base.ctype).kind == ast::CType::Kind::array) {
+    const Expr& ix = *e.args[1];
+    const std::uint32_t n = T.at(base.ctype).count;
+    // A flexible or zero-length array (`int y[0]`, `int y[]`) has no bound to check.
+    if (ix.kind == Expr::Kind::integer && n > 0 &&
+        (ix.value < 0 || static_cast<std::uint64_t>(ix.value) >= n)) {
+      error(ix.loc, "the index " + std::to_string(ix.value) +
+                        " is out of bounds for array of size " + std::to_string(n));
+      return Value::bad();
+    }
     return memory_value(e, T.at(base.ctype).inner);
+  }
   if (base.type == Type::object || !base.is_int()) {
     error(e.loc, "The [] operator can not be used on type '" +
                      (base.type == Type::object ? cname(base.ctype) : type_name(base)) +
@@ -187,6 +211,26 @@ Value Checker::index(Expr& e) {
   const int t = pointee(e, base, "index");
   if (t < 0) return Value::bad();
   return memory_value(e, t);
+}
+
+// A tuple's size as bpftrace lays it out: its elements in order, each aligned as C
+// aligns it (an integer literal is an int64, a string its bytes), the whole padded to
+// the largest alignment.
+std::int64_t Checker::tuple_size(const std::vector<ast::TupleElem>& elems) const {
+  const ast::TypeTable& T = program_.types;
+  std::uint64_t size = 0, align = 1;
+  for (const ast::TupleElem& t : elems) {
+    std::uint64_t n = 8, a = 8;
+    if (t.type == Type::string) {
+      n = t.str_size, a = 1;
+    } else if (t.ctype >= 0 && (t.type == Type::record || !is_pointer(t.ctype))) {
+      n = T.size_of(t.ctype), a = T.align_of(t.ctype);
+    }
+    a = std::max<std::uint64_t>(a, 1);
+    size = (size + a - 1) / a * a + n;
+    align = std::max(align, a);
+  }
+  return static_cast<std::int64_t>((size + align - 1) / align * align);
 }
 
 // sizeof and offsetof fold to an integer literal.
@@ -200,6 +244,8 @@ Value Checker::size_or_offset(Expr& e) {
       if (v.error) return v;
       if (v.type == Type::string) {
         result = v.size;
+      } else if (v.type == Type::tuple) {
+        result = tuple_size(elems_of(v));
       } else if (v.ctype >= 0) {
         t = v.ctype;
       } else {
@@ -309,9 +355,18 @@ Value Checker::incdec(Expr& e) {
                        (var->type == Type::tuple ? "a tuple" : "a string") + ")");
       return Value::bad();
     }
+    if (is_pointer(var->ctype)) {
+      // A pointer steps one element, as C's p++ (Expr::value: the pointee's size).
+      const int to = program_.types.at(var->ctype).inner;
+      if (program_.types.at(to).kind != ast::CType::Kind::void_ && program_.types.is_complete(to))
+        e.value = program_.types.size_of(to);
+      t.ctype = var->ctype;
+      return Value::typed(var->ctype);
+    }
     return Value::integer();
   }
   ast::MapInfo& m = map_of(t, false);
+  not_iterated(t);
   if (!m.kind) m.kind = ValueKind::integer;
   annotate_map(t);
   if (m.kind != ValueKind::integer) {
@@ -355,14 +410,16 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
       if (e.name == "print" && e.args.size() == 1 &&
           (e.args[0]->kind == Expr::Kind::deref || e.args[0]->kind == Expr::Kind::field ||
            e.args[0]->kind == Expr::Kind::index)) {
-        // print(VALUE) of a struct or union (print(*p)) prints as bpftrace prints it,
-        // through the printf of its fields (check_args.h). Out of line: the recursion
-        // through here keeps a narrow frame.
+        // print(VALUE) of a struct or union (print(*p)) prints as bpftrace prints it: a
+        // copy of at most kStrBytes bytes as any struct value, a larger one through the
+        // printf of its fields (check_args.h). Out of line: the recursion through here
+        // keeps a narrow frame.
         auto print_value = [ this, &e, ctx ]() __attribute__((noinline, cold)) {
           Value v = expr(*e.args[0], Context::value);
           if (v.error) return v;
           if (v.type == Type::object &&
               program_.types.at(v.ctype).kind == ast::CType::Kind::record &&
+              program_.types.size_of(v.ctype) > kStrBytes &&
               !rewrite_print_record(program_, diags_, e, v.ctype))
             return Value::bad();
           return call(e, ctx);
@@ -412,6 +469,8 @@ Value Checker::map_read(Expr& e, bool whole) {
   if (is_agg_kind(m.kind)) return Value{Type::none, m.kind, 0, false};
   if (m.kind == ValueKind::string) return Value::string(std::max(m.str_size, 1u));
   if (m.kind == ValueKind::tuple) return tuple_of(m.elems);
+  if (m.kind == ValueKind::record)
+    return Value{Type::record, std::nullopt, m.str_size, false, m.ctype};
   return Value::typed(m.ctype);
 }
 
@@ -468,6 +527,19 @@ Value Checker::binary_operands(Expr& e, const Value& a, const Value& b) {
   if (a.agg || b.agg || a.type != b.type) {
     error(e.loc, "Type mismatch for '" + op + "': comparing '" + type_name(a) + "' with '" +
                      type_name(b) + "'");
+    return Value::bad();
+  }
+  if (a.type == Type::record && (e.binary == ast::BinaryOp::eq || e.binary == ast::BinaryOp::ne)) {
+    if (a.ctype != b.ctype) {
+      error(e.loc, "Type mismatch for '" + op + "': comparing '" + cname(a.ctype) + "' with '" +
+                       cname(b.ctype) + "' (arrays and structs compare with their own type)");
+      return Value::bad();
+    }
+    return Value::integer();
+  }
+  if (a.type == Type::record) {
+    error(e.loc, "The " + op + " operator can not be used on '" + cname(a.ctype) +
+                     "' values (only == and != compare arrays and structs)");
     return Value::bad();
   }
   if (a.type == Type::string && e.binary != ast::BinaryOp::eq && e.binary != ast::BinaryOp::ne) {

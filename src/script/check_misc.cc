@@ -188,6 +188,10 @@ void Checker::loop_statement(Stmt& s) {
       return;
     }
     case Stmt::Kind::for_: {
+      if (!s.cond) {
+        map_loop(s, budget | control << 8);
+        return;
+      }
       for (Expr* bound : {s.value.get(), s.cond.get()}) {
         Value v = value(*bound);
         if (!v.error && !v.is_int()) {
@@ -224,6 +228,78 @@ void Checker::loop_statement(Stmt& s) {
   }
 }
 
+// for ($kv : @m): $kv is a tuple (key, value) in hidden slots, filled for each entry of
+// the map as it is when the loop starts. A map of one key part holding an integer
+// (count, sum, min, max, avg, a plain int), a string or a copied array or struct; the
+// loop body may not change the map (bpftrace refuses it too).
+void Checker::map_loop(Stmt& s, std::int64_t slots) {
+  Expr& var = *s.target;
+  Expr& m = *s.value;
+  if (m.kind != Expr::Kind::map || !m.args.empty()) {
+    error(m.loc, "for (" + var.name + " : ...) iterates a whole map (@m) or a range (START..END)");
+    return;
+  }
+  Value v = map_read(m, true);
+  if (v.error) return;
+  const ast::MapInfo& info = program_.maps[static_cast<std::size_t>(m.map_id)];
+  if (info.key_types.size() != 1) {
+    error(m.loc, "for (" + var.name + " : " + m.name + "): hotprobe iterates maps of one key (" +
+                     m.name + " has " + std::to_string(info.key_types.size()) +
+                     "): key the map by one value, or by a record of the values");
+    return;
+  }
+  const Type key = info.key_types[0];
+  const bool value_ok = info.kind == ValueKind::count || info.kind == ValueKind::sum ||
+                        info.kind == ValueKind::min || info.kind == ValueKind::max ||
+                        info.kind == ValueKind::avg || info.kind == ValueKind::integer ||
+                        info.kind == ValueKind::string || info.kind == ValueKind::record;
+  if ((key != Type::integer && key != Type::string && key != Type::record) || !value_ok) {
+    error(m.loc, "for (" + var.name + " : " + m.name + "): " + m.name + " holds " +
+                     key_list(info.key_types) + " -> " + map_type_name(info) +
+                     "; hotprobe iterates maps whose key is an integer, a string, an array or "
+                     "a struct and whose value is one of these or a count, sum, min, max or avg");
+    return;
+  }
+  if (find_var(var.name)) {
+    error(var.loc, "Loop declaration shadows existing variable: " + var.name +
+                       " (name the loop variable another $name)");
+    return;
+  }
+  const int ki = info.key_types[0] == Type::record ? info.key_ctypes[0] : -1;
+  ast::TupleElem k{key, key == Type::string ? std::max(info.key_sizes[0], 1u) : info.key_sizes[0],
+                   ki};
+  ast::TupleElem val{Type::integer, 0, -1};
+  if (info.kind == ValueKind::string)
+    val = ast::TupleElem{Type::string, std::max(info.str_size, 1u), -1};
+  if (info.kind == ValueKind::record) val = ast::TupleElem{Type::record, info.str_size, info.ctype};
+  ast::VarInfo tv;
+  tv.name = var.name;
+  tv.slot = action_->num_slots++;
+  tv.type = Type::tuple;
+  tv.first = var.loc;
+  action_->vars.push_back(std::move(tv));
+  const std::size_t index = action_->vars.size() - 1;
+  assign_tuple(index, tuple_of({k, val}), var);
+  s.count = slots;
+  iterated_.push_back(m.map_id);
+  ++loop_depth_;
+  statements(s.body);
+  --loop_depth_;
+  iterated_.pop_back();
+  action_->vars[index].name = "$$for " + var.name;
+}
+
+void Checker::not_iterated(const Expr& target) {
+  for (int id : iterated_) {
+    if (id == target.map_id) {
+      error(target.loc, target.name +
+                            " is changed inside a for loop over it: the loop reads "
+                            "the map as it was when it started; change it after the loop");
+      return;
+    }
+  }
+}
+
 bool Checker::unsafe_allowed(const Expr& e) {
   if (program_.unsafe) return true;
   error(e.loc, e.name +
@@ -245,7 +321,20 @@ bool Checker::only_uprobes(const Expr& e) {
   return true;
 }
 
+// A field or element of an array or struct copied whole ($v.f of a record $v): its bytes
+// are in the copy, not at an address of the program.
+static bool in_record_copy(const Expr& e) {
+  const Expr* b = &e;
+  while (b->kind == Expr::Kind::field || b->kind == Expr::Kind::index) {
+    if (b->kind == Expr::Kind::field && b->arrow) return false;
+    b = b->args[0].get();
+    if (b->type == Type::record) return true;
+  }
+  return false;
+}
+
 Value Checker::misc_call(Expr& e, Context ctx) {
+  if (e.func == Func::len) return map_argument(e, false) ? Value::integer() : Value::bad();
   // A format and its arguments, as printf's (which checks them); the hotprobe command runs
   // the result.
   if (e.func == Func::system || e.func == Func::cat)
@@ -357,10 +446,16 @@ Value Checker::misc_call(Expr& e, Context ctx) {
         error(e.loc, "macaddr() does not support literal string arguments");
         return Value::bad();
       }
-      if (!args[0].is_int()) {
+      if (Expr& a = *e.args[0]; !args[0].is_int() && a.ctype >= 0 &&
+                                program_.types.size_of(a.ctype) == 6 &&
+                                (a.kind == Expr::Kind::field || a.kind == Expr::Kind::index ||
+                                 a.kind == Expr::Kind::deref) &&
+                                !in_record_copy(a)) {
+        a.type = Type::object;  // a 6-byte array or struct in memory: read at its address
+      } else if (!args[0].is_int()) {
         error(e.loc,
               "macaddr() argument must be 6 bytes in size (hotprobe takes a pointer "
-              "to the 6 bytes)");
+              "to the 6 bytes, or a 6-byte array or struct member such as $s->mac)");
         return Value::bad();
       }
       return Value::string(18);

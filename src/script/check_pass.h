@@ -154,11 +154,13 @@ class Checker {
   const std::vector<ast::TupleElem>& elems_of(const Value& v) const { return tuple_types_[v.size]; }
   void assign_tuple(std::size_t var_index, const Value& v, Expr& target);
   void assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target);
+  void tuple_keys(Expr& map);
   // The next value() may be a tuple (an assignment to a variable, print(), `.N`).
   void allow_tuple() { tuple_ok_ = true; }
 
   [[gnu::noinline]] Value index(Expr& e);
 
+  std::int64_t tuple_size(const std::vector<ast::TupleElem>& elems) const;
   // sizeof and offsetof fold to an integer literal.
   [[gnu::noinline]] Value size_or_offset(Expr& e);
 
@@ -211,6 +213,11 @@ class Checker {
 
   // Loops and the small builtins (check_misc.cc).
   void loop_statement(Stmt& s);
+  void map_loop(Stmt& s, std::int64_t slots);
+  // An assignment, ++/--, delete, clear or zero of map `target` (map_id set): refused in
+  // a for loop over that map.
+  void not_iterated(const Expr& target);
+  std::vector<int> iterated_;  // the maps of the for loops around the statement
   // if's and while's condition: an integer.
   void condition(Expr& cond, std::string_view statement);
   Value misc_call(Expr& e, Context ctx);

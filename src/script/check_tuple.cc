@@ -39,8 +39,9 @@ Value Checker::tuple(Expr& e) {
       bad = true;
       continue;
     }
-    if (!v.is_int() && !v.is_str()) {
-      error(a->loc, "A tuple element is an integer or a string, not '" + type_name(v) + "'");
+    if (!v.is_int() && !v.is_str() && v.type != Type::record) {
+      error(a->loc, "A tuple element is an integer, a string, an array or a struct, not '" +
+                        type_name(v) + "'");
       bad = true;
       continue;
     }
@@ -80,6 +81,10 @@ Value Checker::tuple_index(Expr& e) {
     e.slot = elem.slot;
     e.args.clear();
     return Value{elem.type, std::nullopt, elem.str_size, false, elem.ctype};
+  }
+  if (b.kind == Expr::Kind::map) {  // @t[k].N: element N of the map's value (Expr::value)
+    e.value = static_cast<std::int64_t>(k);
+    return element_value(elems_of(base)[k]);
   }
   // A literal: the element itself (the checked tuple's other elements are dropped).
   ast::ExprPtr elem = std::move(b.args[k]);
@@ -124,13 +129,40 @@ void Checker::assign_tuple(std::size_t var_index, const Value& v, Expr& target) 
   target.elems = var.elems;
 }
 
+// A map holding tuples read by key is a tuple, as a tuple variable is: assigned to a
+// $variable, printed, or read by element (`@t[k].0`).
+// A tuple as a map key is its elements as the key's parts (`@m[(1, "x")]` is `@m[1, "x"]`,
+// `@m[$t]` the elements of $t), as current bpftrace keys and prints it.
+void Checker::tuple_keys(Expr& map) {
+  bool any = false;
+  for (const ast::ExprPtr& k : map.args) {
+    const ast::VarInfo* v = k->kind == Expr::Kind::variable ? find_var(k->name) : nullptr;
+    any = any || k->kind == Expr::Kind::tuple || (v && v->type == Type::tuple);
+  }
+  if (!any) return;
+  std::vector<ast::ExprPtr> keys;
+  for (ast::ExprPtr& k : map.args) {
+    const ast::VarInfo* v = k->kind == Expr::Kind::variable ? find_var(k->name) : nullptr;
+    if (k->kind == Expr::Kind::tuple) {
+      for (ast::ExprPtr& a : k->args)
+        keys.push_back(std::move(a));
+    } else if (v && v->type == Type::tuple) {
+      for (std::size_t j = 0; j < v->elems.size(); ++j) {
+        auto x = std::make_unique<Expr>();
+        x->kind = Expr::Kind::variable;
+        x->loc = k->loc;
+        x->name = action_->vars[static_cast<std::size_t>(v->slot) + 1 + j].name;
+        keys.push_back(std::move(x));
+      }
+    } else {
+      keys.push_back(std::move(k));
+    }
+  }
+  map.args = std::move(keys);
+}
+
 Value Checker::map_value(Expr& e) {
-  Value v = map_read(e, false);
-  if (v.error || v.type != Type::tuple) return v;
-  error(e.loc, "Reading a tuple back from map " + e.name +
-                   " is not supported: print the map (print(" + e.name +
-                   ")) or keep the tuple in a $variable");
-  return Value::bad();
+  return map_read(e, false);
 }
 
 void Checker::assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target) {

@@ -19,6 +19,7 @@
 #include "hotprobe/probe.h"
 #include "hotprobe/result.h"
 #include "script/ast.h"
+#include "script/layout.h"
 #include "script/maps.h"
 #include "script/output.h"
 #include "script/program.h"
@@ -68,6 +69,11 @@ struct Node {
   std::uint8_t bit_offset = 0;
   std::uint8_t bit_width = 0;
   bool is_signed = false;
+  // Arrays and structs as values (script/layout.h): the size of the copy this node makes,
+  // and the layouts of its values where it prints or stores them (print(): layouts[0];
+  // a tuple, printf: one per element, null for the others).
+  std::uint32_t bytes = 0;
+  std::vector<const ValueLayout*> layouts;
 };
 
 struct SNode;
@@ -118,6 +124,8 @@ struct Runtime {
   std::vector<std::unique_ptr<ActionCode>> actions;
   std::vector<std::unique_ptr<ProbeCtx>> probes;
   std::vector<Probe> probe_list;
+  // What Node::layouts and MapDesc's layouts point to, by C type.
+  std::unordered_map<int, std::shared_ptr<const ValueLayout>> layouts;
 
   ProbeSpec spec(std::size_t index);
   void run_probe(std::size_t index, Hit* hit);

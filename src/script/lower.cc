@@ -66,12 +66,21 @@ KeyPart key_part_of(ast::Type t) {
       return KeyPart::ustack_perf;
     case Type::usym:
       return KeyPart::usym;
+    case Type::record:
+      return KeyPart::record;
     default:
       return KeyPart::integer;
   }
 }
 
 }  // namespace
+
+std::shared_ptr<const ValueLayout> Lowerer::runtime_layout(Runtime& rt, const ast::TypeTable& types,
+                                                           int ctype) {
+  auto [it, inserted] = rt.layouts.try_emplace(ctype);
+  if (inserted) it->second = make_layout(types, ctype);
+  return it->second;
+}
 
 // A ustack or usym key part of map `d` (the checker typed the part); `last`: the key's
 // last part.
@@ -195,9 +204,9 @@ Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
   } else if (d.kind == ValueKind::tuple) {
     out.fn = d.per_thread ? st_tid_tuple : st_map_tuple;
   } else if (d.per_thread) {
-    out.fn = d.kind == ValueKind::string ? st_tid_str : st_tid_int;
+    out.fn = d.kind == ValueKind::string || d.kind == ValueKind::record ? st_tid_str : st_tid_int;
   } else {
-    out.fn = d.kind == ValueKind::string ? st_map_str : st_map_int;
+    out.fn = d.kind == ValueKind::string || d.kind == ValueKind::record ? st_map_str : st_map_int;
   }
   return {};
 }
@@ -265,12 +274,20 @@ Result<std::unique_ptr<Runtime>> lower(const ast::Program& program, OutputFormat
     MapDesc d;
     d.name = m.name;
     d.kind = m.kind.value_or(ValueKind::integer);
-    for (const ast::TupleElem& t : m.elems)
-      d.value_is_string.push_back(t.type == Type::string);
+    if (d.kind == ValueKind::record)
+      d.value_layout = Lowerer::runtime_layout(*rt, program.types, m.ctype);
+    for (const ast::TupleElem& t : m.elems) {
+      d.value_is_string.push_back(t.type == Type::string || t.type == Type::record);
+      d.elem_layouts.push_back(
+          t.type == Type::record ? Lowerer::runtime_layout(*rt, program.types, t.ctype) : nullptr);
+    }
     for (std::size_t k = 0; k < m.key_types.size(); ++k) {
       const ast::Type t = m.key_types[k];
-      d.key_is_string.push_back(t == Type::string);
+      d.key_is_string.push_back(t == Type::string || t == Type::record);
       d.key_parts.push_back(key_part_of(t));
+      d.key_layouts.push_back(t == Type::record && k < m.key_ctypes.size()
+                                  ? Lowerer::runtime_layout(*rt, program.types, m.key_ctypes[k])
+                                  : nullptr);
       if (t == Type::ustack || t == Type::ustack_perf)
         d.stack_frames = std::max(d.stack_frames, std::min(m.key_sizes[k], kMaxStackFrames));
     }

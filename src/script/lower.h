@@ -40,6 +40,19 @@ class Lowerer {
   Result<const Node*> binary(const Expr& e);
   Result<const Node*> binary_node(const Expr& e, const Node* a, const Node* b);
   Result<const Node*> memory(const Expr& e);
+  Result<const Node*> add_index(const Expr& ix, std::int64_t elem, const Node* to);
+  const Node* map_tuple(Node* map, const MapDesc& d);
+  // A field or element of an array or struct copied whole (lower_expr.cc): `base` is the
+  // copy's node, or a part of one (s_rec_slice).
+  Result<const Node*> part_of_copy(const Expr& e, const Node* base);
+
+ public:
+  // The layout of an array or struct type, made once per type (rt_.layouts owns it).
+  const ValueLayout* layout(int ctype) { return runtime_layout(rt_, prog_.types, ctype).get(); }
+  static std::shared_ptr<const ValueLayout> runtime_layout(Runtime& rt, const ast::TypeTable& types,
+                                                           int ctype);
+
+ private:
   static bool unsigned_compare(const Expr& op) {
     return op.value == 1 && (op.binary == BinaryOp::lt || op.binary == BinaryOp::le ||
                              op.binary == BinaryOp::gt || op.binary == BinaryOp::ge);

@@ -75,14 +75,22 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
         for (std::size_t k = 0; k < e.elems.size(); ++k) {
           Node* el = make();
           el->imm = e.slot + 1 + static_cast<std::int64_t>(k);
-          if (e.elems[k].type == Type::string) {
+          if (e.elems[k].type == Type::record) {
+            el->s = s_var_bytes;
+            el->bytes = e.elems[k].str_size;
+          } else if (e.elems[k].type == Type::string) {
             el->s = s_var;
           } else {
             el->i = i_var;
           }
           n->keys.push_back(el);
+          n->layouts.push_back(e.elems[k].type == Type::record ? layout(e.elems[k].ctype)
+                                                               : nullptr);
         }
         n->i = i_tuple;
+      } else if (e.type == Type::record) {
+        n->s = s_var_bytes;
+        n->bytes = e.str_size;
       } else if (e.type == Type::string) {
         n->s = s_var;
       } else {
@@ -106,7 +114,11 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       if (!m) return m.error();
       Node* n = *m;
       const MapDesc& d = rt_.maps->desc(n->map);
-      if (d.kind == ValueKind::string) {
+      if (d.kind == ValueKind::tuple) return map_tuple(n, d);
+      if (d.kind == ValueKind::record) {
+        n->s = d.per_thread ? s_tid_read_bytes : s_map_read_bytes;
+        n->bytes = e.str_size;
+      } else if (d.kind == ValueKind::string) {
         n->s = d.per_thread ? s_tid_read : s_map_read;
       } else if (d.kind == ValueKind::integer) {
         n->i = d.per_thread ? i_tid_read : i_map_read;
@@ -136,7 +148,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       n->a = *a;
       n->b = *b;
       n->c = *c;
-      if (e.type == Type::string) {
+      if (e.type == Type::string || e.type == Type::record) {
         n->s = s_ternary;
       } else {
         n->i = i_ternary;
@@ -146,7 +158,8 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
     case K::incdec: {
       const Expr& t = *e.args[0];
       Node* n = make();
-      n->imm = e.increment ? 1 : -1;
+      const std::int64_t step = e.value > 1 ? e.value : 1;  // a pointer's element size
+      n->imm = e.increment ? step : -step;
       n->b = e.prefix ? n : nullptr;  // non-null marks prefix
       if (t.kind == K::variable) {
         auto v = expr(t);
@@ -207,6 +220,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
         auto el = expr(*a);
         if (!el) return el.error();
         n->keys.push_back(*el);
+        n->layouts.push_back(a->type == Type::record ? layout(a->ctype) : nullptr);
       }
       n->i = i_tuple;
       return n;
@@ -215,12 +229,68 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
   return unsupported(e, "this expression");
 }
 
+// A map holding tuples read by key (`map`, its access node): a tuple node whose elements
+// each read their words of the value (m_tuple_*, t_tuple_* for a per-thread map).
+const Node* Lowerer::map_tuple(Node* map, const MapDesc& d) {
+  Node* t = make();
+  std::uint32_t w = 0;
+  for (std::size_t k = 0; k < d.value_is_string.size(); ++k) {
+    Node* el = make();
+    el->a = map;
+    el->imm = w;
+    const ValueLayout* l = k < d.elem_layouts.size() ? d.elem_layouts[k].get() : nullptr;
+    if (l) {
+      el->bytes = l->size;
+      el->s = d.per_thread ? s_tid_tuple_bytes : s_map_tuple_bytes;
+    } else if (d.value_is_string[k]) {
+      el->s = d.per_thread ? s_tid_tuple_str : s_map_tuple_str;
+    } else {
+      el->i = d.per_thread ? i_tid_tuple_int : i_map_tuple_int;
+    }
+    w += d.value_is_string[k] ? kStrWords : 1;
+    t->keys.push_back(el);
+    t->layouts.push_back(l);
+  }
+  t->i = i_tuple;
+  return t;
+}
+
+// A bit field's unit (key_words bytes), first bit, width and signedness.
+static void bit_field(Node* n, const ast::TypeTable& T, const ast::Field& bits) {
+  n->key_words = T.size_of(bits.type);
+  n->bit_offset = static_cast<std::uint8_t>(bits.bit_offset);
+  n->bit_width = static_cast<std::uint8_t>(bits.bit_width);
+  n->is_signed = T.at(bits.type).is_signed;
+}
+
+// `to` + index `ix` (not a literal) times `elem`; the scaled index alone when `to` is null.
+Result<const Node*> Lowerer::add_index(const Expr& ix, std::int64_t elem, const Node* to) {
+  auto i = expr(ix);
+  if (!i) return i.error();
+  Node* scaled = make();
+  scaled->a = *i;
+  scaled->imm = elem;
+  scaled->i = i_mul_k;
+  if (!to) return scaled;
+  Node* sum = make();
+  sum->a = to;
+  sum->b = scaled;
+  sum->i = i_add;
+  return sum;
+}
+
 // *p, p->f, s.f, p[i], a[i]: an address (a node and a constant offset), then by the
 // expression's type: the address itself (an object), a string (a char array), or a load.
 Result<const Node*> Lowerer::memory(const Expr& e) {
   const ast::TypeTable& T = prog_.types;
   auto base = expr(*e.args[0]);
   if (!base) return base.error();
+  if (e.kind == Expr::Kind::field && e.args[0]->type == Type::tuple) {  // @t[k].N
+    if (e.value < 0 || static_cast<std::size_t>(e.value) >= (*base)->keys.size())
+      return unsupported(e, "a tuple element the checker did not resolve");
+    return (*base)->keys[static_cast<std::size_t>(e.value)];
+  }
+  if (e.args[0]->type == Type::record || (*base)->s == s_rec_slice) return part_of_copy(e, *base);
   const Node* addr = *base;
   std::int64_t offset = 0;
   const ast::Field* bits = nullptr;
@@ -241,17 +311,9 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
     if (ix.kind == Expr::Kind::integer) {
       offset = s64(u(ix.value) * u(elem));
     } else {
-      auto i = expr(ix);
-      if (!i) return i.error();
-      Node* scaled = make();
-      scaled->a = *i;
-      scaled->imm = elem;
-      scaled->i = i_mul_k;
-      Node* sum = make();
-      sum->a = addr;
-      sum->b = scaled;
-      sum->i = i_add;
-      addr = sum;
+      auto sum = add_index(ix, elem, addr);
+      if (!sum) return sum.error();
+      addr = *sum;
     }
   }
   // A constant offset on an address that is itself base + constant: one addition.
@@ -266,6 +328,11 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
     n->i = i_add_k;
     return n;
   }
+  if (e.type == Type::record) {
+    n->bytes = e.str_size;
+    n->s = s_bytes;
+    return n;
+  }
   const ast::CType& c = T.at(e.ctype);
   if (e.type == Type::string) {
     n->map = std::min<std::uint32_t>(c.count + 1, kStrReadBytes);
@@ -273,10 +340,7 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
     return n;
   }
   if (bits) {
-    n->key_words = T.size_of(bits->type);
-    n->bit_offset = static_cast<std::uint8_t>(bits->bit_offset);
-    n->bit_width = static_cast<std::uint8_t>(bits->bit_width);
-    n->is_signed = T.at(bits->type).is_signed;
+    bit_field(n, T, *bits);
     n->i = i_load_bits;
     return n;
   }
@@ -295,6 +359,54 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
       n->i = i_load<std::uint64_t>;
       break;
   }
+  return n;
+}
+
+// A field or element of a copy: the copy's node (or the copy a part is of), the part's
+// constant offset in imm and a variable index's offset in b; then the part itself
+// (s_rec_slice: an array or struct, or a char array as a string) or an integer in it.
+Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
+  const ast::TypeTable& T = prog_.types;
+  const bool slice = base->s == s_rec_slice;
+  Node* n = make();
+  n->a = slice ? base->a : base;
+  std::int64_t offset = slice ? base->imm : 0;
+  const Node* dynamic = slice ? base->b : nullptr;
+  const ast::Field* bits = nullptr;
+  if (e.kind == Expr::Kind::field) {
+    std::uint32_t off = 0;
+    const ast::Field* f = T.field(T.at(e.args[0]->ctype).record, e.name, off);
+    if (!f) return unsupported(e, "an unknown field");
+    offset += off;
+    if (f->bit_width) bits = f;
+  } else if (e.kind == Expr::Kind::index) {
+    const std::int64_t elem = T.size_of(T.at(e.args[0]->ctype).inner);
+    const Expr& ix = *e.args[1];
+    if (ix.kind == Expr::Kind::integer) {
+      offset = s64(u(offset) + u(ix.value) * u(elem));
+    } else {
+      auto sum = add_index(ix, elem, dynamic);
+      if (!sum) return sum.error();
+      dynamic = *sum;
+    }
+  } else {
+    return unsupported(e, "dereferencing a copied array or struct");
+  }
+  n->imm = offset;
+  n->b = dynamic;
+  if (e.type == Type::object || e.type == Type::record || e.type == Type::string) {
+    n->bytes = T.size_of(e.ctype);
+    n->s = e.type == Type::string ? s_rec_chars : s_rec_slice;
+    return n;
+  }
+  if (bits) {
+    bit_field(n, T, *bits);
+  } else {
+    const ast::CType& c = T.at(e.ctype);
+    n->key_words = c.size;
+    n->is_signed = c.kind == ast::CType::Kind::integer && c.is_signed;
+  }
+  n->i = i_rec_load;
   return n;
 }
 
@@ -351,7 +463,8 @@ Result<const Node*> Lowerer::binary_node(const Expr& e, const Node* a, const Nod
   Node* n = make();
   n->a = a;
   n->b = b;
-  const bool strings = e.args[0]->type == Type::string;
+  const bool records = e.args[0]->type == Type::record;
+  const bool strings = e.args[0]->type == Type::string || records;
   switch (e.binary) {
     case BinaryOp::mul:
       n->i = i_mul;
@@ -387,10 +500,10 @@ Result<const Node*> Lowerer::binary_node(const Expr& e, const Node* a, const Nod
       n->i = unsigned_compare(e) ? i_uge : i_ge;
       break;
     case BinaryOp::eq:
-      n->i = strings ? i_seq : i_eq;
+      n->i = records ? i_req : strings ? i_seq : i_eq;
       break;
     case BinaryOp::ne:
-      n->i = strings ? i_sne : i_ne;
+      n->i = records ? i_rne : strings ? i_sne : i_ne;
       break;
     case BinaryOp::band:
       n->i = i_band;
@@ -455,6 +568,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       if (!v) return v.error();
       n->a = *v;
       n->i = a0.type == Type::tuple ? i_print_tuple : i_print_value;
+      if (a0.type == Type::record) n->layouts.push_back(layout(a0.ctype));
       return n;
     }
     case Func::printf: {

@@ -39,6 +39,10 @@ Result<const Node*> lower_misc_call(Lowerer& low, const ast::Expr& e, Node* n) {
       n->a = args[0];
       n->s = s_macaddr;
       return n;
+    case Func::len:
+      n->map = static_cast<std::uint32_t>(e.args[0]->map_id);
+      n->i = i_len;
+      return n;
     case Func::system:
     case Func::cat:
       n->keys.assign(args.begin() + 1, args.end());  // the format is args[0]
@@ -68,6 +72,14 @@ Result<void> lower_loop(Lowerer& low, const ast::Stmt& st, SNode& out) {
       break;
     }
     case ast::Stmt::Kind::for_: {
+      if (!st.cond) {  // for ($kv : @m): the map's id in value->map, $kv's slot
+        auto m = low.expr(*st.value);
+        if (!m) return m.error();
+        out.value = *m;
+        out.count |= std::int64_t{st.target->slot} << 16;
+        out.fn = st_for_map;
+        break;
+      }
       auto start = low.expr(*st.value);
       if (!start) return start.error();
       auto end = low.expr(*st.cond);

@@ -50,6 +50,7 @@
 namespace hotprobe::script {
 
 class SharedRegion;
+struct ValueLayout;
 
 // Bytes of a string value or string key part, including the NUL. Room for the `probe`
 // and `func` builtins with long paths (bpftrace keeps them whole); str() reads at most
@@ -79,6 +80,7 @@ enum class KeyPart : std::uint8_t {
   ustack,       // return addresses, printed as bpftrace prints ustack
   ustack_perf,  // the same, printed as ustack(perf)
   usym,         // one address (a word), printed as the symbol holding it
+  record,       // an array or struct copied whole (kStrWords words), printed by its layout
 };
 
 struct MapDesc {
@@ -91,6 +93,12 @@ struct MapDesc {
   std::vector<KeyPart> key_parts;     // one per key part; empty: as key_is_string says
   std::uint32_t stack_frames = 0;     // frames of its ustack parts (at most kMaxStackFrames)
   std::vector<bool> value_is_string;  // ValueKind::tuple: one per element
+  // Arrays and structs as values (script/layout.h): the layout of a ValueKind::record
+  // value, of each KeyPart::record key part (null for the others), of each tuple element
+  // that is one (its words are a string's: value_is_string is true).
+  std::shared_ptr<const ValueLayout> value_layout;
+  std::vector<std::shared_ptr<const ValueLayout>> key_layouts;
+  std::vector<std::shared_ptr<const ValueLayout>> elem_layouts;
 
   KeyPart part(std::size_t k) const {
     if (k < key_parts.size()) return key_parts[k];
@@ -106,7 +114,8 @@ struct MapDesc {
   std::uint32_t lhist_buckets() const;  // (max - min) / step + 2 (below min, above max)
 };
 // Value layouts, in 64-bit words: count/sum/integer [v]; min/max [v, set]; avg/stats
-// [count, total]; hist [65 buckets]; lhist [lhist_buckets()]; string [kStrWords bytes];
+// [count, total]; hist [65 buckets]; lhist [lhist_buckets()]; string and record
+// [kStrWords bytes];
 // tuple: its elements in order, an integer one word, a string kStrWords.
 
 // One merged entry of a map.
@@ -658,5 +667,9 @@ void mark_channel_lost(SharedRegion& r) noexcept;
 // Key and string helpers.
 void put_string(std::uint64_t* words, std::string_view s);  // kStrWords words, NUL padded
 std::string_view get_string(const std::uint64_t* words);
+// The kStrBytes bytes of a string-sized value or key part (an array or struct copied whole).
+inline std::string_view get_bytes(const std::uint64_t* words) {
+  return std::string_view(reinterpret_cast<const char*>(words), kStrBytes);
+}
 
 }  // namespace hotprobe::script

@@ -15,6 +15,7 @@ namespace hotprobe::script {
 std::uint32_t MapDesc::part_words(std::size_t k) const {
   switch (part(k)) {
     case KeyPart::string:
+    case KeyPart::record:
       return kStrWords;
     case KeyPart::ustack:
     case KeyPart::ustack_perf:
@@ -33,7 +34,8 @@ std::uint32_t MapDesc::stack_tail() const {
 
 bool MapDesc::has_symbols() const {
   for (std::size_t k = 0; k < key_is_string.size(); ++k)
-    if (part(k) != KeyPart::integer && part(k) != KeyPart::string) return true;
+    if (part(k) != KeyPart::integer && part(k) != KeyPart::string && part(k) != KeyPart::record)
+      return true;
   return false;
 }
 
@@ -65,6 +67,7 @@ std::uint32_t MapDesc::value_words() const {
     case ValueKind::lhist:
       return lhist_buckets();
     case ValueKind::string:
+    case ValueKind::record:
       return kStrWords;
     case ValueKind::tuple: {
       std::uint32_t w = 0;

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "script/ast.h"
+#include "script/layout.h"
 #include "script/symbolize.h"
 
 namespace hotprobe::script {
@@ -102,6 +103,9 @@ std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escap
       case KeyPart::integer:
         s += std::to_string(as_signed(r.key[w]));
         break;
+      case KeyPart::record:
+        append_layout_key(s, *d.key_layouts[k], get_bytes(&r.key[w]), escape);
+        break;
     }
     w += d.part_words(k);
   }
@@ -179,7 +183,7 @@ void append_bar_line(std::string& s, const std::string& header, std::uint64_t va
 }  // namespace
 
 void sort_rows(const MapDesc& d, std::vector<Row>& rows) {
-  if (d.kind == ValueKind::string || d.kind == ValueKind::tuple) {
+  if (d.kind == ValueKind::string || d.kind == ValueKind::tuple || d.kind == ValueKind::record) {
     std::sort(rows.begin(), rows.end(),
               [&](const Row& a, const Row& b) { return key_less(d, a, b); });
     return;
@@ -467,7 +471,11 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
         std::size_t w = 0;
         for (std::size_t k = 0; k < n && w < r.value.size(); ++k) {
           elems[k].is_string = d.value_is_string[k];
-          if (elems[k].is_string) {
+          if (k < d.elem_layouts.size() && d.elem_layouts[k]) {
+            elems[k].layout = d.elem_layouts[k].get();
+            elems[k].s = get_bytes(r.value.data() + w);
+            w += kStrWords;
+          } else if (elems[k].is_string) {
             elems[k].s = get_string(r.value.data() + w);
             w += kStrWords;
           } else {
@@ -479,6 +487,11 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
         // append_tuple writes print()'s whole line: the map's line takes the value alone.
         if (json) return q.substr(q.find('['), q.rfind(']') - q.find('[') + 1);
         return q.substr(0, q.size() - 1);
+      }
+      case ValueKind::record: {
+        std::string q;
+        append_layout_value(q, *d.value_layout, get_bytes(r.value.data()), fmt);
+        return q;
       }
     }
     return {};
@@ -645,7 +658,9 @@ void append_message(std::string& out, std::string_view type, std::string_view te
 namespace {
 
 void append_element(std::string& out, const FmtArg& v, OutputFormat fmt) {
-  if (!v.is_string) {
+  if (v.layout) {
+    append_layout_value(out, *v.layout, v.s, fmt);
+  } else if (!v.is_string) {
     out += std::to_string(v.i);
   } else if (fmt == OutputFormat::text) {
     append_text_escaped(out, v.s);

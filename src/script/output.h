@@ -48,11 +48,15 @@ std::size_t text_escaped_size(std::string_view s);  // what append_text_escaped 
 // DEL and C1 as \u00XX.
 void json_escape(std::string& out, std::string_view s);
 
-// One argument of printf: an integer or a string.
+struct ValueLayout;
+
+// One argument of printf: an integer or a string; or, with a layout, an array or struct
+// copied whole (`s` holds its bytes; script/layout.h).
 struct FmtArg {
   std::int64_t i = 0;
   std::string_view s;
   bool is_string = false;
+  const ValueLayout* layout = nullptr;
 };
 
 // Appends the formatted text (no JSON wrapping). Never allocates when `out` has capacity.

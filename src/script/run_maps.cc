@@ -66,13 +66,23 @@ std::int64_t i_map_read(const Node* n, Frame& f) {
   f.rt->maps->plain(n->map).get(key, v);
   return s64(v[0]);
 }
-std::uint32_t s_map_read(const Node* n, Frame& f, char* out) {
+// The kStrWords words of a string or copy value (zeros when the key is absent).
+static inline void read_words(const Node* n, Frame& f, std::uint64_t* v) {
   std::uint64_t key[kMaxKeyWords + 1];
   key[0] = 0;
   build_key_fast(n, f, key);
-  std::uint64_t v[kStrWords];
   f.rt->maps->plain(n->map).get(key, v);
+}
+std::uint32_t s_map_read(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kStrWords];
+  read_words(n, f, v);
   return copy_str(out, get_string(v));
+}
+std::uint32_t s_map_read_bytes(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kStrWords];
+  read_words(n, f, v);
+  std::memcpy(out, v, kStrBytes);
+  return n->bytes;
 }
 // An aggregation read in an expression: merged over every shard (slow, rare).
 std::int64_t i_agg_read(const Node* n, Frame& f) {
@@ -111,6 +121,12 @@ std::uint32_t s_tid_read(const Node* n, Frame& f, char* out) {
   std::uint64_t v[kStrWords];
   own_shard(n, f).plain_get(own_tid(), v);
   return copy_str(out, get_string(v));
+}
+std::uint32_t s_tid_read_bytes(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kStrWords];
+  own_shard(n, f).plain_get(own_tid(), v);
+  std::memcpy(out, v, kStrBytes);
+  return n->bytes;
 }
 
 // Aggregations. Every one: key, this thread's shard, pending-op check, find, relaxed add.
@@ -326,6 +342,54 @@ void pack_tuple(const SNode* s, Frame& f, std::uint64_t* words) {
   }
 }
 }  // namespace
+template <bool kTid>
+static void tuple_value(const Node* n, Frame& f, std::uint64_t* v) {
+  if constexpr (kTid) {
+    own_shard(n->a, f).plain_get(own_tid(), v);
+  } else {
+    std::uint64_t key[kMaxKeyWords + 1];
+    key[0] = 0;
+    build_key_fast(n->a, f, key);
+    f.rt->maps->plain(n->a->map).get(key, v);
+  }
+}
+template <bool kTid>
+static std::int64_t tuple_int(const Node* n, Frame& f) {
+  std::uint64_t v[kMaxTupleWords];
+  tuple_value<kTid>(n, f, v);
+  return s64(v[n->imm]);
+}
+template <bool kTid>
+static std::uint32_t tuple_str(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kMaxTupleWords];
+  tuple_value<kTid>(n, f, v);
+  return copy_str(out, get_string(v + n->imm));
+}
+template <bool kTid>
+static std::uint32_t tuple_bytes(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kMaxTupleWords];
+  tuple_value<kTid>(n, f, v);
+  std::memcpy(out, v + n->imm, kStrBytes);
+  return n->bytes;
+}
+std::int64_t i_map_tuple_int(const Node* n, Frame& f) {
+  return tuple_int<false>(n, f);
+}
+std::uint32_t s_map_tuple_str(const Node* n, Frame& f, char* out) {
+  return tuple_str<false>(n, f, out);
+}
+std::uint32_t s_map_tuple_bytes(const Node* n, Frame& f, char* out) {
+  return tuple_bytes<false>(n, f, out);
+}
+std::int64_t i_tid_tuple_int(const Node* n, Frame& f) {
+  return tuple_int<true>(n, f);
+}
+std::uint32_t s_tid_tuple_str(const Node* n, Frame& f, char* out) {
+  return tuple_str<true>(n, f, out);
+}
+std::uint32_t s_tid_tuple_bytes(const Node* n, Frame& f, char* out) {
+  return tuple_bytes<true>(n, f, out);
+}
 bool st_map_tuple(const SNode* s, Frame& f) {
   std::uint64_t key[kMaxKeyWords + 1];
   key[0] = 0;

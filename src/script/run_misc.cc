@@ -283,6 +283,42 @@ bool st_for(const SNode* s, Frame& f) {
   return true;
 }
 
+bool st_for_map(const SNode* s, Frame& f) {
+  const std::uint32_t map = s->value->map;
+  const MapDesc& d = f.rt->maps->desc(map);
+  const std::vector<Row> rows = f.rt->maps->snapshot(map);
+  const std::int64_t slot = (s->count >> 16) & 0xff;
+  for (const Row& r : rows) {
+    if (over_budget(s, f)) return false;
+    if (d.part(0) == KeyPart::integer) {
+      f.islots[slot + 1] = s64(r.key[0]);
+    } else {
+      std::memcpy(f.sslots[slot + 1], r.key.data(), kStrBytes);
+    }
+    switch (d.kind) {
+      case ValueKind::string:
+      case ValueKind::record:
+        std::memcpy(f.sslots[slot + 2], r.value.data(), kStrBytes);
+        break;
+      case ValueKind::avg:
+        f.islots[slot + 2] = r.value[0] ? s64(r.value[1]) / s64(r.value[0]) : 0;
+        break;
+      default:
+        f.islots[slot + 2] = s64(r.value[0]);
+        break;
+    }
+    if (!run_block(s->body, f)) {
+      bool stop = false;
+      if (!resume(s, f, stop)) return !stop;
+    }
+  }
+  return true;
+}
+
+std::int64_t i_len(const Node* n, Frame& f) {
+  return static_cast<std::int64_t>(f.rt->maps->snapshot(n->map).size());
+}
+
 bool st_break(const SNode* s, Frame& f) {
   f.islots[s->count] = 1;
   return false;

@@ -35,6 +35,12 @@ std::uint32_t s_macaddr(const Node* n, Frame& f, char* out);
 // the break/continue flag (8-15), for's variable (16-23).
 bool st_while(const SNode* s, Frame& f);
 bool st_for(const SNode* s, Frame& f);
+// for ($kv : @m): the entries of map s->value->map as they are when the loop starts (a
+// snapshot, merged over threads as print(@m) merges them), each in $kv's element slots
+// (slot + 1 the key, slot + 2 the value; the slot in bits 16-23 of count).
+bool st_for_map(const SNode* s, Frame& f);
+// len(@m): the entries of map n->map.
+std::int64_t i_len(const Node* n, Frame& f);
 bool st_break(const SNode* s, Frame& f);
 bool st_continue(const SNode* s, Frame& f);
 
@@ -60,7 +66,7 @@ class Lowerer;
 inline bool is_misc_func(ast::Func f) {
   using F = ast::Func;
   return f == F::strncmp || f == F::strcontains || f == F::uptr || f == F::signal || f == F::ntop ||
-         f == F::macaddr || f == F::system || f == F::cat;
+         f == F::macaddr || f == F::system || f == F::cat || f == F::len;
 }
 // The call `e` (is_misc_func) into `n`, made for it.
 Result<const Node*> lower_misc_call(Lowerer& low, const ast::Expr& e, Node* n);

@@ -119,6 +119,21 @@ template <typename T>
 std::int64_t i_load(const Node* n, Frame& f);
 std::int64_t i_load_bits(const Node* n, Frame& f);
 std::uint32_t s_chars(const Node* n, Frame& f, char* out);
+// Arrays and structs as values (script/layout.h; run_records.cc, and s_bytes in
+// run_nodes.cc, the map reads in run_maps.cc): every one writes its n->bytes bytes and
+// zeros after them to kStrBytes, and returns n->bytes.
+std::uint32_t s_bytes(const Node* n, Frame& f, char* out);  // read at a + imm
+std::uint32_t s_var_bytes(const Node* n, Frame& f, char* out);
+std::uint32_t s_map_read_bytes(const Node* n, Frame& f, char* out);
+std::uint32_t s_tid_read_bytes(const Node* n, Frame& f, char* out);
+// The bytes [imm + b, imm + b + bytes) of n->a's copy (b: a variable index's offset, or null).
+std::uint32_t s_rec_slice(const Node* n, Frame& f, char* out);
+std::uint32_t s_rec_chars(const Node* n, Frame& f, char* out);  // the slice as a string
+// An integer of key_words bytes (is_signed) at imm + b of n->a's copy; a bit field when
+// bit_width is not 0. Outside the copy: 0.
+std::int64_t i_rec_load(const Node* n, Frame& f);
+std::int64_t i_req(const Node* n, Frame& f);  // == of two copies (all kStrBytes bytes)
+std::int64_t i_rne(const Node* n, Frame& f);
 std::int64_t i_map_read(const Node* n, Frame& f);
 std::uint32_t s_map_read(const Node* n, Frame& f, char* out);
 std::int64_t i_agg_read(const Node* n, Frame& f);
@@ -142,6 +157,14 @@ bool st_var_tuple(const SNode* s, Frame& f);
 bool st_map_tuple(const SNode* s, Frame& f);
 bool st_tid_tuple(const SNode* s, Frame& f);
 std::int64_t i_tuple(const Node* n, Frame& f);
+// An element of a tuple read from a map: the words at imm of the value of map access n->a
+// (plain or per-thread map); a copy of n->bytes.
+std::int64_t i_map_tuple_int(const Node* n, Frame& f);
+std::uint32_t s_map_tuple_str(const Node* n, Frame& f, char* out);
+std::uint32_t s_map_tuple_bytes(const Node* n, Frame& f, char* out);
+std::int64_t i_tid_tuple_int(const Node* n, Frame& f);
+std::uint32_t s_tid_tuple_str(const Node* n, Frame& f, char* out);
+std::uint32_t s_tid_tuple_bytes(const Node* n, Frame& f, char* out);
 std::int64_t i_print_tuple(const Node* n, Frame& f);
 bool st_map_int(const SNode* s, Frame& f);
 bool st_map_str(const SNode* s, Frame& f);

@@ -39,6 +39,7 @@ std::int64_t i_print_value(const Node* n, Frame& f) {
     const std::uint32_t len = n->a->s(n->a, f, buf);
     v.s = std::string_view(buf, len);
     v.is_string = true;
+    if (!n->layouts.empty()) v.layout = n->layouts[0];
   } else {
     v.i = n->a->i(n->a, f);
   }
@@ -57,6 +58,7 @@ void eval_args(const Node* n, std::size_t count, Frame& f, FmtArg* args, char (*
       const std::uint32_t len = e->s(e, f, bufs[k]);
       args[k].s = std::string_view(bufs[k], len);
       args[k].is_string = true;
+      if (k < n->layouts.size()) args[k].layout = n->layouts[k];
     } else {
       args[k].i = e->i(e, f);
     }
@@ -89,8 +91,9 @@ bool st_var_tuple(const SNode* s, Frame& f) {
   for (std::size_t k = 0; k < s->target->keys.size(); ++k) {
     const std::int64_t slot = s->target->keys[k]->imm;
     if (args[k].is_string) {
+      // Zeros after the bytes: a copied array or struct is compared and keyed whole.
       std::memcpy(f.sslots[slot], args[k].s.data(), args[k].s.size());
-      f.sslots[slot][args[k].s.size()] = '\0';
+      std::memset(f.sslots[slot] + args[k].s.size(), 0, kStrBytes - args[k].s.size());
     } else {
       f.islots[slot] = args[k].i;
     }

@@ -16,42 +16,14 @@
 #include "script/eval.h"
 #include "script/program.h"
 
-#include "fake_sink.h"
+#include "script_harness.h"
 
 namespace hotprobe::script {
 namespace {
 
-struct Script {
-  std::unique_ptr<Program> prog;
-  FakeSink sink;
-  explicit Script(std::string_view src) {
-    auto p = Program::compile(src, CompileOptions{});
-    EXPECT_TRUE(p.ok()) << (p ? "" : p.error().message());
-    if (p) {
-      prog = std::move(*p);
-      prog->bind(&sink);
-    }
-  }
-  void hit(std::size_t i, std::uint64_t a0 = 0, std::uint64_t a1 = 0) {
-    ProbeSpec s = prog->spec(i);
-    Regs r{};
-    r.rdi = a0;
-    r.rsi = a1;
-    Hit h;
-    h.regs = &r;
-    h.cookie = s.cookie;
-    if (s.on_entry) s.on_entry(h);
-  }
-};
-
-std::string errors(std::string_view src) {
-  auto r = parse_and_check(src, "stdin");
-  return r.ok() ? "" : r.error().message();
-}
-std::string first_line(std::string_view src) {
-  std::string e = errors(src);
-  return e.substr(0, e.find('\n'));
-}
+using harness::errors;
+using harness::first_line;
+using harness::Script;
 
 // The same layout as kDefs below, compiled by the C++ compiler: the script's layout must
 // agree with it.
@@ -291,9 +263,9 @@ TEST(ScriptCTypes, CheckErrorsNameTheWayOut) {
             "dereferencing it first, or using '->'");
   EXPECT_EQ(first_line(defs + "uprobe:libc:f { print(((struct s *)arg0)->b); }"),
             "stdin:2:23-44: ERROR: 'struct s' has no field named 'b'");
-  EXPECT_EQ(first_line(defs + "uprobe:libc:f { @v = *(struct s *)arg0; }"),
-            "stdin:2:22-39: ERROR: 'struct s' cannot be used as a value: read one of its "
-            "fields (.name)");
+  EXPECT_EQ(first_line("struct big { long v[17]; };\nuprobe:libc:f { @v = *(struct big *)arg0; }"),
+            "stdin:2:22-41: ERROR: 'struct big' (136 bytes) cannot be used as a value: an array "
+            "or struct copied whole has 1 to 128 bytes; read one of its fields (.name)");
   EXPECT_EQ(first_line("uprobe:libc:f { print(((struct t *)arg0)->a); }"),
             "stdin:1:23-44: ERROR: 'struct t' is incomplete: define it in the script (struct "
             "t { ... };) before reading it");

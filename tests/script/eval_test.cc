@@ -13,41 +13,12 @@
 #include "script/eval.h"
 #include "script/program.h"
 
-#include "fake_sink.h"
+#include "script_harness.h"
 
 namespace hotprobe::script {
 namespace {
 
-struct Script {
-  std::unique_ptr<Program> prog;
-  FakeSink sink;
-  explicit Script(std::string_view src, OutputFormat fmt = OutputFormat::text) {
-    CompileOptions o;
-    o.format = fmt;
-    auto p = Program::compile(src, o);
-    EXPECT_TRUE(p.ok()) << (p ? "" : p.error().message());
-    if (p) {
-      prog = std::move(*p);
-      prog->bind(&sink);
-    }
-  }
-  // Calls probe `i`'s handler as the engine would.
-  void hit(std::size_t i, std::uint64_t a0 = 0, std::uint64_t a1 = 0, std::uint64_t ret = 0,
-           std::uint64_t addr = 0) {
-    ProbeSpec s = prog->spec(i);
-    Regs r{};
-    r.rdi = a0;
-    r.rsi = a1;
-    r.rax = ret;
-    Hit h;
-    h.regs = &r;
-    h.cookie = s.cookie;
-    h.probe_address = addr;
-    if (s.on_entry) s.on_entry(h);
-    if (s.on_return) s.on_return(h);
-  }
-  std::string maps() { return prog->print_maps(); }
-};
+using harness::Script;
 
 TEST(Eval, CountByArgWithPredicate) {
   Script s("uprobe:libc:getpid /arg0 > 10/ { @[arg0] = count(); }");

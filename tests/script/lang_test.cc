@@ -132,14 +132,14 @@ TEST(ScriptLang, ForRange) {
   EXPECT_EQ(error("BEGIN { for ($i : 0..\"a\") { } }"),
             "stdin:1:22-25: ERROR: Loop range requires an integer for the end value (string "
             "provided)");
-  // Syntax: one operand each side of '..'; a map is not iterated.
+  // Syntax: one operand each side of '..'; a map iterated may not change in the loop.
   EXPECT_EQ(error("BEGIN { for ($i : 1+1..10) { } }"),
             "stdin:1:20-21: ERROR: syntax error, unexpected +, expecting ..");
   EXPECT_EQ(error("BEGIN { for (@i : 0..1) { } }"),
             "stdin:1:14-16: ERROR: syntax error, unexpected map, expecting variable");
-  EXPECT_EQ(error("BEGIN { @m[1] = 1; for ($kv : @m) { } }"),
-            "stdin:1:31-33: ERROR: for ($kv : @m) is not supported by hotprobe: a map is not "
-            "iterated in a probe (print it with print(@m), or iterate a range: for ($i : 0..N))");
+  EXPECT_EQ(error("BEGIN { @m[1] = 1; for ($kv : @m) { @m[1] = 2; } }"),
+            "stdin:1:37-42: ERROR: @m is changed inside a for loop over it: the loop reads the "
+            "map as it was when it started; change it after the loop");
 }
 
 TEST(ScriptLang, LoopsAreBoundedPerHit) {

@@ -1,0 +1,177 @@
+// Arrays and structs as values: their layouts and their printed form (layout.h).
+#include "script/layout.h"
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+#include "script/output.h"
+
+namespace hotprobe::script {
+
+std::shared_ptr<const ValueLayout> make_layout(const ast::TypeTable& types, int ctype) {
+  auto l = std::make_shared<ValueLayout>();
+  const ast::CType& c = types.at(ctype);
+  l->size = types.size_of(ctype);
+  switch (c.kind) {
+    case ast::CType::Kind::array: {
+      const ast::CType& e = types.at(c.inner);
+      if (e.kind == ast::CType::Kind::integer && e.size == 1) {
+        l->kind = ValueLayout::Kind::chars;
+        break;
+      }
+      l->kind = ValueLayout::Kind::array;
+      l->count = c.count;
+      l->elem = make_layout(types, c.inner);
+      break;
+    }
+    case ast::CType::Kind::record:
+      l->kind = ValueLayout::Kind::record;
+      for (const ast::Field& f : types.records[static_cast<std::size_t>(c.record)].fields) {
+        l->fields.push_back(ValueLayout::Field{f.name, f.offset, f.bit_offset, f.bit_width,
+                                               make_layout(types, f.type)});
+      }
+      break;
+    case ast::CType::Kind::integer:
+      l->kind = ValueLayout::Kind::integer;
+      l->is_signed = c.is_signed;
+      break;
+    case ast::CType::Kind::pointer:
+      l->kind = ValueLayout::Kind::integer;
+      l->is_signed = true;  // a value prints it as bpftrace's int64
+      l->pointer = true;
+      break;
+    case ast::CType::Kind::void_:
+      l->kind = ValueLayout::Kind::integer;
+      break;
+  }
+  return l;
+}
+
+namespace {
+
+std::uint64_t load_unit(std::string_view bytes, std::uint32_t offset, std::uint32_t size) {
+  std::uint64_t v = 0;
+  if (offset < bytes.size())
+    std::memcpy(&v, bytes.data() + offset, std::min<std::size_t>(size, bytes.size() - offset));
+  return v;
+}
+
+std::int64_t integer_of(const ValueLayout& l, std::uint64_t raw) {
+  // Each branch widened on its own: a ?: of int32 and uint32 would be uint32.
+  switch (l.size) {
+    case 1:
+      if (l.is_signed) return static_cast<std::int8_t>(raw);
+      return static_cast<std::uint8_t>(raw);
+    case 2:
+      if (l.is_signed) return static_cast<std::int16_t>(raw);
+      return static_cast<std::uint16_t>(raw);
+    case 4:
+      if (l.is_signed) return static_cast<std::int32_t>(raw);
+      return static_cast<std::uint32_t>(raw);
+    default:
+      return static_cast<std::int64_t>(raw);
+  }
+}
+
+void append_integer(std::string& out, const ValueLayout& l, std::int64_t v) {
+  if (!l.is_signed && l.size == 8) {
+    out += std::to_string(static_cast<std::uint64_t>(v));
+  } else {
+    out += std::to_string(v);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// key: bpftrace's map key form ({.a=1,.b=2}, pointers in hex).
+void append_form(std::string& out, const ValueLayout& l, std::string_view bytes, OutputFormat fmt,
+                 bool escape, bool key) {
+  const bool json = fmt == OutputFormat::json;
+  switch (l.kind) {
+    case ValueLayout::Kind::integer:
+      if (key && l.pointer) {
+        char buf[24];
+        std::snprintf(buf, sizeof buf, "0x%" PRIx64, load_unit(bytes, 0, 8));
+        out += buf;
+        return;
+      }
+      append_integer(out, l, integer_of(l, load_unit(bytes, 0, l.size)));
+      return;
+    case ValueLayout::Kind::chars: {
+      const std::string_view all = bytes.substr(0, std::min<std::size_t>(l.size, bytes.size()));
+      const std::string_view s = all.substr(0, std::min(all.size(), all.find('\0')));
+      if (json) {
+        out += "\"";
+        json_escape(out, s);
+        out += "\"";
+      } else if (escape) {
+        append_text_escaped(out, s);
+      } else {
+        out += s;
+      }
+      return;
+    }
+    case ValueLayout::Kind::array: {
+      out += "[";
+      const std::uint32_t step = l.elem->size;
+      for (std::uint32_t k = 0; k < l.count; ++k) {
+        if (k) out += ",";
+        const std::size_t at = std::min<std::size_t>(std::size_t{k} * step, bytes.size());
+        append_form(out, *l.elem, bytes.substr(at), fmt, escape, key);
+      }
+      out += "]";
+      return;
+    }
+    case ValueLayout::Kind::record: {
+      out += key ? "{" : "{ ";
+      bool first = true;
+      for (const ValueLayout::Field& f : l.fields) {
+        if (!first) out += key ? "," : ", ";
+        first = false;
+        if (key) {
+          out += ".";
+          out += f.name;
+          out += "=";
+        } else if (json) {
+          out += "\"";
+          json_escape(out, f.name);
+          out += "\": ";
+        } else {
+          out += ".";
+          out += f.name;
+          out += " = ";
+        }
+        if (f.bit_width) {
+          std::uint64_t unit = load_unit(bytes, f.offset, f.layout->size) >> f.bit_offset;
+          if (f.bit_width < 64) unit &= (std::uint64_t{1} << f.bit_width) - 1;
+          std::int64_t v = static_cast<std::int64_t>(unit);
+          if (f.layout->is_signed && f.bit_width < 64 && (unit >> (f.bit_width - 1)) & 1)
+            v = static_cast<std::int64_t>(unit | ~((std::uint64_t{1} << f.bit_width) - 1));
+          out += std::to_string(v);
+          continue;
+        }
+        const std::size_t at = std::min<std::size_t>(f.offset, bytes.size());
+        append_form(out, *f.layout, bytes.substr(at), fmt, escape, key);
+      }
+      out += key ? "}" : " }";
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+void append_layout_value(std::string& out, const ValueLayout& l, std::string_view bytes,
+                         OutputFormat fmt, bool escape) {
+  append_form(out, l, bytes, fmt, escape, false);
+}
+
+void append_layout_key(std::string& out, const ValueLayout& l, std::string_view bytes,
+                       bool escape) {
+  append_form(out, l, bytes, OutputFormat::text, escape, true);
+}
+
+}  // namespace hotprobe::script

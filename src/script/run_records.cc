@@ -1,0 +1,78 @@
+// The run pass's nodes for arrays and structs as values (run_nodes.h, script/layout.h):
+// a copy lives in a kStrBytes buffer, its bytes then zeros, wherever it goes.
+#include <algorithm>
+#include <cstring>
+
+#include "script/run_nodes.h"
+
+namespace hotprobe::script {
+namespace nodes {
+
+std::uint32_t s_var_bytes(const Node* n, Frame& f, char* out) {
+  std::memcpy(out, f.sslots[n->imm], kStrBytes);
+  return n->bytes;
+}
+
+namespace {
+// The offset of n's part in n->a's copy, and the copy in `buf`; false when the part is
+// not inside it (a variable index out of bounds).
+bool part_of_copy(const Node* n, Frame& f, char* buf, std::uint64_t& at) {
+  n->a->s(n->a, f, buf);
+  at = u(n->imm) + (n->b ? u(n->b->i(n->b, f)) : 0);
+  const std::uint64_t size = n->i ? n->key_words : n->bytes;
+  return at <= kStrBytes && size <= kStrBytes - at;
+}
+}  // namespace
+
+std::uint32_t s_rec_slice(const Node* n, Frame& f, char* out) {
+  char buf[kStrBytes];
+  std::uint64_t at = 0;
+  std::memset(out, 0, kStrBytes);
+  if (part_of_copy(n, f, buf, at)) std::memcpy(out, buf + at, n->bytes);
+  return n->bytes;
+}
+
+std::uint32_t s_rec_chars(const Node* n, Frame& f, char* out) {
+  s_rec_slice(n, f, out);
+  out[std::min<std::uint32_t>(n->bytes, kStrReadBytes - 1)] = '\0';
+  return static_cast<std::uint32_t>(strnlen(out, kStrBytes));
+}
+
+std::int64_t i_rec_load(const Node* n, Frame& f) {
+  char buf[kStrBytes];
+  std::uint64_t at = 0;
+  if (!part_of_copy(n, f, buf, at)) return 0;
+  std::uint64_t v = 0;
+  std::memcpy(&v, buf + at, n->key_words);
+  if (n->bit_width) {
+    const unsigned w = n->bit_width;
+    v >>= n->bit_offset;
+    if (w < 64) v &= (std::uint64_t{1} << w) - 1;
+    if (n->is_signed && w < 64 && (v >> (w - 1)) & 1) v |= ~std::uint64_t{0} << w;
+    return s64(v);
+  }
+  switch (n->key_words) {
+    case 1:
+      return n->is_signed ? static_cast<std::int8_t>(v) : static_cast<std::int64_t>(v & 0xff);
+    case 2:
+      return n->is_signed ? static_cast<std::int16_t>(v) : static_cast<std::int64_t>(v & 0xffff);
+    case 4:
+      return n->is_signed ? static_cast<std::int32_t>(v)
+                          : static_cast<std::int64_t>(v & 0xffffffffu);
+    default:
+      return s64(v);
+  }
+}
+
+std::int64_t i_req(const Node* n, Frame& f) {
+  char x[kStrBytes], y[kStrBytes];
+  n->a->s(n->a, f, x);
+  n->b->s(n->b, f, y);
+  return std::memcmp(x, y, kStrBytes) == 0;
+}
+std::int64_t i_rne(const Node* n, Frame& f) {
+  return !i_req(n, f);
+}
+
+}  // namespace nodes
+}  // namespace hotprobe::script
