@@ -597,16 +597,19 @@ def build_programs(src, work, progs, libs, log):
     cc = os.environ.get("CC", "cc")
     cxx = os.environ.get("CXX", "c++")
     jobs = []
+    have_sdt = subprocess.run([cc, "-fsyntax-only", "-x", "c", "-"],
+                              input=b"#include <sys/sdt.h>\n", stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL).returncode == 0
+    # bpftrace's CMake defines HAVE_SYSTEMTAP_SYS_SDT_H for the test libraries too (their
+    # USDT probes are behind it: without it libusdt_tp.so has none)
+    sdt_flag = ["-DHAVE_SYSTEMTAP_SYS_SDT_H=1"] if have_sdt else []
     for lib in libs:
         s = os.path.join(tdir, "testlibs", lib + ".c")
         if os.path.isfile(s):
             out = os.path.join(work, "testlibs", f"lib{lib}.so")
-            jobs.append(("lib", [cc, "-g", "-O0", "-fPIC", "-shared", "-I", inc, s, "-o", out],
-                         out))
+            jobs.append(("lib", [cc, "-g", "-O0", "-fPIC", "-shared", *sdt_flag, "-I", inc, s,
+                                 "-o", out], out))
     prog_jobs = []
-    have_sdt = subprocess.run([cc, "-fsyntax-only", "-x", "c", "-"],
-                              input=b"#include <sys/sdt.h>\n", stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL).returncode == 0
     for name in progs:
         if name in DERIVED_FROM:
             continue
