@@ -66,15 +66,30 @@ struct RegName {
   std::string_view name;
   std::size_t offset;  // in Regs
 };
+// `pc` is bpftrace's alias of `ip`. One per line (clang-format would fill the lines).
+// clang-format off
 inline constexpr std::array<RegName, 19> kRegNames = {{
-    {"r15", offsetof(Regs, r15)},      {"r14", offsetof(Regs, r14)}, {"r13", offsetof(Regs, r13)},
-    {"r12", offsetof(Regs, r12)},      {"bp", offsetof(Regs, rbp)},  {"bx", offsetof(Regs, rbx)},
-    {"r11", offsetof(Regs, r11)},      {"r10", offsetof(Regs, r10)}, {"r9", offsetof(Regs, r9)},
-    {"r8", offsetof(Regs, r8)},        {"ax", offsetof(Regs, rax)},  {"cx", offsetof(Regs, rcx)},
-    {"dx", offsetof(Regs, rdx)},       {"si", offsetof(Regs, rsi)},  {"di", offsetof(Regs, rdi)},
-    {"ip", offsetof(Regs, rip)},       {"pc", offsetof(Regs, rip)},  // bpftrace's alias of ip
-    {"flags", offsetof(Regs, rflags)}, {"sp", offsetof(Regs, rsp)},
+    {"r15", offsetof(Regs, r15)},
+    {"r14", offsetof(Regs, r14)},
+    {"r13", offsetof(Regs, r13)},
+    {"r12", offsetof(Regs, r12)},
+    {"bp", offsetof(Regs, rbp)},
+    {"bx", offsetof(Regs, rbx)},
+    {"r11", offsetof(Regs, r11)},
+    {"r10", offsetof(Regs, r10)},
+    {"r9", offsetof(Regs, r9)},
+    {"r8", offsetof(Regs, r8)},
+    {"ax", offsetof(Regs, rax)},
+    {"cx", offsetof(Regs, rcx)},
+    {"dx", offsetof(Regs, rdx)},
+    {"si", offsetof(Regs, rsi)},
+    {"di", offsetof(Regs, rdi)},
+    {"ip", offsetof(Regs, rip)},
+    {"pc", offsetof(Regs, rip)},
+    {"flags", offsetof(Regs, rflags)},
+    {"sp", offsetof(Regs, rsp)},
 }};
+// clang-format on
 inline const RegName* find_reg(std::string_view name) {
   for (const RegName& r : kRegNames)
     if (r.name == name) return &r;
