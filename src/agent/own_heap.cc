@@ -52,6 +52,18 @@ struct FreeBlock {
 };
 
 pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+
+// The lock, or (HP_OWN_HEAP_UNLOCKED: tests/agent's broken variant only) none.
+void lock() {
+#ifndef HP_OWN_HEAP_UNLOCKED
+  pthread_mutex_lock(&g_mu);
+#endif
+}
+void unlock() {
+#ifndef HP_OWN_HEAP_UNLOCKED
+  pthread_mutex_unlock(&g_mu);
+#endif
+}
 FreeBlock* g_free[kClasses] = {};
 char* g_bump = nullptr;
 char* g_bump_end = nullptr;
@@ -83,7 +95,7 @@ void* take(std::size_t bytes, std::uint32_t& cls) {
     return p;
   }
   cls = static_cast<std::uint32_t>(c);
-  pthread_mutex_lock(&g_mu);
+  lock();
   void* out = nullptr;
   if (FreeBlock* f = g_free[c]) {
     __atomic_store_n(&g_free[c], f->next, __ATOMIC_RELEASE);
@@ -113,7 +125,7 @@ void* take(std::size_t bytes, std::uint32_t& cls) {
       __atomic_store_n(&g_bump, g_bump + size, __ATOMIC_RELEASE);
     }
   }
-  pthread_mutex_unlock(&g_mu);
+  unlock();
   return out;
 }
 
@@ -122,11 +134,11 @@ void give(void* base, std::uint32_t cls) {
     ::munmap(base, *static_cast<std::size_t*>(base));
     return;
   }
-  pthread_mutex_lock(&g_mu);
+  lock();
   auto* b = static_cast<FreeBlock*>(base);
   b->next = g_free[cls];
   __atomic_store_n(&g_free[cls], b, __ATOMIC_RELEASE);
-  pthread_mutex_unlock(&g_mu);
+  unlock();
 }
 
 // `size` bytes aligned to `align` (a power of two, at least 16); null when out of memory.
