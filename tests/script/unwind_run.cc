@@ -63,8 +63,8 @@ TEST(UnwindRun, ABadModeIsAnError) {
 }
 
 TEST(UnwindRun, LibcMallocShowsItsCallers) {
-#if defined(__SANITIZE_ADDRESS__)
-  GTEST_SKIP() << "the fixture is built with ASan here, whose malloc replaces libc's";
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "the fixture is built with a sanitizer here, whose malloc replaces libc's";
 #endif
   auto r = hotprobe("auto", "uprobe:libc:malloc { @[ustack(5)] = count(); }", kNoFp);
   ASSERT_EQ(r.code, 0) << r.err;
