@@ -72,6 +72,12 @@ std::size_t class_size(int c) {
   return std::size_t{32} << c;
 }
 
+// What is left of the current chunk. A fork child may find a chunk switch cut short: the
+// switch's three stores keep `g_bump > g_bump_end` (no room) until the new chunk is whole.
+std::size_t room() {
+  return g_bump && g_bump <= g_bump_end ? static_cast<std::size_t>(g_bump_end - g_bump) : 0;
+}
+
 int class_of(std::size_t bytes) {
   for (int c = 0; c < kClasses; ++c)
     if (bytes <= class_size(c)) return c;
@@ -102,11 +108,11 @@ void* take(std::size_t bytes, std::uint32_t& cls) {
     out = f;
   } else {
     const std::size_t size = class_size(c);
-    if (static_cast<std::size_t>(g_bump_end - g_bump) < size) {
+    if (room() < size) {
       // The rest of the old chunk goes to the free lists of the classes it fits.
-      while (g_bump && g_bump_end - g_bump >= 32) {
+      while (room() >= 32) {
         int k = kClasses - 1;
-        while (class_size(k) > static_cast<std::size_t>(g_bump_end - g_bump))
+        while (class_size(k) > room())
           --k;
         auto* b = reinterpret_cast<FreeBlock*>(g_bump);
         __atomic_store_n(&g_bump, g_bump + class_size(k), __ATOMIC_RELEASE);
@@ -115,12 +121,12 @@ void* take(std::size_t bytes, std::uint32_t& cls) {
       }
       auto* chunk = static_cast<char*>(map_pages(kChunk));
       if (chunk) {
-        __atomic_store_n(&g_bump_end, chunk, __ATOMIC_RELEASE);  // empty until both are set
+        __atomic_store_n(&g_bump_end, static_cast<char*>(nullptr), __ATOMIC_RELEASE);
         __atomic_store_n(&g_bump, chunk, __ATOMIC_RELEASE);
         __atomic_store_n(&g_bump_end, chunk + kChunk, __ATOMIC_RELEASE);
       }
     }
-    if (static_cast<std::size_t>(g_bump_end - g_bump) >= size) {
+    if (room() >= size) {
       out = g_bump;
       __atomic_store_n(&g_bump, g_bump + size, __ATOMIC_RELEASE);
     }
