@@ -1,6 +1,7 @@
-// `hotprobe run`: compile the script, start the program with the agent preloaded, print
-// what the agent reports and the maps from the memory they share (whatever end the program
-// met), exit with the program's status. docs/design/agent.md, script-runtime.md.
+// `hotprobe run`: compile the script, start the program with the agent preloaded (and
+// started before its libraries' constructors), print what the agent reports and the maps from the
+// memory they share (whatever end the program met), exit with the program's status.
+// docs/design/agent.md, script-runtime.md.
 #include <fcntl.h>
 #include <link.h>
 #include <poll.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -17,7 +19,9 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -30,6 +34,7 @@
 #include "cli/preflight.h"
 #include "cli/prepare.h"
 #include "hotprobe/probe.h"
+#include "inject/inject.h"
 #include "script/maps.h"
 #include "script/output.h"
 #include "script/program.h"
@@ -76,6 +81,39 @@ std::string sanitizer_runtime() {
   return {};
 #endif
 }
+
+// When the preloaded agent starts (HOTPROBE_RUN_START, docs/design/agent.md, "The
+// process's first steps"): "early" (the default) runs its initializers at the first
+// constructor after libc's, under ptrace from the exec, so that the constructors of the
+// program's libraries run traced; "preload" leaves it to the loader, which initializes
+// it after every library it does not depend on. A sanitizer-built agent always starts
+// there (its runtime initializes after libc, maybe after the first breakpoint), and so
+// does the agent when the kernel refuses to let hotprobe trace its child.
+std::optional<bool> early_start_wanted() {
+  const char* v = std::getenv("HOTPROBE_RUN_START");
+  if (!v || !*v || std::strcmp(v, "early") == 0) return sanitizer_runtime().empty();
+  if (std::strcmp(v, "preload") == 0) return false;
+  std::fprintf(stderr,
+               "hotprobe run: HOTPROBE_RUN_START='%s' is not a way to start the agent: use "
+               "'early' (before the libraries' constructors, the default) or 'preload' (where "
+               "the loader initializes a preloaded library)\n",
+               v);
+  return std::nullopt;
+}
+
+// The byte the early start's thread writes into the signal pipe when it is done.
+constexpr char kEarlyDone = 0x7f;
+
+// The early start, on a thread of its own (it is the child's tracer: every ptrace call and
+// wait for the child is its own until it detaches; the main thread meanwhile answers the
+// agent, which starts inside that call and waits for hotprobe's 'go').
+struct EarlyStart {
+  std::thread thread;
+  std::atomic<bool> running{false};
+  std::optional<hp::Result<hp::inject::Report>> result;
+  std::string seize_error;  // the kernel refused: the agent starts where the loader starts it
+  int ended = -1;           // the child's wait status, when it ended meanwhile
+};
 
 struct Output {
   FILE* f = stdout;
@@ -403,6 +441,15 @@ int run(const RunOptions& o) {
   for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD})
     sigaction(sig, &sa, nullptr);
 
+  const std::optional<bool> early_wanted = early_start_wanted();
+  if (!early_wanted) return kExitError;
+  // The child waits before its execve for hotprobe's 'G' (sent once hotprobe traces it,
+  // for the early start).
+  int gate[2];
+  if (::pipe2(gate, O_CLOEXEC) != 0) {
+    std::fprintf(stderr, "hotprobe run: pipe: %s\n", std::strerror(errno));
+    return kExitError;
+  }
   std::fflush(nullptr);
   pid_t pid = ::fork();
   if (pid < 0) {
@@ -415,6 +462,11 @@ int run(const RunOptions& o) {
     sigemptyset(&dfl.sa_mask);
     for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGCHLD})
       sigaction(sig, &dfl, nullptr);
+    ::close(gate[1]);
+    char go = 0;
+    while (::read(gate[0], &go, 1) < 0 && errno == EINTR) {
+    }
+    if (go != 'G') ::_exit(kExitError);   // hotprobe is gone
     int fd = ::fcntl(sv[1], F_DUPFD, 3);  // without O_CLOEXEC: the program inherits it
     const char* user = std::getenv("LD_PRELOAD");
     std::string preload = agent_path;
@@ -442,6 +494,36 @@ int run(const RunOptions& o) {
     ::_exit(e == ENOENT ? 127 : 126);
   }
   ::close(sv[1]);
+  ::close(gate[0]);
+  EarlyStart early;
+  if (*early_wanted) {
+    early.running = true;
+    early.thread = std::thread([&] {
+      auto seized = hp::inject::seize_child(pid);
+      (void)!::write(gate[1], "G", 1);
+      ::close(gate[1]);
+      if (!seized.ok()) {
+        early.seize_error = seized.error().message();
+      } else {
+        hp::inject::Options io;
+        // The call returns once the agent's session has started (compiled, attached, BEGIN
+        // printed): as long as that takes.
+        io.timeout = std::chrono::minutes(10);
+        early.result = hp::inject::start_preloaded_library(
+            pid, agent_path, "hotprobe_agent_init_early", io, &early.ended);
+        if (std::getenv("HOTPROBE_DEBUG") && early.result->ok()) {
+          std::fprintf(stderr,
+                       "hotprobe run: agent started at the first constructor of %s (%.1f ms)\n",
+                       (*early.result)->start_object.c_str(), (*early.result)->pause_ms);
+        }
+      }
+      early.running = false;
+      (void)!::write(g_signal_pipe[1], &kEarlyDone, 1);
+    });
+  } else {
+    (void)!::write(gate[1], "G", 1);
+    ::close(gate[1]);
+  }
   int sock = sv[0];
   agent::StartOptions so;
   so.format = static_cast<std::uint8_t>(copts.format);
@@ -590,6 +672,15 @@ int run(const RunOptions& o) {
     }
   };
 
+  const auto reap = [&] {
+    if (child_done) return;
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) child_done = true;
+    if (r < 0 && errno == ECHILD) {  // reaped elsewhere, its status unknown: never wait forever
+      status = kExitError << 8;
+      child_done = true;
+    }
+  };
   while (!child_done) {
     pollfd p[2] = {{sock, POLLIN, 0}, {g_signal_pipe[0], POLLIN, 0}};
     int n = ::poll(p, 2, -1);
@@ -599,8 +690,28 @@ int run(const RunOptions& o) {
       ssize_t k = ::read(g_signal_pipe[0], sigs, sizeof sigs);
       for (ssize_t i = 0; i < k; ++i) {
         const int sig = static_cast<unsigned char>(sigs[i]);
-        if (sig == SIGCHLD) {
-          if (::waitpid(pid, &status, WNOHANG) == pid) child_done = true;
+        if (sig == kEarlyDone) {
+          early.thread.join();
+          if (!early.seize_error.empty()) {
+            std::fprintf(stderr,
+                         "hotprobe run: %s; the agent starts after the constructors of the "
+                         "program's libraries, and their calls are not counted\n",
+                         early.seize_error.c_str());
+          } else if (early.result && !early.result->ok() && early.ended >= 0) {
+            status = early.ended;  // it ended first (an execve that failed, a crash)
+            child_done = true;
+          } else if (early.result && !early.result->ok()) {
+            // The agent is preloaded all the same: it starts where the loader initializes it.
+            std::fprintf(stderr,
+                         "hotprobe run: cannot start the agent in '%s' before its libraries' "
+                         "constructors (%s): it starts after them, and their calls are not "
+                         "counted\n",
+                         program.c_str(), early.result->error().message().c_str());
+          }
+          reap();
+        } else if (sig == SIGCHLD) {
+          // The early start's thread traces the child until it detaches: its stops are its own.
+          if (!early.running) reap();
         } else {
           // Ctrl-C: the program got it from the terminal too; tracing stops, maps print.
           // Other ends: passed on to the program, which decides.
@@ -621,6 +732,7 @@ int run(const RunOptions& o) {
       }
     }
   }
+  if (early.thread.joinable()) early.thread.join();
   // What the program's agent sent before it ended is in the socket: print it all.
   while (sock >= 0 && agent::recv_message_from(sock, msg, from, MSG_DONTWAIT) == 1)
     handle(msg);

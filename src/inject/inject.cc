@@ -24,6 +24,7 @@
 #include "elf/modules.h"
 #include "inject/frames.h"
 #include "inject/process_checks.h"
+#include "inject/return_stub.h"
 #include "inject/safe_point.h"
 #include "inject/tracee.h"
 
@@ -202,6 +203,8 @@ struct Snapshot {
   std::unique_ptr<Unwinder> unwinder;
 };
 
+}  // namespace
+
 // Writes the return stub (tracee.h) into the zero padding that follows the end of an
 // executable segment, in libc first (every target has it), then ld.so, the program and
 // the other modules. The padding lies in the segment's last page, which is mapped
@@ -252,6 +255,8 @@ Result<std::uintptr_t> place_stub(Tracee& t, const elf::ModuleList& mods) {
                                       "injector's return stub (" +
                                       std::to_string(code.size()) + " bytes of zero padding)");
 }
+
+namespace {
 
 // Stops one thread of `pid` at a safe point, runs `body` on it, and detaches.
 template <class Body>

@@ -86,6 +86,9 @@ struct Report {
   int threads_exited = 0;       // chosen threads that exited before they stopped
   bool in_syscall = false;      // the thread was stopped in a system call, restarted after
   bool other_mount_ns = false;  // the target runs in another mount namespace
+  // start_preloaded_library: the object whose constructor was about to run when the
+  // library was started ("the program" for the executable's own).
+  std::string start_object;
 };
 
 // Loads `library` (an absolute path as the target sees it) into process `pid` with
@@ -112,6 +115,26 @@ inline constexpr std::uint64_t kDataArgument = ~0ull - 0x5a;
 Result<long> call_function_with_data(pid_t pid, const std::string& library_path,
                                      std::string_view symbol, std::span<const std::uint64_t> args,
                                      std::span<const char> data, const Options& = {});
+
+// At a program's start (`hotprobe run`): a library the program preloads (LD_PRELOAD) is
+// started after libc's initialization and before every other constructor, so that the
+// constructors of the program's libraries already run with it; the loader's own order puts
+// a preloaded library after every library it does not depend on. The library's `init`
+// (`long init(long)`, exported) must run its initializers once however often it is called
+// (the loader calls them again later). The caller forks the child, holds it before its
+// execve until seize_child(pid) returned (the calling thread is then its tracer, and must
+// make the next call too), lets it exec, and calls start_preloaded_library. That follows
+// the child through its exec to the loader's notice that the initial objects are mapped
+// and relocated (the debugger interface: _dl_debug_state with r_debug.r_state
+// RT_CONSISTENT), puts a breakpoint on every initializer of those objects and on the entry
+// point, and at the first one reached after one of libc's calls `init` on the main thread
+// through the return stub, then detaches: the constructor runs next, as it would have.
+// Breakpoints are removed on every path. The child ending first leaves its waitpid status
+// in `*ended` (the caller has no other way to learn it). Signals the child gets meanwhile
+// are delivered to it. docs/design/inject.md, "At a program's start".
+Result<void> seize_child(pid_t pid);
+Result<Report> start_preloaded_library(pid_t pid, const std::string& library, std::string_view init,
+                                       const Options& opts, int* ended);
 
 // Preflight, without stopping anything: the process exists and is not a zombie, is not
 // stopped, is not traced by someone else, and this process may trace it (same uid or

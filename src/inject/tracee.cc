@@ -170,6 +170,7 @@ Result<Tracee::Stop> Tracee::wait_stop(Want want) {
     }
     if (WIFEXITED(status) || WIFSIGNALED(status)) {
       gone_ = true;
+      end_status_ = status;
       return gone_error(status);
     }
     if (!WIFSTOPPED(status)) continue;
@@ -226,6 +227,15 @@ Result<void> Tracee::interrupt() {
   auto st = wait_stop(Want::interrupt);
   stop_latency_ms_ = stopped_ms();
   if (!st.ok()) return st.error();
+  return save_state();
+}
+
+Result<void> Tracee::adopt_stop() {
+  interrupted_at_ = Clock::now();
+  return save_state();
+}
+
+Result<void> Tracee::save_state() {
   stopped_ = true;
   if (::ptrace(PTRACE_GETREGS, tid_, 0, &saved_) != 0) return ptrace_error("PTRACE_GETREGS", errno);
   xstate_.resize(kXstateMax);

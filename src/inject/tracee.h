@@ -64,8 +64,16 @@ class Tracee {
   pid_t tid() const { return tid_; }
   // The thread exited while we waited for it (its exit was reported to us, its tracer).
   bool gone() const { return gone_; }
+  // The thread's process ended while we waited: its waitpid status (-1: not seen here).
+  int end_status() const { return end_status_; }
   // PTRACE_SEIZE; nothing stops yet.
   Result<void> seize();
+  // A thread this process seized itself (a child it started, seized before its exec):
+  // from here on this object detaches it.
+  void adopt_seized() { seized_ = true; }
+  // The thread is in a ptrace stop the caller waited for (a breakpoint's SIGTRAP): saves
+  // its state as interrupt() does, so that call() and restore_and_detach() work from it.
+  Result<void> adopt_stop();
   // PTRACE_INTERRUPT and wait for the stop; saves registers, vector state, signal mask.
   Result<void> interrupt();
   // Time since interrupt() was issued; and how long the thread took to stop.
@@ -112,6 +120,8 @@ class Tracee {
   Error gone_error(int status) const;
   Error ptrace_error(const char* what, int err) const;
   Result<void> set_regs(const user_regs_struct& regs);
+  // Saves registers, vector state and signal mask of the stopped thread.
+  Result<void> save_state();
 
   pid_t pid_;
   pid_t tid_;
@@ -126,6 +136,7 @@ class Tracee {
   std::uintptr_t marker_rip_ = 0;
   int marker_signal_ = 0;  // 0: the marker is the tgkill system call (PTRACE_SYSCALL)
   bool gone_ = false;
+  int end_status_ = -1;
   user_regs_struct saved_{};
   std::vector<std::uint8_t> xstate_;  // NT_X86_XSTATE image (empty: fpregs_ used)
   user_fpregs_struct fpregs_{};

@@ -1,0 +1,102 @@
+// The process's first steps are counted: under `hotprobe run` the agent is loaded at the
+// first constructor after libc's, before the constructors of the program's libraries
+// (docs/design/agent.md, "The process's first steps"; src/inject/start.cc). The library
+// of fixture/exit_marks.c calls its mark kLibCtor times in its constructor; the preloaded
+// agent (HOTPROBE_RUN_START=preload), initialized after that library, counts none of them.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "agent_e2e_util.h"
+
+extern "C" {
+#include "fixture/exit_marks.h"
+}
+
+namespace {
+
+using hp::agent_test::map_value;
+using hp::agent_test::run_command;
+using hp::agent_test::RunResult;
+
+bool sanitized() {
+  return std::string(HP_SANITIZE).size() > 0;
+}
+
+RunResult run_marks(const std::vector<std::string>& env) {
+  const std::string lib = HP_EXIT_MARKS_LIB;
+  const std::string script = "uprobe:" + lib + ":mark_lib_ctor { @ctor = count(); } uprobe:" + lib +
+                             ":mark_main { @main = count(); }";
+  return run_command({HP_HOTPROBE, "run", "-e", script, "--", HP_EXIT_MARKS, "return"}, env,
+                     std::chrono::seconds(60));
+}
+
+TEST(FirstSteps, ALibrarysConstructorIsCounted) {
+  if (sanitized()) GTEST_SKIP() << "a sanitizer-built agent is preloaded (its runtime comes first)";
+  RunResult r = run_marks({});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(map_value(r.out, "ctor"), kLibCtor) << r.out << r.err;
+  EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
+  EXPECT_EQ(r.err, "");
+}
+
+// The preloaded agent is initialized after the library: its constructor's calls are not
+// seen. What the early start fixes, and the proof that the test above can fail.
+TEST(FirstSteps, ThePreloadedAgentMissesTheConstructor) {
+  RunResult r = run_marks({"HOTPROBE_RUN_START=preload"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(map_value(r.out, "ctor"), 0) << r.out << r.err;
+  EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
+}
+
+TEST(FirstSteps, AnUnknownStartModeIsRefusedBeforeTheProgramRuns) {
+  const std::string marker = ::testing::TempDir() + "hp_first_steps_ran";
+  ::unlink(marker.c_str());
+  RunResult r = run_command({HP_HOTPROBE, "run", "-e", "BEGIN { }", "--", "/usr/bin/touch", marker},
+                            {"HOTPROBE_RUN_START=sideways"}, std::chrono::seconds(60));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.err.find("HOTPROBE_RUN_START='sideways'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("'preload'"), std::string::npos) << r.err;
+  struct stat st;
+  EXPECT_NE(::stat(marker.c_str(), &st), 0) << "the program ran";
+}
+
+// The program's environment is its own: its LD_PRELOAD as the user set it (the agent is
+// not in it), no HOTPROBE_ variable.
+TEST(FirstSteps, TheProgramsEnvironmentIsItsOwn) {
+  const std::string lib = HP_EXIT_MARKS_LIB;
+  for (const std::string& preload : std::vector<std::string>{"", lib}) {
+    std::vector<std::string> env;
+    if (!preload.empty()) env.push_back("LD_PRELOAD=" + preload);
+    RunResult r =
+        run_command({HP_HOTPROBE, "run", "-e", "uprobe:" + lib + ":mark_main { @ = count(); }",
+                     "--", "/usr/bin/env"},
+                    env, std::chrono::seconds(60));
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out.find("HOTPROBE_"), std::string::npos) << r.out;
+    if (sanitized()) continue;  // the sanitizer's runtime and the agent are preloaded
+    if (preload.empty()) {
+      EXPECT_EQ(r.out.find("LD_PRELOAD="), std::string::npos) << r.out;
+    } else {
+      EXPECT_NE(r.out.find("\nLD_PRELOAD=" + preload + "\n"), std::string::npos) << r.out;
+    }
+  }
+}
+
+// A program that cannot be executed: the child's error and status, as without tracing.
+TEST(FirstSteps, AnExecThatFailsEndsWithItsStatus) {
+  const std::string path = ::testing::TempDir() + "hp_first_steps_not_exec";
+  std::ofstream(path) << "not a program\n";
+  ::chmod(path.c_str(), 0644);
+  RunResult r = run_command({HP_HOTPROBE, "run", "-e", "BEGIN { }", "--", path}, {},
+                            std::chrono::seconds(60));
+  EXPECT_EQ(r.status, 126) << r.out << r.err;
+  EXPECT_NE(r.err.find("cannot run"), std::string::npos) << r.err;
+  ::unlink(path.c_str());
+}
+
+}  // namespace
