@@ -85,6 +85,13 @@ Result<int> wait_child(pid_t pid, Clock::time_point deadline, int* ended) {
     }
     if (r == pid && WIFSTOPPED(status)) return status;
     if (Clock::now() >= deadline) {
+      // Stopped for the way out: the breakpoints come out and the detach needs a stop.
+      if (::ptrace(PTRACE_INTERRUPT, pid, 0, 0) == 0) {
+        for (int i = 0; i < 1000 && ::waitpid(pid, &status, __WALL | WNOHANG) == 0; ++i) {
+          timespec ms{0, 1'000'000};
+          ::nanosleep(&ms, nullptr);
+        }
+      }
       return Error(Errc::timed_out,
                    "process " + std::to_string(pid) + " did not reach its start in time");
     }
