@@ -292,6 +292,7 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
       s->follow_forks_ && !(child_execs && child_execs[0] == '0' && child_execs[1] == '\0');
   if (!attached_session) {
     s->start_message_ = msg;
+    s->exec_early_ = started_early() && !s->forked_child_;
     s->agent_path_ = own_path();
   }
 

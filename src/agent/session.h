@@ -181,10 +181,13 @@ class Session final : public hotprobe::script::Sink {
   bool resumed_ = false;  // this image took the session over from the one that exec'd
   std::atomic<std::uint32_t> exec_word_{0};
   char** exec_envp_in_ = nullptr;
-  int exec_start_fd_ = -1;         // the memfd of the exec'ing thread's process
-  int exec_region_fd_ = -1;        // the run's region, passed on (not to a child's new image)
-  pid_t exec_pid_ = 0;             // the process that exec's
-  bool exec_child_ = false;        // it is a followed child: its new image is a child's too
+  int exec_start_fd_ = -1;   // the memfd of the exec'ing thread's process
+  int exec_region_fd_ = -1;  // the run's region, passed on (not to a child's new image)
+  pid_t exec_pid_ = 0;       // the process that exec's
+  bool exec_child_ = false;  // it is a followed child: its new image is a child's too
+  // The program's image was started early (started_early()): its exec waits until
+  // hotprobe traces it, so that the new image's agent starts early too.
+  bool exec_early_ = false;
   std::uint64_t handover_ns_ = 0;  // reporter: when the last hand-over was ready
   std::vector<std::string> exec_env_;
   std::vector<char*> exec_envp_;
@@ -244,6 +247,10 @@ const char* env_value(const char* name) noexcept;
 void env_remove(const char* name) noexcept;
 // `name` set to `value`: the entry replaced in place, or appended (environ reallocated).
 void env_set(const char* name, const char* value);
+
+// Whether hotprobe run started this image's agent before its libraries' constructors
+// (init_once.cc): hotprobe can trace the process, and its next exec is started so too.
+bool started_early() noexcept;
 
 // The agent's own part of LD_PRELOAD in this image (preload.cc), for the images the
 // program exec's; the agent's path alone when not set.

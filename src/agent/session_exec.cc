@@ -3,6 +3,7 @@
 // environment under which the new image's agent takes the session over.
 #include <fcntl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,6 +31,38 @@ bool executable(int dirfd, const char* path) noexcept {
   const int flags = path[0] == '\0' ? AT_EMPTY_PATH : 0;
   return ::syscall(SYS_faccessat2, dirfd, path, X_OK, flags) == 0 ||
          (errno == ENOSYS && ::syscall(SYS_faccessat, dirfd, path, X_OK) == 0);
+}
+
+// Whether a tracer is attached to this process (TracerPid in /proc/self/status), with
+// system calls only: no allocation on the exec'ing thread.
+bool traced() noexcept {
+  const int fd = static_cast<int>(::syscall(SYS_open, "/proc/self/status", O_RDONLY | O_CLOEXEC));
+  if (fd < 0) return false;
+  char buf[2048];
+  const ssize_t n = ::syscall(SYS_read, fd, buf, sizeof buf - 1);
+  ::syscall(SYS_close, fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  const std::string_view text(buf, static_cast<std::size_t>(n));
+  const std::size_t at = text.find("TracerPid:");
+  if (at == std::string_view::npos) return false;
+  std::size_t i = at + 10;
+  while (i < text.size() && (text[i] == '\t' || text[i] == ' '))
+    ++i;
+  return i < text.size() && text[i] >= '1' && text[i] <= '9';
+}
+
+// The program's own exec of an image started early: hotprobe, told by the hand-over
+// ('F'), traces the process before the execve, and starts the new image's agent before
+// that image's libraries' constructors too (src/inject/start.cc). At most two seconds;
+// after that the exec goes ahead and the new image's agent starts where the loader starts
+// a preloaded library.
+void wait_for_tracer() noexcept {
+  const std::uint64_t deadline = now_ns() + 2'000'000'000ull;
+  while (!traced() && now_ns() < deadline) {
+    timespec pause{0, 100'000};
+    ::nanosleep(&pause, nullptr);
+  }
 }
 
 }  // namespace
@@ -107,6 +140,9 @@ char** Session::prepare_exec(int dirfd, const char* path, char** envp) noexcept 
   ::fcntl(fd_, F_SETFD, 0);
   if (!exec_child_ && exec_region_fd_ >= 0) ::fcntl(exec_region_fd_, F_SETFD, 0);
   exec_path_[0] = '\0';  // followed: the final report does not name it
+  // The thread group's leader only: another thread's exec takes the leader's pid, which a
+  // tracer of the leader alone would not follow.
+  if (exec_early_ && !exec_child_ && ::syscall(SYS_gettid) == exec_pid_) wait_for_tracer();
   return exec_envp_.data();
 }
 

@@ -113,6 +113,9 @@ struct EarlyStart {
   std::optional<hp::Result<hp::inject::Report>> result;
   std::string seize_error;  // the kernel refused: the agent starts where the loader starts it
   int ended = -1;           // the child's wait status, when it ended meanwhile
+  bool reported = false;    // the outcome of the latest start was acted on
+  bool first = true;        // the program's first image (else an image it exec'd)
+  std::string image;        // that image's path
 };
 
 struct Output {
@@ -496,12 +499,20 @@ int run(const RunOptions& o) {
   ::close(sv[1]);
   ::close(gate[0]);
   EarlyStart early;
-  if (*early_wanted) {
+  // The program's image (first = true: the child held before its first execve by the
+  // gate), or the image it exec's next (the agent waits before the execve until it is
+  // traced; an exec that happened before the seize is let go after the exec timeout).
+  const auto start_early = [&](bool first, std::string image) {
     early.running = true;
-    early.thread = std::thread([&] {
+    early.reported = false;
+    early.first = first;
+    early.image = std::move(image);
+    early.thread = std::thread([&, first] {
       auto seized = hp::inject::seize_child(pid);
-      (void)!::write(gate[1], "G", 1);
-      ::close(gate[1]);
+      if (first) {
+        (void)!::write(gate[1], "G", 1);
+        ::close(gate[1]);
+      }
       if (!seized.ok()) {
         early.seize_error = seized.error().message();
       } else {
@@ -509,6 +520,7 @@ int run(const RunOptions& o) {
         // The call returns once the agent's session has started (compiled, attached, BEGIN
         // printed): as long as that takes.
         io.timeout = std::chrono::minutes(10);
+        if (!first) io.exec_timeout = std::chrono::seconds(3);
         early.result = hp::inject::start_preloaded_library(
             pid, agent_path, "hotprobe_agent_init_early", io, &early.ended);
         if (std::getenv("HOTPROBE_DEBUG") && early.result->ok()) {
@@ -520,6 +532,9 @@ int run(const RunOptions& o) {
       early.running = false;
       (void)!::write(g_signal_pipe[1], &kEarlyDone, 1);
     });
+  };
+  if (*early_wanted) {
+    start_early(true, program);
   } else {
     (void)!::write(gate[1], "G", 1);
     ::close(gate[1]);
@@ -653,8 +668,18 @@ int run(const RunOptions& o) {
         auto p = agent::get<std::uint32_t>(payload, pos).value_or(0);
         auto n = agent::get<std::uint32_t>(payload, pos).value_or(0);
         if (pos + n > payload.size()) break;
-        following.emplace_back(p, std::string(payload.substr(pos, n)));
+        std::string image(payload.substr(pos, n));
         pos += n;
+        // The program's own exec, from an image started early: the next one is too (its
+        // agent waits until hotprobe traces it).
+        if (p == static_cast<std::uint32_t>(pid) && *early_wanted && early.seize_error.empty() &&
+            !early.running) {
+          if (early.thread.joinable()) early.thread.join();
+          early.result.reset();
+          early.ended = -1;
+          start_early(false, image);
+        }
+        following.emplace_back(p, std::move(image));
         while (pos < payload.size()) {
           const std::size_t end = std::min(payload.find('\0', pos), payload.size());
           placed.emplace_back(payload.substr(pos, end - pos));
@@ -691,7 +716,10 @@ int run(const RunOptions& o) {
       for (ssize_t i = 0; i < k; ++i) {
         const int sig = static_cast<unsigned char>(sigs[i]);
         if (sig == kEarlyDone) {
-          early.thread.join();
+          // Each start's byte: the latest start's outcome once it is done, said once.
+          if (early.running || early.reported) continue;
+          early.reported = true;
+          if (early.thread.joinable()) early.thread.join();
           if (!early.seize_error.empty()) {
             std::fprintf(stderr,
                          "hotprobe run: %s; the agent starts after the constructors of the "
@@ -700,13 +728,15 @@ int run(const RunOptions& o) {
           } else if (early.result && !early.result->ok() && early.ended >= 0) {
             status = early.ended;  // it ended first (an execve that failed, a crash)
             child_done = true;
-          } else if (early.result && !early.result->ok()) {
+          } else if (early.result && !early.result->ok() &&
+                     (early.first || early.result->error().code() != hotprobe::Errc::unsupported)) {
             // The agent is preloaded all the same: it starts where the loader initializes it.
+            // (An exec'd static image is said below, with what ran untraced.)
             std::fprintf(stderr,
                          "hotprobe run: cannot start the agent in '%s' before its libraries' "
                          "constructors (%s): it starts after them, and their calls are not "
                          "counted\n",
-                         program.c_str(), early.result->error().message().c_str());
+                         early.image.c_str(), early.result->error().message().c_str());
           }
           reap();
         } else if (sig == SIGCHLD) {

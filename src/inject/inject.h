@@ -57,6 +57,10 @@ struct Options {
   // Bounds the whole operation: finding a safe point, the call and the restore. A call
   // that has not returned by then is abandoned (see docs/design/inject.md).
   std::chrono::milliseconds timeout{5000};
+  // start_preloaded_library: how long to wait for the child's exec (0: `timeout`). A
+  // process seized while it was about to exec may have exec'd before the seize: then no
+  // exec comes, and it is let go at this deadline.
+  std::chrono::milliseconds exec_timeout{0};
   // The thread to use; 0 lets the injector choose (the thread group leader first, then
   // the others in turn when the leader is at an unsafe point).
   pid_t tid = 0;

@@ -322,8 +322,10 @@ Result<Report> start_preloaded_library(pid_t pid, const std::string& library, st
   Tracee t(pid, pid, deadline);
   t.adopt_seized();  // detached by t on every path
   // 1. The exec: the new image has only the loader and the executable mapped.
+  const Clock::time_point exec_deadline =
+      opts.exec_timeout.count() > 0 ? std::min(deadline, start + opts.exec_timeout) : deadline;
   for (int sig = 0;;) {
-    auto st = wait_child(pid, deadline, ended);
+    auto st = wait_child(pid, exec_deadline, ended);
     if (!st.ok()) return st.error();
     if ((*st >> 8) == (SIGTRAP | (PTRACE_EVENT_EXEC << 8))) break;
     sig = (*st >> 16) == 0 ? WSTOPSIG(*st) : 0;

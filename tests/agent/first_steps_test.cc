@@ -27,12 +27,17 @@ bool sanitized() {
   return std::string(HP_SANITIZE).size() > 0;
 }
 
-RunResult run_marks(const std::vector<std::string>& env) {
+// The fixture, run directly or through `prefix` (env(1), which exec's it: the library's
+// constructor then runs in an image the program exec'd).
+RunResult run_marks(const std::vector<std::string>& env,
+                    const std::vector<std::string>& prefix = {}) {
   const std::string lib = HP_EXIT_MARKS_LIB;
   const std::string script = "uprobe:" + lib + ":mark_lib_ctor { @ctor = count(); } uprobe:" + lib +
                              ":mark_main { @main = count(); }";
-  return run_command({HP_HOTPROBE, "run", "-e", script, "--", HP_EXIT_MARKS, "return"}, env,
-                     std::chrono::seconds(60));
+  std::vector<std::string> args{HP_HOTPROBE, "run", "-e", script, "--"};
+  args.insert(args.end(), prefix.begin(), prefix.end());
+  args.insert(args.end(), {HP_EXIT_MARKS, "return"});
+  return run_command(args, env, std::chrono::seconds(60));
 }
 
 TEST(FirstSteps, ALibrarysConstructorIsCounted) {
@@ -48,6 +53,24 @@ TEST(FirstSteps, ALibrarysConstructorIsCounted) {
 // seen. What the early start fixes, and the proof that the test above can fail.
 TEST(FirstSteps, ThePreloadedAgentMissesTheConstructor) {
   RunResult r = run_marks({"HOTPROBE_RUN_START=preload"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(map_value(r.out, "ctor"), 0) << r.out << r.err;
+  EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
+}
+
+// The image the program exec's: its agent starts before that image's libraries'
+// constructors too (hotprobe traces the process from the hand-over to the execve).
+TEST(FirstSteps, ALibrarysConstructorInAnExecdImageIsCounted) {
+  if (sanitized()) GTEST_SKIP() << "a sanitizer-built agent is preloaded (its runtime comes first)";
+  RunResult r = run_marks({}, {"/usr/bin/env"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(map_value(r.out, "ctor"), kLibCtor) << r.out << r.err;
+  EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
+  EXPECT_EQ(r.err, "");
+}
+
+TEST(FirstSteps, ThePreloadedAgentMissesTheConstructorInAnExecdImage) {
+  RunResult r = run_marks({"HOTPROBE_RUN_START=preload"}, {"/usr/bin/env"});
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(map_value(r.out, "ctor"), 0) << r.out << r.err;
   EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
