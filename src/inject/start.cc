@@ -34,6 +34,7 @@ constexpr std::uint8_t kInt3 = 0xcc;
 constexpr int kRtConsistent = 0;  // r_debug.r_state: the loader's list is complete
 constexpr std::size_t kMaxDynamic = 4096;
 constexpr int kMaxObjects = 4096;
+constexpr std::chrono::seconds kReachStart{30};
 
 struct Auxv {
   std::uintptr_t base = 0;  // AT_BASE: the loader's load address (0: no loader)
@@ -332,6 +333,9 @@ Result<Report> start_preloaded_library(pid_t pid, const std::string& library, st
     if (::ptrace(PTRACE_CONT, pid, 0, sig) != 0)
       return Error(Errc::io_error, std::string("PTRACE_CONT: ") + std::strerror(errno));
   }
+  // The loader's work up to the first constructor takes milliseconds: a child that does
+  // not get there in kReachStart is let go (the library starts where the loader starts it).
+  const Clock::time_point reach_deadline = std::min(deadline, Clock::now() + kReachStart);
   auto aux = read_auxv(pid);
   if (!aux.ok()) return aux.error();
   if (aux->base == 0) {
@@ -360,7 +364,7 @@ Result<Report> start_preloaded_library(pid_t pid, const std::string& library, st
   HP_TRY(bp.insert(*debug_addr));
   std::vector<Object> objects;
   for (__ptrace_request request = PTRACE_CONT;;) {
-    auto st = run_to_trap(pid, 0, request, deadline, ended);
+    auto st = run_to_trap(pid, 0, request, reach_deadline, ended);
     if (!st.ok()) return st.error();
     request = PTRACE_CONT;
     auto regs = regs_of(pid);
@@ -407,7 +411,7 @@ Result<Report> start_preloaded_library(pid_t pid, const std::string& library, st
   };
   std::uintptr_t at = 0;
   for (int pass = 0;;) {
-    auto st = run_to_trap(pid, pass, PTRACE_CONT, deadline, ended);
+    auto st = run_to_trap(pid, pass, PTRACE_CONT, reach_deadline, ended);
     if (!st.ok()) return st.error();
     auto regs = regs_of(pid);
     if (!regs.ok()) return regs.error();
