@@ -133,6 +133,9 @@ class Checker {
   // What reading memory of type `t` yields: an integer (typed), or an object.
   [[gnu::noinline]] Value memory_value(Expr& e, int t);
 
+  // `args` as a whole (check_args.h: rewrite_args_record).
+  [[gnu::noinline]] Value args_value(Expr& e);
+
   // The pointee of pointer value `p` (else an error naming the way out).
   int pointee(Expr& e, const Value& p, std::string_view what);
 

@@ -50,6 +50,9 @@ struct Record {
   std::vector<Field> fields;
   std::uint32_t size = 0;
   std::uint32_t align = 1;
+  // `args` as a whole (check_args.h): printed as current bpftrace prints it, pointers in
+  // hex and, as a map key, spaced as a value ({ .p = 0x7ffd..., .n = 1 }).
+  bool args = false;
 };
 
 // What the hotprobe command learned from a probed file's DWARF for uprobe `args`, and the

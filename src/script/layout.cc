@@ -27,6 +27,7 @@ std::shared_ptr<const ValueLayout> make_layout(const ast::TypeTable& types, int 
     }
     case ast::CType::Kind::record:
       l->kind = ValueLayout::Kind::record;
+      l->args = types.records[static_cast<std::size_t>(c.record)].args;
       for (const ast::Field& f : types.records[static_cast<std::size_t>(c.record)].fields) {
         l->fields.push_back(ValueLayout::Field{f.name, f.offset, f.bit_offset, f.bit_width,
                                                make_layout(types, f.type)});
@@ -87,12 +88,17 @@ void append_integer(std::string& out, const ValueLayout& l, std::int64_t v) {
 namespace {
 
 // key: bpftrace's map key form ({.a=1,.b=2}, pointers in hex).
+// hex: pointers in hex (current bpftrace's form of `args`).
 void append_form(std::string& out, const ValueLayout& l, std::string_view bytes, OutputFormat fmt,
-                 bool escape, bool key) {
+                 bool escape, bool key, bool hex = false) {
   const bool json = fmt == OutputFormat::json;
+  if (l.args && !json) {  // `args`: current bpftrace's form, as a value and as a key
+    key = false;
+    hex = true;
+  }
   switch (l.kind) {
     case ValueLayout::Kind::integer:
-      if (key && l.pointer) {
+      if ((key || hex) && l.pointer) {
         char buf[24];
         std::snprintf(buf, sizeof buf, "0x%" PRIx64, load_unit(bytes, 0, 8));
         out += buf;
@@ -120,7 +126,7 @@ void append_form(std::string& out, const ValueLayout& l, std::string_view bytes,
       for (std::uint32_t k = 0; k < l.count; ++k) {
         if (k) out += ",";
         const std::size_t at = std::min<std::size_t>(std::size_t{k} * step, bytes.size());
-        append_form(out, *l.elem, bytes.substr(at), fmt, escape, key);
+        append_form(out, *l.elem, bytes.substr(at), fmt, escape, key, hex);
       }
       out += "]";
       return;
@@ -154,7 +160,7 @@ void append_form(std::string& out, const ValueLayout& l, std::string_view bytes,
           continue;
         }
         const std::size_t at = std::min<std::size_t>(f.offset, bytes.size());
-        append_form(out, *f.layout, bytes.substr(at), fmt, escape, key);
+        append_form(out, *f.layout, bytes.substr(at), fmt, escape, key, hex);
       }
       out += key ? "}" : " }";
       return;

@@ -23,6 +23,7 @@ struct ValueLayout {
   std::uint32_t size = 0;  // bytes
   bool is_signed = false;  // integer
   bool pointer = false;    // integer: a pointer (a map key shows it in hex)
+  bool args = false;       // record: `args` (ast::Record::args), printed in hex as a value too
   // array: `count` elements of `elem`; record: fields in order.
   std::uint32_t count = 0;
   std::shared_ptr<const ValueLayout> elem;

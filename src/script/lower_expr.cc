@@ -99,6 +99,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       return n;
     }
     case K::builtin: {
+      if (e.name == "args" && !e.args.empty()) return args_record(e);
       Node* n = make();
       if (e.usdt_arg >= 0) {
         lower_usdt_arg(n, e.usdt_arg);
@@ -277,6 +278,30 @@ Result<const Node*> Lowerer::add_index(const Expr& ix, std::int64_t elem, const 
   sum->b = scaled;
   sum->i = i_add;
   return sum;
+}
+
+// `args` as a whole (check_args.h, rewrite_args_record): each part (a register or stack
+// slot) copied to its offset, up to the next part's offset or the record's end.
+Result<const Node*> Lowerer::args_record(const Expr& e) {
+  const std::uint32_t size = e.ctype >= 0 ? prog_.types.size_of(e.ctype) : 0;
+  if (e.type != Type::record || size == 0 || size > kStrBytes)
+    return unsupported(e, "args the checker did not type");
+  Node* n = make();
+  n->s = s_args_record;
+  n->bytes = size;
+  for (std::size_t k = 0; k < e.args.size(); ++k) {
+    auto v = expr(*e.args[k]);
+    if (!v) return v.error();
+    const std::int64_t at = e.args[k]->value;
+    const std::int64_t end = k + 1 < e.args.size() ? e.args[k + 1]->value : size;
+    if (at < 0 || end <= at || end > size) return unsupported(e, "args parts out of order");
+    Node* part = make();
+    part->a = *v;
+    part->imm = at;
+    part->key_words = static_cast<std::uint32_t>(std::min<std::int64_t>(end - at, 8));
+    n->keys.push_back(part);
+  }
+  return n;
 }
 
 // *p, p->f, s.f, p[i], a[i]: an address (a node and a constant offset), then by the
