@@ -262,7 +262,9 @@ std::string with_type_facts(std::string_view source, std::string_view filename,
     add_header(spelled, dir, facts, done, 0);
   std::string full = std::string(script) + std::string(kTypeFactsMarker) + facts;
   const bool args = script.find("args") != std::string_view::npos;
-  if (args || script.find('@') != std::string_view::npos) {
+  const bool records = script.find("struct ") != std::string_view::npos ||
+                       script.find("union ") != std::string_view::npos;
+  if (args || records || script.find('@') != std::string_view::npos) {
     Diagnostics diags;
     ast::Program program = parse(full, filename, diags);
     std::set<std::string> asked;
@@ -279,6 +281,28 @@ std::string with_type_facts(std::string_view source, std::string_view filename,
             p.function.empty() || !asked.insert(p.module + "\t" + p.function).second)
           continue;
         full += lookup(p.module, p.function, id++);
+      }
+    }
+    // The structs and unions the script names but neither it nor its headers define: from
+    // the DWARF of the files its user probes are on, the first that defines each (as
+    // bpftrace reads them from the probed files' DWARF).
+    std::vector<std::string> modules;
+    for (const ast::Action& a : program.actions) {
+      for (const ast::AttachPoint& p : a.probes) {
+        if ((p.probe.kind == Probe::Kind::uprobe || p.probe.kind == Probe::Kind::uretprobe) &&
+            !p.module.empty() &&
+            std::find(modules.begin(), modules.end(), p.module) == modules.end())
+          modules.push_back(p.module);
+      }
+    }
+    for (const ast::Record& r : program.types.records) {
+      if (r.complete || r.name.find("(anonymous)") != std::string::npos ||
+          (!r.name.starts_with("struct ") && !r.name.starts_with("union ")))
+        continue;
+      for (const std::string& m : modules) {
+        const std::string lines = lookup(m, r.name, id++);
+        full += lines;
+        if (!lines.empty()) break;
       }
     }
   }
