@@ -153,10 +153,7 @@ void append_form(std::string& out, const ValueLayout& l, std::string_view bytes,
         if (f.bit_width) {
           std::uint64_t unit = load_unit(bytes, f.offset, f.layout->size) >> f.bit_offset;
           if (f.bit_width < 64) unit &= (std::uint64_t{1} << f.bit_width) - 1;
-          std::int64_t v = static_cast<std::int64_t>(unit);
-          if (f.layout->is_signed && f.bit_width < 64 && (unit >> (f.bit_width - 1)) & 1)
-            v = static_cast<std::int64_t>(unit | ~((std::uint64_t{1} << f.bit_width) - 1));
-          out += std::to_string(v);
+          out += std::to_string(unit);  // zero-extended, as bpftrace reads bit fields
           continue;
         }
         const std::size_t at = std::min<std::size_t>(f.offset, bytes.size());

@@ -257,11 +257,13 @@ const Node* Lowerer::map_tuple(Node* map, const MapDesc& d) {
 }
 
 // A bit field's unit (key_words bytes), first bit, width and signedness.
+// A bit field reads as its bits, zero-extended whatever its type's sign (bpftrace masks
+// them and never extends the sign: `short b : 8` holding 217 reads 217).
 static void bit_field(Node* n, const ast::TypeTable& T, const ast::Field& bits) {
   n->key_words = T.size_of(bits.type);
   n->bit_offset = static_cast<std::uint8_t>(bits.bit_offset);
   n->bit_width = static_cast<std::uint8_t>(bits.bit_width);
-  n->is_signed = T.at(bits.type).is_signed;
+  n->is_signed = false;
 }
 
 // `to` + index `ix` (not a literal) times `elem`; the scaled index alone when `to` is null.
