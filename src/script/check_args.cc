@@ -597,7 +597,7 @@ int rewrite_args_record(ast::Program& program, Diagnostics& diags, const ast::Ac
   ast::Record rec;
   rec.name = "struct " + fn->name + "_args";
   rec.complete = true;
-  rec.args = true;
+  rec.current_form = true;
   std::vector<ast::ExprPtr> parts;
   auto part = [&](const std::string& reg, std::uint32_t offset) {
     ast::ExprPtr r = make(Expr::Kind::builtin, e.loc);
@@ -627,23 +627,9 @@ int rewrite_args_record(ast::Program& program, Diagnostics& diags, const ast::Ac
     rec.fields.push_back(ast::Field{p.name, p.type, rec.size, 0, 0});
     rec.size += size;
   }
-  // The same function's record again (args read twice, a clone): the same type.
-  int index = -1;
-  for (std::size_t i = 0; i < T.records.size() && index < 0; ++i) {
-    const ast::Record& r = T.records[i];
-    bool same =
-        r.args && r.name == rec.name && r.size == rec.size && r.fields.size() == rec.fields.size();
-    for (std::size_t k = 0; same && k < r.fields.size(); ++k)
-      same = r.fields[k].name == rec.fields[k].name && r.fields[k].type == rec.fields[k].type;
-    if (same) index = static_cast<int>(i);
-  }
-  if (index < 0) {
-    T.records.push_back(std::move(rec));
-    index = static_cast<int>(T.records.size() - 1);
-  }
   e.args = std::move(parts);
   e.height = 3;
-  return T.record_type(index);
+  return T.made_record(std::move(rec));  // args read twice, a clone: the same type
 }
 
 }  // namespace checking

@@ -148,6 +148,7 @@ class Checker {
   // Tuples (check_tuple.cc): a literal, `$t.N`, and the element slots of a tuple variable.
   [[gnu::noinline]] Value tuple(Expr& e);
   [[gnu::noinline]] Value tuple_index(Expr& e);
+  [[gnu::noinline]] Value packed_tuple(Expr& e);
   Value tuple_of(std::vector<ast::TupleElem> elems) {
     tuple_types_.push_back(std::move(elems));
     return Value{Type::tuple, std::nullopt, static_cast<std::uint32_t>(tuple_types_.size() - 1),

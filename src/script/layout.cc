@@ -27,7 +27,8 @@ std::shared_ptr<const ValueLayout> make_layout(const ast::TypeTable& types, int 
     }
     case ast::CType::Kind::record:
       l->kind = ValueLayout::Kind::record;
-      l->args = types.records[static_cast<std::size_t>(c.record)].args;
+      l->current_form = types.records[static_cast<std::size_t>(c.record)].current_form;
+      l->tuple = types.records[static_cast<std::size_t>(c.record)].tuple;
       for (const ast::Field& f : types.records[static_cast<std::size_t>(c.record)].fields) {
         l->fields.push_back(ValueLayout::Field{f.name, f.offset, f.bit_offset, f.bit_width,
                                                make_layout(types, f.type)});
@@ -88,11 +89,11 @@ void append_integer(std::string& out, const ValueLayout& l, std::int64_t v) {
 namespace {
 
 // key: bpftrace's map key form ({.a=1,.b=2}, pointers in hex).
-// hex: pointers in hex (current bpftrace's form of `args`).
+// hex: pointers in hex (current bpftrace's form: ast::Record::current_form).
 void append_form(std::string& out, const ValueLayout& l, std::string_view bytes, OutputFormat fmt,
                  bool escape, bool key, bool hex = false) {
   const bool json = fmt == OutputFormat::json;
-  if (l.args && !json) {  // `args`: current bpftrace's form, as a value and as a key
+  if (l.current_form && !json) {  // current bpftrace's form, as a value and as a key
     key = false;
     hex = true;
   }
@@ -132,6 +133,17 @@ void append_form(std::string& out, const ValueLayout& l, std::string_view bytes,
       return;
     }
     case ValueLayout::Kind::record: {
+      if (l.tuple) {  // (1, x); in JSON [1,"x"]
+        out += json ? "[" : "(";
+        for (std::size_t k = 0; k < l.fields.size(); ++k) {
+          if (k) out += json ? "," : ", ";
+          const ValueLayout::Field& f = l.fields[k];
+          append_form(out, *f.layout, bytes.substr(std::min<std::size_t>(f.offset, bytes.size())),
+                      fmt, escape, key, hex);
+        }
+        out += json ? "]" : ")";
+        return;
+      }
       out += key ? "{" : "{ ";
       bool first = true;
       for (const ValueLayout::Field& f : l.fields) {

@@ -216,6 +216,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
     case K::offsetof_:
       return unsupported(e, "sizeof/offsetof the checker did not fold");
     case K::tuple: {
+      if (e.type == Type::record) return packed_tuple(e);
       Node* n = make();
       for (const ast::ExprPtr& a : e.args) {
         auto el = expr(*a);
@@ -289,7 +290,7 @@ Result<const Node*> Lowerer::args_record(const Expr& e) {
   if (e.type != Type::record || size == 0 || size > kStrBytes)
     return unsupported(e, "args the checker did not type");
   Node* n = make();
-  n->s = s_args_record;
+  n->s = s_pack;
   n->bytes = size;
   for (std::size_t k = 0; k < e.args.size(); ++k) {
     auto v = expr(*e.args[k]);
@@ -301,6 +302,32 @@ Result<const Node*> Lowerer::args_record(const Expr& e) {
     part->a = *v;
     part->imm = at;
     part->key_words = static_cast<std::uint32_t>(std::min<std::int64_t>(end - at, 8));
+    n->keys.push_back(part);
+  }
+  return n;
+}
+
+// A named tuple or a tuple in a tuple (check_tuple.cc): each element copied to its
+// field's offset.
+Result<const Node*> Lowerer::packed_tuple(const Expr& e) {
+  const ast::TypeTable& T = prog_.types;
+  const std::uint32_t size = e.ctype >= 0 ? T.size_of(e.ctype) : 0;
+  if (e.ctype < 0 || T.at(e.ctype).kind != ast::CType::Kind::record || size > kStrBytes)
+    return unsupported(e, "a tuple the checker did not type");
+  const ast::Record& rec = T.records[static_cast<std::size_t>(T.at(e.ctype).record)];
+  if (rec.fields.size() != e.args.size()) return unsupported(e, "a tuple the checker did not type");
+  Node* n = make();
+  n->s = s_pack;
+  n->bytes = size;
+  for (std::size_t k = 0; k < e.args.size(); ++k) {
+    auto v = expr(*e.args[k]);
+    if (!v) return v.error();
+    const ast::Field& f = rec.fields[k];
+    Node* part = make();
+    part->a = *v;
+    part->imm = f.offset;
+    part->key_words = std::min<std::uint32_t>(T.size_of(f.type), 8);
+    part->bytes = std::min<std::uint32_t>(T.size_of(f.type), size - f.offset);
     n->keys.push_back(part);
   }
   return n;
