@@ -252,6 +252,10 @@ std::string_view script_part(std::string_view source) {
   return at == std::string_view::npos ? source : source.substr(0, at);
 }
 
+// The structs and unions named only in DWARF one script may look up (each lookup reads
+// the debug information of the probed files).
+constexpr std::size_t kMaxNamedRecords = 64;
+
 std::string with_type_facts(std::string_view source, std::string_view filename,
                             const DwarfLookup& lookup) {
   const std::string_view script = script_part(source);
@@ -285,7 +289,8 @@ std::string with_type_facts(std::string_view source, std::string_view filename,
     }
     // The structs and unions the script names but neither it nor its headers define: from
     // the DWARF of the files its user probes are on, the first that defines each (as
-    // bpftrace reads them from the probed files' DWARF).
+    // bpftrace reads them from the probed files' DWARF). Only those the script's own text
+    // names (not a header's forward declarations), at most kMaxNamedRecords of them.
     std::vector<std::string> modules;
     for (const ast::Action& a : program.actions) {
       for (const ast::AttachPoint& p : a.probes) {
@@ -295,9 +300,12 @@ std::string with_type_facts(std::string_view source, std::string_view filename,
           modules.push_back(p.module);
       }
     }
+    std::size_t named = 0;
     for (const ast::Record& r : program.types.records) {
       if (r.complete || r.name.find("(anonymous)") != std::string::npos ||
-          (!r.name.starts_with("struct ") && !r.name.starts_with("union ")))
+          (!r.name.starts_with("struct ") && !r.name.starts_with("union ")) ||
+          script.find(r.name.substr(r.name.find(' ') + 1)) == std::string_view::npos ||
+          ++named > kMaxNamedRecords)
         continue;
       for (const std::string& m : modules) {
         const std::string lines = lookup(m, r.name, id++);
