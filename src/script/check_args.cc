@@ -602,6 +602,13 @@ int rewrite_args_record(ast::Program& program, Diagnostics& diags, const ast::Ac
   const ast::ArgFunction* fn = action_function(program, diags, action, e.loc);
   if (!fn) return -1;
   ast::TypeTable& T = program.types;
+  if (fn->params.empty()) {
+    error_once(diags, e.loc,
+               fn->name +
+                   " takes no parameters: its args has nothing to copy (read "
+                   "registers with argN if the debug information is wrong)");
+    return -1;
+  }
   ast::Record rec;
   rec.name = "struct " + fn->name + "_args";
   rec.complete = true;

@@ -34,6 +34,7 @@ std::string fake_lookup(const std::string& module, const std::string& pattern, i
            "P\ts8\t-1\t-1\trsp+16\ti8\n" + "R\t" + k + "20\tstruct pair\t16\t0\n" +
            "M\tlo\t0\t0\t0\ti4\n" + "M\thi\t4\t0\t0\ti4\n" + "M\tz\t8\t0\t0\ti8\n";
   }
+  if (pattern == "none") return "F\t" + head + "none\n";
   if (pattern == "fl") return "F\t" + head + "fl\nP\td\t-1\t-1\txmm0\tf8\nP\tk\t0\t-1\trdi\ti4\n";
   if (pattern == "big") {
     return "F\t" + head + "big\nP\th\t-1\t-1\trsp+8\tr" + k + "30;\n" + "R\t" + k +
@@ -126,6 +127,9 @@ TEST(ScriptArgsRecord, WhatCannotBeCopiedNamesTheWayOut) {
             "stdin:1:25-29: ERROR: args of big holds parameter 'h' (struct huge, in rsp+8), "
             "which hotprobe cannot copy: the whole of args is the parameters passed in "
             "registers or in 8-byte stack slots; read the others by name (args.NAME)");
+  EXPECT_EQ(first_error("uprobe:./prog:none { @ = args; }"),
+            "stdin:1:26-30: ERROR: none takes no parameters: its args has nothing to copy (read "
+            "registers with argN if the debug information is wrong)");
   EXPECT_EQ(first_error("uretprobe:./prog:pick { @ = args; }"),
             "stdin:1:29-33: ERROR: The args builtin can only be used with tracepoint/kfunc/uprobe "
             "probes (uretprobe used here): the registers that held the parameters are reused "
