@@ -593,6 +593,20 @@ void add_codes(const DwarfInfo::Impl& impl, Dwarf_Die* die, DwarfFunction& f) {
 
 }  // namespace
 
+std::vector<DwarfRecord> DwarfInfo::type_records(std::string_view name) const {
+  std::vector<DwarfRecord> out;
+  Dwarf_Die die;
+  if (!impl_->find(impl_->types, name, &die)) return out;
+  Dwarf_Die t = strip(die);
+  const int tag = dwarf_tag(&t);
+  if (tag != DW_TAG_structure_type && tag != DW_TAG_class_type && tag != DW_TAG_union_type)
+    return out;
+  Coder coder{*impl_, out, {}, {}};
+  coder.code(&t);
+  coder.collect();
+  return out;
+}
+
 DwarfInfo::DwarfInfo(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DwarfInfo::~DwarfInfo() = default;
 

@@ -133,6 +133,10 @@ class DwarfInfo {
   // A struct or union by the name as DwarfParam::struct_name writes it ("struct foo");
   // a typedef of one is followed.
   Result<DwarfStruct> struct_type(std::string_view name) const;
+  // The struct or union named `name` ("struct foo", "union bar", a typedef of one) with
+  // codes, first, then the records its members reach (up to DwarfFunction::kMaxRecords);
+  // empty when the debug information defines none of that name.
+  std::vector<DwarfRecord> type_records(std::string_view name) const;
 
   struct Impl;  // dwarf.cc's
 
@@ -171,6 +175,9 @@ namespace hp::elf {
 //   R KEY NAME SIZE IS_UNION                   a record its codes name, then its members:
 //   M NAME OFFSET BIT_OFFSET BIT_SIZE CODE
 //   E MODULE PATTERN MESSAGE                   no facts: why, and what would help
+// A `pattern` "struct NAME" or "union NAME" (a type the script names but does not define)
+// gives the R and M lines of that record and of those it reaches, nothing when the file
+// has no DWARF or no such type.
 // Record keys are prefixed with `id` ("3:1a2b") so that facts of several files can meet.
 // A `pattern` "@FILE:LINE[:COLUMN]" (a source-line probe, MODULE@FILE:LINE) gives instead
 //   L MODULE @FILE:LINE ADDRESS                the line's link-time address (decimal)

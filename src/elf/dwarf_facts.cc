@@ -182,8 +182,30 @@ std::string no_tabs(std::string s) {
 
 }  // namespace
 
+namespace {
+
+std::string record_lines(const std::vector<DwarfRecord>& records, const std::string& key) {
+  std::string out;
+  for (const DwarfRecord& r : records) {
+    out += "R\t" + key + ":" + r.key + "\t" + no_tabs(r.name) + "\t" + std::to_string(r.size) +
+           "\t" + (r.is_union ? "1" : "0") + "\n";
+    for (const DwarfMember& m : r.members) {
+      out += "M\t" + no_tabs(m.name) + "\t" + std::to_string(m.offset) + "\t" +
+             std::to_string(m.bit_offset) + "\t" + std::to_string(m.bit_size) + "\t" +
+             prefix_keys(m.code, key) + "\n";
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string dwarf_type_facts(const std::string& module, const std::string& pattern, int id) {
   if (pattern.starts_with('@')) return dwarf_line_fact(module, pattern);
+  if (pattern.starts_with("struct ") || pattern.starts_with("union ")) {
+    auto dw = DwarfInfo::open(module);
+    return dw ? record_lines((*dw)->type_records(pattern), std::to_string(id)) : std::string();
+  }
   const std::string head = no_tabs(module) + "\t" + no_tabs(pattern) + "\t";
   auto error = [&](const std::string& why) { return "E\t" + head + no_tabs(why) + "\n"; };
   auto dw = DwarfInfo::open(module);
@@ -218,15 +240,7 @@ std::string dwarf_type_facts(const std::string& module, const std::string& patte
       out += "P\t" + no_tabs(p.name) + "\t" + std::to_string(pos) + "\t" + std::to_string(pos2) +
              "\t" + no_tabs(p.location.where) + "\t" + prefix_keys(p.code, key) + "\n";
     }
-    for (const DwarfRecord& r : fn->records) {
-      out += "R\t" + key + ":" + r.key + "\t" + no_tabs(r.name) + "\t" + std::to_string(r.size) +
-             "\t" + (r.is_union ? "1" : "0") + "\n";
-      for (const DwarfMember& m : r.members) {
-        out += "M\t" + no_tabs(m.name) + "\t" + std::to_string(m.offset) + "\t" +
-               std::to_string(m.bit_offset) + "\t" + std::to_string(m.bit_size) + "\t" +
-               prefix_keys(m.code, key) + "\n";
-      }
-    }
+    out += record_lines(fn->records, key);
   }
   return out;
 }

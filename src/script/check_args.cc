@@ -252,6 +252,10 @@ std::string_view script_part(std::string_view source) {
   return at == std::string_view::npos ? source : source.substr(0, at);
 }
 
+// The structs and unions named only in DWARF one script may look up (each lookup reads
+// the debug information of the probed files).
+constexpr std::size_t kMaxNamedRecords = 64;
+
 std::string with_type_facts(std::string_view source, std::string_view filename,
                             const DwarfLookup& lookup) {
   const std::string_view script = script_part(source);
@@ -262,7 +266,9 @@ std::string with_type_facts(std::string_view source, std::string_view filename,
     add_header(spelled, dir, facts, done, 0);
   std::string full = std::string(script) + std::string(kTypeFactsMarker) + facts;
   const bool args = script.find("args") != std::string_view::npos;
-  if (args || script.find('@') != std::string_view::npos) {
+  const bool records = script.find("struct ") != std::string_view::npos ||
+                       script.find("union ") != std::string_view::npos;
+  if (args || records || script.find('@') != std::string_view::npos) {
     Diagnostics diags;
     ast::Program program = parse(full, filename, diags);
     std::set<std::string> asked;
@@ -279,6 +285,32 @@ std::string with_type_facts(std::string_view source, std::string_view filename,
             p.function.empty() || !asked.insert(p.module + "\t" + p.function).second)
           continue;
         full += lookup(p.module, p.function, id++);
+      }
+    }
+    // The structs and unions the script names but neither it nor its headers define: from
+    // the DWARF of the files its user probes are on, the first that defines each (as
+    // bpftrace reads them from the probed files' DWARF). Only those the script's own text
+    // names (not a header's forward declarations), at most kMaxNamedRecords of them.
+    std::vector<std::string> modules;
+    for (const ast::Action& a : program.actions) {
+      for (const ast::AttachPoint& p : a.probes) {
+        if ((p.probe.kind == Probe::Kind::uprobe || p.probe.kind == Probe::Kind::uretprobe) &&
+            !p.module.empty() &&
+            std::find(modules.begin(), modules.end(), p.module) == modules.end())
+          modules.push_back(p.module);
+      }
+    }
+    std::size_t named = 0;
+    for (const ast::Record& r : program.types.records) {
+      if (r.complete || r.name.find("(anonymous)") != std::string::npos ||
+          (!r.name.starts_with("struct ") && !r.name.starts_with("union ")) ||
+          script.find(r.name.substr(r.name.find(' ') + 1)) == std::string_view::npos ||
+          ++named > kMaxNamedRecords)
+        continue;
+      for (const std::string& m : modules) {
+        const std::string lines = lookup(m, r.name, id++);
+        full += lines;
+        if (!lines.empty()) break;
       }
     }
   }
@@ -456,10 +488,20 @@ ast::ExprPtr make(Expr::Kind kind, ast::Loc loc) {
   return e;
 }
 
-// `e` becomes (type)(argPOS >> shift).
-void become_register_read(Expr& e, int type, int position, int shift) {
+// The builtin that reads a parameter at the function's entry: "argN" for register N,
+// "sargN" for a stack slot (where "rsp+8+8N", N up to 9); empty for any other place.
+std::string entry_builtin(const ast::ArgParam& p) {
+  if (p.position >= 0) return "arg" + std::to_string(p.position);
+  if (!p.where.starts_with("rsp+")) return {};
+  const long off = std::strtol(p.where.c_str() + 4, nullptr, 10);
+  if (off < 8 || off % 8 != 0 || (off - 8) / 8 > 9) return {};
+  return "sarg" + std::to_string((off - 8) / 8);
+}
+
+// `e` becomes (type)(READ >> shift), READ the builtin `reg` (argN, sargN).
+void become_register_read(Expr& e, int type, const std::string& reg_name, int shift) {
   ast::ExprPtr reg = make(Expr::Kind::builtin, e.loc);
-  reg->name = "arg" + std::to_string(position);
+  reg->name = reg_name;
   if (shift) {
     ast::ExprPtr amount = make(Expr::Kind::integer, e.loc);
     amount->value = shift;
@@ -501,6 +543,12 @@ bool rewrite_args_field(ast::Program& program, Diagnostics& diags, const ast::Ac
     return false;
   }
   const CType& c = T.at(param->type);
+  const std::string slot = entry_builtin(*param);
+  if (param->position < 0 && !slot.empty() && !nested && T.size_of(param->type) <= 8 &&
+      (c.kind == CType::Kind::integer || c.kind == CType::Kind::pointer)) {
+    become_register_read(e, param->type, slot, 0);  // on the stack: its 8-byte slot
+    return true;
+  }
   if (param->position < 0) {
     const bool stack = param->where.starts_with("rsp");
     error_once(diags, pe.loc,
@@ -515,7 +563,7 @@ bool rewrite_args_field(ast::Program& program, Diagnostics& diags, const ast::Ac
   }
   if (c.kind == CType::Kind::integer || c.kind == CType::Kind::pointer) {
     if (nested) return true;  // args.p.x: the checker says what is wrong with `.` on it
-    become_register_read(e, param->type, param->position, 0);
+    become_register_read(e, param->type, "arg" + std::to_string(param->position), 0);
     return true;
   }
   if (c.kind == CType::Kind::record && nested) {
@@ -526,7 +574,8 @@ bool rewrite_args_field(ast::Program& program, Diagnostics& diags, const ast::Ac
         (T.at(f->type).kind == CType::Kind::integer ||
          T.at(f->type).kind == CType::Kind::pointer) &&
         off / 8 == (off + size - 1) / 8 && (off < 8 || param->position2 >= 0)) {
-      become_register_read(e, f->type, off < 8 ? param->position : param->position2,
+      become_register_read(e, f->type,
+                           "arg" + std::to_string(off < 8 ? param->position : param->position2),
                            static_cast<int>(off % 8 * 8));
       return true;
     }
@@ -546,6 +595,56 @@ bool rewrite_args_field(ast::Program& program, Diagnostics& diags, const ast::Ac
                  ": args reads its integer and pointer fields (args." + param->name +
                  ".FIELD), not the whole struct, nested structs or bit fields");
   return false;
+}
+
+int rewrite_args_record(ast::Program& program, Diagnostics& diags, const ast::Action& action,
+                        Expr& e) {
+  const ast::ArgFunction* fn = action_function(program, diags, action, e.loc);
+  if (!fn) return -1;
+  ast::TypeTable& T = program.types;
+  if (fn->params.empty()) {
+    error_once(diags, e.loc,
+               fn->name +
+                   " takes no parameters: its args has nothing to copy (read "
+                   "registers with argN if the debug information is wrong)");
+    return -1;
+  }
+  ast::Record rec;
+  rec.name = "struct " + fn->name + "_args";
+  rec.complete = true;
+  rec.current_form = true;
+  std::vector<ast::ExprPtr> parts;
+  auto part = [&](const std::string& reg, std::uint32_t offset) {
+    ast::ExprPtr r = make(Expr::Kind::builtin, e.loc);
+    r->name = reg;
+    ast::ExprPtr c = make(Expr::Kind::cast, e.loc);
+    c->cast_type = T.integer(8, false);
+    c->args.push_back(std::move(r));
+    c->height = 2;
+    c->value = offset;
+    parts.push_back(std::move(c));
+  };
+  for (const ast::ArgParam& p : fn->params) {
+    const std::uint32_t size = T.size_of(p.type);
+    const std::string slot = entry_builtin(p);
+    const bool two = p.position >= 0 && p.position2 >= 0;
+    if (slot.empty() || size == 0 || size > (two ? 16u : 8u)) {
+      error_once(diags, e.loc,
+                 "args of " + fn->name + " holds parameter '" + p.name + "' (" + T.name(p.type) +
+                     ", in " + p.where +
+                     "), which hotprobe cannot copy: the whole of args is the parameters passed "
+                     "in registers or in 8-byte stack slots; read the others by name "
+                     "(args.NAME)");
+      return -1;
+    }
+    part(slot, rec.size);
+    if (two && size > 8) part("arg" + std::to_string(p.position2), rec.size + 8);
+    rec.fields.push_back(ast::Field{p.name, p.type, rec.size, 0, 0});
+    rec.size += size;
+  }
+  e.args = std::move(parts);
+  e.height = 3;
+  return T.made_record(std::move(rec));  // args read twice, a clone: the same type
 }
 
 }  // namespace checking

@@ -62,6 +62,15 @@ inline bool is_args(const ast::Expr& e) {
 bool rewrite_args_field(ast::Program& program, Diagnostics& diags, const ast::Action& action,
                         ast::Expr& e);
 
+// `args` as a whole value (print(args), @m = args, @m[args], (1, args)): the record of the
+// probed function's parameters, laid out as bpftrace lays it out (each parameter after the
+// one before, no padding). `e` (the builtin) gets one child per register it is copied
+// from: a uint64 cast of argN (or sargN, a parameter on the stack) whose `value` is its
+// offset in the record; each child fills the record up to the next child's offset (the
+// last one to the record's end). Returns the record's TypeTable type, -1 after an error.
+int rewrite_args_record(ast::Program& program, Diagnostics& diags, const ast::Action& action,
+                        ast::Expr& e);
+
 // print(VALUE) of a struct or union (print(*p), print(args.p->in)): rewrites the call into
 // the printf that prints it as bpftrace does ({ .a = 1, .name = text, .v = [1,2] }).
 // `type` is the record's TypeTable type. False when an error was reported.

@@ -417,6 +417,26 @@ Value Checker::call(Expr& e, Context ctx) {
     }
     case Func::buf: {
       std::int64_t len = 0;
+      // buf(ARRAY[, N]) of an array read in place (a field, an element): its address, and
+      // its size when N is not given (bpftrace's form).
+      const Expr::Kind k = n >= 1 ? e.args[0]->kind : Expr::Kind::integer;
+      if (k == Expr::Kind::field || k == Expr::Kind::index || k == Expr::Kind::deref) {
+        const Value v = expr(*e.args[0], Context::value);
+        if (v.error) return Value::bad();
+        if (v.type == Type::object && program_.types.at(v.ctype).kind == ast::CType::Kind::array) {
+          if (n == 1) {
+            e.args.push_back(std::make_unique<Expr>());
+            e.args[1]->loc = e.loc;
+            e.args[1]->value = program_.types.size_of(v.ctype);
+          }
+          n = e.args.size();
+        } else if (!v.is_int()) {
+          error(e.args[0]->loc,
+                "buf() expects a pointer or an array (" +
+                    (v.type == Type::object ? cname(v.ctype) : printf_type_name(v)) + " provided)");
+          return Value::bad();
+        }
+      }
       if (n != 2 || !constant(*e.args[1], len)) {
         error(e.loc, "buf() takes a pointer and a length literal: buf(arg0, 16)");
         return Value::bad();
@@ -429,7 +449,9 @@ Value Checker::call(Expr& e, Context ctx) {
         return Value::bad();
       }
       annotate(*e.args[1], Value::integer());
-      if (!integer_argument(*e.args[0], "buf() expects a pointer")) return Value::bad();
+      if (k != Expr::Kind::field && k != Expr::Kind::index && k != Expr::Kind::deref &&
+          !integer_argument(*e.args[0], "buf() expects a pointer"))
+        return Value::bad();
       return Value::string(static_cast<std::uint32_t>(4 * len + 1));
     }
     default:

@@ -80,6 +80,18 @@ Value Checker::memory_value(Expr& e, int t) {
   return Value::bad();
 }
 
+// `args` as a whole: the record of the parameters (check_args.h), copied from the
+// registers (and stack slots) the rewrite names.
+Value Checker::args_value(Expr& e) {
+  if (!action_) return Value::bad();
+  const int t = rewrite_args_record(program_, diags_, *action_, e);
+  if (t < 0) return Value::bad();
+  for (ast::ExprPtr& part : e.args) {
+    if (expr(*part, Context::value).error) return Value::bad();
+  }
+  return Value::object(t);
+}
+
 // The pointee of pointer value `p` (else an error naming the way out).
 int Checker::pointee(Expr& e, const Value& p, std::string_view what) {
   const ast::TypeTable& T = program_.types;
@@ -386,12 +398,7 @@ Value Checker::expr_inner(Expr& e, Context ctx) {
     case Expr::Kind::string:
       return Value::string(static_cast<std::uint32_t>(e.text.size() + 1));
     case Expr::Kind::builtin:
-      if (is_args(e)) {
-        error(e.loc,
-              "args is the record of the probed function's parameters: read one of them "
-              "(args.NAME or args->NAME)");
-        return Value::bad();
-      }
+      if (is_args(e)) return args_value(e);
       if (auto u = action_ ? check_usdt_arg(e, *action_, diags_) : UsdtArgCheck::not_usdt;
           u != UsdtArgCheck::not_usdt)
         return u == UsdtArgCheck::ok ? Value::integer() : Value::bad();

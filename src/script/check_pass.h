@@ -133,6 +133,9 @@ class Checker {
   // What reading memory of type `t` yields: an integer (typed), or an object.
   [[gnu::noinline]] Value memory_value(Expr& e, int t);
 
+  // `args` as a whole (check_args.h: rewrite_args_record).
+  [[gnu::noinline]] Value args_value(Expr& e);
+
   // The pointee of pointer value `p` (else an error naming the way out).
   int pointee(Expr& e, const Value& p, std::string_view what);
 
@@ -145,6 +148,7 @@ class Checker {
   // Tuples (check_tuple.cc): a literal, `$t.N`, and the element slots of a tuple variable.
   [[gnu::noinline]] Value tuple(Expr& e);
   [[gnu::noinline]] Value tuple_index(Expr& e);
+  [[gnu::noinline]] Value packed_tuple(Expr& e);
   Value tuple_of(std::vector<ast::TupleElem> elems) {
     tuple_types_.push_back(std::move(elems));
     return Value{Type::tuple, std::nullopt, static_cast<std::uint32_t>(tuple_types_.size() - 1),

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "script/check_pass.h"
+#include "script/maps.h"
 
 namespace hotprobe::script::checking {
 
@@ -19,6 +20,7 @@ Value element_value(const ast::TupleElem& t) {
 }  // namespace
 
 Value Checker::tuple(Expr& e) {
+  if (!e.text.empty()) return packed_tuple(e);  // (a=1, b=x)
   if (e.args.size() > ast::kMaxTupleElems) {
     error(e.loc, "A tuple has at most " + std::to_string(ast::kMaxTupleElems) + " elements (" +
                      std::to_string(e.args.size()) + " given): split it in two");
@@ -27,14 +29,7 @@ Value Checker::tuple(Expr& e) {
   std::vector<ast::TupleElem> elems;
   bool bad = false;
   for (ast::ExprPtr& a : e.args) {
-    if (a->kind == Expr::Kind::tuple) {
-      error(a->loc,
-            "Nested tuples are not supported: give the inner tuple's elements to the "
-            "outer one");
-      bad = true;
-      continue;
-    }
-    Value v = value(*a);
+    Value v = a->kind == Expr::Kind::tuple ? packed_tuple(*a) : value(*a);
     if (v.error) {
       bad = true;
       continue;
@@ -50,11 +45,93 @@ Value Checker::tuple(Expr& e) {
   return bad ? Value::bad() : tuple_of(std::move(elems));
 }
 
+// A named tuple (a=1, b=x) or a tuple inside a tuple: a record the checker makes (a copy
+// of at most kStrBytes bytes, as a struct value), its elements laid out as C lays out a
+// struct of them (an integer literal an int64, a string its bytes), printed as current
+// bpftrace prints it: { .a = 1, .b = x }, (1, x).
+Value Checker::packed_tuple(Expr& e) {
+  ast::TypeTable& T = program_.types;
+  ast::Record rec;
+  rec.complete = true;
+  rec.current_form = true;
+  rec.tuple = e.text.empty();
+  rec.name = rec.tuple ? "tuple" : "record";
+  std::size_t name_at = 0;
+  bool bad = e.args.size() > ast::kMaxTupleElems;
+  if (bad) {
+    error(e.loc, "A tuple has at most " + std::to_string(ast::kMaxTupleElems) + " elements (" +
+                     std::to_string(e.args.size()) + " given): split it in two");
+  }
+  for (std::size_t k = 0; !bad && k < e.args.size(); ++k) {
+    Expr& a = *e.args[k];
+    std::string name = std::to_string(k);  // a tuple's: read as $t.N
+    if (!rec.tuple) {
+      const std::size_t nl = e.text.find('\n', name_at);
+      name = e.text.substr(name_at, nl - name_at);
+      name_at = nl + 1;
+    }
+    const Value v = a.kind == Expr::Kind::tuple ? packed_tuple(a) : value(a);
+    if (v.error) {
+      bad = true;
+      break;
+    }
+    int type = -1;
+    if (v.is_int()) {
+      type = v.ctype >= 0 ? v.ctype : T.integer(8, true);
+    } else if (v.is_str()) {
+      type = T.array(T.integer(1, true), std::max<std::uint32_t>(v.size, 1));
+    } else if (v.type == Type::record) {
+      type = v.ctype;
+    } else {
+      error(a.loc, "A tuple element is an integer, a string, an array, a struct or a tuple, not '" +
+                       type_name(v) + "'");
+      bad = true;
+      break;
+    }
+    const std::uint32_t align = std::max<std::uint32_t>(T.align_of(type), 1);
+    const std::uint32_t at = (rec.size + align - 1) / align * align;
+    rec.fields.push_back(ast::Field{name, type, at, 0, 0});
+    rec.size = at + T.size_of(type);
+    rec.align = std::max(rec.align, align);
+  }
+  if (bad) return Value::bad();
+  rec.size = (rec.size + rec.align - 1) / rec.align * rec.align;
+  if (rec.size > kStrBytes) {
+    error(e.loc, std::string(rec.tuple ? "A tuple inside a tuple" : "A named tuple") + " has " +
+                     std::to_string(rec.size) + " bytes, more than the " +
+                     std::to_string(kStrBytes) +
+                     " a copied value holds: make its strings or elements fewer or smaller");
+    return Value::bad();
+  }
+  const std::uint32_t size = rec.size;
+  const int type = T.made_record(std::move(rec));
+  e.type = Type::record;
+  e.ctype = type;
+  e.str_size = size;
+  return Value{Type::record, std::nullopt, size, false, type};
+}
+
 Value Checker::tuple_index(Expr& e) {
   const std::string index = e.name;
   allow_tuple();
   Value base = value(*e.args[0]);
   if (base.error) return base;
+  const ast::TypeTable& T = program_.types;
+  if (base.type == Type::record && T.at(base.ctype).kind == ast::CType::Kind::record &&
+      T.records[static_cast<std::size_t>(T.at(base.ctype).record)].tuple) {
+    // A tuple inside a tuple, copied: its element N is its field "N" (packed_tuple).
+    std::uint32_t off = 0;
+    const ast::Field* f = T.field(T.at(base.ctype).record, index, off);
+    if (!f) {
+      error(e.loc,
+            "Invalid tuple index: " + index + ". Found " +
+                std::to_string(
+                    T.records[static_cast<std::size_t>(T.at(base.ctype).record)].fields.size()) +
+                " elements in tuple.");
+      return Value::bad();
+    }
+    return memory_value(e, f->type);
+  }
   if (base.type != Type::tuple) {
     error(e.loc, "Can not access index '" + index + "' on expression of type '" + type_name(base) +
                      "' (only a tuple's elements are read by number)");

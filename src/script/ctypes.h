@@ -50,6 +50,11 @@ struct Record {
   std::vector<Field> fields;
   std::uint32_t size = 0;
   std::uint32_t align = 1;
+  // A record only current bpftrace has (`args` as a whole, check_args.h; a named tuple
+  // (a=1, b=x); a tuple inside a tuple): printed as current bpftrace prints it, pointers
+  // in hex and, as a map key, spaced as a value ({ .p = 0x7ffd..., .n = 1 }).
+  bool current_form = false;
+  bool tuple = false;  // a tuple inside a tuple: its fields unnamed, printed (1, x)
 };
 
 // What the hotprobe command learned from a probed file's DWARF for uprobe `args`, and the
@@ -111,6 +116,24 @@ struct TypeTable {
       records.push_back(std::move(r));
     }
     return it->second;
+  }
+
+  // The type of record `r`, made by the checker (no tag names it): the type of an equal
+  // record made before (the same fields, offsets, size and form), else a new one.
+  int made_record(Record r) {
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      const Record& o = records[i];
+      bool same = o.complete && o.name == r.name && o.size == r.size && o.align == r.align &&
+                  o.current_form == r.current_form && o.tuple == r.tuple &&
+                  o.fields.size() == r.fields.size();
+      for (std::size_t k = 0; same && k < o.fields.size(); ++k) {
+        same = o.fields[k].name == r.fields[k].name && o.fields[k].type == r.fields[k].type &&
+               o.fields[k].offset == r.fields[k].offset;
+      }
+      if (same) return record_type(static_cast<int>(i));
+    }
+    records.push_back(std::move(r));
+    return record_type(static_cast<int>(records.size() - 1));
   }
 
   const CType& at(int t) const { return types[static_cast<std::size_t>(t)]; }

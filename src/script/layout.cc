@@ -27,6 +27,8 @@ std::shared_ptr<const ValueLayout> make_layout(const ast::TypeTable& types, int 
     }
     case ast::CType::Kind::record:
       l->kind = ValueLayout::Kind::record;
+      l->current_form = types.records[static_cast<std::size_t>(c.record)].current_form;
+      l->tuple = types.records[static_cast<std::size_t>(c.record)].tuple;
       for (const ast::Field& f : types.records[static_cast<std::size_t>(c.record)].fields) {
         l->fields.push_back(ValueLayout::Field{f.name, f.offset, f.bit_offset, f.bit_width,
                                                make_layout(types, f.type)});
@@ -87,12 +89,17 @@ void append_integer(std::string& out, const ValueLayout& l, std::int64_t v) {
 namespace {
 
 // key: bpftrace's map key form ({.a=1,.b=2}, pointers in hex).
+// hex: pointers in hex (current bpftrace's form: ast::Record::current_form).
 void append_form(std::string& out, const ValueLayout& l, std::string_view bytes, OutputFormat fmt,
-                 bool escape, bool key) {
+                 bool escape, bool key, bool hex = false) {
   const bool json = fmt == OutputFormat::json;
+  if (l.current_form && !json) {  // current bpftrace's form, as a value and as a key
+    key = false;
+    hex = true;
+  }
   switch (l.kind) {
     case ValueLayout::Kind::integer:
-      if (key && l.pointer) {
+      if ((key || hex) && l.pointer) {
         char buf[24];
         std::snprintf(buf, sizeof buf, "0x%" PRIx64, load_unit(bytes, 0, 8));
         out += buf;
@@ -120,12 +127,23 @@ void append_form(std::string& out, const ValueLayout& l, std::string_view bytes,
       for (std::uint32_t k = 0; k < l.count; ++k) {
         if (k) out += ",";
         const std::size_t at = std::min<std::size_t>(std::size_t{k} * step, bytes.size());
-        append_form(out, *l.elem, bytes.substr(at), fmt, escape, key);
+        append_form(out, *l.elem, bytes.substr(at), fmt, escape, key, hex);
       }
       out += "]";
       return;
     }
     case ValueLayout::Kind::record: {
+      if (l.tuple) {  // (1, x); in JSON [1,"x"]
+        out += json ? "[" : "(";
+        for (std::size_t k = 0; k < l.fields.size(); ++k) {
+          if (k) out += json ? "," : ", ";
+          const ValueLayout::Field& f = l.fields[k];
+          append_form(out, *f.layout, bytes.substr(std::min<std::size_t>(f.offset, bytes.size())),
+                      fmt, escape, key, hex);
+        }
+        out += json ? "]" : ")";
+        return;
+      }
       out += key ? "{" : "{ ";
       bool first = true;
       for (const ValueLayout::Field& f : l.fields) {
@@ -147,14 +165,11 @@ void append_form(std::string& out, const ValueLayout& l, std::string_view bytes,
         if (f.bit_width) {
           std::uint64_t unit = load_unit(bytes, f.offset, f.layout->size) >> f.bit_offset;
           if (f.bit_width < 64) unit &= (std::uint64_t{1} << f.bit_width) - 1;
-          std::int64_t v = static_cast<std::int64_t>(unit);
-          if (f.layout->is_signed && f.bit_width < 64 && (unit >> (f.bit_width - 1)) & 1)
-            v = static_cast<std::int64_t>(unit | ~((std::uint64_t{1} << f.bit_width) - 1));
-          out += std::to_string(v);
+          out += std::to_string(unit);  // zero-extended, as bpftrace reads bit fields
           continue;
         }
         const std::size_t at = std::min<std::size_t>(f.offset, bytes.size());
-        append_form(out, *f.layout, bytes.substr(at), fmt, escape, key);
+        append_form(out, *f.layout, bytes.substr(at), fmt, escape, key, hex);
       }
       out += key ? "}" : " }";
       return;

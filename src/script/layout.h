@@ -20,9 +20,11 @@ namespace hotprobe::script {
 struct ValueLayout {
   enum class Kind : std::uint8_t { integer, chars, array, record };
   Kind kind = Kind::integer;
-  std::uint32_t size = 0;  // bytes
-  bool is_signed = false;  // integer
-  bool pointer = false;    // integer: a pointer (a map key shows it in hex)
+  std::uint32_t size = 0;     // bytes
+  bool is_signed = false;     // integer
+  bool pointer = false;       // integer: a pointer (a map key shows it in hex)
+  bool current_form = false;  // record: ast::Record::current_form (pointers in hex...)
+  bool tuple = false;         // record: a tuple inside a tuple, printed (1, x)
   // array: `count` elements of `elem`; record: fields in order.
   std::uint32_t count = 0;
   std::shared_ptr<const ValueLayout> elem;

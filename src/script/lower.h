@@ -40,6 +40,8 @@ class Lowerer {
   Result<const Node*> binary(const Expr& e);
   Result<const Node*> binary_node(const Expr& e, const Node* a, const Node* b);
   Result<const Node*> memory(const Expr& e);
+  Result<const Node*> args_record(const Expr& e);
+  Result<const Node*> packed_tuple(const Expr& e);
   Result<const Node*> add_index(const Expr& ix, std::int64_t elem, const Node* to);
   const Node* map_tuple(Node* map, const MapDesc& d);
   // A field or element of an array or struct copied whole (lower_expr.cc): `base` is the

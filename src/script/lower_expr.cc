@@ -99,6 +99,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       return n;
     }
     case K::builtin: {
+      if (e.name == "args" && !e.args.empty()) return args_record(e);
       Node* n = make();
       if (e.usdt_arg >= 0) {
         lower_usdt_arg(n, e.usdt_arg);
@@ -215,6 +216,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
     case K::offsetof_:
       return unsupported(e, "sizeof/offsetof the checker did not fold");
     case K::tuple: {
+      if (e.type == Type::record) return packed_tuple(e);
       Node* n = make();
       for (const ast::ExprPtr& a : e.args) {
         auto el = expr(*a);
@@ -256,11 +258,13 @@ const Node* Lowerer::map_tuple(Node* map, const MapDesc& d) {
 }
 
 // A bit field's unit (key_words bytes), first bit, width and signedness.
+// A bit field reads as its bits, zero-extended whatever its type's sign (bpftrace masks
+// them and never extends the sign: `short b : 8` holding 217 reads 217).
 static void bit_field(Node* n, const ast::TypeTable& T, const ast::Field& bits) {
   n->key_words = T.size_of(bits.type);
   n->bit_offset = static_cast<std::uint8_t>(bits.bit_offset);
   n->bit_width = static_cast<std::uint8_t>(bits.bit_width);
-  n->is_signed = T.at(bits.type).is_signed;
+  n->is_signed = false;
 }
 
 // `to` + index `ix` (not a literal) times `elem`; the scaled index alone when `to` is null.
@@ -277,6 +281,56 @@ Result<const Node*> Lowerer::add_index(const Expr& ix, std::int64_t elem, const 
   sum->b = scaled;
   sum->i = i_add;
   return sum;
+}
+
+// `args` as a whole (check_args.h, rewrite_args_record): each part (a register or stack
+// slot) copied to its offset, up to the next part's offset or the record's end.
+Result<const Node*> Lowerer::args_record(const Expr& e) {
+  const std::uint32_t size = e.ctype >= 0 ? prog_.types.size_of(e.ctype) : 0;
+  if (e.type != Type::record || size == 0 || size > kStrBytes)
+    return unsupported(e, "args the checker did not type");
+  Node* n = make();
+  n->s = s_pack;
+  n->bytes = size;
+  for (std::size_t k = 0; k < e.args.size(); ++k) {
+    auto v = expr(*e.args[k]);
+    if (!v) return v.error();
+    const std::int64_t at = e.args[k]->value;
+    const std::int64_t end = k + 1 < e.args.size() ? e.args[k + 1]->value : size;
+    if (at < 0 || end <= at || end > size) return unsupported(e, "args parts out of order");
+    Node* part = make();
+    part->a = *v;
+    part->imm = at;
+    part->key_words = static_cast<std::uint32_t>(std::min<std::int64_t>(end - at, 8));
+    n->keys.push_back(part);
+  }
+  return n;
+}
+
+// A named tuple or a tuple in a tuple (check_tuple.cc): each element copied to its
+// field's offset.
+Result<const Node*> Lowerer::packed_tuple(const Expr& e) {
+  const ast::TypeTable& T = prog_.types;
+  const std::uint32_t size = e.ctype >= 0 ? T.size_of(e.ctype) : 0;
+  if (e.ctype < 0 || T.at(e.ctype).kind != ast::CType::Kind::record || size > kStrBytes)
+    return unsupported(e, "a tuple the checker did not type");
+  const ast::Record& rec = T.records[static_cast<std::size_t>(T.at(e.ctype).record)];
+  if (rec.fields.size() != e.args.size()) return unsupported(e, "a tuple the checker did not type");
+  Node* n = make();
+  n->s = s_pack;
+  n->bytes = size;
+  for (std::size_t k = 0; k < e.args.size(); ++k) {
+    auto v = expr(*e.args[k]);
+    if (!v) return v.error();
+    const ast::Field& f = rec.fields[k];
+    Node* part = make();
+    part->a = *v;
+    part->imm = f.offset;
+    part->key_words = std::min<std::uint32_t>(T.size_of(f.type), 8);
+    part->bytes = std::min<std::uint32_t>(T.size_of(f.type), size - f.offset);
+    n->keys.push_back(part);
+  }
+  return n;
 }
 
 // *p, p->f, s.f, p[i], a[i]: an address (a node and a constant offset), then by the

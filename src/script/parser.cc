@@ -141,6 +141,9 @@ class Parser {
 
   // sizeof(TYPE), sizeof(EXPR), offsetof(TYPE, FIELD[.FIELD...]); the name read.
   [[gnu::noinline]] ExprPtr size_or_offset(const Token& t);
+  [[gnu::noinline]] ExprPtr container_of(const Token& t);  // parse_expr.inc
+  [[gnu::noinline]] ExprPtr parenthesized(const Token& open);
+  [[gnu::noinline]] Stmt let_statement();  // parse_ctypes.inc
 
   // .field, ->field, [index] after `e`; out of line, as the rest of postfix() (the
   // recursion through parentheses stays narrow).
@@ -560,6 +563,7 @@ inline Stmt Parser::statement() {
     s.body = block();
     return s;
   }
+  if (t.kind == Tok::ident && t.text == "let") return let_statement();
   if (t.kind == Tok::kw_return) {
     s.kind = Stmt::Kind::return_;
     lex_.next();

@@ -132,6 +132,10 @@ std::uint32_t s_rec_chars(const Node* n, Frame& f, char* out);  // the slice as 
 // An integer of key_words bytes (is_signed) at imm + b of n->a's copy; a bit field when
 // bit_width is not 0. Outside the copy: 0.
 std::int64_t i_rec_load(const Node* n, Frame& f);
+// A record the checker makes (`args` as a whole, a named tuple, a tuple in a tuple) of
+// n->bytes bytes: each of n->keys is a part, its value `a` copied to offset imm (an
+// integer: its key_words low bytes; a string or a copy: its `bytes` first bytes).
+std::uint32_t s_pack(const Node* n, Frame& f, char* out);
 std::int64_t i_req(const Node* n, Frame& f);  // == of two copies (all kStrBytes bytes)
 std::int64_t i_rne(const Node* n, Frame& f);
 std::int64_t i_map_read(const Node* n, Frame& f);

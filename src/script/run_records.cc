@@ -64,6 +64,21 @@ std::int64_t i_rec_load(const Node* n, Frame& f) {
   }
 }
 
+std::uint32_t s_pack(const Node* n, Frame& f, char* out) {
+  std::memset(out, 0, kStrBytes);
+  for (const Node* p : n->keys) {
+    if (p->a->s) {
+      char part[kStrBytes];
+      p->a->s(p->a, f, part);
+      std::memcpy(out + p->imm, part, p->bytes);
+    } else {
+      const std::int64_t v = p->a->i(p->a, f);
+      std::memcpy(out + p->imm, &v, p->key_words);
+    }
+  }
+  return n->bytes;
+}
+
 std::int64_t i_req(const Node* n, Frame& f) {
   char x[kStrBytes], y[kStrBytes];
   n->a->s(n->a, f, x);

@@ -139,10 +139,6 @@ TEST(ScriptArgs, ErrorsNameTheWayOut) {
   EXPECT_EQ(first_error("BEGIN { print(args.a); }"),
             "stdin:1:15-19: ERROR: The args builtin can only be used with tracepoint/kfunc/uprobe "
             "probes (BEGIN used here)");
-  EXPECT_EQ(first_error("uprobe:./prog:handle { print(args.f); }"),
-            "stdin:1:30-36: ERROR: parameter 'f' (int64) of handle is passed on the stack "
-            "(rsp+8): args reads parameters passed in registers (the first six integers or "
-            "pointers, structs of integers up to 16 bytes)");
   EXPECT_EQ(first_error("uprobe:./prog:handle { print(args.d); }"),
             "stdin:1:30-36: ERROR: parameter 'd' (double) of handle is passed in xmm0, a "
             "floating-point register: hotprobe, as bpftrace, reads no floating-point values");
@@ -151,8 +147,9 @@ TEST(ScriptArgs, ErrorsNameTheWayOut) {
             "args reads its integer and pointer fields (args.v.FIELD), not the whole struct, "
             "nested structs or bit fields");
   EXPECT_EQ(first_error("uprobe:./prog:handle { print(args); }"),
-            "stdin:1:30-34: ERROR: args is the record of the probed function's parameters: "
-            "read one of them (args.NAME or args->NAME)");
+            "stdin:1:30-34: ERROR: args of handle holds parameter 'd' (double, in xmm0), which "
+            "hotprobe cannot copy: the whole of args is the parameters passed in registers or "
+            "in 8-byte stack slots; read the others by name (args.NAME)");
   // Compiled without the hotprobe command's facts.
   auto bare = parse_and_check("uprobe:./prog:handle { print(args.a); }", "stdin");
   ASSERT_FALSE(bare.ok());
