@@ -13,6 +13,7 @@
 #include "agent/protocol.h"
 #include "elf/dwarf.h"
 #include "script/check_args.h"
+#include "script/run_misc.h"
 
 namespace hp::cli {
 
@@ -67,6 +68,26 @@ std::optional<LoadedScript> load_script(const char* cmd, const std::string& text
   if (source.size() > agent::kMaxMessage * 3) {
     std::fprintf(stderr, "hotprobe %s: the script is larger than %zu bytes\n", cmd,
                  agent::kMaxMessage * 3);
+    return std::nullopt;
+  }
+  // bpftrace's settings in the environment, over the script's config (run_misc.h).
+  if (const char* mode = std::getenv("BPFTRACE_STACK_MODE"); mode && *mode) {
+    const std::string m = mode;
+    if (m != "bpftrace" && m != "perf" && m != "raw") {
+      std::fprintf(stderr,
+                   "hotprobe %s: BPFTRACE_STACK_MODE is bpftrace, perf or raw ('%s' given): "
+                   "set one of them, or unset it\n",
+                   cmd, m.c_str());
+      return std::nullopt;
+    }
+    source += script::env_settings_line("stack_mode", m);
+  }
+  if (const char* len = std::getenv("BPFTRACE_MAX_STRLEN");
+      len && *len && std::string_view(len) != "64") {
+    std::fprintf(stderr,
+                 "hotprobe %s: BPFTRACE_MAX_STRLEN is %s, but hotprobe's strings are 64 bytes "
+                 "(bpftrace's default): unset it, or use str(p, N) for shorter reads\n",
+                 cmd, len);
     return std::nullopt;
   }
   // The parameters `args` reads and the headers #include names travel inside the text

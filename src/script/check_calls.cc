@@ -6,8 +6,13 @@
 #include "script/check_pass.h"
 #include "script/parser.h"
 #include "script/run_misc.h"
+#include "script/run_stack.h"
 
 namespace hotprobe::script::checking {
+
+// Expr::value of a ustack or usym call on its way into ustack_key/usym_key: a value, not
+// a map key.
+constexpr std::int64_t kStackValue = -0x57ac;
 
 bool Checker::resolve_func(Expr& call) {
   for (std::size_t i = 0; i < kFuncNames.size(); ++i) {
@@ -38,32 +43,48 @@ bool Checker::needs_registers(const Expr& e, std::string_view what) {
   return false;
 }
 
-// ustack ([MODE][, LIMIT]) as a map key: MODE bpftrace or perf, LIMIT an integer literal
-// 0..1024 (bpftrace's limits and words).
+// ustack ([MODE][, LIMIT]) as a map key, or as a value when e.value is kStackValue on
+// entry (printf("%s", ustack), print(ustack), $s = ustack: run_stack.h). MODE bpftrace or
+// perf (a value also takes raw, bpftrace main's), LIMIT an integer literal 1..1024
+// (bpftrace's limits and words). A value is a string (its marker) and keeps its form and
+// limit in e.value (SymbolForm | limit << 8).
 Value Checker::ustack_key(Expr& e) {
-  if (!needs_registers(e, "ustack")) return Value::bad();
+  const bool as_value = e.value == kStackValue;
+  e.value = 0;
+  // As a value in BEGIN, END or interval it is the empty stack, as bpftrace's.
+  if (!as_value && !needs_registers(e, "ustack")) return Value::bad();
   const std::size_t n = e.kind == Expr::Kind::call ? e.args.size() : 0;
   if (n > 2) {
     error(e.loc, "ustack() takes up to 2 arguments (" + std::to_string(n) + " provided)");
     return Value::bad();
   }
   Type mode = Type::ustack;
+  SymbolForm form = SymbolForm::stack;
   std::int64_t limit = ast::kUstackFrames;
   for (std::size_t i = 0; i < n; ++i) {
     Expr& a = *e.args[i];
     if (i == 0 && a.kind == Expr::Kind::builtin) {
       if (a.name == "perf") {
         mode = Type::ustack_perf;
+        form = SymbolForm::stack_perf;
+      } else if (a.name == "raw" && as_value) {
+        form = SymbolForm::stack_raw;
+      } else if (a.name == "raw") {
+        error(a.loc,
+              "ustack(raw) is printed as a value here (printf(\"%s\", ustack(raw))), not "
+              "as a map key: key the map by ustack or ustack(perf)");
+        return Value::bad();
       } else if (a.name != "bpftrace") {
         error(a.loc, "ustack(): unknown stack mode '" + a.name +
-                         "': the modes are bpftrace and perf (bpftrace 0.17 has no raw mode)");
+                         "': the modes are bpftrace, perf and raw (raw as a value only)");
         return Value::bad();
       }
       continue;
     }
     if (!constant(a, limit)) {
-      error(e.loc, n == 2 && i == 0 ? "ustack() expects a stack mode literal (bpftrace or perf)"
-                                    : "ustack() expects an integer literal as its limit");
+      error(e.loc, n == 2 && i == 0
+                       ? "ustack() expects a stack mode literal (bpftrace, perf or raw)"
+                       : "ustack() expects an integer literal as its limit");
       return Value::bad();
     }
     if (limit < 0 || limit > ast::kMaxUstackLimit) {
@@ -80,8 +101,13 @@ Value Checker::ustack_key(Expr& e) {
     annotate(a, Value::integer());
   }
   if (e.kind == Expr::Kind::call) e.func = Func::ustack;
+  const auto frames = static_cast<std::uint32_t>(std::min<std::int64_t>(limit, ast::kUstackFrames));
+  if (as_value) {
+    e.value = static_cast<std::int64_t>(form) | std::int64_t{frames} << 8;
+    return Value::string(kSymbolMarkerBytes);
+  }
   e.type = mode;
-  e.str_size = static_cast<std::uint32_t>(std::min<std::int64_t>(limit, ast::kUstackFrames));
+  e.str_size = frames;
   return Value{mode, std::nullopt, e.str_size, false};
 }
 
@@ -95,8 +121,11 @@ bool Checker::integer_argument(Expr& a, std::string_view expects) {
   return false;
 }
 
-// usym(addr) as a map key.
+// usym(addr) as a map key, or as a value when e.value is kStackValue on entry (a string:
+// its marker, run_stack.h).
 Value Checker::usym_key(Expr& e) {
+  const bool as_value = e.value == kStackValue;
+  e.value = 0;
   if (e.args.size() != 1) {
     error(e.loc, "usym() requires one argument (" + std::to_string(e.args.size()) + " provided)");
     return Value::bad();
@@ -104,6 +133,7 @@ Value Checker::usym_key(Expr& e) {
   if (!integer_argument(*e.args[0], "usym() expects an integer or pointer argument"))
     return Value::bad();
   e.func = Func::usym;
+  if (as_value) return Value::string(kSymbolMarkerBytes);
   e.type = Type::usym;
   return Value{Type::usym, std::nullopt, 0, false};
 }
@@ -123,19 +153,12 @@ Value Checker::key_value(Expr& k) {
   return v;
 }
 
-// ustack or usym where a value is wanted: hotprobe keeps them as map keys only.
-static std::string key_only(std::string_view name) {
-  return std::string(name) +
-         " can only be used as a map key in hotprobe, where it is printed with the map: "
-         "write @[" +
-         std::string(name) + (name == "usym" ? "(addr)" : "") + "] = count()";
-}
-
 Value Checker::builtin(Expr& e) {
   if (e.name == "ustack") {
-    error(e.loc, key_only("ustack"));
-    return Value::bad();
+    e.value = kStackValue;
+    return ustack_key(e);
   }
+  if (e.name == "usermode") return Value::integer();  // 1: a probe of user code (run_misc.cc)
   std::size_t i = 0;
   while (i < kBuiltinNames.size() && e.name != kBuiltinNames[i])
     ++i;
@@ -363,9 +386,11 @@ Value Checker::call(Expr& e, Context ctx) {
       return Value::string(size);
     }
     case Func::ustack:
+      e.value = kStackValue;
+      return ustack_key(e);
     case Func::usym:
-      error(e.loc, key_only(name));
-      return Value::bad();
+      e.value = kStackValue;
+      return usym_key(e);
     case Func::reg: {
       if (n != 1) {
         error(e.loc, "reg() requires one argument (" + std::to_string(n) + " provided)");

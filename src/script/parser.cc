@@ -13,6 +13,7 @@
 #include "script/check_args.h"
 #include "script/lexer.h"
 #include "script/loops.h"
+#include "script/run_misc.h"
 
 namespace hotprobe::script {
 
@@ -57,7 +58,11 @@ class Parser {
 
   void program(ast::Program& out);
 
+  // config's stack_mode (bpftrace, perf or raw), empty when not set.
+  const std::string& stack_mode() const { return stack_mode_; }
+
  private:
+  std::string stack_mode_;
   [[noreturn]] void fail(const Token& t, std::string_view expecting = {});
 
   Token expect(Tok kind) {
@@ -670,7 +675,28 @@ inline void Parser::config_block(ast::Program& out) {
     static constexpr std::string_view kNoBpf[] = {"log_size",       "perf_rb_pages",
                                                   "max_bpf_progs",  "max_probes",
                                                   "on_stack_limit", "max_type_res_iterations"};
-    if (k == "print_maps_on_exit") {
+    if (k == "stack_mode") {
+      if (value.text != "bpftrace" && value.text != "perf" && value.text != "raw")
+        c_error(value.loc, "stack_mode is bpftrace, perf or raw ('" + value.text + "' given)");
+      stack_mode_ = value.text;
+    } else if (k == "show_debug_info") {
+      if (value.kind == Tok::ident && value.text != "true" && value.text != "false")
+        c_error(value.loc, "show_debug_info is true, false, 1 or 0");
+      if (truth)
+        c_error(value.loc,
+                "show_debug_info: hotprobe prints stack frames without file:line and inlined "
+                "frames, as bpftrace 0.17 does; write show_debug_info = 0");
+    } else if (k == "missing_probes") {
+      if (value.text != "error" && value.text != "warn" && value.text != "ignore")
+        c_error(value.loc,
+                "Invalid value for missing_probes: valid values are ignore, warn, and "
+                "error.");
+      if (value.text != "error")
+        c_error(value.loc,
+                "missing_probes: hotprobe fails on a probe it cannot attach "
+                "(missing_probes = \"error\"); remove the probe that names a missing "
+                "function, or list the functions with 'hotprobe list'");
+    } else if (k == "print_maps_on_exit") {
       if (value.kind == Tok::ident && value.text != "true" && value.text != "false")
         c_error(value.loc, "print_maps_on_exit is true, false, 1 or 0");
       out.print_maps_on_exit = truth;
@@ -684,6 +710,7 @@ inline void Parser::config_block(ast::Program& out) {
     } else if (std::find(std::begin(kNoBpf), std::end(kNoBpf), k) == std::end(kNoBpf)) {
       c_error(key.loc, "config: '" + key.text +
                            "' is not a setting hotprobe takes (it takes print_maps_on_exit, "
+                           "stack_mode, show_debug_info = 0, missing_probes = \"error\", "
                            "max_strlen = 64, and accepts bpftrace's BPF sizing settings "
                            "log_size, perf_rb_pages, max_bpf_progs, max_probes, "
                            "on_stack_limit, max_type_res_iterations, which have no effect)");
@@ -729,6 +756,47 @@ void resolve_source_lines(ast::Program& program, Diagnostics& diags) {
 
 }  // namespace
 
+namespace {
+
+// stack_mode's mode for every ustack that names none: `ustack` and `ustack(N)` become
+// `ustack(MODE)` and `ustack(MODE, N)`.
+void stack_mode_of(ast::Expr& e, const std::string& mode) {
+  const bool bare = e.kind == ast::Expr::Kind::builtin && e.name == "ustack";
+  const bool call = e.kind == ast::Expr::Kind::call && e.name == "ustack" && e.args.size() < 2 &&
+                    (e.args.empty() || e.args[0]->kind != ast::Expr::Kind::builtin);
+  if (bare || call) {
+    auto m = std::make_unique<ast::Expr>();
+    m->kind = ast::Expr::Kind::builtin;
+    m->name = mode;
+    m->loc = e.loc;
+    e.kind = ast::Expr::Kind::call;
+    e.args.insert(e.args.begin(), std::move(m));
+    return;
+  }
+  for (ast::ExprPtr& a : e.args)
+    if (a) stack_mode_of(*a, mode);
+}
+void stack_mode_of(std::vector<ast::Stmt>& body, const std::string& mode) {
+  for (ast::Stmt& s : body) {
+    for (ast::ExprPtr* e : {&s.expr, &s.target, &s.value, &s.cond})
+      if (*e) stack_mode_of(**e, mode);
+    stack_mode_of(s.body, mode);
+    stack_mode_of(s.else_body, mode);
+  }
+}
+void apply_stack_mode(ast::Program& program, const std::string& mode) {
+  for (ast::Action& a : program.actions) {
+    if (a.predicate) stack_mode_of(*a.predicate, mode);
+    stack_mode_of(a.body, mode);
+  }
+}
+
+}  // namespace
+
+std::string env_settings_line(std::string_view key, std::string_view value) {
+  return std::string(kEnvSettingPrefix) + std::string(key) + "=" + std::string(value) + "\n";
+}
+
 ast::Program parse(std::string_view src, std::string_view filename, Diagnostics& diags) {
   ast::Program program;
   program.filename = std::string(filename);
@@ -740,6 +808,16 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
   load_type_facts(facts, FactsPart::headers, program);
   Parser parser(script, diags, program.types, program.facts);
   parser.program(program);
+  std::string mode = parser.stack_mode();
+  // The environment's settings, which take precedence (bpftrace's): lines the command
+  // added after the script (env_settings_line), the same in the command and the agent.
+  for (std::size_t at = script.find(kEnvSettingPrefix); at != std::string_view::npos;
+       at = script.find(kEnvSettingPrefix, at + 1)) {
+    std::string_view line = script.substr(at + kEnvSettingPrefix.size());
+    line = line.substr(0, line.find('\n'));
+    if (line.starts_with("stack_mode=")) mode = std::string(line.substr(11));
+  }
+  if (!mode.empty() && mode != "bpftrace") apply_stack_mode(program, mode);
   load_type_facts(facts, FactsPart::types, program);  // after the script's own structs
   resolve_source_lines(program, diags);
   return program;

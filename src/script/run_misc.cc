@@ -16,7 +16,9 @@
 #include <string>
 
 #include "script/loops.h"
+#include "script/lower.h"
 #include "script/run_nodes.h"
+#include "script/run_stack.h"
 #include "script/run_thread.h"
 
 namespace hotprobe::script::nodes {
@@ -333,7 +335,32 @@ bool st_continue(const SNode* s, Frame& f) {
 
 namespace hotprobe::script::lowering {
 
+Result<const Node*> lower_stack_value(Lowerer& low, const ast::Expr& e, Node* n) {
+  stack_table_init();
+  if (e.func == ast::Func::ustack) {
+    n->s = nodes::s_ustack_value;
+    n->imm = e.value;
+    return n;
+  }
+  auto a = low.expr(*e.args[0]);
+  if (!a) return a.error();
+  n->a = *a;
+  n->s = nodes::s_usym_value;
+  return n;
+}
+
 bool lower_extra_builtin(const ast::Expr& e, Node* n) {
+  if (e.name == "ustack") {  // a value (the checker took it): its marker, run_stack.h
+    stack_table_init();
+    n->s = nodes::s_ustack_value;
+    n->imm = e.value;
+    return true;
+  }
+  if (e.name == "usermode") {  // a probe of user code always runs in user mode
+    n->i = nodes::i_const;
+    n->imm = 1;
+    return true;
+  }
   const int which = extra_builtin(e.name);
   if (which < 0) return false;
   if (which == kPcomm || which == kLeaderComm) {

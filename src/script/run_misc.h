@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "hotprobe/result.h"
@@ -11,6 +12,13 @@
 #include "script/eval.h"
 
 namespace hotprobe::script {
+
+// bpftrace's settings from the environment (BPFTRACE_STACK_MODE=perf), which take
+// precedence over the script's config block: the hotprobe command reads them and adds one
+// comment line a setting after the script (`//hotprobe-env stack_mode=perf`), which the
+// parser reads, so the command and the agent compile the same program.
+inline constexpr std::string_view kEnvSettingPrefix = "\n//hotprobe-env ";
+std::string env_settings_line(std::string_view key, std::string_view value);
 
 namespace nodes {
 
@@ -70,6 +78,9 @@ inline bool is_misc_func(ast::Func f) {
 }
 // The call `e` (is_misc_func) into `n`, made for it.
 Result<const Node*> lower_misc_call(Lowerer& low, const ast::Expr& e, Node* n);
+// ustack(...) or usym(addr) as a value (the checker typed it a string: run_stack.h) into
+// `n`, made for it.
+Result<const Node*> lower_stack_value(Lowerer& low, const ast::Expr& e, Node* n);
 // The builtins named here rather than in kBuiltins (sarg0..sarg9, pcomm, leader_comm): N
 // for sargN, kPcomm or kLeaderComm, -1 for another name.
 inline constexpr int kPcomm = 100;
