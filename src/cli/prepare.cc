@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -11,7 +12,9 @@
 #include <string>
 
 #include "agent/protocol.h"
+#include "elf/data_symbols.h"
 #include "elf/dwarf.h"
+#include "script/ast.h"
 #include "script/check_args.h"
 #include "script/run_misc.h"
 
@@ -28,6 +31,32 @@ std::string self_dir() {
   if (n <= 0) return ".";
   std::string p(buf, static_cast<std::size_t>(n));
   return p.substr(0, p.rfind('/'));
+}
+
+// The symbols uaddr("NAME") names in the uprobe modules of its actions, as lines the
+// checker reads (script/run_misc.h, kUaddrPrefix): the agent reads no ELF file itself.
+std::string uaddr_lines(const std::string& source, const std::string& filename) {
+  if (source.find("uaddr") == std::string::npos) return {};
+  auto program = script::parse(source, filename);
+  if (!program) return {};  // the compile below reports it
+  std::string lines;
+  script::for_each_expr(*program, [&](script::ast::Action& a, script::ast::Expr& e) {
+    if (e.kind != script::ast::Expr::Kind::call || e.name != "uaddr" || e.args.size() != 1 ||
+        e.args[0]->kind != script::ast::Expr::Kind::string)
+      return;
+    for (const script::ast::AttachPoint& p : a.probes) {
+      if (p.module.empty() || p.usdt) continue;
+      const std::string head =
+          std::string(script::kUaddrPrefix) + p.module + "\t" + e.args[0]->text + "\t";
+      if (lines.find(head) != std::string::npos) continue;
+      char real[PATH_MAX];
+      const std::string path = ::realpath(p.module.c_str(), real) ? real : p.module;
+      const auto sym = elf::find_symbol(path, e.args[0]->text);
+      lines += script::uaddr_line(p.module, e.args[0]->text, sym ? sym->value : 0,
+                                  sym ? sym->size : 0, path, sym.has_value());
+    }
+  });
+  return lines;
 }
 
 }  // namespace
@@ -90,6 +119,7 @@ std::optional<LoadedScript> load_script(const char* cmd, const std::string& text
                  cmd, len);
     return std::nullopt;
   }
+  source += uaddr_lines(source, filename);
   // The parameters `args` reads and the headers #include names travel inside the text
   // the agent compiles (script/check_args.h): the agent reads no DWARF or files.
   source = script::with_type_facts(source, filename, &elf::dwarf_type_facts);

@@ -1,5 +1,12 @@
 // The check pass: calls and builtins (check_pass.h).
+#include <dlfcn.h>
+#include <link.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "script/check.h"
@@ -274,7 +281,120 @@ bool Checker::map_argument(Expr& call, bool with_keys) {
   return !v.error;
 }
 
+namespace {
+
+// What the command found for uaddr("NAME") in MODULE (run_misc.h, kUaddrPrefix): the
+// symbol's link-time value and size and the module's file; nullopt when it added no line.
+struct UaddrFact {
+  bool found = false;
+  std::uint64_t value = 0, size = 0;
+  std::string path;
+};
+std::optional<UaddrFact> uaddr_fact(std::string_view source, std::string_view module,
+                                    std::string_view name) {
+  const std::string head =
+      std::string(kUaddrPrefix) + std::string(module) + "\t" + std::string(name) + "\t";
+  const std::size_t at = source.find(head);
+  if (at == std::string_view::npos) return std::nullopt;
+  std::string_view rest = source.substr(at + head.size());
+  rest = rest.substr(0, rest.find('\n'));
+  UaddrFact f;
+  const std::size_t t1 = rest.find('\t'), t2 = rest.find('\t', t1 + 1);
+  if (t1 == std::string_view::npos || t2 == std::string_view::npos) return std::nullopt;
+  f.found = rest.substr(0, t1) != "-";
+  f.value = std::strtoull(std::string(rest.substr(0, t1)).c_str(), nullptr, 16);
+  f.size = std::strtoull(std::string(rest.substr(t1 + 1, t2 - t1 - 1)).c_str(), nullptr, 16);
+  f.path = std::string(rest.substr(t2 + 1));
+  return f;
+}
+
+// The load bias of the module whose file is `path` in this process (the traced program,
+// where the agent compiles the script); 0 when it is not loaded (the command's check, or a
+// non-PIE executable).
+std::uint64_t load_bias(const std::string& path) {
+  struct Search {
+    std::string want;
+    std::uint64_t bias = 0;
+  } search;
+  char real[PATH_MAX];
+  if (!::realpath(path.c_str(), real)) return 0;
+  search.want = real;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* data) {
+        auto* s = static_cast<Search*>(data);
+        char buf[PATH_MAX];
+        const char* name = info->dlpi_name;
+        if (!name || !*name) {  // the main program
+          const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+          if (n <= 0) return 0;
+          buf[n] = '\0';
+        } else if (!::realpath(name, buf)) {
+          return 0;
+        }
+        if (s->want != buf) return 0;
+        s->bias = info->dlpi_addr;
+        return 1;
+      },
+      &search);
+  return search.bias;
+}
+
+}  // namespace
+
 Value Checker::call(Expr& e, Context ctx) {
+  // uaddr("NAME"): the address of symbol NAME of the action's uprobe module, typed as
+  // bpftrace types it: a pointer to int8, int16 or int32 for a symbol of that size, else to
+  // int64. Rewritten into the cast `(intN *)ADDRESS`, the address computed here, where the
+  // agent compiles the script in the traced program (its load bias, for a PIE).
+  // (out of line, as a lambda: the checker's other calls keep a narrow frame)
+  auto uaddr = [ this, &e ]() __attribute__((noinline, cold))->Value {
+    if (e.args.size() != 1 || e.args[0]->kind != Expr::Kind::string) {
+      error(e.loc, "uaddr() takes one string literal, the symbol's name: uaddr(\"GLOBAL\")");
+      return Value::bad();
+    }
+    const std::string name = e.args[0]->text;
+    std::optional<std::uint64_t> size, address;
+    for (const ast::AttachPoint& p : action_->probes) {
+      if ((p.probe.kind != Probe::Kind::uprobe && p.probe.kind != Probe::Kind::uretprobe) ||
+          p.usdt) {
+        error(e.loc,
+              "uaddr() names a symbol of the probed binary: it is for uprobe and "
+              "uretprobe probes (not '" +
+                  p.probe.text + "')");
+        return Value::bad();
+      }
+      const std::optional<UaddrFact> f = uaddr_fact(program_.source, p.module, name);
+      if (!f || !f->found) {
+        error(e.loc, "Could not resolve symbol: " + p.module + ":" + name +
+                         (f ? std::string(" (") + f->path + " has no symbol of that name)"
+                            : std::string(" (uaddr needs the hotprobe command, which reads the "
+                                          "binary's symbols)")));
+        return Value::bad();
+      }
+      if (size && *size != f->size) {
+        error(e.loc, "Symbol size mismatch between probes. Symbol \"" + name + "\" has size " +
+                         std::to_string(*size) + " for probe \"" + action_->probes[0].probe.text +
+                         "\" but size " + std::to_string(f->size) + " for probe \"" + p.probe.text +
+                         "\"");
+        return Value::bad();
+      }
+      size = f->size;
+      if (!address) address = load_bias(f->path) + f->value;
+    }
+    if (!address) return Value::bad();
+    const std::uint32_t bytes =
+        *size == 1 || *size == 2 || *size == 4 ? static_cast<std::uint32_t>(*size) : 8;
+    auto lit = std::make_unique<Expr>();
+    lit->kind = Expr::Kind::integer;
+    lit->value = static_cast<std::int64_t>(*address);
+    lit->loc = e.loc;
+    e.kind = Expr::Kind::cast;
+    e.cast_type = program_.types.pointer(program_.types.integer(bytes, true));
+    e.args.clear();
+    e.args.push_back(std::move(lit));
+    return cast(e);
+  };
+  if (e.name == "uaddr") return uaddr();
   if (!resolve_func(e)) {
     for (std::string_view b : kBuiltinNames) {
       if (e.name == b) {

@@ -760,35 +760,19 @@ namespace {
 
 // stack_mode's mode for every ustack that names none: `ustack` and `ustack(N)` become
 // `ustack(MODE)` and `ustack(MODE, N)`.
-void stack_mode_of(ast::Expr& e, const std::string& mode) {
-  const bool bare = e.kind == ast::Expr::Kind::builtin && e.name == "ustack";
-  const bool call = e.kind == ast::Expr::Kind::call && e.name == "ustack" && e.args.size() < 2 &&
-                    (e.args.empty() || e.args[0]->kind != ast::Expr::Kind::builtin);
-  if (bare || call) {
+void apply_stack_mode(ast::Program& program, const std::string& mode) {
+  for_each_expr(program, [&](ast::Action&, ast::Expr& e) {
+    const bool bare = e.kind == ast::Expr::Kind::builtin && e.name == "ustack";
+    const bool call = e.kind == ast::Expr::Kind::call && e.name == "ustack" && e.args.size() < 2 &&
+                      (e.args.empty() || e.args[0]->kind != ast::Expr::Kind::builtin);
+    if (!bare && !call) return;
     auto m = std::make_unique<ast::Expr>();
     m->kind = ast::Expr::Kind::builtin;
     m->name = mode;
     m->loc = e.loc;
     e.kind = ast::Expr::Kind::call;
     e.args.insert(e.args.begin(), std::move(m));
-    return;
-  }
-  for (ast::ExprPtr& a : e.args)
-    if (a) stack_mode_of(*a, mode);
-}
-void stack_mode_of(std::vector<ast::Stmt>& body, const std::string& mode) {
-  for (ast::Stmt& s : body) {
-    for (ast::ExprPtr* e : {&s.expr, &s.target, &s.value, &s.cond})
-      if (*e) stack_mode_of(**e, mode);
-    stack_mode_of(s.body, mode);
-    stack_mode_of(s.else_body, mode);
-  }
-}
-void apply_stack_mode(ast::Program& program, const std::string& mode) {
-  for (ast::Action& a : program.actions) {
-    if (a.predicate) stack_mode_of(*a.predicate, mode);
-    stack_mode_of(a.body, mode);
-  }
+  });
 }
 
 }  // namespace

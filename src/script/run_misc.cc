@@ -333,6 +333,45 @@ bool st_continue(const SNode* s, Frame& f) {
 
 }  // namespace hotprobe::script::nodes
 
+namespace hotprobe::script {
+
+namespace {
+
+void walk(ast::Action& a, ast::Expr& e, const std::function<void(ast::Action&, ast::Expr&)>& fn) {
+  fn(a, e);
+  for (ast::ExprPtr& x : e.args)
+    if (x) walk(a, *x, fn);
+}
+void walk(ast::Action& a, std::vector<ast::Stmt>& body,
+          const std::function<void(ast::Action&, ast::Expr&)>& fn) {
+  for (ast::Stmt& s : body) {
+    for (ast::ExprPtr* e : {&s.expr, &s.target, &s.value, &s.cond})
+      if (*e) walk(a, **e, fn);
+    walk(a, s.body, fn);
+    walk(a, s.else_body, fn);
+  }
+}
+
+}  // namespace
+
+void for_each_expr(ast::Program& program, const std::function<void(ast::Action&, ast::Expr&)>& fn) {
+  for (ast::Action& a : program.actions) {
+    if (a.predicate) walk(a, *a.predicate, fn);
+    walk(a, a.body, fn);
+  }
+}
+
+std::string uaddr_line(std::string_view module, std::string_view name, std::uint64_t value,
+                       std::uint64_t size, std::string_view path, bool found) {
+  char nums[48];
+  std::snprintf(nums, sizeof nums, "%llx\t%llx", static_cast<unsigned long long>(value),
+                static_cast<unsigned long long>(size));
+  return std::string(kUaddrPrefix) + std::string(module) + "\t" + std::string(name) + "\t" +
+         (found ? std::string(nums) : std::string("-\t0")) + "\t" + std::string(path) + "\n";
+}
+
+}  // namespace hotprobe::script
+
 namespace hotprobe::script::lowering {
 
 Result<const Node*> lower_stack_value(Lowerer& low, const ast::Expr& e, Node* n) {

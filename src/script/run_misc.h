@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -19,6 +20,18 @@ namespace hotprobe::script {
 // parser reads, so the command and the agent compile the same program.
 inline constexpr std::string_view kEnvSettingPrefix = "\n//hotprobe-env ";
 std::string env_settings_line(std::string_view key, std::string_view value);
+
+// uaddr("NAME"): the command resolves NAME in each uprobe module of the action that uses
+// it (the module as written) and adds a line after the script that the checker reads:
+// `//hotprobe-uaddr MODULE<TAB>NAME<TAB>VALUE<TAB>SIZE<TAB>PATH` (st_value and st_size in
+// hex, PATH the module's file), or VALUE `-` when the file has no such symbol.
+inline constexpr std::string_view kUaddrPrefix = "\n//hotprobe-uaddr ";
+std::string uaddr_line(std::string_view module, std::string_view name, std::uint64_t value,
+                       std::uint64_t size, std::string_view path, bool found);
+
+// Calls `fn` on every expression of `program`'s actions (predicates and statements), each
+// before its operands, with the action that holds it.
+void for_each_expr(ast::Program& program, const std::function<void(ast::Action&, ast::Expr&)>& fn);
 
 namespace nodes {
 
