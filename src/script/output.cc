@@ -1,6 +1,7 @@
 #include "script/output.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -94,6 +95,8 @@ void symbol_text(std::string& s, std::uint64_t addr, Symbolizer& sym) {
   s += name.symbol.empty() ? frame_text(name, addr) : name.symbol;
 }
 
+std::atomic<bool> g_deferred{false};  // set_symbols_deferred
+
 std::int64_t monotonic_seconds() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -104,11 +107,15 @@ std::int64_t monotonic_seconds() {
 // not a marker of this process (then it is a string like any other). Names come from one
 // module list kept for the process, read again (at most once a second) when a frame falls
 // in no module of it: a library loaded since.
-bool symbolic_text(std::string& out, std::string_view s) {
+bool symbolic_text(std::string& out, std::string_view s, bool right_away = false) {
   if (s.empty() || s.front() != kSymbolMarker) return false;
   std::uint64_t words[1 + kMaxStackFrames];
   SymbolForm form{};
   if (!read_marker(s, form, words, std::size(words))) return false;
+  if (!right_away && g_deferred.load(std::memory_order_relaxed)) {  // the reader names it
+    out += s;
+    return true;
+  }
   static std::mutex mu;
   static Symbolizer* names = nullptr;  // never freed: printing may run in exit()
   static std::int64_t read_at = 0;
@@ -516,6 +523,7 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
         std::string named;
         if (symbolic_text(named, sv)) sv = named;
         std::string q;
+        if (!json && !named.empty() && named.front() == kSymbolMarker) return named;
         if (!json) {
           append_text_escaped(q, sv);
           return q;
@@ -612,7 +620,10 @@ void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool esc
   if (f.conversion == 's' && !a.s.empty() && a.s.front() == kSymbolMarker) {
     std::string text;
     if (symbolic_text(text, a.s)) {  // a stack may pass the 512 bytes of a plain %s
-      if (!escape && f.width < 0 && f.precision < 0) {
+      // A marker left for the reader is written whole (raw: text output escapes the
+      // program's control bytes, so only a marker has them); width and precision then
+      // do not apply.
+      if ((!escape && f.width < 0 && f.precision < 0) || text.front() == kSymbolMarker) {
         out += text;
       } else {
         format_escaped(out, f, text);
@@ -730,6 +741,16 @@ namespace {
 void append_element(std::string& out, const FmtArg& v, OutputFormat fmt) {
   std::string text;
   if (!v.layout && v.is_string && symbolic_text(text, v.s)) {
+    if (text.front() == kSymbolMarker) {  // left for the reader (format_one)
+      if (fmt == OutputFormat::text) {
+        out += text;  // raw
+      } else {
+        out += "\"";
+        json_escape(out, text);
+        out += "\"";
+      }
+      return;
+    }
     FmtArg named = v;
     named.s = text;
     return append_element(out, named, fmt);
@@ -763,6 +784,43 @@ void append_tuple(std::string& out, std::span<const FmtArg> elems, OutputFormat 
     append_element(out, elems[k], fmt);
   }
   out += text ? ")\n" : "]}\n";
+}
+
+void set_symbols_deferred(bool on) {
+  g_deferred.store(on, std::memory_order_relaxed);
+}
+
+void expand_symbols(std::string& text) {
+  if (text.find(kSymbolMarker) == std::string::npos && text.find("\\u001e") == std::string::npos)
+    return;
+  std::string out;
+  out.reserve(text.size());
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const bool raw = text[i] == kSymbolMarker;
+    const bool esc = !raw && text.compare(i, 6, "\\u001e") == 0;
+    if (raw || esc) {
+      const std::string_view end = raw ? std::string_view("\x1f", 1) : std::string_view("\\u001f");
+      const std::size_t from = i + (raw ? 1 : 6);
+      const std::size_t stop = text.find(end, from);
+      std::string named;
+      if (stop != std::string::npos && stop - from < kSymbolMarkerBytes) {
+        const std::string marker =
+            kSymbolMarker + text.substr(from, stop - from) + kSymbolMarkerEnd;
+        if (symbolic_text(named, marker, /*right_away=*/true)) {
+          if (raw) {
+            out += named;
+          } else {
+            json_escape(out, named);
+          }
+          i = stop + end.size();
+          continue;
+        }
+      }
+    }
+    out += text[i++];
+  }
+  text = std::move(out);
 }
 
 }  // namespace hotprobe::script

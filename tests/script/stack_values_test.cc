@@ -139,6 +139,33 @@ TEST(StackValues, PrintedAsBpftracePrintsThem) {
   EXPECT_EQ(begin.sink.out, "[\n]\n");
 }
 
+// Deferred (the agent): the probed thread writes markers, the reader names them.
+TEST(StackValues, DeferredValuesAreNamedByTheReader) {
+  set_symbols_deferred(true);
+  Traced text("uprobe:libc:getpid { printf(\"%s|\", ustack); print((usym(reg(\"ip\")), 1)); }");
+  std::string out = text.hit();
+  EXPECT_EQ(out.find("hp_stack_value"), std::string::npos) << out;
+  EXPECT_EQ(out.front(), kSymbolMarker);
+  expand_symbols(out);
+  EXPECT_EQ(out, std::string(kTwoFrames) + "|(hp_stack_value_leaf, 1)\n");
+  Traced json("uprobe:libc:getpid { printf(\"%s\", ustack(1)); print(usym(reg(\"ip\"))); }",
+              OutputFormat::json);
+  out = json.hit();
+  EXPECT_NE(out.find("\\u001e"), std::string::npos) << out;
+  expand_symbols(out);
+  EXPECT_EQ(out,
+            "{\"type\": \"printf\", \"data\": \"\\n        hp_stack_value_leaf+0\\n\"}\n"
+            "{\"type\": \"value\", \"data\": \"hp_stack_value_leaf\"}\n");
+  set_symbols_deferred(false);
+  // A string of the program shaped like a marker of another process stays as it is.
+  std::string forged =
+      "a\x1e"
+      "00000000s1\x1f b \\u001e00000000s1\\u001f";
+  const std::string before = forged;
+  expand_symbols(forged);
+  EXPECT_EQ(forged, before);
+}
+
 TEST(StackValues, VariablesAndMapValuesKeepTheStack) {
   Traced r(
       "uprobe:libc:getpid { $s = ustack; @s = $s; @u = usym(reg(\"ip\")); "
