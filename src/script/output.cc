@@ -790,9 +790,13 @@ void set_symbols_deferred(bool on) {
   g_deferred.store(on, std::memory_order_relaxed);
 }
 
+bool has_symbol_markers(std::string_view text) {
+  return text.find(kSymbolMarker) != std::string_view::npos ||
+         text.find("\\u001e") != std::string_view::npos;
+}
+
 void expand_symbols(std::string& text) {
-  if (text.find(kSymbolMarker) == std::string::npos && text.find("\\u001e") == std::string::npos)
-    return;
+  if (!has_symbol_markers(text)) return;
   std::string out;
   out.reserve(text.size());
   std::size_t i = 0;

@@ -80,5 +80,8 @@ void append_tuple(std::string& out, std::span<const FmtArg> elems, OutputFormat 
 // marker was, inside a JSON string): the probed thread then never symbolizes.
 void set_symbols_deferred(bool on);
 void expand_symbols(std::string& text);
+// Whether `text` may hold a marker (expand_symbols has work): a reader that has none to
+// name copies nothing.
+bool has_symbol_markers(std::string_view text);
 
 }  // namespace hotprobe::script
