@@ -192,6 +192,12 @@ TEST(StackValues, TheTableInternsOneStackOnceAcrossThreads) {
         char m[kSymbolMarkerBytes];
         const std::uint32_t n = stack_marker(words, SymbolForm::stack, m);
         markers[t].emplace_back(m, n);
+        // Read back at once: the slot may be another thread's, still being written.
+        std::uint64_t back[8] = {};
+        SymbolForm form{};
+        if (!read_marker(markers[t].back(), form, back, 8) || back[0] != 3 || back[1] != words[1] ||
+            back[2] != words[2] || back[3] != words[3])
+          markers[t].back() = "bad";
       }
     });
   }
