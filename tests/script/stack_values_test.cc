@@ -19,7 +19,7 @@
 #include "script/run_misc.h"
 #include "script/run_stack.h"
 
-#include "fake_sink.h"
+#include "script_harness.h"
 
 extern "C" __attribute__((noinline)) int hp_stack_value_leaf(int x) {
   __asm__ volatile("");
@@ -36,12 +36,7 @@ int hp_stack_value_global = 0x55555555;  // uaddr's subject
 namespace hotprobe::script {
 namespace {
 
-std::string first_error(std::string_view src) {
-  auto r = parse_and_check(src, "stdin");
-  if (r.ok()) return "";
-  const std::string& m = r.error().message();
-  return m.substr(0, m.find('\n'));
-}
+using harness::first_line;
 
 std::uint64_t leaf() {
   return reinterpret_cast<std::uint64_t>(&hp_stack_value_leaf);
@@ -50,22 +45,11 @@ std::uint64_t caller() {
   return reinterpret_cast<std::uint64_t>(&hp_stack_value_caller);
 }
 
-// A compiled script whose probe 0 is hit with registers of a two-frame stack laid out by
-// hand on this thread's stack: the pc in hp_stack_value_leaf, the return address in
-// hp_stack_value_caller (+5).
-struct Traced {
-  std::unique_ptr<Program> prog;
-  FakeSink sink;
-  explicit Traced(std::string_view src, OutputFormat fmt = OutputFormat::text) {
-    CompileOptions o;
-    o.format = fmt;
-    auto p = Program::compile(src, o);
-    EXPECT_TRUE(p.ok()) << (p ? "" : p.error().message());
-    if (p) {
-      prog = std::move(*p);
-      prog->bind(&sink);
-    }
-  }
+// A compiled script (script_harness.h) whose probe 0 is hit with registers of a two-frame
+// stack laid out by hand on this thread's stack: the pc in hp_stack_value_leaf, the
+// return address in hp_stack_value_caller (+5).
+struct Traced : harness::Script {
+  using Script::Script;
   std::string hit() {
     if (!prog) return "";
     sink.out.clear();
@@ -100,7 +84,7 @@ TEST(StackValues, CheckerAcceptsValueForms) {
            "BEGIN { printf(\"%s\\n\", ustack); print((ustack, \"a\")); exit(); }",
            "BEGIN { printf(\"%d\\n\", usermode); }",
        }) {
-    EXPECT_EQ(first_error(s), "") << s;
+    EXPECT_EQ(first_line(s), "") << s;
   }
 }
 
@@ -260,24 +244,23 @@ TEST(StackValues, ConfigAndEnvironmentChooseTheMode) {
       "config = { stack_mode = raw } uprobe:libc:getpid { printf(\"%s\", "
       "ustack(bpftrace, 1)); }");
   EXPECT_EQ(written.hit(), "\n        hp_stack_value_leaf+0\n");
-  EXPECT_EQ(first_error("config = { show_debug_info = 0; missing_probes = \"error\" } BEGIN {}"),
+  EXPECT_EQ(first_line("config = { show_debug_info = 0; missing_probes = \"error\" } BEGIN {}"),
             "");
-  EXPECT_EQ(first_error("config = { stack_mode = build_id } BEGIN {}"),
+  EXPECT_EQ(first_line("config = { stack_mode = build_id } BEGIN {}"),
             "stdin:1:25-33: ERROR: stack_mode is bpftrace, perf or raw ('build_id' given)");
-  EXPECT_EQ(first_error("config = { show_debug_info = 1 } BEGIN {}"),
+  EXPECT_EQ(first_line("config = { show_debug_info = 1 } BEGIN {}"),
             "stdin:1:30-31: ERROR: show_debug_info: hotprobe prints stack frames without "
             "file:line and inlined frames, as bpftrace 0.17 does; write show_debug_info = 0");
-  EXPECT_EQ(first_error("config = { missing_probes = \"warn\" } BEGIN {}"),
+  EXPECT_EQ(first_line("config = { missing_probes = \"warn\" } BEGIN {}"),
             "stdin:1:29-35: ERROR: missing_probes: hotprobe fails on a probe it cannot attach "
             "(missing_probes = \"error\"); remove the probe that names a missing function, or "
             "list the functions with 'hotprobe list'");
-  EXPECT_EQ(first_error("config = { missing_probes = \"often\" } BEGIN {}"),
+  EXPECT_EQ(first_line("config = { missing_probes = \"often\" } BEGIN {}"),
             "stdin:1:29-36: ERROR: Invalid value for missing_probes: valid values are ignore, "
             "warn, and error.");
-  EXPECT_EQ(
-      first_error("config = { stack_mode = raw } uprobe:libc:getpid { @[ustack] = count(); }"),
-      "stdin:1:54-60: ERROR: ustack(raw) is printed as a value here (printf(\"%s\", "
-      "ustack(raw))), not as a map key: key the map by ustack or ustack(perf)");
+  EXPECT_EQ(first_line("config = { stack_mode = raw } uprobe:libc:getpid { @[ustack] = count(); }"),
+            "stdin:1:54-60: ERROR: ustack(raw) is printed as a value here (printf(\"%s\", "
+            "ustack(raw))), not as a map key: key the map by ustack or ustack(perf)");
 }
 
 // The load bias of this program (the main executable), as uaddr adds it.
@@ -299,21 +282,21 @@ TEST(StackValues, UaddrIsATypedPointerToTheSymbol) {
   Traced r("uprobe:./prog:f { printf(\"0x%x %d\\n\", *uaddr(\"G\"), sizeof(*uaddr(\"G\"))); }" +
            facts);
   EXPECT_EQ(r.hit(), "0x55555555 4\n");
-  EXPECT_EQ(first_error("uprobe:./prog:f { print(*uaddr(\"NOPE\")); }" + facts),
+  EXPECT_EQ(first_line("uprobe:./prog:f { print(*uaddr(\"NOPE\")); }" + facts),
             "stdin:1:26-39: ERROR: Could not resolve symbol: ./prog:NOPE (/proc/self/exe has no "
             "symbol of that name)");
-  EXPECT_EQ(first_error("uprobe:./prog:f { print(*uaddr(\"H\")); }" + facts),
+  EXPECT_EQ(first_line("uprobe:./prog:f { print(*uaddr(\"H\")); }" + facts),
             "stdin:1:26-36: ERROR: Could not resolve symbol: ./prog:H (uaddr needs the hotprobe "
             "command, which reads the binary's symbols)");
-  EXPECT_EQ(first_error("BEGIN { print(*uaddr(\"G\")); }" + facts),
+  EXPECT_EQ(first_line("BEGIN { print(*uaddr(\"G\")); }" + facts),
             "stdin:1:16-26: ERROR: uaddr() names a symbol of the probed binary: it is for uprobe "
             "and uretprobe probes (not 'BEGIN')");
-  EXPECT_EQ(first_error("uprobe:./prog:f { print(uaddr(G)); }" + facts),
+  EXPECT_EQ(first_line("uprobe:./prog:f { print(uaddr(G)); }" + facts),
             "stdin:1:25-33: ERROR: uaddr() takes one string literal, the symbol's name: "
             "uaddr(\"GLOBAL\")");
   const std::string two =
       uaddr_line("./a", "G", 0x10, 4, "/a", true) + uaddr_line("./b", "G", 0x10, 8, "/b", true);
-  EXPECT_EQ(first_error("uprobe:./a:f, uprobe:./b:f { print(*uaddr(\"G\")); }" + two),
+  EXPECT_EQ(first_line("uprobe:./a:f, uprobe:./b:f { print(*uaddr(\"G\")); }" + two),
             "stdin:1:37-47: ERROR: Symbol size mismatch between probes. Symbol \"G\" has size 4 "
             "for probe \"uprobe:./a:f\" but size 8 for probe \"uprobe:./b:f\"");
 }
