@@ -346,7 +346,7 @@ struct StackTable {
   std::uint32_t nonce = 0;
 };
 constexpr std::uint32_t kNoWords = ~std::uint32_t{0};  // StackTable::off of no frame
-StackTable* g_table = nullptr;                         // made by stack_table_init, never freed
+std::atomic<StackTable*> g_table{nullptr};             // made by stack_table_init, never freed
 std::once_flag g_table_once;
 std::uint32_t g_nonce = 0;  // usym markers have it without the table
 std::once_flag g_nonce_once;
@@ -427,13 +427,17 @@ void stack_table_init() {
     if (t == MAP_FAILED || w == MAP_FAILED) return;  // values then print as empty stacks
     auto* table = new (t) StackTable;                // zero pages: every slot empty
     table->words = static_cast<std::uint64_t*>(w);
-    g_table = table;
+    g_table.store(table, std::memory_order_release);
   });
+}
+
+bool stack_values_used() {
+  return g_table.load(std::memory_order_acquire) != nullptr;
 }
 
 std::uint32_t stack_marker(const std::uint64_t* words, SymbolForm form, char* out) {
   std::size_t slot = StackTable::kSlots;
-  if (g_table) slot = intern(*g_table, words);
+  if (StackTable* t = g_table.load(std::memory_order_acquire)) slot = intern(*t, words);
   return write_marker(nonce(), form, slot, out);
 }
 
@@ -466,14 +470,15 @@ bool read_marker(std::string_view s, SymbolForm& form, std::uint64_t* words, std
       return false;
   }
   words[0] = 0;
-  if (!g_table || v >= StackTable::kSlots) return true;  // the table was full: no frame
+  StackTable* const t = g_table.load(std::memory_order_acquire);
+  if (!t || v >= StackTable::kSlots) return true;  // the table was full: no frame
   std::uint32_t off = 0;
   // The slot's writer publishes its words right after claiming it: at most a moment.
-  for (int spin = 0; spin < 1000000 && (off = g_table->off[v].load(std::memory_order_acquire)) == 0;
+  for (int spin = 0; spin < 1000000 && (off = t->off[v].load(std::memory_order_acquire)) == 0;
        ++spin) {
   }
   if (off == 0 || off == kNoWords) return true;
-  const std::uint64_t* w = g_table->words + (off - 1);
+  const std::uint64_t* w = t->words + (off - 1);
   const std::size_t n = std::min<std::size_t>(w[0], max - 1);
   words[0] = n;
   std::memcpy(words + 1, w + 1, n * sizeof *w);

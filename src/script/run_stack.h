@@ -57,6 +57,9 @@ enum class SymbolForm : char { stack = 's', stack_perf = 'p', stack_raw = 'r', s
 // Makes the stack table (once per process; when a script that uses ustack as a value is
 // lowered, never on a hit).
 void stack_table_init();
+// Whether a script of this process uses ustack or usym as values (stack_table_init ran):
+// where probes are registered, the CFI tables are then prepared as for a ustack key.
+bool stack_values_used();
 // Writes the marker of `words` ([n, addresses...]) or of one address into `out` (at least
 // kSymbolMarkerBytes); its length. A full stack table: an empty stack's marker.
 std::uint32_t stack_marker(const std::uint64_t* words, SymbolForm form, char* out);
