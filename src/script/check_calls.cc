@@ -74,23 +74,24 @@ Value Checker::ustack_key(Expr& e) {
       if (a.name == "perf") {
         mode = Type::ustack_perf;
         form = SymbolForm::stack_perf;
-      } else if (a.name == "raw" && as_value) {
-        form = SymbolForm::stack_raw;
-      } else if (a.name == "raw") {
-        error(a.loc,
-              "ustack(raw) is printed as a value here (printf(\"%s\", ustack(raw))), not "
-              "as a map key: key the map by ustack or ustack(perf)");
+      } else if ((a.name == "raw" || a.name == "build_id") && as_value) {
+        form = a.name == "raw" ? SymbolForm::stack_raw : SymbolForm::stack_build_id;
+      } else if (a.name == "raw" || a.name == "build_id") {
+        error(a.loc, "ustack(" + a.name + ") is printed as a value here (printf(\"%s\", ustack(" +
+                         a.name + "))), not as a map key: key the map by ustack or ustack(perf)");
         return Value::bad();
       } else if (a.name != "bpftrace") {
-        error(a.loc, "ustack(): unknown stack mode '" + a.name +
-                         "': the modes are bpftrace, perf and raw (raw as a value only)");
+        error(a.loc,
+              "ustack(): unknown stack mode '" + a.name +
+                  "': the modes are bpftrace, perf, raw and build_id (the last two as a value "
+                  "only)");
         return Value::bad();
       }
       continue;
     }
     if (!constant(a, limit)) {
       error(e.loc, n == 2 && i == 0
-                       ? "ustack() expects a stack mode literal (bpftrace, perf or raw)"
+                       ? "ustack() expects a stack mode literal (bpftrace, perf, raw or build_id)"
                        : "ustack() expects an integer literal as its limit");
       return Value::bad();
     }

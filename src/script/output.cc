@@ -58,14 +58,21 @@ bool key_less(const MapDesc& d, const Row& a, const Row& b) {
 
 // Frames ([n, addresses...]) as bpftrace prints a stack: a newline, then one frame a line,
 // "INDENTmain+52" (a map key indents 4, a value 8), perf "\t55d0c0a1b2c3 main+52 (PATH)",
-// raw "55d0c0a1b2c3".
+// raw "55d0c0a1b2c3", build_id "BUILDID 0xFILEOFFSET" (raw where the module has none).
 void frames_text(std::string& s, const std::uint64_t* part, SymbolForm form, std::size_t indent,
                  Symbolizer& sym) {
   const std::uint64_t n = std::min<std::uint64_t>(part[0], kMaxStackFrames);
   s += "\n";
   for (std::uint64_t i = 1; i <= n; ++i) {
     char addr[24];
-    if (form == SymbolForm::stack_raw) {
+    std::string id;
+    std::uint64_t off = 0;
+    if (form == SymbolForm::stack_build_id && sym.file_place(part[i], id, off)) {
+      std::snprintf(addr, sizeof addr, " 0x%02" PRIx64 "\n", off);
+      s += id + addr;
+      continue;
+    }
+    if (form == SymbolForm::stack_raw || form == SymbolForm::stack_build_id) {
       std::snprintf(addr, sizeof addr, "%" PRIx64 "\n", part[i]);
       s += addr;
       continue;

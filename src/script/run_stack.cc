@@ -465,6 +465,7 @@ bool read_marker(std::string_view s, SymbolForm& form, std::uint64_t* words, std
     case SymbolForm::stack:
     case SymbolForm::stack_perf:
     case SymbolForm::stack_raw:
+    case SymbolForm::stack_build_id:
       break;
     default:
       return false;

@@ -50,9 +50,15 @@ inline constexpr char kSymbolMarkerEnd = '\x1f';
 // The bytes a marker takes at most, with its NUL (a string value's size).
 inline constexpr std::uint32_t kSymbolMarkerBytes = 32;
 
-// How a ustack value is printed: bpftrace's modes (`raw` one address a line, as bpftrace
-// main prints it), and usym's symbol.
-enum class SymbolForm : char { stack = 's', stack_perf = 'p', stack_raw = 'r', symbol = 'y' };
+// How a ustack value is printed: bpftrace's modes (`raw` one address a line, `build_id`
+// BUILDID 0xOFFSET a line, as bpftrace main prints them), and usym's symbol.
+enum class SymbolForm : char {
+  stack = 's',
+  stack_perf = 'p',
+  stack_raw = 'r',
+  stack_build_id = 'b',  // each frame as its module's build id and file offset
+  symbol = 'y',
+};
 
 // Makes the stack table (once per process; when a script that uses ustack as a value is
 // lowered, never on a hit).

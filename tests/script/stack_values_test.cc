@@ -108,6 +108,13 @@ TEST(StackValues, PrintedAsBpftracePrintsThem) {
                 static_cast<unsigned long long>(caller() + 5));
   Traced rw("uprobe:libc:getpid { print(ustack(raw)); }");
   EXPECT_EQ(rw.hit(), raw);
+  // build_id: this program's build id and the file offset (the linker gives it one).
+  Traced bid("uprobe:libc:getpid { print(ustack(build_id, 1)); }");
+  const std::string b = bid.hit();
+  ASSERT_GT(b.size(), 8u) << b;
+  EXPECT_EQ(b.substr(0, 1), "\n");
+  EXPECT_NE(b.find(" 0x"), std::string::npos) << b;
+  EXPECT_EQ(b.find_first_not_of("0123456789abcdefx \n"), std::string::npos) << b;
   Traced sym("uprobe:libc:getpid { printf(\"[%s] [%10s]\\n\", usym(reg(\"ip\")), usym(1)); }");
   EXPECT_EQ(sym.hit(), "[hp_stack_value_leaf] [       0x1]\n");
   Traced tup("uprobe:libc:getpid { print((ustack(1), \"a\", usym(reg(\"ip\")))); }");

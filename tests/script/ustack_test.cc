@@ -68,8 +68,11 @@ TEST(Ustack, CheckerErrors) {
        "stdin:1:31-34: ERROR: ustack(raw) is printed as a value here (printf(\"%s\", "
        "ustack(raw))), not as a map key: key the map by ustack or ustack(perf)"},
       {"uprobe:libc:getpid { @[ustack(build_id)] = count(); }",
-       "stdin:1:31-39: ERROR: ustack(): unknown stack mode 'build_id': the modes are bpftrace, "
-       "perf and raw (raw as a value only)"},
+       "stdin:1:31-39: ERROR: ustack(build_id) is printed as a value here (printf(\"%s\", "
+       "ustack(build_id))), not as a map key: key the map by ustack or ustack(perf)"},
+      {"uprobe:libc:getpid { @[ustack(fast)] = count(); }",
+       "stdin:1:31-35: ERROR: ustack(): unknown stack mode 'fast': the modes are bpftrace, "
+       "perf, raw and build_id (the last two as a value only)"},
       {"uprobe:libc:getpid { @[ustack(1025)] = count(); }",
        "stdin:1:24-36: ERROR: ustack([int limit]): limit shouldn't exceed 1024, 1025 given"},
       {"uprobe:libc:getpid { @[ustack(perf, -1)] = count(); }",
