@@ -102,9 +102,10 @@ std::optional<LoadedScript> load_script(const char* cmd, const std::string& text
   // bpftrace's settings in the environment, over the script's config (run_misc.h).
   if (const char* mode = std::getenv("BPFTRACE_STACK_MODE"); mode && *mode) {
     const std::string m = mode;
-    if (m != "bpftrace" && m != "perf" && m != "raw") {
+    if (m != "bpftrace" && m != "perf" && m != "raw" && m != "build_id") {
       std::fprintf(stderr,
-                   "hotprobe %s: BPFTRACE_STACK_MODE is bpftrace, perf or raw ('%s' given): "
+                   "hotprobe %s: BPFTRACE_STACK_MODE is bpftrace, perf, raw or build_id ('%s' "
+                   "given): "
                    "set one of them, or unset it\n",
                    cmd, m.c_str());
       return std::nullopt;

@@ -58,7 +58,7 @@ class Parser {
 
   void program(ast::Program& out);
 
-  // config's stack_mode (bpftrace, perf or raw), empty when not set.
+  // config's stack_mode (bpftrace, perf, raw or build_id), empty when not set.
   const std::string& stack_mode() const { return stack_mode_; }
 
  private:
@@ -676,8 +676,10 @@ inline void Parser::config_block(ast::Program& out) {
                                                   "max_bpf_progs",  "max_probes",
                                                   "on_stack_limit", "max_type_res_iterations"};
     if (k == "stack_mode") {
-      if (value.text != "bpftrace" && value.text != "perf" && value.text != "raw")
-        c_error(value.loc, "stack_mode is bpftrace, perf or raw ('" + value.text + "' given)");
+      if (value.text != "bpftrace" && value.text != "perf" && value.text != "raw" &&
+          value.text != "build_id")
+        c_error(value.loc,
+                "stack_mode is bpftrace, perf, raw or build_id ('" + value.text + "' given)");
       stack_mode_ = value.text;
     } else if (k == "show_debug_info") {
       if (value.kind == Tok::ident && value.text != "true" && value.text != "false")

@@ -61,7 +61,8 @@ TEST(StackValuesRun, TheEnvironmentsStackModeIsOverTheConfig) {
   EXPECT_FALSE(contains(raw.out, "inner")) << raw.out;
   auto bad = hotprobe({"run", "-e", script, "--", HP_STACK_PIE}, {{"BPFTRACE_STACK_MODE", "fast"}});
   EXPECT_NE(bad.code, 0);
-  EXPECT_TRUE(contains(bad.err, "BPFTRACE_STACK_MODE is bpftrace, perf or raw ('fast' given)"))
+  EXPECT_TRUE(
+      contains(bad.err, "BPFTRACE_STACK_MODE is bpftrace, perf, raw or build_id ('fast' given)"))
       << bad.err;
 }
 

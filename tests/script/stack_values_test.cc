@@ -253,8 +253,8 @@ TEST(StackValues, ConfigAndEnvironmentChooseTheMode) {
   EXPECT_EQ(written.hit(), "\n        hp_stack_value_leaf+0\n");
   EXPECT_EQ(first_line("config = { show_debug_info = 0; missing_probes = \"error\" } BEGIN {}"),
             "");
-  EXPECT_EQ(first_line("config = { stack_mode = build_id } BEGIN {}"),
-            "stdin:1:25-33: ERROR: stack_mode is bpftrace, perf or raw ('build_id' given)");
+  EXPECT_EQ(first_line("config = { stack_mode = fast } BEGIN {}"),
+            "stdin:1:25-29: ERROR: stack_mode is bpftrace, perf, raw or build_id ('fast' given)");
   EXPECT_EQ(first_line("config = { show_debug_info = 1 } BEGIN {}"),
             "stdin:1:30-31: ERROR: show_debug_info: hotprobe prints stack frames without "
             "file:line and inlined frames, as bpftrace 0.17 does; write show_debug_info = 0");
