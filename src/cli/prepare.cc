@@ -120,10 +120,14 @@ std::optional<LoadedScript> load_script(const char* cmd, const std::string& text
                  cmd, len);
     return std::nullopt;
   }
-  source += uaddr_lines(source, filename);
   // The parameters `args` reads and the headers #include names travel inside the text
   // the agent compiles (script/check_args.h): the agent reads no DWARF or files.
   source = script::with_type_facts(source, filename, &elf::dwarf_type_facts);
+  // uaddr()'s symbols, parsed with the types the facts give, as lines of the script part.
+  if (const std::string lines = uaddr_lines(source, filename); !lines.empty()) {
+    const std::size_t at = source.find(script::kTypeFactsMarker);
+    source.insert(at == std::string::npos ? source.size() : at, lines);
+  }
   if (source.size() > agent::kMaxMessage * 3) {
     std::fprintf(stderr,
                  "hotprobe %s: the script with the types of its headers and of the functions "
