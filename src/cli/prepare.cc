@@ -14,6 +14,7 @@
 #include "agent/protocol.h"
 #include "elf/data_symbols.h"
 #include "elf/dwarf.h"
+#include "hotprobe/symbols.h"
 #include "script/ast.h"
 #include "script/check_args.h"
 #include "script/run_misc.h"
@@ -50,7 +51,14 @@ std::string uaddr_lines(const std::string& source, const std::string& filename) 
           std::string(script::kUaddrPrefix) + p.module + "\t" + e.args[0]->text + "\t";
       if (lines.find(head) != std::string::npos) continue;
       char real[PATH_MAX];
-      const std::string path = ::realpath(p.module.c_str(), real) ? real : p.module;
+      std::string path = ::realpath(p.module.c_str(), real) ? real : p.module;
+      if (path.find('/') == std::string::npos && !p.function.empty()) {
+        // A short name (libc): the file hotprobe's own process maps for it, as the
+        // probe's function resolves here.
+        if (auto fns = hotprobe::resolve_functions(p.module + ":" + p.function);
+            fns && !fns->empty())
+          path = fns->front().module;
+      }
       const auto sym = elf::find_symbol(path, e.args[0]->text);
       lines += script::uaddr_line(p.module, e.args[0]->text, sym ? sym->value : 0,
                                   sym ? sym->size : 0, path, sym.has_value());
