@@ -60,9 +60,12 @@ class Parser {
 
   // config's stack_mode (bpftrace, perf, raw or build_id), empty when not set.
   const std::string& stack_mode() const { return stack_mode_; }
+  // config's missing_probes (error, warn or ignore), empty when not set.
+  const std::string& missing_probes() const { return missing_probes_; }
 
  private:
   std::string stack_mode_;
+  std::string missing_probes_;
   [[noreturn]] void fail(const Token& t, std::string_view expecting = {});
 
   Token expect(Tok kind) {
@@ -693,11 +696,7 @@ inline void Parser::config_block(ast::Program& out) {
         c_error(value.loc,
                 "Invalid value for missing_probes: valid values are ignore, warn, and "
                 "error.");
-      if (value.text != "error")
-        c_error(value.loc,
-                "missing_probes: hotprobe fails on a probe it cannot attach "
-                "(missing_probes = \"error\"); remove the probe that names a missing "
-                "function, or list the functions with 'hotprobe list'");
+      missing_probes_ = value.text;
     } else if (k == "print_maps_on_exit") {
       if (value.kind == Tok::ident && value.text != "true" && value.text != "false")
         c_error(value.loc, "print_maps_on_exit is true, false, 1 or 0");
@@ -777,7 +776,33 @@ void apply_stack_mode(ast::Program& program, const std::string& mode) {
   });
 }
 
+// The probes the command found missing under missing_probes = "warn" or "ignore" (lines
+// kSkipProbePrefix PROBE after the script) are left out; an action left with none goes.
+void skip_missing_probes(ast::Program& program, std::string_view script) {
+  std::vector<std::string_view> skip;
+  for (std::size_t at = script.find(kSkipProbePrefix); at != std::string_view::npos;
+       at = script.find(kSkipProbePrefix, at + 1)) {
+    std::string_view line = script.substr(at + kSkipProbePrefix.size());
+    skip.push_back(line.substr(0, line.find('\n')));
+  }
+  if (skip.empty()) return;
+  for (ast::Action& a : program.actions) {
+    std::erase_if(a.probes, [&](const ast::AttachPoint& p) {
+      return std::find(skip.begin(), skip.end(), p.probe.text) != skip.end();
+    });
+  }
+  std::erase_if(program.actions, [](const ast::Action& a) { return a.probes.empty(); });
+}
+
 }  // namespace
+
+ScriptSettings script_settings(std::string_view source) {
+  Diagnostics diags;
+  ast::Program program;
+  Parser parser(script_part(source), diags, program.types, program.facts);
+  parser.program(program);
+  return ScriptSettings{parser.stack_mode(), parser.missing_probes()};
+}
 
 std::string env_settings_line(std::string_view key, std::string_view value) {
   return std::string(kEnvSettingPrefix) + std::string(key) + "=" + std::string(value) + "\n";
@@ -804,6 +829,7 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
     if (line.starts_with("stack_mode=")) mode = std::string(line.substr(11));
   }
   if (!mode.empty() && mode != "bpftrace") apply_stack_mode(program, mode);
+  skip_missing_probes(program, script);
   load_type_facts(facts, FactsPart::types, program);  // after the script's own structs
   resolve_source_lines(program, diags);
   return program;

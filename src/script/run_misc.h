@@ -21,6 +21,18 @@ namespace hotprobe::script {
 inline constexpr std::string_view kEnvSettingPrefix = "\n//hotprobe-env ";
 std::string env_settings_line(std::string_view key, std::string_view value);
 
+// The config block's settings the command acts on (empty: not set).
+struct ScriptSettings {
+  std::string stack_mode;
+  std::string missing_probes;  // error, warn or ignore
+};
+ScriptSettings script_settings(std::string_view source);
+
+// missing_probes = "warn" or "ignore": the command looks each uprobe's function up in its
+// module and adds a line `//hotprobe-skip PROBE` (the probe's expanded text) for each one
+// it does not find; the parser leaves those probes out.
+inline constexpr std::string_view kSkipProbePrefix = "\n//hotprobe-skip ";
+
 // uaddr("NAME"): the command resolves NAME in each uprobe module of the action that uses
 // it (the module as written) and adds a line after the script that the checker reads:
 // `//hotprobe-uaddr MODULE<TAB>NAME<TAB>VALUE<TAB>SIZE<TAB>PATH` (st_value and st_size in

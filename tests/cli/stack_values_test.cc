@@ -85,4 +85,27 @@ TEST(StackValuesRun, UaddrReadsGlobalsOfPieAndNonPie) {
       << missing.err;
 }
 
+TEST(StackValuesRun, MissingProbesErrorWarnOrIgnore) {
+  const std::string probes = std::string("uprobe:") + HP_STACK_PIE +
+                             ":inner, uprobe:" + HP_STACK_PIE +
+                             ":hp_no_such_function { printf(\"hit\\n\"); exit(); }";
+  const std::string what =
+      std::string("No matches for uprobe ") + HP_STACK_PIE + ":hp_no_such_function.";
+  auto error = hotprobe({"run", "-e", probes, "--", HP_STACK_PIE});
+  EXPECT_NE(error.code, 0);
+  EXPECT_TRUE(contains(error.err, "ERROR: " + what)) << error.err;
+  EXPECT_TRUE(contains(error.err, "missing_probes = \"warn\"")) << error.err;
+  auto warn = hotprobe(
+      {"run", "-e", "config = { missing_probes = \"warn\" } " + probes, "--", HP_STACK_PIE});
+  EXPECT_EQ(warn.code, 0) << warn.err;
+  EXPECT_TRUE(contains(warn.err, "WARNING: " + what + " Skipping.")) << warn.err;
+  EXPECT_TRUE(contains(warn.out, "Attaching 1 probe...\n")) << warn.out;
+  EXPECT_TRUE(contains(warn.out, "hit\n")) << warn.out;
+  auto ignore = hotprobe(
+      {"run", "-e", "config = { missing_probes = \"ignore\" } " + probes, "--", HP_STACK_PIE});
+  EXPECT_EQ(ignore.code, 0) << ignore.err;
+  EXPECT_FALSE(contains(ignore.err, "hp_no_such_function")) << ignore.err;
+  EXPECT_TRUE(contains(ignore.out, "hit\n")) << ignore.out;
+}
+
 }  // namespace

@@ -258,16 +258,28 @@ TEST(StackValues, ConfigAndEnvironmentChooseTheMode) {
   EXPECT_EQ(first_line("config = { show_debug_info = 1 } BEGIN {}"),
             "stdin:1:30-31: ERROR: show_debug_info: hotprobe prints stack frames without "
             "file:line and inlined frames, as bpftrace 0.17 does; write show_debug_info = 0");
-  EXPECT_EQ(first_line("config = { missing_probes = \"warn\" } BEGIN {}"),
-            "stdin:1:29-35: ERROR: missing_probes: hotprobe fails on a probe it cannot attach "
-            "(missing_probes = \"error\"); remove the probe that names a missing function, or "
-            "list the functions with 'hotprobe list'");
   EXPECT_EQ(first_line("config = { missing_probes = \"often\" } BEGIN {}"),
             "stdin:1:29-36: ERROR: Invalid value for missing_probes: valid values are ignore, "
             "warn, and error.");
   EXPECT_EQ(first_line("config = { stack_mode = raw } uprobe:libc:getpid { @[ustack] = count(); }"),
             "stdin:1:54-60: ERROR: ustack(raw) is printed as a value here (printf(\"%s\", "
             "ustack(raw))), not as a map key: key the map by ustack or ustack(perf)");
+}
+
+TEST(StackValues, MissingProbesTheCommandFoundAreLeftOut) {
+  const std::string src =
+      "config = { missing_probes = \"warn\" } uprobe:./p:f, uprobe:./p:g { @a = 1; } "
+      "uprobe:./p:g { @b = 1; } BEGIN { @c = 1; }";
+  EXPECT_EQ(script_settings(src).missing_probes, "warn");
+  EXPECT_EQ(script_settings("config = { missing_probes = \"ignore\" } BEGIN {}").missing_probes,
+            "ignore");
+  EXPECT_EQ(script_settings("BEGIN {}").missing_probes, "");
+  auto p = parse(src + std::string(kSkipProbePrefix) + "uprobe:./p:g\n", "stdin");
+  ASSERT_TRUE(p.ok()) << p.error().message();
+  ASSERT_EQ(p->actions.size(), 2u);  // the action of g alone is gone
+  ASSERT_EQ(p->actions[0].probes.size(), 1u);
+  EXPECT_EQ(p->actions[0].probes[0].probe.text, "uprobe:./p:f");
+  EXPECT_EQ(p->actions[1].probes[0].probe.text, "BEGIN");
 }
 
 // The load bias of this program (the main executable), as uaddr adds it.
