@@ -8,9 +8,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <map>
-#include <optional>
-#include <set>
 #include <sstream>
 #include <string>
 
@@ -70,51 +67,32 @@ std::string uaddr_lines(const std::string& source, const std::string& filename) 
   return lines;
 }
 
-// The uprobes whose function is not in their module, found here where the module is a
-// file: missing_probes = "warn" says so and leaves each out (a line the parser reads,
-// script/run_misc.h), "ignore" leaves them out silently, and "error" (bpftrace's default)
-// fails here with bpftrace's message. False: the script cannot run.
-bool skip_missing_probes(const char* cmd, std::string& source, const std::string& filename) {
+// missing_probes = "warn" or "ignore": the uprobes whose function is not in their module,
+// found here where the module is a file, are left out (a line the parser reads,
+// script/run_misc.h), with a warning for "warn". With "error" (bpftrace's default) the
+// agent reports a missing function, with its suggestions, and attaches nothing.
+void skip_missing_probes(const char* cmd, std::string& source, const std::string& filename) {
   const std::string mode = script::script_settings(source).missing_probes;
+  if (mode != "warn" && mode != "ignore") return;
   auto program = script::parse(source, filename);
-  if (!program) return true;                                          // the compile reports it
-  std::map<std::string, std::optional<std::set<std::string>>> names;  // by module, once each
+  if (!program) return;  // the compile reports it
   for (const script::ast::Action& a : program->actions) {
     for (const script::ast::AttachPoint& p : a.probes) {
       const bool user = p.probe.kind == script::Probe::Kind::uprobe ||
                         p.probe.kind == script::Probe::Kind::uretprobe;
       // Only a probe hotprobe can look up here as the agent will: a file named by its
       // path, one function (a glob or an address is the agent's to resolve).
-      const bool plain_name =
-          !p.function.empty() && p.function.find_first_not_of(
-                                     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                     "0123456789_.$") == std::string::npos;
-      if (!user || p.usdt || p.is_glob || p.is_address || !plain_name ||
+      if (!user || p.usdt || p.is_glob || p.is_address || p.function.empty() ||
           p.module.find('/') == std::string::npos || ::access(p.module.c_str(), R_OK) != 0)
         continue;
-      auto& known = names[p.module];
-      if (!known) {
-        known.emplace();
-        auto fns = hotprobe::list_functions(p.module);
-        if (!fns) continue;  // not an ELF file hotprobe names: the agent says why
-        for (const hotprobe::FunctionInfo& f : *fns)
-          known->insert(f.name);
-      }
-      if (known->empty() || known->contains(p.function)) continue;
-      const std::string what = "No matches for uprobe " + p.module + ":" + p.function;
-      if (mode.empty() || mode == "error") {
-        std::fprintf(stderr,
-                     "hotprobe %s: ERROR: %s. (config = { missing_probes = \"warn\" } attaches "
-                     "the other probes)\n",
-                     cmd, what.c_str());
-        return false;
-      }
+      // The engine's own resolution of the target (fragments, versions, offsets).
+      if (auto fns = hotprobe::resolve_functions(p.probe.target); fns && !fns->empty()) continue;
       if (mode == "warn")
-        std::fprintf(stderr, "hotprobe %s: WARNING: %s. Skipping.\n", cmd, what.c_str());
+        std::fprintf(stderr, "hotprobe %s: WARNING: No matches for uprobe %s:%s. Skipping.\n", cmd,
+                     p.module.c_str(), p.function.c_str());
       source += std::string(script::kSkipProbePrefix) + p.probe.text + "\n";
     }
   }
-  return true;
 }
 
 }  // namespace
@@ -180,7 +158,7 @@ std::optional<LoadedScript> load_script(const char* cmd, const std::string& text
   }
   // The parameters `args` reads and the headers #include names travel inside the text
   // the agent compiles (script/check_args.h): the agent reads no DWARF or files.
-  if (!skip_missing_probes(cmd, source, filename)) return std::nullopt;
+  skip_missing_probes(cmd, source, filename);
   source = script::with_type_facts(source, filename, &elf::dwarf_type_facts);
   // uaddr()'s symbols, parsed with the types the facts give, as lines of the script part.
   if (const std::string lines = uaddr_lines(source, filename); !lines.empty()) {

@@ -711,7 +711,7 @@ inline void Parser::config_block(ast::Program& out) {
     } else if (std::find(std::begin(kNoBpf), std::end(kNoBpf), k) == std::end(kNoBpf)) {
       c_error(key.loc, "config: '" + key.text +
                            "' is not a setting hotprobe takes (it takes print_maps_on_exit, "
-                           "stack_mode, show_debug_info = 0, missing_probes = \"error\", "
+                           "stack_mode, show_debug_info = 0, missing_probes, "
                            "max_strlen = 64, and accepts bpftrace's BPF sizing settings "
                            "log_size, perf_rb_pages, max_bpf_progs, max_probes, "
                            "on_stack_limit, max_type_res_iterations, which have no effect)");
