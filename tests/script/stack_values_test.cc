@@ -301,18 +301,25 @@ TEST(StackValues, UaddrIsATypedPointerToTheSymbol) {
   Traced r("uprobe:./prog:f { printf(\"0x%x %d\\n\", *uaddr(\"G\"), sizeof(*uaddr(\"G\"))); }" +
            facts);
   EXPECT_EQ(r.hit(), "0x55555555 4\n");
-  EXPECT_EQ(first_line("uprobe:./prog:f { print(*uaddr(\"NOPE\")); }" + facts),
-            "stdin:1:26-39: ERROR: Could not resolve symbol: ./prog:NOPE (/proc/self/exe has no "
-            "symbol of that name)");
-  EXPECT_EQ(first_line("uprobe:./prog:f { print(*uaddr(\"H\")); }" + facts),
-            "stdin:1:26-36: ERROR: Could not resolve symbol: ./prog:H (uaddr needs the hotprobe "
-            "command, which reads the binary's symbols)");
-  EXPECT_EQ(first_line("BEGIN { print(*uaddr(\"G\")); }" + facts),
-            "stdin:1:16-26: ERROR: uaddr() names a symbol of the probed binary: it is for uprobe "
-            "and uretprobe probes (not 'BEGIN')");
-  EXPECT_EQ(first_line("uprobe:./prog:f { print(uaddr(G)); }" + facts),
-            "stdin:1:25-33: ERROR: uaddr() takes one string literal, the symbol's name: "
-            "uaddr(\"GLOBAL\")");
+  struct {
+    const char* script;
+    const char* error;
+  } cases[] = {
+      {"uprobe:./prog:f { print(*uaddr(\"NOPE\")); }",
+       "stdin:1:26-39: ERROR: Could not resolve symbol: ./prog:NOPE (/proc/self/exe has no "
+       "symbol of that name)"},
+      {"uprobe:./prog:f { print(*uaddr(\"H\")); }",
+       "stdin:1:26-36: ERROR: Could not resolve symbol: ./prog:H (uaddr needs the hotprobe "
+       "command, which reads the binary's symbols)"},
+      {"BEGIN { print(*uaddr(\"G\")); }",
+       "stdin:1:16-26: ERROR: uaddr() names a symbol of the probed binary: it is for uprobe and "
+       "uretprobe probes (not 'BEGIN')"},
+      {"uprobe:./prog:f { print(uaddr(G)); }",
+       "stdin:1:25-33: ERROR: uaddr() takes one string literal, the symbol's name: "
+       "uaddr(\"GLOBAL\")"},
+  };
+  for (const auto& c : cases)
+    EXPECT_EQ(first_line(c.script + facts), c.error) << c.script;
   const std::string two =
       uaddr_line("./a", "G", 0x10, 4, "/a", true) + uaddr_line("./b", "G", 0x10, 8, "/b", true);
   EXPECT_EQ(first_line("uprobe:./a:f, uprobe:./b:f { print(*uaddr(\"G\")); }" + two),
