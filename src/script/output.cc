@@ -158,7 +158,9 @@ std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escap
     if (k) s += sep;
     switch (d.part(k)) {
       case KeyPart::string:
-        if (escape) {
+        if (std::string named; symbolic_text(named, get_string(&r.key[w]))) {
+          s += named;  // a stack or symbol value as a key (`@[$s]` of `$s = ustack`)
+        } else if (escape) {
           append_text_escaped(s, get_string(&r.key[w]));
         } else {
           s += get_string(&r.key[w]);

@@ -166,6 +166,14 @@ TEST(StackValues, VariablesAndMapValuesKeepTheStack) {
                                       "\n@t: (7, hp_stack_value_leaf)\n@u: hp_stack_value_leaf\n");
 }
 
+TEST(StackValues, AStackValueKeysAMap) {
+  Traced r("uprobe:libc:getpid { $s = ustack(1); @[$s, usym(reg(\"ip\"))] = count(); }");
+  r.hit();
+  r.hit();
+  EXPECT_EQ(r.prog->print_maps(),
+            "\n\n@[\n        hp_stack_value_leaf+0\n, hp_stack_value_leaf]: 2\n");
+}
+
 TEST(StackValues, UsermodeIsOneInAUprobe) {
   Traced r("uprobe:libc:getpid { print(usermode); printf(\"%d\\n\", usermode + 1); }");
   EXPECT_EQ(r.hit(), "1\n2\n");
