@@ -1,11 +1,16 @@
 // ElfFile's lookups: the name index, NAME, globs, NAME+OFF and the address forms.
+#include <fcntl.h>
 #include <fnmatch.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <tuple>
 
 #include "base/assert.h"
+#include "elf/data_symbols.h"
 #include "elf/elf_file.h"
 #include "elf/elf_util.h"
 
@@ -400,6 +405,36 @@ Result<Target> ElfFile::lookup_one(std::string_view spec) const {
   if (!r.ok()) return r.error();
   HP_CHECK(r->size() == 1);
   return r->front();
+}
+
+std::optional<DataSymbol> find_symbol(const std::string& path, std::string_view name) {
+  if (elf_version(EV_CURRENT) == EV_NONE) return std::nullopt;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  Elf* e = elf_begin(fd, ELF_C_READ_MMAP, nullptr);
+  std::optional<DataSymbol> found;
+  for (const Elf64_Word kind : {SHT_SYMTAB, SHT_DYNSYM}) {
+    for (Elf_Scn* scn = e ? elf_nextscn(e, nullptr) : nullptr; scn && !found;
+         scn = elf_nextscn(e, scn)) {
+      GElf_Shdr sh;
+      if (!gelf_getshdr(scn, &sh) || sh.sh_type != kind || sh.sh_entsize == 0) continue;
+      Elf_Data* data = elf_getdata(scn, nullptr);
+      const std::size_t n = sh.sh_size / sh.sh_entsize;
+      for (std::size_t i = 1; data && i < n; ++i) {
+        GElf_Sym sym;
+        if (!gelf_getsym(data, static_cast<int>(i), &sym) || sym.st_shndx == SHN_UNDEF) continue;
+        const char* s = elf_strptr(e, sh.sh_link, sym.st_name);
+        if (s && name == s) {
+          found = DataSymbol{sym.st_value, sym.st_size};
+          break;
+        }
+      }
+    }
+    if (found) break;
+  }
+  if (e) elf_end(e);
+  ::close(fd);
+  return found;
 }
 
 }  // namespace hp::elf

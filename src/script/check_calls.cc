@@ -1,13 +1,25 @@
 // The check pass: calls and builtins (check_pass.h).
+#include <dlfcn.h>
+#include <link.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "script/check.h"
 #include "script/check_pass.h"
 #include "script/parser.h"
 #include "script/run_misc.h"
+#include "script/run_stack.h"
 
 namespace hotprobe::script::checking {
+
+// Expr::value of a ustack or usym call on its way into ustack_key/usym_key: a value, not
+// a map key.
+constexpr std::int64_t kStackValue = -0x57ac;
 
 bool Checker::resolve_func(Expr& call) {
   for (std::size_t i = 0; i < kFuncNames.size(); ++i) {
@@ -38,32 +50,49 @@ bool Checker::needs_registers(const Expr& e, std::string_view what) {
   return false;
 }
 
-// ustack ([MODE][, LIMIT]) as a map key: MODE bpftrace or perf, LIMIT an integer literal
-// 0..1024 (bpftrace's limits and words).
+// ustack ([MODE][, LIMIT]) as a map key, or as a value when e.value is kStackValue on
+// entry (printf("%s", ustack), print(ustack), $s = ustack: run_stack.h). MODE bpftrace or
+// perf (a value also takes raw, bpftrace main's), LIMIT an integer literal 1..1024
+// (bpftrace's limits and words). A value is a string (its marker) and keeps its form and
+// limit in e.value (SymbolForm | limit << 8).
 Value Checker::ustack_key(Expr& e) {
-  if (!needs_registers(e, "ustack")) return Value::bad();
+  const bool as_value = e.value == kStackValue;
+  e.value = 0;
+  // As a value in BEGIN, END or interval it is the empty stack, as bpftrace's.
+  if (!as_value && !needs_registers(e, "ustack")) return Value::bad();
   const std::size_t n = e.kind == Expr::Kind::call ? e.args.size() : 0;
   if (n > 2) {
     error(e.loc, "ustack() takes up to 2 arguments (" + std::to_string(n) + " provided)");
     return Value::bad();
   }
   Type mode = Type::ustack;
+  SymbolForm form = SymbolForm::stack;
   std::int64_t limit = ast::kUstackFrames;
   for (std::size_t i = 0; i < n; ++i) {
     Expr& a = *e.args[i];
     if (i == 0 && a.kind == Expr::Kind::builtin) {
       if (a.name == "perf") {
         mode = Type::ustack_perf;
+        form = SymbolForm::stack_perf;
+      } else if ((a.name == "raw" || a.name == "build_id") && as_value) {
+        form = a.name == "raw" ? SymbolForm::stack_raw : SymbolForm::stack_build_id;
+      } else if (a.name == "raw" || a.name == "build_id") {
+        error(a.loc, "ustack(" + a.name + ") is printed as a value here (printf(\"%s\", ustack(" +
+                         a.name + "))), not as a map key: key the map by ustack or ustack(perf)");
+        return Value::bad();
       } else if (a.name != "bpftrace") {
-        error(a.loc, "ustack(): unknown stack mode '" + a.name +
-                         "': the modes are bpftrace and perf (bpftrace 0.17 has no raw mode)");
+        error(a.loc,
+              "ustack(): unknown stack mode '" + a.name +
+                  "': the modes are bpftrace, perf, raw and build_id (the last two as a value "
+                  "only)");
         return Value::bad();
       }
       continue;
     }
     if (!constant(a, limit)) {
-      error(e.loc, n == 2 && i == 0 ? "ustack() expects a stack mode literal (bpftrace or perf)"
-                                    : "ustack() expects an integer literal as its limit");
+      error(e.loc, n == 2 && i == 0
+                       ? "ustack() expects a stack mode literal (bpftrace, perf, raw or build_id)"
+                       : "ustack() expects an integer literal as its limit");
       return Value::bad();
     }
     if (limit < 0 || limit > ast::kMaxUstackLimit) {
@@ -80,8 +109,13 @@ Value Checker::ustack_key(Expr& e) {
     annotate(a, Value::integer());
   }
   if (e.kind == Expr::Kind::call) e.func = Func::ustack;
+  const auto frames = static_cast<std::uint32_t>(std::min<std::int64_t>(limit, ast::kUstackFrames));
+  if (as_value) {
+    e.value = static_cast<std::int64_t>(form) | std::int64_t{frames} << 8;
+    return Value::string(kSymbolMarkerBytes);
+  }
   e.type = mode;
-  e.str_size = static_cast<std::uint32_t>(std::min<std::int64_t>(limit, ast::kUstackFrames));
+  e.str_size = frames;
   return Value{mode, std::nullopt, e.str_size, false};
 }
 
@@ -95,8 +129,11 @@ bool Checker::integer_argument(Expr& a, std::string_view expects) {
   return false;
 }
 
-// usym(addr) as a map key.
+// usym(addr) as a map key, or as a value when e.value is kStackValue on entry (a string:
+// its marker, run_stack.h).
 Value Checker::usym_key(Expr& e) {
+  const bool as_value = e.value == kStackValue;
+  e.value = 0;
   if (e.args.size() != 1) {
     error(e.loc, "usym() requires one argument (" + std::to_string(e.args.size()) + " provided)");
     return Value::bad();
@@ -104,6 +141,7 @@ Value Checker::usym_key(Expr& e) {
   if (!integer_argument(*e.args[0], "usym() expects an integer or pointer argument"))
     return Value::bad();
   e.func = Func::usym;
+  if (as_value) return Value::string(kSymbolMarkerBytes);
   e.type = Type::usym;
   return Value{Type::usym, std::nullopt, 0, false};
 }
@@ -123,19 +161,12 @@ Value Checker::key_value(Expr& k) {
   return v;
 }
 
-// ustack or usym where a value is wanted: hotprobe keeps them as map keys only.
-static std::string key_only(std::string_view name) {
-  return std::string(name) +
-         " can only be used as a map key in hotprobe, where it is printed with the map: "
-         "write @[" +
-         std::string(name) + (name == "usym" ? "(addr)" : "") + "] = count()";
-}
-
 Value Checker::builtin(Expr& e) {
   if (e.name == "ustack") {
-    error(e.loc, key_only("ustack"));
-    return Value::bad();
+    e.value = kStackValue;
+    return ustack_key(e);
   }
+  if (e.name == "usermode") return Value::integer();  // 1: a probe of user code (run_misc.cc)
   std::size_t i = 0;
   while (i < kBuiltinNames.size() && e.name != kBuiltinNames[i])
     ++i;
@@ -251,7 +282,120 @@ bool Checker::map_argument(Expr& call, bool with_keys) {
   return !v.error;
 }
 
+namespace {
+
+// What the command found for uaddr("NAME") in MODULE (run_misc.h, kUaddrPrefix): the
+// symbol's link-time value and size and the module's file; nullopt when it added no line.
+struct UaddrFact {
+  bool found = false;
+  std::uint64_t value = 0, size = 0;
+  std::string path;
+};
+std::optional<UaddrFact> uaddr_fact(std::string_view source, std::string_view module,
+                                    std::string_view name) {
+  const std::string head =
+      std::string(kUaddrPrefix) + std::string(module) + "\t" + std::string(name) + "\t";
+  const std::size_t at = source.find(head);
+  if (at == std::string_view::npos) return std::nullopt;
+  std::string_view rest = source.substr(at + head.size());
+  rest = rest.substr(0, rest.find('\n'));
+  UaddrFact f;
+  const std::size_t t1 = rest.find('\t'), t2 = rest.find('\t', t1 + 1);
+  if (t1 == std::string_view::npos || t2 == std::string_view::npos) return std::nullopt;
+  f.found = rest.substr(0, t1) != "-";
+  f.value = std::strtoull(std::string(rest.substr(0, t1)).c_str(), nullptr, 16);
+  f.size = std::strtoull(std::string(rest.substr(t1 + 1, t2 - t1 - 1)).c_str(), nullptr, 16);
+  f.path = std::string(rest.substr(t2 + 1));
+  return f;
+}
+
+// The load bias of the module whose file is `path` in this process (the traced program,
+// where the agent compiles the script); 0 when it is not loaded (the command's check, or a
+// non-PIE executable).
+std::uint64_t load_bias(const std::string& path) {
+  struct Search {
+    std::string want;
+    std::uint64_t bias = 0;
+  } search;
+  char real[PATH_MAX];
+  if (!::realpath(path.c_str(), real)) return 0;
+  search.want = real;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* data) {
+        auto* s = static_cast<Search*>(data);
+        char buf[PATH_MAX];
+        const char* name = info->dlpi_name;
+        if (!name || !*name) {  // the main program
+          const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+          if (n <= 0) return 0;
+          buf[n] = '\0';
+        } else if (!::realpath(name, buf)) {
+          return 0;
+        }
+        if (s->want != buf) return 0;
+        s->bias = info->dlpi_addr;
+        return 1;
+      },
+      &search);
+  return search.bias;
+}
+
+}  // namespace
+
 Value Checker::call(Expr& e, Context ctx) {
+  // uaddr("NAME"): the address of symbol NAME of the action's uprobe module, typed as
+  // bpftrace types it: a pointer to int8, int16 or int32 for a symbol of that size, else to
+  // int64. Rewritten into the cast `(intN *)ADDRESS`, the address computed here, where the
+  // agent compiles the script in the traced program (its load bias, for a PIE).
+  // (out of line, as a lambda: the checker's other calls keep a narrow frame)
+  auto uaddr = [ this, &e ]() __attribute__((noinline, cold))->Value {
+    if (e.args.size() != 1 || e.args[0]->kind != Expr::Kind::string) {
+      error(e.loc, "uaddr() takes one string literal, the symbol's name: uaddr(\"GLOBAL\")");
+      return Value::bad();
+    }
+    const std::string name = e.args[0]->text;
+    std::optional<std::uint64_t> size, address;
+    for (const ast::AttachPoint& p : action_->probes) {
+      if ((p.probe.kind != Probe::Kind::uprobe && p.probe.kind != Probe::Kind::uretprobe) ||
+          p.usdt) {
+        error(e.loc,
+              "uaddr() names a symbol of the probed binary: it is for uprobe and "
+              "uretprobe probes (not '" +
+                  p.probe.text + "')");
+        return Value::bad();
+      }
+      const std::optional<UaddrFact> f = uaddr_fact(program_.source, p.module, name);
+      if (!f || !f->found) {
+        error(e.loc, "Could not resolve symbol: " + p.module + ":" + name +
+                         (f ? std::string(" (") + f->path + " has no symbol of that name)"
+                            : std::string(" (uaddr needs the hotprobe command, which reads the "
+                                          "binary's symbols)")));
+        return Value::bad();
+      }
+      if (size && *size != f->size) {
+        error(e.loc, "Symbol size mismatch between probes. Symbol \"" + name + "\" has size " +
+                         std::to_string(*size) + " for probe \"" + action_->probes[0].probe.text +
+                         "\" but size " + std::to_string(f->size) + " for probe \"" + p.probe.text +
+                         "\"");
+        return Value::bad();
+      }
+      size = f->size;
+      if (!address) address = load_bias(f->path) + f->value;
+    }
+    if (!address) return Value::bad();
+    const std::uint32_t bytes =
+        *size == 1 || *size == 2 || *size == 4 ? static_cast<std::uint32_t>(*size) : 8;
+    auto lit = std::make_unique<Expr>();
+    lit->kind = Expr::Kind::integer;
+    lit->value = static_cast<std::int64_t>(*address);
+    lit->loc = e.loc;
+    e.kind = Expr::Kind::cast;
+    e.cast_type = program_.types.pointer(program_.types.integer(bytes, true));
+    e.args.clear();
+    e.args.push_back(std::move(lit));
+    return cast(e);
+  };
+  if (e.name == "uaddr") return uaddr();
   if (!resolve_func(e)) {
     for (std::string_view b : kBuiltinNames) {
       if (e.name == b) {
@@ -363,9 +507,11 @@ Value Checker::call(Expr& e, Context ctx) {
       return Value::string(size);
     }
     case Func::ustack:
+      e.value = kStackValue;
+      return ustack_key(e);
     case Func::usym:
-      error(e.loc, key_only(name));
-      return Value::bad();
+      e.value = kStackValue;
+      return usym_key(e);
     case Func::reg: {
       if (n != 1) {
         error(e.loc, "reg() requires one argument (" + std::to_string(n) + " provided)");

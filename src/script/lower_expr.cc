@@ -656,6 +656,8 @@ Result<const Node*> Lowerer::call(const Expr& e) {
     }
     case Func::ustack:
     case Func::usym:
+      if (e.type == Type::string) return lower_stack_value(*this, e, n);  // run_stack.h
+      [[fallthrough]];
     case Func::reg:
     case Func::strftime:
     case Func::join:

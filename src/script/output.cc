@@ -1,14 +1,18 @@
 #include "script/output.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
+#include <mutex>
 #include <optional>
 #include <utility>
 
 #include "script/ast.h"
 #include "script/layout.h"
+#include "script/run_stack.h"
 #include "script/symbolize.h"
 
 namespace hotprobe::script {
@@ -52,29 +56,96 @@ bool key_less(const MapDesc& d, const Row& a, const Row& b) {
   return false;
 }
 
-// A ustack key part ([frames, addresses...]) as bpftrace prints a stack in a map key:
-// a newline, then one frame a line ("    main+52", perf: "\t55d0c0a1b2c3 main+52 (PATH)").
-void stack_text(std::string& s, const std::uint64_t* part, KeyPart mode, Symbolizer& sym) {
+// Frames ([n, addresses...]) as bpftrace prints a stack: a newline, then one frame a line,
+// "INDENTmain+52" (a map key indents 4, a value 8), perf "\t55d0c0a1b2c3 main+52 (PATH)",
+// raw "55d0c0a1b2c3", build_id "BUILDID 0xFILEOFFSET" (raw where the module has none).
+void frames_text(std::string& s, const std::uint64_t* part, SymbolForm form, std::size_t indent,
+                 Symbolizer& sym) {
   const std::uint64_t n = std::min<std::uint64_t>(part[0], kMaxStackFrames);
   s += "\n";
   for (std::uint64_t i = 1; i <= n; ++i) {
+    char addr[24];
+    std::string id;
+    std::uint64_t off = 0;
+    if (form == SymbolForm::stack_build_id && sym.file_place(part[i], id, off)) {
+      std::snprintf(addr, sizeof addr, " 0x%02" PRIx64 "\n", off);
+      s += id + addr;
+      continue;
+    }
+    if (form == SymbolForm::stack_raw || form == SymbolForm::stack_build_id) {
+      std::snprintf(addr, sizeof addr, "%" PRIx64 "\n", part[i]);
+      s += addr;
+      continue;
+    }
     const Symbolizer::Name name = sym.name(part[i]);
-    if (mode == KeyPart::ustack_perf) {
-      char addr[24];
+    if (form == SymbolForm::stack_perf) {
       std::snprintf(addr, sizeof addr, "\t%" PRIx64 " ", part[i]);
       s += addr;
       s += frame_text(name, part[i]);
       s += " (" + (name.module.empty() ? std::string("[unknown]") : name.module) + ")\n";
     } else {
-      s += "    " + frame_text(name, part[i]) + "\n";
+      s.append(indent, ' ');
+      s += frame_text(name, part[i]) + "\n";
     }
   }
+}
+
+// A ustack key part ([frames, addresses...]) as bpftrace prints a stack in a map key.
+void stack_text(std::string& s, const std::uint64_t* part, KeyPart mode, Symbolizer& sym) {
+  frames_text(s, part, mode == KeyPart::ustack_perf ? SymbolForm::stack_perf : SymbolForm::stack, 4,
+              sym);
 }
 
 // usym: the symbol without its offset, or the address in hex (bpftrace).
 void symbol_text(std::string& s, std::uint64_t addr, Symbolizer& sym) {
   const Symbolizer::Name name = sym.name(addr);
   s += name.symbol.empty() ? frame_text(name, addr) : name.symbol;
+}
+
+std::atomic<bool> g_deferred{false};  // set_symbols_deferred
+
+std::int64_t monotonic_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec;
+}
+
+// The text of a ustack or usym value's marker (run_stack.h) into `out`; false when `s` is
+// not a marker of this process (then it is a string like any other). Names come from one
+// module list kept for the process, read again (at most once a second) when a frame falls
+// in no module of it: a library loaded since.
+bool symbolic_text(std::string& out, std::string_view s, bool right_away = false) {
+  if (s.empty() || s.front() != kSymbolMarker) return false;
+  std::uint64_t words[1 + kMaxStackFrames];
+  SymbolForm form{};
+  if (!read_marker(s, form, words, std::size(words))) return false;
+  if (!right_away && g_deferred.load(std::memory_order_relaxed)) {  // the reader names it
+    out += s;
+    return true;
+  }
+  static std::mutex mu;
+  static Symbolizer* names = nullptr;  // never freed: printing may run in exit()
+  static std::int64_t read_at = 0;
+  std::scoped_lock lock(mu);
+  const std::int64_t now = monotonic_seconds();
+  if (!names) {
+    names = new Symbolizer(Symbolizer::current());
+    read_at = now;
+  } else if (now > read_at) {
+    for (std::uint64_t i = 1; i <= words[0] && form != SymbolForm::stack_raw; ++i) {
+      if (names->name(words[i]).module.empty()) {
+        *names = Symbolizer::current();
+        read_at = now;
+        break;
+      }
+    }
+  }
+  if (form == SymbolForm::symbol) {
+    symbol_text(out, words[1], *names);
+  } else {
+    frames_text(out, words, form, 8, *names);
+  }
+  return true;
 }
 
 // `escape`: program strings shown as text output shows them (append_text_escaped).
@@ -87,7 +158,9 @@ std::string key_text(const MapDesc& d, const Row& r, const char* sep, bool escap
     if (k) s += sep;
     switch (d.part(k)) {
       case KeyPart::string:
-        if (escape) {
+        if (std::string named; symbolic_text(named, get_string(&r.key[w]))) {
+          s += named;  // a stack or symbol value as a key (`@[$s]` of `$s = ustack`)
+        } else if (escape) {
           append_text_escaped(s, get_string(&r.key[w]));
         } else {
           s += get_string(&r.key[w]);
@@ -456,7 +529,10 @@ void append_map(std::string& out, const MapDesc& d, std::vector<Row> rows, Outpu
                     : lhist_text(r.value, d.lhist_min, d.lhist_max, d.lhist_step);
       case ValueKind::string: {
         std::string_view sv = get_string(r.value.data());
+        std::string named;
+        if (symbolic_text(named, sv)) sv = named;
         std::string q;
+        if (!json && !named.empty() && named.front() == kSymbolMarker) return named;
         if (!json) {
           append_text_escaped(q, sv);
           return q;
@@ -550,6 +626,20 @@ void format_escaped(std::string& out, const FormatSpec& f, std::string_view s) {
 }
 
 void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool escape) {
+  if (f.conversion == 's' && !a.s.empty() && a.s.front() == kSymbolMarker) {
+    std::string text;
+    if (symbolic_text(text, a.s)) {  // a stack may pass the 512 bytes of a plain %s
+      // A marker left for the reader is written whole (raw: text output escapes the
+      // program's control bytes, so only a marker has them); width and precision then
+      // do not apply.
+      if ((!escape && f.width < 0 && f.precision < 0) || text.front() == kSymbolMarker) {
+        out += text;
+      } else {
+        format_escaped(out, f, text);
+      }
+      return;
+    }
+  }
   if (escape && f.conversion == 's') return format_escaped(out, f, a.s);
   if (escape && f.conversion == 'c') {
     const char c = static_cast<char>(a.i);
@@ -658,6 +748,22 @@ void append_message(std::string& out, std::string_view type, std::string_view te
 namespace {
 
 void append_element(std::string& out, const FmtArg& v, OutputFormat fmt) {
+  std::string text;
+  if (!v.layout && v.is_string && symbolic_text(text, v.s)) {
+    if (text.front() == kSymbolMarker) {  // left for the reader (format_one)
+      if (fmt == OutputFormat::text) {
+        out += text;  // raw
+      } else {
+        out += "\"";
+        json_escape(out, text);
+        out += "\"";
+      }
+      return;
+    }
+    FmtArg named = v;
+    named.s = text;
+    return append_element(out, named, fmt);
+  }
   if (v.layout) {
     append_layout_value(out, *v.layout, v.s, fmt);
   } else if (!v.is_string) {
@@ -687,6 +793,47 @@ void append_tuple(std::string& out, std::span<const FmtArg> elems, OutputFormat 
     append_element(out, elems[k], fmt);
   }
   out += text ? ")\n" : "]}\n";
+}
+
+void set_symbols_deferred(bool on) {
+  g_deferred.store(on, std::memory_order_relaxed);
+}
+
+bool has_symbol_markers(std::string_view text) {
+  return text.find(kSymbolMarker) != std::string_view::npos ||
+         text.find("\\u001e") != std::string_view::npos;
+}
+
+void expand_symbols(std::string& text) {
+  if (!has_symbol_markers(text)) return;
+  std::string out;
+  out.reserve(text.size());
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const bool raw = text[i] == kSymbolMarker;
+    const bool esc = !raw && text.compare(i, 6, "\\u001e") == 0;
+    if (raw || esc) {
+      const std::string_view end = raw ? std::string_view("\x1f", 1) : std::string_view("\\u001f");
+      const std::size_t from = i + (raw ? 1 : 6);
+      const std::size_t stop = text.find(end, from);
+      std::string named;
+      if (stop != std::string::npos && stop - from < kSymbolMarkerBytes) {
+        const std::string marker =
+            kSymbolMarker + text.substr(from, stop - from) + kSymbolMarkerEnd;
+        if (symbolic_text(named, marker, /*right_away=*/true)) {
+          if (raw) {
+            out += named;
+          } else {
+            json_escape(out, named);
+          }
+          i = stop + end.size();
+          continue;
+        }
+      }
+    }
+    out += text[i++];
+  }
+  text = std::move(out);
 }
 
 }  // namespace hotprobe::script

@@ -72,4 +72,16 @@ void append_value(std::string& out, const FmtArg& v, OutputFormat fmt);
 // print(tuple): text "(1, x)\n"; json {"type": "value", "data": [1,"x"]}\n, as bpftrace.
 void append_tuple(std::string& out, std::span<const FmtArg> elems, OutputFormat fmt);
 
+// ustack and usym values (script/run_stack.h) are named where output is printed. By
+// default the printers name them as they format (hotprobe's own prints, tests). With
+// set_symbols_deferred(true) (the agent: its output thread is the reader) they leave each
+// value's marker in the text, and expand_symbols() on the reader's side, in the same
+// process, replaces each marker of this process by its text (JSON-escaped where the
+// marker was, inside a JSON string): the probed thread then never symbolizes.
+void set_symbols_deferred(bool on);
+void expand_symbols(std::string& text);
+// Whether `text` may hold a marker (expand_symbols has work): a reader that has none to
+// name copies nothing.
+bool has_symbol_markers(std::string_view text);
+
 }  // namespace hotprobe::script

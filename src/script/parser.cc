@@ -13,6 +13,7 @@
 #include "script/check_args.h"
 #include "script/lexer.h"
 #include "script/loops.h"
+#include "script/run_misc.h"
 
 namespace hotprobe::script {
 
@@ -57,7 +58,14 @@ class Parser {
 
   void program(ast::Program& out);
 
+  // config's stack_mode (bpftrace, perf, raw or build_id), empty when not set.
+  const std::string& stack_mode() const { return stack_mode_; }
+  // config's missing_probes (error, warn or ignore), empty when not set.
+  const std::string& missing_probes() const { return missing_probes_; }
+
  private:
+  std::string stack_mode_;
+  std::string missing_probes_;
   [[noreturn]] void fail(const Token& t, std::string_view expecting = {});
 
   Token expect(Tok kind) {
@@ -674,7 +682,26 @@ inline void Parser::config_block(ast::Program& out) {
     static constexpr std::string_view kNoBpf[] = {"log_size",       "perf_rb_pages",
                                                   "max_bpf_progs",  "max_probes",
                                                   "on_stack_limit", "max_type_res_iterations"};
-    if (k == "print_maps_on_exit") {
+    if (k == "stack_mode") {
+      if (value.text != "bpftrace" && value.text != "perf" && value.text != "raw" &&
+          value.text != "build_id")
+        c_error(value.loc,
+                "stack_mode is bpftrace, perf, raw or build_id ('" + value.text + "' given)");
+      stack_mode_ = value.text;
+    } else if (k == "show_debug_info") {
+      if (value.kind == Tok::ident && value.text != "true" && value.text != "false")
+        c_error(value.loc, "show_debug_info is true, false, 1 or 0");
+      if (truth)
+        c_error(value.loc,
+                "show_debug_info: hotprobe prints stack frames without file:line and inlined "
+                "frames, as bpftrace 0.17 does; write show_debug_info = 0");
+    } else if (k == "missing_probes") {
+      if (value.text != "error" && value.text != "warn" && value.text != "ignore")
+        c_error(value.loc,
+                "Invalid value for missing_probes: valid values are ignore, warn, and "
+                "error.");
+      missing_probes_ = value.text;
+    } else if (k == "print_maps_on_exit") {
       if (value.kind == Tok::ident && value.text != "true" && value.text != "false")
         c_error(value.loc, "print_maps_on_exit is true, false, 1 or 0");
       out.print_maps_on_exit = truth;
@@ -688,6 +715,7 @@ inline void Parser::config_block(ast::Program& out) {
     } else if (std::find(std::begin(kNoBpf), std::end(kNoBpf), k) == std::end(kNoBpf)) {
       c_error(key.loc, "config: '" + key.text +
                            "' is not a setting hotprobe takes (it takes print_maps_on_exit, "
+                           "stack_mode, show_debug_info = 0, missing_probes, "
                            "max_strlen = 64, and accepts bpftrace's BPF sizing settings "
                            "log_size, perf_rb_pages, max_bpf_progs, max_probes, "
                            "on_stack_limit, max_type_res_iterations, which have no effect)");
@@ -733,6 +761,57 @@ void resolve_source_lines(ast::Program& program, Diagnostics& diags) {
 
 }  // namespace
 
+namespace {
+
+// stack_mode's mode for every ustack that names none: `ustack` and `ustack(N)` become
+// `ustack(MODE)` and `ustack(MODE, N)`.
+void apply_stack_mode(ast::Program& program, const std::string& mode) {
+  for_each_expr(program, [&](ast::Action&, ast::Expr& e) {
+    const bool bare = e.kind == ast::Expr::Kind::builtin && e.name == "ustack";
+    const bool call = e.kind == ast::Expr::Kind::call && e.name == "ustack" && e.args.size() < 2 &&
+                      (e.args.empty() || e.args[0]->kind != ast::Expr::Kind::builtin);
+    if (!bare && !call) return;
+    auto m = std::make_unique<ast::Expr>();
+    m->kind = ast::Expr::Kind::builtin;
+    m->name = mode;
+    m->loc = e.loc;
+    e.kind = ast::Expr::Kind::call;
+    e.args.insert(e.args.begin(), std::move(m));
+  });
+}
+
+// The probes the command found missing under missing_probes = "warn" or "ignore" (lines
+// kSkipProbePrefix PROBE after the script) are left out; an action left with none goes.
+void skip_missing_probes(ast::Program& program, std::string_view script) {
+  std::vector<std::string_view> skip;
+  for (std::size_t at = script.find(kSkipProbePrefix); at != std::string_view::npos;
+       at = script.find(kSkipProbePrefix, at + 1)) {
+    std::string_view line = script.substr(at + kSkipProbePrefix.size());
+    skip.push_back(line.substr(0, line.find('\n')));
+  }
+  if (skip.empty()) return;
+  for (ast::Action& a : program.actions) {
+    std::erase_if(a.probes, [&](const ast::AttachPoint& p) {
+      return std::find(skip.begin(), skip.end(), p.probe.text) != skip.end();
+    });
+  }
+  std::erase_if(program.actions, [](const ast::Action& a) { return a.probes.empty(); });
+}
+
+}  // namespace
+
+ScriptSettings script_settings(std::string_view source) {
+  Diagnostics diags;
+  ast::Program program;
+  Parser parser(script_part(source), diags, program.types, program.facts);
+  parser.program(program);
+  return ScriptSettings{parser.stack_mode(), parser.missing_probes()};
+}
+
+std::string env_settings_line(std::string_view key, std::string_view value) {
+  return std::string(kEnvSettingPrefix) + std::string(key) + "=" + std::string(value) + "\n";
+}
+
 ast::Program parse(std::string_view src, std::string_view filename, Diagnostics& diags) {
   ast::Program program;
   program.filename = std::string(filename);
@@ -744,6 +823,17 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
   load_type_facts(facts, FactsPart::headers, program);
   Parser parser(script, diags, program.types, program.facts);
   parser.program(program);
+  std::string mode = parser.stack_mode();
+  // The environment's settings, which take precedence (bpftrace's): lines the command
+  // added after the script (env_settings_line), the same in the command and the agent.
+  for (std::size_t at = script.find(kEnvSettingPrefix); at != std::string_view::npos;
+       at = script.find(kEnvSettingPrefix, at + 1)) {
+    std::string_view line = script.substr(at + kEnvSettingPrefix.size());
+    line = line.substr(0, line.find('\n'));
+    if (line.starts_with("stack_mode=")) mode = std::string(line.substr(11));
+  }
+  if (!mode.empty() && mode != "bpftrace") apply_stack_mode(program, mode);
+  skip_missing_probes(program, script);
   load_type_facts(facts, FactsPart::types, program);  // after the script's own structs
   resolve_source_lines(program, diags);
   return program;

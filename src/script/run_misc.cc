@@ -16,7 +16,9 @@
 #include <string>
 
 #include "script/loops.h"
+#include "script/lower.h"
 #include "script/run_nodes.h"
+#include "script/run_stack.h"
 #include "script/run_thread.h"
 
 namespace hotprobe::script::nodes {
@@ -331,9 +333,73 @@ bool st_continue(const SNode* s, Frame& f) {
 
 }  // namespace hotprobe::script::nodes
 
+namespace hotprobe::script {
+
+namespace {
+
+void walk(ast::Action& a, ast::Expr& e, const std::function<void(ast::Action&, ast::Expr&)>& fn) {
+  fn(a, e);
+  for (ast::ExprPtr& x : e.args)
+    if (x) walk(a, *x, fn);
+}
+void walk(ast::Action& a, std::vector<ast::Stmt>& body,
+          const std::function<void(ast::Action&, ast::Expr&)>& fn) {
+  for (ast::Stmt& s : body) {
+    for (ast::ExprPtr* e : {&s.expr, &s.target, &s.value, &s.cond})
+      if (*e) walk(a, **e, fn);
+    walk(a, s.body, fn);
+    walk(a, s.else_body, fn);
+  }
+}
+
+}  // namespace
+
+void for_each_expr(ast::Program& program, const std::function<void(ast::Action&, ast::Expr&)>& fn) {
+  for (ast::Action& a : program.actions) {
+    if (a.predicate) walk(a, *a.predicate, fn);
+    walk(a, a.body, fn);
+  }
+}
+
+std::string uaddr_line(std::string_view module, std::string_view name, std::uint64_t value,
+                       std::uint64_t size, std::string_view path, bool found) {
+  char nums[48];
+  std::snprintf(nums, sizeof nums, "%llx\t%llx", static_cast<unsigned long long>(value),
+                static_cast<unsigned long long>(size));
+  return std::string(kUaddrPrefix) + std::string(module) + "\t" + std::string(name) + "\t" +
+         (found ? std::string(nums) : std::string("-\t0")) + "\t" + std::string(path) + "\n";
+}
+
+}  // namespace hotprobe::script
+
 namespace hotprobe::script::lowering {
 
+Result<const Node*> lower_stack_value(Lowerer& low, const ast::Expr& e, Node* n) {
+  stack_table_init();
+  if (e.func == ast::Func::ustack) {
+    n->s = nodes::s_ustack_value;
+    n->imm = e.value;
+    return n;
+  }
+  auto a = low.expr(*e.args[0]);
+  if (!a) return a.error();
+  n->a = *a;
+  n->s = nodes::s_usym_value;
+  return n;
+}
+
 bool lower_extra_builtin(const ast::Expr& e, Node* n) {
+  if (e.name == "ustack") {  // a value (the checker took it): its marker, run_stack.h
+    stack_table_init();
+    n->s = nodes::s_ustack_value;
+    n->imm = e.value;
+    return true;
+  }
+  if (e.name == "usermode") {  // a probe of user code always runs in user mode
+    n->i = nodes::i_const;
+    n->imm = 1;
+    return true;
+  }
   const int which = extra_builtin(e.name);
   if (which < 0) return false;
   if (which == kPcomm || which == kLeaderComm) {

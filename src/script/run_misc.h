@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <string_view>
 
 #include "hotprobe/result.h"
@@ -11,6 +13,37 @@
 #include "script/eval.h"
 
 namespace hotprobe::script {
+
+// bpftrace's settings from the environment (BPFTRACE_STACK_MODE=perf), which take
+// precedence over the script's config block: the hotprobe command reads them and adds one
+// comment line a setting after the script (`//hotprobe-env stack_mode=perf`), which the
+// parser reads, so the command and the agent compile the same program.
+inline constexpr std::string_view kEnvSettingPrefix = "\n//hotprobe-env ";
+std::string env_settings_line(std::string_view key, std::string_view value);
+
+// The config block's settings the command acts on (empty: not set).
+struct ScriptSettings {
+  std::string stack_mode;
+  std::string missing_probes;  // error, warn or ignore
+};
+ScriptSettings script_settings(std::string_view source);
+
+// missing_probes = "warn" or "ignore": the command looks each uprobe's function up in its
+// module and adds a line `//hotprobe-skip PROBE` (the probe's expanded text) for each one
+// it does not find; the parser leaves those probes out.
+inline constexpr std::string_view kSkipProbePrefix = "\n//hotprobe-skip ";
+
+// uaddr("NAME"): the command resolves NAME in each uprobe module of the action that uses
+// it (the module as written) and adds a line after the script that the checker reads:
+// `//hotprobe-uaddr MODULE<TAB>NAME<TAB>VALUE<TAB>SIZE<TAB>PATH` (st_value and st_size in
+// hex, PATH the module's file), or VALUE `-` when the file has no such symbol.
+inline constexpr std::string_view kUaddrPrefix = "\n//hotprobe-uaddr ";
+std::string uaddr_line(std::string_view module, std::string_view name, std::uint64_t value,
+                       std::uint64_t size, std::string_view path, bool found);
+
+// Calls `fn` on every expression of `program`'s actions (predicates and statements), each
+// before its operands, with the action that holds it.
+void for_each_expr(ast::Program& program, const std::function<void(ast::Action&, ast::Expr&)>& fn);
 
 namespace nodes {
 
@@ -70,6 +103,9 @@ inline bool is_misc_func(ast::Func f) {
 }
 // The call `e` (is_misc_func) into `n`, made for it.
 Result<const Node*> lower_misc_call(Lowerer& low, const ast::Expr& e, Node* n);
+// ustack(...) or usym(addr) as a value (the checker typed it a string: run_stack.h) into
+// `n`, made for it.
+Result<const Node*> lower_stack_value(Lowerer& low, const ast::Expr& e, Node* n);
 // The builtins named here rather than in kBuiltins (sarg0..sarg9, pcomm, leader_comm): N
 // for sargN, kPcomm or kLeaderComm, -1 for another name.
 inline constexpr int kPcomm = 100;

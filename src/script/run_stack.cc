@@ -1,10 +1,13 @@
 #include "script/run_stack.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstring>
+#include <mutex>
 
 #include "script/eval.h"
 #include "script/unwind_table.h"
@@ -323,5 +326,184 @@ void capture_ustack(const Regs& regs, bool at_entry, std::uint32_t max, std::uin
 StackBounds ustack_bounds_for_test() {
   return StackBounds{t_stack.lo, t_stack.hi};
 }
+
+// The stack table of ustack values: stacks interned by a 64-bit hash of their words, in
+// an open-addressing index whose slots are claimed with one compare-and-swap, their words
+// in an append-only arena. Nothing is ever removed (a value may be printed any time
+// later), so a slot's words, once published (`off` release-stored after them), never
+// change. Two stacks of one hash are one (a 2^-64 chance a pair, as a hash-keyed stack
+// map's). A full table gives the empty stack.
+namespace {
+
+struct StackTable {
+  static constexpr std::size_t kSlots = std::size_t{1} << 16;
+  static constexpr std::size_t kProbe = 64;
+  static constexpr std::uint64_t kWords = std::uint64_t{1} << 22;  // 32 MiB reserved
+  std::atomic<std::uint64_t> hash[kSlots];
+  std::atomic<std::uint32_t> off[kSlots];  // 1 + word offset; 0 while being written
+  std::atomic<std::uint64_t> top{0};
+  std::uint64_t* words = nullptr;
+  std::uint32_t nonce = 0;
+};
+constexpr std::uint32_t kNoWords = ~std::uint32_t{0};  // StackTable::off of no frame
+std::atomic<StackTable*> g_table{nullptr};             // made by stack_table_init, never freed
+std::once_flag g_table_once;
+std::uint32_t g_nonce = 0;  // usym markers have it without the table
+std::once_flag g_nonce_once;
+
+std::uint32_t nonce() {
+  std::call_once(g_nonce_once, [] {
+    std::uint32_t v = 0;
+    while (v == 0) {
+      if (::getrandom(&v, sizeof v, 0) != static_cast<ssize_t>(sizeof v))
+        v = static_cast<std::uint32_t>(::getpid()) * 2654435761u ^ 0x9e3779b9u;
+    }
+    g_nonce = v;
+  });
+  return g_nonce;
+}
+
+std::uint64_t hash_words(const std::uint64_t* w, std::size_t n) {
+  std::uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+  for (std::size_t i = 0; i < n; ++i) {
+    h ^= w[i];
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+  }
+  return h | 1;  // 0 is an empty slot
+}
+
+// The slot of `words` (1 + n words), claimed and written if new; kSlots when full.
+std::size_t intern(StackTable& t, const std::uint64_t* words) {
+  const std::size_t n = 1 + words[0];
+  const std::uint64_t h = hash_words(words, n);
+  for (std::size_t i = 0; i < StackTable::kProbe; ++i) {
+    const std::size_t slot = (h + i) & (StackTable::kSlots - 1);
+    std::uint64_t seen = t.hash[slot].load(std::memory_order_acquire);
+    if (seen == 0 && t.hash[slot].compare_exchange_strong(seen, h, std::memory_order_acq_rel)) {
+      const std::uint64_t at = t.top.fetch_add(n, std::memory_order_relaxed);
+      if (at + n > StackTable::kWords) {  // the arena is full: the slot names no frame
+        t.off[slot].store(kNoWords, std::memory_order_release);
+        return slot;
+      }
+      std::memcpy(t.words + at, words, n * sizeof *words);
+      t.off[slot].store(static_cast<std::uint32_t>(at + 1), std::memory_order_release);
+      return slot;
+    }
+    if (seen == h) return slot;
+  }
+  return StackTable::kSlots;
+}
+
+char hex_digit(unsigned v) {
+  return static_cast<char>(v < 10 ? '0' + v : 'a' + v - 10);
+}
+// "\x1e" NONCE(8 hex) FORM HEX "\x1f".
+std::uint32_t write_marker(std::uint32_t tag, SymbolForm form, std::uint64_t v, char* out) {
+  std::uint32_t k = 0;
+  out[k++] = kSymbolMarker;
+  for (int s = 28; s >= 0; s -= 4)
+    out[k++] = hex_digit((tag >> s) & 15);
+  out[k++] = static_cast<char>(form);
+  int s = 60;
+  while (s > 0 && ((v >> s) & 15) == 0)
+    s -= 4;
+  for (; s >= 0; s -= 4)
+    out[k++] = hex_digit(static_cast<unsigned>((v >> s) & 15));
+  out[k++] = kSymbolMarkerEnd;
+  out[k] = '\0';
+  return k;
+}
+
+}  // namespace
+
+void stack_table_init() {
+  nonce();
+  std::call_once(g_table_once, [] {
+    void* t = ::mmap(nullptr, sizeof(StackTable), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* w = ::mmap(nullptr, StackTable::kWords * sizeof(std::uint64_t), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (t == MAP_FAILED || w == MAP_FAILED) return;  // values then print as empty stacks
+    auto* table = new (t) StackTable;                // zero pages: every slot empty
+    table->words = static_cast<std::uint64_t*>(w);
+    g_table.store(table, std::memory_order_release);
+  });
+}
+
+bool stack_values_used() {
+  return g_table.load(std::memory_order_acquire) != nullptr;
+}
+
+std::uint32_t stack_marker(const std::uint64_t* words, SymbolForm form, char* out) {
+  std::size_t slot = StackTable::kSlots;
+  if (StackTable* t = g_table.load(std::memory_order_acquire)) slot = intern(*t, words);
+  return write_marker(nonce(), form, slot, out);
+}
+
+std::uint32_t symbol_marker(std::uint64_t addr, char* out) {
+  return write_marker(nonce(), SymbolForm::symbol, addr, out);
+}
+
+bool read_marker(std::string_view s, SymbolForm& form, std::uint64_t* words, std::size_t max) {
+  if (s.size() < 12 || s.front() != kSymbolMarker || s.back() != kSymbolMarkerEnd) return false;
+  const char* p = s.data() + 1;
+  const std::uint32_t tag = static_cast<std::uint32_t>(hex_field(p, p + 8));
+  if (p != s.data() + 9) return false;
+  form = static_cast<SymbolForm>(*p++);
+  // A stack's id means something in this process only; a symbol's address anywhere its
+  // modules are known (hotprobe printing a map the program left).
+  if (tag != nonce() && form != SymbolForm::symbol) return false;
+  const char* end = s.data() + s.size() - 1;
+  const std::uint64_t v = hex_field(p, end);
+  if (p != end || max < 2) return false;
+  switch (form) {
+    case SymbolForm::symbol:
+      words[0] = 1;
+      words[1] = v;
+      return true;
+    case SymbolForm::stack:
+    case SymbolForm::stack_perf:
+    case SymbolForm::stack_raw:
+    case SymbolForm::stack_build_id:
+      break;
+    default:
+      return false;
+  }
+  words[0] = 0;
+  StackTable* const t = g_table.load(std::memory_order_acquire);
+  if (!t || v >= StackTable::kSlots) return true;  // the table was full: no frame
+  std::uint32_t off = 0;
+  // The slot's writer publishes its words right after claiming it: at most a moment.
+  for (int spin = 0; spin < 1000000 && (off = t->off[v].load(std::memory_order_acquire)) == 0;
+       ++spin) {
+  }
+  if (off == 0 || off == kNoWords) return true;
+  const std::uint64_t* w = t->words + (off - 1);
+  const std::size_t n = std::min<std::size_t>(w[0], max - 1);
+  words[0] = n;
+  std::memcpy(words + 1, w + 1, n * sizeof *w);
+  return true;
+}
+
+namespace nodes {
+
+std::uint32_t s_ustack_value(const Node* n, Frame& f, char* out) {
+  std::uint64_t words[1 + ast::kUstackFrames];
+  words[0] = 0;
+  const auto limit = static_cast<std::uint32_t>(n->imm >> 8);
+  if (f.hit && f.hit->regs) {
+    const bool entry = f.probe && f.probe->probe.kind == Probe::Kind::uprobe &&
+                       f.hit->probe_address && entry_instruction(f.hit->probe_address);
+    capture_ustack(*f.hit->regs, entry, std::min(limit, ast::kUstackFrames), words);
+  }
+  return stack_marker(words, static_cast<SymbolForm>(n->imm & 0xff), out);
+}
+
+std::uint32_t s_usym_value(const Node* n, Frame& f, char* out) {
+  return symbol_marker(static_cast<std::uint64_t>(n->a->i(n->a, f)), out);
+}
+
+}  // namespace nodes
 
 }  // namespace hotprobe::script

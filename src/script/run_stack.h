@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "hotprobe/regs.h"
 
@@ -35,5 +36,52 @@ struct StackBounds {
   std::uint64_t lo = 0, hi = 0;
 };
 StackBounds ustack_bounds_for_test();
+
+// ustack and usym as values (printf("%s", ustack), print(usym(p)), $s = ustack, tuples):
+// docs/design/script-language.md, "Stacks and symbols". A value is a short string, a
+// marker, that names raw addresses: the hit never symbolizes. usym's marker holds the
+// address; ustack's holds the id of its frames in this process's stack table (frames
+// interned once, as bpftrace's stack map keeps them). The printers (output.cc) replace a
+// marker by its text. A marker starts with kSymbolMarker, a control byte no program
+// string reaches the output with (text output escapes them, JSON too), then this
+// process's nonce: a string of the traced program cannot forge one.
+inline constexpr char kSymbolMarker = '\x1e';
+inline constexpr char kSymbolMarkerEnd = '\x1f';
+// The bytes a marker takes at most, with its NUL (a string value's size).
+inline constexpr std::uint32_t kSymbolMarkerBytes = 32;
+
+// How a ustack value is printed: bpftrace's modes (`raw` one address a line, `build_id`
+// BUILDID 0xOFFSET a line, as bpftrace main prints them), and usym's symbol.
+enum class SymbolForm : char {
+  stack = 's',
+  stack_perf = 'p',
+  stack_raw = 'r',
+  stack_build_id = 'b',  // each frame as its module's build id and file offset
+  symbol = 'y',
+};
+
+// Makes the stack table (once per process; when a script that uses ustack as a value is
+// lowered, never on a hit).
+void stack_table_init();
+// Whether a script of this process uses ustack or usym as values (stack_table_init ran):
+// where probes are registered, the CFI tables are then prepared as for a ustack key.
+bool stack_values_used();
+// Writes the marker of `words` ([n, addresses...]) or of one address into `out` (at least
+// kSymbolMarkerBytes); its length. A full stack table: an empty stack's marker.
+std::uint32_t stack_marker(const std::uint64_t* words, SymbolForm form, char* out);
+std::uint32_t symbol_marker(std::uint64_t addr, char* out);
+
+// A marker of this process read back: its form and [n, addresses...] (at most `max`
+// words). False when `s` is not a whole marker of this process (it is then a string).
+bool read_marker(std::string_view s, SymbolForm& form, std::uint64_t* words, std::size_t max);
+
+struct Node;
+struct Frame;
+namespace nodes {
+// ustack value: imm = SymbolForm | limit << 8.
+std::uint32_t s_ustack_value(const Node* n, Frame& f, char* out);
+// usym value: a the address.
+std::uint32_t s_usym_value(const Node* n, Frame& f, char* out);
+}  // namespace nodes
 
 }  // namespace hotprobe::script

@@ -44,9 +44,8 @@ std::string demangle(const std::string& name) {
   return s;
 }
 
-// The separate debug file of the ELF file at `path` (by its GNU build id, where
-// distributions install them), or "" when it has no build id.
-std::string debug_file(const std::string& path) {
+// The GNU build id of the ELF file at `path` in hex, or "" when it has none.
+std::string build_id_hex(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return {};
   std::string out;
@@ -72,14 +71,11 @@ std::string debug_file(const std::string& path) {
         if (next > notes.size()) break;
         if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 &&
             std::memcmp(notes.data() + name_at, "GNU", 4) == 0 && nh.n_descsz > 1) {
-          out = "/usr/lib/debug/.build-id/";
           char hex[3];
           for (std::size_t k = 0; k < nh.n_descsz; ++k) {
             std::snprintf(hex, sizeof hex, "%02x", notes[desc_at + k]);
             out += hex;
-            if (k == 0) out += '/';
           }
-          out += ".debug";
           break;
         }
         at = next;
@@ -88,6 +84,14 @@ std::string debug_file(const std::string& path) {
   }
   ::close(fd);
   return out;
+}
+
+// The separate debug file of the ELF file at `path` (by its GNU build id, where
+// distributions install them), or "" when it has no build id.
+std::string debug_file(const std::string& path) {
+  const std::string id = build_id_hex(path);
+  if (id.size() < 4) return {};
+  return "/usr/lib/debug/.build-id/" + id.substr(0, 2) + "/" + id.substr(2) + ".debug";
 }
 
 // The PT_LOAD segments of the ELF file `fd`: file offset <-> virtual address.
@@ -182,7 +186,7 @@ Symbolizer::Symbolizer(std::string_view text) {
     std::size_t m = 0;
     while (m < modules_.size() && modules_[m].path != path)
       ++m;
-    if (m == modules_.size()) modules_.push_back(Module{path, false, {}});
+    if (m == modules_.size()) modules_.push_back(Module{path, false, {}, false, {}});
     ranges_.push_back(Range{start, end, off, m});
   }
   std::sort(ranges_.begin(), ranges_.end(),
@@ -251,6 +255,21 @@ Symbolizer::Name Symbolizer::name(std::uint64_t addr) {
   }
   cache_.emplace(addr, n);
   return n;
+}
+
+bool Symbolizer::file_place(std::uint64_t addr, std::string& build_id, std::uint64_t& offset) {
+  auto r = std::upper_bound(ranges_.begin(), ranges_.end(), addr,
+                            [](std::uint64_t a, const Range& x) { return a < x.start; });
+  if (r == ranges_.begin() || addr >= (--r)->end) return false;
+  Module& m = modules_[r->module];
+  if (!m.build_id_read) {
+    m.build_id_read = true;
+    m.build_id = build_id_hex(m.path);
+  }
+  if (m.build_id.empty()) return false;
+  build_id = m.build_id;
+  offset = addr - r->start + r->file_offset;
+  return true;
 }
 
 std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr) {

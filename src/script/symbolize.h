@@ -34,6 +34,10 @@ class Symbolizer {
     std::string module;  // the mapped file's path; empty outside every file mapping
   };
   Name name(std::uint64_t addr);
+  // Where `addr` is in its module's file, as the kernel's build-id stacks give it: the
+  // module's GNU build id in hex and the file offset. False outside every file mapping or
+  // for a module without a build id.
+  bool file_place(std::uint64_t addr, std::string& build_id, std::uint64_t& offset);
 
  private:
   struct Range {
@@ -49,6 +53,8 @@ class Symbolizer {
     std::string path;
     bool loaded = false;
     std::vector<Function> functions;  // by file offset
+    bool build_id_read = false;
+    std::string build_id;  // hex; empty: none
   };
   std::vector<Range> ranges_;  // executable file mappings, by address
   std::vector<Module> modules_;

@@ -65,8 +65,14 @@ TEST(Ustack, CheckerErrors) {
        "stdin:1:18-27: ERROR: ustack can only be used in uprobe and uretprobe probes (not "
        "'interval'): it reads the probed thread's registers"},
       {"uprobe:libc:getpid { @[ustack(raw)] = count(); }",
-       "stdin:1:31-34: ERROR: ustack(): unknown stack mode 'raw': the modes are bpftrace and "
-       "perf (bpftrace 0.17 has no raw mode)"},
+       "stdin:1:31-34: ERROR: ustack(raw) is printed as a value here (printf(\"%s\", "
+       "ustack(raw))), not as a map key: key the map by ustack or ustack(perf)"},
+      {"uprobe:libc:getpid { @[ustack(build_id)] = count(); }",
+       "stdin:1:31-39: ERROR: ustack(build_id) is printed as a value here (printf(\"%s\", "
+       "ustack(build_id))), not as a map key: key the map by ustack or ustack(perf)"},
+      {"uprobe:libc:getpid { @[ustack(fast)] = count(); }",
+       "stdin:1:31-35: ERROR: ustack(): unknown stack mode 'fast': the modes are bpftrace, "
+       "perf, raw and build_id (the last two as a value only)"},
       {"uprobe:libc:getpid { @[ustack(1025)] = count(); }",
        "stdin:1:24-36: ERROR: ustack([int limit]): limit shouldn't exceed 1024, 1025 given"},
       {"uprobe:libc:getpid { @[ustack(perf, -1)] = count(); }",
@@ -79,12 +85,9 @@ TEST(Ustack, CheckerErrors) {
        "stdin:1:24-39: ERROR: ustack() takes up to 2 arguments (3 provided)"},
       {"uprobe:libc:getpid { $n = 3; @[ustack($n)] = count(); }",
        "stdin:1:32-42: ERROR: ustack() expects an integer literal as its limit"},
-      {"uprobe:libc:getpid { $s = ustack; }",
-       "stdin:1:27-33: ERROR: ustack can only be used as a map key in hotprobe, where it is "
-       "printed with the map: write @[ustack] = count()"},
-      {"uprobe:libc:getpid { printf(\"%s\", usym(arg0)); }",
-       "stdin:1:35-45: ERROR: usym can only be used as a map key in hotprobe, where it is "
-       "printed with the map: write @[usym(addr)] = count()"},
+      {"uprobe:libc:getpid { printf(\"%d\", ustack); }",
+       "stdin:1:22-42: ERROR: printf: %d specifier expects a value of type integer (string "
+       "supplied)"},
       {"uprobe:libc:getpid { @[ustack] = count(); @[ustack(perf)] = count(); }",
        "stdin:1:43-58: ERROR: Argument mismatch for @: trying to access with arguments: "
        "[ustack(perf)] when map expects arguments: [ustack]"},
