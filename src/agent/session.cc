@@ -29,6 +29,7 @@
 #include "hotprobe/symbols.h"
 #include "script/diag.h"
 #include "script/maps.h"
+#include "script/output.h"
 #include "sync/deferred.h"
 
 namespace hp::agent {
@@ -317,6 +318,9 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
   } else if (region) {
     script::SharedRegion::use_next(region.get(), false, script::source_hash(start_msg->source));
   }
+  // ustack/usym values leave markers in the text, named by send_text_checked on the
+  // reporter's side: the probed thread never symbolizes.
+  script::set_symbols_deferred(true);
   auto prog = compile_open(start_msg->source, copts);
   const std::string reopen_error =
       s->resumed_ && region ? script::SharedRegion::reopen_error() : "";
@@ -716,6 +720,13 @@ bool Session::send_checked(std::string_view message) {
 }
 
 bool Session::send_text_checked(Msg type, std::string_view text) {
+  // ustack/usym values are named here, on the agent's output thread, not on the probed
+  // thread that printed them (script/output.h, set_symbols_deferred).
+  if (type == Msg::output && script::has_symbol_markers(text)) {
+    std::string named(text);
+    script::expand_symbols(named);
+    return channel_ok() && send_text(fd_, type, named);
+  }
   return channel_ok() && send_text(fd_, type, text);
 }
 

@@ -150,8 +150,11 @@ void MapSet::build(SharedRegion* region, bool reopen, std::uint64_t hash) {
       h.pid = static_cast<std::uint32_t>(::getpid());
       h.state.store(1, std::memory_order_release);
       if (region == g_agent_region) g_agent_laid_out = true;
-      if (std::any_of(descs_.begin(), descs_.end(),
-                      [](const MapDesc& d) { return d.has_symbols(); }))
+      // Keys printed through symbols, and string or tuple values that may hold a usym
+      // value: named after the process has exited too.
+      if (std::any_of(descs_.begin(), descs_.end(), [](const MapDesc& d) {
+            return d.has_symbols() || d.kind == ValueKind::string || d.kind == ValueKind::tuple;
+          }))
         publish_modules(*region);
     }
   }

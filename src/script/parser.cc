@@ -150,7 +150,8 @@ class Parser {
   // sizeof(TYPE), sizeof(EXPR), offsetof(TYPE, FIELD[.FIELD...]); the name read.
   [[gnu::noinline]] ExprPtr size_or_offset(const Token& t);
   [[gnu::noinline]] ExprPtr container_of(const Token& t);  // parse_expr.inc
-  [[gnu::noinline]] ExprPtr parenthesized(const Token& open);
+  ExprPtr parenthesized(const Token& open);
+  [[gnu::noinline, gnu::cold]] ExprPtr tuple_rest(const Token& open, ExprPtr first);
   [[gnu::noinline]] Stmt let_statement();  // parse_ctypes.inc
 
   // .field, ->field, [index] after `e`; out of line, as the rest of postfix() (the

@@ -5,6 +5,7 @@
 #include "hotprobe/symbols.h"
 #include "script/eval.h"
 #include "script/run_nodes.h"
+#include "script/run_stack.h"
 #include "script/run_usdt.h"
 #include "script/unwind_table.h"
 
@@ -34,7 +35,7 @@ ProbeSpec Runtime::spec(std::size_t index) {
   if (p.probe.target.find(":usdt:") != std::string::npos) prepare_usdt_probe(p);
   // ustack's CFI tables (unwind_table.h) are built here, off the hit.
   for (std::size_t m = 0; m < maps->size(); ++m)
-    if (maps->desc(m).stack_frames) {
+    if (maps->desc(m).stack_frames || stack_values_used()) {
       unwind::prepare();
       break;
     }
