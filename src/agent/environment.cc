@@ -1,5 +1,6 @@
 // The agent's edits of the program's environment (session.h: env_value, env_remove,
 // env_set) and the agent's own part of LD_PRELOAD.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -56,7 +57,17 @@ void env_set(const char* name, const char* value) {
 
 namespace {
 std::string* g_agent_preload = nullptr;  // set once, before any session starts
+// Constant-initialized: set by init_once.cc before the agent's static initializers run.
+std::atomic<bool> g_started_early{false};
 }  // namespace
+
+void note_started_early() noexcept {
+  g_started_early.store(true, std::memory_order_release);
+}
+
+bool started_early() noexcept {
+  return g_started_early.load(std::memory_order_acquire);
+}
 
 void set_agent_preload(std::string_view preload) {
   if (!g_agent_preload) g_agent_preload = new std::string(preload);

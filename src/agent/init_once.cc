@@ -8,6 +8,8 @@
 // and the script layer's static initializers, then preload.cc's constructor.
 #include <atomic>
 
+#include "agent/session.h"
+
 extern "C" {
 using HpInitFn = void (*)(int, char**, char**);
 extern const HpInitFn __hp_init_array_start[] __attribute__((visibility("hidden")));
@@ -19,7 +21,6 @@ extern char** environ;
 namespace {
 
 std::atomic<bool> g_started{false};
-std::atomic<bool> g_started_early{false};
 
 void run_initializers(int argc, char** argv, char** envp) {
   if (g_started.exchange(true, std::memory_order_acq_rel)) return;
@@ -36,14 +37,7 @@ __attribute__((constructor)) void agent_init_from_loader(int argc, char** argv, 
 // For `hotprobe run`, called on the program's main thread by hotprobe (ptrace) before the
 // loader initializes the program's libraries. Returns 0.
 extern "C" __attribute__((visibility("default"))) long hotprobe_agent_init_early(long) {
-  if (!g_started.load(std::memory_order_acquire))
-    g_started_early.store(true, std::memory_order_release);
+  if (!g_started.load(std::memory_order_acquire)) hp::agent::note_started_early();
   run_initializers(0, nullptr, environ);
   return 0;
 }
-
-namespace hp::agent {
-bool started_early() noexcept {
-  return g_started_early.load(std::memory_order_acquire);
-}
-}  // namespace hp::agent

@@ -251,6 +251,8 @@ void env_set(const char* name, const char* value);
 // Whether hotprobe run started this image's agent before its libraries' constructors
 // (init_once.cc): hotprobe can trace the process, and its next exec is started so too.
 bool started_early() noexcept;
+// init_once.cc's call when hotprobe run starts the agent early.
+void note_started_early() noexcept;
 
 // The agent's own part of LD_PRELOAD in this image (preload.cc), for the images the
 // program exec's; the agent's path alone when not set.
