@@ -13,12 +13,7 @@
 
 namespace {
 
-hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
-  hp::test::Command c{{HP_HOTPROBE}};
-  c.argv.insert(c.argv.end(), args.begin(), args.end());
-  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
-  return hp::test::run_command(c);
-}
+using hp::test::hotprobe;
 
 unsigned line_of(const std::string& text) {
   std::ifstream in(HP_DWARF_SOURCE);

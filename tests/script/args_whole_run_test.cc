@@ -10,12 +10,7 @@
 
 namespace {
 
-hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
-  hp::test::Command c{{HP_HOTPROBE}};
-  c.argv.insert(c.argv.end(), args.begin(), args.end());
-  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
-  return hp::test::run_command(c);
-}
+using hp::test::hotprobe;
 
 const std::string kTake = std::string("uprobe:") + HP_ARGS_WHOLE + ":hp_take";
 

@@ -16,12 +16,7 @@
 
 namespace {
 
-hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
-  hp::test::Command c{{HP_HOTPROBE}};
-  c.argv.insert(c.argv.end(), args.begin(), args.end());
-  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
-  return hp::test::run_command(c);
-}
+using hp::test::hotprobe;
 
 // A sleep(1) to attach to: its pid, once it is sleep (not this program's fork); as user
 // `uid` when not -1.

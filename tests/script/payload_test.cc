@@ -12,13 +12,7 @@
 
 namespace {
 
-// The built hotprobe with `args`, stdout and stderr captured.
-hp::test::CommandResult hotprobe(const std::vector<std::string>& args) {
-  hp::test::Command c{{HP_HOTPROBE}};
-  c.argv.insert(c.argv.end(), args.begin(), args.end());
-  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
-  return hp::test::run_command(c);
-}
+using hp::test::hotprobe;
 
 const std::string kScript = std::string("uprobe:") + HP_PAYLOADS +
                             ":emit { printf(\"<%s>\\n\", str(arg0)); @s[str(arg0)] = count(); }";

@@ -142,4 +142,15 @@ inline CommandResult run_command(const Command& c) {
   return r;
 }
 
+// The built hotprobe with `args`, its agent named (HOTPROBE_AGENT): for test programs
+// compiled with HP_HOTPROBE and HP_AGENT defined.
+#if defined(HP_HOTPROBE) && defined(HP_AGENT)
+inline CommandResult hotprobe(const std::vector<std::string>& args) {
+  Command c{{HP_HOTPROBE}};
+  c.argv.insert(c.argv.end(), args.begin(), args.end());
+  c.env = {{"HOTPROBE_AGENT", HP_AGENT}};
+  return run_command(c);
+}
+#endif
+
 }  // namespace hp::test
