@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "attach/reachable_copies.h"
 #include "support/run_command.h"
 
 namespace {
@@ -221,10 +222,17 @@ TEST(LangRun, RequestsFromAProcessOfAnotherUserAreNotRun) {
   HP_SKIP_ATTACH_IF_SANITIZED();
   // It could write a forged request on the channel: hotprobe would run it as root.
   if (::getuid() != 0) GTEST_SKIP() << "needs root to start a process as another user";
+  // The agent from a directory the other user can reach (a checkout in `mktemp -d`, mode
+  // 0700, is not).
+  hp_test::ReachableCopies copies(
+      std::vector<std::pair<std::string, std::string>>{{HP_AGENT, "libhotprobe_agent.so"}});
+  ASSERT_EQ(copies.error(), "");
   const pid_t child = start_sleep(65534);
-  auto r =
-      hotprobe({"attach", "--unsafe", "-p", std::to_string(child), "-e",
-                "BEGIN { printf(\"a\\n\"); system(\"echo sys\"); printf(\"b\\n\"); exit(); }"});
+  hp::test::Command c{{HP_HOTPROBE, "attach", "--unsafe", "-p", std::to_string(child), "-e",
+                       "BEGIN { printf(\"a\\n\"); system(\"echo sys\"); printf(\"b\\n\"); "
+                       "exit(); }"}};
+  c.env = {{"HOTPROBE_AGENT", copies.path("libhotprobe_agent.so")}};
+  auto r = hp::test::run_command(c);
   ::kill(child, SIGKILL);
   ::waitpid(child, nullptr, 0);
   ASSERT_EQ(r.code, 0) << r.err;
