@@ -101,6 +101,17 @@ std::vector<std::string> loaded_modules() {
 }
 }  // namespace
 
+std::vector<std::string> Session::placed_targets() const {
+  const std::vector<std::string> never = never_placed();
+  std::vector<std::string> out;
+  for (const auto& p : program_->probes()) {
+    if (p.kind != script::Probe::Kind::uprobe && p.kind != script::Probe::Kind::uretprobe) continue;
+    if (std::find(never.begin(), never.end(), p.target) != never.end()) continue;
+    if (std::find(out.begin(), out.end(), p.target) == out.end()) out.push_back(p.target);
+  }
+  return out;
+}
+
 std::vector<std::string> Session::never_placed() const {
   std::vector<std::string> out;
   std::vector<std::string> loaded;

@@ -6,8 +6,9 @@
 //
 //   hotprobe -> agent: 'S' start (options, filename, script), 'G' go, 'X' stop
 //   agent -> hotprobe: 'A' attached, 'E' error, 'O' output, 'L' lost, 'R' ready, 'D' done,
-//                      'M' maps (a followed child's), 'N' exec'd, 'P' probe never placed,
-//                      'F' followed exec, 'U' resumed, 'C' command (system(), cat())
+//                      'M' maps (a followed child's), 'N' exec'd, 'P' probe never placed, 'Q'
+//                      placed (a child's), 'F' followed exec, 'U' resumed, 'C' command (system(),
+//                      cat())
 //
 // Header-only: the CLI includes it without linking the agent.
 #pragma once
@@ -40,6 +41,7 @@ enum class Msg : char {
   maps = 'M',      // <- agent: a followed child's maps as data (agent/map_data.h)
   exec = 'N',      // <- agent: u32 pid, the path it exec'd (the new image is not traced)
   never = 'P',     // <- agent: a probe's target whose module never loaded in the process
+  placed = 'Q',    // <- agent: a probe's target a followed child's process loaded
   // <- agent: u32 pid, u32 length + the path the program is about to exec, then the
   //    targets whose probes were placed in the image it leaves (NUL-terminated each): the
   //    new image's agent takes the session over (docs/design/agent.md, "Exec")

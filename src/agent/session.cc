@@ -293,7 +293,7 @@ Result<Session*> Session::start_here(std::unique_ptr<Session>& s, Session*& self
       s->follow_forks_ && !(child_execs && child_execs[0] == '0' && child_execs[1] == '\0');
   if (!attached_session) {
     s->start_message_ = msg;
-    s->exec_early_ = started_early() && !s->forked_child_;
+    s->exec_early_ = started_early();
     s->agent_path_ = own_path();
   }
 
@@ -642,6 +642,10 @@ void Session::do_finish(Reason reason) {
   if (!attached_ && !forked_child_) {
     for (const auto& t : never_placed())
       send_checked(encode(Msg::never, t));
+  } else if (!attached_) {
+    // A followed child's: what it placed is not said never placed by the program's.
+    for (const auto& t : placed_targets())
+      send_checked(encode(Msg::placed, t));
   }
   if (exec_path_[0]) send_checked(encode(Msg::exec, pid + exec_path_));
   if (attached_) {

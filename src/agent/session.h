@@ -153,6 +153,8 @@ class Session final : public hotprobe::script::Sink {
   std::string render_attach_error(std::size_t probe, const hotprobe::Error& e) const;
   // The targets of uprobe/uretprobe probes whose module is not loaded in this process.
   std::vector<std::string> never_placed() const;
+  // The uprobe targets of the script whose module is loaded here (the rest).
+  std::vector<std::string> placed_targets() const;
 
   // The channel to hotprobe, on a high descriptor number (move_channel_high in
   // session.cc), and the identity of its socket. The reporter's only, after start().
@@ -184,9 +186,11 @@ class Session final : public hotprobe::script::Sink {
   int exec_start_fd_ = -1;   // the memfd of the exec'ing thread's process
   int exec_region_fd_ = -1;  // the run's region, passed on (not to a child's new image)
   pid_t exec_pid_ = 0;       // the process that exec's
+  pid_t exec_tid_ = 0;       // its thread that exec's
   bool exec_child_ = false;  // it is a followed child: its new image is a child's too
-  // The program's image was started early (started_early()): its exec waits until
-  // hotprobe traces it, so that the new image's agent starts early too.
+  // This image was started early (started_early()): an exec, its own or a followed
+  // child's, waits until hotprobe traces the exec'ing thread, so that the new image's
+  // agent starts early too.
   bool exec_early_ = false;
   std::uint64_t handover_ns_ = 0;  // reporter: when the last hand-over was ready
   std::vector<std::string> exec_env_;

@@ -36,7 +36,8 @@ bool executable(int dirfd, const char* path) noexcept {
 // Whether a tracer is attached to this process (TracerPid in /proc/self/status), with
 // system calls only: no allocation on the exec'ing thread.
 bool traced() noexcept {
-  const int fd = static_cast<int>(::syscall(SYS_open, "/proc/self/status", O_RDONLY | O_CLOEXEC));
+  const int fd =
+      static_cast<int>(::syscall(SYS_open, "/proc/thread-self/status", O_RDONLY | O_CLOEXEC));
   if (fd < 0) return false;
   char buf[2048];
   const ssize_t n = ::syscall(SYS_read, fd, buf, sizeof buf - 1);
@@ -52,9 +53,10 @@ bool traced() noexcept {
   return i < text.size() && text[i] >= '1' && text[i] <= '9';
 }
 
-// The program's own exec of an image started early: hotprobe, told by the hand-over
-// ('F'), traces the process before the execve, and starts the new image's agent before
-// that image's libraries' constructors too (src/inject/start.cc). At most two seconds;
+// An exec, the program's or a followed child's, of an image started early: hotprobe, told
+// by the hand-over ('F', with the exec'ing thread), traces that thread before the execve,
+// and starts the new image's agent before that image's libraries' constructors too
+// (src/inject/start.cc). At most two seconds;
 // after that the exec goes ahead and the new image's agent starts where the loader starts
 // a preloaded library.
 void wait_for_tracer() noexcept {
@@ -121,6 +123,7 @@ char** Session::prepare_exec(int dirfd, const char* path, char** envp) noexcept 
   exec_envp_in_ = envp;
   exec_start_fd_ = start_fd;
   exec_pid_ = static_cast<pid_t>(::syscall(SYS_getpid));
+  exec_tid_ = static_cast<pid_t>(::syscall(SYS_gettid));
   exec_child_ = vfork_child || forked_child_;
   exec_word_.store(1, std::memory_order_release);
   const std::uint64_t deadline = now_ns() + 10'000'000'000ull;
@@ -140,9 +143,9 @@ char** Session::prepare_exec(int dirfd, const char* path, char** envp) noexcept 
   ::fcntl(fd_, F_SETFD, 0);
   if (!exec_child_ && exec_region_fd_ >= 0) ::fcntl(exec_region_fd_, F_SETFD, 0);
   exec_path_[0] = '\0';  // followed: the final report does not name it
-  // The thread group's leader only: another thread's exec takes the leader's pid, which a
-  // tracer of the leader alone would not follow.
-  if (exec_early_ && !exec_child_ && ::syscall(SYS_gettid) == exec_pid_) wait_for_tracer();
+  // hotprobe traces this thread, the one that execs (another thread's exec takes the
+  // leader's pid, which a tracer of the leader alone would not follow).
+  if (exec_early_) wait_for_tracer();
   return exec_envp_.data();
 }
 
@@ -201,14 +204,12 @@ void Session::exec_handover() {
   // What this image placed: hotprobe does not say at the end that they never attached.
   std::string payload;
   put<std::uint32_t>(payload, static_cast<std::uint32_t>(exec_pid_));
+  put<std::uint32_t>(payload, static_cast<std::uint32_t>(exec_tid_));
   const std::string_view path = exec_path_;
   put<std::uint32_t>(payload, static_cast<std::uint32_t>(path.size()));
   payload.append(path);
-  const std::vector<std::string> never = never_placed();
-  for (const auto& p : program_->probes()) {
-    if (p.kind != script::Probe::Kind::uprobe && p.kind != script::Probe::Kind::uretprobe) continue;
-    if (std::find(never.begin(), never.end(), p.target) != never.end()) continue;
-    payload.append(p.target);
+  for (const auto& t : placed_targets()) {
+    payload.append(t);
     payload.push_back('\0');
   }
   if (!send_checked(encode(Msg::followed, payload))) return fail();

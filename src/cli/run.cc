@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <list>
 #include <map>
 #include <optional>
 #include <string>
@@ -104,17 +105,20 @@ std::optional<bool> early_start_wanted() {
 // The byte the early start's thread writes into the signal pipe when it is done.
 constexpr char kEarlyDone = 0x7f;
 
-// The early start, on a thread of its own (it is the child's tracer: every ptrace call and
-// wait for the child is its own until it detaches; the main thread meanwhile answers the
-// agent, which starts inside that call and waits for hotprobe's 'go').
+// An early start, on a thread of its own (it is the tracer of the thread it seized: every
+// ptrace call and wait for it is its own until it detaches; the main thread meanwhile
+// answers the agent, which starts inside that call and waits for hotprobe's 'go'). One for
+// the program's first image, one for each exec of an image started early (the program's,
+// or a followed child's) while it runs.
 struct EarlyStart {
+  pid_t pid = 0;  // the process
+  pid_t tid = 0;  // the thread seized: the one that execs
   std::thread thread;
   std::atomic<bool> running{false};
   std::optional<hp::Result<hp::inject::Report>> result;
   std::string seize_error;  // the kernel refused: the agent starts where the loader starts it
-  int ended = -1;           // the child's wait status, when it ended meanwhile
-  bool reported = false;    // the outcome of the latest start was acted on
-  bool first = true;        // the program's first image (else an image it exec'd)
+  int ended = -1;           // the process's wait status, when it ended meanwhile
+  bool first = true;        // the program's first image (else an image exec'd)
   std::string image;        // that image's path
 };
 
@@ -498,17 +502,20 @@ int run(const RunOptions& o) {
   }
   ::close(sv[1]);
   ::close(gate[0]);
-  EarlyStart early;
+  std::list<EarlyStart> starts;  // stable addresses: each thread has its own
+  bool seize_refused = false;    // the program could not be traced: no image starts early
   // The program's image (first = true: the child held before its first execve by the
-  // gate), or the image it exec's next (the agent waits before the execve until it is
-  // traced; an exec that happened before the seize is let go after the exec timeout).
-  const auto start_early = [&](bool first, std::string image) {
+  // gate), or an image an exec makes (the exec'ing thread waits before the execve until
+  // it is traced; an exec that happened before the seize is let go after the exec timeout).
+  const auto start_early = [&](bool first, pid_t in, pid_t thread, std::string image) {
+    EarlyStart& early = starts.emplace_back();
+    early.pid = in;
+    early.tid = thread;
     early.running = true;
-    early.reported = false;
     early.first = first;
     early.image = std::move(image);
     early.thread = std::thread([&, first] {
-      auto seized = hp::inject::seize_child(pid);
+      auto seized = hp::inject::seize_child(early.tid);
       if (first) {
         (void)!::write(gate[1], "G", 1);
         ::close(gate[1]);
@@ -520,21 +527,30 @@ int run(const RunOptions& o) {
         // The call returns once the agent's session has started (compiled, attached, BEGIN
         // printed): as long as that takes.
         io.timeout = std::chrono::minutes(10);
+        io.tid = early.tid;
         if (!first) io.exec_timeout = std::chrono::seconds(3);
         early.result = hp::inject::start_preloaded_library(
-            pid, agent_path, "hotprobe_agent_init_early", io, &early.ended);
+            early.pid, agent_path, "hotprobe_agent_init_early", io, &early.ended);
         if (std::getenv("HOTPROBE_DEBUG") && early.result->ok()) {
           std::fprintf(stderr,
-                       "hotprobe run: agent started at the first constructor of %s (%.1f ms)\n",
-                       (*early.result)->start_object.c_str(), (*early.result)->pause_ms);
+                       "hotprobe run: agent in %s (pid %d) started at the first constructor of "
+                       "%s (%.1f ms)\n",
+                       early.image.c_str(), early.pid, (*early.result)->start_object.c_str(),
+                       (*early.result)->pause_ms);
         }
       }
       early.running = false;
       (void)!::write(g_signal_pipe[1], &kEarlyDone, 1);
     });
   };
+  // Whether a start on the program's own process runs: its thread waits for the program's
+  // stops, which the main thread's waitpid must not take.
+  const auto tracing_program = [&] {
+    return std::any_of(starts.begin(), starts.end(),
+                       [&](const EarlyStart& e) { return e.running && e.pid == pid; });
+  };
   if (*early_wanted) {
-    start_early(true, program);
+    start_early(true, pid, pid, program);
   } else {
     (void)!::write(gate[1], "G", 1);
     ::close(gate[1]);
@@ -587,6 +603,9 @@ int run(const RunOptions& o) {
         break;
       case agent::Msg::done:
         maps.print_marked(out, marks, from.pid);
+        break;
+      case agent::Msg::placed:
+        placed.emplace_back(payload);
         break;
       case agent::Msg::exec: {
         std::size_t pos = 0;
@@ -659,6 +678,9 @@ int run(const RunOptions& o) {
         if (std::find(never.begin(), never.end(), payload) == never.end())
           never.emplace_back(payload);
         break;
+      case agent::Msg::placed:
+        placed.emplace_back(payload);
+        break;
       case agent::Msg::exec: {
         auto p = agent::get<std::uint32_t>(payload, pos).value_or(0);
         execs.emplace_back(p, std::string(payload.substr(pos)));
@@ -666,19 +688,15 @@ int run(const RunOptions& o) {
       }
       case agent::Msg::followed: {
         auto p = agent::get<std::uint32_t>(payload, pos).value_or(0);
+        auto tid = agent::get<std::uint32_t>(payload, pos).value_or(0);
         auto n = agent::get<std::uint32_t>(payload, pos).value_or(0);
         if (pos + n > payload.size()) break;
         std::string image(payload.substr(pos, n));
         pos += n;
-        // The program's own exec, from an image started early: the next one is too (its
-        // agent waits until hotprobe traces it).
-        if (p == static_cast<std::uint32_t>(pid) && *early_wanted && early.seize_error.empty() &&
-            !early.running) {
-          if (early.thread.joinable()) early.thread.join();
-          early.result.reset();
-          early.ended = -1;
-          start_early(false, image);
-        }
+        // An exec from an image started early (the program's or a followed child's): the
+        // new image is too (the exec'ing thread waits until hotprobe traces it).
+        if (*early_wanted && !seize_refused && p > 0 && tid > 0)
+          start_early(false, static_cast<pid_t>(p), static_cast<pid_t>(tid), image);
         following.emplace_back(p, std::move(image));
         while (pos < payload.size()) {
           const std::size_t end = std::min(payload.find('\0', pos), payload.size());
@@ -716,32 +734,43 @@ int run(const RunOptions& o) {
       for (ssize_t i = 0; i < k; ++i) {
         const int sig = static_cast<unsigned char>(sigs[i]);
         if (sig == kEarlyDone) {
-          // Each start's byte: the latest start's outcome once it is done, said once.
-          if (early.running || early.reported) continue;
-          early.reported = true;
-          if (early.thread.joinable()) early.thread.join();
-          if (!early.seize_error.empty()) {
-            std::fprintf(stderr,
-                         "hotprobe run: %s; the agent starts after the constructors of the "
-                         "program's libraries, and their calls are not counted\n",
-                         early.seize_error.c_str());
-          } else if (early.result && !early.result->ok() && early.ended >= 0) {
-            status = early.ended;  // it ended first (an execve that failed, a crash)
-            child_done = true;
-          } else if (early.result && !early.result->ok() &&
-                     (early.first || early.result->error().code() != hotprobe::Errc::unsupported)) {
-            // The agent is preloaded all the same: it starts where the loader initializes it.
-            // (An exec'd static image is said below, with what ran untraced.)
-            std::fprintf(stderr,
-                         "hotprobe run: cannot start the agent in '%s' before its libraries' "
-                         "constructors (%s): it starts after them, and their calls are not "
-                         "counted\n",
-                         early.image.c_str(), early.result->error().message().c_str());
+          // Each start's outcome once it is done, said once.
+          for (auto it = starts.begin(); it != starts.end();) {
+            EarlyStart& early = *it;
+            if (early.running) {
+              ++it;
+              continue;
+            }
+            if (early.thread.joinable()) early.thread.join();
+            const bool program_ended = early.pid == pid && early.ended >= 0;
+            if (!early.seize_error.empty()) {
+              if (early.first) seize_refused = true;
+              std::fprintf(stderr,
+                           "hotprobe run: %s; the agent in '%s' starts after the constructors "
+                           "of its libraries, and their calls are not counted\n",
+                           early.seize_error.c_str(), early.image.c_str());
+            } else if (early.result && !early.result->ok() && program_ended) {
+              status = early.ended;  // it ended first (an execve that failed, a crash)
+              child_done = true;
+            } else if (early.result && !early.result->ok() && early.ended < 0 &&
+                       (early.first ||
+                        early.result->error().code() != hotprobe::Errc::unsupported)) {
+              // The agent is preloaded all the same: it starts where the loader initializes
+              // it. (An exec'd static image is said below, with what ran untraced; a
+              // followed child that ended is its parent's to report.)
+              std::fprintf(stderr,
+                           "hotprobe run: cannot start the agent in '%s' before its libraries' "
+                           "constructors (%s): it starts after them, and their calls are not "
+                           "counted\n",
+                           early.image.c_str(), early.result->error().message().c_str());
+            }
+            it = starts.erase(it);
           }
-          reap();
+          if (!tracing_program()) reap();
         } else if (sig == SIGCHLD) {
-          // The early start's thread traces the child until it detaches: its stops are its own.
-          if (!early.running) reap();
+          // An early start's thread traces the program until it detaches: its stops are its
+          // own.
+          if (!tracing_program()) reap();
         } else {
           // Ctrl-C: the program got it from the terminal too; tracing stops, maps print.
           // Other ends: passed on to the program, which decides.
@@ -762,7 +791,21 @@ int run(const RunOptions& o) {
       }
     }
   }
-  if (early.thread.joinable()) early.thread.join();
+  // A start still running (a followed child's exec as the program ended) needs the channel
+  // answered until it is done.
+  const auto any_running = [&] {
+    return std::any_of(starts.begin(), starts.end(),
+                       [](const EarlyStart& e) { return e.running.load(); });
+  };
+  while (sock >= 0 && any_running()) {
+    pollfd p{sock, POLLIN, 0};
+    if (::poll(&p, 1, 20) > 0 && agent::recv_message_from(sock, msg, from, MSG_DONTWAIT) == 1) {
+      handle(msg);
+      out.flush();
+    }
+  }
+  for (EarlyStart& e : starts)
+    if (e.thread.joinable()) e.thread.join();
   // What the program's agent sent before it ended is in the socket: print it all.
   while (sock >= 0 && agent::recv_message_from(sock, msg, from, MSG_DONTWAIT) == 1)
     handle(msg);

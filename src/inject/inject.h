@@ -62,7 +62,8 @@ struct Options {
   // exec comes, and it is let go at this deadline.
   std::chrono::milliseconds exec_timeout{0};
   // The thread to use; 0 lets the injector choose (the thread group leader first, then
-  // the others in turn when the leader is at an unsafe point).
+  // the others in turn when the leader is at an unsafe point). start_preloaded_library:
+  // the thread seized, the one that execs (0: the leader).
   pid_t tid = 0;
   // Tests only: runs after the checks and before the first stop, to stage the races the
   // identity check catches (the process exits and its PID is reused, or it executes

@@ -71,17 +71,23 @@ Result<Auxv> read_auxv(pid_t pid) {
 }
 
 // The child's next stop, or its end (status in `*ended`, an error returned). Waits until
-// the deadline, polling as the Tracee does.
-Result<int> wait_child(pid_t pid, Clock::time_point deadline, int* ended) {
+// the deadline, polling as the Tracee does. `pid` is the thread waited for; a thread other
+// than the leader that execs takes the leader's id (`leader`) in the exec, and `pid` becomes
+// that. A thread other than the leader that ends is not the process's end (no `*ended`).
+Result<int> wait_child(pid_t& pid, Clock::time_point deadline, int* ended, pid_t leader = 0) {
   long ns = 20'000;
   for (;;) {
     int status = 0;
     const pid_t r = ::waitpid(pid, &status, __WALL | WNOHANG);
     if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == ECHILD && leader > 0 && pid != leader) {
+      pid = leader;  // its exec made it the leader
+      continue;
+    }
     if (r < 0)
       return Error(Errc::io_error, "waitpid(" + std::to_string(pid) + "): " + std::strerror(errno));
     if (r == pid && (WIFEXITED(status) || WIFSIGNALED(status))) {
-      if (ended) *ended = status;
+      if (ended && (leader == 0 || pid == leader)) *ended = status;
       return Error(Errc::not_found, "process " + std::to_string(pid) + " ended before its start");
     }
     if (r == pid && WIFSTOPPED(status)) return status;
@@ -305,8 +311,8 @@ Result<void> seize_child(pid_t pid) {
   if (::ptrace(PTRACE_SEIZE, pid, 0, PTRACE_O_TRACEEXEC) != 0) {
     const int err = errno;
     return Error(err == EPERM ? Errc::permission_denied : Errc::io_error,
-                 "cannot trace the program hotprobe started (PTRACE_SEIZE: " +
-                     std::string(std::strerror(err)) +
+                 "cannot trace process " + std::to_string(pid) +
+                     " (PTRACE_SEIZE: " + std::string(std::strerror(err)) +
                      "): kernel.yama.ptrace_scope 3, a seccomp policy or a container may forbid "
                      "ptrace");
   }
@@ -320,17 +326,20 @@ Result<Report> start_preloaded_library(pid_t pid, const std::string& library, st
   struct stat lib_st {};
   if (::stat(library.c_str(), &lib_st) != 0)
     return Error(Errc::not_found, library + ": " + std::strerror(errno));
-  Tracee t(pid, pid, deadline);
+  // The thread seized: the one about to exec (the leader unless opts.tid says otherwise).
+  pid_t thread = opts.tid > 0 ? opts.tid : pid;
+  Tracee t(pid, thread, deadline);
   t.adopt_seized();  // detached by t on every path
   // 1. The exec: the new image has only the loader and the executable mapped.
   const Clock::time_point exec_deadline =
       opts.exec_timeout.count() > 0 ? std::min(deadline, start + opts.exec_timeout) : deadline;
   for (int sig = 0;;) {
-    auto st = wait_child(pid, exec_deadline, ended);
+    auto st = wait_child(thread, exec_deadline, ended, pid);
+    if (thread == pid) t.exec_took_leader_id();
     if (!st.ok()) return st.error();
     if ((*st >> 8) == (SIGTRAP | (PTRACE_EVENT_EXEC << 8))) break;
     sig = (*st >> 16) == 0 ? WSTOPSIG(*st) : 0;
-    if (::ptrace(PTRACE_CONT, pid, 0, sig) != 0)
+    if (::ptrace(PTRACE_CONT, thread, 0, sig) != 0)
       return Error(Errc::io_error, std::string("PTRACE_CONT: ") + std::strerror(errno));
   }
   // The loader's work up to the first constructor takes milliseconds: a child that does

@@ -71,6 +71,8 @@ class Tracee {
   // A thread this process seized itself (a child it started, seized before its exec):
   // from here on this object detaches it.
   void adopt_seized() { seized_ = true; }
+  // The thread exec'd: a thread other than the leader takes the leader's id in the exec.
+  void exec_took_leader_id() { tid_ = pid_; }
   // The thread is in a ptrace stop the caller waited for (a breakpoint's SIGTRAP): saves
   // its state as interrupt() does, so that call() and restore_and_detach() work from it.
   Result<void> adopt_stop();

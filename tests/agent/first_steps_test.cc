@@ -28,17 +28,24 @@ bool sanitized() {
 }
 
 // The fixture, run directly or through `prefix` (env(1), which exec's it: the library's
-// constructor then runs in an image the program exec'd).
+// constructor then runs in an image the program exec'd). `options` go before the script.
 RunResult run_marks(const std::vector<std::string>& env,
-                    const std::vector<std::string>& prefix = {}) {
+                    const std::vector<std::string>& prefix = {},
+                    const std::vector<std::string>& options = {}) {
   const std::string lib = HP_EXIT_MARKS_LIB;
   const std::string script = "uprobe:" + lib + ":mark_lib_ctor { @ctor = count(); } uprobe:" + lib +
                              ":mark_main { @main = count(); }";
-  std::vector<std::string> args{HP_HOTPROBE, "run", "-e", script, "--"};
+  std::vector<std::string> args{HP_HOTPROBE, "run"};
+  args.insert(args.end(), options.begin(), options.end());
+  args.insert(args.end(), {"-e", script, "--"});
   args.insert(args.end(), prefix.begin(), prefix.end());
   args.insert(args.end(), {HP_EXIT_MARKS, "return"});
   return run_command(args, env, std::chrono::seconds(60));
 }
+
+// A followed child's image: a shell forks a child for the fixture (the `; true` keeps it
+// from exec'ing in place), which execs it.
+const std::vector<std::string> kInAChild = {"/bin/sh", "-c", "\"$0\" \"$@\"; true"};
 
 TEST(FirstSteps, ALibrarysConstructorIsCounted) {
   if (sanitized()) GTEST_SKIP() << "a sanitizer-built agent is preloaded (its runtime comes first)";
@@ -71,6 +78,42 @@ TEST(FirstSteps, ALibrarysConstructorInAnExecdImageIsCounted) {
 
 TEST(FirstSteps, ThePreloadedAgentMissesTheConstructorInAnExecdImage) {
   RunResult r = run_marks({"HOTPROBE_RUN_START=preload"}, {"/usr/bin/env"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(map_value(r.out, "ctor"), 0) << r.out << r.err;
+  EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
+}
+
+// The exec of a thread other than the main one: the kernel gives that thread the
+// process's pid in the exec, and hotprobe traces that thread (not the main one) from the
+// hand-over to the execve.
+TEST(FirstSteps, ALibrarysConstructorInAnImageAThreadExecsIsCounted) {
+  if (sanitized()) GTEST_SKIP() << "a sanitizer-built agent is preloaded (its runtime comes first)";
+  RunResult r = run_marks({}, {HP_THREAD_EXEC});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(map_value(r.out, "ctor"), kLibCtor) << r.out << r.err;
+  EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
+  EXPECT_EQ(r.err, "");
+}
+
+TEST(FirstSteps, ThePreloadedAgentMissesTheConstructorInAnImageAThreadExecs) {
+  RunResult r = run_marks({"HOTPROBE_RUN_START=preload"}, {HP_THREAD_EXEC});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(map_value(r.out, "ctor"), 0) << r.out << r.err;
+  EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
+}
+
+// --follow-forks: the image a followed child execs starts early too.
+TEST(FirstSteps, ALibrarysConstructorInAFollowedChildsImageIsCounted) {
+  if (sanitized()) GTEST_SKIP() << "a sanitizer-built agent is preloaded (its runtime comes first)";
+  RunResult r = run_marks({}, kInAChild, {"--follow-forks"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(map_value(r.out, "ctor"), kLibCtor) << r.out << r.err;
+  EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
+  EXPECT_EQ(r.err, "");
+}
+
+TEST(FirstSteps, ThePreloadedAgentMissesTheConstructorInAFollowedChildsImage) {
+  RunResult r = run_marks({"HOTPROBE_RUN_START=preload"}, kInAChild, {"--follow-forks"});
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(map_value(r.out, "ctor"), 0) << r.out << r.err;
   EXPECT_EQ(map_value(r.out, "main"), kMain) << r.out << r.err;
