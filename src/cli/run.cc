@@ -504,6 +504,7 @@ int run(const RunOptions& o) {
   ::close(gate[0]);
   std::list<EarlyStart> starts;  // stable addresses: each thread has its own
   bool seize_refused = false;    // the program could not be traced: no image starts early
+  bool program_over = false;     // the program ended: hotprobe reports and returns
   // The program's image (first = true: the child held before its first execve by the
   // gate), or an image an exec makes (the exec'ing thread waits before the execve until
   // it is traced; an exec that happened before the seize is let go after the exec timeout).
@@ -695,7 +696,7 @@ int run(const RunOptions& o) {
         pos += n;
         // An exec from an image started early (the program's or a followed child's): the
         // new image is too (the exec'ing thread waits until hotprobe traces it).
-        if (*early_wanted && !seize_refused && p > 0 && tid > 0)
+        if (*early_wanted && !seize_refused && !program_over && p > 0 && tid > 0)
           start_early(false, static_cast<pid_t>(p), static_cast<pid_t>(tid), image);
         following.emplace_back(p, std::move(image));
         while (pos < payload.size()) {
@@ -792,7 +793,9 @@ int run(const RunOptions& o) {
     }
   }
   // A start still running (a followed child's exec as the program ended) needs the channel
-  // answered until it is done.
+  // answered until it is done; no new one begins (an exec after this one goes ahead
+  // without it once its wait for hotprobe ends).
+  program_over = true;
   const auto any_running = [&] {
     return std::any_of(starts.begin(), starts.end(),
                        [](const EarlyStart& e) { return e.running.load(); });
