@@ -77,4 +77,16 @@ const std::string* agent_preload() {
   return g_agent_preload;
 }
 
+namespace {
+std::string* g_rendezvous = nullptr;  // set once, before any session starts
+}  // namespace
+
+void set_rendezvous(std::string_view name) {
+  if (!g_rendezvous) g_rendezvous = new std::string(name);
+}
+
+const std::string* rendezvous() {
+  return g_rendezvous;
+}
+
 }  // namespace hp::agent

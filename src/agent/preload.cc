@@ -19,6 +19,7 @@
 
 #include "agent/attach_channel.h"
 #include "agent/protocol.h"
+#include "agent/rendezvous.h"
 #include "agent/session.h"
 #include "core/thread_state.h"
 
@@ -112,9 +113,29 @@ __attribute__((constructor)) void agent_preload_init() {
       preload.remove_suffix(std::strlen(user) + 1);
     set_agent_preload(preload);
   }
+  if (const char* rv = env_value(kEnvRendezvous)) set_rendezvous(rv);
+  const std::string channel_id = env_value(kEnvChannelId) ? env_value(kEnvChannelId) : "";
   restore_environment();
   if (!end || *end != '\0' || fd < 3 || fd > 1 << 20) die("HOTPROBE_AGENT_FD is not a descriptor");
   int ifd = static_cast<int>(fd);
+  // The channel, if the descriptor still is it: the program before this image may have
+  // closed it (every descriptor, before its exec), and the number may be a file of its own
+  // now. Then hotprobe's rendezvous gives it back.
+  const char* id = channel_id.empty() ? nullptr : channel_id.c_str();
+  if (!is_channel(ifd, id)) {
+    ifd = rendezvous() ? rendezvous_channel(*rendezvous()) : -1;
+    if (ifd >= 0 && !is_channel(ifd, id)) {
+      ::close(ifd);
+      ifd = -1;
+    }
+    if (ifd < 0 && exec_start_fd < 0) die("hotprobe agent: the channel to hotprobe is not open");
+    if (ifd < 0) {
+      // Untraced: hotprobe says at the end that this image did not resume.
+      ::close(exec_start_fd);
+      remove_hotprobe_variables();
+      return;
+    }
+  }
   ::fcntl(ifd, F_SETFD, FD_CLOEXEC);  // programs this one execs do not inherit the channel
   pthread_atfork(&fork_prepare, &fork_parent, &fork_child);
   auto s = Session::start(ifd, false, exec_start_fd);

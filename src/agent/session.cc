@@ -24,6 +24,7 @@
 #include "agent/clock_futex.h"
 #include "agent/credentials.h"
 #include "agent/protocol.h"
+#include "agent/rendezvous.h"
 #include "base/assert.h"
 #include "core/thread_state.h"
 #include "hotprobe/symbols.h"
@@ -533,7 +534,12 @@ void Session::reporter_main() {
     // A request (finish, request_exit) is seen here within kDrainMs: no wake-up
     // descriptor, which the program could close and reuse.
     pollfd p{fd_, POLLIN, 0};
-    const bool have_channel = channel_ok();
+    // A followed child that closed its descriptors (the channel among them) traces on, its
+    // output kept in the rings, and gets the channel back from hotprobe's rendezvous when
+    // its program thread waits for this thread: at its exec (exec_handover) or its end.
+    // Not before: the new descriptor would take a low number the program may be opening.
+    if (awaits_channel() && !holds_channel(fd_)) awaiting_channel_ = true;
+    const bool have_channel = !awaiting_channel_ && channel_ok();
     // An exec handed over (exec_word_ 2): a stop that arrives now is the new image's to
     // read, not this one's, which is about to be replaced (an exec that failed after all
     // frees the channel again after a second).
@@ -541,7 +547,9 @@ void Session::reporter_main() {
         exec_word_.load(std::memory_order_acquire) == 2 && now - handover_ns_ < 1'000'000'000ull;
     int n = ::poll(&p, have_channel && !handing_over ? 1 : 0, timeout);
     if (n > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))) {
-      int r = channel_ok() ? recv_message(fd_, msg, MSG_DONTWAIT) : -1;
+      const bool ok = channel_ok();
+      if (!ok && awaits_channel()) awaiting_channel_ = true;  // closed while polled
+      int r = ok ? recv_message(fd_, msg, MSG_DONTWAIT) : awaiting_channel_ ? 2 : -1;
       if (r == 0 || (r < 0 && errno != EAGAIN)) {
         requested_.store(1 + static_cast<int>(Reason::stop));  // hotprobe is gone
       } else if (r == 1 && !msg.empty() && msg[0] == static_cast<char>(Msg::stop)) {
@@ -549,7 +557,7 @@ void Session::reporter_main() {
         requested_.compare_exchange_strong(none, 1 + static_cast<int>(Reason::stop));
       }
     }
-    if (!have_channel) {
+    if (!have_channel && !awaiting_channel_) {
       // Lost (the program closed it): nothing can be reported any more; hotprobe sees the
       // channel end without 'D' and says so. Stop tracing, leave the program untraced.
       int none = 0;
@@ -557,6 +565,7 @@ void Session::reporter_main() {
     }
     if (exec_word_.load(std::memory_order_acquire) == 1) exec_handover();
     if (int req = requested_.load(); req != 0) {
+      if (awaiting_channel_) reconnect();  // the program's thread waits for the report
       do_finish(static_cast<Reason>(req - 1));
       // Exec'ing (attach): the session, its engine and its trampolines stay, the probes
       // inactive, until the exec replaces the image (or, should the exec fail after all,
@@ -589,7 +598,7 @@ void Session::reporter_main() {
       next[k] += std::max<std::uint64_t>(probes[intervals_[k]].interval_ns, 1000000);
       if (next[k] <= now) next[k] = now + probes[intervals_[k]].interval_ns;
     }
-    drain_and_send();
+    if (!awaiting_channel_) drain_and_send();
   }
   set_direct_output(nullptr);
 }
@@ -717,6 +726,38 @@ bool Session::channel_ok() noexcept {
     script::mark_shared_maps_channel_lost();
   }
   return false;
+}
+
+std::string Session::channel_identity() const {
+  struct stat st {};
+  st.st_dev = chan_dev_;
+  st.st_ino = chan_ino_;
+  return channel_id(st);
+}
+
+bool Session::holds_channel(int fd) const noexcept {
+  struct stat st {};
+  return fd >= 0 && ::fstat(fd, &st) == 0 && st.st_dev == chan_dev_ && st.st_ino == chan_ino_;
+}
+
+bool Session::awaits_channel() const noexcept {
+  return forked_child_ && !attached_ && rendezvous() != nullptr;
+}
+
+bool Session::reconnect() noexcept {
+  const std::string* rv = rendezvous();
+  if (!rv) return false;
+  int fd = rendezvous_channel(*rv);
+  if (fd < 0) return false;
+  fd = move_channel_high(fd);
+  if (!holds_channel(fd)) {
+    ::close(fd);
+    return false;
+  }
+  fd_ = fd;
+  channel_lost_ = false;
+  awaiting_channel_ = false;
+  return true;
 }
 
 bool Session::send_checked(std::string_view message) {

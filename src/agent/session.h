@@ -138,6 +138,16 @@ class Session final : public hotprobe::script::Sink {
   // and reused its number for a file of its own. False (and the channel forgotten, never
   // closed: the number is not ours any more) when it is not the same socket.
   bool channel_ok() noexcept;
+  // The channel's identity (agent/rendezvous.h, kEnvChannelId), for the images it execs.
+  std::string channel_identity() const;
+  // Whether `fd` is the channel here. No allocation, no change: a vfork child asks.
+  bool holds_channel(int fd) const noexcept;
+  // A followed child whose channel is gone (it closed its descriptors before its exec):
+  // the channel back from hotprobe's rendezvous. False when hotprobe gives none.
+  bool reconnect() noexcept;
+  // Whether a lost channel is awaited (reconnect() at the exec or the end) rather than the
+  // end of the session: a followed child's, with a rendezvous.
+  bool awaits_channel() const noexcept;
   bool send_checked(std::string_view message);
   bool send_text_checked(Msg type, std::string_view text);
   // `record` (request kind byte + text) to send after `before`, which is emptied.
@@ -164,6 +174,8 @@ class Session final : public hotprobe::script::Sink {
   dev_t chan_dev_ = 0;
   ino_t chan_ino_ = 0;
   bool channel_lost_ = false;
+  // A followed child's channel is gone, to be had back at its exec or end (reporter only).
+  bool awaiting_channel_ = false;
   bool follow_forks_ = false;
   // --follow-forks and $HOTPROBE_FOLLOW_CHILD_EXECS: a followed child's exec is followed
   // too (off by default for now: docs/design/agent.md, "Exec").
@@ -263,6 +275,11 @@ void note_started_early() noexcept;
 void set_agent_preload(std::string_view preload);
 // That part, as set; null when set_agent_preload was not called.
 const std::string* agent_preload();
+
+// hotprobe run's rendezvous (agent/rendezvous.h), from the environment the image started
+// with (preload.cc); null when hotprobe gave none.
+void set_rendezvous(std::string_view name);
+const std::string* rendezvous();
 
 // Sessions alive in this process (the fork handlers walk them).
 void register_session(Session* s);

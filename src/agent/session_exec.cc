@@ -15,6 +15,7 @@
 #include "agent/clock_futex.h"
 #include "agent/map_data.h"
 #include "agent/protocol.h"
+#include "agent/rendezvous.h"
 #include "agent/session.h"
 #include "core/thread_state.h"
 #include "script/maps.h"
@@ -139,8 +140,10 @@ char** Session::prepare_exec(int dirfd, const char* path, char** envp) noexcept 
     exec_path_[0] = '\0';
     return nullptr;
   }
-  // Inherited by the new image (and, should the exec fail after all, left open in this one).
-  ::fcntl(fd_, F_SETFD, 0);
+  // Inherited by the new image (and, should the exec fail after all, left open in this one);
+  // unless this process closed it (a vfork child that closed every descriptor): the new
+  // image then gets it from hotprobe's rendezvous. Never a descriptor of the program's.
+  if (holds_channel(fd_)) ::fcntl(fd_, F_SETFD, 0);
   if (!exec_child_ && exec_region_fd_ >= 0) ::fcntl(exec_region_fd_, F_SETFD, 0);
   exec_path_[0] = '\0';  // followed: the final report does not name it
   // hotprobe traces this thread, the one that execs (another thread's exec takes the
@@ -156,6 +159,10 @@ void Session::exec_handover() {
     exec_word_.compare_exchange_strong(expected, 3);
     futex_wake_all(exec_word_);
   };
+  // A followed child that closed its descriptors (the channel among them) before its exec:
+  // the channel back from hotprobe. (This process's only thread of the program waits in
+  // its exec, so no open() of the program's races the new descriptor's number.)
+  if (exec_child_ && exec_pid_ == pid_ && !holds_channel(fd_)) reconnect();
   // A stop already asked for: the session ends here (the exec is said, not followed).
   if (agent_path_.empty() || !channel_ok() || requested_.load() != 0) return fail();
   // A --follow-forks child's counts so far go to hotprobe now (merged there), and its new
@@ -189,6 +196,9 @@ void Session::exec_handover() {
   if (!user_preload.empty())
     exec_env_.push_back(std::string(kEnvSavedPreload) + "=" + user_preload);
   exec_env_.push_back(std::string(kEnvFd) + "=" + std::to_string(fd_));
+  exec_env_.push_back(std::string(kEnvChannelId) + "=" + channel_identity());
+  if (const std::string* rv = rendezvous())
+    exec_env_.push_back(std::string(kEnvRendezvous) + "=" + *rv);
   exec_env_.push_back(std::string(kEnvExecStart) + "=" + std::to_string(exec_start_fd_));
   if (exec_child_) exec_env_.push_back(std::string(kEnvExecChild) + "=1");
   if (follow_forks_)

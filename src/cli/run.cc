@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,10 +31,12 @@
 #include "agent/map_data.h"
 #include "agent/protocol.h"
 #include "agent/region_maps.h"
+#include "agent/rendezvous.h"
 #include "cli/cli.h"
 #include "cli/output_file.h"
 #include "cli/preflight.h"
 #include "cli/prepare.h"
+#include "cli/rendezvous.h"
 #include "hotprobe/probe.h"
 #include "inject/inject.h"
 #include "script/maps.h"
@@ -440,6 +443,11 @@ int run(const RunOptions& o) {
   const bool creds = ::setsockopt(sv[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) == 0;
   ::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
   ::setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
+  // Where an image whose inherited channel is gone gets it back (agent/rendezvous.h).
+  Rendezvous rendezvous(sv[1]);
+  struct stat channel_st {};
+  const std::string channel_id =
+      ::fstat(sv[1], &channel_st) == 0 ? agent::channel_id(channel_st) : std::string();
 
   struct sigaction sa {};
   sa.sa_handler = &on_signal;
@@ -487,6 +495,8 @@ int run(const RunOptions& o) {
     }
     ::setenv("LD_PRELOAD", preload.c_str(), 1);
     ::setenv(agent::kEnvFd, std::to_string(fd).c_str(), 1);
+    if (!channel_id.empty()) ::setenv(agent::kEnvChannelId, channel_id.c_str(), 1);
+    if (!rendezvous.name().empty()) ::setenv(agent::kEnvRendezvous, rendezvous.name().c_str(), 1);
     if (maps.region) {  // the agent's MapSet lays the maps out there
       int mfd = ::fcntl(maps.region->fd(), F_DUPFD, 3);
       ::setenv(script::SharedRegion::kEnvFd, std::to_string(mfd).c_str(), 1);
@@ -577,6 +587,19 @@ int run(const RunOptions& o) {
   std::string msg;
   Sender from;
   ChildOutput marks(out.format);
+  // Processes of the traced tree that may have the channel back from the rendezvous: the
+  // program's descendants, and those that sent over the channel or were named in a
+  // hand-over (an orphan, whose parent is no longer in the tree).
+  std::vector<pid_t> channel_holders{pid};
+  const auto may_have_channel = [&](pid_t p) {
+    return std::find(channel_holders.begin(), channel_holders.end(), p) != channel_holders.end() ||
+           descends_from(p, pid);
+  };
+  const auto note_holder = [&](pid_t p) {
+    if (p > 0 &&
+        std::find(channel_holders.begin(), channel_holders.end(), p) == channel_holders.end())
+      channel_holders.push_back(p);
+  };
   // A followed child that runs as another user than hotprobe (it dropped privileges):
   // what it sends is its own, never hotprobe's or PROGRAM's.
   auto other_user = [&] {
@@ -694,6 +717,7 @@ int run(const RunOptions& o) {
         if (pos + n > payload.size()) break;
         std::string image(payload.substr(pos, n));
         pos += n;
+        note_holder(static_cast<pid_t>(p));
         // An exec from an image started early (the program's or a followed child's): the
         // new image is too (the exec'ing thread waits until hotprobe traces it).
         if (*early_wanted && !seize_refused && !program_over && p > 0 && tid > 0)
@@ -726,9 +750,10 @@ int run(const RunOptions& o) {
     }
   };
   while (!child_done) {
-    pollfd p[2] = {{sock, POLLIN, 0}, {g_signal_pipe[0], POLLIN, 0}};
-    int n = ::poll(p, 2, -1);
+    pollfd p[3] = {{sock, POLLIN, 0}, {g_signal_pipe[0], POLLIN, 0}, {rendezvous.fd(), POLLIN, 0}};
+    int n = ::poll(p, 3, -1);
     if (n < 0 && errno != EINTR) break;
+    if (p[2].revents & POLLIN) rendezvous.serve(may_have_channel);
     if (p[1].revents & POLLIN) {
       char sigs[64];
       ssize_t k = ::read(g_signal_pipe[0], sigs, sizeof sigs);
@@ -784,6 +809,7 @@ int run(const RunOptions& o) {
     if (sock >= 0 && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
       int r = agent::recv_message_from(sock, msg, from, MSG_DONTWAIT);
       if (r == 1) {
+        if (from.known) note_holder(static_cast<pid_t>(from.pid));
         handle(msg);
         out.flush();
       } else if (r == 0 || (r < 0 && errno != EAGAIN)) {
@@ -801,8 +827,10 @@ int run(const RunOptions& o) {
                        [](const EarlyStart& e) { return e.running.load(); });
   };
   while (sock >= 0 && any_running()) {
-    pollfd p{sock, POLLIN, 0};
-    if (::poll(&p, 1, 20) > 0 && agent::recv_message_from(sock, msg, from, MSG_DONTWAIT) == 1) {
+    pollfd p[2] = {{sock, POLLIN, 0}, {rendezvous.fd(), POLLIN, 0}};
+    if (::poll(p, 2, 20) <= 0) continue;
+    if (p[1].revents & POLLIN) rendezvous.serve(may_have_channel);
+    if (agent::recv_message_from(sock, msg, from, MSG_DONTWAIT) == 1) {
       handle(msg);
       out.flush();
     }
