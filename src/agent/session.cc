@@ -534,10 +534,11 @@ void Session::reporter_main() {
     // A request (finish, request_exit) is seen here within kDrainMs: no wake-up
     // descriptor, which the program could close and reuse.
     pollfd p{fd_, POLLIN, 0};
-    // A followed child that closed its descriptors (the channel among them) traces on, its
-    // output kept in the rings, and gets the channel back from hotprobe's rendezvous when
-    // its program thread waits for this thread: at its exec (exec_handover) or its end.
-    // Not before: the new descriptor would take a low number the program may be opening.
+    // A program or a followed child that closed its descriptors (the channel among them)
+    // traces on, its output kept in the rings, and gets the channel back from hotprobe's
+    // rendezvous at its end (the program's thread waits for the report) or, a followed
+    // child, at its exec's hand-over. Not before: the new descriptor would take a low
+    // number the program may be opening.
     if (awaits_channel() && !holds_channel(fd_)) awaiting_channel_ = true;
     const bool have_channel = !awaiting_channel_ && channel_ok();
     // An exec handed over (exec_word_ 2): a stop that arrives now is the new image's to
@@ -547,9 +548,9 @@ void Session::reporter_main() {
         exec_word_.load(std::memory_order_acquire) == 2 && now - handover_ns_ < 1'000'000'000ull;
     int n = ::poll(&p, have_channel && !handing_over ? 1 : 0, timeout);
     if (n > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))) {
-      const bool ok = channel_ok();
-      if (!ok && awaits_channel()) awaiting_channel_ = true;  // closed while polled
-      int r = ok ? recv_message(fd_, msg, MSG_DONTWAIT) : awaiting_channel_ ? 2 : -1;
+      // Closed while polled: awaited, or lost.
+      if (awaits_channel() && !holds_channel(fd_)) awaiting_channel_ = true;
+      int r = awaiting_channel_ ? 2 : channel_ok() ? recv_message(fd_, msg, MSG_DONTWAIT) : -1;
       if (r == 0 || (r < 0 && errno != EAGAIN)) {
         requested_.store(1 + static_cast<int>(Reason::stop));  // hotprobe is gone
       } else if (r == 1 && !msg.empty() && msg[0] == static_cast<char>(Msg::stop)) {
@@ -741,7 +742,7 @@ bool Session::holds_channel(int fd) const noexcept {
 }
 
 bool Session::awaits_channel() const noexcept {
-  return forked_child_ && !attached_ && rendezvous() != nullptr;
+  return !attached_ && rendezvous() != nullptr;
 }
 
 bool Session::reconnect() noexcept {

@@ -161,8 +161,16 @@ void Session::exec_handover() {
   };
   // A followed child that closed its descriptors (the channel among them) before its exec:
   // the channel back from hotprobe. (This process's only thread of the program waits in
-  // its exec, so no open() of the program's races the new descriptor's number.)
-  if (exec_child_ && exec_pid_ == pid_ && !holds_channel(fd_)) reconnect();
+  // its exec, so no open() of the program's races the new descriptor's number.) The
+  // program's own exec after it closed them is not followed (the map region went with
+  // them): said at its end, once the channel is back.
+  if (!holds_channel(fd_) && awaits_channel()) {
+    if (!exec_child_ || exec_pid_ != pid_) {
+      awaiting_channel_ = true;
+      return fail();
+    }
+    reconnect();
+  }
   // A stop already asked for: the session ends here (the exec is said, not followed).
   if (agent_path_.empty() || !channel_ok() || requested_.load() != 0) return fail();
   // A --follow-forks child's counts so far go to hotprobe now (merged there), and its new

@@ -26,14 +26,17 @@ constexpr const char* kFooter = R"(Exit status:
   2    usage: the command line is wrong
   run: the program's own exit status, or 128+N when a signal N killed it (as a shell
        reports it); 1 when the script or a probe failed before the program's main ran,
-       or the program closed hotprobe's channel (the maps then hold what was counted
-       until that moment).
+       or the program closed hotprobe's channel and could not have it back (the maps
+       then hold what was counted until that moment).
 
 Environment:
   HOTPROBE_MAP_MEMORY=MiB   run: the memory the maps share with hotprobe, which prints
                             them however the program ends (sparse; default 1024)
   HOTPROBE_SHARED_MAPS=0    run: maps travel over the channel only (lost if the program
                             dies abnormally)
+  HOTPROBE_RUN_RENDEZVOUS=0 run: no socket where a traced process that closed every
+                            descriptor gets hotprobe's channel back (it then stops
+                            tracing there, and hotprobe says so)
   HOTPROBE_RETURN_PROBES=auto|ret|hijack
                             run: how every return probe catches the return (ret: a
                             probe on each ret instruction, the return address untouched)

@@ -11,12 +11,14 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <string_view>
 
 #include "agent/rendezvous.h"
 
 namespace hp::cli {
 
 Rendezvous::Rendezvous(int channel) {
+  if (channel < 0) return;
   unsigned char r[16];
   if (::getrandom(r, sizeof r, 0) != static_cast<ssize_t>(sizeof r)) return;
   std::string name = "hotprobe-" + std::to_string(::getpid()) + "-";
@@ -38,6 +40,11 @@ Rendezvous::Rendezvous(int channel) {
   listen_fd_ = s;
   channel_ = c;
   name_ = std::move(name);
+}
+
+bool Rendezvous::wanted() {
+  const char* v = std::getenv("HOTPROBE_RUN_RENDEZVOUS");
+  return !(v && std::string_view(v) == "0");
 }
 
 Rendezvous::~Rendezvous() {

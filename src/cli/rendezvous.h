@@ -13,10 +13,12 @@ namespace hp::cli {
 class Rendezvous {
  public:
   // Listens; `channel` is the agents' end of the channel, passed to those who may have it
-  // (kept open here as long as this object lives). Not listening (name() empty) when the
-  // socket cannot be made: images that lost their channel then run untraced, as hotprobe
-  // says at the end.
+  // (kept open here as long as this object lives). Not listening (name() empty) when
+  // `channel` is -1 or the socket cannot be made: a process that lost its channel then
+  // stops tracing, as hotprobe says at the end.
   explicit Rendezvous(int channel);
+  // HOTPROBE_RUN_RENDEZVOUS=0: none (a Rendezvous that does not listen).
+  static bool wanted();
   ~Rendezvous();
   Rendezvous(const Rendezvous&) = delete;
   Rendezvous& operator=(const Rendezvous&) = delete;

@@ -444,7 +444,7 @@ int run(const RunOptions& o) {
   ::setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &bufsize, sizeof bufsize);
   ::setsockopt(sv[0], SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof bufsize);
   // Where an image whose inherited channel is gone gets it back (agent/rendezvous.h).
-  Rendezvous rendezvous(sv[1]);
+  Rendezvous rendezvous(Rendezvous::wanted() ? sv[1] : -1);
   struct stat channel_st {};
   const std::string channel_id =
       ::fstat(sv[1], &channel_st) == 0 ? agent::channel_id(channel_st) : std::string();

@@ -124,13 +124,28 @@ void expect_close_fds_files(const std::string& dir) {
   }
 }
 
-// The program closes hotprobe's channel too: the agent stops tracing then, the maps still
-// print (from the memory they share with hotprobe) with what was counted until that
-// moment, and hotprobe says so and exits 1.
+// The program closes hotprobe's channel too (close_range to the end): the agent traces on
+// and has the channel back from hotprobe's rendezvous at the program's end; every count
+// and the program's files are as they would be.
+TEST(AgentInvisible, ChannelClosedByTheProgramComesBackAtItsEnd) {
+  for (const char* shared : {"HOTPROBE_SHARED_MAPS=1", "HOTPROBE_SHARED_MAPS=0"}) {
+    std::string dir = temp_dir("close_all");
+    RunResult r = hotprobe_run("uprobe:" HP_CLOSE_FDS ":work { @work = count(); }",
+                               {HP_CLOSE_FDS, dir, "all"}, {shared});
+    EXPECT_EQ(r.status, 0) << shared << r.err << r.out;
+    EXPECT_EQ(r.err, "") << shared;
+    EXPECT_EQ(map_value(r.out, "work"), 80) << shared << r.out;
+    expect_close_fds_files(dir);
+  }
+}
+
+// Without the rendezvous the agent stops tracing there: the maps still print (from the
+// memory they share with hotprobe) with what was counted until that moment, and hotprobe
+// says so and exits 1.
 TEST(AgentInvisible, ChannelClosedByTheProgramIsReportedWithTheMaps) {
   std::string dir = temp_dir("close_all");
-  RunResult r =
-      hotprobe_run("uprobe:" HP_CLOSE_FDS ":work { @work = count(); }", {HP_CLOSE_FDS, dir, "all"});
+  RunResult r = hotprobe_run("uprobe:" HP_CLOSE_FDS ":work { @work = count(); }",
+                             {HP_CLOSE_FDS, dir, "all"}, {"HOTPROBE_RUN_RENDEZVOUS=0"});
   EXPECT_EQ(r.status, 1) << r.err << r.out;
   EXPECT_NE(r.err.find("closed hotprobe's channel"), std::string::npos) << r.err;
   EXPECT_GE(map_value(r.out, "work"), 0) << r.out;
@@ -141,8 +156,9 @@ TEST(AgentInvisible, ChannelClosedByTheProgramIsReportedWithTheMaps) {
 // Without the shared memory the maps are lost with the channel: said, never silent.
 TEST(AgentInvisible, ChannelClosedWithoutSharedMapsIsReportedNotSilent) {
   std::string dir = temp_dir("close_all_noshm");
-  RunResult r = hotprobe_run("uprobe:" HP_CLOSE_FDS ":work { @work = count(); }",
-                             {HP_CLOSE_FDS, dir, "all"}, {"HOTPROBE_SHARED_MAPS=0"});
+  RunResult r =
+      hotprobe_run("uprobe:" HP_CLOSE_FDS ":work { @work = count(); }", {HP_CLOSE_FDS, dir, "all"},
+                   {"HOTPROBE_SHARED_MAPS=0", "HOTPROBE_RUN_RENDEZVOUS=0"});
   EXPECT_EQ(r.status, 1) << r.err << r.out;
   EXPECT_NE(r.err.find("ended before its final report"), std::string::npos) << r.err;
   expect_close_fds_files(dir);
