@@ -167,6 +167,42 @@ TEST(RealPrograms, LsWithALibrarysConstructor) {
   compare_with_bpftrace({"/bin/ls", "-l", g_dir}, {}, &make_listing);
 }
 
+// A child Python's subprocess starts (a vfork child that closes every descriptor, the
+// channel among them, before its execve) is traced under --follow-forks: its calls equal
+// bpftrace's. The child is a copy of ls with a name of its own, which both scripts select
+// by comm (bpftrace's probes see every process of the machine).
+TEST(RealPrograms, PythonSubprocessChild) {
+  if (sanitized()) GTEST_SKIP() << "a sanitizer runtime in the program makes calls of its own";
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "python3 is not installed";
+  if (std::string why = bpftrace_usable(); !why.empty()) GTEST_SKIP() << why;
+  g_dir = temp_dir("pysub");
+  make_listing();
+  const std::string comm = "hpls" + std::to_string(::getpid() % 100000);
+  const std::string ls = g_dir + "/" + comm;
+  ASSERT_EQ(run_command({"/bin/cp", "/bin/ls", ls}, {}, std::chrono::seconds(30)).status, 0);
+  const std::string py = g_dir + "/sub.py";
+  std::ofstream(py) << "import subprocess\nsubprocess.run(['" << ls << "', '-l', '" << g_dir
+                    << "'], stdout=subprocess.DEVNULL)\n";
+  std::string script;
+  for (const char* f : {"malloc", "free", "read"})
+    script +=
+        std::string("uprobe:libc:") + f + " /comm == \"" + comm + "\"/ { @" + f + " = count(); } ";
+  RunResult bt = run_command({"bpftrace", "-e", script, "-c", "/usr/bin/python3 " + py}, {},
+                             std::chrono::seconds(120));
+  ASSERT_EQ(bt.status, 0) << bt.err;
+  ASSERT_GT(map_value(bt.out, "malloc"), 0) << bt.out;
+  RunResult r = run_command(
+      {HP_HOTPROBE, "run", "--follow-forks", "-e", script, "--", "/usr/bin/python3", py}, {},
+      std::chrono::seconds(120));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_GT(map_value(r.out, "malloc"), 0) << r.out;
+  for (const char* f : {"malloc", "free", "read"})
+    EXPECT_EQ(map_value(r.out, f), map_value(bt.out, f)) << f << "\nhotprobe:\n"
+                                                         << r.out << "\nbpftrace:\n"
+                                                         << bt.out;
+}
+
 int free_port() {
   int s = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
