@@ -20,8 +20,9 @@ bool read_at(int fd, void* buf, std::size_t n, off_t at) {
   return ::pread(fd, buf, n, at) == static_cast<ssize_t>(n);
 }
 
-void refuse(const std::string& program, const std::string& why) {
-  std::fprintf(stderr, "hotprobe run: '%s' %s\n", program.c_str(), why.c_str());
+// The reason, after the program's quoted path: "'PROGRAM' is ...".
+void refuse(std::string* out, const std::string& program, const std::string& why) {
+  *out = "'" + program + "' " + why;
 }
 
 // "#!INTERP [ARG]": the interpreter's path, or empty.
@@ -36,7 +37,7 @@ std::string interpreter_of(int fd) {
   return s.substr(start, end == std::string::npos ? std::string::npos : end - start);
 }
 
-bool check(const std::string& program, int depth) {
+bool check(const std::string& program, int depth, std::string* why) {
   const int fd = ::open(program.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return true;  // exec reports it (EACCES, ENOENT...)
   struct stat st {};
@@ -49,7 +50,7 @@ bool check(const std::string& program, int depth) {
   const bool setgid = (st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP) && st.st_gid != ::getgid();
   if (setuid || setgid) {
     ::close(fd);
-    refuse(program,
+    refuse(why, program,
            std::string("is set-") + (setuid ? "user" : "group") +
                "-ID: the kernel runs it in secure-execution mode, where the dynamic loader "
                "ignores LD_PRELOAD, so hotprobe's agent cannot be loaded into it. Trace a copy "
@@ -61,12 +62,12 @@ bool check(const std::string& program, int depth) {
   if (!read_at(fd, &eh, sizeof eh, 0) || std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) {
     std::string interp = depth == 0 ? interpreter_of(fd) : std::string();
     ::close(fd);
-    if (!interp.empty()) return check(interp, depth + 1);
+    if (!interp.empty()) return check(interp, depth + 1, why);
     return true;  // not ELF: exec decides
   }
   if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_machine != EM_X86_64) {
     ::close(fd);
-    refuse(program,
+    refuse(why, program,
            "is not an x86-64 program (32-bit or another machine): hotprobe's agent is an "
            "x86-64 library and traces x86-64 programs only");
     return false;
@@ -91,12 +92,13 @@ bool check(const std::string& program, int depth) {
   }
   ::close(fd);
   if (loader.find("ld-musl") != std::string::npos) {
-    refuse(program, "is linked against musl libc (its loader is " + loader +
-                        "): hotprobe's agent is a glibc library and cannot be loaded into it");
+    refuse(why, program,
+           "is linked against musl libc (its loader is " + loader +
+               "): hotprobe's agent is a glibc library and cannot be loaded into it");
     return false;
   }
   if (!interp) {
-    refuse(program,
+    refuse(why, program,
            "is statically linked (no dynamic loader: a pure Go program, busybox-static, a "
            "static-pie...): nothing reads LD_PRELOAD, so hotprobe's agent cannot be loaded "
            "and the program would run untraced. 'hotprobe attach -p' cannot trace it either "
@@ -111,7 +113,15 @@ bool check(const std::string& program, int depth) {
 }  // namespace
 
 bool preflight_program(const std::string& program) {
-  return check(program, 0);
+  const std::string why = preload_refusal(program);
+  if (!why.empty()) std::fprintf(stderr, "hotprobe run: %s\n", why.c_str());
+  return why.empty();
+}
+
+std::string preload_refusal(const std::string& program) {
+  std::string why;
+  (void)check(program, 0, &why);
+  return why;
 }
 
 }  // namespace hp::cli

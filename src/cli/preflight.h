@@ -17,5 +17,8 @@ namespace hp::cli {
 // A script ("#!INTERP") is checked through its interpreter. Files that are none of these
 // are left to exec, which reports its own errors.
 bool preflight_program(const std::string& program);
+// The same check, silent: the reason ("'PROGRAM' is ..."), or empty when `program` can
+// take the preloaded agent.
+std::string preload_refusal(const std::string& program);
 
 }  // namespace hp::cli

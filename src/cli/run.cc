@@ -317,16 +317,22 @@ std::string interpreter_of(const std::string& program) {
 // Never silent about what was not traced: a probe whose binary never loaded in PROGRAM (a
 // wrapper ran instead, or a forked child exec'd the binary), every exec that was not
 // followed (a forked child's), and every followed exec whose new image the agent did not
-// start in (`lost`: a static or set-ID program).
+// start in (`lost`: a static or set-ID program, or a channel closed without a way back).
 void warn_untraced(const std::string& program, const std::vector<std::string>& never,
                    const std::vector<std::pair<std::uint32_t, std::string>>& execs,
                    const std::vector<std::pair<std::uint32_t, std::string>>& lost) {
   for (const auto& [pid, path] : lost) {
+    std::string why = preload_refusal(path);
+    if (why.empty()) {
+      why =
+          "its agent could not reach hotprobe (the process had closed hotprobe's channel "
+          "before the exec, and the rendezvous did not give it back: "
+          "HOTPROBE_RUN_RENDEZVOUS=0, or a process outside the traced tree)";
+    }
     std::fprintf(stderr,
-                 "hotprobe run: pid %u exec'd '%s', and the agent did not start in the new image "
-                 "(a static or set-ID program ignores LD_PRELOAD): it ran untraced; the maps "
-                 "hold what was counted before the exec\n",
-                 pid, path.c_str());
+                 "hotprobe run: pid %u exec'd '%s', and the agent did not start in the new image: "
+                 "%s; it ran untraced, and the maps hold what was counted before the exec\n",
+                 pid, path.c_str(), why.c_str());
   }
   std::vector<bool> said(execs.size());
   const std::string interp = interpreter_of(program);
