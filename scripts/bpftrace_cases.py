@@ -731,8 +731,18 @@ def stop(p, grace=2.0):
             pass
 
 
+# bpftrace's attach banner in its newer words ("Attached N probes", on stderr) and in 0.17's
+# ("Attaching N probes...", on stdout), which hotprobe prints: the same number, said two
+# ways; a case that expects the one is matched by the other with the same N.
+ATTACHED = re.compile(r"Attached (\d+) (probes?)")
+
+
 def check_expect(mode, expect, output, work, localize_ts):
     try:
+        if mode in ("text", "regex") and ATTACHED.fullmatch(expect.strip()):
+            n, word = ATTACHED.fullmatch(expect.strip()).groups()
+            return bool(re.search(f"^\\s*(Attached {n} {word}|Attaching {n} {word}\\.\\.\\.)\\s*$",
+                                  output, re.M))
         if mode == "text":
             return bool(re.search(f"^\\s*{re.escape(expect)}\\s*$", output, re.M))
         if mode == "text_none":
