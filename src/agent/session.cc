@@ -669,10 +669,12 @@ void Session::do_finish(Reason reason) {
     send_checked(encode(Msg::done, pid));
     return;
   }
-  send_checked(encode(Msg::done, pid));
+  // 'x' after the pid: the script's exit() ended the session (hotprobe run then ends the
+  // program, as bpftrace ends the one its -c started).
+  send_checked(encode(Msg::done, reason == Reason::exited && !forked_child_ ? pid + "x" : pid));
   mark_finished();
-  // exit() and Ctrl-C: the program runs on, untraced. Remove the probes (one batch) now
-  // that the report is out; at the process's end there is no point.
+  // exit() and Ctrl-C: the program runs on, untraced, until hotprobe says otherwise. Remove the
+  // probes (one batch) now that the report is out; at the process's end there is no point.
   if (reason == Reason::exited || reason == Reason::stop) {
     if (!handles_.empty()) {
       auto r = engine_->detach(handles_);

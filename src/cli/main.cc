@@ -133,8 +133,10 @@ int cli_main(int argc, char** argv) {
       "(-c is bpftrace's: split at whitespace, no shell; `hotprobe -e ... -c ...` works too)\n\n"
       "Output: printf/print output and the maps (on interval probes, exit(), the program's "
       "end and Ctrl-C) go to hotprobe's stdout or FILE; PROGRAM's stdin, stdout and stderr "
-      "are its own.\n"
-      "Exit status: PROGRAM's (128+N if signal N killed it); 1 if the script or a probe "
+      "are its own. exit() in the script ends PROGRAM too, as bpftrace's -c does (SIGTERM, "
+      "SIGKILL 2 s later).\n"
+      "Exit status: PROGRAM's (128+N if signal N killed it; 0 when exit() ended it); 1 if "
+      "the script or a probe "
       "failed (the program is then not run past its start), or if PROGRAM cannot take the "
       "agent (statically linked, set-user-ID: refused before it starts); 2 for a bad "
       "command line.");

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -104,6 +105,9 @@ std::optional<bool> early_start_wanted() {
                v);
   return std::nullopt;
 }
+
+// After the script's exit(): how long the program has to end on SIGTERM before SIGKILL.
+constexpr std::chrono::seconds kEndGrace{2};
 
 // The byte the early start's thread writes into the signal pipe when it is done.
 constexpr char kEarlyDone = 0x7f;
@@ -581,8 +585,12 @@ int run(const RunOptions& o) {
   agent::send_message(sock, agent::encode_start(so, filename, source));
 
   bool attached = false, agent_error = false, stop_sent = false, child_done = false;
-  bool done_seen = false;          // the program's final report ('D' with its pid) arrived
-  std::vector<std::string> never;  // probes whose binary never loaded
+  bool done_seen = false;  // the program's final report ('D' with its pid) arrived
+  // The script's exit() ended the session: hotprobe ends the program (SIGTERM, then
+  // SIGKILL after kEndGrace), and its death of those is not an error of the run.
+  bool ending_program = false, killed_program = false;
+  std::chrono::steady_clock::time_point end_deadline;
+  std::vector<std::string> never;                            // probes whose binary never loaded
   std::vector<std::pair<std::uint32_t, std::string>> execs;  // pid, path exec'd
   // Execs the agent follows: pid and path, until the new image's agent says 'resumed'.
   std::vector<std::pair<std::uint32_t, std::string>> following;
@@ -694,6 +702,13 @@ int run(const RunOptions& o) {
         if (agent::get<std::uint32_t>(payload, pos).value_or(0) ==
             static_cast<std::uint32_t>(pid)) {
           done_seen = true;
+          // The script's exit(): the program ends, as the one bpftrace's -c started does
+          // (SIGTERM once the report is out; SIGKILL if it is still there kEndGrace later).
+          if (payload.substr(pos) == "x" && !child_done && !ending_program) {
+            ending_program = true;
+            end_deadline = std::chrono::steady_clock::now() + kEndGrace;
+            ::kill(pid, SIGTERM);
+          }
           // The program's final report is out (END ran there): its maps now, with those of
           // the children that ended before it.
           if (attached && !agent_error) maps.print(out, source, copts, /*run_end=*/false);
@@ -757,7 +772,17 @@ int run(const RunOptions& o) {
   };
   while (!child_done) {
     pollfd p[3] = {{sock, POLLIN, 0}, {g_signal_pipe[0], POLLIN, 0}, {rendezvous.fd(), POLLIN, 0}};
-    int n = ::poll(p, 3, -1);
+    int wait_ms = -1;
+    if (ending_program) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          end_deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0 && !killed_program) {
+        ::kill(pid, SIGKILL);
+        killed_program = true;
+      }
+      wait_ms = killed_program ? -1 : static_cast<int>(left.count()) + 1;
+    }
+    int n = ::poll(p, 3, wait_ms);
     if (n < 0 && errno != EINTR) break;
     if (p[2].revents & POLLIN) rendezvous.serve(may_have_channel);
     if (p[1].revents & POLLIN) {
@@ -862,6 +887,9 @@ int run(const RunOptions& o) {
   if (out.f != stdout) std::fclose(out.f);
   if (sock >= 0) ::close(sock);
   int code = exit_code(status);
+  if (ending_program && WIFSIGNALED(status) &&
+      (WTERMSIG(status) == SIGTERM || WTERMSIG(status) == SIGKILL))
+    code = 0;  // as bpftrace, whose exit() ends its -c child
   if (agent_error) return kExitError;
   if (bad_map_data) {
     std::fprintf(stderr,

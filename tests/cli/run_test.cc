@@ -130,15 +130,26 @@ TEST(HotprobeRun, EndRunsAndPrintsBeforeTheMaps) {
   EXPECT_LT(end, map);
 }
 
-TEST(HotprobeRun, ExitInAProbeStopsTracingTheProgramRunsOn) {
+// exit() in the script ends the program, as bpftrace's exit() ends its -c command: the
+// report first (END once, the maps), then SIGTERM; hotprobe exits 0. (The program spins
+// until a signal ends it: without that, the run would last until the test's timeout.)
+TEST(HotprobeRun, ExitInAProbeEndsTheProgramAsBpftracesDashCDoes) {
   auto r =
       hotprobe({"run", "-e", probe("@[arg0] = count(); exit();") + " END { printf(\"end\\n\"); }",
-                "--", HP_TARGET, "echo"},
-               "still running\n");
+                "--", HP_TARGET, "spin"});
   EXPECT_EQ(r.code, 0) << r.err;
-  EXPECT_TRUE(contains(r.out, "still running\n")) << r.out;  // the program went on
-  EXPECT_TRUE(contains(r.out, "@[14]: 1\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "ready\n")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@[1]: ")) << r.out;
   EXPECT_EQ(count_of(r.out, "end\n"), 1) << r.out;
+  EXPECT_EQ(r.err, "");
+}
+
+// A program that ignores SIGTERM gets SIGKILL two seconds later.
+TEST(HotprobeRun, ExitEndsAProgramThatIgnoresSigterm) {
+  if (::access("/usr/bin/perl", X_OK) != 0) GTEST_SKIP() << "perl is not installed";
+  auto r = hotprobe({"run", "-e", "interval:ms:100 { exit(); }", "--", "/usr/bin/perl", "-e",
+                     "$SIG{TERM} = 'IGNORE'; sleep 60"});
+  EXPECT_EQ(r.code, 0) << r.err;
 }
 
 TEST(HotprobeRun, IntervalProbesPrintWhileTheProgramRuns) {
