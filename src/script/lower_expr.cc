@@ -2,7 +2,9 @@
 #include <cstring>
 
 #include "script/builtins.h"
+#include "script/diag.h"
 #include "script/lower.h"
+#include "script/output.h"
 #include "script/run_misc.h"
 #include "script/run_usdt.h"
 
@@ -283,6 +285,39 @@ Result<const Node*> Lowerer::add_index(const Expr& ix, std::int64_t elem, const 
   return sum;
 }
 
+// bpftrace's runtime warning for a variable index past the end of an array (the array
+// `e` indexes, in memory or in a copy): the index goes through i_index_oob, which writes
+// the warning rendered here and lets the access go on, as bpftrace's does. `indexed` is
+// what add_index made of the index (`summed`: the sum of a base and the scaled index).
+static void guard_index(Runtime& rt, const ast::Program& prog, const Expr& e, const Node* indexed,
+                        bool summed) {
+  const int at = e.args[0]->ctype;
+  if (at < 0) return;
+  const ast::CType& arr = prog.types.at(at);
+  if (arr.kind != ast::CType::Kind::array || arr.count == 0) return;
+  // Every node is rt.nodes' own, mutable: the const is the node functions' view.
+  Node* scaled = const_cast<Node*>(summed ? indexed->b : indexed);
+  rt.nodes.push_back(std::make_unique<Node>());
+  Node* check = rt.nodes.back().get();
+  check->a = scaled->a;
+  check->imm = static_cast<std::int64_t>(arr.count) - 1;
+  check->i = i_index_oob;
+  static constexpr std::string_view kMessage =
+      "Array access out of bounds. This can lead to unexpected results.";
+  if (rt.format == OutputFormat::json) {
+    check->text = "{\"type\": \"runtime_error\", \"msg\": \"" + std::string(kMessage) +
+                  "\", \"filename\": \"";
+    json_escape(check->text, prog.filename);
+    check->text += "\", \"line\": " + std::to_string(e.loc.line) +
+                   ", \"col\": " + std::to_string(e.loc.column) + "}\n";
+  } else {
+    check->text = render(Diagnostic{e.loc, std::string(kMessage)}, prog.source, prog.filename);
+    const std::size_t level = check->text.find(": ERROR: ");
+    if (level != std::string::npos) check->text.replace(level, 9, ": WARNING: ");
+  }
+  scaled->a = check;
+}
+
 // `args` as a whole (check_args.h, rewrite_args_record): each part (a register or stack
 // slot) copied to its offset, up to the next part's offset or the record's end.
 Result<const Node*> Lowerer::args_record(const Expr& e) {
@@ -367,6 +402,7 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
     } else {
       auto sum = add_index(ix, elem, addr);
       if (!sum) return sum.error();
+      guard_index(rt_, prog_, e, *sum, true);
       addr = *sum;
     }
   }
@@ -441,6 +477,7 @@ Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
     } else {
       auto sum = add_index(ix, elem, dynamic);
       if (!sum) return sum.error();
+      guard_index(rt_, prog_, e, *sum, dynamic != nullptr);
       dynamic = *sum;
     }
   } else {

@@ -132,6 +132,9 @@ std::uint32_t s_rec_chars(const Node* n, Frame& f, char* out);  // the slice as 
 // An integer of key_words bytes (is_signed) at imm + b of n->a's copy; a bit field when
 // bit_width is not 0. Outside the copy: 0.
 std::int64_t i_rec_load(const Node* n, Frame& f);
+// An array's variable index (a): past the last element (imm, compared unsigned) writes
+// bpftrace's out-of-bounds warning (text, rendered when lowered) to the output; the index.
+std::int64_t i_index_oob(const Node* n, Frame& f);
 // A record the checker makes (`args` as a whole, a named tuple, a tuple in a tuple) of
 // n->bytes bytes: each of n->keys is a part, its value `a` copied to offset imm (an
 // integer: its key_words low bytes; a string or a copy: its `bytes` first bytes).

@@ -64,6 +64,13 @@ std::int64_t i_rec_load(const Node* n, Frame& f) {
   }
 }
 
+std::int64_t i_index_oob(const Node* n, Frame& f) {
+  const std::int64_t i = n->a->i(n->a, f);
+  if (u(i) > u(n->imm)) [[unlikely]]
+    f.rt->write(n->text);
+  return i;
+}
+
 std::uint32_t s_pack(const Node* n, Frame& f, char* out) {
   std::memset(out, 0, kStrBytes);
   for (const Node* p : n->keys) {
