@@ -307,6 +307,17 @@ void Checker::map_loop(Stmt& s, std::int64_t slots) {
                      "a struct and whose value is one of these or a count, sum, min, max or avg");
     return;
   }
+  const std::uint32_t wide = std::max(
+      info.kind == ValueKind::record ? info.str_size : 0,
+      key_tuple < 0 && key == Type::record ? program_.types.size_of(info.key_ctypes[0]) : 0);
+  if (wide > kStrBytes) {
+    error(m.loc, "for (" + var.name + " : " + m.name + "): " + m.name + " holds a copy of " +
+                     std::to_string(wide) +
+                     " bytes; hotprobe iterates maps whose keys and values "
+                     "have at most " +
+                     std::to_string(kStrBytes) + ": read " + m.name + "[key] by its key instead");
+    return;
+  }
   if (find_var(var.name)) {
     error(var.loc, "Loop declaration shadows existing variable: " + var.name +
                        " (name the loop variable another $name)");

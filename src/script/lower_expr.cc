@@ -91,7 +91,8 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
         }
         n->i = i_tuple;
       } else if (e.type == Type::record) {
-        n->s = s_var_bytes;
+        // A wide copy's slot is moved past the action's own slots (lower.cc, wide_slots).
+        n->s = e.str_size > kStrBytes ? s_var_bytes_wide : s_var_bytes;
         n->bytes = e.str_size;
       } else if (e.type == Type::string) {
         n->s = s_var;
@@ -119,8 +120,11 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       const MapDesc& d = rt_.maps->desc(n->map);
       if (d.kind == ValueKind::tuple) return map_tuple(n, d);
       if (d.kind == ValueKind::record) {
-        n->s = d.per_thread ? s_tid_read_bytes : s_map_read_bytes;
         n->bytes = e.str_size;
+        if (e.str_size > kStrBytes)
+          n->s = d.per_thread ? s_tid_read_wide : s_map_read_wide;
+        else
+          n->s = d.per_thread ? s_tid_read_bytes : s_map_read_bytes;
       } else if (d.kind == ValueKind::string) {
         n->s = d.per_thread ? s_tid_read : s_map_read;
       } else if (d.kind == ValueKind::integer) {
@@ -151,6 +155,8 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       n->a = *a;
       n->b = *b;
       n->c = *c;
+      if (e.type == Type::record && n->b->bytes > kStrBytes)
+        return unsupported(e, "a ternary choosing between copies over 128 bytes");
       if (e.type == Type::string || e.type == Type::record) {
         n->s = s_ternary;
       } else {
@@ -223,6 +229,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       for (const ast::ExprPtr& a : e.args) {
         auto el = expr(*a);
         if (!el) return el.error();
+        if ((*el)->bytes > kStrBytes) return unsupported(*a, "a copy over 128 bytes in a tuple");
         n->keys.push_back(*el);
         n->layouts.push_back(a->type == Type::record ? layout(a->ctype) : nullptr);
       }
@@ -379,7 +386,9 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
       return unsupported(e, "a tuple element the checker did not resolve");
     return (*base)->keys[static_cast<std::size_t>(e.value)];
   }
-  if (e.args[0]->type == Type::record || (*base)->s == s_rec_slice) return part_of_copy(e, *base);
+  if (e.args[0]->type == Type::record || (*base)->s == s_rec_slice ||
+      (*base)->s == s_rec_slice_wide)
+    return part_of_copy(e, *base);
   const Node* addr = *base;
   std::int64_t offset = 0;
   const ast::Field* bits = nullptr;
@@ -420,7 +429,7 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
   }
   if (e.type == Type::record) {
     n->bytes = e.str_size;
-    n->s = s_bytes;
+    n->s = e.str_size > kStrBytes ? s_bytes_wide : s_bytes;
     return n;
   }
   const ast::CType& c = T.at(e.ctype);
@@ -457,9 +466,10 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
 // (s_rec_slice: an array or struct, or a char array as a string) or an integer in it.
 Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
   const ast::TypeTable& T = prog_.types;
-  const bool slice = base->s == s_rec_slice;
+  const bool slice = base->s == s_rec_slice || base->s == s_rec_slice_wide;
   Node* n = make();
   n->a = slice ? base->a : base;
+  const bool wide = n->a->bytes > kStrBytes;  // the copy the part is read from
   std::int64_t offset = slice ? base->imm : 0;
   const Node* dynamic = slice ? base->b : nullptr;
   const ast::Field* bits = nullptr;
@@ -487,7 +497,10 @@ Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
   n->b = dynamic;
   if (e.type == Type::object || e.type == Type::record || e.type == Type::string) {
     n->bytes = T.size_of(e.ctype);
-    n->s = e.type == Type::string ? s_rec_chars : s_rec_slice;
+    if (e.type == Type::string)
+      n->s = wide ? s_rec_chars_wide : s_rec_chars;
+    else
+      n->s = wide || n->bytes > kStrBytes ? s_rec_slice_wide : s_rec_slice;
     return n;
   }
   if (bits) {
@@ -497,7 +510,7 @@ Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
     n->key_words = c.size;
     n->is_signed = c.kind == ast::CType::Kind::integer && c.is_signed;
   }
-  n->i = i_rec_load;
+  n->i = wide ? i_rec_load_wide : i_rec_load;
   return n;
 }
 
@@ -591,10 +604,10 @@ Result<const Node*> Lowerer::binary_node(const Expr& e, const Node* a, const Nod
       n->i = unsigned_compare(e) ? i_uge : i_ge;
       break;
     case BinaryOp::eq:
-      n->i = records ? i_req : strings ? i_seq : i_eq;
+      n->i = records ? (a->bytes > kStrBytes ? i_req_wide : i_req) : strings ? i_seq : i_eq;
       break;
     case BinaryOp::ne:
-      n->i = records ? i_rne : strings ? i_sne : i_ne;
+      n->i = records ? (a->bytes > kStrBytes ? i_rne_wide : i_rne) : strings ? i_sne : i_ne;
       break;
     case BinaryOp::band:
       n->i = i_band;
@@ -659,6 +672,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       if (!v) return v.error();
       n->a = *v;
       n->i = a0.type == Type::tuple ? i_print_tuple : i_print_value;
+      if (a0.type == Type::record && n->a->bytes > kStrBytes) n->i = i_print_wide;
       if (a0.type == Type::record) n->layouts.push_back(layout(a0.ctype));
       return n;
     }
@@ -666,6 +680,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       for (std::size_t k = 1; k < e.args.size(); ++k) {
         auto a = expr(*e.args[k]);
         if (!a) return a.error();
+        if ((*a)->bytes > kStrBytes) return unsupported(e, "a copy over 128 bytes in printf");
         n->keys.push_back(*a);
       }
       n->format = e.format;  // arguments are taken in order

@@ -141,6 +141,23 @@ std::int64_t i_index_oob(const Node* n, Frame& f);
 std::uint32_t s_pack(const Node* n, Frame& f, char* out);
 std::int64_t i_req(const Node* n, Frame& f);  // == of two copies (all kStrBytes bytes)
 std::int64_t i_rne(const Node* n, Frame& f);
+// Copies wider than kStrBytes (at most kMaxRecBytes, maps.h): the same nodes writing and
+// reading record_span(bytes) bytes (a $variable's consecutive string slots, the map's
+// record_span words), their buffers on the probed thread's stack. The lowering picks them
+// by the copy's size, so a copy of at most kStrBytes runs the nodes above, unchanged.
+std::uint32_t s_bytes_wide(const Node* n, Frame& f, char* out);
+std::uint32_t s_var_bytes_wide(const Node* n, Frame& f, char* out);
+std::uint32_t s_map_read_wide(const Node* n, Frame& f, char* out);
+std::uint32_t s_tid_read_wide(const Node* n, Frame& f, char* out);
+std::uint32_t s_rec_slice_wide(const Node* n, Frame& f, char* out);  // n->a is the wide copy
+std::uint32_t s_rec_chars_wide(const Node* n, Frame& f, char* out);
+std::int64_t i_rec_load_wide(const Node* n, Frame& f);
+std::int64_t i_req_wide(const Node* n, Frame& f);
+std::int64_t i_rne_wide(const Node* n, Frame& f);
+std::int64_t i_print_wide(const Node* n, Frame& f);  // print() of a wide copy
+bool st_map_wide(const SNode* s, Frame& f);          // @m[k] = a wide copy
+bool st_tid_wide(const SNode* s, Frame& f);
+bool st_expr_wide(const SNode* s, Frame& f);  // a wide copy as a statement
 std::int64_t i_map_read(const Node* n, Frame& f);
 std::uint32_t s_map_read(const Node* n, Frame& f, char* out);
 std::int64_t i_agg_read(const Node* n, Frame& f);

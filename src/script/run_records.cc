@@ -22,7 +22,92 @@ bool part_of_copy(const Node* n, Frame& f, char* buf, std::uint64_t& at) {
   const std::uint64_t size = n->i ? n->key_words : n->bytes;
   return at <= kStrBytes && size <= kStrBytes - at;
 }
+
+// The same over a copy wider than kStrBytes (n->a->bytes), in a buffer of its width.
+bool part_of_wide(const Node* n, Frame& f, char* buf, std::uint64_t& at) {
+  n->a->s(n->a, f, buf);
+  at = u(n->imm) + (n->b ? u(n->b->i(n->b, f)) : 0);
+  const std::uint64_t size = n->i ? n->key_words : n->bytes;
+  const std::uint64_t width = record_span(n->a->bytes);
+  return at <= width && size <= width - at;
+}
+
+// The integer (or bit field) of n at `at` in a copy.
+std::int64_t load_part(const Node* n, const char* at) {
+  std::uint64_t v = 0;
+  std::memcpy(&v, at, n->key_words);
+  if (n->bit_width) {
+    const unsigned w = n->bit_width;
+    v >>= n->bit_offset;
+    if (w < 64) v &= (std::uint64_t{1} << w) - 1;
+    if (n->is_signed && w < 64 && (v >> (w - 1)) & 1) v |= ~std::uint64_t{0} << w;
+    return s64(v);
+  }
+  switch (n->key_words) {
+    case 1:
+      return n->is_signed ? static_cast<std::int8_t>(v) : static_cast<std::int64_t>(v & 0xff);
+    case 2:
+      return n->is_signed ? static_cast<std::int16_t>(v) : static_cast<std::int64_t>(v & 0xffff);
+    case 4:
+      return n->is_signed ? static_cast<std::int32_t>(v)
+                          : static_cast<std::int64_t>(v & 0xffffffffu);
+    default:
+      return s64(v);
+  }
+}
 }  // namespace
+
+std::uint32_t s_var_bytes_wide(const Node* n, Frame& f, char* out) {
+  std::memcpy(out, f.sslots[n->imm], record_span(n->bytes));
+  return n->bytes;
+}
+
+std::uint32_t s_rec_slice_wide(const Node* n, Frame& f, char* out) {
+  char buf[kMaxRecBytes];
+  std::uint64_t at = 0;
+  std::memset(out, 0, record_span(n->bytes));
+  if (part_of_wide(n, f, buf, at)) std::memcpy(out, buf + at, n->bytes);
+  return n->bytes;
+}
+
+std::uint32_t s_rec_chars_wide(const Node* n, Frame& f, char* out) {
+  char buf[kMaxRecBytes];
+  std::uint64_t at = 0;
+  const std::uint32_t len = std::min<std::uint32_t>(n->bytes, kStrReadBytes - 1);
+  std::memset(out, 0, kStrBytes);
+  if (part_of_wide(n, f, buf, at)) std::memcpy(out, buf + at, len);
+  return static_cast<std::uint32_t>(strnlen(out, len));
+}
+
+std::int64_t i_rec_load_wide(const Node* n, Frame& f) {
+  char buf[kMaxRecBytes];
+  std::uint64_t at = 0;
+  if (!part_of_wide(n, f, buf, at)) return 0;
+  return load_part(n, buf + at);
+}
+
+std::int64_t i_req_wide(const Node* n, Frame& f) {
+  char x[kMaxRecBytes], y[kMaxRecBytes];
+  n->a->s(n->a, f, x);
+  n->b->s(n->b, f, y);
+  return std::memcmp(x, y, record_span(n->a->bytes)) == 0;
+}
+std::int64_t i_rne_wide(const Node* n, Frame& f) {
+  return !i_req_wide(n, f);
+}
+
+std::int64_t i_print_wide(const Node* n, Frame& f) {
+  char buf[kMaxRecBytes];
+  FmtArg v;
+  v.s = std::string_view(buf, n->a->s(n->a, f, buf));
+  v.is_string = true;
+  v.layout = n->layouts.empty() ? nullptr : n->layouts[0];
+  thread_local std::string& out = *new std::string;  // never destroyed: hits run in exit()
+  out.clear();
+  append_value(out, v, f.rt->format);
+  f.rt->write(out);
+  return 0;
+}
 
 std::uint32_t s_rec_slice(const Node* n, Frame& f, char* out) {
   char buf[kStrBytes];
@@ -42,26 +127,7 @@ std::int64_t i_rec_load(const Node* n, Frame& f) {
   char buf[kStrBytes];
   std::uint64_t at = 0;
   if (!part_of_copy(n, f, buf, at)) return 0;
-  std::uint64_t v = 0;
-  std::memcpy(&v, buf + at, n->key_words);
-  if (n->bit_width) {
-    const unsigned w = n->bit_width;
-    v >>= n->bit_offset;
-    if (w < 64) v &= (std::uint64_t{1} << w) - 1;
-    if (n->is_signed && w < 64 && (v >> (w - 1)) & 1) v |= ~std::uint64_t{0} << w;
-    return s64(v);
-  }
-  switch (n->key_words) {
-    case 1:
-      return n->is_signed ? static_cast<std::int8_t>(v) : static_cast<std::int64_t>(v & 0xff);
-    case 2:
-      return n->is_signed ? static_cast<std::int16_t>(v) : static_cast<std::int64_t>(v & 0xffff);
-    case 4:
-      return n->is_signed ? static_cast<std::int32_t>(v)
-                          : static_cast<std::int64_t>(v & 0xffffffffu);
-    default:
-      return s64(v);
-  }
+  return load_part(n, buf + at);
 }
 
 std::int64_t i_index_oob(const Node* n, Frame& f) {

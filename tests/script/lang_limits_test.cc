@@ -1,7 +1,8 @@
-// The language at bpftrace's limits: for ($kv : @m) over a map of several keys ($kv.0 the
-// tuple of the key parts, as bpftrace main defines it) and bpftrace's runtime warning for
-// an array index out of bounds. Hits are fake ones whose registers point at structs of
-// this test program.
+// The language at bpftrace's limits: arrays and structs over 128 bytes copied whole (as
+// $variables, map values and keys, compared, printed, read by field), for ($kv : @m) over
+// a map of several keys ($kv.0 the tuple of the key parts, as bpftrace main defines it)
+// and bpftrace's runtime warning for an array index out of bounds. Hits are fake ones whose
+// registers point at structs of this test program.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -88,6 +89,92 @@ TEST(ScriptLangLimits, IndexOutOfBoundsOfACopy) {
             "{\"type\": \"runtime_error\", \"msg\": \"Array access out of bounds. This can lead "
             "to unexpected results.\", \"filename\": \"-e\", \"line\": 2, \"col\": 56}\n"
             "{\"type\": \"value\", \"data\": 0}\n");
+}
+
+// bpftrace 0.17's struct_array case: struct W[10] is 160 bytes.
+struct T {
+  std::uint32_t a;
+  std::uint32_t b[2];
+};
+struct W {
+  std::uint32_t a;
+  T t;
+};
+struct C {
+  std::uint32_t a;
+  void* b;
+  W w[10];
+};
+constexpr const char* kWide =
+    "struct T { uint32_t a; uint32_t b[2]; };\n"
+    "struct W { uint32_t a; struct T t; };\n"
+    "struct C { uint32_t a; void *b; struct W w[10]; };\n";
+
+C wide_fixture() {
+  C c{};
+  for (std::uint32_t i = 0; i < 10; ++i) {
+    c.w[i].a = 100 + i;
+    c.w[i].t.a = i;
+    c.w[i].t.b[1] = 100 - 2 * i;
+  }
+  return c;
+}
+
+TEST(ScriptLangLimits, WideCopyInAVariableAMapValueAndAKey) {
+  const C c = wide_fixture();
+  Script s(std::string(kWide) +
+           "uprobe:libc:getpid { $c = (struct C *)arg0; $n = 7; $w = $c->w; @w[0] = $c->w;\n"
+           " @[$c->w] = 42; $m = 8;\n"
+           " printf(\"%d %d %d %d %d %d\\n\", $w[0].a, $w[9].a, @w[0][1].t.a, @w[0][4].t.b[1],"
+           " @[$c->w], $n + $m); $i = 9; printf(\"%d\\n\", $w[$i].t.a); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&c));
+  EXPECT_EQ(s.sink.out, "100 109 1 92 42 15\n9\n");
+  const std::string maps = s.maps();
+  EXPECT_NE(maps.find("@[[{.a=100,.t={.a=0,.b=[0,100]}},{.a=101,"), std::string::npos) << maps;
+  EXPECT_NE(maps.find("{.a=109,.t={.a=9,.b=[0,82]}}]]: 42\n"), std::string::npos) << maps;
+  EXPECT_NE(maps.find("@w[0]: [{ .a = 100, .t = { .a = 0, .b = [0,100] } },{ .a = 101, "),
+            std::string::npos)
+      << maps;
+  EXPECT_NE(maps.find("{ .a = 109, .t = { .a = 9, .b = [0,82] } }]\n"), std::string::npos) << maps;
+}
+
+TEST(ScriptLangLimits, WideCopiesCompareAndPrint) {
+  C c = wide_fixture();
+  C d = wide_fixture();
+  d.w[9].t.b[1] = 1;  // the last bytes differ
+  Script s(std::string(kWide) +
+           "uprobe:libc:getpid { $x = ((struct C *)arg0)->w; $y = ((struct C *)arg1)->w;\n"
+           " printf(\"%d %d\\n\", $x == $y, $x != $y); @t[tid] = $x; print(@t[tid][9].a); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&c), addr(&c));
+  s.hit(0, addr(&c), addr(&d));
+  EXPECT_EQ(s.sink.out, "1 0\n109\n0 1\n109\n");
+  Script p(std::string(kWide) + "uprobe:libc:getpid { print(((struct C *)arg0)->w); }",
+           OutputFormat::json);
+  ASSERT_TRUE(p.prog);
+  p.hit(0, addr(&c));
+  EXPECT_EQ(p.sink.out.rfind("{\"type\": \"value\", \"data\": [{ \"a\": 100, ", 0), 0u)
+      << p.sink.out;
+  EXPECT_NE(p.sink.out.find("{ \"a\": 109, \"t\": { \"a\": 9, \"b\": [0,82] } }]}\n"),
+            std::string::npos)
+      << p.sink.out;
+}
+
+TEST(ScriptLangLimits, WideCopyErrors) {
+  const std::string defs = kWide;
+  EXPECT_EQ(first_line(defs + "uprobe:libc:getpid { print((1, ((struct C *)arg0)->w)); }"),
+            "stdin:4:32-53: ERROR: A tuple element copied whole has at most 128 bytes (160 "
+            "given): put one of its fields in the tuple, or keep it in a variable");
+  EXPECT_EQ(
+      first_line(defs + "uprobe:libc:getpid { $c = (struct C *)arg0; $w = arg1 ? $c->w : $c->w; }"),
+      "stdin:4:50-70: ERROR: A ternary chooses between copies of at most 128 bytes (160 "
+      "here): use if/else and assign the copy in each branch");
+  EXPECT_EQ(
+      first_line(defs + "uprobe:libc:getpid { @m[1] = ((struct C *)arg0)->w; for ($kv : @m) { } }"),
+      "stdin:4:64-66: ERROR: for ($kv : @m): @m holds a copy of 160 bytes; hotprobe "
+      "iterates maps whose keys and values have at most 128: read @m[key] by its key "
+      "instead");
 }
 
 }  // namespace
