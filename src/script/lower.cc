@@ -107,9 +107,10 @@ Result<const Node*> Lowerer::builtin_call(const Expr& e) {
     } else if (e.func == Func::join) {
       n->text = e.args.size() > 1 ? e.args[1]->text : " ";
       n->i = i_join;
-    } else {
+    } else {  // buf(): a buffer record (ast::TypeTable::buffer), run_records.cc
       n->imm = e.args[1]->value;
-      n->s = s_buf;
+      n->bytes = static_cast<std::uint32_t>(1 + n->imm);
+      n->s = n->a->s ? s_buf_str : s_buf_bytes;
     }
     return n;
   }

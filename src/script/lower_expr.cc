@@ -681,6 +681,13 @@ Result<const Node*> Lowerer::call(const Expr& e) {
         auto a = expr(*e.args[k]);
         if (!a) return a.error();
         if ((*a)->bytes > kStrBytes) return unsupported(e, "a copy over 128 bytes in printf");
+        if (prog_.types.is_buffer(e.args[k]->ctype)) {  // %r of buf(): its text (s_buf_text)
+          Node* text = make();
+          text->a = *a;
+          text->s = s_buf_text;
+          n->keys.push_back(text);
+          continue;
+        }
         n->keys.push_back(*a);
       }
       n->format = e.format;  // arguments are taken in order

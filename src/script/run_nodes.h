@@ -158,6 +158,13 @@ std::int64_t i_print_wide(const Node* n, Frame& f);  // print() of a wide copy
 bool st_map_wide(const SNode* s, Frame& f);          // @m[k] = a wide copy
 bool st_tid_wide(const SNode* s, Frame& f);
 bool st_expr_wide(const SNode* s, Frame& f);  // a wide copy as a statement
+// buf(P, N) (imm = N): a buffer record of n->bytes = 1 + N bytes, [N][the bytes at P],
+// zeros after it to kStrBytes; unreadable memory reads as zeros (counted in read_faults).
+std::uint32_t s_buf_bytes(const Node* n, Frame& f, char* out);
+std::uint32_t s_buf_str(const Node* n, Frame& f, char* out);  // buf("STR", N): the string's
+// A buffer record (n->a) as printf's %r takes it: its \xNN text, at most kStrBytes bytes
+// (the whole text of 32 bytes; a longer buffer's text is cut at a whole escape).
+std::uint32_t s_buf_text(const Node* n, Frame& f, char* out);
 std::int64_t i_map_read(const Node* n, Frame& f);
 std::uint32_t s_map_read(const Node* n, Frame& f, char* out);
 std::int64_t i_agg_read(const Node* n, Frame& f);

@@ -137,6 +137,32 @@ std::int64_t i_index_oob(const Node* n, Frame& f) {
   return i;
 }
 
+std::uint32_t s_buf_bytes(const Node* n, Frame& f, char* out) {
+  const std::uint64_t p = u(n->a->i(n->a, f));
+  const std::uint32_t len = n->bytes - 1;
+  std::memset(out, 0, kStrBytes);
+  out[0] = static_cast<char>(len);
+  if (len && !read_user(p, out + 1, len)) [[unlikely]]
+    f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+  return n->bytes;
+}
+
+std::uint32_t s_buf_str(const Node* n, Frame& f, char* out) {
+  char s[kStrBytes];
+  const std::uint32_t have = n->a->s(n->a, f, s);
+  const std::uint32_t len = n->bytes - 1;
+  std::memset(out, 0, kStrBytes);
+  out[0] = static_cast<char>(len);
+  std::memcpy(out + 1, s, std::min(have, len));  // the string, then zeros (its NUL)
+  return n->bytes;
+}
+
+std::uint32_t s_buf_text(const Node* n, Frame& f, char* out) {
+  char b[kStrBytes];
+  const std::uint32_t size = n->a->s(n->a, f, b);
+  return static_cast<std::uint32_t>(buffer_text(std::string_view(b, size), out, kStrBytes));
+}
+
 std::uint32_t s_pack(const Node* n, Frame& f, char* out) {
   std::memset(out, 0, kStrBytes);
   for (const Node* p : n->keys) {

@@ -1,4 +1,5 @@
-// The language at bpftrace's limits: arrays and structs over 128 bytes copied whole (as
+// The language at bpftrace's limits: buf() up to bpftrace's 64 bytes (a value of its
+// bytes, printed as \xNN text), arrays and structs over 128 bytes copied whole (as
 // $variables, map values and keys, compared, printed, read by field), for ($kv : @m) over
 // a map of several keys ($kv.0 the tuple of the key parts, as bpftrace main defines it)
 // and bpftrace's runtime warning for an array index out of bounds. Hits are fake ones whose
@@ -175,6 +176,55 @@ TEST(ScriptLangLimits, WideCopyErrors) {
       "stdin:4:64-66: ERROR: for ($kv : @m): @m holds a copy of 160 bytes; hotprobe "
       "iterates maps whose keys and values have at most 128: read @m[key] by its key "
       "instead");
+}
+
+// bpftrace 0.17's call.buf case: buf() of a 32-byte array member (uint64_t f[4]).
+struct MyStruct {
+  const char* a;
+  char b[4];
+  std::uint8_t c[4];
+  std::int32_t d[4];
+  std::uint16_t e[4];
+  std::uint64_t f[4];
+};
+
+TEST(ScriptLangLimits, BufOfAThirtyTwoByteMember) {
+  const char nine[] = "\x09\x08\x07\x06";
+  MyStruct m{nine, {5, 4, 3, 2}, {1, 2, 3, 4}, {5, 6, 7, 8}, {9, 10, 11, 12}, {13, 14, 15, 16}};
+  Script s(
+      "struct MyStruct { const char* a; char b[4]; uint8_t c[4]; int d[4]; uint16_t e[4]; "
+      "uint64_t f[4] };\n"
+      "uprobe:libc:getpid { $s = (struct MyStruct *)arg0; printf(\"P: %r-%r-%r\\n\", "
+      "buf($s->a, 4), buf($s->b, 4), buf($s->f)); }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(&m));
+  EXPECT_EQ(s.sink.out,
+            "P: \\x09\\x08\\x07\\x06-\\x05\\x04\\x03\\x02-"
+            "\\x0d\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x0e\\x00\\x00\\x00\\x00\\x00\\x00\\x00"
+            "\\x0f\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x10\\x00\\x00\\x00\\x00\\x00\\x00\\x00\n");
+}
+
+TEST(ScriptLangLimits, BufOfSixtyFourBytesAsAKeyAValueAndPrinted) {
+  unsigned char bytes[64];
+  for (int i = 0; i < 64; ++i)
+    bytes[i] = static_cast<unsigned char>(i < 60 ? 'a' + i % 26 : i - 60);
+  Script s(
+      "uprobe:libc:getpid { @k[buf(arg0, 64)] = count(); @v = buf(arg0, 64); "
+      "$b = buf(\"ok_key\", 8); print($b); @s[buf(\"ok\", 2), 1] = 1; }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0, addr(bytes));
+  EXPECT_EQ(s.sink.out, "ok_key\\x00\\x00\n");
+  const std::string text =
+      "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefgh"
+      "\\x00\\x01\\x02\\x03";
+  EXPECT_EQ(s.maps(), "\n\n@k[" + text + "]: 1\n@s[ok, 1]: 1\n@v: " + text + "\n");
+  EXPECT_EQ(first_line("uprobe:libc:getpid { @[buf(arg0, 65)] = count(); }"),
+            "stdin:1:34-36: ERROR: buf(): the length is 0 to 64 bytes (65 given; bpftrace's "
+            "BPFTRACE_STRLEN): read it in parts");
+  EXPECT_EQ(first_line("struct A { int x[4]; }\n"
+                       "uprobe:libc:getpid { $r = ((struct A *)arg0)->x; $x = buf($r, 4); }"),
+            "stdin:2:59-61: ERROR: buf() expects a pointer, a string or an array read in place "
+            "(array or struct provided: take buf() of the member, buf($p->arr))");
 }
 
 }  // namespace

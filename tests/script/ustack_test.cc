@@ -111,9 +111,9 @@ TEST(Ustack, CheckerErrors) {
       {"uprobe:libc:getpid { join(arg0, 1); }",
        "stdin:1:22-35: ERROR: join() takes an array of strings and an optional separator "
        "literal: join(arg1) or join(arg1, \",\")"},
-      {"uprobe:libc:getpid { @[buf(arg0, 32)] = count(); }",
-       "stdin:1:34-36: ERROR: buf(): the length is 0 to 31 bytes in hotprobe (32 given): a "
-       "string value holds 31 bytes as \\xNN text"},
+      {"uprobe:libc:getpid { @[buf(arg0, 65)] = count(); }",
+       "stdin:1:34-36: ERROR: buf(): the length is 0 to 64 bytes (65 given; bpftrace's "
+       "BPFTRACE_STRLEN): read it in parts"},
       {"uprobe:libc:getpid { @[buf(arg0, arg1)] = count(); }",
        "stdin:1:24-39: ERROR: buf() takes a pointer and a length literal: buf(arg0, 16)"},
   };
