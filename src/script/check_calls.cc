@@ -76,15 +76,17 @@ Value Checker::ustack_key(Expr& e) {
         form = SymbolForm::stack_perf;
       } else if ((a.name == "raw" || a.name == "build_id") && as_value) {
         form = a.name == "raw" ? SymbolForm::stack_raw : SymbolForm::stack_build_id;
-      } else if (a.name == "raw" || a.name == "build_id") {
-        error(a.loc, "ustack(" + a.name + ") is printed as a value here (printf(\"%s\", ustack(" +
-                         a.name + "))), not as a map key: key the map by ustack or ustack(perf)");
+      } else if (a.name == "raw") {  // a key part of its own: its frames' words (a record)
+        form = SymbolForm::stack_raw;
+      } else if (a.name == "build_id") {
+        error(a.loc,
+              "ustack(" + a.name + ") is printed as a value here (printf(\"%s\", ustack(" + a.name +
+                  "))), not as a map key: key the map by ustack, ustack(perf) or ustack(raw)");
         return Value::bad();
       } else if (a.name != "bpftrace") {
-        error(a.loc,
-              "ustack(): unknown stack mode '" + a.name +
-                  "': the modes are bpftrace, perf, raw and build_id (the last two as a value "
-                  "only)");
+        error(a.loc, "ustack(): unknown stack mode '" + a.name +
+                         "': the modes are bpftrace, perf, raw and build_id (the last as a value "
+                         "only)");
         return Value::bad();
       }
       continue;
@@ -113,6 +115,12 @@ Value Checker::ustack_key(Expr& e) {
   if (as_value) {
     e.value = static_cast<std::int64_t>(form) | std::int64_t{frames} << 8;
     return Value::string(kSymbolMarkerBytes);
+  }
+  if (form == SymbolForm::stack_raw) {  // ustack(raw) as a key: lowered to s_ustack_raw
+    const int t = program_.types.raw_stack(frames);
+    const Value v{Type::record, std::nullopt, program_.types.size_of(t), false, t};
+    annotate(e, v);
+    return v;
   }
   e.type = mode;
   e.str_size = frames;

@@ -58,6 +58,9 @@ struct Record {
   // buf()'s value (TypeTable::buffer): the length read, then the bytes; printed as
   // bpftrace prints a buffer (printable ASCII as it is, every other byte as \xNN).
   bool buffer = false;
+  // ustack(raw) as a map key (TypeTable::raw_stack): [frames, return addresses...],
+  // printed as bpftrace prints a raw stack (each address in hex on a line of its own).
+  bool raw_stack = false;
 };
 
 // buf()'s largest length: bpftrace's (BPFTRACE_STRLEN's default, 64).
@@ -131,7 +134,7 @@ struct TypeTable {
       const Record& o = records[i];
       bool same = o.complete && o.name == r.name && o.size == r.size && o.align == r.align &&
                   o.current_form == r.current_form && o.tuple == r.tuple && o.buffer == r.buffer &&
-                  o.fields.size() == r.fields.size();
+                  o.raw_stack == r.raw_stack && o.fields.size() == r.fields.size();
       for (std::size_t k = 0; same && k < o.fields.size(); ++k) {
         same = o.fields[k].name == r.fields[k].name && o.fields[k].type == r.fields[k].type &&
                o.fields[k].offset == r.fields[k].offset;
@@ -152,6 +155,22 @@ struct TypeTable {
     r.fields.push_back(Field{"data", array(integer(1, false), n), 1, 0, 0});
     r.size = 1 + n;
     return made_record(std::move(r));
+  }
+  // ustack(raw)'s key part: { uint64 n; uint64 frames[N]; } marked Record::raw_stack.
+  int raw_stack(std::uint32_t frames) {
+    Record r;
+    r.name = "raw_stack";
+    r.complete = true;
+    r.raw_stack = true;
+    r.align = 8;
+    r.fields.push_back(Field{"n", integer(8, false), 0, 0, 0});
+    r.fields.push_back(Field{"frames", array(integer(8, false), frames), 8, 0, 0});
+    r.size = 8 * (1 + frames);
+    return made_record(std::move(r));
+  }
+  bool is_raw_stack(int t) const {
+    return t >= 0 && at(t).kind == CType::Kind::record && at(t).record >= 0 &&
+           records[static_cast<std::size_t>(at(t).record)].raw_stack;
   }
   bool is_buffer(int t) const {
     return t >= 0 && at(t).kind == CType::Kind::record && at(t).record >= 0 &&

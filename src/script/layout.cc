@@ -30,6 +30,10 @@ std::shared_ptr<const ValueLayout> make_layout(const ast::TypeTable& types, int 
         l->kind = ValueLayout::Kind::buffer;
         break;
       }
+      if (types.records[static_cast<std::size_t>(c.record)].raw_stack) {
+        l->kind = ValueLayout::Kind::raw_stack;
+        break;
+      }
       l->kind = ValueLayout::Kind::record;
       l->current_form = types.records[static_cast<std::size_t>(c.record)].current_form;
       l->tuple = types.records[static_cast<std::size_t>(c.record)].tuple;
@@ -135,6 +139,17 @@ void append_form(std::string& out, const ValueLayout& l, std::string_view bytes,
         out += "\"";
       } else {
         out.append(text, n);  // printable ASCII only: nothing a terminal acts on
+      }
+      return;
+    }
+    case ValueLayout::Kind::raw_stack: {  // bpftrace: "\n", then each address in hex and "\n"
+      const std::uint64_t n = std::min<std::uint64_t>(load_unit(bytes, 0, 8), l.size / 8 - 1);
+      out += "\n";
+      for (std::uint64_t k = 0; k < n; ++k) {
+        char buf[24];
+        std::snprintf(buf, sizeof buf, "%" PRIx64 "\n",
+                      load_unit(bytes, static_cast<std::uint32_t>(8 * (k + 1)), 8));
+        out += buf;
       }
       return;
     }

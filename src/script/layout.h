@@ -19,7 +19,8 @@ namespace hotprobe::script {
 
 struct ValueLayout {
   // buffer: buf()'s value, [length][bytes] (ast::Record::buffer), printed as \xNN text.
-  enum class Kind : std::uint8_t { integer, chars, array, record, buffer };
+  // raw_stack: ustack(raw) as a key part, [n, addresses...] (ast::Record::raw_stack).
+  enum class Kind : std::uint8_t { integer, chars, array, record, buffer, raw_stack };
   Kind kind = Kind::integer;
   std::uint32_t size = 0;     // bytes
   bool is_signed = false;     // integer

@@ -714,6 +714,15 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       return n;
     }
     case Func::ustack:
+      if (e.type == Type::record && prog_.types.is_raw_stack(e.ctype)) {  // ustack(raw) key
+        const std::uint32_t size = prog_.types.size_of(e.ctype);
+        n->imm = size / 8 - 1;  // frames
+        n->key_words = size / 8;
+        n->bytes = size;
+        n->s = s_ustack_raw;
+        return n;
+      }
+      [[fallthrough]];
     case Func::usym:
       if (e.type == Type::string) return lower_stack_value(*this, e, n);  // run_stack.h
       [[fallthrough]];

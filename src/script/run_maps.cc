@@ -30,6 +30,14 @@ using thread::ids;
     std::memset(out + used, 0, (n->key_words - used) * sizeof *out);
   }
 }
+std::uint32_t s_ustack_raw(const Node* n, Frame& f, char* out) {
+  std::uint64_t words[1 + kMaxStackFrames];
+  ustack_part(n, f, words);
+  const std::uint64_t used = 1 + std::min<std::uint64_t>(words[0], u(n->imm));
+  std::memcpy(out, words, used * 8);
+  std::memset(out + used * 8, 0, n->bytes - used * 8);
+  return n->bytes;
+}
 static inline void build_key(const Node* m, Frame& f, std::uint64_t* key) {
   std::uint32_t w = 0;
   const std::size_t n = m->keys.size();

@@ -160,6 +160,9 @@ bool st_tid_wide(const SNode* s, Frame& f);
 bool st_expr_wide(const SNode* s, Frame& f);  // a wide copy as a statement
 // buf(P, N) (imm = N): a buffer record of n->bytes = 1 + N bytes, [N][the bytes at P],
 // zeros after it to kStrBytes; unreadable memory reads as zeros (counted in read_faults).
+// ustack(raw) as a key part (a record of n->bytes = 8 * (1 + imm) bytes): [frames, the
+// return addresses], zeros after them.
+std::uint32_t s_ustack_raw(const Node* n, Frame& f, char* out);
 std::uint32_t s_buf_bytes(const Node* n, Frame& f, char* out);
 std::uint32_t s_buf_str(const Node* n, Frame& f, char* out);  // buf("STR", N): the string's
 // A buffer record (n->a) as printf's %r takes it: its \xNN text, at most kStrBytes bytes

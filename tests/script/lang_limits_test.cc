@@ -227,5 +227,22 @@ TEST(ScriptLangLimits, BufOfSixtyFourBytesAsAKeyAValueAndPrinted) {
             "(array or struct provided: take buf() of the member, buf($p->arr))");
 }
 
+// config = { stack_mode = raw } keys a map by ustack(raw): the return addresses, printed
+// as bpftrace prints a raw stack (each in hex on a line of its own).
+TEST(ScriptLangLimits, RawStackAsAMapKey) {
+  Script s(
+      "config = { stack_mode = raw }\nuprobe:libc:getpid { @c[ustack] = 1; @d[ustack(raw, 2), 7] = "
+      "2; }");
+  ASSERT_TRUE(s.prog);
+  s.hit(0);  // the fake hit's registers: pc 0, no frame pointer (one frame, 0)
+  const std::string maps = s.maps();
+  EXPECT_NE(maps.find("@c[\n0\n]: 1\n"), std::string::npos) << maps;
+  EXPECT_NE(maps.find("@d[\n0\n, 7]: 2\n"), std::string::npos) << maps;
+  EXPECT_EQ(first_line("uprobe:libc:getpid { @c[ustack(build_id)] = 1; }"),
+            "stdin:1:32-40: ERROR: ustack(build_id) is printed as a value here (printf(\"%s\", "
+            "ustack(build_id))), not as a map key: key the map by ustack, ustack(perf) or "
+            "ustack(raw)");
+}
+
 }  // namespace
 }  // namespace hotprobe::script
