@@ -1,5 +1,6 @@
 // The run pass's nodes for arrays and structs as values (run_nodes.h, script/layout.h):
-// a copy lives in a kStrBytes buffer, its bytes then zeros, wherever it goes.
+// a copy lives in a kStrBytes buffer (a wide one, over kStrBytes, in record_span(size)
+// bytes), its bytes then zeros, wherever it goes.
 #include <algorithm>
 #include <cstring>
 
@@ -14,21 +15,15 @@ std::uint32_t s_var_bytes(const Node* n, Frame& f, char* out) {
 }
 
 namespace {
-// The offset of n's part in n->a's copy, and the copy in `buf`; false when the part is
-// not inside it (a variable index out of bounds).
-bool part_of_copy(const Node* n, Frame& f, char* buf, std::uint64_t& at) {
+// The offset of n's part in n->a's copy, and the copy in `buf` (kStrBytes, or for a wide
+// copy, kWide, record_span of n->a->bytes); false when the part is not inside it (a
+// variable index out of bounds).
+template <bool kWide>
+bool part_of(const Node* n, Frame& f, char* buf, std::uint64_t& at) {
   n->a->s(n->a, f, buf);
   at = u(n->imm) + (n->b ? u(n->b->i(n->b, f)) : 0);
   const std::uint64_t size = n->i ? n->key_words : n->bytes;
-  return at <= kStrBytes && size <= kStrBytes - at;
-}
-
-// The same over a copy wider than kStrBytes (n->a->bytes), in a buffer of its width.
-bool part_of_wide(const Node* n, Frame& f, char* buf, std::uint64_t& at) {
-  n->a->s(n->a, f, buf);
-  at = u(n->imm) + (n->b ? u(n->b->i(n->b, f)) : 0);
-  const std::uint64_t size = n->i ? n->key_words : n->bytes;
-  const std::uint64_t width = record_span(n->a->bytes);
+  const std::uint64_t width = kWide ? record_span(n->a->bytes) : kStrBytes;
   return at <= width && size <= width - at;
 }
 
@@ -55,6 +50,14 @@ std::int64_t load_part(const Node* n, const char* at) {
       return s64(v);
   }
 }
+
+template <bool kWide>
+std::int64_t rec_load(const Node* n, Frame& f) {
+  char buf[kWide ? kMaxRecBytes : kStrBytes];
+  std::uint64_t at = 0;
+  if (!part_of<kWide>(n, f, buf, at)) return 0;
+  return load_part(n, buf + at);
+}
 }  // namespace
 
 std::uint32_t s_var_bytes_wide(const Node* n, Frame& f, char* out) {
@@ -66,7 +69,7 @@ std::uint32_t s_rec_slice_wide(const Node* n, Frame& f, char* out) {
   char buf[kMaxRecBytes];
   std::uint64_t at = 0;
   std::memset(out, 0, record_span(n->bytes));
-  if (part_of_wide(n, f, buf, at)) std::memcpy(out, buf + at, n->bytes);
+  if (part_of<true>(n, f, buf, at)) std::memcpy(out, buf + at, n->bytes);
   return n->bytes;
 }
 
@@ -75,15 +78,12 @@ std::uint32_t s_rec_chars_wide(const Node* n, Frame& f, char* out) {
   std::uint64_t at = 0;
   const std::uint32_t len = std::min<std::uint32_t>(n->bytes, kStrReadBytes - 1);
   std::memset(out, 0, kStrBytes);
-  if (part_of_wide(n, f, buf, at)) std::memcpy(out, buf + at, len);
+  if (part_of<true>(n, f, buf, at)) std::memcpy(out, buf + at, len);
   return static_cast<std::uint32_t>(strnlen(out, len));
 }
 
 std::int64_t i_rec_load_wide(const Node* n, Frame& f) {
-  char buf[kMaxRecBytes];
-  std::uint64_t at = 0;
-  if (!part_of_wide(n, f, buf, at)) return 0;
-  return load_part(n, buf + at);
+  return rec_load<true>(n, f);
 }
 
 std::int64_t i_req_wide(const Node* n, Frame& f) {
@@ -113,7 +113,7 @@ std::uint32_t s_rec_slice(const Node* n, Frame& f, char* out) {
   char buf[kStrBytes];
   std::uint64_t at = 0;
   std::memset(out, 0, kStrBytes);
-  if (part_of_copy(n, f, buf, at)) std::memcpy(out, buf + at, n->bytes);
+  if (part_of<false>(n, f, buf, at)) std::memcpy(out, buf + at, n->bytes);
   return n->bytes;
 }
 
@@ -124,10 +124,7 @@ std::uint32_t s_rec_chars(const Node* n, Frame& f, char* out) {
 }
 
 std::int64_t i_rec_load(const Node* n, Frame& f) {
-  char buf[kStrBytes];
-  std::uint64_t at = 0;
-  if (!part_of_copy(n, f, buf, at)) return 0;
-  return load_part(n, buf + at);
+  return rec_load<false>(n, f);
 }
 
 std::int64_t i_index_oob(const Node* n, Frame& f) {
