@@ -214,6 +214,14 @@ TEST(ScriptLangLimits, BufOfSixtyFourBytesAsAKeyAValueAndPrinted) {
   ASSERT_TRUE(s.prog);
   s.hit(0, addr(bytes));
   EXPECT_EQ(s.sink.out, "ok_key\\x00\\x00\n");
+  // A buffer kept in a $variable or a map is printf's %r argument as buf() itself is.
+  Script p(
+      "uprobe:libc:getpid { $b = buf(arg0, 3); @b = buf(arg0, 2); @t[tid] = buf(arg0, 1);\n"
+      " printf(\"%r|%s|%r|%r\\n\", $b, $b, @b, @t[tid]); }");
+  ASSERT_TRUE(p.prog);
+  const unsigned char abc[] = {'a', 0, 'c'};
+  p.hit(0, addr(abc));
+  EXPECT_EQ(p.sink.out, "a\\x00c|a\\x00c|a\\x00|a\n");
   const std::string text =
       "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefgh"
       "\\x00\\x01\\x02\\x03";
