@@ -76,15 +76,17 @@ Value Checker::ustack_key(Expr& e) {
         form = SymbolForm::stack_perf;
       } else if ((a.name == "raw" || a.name == "build_id") && as_value) {
         form = a.name == "raw" ? SymbolForm::stack_raw : SymbolForm::stack_build_id;
-      } else if (a.name == "raw" || a.name == "build_id") {
-        error(a.loc, "ustack(" + a.name + ") is printed as a value here (printf(\"%s\", ustack(" +
-                         a.name + "))), not as a map key: key the map by ustack or ustack(perf)");
+      } else if (a.name == "raw") {  // a key part of its own: its frames' words (a record)
+        form = SymbolForm::stack_raw;
+      } else if (a.name == "build_id") {
+        error(a.loc,
+              "ustack(" + a.name + ") is printed as a value here (printf(\"%s\", ustack(" + a.name +
+                  "))), not as a map key: key the map by ustack, ustack(perf) or ustack(raw)");
         return Value::bad();
       } else if (a.name != "bpftrace") {
-        error(a.loc,
-              "ustack(): unknown stack mode '" + a.name +
-                  "': the modes are bpftrace, perf, raw and build_id (the last two as a value "
-                  "only)");
+        error(a.loc, "ustack(): unknown stack mode '" + a.name +
+                         "': the modes are bpftrace, perf, raw and build_id (the last as a value "
+                         "only)");
         return Value::bad();
       }
       continue;
@@ -113,6 +115,12 @@ Value Checker::ustack_key(Expr& e) {
   if (as_value) {
     e.value = static_cast<std::int64_t>(form) | std::int64_t{frames} << 8;
     return Value::string(kSymbolMarkerBytes);
+  }
+  if (form == SymbolForm::stack_raw) {  // ustack(raw) as a key: lowered to s_ustack_raw
+    const int t = program_.types.raw_stack(frames);
+    const Value v{Type::record, std::nullopt, program_.types.size_of(t), false, t};
+    annotate(e, v);
+    return v;
   }
   e.type = mode;
   e.str_size = frames;
@@ -587,18 +595,26 @@ Value Checker::call(Expr& e, Context ctx) {
         error(e.loc, "buf() takes a pointer and a length literal: buf(arg0, 16)");
         return Value::bad();
       }
-      if (len < 0 || len > ast::kMaxBufBytes) {
-        error(e.args[1]->loc, "buf(): the length is 0 to " + std::to_string(ast::kMaxBufBytes) +
-                                  " bytes in hotprobe (" + std::to_string(len) +
-                                  " given): a string value holds " +
-                                  std::to_string(ast::kMaxBufBytes) + " bytes as \\xNN text");
+      if (len < 0 || len > ast::kMaxBufLength) {
+        error(e.args[1]->loc, "buf(): the length is 0 to " + std::to_string(ast::kMaxBufLength) +
+                                  " bytes (" + std::to_string(len) +
+                                  " given; bpftrace's BPFTRACE_STRLEN): read it in parts");
         return Value::bad();
       }
       annotate(*e.args[1], Value::integer());
-      if (k != Expr::Kind::field && k != Expr::Kind::index && k != Expr::Kind::deref &&
-          !integer_argument(*e.args[0], "buf() expects a pointer"))
-        return Value::bad();
-      return Value::string(static_cast<std::uint32_t>(4 * len + 1));
+      if (k != Expr::Kind::field && k != Expr::Kind::index && k != Expr::Kind::deref) {
+        const Value a = value(*e.args[0]);  // a pointer, or a string's bytes
+        if (a.error) return Value::bad();
+        if (!a.is_int() && !a.is_str()) {
+          error(e.args[0]->loc, "buf() expects a pointer, a string or an array read in place (" +
+                                    printf_type_name(a) +
+                                    " provided: take buf() of the member, buf($p->arr))");
+          return Value::bad();
+        }
+      }
+      // [length][bytes] (TypeTable::buffer), printed as \xNN text (layout.h).
+      const int t = program_.types.buffer(static_cast<std::uint32_t>(len));
+      return Value{Type::record, std::nullopt, program_.types.size_of(t), false, t};
     }
     default:
       return misc_call(e, ctx);  // check_misc.cc
@@ -649,7 +665,8 @@ Value Checker::printf_call(Expr& e, Context ctx) {
     const Value& v = args[static_cast<std::size_t>(p.arg)];
     if (v.error) continue;
     bool want_string = p.conversion == 's';
-    if (want_string ? !v.is_str() : !v.is_int()) {
+    const bool buffer = v.type == Type::record && program_.types.is_buffer(v.ctype);  // %r
+    if (want_string ? !v.is_str() && !buffer : !v.is_int()) {
       error(e.loc, fn + ": %" + p.conversion + " specifier expects a value of type " +
                        (want_string ? "string" : "integer") + " (" + printf_type_name(v) +
                        " supplied)");

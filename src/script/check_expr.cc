@@ -28,7 +28,8 @@ Value Checker::value(Expr& e) {
 
 // An object used as a value: a char array (any array of 1-byte integers) reads as a
 // string, as bpftrace reads it; a struct, a union or another array is copied whole (a
-// Type::record of at most kStrBytes bytes).
+// Type::record of at most kMaxRecBytes bytes; over kStrBytes only where a wide copy can
+// go: a $variable, a map's value or key, ==, print(), a field or element of it).
 Value Checker::object_value(Expr& e, const Value& v) {
   const ast::TypeTable& T = program_.types;
   const ast::CType& c = T.at(v.ctype);
@@ -41,11 +42,11 @@ Value Checker::object_value(Expr& e, const Value& v) {
     return s;
   }
   const std::uint32_t size = T.size_of(v.ctype);
-  if (size == 0 || size > kStrBytes) {
+  if (size == 0 || size > kMaxRecBytes) {
     error(e.loc,
           "'" + T.name(v.ctype) + "' (" + std::to_string(size) +
               " bytes) cannot be used as a value: an array or struct copied whole has 1 to " +
-              std::to_string(kStrBytes) + " bytes; read one of its " +
+              std::to_string(kMaxRecBytes) + " bytes; read one of its " +
               (c.kind == ast::CType::Kind::array ? "elements ([i])" : "fields (.name)"));
     return Value::bad();
   }
@@ -347,6 +348,12 @@ Value Checker::ternary(Expr& e) {
     return Value::bad();
   }
   if (c.error) return Value::bad();
+  if (a.type == Type::record && std::max(a.size, b.size) > kStrBytes) {
+    error(e.loc, "A ternary chooses between copies of at most " + std::to_string(kStrBytes) +
+                     " bytes (" + std::to_string(std::max(a.size, b.size)) +
+                     " here): use if/else and assign the copy in each branch");
+    return Value::bad();
+  }
   return Value{a.type, std::nullopt, std::max(a.size, b.size), false,
                a.ctype == b.ctype ? a.ctype : -1};
 }

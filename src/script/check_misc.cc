@@ -228,9 +228,49 @@ void Checker::loop_statement(Stmt& s) {
   }
 }
 
+// The tuple of a map's key parts as for ($kv : @m) gives it in $kv.0: each part laid out
+// as a tuple inside a tuple lays its elements out (packed_tuple): an integer an int64, a
+// string a char array of its size, a copy its type. -1 and `why` when a part is of another
+// kind or the tuple does not fit a copied value.
+static int key_tuple_type(ast::TypeTable& T, const ast::MapInfo& info, std::string& why) {
+  ast::Record rec;
+  rec.complete = true;
+  rec.current_form = true;
+  rec.tuple = true;
+  rec.name = "tuple";
+  for (std::size_t k = 0; k < info.key_types.size(); ++k) {
+    int type = -1;
+    if (info.key_types[k] == Type::integer) {
+      type = T.integer(8, true);
+    } else if (info.key_types[k] == Type::string) {
+      type = T.array(T.integer(1, true), std::max(info.key_sizes[k], 1u));
+    } else if (info.key_types[k] == Type::record) {
+      type = info.key_ctypes[k];
+    } else {
+      why = " is keyed by " + key_list(info.key_types) +
+            "; hotprobe iterates maps whose key parts are integers, strings, arrays or structs";
+      return -1;
+    }
+    const std::uint32_t align = std::max<std::uint32_t>(T.align_of(type), 1);
+    const std::uint32_t at = (rec.size + align - 1) / align * align;
+    rec.fields.push_back(ast::Field{std::to_string(k), type, at, 0, 0});
+    rec.size = at + T.size_of(type);
+    rec.align = std::max(rec.align, align);
+  }
+  rec.size = (rec.size + rec.align - 1) / rec.align * rec.align;
+  if (rec.size > kStrBytes) {
+    why = "'s key parts (" + key_list(info.key_types) + ") make a tuple of " +
+          std::to_string(rec.size) + " bytes, more than the " + std::to_string(kStrBytes) +
+          " a copied value holds: key the map by fewer or smaller strings";
+    return -1;
+  }
+  return T.made_record(std::move(rec));
+}
+
 // for ($kv : @m): $kv is a tuple (key, value) in hidden slots, filled for each entry of
-// the map as it is when the loop starts. A map of one key part holding an integer
-// (count, sum, min, max, avg, a plain int), a string or a copied array or struct; the
+// the map as it is when the loop starts. A map whose key parts are integers, strings or
+// copied arrays or structs (several: a tuple of them, key_tuple_type) and whose value is
+// an integer (count, sum, min, max, avg, a plain int), a string or a copy; the
 // loop body may not change the map (bpftrace refuses it too).
 void Checker::map_loop(Stmt& s, std::int64_t slots) {
   Expr& var = *s.target;
@@ -242,13 +282,20 @@ void Checker::map_loop(Stmt& s, std::int64_t slots) {
   Value v = map_read(m, true);
   if (v.error) return;
   const ast::MapInfo& info = program_.maps[static_cast<std::size_t>(m.map_id)];
-  if (info.key_types.size() != 1) {
-    error(m.loc, "for (" + var.name + " : " + m.name + "): hotprobe iterates maps of one key (" +
-                     m.name + " has " + std::to_string(info.key_types.size()) +
-                     "): key the map by one value, or by a record of the values");
+  if (info.key_types.empty()) {
+    error(m.loc, "for (" + var.name + " : " + m.name + "): " + m.name +
+                     " has no key: read it as a value (" + m.name + ")");
     return;
   }
-  const Type key = info.key_types[0];
+  // Several key parts: $kv.0 is the tuple of them, a record made as (a, b) inside a tuple
+  // is (key_tuple), so $kv.0.1 reads the second part.
+  std::string why;
+  const int key_tuple = info.key_types.size() > 1 ? key_tuple_type(program_.types, info, why) : -1;
+  if (info.key_types.size() > 1 && key_tuple < 0) {
+    error(m.loc, "for (" + var.name + " : " + m.name + "): " + m.name + why);
+    return;
+  }
+  const Type key = key_tuple >= 0 ? Type::record : info.key_types[0];
   const bool value_ok = info.kind == ValueKind::count || info.kind == ValueKind::sum ||
                         info.kind == ValueKind::min || info.kind == ValueKind::max ||
                         info.kind == ValueKind::avg || info.kind == ValueKind::integer ||
@@ -260,14 +307,29 @@ void Checker::map_loop(Stmt& s, std::int64_t slots) {
                      "a struct and whose value is one of these or a count, sum, min, max or avg");
     return;
   }
+  const std::uint32_t wide = std::max(
+      info.kind == ValueKind::record ? info.str_size : 0,
+      key_tuple < 0 && key == Type::record ? program_.types.size_of(info.key_ctypes[0]) : 0);
+  if (wide > kStrBytes) {
+    error(m.loc, "for (" + var.name + " : " + m.name + "): " + m.name + " holds a copy of " +
+                     std::to_string(wide) +
+                     " bytes; hotprobe iterates maps whose keys and values "
+                     "have at most " +
+                     std::to_string(kStrBytes) + ": read " + m.name + "[key] by its key instead");
+    return;
+  }
   if (find_var(var.name)) {
     error(var.loc, "Loop declaration shadows existing variable: " + var.name +
                        " (name the loop variable another $name)");
     return;
   }
-  const int ki = info.key_types[0] == Type::record ? info.key_ctypes[0] : -1;
-  ast::TupleElem k{key, key == Type::string ? std::max(info.key_sizes[0], 1u) : info.key_sizes[0],
-                   ki};
+  const int ki = key_tuple >= 0                      ? key_tuple
+                 : info.key_types[0] == Type::record ? info.key_ctypes[0]
+                                                     : -1;
+  const std::uint32_t ksize = key_tuple >= 0        ? program_.types.size_of(key_tuple)
+                              : key == Type::string ? std::max(info.key_sizes[0], 1u)
+                                                    : info.key_sizes[0];
+  ast::TupleElem k{key, ksize, ki};
   ast::TupleElem val{Type::integer, 0, -1};
   if (info.kind == ValueKind::string)
     val = ast::TupleElem{Type::string, std::max(info.str_size, 1u), -1};
@@ -280,6 +342,7 @@ void Checker::map_loop(Stmt& s, std::int64_t slots) {
   action_->vars.push_back(std::move(tv));
   const std::size_t index = action_->vars.size() - 1;
   assign_tuple(index, tuple_of({k, val}), var);
+  var.ctype = key_tuple;  // the lowering packs the key parts into it (lower_loops.cc)
   s.count = slots;
   iterated_.push_back(m.map_id);
   ++loop_depth_;

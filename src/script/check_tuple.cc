@@ -40,6 +40,13 @@ Value Checker::tuple(Expr& e) {
       bad = true;
       continue;
     }
+    if (v.type == Type::record && v.size > kStrBytes) {
+      error(a->loc, "A tuple element copied whole has at most " + std::to_string(kStrBytes) +
+                        " bytes (" + std::to_string(v.size) +
+                        " given): put one of its fields in the tuple, or keep it in a variable");
+      bad = true;
+      continue;
+    }
     elems.push_back(ast::TupleElem{v.type, v.size, v.ctype});
   }
   return bad ? Value::bad() : tuple_of(std::move(elems));

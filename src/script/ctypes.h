@@ -55,7 +55,16 @@ struct Record {
   // in hex and, as a map key, spaced as a value ({ .p = 0x7ffd..., .n = 1 }).
   bool current_form = false;
   bool tuple = false;  // a tuple inside a tuple: its fields unnamed, printed (1, x)
+  // buf()'s value (TypeTable::buffer): the length read, then the bytes; printed as
+  // bpftrace prints a buffer (printable ASCII as it is, every other byte as \xNN).
+  bool buffer = false;
+  // ustack(raw) as a map key (TypeTable::raw_stack): [frames, return addresses...],
+  // printed as bpftrace prints a raw stack (each address in hex on a line of its own).
+  bool raw_stack = false;
 };
+
+// buf()'s largest length: bpftrace's (BPFTRACE_STRLEN's default, 64).
+inline constexpr std::uint32_t kMaxBufLength = 64;
 
 // What the hotprobe command learned from a probed file's DWARF for uprobe `args`, and the
 // C headers a script includes (script/check_args.h): read from the text after the
@@ -124,8 +133,8 @@ struct TypeTable {
     for (std::size_t i = 0; i < records.size(); ++i) {
       const Record& o = records[i];
       bool same = o.complete && o.name == r.name && o.size == r.size && o.align == r.align &&
-                  o.current_form == r.current_form && o.tuple == r.tuple &&
-                  o.fields.size() == r.fields.size();
+                  o.current_form == r.current_form && o.tuple == r.tuple && o.buffer == r.buffer &&
+                  o.raw_stack == r.raw_stack && o.fields.size() == r.fields.size();
       for (std::size_t k = 0; same && k < o.fields.size(); ++k) {
         same = o.fields[k].name == r.fields[k].name && o.fields[k].type == r.fields[k].type &&
                o.fields[k].offset == r.fields[k].offset;
@@ -134,6 +143,38 @@ struct TypeTable {
     }
     records.push_back(std::move(r));
     return record_type(static_cast<int>(records.size() - 1));
+  }
+
+  // buf(P, N)'s type: { uint8 len; uint8 data[N]; } marked as a buffer (Record::buffer).
+  int buffer(std::uint32_t n) {
+    Record r;
+    r.name = "buffer";
+    r.complete = true;
+    r.buffer = true;
+    r.fields.push_back(Field{"len", integer(1, false), 0, 0, 0});
+    r.fields.push_back(Field{"data", array(integer(1, false), n), 1, 0, 0});
+    r.size = 1 + n;
+    return made_record(std::move(r));
+  }
+  // ustack(raw)'s key part: { uint64 n; uint64 frames[N]; } marked Record::raw_stack.
+  int raw_stack(std::uint32_t frames) {
+    Record r;
+    r.name = "raw_stack";
+    r.complete = true;
+    r.raw_stack = true;
+    r.align = 8;
+    r.fields.push_back(Field{"n", integer(8, false), 0, 0, 0});
+    r.fields.push_back(Field{"frames", array(integer(8, false), frames), 8, 0, 0});
+    r.size = 8 * (1 + frames);
+    return made_record(std::move(r));
+  }
+  bool is_raw_stack(int t) const {
+    return t >= 0 && at(t).kind == CType::Kind::record && at(t).record >= 0 &&
+           records[static_cast<std::size_t>(at(t).record)].raw_stack;
+  }
+  bool is_buffer(int t) const {
+    return t >= 0 && at(t).kind == CType::Kind::record && at(t).record >= 0 &&
+           records[static_cast<std::size_t>(at(t).record)].buffer;
   }
 
   const CType& at(int t) const { return types[static_cast<std::size_t>(t)]; }

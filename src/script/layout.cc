@@ -26,6 +26,14 @@ std::shared_ptr<const ValueLayout> make_layout(const ast::TypeTable& types, int 
       break;
     }
     case ast::CType::Kind::record:
+      if (types.records[static_cast<std::size_t>(c.record)].buffer) {
+        l->kind = ValueLayout::Kind::buffer;
+        break;
+      }
+      if (types.records[static_cast<std::size_t>(c.record)].raw_stack) {
+        l->kind = ValueLayout::Kind::raw_stack;
+        break;
+      }
       l->kind = ValueLayout::Kind::record;
       l->current_form = types.records[static_cast<std::size_t>(c.record)].current_form;
       l->tuple = types.records[static_cast<std::size_t>(c.record)].tuple;
@@ -121,6 +129,30 @@ void append_form(std::string& out, const ValueLayout& l, std::string_view bytes,
       }
       return;
     }
+    case ValueLayout::Kind::buffer: {
+      char text[4 * ast::kMaxBufLength + 1];
+      const std::size_t n = buffer_text(
+          bytes.substr(0, std::min<std::size_t>(l.size, bytes.size())), text, sizeof text);
+      if (json) {
+        out += "\"";
+        json_escape(out, std::string_view(text, n));
+        out += "\"";
+      } else {
+        out.append(text, n);  // printable ASCII only: nothing a terminal acts on
+      }
+      return;
+    }
+    case ValueLayout::Kind::raw_stack: {  // bpftrace: "\n", then each address in hex and "\n"
+      const std::uint64_t n = std::min<std::uint64_t>(load_unit(bytes, 0, 8), l.size / 8 - 1);
+      out += "\n";
+      for (std::uint64_t k = 0; k < n; ++k) {
+        char buf[24];
+        std::snprintf(buf, sizeof buf, "%" PRIx64 "\n",
+                      load_unit(bytes, static_cast<std::uint32_t>(8 * (k + 1)), 8));
+        out += buf;
+      }
+      return;
+    }
     case ValueLayout::Kind::array: {
       out += "[";
       const std::uint32_t step = l.elem->size;
@@ -178,6 +210,28 @@ void append_form(std::string& out, const ValueLayout& l, std::string_view bytes,
 }
 
 }  // namespace
+
+std::size_t buffer_text(std::string_view bytes, char* out, std::size_t room) {
+  if (bytes.empty()) return 0;
+  const std::size_t len =
+      std::min<std::size_t>(static_cast<unsigned char>(bytes[0]), bytes.size() - 1);
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < len; ++i) {
+    const unsigned char c = static_cast<unsigned char>(bytes[1 + i]);
+    if (c >= 0x20 && c < 0x7f) {
+      if (k + 1 > room) break;
+      out[k++] = static_cast<char>(c);
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      if (k + 4 > room) break;
+      out[k++] = '\\';
+      out[k++] = 'x';
+      out[k++] = kHex[c >> 4];
+      out[k++] = kHex[c & 15];
+    }
+  }
+  return k;
+}
 
 void append_layout_value(std::string& out, const ValueLayout& l, std::string_view bytes,
                          OutputFormat fmt, bool escape) {

@@ -18,7 +18,9 @@
 namespace hotprobe::script {
 
 struct ValueLayout {
-  enum class Kind : std::uint8_t { integer, chars, array, record };
+  // buffer: buf()'s value, [length][bytes] (ast::Record::buffer), printed as \xNN text.
+  // raw_stack: ustack(raw) as a key part, [n, addresses...] (ast::Record::raw_stack).
+  enum class Kind : std::uint8_t { integer, chars, array, record, buffer, raw_stack };
   Kind kind = Kind::integer;
   std::uint32_t size = 0;     // bytes
   bool is_signed = false;     // integer
@@ -50,6 +52,9 @@ void append_layout_value(std::string& out, const ValueLayout& layout, std::strin
                          OutputFormat fmt, bool escape = true);
 // As a map key part shows it (bpftrace's map key form): `[1,2]`, `{.a=1,.b=x}`, pointers
 // in hex.
+// buf()'s text of a buffer's bytes (a ValueLayout::Kind::buffer value): printable ASCII
+// as it is, every other byte as \xNN; at most `room` bytes of text, whole escapes only.
+std::size_t buffer_text(std::string_view bytes, char* out, std::size_t room);
 void append_layout_key(std::string& out, const ValueLayout& layout, std::string_view bytes,
                        bool escape);
 

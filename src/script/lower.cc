@@ -107,9 +107,10 @@ Result<const Node*> Lowerer::builtin_call(const Expr& e) {
     } else if (e.func == Func::join) {
       n->text = e.args.size() > 1 ? e.args[1]->text : " ";
       n->i = i_join;
-    } else {
+    } else {  // buf(): a buffer record (ast::TypeTable::buffer), run_records.cc
       n->imm = e.args[1]->value;
-      n->s = s_buf;
+      n->bytes = static_cast<std::uint32_t>(1 + n->imm);
+      n->s = n->a->s ? s_buf_str : s_buf_bytes;
     }
     return n;
   }
@@ -203,6 +204,8 @@ Result<void> Lowerer::assign(const ast::Stmt& st, SNode& out) {
     out.fn = d.per_thread ? st_tid_compound : st_map_compound;
   } else if (d.kind == ValueKind::tuple) {
     out.fn = d.per_thread ? st_tid_tuple : st_map_tuple;
+  } else if (d.kind == ValueKind::record && d.value_words() > kStrWords) {
+    out.fn = d.per_thread ? st_tid_wide : st_map_wide;  // a copy over kStrBytes
   } else if (d.per_thread) {
     out.fn = d.kind == ValueKind::string || d.kind == ValueKind::record ? st_tid_str : st_tid_int;
   } else {
@@ -221,6 +224,7 @@ Result<void> Lowerer::stmts(const std::vector<ast::Stmt>& in, std::vector<SNode>
         s.target = *e;
         s.fn =
             (st.expr->kind == Expr::Kind::call && st.expr->func == Func::exit) ? st_exit : st_expr;
+        if ((*e)->s && (*e)->bytes > kStrBytes) s.fn = st_expr_wide;
         break;
       }
       case ast::Stmt::Kind::assign: {
@@ -253,6 +257,39 @@ Result<void> Lowerer::stmts(const std::vector<ast::Stmt>& in, std::vector<SNode>
         break;
     }
     out.push_back(std::move(s));
+  }
+  return {};
+}
+
+// A $variable holding a copy over kStrBytes takes record_span(size) / kStrBytes string
+// slots in a row, after the action's own slots (the checker gives every variable one):
+// its nodes (s_var_bytes_wide, reads and the assignment's target alike) made since
+// `first_node` get that first slot.
+Result<void> wide_slots(const ast::Action& a, Runtime& rt, std::size_t first_node,
+                        ActionCode& code) {
+  std::vector<int> moved(static_cast<std::size_t>(std::max(a.num_slots, 0)), -1);
+  int next = a.num_slots;
+  for (const ast::VarInfo& v : a.vars) {
+    if (v.type != Type::record || v.str_size <= kStrBytes || v.slot < 0 || v.slot >= a.num_slots)
+      continue;
+    moved[static_cast<std::size_t>(v.slot)] = next;
+    next += static_cast<int>(record_span(v.str_size) / kStrBytes);
+  }
+  if (next > kMaxSlots) {
+    return Error(Errc::invalid_argument,
+                 "an action's $variables and copies over " + std::to_string(kStrBytes) +
+                     " bytes need " + std::to_string(next) + " slots of " +
+                     std::to_string(kStrBytes) + " bytes, more than " + std::to_string(kMaxSlots) +
+                     ": keep fewer wide copies in variables (read their fields instead)");
+  }
+  code.num_slots = next;
+  for (std::size_t k = first_node; k < rt.nodes.size(); ++k) {
+    Node& n = *rt.nodes[k];
+    if (n.s != s_var_bytes_wide) continue;
+    if (n.imm < 0 || static_cast<std::size_t>(n.imm) >= moved.size() ||
+        moved[static_cast<std::size_t>(n.imm)] < 0)
+      return Error(Errc::invalid_argument, "a wide copy in a $variable the checker did not type");
+    n.imm = moved[static_cast<std::size_t>(n.imm)];
   }
   return {};
 }
@@ -291,6 +328,12 @@ Result<std::unique_ptr<Runtime>> lower(const ast::Program& program, OutputFormat
       if (t == Type::ustack || t == Type::ustack_perf)
         d.stack_frames = std::max(d.stack_frames, std::min(m.key_sizes[k], kMaxStackFrames));
     }
+    if (d.key_words() > kMaxKeyWords) {
+      return Error(Errc::invalid_argument,
+                   "map " + m.name + "'s key has " + std::to_string(d.key_words() * 8) +
+                       " bytes, more than " + std::to_string(kMaxKeyWords * 8) +
+                       ": key it by fewer or smaller arrays and structs");
+    }
     d.per_thread = !is_aggregation(d.kind) && d.key_is_string.size() == 1 && !d.key_is_string[0] &&
                    tid_keys.only_tid(static_cast<std::size_t>(m.id));
     if (d.key_is_string.size() > kMaxKeyParts) {
@@ -309,12 +352,14 @@ Result<std::unique_ptr<Runtime>> lower(const ast::Program& program, OutputFormat
     if (a.num_slots > kMaxSlots)
       return Error(Errc::invalid_argument, "an action uses more than 32 $variables; use fewer");
     code->num_slots = a.num_slots;
+    const std::size_t first_node = rt->nodes.size();
     if (a.predicate) {
       auto p = low.expr(*a.predicate);
       if (!p) return p.error();
       code->predicate = *p;
     }
     if (auto r = low.stmts(a.body, code->body); !r) return r.error();
+    if (auto r = wide_slots(a, *rt, first_node, *code); !r) return r.error();
     for (const ast::AttachPoint& ap : a.probes) {
       auto ctx = std::make_unique<ProbeCtx>();
       ctx->rt = rt.get();

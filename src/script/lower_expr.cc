@@ -2,7 +2,9 @@
 #include <cstring>
 
 #include "script/builtins.h"
+#include "script/diag.h"
 #include "script/lower.h"
+#include "script/output.h"
 #include "script/run_misc.h"
 #include "script/run_usdt.h"
 
@@ -89,7 +91,8 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
         }
         n->i = i_tuple;
       } else if (e.type == Type::record) {
-        n->s = s_var_bytes;
+        // A wide copy's slot is moved past the action's own slots (lower.cc, wide_slots).
+        n->s = e.str_size > kStrBytes ? s_var_bytes_wide : s_var_bytes;
         n->bytes = e.str_size;
       } else if (e.type == Type::string) {
         n->s = s_var;
@@ -117,8 +120,11 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       const MapDesc& d = rt_.maps->desc(n->map);
       if (d.kind == ValueKind::tuple) return map_tuple(n, d);
       if (d.kind == ValueKind::record) {
-        n->s = d.per_thread ? s_tid_read_bytes : s_map_read_bytes;
         n->bytes = e.str_size;
+        if (e.str_size > kStrBytes)
+          n->s = d.per_thread ? s_tid_read_wide : s_map_read_wide;
+        else
+          n->s = d.per_thread ? s_tid_read_bytes : s_map_read_bytes;
       } else if (d.kind == ValueKind::string) {
         n->s = d.per_thread ? s_tid_read : s_map_read;
       } else if (d.kind == ValueKind::integer) {
@@ -149,6 +155,8 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       n->a = *a;
       n->b = *b;
       n->c = *c;
+      if (e.type == Type::record && n->b->bytes > kStrBytes)
+        return unsupported(e, "a ternary choosing between copies over 128 bytes");
       if (e.type == Type::string || e.type == Type::record) {
         n->s = s_ternary;
       } else {
@@ -221,6 +229,7 @@ Result<const Node*> Lowerer::expr(const Expr& e) {
       for (const ast::ExprPtr& a : e.args) {
         auto el = expr(*a);
         if (!el) return el.error();
+        if ((*el)->bytes > kStrBytes) return unsupported(*a, "a copy over 128 bytes in a tuple");
         n->keys.push_back(*el);
         n->layouts.push_back(a->type == Type::record ? layout(a->ctype) : nullptr);
       }
@@ -281,6 +290,39 @@ Result<const Node*> Lowerer::add_index(const Expr& ix, std::int64_t elem, const 
   sum->b = scaled;
   sum->i = i_add;
   return sum;
+}
+
+// bpftrace's runtime warning for a variable index past the end of an array (the array
+// `e` indexes, in memory or in a copy): the index goes through i_index_oob, which writes
+// the warning rendered here and lets the access go on, as bpftrace's does. `indexed` is
+// what add_index made of the index (`summed`: the sum of a base and the scaled index).
+static void guard_index(Runtime& rt, const ast::Program& prog, const Expr& e, const Node* indexed,
+                        bool summed) {
+  const int at = e.args[0]->ctype;
+  if (at < 0) return;
+  const ast::CType& arr = prog.types.at(at);
+  if (arr.kind != ast::CType::Kind::array || arr.count == 0) return;
+  // Every node is rt.nodes' own, mutable: the const is the node functions' view.
+  Node* scaled = const_cast<Node*>(summed ? indexed->b : indexed);
+  rt.nodes.push_back(std::make_unique<Node>());
+  Node* check = rt.nodes.back().get();
+  check->a = scaled->a;
+  check->imm = static_cast<std::int64_t>(arr.count) - 1;
+  check->i = i_index_oob;
+  static constexpr std::string_view kMessage =
+      "Array access out of bounds. This can lead to unexpected results.";
+  if (rt.format == OutputFormat::json) {
+    check->text = "{\"type\": \"runtime_error\", \"msg\": \"" + std::string(kMessage) +
+                  "\", \"filename\": \"";
+    json_escape(check->text, prog.filename);
+    check->text += "\", \"line\": " + std::to_string(e.loc.line) +
+                   ", \"col\": " + std::to_string(e.loc.column) + "}\n";
+  } else {
+    check->text = render(Diagnostic{e.loc, std::string(kMessage)}, prog.source, prog.filename);
+    const std::size_t level = check->text.find(": ERROR: ");
+    if (level != std::string::npos) check->text.replace(level, 9, ": WARNING: ");
+  }
+  scaled->a = check;
 }
 
 // `args` as a whole (check_args.h, rewrite_args_record): each part (a register or stack
@@ -344,7 +386,9 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
       return unsupported(e, "a tuple element the checker did not resolve");
     return (*base)->keys[static_cast<std::size_t>(e.value)];
   }
-  if (e.args[0]->type == Type::record || (*base)->s == s_rec_slice) return part_of_copy(e, *base);
+  if (e.args[0]->type == Type::record || (*base)->s == s_rec_slice ||
+      (*base)->s == s_rec_slice_wide)
+    return part_of_copy(e, *base);
   const Node* addr = *base;
   std::int64_t offset = 0;
   const ast::Field* bits = nullptr;
@@ -367,6 +411,7 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
     } else {
       auto sum = add_index(ix, elem, addr);
       if (!sum) return sum.error();
+      guard_index(rt_, prog_, e, *sum, true);
       addr = *sum;
     }
   }
@@ -384,7 +429,7 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
   }
   if (e.type == Type::record) {
     n->bytes = e.str_size;
-    n->s = s_bytes;
+    n->s = e.str_size > kStrBytes ? s_bytes_wide : s_bytes;
     return n;
   }
   const ast::CType& c = T.at(e.ctype);
@@ -421,9 +466,10 @@ Result<const Node*> Lowerer::memory(const Expr& e) {
 // (s_rec_slice: an array or struct, or a char array as a string) or an integer in it.
 Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
   const ast::TypeTable& T = prog_.types;
-  const bool slice = base->s == s_rec_slice;
+  const bool slice = base->s == s_rec_slice || base->s == s_rec_slice_wide;
   Node* n = make();
   n->a = slice ? base->a : base;
+  const bool wide = n->a->bytes > kStrBytes;  // the copy the part is read from
   std::int64_t offset = slice ? base->imm : 0;
   const Node* dynamic = slice ? base->b : nullptr;
   const ast::Field* bits = nullptr;
@@ -441,6 +487,7 @@ Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
     } else {
       auto sum = add_index(ix, elem, dynamic);
       if (!sum) return sum.error();
+      guard_index(rt_, prog_, e, *sum, dynamic != nullptr);
       dynamic = *sum;
     }
   } else {
@@ -450,7 +497,10 @@ Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
   n->b = dynamic;
   if (e.type == Type::object || e.type == Type::record || e.type == Type::string) {
     n->bytes = T.size_of(e.ctype);
-    n->s = e.type == Type::string ? s_rec_chars : s_rec_slice;
+    if (e.type == Type::string)
+      n->s = wide ? s_rec_chars_wide : s_rec_chars;
+    else
+      n->s = wide || n->bytes > kStrBytes ? s_rec_slice_wide : s_rec_slice;
     return n;
   }
   if (bits) {
@@ -460,7 +510,7 @@ Result<const Node*> Lowerer::part_of_copy(const Expr& e, const Node* base) {
     n->key_words = c.size;
     n->is_signed = c.kind == ast::CType::Kind::integer && c.is_signed;
   }
-  n->i = i_rec_load;
+  n->i = wide ? i_rec_load_wide : i_rec_load;
   return n;
 }
 
@@ -554,10 +604,10 @@ Result<const Node*> Lowerer::binary_node(const Expr& e, const Node* a, const Nod
       n->i = unsigned_compare(e) ? i_uge : i_ge;
       break;
     case BinaryOp::eq:
-      n->i = records ? i_req : strings ? i_seq : i_eq;
+      n->i = records ? (a->bytes > kStrBytes ? i_req_wide : i_req) : strings ? i_seq : i_eq;
       break;
     case BinaryOp::ne:
-      n->i = records ? i_rne : strings ? i_sne : i_ne;
+      n->i = records ? (a->bytes > kStrBytes ? i_rne_wide : i_rne) : strings ? i_sne : i_ne;
       break;
     case BinaryOp::band:
       n->i = i_band;
@@ -622,6 +672,7 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       if (!v) return v.error();
       n->a = *v;
       n->i = a0.type == Type::tuple ? i_print_tuple : i_print_value;
+      if (a0.type == Type::record && n->a->bytes > kStrBytes) n->i = i_print_wide;
       if (a0.type == Type::record) n->layouts.push_back(layout(a0.ctype));
       return n;
     }
@@ -629,6 +680,14 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       for (std::size_t k = 1; k < e.args.size(); ++k) {
         auto a = expr(*e.args[k]);
         if (!a) return a.error();
+        if ((*a)->bytes > kStrBytes) return unsupported(e, "a copy over 128 bytes in printf");
+        if (prog_.types.is_buffer(e.args[k]->ctype)) {  // %r of buf(): its text (s_buf_text)
+          Node* text = make();
+          text->a = *a;
+          text->s = s_buf_text;
+          n->keys.push_back(text);
+          continue;
+        }
         n->keys.push_back(*a);
       }
       n->format = e.format;  // arguments are taken in order
@@ -655,6 +714,15 @@ Result<const Node*> Lowerer::call(const Expr& e) {
       return n;
     }
     case Func::ustack:
+      if (e.type == Type::record && prog_.types.is_raw_stack(e.ctype)) {  // ustack(raw) key
+        const std::uint32_t size = prog_.types.size_of(e.ctype);
+        n->imm = size / 8 - 1;  // frames
+        n->key_words = size / 8;
+        n->bytes = size;
+        n->s = s_ustack_raw;
+        return n;
+      }
+      [[fallthrough]];
     case Func::usym:
       if (e.type == Type::string) return lower_stack_value(*this, e, n);  // run_stack.h
       [[fallthrough]];

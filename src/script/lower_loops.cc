@@ -77,6 +77,11 @@ Result<void> lower_loop(Lowerer& low, const ast::Stmt& st, SNode& out) {
         if (!m) return m.error();
         out.value = *m;
         out.count |= std::int64_t{st.target->slot} << 16;
+        // Several key parts: $kv.0 is the record of them (check_misc.cc, key_tuple_type),
+        // whose layout st_for_map fills them into; -1 for one key part.
+        out.op = st.target->ctype;
+        if (st.target->ctype >= 0 && !low.layout(st.target->ctype))
+          return Error(Errc::invalid_argument, "a map loop's key tuple has no layout");
         out.fn = st_for_map;
         break;
       }

@@ -58,6 +58,15 @@ struct ValueLayout;
 inline constexpr std::uint32_t kStrBytes = 128;
 inline constexpr std::uint32_t kStrWords = kStrBytes / 8;
 inline constexpr std::uint32_t kMaxKeyParts = 8;
+// An array or struct copied whole (script/layout.h) has at most kMaxRecBytes. One of at
+// most kStrBytes lives where a string lives; a wider one takes record_span(size) bytes:
+// whole string slots of a $variable (consecutive), kStrWords-word steps of a map key part
+// or value. docs/design/script-runtime.md, "Arrays and structs as values".
+inline constexpr std::uint32_t kMaxRecBytes = 1024;
+inline constexpr std::uint32_t kMaxRecWords = kMaxRecBytes / 8;
+constexpr std::uint32_t record_span(std::uint32_t bytes) {
+  return bytes <= kStrBytes ? kStrBytes : (bytes + kStrBytes - 1) / kStrBytes * kStrBytes;
+}
 // Frames a ustack key part keeps at most (ast::kUstackFrames): the part is [frames,
 // address 0 .. address frames-1, zeros] in 1 + MapDesc::stack_frames words.
 inline constexpr std::uint32_t kMaxStackFrames = 127;
@@ -80,7 +89,7 @@ enum class KeyPart : std::uint8_t {
   ustack,       // return addresses, printed as bpftrace prints ustack
   ustack_perf,  // the same, printed as ustack(perf)
   usym,         // one address (a word), printed as the symbol holding it
-  record,       // an array or struct copied whole (kStrWords words), printed by its layout
+  record,       // an array or struct copied whole (record_span words), printed by its layout
 };
 
 struct MapDesc {
@@ -104,7 +113,8 @@ struct MapDesc {
     if (k < key_parts.size()) return key_parts[k];
     return key_is_string[k] ? KeyPart::string : KeyPart::integer;
   }
-  // Words of part k: an integer or usym 1, a string kStrWords, a ustack 1 + stack_frames.
+  // Words of part k: an integer or usym 1, a string kStrWords, a ustack 1 + stack_frames,
+  // a copy record_span(its size) / 8.
   std::uint32_t part_words(std::size_t k) const;
   bool has_symbols() const;         // a part is printed through symbols (ustack, usym)
   std::uint32_t key_words() const;  // the sum of part_words
@@ -114,8 +124,8 @@ struct MapDesc {
   std::uint32_t lhist_buckets() const;  // (max - min) / step + 2 (below min, above max)
 };
 // Value layouts, in 64-bit words: count/sum/integer [v]; min/max [v, set]; avg/stats
-// [count, total]; hist [65 buckets]; lhist [lhist_buckets()]; string and record
-// [kStrWords bytes];
+// [count, total]; hist [65 buckets]; lhist [lhist_buckets()]; string [kStrWords words];
+// record [record_span(size) / 8 words];
 // tuple: its elements in order, an integer one word, a string kStrWords.
 
 // One merged entry of a map.
@@ -667,9 +677,11 @@ void mark_channel_lost(SharedRegion& r) noexcept;
 // Key and string helpers.
 void put_string(std::uint64_t* words, std::string_view s);  // kStrWords words, NUL padded
 std::string_view get_string(const std::uint64_t* words);
-// The kStrBytes bytes of a string-sized value or key part (an array or struct copied whole).
+// The bytes of a value or key part that is an array or struct copied whole: a view as long
+// as the widest copy (kMaxRecBytes), to be read through the copy's layout, which reads its
+// own size (record_span(size) words are there).
 inline std::string_view get_bytes(const std::uint64_t* words) {
-  return std::string_view(reinterpret_cast<const char*>(words), kStrBytes);
+  return std::string_view(reinterpret_cast<const char*>(words), kMaxRecBytes);
 }
 
 }  // namespace hotprobe::script

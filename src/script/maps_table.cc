@@ -8,6 +8,7 @@
 #include <map>
 #include <utility>
 
+#include "script/layout.h"
 #include "script/maps.h"
 
 namespace hotprobe::script {
@@ -15,8 +16,10 @@ namespace hotprobe::script {
 std::uint32_t MapDesc::part_words(std::size_t k) const {
   switch (part(k)) {
     case KeyPart::string:
-    case KeyPart::record:
       return kStrWords;
+    case KeyPart::record:
+      return k < key_layouts.size() && key_layouts[k] ? record_span(key_layouts[k]->size) / 8
+                                                      : kStrWords;
     case KeyPart::ustack:
     case KeyPart::ustack_perf:
       return 1 + stack_frames;
@@ -67,8 +70,9 @@ std::uint32_t MapDesc::value_words() const {
     case ValueKind::lhist:
       return lhist_buckets();
     case ValueKind::string:
-    case ValueKind::record:
       return kStrWords;
+    case ValueKind::record:
+      return value_layout ? record_span(value_layout->size) / 8 : kStrWords;
     case ValueKind::tuple: {
       std::uint32_t w = 0;
       for (bool s : value_is_string)

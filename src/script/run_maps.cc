@@ -30,15 +30,25 @@ using thread::ids;
     std::memset(out + used, 0, (n->key_words - used) * sizeof *out);
   }
 }
+std::uint32_t s_ustack_raw(const Node* n, Frame& f, char* out) {
+  std::uint64_t words[1 + kMaxStackFrames];
+  ustack_part(n, f, words);
+  const std::uint64_t used = 1 + std::min<std::uint64_t>(words[0], u(n->imm));
+  std::memcpy(out, words, used * 8);
+  std::memset(out + used * 8, 0, n->bytes - used * 8);
+  return n->bytes;
+}
 static inline void build_key(const Node* m, Frame& f, std::uint64_t* key) {
   std::uint32_t w = 0;
   const std::size_t n = m->keys.size();
   for (std::size_t k = 0; k < n; ++k) {
     const Node* e = m->keys[k];
     if (m->key_is_string[k]) {
-      std::memset(&key[w], 0, kStrBytes);
+      // A string or a copy: kStrWords words; a copy wider than kStrBytes its record_span.
+      const std::uint32_t span = e->bytes > kStrBytes ? record_span(e->bytes) : kStrBytes;
+      std::memset(&key[w], 0, span);
       e->s(e, f, reinterpret_cast<char*>(&key[w]));
-      w += kStrWords;
+      w += span / 8;
     } else if (!e->i) [[unlikely]] {  // a ustack part (no value): e->key_words words
       ustack_part(e, f, &key[w]);
       w += e->key_words;
@@ -84,6 +94,12 @@ std::uint32_t s_map_read_bytes(const Node* n, Frame& f, char* out) {
   std::memcpy(out, v, kStrBytes);
   return n->bytes;
 }
+std::uint32_t s_map_read_wide(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kMaxRecWords];
+  read_words(n, f, v);
+  std::memcpy(out, v, record_span(n->bytes));
+  return n->bytes;
+}
 // An aggregation read in an expression: merged over every shard (slow, rare).
 std::int64_t i_agg_read(const Node* n, Frame& f) {
   std::uint64_t key[kMaxKeyWords + 1];
@@ -126,6 +142,12 @@ std::uint32_t s_tid_read_bytes(const Node* n, Frame& f, char* out) {
   std::uint64_t v[kStrWords];
   own_shard(n, f).plain_get(own_tid(), v);
   std::memcpy(out, v, kStrBytes);
+  return n->bytes;
+}
+std::uint32_t s_tid_read_wide(const Node* n, Frame& f, char* out) {
+  std::uint64_t v[kMaxRecWords];
+  own_shard(n, f).plain_get(own_tid(), v);
+  std::memcpy(out, v, record_span(n->bytes));
   return n->bytes;
 }
 
@@ -222,6 +244,22 @@ bool st_map_str(const SNode* s, Frame& f) {
   f.rt->maps->plain(s->target->map).set(key, v);
   return true;
 }
+// A copy wider than kStrBytes as a map's value (its record_span words).
+bool st_map_wide(const SNode* s, Frame& f) {
+  std::uint64_t key[kMaxKeyWords + 1];
+  key[0] = 0;
+  std::uint64_t v[kMaxRecWords];
+  s->value->s(s->value, f, reinterpret_cast<char*>(v));
+  build_key_fast(s->target, f, key);
+  f.rt->maps->plain(s->target->map).set(key, v);
+  return true;
+}
+bool st_tid_wide(const SNode* s, Frame& f) {
+  std::uint64_t v[kMaxRecWords];
+  s->value->s(s->value, f, reinterpret_cast<char*>(v));
+  own_shard(s->target, f).plain_set(own_tid(), v);
+  return true;
+}
 bool st_tid_int(const SNode* s, Frame& f) {
   const std::int64_t v = s->value->i(s->value, f);
   own_shard(s->target, f).plain_set_int(own_tid(), u(v));
@@ -240,6 +278,12 @@ bool st_expr(const SNode* s, Frame& f) {
     char tmp[kStrBytes];
     s->target->s(s->target, f, tmp);
   }
+  return true;
+}
+
+bool st_expr_wide(const SNode* s, Frame& f) {
+  char tmp[kMaxRecBytes];
+  s->target->s(s->target, f, tmp);
   return true;
 }
 

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 
+#include "script/layout.h"
 #include "script/loops.h"
 #include "script/lower.h"
 #include "script/run_nodes.h"
@@ -285,14 +286,39 @@ bool st_for(const SNode* s, Frame& f) {
   return true;
 }
 
+// The key parts of row `r` into the tuple `keys` lays out (each at its field's offset, an
+// integer as its field's bytes, a string or copy its field's size), zeros elsewhere.
+static void key_tuple(const MapDesc& d, const ValueLayout& keys, const Row& r, char* out) {
+  std::memset(out, 0, kStrBytes);
+  std::uint32_t w = 0;
+  for (std::size_t k = 0; k < keys.fields.size(); ++k) {
+    const ValueLayout::Field& fl = keys.fields[k];
+    const std::uint32_t words = d.part_words(k);
+    const std::uint32_t room = fl.offset < kStrBytes ? kStrBytes - fl.offset : 0;
+    const std::uint32_t size = std::min({fl.layout ? fl.layout->size : 8u, words * 8u, room});
+    if (w + words > r.key.size()) return;
+    std::memcpy(out + fl.offset, &r.key[w], size);
+    w += words;
+  }
+}
+
 bool st_for_map(const SNode* s, Frame& f) {
   const std::uint32_t map = s->value->map;
   const MapDesc& d = f.rt->maps->desc(map);
   const std::vector<Row> rows = f.rt->maps->snapshot(map);
   const std::int64_t slot = (s->count >> 16) & 0xff;
+  const ValueLayout* keys = nullptr;  // several key parts: the tuple they fill
+  if (s->op >= 0) {
+    const auto it = f.rt->layouts.find(static_cast<int>(s->op));
+    if (it == f.rt->layouts.end() || it->second->fields.size() != d.key_is_string.size())
+      return true;
+    keys = it->second.get();
+  }
   for (const Row& r : rows) {
     if (over_budget(s, f)) return false;
-    if (d.part(0) == KeyPart::integer) {
+    if (keys) {
+      key_tuple(d, *keys, r, f.sslots[slot + 1]);
+    } else if (d.part(0) == KeyPart::integer) {
       f.islots[slot + 1] = s64(r.key[0]);
     } else {
       std::memcpy(f.sslots[slot + 1], r.key.data(), kStrBytes);

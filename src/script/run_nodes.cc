@@ -334,6 +334,16 @@ std::uint32_t s_chars(const Node* n, Frame& f, char* out) {
   const std::uint64_t addr = u(n->a->i(n->a, f)) + u(n->imm);
   return read_user_string(addr, n->map, out);
 }
+// A copy wider than kStrBytes (run_records.cc): the same read, zeros to its record_span.
+std::uint32_t s_bytes_wide(const Node* n, Frame& f, char* out) {
+  const std::uint64_t addr = u(n->a->i(n->a, f)) + u(n->imm);
+  std::memset(out + n->bytes, 0, record_span(n->bytes) - n->bytes);
+  if (!frame_read(f, addr, out, n->bytes)) [[unlikely]] {
+    f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
+    std::memset(out, 0, n->bytes);
+  }
+  return n->bytes;
+}
 // An array or struct at a + imm copied whole: `bytes` bytes, zeros after them to kStrBytes.
 std::uint32_t s_bytes(const Node* n, Frame& f, char* out) {
   const std::uint64_t addr = u(n->a->i(n->a, f)) + u(n->imm);

@@ -132,12 +132,42 @@ std::uint32_t s_rec_chars(const Node* n, Frame& f, char* out);  // the slice as 
 // An integer of key_words bytes (is_signed) at imm + b of n->a's copy; a bit field when
 // bit_width is not 0. Outside the copy: 0.
 std::int64_t i_rec_load(const Node* n, Frame& f);
+// An array's variable index (a): past the last element (imm, compared unsigned) writes
+// bpftrace's out-of-bounds warning (text, rendered when lowered) to the output; the index.
+std::int64_t i_index_oob(const Node* n, Frame& f);
 // A record the checker makes (`args` as a whole, a named tuple, a tuple in a tuple) of
 // n->bytes bytes: each of n->keys is a part, its value `a` copied to offset imm (an
 // integer: its key_words low bytes; a string or a copy: its `bytes` first bytes).
 std::uint32_t s_pack(const Node* n, Frame& f, char* out);
 std::int64_t i_req(const Node* n, Frame& f);  // == of two copies (all kStrBytes bytes)
 std::int64_t i_rne(const Node* n, Frame& f);
+// Copies wider than kStrBytes (at most kMaxRecBytes, maps.h): the same nodes writing and
+// reading record_span(bytes) bytes (a $variable's consecutive string slots, the map's
+// record_span words), their buffers on the probed thread's stack. The lowering picks them
+// by the copy's size, so a copy of at most kStrBytes runs the nodes above, unchanged.
+std::uint32_t s_bytes_wide(const Node* n, Frame& f, char* out);
+std::uint32_t s_var_bytes_wide(const Node* n, Frame& f, char* out);
+std::uint32_t s_map_read_wide(const Node* n, Frame& f, char* out);
+std::uint32_t s_tid_read_wide(const Node* n, Frame& f, char* out);
+std::uint32_t s_rec_slice_wide(const Node* n, Frame& f, char* out);  // n->a is the wide copy
+std::uint32_t s_rec_chars_wide(const Node* n, Frame& f, char* out);
+std::int64_t i_rec_load_wide(const Node* n, Frame& f);
+std::int64_t i_req_wide(const Node* n, Frame& f);
+std::int64_t i_rne_wide(const Node* n, Frame& f);
+std::int64_t i_print_wide(const Node* n, Frame& f);  // print() of a wide copy
+bool st_map_wide(const SNode* s, Frame& f);          // @m[k] = a wide copy
+bool st_tid_wide(const SNode* s, Frame& f);
+bool st_expr_wide(const SNode* s, Frame& f);  // a wide copy as a statement
+// buf(P, N) (imm = N): a buffer record of n->bytes = 1 + N bytes, [N][the bytes at P],
+// zeros after it to kStrBytes; unreadable memory reads as zeros (counted in read_faults).
+// ustack(raw) as a key part (a record of n->bytes = 8 * (1 + imm) bytes): [frames, the
+// return addresses], zeros after them.
+std::uint32_t s_ustack_raw(const Node* n, Frame& f, char* out);
+std::uint32_t s_buf_bytes(const Node* n, Frame& f, char* out);
+std::uint32_t s_buf_str(const Node* n, Frame& f, char* out);  // buf("STR", N): the string's
+// A buffer record (n->a) as printf's %r takes it: its \xNN text, at most kStrBytes bytes
+// (the whole text of 32 bytes; a longer buffer's text is cut at a whole escape).
+std::uint32_t s_buf_text(const Node* n, Frame& f, char* out);
 std::int64_t i_map_read(const Node* n, Frame& f);
 std::uint32_t s_map_read(const Node* n, Frame& f, char* out);
 std::int64_t i_agg_read(const Node* n, Frame& f);

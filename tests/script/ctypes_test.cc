@@ -263,9 +263,9 @@ TEST(ScriptCTypes, CheckErrorsNameTheWayOut) {
             "dereferencing it first, or using '->'");
   EXPECT_EQ(first_line(defs + "uprobe:libc:f { print(((struct s *)arg0)->b); }"),
             "stdin:2:23-44: ERROR: 'struct s' has no field named 'b'");
-  EXPECT_EQ(first_line("struct big { long v[17]; };\nuprobe:libc:f { @v = *(struct big *)arg0; }"),
-            "stdin:2:22-41: ERROR: 'struct big' (136 bytes) cannot be used as a value: an array "
-            "or struct copied whole has 1 to 128 bytes; read one of its fields (.name)");
+  EXPECT_EQ(first_line("struct big { long v[129]; };\nuprobe:libc:f { @v = *(struct big *)arg0; }"),
+            "stdin:2:22-41: ERROR: 'struct big' (1032 bytes) cannot be used as a value: an array "
+            "or struct copied whole has 1 to 1024 bytes; read one of its fields (.name)");
   EXPECT_EQ(first_line("uprobe:libc:f { print(((struct t *)arg0)->a); }"),
             "stdin:1:23-44: ERROR: 'struct t' is incomplete: define it in the script (struct "
             "t { ... };) before reading it");

@@ -270,8 +270,7 @@ TEST(StackValues, ConfigAndEnvironmentChooseTheMode) {
             "stdin:1:29-36: ERROR: Invalid value for missing_probes: valid values are ignore, "
             "warn, and error.");
   EXPECT_EQ(first_line("config = { stack_mode = raw } uprobe:libc:getpid { @[ustack] = count(); }"),
-            "stdin:1:54-60: ERROR: ustack(raw) is printed as a value here (printf(\"%s\", "
-            "ustack(raw))), not as a map key: key the map by ustack or ustack(perf)");
+            "");
 }
 
 TEST(StackValues, MissingProbesTheCommandFoundAreLeftOut) {

@@ -64,15 +64,13 @@ TEST(Ustack, CheckerErrors) {
       {"interval:s:1 { @[ustack(3)] = count(); }",
        "stdin:1:18-27: ERROR: ustack can only be used in uprobe and uretprobe probes (not "
        "'interval'): it reads the probed thread's registers"},
-      {"uprobe:libc:getpid { @[ustack(raw)] = count(); }",
-       "stdin:1:31-34: ERROR: ustack(raw) is printed as a value here (printf(\"%s\", "
-       "ustack(raw))), not as a map key: key the map by ustack or ustack(perf)"},
       {"uprobe:libc:getpid { @[ustack(build_id)] = count(); }",
        "stdin:1:31-39: ERROR: ustack(build_id) is printed as a value here (printf(\"%s\", "
-       "ustack(build_id))), not as a map key: key the map by ustack or ustack(perf)"},
+       "ustack(build_id))), not as a map key: key the map by ustack, ustack(perf) or "
+       "ustack(raw)"},
       {"uprobe:libc:getpid { @[ustack(fast)] = count(); }",
        "stdin:1:31-35: ERROR: ustack(): unknown stack mode 'fast': the modes are bpftrace, "
-       "perf, raw and build_id (the last two as a value only)"},
+       "perf, raw and build_id (the last as a value only)"},
       {"uprobe:libc:getpid { @[ustack(1025)] = count(); }",
        "stdin:1:24-36: ERROR: ustack([int limit]): limit shouldn't exceed 1024, 1025 given"},
       {"uprobe:libc:getpid { @[ustack(perf, -1)] = count(); }",
@@ -111,9 +109,9 @@ TEST(Ustack, CheckerErrors) {
       {"uprobe:libc:getpid { join(arg0, 1); }",
        "stdin:1:22-35: ERROR: join() takes an array of strings and an optional separator "
        "literal: join(arg1) or join(arg1, \",\")"},
-      {"uprobe:libc:getpid { @[buf(arg0, 32)] = count(); }",
-       "stdin:1:34-36: ERROR: buf(): the length is 0 to 31 bytes in hotprobe (32 given): a "
-       "string value holds 31 bytes as \\xNN text"},
+      {"uprobe:libc:getpid { @[buf(arg0, 65)] = count(); }",
+       "stdin:1:34-36: ERROR: buf(): the length is 0 to 64 bytes (65 given; bpftrace's "
+       "BPFTRACE_STRLEN): read it in parts"},
       {"uprobe:libc:getpid { @[buf(arg0, arg1)] = count(); }",
        "stdin:1:24-39: ERROR: buf() takes a pointer and a length literal: buf(arg0, 16)"},
   };

@@ -195,10 +195,11 @@ TEST(ScriptValues, Errors) {
                        "uprobe:libc:getpid { $a = (struct A *)arg0; if ($a->x < $a->x) {} }"),
             "stdin:4:49-62: ERROR: The < operator can not be used on 'int32[4]' values (only == "
             "and != compare arrays and structs)");
-  EXPECT_EQ(first_line("struct Big { long v[20]; }\n"
-                       "uprobe:libc:getpid { $a = *(struct Big *)arg0; }"),
-            "stdin:2:27-46: ERROR: 'struct Big' (160 bytes) cannot be used as a value: an array or "
-            "struct copied whole has 1 to 128 bytes; read one of its fields (.name)");
+  EXPECT_EQ(
+      first_line("struct Big { long v[130]; }\n"
+                 "uprobe:libc:getpid { $a = *(struct Big *)arg0; }"),
+      "stdin:2:27-46: ERROR: 'struct Big' (1040 bytes) cannot be used as a value: an array or "
+      "struct copied whole has 1 to 1024 bytes; read one of its fields (.name)");
 }
 
 }  // namespace
