@@ -411,7 +411,12 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
       case agent::Msg::output:
         std::fwrite(payload.data(), 1, payload.size(), out);
         break;
-      case agent::Msg::command: {  // system(), cat(): run here, never in the traced process
+      case agent::Msg::command: {        // system(), cat(): run here, never in the traced process
+        if (payload.starts_with("w")) {  // a runtime warning: stderr, as bpftrace's
+          std::fflush(out);
+          std::fwrite(payload.data() + 1, 1, payload.size() - 1, stderr);
+          break;
+        }
         ucred peer{};
         socklen_t len = sizeof peer;
         const long uid =

@@ -685,10 +685,13 @@ int run(const RunOptions& o) {
       case agent::Msg::output:
         out.text(payload);
         break;
-      case agent::Msg::command:  // system(), cat(): run here, never in the traced process
-        if (copts.unsafe &&
-            request_from_own_user(from.known ? static_cast<pid_t>(from.pid) : pid,
-                                  from.known ? static_cast<long>(from.uid) : -1, "run"))
+      case agent::Msg::command:          // system(), cat(): run here, never in the traced process
+        if (payload.starts_with("w")) {  // a runtime warning: stderr, as bpftrace's
+          out.flush();
+          std::fwrite(payload.data() + 1, 1, payload.size() - 1, stderr);
+        } else if (copts.unsafe &&
+                   request_from_own_user(from.known ? static_cast<pid_t>(from.pid) : pid,
+                                         from.known ? static_cast<long>(from.uid) : -1, "run"))
           out.text(run_command_request(payload, out.format));
         break;
       case agent::Msg::lost:

@@ -44,11 +44,12 @@ class Sink {
   // the file's path, formatted on the probed thread. The hotprobe command runs it and
   // prints what it gives in order with the output written before and after it; the
   // traced process never forks or opens a file for it. Same rules as write(). A sink that
-  // delivers no requests ignores them.
-  enum class Request : char { system = 's', cat = 'c' };
+  // delivers no requests ignores them. `warning`: a runtime warning (an array index out
+  // of bounds), for hotprobe's stderr as bpftrace prints its own; a sink that delivers no
+  // requests writes it with the output.
+  enum class Request : char { system = 's', cat = 'c', warning = 'w' };
   virtual void request(Request kind, std::string_view text) {
-    (void)kind;
-    (void)text;
+    if (kind == Request::warning) write(text);
   }
 };
 

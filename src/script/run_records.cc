@@ -129,8 +129,14 @@ std::int64_t i_rec_load(const Node* n, Frame& f) {
 
 std::int64_t i_index_oob(const Node* n, Frame& f) {
   const std::int64_t i = n->a->i(n->a, f);
-  if (u(i) > u(n->imm)) [[unlikely]]
-    f.rt->write(n->text);
+  // bpftrace's text warning goes to stderr, its JSON object with the output.
+  if (u(i) > u(n->imm) && f.rt->sink) [[unlikely]] {
+    if (f.rt->format == OutputFormat::json) {
+      f.rt->sink->write(n->text);
+    } else {
+      f.rt->sink->request(Sink::Request::warning, n->text);
+    }
+  }
   return i;
 }
 

@@ -34,10 +34,12 @@ TEST(LimitsRun, WideCopiesBufAndTheOutOfBoundsWarning) {
       "\\x0d\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x0e\\x00\\x00\\x00\\x00\\x00\\x00\\x00"
       "\\x0f\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x10\\x00\\x00\\x00\\x00\\x00\\x00\\x00";
   EXPECT_NE(r.out.find("102 3 92 42\n" + hex + "\n"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find(": WARNING: Array access out of bounds. This can lead to unexpected "
+  // On stderr, as bpftrace prints its runtime warnings.
+  EXPECT_NE(r.err.find(": WARNING: Array access out of bounds. This can lead to unexpected "
                        "results.\n"),
             std::string::npos)
-      << r.out;
+      << r.err;
+  EXPECT_EQ(r.out.find("WARNING"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("{.a=109,.t={.a=9,.b=[0,82]}}]]: 42\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("@w[0]: [{ .a = 100, .t = { .a = 0, .b = [0,100] } },"), std::string::npos)
       << r.out;
