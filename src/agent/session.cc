@@ -612,6 +612,9 @@ void Session::do_finish(Reason reason) {
   // END runs once, in the traced program.
   if (!forked_child_) program_->run_end();
   send_queued();  // END's output up to its last system()/cat(), and the requests
+  // END's ustack/usym values are named here, as send_text_checked names them: the text
+  // may go into the region, which hotprobe prints as it finds it.
+  if (script::has_symbol_markers(out_)) script::expand_symbols(out_);
   // Maps in memory shared with hotprobe: END's output (all that out_ holds now) goes there
   // too and hotprobe prints both, exactly once whatever happens next. Otherwise they go
   // over the channel. (An attached session's maps are in its own region, never in a run's.)

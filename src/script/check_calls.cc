@@ -600,6 +600,22 @@ Value Checker::call(Expr& e, Context ctx) {
         return Value::bad();
       return Value::string(static_cast<std::uint32_t>(4 * len + 1));
     }
+    case Func::len:
+      // len(ustack), len($s) of a stack value: its frames (run_stack.h, stack_frame_count);
+      // len(@m) of a whole map: check_misc.cc.
+      if (n == 1 && !(e.args[0]->kind == Expr::Kind::map && e.args[0]->args.empty())) {
+        const Value v = value(*e.args[0]);
+        if (v.error) return Value::bad();
+        if (!v.is_str() || e.args[0]->kind == Expr::Kind::string) {
+          error(e.args[0]->loc,
+                "len() takes a map (len(@m)) or a stack (len(ustack), len($s) of "
+                "$s = ustack), not " +
+                    printf_type_name(v));
+          return Value::bad();
+        }
+        return Value::integer();
+      }
+      return misc_call(e, ctx);  // check_misc.cc
     default:
       return misc_call(e, ctx);  // check_misc.cc
   }

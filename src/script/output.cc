@@ -56,6 +56,12 @@ bool key_less(const MapDesc& d, const Row& a, const Row& b) {
   return false;
 }
 
+// "@FILE:LINE\n" of a source place, "\n" when it names no file.
+std::string source_suffix(const Symbolizer::SourcePlace& p) {
+  if (p.file.empty()) return "\n";
+  return "@" + p.file + ":" + std::to_string(p.line) + "\n";
+}
+
 // Frames ([n, addresses...]) as bpftrace prints a stack: a newline, then one frame a line,
 // "INDENTmain+52" (a map key indents 4, a value 8), perf "\t55d0c0a1b2c3 main+52 (PATH)",
 // raw "55d0c0a1b2c3", build_id "BUILDID 0xFILEOFFSET" (raw where the module has none).
@@ -78,6 +84,22 @@ void frames_text(std::string& s, const std::uint64_t* part, SymbolForm form, std
       continue;
     }
     const Symbolizer::Name name = sym.name(part[i]);
+    // show_debug_info: the functions inlined at the address first (innermost first), then
+    // the frame with its source place, as bpftrace main prints them; perf mode names the
+    // inlined functions and leaves the places out.
+    const std::vector<Symbolizer::SourcePlace>* places = nullptr;
+    if (show_debug_info() && !name.symbol.empty() && !(places = &sym.source(part[i]))->empty()) {
+      for (std::size_t k = 0; k + 1 < places->size(); ++k) {
+        const Symbolizer::SourcePlace& p = (*places)[k];
+        if (form == SymbolForm::stack_perf) {
+          std::snprintf(addr, sizeof addr, "\t%" PRIx64 " ", part[i]);
+          s += addr + p.function + " (inlined)\n";
+        } else {
+          s.append(indent, ' ');
+          s += "[inlined] " + p.function + source_suffix(p);
+        }
+      }
+    }
     if (form == SymbolForm::stack_perf) {
       std::snprintf(addr, sizeof addr, "\t%" PRIx64 " ", part[i]);
       s += addr;
@@ -85,7 +107,8 @@ void frames_text(std::string& s, const std::uint64_t* part, SymbolForm form, std
       s += " (" + (name.module.empty() ? std::string("[unknown]") : name.module) + ")\n";
     } else {
       s.append(indent, ' ');
-      s += frame_text(name, part[i]) + "\n";
+      s += frame_text(name, part[i]);
+      s += places && !places->empty() ? source_suffix(places->back()) : std::string("\n");
     }
   }
 }

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 
 #include "hotprobe/symbols.h"
 #include "script/maps.h"
+#include "script/run_stack.h"
 
 namespace hotprobe::script {
 namespace {
@@ -22,6 +24,8 @@ namespace {
 std::mutex g_mu;
 std::string g_region_text;  // the adopted region's module list (guarded by g_mu)
 bool g_use_region = false;
+std::atomic<SourceLookup> g_source_lookup{nullptr};
+std::atomic<bool> g_show_debug_info{false};
 
 std::string read_self_maps() {
   std::string text;
@@ -272,6 +276,29 @@ bool Symbolizer::file_place(std::uint64_t addr, std::string& build_id, std::uint
   return true;
 }
 
+const std::vector<Symbolizer::SourcePlace>& Symbolizer::source(std::uint64_t addr) {
+  if (auto it = source_cache_.find(addr); it != source_cache_.end()) return it->second;
+  std::vector<SourcePlace> places;
+  auto r = std::upper_bound(ranges_.begin(), ranges_.end(), addr,
+                            [](std::uint64_t a, const Range& x) { return a < x.start; });
+  if (const SourceLookup lookup = g_source_lookup.load(std::memory_order_acquire);
+      lookup && r != ranges_.begin() && addr < (--r)->end)
+    places = lookup(modules_[r->module].path, addr - r->start + r->file_offset);
+  return source_cache_.emplace(addr, std::move(places)).first->second;
+}
+
+void set_source_lookup(SourceLookup lookup) {
+  g_source_lookup.store(lookup, std::memory_order_release);
+}
+
+void set_show_debug_info(bool on) {
+  g_show_debug_info.store(on, std::memory_order_relaxed);
+}
+
+bool show_debug_info() {
+  return g_show_debug_info.load(std::memory_order_relaxed);
+}
+
 std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr) {
   char buf[32];
   if (n.symbol.empty()) {
@@ -281,26 +308,54 @@ std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr) {
   return n.symbol + "+" + std::to_string(n.offset);
 }
 
+// The block at modules_off: [uint64 length][the maps text][padding to 8], then the stack
+// table's words (run_stack.h, export_stacks) as [uint64 count][words...], so that
+// hotprobe names the stack values the maps hold (their ids are this process's).
 void publish_modules(SharedRegion& r) {
   if (!r.shared()) return;
   const std::string text = read_self_maps();
-  const std::uint64_t off = r.alloc(sizeof(std::uint64_t) + text.size());
+  std::vector<std::uint64_t> stacks;
+  export_stacks(stacks);
+  const std::uint64_t text_words = (text.size() + 7) / 8;
+  std::uint64_t bytes = (2 + text_words + stacks.size()) * sizeof(std::uint64_t);
+  // Never past the end: a failed allocation counts as refused, which says maps are lost.
+  const std::uint64_t top = r.header().top.load(std::memory_order_relaxed);
+  if (top > r.size() || bytes + region::kAlign > r.size() - top) {
+    stacks.resize(1);  // the frames do not fit: the nonce alone (they print empty)
+    bytes = (3 + text_words) * sizeof(std::uint64_t);
+  }
+  const std::uint64_t off = r.alloc(bytes);
   if (!off) return;  // no room: hotprobe prints the addresses
-  const std::uint64_t len = text.size();
-  std::memcpy(r.at<char>(off), &len, sizeof len);
-  std::memcpy(r.at<char>(off) + sizeof len, text.data(), text.size());
+  char* p = r.at<char>(off);
+  const std::uint64_t len = text.size(), count = stacks.size();
+  std::memcpy(p, &len, sizeof len);
+  std::memcpy(p + sizeof len, text.data(), text.size());
+  p += sizeof len + text_words * sizeof(std::uint64_t);
+  std::memcpy(p, &count, sizeof count);
+  std::memcpy(p + sizeof count, stacks.data(), stacks.size() * sizeof(std::uint64_t));
   r.header().modules_off.store(off, std::memory_order_release);
 }
 
 void use_region_modules(const SharedRegion& r) {
   const std::uint64_t off = r.header().modules_off.load(std::memory_order_acquire);
-  std::uint64_t len = 0;
+  std::uint64_t len = 0, count = 0;
   if (!off || !r.contains(off, sizeof len)) return;
   std::memcpy(&len, r.at<char>(off), sizeof len);
   if (!r.contains(off + sizeof len, len)) return;
-  std::lock_guard lock(g_mu);
-  g_region_text.assign(r.at<char>(off) + sizeof len, len);
-  g_use_region = true;
+  {
+    std::lock_guard lock(g_mu);
+    g_region_text.assign(r.at<char>(off) + sizeof len, len);
+    g_use_region = true;
+  }
+  const std::uint64_t at = off + sizeof len + (len + 7) / 8 * sizeof(std::uint64_t);
+  if (!r.contains(at, sizeof count)) return;
+  std::memcpy(&count, r.at<char>(at), sizeof count);
+  if (count > (r.size() - at) / sizeof(std::uint64_t) ||
+      !r.contains(at + sizeof count, count * sizeof(std::uint64_t)))
+    return;
+  std::vector<std::uint64_t> words(count);
+  std::memcpy(words.data(), r.at<char>(at + sizeof count), count * sizeof(std::uint64_t));
+  adopt_stacks(words);
 }
 
 }  // namespace hotprobe::script

@@ -39,6 +39,17 @@ class Symbolizer {
   // for a module without a build id.
   bool file_place(std::uint64_t addr, std::string& build_id, std::uint64_t& offset);
 
+  // Where `addr` is in the source (show_debug_info), by the lookup set_source_lookup
+  // installed: the functions inlined there, innermost first, each with its place, then
+  // the containing function's place (its `function` empty: name() names it). Empty when
+  // no lookup is installed, or the module has no DWARF for it.
+  struct SourcePlace {
+    std::string function;  // the inlined function's name
+    std::string file;      // the source file's path
+    std::uint32_t line = 0;
+  };
+  const std::vector<SourcePlace>& source(std::uint64_t addr);
+
  private:
   struct Range {
     std::uint64_t start, end, file_offset;
@@ -59,7 +70,22 @@ class Symbolizer {
   std::vector<Range> ranges_;  // executable file mappings, by address
   std::vector<Module> modules_;
   std::map<std::uint64_t, Name> cache_;
+  std::map<std::uint64_t, std::vector<SourcePlace>> source_cache_;
 };
+
+// The DWARF lookup behind Symbolizer::source: the module's path and the address's offset in
+// that file to the places (innermost inlined function first, the containing function's
+// place last). The hotprobe command installs one (libdw: elf/source_frames.h); the agent
+// links no DWARF reader and installs none.
+using SourceLookup = std::vector<Symbolizer::SourcePlace> (*)(const std::string& module,
+                                                              std::uint64_t file_offset);
+void set_source_lookup(SourceLookup lookup);
+
+// config = { show_debug_info = 1 }: stack frames print with their source places and inlined
+// functions (bpftrace main's form) where a lookup is installed. Set by the parser for the
+// script of this process (its last parse); off by default (bpftrace 0.17's output).
+void set_show_debug_info(bool on);
+bool show_debug_info();
 
 // bpftrace's text of one ustack frame: "main+52", or "0x55d0c0a1b2c3" when unknown.
 std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr);
