@@ -604,9 +604,14 @@ Value Checker::call(Expr& e, Context ctx) {
       // len(ustack), len($s) of a stack value: its frames (run_stack.h, stack_frame_count);
       // len(@m) of a whole map: check_misc.cc.
       if (n == 1 && !(e.args[0]->kind == Expr::Kind::map && e.args[0]->args.empty())) {
-        const Value v = value(*e.args[0]);
+        Expr& a = *e.args[0];
+        const Value v = value(a);
         if (v.error) return Value::bad();
-        if (!v.is_str() || e.args[0]->kind == Expr::Kind::string) {
+        if (a.kind == Expr::Kind::map && !v.is_str()) {  // an element that holds no stack
+          error(a.loc, "len() expects a whole map: write len(" + a.name + ")");
+          return Value::bad();
+        }
+        if (!v.is_str() || a.kind == Expr::Kind::string) {
           error(e.args[0]->loc,
                 "len() takes a map (len(@m)) or a stack (len(ustack), len($s) of "
                 "$s = ustack), not " +
