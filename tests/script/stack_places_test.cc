@@ -5,9 +5,11 @@
 // values: the stack table".
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "script/eval.h"
@@ -94,6 +96,45 @@ TEST(StackPlaces, ExportedStacksReadBackInAnotherProcess) {
   EXPECT_EQ(got[0], 2u);
   ASSERT_TRUE(read_marker(foreign_marker(other, 's', 7), form, got, 8));
   EXPECT_EQ(got[0], 0u);
+}
+
+// The copy for hotprobe may be made while slots are still claimed and written (a handler
+// that has not returned yet): it holds published slots only, each whole.
+TEST(StackPlaces, ExportWhileOtherThreadsInternSeesWholeStacks) {
+  stack_table_init();
+  constexpr int kThreads = 2, kStacks = 400;
+  std::atomic<int> running{kThreads};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([t, &running] {
+      for (int i = 0; i < kStacks; ++i) {
+        // [3, a, a + 1, a + 2]: a frame count and frames a reader can check.
+        const std::uint64_t a = 0x7000000u + static_cast<std::uint64_t>(t) * 0x100000u + i * 4u;
+        const std::uint64_t words[4] = {3, a, a + 1, a + 2};
+        char m[kSymbolMarkerBytes];
+        stack_marker(words, SymbolForm::stack, m);
+      }
+      running.fetch_sub(1);
+    });
+  }
+  int torn = 0, exports = 0;
+  do {
+    std::vector<std::uint64_t> out;
+    export_stacks(out);
+    ++exports;
+    for (std::size_t i = 1; i + 1 < out.size();) {
+      const std::uint64_t n = out[i + 1];
+      const std::uint64_t* f = &out[i + 2];
+      if (n == 3 && f[0] >= 0x7000000u && f[0] < 0x8000000u &&
+          (f[1] != f[0] + 1 || f[2] != f[0] + 2))
+        ++torn;
+      i += 2 + n;
+    }
+  } while (running.load() > 0);
+  for (auto& th : threads)
+    th.join();
+  EXPECT_EQ(torn, 0);
+  EXPECT_GE(exports, 1);
 }
 
 std::vector<Symbolizer::SourcePlace> fake_places(const std::string&, std::uint64_t) {
