@@ -72,8 +72,17 @@ std::vector<SourceFrame> source_frames(const std::string& module, std::uint64_t 
   Dwarf_Files* files = nullptr;
   std::size_t nfiles = 0;
   if (dwarf_getsrcfiles(&cu, &files, &nfiles) != 0) files = nullptr;
+  // The innermost scope at the address, then the concrete scopes that contain it (an
+  // inlined instance's callers included: dwarf_getscopes itself goes on through the
+  // abstract definition's scopes after the first inlined instance).
   Dwarf_Die* scopes = nullptr;
-  const int n = dwarf_getscopes(&cu, *vaddr, &scopes);
+  int n = dwarf_getscopes(&cu, *vaddr, &scopes);
+  if (n > 0) {
+    Dwarf_Die innermost = scopes[0];
+    std::free(scopes);
+    scopes = nullptr;
+    n = dwarf_getscopes_die(&innermost, &scopes);
+  }
   // Innermost first: each inlined function at its place, which then moves to its call.
   for (int i = 0; i < n; ++i) {
     const int tag = dwarf_tag(&scopes[i]);

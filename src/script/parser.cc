@@ -826,6 +826,7 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
   Parser parser(script, diags, program.types, program.facts);
   parser.program(program);
   std::string mode = parser.stack_mode();
+  bool places_by_reader = false;  // the command names show_debug_info's places (symbolize.h)
   // The environment's settings, which take precedence (bpftrace's): lines the command
   // added after the script (env_settings_line), the same in the command and the agent.
   for (std::size_t at = script.find(kEnvSettingPrefix); at != std::string_view::npos;
@@ -833,9 +834,11 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
     std::string_view line = script.substr(at + kEnvSettingPrefix.size());
     line = line.substr(0, line.find('\n'));
     if (line.starts_with("stack_mode=")) mode = std::string(line.substr(11));
+    if (line == "source_places=reader") places_by_reader = true;
   }
   if (!mode.empty() && mode != "bpftrace") apply_stack_mode(program, mode);
   set_show_debug_info(parser.show_debug_info());  // the printers' (symbolize.h)
+  set_places_by_reader(places_by_reader);
   skip_missing_probes(program, script);
   load_type_facts(facts, FactsPart::types, program);  // after the script's own structs
   resolve_source_lines(program, diags);

@@ -26,6 +26,7 @@ std::string g_region_text;  // the adopted region's module list (guarded by g_mu
 bool g_use_region = false;
 std::atomic<SourceLookup> g_source_lookup{nullptr};
 std::atomic<bool> g_show_debug_info{false};
+std::atomic<bool> g_places_by_reader{false};
 
 std::string read_self_maps() {
   std::string text;
@@ -240,6 +241,7 @@ Symbolizer::Name Symbolizer::name(std::uint64_t addr) {
           });
     }
     const std::uint64_t off = addr - r->start + r->file_offset;
+    n.file_offset = off;
     auto f = std::upper_bound(m.functions.begin(), m.functions.end(), off,
                               [](std::uint64_t o, const Function& x) { return o < x.file_offset; });
     // The nearest function at or below, when its extent holds the address (a symbol
@@ -297,6 +299,75 @@ void set_show_debug_info(bool on) {
 
 bool show_debug_info() {
   return g_show_debug_info.load(std::memory_order_relaxed);
+}
+
+void set_places_by_reader(bool on) {
+  g_places_by_reader.store(on, std::memory_order_relaxed);
+}
+
+bool places_by_reader() {
+  return g_places_by_reader.load(std::memory_order_relaxed) &&
+         !g_source_lookup.load(std::memory_order_acquire);  // a process with a lookup names them
+}
+
+bool has_place_requests(std::string_view text) {
+  return text.find(kPlaceRequest) != std::string_view::npos;
+}
+
+namespace {
+// "@FILE:LINE" of a place, "" when it names no file.
+std::string place_suffix(const Symbolizer::SourcePlace& p) {
+  return p.file.empty() ? std::string() : "@" + p.file + ":" + std::to_string(p.line);
+}
+}  // namespace
+
+void name_source_places(std::string& text) {
+  if (!has_place_requests(text)) return;
+  const SourceLookup lookup = g_source_lookup.load(std::memory_order_acquire);
+  std::string out;
+  out.reserve(text.size() + text.size() / 2);
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const std::size_t req = text.find(kPlaceRequest, i);
+    if (req == std::string::npos) break;
+    out.append(text, i, req - i);
+    const std::size_t end = text.find(kPlaceRequest, req + 1);
+    if (end == std::string::npos) {  // a request cut off: the rest as it is
+      i = req;
+      break;
+    }
+    // MODULE kPlaceField OFFSET kPlaceField FORM
+    const std::string_view body(text.data() + req + 1, end - req - 1);
+    const std::size_t f1 = body.find(kPlaceField);
+    const std::size_t f2 = f1 == std::string_view::npos ? f1 : body.find(kPlaceField, f1 + 1);
+    i = end + 1;
+    if (f2 == std::string_view::npos || f2 + 1 >= body.size()) continue;  // malformed: dropped
+    const std::string module(body.substr(0, f1));
+    const std::uint64_t off =
+        std::strtoull(std::string(body.substr(f1 + 1, f2 - f1 - 1)).c_str(), nullptr, 16);
+    const char form = body[f2 + 1];
+    const std::string arg(body.substr(f2 + 2));
+    std::vector<Symbolizer::SourcePlace> places;
+    if (lookup) places = lookup(module, off);
+    if (places.empty()) continue;
+    for (std::size_t k = 0; k + 1 < places.size(); ++k) {
+      if (form == 'p') {
+        out += "\t" + arg + " " + places[k].function + " (inlined)\n";
+      } else {
+        out.append(std::min<std::size_t>(std::strtoul(arg.c_str(), nullptr, 10), 64), ' ');
+        out += "[inlined] " + places[k].function + place_suffix(places[k]) + "\n";
+      }
+    }
+    if (form != 'p') {  // the frame's line, with its place at the end
+      const std::size_t nl = text.find('\n', i);
+      const std::size_t stop = nl == std::string::npos ? text.size() : nl;
+      out.append(text, i, stop - i);
+      out += place_suffix(places.back());
+      i = stop;
+    }
+  }
+  out.append(text, i, std::string::npos);
+  text = std::move(out);
 }
 
 std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr) {

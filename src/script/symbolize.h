@@ -31,7 +31,8 @@ class Symbolizer {
   struct Name {
     std::string symbol;  // the function (demangled); empty when unknown
     std::uint64_t offset = 0;
-    std::string module;  // the mapped file's path; empty outside every file mapping
+    std::string module;             // the mapped file's path; empty outside every file mapping
+    std::uint64_t file_offset = 0;  // the address's offset in `module`
   };
   Name name(std::uint64_t addr);
   // Where `addr` is in its module's file, as the kernel's build-id stacks give it: the
@@ -86,6 +87,22 @@ void set_source_lookup(SourceLookup lookup);
 // script of this process (its last parse); off by default (bpftrace 0.17's output).
 void set_show_debug_info(bool on);
 bool show_debug_info();
+
+// Text printed while the program runs is named by the agent, which has no lookup. When the
+// command says it names places in what it receives (a line `//hotprobe-env
+// source_places=reader` after the script, read by the parser), the agent's reader
+// (expand_symbols, text output) puts a request before each frame's line under
+// show_debug_info: kPlaceRequest MODULE kPlaceField FILE_OFFSET(hex) kPlaceField FORM
+// kPlaceRequest, FORM `s` and the indent in decimal (bpftrace mode: the places go at the
+// end of the next line, the inlined functions before it) or `p` and the address in hex
+// (perf: the inlined functions before it). name_source_places, on the command's side,
+// replaces each request by the inlined functions' lines and the place.
+inline constexpr char kPlaceRequest = '\x1d';
+inline constexpr char kPlaceField = '\x1c';
+void set_places_by_reader(bool on);
+bool places_by_reader();
+bool has_place_requests(std::string_view text);
+void name_source_places(std::string& text);
 
 // bpftrace's text of one ustack frame: "main+52", or "0x55d0c0a1b2c3" when unknown.
 std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr);

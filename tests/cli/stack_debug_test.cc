@@ -48,13 +48,18 @@ TEST(StackDebugRun, ShowDebugInfoPrintsPlacesAndInlinedFrames) {
   // bpftrace main's form: the function inlined at the return address first, then the
   // frame that holds it, each with its source place.
   EXPECT_TRUE(contains(r.out, "@k[\n    leaf+0@" + src + ":")) << r.out;
-  EXPECT_TRUE(contains(r.out, "\n    [inlined] scale@" + src + ":")) << r.out;
-  EXPECT_TRUE(contains(r.out, "\n    middle+")) << r.out;
+  EXPECT_TRUE(contains(r.out, "\n    [inlined] twice@" + src + ":")) << r.out;
+  // Each outer function at its call of the next: scale calls twice at line 28, middle
+  // calls scale at line 33.
+  EXPECT_TRUE(contains(r.out, "\n    [inlined] scale@" + src + ":28\n    middle+")) << r.out;
+  EXPECT_TRUE(contains(r.out, "@" + src + ":33\n    outer+")) << r.out;
   EXPECT_TRUE(contains(r.out, "\n    outer+")) << r.out;
   // A value too, indented by 8; ustack(3) counts addresses, so four lines.
   EXPECT_TRUE(contains(r.out, "@v: \n        leaf+0@" + src + ":")) << r.out;
+  EXPECT_TRUE(contains(r.out, "\n        [inlined] twice@" + src)) << r.out;
   EXPECT_TRUE(contains(r.out, "\n        [inlined] scale@" + src)) << r.out;
   // perf: the inlined function at the same address, no places.
+  EXPECT_TRUE(contains(r.out, " twice (inlined)\n\t")) << r.out;
   EXPECT_TRUE(contains(r.out, " scale (inlined)\n\t")) << r.out;
   EXPECT_FALSE(contains(r.out, "(" + std::string(HP_STACK_INLINE) + ")@")) << r.out;
 }

@@ -187,6 +187,55 @@ TEST(StackPlaces, ShowDebugInfoPrintsInlinedFramesAndPlaces) {
   EXPECT_EQ(off, "\n        hp_stack_place_leaf+0\n\n");
 }
 
+// The agent has no lookup: its reader leaves a request per frame, which the command, with
+// its lookup, turns into the same text.
+TEST(StackPlaces, TheAgentsReaderLeavesPlacesToTheCommand) {
+  stack_table_init();
+  const std::uint64_t words[] = {2, leaf(), caller() + 5};
+  char marker[kSymbolMarkerBytes], perf[kSymbolMarkerBytes];
+  stack_marker(words, SymbolForm::stack, marker);
+  stack_marker(words, SymbolForm::stack_perf, perf);
+  set_source_lookup(nullptr);
+  set_show_debug_info(true);
+  set_places_by_reader(true);
+  std::string text = std::string("a") + marker + "|" + perf + "b";
+  expand_symbols(text);
+  set_places_by_reader(false);
+  ASSERT_TRUE(has_place_requests(text)) << text;
+  std::string without = text;
+  name_source_places(without);  // no lookup: the frames as bpftrace 0.17 prints them
+  EXPECT_EQ(
+      without.rfind("a\n        hp_stack_place_leaf+0\n        hp_stack_place_caller+5\n|", 0), 0u)
+      << without;
+  set_source_lookup(&fake_places);
+  name_source_places(text);
+  set_source_lookup(nullptr);
+  set_show_debug_info(false);
+  const std::string stack =
+      "\n        [inlined] inner_inl@/src/a.c:3\n        [inlined] outer_inl@/src/a.c:9\n"
+      "        hp_stack_place_leaf+0@/src/a.c:20\n";
+  EXPECT_EQ(text.rfind("a" + stack, 0), 0u) << text;
+  EXPECT_NE(text.find("        hp_stack_place_caller+5@/src/a.c:20\n|"), std::string::npos) << text;
+  char want[128];
+  std::snprintf(want, sizeof want,
+                "|\n\t%llx inner_inl (inlined)\n\t%llx outer_inl (inlined)\n\t%llx ",
+                static_cast<unsigned long long>(leaf()), static_cast<unsigned long long>(leaf()),
+                static_cast<unsigned long long>(leaf()));
+  EXPECT_NE(text.find(want), std::string::npos) << text;
+  EXPECT_FALSE(has_place_requests(text)) << text;
+  // A request cut off (or not one) stays as it is; a malformed one goes.
+  std::string cut =
+      "x\x1d/bin/true\x1c"
+      "10";
+  name_source_places(cut);
+  EXPECT_EQ(cut,
+            "x\x1d/bin/true\x1c"
+            "10");
+  std::string bad = "x\x1dnothing\x1dy";
+  name_source_places(bad);
+  EXPECT_EQ(bad, "xy");
+}
+
 TEST(StackPlaces, TheSettingIsTheScriptsConfig) {
   harness::Script on("config = { show_debug_info = 1 } BEGIN { }");
   EXPECT_TRUE(show_debug_info());
