@@ -315,6 +315,22 @@ bool has_place_requests(std::string_view text) {
 }
 
 namespace {
+// The places of (module, offset), looked up once: a stack printed at every hit names the
+// same frames again. Bounded: emptied when it holds kPlacesCached addresses.
+constexpr std::size_t kPlacesCached = 1 << 16;
+std::vector<Symbolizer::SourcePlace> cached_places(SourceLookup lookup, const std::string& module,
+                                                   std::uint64_t off) {
+  if (!lookup) return {};
+  static std::mutex mu;
+  static auto* cache = new std::map<std::pair<std::string, std::uint64_t>,
+                                    std::vector<Symbolizer::SourcePlace>>;  // never freed
+  std::lock_guard lock(mu);
+  if (cache->size() >= kPlacesCached) cache->clear();
+  auto [it, fresh] = cache->try_emplace({module, off});
+  if (fresh) it->second = lookup(module, off);
+  return it->second;
+}
+
 // "@FILE:LINE" of a place, "" when it names no file.
 std::string place_suffix(const Symbolizer::SourcePlace& p) {
   return p.file.empty() ? std::string() : "@" + p.file + ":" + std::to_string(p.line);
@@ -347,8 +363,7 @@ void name_source_places(std::string& text) {
         std::strtoull(std::string(body.substr(f1 + 1, f2 - f1 - 1)).c_str(), nullptr, 16);
     const char form = body[f2 + 1];
     const std::string arg(body.substr(f2 + 2));
-    std::vector<Symbolizer::SourcePlace> places;
-    if (lookup) places = lookup(module, off);
+    const std::vector<Symbolizer::SourcePlace> places = cached_places(lookup, module, off);
     if (places.empty()) continue;
     for (std::size_t k = 0; k + 1 < places.size(); ++k) {
       if (form == 'p') {
