@@ -1,6 +1,7 @@
 #include "script/run_stack.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -349,8 +350,37 @@ struct StackTable {
 constexpr std::uint32_t kNoWords = ~std::uint32_t{0};  // StackTable::off of no frame
 std::atomic<StackTable*> g_table{nullptr};             // made by stack_table_init, never freed
 std::once_flag g_table_once;
-std::uint32_t g_nonce = 0;  // usym markers have it without the table
+// This process's nonce (usym markers have it without the table). A fork child takes a new
+// one: its table diverges from its parent's, whose slots hotprobe names by the parent's
+// nonce, so the child's new stacks must not pass for the parent's. The slots written
+// before the fork are the child's too: markers of its ancestors' nonces (at most
+// kAncestors) still read its table.
+std::atomic<std::uint32_t> g_nonce{0};
 std::once_flag g_nonce_once;
+constexpr int kAncestors = 8;
+std::uint32_t g_ancestors[kAncestors];  // written in a fork child only, one thread there
+int g_ancestor_count = 0;
+
+std::uint32_t fresh_nonce() {
+  std::uint32_t v = 0;
+  while (v == 0) {
+    if (::getrandom(&v, sizeof v, 0) != static_cast<ssize_t>(sizeof v))
+      v = static_cast<std::uint32_t>(::getpid()) * 2654435761u ^ 0x9e3779b9u;
+  }
+  return v;
+}
+
+void renonce_in_child() {
+  if (g_ancestor_count < kAncestors)
+    g_ancestors[g_ancestor_count++] = g_nonce.load(std::memory_order_relaxed);
+  g_nonce.store(fresh_nonce(), std::memory_order_relaxed);
+}
+
+bool ancestor_nonce(std::uint32_t tag) {
+  for (int i = 0; i < g_ancestor_count; ++i)
+    if (g_ancestors[i] == tag) return true;
+  return false;
+}
 
 // Another process's stacks (adopt_stacks): made once, never changed or freed (a printer
 // may hold it), replaced by a newer set.
@@ -362,14 +392,10 @@ std::atomic<const AdoptedStacks*> g_adopted{nullptr};
 
 std::uint32_t nonce() {
   std::call_once(g_nonce_once, [] {
-    std::uint32_t v = 0;
-    while (v == 0) {
-      if (::getrandom(&v, sizeof v, 0) != static_cast<ssize_t>(sizeof v))
-        v = static_cast<std::uint32_t>(::getpid()) * 2654435761u ^ 0x9e3779b9u;
-    }
-    g_nonce = v;
+    g_nonce.store(fresh_nonce(), std::memory_order_relaxed);
+    ::pthread_atfork(nullptr, nullptr, renonce_in_child);
   });
-  return g_nonce;
+  return g_nonce.load(std::memory_order_relaxed);
 }
 
 std::uint64_t hash_words(const std::uint64_t* w, std::size_t n) {
@@ -464,7 +490,7 @@ bool read_marker(std::string_view s, SymbolForm& form, std::uint64_t* words, std
   // stacks were adopted; a symbol's address anywhere its modules are known (hotprobe
   // printing a map the program left).
   const AdoptedStacks* other = nullptr;
-  if (tag != nonce() && form != SymbolForm::symbol) {
+  if (tag != nonce() && form != SymbolForm::symbol && !ancestor_nonce(tag)) {
     other = g_adopted.load(std::memory_order_acquire);
     if (!other || other->nonce != tag) return false;
   }

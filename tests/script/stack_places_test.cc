@@ -3,6 +3,9 @@
 // (with a lookup installed as the hotprobe command installs libdw's), and len(ustack):
 // docs/design/script-language.md, "Stacks and symbols"; script-runtime.md, "Stacks as
 // values: the stack table".
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -135,6 +138,37 @@ TEST(StackPlaces, ExportWhileOtherThreadsInternSeesWholeStacks) {
     th.join();
   EXPECT_EQ(torn, 0);
   EXPECT_GE(exports, 1);
+}
+
+// A fork child's table diverges from its parent's: its new stacks carry a nonce of its
+// own (hotprobe, naming by the parent's words, must not take them for the parent's), and
+// the markers written before the fork still read.
+TEST(StackPlaces, AForkChildMarksItsStacksAsItsOwn) {
+  stack_table_init();
+  const std::uint64_t before[] = {1, leaf()};
+  char old_marker[kSymbolMarkerBytes];
+  stack_marker(before, SymbolForm::stack, old_marker);
+  const std::uint32_t parent = own_nonce();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int code = 0;
+    const std::uint64_t after[] = {1, caller() + 5};
+    char m[kSymbolMarkerBytes];
+    stack_marker(after, SymbolForm::stack, m);
+    SymbolForm form{};
+    std::uint64_t got[4] = {};
+    if (own_nonce() == parent) code |= 1;
+    if (std::string(m + 1, 8) == std::string(old_marker + 1, 8)) code |= 2;
+    if (!read_marker(m, form, got, 4) || got[0] != 1 || got[1] != caller() + 5) code |= 4;
+    if (!read_marker(old_marker, form, got, 4) || got[0] != 1 || got[1] != leaf()) code |= 8;
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);  // 1, 2: the parent's nonce; 4, 8: a marker unread
+  EXPECT_EQ(own_nonce(), parent);
 }
 
 std::vector<Symbolizer::SourcePlace> fake_places(const std::string&, std::uint64_t) {
