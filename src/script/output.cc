@@ -860,7 +860,7 @@ void expand_symbols(std::string& text) {
       if (stop != std::string::npos && stop - from < kSymbolMarkerBytes) {
         const std::string marker =
             kSymbolMarker + text.substr(from, stop - from) + kSymbolMarkerEnd;
-        if (symbolic_text(named, marker, /*right_away=*/true, /*request_places=*/raw)) {
+        if (symbolic_text(named, marker, /*right_away=*/true, /*request_places=*/true)) {
           if (raw) {
             out += named;
           } else {

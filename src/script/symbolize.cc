@@ -16,6 +16,7 @@
 
 #include "hotprobe/symbols.h"
 #include "script/maps.h"
+#include "script/output.h"
 #include "script/run_stack.h"
 
 namespace hotprobe::script {
@@ -311,7 +312,8 @@ bool places_by_reader() {
 }
 
 bool has_place_requests(std::string_view text) {
-  return text.find(kPlaceRequest) != std::string_view::npos;
+  return text.find(kPlaceRequest) != std::string_view::npos ||
+         text.find("\\u001d") != std::string_view::npos;
 }
 
 namespace {
@@ -340,44 +342,81 @@ std::string place_suffix(const Symbolizer::SourcePlace& p) {
 void name_source_places(std::string& text) {
   if (!has_place_requests(text)) return;
   const SourceLookup lookup = g_source_lookup.load(std::memory_order_acquire);
+  // A request as text output has it, or inside a JSON string (JSON-escaped, as the
+  // agent's reader escapes what it names there): delimiters, line end, and how text added
+  // to it is written.
+  struct Syntax {
+    std::string_view request, field, newline;
+    bool json;
+  };
+  static constexpr Syntax kRaw{"\x1d", "\x1c", "\n", false};
+  static constexpr Syntax kJson{"\\u001d", "\\u001c", "\\n", true};
   std::string out;
   out.reserve(text.size() + text.size() / 2);
+  auto add = [&out](const Syntax& x, const std::string& s) {
+    if (x.json) {
+      json_escape(out, s);
+    } else {
+      out += s;
+    }
+  };
+  // In JSON the sequence must be an escape itself, not a program string's backslash
+  // (escaped as two) followed by the letters "u001d".
+  auto find = [&text](const Syntax& x, std::string_view what, std::size_t from) {
+    for (std::size_t at = text.find(what, from); at != std::string::npos;
+         at = text.find(what, at + 1)) {
+      std::size_t slashes = 0;
+      while (x.json && at > slashes && text[at - slashes - 1] == '\\')
+        ++slashes;
+      if (slashes % 2 == 0) return at;
+    }
+    return std::string::npos;
+  };
   std::size_t i = 0;
   while (i < text.size()) {
-    const std::size_t req = text.find(kPlaceRequest, i);
-    if (req == std::string::npos) break;
+    const std::size_t raw = find(kRaw, kRaw.request, i), esc = find(kJson, kJson.request, i);
+    if (raw == std::string::npos && esc == std::string::npos) break;
+    const Syntax& x = raw < esc ? kRaw : kJson;
+    const std::size_t req = std::min(raw, esc);
     out.append(text, i, req - i);
-    const std::size_t end = text.find(kPlaceRequest, req + 1);
+    const std::size_t end = find(x, x.request, req + x.request.size());
     if (end == std::string::npos) {  // a request cut off: the rest as it is
       i = req;
       break;
     }
-    // MODULE kPlaceField OFFSET kPlaceField FORM
-    const std::string_view body(text.data() + req + 1, end - req - 1);
-    const std::size_t f1 = body.find(kPlaceField);
-    const std::size_t f2 = f1 == std::string_view::npos ? f1 : body.find(kPlaceField, f1 + 1);
-    i = end + 1;
-    if (f2 == std::string_view::npos || f2 + 1 >= body.size()) continue;  // malformed: dropped
+    // MODULE field OFFSET field FORM
+    const std::string_view body(text.data() + req + x.request.size(), end - req - x.request.size());
+    // The module is a path without escapes (else dropped below): its first field mark ends it.
+    const std::size_t f1 = body.find(x.field);
+    const std::size_t f2 =
+        f1 == std::string_view::npos ? f1 : body.find(x.field, f1 + x.field.size());
+    i = end + x.request.size();
+    const std::size_t form_at = f2 + x.field.size();
+    // Malformed, or a module path JSON had to escape: dropped (the frame prints without).
+    if (f2 == std::string_view::npos || form_at >= body.size() ||
+        (x.json && body.substr(0, f1).find('\\') != std::string_view::npos))
+      continue;
     const std::string module(body.substr(0, f1));
-    const std::uint64_t off =
-        std::strtoull(std::string(body.substr(f1 + 1, f2 - f1 - 1)).c_str(), nullptr, 16);
-    const char form = body[f2 + 1];
-    const std::string arg(body.substr(f2 + 2));
+    const std::uint64_t off = std::strtoull(
+        std::string(body.substr(f1 + x.field.size(), f2 - f1 - x.field.size())).c_str(), nullptr,
+        16);
+    const char form = body[form_at];
+    const std::string arg(body.substr(form_at + 1));
     const std::vector<Symbolizer::SourcePlace> places = cached_places(lookup, module, off);
     if (places.empty()) continue;
     for (std::size_t k = 0; k + 1 < places.size(); ++k) {
       if (form == 'p') {
-        out += "\t" + arg + " " + places[k].function + " (inlined)\n";
+        add(x, "\t" + arg + " " + places[k].function + " (inlined)\n");
       } else {
-        out.append(std::min<std::size_t>(std::strtoul(arg.c_str(), nullptr, 10), 64), ' ');
-        out += "[inlined] " + places[k].function + place_suffix(places[k]) + "\n";
+        add(x, std::string(std::min<std::size_t>(std::strtoul(arg.c_str(), nullptr, 10), 64), ' ') +
+                   "[inlined] " + places[k].function + place_suffix(places[k]) + "\n");
       }
     }
     if (form != 'p') {  // the frame's line, with its place at the end
-      const std::size_t nl = text.find('\n', i);
+      const std::size_t nl = find(x, x.newline, i);
       const std::size_t stop = nl == std::string::npos ? text.size() : nl;
       out.append(text, i, stop - i);
-      out += place_suffix(places.back());
+      add(x, place_suffix(places.back()));
       i = stop;
     }
   }

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -257,6 +258,23 @@ TEST(StackPlaces, TheAgentsReaderLeavesPlacesToTheCommand) {
                 static_cast<unsigned long long>(leaf()));
   EXPECT_NE(text.find(want), std::string::npos) << text;
   EXPECT_FALSE(has_place_requests(text)) << text;
+  // In JSON output the marker and the requests are escaped inside the string.
+  const std::string inner(marker + 1, std::strlen(marker) - 2);
+  std::string json = "{\"data\": \"\\u001e" + inner + "\\u001f\\\\u001d\"}\n";
+  set_show_debug_info(true);
+  set_places_by_reader(true);
+  expand_symbols(json);
+  set_places_by_reader(false);
+  ASSERT_NE(json.find("\\u001d"), std::string::npos) << json;
+  set_source_lookup(&fake_places);
+  name_source_places(json);
+  set_source_lookup(nullptr);
+  set_show_debug_info(false);
+  // The program's own backslash and "u001d" (escaped as \\u001d) is text, not a request.
+  const std::string inl =
+      "\\n        [inlined] inner_inl@/src/a.c:3\\n        [inlined] outer_inl@/src/a.c:9";
+  EXPECT_EQ(json, "{\"data\": \"" + inl + "\\n        hp_stack_place_leaf+0@/src/a.c:20" + inl +
+                      "\\n        hp_stack_place_caller+5@/src/a.c:20\\n\\\\u001d\"}\n");
   // A request cut off (or not one) stays as it is; a malformed one goes.
   std::string cut =
       "x\x1d/bin/true\x1c"
