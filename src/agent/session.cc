@@ -31,6 +31,7 @@
 #include "script/diag.h"
 #include "script/maps.h"
 #include "script/output.h"
+#include "script/symbolize.h"
 #include "sync/deferred.h"
 
 namespace hp::agent {
@@ -622,6 +623,9 @@ void Session::do_finish(Reason reason) {
   // END runs once, in the traced program.
   if (!forked_child_) program_->run_end();
   send_queued();  // END's output up to its last system()/cat(), and the requests
+  // END's ustack/usym values are named here, as send_text_checked names them: the text
+  // may go into the region, which hotprobe prints as it finds it.
+  if (script::has_symbol_markers(out_)) script::expand_symbols(out_);
   // Maps in memory shared with hotprobe: END's output (all that out_ holds now) goes there
   // too and hotprobe prints both, exactly once whatever happens next. Otherwise they go
   // over the channel. (An attached session's maps are in its own region, never in a run's.)
@@ -773,7 +777,20 @@ bool Session::send_text_checked(Msg type, std::string_view text) {
   if (type == Msg::output && script::has_symbol_markers(text)) {
     std::string named(text);
     script::expand_symbols(named);
-    return channel_ok() && send_text(fd_, type, named);
+    if (!script::has_place_requests(named)) return channel_ok() && send_text(fd_, type, named);
+    // show_debug_info's requests (script/symbolize.h) are named by hotprobe per message:
+    // each message ends at a line's end, so a request and its frame's line stay together.
+    std::string_view rest(named);
+    while (!rest.empty()) {
+      std::size_t n = std::min(rest.size(), kMaxMessage - 1);
+      if (n < rest.size()) {
+        const std::size_t nl = rest.rfind('\n', n - 1);
+        if (nl != std::string_view::npos) n = nl + 1;
+      }
+      if (!channel_ok() || !send_text(fd_, type, rest.substr(0, n))) return false;
+      rest.remove_prefix(n);
+    }
+    return true;
   }
   return channel_ok() && send_text(fd_, type, text);
 }

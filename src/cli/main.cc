@@ -16,7 +16,9 @@
 #include "cli/cli.h"
 #include "cli/output_file.h"
 #include "elf/dwarf.h"
+#include "elf/source_frames.h"
 #include "hotprobe/version.h"
+#include "script/symbolize.h"
 
 namespace {
 
@@ -394,6 +396,13 @@ int cli_main(int argc, char** argv) {
 // An exception that reaches here (memory exhausted, a library's throw the subcommand did
 // not expect) is an error with its message, never std::terminate's abort.
 int main(int argc, char** argv) {
+  // show_debug_info: stack frames name their source places from DWARF, read here (libdw).
+  hotprobe::script::set_source_lookup([](const std::string& module, std::uint64_t off) {
+    std::vector<hotprobe::script::Symbolizer::SourcePlace> out;
+    for (auto& f : hp::elf::source_frames(module, off))
+      out.push_back({std::move(f.function), std::move(f.file), f.line});
+    return out;
+  });
   try {
     return cli_main(argc, argv);
   } catch (const std::exception& e) {

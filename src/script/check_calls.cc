@@ -616,6 +616,27 @@ Value Checker::call(Expr& e, Context ctx) {
       const int t = program_.types.buffer(static_cast<std::uint32_t>(len));
       return Value{Type::record, std::nullopt, program_.types.size_of(t), false, t};
     }
+    case Func::len:
+      // len(ustack), len($s) of a stack value: its frames (run_stack.h, stack_frame_count);
+      // len(@m) of a whole map: check_misc.cc.
+      if (n == 1 && !(e.args[0]->kind == Expr::Kind::map && e.args[0]->args.empty())) {
+        Expr& a = *e.args[0];
+        const Value v = value(a);
+        if (v.error) return Value::bad();
+        if (a.kind == Expr::Kind::map && !v.is_str()) {  // an element that holds no stack
+          error(a.loc, "len() expects a whole map: write len(" + a.name + ")");
+          return Value::bad();
+        }
+        if (!v.is_str() || a.kind == Expr::Kind::string) {
+          error(e.args[0]->loc,
+                "len() takes a map (len(@m)) or a stack (len(ustack), len($s) of "
+                "$s = ustack), not " +
+                    printf_type_name(v));
+          return Value::bad();
+        }
+        return Value::integer();
+      }
+      return misc_call(e, ctx);  // check_misc.cc
     default:
       return misc_call(e, ctx);  // check_misc.cc
   }

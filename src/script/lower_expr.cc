@@ -6,6 +6,7 @@
 #include "script/lower.h"
 #include "script/output.h"
 #include "script/run_misc.h"
+#include "script/run_stack.h"
 #include "script/run_usdt.h"
 
 namespace hotprobe::script::lowering {
@@ -731,6 +732,15 @@ Result<const Node*> Lowerer::call(const Expr& e) {
     case Func::join:
     case Func::buf:
       return builtin_call(e);
+    case Func::len:  // len(ustack): the frames of a stack value (run_stack.h)
+      if (e.args.size() == 1 && !(e.args[0]->kind == Expr::Kind::map && e.args[0]->args.empty())) {
+        auto a = expr(*e.args[0]);
+        if (!a) return a.error();
+        n->a = *a;
+        n->i = nodes::i_stack_len;
+        return n;
+      }
+      [[fallthrough]];
     default:
       if (is_misc_func(e.func)) return lower_misc_call(*this, e, n);  // lower_loops.cc
       return unsupported(e, "an aggregation outside a map assignment");

@@ -56,11 +56,17 @@ bool key_less(const MapDesc& d, const Row& a, const Row& b) {
   return false;
 }
 
+// "@FILE:LINE\n" of a source place, "\n" when it names no file.
+std::string source_suffix(const Symbolizer::SourcePlace& p) {
+  if (p.file.empty()) return "\n";
+  return "@" + p.file + ":" + std::to_string(p.line) + "\n";
+}
+
 // Frames ([n, addresses...]) as bpftrace prints a stack: a newline, then one frame a line,
 // "INDENTmain+52" (a map key indents 4, a value 8), perf "\t55d0c0a1b2c3 main+52 (PATH)",
 // raw "55d0c0a1b2c3", build_id "BUILDID 0xFILEOFFSET" (raw where the module has none).
 void frames_text(std::string& s, const std::uint64_t* part, SymbolForm form, std::size_t indent,
-                 Symbolizer& sym) {
+                 Symbolizer& sym, bool request_places = false) {
   const std::uint64_t n = std::min<std::uint64_t>(part[0], kMaxStackFrames);
   s += "\n";
   for (std::uint64_t i = 1; i <= n; ++i) {
@@ -78,6 +84,37 @@ void frames_text(std::string& s, const std::uint64_t* part, SymbolForm form, std
       continue;
     }
     const Symbolizer::Name name = sym.name(part[i]);
+    // show_debug_info: the functions inlined at the address first (innermost first), then
+    // the frame with its source place, as bpftrace main prints them; perf mode names the
+    // inlined functions and leaves the places out.
+    const std::vector<Symbolizer::SourcePlace>* places = nullptr;
+    if (request_places && show_debug_info() && !name.symbol.empty() &&
+        name.module.find_first_of("\x1c\x1d\n") == std::string::npos) {
+      // The command names the places (symbolize.h, kPlaceRequest).
+      char req[48];
+      if (form == SymbolForm::stack_perf) {
+        std::snprintf(req, sizeof req, "%c%" PRIx64 "%cp%" PRIx64 "%c", kPlaceField,
+                      name.file_offset, kPlaceField, part[i], kPlaceRequest);
+      } else {
+        std::snprintf(req, sizeof req, "%c%" PRIx64 "%cs%zu%c", kPlaceField, name.file_offset,
+                      kPlaceField, indent, kPlaceRequest);
+      }
+      s += kPlaceRequest;
+      s += name.module;
+      s += req;
+    } else if (show_debug_info() && !name.symbol.empty() &&
+               !(places = &sym.source(part[i]))->empty()) {
+      for (std::size_t k = 0; k + 1 < places->size(); ++k) {
+        const Symbolizer::SourcePlace& p = (*places)[k];
+        if (form == SymbolForm::stack_perf) {
+          std::snprintf(addr, sizeof addr, "\t%" PRIx64 " ", part[i]);
+          s += addr + p.function + " (inlined)\n";
+        } else {
+          s.append(indent, ' ');
+          s += "[inlined] " + p.function + source_suffix(p);
+        }
+      }
+    }
     if (form == SymbolForm::stack_perf) {
       std::snprintf(addr, sizeof addr, "\t%" PRIx64 " ", part[i]);
       s += addr;
@@ -85,7 +122,8 @@ void frames_text(std::string& s, const std::uint64_t* part, SymbolForm form, std
       s += " (" + (name.module.empty() ? std::string("[unknown]") : name.module) + ")\n";
     } else {
       s.append(indent, ' ');
-      s += frame_text(name, part[i]) + "\n";
+      s += frame_text(name, part[i]);
+      s += places && !places->empty() ? source_suffix(places->back()) : std::string("\n");
     }
   }
 }
@@ -114,7 +152,9 @@ std::int64_t monotonic_seconds() {
 // not a marker of this process (then it is a string like any other). Names come from one
 // module list kept for the process, read again (at most once a second) when a frame falls
 // in no module of it: a library loaded since.
-bool symbolic_text(std::string& out, std::string_view s, bool right_away = false) {
+// `request_places`: the agent's reader writing text output (symbolize.h, kPlaceRequest).
+bool symbolic_text(std::string& out, std::string_view s, bool right_away = false,
+                   bool request_places = false) {
   if (s.empty() || s.front() != kSymbolMarker) return false;
   std::uint64_t words[1 + kMaxStackFrames];
   SymbolForm form{};
@@ -143,7 +183,7 @@ bool symbolic_text(std::string& out, std::string_view s, bool right_away = false
   if (form == SymbolForm::symbol) {
     symbol_text(out, words[1], *names);
   } else {
-    frames_text(out, words, form, 8, *names);
+    frames_text(out, words, form, 8, *names, request_places && places_by_reader());
   }
   return true;
 }
@@ -820,7 +860,7 @@ void expand_symbols(std::string& text) {
       if (stop != std::string::npos && stop - from < kSymbolMarkerBytes) {
         const std::string marker =
             kSymbolMarker + text.substr(from, stop - from) + kSymbolMarkerEnd;
-        if (symbolic_text(named, marker, /*right_away=*/true)) {
+        if (symbolic_text(named, marker, /*right_away=*/true, /*request_places=*/true)) {
           if (raw) {
             out += named;
           } else {

@@ -14,6 +14,7 @@
 #include "script/lexer.h"
 #include "script/loops.h"
 #include "script/run_misc.h"
+#include "script/symbolize.h"
 
 namespace hotprobe::script {
 
@@ -62,8 +63,11 @@ class Parser {
   const std::string& stack_mode() const { return stack_mode_; }
   // config's missing_probes (error, warn or ignore), empty when not set.
   const std::string& missing_probes() const { return missing_probes_; }
+  // config's show_debug_info.
+  bool show_debug_info() const { return show_debug_info_; }
 
  private:
+  bool show_debug_info_ = false;
   std::string stack_mode_;
   std::string missing_probes_;
   [[noreturn]] void fail(const Token& t, std::string_view expecting = {});
@@ -692,10 +696,7 @@ inline void Parser::config_block(ast::Program& out) {
     } else if (k == "show_debug_info") {
       if (value.kind == Tok::ident && value.text != "true" && value.text != "false")
         c_error(value.loc, "show_debug_info is true, false, 1 or 0");
-      if (truth)
-        c_error(value.loc,
-                "show_debug_info: hotprobe prints stack frames without file:line and inlined "
-                "frames, as bpftrace 0.17 does; write show_debug_info = 0");
+      show_debug_info_ = truth;
     } else if (k == "missing_probes") {
       if (value.text != "error" && value.text != "warn" && value.text != "ignore")
         c_error(value.loc,
@@ -716,7 +717,7 @@ inline void Parser::config_block(ast::Program& out) {
     } else if (std::find(std::begin(kNoBpf), std::end(kNoBpf), k) == std::end(kNoBpf)) {
       c_error(key.loc, "config: '" + key.text +
                            "' is not a setting hotprobe takes (it takes print_maps_on_exit, "
-                           "stack_mode, show_debug_info = 0, missing_probes, "
+                           "stack_mode, show_debug_info, missing_probes, "
                            "max_strlen = 64, and accepts bpftrace's BPF sizing settings "
                            "log_size, perf_rb_pages, max_bpf_progs, max_probes, "
                            "on_stack_limit, max_type_res_iterations, which have no effect)");
@@ -825,6 +826,7 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
   Parser parser(script, diags, program.types, program.facts);
   parser.program(program);
   std::string mode = parser.stack_mode();
+  bool places_by_reader = false;  // the command names show_debug_info's places (symbolize.h)
   // The environment's settings, which take precedence (bpftrace's): lines the command
   // added after the script (env_settings_line), the same in the command and the agent.
   for (std::size_t at = script.find(kEnvSettingPrefix); at != std::string_view::npos;
@@ -832,8 +834,11 @@ ast::Program parse(std::string_view src, std::string_view filename, Diagnostics&
     std::string_view line = script.substr(at + kEnvSettingPrefix.size());
     line = line.substr(0, line.find('\n'));
     if (line.starts_with("stack_mode=")) mode = std::string(line.substr(11));
+    if (line == "source_places=reader") places_by_reader = true;
   }
   if (!mode.empty() && mode != "bpftrace") apply_stack_mode(program, mode);
+  set_show_debug_info(parser.show_debug_info());  // the printers' (symbolize.h)
+  set_places_by_reader(places_by_reader);
   skip_missing_probes(program, script);
   load_type_facts(facts, FactsPart::types, program);  // after the script's own structs
   resolve_source_lines(program, diags);

@@ -1,6 +1,7 @@
 #include "script/run_stack.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <unordered_map>
 
 #include "script/eval.h"
 #include "script/unwind_table.h"
@@ -348,19 +350,52 @@ struct StackTable {
 constexpr std::uint32_t kNoWords = ~std::uint32_t{0};  // StackTable::off of no frame
 std::atomic<StackTable*> g_table{nullptr};             // made by stack_table_init, never freed
 std::once_flag g_table_once;
-std::uint32_t g_nonce = 0;  // usym markers have it without the table
+// This process's nonce (usym markers have it without the table). A fork child takes a new
+// one: its table diverges from its parent's, whose slots hotprobe names by the parent's
+// nonce, so the child's new stacks must not pass for the parent's. The slots written
+// before the fork are the child's too: markers of its ancestors' nonces (at most
+// kAncestors) still read its table.
+std::atomic<std::uint32_t> g_nonce{0};
 std::once_flag g_nonce_once;
+constexpr int kAncestors = 8;
+std::uint32_t g_ancestors[kAncestors];  // written in a fork child only, one thread there
+int g_ancestor_count = 0;
+
+std::uint32_t fresh_nonce() {
+  std::uint32_t v = 0;
+  while (v == 0) {
+    if (::getrandom(&v, sizeof v, 0) != static_cast<ssize_t>(sizeof v))
+      v = static_cast<std::uint32_t>(::getpid()) * 2654435761u ^ 0x9e3779b9u;
+  }
+  return v;
+}
+
+void renonce_in_child() {
+  if (g_ancestor_count < kAncestors)
+    g_ancestors[g_ancestor_count++] = g_nonce.load(std::memory_order_relaxed);
+  g_nonce.store(fresh_nonce(), std::memory_order_relaxed);
+}
+
+bool ancestor_nonce(std::uint32_t tag) {
+  for (int i = 0; i < g_ancestor_count; ++i)
+    if (g_ancestors[i] == tag) return true;
+  return false;
+}
+
+// Another process's stacks (adopt_stacks): made once, never changed or freed (a printer
+// may hold it), replaced by a newer set.
+struct AdoptedStacks {
+  std::uint32_t nonce = 0;
+  std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> slots;  // slot -> addresses
+};
+std::atomic<const AdoptedStacks*> g_adopted{nullptr};
 
 std::uint32_t nonce() {
   std::call_once(g_nonce_once, [] {
-    std::uint32_t v = 0;
-    while (v == 0) {
-      if (::getrandom(&v, sizeof v, 0) != static_cast<ssize_t>(sizeof v))
-        v = static_cast<std::uint32_t>(::getpid()) * 2654435761u ^ 0x9e3779b9u;
-    }
-    g_nonce = v;
+    g_nonce.store(fresh_nonce(), std::memory_order_relaxed);
+    ::pthread_atfork(nullptr, nullptr, renonce_in_child);
   });
-  return g_nonce;
+  return g_nonce.load(std::memory_order_relaxed);
 }
 
 std::uint64_t hash_words(const std::uint64_t* w, std::size_t n) {
@@ -451,9 +486,14 @@ bool read_marker(std::string_view s, SymbolForm& form, std::uint64_t* words, std
   const std::uint32_t tag = static_cast<std::uint32_t>(hex_field(p, p + 8));
   if (p != s.data() + 9) return false;
   form = static_cast<SymbolForm>(*p++);
-  // A stack's id means something in this process only; a symbol's address anywhere its
-  // modules are known (hotprobe printing a map the program left).
-  if (tag != nonce() && form != SymbolForm::symbol) return false;
+  // A stack's id means something in its own process only: this one, or the one whose
+  // stacks were adopted; a symbol's address anywhere its modules are known (hotprobe
+  // printing a map the program left).
+  const AdoptedStacks* other = nullptr;
+  if (tag != nonce() && form != SymbolForm::symbol && !ancestor_nonce(tag)) {
+    other = g_adopted.load(std::memory_order_acquire);
+    if (!other || other->nonce != tag) return false;
+  }
   const char* end = s.data() + s.size() - 1;
   const std::uint64_t v = hex_field(p, end);
   if (p != end || max < 2) return false;
@@ -471,6 +511,14 @@ bool read_marker(std::string_view s, SymbolForm& form, std::uint64_t* words, std
       return false;
   }
   words[0] = 0;
+  if (other) {
+    const auto it = other->slots.find(v);
+    if (it == other->slots.end()) return true;  // not written before the program ended
+    const std::size_t n = std::min<std::size_t>(it->second.size(), max - 1);
+    words[0] = n;
+    std::memcpy(words + 1, it->second.data(), n * sizeof *words);
+    return true;
+  }
   StackTable* const t = g_table.load(std::memory_order_acquire);
   if (!t || v >= StackTable::kSlots) return true;  // the table was full: no frame
   std::uint32_t off = 0;
@@ -484,6 +532,41 @@ bool read_marker(std::string_view s, SymbolForm& form, std::uint64_t* words, std
   words[0] = n;
   std::memcpy(words + 1, w + 1, n * sizeof *w);
   return true;
+}
+
+void export_stacks(std::vector<std::uint64_t>& out) {
+  out.push_back(nonce());
+  StackTable* const t = g_table.load(std::memory_order_acquire);
+  if (!t) return;
+  for (std::size_t slot = 0; slot < StackTable::kSlots; ++slot) {
+    const std::uint32_t off = t->off[slot].load(std::memory_order_acquire);
+    if (off == 0 || off == kNoWords) continue;  // empty, being written, or no frame
+    const std::uint64_t* w = t->words + (off - 1);
+    out.push_back(slot);
+    out.insert(out.end(), w, w + 1 + std::min<std::uint64_t>(w[0], kMaxStackFrames));
+  }
+}
+
+void adopt_stacks(std::span<const std::uint64_t> words) {
+  if (words.empty()) return;
+  auto* a = new AdoptedStacks;  // never freed: a printer may still read the one it replaces
+  a->nonce = static_cast<std::uint32_t>(words[0]);
+  for (std::size_t i = 1; i + 1 < words.size();) {
+    const std::uint64_t slot = words[i], n = words[i + 1];
+    if (n > kMaxStackFrames || n > words.size() - i - 2) break;  // damaged: keep what read
+    a->slots[slot].assign(words.begin() + static_cast<std::ptrdiff_t>(i + 2),
+                          words.begin() + static_cast<std::ptrdiff_t>(i + 2 + n));
+    i += 2 + n;
+  }
+  g_adopted.store(a, std::memory_order_release);
+}
+
+std::int64_t stack_frame_count(std::string_view s) {
+  if (s.empty() || s.front() != kSymbolMarker) return 0;
+  std::uint64_t words[1 + kMaxStackFrames];
+  SymbolForm form{};
+  if (!read_marker(s, form, words, std::size(words)) || form == SymbolForm::symbol) return 0;
+  return static_cast<std::int64_t>(words[0]);
 }
 
 namespace nodes {
@@ -502,6 +585,12 @@ std::uint32_t s_ustack_value(const Node* n, Frame& f, char* out) {
 
 std::uint32_t s_usym_value(const Node* n, Frame& f, char* out) {
   return symbol_marker(static_cast<std::uint64_t>(n->a->i(n->a, f)), out);
+}
+
+std::int64_t i_stack_len(const Node* n, Frame& f) {
+  char buf[kStrBytes];
+  const std::uint32_t len = n->a->s(n->a, f, buf);
+  return stack_frame_count(std::string_view(buf, std::min<std::uint32_t>(len, kStrBytes)));
 }
 
 }  // namespace nodes

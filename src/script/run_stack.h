@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string_view>
+#include <vector>
 
 #include "hotprobe/regs.h"
 
@@ -72,8 +74,21 @@ std::uint32_t stack_marker(const std::uint64_t* words, SymbolForm form, char* ou
 std::uint32_t symbol_marker(std::uint64_t addr, char* out);
 
 // A marker of this process read back: its form and [n, addresses...] (at most `max`
-// words). False when `s` is not a whole marker of this process (it is then a string).
+// words). False when `s` is not a whole marker of this process (it is then a string). A
+// stack marker of the process whose stacks were adopted (adopt_stacks) reads too.
 bool read_marker(std::string_view s, SymbolForm& form, std::uint64_t* words, std::size_t max);
+
+// The stack table for a reader in another process (hotprobe printing the maps a program
+// left in their region: symbolize.h, publish_modules): appends this process's nonce, then
+// [slot, n, addresses...] of every published slot, to `out`. Not on a hit.
+void export_stacks(std::vector<std::uint64_t>& out);
+// hotprobe's side: the words export_stacks wrote in another process. read_marker then
+// reads that process's stack markers (its nonce) from them; a slot not among them (the
+// program ended before it could write them) reads as the empty stack.
+void adopt_stacks(std::span<const std::uint64_t> words);
+
+// len(ustack): the frames of the stack value `s` (a marker), 0 for any other string.
+std::int64_t stack_frame_count(std::string_view s);
 
 struct Node;
 struct Frame;
@@ -82,6 +97,8 @@ namespace nodes {
 std::uint32_t s_ustack_value(const Node* n, Frame& f, char* out);
 // usym value: a the address.
 std::uint32_t s_usym_value(const Node* n, Frame& f, char* out);
+// len(ustack): a the stack value (a string).
+std::int64_t i_stack_len(const Node* n, Frame& f);
 }  // namespace nodes
 
 }  // namespace hotprobe::script

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +16,8 @@
 
 #include "hotprobe/symbols.h"
 #include "script/maps.h"
+#include "script/output.h"
+#include "script/run_stack.h"
 
 namespace hotprobe::script {
 namespace {
@@ -22,6 +25,9 @@ namespace {
 std::mutex g_mu;
 std::string g_region_text;  // the adopted region's module list (guarded by g_mu)
 bool g_use_region = false;
+std::atomic<SourceLookup> g_source_lookup{nullptr};
+std::atomic<bool> g_show_debug_info{false};
+std::atomic<bool> g_places_by_reader{false};
 
 std::string read_self_maps() {
   std::string text;
@@ -236,6 +242,7 @@ Symbolizer::Name Symbolizer::name(std::uint64_t addr) {
           });
     }
     const std::uint64_t off = addr - r->start + r->file_offset;
+    n.file_offset = off;
     auto f = std::upper_bound(m.functions.begin(), m.functions.end(), off,
                               [](std::uint64_t o, const Function& x) { return o < x.file_offset; });
     // The nearest function at or below, when its extent holds the address (a symbol
@@ -272,6 +279,151 @@ bool Symbolizer::file_place(std::uint64_t addr, std::string& build_id, std::uint
   return true;
 }
 
+const std::vector<Symbolizer::SourcePlace>& Symbolizer::source(std::uint64_t addr) {
+  if (auto it = source_cache_.find(addr); it != source_cache_.end()) return it->second;
+  std::vector<SourcePlace> places;
+  auto r = std::upper_bound(ranges_.begin(), ranges_.end(), addr,
+                            [](std::uint64_t a, const Range& x) { return a < x.start; });
+  if (const SourceLookup lookup = g_source_lookup.load(std::memory_order_acquire);
+      lookup && r != ranges_.begin() && addr < (--r)->end)
+    places = lookup(modules_[r->module].path, addr - r->start + r->file_offset);
+  return source_cache_.emplace(addr, std::move(places)).first->second;
+}
+
+void set_source_lookup(SourceLookup lookup) {
+  g_source_lookup.store(lookup, std::memory_order_release);
+}
+
+void set_show_debug_info(bool on) {
+  g_show_debug_info.store(on, std::memory_order_relaxed);
+}
+
+bool show_debug_info() {
+  return g_show_debug_info.load(std::memory_order_relaxed);
+}
+
+void set_places_by_reader(bool on) {
+  g_places_by_reader.store(on, std::memory_order_relaxed);
+}
+
+bool places_by_reader() {
+  return g_places_by_reader.load(std::memory_order_relaxed) &&
+         !g_source_lookup.load(std::memory_order_acquire);  // a process with a lookup names them
+}
+
+bool has_place_requests(std::string_view text) {
+  return text.find(kPlaceRequest) != std::string_view::npos ||
+         text.find("\\u001d") != std::string_view::npos;
+}
+
+namespace {
+// The places of (module, offset), looked up once: a stack printed at every hit names the
+// same frames again. Bounded: emptied when it holds kPlacesCached addresses.
+constexpr std::size_t kPlacesCached = 1 << 16;
+std::vector<Symbolizer::SourcePlace> cached_places(SourceLookup lookup, const std::string& module,
+                                                   std::uint64_t off) {
+  if (!lookup) return {};
+  static std::mutex mu;
+  static auto* cache = new std::map<std::pair<std::string, std::uint64_t>,
+                                    std::vector<Symbolizer::SourcePlace>>;  // never freed
+  std::lock_guard lock(mu);
+  if (cache->size() >= kPlacesCached) cache->clear();
+  auto [it, fresh] = cache->try_emplace({module, off});
+  if (fresh) it->second = lookup(module, off);
+  return it->second;
+}
+
+// "@FILE:LINE" of a place, "" when it names no file.
+std::string place_suffix(const Symbolizer::SourcePlace& p) {
+  return p.file.empty() ? std::string() : "@" + p.file + ":" + std::to_string(p.line);
+}
+}  // namespace
+
+void name_source_places(std::string& text) {
+  if (!has_place_requests(text)) return;
+  const SourceLookup lookup = g_source_lookup.load(std::memory_order_acquire);
+  // A request as text output has it, or inside a JSON string (JSON-escaped, as the
+  // agent's reader escapes what it names there): delimiters, line end, and how text added
+  // to it is written.
+  struct Syntax {
+    std::string_view request, field, newline;
+    bool json;
+  };
+  static constexpr Syntax kRaw{"\x1d", "\x1c", "\n", false};
+  static constexpr Syntax kJson{"\\u001d", "\\u001c", "\\n", true};
+  std::string out;
+  out.reserve(text.size() + text.size() / 2);
+  auto add = [&out](const Syntax& x, const std::string& s) {
+    if (x.json) {
+      json_escape(out, s);
+    } else {
+      out += s;
+    }
+  };
+  // In JSON the sequence must be an escape itself, not a program string's backslash
+  // (escaped as two) followed by the letters "u001d".
+  auto find = [&text](const Syntax& x, std::string_view what, std::size_t from) {
+    for (std::size_t at = text.find(what, from); at != std::string::npos;
+         at = text.find(what, at + 1)) {
+      std::size_t slashes = 0;
+      while (x.json && at > slashes && text[at - slashes - 1] == '\\')
+        ++slashes;
+      if (slashes % 2 == 0) return at;
+    }
+    return std::string::npos;
+  };
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const std::size_t raw = find(kRaw, kRaw.request, i), esc = find(kJson, kJson.request, i);
+    if (raw == std::string::npos && esc == std::string::npos) break;
+    const Syntax& x = raw < esc ? kRaw : kJson;
+    const std::size_t req = std::min(raw, esc);
+    out.append(text, i, req - i);
+    const std::size_t end = find(x, x.request, req + x.request.size());
+    if (end == std::string::npos) {  // a request cut off: the rest as it is
+      i = req;
+      break;
+    }
+    // MODULE field OFFSET field FORM
+    const std::string_view body(text.data() + req + x.request.size(), end - req - x.request.size());
+    // The module is a path without escapes (else dropped below): its first field mark ends it.
+    const std::size_t f1 = body.find(x.field);
+    const std::size_t f2 =
+        f1 == std::string_view::npos ? f1 : body.find(x.field, f1 + x.field.size());
+    i = end + x.request.size();
+    const std::size_t form_at = f2 + x.field.size();
+    // Malformed, or a module path JSON had to escape: dropped (the frame prints without).
+    if (f2 == std::string_view::npos || form_at >= body.size() ||
+        (x.json && body.substr(0, f1).find('\\') != std::string_view::npos))
+      continue;
+    const std::string module(body.substr(0, f1));
+    const std::uint64_t off = std::strtoull(
+        std::string(body.substr(f1 + x.field.size(), f2 - f1 - x.field.size())).c_str(), nullptr,
+        16);
+    const char form = body[form_at];
+    const std::string arg(body.substr(form_at + 1));
+    const std::vector<Symbolizer::SourcePlace> places = cached_places(lookup, module, off);
+    if (places.empty()) continue;
+    for (std::size_t k = 0; k + 1 < places.size(); ++k) {
+      if (form == 'p') {
+        add(x, "\t" + arg + " " + places[k].function + " (inlined)\n");
+      } else {
+        add(x, std::string(std::min<std::size_t>(std::strtoul(arg.c_str(), nullptr, 10), 64), ' ') +
+                   "[inlined] " + places[k].function + place_suffix(places[k]) + "\n");
+      }
+    }
+    if (form != 'p') {  // the frame's line, with its place at the end
+      const std::size_t nl = find(x, x.newline, i);
+      const std::size_t stop = nl == std::string::npos ? text.size() : nl;
+      out.append(text, i, stop - i);
+      add(x, place_suffix(places.back()));
+      i = stop;
+    }
+  }
+  out.append(text, i, std::string::npos);
+  text = std::move(out);
+}
+
 std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr) {
   char buf[32];
   if (n.symbol.empty()) {
@@ -281,26 +433,54 @@ std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr) {
   return n.symbol + "+" + std::to_string(n.offset);
 }
 
+// The block at modules_off: [uint64 length][the maps text][padding to 8], then the stack
+// table's words (run_stack.h, export_stacks) as [uint64 count][words...], so that
+// hotprobe names the stack values the maps hold (their ids are this process's).
 void publish_modules(SharedRegion& r) {
   if (!r.shared()) return;
   const std::string text = read_self_maps();
-  const std::uint64_t off = r.alloc(sizeof(std::uint64_t) + text.size());
+  std::vector<std::uint64_t> stacks;
+  export_stacks(stacks);
+  const std::uint64_t text_words = (text.size() + 7) / 8;
+  std::uint64_t bytes = (2 + text_words + stacks.size()) * sizeof(std::uint64_t);
+  // Never past the end: a failed allocation counts as refused, which says maps are lost.
+  const std::uint64_t top = r.header().top.load(std::memory_order_relaxed);
+  if (top > r.size() || bytes + region::kAlign > r.size() - top) {
+    stacks.resize(1);  // the frames do not fit: the nonce alone (they print empty)
+    bytes = (3 + text_words) * sizeof(std::uint64_t);
+  }
+  const std::uint64_t off = r.alloc(bytes);
   if (!off) return;  // no room: hotprobe prints the addresses
-  const std::uint64_t len = text.size();
-  std::memcpy(r.at<char>(off), &len, sizeof len);
-  std::memcpy(r.at<char>(off) + sizeof len, text.data(), text.size());
+  char* p = r.at<char>(off);
+  const std::uint64_t len = text.size(), count = stacks.size();
+  std::memcpy(p, &len, sizeof len);
+  std::memcpy(p + sizeof len, text.data(), text.size());
+  p += sizeof len + text_words * sizeof(std::uint64_t);
+  std::memcpy(p, &count, sizeof count);
+  std::memcpy(p + sizeof count, stacks.data(), stacks.size() * sizeof(std::uint64_t));
   r.header().modules_off.store(off, std::memory_order_release);
 }
 
 void use_region_modules(const SharedRegion& r) {
   const std::uint64_t off = r.header().modules_off.load(std::memory_order_acquire);
-  std::uint64_t len = 0;
+  std::uint64_t len = 0, count = 0;
   if (!off || !r.contains(off, sizeof len)) return;
   std::memcpy(&len, r.at<char>(off), sizeof len);
   if (!r.contains(off + sizeof len, len)) return;
-  std::lock_guard lock(g_mu);
-  g_region_text.assign(r.at<char>(off) + sizeof len, len);
-  g_use_region = true;
+  {
+    std::lock_guard lock(g_mu);
+    g_region_text.assign(r.at<char>(off) + sizeof len, len);
+    g_use_region = true;
+  }
+  const std::uint64_t at = off + sizeof len + (len + 7) / 8 * sizeof(std::uint64_t);
+  if (!r.contains(at, sizeof count)) return;
+  std::memcpy(&count, r.at<char>(at), sizeof count);
+  if (count > (r.size() - at) / sizeof(std::uint64_t) ||
+      !r.contains(at + sizeof count, count * sizeof(std::uint64_t)))
+    return;
+  std::vector<std::uint64_t> words(count);
+  std::memcpy(words.data(), r.at<char>(at + sizeof count), count * sizeof(std::uint64_t));
+  adopt_stacks(words);
 }
 
 }  // namespace hotprobe::script

@@ -31,13 +31,25 @@ class Symbolizer {
   struct Name {
     std::string symbol;  // the function (demangled); empty when unknown
     std::uint64_t offset = 0;
-    std::string module;  // the mapped file's path; empty outside every file mapping
+    std::string module;             // the mapped file's path; empty outside every file mapping
+    std::uint64_t file_offset = 0;  // the address's offset in `module`
   };
   Name name(std::uint64_t addr);
   // Where `addr` is in its module's file, as the kernel's build-id stacks give it: the
   // module's GNU build id in hex and the file offset. False outside every file mapping or
   // for a module without a build id.
   bool file_place(std::uint64_t addr, std::string& build_id, std::uint64_t& offset);
+
+  // Where `addr` is in the source (show_debug_info), by the lookup set_source_lookup
+  // installed: the functions inlined there, innermost first, each with its place, then
+  // the containing function's place (its `function` empty: name() names it). Empty when
+  // no lookup is installed, or the module has no DWARF for it.
+  struct SourcePlace {
+    std::string function;  // the inlined function's name
+    std::string file;      // the source file's path
+    std::uint32_t line = 0;
+  };
+  const std::vector<SourcePlace>& source(std::uint64_t addr);
 
  private:
   struct Range {
@@ -59,7 +71,38 @@ class Symbolizer {
   std::vector<Range> ranges_;  // executable file mappings, by address
   std::vector<Module> modules_;
   std::map<std::uint64_t, Name> cache_;
+  std::map<std::uint64_t, std::vector<SourcePlace>> source_cache_;
 };
+
+// The DWARF lookup behind Symbolizer::source: the module's path and the address's offset in
+// that file to the places (innermost inlined function first, the containing function's
+// place last). The hotprobe command installs one (libdw: elf/source_frames.h); the agent
+// links no DWARF reader and installs none.
+using SourceLookup = std::vector<Symbolizer::SourcePlace> (*)(const std::string& module,
+                                                              std::uint64_t file_offset);
+void set_source_lookup(SourceLookup lookup);
+
+// config = { show_debug_info = 1 }: stack frames print with their source places and inlined
+// functions (bpftrace main's form) where a lookup is installed. Set by the parser for the
+// script of this process (its last parse); off by default (bpftrace 0.17's output).
+void set_show_debug_info(bool on);
+bool show_debug_info();
+
+// Text printed while the program runs is named by the agent, which has no lookup. When the
+// command says it names places in what it receives (a line `//hotprobe-env
+// source_places=reader` after the script, read by the parser), the agent's reader
+// (expand_symbols, text output) puts a request before each frame's line under
+// show_debug_info: kPlaceRequest MODULE kPlaceField FILE_OFFSET(hex) kPlaceField FORM
+// kPlaceRequest, FORM `s` and the indent in decimal (bpftrace mode: the places go at the
+// end of the next line, the inlined functions before it) or `p` and the address in hex
+// (perf: the inlined functions before it). name_source_places, on the command's side,
+// replaces each request by the inlined functions' lines and the place.
+inline constexpr char kPlaceRequest = '\x1d';
+inline constexpr char kPlaceField = '\x1c';
+void set_places_by_reader(bool on);
+bool places_by_reader();
+bool has_place_requests(std::string_view text);
+void name_source_places(std::string& text);
 
 // bpftrace's text of one ustack frame: "main+52", or "0x55d0c0a1b2c3" when unknown.
 std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr);

@@ -43,7 +43,7 @@ TEST(ScriptConfig, PrintMapsOnExitFalseLeavesTheExitDumpEmpty) {
 TEST(ScriptConfig, RefusalsNameWhatIsTaken) {
   EXPECT_EQ(first_error("config = { bad_config = raw }\nBEGIN { }"),
             "stdin:1:12-22: ERROR: config: 'bad_config' is not a setting hotprobe takes (it "
-            "takes print_maps_on_exit, stack_mode, show_debug_info = 0, missing_probes, "
+            "takes print_maps_on_exit, stack_mode, show_debug_info, missing_probes, "
             "max_strlen = 64, and accepts bpftrace's BPF sizing "
             "settings log_size, perf_rb_pages, max_bpf_progs, max_probes, on_stack_limit, "
             "max_type_res_iterations, which have no effect)");

@@ -263,9 +263,9 @@ TEST(StackValues, ConfigAndEnvironmentChooseTheMode) {
             "");
   EXPECT_EQ(first_line("config = { stack_mode = fast } BEGIN {}"),
             "stdin:1:25-29: ERROR: stack_mode is bpftrace, perf, raw or build_id ('fast' given)");
-  EXPECT_EQ(first_line("config = { show_debug_info = 1 } BEGIN {}"),
-            "stdin:1:30-31: ERROR: show_debug_info: hotprobe prints stack frames without "
-            "file:line and inlined frames, as bpftrace 0.17 does; write show_debug_info = 0");
+  EXPECT_EQ(first_line("config = { show_debug_info = 1 } BEGIN {}"), "");
+  EXPECT_EQ(first_line("config = { show_debug_info = often } BEGIN {}"),
+            "stdin:1:30-35: ERROR: show_debug_info is true, false, 1 or 0");
   EXPECT_EQ(first_line("config = { missing_probes = \"often\" } BEGIN {}"),
             "stdin:1:29-36: ERROR: Invalid value for missing_probes: valid values are ignore, "
             "warn, and error.");
