@@ -34,6 +34,7 @@
 #include "cli/prepare.h"
 #include "inject/inject.h"
 #include "script/output.h"
+#include "script/symbolize.h"
 
 namespace hp::cli {
 
@@ -409,6 +410,12 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
         done = true;
         break;
       case agent::Msg::output:
+        if (hotprobe::script::has_place_requests(payload)) {  // show_debug_info's places
+          std::string named(payload);
+          hotprobe::script::name_source_places(named);
+          std::fwrite(named.data(), 1, named.size(), out);
+          break;
+        }
         std::fwrite(payload.data(), 1, payload.size(), out);
         break;
       case agent::Msg::command: {        // system(), cat(): run here, never in the traced process

@@ -148,6 +148,9 @@ std::optional<LoadedScript> load_script(const char* cmd, const std::string& text
     }
     source += script::env_settings_line("stack_mode", m);
   }
+  // The command names the source places of stack frames in the text it receives
+  // (show_debug_info: the agent has no DWARF reader; script/symbolize.h).
+  source += script::env_settings_line("source_places", "reader");
   if (const char* len = std::getenv("BPFTRACE_MAX_STRLEN");
       len && *len && std::string_view(len) != "64") {
     std::fprintf(stderr,

@@ -43,6 +43,7 @@
 #include "script/maps.h"
 #include "script/output.h"
 #include "script/program.h"
+#include "script/symbolize.h"
 
 namespace hp::cli {
 
@@ -132,7 +133,15 @@ struct EarlyStart {
 struct Output {
   FILE* f = stdout;
   script::OutputFormat format = script::OutputFormat::text;
-  void text(std::string_view s) { std::fwrite(s.data(), 1, s.size(), f); }
+  void text(std::string_view s) {
+    if (script::has_place_requests(s)) {  // show_debug_info: the frames' places, named here
+      std::string named(s);
+      script::name_source_places(named);
+      std::fwrite(named.data(), 1, named.size(), f);
+      return;
+    }
+    std::fwrite(s.data(), 1, s.size(), f);
+  }
   void flush() { std::fflush(f); }
 };
 

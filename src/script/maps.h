@@ -166,7 +166,8 @@ struct Header {
   // The traced program's /proc/self/maps when its maps have ustack or usym keys: the
   // offset of [uint64 length][text] (0: none), published with release after the text.
   // The agent writes it when it lays the maps out and again with END's output, so
-  // hotprobe names the frames after the program is gone.
+  // hotprobe names the frames after the program is gone. The frames of the stack table
+  // (ustack values) follow the text (run_stack.h).
   std::atomic<std::uint64_t> modules_off;
 };
 // A table's slots: offset | log2(capacity) << 48, published with release when filled.
