@@ -84,9 +84,6 @@ inline constexpr std::uint32_t kUstackFrames = 127;
 // join(): the array entries printed at most, and the bytes of each (bpftrace 0.17's).
 inline constexpr std::uint32_t kJoinEntries = 16;
 inline constexpr std::uint32_t kJoinEntryBytes = 64;
-// buf(p, n): n at most this, so that its text (4 characters a byte at worst) fits a
-// string value of kStrBytes (maps.h) with its NUL.
-inline constexpr std::int64_t kMaxBufBytes = 31;
 
 // Default maximum string size (bpftrace's BPFTRACE_STRLEN default), including the NUL.
 inline constexpr std::uint32_t kDefaultStrSize = 64;

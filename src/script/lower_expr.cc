@@ -682,12 +682,11 @@ Result<const Node*> Lowerer::call(const Expr& e) {
         auto a = expr(*e.args[k]);
         if (!a) return a.error();
         if ((*a)->bytes > kStrBytes) return unsupported(e, "a copy over 128 bytes in printf");
-        if (prog_.types.is_buffer(e.args[k]->ctype)) {  // %r of buf(): its text (s_buf_text)
-          Node* text = make();
-          text->a = *a;
-          text->s = s_buf_text;
-          n->keys.push_back(text);
-          continue;
+        // %r of buf(): its bytes, with the buffer's layout (format_one writes the text,
+        // up to 64 bytes of \xNN: more than a string argument holds).
+        if (prog_.types.is_buffer(e.args[k]->ctype)) {
+          n->layouts.resize(n->keys.size());  // the arguments before it: none
+          n->layouts.push_back(layout(e.args[k]->ctype));
         }
         n->keys.push_back(*a);
       }

@@ -666,6 +666,12 @@ void format_escaped(std::string& out, const FormatSpec& f, std::string_view s) {
 }
 
 void format_one(std::string& out, const FormatSpec& f, const FmtArg& a, bool escape) {
+  if (a.layout && a.layout->kind == ValueLayout::Kind::buffer) {  // %r: buf()'s \xNN text
+    char text[4 * ast::kMaxBufLength + 1];
+    const std::size_t n = buffer_text(
+        a.s.substr(0, std::min<std::size_t>(a.layout->size, a.s.size())), text, sizeof text);
+    return format_escaped(out, f, std::string_view(text, n));
+  }
   if (f.conversion == 's' && !a.s.empty() && a.s.front() == kSymbolMarker) {
     std::string text;
     if (symbolic_text(text, a.s)) {  // a stack may pass the 512 bytes of a plain %s

@@ -165,9 +165,6 @@ bool st_expr_wide(const SNode* s, Frame& f);  // a wide copy as a statement
 std::uint32_t s_ustack_raw(const Node* n, Frame& f, char* out);
 std::uint32_t s_buf_bytes(const Node* n, Frame& f, char* out);
 std::uint32_t s_buf_str(const Node* n, Frame& f, char* out);  // buf("STR", N): the string's
-// A buffer record (n->a) as printf's %r takes it: its \xNN text, at most kStrBytes bytes
-// (the whole text of 32 bytes; a longer buffer's text is cut at a whole escape).
-std::uint32_t s_buf_text(const Node* n, Frame& f, char* out);
 std::int64_t i_map_read(const Node* n, Frame& f);
 std::uint32_t s_map_read(const Node* n, Frame& f, char* out);
 std::int64_t i_agg_read(const Node* n, Frame& f);
@@ -224,7 +221,6 @@ void format_call(const Node* n, Frame& f, std::string& text, bool escape);
 std::int64_t i_time(const Node* n, Frame& f);
 std::uint32_t s_strftime(const Node* n, Frame& f, char* out);
 std::int64_t i_join(const Node* n, Frame& f);
-std::uint32_t s_buf(const Node* n, Frame& f, char* out);
 std::int64_t i_exit(const Node*, Frame& f);
 bool st_exit(const SNode* s, Frame& f);
 bool run_block(const std::vector<SNode>& body, Frame& f);

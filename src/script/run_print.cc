@@ -189,29 +189,6 @@ std::int64_t i_join(const Node* n, Frame& f) {
   f.rt->write(out);
   return 0;
 }
-// buf(p, n): n bytes at p, printable ASCII as it is and every other byte as \xNN text
-// (bpftrace's %r form); unreadable memory reads as zeros.
-std::uint32_t s_buf(const Node* n, Frame& f, char* out) {
-  const std::uint64_t p = u(n->a->i(n->a, f));
-  unsigned char bytes[ast::kMaxBufBytes];
-  const std::size_t len = std::min<std::size_t>(static_cast<std::size_t>(n->imm), sizeof bytes);
-  if (len && !read_user(p, bytes, len)) f.rt->read_faults.fetch_add(1, std::memory_order_relaxed);
-  std::uint32_t k = 0;
-  for (std::size_t i = 0; i < len; ++i) {
-    const unsigned char c = bytes[i];
-    if (c >= 0x20 && c < 0x7f) {
-      out[k++] = static_cast<char>(c);
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out[k++] = '\\';
-      out[k++] = 'x';
-      out[k++] = kHex[c >> 4];
-      out[k++] = kHex[c & 15];
-    }
-  }
-  out[k] = 0;
-  return k;
-}
 std::int64_t i_exit(const Node*, Frame& f) {
   f.rt->exited.store(true, std::memory_order_relaxed);
   if (f.rt->sink) f.rt->sink->request_exit();

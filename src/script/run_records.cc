@@ -160,12 +160,6 @@ std::uint32_t s_buf_str(const Node* n, Frame& f, char* out) {
   return n->bytes;
 }
 
-std::uint32_t s_buf_text(const Node* n, Frame& f, char* out) {
-  char b[kStrBytes];
-  const std::uint32_t size = n->a->s(n->a, f, b);
-  return static_cast<std::uint32_t>(buffer_text(std::string_view(b, size), out, kStrBytes));
-}
-
 std::uint32_t s_pack(const Node* n, Frame& f, char* out) {
   std::memset(out, 0, kStrBytes);
   for (const Node* p : n->keys) {

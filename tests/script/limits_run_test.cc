@@ -57,4 +57,17 @@ TEST(LimitsRun, ForOverAMapOfTwoKeys) {
   EXPECT_NE(r.out.find("693 6\n"), std::string::npos) << r.out;
 }
 
+// printf's %r of a buf() at bpftrace's 64-byte limit: every byte's \xNN text (256
+// characters, more than a string argument holds).
+TEST(LimitsRun, PrintfShowsA64ByteBufWhole) {
+  auto r =
+      hotprobe({"run", "-e", "uprobe:libc:write { printf(\"<%r>\\n\", buf(arg1, 64)); exit(); }",
+                "--", "/usr/bin/head", "-c", "64", "/dev/zero"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::string zeros;
+  for (int i = 0; i < 64; ++i)
+    zeros += "\\x00";
+  EXPECT_NE(r.out.find("<" + zeros + ">\n"), std::string::npos) << r.out;
+}
+
 }  // namespace
