@@ -652,8 +652,6 @@ int rewrite_args_record(ast::Program& program, Diagnostics& diags, const ast::Ac
 
 namespace hotprobe::script::checking {
 
-namespace {
-
 ast::ExprPtr clone(const Expr& e) {
   auto c = std::make_unique<Expr>();
   c->kind = e.kind;
@@ -680,6 +678,8 @@ ast::ExprPtr clone(const Expr& e) {
     c->args.push_back(a ? clone(*a) : nullptr);
   return c;
 }
+
+namespace {
 
 bool has_effects(const Expr& e) {
   if (e.kind == Expr::Kind::call || e.kind == Expr::Kind::incdec) return true;

@@ -76,5 +76,8 @@ int rewrite_args_record(ast::Program& program, Diagnostics& diags, const ast::Ac
 // `type` is the record's TypeTable type. False when an error was reported.
 bool rewrite_print_record(ast::Program& program, Diagnostics& diags, ast::Expr& call, int type);
 
+// A deep copy of `e` (with what the checker has set on it so far).
+ast::ExprPtr clone(const ast::Expr& e);
+
 }  // namespace checking
 }  // namespace hotprobe::script

@@ -261,6 +261,13 @@ Value Checker::builtin(Expr& e) {
 bool Checker::map_argument(Expr& call, bool with_keys) {
   std::string name(ast::to_string(call.func));
   if (call.args.size() != 1 && !(call.func == Func::print && call.args.size() <= 3)) {
+    if (call.func == Func::del) {
+      error(call.loc,
+            "delete() takes a map element, delete(@m[KEY]), or a map and its key, "
+            "delete(@m, KEY) (" +
+                std::to_string(call.args.size()) + " arguments provided)");
+      return false;
+    }
     error(call.loc,
           name + "() requires one argument (" + std::to_string(call.args.size()) + " provided)");
     return false;
@@ -276,7 +283,9 @@ bool Checker::map_argument(Expr& call, bool with_keys) {
   }
   Value v = map_read(m, !with_keys);
   annotate(m, v);
-  if (call.func != Func::print) not_iterated(m);
+  // A delete inside a for loop over the map is bpftrace's (the loop goes on over the rows
+  // it started with); any other change there is refused.
+  if (call.func != Func::print && call.func != Func::del) not_iterated(m);
   if (with_keys && !v.error) {
     const ast::MapInfo& info = program_.maps[static_cast<std::size_t>(m.map_id)];
     if (info.key_types.size() != m.args.size()) {
@@ -428,6 +437,13 @@ Value Checker::call(Expr& e, Context ctx) {
   };
   switch (e.func) {
     case Func::del:
+      // bpftrace's newer form delete(@m, KEY): delete(@m[KEY]) (a tuple KEY for a map of
+      // several key parts, as $kv.0 of a for loop gives it).
+      if (e.args.size() == 2 && e.args[0] && e.args[0]->kind == Expr::Kind::map &&
+          e.args[0]->args.empty()) {
+        e.args[0]->args.push_back(std::move(e.args[1]));
+        e.args.pop_back();
+      }
       map_argument(e, true);
       return no_value();
     case Func::clear:

@@ -159,6 +159,7 @@ class Checker {
   void assign_tuple(std::size_t var_index, const Value& v, Expr& target);
   void assign_map_tuple(ast::MapInfo& m, const Value& v, Expr& target);
   void tuple_keys(Expr& map);
+  std::size_t tuple_record_elems(const Expr& k);
   // The next value() may be a tuple (an assignment to a variable, print(), `.N`).
   void allow_tuple() { tuple_ok_ = true; }
 

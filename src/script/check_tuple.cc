@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "script/check_args.h"
 #include "script/check_pass.h"
 #include "script/maps.h"
 
@@ -217,17 +218,46 @@ void Checker::assign_tuple(std::size_t var_index, const Value& v, Expr& target) 
 // $variable, printed, or read by element (`@t[k].0`).
 // A tuple as a map key is its elements as the key's parts (`@m[(1, "x")]` is `@m[1, "x"]`,
 // `@m[$t]` the elements of $t), as current bpftrace keys and prints it.
+// The number of elements of the tuple record `$t.N` names (a for loop's $kv.0 over a map
+// of several key parts, ast::Record::tuple), or 0 when `k` is not such an element.
+std::size_t Checker::tuple_record_elems(const Expr& k) {
+  if (k.kind != Expr::Kind::field || k.args.empty() || !k.args[0] ||
+      k.args[0]->kind != Expr::Kind::variable || k.name.empty() ||
+      k.name.find_first_not_of("0123456789") != std::string::npos)
+    return 0;
+  const ast::VarInfo* v = find_var(k.args[0]->name);
+  const std::size_t j = std::stoul(k.name);
+  if (!v || v->type != Type::tuple || j >= v->elems.size()) return 0;
+  const ast::TupleElem& el = v->elems[j];
+  if (el.type != Type::record || el.ctype < 0) return 0;
+  const ast::CType& t = program_.types.at(el.ctype);
+  if (t.kind != ast::CType::Kind::record || t.record < 0) return 0;
+  const ast::Record& r = program_.types.records[static_cast<std::size_t>(t.record)];
+  return r.tuple ? r.fields.size() : 0;
+}
+
 void Checker::tuple_keys(Expr& map) {
   bool any = false;
   for (const ast::ExprPtr& k : map.args) {
     const ast::VarInfo* v = k->kind == Expr::Kind::variable ? find_var(k->name) : nullptr;
-    any = any || k->kind == Expr::Kind::tuple || (v && v->type == Type::tuple);
+    any = any || k->kind == Expr::Kind::tuple || (v && v->type == Type::tuple) ||
+          tuple_record_elems(*k) > 1;
   }
   if (!any) return;
   std::vector<ast::ExprPtr> keys;
   for (ast::ExprPtr& k : map.args) {
     const ast::VarInfo* v = k->kind == Expr::Kind::variable ? find_var(k->name) : nullptr;
-    if (k->kind == Expr::Kind::tuple) {
+    if (const std::size_t n = tuple_record_elems(*k); n > 1) {
+      // $kv.0, the key tuple of a map of several parts: its elements are the keys.
+      for (std::size_t j = 0; j < n; ++j) {
+        auto x = std::make_unique<Expr>();
+        x->kind = Expr::Kind::field;
+        x->loc = k->loc;
+        x->name = std::to_string(j);
+        x->args.push_back(checking::clone(*k));
+        keys.push_back(std::move(x));
+      }
+    } else if (k->kind == Expr::Kind::tuple) {
       for (ast::ExprPtr& a : k->args)
         keys.push_back(std::move(a));
     } else if (v && v->type == Type::tuple) {
