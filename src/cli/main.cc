@@ -18,6 +18,7 @@
 #include "elf/dwarf.h"
 #include "elf/source_frames.h"
 #include "hotprobe/version.h"
+#include "script/check_args.h"
 #include "script/symbolize.h"
 
 namespace {
@@ -89,9 +90,11 @@ int cli_main(int argc, char** argv) {
     }
     const std::string first = argv[1];
     const bool subcommand = first == "run" || first == "attach" || first == "list";
+    // Any of bpftrace's options first (-e, -I DIR, --include FILE, --unsafe, -o ...) with
+    // -c or -p somewhere: the run or the attach.
     const bool script_first = first == "-e" || first == "-c" || first == "-p" ||
-                              (first == "--unsafe" && (has_c || has_p)) ||
-                              (!subcommand && first[0] != '-' && (has_c || has_p));
+                              (!subcommand && first != "-l" && first != "-lv" && first != "-h" &&
+                               first != "--help" && (has_c || has_p));
     if (script_first) args.insert(args.begin() + 1, has_p && !has_c ? kAttach : kRun);
     // bpftrace's `-l PATTERN` and `-lv PATTERN` are `hotprobe list [-v] PATTERN`.
     static char kList[] = "list";
@@ -227,6 +230,19 @@ int cli_main(int argc, char** argv) {
         ->allow_extra_args(false);  // one DIR per --debuginfo: what follows is not its
   }
 
+  // bpftrace's -I DIR and --include FILE: headers for the script's C declarations.
+  std::vector<std::string> include_dirs, include_files;
+  for (CLI::App* cmd : {run_cmd, attach_cmd}) {
+    cmd->add_option("-I", include_dirs,
+                    "Also look for #include headers in DIR (repeatable), as bpftrace's -I")
+        ->type_name("DIR")
+        ->allow_extra_args(false);
+    cmd->add_option("--include", include_files,
+                    "#include FILE before the script (repeatable), as bpftrace's --include")
+        ->type_name("FILE")
+        ->allow_extra_args(false);
+  }
+
   // bpftrace's --usdt-file-activation (raise a USDT probe's semaphore in every process
   // that maps the file): hotprobe raises it in every process it traces, and touches no
   // other, so the flag is accepted and changes nothing.
@@ -301,6 +317,19 @@ int cli_main(int argc, char** argv) {
     }
     hp::elf::set_debuginfo_dirs(std::move(dirs));
   }
+
+  for (const std::string& dir : include_dirs) {
+    struct stat st;
+    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      std::fprintf(stderr,
+                   "hotprobe: -I %s: no such directory (give the directory that holds the "
+                   "headers the script includes)\n",
+                   dir.c_str());
+      return hp::cli::kExitUsage;
+    }
+  }
+  if (!include_dirs.empty() || !include_files.empty())
+    hotprobe::script::set_include_options(include_dirs, include_files);
 
   // --output is checked before anything starts (a program, an injection); its open checks
   // again on the descriptor.

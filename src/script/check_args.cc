@@ -202,12 +202,23 @@ bool is_known_header(std::string_view spelled) {
   return std::find(std::begin(kKnown), std::end(kKnown), spelled) != std::end(kKnown);
 }
 
+// -I DIR and --include FILE (set_include_options).
+std::vector<std::string>& include_dirs() {
+  static std::vector<std::string> dirs;
+  return dirs;
+}
+std::vector<std::string>& include_files() {
+  static std::vector<std::string> files;
+  return files;
+}
+
 void add_header(const std::string& spelled, const std::string& from_dir, std::string& facts,
                 std::set<std::string>& done, int depth) {
   if (!done.insert(spelled).second || is_known_header(spelled)) return;
   const std::string name = spelled.substr(1, spelled.size() - 2);
   std::vector<std::string> dirs;
   if (spelled[0] == '"') dirs = {from_dir, "."};
+  dirs.insert(dirs.end(), include_dirs().begin(), include_dirs().end());
   dirs.insert(dirs.end(), {"/usr/local/include", "/usr/include/x86_64-linux-gnu", "/usr/include"});
   std::string text, looked;
   for (const std::string& d : dirs) {
@@ -247,6 +258,11 @@ bool uses_args(const std::vector<ast::Stmt>& body) {
 
 }  // namespace
 
+void set_include_options(std::vector<std::string> dirs, std::vector<std::string> files) {
+  include_dirs() = std::move(dirs);
+  include_files() = std::move(files);
+}
+
 std::string_view script_part(std::string_view source) {
   const std::size_t at = source.find(kTypeFactsMarker);
   return at == std::string_view::npos ? source : source.substr(0, at);
@@ -262,6 +278,12 @@ std::string with_type_facts(std::string_view source, std::string_view filename,
   std::string facts;
   std::set<std::string> done;
   const std::string dir = filename == "-e" ? std::string(".") : dir_of(filename);
+  for (const std::string& file : include_files()) {  // --include FILE: <FILE> first
+    const std::string spelled =
+        file.starts_with("<") || file.starts_with("\"") ? file : "<" + file + ">";
+    add_header(spelled, dir, facts, done, 0);
+    facts += "I\t" + spelled + "\n";
+  }
   for (const std::string& spelled : includes_of(script))
     add_header(spelled, dir, facts, done, 0);
   std::string full = std::string(script) + std::string(kTypeFactsMarker) + facts;
@@ -342,6 +364,7 @@ void load_type_facts(std::string_view facts, FactsPart part, ast::Program& progr
     } else if (part == FactsPart::headers) {
       if (f[0] == "X" && f.size() == 3)
         out.errors["#include " + std::string(f[1])] = std::string(f[2]);
+      if (f[0] == "I" && f.size() == 2) out.implicit_includes.emplace_back(f[1]);
     } else if (f[0] == "L" && f.size() == 4) {
       out.lines[std::string(f[1]) + "\t" + std::string(f[2])] = number(f[3]);
     } else if (f[0] == "E" && f.size() == 4) {

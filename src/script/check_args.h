@@ -39,6 +39,11 @@ using DwarfLookup =
 std::string with_type_facts(std::string_view source, std::string_view filename,
                             const DwarfLookup& lookup);
 
+// bpftrace's -I DIR (more directories for #include, searched after the script's and
+// before the system's) and --include FILE (as if the script began with #include <FILE>),
+// for the with_type_facts calls that follow; the command sets them once.
+void set_include_options(std::vector<std::string> dirs, std::vector<std::string> files);
+
 // The script part of `source`: all of it but the facts.
 std::string_view script_part(std::string_view source);
 

@@ -88,6 +88,7 @@ struct TypeFacts {
   std::map<std::string, std::string> headers;       // "<x.h>" or "\"x.h\"" -> its text
   std::map<std::string, std::string> header_paths;  // same keys -> the file read
   std::map<std::string, std::uint64_t> lines;       // module + '\t' + "@FILE:LINE" -> address
+  std::vector<std::string> implicit_includes;       // --include FILE: "<FILE>", before the script
 };
 
 struct TypeTable {

@@ -248,6 +248,8 @@ class Parser {
 
 inline void Parser::program(ast::Program& out) {
   try {
+    for (const std::string& spelled : facts_.implicit_includes)  // --include FILE
+      include(spelled, Loc{1, 1, 1});
     while (!lex_.at_end()) {
       std::string_view w = lex_.peek_word();
       if (w == "struct" || w == "union" || w == "enum" || w == "typedef") {

@@ -152,6 +152,26 @@ TEST(HotprobeRun, ExitEndsAProgramThatIgnoresSigterm) {
   EXPECT_EQ(r.code, 0) << r.err;
 }
 
+// bpftrace's -I DIR and --include FILE: the header's declarations before the script, in
+// the subcommand and in bpftrace's top-level form; a missing directory is refused.
+TEST(HotprobeRun, IncludeOptionsAsBpftraces) {
+  const std::string dir = temp_path("hp_include_dir");
+  ::mkdir(dir.c_str(), 0755);
+  std::ofstream(dir + "/pt.h") << "struct Pt { int x; long y; };\n";
+  const std::string script = "BEGIN { printf(\"%d\\n\", sizeof(struct Pt)); exit(); }";
+  auto r = hotprobe(
+      {"run", "-I", dir, "--include", "pt.h", "-e", script, "--", HP_TARGET, "count", "1"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "\n16\n")) << r.out;
+  auto top = hotprobe(
+      {"-I", dir, "--include", "pt.h", "-e", script, "-c", std::string(HP_TARGET) + " count 1"});
+  EXPECT_EQ(top.code, 0) << top.err;
+  EXPECT_TRUE(contains(top.out, "\n16\n")) << top.out;
+  auto bad = hotprobe({"run", "-I", dir + "/none", "-e", script, "--", HP_TARGET, "count", "1"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_TRUE(contains(bad.err, "-I " + dir + "/none: no such directory")) << bad.err;
+}
+
 TEST(HotprobeRun, IntervalProbesPrintWhileTheProgramRuns) {
   auto r =
       hotprobe({"run", "-e", probe("@ = count();") + " interval:ms:50 { printf(\"tick\\n\"); }",
