@@ -387,6 +387,8 @@ bool ancestor_nonce(std::uint32_t tag) {
 struct AdoptedStacks {
   std::uint32_t nonce = 0;
   std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> slots;  // slot -> addresses
+  // The one this replaced: never freed (a printer may still read it), and kept reachable.
+  const AdoptedStacks* replaced = nullptr;
 };
 std::atomic<const AdoptedStacks*> g_adopted{nullptr};
 
@@ -551,6 +553,7 @@ void adopt_stacks(std::span<const std::uint64_t> words) {
   if (words.empty()) return;
   auto* a = new AdoptedStacks;  // never freed: a printer may still read the one it replaces
   a->nonce = static_cast<std::uint32_t>(words[0]);
+  a->replaced = g_adopted.load(std::memory_order_acquire);
   for (std::size_t i = 1; i + 1 < words.size();) {
     const std::uint64_t slot = words[i], n = words[i + 1];
     if (n > kMaxStackFrames || n > words.size() - i - 2) break;  // damaged: keep what read
