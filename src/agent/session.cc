@@ -722,8 +722,7 @@ void Session::mark_finished() noexcept {
 
 bool Session::channel_ok() noexcept {
   if (fd_ < 0) return false;
-  struct stat st {};
-  if (::fstat(fd_, &st) == 0 && st.st_dev == chan_dev_ && st.st_ino == chan_ino_) return true;
+  if (holds_channel(fd_)) return true;
   fd_ = -1;  // closed, or another file now: not ours to use, nor to close
   channel_lost_ = true;
   // hotprobe prints the maps and says why they stop.

@@ -409,15 +409,12 @@ int attach(const AttachOptions& o, const std::string& source, const std::string&
         std::fprintf(stderr, "%.*s\n", static_cast<int>(payload.size()), payload.data());
         done = true;
         break;
-      case agent::Msg::output:
-        if (hotprobe::script::has_place_requests(payload)) {  // show_debug_info's places
-          std::string named(payload);
-          hotprobe::script::name_source_places(named);
-          std::fwrite(named.data(), 1, named.size(), out);
-          break;
-        }
-        std::fwrite(payload.data(), 1, payload.size(), out);
+      case agent::Msg::output: {
+        std::string named;  // show_debug_info's places, named here
+        const std::string_view text = hotprobe::script::with_source_places(payload, named);
+        std::fwrite(text.data(), 1, text.size(), out);
         break;
+      }
       case agent::Msg::command: {        // system(), cat(): run here, never in the traced process
         if (payload.starts_with("w")) {  // a runtime warning: stderr, as bpftrace's
           std::fflush(out);

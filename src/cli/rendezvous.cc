@@ -7,9 +7,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <cstdlib>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <string_view>
 
@@ -65,22 +62,6 @@ void Rendezvous::serve(const std::function<bool(pid_t)>& may_have) {
     }
     ::close(c);
   }
-}
-
-bool descends_from(pid_t pid, pid_t ancestor) {
-  for (int depth = 0; depth < 256 && pid > 1; ++depth) {
-    std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    const std::size_t close = stat.rfind(')');
-    if (close == std::string::npos) return false;
-    // pid (comm) state ppid ...
-    const std::size_t at = stat.find(' ', close + 2);
-    if (at == std::string::npos) return false;
-    const pid_t parent = static_cast<pid_t>(std::strtol(stat.c_str() + at + 1, nullptr, 10));
-    if (parent == ancestor) return true;
-    pid = parent;
-  }
-  return false;
 }
 
 }  // namespace hp::cli

@@ -35,7 +35,4 @@ class Rendezvous {
   std::string name_;
 };
 
-// Whether `pid` descends from `ancestor` (its parent's parent ... is `ancestor`).
-bool descends_from(pid_t pid, pid_t ancestor);
-
 }  // namespace hp::cli

@@ -134,12 +134,8 @@ struct Output {
   FILE* f = stdout;
   script::OutputFormat format = script::OutputFormat::text;
   void text(std::string_view s) {
-    if (script::has_place_requests(s)) {  // show_debug_info: the frames' places, named here
-      std::string named(s);
-      script::name_source_places(named);
-      std::fwrite(named.data(), 1, named.size(), f);
-      return;
-    }
+    std::string named;  // show_debug_info: the frames' places, named here
+    s = script::with_source_places(s, named);
     std::fwrite(s.data(), 1, s.size(), f);
   }
   void flush() { std::fflush(f); }
@@ -616,7 +612,7 @@ int run(const RunOptions& o) {
   std::vector<pid_t> channel_holders{pid};
   const auto may_have_channel = [&](pid_t p) {
     return std::find(channel_holders.begin(), channel_holders.end(), p) != channel_holders.end() ||
-           descends_from(p, pid);
+           hp::inject::is_descendant(p, pid);
   };
   const auto note_holder = [&](pid_t p) {
     if (p > 0 &&

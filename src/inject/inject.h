@@ -149,4 +149,8 @@ Result<Report> start_preloaded_library(pid_t pid, const std::string& library, st
 // directory above it must be writable by root or the target's user only.
 Result<void> check_can_trace(pid_t pid);
 
+// Whether `pid` is `ancestor` or descends from it (its parent's parent ... is `ancestor`),
+// as /proc says now.
+bool is_descendant(pid_t pid, pid_t ancestor);
+
 }  // namespace hp::inject

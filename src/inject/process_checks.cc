@@ -187,16 +187,6 @@ std::optional<int> yama_scope() {
   return (*text)[0] - '0';
 }
 
-bool is_descendant(pid_t pid, pid_t ancestor) {
-  for (int depth = 0; pid > 1 && depth < 4096; ++depth) {
-    if (pid == ancestor) return true;
-    auto st = read_status(proc(pid, "status"));
-    if (!st.ok()) return false;
-    pid = st->ppid;
-  }
-  return false;
-}
-
 std::uint64_t inode_of(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
@@ -209,6 +199,16 @@ Result<TargetPath> check_library_path_once(pid_t pid, const std::string& library
                                            const std::string& task_dir);
 
 }  // namespace
+
+bool is_descendant(pid_t pid, pid_t ancestor) {
+  for (int depth = 0; pid > 1 && depth < 4096; ++depth) {
+    if (pid == ancestor) return true;
+    auto st = read_status(proc(pid, "status"));
+    if (!st.ok()) return false;
+    pid = st->ppid;
+  }
+  return false;
+}
 
 Result<TargetPath> check_library_path(pid_t pid, const std::string& library) {
   if (library.empty() || library.front() != '/') {

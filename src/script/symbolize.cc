@@ -339,6 +339,13 @@ std::string place_suffix(const Symbolizer::SourcePlace& p) {
 }
 }  // namespace
 
+std::string_view with_source_places(std::string_view text, std::string& named) {
+  if (!has_place_requests(text)) return text;
+  named.assign(text);
+  name_source_places(named);
+  return named;
+}
+
 void name_source_places(std::string& text) {
   if (!has_place_requests(text)) return;
   const SourceLookup lookup = g_source_lookup.load(std::memory_order_acquire);

@@ -103,6 +103,9 @@ void set_places_by_reader(bool on);
 bool places_by_reader();
 bool has_place_requests(std::string_view text);
 void name_source_places(std::string& text);
+// `text` as the command prints it: itself, or (when it holds place requests) a copy in
+// `named` with the places named.
+std::string_view with_source_places(std::string_view text, std::string& named);
 
 // bpftrace's text of one ustack frame: "main+52", or "0x55d0c0a1b2c3" when unknown.
 std::string frame_text(const Symbolizer::Name& n, std::uint64_t addr);
